@@ -1,0 +1,1 @@
+"""The etcd registry: flannel-compatible network config, subnet leases and vxflow endpoints."""

@@ -1,0 +1,121 @@
+"""A private etcd server process: the demo's embedded store and the tests' fixture.
+
+It listens on loopback only, keeps its data in a directory it is given (or a
+temporary one it removes), and is stopped by the PID it started — never by name.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class EtcdServer:
+    """One etcd 3.4 member on 127.0.0.1; `start()`/`stop()` or use as a context manager."""
+
+    client_port: int = 0
+    peer_port: int = 0
+    data_dir: Path | None = None
+    name: str = "vxflow"
+    _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    _own_dir: bool = field(default=False, init=False, repr=False)
+    _log_path: Path | None = field(default=None, init=False, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout: float = 20.0) -> EtcdServer:
+        if shutil.which("etcd") is None:
+            raise RuntimeError("etcd not found: run scripts/setup.sh (Debian package etcd-server)")
+        self.client_port = self.client_port or free_loopback_port()
+        self.peer_port = self.peer_port or free_loopback_port()
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="vxflow-etcd-"))
+            self._own_dir = True
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        cmd = [
+            "etcd",
+            "--name", self.name,
+            "--data-dir", str(self.data_dir / "member-data"),
+            "--listen-client-urls", self.endpoint,
+            "--advertise-client-urls", self.endpoint,
+            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
+            "--initial-cluster", f"{self.name}=http://127.0.0.1:{self.peer_port}",
+            "--log-outputs", "stderr",
+            "--logger", "zap",
+        ]  # fmt: skip
+        with open(self._log_path, "ab") as out:
+            self._proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"etcd exited with {self._proc.returncode}; log: {self._log_path}"
+                )
+            if self.healthy():
+                log.info("etcd pid %d serving %s", self._proc.pid, self.endpoint)
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"etcd did not become healthy in {timeout}s; log: {self._log_path}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as r:
+                return b'"true"' in r.read()
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, remove_data: bool | None = None) -> None:
+        """Stop the process we started (SIGTERM, then SIGKILL); keep the data unless told."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+        if remove_data if remove_data is not None else self._own_dir:
+            if self.data_dir is not None:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+            if self._log_path is not None:
+                self._log_path.unlink(missing_ok=True)
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports and data (tests of reconnection)."""
+        self.stop(remove_data=False)
+        self.start()
+
+    def __enter__(self) -> EtcdServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

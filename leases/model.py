@@ -1,0 +1,101 @@
+"""The data model shared by every part of vxflow.
+
+Plain frozen dataclasses, no I/O: the registry (leases/) produces them from
+etcd, the compiler (flows/) consumes them, the node agent (ovsdb/) publishes
+them. Field names follow flannel's JSON where flannel has one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+FLANNEL_DEFAULT_PREFIX = "/coreos.com/network"
+VXFLOW_SUBPREFIX = "vxflow"  # <prefix>/vxflow/... holds vxflow's own keys
+DEFAULT_VXLAN_PORT = 8472  # the Linux kernel's VXLAN port, which flannel uses
+DEFAULT_VNI = 1
+DEFAULT_SUBNET_LEN = 24
+LEASE_TTL_SECONDS = 24 * 3600  # flannel's subnet lease TTL
+RENEW_MARGIN_SECONDS = 60 * 60  # flannel's --subnet-lease-renew-margin default
+VXLAN_OVERHEAD = 50  # outer Ethernet + IPv4 + UDP + VXLAN
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """flannel's Backend object (only the vxlan type is accepted)."""
+
+    type: str = "vxlan"
+    vni: int = DEFAULT_VNI
+    port: int = DEFAULT_VXLAN_PORT
+    mtu: int | None = None
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """`<prefix>/config`, validated, with flannel's defaults filled in."""
+
+    network: IPv4Network
+    subnet_len: int = DEFAULT_SUBNET_LEN
+    subnet_min: IPv4Network | None = None  # None until defaults are applied
+    subnet_max: IPv4Network | None = None
+    backend: BackendConfig = field(default_factory=BackendConfig)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One node's subnet lease: `<prefix>/subnets/<a.b.c.d>-<len>`.
+
+    `backend_data_extra` keeps BackendData fields other than VNI and VtepMAC
+    (vxflow's own, or a newer flannel's) so they survive a rewrite.
+    """
+
+    subnet: IPv4Network
+    public_ip: IPv4Address
+    vni: int
+    vtep_mac: str  # lower-case, colon separated
+    backend_type: str = "vxlan"
+    backend_data_extra: tuple[tuple[str, object], ...] = ()
+    etcd_lease_id: int | None = None  # the etcd lease the key is bound to (None: reservation)
+    mod_revision: int = 0
+
+    @property
+    def gateway(self) -> IPv4Address:
+        """The node's own overlay address: first host of its subnet (flannel's cni0/docker0)."""
+        return self.subnet.network_address + 1
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A pod port on a node's br-int, published by that node's agent.
+
+    Key: `<prefix>/vxflow/endpoints/<subnet-key>/<ip>`.
+    """
+
+    node_subnet: IPv4Network
+    ip: IPv4Address
+    mac: str
+    ofport: int
+    port_name: str = ""
+
+
+def subnet_key(subnet: IPv4Network) -> str:
+    """flannel's key name for a subnet: `10.20.52.0-24`."""
+    return f"{subnet.network_address}-{subnet.prefixlen}"
+
+
+def datapath_id_for(public_ip: IPv4Address) -> int:
+    """The stable OpenFlow datapath-id of a node's br-int.
+
+    Derived from the node's PublicIP (its underlay address), so the controller
+    can tell which node a switch belongs to from the features reply alone, and
+    it survives restarts of OVS, the agent and the controller. High 16 bits are
+    0x7678 ("vx") so it cannot collide with OVS's MAC-derived default dpids.
+    """
+    return (0x7678 << 48) | int(public_ip)
+
+
+def public_ip_for_datapath_id(dpid: int) -> IPv4Address | None:
+    """Inverse of `datapath_id_for`; None for a dpid vxflow did not assign."""
+    if dpid >> 48 != 0x7678 or (dpid >> 32) & 0xFFFF:
+        return None
+    return IPv4Address(dpid & 0xFFFFFFFF)

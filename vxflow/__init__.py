@@ -1,0 +1,1 @@
+"""vxflow: flannel-compatible VXLAN overlay under OpenFlow control."""

@@ -1,0 +1,3 @@
+from vxflow.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""The `vxflow` command: one click group; each package contributes its commands."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+# (module, attribute) of each subcommand; a module owns its own options.
+_COMMANDS = (
+    ("leases.cli", "leases"),
+    ("leases.cli", "config"),
+    ("ovsdb.cli", "bootstrap"),
+    ("ovsdb.cli", "agent"),
+    ("controller.cli", "controller"),
+    ("controller.cli", "flows"),
+    ("vxflow.demo", "demo"),
+)
+
+
+class _LazyGroup(click.Group):
+    """Imports a subcommand's module only when it is used (os-ken and OVS imports are slow)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({name for _, name in _COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for module, name in _COMMANDS:
+            if name == cmd_name:
+                return getattr(importlib.import_module(module), name)
+        return None
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    envvar="VXFLOW_LOG_LEVEL",
+)
+def cli(log_level: str) -> None:
+    """vxflow: flannel-compatible VXLAN overlay programmed by an OpenFlow controller."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    cli()
