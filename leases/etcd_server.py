@@ -32,6 +32,7 @@ class EtcdServer:
     """One etcd 3.4 member on 127.0.0.1; `start()`/`stop()` or use as a context manager."""
 
     client_port: int = 0
+    host: str = "127.0.0.1"  # an emulated cluster also serves its underlay address
     peer_port: int = 0
     data_dir: Path | None = None
     name: str = "vxflow"
@@ -41,7 +42,7 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     @property
     def pid(self) -> int | None:
@@ -61,7 +62,7 @@ class EtcdServer:
             "etcd",
             "--name", self.name,
             "--data-dir", str(self.data_dir / "member-data"),
-            "--listen-client-urls", self.endpoint,
+            "--listen-client-urls", ",".join(self._client_urls()),
             "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
@@ -86,9 +87,17 @@ class EtcdServer:
         self.stop()
         raise RuntimeError(f"etcd did not become healthy in {timeout}s; log: {self._log_path}")
 
+    def _client_urls(self) -> list[str]:
+        urls = [f"http://127.0.0.1:{self.client_port}"]
+        if self.host != "127.0.0.1":
+            urls.append(self.endpoint)
+        return urls
+
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.client_port}/health", timeout=1
+            ) as r:
                 return b'"true"' in r.read()
         except (urllib.error.URLError, OSError):
             return False

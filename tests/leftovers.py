@@ -1,0 +1,48 @@
+"""Finding what a test run left behind: namespaces, links and processes it made.
+
+Processes are recognised by an environment variable the suite sets for itself
+and every child inherits; namespaces and links by the run's tag (tests/emulation.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+RUN_MARKER = "VXFLOW_TEST_RUN"
+
+
+def mark_run() -> str:
+    return os.environ.setdefault(RUN_MARKER, uuid.uuid4().hex)
+
+
+def processes_of_this_run() -> list[str]:
+    """`pid cmdline` of live processes (other than this one) that carry this run's marker."""
+    token = f"{RUN_MARKER}={os.environ[RUN_MARKER]}".encode()
+    me = os.getpid()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == me:
+            continue
+        try:
+            if token in (proc / "environ").read_bytes().split(b"\0"):
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                if cmd:  # zombies have no cmdline and hold nothing
+                    found.append(f"{proc.name} {cmd}")
+        except OSError:
+            continue  # exited meanwhile
+    return found
+
+
+def names_with_tag(tag: str) -> list[str]:
+    """Namespaces and root-namespace links whose names start with `tag`."""
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    found = [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith(tag)]
+    for line in links.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith(tag):
+            found.append(f"link {name}")
+    return found
