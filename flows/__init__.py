@@ -1,0 +1,6 @@
+"""The pure flow compiler: (config, leases, endpoints, node) -> the flows its br-int must hold.
+
+No I/O and no OpenFlow library objects: plain values, so it is unit-tested and
+benchmarked alone. Entry points: `flows.compiler.compile_node`,
+`flows.compiler.remote_lease_flow`, `flows.diff.diff_flows`, `flows.flow.to_ofctl`.
+"""

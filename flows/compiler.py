@@ -1,0 +1,265 @@
+"""From (network config, leases, endpoints, node) to the exact flows of that node's br-int.
+
+Pipeline (every table ends in an explicit priority-0 drop; nothing is flooded,
+nothing goes to the controller):
+
+- CLASSIFY (0), by in_port:
+  tunnel port + tun_id == VNI + IPv4 from the overlay -> LOCAL (tunnel traffic
+  is only ever delivered, never routed back into the tunnel);
+  gateway port with the gateway MAC: IPv4 -> ROUTE, ARP -> ARP;
+  pod port: only its own MAC + IP (ARP: own sha + spa) -> ROUTE / ARP.
+- ARP (10): requests are answered by the switch out of the asking port: a
+  local pod's IP with the pod's MAC, the gateway and any other overlay address
+  with the gateway MAC (the job flannel's L2MISS/L3MISS handler did).
+- ROUTE (20): one flow per remote lease: dec_ttl, eth_src = own VtepMAC,
+  eth_dst = remote VtepMAC, tun_dst = its PublicIP, tun_id = VNI -> tunnel
+  (flannel's vxlan device encapsulates exactly so); own subnet -> LOCAL; the
+  rest of the overlay is dropped; anything else leaves to the host (pods'
+  default route is the gateway).
+- LOCAL (30): exact /32 per pod (MACs rewritten, as a router would) and the
+  gateway address -> gateway port.
+
+TTL: decremented once per overlay crossing, on the way into the tunnel only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Address
+
+from flows.flow import (
+    ARP_REPLY,
+    ARP_REQUEST,
+    ETH_TYPE_ARP,
+    ETH_TYPE_IP,
+    OFPP_IN_PORT,
+    Action,
+    Flow,
+    Owner,
+    Table,
+    cookie_for,
+    dec_ttl,
+    flow,
+    goto_table,
+    move,
+    output,
+    set_field,
+)
+from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, gateway_mac, vtep_mac_for
+from flows.validate import select_endpoints, select_leases
+from leases.model import Endpoint, Lease, NetworkConfig
+
+PRIO_EXACT = 100  # per-owner flows and the node's own addresses
+PRIO_OVERLAY = 10  # the rest of the overlay network
+PRIO_DEFAULT = 1  # everything else routed to the host
+PRIO_MISS = 0  # table-miss: drop
+
+BASE_COOKIE = cookie_for(Owner.BASE)
+
+
+def lease_cookie(lease: Lease) -> int:
+    return cookie_for(Owner.LEASE, int(lease.subnet.network_address))
+
+
+def endpoint_cookie(endpoint: Endpoint) -> int:
+    return cookie_for(Owner.ENDPOINT, int(endpoint.ip))
+
+
+def _arp_reply(mac: str) -> tuple[Action, ...]:
+    """Turn an ARP request into the reply `target is at mac` and send it back.
+
+    The target IP is swapped through reg0, so one action list serves exact and
+    range responders alike.
+    """
+    return (
+        move("eth_src", "eth_dst"),
+        set_field("eth_src", mac),
+        set_field("arp_op", ARP_REPLY),
+        move("arp_sha", "arp_tha"),
+        set_field("arp_sha", mac),
+        move("arp_tpa", "reg0"),
+        move("arp_spa", "arp_tpa"),
+        move("reg0", "arp_spa"),
+        output(OFPP_IN_PORT),
+    )
+
+
+def miss_flows() -> list[Flow]:
+    """Table-miss drop in every table: all a switch without a valid lease gets."""
+    return [flow(t, PRIO_MISS, {}, (), BASE_COOKIE) for t in Table]
+
+
+def base_flows(config: NetworkConfig, own: Lease | None) -> list[Flow]:
+    """The node's fixed pipeline: everything not owned by a remote lease or a pod."""
+    flows = miss_flows()
+    if own is None:
+        return flows
+    gw_mac = gateway_mac(own.subnet)
+    ip, arp, c = ETH_TYPE_IP, ETH_TYPE_ARP, BASE_COOKIE
+    flows += [
+        flow(
+            Table.CLASSIFY,
+            PRIO_EXACT,
+            {
+                "in_port": TUNNEL_OFPORT,
+                "tun_id": config.backend.vni,
+                "eth_type": ip,
+                "ip_src": config.network,
+            },
+            [goto_table(Table.LOCAL)],
+            c,
+        ),
+        flow(
+            Table.CLASSIFY,
+            PRIO_EXACT,
+            {"in_port": GATEWAY_OFPORT, "eth_src": gw_mac, "eth_type": ip},
+            [goto_table(Table.ROUTE)],
+            c,
+        ),
+        flow(
+            Table.CLASSIFY,
+            PRIO_EXACT,
+            {"in_port": GATEWAY_OFPORT, "eth_src": gw_mac, "eth_type": arp},
+            [goto_table(Table.ARP)],
+            c,
+        ),
+        flow(
+            Table.ARP,
+            PRIO_EXACT,
+            {"eth_type": arp, "arp_op": ARP_REQUEST, "arp_tpa": own.gateway},
+            _arp_reply(gw_mac),
+            c,
+        ),
+        flow(
+            Table.ARP,
+            PRIO_OVERLAY,
+            {"eth_type": arp, "arp_op": ARP_REQUEST, "arp_tpa": config.network},
+            _arp_reply(gw_mac),
+            c,
+        ),
+        flow(
+            Table.ROUTE,
+            PRIO_EXACT,
+            {"eth_type": ip, "ip_dst": own.subnet},
+            [goto_table(Table.LOCAL)],
+            c,
+        ),
+        flow(Table.ROUTE, PRIO_OVERLAY, {"eth_type": ip, "ip_dst": config.network}, (), c),
+        flow(
+            Table.ROUTE,
+            PRIO_DEFAULT,
+            {"eth_type": ip},
+            [set_field("eth_dst", gw_mac), output(GATEWAY_OFPORT)],
+            c,
+        ),
+        flow(
+            Table.LOCAL,
+            PRIO_EXACT,
+            {"eth_type": ip, "ip_dst": own.gateway},
+            [set_field("eth_dst", gw_mac), output(GATEWAY_OFPORT)],
+            c,
+        ),
+    ]
+    return flows
+
+
+def remote_lease_flow(config: NetworkConfig, lease: Lease, own: Lease) -> Flow:
+    """The one flow a remote lease contributes to `own`'s switch.
+
+    The caller guarantees both leases were accepted by `select_leases` and differ.
+    """
+    return flow(
+        Table.ROUTE,
+        PRIO_EXACT,
+        {"eth_type": ETH_TYPE_IP, "ip_dst": lease.subnet},
+        [
+            dec_ttl(),
+            set_field("eth_src", vtep_mac_for(own.public_ip)),
+            set_field("eth_dst", lease.vtep_mac),
+            set_field("tun_dst", lease.public_ip),
+            set_field("tun_id", config.backend.vni),
+            output(TUNNEL_OFPORT),
+        ],
+        lease_cookie(lease),
+    )
+
+
+def endpoint_flows(own: Lease, endpoint: Endpoint) -> list[Flow]:
+    """The flows one local pod contributes: spoof guard, ARP answer, delivery."""
+    c = endpoint_cookie(endpoint)
+    guard = {"in_port": endpoint.ofport, "eth_src": endpoint.mac}
+    return [
+        flow(
+            Table.CLASSIFY,
+            PRIO_EXACT,
+            {**guard, "eth_type": ETH_TYPE_IP, "ip_src": endpoint.ip},
+            [goto_table(Table.ROUTE)],
+            c,
+        ),
+        flow(
+            Table.CLASSIFY,
+            PRIO_EXACT,
+            {
+                **guard,
+                "eth_type": ETH_TYPE_ARP,
+                "arp_spa": endpoint.ip,
+                "arp_sha": endpoint.mac,
+            },
+            [goto_table(Table.ARP)],
+            c,
+        ),
+        flow(
+            Table.ARP,
+            PRIO_EXACT,
+            {"eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST, "arp_tpa": endpoint.ip},
+            _arp_reply(endpoint.mac),
+            c,
+        ),
+        flow(
+            Table.LOCAL,
+            PRIO_EXACT,
+            {"eth_type": ETH_TYPE_IP, "ip_dst": endpoint.ip},
+            [
+                set_field("eth_src", gateway_mac(own.subnet)),
+                set_field("eth_dst", endpoint.mac),
+                output(endpoint.ofport),
+            ],
+            c,
+        ),
+    ]
+
+
+def node_flows(
+    config: NetworkConfig,
+    leases: Iterable[Lease],
+    endpoints: Iterable[Endpoint],
+    own: Lease | None,
+) -> frozenset[Flow]:
+    """Flows for the node holding `own`, from already selected leases and endpoints.
+
+    The controller calls this with its incrementally maintained selection;
+    anything else should call `compile_node`.
+    """
+    flows = base_flows(config, own)
+    if own is not None:
+        flows += [remote_lease_flow(config, lease, own) for lease in leases if lease.public_ip != own.public_ip]
+        for endpoint in endpoints:
+            flows += endpoint_flows(own, endpoint)
+    return frozenset(flows)
+
+
+def compile_node(
+    config: NetworkConfig,
+    leases: Iterable[Lease],
+    endpoints: Iterable[Endpoint],
+    node: IPv4Address,
+) -> frozenset[Flow]:
+    """The exact flow table of the node whose PublicIP is `node`.
+
+    Invalid or conflicting leases and endpoints contribute nothing; a node with
+    no accepted lease gets only the table-miss drops.
+    """
+    accepted = select_leases(config, leases).accepted
+    own = next((lease for lease in accepted if lease.public_ip == node), None)
+    own_endpoints = select_endpoints(own, endpoints).accepted
+    return node_flows(config, accepted, own_endpoints, own)

@@ -1,0 +1,145 @@
+"""Which leases and endpoints may produce flows.
+
+Lease and endpoint values come from the network (etcd). The registry already
+rejects malformed ones; this is the compiler's own guard against values that
+are well-formed but would steal or blackhole another node's traffic. Every
+rejection carries a reason an operator can act on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT
+from leases.model import Endpoint, Lease, NetworkConfig
+
+MAX_POD_OFPORT = 0xFEFF  # OFPP_MAX: numbers above are reserved ports
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A lease or endpoint that yields no flow, and why."""
+
+    item: Lease | Endpoint
+    reason: str
+
+
+@dataclass(frozen=True)
+class Selection:
+    accepted: tuple
+    rejected: tuple[Rejected, ...]
+
+
+def _unicast_mac_problem(mac: str) -> str | None:
+    parts = mac.split(":")
+    if len(parts) != 6 or any(len(p) != 2 for p in parts) or mac != mac.lower():
+        return f"MAC {mac!r} is not lower-case aa:bb:cc:dd:ee:ff"
+    try:
+        octets = bytes(int(p, 16) for p in parts)
+    except ValueError:
+        return f"MAC {mac!r} is not hexadecimal"
+    if octets[0] & 1:
+        return f"MAC {mac} is multicast/broadcast"
+    if not any(octets):
+        return "MAC is all zeros"
+    return None
+
+
+def lease_problem(config: NetworkConfig, lease: Lease) -> str | None:
+    """Why this lease, on its own, must not produce flows (None: it may)."""
+    if lease.backend_type != "vxlan":
+        return f"backend type {lease.backend_type!r} is not vxlan"
+    if lease.subnet.prefixlen != config.subnet_len:
+        return f"subnet {lease.subnet} is not a /{config.subnet_len}"
+    if not lease.subnet.subnet_of(config.network):
+        return f"subnet {lease.subnet} is outside the network {config.network}"
+    if lease.vni != config.backend.vni:
+        return f"VNI {lease.vni} differs from the network's VNI {config.backend.vni}"
+    ip = lease.public_ip
+    if not isinstance(ip, IPv4Address) or ip.is_multicast or ip.is_unspecified:
+        return f"PublicIP {ip} is not a unicast IPv4 address"
+    if ip.is_loopback or ip.is_link_local or ip == IPv4Address("255.255.255.255"):
+        return f"PublicIP {ip} is not routable between nodes"
+    if ip in config.network:
+        return f"PublicIP {ip} lies inside the overlay network {config.network}"
+    return _unicast_mac_problem(lease.vtep_mac)
+
+
+def select_leases(config: NetworkConfig, leases: Iterable[Lease]) -> Selection:
+    """Leases that may produce flows.
+
+    Besides each lease's own checks: two leases naming one PublicIP are both
+    rejected, because traffic for either subnet could reach the wrong node and
+    neither is known to be the live one; so are duplicate subnets.
+    """
+    leases = tuple(leases)
+    rejected: list[Rejected] = []
+    valid: list[Lease] = []
+    for lease in leases:
+        problem = lease_problem(config, lease)
+        if problem:
+            rejected.append(Rejected(lease, problem))
+        else:
+            valid.append(lease)
+    ips = Counter(lease.public_ip for lease in valid)
+    subnets = Counter(lease.subnet for lease in valid)
+    accepted = []
+    for lease in valid:
+        if ips[lease.public_ip] > 1:
+            rejected.append(Rejected(lease, f"PublicIP {lease.public_ip} is held by several leases"))
+        elif subnets[lease.subnet] > 1:
+            rejected.append(Rejected(lease, f"subnet {lease.subnet} is leased several times"))
+        else:
+            accepted.append(lease)
+    return Selection(tuple(accepted), tuple(rejected))
+
+
+def endpoint_problem(lease: Lease, endpoint: Endpoint) -> str | None:
+    """Why this endpoint of the node holding `lease` must not produce flows."""
+    if endpoint.node_subnet != lease.subnet:
+        return f"endpoint belongs to {endpoint.node_subnet}, not to this node's {lease.subnet}"
+    subnet = lease.subnet
+    if endpoint.ip not in subnet:
+        return f"IP {endpoint.ip} is outside the node's subnet {subnet}"
+    if endpoint.ip in (subnet.network_address, subnet.broadcast_address, lease.gateway):
+        return f"IP {endpoint.ip} is the subnet's network, broadcast or gateway address"
+    if not 0 < endpoint.ofport <= MAX_POD_OFPORT or endpoint.ofport in (
+        TUNNEL_OFPORT,
+        GATEWAY_OFPORT,
+    ):
+        return f"ofport {endpoint.ofport} is not a pod port number"
+    return _unicast_mac_problem(endpoint.mac)
+
+
+def select_endpoints(lease: Lease | None, endpoints: Iterable[Endpoint]) -> Selection:
+    """The node's own endpoints that may produce flows.
+
+    Endpoints of other nodes are skipped silently (not rejected): every node's
+    switch sees the whole list. Two endpoints on one ofport are both rejected
+    (a stale record and a new pod; the agent will correct it).
+    """
+    if lease is None:
+        return Selection((), ())
+    own = [e for e in endpoints if e.node_subnet == lease.subnet]
+    rejected: list[Rejected] = []
+    valid: list[Endpoint] = []
+    for endpoint in own:
+        problem = endpoint_problem(lease, endpoint)
+        if problem:
+            rejected.append(Rejected(endpoint, problem))
+        else:
+            valid.append(endpoint)
+    ports = Counter(e.ofport for e in valid)
+    ips = Counter(e.ip for e in valid)
+    accepted = []
+    for endpoint in valid:
+        if ports[endpoint.ofport] > 1:
+            rejected.append(Rejected(endpoint, f"ofport {endpoint.ofport} has several endpoints"))
+        elif ips[endpoint.ip] > 1:
+            rejected.append(Rejected(endpoint, f"IP {endpoint.ip} has several endpoints"))
+        else:
+            accepted.append(endpoint)
+    return Selection(tuple(accepted), tuple(rejected))

@@ -1,0 +1,64 @@
+"""Diffing read-back against desired, cookies and the ovs-ofctl rendering."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from flows.diff import diff_flows
+from flows.flow import OFPP_IN_PORT, Owner, cookie_for, flow, output, owner_of, set_field, to_ofctl
+
+A = flow(20, 100, {"eth_type": 0x0800, "ip_dst": IPv4Network("198.19.2.0/24")}, [output(1)], 5)
+B = flow(30, 100, {"eth_type": 0x0800, "ip_dst": IPv4Address("198.19.1.9")}, [output(9)], 6)
+C = flow(0, 0, {}, (), 7)
+
+
+def test_an_unchanged_table_yields_no_message():
+    d = diff_flows({A, B, C}, {C, B, A})
+    assert not d and len(d) == 0
+
+
+def test_changed_actions_or_cookie_are_re_added_under_the_same_key():
+    changed = flow(20, 100, dict(A.match), [output(2)], 5)
+    recooked = flow(30, 100, dict(B.match), B.actions, 99)
+    d = diff_flows({A, B, C}, {changed, recooked, C})
+    assert set(d.add) == {changed, recooked} and d.delete == ()
+
+
+def test_missing_and_stale_entries():
+    d = diff_flows({A, C}, {B, C})
+    assert d.add == (B,) and d.delete == (A,) and len(d) == 2
+
+
+def test_applying_then_reverting_returns_to_the_same_table():
+    current = {A, C}
+    forward = diff_flows(current, {B, C})
+    applied = {f for f in current if f.key not in {x.key for x in forward.delete}} | set(
+        forward.add
+    )
+    back = diff_flows(applied, current)
+    restored = {f for f in applied if f.key not in {x.key for x in back.delete}} | set(back.add)
+    assert restored == current
+
+
+def test_match_is_canonical_whatever_the_order_given():
+    one = flow(0, 1, {"in_port": 3, "eth_type": 0x0800}, (), 1)
+    two = flow(0, 1, {"eth_type": 0x0800, "in_port": 3}, (), 1)
+    assert one == two and hash(one) == hash(two)
+
+
+def test_cookie_round_trip_and_foreign_cookies():
+    for owner, key in ((Owner.BASE, 0), (Owner.LEASE, 0xC6130200), (Owner.ENDPOINT, 0xFFFFFFFF)):
+        assert owner_of(cookie_for(owner, key)) == (owner, key)
+    assert owner_of(0) is None
+    assert owner_of(0x1234) is None
+    assert owner_of(cookie_for(Owner.LEASE, 1) | (1 << 40)) is None
+    assert owner_of((0x76 << 56) | (9 << 48)) is None
+
+
+def test_ofctl_rendering():
+    assert to_ofctl(A) == (
+        "cookie=0x5,table=20,priority=100,eth_type=0x0800,ip_dst=198.19.2.0/24 actions=output:1"
+    )
+    assert to_ofctl(C) == "cookie=0x7,table=0,priority=0 actions=drop"
+    arp = flow(10, 1, {"tun_id": 7}, [set_field("tun_id", 7), output(OFPP_IN_PORT)], 1)
+    assert to_ofctl(arp).endswith("tun_id=0x7 actions=set_field:0x7->tun_id,in_port")
