@@ -1,0 +1,85 @@
+"""A python-ovs IDL connection to the Open_vSwitch database.
+
+The schema is fetched from the server itself (so vxflow works against
+whatever OVS version the node runs), and only the tables bootstrap and the
+agent read or write are replicated. The IDL reconnects on its own with
+backoff; callers keep calling `run()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import ovs.db.idl
+import ovs.jsonrpc
+import ovs.poller
+import ovs.stream
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OVSDB = "unix:/var/run/openvswitch/db.sock"
+DB_NAME = "Open_vSwitch"
+TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface", "Controller")
+
+
+class OvsdbUnavailable(RuntimeError):
+    """The OVSDB server could not be reached or did not answer in time."""
+
+
+def fetch_schema(remote: str) -> dict:
+    """Ask the server for its Open_vSwitch schema (raises OvsdbUnavailable)."""
+    error, stream = ovs.stream.Stream.open_block(ovs.stream.Stream.open(remote))
+    if error:
+        raise OvsdbUnavailable(
+            f"cannot connect to OVSDB at {remote}: {os.strerror(error)} "
+            "(is ovsdb-server running? pass --ovsdb)"
+        )
+    rpc = ovs.jsonrpc.Connection(stream)
+    try:
+        request = ovs.jsonrpc.Message.create_request("get_schema", [DB_NAME])
+        error, reply = rpc.transact_block(request)
+    finally:
+        rpc.close()
+    if error or reply is None or reply.error:
+        reason = reply.error if reply is not None and reply.error else os.strerror(error)
+        raise OvsdbUnavailable(f"OVSDB at {remote} did not return its schema: {reason}")
+    return reply.result
+
+
+def connect(remote: str, timeout: float = 10.0) -> ovs.db.idl.Idl:
+    """An IDL replica of the tables vxflow uses, with its first snapshot loaded."""
+    helper = ovs.db.idl.SchemaHelper(schema_json=fetch_schema(remote))
+    for table in TABLES:
+        helper.register_table(table)
+    idl = ovs.db.idl.Idl(remote, helper)
+    deadline = time.monotonic() + timeout
+    while not idl.has_ever_connected():
+        if time.monotonic() > deadline:
+            idl.close()
+            raise OvsdbUnavailable(f"OVSDB at {remote} sent no snapshot within {timeout:.0f}s")
+        run_once(idl, timeout=0.2)
+    return idl
+
+
+def run_once(idl: ovs.db.idl.Idl, timeout: float) -> bool:
+    """Process what the server sent, then wait up to `timeout` s for more; True if changed."""
+    changed = idl.run()
+    poller = ovs.poller.Poller()
+    idl.wait(poller)
+    poller.timer_wait(int(timeout * 1000))
+    poller.block()
+    return bool(changed) | bool(idl.run())
+
+
+def is_connected(idl: ovs.db.idl.Idl) -> bool:
+    """Whether the IDL's session is up right now (python-ovs has no public accessor)."""
+    return bool(idl._session.is_connected())
+
+
+def refresh(idl: ovs.db.idl.Idl, quiet: float = 0.05, limit: float = 2.0) -> None:
+    """Take in every update already sent (until `quiet` s pass without one, at most `limit` s)."""
+    deadline = time.monotonic() + limit
+    while run_once(idl, timeout=quiet) and time.monotonic() < deadline:
+        pass

@@ -1,0 +1,152 @@
+"""OVSDB bootstrap against a real ovsdb-server/ovs-vswitchd in an emulated node's namespace.
+
+The kernel side (gateway address, route) lands in the node's namespace, never
+in the root namespace; ovs-vsctl and ip are used only to inspect and to drift.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+
+import pytest
+
+from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, gateway_mac, vtep_mac_for
+from leases.model import BackendConfig, Lease, NetworkConfig, datapath_id_for
+from ovsdb import idl as ovsidl
+from ovsdb.bootstrap import BootstrapError, BootstrapOptions, bootstrap
+from tests.emulation import Node, Underlay
+
+CONTROLLERS = ("tcp:127.0.0.1:6653",)
+CONFIG = NetworkConfig(network=IPv4Network("198.19.0.0/16"), backend=BackendConfig(vni=7))
+
+
+@dataclass
+class Booted:
+    node: Node
+    idl: object
+    lease: Lease
+
+    def run(self, dry_run: bool = False) -> list[str]:
+        return bootstrap(
+            self.idl, CONFIG, self.lease, CONTROLLERS, BootstrapOptions(),
+            netns=self.node.netns, dry_run=dry_run,
+        )  # fmt: skip
+
+    def get(self, table: str, record: str, column: str) -> str:
+        return self.node.ovs.vsctl("get", table, record, column).strip()
+
+
+@pytest.fixture
+def booted(underlay: Underlay) -> Iterator[Booted]:
+    node = underlay.add_node()
+    lease = Lease(
+        subnet=IPv4Network("198.19.5.0/24"), public_ip=node.underlay_ip, vni=7,
+        vtep_mac=vtep_mac_for(node.underlay_ip),
+    )  # fmt: skip
+    idl = ovsidl.connect(node.ovs.db_target)
+    try:
+        yield Booted(node, idl, lease)
+    finally:
+        idl.close()
+
+
+@pytest.mark.integration
+def test_bootstrap_on_empty_db_then_no_change(booted: Booted) -> None:
+    node = booted.node
+    planned = booted.run(dry_run=True)
+    assert "bridge br-int: create" in planned[0]
+    assert node.ovs.vsctl("--if-exists", "get", "Bridge", "br-int", "name").strip() == ""
+
+    changes = booted.run()
+    assert changes[0].startswith("bridge br-int: create")
+    assert booted.get("Bridge", "br-int", "datapath_type") == "netdev"  # no kernel module here
+    assert booted.get("Bridge", "br-int", "fail_mode") == "secure"
+    assert booted.get("Bridge", "br-int", "protocols") == "[OpenFlow13, OpenFlow14]"
+    other = booted.get("Bridge", "br-int", "other_config")
+    assert f'datapath-id="{datapath_id_for(node.underlay_ip):016x}"' in other
+    assert 'disable-in-band="true"' in other
+    assert node.ovs.vsctl("get-controller", "br-int").split() == list(CONTROLLERS)
+    assert booted.get("Interface", "vxlan0", "type") == "vxlan"
+    assert booted.get("Interface", "vxlan0", "options") == (
+        f'{{dst_port="8472", key=flow, local_ip="{node.underlay_ip}", remote_ip=flow}}'
+    )
+    assert booted.get("Interface", "vxlan0", "ofport") == str(TUNNEL_OFPORT)
+    assert booted.get("Interface", "vxgw0", "ofport") == str(GATEWAY_OFPORT)
+    assert booted.get("Interface", "vxgw0", "mac_in_use") == f'"{gateway_mac(booted.lease.subnet)}"'
+    # the OpenFlow datapath id the controller sees is the one bootstrap set
+    assert f"dpid:{datapath_id_for(node.underlay_ip):016x}" in node.ovs.ofctl("show", "br-int")
+
+    link = json.loads(node.run("ip", "-j", "addr", "show", "dev", "vxgw0"))[0]
+    assert link["mtu"] == 1450  # br-phy's 1500 minus VXLAN's 50
+    assert "UP" in link["flags"]
+    assert [(a["local"], a["prefixlen"]) for a in link["addr_info"] if a["family"] == "inet"] == [
+        ("198.19.5.1", 24)
+    ]
+    route = json.loads(node.run("ip", "-j", "route", "show", "exact", "198.19.0.0/16"))
+    assert [r["dev"] for r in route] == ["vxgw0"]
+
+    assert booted.run() == []
+    assert booted.run(dry_run=True) == []
+
+
+@pytest.mark.integration
+def test_drift_is_repaired_and_foreign_ports_left_alone(booted: Booted) -> None:
+    node, ovs = booted.node, booted.node.ovs
+    booted.run()
+    ovs.vsctl(
+        "add-port", "br-int", "foreign0", "--", "set", "Interface", "foreign0", "type=internal",
+        "ofport_request=7", "external_ids:owner=someone-else",
+    )  # fmt: skip
+    ovs.vsctl("br-set-external-id", "br-int", "vxflow-round", "3")  # the controller's key
+    foreign_before = ovs.vsctl("list", "Interface", "foreign0")
+
+    ovs.vsctl(
+        "set", "Bridge", "br-int", "fail_mode=standalone", "other_config:disable-in-band=false"
+    )
+    ovs.vsctl("set", "Interface", "vxlan0", "options:dst_port=4789", "options:key=99")
+    ovs.vsctl("set-controller", "br-int", "tcp:127.0.0.1:6999")
+    node.run("ip", "route", "del", "198.19.0.0/16")
+    node.run("ip", "addr", "flush", "dev", "vxgw0")
+
+    changes = booted.run()
+    assert sorted(changes) == sorted([
+        "bridge br-int fail_mode: standalone -> secure",
+        "bridge br-int other_config:disable-in-band: false -> true",
+        "bridge br-int controller: ['tcp:127.0.0.1:6999'] -> ['tcp:127.0.0.1:6653']",
+        "interface vxlan0 options: {dst_port=4789, key=99, local_ip=198.18.0.1, remote_ip=flow}"
+        " -> {dst_port=8472, key=flow, local_ip=198.18.0.1, remote_ip=flow}",
+        "kernel: vxgw0 add address 198.19.5.1/24",
+        "kernel: route 198.19.0.0/16 dev vxgw0",
+    ])  # fmt: skip
+    assert booted.get("Bridge", "br-int", "fail_mode") == "secure"
+    assert booted.get("Interface", "vxlan0", "options").startswith('{dst_port="8472"')
+    assert node.ovs.vsctl("br-get-external-id", "br-int", "vxflow-round").strip() == "3"
+    assert booted.run() == []
+
+    # a port vxflow owns that it no longer wants goes; the foreign one stays as it was
+    ovs.vsctl("add-port", "br-int", "stale0", "--", "set", "Interface", "stale0", "type=internal",
+              "external_ids:vxflow-owned=true", "--", "set", "Port", "stale0",
+              "external_ids:vxflow-owned=true")  # fmt: skip
+    assert booted.run() == ["port stale0: delete (vxflow-owned, no longer desired)"]
+    assert "stale0" not in ovs.vsctl("list-ports", "br-int").split()
+    assert "foreign0" in ovs.vsctl("list-ports", "br-int").split()
+    ignore = ("ofport", "statistics", "link_resets", "mtu", "status", "link_state", "ifindex")
+    after = ovs.vsctl("list", "Interface", "foreign0")
+
+    def stable(listing: str) -> list[str]:
+        return [line for line in listing.splitlines() if line.split(":")[0].strip() not in ignore]
+
+    assert stable(after) == stable(foreign_before)
+
+
+@pytest.mark.integration
+def test_foreign_port_with_a_vxflow_name_is_refused(booted: Booted) -> None:
+    booted.node.ovs.vsctl("add-br", "br-int", "--", "set", "Bridge", "br-int", "datapath_type=netdev",
+                          "--", "add-port", "br-int", "vxlan0", "--", "set", "Interface", "vxlan0",
+                          "type=internal")  # fmt: skip
+    with pytest.raises(BootstrapError, match="vxlan0 exists but was not created by vxflow"):
+        booted.run()
+    assert booted.get("Interface", "vxlan0", "type") == "internal"
