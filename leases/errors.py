@@ -1,0 +1,27 @@
+"""Errors of the registry that callers handle (the CLI turns each into one line)."""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base of the registry's operational errors."""
+
+
+class EtcdUnavailable(RegistryError):
+    """No etcd endpoint answered (connection refused, timeout, or etcd is unhealthy)."""
+
+
+class ConfigMissing(RegistryError):
+    """`<prefix>/config` does not exist: the network has not been configured."""
+
+
+class NetworkExhausted(RegistryError):
+    """Every subnet in [SubnetMin, SubnetMax] is leased or reserved."""
+
+
+class SubnetTaken(RegistryError):
+    """The subnet is held by another node (another PublicIP)."""
+
+
+class LeaseLost(RegistryError):
+    """Our lease expired or was deleted and its subnet now belongs to someone else."""

@@ -1,0 +1,330 @@
+"""etcd v3 through its JSON gateway (etcd3gw), with endpoint failover and revisions.
+
+etcd3gw's helpers drop what the registry needs (the header revision of a
+range, compaction and cancel responses of a watch, a watch stream that ends),
+so this module calls the gateway's endpoints through etcd3gw's client and
+session directly. Every transport failure becomes `EtcdUnavailable`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+import urllib3.exceptions
+from etcd3gw.client import Etcd3Client
+from etcd3gw.exceptions import (
+    ConnectionFailedError,
+    ConnectionTimeoutError,
+    Etcd3Exception,
+    InternalServerError,
+)
+
+from leases.errors import EtcdUnavailable
+from leases.keys import KV
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+GRPC_NOT_FOUND = 5
+GRPC_OUT_OF_RANGE = 11  # "mvcc: required revision has been compacted"
+
+
+def _b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def _unb64(data: str) -> bytes:
+    return base64.b64decode(data)
+
+
+def prefix_end(prefix: str) -> str:
+    """The range_end that selects every key starting with `prefix`."""
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1
+    return raw.decode()
+
+
+def parse_endpoints(endpoints: str | Sequence[str]) -> tuple[str, ...]:
+    """flanneld's comma-separated `--etcd-endpoints`, or a list of URLs."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    urls = tuple(item.strip().rstrip("/") for item in items if item.strip())
+    if not urls:
+        raise ValueError("no etcd endpoint given")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"etcd endpoint {url!r} is not http(s)://host:port")
+    return urls
+
+
+def kv_from_json(item: dict[str, Any]) -> KV:
+    return KV(
+        key=_unb64(item["key"]).decode("utf-8", "replace"),
+        value=_unb64(item.get("value", "")),
+        create_revision=int(item.get("create_revision", 0)),
+        mod_revision=int(item.get("mod_revision", 0)),
+        lease=int(item.get("lease", 0)),
+    )
+
+
+def grpc_code(exc: Etcd3Exception) -> int | None:
+    """The gRPC status code inside a gateway error response, if there is one."""
+    try:
+        return int(json.loads(exc.detail_text or "")["code"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    kind: str  # "PUT" or "DELETE"
+    kv: KV
+
+
+@dataclass(frozen=True)
+class WatchMessage:
+    """One WatchResponse: events, a compaction notice, or a header-only progress notice."""
+
+    revision: int  # header revision (0 when the gateway omits it)
+    events: tuple[WatchEvent, ...] = ()
+    created: bool = False
+    canceled: bool = False
+    compact_revision: int = 0
+    cancel_reason: str = ""
+
+
+class WatchStream:
+    """A streaming watch over one key range; iterate messages, `close()` from any thread."""
+
+    def __init__(
+        self,
+        session: requests.Session,
+        url: str,
+        request: dict[str, Any],
+        connect_timeout: float,
+        idle_timeout: float,
+    ) -> None:
+        self.idle = False  # True when the stream ended because nothing arrived for idle_timeout
+        try:
+            self._resp = session.post(
+                url, json=request, stream=True, timeout=(connect_timeout, idle_timeout)
+            )
+        except requests.RequestException as exc:
+            raise EtcdUnavailable(f"watch on {url}: {exc}") from exc
+        if self._resp.status_code != 200:
+            text = self._resp.text
+            self._resp.close()
+            raise EtcdUnavailable(f"watch on {url}: HTTP {self._resp.status_code} {text.strip()}")
+
+    def __iter__(self) -> Iterator[WatchMessage]:
+        try:
+            for line in self._resp.iter_lines():
+                if line.strip():
+                    yield self._message(json.loads(line))
+        except requests.ConnectionError as exc:
+            if exc.args and isinstance(exc.args[0], urllib3.exceptions.ReadTimeoutError):
+                self.idle = True
+                return
+            raise EtcdUnavailable(f"watch stream broke: {exc}") from exc
+        except (requests.RequestException, ValueError, AttributeError, OSError) as exc:
+            # AttributeError/OSError: the response was closed under us by close()
+            raise EtcdUnavailable(f"watch stream broke: {exc}") from exc
+
+    @staticmethod
+    def _message(chunk: dict[str, Any]) -> WatchMessage:
+        if "error" in chunk:
+            raise EtcdUnavailable(f"watch stream error: {chunk['error']}")
+        result = chunk["result"]
+        events = tuple(
+            WatchEvent(ev.get("type", "PUT"), kv_from_json(ev["kv"]))
+            for ev in result.get("events", ())
+        )
+        return WatchMessage(
+            revision=int(result.get("header", {}).get("revision", 0)),
+            events=events,
+            created=bool(result.get("created", False)),
+            canceled=bool(result.get("canceled", False)),
+            compact_revision=int(result.get("compact_revision", 0)),
+            cancel_reason=str(result.get("cancel_reason", "")),
+        )
+
+    def close(self) -> None:
+        """Unblock a reader in another (green) thread and drop the connection."""
+        try:
+            sock = self._resp.raw._fp.fp.raw._sock  # the urllib3 connection's socket
+            sock.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError):
+            pass
+        self._resp.close()
+
+    def __enter__(self) -> WatchStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EtcdClient:
+    """Unary etcd calls with failover across endpoints; one instance per user (not shared)."""
+
+    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0) -> None:
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout = timeout
+        self._clients = [self._client(url) for url in self.endpoints]
+        self._current = 0
+
+    def _client(self, url: str) -> Etcd3Client:
+        parts = urlsplit(url)
+        default_port = 443 if parts.scheme == "https" else 2379
+        return Etcd3Client(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or default_port,
+            protocol=parts.scheme,
+            timeout=self.timeout,
+            api_path="/v3/",
+        )
+
+    def call(self, fn: Callable[[Etcd3Client], T]) -> T:
+        """Run `fn` on the current endpoint, failing over to the others once each."""
+        errors = []
+        for i in range(len(self._clients)):
+            idx = (self._current + i) % len(self._clients)
+            try:
+                result = fn(self._clients[idx])
+            except (ConnectionFailedError, ConnectionTimeoutError, InternalServerError) as exc:
+                errors.append(
+                    f"{self.endpoints[idx]}: {type(exc).__name__} {exc.detail_text or ''}".strip()
+                )
+                continue
+            except requests.RequestException as exc:
+                errors.append(f"{self.endpoints[idx]}: {exc}")
+                continue
+            self._current = idx
+            return result
+        raise EtcdUnavailable("etcd unreachable (" + "; ".join(errors) + ")")
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.call(lambda c: c.post(c.get_url(path), json=body))
+
+    def range(
+        self, key: str, *, prefix: bool = False, revision: int | None = None
+    ) -> tuple[list[KV], int]:
+        """Keys (one, or all under a prefix) and the store revision they were read at."""
+        body: dict[str, Any] = {"key": _b64(key)}
+        if prefix:
+            body["range_end"] = _b64(prefix_end(key))
+        if revision is not None:
+            body["revision"] = revision
+        result = self.post("/kv/range", body)
+        kvs = [kv_from_json(item) for item in result.get("kvs", ())]
+        return kvs, int(result["header"]["revision"])
+
+    def get(self, key: str) -> KV | None:
+        kvs, _ = self.range(key)
+        return kvs[0] if kvs else None
+
+    def put(self, key: str, value: str | bytes, lease: int | None = None) -> int:
+        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = lease
+        return int(self.post("/kv/put", body)["header"]["revision"])
+
+    def delete(self, key: str, *, prefix: bool = False) -> int:
+        """Delete a key (or a prefix); the number of keys deleted."""
+        body: dict[str, Any] = {"key": _b64(key)}
+        if prefix:
+            body["range_end"] = _b64(prefix_end(key))
+        return int(self.post("/kv/deleterange", body).get("deleted", 0))
+
+    def put_if(
+        self, key: str, value: str | bytes, *, mod_revision: int, lease: int | None = None
+    ) -> bool:
+        """Put only if the key's mod_revision is still `mod_revision` (0: only if absent)."""
+        target = (
+            {"target": "CREATE", "create_revision": 0}
+            if mod_revision == 0
+            else {"target": "MOD", "mod_revision": mod_revision}
+        )
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = lease
+        txn = {
+            "compare": [{"key": _b64(key), "result": "EQUAL", **target}],
+            "success": [{"request_put": put}],
+            "failure": [],
+        }
+        return bool(self.post("/kv/txn", txn).get("succeeded", False))
+
+    def delete_if(self, key: str, *, mod_revision: int) -> bool:
+        txn = {
+            "compare": [
+                {"key": _b64(key), "result": "EQUAL", "target": "MOD", "mod_revision": mod_revision}
+            ],
+            "success": [{"request_delete_range": {"key": _b64(key)}}],
+            "failure": [],
+        }
+        return bool(self.post("/kv/txn", txn).get("succeeded", False))
+
+    def grant(self, ttl: int) -> int:
+        return int(self.post("/lease/grant", {"TTL": ttl, "ID": 0})["ID"])
+
+    def keepalive(self, lease: int) -> int:
+        """Refresh a lease; its new TTL, or -1 if it has expired."""
+        result = self.post("/lease/keepalive", {"ID": lease})
+        return int(result.get("result", {}).get("TTL", -1))
+
+    def time_to_live(self, lease: int) -> tuple[int, int]:
+        """(remaining TTL or -1 if expired, granted TTL)."""
+        result = self.post("/kv/lease/timetolive", {"ID": lease})
+        return int(result.get("TTL", -1)), int(result.get("grantedTTL", 0))
+
+    def revoke(self, lease: int) -> bool:
+        """Revoke a lease (its keys vanish); False if it had already expired."""
+        try:
+            self.post("/kv/lease/revoke", {"ID": lease})
+        except Etcd3Exception as exc:
+            if grpc_code(exc) == GRPC_NOT_FOUND:
+                return False
+            raise
+        return True
+
+    def compact(self, revision: int) -> None:
+        self.post("/kv/compaction", {"revision": revision, "physical": True})
+
+    def watch(self, prefix: str, start_revision: int, *, idle_timeout: float) -> WatchStream:
+        """Open a watch on every key under `prefix` from `start_revision` on the current endpoint."""
+        request = {
+            "create_request": {
+                "key": _b64(prefix),
+                "range_end": _b64(prefix_end(prefix)),
+                "start_revision": start_revision,
+                "progress_notify": True,
+            }
+        }
+        errors = []
+        for i in range(len(self._clients)):
+            idx = (self._current + i) % len(self._clients)
+            client = self._clients[idx]
+            try:
+                stream = WatchStream(
+                    client.session, client.get_url("/watch"), request, self.timeout, idle_timeout
+                )
+            except EtcdUnavailable as exc:
+                errors.append(str(exc))
+                continue
+            self._current = idx
+            return stream
+        raise EtcdUnavailable("; ".join(errors))
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.session.close()

@@ -1,0 +1,84 @@
+"""The etcd key layout under one prefix: flannel's keys plus vxflow's own sub-prefix.
+
+Pure string handling, so the registry, the watch and the validators agree on
+which key is which without touching etcd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network
+
+from leases.model import VXFLOW_SUBPREFIX, Endpoint, subnet_key
+
+
+class KeyKind(StrEnum):
+    CONFIG = "config"
+    LEASE = "lease"
+    ENDPOINT = "endpoint"
+
+
+@dataclass(frozen=True)
+class KV:
+    """One etcd key-value with the metadata the registry needs (lease 0: no TTL)."""
+
+    key: str
+    value: bytes
+    create_revision: int = 0
+    mod_revision: int = 0
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names for one flannel network prefix, e.g. `/coreos.com/network`."""
+
+    prefix: str
+
+    def __post_init__(self) -> None:
+        if not self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise ValueError(f"etcd prefix must start and not end with '/': {self.prefix!r}")
+
+    @property
+    def root(self) -> str:
+        """Everything of this network (and nothing of a sibling prefix)."""
+        return self.prefix + "/"
+
+    @property
+    def config(self) -> str:
+        return f"{self.prefix}/config"
+
+    @property
+    def subnets(self) -> str:
+        return f"{self.prefix}/subnets/"
+
+    @property
+    def endpoints(self) -> str:
+        return f"{self.prefix}/{VXFLOW_SUBPREFIX}/endpoints/"
+
+    def lease(self, subnet: IPv4Network) -> str:
+        return self.subnets + subnet_key(subnet)
+
+    def node_endpoints(self, node_subnet: IPv4Network) -> str:
+        return f"{self.endpoints}{subnet_key(node_subnet)}/"
+
+    def endpoint(self, ep: Endpoint) -> str:
+        return f"{self.node_endpoints(ep.node_subnet)}{ep.ip}"
+
+    def endpoint_for(self, node_subnet: IPv4Network, ip: IPv4Address) -> str:
+        return f"{self.node_endpoints(node_subnet)}{ip}"
+
+    def classify(self, key: str) -> tuple[KeyKind, str] | None:
+        """Which kind of entry `key` is, and its name below that kind's sub-prefix.
+
+        Keys that belong to nobody vxflow knows (flannel's other keys, vxflow's
+        election keys) give None and are ignored rather than rejected.
+        """
+        if key == self.config:
+            return KeyKind.CONFIG, ""
+        if key.startswith(self.subnets):
+            return KeyKind.LEASE, key[len(self.subnets) :]
+        if key.startswith(self.endpoints):
+            return KeyKind.ENDPOINT, key[len(self.endpoints) :]
+        return None

@@ -1,0 +1,413 @@
+"""The flannel-compatible subnet registry in etcd: config, leases, endpoints, watch.
+
+Writes exactly what flannel writes (key names, value JSON, one etcd lease with
+flannel's TTL per subnet) and creates subnets with an etcd transaction that
+only succeeds if the key does not exist, so any mix of vxflow and flannel
+nodes on one prefix never hands a subnet out twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network
+
+from leases.config import leasable, parse_config, subnet_range
+from leases.errors import ConfigMissing, LeaseLost, NetworkExhausted, RegistryError, SubnetTaken
+from leases.etcd_client import EtcdClient
+from leases.events import Event
+from leases.keys import KV, Keys
+from leases.metrics import RejectionReporter
+from leases.model import (
+    FLANNEL_DEFAULT_PREFIX,
+    LEASE_TTL_SECONDS,
+    RENEW_MARGIN_SECONDS,
+    Endpoint,
+    Lease,
+    NetworkConfig,
+)
+from leases.state import Snapshot, build_snapshot
+from leases.validate import (
+    Rejection,
+    check_endpoint,
+    check_lease,
+    endpoint_to_json,
+    lease_to_json,
+    normalize_mac,
+    parse_subnet_name,
+    public_ip_of,
+    public_ip_problem,
+)
+from leases.watch import Watch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
+
+
+def renew_interval(ttl: int = LEASE_TTL_SECONDS, margin: int = RENEW_MARGIN_SECONDS) -> float:
+    """Seconds until a lease of `ttl` should be renewed: flannel's `ttl - margin`.
+
+    For TTLs not longer than the margin (tests, tiny TTLs) renew at a third of the TTL.
+    """
+    return float(ttl - margin) if ttl > margin else ttl / 3
+
+
+class Registry:
+    """One network prefix in etcd. Not thread-safe: give each thread its own Registry."""
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] = DEFAULT_ENDPOINTS,
+        prefix: str = FLANNEL_DEFAULT_PREFIX,
+        *,
+        timeout: float = 5.0,
+    ) -> None:
+        self.keys = Keys(prefix)
+        self._endpoints = endpoints
+        self._timeout = timeout
+        self.etcd = EtcdClient(endpoints, timeout=timeout)
+        self._reporter = RejectionReporter()
+
+    def close(self) -> None:
+        self.etcd.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- config --------------------------------------------------------------
+
+    def get_config_raw(self) -> bytes:
+        kv = self.etcd.get(self.keys.config)
+        if kv is None:
+            raise ConfigMissing(
+                f"no network config at {self.keys.config}: write one with `vxflow config set FILE`"
+            )
+        return kv.value
+
+    def get_config(self) -> NetworkConfig:
+        """The validated config; ConfigMissing if absent, ConfigError if invalid."""
+        return parse_config(self.get_config_raw())
+
+    def set_config(self, raw: bytes | str) -> NetworkConfig:
+        """Validate, then store `raw` as given (flannel's fields and any others it carries)."""
+        cfg = parse_config(raw)
+        self.etcd.put(self.keys.config, raw)
+        log.info("network config written to %s: %s", self.keys.config, cfg.network)
+        return cfg
+
+    # --- leases --------------------------------------------------------------
+
+    def _subnet_kvs(self) -> list[KV]:
+        kvs, _ = self.etcd.range(self.keys.subnets, prefix=True)
+        return kvs
+
+    def acquire(
+        self,
+        public_ip: IPv4Address | str,
+        vtep_mac: str,
+        *,
+        previous_subnet: IPv4Network | None = None,
+        ttl: int = LEASE_TTL_SECONDS,
+        backend_data_extra: Iterable[tuple[str, object]] = (),
+    ) -> Lease:
+        """Get this node's subnet lease, as flannel's LocalManager.AcquireLease does.
+
+        Reuses the lease (or reservation) that already carries `public_ip`,
+        else `previous_subnet` if it is free and fits the config, else a random
+        free subnet in [SubnetMin, SubnetMax]. Creation is an etcd transaction
+        that succeeds only if the key does not exist; a lost race is retried.
+        Raises NetworkExhausted when no subnet is free.
+        """
+        cfg = self.get_config()
+        public_ip = IPv4Address(public_ip)
+        problem = public_ip_problem(public_ip, cfg)
+        if problem:
+            raise ValueError(problem)
+        template = Lease(
+            subnet=cfg.subnet_min or cfg.network,
+            public_ip=public_ip,
+            vni=cfg.backend.vni,
+            vtep_mac=normalize_mac(vtep_mac),
+            backend_data_extra=tuple(sorted(backend_data_extra)),
+        )
+        _, _, size = subnet_range(cfg)
+        for _ in range(size + 16):  # each lost race means another node got a subnet
+            kvs = self._subnet_kvs()
+            lease = self._reuse(cfg, kvs, template, ttl)
+            if lease is None:
+                subnet = self._pick(cfg, kvs, public_ip, previous_subnet)
+                lease = self._create(replace(template, subnet=subnet), ttl)
+            if lease is not None:
+                log.info(
+                    "lease %s for %s (etcd lease %s)", lease.subnet, public_ip, lease.etcd_lease_id
+                )
+                return lease
+        raise RegistryError(
+            f"gave up acquiring a subnet for {public_ip} after {size + 16} lost races"
+        )
+
+    def _reuse(self, cfg: NetworkConfig, kvs: list[KV], template: Lease, ttl: int) -> Lease | None:
+        """Claim the entry that already carries our PublicIP, if it fits the config."""
+        mine = []
+        for kv in kvs:
+            if public_ip_of(kv.value) != template.public_ip:
+                continue
+            try:
+                subnet = parse_subnet_name(kv.key.rsplit("/", 1)[-1])
+            except ValueError:
+                continue
+            if leasable(cfg, subnet) or (kv.lease == 0 and subnet.subnet_of(cfg.network)):
+                mine.append((subnet, kv))
+            elif kv.lease:
+                log.info(
+                    "deleting %s: lease of %s no longer fits the config", kv.key, template.public_ip
+                )
+                self.etcd.delete_if(kv.key, mod_revision=kv.mod_revision)
+        if not mine:
+            return None
+        subnet, kv = min(mine, key=lambda item: item[0])
+        lease = replace(template, subnet=subnet)
+        value = lease_to_json(lease)
+        if kv.lease == 0:  # a reservation stays one (no TTL)
+            if kv.value != value.encode() and not self.etcd.put_if(
+                kv.key, value, mod_revision=kv.mod_revision
+            ):
+                return None
+            return replace(lease, etcd_lease_id=None, mod_revision=self._mod_revision(kv.key))
+        remaining, granted = self.etcd.time_to_live(kv.lease)
+        if remaining > 0 and granted == ttl:  # keep the etcd lease: endpoints bound to it survive
+            unchanged = kv.value == value.encode()
+            if not unchanged and not self.etcd.put_if(
+                kv.key, value, mod_revision=kv.mod_revision, lease=kv.lease
+            ):
+                return None
+            if self.etcd.keepalive(kv.lease) > 0:
+                return replace(
+                    lease, etcd_lease_id=kv.lease, mod_revision=self._mod_revision(kv.key)
+                )
+            return None
+        etcd_lease = self.etcd.grant(ttl)
+        if not self.etcd.put_if(kv.key, value, mod_revision=kv.mod_revision, lease=etcd_lease):
+            self.etcd.revoke(etcd_lease)
+            return None
+        return replace(lease, etcd_lease_id=etcd_lease, mod_revision=self._mod_revision(kv.key))
+
+    def _mod_revision(self, key: str) -> int:
+        kv = self.etcd.get(key)
+        return kv.mod_revision if kv else 0
+
+    def _pick(
+        self,
+        cfg: NetworkConfig,
+        kvs: list[KV],
+        public_ip: IPv4Address,
+        previous: IPv4Network | None,
+    ) -> IPv4Network:
+        first, step, count = subnet_range(cfg)
+        taken: set[int] = set()  # indexes of [SubnetMin, SubnetMax] blocked by any subnet key
+        for kv in kvs:
+            try:
+                subnet = parse_subnet_name(kv.key.rsplit("/", 1)[-1])
+            except ValueError:
+                continue
+            lo = (int(subnet.network_address) - first) // step
+            hi = (int(subnet.broadcast_address) - first) // step
+            taken.update(range(max(lo, 0), min(hi, count - 1) + 1))
+        if previous is not None:
+            idx = (int(previous.network_address) - first) // step
+            if leasable(cfg, previous) and idx not in taken:
+                log.info("reusing previous subnet %s for %s", previous, public_ip)
+                return previous
+            log.info(
+                "previous subnet %s is taken or does not fit the config; picking another", previous
+            )
+        if len(taken) >= count:
+            raise NetworkExhausted(
+                f"no free /{cfg.subnet_len} in {cfg.subnet_min}..{cfg.subnet_max}: all {count} are leased"
+            )
+        start = random.randrange(count)  # random, as flannel, so racing nodes rarely collide
+        idx = next((start + i) % count for i in range(count) if (start + i) % count not in taken)
+        return IPv4Network((first + idx * step, cfg.subnet_len))
+
+    def _create(self, lease: Lease, ttl: int) -> Lease | None:
+        etcd_lease = self.etcd.grant(ttl)
+        key = self.keys.lease(lease.subnet)
+        if not self.etcd.put_if(key, lease_to_json(lease), mod_revision=0, lease=etcd_lease):
+            self.etcd.revoke(etcd_lease)
+            log.debug("lost the race for %s; retrying", lease.subnet)
+            return None
+        return replace(lease, etcd_lease_id=etcd_lease, mod_revision=self._mod_revision(key))
+
+    def renew(self, lease: Lease, *, ttl: int = LEASE_TTL_SECONDS) -> Lease:
+        """Refresh the lease's TTL; if it expired or vanished, take the subnet back.
+
+        Raises LeaseLost if another node holds the subnet now. If the returned
+        lease has another etcd_lease_id, the node's endpoints expired with the
+        old one and must be published again.
+        """
+        key = self.keys.lease(lease.subnet)
+        if lease.etcd_lease_id is not None and self.etcd.keepalive(lease.etcd_lease_id) > 0:
+            kv = self.etcd.get(key)
+            if kv is not None and kv.lease == lease.etcd_lease_id:
+                return replace(lease, mod_revision=kv.mod_revision)
+        kv = self.etcd.get(key)
+        if kv is None:
+            renewed = self._create(lease, ttl)
+            if renewed is None:
+                raise LeaseLost(
+                    f"{lease.subnet} was taken by another node while our lease had expired"
+                )
+            log.warning("lease %s had expired; re-created it", lease.subnet)
+            return renewed
+        if public_ip_of(kv.value) != lease.public_ip:
+            raise LeaseLost(f"{lease.subnet} now belongs to {public_ip_of(kv.value)}")
+        if kv.lease == 0:  # an operator turned it into a reservation
+            return replace(lease, etcd_lease_id=None, mod_revision=kv.mod_revision)
+        etcd_lease = self.etcd.grant(ttl)
+        if not self.etcd.put_if(
+            key, lease_to_json(lease), mod_revision=kv.mod_revision, lease=etcd_lease
+        ):
+            self.etcd.revoke(etcd_lease)
+            raise LeaseLost(f"{lease.subnet} changed while renewing; acquire again")
+        return replace(lease, etcd_lease_id=etcd_lease, mod_revision=self._mod_revision(key))
+
+    def time_to_live(self, lease: Lease) -> int:
+        """Seconds left on the lease's etcd lease; -1 if expired (or a reservation)."""
+        if lease.etcd_lease_id is None:
+            return -1
+        return self.etcd.time_to_live(lease.etcd_lease_id)[0]
+
+    def release(self, lease: Lease) -> None:
+        """Give the subnet back: revoking the etcd lease removes it and the node's endpoints.
+
+        A reservation keeps its subnet key (remove it with `unreserve`); only
+        its endpoints are deleted.
+        """
+        if lease.etcd_lease_id is not None:
+            self.etcd.revoke(lease.etcd_lease_id)
+        else:
+            self.etcd.delete(self.keys.node_endpoints(lease.subnet), prefix=True)
+        log.info("released %s", lease.subnet)
+
+    def reserve(
+        self, subnet: IPv4Network, public_ip: IPv4Address | str, vtep_mac: str | None = None
+    ) -> None:
+        """Pin `subnet` to `public_ip` without a TTL, as flannel's reservations.
+
+        The node with that PublicIP gets this subnet from `acquire` and fills in
+        its VtepMAC. Raises SubnetTaken if another PublicIP holds it.
+        """
+        cfg = self.get_config()
+        public_ip = IPv4Address(public_ip)
+        if not (subnet.subnet_of(cfg.network) and subnet.prefixlen == cfg.subnet_len):
+            raise ValueError(f"{subnet} is not a /{cfg.subnet_len} of {cfg.network}")
+        problem = public_ip_problem(public_ip, cfg)
+        if problem:
+            raise ValueError(problem)
+        key = self.keys.lease(subnet)
+        if vtep_mac is None:
+            value = f'{{"PublicIP":"{public_ip}","PublicIPv6":null}}'
+        else:
+            lease = Lease(subnet, public_ip, cfg.backend.vni, normalize_mac(vtep_mac))
+            value = lease_to_json(lease)
+        kv = self.etcd.get(key)
+        if kv is not None and public_ip_of(kv.value) != public_ip:
+            raise SubnetTaken(
+                f"{subnet} is held by {public_ip_of(kv.value) or 'an unreadable entry'}"
+            )
+        if not self.etcd.put_if(key, value, mod_revision=kv.mod_revision if kv else 0):
+            raise SubnetTaken(f"{subnet} changed while reserving it; try again")
+        log.info("reserved %s for %s", subnet, public_ip)
+
+    def unreserve(self, subnet: IPv4Network) -> bool:
+        """Delete a reservation (a subnet key without TTL); False if there was none."""
+        kv = self.etcd.get(self.keys.lease(subnet))
+        if kv is None or kv.lease:
+            return False
+        return self.etcd.delete_if(kv.key, mod_revision=kv.mod_revision)
+
+    # --- endpoints -----------------------------------------------------------
+
+    def put_endpoint(self, ep: Endpoint, lease: Lease) -> None:
+        """Publish a pod port, bound to the node's etcd lease so it vanishes with it."""
+        if ep.node_subnet != lease.subnet:
+            raise ValueError(
+                f"endpoint {ep.ip} belongs to {ep.node_subnet}, not to lease {lease.subnet}"
+            )
+        key = self.keys.endpoint(ep)
+        value = endpoint_to_json(ep)
+        checked = check_endpoint(key, key[len(self.keys.endpoints) :], value, {lease.subnet: lease})
+        if isinstance(checked, Rejection):
+            raise ValueError(checked.detail)
+        self.etcd.put(key, value, lease=lease.etcd_lease_id)
+
+    def delete_endpoint(self, ep: Endpoint) -> None:
+        self.etcd.delete(self.keys.endpoint(ep))
+
+    def list_endpoints(self, node_subnet: IPv4Network | None = None) -> list[Endpoint]:
+        """Valid endpoints (of nodes with a valid lease), optionally of one node only."""
+        snap = self.snapshot()
+        return [ep for ep in snap.endpoints if node_subnet is None or ep.node_subnet == node_subnet]
+
+    # --- listing and watching ------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Everything valid under the prefix, at one etcd revision; rejections logged once."""
+        kvs, revision = self.etcd.range(self.keys.root, prefix=True)
+        snap = build_snapshot(self.keys, kvs, revision)
+        self._reporter.report(snap.rejected)
+        return snap
+
+    def list_leases(self) -> list[Lease]:
+        return list(self.snapshot().leases)
+
+    def lease_for(
+        self, subnet: IPv4Network, config: NetworkConfig | None = None
+    ) -> Lease | Rejection | None:
+        """The entry at `subnet` validated on its own (no cross-lease rules); None if absent."""
+        kv = self.etcd.get(self.keys.lease(subnet))
+        if kv is None:
+            return None
+        return check_lease(
+            kv.key,
+            kv.value,
+            config or self.get_config(),
+            etcd_lease_id=kv.lease or None,
+            mod_revision=kv.mod_revision,
+        )
+
+    def watch(
+        self,
+        start_revision: int | None = None,
+        *,
+        since: Snapshot | None = None,
+        callback: Callable[[Event], None] | None = None,
+        idle_timeout: float = 30.0,
+        max_backoff: float = 5.0,
+    ) -> Watch:
+        """Follow the prefix in a (green) thread; iterate the Watch or pass `callback`.
+
+        - `since=snapshot`: deliver every change after that snapshot.
+        - `start_revision=r`: deliver every change made at revision r or later.
+        - neither: deliver the current state as added events, then changes.
+        Always call `stop()` (or use it as a context manager) when done.
+        """
+        return Watch(
+            EtcdClient(self._endpoints, timeout=self._timeout),
+            self.keys,
+            since=since,
+            start_revision=start_revision,
+            callback=callback,
+            idle_timeout=idle_timeout,
+            max_backoff=max_backoff,
+        )
+
+    def rejected(self) -> tuple[Rejection, ...]:
+        """Entries the current snapshot excludes, with reasons (for operators and the CLI)."""
+        return self.snapshot().rejected
