@@ -1,0 +1,1 @@
+"""The vxflow OpenFlow controller: an os-ken application (`osken-manager controller.app`)."""
