@@ -32,9 +32,11 @@ import ovs.db.idl
 from ovs.db.idl import Transaction
 
 from flows.ports import GATEWAY_OFPORT, GATEWAY_PORT, TUNNEL_OFPORT, TUNNEL_PORT, gateway_mac
-from leases.model import VXLAN_OVERHEAD, Lease, NetworkConfig, datapath_id_for
-from ovsdb.gateway import GatewaySpec, converge_gateway, link_holding
+from leases.model import Lease, NetworkConfig, datapath_id_for
+from leases.subnet_env import overlay_mtu
+from ovsdb.gateway import GatewaySpec, converge_gateway
 from ovsdb.idl import refresh, run_once
+from ovsdb.iproute import link_holding
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +96,6 @@ class BridgeState:
     other_config: tuple[tuple[str, str], ...]
     ports: tuple[PortSpec, ...]
     gateway: GatewaySpec
-
-
-def overlay_mtu(config: NetworkConfig, underlay_mtu: int) -> int:
-    """Backend.MTU if configured, else the underlay's MTU minus VXLAN's 50 bytes."""
-    return config.backend.mtu or underlay_mtu - VXLAN_OVERHEAD
 
 
 def desired_state(
@@ -190,7 +187,7 @@ def owned(row) -> bool:
     return _get(row, "external_ids", {}).get(OWNER_KEY) == "true"
 
 
-def _by_name(idl: ovs.db.idl.Idl, table: str, name: str):
+def by_name(idl: ovs.db.idl.Idl, table: str, name: str):
     return next((r for r in idl.tables[table].rows.values() if r.name == name), None)
 
 
@@ -251,7 +248,7 @@ def _plan_bridge(plan: _Plan, state: BridgeState):
     if root is None:
         root = plan.insert("Open_vSwitch")
         plan.changes.append("Open_vSwitch: create the root row")
-    bridge = _by_name(idl, "Bridge", state.name)
+    bridge = by_name(idl, "Bridge", state.name)
     what = f"bridge {state.name}"
     if bridge is None:
         bridge = plan.insert("Bridge", state.name)
@@ -284,7 +281,7 @@ def _plan_bridge(plan: _Plan, state: BridgeState):
 def _plan_port(plan: _Plan, bridge, spec: PortSpec) -> None:
     idl = plan.idl
     what = f"port {spec.name}"
-    port = _by_name(idl, "Port", spec.name)
+    port = by_name(idl, "Port", spec.name)
     if port is not None and not owned(port):
         if spec.role == "local":
             return  # the bridge's own port, made by whoever made the bridge: leave it
@@ -369,6 +366,20 @@ def converge(
     raise BootstrapError(f"OVSDB transaction still conflicting after {attempts} attempts")
 
 
+def with_underlay_mtu(
+    options: BootstrapOptions, lease: Lease, netns: str | None = None
+) -> BootstrapOptions:
+    """`options` with the MTU of the interface holding the PublicIP (kept if none holds it)."""
+    link = link_holding(lease.public_ip, netns=netns)
+    if link is None:
+        log.warning(
+            "no interface holds PublicIP %s; assuming underlay MTU %d",
+            lease.public_ip, options.underlay_mtu,
+        )  # fmt: skip
+        return options
+    return replace(options, underlay_mtu=int(link["mtu"]))
+
+
 def bootstrap(
     idl: ovs.db.idl.Idl,
     config: NetworkConfig,
@@ -386,12 +397,7 @@ def bootstrap(
     refresh(idl)
     if options.datapath_type == "auto":
         options = replace(options, datapath_type=detect_datapath_type(idl))
-    link = link_holding(lease.public_ip, netns=netns)
-    if link is None:
-        log.warning("no interface holds PublicIP %s; assuming underlay MTU %d",
-                    lease.public_ip, options.underlay_mtu)  # fmt: skip
-    else:
-        options = replace(options, underlay_mtu=int(link["mtu"]))
+    options = with_underlay_mtu(options, lease, netns)
     state = desired_state(config, lease, controllers, options)
     changes = converge(idl, state, dry_run=dry_run)
     kernel = converge_gateway(state.gateway, netns=netns, dry_run=dry_run)
@@ -424,7 +430,7 @@ def clear_flow_restore_wait(idl: ovs.db.idl.Idl) -> bool:
 
 
 def controller_connected(idl: ovs.db.idl.Idl, bridge: str) -> bool:
-    row = _by_name(idl, "Bridge", bridge)
+    row = by_name(idl, "Bridge", bridge)
     return row is not None and any(_get(c, "is_connected", False) for c in row.controller)
 
 

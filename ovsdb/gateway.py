@@ -2,23 +2,19 @@
 
 OVSDB creates the internal port `vxgw0`; the kernel must then carry the
 node's gateway address on it and route the whole overlay Network into it (the
-seed's `10.20.0.0/16 dev flannel.1`). This is done with `ip` (iproute2, on
-every node) rather than pyroute2, to keep the dependency list short; `ip -j`
-gives JSON, so the diff is exact. `netns` runs everything with `ip -n NETNS`
-(tests bootstrap emulated nodes from the root namespace).
+seed's `10.20.0.0/16 dev flannel.1`). This is done with `ip` (see
+ovsdb/iproute.py). `netns` runs everything with `ip -n NETNS` (tests
+bootstrap emulated nodes from the root namespace).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network
 
-
-class GatewayError(RuntimeError):
-    """The kernel side of the gateway could not be brought to the desired state."""
+from ovsdb.iproute import IprouteError, ip, ip_json
 
 
 @dataclass(frozen=True)
@@ -31,39 +27,8 @@ class GatewaySpec:
     route: IPv4Network  # the whole overlay Network, routed into `ifname`
 
 
-def _ip(*args: str, netns: str | None = None, check: bool = True) -> str:
-    cmd = ["ip", *(("-n", netns) if netns else ()), *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-    if check and res.returncode != 0:
-        raise GatewayError(f"`{' '.join(cmd)}` failed: {res.stderr.strip()}")
-    return res.stdout
-
-
-def _ip_json(*args: str, netns: str | None = None) -> list[dict]:
-    out = _ip("-j", *args, netns=netns)
-    return json.loads(out) if out.strip() else []
-
-
-def link_holding(address: IPv4Address, netns: str | None = None) -> dict | None:
-    """The `ip -j addr` entry of the interface holding `address` (the underlay), or None."""
-    for link in _ip_json("addr", "show", netns=netns):
-        for info in link.get("addr_info", []):
-            if info.get("family") == "inet" and info.get("local") == str(address):
-                return link
-    return None
-
-
-def address_of(ifname: str, netns: str | None = None) -> IPv4Address | None:
-    """The first IPv4 address of `ifname` (flannel's --iface), or None."""
-    for link in _ip_json("addr", "show", "dev", ifname, netns=netns):
-        for info in link.get("addr_info", []):
-            if info.get("family") == "inet":
-                return IPv4Address(info["local"])
-    return None
-
-
 def _link(ifname: str, netns: str | None) -> dict | None:
-    out = _ip("-j", "addr", "show", "dev", ifname, netns=netns, check=False)
+    out = ip("-j", "addr", "show", "dev", ifname, netns=netns, check=False)
     links = json.loads(out) if out.strip() else []
     return links[0] if links else None
 
@@ -86,7 +51,7 @@ def converge_gateway(
         if dry_run:
             return [f"kernel: {spec.ifname} address {spec.address}, mtu {spec.mtu}, up, "
                     f"route {spec.route} dev {spec.ifname} (once the port exists)"]  # fmt: skip
-        raise GatewayError(
+        raise IprouteError(
             f"{spec.ifname} did not appear in the kernel within {wait:.0f}s: "
             "is ovs-vswitchd running for this OVSDB?"
         )
@@ -94,7 +59,7 @@ def converge_gateway(
     if int(link["mtu"]) != spec.mtu:
         changes.append(f"kernel: {spec.ifname} mtu {link['mtu']} -> {spec.mtu}")
         if not dry_run:
-            _ip("link", "set", "dev", spec.ifname, "mtu", str(spec.mtu), netns=netns)
+            ip("link", "set", "dev", spec.ifname, "mtu", str(spec.mtu), netns=netns)
     have = {
         IPv4Interface(f"{i['local']}/{i['prefixlen']}")
         for i in link.get("addr_info", [])
@@ -103,18 +68,18 @@ def converge_gateway(
     for extra in sorted(have - {spec.address}):
         changes.append(f"kernel: {spec.ifname} remove address {extra}")
         if not dry_run:
-            _ip("addr", "del", str(extra), "dev", spec.ifname, netns=netns)
+            ip("addr", "del", str(extra), "dev", spec.ifname, netns=netns)
     if spec.address not in have:
         changes.append(f"kernel: {spec.ifname} add address {spec.address}")
         if not dry_run:
-            _ip("addr", "add", str(spec.address), "dev", spec.ifname, netns=netns)
+            ip("addr", "add", str(spec.address), "dev", spec.ifname, netns=netns)
     if "UP" not in link.get("flags", []):
         changes.append(f"kernel: {spec.ifname} set up")
         if not dry_run:
-            _ip("link", "set", "dev", spec.ifname, "up", netns=netns)
-    routes = _ip_json("route", "show", "exact", str(spec.route), netns=netns)
+            ip("link", "set", "dev", spec.ifname, "up", netns=netns)
+    routes = ip_json("route", "show", "exact", str(spec.route), netns=netns)
     if not any(r.get("dev") == spec.ifname for r in routes) or len(routes) != 1:
         changes.append(f"kernel: route {spec.route} dev {spec.ifname}")
         if not dry_run:
-            _ip("route", "replace", str(spec.route), "dev", spec.ifname, netns=netns)
+            ip("route", "replace", str(spec.route), "dev", spec.ifname, netns=netns)
     return changes

@@ -1,0 +1,311 @@
+"""The node agent: holds this node's lease, keeps br-int bootstrapped, publishes pod endpoints.
+
+Pod-port convention (what a CNI plugin must do): add the pod's veth to br-int
+and set on its Interface `external_ids:attached-mac=<pod MAC>` and
+`external_ids:vxflow-ip=<pod IPv4>` (see ovsdb/pods.py). The agent publishes
+`<prefix>/vxflow/endpoints/<subnet-key>/<ip>` = {IP, MAC, OFPort, Port},
+bound to the node's etcd lease, and deletes it when the port goes. Malformed
+values, or an IP outside this node's subnet, are logged once and not published.
+
+Shape: one thread, one loop. It owns the IDL (python-ovs is not thread-safe),
+waits at most a second for OVSDB updates, and on each change (or every
+`resync_interval`) re-converges the bridge and re-scans pod ports. etcd work
+(endpoint reconciliation, lease renewal) is done in the same loop with its own
+backoff, so an etcd outage delays only etcd work: the bridge and the lease we
+hold stay as they are, and on recovery the agent re-reads what etcd has and
+reconciles (no duplicate keys: an endpoint's key is its IP). The IDL reconnects
+to a restarted ovsdb-server by itself and the reload triggers a converge.
+SIGTERM/SIGINT stop the loop within a second; the lease is kept (as flanneld
+does) unless `release_on_exit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import TypeVar
+
+from prometheus_client import Counter
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_when_event_set
+from tenacity import wait_exponential as wait_exp
+
+from flows.ports import vtep_mac_for
+from leases.errors import ConfigMissing, EtcdUnavailable, LeaseLost
+from leases.model import LEASE_TTL_SECONDS, RENEW_MARGIN_SECONDS, Endpoint, Lease, NetworkConfig
+from leases.registry import Registry, renew_interval
+from leases.subnet_env import overlay_mtu, previous_subnet, subnet_env_for, write_subnet_env
+from ovsdb import idl as ovsidl
+from ovsdb.bootstrap import (
+    BootstrapError,
+    BootstrapOptions,
+    bootstrap,
+    by_name,
+    clear_flow_restore_wait,
+    controller_connected,
+    flow_count,
+    flow_restore_wait_set,
+    owned,
+    with_underlay_mtu,
+)
+from ovsdb.iproute import IprouteError
+from ovsdb.pods import PodPort, PodRejection, endpoints_from_ports
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+POD_REJECTIONS = Counter(
+    "vxflow_agent_pod_ports_rejected", "Pod ports whose external_ids were rejected", ["reason"]
+)
+ENDPOINT_ERRORS = Counter("vxflow_agent_etcd_errors", "etcd operations that failed (retried)")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    public_ip: IPv4Address
+    subnet_file: Path
+    ovsdb: str
+    controllers: tuple[str, ...]
+    options: BootstrapOptions = field(default_factory=BootstrapOptions)
+    ip_masq: bool = False
+    release_on_exit: bool = False
+    resync_interval: float = 30.0
+    max_backoff: float = 30.0
+    lease_ttl: int = LEASE_TTL_SECONDS
+    renew_margin: int = RENEW_MARGIN_SECONDS
+
+
+@dataclass
+class _Backoff:
+    """When an etcd task may run again: now, or after an exponentially growing pause."""
+
+    max_delay: float
+    failures: int = 0
+    not_before: float = 0.0
+
+    def due(self, now: float) -> bool:
+        return now >= self.not_before
+
+    def failed(self, now: float) -> float:
+        self.failures += 1
+        delay = min(self.max_delay, 0.5 * 2 ** (self.failures - 1))
+        self.not_before = now + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures, self.not_before = 0, 0.0
+
+
+def pod_ports(idl, bridge: str) -> list[PodPort]:
+    """Every Interface on `bridge` that vxflow did not create, as plain values."""
+    row = by_name(idl, "Bridge", bridge)
+    if row is None:
+        return []
+    ports = []
+    for port in row.ports:
+        if owned(port):
+            continue
+        for iface in port.interfaces:
+            ofport = iface.ofport[0] if iface.ofport else None
+            ports.append(PodPort(iface.name, ofport, tuple(sorted(iface.external_ids.items()))))
+    return ports
+
+
+class Agent:
+    """Run with `run()`; stop with `stop()` (signal handlers call it)."""
+
+    def __init__(self, settings: AgentSettings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._stop = threading.Event()
+        self.config: NetworkConfig | None = None
+        self.lease: Lease | None = None
+        self._desired: dict[IPv4Address, Endpoint] = {}
+        self._published: dict[IPv4Address, Endpoint] | None = None  # None: re-read from etcd
+        self._reported: set[PodRejection] = set()
+        self._etcd = _Backoff(settings.max_backoff)
+        self._renew_at = 0.0
+        self._dirty = True  # re-converge and re-scan on the next loop turn
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    # -- startup ---------------------------------------------------------------
+    def _retry(self, what: str, fn: Callable[[], T], errors: tuple[type[Exception], ...]) -> T:
+        """Call `fn` until it succeeds or the agent is stopped (then raise RetryError)."""
+
+        def before_sleep(state) -> None:
+            log.warning("%s failed: %s; retrying in %.1fs", what, state.outcome.exception(),
+                        state.next_action.sleep)  # fmt: skip
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(errors),
+            wait=wait_exp(multiplier=0.5, max=self.settings.max_backoff),
+            stop=stop_when_event_set(self._stop),
+            sleep=self._stop.wait,
+            before_sleep=before_sleep,
+        )
+        return retrying(fn)
+
+    def run(self) -> int:
+        """The agent's life; returns the exit status (0 after a requested stop)."""
+        try:
+            self.config = self._retry("reading the network config", self.registry.get_config,
+                                      (EtcdUnavailable, ConfigMissing))  # fmt: skip
+            self._acquire()
+            idl = self._retry(f"connecting to OVSDB {self.settings.ovsdb}",
+                              lambda: ovsidl.connect(self.settings.ovsdb),
+                              (ovsidl.OvsdbUnavailable,))  # fmt: skip
+        except RetryError:
+            log.info("stopped before the agent was up")
+            return 0
+        try:
+            self._loop(idl)
+        finally:
+            idl.close()
+            self._exit()
+        return 0
+
+    def _acquire(self) -> None:
+        """Get (or get back) this node's lease, then write subnet.env for CNI."""
+        hint = self.lease.subnet if self.lease else previous_subnet(self.settings.subnet_file)
+        public_ip = self.settings.public_ip
+        self.lease = self._retry(
+            "acquiring a subnet lease",
+            lambda: self.registry.acquire(
+                public_ip, vtep_mac_for(public_ip), previous_subnet=hint,
+                ttl=self.settings.lease_ttl,
+            ),
+            (EtcdUnavailable,),
+        )  # fmt: skip
+        log.info("holding lease %s for %s (etcd lease %s)", self.lease.subnet, public_ip,
+                 self.lease.etcd_lease_id)  # fmt: skip
+        self._schedule_renewal()
+        mtu = overlay_mtu(
+            self.config, with_underlay_mtu(self.settings.options, self.lease).underlay_mtu
+        )
+        env = subnet_env_for(self.config, self.lease, mtu, self.settings.ip_masq)
+        write_subnet_env(self.settings.subnet_file, env)
+        log.info("wrote %s: FLANNEL_SUBNET=%s FLANNEL_MTU=%d", self.settings.subnet_file,
+                 env.subnet, mtu)  # fmt: skip
+        self._published = None
+
+    def _exit(self) -> None:
+        if self.settings.release_on_exit and self.lease is not None:
+            try:
+                self.registry.release(self.lease)
+                log.info("released lease %s", self.lease.subnet)
+            except EtcdUnavailable as exc:
+                log.error(
+                    "could not release lease %s: %s (it expires by TTL)", self.lease.subnet, exc
+                )
+        elif self.lease is not None:
+            log.info("keeping lease %s (use --release-on-exit to give it up)", self.lease.subnet)
+
+    # -- the loop ------------------------------------------------------------------
+    def _loop(self, idl) -> None:
+        next_resync, was_connected = 0.0, True
+        while not self._stop.is_set():
+            self._dirty |= ovsidl.run_once(idl, timeout=1.0)
+            now = time.monotonic()
+            connected = ovsidl.is_connected(idl)
+            if connected != was_connected:
+                log.warning("OVSDB %s %s", self.settings.ovsdb,
+                            "reconnected" if connected else "connection lost; reconnecting")  # fmt: skip
+                was_connected = connected
+            if connected and (self._dirty or now >= next_resync):
+                if now >= next_resync:
+                    self._published = None  # periodically re-read etcd: repairs deleted keys
+                self._dirty = not self._converge(idl)
+                next_resync = now + self.settings.resync_interval
+                self._scan(idl)
+            if self._etcd.due(now):
+                self._etcd_work(now)
+            if connected and flow_restore_wait_set(idl):
+                self._maybe_clear_flow_restore_wait(idl)
+
+    def _converge(self, idl) -> bool:
+        try:
+            changes = bootstrap(idl, self.config, self.lease, self.settings.controllers,
+                                self.settings.options)  # fmt: skip
+        except (BootstrapError, IprouteError) as exc:
+            log.error("bootstrap of %s failed: %s (retrying)", self.settings.options.bridge, exc)
+            return False
+        if changes:
+            log.info("converged %s: %d change(s)", self.settings.options.bridge, len(changes))
+        return True
+
+    def _scan(self, idl) -> None:
+        self._desired, rejected = endpoints_from_ports(
+            pod_ports(idl, self.settings.options.bridge), self.lease
+        )
+        for rejection in set(rejected) - self._reported:
+            log.warning("%s; not published", rejection)
+            POD_REJECTIONS.labels(reason=rejection.reason.split(" ")[0]).inc()
+        self._reported = set(rejected)
+
+    def _etcd_work(self, now: float) -> None:
+        try:
+            if now >= self._renew_at:
+                self._renew()
+            self._sync_endpoints()
+        except EtcdUnavailable as exc:
+            ENDPOINT_ERRORS.inc()
+            self._published = None
+            delay = self._etcd.failed(now)
+            log.warning("etcd: %s; retrying in %.1fs (lease and bridge kept)", exc, delay)
+            return
+        self._etcd.succeeded()
+
+    def _renew(self) -> None:
+        try:
+            renewed = self.registry.renew(self.lease, ttl=self.settings.lease_ttl)
+        except LeaseLost as exc:
+            log.error("lease %s lost: %s; acquiring a new one", self.lease.subnet, exc)
+            self._acquire()  # a new subnet: the next loop turn re-bootstraps the gateway
+            self._dirty = True
+            return
+        if renewed.etcd_lease_id != self.lease.etcd_lease_id:
+            log.warning("lease %s is bound to a new etcd lease; re-publishing endpoints",
+                        renewed.subnet)  # fmt: skip
+            self._published = {}  # the old etcd lease took our endpoints with it
+        self.lease = renewed
+        self._schedule_renewal()
+
+    def _schedule_renewal(self) -> None:
+        ttl, margin = self.settings.lease_ttl, self.settings.renew_margin
+        self._renew_at = time.monotonic() + renew_interval(ttl, margin)
+
+    def _sync_endpoints(self) -> None:
+        subnet = self.lease.subnet
+        if self._published is None:
+            self._published = {ep.ip: ep for ep in self.registry.list_endpoints(subnet)}
+        for ip, ep in sorted(self._desired.items()):
+            if self._published.get(ip) != ep:
+                try:
+                    self.registry.put_endpoint(ep, self.lease)
+                except ValueError as exc:  # the registry's own validation: never publish it
+                    log.warning("pod port %s rejected by the registry: %s", ep.port_name, exc)
+                    continue
+                self._published[ip] = ep
+                log.info("published endpoint %s %s on %s (ofport %d)", ip, ep.mac, ep.port_name,
+                         ep.ofport)  # fmt: skip
+        for ip in sorted(set(self._published) - set(self._desired)):
+            self.registry.delete_endpoint(self._published.pop(ip))
+            log.info("removed endpoint %s", ip)
+
+    def _maybe_clear_flow_restore_wait(self, idl) -> None:
+        bridge = self.settings.options.bridge
+        if not controller_connected(idl, bridge):
+            return
+        if (flow_count(self.settings.ovsdb, bridge) or 0) > 0:
+            clear_flow_restore_wait(idl)

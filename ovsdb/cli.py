@@ -1,0 +1,254 @@
+"""`vxflow bootstrap` and `vxflow agent`: the node side, with flanneld's flags and environment.
+
+Precedence for every setting: command-line flag, then its FLANNELD_*
+variable, then `--sysconfig FILE` (the old /etc/sysconfig/flanneld), then the
+default. PublicIP: `--public-ip`, else the address of `--iface`, else of the
+interface of the default route (as flanneld chooses).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from flows.ports import vtep_mac_for
+from leases.cli_options import etcd_options, open_registry, operator_errors
+from leases.config import parse_config
+from leases.etcd_client import parse_endpoints
+from leases.keys import Keys
+from leases.model import RENEW_MARGIN_SECONDS, Lease, NetworkConfig
+from leases.subnet_env import DEFAULT_SUBNET_ENV, previous_subnet
+from ovsdb import idl as ovsidl
+from ovsdb.bootstrap import (
+    DATAPATH_TYPES,
+    DEFAULT_BRIDGE,
+    DEFAULT_CONTROLLER,
+    TUNNEL_KEYS,
+    BootstrapError,
+    BootstrapOptions,
+)
+from ovsdb.bootstrap import (
+    bootstrap as converge_node,
+)
+from ovsdb.iproute import IprouteError, address_of, default_route_interface
+from ovsdb.sysconfig import SysconfigError, read_sysconfig
+
+log = logging.getLogger(__name__)
+
+
+def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `bootstrap` and `agent` share (flanneld's names where flanneld has one)."""
+    options = [
+        click.option("--sysconfig", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Read FLANNEL_ETCD[_ENDPOINTS], FLANNEL_ETCD_KEY/_PREFIX and "
+                          "FLANNEL_OPTIONS from an /etc/sysconfig/flanneld-style file "
+                          "(flags and FLANNELD_* variables win)."),
+        click.option("--public-ip", envvar="FLANNELD_PUBLIC_IP", show_envvar=True,
+                     help="This node's underlay address (VXLAN local_ip, the lease's PublicIP). "
+                          "Default: the address of --iface."),
+        click.option("--iface", envvar="FLANNELD_IFACE", show_envvar=True,
+                     help="Interface whose address is the PublicIP. "
+                          "Default: the interface of the default route."),
+        click.option("--subnet-file", envvar="FLANNELD_SUBNET_FILE", show_envvar=True,
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     default=DEFAULT_SUBNET_ENV, show_default=True,
+                     help="flannel's subnet.env (written by the agent; its subnet is asked "
+                          "for again on restart)."),
+        click.option("--ovsdb", default=ovsidl.DEFAULT_OVSDB, show_default=True,
+                     envvar="VXFLOW_OVSDB", show_envvar=True, help="OVSDB server to manage."),
+        click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True,
+                     help="Integration bridge name."),
+        click.option("--controller", "controllers", multiple=True,
+                     default=(DEFAULT_CONTROLLER,), show_default=True,
+                     help="OpenFlow controller target (repeatable)."),
+        click.option("--datapath-type", type=click.Choice(DATAPATH_TYPES), default="auto",
+                     show_default=True,
+                     help="auto: system if the openvswitch kernel module is loaded, else netdev."),
+        click.option("--tunnel-key", type=click.Choice(TUNNEL_KEYS), default="flow",
+                     show_default=True,
+                     help="VXLAN key: flow (the controller sets the VNI per flow) or the "
+                          "config's VNI pinned on the port."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return etcd_options(f)
+
+
+def _apply_sysconfig(ctx: click.Context, params: dict[str, Any]) -> None:
+    """Fill settings still at their default from --sysconfig, validated like the flags."""
+    path = params.get("sysconfig")
+    if path is None:
+        return
+    sysconfig = read_sysconfig(path)
+    for word in sysconfig.ignored:
+        log.warning("%s: FLANNEL_OPTIONS %r is not used by vxflow", path, word)
+    for name, value in sysconfig.values.items():
+        if name not in params or ctx.get_parameter_source(name) not in (
+            ParameterSource.DEFAULT,
+            None,
+        ):
+            continue
+        if name == "etcd_endpoints":
+            parse_endpoints(value)
+        elif name == "etcd_prefix":
+            Keys(value)
+        params[name] = value.lower() in ("true", "1") if name == "ip_masq" else value
+        log.info("%s: %s=%s", path, name, params[name])
+
+
+def resolve_public_ip(public_ip: str | None, iface: str | None) -> IPv4Address:
+    if public_ip:
+        try:
+            return IPv4Address(public_ip)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--public-ip") from exc
+    iface = iface or default_route_interface()
+    if iface is None:
+        raise click.UsageError("no --public-ip, no --iface and no default route to pick one from")
+    address = address_of(iface)
+    if address is None:
+        raise click.UsageError(f"interface {iface} has no IPv4 address to use as PublicIP")
+    return address
+
+
+def node_errors(f: Callable[..., Any]) -> Callable[..., Any]:
+    """One clear line and exit status 1 for the failures an operator can fix."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except (ovsidl.OvsdbUnavailable, BootstrapError, IprouteError, SysconfigError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        except ValueError as exc:  # invalid sysconfig values, PublicIP rejected by the registry
+            raise click.ClickException(str(exc)) from exc
+
+    return operator_errors(wrapper)
+
+
+def _options(params: dict[str, Any]) -> BootstrapOptions:
+    return BootstrapOptions(
+        bridge=params["bridge"],
+        datapath_type=params["datapath_type"],
+        tunnel_key=params["tunnel_key"],
+    )
+
+
+def _flag_config(
+    network: str, subnet_len: int, vni: int, port: int, mtu: int | None
+) -> NetworkConfig:
+    backend: dict[str, Any] = {"Type": "vxlan", "VNI": vni, "Port": port}
+    if mtu is not None:
+        backend["MTU"] = mtu
+    return parse_config(
+        json.dumps({"Network": network, "SubnetLen": subnet_len, "Backend": backend})
+    )
+
+
+@click.command()
+@node_options
+@click.option("--network", help="Overlay Network (CIDR): take the config from flags, not etcd.")
+@click.option("--vni", type=int, default=1, show_default=True, help="With --network: the VNI.")
+@click.option("--vxlan-port", type=int, default=8472, show_default=True,
+              help="With --network: VXLAN UDP port (Backend.Port).")  # fmt: skip
+@click.option("--mtu", type=int, help="With --network: overlay MTU (Backend.MTU).")
+@click.option("--subnet", help="This node's subnet (CIDR). Default: the lease in etcd "
+              "holding --public-ip, else FLANNEL_SUBNET of --subnet-file.")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Print the changes without making them.")
+@click.pass_context
+@node_errors
+def bootstrap(ctx: click.Context, **params: Any) -> None:
+    """Converge the integration bridge (and the gateway's address and route) once, and exit.
+
+    Prints one line per change made; nothing when the node is already right.
+    """
+    _apply_sysconfig(ctx, params)
+    public_ip = resolve_public_ip(params["public_ip"], params["iface"])
+    registry = None
+    if params["network"]:
+        subnet_len = IPv4Network(params["subnet"]).prefixlen if params["subnet"] else 24
+        config = _flag_config(params["network"], subnet_len, params["vni"],
+                              params["vxlan_port"], params["mtu"])  # fmt: skip
+    else:
+        registry = open_registry(params["etcd_endpoints"], params["etcd_prefix"])
+        config = registry.get_config()
+    if params["subnet"]:
+        subnet = IPv4Network(params["subnet"])
+    else:
+        subnet = _lease_subnet(registry, public_ip) or previous_subnet(params["subnet_file"])
+        if subnet is None:
+            raise click.UsageError(
+                f"no --subnet, no lease for {public_ip} in etcd and no {params['subnet_file']}"
+            )
+    lease = Lease(subnet=subnet, public_ip=public_ip, vni=config.backend.vni,
+                  vtep_mac=vtep_mac_for(public_ip))  # fmt: skip
+    idl = ovsidl.connect(params["ovsdb"])
+    try:
+        changes = converge_node(idl, config, lease, tuple(params["controllers"]),
+                                _options(params), dry_run=params["dry_run"])  # fmt: skip
+    finally:
+        idl.close()
+    prefix = "would change: " if params["dry_run"] else "changed: "
+    for line in changes:
+        click.echo(prefix + line)
+    if not changes:
+        click.echo(f"{params['bridge']}: no change")
+
+
+def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
+    if registry is None:
+        return None
+    return next(
+        (lease.subnet for lease in registry.list_leases() if lease.public_ip == public_ip), None
+    )
+
+
+@click.command()
+@node_options
+@click.option("--ip-masq", envvar="FLANNELD_IP_MASQ", show_envvar=True, is_flag=True,
+              help="Recorded as FLANNEL_IPMASQ=true in the subnet file for CNI; vxflow "
+                   "itself installs no masquerade rules.")  # fmt: skip
+@click.option("--release-on-exit", is_flag=True,
+              help="Give the lease back on SIGTERM (default: keep it, as flanneld does).")  # fmt: skip
+@click.option("--subnet-lease-renew-margin", type=int, default=RENEW_MARGIN_SECONDS // 60,
+              show_default=True, help="Renew the lease this many minutes before it expires.")  # fmt: skip
+@click.option("--resync-interval", type=float, default=30.0, show_default=True,
+              help="Seconds between full re-checks of the bridge and of etcd's endpoints.")  # fmt: skip
+@click.pass_context
+@node_errors
+def agent(ctx: click.Context, **params: Any) -> None:
+    """Run the node agent: lease, bridge bootstrap, subnet.env, pod endpoints in etcd.
+
+    Pod ports: Interfaces on the bridge with external_ids attached-mac=<MAC>
+    and vxflow-ip=<IPv4 in this node's subnet>. Stops on SIGTERM/SIGINT,
+    keeping the lease unless --release-on-exit.
+    """
+    from ovsdb.agent import Agent, AgentSettings  # the agent pulls in prometheus and tenacity
+
+    _apply_sysconfig(ctx, params)
+    settings = AgentSettings(
+        public_ip=resolve_public_ip(params["public_ip"], params["iface"]),
+        subnet_file=Path(params["subnet_file"]),
+        ovsdb=params["ovsdb"],
+        controllers=tuple(params["controllers"]),
+        options=_options(params),
+        ip_masq=bool(params["ip_masq"]),
+        release_on_exit=params["release_on_exit"],
+        resync_interval=params["resync_interval"],
+        renew_margin=params["subnet_lease_renew_margin"] * 60,
+    )
+    registry = open_registry(params["etcd_endpoints"], params["etcd_prefix"])
+    try:
+        runner = Agent(settings, registry)
+        runner.install_signal_handlers()
+        ctx.exit(runner.run())
+    finally:
+        registry.close()
