@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,15 @@ def kv_from_json(item: dict[str, Any]) -> KV:
     )
 
 
+def _short(exc: Exception) -> str:
+    """The operator-relevant part of a transport error ("Connection refused", "timed out")."""
+    text = str(getattr(exc, "detail_text", None) or exc)
+    m = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if m:
+        return m.group(1)
+    return "timed out" if "timed out" in text.lower() else f"{type(exc).__name__}: {text[:200]}"
+
+
 def grpc_code(exc: Etcd3Exception) -> int | None:
     """The gRPC status code inside a gateway error response, if there is one."""
     try:
@@ -119,7 +129,7 @@ class WatchStream:
                 url, json=request, stream=True, timeout=(connect_timeout, idle_timeout)
             )
         except requests.RequestException as exc:
-            raise EtcdUnavailable(f"watch on {url}: {exc}") from exc
+            raise EtcdUnavailable(f"watch on {url}: {_short(exc)}") from exc
         if self._resp.status_code != 200:
             text = self._resp.text
             self._resp.close()
@@ -200,17 +210,17 @@ class EtcdClient:
             idx = (self._current + i) % len(self._clients)
             try:
                 result = fn(self._clients[idx])
-            except (ConnectionFailedError, ConnectionTimeoutError, InternalServerError) as exc:
-                errors.append(
-                    f"{self.endpoints[idx]}: {type(exc).__name__} {exc.detail_text or ''}".strip()
-                )
-                continue
-            except requests.RequestException as exc:
-                errors.append(f"{self.endpoints[idx]}: {exc}")
+            except (
+                ConnectionFailedError,
+                ConnectionTimeoutError,
+                InternalServerError,
+                requests.RequestException,
+            ) as exc:
+                errors.append(f"{self.endpoints[idx]}: {_short(exc)}")
                 continue
             self._current = idx
             return result
-        raise EtcdUnavailable("etcd unreachable (" + "; ".join(errors) + ")")
+        raise EtcdUnavailable("etcd unreachable: " + "; ".join(errors))
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.call(lambda c: c.post(c.get_url(path), json=body))
