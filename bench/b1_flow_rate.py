@@ -1,0 +1,151 @@
+"""B1 flow programming rate: one node's table of N remote-subnet flows, one real bridge.
+
+(a) `ovs-ofctl --bundle add-flows` from a file — what the switch itself accepts;
+(b) the vxflow controller, holding the same leases, programming the same table.
+Both write exactly the flows `flows.compiler.compile_node` yields for the node
+(N remote-lease flows + its base pipeline), into the same netdev bridge,
+alternating a/b, repeated; medians are reported. Also timed alone: compiling
+the table (flows/) and encoding it as bundle messages (controller/ofwire.py).
+
+Landing is observed from the switch side (bench/observer.py): a bundle commits
+at once, so the table is complete when a flow-count poll (every 5 ms) first
+shows all N flows. Run: `python -m bench.b1_flow_rate` (root; own namespace).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bench import report
+from bench.bridges import BridgeFarm
+from bench.isolation import isolate
+from bench.leasegen import cluster
+from bench.observer import FlowObserver
+from bench.stats import median
+from flows.compiler import compile_node
+from flows.flow import Flow, to_ofctl
+
+MODULE = "bench.b1_flow_rate"
+log = logging.getLogger(MODULE)
+
+
+def compile_table(n_remote: int) -> tuple[Any, list[Flow], float]:
+    """The cluster (node 0 + n_remote others), node 0's flows, and the compile time."""
+    c = cluster(n_remote + 1)
+    t0 = time.perf_counter()
+    table = compile_node(c.config, c.leases, (), c.leases[0].public_ip)
+    elapsed = time.perf_counter() - t0
+    return c, sorted(table, key=lambda f: (f.table, -f.priority, f.cookie)), elapsed
+
+
+def encode_time(flows: list[Flow]) -> float:
+    """Seconds to encode the table as one bundle (open, adds, commit, barrier), as the
+    controller's hot path does (controller.ofwire.encode_bundle_adds)."""
+    from controller import ofwire
+
+    t0 = time.perf_counter()
+    n = len(flows)
+    b"".join([
+        ofwire.encode_bundle_control(1, ofwire.OFPBCT_OPEN_REQUEST, 1),
+        ofwire.encode_bundle_adds(1, flows, ofwire.OFPFC_ADD, 2),
+        ofwire.encode_bundle_control(1, ofwire.OFPBCT_COMMIT_REQUEST, n + 2),
+        ofwire.encode_barrier(n + 3),
+    ])  # fmt: skip
+    return time.perf_counter() - t0
+
+
+def clear_table(farm: BridgeFarm, observer: FlowObserver) -> None:
+    bridge = farm.bridges[0]
+    bridge.ovs.ofctl("del-flows", f"unix:{bridge.mgmt_socket}")
+    if observer.flow_counts()[bridge.name] != 0:
+        raise RuntimeError(f"{bridge.name}: flows left after del-flows")
+
+
+def run_ofctl(farm: BridgeFarm, observer: FlowObserver, flow_file: Path, n: int) -> dict:
+    """(a): one `ovs-ofctl --bundle add-flows`; its wall time and when the table landed."""
+    bridge = farm.bridges[0]
+    clear_table(farm, observer)
+    t0 = time.monotonic()
+    bridge.ovs.ofctl("--bundle", "add-flows", f"unix:{bridge.mgmt_socket}", str(flow_file),
+                     timeout=300)  # fmt: skip
+    wall = time.monotonic() - t0
+    landed = observer.wait_flow_count({bridge.name: n}, timeout=300)[bridge.name] - t0
+    return {"wall_s": wall, "landed_s": landed}
+
+
+def measure(n_remote: int, repeat: int, with_controller: bool) -> dict:
+    c, flows, compile_s = compile_table(n_remote)
+    n = len(flows)
+    result: dict[str, Any] = {
+        "remote_leases": n_remote,
+        "flows_per_table": n,
+        "compile_s": [compile_s],
+        "encode_s": [],
+        "ofctl": [],
+        "controller": [],
+    }
+    for _ in range(repeat - 1):
+        result["compile_s"].append(compile_table(n_remote)[2])
+    for _ in range(repeat):
+        result["encode_s"].append(encode_time(flows))
+    with tempfile.TemporaryDirectory(prefix="vxflow-b1-") as tmp:
+        flow_file = Path(tmp) / "flows.txt"
+        flow_file.write_text("".join(to_ofctl(f) + "\n" for f in flows))
+        with BridgeFarm([c.leases[0]]) as farm, FlowObserver(
+            {b.name: b.mgmt_socket for b in farm.bridges}
+        ) as observer:
+            for i in range(repeat):
+                result["ofctl"].append(run_ofctl(farm, observer, flow_file, n))
+                log.info("rep %d ofctl: %s", i + 1, result["ofctl"][-1])
+                if observer.flow_counts()[farm.bridges[0].name] != n:
+                    raise RuntimeError("ovs-ofctl run left a table of the wrong size")
+                if with_controller:
+                    raise NotImplementedError("controller side: see bench/controller_runner.py")
+    return result
+
+
+def summarise(result: dict) -> dict:
+    s: dict[str, Any] = {
+        "compile_s_median": median(result["compile_s"]),
+        "encode_s_median": median(result["encode_s"]),
+        "ofctl_wall_s_median": median([r["wall_s"] for r in result["ofctl"]]),
+        "ofctl_landed_s_median": median([r["landed_s"] for r in result["ofctl"]]),
+    }
+    s["ofctl_flows_per_s"] = result["flows_per_table"] / s["ofctl_landed_s_median"]
+    if result["controller"]:
+        landed = median([r["landed_s"] for r in result["controller"]])
+        s["controller_landed_s_median"] = landed
+        s["controller_flows_per_s"] = result["flows_per_table"] / landed
+        s["rate_ratio_controller_over_ofctl"] = s["ofctl_landed_s_median"] / landed
+    return s
+
+
+@click.command()
+@click.option("--remote-leases", default=65536, show_default=True,
+              help="Remote leases, i.e. remote-subnet flows in the table.")
+@click.option("--repeat", default=5, show_default=True, help="Alternating a/b rounds.")
+@click.option("--controller/--no-controller", default=True, show_default=True,
+              help="Also measure the vxflow controller (b).")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to write b1_flow_rate.json (default bench/results).")
+def main(remote_leases: int, repeat: int, controller: bool, results_dir: Path | None) -> None:
+    """B1: flow programming rate, ovs-ofctl --bundle vs the vxflow controller."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    result = measure(remote_leases, repeat, controller)
+    result["summary"] = summarise(result)
+    path = report.save("b1_flow_rate", MODULE, result, results_dir)
+    for k, v in result["summary"].items():
+        click.echo(f"{k:40s} {v:,.4f}")
+    click.echo(f"results: {path}")
+
+
+if __name__ == "__main__":
+    rc = isolate(MODULE)
+    sys.exit(main() if rc is None else rc)

@@ -1,0 +1,298 @@
+"""A minimal OpenFlow 1.3/1.4 switch stand-in, for cold starts beyond what real OVS holds here.
+
+NOT Open vSwitch: it answers what a controller needs to program a table —
+hello, features, port-desc/desc/flow-stats/aggregate multiparts, echo, role,
+get-config, flow-mods (add, modify, strict and whole-table deletes), bundles
+(open/add/commit/discard/close) and barriers — keeps the table as opaque
+(table, priority, match) -> (cookie, instructions) bytes, and does no packet
+processing. Results from it are labelled "stand-in" wherever they appear.
+
+Many stand-ins share one asyncio loop in a child process (`StandInFleet`), so
+they cost the controller's core as little as possible; each records when it
+first answered a barrier while holding its expected number of flows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import struct
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import ofwire as of
+
+log = logging.getLogger(__name__)
+
+FLOW_MOD = struct.Struct("!QQBBHHHIIIHH")  # after the header; match follows
+FLOW_STATS = struct.Struct("!HBxIIHHHHH2xQQQ")
+FEATURES = struct.Struct("!QIBB2xII")
+BUNDLE_CTRL = struct.Struct("!IHH")
+BUNDLE_ADD = struct.Struct("!I2xH")
+OFPET_BAD_REQUEST, OFPBRC_BAD_TYPE, OFPBRC_BAD_MULTIPART = 1, 1, 2
+OFPET_FLOW_MOD_FAILED, OFPFMFC_UNKNOWN = 5, 0
+OFPP_LOCAL = 0xFFFFFFFE
+MAX_REPLY = 0xFF00
+SILENT = {of.SET_CONFIG, of.SET_ASYNC, of.PACKET_OUT, of.TABLE_MOD, of.PORT_MOD,
+          of.GROUP_MOD, of.METER_MOD, of.ECHO_REPLY, of.EXPERIMENTER, of.HELLO}  # fmt: skip
+
+Key = tuple[int, int, bytes]
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+@dataclass
+class SwitchState:
+    dpid: int
+    expected: int
+    table: dict[Key, tuple[int, bytes]] = field(default_factory=dict)
+    bundles: dict[int, list[bytes]] = field(default_factory=dict)
+    flow_mods: int = 0
+    messages: Counter = field(default_factory=Counter)
+    unsupported: Counter = field(default_factory=Counter)
+    connected_at: float | None = None
+    converged_at: float | None = None
+
+
+class StandInSwitch(asyncio.Protocol):
+    """One switch connection: parses whole messages out of the stream and answers them."""
+
+    def __init__(self, state: SwitchState, ports: list[tuple[int, str]]) -> None:
+        self.s = state
+        self.ports = ports
+        self.version = of.OFP14
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    # -- stream ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.s.connected_at = time.monotonic()
+        transport.write(of.message(of.OFP14, of.HELLO, 1))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos, end = 0, len(buf)
+        while end - pos >= 8:
+            length = (buf[pos + 2] << 8) | buf[pos + 3]
+            if end - pos < length:
+                break
+            self.handle(bytes(buf[pos : pos + length]))
+            pos += length
+        del buf[:pos]
+
+    def send(self, msg_type: int, xid: int, body: bytes = b"") -> None:
+        self.transport.write(of.message(self.version, msg_type, xid, body))
+
+    # -- messages -------------------------------------------------------------
+    def handle(self, msg: bytes) -> None:
+        version, msg_type, _, xid = of.HEADER.unpack_from(msg)
+        self.s.messages[msg_type] += 1
+        if msg_type == of.FLOW_MOD:
+            self.flow_mod(msg)
+        elif msg_type == of.BUNDLE_ADD_MESSAGE:
+            bundle_id, _flags = BUNDLE_ADD.unpack_from(msg, 8)
+            inner_len = (msg[18] << 8) | msg[19]
+            self.s.bundles.setdefault(bundle_id, []).append(msg[16 : 16 + inner_len])
+        elif msg_type == of.BARRIER_REQUEST:
+            if self.s.converged_at is None and len(self.s.table) >= self.s.expected:
+                self.s.converged_at = time.monotonic()
+            self.send(of.BARRIER_REPLY, xid)
+        elif msg_type == of.BUNDLE_CONTROL:
+            self.bundle_control(xid, msg)
+        elif msg_type == of.MULTIPART_REQUEST:
+            self.multipart(xid, msg)
+        elif msg_type == of.ECHO_REQUEST:
+            self.send(of.ECHO_REPLY, xid, msg[8:])
+        elif msg_type == of.FEATURES_REQUEST:
+            self.send(of.FEATURES_REPLY, xid, FEATURES.pack(self.s.dpid, 0, 254, 0, 0x4F, 0))
+        elif msg_type == of.HELLO:
+            self.version = min(version, of.OFP14)
+        elif msg_type == of.ROLE_REQUEST:
+            self.send(of.ROLE_REPLY, xid, msg[8:])
+        elif msg_type == of.GET_CONFIG_REQUEST:
+            self.send(of.GET_CONFIG_REPLY, xid, struct.pack("!HH", 0, 0xFFFF))
+        elif msg_type == of.GET_ASYNC_REQUEST and self.version == of.OFP13:
+            self.send(of.GET_ASYNC_REPLY, xid, bytes(24))
+        elif msg_type not in SILENT:
+            self.s.unsupported[f"type {msg_type}"] += 1
+            self.send(of.ERROR, xid, struct.pack("!HH", OFPET_BAD_REQUEST, OFPBRC_BAD_TYPE) + msg[:64])
+
+    def flow_mod(self, msg: bytes) -> None:
+        cookie, cookie_mask, table_id, command, _i, _h, priority, *_ = FLOW_MOD.unpack_from(msg, 8)
+        self.s.flow_mods += 1
+        match_len = _pad8((msg[50] << 8) | msg[51])
+        match = msg[48 : 48 + match_len]
+        key = (table_id, priority, match)
+        table = self.s.table
+        if command in (of.FC_ADD, of.FC_MODIFY_STRICT):
+            table[key] = (cookie, msg[48 + match_len :])
+        elif command == of.FC_DELETE_STRICT:
+            held = table.get(key)
+            if held is not None and (held[0] ^ cookie) & cookie_mask == 0:
+                del table[key]
+        elif command in (of.FC_DELETE, of.FC_MODIFY) and match == of.EMPTY_MATCH:
+            doomed = [k for k, (c, _) in table.items()
+                      if (table_id == of.OFPTT_ALL or k[0] == table_id)
+                      and (c ^ cookie) & cookie_mask == 0]  # fmt: skip
+            if command == of.FC_DELETE:
+                for k in doomed:
+                    del table[k]
+            else:
+                for k in doomed:
+                    table[k] = (table[k][0], msg[48 + match_len :])
+        else:  # non-strict with a match: would need real classifier semantics
+            self.s.unsupported[f"flow_mod command {command} with a match"] += 1
+            self.send(of.ERROR, 0, struct.pack("!HH", OFPET_FLOW_MOD_FAILED, OFPFMFC_UNKNOWN) + msg[:64])
+
+    def bundle_control(self, xid: int, msg: bytes) -> None:
+        bundle_id, ctrl, flags = BUNDLE_CTRL.unpack_from(msg, 8)
+        if ctrl == 4:  # commit
+            for inner in self.s.bundles.pop(bundle_id, []):
+                if inner[1] == of.FLOW_MOD:
+                    self.flow_mod(inner)
+                else:
+                    self.s.unsupported[f"bundled type {inner[1]}"] += 1
+        elif ctrl == 6:  # discard
+            self.s.bundles.pop(bundle_id, None)
+        elif ctrl == 0:  # open
+            self.s.bundles[bundle_id] = []
+        self.send(of.BUNDLE_CONTROL, xid, BUNDLE_CTRL.pack(bundle_id, ctrl + 1, flags))
+
+    def multipart(self, xid: int, msg: bytes) -> None:
+        mp_type = (msg[8] << 8) | msg[9]
+        if mp_type == of.MP_PORT_DESC:
+            self.replies(xid, mp_type, [self.port(no, name) for no, name in self.ports])
+        elif mp_type == of.MP_DESC:
+            desc = struct.pack("!256s256s256s32s256s", b"vxflow bench", b"stand-in",
+                               b"bench/standin.py", b"0", b"OpenFlow switch stand-in")  # fmt: skip
+            self.replies(xid, mp_type, [desc])
+        elif mp_type == of.MP_FLOW:
+            self.replies(xid, mp_type, [self.flow_stats(k, v) for k, v in self.s.table.items()])
+        elif mp_type == of.MP_AGGREGATE:
+            self.replies(xid, mp_type, [struct.pack("!QQI4x", 0, 0, len(self.s.table))])
+        else:
+            self.s.unsupported[f"multipart {mp_type}"] += 1
+            self.send(of.ERROR, xid, struct.pack("!HH", OFPET_BAD_REQUEST, OFPBRC_BAD_MULTIPART) + msg[:64])
+
+    def replies(self, xid: int, mp_type: int, entries: list[bytes]) -> None:
+        """Entries split over as many replies as needed, REPLY_MORE on all but the last."""
+        chunks: list[list[bytes]] = [[]]
+        size = 0
+        for e in entries:
+            if size + len(e) > MAX_REPLY and chunks[-1]:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(e)
+            size += len(e)
+        for i, chunk in enumerate(chunks):
+            more = of.MPF_REPLY_MORE if i < len(chunks) - 1 else 0
+            self.send(of.MULTIPART_REPLY, xid, of.MULTIPART.pack(mp_type, more) + b"".join(chunk))
+
+    def port(self, no: int, name: str) -> bytes:
+        mac = bytes([0x0E, 0x76, 0, 0, (no >> 8) & 0xFF, no & 0xFF])
+        if self.version == of.OFP13:
+            return struct.pack("!I4x6s2x16sIIIIIIII", no, mac, name.encode(), 0, 4, 0, 0, 0, 0, 0, 0)
+        eth_prop = struct.pack("!HH4xIIIIII", 0, 32, 0, 0, 0, 0, 0, 0)
+        return struct.pack("!IH2x6s2x16sII", no, 40 + len(eth_prop), mac, name.encode(), 0, 4) + eth_prop
+
+    @staticmethod
+    def flow_stats(key: Key, value: tuple[int, bytes]) -> bytes:
+        (table_id, priority, match), (cookie, instructions) = key, value
+        length = FLOW_STATS.size + len(match) + len(instructions)
+        head = FLOW_STATS.pack(length, table_id, 0, 0, priority, 0, 0, 0, 0, cookie, 0, 0)
+        return head + match + instructions
+
+
+# -- a fleet in a child process -----------------------------------------------
+def _report(states: dict[int, SwitchState]) -> dict[int, dict[str, Any]]:
+    return {
+        d: {"converged_at": s.converged_at, "connected_at": s.connected_at, "flows": len(s.table),
+            "flow_mods": s.flow_mods, "messages": dict(s.messages),
+            "unsupported": dict(s.unsupported)}
+        for d, s in states.items()
+    }  # fmt: skip
+
+
+def _fleet_main(conn, host: str, port: int, expected: dict[int, int],
+                ports: list[tuple[int, str]]) -> None:  # fmt: skip
+    """Child: wait for "go", connect every switch, then answer "status" until "stop"."""
+    states = {d: SwitchState(d, n) for d, n in expected.items()}
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, conn.recv)  # "go"
+        started = time.monotonic()
+        conns = await asyncio.gather(
+            *(loop.create_connection(lambda s=s: StandInSwitch(s, ports), host, port)
+              for s in states.values()),
+            return_exceptions=True,
+        )  # fmt: skip
+        failed = [repr(c) for c in conns if isinstance(c, BaseException)]
+        conn.send({"started": started, "connect_failures": failed})
+        while await loop.run_in_executor(None, conn.recv) == "status":
+            done = [s.converged_at for s in states.values() if s.converged_at is not None]
+            conn.send({"converged": len(done), "last": max(done, default=None)})
+        for c in conns:
+            if not isinstance(c, BaseException):
+                c[0].close()
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    conn.send(_report(states))
+
+
+class StandInFleet:
+    """Stand-in switches (one per dpid of `expected`) connecting to host:port from a child
+    process; `expected[dpid]` is the table size at which that switch counts as converged."""
+
+    def __init__(self, host: str, port: int, expected: dict[int, int],
+                 ports: list[tuple[int, str]]) -> None:  # fmt: skip
+        self._parent, child = mp.Pipe()
+        self._proc = mp.get_context("fork").Process(
+            target=_fleet_main, args=(child, host, port, expected, ports), daemon=True
+        )
+        self._n = len(expected)
+        self.started: float | None = None
+
+    def start(self) -> StandInFleet:
+        self._proc.start()
+        return self
+
+    def go(self) -> dict[str, Any]:
+        """Connect all switches at once; returns when every connect() returned."""
+        self._parent.send("go")
+        info = self._parent.recv()
+        self.started = info["started"]
+        return info
+
+    def wait_converged(self, timeout: float, interval: float = 0.02) -> float:
+        """When the last switch converged (monotonic); TimeoutError with the count so far."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._parent.send("status")
+            status = self._parent.recv()
+            if status["converged"] == self._n:
+                return status["last"]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{status['converged']}/{self._n} stand-ins converged in {timeout}s")
+            time.sleep(interval)
+
+    def stop(self, timeout: float = 30) -> dict[int, dict[str, Any]]:
+        """Disconnect all; per dpid: converged_at, flows, flow_mods, messages, unsupported."""
+        result: dict[int, dict[str, Any]] = {}
+        if self._proc.is_alive():
+            self._parent.send("stop")
+            if self._parent.poll(timeout):
+                result = self._parent.recv()
+            self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        return result

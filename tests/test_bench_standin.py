@@ -1,0 +1,90 @@
+"""The benchmark's OpenFlow switch stand-in holds what a controller programs, like a switch.
+
+Driven with the controller's own encoder and decoder (controller/ofwire.py) over
+loopback: a bundle of a compiled table lands whole, reads back as the same
+flows, a strict delete removes exactly one, and convergence is recorded.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from bench import ofwire as of
+from bench.leasegen import cluster
+from bench.standin import StandInFleet
+from controller import ofwire
+from flows.compiler import compile_node
+from flows.ports import TUNNEL_OFPORT
+from leases.model import datapath_id_for
+
+
+def _recv(sock: socket.socket) -> tuple[int, int, bytes]:
+    head = b""
+    while len(head) < 8:
+        head += sock.recv(8 - len(head))
+    _v, msg_type, length, xid = of.HEADER.unpack(head)
+    body = b""
+    while len(body) < length - 8:
+        body += sock.recv(length - 8 - len(body))
+    return msg_type, xid, body
+
+
+def _until(sock: socket.socket, msg_type: int) -> list[bytes]:
+    """Bodies of every message of `msg_type` until one without REPLY_MORE (or a non-multipart)."""
+    bodies = []
+    while True:
+        t, _xid, body = _recv(sock)
+        assert t != of.ERROR, f"stand-in answered with an error: {body[:4].hex()}"
+        if t != msg_type:
+            continue
+        bodies.append(body)
+        if t != of.MULTIPART_REPLY or not struct.unpack_from("!H", body, 2)[0] & of.MPF_REPLY_MORE:
+            return bodies
+
+
+def _read_back(sock: socket.socket, xid: int) -> set:
+    sock.sendall(ofwire.encode_flow_stats_request(xid))
+    return {f for body in _until(sock, of.MULTIPART_REPLY) for f in ofwire.decode_flow_stats(body[8:])}
+
+
+def test_standin_holds_a_bundled_table_and_reads_it_back() -> None:
+    c = cluster(300)
+    node = c.leases[0]
+    desired = compile_node(c.config, c.leases, (), node.public_ip)
+    dpid = datapath_id_for(node.public_ip)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        fleet = StandInFleet("127.0.0.1", server.getsockname()[1], {dpid: len(desired)},
+                             [(TUNNEL_OFPORT, "vxlan0")]).start()  # fmt: skip
+        try:
+            fleet.go()
+            sock, _ = server.accept()
+            with sock:
+                assert _recv(sock)[0] == of.HELLO
+                sock.sendall(of.message(of.OFP14, of.HELLO, 1))
+                sock.sendall(of.message(of.OFP14, of.FEATURES_REQUEST, 2))
+                (body,) = _until(sock, of.FEATURES_REPLY)
+                assert struct.unpack_from("!Q", body)[0] == dpid
+                assert _read_back(sock, 3) == set()
+
+                flows = sorted(desired, key=lambda f: f.key)
+                sock.sendall(
+                    ofwire.encode_bundle_control(7, ofwire.OFPBCT_OPEN_REQUEST, 10)
+                    + ofwire.encode_bundle_adds(7, flows, ofwire.OFPFC_ADD, 11)
+                    + ofwire.encode_bundle_control(7, ofwire.OFPBCT_COMMIT_REQUEST, 9000)
+                    + ofwire.encode_barrier(9001)
+                )
+                _until(sock, of.BARRIER_REPLY)
+                assert _read_back(sock, 9002) == set(desired)
+
+                gone = flows[-1]
+                sock.sendall(ofwire.encode_flow_mod(gone, ofwire.OFPFC_DELETE_STRICT, 9003)
+                             + ofwire.encode_barrier(9004))  # fmt: skip
+                _until(sock, of.BARRIER_REPLY)
+                assert _read_back(sock, 9005) == set(desired) - {gone}
+            assert fleet.wait_converged(timeout=10) >= fleet.started
+        finally:
+            report = fleet.stop()
+    assert report[dpid]["flows"] == len(desired) - 1
+    assert report[dpid]["unsupported"] == {}
+    assert report[dpid]["converged_at"] is not None
