@@ -1,0 +1,303 @@
+"""Validation of lease and endpoint values, conflict resolution, and the snapshot diff (pure)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from leases.config import parse_config
+from leases.events import (
+    ConfigChanged,
+    EndpointAdded,
+    EndpointRemoved,
+    LeaseAdded,
+    LeaseChanged,
+    LeaseRemoved,
+)
+from leases.keys import KV, KeyKind, Keys
+from leases.model import Endpoint, Lease
+from leases.state import EMPTY, build_snapshot, diff
+from leases.validate import (
+    MAX_VALUE_BYTES,
+    Reason,
+    Rejection,
+    check_endpoint,
+    check_lease,
+    endpoint_to_json,
+    lease_to_json,
+    resolve_conflicts,
+)
+
+CFG = parse_config('{"Network": "198.19.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}')
+KEYS = Keys("/test/network")
+
+# flannel's documented value (Documentation/reservations.md), byte for byte
+FLANNEL_VALUE = (
+    '{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",'
+    '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}'
+)
+# what flannel before 0.10 wrote (no VNI, no PublicIPv6): the seed's era
+OLD_FLANNEL_VALUE = (
+    '{"PublicIP":"10.140.0.4","BackendType":"vxlan","BackendData":{"VtepMAC":"2E:83:84:1B:95:E4"}}'
+)
+
+
+def lease_value(**over: object) -> str:
+    obj: dict = {
+        "PublicIP": "198.18.0.5",
+        "PublicIPv6": None,
+        "BackendType": "vxlan",
+        "BackendData": {"VNI": 1, "VtepMAC": "02:00:00:00:00:05"},
+    }
+    data = over.pop("BackendData", None)
+    obj.update(over)
+    if data is not None:
+        obj["BackendData"] = data
+    return json.dumps(obj)
+
+
+def test_flannel_documented_value_parses_and_vxflow_writes_it_back_identically() -> None:
+    cfg = parse_config('{"Network": "10.5.0.0/16", "Backend": {"Type": "vxlan"}}')
+    lease = check_lease("/coreos.com/network/subnets/10.5.52.0-24", FLANNEL_VALUE, cfg)
+    assert lease == Lease(
+        subnet=IPv4Network("10.5.52.0/24"),
+        public_ip=IPv4Address("192.168.64.3"),
+        vni=1,
+        vtep_mac="c6:d2:32:6f:8f:44",
+    )
+    assert lease_to_json(lease) == FLANNEL_VALUE
+
+
+def test_old_flannel_value_without_vni_takes_the_configs_vni() -> None:
+    cfg = parse_config(
+        '{"Network": "10.20.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
+    )
+    lease = check_lease("/atomic.io/network/subnets/10.20.52.0-24", OLD_FLANNEL_VALUE, cfg)
+    assert isinstance(lease, Lease)
+    assert (lease.subnet, lease.public_ip, lease.vni, lease.vtep_mac) == (
+        IPv4Network("10.20.52.0/24"),
+        IPv4Address("10.140.0.4"),
+        1,
+        "2e:83:84:1b:95:e4",
+    )
+    assert lease.gateway == IPv4Address("10.20.52.1")
+
+
+def test_backend_data_extras_survive_a_rewrite() -> None:
+    data = {"VNI": 1, "VtepMAC": "02:00:00:00:00:05", "DatapathID": 7, "Ports": {"tun": 1}}
+    lease = check_lease("x/subnets/198.19.3.0-24", lease_value(BackendData=data), CFG)
+    assert isinstance(lease, Lease)
+    hash(lease)  # extras are kept hashable
+    assert json.loads(lease_to_json(lease))["BackendData"] == data
+    assert list(json.loads(lease_to_json(lease))["BackendData"])[:2] == ["VNI", "VtepMAC"]
+
+
+MALFORMED_LEASES = [
+    ("198.19.5.0_24", lease_value(), Reason.BAD_KEY),
+    ("198.19.5.7-24", lease_value(), Reason.BAD_KEY),  # host bits set
+    ("198.19.5.0-24&fc00::-64", lease_value(), Reason.BAD_KEY),  # dual-stack key
+    ("198.19.300.0-24", lease_value(), Reason.BAD_KEY),
+    ("10.9.0.0-24", lease_value(), Reason.OUTSIDE_NETWORK),
+    ("198.19.4.0-23", lease_value(), Reason.WRONG_LENGTH),
+    ("198.19.5.0-24", "x" * (MAX_VALUE_BYTES + 1), Reason.OVERSIZED),
+    ("198.19.5.0-24", "{not json", Reason.BAD_JSON),
+    ("198.19.5.0-24", b"\xff\xfe", Reason.BAD_JSON),
+    ("198.19.5.0-24", "[1]", Reason.BAD_JSON),
+    ("198.19.5.0-24", lease_value(PublicIP=None), Reason.MISSING_FIELD),
+    ("198.19.5.0-24", lease_value(PublicIP=198), Reason.WRONG_TYPE),
+    ("198.19.5.0-24", lease_value(PublicIP="198.18.0"), Reason.BAD_PUBLIC_IP),
+    ("198.19.5.0-24", lease_value(PublicIP="198.19.7.1"), Reason.BAD_PUBLIC_IP),  # in overlay
+    ("198.19.5.0-24", lease_value(PublicIP="224.0.0.1"), Reason.BAD_PUBLIC_IP),
+    ("198.19.5.0-24", lease_value(PublicIP="127.0.0.1"), Reason.BAD_PUBLIC_IP),
+    ("198.19.5.0-24", lease_value(PublicIP="0.0.0.0"), Reason.BAD_PUBLIC_IP),
+    ("198.19.5.0-24", lease_value(BackendType="udp"), Reason.BAD_BACKEND),
+    ("198.19.5.0-24", lease_value(BackendType=None), Reason.MISSING_FIELD),
+    ("198.19.5.0-24", lease_value(BackendData=[1]), Reason.WRONG_TYPE),
+    (
+        "198.19.5.0-24",
+        lease_value(BackendData={"VtepMAC": "02:00:00:00:00:05", "VNI": 2}),
+        Reason.BAD_VNI,
+    ),
+    (
+        "198.19.5.0-24",
+        lease_value(BackendData={"VtepMAC": "02:00:00:00:00:05", "VNI": "1"}),
+        Reason.BAD_VNI,
+    ),
+    (
+        "198.19.5.0-24",
+        lease_value(BackendData={"VtepMAC": "02:00:00:00:00:05", "VNI": True}),
+        Reason.BAD_VNI,
+    ),
+    ("198.19.5.0-24", lease_value(BackendData={"VNI": 1}), Reason.MISSING_FIELD),
+    (
+        "198.19.5.0-24",
+        lease_value(BackendData={"VNI": 1, "VtepMAC": "zz:00:00:00:00:05"}),
+        Reason.BAD_MAC,
+    ),
+    (
+        "198.19.5.0-24",
+        lease_value(BackendData={"VNI": 1, "VtepMAC": "01:00:5e:00:00:01"}),
+        Reason.BAD_MAC,
+    ),
+    (
+        "198.19.5.0-24",
+        lease_value(BackendData={"VNI": 1, "VtepMAC": "00:00:00:00:00:00"}),
+        Reason.BAD_MAC,
+    ),
+    ("198.19.5.0-24", lease_value(BackendData={"VNI": 1, "VtepMAC": 5}), Reason.WRONG_TYPE),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "reason"), MALFORMED_LEASES)
+def test_malformed_lease_gets_its_specific_rejection(name: str, value: str, reason: str) -> None:
+    key = f"/test/network/subnets/{name}"
+    result = check_lease(key, value, CFG, mod_revision=9)
+    assert isinstance(result, Rejection), result
+    assert (result.kind, result.key, result.reason, result.mod_revision) == (
+        KeyKind.LEASE,
+        key,
+        reason,
+        9,
+    )
+    assert result.detail
+
+
+def lease(third_octet: int, public_ip: str, prefixlen: int = 24, rev: int = 1) -> Lease:
+    return Lease(
+        subnet=IPv4Network(f"198.19.{third_octet}.0/{prefixlen}"),
+        public_ip=IPv4Address(public_ip),
+        vni=1,
+        vtep_mac="02:00:00:00:00:01",
+        mod_revision=rev,
+    )
+
+
+def test_resolve_conflicts_is_deterministic_and_says_why() -> None:
+    candidates = {
+        "k/4-23": lease(4, "198.18.0.4", 23),  # overlaps 4/24 and 5/24; lowest wins
+        "k/4-24": lease(4, "198.18.0.40"),
+        "k/5-24": lease(5, "198.18.0.5"),
+        "k/6-24": lease(6, "198.18.0.6"),
+        "k/9-24": lease(9, "198.18.0.6"),  # duplicate PublicIP of 6/24
+        "k/10-24": lease(10, "198.18.0.10"),
+    }
+    outcomes = set()
+    for order in itertools.permutations(candidates.items()):
+        kept, rejected = resolve_conflicts(dict(order))
+        outcomes.add((tuple(sorted(kept)), tuple(sorted((r.key, r.reason) for r in rejected))))
+    assert len(outcomes) == 1
+    kept_keys, rejections = outcomes.pop()
+    assert kept_keys == ("k/10-24", "k/4-23", "k/6-24")
+    assert rejections == (
+        ("k/4-24", Reason.OVERLAP),
+        ("k/5-24", Reason.OVERLAP),
+        ("k/9-24", Reason.DUPLICATE_PUBLIC_IP),
+    )
+
+
+NODE = lease(3, "198.18.0.3")
+LEASES = {NODE.subnet: NODE}
+
+
+def ep_value(**over: object) -> str:
+    obj = {"IP": "198.19.3.10", "MAC": "0a:00:00:00:00:0a", "OFPort": 5, "Port": "vxp-a"}
+    obj.update(over)
+    return json.dumps(obj)
+
+
+def test_endpoint_round_trip() -> None:
+    ep = Endpoint(NODE.subnet, IPv4Address("198.19.3.10"), "0a:00:00:00:00:0a", 5, "vxp-a")
+    assert json.loads(endpoint_to_json(ep)) == json.loads(ep_value())
+    assert check_endpoint("k", "198.19.3.0-24/198.19.3.10", endpoint_to_json(ep), LEASES) == ep
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [
+        ("198.19.3.0-24", ep_value(), Reason.BAD_KEY),
+        ("198.19.3.0-24/x", ep_value(), Reason.BAD_KEY),
+        ("198.19.8.0-24/198.19.8.10", ep_value(IP="198.19.8.10"), Reason.ORPHAN),
+        ("198.19.3.0-24/198.19.4.10", ep_value(IP="198.19.4.10"), Reason.BAD_IP),
+        ("198.19.3.0-24/198.19.3.1", ep_value(IP="198.19.3.1"), Reason.BAD_IP),  # the gateway
+        ("198.19.3.0-24/198.19.3.255", ep_value(IP="198.19.3.255"), Reason.BAD_IP),
+        ("198.19.3.0-24/198.19.3.10", ep_value(IP="198.19.3.11"), Reason.BAD_IP),
+        ("198.19.3.0-24/198.19.3.10", ep_value(MAC="ff:ff:ff:ff:ff:ff"), Reason.BAD_MAC),
+        ("198.19.3.0-24/198.19.3.10", ep_value(OFPort=0), Reason.BAD_OFPORT),
+        ("198.19.3.0-24/198.19.3.10", ep_value(OFPort="5"), Reason.WRONG_TYPE),
+        ("198.19.3.0-24/198.19.3.10", ep_value(Port=7), Reason.WRONG_TYPE),
+        ("198.19.3.0-24/198.19.3.10", "nope", Reason.BAD_JSON),
+    ],
+)
+def test_malformed_endpoint_gets_its_specific_rejection(name: str, value: str, reason: str) -> None:
+    result = check_endpoint("key", name, value, LEASES)
+    assert isinstance(result, Rejection)
+    assert (result.kind, result.reason) == (KeyKind.ENDPOINT, reason)
+
+
+def kv(key: str, value: str, rev: int, lease_id: int = 0) -> KV:
+    return KV(KEYS.root + key, value.encode(), rev, rev, lease_id)
+
+
+CONFIG_KV = kv("config", '{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}', 1)
+
+
+def test_snapshot_and_diff_derive_events_from_states() -> None:
+    a = kv("subnets/198.19.3.0-24", lease_value(PublicIP="198.18.0.3"), 2, 77)
+    ep = kv("vxflow/endpoints/198.19.3.0-24/198.19.3.10", ep_value(), 3, 77)
+    junk = kv("subnets/junk", "{}", 4)
+    other = kv("vxflow/election/leader", "me", 4)  # not ours to judge: ignored
+    s1 = build_snapshot(KEYS, [CONFIG_KV, a, ep, junk, other], 4)
+    assert [lease.subnet for lease in s1.leases] == [IPv4Network("198.19.3.0/24")]
+    assert s1.leases[0].etcd_lease_id == 77
+    assert [e.ip for e in s1.endpoints] == [IPv4Address("198.19.3.10")]
+    assert [(r.key, r.reason) for r in s1.rejected] == [(junk.key, Reason.BAD_KEY)]
+
+    events = diff(EMPTY, s1)
+    assert [type(e) for e in events] == [ConfigChanged, LeaseAdded, EndpointAdded]
+    assert {e.revision for e in events} == {4}
+    assert diff(s1, s1) == []
+
+    # a rewrite with the same content (new mod_revision) is no event; a new VtepMAC is
+    a2 = kv("subnets/198.19.3.0-24", lease_value(PublicIP="198.18.0.3"), 5, 77)
+    s2 = build_snapshot(KEYS, [CONFIG_KV, a2, ep], 5)
+    assert diff(s1, s2) == []
+    mac = {"VNI": 1, "VtepMAC": "02:00:00:00:00:99"}
+    a3 = kv("subnets/198.19.3.0-24", lease_value(PublicIP="198.18.0.3", BackendData=mac), 6, 77)
+    s3 = build_snapshot(KEYS, [CONFIG_KV, a3, ep], 6)
+    (changed,) = diff(s2, s3)
+    assert isinstance(changed, LeaseChanged)
+    assert changed.lease.vtep_mac == "02:00:00:00:00:99"
+
+    # the lease goes: its endpoint is removed first, then the lease
+    s4 = build_snapshot(KEYS, [CONFIG_KV, ep], 7)
+    assert [type(e) for e in diff(s3, s4)] == [EndpointRemoved, LeaseRemoved]
+    assert [r.reason for r in s4.rejected] == [Reason.ORPHAN]
+
+
+def test_invalid_or_missing_config_keeps_the_last_valid_one() -> None:
+    a = kv("subnets/198.19.3.0-24", lease_value(PublicIP="198.18.0.3"), 2)
+    s1 = build_snapshot(KEYS, [CONFIG_KV, a], 2)
+    bad = kv("config", '{"Network": "198.19.0.0/16", "Backend": {"Type": "udp"}}', 3)
+    s2 = build_snapshot(KEYS, [bad, a], 3, fallback_config=s1.config)
+    assert s2.config == s1.config and s2.leases == s1.leases
+    assert [(r.kind, r.reason) for r in s2.rejected] == [(KeyKind.CONFIG, Reason.BAD_CONFIG)]
+    assert diff(s1, s2) == []
+    s3 = build_snapshot(KEYS, [a], 4, fallback_config=s1.config)
+    assert s3.leases == s1.leases and s3.rejected[0].reason == Reason.NO_CONFIG
+    # with no valid config ever seen, nothing can be validated: nothing is usable
+    s4 = build_snapshot(KEYS, [a], 4)
+    assert (s4.config, s4.leases) == (None, ())
+
+
+def test_config_change_can_withdraw_leases() -> None:
+    a = kv("subnets/198.19.3.0-24", lease_value(PublicIP="198.18.0.3"), 2)
+    s1 = build_snapshot(KEYS, [CONFIG_KV, a], 2)
+    narrower = kv(
+        "config", '{"Network": "198.19.0.0/16", "SubnetLen": 25, "Backend": {"Type": "vxlan"}}', 3
+    )
+    s2 = build_snapshot(KEYS, [narrower, a], 3)
+    assert [type(e) for e in diff(s1, s2)] == [ConfigChanged, LeaseRemoved]
+    assert s2.rejected[0].reason == Reason.WRONG_LENGTH
