@@ -215,7 +215,7 @@ class Agent:
     def _loop(self, idl) -> None:
         next_resync, was_connected = 0.0, True
         while not self._stop.is_set():
-            self._dirty |= ovsidl.run_once(idl, timeout=1.0)
+            self._dirty |= ovsidl.run_once(idl, timeout=1.0 if next_resync else 0.0)
             now = time.monotonic()
             connected = ovsidl.is_connected(idl)
             if connected != was_connected:

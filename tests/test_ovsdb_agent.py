@@ -1,0 +1,265 @@
+"""The node agent on emulated nodes: real etcd, real ovsdb-server/ovs-vswitchd, agent subprocesses.
+
+Each agent runs as `vxflow agent` inside its node's namespace and reaches etcd
+over the underlay at 198.18.0.254; it is stopped by its PID in `finally`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from leases.etcd_server import EtcdServer
+from leases.registry import Registry
+from leases.subnet_env import read_subnet_env
+from tests.emulation import ROOT_UNDERLAY_IP, Node, Underlay
+
+PREFIX = "/vxflow-test/network"
+CONFIG = '{"Network": "198.19.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
+VXFLOW = str(Path(sys.executable).parent / "vxflow")
+
+
+def wait_for(pred: Callable[[], object], what: str, timeout: float = 20.0) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class AgentProc:
+    node: Node
+    workdir: Path
+    etcd: EtcdServer
+    proc: subprocess.Popen | None = None
+    starts: int = 0
+    extra: tuple[str, ...] = field(default=())
+
+    @property
+    def subnet_file(self) -> Path:
+        return self.workdir / "subnet.env"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "agent.log"
+
+    def start(self) -> AgentProc:
+        self.starts += 1
+        cmd = [
+            "ip", "netns", "exec", self.node.netns, VXFLOW, "--log-level", "debug", "agent",
+            "--etcd-endpoints", f"http://{ROOT_UNDERLAY_IP}:{self.etcd.client_port}",
+            "--etcd-prefix", PREFIX, "--public-ip", str(self.node.underlay_ip),
+            "--subnet-file", str(self.subnet_file), "--ovsdb", self.node.ovs.db_target,
+            "--resync-interval", "3", *self.extra,
+        ]  # fmt: skip
+        with open(self.log, "a") as out:
+            out.write(f"--- start {self.starts}\n")
+            out.flush()
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop our agent by its PID (SIGKILL after 10 s); its exit status."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def subnet(self) -> IPv4Network:
+        env = wait_for(lambda: read_subnet_env(self.subnet_file), f"{self.subnet_file}")
+        return env.subnet.network
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+@dataclass
+class Cluster:
+    underlay: Underlay
+    etcd: EtcdServer
+    registry: Registry
+    agents: list[AgentProc]
+
+    def endpoint_kvs(self) -> list:
+        kvs, _ = self.registry.etcd.range(self.registry.keys.endpoints, prefix=True)
+        return kvs
+
+    def endpoints(self, subnet: IPv4Network) -> dict[str, tuple[str, int]]:
+        return {str(e.ip): (e.mac, e.ofport) for e in self.registry.list_endpoints(subnet)}
+
+
+def make_cluster(underlay: Underlay, tmp_path: Path, nodes: int) -> Iterator[Cluster]:
+    members = [underlay.add_node() for _ in range(nodes)]
+    etcd = EtcdServer(host=str(ROOT_UNDERLAY_IP)).start()
+    registry = Registry(f"http://127.0.0.1:{etcd.client_port}", PREFIX)
+    agents = []
+    try:
+        registry.set_config(CONFIG)
+        for node in members:
+            workdir = tmp_path / node.netns
+            workdir.mkdir()
+            agents.append(AgentProc(node, workdir, etcd))
+        yield Cluster(underlay, etcd, registry, agents)
+    finally:
+        for agent in agents:
+            agent.stop()
+        registry.close()
+        etcd.stop()
+
+
+@pytest.fixture
+def cluster3(underlay: Underlay, tmp_path: Path) -> Iterator[Cluster]:
+    yield from make_cluster(underlay, tmp_path, 3)
+
+
+@pytest.fixture
+def cluster1(underlay: Underlay, tmp_path: Path) -> Iterator[Cluster]:
+    yield from make_cluster(underlay, tmp_path, 1)
+
+
+def add_internal_pod(node: Node, name: str, ip: str, mac: str) -> None:
+    """A pod port as a CNI plugin would leave it (an internal port stands in for the veth)."""
+    node.ovs.vsctl(
+        "add-port", "br-int", name, "--", "set", "Interface", name, "type=internal",
+        f"external_ids:attached-mac={mac}", f"external_ids:vxflow-ip={ip}",
+    )  # fmt: skip
+
+
+def gateway_address(node: Node) -> list[str]:
+    out = node.run("ip", "-j", "addr", "show", "dev", "vxgw0", check=False)
+    if not out.strip():
+        return []  # not created yet
+    link = json.loads(out)[0]
+    return [f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"] if a["family"] == "inet"]
+
+
+@pytest.mark.integration
+def test_three_agents_three_subnets_and_pod_endpoints(cluster3: Cluster) -> None:
+    for agent in cluster3.agents:
+        agent.start()
+    subnets = [agent.subnet() for agent in cluster3.agents]
+    assert len(set(subnets)) == 3
+    leases = {lease.public_ip: lease for lease in cluster3.registry.list_leases()}
+    for agent, subnet in zip(cluster3.agents, subnets, strict=True):
+        assert leases[agent.node.underlay_ip].subnet == subnet
+        assert subnet.subnet_of(IPv4Network("198.19.0.0/16")) and subnet.prefixlen == 24
+        assert agent.subnet_file.read_text() == (
+            f"FLANNEL_NETWORK=198.19.0.0/16\nFLANNEL_SUBNET={subnet.network_address + 1}/24\n"
+            "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        )
+        gw = f"{subnet.network_address + 1}/24"
+        wait_for(lambda a=agent, g=gw: gateway_address(a.node) == [g], f"{gw} on vxgw0")
+
+    # pod ports on node 1: a veth pod, an internal-port pod, and three bad ones
+    agent, subnet = cluster3.agents[0], subnets[0]
+    node, base = agent.node, subnet.network_address
+    pod = cluster3.underlay.add_pod(node, f"{base + 10}/24", "0a:58:00:00:00:0a")
+    node.ovs.vsctl("set", "Interface", pod.port, "external_ids:attached-mac=0A:58:00:00:00:0A",
+                   f"external_ids:vxflow-ip={base + 10}")  # fmt: skip
+    add_internal_pod(node, "pod11", str(base + 11), "0a:58:00:00:00:0b")
+    add_internal_pod(node, "badmac", str(base + 12), "zz:58:00:00:00:0c")
+    add_internal_pod(node, "outside", str(subnets[1].network_address + 5), "0a:58:00:00:00:0d")
+    add_internal_pod(node, "badip", "198.19.300.1", "0a:58:00:00:00:0e")
+    expected = {str(base + 10): ("0a:58:00:00:00:0a", pod.ofport)}
+    ofport11 = int(node.ovs.vsctl("get", "Interface", "pod11", "ofport"))
+    expected[str(base + 11)] = ("0a:58:00:00:00:0b", ofport11)
+    wait_for(lambda: cluster3.endpoints(subnet) == expected, f"endpoints {expected}")
+    log = wait_for(lambda: "pod port badip rejected" in agent.log_text() and agent.log_text(),
+                   "the rejection log lines")  # fmt: skip
+    assert "pod port badmac rejected: external_ids:attached-mac: not a MAC address" in log
+    assert (
+        f"pod port outside rejected: vxflow-ip {subnets[1].network_address + 5} is outside" in log
+    )
+    assert "pod port badip rejected: external_ids:vxflow-ip='198.19.300.1' is not" in log
+    assert len(cluster3.endpoint_kvs()) == 2  # nothing of the bad ones reached etcd
+    kv = cluster3.registry.etcd.get(f"{PREFIX}/vxflow/endpoints/{base}-24/{base + 10}")
+    assert kv.lease == cluster3.registry.lease_for(subnet).etcd_lease_id  # bound to the node lease
+
+    node.ovs.vsctl("del-port", "br-int", "pod11")
+    del expected[str(base + 11)]
+    wait_for(lambda: cluster3.endpoints(subnet) == expected, "pod11's endpoint to go")
+
+    # SIGTERM keeps the lease (flanneld's behaviour)
+    assert agent.stop() == 0
+    assert "keeping lease" in agent.log_text()
+    assert cluster3.registry.lease_for(subnet).public_ip == node.underlay_ip
+    assert cluster3.endpoints(subnet) == expected
+
+
+@pytest.mark.integration
+def test_agent_kill9_restart_and_ovsdb_server_restart(cluster1: Cluster) -> None:
+    agent = cluster1.agents[0].start()
+    node, subnet = agent.node, agent.subnet()
+    base = subnet.network_address
+    add_internal_pod(node, "pod5", str(base + 5), "0a:58:00:00:00:05")
+    add_internal_pod(node, "pod6", str(base + 6), "0a:58:00:00:00:06")
+    wait_for(lambda: len(cluster1.endpoints(subnet)) == 2, "two endpoints")
+    before = {kv.key: kv.mod_revision for kv in cluster1.endpoint_kvs()}
+    lease_before = cluster1.registry.lease_for(subnet)
+
+    agent.stop(signal.SIGKILL)
+    agent.start()
+    wait_for(lambda: agent.log_text().count("holding lease") == 2, "the restarted agent's lease")
+    time.sleep(4)  # a full resync interval: anything it would rewrite, it has rewritten
+    assert agent.subnet() == subnet
+    assert cluster1.registry.lease_for(subnet).etcd_lease_id == lease_before.etcd_lease_id
+    assert {kv.key: kv.mod_revision for kv in cluster1.endpoint_kvs()} == before  # untouched
+    assert len(cluster1.registry.list_leases()) == 1
+
+    # ovsdb-server restarts under the agent; meanwhile the bridge drifted in the file
+    node.ovs.stop_process("ovsdb-server")
+    drift = [
+        "Open_vSwitch",
+        {"op": "update", "table": "Bridge", "where": [["name", "==", "br-int"]],
+         "row": {"fail_mode": "standalone", "controller": ["set", []]}},
+    ]  # fmt: skip
+    node.ovs.run("ovsdb-tool", "transact", str(node.ovs.db_path), json.dumps(drift))
+    node.ovs.start_ovsdb_server()
+    wait_for(lambda: node.ovs.vsctl("get", "Bridge", "br-int", "fail_mode").strip() == "secure",
+             "fail_mode repaired after the ovsdb-server restart")  # fmt: skip
+    assert node.ovs.vsctl("get-controller", "br-int").split() == ["tcp:127.0.0.1:6653"]
+    assert "OVSDB" in agent.log_text() and "reconnected" in agent.log_text()
+    add_internal_pod(node, "pod7", str(base + 7), "0a:58:00:00:00:07")
+    wait_for(lambda: len(cluster1.endpoints(subnet)) == 3, "pod7 published after the restart")
+    assert agent.proc is not None and agent.proc.poll() is None
+    assert agent.stop() == 0
+
+
+@pytest.mark.integration
+def test_agent_keeps_lease_through_etcd_outage_and_releases_on_request(
+    cluster1: Cluster,
+) -> None:
+    agent = cluster1.agents[0]
+    agent.extra = ("--release-on-exit",)
+    agent.start()
+    subnet = agent.subnet()
+    base = subnet.network_address
+    cluster1.etcd.stop(remove_data=False)
+    add_internal_pod(agent.node, "pod9", str(base + 9), "0a:58:00:00:00:09")
+    wait_for(lambda: "retrying in" in agent.log_text(), "the agent noticing etcd is gone")
+    cluster1.etcd.start()
+    wait_for(lambda: str(base + 9) in cluster1.endpoints(subnet), "pod9 published after recovery")
+    assert cluster1.registry.lease_for(subnet).public_ip == agent.node.underlay_ip
+    assert agent.stop() == 0
+    assert cluster1.registry.lease_for(subnet) is None  # --release-on-exit gave it back
+    assert cluster1.endpoint_kvs() == []
+    assert IPv4Interface(f"{base + 1}/24") == read_subnet_env(agent.subnet_file).subnet
