@@ -263,3 +263,48 @@ def test_agent_keeps_lease_through_etcd_outage_and_releases_on_request(
     assert cluster1.registry.lease_for(subnet) is None  # --release-on-exit gave it back
     assert cluster1.endpoint_kvs() == []
     assert IPv4Interface(f"{base + 1}/24") == read_subnet_env(agent.subnet_file).subnet
+
+
+# The smallest OpenFlow peer: HELLO, then echo replies. It only stands in for the
+# controller's connection; the flow that marks the "first sync" is added with ovs-ofctl.
+OF_PEER = """
+import socket, struct, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(1)
+conn, _ = srv.accept(); conn.sendall(struct.pack("!BBHI", 4, 0, 8, 1)); buf = b""
+while data := conn.recv(65536):
+    buf += data
+    while len(buf) >= 8 and len(buf) >= struct.unpack("!H", buf[2:4])[0]:
+        version, kind, length, xid = struct.unpack("!BBHI", buf[:8])
+        msg, buf = buf[:length], buf[length:]
+        if kind == 2:
+            conn.sendall(struct.pack("!BBHI", version, 3, length, xid) + msg[8:])
+"""
+
+
+@pytest.mark.integration
+def test_agent_clears_flow_restore_wait_after_first_sync(cluster1: Cluster) -> None:
+    agent = cluster1.agents[0]
+    node = agent.node
+    node.ovs.vsctl("set", "Open_vSwitch", ".", "other_config:flow-restore-wait=true")
+    peer = subprocess.Popen(["ip", "netns", "exec", node.netns, sys.executable, "-c", OF_PEER,
+                             "6653"])  # fmt: skip
+    try:
+        agent.start()
+        agent.subnet()
+        wait_for(
+            lambda: node.ovs.vsctl("--columns=is_connected", "find", "Controller",
+                                   "target=\"tcp:127.0.0.1:6653\"").split()[-1:] == ["true"],
+            "the controller connection",
+        )  # fmt: skip
+        time.sleep(2)  # connected but no flows yet: the switch must keep waiting
+        frw = node.ovs.vsctl("get", "Open_vSwitch", ".", "other_config")
+        assert 'flow-restore-wait="true"' in frw
+        node.ovs.ofctl("add-flow", "br-int", "priority=0,actions=drop")  # the first full sync
+        wait_for(lambda: "flow-restore-wait" not in node.ovs.vsctl(
+            "get", "Open_vSwitch", ".", "other_config"), "flow-restore-wait cleared")  # fmt: skip
+        assert "cleared Open_vSwitch other_config:flow-restore-wait" in agent.log_text()
+    finally:
+        agent.stop()
+        peer.kill()
+        peer.wait()
