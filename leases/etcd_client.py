@@ -167,13 +167,17 @@ class WatchStream:
             cancel_reason=str(result.get("cancel_reason", "")),
         )
 
-    def close(self) -> None:
-        """Unblock a reader in another (green) thread and drop the connection."""
+    def interrupt(self) -> None:
+        """Wake the reader blocked on this stream; safe from any (green) thread."""
         try:
             sock = self._resp.raw._fp.fp.raw._sock  # the urllib3 connection's socket
             sock.shutdown(socket.SHUT_RDWR)
         except (AttributeError, OSError):
             pass
+
+    def close(self) -> None:
+        """Drop the connection; only from the thread that reads the stream."""
+        self.interrupt()
         self._resp.close()
 
     def __enter__(self) -> WatchStream:

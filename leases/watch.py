@@ -96,7 +96,7 @@ class Watch:
         self._stop.set()
         stream = self._stream
         if stream is not None:
-            stream.close()
+            stream.interrupt()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         self._client.close()
