@@ -29,7 +29,7 @@ from pathlib import Path
 
 from flows.ports import vtep_mac_for
 from leases.errors import RegistryError
-from leases.model import VXLAN_OVERHEAD, Lease, NetworkConfig
+from leases.model import LEASE_TTL_SECONDS, VXLAN_OVERHEAD, Lease, NetworkConfig
 from leases.registry import Registry, renew_interval
 
 log = logging.getLogger("flannel-node")
@@ -119,22 +119,22 @@ class VxlanDevice:
 
 
 def run(args: argparse.Namespace) -> None:
-    registry = Registry(args.etcd, args.prefix)
+    registry = Registry(args.etcd_endpoints, args.etcd_prefix)
     config = registry.get_config()
     subnet_file = Path(args.subnet_file)
     lease = registry.acquire(
         args.public_ip, vtep_mac_for(args.public_ip),
-        previous_subnet=previous_subnet(subnet_file), ttl=args.lease_ttl,
+        previous_subnet=previous_subnet(subnet_file), ttl=args.subnet_lease_ttl,
     )  # fmt: skip
     log.info("lease %s for %s", lease.subnet, lease.public_ip)
     device = VxlanDevice(config, lease, args.iface)
     write_subnet_env(subnet_file, config, lease, device.mtu)
-    renew_at = time.monotonic() + renew_interval(args.lease_ttl)
+    renew_at = time.monotonic() + renew_interval(args.subnet_lease_ttl)
     while True:
         try:
             if time.monotonic() >= renew_at:
-                lease = registry.renew(lease, ttl=args.lease_ttl)
-                renew_at = time.monotonic() + renew_interval(args.lease_ttl)
+                lease = registry.renew(lease, ttl=args.subnet_lease_ttl)
+                renew_at = time.monotonic() + renew_interval(args.subnet_lease_ttl)
             device.reconcile(registry.list_leases(), config.backend.vni)
         except RegistryError as e:  # etcd away for a moment: keep the kernel as it is
             log.warning("etcd: %s; retrying", e)
@@ -143,14 +143,13 @@ def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--etcd", required=True, help="etcd endpoint, e.g. http://198.18.0.254:2379"
-    )
-    parser.add_argument("--prefix", default="/coreos.com/network")
+    parser.add_argument("--etcd-endpoints", required=True, help="e.g. http://198.18.0.254:2379")
+    parser.add_argument("--etcd-prefix", default="/coreos.com/network")
     parser.add_argument("--public-ip", required=True, type=IPv4Address)
     parser.add_argument("--iface", default="eth0", help="the underlay interface")
     parser.add_argument("--subnet-file", required=True)
-    parser.add_argument("--lease-ttl", type=int, default=24 * 3600)
+    parser.add_argument("--subnet-lease-ttl", type=int, default=LEASE_TTL_SECONDS,
+                        help="seconds (flannel's fixed 24h by default)")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

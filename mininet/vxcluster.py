@@ -79,9 +79,9 @@ def _venv_tool(name: str) -> str:
     return found
 
 
-def run_root(*cmd: str, check: bool = True) -> str:
+def run_root(*cmd: str, check: bool = True, input: str | None = None) -> str:
     """A command in the root namespace; raise with its stderr on failure."""
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, input=input)
     if check and res.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` failed ({res.returncode}): {res.stderr.strip()}")
     return res.stdout
@@ -292,7 +292,6 @@ class ClusterSpec:
     vni: int = 1
     port: int = 8472
     prefix: str = "/coreos.com/network"
-    lease_ttl: int = 60  # seconds; the node-leave test shortens it
     tag: str = field(default_factory=default_tag)
 
 
@@ -426,11 +425,7 @@ class Cluster:
             except Exception as e:
                 errors.append(f"mininet: {e}")
             self.net = None
-        with contextlib.suppress(Exception):
-            self.stop_controller()
-        if self.etcd is not None:
-            self.etcd.stop(remove_data=True)
-            self.etcd = None
+        self.stop_services()
         with contextlib.suppress(Exception):  # a half-built bridge Mininet never knew of
             run_root("ip", "link", "del", self.spec.tag, check=False)
         if self._own_workdir and self.workdir is not None and not errors:
@@ -438,6 +433,13 @@ class Cluster:
             self.workdir = None
         for e in errors:
             print(f"cleanup: {e}", file=sys.stderr)
+
+    def stop_services(self) -> None:
+        """Stop the root-namespace daemons (controller, etcd); the hosts stop their own."""
+        self.stop_controller()
+        if self.etcd is not None:
+            self.etcd.stop(remove_data=True)
+            self.etcd = None
 
     # -- components -------------------------------------------------------------
     def write_config(self) -> None:
@@ -448,25 +450,25 @@ class Cluster:
             "SubnetLen": spec.subnet_len,
             "Backend": {"Type": "vxlan", "VNI": spec.vni, "Port": spec.port},
         }
-        run_root(
-            _venv_tool("python"), "-c",
-            "import sys; from leases.registry import Registry; "
-            "Registry(sys.argv[1], sys.argv[2]).set_config(sys.argv[3])",
-            self.etcd_endpoint, spec.prefix, json.dumps(config),
-        )  # fmt: skip
+        run_root(_venv_tool("vxflow"), "config", "set", *self._etcd_flags(), "-",
+                 input=json.dumps(config))  # fmt: skip
 
     def start_controller(self, port: int = 0) -> None:
-        """`vxflow controller` in the root namespace on 198.18.0.254 (`port` 0: a free one)."""
+        """The controller app in the root namespace on 198.18.0.254 (`port` 0: a free one)."""
         self.controller_port = port or free_loopback_port()
         log_path = self.workdir / "controller.log"
+        env = {
+            **os.environ,
+            "FLANNELD_ETCD_ENDPOINTS": self.etcd_endpoint,
+            "FLANNELD_ETCD_PREFIX": self.spec.prefix,
+        }
         with open(log_path, "ab") as out:
             self._controller = subprocess.Popen(
                 [
-                    _venv_tool("vxflow"), "controller",
-                    "--etcd", self.etcd_endpoint, "--prefix", self.spec.prefix,
-                    "--listen", str(ROOT_IP), "--port", str(self.controller_port),
+                    _venv_tool("osken-manager"), "--ofp-listen-host", str(ROOT_IP),
+                    "--ofp-tcp-listen-port", str(self.controller_port), "controller.app",
                 ],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -500,13 +502,14 @@ class Cluster:
     def agent_cmd(self, node: VxflowNode) -> list[str]:
         assert node.ovs is not None
         return [
-            _venv_tool("vxflow"), "agent",
-            "--etcd", self.etcd_endpoint, "--prefix", self.spec.prefix,
-            "--ovsdb", node.ovs.db_target, "--controller", self.controller_target,
-            "--public-ip", str(node.underlay_ip),
+            _venv_tool("vxflow"), "agent", *self._etcd_flags(),
+            "--public-ip", str(node.underlay_ip), "--ovsdb", node.ovs.db_target,
+            "--controller", self.controller_target, "--datapath-type", "netdev",
             "--subnet-file", str(self.subnet_env_path(node)),
-            "--lease-ttl", str(self.spec.lease_ttl),
         ]  # fmt: skip
+
+    def _etcd_flags(self) -> list[str]:
+        return ["--etcd-endpoints", self.etcd_endpoint, "--etcd-prefix", self.spec.prefix]
 
     def start_agent(self, node: VxflowNode) -> None:
         node.spawn("agent", self.agent_cmd(node), self.node_dir(node) / "agent.log")
@@ -517,10 +520,9 @@ class Cluster:
     def start_flannel(self, node: FlannelNode) -> None:
         cmd = [
             _venv_tool("python"), str(Path(__file__).with_name("flannel_node.py")),
-            "--etcd", self.etcd_endpoint, "--prefix", self.spec.prefix,
+            *self._etcd_flags(),
             "--public-ip", str(node.underlay_ip), "--iface", "eth0",
             "--subnet-file", str(self.subnet_env_path(node)),
-            "--lease-ttl", str(self.spec.lease_ttl),
         ]  # fmt: skip
         node.sh(f"ip addr add {node.underlay_ip}/{UNDERLAY.prefixlen} dev eth0")
         node.sh("ethtool -K eth0 tx off && ip link set eth0 up")
@@ -604,6 +606,43 @@ class Cluster:
                 names = ", ".join(f"{a.name}->{b.name}" for a, b in pending)
                 raise RuntimeError(f"no overlay connectivity after {timeout:.0f}s: {names}")
         return time.monotonic() - start
+
+    def controller_connected(self, node: VxflowNode) -> bool:
+        """Whether the node's br-int holds an OpenFlow connection to the controller now."""
+        out = node.ovs.vsctl("--columns=is_connected", "--bare", "list", "Controller")
+        return "true" in out.split()
+
+    def wait_controller_connected(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(self.controller_connected(n) for n in self.vxflow_nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"switches not connected to the controller after {timeout}s")
+            time.sleep(0.2)
+
+    def capture(
+        self, node: Host, action: Callable[[], str], count: int = 4, timeout: float = 15
+    ) -> tuple[str, str]:
+        """tcpdump -T vxlan on the node's underlay port while `action` runs.
+
+        Returns (capture, action's result); the capture starts listening first.
+        """
+        cmd = ["tcpdump", "-l", "-n", "-i", "eth0", "-c", str(count), "-T", "vxlan",
+               f"udp port {self.spec.port}"]  # fmt: skip
+        dump = subprocess.Popen(
+            ["mnexec", "-a", str(node.pid), *cmd],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            for line in dump.stderr:  # "listening on eth0 ...": it is capturing now
+                if line.startswith("listening on"):
+                    break
+            result = action()
+            seen, _ = dump.communicate(timeout=timeout)
+        finally:
+            if dump.poll() is None:
+                dump.kill()
+                dump.communicate()
+        return seen, result
 
     def pairs(self) -> Iterator[tuple[Pod, Pod]]:
         for a in self.pods:
