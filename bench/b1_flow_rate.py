@@ -14,6 +14,7 @@ shows all N flows. Run: `python -m bench.b1_flow_rate` (root; own namespace).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import tempfile
@@ -24,7 +25,8 @@ from typing import Any
 import click
 
 from bench import report
-from bench.bridges import BridgeFarm
+from bench.bridges import Bridge, BridgeFarm
+from bench.cluster_env import Env, environment
 from bench.isolation import isolate
 from bench.leasegen import cluster
 from bench.observer import FlowObserver
@@ -61,23 +63,46 @@ def encode_time(flows: list[Flow]) -> float:
     return time.perf_counter() - t0
 
 
-def clear_table(farm: BridgeFarm, observer: FlowObserver) -> None:
-    bridge = farm.bridges[0]
+def clear_table(bridge: Bridge, observer: FlowObserver) -> None:
     bridge.ovs.ofctl("del-flows", f"unix:{bridge.mgmt_socket}")
     if observer.flow_counts()[bridge.name] != 0:
         raise RuntimeError(f"{bridge.name}: flows left after del-flows")
 
 
-def run_ofctl(farm: BridgeFarm, observer: FlowObserver, flow_file: Path, n: int) -> dict:
+def run_ofctl(bridge: Bridge, observer: FlowObserver, flow_file: Path, n: int) -> dict:
     """(a): one `ovs-ofctl --bundle add-flows`; its wall time and when the table landed."""
-    bridge = farm.bridges[0]
-    clear_table(farm, observer)
+    clear_table(bridge, observer)
     t0 = time.monotonic()
     bridge.ovs.ofctl("--bundle", "add-flows", f"unix:{bridge.mgmt_socket}", str(flow_file),
                      timeout=300)  # fmt: skip
     wall = time.monotonic() - t0
     landed = observer.wait_flow_count({bridge.name: n}, timeout=300)[bridge.name] - t0
     return {"wall_s": wall, "landed_s": landed}
+
+
+def run_controller(farm: BridgeFarm, env: Env, observer: FlowObserver, n: int) -> dict:
+    """(b): the bridge, emptied, connects to the controller that already holds the leases;
+    from set-controller until the flow count shows the whole table."""
+    bridge = farm.bridges[0]
+    clear_table(bridge, observer)
+    cpu0 = env.controller.cpu_seconds()
+    t0 = time.monotonic()
+    farm.set_controller(env.controller.target, [bridge])
+    landed = observer.wait_flow_count({bridge.name: n}, timeout=300)[bridge.name] - t0
+    cpu = env.controller.cpu_seconds() - cpu0
+    farm.set_controller(None, [bridge])
+    return {"landed_s": landed, "controller_cpu_s": cpu}
+
+
+def warm_up_controller(farm: BridgeFarm, env: Env, observer: FlowObserver, n: int) -> float:
+    """Seconds until the probe bridge (node 1) holds its full table: from then on the
+    controller has every lease. The probe is detached again before measuring."""
+    probe = farm.bridges[1]
+    t0 = time.monotonic()
+    farm.set_controller(env.controller.target, [probe])
+    took = observer.wait_flow_count({probe.name: n}, timeout=900, interval=0.05)[probe.name] - t0
+    farm.set_controller(None, [probe])
+    return took
 
 
 def measure(n_remote: int, repeat: int, with_controller: bool) -> dict:
@@ -95,19 +120,23 @@ def measure(n_remote: int, repeat: int, with_controller: bool) -> dict:
         result["compile_s"].append(compile_table(n_remote)[2])
     for _ in range(repeat):
         result["encode_s"].append(encode_time(flows))
-    with tempfile.TemporaryDirectory(prefix="vxflow-b1-") as tmp:
-        flow_file = Path(tmp) / "flows.txt"
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vxflow-b1-")))
+        flow_file = tmp / "flows.txt"
         flow_file.write_text("".join(to_ofctl(f) + "\n" for f in flows))
-        with BridgeFarm([c.leases[0]]) as farm, FlowObserver(
-            {b.name: b.mgmt_socket for b in farm.bridges}
-        ) as observer:
-            for i in range(repeat):
-                result["ofctl"].append(run_ofctl(farm, observer, flow_file, n))
-                log.info("rep %d ofctl: %s", i + 1, result["ofctl"][-1])
-                if observer.flow_counts()[farm.bridges[0].name] != n:
-                    raise RuntimeError("ovs-ofctl run left a table of the wrong size")
-                if with_controller:
-                    raise NotImplementedError("controller side: see bench/controller_runner.py")
+        env = stack.enter_context(environment(c)) if with_controller else None
+        farm = stack.enter_context(BridgeFarm(list(c.leases[:2])))
+        observer = stack.enter_context(FlowObserver({b.name: b.mgmt_socket for b in farm.bridges}))
+        if env is not None:
+            result["controller_warm_up_s"] = warm_up_controller(farm, env, observer, n)
+        for i in range(repeat):
+            result["ofctl"].append(run_ofctl(farm.bridges[0], observer, flow_file, n))
+            log.info("rep %d ofctl: %s", i + 1, result["ofctl"][-1])
+            if env is not None:
+                result["controller"].append(run_controller(farm, env, observer, n))
+                log.info("rep %d controller: %s", i + 1, result["controller"][-1])
+        if env is not None:
+            result["controller_memory_kib"] = env.controller.memory_kib()
     return result
 
 
@@ -123,7 +152,9 @@ def summarise(result: dict) -> dict:
         landed = median([r["landed_s"] for r in result["controller"]])
         s["controller_landed_s_median"] = landed
         s["controller_flows_per_s"] = result["flows_per_table"] / landed
+        s["time_ratio_controller_over_ofctl"] = landed / s["ofctl_landed_s_median"]
         s["rate_ratio_controller_over_ofctl"] = s["ofctl_landed_s_median"] / landed
+        s["goal_rate_ratio_0_8_met"] = float(s["rate_ratio_controller_over_ofctl"] >= 0.8)
     return s
 
 

@@ -76,13 +76,13 @@ class BridgeFarm:
             self.bridges.append(Bridge(br, lease, ovs))
         ovs.vsctl("--timeout=300", *args, timeout=330)
 
-    def set_controller(self, target: str | None) -> None:
-        """Point every bridge at `target` (e.g. tcp:127.0.0.1:6653) in one transaction,
-        reconnect backoff capped at 1 s; None detaches them all."""
+    def set_controller(self, target: str | None, bridges: list[Bridge] | None = None) -> None:
+        """Point `bridges` (default: all) at `target` (e.g. tcp:127.0.0.1:6653) in one
+        transaction, reconnect backoff capped at 1 s; None detaches them."""
         args: list[str] = []
-        for i, b in enumerate(self.bridges):
+        for i, b in enumerate(self.bridges if bridges is None else bridges):
             if target is None:
-                args += ["--", "clear", "Bridge", b.name, "controller"]
+                args += ["--", "del-controller", b.name]
             else:
                 args += [
                     "--", f"--id=@c{i}", "create", "Controller", f'target="{target}"',

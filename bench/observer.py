@@ -86,9 +86,10 @@ class FlowObserver:
         with self._changed:
             return {name: len(b.added) for name, b in self._bridges.items()}
 
-    def added_times(self, name: str) -> list[float]:
+    def added(self, name: str) -> list[tuple[float, int]]:
+        """(arrival time, cookie) of every ADDED update seen on bridge `name`."""
         with self._changed:
-            return [t for t, _ in self._bridges[name].added]
+            return list(self._bridges[name].added)
 
     def paused(self) -> int:
         """How often ovs-vswitchd paused a monitor (updates were then summarised)."""

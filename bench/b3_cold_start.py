@@ -1,0 +1,137 @@
+"""B3 cold start at scale: L leases x S switches, from nothing to every table full.
+
+The controller is started on etcd holding L leases and is ready (a probe
+switch got its full table, then left); then all S switches are pointed at it
+at once and the clock runs until every one holds its full table of
+L-1 remote-lease flows + its base pipeline.
+
+- `real`: S real netdev bridges in one ovs-vswitchd; a table is full when a
+  flow-count poll (every 10 ms) shows it.
+- `stand-in`: S instances of bench/standin.py (NOT Open vSwitch: a minimal
+  OpenFlow switch answering handshake, flow stats, flow-mods, bundles,
+  barriers) for switch counts real OVS cannot hold here; a table is full at
+  the first barrier the stand-in answers while holding it.
+
+Reported: time to full convergence, flow-mods/s (S x table / time), controller
+CPU seconds and RSS (peak) over the run. Run: `python -m bench.b3_cold_start`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bench import report
+from bench.bridges import BridgeFarm
+from bench.cluster_env import Env, connect_and_converge, environment
+from bench.isolation import isolate
+from bench.leasegen import cluster
+from bench.observer import FlowObserver
+from bench.standin import StandInFleet
+from flows.ports import TUNNEL_OFPORT, TUNNEL_PORT
+from leases.model import datapath_id_for
+
+MODULE = "bench.b3_cold_start"
+log = logging.getLogger(MODULE)
+PORTS = [(TUNNEL_OFPORT, TUNNEL_PORT)]
+
+
+def wait_ready(env: Env, timeout: float = 300) -> float:
+    """Seconds until a probe stand-in (the cluster's last node, not a measured switch)
+    gets its full table: the controller has loaded the leases. The probe then leaves."""
+    probe = env.cluster.leases[-1]
+    fleet = StandInFleet("127.0.0.1", env.controller.port,
+                         {datapath_id_for(probe.public_ip): env.table_size()}, PORTS).start()  # fmt: skip
+    try:
+        fleet.go()
+        return fleet.wait_converged(timeout) - fleet.started
+    finally:
+        fleet.stop()
+
+
+def run_real(env: Env, switches: int, timeout: float) -> dict[str, Any]:
+    with BridgeFarm(list(env.cluster.leases[:switches])) as farm, \
+            FlowObserver({b.name: b.mgmt_socket for b in farm.bridges}) as obs:  # fmt: skip
+        cpu0 = env.controller.cpu_seconds()
+        took = connect_and_converge(env, farm, obs, timeout)
+        return {"converged_s": took, "controller_cpu_s": env.controller.cpu_seconds() - cpu0}
+
+
+def run_standin(env: Env, switches: int, timeout: float) -> dict[str, Any]:
+    want = env.table_size()
+    expected = {datapath_id_for(x.public_ip): want for x in env.cluster.leases[:switches]}
+    fleet = StandInFleet("127.0.0.1", env.controller.port, expected, PORTS).start()
+    try:
+        cpu0 = env.controller.cpu_seconds()
+        info = fleet.go()
+        if info["connect_failures"]:
+            raise RuntimeError(f"stand-ins failed to connect: {info['connect_failures'][:3]}")
+        took = fleet.wait_converged(timeout) - fleet.started
+        cpu = env.controller.cpu_seconds() - cpu0
+    finally:
+        per_switch = fleet.stop()
+    unsupported = {k: v for s in per_switch.values() for k, v in s["unsupported"].items()}
+    return {"converged_s": took, "controller_cpu_s": cpu, "standin_unsupported": unsupported,
+            "flow_mods_received": sum(s["flow_mods"] for s in per_switch.values())}  # fmt: skip
+
+
+def measure(kind: str, leases: int, switches: int, timeout: float) -> dict[str, Any]:
+    c = cluster(leases)
+    with environment(c) as env:
+        ready = wait_ready(env)
+        log.info("controller ready with %d leases (probe synced in %.2fs)", leases, ready)
+        run = run_real if kind == "real" else run_standin
+        out = run(env, switches, timeout)
+        want = env.table_size()
+        out.update({
+            "switch": "Open vSwitch (netdev bridges, one ovs-vswitchd)" if kind == "real"
+            else "stand-in (bench/standin.py, not OVS)",
+            "kind": kind, "leases": leases, "switches": switches, "flows_per_switch": want,
+            "flows_total": want * switches, "probe_sync_s": ready,
+            "controller_memory_kib": env.controller.memory_kib(),
+        })  # fmt: skip
+        out["flow_mods_per_s"] = out["flows_total"] / out["converged_s"]
+    log.info("%s L=%d S=%d: %.3fs", kind, leases, switches, out["converged_s"])
+    return out
+
+
+def _configs(spec: tuple[str, ...]) -> list[tuple[str, int, int]]:
+    """`real:1000x50` -> ("real", 1000, 50)."""
+    out = []
+    for item in spec:
+        kind, _, size = item.partition(":")
+        leases, _, switches = size.partition("x")
+        if kind not in ("real", "stand-in") or not leases.isdigit() or not switches.isdigit():
+            raise click.BadParameter(f"{item!r}: want real:LxS or stand-in:LxS")
+        out.append((kind, int(leases), int(switches)))
+    return out
+
+
+DEFAULT_RUNS = ("real:1000x10", "real:1000x50", "real:1000x100", "real:5000x10", "real:5000x50",
+                "stand-in:1000x50", "stand-in:1000x200", "stand-in:5000x200")  # fmt: skip
+
+
+@click.command()
+@click.option("--run", "runs", multiple=True, default=DEFAULT_RUNS, show_default=True,
+              help="KIND:LEASESxSWITCHES, KIND real or stand-in (repeatable).")
+@click.option("--timeout", default=600.0, show_default=True)
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
+def main(runs: tuple[str, ...], timeout: float, results_dir: Path | None) -> None:
+    """B3: cold start of S switches onto L leases; convergence, flow-mods/s, controller cost."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    results = [measure(kind, leases, switches, timeout) for kind, leases, switches in _configs(runs)]
+    path = report.save("b3_cold_start", MODULE, {"runs": results}, results_dir)
+    for r in results:
+        click.echo(f"{r['kind']:8s} L={r['leases']:5d} S={r['switches']:4d}  {r['converged_s']:.3f}s"
+                   f"  {r['flow_mods_per_s']:,.0f} flow-mods/s  cpu {r['controller_cpu_s']:.2f}s"
+                   f"  rss peak {r['controller_memory_kib'].get('VmHWM', 0) / 1024:.0f} MiB")  # fmt: skip
+    click.echo(f"results: {path}")
+
+
+if __name__ == "__main__":
+    rc = isolate(MODULE)
+    sys.exit(main() if rc is None else rc)

@@ -1,0 +1,129 @@
+"""B4 data plane: pod-to-pod RTT and TCP throughput, vxflow (OVS userspace) vs flannel-style
+(kernel VXLAN) nodes, in one emulated cluster, same underlay, same run.
+
+The cluster is mininet/vxcluster.py's (2 vxflow nodes with agent + controller,
+2 flannel-style nodes; one pod each). Rounds alternate vxflow pair / flannel
+pair; per round: `ping -q -c N -i 0.01` (RTT) then `iperf3 -J -t T` (TCP).
+All traffic is pod to pod, inside the cluster's namespaces. This describes the
+environment (userspace vs kernel datapath, no kernel OVS module here) as much
+as vxflow, so it is reported, not gated. Mininet builds in the root namespace
+(per-run underlay /27 and tag), so this one is not run in bench/isolation.py's
+namespace. Run: `python -m bench.b4_dataplane` (root).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bench import report
+from bench.stats import median
+
+MODULE = "bench.b4_dataplane"
+REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger(MODULE)
+RTT = re.compile(r"rtt min/avg/max/mdev = ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
+LOSS = re.compile(r"(\d+) packets transmitted, (\d+) received")
+IPERF_PORT = 5201
+
+
+def _vxcluster():
+    """mininet/ holds scripts, never a package (it must not shadow Mininet itself)."""
+    if str(REPO / "mininet") not in sys.path:
+        sys.path.insert(0, str(REPO / "mininet"))
+    import vxcluster
+
+    return vxcluster
+
+
+def ping(src, dst, count: int) -> dict[str, float]:
+    out = src.cmd(f"ping -n -q -c {count} -i 0.01 -W 1 {dst.addr}")
+    rtt, loss = RTT.search(out), LOSS.search(out)
+    if rtt is None or loss is None:
+        raise RuntimeError(f"{src.name} -> {dst.name}: ping failed: {out.strip()[-300:]}")
+    sent, received = map(int, loss.groups())
+    mn, avg, mx, mdev = (float(v) / 1e3 for v in rtt.groups())
+    return {"sent": sent, "received": received, "min_s": mn, "avg_s": avg, "max_s": mx, "mdev_s": mdev}
+
+
+def iperf(src, dst, seconds: int) -> dict[str, float]:
+    server = dst.popen(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)])
+    try:
+        out = src.cmd(f"iperf3 -c {dst.addr} -p {IPERF_PORT} -t {seconds} -J --connect-timeout 3000")
+        try:
+            end = json.loads(out)["end"]
+        except (ValueError, KeyError) as e:
+            raise RuntimeError(f"{src.name} -> {dst.name}: iperf3 failed: {out.strip()[-300:]}") from e
+        return {"received_bps": end["sum_received"]["bits_per_second"],
+                "sent_bps": end["sum_sent"]["bits_per_second"],
+                "retransmits": end["sum_sent"].get("retransmits", 0)}  # fmt: skip
+    finally:
+        if server.poll() is None:
+            server.terminate()
+        server.wait(10)
+
+
+def measure(rounds: int, pings: int, seconds: int) -> dict[str, Any]:
+    vx = _vxcluster()
+    spec = vx.ClusterSpec(nodes=2, pods=1, flannel_nodes=2)
+    samples: dict[str, dict[str, list]] = {"vxflow": {"ping": [], "iperf": []},
+                                           "flannel": {"ping": [], "iperf": []}}  # fmt: skip
+    with vx.Cluster(spec, progress=log.info) as cluster:
+        pairs = {
+            "vxflow": [cluster.pods_of(n)[0] for n in cluster.vxflow_nodes],
+            "flannel": [cluster.pods_of(n)[0] for n in cluster.flannel_nodes],
+        }
+        for a, b in pairs.values():
+            ping(a, b, 5)  # warm ARP/neighbour and tunnel state before measuring
+        for i in range(rounds):
+            for kind, (a, b) in pairs.items():
+                samples[kind]["ping"].append(ping(a, b, pings))
+                samples[kind]["iperf"].append(iperf(a, b, seconds))
+                log.info("round %d %s: rtt avg %.3f ms, %.0f Mbit/s", i + 1, kind,
+                         samples[kind]["ping"][-1]["avg_s"] * 1e3,
+                         samples[kind]["iperf"][-1]["received_bps"] / 1e6)  # fmt: skip
+    summary: dict[str, Any] = {}
+    for kind, s in samples.items():
+        summary[kind] = {
+            "rtt_avg_s_median": median([p["avg_s"] for p in s["ping"]]),
+            "rtt_min_s_median": median([p["min_s"] for p in s["ping"]]),
+            "tcp_bps_median": median([r["received_bps"] for r in s["iperf"]]),
+            "lost_pings": sum(p["sent"] - p["received"] for p in s["ping"]),
+        }
+    summary["rtt_ratio_vxflow_over_flannel"] = (
+        summary["vxflow"]["rtt_avg_s_median"] / summary["flannel"]["rtt_avg_s_median"]
+    )
+    summary["tcp_ratio_vxflow_over_flannel"] = (
+        summary["vxflow"]["tcp_bps_median"] / summary["flannel"]["tcp_bps_median"]
+    )
+    return {"rounds": rounds, "pings_per_round": pings, "iperf_seconds": seconds,
+            "samples": samples, "summary": summary}  # fmt: skip
+
+
+@click.command()
+@click.option("--rounds", default=3, show_default=True, help="Alternating vxflow/flannel rounds.")
+@click.option("--pings", default=200, show_default=True, help="Pings per round.")
+@click.option("--seconds", default=5, show_default=True, help="iperf3 duration per round.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
+def main(rounds: int, pings: int, seconds: int, results_dir: Path | None) -> None:
+    """B4: pod-to-pod RTT and TCP throughput, vxflow vs flannel-style nodes."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    result = measure(rounds, pings, seconds)
+    path = report.save("b4_dataplane", MODULE, result, results_dir)
+    s = result["summary"]
+    for kind in ("vxflow", "flannel"):
+        click.echo(f"{kind:8s} rtt avg {report.ms(s[kind]['rtt_avg_s_median'])}"
+                   f"  tcp {s[kind]['tcp_bps_median'] / 1e6:,.0f} Mbit/s")  # fmt: skip
+    click.echo(f"ratio vxflow/flannel: rtt {s['rtt_ratio_vxflow_over_flannel']:.2f}"
+               f"  tcp {s['tcp_ratio_vxflow_over_flannel']:.2f}")  # fmt: skip
+    click.echo(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The vxflow controller as the benchmarks run it: `vxflow controller` as a child process.
+
+Listening on the benchmark namespace's loopback, reading the benchmark's etcd;
+CPU time and RSS are read from /proc for B3; stopped by its PID. With
+`profile_to`, the same command runs under pyinstrument and writes a text
+report when it is stopped (SIGINT, so pyinstrument can write it).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from leases.etcd_server import free_loopback_port
+
+VXFLOW = Path(sys.executable).with_name("vxflow")
+CLK_TCK = 100
+
+
+@dataclass
+class ControllerProcess:
+    etcd: str
+    prefix: str
+    log_path: Path
+    port: int = 0
+    profile_to: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+
+    @property
+    def target(self) -> str:
+        return f"tcp:127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def command(self) -> list[str]:
+        cmd = [str(VXFLOW), "--log-level", "info", "controller", "--etcd", self.etcd,
+               "--prefix", self.prefix, "--listen", "127.0.0.1", "--port", str(self.port),
+               *self.extra_args]  # fmt: skip
+        if self.profile_to is not None:
+            cmd = [sys.executable, "-m", "pyinstrument", "--renderer", "text",
+                   "--outfile", str(self.profile_to), *cmd]  # fmt: skip
+        return cmd
+
+    def start(self, timeout: float = 60) -> ControllerProcess:
+        self.port = self.port or free_loopback_port()
+        with open(self.log_path, "ab") as out:
+            self._proc = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while not self._listening():
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"controller exited ({self._proc.returncode}); see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"controller not listening after {timeout}s; see {self.log_path}")
+            time.sleep(0.05)
+        return self
+
+    def _listening(self) -> bool:
+        """A LISTEN socket on our port in this namespace (without connecting to it,
+        which the controller would take for a switch)."""
+        port = f":{self.port:04X}"
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and local.endswith(port):
+                return True
+        return False
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the controller process so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def memory_kib(self) -> dict[str, int]:
+        """VmRSS (now) and VmHWM (peak) in KiB."""
+        out = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+        return out
+
+    def stop(self) -> int | None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT if self.profile_to else signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def __enter__(self) -> ControllerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
