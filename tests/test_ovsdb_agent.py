@@ -85,7 +85,10 @@ class AgentProc:
         return proc.returncode
 
     def subnet(self) -> IPv4Network:
+        """The subnet from subnet.env, once the bridge's gateway carries its address too."""
         env = wait_for(lambda: read_subnet_env(self.subnet_file), f"{self.subnet_file}")
+        gw = str(env.subnet)
+        wait_for(lambda: gateway_address(self.node) == [gw], f"{gw} on {self.node.netns} vxgw0")
         return env.subnet.network
 
     def log_text(self) -> str:
@@ -166,8 +169,7 @@ def test_three_agents_three_subnets_and_pod_endpoints(cluster3: Cluster) -> None
             f"FLANNEL_NETWORK=198.19.0.0/16\nFLANNEL_SUBNET={subnet.network_address + 1}/24\n"
             "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
         )
-        gw = f"{subnet.network_address + 1}/24"
-        wait_for(lambda a=agent, g=gw: gateway_address(a.node) == [g], f"{gw} on vxgw0")
+        assert gateway_address(agent.node) == [f"{subnet.network_address + 1}/24"]
 
     # pod ports on node 1: a veth pod, an internal-port pod, and three bad ones
     agent, subnet = cluster3.agents[0], subnets[0]
@@ -303,7 +305,8 @@ def test_agent_clears_flow_restore_wait_after_first_sync(cluster1: Cluster) -> N
         node.ovs.ofctl("add-flow", "br-int", "priority=0,actions=drop")  # the first full sync
         wait_for(lambda: "flow-restore-wait" not in node.ovs.vsctl(
             "get", "Open_vSwitch", ".", "other_config"), "flow-restore-wait cleared")  # fmt: skip
-        assert "cleared Open_vSwitch other_config:flow-restore-wait" in agent.log_text()
+        wait_for(lambda: "cleared Open_vSwitch other_config:flow-restore-wait" in agent.log_text(),
+                 "the agent's log line")  # fmt: skip
     finally:
         agent.stop()
         peer.kill()
