@@ -1,0 +1,121 @@
+"""`vxflow leases list` and `vxflow config show|set` against a real etcd, and their errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from leases.etcd_server import EtcdServer
+from leases.registry import Registry
+from vxflow.cli import cli
+
+PREFIX = "/atomic.io/network"
+SEED = '{"Network": "10.20.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
+
+
+def run(etcd: EtcdServer | None, *args: str, stdin: str | None = None) -> Result:
+    env = {
+        "FLANNELD_ETCD_ENDPOINTS": etcd.endpoint if etcd else "http://127.0.0.1:1",
+        "FLANNELD_ETCD_PREFIX": PREFIX,
+    }
+    return CliRunner().invoke(cli, ["--log-level", "error", *args], env=env, input=stdin)
+
+
+def assert_operator_error(result: Result, message: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], lines
+
+
+@pytest.mark.integration
+def test_config_set_validates_then_writes_and_show_prints_it(
+    etcd: EtcdServer, tmp_path: Path
+) -> None:
+    assert_operator_error(run(etcd, "config", "show"), f"no network config at {PREFIX}/config")
+    assert_operator_error(run(etcd, "leases", "list"), "no valid network config")
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"Network": "10.20.0.0/16", "SubnetLen": 24, "Backend": {"Type": "host-gw"}}')
+    assert_operator_error(run(etcd, "config", "set", str(bad)), "Backend.Type")
+    assert_operator_error(run(etcd, "config", "set", "-", stdin="{oops"), "not valid JSON")
+    with Registry(etcd.endpoint, PREFIX) as reg:
+        assert reg.etcd.get(reg.keys.config) is None  # nothing was written
+
+    good = tmp_path / "net.json"
+    good.write_text(SEED)
+    result = run(etcd, "config", "set", str(good))
+    assert result.exit_code == 0, result.output
+    assert "Network 10.20.0.0/16" in result.stdout
+
+    shown = run(etcd, "config", "show")
+    assert shown.exit_code == 0
+    assert json.loads(shown.stdout) == {
+        "Network": "10.20.0.0/16",
+        "SubnetLen": 24,
+        "SubnetMin": "10.20.1.0",
+        "SubnetMax": "10.20.255.0",
+        "Backend": {"Type": "vxlan", "VNI": 1, "Port": 8472},
+    }
+    assert run(etcd, "config", "show", "--raw").stdout.strip() == SEED
+
+
+@pytest.mark.integration
+def test_leases_list_table_and_json(etcd: EtcdServer) -> None:
+    with Registry(etcd.endpoint, PREFIX) as reg:
+        reg.set_config(SEED)
+        ours = reg.acquire("10.140.0.6", "02:aa:bb:cc:dd:ee", ttl=600)
+        reg.etcd.put(  # a flannel node's lease, as flannel writes it
+            f"{PREFIX}/subnets/10.20.52.0-24",
+            '{"PublicIP":"10.140.0.4","PublicIPv6":null,"BackendType":"vxlan",'
+            '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}',
+            lease=reg.etcd.grant(86400),
+        )
+        reg.etcd.put(f"{PREFIX}/subnets/10.20.53.0-24", "{broken")
+
+    table = run(etcd, "leases", "list")
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "TTL"]
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
+    assert rows["10.20.52.0/24"][1:4] == ["10.140.0.4", "c6:d2:32:6f:8f:44", "1"]
+    assert rows[str(ours.subnet)][1:4] == ["10.140.0.6", "02:aa:bb:cc:dd:ee", "1"]
+    assert int(rows[str(ours.subnet)][4].rstrip("s")) > 590
+    assert lines[-1].startswith("2 lease(s) at revision ")
+
+    doc = json.loads(run(etcd, "leases", "list", "--output", "json").stdout)
+    by_subnet = {item["Subnet"]: item for item in doc["leases"]}
+    assert by_subnet["10.20.52.0/24"] == {
+        "Subnet": "10.20.52.0/24",
+        "Key": f"{PREFIX}/subnets/10.20.52.0-24",
+        "PublicIP": "10.140.0.4",
+        "PublicIPv6": None,
+        "BackendType": "vxlan",
+        "BackendData": {"VNI": 1, "VtepMAC": "c6:d2:32:6f:8f:44"},
+        "TTL": by_subnet["10.20.52.0/24"]["TTL"],
+    }
+    assert by_subnet["10.20.52.0/24"]["TTL"] > 86000
+    assert doc["rejected"] == [
+        {
+            "key": f"{PREFIX}/subnets/10.20.53.0-24",
+            "kind": "lease",
+            "reason": "bad_json",
+            "detail": doc["rejected"][0]["detail"],
+        }
+    ]
+
+
+def test_unreachable_etcd_is_one_line_not_a_traceback() -> None:
+    for args in (("leases", "list"), ("config", "show"), ("leases", "list", "-o", "json")):
+        assert_operator_error(run(None, *args), "etcd unreachable: http://127.0.0.1:1")
+
+
+def test_help_names_flanneld_environment() -> None:
+    result = CliRunner().invoke(cli, ["leases", "list", "--help"])
+    assert result.exit_code == 0
+    assert "FLANNELD_ETCD_ENDPOINTS" in result.output and "FLANNELD_ETCD_PREFIX" in result.output
+    bad = CliRunner().invoke(cli, ["config", "show", "--etcd-prefix", "no-slash"])
+    assert bad.exit_code == 2 and "--etcd-prefix" in bad.output
