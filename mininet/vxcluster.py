@@ -450,7 +450,7 @@ class Cluster:
             "SubnetLen": spec.subnet_len,
             "Backend": {"Type": "vxlan", "VNI": spec.vni, "Port": spec.port},
         }
-        run_root(_venv_tool("vxflow"), "config", "set", *self._etcd_flags(), "-",
+        run_root(_venv_tool("vxflow"), "config", "set", *self.etcd_flags(), "-",
                  input=json.dumps(config))  # fmt: skip
 
     def start_controller(self, port: int = 0) -> None:
@@ -502,13 +502,14 @@ class Cluster:
     def agent_cmd(self, node: VxflowNode) -> list[str]:
         assert node.ovs is not None
         return [
-            _venv_tool("vxflow"), "agent", *self._etcd_flags(),
+            _venv_tool("vxflow"), "agent", *self.etcd_flags(),
             "--public-ip", str(node.underlay_ip), "--ovsdb", node.ovs.db_target,
             "--controller", self.controller_target, "--datapath-type", "netdev",
             "--subnet-file", str(self.subnet_env_path(node)),
         ]  # fmt: skip
 
-    def _etcd_flags(self) -> list[str]:
+    def etcd_flags(self) -> list[str]:
+        """The `vxflow` CLI flags that point a command at this cluster's etcd and prefix."""
         return ["--etcd-endpoints", self.etcd_endpoint, "--etcd-prefix", self.spec.prefix]
 
     def start_agent(self, node: VxflowNode) -> None:
@@ -520,7 +521,7 @@ class Cluster:
     def start_flannel(self, node: FlannelNode) -> None:
         cmd = [
             _venv_tool("python"), str(Path(__file__).with_name("flannel_node.py")),
-            *self._etcd_flags(),
+            *self.etcd_flags(),
             "--public-ip", str(node.underlay_ip), "--iface", "eth0",
             "--subnet-file", str(self.subnet_env_path(node)),
         ]  # fmt: skip
