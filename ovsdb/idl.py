@@ -21,7 +21,17 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OVSDB = "unix:/var/run/openvswitch/db.sock"
 DB_NAME = "Open_vSwitch"
-TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface", "Controller")
+# Only the columns bootstrap and the agent use: statistics and status columns that
+# ovs-vswitchd rewrites every few seconds would otherwise wake the agent for nothing.
+COLUMNS = {
+    "Open_vSwitch": ["bridges", "datapath_types", "other_config"],
+    "Bridge": ["name", "datapath_type", "fail_mode", "protocols", "controller", "other_config",
+               "external_ids", "ports"],
+    "Port": ["name", "interfaces", "external_ids"],
+    "Interface": ["name", "type", "options", "ofport", "ofport_request", "mac", "mtu_request",
+                  "external_ids"],
+    "Controller": ["target", "is_connected"],
+}  # fmt: skip
 
 
 class OvsdbUnavailable(RuntimeError):
@@ -51,8 +61,8 @@ def fetch_schema(remote: str) -> dict:
 def connect(remote: str, timeout: float = 10.0) -> ovs.db.idl.Idl:
     """An IDL replica of the tables vxflow uses, with its first snapshot loaded."""
     helper = ovs.db.idl.SchemaHelper(schema_json=fetch_schema(remote))
-    for table in TABLES:
-        helper.register_table(table)
+    for table, columns in COLUMNS.items():
+        helper.register_columns(table, columns)
     idl = ovs.db.idl.Idl(remote, helper)
     deadline = time.monotonic() + timeout
     while not idl.has_ever_connected():
