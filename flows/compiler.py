@@ -25,7 +25,7 @@ TTL: decremented once per overlay crossing, on the way into the tunnel only.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from flows.flow import (
     ARP_REPLY,
@@ -57,8 +57,13 @@ PRIO_MISS = 0  # table-miss: drop
 BASE_COOKIE = cookie_for(Owner.BASE)
 
 
+def subnet_cookie(subnet: IPv4Network) -> int:
+    """The cookie of the flows a lease of `subnet` owns (the subnet outlives lease changes)."""
+    return cookie_for(Owner.LEASE, int(subnet.network_address))
+
+
 def lease_cookie(lease: Lease) -> int:
-    return cookie_for(Owner.LEASE, int(lease.subnet.network_address))
+    return subnet_cookie(lease.subnet)
 
 
 def endpoint_cookie(endpoint: Endpoint) -> int:

@@ -1,0 +1,210 @@
+"""The vxflow os-ken application: etcd registry in, flow tables of every node's br-int out.
+
+Run it as `osken-manager controller.app` (options from a config file or the
+environment, see `controller.options`) or as `vxflow controller`.
+
+A switch is a vxflow node if its datapath-id carries the node's PublicIP
+(`leases.model.datapath_id_for`, set by bootstrap); other switches are left
+alone. Nothing is programmed until a valid network config has been read, so a
+controller pointed at the wrong etcd or prefix never wipes a working table.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+import prometheus_client
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
+from os_ken.ofproto import ofproto_v1_4
+
+from controller import metrics, ofwire
+from controller.model import ClusterModel, Impact
+from controller.options import CONF
+from controller.switch import SwitchSync
+from leases.errors import RegistryError
+from leases.model import public_ip_for_datapath_id
+from leases.registry import Registry
+
+log = logging.getLogger("controller")
+
+_MULTIPART_HEADER = 16  # ofp_header + type, flags, pad
+
+
+class DatapathChannel:
+    """Raw bytes to one switch through os-ken's send queue, with xids from its counter."""
+
+    def __init__(self, datapath) -> None:
+        self.datapath = datapath
+
+    def send(self, data: bytes) -> None:
+        self.datapath.send(data)
+
+    def xids(self, count: int) -> int:
+        first = self.datapath.xid + 1
+        if first + count > ofproto_v1_4.MAX_XID:
+            first = 1
+        self.datapath.xid = first + count - 1
+        return first
+
+
+class VxflowController(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofproto_v1_4.OFP_VERSION]  # bundles need OpenFlow 1.4
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Flow tables are many small immutable objects; the default thresholds make
+        # the collector rescan them thousands of times during a large sync.
+        gc.set_threshold(50_000, 20, 100)
+        self.model = ClusterModel()
+        self.switches: dict[int, SwitchSync] = {}
+        self.endpoints = CONF.vxflow_etcd_endpoints
+        self.prefix = CONF.vxflow_etcd_prefix
+        log.info(
+            "vxflow controller: etcd %s prefix %s, audit every %ss",
+            self.endpoints, self.prefix, CONF.vxflow_audit_interval,
+        )
+
+    def start(self):
+        thread = super().start()
+        self.threads.append(hub.spawn(self._follow_registry))
+        if CONF.vxflow_audit_interval > 0:
+            self.threads.append(hub.spawn(self._audit_loop))
+        if CONF.vxflow_metrics_port:
+            # prometheus_client's own server thread blocks under eventlet: serve it green
+            server = hub.WSGIServer(
+                ("127.0.0.1", CONF.vxflow_metrics_port), prometheus_client.make_wsgi_app()
+            )
+            self.threads.append(hub.spawn(server.serve_forever))
+            logging.getLogger("os_ken.lib.hub").setLevel(logging.WARNING)  # one line per scrape
+        return thread
+
+    # -- etcd -----------------------------------------------------------------
+
+    def _follow_registry(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                registry = Registry(self.endpoints, self.prefix)
+                snapshot = registry.snapshot()
+                self._apply(self.model.load(snapshot.config, snapshot.leases, snapshot.endpoints))
+                log.info(
+                    "registry loaded at revision %d: %d leases, %d endpoints",
+                    snapshot.revision, len(snapshot.leases), len(snapshot.endpoints),
+                )
+                delay = 0.5
+                with registry.watch(since=snapshot) as watch:
+                    while (event := watch.get()) is not None:
+                        batch = [event]
+                        while (more := watch.get(timeout=0)) is not None:
+                            batch.append(more)
+                        self._apply(self.model.apply(batch))
+            except (RegistryError, OSError) as exc:
+                log.warning("etcd %s: %s; retrying in %.1fs", self.endpoints, exc, delay)
+            except Exception:
+                log.exception("registry follower failed; retrying in %.1fs", delay)
+            hub.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _apply(self, impact: Impact) -> None:
+        if self.model.config is None:
+            log.warning(
+                "no valid network config under %s yet: switches are left as they are", self.prefix
+            )
+            return
+        metrics.REJECTED.set(len(self.model.rejected))
+        for sync in list(self.switches.values()):
+            own = self.model.own_lease(sync.node)
+            scope = impact.scope_for(sync.node, own.subnet if own else None)
+            if scope:
+                sync.request(scope)
+
+    def _audit_loop(self) -> None:
+        while True:
+            hub.sleep(CONF.vxflow_audit_interval)
+            for sync in list(self.switches.values()):
+                sync.audit()
+
+    # -- switches -------------------------------------------------------------
+
+    def _synced(self, sync: SwitchSync) -> None:
+        own = self.model.own_lease(sync.node)
+        if own is None:
+            log.warning(
+                "switch of %s is in sync with no valid lease: only the table-miss drops", sync.node
+            )
+        else:
+            log.info("switch of %s (%s) in sync: %d flows", sync.node, own.subnet, len(sync.installed))
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state_change(self, ev) -> None:
+        dp = ev.datapath
+        if dp.id is None:
+            return
+        if ev.state == DEAD_DISPATCHER:
+            sync = self.switches.get(dp.id)
+            if sync is not None and sync.channel.datapath is dp:
+                sync.close()
+                del self.switches[dp.id]
+                metrics.SWITCHES.set(len(self.switches))
+                log.info("switch of %s disconnected", sync.node)
+            return
+        node = public_ip_for_datapath_id(dp.id)
+        if node is None:
+            log.warning(
+                "switch %016x at %s is not a vxflow node (datapath-id not derived from a "
+                "PublicIP); leaving it alone", dp.id, dp.address,
+            )
+            return
+        old = self.switches.get(dp.id)
+        if old is not None:
+            old.close()
+        parser, ofp = dp.ofproto_parser, dp.ofproto
+        no_packet_in = [
+            parser.OFPAsyncConfigPropReasons(ofp.OFPACPT_PACKET_IN_SLAVE, mask=0),
+            parser.OFPAsyncConfigPropReasons(ofp.OFPACPT_PACKET_IN_MASTER, mask=0),
+        ]
+        dp.send_msg(parser.OFPSetAsync(dp, no_packet_in))
+        sync = SwitchSync(
+            node=node,
+            channel=DatapathChannel(dp),
+            desired=lambda scope: self.model.desired(node, scope),
+            later=lambda delay, fn: hub.spawn_after(delay, fn),
+            on_synced=self._synced,
+        )
+        self.switches[dp.id] = sync
+        metrics.SWITCHES.set(len(self.switches))
+        log.info("switch of %s connected from %s", node, dp.address)
+        sync.start()
+
+    def _sync_of(self, msg) -> SwitchSync | None:
+        sync = self.switches.get(msg.datapath.id)
+        return sync if sync is not None and sync.channel.datapath is msg.datapath else None
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _flow_stats(self, ev) -> None:
+        msg = ev.msg
+        sync = self._sync_of(msg)
+        if sync is not None:
+            more = bool(msg.flags & ofwire.OFPMPF_REPLY_MORE)
+            sync.on_flow_stats(msg.xid, bytes(msg.buf[_MULTIPART_HEADER:]), more)
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _barrier(self, ev) -> None:
+        sync = self._sync_of(ev.msg)
+        if sync is not None:
+            sync.on_barrier(ev.msg.xid)
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    def _error(self, ev) -> None:
+        msg = ev.msg
+        sync = self._sync_of(msg)
+        if sync is None or not sync.on_error(msg.xid, msg.type, msg.code, bytes(msg.data)):
+            metrics.OF_ERRORS.labels(str(msg.type), str(msg.code)).inc()
+            log.error(
+                "switch %016x: OpenFlow error type %d code %d for xid %#x (not a vxflow message)",
+                msg.datapath.id, msg.type, msg.code, msg.xid,
+            )

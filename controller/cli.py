@@ -1,0 +1,125 @@
+"""`vxflow controller` (run the os-ken application) and `vxflow flows show|diff`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from ipaddress import IPv4Address
+
+import click
+
+from leases.cli_options import etcd_options, open_registry, operator_errors
+
+
+@click.command()
+@click.option("--listen", default="127.0.0.1", show_default=True,
+              help="Address to accept OpenFlow connections on.")
+@click.option("--port", default=6653, show_default=True, type=click.IntRange(1, 65535),
+              help="OpenFlow TCP port.")
+@click.option("--audit-interval", default=60.0, show_default=True, type=click.FloatRange(0),
+              envvar="VXFLOW_AUDIT_INTERVAL", show_envvar=True,
+              help="Seconds between readbacks of every switch's table that repair drift; 0 = off.")
+@click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              envvar="VXFLOW_METRICS_PORT", show_envvar=True,
+              help="Serve Prometheus metrics on 127.0.0.1:PORT; 0 = off.")
+@etcd_options
+def controller(listen: str, port: int, audit_interval: float, metrics_port: int,
+               etcd_endpoints: str, etcd_prefix: str) -> None:
+    """Run the OpenFlow controller (the os-ken app `controller.app` under osken-manager).
+
+    Equivalent to `osken-manager --ofp-listen-host LISTEN --ofp-tcp-listen-port PORT
+    controller.app` with FLANNELD_ETCD_ENDPOINTS / FLANNELD_ETCD_PREFIX set.
+    Switches must connect with OpenFlow 1.4 and a datapath-id set by `vxflow bootstrap`.
+    """
+    from controller.options import CONF
+
+    CONF.set_default("vxflow_etcd_endpoints", etcd_endpoints)
+    CONF.set_default("vxflow_etcd_prefix", etcd_prefix)
+    CONF.set_default("vxflow_audit_interval", audit_interval)
+    CONF.set_default("vxflow_metrics_port", metrics_port)
+    from os_ken.cmd import manager  # monkey-patches for eventlet: only when really running
+
+    level = logging.getLogger().getEffectiveLevel()
+    manager.main(
+        args=[
+            "--ofp-listen-host", listen,
+            "--ofp-tcp-listen-port", str(port),
+            "--nouse-stderr",  # vxflow's own handler already logs to stderr
+            "--default-log-level", str(level),
+            "controller.app",
+        ],
+        prog="vxflow controller",
+    )
+
+
+@click.group()
+def flows() -> None:
+    """The flows a node's br-int must hold, and how a live switch differs."""
+
+
+def _desired(etcd_endpoints: str, etcd_prefix: str, node: IPv4Address):
+    from flows.compiler import compile_node
+    from leases.errors import ConfigMissing
+
+    with open_registry(etcd_endpoints, etcd_prefix) as registry:
+        snap = registry.snapshot()
+        if snap.config is None:
+            raise ConfigMissing(f"no valid network config at {registry.keys.config}")
+    own = snap.lease_for_public_ip(node)
+    if own is None:
+        click.echo(f"# {node} holds no valid lease: only the table-miss drops", err=True)
+    return compile_node(snap.config, snap.leases, snap.endpoints, node)
+
+
+def _ordered(flows):
+    return sorted(flows, key=lambda f: (f.table, -f.priority, str(f.match), f.cookie))
+
+
+node_option = click.option("--node", required=True, type=IPv4Address, metavar="PUBLIC_IP",
+                           help="The node, by its PublicIP (underlay address).")
+
+
+@flows.command("show")
+@node_option
+@etcd_options
+@operator_errors
+def show(node: IPv4Address, etcd_endpoints: str, etcd_prefix: str) -> None:
+    """Print the flows NODE's br-int must hold, computed from etcd (ovs-ofctl syntax)."""
+    from flows.flow import to_ofctl
+
+    for flow in _ordered(_desired(etcd_endpoints, etcd_prefix, node)):
+        click.echo(to_ofctl(flow))
+
+
+@flows.command("diff")
+@node_option
+@click.option("--switch", "target", required=True, metavar="unix:PATH|tcp:HOST:PORT",
+              help="The live switch, e.g. unix:/var/run/openvswitch/br-int.mgmt.")
+@etcd_options
+@operator_errors
+def diff(node: IPv4Address, target: str, etcd_endpoints: str, etcd_prefix: str) -> None:
+    """Show how the live switch differs from NODE's desired flows.
+
+    `+` lines are missing on the switch (or wrong there), `-` lines are on the
+    switch but not desired. Exit status 0 if equal, 1 if they differ.
+    """
+    from controller.ofclient import read_flows
+    from flows.diff import diff_flows
+    from flows.flow import to_ofctl
+
+    desired = _desired(etcd_endpoints, etcd_prefix, node)
+    try:
+        live = read_flows(target)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot read flows from {target}: {exc}") from exc
+    d = diff_flows(live, desired)
+    for flow in _ordered(d.delete):
+        click.echo(f"- {to_ofctl(flow)}")
+    stale = {f.key for f in d.add}
+    for flow in _ordered(f for f in live if f.key in stale):
+        click.echo(f"- {to_ofctl(flow)}")
+    for flow in _ordered(d.add):
+        click.echo(f"+ {to_ofctl(flow)}")
+    click.echo(f"# {len(live)} flows on the switch, {len(desired)} desired, {len(d)} differ",
+               err=True)
+    sys.exit(1 if d else 0)

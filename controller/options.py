@@ -1,0 +1,52 @@
+"""The controller's options, registered on os-ken's oslo.config object.
+
+`osken-manager` parses its command line before it imports applications, so
+these are config-file options (section [DEFAULT]), whose defaults come from
+the same environment variables as every other vxflow/flanneld command:
+
+    FLANNELD_ETCD_ENDPOINTS  etcd client URLs      (default http://127.0.0.1:2379)
+    FLANNELD_ETCD_PREFIX     flannel network prefix (default /coreos.com/network)
+    VXFLOW_AUDIT_INTERVAL    seconds between table audits (default 60, 0 = off)
+    VXFLOW_METRICS_PORT      Prometheus port on 127.0.0.1 (default 0 = off)
+
+`vxflow controller` sets them from its own command-line options.
+"""
+
+from __future__ import annotations
+
+import os
+
+from os_ken import cfg
+
+from leases.model import FLANNEL_DEFAULT_PREFIX
+from leases.registry import DEFAULT_ENDPOINTS
+
+CONF = cfg.CONF
+
+OPTS = [
+    cfg.StrOpt(
+        "vxflow-etcd-endpoints",
+        default=os.environ.get("FLANNELD_ETCD_ENDPOINTS", DEFAULT_ENDPOINTS),
+        help="Comma-separated etcd client URLs (env FLANNELD_ETCD_ENDPOINTS).",
+    ),
+    cfg.StrOpt(
+        "vxflow-etcd-prefix",
+        default=os.environ.get("FLANNELD_ETCD_PREFIX", FLANNEL_DEFAULT_PREFIX),
+        help="etcd prefix of the flannel network (env FLANNELD_ETCD_PREFIX).",
+    ),
+    cfg.FloatOpt(
+        "vxflow-audit-interval",
+        default=float(os.environ.get("VXFLOW_AUDIT_INTERVAL", "60")),
+        min=0,
+        help="Seconds between readbacks of every switch's table that repair drift; 0 = off.",
+    ),
+    cfg.IntOpt(
+        "vxflow-metrics-port",
+        default=int(os.environ.get("VXFLOW_METRICS_PORT", "0")),
+        min=0,
+        max=65535,
+        help="Serve Prometheus metrics on 127.0.0.1:PORT; 0 = off.",
+    ),
+]
+
+CONF.register_opts(OPTS)
