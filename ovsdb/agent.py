@@ -31,12 +31,14 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TypeVar
 
+from etcd3gw.exceptions import Etcd3Exception
 from prometheus_client import Counter
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_when_event_set
 from tenacity import wait_exponential as wait_exp
 
 from flows.ports import vtep_mac_for
-from leases.errors import ConfigMissing, EtcdUnavailable, LeaseLost
+from leases.config import ConfigError
+from leases.errors import ConfigMissing, EtcdUnavailable, LeaseLost, RegistryError
 from leases.model import LEASE_TTL_SECONDS, RENEW_MARGIN_SECONDS, Endpoint, Lease, NetworkConfig
 from leases.registry import Registry, renew_interval
 from leases.subnet_env import overlay_mtu, previous_subnet, subnet_env_for, write_subnet_env
@@ -170,6 +172,8 @@ class Agent:
             return 0
         try:
             self._loop(idl)
+        except RetryError:
+            log.info("stopped while acquiring the lease again")
         finally:
             idl.close()
             self._exit()
@@ -255,16 +259,31 @@ class Agent:
 
     def _etcd_work(self, now: float) -> None:
         try:
+            if self._published is None:  # startup, periodic resync, or after an etcd error
+                self._reload_config()
             if now >= self._renew_at:
                 self._renew()
             self._sync_endpoints()
-        except EtcdUnavailable as exc:
+        except (RegistryError, Etcd3Exception) as exc:
             ENDPOINT_ERRORS.inc()
             self._published = None
             delay = self._etcd.failed(now)
             log.warning("etcd: %s; retrying in %.1fs (lease and bridge kept)", exc, delay)
             return
         self._etcd.succeeded()
+
+    def _reload_config(self) -> None:
+        """Follow a changed network config: take the lease again (it may no longer fit)."""
+        try:
+            config = self.registry.get_config()
+        except ConfigError as exc:
+            log.error("network config in etcd is invalid now: %s; keeping the previous one", exc)
+            return
+        if config != self.config:
+            log.warning("network config changed: %s -> %s", self.config, config)
+            self.config = config
+            self._acquire()
+            self._dirty = True
 
     def _renew(self) -> None:
         try:
