@@ -1,0 +1,222 @@
+"""Per-switch sync logic and the incremental cluster model (pure: a recording channel, no switch)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network
+
+from controller import ofwire
+from controller.model import FULL, ClusterModel, Scope
+from controller.switch import State, SwitchSync
+from flows.compiler import compile_node, subnet_cookie
+from flows.flow import Owner, flow, output
+from flows.ports import vtep_mac_for
+from leases.events import EndpointAdded, LeaseAdded, LeaseChanged, LeaseRemoved
+from leases.model import Endpoint, Lease, NetworkConfig
+
+CONFIG = NetworkConfig(IPv4Network("198.19.0.0/16"))
+
+
+def lease(i: int, ip: int | None = None) -> Lease:
+    public = IPv4Address(f"198.18.0.{ip or i}")
+    return Lease(IPv4Network(f"198.19.{i}.0/24"), public, 1, vtep_mac_for(public))
+
+
+class Recorder:
+    """A Channel that keeps every message, split into (type, xid, bytes)."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[int, int, bytes]] = []
+        self.next_xid = 100
+
+    def send(self, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            _, mtype, length, xid = struct.unpack_from("!BBHI", data, pos)
+            self.messages.append((mtype, xid, data[pos : pos + length]))
+            pos += length
+
+    def xids(self, count: int) -> int:
+        first = self.next_xid
+        self.next_xid += count
+        return first
+
+    def take(self) -> list[tuple[int, int, bytes]]:
+        out, self.messages = self.messages, []
+        return out
+
+
+def stats_body(flows) -> bytes:
+    out = b""
+    for f in flows:
+        body = ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, 1)[48:]
+        out += ofwire._FLOW_STATS.pack(48 + len(body), f.table, 1, 0, f.priority, 0, 0, 0, 0,
+                                       f.cookie, 0, 0) + body  # fmt: skip
+    return out
+
+
+def make(model: ClusterModel, node: IPv4Address) -> tuple[SwitchSync, Recorder, list]:
+    channel, delayed, synced = Recorder(), [], []
+    sync = SwitchSync(
+        node, channel, lambda scope: model.desired(node, scope),
+        later=lambda delay, fn: delayed.append((delay, fn)), on_synced=synced.append,
+    )  # fmt: skip
+    return sync, channel, delayed
+
+
+def read_back(sync: SwitchSync, channel: Recorder, flows) -> None:
+    (mtype, xid, _), = channel.take()
+    assert mtype == ofwire.OFPT_MULTIPART_REQUEST
+    sync.on_flow_stats(xid, stats_body(flows), more=False)
+
+
+def bundle_adds(messages) -> list[int]:
+    """Commands of the flow-mods inside the bundle adds."""
+    return [m[16 + 25] for t, _, m in messages if t == ofwire.OFPT_BUNDLE_ADD_MESSAGE]
+
+
+def finish(sync: SwitchSync, channel: Recorder, messages) -> list:
+    """Answer the add-barrier, then the final barrier; returns the control messages sent."""
+    barrier = [x for t, x, _ in messages if t == ofwire.OFPT_BARRIER_REQUEST][-1]
+    sync.on_barrier(barrier)
+    second = channel.take()
+    sync.on_barrier([x for t, x, _ in second if t == ofwire.OFPT_BARRIER_REQUEST][-1])
+    return second
+
+
+def model_with(*leases: Lease, endpoints=()) -> ClusterModel:
+    model = ClusterModel()
+    model.load(CONFIG, leases, endpoints)
+    return model
+
+
+def test_a_table_already_right_gets_no_flow_mod():
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.start()
+    read_back(sync, channel, compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip))
+    assert channel.take() == [] and sync.state is State.IDLE
+
+
+def test_empty_switch_gets_one_bundle_committed_after_the_add_barrier():
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.start()
+    read_back(sync, channel, [])
+    sent = channel.take()
+    types = [t for t, _, _ in sent]
+    assert types[0] == ofwire.OFPT_BUNDLE_CONTROL and types[-1] == ofwire.OFPT_BARRIER_REQUEST
+    assert ofwire.OFPT_BUNDLE_CONTROL not in types[1:]  # no commit before the adds are confirmed
+    desired = compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip)
+    assert bundle_adds(sent) == [ofwire.OFPFC_ADD] * len(desired)
+    control = finish(sync, channel, sent)
+    ctrl_type = struct.unpack_from("!H", control[0][2], 12)[0]
+    assert ctrl_type == ofwire.OFPBCT_COMMIT_REQUEST
+    assert set(sync.installed.values()) == desired
+
+
+def test_rejected_add_discards_the_bundle_and_retries_from_a_readback(caplog):
+    model = model_with(lease(1), lease(2))
+    sync, channel, delayed = make(model, lease(1).public_ip)
+    sync.start()
+    read_back(sync, channel, [])
+    sent = channel.take()
+    bad_xid = next(x for t, x, _ in sent if t == ofwire.OFPT_BUNDLE_ADD_MESSAGE)
+    assert sync.on_error(bad_xid, 4, 9, b"")
+    control = finish(sync, channel, sent)
+    assert struct.unpack_from("!H", control[0][2], 12)[0] == ofwire.OFPBCT_DISCARD_REQUEST
+    assert "rejected add of flow" in caplog.text and "cookie=0x76" in caplog.text
+    assert sync.installed == {} and len(delayed) == 1
+    delay, retry = delayed[0]
+    assert delay == 0.5
+    retry()
+    (mtype, _, _), = channel.take()
+    assert mtype == ofwire.OFPT_MULTIPART_REQUEST  # fresh readback, not a blind resend
+
+
+def test_lease_event_is_one_flow_mod_per_switch():
+    model = model_with(lease(1), lease(2))
+    syncs = {}
+    for i in (1, 2):
+        sync, channel, _ = make(model, lease(i).public_ip)
+        sync.start()
+        read_back(sync, channel, compile_node(CONFIG, [lease(1), lease(2)], [], lease(i).public_ip))
+        syncs[i] = (sync, channel)
+    impact = model.apply([LeaseAdded(lease(3), 10)])
+    for sync, channel in syncs.values():
+        own = model.own_lease(sync.node)
+        sync.request(impact.scope_for(sync.node, own.subnet))
+        sent = channel.take()
+        assert bundle_adds(sent) == [ofwire.OFPFC_ADD]
+        finish(sync, channel, sent)
+    impact = model.apply([LeaseChanged(lease(3), lease(3, ip=33), 11)])
+    for sync, channel in syncs.values():
+        sync.request(impact.scope_for(sync.node, model.own_lease(sync.node).subnet))
+        sent = channel.take()
+        assert bundle_adds(sent) == [ofwire.OFPFC_ADD]  # replaces the entry in place
+        finish(sync, channel, sent)
+    impact = model.apply([LeaseRemoved(lease(3, ip=33), 12)])
+    for sync, channel in syncs.values():
+        sync.request(impact.scope_for(sync.node, model.own_lease(sync.node).subnet))
+        assert bundle_adds(channel.take()) == [ofwire.OFPFC_DELETE_STRICT]
+
+
+def test_scoped_sync_leaves_other_owners_alone():
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.start()
+    junk = flow(0, 500, {"in_port": 9}, [output(9)], 0x1234)
+    read_back(sync, channel, [*compile_node(CONFIG, [lease(1)], [], lease(1).public_ip), junk])
+    sent = channel.take()  # full sync after readback: adds the lease-2 flow, deletes junk
+    assert sorted(bundle_adds(sent)) == [ofwire.OFPFC_ADD, ofwire.OFPFC_DELETE_STRICT]
+    finish(sync, channel, sent)
+    sync.request(Scope(cookies=frozenset({subnet_cookie(lease(2).subnet)})))
+    assert channel.take() == []
+
+
+def test_events_arriving_during_a_bundle_are_sent_after_it():
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.start()
+    read_back(sync, channel, [])
+    first = channel.take()
+    impact = model.apply([LeaseAdded(lease(3), 5)])
+    sync.request(impact.scope_for(sync.node, lease(1).subnet))
+    assert channel.take() == []  # one bundle in flight at a time
+    finish(sync, channel, first)
+    assert bundle_adds(channel.messages) == [ofwire.OFPFC_ADD]
+
+
+def test_nothing_is_touched_without_a_config():
+    model = ClusterModel()
+    model.load(None, [lease(1)], [])
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.start()
+    read_back(sync, channel, compile_node(CONFIG, [lease(1)], [], lease(1).public_ip))
+    assert channel.take() == []
+
+
+def test_model_publicip_conflict_disables_both_and_recovers():
+    model = model_with(lease(1), lease(2))
+    impact = model.apply([LeaseAdded(lease(3, ip=2), 5)])  # steals node 2's PublicIP
+    assert model.accepted(lease(2).subnet) is None and model.accepted(lease(3).subnet) is None
+    assert {lease(2).subnet, lease(3).subnet} <= impact.lease_subnets
+    assert impact.scope_for(lease(2).public_ip, None) == FULL
+    model.apply([LeaseRemoved(lease(3, ip=2), 6)])
+    assert model.accepted(lease(2).subnet) == lease(2)
+
+
+def test_model_endpoint_events_touch_only_their_node():
+    model = model_with(lease(1), lease(2))
+    ep = Endpoint(lease(1).subnet, IPv4Address("198.19.1.9"), "02:00:00:00:00:09", 5)
+    impact = model.apply([EndpointAdded(ep, 3)])
+    assert impact.scope_for(lease(1).public_ip, lease(1).subnet).owners == {Owner.ENDPOINT}
+    assert not impact.scope_for(lease(2).public_ip, lease(2).subnet)
+    desired = model.desired(lease(1).public_ip, FULL)
+    assert set(desired) == compile_node(CONFIG, [lease(1), lease(2)], [ep], lease(1).public_ip)
+    moved = replace(ep, ofport=6)
+    model.apply([EndpointAdded(moved, 4)])
+    assert set(model.desired(lease(1).public_ip, FULL)) == compile_node(
+        CONFIG, [lease(1), lease(2)], [moved], lease(1).public_ip
+    )
