@@ -7,6 +7,7 @@ over the underlay at 198.18.0.254; it is stopped by its PID in `finally`.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -46,6 +47,7 @@ class AgentProc:
     proc: subprocess.Popen | None = None
     starts: int = 0
     extra: tuple[str, ...] = field(default=())
+    env: dict[str, str] = field(default_factory=dict)  # FLANNELD_* settings instead of flags
 
     @property
     def subnet_file(self) -> Path:
@@ -60,14 +62,17 @@ class AgentProc:
         cmd = [
             "ip", "netns", "exec", self.node.netns, VXFLOW, "--log-level", "debug", "agent",
             "--etcd-endpoints", f"http://{ROOT_UNDERLAY_IP}:{self.etcd.client_port}",
-            "--etcd-prefix", PREFIX, "--public-ip", str(self.node.underlay_ip),
+            "--etcd-prefix", PREFIX,
+            *(() if "FLANNELD_IFACE" in self.env else ("--public-ip", str(self.node.underlay_ip))),
             "--subnet-file", str(self.subnet_file), "--ovsdb", self.node.ovs.db_target,
             "--resync-interval", "3", *self.extra,
         ]  # fmt: skip
         with open(self.log, "a") as out:
             out.write(f"--- start {self.starts}\n")
             out.flush()
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+            )
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
@@ -157,6 +162,7 @@ def gateway_address(node: Node) -> list[str]:
 
 @pytest.mark.integration
 def test_three_agents_three_subnets_and_pod_endpoints(cluster3: Cluster) -> None:
+    cluster3.agents[2].env = {"FLANNELD_IFACE": "br-phy"}  # PublicIP from the interface
     for agent in cluster3.agents:
         agent.start()
     subnets = [agent.subnet() for agent in cluster3.agents]

@@ -95,3 +95,26 @@ def test_unreachable_ovsdb_and_etcd_give_one_clear_line(tmp_path: Path) -> None:
     res = runner.invoke(cli, ["bootstrap", "--etcd-endpoints", dead, *common])
     assert res.exit_code == 1
     assert "etcd unreachable" in res.output and "Traceback" not in res.output
+
+
+def test_settings_precedence_flag_over_env_over_sysconfig(tmp_path: Path) -> None:
+    """Which etcd the command tried shows which setting won (all are refused loopback ports)."""
+    from_file, from_env, from_flag = (f"http://127.0.0.1:{free_loopback_port()}" for _ in "abc")
+    sysconfig = tmp_path / "flanneld"
+    sysconfig.write_text(
+        f'FLANNEL_ETCD_ENDPOINTS="{from_file}"\nFLANNEL_ETCD_PREFIX="/atomic.io/network"\n'
+        "FLANNEL_OPTIONS='--public-ip=198.18.0.77 -v=2'\n"
+    )
+    runner = CliRunner()
+    base = ["bootstrap", "--sysconfig", str(sysconfig)]
+    res = runner.invoke(cli, base)
+    assert res.exit_code == 1 and from_file in res.output
+    res = runner.invoke(cli, base, env={"FLANNELD_ETCD_ENDPOINTS": from_env})
+    assert res.exit_code == 1 and from_env in res.output and from_file not in res.output
+    res = runner.invoke(cli, [*base, "--etcd-endpoints", from_flag],
+                        env={"FLANNELD_ETCD_ENDPOINTS": from_env})  # fmt: skip
+    assert res.exit_code == 1 and from_flag in res.output and from_env not in res.output
+    bad = tmp_path / "bad"
+    bad.write_text("FLANNEL_ETCD_KEY=atomic.io/network\n")  # not an absolute prefix
+    res = runner.invoke(cli, ["bootstrap", "--sysconfig", str(bad), "--public-ip", "198.18.0.77"])
+    assert res.exit_code == 1 and "etcd prefix must start" in res.output
