@@ -198,6 +198,15 @@ class VxflowController(app_manager.OSKenApp):
         if sync is not None:
             sync.on_barrier(ev.msg.xid)
 
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev) -> None:
+        metrics.PACKET_INS.inc()
+        log.warning(
+            "switch %016x sent a packet-in (reason %d, table %d, cookie %#x): no vxflow flow "
+            "asks for one; the table has drifted", ev.msg.datapath.id, ev.msg.reason,
+            ev.msg.table_id, ev.msg.cookie,
+        )
+
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
     def _error(self, ev) -> None:
         msg = ev.msg

@@ -33,3 +33,7 @@ REJECTED = Gauge(
     "vxflow_controller_rejected_items",
     "leases and endpoints the compiler refuses to program (see the log for reasons)",
 )
+PACKET_INS = Counter(
+    "vxflow_controller_packet_ins",
+    "packet-ins received; vxflow's tables never send any, so anything here is a bug or drift",
+)

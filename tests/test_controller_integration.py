@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import pytest
 
 from flows.compiler import compile_node
 from flows.flow import to_ofctl
-from flows.ports import TUNNEL_OFPORT, vtep_mac_for
+from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, vtep_mac_for
 from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.model import Endpoint, Lease, datapath_id_for
 from leases.registry import Registry
@@ -304,36 +305,105 @@ def test_no_lease_only_table_miss_and_foreign_switch_untouched(cluster: Cluster,
         cluster.ovs.vsctl("--if-exists", "del-br", foreign)
 
 
+def _mac(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def arp_request(src: Endpoint, target: IPv4Address) -> bytes:
+    arp = struct.pack(
+        "!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, _mac(src.mac), src.ip.packed, bytes(6),
+        target.packed,
+    )  # fmt: skip
+    return _mac("ff:ff:ff:ff:ff:ff") + _mac(src.mac) + b"\x08\x06" + arp
+
+
+def udp_packet(src_mac: str, src_ip: IPv4Address, dst: IPv4Address) -> bytes:
+    udp = struct.pack("!HHHH", 4000, 4001, 8, 0)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                         src_ip.packed, dst.packed)  # fmt: skip
+    words = struct.unpack("!10H", header)
+    total = sum(words)
+    total = (total & 0xFFFF) + (total >> 16)
+    checksum = ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+    header = header[:10] + struct.pack("!H", checksum) + header[12:]
+    return _mac("0a:58:00:00:00:01") + _mac(src_mac) + b"\x08\x00" + header + udp
+
+
+def port_tx(cluster: Cluster, bridge: str) -> dict[int, int]:
+    """Per OpenFlow port: packets sent plus packets the port dropped on send."""
+    out = cluster.ovs.ofctl("dump-ports", bridge)
+    counts: dict[int, int] = {}
+    for port, pkts, drop in re.findall(
+        r"port\s+(\d+):.*?tx pkts=(\d+), bytes=\d+, drop=(\d+)", out, re.S
+    ):
+        counts[int(port)] = int(pkts) + int(drop)
+    return counts
+
+
 def test_nothing_floods_or_reaches_the_controller(cluster: Cluster, tmp_path: Path):
+    """Real packets injected on a pod port: ARP is answered out of that port only,
+    unknown or spoofed traffic goes nowhere, and no packet-in is ever sent."""
     n1, n2 = cluster.lease(1), cluster.lease(2)
-    src = pod(n1, 10, 5)
+    src, other = pod(n1, 10, 5), pod(n1, 11, 6)
     cluster.registry.put_endpoint(src, n1)
-    cluster.registry.put_endpoint(pod(n1, 11, 6), n1)
-    cluster.add_switch(1)
+    cluster.registry.put_endpoint(other, n1)
+    bridge = cluster.add_switch(1)
+    for name, ofport in ((f"vxg{TAG}", GATEWAY_OFPORT), (f"vxp{TAG}a", 5), (f"vxp{TAG}b", 6)):
+        cluster.ovs.vsctl("add-port", bridge, name, "--", "set", "interface", name,
+                          "type=internal", f"ofport_request={ofport}")  # fmt: skip
     cluster.controller.start(tmp_path)
     cluster.wait_converged()
-    base = f"in_port=5,dl_src={src.mac}"
-    cases = {
-        # ARP for the gateway: answered by the switch, straight back out of the asking port
-        f"{base},dl_dst=ff:ff:ff:ff:ff:ff,arp,arp_op=1,arp_spa={src.ip},arp_sha={src.mac},"
-        f"arp_tpa={n1.gateway}": "IN_PORT",
-        # ARP for an address outside the overlay: dropped, not flooded
-        f"{base},dl_dst=ff:ff:ff:ff:ff:ff,arp,arp_op=1,arp_spa={src.ip},arp_sha={src.mac},"
-        "arp_tpa=192.0.2.1": "drop",
-        # unknown destinations inside the overlay: dropped
-        f"{base},dl_dst=0a:58:00:00:00:01,ip,nw_src={src.ip},nw_dst=198.19.250.9": "drop",
-        f"{base},dl_dst=0a:58:00:00:00:01,ip,nw_src={src.ip},nw_dst={n1.subnet[99]}": "drop",
-        # spoofed source, unknown ethertype, broadcast: dropped
-        f"{base},dl_dst=0a:58:00:00:00:01,ip,nw_src={n2.subnet[5]},nw_dst={n2.subnet[5]}": "drop",
-        f"{base},dl_dst=ff:ff:ff:ff:ff:ff,dl_type=0x88cc": "drop",
-    }
-    for packet, expected in cases.items():
-        out = trace(cluster, node_ip(1), packet)
-        actions = next(line for line in out.splitlines() if line.startswith("Datapath actions:"))
-        if expected == "drop":
-            assert actions == "Datapath actions: drop", (packet, out)
-        else:
-            assert "controller" not in out.lower() and actions.count(",") >= 0, out
-        assert "flood" not in out.lower() and "NORMAL" not in out and "CONTROLLER" not in out
-    for line in cluster.dump(cluster.bridges[node_ip(1)]):
+    packets = {
+        "arp for the gateway": (arp_request(src, n1.gateway), {5: 1}),
+        "arp for the other pod": (arp_request(src, other.ip), {5: 1}),
+        "arp outside the overlay": (arp_request(src, IPv4Address("192.0.2.1")), {}),
+        "unleased overlay address": (udp_packet(src.mac, src.ip, IPv4Address("198.19.250.9")), {}),
+        "unknown local address": (udp_packet(src.mac, src.ip, n1.subnet[99]), {}),
+        "spoofed source": (udp_packet(src.mac, n2.subnet[5], other.ip), {}),
+        "lldp (unknown ethertype)": (
+            _mac("01:80:c2:00:00:0e") + _mac(src.mac) + b"\x88\xcc" + bytes(46), {}),
+    }  # fmt: skip
+    for what, (frame, expected) in packets.items():
+        before = port_tx(cluster, bridge)
+        cluster.ovs.ofctl("packet-out", bridge, f"in_port=5 packet={frame.hex()} actions=table")
+        time.sleep(0.2)
+        after = port_tx(cluster, bridge)
+        sent = {p: after[p] - before.get(p, 0) for p in after if after[p] != before.get(p, 0)}
+        assert sent == expected, what
+    assert cluster.controller.metric("vxflow_controller_packet_ins_total") == 0
+    for line in cluster.dump(bridge):
         assert not re.search(r"NORMAL|FLOOD|ALL|CONTROLLER", line.split("actions=")[1]), line
+
+
+def test_flows_show_and_diff_commands(cluster: Cluster):
+    n1 = cluster.lease(1)
+    cluster.lease(2)
+    cluster.registry.put_endpoint(pod(n1, 10, 5), n1)
+    bridge = cluster.add_switch(1)  # the controller is not running: the table starts empty
+    common = ["--etcd-endpoints", cluster.etcd.endpoint, "--etcd-prefix", PREFIX]
+    node = ["--node", str(node_ip(1))]
+
+    def vxflow(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([VXFLOW, *args], capture_output=True, text=True, timeout=60)
+
+    shown = vxflow("flows", "show", *node, *common)
+    assert shown.returncode == 0, shown.stderr
+    snap = cluster.registry.snapshot()
+    desired = compile_node(snap.config, snap.leases, snap.endpoints, node_ip(1))
+    assert set(shown.stdout.splitlines()) == {to_ofctl(f) for f in desired}
+
+    target = ["--switch", f"unix:{cluster.ovs.mgmt_socket(bridge)}"]
+    missing = vxflow("flows", "diff", *node, *target, *common)
+    assert missing.returncode == 1
+    assert len([line for line in missing.stdout.splitlines() if line.startswith("+ ")]) == len(desired)
+
+    cluster.ovs.ofctl("add-flows", bridge, "-", input=shown.stdout)
+    same = vxflow("flows", "diff", *node, *target, *common)
+    assert same.returncode == 0 and same.stdout == "", same.stdout + same.stderr
+
+    cluster.ovs.ofctl("add-flow", bridge, "table=30,priority=100,ip,nw_dst=198.19.77.7,actions=drop")
+    extra = vxflow("flows", "diff", *node, *target, *common)
+    assert extra.returncode == 1
+    assert extra.stdout.splitlines() == [
+        "- cookie=0x0,table=30,priority=100,eth_type=0x0800,ip_dst=198.19.77.7 actions=drop"
+    ]
