@@ -31,23 +31,28 @@ WATCH_ERRORS = Counter(
 class RejectionReporter:
     """Logs and counts each rejection once, not on every re-validation of the same entry.
 
-    Remembers only the rejections of the latest report, so memory stays bounded
-    and an entry rejected again after being fixed is reported again.
+    Remembers the rejection in force per key, so memory stays bounded and an
+    entry rejected again after being fixed is reported again.
     """
 
     def __init__(self, already_reported: Iterable[Rejection] = ()) -> None:
-        self._seen = {self._id(r) for r in already_reported}
+        self._seen = {r.key: self._id(r) for r in already_reported}
 
     @staticmethod
-    def _id(r: Rejection) -> tuple[str, int, str, str]:
-        return (r.key, r.mod_revision, r.reason, r.detail)
+    def _id(r: Rejection) -> tuple[int, str, str]:
+        return (r.mod_revision, r.reason, r.detail)
 
-    def report(self, rejections: Iterable[Rejection]) -> None:
-        current = set()
+    def report(self, rejections: Iterable[Rejection], scope: Iterable[str] | None = None) -> None:
+        """`rejections` in force for the keys of `scope` (None: for every key)."""
+        current = {}
         for r in rejections:
-            ident = self._id(r)
-            current.add(ident)
-            if ident not in self._seen:
+            current[r.key] = ident = self._id(r)
+            if self._seen.get(r.key) != ident:
                 log.warning("rejected %s %s: %s [%s]", r.kind, r.key, r.detail, r.reason)
                 REJECTED.labels(r.kind.value, r.reason).inc()
-        self._seen = current
+        if scope is None:
+            self._seen = current
+            return
+        for key in scope:
+            self._seen.pop(key, None)
+        self._seen.update(current)

@@ -9,7 +9,6 @@ replayed etcd event yields nothing.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -58,20 +57,225 @@ class Snapshot:
 EMPTY = Snapshot(config=None, leases=(), endpoints=(), revision=0)
 
 
-def _config(
-    kvs: Mapping[str, KV], keys: Keys, fallback: NetworkConfig | None
-) -> tuple[NetworkConfig | None, Rejection | None]:
-    kv = kvs.get(keys.config)
-    if kv is None:
-        return fallback, Rejection(
-            KeyKind.CONFIG, keys.config, Reason.NO_CONFIG, "network config is missing"
+def _lease_order(lease: Lease) -> tuple[int, int]:
+    return int(lease.subnet.network_address), lease.subnet.prefixlen
+
+
+class View:
+    """The validated view of one prefix, kept up to date key by key.
+
+    A change costs work proportional to the keys it touches (plus the leases
+    sharing a PublicIP with them and the endpoints of a lease that comes or
+    goes), not to the size of the cluster; only a config change re-validates
+    everything. `apply` returns the events and the rejections it caused.
+    """
+
+    def __init__(self, keys: Keys, fallback_config: NetworkConfig | None = None) -> None:
+        self.keys = keys
+        self.revision = 0
+        self.config = fallback_config
+        self.kvs: dict[str, KV] = {}
+        self._config_rejection: Rejection | None = None
+        self._leases: dict[str, Lease | Rejection] = {}  # each lease key, validated on its own
+        self._holders: dict[IPv4Address, dict[str, Lease]] = {}  # PublicIP -> valid leases
+        self._live: dict[str, Lease] = {}  # the leases in force (one per PublicIP)
+        self._by_subnet: dict[IPv4Network, Lease] = {}
+        self._conflicts: dict[str, Rejection] = {}
+        self._groups: dict[str, set[str]] = {}  # subnet key name -> endpoint keys under it
+        self._endpoints: dict[str, Endpoint | Rejection] = {}
+        self._live_eps: dict[str, Endpoint] = {}
+
+    def load(self, kvs: Iterable[KV], revision: int) -> View:
+        """(Re)build from the complete contents of the prefix."""
+        self.kvs = {kv.key: kv for kv in kvs}
+        self.revision = revision
+        self._parse_config()
+        self._reset()
+        self._update(set(self.kvs))
+        return self
+
+    def apply(
+        self, changes: Mapping[str, KV | None], revision: int
+    ) -> tuple[list[Event], list[Rejection], set[str]]:
+        """Apply put (KV) and delete (None) changes; (events, rejections, keys re-judged)."""
+        config_touched = self.keys.config in changes
+        before = self.snapshot() if config_touched else None  # config writes are rare
+        for key, kv in changes.items():
+            if kv is None:
+                self.kvs.pop(key, None)
+            else:
+                self.kvs[key] = kv
+        self.revision = revision
+        if before is not None:
+            self._parse_config()
+            if self.config != before.config:
+                self._reset()
+                self._update(set(self.kvs))
+                after = self.snapshot()
+                return diff(before, after), list(after.rejected), set(self.kvs)
+        rejections = [self._config_rejection] if config_touched and self._config_rejection else []
+        events, touched = self._update(set(changes))
+        rejections += [r for k in touched if (r := self.rejection(k)) is not None]
+        return events, rejections, touched | {self.keys.config}
+
+    def rejection(self, key: str) -> Rejection | None:
+        for result in (self._leases.get(key), self._endpoints.get(key)):
+            if isinstance(result, Rejection):
+                return result
+        return self._conflicts.get(key)
+
+    def snapshot(self) -> Snapshot:
+        rejected = [self._config_rejection] if self._config_rejection else []
+        rejected += [r for r in self._leases.values() if isinstance(r, Rejection)]
+        rejected += self._conflicts.values()
+        rejected += [r for r in self._endpoints.values() if isinstance(r, Rejection)]
+        return Snapshot(
+            config=self.config,
+            leases=tuple(sorted(self._live.values(), key=_lease_order)),
+            endpoints=tuple(
+                sorted(self._live_eps.values(), key=lambda ep: (ep.node_subnet, ep.ip))
+            ),
+            revision=self.revision,
+            rejected=tuple(sorted(rejected, key=lambda r: r.key)),
+            kvs=dict(self.kvs),
         )
-    try:
-        return parse_config(kv.value), None
-    except ConfigError as exc:
-        return fallback, Rejection(
-            KeyKind.CONFIG, keys.config, Reason.BAD_CONFIG, str(exc), kv.mod_revision
+
+    def _parse_config(self) -> None:
+        kv = self.kvs.get(self.keys.config)
+        if kv is None:
+            self._config_rejection = Rejection(
+                KeyKind.CONFIG, self.keys.config, Reason.NO_CONFIG, "network config is missing"
+            )
+            return
+        try:
+            self.config, self._config_rejection = parse_config(kv.value), None
+        except ConfigError as exc:  # keep the last valid config
+            self._config_rejection = Rejection(
+                KeyKind.CONFIG, self.keys.config, Reason.BAD_CONFIG, str(exc), kv.mod_revision
+            )
+
+    def _reset(self) -> None:
+        for table in (
+            self._leases,
+            self._holders,
+            self._live,
+            self._by_subnet,
+            self._conflicts,
+            self._groups,
+            self._endpoints,
+            self._live_eps,
+        ):
+            table.clear()
+
+    def _update(self, dirty: set[str]) -> tuple[list[Event], set[str]]:
+        lease_keys: set[str] = set()
+        ep_keys: set[str] = set()
+        for key in dirty:
+            kind = self.keys.classify(key)
+            if kind is None or kind[0] is KeyKind.CONFIG:
+                continue
+            if kind[0] is KeyKind.LEASE:
+                lease_keys.add(key)
+            else:
+                ep_keys.add(key)
+                group = self._groups.setdefault(kind[1].split("/", 1)[0], set())
+                (group.add if key in self.kvs else group.discard)(key)
+        lease_events, toggled, judged = self._update_leases(lease_keys)
+        for name in toggled:
+            ep_keys |= self._groups.get(name, set())
+        removed_eps, added_eps = self._update_endpoints(ep_keys)
+        events: list[Event] = [
+            *removed_eps,
+            *(e for e in lease_events if isinstance(e, LeaseRemoved)),
+        ]
+        events += sorted(
+            (e for e in lease_events if not isinstance(e, LeaseRemoved)),
+            key=lambda e: _lease_order(e.lease),
         )
+        events += added_eps
+        return events, judged | ep_keys
+
+    def _update_leases(self, dirty: set[str]) -> tuple[list[Event], set[str], set[str]]:
+        """Re-judge `dirty` lease keys and their PublicIP rivals.
+
+        Returns the events, the subnet key names whose lease came or went, and
+        every lease key judged.
+        """
+        ips: set[IPv4Address] = set()
+        for key in dirty:
+            old = self._leases.pop(key, None)
+            if isinstance(old, Lease):
+                self._holders[old.public_ip].pop(key, None)
+                ips.add(old.public_ip)
+            kv = self.kvs.get(key)
+            if kv is None or self.config is None:
+                continue
+            result = check_lease(
+                key,
+                kv.value,
+                self.config,
+                etcd_lease_id=kv.lease or None,
+                mod_revision=kv.mod_revision,
+            )
+            self._leases[key] = result
+            if isinstance(result, Lease):
+                self._holders.setdefault(result.public_ip, {})[key] = result
+                ips.add(result.public_ip)
+        winners: dict[str, Lease] = {}
+        candidates = set(dirty)
+        for ip in ips:
+            holders = self._holders.get(ip)
+            if not holders:
+                self._holders.pop(ip, None)
+                continue
+            candidates.update(holders)
+            kept, conflicts = resolve_conflicts(holders)
+            winners.update(kept)
+            for key in holders:
+                self._conflicts.pop(key, None)
+            self._conflicts.update((r.key, r) for r in conflicts)
+        for key in dirty:
+            if not isinstance(self._leases.get(key), Lease):
+                self._conflicts.pop(key, None)
+        events: list[Event] = []
+        toggled: set[str] = set()
+        for key in candidates:
+            old, new = self._live.get(key), winners.get(key)
+            if new is not None:
+                self._live[key] = self._by_subnet[new.subnet] = new
+            elif old is not None:
+                del self._live[key]
+                self._by_subnet.pop(old.subnet, None)
+            if old is None and new is not None:
+                events.append(LeaseAdded(new, self.revision))
+            elif old is not None and new is None:
+                events.append(LeaseRemoved(old, self.revision))
+            elif old is not None and new is not None and not _same(old, new):
+                events.append(LeaseChanged(old, new, self.revision))
+            if (old is None) != (new is None):
+                toggled.add(key[len(self.keys.subnets) :])
+        return events, toggled, candidates
+
+    def _update_endpoints(self, dirty: set[str]) -> tuple[list[Event], list[Event]]:
+        removed: list[Event] = []
+        added: list[Event] = []
+        for key in sorted(dirty):
+            self._endpoints.pop(key, None)
+            kv = self.kvs.get(key)
+            if kv is not None and self.config is not None:
+                name = key[len(self.keys.endpoints) :]
+                self._endpoints[key] = check_endpoint(
+                    key, name, kv.value, self._by_subnet, mod_revision=kv.mod_revision
+                )
+            old, new = self._live_eps.pop(key, None), self._endpoints.get(key)
+            new = new if isinstance(new, Endpoint) else None
+            if new is not None:
+                self._live_eps[key] = new
+            if old is not None and old != new:
+                removed.append(EndpointRemoved(old, self.revision))
+            if new is not None and old != new:
+                added.append(EndpointAdded(new, self.revision))
+        return removed, added
 
 
 def build_snapshot(
@@ -81,50 +285,25 @@ def build_snapshot(
 
     Never raises on bad data: each unusable entry becomes a Rejection.
     """
-    by_key = {kv.key: kv for kv in kvs}
-    config, config_rejection = _config(by_key, keys, fallback_config)
-    rejected: list[Rejection] = [config_rejection] if config_rejection else []
-    if config is None:
-        return Snapshot(None, (), (), revision, tuple(rejected), by_key)
-    candidates: dict[str, Lease] = {}
-    endpoint_kvs: list[tuple[KV, str]] = []
-    for kv in sorted(by_key.values(), key=lambda kv: kv.key):
-        kind = keys.classify(kv.key)
-        if kind is None or kind[0] is KeyKind.CONFIG:
-            continue
-        if kind[0] is KeyKind.ENDPOINT:
-            endpoint_kvs.append((kv, kind[1]))
-            continue
-        result = check_lease(
-            kv.key, kv.value, config, etcd_lease_id=kv.lease or None, mod_revision=kv.mod_revision
-        )
-        if isinstance(result, Rejection):
-            rejected.append(result)
-        else:
-            candidates[kv.key] = result
-    kept, conflicts = resolve_conflicts(candidates)
-    rejected.extend(conflicts)
-    by_subnet = {lease.subnet: lease for lease in kept.values()}
-    endpoints: list[Endpoint] = []
-    for kv, name in endpoint_kvs:
-        result = check_endpoint(kv.key, name, kv.value, by_subnet, mod_revision=kv.mod_revision)
-        if isinstance(result, Rejection):
-            rejected.append(result)
-        else:
-            endpoints.append(result)
-    return Snapshot(
-        config=config,
-        leases=tuple(sorted(kept.values(), key=lambda lease: lease.subnet)),
-        endpoints=tuple(sorted(endpoints, key=lambda ep: (ep.node_subnet, ep.ip))),
-        revision=revision,
-        rejected=tuple(rejected),
-        kvs=by_key,
+    return View(keys, fallback_config).load(kvs, revision).snapshot()
+
+
+def _routing(lease: Lease) -> tuple[object, ...]:
+    """Everything of a lease except its revision: what a consumer acts on."""
+    return (
+        lease.subnet,
+        lease.public_ip,
+        lease.vni,
+        lease.vtep_mac,
+        lease.backend_type,
+        lease.backend_data_extra,
+        lease.etcd_lease_id,
     )
 
 
 def _same(a: Lease, b: Lease) -> bool:
     """Equal for routing purposes: a rewrite that changes only the revision is no event."""
-    return dataclasses.replace(a, mod_revision=0) == dataclasses.replace(b, mod_revision=0)
+    return a is b or _routing(a) == _routing(b)
 
 
 def diff(old: Snapshot, new: Snapshot) -> list[Event]:

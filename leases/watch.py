@@ -25,7 +25,7 @@ from leases.etcd_client import GRPC_OUT_OF_RANGE, EtcdClient, WatchEvent, grpc_c
 from leases.events import Event
 from leases.keys import Keys
 from leases.metrics import WATCH_ERRORS, WATCH_RESYNCS, RejectionReporter
-from leases.state import EMPTY, Snapshot, build_snapshot, diff
+from leases.state import Snapshot, View, diff
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,13 @@ class Watch:
         self._queue: queue.Queue[object] = queue.Queue()
         self._stop = threading.Event()
         self._stream = None
-        self._state: Snapshot = since if since is not None else EMPTY
-        self._reporter = RejectionReporter(self._state.rejected)
+        self._view = View(keys)
+        if since is not None:
+            self._view = View(keys, since.config).load(since.kvs.values(), since.revision)
+        self._reporter = RejectionReporter(since.rejected if since else ())
         # What to do first: follow from a snapshot, rebuild the state at
         # start_revision - 1, or (neither) list everything and deliver it as added.
-        self._next_rev = self._state.revision + 1
+        self._next_rev = self._view.revision + 1
         self._baseline_rev = start_revision - 1 if since is None and start_revision else None
         self._need_relist = since is None and not start_revision
         self._thread = threading.Thread(
@@ -72,7 +74,8 @@ class Watch:
 
     @property
     def snapshot(self) -> Snapshot:
-        return self._state
+        """The view after the last delivered batch (built on demand: O(cluster size))."""
+        return self._view.snapshot()
 
     # --- consumer side -------------------------------------------------------
 
@@ -200,34 +203,30 @@ class Watch:
                     revision,
                 )
                 kvs, revision, self._need_relist = [], 0, True
-            self._state = build_snapshot(self._keys, kvs, revision)
-            self._reporter = RejectionReporter(self._state.rejected)
+            self._view = View(self._keys).load(kvs, revision)
+            self._reporter = RejectionReporter(self._view.snapshot().rejected)
         self._next_rev = revision + 1
         self._baseline_rev = None
 
     def _relist(self) -> None:
         kvs, revision = self._client.range(self._keys.root, prefix=True)
-        self._publish(build_snapshot(self._keys, kvs, revision, fallback_config=self._state.config))
+        view = View(self._keys, self._view.config).load(kvs, revision)
+        old, new = self._view.snapshot(), view.snapshot()
+        self._view = view
+        self._reporter.report(new.rejected)
+        self._deliver(diff(old, new))
         self._next_rev = revision + 1
         self._need_relist = False
 
     def _apply(self, events: tuple[WatchEvent, ...]) -> None:
-        kvs = dict(self._state.kvs)
-        for ev in events:
-            if ev.kind == "DELETE":
-                kvs.pop(ev.kv.key, None)
-            else:
-                kvs[ev.kv.key] = ev.kv
+        changes = {ev.kv.key: (None if ev.kind == "DELETE" else ev.kv) for ev in events}
         revision = max(ev.kv.mod_revision for ev in events)
-        self._publish(
-            build_snapshot(self._keys, kvs.values(), revision, fallback_config=self._state.config)
-        )
+        delivered, rejections, judged = self._view.apply(changes, revision)
+        self._reporter.report(rejections, scope=judged)
+        self._deliver(delivered)
         self._next_rev = max(self._next_rev, revision + 1)
 
-    def _publish(self, new: Snapshot) -> None:
-        self._reporter.report(new.rejected)
-        events = diff(self._state, new)
-        self._state = new
+    def _deliver(self, events: list[Event]) -> None:
         for event in events:
             if self._callback is None:
                 self._queue.put(event)

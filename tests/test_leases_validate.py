@@ -301,3 +301,64 @@ def test_config_change_can_withdraw_leases() -> None:
     s2 = build_snapshot(KEYS, [narrower, a], 3)
     assert [type(e) for e in diff(s1, s2)] == [ConfigChanged, LeaseRemoved]
     assert s2.rejected[0].reason == Reason.WRONG_LENGTH
+
+
+def test_incremental_view_matches_full_rebuild_and_its_events_replay() -> None:
+    """Random puts/deletes (valid, invalid, rival PublicIPs, endpoints, config changes):
+    after every batch the incremental view equals a full rebuild, and applying its
+    events to the previous state yields the new one."""
+    import random
+
+    from leases.state import View
+
+    rng = random.Random(7)
+    configs = [
+        '{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}',
+        '{"Network": "198.19.0.0/16", "SubnetLen": 25, "Backend": {"Type": "vxlan"}}',
+        '{"Network": "198.19.0.0/16", "Backend": {"Type": "udp"}}',  # invalid: keep the last
+    ]
+
+    def random_change(rev: int) -> tuple[str, KV | None]:
+        roll = rng.random()
+        if roll < 0.05:
+            return KEYS.config, kv("config", rng.choice(configs), rev)
+        if roll < 0.6:
+            key = f"subnets/198.19.{rng.randrange(6)}.{rng.choice([0, 0, 0, 128])}-{rng.choice([24, 24, 25])}"
+            value = rng.choice(
+                [
+                    lease_value(PublicIP=f"198.18.0.{rng.randrange(4)}"),
+                    lease_value(PublicIP="1.2.3"),
+                    "{",
+                ]
+            )
+        else:
+            node = f"198.19.{rng.randrange(6)}.0-24"
+            host = rng.choice([1, 10, 11, 300])
+            key = f"vxflow/endpoints/{node}/198.19.{node.split('.')[2]}.{host}"
+            value = ep_value(IP=key.rsplit("/", 1)[1])
+        return KEYS.root + key, None if rng.random() < 0.3 else kv(key, value, rev)
+
+    view = View(KEYS).load([CONFIG_KV], 1)
+    leases = {lease.subnet: lease for lease in view.snapshot().leases}
+    endpoints = set(view.snapshot().endpoints)
+    for rev in range(2, 400):
+        changes = dict(random_change(rev) for _ in range(rng.randrange(1, 4)))
+        events, _, _ = view.apply(changes, rev)
+        for event in events:
+            match event:
+                case LeaseAdded(lease=lease) | LeaseChanged(lease=lease):
+                    leases[lease.subnet] = lease
+                case LeaseRemoved(lease=lease):
+                    assert leases.pop(lease.subnet) is not None
+                case EndpointAdded(endpoint=ep):
+                    endpoints.add(ep)
+                case EndpointRemoved(endpoint=ep):
+                    endpoints.remove(ep)
+        incremental = view.snapshot()
+        full = build_snapshot(KEYS, view.kvs.values(), rev, fallback_config=incremental.config)
+        assert incremental.leases == full.leases
+        assert incremental.endpoints == full.endpoints
+        assert set(incremental.rejected) == set(full.rejected)
+        assert {lease.subnet: lease for lease in incremental.leases} == leases
+        assert set(incremental.endpoints) == endpoints
+        assert len({lease.public_ip for lease in incremental.leases}) == len(incremental.leases)
