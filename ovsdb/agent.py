@@ -9,7 +9,9 @@ values, or an IP outside this node's subnet, are logged once and not published.
 
 Shape: one thread, one loop. It owns the IDL (python-ovs is not thread-safe),
 waits at most a second for OVSDB updates, and on each change (or every
-`resync_interval`) re-converges the bridge and re-scans pod ports. etcd work
+`resync_interval`) re-converges the bridge and re-scans pod ports. subnet.env
+is written after the first successful converge of a lease, so its appearance
+means the node's gateway is ready for pods. etcd work
 (endpoint reconciliation, lease renewal) is done in the same loop with its own
 backoff, so an etcd outage delays only etcd work: the bridge and the lease we
 hold stay as they are, and on recovery the agent re-reads what etcd has and
@@ -133,6 +135,7 @@ class Agent:
         self._etcd = _Backoff(settings.max_backoff)
         self._renew_at = 0.0
         self._dirty = True  # re-converge and re-scan on the next loop turn
+        self._env_pending = False  # a (new) lease whose subnet.env is not written yet
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -180,7 +183,7 @@ class Agent:
         return 0
 
     def _acquire(self) -> None:
-        """Get (or get back) this node's lease, then write subnet.env for CNI."""
+        """Get (or get back) this node's lease; subnet.env follows the next converge."""
         hint = self.lease.subnet if self.lease else previous_subnet(self.settings.subnet_file)
         public_ip = self.settings.public_ip
         self.lease = self._retry(
@@ -194,14 +197,24 @@ class Agent:
         log.info("holding lease %s for %s (etcd lease %s)", self.lease.subnet, public_ip,
                  self.lease.etcd_lease_id)  # fmt: skip
         self._schedule_renewal()
+        self._env_pending = True
+        self._published = None
+
+    def _write_subnet_env(self) -> None:
+        """subnet.env tells CNI the node is ready: written once the bridge has converged."""
         mtu = overlay_mtu(
             self.config, with_underlay_mtu(self.settings.options, self.lease).underlay_mtu
         )
         env = subnet_env_for(self.config, self.lease, mtu, self.settings.ip_masq)
-        write_subnet_env(self.settings.subnet_file, env)
+        try:
+            write_subnet_env(self.settings.subnet_file, env)
+        except OSError as exc:
+            log.error("cannot write %s: %s (retrying at the next resync)",
+                      self.settings.subnet_file, exc)  # fmt: skip
+            return
         log.info("wrote %s: FLANNEL_SUBNET=%s FLANNEL_MTU=%d", self.settings.subnet_file,
                  env.subnet, mtu)  # fmt: skip
-        self._published = None
+        self._env_pending = False
 
     def _exit(self) -> None:
         if self.settings.release_on_exit and self.lease is not None:
@@ -246,6 +259,8 @@ class Agent:
             return False
         if changes:
             log.info("converged %s: %d change(s)", self.settings.options.bridge, len(changes))
+        if self._env_pending:
+            self._write_subnet_env()
         return True
 
     def _scan(self, idl) -> None:
