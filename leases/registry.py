@@ -32,7 +32,6 @@ from leases.state import Snapshot, build_snapshot
 from leases.validate import (
     Rejection,
     check_endpoint,
-    check_lease,
     endpoint_to_json,
     lease_to_json,
     normalize_mac,
@@ -367,21 +366,6 @@ class Registry:
     def list_leases(self) -> list[Lease]:
         return list(self.snapshot().leases)
 
-    def lease_for(
-        self, subnet: IPv4Network, config: NetworkConfig | None = None
-    ) -> Lease | Rejection | None:
-        """The entry at `subnet` validated on its own (no cross-lease rules); None if absent."""
-        kv = self.etcd.get(self.keys.lease(subnet))
-        if kv is None:
-            return None
-        return check_lease(
-            kv.key,
-            kv.value,
-            config or self.get_config(),
-            etcd_lease_id=kv.lease or None,
-            mod_revision=kv.mod_revision,
-        )
-
     def watch(
         self,
         start_revision: int | None = None,
@@ -407,7 +391,3 @@ class Registry:
             idle_timeout=idle_timeout,
             max_backoff=max_backoff,
         )
-
-    def rejected(self) -> tuple[Rejection, ...]:
-        """Entries the current snapshot excludes, with reasons (for operators and the CLI)."""
-        return self.snapshot().rejected

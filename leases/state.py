@@ -1,10 +1,10 @@
 """The registry's view of etcd: raw key-values in, a validated `Snapshot` out, and diffs.
 
-Pure. The watch keeps the raw key-values of the prefix, rebuilds the view after
-every batch of etcd events or a full re-list, and emits the difference to the
-previous view. Because events are derived from states, a re-list after an etcd
-restart or a compaction yields exactly the changes the consumer missed, and a
-replayed etcd event yields nothing.
+Pure. The watch keeps a `View` of the prefix, updates it key by key with each
+batch of etcd events, and delivers the resulting changes of the valid state;
+after a full re-list it delivers `diff(old, new)`. Because events are derived
+from states, a re-list after an etcd restart or a compaction yields exactly the
+changes the consumer missed, and a replayed etcd event yields nothing.
 """
 
 from __future__ import annotations

@@ -153,15 +153,15 @@ def _public_ip(obj: dict[str, Any], config: NetworkConfig) -> IPv4Address:
     return ip
 
 
+class RawJSON(str):
+    """A nested BackendData value kept verbatim so it survives a rewrite of the lease."""
+
+
 def _freeze(value: Any) -> Any:
     """BackendData extras stay hashable: nested JSON is kept as its canonical text."""
     if isinstance(value, dict | list):
         return RawJSON(json.dumps(value, sort_keys=True, separators=(",", ":")))
     return value
-
-
-class RawJSON(str):
-    """A nested BackendData value kept verbatim so it survives a rewrite of the lease."""
 
 
 def _lease(

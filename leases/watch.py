@@ -1,8 +1,8 @@
 """A watch of one network prefix that never silently stops and never misses a change.
 
-It keeps the raw key-values of the prefix and a validated view (a Snapshot).
-Each batch of etcd events updates the key-values; the view is rebuilt and the
-difference to the previous view is delivered as typed events. When the stream
+It keeps a validated view of the prefix (leases.state.View). Each batch of
+etcd events updates the view for the keys it touches, and the changes of the
+valid state are delivered as typed events. When the stream
 breaks (etcd restarted, endpoint gone) or etcd reports the start revision as
 compacted, it re-lists the prefix and delivers the difference the same way, so
 the consumer converges on what etcd holds. Reconnects back off (tenacity) up
