@@ -32,6 +32,7 @@ from leases.state import Snapshot, build_snapshot
 from leases.validate import (
     Rejection,
     check_endpoint,
+    check_lease,
     endpoint_to_json,
     lease_to_json,
     normalize_mac,
@@ -365,6 +366,21 @@ class Registry:
 
     def list_leases(self) -> list[Lease]:
         return list(self.snapshot().leases)
+
+    def lease_for(
+        self, subnet: IPv4Network, config: NetworkConfig | None = None
+    ) -> Lease | Rejection | None:
+        """The entry at `subnet` validated on its own (no cross-lease rules); None if absent."""
+        kv = self.etcd.get(self.keys.lease(subnet))
+        if kv is None:
+            return None
+        return check_lease(
+            kv.key,
+            kv.value,
+            config or self.get_config(),
+            etcd_lease_id=kv.lease or None,
+            mod_revision=kv.mod_revision,
+        )
 
     def watch(
         self,

@@ -268,3 +268,16 @@ def test_config_errors_and_unreachable_etcd(etcd: EtcdServer) -> None:
         pytest.raises(EtcdUnavailable, match="refused"),
     ):
         dead.snapshot()
+
+
+def test_lease_for_judges_one_entry(registry: Registry) -> None:
+    lease = registry.acquire(node_ip(13), node_mac(13), ttl=600)
+    assert registry.lease_for(lease.subnet) == lease
+    assert registry.lease_for(IPv4Network("198.19.44.0/24")) is None
+    registry.etcd.put(registry.keys.lease(IPv4Network("198.19.44.0/24")), "{")
+    rejected = registry.lease_for(IPv4Network("198.19.44.0/24"))
+    assert (
+        rejected is not None
+        and not isinstance(rejected, Lease)
+        and rejected.reason == Reason.BAD_JSON
+    )
