@@ -1,0 +1,166 @@
+"""End to end: a 3-node vxflow cluster (real etcd, controller, agents, OVS, Mininet).
+
+One cluster serves the module (starting one costs seconds); the tests that
+disturb it (controller restart, node leave/rejoin) run last and restore it.
+The VNI and UDP port are not the defaults, so the capture proves the config
+reached the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Network
+
+import pytest
+
+from leases.registry import Registry
+from tests.emulation import Underlay
+from vxflow.demo import cluster_module
+
+VNI = 7
+PORT = 4789
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator:
+    vxcluster = cluster_module()
+    spec = vxcluster.ClusterSpec(nodes=3, pods=2, vni=VNI, port=PORT, tag=f"{Underlay().tag}a")
+    with vxcluster.Cluster(spec=spec) as running:
+        yield running
+
+
+def in_host(host, *cmd: str, **kw) -> subprocess.Popen:
+    """A process inside a Mininet host's namespaces, ours to stop by PID."""
+    return subprocess.Popen(["mnexec", "-a", str(host.pid), *cmd], text=True, **kw)
+
+
+def test_all_pod_pairs_ping(cluster) -> None:
+    failed = [f"{a.name}->{b.name}" for a, b in cluster.pairs() if not cluster.reachable(a, b.addr)]
+    assert len(cluster.pods) == 6
+    assert failed == []
+
+
+def test_node_to_remote_pod_ping_ttl63(cluster) -> None:
+    n1, n3 = cluster.vxflow_nodes[0], cluster.vxflow_nodes[2]
+    out = cluster.ping(n1, cluster.pods_of(n3)[1].addr, count=3, wait=2)
+    assert " 0% packet loss" in out, out
+    assert set(re.findall(r"ttl=(\d+)", out)) == {"63"}, out
+
+
+def test_iperf3_tcp_across_nodes(cluster) -> None:
+    client, server = (
+        cluster.pods_of(cluster.vxflow_nodes[0])[0],
+        cluster.pods_of(cluster.vxflow_nodes[1])[1],
+    )
+    srv = in_host(
+        server, "iperf3", "-s", "-1", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while "5201" not in server.cmd("ss -Hltn sport = :5201"):  # listening: ready
+            assert srv.poll() is None and time.monotonic() < deadline, "iperf3 -s did not start"
+            time.sleep(0.1)
+        out = client.cmd(f"iperf3 -c {server.addr} -t 3 -J")
+        srv.wait(timeout=15)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+    result = json.loads(out)
+    assert "error" not in result, result.get("error")
+    received = result["end"]["sum_received"]
+    assert received["bytes"] > 1_000_000, received
+    assert received["seconds"] >= 2.5, received
+
+
+def test_capture_shows_vni_and_udp_port(cluster) -> None:
+    src, dst = (
+        cluster.pods_of(cluster.vxflow_nodes[0])[0],
+        cluster.pods_of(cluster.vxflow_nodes[2])[0],
+    )
+    receiver = cluster.vxflow_nodes[2]
+    seen, out = cluster.capture(receiver, lambda: cluster.ping(src, dst.addr, count=2, wait=2))
+    assert " 0% packet loss" in out, out
+    assert f"> {receiver.underlay_ip}.{PORT}: VXLAN, flags [I] (0x08), vni {VNI}" in seen, seen
+    assert f"{src.addr} > {dst.addr}: ICMP echo request" in seen, seen
+
+
+def test_controller_restart_loses_no_packet(cluster) -> None:
+    src, dst = (
+        cluster.pods_of(cluster.vxflow_nodes[0])[1],
+        cluster.pods_of(cluster.vxflow_nodes[2])[1],
+    )
+    ping = in_host(src, "ping", "-n", "-i", "0.05", str(dst.addr), stdout=subprocess.PIPE)
+    try:
+        time.sleep(1)
+        old_pid = cluster._controller.pid
+        cluster.restart_controller()
+        assert cluster._controller.pid != old_pid
+        cluster.wait_controller_connected(timeout=30)
+        time.sleep(2)  # the new controller has read back and synced every switch by now
+    finally:
+        ping.send_signal(signal.SIGINT)
+        out, _ = ping.communicate(timeout=10)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    assert m, out
+    sent, received = int(m[1]), int(m[2])
+    assert sent >= 40, out
+    assert received == sent, out
+
+
+def expire_lease_soon(cluster, node, ttl: int = 2) -> IPv4Network:
+    """Let the node's lease run out on etcd's clock within `ttl` seconds.
+
+    The agent is stopped and would hold it for flannel's 24 h; every key bound
+    to its etcd lease (the subnet and the node's endpoints) is moved to a short
+    one, and only then is the old etcd lease revoked (nothing is bound to it).
+    """
+    with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
+        lease = next(x for x in registry.list_leases() if x.public_ip == node.underlay_ip)
+        kvs, _ = registry.etcd.range(registry.keys.root, prefix=True)
+        short = registry.etcd.grant(ttl)
+        for kv in kvs:
+            if kv.lease == lease.etcd_lease_id:
+                assert registry.etcd.put_if(kv.key, kv.value, mod_revision=kv.mod_revision,
+                                            lease=short)  # fmt: skip
+        registry.etcd.revoke(lease.etcd_lease_id)
+    return lease.subnet
+
+
+def mentions(node, text: str) -> list[str]:
+    return [f for f in node.dump_flows() if text in f]
+
+
+def test_node_leave_removes_its_flows_and_rejoin_restores_them(cluster) -> None:
+    n1, n2, n3 = cluster.vxflow_nodes
+    watcher = cluster.pods_of(n1)[0]
+    assert mentions(n1, str(n3.underlay_ip)), "n3's remote-subnet flow should be on n1"
+
+    cluster.stop_agent(n3)
+    subnet = expire_lease_soon(cluster, n3)
+    deadline = time.monotonic() + 20
+    while mentions(n1, str(n3.underlay_ip)) or mentions(n2, str(n3.underlay_ip)):
+        assert time.monotonic() < deadline, "n3's flows still on n1/n2 after its lease expired"
+        time.sleep(0.5)
+    for node in (n1, n2):
+        assert mentions(node, str(subnet.network_address)) == [], node.dump_flows()
+    assert not cluster.reachable(watcher, cluster.pods_of(n3)[0].addr)
+
+    cluster.start_agent(n3)
+    with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
+        deadline = time.monotonic() + 30
+        while not (mine := [x for x in registry.list_leases() if x.public_ip == n3.underlay_ip]):
+            assert time.monotonic() < deadline, "n3 did not take a lease again"
+            time.sleep(0.5)
+    assert mine[0].subnet == subnet
+    cluster.wait_connected(timeout=30)
+    for pod in cluster.pods_of(n3):
+        assert cluster.reachable(watcher, pod.addr)
+        assert cluster.reachable(pod, watcher.addr)
