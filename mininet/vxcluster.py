@@ -454,21 +454,16 @@ class Cluster:
                  input=json.dumps(config))  # fmt: skip
 
     def start_controller(self, port: int = 0) -> None:
-        """The controller app in the root namespace on 198.18.0.254 (`port` 0: a free one)."""
+        """`vxflow controller` in the root namespace on 198.18.0.254 (`port` 0: a free one)."""
         self.controller_port = port or free_loopback_port()
         log_path = self.workdir / "controller.log"
-        env = {
-            **os.environ,
-            "FLANNELD_ETCD_ENDPOINTS": self.etcd_endpoint,
-            "FLANNELD_ETCD_PREFIX": self.spec.prefix,
-        }
         with open(log_path, "ab") as out:
             self._controller = subprocess.Popen(
                 [
-                    _venv_tool("osken-manager"), "--ofp-listen-host", str(ROOT_IP),
-                    "--ofp-tcp-listen-port", str(self.controller_port), "controller.app",
+                    _venv_tool("vxflow"), "controller", *self.etcd_flags(),
+                    "--listen", str(ROOT_IP), "--port", str(self.controller_port),
                 ],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + 30
