@@ -29,7 +29,6 @@ everything (also after a failure half-way through `start()`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -169,9 +168,13 @@ class ProcessHost(Host):
             proc.kill()
             proc.wait()
 
-    def terminate(self) -> None:
+    def stop_daemons(self) -> None:
+        """Stop what we started in this host (idempotent; the host itself stays)."""
         for key in list(self.procs):
             self.stop_proc(key)
+
+    def terminate(self) -> None:
+        self.stop_daemons()
         super().terminate()
 
     def sh(self, cmd: str) -> str:
@@ -216,12 +219,10 @@ class VxflowNode(ProcessHost):
         out = self.ovs.ofctl("--no-stats", "dump-flows", bridge)
         return [line.strip() for line in out.splitlines() if "actions=" in line]
 
-    def terminate(self) -> None:
-        for key in list(self.procs):
-            self.stop_proc(key)
+    def stop_daemons(self) -> None:
+        super().stop_daemons()
         if self.ovs is not None:
             self.ovs.stop(remove_files=False)
-        super().terminate()
 
 
 class FlannelNode(ProcessHost):
@@ -418,28 +419,33 @@ class Cluster:
 
     def stop(self) -> None:
         """Stop everything we started, by PID, in reverse; never raises."""
-        errors: list[str] = []
-        if self.net is not None:
-            try:
-                self.net.stop()  # hosts stop their daemons and OVS first (terminate())
-            except Exception as e:
-                errors.append(f"mininet: {e}")
-            self.net = None
-        self.stop_services()
-        with contextlib.suppress(Exception):  # a half-built bridge Mininet never knew of
+        try:
+            self.stop_services()
+        finally:
+            if self.net is not None:
+                try:
+                    self.net.stop()
+                except Exception as e:  # report, and still remove what we can
+                    print(f"cleanup: mininet: {e}", file=sys.stderr)
+                self.net = None
+            # a bridge a failed build left behind, unknown to Mininet
             run_root("ip", "link", "del", self.spec.tag, check=False)
-        if self._own_workdir and self.workdir is not None and not errors:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-        for e in errors:
-            print(f"cleanup: {e}", file=sys.stderr)
 
     def stop_services(self) -> None:
-        """Stop the root-namespace daemons (controller, etcd); the hosts stop their own."""
+        """Stop every daemon we started (nodes' first, then controller and etcd), keep the net.
+
+        Used alone when someone else (`mn`) owns the Mininet net; removes the
+        work dir if we made it.
+        """
+        for node in self.nodes:
+            node.stop_daemons()
         self.stop_controller()
         if self.etcd is not None:
             self.etcd.stop(remove_data=True)
             self.etcd = None
+        if self._own_workdir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
     # -- components -------------------------------------------------------------
     def write_config(self) -> None:
