@@ -29,6 +29,7 @@ everything (also after a failure half-way through `start()`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -86,9 +87,16 @@ def run_root(*cmd: str, check: bool = True, input: str | None = None) -> str:
     return res.stdout
 
 
+_clusters = itertools.count()
+
+
 def default_tag() -> str:
-    """A name prefix unique to this process: every root-namespace link carries it."""
-    return f"vxm{os.getpid() % 0xFFFF:04x}"
+    """A name prefix unique to this cluster: every root-namespace link carries it.
+
+    "vxm" + this process (4 hex digits) + a per-process counter (1 hex digit),
+    short enough for Mininet's `<tag>-ethNN` names (15 characters at most).
+    """
+    return f"vxm{os.getpid() % 0xFFFF:04x}{next(_clusters) % 16:x}"
 
 
 def free_block() -> int:
@@ -239,7 +247,7 @@ class Pod(Host):
     def attach(self, ip: IPv4Interface) -> None:
         self.ip_if = ip
         self.cmd(f"ip link set eth0 address {pod_mac(ip.ip)} mtu {POD_MTU} up")
-        self.cmd(f"ip addr add {ip} dev eth0")
+        self.setIP(str(ip.ip), ip.network.prefixlen)  # Mininet's CLI resolves pod names with it
         self.cmd(f"ip route add default via {ip.network.network_address + 1}")
         self.cmd("ethtool -K eth0 tx off")
 
@@ -266,6 +274,8 @@ class VxflowTopo(Topo):
         block = block or free_block()
         if nodes + flannel_nodes > 29:
             raise ValueError("at most 29 nodes fit one underlay block")
+        if len(tag) > 9:
+            raise ValueError(f"tag {tag!r}: at most 9 characters (links are named <tag>-ethNN)")
         underlay = self.addSwitch(tag, cls=UnderlayBridge, block=block)
         first = block_network(block).network_address + 1
         names = [(f"n{i}", VxflowNode) for i in range(1, nodes + 1)]
@@ -371,9 +381,6 @@ class Cluster:
 
     def _start(self, timeout: float) -> None:
         spec = self.spec
-        if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix=f"vxflow-{spec.tag}-"))
-            self._own_workdir = True
         setLogLevel("warning")
         self.progress(
             f"building topology: {spec.nodes} vxflow + {spec.flannel_nodes} flannel-style "

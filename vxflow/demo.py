@@ -176,7 +176,7 @@ def demo(keep: bool, pods: int, prefix: str) -> None:
         if keep:
             from mininet.cli import CLI
 
-            click.echo("\nThe cluster stays up: try `n1p1 ping n2p1`, `n1 ip r`, `pingall`; "
+            click.echo("\nThe cluster stays up: try `n1p1 ping -c 3 n2p1`, `n1 ip r`, `n2 tcpdump -n -T vxlan -i eth0`; "
                        "`exit` tears it down.")  # fmt: skip
             CLI(cluster.net)
     except KeyboardInterrupt:
