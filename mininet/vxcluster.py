@@ -25,6 +25,13 @@ Layout, after ARCHITECTURE.md's verified recipe:
 
 Every process is started by us and stopped by PID; `Cluster.stop()` undoes
 everything (also after a failure half-way through `start()`).
+
+From other code (tests, bench), load this file with `vxflow.demo.cluster_module()`:
+
+    vx = cluster_module()
+    with vx.Cluster(vx.ClusterSpec(nodes=2, pods=1, tag="vxb1")) as cluster:
+        a, b = cluster.pods_of(cluster.vxflow_nodes[0])[0], cluster.pods[-1]
+        a.cmd(f"ping -c 3 {b.addr}")   # Mininet hosts: .cmd(), .pid, .name
 """
 
 from __future__ import annotations
