@@ -51,11 +51,17 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
-from mininet.link import Link
-from mininet.log import setLogLevel
-from mininet.net import Mininet
-from mininet.node import Host, Switch
-from mininet.topo import Topo
+try:
+    from mininet.link import Link
+    from mininet.log import setLogLevel
+    from mininet.net import Mininet
+    from mininet.node import Host, Switch
+    from mininet.topo import Topo
+except ImportError as e:  # another interpreter than Debian's (e.g. pyenv's python3)
+    raise ImportError(
+        f"Debian's mininet is not importable from {sys.executable}: run with .venv/bin/python "
+        "(scripts/setup.sh; it sees the system site-packages) or /usr/bin/python3"
+    ) from e
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `mn --custom` runs us from anywhere, on the system Python
