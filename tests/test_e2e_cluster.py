@@ -97,6 +97,7 @@ def test_controller_restart_loses_no_packet(cluster) -> None:
         cluster.pods_of(cluster.vxflow_nodes[0])[1],
         cluster.pods_of(cluster.vxflow_nodes[2])[1],
     )
+    tables_before = {n.name: sorted(n.dump_flows()) for n in cluster.vxflow_nodes}
     ping = in_host(src, "ping", "-n", "-i", "0.05", str(dst.addr), stdout=subprocess.PIPE)
     try:
         time.sleep(1)
@@ -113,6 +114,8 @@ def test_controller_restart_loses_no_packet(cluster) -> None:
     sent, received = int(m[1]), int(m[2])
     assert sent >= 40, out
     assert received == sent, out
+    # the new controller found every table right and left it as it was
+    assert {n.name: sorted(n.dump_flows()) for n in cluster.vxflow_nodes} == tables_before
 
 
 def expire_lease_soon(cluster, node, ttl: int = 2) -> IPv4Network:
