@@ -618,10 +618,20 @@ class Cluster:
         return " 0% packet loss" in self.ping(src, dst)
 
     def wait_connected(self, timeout: float = 60) -> float:
-        """Until the first pod of every node pings the first pod of every other node."""
+        """Until the first pod of every node pings every pod of every other node.
+
+        So every node sends and every pod (its endpoint published, its flows
+        in place) answers; returns the seconds it took.
+        """
         start = time.monotonic()
-        firsts = [pods[0] for n in self.nodes if (pods := self.pods_of(n))]
-        pending = [(a, b) for a in firsts for b in firsts if a is not b]
+        pending = [
+            (pods[0], b)
+            for node in self.nodes
+            if (pods := self.pods_of(node))
+            for other in self.nodes
+            if other is not node
+            for b in self.pods_of(other)
+        ]
         while pending:
             pending = [(a, b) for a, b in pending if not self.reachable(a, b.addr)]
             if pending and time.monotonic() - start > timeout:
