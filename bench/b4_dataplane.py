@@ -24,22 +24,13 @@ import click
 
 from bench import report
 from bench.stats import median
+from vxflow.demo import cluster_module
 
 MODULE = "bench.b4_dataplane"
-REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger(MODULE)
 RTT = re.compile(r"rtt min/avg/max/mdev = ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
 LOSS = re.compile(r"(\d+) packets transmitted, (\d+) received")
 IPERF_PORT = 5201
-
-
-def _vxcluster():
-    """mininet/ holds scripts, never a package (it must not shadow Mininet itself)."""
-    if str(REPO / "mininet") not in sys.path:
-        sys.path.insert(0, str(REPO / "mininet"))
-    import vxcluster
-
-    return vxcluster
 
 
 def ping(src, dst, count: int) -> dict[str, float]:
@@ -70,7 +61,7 @@ def iperf(src, dst, seconds: int) -> dict[str, float]:
 
 
 def measure(rounds: int, pings: int, seconds: int) -> dict[str, Any]:
-    vx = _vxcluster()
+    vx = cluster_module()  # mininet/vxcluster.py, loaded as the demo and e2e tests load it
     spec = vx.ClusterSpec(nodes=2, pods=1, flannel_nodes=2)
     samples: dict[str, dict[str, list]] = {"vxflow": {"ping": [], "iperf": []},
                                            "flannel": {"ping": [], "iperf": []}}  # fmt: skip

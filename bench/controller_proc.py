@@ -28,6 +28,7 @@ class ControllerProcess:
     log_path: Path
     port: int = 0
     profile_to: Path | None = None
+    audit_interval: float = 0  # periodic readbacks off: they would land inside measurements
     extra_args: tuple[str, ...] = ()
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
@@ -41,16 +42,25 @@ class ControllerProcess:
         return self._proc.pid
 
     def command(self) -> list[str]:
-        cmd = [str(VXFLOW), "--log-level", "info", "controller", "--etcd", self.etcd,
-               "--prefix", self.prefix, "--listen", "127.0.0.1", "--port", str(self.port),
-               *self.extra_args]  # fmt: skip
+        cmd = [str(VXFLOW), "--log-level", "info", "controller",
+               "--etcd-endpoints", self.etcd, "--etcd-prefix", self.prefix,
+               "--listen", "127.0.0.1", "--port", str(self.port),
+               "--audit-interval", str(self.audit_interval), *self.extra_args]  # fmt: skip
         if self.profile_to is not None:
             cmd = [sys.executable, "-m", "pyinstrument", "--renderer", "text",
                    "--outfile", str(self.profile_to), *cmd]  # fmt: skip
         return cmd
 
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as e:
+            return f"(no log: {e})"
+
     def start(self, timeout: float = 60) -> ControllerProcess:
         self.port = self.port or free_loopback_port()
+        if self.profile_to is not None:
+            self.profile_to.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self._proc = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
@@ -58,10 +68,12 @@ class ControllerProcess:
         deadline = time.monotonic() + timeout
         while not self._listening():
             if self._proc.poll() is not None:
-                raise RuntimeError(f"controller exited ({self._proc.returncode}); see {self.log_path}")
+                raise RuntimeError(
+                    f"controller exited ({self._proc.returncode}):\n{self._log_tail()}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"controller not listening after {timeout}s; see {self.log_path}")
+                raise RuntimeError(f"controller not listening after {timeout}s:\n{self._log_tail()}")
             time.sleep(0.05)
         return self
 

@@ -1,0 +1,97 @@
+"""Every benchmark, run as documented but at tiny sizes, completes and reports sane figures.
+
+Not timing goals (those live in bench/ and BENCHMARKS.md): these keep the
+benchmarks from rotting. Each runs its real command as a subprocess (B1-B3
+then isolate themselves in a private network namespace) and the test reads
+the JSON it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_bench(tmp_path: Path, module: str, *args: str, timeout: float = 280) -> dict:
+    res = subprocess.run(
+        [sys.executable, "-m", module, *args, "--results-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert res.returncode == 0, f"{module} failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
+    name = module.rsplit(".", 1)[1]
+    record = json.loads((tmp_path / f"{name}.json").read_text())
+    assert record["benchmark"] == name
+    assert module in record["command"] and record["environment"]["ovs"].startswith("ovs-vswitchd")
+    return record
+
+
+def positive(x: float) -> bool:
+    return isinstance(x, float) and x > 0 and math.isfinite(x)
+
+
+@pytest.mark.integration
+def test_b1_flow_rate_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b1_flow_rate", "--remote-leases", "200", "--repeat", "2")
+    assert r["remote_leases"] == 200 and r["flows_per_table"] > 200
+    assert len(r["ofctl"]) == len(r["controller"]) == 2
+    s = r["summary"]
+    for key in ("compile_s_median", "encode_s_median", "ofctl_landed_s_median",
+                "controller_landed_s_median", "rate_ratio_controller_over_ofctl"):  # fmt: skip
+        assert positive(s[key]), key
+    assert r["controller_memory_kib"]["VmRSS"] > 0
+
+
+@pytest.mark.integration
+def test_b2_convergence_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b2_convergence", "-s", "3", "--leases", "20", "--repeat", "5",
+                  "--gap", "0")  # fmt: skip
+    (run,) = r["runs"]
+    assert run["switches"] == 3 and run["final_tables_ok"] is True
+    lat = run["latency_s"]
+    assert lat["n"] == 5 and len(run["samples_s"]) == 5
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"] < 30
+
+
+@pytest.mark.integration
+def test_b3_cold_start_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b3_cold_start", "--run", "real:40x3", "--run", "stand-in:40x5")
+    real, stand_in = r["runs"]
+    assert (real["kind"], real["switches"], stand_in["kind"], stand_in["switches"]) == (
+        "real", 3, "stand-in", 5)
+    assert "not OVS" in stand_in["switch"]
+    for run in (real, stand_in):
+        assert run["flows_total"] == run["flows_per_switch"] * run["switches"]
+        assert run["flows_per_switch"] > 39
+        assert positive(run["converged_s"]) and positive(run["flow_mods_per_s"])
+        assert run["controller_memory_kib"]["VmHWM"] > 0
+    assert stand_in["standin_unsupported"] == {}
+    assert stand_in["flow_mods_received"] >= stand_in["flows_total"]
+
+
+@pytest.mark.e2e
+def test_b4_dataplane_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b4_dataplane", "--rounds", "1", "--pings", "20",
+                  "--seconds", "1", timeout=290)  # fmt: skip
+    s = r["summary"]
+    for kind in ("vxflow", "flannel"):
+        assert s[kind]["lost_pings"] <= 2, kind
+        assert positive(s[kind]["rtt_avg_s_median"]) and s[kind]["tcp_bps_median"] > 1e6, kind
+    assert positive(s["tcp_ratio_vxflow_over_flannel"])
+
+
+def test_profile_compile_tiny(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.profile", "compile", "--remote-leases", "300",
+         "--results-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = (tmp_path / "profile_compile.txt").read_text()
+    assert "compile_node" in report
