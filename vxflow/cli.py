@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 
 import click
+
+# os-ken's eventlet hub is a deliberate choice (see ARCHITECTURE.md); eventlet's
+# import-time deprecation banner would otherwise greet every command.
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
 # (module, attribute) of each subcommand; a module owns its own options.
 _COMMANDS = (
