@@ -78,7 +78,8 @@ def _main() -> int:
         nodes=args.nodes, pods=args.pods, flannel_nodes=args.flannel_nodes,
         vni=args.vni, port=args.port, prefix=args.prefix,
     )  # fmt: skip
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored (`&`)
+        signal.signal(sig, _interrupt)
     cluster = vxcluster.Cluster(spec=spec, progress=print)
     try:
         cluster.start()

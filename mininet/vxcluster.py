@@ -39,7 +39,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -112,18 +111,26 @@ def default_tag() -> str:
     return f"vxm{os.getpid() % 0xFFFF:04x}{next(_clusters) % 16:x}"
 
 
-def free_block() -> int:
-    """The first /27 block (1..6) of the underlay that no route in the root namespace covers."""
-    routes = run_root("ip", "-4", "-o", "route", "show", "root", str(UNDERLAY))
-    taken = {int(IPv4Network(m).network_address) for m in re.findall(r"^(\S+/27)\s", routes, re.M)}
-    for block in range(1, 7):
-        if int(UNDERLAY.network_address) + 32 * block not in taken:
-            return block
-    raise RuntimeError("all underlay blocks 198.18.0.32-223 are in use by other clusters")
-
-
 def block_network(block: int) -> IPv4Network:
     return IPv4Network((int(UNDERLAY.network_address) + 32 * block, BLOCK_LEN))
+
+
+def claim_block(dev: str) -> int:
+    """Route the first free /27 (blocks 1..6) of the underlay to `dev`; return its number.
+
+    The kernel refuses a second route to the same prefix, so adding it is the
+    claim: two clusters starting at once never get the same block.
+    """
+    for block in range(1, 7):
+        res = subprocess.run(
+            ["ip", "route", "add", str(block_network(block)), "dev", dev, "src", str(ROOT_IP)],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        if res.returncode == 0:
+            return block
+        if "File exists" not in res.stderr:
+            raise RuntimeError(f"routing the underlay to {dev} failed: {res.stderr.strip()}")
+    raise RuntimeError("all underlay blocks 198.18.0.32-223 are in use by other clusters")
 
 
 def pod_mac(ip: IPv4Address) -> str:
@@ -140,9 +147,9 @@ class UnderlayBridge(Switch):
     It carries the root's 198.18.0.254/32 and a route for this run's /27 only.
     """
 
-    def __init__(self, name: str, block: int = 1, **params) -> None:
+    def __init__(self, name: str, **params) -> None:
         super().__init__(name, dpid="1", **params)  # no OpenFlow here; dpid just satisfies Switch
-        self.block = block
+        self.block: int | None = None  # claimed on start
 
     def start(self, _controllers: Sequence) -> None:
         run_root("ip", "link", "add", "name", self.name, "type", "bridge")
@@ -152,8 +159,12 @@ class UnderlayBridge(Switch):
                 run_root("ethtool", "-K", intf.name, "tx", "off")
         run_root("ip", "link", "set", self.name, "up")
         run_root("ip", "addr", "add", f"{ROOT_IP}/32", "dev", self.name)
-        run_root("ip", "route", "add", str(block_network(self.block)), "dev", self.name,
-                 "src", str(ROOT_IP))  # fmt: skip
+        self.block = claim_block(self.name)
+
+    def node_addresses(self) -> Iterator[IPv4Address]:
+        """The underlay addresses of this cluster's nodes: its block's hosts, in order."""
+        assert self.block is not None, "the bridge claims its block when it starts"
+        return block_network(self.block).hosts()
 
     def stop(self, deleteIntfs: bool = True) -> None:
         run_root("ip", "link", "del", self.name, check=False)
@@ -210,16 +221,18 @@ class ProcessHost(Host):
 class VxflowNode(ProcessHost):
     """A cluster node: private OVS, br-phy with the underlay address, `vxflow agent`."""
 
-    def __init__(self, name: str, underlay_ip: str = "", **params) -> None:
+    underlay_ip: IPv4Address  # set by the cluster from the underlay's block
+
+    def __init__(self, name: str, **params) -> None:
         super().__init__(name, **params)
-        self.underlay_ip = IPv4Address(underlay_ip)
         self.ovs: OvsInstance | None = None
 
     def start_ovs(self, workdir: Path) -> OvsInstance:
         """ovsdb-server + ovs-vswitchd in this host; br-phy takes eth0 and the underlay IP."""
         self.ovs = OvsInstance(
             name=self.name, workdir=workdir, exec_prefix=["mnexec", "-a", str(self.pid)]
-        ).start()
+        )
+        self.ovs.start()  # known before it starts, so an interrupted start is still stopped
         self.sh("ethtool -K eth0 tx off && ip link set eth0 up")
         self.ovs.vsctl(
             "--may-exist", "add-br", BR_PHY, "--", "set", "bridge", BR_PHY, "datapath_type=netdev",
@@ -249,9 +262,7 @@ class VxflowNode(ProcessHost):
 class FlannelNode(ProcessHost):
     """A flannel-style node: kernel VXLAN programmed from etcd by mininet/flannel_node.py."""
 
-    def __init__(self, name: str, underlay_ip: str = "", **params) -> None:
-        super().__init__(name, **params)
-        self.underlay_ip = IPv4Address(underlay_ip)
+    underlay_ip: IPv4Address  # set by the cluster from the underlay's block
 
 
 class Pod(Host):
@@ -281,20 +292,18 @@ class VxflowTopo(Topo):
 
     def build(
         self, nodes: int = 3, pods: int = 2, flannel_nodes: int = 0,
-        tag: str | None = None, block: int | None = None,
+        tag: str | None = None,
     ) -> None:  # fmt: skip
         tag = tag or default_tag()
-        block = block or free_block()
         if nodes + flannel_nodes > 29:
             raise ValueError("at most 29 nodes fit one underlay block")
         if len(tag) > 9:
             raise ValueError(f"tag {tag!r}: at most 9 characters (links are named <tag>-ethNN)")
-        underlay = self.addSwitch(tag, cls=UnderlayBridge, block=block)
-        first = block_network(block).network_address + 1
+        underlay = self.addSwitch(tag, cls=UnderlayBridge)
         names = [(f"n{i}", VxflowNode) for i in range(1, nodes + 1)]
         names += [(f"f{i}", FlannelNode) for i in range(1, flannel_nodes + 1)]
-        for k, (name, cls) in enumerate(names):
-            self.addHost(name, cls=cls, ip=None, underlay_ip=str(first + k))
+        for name, cls in names:
+            self.addHost(name, cls=cls, ip=None)
             self.addLink(name, underlay, intfName1="eth0")
             for p in range(1, pods + 1):
                 pod = self.addHost(f"{name}p{p}", cls=Pod, ip=None)
@@ -414,6 +423,9 @@ class Cluster:
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix=f"vxflow-{spec.tag}-"))
             self._own_workdir = True
+        underlay = next(s for s in self.net.switches if isinstance(s, UnderlayBridge))
+        for node, address in zip(self.nodes, underlay.node_addresses(), strict=False):
+            node.underlay_ip = address
         self.progress(f"starting etcd on {ROOT_IP}")
         self.etcd = EtcdServer(host=str(ROOT_IP), data_dir=self.workdir / "etcd").start()
         self.write_config()
@@ -446,7 +458,7 @@ class Cluster:
                 try:
                     self.net.stop()
                 except Exception as e:  # report, and still remove what we can
-                    print(f"cleanup: mininet: {e}", file=sys.stderr)
+                    print(f"cleanup: mininet: {e!r}", file=sys.stderr)
                 self.net = None
             # a bridge a failed build left behind, unknown to Mininet
             run_root("ip", "link", "del", self.spec.tag, check=False)
