@@ -165,7 +165,8 @@ def demo(keep: bool, pods: int, prefix: str) -> None:
     progress: Callable[[str], None] = lambda msg: click.echo(f" .. {msg}")  # noqa: E731
     cluster = vxcluster.Cluster(spec=spec, progress=progress)
     checks = Checks()
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored (`&`)
+        signal.signal(sig, _interrupt)
     click.secho("vxflow demo: a 3-node cluster on an emulated underlay (198.18.0.0/24)", bold=True)
     try:
         cluster.start()
