@@ -668,7 +668,8 @@ class Cluster:
     ) -> tuple[str, str]:
         """tcpdump -T vxlan on the node's underlay port while `action` runs.
 
-        Returns (capture, action's result); the capture starts listening first.
+        Returns (capture, action's result); the capture starts listening first
+        and ends after `count` packets or `timeout` seconds.
         """
         cmd = ["tcpdump", "-l", "-n", "-i", "eth0", "-c", str(count), "-T", "vxlan",
                f"udp port {self.spec.port}"]  # fmt: skip
@@ -681,7 +682,11 @@ class Cluster:
                 if line.startswith("listening on"):
                     break
             result = action()
-            seen, _ = dump.communicate(timeout=timeout)
+            try:
+                seen, _ = dump.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:  # fewer packets than `count`: show what came
+                dump.terminate()
+                seen, _ = dump.communicate()
         finally:
             if dump.poll() is None:
                 dump.kill()
