@@ -326,6 +326,7 @@ class ClusterSpec:
     port: int = 8472
     prefix: str = "/coreos.com/network"
     tag: str = field(default_factory=default_tag)
+    flannel_lease_ttl: int | None = None  # seconds; None: flannel's 24 h
 
 
 @dataclass
@@ -551,6 +552,10 @@ class Cluster:
     def stop_agent(self, node: VxflowNode) -> None:
         node.stop_proc("agent")
 
+    def stop_flannel(self, node: FlannelNode) -> None:
+        """Stop the flannel-style daemon; like flanneld it keeps its lease until the TTL ends."""
+        node.stop_proc("flannel")
+
     def start_flannel(self, node: FlannelNode) -> None:
         cmd = [
             _venv_tool("python"), str(Path(__file__).with_name("flannel_node.py")),
@@ -558,6 +563,8 @@ class Cluster:
             "--public-ip", str(node.underlay_ip), "--iface", "eth0",
             "--subnet-file", str(self.subnet_env_path(node)),
         ]  # fmt: skip
+        if self.spec.flannel_lease_ttl:
+            cmd += ["--subnet-lease-ttl", str(self.spec.flannel_lease_ttl)]
         node.sh(f"ip addr add {node.underlay_ip}/{UNDERLAY.prefixlen} dev eth0")
         node.sh("ethtool -K eth0 tx off && ip link set eth0 up")
         node.sh("sysctl -qw net.ipv4.ip_forward=1")  # it routes between cni0 and flannel.<VNI>

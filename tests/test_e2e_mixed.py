@@ -2,21 +2,29 @@
 
 The flannel-style node runs mininet/flannel_node.py: a flannel-format lease
 and a kernel VXLAN device programmed as flannel's vxlan backend does. vxflow's
-flows must interoperate with it in both directions.
+flows must interoperate with it in both directions, and follow its lease: its
+daemon holds a short TTL here, so when it stops, the lease expires on etcd's
+own clock and the vxflow nodes drop its flows.
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
 from tests.emulation import Underlay
 from vxflow.demo import cluster_module
 
+FLANNEL_TTL = 6
+
 
 @pytest.mark.e2e
-def test_mixed_cluster_pods_ping_in_every_direction() -> None:
+def test_mixed_cluster_pings_every_way_and_drops_an_expired_flannel_lease() -> None:
     vxcluster = cluster_module()
-    spec = vxcluster.ClusterSpec(nodes=2, pods=2, flannel_nodes=1, tag=f"{Underlay().tag}b")
+    spec = vxcluster.ClusterSpec(
+        nodes=2, pods=2, flannel_nodes=1, tag=f"{Underlay().tag}b", flannel_lease_ttl=FLANNEL_TTL
+    )
     with vxcluster.Cluster(spec=spec) as cluster:
         assert len(cluster.flannel_nodes) == 1
         (flannel,) = cluster.flannel_nodes
@@ -33,3 +41,12 @@ def test_mixed_cluster_pods_ping_in_every_direction() -> None:
         for node in cluster.vxflow_nodes:
             assert f"dev flannel.{spec.vni} onlink" in routes, routes
             assert str(node.underlay_ip) in flannel.cmd(f"bridge fdb show dev flannel.{spec.vni}")
+
+        cluster.stop_flannel(flannel)
+        address = str(flannel.underlay_ip)
+        deadline = time.monotonic() + FLANNEL_TTL + 10
+        while any(address in f for n in cluster.vxflow_nodes for f in n.dump_flows()):
+            assert time.monotonic() < deadline, "the flannel node's flows outlived its lease"
+            time.sleep(0.5)
+        assert not cluster.reachable(vx_pod, flannel_pods[0].addr)
+        assert cluster.reachable(vx_pod, cluster.pods_of(cluster.vxflow_nodes[1])[0].addr)
