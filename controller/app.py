@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 
 import prometheus_client
 from os_ken.base import app_manager
@@ -42,7 +43,7 @@ class DatapathChannel:
 
     def send(self, data: bytes) -> None:
         self.datapath.send(data)
-
+        hub.sleep(0)  # let the send loop write it (the switch parses while we encode on)
     def xids(self, count: int) -> int:
         first = self.datapath.xid + 1
         if first + count > ofproto_v1_4.MAX_XID:
@@ -89,7 +90,9 @@ class VxflowController(app_manager.OSKenApp):
         while True:
             try:
                 registry = Registry(self.endpoints, self.prefix)
+                started = time.perf_counter()
                 snapshot = registry.snapshot()
+                log.debug("registry snapshot read in %.1f ms", (time.perf_counter() - started) * 1e3)
                 self._apply(self.model.load(snapshot.config, snapshot.leases, snapshot.endpoints))
                 log.info(
                     "registry loaded at revision %d: %d leases, %d endpoints",

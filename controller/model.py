@@ -89,6 +89,7 @@ class ClusterModel:
         self._by_ip: dict[IPv4Address, set[IPv4Network]] = defaultdict(set)  # valid ones only
         self._endpoints: dict[IPv4Network, dict[IPv4Address, Endpoint]] = defaultdict(dict)
         self._accepted_eps: dict[IPv4Network, tuple[Endpoint, ...]] = {}
+        self._accepted_leases: list[Lease] | None = None  # cache of leases()
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
 
     # -- queries --------------------------------------------------------------
@@ -102,7 +103,11 @@ class ClusterModel:
         return lease
 
     def leases(self) -> list[Lease]:
-        return [lease for s in self._leases if (lease := self.accepted(s)) is not None]
+        if self._accepted_leases is None:
+            self._accepted_leases = [
+                lease for s in self._leases if (lease := self.accepted(s)) is not None
+            ]
+        return self._accepted_leases
 
     def own_lease(self, node: IPv4Address) -> Lease | None:
         subnets = self._by_ip.get(node, ())
@@ -125,7 +130,7 @@ class ClusterModel:
             return None
         own = self.own_lease(node)
         if scope.full:
-            return list(node_flows(self.config, self.leases(), self.endpoints_of(own), own))
+            return node_flows(self.config, self.leases(), self.endpoints_of(own), own)
         flows: list[Flow] = []
         if BASE_COOKIE in scope.cookies:
             flows += base_flows(self.config, own)
@@ -198,6 +203,7 @@ class ClusterModel:
         return [ep for eps in self._endpoints.values() for ep in eps.values()]
 
     def _put_lease(self, lease: Lease) -> None:
+        self._accepted_leases = None
         self._leases[lease.subnet] = lease
         problem = lease_problem(self.config, lease) if self.config else "no network config"
         self._problem[lease.subnet] = problem
@@ -208,6 +214,7 @@ class ClusterModel:
             self._by_ip[lease.public_ip].add(lease.subnet)
 
     def _drop_lease(self, lease: Lease) -> None:
+        self._accepted_leases = None
         self._leases.pop(lease.subnet, None)
         self._problem.pop(lease.subnet, None)
         self.rejected.pop(f"lease {lease.subnet}", None)

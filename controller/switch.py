@@ -14,6 +14,7 @@ or assumed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -202,11 +203,18 @@ class SwitchSync:
             return
         if not self._pending:
             return
+        started = time.perf_counter()
         desired = self.desired(self._pending)
         if desired is None:
             return
         scope, self._pending = self._pending, NOTHING
+        computed = time.perf_counter()
         diff = diff_flows(self._installed_in(scope), desired)
+        log.debug(
+            "switch %s: %d desired flows in %.1f ms, diff of %d in %.1f ms",
+            self.node, len(desired), (computed - started) * 1e3, len(diff),
+            (time.perf_counter() - computed) * 1e3,
+        )
         if audit and diff:
             metrics.DRIFT.inc()
             log.warning(
@@ -228,6 +236,7 @@ class SwitchSync:
     def _send(self, diff: FlowDiff) -> None:
         messages = [(ofwire.OFPFC_DELETE_STRICT, f) for f in diff.delete]
         messages += [(ofwire.OFPFC_ADD, f) for f in diff.add]
+        started = time.perf_counter()
         first = self.channel.xids(len(messages) + 4)
         bundle_id = self._next_bundle_id
         self._next_bundle_id = self._next_bundle_id % 0xFFFFFFFF + 1
@@ -244,6 +253,10 @@ class SwitchSync:
                 send(ofwire.encode_bundle_adds(bundle_id, chunk, command, xid))
                 xid += len(chunk)
         send(ofwire.encode_barrier(bundle.added_xid))
+        log.debug(
+            "switch %s: bundle %d of %d flow-mods encoded and queued in %.1f ms",
+            self.node, bundle_id, len(messages), (time.perf_counter() - started) * 1e3,
+        )
 
     def _retry_later(self) -> None:
         self._failures += 1

@@ -25,6 +25,7 @@ TTL: decremented once per overlay crossing, on the way into the tunnel only.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network
 
 from flows.flow import (
@@ -168,25 +169,37 @@ def base_flows(config: NetworkConfig, own: Lease | None) -> list[Flow]:
     return flows
 
 
+_ROUTE = int(Table.ROUTE)
+_MATCH_IP = ("eth_type", ETH_TYPE_IP)
+_TO_TUNNEL = output(TUNNEL_OFPORT)
+_LEASE_COOKIE = cookie_for(Owner.LEASE)
+
+
 def remote_lease_flow(config: NetworkConfig, lease: Lease, own: Lease) -> Flow:
     """The one flow a remote lease contributes to `own`'s switch.
 
     The caller guarantees both leases were accepted by `select_leases` and differ.
+    Built directly rather than through `flow()`: a node holds one of these per
+    lease in the cluster, so this is the compiler's hot path.
     """
-    return flow(
-        Table.ROUTE,
+    return Flow(
+        _ROUTE,
         PRIO_EXACT,
-        {"eth_type": ETH_TYPE_IP, "ip_dst": lease.subnet},
-        [
-            dec_ttl(),
-            set_field("eth_src", vtep_mac_for(own.public_ip)),
-            set_field("eth_dst", lease.vtep_mac),
-            set_field("tun_dst", lease.public_ip),
-            set_field("tun_id", config.backend.vni),
-            output(TUNNEL_OFPORT),
-        ],
-        lease_cookie(lease),
+        (_MATCH_IP, ("ip_dst", lease.subnet)),
+        (
+            *_encap_head(own.public_ip),
+            ("set_field", "eth_dst", lease.vtep_mac),
+            ("set_field", "tun_dst", lease.public_ip),
+            ("set_field", "tun_id", config.backend.vni),
+            _TO_TUNNEL,
+        ),
+        _LEASE_COOKIE | int(lease.subnet.network_address),
     )
+
+
+@lru_cache(maxsize=1024)
+def _encap_head(own_ip: IPv4Address) -> tuple[Action, ...]:
+    return (dec_ttl(), set_field("eth_src", vtep_mac_for(own_ip)))
 
 
 def endpoint_flows(own: Lease, endpoint: Endpoint) -> list[Flow]:
@@ -239,18 +252,23 @@ def node_flows(
     leases: Iterable[Lease],
     endpoints: Iterable[Endpoint],
     own: Lease | None,
-) -> frozenset[Flow]:
-    """Flows for the node holding `own`, from already selected leases and endpoints.
+) -> list[Flow]:
+    """Flows for the node holding `own`, from already selected leases and endpoints
+    (each flow once; a list, because hashing a large table into a set is not free).
 
     The controller calls this with its incrementally maintained selection;
     anything else should call `compile_node`.
     """
     flows = base_flows(config, own)
     if own is not None:
-        flows += [remote_lease_flow(config, lease, own) for lease in leases if lease.public_ip != own.public_ip]
+        flows += [
+            remote_lease_flow(config, lease, own)
+            for lease in leases
+            if lease.public_ip != own.public_ip
+        ]
         for endpoint in endpoints:
             flows += endpoint_flows(own, endpoint)
-    return frozenset(flows)
+    return flows
 
 
 def compile_node(
@@ -267,4 +285,4 @@ def compile_node(
     accepted = select_leases(config, leases).accepted
     own = next((lease for lease in accepted if lease.public_ip == node), None)
     own_endpoints = select_endpoints(own, endpoints).accepted
-    return node_flows(config, accepted, own_endpoints, own)
+    return frozenset(node_flows(config, accepted, own_endpoints, own))

@@ -28,6 +28,8 @@ def diff_flows(current: Iterable[Flow], desired: Iterable[Flow]) -> FlowDiff:
     cookie differ is re-added, one whose key is no longer desired is deleted. A
     flow already right produces nothing, so an unchanged table is never touched."""
     have = {f.key: f for f in current}
+    if not have:  # an empty switch (cold start): everything is added, nothing to compare
+        return FlowDiff(tuple(desired), ())
     want = {f.key: f for f in desired}
     add = tuple(f for k, f in want.items() if have.get(k) != f)
     delete = tuple(f for k, f in have.items() if k not in want)
