@@ -1,18 +1,29 @@
 """B2 convergence: one new lease in etcd -> its flow on every switch.
 
-S real bridges (one ovs-vswitchd) hold full tables of a cluster of L leases;
-then, R times, one new lease is put into etcd and the time until every bridge
-has the new flow is taken from the switch side: each bridge's flow monitor
-reports the ADDED flow (cookie checked) in the main-loop pass that commits it
-and answers the controller's barrier. Leases accumulate (L, L+1, ... L+R-1).
+S switches hold full tables of a cluster of L leases; then, R times, one new
+lease is put into etcd and the time until every switch has the new flow is
+taken from the switch side. Leases accumulate (L, L+1, ... L+R-1).
+
+- `real`: S netdev bridges in one ovs-vswitchd; each bridge's flow monitor
+  reports the ADDED flow (cookie checked) in the main-loop pass that commits
+  it and answers the controller's barrier.
+- `stand-in`: S bench/standin.py switches (NOT OVS): the time each first
+  answers a barrier while holding the new flow. This is the controller's (and
+  etcd's) share alone, without one ovs-vswitchd serving all S bridges.
+
+Also recorded: when the benchmark's own etcd watch heard of the lease (the
+etcd share), and the spread between the first and the last switch.
 Run: `python -m bench.b2_convergence` (root; own namespace).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import threading
 import time
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -20,66 +31,172 @@ import click
 
 from bench import report
 from bench.bridges import BridgeFarm
-from bench.cluster_env import connect_and_converge, environment
-from bench.etcdload import put_lease
+from bench.cluster_env import Env, connect_and_converge, environment
+from bench.etcdload import PREFIX, put_lease
 from bench.isolation import isolate
 from bench.leasegen import cluster, lease
 from bench.observer import FlowObserver
+from bench.standin import StandInFleet
 from bench.stats import summary
 from flows.compiler import lease_cookie
+from flows.ports import TUNNEL_OFPORT, TUNNEL_PORT
+from leases.events import LeaseAdded
+from leases.model import Lease, datapath_id_for
+from leases.registry import Registry
+
+PORTS = [(TUNNEL_OFPORT, TUNNEL_PORT)]
 
 MODULE = "bench.b2_convergence"
 log = logging.getLogger(MODULE)
 
 
-def measure(switches: int, leases: int, repeat: int, gap: float) -> dict:
+class RealSwitches:
+    """S netdev bridges; a flow has landed when the bridge's flow monitor reports it."""
+
+    label = "Open vSwitch (netdev bridges, one ovs-vswitchd)"
+
+    def __init__(self, env: Env, switches: int) -> None:
+        self.env = env
+        self.stack = contextlib.ExitStack()
+        self.farm = self.stack.enter_context(BridgeFarm(list(env.cluster.leases[:switches])))
+        self.obs = self.stack.enter_context(
+            FlowObserver({b.name: b.mgmt_socket for b in self.farm.bridges}, monitor=True)
+        )
+
+    def initial_sync(self) -> float:
+        return connect_and_converge(self.env, self.farm, self.obs, timeout=300)
+
+    def before(self) -> dict[str, int]:
+        return self.obs.added_counts()
+
+    def landed(self, new: Lease, before: dict[str, int]) -> list[float]:
+        landed = self.obs.wait_added({name: n + 1 for name, n in before.items()}, timeout=30)
+        wrong = [name for name in landed if self.obs.added(name)[-1][1] != lease_cookie(new)]
+        if wrong:
+            raise RuntimeError(f"a flow other than {new.subnet}'s landed first on {wrong[:5]}")
+        return list(landed.values())
+
+    def final_counts(self) -> list[int]:
+        return list(self.obs.flow_counts().values())
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+class StandInSwitches:
+    """S stand-ins (bench/standin.py, NOT OVS): the controller's side without the switch's."""
+
+    label = "stand-in (bench/standin.py, not OVS)"
+
+    def __init__(self, env: Env, switches: int) -> None:
+        self.env = env
+        self.size = env.table_size()
+        self.dpids = [datapath_id_for(x.public_ip) for x in env.cluster.leases[:switches]]
+        self.fleet = StandInFleet("127.0.0.1", env.controller.port,
+                                  dict.fromkeys(self.dpids, self.size), PORTS).start()  # fmt: skip
+
+    def initial_sync(self) -> float:
+        self.fleet.go()
+        return self.fleet.wait_converged(timeout=300) - self.fleet.started
+
+    def before(self) -> dict[int, int]:
+        return dict.fromkeys(self.dpids, self.size)
+
+    def landed(self, new: Lease, before: dict[int, int]) -> list[float]:
+        self.size += 1
+        return list(self.fleet.table_reached({d: n + 1 for d, n in before.items()}, 30).values())
+
+    def final_counts(self) -> list[int]:
+        self.report = self.fleet.stop()
+        return [s["flows"] for s in self.report.values()]
+
+    def close(self) -> None:
+        self.fleet.stop()
+
+
+class LeaseWatcher:
+    """The bench's own etcd watch: when a watcher (like the controller's) hears of a lease."""
+
+    def __init__(self, env: Env) -> None:
+        self.seen: dict[IPv4Network, float] = {}
+        self.cond = threading.Condition()
+        self.registry = Registry(env.etcd.endpoint, PREFIX)
+        self.watch = self.registry.watch(since=self.registry.snapshot(), callback=self._event)
+
+    def _event(self, event) -> None:
+        if isinstance(event, LeaseAdded):
+            with self.cond:
+                self.seen[event.lease.subnet] = time.monotonic()
+                self.cond.notify_all()
+
+    def wait(self, subnet: IPv4Network, timeout: float = 10) -> float:
+        with self.cond:
+            if not self.cond.wait_for(lambda: subnet in self.seen, timeout):
+                raise TimeoutError(f"the bench's watch never saw {subnet}")
+            return self.seen[subnet]
+
+    def close(self) -> None:
+        self.watch.stop()
+        self.registry.close()
+
+
+def measure(kind: str, switches: int, leases: int, repeat: int, gap: float) -> dict:
     c = cluster(leases)
-    out: dict[str, Any] = {"switches": switches, "leases": leases, "repetitions": repeat}
-    with environment(c) as env, BridgeFarm(list(c.leases[:switches])) as farm, \
-            FlowObserver({b.name: b.mgmt_socket for b in farm.bridges}, monitor=True) as obs:  # fmt: skip
-        out["initial_sync_s"] = connect_and_converge(env, farm, obs, timeout=300)
-        log.info("S=%d: %d bridges hold %d flows each after %.2fs", switches, switches,
-                 env.table_size(), out["initial_sync_s"])  # fmt: skip
-        latencies, spreads = [], []
-        for i in range(repeat):
-            new = lease(leases + i)
-            before = obs.added_counts()
-            t0 = time.monotonic()
-            put_lease(env.registry, new, env.etcd_lease)
-            landed = obs.wait_added({b.name: before[b.name] + 1 for b in farm.bridges}, timeout=30)
-            wrong = [b.name for b in farm.bridges if obs.added(b.name)[-1][1] != lease_cookie(new)]
-            if wrong:
-                raise RuntimeError(f"rep {i}: unexpected flow landed first on {wrong[:5]}")
-            latencies.append(max(landed.values()) - t0)
-            spreads.append(max(landed.values()) - min(landed.values()))
-            time.sleep(gap)
-        counts = obs.flow_counts()
+    out: dict[str, Any] = {"kind": kind, "switches": switches, "leases": leases,
+                           "repetitions": repeat}  # fmt: skip
+    with environment(c) as env:
+        sw = RealSwitches(env, switches) if kind == "real" else StandInSwitches(env, switches)
+        watcher = LeaseWatcher(env)
+        try:
+            out["switch"] = sw.label
+            out["initial_sync_s"] = sw.initial_sync()
+            log.info("%s S=%d: every switch holds %d flows after %.2fs", kind, switches,
+                     env.table_size(), out["initial_sync_s"])  # fmt: skip
+            latencies, spreads, heard = [], [], []
+            for i in range(repeat):
+                new = lease(leases + i)
+                before = sw.before()
+                t0 = time.monotonic()
+                put_lease(env.registry, new, env.etcd_lease)
+                landed = sw.landed(new, before)
+                latencies.append(max(landed) - t0)
+                spreads.append(max(landed) - min(landed))
+                heard.append(watcher.wait(new.subnet) - t0)
+                time.sleep(gap)
+            counts = sw.final_counts()
+        finally:
+            watcher.close()
+            sw.close()
         want = env.table_size(extra_leases=repeat)
-        out["final_tables_ok"] = all(n == want for n in counts.values())
+        out["final_tables_ok"] = all(n == want for n in counts)
         if not out["final_tables_ok"]:
-            raise RuntimeError(f"final tables differ from {want} flows: {sorted(set(counts.values()))}")
-        out["latency_s"] = summary(latencies)
-        out["spread_s"] = summary(spreads)
-        out["samples_s"] = latencies
+            raise RuntimeError(f"final tables differ from {want} flows: {sorted(set(counts))}")
+    out["latency_s"] = summary(latencies)
+    out["spread_s"] = summary(spreads)
+    out["etcd_watch_s"] = summary(heard)
+    out["samples_s"] = latencies
     return out
 
 
 @click.command()
 @click.option("--switches", "-s", multiple=True, type=int, default=(10, 50, 100),
               show_default=True, help="Switch counts to measure (repeatable).")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["real", "stand-in"]),
+              default=("real", "stand-in"), show_default=True,
+              help="Real OVS bridges and/or stand-ins (the controller's share alone).")
 @click.option("--leases", default=1000, show_default=True, help="Leases present before the first new one.")
 @click.option("--repeat", default=200, show_default=True, help="New leases per switch count.")
 @click.option("--gap", default=0.02, show_default=True, help="Seconds between new leases.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None)
-def main(switches: tuple[int, ...], leases: int, repeat: int, gap: float,
-         results_dir: Path | None) -> None:  # fmt: skip
+def main(switches: tuple[int, ...], kinds: tuple[str, ...], leases: int, repeat: int,
+         gap: float, results_dir: Path | None) -> None:  # fmt: skip
     """B2: latency from one new lease in etcd to its flow on every switch."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    runs = [measure(s, leases, repeat, gap) for s in switches]
+    runs = [measure(k, s, leases, repeat, gap) for k in kinds for s in switches]
     path = report.save("b2_convergence", MODULE, {"runs": runs}, results_dir)
     for r in runs:
         lat = r["latency_s"]
-        click.echo(f"S={r['switches']:4d}  p50 {report.ms(lat['p50'])}  p99 {report.ms(lat['p99'])}"
+        click.echo(f"{r['kind']:8s} S={r['switches']:4d}  p50 {report.ms(lat['p50'])}  p99 {report.ms(lat['p99'])}"
                    f"  max {report.ms(lat['max'])}  (n={lat['n']})")  # fmt: skip
     click.echo(f"results: {path}")
 

@@ -21,6 +21,12 @@ VXFLOW = Path(sys.executable).with_name("vxflow")
 CLK_TCK = 100
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 @dataclass
 class ControllerProcess:
     etcd: str
@@ -89,8 +95,7 @@ class ControllerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the controller process so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return cpu_seconds(self.pid)
 
     def memory_kib(self) -> dict[str, int]:
         """VmRSS (now) and VmHWM (peak) in KiB."""

@@ -57,6 +57,7 @@ class SwitchState:
     unsupported: Counter = field(default_factory=Counter)
     connected_at: float | None = None
     converged_at: float | None = None
+    barriers: list[tuple[float, int]] = field(default_factory=list)  # (answered at, table size)
 
 
 class StandInSwitch(asyncio.Protocol):
@@ -101,8 +102,10 @@ class StandInSwitch(asyncio.Protocol):
             inner_len = (msg[18] << 8) | msg[19]
             self.s.bundles.setdefault(bundle_id, []).append(msg[16 : 16 + inner_len])
         elif msg_type == of.BARRIER_REQUEST:
-            if self.s.converged_at is None and len(self.s.table) >= self.s.expected:
-                self.s.converged_at = time.monotonic()
+            now, size = time.monotonic(), len(self.s.table)
+            if self.s.converged_at is None and size >= self.s.expected:
+                self.s.converged_at = now
+            self.s.barriers.append((now, size))
             self.send(of.BARRIER_REPLY, xid)
         elif msg_type == of.BUNDLE_CONTROL:
             self.bundle_control(xid, msg)
@@ -236,9 +239,13 @@ def _fleet_main(conn, host: str, port: int, expected: dict[int, int],
         )  # fmt: skip
         failed = [repr(c) for c in conns if isinstance(c, BaseException)]
         conn.send({"started": started, "connect_failures": failed})
-        while await loop.run_in_executor(None, conn.recv) == "status":
-            done = [s.converged_at for s in states.values() if s.converged_at is not None]
-            conn.send({"converged": len(done), "last": max(done, default=None)})
+        while (cmd := await loop.run_in_executor(None, conn.recv)) != "stop":
+            if cmd == "status":
+                done = [s.converged_at for s in states.values() if s.converged_at is not None]
+                conn.send({"converged": len(done), "last": max(done, default=None)})
+            else:  # ("reached", {dpid: size}): first barrier answered while holding >= size
+                conn.send({d: next((t for t, n in states[d].barriers if n >= size), None)
+                           for d, size in cmd[1].items()})  # fmt: skip
         for c in conns:
             if not isinstance(c, BaseException):
                 c[0].close()
@@ -282,6 +289,20 @@ class StandInFleet:
                 return status["last"]
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{status['converged']}/{self._n} stand-ins converged in {timeout}s")
+            time.sleep(interval)
+
+    def table_reached(self, targets: dict[int, int], timeout: float,
+                      interval: float = 0.002) -> dict[int, float]:  # fmt: skip
+        """Per dpid, when it first answered a barrier while holding >= targets[dpid] flows."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._parent.send(("reached", targets))
+            reached = self._parent.recv()
+            if all(t is not None for t in reached.values()):
+                return reached
+            if time.monotonic() > deadline:
+                short = [d for d, t in reached.items() if t is None]
+                raise TimeoutError(f"{len(short)} stand-ins short of their table after {timeout}s")
             time.sleep(interval)
 
     def stop(self, timeout: float = 30) -> dict[int, dict[str, Any]]:
