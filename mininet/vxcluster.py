@@ -328,6 +328,7 @@ class ClusterSpec:
     prefix: str = "/coreos.com/network"
     tag: str = field(default_factory=default_tag)
     flannel_lease_ttl: int | None = None  # seconds; None: flannel's 24 h
+    agent_lease_ttl: int | None = None  # seconds; None: flannel's 24 h
 
 
 @dataclass
@@ -541,6 +542,7 @@ class Cluster:
             "--public-ip", str(node.underlay_ip), "--ovsdb", node.ovs.db_target,
             "--controller", self.controller_target, "--datapath-type", "netdev",
             "--subnet-file", str(self.subnet_env_path(node)),
+            *(["--subnet-lease-ttl", str(ttl)] if (ttl := self.spec.agent_lease_ttl) else []),
         ]  # fmt: skip
 
     def etcd_flags(self) -> list[str]:

@@ -24,7 +24,7 @@ from leases.cli_options import etcd_options, open_registry, operator_errors
 from leases.config import parse_config
 from leases.etcd_client import parse_endpoints
 from leases.keys import Keys
-from leases.model import RENEW_MARGIN_SECONDS, Lease, NetworkConfig
+from leases.model import LEASE_TTL_SECONDS, RENEW_MARGIN_SECONDS, Lease, NetworkConfig
 from leases.subnet_env import DEFAULT_SUBNET_ENV, previous_subnet
 from ovsdb import idl as ovsidl
 from ovsdb.bootstrap import (
@@ -218,6 +218,10 @@ def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
                    "itself installs no masquerade rules.")  # fmt: skip
 @click.option("--release-on-exit", is_flag=True,
               help="Give the lease back on SIGTERM (default: keep it, as flanneld does).")  # fmt: skip
+@click.option("--subnet-lease-ttl", type=click.IntRange(min=3), default=LEASE_TTL_SECONDS,
+              show_default=True, help="Seconds the etcd lease on this node's subnet lives "
+                   "without renewal (flannel's is fixed at 24 h; shorter makes a dead node's "
+                   "subnet free sooner).")  # fmt: skip
 @click.option("--subnet-lease-renew-margin", type=int, default=RENEW_MARGIN_SECONDS // 60,
               show_default=True, help="Renew the lease this many minutes before it expires.")  # fmt: skip
 @click.option("--resync-interval", type=float, default=30.0, show_default=True,
@@ -244,6 +248,7 @@ def agent(ctx: click.Context, **params: Any) -> None:
         release_on_exit=params["release_on_exit"],
         resync_interval=params["resync_interval"],
         renew_margin=params["subnet_lease_renew_margin"] * 60,
+        lease_ttl=params["subnet_lease_ttl"],
     )
     registry = open_registry(params["etcd_endpoints"], params["etcd_prefix"])
     try:

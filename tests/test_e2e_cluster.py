@@ -14,7 +14,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from ipaddress import IPv4Network
 
 import pytest
 
@@ -24,6 +23,7 @@ from vxflow.demo import cluster_module
 
 VNI = 7
 PORT = 4789
+LEASE_TTL = 10  # seconds: a stopped node's lease runs out within the test (flannel's is 24 h)
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +31,9 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def cluster() -> Iterator:
     vxcluster = cluster_module()
-    spec = vxcluster.ClusterSpec(nodes=3, pods=2, vni=VNI, port=PORT, tag=f"{Underlay().tag}a")
+    spec = vxcluster.ClusterSpec(
+        nodes=3, pods=2, vni=VNI, port=PORT, tag=f"{Underlay().tag}a", agent_lease_ttl=LEASE_TTL
+    )
     with vxcluster.Cluster(spec=spec) as running:
         yield running
 
@@ -118,25 +120,6 @@ def test_controller_restart_loses_no_packet(cluster) -> None:
     assert {n.name: sorted(n.dump_flows()) for n in cluster.vxflow_nodes} == tables_before
 
 
-def expire_lease_soon(cluster, node, ttl: int = 2) -> IPv4Network:
-    """Let the node's lease run out on etcd's clock within `ttl` seconds.
-
-    The agent is stopped and would hold it for flannel's 24 h; every key bound
-    to its etcd lease (the subnet and the node's endpoints) is moved to a short
-    one, and only then is the old etcd lease revoked (nothing is bound to it).
-    """
-    with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
-        lease = next(x for x in registry.list_leases() if x.public_ip == node.underlay_ip)
-        kvs, _ = registry.etcd.range(registry.keys.root, prefix=True)
-        short = registry.etcd.grant(ttl)
-        for kv in kvs:
-            if kv.lease == lease.etcd_lease_id:
-                assert registry.etcd.put_if(kv.key, kv.value, mod_revision=kv.mod_revision,
-                                            lease=short)  # fmt: skip
-        registry.etcd.revoke(lease.etcd_lease_id)
-    return lease.subnet
-
-
 def mentions(node, text: str) -> list[str]:
     return [f for f in node.dump_flows() if text in f]
 
@@ -146,9 +129,10 @@ def test_node_leave_removes_its_flows_and_rejoin_restores_them(cluster) -> None:
     watcher = cluster.pods_of(n1)[0]
     assert mentions(n1, str(n3.underlay_ip)), "n3's remote-subnet flow should be on n1"
 
-    cluster.stop_agent(n3)
-    subnet = expire_lease_soon(cluster, n3)
-    deadline = time.monotonic() + 20
+    with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
+        subnet = next(x for x in registry.list_leases() if x.public_ip == n3.underlay_ip).subnet
+    cluster.stop_agent(n3)  # SIGTERM: the agent keeps its lease, which then expires on etcd's clock
+    deadline = time.monotonic() + LEASE_TTL + 20
     while mentions(n1, str(n3.underlay_ip)) or mentions(n2, str(n3.underlay_ip)):
         assert time.monotonic() < deadline, "n3's flows still on n1/n2 after its lease expired"
         time.sleep(0.5)
