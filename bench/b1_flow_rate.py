@@ -161,6 +161,9 @@ def summarise(result: dict) -> dict:
         s["controller_flows_per_s"] = result["flows_per_table"] / landed
         s["time_ratio_controller_over_ofctl"] = landed / s["ofctl_landed_s_median"]
         s["rate_ratio_controller_over_ofctl"] = s["ofctl_landed_s_median"] / landed
+        s["pairwise_rate_ratio_median"] = median([
+            a["landed_s"] / b["landed_s"] for a, b in zip(result["ofctl"], result["controller"], strict=True)
+        ])  # fmt: skip
         s["goal_rate_ratio_0_8_met"] = float(s["rate_ratio_controller_over_ofctl"] >= 0.8)
     return s
 

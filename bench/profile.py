@@ -1,11 +1,13 @@
 """Where the time goes, before anyone optimises: pyinstrument profiles of the hot paths.
 
-`python -m bench.profile compile|encode|sync [--remote-leases N]` profiles, in
-process, one node's table being compiled (flows/), encoded
+`python -m bench.profile compile|encode|sync|event [--remote-leases N]`
+profiles, in process, one node's table being compiled (flows/), encoded
 (controller/ofwire.py), or produced by the controller's own sync path: the
 ClusterModel and SwitchSync the os-ken app drives, from "switch connected,
 table read back empty" to the whole bundle handed to the channel (no os-ken,
-no socket). The text report goes to bench/results/profile_<what>.txt.
+no socket). `event` is B2's path: one LeaseAdded folded into the model and
+fanned out to S synced switches (`--switches`), through both barriers of each
+switch's bundle. The text report goes to bench/results/profile_<what>.txt.
 
 The whole controller process can also run under pyinstrument
 (`bench.b1_flow_rate --profile-controller`), but pyinstrument's per-call hook
@@ -24,7 +26,11 @@ from pyinstrument import Profiler
 
 from bench.b1_flow_rate import compile_table, encode_time
 from bench.leasegen import cluster
+from bench.ofwire import BARRIER_REQUEST
 from bench.report import RESULTS_DIR
+from controller.model import ClusterModel
+from controller.switch import SwitchSync
+from leases.events import LeaseAdded
 
 
 class _Sink:
@@ -34,9 +40,12 @@ class _Sink:
         self.xid = 0
         self.bytes = 0
         self.first_xids: list[int] = []
+        self.barrier_xid = -1  # of the last barrier request sent (always last in a send)
 
     def send(self, data: bytes) -> None:
         self.bytes += len(data)
+        if len(data) >= 8 and data[-7] == BARRIER_REQUEST:
+            self.barrier_xid = int.from_bytes(data[-4:], "big")
 
     def xids(self, count: int) -> int:
         self.first_xids.append(self.xid + 1)
@@ -46,8 +55,6 @@ class _Sink:
 
 def sync_path(remote_leases: int, profiler: Profiler | None = None) -> tuple[float, int]:
     """Seconds of the controller's sync path for one empty switch of node 0, and bytes sent."""
-    from controller.model import ClusterModel
-    from controller.switch import SwitchSync
 
     c = cluster(remote_leases + 1)
     model = ClusterModel()
@@ -66,6 +73,45 @@ def sync_path(remote_leases: int, profiler: Profiler | None = None) -> tuple[flo
     return took, sink.bytes
 
 
+def _synced_switch(model, node, leases: int) -> tuple[SwitchSync, _Sink]:
+    """A SwitchSync that read back an empty table and whose full bundle landed."""
+    sink = _Sink()
+    sync = SwitchSync(node=node, channel=sink, desired=lambda scope: model.desired(node, scope),
+                      later=lambda _delay, _fn: None)  # fmt: skip
+    sync.start()
+    sync.on_flow_stats(sink.first_xids[0], b"", False)
+    sync.on_barrier(sink.barrier_xid)  # adds taken -> commit
+    sync.on_barrier(sink.barrier_xid)  # committed
+    if len(sync.installed) < leases:
+        raise RuntimeError(f"switch of {node} holds {len(sync.installed)} flows after its sync")
+    return sync, sink
+
+
+def event_path(switches: int, leases: int, events: int,
+               profiler: Profiler | None = None) -> list[float]:  # fmt: skip
+    """Seconds per new lease for the controller's own code to bring S switches up to
+    date (model.apply, scope, request, both barriers per switch), as app.py does."""
+    c = cluster(leases + events)
+    model = ClusterModel()
+    model.load(c.config, c.leases[:leases], ())
+    syncs = [_synced_switch(model, x.public_ip, leases) for x in c.leases[:switches]]
+    took = []
+    with profiler or contextlib.nullcontext():
+        for i, new in enumerate(c.leases[leases:]):
+            t0 = time.perf_counter()
+            impact = model.apply([LeaseAdded(new, 10 + i)])
+            for sync, _ in syncs:
+                own = model.own_lease(sync.node)
+                sync.request(impact.scope_for(sync.node, own.subnet if own else None))
+            for sync, sink in syncs:
+                sync.on_barrier(sink.barrier_xid)
+                sync.on_barrier(sink.barrier_xid)
+            took.append(time.perf_counter() - t0)
+    if any(len(sync.installed) != len(syncs[0][0].installed) for sync, _ in syncs):
+        raise RuntimeError("switches disagree on their table size after the events")
+    return took
+
+
 def _write(name: str, profiler: Profiler, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"profile_{name}.txt"
@@ -74,11 +120,16 @@ def _write(name: str, profiler: Profiler, out_dir: Path) -> Path:
 
 
 @click.command()
-@click.argument("what", type=click.Choice(["compile", "encode", "sync"]))
-@click.option("--remote-leases", default=65536, show_default=True)
+@click.argument("what", type=click.Choice(["compile", "encode", "sync", "event"]))
+@click.option("--remote-leases", default=65536, show_default=True,
+              help="compile/encode/sync: remote leases of the one table.")
+@click.option("--switches", default=50, show_default=True, help="event: synced switches.")
+@click.option("--leases", default=1000, show_default=True, help="event: leases before the events.")
+@click.option("--events", default=200, show_default=True, help="event: new leases, one by one.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR)
-def main(what: str, remote_leases: int, results_dir: Path) -> None:
-    """Profile compiling or encoding one node's table of REMOTE_LEASES remote flows."""
+def main(what: str, remote_leases: int, switches: int, leases: int, events: int,
+         results_dir: Path) -> None:  # fmt: skip
+    """Profile one of the controller's hot paths in process (see the module docstring)."""
     profiler = Profiler(interval=0.0005)
     if what == "compile":
         with profiler:
@@ -87,9 +138,14 @@ def main(what: str, remote_leases: int, results_dir: Path) -> None:
         _, flows, _ = compile_table(remote_leases)
         with profiler:
             encode_time(flows)
-    else:
+    elif what == "sync":
         sync_path(remote_leases, profiler)
-    click.echo(f"{what}: {remote_leases} remote leases; report {_write(what, profiler, results_dir)}")
+    else:
+        took = sorted(event_path(switches, leases, events, profiler))
+        click.echo(f"event: {switches} switches, {leases} leases: per new lease "
+                   f"p50 {took[len(took) // 2] * 1e3:.2f} ms, max {took[-1] * 1e3:.2f} ms "
+                   f"(controller code only, no os-ken, no sockets)")  # fmt: skip
+    click.echo(f"{what}: report {_write(what, profiler, results_dir)}")
 
 
 if __name__ == "__main__":

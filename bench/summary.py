@@ -1,0 +1,157 @@
+"""Render bench/results/*.json as the figures section of BENCHMARKS.md.
+
+`python -m bench.summary` prints it; `--write` replaces the text between the
+`<!-- results:begin -->` and `<!-- results:end -->` markers in BENCHMARKS.md,
+so the tables there are always exactly what the last runs wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bench.report import RESULTS_DIR
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.1f} ms"
+
+
+def _s(s: float) -> str:
+    return f"{s:.3f} s"
+
+
+def _load(name: str, results_dir: Path) -> dict[str, Any] | None:
+    path = results_dir / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _head(r: dict[str, Any]) -> list[str]:
+    e = r["environment"]
+    return [f"Run {r['finished_utc']}: `{r['command']}` (load average at start "
+            f"{e['loadavg_at_start'][0]:.2f}).", ""]  # fmt: skip
+
+
+def b1(r: dict[str, Any]) -> list[str]:
+    s = r["summary"]
+    n = r["flows_per_table"]
+    lines = ["### B1 flow programming rate", "", *_head(r),
+             f"{r['remote_leases']:,} remote leases -> {n:,} flows in one table "
+             f"(remote-subnet flows + base pipeline), {len(r['ofctl'])} alternating rounds.", "",
+             "| what | median | all runs |", "|---|---|---|",
+             f"| (a) `ovs-ofctl --bundle add-flows`, until the table is complete | "
+             f"{_s(s['ofctl_landed_s_median'])} ({s['ofctl_flows_per_s']:,.0f} flows/s) | "
+             + ", ".join(f"{x['landed_s']:.3f}" for x in r["ofctl"]) + " |"]  # fmt: skip
+    if "controller_landed_s_median" in s:
+        lines += [
+            f"| (b) vxflow controller, set-controller until the table is complete | "
+            f"{_s(s['controller_landed_s_median'])} ({s['controller_flows_per_s']:,.0f} flows/s) | "
+            + ", ".join(f"{x['landed_s']:.3f}" for x in r["controller"]) + " |",
+            f"| controller CPU per table (from /proc) | "
+            f"{sorted(x['controller_cpu_s'] for x in r['controller'])[len(r['controller']) // 2]:.2f} s | "
+            + ", ".join(f"{x['controller_cpu_s']:.2f}" for x in r["controller"]) + " |",
+        ]  # fmt: skip
+    lines += [
+        f"| compile alone (`flows.compiler.compile_node`, incl. validation) | "
+        f"{_s(s['compile_s_median'])} | " + ", ".join(f"{x:.3f}" for x in r["compile_s"]) + " |",
+        f"| encode alone (`controller.ofwire.encode_bundle_adds`, one bundle) | "
+        f"{_s(s['encode_s_median'])} | " + ", ".join(f"{x:.3f}" for x in r["encode_s"]) + " |",
+    ]  # fmt: skip
+    if "controller_sync_path_s_median" in s:
+        lines.append(
+            f"| controller sync path in process (model + SwitchSync, empty table -> bundle) | "
+            f"{_s(s['controller_sync_path_s_median'])} | "
+            + ", ".join(f"{x:.3f}" for x in r["controller_sync_path_s"]) + " |"
+        )  # fmt: skip
+    if "rate_ratio_controller_over_ofctl" in s:
+        met = "met" if s["rate_ratio_controller_over_ofctl"] >= 0.8 else "NOT met"
+        lines += ["", f"Rate ratio controller/ovs-ofctl = (a)/(b) of the medians: "
+                  f"**{s['rate_ratio_controller_over_ofctl']:.2f}** (goal >= 0.8: {met}); "
+                  f"time ratio (b)/(a) = {s['time_ratio_controller_over_ofctl']:.2f}; "
+                  + (f"median of the per-round ratios (a)/(b) = {s['pairwise_rate_ratio_median']:.2f}. "
+                     if "pairwise_rate_ratio_median" in s else "")
+                  + f"Controller peak RSS {r['controller_memory_kib']['VmHWM'] / 1024:.0f} MiB."]  # fmt: skip
+    return lines
+
+
+def b2(r: dict[str, Any]) -> list[str]:
+    lines = ["### B2 convergence (one new lease -> every switch)", "", *_head(r),
+             "| switches | S | leases before | n | p50 | p99 | max | spread p50 (first->last switch) "
+             "| etcd put -> watch p50 |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for x in r["runs"]:
+        lat = x["latency_s"]
+        lines.append(
+            f"| {x['switch']} | {x['switches']} | {x['leases']:,} | {lat['n']} | {_ms(lat['p50'])} | "
+            f"{_ms(lat['p99'])} | {_ms(lat['max'])} | {_ms(x['spread_s']['p50'])} | "
+            f"{_ms(x['etcd_watch_s']['p50'])} |"
+        )  # fmt: skip
+    return lines
+
+
+def b3(r: dict[str, Any]) -> list[str]:
+    lines = ["### B3 cold start", "", *_head(r),
+             "| switches | L leases | S | flows total | converged (median) | all runs | flow-mods/s "
+             "| controller CPU | ovs-vswitchd CPU | controller peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for x in r["runs"]:
+        switch_cpu = f"{x['switch_cpu_s']:.2f} s" if "switch_cpu_s" in x else "n/a (stand-in)"
+        lines.append(
+            f"| {x['switch']} | {x['leases']:,} | {x['switches']} | {x['flows_total']:,} | "
+            f"{_s(x['converged_s'])} | " + ", ".join(f"{y['converged_s']:.2f}" for y in x["reps"])
+            + f" | {x['flow_mods_per_s']:,.0f} | {x['controller_cpu_s']:.2f} s | {switch_cpu} | "
+            f"{x['controller_rss_peak_kib'] / 1024:.0f} MiB |"
+        )  # fmt: skip
+    return lines
+
+
+def b4(r: dict[str, Any]) -> list[str]:
+    s = r["summary"]
+    lines = ["### B4 data plane (pod to pod, one cluster, same underlay)", "", *_head(r),
+             f"{r['rounds']} alternating rounds; per round {r['pings_per_round']} pings "
+             f"(`ping -i 0.01`) and `iperf3 -t {r['iperf_seconds']}`; medians over rounds.", "",
+             "| pair | RTT avg | RTT min | TCP throughput | lost pings |", "|---|---|---|---|---|"]  # fmt: skip
+    for kind, label in (("vxflow", "vxflow nodes (OVS userspace datapath)"),
+                        ("flannel", "flannel-style nodes (kernel VXLAN)")):  # fmt: skip
+        k = s[kind]
+        lines.append(f"| {label} | {_ms(k['rtt_avg_s_median'])} | {_ms(k['rtt_min_s_median'])} | "
+                     f"{k['tcp_bps_median'] / 1e6:,.0f} Mbit/s | {k['lost_pings']} |")  # fmt: skip
+    lines += ["", f"Ratio vxflow/flannel: RTT {s['rtt_ratio_vxflow_over_flannel']:.2f}, "
+              f"TCP throughput {s['tcp_ratio_vxflow_over_flannel']:.2f} (reported, not gated)."]  # fmt: skip
+    return lines
+
+
+def render(results_dir: Path) -> str:
+    out: list[str] = []
+    for name, fn in (("b1_flow_rate", b1), ("b2_convergence", b2), ("b3_cold_start", b3),
+                     ("b4_dataplane", b4)):  # fmt: skip
+        r = _load(name, results_dir)
+        out += (fn(r) if r else [f"### {name}", "", "_no results yet_"]) + [""]
+    return "\n".join(out)
+
+
+@click.command()
+@click.option("--write", is_flag=True, help="Update BENCHMARKS.md between the result markers.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR)
+def main(write: bool, results_dir: Path) -> None:
+    """Print (or write into BENCHMARKS.md) the tables of the latest results."""
+    text = render(results_dir)
+    if not write:
+        click.echo(text)
+        return
+    doc = BENCHMARKS_MD.read_text()
+    if BEGIN not in doc or END not in doc:
+        raise click.ClickException(f"{BENCHMARKS_MD} lacks the {BEGIN} / {END} markers")
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    BENCHMARKS_MD.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    click.echo(f"updated {BENCHMARKS_MD}")
+
+
+if __name__ == "__main__":
+    main()
