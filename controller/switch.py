@@ -249,6 +249,8 @@ class SwitchSync:
         xid = first + 1
         for command, flows in ((ofwire.OFPFC_DELETE_STRICT, diff.delete), (ofwire.OFPFC_ADD, diff.add)):
             for i in range(0, len(flows), CHUNK):
+                if self.closed:  # disconnected while we were sending: the new session resyncs
+                    return
                 chunk = flows[i : i + CHUNK]
                 send(ofwire.encode_bundle_adds(bundle_id, chunk, command, xid))
                 xid += len(chunk)
