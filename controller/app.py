@@ -35,6 +35,12 @@ log = logging.getLogger("controller")
 _MULTIPART_HEADER = 16  # ofp_header + type, flags, pad
 
 
+def _yield() -> None:
+    """Let the hub run (echo replies, other switches) inside a long CPU-bound step:
+    OVS drops a controller that leaves its inactivity probe unanswered."""
+    hub.sleep(0)
+
+
 class DatapathChannel:
     """Raw bytes to one switch through os-ken's send queue, with xids from its counter."""
 
@@ -43,7 +49,8 @@ class DatapathChannel:
 
     def send(self, data: bytes) -> None:
         self.datapath.send(data)
-        hub.sleep(0)  # let the send loop write it (the switch parses while we encode on)
+        _yield()  # let the send loop write it (the switch parses while we encode on)
+
     def xids(self, count: int) -> int:
         first = self.datapath.xid + 1
         if first + count > ofproto_v1_4.MAX_XID:
@@ -91,15 +98,20 @@ class VxflowController(app_manager.OSKenApp):
             try:
                 registry = Registry(self.endpoints, self.prefix)
                 started = time.perf_counter()
-                snapshot = registry.snapshot()
+                snapshot = registry.snapshot(pause=_yield)
                 log.debug("registry snapshot read in %.1f ms", (time.perf_counter() - started) * 1e3)
-                self._apply(self.model.load(snapshot.config, snapshot.leases, snapshot.endpoints))
+                # loaded aside and swapped in whole: switches syncing while it loads
+                # (it yields) must never see a half-loaded cluster
+                model = ClusterModel()
+                impact = model.load(snapshot.config, snapshot.leases, snapshot.endpoints, _yield)
+                self.model = model
+                self._apply(impact)
                 log.info(
                     "registry loaded at revision %d: %d leases, %d endpoints",
                     snapshot.revision, len(snapshot.leases), len(snapshot.endpoints),
                 )
                 delay = 0.5
-                with registry.watch(since=snapshot) as watch:
+                with registry.watch(since=snapshot, pause=_yield) as watch:
                     while (event := watch.get()) is not None:
                         batch = [event]
                         while (more := watch.get(timeout=0)) is not None:

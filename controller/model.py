@@ -8,7 +8,7 @@ event costs work proportional to the leases it can affect, not to the cluster.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -33,6 +33,7 @@ from leases.events import (
     LeaseRemoved,
 )
 from leases.model import Endpoint, Lease, NetworkConfig
+from leases.state import PAUSE_EVERY
 
 
 @dataclass(frozen=True)
@@ -151,15 +152,22 @@ class ClusterModel:
     # -- updates --------------------------------------------------------------
 
     def load(
-        self, config: NetworkConfig | None, leases: Iterable[Lease], endpoints: Iterable[Endpoint]
+        self,
+        config: NetworkConfig | None,
+        leases: Iterable[Lease],
+        endpoints: Iterable[Endpoint],
+        pause: Callable[[], None] = lambda: None,
     ) -> Impact:
-        """Replace everything (first snapshot, config change)."""
+        """Replace everything (first snapshot, config change); `pause` is called every
+        PAUSE_EVERY leases, so a cooperative caller can yield during a large load."""
         self.config = config
         self._leases, self._problem, self.rejected = {}, {}, {}
         self._by_ip.clear()
         self._endpoints.clear()
         self._accepted_eps.clear()
-        for lease in leases:
+        for i, lease in enumerate(leases, 1):
+            if not i % PAUSE_EVERY:
+                pause()
             self._put_lease(lease)
         for endpoint in endpoints:
             self._endpoints[endpoint.node_subnet][endpoint.ip] = endpoint

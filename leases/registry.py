@@ -357,10 +357,13 @@ class Registry:
 
     # --- listing and watching ------------------------------------------------
 
-    def snapshot(self) -> Snapshot:
-        """Everything valid under the prefix, at one etcd revision; rejections logged once."""
+    def snapshot(self, pause: Callable[[], None] = lambda: None) -> Snapshot:
+        """Everything valid under the prefix, at one etcd revision; rejections logged once.
+
+        `pause` is called every `leases.state.PAUSE_EVERY` entries validated (see `View`).
+        """
         kvs, revision = self.etcd.range(self.keys.root, prefix=True)
-        snap = build_snapshot(self.keys, kvs, revision)
+        snap = build_snapshot(self.keys, kvs, revision, pause=pause)
         self._reporter.report(snap.rejected)
         return snap
 
@@ -390,6 +393,7 @@ class Registry:
         callback: Callable[[Event], None] | None = None,
         idle_timeout: float = 30.0,
         max_backoff: float = 5.0,
+        pause: Callable[[], None] = lambda: None,
     ) -> Watch:
         """Follow the prefix in a (green) thread; iterate the Watch or pass `callback`.
 
@@ -397,6 +401,7 @@ class Registry:
         - `start_revision=r`: deliver every change made at revision r or later.
         - neither: deliver the current state as added events, then changes.
         Always call `stop()` (or use it as a context manager) when done.
+        `pause` is called inside long validations (see `leases.state.View`).
         """
         return Watch(
             EtcdClient(self._endpoints, timeout=self._timeout),
@@ -406,4 +411,5 @@ class Registry:
             callback=callback,
             idle_timeout=idle_timeout,
             max_backoff=max_backoff,
+            pause=pause,
         )

@@ -9,7 +9,7 @@ changes the consumer missed, and a replayed etcd event yields nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -61,6 +61,9 @@ def _lease_order(lease: Lease) -> tuple[int, int]:
     return int(lease.subnet.network_address), lease.subnet.prefixlen
 
 
+PAUSE_EVERY = 1024  # keys validated between two calls of a View's `pause`
+
+
 class View:
     """The validated view of one prefix, kept up to date key by key.
 
@@ -68,10 +71,20 @@ class View:
     sharing a PublicIP with them and the endpoints of a lease that comes or
     goes), not to the size of the cluster; only a config change re-validates
     everything. `apply` returns the events and the rejections it caused.
+
+    `pause` is called every PAUSE_EVERY keys validated: a (re)load of a large
+    prefix is seconds of CPU, and a caller on a cooperative scheduler (the
+    controller's eventlet hub) yields there so its connections stay answered.
     """
 
-    def __init__(self, keys: Keys, fallback_config: NetworkConfig | None = None) -> None:
+    def __init__(
+        self,
+        keys: Keys,
+        fallback_config: NetworkConfig | None = None,
+        pause: Callable[[], None] = lambda: None,
+    ) -> None:
         self.keys = keys
+        self.pause = pause
         self.revision = 0
         self.config = fallback_config
         self.kvs: dict[str, KV] = {}
@@ -91,7 +104,7 @@ class View:
         self.revision = revision
         self._parse_config()
         self._reset()
-        self._update(set(self.kvs))
+        self._update(set(self.kvs), report=False)
         return self
 
     def apply(
@@ -110,7 +123,7 @@ class View:
             self._parse_config()
             if self.config != before.config:
                 self._reset()
-                self._update(set(self.kvs))
+                self._update(set(self.kvs), report=False)
                 after = self.snapshot()
                 return diff(before, after), list(after.rejected), set(self.kvs)
         rejections = [self._config_rejection] if config_touched and self._config_rejection else []
@@ -167,7 +180,9 @@ class View:
         ):
             table.clear()
 
-    def _update(self, dirty: set[str]) -> tuple[list[Event], set[str]]:
+    def _update(self, dirty: set[str], report: bool = True) -> tuple[list[Event], set[str]]:
+        """Re-judge the `dirty` keys; the events are only built if `report` (a full
+        (re)load is compared as snapshots instead, or not at all)."""
         lease_keys: set[str] = set()
         ep_keys: set[str] = set()
         for key in dirty:
@@ -180,10 +195,12 @@ class View:
                 ep_keys.add(key)
                 group = self._groups.setdefault(kind[1].split("/", 1)[0], set())
                 (group.add if key in self.kvs else group.discard)(key)
-        lease_events, toggled, judged = self._update_leases(lease_keys)
+        lease_events, toggled, judged = self._update_leases(lease_keys, report)
         for name in toggled:
             ep_keys |= self._groups.get(name, set())
         removed_eps, added_eps = self._update_endpoints(ep_keys)
+        if not report:
+            return [], judged | ep_keys
         events: list[Event] = [
             *removed_eps,
             *(e for e in lease_events if isinstance(e, LeaseRemoved)),
@@ -195,14 +212,18 @@ class View:
         events += added_eps
         return events, judged | ep_keys
 
-    def _update_leases(self, dirty: set[str]) -> tuple[list[Event], set[str], set[str]]:
+    def _update_leases(
+        self, dirty: set[str], report: bool = True
+    ) -> tuple[list[Event], set[str], set[str]]:
         """Re-judge `dirty` lease keys and their PublicIP rivals.
 
-        Returns the events, the subnet key names whose lease came or went, and
-        every lease key judged.
+        Returns the events (if `report`), the subnet key names whose lease came
+        or went, and every lease key judged.
         """
         ips: set[IPv4Address] = set()
-        for key in dirty:
+        for i, key in enumerate(dirty, 1):
+            if not i % PAUSE_EVERY:
+                self.pause()
             old = self._leases.pop(key, None)
             if isinstance(old, Lease):
                 self._holders[old.public_ip].pop(key, None)
@@ -246,14 +267,16 @@ class View:
             elif old is not None:
                 del self._live[key]
                 self._by_subnet.pop(old.subnet, None)
+            if (old is None) != (new is None):
+                toggled.add(key[len(self.keys.subnets) :])
+            if not report:
+                continue
             if old is None and new is not None:
                 events.append(LeaseAdded(new, self.revision))
             elif old is not None and new is None:
                 events.append(LeaseRemoved(old, self.revision))
             elif old is not None and new is not None and not _same(old, new):
                 events.append(LeaseChanged(old, new, self.revision))
-            if (old is None) != (new is None):
-                toggled.add(key[len(self.keys.subnets) :])
         return events, toggled, candidates
 
     def _update_endpoints(self, dirty: set[str]) -> tuple[list[Event], list[Event]]:
@@ -279,13 +302,18 @@ class View:
 
 
 def build_snapshot(
-    keys: Keys, kvs: Iterable[KV], revision: int, *, fallback_config: NetworkConfig | None = None
+    keys: Keys,
+    kvs: Iterable[KV],
+    revision: int,
+    *,
+    fallback_config: NetworkConfig | None = None,
+    pause: Callable[[], None] = lambda: None,
 ) -> Snapshot:
-    """Validate everything under `keys.root` and keep what is usable.
+    """Validate everything under `keys.root` and keep what is usable (`pause`: see View).
 
     Never raises on bad data: each unusable entry becomes a Rejection.
     """
-    return View(keys, fallback_config).load(kvs, revision).snapshot()
+    return View(keys, fallback_config, pause).load(kvs, revision).snapshot()
 
 
 def _routing(lease: Lease) -> tuple[object, ...]:

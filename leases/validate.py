@@ -23,6 +23,11 @@ MAX_VALUE_BYTES = 4096  # a flannel lease value is ~130 bytes; anything huge is 
 MAX_OFPORT = 0xFFFFFEFF  # OpenFlow's last physical port number (OFPP_MAX)
 
 _SUBNET_NAME = re.compile(r"^(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})$")
+# Canonical dotted quads (no leading zeros, octets <= 255), as ipaddress accepts them:
+# a match is parsed with int math; anything else takes ipaddress's path and its errors.
+_OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+_CANONICAL_SUBNET_NAME = re.compile(rf"{_QUAD.pattern}-(3[0-2]|[12]?\d)")
 _MAC = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}$")
 
 
@@ -82,8 +87,25 @@ def normalize_mac(value: object) -> str:
     return mac
 
 
+def _quad_int(a: str, b: str, c: str, d: str) -> int:
+    return int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
+
+
+def parse_ipv4(text: str) -> IPv4Address:
+    """`IPv4Address(text)` without its per-octet parsing cost in the common case."""
+    m = _QUAD.fullmatch(text)
+    return IPv4Address(_quad_int(*m.groups()) if m else text)
+
+
 def parse_subnet_name(name: str) -> IPv4Network:
     """flannel's subnet key name (`10.20.52.0-24`) as a network; ValueError if malformed."""
+    fast = _CANONICAL_SUBNET_NAME.fullmatch(name)
+    if fast:
+        *quad, length = fast.groups()
+        prefixlen = int(length)
+        address = _quad_int(*quad)
+        if not address & (0xFFFFFFFF >> prefixlen):  # else: ipaddress says "host bits set"
+            return IPv4Network((address, prefixlen))
     m = _SUBNET_NAME.match(name)
     if not m:
         if "&" in name:
@@ -95,11 +117,20 @@ def parse_subnet_name(name: str) -> IPv4Network:
         raise ValueError(f"key name {name!r} is not a subnet: {exc}") from exc
 
 
+def _within(address: int, network: IPv4Network) -> bool:
+    return address & int(network.netmask) == int(network.network_address)
+
+
 def public_ip_problem(ip: IPv4Address, config: NetworkConfig) -> str | None:
-    """Why `ip` cannot be a node's PublicIP (underlay VTEP address), or None if it can."""
-    if ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local or ip.is_reserved:
+    """Why `ip` cannot be a node's PublicIP (underlay VTEP address), or None if it can.
+
+    Not unspecified, multicast, loopback, link-local or reserved (ipaddress's
+    `is_*` ranges for IPv4), checked as integer ranges: this runs once per lease.
+    """
+    n = int(ip)
+    if not n or n >> 28 >= 0xE or n >> 24 == 127 or n >> 16 == 0xA9FE:
         return f"PublicIP {ip} is not a unicast underlay address"
-    if ip in config.network:
+    if _within(n, config.network):
         return f"PublicIP {ip} is inside the overlay Network {config.network}"
     return None
 
@@ -130,7 +161,8 @@ def _subnet(name: str, config: NetworkConfig) -> IPv4Network:
         subnet = parse_subnet_name(name)
     except ValueError as exc:
         raise _Invalid(Reason.BAD_KEY, str(exc)) from exc
-    if not subnet.subnet_of(config.network):
+    network = config.network
+    if subnet.prefixlen < network.prefixlen or not _within(int(subnet.network_address), network):
         raise _Invalid(
             Reason.OUTSIDE_NETWORK, f"subnet {subnet} is outside Network {config.network}"
         )
@@ -144,7 +176,7 @@ def _subnet(name: str, config: NetworkConfig) -> IPv4Network:
 def _public_ip(obj: dict[str, Any], config: NetworkConfig) -> IPv4Address:
     raw = _field(obj, "PublicIP", str)
     try:
-        ip = IPv4Address(raw)
+        ip = parse_ipv4(raw)
     except AddressValueError as exc:
         raise _Invalid(Reason.BAD_PUBLIC_IP, f"PublicIP {raw!r} is not an IPv4 address") from exc
     problem = public_ip_problem(ip, config)
@@ -232,6 +264,8 @@ def resolve_conflicts(leases: Mapping[str, Lease]) -> tuple[dict[str, Lease], li
     lowest subnet wins. (Valid leases all have SubnetLen, so overlaps only
     arise from entries validated against different configs; kept as a guard.)
     """
+    if len(leases) == 1:  # the usual case: one lease per PublicIP
+        return dict(leases), []
     kept: dict[str, Lease] = {}
     rejected: list[Rejection] = []
     ordered = sorted(

@@ -49,18 +49,20 @@ class Watch:
         callback: Callable[[Event], None] | None = None,
         idle_timeout: float = 30.0,
         max_backoff: float = 5.0,
+        pause: Callable[[], None] = lambda: None,
     ) -> None:
         self._client = client
         self._keys = keys
+        self._pause = pause  # handed to every View: see View's docstring
         self._callback = callback
         self.idle_timeout = idle_timeout
         self.max_backoff = max_backoff
         self._queue: queue.Queue[object] = queue.Queue()
         self._stop = threading.Event()
         self._stream = None
-        self._view = View(keys)
+        self._view = View(keys, pause=pause)
         if since is not None:
-            self._view = View(keys, since.config).load(since.kvs.values(), since.revision)
+            self._view = View(keys, since.config, pause).load(since.kvs.values(), since.revision)
         self._reporter = RejectionReporter(since.rejected if since else ())
         # What to do first: follow from a snapshot, rebuild the state at
         # start_revision - 1, or (neither) list everything and deliver it as added.
@@ -203,14 +205,14 @@ class Watch:
                     revision,
                 )
                 kvs, revision, self._need_relist = [], 0, True
-            self._view = View(self._keys).load(kvs, revision)
+            self._view = View(self._keys, pause=self._pause).load(kvs, revision)
             self._reporter = RejectionReporter(self._view.snapshot().rejected)
         self._next_rev = revision + 1
         self._baseline_rev = None
 
     def _relist(self) -> None:
         kvs, revision = self._client.range(self._keys.root, prefix=True)
-        view = View(self._keys, self._view.config).load(kvs, revision)
+        view = View(self._keys, self._view.config, self._pause).load(kvs, revision)
         old, new = self._view.snapshot(), view.snapshot()
         self._view = view
         self._reporter.report(new.rejected)

@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 
+from bench.etcdload import load
 from flows.compiler import compile_node
 from flows.flow import to_ofctl
 from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, vtep_mac_for
+from leases.config import parse_config
 from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.model import Endpoint, Lease, datapath_id_for
 from leases.registry import Registry
@@ -407,3 +411,96 @@ def test_flows_show_and_diff_commands(cluster: Cluster):
     assert extra.stdout.splitlines() == [
         "- cookie=0x0,table=30,priority=100,eth_type=0x0800,ip_dst=198.19.77.7 actions=drop"
     ]
+
+
+
+class EchoProbe:
+    """An OpenFlow peer that sends the controller an echo request every 50 ms and keeps
+    the longest wait for a reply: what OVS's inactivity probe experiences, measured
+    directly (OVS itself never probes more often than every 5 s)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.sendall(struct.pack("!BBHI", 5, 0, 8, 1))  # HELLO, OpenFlow 1.4
+        self.worst = 0.0
+        self.replies = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("controller closed the connection")
+            data += chunk
+        return data
+
+    def _run(self) -> None:
+        xid = 100
+        while not self._stop.wait(0.05):
+            xid += 1
+            sent = time.monotonic()
+            self.sock.sendall(struct.pack("!BBHI", 5, 2, 8, xid))  # ECHO_REQUEST
+            while True:
+                _, kind, length, rxid = struct.unpack("!BBHI", self._read(8))
+                self._read(length - 8)
+                if kind == 3 and rxid == xid:  # ECHO_REPLY
+                    break
+            self.worst = max(self.worst, time.monotonic() - sent)
+            self.replies += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.sock.close()
+
+
+LARGE = 16_000  # /30 leases of 198.19.0.0/16: 4-6 s of unyielded work before the fix
+
+
+def test_switch_stays_connected_while_a_large_registry_loads(cluster: Cluster, tmp_path: Path):
+    """The switch is connected (idle: etcd is down, nothing is known) when the controller
+    reads 16,000 leases at once. It must keep answering echo requests all through
+    validating, compiling and sending them: an echo probe never waits a second, and the
+    switch, with its inactivity probe at OVS's minimum (5 s), keeps its one connection
+    and gets the first sync on it."""
+    config = parse_config(
+        '{"Network": "198.19.0.0/16", "SubnetLen": 30, "Backend": {"Type": "vxlan", "VNI": 1}}'
+    )
+    leases = [
+        Lease(
+            IPv4Network((int(config.network.network_address) + 4 * (i + 1), 30)),
+            node_ip(1) + i,
+            1,
+            vtep_mac_for(node_ip(1) + i),
+        )
+        for i in range(LARGE)
+    ]
+    load(cluster.registry, config, leases)
+    want = len(compile_node(config, leases, [], node_ip(1)))
+    cluster.etcd.stop(remove_data=False)
+    bridge = cluster.add_switch(1)
+    cluster.ovs.vsctl("set", "controller", bridge, "inactivity_probe=5000", "max_backoff=1000")
+    cluster.controller.start(tmp_path)
+    wait_for("the switch to connect", lambda: "connected from" in cluster.controller.log(), 30)
+    probe = EchoProbe(cluster.controller.port)
+    cluster.etcd.start()
+
+    def flow_count() -> int:
+        out = cluster.ovs.ofctl("dump-aggregate", bridge)
+        return int(re.search(r"flow_count=(\d+)", out).group(1))
+
+    try:
+        wait_for(f"{want} flows", lambda: flow_count() == want, 120)
+    finally:
+        probe.stop()
+    assert probe.replies > 20 and probe.worst < 1.0, (probe.replies, probe.worst)
+    log = cluster.controller.log()
+    assert "registry loaded at revision" in log
+    assert log.count("connected from") == 1, log[-3000:]
+    assert not re.search(r"switch of \S+ disconnected", log), log[-3000:]
+    status = cluster.ovs.vsctl("--columns=is_connected", "list", "controller", bridge)
+    assert status.split(":", 1)[1].strip() == "true", status
+    cluster.wait_converged(timeout=60)  # exactly the compiler's table, not just its size

@@ -28,6 +28,9 @@ from leases.validate import (
     check_lease,
     endpoint_to_json,
     lease_to_json,
+    parse_ipv4,
+    parse_subnet_name,
+    public_ip_problem,
     resolve_conflicts,
 )
 
@@ -173,6 +176,45 @@ def lease(third_octet: int, public_ip: str, prefixlen: int = 24, rev: int = 1) -
         vtep_mac="02:00:00:00:00:01",
         mod_revision=rev,
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["10.20.52.0", "0.0.0.0", "255.255.255.255", "1.2.3.04", "1.2.3.256", "1.2.3", "1.2.3.4 ",
+     "1.2.3.4\n", "01.2.3.4", "a.b.c.d", ""],
+)  # fmt: skip
+def test_fast_ipv4_parsing_agrees_with_ipaddress(text: str) -> None:
+    try:
+        want: object = IPv4Address(text)
+    except ValueError as exc:
+        want = type(exc)
+    try:
+        got: object = parse_ipv4(text)
+    except ValueError as exc:
+        got = type(exc)
+    assert got == want
+    for length in (0, 8, 24, 30, 32, 33):
+        name = f"{text}-{length}"
+        try:
+            want = IPv4Network(f"{text}/{length}")
+        except ValueError:
+            want = ValueError
+        try:
+            got = parse_subnet_name(name)
+        except ValueError:
+            got = ValueError
+        assert got == want, name
+
+
+def test_public_ip_ranges_are_ipaddress_ones() -> None:
+    for first in [0, 1, 9, 10, 126, 127, 128, 169, 198, 223, 224, 239, 240, 255]:
+        for rest in (0, 0x00FEFF, 0x00FE01, 0xFE0001, 0xFFFFFF, 0x123456):
+            ip = IPv4Address(first << 24 | rest)
+            bad = ip.is_unspecified or ip.is_multicast or ip.is_loopback
+            bad = bad or ip.is_link_local or ip.is_reserved or ip in CFG.network
+            assert (public_ip_problem(ip, CFG) is not None) == bad, ip
+    assert public_ip_problem(IPv4Address("169.254.1.1"), CFG)
+    assert public_ip_problem(IPv4Address("198.19.3.4"), CFG)
 
 
 def test_resolve_conflicts_is_deterministic_and_says_why() -> None:
