@@ -36,6 +36,16 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def source_state() -> dict[str, Any]:
+    """The commit the code under test came from, and files that differed from it (other
+    sessions edit the shared tree while benchmarks run)."""
+    repo = Path(__file__).resolve().parents[1]
+    head = _first_line(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
+    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+    return {"git_head": head, "modified_files": [line[3:] for line in status.splitlines()]}
+
+
 def environment() -> dict[str, Any]:
     """The machine and the versions of everything a figure depends on."""
     try:
@@ -61,6 +71,7 @@ def environment() -> dict[str, Any]:
         "ovs": _first_line(["ovs-vswitchd", "--version"]),
         "etcd": _first_line(["etcd", "--version"]),
         "iperf3": _first_line(["iperf3", "--version"]),
+        **source_state(),
     }
 
 

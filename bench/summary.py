@@ -34,8 +34,14 @@ def _load(name: str, results_dir: Path) -> dict[str, Any] | None:
 
 def _head(r: dict[str, Any]) -> list[str]:
     e = r["environment"]
+    if "git_head" in e:
+        dirty = [f for f in e["modified_files"] if not f.startswith("bench/")]
+        code = f"code at {e['git_head']}" + (
+            f" plus uncommitted edits to {', '.join(dirty)}" if dirty else "")
+    else:
+        code = "code state not recorded"
     return [f"Run {r['finished_utc']}: `{r['command']}` (load average at start "
-            f"{e['loadavg_at_start'][0]:.2f}).", ""]  # fmt: skip
+            f"{e['loadavg_at_start'][0]:.2f}; {code}).", ""]  # fmt: skip
 
 
 def b1(r: dict[str, Any]) -> list[str]:
