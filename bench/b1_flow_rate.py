@@ -105,8 +105,7 @@ def warm_up_controller(farm: BridgeFarm, env: Env, observer: FlowObserver, n: in
     return took
 
 
-def measure(n_remote: int, repeat: int, with_controller: bool,
-            profile_to: Path | None = None) -> dict:  # fmt: skip
+def measure(n_remote: int, repeat: int, with_controller: bool) -> dict:
     c, flows, compile_s = compile_table(n_remote)
     n = len(flows)
     result: dict[str, Any] = {
@@ -129,7 +128,7 @@ def measure(n_remote: int, repeat: int, with_controller: bool,
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vxflow-b1-")))
         flow_file = tmp / "flows.txt"
         flow_file.write_text("".join(to_ofctl(f) + "\n" for f in flows))
-        env = stack.enter_context(environment(c, profile_to=profile_to)) if with_controller else None
+        env = stack.enter_context(environment(c)) if with_controller else None
         farm = stack.enter_context(BridgeFarm(list(c.leases[:2])))
         observer = stack.enter_context(FlowObserver({b.name: b.mgmt_socket for b in farm.bridges}))
         if env is not None:
@@ -176,13 +175,10 @@ def summarise(result: dict) -> dict:
               help="Also measure the vxflow controller (b).")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write b1_flow_rate.json (default bench/results).")
-@click.option("--profile-controller", type=click.Path(path_type=Path), default=None,
-              help="Run the controller under pyinstrument; its text report goes here.")
-def main(remote_leases: int, repeat: int, controller: bool, results_dir: Path | None,
-         profile_controller: Path | None) -> None:  # fmt: skip
+def main(remote_leases: int, repeat: int, controller: bool, results_dir: Path | None) -> None:
     """B1: flow programming rate, ovs-ofctl --bundle vs the vxflow controller."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = measure(remote_leases, repeat, controller, profile_controller)
+    result = measure(remote_leases, repeat, controller)
     result["summary"] = summarise(result)
     path = report.save("b1_flow_rate", MODULE, result, results_dir)
     for k, v in result["summary"].items():

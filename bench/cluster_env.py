@@ -41,8 +41,7 @@ class Env:
 
 
 @contextlib.contextmanager
-def environment(cluster: Cluster, keep_logs: Path | None = None,
-                profile_to: Path | None = None) -> Iterator[Env]:  # fmt: skip
+def environment(cluster: Cluster, keep_logs: Path | None = None) -> Iterator[Env]:
     """etcd with `cluster` loaded, and a running controller reading it."""
     with tempfile.TemporaryDirectory(prefix="vxflow-bench-") as tmp:
         workdir = Path(tmp)
@@ -53,7 +52,7 @@ def environment(cluster: Cluster, keep_logs: Path | None = None,
             etcd_lease = load(registry, cluster.config, cluster.leases)
             log.info("etcd: %d leases loaded in %.1fs", len(cluster.leases), time.monotonic() - t0)
             log_path = (keep_logs or workdir) / "controller.log"
-            controller = ControllerProcess(etcd.endpoint, PREFIX, log_path, profile_to=profile_to)
+            controller = ControllerProcess(etcd.endpoint, PREFIX, log_path)
             with controller:
                 yield Env(cluster, etcd, registry, etcd_lease, controller, workdir)
             registry.close()

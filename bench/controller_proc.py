@@ -1,14 +1,11 @@
 """The vxflow controller as the benchmarks run it: `vxflow controller` as a child process.
 
 Listening on the benchmark namespace's loopback, reading the benchmark's etcd;
-CPU time and RSS are read from /proc for B3; stopped by its PID. With
-`profile_to`, the same command runs under pyinstrument and writes a text
-report when it is stopped (SIGINT, so pyinstrument can write it).
+CPU time and RSS are read from /proc; stopped by its PID.
 """
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +14,10 @@ from pathlib import Path
 
 from leases.etcd_server import free_loopback_port
 
-VXFLOW = Path(sys.executable).with_name("vxflow")
+REPO = Path(__file__).resolve().parents[1]
+# `vxflow` from the source tree these benchmarks live in (not whatever the venv's
+# editable install points at), so a run from a clean snapshot measures that snapshot.
+VXFLOW = [sys.executable, "-c", "from vxflow.cli import main; main()"]
 CLK_TCK = 100
 
 
@@ -33,7 +33,6 @@ class ControllerProcess:
     prefix: str
     log_path: Path
     port: int = 0
-    profile_to: Path | None = None
     audit_interval: float = 0  # periodic readbacks off: they would land inside measurements
     extra_args: tuple[str, ...] = ()
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
@@ -48,13 +47,10 @@ class ControllerProcess:
         return self._proc.pid
 
     def command(self) -> list[str]:
-        cmd = [str(VXFLOW), "--log-level", "info", "controller",
+        cmd = [*VXFLOW, "--log-level", "info", "controller",
                "--etcd-endpoints", self.etcd, "--etcd-prefix", self.prefix,
                "--listen", "127.0.0.1", "--port", str(self.port),
                "--audit-interval", str(self.audit_interval), *self.extra_args]  # fmt: skip
-        if self.profile_to is not None:
-            cmd = [sys.executable, "-m", "pyinstrument", "--renderer", "text",
-                   "--outfile", str(self.profile_to), *cmd]  # fmt: skip
         return cmd
 
     def _log_tail(self, lines: int = 15) -> str:
@@ -65,11 +61,10 @@ class ControllerProcess:
 
     def start(self, timeout: float = 60) -> ControllerProcess:
         self.port = self.port or free_loopback_port()
-        if self.profile_to is not None:
-            self.profile_to.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self._proc = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                self.command(), cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
         while not self._listening():
@@ -111,7 +106,7 @@ class ControllerProcess:
         if proc is None:
             return None
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT if self.profile_to else signal.SIGTERM)
+            proc.terminate()
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

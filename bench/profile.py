@@ -9,10 +9,9 @@ no socket). `event` is B2's path: one LeaseAdded folded into the model and
 fanned out to S synced switches (`--switches`), through both barriers of each
 switch's bundle. The text report goes to bench/results/profile_<what>.txt.
 
-The whole controller process can also run under pyinstrument
-(`bench.b1_flow_rate --profile-controller`), but pyinstrument's per-call hook
-under eventlet slowed a 65,536-lease sync by more than 100x here, so the
-in-process `sync` profile is the one to read.
+Profiling the whole controller process under pyinstrument was tried: its
+per-call hook under eventlet slowed a 65,536-lease sync by more than 100x (no
+report after 10 minutes), so these in-process profiles are the ones to read.
 """
 
 from __future__ import annotations

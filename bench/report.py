@@ -39,6 +39,9 @@ def _cpu_model() -> str:
 def source_state() -> dict[str, Any]:
     """The commit the code under test came from, and files that differed from it (other
     sessions edit the shared tree while benchmarks run)."""
+    snapshot = os.environ.get("VXFLOW_BENCH_SNAPSHOT")
+    if snapshot:  # a `git archive` of that commit, see BENCHMARKS.md
+        return {"git_head": snapshot, "modified_files": [], "clean_snapshot": True}
     repo = Path(__file__).resolve().parents[1]
     head = _first_line(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
     status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
