@@ -14,11 +14,14 @@ from ipaddress import IPv4Address, IPv4Network
 
 from flows.compiler import (
     BASE_COOKIE,
+    NodeTable,
+    Row,
     base_flows,
     endpoint_cookie,
     endpoint_flows,
-    node_flows,
+    node_table,
     remote_lease_flow,
+    route_row,
     subnet_cookie,
 )
 from flows.flow import Flow, Owner, owner_of
@@ -90,7 +93,8 @@ class ClusterModel:
         self._by_ip: dict[IPv4Address, set[IPv4Network]] = defaultdict(set)  # valid ones only
         self._endpoints: dict[IPv4Network, dict[IPv4Address, Endpoint]] = defaultdict(dict)
         self._accepted_eps: dict[IPv4Network, tuple[Endpoint, ...]] = {}
-        self._accepted_leases: list[Lease] | None = None  # cache of leases()
+        self._valid: dict[IPv4Network, tuple[Lease, Row]] = {}  # with its route_row
+        self._accepted: tuple[list[Lease], list[Row]] | None = None  # cache of leases(), rows
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
 
     # -- queries --------------------------------------------------------------
@@ -104,11 +108,15 @@ class ClusterModel:
         return lease
 
     def leases(self) -> list[Lease]:
-        if self._accepted_leases is None:
-            self._accepted_leases = [
-                lease for s in self._leases if (lease := self.accepted(s)) is not None
-            ]
-        return self._accepted_leases
+        return self._selection()[0]
+
+    def _selection(self) -> tuple[list[Lease], list[Row]]:
+        """The accepted leases and their route rows (cached until a lease changes)."""
+        if self._accepted is None:
+            by_ip = self._by_ip
+            pairs = [p for p in self._valid.values() if len(by_ip[p[0].public_ip]) == 1]
+            self._accepted = [lease for lease, _ in pairs], [row for _, row in pairs]
+        return self._accepted
 
     def own_lease(self, node: IPv4Address) -> Lease | None:
         subnets = self._by_ip.get(node, ())
@@ -124,14 +132,15 @@ class ClusterModel:
             self._accepted_eps[own.subnet] = selection.accepted
         return self._accepted_eps[own.subnet]
 
-    def desired(self, node: IPv4Address, scope: Scope) -> list[Flow] | None:
+    def desired(self, node: IPv4Address, scope: Scope) -> NodeTable | None:
         """The flows `node`'s switch must hold, restricted to `scope`; None while no
         valid config is known (then nothing may be touched)."""
         if self.config is None:
             return None
         own = self.own_lease(node)
         if scope.full:
-            return node_flows(self.config, self.leases(), self.endpoints_of(own), own)
+            leases, rows = self._selection()
+            return node_table(self.config, leases, self.endpoints_of(own), own, rows)
         flows: list[Flow] = []
         if BASE_COOKIE in scope.cookies:
             flows += base_flows(self.config, own)
@@ -147,7 +156,7 @@ class ClusterModel:
         for endpoint in self.endpoints_of(own):
             if Owner.ENDPOINT in scope.owners or endpoint_cookie(endpoint) in scope.cookies:
                 flows += endpoint_flows(own, endpoint)
-        return flows
+        return NodeTable(flows)
 
     # -- updates --------------------------------------------------------------
 
@@ -161,7 +170,7 @@ class ClusterModel:
         """Replace everything (first snapshot, config change); `pause` is called every
         PAUSE_EVERY leases, so a cooperative caller can yield during a large load."""
         self.config = config
-        self._leases, self._problem, self.rejected = {}, {}, {}
+        self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
         self._by_ip.clear()
         self._endpoints.clear()
         self._accepted_eps.clear()
@@ -171,6 +180,7 @@ class ClusterModel:
             self._put_lease(lease)
         for endpoint in endpoints:
             self._endpoints[endpoint.node_subnet][endpoint.ip] = endpoint
+        self._selection()  # ready before the first switch asks
         return Impact(all_nodes=True)
 
     def apply(self, events: Iterable[Event]) -> Impact:
@@ -211,19 +221,22 @@ class ClusterModel:
         return [ep for eps in self._endpoints.values() for ep in eps.values()]
 
     def _put_lease(self, lease: Lease) -> None:
-        self._accepted_leases = None
+        self._accepted = None
         self._leases[lease.subnet] = lease
         problem = lease_problem(self.config, lease) if self.config else "no network config"
         self._problem[lease.subnet] = problem
         if problem:
             self.rejected[f"lease {lease.subnet}"] = Rejected(lease, problem)
+            self._valid.pop(lease.subnet, None)
         else:
             self.rejected.pop(f"lease {lease.subnet}", None)
             self._by_ip[lease.public_ip].add(lease.subnet)
+            self._valid[lease.subnet] = lease, route_row(lease)
 
     def _drop_lease(self, lease: Lease) -> None:
-        self._accepted_leases = None
+        self._accepted = None
         self._leases.pop(lease.subnet, None)
+        self._valid.pop(lease.subnet, None)
         self._problem.pop(lease.subnet, None)
         self.rejected.pop(f"lease {lease.subnet}", None)
         holders = self._by_ip.get(lease.public_ip)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import IPv4Address
@@ -23,7 +23,8 @@ from typing import Protocol
 
 from controller import metrics, ofwire
 from controller.model import FULL, NOTHING, Scope
-from flows.diff import FlowDiff, diff_flows
+from flows.compiler import NodeTable
+from flows.diff import FlowDiff, diff_table
 from flows.flow import Flow, FlowKey, to_ofctl
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,13 @@ class _Bundle:
     bundle_id: int
     first_xid: int
     messages: list[tuple[int, Flow]]  # (command, flow) per xid from first_xid + 1
-    diff: FlowDiff
+    diff: FlowDiff  # its routes follow the messages, one xid each
     failed: bool = False
     committing: bool = False
 
     @property
     def added_xid(self) -> int:
-        return self.first_xid + len(self.messages) + 1
+        return self.first_xid + len(self.messages) + self.diff.added_routes + 1
 
     @property
     def last_xid(self) -> int:
@@ -71,7 +72,13 @@ class _Bundle:
 
     def message(self, xid: int) -> tuple[int, Flow] | None:
         i = xid - self.first_xid - 1
-        return self.messages[i] if 0 <= i < len(self.messages) else None
+        if 0 <= i < len(self.messages):
+            return self.messages[i]
+        i -= len(self.messages)
+        routes = self.diff.routes
+        if routes is not None and 0 <= i < len(routes):
+            return ofwire.OFPFC_ADD, routes.flow(i)
+        return None
 
 
 @dataclass
@@ -80,7 +87,7 @@ class SwitchSync:
 
     node: IPv4Address
     channel: Channel
-    desired: Callable[[Scope], list[Flow] | None]  # None: not known yet, touch nothing
+    desired: Callable[[Scope], NodeTable | None]  # None: not known yet, touch nothing
     later: Callable[[float, Callable[[], None]], None]  # run a callable after a delay
     on_synced: Callable[[SwitchSync], None] = lambda sync: None
     state: State = State.IDLE
@@ -184,12 +191,12 @@ class SwitchSync:
         self._failures = 0
         for flow in bundle.diff.delete:
             self._forget(flow.key)
-        for flow in bundle.diff.add:
+        added = bundle.diff.added()
+        for flow in added:
             self._remember(flow)
         log.info(
             "switch %s: bundle %d landed (%d added, %d deleted; %d flows)",
-            self.node, bundle.bundle_id, len(bundle.diff.add), len(bundle.diff.delete),
-            len(self.installed),
+            self.node, bundle.bundle_id, len(added), len(bundle.diff.delete), len(self.installed),
         )
         self._kick()
 
@@ -209,7 +216,7 @@ class SwitchSync:
             return
         scope, self._pending = self._pending, NOTHING
         computed = time.perf_counter()
-        diff = diff_flows(self._installed_in(scope), desired)
+        diff = diff_table(self._installed_in(scope), desired)
         log.debug(
             "switch %s: %d desired flows in %.1f ms, diff of %d in %.1f ms",
             self.node, len(desired), (computed - started) * 1e3, len(diff),
@@ -219,7 +226,7 @@ class SwitchSync:
             metrics.DRIFT.inc()
             log.warning(
                 "switch %s drifted: %d flows missing or wrong, %d unexpected; repairing",
-                self.node, len(diff.add), len(diff.delete),
+                self.node, len(diff) - len(diff.delete), len(diff.delete),
             )
         if diff:
             self._send(diff)
@@ -237,27 +244,34 @@ class SwitchSync:
         messages = [(ofwire.OFPFC_DELETE_STRICT, f) for f in diff.delete]
         messages += [(ofwire.OFPFC_ADD, f) for f in diff.add]
         started = time.perf_counter()
-        first = self.channel.xids(len(messages) + 4)
+        first = self.channel.xids(len(diff) + 4)
         bundle_id = self._next_bundle_id
         self._next_bundle_id = self._next_bundle_id % 0xFFFFFFFF + 1
         bundle = self._bundle = _Bundle(bundle_id, first, messages, diff)
         self.state = State.APPLYING
         metrics.FLOW_MODS.labels("delete").inc(len(diff.delete))
-        metrics.FLOW_MODS.labels("add").inc(len(diff.add))
+        metrics.FLOW_MODS.labels("add").inc(len(diff) - len(diff.delete))
         send = self.channel.send
         send(ofwire.encode_bundle_control(bundle_id, ofwire.OFPBCT_OPEN_REQUEST, first))
         xid = first + 1
-        for command, flows in ((ofwire.OFPFC_DELETE_STRICT, diff.delete), (ofwire.OFPFC_ADD, diff.add)):
-            for i in range(0, len(flows), CHUNK):
+        routes = diff.routes
+        encode_routes = ofwire.route_encoder(routes) if routes else None
+        parts: list[tuple[Sequence, Callable[[Sequence, int], bytes]]] = [
+            (diff.delete, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_DELETE_STRICT, x)),
+            (diff.add, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_ADD, x)),
+            (routes.rows if routes else (), lambda c, x: encode_routes(c, x, bundle_id)),
+        ]  # fmt: skip
+        for items, encode in parts:
+            for i in range(0, len(items), CHUNK):
                 if self.closed:  # disconnected while we were sending: the new session resyncs
                     return
-                chunk = flows[i : i + CHUNK]
-                send(ofwire.encode_bundle_adds(bundle_id, chunk, command, xid))
+                chunk = items[i : i + CHUNK]
+                send(encode(chunk, xid))  # each send yields: the switch parses, we encode on
                 xid += len(chunk)
         send(ofwire.encode_barrier(bundle.added_xid))
         log.debug(
             "switch %s: bundle %d of %d flow-mods encoded and queued in %.1f ms",
-            self.node, bundle_id, len(messages), (time.perf_counter() - started) * 1e3,
+            self.node, bundle_id, len(diff), (time.perf_counter() - started) * 1e3,
         )
 
     def _retry_later(self) -> None:

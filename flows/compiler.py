@@ -24,7 +24,8 @@ TTL: decremented once per overlay crossing, on the way into the tunnel only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network
 
@@ -247,28 +248,88 @@ def endpoint_flows(own: Lease, endpoint: Endpoint) -> list[Flow]:
     ]
 
 
-def node_flows(
+Row = tuple[int, int, bytes]  # a remote lease as (subnet address, PublicIP, VtepMAC octets)
+
+
+def route_row(lease: Lease) -> Row:
+    """What varies between two remote-lease flows of one switch, as plain ints and bytes."""
+    return (
+        int(lease.subnet.network_address),
+        int(lease.public_ip),
+        bytes.fromhex(lease.vtep_mac.replace(":", "")),
+    )
+
+
+@dataclass(frozen=True)
+class RemoteRoutes:
+    """The remote-lease flows of `own`'s switch, one per lease, kept compact.
+
+    They are most of a table (one per node in the cluster) and all share one
+    shape, so they stay rows until Flow values are really needed (a diff
+    against a table that holds some, an error report): a cold sync encodes
+    the rows straight to bytes (controller/ofwire.py).
+    """
+
+    config: NetworkConfig
+    own: Lease
+    leases: Sequence[Lease]  # accepted, all but `own`
+    rows: Sequence[Row]  # route_row of each lease, in the same order
+
+    def __len__(self) -> int:
+        return len(self.leases)
+
+    def flow(self, i: int) -> Flow:
+        return remote_lease_flow(self.config, self.leases[i], self.own)
+
+    def flows(self) -> list[Flow]:
+        return [remote_lease_flow(self.config, lease, self.own) for lease in self.leases]
+
+
+@dataclass(frozen=True)
+class NodeTable:
+    """One node's desired table: `flows` plus the compact `routes` (if any).
+
+    Iterating yields every flow of the table as a Flow.
+    """
+
+    flows: list[Flow]
+    routes: RemoteRoutes | None = None
+
+    def __iter__(self) -> Iterator[Flow]:
+        yield from self.flows
+        if self.routes is not None:
+            yield from self.routes.flows()
+
+    def __len__(self) -> int:
+        return len(self.flows) + (len(self.routes) if self.routes is not None else 0)
+
+
+def node_table(
     config: NetworkConfig,
-    leases: Iterable[Lease],
+    leases: Sequence[Lease],
     endpoints: Iterable[Endpoint],
     own: Lease | None,
-) -> list[Flow]:
-    """Flows for the node holding `own`, from already selected leases and endpoints
-    (each flow once; a list, because hashing a large table into a set is not free).
+    rows: Sequence[Row] | None = None,
+) -> NodeTable:
+    """The table of the node holding `own`, from already selected leases and endpoints
+    (each flow once; no set, because hashing a large table is not free). `rows`, if
+    given, are `route_row` of each lease, precomputed by a caller that keeps them.
 
     The controller calls this with its incrementally maintained selection;
     anything else should call `compile_node`.
     """
     flows = base_flows(config, own)
-    if own is not None:
-        flows += [
-            remote_lease_flow(config, lease, own)
-            for lease in leases
-            if lease.public_ip != own.public_ip
-        ]
-        for endpoint in endpoints:
-            flows += endpoint_flows(own, endpoint)
-    return flows
+    if own is None:
+        return NodeTable(flows)
+    for endpoint in endpoints:
+        flows += endpoint_flows(own, endpoint)
+    if rows is None:
+        rows = [route_row(lease) for lease in leases]
+    own_ip = int(own.public_ip)
+    remote, remote_rows = list(leases), list(rows)
+    for i in reversed([i for i, row in enumerate(rows) if row[1] == own_ip]):
+        del remote[i], remote_rows[i]
+    return NodeTable(flows, RemoteRoutes(config, own, remote, remote_rows))
 
 
 def compile_node(
@@ -285,4 +346,4 @@ def compile_node(
     accepted = select_leases(config, leases).accepted
     own = next((lease for lease in accepted if lease.public_ip == node), None)
     own_endpoints = select_endpoints(own, endpoints).accepted
-    return frozenset(node_flows(config, accepted, own_endpoints, own))
+    return frozenset(node_table(config, accepted, own_endpoints, own))

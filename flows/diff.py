@@ -5,22 +5,33 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from flows.flow import Flow
+from flows.compiler import NodeTable, RemoteRoutes
+from flows.flow import Flow, Owner, owner_of
 
 
 @dataclass(frozen=True)
 class FlowDiff:
-    """`add` entries are sent as OFPFC_ADD (which replaces an entry with the same
-    key), `delete` entries as OFPFC_DELETE_STRICT of their key."""
+    """`add` entries and every flow of `routes` are sent as OFPFC_ADD (which replaces
+    an entry with the same key), `delete` entries as OFPFC_DELETE_STRICT of their key
+    (deletes first)."""
 
     add: tuple[Flow, ...] = ()
     delete: tuple[Flow, ...] = ()
+    routes: RemoteRoutes | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.add or self.delete)
+        return bool(self.add or self.delete or self.routes)
 
     def __len__(self) -> int:
-        return len(self.add) + len(self.delete)
+        return len(self.add) + len(self.delete) + self.added_routes
+
+    @property
+    def added_routes(self) -> int:
+        return len(self.routes) if self.routes is not None else 0
+
+    def added(self) -> list[Flow]:
+        """Every flow this diff adds, as Flow values."""
+        return [*self.add, *(self.routes.flows() if self.routes is not None else ())]
 
 
 def diff_flows(current: Iterable[Flow], desired: Iterable[Flow]) -> FlowDiff:
@@ -34,3 +45,22 @@ def diff_flows(current: Iterable[Flow], desired: Iterable[Flow]) -> FlowDiff:
     add = tuple(f for k, f in want.items() if have.get(k) != f)
     delete = tuple(f for k, f in have.items() if k not in want)
     return FlowDiff(add, delete)
+
+
+def diff_table(current: Iterable[Flow], desired: NodeTable) -> FlowDiff:
+    """`diff_flows` against a NodeTable, keeping its remote routes compact when `current`
+    holds no remote-lease flow (a cold switch): then every route is added, in O(n).
+
+    A foreign entry with a route's key is deleted and the route added after it,
+    in the same bundle, so the outcome is the same as diff_flows'.
+    """
+    current = list(current)
+    if desired.routes is None or any(_is_route(f) for f in current):
+        return diff_flows(current, desired)
+    rest = diff_flows(current, desired.flows)
+    return FlowDiff(rest.add, rest.delete, desired.routes or None)
+
+
+def _is_route(flow: Flow) -> bool:
+    owner = owner_of(flow.cookie)
+    return owner is not None and owner[0] is Owner.LEASE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -10,7 +11,7 @@ from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
 
 from controller import ofwire
-from flows.compiler import compile_node
+from flows.compiler import compile_node, node_table
 from flows.flow import Flow
 from flows.ports import vtep_mac_for
 from leases.model import BackendConfig, Endpoint, Lease, NetworkConfig
@@ -159,3 +160,24 @@ def test_bulk_encoding_equals_one_message_at_a_time():
             ofwire.encode_bundle_add(9, f, command, 100 + i) for i, f in enumerate(flows)
         )
         assert bulk == one_by_one
+
+
+def test_route_rows_encode_exactly_as_their_flows():
+    """The cold sync's row encoder equals the generic one (itself equal to os-ken's),
+    for any slice of the rows and any xid, with MACs and PublicIPs that vary per lease."""
+    many = leases(250)
+    many[7] = replace(many[7], vtep_mac="fe:ff:00:01:80:7f")
+    own = many[3]
+    routes = node_table(CONFIG, many, [], own).routes
+    assert routes is not None and len(routes) == len(many) - 1
+    flows = routes.flows()
+    encode = ofwire.route_encoder(routes)
+    for start, stop, xid in ((0, len(flows), 1), (5, 6, 0xFFFFFF00), (17, 240, 4242)):
+        assert encode(routes.rows[start:stop], xid, 3) == (
+            ofwire.encode_bundle_adds(3, flows[start:stop], ofwire.OFPFC_ADD, xid)
+        )
+    inner = osken_flow_mod(flows[6], ofp.OFPFC_ADD)
+    inner.set_xid(9)
+    add = parser.OFPBundleAddMsg(DP, 3, ofp.OFPBF_ATOMIC, inner, [])
+    assert encode(routes.rows[6:7], 9, 3) == serialized(add, 9)
+    assert encode([], 9, 3) == b""

@@ -135,6 +135,19 @@ def test_rejected_add_discards_the_bundle_and_retries_from_a_readback(caplog):
     assert mtype == ofwire.OFPT_MULTIPART_REQUEST  # fresh readback, not a blind resend
 
 
+def test_a_rejected_route_of_a_cold_sync_is_named(caplog):
+    """Routes of a cold sync are sent from compact rows; an error still names the flow."""
+    model = model_with(lease(1), lease(2), lease(3))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.start()
+    read_back(sync, channel, [])
+    sent = channel.take()
+    adds = [x for t, x, _ in sent if t == ofwire.OFPT_BUNDLE_ADD_MESSAGE]
+    assert sync.on_error(adds[-1], 4, 9, b"")  # the last add is the last remote lease's route
+    assert "rejected add of flow" in caplog.text and "ip_dst=198.19.3.0/24" in caplog.text
+    assert not sync.on_error(adds[-1] + 4, 4, 9, b"")  # past the bundle: not ours
+
+
 def test_lease_event_is_one_flow_mod_per_switch():
     model = model_with(lease(1), lease(2))
     syncs = {}

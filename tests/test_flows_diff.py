@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from ipaddress import IPv4Address, IPv4Network
 
-from flows.diff import diff_flows
+from flows.compiler import node_table
+from flows.diff import diff_flows, diff_table
 from flows.flow import OFPP_IN_PORT, Owner, cookie_for, flow, output, owner_of, set_field, to_ofctl
+from leases.model import Lease, NetworkConfig
 
 A = flow(20, 100, {"eth_type": 0x0800, "ip_dst": IPv4Network("198.19.2.0/24")}, [output(1)], 5)
 B = flow(30, 100, {"eth_type": 0x0800, "ip_dst": IPv4Address("198.19.1.9")}, [output(9)], 6)
@@ -62,3 +65,33 @@ def test_ofctl_rendering():
     assert to_ofctl(C) == "cookie=0x7,table=0,priority=0 actions=drop"
     arp = flow(10, 1, {"tun_id": 7}, [set_field("tun_id", 7), output(OFPP_IN_PORT)], 1)
     assert to_ofctl(arp).endswith("tun_id=0x7 actions=set_field:0x7->tun_id,in_port")
+
+
+def _table(own_index: int = 0):
+    leases = [
+        Lease(IPv4Network(f"198.19.{i}.0/24"), IPv4Address(f"198.18.0.{i}"), 1, f"0e:00:00:00:00:{i:02x}")
+        for i in range(1, 6)
+    ]
+    config = NetworkConfig(IPv4Network("198.19.0.0/16"))
+    return node_table(config, leases, [], leases[own_index])
+
+
+def test_cold_switch_gets_the_routes_compact_and_the_same_table():
+    table = _table()
+    assert len(table.routes) == 4 and len(table) == len(list(table)) == len(set(table))
+    cold = diff_table([B], table)
+    assert cold.routes is table.routes and cold.delete == (B,)
+    assert set(cold.added()) == set(table) == set(diff_flows([B], table).add)
+
+
+def test_a_route_on_the_switch_means_a_full_comparison():
+    table = _table()
+    held = list(table)[:-1]
+    last = table.routes.flow(len(table.routes) - 1)
+    foreign = dataclasses.replace(last, cookie=0)  # a route's key, not our cookie
+    warm = diff_table([*held, foreign], table)
+    assert warm.routes is None
+    assert warm.add == (last,) and warm.delete == ()
+    # a foreign entry at a route's key on an otherwise cold switch: deleted, then the route added
+    cold = diff_table([foreign], table)
+    assert cold.delete == (foreign,) and last in cold.added()
