@@ -10,7 +10,7 @@ changes the consumer missed, and a replayed etcd event yields nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from leases.config import ConfigError, parse_config
@@ -43,6 +43,9 @@ class Snapshot:
     revision: int
     rejected: tuple[Rejection, ...] = ()
     kvs: Mapping[str, KV] = field(default_factory=dict, repr=False, compare=False)
+    # The View it was built from, when nothing else holds that View (build_snapshot's):
+    # a watch starts from a copy of it instead of validating every entry again.
+    view: View | None = field(default=None, repr=False, compare=False)
 
     def lease_for_subnet(self, subnet: IPv4Network) -> Lease | None:
         return next((lease for lease in self.leases if lease.subnet == subnet), None)
@@ -106,6 +109,18 @@ class View:
         self._reset()
         self._update(set(self.kvs), report=False)
         return self
+
+    def copy(self, pause: Callable[[], None] | None = None) -> View:
+        """An independent View in the same state (tables copied, values shared)."""
+        new = View(self.keys, self.config, pause or self.pause)
+        new.revision, new.kvs = self.revision, dict(self.kvs)
+        new._config_rejection = self._config_rejection
+        new._leases, new._live = dict(self._leases), dict(self._live)
+        new._holders = {ip: dict(holders) for ip, holders in self._holders.items()}
+        new._by_subnet, new._conflicts = dict(self._by_subnet), dict(self._conflicts)
+        new._groups = {name: set(keys) for name, keys in self._groups.items()}
+        new._endpoints, new._live_eps = dict(self._endpoints), dict(self._live_eps)
+        return new
 
     def apply(
         self, changes: Mapping[str, KV | None], revision: int
@@ -313,7 +328,8 @@ def build_snapshot(
 
     Never raises on bad data: each unusable entry becomes a Rejection.
     """
-    return View(keys, fallback_config, pause).load(kvs, revision).snapshot()
+    view = View(keys, fallback_config, pause).load(kvs, revision)
+    return replace(view.snapshot(), view=view)
 
 
 def _routing(lease: Lease) -> tuple[object, ...]:

@@ -61,7 +61,9 @@ class Watch:
         self._stop = threading.Event()
         self._stream = None
         self._view = View(keys, pause=pause)
-        if since is not None:
+        if since is not None and since.view is not None:
+            self._view = since.view.copy(pause)
+        elif since is not None:
             self._view = View(keys, since.config, pause).load(since.kvs.values(), since.revision)
         self._reporter = RejectionReporter(since.rejected if since else ())
         # What to do first: follow from a snapshot, rebuild the state at
