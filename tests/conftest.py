@@ -15,14 +15,16 @@ from tests.leftovers import mark_run
 mark_run()  # every process the suite starts inherits RUN_MARKER, so leftovers can be found
 
 
+@pytest.hookimpl(trylast=True)  # after -m has deselected what it will
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Integration and e2e tests need root; say so instead of failing obscurely."""
+    """Integration and e2e tests need root: refuse to run them otherwise, never skip them."""
     if os.geteuid() == 0:
         return
-    skip = pytest.mark.skip(reason="needs root (namespaces, OVS); run via `make test` as root")
-    for item in items:
-        if "integration" in item.keywords or "e2e" in item.keywords:
-            item.add_marker(skip)
+    if any("integration" in item.keywords or "e2e" in item.keywords for item in items):
+        raise pytest.UsageError(
+            "integration/e2e tests need root (namespaces, OVS, Mininet): run `make test` as "
+            "root, or `make unit` for the pure-logic tests alone"
+        )
 
 
 @pytest.fixture
