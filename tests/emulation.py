@@ -21,6 +21,7 @@ from ovsdb.instance import OvsInstance
 
 UNDERLAY = "198.18.0.0/24"
 ROOT_UNDERLAY_IP = IPv4Address("198.18.0.254")
+NODE_BLOCK = "198.18.0.0/27"  # add_node() indexes 1..30
 TAG_PREFIX = "vxt"  # every namespace and root-namespace link the tests make starts with it
 
 
@@ -81,8 +82,12 @@ class Underlay:
     def create(self) -> Underlay:
         sh("ip", "link", "add", self.bridge, "type", "bridge")
         self._links.append(self.bridge)
-        sh("ip", "addr", "add", f"{ROOT_UNDERLAY_IP}/24", "dev", self.bridge)
+        # .254/32 plus a route for the test nodes' block only: Mininet clusters
+        # (mininet/vxcluster.py) claim the other /27 blocks beside a test run, and a
+        # second test run fails here, clearly, instead of taking this one's replies.
+        sh("ip", "addr", "add", f"{ROOT_UNDERLAY_IP}/32", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
+        sh("ip", "route", "add", NODE_BLOCK, "dev", self.bridge, "src", str(ROOT_UNDERLAY_IP))
         return self
 
     def _netns(self, name: str) -> str:
