@@ -26,7 +26,7 @@ from pyinstrument import Profiler
 from bench.b1_flow_rate import compile_table, encode_time
 from bench.leasegen import cluster
 from bench.ofwire import BARRIER_REQUEST
-from bench.report import RESULTS_DIR
+from bench.report import RESULTS_DIR, source_state
 from controller.model import ClusterModel
 from controller.switch import SwitchSync
 from leases.events import LeaseAdded
@@ -114,7 +114,11 @@ def event_path(switches: int, leases: int, events: int,
 def _write(name: str, profiler: Profiler, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"profile_{name}.txt"
-    path.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+    state = source_state()
+    head = f"# code at {state['git_head']}" + (
+        f" plus uncommitted edits to {', '.join(state['modified_files'])}"
+        if state["modified_files"] else "")
+    path.write_text(head + "\n" + profiler.output_text(unicode=False, color=False, show_all=False))
     return path
 
 
