@@ -189,6 +189,7 @@ class VxflowController(app_manager.OSKenApp):
             desired=lambda scope: self.model.desired(node, scope),
             later=lambda delay, fn: hub.spawn_after(delay, fn),
             on_synced=self._synced,
+            pause=_yield,
         )
         self.switches[dp.id] = sync
         metrics.SWITCHES.set(len(self.switches))

@@ -90,6 +90,7 @@ class SwitchSync:
     desired: Callable[[Scope], NodeTable | None]  # None: not known yet, touch nothing
     later: Callable[[float, Callable[[], None]], None]  # run a callable after a delay
     on_synced: Callable[[SwitchSync], None] = lambda sync: None
+    pause: Callable[[], None] = lambda: None  # called every CHUNK flows recorded as landed
     state: State = State.IDLE
     installed: dict[FlowKey, Flow] = field(default_factory=dict)
     _by_cookie: dict[int, set[FlowKey]] = field(default_factory=dict)
@@ -181,9 +182,9 @@ class SwitchSync:
             return
         if xid != bundle.last_xid:
             return
-        self._bundle = None
-        self.state = State.IDLE
         if bundle.failed:
+            self._bundle = None
+            self.state = State.IDLE
             metrics.BUNDLES.labels("failed").inc()
             self._retry_later()
             return
@@ -191,12 +192,19 @@ class SwitchSync:
         self._failures = 0
         for flow in bundle.diff.delete:
             self._forget(flow.key)
-        added = bundle.diff.added()
-        for flow in added:
+        # still APPLYING while the table is recorded (it pauses): no diff may see half of it
+        for i, flow in enumerate(bundle.diff.added(), 1):
             self._remember(flow)
+            if not i % CHUNK:
+                self.pause()
+                if self.closed:
+                    return
+        self._bundle = None
+        self.state = State.IDLE
         log.info(
             "switch %s: bundle %d landed (%d added, %d deleted; %d flows)",
-            self.node, bundle.bundle_id, len(added), len(bundle.diff.delete), len(self.installed),
+            self.node, bundle.bundle_id, len(bundle.diff) - len(bundle.diff.delete),
+            len(bundle.diff.delete), len(self.installed),
         )
         self._kick()
 
@@ -298,11 +306,12 @@ class SwitchSync:
             self._remember(flow)
 
     def _remember(self, flow: Flow) -> None:
-        old = self.installed.get(flow.key)
+        key = flow.key
+        old = self.installed.get(key)
         if old is not None and old.cookie != flow.cookie:
-            self._by_cookie[old.cookie].discard(flow.key)
-        self.installed[flow.key] = flow
-        self._by_cookie.setdefault(flow.cookie, set()).add(flow.key)
+            self._by_cookie[old.cookie].discard(key)
+        self.installed[key] = flow
+        self._by_cookie.setdefault(flow.cookie, set()).add(key)
 
     def _forget(self, key: FlowKey) -> None:
         old = self.installed.pop(key, None)

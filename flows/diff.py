@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from flows.compiler import NodeTable, RemoteRoutes
@@ -29,9 +29,11 @@ class FlowDiff:
     def added_routes(self) -> int:
         return len(self.routes) if self.routes is not None else 0
 
-    def added(self) -> list[Flow]:
-        """Every flow this diff adds, as Flow values."""
-        return [*self.add, *(self.routes.flows() if self.routes is not None else ())]
+    def added(self) -> Iterator[Flow]:
+        """Every flow this diff adds, as Flow values (routes made one by one, lazily)."""
+        yield from self.add
+        for i in range(self.added_routes):
+            yield self.routes.flow(i)
 
 
 def diff_flows(current: Iterable[Flow], desired: Iterable[Flow]) -> FlowDiff:

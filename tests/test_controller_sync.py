@@ -6,7 +6,7 @@ import struct
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
-from controller import ofwire
+from controller import ofwire, switch
 from controller.model import FULL, ClusterModel, Scope
 from controller.switch import State, SwitchSync
 from flows.compiler import compile_node, subnet_cookie
@@ -146,6 +146,26 @@ def test_a_rejected_route_of_a_cold_sync_is_named(caplog):
     assert sync.on_error(adds[-1], 4, 9, b"")  # the last add is the last remote lease's route
     assert "rejected add of flow" in caplog.text and "ip_dst=198.19.3.0/24" in caplog.text
     assert not sync.on_error(adds[-1] + 4, 4, 9, b"")  # past the bundle: not ours
+
+
+def test_recording_a_large_landed_bundle_pauses_without_exposing_half_a_table(monkeypatch):
+    monkeypatch.setattr(switch, "CHUNK", 2)
+    model = model_with(lease(1), lease(2), lease(3), lease(4))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    seen = []
+
+    def pause() -> None:  # another event arrives while the hub runs others
+        seen.append((sync.state, len(sync.installed)))
+        sync.request(FULL)
+
+    sync.pause = pause
+    sync.start()
+    read_back(sync, channel, [])
+    finish(sync, channel, channel.take())
+    want = compile_node(CONFIG, [lease(1), lease(2), lease(3), lease(4)], [], lease(1).public_ip)
+    assert len(seen) == len(want) // 2 and {state for state, _ in seen} == {State.APPLYING}
+    assert set(sync.installed.values()) == want
+    assert channel.take() == []  # the requests found a right table: nothing sent
 
 
 def test_lease_event_is_one_flow_mod_per_switch():
