@@ -7,7 +7,9 @@ Both write exactly the flows `flows.compiler.compile_node` yields for the node
 alternating a/b, repeated; medians are reported. Also timed alone: compiling
 the table (flows/) and encoding it as bundle messages (controller/ofwire.py).
 
-Landing is observed from the switch side (bench/observer.py): a bundle commits
+After the first round, the table the controller left is compared line by
+line (`dump-flows --no-stats`) with the one ovs-ofctl left. Landing is
+observed from the switch side (bench/observer.py): a bundle commits
 at once, so the table is complete when a flow-count poll (every 5 ms) first
 shows all N flows. Run: `python -m bench.b1_flow_rate` (root; own namespace).
 """
@@ -80,6 +82,12 @@ def run_ofctl(bridge: Bridge, observer: FlowObserver, flow_file: Path, n: int) -
     return {"wall_s": wall, "landed_s": landed}
 
 
+def table_text(bridge: Bridge) -> list[str]:
+    """The bridge's table as `ovs-ofctl dump-flows --no-stats` prints it, sorted."""
+    out = bridge.ovs.ofctl("--no-stats", "dump-flows", f"unix:{bridge.mgmt_socket}", timeout=120)
+    return sorted(line.strip() for line in out.splitlines() if "actions=" in line)
+
+
 def run_controller(farm: BridgeFarm, env: Env, observer: FlowObserver, n: int) -> dict:
     """(b): the bridge, emptied, connects to the controller that already holds the leases;
     from set-controller until the flow count shows the whole table."""
@@ -136,9 +144,14 @@ def measure(n_remote: int, repeat: int, with_controller: bool) -> dict:
         for i in range(repeat):
             result["ofctl"].append(run_ofctl(farm.bridges[0], observer, flow_file, n))
             log.info("rep %d ofctl: %s", i + 1, result["ofctl"][-1])
+            reference = table_text(farm.bridges[0]) if i == 0 else None
             if env is not None:
                 result["controller"].append(run_controller(farm, env, observer, n))
                 log.info("rep %d controller: %s", i + 1, result["controller"][-1])
+                if reference is not None:  # same flows, not just as many (outside the timing)
+                    result["tables_identical"] = table_text(farm.bridges[0]) == reference
+                    if not result["tables_identical"]:
+                        raise RuntimeError("the controller's table differs from ovs-ofctl's")
         if env is not None:
             result["controller_memory_kib"] = env.controller.memory_kib()
     return result

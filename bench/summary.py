@@ -82,6 +82,8 @@ def b1(r: dict[str, Any]) -> list[str]:
                   f"time ratio (b)/(a) = {s['time_ratio_controller_over_ofctl']:.2f}; "
                   + (f"median of the per-round ratios (a)/(b) = {s['pairwise_rate_ratio_median']:.2f}. "
                      if "pairwise_rate_ratio_median" in s else "")
+                  + ("Both sides left identical tables (dump-flows, first round). "
+                     if r.get("tables_identical") else "")
                   + f"Controller peak RSS {r['controller_memory_kib']['VmHWM'] / 1024:.0f} MiB."]  # fmt: skip
     return lines
 

@@ -41,6 +41,7 @@ def test_b1_flow_rate_tiny(tmp_path: Path) -> None:
     r = run_bench(tmp_path, "bench.b1_flow_rate", "--remote-leases", "200", "--repeat", "2")
     assert r["remote_leases"] == 200 and r["flows_per_table"] > 200
     assert len(r["ofctl"]) == len(r["controller"]) == 2
+    assert r["tables_identical"] is True
     s = r["summary"]
     for key in ("compile_s_median", "encode_s_median", "ofctl_landed_s_median",
                 "controller_landed_s_median", "rate_ratio_controller_over_ofctl"):  # fmt: skip
