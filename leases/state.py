@@ -210,7 +210,10 @@ class View:
                 ep_keys.add(key)
                 group = self._groups.setdefault(kind[1].split("/", 1)[0], set())
                 (group.add if key in self.kvs else group.discard)(key)
-        lease_events, toggled, judged = self._update_leases(lease_keys, report)
+        if report:
+            lease_events, toggled, judged = self._update_leases(lease_keys)
+        else:  # a full (re)load of a reset view: every endpoint key is dirty already
+            lease_events, toggled, judged = [], set(), self._load_leases(lease_keys)
         for name in toggled:
             ep_keys |= self._groups.get(name, set())
         removed_eps, added_eps = self._update_endpoints(ep_keys)
@@ -227,18 +230,43 @@ class View:
         events += added_eps
         return events, judged | ep_keys
 
-    def _update_leases(
-        self, dirty: set[str], report: bool = True
-    ) -> tuple[list[Event], set[str], set[str]]:
-        """Re-judge `dirty` lease keys and their PublicIP rivals.
+    def _judge(self, key: str, kv: KV, config: NetworkConfig) -> Lease | Rejection:
+        result = self._leases[key] = check_lease(
+            key, kv.value, config, etcd_lease_id=kv.lease or None, mod_revision=kv.mod_revision
+        )
+        return result
 
-        Returns the events (if `report`), the subnet key names whose lease came
-        or went, and every lease key judged.
-        """
-        ips: set[IPv4Address] = set()
-        for i, key in enumerate(dirty, 1):
+    def _load_leases(self, keys: set[str]) -> set[str]:
+        """`_update_leases` for every lease key of a reset view, in bulk: no previous
+        state to undo and no events, so a large prefix loads in fewer steps per key."""
+        if self.config is None:
+            return keys
+        holders = self._holders
+        for i, key in enumerate(keys, 1):
             if not i % PAUSE_EVERY:
                 self.pause()
+            result = self._judge(key, self.kvs[key], self.config)
+            if isinstance(result, Lease):
+                held = holders.get(result.public_ip)
+                if held is None:
+                    holders[result.public_ip] = {key: result}
+                else:
+                    held[key] = result
+        for held in holders.values():
+            kept, conflicts = resolve_conflicts(held)
+            self._live.update(kept)
+            self._conflicts.update((r.key, r) for r in conflicts)
+        self._by_subnet = {lease.subnet: lease for lease in self._live.values()}
+        return keys
+
+    def _update_leases(self, dirty: set[str]) -> tuple[list[Event], set[str], set[str]]:
+        """Re-judge `dirty` lease keys and their PublicIP rivals.
+
+        Returns the events, the subnet key names whose lease came or went, and
+        every lease key judged.
+        """
+        ips: set[IPv4Address] = set()
+        for key in dirty:
             old = self._leases.pop(key, None)
             if isinstance(old, Lease):
                 self._holders[old.public_ip].pop(key, None)
@@ -246,14 +274,7 @@ class View:
             kv = self.kvs.get(key)
             if kv is None or self.config is None:
                 continue
-            result = check_lease(
-                key,
-                kv.value,
-                self.config,
-                etcd_lease_id=kv.lease or None,
-                mod_revision=kv.mod_revision,
-            )
-            self._leases[key] = result
+            result = self._judge(key, kv, self.config)
             if isinstance(result, Lease):
                 self._holders.setdefault(result.public_ip, {})[key] = result
                 ips.add(result.public_ip)
@@ -284,8 +305,6 @@ class View:
                 self._by_subnet.pop(old.subnet, None)
             if (old is None) != (new is None):
                 toggled.add(key[len(self.keys.subnets) :])
-            if not report:
-                continue
             if old is None and new is not None:
                 events.append(LeaseAdded(new, self.revision))
             elif old is not None and new is None:
