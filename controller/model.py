@@ -229,7 +229,8 @@ class ClusterModel:
             self.rejected[f"lease {lease.subnet}"] = Rejected(lease, problem)
             self._valid.pop(lease.subnet, None)
         else:
-            self.rejected.pop(f"lease {lease.subnet}", None)
+            if self.rejected:  # (naming the entry costs more than the lookup)
+                self.rejected.pop(f"lease {lease.subnet}", None)
             self._by_ip[lease.public_ip].add(lease.subnet)
             self._valid[lease.subnet] = lease, route_row(lease)
 

@@ -8,6 +8,7 @@ rejection carries a reason an operator can act on.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,7 +34,12 @@ class Selection:
     rejected: tuple[Rejected, ...]
 
 
+_CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+
+
 def _unicast_mac_problem(mac: str) -> str | None:
+    if _CANONICAL_MAC.fullmatch(mac) and not int(mac[:2], 16) & 1 and mac != "00:00:00:00:00:00":
+        return None  # the common case, without splitting
     parts = mac.split(":")
     if len(parts) != 6 or any(len(p) != 2 for p in parts) or mac != mac.lower():
         return f"MAC {mac!r} is not lower-case aa:bb:cc:dd:ee:ff"
@@ -49,21 +55,29 @@ def _unicast_mac_problem(mac: str) -> str | None:
 
 
 def lease_problem(config: NetworkConfig, lease: Lease) -> str | None:
-    """Why this lease, on its own, must not produce flows (None: it may)."""
+    """Why this lease, on its own, must not produce flows (None: it may).
+
+    Address ranges are checked as integers (ipaddress's `is_*` ranges): this
+    runs once per lease when the controller loads a cluster.
+    """
     if lease.backend_type != "vxlan":
         return f"backend type {lease.backend_type!r} is not vxlan"
+    net, mask = int(config.network.network_address), int(config.network.netmask)
     if lease.subnet.prefixlen != config.subnet_len:
         return f"subnet {lease.subnet} is not a /{config.subnet_len}"
-    if not lease.subnet.subnet_of(config.network):
+    if lease.subnet.prefixlen < config.network.prefixlen or (
+        int(lease.subnet.network_address) & mask != net
+    ):
         return f"subnet {lease.subnet} is outside the network {config.network}"
     if lease.vni != config.backend.vni:
         return f"VNI {lease.vni} differs from the network's VNI {config.backend.vni}"
     ip = lease.public_ip
-    if not isinstance(ip, IPv4Address) or ip.is_multicast or ip.is_unspecified:
+    n = int(ip) if isinstance(ip, IPv4Address) else None
+    if n is None or n >> 28 == 0xE or n == 0:  # multicast 224/4, unspecified
         return f"PublicIP {ip} is not a unicast IPv4 address"
-    if ip.is_loopback or ip.is_link_local or ip == IPv4Address("255.255.255.255"):
+    if n >> 24 == 127 or n >> 16 == 0xA9FE or n == 0xFFFFFFFF:  # loopback, link-local
         return f"PublicIP {ip} is not routable between nodes"
-    if ip in config.network:
+    if n & mask == net:
         return f"PublicIP {ip} lies inside the overlay network {config.network}"
     return _unicast_mac_problem(lease.vtep_mac)
 

@@ -19,6 +19,7 @@ from flows.flow import (
     owner_of,
 )
 from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, gateway_mac, vtep_mac_for
+from flows.validate import lease_problem
 from leases.model import BackendConfig, Endpoint, Lease, NetworkConfig
 
 NET = IPv4Network("198.19.0.0/16")
@@ -346,3 +347,22 @@ def test_lease_change_replaces_the_flow_under_the_same_key():
     old = remote_lease_flow(CONFIG, LEASES[1], LEASES[0])
     new = remote_lease_flow(CONFIG, moved, LEASES[0])
     assert old.key == new.key and old.cookie == new.cookie and old != new
+
+
+def test_lease_guard_ranges_and_macs_are_ipaddress_ones():
+    """lease_problem checks addresses as integers; the verdicts are ipaddress's."""
+    base = LEASES[1]
+    for first in [0, 1, 10, 126, 127, 128, 169, 198, 223, 224, 239, 240, 255]:
+        for rest in (0, 0x00FEFF, 0xFE0001, 0xFFFFFF, 0x123456):
+            ip = IPv4Address(first << 24 | rest)
+            bad = ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip.is_link_local
+            bad = bad or ip == IPv4Address("255.255.255.255") or ip in CONFIG.network
+            assert (lease_problem(CONFIG, replace(base, public_ip=ip)) is not None) == bad, ip
+    for subnet in ("10.0.0.0/8", "0.0.0.0/24", str(CONFIG.network), "198.19.255.0/24"):
+        outside = not IPv4Network(subnet).subnet_of(CONFIG.network)
+        problem = lease_problem(CONFIG, replace(base, subnet=IPv4Network(subnet)))
+        assert problem is not None if outside else True, subnet
+    for mac, ok in [("02:00:00:00:00:01", True), ("03:00:00:00:00:01", False),
+                    ("00:00:00:00:00:00", False), ("02:00:00:00:00:0A", False),
+                    ("02:00:00:00:00", False)]:  # fmt: skip
+        assert (lease_problem(CONFIG, replace(base, vtep_mac=mac)) is None) == ok, mac
