@@ -88,9 +88,12 @@ def table_text(bridge: Bridge) -> list[str]:
     return sorted(line.strip() for line in out.splitlines() if "actions=" in line)
 
 
-def run_controller(farm: BridgeFarm, env: Env, observer: FlowObserver, n: int) -> dict:
+def run_controller(farm: BridgeFarm, env: Env, observer: FlowObserver, n: int,
+                   reference: list[str] | None = None) -> dict:  # fmt: skip
     """(b): the bridge, emptied, connects to the controller that already holds the leases;
-    from set-controller until the flow count shows the whole table."""
+    from set-controller until the flow count shows the whole table. With `reference`,
+    the table is then compared with it (before detaching: OVS flushes a bridge's flows
+    when its last controller is removed)."""
     bridge = farm.bridges[0]
     clear_table(bridge, observer)
     cpu0 = env.controller.cpu_seconds()
@@ -98,13 +101,17 @@ def run_controller(farm: BridgeFarm, env: Env, observer: FlowObserver, n: int) -
     farm.set_controller(env.controller.target, [bridge])
     landed = observer.wait_flow_count({bridge.name: n}, timeout=300)[bridge.name] - t0
     cpu = env.controller.cpu_seconds() - cpu0
+    out = {"landed_s": landed, "controller_cpu_s": cpu}
+    if reference is not None:
+        out["identical_to_ofctl"] = table_text(bridge) == reference
     farm.set_controller(None, [bridge])
-    return {"landed_s": landed, "controller_cpu_s": cpu}
+    return out
 
 
 def warm_up_controller(farm: BridgeFarm, env: Env, observer: FlowObserver, n: int) -> float:
     """Seconds until the probe bridge (node 1) holds its full table: from then on the
-    controller has every lease. The probe is detached again before measuring."""
+    controller has every lease. The probe is detached again before measuring (which
+    also empties it: OVS flushes a bridge's flows when its last controller goes)."""
     probe = farm.bridges[1]
     t0 = time.monotonic()
     farm.set_controller(env.controller.target, [probe])
@@ -144,12 +151,13 @@ def measure(n_remote: int, repeat: int, with_controller: bool) -> dict:
         for i in range(repeat):
             result["ofctl"].append(run_ofctl(farm.bridges[0], observer, flow_file, n))
             log.info("rep %d ofctl: %s", i + 1, result["ofctl"][-1])
-            reference = table_text(farm.bridges[0]) if i == 0 else None
             if env is not None:
-                result["controller"].append(run_controller(farm, env, observer, n))
+                # first round: same flows, not just as many (compared outside the timing)
+                reference = table_text(farm.bridges[0]) if i == 0 else None
+                result["controller"].append(run_controller(farm, env, observer, n, reference))
                 log.info("rep %d controller: %s", i + 1, result["controller"][-1])
-                if reference is not None:  # same flows, not just as many (outside the timing)
-                    result["tables_identical"] = table_text(farm.bridges[0]) == reference
+                if reference is not None:
+                    result["tables_identical"] = result["controller"][-1]["identical_to_ofctl"]
                     if not result["tables_identical"]:
                         raise RuntimeError("the controller's table differs from ovs-ofctl's")
         if env is not None:
