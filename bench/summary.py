@@ -20,7 +20,7 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def _ms(s: float) -> str:
-    return f"{s * 1e3:.1f} ms"
+    return f"{s * 1e3:.2f} ms"
 
 
 def _s(s: float) -> str:
@@ -111,7 +111,7 @@ def b3(r: dict[str, Any]) -> list[str]:
         switch_cpu = f"{x['switch_cpu_s']:.2f} s" if "switch_cpu_s" in x else "n/a (stand-in)"
         lines.append(
             f"| {x['switch']} | {x['leases']:,} | {x['switches']} | {x['flows_total']:,} | "
-            f"{_s(x['converged_s'])} | " + ", ".join(f"{y['converged_s']:.2f}" for y in x["reps"])
+            f"{_s(x['converged_s'])} | " + ", ".join(f"{y['converged_s']:.3f}" for y in x["reps"])
             + f" | {x['flow_mods_per_s']:,.0f} | {x['controller_cpu_s']:.2f} s | {switch_cpu} | "
             f"{x['controller_rss_peak_kib'] / 1024:.0f} MiB |"
         )  # fmt: skip
