@@ -230,17 +230,35 @@ class EtcdClient:
         return self.call(lambda c: c.post(c.get_url(path), json=body))
 
     def range(
-        self, key: str, *, prefix: bool = False, revision: int | None = None
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        revision: int | None = None,
+        page_size: int = 0,
     ) -> tuple[list[KV], int]:
-        """Keys (one, or all under a prefix) and the store revision they were read at."""
+        """Keys (one, or all under a prefix) and the store revision they were read at.
+
+        `page_size` > 0 reads a large prefix in requests of that many keys, all at
+        the first one's revision: no response of tens of megabytes to parse in one
+        go, and a cooperative caller's hub runs while each page is on the wire.
+        """
         body: dict[str, Any] = {"key": _b64(key)}
         if prefix:
             body["range_end"] = _b64(prefix_end(key))
         if revision is not None:
             body["revision"] = revision
-        result = self.post("/kv/range", body)
-        kvs = [kv_from_json(item) for item in result.get("kvs", ())]
-        return kvs, int(result["header"]["revision"])
+        if page_size > 0:
+            body["limit"] = page_size
+        kvs: list[KV] = []
+        while True:
+            result = self.post("/kv/range", body)
+            items = result.get("kvs", ())
+            kvs += [kv_from_json(item) for item in items]
+            body["revision"] = int(result["header"]["revision"])
+            if not (page_size > 0 and result.get("more") and items):
+                return kvs, body["revision"]
+            body["key"] = _b64(_unb64(items[-1]["key"]) + b"\0")  # right after the last one
 
     def get(self, key: str) -> KV | None:
         kvs, _ = self.range(key)

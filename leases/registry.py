@@ -45,6 +45,7 @@ from leases.watch import Watch
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
+RANGE_PAGE = 4096  # keys per request when listing a whole prefix
 
 
 def renew_interval(ttl: int = LEASE_TTL_SECONDS, margin: int = RENEW_MARGIN_SECONDS) -> float:
@@ -362,7 +363,7 @@ class Registry:
 
         `pause` is called every `leases.state.PAUSE_EVERY` entries validated (see `View`).
         """
-        kvs, revision = self.etcd.range(self.keys.root, prefix=True)
+        kvs, revision = self.etcd.range(self.keys.root, prefix=True, page_size=RANGE_PAGE)
         snap = build_snapshot(self.keys, kvs, revision, pause=pause)
         self._reporter.report(snap.rejected)
         return snap

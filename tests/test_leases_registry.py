@@ -281,3 +281,12 @@ def test_lease_for_judges_one_entry(registry: Registry) -> None:
         and not isinstance(rejected, Lease)
         and rejected.reason == Reason.BAD_JSON
     )
+
+
+def test_paged_range_equals_one_range(registry: Registry) -> None:
+    for i in range(10):
+        registry.etcd.put(f"{registry.keys.root}paged/{i:02d}", f"v{i}")
+    registry.etcd.put(f"{registry.keys.root}paged/\xe9", "non-ascii key")
+    whole = registry.etcd.range(registry.keys.root, prefix=True)
+    for size in (1, 3, 11, 1000):
+        assert registry.etcd.range(registry.keys.root, prefix=True, page_size=size) == whole
