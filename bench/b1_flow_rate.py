@@ -197,7 +197,9 @@ def summarise(result: dict) -> dict:
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write b1_flow_rate.json (default bench/results).")
 def main(remote_leases: int, repeat: int, controller: bool, results_dir: Path | None) -> None:
-    """B1: flow programming rate, ovs-ofctl --bundle vs the vxflow controller."""
+    """B1: flow programming rate, ovs-ofctl --bundle vs the vxflow controller.
+
+    Needs root; runs in a network namespace of its own. Writes b1_flow_rate.json."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = measure(remote_leases, repeat, controller)
     result["summary"] = summarise(result)

@@ -187,10 +187,13 @@ def measure(kind: str, switches: int, leases: int, repeat: int, gap: float) -> d
 @click.option("--leases", default=1000, show_default=True, help="Leases present before the first new one.")
 @click.option("--repeat", default=200, show_default=True, help="New leases per switch count.")
 @click.option("--gap", default=0.02, show_default=True, help="Seconds between new leases.")
-@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to write the JSON (default bench/results).")
 def main(switches: tuple[int, ...], kinds: tuple[str, ...], leases: int, repeat: int,
          gap: float, results_dir: Path | None) -> None:  # fmt: skip
-    """B2: latency from one new lease in etcd to its flow on every switch."""
+    """B2: latency from one new lease in etcd to its flow on every switch.
+
+    Needs root; runs in a network namespace of its own. Writes b2_convergence.json."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     runs = [measure(k, s, leases, repeat, gap) for k in kinds for s in switches]
     path = report.save("b2_convergence", MODULE, {"runs": runs}, results_dir)

@@ -141,10 +141,14 @@ DEFAULT_RUNS = ("real:1000x10", "real:1000x50", "real:1000x100", "real:1000x200"
 @click.option("--run", "runs", multiple=True, default=DEFAULT_RUNS, show_default=True,
               help="KIND:LEASESxSWITCHES, KIND real or stand-in (repeatable).")
 @click.option("--repeat", default=3, show_default=True, help="Cold starts per configuration.")
-@click.option("--timeout", default=600.0, show_default=True)
-@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--timeout", default=600.0, show_default=True,
+              help="Seconds a cold start may take before the run fails.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to write the JSON (default bench/results).")
 def main(runs: tuple[str, ...], repeat: int, timeout: float, results_dir: Path | None) -> None:
-    """B3: cold start of S switches onto L leases; convergence, flow-mods/s, controller cost."""
+    """B3: cold start of S switches onto L leases; convergence, flow-mods/s, controller cost.
+
+    Needs root; runs in a network namespace of its own. Writes b3_cold_start.json."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     results = [measure(kind, leases, switches, timeout, repeat)
                for kind, leases, switches in _configs(runs)]  # fmt: skip

@@ -100,9 +100,13 @@ def measure(rounds: int, pings: int, seconds: int) -> dict[str, Any]:
 @click.option("--rounds", default=3, show_default=True, help="Alternating vxflow/flannel rounds.")
 @click.option("--pings", default=200, show_default=True, help="Pings per round.")
 @click.option("--seconds", default=5, show_default=True, help="iperf3 duration per round.")
-@click.option("--results-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--results-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to write the JSON (default bench/results).")
 def main(rounds: int, pings: int, seconds: int, results_dir: Path | None) -> None:
-    """B4: pod-to-pod RTT and TCP throughput, vxflow vs flannel-style nodes."""
+    """B4: pod-to-pod RTT and TCP throughput, vxflow vs flannel-style nodes.
+
+    Needs root; builds a Mininet cluster (2 vxflow + 2 flannel-style nodes, one pod
+    each). Writes b4_dataplane.json."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = measure(rounds, pings, seconds)
     path = report.save("b4_dataplane", MODULE, result, results_dir)

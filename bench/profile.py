@@ -129,10 +129,14 @@ def _write(name: str, profiler: Profiler, out_dir: Path) -> Path:
 @click.option("--switches", default=50, show_default=True, help="event: synced switches.")
 @click.option("--leases", default=1000, show_default=True, help="event: leases before the events.")
 @click.option("--events", default=200, show_default=True, help="event: new leases, one by one.")
-@click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR)
+@click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR,
+              show_default=True, help="Where the text report goes.")
 def main(what: str, remote_leases: int, switches: int, leases: int, events: int,
          results_dir: Path) -> None:  # fmt: skip
-    """Profile one of the controller's hot paths in process (see the module docstring)."""
+    """Profile a hot path in process with pyinstrument: compile (flows/ for one table),
+    encode (controller/ofwire.py for one table), sync (the controller's cold sync of one
+    empty switch), event (one new lease fanned out to --switches synced switches).
+    The report goes to RESULTS_DIR/profile_WHAT.txt."""
     profiler = Profiler(interval=0.0005)
     if what == "compile":
         with profiler:

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.option("--commit", default="HEAD", show_default=True)
+@click.option("--commit", default="HEAD", show_default=True, help="The commit to export.")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, required=True)
 def main(commit: str, args: tuple[str, ...]) -> None:
     """Run `python ARGS` from a clean export of COMMIT (results to bench/results/)."""

@@ -145,7 +145,8 @@ def render(results_dir: Path) -> str:
 
 @click.command()
 @click.option("--write", is_flag=True, help="Update BENCHMARKS.md between the result markers.")
-@click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR)
+@click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR,
+              show_default=True, help="Where the result JSON files are.")
 def main(write: bool, results_dir: Path) -> None:
     """Print (or write into BENCHMARKS.md) the tables of the latest results."""
     text = render(results_dir)
