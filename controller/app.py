@@ -48,8 +48,9 @@ class DatapathChannel:
         self.datapath = datapath
 
     def send(self, data: bytes) -> None:
+        """Queue without yielding: a lease event queues its flow-mod to every switch
+        before any send loop runs (SwitchSync pauses between a bundle's chunks)."""
         self.datapath.send(data)
-        _yield()  # let the send loop write it (the switch parses while we encode on)
 
     def xids(self, count: int) -> int:
         first = self.datapath.xid + 1

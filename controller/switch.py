@@ -4,11 +4,13 @@ No os-ken here: the app hands replies in and gives a `Channel` to send raw
 bytes, so this logic runs the same under a real switch and in unit tests.
 
 A sync sends only the difference between what the switch holds (read back
-with flow stats on connect, then tracked as bundles land) and what it should
-hold, inside one atomic bundle followed by a barrier. A table that is already
-right gets no flow-mod at all. A bundle that fails is logged per offending
-flow and retried from a fresh readback, so nothing is ever left half-applied
-or assumed.
+with flow stats on connect, then tracked as changes land) and what it should
+hold, inside one atomic bundle followed by a barrier. A difference of exactly
+one flow-mod (one lease added, changed or removed: the common event) is atomic
+on its own, so it goes out bare with its barrier in one write, one round trip
+instead of a bundle's two. A table that is already right gets no flow-mod at
+all. A change that fails is logged per offending flow and retried from a fresh
+readback, so nothing is ever left half-applied or assumed.
 """
 
 from __future__ import annotations
@@ -48,35 +50,48 @@ class State(Enum):
 
 
 @dataclass
-class _Bundle:
-    """A bundle in flight. xids: open, one per message, add-barrier, commit/discard, barrier.
+class _Change:
+    """A change in flight, bundled or bare.
 
+    A bundle's xids: open, one per message, add-barrier, commit/discard, barrier.
     OVS drops a bundled message it rejects but would still commit the rest, so
     the commit is only sent once the add-barrier confirmed every add was taken.
+    A bare change (`bundle_id` None) is one flow-mod then its barrier; the
+    switch sends any OFPT_ERROR for the flow-mod before that barrier's reply.
     """
 
-    bundle_id: int
+    bundle_id: int | None  # None: one bare flow-mod
     first_xid: int
-    messages: list[tuple[int, Flow]]  # (command, flow) per xid from first_xid + 1
-    diff: FlowDiff  # its routes follow the messages, one xid each
+    messages: list[tuple[int, Flow]]  # (command, flow) per xid from the first message's
+    diff: FlowDiff  # in a bundle, its routes follow the messages, one xid each
     failed: bool = False
     committing: bool = False
 
     @property
+    def form(self) -> str:
+        return "flow_mod" if self.bundle_id is None else "bundle"
+
+    @property
+    def _message_xid(self) -> int:
+        return self.first_xid if self.bundle_id is None else self.first_xid + 1
+
+    @property
     def added_xid(self) -> int:
-        return self.first_xid + len(self.messages) + self.diff.added_routes + 1
+        """The barrier after the last message (a bare change's only barrier)."""
+        routes = 0 if self.bundle_id is None else self.diff.added_routes
+        return self._message_xid + len(self.messages) + routes
 
     @property
     def last_xid(self) -> int:
-        return self.added_xid + 2
+        return self.added_xid if self.bundle_id is None else self.added_xid + 2
 
     def message(self, xid: int) -> tuple[int, Flow] | None:
-        i = xid - self.first_xid - 1
+        i = xid - self._message_xid
         if 0 <= i < len(self.messages):
             return self.messages[i]
         i -= len(self.messages)
         routes = self.diff.routes
-        if routes is not None and 0 <= i < len(routes):
+        if self.bundle_id is not None and routes is not None and 0 <= i < len(routes):
             return ofwire.OFPFC_ADD, routes.flow(i)
         return None
 
@@ -90,7 +105,7 @@ class SwitchSync:
     desired: Callable[[Scope], NodeTable | None]  # None: not known yet, touch nothing
     later: Callable[[float, Callable[[], None]], None]  # run a callable after a delay
     on_synced: Callable[[SwitchSync], None] = lambda sync: None
-    pause: Callable[[], None] = lambda: None  # called every CHUNK flows recorded as landed
+    pause: Callable[[], None] = lambda: None  # called every CHUNK flows sent or recorded
     state: State = State.IDLE
     installed: dict[FlowKey, Flow] = field(default_factory=dict)
     _by_cookie: dict[int, set[FlowKey]] = field(default_factory=dict)
@@ -99,7 +114,7 @@ class SwitchSync:
     _readback_reason: str = "connect"
     _read_xid: int = -1
     _read: list[Flow] = field(default_factory=list)
-    _bundle: _Bundle | None = None
+    _change: _Change | None = None
     _next_bundle_id: int = 1
     _failures: int = 0
     closed: bool = False
@@ -142,11 +157,11 @@ class SwitchSync:
 
     def on_error(self, xid: int, err_type: int, code: int, data: bytes) -> bool:
         """Log and count an OFPT_ERROR with the message that caused it; False if not ours."""
-        bundle = self._bundle
-        if bundle is not None and bundle.first_xid <= xid <= bundle.last_xid:
+        change = self._change
+        if change is not None and change.first_xid <= xid <= change.last_xid:
             metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
-            bundle.failed = True
-            sent = bundle.message(xid)
+            change.failed = True
+            sent = change.message(xid)
             if sent is not None:
                 command, flow = sent
                 verb = "add" if command == ofwire.OFPFC_ADD else "delete"
@@ -157,7 +172,7 @@ class SwitchSync:
             else:
                 log.error(
                     "switch %s: bundle %d control failed (error type %d code %d)",
-                    self.node, bundle.bundle_id, err_type, code,
+                    self.node, change.bundle_id, err_type, code,
                 )
             return True
         if xid == self._read_xid and self.state is State.READING:
@@ -169,42 +184,43 @@ class SwitchSync:
         return False
 
     def on_barrier(self, xid: int) -> None:
-        bundle = self._bundle
-        if bundle is None:
+        change = self._change
+        if change is None:
             return
-        if xid == bundle.added_xid and not bundle.committing:
-            bundle.committing = True
-            ctrl = ofwire.OFPBCT_DISCARD_REQUEST if bundle.failed else ofwire.OFPBCT_COMMIT_REQUEST
+        if xid == change.added_xid and change.bundle_id is not None and not change.committing:
+            change.committing = True
+            ctrl = ofwire.OFPBCT_DISCARD_REQUEST if change.failed else ofwire.OFPBCT_COMMIT_REQUEST
             self.channel.send(
-                ofwire.encode_bundle_control(bundle.bundle_id, ctrl, bundle.added_xid + 1)
-                + ofwire.encode_barrier(bundle.last_xid)
+                ofwire.encode_bundle_control(change.bundle_id, ctrl, change.added_xid + 1)
+                + ofwire.encode_barrier(change.last_xid)
             )
             return
-        if xid != bundle.last_xid:
+        if xid != change.last_xid:
             return
-        if bundle.failed:
-            self._bundle = None
+        if change.failed:
+            self._change = None
             self.state = State.IDLE
-            metrics.BUNDLES.labels("failed").inc()
+            metrics.CHANGE_RESULT[change.form, "failed"].inc()
             self._retry_later()
             return
-        metrics.BUNDLES.labels("ok").inc()
+        metrics.CHANGE_RESULT[change.form, "ok"].inc()
         self._failures = 0
-        for flow in bundle.diff.delete:
+        for flow in change.diff.delete:
             self._forget(flow.key)
         # still APPLYING while the table is recorded (it pauses): no diff may see half of it
-        for i, flow in enumerate(bundle.diff.added(), 1):
+        for i, flow in enumerate(change.diff.added(), 1):
             self._remember(flow)
             if not i % CHUNK:
                 self.pause()
                 if self.closed:
                     return
-        self._bundle = None
+        self._change = None
         self.state = State.IDLE
+        what = "flow-mod" if change.bundle_id is None else f"bundle {change.bundle_id}"
         log.info(
-            "switch %s: bundle %d landed (%d added, %d deleted; %d flows)",
-            self.node, bundle.bundle_id, len(bundle.diff) - len(bundle.diff.delete),
-            len(bundle.diff.delete), len(self.installed),
+            "switch %s: %s landed (%d added, %d deleted; %d flows)",
+            self.node, what, len(change.diff) - len(change.diff.delete),
+            len(change.diff.delete), len(self.installed),
         )
         self._kick()
 
@@ -249,16 +265,30 @@ class SwitchSync:
         self.channel.send(ofwire.encode_flow_stats_request(self._read_xid))
 
     def _send(self, diff: FlowDiff) -> None:
+        self.state = State.APPLYING
+        metrics.DELETES.inc(len(diff.delete))
+        metrics.ADDS.inc(len(diff) - len(diff.delete))
+        if len(diff) == 1:
+            self._send_bare(diff)
+        else:
+            self._send_bundle(diff)
+
+    def _send_bare(self, diff: FlowDiff) -> None:
+        """One flow-mod and its barrier in one write: a single flow-mod is atomic."""
+        command = ofwire.OFPFC_DELETE_STRICT if diff.delete else ofwire.OFPFC_ADD
+        (flow,) = diff.delete or tuple(diff.added())
+        xid = self.channel.xids(2)
+        self._change = _Change(None, xid, [(command, flow)], diff)
+        self.channel.send(ofwire.encode_flow_mod(flow, command, xid) + ofwire.encode_barrier(xid + 1))
+
+    def _send_bundle(self, diff: FlowDiff) -> None:
         messages = [(ofwire.OFPFC_DELETE_STRICT, f) for f in diff.delete]
         messages += [(ofwire.OFPFC_ADD, f) for f in diff.add]
         started = time.perf_counter()
         first = self.channel.xids(len(diff) + 4)
         bundle_id = self._next_bundle_id
         self._next_bundle_id = self._next_bundle_id % 0xFFFFFFFF + 1
-        bundle = self._bundle = _Bundle(bundle_id, first, messages, diff)
-        self.state = State.APPLYING
-        metrics.FLOW_MODS.labels("delete").inc(len(diff.delete))
-        metrics.FLOW_MODS.labels("add").inc(len(diff) - len(diff.delete))
+        bundle = self._change = _Change(bundle_id, first, messages, diff)
         send = self.channel.send
         send(ofwire.encode_bundle_control(bundle_id, ofwire.OFPBCT_OPEN_REQUEST, first))
         xid = first + 1
@@ -271,11 +301,12 @@ class SwitchSync:
         ]  # fmt: skip
         for items, encode in parts:
             for i in range(0, len(items), CHUNK):
-                if self.closed:  # disconnected while we were sending: the new session resyncs
-                    return
                 chunk = items[i : i + CHUNK]
-                send(encode(chunk, xid))  # each send yields: the switch parses, we encode on
+                send(encode(chunk, xid))
                 xid += len(chunk)
+                self.pause()  # the switch parses this chunk while we encode the next
+                if self.closed:  # disconnected meanwhile: the new session resyncs
+                    return
         send(ofwire.encode_barrier(bundle.added_xid))
         log.debug(
             "switch %s: bundle %d of %d flow-mods encoded and queued in %.1f ms",

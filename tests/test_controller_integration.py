@@ -266,7 +266,8 @@ def test_restart_with_unchanged_etcd_sends_no_flow_mod(cluster: Cluster, tmp_pat
     wait_for("both switches in sync", lambda: cluster.controller.log().count("in sync") >= 2)
     for command in ("add", "delete"):
         assert cluster.controller.metric("vxflow_controller_flow_mods_total", command=command) == 0
-    assert cluster.controller.metric("vxflow_controller_bundles_total", result="ok") == 0
+    for form in ("bundle", "flow_mod"):
+        assert cluster.controller.metric("vxflow_controller_changes_total", form=form, result="ok") == 0
     cluster.wait_converged()
     # independently of the controller's counters: no flow was re-added (durations kept running)
     elapsed = time.monotonic() - restarted

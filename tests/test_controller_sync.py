@@ -6,7 +6,7 @@ import struct
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
-from controller import ofwire, switch
+from controller import metrics, ofwire, switch
 from controller.model import FULL, ClusterModel, Scope
 from controller.switch import State, SwitchSync
 from flows.compiler import compile_node, subnet_cookie
@@ -29,8 +29,10 @@ class Recorder:
     def __init__(self) -> None:
         self.messages: list[tuple[int, int, bytes]] = []
         self.next_xid = 100
+        self.writes = 0
 
     def send(self, data: bytes) -> None:
+        self.writes += 1
         pos = 0
         while pos < len(data):
             _, mtype, length, xid = struct.unpack_from("!BBHI", data, pos)
@@ -74,6 +76,19 @@ def read_back(sync: SwitchSync, channel: Recorder, flows) -> None:
 def bundle_adds(messages) -> list[int]:
     """Commands of the flow-mods inside the bundle adds."""
     return [m[16 + 25] for t, _, m in messages if t == ofwire.OFPT_BUNDLE_ADD_MESSAGE]
+
+
+def bare_mods(messages) -> list[int]:
+    """Commands of the flow-mods sent outside any bundle."""
+    return [m[25] for t, _, m in messages if t == ofwire.OFPT_FLOW_MOD]
+
+
+def land_bare(sync: SwitchSync, messages) -> None:
+    """Check a bare change's shape (one flow-mod, then its barrier) and answer the barrier."""
+    (fm, fm_xid, _), (barrier, barrier_xid, _) = messages
+    assert (fm, barrier) == (ofwire.OFPT_FLOW_MOD, ofwire.OFPT_BARRIER_REQUEST)
+    assert barrier_xid == fm_xid + 1
+    sync.on_barrier(barrier_xid)
 
 
 def finish(sync: SwitchSync, channel: Recorder, messages) -> list:
@@ -163,36 +178,73 @@ def test_recording_a_large_landed_bundle_pauses_without_exposing_half_a_table(mo
     read_back(sync, channel, [])
     finish(sync, channel, channel.take())
     want = compile_node(CONFIG, [lease(1), lease(2), lease(3), lease(4)], [], lease(1).public_ip)
-    assert len(seen) == len(want) // 2 and {state for state, _ in seen} == {State.APPLYING}
+    assert {state for state, _ in seen} == {State.APPLYING}
+    sending = [n for _, n in seen if n == 0]  # between chunks sent (nothing recorded yet)
+    assert len(sending) >= len(want) // 2  # chunks of at most 2 flow-mods
+    assert len(seen) - len(sending) == len(want) // 2  # while recording, every 2 flows
     assert set(sync.installed.values()) == want
     assert channel.take() == []  # the requests found a right table: nothing sent
 
 
-def test_lease_event_is_one_flow_mod_per_switch():
-    model = model_with(lease(1), lease(2))
+def synced_pair(model: ClusterModel) -> dict[int, tuple[SwitchSync, Recorder, list]]:
+    """Switches of nodes 1 and 2, read back holding exactly their desired tables."""
     syncs = {}
     for i in (1, 2):
-        sync, channel, _ = make(model, lease(i).public_ip)
+        sync, channel, delayed = make(model, lease(i).public_ip)
         sync.start()
-        read_back(sync, channel, compile_node(CONFIG, [lease(1), lease(2)], [], lease(i).public_ip))
-        syncs[i] = (sync, channel)
+        read_back(sync, channel, compile_node(CONFIG, model.leases(), [], lease(i).public_ip))
+        syncs[i] = (sync, channel, delayed)
+    return syncs
+
+
+def test_lease_event_is_one_bare_flow_mod_and_barrier_per_switch():
+    """A one-flow change needs no bundle: flow-mod + barrier in one write, one round trip."""
+    model = model_with(lease(1), lease(2))
+    syncs = synced_pair(model)
+    steps = [
+        (LeaseAdded(lease(3), 10), ofwire.OFPFC_ADD),
+        (LeaseChanged(lease(3), lease(3, ip=33), 11), ofwire.OFPFC_ADD),  # replaces in place
+        (LeaseRemoved(lease(3, ip=33), 12), ofwire.OFPFC_DELETE_STRICT),
+    ]
+    for event, command in steps:
+        impact = model.apply([event])
+        for sync, channel, _ in syncs.values():
+            writes = channel.writes
+            sync.request(impact.scope_for(sync.node, model.own_lease(sync.node).subnet))
+            sent = channel.take()
+            assert channel.writes == writes + 1 and bare_mods(sent) == [command]
+            assert sync.state is State.APPLYING
+            land_bare(sync, sent)
+            assert sync.state is State.IDLE and channel.take() == []
+            assert set(sync.installed.values()) == compile_node(
+                CONFIG, model.leases(), [], sync.node
+            )
+
+
+def test_rejected_bare_flow_mod_is_named_counted_and_retried_from_a_readback(caplog):
+    model = model_with(lease(1), lease(2))
+    (sync, channel, delayed), _ = synced_pair(model).values()
+    errors = metrics.OF_ERRORS.labels("5", "1")
+    failed = metrics.CHANGE_RESULT["flow_mod", "failed"]
+    before = errors._value.get(), failed._value.get()
     impact = model.apply([LeaseAdded(lease(3), 10)])
-    for sync, channel in syncs.values():
-        own = model.own_lease(sync.node)
-        sync.request(impact.scope_for(sync.node, own.subnet))
-        sent = channel.take()
-        assert bundle_adds(sent) == [ofwire.OFPFC_ADD]
-        finish(sync, channel, sent)
-    impact = model.apply([LeaseChanged(lease(3), lease(3, ip=33), 11)])
-    for sync, channel in syncs.values():
-        sync.request(impact.scope_for(sync.node, model.own_lease(sync.node).subnet))
-        sent = channel.take()
-        assert bundle_adds(sent) == [ofwire.OFPFC_ADD]  # replaces the entry in place
-        finish(sync, channel, sent)
-    impact = model.apply([LeaseRemoved(lease(3, ip=33), 12)])
-    for sync, channel in syncs.values():
-        sync.request(impact.scope_for(sync.node, model.own_lease(sync.node).subnet))
-        assert bundle_adds(channel.take()) == [ofwire.OFPFC_DELETE_STRICT]
+    sync.request(impact.scope_for(sync.node, lease(1).subnet))
+    sent = channel.take()
+    fm_xid = sent[0][1]
+    assert sync.on_error(fm_xid, 5, 1, sent[0][2])  # arrives before the barrier reply
+    land_bare(sync, sent)
+    assert "rejected add of flow" in caplog.text and "ip_dst=198.19.3.0/24" in caplog.text
+    assert (errors._value.get(), failed._value.get()) == (before[0] + 1, before[1] + 1)
+    assert subnet_cookie(lease(3).subnet) not in {f.cookie for f in sync.installed.values()}
+    assert not sync.on_error(fm_xid + 2, 5, 1, b"")  # past the change: not ours
+    (delay, retry), = delayed
+    assert delay == 0.5
+    retry()  # a fresh readback (read_back checks it is the only message), not a blind resend
+    read_back(sync, channel, compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip))
+    sent = channel.take()
+    assert bare_mods(sent) == [ofwire.OFPFC_ADD]  # the full resync re-sends just that flow
+    land_bare(sync, sent)
+    assert set(sync.installed.values()) == compile_node(CONFIG, model.leases(), [], sync.node)
 
 
 def test_scoped_sync_leaves_other_owners_alone():
@@ -216,9 +268,9 @@ def test_events_arriving_during_a_bundle_are_sent_after_it():
     first = channel.take()
     impact = model.apply([LeaseAdded(lease(3), 5)])
     sync.request(impact.scope_for(sync.node, lease(1).subnet))
-    assert channel.take() == []  # one bundle in flight at a time
+    assert channel.take() == []  # one change in flight at a time
     finish(sync, channel, first)
-    assert bundle_adds(channel.messages) == [ofwire.OFPFC_ADD]
+    assert bare_mods(channel.messages) == [ofwire.OFPFC_ADD]
 
 
 def test_nothing_is_touched_without_a_config():
