@@ -37,9 +37,10 @@ def controller(listen: str, port: int, audit_interval: float, metrics_port: int,
     CONF.set_default("vxflow_etcd_prefix", etcd_prefix)
     CONF.set_default("vxflow_audit_interval", audit_interval)
     CONF.set_default("vxflow_metrics_port", metrics_port)
+    # read before importing os-ken's manager, which sets the root logger to DEBUG on import
+    level = logging.getLogger().getEffectiveLevel()
     from os_ken.cmd import manager  # monkey-patches for eventlet: only when really running
 
-    level = logging.getLogger().getEffectiveLevel()
     manager.main(
         args=[
             "--ofp-listen-host", listen,
