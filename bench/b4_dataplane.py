@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,19 @@ def ping(src, dst, count: int) -> dict[str, float]:
 def iperf(src, dst, seconds: int) -> dict[str, float]:
     server = dst.popen(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)])
     try:
+        deadline = time.monotonic() + 10  # a client faster than the server's listen() fails
+        while not dst.cmd(f"ss -Hltn sport = :{IPERF_PORT}").strip():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{dst.name}: iperf3 server did not start listening")
+            time.sleep(0.05)
         out = src.cmd(f"iperf3 -c {dst.addr} -p {IPERF_PORT} -t {seconds} -J --connect-timeout 3000")
         try:
             end = json.loads(out)["end"]
+            return {"received_bps": end["sum_received"]["bits_per_second"],
+                    "sent_bps": end["sum_sent"]["bits_per_second"],
+                    "retransmits": end["sum_sent"].get("retransmits", 0)}  # fmt: skip
         except (ValueError, KeyError) as e:
             raise RuntimeError(f"{src.name} -> {dst.name}: iperf3 failed: {out.strip()[-300:]}") from e
-        return {"received_bps": end["sum_received"]["bits_per_second"],
-                "sent_bps": end["sum_sent"]["bits_per_second"],
-                "retransmits": end["sum_sent"].get("retransmits", 0)}  # fmt: skip
     finally:
         if server.poll() is None:
             server.terminate()
