@@ -216,9 +216,13 @@ class SwitchSync:
                     return
         self._change = None
         self.state = State.IDLE
-        what = "flow-mod" if change.bundle_id is None else f"bundle {change.bundle_id}"
-        log.info(
-            "switch %s: %s landed (%d added, %d deleted; %d flows)",
+        # one line per switch per lease event would flood the log of a large cluster
+        if change.bundle_id is None:
+            level, what = logging.DEBUG, "flow-mod"
+        else:
+            level, what = logging.INFO, f"bundle {change.bundle_id}"
+        log.log(
+            level, "switch %s: %s landed (%d added, %d deleted; %d flows)",
             self.node, what, len(change.diff) - len(change.diff.delete),
             len(change.diff.delete), len(self.installed),
         )
