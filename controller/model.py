@@ -75,12 +75,17 @@ class Impact:
     full_nodes: set[IPv4Address] = field(default_factory=set)
     lease_subnets: set[IPv4Network] = field(default_factory=set)
     endpoint_nodes: set[IPv4Network] = field(default_factory=set)
+    _cookies: frozenset[int] | None = field(default=None, repr=False, compare=False)
 
     def scope_for(self, node: IPv4Address, own_subnet: IPv4Network | None) -> Scope:
+        """(Called once per switch, after the Impact is complete: the cookies of
+        `lease_subnets` are computed on the first call and shared.)"""
         if self.all_nodes or node in self.full_nodes:
             return FULL
+        if self._cookies is None:
+            self._cookies = frozenset(subnet_cookie(s) for s in self.lease_subnets)
         owners = frozenset({Owner.ENDPOINT}) if own_subnet in self.endpoint_nodes else frozenset()
-        return Scope(False, frozenset(subnet_cookie(s) for s in self.lease_subnets), owners)
+        return Scope(False, self._cookies, owners)
 
 
 class ClusterModel:
@@ -95,6 +100,7 @@ class ClusterModel:
         self._accepted_eps: dict[IPv4Network, tuple[Endpoint, ...]] = {}
         self._valid: dict[IPv4Network, tuple[Lease, Row]] = {}  # with its route_row
         self._accepted: tuple[list[Lease], list[Row]] | None = None  # cache of leases(), rows
+        self._by_cookie: dict[int, Lease | None] = {}  # cache of accepted() by lease cookie
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
 
     # -- queries --------------------------------------------------------------
@@ -147,16 +153,32 @@ class ClusterModel:
         if own is None:
             return flows
         for cookie in scope.cookies:
-            owner = owner_of(cookie)
-            if owner is None or owner[0] != Owner.LEASE:
-                continue
-            lease = self.accepted(IPv4Network((owner[1], self.config.subnet_len)))
+            lease = self._accepted_by_cookie(cookie)
             if lease is not None and lease.public_ip != own.public_ip:
                 flows.append(remote_lease_flow(self.config, lease, own))
         for endpoint in self.endpoints_of(own):
             if Owner.ENDPOINT in scope.owners or endpoint_cookie(endpoint) in scope.cookies:
                 flows += endpoint_flows(own, endpoint)
         return NodeTable(flows)
+
+    def _accepted_by_cookie(self, cookie: int) -> Lease | None:
+        """The accepted lease a lease cookie names (None for other cookies): asked once
+        per switch for the same cookie when a lease event fans out, so cached."""
+        try:
+            return self._by_cookie[cookie]
+        except KeyError:
+            pass
+        owner = owner_of(cookie)
+        lease = None
+        if owner is not None and owner[0] == Owner.LEASE:
+            lease = self.accepted(IPv4Network((owner[1], self.config.subnet_len)))
+        self._by_cookie[cookie] = lease
+        return lease
+
+    def _changed(self) -> None:
+        """Drop what is cached from the leases (every lease update calls this)."""
+        self._accepted = None
+        self._by_cookie = {}
 
     # -- updates --------------------------------------------------------------
 
@@ -170,6 +192,7 @@ class ClusterModel:
         """Replace everything (first snapshot, config change); `pause` is called every
         PAUSE_EVERY leases, so a cooperative caller can yield during a large load."""
         self.config = config
+        self._changed()
         self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
         self._by_ip.clear()
         self._endpoints.clear()
@@ -221,7 +244,7 @@ class ClusterModel:
         return [ep for eps in self._endpoints.values() for ep in eps.values()]
 
     def _put_lease(self, lease: Lease) -> None:
-        self._accepted = None
+        self._changed()
         self._leases[lease.subnet] = lease
         problem = lease_problem(self.config, lease) if self.config else "no network config"
         self._problem[lease.subnet] = problem
@@ -235,7 +258,7 @@ class ClusterModel:
             self._valid[lease.subnet] = lease, route_row(lease)
 
     def _drop_lease(self, lease: Lease) -> None:
-        self._accepted = None
+        self._changed()
         self._leases.pop(lease.subnet, None)
         self._valid.pop(lease.subnet, None)
         self._problem.pop(lease.subnet, None)
