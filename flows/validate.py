@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import TypeVar
 
 from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT
 from leases.model import Endpoint, Lease, NetworkConfig
+
+T = TypeVar("T", Lease, Endpoint)
 
 MAX_POD_OFPORT = 0xFEFF  # OFPP_MAX: numbers above are reserved ports
 
@@ -82,6 +85,35 @@ def lease_problem(config: NetworkConfig, lease: Lease) -> str | None:
     return _unicast_mac_problem(lease.vtep_mac)
 
 
+def _select(
+    items: Iterable[T],
+    problem: Callable[[T], str | None],
+    unique: tuple[tuple[Callable[[T], object], str], ...],
+) -> Selection:
+    """Items without a problem, less those sharing a value that must be unique.
+
+    Every holder of a shared value is rejected (the first `unique` key that is
+    shared names the reason): none of them is known to be the right one.
+    """
+    rejected: list[Rejected] = []
+    valid: list[T] = []
+    for item in items:
+        reason = problem(item)
+        if reason:
+            rejected.append(Rejected(item, reason))
+        else:
+            valid.append(item)
+    counts = [(Counter(key(item) for item in valid), key, why) for key, why in unique]
+    accepted = []
+    for item in valid:
+        shared = next((why.format(key(item)) for c, key, why in counts if c[key(item)] > 1), None)
+        if shared:
+            rejected.append(Rejected(item, shared))
+        else:
+            accepted.append(item)
+    return Selection(tuple(accepted), tuple(rejected))
+
+
 def select_leases(config: NetworkConfig, leases: Iterable[Lease]) -> Selection:
     """Leases that may produce flows.
 
@@ -89,26 +121,14 @@ def select_leases(config: NetworkConfig, leases: Iterable[Lease]) -> Selection:
     rejected, because traffic for either subnet could reach the wrong node and
     neither is known to be the live one; so are duplicate subnets.
     """
-    leases = tuple(leases)
-    rejected: list[Rejected] = []
-    valid: list[Lease] = []
-    for lease in leases:
-        problem = lease_problem(config, lease)
-        if problem:
-            rejected.append(Rejected(lease, problem))
-        else:
-            valid.append(lease)
-    ips = Counter(lease.public_ip for lease in valid)
-    subnets = Counter(lease.subnet for lease in valid)
-    accepted = []
-    for lease in valid:
-        if ips[lease.public_ip] > 1:
-            rejected.append(Rejected(lease, f"PublicIP {lease.public_ip} is held by several leases"))
-        elif subnets[lease.subnet] > 1:
-            rejected.append(Rejected(lease, f"subnet {lease.subnet} is leased several times"))
-        else:
-            accepted.append(lease)
-    return Selection(tuple(accepted), tuple(rejected))
+    return _select(
+        leases,
+        lambda lease: lease_problem(config, lease),
+        (
+            (lambda lease: lease.public_ip, "PublicIP {} is held by several leases"),
+            (lambda lease: lease.subnet, "subnet {} is leased several times"),
+        ),
+    )
 
 
 def endpoint_problem(lease: Lease, endpoint: Endpoint) -> str | None:
@@ -137,23 +157,11 @@ def select_endpoints(lease: Lease | None, endpoints: Iterable[Endpoint]) -> Sele
     """
     if lease is None:
         return Selection((), ())
-    own = [e for e in endpoints if e.node_subnet == lease.subnet]
-    rejected: list[Rejected] = []
-    valid: list[Endpoint] = []
-    for endpoint in own:
-        problem = endpoint_problem(lease, endpoint)
-        if problem:
-            rejected.append(Rejected(endpoint, problem))
-        else:
-            valid.append(endpoint)
-    ports = Counter(e.ofport for e in valid)
-    ips = Counter(e.ip for e in valid)
-    accepted = []
-    for endpoint in valid:
-        if ports[endpoint.ofport] > 1:
-            rejected.append(Rejected(endpoint, f"ofport {endpoint.ofport} has several endpoints"))
-        elif ips[endpoint.ip] > 1:
-            rejected.append(Rejected(endpoint, f"IP {endpoint.ip} has several endpoints"))
-        else:
-            accepted.append(endpoint)
-    return Selection(tuple(accepted), tuple(rejected))
+    return _select(
+        [e for e in endpoints if e.node_subnet == lease.subnet],
+        lambda endpoint: endpoint_problem(lease, endpoint),
+        (
+            (lambda e: e.ofport, "ofport {} has several endpoints"),
+            (lambda e: e.ip, "IP {} has several endpoints"),
+        ),
+    )
