@@ -7,7 +7,6 @@ loaded with `ovs-ofctl add-flows` into a scratch bridge and dumped the same way.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import struct
@@ -33,12 +32,13 @@ from leases.model import Endpoint, Lease, datapath_id_for
 from leases.registry import Registry
 from leases.validate import lease_to_json
 from ovsdb.instance import OvsInstance
+from tests.emulation import Underlay
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "/vxflow-test/network"
 CONFIG = '{"Network": "198.19.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
-TAG = f"{os.getpid() % 100000:05d}"
+TAG = Underlay().tag  # the run's tag: the leftover check finds what these tests leave
 VXFLOW = str(Path(sys.executable).with_name("vxflow"))
 
 
@@ -105,15 +105,15 @@ class Cluster:
     bridges: dict[IPv4Address, str] = field(default_factory=dict)
 
     def add_switch(self, i: int) -> str:
-        name = f"vxc{TAG}n{i}"
+        name = f"{TAG}c{i}"
         ip = node_ip(i)
         self.ovs.vsctl(
             "add-br", name,
             "--", "set", "bridge", name, "datapath_type=netdev", "fail_mode=secure",
             "protocols=OpenFlow13,OpenFlow14",
             f"other_config:datapath-id={datapath_id_for(ip):016x}",
-            "--", "add-port", name, f"vxt{TAG}n{i}",
-            "--", "set", "interface", f"vxt{TAG}n{i}", "type=vxlan",
+            "--", "add-port", name, f"{TAG}t{i}",
+            "--", "set", "interface", f"{TAG}t{i}", "type=vxlan",
             f"ofport_request={TUNNEL_OFPORT}", "options:remote_ip=flow", "options:key=flow",
             f"options:local_ip={ip}", "options:dst_port=8472",
             "--", "set-controller", name, f"tcp:127.0.0.1:{self.controller.port}",
@@ -124,7 +124,7 @@ class Cluster:
     def desired_lines(self, ip: IPv4Address) -> set[str]:
         snap = self.registry.snapshot()
         flows = compile_node(snap.config, snap.leases, snap.endpoints, ip)
-        scratch = f"vxc{TAG}x"
+        scratch = f"{TAG}x"
         self.ovs.vsctl(
             "--may-exist", "add-br", scratch, "--", "set", "bridge", scratch,
             "datapath_type=netdev", "fail_mode=secure", "protocols=OpenFlow13,OpenFlow14",
@@ -166,7 +166,7 @@ def cluster(etcd: EtcdServer, ovs: OvsInstance, tmp_path: Path) -> Iterator[Clus
         yield c
     finally:
         controller.stop()
-        for bridge in [*c.bridges.values(), f"vxc{TAG}x"]:
+        for bridge in [*c.bridges.values(), f"{TAG}x"]:
             ovs.vsctl("--if-exists", "del-br", bridge)
         registry.close()
 
@@ -293,7 +293,7 @@ def test_audit_repairs_drift(cluster: Cluster, tmp_path: Path):
 def test_no_lease_only_table_miss_and_foreign_switch_untouched(cluster: Cluster, tmp_path: Path):
     cluster.lease(1)
     lonely = cluster.add_switch(9)  # a vxflow dpid without a lease
-    foreign = f"vxc{TAG}f"
+    foreign = f"{TAG}f"
     cluster.ovs.vsctl(
         "add-br", foreign, "--", "set", "bridge", foreign, "datapath_type=netdev",
         "fail_mode=secure", "protocols=OpenFlow14", "other_config:datapath-id=00000000000000aa",
@@ -353,7 +353,7 @@ def test_nothing_floods_or_reaches_the_controller(cluster: Cluster, tmp_path: Pa
     cluster.registry.put_endpoint(src, n1)
     cluster.registry.put_endpoint(other, n1)
     bridge = cluster.add_switch(1)
-    for name, ofport in ((f"vxg{TAG}", GATEWAY_OFPORT), (f"vxp{TAG}a", 5), (f"vxp{TAG}b", 6)):
+    for name, ofport in ((f"{TAG}g", GATEWAY_OFPORT), (f"{TAG}pa", 5), (f"{TAG}pb", 6)):
         cluster.ovs.vsctl("add-port", bridge, name, "--", "set", "interface", name,
                           "type=internal", f"ofport_request={ofport}")  # fmt: skip
     cluster.controller.start(tmp_path)
