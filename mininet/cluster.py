@@ -12,7 +12,7 @@ As a Mininet custom file:
 (`vxflow,NODES,PODS,FLANNEL_NODES`) builds the same topology with `mn`; the
 `vxflow` test starts etcd, the controller, agents and flannel-style daemons
 on it and opens the CLI; leaving the CLI stops them. Prefer the script: on an
-error `mn` runs its global `mn -c` cleanup, which is not safe beside other
+error `mn` runs its own global cleanup, which is not safe beside other
 Mininet users.
 """
 
