@@ -170,9 +170,9 @@ class SwitchSync:
                     self.node, verb, err_type, code, to_ofctl(flow),
                 )
             else:
+                what = "barrier" if change.bundle_id is None else f"bundle {change.bundle_id} control"
                 log.error(
-                    "switch %s: bundle %d control failed (error type %d code %d)",
-                    self.node, change.bundle_id, err_type, code,
+                    "switch %s: %s failed (error type %d code %d)", self.node, what, err_type, code
                 )
             return True
         if xid == self._read_xid and self.state is State.READING:

@@ -247,6 +247,17 @@ def test_rejected_bare_flow_mod_is_named_counted_and_retried_from_a_readback(cap
     assert set(sync.installed.values()) == compile_node(CONFIG, model.leases(), [], sync.node)
 
 
+def test_a_refused_barrier_of_a_bare_flow_mod_fails_the_change(caplog):
+    model = model_with(lease(1), lease(2))
+    (sync, channel, delayed), _ = synced_pair(model).values()
+    sync.request(model.apply([LeaseAdded(lease(3), 10)]).scope_for(sync.node, lease(1).subnet))
+    sent = channel.take()
+    assert sync.on_error(sent[1][1], 1, 1, b"")
+    land_bare(sync, sent)
+    assert "barrier failed (error type 1 code 1)" in caplog.text
+    assert len(delayed) == 1 and sync.state is State.IDLE  # resync from a readback, later
+
+
 def test_scoped_sync_leaves_other_owners_alone():
     model = model_with(lease(1), lease(2))
     sync, channel, _ = make(model, lease(1).public_ip)
