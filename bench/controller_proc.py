@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from leases.etcd_server import free_loopback_port
+from vxflow.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 # `vxflow` from the source tree these benchmarks live in (not whatever the venv's
@@ -103,16 +104,7 @@ class ControllerProcess:
 
     def stop(self) -> int | None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return stop_process(proc, timeout=30)
 
     def __enter__(self) -> ControllerProcess:
         return self.start()

@@ -17,6 +17,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vxflow.processes import stop_process
+
 log = logging.getLogger(__name__)
 
 
@@ -104,13 +106,7 @@ class EtcdServer:
 
     def stop(self, remove_data: bool | None = None) -> None:
         """Stop the process we started (SIGTERM, then SIGKILL); keep the data unless told."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc)
         self._proc = None
         if remove_data if remove_data is not None else self._own_dir:
             if self.data_dir is not None:

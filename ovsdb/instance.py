@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from vxflow.processes import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +168,7 @@ class OvsInstance:
         proc = self._procs.pop(key, None)
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.kill() if kill else proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, signal.SIGKILL if kill else signal.SIGTERM)
         ctl = self.vswitchd_ctl if key == "ovs-vswitchd" else self.ovsdb_ctl
         ctl.unlink(missing_ok=True)
         if key == "ovsdb-server":

@@ -33,6 +33,7 @@ from leases.registry import Registry
 from leases.validate import lease_to_json
 from ovsdb.instance import OvsInstance
 from tests.emulation import Underlay
+from vxflow.processes import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +72,7 @@ class Controller:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def metric(self, name: str, **labels: str) -> float:

@@ -23,6 +23,7 @@ from leases.etcd_server import EtcdServer
 from leases.registry import Registry
 from leases.subnet_env import read_subnet_env
 from tests.emulation import ROOT_UNDERLAY_IP, Node, Underlay
+from vxflow.processes import stop_process
 
 PREFIX = "/vxflow-test/network"
 CONFIG = '{"Network": "198.19.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
@@ -77,17 +78,8 @@ class AgentProc:
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         """Stop our agent by its PID (SIGKILL after 10 s); its exit status."""
-        if self.proc is None:
-            return None
         proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return stop_process(proc, sig)
 
     def subnet(self) -> IPv4Network:
         """The subnet from subnet.env, once the bridge's gateway carries its address too."""
