@@ -2,8 +2,9 @@
 
 `mininet/cluster.py` (the script and `mn --custom`), `vxflow demo`, the e2e
 tests and the benchmarks all build clusters through `Cluster`. Everything here
-runs with the standard library and Debian's Mininet only (so `mn`, on the
-system Python, can load it); vxflow's own daemons (`vxflow controller`,
+runs with the standard library, Debian's Mininet and the repository's
+standard-library-only helpers (etcd server, OVS instance, process stopping),
+so `mn`, on the system Python, can load it; vxflow's own daemons (`vxflow controller`,
 `vxflow agent`, the flannel-style daemon) run as processes from the venv.
 
 Layout, after ARCHITECTURE.md's verified recipe:
@@ -68,6 +69,7 @@ if str(REPO) not in sys.path:  # `mn --custom` runs us from anywhere, on the sys
 
 from leases.etcd_server import EtcdServer, free_loopback_port  # noqa: E402
 from ovsdb.instance import OvsInstance  # noqa: E402
+from vxflow.processes import stop_process  # noqa: E402
 
 UNDERLAY = IPv4Network("198.18.0.0/24")
 ROOT_IP = IPv4Address("198.18.0.254")
@@ -190,15 +192,7 @@ class ProcessHost(Host):
         return proc
 
     def stop_proc(self, key: str, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
-        proc = self.procs.pop(key, None)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(self.procs.pop(key, None), sig, timeout)
 
     def stop_daemons(self) -> None:
         """Stop what we started in this host (idempotent; the host itself stays)."""
@@ -522,13 +516,7 @@ class Cluster:
 
     def stop_controller(self) -> None:
         proc, self._controller = self._controller, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
     def restart_controller(self) -> None:
         """Stop the controller and start a new one on the same port (switches reconnect)."""
