@@ -100,7 +100,12 @@ def test_controller_restart_loses_no_packet(cluster) -> None:
         cluster.pods_of(cluster.vxflow_nodes[2])[1],
     )
     tables_before = {n.name: sorted(n.dump_flows()) for n in cluster.vxflow_nodes}
-    ping = in_host(src, "ping", "-n", "-i", "0.05", str(dst.addr), stdout=subprocess.PIPE)
+    # A fixed count that ping completes itself: interrupting it would count the
+    # echo still in flight as lost.
+    count = 400  # 20 s at 50 ms, longer than a restart and resync take
+    ping = in_host(
+        src, "ping", "-n", "-i", "0.05", "-c", str(count), str(dst.addr), stdout=subprocess.PIPE
+    )
     try:
         time.sleep(1)
         old_pid = cluster._controller.pid
@@ -108,13 +113,16 @@ def test_controller_restart_loses_no_packet(cluster) -> None:
         assert cluster._controller.pid != old_pid
         cluster.wait_controller_connected(timeout=30)
         time.sleep(2)  # the new controller has read back and synced every switch by now
+        assert ping.poll() is None, "ping ended before the restart was over: raise its count"
+        out, _ = ping.communicate(timeout=60)
     finally:
-        ping.send_signal(signal.SIGINT)
-        out, _ = ping.communicate(timeout=10)
+        if ping.poll() is None:
+            ping.send_signal(signal.SIGINT)
+            ping.communicate(timeout=10)
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     assert m, out
     sent, received = int(m[1]), int(m[2])
-    assert sent >= 40, out
+    assert sent == count, out
     assert received == sent, out
     # the new controller found every table right and left it as it was
     assert {n.name: sorted(n.dump_flows()) for n in cluster.vxflow_nodes} == tables_before
