@@ -149,6 +149,7 @@ class OvsInstance:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=open(self._dir / f"{key}.stderr", "ab"),  # noqa: SIM115 - owned by the child
+            start_new_session=True,  # a Ctrl-C typed at our terminal (the CLI's) is not for it
         )
         self._procs[key] = proc
         deadline = time.monotonic() + timeout
