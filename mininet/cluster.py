@@ -54,6 +54,7 @@ def _vxflow_test(net) -> None:
     try:
         cluster.start_services()
         _report_pairs(cluster)
+        print(cluster.cli_banner())
         CLI(net)
     finally:
         cluster.stop_services()  # mn stops the hosts (their agents and OVS) itself
@@ -87,6 +88,7 @@ def _main() -> int:
               f"work dir {cluster.workdir}")  # fmt: skip
         ok = _report_pairs(cluster)
         if args.cli:
+            print(cluster.cli_banner())
             CLI(cluster.net)
         return 0 if ok else 1
     except KeyboardInterrupt:

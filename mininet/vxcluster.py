@@ -373,6 +373,30 @@ class Cluster:
     def controller_target(self) -> str:
         return f"tcp:{ROOT_IP}:{self.controller_port}"
 
+    @property
+    def etcdctl_command(self) -> str:
+        """The etcdctl line that shows this cluster's keys from the host (Debian's etcd-client)."""
+        return f"ETCDCTL_API=3 etcdctl --endpoints {self.etcd_endpoint} get --prefix {self.spec.prefix}"
+
+    def cli_hints(self) -> list[str]:
+        """What to try at the mininet> prompt (the interactive tests type each one as shown)."""
+        a, b = self.nodes[:2]
+        return [
+            f"{self.pods_of(a)[0].name} ping -c 3 {self.pods_of(b)[0].name}",
+            f"{a.name} ip r",
+            f"{b.name} tcpdump -n -T vxlan -i eth0",
+            "nodes",
+        ]
+
+    def cli_banner(self) -> str:
+        """Printed before the Mininet CLI opens: the hints above and the etcdctl line."""
+        tried = ", ".join(f"`{hint}`" for hint in self.cli_hints())
+        return (
+            f"The cluster stays up. At the mininet> prompt try {tried} (Ctrl-C ends tcpdump); "
+            f"`exit` tears it down.\nFrom another shell on the host, its etcd keys: "
+            f"{self.etcdctl_command}"
+        )
+
     def node_dir(self, node: Host) -> Path:
         assert self.workdir is not None
         path = self.workdir / node.name
@@ -400,7 +424,9 @@ class Cluster:
 
     def _start(self, timeout: float) -> None:
         spec = self.spec
-        setLogLevel("warning")
+        # "output" is the level Mininet's CLI prints command results at: anything
+        # quieter silences every command typed at the mininet> prompt
+        setLogLevel("output")
         self.progress(
             f"building topology: {spec.nodes} vxflow + {spec.flannel_nodes} flannel-style "
             f"nodes, {spec.pods} pods each (tag {spec.tag})"

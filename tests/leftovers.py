@@ -7,8 +7,10 @@ and every child inherits; namespaces and links by the run's tag (tests/emulation
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 RUN_MARKER = "VXFLOW_TEST_RUN"
@@ -46,3 +48,31 @@ def names_with_tag(tag: str) -> list[str]:
         if name.startswith(tag):
             found.append(f"link {name}")
     return found
+
+
+CLUSTER_TAG = re.compile(r"\(tag (vxm[0-9a-f]+)\)|Adding switches:\s+(vxm[0-9a-f]+)")
+
+
+def cluster_tag(output: str) -> str:
+    """The tag an emulated cluster printed (its progress line, or `mn`'s switch list)."""
+    m = CLUSTER_TAG.search(output)
+    assert m, f"no cluster tag in the output:\n{output[-3000:]}"
+    return m.group(1) or m.group(2)
+
+
+@dataclass
+class Before:
+    """The run's processes before a command started, to name what the command left behind.
+
+    An emulated cluster's root-namespace links start with its tag and its work
+    dir is /tmp/vxflow-<tag>-…, so other clusters running meanwhile (another
+    suite, a demo) are never mistaken for this command's leftovers.
+    """
+
+    processes: set[str] = field(default_factory=lambda: set(processes_of_this_run()))
+
+    def left_behind(self, tag: str) -> list[str]:
+        found = [f"process {p}" for p in set(processes_of_this_run()) - self.processes]
+        found += names_with_tag(tag)
+        found += [f"dir {d}" for d in Path("/tmp").glob(f"vxflow-{tag}-*")]
+        return sorted(found)

@@ -89,6 +89,16 @@ def _vxflow(cluster, *args: str) -> str:
     return res.stdout
 
 
+def _etcdctl(command_line: str) -> str:
+    """An etcdctl line exactly as the demo shows it (etcd's own client reading flannel's keys)."""
+    res = subprocess.run(
+        ["sh", "-c", command_line], capture_output=True, text=True, timeout=30
+    )
+    if res.returncode != 0:
+        raise click.ClickException(f"{command_line} failed: {res.stderr.strip()}")
+    return res.stdout
+
+
 def _ttls(ping_output: str) -> set[str]:
     return set(re.findall(r"ttl=(\d+)", ping_output))
 
@@ -106,6 +116,12 @@ def walk_through(cluster, checks: Checks) -> None:
     checks.check(
         f"{len(cluster.nodes)} leases, one per node",
         all(str(n.underlay_ip) in leases for n in cluster.nodes),
+    )
+    raw = _etcdctl(f"{cluster.etcdctl_command}/subnets")
+    _show(f"$ {cluster.etcdctl_command}/subnets", raw, limit=12)
+    checks.check(
+        "etcdctl shows flannel's lease keys and values",
+        all(f'"PublicIP":"{n.underlay_ip}"' in raw for n in cluster.nodes),
     )
 
     _section(f"{n1.name} (underlay {n1.underlay_ip}): the overlay is routed into the gateway port")
@@ -177,8 +193,7 @@ def demo(keep: bool, pods: int, prefix: str) -> None:
         if keep:
             from mininet.cli import CLI
 
-            click.echo("\nThe cluster stays up: try `n1p1 ping -c 3 n2p1`, `n1 ip r`, `n2 tcpdump -n -T vxlan -i eth0`; "
-                       "`exit` tears it down.")  # fmt: skip
+            click.echo("\n" + cluster.cli_banner())
             CLI(cluster.net)
     except KeyboardInterrupt:
         click.echo("interrupted")
@@ -187,8 +202,10 @@ def demo(keep: bool, pods: int, prefix: str) -> None:
         click.secho(f"demo failed: {e}", fg="red", err=True)
         checks.check("cluster came up and every step ran", False)
     finally:
-        click.echo(" .. tearing down")
-        cluster.stop()
+        try:
+            click.echo(" .. tearing down")
+        finally:  # also when stdout is gone (a closed pipe): teardown never depends on it
+            cluster.stop()
     if not checks.passed:
         sys.exit(1)
     click.secho("all checks passed; cluster torn down", fg="green", bold=True)
