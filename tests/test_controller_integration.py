@@ -7,6 +7,7 @@ loaded with `ovs-ofctl add-flows` into a scratch bridge and dumped the same way.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import struct
@@ -41,6 +42,7 @@ PREFIX = "/vxflow-test/network"
 CONFIG = '{"Network": "198.19.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
 TAG = Underlay().tag  # the run's tag: the leftover check finds what these tests leave
 VXFLOW = str(Path(sys.executable).with_name("vxflow"))
+OSKEN_MANAGER = str(Path(sys.executable).with_name("osken-manager"))
 
 
 def node_ip(i: int) -> IPv4Address:
@@ -55,20 +57,33 @@ class Controller:
     port: int = field(default_factory=free_loopback_port)
     metrics_port: int = field(default_factory=free_loopback_port)
     audit_interval: float = 0
+    osken_manager: bool = False  # run it as `vxflow controller --help` says it is equivalent to
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
 
     def start(self, log_dir: Path) -> Controller:
         self.log_path = log_dir / f"controller-{time.monotonic_ns()}.log"
-        cmd = [
-            VXFLOW, "--log-level", "debug", "controller",
-            "--listen", "127.0.0.1", "--port", str(self.port),
-            "--etcd-endpoints", self.etcd, "--etcd-prefix", PREFIX,
-            "--metrics-port", str(self.metrics_port),
-            "--audit-interval", str(self.audit_interval),
-        ]  # fmt: skip
+        env = None
+        if self.osken_manager:
+            cmd = [
+                OSKEN_MANAGER, "--ofp-listen-host", "127.0.0.1",
+                "--ofp-tcp-listen-port", str(self.port), "controller.app",
+            ]  # fmt: skip
+            env = {
+                **os.environ, "FLANNELD_ETCD_ENDPOINTS": self.etcd, "FLANNELD_ETCD_PREFIX": PREFIX,
+                "VXFLOW_METRICS_PORT": str(self.metrics_port),
+                "VXFLOW_AUDIT_INTERVAL": str(self.audit_interval),
+            }  # fmt: skip
+        else:
+            cmd = [
+                VXFLOW, "--log-level", "debug", "controller",
+                "--listen", "127.0.0.1", "--port", str(self.port),
+                "--etcd-endpoints", self.etcd, "--etcd-prefix", PREFIX,
+                "--metrics-port", str(self.metrics_port),
+                "--audit-interval", str(self.audit_interval),
+            ]  # fmt: skip
         with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         return self
 
     def stop(self) -> None:
@@ -236,6 +251,20 @@ def test_tables_follow_every_registry_change(cluster: Cluster, tmp_path: Path):
     cluster.wait_converged()
     assert not any(str(src.ip) in line for line in cluster.dump(cluster.bridges[node_ip(1)]))
     assert cluster.controller.metric("vxflow_controller_openflow_errors_total") == 0
+
+
+def test_osken_manager_runs_the_app_as_documented(cluster: Cluster, tmp_path: Path):
+    """`osken-manager --ofp-listen-host … --ofp-tcp-listen-port … controller.app` with
+    FLANNELD_ETCD_* set (what `vxflow controller --help` and the README call equivalent)."""
+    n1 = cluster.lease(1)
+    cluster.lease(2)
+    cluster.registry.put_endpoint(pod(n1, 10, 5), n1)
+    cluster.add_switch(1)
+    cluster.add_switch(2)
+    cluster.controller.osken_manager = True
+    cluster.controller.start(tmp_path)
+    cluster.wait_converged()
+    assert cluster.controller.metric("vxflow_controller_switches") == 2
 
 
 def test_restart_with_unchanged_etcd_sends_no_flow_mod(cluster: Cluster, tmp_path: Path):

@@ -1,0 +1,48 @@
+"""The README's development commands, run as typed: `make setup` (a second run only checks),
+`make lint` and `make unit`.
+
+`make test` is what CI runs (.ci/run); `make integration` is its root-only
+part and `make bench` the full-size benchmarks (about 15 minutes; their
+reduced-size runs are tests/test_bench_smoke.py). tests/README.md lists every
+user-facing command with the test that runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.integration  # setup installs Debian packages: root
+
+
+def make(target: str) -> subprocess.CompletedProcess:
+    # as typed at a shell: not as a sub-make of `make test` (which would print its directory)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    return subprocess.run(
+        ["make", target], cwd=REPO, capture_output=True, text=True, timeout=240, env=env
+    )
+
+
+def test_make_setup_again_only_checks() -> None:
+    res = make("setup")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "setup: ready (.venv/bin/vxflow)", res.stdout
+    assert "installing" not in res.stdout, res.stdout
+
+
+def test_make_lint_is_clean() -> None:
+    res = make("lint")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "All checks passed!" in res.stdout, res.stdout
+
+
+def test_make_unit_runs_the_pure_tests_without_the_rest() -> None:
+    res = make("unit")
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = res.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "deselected" in summary and "failed" not in summary, summary
