@@ -281,20 +281,32 @@ class EtcdClient:
         self, key: str, value: str | bytes, *, mod_revision: int, lease: int | None = None
     ) -> bool:
         """Put only if the key's mod_revision is still `mod_revision` (0: only if absent)."""
-        target = (
-            {"target": "CREATE", "create_revision": 0}
-            if mod_revision == 0
-            else {"target": "MOD", "mod_revision": mod_revision}
-        )
-        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
-        if lease:
-            put["lease"] = lease
-        txn = {
-            "compare": [{"key": _b64(key), "result": "EQUAL", **target}],
-            "success": [{"request_put": put}],
-            "failure": [],
-        }
-        return bool(self.post("/kv/txn", txn).get("succeeded", False))
+        return self.put_all_if([(key, value, mod_revision)], lease=lease) is not None
+
+    def put_all_if(
+        self, items: Sequence[tuple[str, str | bytes, int]], *, lease: int | None = None
+    ) -> int | None:
+        """Put every (key, value) in one transaction, only if each key's mod_revision is still
+        the one given (0: only if absent); the revision they were written at, or None.
+
+        etcd bounds a transaction (--max-txn-ops, 128 by default): keep `items` below it.
+        """
+        compares, puts = [], []
+        for key, value, mod_revision in items:
+            target = (
+                {"target": "CREATE", "create_revision": 0}
+                if mod_revision == 0
+                else {"target": "MOD", "mod_revision": mod_revision}
+            )
+            compares.append({"key": _b64(key), "result": "EQUAL", **target})
+            put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+            if lease:
+                put["lease"] = lease
+            puts.append({"request_put": put})
+        result = self.post("/kv/txn", {"compare": compares, "success": puts, "failure": []})
+        if not result.get("succeeded", False):
+            return None
+        return int(result["header"]["revision"])
 
     def delete_if(self, key: str, *, mod_revision: int) -> bool:
         txn = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -114,6 +115,15 @@ class EtcdServer:
                 shutil.rmtree(self.data_dir, ignore_errors=True)
             if self._log_path is not None:
                 self._log_path.unlink(missing_ok=True)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): clients time out as against an unreachable etcd."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         """Stop and start again on the same ports and data (tests of reconnection)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from leases.model import Endpoint, Lease, NetworkConfig
+from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig
 
 
 @dataclass(frozen=True)
@@ -47,4 +47,44 @@ class EndpointRemoved:
     revision: int
 
 
-Event = ConfigChanged | LeaseAdded | LeaseChanged | LeaseRemoved | EndpointAdded | EndpointRemoved
+@dataclass(frozen=True)
+class MemberAdded:
+    """A controller replica registered (or re-registered with another lease or address)."""
+
+    member: Member
+    revision: int
+
+
+@dataclass(frozen=True)
+class MemberRemoved:
+    member: Member
+    revision: int
+
+
+@dataclass(frozen=True)
+class ClaimAdded:
+    """A replica claimed a switch (a takeover is ClaimRemoved of the old claim, then this)."""
+
+    claim: Claim
+    revision: int
+
+
+@dataclass(frozen=True)
+class ClaimRemoved:
+    claim: Claim
+    revision: int
+
+
+Event = (
+    ConfigChanged
+    | LeaseAdded
+    | LeaseChanged
+    | LeaseRemoved
+    | EndpointAdded
+    | EndpointRemoved
+    | MemberAdded
+    | MemberRemoved
+    | ClaimAdded
+    | ClaimRemoved
+)
+ReplicaEvent = MemberAdded | MemberRemoved | ClaimAdded | ClaimRemoved

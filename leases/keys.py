@@ -17,6 +17,8 @@ class KeyKind(StrEnum):
     CONFIG = "config"
     LEASE = "lease"
     ENDPOINT = "endpoint"
+    MEMBER = "member"  # a controller replica
+    CLAIM = "claim"  # a replica's mastership of one switch
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,20 @@ class Keys:
     def endpoints(self) -> str:
         return f"{self.prefix}/{VXFLOW_SUBPREFIX}/endpoints/"
 
+    @property
+    def controllers(self) -> str:
+        return f"{self.prefix}/{VXFLOW_SUBPREFIX}/controllers/"
+
+    @property
+    def masters(self) -> str:
+        return f"{self.prefix}/{VXFLOW_SUBPREFIX}/masters/"
+
+    def member(self, member_id: str) -> str:
+        return self.controllers + member_id
+
+    def claim(self, datapath_id: int) -> str:
+        return f"{self.masters}{datapath_id:016x}"
+
     def lease(self, subnet: IPv4Network) -> str:
         return self.subnets + subnet_key(subnet)
 
@@ -72,8 +88,8 @@ class Keys:
     def classify(self, key: str) -> tuple[KeyKind, str] | None:
         """Which kind of entry `key` is, and its name below that kind's sub-prefix.
 
-        Keys that belong to nobody vxflow knows (flannel's other keys, vxflow's
-        election keys) give None and are ignored rather than rejected.
+        Keys that belong to nobody vxflow knows (flannel's other keys) give
+        None and are ignored rather than rejected.
         """
         if key == self.config:
             return KeyKind.CONFIG, ""
@@ -81,4 +97,8 @@ class Keys:
             return KeyKind.LEASE, key[len(self.subnets) :]
         if key.startswith(self.endpoints):
             return KeyKind.ENDPOINT, key[len(self.endpoints) :]
+        if key.startswith(self.controllers):
+            return KeyKind.MEMBER, key[len(self.controllers) :]
+        if key.startswith(self.masters):
+            return KeyKind.CLAIM, key[len(self.masters) :]
         return None

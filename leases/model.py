@@ -78,6 +78,37 @@ class Endpoint:
     port_name: str = ""
 
 
+@dataclass(frozen=True)
+class Member:
+    """A controller replica: `<prefix>/vxflow/controllers/<id>`, bound to its own etcd lease.
+
+    `address` is the OpenFlow target switches reach it on, in OVS's syntax
+    (`tcp:IP:PORT` or `ssl:IP:PORT`), so a node agent hands it to OVS as it is;
+    empty when the replica listens on every address and was given none to advertise.
+    """
+
+    id: str
+    address: str
+    etcd_lease_id: int = 0
+    create_revision: int = 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Mastership of one switch: `<prefix>/vxflow/masters/<datapath-id>`, bound to its
+    holder's membership lease, so it vanishes with the holder.
+
+    `generation` is the key's mod_revision: the generation_id the holder sends
+    in OFPT_ROLE_REQUEST. etcd revisions only grow, so a newer claim always
+    carries a higher generation than any older one, across replicas and restarts.
+    """
+
+    datapath_id: int
+    controller: str
+    generation: int
+    etcd_lease_id: int = 0
+
+
 def subnet_key(subnet: IPv4Network) -> str:
     """flannel's key name for a subnet: `10.20.52.0-24`."""
     return f"{subnet.network_address}-{subnet.prefixlen}"

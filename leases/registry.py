@@ -15,6 +15,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 from leases.config import leasable, parse_config, subnet_range
+from leases.controllers import claim_to_json, member_to_json
 from leases.errors import ConfigMissing, LeaseLost, NetworkExhausted, RegistryError, SubnetTaken
 from leases.etcd_client import EtcdClient
 from leases.events import Event
@@ -24,8 +25,10 @@ from leases.model import (
     FLANNEL_DEFAULT_PREFIX,
     LEASE_TTL_SECONDS,
     RENEW_MARGIN_SECONDS,
+    Claim,
     Endpoint,
     Lease,
+    Member,
     NetworkConfig,
 )
 from leases.state import Snapshot, build_snapshot
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 RANGE_PAGE = 4096  # keys per request when listing a whole prefix
+CLAIMS_PER_TXN = 100  # below etcd's default --max-txn-ops (128)
 
 
 def renew_interval(ttl: int = LEASE_TTL_SECONDS, margin: int = RENEW_MARGIN_SECONDS) -> float:
@@ -355,6 +359,54 @@ class Registry:
         """Valid endpoints (of nodes with a valid lease), optionally of one node only."""
         snap = self.snapshot()
         return [ep for ep in snap.endpoints if node_subnet is None or ep.node_subnet == node_subnet]
+
+    # --- controller replicas --------------------------------------------------
+
+    def register_member(self, member_id: str, address: str, ttl: int) -> Member | None:
+        """Register a controller replica under a new etcd lease of `ttl` seconds, only if
+        no replica holds `member_id` now; None if one does (its key is left alone)."""
+        lease = self.etcd.grant(ttl)
+        member = Member(member_id, address, lease)
+        key = self.keys.member(member_id)
+        revision = self.etcd.put_all_if([(key, member_to_json(member), 0)], lease=lease)
+        if revision is None:
+            self.etcd.revoke(lease)
+            return None
+        log.info("registered controller %s (%s) with etcd lease %x", member_id, address, lease)
+        return replace(member, create_revision=revision)
+
+    def member_entry(self, member_id: str) -> KV | None:
+        """The raw key of a replica id (to see who holds it and under which lease)."""
+        return self.etcd.get(self.keys.member(member_id))
+
+    def claim_switches(
+        self, expected: dict[int, int], controller: str, lease: int
+    ) -> dict[int, Claim]:
+        """Claim mastership of switches for `controller`, bound to its membership `lease`.
+
+        `expected` maps each datapath-id to the mod_revision its claim key must
+        still have (0: absent); switches whose key moved on are left out of the
+        result (the caller decides again from the newer state). Claims go in
+        transactions of up to CLAIMS_PER_TXN; a batch that fails is retried key
+        by key, so one stale expectation does not hold up the others.
+        """
+        value = claim_to_json(controller)
+        claimed: dict[int, Claim] = {}
+
+        def claim(group: list[int]) -> bool:
+            items = [(self.keys.claim(d), value, expected[d]) for d in group]
+            revision = self.etcd.put_all_if(items, lease=lease)
+            if revision is not None:
+                claimed.update((d, Claim(d, controller, revision, lease)) for d in group)
+            return revision is not None
+
+        dpids = sorted(expected)
+        for i in range(0, len(dpids), CLAIMS_PER_TXN):
+            batch = dpids[i : i + CLAIMS_PER_TXN]
+            if not claim(batch) and len(batch) > 1:
+                for dpid in batch:
+                    claim([dpid])
+        return claimed
 
     # --- listing and watching ------------------------------------------------
 

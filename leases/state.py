@@ -14,7 +14,10 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from leases.config import ConfigError, parse_config
+from leases.controllers import check_claim, check_member
 from leases.events import (
+    ClaimAdded,
+    ClaimRemoved,
     ConfigChanged,
     EndpointAdded,
     EndpointRemoved,
@@ -22,9 +25,11 @@ from leases.events import (
     LeaseAdded,
     LeaseChanged,
     LeaseRemoved,
+    MemberAdded,
+    MemberRemoved,
 )
 from leases.keys import KV, KeyKind, Keys
-from leases.model import Endpoint, Lease, NetworkConfig
+from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig
 from leases.validate import Reason, Rejection, check_endpoint, check_lease, resolve_conflicts
 
 
@@ -42,6 +47,8 @@ class Snapshot:
     endpoints: tuple[Endpoint, ...]  # sorted by (node subnet, ip)
     revision: int
     rejected: tuple[Rejection, ...] = ()
+    members: tuple[Member, ...] = ()  # controller replicas, sorted by id
+    claims: tuple[Claim, ...] = ()  # switch masterships, sorted by datapath-id
     kvs: Mapping[str, KV] = field(default_factory=dict, repr=False, compare=False)
     # The View it was built from, when nothing else holds that View (build_snapshot's):
     # a watch starts from a copy of it instead of validating every entry again.
@@ -62,6 +69,14 @@ EMPTY = Snapshot(config=None, leases=(), endpoints=(), revision=0)
 
 def _lease_order(lease: Lease) -> tuple[int, int]:
     return int(lease.subnet.network_address), lease.subnet.prefixlen
+
+
+def _member_id(member: Member) -> str:
+    return member.id
+
+
+def _dpid(claim: Claim) -> int:
+    return claim.datapath_id
 
 
 PAUSE_EVERY = 1024  # keys validated between two calls of a View's `pause`
@@ -100,6 +115,8 @@ class View:
         self._groups: dict[str, set[str]] = {}  # subnet key name -> endpoint keys under it
         self._endpoints: dict[str, Endpoint | Rejection] = {}
         self._live_eps: dict[str, Endpoint] = {}
+        # controller replicas and their claims: judged on their own, config or not
+        self._replicas: dict[str, Member | Claim | Rejection] = {}
 
     def load(self, kvs: Iterable[KV], revision: int) -> View:
         """(Re)build from the complete contents of the prefix."""
@@ -120,6 +137,7 @@ class View:
         new._by_subnet, new._conflicts = dict(self._by_subnet), dict(self._conflicts)
         new._groups = {name: set(keys) for name, keys in self._groups.items()}
         new._endpoints, new._live_eps = dict(self._endpoints), dict(self._live_eps)
+        new._replicas = dict(self._replicas)
         return new
 
     def apply(
@@ -147,7 +165,7 @@ class View:
         return events, rejections, touched | {self.keys.config}
 
     def rejection(self, key: str) -> Rejection | None:
-        for result in (self._leases.get(key), self._endpoints.get(key)):
+        for result in (self._leases.get(key), self._endpoints.get(key), self._replicas.get(key)):
             if isinstance(result, Rejection):
                 return result
         return self._conflicts.get(key)
@@ -157,6 +175,8 @@ class View:
         rejected += [r for r in self._leases.values() if isinstance(r, Rejection)]
         rejected += self._conflicts.values()
         rejected += [r for r in self._endpoints.values() if isinstance(r, Rejection)]
+        rejected += [r for r in self._replicas.values() if isinstance(r, Rejection)]
+        replicas = self._replicas.values()
         return Snapshot(
             config=self.config,
             leases=tuple(sorted(self._live.values(), key=_lease_order)),
@@ -165,6 +185,8 @@ class View:
             ),
             revision=self.revision,
             rejected=tuple(sorted(rejected, key=lambda r: r.key)),
+            members=tuple(sorted((m for m in replicas if isinstance(m, Member)), key=_member_id)),
+            claims=tuple(sorted((c for c in replicas if isinstance(c, Claim)), key=_dpid)),
             kvs=dict(self.kvs),
         )
 
@@ -192,6 +214,7 @@ class View:
             self._groups,
             self._endpoints,
             self._live_eps,
+            self._replicas,
         ):
             table.clear()
 
@@ -200,16 +223,19 @@ class View:
         (re)load is compared as snapshots instead, or not at all)."""
         lease_keys: set[str] = set()
         ep_keys: set[str] = set()
+        replica_events: list[Event] = []
         for key in dirty:
             kind = self.keys.classify(key)
             if kind is None or kind[0] is KeyKind.CONFIG:
                 continue
             if kind[0] is KeyKind.LEASE:
                 lease_keys.add(key)
-            else:
+            elif kind[0] is KeyKind.ENDPOINT:
                 ep_keys.add(key)
                 group = self._groups.setdefault(kind[1].split("/", 1)[0], set())
                 (group.add if key in self.kvs else group.discard)(key)
+            else:
+                replica_events += self._update_replica(key, kind[0], kind[1])
         if report:
             lease_events, toggled, judged = self._update_leases(lease_keys)
         else:  # a full (re)load of a reset view: every endpoint key is dirty already
@@ -220,6 +246,7 @@ class View:
         if not report:
             return [], judged | ep_keys
         events: list[Event] = [
+            *replica_events,
             *removed_eps,
             *(e for e in lease_events if isinstance(e, LeaseRemoved)),
         ]
@@ -229,6 +256,25 @@ class View:
         )
         events += added_eps
         return events, judged | ep_keys
+
+    def _update_replica(self, key: str, kind: KeyKind, name: str) -> list[Event]:
+        """Re-judge one member or claim key; its events (a change: removed, then added)."""
+        kv = self.kvs.get(key)
+        old = self._replicas.pop(key, None)
+        new: Member | Claim | Rejection | None = None
+        if kv is not None:
+            new = check_member(kv, name) if kind is KeyKind.MEMBER else check_claim(kv, name)
+            self._replicas[key] = new
+        if old == new:
+            return []
+        removed, added = (MemberRemoved, MemberAdded) if kind is KeyKind.MEMBER else (
+            ClaimRemoved, ClaimAdded)  # fmt: skip
+        events: list[Event] = []
+        if isinstance(old, Member | Claim):
+            events.append(removed(old, self.revision))
+        if isinstance(new, Member | Claim):
+            events.append(added(new, self.revision))
+        return events
 
     def _judge(self, key: str, kv: KV, config: NetworkConfig) -> Lease | Rejection:
         result = self._leases[key] = check_lease(
@@ -379,6 +425,13 @@ def diff(old: Snapshot, new: Snapshot) -> list[Event]:
     events: list[Event] = []
     if new.config is not None and new.config != old.config:
         events.append(ConfigChanged(old.config, new.config, rev))
+    for removed, added, before, after in (
+        (MemberRemoved, MemberAdded, old.members, new.members),
+        (ClaimRemoved, ClaimAdded, old.claims, new.claims),
+    ):
+        kept = set(before) & set(after)
+        events += [removed(x, rev) for x in before if x not in kept]
+        events += [added(x, rev) for x in after if x not in kept]
     old_eps = {(ep.node_subnet, ep.ip): ep for ep in old.endpoints}
     new_eps = {(ep.node_subnet, ep.ip): ep for ep in new.endpoints}
     events += [EndpointRemoved(ep, rev) for k, ep in old_eps.items() if new_eps.get(k) != ep]
