@@ -7,6 +7,11 @@ A switch is a vxflow node if its datapath-id carries the node's PublicIP
 (`leases.model.datapath_id_for`, set by bootstrap); other switches are left
 alone. Nothing is programmed until a valid network config has been read, so a
 controller pointed at the wrong etcd or prefix never wipes a working table.
+
+The controller is one replica of a cluster (`controller.replica`): it writes
+to a switch only while the switch has confirmed it as MASTER with the
+generation of its etcd claim, and while its own membership is in good
+standing. Alone, it is the designated master of every switch.
 """
 
 from __future__ import annotations
@@ -25,14 +30,19 @@ from os_ken.ofproto import ofproto_v1_4
 from controller import metrics, ofwire
 from controller.model import ClusterModel, Impact
 from controller.options import CONF
+from controller.replica import Coordinator, Membership, advertised_target, default_member_id
+from controller.role import SwitchRole
 from controller.switch import SwitchSync
+from leases.controllers import member_id_problem, target_problem
 from leases.errors import RegistryError
+from leases.events import ReplicaEvent
 from leases.model import public_ip_for_datapath_id
 from leases.registry import Registry
 
 log = logging.getLogger("controller")
 
 _MULTIPART_HEADER = 16  # ofp_header + type, flags, pad
+OFPET_BAD_REQUEST, OFPBRC_IS_SLAVE = 1, 10
 
 
 def _yield() -> None:
@@ -70,15 +80,35 @@ class VxflowController(app_manager.OSKenApp):
         gc.set_threshold(50_000, 20, 100)
         self.model = ClusterModel()
         self.switches: dict[int, SwitchSync] = {}
+        self.roles: dict[int, SwitchRole] = {}
         self.endpoints = CONF.vxflow_etcd_endpoints
         self.prefix = CONF.vxflow_etcd_prefix
+        port = CONF.ofp_tcp_listen_port or 6653
+        member_id = CONF.vxflow_controller_id or default_member_id(port)
+        address = CONF.vxflow_advertise or advertised_target(CONF.ofp_listen_host or "", port)
+        for problem in (member_id_problem(member_id), address and target_problem(address)):
+            if problem:
+                raise ValueError(problem)
+        ttl = CONF.vxflow_member_ttl
+        # each green thread talks to etcd through its own client (Registry is not shared)
+        self.membership = Membership(
+            Registry(self.endpoints, self.prefix, timeout=max(1.0, ttl / 3)),
+            member_id, address, ttl, on_change=lambda: self.coordinator.request(),
+        )  # fmt: skip
+        self.coordinator = Coordinator(
+            self.membership, Registry(self.endpoints, self.prefix), self.roles,
+            ready=lambda: self.model.config is not None,
+        )  # fmt: skip
         log.info(
-            "vxflow controller: etcd %s prefix %s, audit every %ss",
-            self.endpoints, self.prefix, CONF.vxflow_audit_interval,
-        )
+            "vxflow controller %s (%s): etcd %s prefix %s, member TTL %ds, audit every %ss",
+            member_id, address or "address not advertised: switches must be given it",
+            self.endpoints, self.prefix, ttl, CONF.vxflow_audit_interval,
+        )  # fmt: skip
 
     def start(self):
         thread = super().start()
+        self.threads.append(hub.spawn(self.membership.run))
+        self.threads.append(hub.spawn(self.coordinator.run))
         self.threads.append(hub.spawn(self._follow_registry))
         if CONF.vxflow_audit_interval > 0:
             self.threads.append(hub.spawn(self._audit_loop))
@@ -90,6 +120,15 @@ class VxflowController(app_manager.OSKenApp):
             self.threads.append(hub.spawn(server.serve_forever))
             logging.getLogger("os_ken.lib.hub").setLevel(logging.WARNING)  # one line per scrape
         return thread
+
+    def stop(self):
+        """A clean stop (Ctrl-C, SIGTERM under `vxflow controller`): leave the cluster first,
+        so this replica's switches move to the others now rather than after its TTL."""
+        self.membership.leave()
+        for thread in self.threads:  # they loop forever: os-ken's stop() would wait on them
+            hub.kill(thread)
+        self.threads = []
+        super().stop()
 
     # -- etcd -----------------------------------------------------------------
 
@@ -107,6 +146,7 @@ class VxflowController(app_manager.OSKenApp):
                 impact = model.load(snapshot.config, snapshot.leases, snapshot.endpoints, _yield)
                 self.model = model
                 self._apply(impact)
+                self.coordinator.load(snapshot.members, snapshot.claims)
                 log.info(
                     "registry loaded at revision %d: %d leases, %d endpoints",
                     snapshot.revision, len(snapshot.leases), len(snapshot.endpoints),
@@ -118,6 +158,7 @@ class VxflowController(app_manager.OSKenApp):
                         while (more := watch.get(timeout=0)) is not None:
                             batch.append(more)
                         self._apply(self.model.apply(batch))
+                        self.coordinator.apply(e for e in batch if isinstance(e, ReplicaEvent))
             except (RegistryError, OSError) as exc:
                 log.warning("etcd %s: %s; retrying in %.1fs", self.endpoints, exc, delay)
             except Exception:
@@ -128,9 +169,11 @@ class VxflowController(app_manager.OSKenApp):
     def _apply(self, impact: Impact) -> None:
         if self.model.config is None:
             log.warning(
-                "no valid network config under %s yet: switches are left as they are", self.prefix
-            )
+                "no valid network config under %s yet: switches are left as they are, and "
+                "this replica does not join the controller cluster", self.prefix,
+            )  # fmt: skip
             return
+        self.membership.begin()
         metrics.REJECTED.set(len(self.model.rejected))
         for sync in list(self.switches.values()):
             own = self.model.own_lease(sync.node)
@@ -165,8 +208,10 @@ class VxflowController(app_manager.OSKenApp):
             if sync is not None and sync.channel.datapath is dp:
                 sync.close()
                 del self.switches[dp.id]
-                metrics.SWITCHES.set(len(self.switches))
+                del self.roles[dp.id]
+                self._count_switches()
                 log.info("switch of %s disconnected", sync.node)
+                self.coordinator.request()
             return
         node = public_ip_for_datapath_id(dp.id)
         if node is None:
@@ -184,18 +229,25 @@ class VxflowController(app_manager.OSKenApp):
             parser.OFPAsyncConfigPropReasons(ofp.OFPACPT_PACKET_IN_MASTER, mask=0),
         ]
         dp.send_msg(parser.OFPSetAsync(dp, no_packet_in))
+        channel = DatapathChannel(dp)
         sync = SwitchSync(
             node=node,
-            channel=DatapathChannel(dp),
+            channel=channel,
             desired=lambda scope: self.model.desired(node, scope),
             later=lambda delay, fn: hub.spawn_after(delay, fn),
             on_synced=self._synced,
             pause=_yield,
+            may_write=self.membership.valid,
         )
         self.switches[dp.id] = sync
-        metrics.SWITCHES.set(len(self.switches))
+        self.roles[dp.id] = SwitchRole(node, channel, on_master=sync.promote, on_lost=sync.suspend)
+        self._count_switches()
         log.info("switch of %s connected from %s", node, dp.address)
-        sync.start()
+        self.coordinator.request()  # its master (we or another replica) takes it from here
+
+    def _count_switches(self) -> None:
+        metrics.SWITCHES.set(len(self.switches))
+        metrics.MASTERED.set(sum(role.master for role in self.roles.values()))
 
     def _sync_of(self, msg) -> SwitchSync | None:
         sync = self.switches.get(msg.datapath.id)
@@ -215,6 +267,23 @@ class VxflowController(app_manager.OSKenApp):
         if sync is not None:
             sync.on_barrier(ev.msg.xid)
 
+    def _role_of(self, msg) -> SwitchRole | None:
+        return self.roles.get(msg.datapath.id) if self._sync_of(msg) is not None else None
+
+    @set_ev_cls(ofp_event.EventOFPRoleReply, MAIN_DISPATCHER)
+    def _role_reply(self, ev) -> None:
+        role = self._role_of(ev.msg)
+        if role is not None and role.on_reply(ev.msg.xid, ev.msg.role, ev.msg.generation_id):
+            self._count_switches()
+
+    @set_ev_cls(ofp_event.EventOFPRoleStatus, MAIN_DISPATCHER)
+    def _role_status(self, ev) -> None:
+        role = self._role_of(ev.msg)
+        if role is not None:
+            role.on_status(ev.msg.role, ev.msg.generation_id)
+            self._count_switches()
+            self.coordinator.request()
+
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev) -> None:
         metrics.PACKET_INS.inc()
@@ -227,7 +296,17 @@ class VxflowController(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
     def _error(self, ev) -> None:
         msg = ev.msg
-        sync = self._sync_of(msg)
+        sync, role = self._sync_of(msg), self._role_of(msg)
+        if role is not None and (msg.type, msg.code) == (OFPET_BAD_REQUEST, OFPBRC_IS_SLAVE):
+            metrics.WRITES_REFUSED.inc()
+            log.warning("switch %s refused a write (xid %#x): this replica is not its master",
+                        role.node, msg.xid)  # fmt: skip
+            role.refused_write()
+            self._count_switches()
+            self.coordinator.request()
+            return
+        if role is not None and role.on_error(msg.xid, msg.type, msg.code):
+            return
         if sync is None or not sync.on_error(msg.xid, msg.type, msg.code, bytes(msg.data)):
             metrics.OF_ERRORS.labels(str(msg.type), str(msg.code)).inc()
             log.error(

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from ipaddress import IPv4Address
 
 import click
 
 from leases.cli_options import etcd_options, open_registry, operator_errors
+from leases.controllers import member_id_problem, target_problem
+
+
+def _stop(*_args: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _check_member_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and (problem := member_id_problem(value)):
+        raise click.BadParameter(problem, ctx, param)
+    return value
+
+
+def _check_target(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and (problem := target_problem(value)):
+        raise click.BadParameter(problem, ctx, param)
+    return value
 
 
 @click.command()
@@ -22,14 +40,32 @@ from leases.cli_options import etcd_options, open_registry, operator_errors
 @click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535),
               envvar="VXFLOW_METRICS_PORT", show_envvar=True,
               help="Serve Prometheus metrics on 127.0.0.1:PORT; 0 = off.")
+@click.option("--id", "member_id", envvar="VXFLOW_CONTROLLER_ID", show_envvar=True,
+              callback=_check_member_id,
+              help="This replica's id in the controller cluster.  [default: HOSTNAME:PORT]")
+@click.option("--member-ttl", default=5, show_default=True, type=click.IntRange(2, 300),
+              envvar="VXFLOW_MEMBER_TTL", show_envvar=True,
+              help="Seconds this replica's membership lives unrenewed: its switches move to "
+                   "the other replicas about this long after it dies.")
+@click.option("--advertise", envvar="VXFLOW_ADVERTISE", show_envvar=True,
+              callback=_check_target, metavar="tcp:IP:PORT",
+              help="The target switches reach this replica on, published in etcd for the node "
+                   "agents.  [default: tcp:LISTEN:PORT when LISTEN is one address]")
 @etcd_options
 def controller(listen: str, port: int, audit_interval: float, metrics_port: int,
+               member_id: str | None, member_ttl: int, advertise: str | None,
                etcd_endpoints: str, etcd_prefix: str) -> None:
     """Run the OpenFlow controller (the os-ken app `controller.app` under osken-manager).
 
     Equivalent to `osken-manager --ofp-listen-host LISTEN --ofp-tcp-listen-port PORT
     controller.app` with FLANNELD_ETCD_ENDPOINTS / FLANNELD_ETCD_PREFIX set.
     Switches must connect with OpenFlow 1.4 and a datapath-id set by `vxflow bootstrap`.
+
+    Several replicas on one etcd prefix form a cluster: each registers under
+    <prefix>/vxflow/controllers/ (nodes' agents connect their switches to every
+    replica), each switch is mastered by one replica and fails over to the others
+    when it dies (OpenFlow roles with generation_ids from etcd fence a replica that
+    fell behind). One replica alone masters every switch.
     """
     from controller.options import CONF
 
@@ -37,8 +73,12 @@ def controller(listen: str, port: int, audit_interval: float, metrics_port: int,
     CONF.set_default("vxflow_etcd_prefix", etcd_prefix)
     CONF.set_default("vxflow_audit_interval", audit_interval)
     CONF.set_default("vxflow_metrics_port", metrics_port)
+    CONF.set_default("vxflow_controller_id", member_id or "")
+    CONF.set_default("vxflow_member_ttl", member_ttl)
+    CONF.set_default("vxflow_advertise", advertise or "")
     # read before importing os-ken's manager, which sets the root logger to DEBUG on import
     level = logging.getLogger().getEffectiveLevel()
+    signal.signal(signal.SIGTERM, _stop)  # os-ken's manager stops cleanly on KeyboardInterrupt
     from os_ken.cmd import manager  # monkey-patches for eventlet: only when really running
 
     manager.main(

@@ -28,7 +28,7 @@ OF_ERRORS = Counter(
 SYNCS = Counter(
     "vxflow_controller_readbacks",
     "full flow-table readbacks, by reason",
-    ["reason"],  # connect | audit | retry
+    ["reason"],  # mastership (connect, takeover) | audit | retry
 )
 DRIFT = Counter(
     "vxflow_controller_drift_repairs",
@@ -51,3 +51,43 @@ CHANGE_RESULT = {
     for form in ("bundle", "flow_mod")
     for result in ("ok", "failed")
 }
+
+# -- the controller cluster (controller/replica.py, controller/role.py) ------------------
+
+MEMBER = Gauge(
+    "vxflow_controller_member",
+    "1 while this replica is a registered member in good standing (its etcd lease is valid)",
+)
+MEMBERSHIP_LOST = Counter(
+    "vxflow_controller_membership_lost",
+    "times this replica's membership lapsed (etcd unreachable or lease expired): writes stopped",
+)
+MASTERED = Gauge("vxflow_controller_mastered_switches", "switches that confirmed this replica as master")
+TAKEOVERS = Counter(
+    "vxflow_controller_takeovers",
+    "switch claims written to etcd by this replica, by outcome",
+    ["result"],  # claimed | lost_race
+)
+DEMOTIONS = Counter(
+    "vxflow_controller_demotions",
+    "times this replica stopped being a switch's master, by who ended it",
+    ["by"],  # switch (ROLE_STATUS or a refused write) | replica (stepped down itself)
+)
+ROLE_REPLIES = Counter(
+    "vxflow_controller_role_replies", "roles switches confirmed to this replica", ["role"]
+)
+ROLE_REFUSED = Counter(
+    "vxflow_controller_role_refused",
+    "role requests a switch refused (stale: a newer master's generation_id is in force)",
+    ["reason"],
+)
+WRITES_REFUSED = Counter(
+    "vxflow_controller_writes_refused",
+    "writes a switch refused because this replica is not its master (OFPBRC_IS_SLAVE)",
+)
+WRITES_FENCED = Counter(
+    "vxflow_controller_writes_fenced",
+    "changes held back because this replica's membership had lapsed (never sent)",
+)
+
+ROLE_CHANGES = {role: ROLE_REPLIES.labels(name) for role, name in ((1, "equal"), (2, "master"), (3, "slave"))}

@@ -34,6 +34,8 @@ OFPT_MULTIPART_REQUEST = 18
 OFPT_MULTIPART_REPLY = 19
 OFPT_BARRIER_REQUEST = 20
 OFPT_BARRIER_REPLY = 21
+OFPT_ROLE_REQUEST = 24
+OFPT_ROLE_REPLY = 25
 OFPT_BUNDLE_CONTROL = 33
 OFPT_BUNDLE_ADD_MESSAGE = 34
 
@@ -122,6 +124,7 @@ _FLOW_MOD = struct.Struct("!BBHIQQBBHHHIIIHH")  # header + ofp_flow_mod up to th
 _BUNDLE_ADD = struct.Struct("!BBHIIHH")  # header, bundle_id, pad, flags
 _BUNDLE_CTRL = struct.Struct("!BBHIIHH")  # header, bundle_id, type, flags
 _FLOW_STATS = struct.Struct("!HBxIIHHHHH2xQQQ")
+_ROLE = struct.Struct("!BBHII4xQ")  # header, role, pad, generation_id
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
@@ -378,6 +381,11 @@ def encode_bundle_control(bundle_id: int, ctrl_type: int, xid: int) -> bytes:
 
 def encode_barrier(xid: int) -> bytes:
     return _HEADER.pack(OFP_VERSION, OFPT_BARRIER_REQUEST, 8, xid)
+
+
+def encode_role_request(role: int, generation_id: int, xid: int) -> bytes:
+    """OFPT_ROLE_REQUEST (OFPCR_ROLE_*, generation_id as an unsigned 64-bit number)."""
+    return _ROLE.pack(OFP_VERSION, OFPT_ROLE_REQUEST, _ROLE.size, xid, role, generation_id)
 
 
 def encode_flow_stats_request(xid: int) -> bytes:

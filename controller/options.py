@@ -8,6 +8,10 @@ the same environment variables as every other vxflow/flanneld command:
     FLANNELD_ETCD_PREFIX     flannel network prefix (default /coreos.com/network)
     VXFLOW_AUDIT_INTERVAL    seconds between table audits (default 60, 0 = off)
     VXFLOW_METRICS_PORT      Prometheus port on 127.0.0.1 (default 0 = off)
+    VXFLOW_CONTROLLER_ID     this replica's id (default <hostname>:<OpenFlow port>)
+    VXFLOW_MEMBER_TTL        seconds a replica's membership lives unrenewed (default 5)
+    VXFLOW_ADVERTISE         OpenFlow target switches reach it on (default tcp:<listen
+                             host>:<port> when the listen host is one address)
 
 `vxflow controller` sets them from its own command-line options.
 """
@@ -22,6 +26,7 @@ from leases.model import FLANNEL_DEFAULT_PREFIX
 from leases.registry import DEFAULT_ENDPOINTS
 
 CONF = cfg.CONF
+DEFAULT_MEMBER_TTL = 5
 
 OPTS = [
     cfg.StrOpt(
@@ -46,6 +51,25 @@ OPTS = [
         min=0,
         max=65535,
         help="Serve Prometheus metrics on 127.0.0.1:PORT; 0 = off.",
+    ),
+    cfg.StrOpt(
+        "vxflow-controller-id",
+        default=os.environ.get("VXFLOW_CONTROLLER_ID", ""),
+        help="This replica's id in the controller cluster (default <hostname>:<port>).",
+    ),
+    cfg.IntOpt(
+        "vxflow-member-ttl",
+        default=int(os.environ.get("VXFLOW_MEMBER_TTL", str(DEFAULT_MEMBER_TTL))),
+        min=2,
+        max=300,
+        help="Seconds this replica's membership lives without renewal; its switches fail "
+        "over to the other replicas within about this long after it dies.",
+    ),
+    cfg.StrOpt(
+        "vxflow-advertise",
+        default=os.environ.get("VXFLOW_ADVERTISE", ""),
+        help="OpenFlow target (tcp:IP:PORT) switches reach this replica on, published for "
+        "node agents (default: the listen address and port, when that is one address).",
     ),
 ]
 

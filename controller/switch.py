@@ -106,6 +106,11 @@ class SwitchSync:
     later: Callable[[float, Callable[[], None]], None]  # run a callable after a delay
     on_synced: Callable[[SwitchSync], None] = lambda sync: None
     pause: Callable[[], None] = lambda: None  # called every CHUNK flows sent or recorded
+    # Writes (and the readback they start from) happen only while the switch has
+    # confirmed this replica as its master, and only while the replica's membership
+    # is in good standing (`may_write`: checked before every change it sends).
+    master: bool = False
+    may_write: Callable[[], bool] = lambda: True
     state: State = State.IDLE
     installed: dict[FlowKey, Flow] = field(default_factory=dict)
     _by_cookie: dict[int, set[FlowKey]] = field(default_factory=dict)
@@ -121,9 +126,23 @@ class SwitchSync:
 
     # -- requests -------------------------------------------------------------
 
-    def start(self) -> None:
-        self._need_readback, self._readback_reason = True, "connect"
+    def start(self, reason: str = "connect") -> None:
+        self._need_readback, self._readback_reason = True, reason
         self._kick()
+
+    def promote(self) -> None:
+        """The switch confirmed us as master: read its table back and bring it in line."""
+        self.master = True
+        self.start("mastership")
+
+    def suspend(self) -> None:
+        """No longer master (or membership lapsed): stop at once and forget the change in
+        flight (the switch refuses or has taken it; the next master reads the table back)."""
+        self.master = False
+        self._change = None
+        self.state = State.IDLE
+        self._need_readback = True
+        self._pending = FULL
 
     def request(self, scope: Scope) -> None:
         """Bring the flows in `scope` to the desired state (as soon as the switch is free)."""
@@ -231,7 +250,11 @@ class SwitchSync:
     # -- internals ------------------------------------------------------------
 
     def _kick(self, audit: bool = False) -> None:
-        if self.closed or self.state is not State.IDLE:
+        if self.closed or self.state is not State.IDLE or not self.master:
+            return
+        if not self.may_write():
+            metrics.WRITES_FENCED.inc()
+            log.warning("switch %s: membership lapsed; holding back changes", self.node)
             return
         if self._need_readback:
             self._start_readback()

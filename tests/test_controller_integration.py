@@ -1,23 +1,15 @@
-"""The controller against real etcd and real ovs-vswitchd bridges.
-
-Every check compares what the switch holds (`ovs-ofctl dump-flows`) with the
-compiler's desired table, both rendered by OVS itself: the desired flows are
-loaded with `ovs-ofctl add-flows` into a scratch bridge and dumped the same way.
-"""
+"""The controller against real etcd and real ovs-vswitchd bridges (harness: tests/ofharness.py)."""
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -28,170 +20,19 @@ from flows.compiler import compile_node
 from flows.flow import to_ofctl
 from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, vtep_mac_for
 from leases.config import parse_config
-from leases.etcd_server import EtcdServer, free_loopback_port
-from leases.model import Endpoint, Lease, datapath_id_for
-from leases.registry import Registry
+from leases.etcd_server import EtcdServer
+from leases.model import Endpoint, Lease
 from leases.validate import lease_to_json
 from ovsdb.instance import OvsInstance
-from tests.emulation import Underlay
-from vxflow.processes import stop_process
+from tests.ofharness import PREFIX, TAG, VXFLOW, Cluster, node_ip, pod, running, wait_for
 
 pytestmark = pytest.mark.integration
 
-PREFIX = "/vxflow-test/network"
-CONFIG = '{"Network": "198.19.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
-TAG = Underlay().tag  # the run's tag: the leftover check finds what these tests leave
-VXFLOW = str(Path(sys.executable).with_name("vxflow"))
-OSKEN_MANAGER = str(Path(sys.executable).with_name("osken-manager"))
-
-
-def node_ip(i: int) -> IPv4Address:
-    return IPv4Address(f"198.18.0.{i}")
-
-
-@dataclass
-class Controller:
-    """`vxflow controller` as a child process, stopped by its PID."""
-
-    etcd: str
-    port: int = field(default_factory=free_loopback_port)
-    metrics_port: int = field(default_factory=free_loopback_port)
-    audit_interval: float = 0
-    osken_manager: bool = False  # run it as `vxflow controller --help` says it is equivalent to
-    log_path: Path | None = None
-    proc: subprocess.Popen | None = None
-
-    def start(self, log_dir: Path) -> Controller:
-        self.log_path = log_dir / f"controller-{time.monotonic_ns()}.log"
-        env = None
-        if self.osken_manager:
-            cmd = [
-                OSKEN_MANAGER, "--ofp-listen-host", "127.0.0.1",
-                "--ofp-tcp-listen-port", str(self.port), "controller.app",
-            ]  # fmt: skip
-            env = {
-                **os.environ, "FLANNELD_ETCD_ENDPOINTS": self.etcd, "FLANNELD_ETCD_PREFIX": PREFIX,
-                "VXFLOW_METRICS_PORT": str(self.metrics_port),
-                "VXFLOW_AUDIT_INTERVAL": str(self.audit_interval),
-            }  # fmt: skip
-        else:
-            cmd = [
-                VXFLOW, "--log-level", "debug", "controller",
-                "--listen", "127.0.0.1", "--port", str(self.port),
-                "--etcd-endpoints", self.etcd, "--etcd-prefix", PREFIX,
-                "--metrics-port", str(self.metrics_port),
-                "--audit-interval", str(self.audit_interval),
-            ]  # fmt: skip
-        with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        return self
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.proc = None
-
-    def metric(self, name: str, **labels: str) -> float:
-        """A counter/gauge from the controller's /metrics (0 if absent)."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        pattern = re.compile(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", re.M)
-        return sum(
-            float(m.group(2)) for m in pattern.finditer(text) if (m.group(1) or "") == want
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path else ""
-
-
-@dataclass
-class Cluster:
-    """Real etcd + one private OVS with one br-int-like bridge per emulated node."""
-
-    etcd: EtcdServer
-    ovs: OvsInstance
-    registry: Registry
-    controller: Controller
-    bridges: dict[IPv4Address, str] = field(default_factory=dict)
-
-    def add_switch(self, i: int) -> str:
-        name = f"{TAG}c{i}"
-        ip = node_ip(i)
-        self.ovs.vsctl(
-            "add-br", name,
-            "--", "set", "bridge", name, "datapath_type=netdev", "fail_mode=secure",
-            "protocols=OpenFlow13,OpenFlow14",
-            f"other_config:datapath-id={datapath_id_for(ip):016x}",
-            "--", "add-port", name, f"{TAG}t{i}",
-            "--", "set", "interface", f"{TAG}t{i}", "type=vxlan",
-            f"ofport_request={TUNNEL_OFPORT}", "options:remote_ip=flow", "options:key=flow",
-            f"options:local_ip={ip}", "options:dst_port=8472",
-            "--", "set-controller", name, f"tcp:127.0.0.1:{self.controller.port}",
-        )  # fmt: skip
-        self.bridges[ip] = name
-        return name
-
-    def desired_lines(self, ip: IPv4Address) -> set[str]:
-        snap = self.registry.snapshot()
-        flows = compile_node(snap.config, snap.leases, snap.endpoints, ip)
-        scratch = f"{TAG}x"
-        self.ovs.vsctl(
-            "--may-exist", "add-br", scratch, "--", "set", "bridge", scratch,
-            "datapath_type=netdev", "fail_mode=secure", "protocols=OpenFlow13,OpenFlow14",
-        )  # fmt: skip
-        self.ovs.ofctl("del-flows", scratch)
-        self.ovs.ofctl("add-flows", scratch, "-", input="\n".join(map(to_ofctl, flows)) + "\n")
-        return self.dump(scratch)
-
-    def dump(self, bridge: str) -> set[str]:
-        out = self.ovs.ofctl("dump-flows", "--no-stats", bridge)
-        return {line.strip() for line in out.splitlines() if "actions=" in line}
-
-    def wait_converged(self, timeout: float = 15.0) -> None:
-        """Every switch holds exactly its desired table (compared as sets)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            diffs = {}
-            for ip, bridge in self.bridges.items():
-                want, have = self.desired_lines(ip), self.dump(bridge)
-                if want != have:
-                    diffs[ip] = (sorted(want - have), sorted(have - want))
-            if not diffs:
-                return
-            if time.monotonic() > deadline:
-                pytest.fail(f"not converged (missing, unexpected): {diffs}\n{self.controller.log()}")
-            time.sleep(0.2)
-
-    def lease(self, i: int, ttl: int = 3600) -> Lease:
-        return self.registry.acquire(node_ip(i), vtep_mac_for(node_ip(i)), ttl=ttl)
-
 
 @pytest.fixture
-def cluster(etcd: EtcdServer, ovs: OvsInstance, tmp_path: Path) -> Iterator[Cluster]:
-    registry = Registry(etcd.endpoint, PREFIX)
-    registry.set_config(CONFIG)
-    controller = Controller(etcd.endpoint)
-    c = Cluster(etcd, ovs, registry, controller)
-    try:
+def cluster(etcd: EtcdServer, ovs: OvsInstance) -> Iterator[Cluster]:
+    with running(etcd, ovs) as c:
         yield c
-    finally:
-        controller.stop()
-        for bridge in [*c.bridges.values(), f"{TAG}x"]:
-            ovs.vsctl("--if-exists", "del-br", bridge)
-        registry.close()
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def pod(lease: Lease, host: int, ofport: int) -> Endpoint:
-    ip = lease.subnet.network_address + host
-    return Endpoint(lease.subnet, ip, f"02:00:{ip.packed.hex(':')}", ofport, f"pod{host}")
 
 
 def trace(cluster: Cluster, ip: IPv4Address, packet: str) -> str:
@@ -282,7 +123,7 @@ def test_restart_with_unchanged_etcd_sends_no_flow_mod(cluster: Cluster, tmp_pat
 
     def both_read_back() -> bool:
         try:
-            return cluster.controller.metric("vxflow_controller_readbacks_total", reason="connect") >= 2
+            return cluster.controller.metric("vxflow_controller_readbacks_total", reason="mastership") >= 2
         except OSError:
             return False
 

@@ -63,6 +63,7 @@ def make(model: ClusterModel, node: IPv4Address) -> tuple[SwitchSync, Recorder, 
     sync = SwitchSync(
         node, channel, lambda scope: model.desired(node, scope),
         later=lambda delay, fn: delayed.append((delay, fn)), on_synced=synced.append,
+        master=True,
     )  # fmt: skip
     return sync, channel, delayed
 
