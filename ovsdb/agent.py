@@ -19,11 +19,18 @@ reconciles (no duplicate keys: an endpoint's key is its IP). The IDL reconnects
 to a restarted ovsdb-server by itself and the reload triggers a converge.
 SIGTERM/SIGINT stop the loop within a second; the lease is kept (as flanneld
 does) unless `release_on_exit`.
+
+A registry watch (its own thread) hands the loop the controller replicas as
+they register and leave: the bridge's controllers are the `--controller`
+targets plus every replica's advertised address, so a replica added to the
+cluster needs no node restart. A config change seen there is acted on at the
+next loop turn rather than at the periodic resync.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
@@ -41,7 +48,15 @@ from tenacity import wait_exponential as wait_exp
 from flows.ports import vtep_mac_for
 from leases.config import ConfigError
 from leases.errors import ConfigMissing, EtcdUnavailable, LeaseLost, RegistryError
-from leases.model import LEASE_TTL_SECONDS, RENEW_MARGIN_SECONDS, Endpoint, Lease, NetworkConfig
+from leases.events import ConfigChanged, Event, MemberAdded, MemberRemoved
+from leases.model import (
+    LEASE_TTL_SECONDS,
+    RENEW_MARGIN_SECONDS,
+    Endpoint,
+    Lease,
+    Member,
+    NetworkConfig,
+)
 from leases.registry import Registry, renew_interval
 from leases.subnet_env import overlay_mtu, previous_subnet, subnet_env_for, write_subnet_env
 from ovsdb import idl as ovsidl
@@ -52,6 +67,7 @@ from ovsdb.bootstrap import (
     by_name,
     clear_flow_restore_wait,
     controller_connected,
+    controller_targets,
     flow_count,
     flow_restore_wait_set,
     owned,
@@ -74,7 +90,7 @@ class AgentSettings:
     public_ip: IPv4Address
     subnet_file: Path
     ovsdb: str
-    controllers: tuple[str, ...]
+    controllers: tuple[str, ...]  # given on the command line; the replicas' are added
     options: BootstrapOptions = field(default_factory=BootstrapOptions)
     ip_masq: bool = False
     release_on_exit: bool = False
@@ -136,6 +152,8 @@ class Agent:
         self._renew_at = 0.0
         self._dirty = True  # re-converge and re-scan on the next loop turn
         self._env_pending = False  # a (new) lease whose subnet.env is not written yet
+        self._members: dict[str, Member] = {}  # controller replicas, from the watch
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -173,14 +191,39 @@ class Agent:
         except RetryError:
             log.info("stopped before the agent was up")
             return 0
+        watch = self.registry.watch(callback=self._note_event)
         try:
             self._loop(idl)
         except RetryError:
             log.info("stopped while acquiring the lease again")
         finally:
+            watch.stop()
             idl.close()
             self._exit()
         return 0
+
+    def _note_event(self, event: Event) -> None:
+        """(The watch's thread.) Hand the loop what it acts on."""
+        if isinstance(event, MemberAdded | MemberRemoved | ConfigChanged):
+            self._events.put(event)
+
+    def _take_events(self) -> None:
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(event, MemberAdded):
+                self._members[event.member.id] = event.member
+            elif isinstance(event, MemberRemoved):
+                self._members.pop(event.member.id, None)
+            else:  # ConfigChanged: the next etcd turn re-reads it (and re-takes the lease)
+                self._published = None
+                continue
+            self._dirty = True
+
+    def controller_targets(self) -> tuple[str, ...]:
+        return controller_targets(self.settings.controllers, self._members.values())
 
     def _acquire(self) -> None:
         """Get (or get back) this node's lease; subnet.env follows the next converge."""
@@ -233,6 +276,7 @@ class Agent:
         next_resync, was_connected = 0.0, True
         while not self._stop.is_set():
             self._dirty |= ovsidl.run_once(idl, timeout=1.0 if next_resync else 0.0)
+            self._take_events()
             now = time.monotonic()
             connected = ovsidl.is_connected(idl)
             if connected != was_connected:
@@ -252,7 +296,7 @@ class Agent:
 
     def _converge(self, idl) -> bool:
         try:
-            changes = bootstrap(idl, self.config, self.lease, self.settings.controllers,
+            changes = bootstrap(idl, self.config, self.lease, self.controller_targets(),
                                 self.settings.options)  # fmt: skip
         except (BootstrapError, IprouteError) as exc:
             log.error("bootstrap of %s failed: %s (retrying)", self.settings.options.bridge, exc)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Interface
 from pathlib import Path
@@ -32,7 +33,7 @@ import ovs.db.idl
 from ovs.db.idl import Transaction
 
 from flows.ports import GATEWAY_OFPORT, GATEWAY_PORT, TUNNEL_OFPORT, TUNNEL_PORT, gateway_mac
-from leases.model import Lease, NetworkConfig, datapath_id_for
+from leases.model import Lease, Member, NetworkConfig, datapath_id_for
 from leases.subnet_env import overlay_mtu
 from ovsdb.gateway import GatewaySpec, converge_gateway
 from ovsdb.idl import refresh, run_once
@@ -96,6 +97,13 @@ class BridgeState:
     other_config: tuple[tuple[str, str], ...]
     ports: tuple[PortSpec, ...]
     gateway: GatewaySpec
+
+
+def controller_targets(explicit: Iterable[str], members: Iterable[Member]) -> tuple[str, ...]:
+    """The bridge's controllers: the targets given, plus every controller replica's
+    advertised address from etcd; DEFAULT_CONTROLLER only when there is neither."""
+    targets = set(explicit) | {m.address for m in members if m.address}
+    return tuple(sorted(targets)) or (DEFAULT_CONTROLLER,)
 
 
 def desired_state(

@@ -34,6 +34,7 @@ from ovsdb.bootstrap import (
     TUNNEL_KEYS,
     BootstrapError,
     BootstrapOptions,
+    controller_targets,
 )
 from ovsdb.bootstrap import (
     bootstrap as converge_node,
@@ -67,8 +68,9 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True,
                      help="Integration bridge name."),
         click.option("--controller", "controllers", multiple=True,
-                     default=(DEFAULT_CONTROLLER,), show_default=True,
-                     help="OpenFlow controller target (repeatable)."),
+                     help="OpenFlow controller target (repeatable). The controller replicas "
+                          f"registered in etcd are added to these.  [default: {DEFAULT_CONTROLLER} "
+                          "when none is given and etcd lists no replica]"),
         click.option("--datapath-type", type=click.Choice(DATAPATH_TYPES), default="auto",
                      show_default=True,
                      help="auto: system if the openvswitch kernel module is loaded, else netdev."),
@@ -190,10 +192,12 @@ def bootstrap(ctx: click.Context, **params: Any) -> None:
             )
     lease = Lease(subnet=subnet, public_ip=public_ip, vni=config.backend.vni,
                   vtep_mac=vtep_mac_for(public_ip))  # fmt: skip
+    members = registry.snapshot().members if registry is not None else ()
+    targets = controller_targets(params["controllers"], members)
     idl = ovsidl.connect(params["ovsdb"])
     try:
-        changes = converge_node(idl, config, lease, tuple(params["controllers"]),
-                                _options(params), dry_run=params["dry_run"])  # fmt: skip
+        changes = converge_node(idl, config, lease, targets, _options(params),
+                                dry_run=params["dry_run"])  # fmt: skip
     finally:
         idl.close()
     prefix = "would change: " if params["dry_run"] else "changed: "
