@@ -195,6 +195,20 @@ class Result:
     routes: tuple[Route, ...] = ()
     dns: Mapping[str, Any] = field(default_factory=dict)
 
+    def after(self, prev: Result) -> Result:
+        """This result appended to a previous plugin's (a chained ADD passes prevResult on)."""
+        shift = len(prev.interfaces)
+        ips = tuple(
+            replace(ip, interface=None if ip.interface is None else ip.interface + shift)
+            for ip in self.ips
+        )
+        return Result(
+            interfaces=prev.interfaces + self.interfaces,
+            ips=prev.ips + ips,
+            routes=prev.routes + self.routes,
+            dns=self.dns or prev.dns,
+        )
+
     def with_interfaces(self, interfaces: tuple[Interface, ...], index: int) -> Result:
         """This (IPAM) result attached to `interfaces`, every IP on `interfaces[index]`."""
         ips = tuple(replace(ip, interface=index) for ip in self.ips)

@@ -49,15 +49,14 @@ from ovsdb.bootstrap import (
     BootstrapError,
     BootstrapOptions,
     bootstrap,
-    by_name,
     clear_flow_restore_wait,
     controller_connected,
     flow_count,
     flow_restore_wait_set,
-    owned,
     with_underlay_mtu,
 )
 from ovsdb.iproute import IprouteError
+from ovsdb.plug import foreign_ports
 from ovsdb.pods import PodPort, PodRejection, endpoints_from_ports
 
 log = logging.getLogger(__name__)
@@ -107,13 +106,8 @@ class _Backoff:
 
 def pod_ports(idl, bridge: str) -> list[PodPort]:
     """Every Interface on `bridge` that vxflow did not create, as plain values."""
-    row = by_name(idl, "Bridge", bridge)
-    if row is None:
-        return []
     ports = []
-    for port in row.ports:
-        if owned(port):
-            continue
+    for port in foreign_ports(idl, bridge):
         for iface in port.interfaces:
             ofport = iface.ofport[0] if iface.ofport else None
             ports.append(PodPort(iface.name, ofport, tuple(sorted(iface.external_ids.items()))))

@@ -287,3 +287,11 @@ def test_attachment_records_round_trip(tmp_path: Path) -> None:
     attachments.remove(tmp_path, "vxnet", "c1", "eth0")
     attachments.remove(tmp_path, "vxnet", "c1", "eth0")  # idempotent
     assert attachments.load(tmp_path, "vxnet", "c1", "eth0") is None
+
+
+def test_a_chained_result_is_appended_to_prev_result() -> None:
+    prev = Result(interfaces=(Interface("lo"),), ips=(), routes=(Route(IPv4Network("0.0.0.0/0")),))
+    merged = RESULT.after(prev)
+    assert [i.name for i in merged.interfaces] == ["lo", "vx0123456789a", "eth0"]
+    assert merged.ips[0].interface == 2  # still the container's eth0
+    assert merged.routes == (Route(IPv4Network("0.0.0.0/0")), Route(IPv4Network("198.19.0.0/16")))
