@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cni.spec import CniError, ErrorCode, Result, check_version, parse_result
+from cni.spec import CniError, ErrorCode, Result, check_version, parse_result, version_key
 from leases.subnet_env import DEFAULT_SUBNET_ENV, SubnetEnv
 from ovsdb.bootstrap import DEFAULT_BRIDGE
 from ovsdb.idl import DEFAULT_OVSDB
 
 DEFAULT_DATA_DIR = Path("/var/lib/cni/vxflow")
 DEFAULT_IPAM = "host-local"
+DELEGATE_VERSION = "1.0.0"  # the newest cniVersion ADD/DEL/CHECK hand to the IPAM plugin
 _NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 
@@ -126,8 +127,16 @@ def delegate_ipam(conf: NetConf, env: SubnetEnv) -> dict[str, Any]:
 
 
 def ipam_request(conf: NetConf, ipam: Mapping[str, Any]) -> dict[str, Any]:
-    """The whole configuration as the IPAM plugin must see it: ours, `ipam` filled in."""
+    """The whole configuration as the IPAM plugin must see it: ours, `ipam` filled in.
+
+    Its cniVersion is at most 1.0.0: 1.1.0 changed nothing in what ADD, DEL
+    and CHECK ask of an IPAM plugin, and Debian 12's reference plugins speak
+    up to 1.0.0 (STATUS and GC are forwarded in 1.1.0, to plugins that say
+    they speak it).
+    """
     request = {k: v for k, v in conf.raw.items() if k != "prevResult"}
+    if version_key(conf.cni_version) > version_key(DELEGATE_VERSION):
+        request["cniVersion"] = DELEGATE_VERSION
     request["ipam"] = dict(ipam)
     return request
 

@@ -247,7 +247,7 @@ def _forward(command: str, conf: NetConf, inv: Invocation, environ: Mapping[str,
     """STATUS and GC reach the IPAM plugin only if it speaks 1.1.0 (Debian 12's speak 1.0.0)."""
     plugin = str(request["ipam"].get("type", DEFAULT_IPAM))
     if ipam.supports(plugin, conf.cni_version, inv, environ):
-        ipam.call(command, request, inv, environ)
+        ipam.call(command, {**request, "cniVersion": conf.cni_version}, inv, environ)
 
 
 def status(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:

@@ -282,3 +282,29 @@ def test_failures_leave_nothing_behind(cni: CniNode) -> None:
     cni.write_subnet_env()
     assert cni.plugin("CHECK", "keep", first, conf={**cni.conf(), "prevResult": kept})[0] == 0
     assert cni.plugin("DEL", "keep", first)[0] == 0
+
+
+def test_status_and_gc(cni: CniNode) -> None:
+    cni.cni_version = "1.1.0"  # STATUS and GC came with 1.1.0
+    before = cni.state()
+    env = {**os.environ, "CNI_PATH": CNI_PATH}
+
+    def call(command: str, conf: dict) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ip", "netns", "exec", cni.node.netns, VXFLOW_CNI], input=json.dumps(conf),
+            env={**env, "CNI_COMMAND": command}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    assert call("STATUS", cni.conf()).returncode == 0
+    down = call("STATUS", {**cni.conf(), "subnetFile": str(cni.workdir / "none.env")})
+    assert down.returncode == 1 and json.loads(down.stdout)["code"] == 50, down.stdout
+    kept, stale = cni.container("c8"), cni.container("c9")
+    assert cni.plugin("ADD", "kept", kept)[0] == 0
+    assert cni.plugin("ADD", "stale", stale)[0] == 0
+    valid = {"cni.dev/valid-attachments": [{"containerID": "kept", "ifname": "eth0"}]}
+    res = call("GC", {**cni.conf(), **valid})
+    assert (res.returncode, res.stdout) == (0, ""), res.stdout + res.stderr
+    assert cni.pod_ports() == [host_ifname("kept", "eth0")]
+    assert cni.allocations() == ["198.19.7.2"] and len(cni.records()) == 1
+    assert cni.plugin("DEL", "kept", kept)[0] == 0
+    assert cni.state() == before

@@ -173,6 +173,11 @@ def test_ipam_is_completed_as_flannel_does() -> None:
     request = ipam_request(c, delegate_ipam(c, ENV))
     assert request["name"] == "vxnet" and request["type"] == "vxflow"
     assert request["ipam"]["ranges"] == [[{"subnet": "198.19.5.0/24"}]]
+    assert request["cniVersion"] == "1.0.0"
+    newer = parse_netconf(conf(cniVersion="1.1.0"), "ADD")
+    assert ipam_request(newer, delegate_ipam(newer, ENV))["cniVersion"] == "1.0.0"
+    older = parse_netconf(conf(cniVersion="0.4.0"), "ADD")
+    assert ipam_request(older, delegate_ipam(older, ENV))["cniVersion"] == "0.4.0"
 
 
 def test_ipam_type_and_extra_routes_are_honoured() -> None:
