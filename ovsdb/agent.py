@@ -55,6 +55,7 @@ from ovsdb.bootstrap import (
     flow_restore_wait_set,
     with_underlay_mtu,
 )
+from ovsdb.ipmasq import IpMasq, IpMasqError
 from ovsdb.iproute import IprouteError
 from ovsdb.plug import foreign_ports
 from ovsdb.pods import PodPort, PodRejection, endpoints_from_ports
@@ -62,6 +63,10 @@ from ovsdb.pods import PodPort, PodRejection, endpoints_from_ports
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+MASQ_INSTALLS = Counter(
+    "vxflow_agent_ipmasq_installs", "Times the masquerade rules were (re)installed"
+)
+MASQ_ERRORS = Counter("vxflow_agent_ipmasq_errors", "nftables operations that failed (retried)")
 POD_REJECTIONS = Counter(
     "vxflow_agent_pod_ports_rejected", "Pod ports whose external_ids were rejected", ["reason"]
 )
@@ -78,6 +83,7 @@ class AgentSettings:
     ip_masq: bool = False
     release_on_exit: bool = False
     resync_interval: float = 30.0
+    masq_interval: float = 5.0  # how often the masquerade rules are checked (flannel: 5 s)
     max_backoff: float = 30.0
     lease_ttl: int = LEASE_TTL_SECONDS
     renew_margin: int = RENEW_MARGIN_SECONDS
@@ -130,6 +136,9 @@ class Agent:
         self._renew_at = 0.0
         self._dirty = True  # re-converge and re-scan on the next loop turn
         self._env_pending = False  # a (new) lease whose subnet.env is not written yet
+        self._masq: IpMasq | None = None
+        self._masq_at = 0.0  # next check of the masquerade rules
+        self._masq_settled = False  # without --ip-masq: our table is gone, nothing more to do
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -241,6 +250,9 @@ class Agent:
                 self._scan(idl)
             if self._etcd.due(now):
                 self._etcd_work(now)
+            if now >= self._masq_at:
+                self._masq_at = now + self.settings.masq_interval
+                self._ip_masq()
             if connected and flow_restore_wait_set(idl):
                 self._maybe_clear_flow_restore_wait(idl)
 
@@ -256,6 +268,33 @@ class Agent:
         if self._env_pending:
             self._write_subnet_env()
         return True
+
+    def _ip_masq(self) -> None:
+        """With --ip-masq, keep flannel's rules in place; without, remove ours (once)."""
+        if self._masq_settled:
+            return
+        try:
+            if self._masq is None:
+                self._masq = IpMasq()
+            if not self.settings.ip_masq:
+                if self._masq.remove():
+                    log.info("removed the masquerade rules of an earlier --ip-masq run")
+                self._masq_settled = True
+            elif self._masq.ensure(self.config.network, self.lease.subnet):
+                MASQ_INSTALLS.inc()
+                if self._masq.installs == 1:
+                    log.info("installed the masquerade rules for %s (this node %s)",
+                             self.config.network, self.lease.subnet)  # fmt: skip
+                else:
+                    log.warning("the masquerade rules were changed or deleted; restored them")
+        except ImportError as exc:  # no python3-nftables: nothing of ours can be there either
+            self._masq_settled = not self.settings.ip_masq
+            if self.settings.ip_masq:
+                MASQ_ERRORS.inc()
+                log.error("ip-masq: python3-nftables is not importable (%s)", exc)
+        except (IpMasqError, OSError) as exc:
+            MASQ_ERRORS.inc()
+            log.error("ip-masq: %s (retrying in %.0fs)", exc, self.settings.masq_interval)
 
     def _scan(self, idl) -> None:
         self._desired, rejected = endpoints_from_ports(
