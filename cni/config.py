@@ -8,6 +8,9 @@ A conflist entry `{"type": "vxflow", ...}` may set:
 - `dataDir`: where each attachment is recorded for DEL, CHECK and GC
   (default `/var/lib/cni/vxflow`, beside flannel's `/var/lib/cni/flannel`),
 - `mtu`: the pod MTU (default FLANNEL_MTU),
+- `isDefaultGateway`: also route everything else (0.0.0.0/0) via the gateway,
+  as the `bridge` plugin does with it (kube-flannel's configuration sets it);
+  default false: only the overlay is routed,
 - `ipam`: the IPAM section, completed from subnet.env exactly as flannel's
   CNI plugin does (`getDelegateIPAM`): `type` defaults to `host-local`,
   `ranges` becomes the node's subnet (host-local never hands out its
@@ -50,6 +53,7 @@ class NetConf:
     subnet_file: Path = DEFAULT_SUBNET_ENV
     data_dir: Path = DEFAULT_DATA_DIR
     mtu: int | None = None
+    is_default_gateway: bool = False
     ipam: Mapping[str, Any] | None = None
     dns: Mapping[str, Any] = field(default_factory=dict)
     prev_result: Result | None = None
@@ -99,6 +103,7 @@ def parse_netconf(data: bytes, command: str) -> NetConf:
         subnet_file=Path(_typed(raw, "subnetFile", str, str(DEFAULT_SUBNET_ENV))),
         data_dir=Path(_typed(raw, "dataDir", str, str(DEFAULT_DATA_DIR))),
         mtu=mtu,
+        is_default_gateway=_typed(raw, "isDefaultGateway", bool, False),
         ipam=ipam,
         dns=_typed(raw, "dns", dict, {}),
         prev_result=parse_result(prev) if prev else None,

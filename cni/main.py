@@ -33,7 +33,8 @@ and name it in a conflist (e.g. /etc/cni/net.d/10-vxflow.conflist):
 
     {{"cniVersion": "1.0.0", "name": "vxflow",
      "plugins": [{{"type": "vxflow", "ovsdb": "unix:/var/run/openvswitch/db.sock",
-                  "bridge": "br-int", "subnetFile": "/run/flannel/subnet.env"}}]}}
+                  "bridge": "br-int", "subnetFile": "/run/flannel/subnet.env",
+                  "isDefaultGateway": true}}]}}
 
 Addresses come from the node's subnet in subnet.env through `host-local` (or
 the conflist's "ipam" type); the pod's port joins br-int with the external_ids

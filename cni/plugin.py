@@ -20,14 +20,14 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 import ovs.db.idl
 
 from cni import attachments, ipam, veth
 from cni.config import DEFAULT_IPAM, NetConf, delegate_ipam, ipam_request, pod_mtu
-from cni.spec import CniError, ErrorCode, Interface, Invocation, Result
+from cni.spec import CniError, ErrorCode, Interface, Invocation, Result, Route
 from flows.ports import pod_mac
 from leases.subnet_env import SubnetEnv, parse_subnet_env
 from ovsdb import idl as ovsidl
@@ -36,6 +36,7 @@ from ovsdb.iproute import IprouteError
 
 log = logging.getLogger("vxflow-cni")
 OVSDB_TIMEOUT = 5.0  # seconds to connect and get the first snapshot
+DEFAULT = IPv4Network("0.0.0.0/0")
 
 
 def load_subnet_env(conf: NetConf) -> SubnetEnv:
@@ -114,18 +115,20 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
         undo.callback(_quietly, "the address", ipam.call, "DEL", request, inv, environ)
         allocated = ipam.call("ADD", request, inv, environ)
         address, gateway = _one_address(allocated, env)
+        if conf.is_default_gateway and not any(r.dst.prefixlen == 0 for r in allocated.routes):
+            allocated = replace(allocated, routes=(*allocated.routes, Route(DEFAULT, gateway)))
         spec = veth.VethSpec(
             host=host, netns=inv.netns, ifname=inv.ifname, mac=pod_mac(address.ip),
             mtu=pod_mtu(conf, env), address=address,
             routes=tuple((r.dst, r.gw or gateway) for r in allocated.routes),
-            checksum_offload=datapath != "netdev",
+            userspace_datapath=datapath == "netdev",
         )  # fmt: skip
         undo.callback(_quietly, "the veth pair", veth.delete, host)
         try:
             host_mac = veth.create(spec)
         except veth.VethExists as exc:
             raise CniError(ErrorCode.ALREADY_EXISTS, "interface exists already", str(exc)) from exc
-        except IprouteError as exc:
+        except (IprouteError, OSError) as exc:
             raise CniError(ErrorCode.SETUP_FAILED, "setting up the veth pair failed",
                            str(exc)) from exc  # fmt: skip
         undo.callback(_quietly, "the port", plug.unplug, idl, conf.bridge, host,

@@ -14,6 +14,7 @@ import random
 import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
 
 from ovsdb.iproute import IprouteError, ip, ip_batch, ip_json, tx_checksum_off
 
@@ -31,7 +32,7 @@ class VethSpec:
     mtu: int
     address: IPv4Interface
     routes: tuple[tuple[IPv4Network, IPv4Address], ...]  # (dst, next hop)
-    checksum_offload: bool = True  # False on userspace-datapath (netdev) bridges
+    userspace_datapath: bool = False  # the bridge is netdev: see make_inert()
 
 
 def host_link_exists(name: str) -> bool:
@@ -74,10 +75,28 @@ def create(spec: VethSpec) -> str:
     commands = [f"addr add {spec.address} dev {spec.ifname}", f"link set {spec.ifname} up"]
     commands += [f"route add {dst} via {gw} dev {spec.ifname}" for dst, gw in spec.routes]
     ip_batch(commands, netns=spec.netns)
-    if not spec.checksum_offload:
+    if spec.userspace_datapath:
+        make_inert(spec.host)
         tx_checksum_off(spec.host)
         tx_checksum_off(spec.ifname, netns=spec.netns)
     return host_mac
+
+
+INERT = (("ipv4", "arp_ignore", "8"), ("ipv4", "forwarding", "0"), ("ipv6", "disable_ipv6", "1"))
+
+
+def make_inert(host: str) -> None:
+    """Keep the node's kernel off a pod port that the userspace datapath serves.
+
+    ovs-vswitchd's netdev datapath reads the host end through a packet
+    socket, so the node's kernel sees the pod's frames too: it would answer
+    the pod's ARP for the gateway with the veth's own MAC (the reply goes
+    straight to the pod, past the flows) and, on a node that forwards, route
+    the frames sent to that MAC a second time, which the pod sees as
+    duplicate replies. No ARP replies, no forwarding, no IPv6 on the host end.
+    """
+    for family, key, value in INERT:
+        Path(f"/proc/sys/net/{family}/conf/{host}/{key}").write_text(value)
 
 
 def delete(host: str) -> bool:

@@ -55,6 +55,7 @@ for _path in (HERE, HERE.parent):  # the sibling modules, and the repository's p
     if str(_path) not in sys.path:  # (`mn --custom` runs us on the system Python, from anywhere)
         sys.path.append(str(_path))
 
+import vxpodman  # noqa: E402
 from mininet.link import Link  # noqa: E402
 from mininet.log import setLogLevel  # noqa: E402
 from mininet.net import Mininet  # noqa: E402
@@ -78,6 +79,7 @@ from vxnodes import (  # noqa: E402
     default_tag,
     run_root,
 )
+from vxpodman import Podman  # noqa: E402
 
 from leases.etcd_server import EtcdServer, free_loopback_port  # noqa: E402
 from vxflow.processes import stop_process  # noqa: E402
@@ -104,6 +106,8 @@ class ClusterSpec:
     tag: str = field(default_factory=default_tag)
     flannel_lease_ttl: int | None = None  # seconds; None: flannel's 24 h
     agent_lease_ttl: int | None = None  # seconds; None: flannel's 24 h
+    ip_masq: bool = False  # agents run with --ip-masq
+    containers: bool = False  # a private podman whose CNI network on each node is vxflow-cni
 
 
 @dataclass
@@ -120,6 +124,7 @@ class Cluster(ClusterChecks):
     net: Mininet | None = None
     etcd: EtcdServer | None = None
     controller_port: int = 0
+    podman: Podman | None = None
     _controller: subprocess.Popen | None = None
     _own_workdir: bool = False
 
@@ -239,6 +244,7 @@ class Cluster(ClusterChecks):
         for node in self.vxflow_nodes:
             self.progress(f"{node.name}: starting ovsdb-server, ovs-vswitchd, vxflow agent")
             node.start_ovs(self.node_dir(node) / "ovs")
+            node.sh("sysctl -qw net.ipv4.ip_forward=1")  # it routes pods' traffic that leaves
             self.start_agent(node)
         for node in self.flannel_nodes:
             self.progress(f"{node.name}: starting the flannel-style daemon")
@@ -252,6 +258,8 @@ class Cluster(ClusterChecks):
         self.progress("waiting for the overlay to converge")
         took = self.wait_connected(deadline - time.monotonic())
         self.progress(f"overlay converged ({took:.1f}s)")
+        if spec.containers:
+            self.start_podman()
 
     def stop(self) -> None:
         """Stop everything we started, by PID, in reverse; never raises."""
@@ -273,6 +281,7 @@ class Cluster(ClusterChecks):
         Used alone when someone else (`mn`) owns the Mininet net; removes the
         work dir if we made it.
         """
+        self.stop_podman()  # CNI DEL needs the nodes' OVS: containers go first
         for node in self.nodes:
             node.stop_daemons()
         self.stop_controller()
@@ -338,11 +347,29 @@ class Cluster(ClusterChecks):
             "--controller", self.controller_target, "--datapath-type", "netdev",
             "--subnet-file", str(self.subnet_env_path(node)),
             *(["--subnet-lease-ttl", str(ttl)] if (ttl := self.spec.agent_lease_ttl) else []),
+            *(["--ip-masq"] if self.spec.ip_masq else []),
         ]  # fmt: skip
 
     def etcd_flags(self) -> list[str]:
         """The `vxflow` CLI flags that point a command at this cluster's etcd and prefix."""
         return ["--etcd-endpoints", self.etcd_endpoint, "--etcd-prefix", self.spec.prefix]
+
+    def start_podman(self) -> Podman:
+        """A private podman whose `vxflow` network on each node is that node's vxflow-cni."""
+        if lacking := vxpodman.missing():
+            raise RuntimeError(f"podman cannot run here: missing {', '.join(lacking)} "
+                               "(scripts/setup.sh installs them)")  # fmt: skip
+        self.progress("setting up podman (runc, CNI backend, vxflow-cni on every node)")
+        self.podman = Podman(self.workdir / "podman").setup()
+        for node in self.vxflow_nodes:
+            self.podman.add_node(node, node.ovs.db_target, self.subnet_env_path(node))
+        return self.podman
+
+    def stop_podman(self) -> None:
+        """Remove the containers we started (by id); report what could not be removed."""
+        podman, self.podman = self.podman, None
+        for error in podman.stop() if podman else ():
+            print(f"cleanup: podman: {error}", file=sys.stderr)
 
     def start_agent(self, node: VxflowNode) -> None:
         node.spawn("agent", self.agent_cmd(node), self.node_dir(node) / "agent.log")
@@ -393,12 +420,17 @@ class Cluster(ClusterChecks):
         raise RuntimeError(f"{node.name}: no lease after {timeout:.0f}s; see {self.node_dir(node)}")
 
     def attach_pods(self, node: Host, subnet: IPv4Network, timeout: float) -> None:
-        """Give each pod .2, .3, ... of the lease and plug its veth into the node's bridge."""
-        for i, pod in enumerate(self.pods_of(node), start=2):
-            pod.attach(IPv4Interface(f"{subnet.network_address + i}/{subnet.prefixlen}"))
+        """Give each pod the lease's last addresses (.254, .253, ... of a /24), plug its veth
+        into the node's bridge. Containers get theirs from the bottom, through host-local."""
+        for i, pod in enumerate(self.pods_of(node), start=1):
+            pod.attach(IPv4Interface(f"{subnet.broadcast_address - i}/{subnet.prefixlen}"))
             port = pod.name  # the node-side veth is named after the pod
             node.sh(f"ip link set {port} mtu {POD_MTU} up && ethtool -K {port} tx off")
             if isinstance(node, VxflowNode):
+                # the userspace datapath serves the port: the node's kernel must stay off it
+                # (no ARP replies, no forwarding, no IPv6), as vxflow-cni does (cni/veth.py)
+                node.sh(f"sysctl -qw net.ipv4.conf.{port}.arp_ignore=8 "
+                        f"net.ipv4.conf.{port}.forwarding=0 net.ipv6.conf.{port}.disable_ipv6=1")  # fmt: skip
                 self._wait_bridge(node, timeout)
                 node.ovs.vsctl(
                     "--may-exist", "add-port", BR_INT, port, "--", "set", "Interface", port,

@@ -58,6 +58,7 @@ def test_usage_conflist_is_a_valid_configuration() -> None:
               **conflist["plugins"][0]}  # fmt: skip
     conf = parse_netconf(json.dumps(plugin).encode(), "ADD")
     assert (conf.bridge, str(conf.subnet_file)) == ("br-int", "/run/flannel/subnet.env")
+    assert conf.is_default_gateway
 
 
 def test_install_line_as_typed(tmp_path: Path) -> None:
@@ -73,3 +74,9 @@ def test_install_line_as_typed(tmp_path: Path) -> None:
     assert json.loads(res.stdout)["cniVersion"] == "0.4.0"
     help_text = subprocess.run([str(VXFLOW_CNI), "--help"], capture_output=True, text=True)
     assert (help_text.returncode, help_text.stdout) == (0, USAGE)
+
+
+def test_readme_install_line_is_the_tested_one() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(x.strip() for x in USAGE.splitlines() if x.strip().startswith("ln -sf"))
+    assert f"\n{line}\n" in readme

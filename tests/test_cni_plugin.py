@@ -202,11 +202,16 @@ def test_version_and_0_4_0_results(cni: CniNode) -> None:
     assert json.loads(res.stdout)["supportedVersions"][-2:] == ["1.0.0", "1.1.0"]
     cni.cni_version = "0.4.0"  # what podman 4 writes
     netns = cni.container("c3")
-    code, result, err = cni.plugin("ADD", "c3", netns)
+    conf = cni.conf(isDefaultGateway=True)  # kube-flannel's setting: the default route too
+    code, result, err = cni.plugin("ADD", "c3", netns, conf=conf)
     assert code == 0, err
     assert result["cniVersion"] == "0.4.0" and result["ips"][0]["version"] == "4"
-    assert cni.plugin("CHECK", "c3", netns, conf={**cni.conf(), "prevResult": result})[0] == 0
-    assert cni.plugin("DEL", "c3", netns)[0] == 0
+    assert result["routes"] == [{"dst": "198.19.0.0/16"}, {"dst": "0.0.0.0/0", "gw": "198.19.7.1"}]
+    routes = subprocess.run(["nsenter", f"--net={netns}", "ip", "route"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "default via 198.19.7.1 dev eth0" in routes
+    assert cni.plugin("CHECK", "c3", netns, conf={**conf, "prevResult": result})[0] == 0
+    assert cni.plugin("DEL", "c3", netns, conf=conf)[0] == 0
 
 
 def test_del_is_idempotent_for_gone_netns_port_and_container(cni: CniNode) -> None:

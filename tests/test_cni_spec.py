@@ -152,6 +152,7 @@ def test_options_are_read() -> None:
         (conf(bridge=5), 7),
         (conf(mtu=20), 7),
         (conf(mtu="1450"), 7),
+        (conf(isDefaultGateway="yes"), 7),
         (conf(ipam=[]), 7),
         (conf(ipam={"type": 3}), 7),
         (conf(prevResult={"ips": [{"address": "nonsense"}]}), 6),
