@@ -235,20 +235,29 @@ class Agent:
     def _loop(self, idl) -> None:
         next_resync, was_connected = 0.0, True
         while not self._stop.is_set():
-            self._dirty |= ovsidl.run_once(idl, timeout=1.0 if next_resync else 0.0)
+            busy = self._dirty or not next_resync  # work left over: do not wait for OVSDB
+            self._dirty |= ovsidl.run_once(idl, timeout=0.0 if busy else 1.0)
             now = time.monotonic()
             connected = ovsidl.is_connected(idl)
             if connected != was_connected:
                 log.warning("OVSDB %s %s", self.settings.ovsdb,
                             "reconnected" if connected else "connection lost; reconnecting")  # fmt: skip
                 was_connected = connected
+            published = False
             if connected and (self._dirty or now >= next_resync):
                 if now >= next_resync:
                     self._published = None  # periodically re-read etcd: repairs deleted keys
-                self._dirty = not self._converge(idl)
-                next_resync = now + self.settings.resync_interval
+                # Pod ports first: a new pod's endpoint must not wait for the bridge's
+                # converge (whose refresh waits for OVSDB to go quiet).
+                seen = idl.change_seqno
                 self._scan(idl)
-            if self._etcd.due(now):
+                if published := self._etcd.due(now):
+                    self._etcd_work(now)
+                converged = self._converge(idl)
+                # what the converge's refresh took in (a port added meanwhile) is scanned next turn
+                self._dirty = not converged or idl.change_seqno != seen
+                next_resync = now + self.settings.resync_interval
+            if not published and self._etcd.due(now):
                 self._etcd_work(now)
             if now >= self._masq_at:
                 self._masq_at = now + self.settings.masq_interval
@@ -259,7 +268,7 @@ class Agent:
     def _converge(self, idl) -> bool:
         try:
             changes = bootstrap(idl, self.config, self.lease, self.settings.controllers,
-                                self.settings.options)  # fmt: skip
+                                self.settings.options, fresh=True)  # fmt: skip
         except (BootstrapError, IprouteError) as exc:
             log.error("bootstrap of %s failed: %s (retrying)", self.settings.options.bridge, exc)
             return False

@@ -79,13 +79,15 @@ def connect(remote: str, timeout: float = 10.0) -> ovs.db.idl.Idl:
 
 
 def run_once(idl: ovs.db.idl.Idl, timeout: float) -> bool:
-    """Process what the server sent, then wait up to `timeout` s for more; True if changed."""
-    changed = idl.run()
+    """Process what the server sent; if that changed nothing, wait up to `timeout` s for
+    more and process it. True if the replica changed (then without waiting)."""
+    if idl.run():
+        return True
     poller = ovs.poller.Poller()
     idl.wait(poller)
     poller.timer_wait(int(timeout * 1000))
     poller.block()
-    return bool(changed) | bool(idl.run())
+    return bool(idl.run())
 
 
 def is_connected(idl: ovs.db.idl.Idl) -> bool:
