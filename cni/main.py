@@ -24,7 +24,8 @@ usage: vxflow-cni [--help | --version]
 vxflow's CNI plugin (CNI spec {", ".join(SUPPORTED_VERSIONS)}). A container
 runtime runs it with CNI_COMMAND=ADD|DEL|CHECK|VERSION|STATUS|GC, CNI_CONTAINERID,
 CNI_NETNS, CNI_IFNAME, CNI_PATH in the environment and the network
-configuration on stdin. Install it as `vxflow` in the CNI bin directory
+configuration on stdin; it logs to stderr (VXFLOW_CNI_LOG_LEVEL=debug: the
+time of each ADD step). Install it as `vxflow` in the CNI bin directory
 (Debian's: CNI_BIN_DIR=/usr/lib/cni, beside host-local):
 
     ln -sf "$(command -v vxflow-cni)" "$CNI_BIN_DIR/vxflow"
@@ -42,6 +43,7 @@ the vxflow agent publishes endpoints from.
 """
 
 log = logging.getLogger("vxflow-cni")
+LOG_LEVEL = "VXFLOW_CNI_LOG_LEVEL"  # debug: each ADD step's time on stderr
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # ip, ethtool, nsenter
 
 
@@ -84,9 +86,14 @@ def main() -> None:
     for name in ("eventlet", "gevent"):
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     os.environ.setdefault("PATH", PATH)
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+    level = os.environ.get(LOG_LEVEL, "warning").upper()
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level, logging.WARNING),
                         format="vxflow-cni: %(levelname)s %(message)s")  # fmt: skip
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     out, status = run(sys.argv[1:], os.environ, stdin)
     sys.stdout.write(out)
-    sys.exit(status)
+    sys.stdout.flush()
+    logging.shutdown()
+    # Nothing is left to clean up: skip the interpreter's teardown of every module
+    # (~20 ms, a sixth of an ADD) that a runtime would wait for.
+    os._exit(status)

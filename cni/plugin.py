@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -76,6 +77,22 @@ def _quietly(what: str, fn: Callable[..., Any], *args: Any) -> None:
         log.error("undoing %s failed: %s", what, exc)
 
 
+class _Steps:
+    """How long each step of an ADD took (logged at debug level: where the time goes)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.took: list[tuple[str, float]] = []
+
+    def done(self, step: str) -> None:
+        now = time.perf_counter()
+        self.took.append((step, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds * 1e3:.1f} ms" for step, seconds in self.took)
+
+
 def _one_address(allocated: Result, env: SubnetEnv) -> tuple[IPv4Interface, IPv4Address]:
     """The single IPv4 address vxflow can route, and its gateway (the node's .1 by default)."""
     if len(allocated.ips) != 1:
@@ -92,6 +109,7 @@ def _one_address(allocated: Result, env: SubnetEnv) -> tuple[IPv4Interface, IPv4
 
 
 def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
+    steps = _Steps()
     env = load_subnet_env(conf)
     if not os.path.exists(inv.netns):
         raise CniError(ErrorCode.INVALID_ENVIRONMENT, "CNI_NETNS does not exist", inv.netns)
@@ -113,7 +131,9 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
         undo.callback(_quietly, "the attachment record", attachments.remove, conf.data_dir,
                       conf.name, inv.container_id, inv.ifname)  # fmt: skip
         undo.callback(_quietly, "the address", ipam.call, "DEL", request, inv, environ)
+        steps.done("ovsdb")
         allocated = ipam.call("ADD", request, inv, environ)
+        steps.done("ipam")
         address, gateway = _one_address(allocated, env)
         if conf.is_default_gateway and not any(r.dst.prefixlen == 0 for r in allocated.routes):
             allocated = replace(allocated, routes=(*allocated.routes, Route(DEFAULT, gateway)))
@@ -126,6 +146,7 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
         undo.callback(_quietly, "the veth pair", veth.delete, host)
         try:
             host_mac = veth.create(spec)
+            steps.done("veth")
         except veth.VethExists as exc:
             raise CniError(ErrorCode.ALREADY_EXISTS, "interface exists already", str(exc)) from exc
         except (IprouteError, OSError) as exc:
@@ -139,7 +160,9 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
         except plug.PlugError as exc:
             raise CniError(ErrorCode.SETUP_FAILED, f"adding port {host} to {conf.bridge} failed",
                            str(exc)) from exc  # fmt: skip
+        steps.done("port")
         undo.pop_all()
+    log.debug("ADD %s/%s %s: %s", inv.container_id, inv.ifname, address, steps)
     interfaces = (Interface(host, host_mac), Interface(inv.ifname, spec.mac, inv.netns, spec.mtu))
     result = allocated.with_interfaces(interfaces, 1)
     if conf.dns:
