@@ -127,7 +127,11 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
                            f"attachment {inv.container_id}/{inv.ifname} exists already",
                            f"host interface or port {host}; DEL it first")  # fmt: skip
         record = attachments.Attachment(inv.container_id, inv.ifname, inv.netns, host, request)
-        attachments.save(conf.data_dir, conf.name, record)
+        try:
+            attachments.save(conf.data_dir, conf.name, record)
+        except OSError as exc:
+            raise CniError(ErrorCode.IO_FAILURE, f"cannot record the attachment in {conf.data_dir}",
+                           str(exc)) from exc  # fmt: skip
         undo.callback(_quietly, "the attachment record", attachments.remove, conf.data_dir,
                       conf.name, inv.container_id, inv.ifname)  # fmt: skip
         undo.callback(_quietly, "the address", ipam.call, "DEL", request, inv, environ)

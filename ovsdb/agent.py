@@ -9,7 +9,10 @@ values, or an IP outside this node's subnet, are logged once and not published.
 
 Shape: one thread, one loop. It owns the IDL (python-ovs is not thread-safe),
 waits at most a second for OVSDB updates, and on each change (or every
-`resync_interval`) re-converges the bridge and re-scans pod ports. subnet.env
+`resync_interval`) re-scans pod ports and publishes their endpoints first (a
+new pod is reachable without waiting for anything else), then re-converges
+the bridge. With `ip_masq` it keeps flannel's masquerade rules in place
+(ovsdb/ipmasq.py), checking them every `masq_interval`. subnet.env
 is written after the first successful converge of a lease, so its appearance
 means the node's gateway is ready for pods. etcd work
 (endpoint reconciliation, lease renewal) is done in the same loop with its own

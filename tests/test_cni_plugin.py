@@ -250,6 +250,11 @@ def test_failures_leave_nothing_behind(cni: CniNode) -> None:
     conf = {**cni.conf(), "ovsdb": f"unix:{cni.workdir}/nothing.sock"}
     assert_failed_cleanly(cni, before, cni.plugin("ADD", "c6", netns, conf=conf), 11,
                           "OVSDB is not reachable")  # fmt: skip
+    # the attachment cannot be recorded (dataDir is a file)
+    (cni.workdir / "a-file").write_text("")
+    conf = {**cni.conf(), "dataDir": str(cni.workdir / "a-file")}
+    assert_failed_cleanly(cni, before, cni.plugin("ADD", "c6", netns, conf=conf), 5,
+                          "cannot record")  # fmt: skip
     # the IPAM plugin does not exist
     conf = cni.conf(ipam={"type": "no-such-ipam"})
     assert_failed_cleanly(cni, before, cni.plugin("ADD", "c6", netns, conf=conf), 7,
@@ -312,4 +317,26 @@ def test_status_and_gc(cni: CniNode) -> None:
     assert cni.pod_ports() == [host_ifname("kept", "eth0")]
     assert cni.allocations() == ["198.19.7.2"] and len(cni.records()) == 1
     assert cni.plugin("DEL", "kept", kept)[0] == 0
+    assert cni.state() == before
+
+
+def test_another_ipam_type_is_honoured(cni: CniNode) -> None:
+    """The conflist's IPAM type is called (here Debian's `static`), completed as flannel does."""
+    before = cni.state()
+    netns = cni.container("c10")
+    conf = cni.conf(ipam={"type": "static",
+                          "addresses": [{"address": "198.19.7.50/24", "gateway": "198.19.7.1"}]})  # fmt: skip
+    code, result, err = cni.plugin("ADD", "c10", netns, conf=conf)
+    assert code == 0, err
+    assert result["ips"] == [{"address": "198.19.7.50/24", "gateway": "198.19.7.1", "interface": 1}]
+    assert result["routes"] == [{"dst": "198.19.0.0/16"}]  # flannel's route to the Network
+    ids = cni.node.ovs.vsctl("get", "Interface", host_ifname("c10", "eth0"), "external_ids")
+    assert 'vxflow-ip="198.19.7.50"' in ids and 'attached-mac="0a:58:c6:13:07:32"' in ids
+    assert cni.plugin("CHECK", "c10", netns, conf={**conf, "prevResult": result})[0] == 0
+    assert cni.plugin("DEL", "c10", netns, conf=conf)[0] == 0
+    assert cni.state() == before
+    # an address outside the node's subnet is refused: the agent would never publish it
+    conf = cni.conf(ipam={"type": "static", "addresses": [{"address": "198.19.8.5/24"}]})
+    status, out, _ = cni.plugin("ADD", "c10", netns, conf=conf)
+    assert (status, out["code"]) == (1, 7) and "not a pod address" in out["msg"], out
     assert cni.state() == before
