@@ -145,6 +145,9 @@ def parse_invocation(environ: Mapping[str, str]) -> Invocation:
     if container_id and not _CONTAINER_ID.match(container_id):
         raise CniError(ErrorCode.INVALID_ENVIRONMENT, "invalid characters in CNI_CONTAINERID",
                        container_id)  # fmt: skip
+    netns = environ.get("CNI_NETNS", "")
+    if any(c.isspace() for c in netns):
+        raise CniError(ErrorCode.INVALID_ENVIRONMENT, "invalid CNI_NETNS", repr(netns))
     ifname = environ.get("CNI_IFNAME", "")
     if ifname and not _valid_ifname(ifname):
         raise CniError(ErrorCode.INVALID_ENVIRONMENT, "invalid CNI_IFNAME", repr(ifname))
@@ -157,7 +160,7 @@ def parse_invocation(environ: Mapping[str, str]) -> Invocation:
     return Invocation(
         command=command,
         container_id=container_id,
-        netns=environ.get("CNI_NETNS", ""),
+        netns=netns,
         ifname=ifname,
         args=tuple(args),
         path=tuple(p for p in environ.get("CNI_PATH", "").split(":") if p),
