@@ -60,6 +60,7 @@ class Podman:
     workdir: Path
     _nodes: dict[str, VxflowNode] = field(default_factory=dict)
     containers: dict[str, str] = field(default_factory=dict)  # id -> node name
+    names: dict[str, str] = field(default_factory=dict)  # name -> id
 
     @property
     def storage_conf(self) -> Path:
@@ -170,22 +171,29 @@ class Podman:
             "--cap-add", "NET_RAW", IMAGE, *(cmd or ("sleep", "3600")),
         ).strip()  # fmt: skip
         self.containers[cid] = node.name
+        self.names[name] = cid
         return cid
 
-    def exec(self, cid: str, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        """`podman exec` (the command's result, whatever its exit status)."""
-        argv, env = self.command(self._nodes[self.containers[cid]], "exec", cid, *cmd)
+    def node_of(self, ref: str) -> VxflowNode:
+        """The node of a container we started, by id or name."""
+        return self._nodes[self.containers[self.names.get(ref, ref)]]
+
+    def exec(self, ref: str, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        """`podman exec REF CMD` (id or name; the command's result, whatever its exit status)."""
+        argv, env = self.command(self.node_of(ref), "exec", ref, *cmd)
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
 
-    def address(self, cid: str) -> str:
-        out = self._podman(self._nodes[self.containers[cid]], "inspect", "--format",
-                           f"{{{{.NetworkSettings.Networks.{NETWORK}.IPAddress}}}}", cid)  # fmt: skip
+    def address(self, ref: str) -> str:
+        out = self._podman(self.node_of(ref), "inspect", "--format",
+                           f"{{{{.NetworkSettings.Networks.{NETWORK}.IPAddress}}}}", ref)  # fmt: skip
         return out.strip()
 
-    def rm(self, cid: str) -> None:
-        """`podman rm --force` (CNI DEL runs as the container's network is torn down)."""
-        self._podman(self._nodes[self.containers[cid]], "rm", "--force", "--time", "0", cid)
+    def rm(self, ref: str) -> None:
+        """`podman rm --force --time 0 REF` (CNI DEL runs as its network is torn down)."""
+        self._podman(self.node_of(ref), "rm", "--force", "--time", "0", ref)
+        cid = self.names.get(ref, ref)
         del self.containers[cid]
+        self.names = {n: i for n, i in self.names.items() if i != cid}
 
     def stop(self) -> list[str]:
         """Remove every container we started, by id; the errors met (never raises)."""

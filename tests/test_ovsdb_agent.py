@@ -337,6 +337,8 @@ def test_ip_masq_rules_installed_restored_and_only_ours_removed(cluster1: Cluste
     wanted = masq_rules(IPv4Network("198.19.0.0/16"), subnet)
     wait_for(lambda: our_masq_rules(node) == wanted, "flannel's masquerade rules")
     assert "FLANNEL_IPMASQ=true" in agent.subnet_file.read_text()
+    shown = node.run("nft", "list", "table", "ip", "vxflow")  # as README.md shows it
+    assert shown.count("masquerade fully-random") == 2 and shown.count("return") == 4, shown
     handles = rule_handles(node)
     time.sleep(6)  # a check (every 5 s) finds them intact and leaves them alone
     assert rule_handles(node) == handles

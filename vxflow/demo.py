@@ -154,36 +154,37 @@ def walk_through(cluster, checks: Checks) -> None:
 
 
 def containers(cluster, checks: Checks) -> None:
-    """Containers from a real runtime (podman + runc, CNI network vxflow) ping across nodes."""
+    """Containers from a real runtime (podman + runc, CNI network vxflow) ping across nodes.
+
+    Each podman command runs exactly as shown, in its node's namespace with
+    the cluster's private podman settings (mininet/vxpodman.py).
+    """
     n1, n2 = cluster.vxflow_nodes[:2]
     podman = cluster.podman
+    image = cluster_module().vxpodman.IMAGE
     _section("containers: podman + runc on two nodes, their network is vxflow-cni")
     click.echo(f"   (podman's settings: {podman.node_dir(n1) / 'containers.conf'}; "
                f"the network: {podman.node_dir(n1) / 'net.d'})")  # fmt: skip
-    started = []
     for node, name in ((n1, "web1"), (n2, "web2")):
+        cid = podman.run(node, name, "sleep", "3600")
         _show(f"{node.name}$ podman run --detach --name {name} --network vxflow "
-              f"--cap-add NET_RAW {cluster_module().vxpodman.IMAGE} sleep 3600",
-              (cid := podman.run(node, name))[:12])  # fmt: skip
-        started.append(cid)
-    first, second = started
-    address = podman.address(second)
+              f"--cap-add NET_RAW {image} sleep 3600", cid[:12])  # fmt: skip
+    address = podman.address("web2")
     _show(f"{n1.name}$ podman exec web1 ip -4 addr show eth0",
-          podman.exec(first, "ip", "-4", "addr", "show", "eth0").stdout)  # fmt: skip
+          podman.exec("web1", "ip", "-4", "addr", "show", "eth0").stdout)  # fmt: skip
     deadline = time.monotonic() + 10  # until the agent published it and the flows landed
-    while podman.exec(first, "ping", "-c", "1", "-W", "1", address).returncode != 0:
+    while podman.exec("web1", "ping", "-c", "1", "-W", "1", address).returncode != 0:
         if time.monotonic() > deadline:
             break
-    out = podman.exec(first, "ping", "-c", "3", "-W", "2", address).stdout
+    out = podman.exec("web1", "ping", "-c", "3", "-W", "2", address).stdout
     _show(f"{n1.name}$ podman exec web1 ping -c 3 -W 2 {address}", out)
     checks.check(f"container web1 on {n1.name} -> web2 on {n2.name}: 3 replies, ttl=63",
                  " 0% packet loss" in out and _ttls(out) == {"63"})  # fmt: skip
     port = n2.ovs.vsctl("--bare", "--columns=name", "find", "Interface",
-                        f"external_ids:container_id={second}").strip()  # fmt: skip
-    for cid, name in zip(started, ("web1", "web2"), strict=True):
-        podman.rm(cid)
-        click.secho(f"{(n1 if name == 'web1' else n2).name}$ podman rm --force --time 0 {name}",
-                    fg="cyan")  # fmt: skip
+                        f"external_ids:container_id={podman.names['web2']}").strip()  # fmt: skip
+    for node, name in ((n1, "web1"), (n2, "web2")):
+        podman.rm(name)
+        click.secho(f"{node.name}$ podman rm --force --time 0 {name}", fg="cyan")
     gone = port and port not in n2.ovs.vsctl("list-ports", "br-int").split()
     checks.check(f"podman rm removed web2's port {port or '(none found)'} from {n2.name}'s br-int",
                  bool(gone))  # fmt: skip
