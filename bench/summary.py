@@ -134,10 +134,39 @@ def b4(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def b6(r: dict[str, Any]) -> list[str]:
+    st, s = r["stats"], r["summary"]
+    lines = ["### B6 pod attach (CNI ADD, and ADD -> answered from another node)", "", *_head(r),
+             f"{r['containers']} attachments per plugin, alternating; each in a fresh netns on "
+             "node n1, pinged every 2 ms from the pod on n2 right after ADD.", "",
+             "| what | n | p50 | p99 | max |", "|---|---|---|---|---|"]  # fmt: skip
+    for key, label in (
+        ("vxflow_add_s", "vxflow-cni ADD (process wall time)"),
+        ("vxflow_reachable_s", "vxflow-cni ADD start -> first reply from n2's pod"),
+        ("bridge_add_s", "`bridge` + `host-local` ADD (flannel's delegate)"),
+        ("vxflow_del_s", "vxflow-cni DEL"),
+        ("bridge_del_s", "`bridge` DEL"),
+        ("version_s", "vxflow-cni VERSION (interpreter start, spec module)"),
+        ("vxflow_ovsdb_s", "in ADD: subnet.env, OVSDB connect, checks, record"),
+        ("vxflow_ipam_s", "in ADD: host-local"),
+        ("vxflow_veth_s", "in ADD: veth pair (2 ip, 2 ethtool)"),
+        ("vxflow_port_s", "in ADD: OVSDB port until its ofport"),
+    ):  # fmt: skip
+        if key in st:
+            x = st[key]
+            lines.append(f"| {label} | {x['n']} | {_ms(x['p50'])} | {_ms(x['p99'])} | "
+                         f"{_ms(x['max'])} |")  # fmt: skip
+    met = {True: "met", False: "NOT met"}
+    lines += ["", f"ADD p50 ratio vxflow/bridge **{s['add_ratio_p50_vxflow_over_bridge']:.2f}** "
+              f"(goal <= 2: {met[s['add_goal_met']]}); ADD -> reachable p99 "
+              f"**{_ms(s['reachable_p99_s'])}** (goal <= 150 ms: {met[s['reachable_goal_met']]})."]  # fmt: skip
+    return lines
+
+
 def render(results_dir: Path) -> str:
     out: list[str] = []
     for name, fn in (("b1_flow_rate", b1), ("b2_convergence", b2), ("b3_cold_start", b3),
-                     ("b4_dataplane", b4)):  # fmt: skip
+                     ("b4_dataplane", b4), ("b6_attach", b6)):  # fmt: skip
         r = _load(name, results_dir)
         out += (fn(r) if r else [f"### {name}", "", "_no results yet_"]) + [""]
     return "\n".join(out)

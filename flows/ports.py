@@ -19,9 +19,14 @@ def _mac(prefix: tuple[int, int], ip: IPv4Address) -> str:
     return ":".join(f"{b:02x}" for b in (*prefix, *ip.packed))
 
 
+def pod_mac(ip: IPv4Address) -> str:
+    """MAC of a pod interface: 0a:58 + its IPv4 address (Kubernetes' bridge CNI convention)."""
+    return _mac((0x0A, 0x58), ip)
+
+
 def gateway_mac(subnet: IPv4Network) -> str:
     """MAC of a node's gateway port: 0a:58 + the gateway (first host) address."""
-    return _mac((0x0A, 0x58), subnet.network_address + 1)
+    return pod_mac(subnet.network_address + 1)
 
 
 def vtep_mac_for(public_ip: IPv4Address) -> str:

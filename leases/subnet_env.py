@@ -83,7 +83,23 @@ def read_subnet_env(path: Path | str) -> SubnetEnv | None:
     except OSError as exc:
         log.warning("cannot read %s: %s", path, exc)
         return None
+    try:
+        return parse_subnet_env(text)
+    except ValueError as exc:
+        log.warning("ignoring malformed %s: %s", path, exc)
+        return None
+
+
+def parse_subnet_env(text: str) -> SubnetEnv:
+    """The file's values, or ValueError naming what is missing or malformed.
+
+    Like flannel's CNI plugin: FLANNEL_NETWORK, FLANNEL_SUBNET and FLANNEL_MTU
+    are required; FLANNEL_IPMASQ defaults to false (older flanneld omit it).
+    """
     values = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    missing = [k for k in ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU") if k not in values]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
     try:
         return SubnetEnv(
             network=IPv4Network(values["FLANNEL_NETWORK"].strip()),
@@ -91,9 +107,8 @@ def read_subnet_env(path: Path | str) -> SubnetEnv | None:
             mtu=int(values["FLANNEL_MTU"]),
             ipmasq=values.get("FLANNEL_IPMASQ", "false").strip() == "true",
         )
-    except (KeyError, ValueError) as exc:
-        log.warning("ignoring malformed %s: %s", path, exc)
-        return None
+    except ValueError as exc:
+        raise ValueError(f"malformed value: {exc}") from exc
 
 
 def previous_subnet(path: Path | str) -> IPv4Network | None:

@@ -24,7 +24,9 @@ Layout, after ARCHITECTURE.md's verified recipe:
   `flannel.<VNI>` as flannel's vxlan backend does; its pods hang off a
   cni0-like Linux bridge.
 
-Every process is started by us and stopped by PID; `Cluster.stop()` undoes
+Modules: this file (the spec and the cluster's lifecycle), mininet/vxnodes.py
+(underlay, node and pod classes, topology), mininet/vxchecks.py (pings,
+connectivity, captures). Every process is started by us and stopped by PID; `Cluster.stop()` undoes
 everything (also after a failure half-way through `start()`).
 
 From other code (tests, bench), load this file with `vxflow.demo.cluster_module()`:
@@ -37,272 +39,53 @@ From other code (tests, bench), load this file with `vxflow.demo.cluster_module(
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 
-try:
-    from mininet.link import Link
-    from mininet.log import setLogLevel
-    from mininet.net import Mininet
-    from mininet.node import Host, Switch
-    from mininet.topo import Topo
-except ImportError as e:  # another interpreter than Debian's (e.g. pyenv's python3)
-    raise ImportError(
-        f"Debian's mininet is not importable from {sys.executable}: run with .venv/bin/python "
-        "(scripts/setup.sh; it sees the system site-packages) or /usr/bin/python3"
-    ) from e
+HERE = Path(__file__).resolve().parent
+for _path in (HERE, HERE.parent):  # the sibling modules, and the repository's packages
+    if str(_path) not in sys.path:  # (`mn --custom` runs us on the system Python, from anywhere)
+        sys.path.append(str(_path))
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `mn --custom` runs us from anywhere, on the system Python
-    sys.path.append(str(REPO))
+import vxpodman  # noqa: E402
+from mininet.link import Link  # noqa: E402
+from mininet.log import setLogLevel  # noqa: E402
+from mininet.net import Mininet  # noqa: E402
+from mininet.node import Host  # noqa: E402
+from vxchecks import ClusterChecks  # noqa: E402
+from vxnodes import (  # noqa: E402
+    BR_INT,
+    ENDPOINT_IP_KEY,
+    ENDPOINT_MAC_KEY,
+    OVERLAY,
+    POD_MTU,
+    ROOT_IP,
+    UNDERLAY,
+    FlannelNode,
+    Pod,
+    ProcessHost,
+    UnderlayBridge,
+    VxflowNode,
+    VxflowTopo,
+    _venv_tool,
+    default_tag,
+    run_root,
+)
+from vxpodman import Podman  # noqa: E402
 
 from leases.etcd_server import EtcdServer, free_loopback_port  # noqa: E402
-from ovsdb.instance import OvsInstance  # noqa: E402
 from vxflow.processes import stop_process  # noqa: E402
 
-UNDERLAY = IPv4Network("198.18.0.0/24")
-ROOT_IP = IPv4Address("198.18.0.254")
-BLOCK_LEN = 27  # a run's node addresses: one /27 of the underlay (blocks 1..6)
-OVERLAY = IPv4Network("198.19.0.0/16")
-POD_MTU = 1450
-BR_PHY = "br-phy"
-BR_INT = "br-int"
-ENDPOINT_MAC_KEY = "attached-mac"  # Interface external_ids the agent publishes endpoints from
-ENDPOINT_IP_KEY = "vxflow-ip"
-
-
-def _venv_tool(name: str) -> str:
-    """A vxflow console script: the repo's venv first, else whatever is on PATH."""
-    local = REPO / ".venv" / "bin" / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} not found: run scripts/setup.sh")
-    return found
-
-
-def run_root(*cmd: str, check: bool = True, input: str | None = None) -> str:
-    """A command in the root namespace; raise with its stderr on failure."""
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, input=input)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed ({res.returncode}): {res.stderr.strip()}")
-    return res.stdout
-
-
-_clusters = itertools.count()
-
-
-def default_tag() -> str:
-    """A name prefix unique to this cluster: every root-namespace link carries it.
-
-    "vxm" + this process (4 hex digits) + a per-process counter (1 hex digit),
-    short enough for Mininet's `<tag>-ethNN` names (15 characters at most).
-    """
-    return f"vxm{os.getpid() % 0xFFFF:04x}{next(_clusters) % 16:x}"
-
-
-def block_network(block: int) -> IPv4Network:
-    return IPv4Network((int(UNDERLAY.network_address) + 32 * block, BLOCK_LEN))
-
-
-def claim_block(dev: str) -> int:
-    """Route the first free /27 (blocks 1..6) of the underlay to `dev`; return its number.
-
-    The kernel refuses a second route to the same prefix, so adding it is the
-    claim: two clusters starting at once never get the same block.
-    """
-    for block in range(1, 7):
-        res = subprocess.run(
-            ["ip", "route", "add", str(block_network(block)), "dev", dev, "src", str(ROOT_IP)],
-            capture_output=True, text=True, timeout=10,
-        )  # fmt: skip
-        if res.returncode == 0:
-            return block
-        if "File exists" not in res.stderr:
-            raise RuntimeError(f"routing the underlay to {dev} failed: {res.stderr.strip()}")
-    raise RuntimeError("all underlay blocks 198.18.0.32-223 are in use by other clusters")
-
-
-def pod_mac(ip: IPv4Address) -> str:
-    """0a:58 + the IPv4 address, as Kubernetes' bridge CNI derives pod MACs."""
-    return ":".join(f"{b:02x}" for b in (0x0A, 0x58, *ip.packed))
-
-
-# -- Mininet node classes ----------------------------------------------------
-
-
-class UnderlayBridge(Switch):
-    """A Linux bridge in the root namespace (iproute2; no OVS, no brctl needed).
-
-    It carries the root's 198.18.0.254/32 and a route for this run's /27 only.
-    """
-
-    def __init__(self, name: str, **params) -> None:
-        super().__init__(name, dpid="1", **params)  # no OpenFlow here; dpid just satisfies Switch
-        self.block: int | None = None  # claimed on start
-
-    def start(self, _controllers: Sequence) -> None:
-        run_root("ip", "link", "add", "name", self.name, "type", "bridge")
-        for intf in self.intfList():
-            if intf.name != "lo":
-                run_root("ip", "link", "set", intf.name, "master", self.name, "up")
-                run_root("ethtool", "-K", intf.name, "tx", "off")
-        run_root("ip", "link", "set", self.name, "up")
-        run_root("ip", "addr", "add", f"{ROOT_IP}/32", "dev", self.name)
-        self.block = claim_block(self.name)
-
-    def node_addresses(self) -> Iterator[IPv4Address]:
-        """The underlay addresses of this cluster's nodes: its block's hosts, in order."""
-        assert self.block is not None, "the bridge claims its block when it starts"
-        return block_network(self.block).hosts()
-
-    def stop(self, deleteIntfs: bool = True) -> None:
-        run_root("ip", "link", "del", self.name, check=False)
-        super().stop(deleteIntfs)
-
-
-class ProcessHost(Host):
-    """A Mininet host that runs daemons inside its namespaces and stops them by PID."""
-
-    def __init__(self, name: str, **params) -> None:
-        super().__init__(name, **params)
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def spawn(self, key: str, cmd: Sequence[str], log_path: Path) -> subprocess.Popen:
-        """Start `cmd` in this host's namespaces (mnexec -a PID), output to `log_path`."""
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(
-                ["mnexec", "-a", str(self.pid), *cmd],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C at the terminal reaches us, not them
-            )  # fmt: skip
-        self.procs[key] = proc
-        return proc
-
-    def stop_proc(self, key: str, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
-        stop_process(self.procs.pop(key, None), sig, timeout)
-
-    def stop_daemons(self) -> None:
-        """Stop what we started in this host (idempotent; the host itself stays)."""
-        for key in list(self.procs):
-            self.stop_proc(key)
-
-    def terminate(self) -> None:
-        self.stop_daemons()
-        super().terminate()
-
-    def sh(self, cmd: str) -> str:
-        """Run a shell command in the host; raise with its output if it fails."""
-        out = self.cmd(f"{cmd}; echo __rc=$?")
-        text, _, rc = out.rpartition("__rc=")
-        if rc.strip() != "0":
-            raise RuntimeError(f"{self.name}: `{cmd}` failed ({rc.strip()}): {text.strip()}")
-        return text
-
-
-class VxflowNode(ProcessHost):
-    """A cluster node: private OVS, br-phy with the underlay address, `vxflow agent`."""
-
-    underlay_ip: IPv4Address  # set by the cluster from the underlay's block
-
-    def __init__(self, name: str, **params) -> None:
-        super().__init__(name, **params)
-        self.ovs: OvsInstance | None = None
-
-    def start_ovs(self, workdir: Path) -> OvsInstance:
-        """ovsdb-server + ovs-vswitchd in this host; br-phy takes eth0 and the underlay IP."""
-        self.ovs = OvsInstance(
-            name=self.name, workdir=workdir, exec_prefix=["mnexec", "-a", str(self.pid)]
-        )
-        self.ovs.start()  # known before it starts, so an interrupted start is still stopped
-        self.sh("ethtool -K eth0 tx off && ip link set eth0 up")
-        self.ovs.vsctl(
-            "--may-exist", "add-br", BR_PHY, "--", "set", "bridge", BR_PHY, "datapath_type=netdev",
-            "--", "--may-exist", "add-port", BR_PHY, "eth0",
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while "state" not in self.cmd(f"ip link show {BR_PHY} 2>/dev/null"):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name}: ovs-vswitchd did not create {BR_PHY}")
-            time.sleep(0.1)
-        self.sh(f"ip addr replace {self.underlay_ip}/{UNDERLAY.prefixlen} dev {BR_PHY}")
-        self.sh(f"ip link set {BR_PHY} up")
-        return self.ovs
-
-    def dump_flows(self, bridge: str = BR_INT) -> list[str]:
-        """The flows of `bridge`, without the counters (stable for comparison)."""
-        assert self.ovs is not None
-        out = self.ovs.ofctl("--no-stats", "dump-flows", bridge)
-        return [line.strip() for line in out.splitlines() if "actions=" in line]
-
-    def stop_daemons(self) -> None:
-        super().stop_daemons()
-        if self.ovs is not None:
-            self.ovs.stop(remove_files=False)
-
-
-class FlannelNode(ProcessHost):
-    """A flannel-style node: kernel VXLAN programmed from etcd by mininet/flannel_node.py."""
-
-    underlay_ip: IPv4Address  # set by the cluster from the underlay's block
-
-
-class Pod(Host):
-    """A pod: one veth (eth0), MTU 1450, TX offload off; address set once the lease is known."""
-
-    def attach(self, ip: IPv4Interface) -> None:
-        self.ip_if = ip
-        self.cmd(f"ip link set eth0 address {pod_mac(ip.ip)} mtu {POD_MTU} up")
-        self.setIP(str(ip.ip), ip.network.prefixlen)  # Mininet's CLI resolves pod names with it
-        self.cmd(f"ip route add default via {ip.network.network_address + 1}")
-        self.cmd("ethtool -K eth0 tx off")
-
-    @property
-    def addr(self) -> IPv4Address:
-        return self.ip_if.ip
-
-    @property
-    def mac(self) -> str:
-        return pod_mac(self.addr)
-
-
-class VxflowTopo(Topo):
-    """N vxflow nodes and F flannel-style nodes, M pods each, on one underlay bridge.
-
-    `mn --custom mininet/cluster.py --topo vxflow,NODES,PODS,FLANNEL` builds it.
-    """
-
-    def build(
-        self, nodes: int = 3, pods: int = 2, flannel_nodes: int = 0,
-        tag: str | None = None,
-    ) -> None:  # fmt: skip
-        tag = tag or default_tag()
-        if nodes + flannel_nodes > 29:
-            raise ValueError("at most 29 nodes fit one underlay block")
-        if len(tag) > 9:
-            raise ValueError(f"tag {tag!r}: at most 9 characters (links are named <tag>-ethNN)")
-        underlay = self.addSwitch(tag, cls=UnderlayBridge)
-        names = [(f"n{i}", VxflowNode) for i in range(1, nodes + 1)]
-        names += [(f"f{i}", FlannelNode) for i in range(1, flannel_nodes + 1)]
-        for name, cls in names:
-            self.addHost(name, cls=cls, ip=None)
-            self.addLink(name, underlay, intfName1="eth0")
-            for p in range(1, pods + 1):
-                pod = self.addHost(f"{name}p{p}", cls=Pod, ip=None)
-                self.addLink(pod, name, intfName1="eth0", intfName2=f"{name}p{p}")
-
+__all__ = ["Cluster", "ClusterSpec", "FlannelNode", "Pod", "UnderlayBridge", "VxflowNode",
+           "VxflowTopo"]  # fmt: skip
 
 # -- the cluster ---------------------------------------------------------------
 
@@ -323,10 +106,12 @@ class ClusterSpec:
     tag: str = field(default_factory=default_tag)
     flannel_lease_ttl: int | None = None  # seconds; None: flannel's 24 h
     agent_lease_ttl: int | None = None  # seconds; None: flannel's 24 h
+    ip_masq: bool = False  # agents run with --ip-masq
+    containers: bool = False  # a private podman whose CNI network on each node is vxflow-cni
 
 
 @dataclass
-class Cluster:
+class Cluster(ClusterChecks):
     """A running emulated cluster: etcd, one controller, agents, pods.
 
     Use as a context manager, or `start()` then `stop()` in a finally.
@@ -339,6 +124,7 @@ class Cluster:
     net: Mininet | None = None
     etcd: EtcdServer | None = None
     controller_port: int = 0
+    podman: Podman | None = None
     _controller: subprocess.Popen | None = None
     _own_workdir: bool = False
 
@@ -458,6 +244,7 @@ class Cluster:
         for node in self.vxflow_nodes:
             self.progress(f"{node.name}: starting ovsdb-server, ovs-vswitchd, vxflow agent")
             node.start_ovs(self.node_dir(node) / "ovs")
+            node.sh("sysctl -qw net.ipv4.ip_forward=1")  # it routes pods' traffic that leaves
             self.start_agent(node)
         for node in self.flannel_nodes:
             self.progress(f"{node.name}: starting the flannel-style daemon")
@@ -471,6 +258,8 @@ class Cluster:
         self.progress("waiting for the overlay to converge")
         took = self.wait_connected(deadline - time.monotonic())
         self.progress(f"overlay converged ({took:.1f}s)")
+        if spec.containers:
+            self.start_podman()
 
     def stop(self) -> None:
         """Stop everything we started, by PID, in reverse; never raises."""
@@ -492,6 +281,7 @@ class Cluster:
         Used alone when someone else (`mn`) owns the Mininet net; removes the
         work dir if we made it.
         """
+        self.stop_podman()  # CNI DEL needs the nodes' OVS: containers go first
         for node in self.nodes:
             node.stop_daemons()
         self.stop_controller()
@@ -557,11 +347,29 @@ class Cluster:
             "--controller", self.controller_target, "--datapath-type", "netdev",
             "--subnet-file", str(self.subnet_env_path(node)),
             *(["--subnet-lease-ttl", str(ttl)] if (ttl := self.spec.agent_lease_ttl) else []),
+            *(["--ip-masq"] if self.spec.ip_masq else []),
         ]  # fmt: skip
 
     def etcd_flags(self) -> list[str]:
         """The `vxflow` CLI flags that point a command at this cluster's etcd and prefix."""
         return ["--etcd-endpoints", self.etcd_endpoint, "--etcd-prefix", self.spec.prefix]
+
+    def start_podman(self) -> Podman:
+        """A private podman whose `vxflow` network on each node is that node's vxflow-cni."""
+        if lacking := vxpodman.missing():
+            raise RuntimeError(f"podman cannot run here: missing {', '.join(lacking)} "
+                               "(scripts/setup.sh installs them)")  # fmt: skip
+        self.progress("setting up podman (runc, CNI backend, vxflow-cni on every node)")
+        self.podman = Podman(self.workdir / "podman").setup()
+        for node in self.vxflow_nodes:
+            self.podman.add_node(node, node.ovs.db_target, self.subnet_env_path(node))
+        return self.podman
+
+    def stop_podman(self) -> None:
+        """Remove the containers we started (by id); report what could not be removed."""
+        podman, self.podman = self.podman, None
+        for error in podman.stop() if podman else ():
+            print(f"cleanup: podman: {error}", file=sys.stderr)
 
     def start_agent(self, node: VxflowNode) -> None:
         node.spawn("agent", self.agent_cmd(node), self.node_dir(node) / "agent.log")
@@ -612,12 +420,17 @@ class Cluster:
         raise RuntimeError(f"{node.name}: no lease after {timeout:.0f}s; see {self.node_dir(node)}")
 
     def attach_pods(self, node: Host, subnet: IPv4Network, timeout: float) -> None:
-        """Give each pod .2, .3, ... of the lease and plug its veth into the node's bridge."""
-        for i, pod in enumerate(self.pods_of(node), start=2):
-            pod.attach(IPv4Interface(f"{subnet.network_address + i}/{subnet.prefixlen}"))
+        """Give each pod the lease's last addresses (.254, .253, ... of a /24), plug its veth
+        into the node's bridge. Containers get theirs from the bottom, through host-local."""
+        for i, pod in enumerate(self.pods_of(node), start=1):
+            pod.attach(IPv4Interface(f"{subnet.broadcast_address - i}/{subnet.prefixlen}"))
             port = pod.name  # the node-side veth is named after the pod
             node.sh(f"ip link set {port} mtu {POD_MTU} up && ethtool -K {port} tx off")
             if isinstance(node, VxflowNode):
+                # the userspace datapath serves the port: the node's kernel must stay off it
+                # (no ARP replies, no forwarding, no IPv6), as vxflow-cni does (cni/veth.py)
+                node.sh(f"sysctl -qw net.ipv4.conf.{port}.arp_ignore=8 "
+                        f"net.ipv4.conf.{port}.forwarding=0 net.ipv6.conf.{port}.disable_ipv6=1")  # fmt: skip
                 self._wait_bridge(node, timeout)
                 node.ovs.vsctl(
                     "--may-exist", "add-port", BR_INT, port, "--", "set", "Interface", port,
@@ -645,80 +458,3 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{node.name}: the agent did not create {BR_INT}")
             time.sleep(0.2)
-
-    # -- checks ----------------------------------------------------------------
-    def ping(self, src: Host, dst: IPv4Address | str, count: int = 1, wait: float = 1) -> str:
-        return src.cmd(f"ping -n -c {count} -W {wait} {dst}")
-
-    def reachable(self, src: Host, dst: IPv4Address | str) -> bool:
-        return " 0% packet loss" in self.ping(src, dst)
-
-    def wait_connected(self, timeout: float = 60) -> float:
-        """Until the first pod of every node pings every pod of every other node.
-
-        So every node sends and every pod (its endpoint published, its flows
-        in place) answers; returns the seconds it took.
-        """
-        start = time.monotonic()
-        pending = [
-            (pods[0], b)
-            for node in self.nodes
-            if (pods := self.pods_of(node))
-            for other in self.nodes
-            if other is not node
-            for b in self.pods_of(other)
-        ]
-        while pending:
-            pending = [(a, b) for a, b in pending if not self.reachable(a, b.addr)]
-            if pending and time.monotonic() - start > timeout:
-                names = ", ".join(f"{a.name}->{b.name}" for a, b in pending)
-                raise RuntimeError(f"no overlay connectivity after {timeout:.0f}s: {names}")
-        return time.monotonic() - start
-
-    def controller_connected(self, node: VxflowNode) -> bool:
-        """Whether the node's br-int holds an OpenFlow connection to the controller now."""
-        out = node.ovs.vsctl("--columns=is_connected", "--bare", "list", "Controller")
-        return "true" in out.split()
-
-    def wait_controller_connected(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not all(self.controller_connected(n) for n in self.vxflow_nodes):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"switches not connected to the controller after {timeout}s")
-            time.sleep(0.2)
-
-    def capture(
-        self, node: Host, action: Callable[[], str], count: int = 4, timeout: float = 15
-    ) -> tuple[str, str]:
-        """tcpdump -T vxlan on the node's underlay port while `action` runs.
-
-        Returns (capture, action's result); the capture starts listening first
-        and ends after `count` packets or `timeout` seconds.
-        """
-        cmd = ["tcpdump", "-l", "-n", "-i", "eth0", "-c", str(count), "-T", "vxlan",
-               f"udp port {self.spec.port}"]  # fmt: skip
-        dump = subprocess.Popen(
-            ["mnexec", "-a", str(node.pid), *cmd],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            for line in dump.stderr:  # "listening on eth0 ...": it is capturing now
-                if line.startswith("listening on"):
-                    break
-            result = action()
-            try:
-                seen, _ = dump.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:  # fewer packets than `count`: show what came
-                dump.terminate()
-                seen, _ = dump.communicate()
-        finally:
-            if dump.poll() is None:
-                dump.kill()
-                dump.communicate()
-        return seen, result
-
-    def pairs(self) -> Iterator[tuple[Pod, Pod]]:
-        for a in self.pods:
-            for b in self.pods:
-                if a is not b:
-                    yield a, b

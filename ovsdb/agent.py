@@ -9,7 +9,10 @@ values, or an IP outside this node's subnet, are logged once and not published.
 
 Shape: one thread, one loop. It owns the IDL (python-ovs is not thread-safe),
 waits at most a second for OVSDB updates, and on each change (or every
-`resync_interval`) re-converges the bridge and re-scans pod ports. subnet.env
+`resync_interval`) re-scans pod ports and publishes their endpoints first (a
+new pod is reachable without waiting for anything else), then re-converges
+the bridge. With `ip_masq` it keeps flannel's masquerade rules in place
+(ovsdb/ipmasq.py), checking them every `masq_interval`. subnet.env
 is written after the first successful converge of a lease, so its appearance
 means the node's gateway is ready for pods. etcd work
 (endpoint reconciliation, lease renewal) is done in the same loop with its own
@@ -64,21 +67,25 @@ from ovsdb.bootstrap import (
     BootstrapError,
     BootstrapOptions,
     bootstrap,
-    by_name,
     clear_flow_restore_wait,
     controller_connected,
     controller_targets,
     flow_count,
     flow_restore_wait_set,
-    owned,
     with_underlay_mtu,
 )
+from ovsdb.ipmasq import IpMasq, IpMasqError
 from ovsdb.iproute import IprouteError
+from ovsdb.plug import foreign_ports
 from ovsdb.pods import PodPort, PodRejection, endpoints_from_ports
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+MASQ_INSTALLS = Counter(
+    "vxflow_agent_ipmasq_installs", "Times the masquerade rules were (re)installed"
+)
+MASQ_ERRORS = Counter("vxflow_agent_ipmasq_errors", "nftables operations that failed (retried)")
 POD_REJECTIONS = Counter(
     "vxflow_agent_pod_ports_rejected", "Pod ports whose external_ids were rejected", ["reason"]
 )
@@ -95,6 +102,7 @@ class AgentSettings:
     ip_masq: bool = False
     release_on_exit: bool = False
     resync_interval: float = 30.0
+    masq_interval: float = 5.0  # how often the masquerade rules are checked (flannel: 5 s)
     max_backoff: float = 30.0
     lease_ttl: int = LEASE_TTL_SECONDS
     renew_margin: int = RENEW_MARGIN_SECONDS
@@ -123,13 +131,8 @@ class _Backoff:
 
 def pod_ports(idl, bridge: str) -> list[PodPort]:
     """Every Interface on `bridge` that vxflow did not create, as plain values."""
-    row = by_name(idl, "Bridge", bridge)
-    if row is None:
-        return []
     ports = []
-    for port in row.ports:
-        if owned(port):
-            continue
+    for port in foreign_ports(idl, bridge):
         for iface in port.interfaces:
             ofport = iface.ofport[0] if iface.ofport else None
             ports.append(PodPort(iface.name, ofport, tuple(sorted(iface.external_ids.items()))))
@@ -154,6 +157,9 @@ class Agent:
         self._env_pending = False  # a (new) lease whose subnet.env is not written yet
         self._members: dict[str, Member] = {}  # controller replicas, from the watch
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._masq: IpMasq | None = None
+        self._masq_at = 0.0  # next check of the masquerade rules
+        self._masq_settled = False  # without --ip-masq: our table is gone, nothing more to do
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -275,7 +281,8 @@ class Agent:
     def _loop(self, idl) -> None:
         next_resync, was_connected = 0.0, True
         while not self._stop.is_set():
-            self._dirty |= ovsidl.run_once(idl, timeout=1.0 if next_resync else 0.0)
+            busy = self._dirty or not next_resync  # work left over: do not wait for OVSDB
+            self._dirty |= ovsidl.run_once(idl, timeout=0.0 if busy else 1.0)
             self._take_events()
             now = time.monotonic()
             connected = ovsidl.is_connected(idl)
@@ -283,21 +290,32 @@ class Agent:
                 log.warning("OVSDB %s %s", self.settings.ovsdb,
                             "reconnected" if connected else "connection lost; reconnecting")  # fmt: skip
                 was_connected = connected
+            published = False
             if connected and (self._dirty or now >= next_resync):
                 if now >= next_resync:
                     self._published = None  # periodically re-read etcd: repairs deleted keys
-                self._dirty = not self._converge(idl)
-                next_resync = now + self.settings.resync_interval
+                # Pod ports first: a new pod's endpoint must not wait for the bridge's
+                # converge (whose refresh waits for OVSDB to go quiet).
+                seen = idl.change_seqno
                 self._scan(idl)
-            if self._etcd.due(now):
+                if published := self._etcd.due(now):
+                    self._etcd_work(now)
+                converged = self._converge(idl)
+                # what the converge's refresh took in (a port added meanwhile) is scanned next turn
+                self._dirty = not converged or idl.change_seqno != seen
+                next_resync = now + self.settings.resync_interval
+            if not published and self._etcd.due(now):
                 self._etcd_work(now)
+            if now >= self._masq_at:
+                self._masq_at = now + self.settings.masq_interval
+                self._ip_masq()
             if connected and flow_restore_wait_set(idl):
                 self._maybe_clear_flow_restore_wait(idl)
 
     def _converge(self, idl) -> bool:
         try:
             changes = bootstrap(idl, self.config, self.lease, self.controller_targets(),
-                                self.settings.options)  # fmt: skip
+                                self.settings.options, fresh=True)  # fmt: skip
         except (BootstrapError, IprouteError) as exc:
             log.error("bootstrap of %s failed: %s (retrying)", self.settings.options.bridge, exc)
             return False
@@ -306,6 +324,33 @@ class Agent:
         if self._env_pending:
             self._write_subnet_env()
         return True
+
+    def _ip_masq(self) -> None:
+        """With --ip-masq, keep flannel's rules in place; without, remove ours (once)."""
+        if self._masq_settled:
+            return
+        try:
+            if self._masq is None:
+                self._masq = IpMasq()
+            if not self.settings.ip_masq:
+                if self._masq.remove():
+                    log.info("removed the masquerade rules of an earlier --ip-masq run")
+                self._masq_settled = True
+            elif self._masq.ensure(self.config.network, self.lease.subnet):
+                MASQ_INSTALLS.inc()
+                if self._masq.installs == 1:
+                    log.info("installed the masquerade rules for %s (this node %s)",
+                             self.config.network, self.lease.subnet)  # fmt: skip
+                else:
+                    log.warning("the masquerade rules were changed or deleted; restored them")
+        except ImportError as exc:  # no python3-nftables: nothing of ours can be there either
+            self._masq_settled = not self.settings.ip_masq
+            if self.settings.ip_masq:
+                MASQ_ERRORS.inc()
+                log.error("ip-masq: python3-nftables is not importable (%s)", exc)
+        except (IpMasqError, OSError) as exc:
+            MASQ_ERRORS.inc()
+            log.error("ip-masq: %s (retrying in %.0fs)", exc, self.settings.masq_interval)
 
     def _scan(self, idl) -> None:
         self._desired, rejected = endpoints_from_ports(

@@ -396,13 +396,17 @@ def bootstrap(
     options: BootstrapOptions,
     netns: str | None = None,
     dry_run: bool = False,
+    fresh: bool = False,
 ) -> list[str]:
     """Resolve the node-local facts, converge OVSDB, then the gateway's kernel side.
 
     `netns` runs the kernel side with `ip -n` (for callers outside the node's
     namespace, such as tests); by default it is the caller's namespace.
+    `fresh`: the caller has just taken in every update (the agent's loop), so
+    skip waiting for OVSDB to go quiet; a stale view only costs a retried commit.
     """
-    refresh(idl)
+    if not fresh:
+        refresh(idl)
     if options.datapath_type == "auto":
         options = replace(options, datapath_type=detect_datapath_type(idl))
     options = with_underlay_mtu(options, lease, netns)

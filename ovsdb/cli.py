@@ -218,8 +218,10 @@ def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
 @click.command()
 @node_options
 @click.option("--ip-masq", envvar="FLANNELD_IP_MASQ", show_envvar=True, is_flag=True,
-              help="Recorded as FLANNEL_IPMASQ=true in the subnet file for CNI; vxflow "
-                   "itself installs no masquerade rules.")  # fmt: skip
+              help="Masquerade traffic from the overlay to outside it with flannel's rules "
+                   "(nftables table `ip vxflow`, checked every 5 s and restored if changed); "
+                   "recorded as FLANNEL_IPMASQ=true in the subnet file. Without it, a table "
+                   "left by an earlier run is removed.")  # fmt: skip
 @click.option("--release-on-exit", is_flag=True,
               help="Give the lease back on SIGTERM (default: keep it, as flanneld does).")  # fmt: skip
 @click.option("--subnet-lease-ttl", type=click.IntRange(min=3), default=LEASE_TTL_SECONDS,

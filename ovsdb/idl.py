@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import ovs.db.idl
 import ovs.jsonrpc
@@ -29,13 +30,17 @@ COLUMNS = {
                "external_ids", "ports"],
     "Port": ["name", "interfaces", "external_ids"],
     "Interface": ["name", "type", "options", "ofport", "ofport_request", "mac", "mtu_request",
-                  "external_ids"],
+                  "external_ids", "error"],
     "Controller": ["target", "is_connected"],
 }  # fmt: skip
 
 
 class OvsdbUnavailable(RuntimeError):
     """The OVSDB server could not be reached or did not answer in time."""
+
+
+class OvsdbError(RuntimeError):
+    """A transaction failed (a constraint, a conflict that did not clear, a lost session)."""
 
 
 def fetch_schema(remote: str) -> dict:
@@ -74,13 +79,15 @@ def connect(remote: str, timeout: float = 10.0) -> ovs.db.idl.Idl:
 
 
 def run_once(idl: ovs.db.idl.Idl, timeout: float) -> bool:
-    """Process what the server sent, then wait up to `timeout` s for more; True if changed."""
-    changed = idl.run()
+    """Process what the server sent; if that changed nothing, wait up to `timeout` s for
+    more and process it. True if the replica changed (then without waiting)."""
+    if idl.run():
+        return True
     poller = ovs.poller.Poller()
     idl.wait(poller)
     poller.timer_wait(int(timeout * 1000))
     poller.block()
-    return bool(changed) | bool(idl.run())
+    return bool(idl.run())
 
 
 def is_connected(idl: ovs.db.idl.Idl) -> bool:
@@ -93,3 +100,31 @@ def refresh(idl: ovs.db.idl.Idl, quiet: float = 0.05, limit: float = 2.0) -> Non
     deadline = time.monotonic() + limit
     while run_once(idl, timeout=quiet) and time.monotonic() < deadline:
         pass
+
+
+def transact(
+    idl: ovs.db.idl.Idl,
+    fill: Callable[[ovs.db.idl.Transaction], None],
+    what: str,
+    attempts: int = 5,
+) -> None:
+    """Commit what `fill` writes into a fresh transaction, again while the view was stale.
+
+    `fill` reads the replica and may raise to abandon the change (the
+    transaction is then aborted and the exception propagates).
+    """
+    for _ in range(attempts):
+        txn = ovs.db.idl.Transaction(idl)
+        txn.add_comment(what)
+        try:
+            fill(txn)
+        except BaseException:
+            txn.abort()
+            raise
+        status = txn.commit_block()
+        if status in (txn.SUCCESS, txn.UNCHANGED):
+            return
+        if status != txn.TRY_AGAIN:
+            raise OvsdbError(f"{what}: OVSDB transaction failed: {txn.get_error()}")
+        run_once(idl, timeout=0.5)  # our view was stale (or the session dropped): refresh
+    raise OvsdbError(f"{what}: OVSDB transaction still conflicting after {attempts} attempts")

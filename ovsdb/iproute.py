@@ -1,8 +1,11 @@
 """The node's kernel network state through `ip` (iproute2): queries and the one runner.
 
-iproute2 is on every node and `ip -j` gives JSON, so reads are exact; this
-keeps pyroute2 out of the dependency list for the handful of calls vxflow
-makes. `netns` runs a call with `ip -n NETNS`.
+iproute2 is netlink's reference tool, on every node, and `ip -j` gives JSON,
+so reads are exact; `ip -batch` applies many changes in one process. This
+keeps pyroute2 out of the dependency list: vxflow makes a handful of calls,
+and pyroute2's import alone (~90 ms) would cost the CNI plugin more than all
+of its `ip` calls together. `netns` is a namespace name (`ip -n NETNS`) or a
+path such as CNI_NETNS or /proc/PID/ns/net (run under `nsenter --net=PATH`).
 """
 
 from __future__ import annotations
@@ -16,12 +19,38 @@ class IprouteError(RuntimeError):
     """An `ip` command failed, or the kernel did not reach the state asked for."""
 
 
-def ip(*args: str, netns: str | None = None, check: bool = True) -> str:
-    cmd = ["ip", *(("-n", netns) if netns else ()), *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+def in_netns(netns: str | None, *cmd: str) -> list[str]:
+    """`cmd` run inside `netns`: a path through nsenter, a name with `ip -n`, None as it is."""
+    if netns and "/" in netns:
+        return ["nsenter", f"--net={netns}", *cmd]
+    if netns and cmd[0] == "ip":
+        return ["ip", "-n", netns, *cmd[1:]]
+    if netns:
+        return ["ip", "netns", "exec", netns, *cmd]
+    return list(cmd)
+
+
+def run(*cmd: str, netns: str | None = None, check: bool = True, input: str | None = None) -> str:
+    """A command in `netns`; IprouteError with its stderr if it fails and `check`."""
+    full = in_netns(netns, *cmd)
+    res = subprocess.run(full, capture_output=True, text=True, timeout=10, input=input)
     if check and res.returncode != 0:
-        raise IprouteError(f"`{' '.join(cmd)}` failed: {res.stderr.strip()}")
+        raise IprouteError(f"`{' '.join(full)}` failed: {res.stderr.strip()}")
     return res.stdout
+
+
+def ip(*args: str, netns: str | None = None, check: bool = True) -> str:
+    return run("ip", *args, netns=netns, check=check)
+
+
+def ip_batch(commands: list[str], netns: str | None = None) -> None:
+    """Several `ip` commands in one process (`ip -batch -`); stops at the first that fails."""
+    run("ip", "-batch", "-", netns=netns, input="\n".join(commands) + "\n")
+
+
+def tx_checksum_off(ifname: str, netns: str | None = None) -> None:
+    """The userspace datapath and kernel VXLAN drop packets whose TX checksum was offloaded."""
+    run("ethtool", "-K", ifname, "tx", "off", netns=netns)
 
 
 def ip_json(*args: str, netns: str | None = None) -> list[dict]:

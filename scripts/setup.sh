@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   openvswitch-switch etcd-server mininet iproute2 iputils-ping ethtool
   tcpdump iperf3 procps python3-venv python3-pip etcd-client
+  nftables python3-nftables
+  podman runc containernetworking-plugins busybox-static
 )
 
 if [ "$(id -u)" -ne 0 ]; then

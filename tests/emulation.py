@@ -97,6 +97,15 @@ class Underlay:
         sh("ip", "link", "set", "lo", "up", netns=ns)
         return ns
 
+    def add_netns(self, name: str) -> str:
+        """An empty namespace `<tag>-<name>` (lo up), removed by destroy(); its name."""
+        return self._netns(name)
+
+    def del_netns(self, ns: str) -> None:
+        """Remove a namespace made here before destroy() (a container that went away)."""
+        sh("ip", "netns", "del", ns)
+        self._namespaces.remove(ns)
+
     def add_node(self, index: int | None = None, with_ovs: bool = True) -> Node:
         """A node at 198.18.0.<index> with eth0 on the underlay bridge."""
         index = index or next(self._counter)

@@ -24,6 +24,8 @@ def test_make_demo_exits_0_and_leaves_nothing_running() -> None:
     assert "all checks passed" in res.stdout, res.stdout
     assert "FAIL" not in res.stdout, res.stdout
     assert "ok  etcdctl shows flannel's lease keys and values" in res.stdout, res.stdout
+    # setup installs podman: the containers step ran, it was not skipped
+    assert "ok  container web1 on n1 -> web2 on n2: 3 replies, ttl=63" in res.stdout, res.stdout
     assert before.left_behind(cluster_tag(res.stdout)) == []
 
 

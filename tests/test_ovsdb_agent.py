@@ -22,6 +22,7 @@ import pytest
 from leases.etcd_server import EtcdServer
 from leases.registry import Registry
 from leases.subnet_env import read_subnet_env
+from ovsdb.ipmasq import listed_rules, masq_rules
 from tests.emulation import ROOT_UNDERLAY_IP, Node, Underlay
 from vxflow.processes import stop_process
 
@@ -309,3 +310,49 @@ def test_agent_clears_flow_restore_wait_after_first_sync(cluster1: Cluster) -> N
         agent.stop()
         peer.kill()
         peer.wait()
+
+
+def our_masq_rules(node: Node) -> list | None:
+    out = node.run("nft", "-j", "list", "table", "ip", "vxflow", check=False)
+    return listed_rules(json.loads(out)) if out.strip() else None
+
+
+def rule_handles(node: Node) -> list[int]:
+    listing = json.loads(node.run("nft", "-j", "list", "table", "ip", "vxflow"))
+    return [item["rule"]["handle"] for item in listing["nftables"] if "rule" in item]
+
+
+@pytest.mark.integration
+def test_ip_masq_rules_installed_restored_and_only_ours_removed(cluster1: Cluster) -> None:
+    """--ip-masq: flannel's rules, kept (not rewritten) while intact, restored when deleted."""
+    agent = cluster1.agents[0]
+    node = agent.node
+    node.run("nft", "add table ip other; add chain ip other post "
+             "{ type nat hook postrouting priority 100; }; "
+             "add rule ip other post ip saddr 10.0.0.0/8 masquerade")  # fmt: skip
+    foreign = node.run("nft", "list", "table", "ip", "other")
+    agent.extra = ("--ip-masq",)
+    agent.start()
+    subnet = agent.subnet()
+    wanted = masq_rules(IPv4Network("198.19.0.0/16"), subnet)
+    wait_for(lambda: our_masq_rules(node) == wanted, "flannel's masquerade rules")
+    assert "FLANNEL_IPMASQ=true" in agent.subnet_file.read_text()
+    shown = node.run("nft", "list", "table", "ip", "vxflow")  # as README.md shows it
+    assert shown.count("masquerade fully-random") == 2 and shown.count("return") == 4, shown
+    handles = rule_handles(node)
+    time.sleep(6)  # a check (every 5 s) finds them intact and leaves them alone
+    assert rule_handles(node) == handles
+    assert agent.log_text().count("installed the masquerade rules") == 1
+
+    node.run("nft", "delete", "rule", "ip", "vxflow", "postrtg", "handle", str(handles[3]))
+    wait_for(lambda: our_masq_rules(node) == wanted, "one deleted rule restored", timeout=12)
+    node.run("nft", "delete", "table", "ip", "vxflow")
+    wait_for(lambda: our_masq_rules(node) == wanted, "the deleted table restored", timeout=12)
+    assert "restored them" in agent.log_text()
+    assert node.run("nft", "list", "table", "ip", "other") == foreign
+
+    agent.stop()
+    agent.extra = ()
+    agent.start()  # without --ip-masq: our table goes, the foreign one stays
+    wait_for(lambda: our_masq_rules(node) is None, "our table removed")
+    assert node.run("nft", "list", "table", "ip", "other") == foreign

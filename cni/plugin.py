@@ -1,0 +1,324 @@
+"""ADD, DEL, CHECK, STATUS and GC: the steps, their order, and how each is undone.
+
+ADD checks everything it can before it changes anything (subnet.env, the
+netns, OVSDB and the bridge, that the attachment is new), then takes each
+step with its undo registered first: the attachment record, the address
+(IPAM DEL is registered before IPAM ADD, as the spec asks of a failed
+delegate), the veth pair, the OVSDB port. Any failure runs the undos in
+reverse, so a failed ADD leaves no veth, no address, no port and no record.
+
+DEL does every step it can even when one fails (the port, the veth, the
+address), keeps the record until all succeeded and then reports the first
+failure: the runtime retries, and every step is idempotent. The port goes
+first, so an address is never released while a port still claims it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+import ovs.db.idl
+
+from cni import attachments, ipam, veth
+from cni.config import DEFAULT_IPAM, NetConf, delegate_ipam, ipam_request, pod_mtu
+from cni.spec import CniError, ErrorCode, Interface, Invocation, Result, Route
+from flows.ports import pod_mac
+from leases.subnet_env import SubnetEnv, parse_subnet_env
+from ovsdb import idl as ovsidl
+from ovsdb import plug
+from ovsdb.iproute import IprouteError
+
+log = logging.getLogger("vxflow-cni")
+OVSDB_TIMEOUT = 5.0  # seconds to connect and get the first snapshot
+DEFAULT = IPv4Network("0.0.0.0/0")
+
+
+def load_subnet_env(conf: NetConf) -> SubnetEnv:
+    """flannel's subnet.env; CniError 11 while it does not exist yet (the agent writes it)."""
+    path = conf.subnet_file
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise CniError(ErrorCode.TRY_AGAIN_LATER, f"{path} does not exist yet",
+                       "the vxflow agent writes it once this node holds a lease and its "
+                       "bridge is ready; try again later") from None  # fmt: skip
+    except OSError as exc:
+        raise CniError(ErrorCode.IO_FAILURE, f"cannot read {path}", str(exc)) from exc
+    try:
+        return parse_subnet_env(text)
+    except ValueError as exc:
+        raise CniError(ErrorCode.DECODING_FAILURE, f"malformed {path}", str(exc)) from exc
+
+
+@contextmanager
+def ovsdb(conf: NetConf, code: int = ErrorCode.TRY_AGAIN_LATER) -> Iterator[ovs.db.idl.Idl]:
+    try:
+        idl = ovsidl.connect(conf.ovsdb, timeout=OVSDB_TIMEOUT)
+    except ovsidl.OvsdbUnavailable as exc:
+        raise CniError(code, "OVSDB is not reachable", str(exc)) from exc
+    try:
+        yield idl
+    finally:
+        idl.close()
+
+
+def _quietly(what: str, fn: Callable[..., Any], *args: Any) -> None:
+    """An undo step: it must not stop the others, so its failure is only logged."""
+    try:
+        fn(*args)
+    except Exception as exc:  # every undo must run
+        log.error("undoing %s failed: %s", what, exc)
+
+
+class _Steps:
+    """How long each step of an ADD took (logged at debug level: where the time goes)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.took: list[tuple[str, float]] = []
+
+    def done(self, step: str) -> None:
+        now = time.perf_counter()
+        self.took.append((step, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds * 1e3:.1f} ms" for step, seconds in self.took)
+
+
+def _one_address(allocated: Result, env: SubnetEnv) -> tuple[IPv4Interface, IPv4Address]:
+    """The single IPv4 address vxflow can route, and its gateway (the node's .1 by default)."""
+    if len(allocated.ips) != 1:
+        raise CniError(ErrorCode.INVALID_CONFIG, "IPAM must return exactly one IPv4 address",
+                       f"got {[str(i.address) for i in allocated.ips]}")  # fmt: skip
+    ip = allocated.ips[0]
+    subnet = env.subnet.network
+    if ip.address.ip not in subnet or ip.address.ip in (
+        subnet.network_address, env.subnet.ip, subnet.broadcast_address
+    ):
+        raise CniError(ErrorCode.INVALID_CONFIG, f"IPAM address {ip.address} is not a pod address "
+                       f"of this node's subnet {subnet}", "the agent would not publish it")  # fmt: skip
+    return ip.address, ip.gateway or env.subnet.ip
+
+
+def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
+    steps = _Steps()
+    env = load_subnet_env(conf)
+    if not os.path.exists(inv.netns):
+        raise CniError(ErrorCode.INVALID_ENVIRONMENT, "CNI_NETNS does not exist", inv.netns)
+    host = attachments.host_ifname(inv.container_id, inv.ifname)
+    request = ipam_request(conf, delegate_ipam(conf, env))
+    with ovsdb(conf) as idl, ExitStack() as undo:
+        datapath = plug.bridge_datapath_type(idl, conf.bridge)
+        if datapath is None:
+            raise CniError(ErrorCode.TRY_AGAIN_LATER, f"bridge {conf.bridge} does not exist yet",
+                           "the vxflow agent creates it; try again later")  # fmt: skip
+        if veth.host_link_exists(host) or plug.pod_ports(
+            idl, conf.bridge, host, inv.container_id, inv.ifname
+        ):
+            raise CniError(ErrorCode.ALREADY_EXISTS,
+                           f"attachment {inv.container_id}/{inv.ifname} exists already",
+                           f"host interface or port {host}; DEL it first")  # fmt: skip
+        record = attachments.Attachment(inv.container_id, inv.ifname, inv.netns, host, request)
+        try:
+            attachments.save(conf.data_dir, conf.name, record)
+        except OSError as exc:
+            raise CniError(ErrorCode.IO_FAILURE, f"cannot record the attachment in {conf.data_dir}",
+                           str(exc)) from exc  # fmt: skip
+        undo.callback(_quietly, "the attachment record", attachments.remove, conf.data_dir,
+                      conf.name, inv.container_id, inv.ifname)  # fmt: skip
+        undo.callback(_quietly, "the address", ipam.call, "DEL", request, inv, environ)
+        steps.done("ovsdb")
+        allocated = ipam.call("ADD", request, inv, environ)
+        steps.done("ipam")
+        address, gateway = _one_address(allocated, env)
+        if conf.is_default_gateway and not any(r.dst.prefixlen == 0 for r in allocated.routes):
+            allocated = replace(allocated, routes=(*allocated.routes, Route(DEFAULT, gateway)))
+        spec = veth.VethSpec(
+            host=host, netns=inv.netns, ifname=inv.ifname, mac=pod_mac(address.ip),
+            mtu=pod_mtu(conf, env), address=address,
+            routes=tuple((r.dst, r.gw or gateway) for r in allocated.routes),
+            userspace_datapath=datapath == "netdev",
+        )  # fmt: skip
+        undo.callback(_quietly, "the veth pair", veth.delete, host)
+        try:
+            host_mac = veth.create(spec)
+            steps.done("veth")
+        except veth.VethExists as exc:
+            raise CniError(ErrorCode.ALREADY_EXISTS, "interface exists already", str(exc)) from exc
+        except (IprouteError, OSError) as exc:
+            raise CniError(ErrorCode.SETUP_FAILED, "setting up the veth pair failed",
+                           str(exc)) from exc  # fmt: skip
+        undo.callback(_quietly, "the port", plug.unplug, idl, conf.bridge, host,
+                      inv.container_id, inv.ifname)  # fmt: skip
+        ids = plug.pod_external_ids(spec.mac, str(address.ip), inv.container_id, inv.ifname)
+        try:
+            plug.plug(idl, conf.bridge, host, ids)
+        except plug.PlugError as exc:
+            raise CniError(ErrorCode.SETUP_FAILED, f"adding port {host} to {conf.bridge} failed",
+                           str(exc)) from exc  # fmt: skip
+        steps.done("port")
+        undo.pop_all()
+    log.debug("ADD %s/%s %s: %s", inv.container_id, inv.ifname, address, steps)
+    interfaces = (Interface(host, host_mac), Interface(inv.ifname, spec.mac, inv.netns, spec.mtu))
+    result = allocated.with_interfaces(interfaces, 1)
+    if conf.dns:
+        result = replace(result, dns=conf.dns)
+    return result.after(conf.prev_result) if conf.prev_result else result
+
+
+def _current_request(conf: NetConf) -> dict[str, Any] | None:
+    """The IPAM request ADD would make now (DEL of an attachment without a record)."""
+    try:
+        return ipam_request(conf, delegate_ipam(conf, load_subnet_env(conf)))
+    except CniError as exc:
+        log.warning("no record of this attachment and no subnet.env (%s): "
+                    "no address to release", exc)  # fmt: skip
+        return None
+
+
+def delete(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
+    host = attachments.host_ifname(inv.container_id, inv.ifname)
+    record = attachments.load(conf.data_dir, conf.name, inv.container_id, inv.ifname)
+    errors: list[CniError] = []
+    try:
+        with ovsdb(conf) as idl:
+            plug.unplug(idl, conf.bridge, host, inv.container_id, inv.ifname)
+    except CniError as exc:
+        errors.append(exc)
+    except ovsidl.OvsdbError as exc:
+        errors.append(CniError(ErrorCode.TRY_AGAIN_LATER, f"removing port {host} failed", str(exc)))
+    veth.delete(host)  # the container's end goes with it; a gone netns took both already
+    request = record.ipam_request if record else _current_request(conf)
+    if request is not None:
+        try:
+            ipam.call("DEL", request, inv, environ)
+        except CniError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+    attachments.remove(conf.data_dir, conf.name, inv.container_id, inv.ifname)
+
+
+def _check_problems(inv: Invocation, conf: NetConf, env: SubnetEnv) -> list[str]:
+    """How the attachment differs from prevResult (empty: it is as ADD made it)."""
+    prev = conf.prev_result
+    assert prev is not None
+    index = next((n for n, i in enumerate(prev.interfaces)
+                  if i.name == inv.ifname and i.sandbox == inv.netns), None)  # fmt: skip
+    if index is None:
+        return [f"prevResult has no interface {inv.ifname} in {inv.netns}"]
+    want_mac = prev.interfaces[index].mac
+    ips = [ip for ip in prev.ips if ip.interface == index]
+    if len(ips) != 1:
+        return [f"prevResult has {len(ips)} addresses on {inv.ifname}, vxflow makes one"]
+    address, gateway = ips[0].address, ips[0].gateway
+    host = attachments.host_ifname(inv.container_id, inv.ifname)
+    problems = []
+    with ovsdb(conf) as idl:
+        ports = [p.name for p in plug.pod_ports(idl, conf.bridge, host, inv.container_id,
+                                                inv.ifname)]  # fmt: skip
+        row = plug.interface(idl, host)
+        if ports != [host] or row is None:
+            problems.append(f"port {host} is not on {conf.bridge} (ports found: {ports})")
+        else:
+            if not row.ofport or row.ofport[0] < 1:
+                problems.append(f"port {host} has no ofport ({row.error or 'no error given'})")
+            want = plug.pod_external_ids(want_mac, str(address.ip), inv.container_id, inv.ifname)
+            have = {k: row.external_ids.get(k) for k in want}
+            if have != want:
+                problems.append(f"port {host} external_ids {have}, expected {want}")
+    if not veth.host_link_exists(host):
+        problems.append(f"host interface {host} is missing")
+    link = veth.container_link(inv.netns, inv.ifname)
+    if link is None:
+        return [*problems, f"interface {inv.ifname} is missing from {inv.netns}"]
+    if link.mac != want_mac:
+        problems.append(f"{inv.ifname} has MAC {link.mac}, expected {want_mac}")
+    if link.mtu != pod_mtu(conf, env):
+        problems.append(f"{inv.ifname} has MTU {link.mtu}, expected {pod_mtu(conf, env)}")
+    if not link.up:
+        problems.append(f"{inv.ifname} is down")
+    if address not in link.addresses:
+        problems.append(f"{inv.ifname} lacks address {address}")
+    for route in prev.routes:
+        via = route.gw or gateway
+        if (route.dst, via) not in link.routes:
+            problems.append(f"{inv.ifname} lacks route {route.dst} via {via}")
+    return problems
+
+
+def check(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
+    if conf.prev_result is None:
+        raise CniError(ErrorCode.INVALID_CONFIG, "CHECK needs prevResult",
+                       "the runtime passes the result of the ADD")  # fmt: skip
+    env = load_subnet_env(conf)
+    record = attachments.load(conf.data_dir, conf.name, inv.container_id, inv.ifname)
+    if record is None:
+        raise CniError(ErrorCode.CHECK_FAILED, "no record of this attachment",
+                       f"{inv.container_id}/{inv.ifname} in {conf.data_dir}")  # fmt: skip
+    problems = _check_problems(inv, conf, env)
+    if problems:
+        raise CniError(ErrorCode.CHECK_FAILED, "the attachment is not as ADD made it",
+                       "; ".join(problems))  # fmt: skip
+    request = {**record.ipam_request, "prevResult": conf.raw["prevResult"]}
+    ipam.call("CHECK", request, inv, environ)
+
+
+def _forward(command: str, conf: NetConf, inv: Invocation, environ: Mapping[str, str],
+             request: Mapping[str, Any]) -> None:  # fmt: skip
+    """STATUS and GC reach the IPAM plugin only if it speaks 1.1.0 (Debian 12's speak 1.0.0)."""
+    plugin = str(request["ipam"].get("type", DEFAULT_IPAM))
+    if ipam.supports(plugin, conf.cni_version, inv, environ):
+        ipam.call(command, {**request, "cniVersion": conf.cni_version}, inv, environ)
+
+
+def status(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
+    try:
+        env = load_subnet_env(conf)
+        with ovsdb(conf) as idl:
+            if plug.bridge_datapath_type(idl, conf.bridge) is None:
+                raise CniError(ErrorCode.NOT_AVAILABLE, f"bridge {conf.bridge} does not exist yet")
+    except CniError as exc:
+        raise CniError(ErrorCode.NOT_AVAILABLE, exc.msg, exc.details) from exc
+    _forward("STATUS", conf, inv, environ, ipam_request(conf, delegate_ipam(conf, env)))
+
+
+def gc(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
+    """DEL every recorded attachment of this network that the runtime no longer lists."""
+    errors = []
+    for stale in attachments.recorded(conf.data_dir, conf.name):
+        if (stale.container_id, stale.ifname) in conf.valid_attachments:
+            continue
+        log.warning("gc: removing stale attachment %s/%s", stale.container_id, stale.ifname)
+        gone = replace(inv, container_id=stale.container_id, ifname=stale.ifname,
+                       netns=stale.netns)  # fmt: skip
+        try:
+            delete(gone, conf, environ)
+        except CniError as exc:
+            errors.append(exc)
+    try:
+        _forward("GC", conf, inv, environ, ipam_request(conf, delegate_ipam(conf,
+                                                                          load_subnet_env(conf))))
+    except CniError as exc:
+        errors.append(exc)
+    if errors:
+        first = errors[0]
+        raise CniError(first.code, f"gc: {len(errors)} step(s) failed; first: {first.msg}",
+                       first.details)  # fmt: skip
+
+
+COMMANDS: dict[str, Callable[[Invocation, NetConf, Mapping[str, str]], Result | None]] = {
+    "ADD": add,
+    "DEL": delete,
+    "CHECK": check,
+    "STATUS": status,
+    "GC": gc,
+}

@@ -1,0 +1,148 @@
+"""The pod's veth pair: the CNI plugin's kernel edge (iproute2, see ovsdb/iproute.py).
+
+ADD makes both ends in one `ip` call: the host end in the plugin's own
+namespace (the node's, where ovs-vswitchd opens it) and the container end
+created straight inside CNI_NETNS with its name, MAC and MTU, so no
+half-named interface is ever visible in either namespace. A second `ip
+-batch` inside the container sets the address, the link and the routes.
+Deleting the host end deletes the pair.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+from ovsdb.iproute import IprouteError, ip, ip_batch, ip_json, tx_checksum_off
+
+
+class VethExists(IprouteError):
+    """An interface of the attachment's name exists already (on the host or in the container)."""
+
+
+@dataclass(frozen=True)
+class VethSpec:
+    host: str  # the node-side end, plugged into the bridge
+    netns: str  # CNI_NETNS: a path
+    ifname: str  # CNI_IFNAME
+    mac: str  # the container end's MAC (0a:58 + its IPv4)
+    mtu: int
+    address: IPv4Interface
+    routes: tuple[tuple[IPv4Network, IPv4Address], ...]  # (dst, next hop)
+    userspace_datapath: bool = False  # the bridge is netdev: see make_inert()
+
+
+def host_link_exists(name: str) -> bool:
+    """Whether `name` exists in this process's namespace (no process spawned)."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+def random_mac() -> str:
+    """A locally administered unicast MAC, as the kernel would pick for a veth end."""
+    octets = [random.randrange(256) for _ in range(6)]
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+def create(spec: VethSpec) -> str:
+    """Make and configure the pair; the host end's MAC. Raises VethExists or IprouteError.
+
+    On failure it may leave the pair half-configured: the caller deletes the
+    host end (`delete()`), which removes both.
+    """
+    if host_link_exists(spec.host):
+        raise VethExists(f"host interface {spec.host} exists already")
+    host_mac = random_mac()
+    try:
+        ip_batch([
+            f"link add {spec.host} address {host_mac} mtu {spec.mtu} type veth peer name "
+            f"{spec.ifname} address {spec.mac} mtu {spec.mtu} netns {spec.netns}",
+            f"link set {spec.host} up",
+        ])  # fmt: skip
+    except IprouteError as exc:
+        if "File exists" in str(exc) and not host_link_exists(spec.host):
+            raise VethExists(
+                f"interface {spec.ifname} exists already in the container ({spec.netns})"
+            ) from exc
+        raise
+    commands = [f"addr add {spec.address} dev {spec.ifname}", f"link set {spec.ifname} up"]
+    commands += [f"route add {dst} via {gw} dev {spec.ifname}" for dst, gw in spec.routes]
+    ip_batch(commands, netns=spec.netns)
+    if spec.userspace_datapath:
+        make_inert(spec.host)
+        tx_checksum_off(spec.host)
+        tx_checksum_off(spec.ifname, netns=spec.netns)
+    return host_mac
+
+
+INERT = (("ipv4", "arp_ignore", "8"), ("ipv4", "forwarding", "0"), ("ipv6", "disable_ipv6", "1"))
+
+
+def make_inert(host: str) -> None:
+    """Keep the node's kernel off a pod port that the userspace datapath serves.
+
+    ovs-vswitchd's netdev datapath reads the host end through a packet
+    socket, so the node's kernel sees the pod's frames too: it would answer
+    the pod's ARP for the gateway with the veth's own MAC (the reply goes
+    straight to the pod, past the flows) and, on a node that forwards, route
+    the frames sent to that MAC a second time, which the pod sees as
+    duplicate replies. No ARP replies, no forwarding, no IPv6 on the host end.
+    """
+    for family, key, value in INERT:
+        Path(f"/proc/sys/net/{family}/conf/{host}/{key}").write_text(value)
+
+
+def delete(host: str) -> bool:
+    """Remove the pair by its host end; False if it was not there."""
+    if not host_link_exists(host):
+        return False
+    ip("link", "del", host, check=False)
+    return not host_link_exists(host)
+
+
+@dataclass(frozen=True)
+class ContainerLink:
+    """What CHECK compares: the container end as the kernel shows it."""
+
+    mac: str
+    mtu: int
+    up: bool
+    addresses: frozenset[IPv4Interface]
+    routes: frozenset[tuple[IPv4Network, IPv4Address | None]]
+
+
+def container_link(netns: str, ifname: str) -> ContainerLink | None:
+    """The container end's state, None if it (or its namespace) is gone."""
+    try:
+        links = ip_json("addr", "show", "dev", ifname, netns=netns)
+    except IprouteError:
+        return None
+    if not links:
+        return None
+    link = links[0]
+    addresses = frozenset(
+        IPv4Interface(f"{a['local']}/{a['prefixlen']}")
+        for a in link.get("addr_info", [])
+        if a.get("family") == "inet"
+    )
+    routes = frozenset(
+        (
+            IPv4Network("0.0.0.0/0" if r["dst"] == "default" else r["dst"]),
+            IPv4Address(r["gateway"]) if "gateway" in r else None,
+        )
+        for r in ip_json("route", "show", "dev", ifname, netns=netns)
+    )
+    return ContainerLink(
+        mac=link.get("address", ""),
+        mtu=int(link.get("mtu", 0)),
+        up="UP" in link.get("flags", []),
+        addresses=addresses,
+        routes=routes,
+    )

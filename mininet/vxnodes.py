@@ -1,0 +1,264 @@
+"""The emulated cluster's parts: the underlay, node and pod classes, the topology.
+
+Split out of mininet/vxcluster.py (which builds clusters from these); see its
+docstring for the layout. Standard library and Debian's Mininet only, so `mn`
+can load it on the system Python.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+try:
+    from mininet.node import Host, Switch
+    from mininet.topo import Topo
+except ImportError as e:  # another interpreter than Debian's (e.g. pyenv's python3)
+    raise ImportError(
+        f"Debian's mininet is not importable from {sys.executable}: run with .venv/bin/python "
+        "(scripts/setup.sh; it sees the system site-packages) or /usr/bin/python3"
+    ) from e
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `mn --custom` runs us from anywhere, on the system Python
+    sys.path.append(str(REPO))
+
+from flows.ports import pod_mac  # noqa: E402
+from ovsdb.instance import OvsInstance  # noqa: E402
+from vxflow.processes import stop_process  # noqa: E402
+
+UNDERLAY = IPv4Network("198.18.0.0/24")
+ROOT_IP = IPv4Address("198.18.0.254")
+BLOCK_LEN = 27  # a run's node addresses: one /27 of the underlay (blocks 1..6)
+OVERLAY = IPv4Network("198.19.0.0/16")
+POD_MTU = 1450
+BR_PHY = "br-phy"
+BR_INT = "br-int"
+ENDPOINT_MAC_KEY = "attached-mac"  # Interface external_ids the agent publishes endpoints from
+ENDPOINT_IP_KEY = "vxflow-ip"
+
+
+def _venv_tool(name: str) -> str:
+    """A vxflow console script: the repo's venv first, else whatever is on PATH."""
+    local = REPO / ".venv" / "bin" / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found: run scripts/setup.sh")
+    return found
+
+
+def run_root(*cmd: str, check: bool = True, input: str | None = None) -> str:
+    """A command in the root namespace; raise with its stderr on failure."""
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, input=input)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed ({res.returncode}): {res.stderr.strip()}")
+    return res.stdout
+
+
+_clusters = itertools.count()
+
+
+def default_tag() -> str:
+    """A name prefix unique to this cluster: every root-namespace link carries it.
+
+    "vxm" + this process (4 hex digits) + a per-process counter (1 hex digit),
+    short enough for Mininet's `<tag>-ethNN` names (15 characters at most).
+    """
+    return f"vxm{os.getpid() % 0xFFFF:04x}{next(_clusters) % 16:x}"
+
+
+def block_network(block: int) -> IPv4Network:
+    return IPv4Network((int(UNDERLAY.network_address) + 32 * block, BLOCK_LEN))
+
+
+def claim_block(dev: str) -> int:
+    """Route the first free /27 (blocks 1..6) of the underlay to `dev`; return its number.
+
+    The kernel refuses a second route to the same prefix, so adding it is the
+    claim: two clusters starting at once never get the same block.
+    """
+    for block in range(1, 7):
+        res = subprocess.run(
+            ["ip", "route", "add", str(block_network(block)), "dev", dev, "src", str(ROOT_IP)],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        if res.returncode == 0:
+            return block
+        if "File exists" not in res.stderr:
+            raise RuntimeError(f"routing the underlay to {dev} failed: {res.stderr.strip()}")
+    raise RuntimeError("all underlay blocks 198.18.0.32-223 are in use by other clusters")
+
+
+# -- Mininet node classes ----------------------------------------------------
+
+
+class UnderlayBridge(Switch):
+    """A Linux bridge in the root namespace (iproute2; no OVS, no brctl needed).
+
+    It carries the root's 198.18.0.254/32 and a route for this run's /27 only.
+    """
+
+    def __init__(self, name: str, **params) -> None:
+        super().__init__(name, dpid="1", **params)  # no OpenFlow here; dpid just satisfies Switch
+        self.block: int | None = None  # claimed on start
+
+    def start(self, _controllers: Sequence) -> None:
+        run_root("ip", "link", "add", "name", self.name, "type", "bridge")
+        for intf in self.intfList():
+            if intf.name != "lo":
+                run_root("ip", "link", "set", intf.name, "master", self.name, "up")
+                run_root("ethtool", "-K", intf.name, "tx", "off")
+        run_root("ip", "link", "set", self.name, "up")
+        run_root("ip", "addr", "add", f"{ROOT_IP}/32", "dev", self.name)
+        self.block = claim_block(self.name)
+
+    def node_addresses(self) -> Iterator[IPv4Address]:
+        """The underlay addresses of this cluster's nodes: its block's hosts, in order."""
+        assert self.block is not None, "the bridge claims its block when it starts"
+        return block_network(self.block).hosts()
+
+    def stop(self, deleteIntfs: bool = True) -> None:
+        run_root("ip", "link", "del", self.name, check=False)
+        super().stop(deleteIntfs)
+
+
+class ProcessHost(Host):
+    """A Mininet host that runs daemons inside its namespaces and stops them by PID."""
+
+    def __init__(self, name: str, **params) -> None:
+        super().__init__(name, **params)
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def spawn(self, key: str, cmd: Sequence[str], log_path: Path) -> subprocess.Popen:
+        """Start `cmd` in this host's namespaces (mnexec -a PID), output to `log_path`."""
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                ["mnexec", "-a", str(self.pid), *cmd],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C at the terminal reaches us, not them
+            )  # fmt: skip
+        self.procs[key] = proc
+        return proc
+
+    def stop_proc(self, key: str, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        stop_process(self.procs.pop(key, None), sig, timeout)
+
+    def stop_daemons(self) -> None:
+        """Stop what we started in this host (idempotent; the host itself stays)."""
+        for key in list(self.procs):
+            self.stop_proc(key)
+
+    def terminate(self) -> None:
+        self.stop_daemons()
+        super().terminate()
+
+    def sh(self, cmd: str) -> str:
+        """Run a shell command in the host; raise with its output if it fails."""
+        out = self.cmd(f"{cmd}; echo __rc=$?")
+        text, _, rc = out.rpartition("__rc=")
+        if rc.strip() != "0":
+            raise RuntimeError(f"{self.name}: `{cmd}` failed ({rc.strip()}): {text.strip()}")
+        return text
+
+
+class VxflowNode(ProcessHost):
+    """A cluster node: private OVS, br-phy with the underlay address, `vxflow agent`."""
+
+    underlay_ip: IPv4Address  # set by the cluster from the underlay's block
+
+    def __init__(self, name: str, **params) -> None:
+        super().__init__(name, **params)
+        self.ovs: OvsInstance | None = None
+
+    def start_ovs(self, workdir: Path) -> OvsInstance:
+        """ovsdb-server + ovs-vswitchd in this host; br-phy takes eth0 and the underlay IP."""
+        self.ovs = OvsInstance(
+            name=self.name, workdir=workdir, exec_prefix=["mnexec", "-a", str(self.pid)]
+        )
+        self.ovs.start()  # known before it starts, so an interrupted start is still stopped
+        self.sh("ethtool -K eth0 tx off && ip link set eth0 up")
+        self.ovs.vsctl(
+            "--may-exist", "add-br", BR_PHY, "--", "set", "bridge", BR_PHY, "datapath_type=netdev",
+            "--", "--may-exist", "add-port", BR_PHY, "eth0",
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while "state" not in self.cmd(f"ip link show {BR_PHY} 2>/dev/null"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: ovs-vswitchd did not create {BR_PHY}")
+            time.sleep(0.1)
+        self.sh(f"ip addr replace {self.underlay_ip}/{UNDERLAY.prefixlen} dev {BR_PHY}")
+        self.sh(f"ip link set {BR_PHY} up")
+        return self.ovs
+
+    def dump_flows(self, bridge: str = BR_INT) -> list[str]:
+        """The flows of `bridge`, without the counters (stable for comparison)."""
+        assert self.ovs is not None
+        out = self.ovs.ofctl("--no-stats", "dump-flows", bridge)
+        return [line.strip() for line in out.splitlines() if "actions=" in line]
+
+    def stop_daemons(self) -> None:
+        super().stop_daemons()
+        if self.ovs is not None:
+            self.ovs.stop(remove_files=False)
+
+
+class FlannelNode(ProcessHost):
+    """A flannel-style node: kernel VXLAN programmed from etcd by mininet/flannel_node.py."""
+
+    underlay_ip: IPv4Address  # set by the cluster from the underlay's block
+
+
+class Pod(Host):
+    """A pod: one veth (eth0), MTU 1450, TX offload off; address set once the lease is known."""
+
+    def attach(self, ip: IPv4Interface) -> None:
+        self.ip_if = ip
+        self.cmd(f"ip link set eth0 address {pod_mac(ip.ip)} mtu {POD_MTU} up")
+        self.setIP(str(ip.ip), ip.network.prefixlen)  # Mininet's CLI resolves pod names with it
+        self.cmd(f"ip route add default via {ip.network.network_address + 1}")
+        self.cmd("ethtool -K eth0 tx off")
+
+    @property
+    def addr(self) -> IPv4Address:
+        return self.ip_if.ip
+
+    @property
+    def mac(self) -> str:
+        return pod_mac(self.addr)
+
+
+class VxflowTopo(Topo):
+    """N vxflow nodes and F flannel-style nodes, M pods each, on one underlay bridge.
+
+    `mn --custom mininet/cluster.py --topo vxflow,NODES,PODS,FLANNEL` builds it.
+    """
+
+    def build(
+        self, nodes: int = 3, pods: int = 2, flannel_nodes: int = 0,
+        tag: str | None = None,
+    ) -> None:  # fmt: skip
+        tag = tag or default_tag()
+        if nodes + flannel_nodes > 29:
+            raise ValueError("at most 29 nodes fit one underlay block")
+        if len(tag) > 9:
+            raise ValueError(f"tag {tag!r}: at most 9 characters (links are named <tag>-ethNN)")
+        underlay = self.addSwitch(tag, cls=UnderlayBridge)
+        names = [(f"n{i}", VxflowNode) for i in range(1, nodes + 1)]
+        names += [(f"f{i}", FlannelNode) for i in range(1, flannel_nodes + 1)]
+        for name, cls in names:
+            self.addHost(name, cls=cls, ip=None)
+            self.addLink(name, underlay, intfName1="eth0")
+            for p in range(1, pods + 1):
+                pod = self.addHost(f"{name}p{p}", cls=Pod, ip=None)
+                self.addLink(pod, name, intfName1="eth0", intfName2=f"{name}p{p}")
+

@@ -1,0 +1,214 @@
+"""Containers on emulated nodes through a real runtime: podman + runc driving vxflow-cni.
+
+Facts this follows (ARCHITECTURE.md, verified on Debian 12 with podman 4.3.1
+and runc 1.1.5): podman's CNI backend (`network_backend = "cni"`) loads the
+`*.conflist` files of its `network_config_dir`, so each node gets its own
+containers.conf naming its own directory, whose conflist points vxflow-cni at
+that node's OVSDB and subnet.env; `runtime = "runc"` (crun fails on this
+machine's cgroups) and `default_ulimits = []` (podman's default nofile limit
+is refused here). podman runs under `nsenter --net=/proc/<node>/ns/net`, so
+the CNI plugins run in the node's namespace and the pod's veth lands on that
+node (`ip netns exec` would remount /sys and runc would find no cgroups).
+
+Everything podman keeps (storage, its database, run and tmp dirs) is under
+the cluster's work dir, so it never sees or touches the machine's own
+containers; the image is imported from Debian's busybox-static (no registry
+is needed). Containers are removed by id when the cluster stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vxnodes import VxflowNode, _venv_tool
+
+IMAGE = "localhost/vxflow-busybox:latest"
+NETWORK = "vxflow"  # the conflist's name, which `podman run --network` selects
+BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
+CNI_DIR = Path("/usr/lib/cni")  # Debian's containernetworking-plugins (host-local)
+APPLETS = ("sh", "ping", "ip", "sleep", "cat", "hostname", "ls", "wget", "nc", "true")
+
+
+def missing() -> list[str]:
+    """What this machine lacks to run containers (empty: podman can run here)."""
+    needs = {
+        "podman": shutil.which("podman"),
+        "runc": shutil.which("runc"),
+        "nsenter": shutil.which("nsenter"),
+        f"{CNI_DIR}/host-local (containernetworking-plugins)": (CNI_DIR / "host-local").exists()
+        or None,
+        f"{BUSYBOX} (busybox-static)": BUSYBOX.exists() or None,
+    }
+    return [name for name, found in needs.items() if not found]
+
+
+class PodmanError(RuntimeError):
+    """A podman command failed (its stderr says why)."""
+
+
+@dataclass
+class Podman:
+    """A private podman for one cluster: `add_node()` each node, then `run()` containers."""
+
+    workdir: Path
+    _nodes: dict[str, VxflowNode] = field(default_factory=dict)
+    containers: dict[str, str] = field(default_factory=dict)  # id -> node name
+    names: dict[str, str] = field(default_factory=dict)  # name -> id
+
+    @property
+    def storage_conf(self) -> Path:
+        return self.workdir / "storage.conf"
+
+    @property
+    def cni_bin(self) -> Path:
+        return self.workdir / "cni-bin"
+
+    def node_dir(self, node: VxflowNode) -> Path:
+        return self.workdir / node.name
+
+    def setup(self) -> Podman:
+        """Storage, the plugin under its type name, and the busybox image."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.storage_conf.write_text(
+            "[storage]\n"
+            'driver = "vfs"\n'
+            f'graphroot = "{self.workdir / "storage"}"\n'
+            f'runroot = "{self.workdir / "run"}"\n'
+        )
+        self._write_conf(self.workdir)  # for commands of no node (the image import)
+        self.cni_bin.mkdir(exist_ok=True)
+        link = self.cni_bin / "vxflow"  # a runtime runs a plugin by its type
+        link.unlink(missing_ok=True)
+        link.symlink_to(_venv_tool("vxflow-cni"))
+        self._import_image()
+        return self
+
+    def _import_image(self) -> None:
+        rootfs = self.workdir / "rootfs.tar"
+        with tarfile.open(rootfs, "w") as tar:
+            for folder in ("bin", "etc", "proc", "sys", "dev", "tmp", "run"):
+                info = tarfile.TarInfo(folder)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            tar.add(BUSYBOX, "bin/busybox")
+            for applet in APPLETS:
+                info = tarfile.TarInfo(f"bin/{applet}")
+                info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(info)
+        self._podman(None, "import", "--quiet", str(rootfs), IMAGE)
+        rootfs.unlink()
+
+    def add_node(self, node: VxflowNode, ovsdb: str, subnet_file: Path) -> None:
+        """The node's containers.conf and CNI config dir with its vxflow conflist."""
+        folder = self.node_dir(node)
+        (folder / "net.d").mkdir(parents=True, exist_ok=True)
+        conflist = {
+            "cniVersion": "1.0.0",
+            "name": NETWORK,
+            "plugins": [{
+                "type": "vxflow", "ovsdb": ovsdb, "bridge": "br-int",
+                "subnetFile": str(subnet_file), "dataDir": str(folder / "cni"),
+                "isDefaultGateway": True,
+                "ipam": {"type": "host-local", "dataDir": str(folder / "ipam")},
+            }],
+        }  # fmt: skip
+        (folder / "net.d" / f"10-{NETWORK}.conflist").write_text(json.dumps(conflist, indent=2))
+        self._write_conf(folder)
+        self._nodes[node.name] = node
+
+    def _write_conf(self, folder: Path) -> None:
+        """`folder`/containers.conf: podman's settings, CNI networks from `folder`/net.d."""
+        (folder / "net.d").mkdir(parents=True, exist_ok=True)
+        (folder / "containers.conf").write_text(
+            "[containers]\n"
+            "default_ulimits = []\n"
+            "[network]\n"
+            'network_backend = "cni"\n'
+            f'network_config_dir = "{folder / "net.d"}"\n'
+            f'cni_plugin_dirs = ["{self.cni_bin}", "{CNI_DIR}"]\n'
+            "[engine]\n"
+            'runtime = "runc"\n'
+            'cgroup_manager = "cgroupfs"\n'
+            'events_logger = "none"\n'
+            f'tmp_dir = "{self.workdir / "tmp"}"\n'
+            f'static_dir = "{self.workdir / "storage" / "libpod"}"\n'
+            f'volume_path = "{self.workdir / "volumes"}"\n'
+        )
+
+    def ipam_dir(self, node: VxflowNode) -> Path:
+        """host-local's allocations for this node: one file per address in use."""
+        return self.node_dir(node) / "ipam" / NETWORK
+
+    def command(self, node: VxflowNode | None, *args: str) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment of `podman ARGS` as it runs for `node` (inside its netns)."""
+        folder = self.workdir if node is None else self.node_dir(node)
+        env = {**os.environ, "CONTAINERS_STORAGE_CONF": str(self.storage_conf),
+               "CONTAINERS_CONF": str(folder / "containers.conf")}  # fmt: skip
+        argv = ["podman", *args]
+        if node is not None:
+            argv = ["nsenter", f"--net=/proc/{node.pid}/ns/net", *argv]
+        return argv, env
+
+    def _podman(self, node: VxflowNode | None, *args: str, timeout: float = 60) -> str:
+        argv, env = self.command(node, *args)
+        res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+        if res.returncode != 0:
+            raise PodmanError(f"`podman {' '.join(args)}` on "
+                              f"{node.name if node else 'the host'} failed: {res.stderr.strip()}")  # fmt: skip
+        return res.stdout
+
+    def run(self, node: VxflowNode, name: str, *cmd: str) -> str:
+        """Start a container on `node` in the vxflow network; its id."""
+        cid = self._podman(
+            node, "run", "--detach", "--name", name, "--network", NETWORK,
+            "--cap-add", "NET_RAW", IMAGE, *(cmd or ("sleep", "3600")),
+        ).strip()  # fmt: skip
+        self.containers[cid] = node.name
+        self.names[name] = cid
+        return cid
+
+    def node_of(self, ref: str) -> VxflowNode:
+        """The node of a container we started, by id or name."""
+        return self._nodes[self.containers[self.names.get(ref, ref)]]
+
+    def exec(self, ref: str, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        """`podman exec REF CMD` (id or name; the command's result, whatever its exit status)."""
+        argv, env = self.command(self.node_of(ref), "exec", ref, *cmd)
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+
+    def address(self, ref: str) -> str:
+        out = self._podman(self.node_of(ref), "inspect", "--format",
+                           f"{{{{.NetworkSettings.Networks.{NETWORK}.IPAddress}}}}", ref)  # fmt: skip
+        return out.strip()
+
+    def rm(self, ref: str) -> None:
+        """`podman rm --force --time 0 REF` (CNI DEL runs as its network is torn down)."""
+        self._podman(self.node_of(ref), "rm", "--force", "--time", "0", ref)
+        cid = self.names.get(ref, ref)
+        del self.containers[cid]
+        self.names = {n: i for n, i in self.names.items() if i != cid}
+
+    def stop(self) -> list[str]:
+        """Remove every container we started, by id; the errors met (never raises)."""
+        errors = []
+        for cid in list(self.containers):
+            try:
+                self.rm(cid)
+            except (PodmanError, subprocess.TimeoutExpired) as exc:
+                errors.append(str(exc))
+                self.containers.pop(cid, None)
+        return errors
+
+    def wait_running(self, cid: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.exec(cid, "true").returncode != 0:
+            if time.monotonic() > deadline:
+                raise PodmanError(f"container {cid[:12]} is not running after {timeout:.0f}s")
+            time.sleep(0.1)

@@ -1,0 +1,123 @@
+"""Plugging pod ports into the integration bridge through the IDL: the CNI plugin's OVSDB edge.
+
+A pod port carries the convention of ovsdb/pods.py (`attached-mac`,
+`vxflow-ip`) plus the container's identity as ovs-docker writes it
+(`container_id`, `container_iface`), so the agent publishes it and an
+operator (or a retried DEL) can tell whose it is. The port is the host end
+of the pod's veth, added by name; ovs-vswitchd opens the device and assigns
+the ofport, which `plug()` waits for: a port that failed to open (ofport -1)
+is an error, reported with vswitchd's own reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import ovs.db.idl
+
+from ovsdb.bootstrap import by_name, owned
+from ovsdb.idl import OvsdbError, run_once, transact
+from ovsdb.pods import IP_KEY, MAC_KEY
+
+CONTAINER_KEY = "container_id"
+IFACE_KEY = "container_iface"
+
+
+class PlugError(RuntimeError):
+    """The port could not be added (no bridge, a name taken, vswitchd could not open it)."""
+
+
+def pod_external_ids(mac: str, ip: str, container_id: str, ifname: str) -> dict[str, str]:
+    return {MAC_KEY: mac, IP_KEY: ip, CONTAINER_KEY: container_id, IFACE_KEY: ifname}
+
+
+def bridge_datapath_type(idl: ovs.db.idl.Idl, bridge: str) -> str | None:
+    """The bridge's datapath type ("system", "netdev"), None if the bridge does not exist."""
+    row = by_name(idl, "Bridge", bridge)
+    return None if row is None else (row.datapath_type or "system")
+
+
+def interface(idl: ovs.db.idl.Idl, name: str):
+    return by_name(idl, "Interface", name)
+
+
+def plug(
+    idl: ovs.db.idl.Idl,
+    bridge: str,
+    name: str,
+    external_ids: Mapping[str, str],
+    timeout: float = 10.0,
+) -> int:
+    """Add device `name` to `bridge` with `external_ids`; its ofport once vswitchd opened it."""
+
+    def fill(txn: ovs.db.idl.Transaction) -> None:
+        row = by_name(idl, "Bridge", bridge)
+        if row is None:
+            raise PlugError(f"bridge {bridge} does not exist (has the vxflow agent bootstrapped it?)")
+        if by_name(idl, "Port", name) is not None:
+            raise PlugError(f"a port named {name} exists already")
+        iface = txn.insert(idl.tables["Interface"])
+        iface.name = name
+        iface.external_ids = dict(external_ids)
+        port = txn.insert(idl.tables["Port"])
+        port.name = name
+        port.interfaces = [iface]
+        row.addvalue("ports", port)
+
+    try:
+        transact(idl, fill, f"vxflow-cni: add port {name}")
+    except OvsdbError as exc:
+        raise PlugError(str(exc)) from exc
+    return wait_ofport(idl, name, timeout)
+
+
+def wait_ofport(idl: ovs.db.idl.Idl, name: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = interface(idl, name)
+        ofport = row.ofport[0] if row is not None and row.ofport else None
+        if ofport is not None and ofport >= 1:
+            return ofport
+        if ofport == -1:
+            reason = row.error[0] if row.error else "no reason given"
+            raise PlugError(f"ovs-vswitchd could not open port {name}: {reason}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise PlugError(f"ovs-vswitchd assigned no ofport to {name} within {timeout:.0f}s "
+                            "(is ovs-vswitchd running for this OVSDB?)")  # fmt: skip
+        run_once(idl, timeout=min(remaining, 0.5))
+
+
+def foreign_ports(idl: ovs.db.idl.Idl, bridge: str) -> list:
+    """The Port rows of `bridge` that vxflow did not create (its tunnel, gateway, bridge port)."""
+    row = by_name(idl, "Bridge", bridge)
+    return [] if row is None else [p for p in row.ports if not owned(p)]
+
+
+def pod_ports(idl: ovs.db.idl.Idl, bridge: str, name: str, container_id: str, ifname: str) -> list:
+    """Ports of `bridge` that are this attachment's: by name, or by the container's identity."""
+    found = []
+    for port in foreign_ports(idl, bridge):
+        ids = [i.external_ids for i in port.interfaces]
+        mine = any(
+            x.get(CONTAINER_KEY) == container_id and x.get(IFACE_KEY) == ifname for x in ids
+        )
+        if port.name == name or mine:
+            found.append(port)
+    return found
+
+
+def unplug(idl: ovs.db.idl.Idl, bridge: str, name: str, container_id: str, ifname: str) -> list[str]:
+    """Remove this attachment's ports from `bridge`; the names removed (none: nothing to do)."""
+    removed: list[str] = []
+
+    def fill(_txn: ovs.db.idl.Transaction) -> None:
+        removed.clear()
+        row = by_name(idl, "Bridge", bridge)
+        for port in pod_ports(idl, bridge, name, container_id, ifname):
+            row.delvalue("ports", port)
+            removed.append(port.name)
+
+    transact(idl, fill, f"vxflow-cni: remove port {name}")
+    return removed

@@ -1,0 +1,342 @@
+"""`vxflow-cni` driven directly, as the spec's test tools drive a plugin, on a real OVS and netns.
+
+The node is an emulated one (tests/emulation.py) whose br-int `vxflow
+bootstrap` made; the plugin runs inside the node's namespace with the
+CNI_* environment and a conflist entry on stdin, delegating IPAM to
+Debian's host-local. Each failure below is a real one (a missing file, an
+exhausted range, a taken interface name, an unroutable gateway, a stopped
+ovs-vswitchd), injected at one step of ADD; afterwards nothing of the
+attachment may be left: no port, no veth, no address, no record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from cni.attachments import host_ifname
+from leases.subnet_env import SubnetEnv, write_subnet_env
+from tests.emulation import Node, Underlay
+
+VXFLOW = str(Path(sys.executable).parent / "vxflow")
+VXFLOW_CNI = str(Path(sys.executable).parent / "vxflow-cni")
+CNI_PATH = "/usr/lib/cni"
+NETWORK = IPv4Network("198.19.0.0/16")
+SUBNET = IPv4Network("198.19.7.0/24")
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class CniNode:
+    """One node with br-int, a subnet.env, and the plugin's state directories."""
+
+    underlay: Underlay
+    node: Node
+    workdir: Path
+    cni_version: str = "1.0.0"
+
+    @property
+    def subnet_file(self) -> Path:
+        return self.workdir / "subnet.env"
+
+    @property
+    def ipam_dir(self) -> Path:
+        return self.workdir / "ipam"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    def write_subnet_env(self, subnet: IPv4Network = SUBNET) -> None:
+        gateway = IPv4Interface((subnet.network_address + 1, subnet.prefixlen))
+        write_subnet_env(self.subnet_file, SubnetEnv(NETWORK, gateway, 1450, False))
+
+    def conf(self, **extra) -> dict:
+        ipam = {"dataDir": str(self.ipam_dir), **extra.pop("ipam", {})}
+        return {
+            "cniVersion": self.cni_version, "name": "vxnet", "type": "vxflow",
+            "ovsdb": self.node.ovs.db_target, "subnetFile": str(self.subnet_file),
+            "dataDir": str(self.data_dir), "ipam": ipam, **extra,
+        }  # fmt: skip
+
+    def container(self, name: str) -> str:
+        """A fresh container network namespace; its path (what a runtime passes as CNI_NETNS)."""
+        return f"/var/run/netns/{self.underlay.add_netns(name)}"
+
+    def plugin(
+        self, command: str, container_id: str, netns: str = "", ifname: str = "eth0",
+        conf: dict | None = None, in_node: bool = True,
+    ) -> tuple[int, dict | None, str]:  # fmt: skip
+        env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
+               "CNI_IFNAME": ifname, "CNI_PATH": CNI_PATH}  # fmt: skip
+        if netns:
+            env["CNI_NETNS"] = netns
+        prefix = ["ip", "netns", "exec", self.node.netns] if in_node else []
+        res = subprocess.run(
+            [*prefix, VXFLOW_CNI], input=json.dumps(conf or self.conf()), env=env,
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        out = json.loads(res.stdout) if res.stdout.strip() else None
+        return res.returncode, out, res.stderr
+
+    # -- what an attachment leaves ------------------------------------------------
+    def ports(self) -> list[str]:
+        return sorted(self.node.ovs.vsctl("list-ports", "br-int").split())
+
+    def pod_ports(self) -> list[str]:
+        return [p for p in self.ports() if p.startswith("vx") and p != "vxgw0" and p != "vxlan0"]
+
+    def links(self, netns: str | None = None) -> set[str]:
+        out = self.node.run("ip", "-o", "link", "show") if netns is None else subprocess.run(
+            ["nsenter", f"--net={netns}", "ip", "-o", "link", "show"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+    def allocations(self) -> list[str]:
+        folder = self.ipam_dir / "vxnet"
+        return sorted(p.name for p in folder.glob("198.19.*")) if folder.exists() else []
+
+    def records(self) -> list[str]:
+        folder = self.data_dir / "vxnet"
+        return sorted(p.name for p in folder.glob("*.json")) if folder.exists() else []
+
+    def state(self) -> dict:
+        return {"ports": self.ports(), "links": self.links(), "addresses": self.allocations(),
+                "records": self.records()}  # fmt: skip
+
+
+@pytest.fixture
+def cni(underlay: Underlay, tmp_path: Path) -> CniNode:
+    node = underlay.add_node()
+    res = subprocess.run(
+        ["ip", "netns", "exec", node.netns, VXFLOW, "bootstrap", "--network", str(NETWORK),
+         "--subnet", str(SUBNET), "--public-ip", str(node.underlay_ip),
+         "--ovsdb", node.ovs.db_target, "--datapath-type", "netdev"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    cni = CniNode(underlay, node, tmp_path)
+    cni.write_subnet_env()
+    return cni
+
+
+def test_add_check_del_del(cni: CniNode) -> None:
+    before = cni.state()
+    netns = cni.container("c1")
+    code, result, err = cni.plugin("ADD", "c1", netns)
+    assert code == 0, (result, err)
+    host = host_ifname("c1", "eth0")
+    assert result == {
+        "cniVersion": "1.0.0",
+        "interfaces": [
+            {"name": host, "mac": result["interfaces"][0]["mac"]},
+            {"name": "eth0", "mac": "0a:58:c6:13:07:02", "sandbox": netns},
+        ],
+        "ips": [{"address": "198.19.7.2/24", "gateway": "198.19.7.1", "interface": 1}],
+        "routes": [{"dst": "198.19.0.0/16"}],
+    }
+    # the port, as the agent reads it
+    ids = cni.node.ovs.vsctl("get", "Interface", host, "external_ids")
+    for pair in ('attached-mac="0a:58:c6:13:07:02"', 'vxflow-ip="198.19.7.2"',
+                 "container_id=c1", "container_iface=eth0"):  # fmt: skip
+        assert pair in ids, ids
+    assert int(cni.node.ovs.vsctl("get", "Interface", host, "ofport")) >= 3
+    # the container's end
+    inside = subprocess.run(["nsenter", f"--net={netns}", "ip", "-d", "addr", "show", "eth0"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "link/ether 0a:58:c6:13:07:02" in inside and "mtu 1450" in inside
+    assert "inet 198.19.7.2/24" in inside and "state UP" in inside
+    routes = subprocess.run(["nsenter", f"--net={netns}", "ip", "route"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "198.19.0.0/16 via 198.19.7.1 dev eth0" in routes
+    offload = subprocess.run(["nsenter", f"--net={netns}", "ethtool", "-k", "eth0"],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "tx-checksumming: off" in offload  # netdev bridge: the userspace datapath needs it
+    assert cni.allocations() == ["198.19.7.2"] and len(cni.records()) == 1
+
+    conf = {**cni.conf(), "prevResult": result}
+    code, out, err = cni.plugin("CHECK", "c1", netns, conf=conf)
+    assert (code, out) == (0, None), err
+
+    code, out, err = cni.plugin("DEL", "c1", netns, conf=conf)
+    assert (code, out) == (0, None), err
+    assert cni.state() == before
+    assert cni.links(netns) == {"lo"}
+    code, out, err = cni.plugin("DEL", "c1", netns, conf=conf)  # again: still success
+    assert (code, out) == (0, None), err
+    assert cni.state() == before
+
+
+def test_check_reports_what_changed(cni: CniNode) -> None:
+    netns = cni.container("c2")
+    code, result, err = cni.plugin("ADD", "c2", netns)
+    assert code == 0, err
+    conf = {**cni.conf(), "prevResult": result}
+    subprocess.run(["nsenter", f"--net={netns}", "ip", "route", "del", "198.19.0.0/16"],
+                   check=True)  # fmt: skip
+    code, out, _ = cni.plugin("CHECK", "c2", netns, conf=conf)
+    assert code == 1 and out["code"] == 102, out
+    assert "lacks route 198.19.0.0/16 via 198.19.7.1" in out["details"]
+    cni.node.ovs.vsctl("del-port", "br-int", host_ifname("c2", "eth0"))
+    code, out, _ = cni.plugin("CHECK", "c2", netns, conf=conf)
+    assert "is not on br-int" in out["details"], out
+    old = {**conf, "cniVersion": "0.3.1", "prevResult": result}
+    code, out, _ = cni.plugin("CHECK", "c2", netns, conf=old)
+    assert (code, out["code"]) == (1, 1), out  # CHECK came with 0.4.0
+    assert cni.plugin("DEL", "c2", netns)[0] == 0
+
+
+def test_version_and_0_4_0_results(cni: CniNode) -> None:
+    env = {**os.environ, "CNI_COMMAND": "VERSION"}
+    res = subprocess.run([VXFLOW_CNI], input='{"cniVersion": "0.4.0"}', env=env,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert json.loads(res.stdout)["supportedVersions"][-2:] == ["1.0.0", "1.1.0"]
+    cni.cni_version = "0.4.0"  # what podman 4 writes
+    netns = cni.container("c3")
+    conf = cni.conf(isDefaultGateway=True)  # kube-flannel's setting: the default route too
+    code, result, err = cni.plugin("ADD", "c3", netns, conf=conf)
+    assert code == 0, err
+    assert result["cniVersion"] == "0.4.0" and result["ips"][0]["version"] == "4"
+    assert result["routes"] == [{"dst": "198.19.0.0/16"}, {"dst": "0.0.0.0/0", "gw": "198.19.7.1"}]
+    routes = subprocess.run(["nsenter", f"--net={netns}", "ip", "route"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "default via 198.19.7.1 dev eth0" in routes
+    assert cni.plugin("CHECK", "c3", netns, conf={**conf, "prevResult": result})[0] == 0
+    assert cni.plugin("DEL", "c3", netns, conf=conf)[0] == 0
+
+
+def test_del_is_idempotent_for_gone_netns_port_and_container(cni: CniNode) -> None:
+    before = cni.state()
+    netns = cni.container("c4")
+    assert cni.plugin("ADD", "c4", netns)[0] == 0
+    cni.node.ovs.vsctl("del-port", "br-int", host_ifname("c4", "eth0"))  # the port went
+    cni.underlay.del_netns(Path(netns).name)  # and the netns
+    code, out, err = cni.plugin("DEL", "c4", netns)
+    assert (code, out) == (0, None), err
+    assert cni.state() == before
+    code, out, err = cni.plugin("DEL", "never-added", "")  # no CNI_NETNS: allowed for DEL
+    assert (code, out) == (0, None), err
+
+
+def assert_failed_cleanly(cni: CniNode, before: dict, got: tuple, code: int, text: str) -> None:
+    status, out, err = got
+    assert status == 1 and out is not None, (out, err)
+    assert out["code"] == code, out
+    assert text in out["msg"] + out.get("details", ""), out
+    assert cni.state() == before
+
+
+def test_failures_leave_nothing_behind(cni: CniNode) -> None:
+    first = cni.container("c5")
+    code, kept, err = cni.plugin("ADD", "keep", first)  # the failures must not touch it
+    assert code == 0, err
+    before = cni.state()
+    netns = cni.container("c6")
+
+    # before anything: no subnet.env yet (the agent has not written it): try again later
+    cni.subnet_file.rename(cni.workdir / "away")
+    assert_failed_cleanly(cni, before, cni.plugin("ADD", "c6", netns), 11, "does not exist yet")
+    (cni.workdir / "away").rename(cni.subnet_file)
+    # OVSDB unreachable: try again later
+    conf = {**cni.conf(), "ovsdb": f"unix:{cni.workdir}/nothing.sock"}
+    assert_failed_cleanly(cni, before, cni.plugin("ADD", "c6", netns, conf=conf), 11,
+                          "OVSDB is not reachable")  # fmt: skip
+    # the attachment cannot be recorded (dataDir is a file)
+    (cni.workdir / "a-file").write_text("")
+    conf = {**cni.conf(), "dataDir": str(cni.workdir / "a-file")}
+    assert_failed_cleanly(cni, before, cni.plugin("ADD", "c6", netns, conf=conf), 5,
+                          "cannot record")  # fmt: skip
+    # the IPAM plugin does not exist
+    conf = cni.conf(ipam={"type": "no-such-ipam"})
+    assert_failed_cleanly(cni, before, cni.plugin("ADD", "c6", netns, conf=conf), 7,
+                          "not found")  # fmt: skip
+    # the container has an eth0 already: the address is released again
+    subprocess.run(["nsenter", f"--net={netns}", "ip", "link", "add", "eth0", "type", "veth",
+                    "peer", "name", "eth0p"],
+                   check=True)  # fmt: skip
+    assert_failed_cleanly(cni, before, cni.plugin("ADD", "c6", netns), 100, "exists already")
+    subprocess.run(["nsenter", f"--net={netns}", "ip", "link", "del", "eth0"], check=True)
+    # a route the kernel refuses (its gateway is off-link): the veth goes, the address too
+    conf = cni.conf(ipam={"routes": [{"dst": "203.0.113.0/24", "gw": "192.0.2.1"}]})
+    assert_failed_cleanly(cni, before, cni.plugin("ADD", "c6", netns, conf=conf), 101,
+                          "veth pair")  # fmt: skip
+    assert cni.links(netns) == {"lo"}
+    # ovs-vswitchd is down: the port never gets an ofport
+    cni.node.ovs.stop_process("ovs-vswitchd")
+    try:
+        assert_failed_cleanly(cni, before, cni.plugin("ADD", "c6", netns), 101,
+                              "assigned no ofport")  # fmt: skip
+    finally:
+        cni.node.ovs.start_vswitchd()
+    assert cni.links(netns) == {"lo"}
+    # the range is exhausted: a /30 holds one pod address besides the gateway
+    cni.write_subnet_env(IPv4Network("198.19.7.4/30"))
+    other = cni.container("c7")
+    assert cni.plugin("ADD", "c7", other)[0] == 0
+    taken = cni.state()
+    status, out, _ = cni.plugin("ADD", "c6", netns)
+    assert status == 1 and "no IP addresses available" in out["msg"] + out.get("details", ""), out
+    assert cni.state() == taken
+    assert cni.plugin("DEL", "c7", other)[0] == 0
+    assert cni.state() == before
+    # and the healthy attachment is intact
+    cni.write_subnet_env()
+    assert cni.plugin("CHECK", "keep", first, conf={**cni.conf(), "prevResult": kept})[0] == 0
+    assert cni.plugin("DEL", "keep", first)[0] == 0
+
+
+def test_status_and_gc(cni: CniNode) -> None:
+    cni.cni_version = "1.1.0"  # STATUS and GC came with 1.1.0
+    before = cni.state()
+    env = {**os.environ, "CNI_PATH": CNI_PATH}
+
+    def call(command: str, conf: dict) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ip", "netns", "exec", cni.node.netns, VXFLOW_CNI], input=json.dumps(conf),
+            env={**env, "CNI_COMMAND": command}, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    assert call("STATUS", cni.conf()).returncode == 0
+    down = call("STATUS", {**cni.conf(), "subnetFile": str(cni.workdir / "none.env")})
+    assert down.returncode == 1 and json.loads(down.stdout)["code"] == 50, down.stdout
+    kept, stale = cni.container("c8"), cni.container("c9")
+    assert cni.plugin("ADD", "kept", kept)[0] == 0
+    assert cni.plugin("ADD", "stale", stale)[0] == 0
+    valid = {"cni.dev/valid-attachments": [{"containerID": "kept", "ifname": "eth0"}]}
+    res = call("GC", {**cni.conf(), **valid})
+    assert (res.returncode, res.stdout) == (0, ""), res.stdout + res.stderr
+    assert cni.pod_ports() == [host_ifname("kept", "eth0")]
+    assert cni.allocations() == ["198.19.7.2"] and len(cni.records()) == 1
+    assert cni.plugin("DEL", "kept", kept)[0] == 0
+    assert cni.state() == before
+
+
+def test_another_ipam_type_is_honoured(cni: CniNode) -> None:
+    """The conflist's IPAM type is called (here Debian's `static`), completed as flannel does."""
+    before = cni.state()
+    netns = cni.container("c10")
+    conf = cni.conf(ipam={"type": "static",
+                          "addresses": [{"address": "198.19.7.50/24", "gateway": "198.19.7.1"}]})  # fmt: skip
+    code, result, err = cni.plugin("ADD", "c10", netns, conf=conf)
+    assert code == 0, err
+    assert result["ips"] == [{"address": "198.19.7.50/24", "gateway": "198.19.7.1", "interface": 1}]
+    assert result["routes"] == [{"dst": "198.19.0.0/16"}]  # flannel's route to the Network
+    ids = cni.node.ovs.vsctl("get", "Interface", host_ifname("c10", "eth0"), "external_ids")
+    assert 'vxflow-ip="198.19.7.50"' in ids and 'attached-mac="0a:58:c6:13:07:32"' in ids
+    assert cni.plugin("CHECK", "c10", netns, conf={**conf, "prevResult": result})[0] == 0
+    assert cni.plugin("DEL", "c10", netns, conf=conf)[0] == 0
+    assert cni.state() == before
+    # an address outside the node's subnet is refused: the agent would never publish it
+    conf = cni.conf(ipam={"type": "static", "addresses": [{"address": "198.19.8.5/24"}]})
+    status, out, _ = cni.plugin("ADD", "c10", netns, conf=conf)
+    assert (status, out["code"]) == (1, 7) and "not a pod address" in out["msg"], out
+    assert cni.state() == before
