@@ -15,6 +15,7 @@ fails. Benchmarks therefore run inside their own namespace (bench/isolation.py).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,21 +77,40 @@ class BridgeFarm:
             self.bridges.append(Bridge(br, lease, ovs))
         ovs.vsctl("--timeout=300", *args, timeout=330)
 
-    def set_controller(self, target: str | None, bridges: list[Bridge] | None = None) -> None:
-        """Point `bridges` (default: all) at `target` (e.g. tcp:127.0.0.1:6653) in one
-        transaction, reconnect backoff capped at 1 s; None detaches them."""
+    def set_controller(
+        self, target: str | Sequence[str] | None, bridges: list[Bridge] | None = None
+    ) -> None:
+        """Point `bridges` (default: all) at `target` (e.g. tcp:127.0.0.1:6653), or at every
+        target of a sequence (controller replicas), in one transaction, reconnect backoff
+        capped at 1 s; None detaches them."""
+        targets = [target] if isinstance(target, str) else list(target or ())
         args: list[str] = []
         for i, b in enumerate(self.bridges if bridges is None else bridges):
-            if target is None:
+            if not targets:
                 args += ["--", "del-controller", b.name]
-            else:
-                args += [
-                    "--", f"--id=@c{i}", "create", "Controller", f'target="{target}"',
-                    "max_backoff=1000",
-                    "--", "set", "Bridge", b.name, f"controller=@c{i}",
-                ]  # fmt: skip
+                continue
+            ids = [f"@c{i}x{j}" for j in range(len(targets))]
+            for ref, t in zip(ids, targets, strict=True):
+                args += ["--", f"--id={ref}", "create", "Controller", f'target="{t}"',
+                         "max_backoff=1000"]  # fmt: skip
+            args += ["--", "set", "Bridge", b.name, f"controller=[{','.join(ids)}]"]
         assert self.ovs is not None, "start() first"
         self.ovs.vsctl("--timeout=60", *args, timeout=90)
+
+    def masters(self) -> dict[str, str]:
+        """bridge name -> target of the controller ovs-vswitchd reports as its master
+        (bridges without one are left out; OVS refreshes this status lazily)."""
+        assert self.ovs is not None, "start() first"
+        csv = ("--format=csv", "--data=bare", "--no-headings")
+        rows = self.ovs.vsctl(*csv, "--columns=_uuid,target,role", "list", "controller")
+        master = {u: t for u, t, role in (r.split(",") for r in rows.splitlines()) if role == "master"}
+        out = {}
+        for line in self.ovs.vsctl(*csv, "--columns=name,controller", "list", "bridge").splitlines():
+            name, _, uuids = line.partition(",")
+            held = [master[u] for u in uuids.split() if u in master]
+            if len(held) == 1:
+                out[name] = held[0]
+        return out
 
     def stop(self) -> None:
         if self.ovs is not None:

@@ -6,6 +6,7 @@ CPU time and RSS are read from /proc; stopped by its PID.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -102,9 +103,9 @@ class ControllerProcess:
                 out[key] = int(value.split()[0])
         return out
 
-    def stop(self) -> int | None:
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
         proc, self._proc = self._proc, None
-        return stop_process(proc, timeout=30)
+        return stop_process(proc, sig, timeout=30)
 
     def __enter__(self) -> ControllerProcess:
         return self.start()

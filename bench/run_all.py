@@ -19,6 +19,7 @@ BENCHMARKS = (
     ("B2 convergence", ["bench.b2_convergence"]),
     ("B3 cold start", ["bench.b3_cold_start"]),
     ("B4 data plane", ["bench.b4_dataplane"]),
+    ("B5 failover", ["bench.b5_failover"]),
     ("B6 pod attach", ["bench.b6_attach"]),
     ("profile: compile", ["bench.profile", "compile"]),
     ("profile: encode", ["bench.profile", "encode"]),

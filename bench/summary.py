@@ -134,6 +134,29 @@ def b4(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def b5(r: dict[str, Any]) -> list[str]:
+    f, lat = r["failover"], r["failover"]["kill_to_flow_s"]
+    met = "met" if lat["p99"] <= f["goal_s"] else "NOT met"
+    lines = ["### B5 controller failover (SIGKILL of a replica -> a new lease on its switches)", "",
+             *_head(r),
+             f"{f['replicas']} replicas, member TTL {f['member_ttl_s']} s, {f['switches']} bridges "
+             f"(real, one ovs-vswitchd), {f['leases']} leases; {f['kills']} kills, each replica "
+             "in turn; the new lease is put right after the kill.", "",
+             "| what | n | p50 | p99 | max |", "|---|---|---|---|---|",
+             f"| kill -> new lease's flow on every bridge the victim mastered | {lat['n']} | "
+             f"{_s(lat['p50'])} | {_s(lat['p99'])} | {_s(lat['max'])} |", "",
+             f"Goal p99 <= member TTL + 1 s = {f['goal_s']} s: **{met}**.", ""]  # fmt: skip
+    if r.get("cold_start"):
+        lines += ["| cold start | replicas | converged | controller CPU | switches mastered |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for c in r["cold_start"]:
+            lines.append(f"| {c['leases']:,} leases x {c['switches']} bridges | {c['replicas']} | "
+                         f"{_s(c['converged_s'])} | "
+                         f"{' + '.join(f'{x:.2f}' for x in c['controller_cpu_s'])} s | "
+                         f"{' + '.join(map(str, c['mastered']))} |")  # fmt: skip
+    return lines
+
+
 def b6(r: dict[str, Any]) -> list[str]:
     st, s = r["stats"], r["summary"]
     lines = ["### B6 pod attach (CNI ADD, and ADD -> answered from another node)", "", *_head(r),
@@ -166,7 +189,7 @@ def b6(r: dict[str, Any]) -> list[str]:
 def render(results_dir: Path) -> str:
     out: list[str] = []
     for name, fn in (("b1_flow_rate", b1), ("b2_convergence", b2), ("b3_cold_start", b3),
-                     ("b4_dataplane", b4), ("b6_attach", b6)):  # fmt: skip
+                     ("b4_dataplane", b4), ("b5_failover", b5), ("b6_attach", b6)):  # fmt: skip
         r = _load(name, results_dir)
         out += (fn(r) if r else [f"### {name}", "", "_no results yet_"]) + [""]
     return "\n".join(out)

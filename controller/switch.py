@@ -145,7 +145,12 @@ class SwitchSync:
         self._pending = FULL
 
     def request(self, scope: Scope) -> None:
-        """Bring the flows in `scope` to the desired state (as soon as the switch is free)."""
+        """Bring the flows in `scope` to the desired state (as soon as the switch is free).
+
+        Not master: nothing to keep (a promotion reads back and syncs in full), so a
+        replica's slave connections cost nothing per registry event."""
+        if not self.master:
+            return
         self._pending |= scope
         self._kick()
 

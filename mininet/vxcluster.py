@@ -26,7 +26,7 @@ Layout, after ARCHITECTURE.md's verified recipe:
 
 Modules: this file (the spec and the cluster's lifecycle), mininet/vxnodes.py
 (underlay, node and pod classes, topology), mininet/vxchecks.py (pings,
-connectivity, captures). Every process is started by us and stopped by PID; `Cluster.stop()` undoes
+connectivity, captures), mininet/vxcontrollers.py (the controller replicas). Every process is started by us and stopped by PID; `Cluster.stop()` undoes
 everything (also after a failure half-way through `start()`).
 
 From other code (tests, bench), load this file with `vxflow.demo.cluster_module()`:
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +60,7 @@ from mininet.log import setLogLevel  # noqa: E402
 from mininet.net import Mininet  # noqa: E402
 from mininet.node import Host  # noqa: E402
 from vxchecks import ClusterChecks  # noqa: E402
+from vxcontrollers import Replica  # noqa: E402
 from vxnodes import (  # noqa: E402
     BR_INT,
     ENDPOINT_IP_KEY,
@@ -81,8 +81,7 @@ from vxnodes import (  # noqa: E402
 )
 from vxpodman import Podman  # noqa: E402
 
-from leases.etcd_server import EtcdServer, free_loopback_port  # noqa: E402
-from vxflow.processes import stop_process  # noqa: E402
+from leases.etcd_server import EtcdServer  # noqa: E402
 
 __all__ = ["Cluster", "ClusterSpec", "FlannelNode", "Pod", "UnderlayBridge", "VxflowNode",
            "VxflowTopo"]  # fmt: skip
@@ -108,11 +107,13 @@ class ClusterSpec:
     agent_lease_ttl: int | None = None  # seconds; None: flannel's 24 h
     ip_masq: bool = False  # agents run with --ip-masq
     containers: bool = False  # a private podman whose CNI network on each node is vxflow-cni
+    controllers: int = 1  # controller replicas (c1, c2, ...)
+    member_ttl: int | None = None  # the replicas' --member-ttl; None: the default
 
 
 @dataclass
 class Cluster(ClusterChecks):
-    """A running emulated cluster: etcd, one controller, agents, pods.
+    """A running emulated cluster: etcd, the controller replicas, agents, pods.
 
     Use as a context manager, or `start()` then `stop()` in a finally.
     `progress` receives one line per slow step (the demo and the script print it).
@@ -123,9 +124,8 @@ class Cluster(ClusterChecks):
     workdir: Path | None = None
     net: Mininet | None = None
     etcd: EtcdServer | None = None
-    controller_port: int = 0
+    replicas: list[Replica] = field(default_factory=list)
     podman: Podman | None = None
-    _controller: subprocess.Popen | None = None
     _own_workdir: bool = False
 
     # -- views ------------------------------------------------------------------
@@ -157,7 +157,8 @@ class Cluster(ClusterChecks):
 
     @property
     def controller_target(self) -> str:
-        return f"tcp:{ROOT_IP}:{self.controller_port}"
+        """The first replica's: agents are given it, and learn the others from etcd."""
+        return self.replicas[0].target
 
     @property
     def etcdctl_command(self) -> str:
@@ -239,8 +240,11 @@ class Cluster(ClusterChecks):
         self.etcd = EtcdServer(host=str(ROOT_IP), data_dir=self.workdir / "etcd").start()
         self.write_config()
         if self.vxflow_nodes:
-            self.progress(f"starting the controller on {ROOT_IP}")
-            self.start_controller()
+            self.progress(f"starting {spec.controllers} controller replica(s) on {ROOT_IP}")
+            ttl = ("--member-ttl", str(spec.member_ttl)) if spec.member_ttl else ()
+            for i in range(1, spec.controllers + 1):
+                replica = Replica(f"c{i}", self.workdir / f"controller-c{i}.log", ttl)
+                self.replicas.append(replica.start(self.etcd_flags()))
         for node in self.vxflow_nodes:
             self.progress(f"{node.name}: starting ovsdb-server, ovs-vswitchd, vxflow agent")
             node.start_ovs(self.node_dir(node) / "ovs")
@@ -284,7 +288,8 @@ class Cluster(ClusterChecks):
         self.stop_podman()  # CNI DEL needs the nodes' OVS: containers go first
         for node in self.nodes:
             node.stop_daemons()
-        self.stop_controller()
+        for replica in self.replicas:
+            replica.stop()
         if self.etcd is not None:
             self.etcd.stop(remove_data=True)
             self.etcd = None
@@ -304,40 +309,11 @@ class Cluster(ClusterChecks):
         run_root(_venv_tool("vxflow"), "config", "set", *self.etcd_flags(), "-",
                  input=json.dumps(config))  # fmt: skip
 
-    def start_controller(self, port: int = 0) -> None:
-        """`vxflow controller` in the root namespace on 198.18.0.254 (`port` 0: a free one)."""
-        self.controller_port = port or free_loopback_port()
-        log_path = self.workdir / "controller.log"
-        with open(log_path, "ab") as out:
-            self._controller = subprocess.Popen(
-                [
-                    _venv_tool("vxflow"), "controller", *self.etcd_flags(),
-                    "--listen", str(ROOT_IP), "--port", str(self.controller_port),
-                ],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not self._listening(self.controller_port):
-            if self._controller.poll() is not None:
-                raise RuntimeError(f"controller exited; see {log_path}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"controller not listening after 30s; see {log_path}")
-            time.sleep(0.2)
-
-    @staticmethod
-    def _listening(port: int) -> bool:
-        out = run_root("ss", "-Hltn", f"sport = :{port}", check=False)
-        return bool(out.strip())
-
-    def stop_controller(self) -> None:
-        proc, self._controller = self._controller, None
-        stop_process(proc)
-
-    def restart_controller(self) -> None:
-        """Stop the controller and start a new one on the same port (switches reconnect)."""
-        self.stop_controller()
-        self.start_controller(self.controller_port)
+    def restart_controller(self, index: int = 0) -> None:
+        """Stop a replica and start it again on the same port (its switches reconnect)."""
+        replica = self.replicas[index]
+        replica.stop()
+        replica.start(self.etcd_flags())
 
     def agent_cmd(self, node: VxflowNode) -> list[str]:
         assert node.ovs is not None

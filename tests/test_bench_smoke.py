@@ -92,6 +92,17 @@ def test_b4_dataplane_tiny(tmp_path: Path) -> None:
     assert positive(s["tcp_ratio_vxflow_over_flannel"])
 
 
+def test_b5_failover_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b5_failover", "--switches", "4", "--leases", "10",
+                  "--kills", "2", "--member-ttl", "3", "--cold", "20x3")  # fmt: skip
+    f = r["failover"]
+    assert f["kill_to_flow_s"]["n"] == 2 and f["goal_s"] == 4
+    # the victim's switches are taken over only once its lease has run out
+    assert all(1.0 < x < 30 for x in f["samples_s"]), f["samples_s"]
+    assert [c["replicas"] for c in r["cold_start"]] == [1, 2]
+    assert all(positive(c["converged_s"]) and sum(c["mastered"]) == 3 for c in r["cold_start"])
+
+
 @pytest.mark.e2e
 def test_b6_attach_tiny(tmp_path: Path) -> None:
     r = run_bench(tmp_path, "bench.b6_attach", "--containers", "3", timeout=290)

@@ -8,10 +8,12 @@ the tables are compared with the compiler's desired set throughout.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
 import struct
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,7 +28,18 @@ from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.model import datapath_id_for
 from leases.registry import Registry
 from ovsdb.instance import OvsInstance
-from tests.ofharness import Cluster, Controller, node_ip, pod, running, wait_for
+from tests.ofharness import (
+    CONFIG,
+    PREFIX,
+    VXFLOW,
+    Cluster,
+    Controller,
+    node_ip,
+    pod,
+    running,
+    wait_for,
+)
+from vxflow.processes import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -103,6 +116,14 @@ def test_replicas_share_the_switches_and_a_third_moves_only_its_own(cluster, tmp
     held = wait_masters(cluster, two, expected_masters(numbers, ["r1", "r2"]))
     share = Counter(held.values())
     assert all(6 <= share[r] <= 14 for r in ("r1", "r2")), share  # 30-70 % of 20
+    # the claims as an operator reads them (README): etcdctl get --prefix <prefix>/vxflow/masters/
+    shown = subprocess.run(
+        ["etcdctl", "--endpoints", cluster.etcd.endpoint, "get", "--prefix",
+         f"{PREFIX}/vxflow/masters/"], capture_output=True, text=True, timeout=30,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    ).stdout  # fmt: skip
+    assert shown.count('{"Controller":"r1"}') == share["r1"], shown
+    assert shown.count('{"Controller":"r2"}') == share["r2"], shown
     cluster.wait_converged()
     for replica in two:
         assert replica.metric("vxflow_controller_member") == 1
@@ -319,3 +340,27 @@ def test_ovs_fences_a_superseded_master(ovs: OvsInstance):
         old.close()
         new.close()
         ovs.vsctl("--if-exists", "del-br", bridge)
+
+
+def test_two_replicas_as_the_readme_starts_them(etcd: EtcdServer, tmp_path: Path) -> None:
+    """`vxflow controller --port 6653` and `vxflow controller --port 6654`, as typed, with
+    FLANNELD_ETCD_* in the environment: two members with the default ids and addresses."""
+    with Registry(etcd.endpoint, PREFIX) as registry:
+        registry.set_config(CONFIG)
+        env = {**os.environ, "FLANNELD_ETCD_ENDPOINTS": etcd.endpoint,
+               "FLANNELD_ETCD_PREFIX": PREFIX}  # fmt: skip
+        procs = []
+        try:
+            for port in ("6653", "6654"):
+                with open(tmp_path / f"c{port}.log", "wb") as log:
+                    procs.append(subprocess.Popen([VXFLOW, "controller", "--port", port],
+                                                  env=env, stdout=log, stderr=log))  # fmt: skip
+            host = socket.gethostname()
+            want = [(f"{host}:6653", "tcp:127.0.0.1:6653"), (f"{host}:6654", "tcp:127.0.0.1:6654")]
+            wait_for("both replicas to register", lambda: [
+                (m.id, m.address) for m in registry.snapshot().members] == want)  # fmt: skip
+        finally:
+            for proc in procs:
+                stop_process(proc)
+        # a clean stop leaves the cluster at once
+        assert registry.snapshot().members == ()
