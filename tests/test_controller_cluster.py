@@ -54,6 +54,13 @@ def cluster(etcd: EtcdServer, ovs: OvsInstance) -> Iterator[Cluster]:
         yield c
 
 
+def add_nodes(cluster: Cluster, numbers: range) -> None:
+    """A lease and a switch for each node number."""
+    for i in numbers:
+        cluster.lease(i)
+        cluster.add_switch(i)
+
+
 def start_replicas(cluster: Cluster, tmp_path: Path, count: int) -> list[Controller]:
     replicas = [cluster.controller]
     replicas += [
@@ -109,9 +116,7 @@ def expected_masters(numbers, member_ids) -> dict[int, str]:
 
 def test_replicas_share_the_switches_and_a_third_moves_only_its_own(cluster, tmp_path):
     numbers = range(1, 21)
-    for i in numbers:
-        cluster.lease(i)
-        cluster.add_switch(i)
+    add_nodes(cluster, numbers)
     two = start_replicas(cluster, tmp_path, 2)
     held = wait_masters(cluster, two, expected_masters(numbers, ["r1", "r2"]))
     share = Counter(held.values())
@@ -172,9 +177,7 @@ def test_a_paused_replica_is_fenced_and_rejoins(cluster, tmp_path):
     generations; resumed, the paused one is demoted by the switches, writes nothing,
     re-registers and takes its share back. The tables stay right all along."""
     numbers = range(1, 5)
-    for i in numbers:
-        cluster.lease(i)
-        cluster.add_switch(i)
+    add_nodes(cluster, numbers)
     r1, r2 = replicas = start_replicas(cluster, tmp_path, 2)
     held = wait_masters(cluster, replicas)
     cluster.wait_converged()
@@ -246,9 +249,7 @@ def test_a_replica_without_config_or_etcd_never_touches_a_switch(cluster, tmp_pa
 
 def test_etcd_gone_longer_than_the_ttl_stops_writes_and_changes_nothing(cluster, tmp_path):
     numbers = range(1, 5)
-    for i in numbers:
-        cluster.lease(i)
-        cluster.add_switch(i)
+    add_nodes(cluster, numbers)
     replicas = start_replicas(cluster, tmp_path, 2)
     wait_masters(cluster, replicas)
     cluster.wait_converged()
