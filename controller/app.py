@@ -29,7 +29,7 @@ from os_ken.ofproto import ofproto_v1_4
 
 from controller import metrics, ofwire
 from controller.model import ClusterModel, Impact
-from controller.options import CONF
+from controller.options import CONF, etcd_access
 from controller.replica import Coordinator, Membership, advertised_target, default_member_id
 from controller.role import SwitchRole
 from controller.switch import SwitchSync
@@ -83,6 +83,7 @@ class VxflowController(app_manager.OSKenApp):
         self.roles: dict[int, SwitchRole] = {}
         self.endpoints = CONF.vxflow_etcd_endpoints
         self.prefix = CONF.vxflow_etcd_prefix
+        self.access = etcd_access()
         port = CONF.ofp_tcp_listen_port or 6653
         member_id = CONF.vxflow_controller_id or default_member_id(port)
         address = CONF.vxflow_advertise or advertised_target(CONF.ofp_listen_host or "", port)
@@ -92,17 +93,17 @@ class VxflowController(app_manager.OSKenApp):
         ttl = CONF.vxflow_member_ttl
         # each green thread talks to etcd through its own client (Registry is not shared)
         self.membership = Membership(
-            Registry(self.endpoints, self.prefix, timeout=max(1.0, ttl / 3)),
+            Registry(self.endpoints, self.prefix, timeout=max(1.0, ttl / 3), access=self.access),
             member_id, address, ttl, on_change=lambda: self.coordinator.request(),
         )  # fmt: skip
         self.coordinator = Coordinator(
-            self.membership, Registry(self.endpoints, self.prefix), self.roles,
+            self.membership, Registry(self.endpoints, self.prefix, access=self.access), self.roles,
             ready=lambda: self.model.config is not None,
         )  # fmt: skip
         log.info(
-            "vxflow controller %s (%s): etcd %s prefix %s, member TTL %ds, audit every %ss",
+            "vxflow controller %s (%s): etcd %s prefix %s (%s), member TTL %ds, audit every %ss",
             member_id, address or "address not advertised: switches must be given it",
-            self.endpoints, self.prefix, ttl, CONF.vxflow_audit_interval,
+            self.endpoints, self.prefix, self.access, ttl, CONF.vxflow_audit_interval,
         )  # fmt: skip
 
     def start(self):
@@ -136,7 +137,7 @@ class VxflowController(app_manager.OSKenApp):
         delay = 0.5
         while True:
             try:
-                registry = Registry(self.endpoints, self.prefix)
+                registry = Registry(self.endpoints, self.prefix, access=self.access)
                 started = time.perf_counter()
                 snapshot = registry.snapshot(pause=_yield)
                 log.debug("registry snapshot read in %.1f ms", (time.perf_counter() - started) * 1e3)

@@ -6,10 +6,11 @@ import logging
 import signal
 import sys
 from ipaddress import IPv4Address
+from typing import Any
 
 import click
 
-from leases.cli_options import etcd_options, open_registry, operator_errors
+from leases.cli_options import etcd_access, etcd_options, open_registry, operator_errors
 from leases.controllers import member_id_problem, target_problem
 
 
@@ -54,7 +55,7 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
 @etcd_options
 def controller(listen: str, port: int, audit_interval: float, metrics_port: int,
                member_id: str | None, member_ttl: int, advertise: str | None,
-               etcd_endpoints: str, etcd_prefix: str) -> None:
+               **etcd: Any) -> None:
     """Run the OpenFlow controller (the os-ken app `controller.app` under osken-manager).
 
     Equivalent to `osken-manager --ofp-listen-host LISTEN --ofp-tcp-listen-port PORT
@@ -69,8 +70,9 @@ def controller(listen: str, port: int, audit_interval: float, metrics_port: int,
     """
     from controller.options import CONF
 
-    CONF.set_default("vxflow_etcd_endpoints", etcd_endpoints)
-    CONF.set_default("vxflow_etcd_prefix", etcd_prefix)
+    etcd_access(etcd)  # inconsistent TLS/credential options: a usage error now, not in the app
+    for name, value in etcd.items():
+        CONF.set_default(f"vxflow_{name}", value)
     CONF.set_default("vxflow_audit_interval", audit_interval)
     CONF.set_default("vxflow_metrics_port", metrics_port)
     CONF.set_default("vxflow_controller_id", member_id or "")
@@ -98,11 +100,11 @@ def flows() -> None:
     """The flows a node's br-int must hold, and how a live switch differs."""
 
 
-def _desired(etcd_endpoints: str, etcd_prefix: str, node: IPv4Address):
+def _desired(etcd: dict[str, Any], node: IPv4Address):
     from flows.compiler import compile_node
     from leases.errors import ConfigMissing
 
-    with open_registry(etcd_endpoints, etcd_prefix) as registry:
+    with open_registry(**etcd) as registry:
         snap = registry.snapshot()
         if snap.config is None:
             raise ConfigMissing(f"no valid network config at {registry.keys.config}")
@@ -124,11 +126,11 @@ node_option = click.option("--node", required=True, type=IPv4Address, metavar="P
 @node_option
 @etcd_options
 @operator_errors
-def show(node: IPv4Address, etcd_endpoints: str, etcd_prefix: str) -> None:
+def show(node: IPv4Address, **etcd: Any) -> None:
     """Print the flows NODE's br-int must hold, computed from etcd (ovs-ofctl syntax)."""
     from flows.flow import to_ofctl
 
-    for flow in _ordered(_desired(etcd_endpoints, etcd_prefix, node)):
+    for flow in _ordered(_desired(etcd, node)):
         click.echo(to_ofctl(flow))
 
 
@@ -138,7 +140,7 @@ def show(node: IPv4Address, etcd_endpoints: str, etcd_prefix: str) -> None:
               help="The live switch, e.g. unix:/var/run/openvswitch/br-int.mgmt.")
 @etcd_options
 @operator_errors
-def diff(node: IPv4Address, target: str, etcd_endpoints: str, etcd_prefix: str) -> None:
+def diff(node: IPv4Address, target: str, **etcd: Any) -> None:
     """Show how the live switch differs from NODE's desired flows.
 
     `+` lines are missing on the switch (or wrong there), `-` lines are on the
@@ -148,7 +150,7 @@ def diff(node: IPv4Address, target: str, etcd_endpoints: str, etcd_prefix: str) 
     from flows.diff import diff_flows
     from flows.flow import to_ofctl
 
-    desired = _desired(etcd_endpoints, etcd_prefix, node)
+    desired = _desired(etcd, node)
     try:
         live = read_flows(target)
     except (OSError, ValueError) as exc:

@@ -6,6 +6,8 @@ the same environment variables as every other vxflow/flanneld command:
 
     FLANNELD_ETCD_ENDPOINTS  etcd client URLs      (default http://127.0.0.1:2379)
     FLANNELD_ETCD_PREFIX     flannel network prefix (default /coreos.com/network)
+    FLANNELD_ETCD_CAFILE, FLANNELD_ETCD_CERTFILE, FLANNELD_ETCD_KEYFILE,
+    FLANNELD_ETCD_USERNAME, FLANNELD_ETCD_PASSWORD   etcd TLS and credentials
     VXFLOW_AUDIT_INTERVAL    seconds between table audits (default 60, 0 = off)
     VXFLOW_METRICS_PORT      Prometheus port on 127.0.0.1 (default 0 = off)
     VXFLOW_CONTROLLER_ID     this replica's id (default <hostname>:<OpenFlow port>)
@@ -22,6 +24,7 @@ import os
 
 from os_ken import cfg
 
+from leases.etcd_client import EtcdAccess
 from leases.model import FLANNEL_DEFAULT_PREFIX
 from leases.registry import DEFAULT_ENDPOINTS
 
@@ -39,6 +42,15 @@ OPTS = [
         default=os.environ.get("FLANNELD_ETCD_PREFIX", FLANNEL_DEFAULT_PREFIX),
         help="etcd prefix of the flannel network (env FLANNELD_ETCD_PREFIX).",
     ),
+    *[
+        cfg.StrOpt(
+            f"vxflow-etcd-{name}",
+            default=os.environ.get(f"FLANNELD_ETCD_{name.upper()}") or None,
+            secret=name == "password",
+            help=f"etcd {name} (env FLANNELD_ETCD_{name.upper()}).",
+        )
+        for name in ("cafile", "certfile", "keyfile", "username", "password")
+    ],
     cfg.FloatOpt(
         "vxflow-audit-interval",
         default=float(os.environ.get("VXFLOW_AUDIT_INTERVAL", "60")),
@@ -74,3 +86,14 @@ OPTS = [
 ]
 
 CONF.register_opts(OPTS)
+
+
+def etcd_access() -> EtcdAccess:
+    """The etcd TLS files and credentials the controller was given."""
+    return EtcdAccess(
+        cafile=CONF.vxflow_etcd_cafile,
+        certfile=CONF.vxflow_etcd_certfile,
+        keyfile=CONF.vxflow_etcd_keyfile,
+        username=CONF.vxflow_etcd_username,
+        password=CONF.vxflow_etcd_password,
+    )

@@ -30,9 +30,9 @@ def leases() -> None:
 )
 @etcd_options
 @operator_errors
-def list_leases(output: str, etcd_endpoints: str, etcd_prefix: str) -> None:
+def list_leases(output: str, **etcd: Any) -> None:
     """List valid leases with their remaining TTL; rejected entries are logged with reasons."""
-    with open_registry(etcd_endpoints, etcd_prefix) as registry:
+    with open_registry(**etcd) as registry:
         snap = registry.snapshot()
         if snap.config is None:
             detail = snap.rejected[0].detail if snap.rejected else "missing"
@@ -88,9 +88,9 @@ def config() -> None:
 @click.option("--raw", is_flag=True, help="Print the stored text instead of the parsed config.")
 @etcd_options
 @operator_errors
-def show(raw: bool, etcd_endpoints: str, etcd_prefix: str) -> None:
+def show(raw: bool, **etcd: Any) -> None:
     """Print the config with flannel's defaults filled in (fails if missing or invalid)."""
-    with open_registry(etcd_endpoints, etcd_prefix) as registry:
+    with open_registry(**etcd) as registry:
         if raw:
             click.echo(registry.get_config_raw().decode("utf-8", "replace"))
         else:
@@ -101,10 +101,10 @@ def show(raw: bool, etcd_endpoints: str, etcd_prefix: str) -> None:
 @click.argument("file", type=click.File("rb"))
 @etcd_options
 @operator_errors
-def set_config(file: IO[bytes], etcd_endpoints: str, etcd_prefix: str) -> None:
+def set_config(file: IO[bytes], **etcd: Any) -> None:
     """Validate FILE (flannel's config JSON; - for stdin) and store it at <prefix>/config."""
     raw = file.read()
-    with open_registry(etcd_endpoints, etcd_prefix) as registry:
+    with open_registry(**etcd) as registry:
         cfg = registry.set_config(raw)
         key = registry.keys.config
     click.echo(

@@ -7,14 +7,15 @@ flanneld configuration carries over unchanged.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from leases.config import ConfigError
 from leases.errors import RegistryError
-from leases.etcd_client import parse_endpoints
+from leases.etcd_client import EtcdAccess, parse_endpoints
 from leases.keys import Keys
 from leases.model import FLANNEL_DEFAULT_PREFIX
 from leases.registry import DEFAULT_ENDPOINTS, Registry
@@ -38,8 +39,56 @@ def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str
     return value
 
 
+# flanneld's TLS and credential options: (name, help); each reads FLANNELD_ETCD_<NAME>
+_FILE_OPTIONS = (
+    ("cafile", "CA certificate(s) to verify etcd's server certificate (default: the system's)."),
+    ("certfile", "Client certificate for etcd's --client-cert-auth (with --etcd-keyfile)."),
+    ("keyfile", "Private key of --etcd-certfile."),
+)
+ACCESS_PARAMS = tuple(f"etcd_{name}" for name in ("cafile", "certfile", "keyfile", "username",
+                                                   "password"))  # fmt: skip
+
+
+def etcd_access(params: Mapping[str, Any]) -> EtcdAccess:
+    """The EtcdAccess of a command's etcd_* parameters (a one-line error if inconsistent or
+    a file is missing: checked here, as values may also come from --sysconfig)."""
+    for name, _ in _FILE_OPTIONS:
+        path = params.get(f"etcd_{name}")
+        if path and not Path(path).is_file():
+            raise click.ClickException(f"--etcd-{name} {path}: no such file")
+    try:
+        return EtcdAccess(**{n.removeprefix("etcd_"): params.get(n) or None for n in ACCESS_PARAMS})
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def etcd_options(f: F) -> F:
-    """Add `--etcd-endpoints` and `--etcd-prefix` (passed as etcd_endpoints, etcd_prefix)."""
+    """Add `--etcd-endpoints`, `--etcd-prefix` and flanneld's TLS/credential options.
+
+    They arrive as etcd_endpoints, etcd_prefix, etcd_cafile, etcd_certfile,
+    etcd_keyfile, etcd_username, etcd_password: pass them on with
+    `open_registry(**etcd)`.
+    """
+    f = click.option(
+        "--etcd-password",
+        envvar="FLANNELD_ETCD_PASSWORD",
+        show_envvar=True,
+        help="Password of --etcd-username (prefer the variable: flags show in ps).",
+    )(f)
+    f = click.option(
+        "--etcd-username",
+        envvar="FLANNELD_ETCD_USERNAME",
+        show_envvar=True,
+        help="etcd user, when etcd's auth is enabled (its role must grant the prefix).",
+    )(f)
+    for name, text in reversed(_FILE_OPTIONS):
+        f = click.option(
+            f"--etcd-{name}",
+            envvar=f"FLANNELD_ETCD_{name.upper()}",
+            show_envvar=True,
+            type=click.Path(dir_okay=False),
+            help=text,
+        )(f)
     f = click.option(
         "--etcd-prefix",
         envvar="FLANNELD_ETCD_PREFIX",
@@ -60,8 +109,14 @@ def etcd_options(f: F) -> F:
     )(f)
 
 
-def open_registry(etcd_endpoints: str, etcd_prefix: str) -> Registry:
-    return Registry(etcd_endpoints, etcd_prefix)
+def etcd_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The etcd_* entries of a command's parameters (what `open_registry` takes)."""
+    return {k: v for k, v in params.items() if k.startswith("etcd_")}
+
+
+def open_registry(etcd_endpoints: str, etcd_prefix: str, **access: Any) -> Registry:
+    """A Registry from a command's etcd options (`open_registry(**etcd)`)."""
+    return Registry(etcd_endpoints, etcd_prefix, access=etcd_access(access))
 
 
 def operator_errors(f: F) -> F:

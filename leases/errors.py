@@ -11,6 +11,11 @@ class EtcdUnavailable(RegistryError):
     """No etcd endpoint answered (connection refused, timeout, or etcd is unhealthy)."""
 
 
+class EtcdAccessDenied(RegistryError):
+    """etcd refused vxflow: TLS (certificate) or authentication failure, or no permission
+    on the prefix. Unlike EtcdUnavailable it does not heal by waiting: fix the options."""
+
+
 class ConfigMissing(RegistryError):
     """`<prefix>/config` does not exist: the network has not been configured."""
 

@@ -3,7 +3,15 @@
 etcd3gw's helpers drop what the registry needs (the header revision of a
 range, compaction and cancel responses of a watch, a watch stream that ends),
 so this module calls the gateway's endpoints through etcd3gw's client and
-session directly. Every transport failure becomes `EtcdUnavailable`.
+session directly. Every transport failure becomes `EtcdUnavailable`; a
+refusal that waiting does not heal (a TLS certificate problem, a wrong or
+missing password, no permission on the prefix) becomes `EtcdAccessDenied`.
+
+Credentials: etcd's gateway takes a username and password only at
+`/v3/auth/authenticate`, which returns a token that every later request
+carries in its Authorization header. The token is fetched per endpoint on
+first use and again when etcd says it expired (simple tokens lapse after
+`--auth-token-ttl` of disuse, 5 minutes by default).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from etcd3gw.exceptions import (
     InternalServerError,
 )
 
-from leases.errors import EtcdUnavailable
+from leases.errors import EtcdAccessDenied, EtcdUnavailable
 from leases.keys import KV
 
 log = logging.getLogger(__name__)
@@ -36,7 +44,52 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 GRPC_NOT_FOUND = 5
+GRPC_PERMISSION_DENIED = 7
 GRPC_OUT_OF_RANGE = 11  # "mvcc: required revision has been compacted"
+GRPC_UNAUTHENTICATED = 16  # "etcdserver: invalid auth token"
+
+# What etcd answers for each access problem, and what the operator should check.
+_ACCESS_HINTS = (
+    ("user name is empty", "etcd requires authentication: pass --etcd-username/--etcd-password"),
+    ("authentication failed", "check --etcd-username and --etcd-password"),
+    ("authentication is not enabled", "etcd has no auth enabled: drop --etcd-username"),
+    ("permission denied", "the etcd user's role does not grant this key range"),
+    ("invalid auth token", "the token was refused again after re-authenticating"),
+    ("HTTP request to an HTTPS server", "the endpoint speaks TLS: use an https:// URL"),
+    ("CommonName of client", "etcd refuses client certificates with a CN on its gateway "
+                             "(use `vxflow pki` certificates, which carry none)"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EtcdAccess:
+    """TLS files and credentials for etcd, as flanneld names them (--etcd-cafile, ...).
+
+    `cafile` verifies the server (default: the system's CAs); `certfile` and
+    `keyfile` are the client certificate etcd's --client-cert-auth asks for;
+    `username`/`password` authenticate when etcd's auth is enabled.
+    """
+
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def __post_init__(self) -> None:
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ValueError("--etcd-certfile and --etcd-keyfile go together")
+        if self.password and not self.username:
+            raise ValueError("--etcd-password needs --etcd-username")
+        if self.username and self.password is None:
+            raise ValueError("--etcd-username needs --etcd-password (or FLANNELD_ETCD_PASSWORD)")
+
+    def __repr__(self) -> str:  # never print the password
+        shown = {k: v for k, v in vars(self).items() if v is not None and k != "password"}
+        return f"EtcdAccess({shown})"
+
+
+NO_ACCESS = EtcdAccess()
 
 
 def _b64(data: str | bytes) -> str:
@@ -77,9 +130,59 @@ def kv_from_json(item: dict[str, Any]) -> KV:
     )
 
 
+_TLS_ERROR = re.compile(
+    r"\[SSL(?:: [A-Z0-9_]+)?\] ([^'\"()\]]+?)(?: \(_ssl\.c:\d+\))?['\")]"  # [SSL: X] reason
+    r"|SSL\w*Error\(\d+, '([^']+?)(?: \(_ssl\.c:\d+\))?'"  # SSLEOFError(8, 'reason')
+)
+_TLS_HINTS = (
+    ("certificate verify failed", "etcd's certificate is not signed by --etcd-cafile"),
+    ("EOF occurred", "etcd dropped the handshake: it wants a client certificate it trusts "
+                     "(--etcd-certfile/--etcd-keyfile)"),
+    ("alert", "etcd refused the client certificate (--etcd-certfile/--etcd-keyfile)"),
+)  # fmt: skip
+
+
+def _text(exc: Exception) -> str:
+    """An error's text (etcd3gw keeps it in detail_text, not in args)."""
+    return str(getattr(exc, "detail_text", None) or exc)
+
+
+def tls_problem(exc: Exception) -> str | None:
+    """The TLS reason inside a transport error, with a hint; None if it is not one."""
+    text = _text(exc)
+    m = _TLS_ERROR.search(text)
+    if m is None:
+        if "CA certificate bundle" in text:  # requests: --etcd-cafile unreadable
+            return text[:200]
+        return None
+    reason = re.sub(r"^\[SSL(?:: [A-Z0-9_]+)?\] ", "", (m.group(1) or m.group(2)).strip())
+    hint = next((h for needle, h in _TLS_HINTS if needle in reason), None)
+    return f"{reason} ({hint})" if hint else reason
+
+
+def access_problem(exc: Etcd3Exception) -> str | None:
+    """etcd's reason for refusing vxflow (auth, permission, TLS), with a hint; None if
+    the error is of another kind."""
+    text = exc.detail_text or ""
+    try:
+        doc = json.loads(text)
+        message, code = str(doc.get("message") or doc.get("error") or ""), doc.get("code")
+    except (ValueError, AttributeError):
+        message, code = text.strip(), None
+    for needle, hint in _ACCESS_HINTS:
+        if needle in message:
+            return f"{message} ({hint})"
+    if code in (GRPC_PERMISSION_DENIED, GRPC_UNAUTHENTICATED):
+        return message
+    return None
+
+
 def _short(exc: Exception) -> str:
     """The operator-relevant part of a transport error ("Connection refused", "timed out")."""
-    text = str(getattr(exc, "detail_text", None) or exc)
+    text = _text(exc)
+    tls = tls_problem(exc)
+    if tls:
+        return f"TLS: {tls}"
     m = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
     if m:
         return m.group(1)
@@ -123,17 +226,16 @@ class WatchStream:
         connect_timeout: float,
         idle_timeout: float,
     ) -> None:
+        """Open the stream; transport errors (requests') and HTTP errors (Etcd3Exception)
+        propagate for EtcdClient.call to fail over or classify."""
         self.idle = False  # True when the stream ended because nothing arrived for idle_timeout
-        try:
-            self._resp = session.post(
-                url, json=request, stream=True, timeout=(connect_timeout, idle_timeout)
-            )
-        except requests.RequestException as exc:
-            raise EtcdUnavailable(f"watch on {url}: {_short(exc)}") from exc
+        self._resp = session.post(
+            url, json=request, stream=True, timeout=(connect_timeout, idle_timeout)
+        )
         if self._resp.status_code != 200:
             text = self._resp.text
             self._resp.close()
-            raise EtcdUnavailable(f"watch on {url}: HTTP {self._resp.status_code} {text.strip()}")
+            raise Etcd3Exception(text.strip(), f"HTTP {self._resp.status_code}")
 
     def __iter__(self) -> Iterator[WatchMessage]:
         try:
@@ -187,43 +289,106 @@ class WatchStream:
         self.close()
 
 
+class _Session(requests.Session):
+    """A session whose own `verify` (--etcd-cafile) wins: requests lets REQUESTS_CA_BUNDLE
+    override Session.verify when a request passes none (psf/requests#3829)."""
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and self.verify is not True:
+            settings["verify"] = self.verify
+        return settings
+
+
 class EtcdClient:
     """Unary etcd calls with failover across endpoints; one instance per user (not shared)."""
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = 5.0,
+        access: EtcdAccess = NO_ACCESS,
+    ) -> None:
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
+        self.access = access
         self._clients = [self._client(url) for url in self.endpoints]
+        self._authenticated: set[int] = set()  # endpoints whose session holds a token
         self._current = 0
 
     def _client(self, url: str) -> Etcd3Client:
         parts = urlsplit(url)
         default_port = 443 if parts.scheme == "https" else 2379
+        session = _Session()
+        if self.access.cafile:
+            session.verify = self.access.cafile
+        if self.access.certfile and self.access.keyfile:
+            session.cert = (self.access.certfile, self.access.keyfile)
         return Etcd3Client(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or default_port,
             protocol=parts.scheme,
             timeout=self.timeout,
             api_path="/v3/",
+            session=session,
         )
 
+    def _authenticate(self, idx: int) -> None:
+        """Exchange the username and password for a token on endpoint `idx`."""
+        client = self._clients[idx]
+        client.session.headers.pop("Authorization", None)
+        self._authenticated.discard(idx)
+        body = {"name": self.access.username, "password": self.access.password}
+        result = client.post(client.get_url("/auth/authenticate"), json=body)
+        client.session.headers["Authorization"] = str(result["token"])
+        self._authenticated.add(idx)
+
+    def _on(self, idx: int, fn: Callable[[Etcd3Client], T]) -> T:
+        """`fn` on endpoint `idx` with a valid token (fetched, or fetched again once)."""
+        if self.access.username and idx not in self._authenticated:
+            self._authenticate(idx)
+        try:
+            return fn(self._clients[idx])
+        except Etcd3Exception as exc:
+            if not self.access.username or grpc_code(exc) != GRPC_UNAUTHENTICATED:
+                raise
+        self._authenticate(idx)  # the token lapsed: once more with a fresh one
+        return fn(self._clients[idx])
+
     def call(self, fn: Callable[[Etcd3Client], T]) -> T:
-        """Run `fn` on the current endpoint, failing over to the others once each."""
-        errors = []
+        """Run `fn` on the current endpoint, failing over to the others once each.
+
+        A refusal (TLS, credentials, permission) raises EtcdAccessDenied at once
+        when it is etcd's answer; a TLS failure is tried on every endpoint first.
+        """
+        errors, refused = [], False
         for i in range(len(self._clients)):
             idx = (self._current + i) % len(self._clients)
             try:
-                result = fn(self._clients[idx])
+                result = self._on(idx, fn)
             except (
                 ConnectionFailedError,
                 ConnectionTimeoutError,
                 InternalServerError,
                 requests.RequestException,
             ) as exc:
-                errors.append(f"{self.endpoints[idx]}: {_short(exc)}")
+                refused |= tls_problem(exc) is not None
+                url = self.endpoints[idx]
+                hint = ""
+                if url.startswith("http:") and "RemoteDisconnected" in _text(exc):
+                    hint = " (if the endpoint speaks TLS, use an https:// URL)"
+                errors.append(f"{url}: {_short(exc)}{hint}")
                 continue
+            except Etcd3Exception as exc:
+                problem = access_problem(exc)
+                if problem is None:
+                    raise
+                raise EtcdAccessDenied(f"etcd {self.endpoints[idx]} refused: {problem}") from exc
             self._current = idx
             return result
+        if refused:
+            raise EtcdAccessDenied("etcd TLS failed: " + "; ".join(errors))
         raise EtcdUnavailable("etcd unreachable: " + "; ".join(errors))
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -354,20 +519,14 @@ class EtcdClient:
                 "progress_notify": True,
             }
         }
-        errors = []
-        for i in range(len(self._clients)):
-            idx = (self._current + i) % len(self._clients)
-            client = self._clients[idx]
-            try:
-                stream = WatchStream(
-                    client.session, client.get_url("/watch"), request, self.timeout, idle_timeout
+        try:
+            return self.call(
+                lambda c: WatchStream(
+                    c.session, c.get_url("/watch"), request, self.timeout, idle_timeout
                 )
-            except EtcdUnavailable as exc:
-                errors.append(str(exc))
-                continue
-            self._current = idx
-            return stream
-        raise EtcdUnavailable("; ".join(errors))
+            )
+        except Etcd3Exception as exc:
+            raise EtcdUnavailable(f"watch refused: {_short(exc)}") from exc
 
     def close(self) -> None:
         for client in self._clients:

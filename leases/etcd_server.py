@@ -2,22 +2,29 @@
 
 It listens on loopback only, keeps its data in a directory it is given (or a
 temporary one it removes), and is stopped by the PID it started — never by name.
+With `tls` it serves https only and requires a client certificate signed by
+the CA (`--client-cert-auth`); `enable_auth` adds users whose roles are
+limited to one prefix and turns etcd's authentication on.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from leases.etcd_client import NO_ACCESS, EtcdAccess, EtcdClient, prefix_end
 from vxflow.processes import stop_process
 
 log = logging.getLogger(__name__)
@@ -30,6 +37,27 @@ def free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    """etcd's server certificate and key, and the CA whose client certificates it accepts.
+
+    The server certificate must also allow client authentication: etcd's gateway
+    connects to its own gRPC port with it."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
+class EtcdUser:
+    """A user whose one role grants read-write on `prefix` (every key under it)."""
+
+    name: str
+    password: str
+    prefix: str
+
+
 @dataclass
 class EtcdServer:
     """One etcd 3.4 member on 127.0.0.1; `start()`/`stop()` or use as a context manager."""
@@ -39,13 +67,33 @@ class EtcdServer:
     peer_port: int = 0
     data_dir: Path | None = None
     name: str = "vxflow"
+    tls: ServerTLS | None = None
+    auth_token_ttl: int = 300  # seconds an unused auth token lives (etcd's default)
+    root_password: str | None = None  # set by enable_auth
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _own_dir: bool = field(default=False, init=False, repr=False)
     _log_path: Path | None = field(default=None, init=False, repr=False)
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
+
+    def access(self, user: str | None = None, password: str | None = None) -> EtcdAccess:
+        """How a client reaches this server: its CA and a client certificate (the
+        server's own, which allows client auth) when TLS is on, and credentials."""
+        if self.tls is None:
+            return EtcdAccess(username=user, password=password) if user else NO_ACCESS
+        return EtcdAccess(
+            cafile=str(self.tls.ca),
+            certfile=str(self.tls.cert),
+            keyfile=str(self.tls.key),
+            username=user,
+            password=password,
+        )
 
     @property
     def pid(self) -> int | None:
@@ -72,7 +120,15 @@ class EtcdServer:
             "--initial-cluster", f"{self.name}=http://127.0.0.1:{self.peer_port}",
             "--log-outputs", "stderr",
             "--logger", "zap",
+            "--auth-token-ttl", str(self.auth_token_ttl),
         ]  # fmt: skip
+        if self.tls is not None:
+            cmd += [
+                "--cert-file", str(self.tls.cert),
+                "--key-file", str(self.tls.key),
+                "--trusted-ca-file", str(self.tls.ca),
+                "--client-cert-auth",
+            ]  # fmt: skip
         with open(self._log_path, "ab") as out:
             self._proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -92,19 +148,46 @@ class EtcdServer:
         raise RuntimeError(f"etcd did not become healthy in {timeout}s; log: {self._log_path}")
 
     def _client_urls(self) -> list[str]:
-        urls = [f"http://127.0.0.1:{self.client_port}"]
+        urls = [f"{self.scheme}://127.0.0.1:{self.client_port}"]
         if self.host != "127.0.0.1":
             urls.append(self.endpoint)
         return urls
 
     def healthy(self) -> bool:
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(str(self.tls.cert), str(self.tls.key))
         try:
             with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.client_port}/health", timeout=1
+                f"{self.scheme}://127.0.0.1:{self.client_port}/health", timeout=1, context=context
             ) as r:
                 return b'"true"' in r.read()
         except (urllib.error.URLError, OSError):
             return False
+
+    def enable_auth(self, root_password: str, users: Iterable[EtcdUser]) -> None:
+        """Create `root` and `users` (each with a role on its prefix only), then turn
+        etcd's authentication on: from then on every request needs credentials."""
+        client = EtcdClient(f"{self.scheme}://127.0.0.1:{self.client_port}", access=self.access())
+        try:
+            client.post("/auth/user/add", {"name": "root", "password": root_password})
+            client.post("/auth/user/grant", {"user": "root", "role": "root"})
+            for user in users:
+                role = f"{user.name}-prefix"
+                client.post("/auth/user/add", {"name": user.name, "password": user.password})
+                client.post("/auth/role/add", {"name": role})
+                perm = {
+                    "permType": "READWRITE",
+                    "key": base64.b64encode(user.prefix.encode()).decode(),
+                    "range_end": base64.b64encode(prefix_end(user.prefix).encode()).decode(),
+                }
+                client.post("/auth/role/grant", {"name": role, "perm": perm})
+                client.post("/auth/user/grant", {"user": user.name, "role": role})
+            client.post("/auth/enable", {})
+        finally:
+            client.close()
+        self.root_password = root_password
 
     def stop(self, remove_data: bool | None = None) -> None:
         """Stop the process we started (SIGTERM, then SIGKILL); keep the data unless told."""

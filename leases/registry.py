@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Network
 from leases.config import leasable, parse_config, subnet_range
 from leases.controllers import claim_to_json, member_to_json
 from leases.errors import ConfigMissing, LeaseLost, NetworkExhausted, RegistryError, SubnetTaken
-from leases.etcd_client import EtcdClient
+from leases.etcd_client import NO_ACCESS, EtcdAccess, EtcdClient
 from leases.events import Event
 from leases.keys import KV, Keys
 from leases.metrics import RejectionReporter
@@ -69,11 +69,13 @@ class Registry:
         prefix: str = FLANNEL_DEFAULT_PREFIX,
         *,
         timeout: float = 5.0,
+        access: EtcdAccess = NO_ACCESS,
     ) -> None:
         self.keys = Keys(prefix)
         self._endpoints = endpoints
         self._timeout = timeout
-        self.etcd = EtcdClient(endpoints, timeout=timeout)
+        self._access = access
+        self.etcd = EtcdClient(endpoints, timeout=timeout, access=access)
         self._reporter = RejectionReporter()
 
     def close(self) -> None:
@@ -457,7 +459,7 @@ class Registry:
         `pause` is called inside long validations (see `leases.state.View`).
         """
         return Watch(
-            EtcdClient(self._endpoints, timeout=self._timeout),
+            EtcdClient(self._endpoints, timeout=self._timeout, access=self._access),
             self.keys,
             since=since,
             start_revision=start_revision,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from etcd3gw.exceptions import Etcd3Exception
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from leases.errors import EtcdUnavailable
+from leases.errors import EtcdAccessDenied, EtcdUnavailable, RegistryError
 from leases.etcd_client import GRPC_OUT_OF_RANGE, EtcdClient, WatchEvent, grpc_code
 from leases.events import Event
 from leases.keys import Keys
@@ -138,7 +138,7 @@ class Watch:
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
-        if isinstance(exc, EtcdUnavailable):
+        if isinstance(exc, RegistryError):  # etcd away or refusing us: one line each time
             WATCH_ERRORS.labels("etcd").inc()
             log.warning("watch of %s: %s; retrying in %.1fs", self._keys.root, exc, delay)
         else:
@@ -172,9 +172,13 @@ class Watch:
                             WATCH_RESYNCS.labels("compaction").inc()
                             self._need_relist = True
                             return
-                        raise EtcdUnavailable(
-                            f"etcd canceled the watch: {msg.cancel_reason or 'no reason'}"
-                        )
+                        reason = msg.cancel_reason or "no reason"
+                        if "permission denied" in reason:
+                            raise EtcdAccessDenied(
+                                f"etcd refused the watch of {self._keys.root}: {reason} "
+                                "(the etcd user's role does not grant this key range)"
+                            )
+                        raise EtcdUnavailable(f"etcd canceled the watch: {reason}")
                     if msg.events:
                         self._apply(msg.events)
                     elif (

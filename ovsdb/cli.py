@@ -20,7 +20,7 @@ import click
 from click.core import ParameterSource
 
 from flows.ports import vtep_mac_for
-from leases.cli_options import etcd_options, open_registry, operator_errors
+from leases.cli_options import etcd_options, etcd_params, open_registry, operator_errors
 from leases.config import parse_config
 from leases.etcd_client import parse_endpoints
 from leases.keys import Keys
@@ -50,8 +50,9 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--sysconfig", type=click.Path(dir_okay=False, path_type=Path),
                      help="Read FLANNEL_ETCD[_ENDPOINTS], FLANNEL_ETCD_KEY/_PREFIX and "
-                          "FLANNEL_OPTIONS from an /etc/sysconfig/flanneld-style file "
-                          "(flags and FLANNELD_* variables win)."),
+                          "FLANNEL_OPTIONS (with its -etcd-cafile ... -etcd-password flags) "
+                          "from an /etc/sysconfig/flanneld-style file (flags and FLANNELD_* "
+                          "variables win)."),
         click.option("--public-ip", envvar="FLANNELD_PUBLIC_IP", show_envvar=True,
                      help="This node's underlay address (VXLAN local_ip, the lease's PublicIP). "
                           "Default: the address of --iface."),
@@ -103,7 +104,7 @@ def _apply_sysconfig(ctx: click.Context, params: dict[str, Any]) -> None:
         elif name == "etcd_prefix":
             Keys(value)
         params[name] = value.lower() in ("true", "1") if name == "ip_masq" else value
-        log.info("%s: %s=%s", path, name, params[name])
+        log.info("%s: %s=%s", path, name, "***" if name == "etcd_password" else params[name])
 
 
 def resolve_public_ip(public_ip: str | None, iface: str | None) -> IPv4Address:
@@ -180,7 +181,7 @@ def bootstrap(ctx: click.Context, **params: Any) -> None:
         config = _flag_config(params["network"], subnet_len, params["vni"],
                               params["vxlan_port"], params["mtu"])  # fmt: skip
     else:
-        registry = open_registry(params["etcd_endpoints"], params["etcd_prefix"])
+        registry = open_registry(**etcd_params(params))
         config = registry.get_config()
     if params["subnet"]:
         subnet = IPv4Network(params["subnet"])
@@ -256,7 +257,7 @@ def agent(ctx: click.Context, **params: Any) -> None:
         renew_margin=params["subnet_lease_renew_margin"] * 60,
         lease_ttl=params["subnet_lease_ttl"],
     )
-    registry = open_registry(params["etcd_endpoints"], params["etcd_prefix"])
+    registry = open_registry(**etcd_params(params))
     try:
         runner = Agent(settings, registry)
         runner.install_signal_handlers()

@@ -3,8 +3,9 @@
 The file is shell-style `KEY="value"` lines. Two generations exist:
 FLANNEL_ETCD + FLANNEL_ETCD_KEY (the seed's) and FLANNEL_ETCD_ENDPOINTS +
 FLANNEL_ETCD_PREFIX (later packages). FLANNEL_OPTIONS holds further flanneld
-flags (`-iface=eth0 --public-ip=...`); the ones vxflow understands are taken,
-the rest are reported so nothing is silently dropped.
+flags (`-iface=eth0 --public-ip=... -etcd-cafile=...`); the ones vxflow
+understands are taken (etcd TLS and credentials among them), the rest are
+reported so nothing is silently dropped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ _VARIABLES = (
 _FLAGS = {
     "etcd-endpoints": "etcd_endpoints",
     "etcd-prefix": "etcd_prefix",
+    "etcd-cafile": "etcd_cafile",
+    "etcd-certfile": "etcd_certfile",
+    "etcd-keyfile": "etcd_keyfile",
+    "etcd-username": "etcd_username",
+    "etcd-password": "etcd_password",
     "iface": "iface",
     "public-ip": "public_ip",
     "subnet-file": "subnet_file",

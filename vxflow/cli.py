@@ -21,7 +21,12 @@ _COMMANDS = (
     ("controller.cli", "controller"),
     ("controller.cli", "flows"),
     ("vxflow.demo", "demo"),
+    ("vxflow.pki", "pki"),
 )
+
+# Commands that run os-ken's eventlet hub. It must monkey-patch before anything imports
+# ssl (requests does, for etcd): an SSL context made after a late patch recurses forever.
+_GREEN = {"controller"}
 
 
 class _LazyGroup(click.Group):
@@ -31,6 +36,10 @@ class _LazyGroup(click.Group):
         return sorted({name for _, name in _COMMANDS})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _GREEN:
+            from os_ken.lib import hub
+
+            hub.patch(thread=False)  # as osken-manager does first thing
         for module, name in _COMMANDS:
             if name == cmd_name:
                 return getattr(importlib.import_module(module), name)
