@@ -16,8 +16,8 @@ FLOW_MODS = Counter(
 )
 CHANGES = Counter(
     "vxflow_controller_changes",
-    "changes applied to a switch, by form (bundle, or flow_mod: a one-flow change sent bare "
-    "with its barrier) and outcome",
+    "changes applied to a switch, by form (bundle, or flow_mod: a change of a few flow-mods "
+    "sent bare with one barrier) and outcome",
     ["form", "result"],  # bundle | flow_mod, ok | failed
 )
 OF_ERRORS = Counter(
@@ -38,6 +38,12 @@ SWITCHES = Gauge("vxflow_controller_switches", "switches connected and identifie
 REJECTED = Gauge(
     "vxflow_controller_rejected_items",
     "leases and endpoints the compiler refuses to program (see the log for reasons)",
+)
+REFUSED = Counter(
+    "vxflow_controller_switches_refused",
+    "OpenFlow connections closed because the switch is not who its datapath-id claims "
+    "(certificate naming another PublicIP, or none) or never finished its handshake",
+    ["reason"],  # identity | handshake_timeout
 )
 PACKET_INS = Counter(
     "vxflow_controller_packet_ins",

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from flows.compiler import (
-    BASE_COOKIE,
     NodeTable,
     Row,
     base_flows,
     endpoint_cookie,
     endpoint_flows,
     node_table,
-    remote_lease_flow,
+    remote_lease_flows,
     route_row,
     subnet_cookie,
 )
@@ -148,14 +147,14 @@ class ClusterModel:
             leases, rows = self._selection()
             return node_table(self.config, leases, self.endpoints_of(own), own, rows)
         flows: list[Flow] = []
-        if BASE_COOKIE in scope.cookies:
+        if Owner.BASE in scope.owners:
             flows += base_flows(self.config, own)
         if own is None:
             return flows
         for cookie in scope.cookies:
             lease = self._accepted_by_cookie(cookie)
             if lease is not None and lease.public_ip != own.public_ip:
-                flows.append(remote_lease_flow(self.config, lease, own))
+                flows += remote_lease_flows(self.config, lease, own)
         for endpoint in self.endpoints_of(own):
             if Owner.ENDPOINT in scope.owners or endpoint_cookie(endpoint) in scope.cookies:
                 flows += endpoint_flows(own, endpoint)

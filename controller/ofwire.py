@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network
 
-from flows.compiler import RemoteRoutes, Row
+from flows.compiler import FLOWS_PER_LEASE, RemoteRoutes, Row
 from flows.flow import Flow, Owner, Value, cookie_for
 
 OFP_VERSION = 0x05  # OpenFlow 1.4: the first version with bundles
@@ -100,6 +100,7 @@ FIELDS = {
         _Field("arp_tha", OFB, 25, 6, "mac"),
         _Field("tun_id", OFB, 38, 8, "int"),
         _Field("reg0", NXM1, 0, 4, "int"),
+        _Field("tun_src", NXM1, 31, 4, "ip"),
         _Field("tun_dst", NXM1, 32, 4, "ip"),
     )
 }
@@ -292,33 +293,28 @@ def encode_bundle_adds(bundle_id: int, flows: Iterable[Flow], command: int, firs
 _CODE = re.compile(r"(\d*)([a-zA-Z])")
 
 
-def _route_layout(sample: Flow) -> tuple[tuple[str, ...], tuple[str, ...], tuple[bytes, ...]]:
-    """The bundled add of a remote-lease flow, split into what differs per lease and
-    what one switch's routes share: (struct codes, argument expressions, constants).
-
-    Per lease: the subnet `s` (in the cookie and the ip_dst match), the PublicIP
-    `p` (tun_dst) and the VtepMAC octets `mac` (eth_dst), plus `xid`/`bundle_id`.
-    Everything else is evaluated once on `sample` and packed into constant runs
-    `_c0`, `_c1`, ... (an equivalence test holds this to encode_bundle_adds).
-    """
+def _row_layout(
+    sample: Flow, per_lease: dict[str, str], codes: list[str], exprs: list[str],
+    consts: list[bytes],
+) -> None:
+    """Append the bundled add of `sample`'s shape, split into what differs per lease
+    (`per_lease`: layout argument -> expression of the row) and what one switch's
+    flows of that shape share, packed once into constant runs `_c0`, `_c1`, ...
+    (an equivalence test holds the result to encode_bundle_adds)."""
     fmt, args = _layout(sample, OFPFC_ADD, bundled=True)
-    ip_dst = [name for name, _ in sample.match].index("ip_dst")
-    sets = {a[1]: j for j, a in enumerate(sample.actions) if a[0] == "set_field"}
-    per_lease = {
-        "xid": "xid",
-        "bundle_id": "bundle_id",
-        "f.cookie": f"{cookie_for(Owner.LEASE)} | s",
-        f"int(m[{ip_dst}][1].network_address)": "s",
-        f"int(a[{sets['tun_dst']}][2])": "p",
-        f"_mac(a[{sets['eth_dst']}][2])": "mac",
-    }
     env = {"f": sample, "m": sample.match, "a": sample.actions, "_mac": mac_bytes}
-    codes: list[str] = []
-    exprs: list[str] = []
-    consts: list[bytes] = []
     run = b""
     seen: set[str] = set()
     pending = iter(args)
+
+    def flush() -> None:
+        nonlocal run
+        if run:
+            codes.append(f"{len(run)}s")
+            exprs.append(f"_c{len(consts)}")
+            consts.append(run)
+            run = b""
+
     for part in fmt:
         for count, code in _CODE.findall(part):
             singles = [count + code] if code in "xs" else [code] * int(count or 1)
@@ -326,23 +322,44 @@ def _route_layout(sample: Flow) -> tuple[tuple[str, ...], tuple[str, ...], tuple
                 arg = None if code == "x" else next(pending)
                 if arg in per_lease:
                     seen.add(arg)
-                    if run:
-                        codes.append(f"{len(run)}s")
-                        exprs.append(f"_c{len(consts)}")
-                        consts.append(run)
-                        run = b""
+                    flush()
                     codes.append(single)
                     exprs.append(per_lease[arg])
                 else:
                     values = () if arg is None else (eval(arg, env),)  # our layout's own text
                     run += struct.pack("!" + single, *values)
-    if run:
-        codes.append(f"{len(run)}s")
-        exprs.append(f"_c{len(consts)}")
-        consts.append(run)
+    flush()
     missing = set(per_lease) - seen
     if missing:
         raise ValueError(f"remote-lease flow shape changed: {missing} not in the layout")
+
+
+def _routes_layout(route: Flow, ingress: Flow) -> tuple[tuple[str, ...], ...]:
+    """The bundled adds of one remote lease's two flows (`remote_lease_flows`) as one
+    struct: per lease, the subnet `s` (cookie, ip_dst / ip_src), the PublicIP `p`
+    (tun_dst / tun_src) and the VtepMAC octets `mac` (eth_dst), plus the xids."""
+    codes: list[str] = []
+    exprs: list[str] = []
+    consts: list[bytes] = []
+    cookie = f"{cookie_for(Owner.LEASE)} | s"
+    names = [name for name, _ in route.match]
+    sets = {a[1]: j for j, a in enumerate(route.actions) if a[0] == "set_field"}
+    _row_layout(route, {
+        "xid": "xid",
+        "bundle_id": "bundle_id",
+        "f.cookie": cookie,
+        f"int(m[{names.index('ip_dst')}][1].network_address)": "s",
+        f"int(a[{sets['tun_dst']}][2])": "p",
+        f"_mac(a[{sets['eth_dst']}][2])": "mac",
+    }, codes, exprs, consts)  # fmt: skip
+    names = [name for name, _ in ingress.match]
+    _row_layout(ingress, {
+        "xid": "xid + 1",
+        "bundle_id": "bundle_id",
+        "f.cookie": cookie,
+        f"int(m[{names.index('ip_src')}][1].network_address)": "s",
+        f"int(m[{names.index('tun_src')}][1])": "p",
+    }, codes, exprs, consts)  # fmt: skip
     return tuple(codes), tuple(exprs), tuple(consts)
 
 
@@ -355,7 +372,7 @@ def _route_packer(codes: tuple[str, ...], exprs: tuple[str, ...], consts: tuple[
         "    append = out.append\n"
         "    for s, p, mac in rows:\n"
         f"        append(_pack({', '.join(exprs)}))\n"
-        "        xid += 1\n"
+        f"        xid += {FLOWS_PER_LEASE}\n"
         "    return b''.join(out)\n"
     )
     namespace: dict[str, object] = {f"_c{i}": c for i, c in enumerate(consts)}
@@ -365,12 +382,13 @@ def _route_packer(codes: tuple[str, ...], exprs: tuple[str, ...], consts: tuple[
 
 
 def route_encoder(routes: RemoteRoutes) -> Callable[[Sequence[Row], int, int], bytes]:
-    """`encode(rows, first_xid, bundle_id)`: bundle adds of remote-lease flows straight
-    from rows of `routes` (some or all), xids counting up from `first_xid`. The cold
-    sync's hot path, byte-identical to encode_bundle_adds of the same flows."""
+    """`encode(rows, first_xid, bundle_id)`: bundle adds of the remote-lease flows of
+    rows of `routes` (some or all; FLOWS_PER_LEASE messages per row, in RemoteRoutes'
+    order), xids counting up from `first_xid`. The cold sync's hot path,
+    byte-identical to encode_bundle_adds of the same flows."""
     if not routes:
         return lambda rows, first_xid, bundle_id: b""
-    return _route_packer(*_route_layout(routes.flow(0)))
+    return _route_packer(*_routes_layout(routes.flow(0), routes.flow(1)))
 
 
 def encode_bundle_control(bundle_id: int, ctrl_type: int, xid: int) -> bytes:

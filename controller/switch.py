@@ -5,10 +5,13 @@ bytes, so this logic runs the same under a real switch and in unit tests.
 
 A sync sends only the difference between what the switch holds (read back
 with flow stats on connect, then tracked as changes land) and what it should
-hold, inside one atomic bundle followed by a barrier. A difference of exactly
-one flow-mod (one lease added, changed or removed: the common event) is atomic
-on its own, so it goes out bare with its barrier in one write, one round trip
-instead of a bundle's two. A table that is already right gets no flow-mod at
+hold, inside one atomic bundle followed by a barrier. A difference of at most
+UNBUNDLED flow-mods (one lease added, changed or removed: the common event,
+which touches its route and its tunnel-ingress check) goes out bare, deletes
+first, with one barrier in one write: one round trip instead of a bundle's
+two. Each flow-mod is atomic on its own; between them the table holds at most
+the old flows minus the deleted ones plus some of the new, never a flow
+outside either table, for the microseconds the switch takes to apply them. A table that is already right gets no flow-mod at
 all. A change that fails is logged per offending flow and retried from a fresh
 readback, so nothing is ever left half-applied or assumed.
 """
@@ -25,13 +28,14 @@ from typing import Protocol
 
 from controller import metrics, ofwire
 from controller.model import FULL, NOTHING, Scope
-from flows.compiler import NodeTable
+from flows.compiler import FLOWS_PER_LEASE, NodeTable
 from flows.diff import FlowDiff, diff_table
 from flows.flow import Flow, FlowKey, to_ofctl
 
 log = logging.getLogger(__name__)
 
 CHUNK = 2048  # flow-mods per write: the switch parses one chunk while the next is encoded
+UNBUNDLED = 3  # largest change sent bare: a lease moving to a new PublicIP (1 delete, 2 adds)
 MAX_RETRY_DELAY = 30.0
 
 
@@ -56,8 +60,8 @@ class _Change:
     A bundle's xids: open, one per message, add-barrier, commit/discard, barrier.
     OVS drops a bundled message it rejects but would still commit the rest, so
     the commit is only sent once the add-barrier confirmed every add was taken.
-    A bare change (`bundle_id` None) is one flow-mod then its barrier; the
-    switch sends any OFPT_ERROR for the flow-mod before that barrier's reply.
+    A bare change (`bundle_id` None) is its few flow-mods then one barrier; the
+    switch sends any OFPT_ERROR for a flow-mod before that barrier's reply.
     """
 
     bundle_id: int | None  # None: one bare flow-mod
@@ -300,18 +304,22 @@ class SwitchSync:
         self.state = State.APPLYING
         metrics.DELETES.inc(len(diff.delete))
         metrics.ADDS.inc(len(diff) - len(diff.delete))
-        if len(diff) == 1:
+        if len(diff) <= UNBUNDLED and diff.routes is None:
             self._send_bare(diff)
         else:
             self._send_bundle(diff)
 
     def _send_bare(self, diff: FlowDiff) -> None:
-        """One flow-mod and its barrier in one write: a single flow-mod is atomic."""
-        command = ofwire.OFPFC_DELETE_STRICT if diff.delete else ofwire.OFPFC_ADD
-        (flow,) = diff.delete or tuple(diff.added())
-        xid = self.channel.xids(2)
-        self._change = _Change(None, xid, [(command, flow)], diff)
-        self.channel.send(ofwire.encode_flow_mod(flow, command, xid) + ofwire.encode_barrier(xid + 1))
+        """A few flow-mods, deletes first, and one barrier in one write (see the module doc)."""
+        messages = [(ofwire.OFPFC_DELETE_STRICT, f) for f in diff.delete]
+        messages += [(ofwire.OFPFC_ADD, f) for f in diff.add]
+        first = self.channel.xids(len(messages) + 1)
+        self._change = _Change(None, first, messages, diff)
+        data = b"".join(
+            ofwire.encode_flow_mod(flow, command, first + i)
+            for i, (command, flow) in enumerate(messages)
+        )
+        self.channel.send(data + ofwire.encode_barrier(first + len(messages)))
 
     def _send_bundle(self, diff: FlowDiff) -> None:
         messages = [(ofwire.OFPFC_DELETE_STRICT, f) for f in diff.delete]
@@ -326,16 +334,18 @@ class SwitchSync:
         xid = first + 1
         routes = diff.routes
         encode_routes = ofwire.route_encoder(routes) if routes else None
-        parts: list[tuple[Sequence, Callable[[Sequence, int], bytes]]] = [
-            (diff.delete, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_DELETE_STRICT, x)),
-            (diff.add, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_ADD, x)),
-            (routes.rows if routes else (), lambda c, x: encode_routes(c, x, bundle_id)),
+        # (items, encoder, flow-mods per item): a route row carries a lease's flows
+        parts: list[tuple[Sequence, Callable[[Sequence, int], bytes], int]] = [
+            (diff.delete, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_DELETE_STRICT, x), 1),
+            (diff.add, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_ADD, x), 1),
+            (routes.rows if routes else (), lambda c, x: encode_routes(c, x, bundle_id), FLOWS_PER_LEASE),
         ]  # fmt: skip
-        for items, encode in parts:
-            for i in range(0, len(items), CHUNK):
-                chunk = items[i : i + CHUNK]
+        for items, encode, per_item in parts:
+            step = CHUNK // per_item
+            for i in range(0, len(items), step):
+                chunk = items[i : i + step]
                 send(encode(chunk, xid))
-                xid += len(chunk)
+                xid += len(chunk) * per_item
                 self.pause()  # the switch parses this chunk while we encode the next
                 if self.closed:  # disconnected meanwhile: the new session resyncs
                     return

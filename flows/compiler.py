@@ -4,8 +4,15 @@ Pipeline (every table ends in an explicit priority-0 drop; nothing is flooded,
 nothing goes to the controller):
 
 - CLASSIFY (0), by in_port:
-  tunnel port + tun_id == VNI + IPv4 from the overlay -> LOCAL (tunnel traffic
-  is only ever delivered, never routed back into the tunnel);
+  tunnel port: one flow per remote lease admits IPv4 with tun_id == VNI,
+  tun_src == that lease's PublicIP and a source inside that lease's subnet
+  (where flannel's and vxflow's hosts send from too: subnet.0 and .1) -> LOCAL
+  (tunnel traffic is only ever delivered, never routed back into the tunnel).
+  Anything else from the tunnel is dropped by one of two counting flows, each
+  with its own cookie so `ovs-ofctl dump-flows` shows its n_packets: an overlay
+  source its sender does not lease (DROP_TUNNEL_SPOOFED: a rogue underlay host,
+  or a node claiming another's subnet), or anything else (DROP_TUNNEL_OTHER:
+  another VNI, not IPv4, a source outside the overlay);
   gateway port with the gateway MAC: IPv4 -> ROUTE, ARP -> ARP;
   pod port: only its own MAC + IP (ARP: own sha + spa) -> ROUTE / ARP.
 - ARP (10): requests are answered by the switch out of the asking port: a
@@ -57,6 +64,9 @@ PRIO_DEFAULT = 1  # everything else routed to the host
 PRIO_MISS = 0  # table-miss: drop
 
 BASE_COOKIE = cookie_for(Owner.BASE)
+# Drops worth counting apart: base flows with cookies of their own (see the module doc).
+DROP_TUNNEL_SPOOFED = cookie_for(Owner.BASE, 1)
+DROP_TUNNEL_OTHER = cookie_for(Owner.BASE, 2)
 
 
 def subnet_cookie(subnet: IPv4Network) -> int:
@@ -106,16 +116,17 @@ def base_flows(config: NetworkConfig, own: Lease | None) -> list[Flow]:
     flows += [
         flow(
             Table.CLASSIFY,
-            PRIO_EXACT,
+            PRIO_OVERLAY,
             {
                 "in_port": TUNNEL_OFPORT,
                 "tun_id": config.backend.vni,
                 "eth_type": ip,
                 "ip_src": config.network,
             },
-            [goto_table(Table.LOCAL)],
-            c,
+            (),
+            DROP_TUNNEL_SPOOFED,
         ),
+        flow(Table.CLASSIFY, PRIO_DEFAULT, {"in_port": TUNNEL_OFPORT}, (), DROP_TUNNEL_OTHER),
         flow(
             Table.CLASSIFY,
             PRIO_EXACT,
@@ -171,19 +182,25 @@ def base_flows(config: NetworkConfig, own: Lease | None) -> list[Flow]:
 
 
 _ROUTE = int(Table.ROUTE)
+_CLASSIFY = int(Table.CLASSIFY)
 _MATCH_IP = ("eth_type", ETH_TYPE_IP)
+_MATCH_TUNNEL = ("in_port", TUNNEL_OFPORT)
 _TO_TUNNEL = output(TUNNEL_OFPORT)
+_TO_LOCAL = goto_table(Table.LOCAL)
 _LEASE_COOKIE = cookie_for(Owner.LEASE)
+FLOWS_PER_LEASE = 2  # what a remote lease adds to a switch: its route and its ingress check
 
 
-def remote_lease_flow(config: NetworkConfig, lease: Lease, own: Lease) -> Flow:
-    """The one flow a remote lease contributes to `own`'s switch.
+def remote_lease_flows(config: NetworkConfig, lease: Lease, own: Lease) -> tuple[Flow, Flow]:
+    """The flows a remote lease contributes to `own`'s switch: its route (ROUTE) and
+    its tunnel-ingress check (CLASSIFY), under the lease's cookie.
 
     The caller guarantees both leases were accepted by `select_leases` and differ.
-    Built directly rather than through `flow()`: a node holds one of these per
+    Built directly rather than through `flow()`: a node holds these for every
     lease in the cluster, so this is the compiler's hot path.
     """
-    return Flow(
+    cookie = _LEASE_COOKIE | int(lease.subnet.network_address)
+    route = Flow(
         _ROUTE,
         PRIO_EXACT,
         (_MATCH_IP, ("ip_dst", lease.subnet)),
@@ -194,8 +211,22 @@ def remote_lease_flow(config: NetworkConfig, lease: Lease, own: Lease) -> Flow:
             ("set_field", "tun_id", config.backend.vni),
             _TO_TUNNEL,
         ),
-        _LEASE_COOKIE | int(lease.subnet.network_address),
+        cookie,
     )
+    ingress = Flow(
+        _CLASSIFY,
+        PRIO_EXACT,
+        (
+            _MATCH_IP,
+            _MATCH_TUNNEL,
+            ("ip_src", lease.subnet),
+            ("tun_id", config.backend.vni),
+            ("tun_src", lease.public_ip),
+        ),
+        (_TO_LOCAL,),
+        cookie,
+    )
+    return route, ingress
 
 
 @lru_cache(maxsize=1024)
@@ -262,12 +293,13 @@ def route_row(lease: Lease) -> Row:
 
 @dataclass(frozen=True)
 class RemoteRoutes:
-    """The remote-lease flows of `own`'s switch, one per lease, kept compact.
+    """The remote-lease flows of `own`'s switch (FLOWS_PER_LEASE per lease), kept compact.
 
-    They are most of a table (one per node in the cluster) and all share one
-    shape, so they stay rows until Flow values are really needed (a diff
+    They are most of a table (two per node in the cluster) and share two
+    shapes, so they stay rows until Flow values are really needed (a diff
     against a table that holds some, an error report): a cold sync encodes
-    the rows straight to bytes (controller/ofwire.py).
+    the rows straight to bytes (controller/ofwire.py). Flow `i` is flow
+    `i % FLOWS_PER_LEASE` of `remote_lease_flows` of lease `i // FLOWS_PER_LEASE`.
     """
 
     config: NetworkConfig
@@ -276,13 +308,16 @@ class RemoteRoutes:
     rows: Sequence[Row]  # route_row of each lease, in the same order
 
     def __len__(self) -> int:
-        return len(self.leases)
+        """The number of flows (not of leases)."""
+        return FLOWS_PER_LEASE * len(self.leases)
 
     def flow(self, i: int) -> Flow:
-        return remote_lease_flow(self.config, self.leases[i], self.own)
+        lease, kind = divmod(i, FLOWS_PER_LEASE)
+        return remote_lease_flows(self.config, self.leases[lease], self.own)[kind]
 
     def flows(self) -> list[Flow]:
-        return [remote_lease_flow(self.config, lease, self.own) for lease in self.leases]
+        config, own = self.config, self.own
+        return [f for lease in self.leases for f in remote_lease_flows(config, lease, own)]
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
 
 from controller import ofwire
-from flows.compiler import compile_node, node_table
-from flows.flow import Flow
+from flows.compiler import FLOWS_PER_LEASE, compile_node, node_table
+from flows.flow import Flow, Table
 from flows.ports import vtep_mac_for
 from leases.model import BackendConfig, Endpoint, Lease, NetworkConfig
 
@@ -22,6 +22,7 @@ OSKEN_NAME = {
     "ip_dst": "ipv4_dst",
     "tun_id": "tunnel_id",
     "tun_dst": "tun_ipv4_dst",
+    "tun_src": "tun_ipv4_src",
 }
 CONFIG = NetworkConfig(IPv4Network("198.19.0.0/16"), backend=BackendConfig(vni=4096))
 
@@ -164,20 +165,25 @@ def test_bulk_encoding_equals_one_message_at_a_time():
 
 def test_route_rows_encode_exactly_as_their_flows():
     """The cold sync's row encoder equals the generic one (itself equal to os-ken's),
-    for any slice of the rows and any xid, with MACs and PublicIPs that vary per lease."""
+    for any slice of the rows and any xid, with MACs and PublicIPs that vary per lease:
+    each row is its lease's route and tunnel-ingress check, in that order."""
     many = leases(250)
     many[7] = replace(many[7], vtep_mac="fe:ff:00:01:80:7f")
     own = many[3]
     routes = node_table(CONFIG, many, [], own).routes
-    assert routes is not None and len(routes) == len(many) - 1
+    assert routes is not None and len(routes) == FLOWS_PER_LEASE * (len(many) - 1)
     flows = routes.flows()
+    assert [f.table for f in flows[:2]] == [Table.ROUTE, Table.CLASSIFY]
     encode = ofwire.route_encoder(routes)
-    for start, stop, xid in ((0, len(flows), 1), (5, 6, 0xFFFFFF00), (17, 240, 4242)):
+    n = FLOWS_PER_LEASE
+    for start, stop, xid in ((0, len(routes.rows), 1), (5, 6, 0xFFFFFF00), (17, 240, 4242)):
         assert encode(routes.rows[start:stop], xid, 3) == (
-            ofwire.encode_bundle_adds(3, flows[start:stop], ofwire.OFPFC_ADD, xid)
+            ofwire.encode_bundle_adds(3, flows[n * start : n * stop], ofwire.OFPFC_ADD, xid)
         )
-    inner = osken_flow_mod(flows[6], ofp.OFPFC_ADD)
-    inner.set_xid(9)
-    add = parser.OFPBundleAddMsg(DP, 3, ofp.OFPBF_ATOMIC, inner, [])
-    assert encode(routes.rows[6:7], 9, 3) == serialized(add, 9)
+    expected = b""
+    for i, f in enumerate(flows[n * 6 : n * 7]):
+        inner = osken_flow_mod(f, ofp.OFPFC_ADD)
+        inner.set_xid(9 + i)
+        expected += serialized(parser.OFPBundleAddMsg(DP, 3, ofp.OFPBF_ATOMIC, inner, []), 9 + i)
+    assert encode(routes.rows[6:7], 9, 3) == expected
     assert encode([], 9, 3) == b""

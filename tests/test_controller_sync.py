@@ -85,10 +85,12 @@ def bare_mods(messages) -> list[int]:
 
 
 def land_bare(sync: SwitchSync, messages) -> None:
-    """Check a bare change's shape (one flow-mod, then its barrier) and answer the barrier."""
-    (fm, fm_xid, _), (barrier, barrier_xid, _) = messages
-    assert (fm, barrier) == (ofwire.OFPT_FLOW_MOD, ofwire.OFPT_BARRIER_REQUEST)
-    assert barrier_xid == fm_xid + 1
+    """Check a bare change's shape (its flow-mods, then one barrier, xids consecutive)
+    and answer the barrier."""
+    *mods, (barrier, barrier_xid, _) = messages
+    assert mods and {t for t, _, _ in mods} == {ofwire.OFPT_FLOW_MOD}
+    assert barrier == ofwire.OFPT_BARRIER_REQUEST
+    assert [x for _, x, _ in mods] == list(range(barrier_xid - len(mods), barrier_xid))
     sync.on_barrier(barrier_xid)
 
 
@@ -159,8 +161,10 @@ def test_a_rejected_route_of_a_cold_sync_is_named(caplog):
     read_back(sync, channel, [])
     sent = channel.take()
     adds = [x for t, x, _ in sent if t == ofwire.OFPT_BUNDLE_ADD_MESSAGE]
-    assert sync.on_error(adds[-1], 4, 9, b"")  # the last add is the last remote lease's route
+    assert sync.on_error(adds[-2], 4, 9, b"")  # the last remote lease's route...
     assert "rejected add of flow" in caplog.text and "ip_dst=198.19.3.0/24" in caplog.text
+    assert sync.on_error(adds[-1], 4, 9, b"")  # ...and its tunnel-ingress check
+    assert "tun_src=198.18.0.3" in caplog.text
     assert not sync.on_error(adds[-1] + 4, 4, 9, b"")  # past the bundle: not ours
 
 
@@ -198,22 +202,25 @@ def synced_pair(model: ClusterModel) -> dict[int, tuple[SwitchSync, Recorder, li
     return syncs
 
 
-def test_lease_event_is_one_bare_flow_mod_and_barrier_per_switch():
-    """A one-flow change needs no bundle: flow-mod + barrier in one write, one round trip."""
+def test_lease_event_is_bare_flow_mods_and_one_barrier_per_switch():
+    """A lease's change needs no bundle: its flow-mods + a barrier in one write, one round
+    trip (route and ingress check; a new PublicIP replaces the route in place and moves
+    the ingress check to a new key: deleted first)."""
     model = model_with(lease(1), lease(2))
     syncs = synced_pair(model)
+    add, delete = ofwire.OFPFC_ADD, ofwire.OFPFC_DELETE_STRICT
     steps = [
-        (LeaseAdded(lease(3), 10), ofwire.OFPFC_ADD),
-        (LeaseChanged(lease(3), lease(3, ip=33), 11), ofwire.OFPFC_ADD),  # replaces in place
-        (LeaseRemoved(lease(3, ip=33), 12), ofwire.OFPFC_DELETE_STRICT),
+        (LeaseAdded(lease(3), 10), [add, add]),
+        (LeaseChanged(lease(3), lease(3, ip=33), 11), [delete, add, add]),
+        (LeaseRemoved(lease(3, ip=33), 12), [delete, delete]),
     ]
-    for event, command in steps:
+    for event, commands in steps:
         impact = model.apply([event])
         for sync, channel, _ in syncs.values():
             writes = channel.writes
             sync.request(impact.scope_for(sync.node, model.own_lease(sync.node).subnet))
             sent = channel.take()
-            assert channel.writes == writes + 1 and bare_mods(sent) == [command]
+            assert channel.writes == writes + 1 and bare_mods(sent) == commands
             assert sync.state is State.APPLYING
             land_bare(sync, sent)
             assert sync.state is State.IDLE and channel.take() == []
@@ -237,13 +244,13 @@ def test_rejected_bare_flow_mod_is_named_counted_and_retried_from_a_readback(cap
     assert "rejected add of flow" in caplog.text and "ip_dst=198.19.3.0/24" in caplog.text
     assert (errors._value.get(), failed._value.get()) == (before[0] + 1, before[1] + 1)
     assert subnet_cookie(lease(3).subnet) not in {f.cookie for f in sync.installed.values()}
-    assert not sync.on_error(fm_xid + 2, 5, 1, b"")  # past the change: not ours
+    assert not sync.on_error(fm_xid + 3, 5, 1, b"")  # past the change: not ours
     (delay, retry), = delayed
     assert delay == 0.5
     retry()  # a fresh readback (read_back checks it is the only message), not a blind resend
     read_back(sync, channel, compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip))
     sent = channel.take()
-    assert bare_mods(sent) == [ofwire.OFPFC_ADD]  # the full resync re-sends just that flow
+    assert bare_mods(sent) == [ofwire.OFPFC_ADD] * 2  # the resync re-sends just those flows
     land_bare(sync, sent)
     assert set(sync.installed.values()) == compile_node(CONFIG, model.leases(), [], sync.node)
 
@@ -253,7 +260,7 @@ def test_a_refused_barrier_of_a_bare_flow_mod_fails_the_change(caplog):
     (sync, channel, delayed), _ = synced_pair(model).values()
     sync.request(model.apply([LeaseAdded(lease(3), 10)]).scope_for(sync.node, lease(1).subnet))
     sent = channel.take()
-    assert sync.on_error(sent[1][1], 1, 1, b"")
+    assert sync.on_error(sent[-1][1], 1, 1, b"")  # the barrier
     land_bare(sync, sent)
     assert "barrier failed (error type 1 code 1)" in caplog.text
     assert len(delayed) == 1 and sync.state is State.IDLE  # resync from a readback, later
@@ -265,8 +272,9 @@ def test_scoped_sync_leaves_other_owners_alone():
     sync.start()
     junk = flow(0, 500, {"in_port": 9}, [output(9)], 0x1234)
     read_back(sync, channel, [*compile_node(CONFIG, [lease(1)], [], lease(1).public_ip), junk])
-    sent = channel.take()  # full sync after readback: adds the lease-2 flow, deletes junk
-    assert sorted(bundle_adds(sent)) == [ofwire.OFPFC_ADD, ofwire.OFPFC_DELETE_STRICT]
+    sent = channel.take()  # full sync after readback: adds the lease-2 flows, deletes junk
+    # no route on the switch yet: the routes go compact, in a bundle
+    assert sorted(bundle_adds(sent)) == [ofwire.OFPFC_ADD] * 2 + [ofwire.OFPFC_DELETE_STRICT]
     finish(sync, channel, sent)
     sync.request(Scope(cookies=frozenset({subnet_cookie(lease(2).subnet)})))
     assert channel.take() == []
@@ -282,7 +290,7 @@ def test_events_arriving_during_a_bundle_are_sent_after_it():
     sync.request(impact.scope_for(sync.node, lease(1).subnet))
     assert channel.take() == []  # one change in flight at a time
     finish(sync, channel, first)
-    assert bare_mods(channel.messages) == [ofwire.OFPFC_ADD]
+    assert bare_mods(channel.messages) == [ofwire.OFPFC_ADD] * 2
 
 
 def test_nothing_is_touched_without_a_config():

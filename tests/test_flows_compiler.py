@@ -7,7 +7,14 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from flows.compiler import compile_node, endpoint_flows, miss_flows, remote_lease_flow
+from flows.compiler import (
+    DROP_TUNNEL_OTHER,
+    DROP_TUNNEL_SPOOFED,
+    compile_node,
+    endpoint_flows,
+    miss_flows,
+    remote_lease_flows,
+)
 from flows.flow import (
     ARP_REQUEST,
     ETH_TYPE_ARP,
@@ -49,6 +56,10 @@ PODS = [endpoint(1, 10, 5), endpoint(1, 11, 6), endpoint(2, 10, 5)]
 NODE1 = IPv4Address("198.18.0.1")
 
 
+def route_of(lease: Lease, own: Lease) -> Flow:
+    return remote_lease_flows(CONFIG, lease, own)[0]
+
+
 def table(flows: frozenset[Flow], t: Table) -> list[Flow]:
     return sorted((f for f in flows if f.table == t), key=lambda f: -f.priority)
 
@@ -66,8 +77,9 @@ def matches(f: Flow, packet: dict) -> bool:
     return True
 
 
-def run(flows: frozenset[Flow], packet: dict) -> tuple:
-    """A tiny OpenFlow interpreter: highest-priority match per table, follow goto_table."""
+def run(flows: frozenset[Flow], packet: dict, hit: list[Flow] | None = None) -> tuple:
+    """A tiny OpenFlow interpreter: highest-priority match per table, follow goto_table.
+    `hit` collects the flow matched in each table."""
     t = Table.CLASSIFY
     actions: list = []
     while True:
@@ -75,6 +87,8 @@ def run(flows: frozenset[Flow], packet: dict) -> tuple:
         assert candidates, f"no flow (not even table-miss) in table {t} for {packet}"
         top = candidates[0]
         assert len([c for c in candidates if c.priority == top.priority]) == 1, "ambiguous match"
+        if hit is not None:
+            hit.append(top)
         gotos = [a for a in top.actions if a[0] == "goto_table"]
         actions += [a for a in top.actions if a[0] != "goto_table"]
         if not gotos:
@@ -117,6 +131,8 @@ def test_keys_are_unique_and_cookies_name_owners(node1):
     owners = {owner_of(f.cookie) for f in node1}
     assert owners == {
         (Owner.BASE, 0),
+        (Owner.BASE, 1),  # DROP_TUNNEL_SPOOFED
+        (Owner.BASE, 2),  # DROP_TUNNEL_OTHER
         (Owner.LEASE, int(IPv4Address("198.19.2.0"))),
         (Owner.LEASE, int(IPv4Address("198.19.3.0"))),
         (Owner.ENDPOINT, int(IPv4Address("198.19.1.10"))),
@@ -124,16 +140,22 @@ def test_keys_are_unique_and_cookies_name_owners(node1):
     }
 
 
-def test_tunnel_ingress_only_with_the_vni_and_only_delivered_locally(node1):
-    pod = PODS[0]
-    pkt = {
+def from_node2(pod: Endpoint) -> dict:
+    """What node 2 (198.18.0.2, 198.19.2.0/24) sends through the tunnel to `pod`."""
+    return {
         "in_port": TUNNEL_OFPORT,
         "tun_id": 7,
+        "tun_src": IPv4Address("198.18.0.2"),
         "eth_type": ETH_TYPE_IP,
         "ip_src": IPv4Address("198.19.2.10"),
         "ip_dst": pod.ip,
         "eth_src": "0e:76:c6:12:00:02",
     }
+
+
+def test_tunnel_ingress_only_with_the_vni_and_only_delivered_locally(node1):
+    pod = PODS[0]
+    pkt = from_node2(pod)
     assert outputs(run(node1, pkt)) == [pod.ofport]
     assert ("dec_ttl",) not in run(node1, pkt)  # TTL only decremented into the tunnel
     assert run(node1, {**pkt, "tun_id": 8}) == ()  # another VNI: dropped
@@ -142,6 +164,37 @@ def test_tunnel_ingress_only_with_the_vni_and_only_delivered_locally(node1):
     assert run(node1, {**pkt, "ip_dst": IPv4Address("198.19.3.10")}) == ()
     # to the node itself (its gateway address)
     assert outputs(run(node1, {**pkt, "ip_dst": IPv4Address("198.19.1.1")})) == [GATEWAY_OFPORT]
+
+
+def test_tunnel_ingress_only_from_the_leases_public_ip_and_subnet(node1):
+    """A remote subnet's traffic is accepted only from its lease's PublicIP (tun_src)
+    and with a source inside that subnet; each kind of drop hits its own counting flow."""
+    pod = PODS[0]
+    pkt = from_node2(pod)
+
+    def verdict(**change) -> tuple[tuple, int]:
+        hit: list[Flow] = []
+        return run(node1, {**pkt, **change}, hit), hit[0].cookie
+
+    assert outputs(verdict()[0]) == [pod.ofport]
+    # flannel's host sends from subnet.0 (flannel.1), vxflow's from subnet.1 (vxgw0)
+    for host in ("198.19.2.0", "198.19.2.1"):
+        assert outputs(verdict(ip_src=IPv4Address(host))[0]) == [pod.ofport]
+    assert outputs(verdict(tun_src=IPv4Address("198.18.0.3"),
+                           ip_src=IPv4Address("198.19.3.9"))[0]) == [pod.ofport]  # fmt: skip
+    rogue = IPv4Address("198.18.0.66")  # an underlay host that holds no lease
+    assert verdict(tun_src=rogue) == ((), DROP_TUNNEL_SPOOFED)
+    # node 3 claiming node 2's subnet, or the receiver's own subnet
+    assert verdict(tun_src=IPv4Address("198.18.0.3")) == ((), DROP_TUNNEL_SPOOFED)
+    assert verdict(ip_src=IPv4Address("198.19.1.10")) == ((), DROP_TUNNEL_SPOOFED)
+    assert verdict(ip_src=IPv4Address("198.19.200.1")) == ((), DROP_TUNNEL_SPOOFED)
+    assert verdict(tun_id=8) == ((), DROP_TUNNEL_OTHER)
+    assert verdict(ip_src=IPv4Address("192.0.2.1")) == ((), DROP_TUNNEL_OTHER)
+    assert verdict(eth_type=ETH_TYPE_ARP) == ((), DROP_TUNNEL_OTHER)
+    ingress = [f for f in node1 if f.table == Table.CLASSIFY and ("tun_src", pkt["tun_src"])
+               in f.match]  # fmt: skip
+    assert ingress == [remote_lease_flows(CONFIG, LEASES[1], LEASES[0])[1]]
+    assert ingress[0].cookie == route_of(LEASES[1], LEASES[0]).cookie  # one owner: the lease
 
 
 def test_spoof_guard_admits_only_the_pods_own_mac_and_ip(node1):
@@ -209,7 +262,7 @@ def test_local_pod_exact_delivery_rewrites_macs(node1):
     assert run(node1, pod_packet(PODS[0], "198.19.1.99")) == ()
 
 
-def test_remote_lease_one_flow_encapsulating_like_flannel(node1):
+def test_remote_lease_route_encapsulating_like_flannel(node1):
     actions = run(node1, pod_packet(PODS[0], "198.19.2.10"))
     assert actions == (
         ("dec_ttl",),
@@ -220,8 +273,8 @@ def test_remote_lease_one_flow_encapsulating_like_flannel(node1):
         ("output", TUNNEL_OFPORT),
     )
     per_lease = [f for f in node1 if owner_of(f.cookie)[0] == Owner.LEASE]
-    assert len(per_lease) == 2  # one per remote lease, none for the node's own
-    assert remote_lease_flow(CONFIG, LEASES[1], LEASES[0]) in node1
+    assert len(per_lease) == 4  # route + ingress check per remote lease, none for its own
+    assert set(remote_lease_flows(CONFIG, LEASES[1], LEASES[0])) <= node1
     # dec_ttl appears only on the way into the tunnel
     assert all(
         (("dec_ttl",) in f.actions) == (("output", TUNNEL_OFPORT) in f.actions) for f in node1
@@ -271,7 +324,7 @@ def test_invalid_or_conflicting_lease_yields_no_flow(bad):
     assert compile_node(CONFIG, [*LEASES, bad], PODS, bad.public_ip) == frozenset(miss_flows())
     # a bystander keeps its routes to the good leases
     node3 = compile_node(CONFIG, [*LEASES, bad], PODS, IPv4Address("198.18.0.3"))
-    assert remote_lease_flow(CONFIG, LEASES[0], LEASES[2]) in node3
+    assert route_of(LEASES[0], LEASES[2]) in node3
     if bad.public_ip != LEASES[1].public_ip:
         assert node3 == compile_node(CONFIG, LEASES, PODS, IPv4Address("198.18.0.3"))
 
@@ -344,9 +397,12 @@ def test_nodes_never_capture_each_others_traffic():
 def test_lease_change_replaces_the_flow_under_the_same_key():
     moved = replace(LEASES[1], public_ip=IPv4Address("198.18.0.42"))
     moved = replace(moved, vtep_mac=vtep_mac_for(moved.public_ip))
-    old = remote_lease_flow(CONFIG, LEASES[1], LEASES[0])
-    new = remote_lease_flow(CONFIG, moved, LEASES[0])
+    old = route_of(LEASES[1], LEASES[0])
+    new = route_of(moved, LEASES[0])
     assert old.key == new.key and old.cookie == new.cookie and old != new
+    # the ingress check names the PublicIP in its match: a new key, the old one goes
+    old_in, new_in = (remote_lease_flows(CONFIG, lz, LEASES[0])[1] for lz in (LEASES[1], moved))
+    assert old_in.key != new_in.key and old_in.cookie == new_in.cookie
 
 
 def test_lease_guard_ranges_and_macs_are_ipaddress_ones():

@@ -78,7 +78,7 @@ def _table(own_index: int = 0):
 
 def test_cold_switch_gets_the_routes_compact_and_the_same_table():
     table = _table()
-    assert len(table.routes) == 4 and len(table) == len(list(table)) == len(set(table))
+    assert len(table.routes) == 2 * 4 and len(table) == len(list(table)) == len(set(table))
     cold = diff_table([B], table)
     assert cold.routes is table.routes and cold.delete == (B,)
     assert set(cold.added()) == set(table) == set(diff_flows([B], table).add)
