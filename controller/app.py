@@ -23,11 +23,16 @@ import time
 import prometheus_client
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
-from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.controller.handler import (
+    DEAD_DISPATCHER,
+    HANDSHAKE_DISPATCHER,
+    MAIN_DISPATCHER,
+    set_ev_cls,
+)
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_4
 
-from controller import metrics, ofwire
+from controller import guard, identity, metrics, ofwire
 from controller.model import ClusterModel, Impact
 from controller.options import CONF, etcd_access
 from controller.replica import Coordinator, Membership, advertised_target, default_member_id
@@ -84,9 +89,16 @@ class VxflowController(app_manager.OSKenApp):
         self.endpoints = CONF.vxflow_etcd_endpoints
         self.prefix = CONF.vxflow_etcd_prefix
         self.access = etcd_access()
-        port = CONF.ofp_tcp_listen_port or 6653
+        guard.install(CONF)
+        self.tls = bool(CONF.ctl_privkey and CONF.ctl_cert)
+        if not self.tls:
+            log.warning("OpenFlow over plain TCP: switches are not authenticated (demo only; "
+                        "give a key, certificate and CA for TLS)")  # fmt: skip
+        port = (CONF.ofp_ssl_listen_port if self.tls else CONF.ofp_tcp_listen_port) or 6653
         member_id = CONF.vxflow_controller_id or default_member_id(port)
-        address = CONF.vxflow_advertise or advertised_target(CONF.ofp_listen_host or "", port)
+        address = CONF.vxflow_advertise or advertised_target(
+            CONF.ofp_listen_host or "", port, "ssl" if self.tls else "tcp"
+        )
         for problem in (member_id_problem(member_id), address and target_problem(address)):
             if problem:
                 raise ValueError(problem)
@@ -199,6 +211,12 @@ class VxflowController(app_manager.OSKenApp):
         else:
             log.info("switch of %s (%s) in sync: %d flows", sync.node, own.subnet, len(sync.installed))
 
+    @set_ev_cls(ofp_event.EventOFPStateChange, HANDSHAKE_DISPATCHER)
+    def _connected(self, ev) -> None:
+        guard.enforce_handshake_deadline(
+            ev.datapath, hub.spawn_after, MAIN_DISPATCHER, DEAD_DISPATCHER
+        )
+
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev) -> None:
         dp = ev.datapath
@@ -221,6 +239,8 @@ class VxflowController(app_manager.OSKenApp):
                 "PublicIP); leaving it alone", dp.id, dp.address,
             )
             return
+        if self.tls and not identity.admit(dp, node):
+            return  # refused before it could displace the switch that holds this datapath-id
         old = self.switches.get(dp.id)
         if old is not None:
             old.close()

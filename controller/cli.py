@@ -34,7 +34,7 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--listen", default="127.0.0.1", show_default=True,
               help="Address to accept OpenFlow connections on.")
 @click.option("--port", default=6653, show_default=True, type=click.IntRange(1, 65535),
-              help="OpenFlow TCP port.")
+              help="OpenFlow port (TCP, or TLS with --ctl-privkey).")
 @click.option("--audit-interval", default=60.0, show_default=True, type=click.FloatRange(0),
               envvar="VXFLOW_AUDIT_INTERVAL", show_envvar=True,
               help="Seconds between readbacks of every switch's table that repair drift; 0 = off.")
@@ -51,16 +51,32 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--advertise", envvar="VXFLOW_ADVERTISE", show_envvar=True,
               callback=_check_target, metavar="tcp:IP:PORT",
               help="The target switches reach this replica on, published in etcd for the node "
-                   "agents.  [default: tcp:LISTEN:PORT when LISTEN is one address]")
+                   "agents.  [default: tcp:LISTEN:PORT (ssl: with TLS) when LISTEN is one "
+                   "address]")
+# -- OpenFlow over TLS: os-ken's SSL listener (its --ctl-privkey, --ctl-cert, --ca-certs) --
+@click.option("--ctl-privkey", type=click.Path(exists=True, dir_okay=False),
+              envvar="VXFLOW_CTL_PRIVKEY", show_envvar=True,
+              help="The controller's private key: OpenFlow over TLS on --port (plain TCP is "
+                   "then not served).")
+@click.option("--ctl-cert", type=click.Path(exists=True, dir_okay=False),
+              envvar="VXFLOW_CTL_CERT", show_envvar=True,
+              help="The controller's certificate (with --ctl-privkey and --ca-certs).")
+@click.option("--ca-certs", type=click.Path(exists=True, dir_okay=False),
+              envvar="VXFLOW_CA_CERTS", show_envvar=True,
+              help="The CA every switch's certificate must be signed by; a switch's "
+                   "certificate must also name the PublicIP its datapath-id claims.")
+# -- end of the TLS options --
 @etcd_options
 def controller(listen: str, port: int, audit_interval: float, metrics_port: int,
                member_id: str | None, member_ttl: int, advertise: str | None,
+               ctl_privkey: str | None, ctl_cert: str | None, ca_certs: str | None,
                **etcd: Any) -> None:
     """Run the OpenFlow controller (the os-ken app `controller.app` under osken-manager).
 
     Equivalent to `osken-manager --ofp-listen-host LISTEN --ofp-tcp-listen-port PORT
-    controller.app` with FLANNELD_ETCD_ENDPOINTS / FLANNELD_ETCD_PREFIX set.
-    Switches must connect with OpenFlow 1.4 and a datapath-id set by `vxflow bootstrap`.
+    controller.app` with FLANNELD_ETCD_* set (with TLS: `--ofp-ssl-listen-port PORT
+    --ctl-privkey KEY --ctl-cert CERT --ca-certs CA`). Switches must connect with
+    OpenFlow 1.4 and a datapath-id set by `vxflow bootstrap`.
 
     Several replicas on one etcd prefix form a cluster: each registers under
     <prefix>/vxflow/controllers/ (nodes' agents connect their switches to every
@@ -70,6 +86,13 @@ def controller(listen: str, port: int, audit_interval: float, metrics_port: int,
     """
     from controller.options import CONF
 
+    tls = [ctl_privkey, ctl_cert, ca_certs]
+    if any(tls) and not all(tls):
+        raise click.UsageError("OpenFlow TLS needs all of --ctl-privkey, --ctl-cert, --ca-certs")
+    listener = ["--ofp-tcp-listen-port", str(port)]
+    if all(tls):
+        listener = ["--ofp-ssl-listen-port", str(port), "--ctl-privkey", ctl_privkey,
+                    "--ctl-cert", ctl_cert, "--ca-certs", ca_certs]  # fmt: skip
     etcd_access(etcd)  # inconsistent TLS/credential options: a usage error now, not in the app
     for name, value in etcd.items():
         CONF.set_default(f"vxflow_{name}", value)
@@ -86,7 +109,7 @@ def controller(listen: str, port: int, audit_interval: float, metrics_port: int,
     manager.main(
         args=[
             "--ofp-listen-host", listen,
-            "--ofp-tcp-listen-port", str(port),
+            *listener,
             "--nouse-stderr",  # vxflow's own handler already logs to stderr
             "--default-log-level", str(level),
             "controller.app",

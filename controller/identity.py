@@ -18,7 +18,9 @@ import logging
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
-log = logging.getLogger(__name__)
+from controller import metrics
+
+log = logging.getLogger("controller")
 
 PeerCert = dict[str, Any]  # ssl.SSLSocket.getpeercert(): the verified certificate, decoded
 
@@ -61,5 +63,15 @@ def peer_certificate(sock: object) -> PeerCert | None:
         return None
 
 
-def is_tls(sock: object) -> bool:
-    return hasattr(sock, "getpeercert")
+def admit(datapath, node: IPv4Address) -> bool:
+    """Whether a TLS switch claiming `node` may stay; if not, log, count and disconnect it."""
+    problem = identity_problem(node, peer_certificate(datapath.socket))
+    if problem is None:
+        return True
+    metrics.REFUSED.labels("identity").inc()
+    log.warning(
+        "refused switch %016x from %s: its datapath-id claims node %s, but %s",
+        datapath.id, datapath.address, node, problem,
+    )  # fmt: skip
+    datapath.close()
+    return False

@@ -4,13 +4,14 @@ It listens on loopback only, keeps its data in a directory it is given (or a
 temporary one it removes), and is stopped by the PID it started — never by name.
 With `tls` it serves https only and requires a client certificate signed by
 the CA (`--client-cert-auth`); `enable_auth` adds users whose roles are
-limited to one prefix and turns etcd's authentication on.
+limited to one prefix and turns etcd's authentication on, with etcdctl as an
+operator would. Standard library only (mininet/vxcluster.py runs under `mn`).
 """
 
 from __future__ import annotations
 
-import base64
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -23,8 +24,11 @@ import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from leases.etcd_client import NO_ACCESS, EtcdAccess, EtcdClient, prefix_end
+if TYPE_CHECKING:
+    from leases.etcd_client import EtcdAccess
+
 from vxflow.processes import stop_process
 
 log = logging.getLogger(__name__)
@@ -85,8 +89,10 @@ class EtcdServer:
     def access(self, user: str | None = None, password: str | None = None) -> EtcdAccess:
         """How a client reaches this server: its CA and a client certificate (the
         server's own, which allows client auth) when TLS is on, and credentials."""
+        from leases.etcd_client import EtcdAccess
+
         if self.tls is None:
-            return EtcdAccess(username=user, password=password) if user else NO_ACCESS
+            return EtcdAccess(username=user, password=password)
         return EtcdAccess(
             cafile=str(self.tls.ca),
             certfile=str(self.tls.cert),
@@ -166,27 +172,35 @@ class EtcdServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def etcdctl(self, *args: str, user: str | None = None) -> str:
+        """Run etcdctl (Debian's etcd-client) against this server; its output."""
+        cmd = ["etcdctl", "--endpoints", f"{self.scheme}://127.0.0.1:{self.client_port}"]
+        if self.tls is not None:
+            cmd += ["--cacert", str(self.tls.ca), "--cert", str(self.tls.cert),
+                    "--key", str(self.tls.key)]  # fmt: skip
+        if user is not None:
+            cmd += ["--user", user]
+        res = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "ETCDCTL_API": "3"})  # fmt: skip
+        if res.returncode != 0:
+            raise RuntimeError(f"etcdctl {' '.join(args[:2])} failed: {res.stderr.strip()}")
+        return res.stdout
+
     def enable_auth(self, root_password: str, users: Iterable[EtcdUser]) -> None:
         """Create `root` and `users` (each with a role on its prefix only), then turn
         etcd's authentication on: from then on every request needs credentials."""
-        client = EtcdClient(f"{self.scheme}://127.0.0.1:{self.client_port}", access=self.access())
-        try:
-            client.post("/auth/user/add", {"name": "root", "password": root_password})
-            client.post("/auth/user/grant", {"user": "root", "role": "root"})
-            for user in users:
-                role = f"{user.name}-prefix"
-                client.post("/auth/user/add", {"name": user.name, "password": user.password})
-                client.post("/auth/role/add", {"name": role})
-                perm = {
-                    "permType": "READWRITE",
-                    "key": base64.b64encode(user.prefix.encode()).decode(),
-                    "range_end": base64.b64encode(prefix_end(user.prefix).encode()).decode(),
-                }
-                client.post("/auth/role/grant", {"name": role, "perm": perm})
-                client.post("/auth/user/grant", {"user": user.name, "role": role})
-            client.post("/auth/enable", {})
-        finally:
-            client.close()
+        if shutil.which("etcdctl") is None:
+            raise RuntimeError("etcdctl not found: run scripts/setup.sh (Debian package etcd-client)")
+        self.etcdctl("user", "add", "root", "--new-user-password", root_password)
+        self.etcdctl("user", "grant-role", "root", "root")
+        for user in users:
+            role = f"{user.name}-prefix"
+            self.etcdctl("user", "add", user.name, "--new-user-password", user.password)
+            self.etcdctl("role", "add", role)
+            self.etcdctl("role", "grant-permission", role, "--prefix=true", "readwrite",
+                         user.prefix)  # fmt: skip
+            self.etcdctl("user", "grant-role", user.name, role)
+        self.etcdctl("auth", "enable")
         self.root_password = root_password
 
     def stop(self, remove_data: bool | None = None) -> None:

@@ -57,6 +57,16 @@ class BootstrapError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class SslSpec:
+    """The node's OVS SSL table (`ovs-vsctl set-ssl KEY CERT CA`): what ovs-vswitchd
+    presents to an `ssl:` controller and the CA it verifies the controller with."""
+
+    private_key: str
+    certificate: str
+    ca_cert: str
+
+
+@dataclass(frozen=True)
 class BootstrapOptions:
     """Node-local choices that are not in etcd.
 
@@ -70,6 +80,7 @@ class BootstrapOptions:
     datapath_type: str = "auto"
     tunnel_key: str = "flow"
     underlay_mtu: int = 1500
+    ssl: SslSpec | None = None  # required by `ssl:` controller targets
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,7 @@ class BridgeState:
     other_config: tuple[tuple[str, str], ...]
     ports: tuple[PortSpec, ...]
     gateway: GatewaySpec
+    ssl: SslSpec | None = None
 
 
 def controller_targets(explicit: Iterable[str], members: Iterable[Member]) -> tuple[str, ...]:
@@ -123,6 +135,11 @@ def desired_state(
         raise ValueError(f"lease {lease.subnet} is outside Network {config.network}")
     if not controllers:
         raise ValueError("at least one controller target is required")
+    if options.ssl is None and any(t.startswith("ssl:") for t in controllers):
+        raise BootstrapError(  # an operator's fix, also when the target came from etcd
+            "an ssl: controller target (given, or a replica's in etcd) needs the switch's "
+            "key, certificate and CA: --ssl-privkey, --ssl-cert, --ssl-ca-cert"
+        )
     mtu = overlay_mtu(config, options.underlay_mtu)
     key = "flow" if options.tunnel_key == "flow" else str(config.backend.vni)
     tunnel = PortSpec(
@@ -163,6 +180,7 @@ def desired_state(
             mtu=mtu,
             route=config.network,
         ),
+        ssl=options.ssl,
     )
 
 
@@ -286,6 +304,23 @@ def _plan_bridge(plan: _Plan, state: BridgeState):
     return bridge
 
 
+def _plan_ssl(plan: _Plan, spec: SslSpec) -> None:
+    """The Open_vSwitch row's SSL settings (one per ovs-vswitchd: every bridge's `ssl:`
+    controllers use them). Kept when no longer asked for: other bridges may need them."""
+    root = root_row(plan.idl)
+    rows = _get(root, "ssl", []) if root is not None else []
+    row = rows[0] if rows else None
+    if row is None:
+        row = plan.insert("SSL")
+        root.ssl = [row]
+        plan.changes.append(
+            f"ssl: create (key {spec.private_key}, certificate {spec.certificate}, "
+            f"CA {spec.ca_cert})"
+        )
+    for column in ("private_key", "certificate", "ca_cert"):
+        plan.ensure(row, column, getattr(spec, column), "ssl")
+
+
 def _plan_port(plan: _Plan, bridge, spec: PortSpec) -> None:
     idl = plan.idl
     what = f"port {spec.name}"
@@ -346,6 +381,8 @@ def plan_changes(idl: ovs.db.idl.Idl, txn: Transaction, state: BridgeState) -> l
     """Write into `txn` what differs from `state`; return the readable changes."""
     plan = _Plan(idl, txn)
     bridge = _plan_bridge(plan, state)
+    if state.ssl is not None:
+        _plan_ssl(plan, state.ssl)
     for spec in state.ports:
         _plan_port(plan, bridge, spec)
     _plan_prune(plan, bridge, state)

@@ -34,6 +34,7 @@ from ovsdb.bootstrap import (
     TUNNEL_KEYS,
     BootstrapError,
     BootstrapOptions,
+    SslSpec,
     controller_targets,
 )
 from ovsdb.bootstrap import (
@@ -43,6 +44,14 @@ from ovsdb.iproute import IprouteError, address_of, default_route_interface
 from ovsdb.sysconfig import SysconfigError, read_sysconfig
 
 log = logging.getLogger(__name__)
+
+
+# The OVS SSL table (ovs-vsctl set-ssl KEY CERT CA) for `ssl:` controller targets
+_SSL_OPTIONS = (
+    ("privkey", "This switch's private key for OpenFlow over TLS (OVS SSL table)."),
+    ("cert", "This switch's certificate, naming its PublicIP (`vxflow pki node`)."),
+    ("ca-cert", "The CA that signed the controller's certificate."),
+)
 
 
 def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,7 +80,13 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--controller", "controllers", multiple=True,
                      help="OpenFlow controller target (repeatable). The controller replicas "
                           f"registered in etcd are added to these.  [default: {DEFAULT_CONTROLLER} "
-                          "when none is given and etcd lists no replica]"),
+                          "when none is given and etcd lists no replica; ssl:IP:PORT targets need "
+                          "--ssl-privkey/--ssl-cert/--ssl-ca-cert]"),
+        *[click.option(f"--ssl-{name}", type=click.Path(exists=True, dir_okay=False,
+                                                          resolve_path=True),
+                       envvar=f"VXFLOW_SSL_{name.replace('-', '_').upper()}", show_envvar=True,
+                       help=text)
+          for name, text in _SSL_OPTIONS],
         click.option("--datapath-type", type=click.Choice(DATAPATH_TYPES), default="auto",
                      show_default=True,
                      help="auto: system if the openvswitch kernel module is loaded, else netdev."),
@@ -138,10 +153,16 @@ def node_errors(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _options(params: dict[str, Any]) -> BootstrapOptions:
+    files = [params["ssl_privkey"], params["ssl_cert"], params["ssl_ca_cert"]]
+    if any(files) and not all(files):
+        raise click.UsageError("OpenFlow TLS needs all of --ssl-privkey, --ssl-cert, --ssl-ca-cert")
+    if not all(files) and any(t.startswith("ssl:") for t in params["controllers"]):
+        raise click.UsageError("an ssl: controller needs --ssl-privkey, --ssl-cert, --ssl-ca-cert")
     return BootstrapOptions(
         bridge=params["bridge"],
         datapath_type=params["datapath_type"],
         tunnel_key=params["tunnel_key"],
+        ssl=SslSpec(*files) if all(files) else None,
     )
 
 

@@ -25,13 +25,14 @@ DB_NAME = "Open_vSwitch"
 # Only the columns bootstrap and the agent use: statistics and status columns that
 # ovs-vswitchd rewrites every few seconds would otherwise wake the agent for nothing.
 COLUMNS = {
-    "Open_vSwitch": ["bridges", "datapath_types", "other_config"],
+    "Open_vSwitch": ["bridges", "datapath_types", "other_config", "ssl"],
     "Bridge": ["name", "datapath_type", "fail_mode", "protocols", "controller", "other_config",
                "external_ids", "ports"],
     "Port": ["name", "interfaces", "external_ids"],
     "Interface": ["name", "type", "options", "ofport", "ofport_request", "mac", "mtu_request",
                   "external_ids", "error"],
     "Controller": ["target", "is_connected"],
+    "SSL": ["private_key", "certificate", "ca_cert", "external_ids"],
 }  # fmt: skip
 
 

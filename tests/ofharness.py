@@ -56,6 +56,7 @@ class Controller:
     prefix: str = PREFIX
     member_id: str | None = None  # None: the default (hostname:port)
     member_ttl: int | None = None  # None: the default
+    extra: tuple[str, ...] = ()  # more `vxflow controller` options (TLS)
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
 
@@ -86,6 +87,7 @@ class Controller:
                 "--audit-interval", str(self.audit_interval),
                 *(["--id", self.member_id] if self.member_id else []),
                 *(["--member-ttl", str(self.member_ttl)] if self.member_ttl else []),
+                *self.extra,
             ]  # fmt: skip
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -200,11 +202,13 @@ class Cluster:
 
 
 @contextmanager
-def running(etcd: EtcdServer, ovs: OvsInstance) -> Iterator[Cluster]:
+def running(
+    etcd: EtcdServer, ovs: OvsInstance, controller: Controller | None = None
+) -> Iterator[Cluster]:
     """A Cluster on a configured prefix; its controllers stopped and bridges deleted after."""
     registry = Registry(etcd.endpoint, PREFIX)
     registry.set_config(CONFIG)
-    c = Cluster(etcd, ovs, registry, Controller(etcd.endpoint))
+    c = Cluster(etcd, ovs, registry, controller or Controller(etcd.endpoint))
     try:
         yield c
     finally:
