@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from flows.ports import vtep_mac_for
 from leases.errors import RegistryError
+from leases.etcd_client import EtcdAccess
 from leases.model import LEASE_TTL_SECONDS, VXLAN_OVERHEAD, Lease, NetworkConfig
 from leases.registry import Registry, renew_interval
 
@@ -119,7 +121,9 @@ class VxlanDevice:
 
 
 def run(args: argparse.Namespace) -> None:
-    registry = Registry(args.etcd_endpoints, args.etcd_prefix)
+    access = EtcdAccess(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile,
+                        args.etcd_username, args.etcd_password)  # fmt: skip
+    registry = Registry(args.etcd_endpoints, args.etcd_prefix, access=access)
     config = registry.get_config()
     subnet_file = Path(args.subnet_file)
     lease = registry.acquire(
@@ -145,6 +149,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--etcd-endpoints", required=True, help="e.g. http://198.18.0.254:2379")
     parser.add_argument("--etcd-prefix", default="/coreos.com/network")
+    for name in ("cafile", "certfile", "keyfile", "username", "password"):  # flanneld's
+        parser.add_argument(f"--etcd-{name}", default=os.environ.get(f"FLANNELD_ETCD_{name.upper()}"))
     parser.add_argument("--public-ip", required=True, type=IPv4Address)
     parser.add_argument("--iface", default="eth0", help="the underlay interface")
     parser.add_argument("--subnet-file", required=True)

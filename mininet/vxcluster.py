@@ -81,7 +81,10 @@ from vxnodes import (  # noqa: E402
 )
 from vxpodman import Podman  # noqa: E402
 
-from leases.etcd_server import EtcdServer  # noqa: E402
+from leases.etcd_server import EtcdServer, EtcdUser, ServerTLS  # noqa: E402
+
+# etcd's user and passwords of an emulated cluster with `tls` (throwaway, on the command line)
+ETCD_USER, ETCD_PASSWORD, ETCD_ROOT_PASSWORD = "vxflow", "emulation-only", "emulation-root"
 
 __all__ = ["Cluster", "ClusterSpec", "FlannelNode", "Pod", "UnderlayBridge", "VxflowNode",
            "VxflowTopo"]  # fmt: skip
@@ -109,6 +112,7 @@ class ClusterSpec:
     containers: bool = False  # a private podman whose CNI network on each node is vxflow-cni
     controllers: int = 1  # controller replicas (c1, c2, ...)
     member_ttl: int | None = None  # the replicas' --member-ttl; None: the default
+    tls: bool = False  # OpenFlow over TLS, etcd over TLS with client certificates and auth
 
 
 @dataclass
@@ -153,17 +157,27 @@ class Cluster(ClusterChecks):
     @property
     def etcd_endpoint(self) -> str:
         assert self.etcd is not None
-        return f"http://{ROOT_IP}:{self.etcd.client_port}"
+        return f"{self.etcd.scheme}://{ROOT_IP}:{self.etcd.client_port}"
 
     @property
     def controller_target(self) -> str:
         """The first replica's: agents are given it, and learn the others from etcd."""
         return self.replicas[0].target
 
+    def pki(self, name: str = "") -> Path:
+        """The cluster's certificate directory (with `spec.tls`), or a file in it."""
+        assert self.workdir is not None
+        return self.workdir / "pki" / name
+
     @property
     def etcdctl_command(self) -> str:
         """The etcdctl line that shows this cluster's keys from the host (Debian's etcd-client)."""
-        return f"ETCDCTL_API=3 etcdctl --endpoints {self.etcd_endpoint} get --prefix {self.spec.prefix}"
+        tls = ""
+        if self.spec.tls:
+            tls = (f" --cacert {self.pki('ca.pem')} --cert {self.pki('controller.pem')} "
+                   f"--key {self.pki('controller-key.pem')} --user {ETCD_USER}:{ETCD_PASSWORD}")  # fmt: skip
+        return (f"ETCDCTL_API=3 etcdctl --endpoints {self.etcd_endpoint}{tls} "
+                f"get --prefix {self.spec.prefix}")  # fmt: skip
 
     def cli_hints(self) -> list[str]:
         """What to try at the mininet> prompt (the interactive tests type each one as shown)."""
@@ -236,14 +250,22 @@ class Cluster(ClusterChecks):
         underlay = next(s for s in self.net.switches if isinstance(s, UnderlayBridge))
         for node, address in zip(self.nodes, underlay.node_addresses(), strict=False):
             node.underlay_ip = address
-        self.progress(f"starting etcd on {ROOT_IP}")
-        self.etcd = EtcdServer(host=str(ROOT_IP), data_dir=self.workdir / "etcd").start()
+        self.progress(f"starting etcd on {ROOT_IP}" + (" (TLS, auth)" if spec.tls else ""))
+        self.etcd = EtcdServer(host=str(ROOT_IP), data_dir=self.workdir / "etcd",
+                               tls=self.make_pki() if spec.tls else None).start()  # fmt: skip
+        if spec.tls:  # one user whose role holds the network's prefix only
+            self.etcd.enable_auth(ETCD_ROOT_PASSWORD,
+                                  [EtcdUser(ETCD_USER, ETCD_PASSWORD, spec.prefix + "/")])  # fmt: skip
         self.write_config()
         if self.vxflow_nodes:
             self.progress(f"starting {spec.controllers} controller replica(s) on {ROOT_IP}")
             ttl = ("--member-ttl", str(spec.member_ttl)) if spec.member_ttl else ()
+            tls = (("--ctl-privkey", str(self.pki("controller-key.pem")),
+                    "--ctl-cert", str(self.pki("controller.pem")),
+                    "--ca-certs", str(self.pki("ca.pem"))) if spec.tls else ())  # fmt: skip
             for i in range(1, spec.controllers + 1):
-                replica = Replica(f"c{i}", self.workdir / f"controller-c{i}.log", ttl)
+                replica = Replica(f"c{i}", self.workdir / f"controller-c{i}.log", ttl + tls,
+                                  tls=spec.tls)  # fmt: skip
                 self.replicas.append(replica.start(self.etcd_flags()))
         for node in self.vxflow_nodes:
             self.progress(f"{node.name}: starting ovsdb-server, ovs-vswitchd, vxflow agent")
@@ -298,6 +320,29 @@ class Cluster(ClusterChecks):
             self.workdir = None
 
     # -- components -------------------------------------------------------------
+    def make_pki(self) -> ServerTLS:
+        """The cluster's CA and certificates, made with `vxflow pki` as an operator would."""
+        d, vxflow = str(self.pki()), _venv_tool("vxflow")
+        run_root(vxflow, "pki", "init", d)
+        run_root(vxflow, "pki", "server", d, "etcd", "--ip", str(ROOT_IP), "--ip", "127.0.0.1")
+        run_root(vxflow, "pki", "server", d, "controller", "--ip", str(ROOT_IP))
+        run_root(vxflow, "pki", "node", d, *(str(n.underlay_ip) for n in self.nodes))
+        return ServerTLS(self.pki("etcd.pem"), self.pki("etcd-key.pem"), self.pki("ca.pem"))
+
+    def tls_flags(self, who: str) -> list[str]:
+        """etcd TLS and credential flags for a client holding certificate `who` (a node's
+        PublicIP, or "controller"); empty without TLS. The emulation's throwaway password
+        goes on the command line; a real node would use FLANNELD_ETCD_PASSWORD."""
+        if not self.spec.tls:
+            return []
+        stem = who if who == "controller" else f"node-{who}"
+        return [
+            "--etcd-cafile", str(self.pki("ca.pem")),
+            "--etcd-certfile", str(self.pki(f"{stem}.pem")),
+            "--etcd-keyfile", str(self.pki(f"{stem}-key.pem")),
+            "--etcd-username", ETCD_USER, "--etcd-password", ETCD_PASSWORD,
+        ]  # fmt: skip
+
     def write_config(self) -> None:
         """`<prefix>/config` in flannel's format, through `vxflow config set`."""
         spec = self.spec
@@ -306,7 +351,7 @@ class Cluster(ClusterChecks):
             "SubnetLen": spec.subnet_len,
             "Backend": {"Type": "vxlan", "VNI": spec.vni, "Port": spec.port},
         }
-        run_root(_venv_tool("vxflow"), "config", "set", *self.etcd_flags(), "-",
+        run_root(_venv_tool("vxflow"), "config", "set", *self.etcd_flags("controller"), "-",
                  input=json.dumps(config))  # fmt: skip
 
     def restart_controller(self, index: int = 0) -> None:
@@ -318,17 +363,22 @@ class Cluster(ClusterChecks):
     def agent_cmd(self, node: VxflowNode) -> list[str]:
         assert node.ovs is not None
         return [
-            _venv_tool("vxflow"), "agent", *self.etcd_flags(),
+            _venv_tool("vxflow"), "agent", *self.etcd_flags(str(node.underlay_ip)),
             "--public-ip", str(node.underlay_ip), "--ovsdb", node.ovs.db_target,
             "--controller", self.controller_target, "--datapath-type", "netdev",
+            *(["--ssl-privkey", str(self.pki(f"node-{node.underlay_ip}-key.pem")),
+               "--ssl-cert", str(self.pki(f"node-{node.underlay_ip}.pem")),
+               "--ssl-ca-cert", str(self.pki("ca.pem"))] if self.spec.tls else []),
             "--subnet-file", str(self.subnet_env_path(node)),
             *(["--subnet-lease-ttl", str(ttl)] if (ttl := self.spec.agent_lease_ttl) else []),
             *(["--ip-masq"] if self.spec.ip_masq else []),
         ]  # fmt: skip
 
-    def etcd_flags(self) -> list[str]:
-        """The `vxflow` CLI flags that point a command at this cluster's etcd and prefix."""
-        return ["--etcd-endpoints", self.etcd_endpoint, "--etcd-prefix", self.spec.prefix]
+    def etcd_flags(self, who: str = "controller") -> list[str]:
+        """The `vxflow` CLI flags that point a command at this cluster's etcd and prefix
+        (as `who`, see tls_flags)."""
+        return ["--etcd-endpoints", self.etcd_endpoint, "--etcd-prefix", self.spec.prefix,
+                *self.tls_flags(who)]  # fmt: skip
 
     def start_podman(self) -> Podman:
         """A private podman whose `vxflow` network on each node is that node's vxflow-cni."""
@@ -360,7 +410,7 @@ class Cluster(ClusterChecks):
     def start_flannel(self, node: FlannelNode) -> None:
         cmd = [
             _venv_tool("python"), str(Path(__file__).with_name("flannel_node.py")),
-            *self.etcd_flags(),
+            *self.etcd_flags(str(node.underlay_ip)),
             "--public-ip", str(node.underlay_ip), "--iface", "eth0",
             "--subnet-file", str(self.subnet_env_path(node)),
         ]  # fmt: skip

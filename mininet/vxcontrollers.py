@@ -2,7 +2,7 @@
 namespace, each on its own port of 198.18.0.254, all on the cluster's etcd prefix.
 
 Agents are given the first replica's target; they learn the others from etcd
-(every replica advertises tcp:198.18.0.254:PORT). Standard library only, like
+(every replica advertises tcp:198.18.0.254:PORT, or ssl: with TLS). Standard library only, like
 the rest of mininet/ (`mn --custom` loads it on the system Python).
 """
 
@@ -27,13 +27,14 @@ class Replica:
 
     id: str
     log_path: Path
-    options: Sequence[str] = ()  # e.g. ("--member-ttl", "3")
+    options: Sequence[str] = ()  # e.g. ("--member-ttl", "3"), TLS's --ctl-privkey ...
+    tls: bool = False  # options make it listen for OpenFlow over TLS
     port: int = 0
     proc: subprocess.Popen | None = None
 
     @property
     def target(self) -> str:
-        return f"tcp:{ROOT_IP}:{self.port}"
+        return f"{'ssl' if self.tls else 'tcp'}:{ROOT_IP}:{self.port}"
 
     def start(self, etcd_flags: Sequence[str], timeout: float = 30) -> Replica:
         self.port = self.port or free_loopback_port()

@@ -30,6 +30,19 @@ def test_make_demo_exits_0_and_leaves_nothing_running() -> None:
 
 
 @pytest.mark.e2e
+def test_demo_with_tls_on_every_channel_exits_0_and_leaves_nothing_running() -> None:
+    """`vxflow demo --tls`: certificates from `vxflow pki`, OpenFlow over TLS, etcd over TLS
+    with client certificates and a user whose role holds the prefix only; same walk-through."""
+    before = Before()
+    res = subprocess.run([str(REPO / ".venv" / "bin" / "vxflow"), "demo", "--tls"], cwd=REPO,
+                         capture_output=True, text=True, timeout=280)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "all checks passed" in res.stdout and "FAIL" not in res.stdout, res.stdout
+    assert "connected over ssl:" in res.stdout, res.stdout
+    assert before.left_behind(cluster_tag(res.stdout)) == []
+
+
+@pytest.mark.e2e
 def test_demo_tears_down_when_its_output_goes_away() -> None:
     """The reader of the demo's output leaves once the cluster is up (as `vxflow demo | head`
     does): writing then fails, and the cluster must still be torn down."""

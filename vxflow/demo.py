@@ -125,6 +125,13 @@ def walk_through(cluster, checks: Checks) -> None:
         all(f'"PublicIP":"{n.underlay_ip}"' in raw for n in cluster.nodes),
     )
 
+    if spec.tls:
+        _section("TLS: every switch's OpenFlow session and every etcd client")
+        status = n1.ovs.vsctl("--columns=target,is_connected", "list", "controller")
+        _show(f"{n1.name}$ ovs-vsctl --columns=target,is_connected list controller", status)
+        checks.check(f"{n1.name}'s switch connected over ssl:",
+                     "ssl:" in status and "is_connected        : true" in status)  # fmt: skip
+
     _section(f"{n1.name} (underlay {n1.underlay_ip}): the overlay is routed into the gateway port")
     routes = n1.cmd("ip route")
     _show(f"{n1.name}$ ip r", routes)
@@ -201,7 +208,10 @@ def _interrupt(*_args: object) -> None:
               help="Pods per node.")  # fmt: skip
 @click.option("--prefix", default=SEED_PREFIX, show_default=True,
               help="etcd prefix of the network (the seed's).")  # fmt: skip
-def demo(keep: bool, pods: int, prefix: str) -> None:
+@click.option("--tls", is_flag=True,
+              help="Secure every channel: certificates from `vxflow pki`, OpenFlow over TLS, "
+                   "etcd over TLS with client certificates and a user limited to the prefix.")  # fmt: skip
+def demo(keep: bool, pods: int, prefix: str, tls: bool) -> None:
     """Run the main job on one machine (as root): a 3-node emulated vxflow cluster.
 
     Starts a private etcd on the emulated underlay, writes the network config
@@ -218,7 +228,8 @@ def demo(keep: bool, pods: int, prefix: str) -> None:
         raise click.ClickException("the demo needs root (network namespaces, Open vSwitch)")
     vxcluster = cluster_module()
     lacking = vxcluster.vxpodman.missing()  # podman cannot run here at all: skip that step
-    spec = vxcluster.ClusterSpec(nodes=3, pods=pods, prefix=prefix, containers=not lacking)
+    spec = vxcluster.ClusterSpec(nodes=3, pods=pods, prefix=prefix, containers=not lacking,
+                                 tls=tls)  # fmt: skip
     progress: Callable[[str], None] = lambda msg: click.echo(f" .. {msg}")  # noqa: E731
     cluster = vxcluster.Cluster(spec=spec, progress=progress)
     checks = Checks()
