@@ -11,7 +11,10 @@ After the first round, the table the controller left is compared line by
 line (`dump-flows --no-stats`) with the one ovs-ofctl left. Landing is
 observed from the switch side (bench/observer.py): a bundle commits
 at once, so the table is complete when a flow-count poll (every 5 ms) first
-shows all N flows. Run: `python -m bench.b1_flow_rate` (root; own namespace).
+shows all N flows. With `--tls` (the default) the controller's rounds are
+repeated over OpenFlow over TLS: a second etcd and controller, the bridge
+presenting a certificate from the same run's CA.
+Run: `python -m bench.b1_flow_rate` (root; own namespace).
 """
 
 from __future__ import annotations
@@ -120,7 +123,24 @@ def warm_up_controller(farm: BridgeFarm, env: Env, observer: FlowObserver, n: in
     return took
 
 
-def measure(n_remote: int, repeat: int, with_controller: bool) -> dict:
+def measure_tls(c: Any, n: int, repeat: int) -> dict:
+    """The controller's rounds of (b) again, over TLS; also the warm-up."""
+    out: dict[str, Any] = {"controller": []}
+    with (
+        environment(c, tls=True) as env,
+        BridgeFarm(list(c.leases[:2])) as farm,
+        FlowObserver({b.name: b.mgmt_socket for b in farm.bridges}) as observer,
+    ):
+        assert env.controller.pki is not None
+        farm.use_tls(env.controller.pki)
+        out["controller_warm_up_s"] = warm_up_controller(farm, env, observer, n)
+        for i in range(repeat):
+            out["controller"].append(run_controller(farm, env, observer, n))
+            log.info("rep %d controller over TLS: %s", i + 1, out["controller"][-1])
+    return out
+
+
+def measure(n_remote: int, repeat: int, with_controller: bool, tls: bool = False) -> dict:
     c, flows, compile_s = compile_table(n_remote)
     n = len(flows)
     result: dict[str, Any] = {
@@ -162,6 +182,8 @@ def measure(n_remote: int, repeat: int, with_controller: bool) -> dict:
                         raise RuntimeError("the controller's table differs from ovs-ofctl's")
         if env is not None:
             result["controller_memory_kib"] = env.controller.memory_kib()
+    if with_controller and tls:
+        result["tls"] = measure_tls(c, n, repeat)
     return result
 
 
@@ -185,6 +207,11 @@ def summarise(result: dict) -> dict:
             a["landed_s"] / b["landed_s"] for a, b in zip(result["ofctl"], result["controller"], strict=True)
         ])  # fmt: skip
         s["goal_rate_ratio_0_8_met"] = float(s["rate_ratio_controller_over_ofctl"] >= 0.8)
+    if result.get("tls"):
+        tls = median([r["landed_s"] for r in result["tls"]["controller"]])
+        s["controller_tls_landed_s_median"] = tls
+        s["controller_tls_flows_per_s"] = result["flows_per_table"] / tls
+        s["time_ratio_tls_over_tcp"] = tls / s["controller_landed_s_median"]
     return s
 
 
@@ -194,14 +221,17 @@ def summarise(result: dict) -> dict:
 @click.option("--repeat", default=5, show_default=True, help="Alternating a/b rounds.")
 @click.option("--controller/--no-controller", default=True, show_default=True,
               help="Also measure the vxflow controller (b).")
+@click.option("--tls/--no-tls", default=True, show_default=True,
+              help="Also measure (b) over OpenFlow over TLS.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write b1_flow_rate.json (default bench/results).")
-def main(remote_leases: int, repeat: int, controller: bool, results_dir: Path | None) -> None:
+def main(remote_leases: int, repeat: int, controller: bool, tls: bool,
+         results_dir: Path | None) -> None:  # fmt: skip
     """B1: flow programming rate, ovs-ofctl --bundle vs the vxflow controller.
 
     Needs root; runs in a network namespace of its own. Writes b1_flow_rate.json."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = measure(remote_leases, repeat, controller)
+    result = measure(remote_leases, repeat, controller, tls)
     result["summary"] = summarise(result)
     path = report.save("b1_flow_rate", MODULE, result, results_dir)
     for k, v in result["summary"].items():

@@ -1,8 +1,10 @@
 """B2 convergence: one new lease in etcd -> its flow on every switch.
 
 S switches hold full tables of a cluster of L leases; then, R times, one new
-lease is put into etcd and the time until every switch has the new flow is
-taken from the switch side. Leases accumulate (L, L+1, ... L+R-1).
+lease is put into etcd and the time until every switch has the new lease's
+flows (its route and its tunnel-ingress check) is taken from the switch side.
+Leases accumulate (L, L+1, ... L+R-1). Real switches are measured over plain
+TCP and over TLS (`--transport`), each with its own controller and etcd.
 
 - `real`: S netdev bridges in one ovs-vswitchd; each bridge's flow monitor
   reports the ADDED flow (cookie checked) in the main-loop pass that commits
@@ -38,7 +40,7 @@ from bench.leasegen import cluster, lease
 from bench.observer import FlowObserver
 from bench.standin import StandInFleet
 from bench.stats import summary
-from flows.compiler import lease_cookie
+from flows.compiler import FLOWS_PER_LEASE, lease_cookie
 from flows.ports import TUNNEL_OFPORT, TUNNEL_PORT
 from leases.events import LeaseAdded
 from leases.model import Lease, datapath_id_for
@@ -59,6 +61,8 @@ class RealSwitches:
         self.env = env
         self.stack = contextlib.ExitStack()
         self.farm = self.stack.enter_context(BridgeFarm(list(env.cluster.leases[:switches])))
+        if env.controller.pki is not None:
+            self.farm.use_tls(env.controller.pki)
         self.obs = self.stack.enter_context(
             FlowObserver({b.name: b.mgmt_socket for b in self.farm.bridges}, monitor=True)
         )
@@ -70,7 +74,9 @@ class RealSwitches:
         return self.obs.added_counts()
 
     def landed(self, new: Lease, before: dict[str, int]) -> list[float]:
-        landed = self.obs.wait_added({name: n + 1 for name, n in before.items()}, timeout=30)
+        landed = self.obs.wait_added(
+            {name: n + FLOWS_PER_LEASE for name, n in before.items()}, timeout=30
+        )
         wrong = [name for name in landed if self.obs.added(name)[-1][1] != lease_cookie(new)]
         if wrong:
             raise RuntimeError(f"a flow other than {new.subnet}'s landed first on {wrong[:5]}")
@@ -103,8 +109,9 @@ class StandInSwitches:
         return dict.fromkeys(self.dpids, self.size)
 
     def landed(self, new: Lease, before: dict[int, int]) -> list[float]:
-        self.size += 1
-        return list(self.fleet.table_reached({d: n + 1 for d, n in before.items()}, 30).values())
+        self.size += FLOWS_PER_LEASE
+        targets = {d: n + FLOWS_PER_LEASE for d, n in before.items()}
+        return list(self.fleet.table_reached(targets, 30).values())
 
     def final_counts(self) -> list[int]:
         self.report = self.fleet.stop()
@@ -140,11 +147,12 @@ class LeaseWatcher:
         self.registry.close()
 
 
-def measure(kind: str, switches: int, leases: int, repeat: int, gap: float) -> dict:
+def measure(kind: str, switches: int, leases: int, repeat: int, gap: float,
+            transport: str = "tcp") -> dict:  # fmt: skip
     c = cluster(leases)
     out: dict[str, Any] = {"kind": kind, "switches": switches, "leases": leases,
-                           "repetitions": repeat}  # fmt: skip
-    with environment(c) as env:
+                           "repetitions": repeat, "transport": transport}  # fmt: skip
+    with environment(c, tls=transport == "tls") as env:
         sw = RealSwitches(env, switches) if kind == "real" else StandInSwitches(env, switches)
         watcher = LeaseWatcher(env)
         try:
@@ -184,22 +192,30 @@ def measure(kind: str, switches: int, leases: int, repeat: int, gap: float) -> d
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(["real", "stand-in"]),
               default=("real", "stand-in"), show_default=True,
               help="Real OVS bridges and/or stand-ins (the controller's share alone).")
+@click.option("--transport", "transports", multiple=True, type=click.Choice(["tcp", "tls"]),
+              default=("tcp", "tls"), show_default=True,
+              help="OpenFlow transport(s) for real switches (stand-ins speak TCP only).")
 @click.option("--leases", default=1000, show_default=True, help="Leases present before the first new one.")
 @click.option("--repeat", default=200, show_default=True, help="New leases per switch count.")
 @click.option("--gap", default=0.02, show_default=True, help="Seconds between new leases.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write the JSON (default bench/results).")
-def main(switches: tuple[int, ...], kinds: tuple[str, ...], leases: int, repeat: int,
-         gap: float, results_dir: Path | None) -> None:  # fmt: skip
+def main(switches: tuple[int, ...], kinds: tuple[str, ...], transports: tuple[str, ...],
+         leases: int, repeat: int, gap: float, results_dir: Path | None) -> None:  # fmt: skip
     """B2: latency from one new lease in etcd to its flow on every switch.
 
     Needs root; runs in a network namespace of its own. Writes b2_convergence.json."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    runs = [measure(k, s, leases, repeat, gap) for k in kinds for s in switches]
+    runs = [
+        measure(k, s, leases, repeat, gap, t)
+        for k in kinds
+        for t in (transports if k == "real" else ("tcp",))
+        for s in switches
+    ]
     path = report.save("b2_convergence", MODULE, {"runs": runs}, results_dir)
     for r in runs:
         lat = r["latency_s"]
-        click.echo(f"{r['kind']:8s} S={r['switches']:4d}  p50 {report.ms(lat['p50'])}  p99 {report.ms(lat['p99'])}"
+        click.echo(f"{r['kind']:8s} {r['transport']:3s} S={r['switches']:4d}  p50 {report.ms(lat['p50'])}  p99 {report.ms(lat['p99'])}"
                    f"  max {report.ms(lat['max'])}  (n={lat['n']})")  # fmt: skip
     click.echo(f"results: {path}")
 

@@ -77,6 +77,18 @@ class BridgeFarm:
             self.bridges.append(Bridge(br, lease, ovs))
         ovs.vsctl("--timeout=300", *args, timeout=330)
 
+    def use_tls(self, pki: Path) -> None:
+        """The instance's SSL table for `ssl:` targets: one certificate from the CA in `pki`
+        naming every bridge's PublicIP (one ovs-vswitchd presents one certificate for all
+        its bridges; the controller checks each datapath-id's PublicIP against it)."""
+        from vxflow import pki as vxpki
+
+        assert self.ovs is not None, "start() first"
+        ips = [str(b.lease.public_ip) for b in self.bridges]
+        issued = vxpki.issue(pki, f"{self.tag}-farm", f"bench farm {self.tag}", ips=ips,
+                             force=True)  # fmt: skip
+        self.ovs.vsctl("set-ssl", str(issued.key), str(issued.cert), str(pki / "ca.pem"))
+
     def set_controller(
         self, target: str | Sequence[str] | None, bridges: list[Bridge] | None = None
     ) -> None:

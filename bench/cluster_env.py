@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.bridges import BridgeFarm
-from bench.controller_proc import ControllerProcess
+from bench.controller_proc import ControllerProcess, make_pki
 from bench.etcdload import PREFIX, load
 from bench.leasegen import Cluster
-from flows.compiler import compile_node
+from flows.compiler import FLOWS_PER_LEASE, compile_node
 from leases.etcd_server import EtcdServer
 from leases.registry import Registry
 
@@ -35,14 +35,14 @@ class Env:
         """Flows of any node's full table (every node's is the same size), with
         `extra_leases` more remote leases than the cluster has now."""
         c = self.cluster
-        return len(compile_node(c.config, c.leases[:2], (), c.leases[0].public_ip)) - 1 + (
-            len(c.leases) - 1 + extra_leases
-        )
+        base = len(compile_node(c.config, c.leases[:2], (), c.leases[0].public_ip))
+        return base + FLOWS_PER_LEASE * (len(c.leases) - 2 + extra_leases)
 
 
 @contextlib.contextmanager
-def environment(cluster: Cluster, keep_logs: Path | None = None) -> Iterator[Env]:
-    """etcd with `cluster` loaded, and a running controller reading it."""
+def environment(cluster: Cluster, keep_logs: Path | None = None, tls: bool = False) -> Iterator[Env]:
+    """etcd with `cluster` loaded, and a running controller reading it (with `tls`:
+    OpenFlow over TLS, certificates in the work dir; see `BridgeFarm.use_tls`)."""
     with tempfile.TemporaryDirectory(prefix="vxflow-bench-") as tmp:
         workdir = Path(tmp)
         etcd = EtcdServer(data_dir=workdir / "etcd").start()
@@ -52,7 +52,8 @@ def environment(cluster: Cluster, keep_logs: Path | None = None) -> Iterator[Env
             etcd_lease = load(registry, cluster.config, cluster.leases)
             log.info("etcd: %d leases loaded in %.1fs", len(cluster.leases), time.monotonic() - t0)
             log_path = (keep_logs or workdir) / "controller.log"
-            controller = ControllerProcess(etcd.endpoint, PREFIX, log_path)
+            controller = ControllerProcess(etcd.endpoint, PREFIX, log_path,
+                                           pki=make_pki(workdir / "pki") if tls else None)  # fmt: skip
             with controller:
                 yield Env(cluster, etcd, registry, etcd_lease, controller, workdir)
             registry.close()

@@ -29,6 +29,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def make_pki(directory: Path) -> Path:
+    """A CA and the controller's certificate (`vxflow pki`) for OpenFlow over TLS."""
+    from vxflow import pki
+
+    pki.init_ca(directory)
+    pki.issue_server(directory, "controller", ["127.0.0.1"])
+    return directory
+
+
 @dataclass
 class ControllerProcess:
     etcd: str
@@ -37,11 +46,12 @@ class ControllerProcess:
     port: int = 0
     audit_interval: float = 0  # periodic readbacks off: they would land inside measurements
     extra_args: tuple[str, ...] = ()
+    pki: Path | None = None  # with a CA directory (make_pki): OpenFlow over TLS
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     @property
     def target(self) -> str:
-        return f"tcp:127.0.0.1:{self.port}"
+        return f"{'ssl' if self.pki else 'tcp'}:127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -53,6 +63,10 @@ class ControllerProcess:
                "--etcd-endpoints", self.etcd, "--etcd-prefix", self.prefix,
                "--listen", "127.0.0.1", "--port", str(self.port),
                "--audit-interval", str(self.audit_interval), *self.extra_args]  # fmt: skip
+        if self.pki is not None:
+            cmd += ["--ctl-privkey", str(self.pki / "controller-key.pem"),
+                    "--ctl-cert", str(self.pki / "controller.pem"),
+                    "--ca-certs", str(self.pki / "ca.pem")]  # fmt: skip
         return cmd
 
     def _log_tail(self, lines: int = 15) -> str:

@@ -63,6 +63,17 @@ def b1(r: dict[str, Any]) -> list[str]:
             f"{sorted(x['controller_cpu_s'] for x in r['controller'])[len(r['controller']) // 2]:.2f} s | "
             + ", ".join(f"{x['controller_cpu_s']:.2f}" for x in r["controller"]) + " |",
         ]  # fmt: skip
+    if "controller_tls_landed_s_median" in s:
+        tls = r["tls"]["controller"]
+        lines += [
+            f"| (b) over OpenFlow over TLS, same measure | "
+            f"{_s(s['controller_tls_landed_s_median'])} ({s['controller_tls_flows_per_s']:,.0f} "
+            f"flows/s; x{s['time_ratio_tls_over_tcp']:.2f} of TCP) | "
+            + ", ".join(f"{x['landed_s']:.3f}" for x in tls) + " |",
+            f"| controller CPU per table over TLS | "
+            f"{sorted(x['controller_cpu_s'] for x in tls)[len(tls) // 2]:.2f} s | "
+            + ", ".join(f"{x['controller_cpu_s']:.2f}" for x in tls) + " |",
+        ]  # fmt: skip
     lines += [
         f"| compile alone (`flows.compiler.compile_node`, incl. validation) | "
         f"{_s(s['compile_s_median'])} | " + ", ".join(f"{x:.3f}" for x in r["compile_s"]) + " |",
@@ -90,12 +101,14 @@ def b1(r: dict[str, Any]) -> list[str]:
 
 def b2(r: dict[str, Any]) -> list[str]:
     lines = ["### B2 convergence (one new lease -> every switch)", "", *_head(r),
-             "| switches | S | leases before | n | p50 | p99 | max | spread p50 (first->last switch) "
-             "| etcd put -> watch p50 |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| switches | OpenFlow | S | leases before | n | p50 | p99 | max | spread p50 "
+             "(first->last switch) | etcd put -> watch p50 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for x in r["runs"]:
         lat = x["latency_s"]
         lines.append(
-            f"| {x['switch']} | {x['switches']} | {x['leases']:,} | {lat['n']} | {_ms(lat['p50'])} | "
+            f"| {x['switch']} | {x.get('transport', 'tcp')} | {x['switches']} | {x['leases']:,} | "
+            f"{lat['n']} | {_ms(lat['p50'])} | "
             f"{_ms(lat['p99'])} | {_ms(lat['max'])} | {_ms(x['spread_s']['p50'])} | "
             f"{_ms(x['etcd_watch_s']['p50'])} |"
         )  # fmt: skip

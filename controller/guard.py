@@ -5,23 +5,29 @@ garbage only ever breaks its own connection. What it does not bound is time
 and noise, which this module adds:
 
 - a TLS handshake (os-ken wraps an accepted socket before any OpenFlow) is
-  bounded by the process's default socket timeout, HANDSHAKE_TIMEOUT;
+  bounded by HANDSHAKE_TIMEOUT, and a failed accept (out of file descriptors)
+  pauses the listener instead of ending it: os-ken has no hook for either, so
+  `install()` swaps its listener class for `BoundedStreamServer`;
 - a peer that has not completed the OpenFlow handshake (hello, features)
   HANDSHAKE_TIMEOUT after connecting is disconnected;
 - a switch that stops answering echo requests is disconnected after
   MAX_UNREPLIED_ECHOES of them (a peer stalled in the middle of a message);
-- the traceback os-ken's hub logs when a peer's connection fails (a TLS
-  handshake refused, a message its parser cannot read) becomes one line,
-  counted as `vxflow_controller_switches_refused{reason}`.
+- every message is checked before os-ken parses it (controller/wirecheck.py);
+- the traceback os-ken logs when a peer's connection fails (a TLS handshake
+  refused, a message its parser cannot read) becomes one line, counted as
+  `vxflow_controller_switches_refused{reason}`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import Callable
 
-from controller import metrics
+from os_ken.lib import hub
+
+from controller import metrics, wirecheck
 
 log = logging.getLogger("controller")
 
@@ -34,6 +40,7 @@ _FAILURES = (
     ("wrap_and_handle_ctx", "tls_handshake", "OpenFlow TLS handshake failed"),
     ("datapath_connection_factory", "malformed", "OpenFlow connection dropped"),
 )
+_PARSE_ERROR = "Encountered an error while parsing OpenFlow packet"
 
 
 class _OneLineFailures(logging.Filter):
@@ -41,6 +48,13 @@ class _OneLineFailures(logging.Filter):
     connection into one line with the exception's last line, and counts it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(_PARSE_ERROR):  # os-ken's parser gave up on a message
+            metrics.REFUSED.labels("malformed").inc()
+            kind = record.exc_info[1] if record.exc_info else None
+            record.msg, record.args = "OpenFlow message unreadable (%r); ignored", (kind,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            return True
         if not str(record.msg).startswith("hub: uncaught exception") or not record.args:
             return True
         text = str(record.args[0] if isinstance(record.args, tuple) else record.args)
@@ -54,14 +68,45 @@ class _OneLineFailures(logging.Filter):
         return True
 
 
+class BoundedStreamServer(hub.StreamServer):
+    """os-ken's listener, with a deadline on each accepted socket until the handler
+    (the TLS handshake, then os-ken's Datapath, which sets its own timeout) takes over."""
+
+    def serve_forever(self) -> None:
+        while True:
+            try:
+                sock, addr = self.server.accept()
+            except OSError as exc:  # e.g. EMFILE: the listener must outlive it
+                log.error("OpenFlow listener: accept failed (%s); retrying in 1s", exc)
+                hub.sleep(1)
+                continue
+            sock.settimeout(HANDSHAKE_TIMEOUT)
+            hub.spawn(self._serve, sock, addr)
+
+    def _serve(self, sock, addr) -> None:
+        # A TLS wrap takes the socket's descriptor over, and when its handshake fails
+        # nothing closes it: end the connection through a handle of our own.
+        peer = sock.dup()
+        try:
+            self.handle(sock, addr)
+        finally:
+            with contextlib.suppress(OSError):  # already gone
+                peer.shutdown(socket.SHUT_RDWR)
+            peer.close()
+
+
 def install(conf) -> None:
     """Bound handshakes and echo stalls in this process (call before switches connect)."""
-    socket.setdefaulttimeout(HANDSHAKE_TIMEOUT)
+    from os_ken.controller import controller as osken_controller
+
+    osken_controller.StreamServer = BoundedStreamServer
     conf.set_default("echo_request_interval", ECHO_INTERVAL)
     conf.set_default("maximum_unreplied_echo_requests", MAX_UNREPLIED_ECHOES)
-    hub_log = logging.getLogger("os_ken.lib.hub")
-    if not any(isinstance(f, _OneLineFailures) for f in hub_log.filters):
-        hub_log.addFilter(_OneLineFailures())
+    wirecheck.install()
+    for name in ("os_ken.lib.hub", "os_ken.ofproto.ofproto_parser"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OneLineFailures) for f in logger.filters):
+            logger.addFilter(_OneLineFailures())
 
 
 def enforce_handshake_deadline(

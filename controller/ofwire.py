@@ -520,6 +520,8 @@ def decode_flow_stats(body: bytes) -> Iterable[Flow]:
         length, table, _sec, _nsec, priority, _idle, _hard, _flags, _imp, cookie, _p, _b = (
             _FLOW_STATS.unpack_from(body, pos)
         )
+        if length < _FLOW_STATS.size:  # (wirecheck refuses these before they get here)
+            return
         mpos = pos + _FLOW_STATS.size
         (mlen,) = _U16.unpack_from(body, mpos + 2)
         match = decode_oxm_list(bytes(body[mpos + 4 : mpos + mlen]))

@@ -47,13 +47,16 @@ def test_b1_flow_rate_tiny(tmp_path: Path) -> None:
                 "controller_landed_s_median", "rate_ratio_controller_over_ofctl"):  # fmt: skip
         assert positive(s[key]), key
     assert r["controller_memory_kib"]["VmRSS"] > 0
+    assert len(r["tls"]["controller"]) == 2  # the controller's rounds again, over TLS
+    assert positive(s["controller_tls_landed_s_median"]) and positive(s["time_ratio_tls_over_tcp"])
 
 
 @pytest.mark.integration
 def test_b2_convergence_tiny(tmp_path: Path) -> None:
     r = run_bench(tmp_path, "bench.b2_convergence", "-s", "3", "--leases", "20", "--repeat", "5",
                   "--gap", "0")  # fmt: skip
-    assert [run["kind"] for run in r["runs"]] == ["real", "stand-in"]
+    assert [(run["kind"], run["transport"]) for run in r["runs"]] == [
+        ("real", "tcp"), ("real", "tls"), ("stand-in", "tcp")]  # fmt: skip
     for run in r["runs"]:
         assert run["switches"] == 3 and run["final_tables_ok"] is True
         lat, heard = run["latency_s"], run["etcd_watch_s"]

@@ -1,0 +1,145 @@
+"""Structure checks on what a switch sends, before os-ken's parsers see it.
+
+os-ken (like Ryu before it) walks the variable-length lists inside OpenFlow
+messages with `offset += length` and trusts `length`: an element, entry,
+instruction, action or property of length 0 makes that loop spin forever on
+the hub, and one such message from any peer that reaches the controller port
+stops every switch's session (found by tests/test_controller_fuzz.py: a hello
+element of length 0). So each message is checked first, against the layout
+vxflow's peers (Open vSwitch, OpenFlow 1.4) send: message types the controller
+never asks for are refused, and every list in the ones it does is walked here
+with bounds. A message that fails is logged, counted and its peer disconnected;
+`install()` puts the check in front of os-ken's parser of every version.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterator
+
+from controller import metrics
+
+log = logging.getLogger("controller")
+
+OF14 = 5
+HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY, EXPERIMENTER = 0, 1, 2, 3, 4
+FEATURES_REPLY, GET_CONFIG_REPLY, PACKET_IN, FLOW_REMOVED, PORT_STATUS = 6, 8, 10, 11, 12
+MULTIPART_REPLY, BARRIER_REPLY, ROLE_REPLY, GET_ASYNC_REPLY = 19, 21, 25, 27
+ROLE_STATUS, BUNDLE_CONTROL = 30, 33
+MP_DESC, MP_FLOW, MP_PORT_DESC = 0, 1, 13
+# what a switch sends a vxflow controller; fixed layouts need no walk
+_EXPECTED = {HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY, EXPERIMENTER, FEATURES_REPLY,
+             GET_CONFIG_REPLY, PACKET_IN, FLOW_REMOVED, PORT_STATUS, MULTIPART_REPLY,
+             BARRIER_REPLY, ROLE_REPLY, GET_ASYNC_REPLY, ROLE_STATUS, BUNDLE_CONTROL}  # fmt: skip
+_U16 = struct.Struct("!H")
+PORT_SIZE = 40  # ofp_port before its properties
+FLOW_STATS_SIZE = 48  # ofp_flow_stats before its match
+
+
+class Malformed(ValueError):
+    pass
+
+
+def records(buf: bytes, start: int, end: int, len_at: int, min_len: int, what: str) -> Iterator[
+    tuple[int, int]
+]:
+    """(offset, length) of each record of a list whose u16 length sits `len_at` bytes in;
+    every length at least `min_len` and the last ending exactly at `end`."""
+    pos = start
+    while pos < end:
+        if pos + len_at + 2 > end:
+            raise Malformed(f"{what} at {pos} truncated")
+        (length,) = _U16.unpack_from(buf, pos + len_at)
+        if length < min_len or pos + length > end:
+            raise Malformed(f"{what} at {pos} has length {length}")
+        yield pos, length
+        pos += length
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) // 8 * 8
+
+
+def _match_end(buf: bytes, pos: int, end: int) -> int:
+    """Where the instructions begin after an ofp_match at `pos`."""
+    if pos + 4 > end:
+        raise Malformed("match truncated")
+    (length,) = _U16.unpack_from(buf, pos + 2)
+    if length < 4 or pos + _pad8(length) > end:
+        raise Malformed(f"match has length {length}")
+    return pos + _pad8(length)
+
+
+def _flow_stats(buf: bytes, start: int, end: int) -> None:
+    for pos, length in records(buf, start, end, 0, FLOW_STATS_SIZE + 8, "flow stats entry"):
+        inst_start = _match_end(buf, pos + FLOW_STATS_SIZE, pos + length)
+        for ipos, ilen in records(buf, inst_start, pos + length, 2, 8, "instruction"):
+            (itype,) = _U16.unpack_from(buf, ipos)
+            if itype in (3, 4, 5):  # write/apply/clear actions: a list of actions
+                for _ in records(buf, ipos + 8, ipos + ilen, 2, 8, "action"):
+                    pass
+
+
+def _ports(buf: bytes, start: int, end: int) -> None:
+    for pos, length in records(buf, start, end, 4, PORT_SIZE, "port"):
+        for _ in records(buf, pos + PORT_SIZE, pos + length, 2, 4, "port property"):
+            pass
+
+
+def problem(version: int, msg_type: int, buf: bytes) -> str | None:
+    """Why this message must not reach os-ken's parser (None: it may)."""
+    try:
+        if msg_type == HELLO:
+            for _ in records(buf, 8, len(buf), 2, 4, "hello element"):
+                pass
+            return None
+        if version != OF14:
+            return None if msg_type == ERROR else f"OpenFlow version {version} after the hello"
+        if msg_type not in _EXPECTED:
+            return f"message type {msg_type}, which vxflow never asks a switch for"
+        if msg_type == MULTIPART_REPLY:
+            if len(buf) < 16:
+                raise Malformed("multipart reply truncated")
+            (mp_type,) = _U16.unpack_from(buf, 8)
+            if mp_type == MP_FLOW:
+                _flow_stats(buf, 16, len(buf))
+            elif mp_type == MP_PORT_DESC:
+                _ports(buf, 16, len(buf))
+            elif mp_type != MP_DESC:
+                return f"multipart reply of type {mp_type}, which vxflow never asks for"
+        elif msg_type == PORT_STATUS:
+            _ports(buf, 16, len(buf))
+        elif msg_type in (ROLE_STATUS, GET_ASYNC_REPLY, BUNDLE_CONTROL):
+            fixed = {ROLE_STATUS: 24, GET_ASYNC_REPLY: 8, BUNDLE_CONTROL: 16}[msg_type]
+            for _ in records(buf, fixed, len(buf), 2, 4, "property"):
+                pass
+    except Malformed as exc:
+        return str(exc)
+    return None
+
+
+def _guarded(original):
+    def parse(datapath, version, msg_type, msg_len, xid, buf):
+        why = problem(version, msg_type, bytes(buf[:msg_len]))
+        if why is None:
+            return original(datapath, version, msg_type, msg_len, xid, buf)
+        metrics.REFUSED.labels("malformed").inc()
+        log.warning(
+            "OpenFlow peer %s sent a malformed message (type %d, %d bytes: %s); disconnecting",
+            datapath.address, msg_type, msg_len, why,
+        )  # fmt: skip
+        datapath.close()
+        return None
+
+    parse.vxflow_guarded = True
+    return parse
+
+
+def install() -> None:
+    """Put `problem` in front of os-ken's parser of every OpenFlow version (idempotent)."""
+    from os_ken.ofproto import ofproto_parser
+
+    for version, original in list(ofproto_parser._MSG_PARSERS.items()):
+        if not getattr(original, "vxflow_guarded", False):
+            ofproto_parser.register_msg_parser(version)(_guarded(original))

@@ -1,0 +1,49 @@
+"""The structure checks in front of os-ken's parsers (pure)."""
+
+from __future__ import annotations
+
+import struct
+
+from controller import ofwire, wirecheck
+from flows.compiler import compile_node
+from tests.test_controller_sync import CONFIG, lease, stats_body
+
+
+def msg(mtype: int, body: bytes = b"", version: int = 5) -> bytes:
+    return struct.pack("!BBHI", version, mtype, 8 + len(body), 1) + body
+
+
+def test_what_ovs_sends_passes() -> None:
+    flows = compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip)
+    reply = msg(wirecheck.MULTIPART_REPLY, struct.pack("!HH4x", 1, 0) + stats_body(flows))
+    assert wirecheck.problem(5, wirecheck.MULTIPART_REPLY, reply) is None
+    assert list(ofwire.decode_flow_stats(reply[16:]))  # and it reads back
+    hello = msg(wirecheck.HELLO, struct.pack("!HHI", 1, 8, 0b110000))
+    assert wirecheck.problem(5, wirecheck.HELLO, hello) is None
+    port = struct.pack("!IH2x6s2x16sII", 1, 72, b"\x02" * 6, b"vxlan0".ljust(16, b"\0"), 0, 0)
+    port += struct.pack("!HH4xIIIIII", 0, 32, 0, 0, 0, 0, 0, 0)  # ethernet property
+    assert wirecheck.problem(5, wirecheck.PORT_STATUS, msg(12, b"\x02" + b"\0" * 7 + port)) is None
+    assert wirecheck.problem(5, wirecheck.BARRIER_REPLY, msg(21)) is None
+
+
+def test_lists_that_would_spin_os_ken_are_refused() -> None:
+    zero_elem = msg(wirecheck.HELLO, struct.pack("!HH", 1, 0) + b"\0" * 4)
+    assert "hello element at 8 has length 0" in wirecheck.problem(5, 0, zero_elem)
+    flows = compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip)
+    body = bytearray(stats_body(flows))
+    struct.pack_into("!H", body, 0, 0)  # first entry of length 0
+    reply = msg(19, struct.pack("!HH4x", 1, 0) + bytes(body))
+    assert "flow stats entry at 16 has length 0" in wirecheck.problem(5, 19, reply)
+    body = bytearray(stats_body([max(flows, key=lambda f: len(f.actions))]))
+    match_len = struct.unpack_from("!H", body, 48 + 2)[0]
+    struct.pack_into("!H", body, 48 + (match_len + 7) // 8 * 8 + 2, 0)  # instruction length 0
+    reply = msg(19, struct.pack("!HH4x", 1, 0) + bytes(body))
+    assert "instruction" in wirecheck.problem(5, 19, reply)
+    port = struct.pack("!IH2x6s2x16sII", 1, 48, b"\x02" * 6, b"p".ljust(16, b"\0"), 0, 0)
+    port += struct.pack("!HH4x", 0, 0)  # a property of length 0
+    assert "port property" in wirecheck.problem(5, 12, msg(12, b"\0" * 8 + port))
+    assert "never asks" in wirecheck.problem(5, 13, msg(13))  # a packet-out from a switch
+    assert "never asks" in wirecheck.problem(5, 19, msg(19, struct.pack("!HH4x", 14, 0)))
+    assert "version 4 after the hello" in wirecheck.problem(4, 6, msg(6, version=4))
+    truncated = msg(19, struct.pack("!HH4x", 1, 0) + stats_body(flows)[:30])
+    assert "flow stats entry at 16 has length" in wirecheck.problem(5, 19, truncated)
