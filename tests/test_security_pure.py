@@ -133,3 +133,13 @@ def test_sysconfig_takes_flannels_etcd_tls_flags() -> None:
         "etcd_password": "pw",
     }
     assert parsed.ignored == []
+
+
+def test_only_the_controllers_process_is_patched_for_eventlet() -> None:
+    """The patch must come before requests imports ssl, and only where the hub runs."""
+    from vxflow.cli import _subcommand
+
+    assert _subcommand(["--log-level", "debug", "controller", "--port", "1"]) == "controller"
+    assert _subcommand(["controller"]) == "controller"
+    assert _subcommand(["--log-level=info", "leases", "list"]) == "leases"
+    assert _subcommand(["--help"]) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import warnings
 
 import click
@@ -36,10 +37,6 @@ class _LazyGroup(click.Group):
         return sorted({name for _, name in _COMMANDS})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in _GREEN:
-            from os_ken.lib import hub
-
-            hub.patch(thread=False)  # as osken-manager does first thing
         for module, name in _COMMANDS:
             if name == cmd_name:
                 return getattr(importlib.import_module(module), name)
@@ -62,5 +59,20 @@ def cli(log_level: str) -> None:
     )
 
 
+def _subcommand(args: list[str]) -> str | None:
+    """The subcommand an argument list runs (after the group's own options)."""
+    it = iter(args)
+    for arg in it:
+        if arg == "--log-level":
+            next(it, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main() -> None:
+    if _subcommand(sys.argv[1:]) in _GREEN:
+        from os_ken.lib import hub
+
+        hub.patch(thread=False)  # as osken-manager does first thing; only in that process
     cli()
