@@ -11,9 +11,9 @@ After the first round, the table the controller left is compared line by
 line (`dump-flows --no-stats`) with the one ovs-ofctl left. Landing is
 observed from the switch side (bench/observer.py): a bundle commits
 at once, so the table is complete when a flow-count poll (every 5 ms) first
-shows all N flows. With `--tls` (the default) the controller's rounds are
-repeated over OpenFlow over TLS: a second etcd and controller, the bridge
-presenting a certificate from the same run's CA.
+shows all N flows. With `--tls` (the default) every round also has (c): the
+same as (b) over OpenFlow over TLS, from a second etcd and controller, the
+bridge presenting a certificate from that run's CA; a, b, c alternate.
 Run: `python -m bench.b1_flow_rate` (root; own namespace).
 """
 
@@ -123,24 +123,8 @@ def warm_up_controller(farm: BridgeFarm, env: Env, observer: FlowObserver, n: in
     return took
 
 
-def measure_tls(c: Any, n: int, repeat: int) -> dict:
-    """The controller's rounds of (b) again, over TLS; also the warm-up."""
-    out: dict[str, Any] = {"controller": []}
-    with (
-        environment(c, tls=True) as env,
-        BridgeFarm(list(c.leases[:2])) as farm,
-        FlowObserver({b.name: b.mgmt_socket for b in farm.bridges}) as observer,
-    ):
-        assert env.controller.pki is not None
-        farm.use_tls(env.controller.pki)
-        out["controller_warm_up_s"] = warm_up_controller(farm, env, observer, n)
-        for i in range(repeat):
-            out["controller"].append(run_controller(farm, env, observer, n))
-            log.info("rep %d controller over TLS: %s", i + 1, out["controller"][-1])
-    return out
-
-
 def measure(n_remote: int, repeat: int, with_controller: bool, tls: bool = False) -> dict:
+    tls = tls and with_controller
     c, flows, compile_s = compile_table(n_remote)
     n = len(flows)
     result: dict[str, Any] = {
@@ -150,6 +134,7 @@ def measure(n_remote: int, repeat: int, with_controller: bool, tls: bool = False
         "encode_s": [],
         "ofctl": [],
         "controller": [],
+        **({"controller_tls": []} if tls else {}),
     }
     for _ in range(repeat - 1):
         result["compile_s"].append(compile_table(n_remote)[2])
@@ -164,10 +149,15 @@ def measure(n_remote: int, repeat: int, with_controller: bool, tls: bool = False
         flow_file = tmp / "flows.txt"
         flow_file.write_text("".join(to_ofctl(f) + "\n" for f in flows))
         env = stack.enter_context(environment(c)) if with_controller else None
+        env_tls = stack.enter_context(environment(c, tls=True)) if tls else None
         farm = stack.enter_context(BridgeFarm(list(c.leases[:2])))
         observer = stack.enter_context(FlowObserver({b.name: b.mgmt_socket for b in farm.bridges}))
         if env is not None:
             result["controller_warm_up_s"] = warm_up_controller(farm, env, observer, n)
+        if env_tls is not None:
+            assert env_tls.controller.pki is not None
+            farm.use_tls(env_tls.controller.pki)
+            result["controller_tls_warm_up_s"] = warm_up_controller(farm, env_tls, observer, n)
         for i in range(repeat):
             result["ofctl"].append(run_ofctl(farm.bridges[0], observer, flow_file, n))
             log.info("rep %d ofctl: %s", i + 1, result["ofctl"][-1])
@@ -180,10 +170,11 @@ def measure(n_remote: int, repeat: int, with_controller: bool, tls: bool = False
                     result["tables_identical"] = result["controller"][-1]["identical_to_ofctl"]
                     if not result["tables_identical"]:
                         raise RuntimeError("the controller's table differs from ovs-ofctl's")
+            if env_tls is not None:
+                result["controller_tls"].append(run_controller(farm, env_tls, observer, n))
+                log.info("rep %d controller over TLS: %s", i + 1, result["controller_tls"][-1])
         if env is not None:
             result["controller_memory_kib"] = env.controller.memory_kib()
-    if with_controller and tls:
-        result["tls"] = measure_tls(c, n, repeat)
     return result
 
 
@@ -207,8 +198,8 @@ def summarise(result: dict) -> dict:
             a["landed_s"] / b["landed_s"] for a, b in zip(result["ofctl"], result["controller"], strict=True)
         ])  # fmt: skip
         s["goal_rate_ratio_0_8_met"] = float(s["rate_ratio_controller_over_ofctl"] >= 0.8)
-    if result.get("tls"):
-        tls = median([r["landed_s"] for r in result["tls"]["controller"]])
+    if result.get("controller_tls"):
+        tls = median([r["landed_s"] for r in result["controller_tls"]])
         s["controller_tls_landed_s_median"] = tls
         s["controller_tls_flows_per_s"] = result["flows_per_table"] / tls
         s["time_ratio_tls_over_tcp"] = tls / s["controller_landed_s_median"]
@@ -222,7 +213,7 @@ def summarise(result: dict) -> dict:
 @click.option("--controller/--no-controller", default=True, show_default=True,
               help="Also measure the vxflow controller (b).")
 @click.option("--tls/--no-tls", default=True, show_default=True,
-              help="Also measure (b) over OpenFlow over TLS.")
+              help="Also measure (c): (b) over OpenFlow over TLS.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write b1_flow_rate.json (default bench/results).")
 def main(remote_leases: int, repeat: int, controller: bool, tls: bool,

@@ -64,9 +64,9 @@ def b1(r: dict[str, Any]) -> list[str]:
             + ", ".join(f"{x['controller_cpu_s']:.2f}" for x in r["controller"]) + " |",
         ]  # fmt: skip
     if "controller_tls_landed_s_median" in s:
-        tls = r["tls"]["controller"]
+        tls = r["controller_tls"]
         lines += [
-            f"| (b) over OpenFlow over TLS, same measure | "
+            f"| (c) as (b), over OpenFlow over TLS | "
             f"{_s(s['controller_tls_landed_s_median'])} ({s['controller_tls_flows_per_s']:,.0f} "
             f"flows/s; x{s['time_ratio_tls_over_tcp']:.2f} of TCP) | "
             + ", ".join(f"{x['landed_s']:.3f}" for x in tls) + " |",

@@ -47,7 +47,7 @@ def test_b1_flow_rate_tiny(tmp_path: Path) -> None:
                 "controller_landed_s_median", "rate_ratio_controller_over_ofctl"):  # fmt: skip
         assert positive(s[key]), key
     assert r["controller_memory_kib"]["VmRSS"] > 0
-    assert len(r["tls"]["controller"]) == 2  # the controller's rounds again, over TLS
+    assert len(r["controller_tls"]) == 2  # (c): the controller's rounds over TLS
     assert positive(s["controller_tls_landed_s_median"]) and positive(s["time_ratio_tls_over_tcp"])
 
 
