@@ -49,7 +49,8 @@ def b1(r: dict[str, Any]) -> list[str]:
     n = r["flows_per_table"]
     lines = ["### B1 flow programming rate", "", *_head(r),
              f"{r['remote_leases']:,} remote leases -> {n:,} flows in one table "
-             f"(remote-subnet flows + base pipeline), {len(r['ofctl'])} alternating rounds.", "",
+             f"(per remote lease its route and tunnel-ingress check, + base pipeline), "
+             f"{len(r['ofctl'])} alternating rounds.", "",
              "| what | median | all runs |", "|---|---|---|",
              f"| (a) `ovs-ofctl --bundle add-flows`, until the table is complete | "
              f"{_s(s['ofctl_landed_s_median'])} ({s['ofctl_flows_per_s']:,.0f} flows/s) | "
