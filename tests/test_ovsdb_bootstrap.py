@@ -150,3 +150,30 @@ def test_foreign_port_with_a_vxflow_name_is_refused(booted: Booted) -> None:
     with pytest.raises(BootstrapError, match="vxlan0 exists but was not created by vxflow"):
         booted.run()
     assert booted.get("Interface", "vxlan0", "type") == "internal"
+
+
+@pytest.mark.integration
+def test_ssl_controller_and_the_ovs_ssl_table(booted: Booted, tmp_path) -> None:
+    """An `ssl:` target comes with the switch's key, certificate and CA in the SSL table
+    (what `ovs-vsctl set-ssl` writes), converged like the rest and idempotent."""
+    from ovsdb.bootstrap import SslSpec
+
+    b = booted
+    files = [tmp_path / name for name in ("node-key.pem", "node.pem", "ca.pem")]
+    spec = SslSpec(*(str(f) for f in files))
+    target = ("ssl:127.0.0.1:6653",)
+    with pytest.raises(ValueError, match="needs the switch's key"):
+        bootstrap(b.idl, CONFIG, b.lease, target, BootstrapOptions(), netns=b.node.netns)
+    changes = bootstrap(b.idl, CONFIG, b.lease, target, BootstrapOptions(ssl=spec),
+                        netns=b.node.netns)  # fmt: skip
+    assert any(line.startswith("ssl: create") for line in changes), changes
+    got = b.node.ovs.vsctl("get-ssl")
+    assert f"Private key: {files[0]}" in got and f"Certificate: {files[1]}" in got, got
+    assert f"CA Certificate: {files[2]}" in got, got
+    assert b.get("Bridge", "br-int", "controller") != "[]"
+    moved = SslSpec(spec.private_key, spec.certificate, str(tmp_path / "other-ca.pem"))
+    again = bootstrap(b.idl, CONFIG, b.lease, target, BootstrapOptions(ssl=moved),
+                      netns=b.node.netns)  # fmt: skip
+    assert again == [f"ssl ca_cert: {files[2]} -> {tmp_path / 'other-ca.pem'}"], again
+    assert bootstrap(b.idl, CONFIG, b.lease, target, BootstrapOptions(ssl=moved),
+                     netns=b.node.netns) == []  # fmt: skip
