@@ -156,13 +156,13 @@ def test_foreign_port_with_a_vxflow_name_is_refused(booted: Booted) -> None:
 def test_ssl_controller_and_the_ovs_ssl_table(booted: Booted, tmp_path) -> None:
     """An `ssl:` target comes with the switch's key, certificate and CA in the SSL table
     (what `ovs-vsctl set-ssl` writes), converged like the rest and idempotent."""
-    from ovsdb.bootstrap import SslSpec
+    from ovsdb.bootstrap import BootstrapError, SslSpec
 
     b = booted
     files = [tmp_path / name for name in ("node-key.pem", "node.pem", "ca.pem")]
     spec = SslSpec(*(str(f) for f in files))
     target = ("ssl:127.0.0.1:6653",)
-    with pytest.raises(ValueError, match="needs the switch's key"):
+    with pytest.raises(BootstrapError, match="needs the switch's key"):
         bootstrap(b.idl, CONFIG, b.lease, target, BootstrapOptions(), netns=b.node.netns)
     changes = bootstrap(b.idl, CONFIG, b.lease, target, BootstrapOptions(ssl=spec),
                         netns=b.node.netns)  # fmt: skip

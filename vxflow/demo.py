@@ -127,7 +127,12 @@ def walk_through(cluster, checks: Checks) -> None:
 
     if spec.tls:
         _section("TLS: every switch's OpenFlow session and every etcd client")
-        status = n1.ovs.vsctl("--columns=target,is_connected", "list", "controller")
+        deadline = time.monotonic() + 15  # ovs-vswitchd writes the status lazily (seconds)
+        while True:
+            status = n1.ovs.vsctl("--columns=target,is_connected", "list", "controller")
+            if "is_connected        : true" in status or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         _show(f"{n1.name}$ ovs-vsctl --columns=target,is_connected list controller", status)
         checks.check(f"{n1.name}'s switch connected over ssl:",
                      "ssl:" in status and "is_connected        : true" in status)  # fmt: skip
