@@ -30,3 +30,7 @@ class SubnetTaken(RegistryError):
 
 class LeaseLost(RegistryError):
     """Our lease expired or was deleted and its subnet now belongs to someone else."""
+
+
+class ServiceRejected(RegistryError):
+    """A service that validation refuses (its key, the reason and its code)."""

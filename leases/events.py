@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig
+from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig, Service, VxflowConfig
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,29 @@ class ClaimRemoved:
     revision: int
 
 
+@dataclass(frozen=True)
+class VxflowConfigChanged:
+    """vxflow's own config (the service range) changed; services are judged again."""
+
+    old: VxflowConfig
+    config: VxflowConfig
+    revision: int
+
+
+@dataclass(frozen=True)
+class ServiceAdded:
+    """A service became valid (a changed one is ServiceRemoved of the old, then this)."""
+
+    service: Service
+    revision: int
+
+
+@dataclass(frozen=True)
+class ServiceRemoved:
+    service: Service
+    revision: int
+
+
 Event = (
     ConfigChanged
     | LeaseAdded
@@ -86,5 +109,9 @@ Event = (
     | MemberRemoved
     | ClaimAdded
     | ClaimRemoved
+    | VxflowConfigChanged
+    | ServiceAdded
+    | ServiceRemoved
 )
 ReplicaEvent = MemberAdded | MemberRemoved | ClaimAdded | ClaimRemoved
+ServiceEvent = VxflowConfigChanged | ServiceAdded | ServiceRemoved

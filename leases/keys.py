@@ -19,6 +19,8 @@ class KeyKind(StrEnum):
     ENDPOINT = "endpoint"
     MEMBER = "member"  # a controller replica
     CLAIM = "claim"  # a replica's mastership of one switch
+    VXFLOW_CONFIG = "vxflow_config"  # vxflow's own settings (the service range)
+    SERVICE = "service"  # a virtual service
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,17 @@ class Keys:
     def masters(self) -> str:
         return f"{self.prefix}/{VXFLOW_SUBPREFIX}/masters/"
 
+    @property
+    def vxflow_config(self) -> str:
+        return f"{self.prefix}/{VXFLOW_SUBPREFIX}/config"
+
+    @property
+    def services(self) -> str:
+        return f"{self.prefix}/{VXFLOW_SUBPREFIX}/services/"
+
+    def service(self, name: str) -> str:
+        return self.services + name
+
     def member(self, member_id: str) -> str:
         return self.controllers + member_id
 
@@ -101,4 +114,8 @@ class Keys:
             return KeyKind.MEMBER, key[len(self.controllers) :]
         if key.startswith(self.masters):
             return KeyKind.CLAIM, key[len(self.masters) :]
+        if key == self.vxflow_config:
+            return KeyKind.VXFLOW_CONFIG, ""
+        if key.startswith(self.services):
+            return KeyKind.SERVICE, key[len(self.services) :]
         return None

@@ -109,6 +109,44 @@ class Claim:
     etcd_lease_id: int = 0
 
 
+@dataclass(frozen=True)
+class ServicePort:
+    """One port of a service: `Port`/`Protocol` on the VIP, `TargetPort` on each backend."""
+
+    port: int
+    protocol: str  # "TCP" or "UDP"
+    target_port: int
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An endpoint of a service: an IP in the overlay and its share of new connections."""
+
+    ip: IPv4Address
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Service:
+    """A virtual service: `<prefix>/vxflow/services/<name>`, load-balanced in every node's
+    flows. `ports` are sorted by (protocol, port), `backends` by IP: a port's place in
+    that order is part of its OpenFlow group id (`flows.services`)."""
+
+    name: str
+    vip: IPv4Address
+    ports: tuple[ServicePort, ...]
+    backends: tuple[Backend, ...] = ()
+    affinity_timeout: int = 0  # seconds of client-IP session affinity; 0: none
+    create_revision: int = 0  # the older of two services claiming one VIP keeps it
+
+
+@dataclass(frozen=True)
+class VxflowConfig:
+    """`<prefix>/vxflow/config`: vxflow's own settings beside flannel's config."""
+
+    service_network: IPv4Network | None = None  # the virtual IPs' range; None: no services
+
+
 def subnet_key(subnet: IPv4Network) -> str:
     """flannel's key name for a subnet: `10.20.52.0-24`."""
     return f"{subnet.network_address}-{subnet.prefixlen}"

@@ -8,6 +8,7 @@ nodes on one prefix never hands a subnet out twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -16,7 +17,14 @@ from ipaddress import IPv4Address, IPv4Network
 
 from leases.config import leasable, parse_config, subnet_range
 from leases.controllers import claim_to_json, member_to_json
-from leases.errors import ConfigMissing, LeaseLost, NetworkExhausted, RegistryError, SubnetTaken
+from leases.errors import (
+    ConfigMissing,
+    LeaseLost,
+    NetworkExhausted,
+    RegistryError,
+    ServiceRejected,
+    SubnetTaken,
+)
 from leases.etcd_client import NO_ACCESS, EtcdAccess, EtcdClient
 from leases.events import Event
 from leases.keys import KV, Keys
@@ -30,6 +38,14 @@ from leases.model import (
     Lease,
     Member,
     NetworkConfig,
+    Service,
+    VxflowConfig,
+)
+from leases.services import (
+    check_service,
+    parse_vxflow_config,
+    resolve_services,
+    service_to_json,
 )
 from leases.state import Snapshot, build_snapshot
 from leases.validate import (
@@ -409,6 +425,59 @@ class Registry:
                 for dpid in batch:
                     claim([dpid])
         return claimed
+
+    # --- services ------------------------------------------------------------
+
+    def get_vxflow_config(self, config: NetworkConfig | None = None) -> VxflowConfig:
+        """vxflow's own config (no key: no service range); ConfigError if invalid."""
+        kv = self.etcd.get(self.keys.vxflow_config)
+        return parse_vxflow_config(kv.value, config) if kv is not None else VxflowConfig()
+
+    def set_service_network(self, network: str) -> VxflowConfig:
+        """Validate `network` against the overlay and store it as the ServiceNetwork of
+        `<prefix>/vxflow/config`, keeping the key's other fields."""
+        config = self.get_config()
+        kv = self.etcd.get(self.keys.vxflow_config)
+        obj = json.loads(kv.value) if kv is not None else {}
+        if not isinstance(obj, dict):  # an invalid value is replaced, not merged
+            obj = {}
+        obj["ServiceNetwork"] = network
+        raw = json.dumps(obj, separators=(",", ":"))
+        vx = parse_vxflow_config(raw, config)
+        self.etcd.put(self.keys.vxflow_config, raw)
+        log.info("vxflow config written to %s: ServiceNetwork %s", self.keys.vxflow_config, network)
+        return vx
+
+    def put_service(self, obj: dict) -> Service:
+        """Validate one service (as `vxflow services set` reads it) against the network,
+        the service range and the other services, then store its canonical value.
+
+        Raises ServiceRejected with the reason instead of writing a service the
+        controllers would reject (a VIP another service holds included).
+        """
+        name = obj.get("Name")
+        key = self.keys.service(name if isinstance(name, str) else "")
+        snap = self.snapshot()
+        if snap.config is None:
+            raise ConfigMissing(f"no valid network config at {self.keys.config}")
+        current = snap.kvs.get(key)
+        revision = current.create_revision if current else snap.revision + 1
+        kv = KV(key, json.dumps(obj).encode(), revision, revision)
+        checked = check_service(kv, key[len(self.keys.services) :], snap.config, snap.vxflow)
+        if isinstance(checked, Rejection):
+            raise ServiceRejected(str(checked))
+        others = {s.name: s for s in snap.services if s.name != checked.name}
+        _, conflicts = resolve_services({**others, checked.name: checked})
+        for conflict in conflicts:
+            raise ServiceRejected(f"{key}: {conflict.detail} [{conflict.reason}]")
+        self.etcd.put(key, service_to_json(checked))
+        log.info("service %s written: VIP %s, %d ports, %d backends", checked.name,
+                 checked.vip, len(checked.ports), len(checked.backends))  # fmt: skip
+        return checked
+
+    def delete_service(self, name: str) -> bool:
+        """Remove a service; False if there was none."""
+        return self.etcd.delete(self.keys.service(name)) > 0
 
     # --- listing and watching ------------------------------------------------
 

@@ -27,9 +27,13 @@ from leases.events import (
     LeaseRemoved,
     MemberAdded,
     MemberRemoved,
+    ServiceAdded,
+    ServiceRemoved,
+    VxflowConfigChanged,
 )
 from leases.keys import KV, KeyKind, Keys
-from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig
+from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig, Service, VxflowConfig
+from leases.services import check_service, check_vxflow_config, resolve_services
 from leases.validate import Reason, Rejection, check_endpoint, check_lease, resolve_conflicts
 
 
@@ -49,6 +53,8 @@ class Snapshot:
     rejected: tuple[Rejection, ...] = ()
     members: tuple[Member, ...] = ()  # controller replicas, sorted by id
     claims: tuple[Claim, ...] = ()  # switch masterships, sorted by datapath-id
+    vxflow: VxflowConfig = field(default_factory=VxflowConfig)  # the last valid `<prefix>/vxflow/config`
+    services: tuple[Service, ...] = ()  # accepted services, sorted by name
     kvs: Mapping[str, KV] = field(default_factory=dict, repr=False, compare=False)
     # The View it was built from, when nothing else holds that View (build_snapshot's):
     # a watch starts from a copy of it instead of validating every entry again.
@@ -77,6 +83,10 @@ def _member_id(member: Member) -> str:
 
 def _dpid(claim: Claim) -> int:
     return claim.datapath_id
+
+
+def _service_name(service: Service) -> str:
+    return service.name
 
 
 PAUSE_EVERY = 1024  # keys validated between two calls of a View's `pause`
@@ -117,6 +127,12 @@ class View:
         self._live_eps: dict[str, Endpoint] = {}
         # controller replicas and their claims: judged on their own, config or not
         self._replicas: dict[str, Member | Claim | Rejection] = {}
+        # services: judged against config and vxflow config, then one holder per VIP
+        self.vxflow = VxflowConfig()
+        self._vxflow_rejection: Rejection | None = None
+        self._services: dict[str, Service | Rejection] = {}
+        self._live_services: dict[str, Service] = {}
+        self._service_conflicts: dict[str, Rejection] = {}
 
     def load(self, kvs: Iterable[KV], revision: int) -> View:
         """(Re)build from the complete contents of the prefix."""
@@ -138,6 +154,9 @@ class View:
         new._groups = {name: set(keys) for name, keys in self._groups.items()}
         new._endpoints, new._live_eps = dict(self._endpoints), dict(self._live_eps)
         new._replicas = dict(self._replicas)
+        new.vxflow, new._vxflow_rejection = self.vxflow, self._vxflow_rejection
+        new._services, new._live_services = dict(self._services), dict(self._live_services)
+        new._service_conflicts = dict(self._service_conflicts)
         return new
 
     def apply(
@@ -165,10 +184,17 @@ class View:
         return events, rejections, touched | {self.keys.config}
 
     def rejection(self, key: str) -> Rejection | None:
-        for result in (self._leases.get(key), self._endpoints.get(key), self._replicas.get(key)):
+        for result in (
+            self._leases.get(key),
+            self._endpoints.get(key),
+            self._replicas.get(key),
+            self._services.get(key),
+        ):
             if isinstance(result, Rejection):
                 return result
-        return self._conflicts.get(key)
+        if key == self.keys.vxflow_config:
+            return self._vxflow_rejection
+        return self._conflicts.get(key) or self._service_conflicts.get(key)
 
     def snapshot(self) -> Snapshot:
         rejected = [self._config_rejection] if self._config_rejection else []
@@ -176,6 +202,10 @@ class View:
         rejected += self._conflicts.values()
         rejected += [r for r in self._endpoints.values() if isinstance(r, Rejection)]
         rejected += [r for r in self._replicas.values() if isinstance(r, Rejection)]
+        rejected += [r for r in self._services.values() if isinstance(r, Rejection)]
+        rejected += self._service_conflicts.values()
+        if self._vxflow_rejection:
+            rejected.append(self._vxflow_rejection)
         replicas = self._replicas.values()
         return Snapshot(
             config=self.config,
@@ -187,6 +217,8 @@ class View:
             rejected=tuple(sorted(rejected, key=lambda r: r.key)),
             members=tuple(sorted((m for m in replicas if isinstance(m, Member)), key=_member_id)),
             claims=tuple(sorted((c for c in replicas if isinstance(c, Claim)), key=_dpid)),
+            vxflow=self.vxflow,
+            services=tuple(sorted(self._live_services.values(), key=_service_name)),
             kvs=dict(self.kvs),
         )
 
@@ -215,6 +247,9 @@ class View:
             self._endpoints,
             self._live_eps,
             self._replicas,
+            self._services,
+            self._live_services,
+            self._service_conflicts,
         ):
             table.clear()
 
@@ -223,12 +258,15 @@ class View:
         (re)load is compared as snapshots instead, or not at all)."""
         lease_keys: set[str] = set()
         ep_keys: set[str] = set()
+        svc_keys: set[str] = set()
         replica_events: list[Event] = []
         for key in dirty:
             kind = self.keys.classify(key)
             if kind is None or kind[0] is KeyKind.CONFIG:
                 continue
-            if kind[0] is KeyKind.LEASE:
+            if kind[0] in (KeyKind.SERVICE, KeyKind.VXFLOW_CONFIG):
+                svc_keys.add(key)
+            elif kind[0] is KeyKind.LEASE:
                 lease_keys.add(key)
             elif kind[0] is KeyKind.ENDPOINT:
                 ep_keys.add(key)
@@ -243,8 +281,11 @@ class View:
         for name in toggled:
             ep_keys |= self._groups.get(name, set())
         removed_eps, added_eps = self._update_endpoints(ep_keys)
+        if not report:  # a full (re)load judges vxflow's config too, present or not
+            svc_keys.add(self.keys.vxflow_config)
+        service_events = self._update_services(svc_keys) if svc_keys else []
         if not report:
-            return [], judged | ep_keys
+            return [], judged | ep_keys | svc_keys
         events: list[Event] = [
             *replica_events,
             *removed_eps,
@@ -255,7 +296,8 @@ class View:
             key=lambda e: _lease_order(e.lease),
         )
         events += added_eps
-        return events, judged | ep_keys
+        events += service_events
+        return events, judged | ep_keys | svc_keys
 
     def _update_replica(self, key: str, kind: KeyKind, name: str) -> list[Event]:
         """Re-judge one member or claim key; its events (a change: removed, then added)."""
@@ -275,6 +317,46 @@ class View:
         if isinstance(new, Member | Claim):
             events.append(added(new, self.revision))
         return events
+
+    def _update_services(self, dirty: set[str]) -> list[Event]:
+        """Re-judge the dirty service keys (every one if vxflow's config changed), then
+        which service holds each VIP; the events of what changed."""
+        events: list[Event] = []
+        if self.keys.vxflow_config in dirty:
+            old = self.vxflow
+            self._parse_vxflow()
+            if self.vxflow != old:
+                events.append(VxflowConfigChanged(old, self.vxflow, self.revision))
+                dirty = {k for k in self.kvs if k.startswith(self.keys.services)} | set(self._services)
+        for key in dirty - {self.keys.vxflow_config}:
+            self._services.pop(key, None)
+            kv = self.kvs.get(key)
+            if kv is not None and self.config is not None:
+                name = key[len(self.keys.services) :]
+                self._services[key] = check_service(kv, name, self.config, self.vxflow)
+        valid = {k: s for k, s in self._services.items() if isinstance(s, Service)}
+        revisions = {k: self.kvs[k].mod_revision for k in valid}
+        live, conflicts = resolve_services(valid, revisions)
+        self._service_conflicts = {r.key: r for r in conflicts}
+        old_live, self._live_services = self._live_services, live
+        for key, svc in sorted(old_live.items()):
+            if live.get(key) != svc:
+                events.append(ServiceRemoved(svc, self.revision))
+        for key, svc in sorted(live.items()):
+            if old_live.get(key) != svc:
+                events.append(ServiceAdded(svc, self.revision))
+        return events
+
+    def _parse_vxflow(self) -> None:
+        kv = self.kvs.get(self.keys.vxflow_config)
+        if kv is None:
+            self.vxflow, self._vxflow_rejection = VxflowConfig(), None
+            return
+        result = check_vxflow_config(kv, self.config)
+        if isinstance(result, Rejection):  # keep the last valid one
+            self._vxflow_rejection = result
+        else:
+            self.vxflow, self._vxflow_rejection = result, None
 
     def _judge(self, key: str, kv: KV, config: NetworkConfig) -> Lease | Rejection:
         result = self._leases[key] = check_lease(
@@ -432,6 +514,11 @@ def diff(old: Snapshot, new: Snapshot) -> list[Event]:
         kept = set(before) & set(after)
         events += [removed(x, rev) for x in before if x not in kept]
         events += [added(x, rev) for x in after if x not in kept]
+    if new.vxflow != old.vxflow:
+        events.append(VxflowConfigChanged(old.vxflow, new.vxflow, rev))
+    old_svcs = {s.name: s for s in old.services}
+    new_svcs = {s.name: s for s in new.services}
+    events += [ServiceRemoved(s, rev) for n, s in old_svcs.items() if new_svcs.get(n) != s]
     old_eps = {(ep.node_subnet, ep.ip): ep for ep in old.endpoints}
     new_eps = {(ep.node_subnet, ep.ip): ep for ep in new.endpoints}
     events += [EndpointRemoved(ep, rev) for k, ep in old_eps.items() if new_eps.get(k) != ep]
@@ -445,4 +532,5 @@ def diff(old: Snapshot, new: Snapshot) -> list[Event]:
         elif not _same(before, lease):
             events.append(LeaseChanged(before, lease, rev))
     events += [EndpointAdded(ep, rev) for k, ep in new_eps.items() if old_eps.get(k) != ep]
+    events += [ServiceAdded(s, rev) for n, s in new_svcs.items() if old_svcs.get(n) != s]
     return events

@@ -135,9 +135,9 @@ def public_ip_problem(ip: IPv4Address, config: NetworkConfig) -> str | None:
     return None
 
 
-def _object(value: bytes | str) -> dict[str, Any]:
-    if len(value) > MAX_VALUE_BYTES:
-        raise _Invalid(Reason.OVERSIZED, f"value of {len(value)} bytes exceeds {MAX_VALUE_BYTES}")
+def _object(value: bytes | str, limit: int = MAX_VALUE_BYTES) -> dict[str, Any]:
+    if len(value) > limit:
+        raise _Invalid(Reason.OVERSIZED, f"value of {len(value)} bytes exceeds {limit}")
     try:
         obj = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -17,6 +17,7 @@ warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 _COMMANDS = (
     ("leases.cli", "leases"),
     ("leases.cli", "config"),
+    ("leases.services_cli", "services"),
     ("ovsdb.cli", "bootstrap"),
     ("ovsdb.cli", "agent"),
     ("controller.cli", "controller"),

@@ -1,0 +1,336 @@
+"""Virtual services and vxflow's own config: validation and JSON values (pure).
+
+    <prefix>/vxflow/config          {"ServiceNetwork": "198.20.0.0/16"}
+    <prefix>/vxflow/services/<name> {"Name": name, "VIP": ip,
+                                     "Ports": [{"Port", "Protocol", "TargetPort"}],
+                                     "Backends": [{"IP", "Weight"}],
+                                     "SessionAffinity": "None" | "ClientIP",
+                                     "SessionAffinityTimeout": seconds}
+
+Like leases and endpoints, every value is input from the network: a service
+either becomes a `Service` or a `Rejection` naming the key and the reason,
+and only accepted services ever yield a flow. Two services claiming one VIP
+are resolved deterministically (the older key keeps it), so every controller
+replica programs the same one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
+from itertools import pairwise
+from typing import Any
+
+from leases.config import ConfigError
+from leases.keys import KV, KeyKind
+from leases.model import Backend, NetworkConfig, Service, ServicePort, VxflowConfig
+from leases.validate import Reason, Rejection, _field, _Invalid, _object
+
+MAX_SERVICE_BYTES = 64 * 1024  # a service with hundreds of backends, not more
+MAX_PORTS = 256  # a port's place among its service's ports is 8 bits of its group id
+MAX_BACKENDS = 512  # one OpenFlow group-mod (64 KiB) must hold a bucket per backend
+MAX_WEIGHT = 0xFFFF  # an OpenFlow bucket weight is 16 bits
+MAX_AFFINITY_TIMEOUT = 0xFFFF  # the learned flow's idle_timeout is 16 bits
+DEFAULT_AFFINITY_TIMEOUT = 10800  # Kubernetes' default for ClientIP affinity
+MIN_SERVICE_PREFIX = 12  # at most 2**20 VIPs: a VIP's offset is 20 bits of its group id
+MAX_SERVICE_PREFIX = 30
+PROTOCOLS = ("TCP", "UDP")
+AFFINITIES = ("None", "ClientIP")
+SERVICE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
+_NOT_ROUTABLE = tuple(
+    IPv4Network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3")
+)
+
+
+class ServiceReason:
+    """Reason codes of rejected services (beside `leases.validate.Reason`)."""
+
+    NO_SERVICE_NETWORK = "no_service_network"
+    BAD_VIP = "bad_vip"
+    DUPLICATE_VIP = "duplicate_vip"
+    BAD_PORT = "bad_port"
+    BAD_PROTOCOL = "bad_protocol"
+    DUPLICATE_PORT = "duplicate_port"
+    BAD_BACKEND = "bad_backend"
+    DUPLICATE_BACKEND = "duplicate_backend"
+    BAD_WEIGHT = "bad_weight"
+    BAD_AFFINITY = "bad_affinity"
+    TOO_MANY = "too_many"
+
+
+# -- vxflow's config ------------------------------------------------------------------
+
+
+def _network_problem(net: IPv4Network, config: NetworkConfig | None) -> str | None:
+    if not MIN_SERVICE_PREFIX <= net.prefixlen <= MAX_SERVICE_PREFIX:
+        return (
+            f"{net} must be a /{MIN_SERVICE_PREFIX} to /{MAX_SERVICE_PREFIX} "
+            f"(at most 2**20 virtual IPs)"
+        )
+    if any(net.overlaps(bad) for bad in _NOT_ROUTABLE):
+        return f"{net} overlaps an unspecified, loopback, link-local or multicast range"
+    if config is not None and net.overlaps(config.network):
+        return f"{net} overlaps the overlay Network {config.network}"
+    return None
+
+
+def parse_vxflow_config(raw: bytes | str, config: NetworkConfig | None) -> VxflowConfig:
+    """`<prefix>/vxflow/config`; ConfigError naming the field at fault. Unknown fields are
+    left alone (a newer vxflow's); `config` (flannel's, if known) bounds the service range."""
+    try:
+        obj = _object(raw)
+    except _Invalid as bad:
+        raise ConfigError("config", bad.detail) from None
+    value = obj.get("ServiceNetwork")
+    if value is None or value == "":
+        return VxflowConfig()
+    if not isinstance(value, str):
+        raise ConfigError("ServiceNetwork", f"must be a CIDR string, got {json.dumps(value)}")
+    try:
+        net = IPv4Network(value)
+    except (AddressValueError, NetmaskValueError, ValueError) as exc:
+        raise ConfigError(
+            "ServiceNetwork", f"not an IPv4 CIDR without host bits: {value!r}"
+        ) from exc
+    problem = _network_problem(net, config)
+    if problem:
+        raise ConfigError("ServiceNetwork", problem)
+    return VxflowConfig(service_network=net)
+
+
+def check_vxflow_config(kv: KV, config: NetworkConfig | None) -> VxflowConfig | Rejection:
+    try:
+        return parse_vxflow_config(kv.value, config)
+    except ConfigError as exc:
+        return Rejection(
+            KeyKind.VXFLOW_CONFIG, kv.key, Reason.BAD_CONFIG, str(exc), kv.mod_revision
+        )
+
+
+def vxflow_config_to_json(vx: VxflowConfig) -> str:
+    net = str(vx.service_network) if vx.service_network is not None else ""
+    return json.dumps({"ServiceNetwork": net}, separators=(",", ":"))
+
+
+# -- services -------------------------------------------------------------------------
+
+
+def service_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a service (None if it can)."""
+    if SERVICE_NAME.fullmatch(name):
+        return None
+    return (
+        f"service name {name!r} must be 1-253 lower-case letters, digits, '.' and '-', "
+        "starting and ending with a letter or digit"
+    )
+
+
+def _int(
+    obj: dict[str, Any], name: str, reason: str, lo: int, hi: int, default: int | None = None
+) -> int:
+    if default is not None and obj.get(name) is None:
+        return default
+    value = _field(obj, name, int)
+    if not lo <= value <= hi:
+        raise _Invalid(reason, f"{name} {value} is not in {lo}..{hi}")
+    return value
+
+
+def _ip(text: Any, what: str, reason: str) -> IPv4Address:
+    if not isinstance(text, str):
+        raise _Invalid(Reason.WRONG_TYPE, f"{what} has the wrong type: {json.dumps(text)}")
+    try:
+        return IPv4Address(text)
+    except AddressValueError as exc:
+        raise _Invalid(reason, f"{what} {text!r} is not an IPv4 address") from exc
+
+
+def _port(obj: Any) -> ServicePort:
+    if not isinstance(obj, dict):
+        raise _Invalid(Reason.WRONG_TYPE, f"a port is not an object: {json.dumps(obj)}")
+    port = _int(obj, "Port", ServiceReason.BAD_PORT, 1, 65535)
+    protocol = obj.get("Protocol", "TCP")
+    if protocol not in PROTOCOLS:
+        raise _Invalid(
+            ServiceReason.BAD_PROTOCOL, f"Protocol {json.dumps(protocol)} is not TCP or UDP"
+        )
+    target = _int(obj, "TargetPort", ServiceReason.BAD_PORT, 1, 65535, default=port)
+    return ServicePort(port, protocol, target)
+
+
+def _ports(obj: dict[str, Any]) -> tuple[ServicePort, ...]:
+    raw = _field(obj, "Ports", list)
+    if not raw:
+        raise _Invalid(ServiceReason.BAD_PORT, "Ports is empty: a service serves at least one")
+    if len(raw) > MAX_PORTS:
+        raise _Invalid(ServiceReason.TOO_MANY, f"{len(raw)} ports: at most {MAX_PORTS}")
+    ports = sorted((_port(p) for p in raw), key=lambda p: (p.protocol, p.port))
+    for a, b in pairwise(ports):
+        if (a.protocol, a.port) == (b.protocol, b.port):
+            raise _Invalid(
+                ServiceReason.DUPLICATE_PORT, f"port {a.port}/{a.protocol} is listed twice"
+            )
+    return tuple(ports)
+
+
+def _backend(obj: Any, config: NetworkConfig) -> Backend:
+    if not isinstance(obj, dict):
+        raise _Invalid(Reason.WRONG_TYPE, f"a backend is not an object: {json.dumps(obj)}")
+    ip = _ip(obj.get("IP"), "backend IP", ServiceReason.BAD_BACKEND)
+    network = config.network
+    if ip not in network or ip in (network.network_address, network.broadcast_address):
+        raise _Invalid(
+            ServiceReason.BAD_BACKEND, f"backend {ip} is not an address in the overlay {network}"
+        )
+    weight = _int(obj, "Weight", ServiceReason.BAD_WEIGHT, 1, MAX_WEIGHT, default=1)
+    return Backend(ip, weight)
+
+
+def _backends(obj: dict[str, Any], config: NetworkConfig) -> tuple[Backend, ...]:
+    raw = obj.get("Backends")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _Invalid(Reason.WRONG_TYPE, f"Backends has the wrong type: {json.dumps(raw)}")
+    if len(raw) > MAX_BACKENDS:
+        raise _Invalid(ServiceReason.TOO_MANY, f"{len(raw)} backends: at most {MAX_BACKENDS}")
+    backends = sorted((_backend(b, config) for b in raw), key=lambda b: int(b.ip))
+    for a, b in pairwise(backends):
+        if a.ip == b.ip:
+            raise _Invalid(ServiceReason.DUPLICATE_BACKEND, f"backend {a.ip} is listed twice")
+    return tuple(backends)
+
+
+def _affinity(obj: dict[str, Any]) -> int:
+    kind = obj.get("SessionAffinity", "None")
+    if kind not in AFFINITIES:
+        raise _Invalid(
+            ServiceReason.BAD_AFFINITY,
+            f'SessionAffinity {json.dumps(kind)} is not "None" or "ClientIP"',
+        )
+    if kind == "None":
+        if obj.get("SessionAffinityTimeout") is not None:
+            raise _Invalid(
+                ServiceReason.BAD_AFFINITY,
+                'SessionAffinityTimeout needs SessionAffinity "ClientIP"',
+            )
+        return 0
+    return _int(obj, "SessionAffinityTimeout", ServiceReason.BAD_AFFINITY, 1,
+                MAX_AFFINITY_TIMEOUT, default=DEFAULT_AFFINITY_TIMEOUT)  # fmt: skip
+
+
+def _vip(obj: dict[str, Any], config: NetworkConfig, vx: VxflowConfig) -> IPv4Address:
+    vip = _ip(_field(obj, "VIP", str), "VIP", ServiceReason.BAD_VIP)
+    net = vx.service_network
+    assert net is not None
+    if vip in config.network:
+        raise _Invalid(ServiceReason.BAD_VIP, f"VIP {vip} lies inside the overlay {config.network}")
+    if vip not in net:
+        raise _Invalid(ServiceReason.BAD_VIP, f"VIP {vip} is outside the ServiceNetwork {net}")
+    if vip in (net.network_address, net.broadcast_address):
+        raise _Invalid(
+            ServiceReason.BAD_VIP,
+            f"VIP {vip} is the ServiceNetwork's network or last address (the hairpin source)",
+        )
+    return vip
+
+
+def _service(name: str, kv: KV, config: NetworkConfig, vx: VxflowConfig) -> Service:
+    problem = service_name_problem(name)
+    if problem:
+        raise _Invalid(Reason.BAD_KEY, problem)
+    obj = _object(kv.value, MAX_SERVICE_BYTES)
+    if _field(obj, "Name", str) != name:
+        raise _Invalid(Reason.BAD_KEY, f"Name {obj['Name']!r} differs from the key's {name!r}")
+    if vx.service_network is None:
+        raise _Invalid(
+            ServiceReason.NO_SERVICE_NETWORK,
+            "no ServiceNetwork in the vxflow config: set one with `vxflow services network CIDR`",
+        )
+    return Service(
+        name=name,
+        vip=_vip(obj, config, vx),
+        ports=_ports(obj),
+        backends=_backends(obj, config),
+        affinity_timeout=_affinity(obj),
+        create_revision=kv.create_revision,
+    )
+
+
+def check_service(
+    kv: KV, name: str, config: NetworkConfig, vx: VxflowConfig
+) -> Service | Rejection:
+    """Validate one `<prefix>/vxflow/services/<name>` entry on its own."""
+    try:
+        return _service(name, kv, config, vx)
+    except _Invalid as bad:
+        return Rejection(KeyKind.SERVICE, kv.key, bad.reason, bad.detail, kv.mod_revision)
+
+
+def resolve_services(
+    services: Mapping[str, Service], mod_revisions: Mapping[str, int] | None = None
+) -> tuple[dict[str, Service], list[Rejection]]:
+    """Services (by key) that keep their VIP, and a rejection for each that loses it.
+
+    The older key (lower create_revision, then lower name) keeps a contested VIP, so
+    a new service never takes traffic from one already serving, and every replica
+    decides alike whatever the order it saw them in.
+    """
+    holder: dict[IPv4Address, tuple[str, Service]] = {}
+    rejected: list[Rejection] = []
+    for key, svc in sorted(services.items(), key=lambda kv: (kv[1].create_revision, kv[1].name)):
+        held = holder.get(svc.vip)
+        if held is None:
+            holder[svc.vip] = (key, svc)
+            continue
+        rejected.append(
+            Rejection(
+                KeyKind.SERVICE, key, ServiceReason.DUPLICATE_VIP,
+                f"VIP {svc.vip} belongs to service {held[1].name} (created earlier)",
+                (mod_revisions or {}).get(key, 0),
+            )
+        )  # fmt: skip
+    return {key: svc for key, svc in holder.values()}, rejected
+
+
+def _affinity_json(svc: Service) -> dict[str, Any]:
+    if not svc.affinity_timeout:
+        return {"SessionAffinity": "None"}
+    return {"SessionAffinity": "ClientIP", "SessionAffinityTimeout": svc.affinity_timeout}
+
+
+def service_to_dict(svc: Service) -> dict[str, Any]:
+    return {
+        "Name": svc.name,
+        "VIP": str(svc.vip),
+        "Ports": [
+            {"Port": p.port, "Protocol": p.protocol, "TargetPort": p.target_port} for p in svc.ports
+        ],
+        "Backends": [{"IP": str(b.ip), "Weight": b.weight} for b in svc.backends],
+        **_affinity_json(svc),
+    }
+
+
+def service_to_json(svc: Service) -> str:
+    """The canonical value vxflow writes (ports and backends in their sorted order)."""
+    return json.dumps(service_to_dict(svc), separators=(",", ":"))
+
+
+def services_from_input(raw: bytes | str) -> list[dict[str, Any]]:
+    """What `vxflow services set` reads: one service object or a list of them."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    items: Iterable[Any] = doc if isinstance(doc, list) else [doc]
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ValueError(f"a service must be a JSON object, got {json.dumps(item)[:60]}")
+        name = item.get("Name")
+        if not isinstance(name, str):
+            raise ValueError(f"a service has no Name: {json.dumps(item)[:60]}")
+        out.append(item)
+    return out

@@ -1,0 +1,138 @@
+"""`vxflow services ...`: virtual services load-balanced in the flows, and their range."""
+
+from __future__ import annotations
+
+import json
+from typing import IO, Any
+
+import click
+
+from leases.cli_options import etcd_options, open_registry, operator_errors
+from leases.errors import ConfigMissing, ServiceRejected
+from leases.model import Service
+from leases.services import service_to_dict, services_from_input
+
+EXAMPLE = """\b
+Example FILE (one object, or a list of them):
+  {"Name": "web", "VIP": "198.20.0.10",
+   "Ports": [{"Port": 80, "Protocol": "TCP", "TargetPort": 8080}],
+   "Backends": [{"IP": "198.19.1.254", "Weight": 2}, {"IP": "198.19.2.254"}],
+   "SessionAffinity": "ClientIP", "SessionAffinityTimeout": 600}
+"""
+
+
+@click.group()
+def services() -> None:
+    """Virtual services: a VIP:port load-balanced over backends in every node's flows."""
+
+
+@services.command("network")
+@click.argument("cidr", required=False)
+@etcd_options
+@operator_errors
+def network(cidr: str | None, etcd_endpoints: str, etcd_prefix: str) -> None:
+    """Show or set the ServiceNetwork: the range VIPs come from (<prefix>/vxflow/config).
+
+    It must lie outside the overlay Network and be a /12 to /30; its last
+    address is the source pods see on connections to their own service.
+    """
+    with open_registry(etcd_endpoints, etcd_prefix) as registry:
+        if cidr is None:
+            vx = registry.get_vxflow_config(registry.get_config())
+            click.echo(str(vx.service_network) if vx.service_network else "(none: no services)")
+            return
+        vx = registry.set_service_network(cidr)
+        key = registry.keys.vxflow_config
+    click.echo(f"wrote {key}: ServiceNetwork {vx.service_network}")
+
+
+@services.command("set", epilog=EXAMPLE)
+@click.argument("file", type=click.File("rb"))
+@etcd_options
+@operator_errors
+def set_services(file: IO[bytes], etcd_endpoints: str, etcd_prefix: str) -> None:
+    """Validate and store the service(s) in FILE (JSON; - for stdin), each under
+    <prefix>/vxflow/services/<Name>, replacing a service of that name."""
+    try:
+        items = services_from_input(file.read())
+    except ValueError as exc:
+        raise click.ClickException(f"{getattr(file, 'name', '-')}: {exc}") from exc
+    failed = 0
+    with open_registry(etcd_endpoints, etcd_prefix) as registry:
+        for item in items:
+            try:
+                svc = registry.put_service(item)
+            except ServiceRejected as exc:
+                if len(items) == 1:
+                    raise click.ClickException(str(exc)) from exc
+                failed += 1
+                click.echo(f"rejected {exc}", err=True)
+                continue
+            click.echo(f"wrote {registry.keys.service(svc.name)}: {_summary(svc)}")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(items)} service(s) rejected")
+
+
+def _summary(svc: Service) -> str:
+    ports = ",".join(f"{p.port}/{p.protocol}->{p.target_port}" for p in svc.ports)
+    affinity = f", ClientIP affinity {svc.affinity_timeout}s" if svc.affinity_timeout else ""
+    return f"VIP {svc.vip} ports {ports}, {len(svc.backends)} backend(s){affinity}"
+
+
+@services.command("list")
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="table for people, json for scripts.")  # fmt: skip
+@etcd_options
+@operator_errors
+def list_services(output: str, etcd_endpoints: str, etcd_prefix: str) -> None:
+    """List valid services with their backends; rejected ones with their reasons."""
+    with open_registry(etcd_endpoints, etcd_prefix) as registry:
+        snap = registry.snapshot()
+        if snap.config is None:
+            raise ConfigMissing(f"no valid network config at {registry.keys.config}")
+        prefix = registry.keys.services
+    rejected = [
+        r for r in snap.rejected if r.key.startswith(prefix) or r.kind.value == "vxflow_config"
+    ]
+    if output == "json":
+        doc: dict[str, Any] = {
+            "revision": snap.revision,
+            "ServiceNetwork": str(snap.vxflow.service_network or ""),
+            "services": [service_to_dict(s) for s in snap.services],
+            "rejected": [
+                {"key": r.key, "kind": r.kind.value, "reason": r.reason, "detail": r.detail}
+                for r in rejected
+            ],
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    lines = [("NAME", "VIP", "PORTS", "BACKENDS", "AFFINITY")]
+    for s in snap.services:
+        lines.append((
+            s.name, str(s.vip),
+            ",".join(f"{p.port}/{p.protocol}->{p.target_port}" for p in s.ports),
+            ",".join(f"{b.ip}" + (f"*{b.weight}" if b.weight != 1 else "") for b in s.backends)
+            or "(none: dropped)",
+            f"ClientIP {s.affinity_timeout}s" if s.affinity_timeout else "-",
+        ))  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    network = snap.vxflow.service_network or "none"
+    click.echo(f"{len(snap.services)} service(s) in ServiceNetwork {network} "
+               f"at revision {snap.revision}")  # fmt: skip
+    for r in rejected:
+        click.echo(f"rejected {r}", err=True)
+
+
+@services.command("rm")
+@click.argument("name")
+@etcd_options
+@operator_errors
+def remove(name: str, etcd_endpoints: str, etcd_prefix: str) -> None:
+    """Remove the service NAME (its flows and groups leave every switch)."""
+    with open_registry(etcd_endpoints, etcd_prefix) as registry:
+        key = registry.keys.service(name)
+        if not registry.delete_service(name):
+            raise click.ClickException(f"no service at {key}")
+    click.echo(f"removed {key}")

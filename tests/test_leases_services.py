@@ -1,0 +1,312 @@
+"""Services and vxflow's config in the registry: validation with reason codes, the View's
+events and snapshots (pure), and `vxflow services ...` against a real etcd."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from leases.config import ConfigError
+from leases.etcd_server import EtcdServer
+from leases.events import ServiceAdded, ServiceRemoved, VxflowConfigChanged
+from leases.keys import KV, KeyKind, Keys
+from leases.model import Backend, NetworkConfig, Service, ServicePort, VxflowConfig
+from leases.registry import Registry
+from leases.services import (
+    check_service,
+    parse_vxflow_config,
+    resolve_services,
+    service_to_json,
+)
+from leases.state import View, diff
+from leases.validate import Rejection
+from tests.test_leases_cli import assert_operator_error, run
+
+KEYS = Keys("/atomic.io/network")
+CONFIG = NetworkConfig(IPv4Network("10.20.0.0/16"))
+VX = VxflowConfig(IPv4Network("10.96.0.0/16"))
+WEB = {
+    "Name": "web",
+    "VIP": "10.96.0.10",
+    "Ports": [{"Port": 80, "TargetPort": 8080}, {"Port": 53, "Protocol": "UDP"}],
+    "Backends": [{"IP": "10.20.3.7", "Weight": 2}, {"IP": "10.20.1.5"}],
+}
+
+
+def kv(name: str, value: dict | str, rev: int = 5, create: int | None = None) -> KV:
+    raw = value if isinstance(value, str) else json.dumps(value)
+    return KV(KEYS.service(name), raw.encode(), create or rev, rev)
+
+
+def judged(value: dict | str, name: str = "web", vx: VxflowConfig = VX) -> Service | Rejection:
+    return check_service(kv(name, value), name, CONFIG, vx)
+
+
+# -- validation -------------------------------------------------------------------------
+
+
+def test_a_service_parses_with_defaults_and_sorted_ports_and_backends() -> None:
+    svc = judged(WEB)
+    assert svc == Service(
+        name="web",
+        vip=IPv4Address("10.96.0.10"),
+        ports=(ServicePort(80, "TCP", 8080), ServicePort(53, "UDP", 53)),
+        backends=(Backend(IPv4Address("10.20.1.5"), 1), Backend(IPv4Address("10.20.3.7"), 2)),
+        affinity_timeout=0,
+        create_revision=5,
+    )
+    # the canonical value vxflow writes parses back to the same service
+    assert judged(service_to_json(svc)) == svc
+    sticky = judged({**WEB, "SessionAffinity": "ClientIP"})
+    assert sticky.affinity_timeout == 10800  # Kubernetes' default
+    assert (
+        judged(
+            {**WEB, "SessionAffinity": "ClientIP", "SessionAffinityTimeout": 30}
+        ).affinity_timeout
+        == 30
+    )
+    assert judged({**WEB, "Backends": []}).backends == ()  # valid: its traffic is dropped
+
+
+def _without(obj: dict, field: str) -> dict:
+    return {k: v for k, v in obj.items() if k != field}
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({**WEB, "VIP": "10.97.0.10"}, "bad_vip"),  # outside the service range
+        ({**WEB, "VIP": "10.20.9.9"}, "bad_vip"),  # inside the overlay
+        ({**WEB, "VIP": "10.96.0.0"}, "bad_vip"),  # the range's network address
+        ({**WEB, "VIP": "10.96.255.255"}, "bad_vip"),  # its last: the hairpin source
+        ({**WEB, "VIP": "10.96.0.300"}, "bad_vip"),
+        ({**WEB, "Backends": [{"IP": "10.21.0.5"}]}, "bad_backend"),  # outside the overlay
+        ({**WEB, "Backends": [{"IP": "10.20.255.255"}]}, "bad_backend"),
+        ({**WEB, "Backends": [{"IP": "10.20.1.5"}, {"IP": "10.20.1.5"}]}, "duplicate_backend"),
+        ({**WEB, "Backends": [{"IP": "10.20.1.5", "Weight": 0}]}, "bad_weight"),
+        ({**WEB, "Backends": [{"IP": "10.20.1.5", "Weight": 70000}]}, "bad_weight"),
+        ({**WEB, "Ports": [{"Port": 80, "Protocol": "SCTP"}]}, "bad_protocol"),
+        ({**WEB, "Ports": [{"Port": 0}]}, "bad_port"),
+        ({**WEB, "Ports": [{"Port": 80, "TargetPort": 65536}]}, "bad_port"),
+        ({**WEB, "Ports": []}, "bad_port"),
+        ({**WEB, "Ports": [{"Port": 80}, {"Port": 80, "Protocol": "TCP"}]}, "duplicate_port"),
+        ({**WEB, "Ports": [{"Port": p} for p in range(1, 258)]}, "too_many"),
+        ({**WEB, "SessionAffinity": "Cookie"}, "bad_affinity"),
+        ({**WEB, "SessionAffinityTimeout": 5}, "bad_affinity"),  # without ClientIP
+        ({**WEB, "SessionAffinity": "ClientIP", "SessionAffinityTimeout": 86400}, "bad_affinity"),
+        ({**WEB, "Name": "api"}, "bad_key"),  # differs from the key
+        (_without(WEB, "VIP"), "missing_field"),
+        ({**WEB, "Ports": "80"}, "wrong_type"),
+        ("{oops", "bad_json"),
+    ],
+)
+def test_a_bad_service_is_rejected_with_its_reason(value: dict | str, reason: str) -> None:
+    result = judged(value)
+    assert isinstance(result, Rejection), result
+    assert (result.kind, result.reason) == (KeyKind.SERVICE, reason), result.detail
+    assert result.key == KEYS.service("web") and result.detail
+
+
+def test_service_names_and_the_missing_range() -> None:
+    assert judged({**WEB, "Name": "Web"}, name="Web").reason == "bad_key"
+    assert judged({**WEB, "Name": "web.default"}, name="web.default").name == "web.default"
+    assert judged(WEB, vx=VxflowConfig()).reason == "no_service_network"
+
+
+def test_the_older_service_keeps_a_contested_vip() -> None:
+    old = judged(WEB)
+    new = check_service(kv("api", {**WEB, "Name": "api"}, rev=9), "api", CONFIG, VX)
+    for order in ((old, new), (new, old)):  # whatever the order they were seen in
+        kept, rejected = resolve_services({KEYS.service(s.name): s for s in order})
+        assert list(kept.values()) == [old]
+        assert [(r.key, r.reason) for r in rejected] == [(KEYS.service("api"), "duplicate_vip")]
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ('{"ServiceNetwork": "10.20.128.0/17"}', "ServiceNetwork"),  # overlaps the overlay
+        ('{"ServiceNetwork": "10.96.0.0/8"}', "ServiceNetwork"),  # more than 2**20 VIPs
+        ('{"ServiceNetwork": "10.96.0.1/16"}', "ServiceNetwork"),  # host bits
+        ('{"ServiceNetwork": "127.1.0.0/16"}', "ServiceNetwork"),
+        ('{"ServiceNetwork": 7}', "ServiceNetwork"),
+        ("[1]", "config"),
+    ],
+)
+def test_a_bad_service_network_names_its_field(raw: str, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_vxflow_config(raw, CONFIG)
+    assert err.value.field == field
+
+
+def test_vxflow_config_parses_and_keeps_unknown_fields_out_of_the_way() -> None:
+    assert parse_vxflow_config(
+        '{"ServiceNetwork": "10.96.0.0/12", "Later": 1}', CONFIG
+    ) == VX.__class__(IPv4Network("10.96.0.0/12"))
+    assert parse_vxflow_config("{}", CONFIG) == VxflowConfig()
+
+
+# -- the View ---------------------------------------------------------------------------
+
+
+def config_kv(rev: int = 1) -> KV:
+    raw = '{"Network": "10.20.0.0/16", "Backend": {"Type": "vxlan"}}'
+    return KV(KEYS.config, raw.encode(), rev, rev)
+
+
+def vx_kv(network: str, rev: int) -> KV:
+    return KV(KEYS.vxflow_config, json.dumps({"ServiceNetwork": network}).encode(), rev, rev)
+
+
+def test_the_view_reports_services_as_events_and_judges_them_again_with_the_range() -> None:
+    view = View(KEYS).load([config_kv(), kv("web", WEB, rev=3)], 3)
+    snap = view.snapshot()
+    assert snap.services == ()  # no range yet
+    assert [(r.key, r.reason) for r in snap.rejected] == [
+        (KEYS.service("web"), "no_service_network")
+    ]
+
+    events, rejections, _ = view.apply({KEYS.vxflow_config: vx_kv("10.96.0.0/16", 4)}, 4)
+    web = check_service(kv("web", WEB, rev=3), "web", CONFIG, VX)
+    assert events == [
+        VxflowConfigChanged(VxflowConfig(), VX, 4),
+        ServiceAdded(web, 4),
+    ]
+    assert rejections == []
+
+    # a contested VIP: the newcomer is rejected, the holder untouched
+    events, rejections, _ = view.apply(
+        {KEYS.service("api"): kv("api", {**WEB, "Name": "api"}, rev=5)}, 5
+    )
+    assert events == []
+    assert [(r.key, r.reason) for r in rejections] == [(KEYS.service("api"), "duplicate_vip")]
+
+    # a changed service: removed, then added
+    changed = {**WEB, "Backends": [{"IP": "10.20.1.5"}]}
+    events, _, _ = view.apply({KEYS.service("web"): kv("web", changed, rev=6, create=3)}, 6)
+    new_web = check_service(kv("web", changed, rev=6, create=3), "web", CONFIG, VX)
+    assert events == [ServiceRemoved(web, 6), ServiceAdded(new_web, 6)]
+
+    # the holder goes: the other service takes the VIP
+    events, _, _ = view.apply({KEYS.service("web"): None}, 7)
+    api = check_service(kv("api", {**WEB, "Name": "api"}, rev=5), "api", CONFIG, VX)
+    assert events == [ServiceRemoved(new_web, 7), ServiceAdded(api, 7)]
+
+    # a range that no longer holds the VIP withdraws the service; an invalid one is kept out
+    before = view.snapshot()
+    events, _, _ = view.apply({KEYS.vxflow_config: vx_kv("10.97.0.0/16", 8)}, 8)
+    assert [type(e) for e in events] == [VxflowConfigChanged, ServiceRemoved]
+    assert diff(before, view.snapshot()) == events
+    events, rejections, _ = view.apply({KEYS.vxflow_config: vx_kv("10.20.0.0/17", 9)}, 9)
+    assert events == [] and [r.reason for r in rejections] == ["bad_config"]
+    assert view.snapshot().vxflow == VxflowConfig(IPv4Network("10.97.0.0/16"))
+
+
+def test_incremental_services_equal_a_full_rebuild() -> None:
+    view = View(KEYS).load([config_kv()], 1)
+    changes = [
+        {KEYS.service("web"): kv("web", WEB, rev=2)},
+        {KEYS.vxflow_config: vx_kv("10.96.0.0/16", 3)},
+        {KEYS.service("api"): kv("api", {**WEB, "Name": "api", "VIP": "10.96.0.11"}, rev=4)},
+        {KEYS.service("web"): None},
+    ]
+    for rev, change in enumerate(changes, 2):
+        view.apply(change, rev)
+        rebuilt = View(KEYS).load(view.kvs.values(), rev).snapshot()
+        now = view.snapshot()
+        assert (now.services, now.vxflow, now.rejected) == (
+            rebuilt.services, rebuilt.vxflow, rebuilt.rejected,
+        )  # fmt: skip
+
+
+# -- the CLI against etcd -----------------------------------------------------------------
+
+SEED = '{"Network": "10.20.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
+
+
+@pytest.mark.integration
+def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
+    with Registry(etcd.endpoint, "/atomic.io/network") as reg:
+        reg.set_config(SEED)
+    shown = run(etcd, "services", "network")
+    assert shown.exit_code == 0 and "(none: no services)" in shown.stdout
+    assert_operator_error(run(etcd, "services", "network", "10.20.0.0/24"), "overlaps the overlay")
+    result = run(etcd, "services", "network", "10.96.0.0/16")
+    assert result.exit_code == 0, result.output
+    assert (
+        result.stdout.strip()
+        == "wrote /atomic.io/network/vxflow/config: ServiceNetwork 10.96.0.0/16"
+    )
+    assert run(etcd, "services", "network").stdout.strip() == "10.96.0.0/16"
+
+    path = tmp_path / "web.json"
+    path.write_text(json.dumps(WEB))
+    result = run(etcd, "services", "set", str(path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == (
+        "wrote /atomic.io/network/vxflow/services/web: VIP 10.96.0.10 "
+        "ports 80/TCP->8080,53/UDP->53, 2 backend(s)"
+    )
+    # a list from stdin; one is refused (another holds its VIP), the other written
+    batch = [{**WEB, "Name": "api"}, {**WEB, "Name": "db", "VIP": "10.96.0.12", "Backends": []}]
+    result = run(etcd, "services", "set", "-", stdin=json.dumps(batch))
+    assert result.exit_code == 1
+    assert (
+        "rejected /atomic.io/network/vxflow/services/api: VIP 10.96.0.10 belongs to service web"
+        in result.stderr
+    )
+    assert "Error: 1 of 2 service(s) rejected" in result.stderr
+    assert "wrote /atomic.io/network/vxflow/services/db" in result.stdout
+    assert_operator_error(
+        run(etcd, "services", "set", "-", stdin=json.dumps({**WEB, "VIP": "10.20.0.9"})),
+        "/atomic.io/network/vxflow/services/web: VIP 10.20.0.9 lies inside the overlay 10.20.0.0/16 [bad_vip]",
+    )
+    assert_operator_error(run(etcd, "services", "set", "-", stdin="{oops"), "not JSON")
+
+    table = run(etcd, "services", "list")
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "VIP", "PORTS", "BACKENDS", "AFFINITY"]
+    assert lines[1].split() == [
+        "db",
+        "10.96.0.12",
+        "80/TCP->8080,53/UDP->53",
+        "(none:",
+        "dropped)",
+        "-",
+    ]
+    assert lines[2].split() == [
+        "web",
+        "10.96.0.10",
+        "80/TCP->8080,53/UDP->53",
+        "10.20.1.5,10.20.3.7*2",
+        "-",
+    ]
+    assert lines[3].startswith("2 service(s) in ServiceNetwork 10.96.0.0/16 at revision ")
+
+    # a value written behind vxflow's back is listed as rejected, with its reason
+    with Registry(etcd.endpoint, "/atomic.io/network") as reg:
+        reg.etcd.put(reg.keys.service("bad"), json.dumps({**WEB, "Name": "bad", "VIP": "10.96.0.13",
+                                                          "Backends": [{"IP": "192.0.2.1"}]}))  # fmt: skip
+    doc = json.loads(run(etcd, "services", "list", "-o", "json").stdout)
+    assert doc["ServiceNetwork"] == "10.96.0.0/16"
+    assert [s["Name"] for s in doc["services"]] == ["db", "web"]
+    assert doc["services"][1]["Backends"] == [
+        {"IP": "10.20.1.5", "Weight": 1},
+        {"IP": "10.20.3.7", "Weight": 2},
+    ]
+    assert [(r["key"], r["reason"]) for r in doc["rejected"]] == [
+        ("/atomic.io/network/vxflow/services/bad", "bad_backend")
+    ]
+
+    assert (
+        run(etcd, "services", "rm", "db").stdout.strip()
+        == "removed /atomic.io/network/vxflow/services/db"
+    )
+    assert_operator_error(
+        run(etcd, "services", "rm", "db"), "no service at /atomic.io/network/vxflow/services/db"
+    )
+    assert_operator_error(run(None, "services", "list"), "etcd")
