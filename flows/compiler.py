@@ -32,16 +32,15 @@ TTL: decremented once per overlay crossing, on the way into the tunnel only.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network
 
+from flows.arp import arp_reply as _arp_reply
 from flows.flow import (
-    ARP_REPLY,
     ARP_REQUEST,
     ETH_TYPE_ARP,
     ETH_TYPE_IP,
-    OFPP_IN_PORT,
     Action,
     Flow,
     Owner,
@@ -50,11 +49,12 @@ from flows.flow import (
     dec_ttl,
     flow,
     goto_table,
-    move,
     output,
     set_field,
 )
+from flows.groups import Group
 from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, gateway_mac, vtep_mac_for
+from flows.services import ServicePlan, hairpin_flow, plan_flows, plan_groups
 from flows.validate import select_endpoints, select_leases
 from leases.model import Endpoint, Lease, NetworkConfig
 
@@ -80,25 +80,6 @@ def lease_cookie(lease: Lease) -> int:
 
 def endpoint_cookie(endpoint: Endpoint) -> int:
     return cookie_for(Owner.ENDPOINT, int(endpoint.ip))
-
-
-def _arp_reply(mac: str) -> tuple[Action, ...]:
-    """Turn an ARP request into the reply `target is at mac` and send it back.
-
-    The target IP is swapped through reg0, so one action list serves exact and
-    range responders alike.
-    """
-    return (
-        move("eth_src", "eth_dst"),
-        set_field("eth_src", mac),
-        set_field("arp_op", ARP_REPLY),
-        move("arp_sha", "arp_tha"),
-        set_field("arp_sha", mac),
-        move("arp_tpa", "reg0"),
-        move("arp_spa", "arp_tpa"),
-        move("reg0", "arp_spa"),
-        output(OFPP_IN_PORT),
-    )
 
 
 def miss_flows() -> list[Flow]:
@@ -322,13 +303,15 @@ class RemoteRoutes:
 
 @dataclass(frozen=True)
 class NodeTable:
-    """One node's desired table: `flows` plus the compact `routes` (if any).
+    """One node's desired table: `flows` plus the compact `routes` (if any), and the
+    `groups` its service flows point at (flows/services.py).
 
     Iterating yields every flow of the table as a Flow.
     """
 
     flows: list[Flow]
     routes: RemoteRoutes | None = None
+    groups: list[Group] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Flow]:
         yield from self.flows
@@ -345,10 +328,12 @@ def node_table(
     endpoints: Iterable[Endpoint],
     own: Lease | None,
     rows: Sequence[Row] | None = None,
+    services: ServicePlan | None = None,
 ) -> NodeTable:
     """The table of the node holding `own`, from already selected leases and endpoints
     (each flow once; no set, because hashing a large table is not free). `rows`, if
-    given, are `route_row` of each lease, precomputed by a caller that keeps them.
+    given, are `route_row` of each lease, precomputed by a caller that keeps them;
+    `services`, if any, add their flows, groups and each pod's hairpin flow.
 
     The controller calls this with its incrementally maintained selection;
     anything else should call `compile_node`.
@@ -356,15 +341,21 @@ def node_table(
     flows = base_flows(config, own)
     if own is None:
         return NodeTable(flows)
+    groups: list[Group] = []
     for endpoint in endpoints:
         flows += endpoint_flows(own, endpoint)
+        if services is not None:
+            flows.append(hairpin_flow(endpoint, services.network, endpoint_cookie(endpoint)))
+    if services is not None:
+        flows += plan_flows(config, own, services)
+        groups = plan_groups(services)
     if rows is None:
         rows = [route_row(lease) for lease in leases]
     own_ip = int(own.public_ip)
     remote, remote_rows = list(leases), list(rows)
     for i in reversed([i for i, row in enumerate(rows) if row[1] == own_ip]):
         del remote[i], remote_rows[i]
-    return NodeTable(flows, RemoteRoutes(config, own, remote, remote_rows))
+    return NodeTable(flows, RemoteRoutes(config, own, remote, remote_rows), groups)
 
 
 def compile_node(
@@ -372,13 +363,25 @@ def compile_node(
     leases: Iterable[Lease],
     endpoints: Iterable[Endpoint],
     node: IPv4Address,
+    services: ServicePlan | None = None,
 ) -> frozenset[Flow]:
     """The exact flow table of the node whose PublicIP is `node`.
 
     Invalid or conflicting leases and endpoints contribute nothing; a node with
     no accepted lease gets only the table-miss drops.
     """
+    return frozenset(compile_table(config, leases, endpoints, node, services))
+
+
+def compile_table(
+    config: NetworkConfig,
+    leases: Iterable[Lease],
+    endpoints: Iterable[Endpoint],
+    node: IPv4Address,
+    services: ServicePlan | None = None,
+) -> NodeTable:
+    """`compile_node` with the groups: the node's whole desired state."""
     accepted = select_leases(config, leases).accepted
     own = next((lease for lease in accepted if lease.public_ip == node), None)
     own_endpoints = select_endpoints(own, endpoints).accepted
-    return frozenset(node_table(config, accepted, own_endpoints, own))
+    return node_table(config, accepted, own_endpoints, own, services=services)

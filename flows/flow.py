@@ -7,7 +7,8 @@ own (`ip_dst`, `tun_id`, ...), so `to_ofctl` is a direct rendering that
 
 Value types are canonical, so equal flows are equal values: ports, ethertypes,
 opcodes and tunnel ids are `int`; MACs are lower-case colon strings; an exact
-IPv4 match is an `IPv4Address`, a masked one an `IPv4Network`.
+IPv4 match is an `IPv4Address`, a masked one an `IPv4Network`; other masked
+values (`ct_state`) are `Masked`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,25 @@ from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address, IPv4Network
 
-Value = int | str | IPv4Address | IPv4Network
+
+@dataclass(frozen=True, slots=True)
+class Masked:
+    """A match on the bits of `mask` only (`value` holds no bits outside it)."""
+
+    value: int
+    mask: int
+
+
+Value = int | str | IPv4Address | IPv4Network | Masked
 Match = tuple[tuple[str, Value], ...]
 # ("output", port) | ("set_field", field, value) | ("move", src, dst) | ("dec_ttl",)
+# | ("ct", commit, zone, table, nat) | ("group", id) | ("resubmit", table)
+# | ("learn", table, idle_timeout, priority, cookie, ip_proto, port_field, reg1 value)
 # | ("goto_table", table): goto is an instruction and is always last.
 Action = tuple
+# ct's nat: None (no NAT), () (apply the connection's NAT), or (kind, ip, port) with kind
+# "src" or "dst" and a port of 0 for "keep the port".
+Nat = tuple
 FlowKey = tuple[int, int, Match]
 
 ETH_TYPE_IP = 0x0800
@@ -38,6 +53,11 @@ class Table(IntEnum):
     ARP = 10
     ROUTE = 20
     LOCAL = 30
+    SVC_LB = 40  # services: after conntrack, new connections to a VIP:port
+    SVC_AFFINITY = 41  # services: learned client-IP affinity entries (looked up, not owned)
+    SVC_DNAT = 42  # services with affinity: the backend chosen -> learn + DNAT
+    SVC_HAIRPIN_REPLY = 43  # services: replies of a pod to its own service, un-SNATed
+    SVC_HAIRPIN_OUT = 44  # services: a hairpinned packet back out of its own port
 
 
 class Owner(IntEnum):
@@ -46,6 +66,9 @@ class Owner(IntEnum):
     BASE = 1  # the node's fixed pipeline
     LEASE = 2  # a remote node's subnet lease (key: its subnet's network address)
     ENDPOINT = 3  # a local pod port (key: the pod's IP)
+    SERVICE = 4  # one port of a service, its flows and group (key: the group id)
+    SERVICE_NET = 5  # the services' plumbing (key 0) and reply hooks (key: proto << 16 | port)
+    LEARNED = 6  # client-IP affinity entries the switch learns itself (key: the group id)
 
 
 COOKIE_MAGIC = 0x76  # "v": top byte of every vxflow cookie
@@ -111,7 +134,48 @@ def goto_table(table: int) -> Action:
     return ("goto_table", int(table))
 
 
+def ct(zone: int, table: int, *, commit: bool = False, nat: Nat | None = None) -> Action:
+    """Send through conntrack in `zone`, then continue in `table` (a recirculation)."""
+    return ("ct", commit, zone, int(table), nat)
+
+
+def group(group_id: int) -> Action:
+    return ("group", group_id)
+
+
+def resubmit(table: int) -> Action:
+    """Run `table` and come back (unlike goto, any table, also an earlier one)."""
+    return ("resubmit", int(table))
+
+
+def learn(
+    table: int, idle_timeout: int, priority: int, cookie: int, ip_proto: int, port_field: str,
+    value: int,
+) -> Action:  # fmt: skip
+    """Learn `eth_type=ip, ip_proto, ip_src, ip_dst, <port_field> -> load value->reg1` into
+    `table` (the client-IP affinity entry: this client, this VIP:port, this backend)."""
+    return ("learn", int(table), idle_timeout, priority, cookie, ip_proto, port_field, value)
+
+
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+_CT_FLAGS = (("new", CT_NEW), ("est", CT_EST), ("rel", CT_REL), ("rpl", CT_RPL),
+             ("inv", CT_INV), ("trk", CT_TRK))  # fmt: skip
+
+
+def ct_state(plus: int = 0, minus: int = 0) -> Masked:
+    """ct_state=+a+b-c: the flags in `plus` set, those in `minus` clear, the rest any."""
+    return Masked(plus, plus | minus)
+
+
 def _value_text(field: str, value: Value) -> str:
+    if field == "ct_state" and isinstance(value, Masked):
+        return "".join(
+            ("+" if value.value & bit else "-") + name
+            for name, bit in _CT_FLAGS
+            if value.mask & bit
+        )
+    if isinstance(value, Masked):
+        return f"{value.value:#x}/{value.mask:#x}"
     if field == "eth_type":
         return f"0x{value:04x}"
     if field == "tun_id":
@@ -120,6 +184,7 @@ def _value_text(field: str, value: Value) -> str:
 
 
 def _action_text(action: Action) -> str:
+    """One action in ovs-ofctl syntax."""
     kind = action[0]
     if kind == "output":
         return "in_port" if action[1] == OFPP_IN_PORT else f"output:{action[1]}"
@@ -131,7 +196,38 @@ def _action_text(action: Action) -> str:
         return "dec_ttl"
     if kind == "goto_table":
         return f"goto_table:{action[1]}"
+    if kind == "ct":
+        return _ct_text(action)
+    if kind == "group":
+        return f"group:{action[1]}"
+    if kind == "resubmit":
+        return f"resubmit(,{action[1]})"
+    if kind == "learn":
+        _, table, idle, priority, cookie, proto, port_field, value = action
+        return (
+            f"learn(table={table},idle_timeout={idle},priority={priority},cookie={cookie:#x},"
+            f"eth_type=0x800,nw_proto={proto},NXM_OF_IP_SRC[],NXM_OF_IP_DST[],"
+            f"{_NXM_PORT[port_field]}[],load:{value:#x}->NXM_NX_REG1[])"
+        )
     raise ValueError(f"unknown action {action!r}")
+
+
+_NXM_PORT = {
+    "tcp_src": "NXM_OF_TCP_SRC", "tcp_dst": "NXM_OF_TCP_DST",
+    "udp_src": "NXM_OF_UDP_SRC", "udp_dst": "NXM_OF_UDP_DST",
+}  # fmt: skip
+
+
+def _ct_text(action: Action) -> str:
+    _, commit, zone, table, nat = action
+    parts = ["commit"] if commit else []
+    parts += [f"table={table}", f"zone={zone}"]
+    if nat == ():
+        parts.append("nat")
+    elif nat is not None:
+        kind, ip, port = nat
+        parts.append(f"nat({kind}={ip}:{port})" if port else f"nat({kind}={ip})")
+    return f"ct({','.join(parts)})"
 
 
 def to_ofctl(f: Flow) -> str:

@@ -1,0 +1,315 @@
+"""From the accepted services to the flows and groups of one node's br-int (pure).
+
+Every node balances the connections its own pods and its host open to a
+VIP:port, in its own data plane: conntrack in a zone of vxflow's own and one
+OpenFlow select group per service port, whose bucket per backend commits the
+connection with destination NAT. Established packets follow their conntrack
+entry, so a backend change (a group-mod) never moves a live connection.
+
+What the services add to the pipeline (flows/compiler.py):
+
+- ROUTE (20), reached by pods after the spoof guard and by the host:
+  VIP:port -> ct(SERVICE_ZONE, nat) -> SVC_LB; a pod's reply to the hairpin
+  source -> un-SNAT (HAIRPIN_ZONE) -> SVC_HAIRPIN_REPLY; the rest of the
+  ServiceNetwork is dropped (counted), never routed to the host.
+- SVC_LB (40): established/related -> resubmit(ROUTE) with the connection's
+  NAT applied (routed to the backend as today: local /32 or its node's
+  tunnel); new -> the port's group; no backend -> drop with the port's own
+  cookie, so `ovs-ofctl dump-flows` counts them; client-IP affinity ->
+  SVC_AFFINITY (learned entries load the backend into reg1), then SVC_DNAT.
+- group (one per port): a bucket per backend, `weight` = its Weight:
+  ct(commit, SERVICE_ZONE, nat(dst=backend:TargetPort), table=ROUTE); with
+  affinity: reg1 = backend, resubmit(SVC_DNAT) (OVS runs buckets as action
+  sets, which drop `learn`).
+- SVC_DNAT (42, affinity only): reg1 = backend -> learn the affinity entry
+  (idle timeout = the service's), then the same commit; reg1 unset -> group.
+- LOCAL (30): untracked replies from a TargetPort of any service -> ct(nat)
+  -> LOCAL again, un-DNATed: a client only ever sees the VIP. A pod's
+  packet to itself (it was chosen as its own backend) -> SNAT to the hairpin
+  source in HAIRPIN_ZONE (the pod's kernel would drop a packet from its own
+  address) -> SVC_HAIRPIN_OUT.
+- SVC_HAIRPIN_REPLY (43): established replies -> un-DNAT -> SVC_HAIRPIN_OUT.
+- SVC_HAIRPIN_OUT (44): back out of the pod's port, MACs as from the gateway.
+- ARP (10): ServiceNetwork addresses are answered with the gateway MAC (the
+  agent routes the ServiceNetwork into the gateway port).
+
+A port's group id is the VIP's offset in the ServiceNetwork (20 bits) and the
+port's place among the service's ports (8 bits): stable, the same on every
+replica, and the key of the port's flow cookie.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from flows.arp import arp_reply
+from flows.flow import (
+    ARP_REQUEST,
+    CT_EST,
+    CT_NEW,
+    CT_REL,
+    CT_TRK,
+    ETH_TYPE_ARP,
+    ETH_TYPE_IP,
+    OFPP_IN_PORT,
+    Flow,
+    Owner,
+    Table,
+    cookie_for,
+    ct,
+    ct_state,
+    flow,
+    goto_table,
+    group,
+    learn,
+    move,
+    output,
+    resubmit,
+    set_field,
+)
+from flows.groups import Bucket, Group
+from flows.ports import gateway_mac
+from leases.model import Endpoint, Lease, NetworkConfig, Service, ServicePort
+
+SERVICE_ZONE = 7678  # conntrack zone of service connections ("vx")
+HAIRPIN_ZONE = 7679  # conntrack zone of the hairpin SNAT
+PRIO_SERVICE = 200  # VIP dispatch and reply hooks: above the per-owner /24 and /32 flows
+PRIO_HAIRPIN = 110  # a pod's packet to itself: above its /32 delivery
+PRIO_NEW = 100  # SVC_LB: new connections to one VIP:port; SVC_DNAT: one backend
+PRIO_STATE = 10  # SVC_LB: established/related; SVC_DNAT: no affinity entry yet
+PRIO_RANGE = 50  # ROUTE: the unserved rest of the ServiceNetwork, dropped
+IP_PROTO = {"TCP": 6, "UDP": 17}
+BASE_KEY = 0  # SERVICE_NET key of the plumbing; reply hooks use proto << 16 | port
+
+NET_COOKIE = cookie_for(Owner.SERVICE_NET, BASE_KEY)
+
+
+def hairpin_source(network: IPv4Network) -> IPv4Address:
+    """The source a pod sees on a connection to its own service: the ServiceNetwork's last
+    address (never a VIP: validation keeps it free)."""
+    return network.broadcast_address
+
+
+def group_id(network: IPv4Network, service: Service, slot: int) -> int:
+    """The group (and cookie key) of the `slot`-th port of `service` (ports in their sorted
+    order); below 2**28, far from OpenFlow's reserved group numbers."""
+    return (int(service.vip) - int(network.network_address)) << 8 | slot
+
+
+def reply_key(port: ServicePort) -> int:
+    return IP_PROTO[port.protocol] << 16 | port.target_port
+
+
+def reply_cookie(port: ServicePort) -> int:
+    return cookie_for(Owner.SERVICE_NET, reply_key(port))
+
+
+def is_learned(f: Flow) -> bool:
+    """A client-IP affinity entry the switch learned itself: never desired, never drift."""
+    owner = f.cookie >> 48 & 0xFF
+    return f.cookie >> 56 == 0x76 and owner == Owner.LEARNED
+
+
+def _field(port: ServicePort, end: str) -> str:
+    return f"{port.protocol.lower()}_{end}"
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """The accepted services and their range: what the services add to every switch."""
+
+    network: IPv4Network  # the ServiceNetwork
+    services: tuple[Service, ...]
+
+    def ports(self) -> Iterator[tuple[Service, int, ServicePort]]:
+        for service in self.services:
+            for slot, port in enumerate(service.ports):
+                yield service, slot, port
+
+
+def plumbing_flows(config: NetworkConfig, own: Lease, network: IPv4Network) -> list[Flow]:
+    """What a node with a ServiceNetwork holds whatever its services (cookie NET_COOKIE)."""
+    gw_mac, c = gateway_mac(own.subnet), NET_COOKIE
+    ip = {"eth_type": ETH_TYPE_IP}
+    return [
+        flow(
+            Table.ARP,
+            10,
+            {"eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST, "arp_tpa": network},
+            arp_reply(gw_mac),
+            c,
+        ),
+        flow(Table.ROUTE, PRIO_RANGE, {**ip, "ip_dst": network}, (), c),
+        flow(
+            Table.ROUTE,
+            PRIO_SERVICE,
+            {**ip, "ip_dst": hairpin_source(network)},
+            [move("eth_src", "eth_dst"), ct(HAIRPIN_ZONE, Table.SVC_HAIRPIN_REPLY, nat=())],
+            c,
+        ),
+        *(
+            flow(
+                Table.SVC_LB,
+                PRIO_STATE,
+                {**ip, "ct_state": ct_state(bit | CT_TRK)},
+                [resubmit(Table.ROUTE)],
+                c,
+            )
+            for bit in (CT_EST, CT_REL)
+        ),
+        *(
+            flow(
+                Table.SVC_HAIRPIN_REPLY,
+                PRIO_STATE,
+                {**ip, "ct_state": ct_state(bit | CT_TRK)},
+                [ct(SERVICE_ZONE, Table.SVC_HAIRPIN_OUT, nat=())],
+                c,
+            )
+            for bit in (CT_EST, CT_REL)
+        ),
+        flow(
+            Table.SVC_HAIRPIN_OUT,
+            PRIO_STATE,
+            ip,
+            [set_field("eth_src", gw_mac), output(OFPP_IN_PORT)],
+            c,
+        ),
+    ]
+
+
+def reply_hook(config: NetworkConfig, port: ServicePort) -> Flow:
+    """LOCAL: an untracked packet from a TargetPort in the overlay may be a backend's reply:
+    un-DNAT it in the service zone, then deliver it as usual. Shared by every service
+    with this protocol and TargetPort, so a backend change never touches it."""
+    return flow(
+        Table.LOCAL,
+        PRIO_SERVICE,
+        {
+            "eth_type": ETH_TYPE_IP,
+            "ct_state": ct_state(minus=CT_TRK),
+            "ip_src": config.network,
+            "ip_proto": IP_PROTO[port.protocol],
+            _field(port, "src"): port.target_port,
+        },
+        [ct(SERVICE_ZONE, Table.LOCAL, nat=())],
+        reply_cookie(port),
+    )
+
+
+def _vip_match(service: Service, port: ServicePort) -> dict:
+    return {
+        "eth_type": ETH_TYPE_IP,
+        "ip_dst": service.vip,
+        "ip_proto": IP_PROTO[port.protocol],
+        _field(port, "dst"): port.port,
+    }
+
+
+def _commit(backend_ip: IPv4Address, port: ServicePort) -> tuple:
+    return ct(SERVICE_ZONE, Table.ROUTE, commit=True, nat=("dst", backend_ip, port.target_port))
+
+
+def port_flows(network: IPv4Network, service: Service, slot: int) -> list[Flow]:
+    """The flows one service port owns (cookie: its group id)."""
+    port = service.ports[slot]
+    gid = group_id(network, service, slot)
+    c = cookie_for(Owner.SERVICE, gid)
+    vip = _vip_match(service, port)
+    new = {**vip, "ct_state": ct_state(CT_NEW | CT_TRK)}
+    flows = [flow(Table.ROUTE, PRIO_SERVICE, vip, [ct(SERVICE_ZONE, Table.SVC_LB, nat=())], c)]
+    if not service.backends:
+        return [*flows, flow(Table.SVC_LB, PRIO_NEW, new, (), c)]  # counted drop
+    if not service.affinity_timeout:
+        return [*flows, flow(Table.SVC_LB, PRIO_NEW, new, [group(gid)], c)]
+    flows.append(
+        flow(
+            Table.SVC_LB,
+            PRIO_NEW,
+            new,
+            [resubmit(Table.SVC_AFFINITY), goto_table(Table.SVC_DNAT)],
+            c,
+        )
+    )
+    learned = cookie_for(Owner.LEARNED, gid)
+    for b in service.backends:
+        remember = learn(
+            Table.SVC_AFFINITY,
+            service.affinity_timeout,
+            PRIO_NEW,
+            learned,
+            IP_PROTO[port.protocol],
+            _field(port, "dst"),
+            int(b.ip),
+        )
+        flows.append(
+            flow(
+                Table.SVC_DNAT,
+                PRIO_NEW,
+                {**vip, "reg1": int(b.ip)},
+                [remember, _commit(b.ip, port)],
+                c,
+            )
+        )
+    flows.append(flow(Table.SVC_DNAT, PRIO_STATE, vip, [group(gid)], c))
+    return flows
+
+
+def port_group(network: IPv4Network, service: Service, slot: int) -> Group | None:
+    """The select group of one service port; None without backends (its traffic is
+    dropped by a flow instead, where it is counted)."""
+    if not service.backends:
+        return None
+    port = service.ports[slot]
+    if service.affinity_timeout:
+        buckets = tuple(
+            Bucket(b.weight, (set_field("reg1", int(b.ip)), resubmit(Table.SVC_DNAT)))
+            for b in service.backends
+        )
+    else:
+        buckets = tuple(Bucket(b.weight, (_commit(b.ip, port),)) for b in service.backends)
+    return Group(group_id(network, service, slot), buckets)
+
+
+def hairpin_flow(endpoint: Endpoint, network: IPv4Network, cookie: int) -> Flow:
+    """LOCAL: the pod's own packet coming back to it (the VIP chose it as backend) leaves
+    SNATed to the hairpin source; owned by the endpoint (`cookie`), as its other flows."""
+    return flow(
+        Table.LOCAL,
+        PRIO_HAIRPIN,
+        {
+            "in_port": endpoint.ofport,
+            "eth_type": ETH_TYPE_IP,
+            "ip_src": endpoint.ip,
+            "ip_dst": endpoint.ip,
+        },
+        [
+            set_field("eth_dst", endpoint.mac),
+            ct(
+                HAIRPIN_ZONE,
+                Table.SVC_HAIRPIN_OUT,
+                commit=True,
+                nat=("src", hairpin_source(network), 0),
+            ),
+        ],
+        cookie,
+    )
+
+
+def reply_ports(services: Iterable[Service]) -> dict[int, ServicePort]:
+    """One ServicePort per distinct (protocol, TargetPort), by reply-hook key."""
+    return {reply_key(p): p for s in services for p in s.ports}
+
+
+def plan_flows(config: NetworkConfig, own: Lease, plan: ServicePlan) -> list[Flow]:
+    """Every service flow of `own`'s switch except the endpoints' hairpin flows."""
+    flows = plumbing_flows(config, own, plan.network)
+    flows += [reply_hook(config, p) for p in reply_ports(plan.services).values()]
+    for service, slot, _ in plan.ports():
+        flows += port_flows(plan.network, service, slot)
+    return flows
+
+
+def plan_groups(plan: ServicePlan) -> list[Group]:
+    return [g for s, slot, _ in plan.ports() if (g := port_group(plan.network, s, slot))]
