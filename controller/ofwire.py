@@ -24,7 +24,7 @@ from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network
 
 from flows.compiler import FLOWS_PER_LEASE, RemoteRoutes, Row
-from flows.flow import Flow, Owner, Value, cookie_for
+from flows.flow import Flow, Masked, Owner, Value, cookie_for
 
 OFP_VERSION = 0x05  # OpenFlow 1.4: the first version with bundles
 OFPT_ERROR = 1
@@ -56,11 +56,22 @@ ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
 OFPIT_GOTO_TABLE = 1
 OFPIT_APPLY_ACTIONS = 4
 OFPAT_OUTPUT = 0
+OFPAT_GROUP = 22
 OFPAT_DEC_NW_TTL = 24
 OFPAT_SET_FIELD = 25
 OFPAT_EXPERIMENTER = 0xFFFF
 NX_VENDOR_ID = 0x00002320
 NXAST_REG_MOVE = 6
+NXAST_RESUBMIT_TABLE = 14
+NXAST_LEARN = 16
+NXAST_CT = 35
+NXAST_NAT = 36
+NX_CT_F_COMMIT = 1
+NX_CT_RECIRC_NONE = 0xFF
+NX_NAT_F_SRC, NX_NAT_F_DST = 1, 2
+NX_NAT_RANGE_IPV4_MIN, NX_NAT_RANGE_PROTO_MIN = 1, 16
+OFPP_IN_PORT16 = 0xFFF8
+ETH_TYPE_IP_VALUE = 0x0800  # resubmit's in_port is a 16-bit (OpenFlow 1.0) port number
 OFPCML_NO_BUFFER = 0xFFFF
 
 OFB, NXM0, NXM1 = 0x8000, 0x0000, 0x0001
@@ -93,6 +104,11 @@ FIELDS = {
         _Field("eth_type", OFB, 5, 2, "int"),
         _Field("ip_src", OFB, 11, 4, "ip"),
         _Field("ip_dst", OFB, 12, 4, "ip"),
+        _Field("ip_proto", OFB, 10, 1, "int"),
+        _Field("tcp_src", OFB, 13, 2, "int"),
+        _Field("tcp_dst", OFB, 14, 2, "int"),
+        _Field("udp_src", OFB, 15, 2, "int"),
+        _Field("udp_dst", OFB, 16, 2, "int"),
         _Field("arp_op", OFB, 21, 2, "int"),
         _Field("arp_spa", OFB, 22, 4, "ip"),
         _Field("arp_tpa", OFB, 23, 4, "ip"),
@@ -100,8 +116,10 @@ FIELDS = {
         _Field("arp_tha", OFB, 25, 6, "mac"),
         _Field("tun_id", OFB, 38, 8, "int"),
         _Field("reg0", NXM1, 0, 4, "int"),
+        _Field("reg1", NXM1, 1, 4, "int"),
         _Field("tun_src", NXM1, 31, 4, "ip"),
         _Field("tun_dst", NXM1, 32, 4, "ip"),
+        _Field("ct_state", NXM1, 105, 4, "int"),
     )
 }
 # Read-back may name a field by its older NXM header instead of the OXM one.
@@ -117,8 +135,21 @@ _BY_HEADER.update(
         (NXM1, 17): FIELDS["arp_sha"],
         (NXM1, 18): FIELDS["arp_tha"],
         (NXM1, 16): FIELDS["tun_id"],
+        (NXM0, 6): FIELDS["ip_proto"],
+        (NXM0, 7): FIELDS["ip_src"],
+        (NXM0, 8): FIELDS["ip_dst"],
+        (NXM0, 9): FIELDS["tcp_src"],
+        (NXM0, 10): FIELDS["tcp_dst"],
+        (NXM0, 11): FIELDS["udp_src"],
+        (NXM0, 12): FIELDS["udp_dst"],
     }
 )
+# learn's flow specs name fields by their NXM headers (OVS writes them back so)
+_NXM_HEADER = {
+    "eth_type": 0x00000602, "ip_proto": 0x00000C01, "ip_src": 0x00000E04,
+    "ip_dst": 0x00001004, "tcp_src": 0x00001202, "tcp_dst": 0x00001402,
+    "udp_src": 0x00001602, "udp_dst": 0x00001802, "reg1": 0x00010204,
+}  # fmt: skip
 
 _HEADER = struct.Struct("!BBHI")
 _FLOW_MOD = struct.Struct("!BBHIQQBBHHHIIIHH")  # header + ofp_flow_mod up to the match
@@ -128,6 +159,9 @@ _FLOW_STATS = struct.Struct("!HBxIIHHHHH2xQQQ")
 _ROLE = struct.Struct("!BBHII4xQ")  # header, role, pad, generation_id
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+
+
+_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
 def _pad8(n: int) -> int:
@@ -157,16 +191,19 @@ class _Layout:
             self.put(f"{8 - self.size % 8}x")
 
     def value(self, field: _Field, expr: str, masked: bool) -> None:
-        """An OXM TLV whose value is `expr`."""
+        """An OXM TLV whose value is `expr` (masked: an IPv4Network, or a Masked int)."""
         self.put("I", field.header(masked))
-        if masked:
+        if masked and field.kind == "ip":
             self.put("II", f"int({expr}.network_address)", f"int({expr}.netmask)")
+        elif masked:
+            code = _CODES[field.size]
+            self.put(code * 2, f"{expr}.value", f"{expr}.mask")
         elif field.kind == "mac":
             self.put("6s", f"_mac({expr})")
         elif field.kind == "ip":
             self.put("I", f"int({expr})")
         else:
-            self.put({2: "H", 4: "I", 8: "Q"}[field.size], expr)
+            self.put(_CODES[field.size], expr)
 
 
 def _shape(flow: Flow, command: int) -> tuple:
@@ -176,8 +213,30 @@ def _shape(flow: Flow, command: int) -> tuple:
         flow.table,
         flow.priority,
         tuple([(name, type(value)) for name, value in flow.match]),
-        tuple([a[:-1] if a[0] in ("set_field", "output") else a for a in flow.actions]),
+        actions_shape(flow.actions),
     )
+
+
+def actions_shape(actions: tuple) -> tuple:
+    """What fixes the layout of these actions: everything but their values."""
+    return tuple([a[:-1] if a[0] in _VALUE_LAST else _SHAPES.get(a[0], _same)(a) for a in actions])
+
+
+def _same(action: tuple) -> tuple:
+    return action
+
+
+def _nat_shape(nat: tuple | None) -> tuple | None:
+    return nat if not nat else (nat[0], nat[1] is not None, bool(nat[2]))
+
+
+# What of an action fixes the layout: its values are read per flow (`a[j][k]`), so one
+# template serves every flow of a shape (one per service port, one per backend, ...).
+_VALUE_LAST = ("set_field", "output", "group", "resubmit")
+_SHAPES = {
+    "ct": lambda a: (*a[:4], _nat_shape(a[4])),
+    "learn": lambda a: ("learn", a[5], a[6]),
+}
 
 
 def _instructions(lay: _Layout, actions: tuple) -> None:
@@ -188,29 +247,86 @@ def _instructions(lay: _Layout, actions: tuple) -> None:
         start = len(lay.args)
         lay.put("HH4x", OFPIT_APPLY_ACTIONS, "{apply_len}")
         begin = lay.size
-        for j, action in enumerate(applied):
-            kind = action[0]
-            if kind == "output":
-                lay.put("HHIH6x", OFPAT_OUTPUT, 16, f"a[{j}][1]", OFPCML_NO_BUFFER)
-            elif kind == "set_field":
-                field = FIELDS[action[1]]
-                tlv = 4 + field.size
-                lay.put("HH", OFPAT_SET_FIELD, _pad8(4 + tlv))
-                lay.value(field, f"a[{j}][2]", masked=False)
-                lay.pad()
-            elif kind == "dec_ttl":
-                lay.put("HH4x", OFPAT_DEC_NW_TTL, 8)
-            elif kind == "move":
-                src, dst = FIELDS[action[1]], FIELDS[action[2]]
-                if src.size != dst.size:
-                    raise ValueError(f"move between fields of different widths: {action}")
-                lay.put("HHIHHHHII", OFPAT_EXPERIMENTER, 24, NX_VENDOR_ID, NXAST_REG_MOVE,
-                        src.size * 8, 0, 0, src.header(), dst.header())
-            else:
-                raise ValueError(f"cannot encode action {action!r}")
+        action_layout(lay, applied, "a")
         lay.args[start + 1] = str(lay.size - begin + 8)
     if goto is not None:
         lay.put("HHB3x", OFPIT_GOTO_TABLE, 8, goto)
+
+
+def action_layout(lay: _Layout, actions: tuple, base: str) -> None:
+    """The actions, each one's values read from the expression `base[j]`."""
+    for j, action in enumerate(actions):
+        kind, a = action[0], f"{base}[{j}]"
+        if kind == "output":
+            lay.put("HHIH6x", OFPAT_OUTPUT, 16, f"{a}[1]", OFPCML_NO_BUFFER)
+        elif kind == "set_field":
+            field = FIELDS[action[1]]
+            lay.put("HH", OFPAT_SET_FIELD, _pad8(8 + field.size))
+            lay.value(field, f"{a}[2]", masked=False)
+            lay.pad()
+        elif kind == "dec_ttl":
+            lay.put("HH4x", OFPAT_DEC_NW_TTL, 8)
+        elif kind == "move":
+            src, dst = FIELDS[action[1]], FIELDS[action[2]]
+            if src.size != dst.size:
+                raise ValueError(f"move between fields of different widths: {action}")
+            lay.put("HHIHHHHII", OFPAT_EXPERIMENTER, 24, NX_VENDOR_ID, NXAST_REG_MOVE,
+                    src.size * 8, 0, 0, src.header(), dst.header())  # fmt: skip
+        elif kind == "group":
+            lay.put("HHI", OFPAT_GROUP, 8, f"{a}[1]")
+        elif kind == "resubmit":
+            lay.put("HHIHHB3x", OFPAT_EXPERIMENTER, 16, NX_VENDOR_ID, NXAST_RESUBMIT_TABLE,
+                    OFPP_IN_PORT16, f"{a}[1]")  # fmt: skip
+        elif kind == "ct":
+            _ct_layout(lay, action, a)
+        elif kind == "learn":
+            _learn_layout(lay, action, a)
+        else:
+            raise ValueError(f"cannot encode action {action!r}")
+
+
+def _ct_layout(lay: _Layout, action: tuple, a: str) -> None:
+    """NXAST_CT with an immediate zone, and NXAST_NAT nested when it has one."""
+    _, commit, _zone, table, nat = action
+    start = len(lay.args)
+    lay.put("HHIHHIHB3xH", OFPAT_EXPERIMENTER, "{ct_len}", NX_VENDOR_ID, NXAST_CT,
+            NX_CT_F_COMMIT if commit else 0, 0, f"{a}[2]",
+            NX_CT_RECIRC_NONE if table is None else f"{a}[3]", 0)  # fmt: skip
+    begin = lay.size - 24
+    if nat is not None:
+        present = 0
+        flags = {"src": NX_NAT_F_SRC, "dst": NX_NAT_F_DST}[nat[0]] if nat else 0
+        codes, args = "", []
+        if nat and nat[1] is not None:
+            present |= NX_NAT_RANGE_IPV4_MIN
+            codes, args = codes + "I", [*args, f"int({a}[4][1])"]
+        if nat and nat[2]:
+            present |= NX_NAT_RANGE_PROTO_MIN
+            codes, args = codes + "H", [*args, f"{a}[4][2]"]
+        size = _pad8(16 + struct.calcsize("!" + codes) if codes else 16)
+        lay.put("HHIH2xHH" + codes, OFPAT_EXPERIMENTER, size, NX_VENDOR_ID, NXAST_NAT,
+                flags, present, *args)  # fmt: skip
+        lay.pad()
+    lay.args[start + 1] = str(lay.size - begin)
+
+
+def _learn_layout(lay: _Layout, action: tuple, a: str) -> None:
+    """NXAST_LEARN of vxflow's one learned shape (flows.flow.learn): match eth_type=ip and
+    ip_proto, copy ip_src, ip_dst and the port field, load the value into reg1."""
+    _, _table, _idle, _prio, _cookie, _proto, port_field, _value = action
+    port_bits = FIELDS[port_field].size * 8
+    start = len(lay.args)
+    lay.put("HHIHHHHQHB1xHH", OFPAT_EXPERIMENTER, "{learn_len}", NX_VENDOR_ID, NXAST_LEARN,
+            f"{a}[2]", 0, f"{a}[3]", f"{a}[4]", 0, f"{a}[1]", 0, 0)  # fmt: skip
+    begin = lay.size - 32
+    imm, copy = 1 << 13, 0  # src: immediate or field; dst: match (0) or load (1 << 11)
+    lay.put("HHIH", imm | 16, ETH_TYPE_IP_VALUE, _NXM_HEADER["eth_type"], 0)
+    lay.put("HHIH", imm | 8, f"{a}[5]", _NXM_HEADER["ip_proto"], 0)
+    for name, bits in (("ip_src", 32), ("ip_dst", 32), (port_field, port_bits)):
+        lay.put("HIHIH", copy | bits, _NXM_HEADER[name], 0, _NXM_HEADER[name], 0)
+    lay.put("HIIH", imm | 1 << 11 | 32, f"{a}[7]", _NXM_HEADER["reg1"], 0)
+    lay.pad()
+    lay.args[start + 1] = str(lay.size - begin)
 
 
 def _layout(flow: Flow, command: int, bundled: bool) -> tuple[list[str], list[str]]:
@@ -229,7 +345,7 @@ def _layout(flow: Flow, command: int, bundled: bool) -> tuple[list[str], list[st
     order = sorted(range(len(flow.match)), key=lambda i: FIELDS[flow.match[i][0]].order)
     for i in order:
         name, value = flow.match[i]
-        lay.value(FIELDS[name], f"m[{i}][1]", masked=isinstance(value, IPv4Network))
+        lay.value(FIELDS[name], f"m[{i}][1]", masked=isinstance(value, IPv4Network | Masked))
     match_len = lay.size - match_start
     lay.pad()
     if command == OFPFC_ADD:
@@ -246,12 +362,12 @@ def _compile_template(flow: Flow, command: int, bundled: bool):
     and namedtuple do for their methods.
     """
     fmt, args = _layout(flow, command, bundled)
-    source = (
-        "def pack(f, xid, bundle_id):\n"
-        "    m = f.match\n"
-        "    a = f.actions\n"
-        f"    return _pack({', '.join(args)})\n"
-    )
+    return compile_packer("f, xid, bundle_id", "m = f.match; a = f.actions", fmt, args)
+
+
+def compile_packer(params: str, prelude: str, fmt: list[str], args: list[str]):
+    """`def pack(<params>): <prelude>; return struct.pack(fmt, *args)`, generated once."""
+    source = f"def pack({params}):\n    {prelude}\n    return _pack({', '.join(args)})\n"
     namespace = {"_pack": struct.Struct("!" + "".join(fmt)).pack, "_mac": mac_bytes}
     exec(source, namespace)
     return namespace["pack"]
@@ -432,6 +548,8 @@ def _decode_masked(field: _Field, raw: bytes, mask: bytes) -> Value | tuple:
         if bits == (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF:
             net = IPv4Network((int.from_bytes(raw, "big"), prefix), strict=False)
             return net.network_address if prefix == 32 else net
+    if field.name == "ct_state":
+        return Masked(int.from_bytes(raw, "big"), int.from_bytes(mask, "big"))
     return ("masked", raw.hex(), mask.hex())
 
 
@@ -471,16 +589,95 @@ def _decode_action(buf: bytes, pos: int, length: int) -> tuple:
         pairs = decode_oxm_list(_set_field_tlv(body))
         if len(pairs) == 1:
             return ("set_field", *pairs[0])
-    if atype == OFPAT_EXPERIMENTER and length == 24:
-        vendor, subtype, n_bits, src_ofs, dst_ofs, src, dst = struct.unpack_from(
-            "!IHHHHII", body, 4
-        )
-        if vendor == NX_VENDOR_ID and subtype == NXAST_REG_MOVE and src_ofs == dst_ofs == 0:
-            s = _BY_HEADER.get((src >> 16, (src >> 9) & 0x7F))
-            d = _BY_HEADER.get((dst >> 16, (dst >> 9) & 0x7F))
-            if s and d and n_bits == s.size * 8 == d.size * 8:
-                return ("move", s.name, d.name)
+    if atype == OFPAT_GROUP and length == 8:
+        return ("group", _U32.unpack_from(body, 4)[0])
+    if atype == OFPAT_EXPERIMENTER and length >= 16:
+        vendor, subtype = struct.unpack_from("!IH", body, 4)
+        decode = _NX_ACTIONS.get(subtype) if vendor == NX_VENDOR_ID else None
+        decoded = decode(body) if decode is not None else None
+        if decoded is not None:
+            return decoded
     return ("unknown_action", body.hex())
+
+
+def _field_at(header: int) -> _Field | None:
+    return _BY_HEADER.get((header >> 16, (header >> 9) & 0x7F))
+
+
+def _decode_move(body: bytes) -> tuple | None:
+    if len(body) != 24:
+        return None
+    n_bits, src_ofs, dst_ofs, src, dst = struct.unpack_from("!HHHII", body, 10)
+    s, d = _field_at(src), _field_at(dst)
+    if s and d and src_ofs == dst_ofs == 0 and n_bits == s.size * 8 == d.size * 8:
+        return ("move", s.name, d.name)
+    return None
+
+
+def _decode_resubmit(body: bytes) -> tuple | None:
+    in_port, table = struct.unpack_from("!HB", body, 10)
+    return ("resubmit", table) if len(body) == 16 and in_port == OFPP_IN_PORT16 else None
+
+
+def _decode_ct(body: bytes) -> tuple | None:
+    """NXAST_CT with an immediate zone and at most a plain NXAST_NAT nested."""
+    flags, zone_src, zone, table, alg = struct.unpack_from("!HIHB3xH", body, 10)
+    if zone_src or alg or flags & ~NX_CT_F_COMMIT or len(body) < 24:
+        return None
+    nested, nat = body[24:], None
+    if nested:
+        length, vendor, subtype, nat_flags, present = struct.unpack_from("!2xHIH2xHH", nested)
+        if (length, vendor, subtype) != (len(nested), NX_VENDOR_ID, NXAST_NAT) or (
+            present & ~(NX_NAT_RANGE_IPV4_MIN | NX_NAT_RANGE_PROTO_MIN)
+        ):
+            return None
+        kind = {0: None, NX_NAT_F_SRC: "src", NX_NAT_F_DST: "dst"}.get(nat_flags, "?")
+        pos, ip, port = 16, None, 0
+        if present & NX_NAT_RANGE_IPV4_MIN:
+            ip, pos = IPv4Address(nested[pos : pos + 4]), pos + 4
+        if present & NX_NAT_RANGE_PROTO_MIN:
+            (port,) = _U16.unpack_from(nested, pos)
+        if kind == "?" or (kind is None and present):
+            return None
+        nat = () if kind is None else (kind, ip, port)
+    return ("ct", bool(flags & NX_CT_F_COMMIT), zone, None if table == NX_CT_RECIRC_NONE else table, nat)
+
+
+_LEARN_LEN = _pad8(32 + 2 * 10 + 3 * 14 + 12)  # header, 2 immediate matches, 3 copies, 1 load
+_LEARN_PORTS = {_NXM_HEADER[n]: n for n in ("tcp_src", "tcp_dst", "udp_src", "udp_dst")}
+
+
+def _decode_learn(body: bytes) -> tuple | None:
+    """vxflow's one learned shape (see `_learn_layout`); anything else is not ours."""
+    idle, hard, prio, cookie, flags, table, fin_idle, fin_hard = struct.unpack_from(
+        "!HHHQHB1xHH", body, 10
+    )
+    if hard or flags or fin_idle or fin_hard or len(body) != _LEARN_LEN:
+        return None
+    (
+        h1, eth_type, d1, o1, h2, proto, d2, o2,
+        h3, s3, so3, d3, o3, h4, s4, so4, d4, o4, h5, s5, so5, d5, o5, h6, value, d6, o6,
+    ) = struct.unpack_from("!HHIH" "HHIH" "HIHIH" "HIHIH" "HIHIH" "HIIH", body, 32)  # fmt: skip
+    port = _LEARN_PORTS.get(s5)
+    expected = (
+        h1, eth_type, d1, h2, d2, h3, s3, d3, h4, s4, d4, h5, d5, h6, d6,
+    ) == (
+        1 << 13 | 16, ETH_TYPE_IP_VALUE, _NXM_HEADER["eth_type"], 1 << 13 | 8,
+        _NXM_HEADER["ip_proto"], 32, _NXM_HEADER["ip_src"], _NXM_HEADER["ip_src"], 32,
+        _NXM_HEADER["ip_dst"], _NXM_HEADER["ip_dst"], 16, s5, 1 << 13 | 1 << 11 | 32,
+        _NXM_HEADER["reg1"],
+    )  # fmt: skip
+    if not expected or port is None or o1 or o2 or so3 or o3 or so4 or o4 or so5 or o5 or o6:
+        return None
+    return ("learn", table, idle, prio, cookie, proto, port, value)
+
+
+_NX_ACTIONS = {
+    NXAST_REG_MOVE: _decode_move,
+    NXAST_RESUBMIT_TABLE: _decode_resubmit,
+    NXAST_CT: _decode_ct,
+    NXAST_LEARN: _decode_learn,
+}
 
 
 def _set_field_tlv(body: bytes) -> bytes:

@@ -6,15 +6,24 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-from os_ken.ofproto import ofproto_protocol
+from os_ken.ofproto import nicira_ext, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
 
 from controller import ofwire
 from flows.compiler import FLOWS_PER_LEASE, compile_node, node_table
-from flows.flow import Flow, Table
+from flows.flow import Flow, Masked, Table
 from flows.ports import vtep_mac_for
-from leases.model import BackendConfig, Endpoint, Lease, NetworkConfig
+from flows.services import ServicePlan
+from leases.model import (
+    Backend,
+    BackendConfig,
+    Endpoint,
+    Lease,
+    NetworkConfig,
+    Service,
+    ServicePort,
+)
 
 DP = ofproto_protocol.ProtocolDesc(version=ofp.OFP_VERSION)
 OSKEN_NAME = {
@@ -35,17 +44,60 @@ def leases(n: int) -> list[Lease]:
     return out
 
 
+BACKENDS = (Backend(IPv4Address("198.19.1.7"), 3), Backend(IPv4Address("198.19.2.9")))
+SERVICES = ServicePlan(
+    IPv4Network("198.20.0.0/16"),
+    (
+        Service("web", IPv4Address("198.20.0.10"),
+                (ServicePort(80, "TCP", 8080), ServicePort(53, "UDP", 5353)), BACKENDS),
+        Service("sticky", IPv4Address("198.20.1.1"), (ServicePort(443, "TCP", 8443),
+                ServicePort(9, "UDP", 9)), BACKENDS, affinity_timeout=600),
+        Service("empty", IPv4Address("198.20.0.11"), (ServicePort(80, "TCP", 8080),)),
+    ),
+)  # fmt: skip
+
+
 def table() -> frozenset[Flow]:
     pods = [
         Endpoint(IPv4Network("198.19.1.0/24"), IPv4Address("198.19.1.7"), "02:00:00:00:01:07", 9)
     ]
-    return compile_node(CONFIG, leases(4), pods, leases(4)[0].public_ip)
+    return compile_node(CONFIG, leases(4), pods, leases(4)[0].public_ip, SERVICES)
 
 
 def _osken_value(value):
     if isinstance(value, IPv4Network):
         return (str(value.network_address), str(value.netmask))
+    if isinstance(value, Masked):
+        return (value.value, value.mask)
     return str(value) if isinstance(value, IPv4Address) else value
+
+
+NXM = {"eth_type": "eth_type_nxm", "ip_proto": "ip_proto_nxm", "ip_src": "ipv4_src_nxm",
+       "ip_dst": "ipv4_dst_nxm", "tcp_dst": "tcp_dst_nxm", "udp_dst": "udp_dst_nxm"}  # fmt: skip
+
+
+def _osken_nat(nat):
+    if nat is None:
+        return []
+    if nat == ():
+        return [parser.NXActionNAT(flags=0)]
+    kind, ip, port = nat
+    flags = 1 if kind == "src" else 2  # NX_NAT_F_SRC, NX_NAT_F_DST (nicira-ext.h)
+    return [parser.NXActionNAT(flags=flags, range_ipv4_min=str(ip), range_proto_min=port or None)]
+
+
+def _osken_learn(action):
+    _, table_id, idle, priority, cookie, proto, port_field, value = action
+    specs = [
+        parser.NXFlowSpecMatch(src=0x0800, dst=(NXM["eth_type"], 0), n_bits=16),
+        parser.NXFlowSpecMatch(src=proto, dst=(NXM["ip_proto"], 0), n_bits=8),
+        *(parser.NXFlowSpecMatch(src=(NXM[f], 0), dst=(NXM[f], 0), n_bits=n)
+          for f, n in (("ip_src", 32), ("ip_dst", 32), (port_field, 16))),
+        parser.NXFlowSpecLoad(src=value, dst=("reg1", 0), n_bits=32),
+    ]  # fmt: skip
+    return parser.NXActionLearn(
+        table_id=table_id, specs=specs, idle_timeout=idle, priority=priority, cookie=cookie
+    )
 
 
 def _osken_action(action):
@@ -56,6 +108,18 @@ def _osken_action(action):
         return parser.OFPActionSetField(**{OSKEN_NAME.get(action[1], action[1]): action[2]})
     if kind == "dec_ttl":
         return parser.OFPActionDecNwTtl()
+    if kind == "group":
+        return parser.OFPActionGroup(action[1])
+    if kind == "resubmit":
+        return parser.NXActionResubmitTable(in_port=0xFFF8, table_id=action[1])
+    if kind == "ct":
+        _, commit, zone, table_id, nat = action
+        return parser.NXActionCT(
+            flags=nicira_ext.NX_CT_F_COMMIT if commit else 0, zone_src="", zone_ofs_nbits=zone,
+            recirc_table=table_id, alg=0, actions=_osken_nat(nat),
+        )  # fmt: skip
+    if kind == "learn":
+        return _osken_learn(action)
     assert kind == "move"
     width = ofwire.FIELDS[action[1]].size * 8
     return parser.NXActionRegMove(src_field=action[1], dst_field=action[2], n_bits=width)
@@ -101,7 +165,14 @@ def test_flow_mods_are_byte_identical_to_osken(command):
         "dec_ttl",
         "move",
         "goto_table",
+        "ct",
+        "group",
+        "resubmit",
+        "learn",
     }  # every action kind covered
+    assert {name for f in flows for name, _ in f.match} >= {
+        "ct_state", "ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst", "reg1",
+    }  # fmt: skip
     for xid, f in enumerate(sorted(flows, key=lambda f: (f.table, f.priority, str(f.match))), 1):
         assert ofwire.encode_flow_mod(f, command, xid) == serialized(
             osken_flow_mod(f, command), xid

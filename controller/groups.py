@@ -1,0 +1,142 @@
+"""OpenFlow 1.4 wire format of groups (`flows.groups.Group`) and conntrack flushes.
+
+Group-mods ride in the same bundles as flow-mods (controller/switch.py): a
+group is added before the flows pointing at it and deleted after them. Each
+bucket is packed by a template generated once per bucket shape, its actions
+encoded exactly as in flow-mods (`ofwire.action_layout`); the result is
+checked byte-for-byte against os-ken's serialisation in the unit tests.
+Group-desc replies decode back to `Group` values, so read-back and desired
+groups compare as values; a bucket vxflow would not write (a watch port, an
+action it does not know) decodes to something that never equals a desired one.
+
+NXT_CT_FLUSH (OVS >= 3.1) drops the conntrack entries a removed UDP backend
+still holds, so its clients' next datagrams are balanced anew.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from ipaddress import IPv4Address
+
+from controller import ofwire
+from flows.groups import Bucket, Group
+
+OFPT_EXPERIMENTER = 4
+OFPT_GROUP_MOD = 15
+OFPGC_ADD, OFPGC_MODIFY, OFPGC_DELETE = 0, 1, 2
+OFPMP_GROUP_DESC = 7
+NXT_CT_FLUSH = 32
+NXT_CT_REPLY_TUPLE, NXT_CT_ZONE_ID = 1, 2
+NXT_CT_TUPLE_SRC, NXT_CT_TUPLE_SRC_PORT = 0, 2
+
+_GROUP_MOD = struct.Struct("!BBHIHBxI")  # header, command, type, pad, group_id
+_GROUP_DESC = struct.Struct("!HBxI")  # length, type, pad, group_id
+_BUCKET = struct.Struct("!HHII4x")  # len, weight, watch_port, watch_group, pad
+_BUNDLE_ADD = struct.Struct("!BBHIIHH")
+
+
+_BUCKET_PACKERS: dict[tuple, object] = {}
+
+
+def _bucket_packer(sample: Bucket):
+    """`pack(bucket) -> bytes` for every bucket whose actions have `sample`'s shape."""
+    lay = ofwire._Layout()
+    lay.put("HHII4x", "{length}", "b.weight", ofwire.OFPP_ANY, ofwire.OFPG_ANY)
+    ofwire.action_layout(lay, sample.actions, "a")
+    args = [str(lay.size) if a == "{length}" else a for a in lay.args]
+    return ofwire.compile_packer("b", "a = b.actions", lay.fmt, args)
+
+
+def encode_bucket(bucket: Bucket) -> bytes:
+    shape = ofwire.actions_shape(bucket.actions)
+    pack = _BUCKET_PACKERS.get(shape)
+    if pack is None:
+        pack = _BUCKET_PACKERS[shape] = _bucket_packer(bucket)
+    return pack(bucket)
+
+
+def encode_group_mod(group: Group, command: int, xid: int, bundle_id: int | None = None) -> bytes:
+    """OFPT_GROUP_MOD (a delete carries no buckets), wrapped in OFPT_BUNDLE_ADD_MESSAGE
+    when `bundle_id` is given (inner and outer xid equal)."""
+    buckets = b"" if command == OFPGC_DELETE else b"".join(encode_bucket(b) for b in group.buckets)
+    length = _GROUP_MOD.size + len(buckets)
+    inner = _GROUP_MOD.pack(
+        ofwire.OFP_VERSION, OFPT_GROUP_MOD, length, xid, command, group.type, group.group_id
+    ) + buckets
+    if bundle_id is None:
+        return inner
+    return _BUNDLE_ADD.pack(
+        ofwire.OFP_VERSION, ofwire.OFPT_BUNDLE_ADD_MESSAGE, _BUNDLE_ADD.size + length, xid,
+        bundle_id, 0, ofwire.OFPBF_ATOMIC,
+    ) + inner  # fmt: skip
+
+
+def encode_group_desc_request(xid: int) -> bytes:
+    """All groups with their buckets (OpenFlow 1.4 always asks for all)."""
+    return struct.pack(
+        "!BBHIHH4x", ofwire.OFP_VERSION, ofwire.OFPT_MULTIPART_REQUEST, 16, xid,
+        OFPMP_GROUP_DESC, 0,
+    )  # fmt: skip
+
+
+def _decode_bucket(body: bytes) -> Bucket:
+    length, weight, watch_port, watch_group = _BUCKET.unpack_from(body)
+    actions = ofwire.decode_instructions(
+        struct.pack("!HH4x", ofwire.OFPIT_APPLY_ACTIONS, length - _BUCKET.size + 8)
+        + bytes(body[_BUCKET.size : length])
+    )
+    if (watch_port, watch_group) != (ofwire.OFPP_ANY, ofwire.OFPG_ANY):
+        actions += (("unknown_watch", watch_port, watch_group),)
+    return Bucket(weight, actions)
+
+
+def decode_group_desc(body: bytes) -> Iterator[Group]:
+    """Entries of one OFPMP_GROUP_DESC reply body (after the multipart header)."""
+    pos = 0
+    while pos + _GROUP_DESC.size <= len(body):
+        length, gtype, group_id = _GROUP_DESC.unpack_from(body, pos)
+        buckets, bpos = [], pos + _GROUP_DESC.size
+        while bpos + _BUCKET.size <= pos + length:
+            (blen,) = struct.unpack_from("!H", body, bpos)
+            if blen < _BUCKET.size:
+                break
+            buckets.append(_decode_bucket(bytes(body[bpos : bpos + blen])))
+            bpos += blen
+        yield Group(group_id, tuple(buckets), gtype)
+        pos += max(length, _GROUP_DESC.size)
+
+
+def group_desc_entry(group: Group) -> bytes:
+    """An ofp_group_desc as a switch reports `group` (for tests and the stand-in switch)."""
+    buckets = b"".join(encode_bucket(b) for b in group.buckets)
+    return _GROUP_DESC.pack(_GROUP_DESC.size + len(buckets), group.type, group.group_id) + buckets
+
+
+def _prop(ptype: int, value: bytes) -> bytes:
+    """An OpenFlow property: type, length (without padding), value, padded to 8 bytes."""
+    raw = struct.pack("!HH", ptype, 4 + len(value)) + value
+    return raw + b"\0" * (-len(raw) % 8)
+
+
+def encode_ct_flush(
+    zone: int, ip_proto: int, reply_src: IPv4Address, reply_src_port: int, xid: int
+) -> bytes:
+    """NXT_CT_FLUSH of the entries in `zone` whose reply comes from reply_src:port
+    (a backend: entries DNATed to it), whatever their clients."""
+    mapped = b"\0" * 10 + b"\xff\xff" + reply_src.packed  # IPv4-mapped IPv6, as OVS wants
+    reply = _prop(NXT_CT_TUPLE_SRC, mapped) + _prop(
+        NXT_CT_TUPLE_SRC_PORT, struct.pack("!H", reply_src_port)
+    )
+    body = struct.pack("!IIB7x", ofwire.NX_VENDOR_ID, NXT_CT_FLUSH, ip_proto)
+    nested = struct.pack("!HH4x", NXT_CT_REPLY_TUPLE, 8 + len(reply)) + reply  # aligned to 8
+    body += nested + _prop(NXT_CT_ZONE_ID, struct.pack("!H", zone))
+    return struct.pack("!BBHI", ofwire.OFP_VERSION, OFPT_EXPERIMENTER, 8 + len(body), xid) + body
+
+
+def encode_group_mods(
+    groups: Iterable[Group], command: int, first_xid: int, bundle_id: int | None
+) -> bytes:
+    return b"".join(
+        encode_group_mod(g, command, first_xid + i, bundle_id) for i, g in enumerate(groups)
+    )
