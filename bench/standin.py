@@ -1,10 +1,11 @@
 """A minimal OpenFlow 1.3/1.4 switch stand-in, for cold starts beyond what real OVS holds here.
 
 NOT Open vSwitch: it answers what a controller needs to program a table —
-hello, features, port-desc/desc/flow-stats/aggregate multiparts, echo, role,
-get-config, flow-mods (add, modify, strict and whole-table deletes), bundles
-(open/add/commit/discard/close) and barriers — keeps the table as opaque
-(table, priority, match) -> (cookie, instructions) bytes, and does no packet
+hello, features, port-desc/desc/flow-stats/group-desc/aggregate multiparts,
+echo, role, get-config, flow-mods (add, modify, strict and whole-table
+deletes), group-mods, bundles (open/add/commit/discard/close) and barriers —
+keeps the table as opaque (table, priority, match) -> (cookie, instructions)
+bytes and the groups as their group-desc entries, and does no packet
 processing. Results from it are labelled "stand-in" wherever they appear.
 
 Many stand-ins share one asyncio loop in a child process (`StandInFleet`), so
@@ -37,7 +38,10 @@ OFPET_FLOW_MOD_FAILED, OFPFMFC_UNKNOWN = 5, 0
 OFPP_LOCAL = 0xFFFFFFFE
 MAX_REPLY = 0xFF00
 SILENT = {of.SET_CONFIG, of.SET_ASYNC, of.PACKET_OUT, of.TABLE_MOD, of.PORT_MOD,
-          of.GROUP_MOD, of.METER_MOD, of.ECHO_REPLY, of.EXPERIMENTER, of.HELLO}  # fmt: skip
+          of.METER_MOD, of.ECHO_REPLY, of.EXPERIMENTER, of.HELLO}  # fmt: skip
+GROUP_MOD = struct.Struct("!HBxI")  # command, type, pad, group_id
+GROUP_DESC = struct.Struct("!HBxI")  # length, type, pad, group_id
+MP_GROUP_DESC = 7
 
 Key = tuple[int, int, bytes]
 
@@ -51,6 +55,7 @@ class SwitchState:
     dpid: int
     expected: int
     table: dict[Key, tuple[int, bytes]] = field(default_factory=dict)
+    groups: dict[int, bytes] = field(default_factory=dict)  # group id -> group-desc entry
     bundles: dict[int, list[bytes]] = field(default_factory=dict)
     flow_mods: int = 0
     messages: Counter = field(default_factory=Counter)
@@ -97,6 +102,8 @@ class StandInSwitch(asyncio.Protocol):
         self.s.messages[msg_type] += 1
         if msg_type == of.FLOW_MOD:
             self.flow_mod(msg)
+        elif msg_type == of.GROUP_MOD:
+            self.group_mod(msg)
         elif msg_type == of.BUNDLE_ADD_MESSAGE:
             bundle_id, _flags = BUNDLE_ADD.unpack_from(msg, 8)
             inner_len = (msg[18] << 8) | msg[19]
@@ -154,12 +161,23 @@ class StandInSwitch(asyncio.Protocol):
             self.s.unsupported[f"flow_mod command {command} with a match"] += 1
             self.send(of.ERROR, 0, struct.pack("!HH", OFPET_FLOW_MOD_FAILED, OFPFMFC_UNKNOWN) + msg[:64])
 
+    def group_mod(self, msg: bytes) -> None:
+        """Add, modify or delete one group (the entry the switch then reports back)."""
+        command, gtype, group_id = GROUP_MOD.unpack_from(msg, 8)
+        if command == 2:  # OFPGC_DELETE
+            self.s.groups.pop(group_id, None)
+        else:
+            buckets = msg[16:]
+            self.s.groups[group_id] = GROUP_DESC.pack(8 + len(buckets), gtype, group_id) + buckets
+
     def bundle_control(self, xid: int, msg: bytes) -> None:
         bundle_id, ctrl, flags = BUNDLE_CTRL.unpack_from(msg, 8)
         if ctrl == 4:  # commit
             for inner in self.s.bundles.pop(bundle_id, []):
                 if inner[1] == of.FLOW_MOD:
                     self.flow_mod(inner)
+                elif inner[1] == of.GROUP_MOD:
+                    self.group_mod(inner)
                 else:
                     self.s.unsupported[f"bundled type {inner[1]}"] += 1
         elif ctrl == 6:  # discard
@@ -178,6 +196,8 @@ class StandInSwitch(asyncio.Protocol):
             self.replies(xid, mp_type, [desc])
         elif mp_type == of.MP_FLOW:
             self.replies(xid, mp_type, [self.flow_stats(k, v) for k, v in self.s.table.items()])
+        elif mp_type == MP_GROUP_DESC:
+            self.replies(xid, mp_type, list(self.s.groups.values()))
         elif mp_type == of.MP_AGGREGATE:
             self.replies(xid, mp_type, [struct.pack("!QQI4x", 0, 0, len(self.s.table))])
         else:

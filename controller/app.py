@@ -156,7 +156,8 @@ class VxflowController(app_manager.OSKenApp):
                 # loaded aside and swapped in whole: switches syncing while it loads
                 # (it yields) must never see a half-loaded cluster
                 model = ClusterModel()
-                impact = model.load(snapshot.config, snapshot.leases, snapshot.endpoints, _yield)
+                impact = model.load(snapshot.config, snapshot.leases, snapshot.endpoints, _yield,
+                                    snapshot.vxflow, snapshot.services)  # fmt: skip
                 self.model = model
                 self._apply(impact)
                 self.coordinator.load(snapshot.members, snapshot.claims)
@@ -192,7 +193,7 @@ class VxflowController(app_manager.OSKenApp):
             own = self.model.own_lease(sync.node)
             scope = impact.scope_for(sync.node, own.subnet if own else None)
             if scope:
-                sync.request(scope)
+                sync.request(scope, impact.flushes)
 
     def _audit_loop(self) -> None:
         while True:
@@ -281,6 +282,14 @@ class VxflowController(app_manager.OSKenApp):
         if sync is not None:
             more = bool(msg.flags & ofwire.OFPMPF_REPLY_MORE)
             sync.on_flow_stats(msg.xid, bytes(msg.buf[_MULTIPART_HEADER:]), more)
+
+    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
+    def _group_desc(self, ev) -> None:
+        msg = ev.msg
+        sync = self._sync_of(msg)
+        if sync is not None:
+            more = bool(msg.flags & ofwire.OFPMPF_REPLY_MORE)
+            sync.on_group_desc(msg.xid, bytes(msg.buf[_MULTIPART_HEADER:]), more)
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier(self, ev) -> None:

@@ -124,7 +124,9 @@ def flows() -> None:
 
 
 def _desired(etcd: dict[str, Any], node: IPv4Address):
-    from flows.compiler import compile_node
+    """The node's desired table (flows and the services' groups), from etcd."""
+    from flows.compiler import compile_table
+    from flows.services import service_plan
     from leases.errors import ConfigMissing
 
     with open_registry(**etcd) as registry:
@@ -134,7 +136,8 @@ def _desired(etcd: dict[str, Any], node: IPv4Address):
     own = snap.lease_for_public_ip(node)
     if own is None:
         click.echo(f"# {node} holds no valid lease: only the table-miss drops", err=True)
-    return compile_node(snap.config, snap.leases, snap.endpoints, node)
+    plan = service_plan(snap.vxflow, snap.services)
+    return compile_table(snap.config, snap.leases, snap.endpoints, node, plan)
 
 
 def _ordered(flows):
@@ -150,11 +153,16 @@ node_option = click.option("--node", required=True, type=IPv4Address, metavar="P
 @etcd_options
 @operator_errors
 def show(node: IPv4Address, **etcd: Any) -> None:
-    """Print the flows NODE's br-int must hold, computed from etcd (ovs-ofctl syntax)."""
+    """Print the flows NODE's br-int must hold, computed from etcd (ovs-ofctl syntax), then
+    the services' groups (ovs-ofctl add-group syntax)."""
     from flows.flow import to_ofctl
+    from flows.groups import group_to_ofctl
 
-    for flow in _ordered(_desired(etcd, node)):
+    table = _desired(etcd, node)
+    for flow in _ordered(table):
         click.echo(to_ofctl(flow))
+    for group in table.groups:
+        click.echo(group_to_ofctl(group))
 
 
 @flows.command("diff")
@@ -164,21 +172,26 @@ def show(node: IPv4Address, **etcd: Any) -> None:
 @etcd_options
 @operator_errors
 def diff(node: IPv4Address, target: str, **etcd: Any) -> None:
-    """Show how the live switch differs from NODE's desired flows.
+    """Show how the live switch differs from NODE's desired flows and groups.
 
     `+` lines are missing on the switch (or wrong there), `-` lines are on the
-    switch but not desired. Exit status 0 if equal, 1 if they differ.
+    switch but not desired. Affinity entries the switch learned itself are
+    not compared. Exit status 0 if equal, 1 if they differ.
     """
-    from controller.ofclient import read_flows
+    from controller.ofclient import read_table
     from flows.diff import diff_flows
     from flows.flow import to_ofctl
+    from flows.groups import diff_groups, group_to_ofctl
+    from flows.services import is_learned
 
     desired = _desired(etcd, node)
     try:
-        live = read_flows(target)
+        live, live_groups = read_table(target)
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"cannot read flows from {target}: {exc}") from exc
+    live = [f for f in live if not is_learned(f)]
     d = diff_flows(live, desired)
+    g = diff_groups(live_groups, desired.groups)
     for flow in _ordered(d.delete):
         click.echo(f"- {to_ofctl(flow)}")
     stale = {f.key for f in d.add}
@@ -186,6 +199,12 @@ def diff(node: IPv4Address, target: str, **etcd: Any) -> None:
         click.echo(f"- {to_ofctl(flow)}")
     for flow in _ordered(d.add):
         click.echo(f"+ {to_ofctl(flow)}")
-    click.echo(f"# {len(live)} flows on the switch, {len(desired)} desired, {len(d)} differ",
-               err=True)
-    sys.exit(1 if d else 0)
+    have = {x.group_id: x for x in live_groups}
+    for group in (*g.delete, *(have[x.group_id] for x in g.modify)):
+        click.echo(f"- {group_to_ofctl(group)}")
+    for group in (*g.add, *g.modify):
+        click.echo(f"+ {group_to_ofctl(group)}")
+    click.echo(f"# {len(live)} flows on the switch, {len(desired)} desired, {len(d)} differ; "
+               f"{len(live_groups)} groups, {len(desired.groups)} desired, {len(g)} differ",
+               err=True)  # fmt: skip
+    sys.exit(1 if d or g else 0)

@@ -21,14 +21,15 @@ from ipaddress import IPv4Address
 
 from controller import ofwire
 from flows.groups import Bucket, Group
+from flows.services import Flush
 
 OFPT_EXPERIMENTER = 4
 OFPT_GROUP_MOD = 15
 OFPGC_ADD, OFPGC_MODIFY, OFPGC_DELETE = 0, 1, 2
 OFPMP_GROUP_DESC = 7
 NXT_CT_FLUSH = 32
-NXT_CT_REPLY_TUPLE, NXT_CT_ZONE_ID = 1, 2
-NXT_CT_TUPLE_SRC, NXT_CT_TUPLE_SRC_PORT = 0, 2
+NXT_CT_ORIG_TUPLE, NXT_CT_REPLY_TUPLE, NXT_CT_ZONE_ID = 0, 1, 2
+NXT_CT_TUPLE_SRC, NXT_CT_TUPLE_DST, NXT_CT_TUPLE_SRC_PORT, NXT_CT_TUPLE_DST_PORT = 0, 1, 2, 3
 
 _GROUP_MOD = struct.Struct("!BBHIHBxI")  # header, command, type, pad, group_id
 _GROUP_DESC = struct.Struct("!HBxI")  # length, type, pad, group_id
@@ -119,18 +120,24 @@ def _prop(ptype: int, value: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 8)
 
 
-def encode_ct_flush(
-    zone: int, ip_proto: int, reply_src: IPv4Address, reply_src_port: int, xid: int
-) -> bytes:
-    """NXT_CT_FLUSH of the entries in `zone` whose reply comes from reply_src:port
-    (a backend: entries DNATed to it), whatever their clients."""
-    mapped = b"\0" * 10 + b"\xff\xff" + reply_src.packed  # IPv4-mapped IPv6, as OVS wants
-    reply = _prop(NXT_CT_TUPLE_SRC, mapped) + _prop(
-        NXT_CT_TUPLE_SRC_PORT, struct.pack("!H", reply_src_port)
-    )
-    body = struct.pack("!IIB7x", ofwire.NX_VENDOR_ID, NXT_CT_FLUSH, ip_proto)
-    nested = struct.pack("!HH4x", NXT_CT_REPLY_TUPLE, 8 + len(reply)) + reply  # aligned to 8
-    body += nested + _prop(NXT_CT_ZONE_ID, struct.pack("!H", zone))
+def _mapped(ip: IPv4Address) -> bytes:
+    return b"\0" * 10 + b"\xff\xff" + ip.packed  # IPv4-mapped IPv6, as OVS wants
+
+
+def _tuple(ptype: int, ip: IPv4Address, port: int, ip_tlv: int, port_tlv: int) -> bytes:
+    """A nested tuple property (aligned to 8 bytes before its content, as OVS nests)."""
+    inner = _prop(ip_tlv, _mapped(ip)) + _prop(port_tlv, struct.pack("!H", port))
+    return struct.pack("!HH4x", ptype, 8 + len(inner)) + inner
+
+
+def encode_ct_flush(zone: int, flush: Flush, xid: int) -> bytes:
+    """NXT_CT_FLUSH of the entries in `zone` of one service port's connections that a
+    backend answers: original destination VIP:port, reply source backend:target_port."""
+    body = struct.pack("!IIB7x", ofwire.NX_VENDOR_ID, NXT_CT_FLUSH, flush.ip_proto)
+    body += _tuple(NXT_CT_ORIG_TUPLE, flush.vip, flush.port, NXT_CT_TUPLE_DST, NXT_CT_TUPLE_DST_PORT)
+    body += _tuple(NXT_CT_REPLY_TUPLE, flush.backend, flush.target_port, NXT_CT_TUPLE_SRC,
+                   NXT_CT_TUPLE_SRC_PORT)  # fmt: skip
+    body += _prop(NXT_CT_ZONE_ID, struct.pack("!H", zone))
     return struct.pack("!BBHI", ofwire.OFP_VERSION, OFPT_EXPERIMENTER, 8 + len(body), xid) + body
 
 

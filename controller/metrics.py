@@ -50,6 +50,15 @@ PACKET_INS = Counter(
     "packet-ins received; vxflow's tables never send any, so anything here is a bug or drift",
 )
 
+GROUP_MODS = Counter(
+    "vxflow_controller_group_mods",
+    "group-mods sent to switches (services' select groups: added, modified or deleted)",
+)
+CT_FLUSHES = Counter(
+    "vxflow_controller_ct_flushes",
+    "NXT_CT_FLUSH messages sent: the conntrack entries of a removed UDP service backend",
+)
+
 ADDS = FLOW_MODS.labels("add")
 DELETES = FLOW_MODS.labels("delete")
 CHANGE_RESULT = {

@@ -3,6 +3,8 @@
 Pure (no I/O). The registry already validated the entries; the compiler's own
 guard (`flows.validate`) is applied again here, incrementally, so one lease
 event costs work proportional to the leases it can affect, not to the cluster.
+A service event touches the flows and group of that service's ports only (and
+the reply hooks of its target ports), on every switch.
 """
 
 from __future__ import annotations
@@ -24,6 +26,22 @@ from flows.compiler import (
     subnet_cookie,
 )
 from flows.flow import Flow, Owner, owner_of
+from flows.groups import Group, group_cookie
+from flows.services import (
+    NET_COOKIE,
+    Flush,
+    ServicePlan,
+    group_id,
+    hairpin_flow,
+    plumbing_flows,
+    port_flows,
+    port_group,
+    removed_udp_backends,
+    reply_cookie,
+    reply_hook,
+    reply_ports,
+    service_plan,
+)
 from flows.validate import Rejected, lease_problem, select_endpoints
 from leases.events import (
     ConfigChanged,
@@ -33,8 +51,11 @@ from leases.events import (
     LeaseAdded,
     LeaseChanged,
     LeaseRemoved,
+    ServiceAdded,
+    ServiceRemoved,
+    VxflowConfigChanged,
 )
-from leases.model import Endpoint, Lease, NetworkConfig
+from leases.model import Endpoint, Lease, NetworkConfig, Service, VxflowConfig
 from leases.state import PAUSE_EVERY
 
 
@@ -74,6 +95,8 @@ class Impact:
     full_nodes: set[IPv4Address] = field(default_factory=set)
     lease_subnets: set[IPv4Network] = field(default_factory=set)
     endpoint_nodes: set[IPv4Network] = field(default_factory=set)
+    service_cookies: set[int] = field(default_factory=set)  # service ports, reply hooks
+    flushes: list[Flush] = field(default_factory=list)  # removed UDP backends, every switch
     _cookies: frozenset[int] | None = field(default=None, repr=False, compare=False)
 
     def scope_for(self, node: IPv4Address, own_subnet: IPv4Network | None) -> Scope:
@@ -83,6 +106,7 @@ class Impact:
             return FULL
         if self._cookies is None:
             self._cookies = frozenset(subnet_cookie(s) for s in self.lease_subnets)
+            self._cookies |= self.service_cookies
         owners = frozenset({Owner.ENDPOINT}) if own_subnet in self.endpoint_nodes else frozenset()
         return Scope(False, self._cookies, owners)
 
@@ -101,6 +125,11 @@ class ClusterModel:
         self._accepted: tuple[list[Lease], list[Row]] | None = None  # cache of leases(), rows
         self._by_cookie: dict[int, Lease | None] = {}  # cache of accepted() by lease cookie
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
+        self.vxflow = VxflowConfig()
+        self.services: dict[str, Service] = {}  # accepted by the registry, by name
+        self._plan: ServicePlan | None = None  # cache of plan(), with the two below
+        self._ports: dict[int, tuple[Service, int]] = {}  # group id -> (service, port slot)
+        self._replies: dict[int, object] = {}  # reply-hook cookie -> ServicePort
 
     # -- queries --------------------------------------------------------------
 
@@ -137,28 +166,70 @@ class ClusterModel:
             self._accepted_eps[own.subnet] = selection.accepted
         return self._accepted_eps[own.subnet]
 
+    def plan(self) -> ServicePlan | None:
+        """The services every switch must serve; None without a ServiceNetwork."""
+        if self._plan is None and self.vxflow.service_network is not None:
+            self._plan = service_plan(self.vxflow, self.services.values())
+            self._ports = {
+                group_id(self._plan.network, svc, slot): (svc, slot)
+                for svc, slot, _ in self._plan.ports()
+            }
+            self._replies = {reply_cookie(p): p for p in reply_ports(self._plan.services).values()}
+        return self._plan
+
     def desired(self, node: IPv4Address, scope: Scope) -> NodeTable | None:
-        """The flows `node`'s switch must hold, restricted to `scope`; None while no
-        valid config is known (then nothing may be touched)."""
+        """The flows and groups `node`'s switch must hold, restricted to `scope`; None
+        while no valid config is known (then nothing may be touched)."""
         if self.config is None:
             return None
         own = self.own_lease(node)
+        plan = self.plan()
         if scope.full:
             leases, rows = self._selection()
-            return node_table(self.config, leases, self.endpoints_of(own), own, rows)
+            return node_table(self.config, leases, self.endpoints_of(own), own, rows, plan)
         flows: list[Flow] = []
         if Owner.BASE in scope.owners:
             flows += base_flows(self.config, own)
         if own is None:
-            return flows
+            return NodeTable(flows)
         for cookie in scope.cookies:
             lease = self._accepted_by_cookie(cookie)
             if lease is not None and lease.public_ip != own.public_ip:
                 flows += remote_lease_flows(self.config, lease, own)
         for endpoint in self.endpoints_of(own):
-            if Owner.ENDPOINT in scope.owners or endpoint_cookie(endpoint) in scope.cookies:
+            cookie = endpoint_cookie(endpoint)
+            if Owner.ENDPOINT in scope.owners or cookie in scope.cookies:
                 flows += endpoint_flows(own, endpoint)
-        return NodeTable(flows)
+                if plan is not None:
+                    flows.append(hairpin_flow(endpoint, plan.network, cookie))
+        groups: list[Group] = []
+        if plan is not None:
+            flows += self._service_flows(own, plan, scope, groups)
+        return NodeTable(flows, groups=groups)
+
+    def _service_flows(
+        self, own: Lease, plan: ServicePlan, scope: Scope, groups: list[Group]
+    ) -> list[Flow]:
+        """The service flows in `scope` (their groups appended to `groups`): looked up by
+        cookie, so one service's event costs the same however many services there are."""
+        flows: list[Flow] = []
+        if scope.covers(NET_COOKIE):
+            flows += plumbing_flows(self.config, own, plan.network)
+        every = Owner.SERVICE_NET in scope.owners
+        for cookie, port in self._replies.items():
+            if every or cookie in scope.cookies:
+                flows.append(reply_hook(self.config, port))
+        if Owner.SERVICE in scope.owners:
+            ports = self._ports.values()
+        else:
+            ports = [p for c in scope.cookies if (o := owner_of(c)) and o[0] is Owner.SERVICE
+                     and (p := self._ports.get(o[1])) is not None]  # fmt: skip
+        for svc, slot in ports:
+            flows += port_flows(plan.network, svc, slot)
+            g = port_group(plan.network, svc, slot)
+            if g is not None:
+                groups.append(g)
+        return flows
 
     def _accepted_by_cookie(self, cookie: int) -> Lease | None:
         """The accepted lease a lease cookie names (None for other cookies): asked once
@@ -187,10 +258,18 @@ class ClusterModel:
         leases: Iterable[Lease],
         endpoints: Iterable[Endpoint],
         pause: Callable[[], None] = lambda: None,
+        vxflow: VxflowConfig | None = None,
+        services: Iterable[Service] | None = None,
     ) -> Impact:
         """Replace everything (first snapshot, config change); `pause` is called every
-        PAUSE_EVERY leases, so a cooperative caller can yield during a large load."""
+        PAUSE_EVERY leases, so a cooperative caller can yield during a large load.
+        The services and vxflow's config are kept unless given."""
         self.config = config
+        if vxflow is not None:
+            self.vxflow = vxflow
+        if services is not None:
+            self.services = {s.name: s for s in services}
+        self._plan = None
         self._changed()
         self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
         self._by_ip.clear()
@@ -234,7 +313,42 @@ class ClusterModel:
                     self._endpoints[ep.node_subnet].pop(ep.ip, None)
                 self._accepted_eps.pop(ep.node_subnet, None)
                 impact.endpoint_nodes.add(ep.node_subnet)
+            elif isinstance(ev, VxflowConfigChanged):
+                self.vxflow, self._plan = ev.config, None
+                impact.all_nodes = True
+            elif isinstance(ev, ServiceAdded | ServiceRemoved):
+                self._apply_service(ev, impact)
+        if impact.flushes:  # a removed backend that the same batch adds back keeps its entries
+            impact.flushes = [f for f in impact.flushes if not self._serves(f)]
         return impact
+
+    def _apply_service(self, ev: ServiceAdded | ServiceRemoved, impact: Impact) -> None:
+        """A service came or went (a change is both, in one batch): its ports' cookies and
+        their reply hooks, on every switch, and the UDP backends it no longer has."""
+        svc = ev.service
+        if isinstance(ev, ServiceAdded):
+            self.services[svc.name] = svc
+        elif self.services.get(svc.name) == svc:
+            del self.services[svc.name]
+            impact.flushes += removed_udp_backends(svc, None)
+        self._plan = None
+        network = self.vxflow.service_network
+        if network is None:
+            return
+        impact.service_cookies |= {group_cookie(group_id(network, svc, i)) for i in range(len(svc.ports))}
+        impact.service_cookies |= {reply_cookie(p) for p in svc.ports}
+
+    def _serves(self, flush: Flush) -> bool:
+        """Whether a service still sends `flush`'s VIP:port to its backend:target port."""
+        return any(
+            s.vip == flush.vip
+            and any(b.ip == flush.backend for b in s.backends)
+            and any(
+                p.protocol == "UDP" and (p.port, p.target_port) == (flush.port, flush.target_port)
+                for p in s.ports
+            )
+            for s in self.services.values()
+        )
 
     def _subnets_of(self, ips: Iterable[IPv4Address]) -> set[IPv4Network]:
         return {s for ip in ips for s in self._by_ip.get(ip, ())}

@@ -1,4 +1,4 @@
-"""A minimal blocking OpenFlow 1.4 client: read a switch's flow table (for `vxflow flows diff`).
+"""A minimal blocking OpenFlow 1.4 client: read a switch's flows and groups (`vxflow flows diff`).
 
 Talks to `unix:PATH` (ovs-vswitchd's per-bridge `.mgmt` socket) or `tcp:HOST:PORT`
 (a switch's passive listener); the switch must allow OpenFlow 1.4.
@@ -9,8 +9,9 @@ from __future__ import annotations
 import socket
 import struct
 
-from controller import ofwire
+from controller import groups, ofwire
 from flows.flow import Flow
+from flows.groups import Group
 
 OFPT_HELLO = 0
 OFPT_ECHO_REPLY = 3
@@ -46,13 +47,15 @@ def _read_message(sock: socket.socket, buf: bytearray) -> tuple[int, int, int, b
         buf += chunk
 
 
-def read_flows(target: str, timeout: float = 10.0) -> list[Flow]:
-    """Every flow in every table of the switch at `target`."""
+def read_table(target: str, timeout: float = 10.0) -> tuple[list[Flow], list[Group]]:
+    """Every flow in every table, and every group, of the switch at `target`."""
     with _connect(target, timeout) as sock:
         sock.sendall(struct.pack("!BBHI", ofwire.OFP_VERSION, OFPT_HELLO, 8, 1))
-        sock.sendall(ofwire.encode_flow_stats_request(2))
+        sock.sendall(ofwire.encode_flow_stats_request(2) + groups.encode_group_desc_request(3))
         buf = bytearray()
         flows: list[Flow] = []
+        found: list[Group] = []
+        pending = {2, 3}
         while True:
             version, mtype, xid, msg = _read_message(sock, buf)
             if mtype == OFPT_HELLO and version < ofwire.OFP_VERSION:
@@ -65,8 +68,13 @@ def read_flows(target: str, timeout: float = 10.0) -> list[Flow]:
             elif mtype == ofwire.OFPT_ERROR:
                 etype, code = struct.unpack_from("!HH", msg, 8)
                 raise ConnectionError(f"switch {target} answered with error type {etype} code {code}")
-            elif mtype == ofwire.OFPT_MULTIPART_REPLY and xid == 2:
+            elif mtype == ofwire.OFPT_MULTIPART_REPLY and xid in pending:
                 (flags,) = struct.unpack_from("!H", msg, 10)
-                flows.extend(ofwire.decode_flow_stats(msg[16:]))
+                if xid == 2:
+                    flows.extend(ofwire.decode_flow_stats(msg[16:]))
+                else:
+                    found.extend(groups.decode_group_desc(msg[16:]))
                 if not flags & ofwire.OFPMPF_REPLY_MORE:
-                    return flows
+                    pending.discard(xid)
+                    if not pending:
+                        return flows, found

@@ -6,14 +6,20 @@ bytes, so this logic runs the same under a real switch and in unit tests.
 A sync sends only the difference between what the switch holds (read back
 with flow stats on connect, then tracked as changes land) and what it should
 hold, inside one atomic bundle followed by a barrier. A difference of at most
-UNBUNDLED flow-mods (one lease added, changed or removed: the common event,
-which touches its route and its tunnel-ingress check) goes out bare, deletes
-first, with one barrier in one write: one round trip instead of a bundle's
-two. Each flow-mod is atomic on its own; between them the table holds at most
-the old flows minus the deleted ones plus some of the new, never a flow
-outside either table, for the microseconds the switch takes to apply them. A table that is already right gets no flow-mod at
-all. A change that fails is logged per offending flow and retried from a fresh
+UNBUNDLED flow-mods or group-mods (one lease added, changed or removed: the
+common event, which touches its route and its tunnel-ingress check; a
+service's backend change: one group-mod) goes out bare, deletes first, with
+one barrier in one write: one round trip instead of a bundle's two. Each
+flow-mod is atomic on its own; between them the table holds at most the old
+flows minus the deleted ones plus some of the new, never a flow outside
+either table, for the microseconds the switch takes to apply them. A table
+that is already right gets no flow-mod at all. A change that fails is logged per offending flow and retried from a fresh
 readback, so nothing is ever left half-applied or assumed.
+
+The services' select groups are kept the same way (read back with group desc,
+diffed by id, their group-mods in the same bundle: added before the flows that
+point at them, deleted after), and after a change lands the conntrack entries
+of removed UDP backends are flushed.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from enum import Enum
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from controller import metrics, ofwire
+from controller import groups, metrics, ofwire
 from controller.model import FULL, NOTHING, Scope
 from flows.compiler import FLOWS_PER_LEASE, NodeTable
 from flows.diff import FlowDiff, diff_table
 from flows.flow import Flow, FlowKey, to_ofctl
+from flows.groups import Group, GroupDiff, diff_groups, group_cookie, group_to_ofctl
+from flows.services import SERVICE_ZONE, Flush, is_learned
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +68,17 @@ class _Change:
     A bundle's xids: open, one per message, add-barrier, commit/discard, barrier.
     OVS drops a bundled message it rejects but would still commit the rest, so
     the commit is only sent once the add-barrier confirmed every add was taken.
-    A bare change (`bundle_id` None) is its few flow-mods then one barrier; the
-    switch sends any OFPT_ERROR for a flow-mod before that barrier's reply.
+    A bare change (`bundle_id` None) is its few flow-mods and group-mods then one
+    barrier; the switch sends any OFPT_ERROR for one before that barrier's reply.
     """
 
-    bundle_id: int | None  # None: one bare flow-mod
+    bundle_id: int | None  # None: a few bare flow-mods and group-mods
     first_xid: int
-    messages: list[tuple[int, Flow]]  # (command, flow) per xid from the first message's
+    messages: list[tuple[int, Flow | Group]]  # (command, item) per xid from the first message's
     diff: FlowDiff  # in a bundle, its routes follow the messages, one xid each
+    group_diff: GroupDiff = field(default_factory=GroupDiff)
+    tail: list[tuple[int, Flow | Group]] = field(default_factory=list)  # group deletes, last
+    flushes: list[Flush] = field(default_factory=list)  # sent once the change landed
     failed: bool = False
     committing: bool = False
 
@@ -83,21 +94,22 @@ class _Change:
     def added_xid(self) -> int:
         """The barrier after the last message (a bare change's only barrier)."""
         routes = 0 if self.bundle_id is None else self.diff.added_routes
-        return self._message_xid + len(self.messages) + routes
+        return self._message_xid + len(self.messages) + routes + len(self.tail)
 
     @property
     def last_xid(self) -> int:
         return self.added_xid if self.bundle_id is None else self.added_xid + 2
 
-    def message(self, xid: int) -> tuple[int, Flow] | None:
+    def message(self, xid: int) -> tuple[int, Flow | Group] | None:
         i = xid - self._message_xid
         if 0 <= i < len(self.messages):
             return self.messages[i]
         i -= len(self.messages)
-        routes = self.diff.routes
-        if self.bundle_id is not None and routes is not None and 0 <= i < len(routes):
+        routes = self.diff.routes if self.bundle_id is not None else None
+        if routes is not None and 0 <= i < len(routes):
             return ofwire.OFPFC_ADD, routes.flow(i)
-        return None
+        i -= len(routes) if routes is not None else 0
+        return self.tail[i] if 0 <= i < len(self.tail) else None
 
 
 @dataclass
@@ -117,12 +129,16 @@ class SwitchSync:
     may_write: Callable[[], bool] = lambda: True
     state: State = State.IDLE
     installed: dict[FlowKey, Flow] = field(default_factory=dict)
+    installed_groups: dict[int, Group] = field(default_factory=dict)  # by id
     _by_cookie: dict[int, set[FlowKey]] = field(default_factory=dict)
     _pending: Scope = NOTHING
     _need_readback: bool = True
     _readback_reason: str = "connect"
     _read_xid: int = -1
     _read: list[Flow] = field(default_factory=list)
+    _group_read_xid: int = -1
+    _group_read: list[Group] | None = None  # None once the group desc reply is complete
+    _flushes: list[Flush] = field(default_factory=list)
     _change: _Change | None = None
     _next_bundle_id: int = 1
     _failures: int = 0
@@ -147,15 +163,18 @@ class SwitchSync:
         self.state = State.IDLE
         self._need_readback = True
         self._pending = FULL
+        self._flushes = []  # the switch's next master flushes what it must
 
-    def request(self, scope: Scope) -> None:
-        """Bring the flows in `scope` to the desired state (as soon as the switch is free).
+    def request(self, scope: Scope, flushes: list[Flush] = ()) -> None:
+        """Bring the flows and groups in `scope` to the desired state (as soon as the switch
+        is free); then flush the conntrack entries of `flushes` (removed UDP backends).
 
         Not master: nothing to keep (a promotion reads back and syncs in full), so a
         replica's slave connections cost nothing per registry event."""
         if not self.master:
             return
         self._pending |= scope
+        self._flushes += flushes
         self._kick()
 
     def audit(self) -> None:
@@ -172,8 +191,26 @@ class SwitchSync:
     def on_flow_stats(self, xid: int, body: bytes, more: bool) -> None:
         if self.state is not State.READING or xid != self._read_xid:
             return
-        self._read.extend(ofwire.decode_flow_stats(body))
+        # affinity entries the switch learned itself are its own: never compared
+        self._read.extend(f for f in ofwire.decode_flow_stats(body) if not is_learned(f))
         if more:
+            return
+        self._read_xid = -1
+        self._read_done()
+
+    def on_group_desc(self, xid: int, body: bytes, more: bool) -> None:
+        if self.state is not State.READING or xid != self._group_read_xid:
+            return
+        self._group_read.extend(groups.decode_group_desc(body))
+        if more:
+            return
+        self.installed_groups = {g.group_id: g for g in self._group_read}
+        self._group_read, self._group_read_xid = None, -1
+        self._read_done()
+
+    def _read_done(self) -> None:
+        """Flows and groups both read back: diff them against the desired state."""
+        if self._read_xid != -1 or self._group_read is not None:
             return
         self._set_installed(self._read)
         self._read = []
@@ -190,7 +227,13 @@ class SwitchSync:
             metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
             change.failed = True
             sent = change.message(xid)
-            if sent is not None:
+            if isinstance(sent, tuple) and isinstance(sent[1], Group):
+                verb = {groups.OFPGC_ADD: "add", groups.OFPGC_MODIFY: "modify"}.get(sent[0], "delete")
+                log.error(
+                    "switch %s rejected %s of group (error type %d code %d): %s",
+                    self.node, verb, err_type, code, group_to_ofctl(sent[1]),
+                )
+            elif sent is not None:
                 command, flow = sent
                 verb = "add" if command == ofwire.OFPFC_ADD else "delete"
                 log.error(
@@ -203,7 +246,7 @@ class SwitchSync:
                     "switch %s: %s failed (error type %d code %d)", self.node, what, err_type, code
                 )
             return True
-        if xid == self._read_xid and self.state is State.READING:
+        if xid in (self._read_xid, self._group_read_xid) and self.state is State.READING:
             metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
             log.error("switch %s refused the flow readback (type %d code %d)", self.node, err_type, code)
             self.state = State.IDLE
@@ -229,12 +272,17 @@ class SwitchSync:
             self._change = None
             self.state = State.IDLE
             metrics.CHANGE_RESULT[change.form, "failed"].inc()
+            self._flushes = change.flushes + self._flushes
             self._retry_later()
             return
         metrics.CHANGE_RESULT[change.form, "ok"].inc()
         self._failures = 0
         for flow in change.diff.delete:
             self._forget(flow.key)
+        for g in (*change.group_diff.add, *change.group_diff.modify):
+            self.installed_groups[g.group_id] = g
+        for g in change.group_diff.delete:
+            self.installed_groups.pop(g.group_id, None)
         # still APPLYING while the table is recorded (it pauses): no diff may see half of it
         for i, flow in enumerate(change.diff.added(), 1):
             self._remember(flow)
@@ -244,6 +292,7 @@ class SwitchSync:
                     return
         self._change = None
         self.state = State.IDLE
+        self._send_flushes(change.flushes)
         # one line per switch per lease event would flood the log of a large cluster
         if change.bundle_id is None:
             level, what = logging.DEBUG, "flow-mod"
@@ -277,68 +326,84 @@ class SwitchSync:
         scope, self._pending = self._pending, NOTHING
         computed = time.perf_counter()
         diff = diff_table(self._installed_in(scope), desired)
+        group_diff = diff_groups(self._groups_in(scope), desired.groups)
         log.debug(
             "switch %s: %d desired flows in %.1f ms, diff of %d in %.1f ms",
             self.node, len(desired), (computed - started) * 1e3, len(diff),
             (time.perf_counter() - computed) * 1e3,
         )
-        if audit and diff:
+        if audit and (diff or group_diff):
             metrics.DRIFT.inc()
             log.warning(
-                "switch %s drifted: %d flows missing or wrong, %d unexpected; repairing",
-                self.node, len(diff) - len(diff.delete), len(diff.delete),
-            )
-        if diff:
-            self._send(diff)
-        elif scope.full:
+                "switch %s drifted: %d flows missing or wrong, %d unexpected, %d groups "
+                "differ; repairing", self.node, len(diff) - len(diff.delete), len(diff.delete),
+                len(group_diff),
+            )  # fmt: skip
+        if diff or group_diff:
+            self._send(diff, group_diff)
+            return
+        self._send_flushes(self._flushes)
+        self._flushes = []
+        if scope.full:
             self.on_synced(self)
 
     def _start_readback(self) -> None:
         metrics.SYNCS.labels(self._readback_reason).inc()
         self.state = State.READING
-        self._read = []
-        self._read_xid = self.channel.xids(1)
-        self.channel.send(ofwire.encode_flow_stats_request(self._read_xid))
+        self._read, self._group_read = [], []
+        self._read_xid = self.channel.xids(2)
+        self._group_read_xid = self._read_xid + 1
+        self.channel.send(
+            ofwire.encode_flow_stats_request(self._read_xid)
+            + groups.encode_group_desc_request(self._group_read_xid)
+        )
 
-    def _send(self, diff: FlowDiff) -> None:
+    def _send(self, diff: FlowDiff, group_diff: GroupDiff) -> None:
         self.state = State.APPLYING
         metrics.DELETES.inc(len(diff.delete))
         metrics.ADDS.inc(len(diff) - len(diff.delete))
-        if len(diff) <= UNBUNDLED and diff.routes is None:
-            self._send_bare(diff)
+        metrics.GROUP_MODS.inc(len(group_diff))
+        flushes, self._flushes = self._flushes, []
+        if len(diff) + len(group_diff) <= UNBUNDLED and diff.routes is None:
+            self._send_bare(diff, group_diff, flushes)
         else:
-            self._send_bundle(diff)
+            self._send_bundle(diff, group_diff, flushes)
 
-    def _send_bare(self, diff: FlowDiff) -> None:
-        """A few flow-mods, deletes first, and one barrier in one write (see the module doc)."""
-        messages = [(ofwire.OFPFC_DELETE_STRICT, f) for f in diff.delete]
-        messages += [(ofwire.OFPFC_ADD, f) for f in diff.add]
+    def _send_bare(self, diff: FlowDiff, group_diff: GroupDiff, flushes: list[Flush]) -> None:
+        """A few flow-mods and group-mods in a bundle's order (see `_send_bundle`) and one
+        barrier in one write (see the module doc)."""
+        head, tail = _messages(diff, group_diff)
+        messages = head + tail
         first = self.channel.xids(len(messages) + 1)
-        self._change = _Change(None, first, messages, diff)
-        data = b"".join(
-            ofwire.encode_flow_mod(flow, command, first + i)
-            for i, (command, flow) in enumerate(messages)
-        )
+        self._change = _Change(None, first, messages, diff, group_diff, flushes=flushes)
+        data = b"".join(_encode(command, item, first + i) for i, (command, item) in enumerate(messages))
         self.channel.send(data + ofwire.encode_barrier(first + len(messages)))
 
-    def _send_bundle(self, diff: FlowDiff) -> None:
-        messages = [(ofwire.OFPFC_DELETE_STRICT, f) for f in diff.delete]
-        messages += [(ofwire.OFPFC_ADD, f) for f in diff.add]
+    def _send_bundle(self, diff: FlowDiff, group_diff: GroupDiff, flushes: list[Flush]) -> None:
+        """Flow deletes, group adds and modifies, flow adds (and routes), group deletes:
+        a flow never points at a group the switch does not hold yet or any more."""
+        messages, tail = _messages(diff, group_diff)
         started = time.perf_counter()
-        first = self.channel.xids(len(diff) + 4)
+        first = self.channel.xids(len(diff) + len(group_diff) + 4)
         bundle_id = self._next_bundle_id
         self._next_bundle_id = self._next_bundle_id % 0xFFFFFFFF + 1
-        bundle = self._change = _Change(bundle_id, first, messages, diff)
+        bundle = self._change = _Change(
+            bundle_id, first, messages, diff, group_diff, tail, flushes
+        )
         send = self.channel.send
         send(ofwire.encode_bundle_control(bundle_id, ofwire.OFPBCT_OPEN_REQUEST, first))
         xid = first + 1
         routes = diff.routes
         encode_routes = ofwire.route_encoder(routes) if routes else None
+        add, modify, delete = groups.OFPGC_ADD, groups.OFPGC_MODIFY, groups.OFPGC_DELETE
         # (items, encoder, flow-mods per item): a route row carries a lease's flows
         parts: list[tuple[Sequence, Callable[[Sequence, int], bytes], int]] = [
             (diff.delete, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_DELETE_STRICT, x), 1),
+            (group_diff.add, lambda c, x: groups.encode_group_mods(c, add, x, bundle_id), 1),
+            (group_diff.modify, lambda c, x: groups.encode_group_mods(c, modify, x, bundle_id), 1),
             (diff.add, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_ADD, x), 1),
             (routes.rows if routes else (), lambda c, x: encode_routes(c, x, bundle_id), FLOWS_PER_LEASE),
+            (group_diff.delete, lambda c, x: groups.encode_group_mods(c, delete, x, bundle_id), 1),
         ]  # fmt: skip
         for items, encode, per_item in parts:
             step = CHUNK // per_item
@@ -362,6 +427,24 @@ class SwitchSync:
         self._need_readback, self._readback_reason = True, "retry"
         self._pending = FULL
         self.later(delay, self._kick)
+
+    def _send_flushes(self, flushes: list[Flush]) -> None:
+        """NXT_CT_FLUSH per removed UDP backend, once its group no longer picks it (a
+        switch without NXT_CT_FLUSH answers with an error: logged, the entries expire)."""
+        if not flushes or not self.master or self.closed:
+            return
+        xid = self.channel.xids(len(flushes))
+        self.channel.send(
+            b"".join(groups.encode_ct_flush(SERVICE_ZONE, f, xid + i) for i, f in enumerate(flushes))
+        )
+        metrics.CT_FLUSHES.inc(len(flushes))
+        log.info("switch %s: flushed the conntrack entries of %d removed UDP backend(s)",
+                 self.node, len(flushes))  # fmt: skip
+
+    def _groups_in(self, scope: Scope) -> list[Group]:
+        if scope.full:
+            return list(self.installed_groups.values())
+        return [g for gid, g in self.installed_groups.items() if scope.covers(group_cookie(gid))]
 
     def _installed_in(self, scope: Scope) -> list[Flow]:
         if scope.full:
@@ -390,3 +473,21 @@ class SwitchSync:
         old = self.installed.pop(key, None)
         if old is not None:
             self._by_cookie[old.cookie].discard(key)
+
+
+def _messages(
+    diff: FlowDiff, group_diff: GroupDiff
+) -> tuple[list[tuple[int, Flow | Group]], list[tuple[int, Flow | Group]]]:
+    """(command, item) in the order they are sent: flow deletes, group adds and modifies,
+    flow adds (the routes follow in a bundle), then group deletes (the tail)."""
+    head: list[tuple[int, Flow | Group]] = [(ofwire.OFPFC_DELETE_STRICT, f) for f in diff.delete]
+    head += [(groups.OFPGC_ADD, g) for g in group_diff.add]
+    head += [(groups.OFPGC_MODIFY, g) for g in group_diff.modify]
+    head += [(ofwire.OFPFC_ADD, f) for f in diff.add]
+    return head, [(groups.OFPGC_DELETE, g) for g in group_diff.delete]
+
+
+def _encode(command: int, item: Flow | Group, xid: int) -> bytes:
+    if isinstance(item, Group):
+        return groups.encode_group_mod(item, command, xid)
+    return ofwire.encode_flow_mod(item, command, xid)

@@ -71,7 +71,7 @@ from flows.flow import (
 )
 from flows.groups import Bucket, Group
 from flows.ports import gateway_mac
-from leases.model import Endpoint, Lease, NetworkConfig, Service, ServicePort
+from leases.model import Endpoint, Lease, NetworkConfig, Service, ServicePort, VxflowConfig
 
 SERVICE_ZONE = 7678  # conntrack zone of service connections ("vx")
 HAIRPIN_ZONE = 7679  # conntrack zone of the hairpin SNAT
@@ -127,6 +127,12 @@ class ServicePlan:
         for service in self.services:
             for slot, port in enumerate(service.ports):
                 yield service, slot, port
+
+
+def service_plan(vxflow: VxflowConfig, services: Iterable[Service]) -> ServicePlan | None:
+    """The plan of the accepted `services`; None without a ServiceNetwork (no services)."""
+    net = vxflow.service_network
+    return ServicePlan(net, tuple(sorted(services, key=lambda s: s.name))) if net else None
 
 
 def plumbing_flows(config: NetworkConfig, own: Lease, network: IPv4Network) -> list[Flow]:
@@ -295,6 +301,34 @@ def hairpin_flow(endpoint: Endpoint, network: IPv4Network, cookie: int) -> Flow:
         ],
         cookie,
     )
+
+
+@dataclass(frozen=True)
+class Flush:
+    """The conntrack entries (SERVICE_ZONE) of one UDP backend a service port no longer
+    has: to VIP:port, answered from backend:target_port."""
+
+    vip: IPv4Address
+    port: int
+    backend: IPv4Address
+    target_port: int
+    ip_proto: int = IP_PROTO["UDP"]
+
+
+def removed_udp_backends(old: Service, new: Service | None) -> list[Flush]:
+    """What to flush when `old` becomes `new` (None: removed). TCP needs nothing: a
+    removed backend's connections end by themselves and no new one reaches it."""
+    kept = set()
+    if new is not None and new.vip == old.vip:
+        kept = {(p.port, p.target_port, b.ip) for p in new.ports if p.protocol == "UDP"
+                for b in new.backends}  # fmt: skip
+    return [
+        Flush(old.vip, p.port, b.ip, p.target_port)
+        for p in old.ports
+        if p.protocol == "UDP"
+        for b in old.backends
+        if (p.port, p.target_port, b.ip) not in kept
+    ]
 
 
 def reply_ports(services: Iterable[Service]) -> dict[int, ServicePort]:

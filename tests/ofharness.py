@@ -1,9 +1,11 @@
 """The harness of the controller's integration tests: real etcd, one private ovs-vswitchd
 holding one br-int-like bridge per emulated node, and `vxflow controller` processes.
 
-Every check compares what a switch holds (`ovs-ofctl dump-flows`) with the
-compiler's desired table, both rendered by OVS itself: the desired flows are
-loaded with `ovs-ofctl add-flows` into a scratch bridge and dumped the same way.
+Every check compares what a switch holds (`ovs-ofctl dump-flows`, `dump-groups`)
+with the compiler's desired table, both rendered by OVS itself: the desired
+groups and flows are loaded with `ovs-ofctl add-groups` and `add-flows` into a
+scratch bridge and dumped the same way. Flows the switch learned itself (client-IP
+affinity entries) are its own and left out of the comparison.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from flows.compiler import compile_node
+from flows.compiler import compile_table
 from flows.flow import to_ofctl
+from flows.groups import group_to_ofctl
 from flows.ports import TUNNEL_OFPORT, vtep_mac_for
+from flows.services import service_plan
 from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.model import Endpoint, Lease, datapath_id_for
 from leases.registry import Registry
@@ -165,20 +169,29 @@ class Cluster:
         return name
 
     def desired_lines(self, ip: IPv4Address) -> set[str]:
+        """The desired flows and groups of node `ip`, as OVS renders them."""
         snap = self.registry.snapshot()
-        flows = compile_node(snap.config, snap.leases, snap.endpoints, ip)
+        plan = service_plan(snap.vxflow, snap.services)
+        table = compile_table(snap.config, snap.leases, snap.endpoints, ip, plan)
         scratch = f"{TAG}x"
         self.ovs.vsctl(
             "--may-exist", "add-br", scratch, "--", "set", "bridge", scratch,
             "datapath_type=netdev", "fail_mode=secure", "protocols=OpenFlow13,OpenFlow14",
         )  # fmt: skip
         self.ovs.ofctl("del-flows", scratch)
-        self.ovs.ofctl("add-flows", scratch, "-", input="\n".join(map(to_ofctl, flows)) + "\n")
+        self.ovs.ofctl("del-groups", scratch)
+        if table.groups:  # before the flows that point at them
+            groups = "\n".join(map(group_to_ofctl, table.groups)) + "\n"
+            self.ovs.ofctl("add-groups", scratch, "-", input=groups)
+        self.ovs.ofctl("add-flows", scratch, "-", input="\n".join(map(to_ofctl, table)) + "\n")
         return self.dump(scratch)
 
     def dump(self, bridge: str) -> set[str]:
+        """Flows (but the learned ones) and groups of `bridge`, as lines."""
         out = self.ovs.ofctl("dump-flows", "--no-stats", bridge)
-        return {line.strip() for line in out.splitlines() if "actions=" in line}
+        flows = {line.strip() for line in out.splitlines() if "actions=" in line}
+        groups = self.ovs.ofctl("dump-groups", bridge).splitlines()[1:]
+        return {f for f in flows if "cookie=0x7606" not in f} | {g.strip() for g in groups}
 
     def wait_converged(self, timeout: float = 15.0) -> None:
         """Every switch holds exactly its desired table (compared as sets)."""

@@ -12,7 +12,7 @@ from os_ken.ofproto import ofproto_v1_4_parser as parser
 
 from controller import groups
 from flows.groups import Bucket, Group, group_to_ofctl
-from flows.services import plan_groups
+from flows.services import Flush, plan_groups
 from tests.test_controller_ofwire import DP, SERVICES, _osken_action, serialized
 
 GROUPS = plan_groups(SERVICES)
@@ -123,9 +123,10 @@ def test_ovs_reads_our_group_mods_as_the_groups_we_mean() -> None:
 
 
 def test_ovs_reads_our_ct_flush_as_the_entries_of_one_backend() -> None:
-    data = groups.encode_ct_flush(7678, 17, IPv4Address("198.19.1.7"), 5353, 9)
+    flush = Flush(IPv4Address("198.20.0.10"), 53, IPv4Address("198.19.1.7"), 5353)
+    data = groups.encode_ct_flush(7678, flush, 9)
     assert ofp_print(data).strip() == (
         "NXT_CT_FLUSH (OF1.4) (xid=0x9): zone=7678 "
-        "'ct_nw_src=::,ct_nw_dst=::,ct_tp_src=0,ct_tp_dst=0,ct_nw_proto=17' "
+        "'ct_nw_src=::,ct_nw_dst=198.20.0.10,ct_tp_src=0,ct_tp_dst=53,ct_nw_proto=17' "
         "'ct_nw_src=198.19.1.7,ct_nw_dst=::,ct_tp_src=5353,ct_tp_dst=0'"
     )

@@ -6,7 +6,7 @@ import struct
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
-from controller import metrics, ofwire, switch
+from controller import groups, metrics, ofwire, switch
 from controller.model import FULL, ClusterModel, Scope
 from controller.switch import State, SwitchSync
 from flows.compiler import compile_node, subnet_cookie
@@ -68,10 +68,13 @@ def make(model: ClusterModel, node: IPv4Address) -> tuple[SwitchSync, Recorder, 
     return sync, channel, delayed
 
 
-def read_back(sync: SwitchSync, channel: Recorder, flows) -> None:
-    (mtype, xid, _), = channel.take()
-    assert mtype == ofwire.OFPT_MULTIPART_REQUEST
+def read_back(sync: SwitchSync, channel: Recorder, flows, groups_held=()) -> None:
+    """Answer the readback: flow stats, then group desc (each one multipart request)."""
+    (mtype, xid, _), (gtype, gxid, _) = channel.take()
+    assert mtype == gtype == ofwire.OFPT_MULTIPART_REQUEST
     sync.on_flow_stats(xid, stats_body(flows), more=False)
+    assert sync.state is State.READING  # the groups are not read yet
+    sync.on_group_desc(gxid, b"".join(groups.group_desc_entry(g) for g in groups_held), more=False)
 
 
 def bundle_adds(messages) -> list[int]:
@@ -149,8 +152,8 @@ def test_rejected_add_discards_the_bundle_and_retries_from_a_readback(caplog):
     delay, retry = delayed[0]
     assert delay == 0.5
     retry()
-    (mtype, _, _), = channel.take()
-    assert mtype == ofwire.OFPT_MULTIPART_REQUEST  # fresh readback, not a blind resend
+    assert [m[0] for m in channel.take()] == [ofwire.OFPT_MULTIPART_REQUEST] * 2  # a fresh
+    # readback (flows and groups), not a blind resend
 
 
 def test_a_rejected_route_of_a_cold_sync_is_named(caplog):
