@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TypeVar
 
@@ -51,7 +51,7 @@ from tenacity import wait_exponential as wait_exp
 from flows.ports import vtep_mac_for
 from leases.config import ConfigError
 from leases.errors import ConfigMissing, EtcdUnavailable, LeaseLost, RegistryError
-from leases.events import ConfigChanged, Event, MemberAdded, MemberRemoved
+from leases.events import ConfigChanged, Event, MemberAdded, MemberRemoved, VxflowConfigChanged
 from leases.model import (
     LEASE_TTL_SECONDS,
     RENEW_MARGIN_SECONDS,
@@ -59,6 +59,7 @@ from leases.model import (
     Lease,
     Member,
     NetworkConfig,
+    VxflowConfig,
 )
 from leases.registry import Registry, renew_interval
 from leases.subnet_env import overlay_mtu, previous_subnet, subnet_env_for, write_subnet_env
@@ -147,6 +148,7 @@ class Agent:
         self.registry = registry
         self._stop = threading.Event()
         self.config: NetworkConfig | None = None
+        self.service_routes: tuple[IPv4Network, ...] = ()  # the ServiceNetwork, if any
         self.lease: Lease | None = None
         self._desired: dict[IPv4Address, Endpoint] = {}
         self._published: dict[IPv4Address, Endpoint] | None = None  # None: re-read from etcd
@@ -210,7 +212,7 @@ class Agent:
 
     def _note_event(self, event: Event) -> None:
         """(The watch's thread.) Hand the loop what it acts on."""
-        if isinstance(event, MemberAdded | MemberRemoved | ConfigChanged):
+        if isinstance(event, MemberAdded | MemberRemoved | ConfigChanged | VxflowConfigChanged):
             self._events.put(event)
 
     def _take_events(self) -> None:
@@ -223,6 +225,8 @@ class Agent:
                 self._members[event.member.id] = event.member
             elif isinstance(event, MemberRemoved):
                 self._members.pop(event.member.id, None)
+            elif isinstance(event, VxflowConfigChanged):
+                self._set_service_routes(event.config)
             else:  # ConfigChanged: the next etcd turn re-reads it (and re-takes the lease)
                 self._published = None
                 continue
@@ -315,7 +319,8 @@ class Agent:
     def _converge(self, idl) -> bool:
         try:
             changes = bootstrap(idl, self.config, self.lease, self.controller_targets(),
-                                self.settings.options, fresh=True)  # fmt: skip
+                                self.settings.options, fresh=True,
+                                service_routes=self.service_routes)  # fmt: skip
         except (BootstrapError, IprouteError) as exc:
             log.error("bootstrap of %s failed: %s (retrying)", self.settings.options.bridge, exc)
             return False
@@ -376,13 +381,26 @@ class Agent:
             return
         self._etcd.succeeded()
 
+    def _set_service_routes(self, vx: VxflowConfig) -> None:
+        routes = (vx.service_network,) if vx.service_network else ()
+        if routes != self.service_routes:
+            log.info("ServiceNetwork %s: routed into the gateway port",
+                     routes[0] if routes else "removed")  # fmt: skip
+            self.service_routes = routes
+            self._dirty = True
+
     def _reload_config(self) -> None:
-        """Follow a changed network config: take the lease again (it may no longer fit)."""
+        """Follow a changed network config: take the lease again (it may no longer fit);
+        and vxflow's own (the ServiceNetwork the gateway port routes)."""
         try:
             config = self.registry.get_config()
         except ConfigError as exc:
             log.error("network config in etcd is invalid now: %s; keeping the previous one", exc)
             return
+        try:
+            self._set_service_routes(self.registry.get_vxflow_config(config))
+        except ConfigError as exc:
+            log.error("vxflow config in etcd is invalid: %s; keeping the previous one", exc)
         if config != self.config:
             log.warning("network config changed: %s -> %s", self.config, config)
             self.config = config

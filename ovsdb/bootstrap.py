@@ -26,7 +26,7 @@ import logging
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 
 import ovs.db.idl
@@ -123,8 +123,13 @@ def desired_state(
     lease: Lease,
     controllers: tuple[str, ...],
     options: BootstrapOptions,
+    service_routes: tuple[IPv4Network, ...] | None = None,
 ) -> BridgeState:
-    """The bridge this node must have. Pure; `options.datapath_type` must be resolved."""
+    """The bridge this node must have. Pure; `options.datapath_type` must be resolved.
+
+    `service_routes`: the ServiceNetwork (if any) to route into the gateway port; None
+    when the caller does not know it (no etcd): vxflow's service routes are left alone.
+    """
     if options.datapath_type not in ("system", "netdev"):
         raise ValueError(
             f"datapath_type must be resolved to system or netdev, got {options.datapath_type!r}"
@@ -179,6 +184,7 @@ def desired_state(
             address=IPv4Interface(f"{lease.gateway}/{lease.subnet.prefixlen}"),
             mtu=mtu,
             route=config.network,
+            service_routes=service_routes,
         ),
         ssl=options.ssl,
     )
@@ -434,8 +440,10 @@ def bootstrap(
     netns: str | None = None,
     dry_run: bool = False,
     fresh: bool = False,
+    service_routes: tuple[IPv4Network, ...] | None = None,
 ) -> list[str]:
-    """Resolve the node-local facts, converge OVSDB, then the gateway's kernel side.
+    """Resolve the node-local facts, converge OVSDB, then the gateway's kernel side
+    (`service_routes`: see `desired_state`).
 
     `netns` runs the kernel side with `ip -n` (for callers outside the node's
     namespace, such as tests); by default it is the caller's namespace.
@@ -447,7 +455,7 @@ def bootstrap(
     if options.datapath_type == "auto":
         options = replace(options, datapath_type=detect_datapath_type(idl))
     options = with_underlay_mtu(options, lease, netns)
-    state = desired_state(config, lease, controllers, options)
+    state = desired_state(config, lease, controllers, options, service_routes)
     changes = converge(idl, state, dry_run=dry_run)
     kernel = converge_gateway(state.gateway, netns=netns, dry_run=dry_run)
     for line in kernel:

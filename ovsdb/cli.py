@@ -214,12 +214,16 @@ def bootstrap(ctx: click.Context, **params: Any) -> None:
             )
     lease = Lease(subnet=subnet, public_ip=public_ip, vni=config.backend.vni,
                   vtep_mac=vtep_mac_for(public_ip))  # fmt: skip
-    members = registry.snapshot().members if registry is not None else ()
-    targets = controller_targets(params["controllers"], members)
+    snap = registry.snapshot() if registry is not None else None
+    targets = controller_targets(params["controllers"], snap.members if snap else ())
+    # the ServiceNetwork's route: known from etcd only (from flags, leave it as it is)
+    service_routes = None
+    if snap is not None:
+        service_routes = (snap.vxflow.service_network,) if snap.vxflow.service_network else ()
     idl = ovsidl.connect(params["ovsdb"])
     try:
         changes = converge_node(idl, config, lease, targets, _options(params),
-                                dry_run=params["dry_run"])  # fmt: skip
+                                dry_run=params["dry_run"], service_routes=service_routes)  # fmt: skip
     finally:
         idl.close()
     prefix = "would change: " if params["dry_run"] else "changed: "

@@ -2,9 +2,14 @@
 
 OVSDB creates the internal port `vxgw0`; the kernel must then carry the
 node's gateway address on it and route the whole overlay Network into it (the
-seed's `10.20.0.0/16 dev flannel.1`). This is done with `ip` (see
+seed's `10.20.0.0/16 dev flannel.1`), and the services' ServiceNetwork too (the
+host reaches VIPs through the switch). This is done with `ip` (see
 ovsdb/iproute.py). `netns` runs everything with `ip -n NETNS` (tests
 bootstrap emulated nodes from the root namespace).
+
+The service route carries routing protocol ROUTE_PROTO ("vxflow"), so the
+agent recognises its own: a service range that changed or went is removed,
+and no other route is ever touched.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from ipaddress import IPv4Interface, IPv4Network
 
 from ovsdb.iproute import IprouteError, ip, ip_json
 
+ROUTE_PROTO = "118"  # the routing protocol number vxflow's service routes carry
+
 
 @dataclass(frozen=True)
 class GatewaySpec:
@@ -25,6 +32,8 @@ class GatewaySpec:
     address: IPv4Interface  # the lease's first host with the lease's prefix length
     mtu: int
     route: IPv4Network  # the whole overlay Network, routed into `ifname`
+    # the ServiceNetwork(s) routed into `ifname`; None: not known here, leave them alone
+    service_routes: tuple[IPv4Network, ...] | None = None
 
 
 def _link(ifname: str, netns: str | None) -> dict | None:
@@ -82,4 +91,24 @@ def converge_gateway(
         changes.append(f"kernel: route {spec.route} dev {spec.ifname}")
         if not dry_run:
             ip("route", "replace", str(spec.route), "dev", spec.ifname, netns=netns)
+    if spec.service_routes is not None:
+        changes += _converge_service_routes(spec, netns, dry_run)
+    return changes
+
+
+def _converge_service_routes(spec: GatewaySpec, netns: str | None, dry_run: bool) -> list[str]:
+    """Exactly `spec.service_routes` among the routes of protocol ROUTE_PROTO on the port."""
+    ours = ip_json("route", "show", "dev", spec.ifname, "proto", ROUTE_PROTO, netns=netns)
+    have = {IPv4Network(r["dst"]) for r in ours if r.get("dst", "default") != "default"}
+    changes: list[str] = []
+    for net in sorted(have - set(spec.service_routes)):
+        changes.append(f"kernel: remove route {net} dev {spec.ifname} (a previous ServiceNetwork)")
+        if not dry_run:
+            ip("route", "del", str(net), "dev", spec.ifname, "proto", ROUTE_PROTO, netns=netns)
+    for net in spec.service_routes:
+        if net not in have:
+            changes.append(f"kernel: route {net} dev {spec.ifname} (ServiceNetwork)")
+            if not dry_run:
+                ip("route", "replace", str(net), "dev", spec.ifname, "proto", ROUTE_PROTO,
+                   netns=netns)  # fmt: skip
     return changes

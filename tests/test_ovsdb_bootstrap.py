@@ -177,3 +177,30 @@ def test_ssl_controller_and_the_ovs_ssl_table(booted: Booted, tmp_path) -> None:
     assert again == [f"ssl ca_cert: {files[2]} -> {tmp_path / 'other-ca.pem'}"], again
     assert bootstrap(b.idl, CONFIG, b.lease, target, BootstrapOptions(ssl=moved),
                      netns=b.node.netns) == []  # fmt: skip
+
+
+def test_the_service_network_is_routed_into_the_gateway_port_and_only_ours_removed(
+    booted: Booted,
+) -> None:
+    node = booted.node
+
+    def converge(routes: tuple[IPv4Network, ...] | None) -> list[str]:
+        return bootstrap(booted.idl, CONFIG, booted.lease, CONTROLLERS, BootstrapOptions(),
+                         netns=node.netns, service_routes=routes)  # fmt: skip
+
+    def on_gateway() -> list[tuple[str, str]]:
+        routes = json.loads(node.run("ip", "-j", "route", "show", "dev", "vxgw0"))
+        return sorted((r["dst"], r.get("protocol", "")) for r in routes)
+
+    first, second = IPv4Network("198.20.0.0/16"), IPv4Network("198.21.0.0/24")
+    assert "kernel: route 198.20.0.0/16 dev vxgw0 (ServiceNetwork)" in converge((first,))
+    assert ("198.20.0.0/16", "118") in on_gateway()  # vxflow's routing protocol number
+    assert converge((first,)) == []
+    node.run("ip", "route", "add", "198.22.0.0/16", "dev", "vxgw0")  # someone else's route
+    assert converge(None) == []  # the range is not known (no etcd): left as it is
+    assert converge((second,)) == [
+        "kernel: remove route 198.20.0.0/16 dev vxgw0 (a previous ServiceNetwork)",
+        "kernel: route 198.21.0.0/24 dev vxgw0 (ServiceNetwork)",
+    ]
+    assert converge(()) == ["kernel: remove route 198.21.0.0/24 dev vxgw0 (a previous ServiceNetwork)"]
+    assert [dst for dst, _ in on_gateway()] == ["198.19.0.0/16", "198.19.5.0/24", "198.22.0.0/16"]
