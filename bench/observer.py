@@ -12,6 +12,10 @@ anything the controller reports about itself:
   tables (B1, B3). A bundle commits at once, so the count jumps to its final
   value in one step; the error is at most one polling interval.
 
+Groups (B7): with `groups=True` the observer asks each bridge to forward it
+every group-mod (OFPT_REQUESTFORWARD, OpenFlow 1.4), which ovs-vswitchd sends
+in the pass that commits the group-mod, as it does a flow monitor's update.
+
 The asyncio loop runs in a daemon thread; timestamps are `time.monotonic()`,
 which is comparable with the benchmark's own clock.
 """
@@ -40,6 +44,7 @@ class _Bridge:
     socket: Path
     writer: asyncio.StreamWriter | None = None
     added: list[tuple[float, int]] = field(default_factory=list)  # (time, cookie)
+    group_mods: list[tuple[float, int]] = field(default_factory=list)  # (time, group id)
     removed: int = 0
     paused: int = 0
     replies: dict[int, asyncio.Future] = field(default_factory=dict)
@@ -48,8 +53,11 @@ class _Bridge:
 class FlowObserver:
     """Flow monitors on several bridges' management sockets."""
 
-    def __init__(self, sockets: Mapping[str, Path], monitor: bool = False) -> None:
+    def __init__(
+        self, sockets: Mapping[str, Path], monitor: bool = False, groups: bool = False
+    ) -> None:
         self._monitor = monitor
+        self._groups = groups
         self._bridges = {name: _Bridge(name, Path(sock)) for name, sock in sockets.items()}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -95,24 +103,42 @@ class FlowObserver:
         """How often ovs-vswitchd paused a monitor (updates were then summarised)."""
         return sum(b.paused for b in self._bridges.values())
 
+    def group_mods(self, name: str) -> list[tuple[float, int]]:
+        """(arrival time, group id) of every group-mod bridge `name` forwarded (groups=True)."""
+        with self._changed:
+            return list(self._bridges[name].group_mods)
+
+    def group_mod_counts(self) -> dict[str, int]:
+        with self._changed:
+            return {name: len(b.group_mods) for name, b in self._bridges.items()}
+
     def wait_added(self, targets: Mapping[str, int], timeout: float) -> dict[str, float]:
         """Block until bridge `name` has seen `targets[name]` adds in total; return when.
 
         Returns the arrival time of the target-th add per bridge; raises
         TimeoutError naming the bridges still short, with their counts.
         """
+        return self._wait("added", "flow adds", targets, timeout)
+
+    def wait_group_mods(self, targets: Mapping[str, int], timeout: float) -> dict[str, float]:
+        """`wait_added` for forwarded group-mods."""
+        return self._wait("group_mods", "group-mods", targets, timeout)
+
+    def _wait(
+        self, attr: str, what: str, targets: Mapping[str, int], timeout: float
+    ) -> dict[str, float]:
         deadline = time.monotonic() + timeout
+        seen = {n: getattr(self._bridges[n], attr) for n in targets}
         with self._changed:
             while True:
-                short = {n: len(self._bridges[n].added) for n, want in targets.items()
-                         if len(self._bridges[n].added) < want}  # fmt: skip
+                short = {n: len(seen[n]) for n, want in targets.items() if len(seen[n]) < want}
                 if not short:
-                    return {n: self._bridges[n].added[want - 1][0] for n, want in targets.items()}
+                    return {n: seen[n][want - 1][0] for n, want in targets.items()}
                 left = deadline - time.monotonic()
                 if left <= 0:
                     sample = dict(list(short.items())[:5])
                     raise TimeoutError(
-                        f"{len(short)} bridges short of their flow adds after {timeout}s, "
+                        f"{len(short)} bridges short of their {what} after {timeout}s, "
                         f"e.g. {sample} (wanted {dict(list(targets.items())[:1])})"
                     )
                 self._changed.wait(left)
@@ -148,6 +174,9 @@ class FlowObserver:
         if msg_type != of.HELLO or version < of.OFP14:
             raise RuntimeError(f"{b.name}: no OpenFlow 1.4 hello on {b.socket} ({version=})")
         self._loop.create_task(self._read(b, messages))
+        if self._groups:
+            writer.write(of.forward_group_mods(self._next_xid()))
+            self._next_xid()
         if self._monitor:
             xid = self._next_xid()
             ack = self._loop.create_future()
@@ -166,6 +195,11 @@ class FlowObserver:
                     self._updates(b, now, memoryview(body)[of.MULTIPART.size :])
                 if not flags & of.MPF_REPLY_MORE and xid in b.replies:
                     b.replies.pop(xid).set_result(body[of.MULTIPART.size :])
+            elif msg_type == of.REQUESTFORWARD and body[1] == of.GROUP_MOD:
+                (group_id,) = struct.unpack_from("!I", body, 12)  # after the inner header
+                with self._changed:
+                    b.group_mods.append((now, group_id))
+                    self._changed.notify_all()
             elif msg_type == of.ERROR:
                 log.error("%s: OpenFlow error %r", b.name, body[:4].hex())
                 if xid in b.replies:

@@ -39,6 +39,7 @@ GET_ASYNC_REQUEST = 26
 GET_ASYNC_REPLY = 27
 SET_ASYNC = 28
 METER_MOD = 29
+REQUESTFORWARD = 32
 BUNDLE_CONTROL = 33
 BUNDLE_ADD_MESSAGE = 34
 
@@ -81,6 +82,15 @@ def flow_monitor_request(xid: int, monitor_id: int, flags: int) -> bytes:
     """OpenFlow 1.4 flow monitor on every table; `flags` are OFPFMF_* bits."""
     body = struct.pack("!IIIHBB", monitor_id, OFPP_ANY, OFPG_ANY, flags, OFPTT_ALL, 0)
     return multipart_request(OFP14, xid, MP_FLOW_MONITOR, body + EMPTY_MATCH)
+
+
+def forward_group_mods(xid: int) -> bytes:
+    """Ask the switch to forward every group-mod (another controller's) to this connection:
+    a nonzero miss_send_len (a service connection gets no asynchronous message without
+    one) and OFPACPT_REQUESTFORWARD_MASTER = OFPRFR_GROUP_MOD."""
+    return message(OFP14, SET_CONFIG, xid, struct.pack("!HH", 0, 128)) + message(
+        OFP14, SET_ASYNC, xid + 1, struct.pack("!HHI", 11, 8, 1)
+    )
 
 
 FMF_INITIAL, FMF_ADD, FMF_REMOVED, FMF_MODIFY = 1, 2, 4, 8

@@ -1,0 +1,110 @@
+"""A pod's tiny server and client for the service tests (standard library only; run inside
+a pod's namespace with `mnexec -a PID python3 tests/namesrv.py ...`).
+
+    serve NAME PORT       TCP: send "NAME PEER_IP\\n", then echo every line until EOF;
+                          UDP on the same port: answer each datagram with "NAME PEER_IP"
+    connect IP PORT N [RATE]
+                          N TCP connections one after the other (RATE per second, 0: as
+                          fast as they go); print {"answers": {first line: count}, "failed": k}
+    udp IP PORT N SPORT   N datagrams from source port SPORT; print the same JSON
+    hold IP PORT          one TCP connection: print its first line, then send each line
+                          of stdin and print the line echoed back (until stdin ends)
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+
+
+def _echo(conn: socket.socket, greeting: bytes) -> None:
+    with conn:
+        conn.sendall(greeting)
+        for line in conn.makefile("rb"):
+            conn.sendall(line)
+
+
+def serve(name: str, port: int) -> None:
+    tcp = socket.socket()
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind(("", port))
+    tcp.listen(512)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("", port))
+
+    def answer_udp() -> None:
+        while True:
+            _, peer = udp.recvfrom(2048)
+            udp.sendto(f"{name} {peer[0]}".encode(), peer)
+
+    threading.Thread(target=answer_udp, daemon=True).start()
+    print("listening", flush=True)
+    while True:
+        conn, peer = tcp.accept()
+        greeting = f"{name} {peer[0]}\n".encode()
+        threading.Thread(target=_echo, args=(conn, greeting), daemon=True).start()
+
+
+def connect(ip: str, port: int, count: int, rate: float) -> dict:
+    answers: Counter[str] = Counter()
+    failed = 0
+    start = time.monotonic()
+    for i in range(count):
+        if rate:
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
+        try:
+            with socket.create_connection((ip, port), timeout=3) as s:
+                s.settimeout(3)
+                answers[s.makefile("rb").readline().decode().strip()] += 1
+        except OSError:
+            failed += 1
+    return {"answers": dict(answers), "failed": failed}
+
+
+def datagrams(ip: str, port: int, count: int, sport: int) -> dict:
+    answers: Counter[str] = Counter()
+    failed = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("", sport))
+        s.settimeout(2)
+        for _ in range(count):
+            try:
+                s.sendto(b"?", (ip, port))
+                data, peer = s.recvfrom(2048)
+                answers[f"{data.decode()} from {peer[0]}:{peer[1]}"] += 1
+            except OSError:
+                failed += 1
+    return {"answers": dict(answers), "failed": failed}
+
+
+def hold(ip: str, port: int) -> None:
+    with socket.create_connection((ip, port), timeout=5) as s:
+        f = s.makefile("rwb")
+        print(f.readline().decode().strip(), flush=True)
+        for line in sys.stdin:
+            f.write(line.encode())
+            f.flush()
+            print(f.readline().decode().strip(), flush=True)
+
+
+def main(argv: list[str]) -> None:
+    command, *args = argv
+    if command == "serve":
+        serve(args[0], int(args[1]))
+    elif command == "connect":
+        rate = float(args[3]) if len(args) > 3 else 0.0
+        print(json.dumps(connect(args[0], int(args[1]), int(args[2]), rate)))
+    elif command == "hold":
+        hold(args[0], int(args[1]))
+    elif command == "udp":
+        print(json.dumps(datagrams(args[0], int(args[1]), int(args[2]), int(args[3]))))
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
