@@ -57,15 +57,14 @@ class RealSwitches:
 
     label = "Open vSwitch (netdev bridges, one ovs-vswitchd)"
 
-    def __init__(self, env: Env, switches: int) -> None:
+    def __init__(self, env: Env, switches: int, groups: bool = False) -> None:
         self.env = env
         self.stack = contextlib.ExitStack()
         self.farm = self.stack.enter_context(BridgeFarm(list(env.cluster.leases[:switches])))
         if env.controller.pki is not None:
             self.farm.use_tls(env.controller.pki)
-        self.obs = self.stack.enter_context(
-            FlowObserver({b.name: b.mgmt_socket for b in self.farm.bridges}, monitor=True)
-        )
+        sockets = {b.name: b.mgmt_socket for b in self.farm.bridges}
+        self.obs = self.stack.enter_context(FlowObserver(sockets, monitor=True, groups=groups))
 
     def initial_sync(self) -> float:
         return connect_and_converge(self.env, self.farm, self.obs, timeout=300)

@@ -43,7 +43,9 @@ def ping(src, dst, count: int) -> dict[str, float]:
     return {"sent": sent, "received": received, "min_s": mn, "avg_s": avg, "max_s": mx, "mdev_s": mdev}
 
 
-def iperf(src, dst, seconds: int) -> dict[str, float]:
+def iperf(src, dst, seconds: int, address: str | None = None) -> dict[str, float]:
+    """iperf3 from `src` to the server it starts on `dst`, reached at `address` (default:
+    dst's own; B7 goes through a VIP)."""
     server = dst.popen(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)])
     try:
         deadline = time.monotonic() + 10  # a client faster than the server's listen() fails
@@ -51,7 +53,8 @@ def iperf(src, dst, seconds: int) -> dict[str, float]:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{dst.name}: iperf3 server did not start listening")
             time.sleep(0.05)
-        out = src.cmd(f"iperf3 -c {dst.addr} -p {IPERF_PORT} -t {seconds} -J --connect-timeout 3000")
+        out = src.cmd(f"iperf3 -c {address or dst.addr} -p {IPERF_PORT} -t {seconds} -J "
+                      "--connect-timeout 3000")
         try:
             end = json.loads(out)["end"]
             return {"received_bps": end["sum_received"]["bits_per_second"],

@@ -21,6 +21,7 @@ BENCHMARKS = (
     ("B4 data plane", ["bench.b4_dataplane"]),
     ("B5 failover", ["bench.b5_failover"]),
     ("B6 pod attach", ["bench.b6_attach"]),
+    ("B7 services", ["bench.b7_services"]),
     ("profile: compile", ["bench.profile", "compile"]),
     ("profile: encode", ["bench.profile", "encode"]),
     ("profile: sync", ["bench.profile", "sync"]),

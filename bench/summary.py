@@ -200,10 +200,44 @@ def b6(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def b7(r: dict[str, Any]) -> list[str]:
+    lines = ["### B7 services (through a VIP vs to the pod; a backend change vs a new lease)", "",
+             *_head(r)]  # fmt: skip
+    met = {True: "met", False: "NOT met"}
+    if "dataplane" in r:
+        d, s = r["dataplane"], r["dataplane"]["summary"]
+        lines += [f"Data plane: 2 vxflow nodes, client pod on n1, backend pod on n2; "
+                  f"{d['rounds']} alternating rounds of `iperf3 -t {d['iperf_seconds']}` and "
+                  f"{d['connections_per_round']} sequential TCP connections; medians.", "",
+                  "| path | TCP throughput | connections/s |", "|---|---|---|"]  # fmt: skip
+        for kind, label in (("vip", "client -> VIP (conntrack, select group, DNAT)"),
+                            ("pod", "client -> the backend's pod IP")):  # fmt: skip
+            k = s[kind]
+            lines.append(f"| {label} | {k['tcp_bps_median'] / 1e6:,.0f} Mbit/s | "
+                         f"{k['connections_per_s_median']:,.0f} |")  # fmt: skip
+        lines += ["", f"Throughput ratio VIP/pod **{s['throughput_ratio_vip_over_pod']:.2f}** "
+                  f"(goal >= 0.8: {met[s['throughput_goal_met']]}); connection rate ratio "
+                  f"{s['connection_rate_ratio_vip_over_pod']:.2f}.", ""]  # fmt: skip
+    if "control" in r:
+        c = r["control"]
+        lines += [f"Control: {c['switch']}, S = {c['switches']}, {c['leases']:,} leases, a "
+                  f"service of {c['backends']} backends; {c['repetitions']} new leases and as many "
+                  "backend changes, alternating, from the etcd put to the last switch.", "",
+                  "| event | n | p50 | p99 | max |", "|---|---|---|---|---|"]  # fmt: skip
+        for key, label in (("lease_latency_s", "new lease -> its flow on every switch (B2's event)"),
+                           ("group_latency_s", "backend added/removed -> the group-mod on every switch")):  # fmt: skip
+            x = c[key]
+            lines.append(f"| {label} | {x['n']} | {_ms(x['p50'])} | {_ms(x['p99'])} | {_ms(x['max'])} |")
+        lines += ["", f"p99 backend change minus p99 new lease: **{_ms(c['p99_group_minus_lease_s'])}** "
+                  f"(goal <= 5 ms: {met[c['goal_met']]})."]  # fmt: skip
+    return lines
+
+
 def render(results_dir: Path) -> str:
     out: list[str] = []
     for name, fn in (("b1_flow_rate", b1), ("b2_convergence", b2), ("b3_cold_start", b3),
-                     ("b4_dataplane", b4), ("b5_failover", b5), ("b6_attach", b6)):  # fmt: skip
+                     ("b4_dataplane", b4), ("b5_failover", b5), ("b6_attach", b6),
+                     ("b7_services", b7)):  # fmt: skip
         r = _load(name, results_dir)
         out += (fn(r) if r else [f"### {name}", "", "_no results yet_"]) + [""]
     return "\n".join(out)

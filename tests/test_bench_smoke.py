@@ -118,6 +118,21 @@ def test_b6_attach_tiny(tmp_path: Path) -> None:
     assert positive(r["summary"]["add_ratio_p50_vxflow_over_bridge"])
 
 
+@pytest.mark.e2e
+def test_b7_services_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b7_services", "--rounds", "1", "--seconds", "1",
+                  "--connections", "20", "-s", "3", "--leases", "20", "--backends", "3",
+                  "--repeat", "4", "--gap", "0", timeout=290)  # fmt: skip
+    s = r["dataplane"]["summary"]
+    for kind in ("vip", "pod"):
+        assert s[kind]["tcp_bps_median"] > 1e6 and positive(s[kind]["connections_per_s_median"])
+    assert positive(s["throughput_ratio_vip_over_pod"])
+    c = r["control"]
+    for key in ("lease_latency_s", "group_latency_s"):
+        assert c[key]["n"] == 4 and 0 < c[key]["min"] <= c[key]["p99"] < 30, key
+    assert isinstance(c["goal_met"], bool)
+
+
 def test_profile_compile_tiny(tmp_path: Path) -> None:
     res = subprocess.run(
         [sys.executable, "-m", "bench.profile", "compile", "--remote-leases", "300",

@@ -1,11 +1,12 @@
-"""A pod's tiny server and client for the service tests (standard library only; run inside
-a pod's namespace with `mnexec -a PID python3 tests/namesrv.py ...`).
+"""A pod's tiny server and client for services (standard library only), used by the e2e
+tests and B7: run it inside a pod's namespace with `mnexec -a PID python3 mininet/namesrv.py`.
 
     serve NAME PORT       TCP: send "NAME PEER_IP\\n", then echo every line until EOF;
                           UDP on the same port: answer each datagram with "NAME PEER_IP"
     connect IP PORT N [RATE]
                           N TCP connections one after the other (RATE per second, 0: as
-                          fast as they go); print {"answers": {first line: count}, "failed": k}
+                          fast as they go); print {"answers": {first line: count},
+                          "failed": k, "seconds": time taken}
     udp IP PORT N SPORT   N datagrams from source port SPORT; print the same JSON
     hold IP PORT          one TCP connection: print its first line, then send each line
                           of stdin and print the line echoed back (until stdin ends)
@@ -62,7 +63,7 @@ def connect(ip: str, port: int, count: int, rate: float) -> dict:
                 answers[s.makefile("rb").readline().decode().strip()] += 1
         except OSError:
             failed += 1
-    return {"answers": dict(answers), "failed": failed}
+    return {"answers": dict(answers), "failed": failed, "seconds": time.monotonic() - start}
 
 
 def datagrams(ip: str, port: int, count: int, sport: int) -> dict:
