@@ -20,7 +20,7 @@ What the services add to the pipeline (flows/compiler.py):
 - group (one per port): a bucket per backend, `weight` = its Weight:
   ct(commit, SERVICE_ZONE, nat(dst=backend:TargetPort), table=ROUTE); with
   affinity: reg1 = backend, resubmit(SVC_DNAT) (OVS runs buckets as action
-  sets, which drop `learn`).
+  sets, which drop `learn`), and two buckets never chosen (NEVER_CHOSEN).
 - SVC_DNAT (42, affinity only): reg1 = backend -> learn the affinity entry
   (idle timeout = the service's), then the same commit; reg1 unset -> group.
 - LOCAL (30): untracked replies from a TargetPort of any service -> ct(nat)
@@ -90,6 +90,15 @@ def hairpin_source(network: IPv4Network) -> IPv4Address:
     """The source a pod sees on a connection to its own service: the ServiceNetwork's last
     address (never a VIP: validation keeps it free)."""
     return network.broadcast_address
+
+
+# Two buckets that are never live (they watch a group vxflow never creates) in every group
+# of a service with affinity. Their weights (1 and 64) make OVS pick buckets with its
+# slow-path hash of the connection's L3/L4 fields, per new connection, instead of dp_hash:
+# dp_hash's cached datapath flow would send a client's connections opened within the
+# revalidator's delay after its first one past the affinity entry the first one learned.
+NEVER_LIVE_GROUP = 0xFFFFFF00  # OFPG_MAX
+NEVER_CHOSEN = (Bucket(1, (), NEVER_LIVE_GROUP), Bucket(64, (), NEVER_LIVE_GROUP))
 
 
 def group_id(network: IPv4Network, service: Service, slot: int) -> int:
@@ -272,7 +281,7 @@ def port_group(network: IPv4Network, service: Service, slot: int) -> Group | Non
         buckets = tuple(
             Bucket(b.weight, (set_field("reg1", int(b.ip)), resubmit(Table.SVC_DNAT)))
             for b in service.backends
-        )
+        ) + NEVER_CHOSEN
     else:
         buckets = tuple(Bucket(b.weight, (_commit(b.ip, port),)) for b in service.backends)
     return Group(group_id(network, service, slot), buckets)

@@ -21,7 +21,7 @@ GROUPS = plan_groups(SERVICES)
 def osken_group_mod(g: Group, command: int) -> parser.OFPGroupMod:
     buckets = [
         parser.OFPBucket(
-            b.weight, ofp.OFPP_ANY, ofp.OFPG_ANY, [_osken_action(a) for a in b.actions]
+            b.weight, ofp.OFPP_ANY, b.watch_group, [_osken_action(a) for a in b.actions]
         )
         for b in g.buckets
     ]

@@ -102,11 +102,19 @@ def _holds(node, gid: int, want) -> bool:
     held = sorted(line.split(",bucket=")[1:])
     expected = []
     for bucket in want.buckets:
-        action = bucket.actions[0]
-        target = f"nat(dst={action[4][1]}:" if action[0] == "ct" else f"{action[2]:#x}->reg1"
-        expected.append((f"weight:{bucket.weight}," if bucket.weight != 1 else "actions=", target))
+        if not bucket.actions:  # never chosen (affinity)
+            target = f"watch_group:{bucket.watch_group},"
+        elif bucket.actions[0][0] == "ct":
+            target = f"nat(dst={bucket.actions[0][4][1]}:"
+        else:
+            target = f"{bucket.actions[0][2]:#x}->reg1"
+        expected.append((bucket.weight, target))
+
+    def weight(text: str) -> int:
+        return int(text[7 : text.index(",")]) if text.startswith("weight:") else 1
+
     return len(held) == len(expected) and all(
-        any(text.startswith(head) and target in text for text in held) for head, target in expected
+        any(weight(text) == w and target in text for text in held) for w, target in expected
     )
 
 

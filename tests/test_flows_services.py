@@ -13,6 +13,8 @@ from flows.groups import Bucket, Group, diff_groups, group_to_ofctl
 from flows.ports import pod_mac, vtep_mac_for
 from flows.services import (
     HAIRPIN_ZONE,
+    NEVER_CHOSEN,
+    NEVER_LIVE_GROUP,
     SERVICE_ZONE,
     ServicePlan,
     group_id,
@@ -103,7 +105,9 @@ def test_every_service_flow_and_group_of_a_node() -> None:
     assert [group_to_ofctl(g) for g in plan_groups(plan(WEB, STICKY, EMPTY))] == [
         "group_id=2560,type=select,bucket=weight:2,actions=ct(commit,table=20,zone=7678,nat(dst=198.19.1.254:8080)),bucket=weight:1,actions=ct(commit,table=20,zone=7678,nat(dst=198.19.2.254:8080))",
         "group_id=2561,type=select,bucket=weight:2,actions=ct(commit,table=20,zone=7678,nat(dst=198.19.1.254:5353)),bucket=weight:1,actions=ct(commit,table=20,zone=7678,nat(dst=198.19.2.254:5353))",
-        "group_id=65792,type=select,bucket=weight:1,actions=set_field:3323134718->reg1,resubmit(,42)",
+        "group_id=65792,type=select,bucket=weight:1,actions=set_field:3323134718->reg1,resubmit(,42),"
+        "bucket=weight:1,watch_group:4294967040,actions=drop,"
+        "bucket=weight:64,watch_group:4294967040,actions=drop",
     ]
 
 
@@ -182,7 +186,12 @@ def test_affinity_learns_the_backend_and_buckets_only_pick_it() -> None:
     (g,) = plan_groups(plan(STICKY))
     assert g.buckets == (
         Bucket(1, (("set_field", "reg1", int(REMOTE_POD)), ("resubmit", Table.SVC_DNAT))),
+        *NEVER_CHOSEN,
     )
+    # never chosen: they watch a group that never exists, and they push OVS to its per
+    # connection slow-path hash (min weight 1, total > 64 hash slots' worth)
+    assert {b.watch_group for b in NEVER_CHOSEN} == {NEVER_LIVE_GROUP} and NEVER_LIVE_GROUP > 1 << 28
+    assert min(b.weight for b in g.buckets) == 1 and sum(b.weight for b in g.buckets) > 64
     dnat = [f for f in _flows(plan(STICKY)) if f.table == Table.SVC_DNAT and f.priority == 100]
     (learn, commit) = dnat[0].actions
     assert learn == ("learn", Table.SVC_AFFINITY, 600, 100, cookie_for(Owner.LEARNED, g.group_id),

@@ -4,6 +4,10 @@ events and snapshots (pure), and `vxflow services ...` against a real etcd."""
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
+import sys
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -310,3 +314,41 @@ def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
         run(etcd, "services", "rm", "db"), "no service at /atomic.io/network/vxflow/services/db"
     )
     assert_operator_error(run(None, "services", "list"), "etcd")
+
+
+@pytest.mark.integration
+def test_the_readme_commands_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
+    """README (Services): `vxflow services network 198.20.0.0/16`, `vxflow services set
+    web.json` with the example `vxflow services set --help` shows, `vxflow services list`,
+    `vxflow services rm web`; the overlay is the demo's 198.19.0.0/16."""
+    with Registry(etcd.endpoint, "/coreos.com/network") as reg:
+        reg.set_config('{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}')
+    env = {**os.environ, "FLANNELD_ETCD_ENDPOINTS": etcd.endpoint}
+    vxflow = str(Path(sys.executable).with_name("vxflow"))
+
+    def typed(line: str) -> subprocess.CompletedProcess:
+        out = subprocess.run(shlex.split(line.replace("vxflow", vxflow, 1)), cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Services (load balancing in the flows)")[1].split("```")[1]
+    lines = block.strip().splitlines()
+    assert lines == ["vxflow services network 198.20.0.0/16", "vxflow services set web.json",
+                     "vxflow services list", "vxflow services rm web"]  # fmt: skip
+    helptext = typed("vxflow services set --help").stdout
+    example = helptext.split("Example FILE (one object, or a list of them):")[1]
+    (tmp_path / "web.json").write_text(example)
+    assert (
+        typed(lines[0]).stdout.strip()
+        == "wrote /coreos.com/network/vxflow/config: ServiceNetwork 198.20.0.0/16"
+    )
+    assert typed(lines[1]).stdout.strip() == (
+        "wrote /coreos.com/network/vxflow/services/web: VIP 198.20.0.10 ports 80/TCP->8080, "
+        "2 backend(s), ClientIP affinity 600s"
+    )
+    listed = typed(lines[2]).stdout.splitlines()
+    assert listed[1].split() == ["web", "198.20.0.10", "80/TCP->8080", "198.19.1.254*2,198.19.2.254",
+                                 "ClientIP", "600s"]  # fmt: skip
+    assert typed(lines[3]).stdout.strip() == "removed /coreos.com/network/vxflow/services/web"
