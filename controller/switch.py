@@ -36,7 +36,7 @@ from controller import groups, metrics, ofwire
 from controller.model import FULL, NOTHING, Scope
 from flows.compiler import FLOWS_PER_LEASE, NodeTable
 from flows.diff import FlowDiff, diff_table
-from flows.flow import Flow, FlowKey, to_ofctl
+from flows.flow import Flow, FlowKey, Owner, owner_of, to_ofctl
 from flows.groups import Group, GroupDiff, diff_groups, group_cookie, group_to_ofctl
 from flows.services import SERVICE_ZONE, Flush, is_learned
 
@@ -442,9 +442,15 @@ class SwitchSync:
                  self.node, len(flushes))  # fmt: skip
 
     def _groups_in(self, scope: Scope) -> list[Group]:
+        """The installed groups `scope` covers: looked up by its service cookies, so a lease
+        event (no service cookie) costs nothing however many groups the switch holds."""
         if scope.full:
             return list(self.installed_groups.values())
-        return [g for gid, g in self.installed_groups.items() if scope.covers(group_cookie(gid))]
+        if Owner.SERVICE in scope.owners:
+            return [g for gid, g in self.installed_groups.items() if scope.covers(group_cookie(gid))]
+        groups = self.installed_groups
+        return [groups[o[1]] for c in scope.cookies
+                if (o := owner_of(c)) and o[0] is Owner.SERVICE and o[1] in groups]  # fmt: skip
 
     def _installed_in(self, scope: Scope) -> list[Flow]:
         if scope.full:
