@@ -277,19 +277,18 @@ class VxflowController(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev) -> None:
-        msg = ev.msg
-        sync = self._sync_of(msg)
-        if sync is not None:
-            more = bool(msg.flags & ofwire.OFPMPF_REPLY_MORE)
-            sync.on_flow_stats(msg.xid, bytes(msg.buf[_MULTIPART_HEADER:]), more)
+        self._multipart(ev.msg, SwitchSync.on_flow_stats)
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     def _group_desc(self, ev) -> None:
-        msg = ev.msg
+        self._multipart(ev.msg, SwitchSync.on_group_desc)
+
+    def _multipart(self, msg, handle) -> None:
+        """A readback reply's raw body to its switch's sync (`handle(sync, xid, body, more)`)."""
         sync = self._sync_of(msg)
         if sync is not None:
             more = bool(msg.flags & ofwire.OFPMPF_REPLY_MORE)
-            sync.on_group_desc(msg.xid, bytes(msg.buf[_MULTIPART_HEADER:]), more)
+            handle(sync, msg.xid, bytes(msg.buf[_MULTIPART_HEADER:]), more)
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier(self, ev) -> None:

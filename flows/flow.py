@@ -58,6 +58,7 @@ class Table(IntEnum):
     SVC_DNAT = 42  # services with affinity: the backend chosen -> learn + DNAT
     SVC_HAIRPIN_REPLY = 43  # services: replies of a pod to its own service, un-SNATed
     SVC_HAIRPIN_OUT = 44  # services: a hairpinned packet back out of its own port
+    SVC_REPLY = 45  # services: a packet from a TargetPort, looked up: a reply is un-DNATed
 
 
 class Owner(IntEnum):

@@ -23,11 +23,17 @@ What the services add to the pipeline (flows/compiler.py):
   sets, which drop `learn`), and two buckets never chosen (NEVER_CHOSEN).
 - SVC_DNAT (42, affinity only): reg1 = backend -> learn the affinity entry
   (idle timeout = the service's), then the same commit; reg1 unset -> group.
-- LOCAL (30): untracked replies from a TargetPort of any service -> ct(nat)
-  -> LOCAL again, un-DNATed: a client only ever sees the VIP. A pod's
+- LOCAL (30): an untracked packet from a TargetPort of any service (into a
+  local pod or the host) is looked up in SERVICE_ZONE -> SVC_REPLY. A pod's
   packet to itself (it was chosen as its own backend) -> SNAT to the hairpin
   source in HAIRPIN_ZONE (the pod's kernel would drop a packet from its own
   address) -> SVC_HAIRPIN_OUT.
+- SVC_REPLY (45): the reply of an established (or related to a) service
+  connection -> ct(nat) -> LOCAL again, un-DNATed: a client only ever sees the
+  VIP; anything else -> LOCAL as it is. Two steps, because conntrack applies
+  an entry's NAT even to a packet it finds invalid: a direct connection to a
+  backend's pod that reuses the source port of an earlier (TIME_WAIT) VIP
+  connection would otherwise get its SYN-ACK rewritten to the VIP.
 - SVC_HAIRPIN_REPLY (43): established replies -> un-DNAT -> SVC_HAIRPIN_OUT.
 - SVC_HAIRPIN_OUT (44): back out of the pod's port, MACs as from the gateway.
 - ARP (10): ServiceNetwork addresses are answered with the gateway MAC (the
@@ -50,6 +56,7 @@ from flows.flow import (
     CT_EST,
     CT_NEW,
     CT_REL,
+    CT_RPL,
     CT_TRK,
     ETH_TYPE_ARP,
     ETH_TYPE_IP,
@@ -80,6 +87,7 @@ PRIO_HAIRPIN = 110  # a pod's packet to itself: above its /32 delivery
 PRIO_NEW = 100  # SVC_LB: new connections to one VIP:port; SVC_DNAT: one backend
 PRIO_STATE = 10  # SVC_LB: established/related; SVC_DNAT: no affinity entry yet
 PRIO_RANGE = 50  # ROUTE: the unserved rest of the ServiceNetwork, dropped
+PRIO_ANY = 1  # SVC_REPLY: not a service reply: delivered as it is
 IP_PROTO = {"TCP": 6, "UDP": 17}
 BASE_KEY = 0  # SERVICE_NET key of the plumbing; reply hooks use proto << 16 | port
 
@@ -184,6 +192,17 @@ def plumbing_flows(config: NetworkConfig, own: Lease, network: IPv4Network) -> l
             )
             for bit in (CT_EST, CT_REL)
         ),
+        *(
+            flow(
+                Table.SVC_REPLY,
+                PRIO_STATE,
+                {**ip, "ct_state": ct_state(bits | CT_TRK)},
+                [ct(SERVICE_ZONE, Table.LOCAL, nat=())],
+                c,
+            )
+            for bits in (CT_EST | CT_RPL, CT_REL)
+        ),
+        flow(Table.SVC_REPLY, PRIO_ANY, ip, [resubmit(Table.LOCAL)], c),
         flow(
             Table.SVC_HAIRPIN_OUT,
             PRIO_STATE,
@@ -196,8 +215,9 @@ def plumbing_flows(config: NetworkConfig, own: Lease, network: IPv4Network) -> l
 
 def reply_hook(config: NetworkConfig, port: ServicePort) -> Flow:
     """LOCAL: an untracked packet from a TargetPort in the overlay may be a backend's reply:
-    un-DNAT it in the service zone, then deliver it as usual. Shared by every service
-    with this protocol and TargetPort, so a backend change never touches it."""
+    look it up in the service zone (SVC_REPLY un-DNATs a reply), then deliver it as usual.
+    Shared by every service with this protocol and TargetPort, so a backend change never
+    touches it."""
     return flow(
         Table.LOCAL,
         PRIO_SERVICE,
@@ -208,7 +228,7 @@ def reply_hook(config: NetworkConfig, port: ServicePort) -> Flow:
             "ip_proto": IP_PROTO[port.protocol],
             _field(port, "src"): port.target_port,
         },
-        [ct(SERVICE_ZONE, Table.LOCAL, nat=())],
+        [ct(SERVICE_ZONE, Table.SVC_REPLY)],
         reply_cookie(port),
     )
 

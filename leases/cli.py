@@ -7,7 +7,7 @@ from typing import IO, Any
 
 import click
 
-from leases.cli_options import etcd_options, open_registry, operator_errors
+from leases.cli_options import echo_table, etcd_options, open_registry, operator_errors
 from leases.config import config_to_json
 from leases.errors import ConfigMissing
 from leases.model import subnet_key
@@ -71,11 +71,7 @@ def list_leases(output: str, **etcd: Any) -> None:
             )
             for lease, ttl in rows
         ]
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        for line in lines:
-            click.echo(
-                "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-            )
+        echo_table(lines)
         click.echo(f"{len(rows)} lease(s) at revision {snap.revision}")
 
 

@@ -7,7 +7,7 @@ from typing import IO, Any
 
 import click
 
-from leases.cli_options import etcd_options, open_registry, operator_errors
+from leases.cli_options import echo_table, etcd_options, open_registry, operator_errors
 from leases.errors import ConfigMissing, ServiceRejected
 from leases.model import Service
 from leases.services import service_to_dict, services_from_input
@@ -115,9 +115,7 @@ def list_services(output: str, etcd_endpoints: str, etcd_prefix: str) -> None:
             or "(none: dropped)",
             f"ClientIP {s.affinity_timeout}s" if s.affinity_timeout else "-",
         ))  # fmt: skip
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for line in lines:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    echo_table(lines)
     network = snap.vxflow.service_network or "none"
     click.echo(f"{len(snap.services)} service(s) in ServiceNetwork {network} "
                f"at revision {snap.revision}")  # fmt: skip

@@ -10,6 +10,8 @@ tests and B7: run it inside a pod's namespace with `mnexec -a PID python3 minine
     udp IP PORT N SPORT   N datagrams from source port SPORT; print the same JSON
     hold IP PORT          one TCP connection: print its first line, then send each line
                           of stdin and print the line echoed back (until stdin ends)
+    from SPORT IP PORT    one TCP connection from source port SPORT (reused at once);
+                          print {"answers": {first line: 1}, "failed": 0} or the failure
 """
 
 from __future__ import annotations
@@ -48,6 +50,18 @@ def serve(name: str, port: int) -> None:
         conn, peer = tcp.accept()
         greeting = f"{name} {peer[0]}\n".encode()
         threading.Thread(target=_echo, args=(conn, greeting), daemon=True).start()
+
+
+def connect_from(sport: int, ip: str, port: int) -> dict:
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.settimeout(3)
+            s.bind(("", sport))
+            s.connect((ip, port))
+            return {"answers": {s.makefile("rb").readline().decode().strip(): 1}, "failed": 0}
+    except OSError as exc:
+        return {"answers": {}, "failed": 1, "error": str(exc)}
 
 
 def connect(ip: str, port: int, count: int, rate: float) -> dict:
@@ -99,6 +113,8 @@ def main(argv: list[str]) -> None:
     elif command == "connect":
         rate = float(args[3]) if len(args) > 3 else 0.0
         print(json.dumps(connect(args[0], int(args[1]), int(args[2]), rate)))
+    elif command == "from":
+        print(json.dumps(connect_from(int(args[0]), args[1], int(args[2]))))
     elif command == "hold":
         hold(args[0], int(args[1]))
     elif command == "udp":

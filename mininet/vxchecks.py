@@ -12,7 +12,8 @@ from vxnodes import Pod, VxflowNode
 
 
 class ClusterChecks:
-    """What tests and the demo ask of a cluster; needs `pods`, `nodes`, `pods_of`, `spec`."""
+    """What tests and the demo ask of a cluster; needs `pods`, `nodes`, `pods_of`, `spec`
+    (and `replicas`, `restart_controller` to restart a controller)."""
 
     def ping(self, src: Host, dst: IPv4Address | str, count: int = 1, wait: float = 1) -> str:
         return src.cmd(f"ping -n -c {count} -W {wait} {dst}")
@@ -53,6 +54,15 @@ class ClusterChecks:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"switches not connected to the controller after {timeout}s")
             time.sleep(0.2)
+
+    def restart_controller_connected(self, index: int = 0, timeout: float = 30) -> None:
+        """A new process for controller replica `index` on its port, and every switch
+        connected again."""
+        old = self.replicas[index].proc.pid
+        self.restart_controller(index)
+        if self.replicas[index].proc.pid == old:
+            raise RuntimeError("the controller was not restarted")
+        self.wait_controller_connected(timeout)
 
     def capture(
         self, node: Host, action: Callable[[], str], count: int = 4, timeout: float = 15

@@ -108,10 +108,7 @@ def test_controller_restart_loses_no_packet(cluster) -> None:
     )
     try:
         time.sleep(1)
-        old_pid = cluster.replicas[0].proc.pid
-        cluster.restart_controller()
-        assert cluster.replicas[0].proc.pid != old_pid
-        cluster.wait_controller_connected(timeout=30)
+        cluster.restart_controller_connected(timeout=30)
         time.sleep(2)  # the new controller has read back and synced every switch by now
         assert ping.poll() is None, "ping ended before the restart was over: raise its count"
         out, _ = ping.communicate(timeout=60)

@@ -86,9 +86,9 @@ def test_every_service_flow_and_group_of_a_node() -> None:
         f"cookie={sticky},table=20,priority=200,{ip},ip_dst=198.20.1.1,ip_proto=6,tcp_dst=443 actions=ct(table=40,zone=7678,nat)",
         f"{c_net},table=20,priority=200,{ip},ip_dst=198.20.255.255 actions=move:eth_src[]->eth_dst[],ct(table=43,zone=7679,nat)",
         f"{c_net},table=20,priority=50,{ip},ip_dst=198.20.0.0/16 actions=drop",
-        f"cookie=0x76050000001114e9,table=30,priority=200,ct_state=-trk,{ip},ip_proto=17,ip_src=198.19.0.0/16,udp_src=5353 actions=ct(table=30,zone=7678,nat)",
-        f"cookie=0x7605000000061f90,table=30,priority=200,ct_state=-trk,{ip},ip_proto=6,ip_src=198.19.0.0/16,tcp_src=8080 actions=ct(table=30,zone=7678,nat)",
-        f"cookie=0x76050000000620fb,table=30,priority=200,ct_state=-trk,{ip},ip_proto=6,ip_src=198.19.0.0/16,tcp_src=8443 actions=ct(table=30,zone=7678,nat)",
+        f"cookie=0x76050000001114e9,table=30,priority=200,ct_state=-trk,{ip},ip_proto=17,ip_src=198.19.0.0/16,udp_src=5353 actions=ct(table=45,zone=7678)",
+        f"cookie=0x7605000000061f90,table=30,priority=200,ct_state=-trk,{ip},ip_proto=6,ip_src=198.19.0.0/16,tcp_src=8080 actions=ct(table=45,zone=7678)",
+        f"cookie=0x76050000000620fb,table=30,priority=200,ct_state=-trk,{ip},ip_proto=6,ip_src=198.19.0.0/16,tcp_src=8443 actions=ct(table=45,zone=7678)",
         f"cookie=0x76030000c61301fe,table=30,priority=110,{ip},in_port=3,ip_dst=198.19.1.254,ip_src=198.19.1.254 actions=set_field:0a:58:c6:13:01:fe->eth_dst,ct(commit,table=44,zone=7679,nat(src=198.20.255.255))",
         f"cookie={web53},table=40,priority=100,ct_state=+new+trk,{ip},ip_dst=198.20.0.10,ip_proto=17,udp_dst=53 actions=group:2561",
         f"cookie={web80},table=40,priority=100,ct_state=+new+trk,{ip},ip_dst=198.20.0.10,ip_proto=6,tcp_dst=80 actions=group:2560",
@@ -101,6 +101,9 @@ def test_every_service_flow_and_group_of_a_node() -> None:
         f"{c_net},table=43,priority=10,ct_state=+est+trk,{ip} actions=ct(table=44,zone=7678,nat)",
         f"{c_net},table=43,priority=10,ct_state=+rel+trk,{ip} actions=ct(table=44,zone=7678,nat)",
         f"{c_net},table=44,priority=10,{ip} actions=set_field:{gw}->eth_src,in_port",
+        f"{c_net},table=45,priority=10,ct_state=+rel+trk,{ip} actions=ct(table=30,zone=7678,nat)",
+        f"{c_net},table=45,priority=10,ct_state=+est+rpl+trk,{ip} actions=ct(table=30,zone=7678,nat)",
+        f"{c_net},table=45,priority=1,{ip} actions=resubmit(,30)",
     ]
     assert [group_to_ofctl(g) for g in plan_groups(plan(WEB, STICKY, EMPTY))] == [
         "group_id=2560,type=select,bucket=weight:2,actions=ct(commit,table=20,zone=7678,nat(dst=198.19.1.254:8080)),bucket=weight:1,actions=ct(commit,table=20,zone=7678,nat(dst=198.19.2.254:8080))",
@@ -216,7 +219,7 @@ def test_no_services_no_range_no_lease_no_service_flows() -> None:
     assert not [f for f in plain if "zone=" in to_ofctl(f)]  # no hairpin without a range
     # a range without services: the plumbing only (the range is dropped, ARP answered)
     bare = service_lines(plan())
-    assert len(bare) == 9 and any("ip_dst=198.20.0.0/16 actions=drop" in line for line in bare)
+    assert len(bare) == 12 and any("ip_dst=198.20.0.0/16 actions=drop" in line for line in bare)
     # a node without a lease gets the table-miss drops only, whatever the services
     nobody = IPv4Address("198.18.0.9")
     assert {f.priority for f in _flows(plan(WEB), nobody)} == {0}
