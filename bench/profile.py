@@ -52,6 +52,12 @@ class _Sink:
         return self.first_xids[-1]
 
 
+def _read_back_empty(sync: SwitchSync, sink: _Sink) -> None:
+    """Answer the readback (flow stats, then group desc, one xid after) with empty tables."""
+    sync.on_flow_stats(sink.first_xids[0], b"", False)
+    sync.on_group_desc(sink.first_xids[0] + 1, b"", False)
+
+
 def sync_path(remote_leases: int, profiler: Profiler | None = None) -> tuple[float, int]:
     """Seconds of the controller's sync path for one empty switch of node 0, and bytes sent."""
 
@@ -65,7 +71,7 @@ def sync_path(remote_leases: int, profiler: Profiler | None = None) -> tuple[flo
     with profiler or contextlib.nullcontext():
         t0 = time.perf_counter()
         sync.start()
-        sync.on_flow_stats(sink.first_xids[0], b"", False)
+        _read_back_empty(sync, sink)
         took = time.perf_counter() - t0
     if len(sink.first_xids) != 2:
         raise RuntimeError("the sync path did not send a bundle for an empty table")
@@ -78,7 +84,7 @@ def _synced_switch(model, node, leases: int) -> tuple[SwitchSync, _Sink]:
     sync = SwitchSync(node=node, channel=sink, desired=lambda scope: model.desired(node, scope),
                       later=lambda _delay, _fn: None, master=True)  # fmt: skip
     sync.start()
-    sync.on_flow_stats(sink.first_xids[0], b"", False)
+    _read_back_empty(sync, sink)
     sync.on_barrier(sink.barrier_xid)  # adds taken -> commit
     sync.on_barrier(sink.barrier_xid)  # committed
     if len(sync.installed) < leases:

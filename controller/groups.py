@@ -57,10 +57,27 @@ def encode_bucket(bucket: Bucket) -> bytes:
     return pack(bucket)
 
 
+_ENCODED: dict[int, tuple[Group, bytes]] = {}  # id(group) -> (group, its buckets' bytes)
+ENCODED_KEPT = 256
+
+
+def _buckets(group: Group) -> bytes:
+    """The buckets' bytes, encoded once per Group object: one event's group goes to every
+    switch, the same object each time (the model shares it)."""
+    held = _ENCODED.get(id(group))
+    if held is not None and held[0] is group:
+        return held[1]
+    if len(_ENCODED) >= ENCODED_KEPT:
+        _ENCODED.clear()
+    data = b"".join(encode_bucket(b) for b in group.buckets)
+    _ENCODED[id(group)] = (group, data)
+    return data
+
+
 def encode_group_mod(group: Group, command: int, xid: int, bundle_id: int | None = None) -> bytes:
     """OFPT_GROUP_MOD (a delete carries no buckets), wrapped in OFPT_BUNDLE_ADD_MESSAGE
     when `bundle_id` is given (inner and outer xid equal)."""
-    buckets = b"" if command == OFPGC_DELETE else b"".join(encode_bucket(b) for b in group.buckets)
+    buckets = b"" if command == OFPGC_DELETE else _buckets(group)
     length = _GROUP_MOD.size + len(buckets)
     inner = _GROUP_MOD.pack(
         ofwire.OFP_VERSION, OFPT_GROUP_MOD, length, xid, command, group.type, group.group_id

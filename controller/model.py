@@ -130,6 +130,10 @@ class ClusterModel:
         self._plan: ServicePlan | None = None  # cache of plan(), with the two below
         self._ports: dict[int, tuple[Service, int]] = {}  # group id -> (service, port slot)
         self._replies: dict[int, object] = {}  # reply-hook cookie -> ServicePort
+        # node-independent flows and groups of the plan, computed by the first switch that
+        # asks and shared by the others (an event fans out to every switch)
+        self._port_cache: dict[int, tuple[list[Flow], Group | None]] = {}
+        self._reply_cache: dict[int, Flow] = {}
 
     # -- queries --------------------------------------------------------------
 
@@ -170,6 +174,7 @@ class ClusterModel:
         """The services every switch must serve; None without a ServiceNetwork."""
         if self._plan is None and self.vxflow.service_network is not None:
             self._plan = service_plan(self.vxflow, self.services.values())
+            self._port_cache, self._reply_cache = {}, {}
             self._ports = {
                 group_id(self._plan.network, svc, slot): (svc, slot)
                 for svc, slot, _ in self._plan.ports()
@@ -218,17 +223,24 @@ class ClusterModel:
         every = Owner.SERVICE_NET in scope.owners
         for cookie, port in self._replies.items():
             if every or cookie in scope.cookies:
-                flows.append(reply_hook(self.config, port))
+                hook = self._reply_cache.get(cookie)
+                if hook is None:
+                    hook = self._reply_cache[cookie] = reply_hook(self.config, port)
+                flows.append(hook)
         if Owner.SERVICE in scope.owners:
-            ports = self._ports.values()
+            gids = list(self._ports)
         else:
-            ports = [p for c in scope.cookies if (o := owner_of(c)) and o[0] is Owner.SERVICE
-                     and (p := self._ports.get(o[1])) is not None]  # fmt: skip
-        for svc, slot in ports:
-            flows += port_flows(plan.network, svc, slot)
-            g = port_group(plan.network, svc, slot)
-            if g is not None:
-                groups.append(g)
+            gids = [o[1] for c in scope.cookies if (o := owner_of(c)) and o[0] is Owner.SERVICE
+                    and o[1] in self._ports]  # fmt: skip
+        for gid in gids:
+            cached = self._port_cache.get(gid)
+            if cached is None:
+                svc, slot = self._ports[gid]
+                cached = port_flows(plan.network, svc, slot), port_group(plan.network, svc, slot)
+                self._port_cache[gid] = cached
+            flows += cached[0]
+            if cached[1] is not None:
+                groups.append(cached[1])
         return flows
 
     def _accepted_by_cookie(self, cookie: int) -> Lease | None:
