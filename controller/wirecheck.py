@@ -27,7 +27,7 @@ HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY, EXPERIMENTER = 0, 1, 2, 3, 4
 FEATURES_REPLY, GET_CONFIG_REPLY, PACKET_IN, FLOW_REMOVED, PORT_STATUS = 6, 8, 10, 11, 12
 MULTIPART_REPLY, BARRIER_REPLY, ROLE_REPLY, GET_ASYNC_REPLY = 19, 21, 25, 27
 ROLE_STATUS, BUNDLE_CONTROL = 30, 33
-MP_DESC, MP_FLOW, MP_PORT_DESC = 0, 1, 13
+MP_DESC, MP_FLOW, MP_GROUP_DESC, MP_PORT_DESC = 0, 1, 7, 13
 # what a switch sends a vxflow controller; fixed layouts need no walk
 _EXPECTED = {HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY, EXPERIMENTER, FEATURES_REPLY,
              GET_CONFIG_REPLY, PACKET_IN, FLOW_REMOVED, PORT_STATUS, MULTIPART_REPLY,
@@ -35,6 +35,9 @@ _EXPECTED = {HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY, EXPERIMENTER, FEATURES_REPL
 _U16 = struct.Struct("!H")
 PORT_SIZE = 40  # ofp_port before its properties
 FLOW_STATS_SIZE = 48  # ofp_flow_stats before its match
+GROUP_DESC_SIZE = 8  # ofp_group_desc before its buckets
+BUCKET_SIZE = 16  # ofp_bucket before its actions
+NX_VENDOR, NXAST_CT, CT_SIZE = 0x2320, 35, 24  # ct nests actions after its 24 bytes
 
 
 class Malformed(ValueError):
@@ -77,8 +80,23 @@ def _flow_stats(buf: bytes, start: int, end: int) -> None:
         for ipos, ilen in records(buf, inst_start, pos + length, 2, 8, "instruction"):
             (itype,) = _U16.unpack_from(buf, ipos)
             if itype in (3, 4, 5):  # write/apply/clear actions: a list of actions
-                for _ in records(buf, ipos + 8, ipos + ilen, 2, 8, "action"):
-                    pass
+                _actions(buf, ipos + 8, ipos + ilen)
+
+
+def _actions(buf: bytes, start: int, end: int) -> None:
+    """A list of actions, and the actions a ct action nests (os-ken walks those too)."""
+    for pos, length in records(buf, start, end, 2, 8, "action"):
+        (atype,) = _U16.unpack_from(buf, pos)
+        if atype == 0xFFFF and length >= CT_SIZE:
+            vendor, subtype = struct.unpack_from("!IH", buf, pos + 4)
+            if (vendor, subtype) == (NX_VENDOR, NXAST_CT):
+                _actions(buf, pos + CT_SIZE, pos + length)
+
+
+def _group_desc(buf: bytes, start: int, end: int) -> None:
+    for pos, length in records(buf, start, end, 0, GROUP_DESC_SIZE, "group desc entry"):
+        for bpos, blen in records(buf, pos + GROUP_DESC_SIZE, pos + length, 0, BUCKET_SIZE, "bucket"):
+            _actions(buf, bpos + BUCKET_SIZE, bpos + blen)
 
 
 def _ports(buf: bytes, start: int, end: int) -> None:
@@ -106,6 +124,8 @@ def problem(version: int, msg_type: int, buf: bytes) -> str | None:
                 _flow_stats(buf, 16, len(buf))
             elif mp_type == MP_PORT_DESC:
                 _ports(buf, 16, len(buf))
+            elif mp_type == MP_GROUP_DESC:
+                _group_desc(buf, 16, len(buf))
             elif mp_type != MP_DESC:
                 return f"multipart reply of type {mp_type}, which vxflow never asks for"
         elif msg_type == PORT_STATUS:

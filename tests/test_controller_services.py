@@ -59,6 +59,16 @@ def group_mods(messages) -> list[tuple[int, int]]:
     return out
 
 
+def land(sync, channel, sent) -> list:
+    """Answer a change: a bundle's two barriers, or a bare change's one; what came after."""
+    if any(t == ofwire.OFPT_BUNDLE_CONTROL for t, _, _ in sent):
+        return finish(sync, channel, sent)
+    (barrier, xid, _) = sent[-1]
+    assert barrier == ofwire.OFPT_BARRIER_REQUEST
+    sync.on_barrier(xid)
+    return channel.take()
+
+
 def test_a_right_switch_with_groups_gets_nothing() -> None:
     synced(model_with(DNS), DNS)
 
@@ -70,14 +80,10 @@ def test_a_backend_change_is_one_bare_group_mod_per_port_and_nothing_else() -> N
     impact = model.apply([ServiceRemoved(DNS, 9), ServiceAdded(new, 9)])
     sync.request(impact.scope_for(sync.node, lease(1).subnet), impact.flushes)
     sent = channel.take()
-    # two ports, two group-mods: a bundle (one message would go bare)
+    # two ports, two group-mods, nothing else: bare, with one barrier
+    assert [t for t, _, _ in sent] == [groups.OFPT_GROUP_MOD] * 2 + [ofwire.OFPT_BARRIER_REQUEST]
     assert group_mods(sent) == [(groups.OFPGC_MODIFY, 53 << 8), (groups.OFPGC_MODIFY, 53 << 8 | 1)]
-    assert not [
-        m
-        for t, _, m in sent
-        if t == ofwire.OFPT_BUNDLE_ADD_MESSAGE and m[17] == ofwire.OFPT_FLOW_MOD
-    ]
-    finish(sync, channel, sent)
+    land(sync, channel, sent)
     assert list(sync.installed_groups.values()) == table_of(new).groups
     assert impact.flushes == []  # nothing removed
 
@@ -109,7 +115,7 @@ def test_a_new_service_adds_its_group_before_its_flows_and_a_removed_one_after()
     first_flow = kinds.index(ofwire.OFPT_FLOW_MOD)
     assert set(kinds[:first_flow]) == {groups.OFPT_GROUP_MOD}  # groups first
     assert groups.OFPT_GROUP_MOD not in kinds[first_flow:]
-    finish(sync, channel, sent)
+    land(sync, channel, sent)
     held = table_of(DNS)
     assert set(sync.installed.values()) == set(held)
     assert list(sync.installed_groups.values()) == held.groups
@@ -120,7 +126,7 @@ def test_a_new_service_adds_its_group_before_its_flows_and_a_removed_one_after()
     kinds = [m[16 + 1] for t, _, m in sent if t == ofwire.OFPT_BUNDLE_ADD_MESSAGE]
     assert kinds[-2:] == [groups.OFPT_GROUP_MOD] * 2 and groups.OFPT_GROUP_MOD not in kinds[:-2]
     assert group_mods(sent) == [(groups.OFPGC_DELETE, 53 << 8), (groups.OFPGC_DELETE, 53 << 8 | 1)]
-    finish(sync, channel, sent)
+    land(sync, channel, sent)
     assert sync.installed_groups == {}
     assert set(sync.installed.values()) == set(table_of())
     # the UDP port's two backends: their conntrack entries are flushed after the change
@@ -139,8 +145,7 @@ def test_removed_udp_backends_are_flushed_once_the_group_no_longer_picks_them() 
     sync.request(impact.scope_for(sync.node, lease(1).subnet), impact.flushes)
     sent = channel.take()
     assert not [t for t, _, _ in sent if t == groups.OFPT_EXPERIMENTER]  # not before it landed
-    flushes = [m for t, _, m in finish(sync, channel, sent)[1:] if t == groups.OFPT_EXPERIMENTER]
-    flushes += [m for t, _, m in channel.take() if t == groups.OFPT_EXPERIMENTER]
+    flushes = [m for t, _, m in land(sync, channel, sent) if t == groups.OFPT_EXPERIMENTER]
     assert flushes == [
         groups.encode_ct_flush(7678, impact.flushes[0], struct.unpack_from("!I", flushes[0], 4)[0])
     ]
@@ -164,7 +169,7 @@ def test_a_replica_that_is_not_master_neither_writes_nor_flushes() -> None:
     read_back(sync, channel, list(held), held.groups)
     sent = channel.take()
     assert (groups.OFPGC_DELETE, 53 << 8) in group_mods(sent)
-    finish(sync, channel, sent)
+    land(sync, channel, sent)
     assert not [t for t, _, _ in channel.take() if t == groups.OFPT_EXPERIMENTER]
 
 
@@ -186,7 +191,7 @@ def test_learned_affinity_entries_are_never_drift_and_wrong_groups_are() -> None
         for t, _, m in sent
         if t == ofwire.OFPT_BUNDLE_ADD_MESSAGE and m[17] == ofwire.OFPT_FLOW_MOD
     ]
-    finish(sync, channel, sent)
+    land(sync, channel, sent)
     assert list(sync.installed_groups.values()) == held.groups
 
 

@@ -47,3 +47,25 @@ def test_lists_that_would_spin_os_ken_are_refused() -> None:
     assert "version 4 after the hello" in wirecheck.problem(4, 6, msg(6, version=4))
     truncated = msg(19, struct.pack("!HH4x", 1, 0) + stats_body(flows)[:30])
     assert "flow stats entry at 16 has length" in wirecheck.problem(5, 19, truncated)
+
+
+def test_group_desc_and_the_actions_ct_nests_are_walked() -> None:
+    """The services' groups (buckets of ct with a nested nat) pass; a bucket or a nested
+    action of length 0 would spin os-ken's parser and is refused."""
+    from controller import groups
+    from flows.services import plan_groups
+    from tests.test_controller_ofwire import SERVICES
+
+    body = b"".join(groups.group_desc_entry(g) for g in plan_groups(SERVICES))
+    reply = msg(19, struct.pack("!HH4x", wirecheck.MP_GROUP_DESC, 0) + body)
+    assert wirecheck.problem(5, 19, reply) is None
+    zero_bucket = bytearray(body)
+    struct.pack_into("!H", zero_bucket, 8, 0)  # the first bucket's length
+    reply = msg(19, struct.pack("!HH4x", wirecheck.MP_GROUP_DESC, 0) + bytes(zero_bucket))
+    assert "bucket at 24 has length 0" in wirecheck.problem(5, 19, reply)
+    nested = bytearray(body)
+    nat_at = 8 + 16 + 24  # entry, bucket, ct: the nat action nested in the first ct
+    assert struct.unpack_from("!HH", nested, nat_at) == (0xFFFF, 24)
+    struct.pack_into("!H", nested, nat_at + 2, 0)
+    reply = msg(19, struct.pack("!HH4x", wirecheck.MP_GROUP_DESC, 0) + bytes(nested))
+    assert f"action at {16 + nat_at} has length 0" in wirecheck.problem(5, 19, reply)
