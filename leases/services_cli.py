@@ -30,13 +30,13 @@ def services() -> None:
 @click.argument("cidr", required=False)
 @etcd_options
 @operator_errors
-def network(cidr: str | None, etcd_endpoints: str, etcd_prefix: str) -> None:
+def network(cidr: str | None, **etcd: Any) -> None:
     """Show or set the ServiceNetwork: the range VIPs come from (<prefix>/vxflow/config).
 
     It must lie outside the overlay Network and be a /12 to /30; its last
     address is the source pods see on connections to their own service.
     """
-    with open_registry(etcd_endpoints, etcd_prefix) as registry:
+    with open_registry(**etcd) as registry:
         if cidr is None:
             vx = registry.get_vxflow_config(registry.get_config())
             click.echo(str(vx.service_network) if vx.service_network else "(none: no services)")
@@ -50,7 +50,7 @@ def network(cidr: str | None, etcd_endpoints: str, etcd_prefix: str) -> None:
 @click.argument("file", type=click.File("rb"))
 @etcd_options
 @operator_errors
-def set_services(file: IO[bytes], etcd_endpoints: str, etcd_prefix: str) -> None:
+def set_services(file: IO[bytes], **etcd: Any) -> None:
     """Validate and store the service(s) in FILE (JSON; - for stdin), each under
     <prefix>/vxflow/services/<Name>, replacing a service of that name."""
     try:
@@ -58,7 +58,7 @@ def set_services(file: IO[bytes], etcd_endpoints: str, etcd_prefix: str) -> None
     except ValueError as exc:
         raise click.ClickException(f"{getattr(file, 'name', '-')}: {exc}") from exc
     failed = 0
-    with open_registry(etcd_endpoints, etcd_prefix) as registry:
+    with open_registry(**etcd) as registry:
         for item in items:
             try:
                 svc = registry.put_service(item)
@@ -84,9 +84,9 @@ def _summary(svc: Service) -> str:
               show_default=True, help="table for people, json for scripts.")  # fmt: skip
 @etcd_options
 @operator_errors
-def list_services(output: str, etcd_endpoints: str, etcd_prefix: str) -> None:
+def list_services(output: str, **etcd: Any) -> None:
     """List valid services with their backends; rejected ones with their reasons."""
-    with open_registry(etcd_endpoints, etcd_prefix) as registry:
+    with open_registry(**etcd) as registry:
         snap = registry.snapshot()
         if snap.config is None:
             raise ConfigMissing(f"no valid network config at {registry.keys.config}")
@@ -127,9 +127,9 @@ def list_services(output: str, etcd_endpoints: str, etcd_prefix: str) -> None:
 @click.argument("name")
 @etcd_options
 @operator_errors
-def remove(name: str, etcd_endpoints: str, etcd_prefix: str) -> None:
+def remove(name: str, **etcd: Any) -> None:
     """Remove the service NAME (its flows and groups leave every switch)."""
-    with open_registry(etcd_endpoints, etcd_prefix) as registry:
+    with open_registry(**etcd) as registry:
         key = registry.keys.service(name)
         if not registry.delete_service(name):
             raise click.ClickException(f"no service at {key}")

@@ -27,7 +27,9 @@ A registry watch (its own thread) hands the loop the controller replicas as
 they register and leave: the bridge's controllers are the `--controller`
 targets plus every replica's advertised address, so a replica added to the
 cluster needs no node restart. A config change seen there is acted on at the
-next loop turn rather than at the periodic resync.
+next loop turn rather than at the periodic resync; so is a change of vxflow's
+config: its ServiceNetwork is routed into the gateway port (the node reaches
+service VIPs through the switch).
 """
 
 from __future__ import annotations
