@@ -172,35 +172,14 @@ def plumbing_flows(config: NetworkConfig, own: Lease, network: IPv4Network) -> l
             [move("eth_src", "eth_dst"), ct(HAIRPIN_ZONE, Table.SVC_HAIRPIN_REPLY, nat=())],
             c,
         ),
-        *(
-            flow(
-                Table.SVC_LB,
-                PRIO_STATE,
-                {**ip, "ct_state": ct_state(bit | CT_TRK)},
-                [resubmit(Table.ROUTE)],
-                c,
-            )
-            for bit in (CT_EST, CT_REL)
+        *_on_state(Table.SVC_LB, (CT_EST, CT_REL), [resubmit(Table.ROUTE)]),
+        *_on_state(
+            Table.SVC_HAIRPIN_REPLY,
+            (CT_EST, CT_REL),
+            [ct(SERVICE_ZONE, Table.SVC_HAIRPIN_OUT, nat=())],
         ),
-        *(
-            flow(
-                Table.SVC_HAIRPIN_REPLY,
-                PRIO_STATE,
-                {**ip, "ct_state": ct_state(bit | CT_TRK)},
-                [ct(SERVICE_ZONE, Table.SVC_HAIRPIN_OUT, nat=())],
-                c,
-            )
-            for bit in (CT_EST, CT_REL)
-        ),
-        *(
-            flow(
-                Table.SVC_REPLY,
-                PRIO_STATE,
-                {**ip, "ct_state": ct_state(bits | CT_TRK)},
-                [ct(SERVICE_ZONE, Table.LOCAL, nat=())],
-                c,
-            )
-            for bits in (CT_EST | CT_RPL, CT_REL)
+        *_on_state(
+            Table.SVC_REPLY, (CT_EST | CT_RPL, CT_REL), [ct(SERVICE_ZONE, Table.LOCAL, nat=())]
         ),
         flow(Table.SVC_REPLY, PRIO_ANY, ip, [resubmit(Table.LOCAL)], c),
         flow(
@@ -210,6 +189,20 @@ def plumbing_flows(config: NetworkConfig, own: Lease, network: IPv4Network) -> l
             [set_field("eth_src", gw_mac), output(OFPP_IN_PORT)],
             c,
         ),
+    ]
+
+
+def _on_state(table: Table, states: tuple[int, ...], actions: list) -> list[Flow]:
+    """One plumbing flow of `table` per conntrack state (each with +trk) doing `actions`."""
+    return [
+        flow(
+            table,
+            PRIO_STATE,
+            {"eth_type": ETH_TYPE_IP, "ct_state": ct_state(bits | CT_TRK)},
+            actions,
+            NET_COOKIE,
+        )
+        for bits in states
     ]
 
 
@@ -298,10 +291,13 @@ def port_group(network: IPv4Network, service: Service, slot: int) -> Group | Non
         return None
     port = service.ports[slot]
     if service.affinity_timeout:
-        buckets = tuple(
-            Bucket(b.weight, (set_field("reg1", int(b.ip)), resubmit(Table.SVC_DNAT)))
-            for b in service.backends
-        ) + NEVER_CHOSEN
+        buckets = (
+            tuple(
+                Bucket(b.weight, (set_field("reg1", int(b.ip)), resubmit(Table.SVC_DNAT)))
+                for b in service.backends
+            )
+            + NEVER_CHOSEN
+        )
     else:
         buckets = tuple(Bucket(b.weight, (_commit(b.ip, port),)) for b in service.backends)
     return Group(group_id(network, service, slot), buckets)
@@ -349,8 +345,12 @@ def removed_udp_backends(old: Service, new: Service | None) -> list[Flush]:
     removed backend's connections end by themselves and no new one reaches it."""
     kept = set()
     if new is not None and new.vip == old.vip:
-        kept = {(p.port, p.target_port, b.ip) for p in new.ports if p.protocol == "UDP"
-                for b in new.backends}  # fmt: skip
+        kept = {
+            (p.port, p.target_port, b.ip)
+            for p in new.ports
+            if p.protocol == "UDP"
+            for b in new.backends
+        }
     return [
         Flush(old.vip, p.port, b.ip, p.target_port)
         for p in old.ports
