@@ -179,6 +179,10 @@ def test_a_paused_replica_is_fenced_and_rejoins(cluster, tmp_path):
     numbers = range(1, 5)
     add_nodes(cluster, numbers)
     r1, r2 = replicas = start_replicas(cluster, tmp_path, 2)
+    # OVS drops a peer silent for two inactivity probes (5 s each by default): keep r1's
+    # connections through its pause, so the switches' demotion (ROLE_STATUS) reaches it
+    for uuid in cluster.ovs.vsctl("--bare", "--columns=_uuid", "list", "controller").split():
+        cluster.ovs.vsctl("set", "controller", uuid, "inactivity_probe=30000")
     held = wait_masters(cluster, replicas)
     cluster.wait_converged()
     assert "r1" in held.values(), held
