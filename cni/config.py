@@ -17,6 +17,9 @@ A conflist entry `{"type": "vxflow", ...}` may set:
   gateway, the first address), and a route to each FLANNEL_NETWORK is
   appended to `routes` (no `gw`: the result's gateway, .1, is the next hop).
   Any other IPAM type named here is invoked instead, with the same fields.
+- `agentSocket`, `agentTimeout`: read by the fast client (cni/client.py): the
+  node agent's CNI socket (default /run/vxflow/cni.sock) and how many seconds
+  to wait for its answer (default 120); validated here too.
 """
 
 from __future__ import annotations
@@ -93,6 +96,10 @@ def parse_netconf(data: bytes, command: str) -> NetConf:
     ipam = _typed(raw, "ipam", dict, None)
     if ipam is not None and not isinstance(ipam.get("type", DEFAULT_IPAM), str):
         raise _invalid("ipam.type must be a string", repr(ipam.get("type")))
+    _typed(raw, "agentSocket", str, None)
+    timeout = _typed(raw, "agentTimeout", (int, float), None)
+    if timeout is not None and timeout <= 0:
+        raise _invalid("agentTimeout must be positive", f"agentTimeout={timeout}")
     prev = raw.get("prevResult")
     return NetConf(
         cni_version=version,

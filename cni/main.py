@@ -6,6 +6,11 @@ IPAM to (see USAGE).
 
 The protocol is the CNI spec's: CNI_* variables in, the configuration on
 stdin, a result or the spec's error JSON on stdout, logs on stderr.
+
+This is the full plugin, run in-process. `vxflow-cni install DIR` puts the
+fast executable in its place (cni/client.py): a client of the node agent,
+which runs these same calls (cni/server.py) and falls back to
+`python -I -m cni.main` (this module) when no agent serves it.
 """
 
 from __future__ import annotations
@@ -14,23 +19,31 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
+from cni import client
+from cni.client import DEFAULT_SOCKET
 from cni.spec import LATEST, SUPPORTED_VERSIONS, CniError, ErrorCode
 
 USAGE = f"""\
-usage: vxflow-cni [--help | --version]
+usage: vxflow-cni [--help | --version | install CNI_BIN_DIR]
 
 vxflow's CNI plugin (CNI spec {", ".join(SUPPORTED_VERSIONS)}). A container
 runtime runs it with CNI_COMMAND=ADD|DEL|CHECK|VERSION|STATUS|GC, CNI_CONTAINERID,
 CNI_NETNS, CNI_IFNAME, CNI_PATH in the environment and the network
 configuration on stdin; it logs to stderr (VXFLOW_CNI_LOG_LEVEL=debug: the
-time of each ADD step). Install it as `vxflow` in the CNI bin directory
-(Debian's: CNI_BIN_DIR=/usr/lib/cni, beside host-local):
+time of each ADD step). Install it as the type `vxflow` in the CNI bin
+directory (Debian's: CNI_BIN_DIR=/usr/lib/cni, beside host-local):
 
-    ln -sf "$(command -v vxflow-cni)" "$CNI_BIN_DIR/vxflow"
+    vxflow-cni install "$CNI_BIN_DIR"
 
-and name it in a conflist (e.g. /etc/cni/net.d/10-vxflow.conflist):
+That writes $CNI_BIN_DIR/vxflow, a small client that hands each call to the
+node's `vxflow agent` (its --cni-socket; the conflist's "agentSocket",
+default {DEFAULT_SOCKET}) and runs it in-process, as vxflow-cni itself
+does, when no agent answers there. Name it in a conflist
+(e.g. /etc/cni/net.d/10-vxflow.conflist):
 
     {{"cniVersion": "1.0.0", "name": "vxflow",
      "plugins": [{{"type": "vxflow", "ovsdb": "unix:/var/run/openvswitch/db.sock",
@@ -43,8 +56,30 @@ the vxflow agent publishes endpoints from.
 """
 
 log = logging.getLogger("vxflow-cni")
-LOG_LEVEL = "VXFLOW_CNI_LOG_LEVEL"  # debug: each ADD step's time on stderr
+LOG_LEVEL = client.DEBUG  # VXFLOW_CNI_LOG_LEVEL=debug: each ADD step's time on stderr
+LOG_FORMAT = "vxflow-cni: %(levelname)s %(message)s"
+FAST_NAME = "vxflow"  # the conflist type, the executable's name in the CNI bin directory
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # ip, ethtool, nsenter
+
+
+def log_level(environ: Mapping[str, str]) -> int:
+    return getattr(logging, environ.get(LOG_LEVEL, "warning").upper(), logging.WARNING)
+
+
+def install(folder: Path) -> Path:
+    """Write the fast client as FOLDER/vxflow, run by this interpreter without site packages."""
+    source = Path(client.__file__).read_text()
+    target = folder / FAST_NAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{FAST_NAME}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(f"#!{sys.executable} -IS\n{source}")
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
 
 
 def run(argv: list[str], environ: Mapping[str, str], stdin: bytes) -> tuple[str, int]:
@@ -53,6 +88,12 @@ def run(argv: list[str], environ: Mapping[str, str], stdin: bytes) -> tuple[str,
         return USAGE, 0
     if argv == ["--version"]:
         return f"vxflow-cni: CNI spec versions {', '.join(SUPPORTED_VERSIONS)}\n", 0
+    if len(argv) == 2 and argv[0] == "install":
+        try:
+            return f"installed {install(Path(argv[1]))}\n", 0
+        except OSError as exc:
+            sys.stderr.write(f"vxflow-cni: cannot install into {argv[1]}: {exc}\n")
+            return "", 1
     if argv or not environ.get("CNI_COMMAND"):
         sys.stderr.write(USAGE)
         return "", 2
@@ -86,9 +127,7 @@ def main() -> None:
     for name in ("eventlet", "gevent"):
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     os.environ.setdefault("PATH", PATH)
-    level = os.environ.get(LOG_LEVEL, "warning").upper()
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level, logging.WARNING),
-                        format="vxflow-cni: %(levelname)s %(message)s")  # fmt: skip
+    logging.basicConfig(stream=sys.stderr, level=log_level(os.environ), format=LOG_FORMAT)
     stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     out, status = run(sys.argv[1:], os.environ, stdin)
     sys.stdout.write(out)
@@ -97,3 +136,7 @@ def main() -> None:
     # Nothing is left to clean up: skip the interpreter's teardown of every module
     # (~20 ms, a sixth of an ADD) that a runtime would wait for.
     os._exit(status)
+
+
+if __name__ == "__main__":  # the fast client's fallback: `python -I -m cni.main`
+    main()

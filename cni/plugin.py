@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
@@ -57,16 +58,29 @@ def load_subnet_env(conf: NetConf) -> SubnetEnv:
         raise CniError(ErrorCode.DECODING_FAILURE, f"malformed {path}", str(exc)) from exc
 
 
+# The OVSDB replicas a long-lived caller keeps between calls (the agent's CNI server sets
+# it in its thread); unset, each call connects and closes, as a plugin process must.
+KEPT_CONNECTIONS: ContextVar[ovsidl.Connections | None] = ContextVar("kept_ovsdb", default=None)
+
+
 @contextmanager
 def ovsdb(conf: NetConf, code: int = ErrorCode.TRY_AGAIN_LATER) -> Iterator[ovs.db.idl.Idl]:
+    kept = KEPT_CONNECTIONS.get()
     try:
-        idl = ovsidl.connect(conf.ovsdb, timeout=OVSDB_TIMEOUT)
+        idl = kept.get(conf.ovsdb) if kept else ovsidl.connect(conf.ovsdb, timeout=OVSDB_TIMEOUT)
     except ovsidl.OvsdbUnavailable as exc:
         raise CniError(code, "OVSDB is not reachable", str(exc)) from exc
     try:
         yield idl
+    except CniError:
+        raise
+    except BaseException:
+        if kept:  # a failed transaction or a lost session: the next call starts afresh
+            kept.discard(conf.ovsdb)
+        raise
     finally:
-        idl.close()
+        if not kept:
+            idl.close()
 
 
 def _quietly(what: str, fn: Callable[..., Any], *args: Any) -> None:

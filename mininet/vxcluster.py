@@ -207,6 +207,10 @@ class Cluster(ClusterChecks):
     def subnet_env_path(self, node: Host) -> Path:
         return self.node_dir(node) / "subnet.env"
 
+    def cni_socket_path(self, node: Host) -> Path:
+        """The node agent's CNI socket (nodes share the file system: one path each)."""
+        return self.node_dir(node) / "cni.sock"
+
     # -- lifecycle ----------------------------------------------------------
     def __enter__(self) -> Cluster:
         return self.start()
@@ -370,6 +374,7 @@ class Cluster(ClusterChecks):
                "--ssl-cert", str(self.pki(f"node-{node.underlay_ip}.pem")),
                "--ssl-ca-cert", str(self.pki("ca.pem"))] if self.spec.tls else []),
             "--subnet-file", str(self.subnet_env_path(node)),
+            "--cni-socket", str(self.cni_socket_path(node)),
             *(["--subnet-lease-ttl", str(ttl)] if (ttl := self.spec.agent_lease_ttl) else []),
             *(["--ip-masq"] if self.spec.ip_masq else []),
         ]  # fmt: skip
@@ -388,7 +393,8 @@ class Cluster(ClusterChecks):
         self.progress("setting up podman (runc, CNI backend, vxflow-cni on every node)")
         self.podman = Podman(self.workdir / "podman").setup()
         for node in self.vxflow_nodes:
-            self.podman.add_node(node, node.ovs.db_target, self.subnet_env_path(node))
+            self.podman.add_node(node, node.ovs.db_target, self.subnet_env_path(node),
+                                 self.cni_socket_path(node))  # fmt: skip
         return self.podman
 
     def stop_podman(self) -> None:

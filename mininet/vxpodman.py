@@ -4,9 +4,10 @@ Facts this follows (ARCHITECTURE.md, verified on Debian 12 with podman 4.3.1
 and runc 1.1.5): podman's CNI backend (`network_backend = "cni"`) loads the
 `*.conflist` files of its `network_config_dir`, so each node gets its own
 containers.conf naming its own directory, whose conflist points vxflow-cni at
-that node's OVSDB and subnet.env; `runtime = "runc"` (crun fails on this
-machine's cgroups) and `default_ulimits = []` (podman's default nofile limit
-is refused here). podman runs under `nsenter --net=/proc/<node>/ns/net`, so
+that node's OVSDB, subnet.env and agent socket (`vxflow-cni install` puts the
+fast client in the cluster's CNI bin directory, so each node's agent runs the
+calls); `runtime = "runc"` (crun fails on this machine's cgroups) and
+`default_ulimits = []` (podman's default nofile limit is refused here). podman runs under `nsenter --net=/proc/<node>/ns/net`, so
 the CNI plugins run in the node's namespace and the pod's veth lands on that
 node (`ip netns exec` would remount /sys and runc would find no cgroups).
 
@@ -83,10 +84,9 @@ class Podman:
             f'runroot = "{self.workdir / "run"}"\n'
         )
         self._write_conf(self.workdir)  # for commands of no node (the image import)
-        self.cni_bin.mkdir(exist_ok=True)
-        link = self.cni_bin / "vxflow"  # a runtime runs a plugin by its type
-        link.unlink(missing_ok=True)
-        link.symlink_to(_venv_tool("vxflow-cni"))
+        self.cni_bin.mkdir(exist_ok=True)  # `vxflow`, the type: the fast client of the agents
+        subprocess.run([_venv_tool("vxflow-cni"), "install", str(self.cni_bin)], check=True,
+                       capture_output=True)  # fmt: skip
         self._import_image()
         return self
 
@@ -105,7 +105,7 @@ class Podman:
         self._podman(None, "import", "--quiet", str(rootfs), IMAGE)
         rootfs.unlink()
 
-    def add_node(self, node: VxflowNode, ovsdb: str, subnet_file: Path) -> None:
+    def add_node(self, node: VxflowNode, ovsdb: str, subnet_file: Path, agent_socket: Path) -> None:
         """The node's containers.conf and CNI config dir with its vxflow conflist."""
         folder = self.node_dir(node)
         (folder / "net.d").mkdir(parents=True, exist_ok=True)
@@ -115,7 +115,7 @@ class Podman:
             "plugins": [{
                 "type": "vxflow", "ovsdb": ovsdb, "bridge": "br-int",
                 "subnetFile": str(subnet_file), "dataDir": str(folder / "cni"),
-                "isDefaultGateway": True,
+                "agentSocket": str(agent_socket), "isDefaultGateway": True,
                 "ipam": {"type": "host-local", "dataDir": str(folder / "ipam")},
             }],
         }  # fmt: skip

@@ -258,6 +258,10 @@ def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
               show_default=True, help="Renew the lease this many minutes before it expires.")  # fmt: skip
 @click.option("--resync-interval", type=float, default=30.0, show_default=True,
               help="Seconds between full re-checks of the bridge and of etcd's endpoints.")  # fmt: skip
+@click.option("--cni-socket", envvar="VXFLOW_CNI_SOCKET", show_envvar=True,
+              default="/run/vxflow/cni.sock", show_default=True,
+              help="Serve the CNI plugin's calls here (root only), for the `vxflow` executable "
+                   "that `vxflow-cni install` writes; '' serves none.")  # fmt: skip
 @click.pass_context
 @node_errors
 def agent(ctx: click.Context, **params: Any) -> None:
@@ -267,6 +271,7 @@ def agent(ctx: click.Context, **params: Any) -> None:
     and vxflow-ip=<IPv4 in this node's subnet>. Stops on SIGTERM/SIGINT,
     keeping the lease unless --release-on-exit.
     """
+    from cni.server import CniServer
     from ovsdb.agent import Agent, AgentSettings  # the agent pulls in prometheus and tenacity
 
     _apply_sysconfig(ctx, params)
@@ -283,9 +288,16 @@ def agent(ctx: click.Context, **params: Any) -> None:
         lease_ttl=params["subnet_lease_ttl"],
     )
     registry = open_registry(**etcd_params(params))
+    # The CNI server lives exactly as long as the agent's run and shares nothing with its
+    # loop (its own thread and OVSDB replica): composed here, the agent module needs no cni/.
+    server = CniServer(Path(params["cni_socket"])) if params["cni_socket"] else None
     try:
         runner = Agent(settings, registry)
         runner.install_signal_handlers()
+        if server is not None:
+            server.start()
         ctx.exit(runner.run())
     finally:
+        if server is not None:
+            server.stop()
         registry.close()

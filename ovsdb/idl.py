@@ -79,6 +79,41 @@ def connect(remote: str, timeout: float = 10.0) -> ovs.db.idl.Idl:
     return idl
 
 
+class Connections:
+    """IDL replicas kept open between calls by a long-lived process (the agent's CNI server).
+
+    Connecting and taking the first snapshot is most of what a short-lived
+    OVSDB client spends; a kept replica only takes in the updates sent since
+    its last use. Each instance belongs to one thread: python-ovs is not
+    thread-safe. A replica whose session dropped is replaced by a fresh one.
+    """
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self.timeout = timeout
+        self._idls: dict[str, ovs.db.idl.Idl] = {}
+
+    def get(self, remote: str) -> ovs.db.idl.Idl:
+        """A current replica of `remote`'s tables (raises OvsdbUnavailable)."""
+        idl = self._idls.get(remote)
+        if idl is not None:
+            idl.run()  # what the server sent since the last call
+            if is_connected(idl) and idl.state == idl.IDL_S_MONITORING:
+                return idl
+            self.discard(remote)
+        idl = self._idls[remote] = connect(remote, self.timeout)
+        return idl
+
+    def discard(self, remote: str) -> None:
+        """Close the replica of `remote` (after a failure its state is not trusted)."""
+        idl = self._idls.pop(remote, None)
+        if idl is not None:
+            idl.close()
+
+    def close(self) -> None:
+        for remote in list(self._idls):
+            self.discard(remote)
+
+
 def run_once(idl: ovs.db.idl.Idl, timeout: float) -> bool:
     """Process what the server sent; if that changed nothing, wait up to `timeout` s for
     more and process it. True if the replica changed (then without waiting)."""

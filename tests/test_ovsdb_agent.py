@@ -56,6 +56,10 @@ class AgentProc:
         return self.workdir / "subnet.env"
 
     @property
+    def cni_socket(self) -> Path:
+        return self.workdir / "cni.sock"
+
+    @property
     def log(self) -> Path:
         return self.workdir / "agent.log"
 
@@ -67,7 +71,7 @@ class AgentProc:
             "--etcd-prefix", PREFIX,
             *(() if "FLANNELD_IFACE" in self.env else ("--public-ip", str(self.node.underlay_ip))),
             "--subnet-file", str(self.subnet_file), "--ovsdb", self.node.ovs.db_target,
-            "--resync-interval", "3", *self.extra,
+            "--resync-interval", "3", "--cni-socket", str(self.cni_socket), *self.extra,
         ]  # fmt: skip
         with open(self.log, "a") as out:
             out.write(f"--- start {self.starts}\n")

@@ -1,0 +1,232 @@
+"""The node agent's CNI server: the plugin's calls, run in-process for the thin client.
+
+A plugin process pays for its interpreter, its imports and its OVSDB
+connection on every call, several times the work of an ADD itself
+(BENCHMARKS.md, B6). As the antrea-agent serves antrea-cni, `vxflow agent`
+serves the fast `vxflow` executable (cni/client.py) on a unix socket and runs
+each call with the plugin's own code (`cni.main.run`), keeping between calls
+what a long-lived process can: the imports, and an OVSDB replica per remote
+(`ovsdb.idl.Connections`, this thread's own: the agent's loop keeps its
+separate IDL, python-ovs being not thread-safe). IPAM is still delegated to
+the IPAM executable, as the spec requires.
+
+The socket (--cni-socket, default /run/vxflow/cni.sock) is made in a 0700
+directory, bound under a temporary name, set to 0600 and renamed into place,
+so it is never reachable with looser permissions. A socket another live
+agent serves is left alone (this one then serves none); a stale one is
+replaced. A caller must be root in the agent's own network namespace
+(SO_PEERCRED): the pod's veth is made in the server's namespace, which must
+be the one the runtime ran the plugin in. Otherwise the call is declined and
+the client runs it in-process.
+
+One thread serves one call at a time, in arrival order (the others wait in
+the listen backlog): the plugin's steps share one IDL, and the order makes
+an abandoned ADD's undo happen before the next call. A slow call (IPAM may
+take a minute) delays only other CNI calls, never the agent's loop.
+
+Protocol (cni/client.py's framing): the request is the format tag, the
+environment and stdin; the answer "result", exit status, stdout, and the
+log lines for the client's stderr (or "declined" and why); then the client
+acknowledges. An ADD that succeeded but whose answer nobody acknowledged
+(the client timed out or died) is undone at once with a DEL of the same call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import threading
+from pathlib import Path
+
+from cni import client
+from cni.main import LOG_FORMAT, log_level
+from cni.main import log as plugin_log
+from cni.main import run as run_plugin
+from cni.plugin import KEPT_CONNECTIONS, OVSDB_TIMEOUT
+from ovsdb.idl import Connections
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = Path(client.DEFAULT_SOCKET)
+REQUEST_TIMEOUT = 5.0  # seconds for a client to send its request once connected
+ACK_TIMEOUT = 5.0  # seconds for a client to acknowledge an answer
+ACCEPT_INTERVAL = 0.5  # how often the serving thread looks at the stop flag
+_CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class Declined(Exception):
+    """The call is not for this server (the client then runs it in-process)."""
+
+
+class _Capture(logging.Handler):
+    """The plugin's log lines of one call, for the client's stderr."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.setFormatter(logging.Formatter(LOG_FORMAT))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+def _netns(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+class CniServer:
+    """`start()` serves `path` in a thread of its own; `stop()` ends it and removes the socket."""
+
+    def __init__(self, path: Path = DEFAULT_SOCKET) -> None:
+        self.path = path
+        self.served = 0  # calls answered (declined ones not counted)
+        self._listener: socket.socket | None = None
+        self._bound: tuple[int, int] | None = None  # (dev, ino) of our socket file
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the socket ---------------------------------------------------------------
+    def start(self) -> bool:
+        """Bind and start serving; False (logged) if the path is another live server's or unusable."""
+        if self._live_elsewhere():
+            log.error("CNI socket %s is served by another process; not serving CNI here "
+                      "(give this agent its own --cni-socket)", self.path)  # fmt: skip
+            return False
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            temporary.unlink(missing_ok=True)
+            listener.bind(str(temporary))
+            os.chmod(temporary, 0o600)
+            listener.listen(128)
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            listener.close()
+            temporary.unlink(missing_ok=True)
+            log.error("cannot serve CNI calls on %s: %s (the plugin runs in-process)",
+                      self.path, exc)  # fmt: skip
+            return False
+        st = os.stat(self.path)
+        self._bound, self._listener = (st.st_dev, st.st_ino), listener
+        listener.settimeout(ACCEPT_INTERVAL)
+        self._thread = threading.Thread(target=self._serve, name="cni-server", daemon=True)
+        self._thread.start()
+        log.info("serving CNI calls on %s", self.path)
+        return True
+
+    def _live_elsewhere(self) -> bool:
+        """Whether a process answers on the path already (a stale file is removed)."""
+        if not self.path.exists():
+            return False
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.path))
+            return True
+        except OSError:
+            self.path.unlink(missing_ok=True)
+            return False
+        finally:
+            probe.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let a call in progress finish (up to `timeout` s), remove the socket."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout)
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._bound:  # not a later agent's socket
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    # -- serving --------------------------------------------------------------------
+    def _serve(self) -> None:
+        connections = Connections(timeout=OVSDB_TIMEOUT)
+        KEPT_CONNECTIONS.set(connections)  # this thread's context only
+        assert self._listener is not None
+        try:
+            while not self._stop.is_set():
+                try:
+                    conn, _ = self._listener.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    try:
+                        self._handle(conn)
+                    except Exception:  # the client sees the connection close and recovers
+                        log.exception("CNI call failed in the server")
+        finally:
+            self._listener.close()
+            connections.close()
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(REQUEST_TIMEOUT)
+        try:
+            magic, environ_data, stdin = client.read_fields(conn, 3)
+            self._check_peer(conn)
+            if magic != client.MAGIC:
+                raise Declined(f"unknown request format {magic[:40]!r}")
+        except Declined as exc:
+            log.info("declined a CNI call: %s", exc)
+            conn.sendall(client.pack(client.DECLINED, b"0", str(exc).encode(), b""))
+            return
+        except (EOFError, OSError) as exc:  # the client gave up before sending it all
+            log.warning("incomplete CNI request: %s", exc)
+            return
+        environ = client.decode_environ(environ_data)
+        out, status, lines = self._call(environ, stdin)
+        stderr = "".join(f"{line}\n" for line in lines).encode()
+        self.served += 1
+        acknowledged = False
+        try:
+            conn.sendall(client.pack(client.RESULT, str(status).encode(), out.encode(), stderr))
+            conn.settimeout(ACK_TIMEOUT)
+            acknowledged = client.read_fields(conn, 1) == [client.ACK]
+        except (EOFError, OSError) as exc:
+            log.debug("no acknowledgement: %s", exc)
+        if not acknowledged and status == 0 and environ.get("CNI_COMMAND") == "ADD":
+            self._undo(environ, stdin)
+
+    def _check_peer(self, conn: socket.socket) -> None:
+        pid, uid, _ = _CREDENTIALS.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+        )
+        if uid != os.geteuid():
+            raise Declined(f"caller uid {uid} is not {os.geteuid()}")
+        try:
+            theirs = _netns(f"/proc/{pid}/ns/net")
+        except OSError as exc:
+            raise Declined(f"cannot read the caller's network namespace: {exc}") from exc
+        if theirs != _netns("/proc/thread-self/ns/net"):
+            raise Declined("the caller is in another network namespace")
+
+    def _call(self, environ: dict[str, str], stdin: bytes) -> tuple[str, int, list[str]]:
+        """One plugin call as the plugin process would make it; (stdout, status, log lines)."""
+        capture = _Capture(log_level(environ))
+        level = plugin_log.level
+        plugin_log.addHandler(capture)
+        plugin_log.setLevel(min(capture.level, plugin_log.getEffectiveLevel()))
+        try:
+            out, status = run_plugin([], environ, stdin)
+        finally:
+            plugin_log.removeHandler(capture)
+            plugin_log.setLevel(level)
+        log.debug("CNI %s %s/%s: status %d", environ.get("CNI_COMMAND"),
+                  environ.get("CNI_CONTAINERID"), environ.get("CNI_IFNAME"), status)  # fmt: skip
+        return out, status, capture.lines
+
+    def _undo(self, environ: dict[str, str], stdin: bytes) -> None:
+        """DEL an ADD whose result nobody took: the runtime saw a failure, so nothing may stay."""
+        who = f"{environ.get('CNI_CONTAINERID')}/{environ.get('CNI_IFNAME')}"
+        out, status, lines = self._call({**environ, "CNI_COMMAND": "DEL"}, stdin)
+        if status == 0:
+            log.warning("CNI ADD %s: the client left before taking the result; undone", who)
+        else:
+            log.error("CNI ADD %s: the client left and undoing it failed: %s %s", who,
+                      out.strip(), " ".join(lines))  # fmt: skip
