@@ -141,6 +141,14 @@ def settings(stdin: bytes) -> tuple[str, float, str]:
     )
 
 
+def netns_fd(environ: dict[bytes, bytes]) -> bytes:
+    """CNI_NETNS opened (kept open until we exit), for an agent that cannot see its path."""
+    try:
+        return str(os.open(environ[b"CNI_NETNS"], os.O_RDONLY)).encode()
+    except (KeyError, OSError):  # none given (DEL, GC) or gone: the path is all there is
+        return b""
+
+
 def exchange(path: str, environ: dict[bytes, bytes], stdin: bytes,
              timeout: float) -> tuple[int, bytes, bytes]:  # fmt: skip
     """Have the agent at `path` run one call: (exit status, stdout, stderr).
@@ -152,7 +160,7 @@ def exchange(path: str, environ: dict[bytes, bytes], stdin: bytes,
         sock.settimeout(CONNECT_TIMEOUT)
         try:
             sock.connect(path)
-            sock.sendall(pack(MAGIC, encode_environ(environ), stdin))
+            sock.sendall(pack(MAGIC, encode_environ(environ), stdin, netns_fd(environ)))
         except OSError as exc:  # absent, refused, not ours, or gone before it read anything
             raise NotServed(f"{path}: {exc}") from None
         try:

@@ -82,8 +82,9 @@ def install(folder: Path) -> Path:
     return target
 
 
-def run(argv: list[str], environ: Mapping[str, str], stdin: bytes) -> tuple[str, int]:
-    """One invocation: (what goes to stdout, exit status)."""
+def run(argv: list[str], environ: Mapping[str, str], stdin: bytes,
+        netns_handle: str = "") -> tuple[str, int]:  # fmt: skip
+    """One invocation: (what goes to stdout, exit status); see Invocation.netns_handle."""
     if argv in (["--help"], ["-h"]):
         return USAGE, 0
     if argv == ["--version"]:
@@ -101,7 +102,7 @@ def run(argv: list[str], environ: Mapping[str, str], stdin: bytes) -> tuple[str,
     try:
         from cni.spec import parse_invocation, render_result, version_result
 
-        inv = parse_invocation(environ)
+        inv = parse_invocation(environ, netns_handle)
         if inv.command == "VERSION":
             return json.dumps(version_result(stdin)) + "\n", 0
         from cni.config import parse_netconf

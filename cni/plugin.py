@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
@@ -58,16 +58,26 @@ def load_subnet_env(conf: NetConf) -> SubnetEnv:
         raise CniError(ErrorCode.DECODING_FAILURE, f"malformed {path}", str(exc)) from exc
 
 
-# The OVSDB replicas a long-lived caller keeps between calls (the agent's CNI server sets
-# it in its thread); unset, each call connects and closes, as a plugin process must.
-KEPT_CONNECTIONS: ContextVar[ovsidl.Connections | None] = ContextVar("kept_ovsdb", default=None)
+@dataclass(frozen=True)
+class Kept:
+    """What a long-lived caller keeps between calls: the agent's CNI server sets it in its
+    thread (KEPT); unset, each call connects to OVSDB and runs `ip`, as a plugin process must."""
+
+    ovsdb: ovsidl.Connections
+    make_veth: Callable[[veth.VethSpec], str]  # veth.create() through a kept netlink socket
+
+
+KEPT: ContextVar[Kept | None] = ContextVar("kept", default=None)
 
 
 @contextmanager
 def ovsdb(conf: NetConf, code: int = ErrorCode.TRY_AGAIN_LATER) -> Iterator[ovs.db.idl.Idl]:
-    kept = KEPT_CONNECTIONS.get()
+    kept = KEPT.get()
     try:
-        idl = kept.get(conf.ovsdb) if kept else ovsidl.connect(conf.ovsdb, timeout=OVSDB_TIMEOUT)
+        if kept:
+            idl = kept.ovsdb.get(conf.ovsdb)
+        else:
+            idl = ovsidl.connect(conf.ovsdb, timeout=OVSDB_TIMEOUT)
     except ovsidl.OvsdbUnavailable as exc:
         raise CniError(code, "OVSDB is not reachable", str(exc)) from exc
     try:
@@ -76,7 +86,7 @@ def ovsdb(conf: NetConf, code: int = ErrorCode.TRY_AGAIN_LATER) -> Iterator[ovs.
         raise
     except BaseException:
         if kept:  # a failed transaction or a lost session: the next call starts afresh
-            kept.discard(conf.ovsdb)
+            kept.ovsdb.discard(conf.ovsdb)
         raise
     finally:
         if not kept:
@@ -125,7 +135,7 @@ def _one_address(allocated: Result, env: SubnetEnv) -> tuple[IPv4Interface, IPv4
 def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
     steps = _Steps()
     env = load_subnet_env(conf)
-    if not os.path.exists(inv.netns):
+    if not os.path.exists(inv.netns_here):
         raise CniError(ErrorCode.INVALID_ENVIRONMENT, "CNI_NETNS does not exist", inv.netns)
     host = attachments.host_ifname(inv.container_id, inv.ifname)
     request = ipam_request(conf, delegate_ipam(conf, env))
@@ -156,14 +166,15 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
         if conf.is_default_gateway and not any(r.dst.prefixlen == 0 for r in allocated.routes):
             allocated = replace(allocated, routes=(*allocated.routes, Route(DEFAULT, gateway)))
         spec = veth.VethSpec(
-            host=host, netns=inv.netns, ifname=inv.ifname, mac=pod_mac(address.ip),
+            host=host, netns=inv.netns_here, ifname=inv.ifname, mac=pod_mac(address.ip),
             mtu=pod_mtu(conf, env), address=address,
             routes=tuple((r.dst, r.gw or gateway) for r in allocated.routes),
             userspace_datapath=datapath == "netdev",
         )  # fmt: skip
         undo.callback(_quietly, "the veth pair", veth.delete, host)
         try:
-            host_mac = veth.create(spec)
+            kept = KEPT.get()
+            host_mac = kept.make_veth(spec) if kept else veth.create(spec)
             steps.done("veth")
         except veth.VethExists as exc:
             raise CniError(ErrorCode.ALREADY_EXISTS, "interface exists already", str(exc)) from exc
@@ -251,7 +262,7 @@ def _check_problems(inv: Invocation, conf: NetConf, env: SubnetEnv) -> list[str]
                 problems.append(f"port {host} external_ids {have}, expected {want}")
     if not veth.host_link_exists(host):
         problems.append(f"host interface {host} is missing")
-    link = veth.container_link(inv.netns, inv.ifname)
+    link = veth.container_link(inv.netns_here, inv.ifname)
     if link is None:
         return [*problems, f"interface {inv.ifname} is missing from {inv.netns}"]
     if link.mac != want_mac:

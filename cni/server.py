@@ -5,10 +5,11 @@ connection on every call, several times the work of an ADD itself
 (BENCHMARKS.md, B6). As the antrea-agent serves antrea-cni, `vxflow agent`
 serves the fast `vxflow` executable (cni/client.py) on a unix socket and runs
 each call with the plugin's own code (`cni.main.run`), keeping between calls
-what a long-lived process can: the imports, and an OVSDB replica per remote
+what a long-lived process can: the imports, an OVSDB replica per remote
 (`ovsdb.idl.Connections`, this thread's own: the agent's loop keeps its
-separate IDL, python-ovs being not thread-safe). IPAM is still delegated to
-the IPAM executable, as the spec requires.
+separate IDL, python-ovs being not thread-safe) and a netlink socket that
+makes the pod's veth without spawning `ip` (cni/netlink.py). IPAM is still
+delegated to the IPAM executable, as the spec requires.
 
 The socket (--cni-socket, default /run/vxflow/cni.sock) is made in a 0700
 directory, bound under a temporary name, set to 0600 and renamed into place,
@@ -17,7 +18,11 @@ agent serves is left alone (this one then serves none); a stale one is
 replaced. A caller must be root in the agent's own network namespace
 (SO_PEERCRED): the pod's veth is made in the server's namespace, which must
 be the one the runtime ran the plugin in. Otherwise the call is declined and
-the client runs it in-process.
+the client runs it in-process. The client sends CNI_NETNS open, and the
+server works on its own copy of that descriptor: an agent in a mount namespace
+of its own (a container, an emulated node) does not see the runtime's
+/run/netns mounts, and /proc/PID/root would not help (/var/run is a
+symbolic link to /run, resolved in the agent's own root).
 
 One thread serves one call at a time, in arrival order (the others wait in
 the listen backlog): the plugin's steps share one IDL, and the order makes
@@ -25,7 +30,7 @@ an abandoned ADD's undo happen before the next call. A slow call (IPAM may
 take a minute) delays only other CNI calls, never the agent's loop.
 
 Protocol (cni/client.py's framing): the request is the format tag, the
-environment and stdin; the answer "result", exit status, stdout, and the
+environment, stdin and the number of the client's descriptor of CNI_NETNS; the answer "result", exit status, stdout, and the
 log lines for the client's stderr (or "declined" and why); then the client
 acknowledges. An ADD that succeeded but whose answer nobody acknowledged
 (the client timed out or died) is undone at once with a DEL of the same call.
@@ -44,7 +49,8 @@ from cni import client
 from cni.main import LOG_FORMAT, log_level
 from cni.main import log as plugin_log
 from cni.main import run as run_plugin
-from cni.plugin import KEPT_CONNECTIONS, OVSDB_TIMEOUT
+from cni.netlink import Netlink
+from cni.plugin import KEPT, OVSDB_TIMEOUT, Kept
 from ovsdb.idl import Connections
 
 log = logging.getLogger(__name__)
@@ -147,8 +153,8 @@ class CniServer:
 
     # -- serving --------------------------------------------------------------------
     def _serve(self) -> None:
-        connections = Connections(timeout=OVSDB_TIMEOUT)
-        KEPT_CONNECTIONS.set(connections)  # this thread's context only
+        connections, netlink = Connections(timeout=OVSDB_TIMEOUT), Netlink()
+        KEPT.set(Kept(connections, netlink.create))  # this thread's context only
         assert self._listener is not None
         try:
             while not self._stop.is_set():
@@ -164,11 +170,12 @@ class CniServer:
         finally:
             self._listener.close()
             connections.close()
+            netlink.close()
 
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(REQUEST_TIMEOUT)
         try:
-            magic, environ_data, stdin = client.read_fields(conn, 3)
+            magic, environ_data, stdin, netns_fd = client.read_fields(conn, 4)
             self._check_peer(conn)
             if magic != client.MAGIC:
                 raise Declined(f"unknown request format {magic[:40]!r}")
@@ -180,7 +187,13 @@ class CniServer:
             log.warning("incomplete CNI request: %s", exc)
             return
         environ = client.decode_environ(environ_data)
-        out, status, lines = self._call(environ, stdin)
+        netns = self._open_netns(self._credentials(conn)[0], netns_fd)
+        try:
+            handle = f"/proc/{os.getpid()}/fd/{netns}" if netns is not None else ""
+            out, status, lines = self._call(environ, stdin, handle)
+        finally:
+            if netns is not None:
+                os.close(netns)
         stderr = "".join(f"{line}\n" for line in lines).encode()
         self.served += 1
         acknowledged = False
@@ -193,10 +206,23 @@ class CniServer:
         if not acknowledged and status == 0 and environ.get("CNI_COMMAND") == "ADD":
             self._undo(environ, stdin)
 
-    def _check_peer(self, conn: socket.socket) -> None:
-        pid, uid, _ = _CREDENTIALS.unpack(
+    @staticmethod
+    def _credentials(conn: socket.socket) -> tuple[int, int, int]:
+        """(pid, uid, gid) of the connected process, as the kernel saw it connect."""
+        return _CREDENTIALS.unpack(
             conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
         )
+
+    @staticmethod
+    def _open_netns(pid: int, fd: bytes) -> int | None:
+        """Our own descriptor of the caller's open CNI_NETNS (it outlives the caller)."""
+        try:
+            return os.open(f"/proc/{pid}/fd/{int(fd)}", os.O_RDONLY | os.O_CLOEXEC)
+        except (ValueError, OSError):  # none sent, or the caller is gone: CNI_NETNS's path
+            return None
+
+    def _check_peer(self, conn: socket.socket) -> None:
+        pid, uid, _ = self._credentials(conn)
         if uid != os.geteuid():
             raise Declined(f"caller uid {uid} is not {os.geteuid()}")
         try:
@@ -206,14 +232,15 @@ class CniServer:
         if theirs != _netns("/proc/thread-self/ns/net"):
             raise Declined("the caller is in another network namespace")
 
-    def _call(self, environ: dict[str, str], stdin: bytes) -> tuple[str, int, list[str]]:
+    def _call(self, environ: dict[str, str], stdin: bytes,
+              netns_handle: str = "") -> tuple[str, int, list[str]]:  # fmt: skip
         """One plugin call as the plugin process would make it; (stdout, status, log lines)."""
         capture = _Capture(log_level(environ))
         level = plugin_log.level
         plugin_log.addHandler(capture)
         plugin_log.setLevel(min(capture.level, plugin_log.getEffectiveLevel()))
         try:
-            out, status = run_plugin([], environ, stdin)
+            out, status = run_plugin([], environ, stdin, netns_handle)
         finally:
             plugin_log.removeHandler(capture)
             plugin_log.setLevel(level)

@@ -117,6 +117,14 @@ class Invocation:
     ifname: str = ""
     args: tuple[tuple[str, str], ...] = ()  # CNI_ARGS "K=V;K=V"
     path: tuple[str, ...] = ()  # CNI_PATH, where delegated plugins are looked up
+    # CNI_NETNS as this process opens it when that differs from the path: the agent's CNI
+    # server uses the caller's open descriptor (/proc/PID/fd/N), as it may not see the
+    # caller's mounts. Results and records always name CNI_NETNS itself.
+    netns_handle: str = ""
+
+    @property
+    def netns_here(self) -> str:
+        return self.netns_handle or self.netns
 
 
 def _valid_ifname(name: str) -> bool:
@@ -127,7 +135,7 @@ def _valid_ifname(name: str) -> bool:
     )  # fmt: skip
 
 
-def parse_invocation(environ: Mapping[str, str]) -> Invocation:
+def parse_invocation(environ: Mapping[str, str], netns_handle: str = "") -> Invocation:
     """Read and validate CNI_* variables; CniError 4 (or 3) names what is wrong."""
     command = environ.get("CNI_COMMAND", "")
     if command not in COMMANDS:
@@ -164,6 +172,7 @@ def parse_invocation(environ: Mapping[str, str]) -> Invocation:
         ifname=ifname,
         args=tuple(args),
         path=tuple(p for p in environ.get("CNI_PATH", "").split(":") if p),
+        netns_handle=netns_handle,
     )
 
 

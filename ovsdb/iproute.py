@@ -1,10 +1,10 @@
 """The node's kernel network state through `ip` (iproute2): queries and the one runner.
 
 iproute2 is netlink's reference tool, on every node, and `ip -j` gives JSON,
-so reads are exact; `ip -batch` applies many changes in one process. This
-keeps pyroute2 out of the dependency list: vxflow makes a handful of calls,
-and pyroute2's import alone (~90 ms) would cost the CNI plugin more than all
-of its `ip` calls together. `netns` is a namespace name (`ip -n NETNS`) or a
+so reads are exact; `ip -batch` applies many changes in one process.
+pyroute2's import alone (~90 ms) would cost a CNI plugin process more than
+all of its `ip` calls together; only the agent's CNI server, which imports
+it once, makes the pod's veth through it (cni/netlink.py). `netns` is a namespace name (`ip -n NETNS`) or a
 path such as CNI_NETNS or /proc/PID/ns/net (run under `nsenter --net=PATH`).
 """
 

@@ -232,3 +232,12 @@ def test_an_agent_killed_during_add_leaves_one_attachment(fast: Fast, tmp_path: 
     assert cni.allocations() == [address]  # container and ifname, so it took no second one
     assert cni.plugin("DEL", "f6", netns, conf=conf)[0] == 0
     assert cni.state() == before
+
+
+def test_an_agent_without_a_cni_socket_serves_none(underlay: Underlay, tmp_path: Path) -> None:
+    with contextmanager(make_cluster)(underlay, tmp_path, 1) as cluster:
+        agent = cluster.agents[0]
+        agent.extra = ("--cni-socket", "")
+        agent.start().subnet()
+        assert not agent.cni_socket.exists()
+        assert "serving CNI calls" not in agent.log_text()

@@ -61,14 +61,25 @@ def test_usage_conflist_is_a_valid_configuration() -> None:
     assert conf.is_default_gateway
 
 
+def install_line() -> str:
+    return next(x.strip() for x in USAGE.splitlines() if x.strip().startswith("vxflow-cni install"))
+
+
 def test_install_line_as_typed(tmp_path: Path) -> None:
-    """The usage's `ln -sf ...` run as typed; the runtime then finds the plugin as type vxflow."""
-    line = next(x.strip() for x in USAGE.splitlines() if x.strip().startswith("ln -sf"))
+    """The usage's install line run as typed; the runtime then finds the plugin as type vxflow.
+
+    No agent serves the conflist's socket here: the client runs the plugin itself.
+    """
+    line = install_line()
     env = {**os.environ, "CNI_BIN_DIR": str(tmp_path),
            "PATH": f"{VXFLOW_CNI.parent}:{os.environ['PATH']}"}  # fmt: skip
     subprocess.run(["sh", "-c", line], env=env, check=True)
+    installed = tmp_path / "vxflow"
+    assert installed.read_text().startswith(f"#!{VXFLOW_CNI.parent / 'python'} -IS\n")
+    assert os.access(installed, os.X_OK)
+    conf = {"cniVersion": "0.4.0", "agentSocket": str(tmp_path / "no-agent.sock")}
     res = subprocess.run(
-        [str(tmp_path / "vxflow")], input='{"cniVersion": "0.4.0"}', text=True,
+        [str(installed)], input=json.dumps(conf), text=True,
         env={**env, "CNI_COMMAND": "VERSION"}, capture_output=True, check=True,
     )  # fmt: skip
     assert json.loads(res.stdout)["cniVersion"] == "0.4.0"
@@ -78,5 +89,4 @@ def test_install_line_as_typed(tmp_path: Path) -> None:
 
 def test_readme_install_line_is_the_tested_one() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    line = next(x.strip() for x in USAGE.splitlines() if x.strip().startswith("ln -sf"))
-    assert f"\n{line}\n" in readme
+    assert f"\n{install_line()}\n" in readme
