@@ -8,9 +8,10 @@ processes take). The steps and their result are veth.create()'s: the host
 end in this namespace, the container end made inside CNI_NETNS with its
 name, MAC and MTU, then its address, link and routes; on a userspace-
 datapath bridge the host end made inert and TX checksum offload off on both
-ends (the ETHTOOL_STXCSUM ioctl, as `ethtool -K IF tx off`). Inside the
-container the calling thread enters CNI_NETNS (setns) only to open a
-netlink and an ioctl socket there, and returns before anything else runs.
+ends (the ETHTOOL_STXCSUM ioctl, as `ethtool -K IF tx off`). The calling
+thread enters CNI_NETNS (setns) only to open a netlink and an ioctl socket
+there and bring the container end up, and returns before anything else
+runs; the sockets keep working in the container from outside it.
 Errors are veth.create()'s: VethExists, IprouteError.
 """
 
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 import array
 import ctypes
+import errno
 import fcntl
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from pyroute2 import IPRoute
@@ -36,20 +38,43 @@ T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 SIOCETHTOOL = 0x8946
 ETHTOOL_STXCSUM = 0x17  # set TX checksum offload (struct ethtool_value {cmd, data})
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 _IFREQ = struct.Struct("16sP")  # ifr_name, ifr_data
+_IFREQ_FLAGS = struct.Struct("16sH14x")  # ifr_name, ifr_flags
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"setns: {os.strerror(errno)}")
+        code = ctypes.get_errno()
+        raise OSError(code, f"setns: {os.strerror(code)}")
 
 
 def tx_checksum_off(sock: socket.socket, ifname: str) -> None:
     """`ethtool -K IFNAME tx off` for an interface in `sock`'s network namespace."""
     value = array.array("I", [ETHTOOL_STXCSUM, 0])
     fcntl.ioctl(sock.fileno(), SIOCETHTOOL, _IFREQ.pack(ifname.encode(), value.buffer_info()[0]))
+
+
+def set_up(sock: socket.socket, ifname: str) -> None:
+    """`ip link set IFNAME up` for an interface in `sock`'s namespace (two ioctls, no netlink)."""
+    name = ifname.encode()
+    flags = _IFREQ_FLAGS.unpack(fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS,
+                                            _IFREQ_FLAGS.pack(name, 0)))[1]  # fmt: skip
+    fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, _IFREQ_FLAGS.pack(name, flags | IFF_UP))
+
+
+@dataclass
+class _Container:
+    """What the thread opened inside the container's namespace (usable from outside it)."""
+
+    ipr: IPRoute
+    sock: socket.socket  # for ioctls on the container's interfaces
+    index: int  # the container end's ifindex
+
+    def close(self) -> None:
+        self.ipr.close()
+        self.sock.close()
 
 
 class Netlink:
@@ -75,46 +100,46 @@ class Netlink:
         finally:
             os.close(fd)
 
-    @contextmanager
-    def _container(self, netns: str) -> Iterator[tuple[IPRoute, socket.socket]]:
-        ipr, sock = self._inside(netns, lambda: (IPRoute(), socket.socket(socket.AF_INET,
-                                                                           socket.SOCK_DGRAM)))  # fmt: skip
+    @staticmethod
+    def _open_container(ifname: str) -> _Container:
+        """(Run inside the container.) Its end up, and the sockets to configure it with."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            yield ipr, sock
-        finally:
-            ipr.close()
+            set_up(sock, ifname)
+            return _Container(IPRoute(), sock, socket.if_nametoindex(ifname))
+        except BaseException:
             sock.close()
+            raise
 
     def create(self, spec: VethSpec) -> str:
         """Make and configure the pair; the host end's MAC (see veth.create)."""
         if host_link_exists(spec.host):
             raise VethExists(f"host interface {spec.host} exists already")
         host_mac = random_mac()
-        try:
+        try:  # the host end is up from the start; the peer's flags are not pyroute2's to set
             self._ipr.link("add", ifname=spec.host, kind="veth", address=host_mac, mtu=spec.mtu,
-                           peer={"ifname": spec.ifname, "address": spec.mac, "mtu": spec.mtu,
-                                 "net_ns_fd": spec.netns})  # fmt: skip
+                           state="up", peer={"ifname": spec.ifname, "address": spec.mac,
+                                             "mtu": spec.mtu, "net_ns_fd": spec.netns})  # fmt: skip
         except NetlinkError as exc:
-            if exc.code == 17 and not host_link_exists(spec.host):  # EEXIST: the container's
+            if exc.code == errno.EEXIST and not host_link_exists(spec.host):
                 raise VethExists(f"interface {spec.ifname} exists already in the container "
                                  f"({spec.netns})") from exc  # fmt: skip
             raise IprouteError(f"netlink: adding veth {spec.host}: {exc}") from exc
         try:
-            self._ipr.link("set", index=socket.if_nametoindex(spec.host), state="up")
-            with self._container(spec.netns) as (ipr, sock):
-                index = ipr.link_lookup(ifname=spec.ifname)[0]
-                ipr.addr("add", index=index, address=str(spec.address.ip),
-                         prefixlen=spec.address.network.prefixlen)  # fmt: skip
-                ipr.link("set", index=index, state="up")
+            inside = self._inside(spec.netns, lambda: self._open_container(spec.ifname))
+            try:
+                inside.ipr.addr("add", index=inside.index, address=str(spec.address.ip),
+                                prefixlen=spec.address.network.prefixlen)  # fmt: skip
                 for dst, gw in spec.routes:
-                    ipr.route("add", dst=str(dst), gateway=str(gw), oif=index)
+                    inside.ipr.route("add", dst=str(dst), gateway=str(gw), oif=inside.index)
                 if spec.userspace_datapath:
-                    tx_checksum_off(sock, spec.ifname)
+                    tx_checksum_off(inside.sock, spec.ifname)
+            finally:
+                inside.close()
             if spec.userspace_datapath:
                 make_inert(spec.host)
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                     tx_checksum_off(sock, spec.host)
-        except (NetlinkError, IndexError) as exc:
-            raise IprouteError(f"netlink: configuring {spec.ifname} in {spec.netns}: "
-                               f"{exc or 'not found'}") from exc  # fmt: skip
+        except NetlinkError as exc:
+            raise IprouteError(f"netlink: configuring {spec.ifname} in {spec.netns}: {exc}") from exc
         return host_mac

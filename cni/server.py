@@ -43,6 +43,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 from cni import client
@@ -239,8 +240,12 @@ class CniServer:
         level = plugin_log.level
         plugin_log.addHandler(capture)
         plugin_log.setLevel(min(capture.level, plugin_log.getEffectiveLevel()))
+        start = time.perf_counter()
         try:
             out, status = run_plugin([], environ, stdin, netns_handle)
+            took = time.perf_counter() - start
+            plugin_log.debug("%s served by the agent in %.1f ms", environ.get("CNI_COMMAND"),
+                             took * 1e3)  # fmt: skip
         finally:
             plugin_log.removeHandler(capture)
             plugin_log.setLevel(level)

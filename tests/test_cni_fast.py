@@ -124,6 +124,24 @@ def test_errors_are_the_in_process_plugins(fast: Fast) -> None:
     status, out, _ = cni.plugin("ADD", "f2", netns)
     assert (status, out["code"]) == (1, 100) and "exists already" in out["msg"], out
     assert cni.state() == before
+    subprocess.run(["nsenter", f"--net={netns}", "ip", "link", "del", "eth0"], check=True)
+    # the agent makes the veth through netlink: its failures too leave nothing behind
+    conf = cni.conf(ipam={"routes": [{"dst": "203.0.113.0/24", "gw": "192.0.2.1"}]})
+    status, out, _ = cni.plugin("ADD", "f2", netns, conf=conf)
+    assert (status, out["code"]) == (1, 101) and "veth pair" in out["msg"], out
+    assert "Network is unreachable" in out["details"], out
+    assert cni.state() == before and cni.links(netns) == {"lo"}
+    cni.node.ovs.stop_process("ovs-vswitchd")  # the port never gets an ofport
+    try:
+        status, out, _ = cni.plugin("ADD", "f2", netns)
+        assert (status, out["code"]) == (1, 101) and "assigned no ofport" in out["details"], out
+        assert cni.state() == before and cni.links(netns) == {"lo"}
+    finally:
+        cni.node.ovs.start_vswitchd()
+    code, _, err = cni.plugin("ADD", "f2", netns)  # the kept OVSDB connection still serves
+    assert code == 0 and served(fast, "ADD", "f2"), err
+    assert cni.plugin("DEL", "f2", netns)[0] == 0
+    assert cni.state() == before
 
 
 def test_without_an_agent_the_client_runs_the_plugin_itself(fast: Fast, tmp_path: Path) -> None:
@@ -241,3 +259,19 @@ def test_an_agent_without_a_cni_socket_serves_none(underlay: Underlay, tmp_path:
         agent.start().subnet()
         assert not agent.cni_socket.exists()
         assert "serving CNI calls" not in agent.log_text()
+
+
+def test_a_restarted_ovsdb_server_is_reconnected(fast: Fast) -> None:
+    """The server's kept OVSDB replica is replaced once its session dropped."""
+    cni = fast.cni
+    before = cni.state()
+    netns = cni.container("f7")
+    assert cni.plugin("ADD", "f7", netns)[0] == 0  # the replica is kept from here on
+    assert cni.plugin("DEL", "f7", netns)[0] == 0
+    cni.node.ovs.stop_process("ovsdb-server")
+    cni.node.ovs.start_ovsdb_server()
+    code, result, err = cni.plugin("ADD", "f7", netns)
+    assert code == 0 and served(fast, "ADD", "f7"), (result, err)
+    assert cni.pod_ports() == [host_ifname("f7", "eth0")]
+    assert cni.plugin("DEL", "f7", netns)[0] == 0
+    assert cni.state() == before
