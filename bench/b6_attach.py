@@ -49,7 +49,7 @@ log = logging.getLogger(MODULE)
 CNI_PATH = "/usr/lib/cni"
 VXFLOW_CNI = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "vxflow-cni"
 REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from", re.M)
-STEP = re.compile(r"\b(ovsdb|ipam|veth|port|served by the agent in) ([\d.]+) ms")
+STEP = re.compile(r"\b(ovsdb|ipam|veth|port|container|ofport|served by the agent in) ([\d.]+) ms")
 
 
 def plugin(exe: str, command: str, netns_of_host: str, conf: dict, container: str,
@@ -103,7 +103,7 @@ def reachable_at(watcher, address: str, timeout: float = 5) -> float:
 
 
 PATHS = ("fast", "inproc")  # the installed client served by the agent; vxflow-cni in-process
-STEPS = ("ovsdb", "ipam", "veth", "port")
+STEPS = ("ovsdb", "ipam", "veth", "port", "container", "ofport")
 SERVED = "served by the agent in"  # the server's own time for a call (fast path only)
 
 

@@ -10,9 +10,9 @@ which runs the same plugin code in-process with its imports done and its
 OVSDB connection open, and relays the answer: stdout, the log lines for
 stderr, the exit status. `vxflow-cni install DIR` writes this file as
 DIR/vxflow with `#!<vxflow's python> -IS`: no site packages, only built-in
-modules (`_socket`, `_json`, `os`, `sys`), so it starts in the time of a bare
-interpreter (`json` and `socket` alone would cost ~7 ms more, through `re`
-and `enum`).
+modules (`_socket`, `_json`, `posix`, `sys`, `time`), so it starts in the
+time of a bare interpreter (`json` and `socket` would cost ~7 ms more,
+through `re` and `enum`, and `os` ~1 ms).
 
 When no agent serves the socket (absent, refused, or the server declines:
 another network namespace, another uid, an unknown request format) the
@@ -38,7 +38,7 @@ agent's --cni-socket) and `agentTimeout` (seconds, default 120: IPAM may take
 """
 
 import _socket  # socket.py would import enum and selectors
-import os
+import posix  # what `os` wraps: os itself costs ~1 ms of imports at every start
 import sys
 import time
 
@@ -70,7 +70,7 @@ CONNECT_TIMEOUT = 2.0  # connecting and sending the request (the agent queues wh
 MAGIC = b"vxflow-cni/1"  # the request format; a server that does not know it declines
 RESULT, DECLINED, ACK = b"result", b"declined", b"ack"
 TRY_AGAIN_LATER = 11  # the spec's code
-DEBUG = "VXFLOW_CNI_LOG_LEVEL"  # "debug": say which way each call went
+DEBUG = b"VXFLOW_CNI_LOG_LEVEL"  # "debug": say which way each call went
 
 
 class NotServed(Exception):
@@ -118,7 +118,11 @@ def encode_environ(environ: dict[bytes, bytes]) -> bytes:
 
 def decode_environ(data: bytes) -> dict[str, str]:
     pairs = (item.partition(b"=") for item in data.split(b"\0") if item)
-    return {os.fsdecode(k): os.fsdecode(v) for k, _, v in pairs}
+    return {_text(k): _text(v) for k, _, v in pairs}
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")  # os.fsdecode on Linux
 
 
 # -- the client ---------------------------------------------------------------------------
@@ -144,7 +148,7 @@ def settings(stdin: bytes) -> tuple[str, float, str]:
 def netns_fd(environ: dict[bytes, bytes]) -> bytes:
     """CNI_NETNS opened (kept open until we exit), for an agent that cannot see its path."""
     try:
-        return str(os.open(environ[b"CNI_NETNS"], os.O_RDONLY)).encode()
+        return str(posix.open(environ[b"CNI_NETNS"], posix.O_RDONLY)).encode()
     except (KeyError, OSError):  # none given (DEL, GC) or gone: the path is all there is
         return b""
 
@@ -188,30 +192,30 @@ def plugin_argv() -> list[str]:
 
 def _stdin_fd(data: bytes) -> int:
     """A file descriptor reading `data` from its start (the full plugin's stdin)."""
-    fd = os.memfd_create("vxflow-cni-stdin")
-    os.write(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
+    fd = posix.memfd_create("vxflow-cni-stdin")
+    posix.write(fd, data)
+    posix.lseek(fd, 0, 0)
     return fd
 
 
 def exec_plugin(argv: list[str], stdin: bytes | None) -> None:
     """Become the full plugin with `argv` and `stdin` (None: ours, unread)."""
     if stdin is not None:
-        os.dup2(_stdin_fd(stdin), 0)
+        posix.dup2(_stdin_fd(stdin), 0)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, plugin_argv() + argv)
+    posix.execv(sys.executable, plugin_argv() + argv)
 
 
 def undo_add(stdin: bytes) -> int:
     """DEL in-process whatever an ADD that the agent took may have done; the exit status."""
     fd = _stdin_fd(stdin)
-    env = {**os.environ, "CNI_COMMAND": "DEL"}
-    pid = os.posix_spawn(sys.executable, plugin_argv(), env,
-                         file_actions=[(os.POSIX_SPAWN_DUP2, fd, 0),
-                                       (os.POSIX_SPAWN_DUP2, 2, 1)])  # its answer: our log  # fmt: skip
-    os.close(fd)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    env = {**posix.environ, b"CNI_COMMAND": b"DEL"}
+    pid = posix.posix_spawn(sys.executable, plugin_argv(), env,
+                            file_actions=[(posix.POSIX_SPAWN_DUP2, fd, 0),
+                                          (posix.POSIX_SPAWN_DUP2, 2, 1)])  # its answer: our log  # fmt: skip
+    posix.close(fd)
+    return posix.waitstatus_to_exitcode(posix.waitpid(pid, 0)[1])
 
 
 def error_json(version: str, code: int, msg: str, details: str) -> str:
@@ -220,18 +224,18 @@ def error_json(version: str, code: int, msg: str, details: str) -> str:
 
 
 def _debug(line: str) -> None:
-    if os.environ.get(DEBUG, "").lower() == "debug":
+    if posix.environ.get(DEBUG, b"").lower() == b"debug":
         sys.stderr.write(f"vxflow-cni: DEBUG {line}\n")
 
 
 def main() -> None:
-    if sys.argv[1:] or not os.environ.get("CNI_COMMAND"):
+    if sys.argv[1:] or not posix.environ.get(b"CNI_COMMAND"):
         exec_plugin(sys.argv[1:], None)  # --help, --version, install, usage: the full plugin's
     stdin = sys.stdin.buffer.read()
     path, timeout, version = settings(stdin)
-    command = os.environ["CNI_COMMAND"]
+    command = _text(posix.environ[b"CNI_COMMAND"])
     try:
-        status, out, err = exchange(path, dict(os.environb), stdin, timeout)
+        status, out, err = exchange(path, dict(posix.environ), stdin, timeout)
     except NotServed as exc:
         _debug(f"{command} in-process: no agent ({exc})")
         exec_plugin([], stdin)
@@ -250,7 +254,7 @@ def main() -> None:
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(status)
+    posix._exit(status)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ the vxflow agent publishes endpoints from.
 """
 
 log = logging.getLogger("vxflow-cni")
-LOG_LEVEL = client.DEBUG  # VXFLOW_CNI_LOG_LEVEL=debug: each ADD step's time on stderr
+LOG_LEVEL = client.DEBUG.decode()  # VXFLOW_CNI_LOG_LEVEL=debug: each ADD step's time on stderr
 LOG_FORMAT = "vxflow-cni: %(levelname)s %(message)s"
 FAST_NAME = "vxflow"  # the conflist type, the executable's name in the CNI bin directory
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # ip, ethtool, nsenter

@@ -1,18 +1,19 @@
-"""The pod's veth pair through netlink (pyroute2): cni/veth.py's create() without processes.
+"""The pod's veth pair through netlink (pyroute2): cni/veth.py's steps without processes.
 
 For the agent's CNI server (cni/server.py), which keeps one netlink socket
-open: there the `ip`, `nsenter` and `ethtool` processes of veth.create()
+open: there the `ip`, `nsenter` and `ethtool` processes of cni/veth.py
 were the largest share of an ADD (BENCHMARKS.md, B6), while a plugin
 process could not afford pyroute2's import (~90 ms, more than those
-processes take). The steps and their result are veth.create()'s: the host
-end in this namespace, the container end made inside CNI_NETNS with its
-name, MAC and MTU, then its address, link and routes; on a userspace-
-datapath bridge the host end made inert and TX checksum offload off on both
-ends (the ETHTOOL_STXCSUM ioctl, as `ethtool -K IF tx off`). The calling
+processes take). The steps and their results are veth.create()'s and
+veth.configure()'s: the host end in this namespace, the container end made
+inside CNI_NETNS with its name, MAC and MTU, then its address, link and
+routes; on a userspace-datapath bridge the host end made inert and TX
+checksum offload off on both ends (the ETHTOOL_STXCSUM ioctl, as `ethtool
+-K IF tx off`). The calling
 thread enters CNI_NETNS (setns) only to open a netlink and an ioctl socket
 there and bring the container end up, and returns before anything else
 runs; the sockets keep working in the container from outside it.
-Errors are veth.create()'s: VethExists, IprouteError.
+Errors are cni/veth.py's: VethExists, IprouteError.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class _Container:
 
 
 class Netlink:
-    """One thread's netlink socket, kept open; `create()` is veth.create() for that thread."""
+    """One thread's netlink socket, kept open; cni/veth.py's create() and configure() on it."""
 
     def __init__(self) -> None:
         self._own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -112,7 +113,7 @@ class Netlink:
             raise
 
     def create(self, spec: VethSpec) -> str:
-        """Make and configure the pair; the host end's MAC (see veth.create)."""
+        """veth.create(): the pair, the host end up (and inert); the host end's MAC."""
         if host_link_exists(spec.host):
             raise VethExists(f"host interface {spec.host} exists already")
         host_mac = random_mac()
@@ -125,21 +126,23 @@ class Netlink:
                 raise VethExists(f"interface {spec.ifname} exists already in the container "
                                  f"({spec.netns})") from exc  # fmt: skip
             raise IprouteError(f"netlink: adding veth {spec.host}: {exc}") from exc
+        if spec.userspace_datapath:
+            make_inert(spec.host)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                tx_checksum_off(sock, spec.host)
+        return host_mac
+
+    def configure(self, spec: VethSpec) -> None:
+        """veth.configure(): the container end's address, link up, routes (and TX offload)."""
+        inside = self._inside(spec.netns, lambda: self._open_container(spec.ifname))
         try:
-            inside = self._inside(spec.netns, lambda: self._open_container(spec.ifname))
-            try:
-                inside.ipr.addr("add", index=inside.index, address=str(spec.address.ip),
-                                prefixlen=spec.address.network.prefixlen)  # fmt: skip
-                for dst, gw in spec.routes:
-                    inside.ipr.route("add", dst=str(dst), gateway=str(gw), oif=inside.index)
-                if spec.userspace_datapath:
-                    tx_checksum_off(inside.sock, spec.ifname)
-            finally:
-                inside.close()
+            inside.ipr.addr("add", index=inside.index, address=str(spec.address.ip),
+                            prefixlen=spec.address.network.prefixlen)  # fmt: skip
+            for dst, gw in spec.routes:
+                inside.ipr.route("add", dst=str(dst), gateway=str(gw), oif=inside.index)
             if spec.userspace_datapath:
-                make_inert(spec.host)
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                    tx_checksum_off(sock, spec.host)
+                tx_checksum_off(inside.sock, spec.ifname)
         except NetlinkError as exc:
             raise IprouteError(f"netlink: configuring {spec.ifname} in {spec.netns}: {exc}") from exc
-        return host_mac
+        finally:
+            inside.close()

@@ -4,8 +4,10 @@ ADD checks everything it can before it changes anything (subnet.env, the
 netns, OVSDB and the bridge, that the attachment is new), then takes each
 step with its undo registered first: the attachment record, the address
 (IPAM DEL is registered before IPAM ADD, as the spec asks of a failed
-delegate), the veth pair, the OVSDB port. Any failure runs the undos in
-reverse, so a failed ADD leaves no veth, no address, no port and no record.
+delegate), the veth pair, the OVSDB port. The container end's address and
+routes are set while ovs-vswitchd opens the port, and ADD returns once it
+has its ofport. Any failure runs the undos in reverse, so a failed ADD
+leaves no veth, no address, no port and no record.
 
 DEL does every step it can even when one fails (the port, the veth, the
 address), keeps the record until all succeeded and then reports the first
@@ -23,7 +25,7 @@ from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
+from typing import Any, Protocol
 
 import ovs.db.idl
 
@@ -58,13 +60,21 @@ def load_subnet_env(conf: NetConf) -> SubnetEnv:
         raise CniError(ErrorCode.DECODING_FAILURE, f"malformed {path}", str(exc)) from exc
 
 
+class Links(Protocol):
+    """How the veth is made: the module cni.veth (`ip`), or cni.netlink.Netlink."""
+
+    def create(self, spec: veth.VethSpec) -> str: ...
+
+    def configure(self, spec: veth.VethSpec) -> None: ...
+
+
 @dataclass(frozen=True)
 class Kept:
     """What a long-lived caller keeps between calls: the agent's CNI server sets it in its
     thread (KEPT); unset, each call connects to OVSDB and runs `ip`, as a plugin process must."""
 
     ovsdb: ovsidl.Connections
-    make_veth: Callable[[veth.VethSpec], str]  # veth.create() through a kept netlink socket
+    links: Links  # cni/veth.py's steps through a kept netlink socket
 
 
 KEPT: ContextVar[Kept | None] = ContextVar("kept", default=None)
@@ -132,6 +142,26 @@ def _one_address(allocated: Result, env: SubnetEnv) -> tuple[IPv4Interface, IPv4
     return ip.address, ip.gateway or env.subnet.ip
 
 
+@contextmanager
+def _veth_errors() -> Iterator[None]:
+    try:
+        yield
+    except veth.VethExists as exc:
+        raise CniError(ErrorCode.ALREADY_EXISTS, "interface exists already", str(exc)) from exc
+    except (IprouteError, OSError) as exc:
+        raise CniError(ErrorCode.SETUP_FAILED, "setting up the veth pair failed",
+                       str(exc)) from exc  # fmt: skip
+
+
+@contextmanager
+def _port_errors(host: str, bridge: str) -> Iterator[None]:
+    try:
+        yield
+    except plug.PlugError as exc:
+        raise CniError(ErrorCode.SETUP_FAILED, f"adding port {host} to {bridge} failed",
+                       str(exc)) from exc  # fmt: skip
+
+
 def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
     steps = _Steps()
     env = load_subnet_env(conf)
@@ -172,24 +202,23 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
             userspace_datapath=datapath == "netdev",
         )  # fmt: skip
         undo.callback(_quietly, "the veth pair", veth.delete, host)
-        try:
-            kept = KEPT.get()
-            host_mac = kept.make_veth(spec) if kept else veth.create(spec)
-            steps.done("veth")
-        except veth.VethExists as exc:
-            raise CniError(ErrorCode.ALREADY_EXISTS, "interface exists already", str(exc)) from exc
-        except (IprouteError, OSError) as exc:
-            raise CniError(ErrorCode.SETUP_FAILED, "setting up the veth pair failed",
-                           str(exc)) from exc  # fmt: skip
+        kept = KEPT.get()
+        links: Links = kept.links if kept else veth
+        with _veth_errors():
+            host_mac = links.create(spec)
+        steps.done("veth")
         undo.callback(_quietly, "the port", plug.unplug, idl, conf.bridge, host,
                       inv.container_id, inv.ifname)  # fmt: skip
         ids = plug.pod_external_ids(spec.mac, str(address.ip), inv.container_id, inv.ifname)
-        try:
-            plug.plug(idl, conf.bridge, host, ids)
-        except plug.PlugError as exc:
-            raise CniError(ErrorCode.SETUP_FAILED, f"adding port {host} to {conf.bridge} failed",
-                           str(exc)) from exc  # fmt: skip
+        with _port_errors(host, conf.bridge):
+            plug.add_port(idl, conf.bridge, host, ids)
         steps.done("port")
+        with _veth_errors():  # while ovs-vswitchd opens the port
+            links.configure(spec)
+        steps.done("container")
+        with _port_errors(host, conf.bridge):
+            plug.wait_ofport(idl, host)
+        steps.done("ofport")
         undo.pop_all()
     log.debug("ADD %s/%s %s: %s", inv.container_id, inv.ifname, address, steps)
     interfaces = (Interface(host, host_mac), Interface(inv.ifname, spec.mac, inv.netns, spec.mtu))

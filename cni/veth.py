@@ -1,11 +1,13 @@
 """The pod's veth pair: the CNI plugin's kernel edge (iproute2, see ovsdb/iproute.py).
 
-ADD makes both ends in one `ip` call: the host end in the plugin's own
-namespace (the node's, where ovs-vswitchd opens it) and the container end
-created straight inside CNI_NETNS with its name, MAC and MTU, so no
-half-named interface is ever visible in either namespace. A second `ip
--batch` inside the container sets the address, the link and the routes.
-Deleting the host end deletes the pair.
+ADD makes both ends in one `ip` call (`create`): the host end in the
+plugin's own namespace (the node's, where ovs-vswitchd opens it) and the
+container end created straight inside CNI_NETNS with its name, MAC and MTU,
+so no half-named interface is ever visible in either namespace. A second
+`ip -batch` inside the container (`configure`) sets the address, the link
+and the routes; the plugin runs it while ovs-vswitchd opens the port.
+Deleting the host end deletes the pair. cni/netlink.py does the same two
+steps through netlink, for the agent's CNI server.
 """
 
 from __future__ import annotations
@@ -52,10 +54,10 @@ def random_mac() -> str:
 
 
 def create(spec: VethSpec) -> str:
-    """Make and configure the pair; the host end's MAC. Raises VethExists or IprouteError.
+    """Make the pair, the host end up (and inert on a netdev bridge); the host end's MAC.
 
-    On failure it may leave the pair half-configured: the caller deletes the
-    host end (`delete()`), which removes both.
+    Raises VethExists or IprouteError. On failure it may leave the pair
+    half-made: the caller deletes the host end (`delete()`), which removes both.
     """
     if host_link_exists(spec.host):
         raise VethExists(f"host interface {spec.host} exists already")
@@ -72,14 +74,19 @@ def create(spec: VethSpec) -> str:
                 f"interface {spec.ifname} exists already in the container ({spec.netns})"
             ) from exc
         raise
+    if spec.userspace_datapath:
+        make_inert(spec.host)
+        tx_checksum_off(spec.host)
+    return host_mac
+
+
+def configure(spec: VethSpec) -> None:
+    """The container end: its address, link up, routes (TX offload off on a netdev bridge)."""
     commands = [f"addr add {spec.address} dev {spec.ifname}", f"link set {spec.ifname} up"]
     commands += [f"route add {dst} via {gw} dev {spec.ifname}" for dst, gw in spec.routes]
     ip_batch(commands, netns=spec.netns)
     if spec.userspace_datapath:
-        make_inert(spec.host)
-        tx_checksum_off(spec.host)
         tx_checksum_off(spec.ifname, netns=spec.netns)
-    return host_mac
 
 
 INERT = (("ipv4", "arp_ignore", "8"), ("ipv4", "forwarding", "0"), ("ipv6", "disable_ipv6", "1"))

@@ -5,8 +5,8 @@ A pod port carries the convention of ovsdb/pods.py (`attached-mac`,
 (`container_id`, `container_iface`), so the agent publishes it and an
 operator (or a retried DEL) can tell whose it is. The port is the host end
 of the pod's veth, added by name; ovs-vswitchd opens the device and assigns
-the ofport, which `plug()` waits for: a port that failed to open (ofport -1)
-is an error, reported with vswitchd's own reason.
+the ofport, which `wait_ofport()` waits for: a port that failed to open
+(ofport -1) is an error, reported with vswitchd's own reason.
 """
 
 from __future__ import annotations
@@ -42,14 +42,8 @@ def interface(idl: ovs.db.idl.Idl, name: str):
     return by_name(idl, "Interface", name)
 
 
-def plug(
-    idl: ovs.db.idl.Idl,
-    bridge: str,
-    name: str,
-    external_ids: Mapping[str, str],
-    timeout: float = 10.0,
-) -> int:
-    """Add device `name` to `bridge` with `external_ids`; its ofport once vswitchd opened it."""
+def add_port(idl: ovs.db.idl.Idl, bridge: str, name: str, external_ids: Mapping[str, str]) -> None:
+    """Add device `name` to `bridge` with `external_ids` (`wait_ofport()` for vswitchd to open it)."""
 
     def fill(txn: ovs.db.idl.Transaction) -> None:
         row = by_name(idl, "Bridge", bridge)
@@ -69,10 +63,10 @@ def plug(
         transact(idl, fill, f"vxflow-cni: add port {name}")
     except OvsdbError as exc:
         raise PlugError(str(exc)) from exc
-    return wait_ofport(idl, name, timeout)
 
 
-def wait_ofport(idl: ovs.db.idl.Idl, name: str, timeout: float) -> int:
+def wait_ofport(idl: ovs.db.idl.Idl, name: str, timeout: float = 10.0) -> int:
+    """The ofport of port `name` once ovs-vswitchd opened it (PlugError with its reason if not)."""
     deadline = time.monotonic() + timeout
     while True:
         row = interface(idl, name)
