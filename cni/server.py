@@ -243,17 +243,18 @@ class CniServer:
         level = plugin_log.level
         plugin_log.addHandler(capture)
         plugin_log.setLevel(min(capture.level, plugin_log.getEffectiveLevel()))
+        command = environ.get("CNI_COMMAND")
         start = time.perf_counter()
         try:
             out, status = run_plugin([], environ, stdin, netns_handle)
-            took = time.perf_counter() - start
-            plugin_log.debug("%s served by the agent in %.1f ms", environ.get("CNI_COMMAND"),
-                             took * 1e3)  # fmt: skip
+            took = (time.perf_counter() - start) * 1e3
+            plugin_log.debug("%s served by the agent in %.1f ms", command, took)
         finally:
             plugin_log.removeHandler(capture)
             plugin_log.setLevel(level)
-        log.debug("CNI %s %s/%s: status %d", environ.get("CNI_COMMAND"),
-                  environ.get("CNI_CONTAINERID"), environ.get("CNI_IFNAME"), status)  # fmt: skip
+        if command != "VERSION":
+            log.info("CNI %s %s/%s: status %d in %.1f ms", command, environ.get("CNI_CONTAINERID"),
+                     environ.get("CNI_IFNAME"), status, took)  # fmt: skip
         return out, status, capture.lines
 
     def _undo(self, environ: dict[str, str], stdin: bytes) -> None:

@@ -1,7 +1,8 @@
 """End to end with a real container runtime: podman + runc run containers whose network is vxflow.
 
 A 2-node cluster (mininet/vxcluster.py) with a private podman whose CNI
-network on each node is vxflow-cni (mininet/vxpodman.py), agents with
+network on each node is vxflow (mininet/vxpodman.py: the client that
+`vxflow-cni install` writes, served by the node's agent), agents with
 --ip-masq. podman and runc need the real cgroup mount: run this file under
 `unshare --net` rather than `ip netns exec` (which remounts /sys).
 """
@@ -101,6 +102,9 @@ def test_podman_rm_removes_port_endpoint_and_address(cluster) -> None:
     wait_state(cluster, n1, added)  # the agent published the endpoint
     podman.rm(cid)
     wait_state(cluster, n1, before)
+    # podman ran the installed client, whose calls n1's agent served (not the plugin in-process)
+    log = (cluster.node_dir(n1) / "agent.log").read_text()
+    assert f"CNI ADD {cid}/eth0: status 0" in log and f"CNI DEL {cid}/eth0: status 0" in log
 
 
 def test_twenty_containers_started_and_removed_leak_nothing(cluster) -> None:
