@@ -4,10 +4,12 @@ ADD checks everything it can before it changes anything (subnet.env, the
 netns, OVSDB and the bridge, that the attachment is new), then takes each
 step with its undo registered first: the attachment record, the address
 (IPAM DEL is registered before IPAM ADD, as the spec asks of a failed
-delegate), the veth pair, the OVSDB port. The container end's address and
-routes are set while ovs-vswitchd opens the port, and ADD returns once it
-has its ofport. Any failure runs the undos in reverse, so a failed ADD
-leaves no veth, no address, no port and no record.
+delegate), the veth pair, the OVSDB port; ADD returns once the port has
+its ofport. The container end is configured before the port is added, not
+while ovs-vswitchd opens it: in the agent's CNI server that overlap was
+slower (B6: the agent's loop, reacting to the new port, competes for the
+GIL). Any failure runs the undos in reverse, so a failed ADD leaves no veth,
+no address, no port and no record.
 
 DEL does every step it can even when one fails (the port, the veth, the
 address), keeps the record until all succeeded and then reports the first
@@ -206,16 +208,15 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
         links: Links = kept.links if kept else veth
         with _veth_errors():
             host_mac = links.create(spec)
-        steps.done("veth")
+            steps.done("veth")
+            links.configure(spec)  # before the port: see the module's docstring
+            steps.done("container")
         undo.callback(_quietly, "the port", plug.unplug, idl, conf.bridge, host,
                       inv.container_id, inv.ifname)  # fmt: skip
         ids = plug.pod_external_ids(spec.mac, str(address.ip), inv.container_id, inv.ifname)
         with _port_errors(host, conf.bridge):
             plug.add_port(idl, conf.bridge, host, ids)
         steps.done("port")
-        with _veth_errors():  # while ovs-vswitchd opens the port
-            links.configure(spec)
-        steps.done("container")
         with _port_errors(host, conf.bridge):
             plug.wait_ofport(idl, host)
         steps.done("ofport")

@@ -5,7 +5,7 @@ plugin's own namespace (the node's, where ovs-vswitchd opens it) and the
 container end created straight inside CNI_NETNS with its name, MAC and MTU,
 so no half-named interface is ever visible in either namespace. A second
 `ip -batch` inside the container (`configure`) sets the address, the link
-and the routes; the plugin runs it while ovs-vswitchd opens the port.
+and the routes.
 Deleting the host end deletes the pair. cni/netlink.py does the same two
 steps through netlink, for the agent's CNI server.
 """
