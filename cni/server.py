@@ -42,7 +42,6 @@ import logging
 import os
 import socket
 import struct
-import sys
 import threading
 import time
 from pathlib import Path
@@ -61,7 +60,6 @@ DEFAULT_SOCKET = Path(client.DEFAULT_SOCKET)
 REQUEST_TIMEOUT = 5.0  # seconds for a client to send its request once connected
 ACK_TIMEOUT = 5.0  # seconds for a client to acknowledge an answer
 ACCEPT_INTERVAL = 0.5  # how often the serving thread looks at the stop flag
-SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits (default 5 ms)
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -122,7 +120,6 @@ class CniServer:
         st = os.stat(self.path)
         self._bound, self._listener = (st.st_dev, st.st_ino), listener
         listener.settimeout(ACCEPT_INTERVAL)
-        sys.setswitchinterval(SWITCH_INTERVAL)
         self._thread = threading.Thread(target=self._serve, name="cni-server", daemon=True)
         self._thread.start()
         log.info("serving CNI calls on %s", self.path)
