@@ -8,10 +8,13 @@ JSON, which is passed on with its own code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,73 @@ def environment(command: str, inv: Invocation, environ: Mapping[str, str]) -> di
     return env
 
 
+@dataclass
+class Pending:
+    """An IPAM call under way (ADD starts it, then makes the veth pair while it runs)."""
+
+    command: str
+    plugin: str
+    proc: subprocess.Popen
+    deadline: float
+
+    def result(self) -> Result | None:
+        """Its result for ADD, None otherwise; CniError as the plugin reported it."""
+        plugin, command = self.plugin, self.command
+        try:
+            stdout, _ = self.proc.communicate(timeout=max(0.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired as exc:
+            self.proc.kill()
+            self.proc.communicate()
+            raise CniError(ErrorCode.IO_FAILURE, f"IPAM plugin {plugin} {command} failed",
+                           str(exc)) from exc  # fmt: skip
+        try:
+            answer = json.loads(stdout) if stdout.strip() else None
+        except ValueError:
+            answer = None
+        if self.proc.returncode != 0:
+            error = parse_error(answer)
+            if error is not None:
+                error.msg = f"IPAM plugin {plugin}: {error.msg}"
+                raise error
+            raise CniError(ErrorCode.SETUP_FAILED, f"IPAM plugin {plugin} {command} failed",
+                           f"exit status {self.proc.returncode}: {stdout.decode(errors='replace')}")  # fmt: skip
+        if command != "ADD":
+            return None
+        if answer is None:
+            raise CniError(ErrorCode.DECODING_FAILURE, f"IPAM plugin {plugin} returned no result",
+                           stdout.decode(errors="replace"))  # fmt: skip
+        return parse_result(answer)
+
+    def finish(self) -> None:
+        """Wait for the call to end, whatever its outcome (before its address is released)."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(CniError):  # its outcome is being undone anyway
+                self.result()
+
+
+def start(
+    command: str,
+    request: Mapping[str, Any],
+    inv: Invocation,
+    environ: Mapping[str, str],
+) -> Pending:
+    """Start the request's IPAM plugin with `command` (`result()` waits for its answer)."""
+    plugin = str(request["ipam"].get("type", ""))
+    exe = find(plugin, inv)
+    stdin = os.memfd_create("ipam-request")  # all of it readable at once, nothing to feed later
+    try:
+        os.write(stdin, json.dumps(request).encode())
+        os.lseek(stdin, 0, os.SEEK_SET)
+        proc = subprocess.Popen([str(exe)], stdin=stdin, stdout=subprocess.PIPE,
+                                env=environment(command, inv, environ))  # fmt: skip
+    except OSError as exc:
+        raise CniError(ErrorCode.IO_FAILURE, f"IPAM plugin {plugin} {command} failed",
+                       str(exc)) from exc  # fmt: skip
+    finally:
+        os.close(stdin)
+    return Pending(command, plugin, proc, time.monotonic() + TIMEOUT)
+
+
 def call(
     command: str,
     request: Mapping[str, Any],
@@ -48,35 +118,7 @@ def call(
     environ: Mapping[str, str],
 ) -> Result | None:
     """Run the request's IPAM plugin with `command`; its result for ADD, None otherwise."""
-    plugin = str(request["ipam"].get("type", ""))
-    exe = find(plugin, inv)
-    env = environment(command, inv, environ)
-    try:
-        proc = subprocess.run(
-            [str(exe)], input=json.dumps(request).encode(), env=env,
-            stdout=subprocess.PIPE, timeout=TIMEOUT, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CniError(
-            ErrorCode.IO_FAILURE, f"IPAM plugin {plugin} {command} failed", str(exc)
-        ) from exc
-    try:
-        answer = json.loads(proc.stdout) if proc.stdout.strip() else None
-    except ValueError:
-        answer = None
-    if proc.returncode != 0:
-        error = parse_error(answer)
-        if error is not None:
-            error.msg = f"IPAM plugin {plugin}: {error.msg}"
-            raise error
-        raise CniError(ErrorCode.SETUP_FAILED, f"IPAM plugin {plugin} {command} failed",
-                       f"exit status {proc.returncode}: {proc.stdout.decode(errors='replace')}")  # fmt: skip
-    if command != "ADD":
-        return None
-    if answer is None:
-        raise CniError(ErrorCode.DECODING_FAILURE, f"IPAM plugin {plugin} returned no result",
-                       proc.stdout.decode(errors="replace"))  # fmt: skip
-    return parse_result(answer)
+    return start(command, request, inv, environ).result()
 
 
 def supports(plugin: str, version: str, inv: Invocation, environ: Mapping[str, str]) -> bool:

@@ -6,13 +6,13 @@ were the largest share of an ADD (BENCHMARKS.md, B6), while a plugin
 process could not afford pyroute2's import (~90 ms, more than those
 processes take). The steps and their results are veth.create()'s and
 veth.configure()'s: the host end in this namespace, the container end made
-inside CNI_NETNS with its name, MAC and MTU, then its address, link and
+inside CNI_NETNS with its name and MTU, then its MAC, address, link and
 routes; on a userspace-datapath bridge the host end made inert and TX
 checksum offload off on both ends (the ETHTOOL_STXCSUM ioctl, as `ethtool
 -K IF tx off`). The calling
 thread enters CNI_NETNS (setns) only to open a netlink and an ioctl socket
-there and bring the container end up, and returns before anything else
-runs; the sockets keep working in the container from outside it.
+there, and returns before anything else runs; the sockets keep working in
+the container from outside it.
 Errors are cni/veth.py's: VethExists, IprouteError.
 """
 
@@ -32,7 +32,7 @@ from typing import TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from cni.veth import VethExists, VethSpec, host_link_exists, make_inert, random_mac
+from cni.veth import ContainerEnd, Pair, VethExists, host_link_exists, make_inert, random_mac
 from ovsdb.iproute import IprouteError
 
 T = TypeVar("T")
@@ -103,46 +103,47 @@ class Netlink:
 
     @staticmethod
     def _open_container(ifname: str) -> _Container:
-        """(Run inside the container.) Its end up, and the sockets to configure it with."""
+        """(Run inside the container.) The sockets to configure its end with."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            set_up(sock, ifname)
             return _Container(IPRoute(), sock, socket.if_nametoindex(ifname))
         except BaseException:
             sock.close()
             raise
 
-    def create(self, spec: VethSpec) -> str:
+    def create(self, pair: Pair) -> str:
         """veth.create(): the pair, the host end up (and inert); the host end's MAC."""
-        if host_link_exists(spec.host):
-            raise VethExists(f"host interface {spec.host} exists already")
+        if host_link_exists(pair.host):
+            raise VethExists(f"host interface {pair.host} exists already")
         host_mac = random_mac()
-        try:  # the host end is up from the start; the peer's flags are not pyroute2's to set
-            self._ipr.link("add", ifname=spec.host, kind="veth", address=host_mac, mtu=spec.mtu,
-                           state="up", peer={"ifname": spec.ifname, "address": spec.mac,
-                                             "mtu": spec.mtu, "net_ns_fd": spec.netns})  # fmt: skip
+        try:
+            self._ipr.link("add", ifname=pair.host, kind="veth", address=host_mac, mtu=pair.mtu,
+                           state="up", peer={"ifname": pair.ifname, "mtu": pair.mtu,
+                                             "net_ns_fd": pair.netns})  # fmt: skip
         except NetlinkError as exc:
-            if exc.code == errno.EEXIST and not host_link_exists(spec.host):
-                raise VethExists(f"interface {spec.ifname} exists already in the container "
-                                 f"({spec.netns})") from exc  # fmt: skip
-            raise IprouteError(f"netlink: adding veth {spec.host}: {exc}") from exc
-        if spec.userspace_datapath:
-            make_inert(spec.host)
+            if exc.code == errno.EEXIST and not host_link_exists(pair.host):
+                raise VethExists(f"interface {pair.ifname} exists already in the container "
+                                 f"({pair.netns})") from exc  # fmt: skip
+            raise IprouteError(f"netlink: adding veth {pair.host}: {exc}") from exc
+        if pair.userspace_datapath:
+            make_inert(pair.host)
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                tx_checksum_off(sock, spec.host)
+                tx_checksum_off(sock, pair.host)
         return host_mac
 
-    def configure(self, spec: VethSpec) -> None:
-        """veth.configure(): the container end's address, link up, routes (and TX offload)."""
-        inside = self._inside(spec.netns, lambda: self._open_container(spec.ifname))
+    def configure(self, pair: Pair, end: ContainerEnd) -> None:
+        """veth.configure(): the container end's MAC, address, link up, routes (TX offload)."""
+        inside = self._inside(pair.netns, lambda: self._open_container(pair.ifname))
         try:
-            inside.ipr.addr("add", index=inside.index, address=str(spec.address.ip),
-                            prefixlen=spec.address.network.prefixlen)  # fmt: skip
-            for dst, gw in spec.routes:
+            inside.ipr.link("set", index=inside.index, address=end.mac)
+            set_up(inside.sock, pair.ifname)
+            inside.ipr.addr("add", index=inside.index, address=str(end.address.ip),
+                            prefixlen=end.address.network.prefixlen)  # fmt: skip
+            for dst, gw in end.routes:
                 inside.ipr.route("add", dst=str(dst), gateway=str(gw), oif=inside.index)
-            if spec.userspace_datapath:
-                tx_checksum_off(inside.sock, spec.ifname)
+            if pair.userspace_datapath:
+                tx_checksum_off(inside.sock, pair.ifname)
         except NetlinkError as exc:
-            raise IprouteError(f"netlink: configuring {spec.ifname} in {spec.netns}: {exc}") from exc
+            raise IprouteError(f"netlink: configuring {pair.ifname} in {pair.netns}: {exc}") from exc
         finally:
             inside.close()

@@ -4,8 +4,9 @@ ADD checks everything it can before it changes anything (subnet.env, the
 netns, OVSDB and the bridge, that the attachment is new), then takes each
 step with its undo registered first: the attachment record, the address
 (IPAM DEL is registered before IPAM ADD, as the spec asks of a failed
-delegate), the veth pair, the OVSDB port; ADD returns once the port has
-its ofport. The container end is configured before the port is added, not
+delegate), the veth pair (made while the IPAM plugin runs; its container
+end gets MAC, address and routes once IPAM answered), the OVSDB port; ADD
+returns once the port has its ofport. The container end is configured before the port is added, not
 while ovs-vswitchd opens it: in the agent's CNI server that overlap was
 slower (B6: the agent's loop, reacting to the new port, competes for the
 GIL). Any failure runs the undos in reverse, so a failed ADD leaves no veth,
@@ -65,9 +66,9 @@ def load_subnet_env(conf: NetConf) -> SubnetEnv:
 class Links(Protocol):
     """How the veth is made: the module cni.veth (`ip`), or cni.netlink.Netlink."""
 
-    def create(self, spec: veth.VethSpec) -> str: ...
+    def create(self, pair: veth.Pair) -> str: ...
 
-    def configure(self, spec: veth.VethSpec) -> None: ...
+    def configure(self, pair: veth.Pair, end: veth.ContainerEnd) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -192,28 +193,29 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
                       conf.name, inv.container_id, inv.ifname)  # fmt: skip
         undo.callback(_quietly, "the address", ipam.call, "DEL", request, inv, environ)
         steps.done("ovsdb")
-        allocated = ipam.call("ADD", request, inv, environ)
+        pending = ipam.start("ADD", request, inv, environ)
+        undo.callback(pending.finish)  # before its address is released
+        pair = veth.Pair(host=host, netns=inv.netns_here, ifname=inv.ifname,
+                         mtu=pod_mtu(conf, env), userspace_datapath=datapath == "netdev")  # fmt: skip
+        undo.callback(_quietly, "the veth pair", veth.delete, host)
+        kept = KEPT.get()
+        links: Links = kept.links if kept else veth
+        with _veth_errors():  # while IPAM runs
+            host_mac = links.create(pair)
+        steps.done("veth")
+        allocated = pending.result()
         steps.done("ipam")
         address, gateway = _one_address(allocated, env)
         if conf.is_default_gateway and not any(r.dst.prefixlen == 0 for r in allocated.routes):
             allocated = replace(allocated, routes=(*allocated.routes, Route(DEFAULT, gateway)))
-        spec = veth.VethSpec(
-            host=host, netns=inv.netns_here, ifname=inv.ifname, mac=pod_mac(address.ip),
-            mtu=pod_mtu(conf, env), address=address,
-            routes=tuple((r.dst, r.gw or gateway) for r in allocated.routes),
-            userspace_datapath=datapath == "netdev",
-        )  # fmt: skip
-        undo.callback(_quietly, "the veth pair", veth.delete, host)
-        kept = KEPT.get()
-        links: Links = kept.links if kept else veth
+        end = veth.ContainerEnd(mac=pod_mac(address.ip), address=address,
+                                routes=tuple((r.dst, r.gw or gateway) for r in allocated.routes))  # fmt: skip
         with _veth_errors():
-            host_mac = links.create(spec)
-            steps.done("veth")
-            links.configure(spec)  # before the port: see the module's docstring
-            steps.done("container")
+            links.configure(pair, end)  # before the port: see the module's docstring
+        steps.done("container")
         undo.callback(_quietly, "the port", plug.unplug, idl, conf.bridge, host,
                       inv.container_id, inv.ifname)  # fmt: skip
-        ids = plug.pod_external_ids(spec.mac, str(address.ip), inv.container_id, inv.ifname)
+        ids = plug.pod_external_ids(end.mac, str(address.ip), inv.container_id, inv.ifname)
         with _port_errors(host, conf.bridge):
             plug.add_port(idl, conf.bridge, host, ids)
         steps.done("port")
@@ -222,7 +224,7 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
         steps.done("ofport")
         undo.pop_all()
     log.debug("ADD %s/%s %s: %s", inv.container_id, inv.ifname, address, steps)
-    interfaces = (Interface(host, host_mac), Interface(inv.ifname, spec.mac, inv.netns, spec.mtu))
+    interfaces = (Interface(host, host_mac), Interface(inv.ifname, end.mac, inv.netns, pair.mtu))
     result = allocated.with_interfaces(interfaces, 1)
     if conf.dns:
         result = replace(result, dns=conf.dns)

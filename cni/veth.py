@@ -1,11 +1,11 @@
 """The pod's veth pair: the CNI plugin's kernel edge (iproute2, see ovsdb/iproute.py).
 
-ADD makes both ends in one `ip` call (`create`): the host end in the
-plugin's own namespace (the node's, where ovs-vswitchd opens it) and the
-container end created straight inside CNI_NETNS with its name, MAC and MTU,
-so no half-named interface is ever visible in either namespace. A second
-`ip -batch` inside the container (`configure`) sets the address, the link
-and the routes.
+ADD makes both ends in one `ip` call (`create`, while IPAM runs): the host
+end in the plugin's own namespace (the node's, where ovs-vswitchd opens it)
+and the container end created straight inside CNI_NETNS with its name and
+MTU, so no half-named interface is ever visible in either namespace. A
+second `ip -batch` inside the container (`configure`, once IPAM answered)
+sets its MAC, address, link and routes.
 Deleting the host end deletes the pair. cni/netlink.py does the same two
 steps through netlink, for the agent's CNI server.
 """
@@ -26,15 +26,23 @@ class VethExists(IprouteError):
 
 
 @dataclass(frozen=True)
-class VethSpec:
+class Pair:
+    """The pair as `create()` makes it: known before IPAM has answered."""
+
     host: str  # the node-side end, plugged into the bridge
     netns: str  # CNI_NETNS: a path
     ifname: str  # CNI_IFNAME
-    mac: str  # the container end's MAC (0a:58 + its IPv4)
     mtu: int
+    userspace_datapath: bool = False  # the bridge is netdev: see make_inert()
+
+
+@dataclass(frozen=True)
+class ContainerEnd:
+    """What `configure()` gives the container end, from IPAM's answer."""
+
+    mac: str  # 0a:58 + its IPv4
     address: IPv4Interface
     routes: tuple[tuple[IPv4Network, IPv4Address], ...]  # (dst, next hop)
-    userspace_datapath: bool = False  # the bridge is netdev: see make_inert()
 
 
 def host_link_exists(name: str) -> bool:
@@ -53,40 +61,42 @@ def random_mac() -> str:
     return ":".join(f"{b:02x}" for b in octets)
 
 
-def create(spec: VethSpec) -> str:
+def create(pair: Pair) -> str:
     """Make the pair, the host end up (and inert on a netdev bridge); the host end's MAC.
 
+    The container end is down, with a MAC of the kernel's until `configure()`.
     Raises VethExists or IprouteError. On failure it may leave the pair
     half-made: the caller deletes the host end (`delete()`), which removes both.
     """
-    if host_link_exists(spec.host):
-        raise VethExists(f"host interface {spec.host} exists already")
+    if host_link_exists(pair.host):
+        raise VethExists(f"host interface {pair.host} exists already")
     host_mac = random_mac()
     try:
         ip_batch([
-            f"link add {spec.host} address {host_mac} mtu {spec.mtu} type veth peer name "
-            f"{spec.ifname} address {spec.mac} mtu {spec.mtu} netns {spec.netns}",
-            f"link set {spec.host} up",
+            f"link add {pair.host} address {host_mac} mtu {pair.mtu} type veth peer name "
+            f"{pair.ifname} mtu {pair.mtu} netns {pair.netns}",
+            f"link set {pair.host} up",
         ])  # fmt: skip
     except IprouteError as exc:
-        if "File exists" in str(exc) and not host_link_exists(spec.host):
+        if "File exists" in str(exc) and not host_link_exists(pair.host):
             raise VethExists(
-                f"interface {spec.ifname} exists already in the container ({spec.netns})"
+                f"interface {pair.ifname} exists already in the container ({pair.netns})"
             ) from exc
         raise
-    if spec.userspace_datapath:
-        make_inert(spec.host)
-        tx_checksum_off(spec.host)
+    if pair.userspace_datapath:
+        make_inert(pair.host)
+        tx_checksum_off(pair.host)
     return host_mac
 
 
-def configure(spec: VethSpec) -> None:
-    """The container end: its address, link up, routes (TX offload off on a netdev bridge)."""
-    commands = [f"addr add {spec.address} dev {spec.ifname}", f"link set {spec.ifname} up"]
-    commands += [f"route add {dst} via {gw} dev {spec.ifname}" for dst, gw in spec.routes]
-    ip_batch(commands, netns=spec.netns)
-    if spec.userspace_datapath:
-        tx_checksum_off(spec.ifname, netns=spec.netns)
+def configure(pair: Pair, end: ContainerEnd) -> None:
+    """The container end: its MAC, address, link up, routes (TX offload off on netdev)."""
+    commands = [f"link set {pair.ifname} address {end.mac}",
+                f"addr add {end.address} dev {pair.ifname}", f"link set {pair.ifname} up"]  # fmt: skip
+    commands += [f"route add {dst} via {gw} dev {pair.ifname}" for dst, gw in end.routes]
+    ip_batch(commands, netns=pair.netns)
+    if pair.userspace_datapath:
+        tx_checksum_off(pair.ifname, netns=pair.netns)
 
 
 INERT = (("ipv4", "arp_ignore", "8"), ("ipv4", "forwarding", "0"), ("ipv6", "disable_ipv6", "1"))
