@@ -247,8 +247,9 @@ def main() -> None:
             sys.exit(1)
         exec_plugin([], stdin)
     except AgentTimeout as exc:
+        after = "it undoes the ADD itself once done" if command == "ADD" else "try again"
         sys.stdout.write(error_json(version, TRY_AGAIN_LATER, "the vxflow agent did not answer",
-                                    f"{exc}; it undoes the call itself"))  # fmt: skip
+                                    f"{exc}; {after}"))  # fmt: skip
         sys.exit(1)
     sys.stderr.buffer.write(err)
     sys.stdout.buffer.write(out)

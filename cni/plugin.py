@@ -6,11 +6,11 @@ step with its undo registered first: the attachment record, the address
 (IPAM DEL is registered before IPAM ADD, as the spec asks of a failed
 delegate), the veth pair (made while the IPAM plugin runs; its container
 end gets MAC, address and routes once IPAM answered), the OVSDB port; ADD
-returns once the port has its ofport. The container end is configured before the port is added, not
-while ovs-vswitchd opens it: in the agent's CNI server that overlap was
-slower (B6: the agent's loop, reacting to the new port, competes for the
-GIL). Any failure runs the undos in reverse, so a failed ADD leaves no veth,
-no address, no port and no record.
+returns once the port has its ofport. The container end is configured
+before the port is added, not while ovs-vswitchd opens it: in the agent's
+CNI server that overlap was slower (B6: the agent's loop, reacting to the
+new port, competes for the GIL). Any failure runs the undos in reverse, so
+a failed ADD leaves no veth, no address, no port and no record.
 
 DEL does every step it can even when one fails (the port, the veth, the
 address), keeps the record until all succeeded and then reports the first

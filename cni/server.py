@@ -30,9 +30,9 @@ an abandoned ADD's undo happen before the next call. A slow call (IPAM may
 take a minute) delays only other CNI calls, never the agent's loop.
 
 Protocol (cni/client.py's framing): the request is the format tag, the
-environment, stdin and the number of the client's descriptor of CNI_NETNS; the answer "result", exit status, stdout, and the
-log lines for the client's stderr (or "declined" and why); then the client
-acknowledges. An ADD that succeeded but whose answer nobody acknowledged
+environment, stdin and the number of the client's descriptor of CNI_NETNS;
+the answer "result", exit status, stdout, and the log lines for the
+client's stderr (or "declined" and why); then the client acknowledges. An ADD that succeeded but whose answer nobody acknowledged
 (the client timed out or died) is undone at once with a DEL of the same call.
 """
 
@@ -145,18 +145,28 @@ class CniServer:
             return
         self._stop.set()
         self._thread.join(timeout)
+        self._remove_socket()
+
+    def _remove_socket(self) -> None:
+        """Unlink our socket file, not one a later agent bound at the same path."""
         try:
             st = os.stat(self.path)
-            if (st.st_dev, st.st_ino) == self._bound:  # not a later agent's socket
+            if (st.st_dev, st.st_ino) == self._bound:
                 self.path.unlink()
         except FileNotFoundError:
             pass
 
     # -- serving --------------------------------------------------------------------
     def _serve(self) -> None:
-        connections, netlink = Connections(timeout=OVSDB_TIMEOUT), Netlink()
-        KEPT.set(Kept(connections, netlink))  # this thread's context only
         assert self._listener is not None
+        try:
+            connections, netlink = Connections(timeout=OVSDB_TIMEOUT), Netlink()
+        except Exception:  # no netlink: stop answering, so that clients run in-process
+            log.exception("the CNI server cannot start; the plugin runs in-process")
+            self._listener.close()
+            self._remove_socket()
+            return
+        KEPT.set(Kept(connections, netlink))  # this thread's context only
         try:
             while not self._stop.is_set():
                 try:
