@@ -275,3 +275,24 @@ def test_a_restarted_ovsdb_server_is_reconnected(fast: Fast) -> None:
     assert cni.pod_ports() == [host_ifname("f7", "eth0")]
     assert cni.plugin("DEL", "f7", netns)[0] == 0
     assert cni.state() == before
+
+
+def test_status_and_gc_through_the_agent(fast: Fast) -> None:
+    cni = fast.cni
+    cni.cni_version = "1.1.0"  # STATUS and GC came with 1.1.0
+    before = cni.state()
+    kept, stale = cni.container("f8k"), cni.container("f8s")
+    assert cni.plugin("ADD", "kept", kept)[0] == 0
+    assert cni.plugin("ADD", "stale", stale)[0] == 0
+    valid = {"cni.dev/valid-attachments": [{"containerID": "kept", "ifname": "eth0"}]}
+    env = {**os.environ, "CNI_PATH": CNI_PATH}
+    for command, conf in (("STATUS", cni.conf()), ("GC", {**cni.conf(), **valid})):
+        res = subprocess.run(["ip", "netns", "exec", cni.node.netns, fast.client],
+                             input=json.dumps(conf), env={**env, "CNI_COMMAND": command},
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert (res.returncode, res.stdout) == (0, ""), res.stdout + res.stderr
+        assert f"{command} served by the agent" in res.stderr
+    assert cni.pod_ports() == [host_ifname("kept", "eth0")]
+    assert len(cni.allocations()) == 1 and len(cni.records()) == 1
+    assert cni.plugin("DEL", "kept", kept)[0] == 0
+    assert cni.state() == before
