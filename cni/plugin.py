@@ -95,10 +95,8 @@ def ovsdb(conf: NetConf, code: int = ErrorCode.TRY_AGAIN_LATER) -> Iterator[ovs.
         raise CniError(code, "OVSDB is not reachable", str(exc)) from exc
     try:
         yield idl
-    except CniError:
-        raise
     except BaseException:
-        if kept:  # a failed transaction or a lost session: the next call starts afresh
+        if kept:  # whatever failed (a transaction, the session), the next call starts afresh
             kept.ovsdb.discard(conf.ovsdb)
         raise
     finally:

@@ -85,29 +85,32 @@ class Connections:
     Connecting and taking the first snapshot is most of what a short-lived
     OVSDB client spends; a kept replica only takes in the updates sent since
     its last use. Each instance belongs to one thread: python-ovs is not
-    thread-safe. A replica whose session dropped is replaced by a fresh one.
+    thread-safe. A replica whose session dropped or reconnected since its last
+    use is replaced by a fresh one, as is one a failed call used.
     """
 
     def __init__(self, timeout: float = 10.0) -> None:
         self.timeout = timeout
-        self._idls: dict[str, ovs.db.idl.Idl] = {}
+        self._idls: dict[str, tuple[ovs.db.idl.Idl, int]] = {}  # remote: (replica, session)
 
     def get(self, remote: str) -> ovs.db.idl.Idl:
         """A current replica of `remote`'s tables (raises OvsdbUnavailable)."""
-        idl = self._idls.get(remote)
-        if idl is not None:
+        kept = self._idls.get(remote)
+        if kept is not None:
+            idl, session = kept
             idl.run()  # what the server sent since the last call
-            if is_connected(idl) and idl.state == idl.IDL_S_MONITORING:
+            if idl._session.get_seqno() == session and idl.state == idl.IDL_S_MONITORING:
                 return idl
-            self.discard(remote)
-        idl = self._idls[remote] = connect(remote, self.timeout)
+            self.discard(remote)  # the session dropped or reconnected since: start afresh
+        idl = connect(remote, self.timeout)
+        self._idls[remote] = (idl, idl._session.get_seqno())
         return idl
 
     def discard(self, remote: str) -> None:
         """Close the replica of `remote` (after a failure its state is not trusted)."""
-        idl = self._idls.pop(remote, None)
-        if idl is not None:
-            idl.close()
+        kept = self._idls.pop(remote, None)
+        if kept is not None:
+            kept[0].close()
 
     def close(self) -> None:
         for remote in list(self._idls):
