@@ -20,7 +20,6 @@ import gc
 import logging
 import time
 
-import prometheus_client
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import (
@@ -43,6 +42,7 @@ from leases.errors import RegistryError
 from leases.events import ReplicaEvent
 from leases.model import public_ip_for_datapath_id
 from leases.registry import Registry
+from vxflow.httpd import wsgi_app
 
 log = logging.getLogger("controller")
 
@@ -128,7 +128,7 @@ class VxflowController(app_manager.OSKenApp):
         if CONF.vxflow_metrics_port:
             # prometheus_client's own server thread blocks under eventlet: serve it green
             server = hub.WSGIServer(
-                ("127.0.0.1", CONF.vxflow_metrics_port), prometheus_client.make_wsgi_app()
+                (CONF.vxflow_metrics_listen, CONF.vxflow_metrics_port), wsgi_app()
             )
             self.threads.append(hub.spawn(server.serve_forever))
             logging.getLogger("os_ken.lib.hub").setLevel(logging.WARNING)  # one line per scrape

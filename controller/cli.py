@@ -12,6 +12,7 @@ import click
 
 from leases.cli_options import etcd_access, etcd_options, open_registry, operator_errors
 from leases.controllers import member_id_problem, target_problem
+from vxflow.options import metrics_options
 
 
 def _stop(*_args: object) -> None:
@@ -38,9 +39,7 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--audit-interval", default=60.0, show_default=True, type=click.FloatRange(0),
               envvar="VXFLOW_AUDIT_INTERVAL", show_envvar=True,
               help="Seconds between readbacks of every switch's table that repair drift; 0 = off.")
-@click.option("--metrics-port", default=0, show_default=True, type=click.IntRange(0, 65535),
-              envvar="VXFLOW_METRICS_PORT", show_envvar=True,
-              help="Serve Prometheus metrics on 127.0.0.1:PORT; 0 = off.")
+@metrics_options("VXFLOW")
 @click.option("--id", "member_id", envvar="VXFLOW_CONTROLLER_ID", show_envvar=True,
               callback=_check_member_id,
               help="This replica's id in the controller cluster.  [default: HOSTNAME:PORT]")
@@ -68,9 +67,9 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
 # -- end of the TLS options --
 @etcd_options
 def controller(listen: str, port: int, audit_interval: float, metrics_port: int,
-               member_id: str | None, member_ttl: int, advertise: str | None,
-               ctl_privkey: str | None, ctl_cert: str | None, ca_certs: str | None,
-               **etcd: Any) -> None:
+               metrics_listen: str, member_id: str | None, member_ttl: int,
+               advertise: str | None, ctl_privkey: str | None, ctl_cert: str | None,
+               ca_certs: str | None, **etcd: Any) -> None:
     """Run the OpenFlow controller (the os-ken app `controller.app` under osken-manager).
 
     Equivalent to `osken-manager --ofp-listen-host LISTEN --ofp-tcp-listen-port PORT
@@ -98,6 +97,7 @@ def controller(listen: str, port: int, audit_interval: float, metrics_port: int,
         CONF.set_default(f"vxflow_{name}", value)
     CONF.set_default("vxflow_audit_interval", audit_interval)
     CONF.set_default("vxflow_metrics_port", metrics_port)
+    CONF.set_default("vxflow_metrics_listen", metrics_listen)
     CONF.set_default("vxflow_controller_id", member_id or "")
     CONF.set_default("vxflow_member_ttl", member_ttl)
     CONF.set_default("vxflow_advertise", advertise or "")

@@ -9,7 +9,8 @@ the same environment variables as every other vxflow/flanneld command:
     FLANNELD_ETCD_CAFILE, FLANNELD_ETCD_CERTFILE, FLANNELD_ETCD_KEYFILE,
     FLANNELD_ETCD_USERNAME, FLANNELD_ETCD_PASSWORD   etcd TLS and credentials
     VXFLOW_AUDIT_INTERVAL    seconds between table audits (default 60, 0 = off)
-    VXFLOW_METRICS_PORT      Prometheus port on 127.0.0.1 (default 0 = off)
+    VXFLOW_METRICS_PORT      metrics (and status) port (default 0 = off)
+    VXFLOW_METRICS_LISTEN    address it listens on (default 127.0.0.1)
     VXFLOW_CONTROLLER_ID     this replica's id (default <hostname>:<OpenFlow port>)
     VXFLOW_MEMBER_TTL        seconds a replica's membership lives unrenewed (default 5)
     VXFLOW_ADVERTISE         OpenFlow target switches reach it on (default tcp:<listen
@@ -62,7 +63,12 @@ OPTS = [
         default=int(os.environ.get("VXFLOW_METRICS_PORT", "0")),
         min=0,
         max=65535,
-        help="Serve Prometheus metrics on 127.0.0.1:PORT; 0 = off.",
+        help="Serve Prometheus metrics (and /status) on METRICS_LISTEN:PORT; 0 = off.",
+    ),
+    cfg.StrOpt(
+        "vxflow-metrics-listen",
+        default=os.environ.get("VXFLOW_METRICS_LISTEN", "127.0.0.1"),
+        help="Address the metrics and status endpoint listens on.",
     ),
     cfg.StrOpt(
         "vxflow-controller-id",

@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from etcd3gw.exceptions import Etcd3Exception
-from prometheus_client import Counter
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_when_event_set
 from tenacity import wait_exponential as wait_exp
 
@@ -66,6 +65,7 @@ from leases.model import (
 from leases.registry import Registry, renew_interval
 from leases.subnet_env import overlay_mtu, previous_subnet, subnet_env_for, write_subnet_env
 from ovsdb import idl as ovsidl
+from ovsdb import metrics
 from ovsdb.bootstrap import (
     BootstrapError,
     BootstrapOptions,
@@ -81,18 +81,10 @@ from ovsdb.ipmasq import IpMasq, IpMasqError
 from ovsdb.iproute import IprouteError
 from ovsdb.plug import foreign_ports
 from ovsdb.pods import PodPort, PodRejection, endpoints_from_ports
+from vxflow.httpd import serve_in_thread, wsgi_app
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-MASQ_INSTALLS = Counter(
-    "vxflow_agent_ipmasq_installs", "Times the masquerade rules were (re)installed"
-)
-MASQ_ERRORS = Counter("vxflow_agent_ipmasq_errors", "nftables operations that failed (retried)")
-POD_REJECTIONS = Counter(
-    "vxflow_agent_pod_ports_rejected", "Pod ports whose external_ids were rejected", ["reason"]
-)
-ENDPOINT_ERRORS = Counter("vxflow_agent_etcd_errors", "etcd operations that failed (retried)")
 
 
 @dataclass(frozen=True)
@@ -109,6 +101,8 @@ class AgentSettings:
     max_backoff: float = 30.0
     lease_ttl: int = LEASE_TTL_SECONDS
     renew_margin: int = RENEW_MARGIN_SECONDS
+    metrics_port: int = 0  # serve Prometheus metrics on metrics_listen:PORT; 0 = off
+    metrics_listen: str = "127.0.0.1"
 
 
 @dataclass
@@ -157,6 +151,7 @@ class Agent:
         self._reported: set[PodRejection] = set()
         self._etcd = _Backoff(settings.max_backoff)
         self._renew_at = 0.0
+        self._lease_expires = 0.0  # monotonic: the last acquisition or renewal + its TTL
         self._dirty = True  # re-converge and re-scan on the next loop turn
         self._env_pending = False  # a (new) lease whose subnet.env is not written yet
         self._members: dict[str, Member] = {}  # controller replicas, from the watch
@@ -191,6 +186,7 @@ class Agent:
 
     def run(self) -> int:
         """The agent's life; returns the exit status (0 after a requested stop)."""
+        self._serve_metrics()
         try:
             self.config = self._retry("reading the network config", self.registry.get_config,
                                       (EtcdUnavailable, ConfigMissing))  # fmt: skip
@@ -211,6 +207,21 @@ class Agent:
             idl.close()
             self._exit()
         return 0
+
+    def _serve_metrics(self) -> None:
+        if not self.settings.metrics_port:
+            return
+        metrics.LEASE_TTL.set_function(self.lease_ttl_left)
+        server = serve_in_thread(wsgi_app(), self.settings.metrics_listen, self.settings.metrics_port)
+        log.info("serving metrics on http://%s:%d/metrics", *server.server_address[:2])
+
+    def lease_ttl_left(self) -> float:
+        """Seconds the lease lives unrenewed (infinite for a reservation, 0 without a lease)."""
+        if self.lease is None:
+            return 0.0
+        if self.lease.etcd_lease_id is None:
+            return float("inf")
+        return max(self._lease_expires - time.monotonic(), 0.0)
 
     def _note_event(self, event: Event) -> None:
         """(The watch's thread.) Hand the loop what it acts on."""
@@ -235,7 +246,9 @@ class Agent:
             self._dirty = True
 
     def controller_targets(self) -> tuple[str, ...]:
-        return controller_targets(self.settings.controllers, self._members.values())
+        targets = controller_targets(self.settings.controllers, self._members.values())
+        metrics.CONTROLLERS.set(len(targets))
+        return targets
 
     def _acquire(self) -> None:
         """Get (or get back) this node's lease; subnet.env follows the next converge."""
@@ -251,6 +264,9 @@ class Agent:
         )  # fmt: skip
         log.info("holding lease %s for %s (etcd lease %s)", self.lease.subnet, public_ip,
                  self.lease.etcd_lease_id)  # fmt: skip
+        metrics.ACQUISITIONS.inc()
+        metrics.LEASE.clear()
+        metrics.LEASE.labels(str(self.lease.subnet), str(public_ip)).set(1)
         self._schedule_renewal()
         self._env_pending = True
         self._published = None
@@ -295,7 +311,9 @@ class Agent:
             if connected != was_connected:
                 log.warning("OVSDB %s %s", self.settings.ovsdb,
                             "reconnected" if connected else "connection lost; reconnecting")  # fmt: skip
+                metrics.OVSDB_RECONNECTS.inc(connected)
                 was_connected = connected
+            metrics.OVSDB_CONNECTED.set(connected)
             published = False
             if connected and (self._dirty or now >= next_resync):
                 if now >= next_resync:
@@ -324,8 +342,10 @@ class Agent:
                                 self.settings.options, fresh=True,
                                 service_routes=self.service_routes)  # fmt: skip
         except (BootstrapError, IprouteError) as exc:
+            metrics.BOOTSTRAP_FAILURES.inc()
             log.error("bootstrap of %s failed: %s (retrying)", self.settings.options.bridge, exc)
             return False
+        metrics.BOOTSTRAP_CHANGES.inc(len(changes))
         if changes:
             log.info("converged %s: %d change(s)", self.settings.options.bridge, len(changes))
         if self._env_pending:
@@ -344,7 +364,7 @@ class Agent:
                     log.info("removed the masquerade rules of an earlier --ip-masq run")
                 self._masq_settled = True
             elif self._masq.ensure(self.config.network, self.lease.subnet):
-                MASQ_INSTALLS.inc()
+                metrics.MASQ_INSTALLS.inc()
                 if self._masq.installs == 1:
                     log.info("installed the masquerade rules for %s (this node %s)",
                              self.config.network, self.lease.subnet)  # fmt: skip
@@ -353,10 +373,10 @@ class Agent:
         except ImportError as exc:  # no python3-nftables: nothing of ours can be there either
             self._masq_settled = not self.settings.ip_masq
             if self.settings.ip_masq:
-                MASQ_ERRORS.inc()
+                metrics.MASQ_ERRORS.inc()
                 log.error("ip-masq: python3-nftables is not importable (%s)", exc)
         except (IpMasqError, OSError) as exc:
-            MASQ_ERRORS.inc()
+            metrics.MASQ_ERRORS.inc()
             log.error("ip-masq: %s (retrying in %.0fs)", exc, self.settings.masq_interval)
 
     def _scan(self, idl) -> None:
@@ -365,7 +385,7 @@ class Agent:
         )
         for rejection in set(rejected) - self._reported:
             log.warning("%s; not published", rejection)
-            POD_REJECTIONS.labels(reason=rejection.reason.split(" ")[0]).inc()
+            metrics.POD_REJECTIONS.labels(reason=rejection.reason.split(" ")[0]).inc()
         self._reported = set(rejected)
 
     def _etcd_work(self, now: float) -> None:
@@ -376,7 +396,7 @@ class Agent:
                 self._renew()
             self._sync_endpoints()
         except (RegistryError, Etcd3Exception) as exc:
-            ENDPOINT_ERRORS.inc()
+            metrics.ETCD_ERRORS.inc()
             self._published = None
             delay = self._etcd.failed(now)
             log.warning("etcd: %s; retrying in %.1fs (lease and bridge kept)", exc, delay)
@@ -405,6 +425,7 @@ class Agent:
             log.error("vxflow config in etcd is invalid: %s; keeping the previous one", exc)
         if config != self.config:
             log.warning("network config changed: %s -> %s", self.config, config)
+            metrics.CONFIG_CHANGES.inc()
             self.config = config
             self._acquire()
             self._dirty = True
@@ -413,6 +434,7 @@ class Agent:
         try:
             renewed = self.registry.renew(self.lease, ttl=self.settings.lease_ttl)
         except LeaseLost as exc:
+            metrics.LOST.inc()
             log.error("lease %s lost: %s; acquiring a new one", self.lease.subnet, exc)
             self._acquire()  # a new subnet: the next loop turn re-bootstraps the gateway
             self._dirty = True
@@ -422,11 +444,14 @@ class Agent:
                         renewed.subnet)  # fmt: skip
             self._published = {}  # the old etcd lease took our endpoints with it
         self.lease = renewed
+        metrics.RENEWED.inc()
         self._schedule_renewal()
 
     def _schedule_renewal(self) -> None:
         ttl, margin = self.settings.lease_ttl, self.settings.renew_margin
-        self._renew_at = time.monotonic() + renew_interval(ttl, margin)
+        now = time.monotonic()
+        self._lease_expires = now + ttl
+        self._renew_at = now + renew_interval(ttl, margin)
 
     def _sync_endpoints(self) -> None:
         subnet = self.lease.subnet
@@ -440,11 +465,14 @@ class Agent:
                     log.warning("pod port %s rejected by the registry: %s", ep.port_name, exc)
                     continue
                 self._published[ip] = ep
+                metrics.ENDPOINT_PUTS.inc()
                 log.info("published endpoint %s %s on %s (ofport %d)", ip, ep.mac, ep.port_name,
                          ep.ofport)  # fmt: skip
         for ip in sorted(set(self._published) - set(self._desired)):
             self.registry.delete_endpoint(self._published.pop(ip))
+            metrics.ENDPOINT_DELETES.inc()
             log.info("removed endpoint %s", ip)
+        metrics.ENDPOINTS.set(len(self._published))
 
     def _maybe_clear_flow_restore_wait(self, idl) -> None:
         bridge = self.settings.options.bridge

@@ -42,6 +42,7 @@ from ovsdb.bootstrap import (
 )
 from ovsdb.iproute import IprouteError, address_of, default_route_interface
 from ovsdb.sysconfig import SysconfigError, read_sysconfig
+from vxflow.options import metrics_options
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +263,7 @@ def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
               default="/run/vxflow/cni.sock", show_default=True,
               help="Serve the CNI plugin's calls here (root only), for the `vxflow` executable "
                    "that `vxflow-cni install` writes; '' serves none.")  # fmt: skip
+@metrics_options("VXFLOW_AGENT")
 @click.pass_context
 @node_errors
 def agent(ctx: click.Context, **params: Any) -> None:
@@ -286,6 +288,8 @@ def agent(ctx: click.Context, **params: Any) -> None:
         resync_interval=params["resync_interval"],
         renew_margin=params["subnet_lease_renew_margin"] * 60,
         lease_ttl=params["subnet_lease_ttl"],
+        metrics_port=params["metrics_port"],
+        metrics_listen=params["metrics_listen"],
     )
     registry = open_registry(**etcd_params(params))
     # The CNI server lives exactly as long as the agent's run and shares nothing with its

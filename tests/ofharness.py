@@ -103,14 +103,21 @@ class Controller:
 
     def metric(self, name: str, **labels: str) -> float:
         """A counter/gauge from the controller's /metrics (0 if absent)."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        pattern = re.compile(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", re.M)
-        return sum(float(m.group(2)) for m in pattern.finditer(text) if (m.group(1) or "") == want)
+        return metric(f"http://127.0.0.1:{self.metrics_port}/metrics", name, **labels)
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path else ""
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """A counter/gauge served at `url` with exactly `labels` (0 if absent)."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", re.M)
+    return sum(
+        float(m.group(2))
+        for m in pattern.finditer(text)
+        if dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or "")) == labels
+    )
 
 
 @dataclass

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from leases.etcd_server import EtcdServer
+from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.registry import Registry
 from leases.subnet_env import read_subnet_env
 from ovsdb.ipmasq import listed_rules, masq_rules
 from tests.emulation import ROOT_UNDERLAY_IP, Node, Underlay
+from tests.ofharness import metric
 from vxflow.processes import stop_process
 
 PREFIX = "/vxflow-test/network"
@@ -268,6 +269,41 @@ def test_agent_keeps_lease_through_etcd_outage_and_releases_on_request(
     assert cluster1.registry.lease_for(subnet) is None  # --release-on-exit gave it back
     assert cluster1.endpoint_kvs() == []
     assert IPv4Interface(f"{base + 1}/24") == read_subnet_env(agent.subnet_file).subnet
+
+
+@pytest.mark.integration
+def test_agent_follows_a_config_change_at_once_and_its_metrics_move(cluster1: Cluster) -> None:
+    """The watch, not the resync (10 minutes here), brings a changed config in; the agent's
+    metrics (on its underlay address) show the lease, the bridge, endpoints and the change."""
+    agent = cluster1.agents[0]
+    node = agent.node
+    port = free_loopback_port()
+    agent.extra = ("--resync-interval", "600", "--metrics-port", str(port),
+                   "--metrics-listen", str(node.underlay_ip))  # fmt: skip
+    agent.start()
+    subnet = agent.subnet()
+    url = f"http://{node.underlay_ip}:{port}/metrics"
+    assert 86_000 < metric(url, "vxflow_agent_lease_ttl_seconds") <= 86_400
+    assert metric(url, "vxflow_agent_lease_info", subnet=str(subnet),
+                  public_ip=str(node.underlay_ip)) == 1  # fmt: skip
+    assert metric(url, "vxflow_agent_lease_acquisitions_total") == 1
+    assert metric(url, "vxflow_agent_bootstrap_changes_total") > 0
+    assert metric(url, "vxflow_agent_ovsdb_connected") == 1
+    assert metric(url, "vxflow_agent_controller_targets") == 1
+    add_internal_pod(node, "pod5", str(subnet.network_address + 5), "0a:58:00:00:00:05")
+    wait_for(lambda: metric(url, "vxflow_agent_endpoints") == 1, "the endpoint counted")
+    assert metric(url, "vxflow_agent_endpoint_changes_total", op="put") == 1
+
+    changed = json.loads(CONFIG)
+    changed["Backend"]["MTU"] = 1400
+    cluster1.registry.set_config(json.dumps(changed))
+    wait_for(lambda: "FLANNEL_MTU=1400" in agent.subnet_file.read_text(),
+             "subnet.env with the new MTU", timeout=10)  # fmt: skip
+    assert node.run("cat", "/sys/class/net/vxgw0/mtu").strip() == "1400"
+    assert metric(url, "vxflow_agent_config_changes_total") == 1
+    assert metric(url, "vxflow_agent_lease_acquisitions_total") == 2
+    assert agent.subnet() == subnet  # the lease still fits: kept
+    assert "network config changed" in agent.log_text()
 
 
 # The smallest OpenFlow peer: HELLO, then echo replies. It only stands in for the

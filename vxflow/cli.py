@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 import warnings
 
 import click
+
+from vxflow import logs
 
 # os-ken's eventlet hub is a deliberate choice (see ARCHITECTURE.md); eventlet's
 # import-time deprecation banner would otherwise greet every command.
@@ -51,20 +52,28 @@ class _LazyGroup(click.Group):
     default="info",
     show_default=True,
     envvar="VXFLOW_LOG_LEVEL",
+    show_envvar=True,
 )
-def cli(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(logs.FORMATS),
+    default="text",
+    show_default=True,
+    envvar="VXFLOW_LOG_FORMAT",
+    show_envvar=True,
+    help="json: one JSON object per line (time, level, logger, message and the record's "
+    "fields such as event, node, reason).",
+)
+def cli(log_level: str, log_format: str) -> None:
     """vxflow: flannel-compatible VXLAN overlay programmed by an OpenFlow controller."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.setup(log_level, log_format)
 
 
 def _subcommand(args: list[str]) -> str | None:
     """The subcommand an argument list runs (after the group's own options)."""
     it = iter(args)
     for arg in it:
-        if arg == "--log-level":
+        if arg in ("--log-level", "--log-format"):
             next(it, None)
         elif not arg.startswith("-"):
             return arg

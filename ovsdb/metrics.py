@@ -1,0 +1,59 @@
+"""Prometheus metrics of the node agent (served with `vxflow agent --metrics-port`).
+
+Every metric here is listed in README.md's metrics table (a test holds the
+two to each other).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+LEASE_TTL = Gauge(
+    "vxflow_agent_lease_ttl_seconds",
+    "seconds until this node's subnet lease expires unless renewed (from the agent's last "
+    "acquisition or renewal etcd acknowledged)",
+)
+LEASE = Gauge(
+    "vxflow_agent_lease_info", "1 for the subnet lease this node holds", ["subnet", "public_ip"]
+)
+ACQUISITIONS = Counter(
+    "vxflow_agent_lease_acquisitions",
+    "leases acquired: at start, after losing one, after a config change",
+)
+RENEWALS = Counter(
+    "vxflow_agent_lease_renewals", "lease renewals, by outcome", ["result"]  # ok | lost
+)
+RENEWED = RENEWALS.labels("ok")
+LOST = RENEWALS.labels("lost")
+CONFIG_CHANGES = Counter(
+    "vxflow_agent_config_changes", "network config changes the agent followed (from its watch)"
+)
+BOOTSTRAP_CHANGES = Counter(
+    "vxflow_agent_bootstrap_changes",
+    "changes made to the bridge, its ports, the gateway address or route by a converge",
+)
+BOOTSTRAP_FAILURES = Counter(
+    "vxflow_agent_bootstrap_failures", "converges of the bridge that failed (retried)"
+)
+ENDPOINTS = Gauge("vxflow_agent_endpoints", "pod endpoints this agent has published in etcd")
+ENDPOINT_CHANGES = Counter(
+    "vxflow_agent_endpoint_changes", "endpoint puts and deletes in etcd", ["op"]  # put | delete
+)
+ENDPOINT_PUTS = ENDPOINT_CHANGES.labels("put")
+ENDPOINT_DELETES = ENDPOINT_CHANGES.labels("delete")
+POD_REJECTIONS = Counter(
+    "vxflow_agent_pod_ports_rejected", "Pod ports whose external_ids were rejected", ["reason"]
+)
+ETCD_ERRORS = Counter("vxflow_agent_etcd_errors", "etcd operations that failed (retried)")
+CONTROLLERS = Gauge(
+    "vxflow_agent_controller_targets",
+    "OpenFlow controller targets the bridge is given (--controller plus the registered replicas)",
+)
+OVSDB_CONNECTED = Gauge("vxflow_agent_ovsdb_connected", "1 while the OVSDB session is up")
+OVSDB_RECONNECTS = Counter(
+    "vxflow_agent_ovsdb_reconnects", "times the OVSDB session came back after being lost"
+)
+MASQ_INSTALLS = Counter(
+    "vxflow_agent_ipmasq_installs", "Times the masquerade rules were (re)installed"
+)
+MASQ_ERRORS = Counter("vxflow_agent_ipmasq_errors", "nftables operations that failed (retried)")
