@@ -27,7 +27,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,7 @@ class _Bridge:
     writer: asyncio.StreamWriter | None = None
     added: list[tuple[float, int]] = field(default_factory=list)  # (time, cookie)
     group_mods: list[tuple[float, int]] = field(default_factory=list)  # (time, group id)
+    events: list[tuple[float, int, int]] = field(default_factory=list)  # (time, event, cookie)
     removed: int = 0
     paused: int = 0
     replies: dict[int, asyncio.Future] = field(default_factory=dict)
@@ -98,6 +99,28 @@ class FlowObserver:
         """(arrival time, cookie) of every ADDED update seen on bridge `name`."""
         with self._changed:
             return list(self._bridges[name].added)
+
+    def event_count(self, name: str) -> int:
+        with self._changed:
+            return len(self._bridges[name].events)
+
+    def wait_event(
+        self, name: str, start: int, match: Callable[[int, int], bool], timeout: float
+    ) -> tuple[int, float]:
+        """The first update on bridge `name` from index `start` on for which
+        `match(event, cookie)` holds: (its index, its arrival time)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                events = self._bridges[name].events
+                for i in range(start, len(events)):
+                    if match(events[i][1], events[i][2]):
+                        return i, events[i][0]
+                start = len(events)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{name}: no matching flow update within {timeout}s")
+                self._changed.wait(left)
 
     def paused(self) -> int:
         """How often ovs-vswitchd paused a monitor (updates were then summarised)."""
@@ -181,7 +204,7 @@ class FlowObserver:
             xid = self._next_xid()
             ack = self._loop.create_future()
             b.replies[xid] = ack
-            writer.write(of.flow_monitor_request(xid, 1, of.FMF_ADD | of.FMF_REMOVED))
+            writer.write(of.flow_monitor_request(xid, 1, of.FMF_ADD | of.FMF_REMOVED | of.FMF_MODIFY))
             await asyncio.wait_for(ack, 10)
 
     async def _read(self, b: _Bridge, messages) -> None:
@@ -207,11 +230,14 @@ class FlowObserver:
 
     def _updates(self, b: _Bridge, now: float, data: memoryview) -> None:
         added: list[tuple[float, int]] = []
+        events: list[tuple[float, int, int]] = []
         offset = 0
         while offset + UPDATE_HEAD.size <= len(data):
             length, event = UPDATE_HEAD.unpack_from(data, offset)
             if length == 0:
                 break
+            if event in (of.FME_ADDED, of.FME_REMOVED, of.FME_MODIFIED):
+                events.append((now, event, FULL_UPDATE.unpack_from(data, offset)[7]))
             if event == of.FME_ADDED:
                 added.append((now, FULL_UPDATE.unpack_from(data, offset)[7]))
             elif event == of.FME_REMOVED:
@@ -220,9 +246,10 @@ class FlowObserver:
                 b.paused += 1
                 log.warning("%s: ovs-vswitchd paused the flow monitor", b.name)
             offset += length
-        if added:
+        if events:
             with self._changed:
                 b.added.extend(added)
+                b.events.extend(events)
                 self._changed.notify_all()
 
     async def _count(self, b: _Bridge) -> int:

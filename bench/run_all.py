@@ -22,6 +22,7 @@ BENCHMARKS = (
     ("B5 failover", ["bench.b5_failover"]),
     ("B6 pod attach", ["bench.b6_attach"]),
     ("B7 services", ["bench.b7_services"]),
+    ("B7 drift repair", ["bench.b7_drift_repair"]),
     ("profile: compile", ["bench.profile", "compile"]),
     ("profile: encode", ["bench.profile", "encode"]),
     ("profile: sync", ["bench.profile", "sync"]),

@@ -7,7 +7,7 @@ work per lease event across 50 switches.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 FLOW_MODS = Counter(
     "vxflow_controller_flow_mods",
@@ -32,7 +32,23 @@ SYNCS = Counter(
 )
 DRIFT = Counter(
     "vxflow_controller_drift_repairs",
-    "audits that found a switch's table differing from the desired one and repaired it",
+    "repairs of a switch's table that someone else changed, by what found the change",
+    ["found_by"],  # monitor (the switch's flow monitor, at once) | audit (the periodic readback)
+)
+FOREIGN_CHANGES = Counter(
+    "vxflow_controller_foreign_flow_changes",
+    "flows another OpenFlow client added, modified or removed on a switch this replica "
+    "masters, as the switch's flow monitor reported them",
+    ["change"],  # added | modified | removed
+)
+REPAIR_SECONDS = Histogram(
+    "vxflow_controller_drift_repair_seconds",
+    "from the flow monitor's report of someone else's change to the barrier of its repair",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+MONITOR_PAUSES = Counter(
+    "vxflow_controller_flow_monitor_pauses",
+    "times a switch paused its flow monitor (too many changes at once): a readback follows",
 )
 SWITCHES = Gauge("vxflow_controller_switches", "switches connected and identified as vxflow nodes")
 REJECTED = Gauge(
@@ -60,6 +76,8 @@ CT_FLUSHES = Counter(
 )
 
 ADDS = FLOW_MODS.labels("add")
+DRIFT_FOUND = {found_by: DRIFT.labels(found_by) for found_by in ("monitor", "audit")}
+FOREIGN = {change: FOREIGN_CHANGES.labels(change) for change in ("added", "modified", "removed")}
 DELETES = FLOW_MODS.labels("delete")
 CHANGE_RESULT = {
     (form, result): CHANGES.labels(form, result)

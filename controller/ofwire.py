@@ -51,7 +51,6 @@ OFP_NO_BUFFER = 0xFFFFFFFF
 OFPP_ANY = 0xFFFFFFFF
 OFPG_ANY = 0xFFFFFFFF
 OFPTT_ALL = 0xFF
-ALL_ONES64 = 0xFFFFFFFFFFFFFFFF
 
 OFPIT_GOTO_TABLE = 1
 OFPIT_APPLY_ACTIONS = 4
@@ -338,7 +337,7 @@ def _layout(flow: Flow, command: int, bundled: bool) -> tuple[list[str], list[st
                 "bundle_id", 0, OFPBF_ATOMIC)
     inner = lay.size
     lay.put("BBHIQQBBHHHIIIHH", OFP_VERSION, OFPT_FLOW_MOD, "{inner_len}", "xid", "f.cookie",
-            0 if command == OFPFC_ADD else ALL_ONES64, flow.table, command, 0, 0, flow.priority,
+            0, flow.table, command, 0, 0, flow.priority,
             OFP_NO_BUFFER, OFPP_ANY, OFPG_ANY, 0, 0)
     match_start = lay.size
     lay.put("HH", 1, "{match_len}")
@@ -385,7 +384,12 @@ def _template(flow: Flow, command: int, bundled: bool):
 
 
 def encode_flow_mod(flow: Flow, command: int, xid: int) -> bytes:
-    """One OFPT_FLOW_MOD. A delete carries the match only and the exact cookie."""
+    """One OFPT_FLOW_MOD. A delete (strict) names the entry by its key alone: cookie mask 0.
+
+    With an exact cookie OVS scans every flow sharing that cookie for each
+    delete (its cookie index), which is quadratic for a burst of foreign flows
+    of cookie 0: 1,364 deletes among 60,000 such flows took 4 s, by key 0.05 s.
+    """
     return _template(flow, command, False)(flow, xid, 0)
 
 

@@ -20,6 +20,10 @@ The services' select groups are kept the same way (read back with group desc,
 diffed by id, their group-mods in the same bundle: added before the flows that
 point at them, deleted after), and after a change lands the conntrack entries
 of removed UDP backends are flushed.
+
+What anyone else changes on the switch is reported by its flow monitor
+(`controller.monitor`) and handed to `observe`: the copy of the table is
+updated and the flows of the owners it touched are repaired at once.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Protocol
 
 from controller import groups, metrics, ofwire
 from controller.model import FULL, NOTHING, Scope
+from controller.monitor import FlowChange
 from flows.compiler import FLOWS_PER_LEASE, NodeTable
 from flows.diff import FlowDiff, diff_table
 from flows.flow import Flow, FlowKey, Owner, owner_of, to_ofctl
@@ -142,6 +147,9 @@ class SwitchSync:
     _change: _Change | None = None
     _next_bundle_id: int = 1
     _failures: int = 0
+    _monitor_paused: bool = False
+    _repair_since: float | None = None  # when a reported foreign change awaits its repair
+    _repair_flows: int = 0  # flows reported changed since then
     closed: bool = False
 
     # -- requests -------------------------------------------------------------
@@ -164,6 +172,7 @@ class SwitchSync:
         self._need_readback = True
         self._pending = FULL
         self._flushes = []  # the switch's next master flushes what it must
+        self._repair_since, self._repair_flows = None, 0
 
     def request(self, scope: Scope, flushes: list[Flush] = ()) -> None:
         """Bring the flows and groups in `scope` to the desired state (as soon as the switch
@@ -177,14 +186,69 @@ class SwitchSync:
         self._flushes += flushes
         self._kick()
 
-    def audit(self) -> None:
+    def audit(self, reason: str = "audit") -> None:
         """Read the whole table back and repair whatever drifted."""
         if not self._need_readback:
-            self._need_readback, self._readback_reason = True, "audit"
+            self._need_readback, self._readback_reason = True, reason
         self._kick()
 
     def close(self) -> None:
         self.closed = True
+
+    # -- what others change (the switch's flow monitor) -------------------------
+
+    def observe(self, changes: Sequence[FlowChange]) -> None:
+        """Flows another OpenFlow client added, modified or removed: take them into
+        `installed` and repair the flows of every owner they touched."""
+        if not changes or not self._tracking():
+            return  # a readback is due or under way, and it sees these changes itself
+        cookies: set[int] = set()
+        for change in changes:
+            key = change.flow.key
+            old = self.installed.get(key)
+            if old is not None:
+                cookies.add(old.cookie)
+            cookies.add(change.flow.cookie)
+            if change.removed:
+                self._forget(key)
+            else:
+                self._remember(change.flow)
+            metrics.FOREIGN[change.kind].inc()
+        kinds = {k: sum(c.kind == k for c in changes) for k in ("added", "modified", "removed")}
+        # one line per repair: a burst reported in many replies before it lands adds none
+        level = logging.WARNING if self._repair_since is None else logging.DEBUG
+        log.log(
+            level, "switch %s: another OpenFlow client changed %d flows (%s), e.g. %s %s; "
+            "repairing", self.node, len(changes),
+            ", ".join(f"{n} {k}" for k, n in kinds.items() if n), changes[0].kind,
+            to_ofctl(changes[0].flow),
+            extra={"event": "drift", "node": str(self.node), "flows": len(changes)},
+        )  # fmt: skip
+        if self._repair_since is None:
+            self._repair_since = time.perf_counter()
+        self._repair_flows += len(changes)
+        self.request(Scope(cookies=frozenset(cookies)))
+
+    def monitor_paused(self) -> None:
+        """The switch stopped reporting changes: trust nothing until it resumes."""
+        self._monitor_paused = True
+        metrics.MONITOR_PAUSES.inc()
+        log.warning("switch %s paused its flow monitor; a readback follows its resumption", self.node)
+
+    def monitor_resumed(self) -> None:
+        """Reporting again, but deletions made meanwhile were not reported: read back."""
+        self._monitor_paused = False
+        self.audit("monitor")
+
+    def _tracking(self) -> bool:
+        """Whether `installed` follows the switch now (so reported changes apply to it)."""
+        return (
+            self.master
+            and not self.closed
+            and not self._monitor_paused
+            and not self._need_readback
+            and self.state is not State.READING
+        )
 
     # -- replies (from the app) ----------------------------------------------
 
@@ -217,8 +281,9 @@ class SwitchSync:
         self.state = State.IDLE
         self._need_readback = False
         self._pending = FULL
-        audit = self._readback_reason == "audit"
-        self._kick(audit=audit)
+        # what a readback for an audit (or after a paused monitor) finds wrong is drift
+        found = self._readback_reason if self._readback_reason in ("audit", "monitor") else None
+        self._kick(found_by=found)
 
     def on_error(self, xid: int, err_type: int, code: int, data: bytes) -> bool:
         """Log and count an OFPT_ERROR with the message that caused it; False if not ours."""
@@ -293,6 +358,16 @@ class SwitchSync:
         self._change = None
         self.state = State.IDLE
         self._send_flushes(change.flushes)
+        if self._repair_since is not None:
+            took = time.perf_counter() - self._repair_since
+            metrics.REPAIR_SECONDS.observe(took)
+            log.info(
+                "switch %s: repair of %d flows changed by another client landed %.1f ms after "
+                "the first report (%d added, %d deleted)", self.node, self._repair_flows,
+                took * 1e3, len(change.diff) - len(change.diff.delete), len(change.diff.delete),
+                extra={"event": "drift_repaired", "node": str(self.node)},
+            )  # fmt: skip
+            self._repair_since, self._repair_flows = None, 0
         # one line per switch per lease event would flood the log of a large cluster
         if change.bundle_id is None:
             level, what = logging.DEBUG, "flow-mod"
@@ -307,7 +382,7 @@ class SwitchSync:
 
     # -- internals ------------------------------------------------------------
 
-    def _kick(self, audit: bool = False) -> None:
+    def _kick(self, found_by: str | None = None) -> None:
         if self.closed or self.state is not State.IDLE or not self.master:
             return
         if not self.may_write():
@@ -332,16 +407,20 @@ class SwitchSync:
             self.node, len(desired), (computed - started) * 1e3, len(diff),
             (time.perf_counter() - computed) * 1e3,
         )
-        if audit and (diff or group_diff):
-            metrics.DRIFT.inc()
+        if found_by and (diff or group_diff):
+            metrics.DRIFT_FOUND[found_by].inc()
             log.warning(
                 "switch %s drifted: %d flows missing or wrong, %d unexpected, %d groups "
-                "differ; repairing", self.node, len(diff) - len(diff.delete), len(diff.delete),
-                len(group_diff),
+                "differ (found by a readback: %s); repairing", self.node,
+                len(diff) - len(diff.delete), len(diff.delete), len(group_diff), found_by,
+                extra={"event": "drift", "node": str(self.node), "found_by": found_by},
             )  # fmt: skip
+        elif self._repair_since is not None and diff:
+            metrics.DRIFT_FOUND["monitor"].inc()
         if diff or group_diff:
             self._send(diff, group_diff)
             return
+        self._repair_since, self._repair_flows = None, 0  # nothing to repair (or undone)
         self._send_flushes(self._flushes)
         self._flushes = []
         if scope.full:

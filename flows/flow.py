@@ -210,6 +210,8 @@ def _action_text(action: Action) -> str:
             f"eth_type=0x800,nw_proto={proto},NXM_OF_IP_SRC[],NXM_OF_IP_DST[],"
             f"{_NXM_PORT[port_field]}[],load:{value:#x}->NXM_NX_REG1[])"
         )
+    if kind in ("unknown_action", "unknown_instruction"):  # read back from a switch: shown raw
+        return f"{kind}({action[1]})"
     raise ValueError(f"unknown action {action!r}")
 
 

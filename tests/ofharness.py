@@ -61,6 +61,7 @@ class Controller:
     member_id: str | None = None  # None: the default (hostname:port)
     member_ttl: int | None = None  # None: the default
     extra: tuple[str, ...] = ()  # more `vxflow controller` options (TLS)
+    log_format: str = "text"
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
 
@@ -84,7 +85,7 @@ class Controller:
             }  # fmt: skip
         else:
             cmd = [
-                VXFLOW, "--log-level", "debug", "controller",
+                VXFLOW, "--log-level", "debug", "--log-format", self.log_format, "controller",
                 "--listen", "127.0.0.1", "--port", str(self.port),
                 "--etcd-endpoints", self.etcd, "--etcd-prefix", self.prefix,
                 "--metrics-port", str(self.metrics_port),

@@ -84,6 +84,17 @@ def test_b3_cold_start_tiny(tmp_path: Path) -> None:
         assert rep["flow_mods_received"] >= stand_in["flows_total"]
 
 
+@pytest.mark.integration
+def test_b7_drift_repair_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b7_drift_repair", "--leases", "10", "--tries", "8",
+                  "--gap", "0")  # fmt: skip
+    assert r["flows"] > 10 and r["repair_s"]["n"] == 8
+    assert set(r["by_kind"]) == {"route deleted", "stray flow added", "route modified",
+                                 "whole table deleted"}  # fmt: skip
+    for kind in r["by_kind"].values():
+        assert kind["n"] == 2 and 0 < kind["min"] <= kind["max"] < 10
+
+
 @pytest.mark.e2e
 def test_b4_dataplane_tiny(tmp_path: Path) -> None:
     r = run_bench(tmp_path, "bench.b4_dataplane", "--rounds", "1", "--pings", "20",

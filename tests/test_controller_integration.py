@@ -141,20 +141,6 @@ def test_restart_with_unchanged_etcd_sends_no_flow_mod(cluster: Cluster, tmp_pat
         assert durations and min(map(float, durations)) >= elapsed - 0.5
 
 
-def test_audit_repairs_drift(cluster: Cluster, tmp_path: Path):
-    n1 = cluster.lease(1)
-    cluster.lease(2)
-    cluster.registry.put_endpoint(pod(n1, 10, 5), n1)
-    bridge = cluster.add_switch(1)
-    cluster.controller.audit_interval = 1
-    cluster.controller.start(tmp_path)
-    cluster.wait_converged()
-    cluster.ovs.ofctl("del-flows", bridge, "table=20")
-    cluster.ovs.ofctl("add-flow", bridge, "table=0,priority=500,actions=drop")
-    cluster.wait_converged()
-    assert cluster.controller.metric("vxflow_controller_drift_repairs_total") >= 1
-
-
 def test_no_lease_only_table_miss_and_foreign_switch_untouched(cluster: Cluster, tmp_path: Path):
     cluster.lease(1)
     lonely = cluster.add_switch(9)  # a vxflow dpid without a lease

@@ -138,7 +138,7 @@ def osken_flow_mod(f: Flow, command: int) -> parser.OFPFlowMod:
     return parser.OFPFlowMod(
         DP,
         cookie=f.cookie,
-        cookie_mask=0 if command == ofp.OFPFC_ADD else ofwire.ALL_ONES64,
+        cookie_mask=0,
         table_id=f.table,
         command=command,
         priority=f.priority,

@@ -23,6 +23,7 @@ def documented() -> dict[str, tuple[str, tuple[str, ...], str]]:
     for line in table.splitlines()[3:]:
         name, kind, labels, served, _meaning = (c.strip() for c in line.strip("|").split("|"))
         rows[name.strip("`")] = (kind, tuple(re.findall(r"`(\w+)`", labels)), served)
+    assert rows, "no metrics table in README.md"
     return rows
 
 

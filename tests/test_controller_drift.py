@@ -1,0 +1,177 @@
+"""Drift repaired at once: hand-made changes on a live switch, reported by its flow monitor,
+and no repair loop (real etcd, real ovs-vswitchd; harness: tests/ofharness.py).
+
+The audit is off in the repair tests, so only the flow monitor can be what repairs;
+what a readback finds (the audit's and the paused monitor's) is also covered in
+tests/test_controller_monitor.py.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flows.compiler import subnet_cookie
+from leases.etcd_server import EtcdServer
+from ovsdb.instance import OvsInstance
+from tests.ofharness import Cluster, node_ip, pod, running, wait_for
+
+pytestmark = pytest.mark.integration
+STRAYS = 200_000
+
+
+@pytest.fixture
+def cluster(etcd: EtcdServer, ovs: OvsInstance) -> Iterator[Cluster]:
+    with running(etcd, ovs) as c:
+        yield c
+
+
+def counts(cluster: Cluster) -> dict[str, float]:
+    c = cluster.controller
+    return {
+        "add": c.metric("vxflow_controller_flow_mods_total", command="add"),
+        "delete": c.metric("vxflow_controller_flow_mods_total", command="delete"),
+        "monitor": c.metric("vxflow_controller_drift_repairs_total", found_by="monitor"),
+        "audit": c.metric("vxflow_controller_drift_repairs_total", found_by="audit"),
+    }
+
+
+def moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in before if after[k] != before[k]}
+
+
+def repaired(cluster: Cluster, change, why: str) -> dict[str, float]:
+    """Make a hand-made change, wait for both tables to be right again; what moved."""
+    before = counts(cluster)
+    change()
+    cluster.wait_converged(timeout=10)
+    wait_for(f"the repair of {why} counted", lambda: counts(cluster)["monitor"] > before["monitor"])
+    return moved(before, counts(cluster))
+
+
+def test_hand_made_changes_are_repaired_at_once_and_nothing_loops(cluster: Cluster, tmp_path):
+    n1 = cluster.lease(1)
+    n2, n3 = cluster.lease(2), cluster.lease(3)
+    cluster.registry.put_endpoint(pod(n1, 10, 5), n1)
+    bridge = cluster.add_switch(1)
+    cluster.add_switch(2)
+    cluster.controller.log_format = "json"
+    cluster.controller.start(tmp_path)
+    cluster.wait_converged()
+    desired = cluster.desired_lines(node_ip(1))
+    ofctl = cluster.ovs.ofctl
+
+    # the whole table deleted: everything back (the other switch untouched)
+    assert repaired(cluster, lambda: ofctl("del-flows", bridge), "del-flows") == {
+        "add": len(desired), "monitor": 1}  # fmt: skip
+    # one remote lease's route deleted: that one flow back, alone
+    route = f"table=20,priority=100,ip,nw_dst={n2.subnet}"
+    assert repaired(cluster, lambda: ofctl("del-flows", "--strict", bridge, route), "one route") == {
+        "add": 1, "monitor": 1}  # fmt: skip
+    # a stray flow added: deleted
+    assert repaired(cluster, lambda: ofctl(
+        "add-flow", bridge, "table=0,priority=500,actions=drop"), "a stray flow") == {
+        "delete": 1, "monitor": 1}  # fmt: skip
+    # a route's actions changed in place (it now drops): re-added as it must be
+    assert repaired(cluster, lambda: ofctl(
+        "mod-flows", "--strict", bridge, f"table=20,priority=100,ip,nw_dst={n3.subnet},actions=drop"),
+        "a modified route") == {"add": 1, "monitor": 1}  # fmt: skip
+
+    lines = [json.loads(line) for line in cluster.controller.log().splitlines()
+             if line.startswith("{")]  # fmt: skip
+    drift = [r for r in lines if r.get("event") == "drift"]
+    assert [(r["node"], r["level"]) for r in drift] == [(str(node_ip(1)), "warning")] * 4
+    assert "another OpenFlow client changed 1 flows (1 modified), e.g. modified " \
+        f"cookie={subnet_cookie(n3.subnet):#x},table=20" in drift[-1]["message"]  # fmt: skip
+    assert sum(r.get("event") == "drift_repaired" for r in lines) == 4
+    assert cluster.controller.metric("vxflow_controller_drift_repair_seconds_count") == 4
+
+    # steady state: a minute without one flow-mod, audits included (they find nothing)
+    cluster.controller.stop()
+    cluster.controller.audit_interval = 5
+    cluster.controller.start(tmp_path)
+    wait_for("the restarted controller's sync", lambda: cluster.controller.metric(
+        "vxflow_controller_readbacks_total", reason="mastership") == 2)  # fmt: skip
+    cluster.wait_converged()
+    time.sleep(1)
+    before = counts(cluster)
+    time.sleep(60)
+    after = counts(cluster)
+    assert after == before, moved(before, after)
+    assert cluster.controller.metric("vxflow_controller_readbacks_total", reason="audit") >= 20
+    assert cluster.controller.metric("vxflow_controller_openflow_errors_total") == 0
+
+
+def test_a_burst_too_large_to_report_pauses_the_monitor_and_a_readback_repairs_it(
+    cluster: Cluster, tmp_path: Path
+):
+    """200,000 stray flows in one bundle while the controller cannot read (SIGSTOP):
+    ovs-vswitchd's queue to it overflows the sockets, so it pauses the monitor, resumes
+    it later, and the readback that follows finds every stray flow that was not
+    reported; each is deleted by its key (fast: OVS need not scan a cookie's flows)."""
+    cluster.lease(1)
+    cluster.lease(2)
+    bridge = cluster.add_switch(1)
+    cluster.controller.start(tmp_path)
+    cluster.wait_converged()
+    strays = "".join(f"table=30,priority=50,ip,nw_dst=10.{i // 62500}.{i // 250 % 250}.{i % 250},actions=drop\n"
+                     for i in range(STRAYS))  # fmt: skip
+    cluster.controller.proc.send_signal(signal.SIGSTOP)  # it cannot read: the backlog grows
+    try:
+        cluster.ovs.ofctl("add-flows", "--bundle", bridge, "-", input=strays)
+    finally:
+        cluster.controller.proc.send_signal(signal.SIGCONT)
+    cluster.wait_converged(timeout=60)
+    c = cluster.controller
+    assert c.metric("vxflow_controller_flow_monitor_pauses_total") >= 1
+    assert c.metric("vxflow_controller_readbacks_total", reason="monitor") >= 1
+    assert c.metric("vxflow_controller_flow_mods_total", command="delete") == STRAYS
+    assert "paused its flow monitor" in c.log()
+    warnings = c.log().count("WARNING controller.switch: switch 198.18.0.1: another OpenFlow")
+    assert 1 <= warnings <= 5, warnings  # one line per repair, not one per monitor reply
+
+
+def test_only_the_master_repairs_a_slave_watches(cluster: Cluster, tmp_path: Path):
+    """Two replicas, each master of one switch: a change on either is repaired by its
+    master alone; the slave, subscribed too, writes nothing and is refused nothing."""
+    for i in (1, 2):
+        cluster.lease(i)
+        cluster.add_switch(i)
+    r1 = cluster.controller
+    r1.member_id, r1.member_ttl = "r1", 3
+    r2 = cluster.add_replica(member_id="r2", member_ttl=3)
+    for replica in (r1, r2):
+        replica.start(tmp_path)
+    cluster.point_switches_at([r1, r2])
+
+    def settled() -> bool:
+        roles = [cluster.roles(b) for b in cluster.bridges.values()]
+        return all(sorted(r.values()) == ["master", "slave"] for r in roles)
+
+    wait_for("one master and one slave per switch", settled)
+    cluster.wait_converged()
+    writes = {r.member_id: r.metric("vxflow_controller_flow_mods_total", command="add")
+              for r in (r1, r2)}  # fmt: skip
+    for bridge in cluster.bridges.values():
+        cluster.ovs.ofctl("del-flows", bridge, "table=10")
+    cluster.wait_converged(timeout=10)
+    for replica in (r1, r2):
+        assert replica.metric("vxflow_controller_writes_refused_total") == 0
+    master_of = {t: r for r in (r1, r2) for t in [r.target]}
+    repairs = {}
+    for bridge in cluster.bridges.values():
+        (target,) = [t for t, role in cluster.roles(bridge).items() if role == "master"]
+        repairs.setdefault(master_of[target].member_id, 0)
+        repairs[master_of[target].member_id] += 1
+    for replica in (r1, r2):
+        wait_for(f"{replica.member_id}'s repairs", lambda r=replica: r.metric(
+            "vxflow_controller_drift_repairs_total", found_by="monitor") == repairs.get(
+            r.member_id, 0))  # fmt: skip
+        if replica.member_id not in repairs:
+            assert replica.metric("vxflow_controller_flow_mods_total", command="add") == (
+                writes[replica.member_id])  # fmt: skip

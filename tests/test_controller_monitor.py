@@ -1,0 +1,171 @@
+"""Drift reported by a switch's flow monitor: the wire format (against os-ken's own) and the
+scoped repair it starts (pure: a recording channel, no switch)."""
+
+from __future__ import annotations
+
+import struct
+
+from os_ken.ofproto import ofproto_protocol
+from os_ken.ofproto import ofproto_v1_4 as ofp
+from os_ken.ofproto import ofproto_v1_4_parser as parser
+
+from controller import metrics, monitor, ofwire
+from controller.monitor import FlowChange, Paused, Resumed
+from controller.switch import State
+from flows.compiler import compile_node, subnet_cookie
+from flows.flow import Flow, Table, flow, output, to_ofctl
+from tests.test_controller_sync import (
+    CONFIG,
+    bare_mods,
+    land_bare,
+    lease,
+    make,
+    model_with,
+    read_back,
+)
+
+_HEAD = struct.Struct("!HHBBHHH4xQ")
+
+
+def full_update(event: int, f: Flow) -> bytes:
+    """An OFPFME_ADDED/MODIFIED/REMOVED update as OVS sends it (no instructions if removed)."""
+    body = ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, 1)[48:]
+    if event == monitor.OFPFME_REMOVED:
+        mlen = struct.unpack_from("!H", body, 2)[0]
+        body = body[: (mlen + 7) // 8 * 8]
+    return _HEAD.pack(_HEAD.size + len(body), event, f.table, 0, 0, 0, f.priority, f.cookie) + body
+
+
+def abbrev(xid: int) -> bytes:
+    return struct.pack("!HHI", 8, monitor.OFPFME_ABBREV, xid)
+
+
+def marker(event: int) -> bytes:
+    return struct.pack("!HH4x", 8, event)
+
+
+def test_request_is_byte_identical_to_osken():
+    dp = ofproto_protocol.ProtocolDesc(version=ofp.OFP_VERSION)
+    msg = parser.OFPFlowMonitorRequest(
+        dp, 0, monitor.MONITOR_ID, ofp.OFPP_ANY, ofp.OFPG_ANY,
+        ofp.OFPFMF_ADD | ofp.OFPFMF_REMOVED | ofp.OFPFMF_MODIFY | ofp.OFPFMF_INSTRUCTIONS,
+        ofp.OFPTT_ALL, ofp.OFPFMC_ADD, parser.OFPMatch(),
+    )  # fmt: skip
+    msg.set_xid(0x42)
+    msg.serialize()
+    assert monitor.encode_request(0x42) == bytes(msg.buf)
+
+
+def test_updates_decode_to_flows_and_markers_own_changes_skipped():
+    table = sorted(compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip),
+                   key=lambda f: (f.table, f.priority))  # fmt: skip
+    added, removed = table[-1], table[0]
+    body = (abbrev(7) + full_update(monitor.OFPFME_ADDED, added)
+            + full_update(monitor.OFPFME_REMOVED, removed) + marker(monitor.OFPFME_PAUSED)
+            + marker(monitor.OFPFME_RESUMED))  # fmt: skip
+    updates = list(monitor.decode_updates(body))
+    key_only = Flow(removed.table, removed.priority, removed.match, (), removed.cookie)
+    assert updates[:2] == [FlowChange(added, "added"), FlowChange(key_only, "removed")]
+    assert [type(u) for u in updates[2:]] == [Paused, Resumed]
+    assert list(monitor.decode_updates(body[:-3])) == updates[:3]  # a cut update ends the body
+
+
+def synced(model, i: int = 1):
+    sync, channel, delayed = make(model, lease(i).public_ip)
+    sync.start()
+    read_back(sync, channel, compile_node(CONFIG, model.leases(), [], lease(i).public_ip))
+    assert channel.take() == []
+    return sync, channel, delayed
+
+
+def route_of(i: int, table) -> Flow:
+    return next(f for f in table if f.cookie == subnet_cookie(lease(i).subnet))
+
+
+def test_a_removed_flow_is_put_back_and_nothing_else_is_touched():
+    model = model_with(lease(1), lease(2), lease(3))
+    sync, channel, _ = synced(model)
+    route = route_of(2, sync.installed.values())
+    before = metrics.DRIFT_FOUND["monitor"]._value.get()
+    monitor.deliver(full_update(monitor.OFPFME_REMOVED, route), sync)
+    sent = channel.take()
+    assert bare_mods(sent) == [ofwire.OFPFC_ADD]
+    assert sent[0][2] == ofwire.encode_flow_mod(route, ofwire.OFPFC_ADD, sent[0][1])
+    land_bare(sync, sent)
+    assert route in sync.installed.values() and sync.state is State.IDLE
+    assert metrics.DRIFT_FOUND["monitor"]._value.get() == before + 1
+    assert channel.take() == []
+
+
+def test_a_stray_flow_is_deleted_and_a_modified_one_restored(caplog):
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = synced(model)
+    stray = flow(Table.CLASSIFY, 500, {}, (), 0)
+    monitor.deliver(full_update(monitor.OFPFME_ADDED, stray), sync)
+    sent = channel.take()
+    assert bare_mods(sent) == [ofwire.OFPFC_DELETE_STRICT]
+    land_bare(sync, sent)
+    assert stray.key not in sync.installed
+    line = f"another OpenFlow client changed 1 flows (1 added), e.g. added {to_ofctl(stray)}"
+    assert line in caplog.text
+
+    route = route_of(2, sync.installed.values())
+    hijacked = Flow(route.table, route.priority, route.match, (output(5),), route.cookie)
+    monitor.deliver(full_update(monitor.OFPFME_MODIFIED, hijacked), sync)
+    sent = channel.take()
+    assert sent[0][2] == ofwire.encode_flow_mod(route, ofwire.OFPFC_ADD, sent[0][1])
+    land_bare(sync, sent)
+    assert sync.installed[route.key] == route
+
+
+def test_own_changes_slaves_and_readbacks_never_start_a_repair():
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = synced(model)
+    route = route_of(2, sync.installed.values())
+    monitor.deliver(abbrev(1234), sync)  # our own flow-mod, abbreviated by the switch
+    assert channel.take() == []
+
+    sync.audit()  # a readback is under way: it sees the change itself
+    read, group_read = channel.take()  # flow stats, group desc
+    monitor.deliver(full_update(monitor.OFPFME_REMOVED, route), sync)
+    assert channel.take() == [] and route.key in sync.installed
+    sync.on_flow_stats(read[1], b"", more=False)  # ...and found the table empty
+    sync.on_group_desc(group_read[1], b"", more=False)
+    assert len(bare_mods(channel.take())) == 0  # one bundle of everything instead
+
+    slave, slave_channel, _ = make(model, lease(2).public_ip)
+    slave.master = False
+    monitor.deliver(full_update(monitor.OFPFME_REMOVED, route), slave)
+    assert slave_channel.take() == [] and slave.installed == {}
+
+
+def test_a_paused_monitor_is_trusted_again_only_after_a_readback():
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = synced(model)
+    route = route_of(2, sync.installed.values())
+    monitor.deliver(marker(monitor.OFPFME_PAUSED) + full_update(monitor.OFPFME_REMOVED, route),
+                    sync)  # fmt: skip
+    assert channel.take() == [] and route.key in sync.installed
+    monitor.deliver(marker(monitor.OFPFME_RESUMED), sync)
+    assert [m[0] for m in channel.take()] == [ofwire.OFPT_MULTIPART_REQUEST] * 2  # a readback
+
+
+def test_unknown_actions_read_back_from_a_switch_are_shown():
+    foreign = Flow(0, 5, (), (("unknown_action", "ffff0010"),), 0)
+    assert to_ofctl(foreign) == "cookie=0x0,table=0,priority=5 actions=unknown_action(ffff0010)"
+
+
+def test_the_audit_repairs_what_no_monitor_reported(caplog):
+    """The backstop: a readback finds a route gone that no update reported."""
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = synced(model)
+    route = route_of(2, sync.installed.values())
+    before = metrics.DRIFT_FOUND["audit"]._value.get()
+    sync.audit()
+    read_back(sync, channel, [f for f in sync.installed.values() if f != route])
+    sent = channel.take()
+    assert bare_mods(sent) == [ofwire.OFPFC_ADD]
+    land_bare(sync, sent)
+    assert metrics.DRIFT_FOUND["audit"]._value.get() == before + 1
+    line = f"switch {lease(1).public_ip} drifted: 1 flows missing or wrong, 0 unexpected"
+    assert f"{line}, 0 groups differ (found by a readback: audit)" in caplog.text
