@@ -252,8 +252,8 @@ def b7(r: dict[str, Any]) -> list[str]:
 def b7_drift(r: dict[str, Any]) -> list[str]:
     lines = ["### B7 drift repair (hand-made change -> repair landed)", "", *_head(r),
              f"One real bridge with {r['flows']} flows ({r['leases']} leases); {r['tries']} "
-             "`ovs-ofctl` changes cycling four kinds; both ends reported by the bridge's own "
-             "flow monitor; audits off.", "",
+             "hand-made flow-mods on its management socket, cycling four kinds; from sending "
+             "the change to the bridge's own flow monitor reporting the repair; audits off.", "",
              "| change | n | p50 | p99 | max |", "|---|---|---|---|---|"]  # fmt: skip
     for label, x in [("all", r["repair_s"]), *r["by_kind"].items()]:
         lines.append(f"| {label} | {x['n']} | {_ms(x['p50'])} | {_ms(x['p99'])} | {_ms(x['max'])} |")
