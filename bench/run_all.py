@@ -23,6 +23,7 @@ BENCHMARKS = (
     ("B6 pod attach", ["bench.b6_attach"]),
     ("B7 services", ["bench.b7_services"]),
     ("B7 drift repair", ["bench.b7_drift_repair"]),
+    ("B8 switch restart", ["bench.b8_switch_restart"]),
     ("profile: compile", ["bench.profile", "compile"]),
     ("profile: encode", ["bench.profile", "encode"]),
     ("profile: sync", ["bench.profile", "sync"]),

@@ -262,11 +262,33 @@ def b7_drift(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def b8(r: dict[str, Any]) -> list[str]:
+    lines = ["### B8 switch restart (ovs-vswitchd back -> pod traffic across nodes)", "",
+             *_head(r),
+             f"Two-node cluster; a pod pings one on the other node every "
+             f"{r['interval_s'] * 1e3:.0f} ms while n1's ovs-vswitchd restarts, {r['tries']} times "
+             "each way, alternating.", "",
+             "| restart | n | traffic again after the process is back p50 | max | outage p50 "
+             "| pings lost p50 | process down p50 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for kind, label in (("crash", "kill -9, start"),
+                        ("planned", "`ovs-ctl restart`'s sequence (flow-restore-wait)")):  # fmt: skip
+        x = r[kind]
+        lines.append(
+            f"| {label} | {x['resumed_after_ready_s']['n']} | "
+            f"{_ms(x['resumed_after_ready_s']['p50'])} | {_ms(x['resumed_after_ready_s']['max'])} | "
+            f"{_ms(x['outage_s']['p50'])} | {x['lost']['p50']:.0f} | {_ms(x['down_s']['p50'])} |"
+        )  # fmt: skip
+    met = "met" if r["goal_met"] else "NOT met"
+    lines += ["", f"Goal: traffic again <= 1 s after ovs-vswitchd is back: {met}."]
+    return lines
+
+
 def render(results_dir: Path) -> str:
     out: list[str] = []
     for name, fn in (("b1_flow_rate", b1), ("b2_convergence", b2), ("b3_cold_start", b3),
                      ("b4_dataplane", b4), ("b5_failover", b5), ("b6_attach", b6),
-                     ("b7_services", b7), ("b7_drift_repair", b7_drift)):  # fmt: skip
+                     ("b7_services", b7), ("b7_drift_repair", b7_drift),
+                     ("b8_switch_restart", b8)):  # fmt: skip
         r = _load(name, results_dir)
         out += (fn(r) if r else [f"### {name}", "", "_no results yet_"]) + [""]
     return "\n".join(out)

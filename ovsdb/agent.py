@@ -99,6 +99,7 @@ class AgentSettings:
     resync_interval: float = 30.0
     masq_interval: float = 5.0  # how often the masquerade rules are checked (flannel: 5 s)
     max_backoff: float = 30.0
+    flow_restore_timeout: float = 10.0  # clear a flow-restore-wait nothing was restored under
     lease_ttl: int = LEASE_TTL_SECONDS
     renew_margin: int = RENEW_MARGIN_SECONDS
     metrics_port: int = 0  # serve Prometheus metrics on metrics_listen:PORT; 0 = off
@@ -159,6 +160,7 @@ class Agent:
         self._masq: IpMasq | None = None
         self._masq_at = 0.0  # next check of the masquerade rules
         self._masq_settled = False  # without --ip-masq: our table is gone, nothing more to do
+        self._restore_wait_since: float | None = None  # flow-restore-wait seen, no controller
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -314,6 +316,8 @@ class Agent:
                 metrics.OVSDB_RECONNECTS.inc(connected)
                 was_connected = connected
             metrics.OVSDB_CONNECTED.set(connected)
+            if connected:  # before any etcd work, which may wait out its timeout
+                self._flow_restore_wait(idl, now)
             published = False
             if connected and (self._dirty or now >= next_resync):
                 if now >= next_resync:
@@ -333,8 +337,6 @@ class Agent:
             if now >= self._masq_at:
                 self._masq_at = now + self.settings.masq_interval
                 self._ip_masq()
-            if connected and flow_restore_wait_set(idl):
-                self._maybe_clear_flow_restore_wait(idl)
 
     def _converge(self, idl) -> bool:
         try:
@@ -474,9 +476,39 @@ class Agent:
             log.info("removed endpoint %s", ip)
         metrics.ENDPOINTS.set(len(self._published))
 
-    def _maybe_clear_flow_restore_wait(self, idl) -> None:
+    def _flow_restore_wait(self, idl, now: float) -> None:
+        """Clear flow-restore-wait where the restart that set it left it behind.
+
+        An ovs-vswitchd that starts with it set connects to no controller until
+        it is cleared (OVS 3.1), so leaving it set blackholes the node for good.
+        The restart tooling (`ovs-ctl restart`, Debian's service restart) sets it,
+        restores the saved flows through the management socket and clears it.
+        The agent clears it when the waiting switch holds flows again (restored),
+        or after `flow_restore_timeout` with none (nothing to restore: the
+        controller syncs the bridge once it may connect). While a controller is
+        connected, the running ovs-vswitchd is not waiting: the key was set
+        ahead of a restart, for the restart to use, and stays.
+        """
         bridge = self.settings.options.bridge
-        if not controller_connected(idl, bridge):
+        if not flow_restore_wait_set(idl) or controller_connected(idl, bridge):
+            self._restore_wait_since = None
             return
+        if self._restore_wait_since is None:
+            self._restore_wait_since = now
+        waited = now - self._restore_wait_since
         if (flow_count(self.settings.ovsdb, bridge) or 0) > 0:
-            clear_flow_restore_wait(idl)
+            why = "restored"
+        elif waited >= self.settings.flow_restore_timeout:
+            why = "timeout"
+        else:
+            return
+        clear_flow_restore_wait(idl)
+        metrics.FLOW_RESTORE_WAIT_CLEARED.labels(why).inc()
+        self._restore_wait_since = None
+        if why == "restored":
+            log.info("%s holds its restored flows: cleared flow-restore-wait so ovs-vswitchd "
+                     "connects to its controllers", bridge, extra={"event": "flow_restore_wait"})  # fmt: skip
+        else:
+            log.warning("flow-restore-wait was set and %s stayed empty for %.0fs: nothing was "
+                        "restored; cleared it so the controller can program the bridge", bridge,
+                        waited, extra={"event": "flow_restore_wait"})  # fmt: skip

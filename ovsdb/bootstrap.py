@@ -13,11 +13,11 @@ the bridge itself only the columns and other_config/external_ids keys listed
 here are managed, so keys others write (the controller's round number, an
 operator's settings) survive every run.
 
-flow-restore-wait: the operator (or emulation) sets
-`Open_vSwitch other_config:flow-restore-wait=true` before ovs-vswitchd starts.
-`clear_flow_restore_wait()` removes it; the agent calls it once a controller
-is connected to the bridge *and* the bridge holds at least one flow — the
-controller's first full sync is one atomic bundle, so any flow means it landed.
+flow-restore-wait: a planned restart of ovs-vswitchd (`ovs-ctl restart`) sets
+`Open_vSwitch other_config:flow-restore-wait=true` before the new process
+starts, restores the saved flows and removes it; meanwhile the new process
+connects to no controller. `clear_flow_restore_wait()` removes it; the agent
+calls it where a restart left it behind (see `Agent._flow_restore_wait`).
 """
 
 from __future__ import annotations
@@ -50,6 +50,10 @@ DATAPATH_TYPES = ("auto", "system", "netdev")
 TUNNEL_KEYS = ("flow", "vni")
 KERNEL_DATAPATH_MODULE = Path("/sys/module/openvswitch")
 FLOW_RESTORE_WAIT = "flow-restore-wait"
+# OVS retries an unreachable controller with a backoff doubling up to max_backoff (default
+# 8 s): after a controller restart or a failover the switch could wait that long. 1 s is
+# the least OVS accepts; the connection attempt itself costs nothing while it fails.
+CONTROLLER_MAX_BACKOFF_MS = 1000
 
 
 class BootstrapError(RuntimeError):
@@ -295,14 +299,15 @@ def _plan_bridge(plan: _Plan, state: BridgeState):
     plan.ensure(bridge, "protocols", list(state.protocols), what)
     plan.ensure_keys(bridge, "other_config", dict(state.other_config), what)
     have = {c.target: c for c in _get(bridge, "controller", [])}
+    rows = []
+    for target in state.controllers:
+        row = have.get(target)
+        if row is None:
+            row = plan.insert("Controller")
+            row.target = target
+        plan.ensure(row, "max_backoff", [CONTROLLER_MAX_BACKOFF_MS], f"controller {target}")
+        rows.append(row)
     if sorted(have) != list(state.controllers):
-        rows = []
-        for target in state.controllers:
-            row = have.get(target)
-            if row is None:
-                row = plan.insert("Controller")
-                row.target = target
-            rows.append(row)
         plan.note(
             bridge, f"{what} controller: {sorted(have) or '(none)'} -> {list(state.controllers)}"
         )

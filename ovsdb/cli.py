@@ -263,6 +263,11 @@ def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
               default="/run/vxflow/cni.sock", show_default=True,
               help="Serve the CNI plugin's calls here (root only), for the `vxflow` executable "
                    "that `vxflow-cni install` writes; '' serves none.")  # fmt: skip
+@click.option("--flow-restore-timeout", type=click.FloatRange(min=0), default=10.0,
+              show_default=True,
+              help="Seconds a flow-restore-wait left set with an empty bridge is kept before "
+                   "the agent clears it (while it is set, ovs-vswitchd connects to no "
+                   "controller); a bridge whose flows were restored is cleared at once.")  # fmt: skip
 @metrics_options("VXFLOW_AGENT")
 @click.pass_context
 @node_errors
@@ -288,6 +293,7 @@ def agent(ctx: click.Context, **params: Any) -> None:
         resync_interval=params["resync_interval"],
         renew_margin=params["subnet_lease_renew_margin"] * 60,
         lease_ttl=params["subnet_lease_ttl"],
+        flow_restore_timeout=params["flow_restore_timeout"],
         metrics_port=params["metrics_port"],
         metrics_listen=params["metrics_listen"],
     )

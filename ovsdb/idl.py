@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OVSDB = "unix:/var/run/openvswitch/db.sock"
 DB_NAME = "Open_vSwitch"
+RECONNECT_MAX_BACKOFF_MS = 1000
 # Only the columns bootstrap and the agent use: statistics and status columns that
 # ovs-vswitchd rewrites every few seconds would otherwise wake the agent for nothing.
 COLUMNS = {
@@ -31,7 +32,7 @@ COLUMNS = {
     "Port": ["name", "interfaces", "external_ids"],
     "Interface": ["name", "type", "options", "ofport", "ofport_request", "mac", "mtu_request",
                   "external_ids", "error"],
-    "Controller": ["target", "is_connected"],
+    "Controller": ["target", "is_connected", "max_backoff"],
     "SSL": ["private_key", "certificate", "ca_cert", "external_ids"],
 }  # fmt: skip
 
@@ -70,6 +71,9 @@ def connect(remote: str, timeout: float = 10.0) -> ovs.db.idl.Idl:
     for table, columns in COLUMNS.items():
         helper.register_columns(table, columns)
     idl = ovs.db.idl.Idl(remote, helper)
+    # python-ovs backs off up to 8 s between attempts: a restarted ovsdb-server (an OVS
+    # upgrade restarts it) would wait that long for the agent; 1 s is its least
+    idl._session.reconnect.set_backoff(1000, RECONNECT_MAX_BACKOFF_MS)
     deadline = time.monotonic() + timeout
     while not idl.has_ever_connected():
         if time.monotonic() > deadline:

@@ -53,6 +53,11 @@ OVSDB_CONNECTED = Gauge("vxflow_agent_ovsdb_connected", "1 while the OVSDB sessi
 OVSDB_RECONNECTS = Counter(
     "vxflow_agent_ovsdb_reconnects", "times the OVSDB session came back after being lost"
 )
+FLOW_RESTORE_WAIT_CLEARED = Counter(
+    "vxflow_agent_flow_restore_wait_cleared",
+    "times the agent cleared other_config:flow-restore-wait a restart left set, by why",
+    ["why"],  # restored (the bridge holds flows again) | timeout (nothing was restored)
+)
 MASQ_INSTALLS = Counter(
     "vxflow_agent_ipmasq_installs", "Times the masquerade rules were (re)installed"
 )

@@ -138,6 +138,9 @@ class Underlay:
         )  # fmt: skip
         node.run("ip", "addr", "add", f"{node.underlay_ip}/24", "dev", "br-phy")
         node.run("ip", "link", "set", "br-phy", "up")
+        # the kernel's ARP entries go with br-phy's carrier when ovs-vswitchd restarts, and
+        # the first request is lost: retry it in 100 ms, not 1 s (as mininet/vxnodes.py)
+        node.run("sysctl", "-qw", "net.ipv4.neigh.br-phy.retrans_time_ms=100")
 
     def add_pod(self, node: Node, ip: str, mac: str, bridge: str = "br-int") -> Pod:
         """A pod namespace joined to `bridge` on `node` by veth (MTU 1450, offload off)."""

@@ -96,6 +96,16 @@ def test_b7_drift_repair_tiny(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
+def test_b8_switch_restart_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b8_switch_restart", "--tries", "1", "--settle", "2",
+                  timeout=290)  # fmt: skip
+    for kind in ("crash", "planned"):
+        resumed = r[kind]["resumed_after_ready_s"]
+        assert resumed["n"] == 1 and 0 < resumed["max"] < 2, kind
+        assert r[kind]["lost"]["max"] >= 0 and r[kind]["outage_s"]["max"] > 0
+
+
+@pytest.mark.e2e
 def test_b4_dataplane_tiny(tmp_path: Path) -> None:
     r = run_bench(tmp_path, "bench.b4_dataplane", "--rounds", "1", "--pings", "20",
                   "--seconds", "1", timeout=290)  # fmt: skip

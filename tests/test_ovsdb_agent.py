@@ -306,46 +306,75 @@ def test_agent_follows_a_config_change_at_once_and_its_metrics_move(cluster1: Cl
     assert "network config changed" in agent.log_text()
 
 
-# The smallest OpenFlow peer: HELLO, then echo replies. It only stands in for the
-# controller's connection; the flow that marks the "first sync" is added with ovs-ofctl.
+# The smallest OpenFlow peer: HELLO, then echo replies, on every connection. It only
+# stands in for the controller's connection (a flow-restore-wait ends it).
 OF_PEER = """
-import socket, struct, sys
+import socket, struct, sys, threading
+def serve(conn):
+    conn.sendall(struct.pack("!BBHI", 4, 0, 8, 1)); buf = b""
+    while data := conn.recv(65536):
+        buf += data
+        while len(buf) >= 8 and len(buf) >= struct.unpack("!H", buf[2:4])[0]:
+            version, kind, length, xid = struct.unpack("!BBHI", buf[:8])
+            msg, buf = buf[:length], buf[length:]
+            if kind == 2:
+                conn.sendall(struct.pack("!BBHI", version, 3, length, xid) + msg[8:])
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(1)
-conn, _ = srv.accept(); conn.sendall(struct.pack("!BBHI", 4, 0, 8, 1)); buf = b""
-while data := conn.recv(65536):
-    buf += data
-    while len(buf) >= 8 and len(buf) >= struct.unpack("!H", buf[2:4])[0]:
-        version, kind, length, xid = struct.unpack("!BBHI", buf[:8])
-        msg, buf = buf[:length], buf[length:]
-        if kind == 2:
-            conn.sendall(struct.pack("!BBHI", version, 3, length, xid) + msg[8:])
+srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(4)
+while True:
+    threading.Thread(target=serve, args=(srv.accept()[0],), daemon=True).start()
 """
 
 
 @pytest.mark.integration
-def test_agent_clears_flow_restore_wait_after_first_sync(cluster1: Cluster) -> None:
+def test_agent_clears_a_flow_restore_wait_left_behind_and_only_that(cluster1: Cluster) -> None:
+    """flow-restore-wait set on a running, connected switch (ahead of a restart) stays; a
+    restarted switch waiting with nothing restored is released after --flow-restore-timeout;
+    one whose flows were restored (the tooling died before clearing it) at once."""
     agent = cluster1.agents[0]
     node = agent.node
-    node.ovs.vsctl("set", "Open_vSwitch", ".", "other_config:flow-restore-wait=true")
+    port = free_loopback_port()
+    url = f"http://{node.underlay_ip}:{port}/metrics"
+    agent.extra = ("--flow-restore-timeout", "3", "--metrics-port", str(port),
+                   "--metrics-listen", str(node.underlay_ip))  # fmt: skip
     peer = subprocess.Popen(["ip", "netns", "exec", node.netns, sys.executable, "-c", OF_PEER,
                              "6653"])  # fmt: skip
+
+    def waiting() -> bool:
+        return "flow-restore-wait" in node.ovs.vsctl("get", "Open_vSwitch", ".", "other_config")
+
+    def connected() -> bool:
+        return node.ovs.vsctl("--columns=is_connected", "--bare", "list", "Controller") == "true\n"
+
+    def restart_waiting() -> None:
+        node.ovs.vsctl("set", "Open_vSwitch", ".", "other_config:flow-restore-wait=true")
+        node.ovs.stop_process("ovs-vswitchd")
+        node.ovs.start_vswitchd()
+
     try:
         agent.start()
         agent.subnet()
-        wait_for(
-            lambda: node.ovs.vsctl("--columns=is_connected", "find", "Controller",
-                                   "target=\"tcp:127.0.0.1:6653\"").split()[-1:] == ["true"],
-            "the controller connection",
-        )  # fmt: skip
-        time.sleep(2)  # connected but no flows yet: the switch must keep waiting
-        frw = node.ovs.vsctl("get", "Open_vSwitch", ".", "other_config")
-        assert 'flow-restore-wait="true"' in frw
-        node.ovs.ofctl("add-flow", "br-int", "priority=0,actions=drop")  # the first full sync
-        wait_for(lambda: "flow-restore-wait" not in node.ovs.vsctl(
-            "get", "Open_vSwitch", ".", "other_config"), "flow-restore-wait cleared")  # fmt: skip
-        wait_for(lambda: "cleared Open_vSwitch other_config:flow-restore-wait" in agent.log_text(),
-                 "the agent's log line")  # fmt: skip
+        wait_for(connected, "the controller connection")
+        node.ovs.vsctl("set", "Open_vSwitch", ".", "other_config:flow-restore-wait=true")
+        time.sleep(5)  # longer than the timeout: the running switch is not waiting
+        assert waiting() and connected()
+
+        node.ovs.stop_process("ovs-vswitchd")
+        node.ovs.start_vswitchd()  # starts waiting; nothing restores its flows
+        # etcd is out of reach meanwhile (the node's underlay is on the waiting switch)
+        wait_for(lambda: not waiting(), "flow-restore-wait cleared after the timeout", 30)
+        wait_for(lambda: metric(url, "vxflow_agent_flow_restore_wait_cleared_total",
+                                why="timeout") == 1, "the clearing counted")  # fmt: skip
+        assert "stayed empty for 3s: nothing was restored" in agent.log_text()
+        wait_for(connected, "the controller connection after the restart")
+
+        restart_waiting()
+        wait_for(lambda: "br-int" in node.ovs.appctl("ofproto/list"), "the bridge back")
+        node.ovs.ofctl("add-flow", "br-int", "priority=0,actions=drop")  # restored
+        wait_for(lambda: not waiting(), "flow-restore-wait cleared", 30)
+        wait_for(lambda: metric(url, "vxflow_agent_flow_restore_wait_cleared_total",
+                                why="restored") == 1, "the clearing counted")  # fmt: skip
+        assert "br-int holds its restored flows: cleared flow-restore-wait" in agent.log_text()
     finally:
         agent.stop()
         peer.kill()

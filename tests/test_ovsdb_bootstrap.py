@@ -69,6 +69,7 @@ def test_bootstrap_on_empty_db_then_no_change(booted: Booted) -> None:
     assert f'datapath-id="{datapath_id_for(node.underlay_ip):016x}"' in other
     assert 'disable-in-band="true"' in other
     assert node.ovs.vsctl("get-controller", "br-int").split() == list(CONTROLLERS)
+    assert booted.get("Controller", "br-int", "max_backoff") == "1000"  # OVS's least: reconnect fast
     assert booted.get("Interface", "vxlan0", "type") == "vxlan"
     assert booted.get("Interface", "vxlan0", "options") == (
         f'{{dst_port="8472", key=flow, local_ip="{node.underlay_ip}", remote_ip=flow}}'
@@ -125,6 +126,8 @@ def test_drift_is_repaired_and_foreign_ports_left_alone(booted: Booted) -> None:
     assert booted.get("Interface", "vxlan0", "options").startswith('{dst_port="8472"')
     assert node.ovs.vsctl("br-get-external-id", "br-int", "vxflow-round").strip() == "3"
     assert booted.run() == []
+    ovs.vsctl("set", "Controller", "br-int", "max_backoff=8000")
+    assert booted.run() == ["controller tcp:127.0.0.1:6653 max_backoff: 8000 -> 1000"]
 
     # a port vxflow owns that it no longer wants goes; the foreign one stays as it was
     ovs.vsctl("add-port", "br-int", "stale0", "--", "set", "Interface", "stale0", "type=internal",
