@@ -81,6 +81,13 @@ class Scope:
     def __bool__(self) -> bool:
         return self.full or bool(self.cookies or self.owners)
 
+    @classmethod
+    def of_cookies(cls, cookies: frozenset[int]) -> Scope:
+        """The flows of these cookies' owners: a lease's or an endpoint's by its cookie,
+        the base pipeline (several cookies, one owner) whole."""
+        base = any((o := owner_of(c)) is not None and o[0] is Owner.BASE for c in cookies)
+        return cls(False, cookies, frozenset({Owner.BASE}) if base else frozenset())
+
 
 FULL = Scope(full=True)
 NOTHING = Scope()

@@ -227,7 +227,7 @@ class SwitchSync:
         if self._repair_since is None:
             self._repair_since = time.perf_counter()
         self._repair_flows += len(changes)
-        self.request(Scope(cookies=frozenset(cookies)))
+        self.request(Scope.of_cookies(frozenset(cookies)))
 
     def monitor_paused(self) -> None:
         """The switch stopped reporting changes: trust nothing until it resumes."""

@@ -27,7 +27,8 @@ HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY, EXPERIMENTER = 0, 1, 2, 3, 4
 FEATURES_REPLY, GET_CONFIG_REPLY, PACKET_IN, FLOW_REMOVED, PORT_STATUS = 6, 8, 10, 11, 12
 MULTIPART_REPLY, BARRIER_REPLY, ROLE_REPLY, GET_ASYNC_REPLY = 19, 21, 25, 27
 ROLE_STATUS, BUNDLE_CONTROL = 30, 33
-MP_DESC, MP_FLOW, MP_GROUP_DESC, MP_PORT_DESC = 0, 1, 7, 13
+MP_DESC, MP_FLOW, MP_GROUP_DESC, MP_PORT_DESC, MP_FLOW_MONITOR = 0, 1, 7, 13, 16
+FLOW_UPDATE_FULL_SIZE = 24  # ofp_flow_update_full before its match (controller/monitor.py)
 # what a switch sends a vxflow controller; fixed layouts need no walk
 _EXPECTED = {HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY, EXPERIMENTER, FEATURES_REPLY,
              GET_CONFIG_REPLY, PACKET_IN, FLOW_REMOVED, PORT_STATUS, MULTIPART_REPLY,
@@ -76,11 +77,14 @@ def _match_end(buf: bytes, pos: int, end: int) -> int:
 
 def _flow_stats(buf: bytes, start: int, end: int) -> None:
     for pos, length in records(buf, start, end, 0, FLOW_STATS_SIZE + 8, "flow stats entry"):
-        inst_start = _match_end(buf, pos + FLOW_STATS_SIZE, pos + length)
-        for ipos, ilen in records(buf, inst_start, pos + length, 2, 8, "instruction"):
-            (itype,) = _U16.unpack_from(buf, ipos)
-            if itype in (3, 4, 5):  # write/apply/clear actions: a list of actions
-                _actions(buf, ipos + 8, ipos + ilen)
+        _instructions(buf, _match_end(buf, pos + FLOW_STATS_SIZE, pos + length), pos + length)
+
+
+def _instructions(buf: bytes, start: int, end: int) -> None:
+    for ipos, ilen in records(buf, start, end, 2, 8, "instruction"):
+        (itype,) = _U16.unpack_from(buf, ipos)
+        if itype in (3, 4, 5):  # write/apply/clear actions: a list of actions
+            _actions(buf, ipos + 8, ipos + ilen)
 
 
 def _actions(buf: bytes, start: int, end: int) -> None:
@@ -97,6 +101,17 @@ def _group_desc(buf: bytes, start: int, end: int) -> None:
     for pos, length in records(buf, start, end, 0, GROUP_DESC_SIZE, "group desc entry"):
         for bpos, blen in records(buf, pos + GROUP_DESC_SIZE, pos + length, 0, BUCKET_SIZE, "bucket"):
             _actions(buf, bpos + BUCKET_SIZE, bpos + blen)
+
+
+def _flow_updates(buf: bytes, start: int, end: int) -> None:
+    """A flow monitor's updates: full ones (events 0-3) carry a match and instructions."""
+    for pos, length in records(buf, start, end, 0, 8, "flow update"):
+        (event,) = _U16.unpack_from(buf, pos + 2)
+        if event <= 3:
+            if length < FLOW_UPDATE_FULL_SIZE + 8:
+                raise Malformed(f"flow update at {pos} has length {length}")
+            inst_start = _match_end(buf, pos + FLOW_UPDATE_FULL_SIZE, pos + length)
+            _instructions(buf, inst_start, pos + length)
 
 
 def _ports(buf: bytes, start: int, end: int) -> None:
@@ -126,6 +141,8 @@ def problem(version: int, msg_type: int, buf: bytes) -> str | None:
                 _ports(buf, 16, len(buf))
             elif mp_type == MP_GROUP_DESC:
                 _group_desc(buf, 16, len(buf))
+            elif mp_type == MP_FLOW_MONITOR:
+                _flow_updates(buf, 16, len(buf))
             elif mp_type != MP_DESC:
                 return f"multipart reply of type {mp_type}, which vxflow never asks for"
         elif msg_type == PORT_STATUS:

@@ -9,11 +9,11 @@ from os_ken.ofproto import ofproto_protocol
 from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
 
-from controller import metrics, monitor, ofwire
+from controller import metrics, monitor, ofwire, wirecheck
 from controller.monitor import FlowChange, Paused, Resumed
 from controller.switch import State
-from flows.compiler import compile_node, subnet_cookie
-from flows.flow import Flow, Table, flow, output, to_ofctl
+from flows.compiler import BASE_COOKIE, compile_node, subnet_cookie
+from flows.flow import Flow, Owner, Table, flow, output, owner_of, to_ofctl
 from tests.test_controller_sync import (
     CONFIG,
     bare_mods,
@@ -169,3 +169,31 @@ def test_the_audit_repairs_what_no_monitor_reported(caplog):
     assert metrics.DRIFT_FOUND["audit"]._value.get() == before + 1
     line = f"switch {lease(1).public_ip} drifted: 1 flows missing or wrong, 0 unexpected"
     assert f"{line}, 0 groups differ (found by a readback: audit)" in caplog.text
+
+
+def test_monitor_replies_pass_the_wire_check_and_a_zero_length_update_does_not():
+    table = list(compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip))
+    body = (abbrev(7) + b"".join(full_update(monitor.OFPFME_ADDED, f) for f in table)
+            + full_update(monitor.OFPFME_REMOVED, table[0]) + marker(monitor.OFPFME_PAUSED))  # fmt: skip
+    reply = struct.pack("!BBHIHH4x", 5, 19, 16 + len(body), 0, monitor.OFPMP_FLOW_MONITOR, 0)
+    assert wirecheck.problem(5, 19, reply + body) is None
+    zero = struct.pack("!HH4x", 0, monitor.OFPFME_ADDED)
+    assert "flow update at 16 has length 0" in wirecheck.problem(5, 19, reply + zero)
+    bad = bytearray(full_update(monitor.OFPFME_ADDED, max(table, key=lambda f: len(f.actions))))
+    struct.pack_into("!H", bad, 24 + 2, 4000)  # a match longer than the update
+    assert "match has length 4000" in wirecheck.problem(5, 19, reply + bytes(bad))
+
+
+def test_a_removed_flow_of_the_base_pipeline_is_put_back():
+    """The base pipeline has several cookies (the table-miss drops, the counting drops of
+    tunnel traffic) and one owner: a change to any of them repairs it from the whole."""
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = synced(model)
+    base = [f for f in sync.installed.values() if f.cookie != BASE_COOKIE
+            and (owner_of(f.cookie) or (None,))[0] is Owner.BASE]  # fmt: skip
+    assert base, "the base pipeline has flows under cookies of their own"
+    monitor.deliver(full_update(monitor.OFPFME_REMOVED, base[0]), sync)
+    sent = channel.take()
+    assert sent[0][2] == ofwire.encode_flow_mod(base[0], ofwire.OFPFC_ADD, sent[0][1])
+    land_bare(sync, sent)
+    assert base[0] in sync.installed.values()
