@@ -31,7 +31,7 @@ from os_ken.controller.handler import (
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_4, ofproto_v1_4_parser
 
-from controller import guard, identity, metrics, monitor, ofwire
+from controller import guard, identity, metrics, monitor, ofwire, status
 from controller.model import ClusterModel, Impact
 from controller.options import CONF, etcd_access
 from controller.replica import Coordinator, Membership, advertised_target, default_member_id
@@ -127,6 +127,7 @@ class VxflowController(app_manager.OSKenApp):
         self.membership = Membership(
             Registry(self.endpoints, self.prefix, timeout=max(1.0, ttl / 3), access=self.access),
             member_id, address, ttl, on_change=lambda: self.coordinator.request(),
+            status=status.status_url(CONF.vxflow_metrics_listen, CONF.vxflow_metrics_port, address),
         )  # fmt: skip
         self.coordinator = Coordinator(
             self.membership, Registry(self.endpoints, self.prefix, access=self.access), self.roles,
@@ -148,8 +149,10 @@ class VxflowController(app_manager.OSKenApp):
         if CONF.vxflow_metrics_port:
             # prometheus_client's own server thread blocks under eventlet: serve it green
             server = hub.WSGIServer(
-                (CONF.vxflow_metrics_listen, CONF.vxflow_metrics_port), wsgi_app()
-            )
+                (CONF.vxflow_metrics_listen, CONF.vxflow_metrics_port),
+                wsgi_app({"/status": lambda: status.page(
+                    self.membership, self.model, self.switches, self.roles)}),
+            )  # fmt: skip
             self.threads.append(hub.spawn(server.serve_forever))
             logging.getLogger("os_ken.lib.hub").setLevel(logging.WARNING)  # one line per scrape
         return thread

@@ -72,12 +72,14 @@ class Membership:
         address: str,
         ttl: int,
         on_change: Callable[[], None],
+        status: str = "",
     ) -> None:
         self.registry = registry
         self.id = member_id
         self.address = address
         self.ttl = ttl
         self.on_change = on_change
+        self.status = status  # where this replica's status page is served ("": nowhere)
         self.member: Member | None = None
         self._valid_until = 0.0
         self._lapsed = False
@@ -129,7 +131,7 @@ class Membership:
 
     def _register(self) -> None:
         sent = time.monotonic()
-        member = self.registry.register_member(self.id, self.address, self.ttl)
+        member = self.registry.register_member(self.id, self.address, self.ttl, self.status)
         if member is None:
             self._wait_for_holder()
             return

@@ -147,6 +147,11 @@ class SwitchSync:
     _change: _Change | None = None
     _next_bundle_id: int = 1
     _failures: int = 0
+    # what `vxflow status` shows of this switch (controller/status.py)
+    connected_at: float = field(default_factory=time.time)
+    synced_at: float | None = None  # a change landed, or a full comparison found nothing
+    drift_repairs: int = 0
+    last_error: str = ""  # the last change the switch refused, until one lands
     _monitor_paused: bool = False
     _repair_since: float | None = None  # when a reported foreign change awaits its repair
     _repair_flows: int = 0  # flows reported changed since then
@@ -301,6 +306,7 @@ class SwitchSync:
             elif sent is not None:
                 command, flow = sent
                 verb = "add" if command == ofwire.OFPFC_ADD else "delete"
+                self.last_error = f"error type {err_type} code {code} on {verb} of {to_ofctl(flow)}"
                 log.error(
                     "switch %s rejected %s of flow (error type %d code %d): %s",
                     self.node, verb, err_type, code, to_ofctl(flow),
@@ -314,6 +320,7 @@ class SwitchSync:
         if xid in (self._read_xid, self._group_read_xid) and self.state is State.READING:
             metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
             log.error("switch %s refused the flow readback (type %d code %d)", self.node, err_type, code)
+            self.last_error = f"error type {err_type} code {code} on the flow readback"
             self.state = State.IDLE
             self._retry_later()
             return True
@@ -342,6 +349,8 @@ class SwitchSync:
             return
         metrics.CHANGE_RESULT[change.form, "ok"].inc()
         self._failures = 0
+        self.last_error = ""
+        self.synced_at = time.time()
         for flow in change.diff.delete:
             self._forget(flow.key)
         for g in (*change.group_diff.add, *change.group_diff.modify):
@@ -409,6 +418,7 @@ class SwitchSync:
         )
         if found_by and (diff or group_diff):
             metrics.DRIFT_FOUND[found_by].inc()
+            self.drift_repairs += 1
             log.warning(
                 "switch %s drifted: %d flows missing or wrong, %d unexpected, %d groups "
                 "differ (found by a readback: %s); repairing", self.node,
@@ -417,6 +427,7 @@ class SwitchSync:
             )  # fmt: skip
         elif self._repair_since is not None and diff:
             metrics.DRIFT_FOUND["monitor"].inc()
+            self.drift_repairs += 1
         if diff or group_diff:
             self._send(diff, group_diff)
             return
@@ -424,7 +435,19 @@ class SwitchSync:
         self._send_flushes(self._flushes)
         self._flushes = []
         if scope.full:
+            self.synced_at = time.time()
             self.on_synced(self)
+
+    @property
+    def in_sync(self) -> bool:
+        """Master, idle, nothing pending or failing: the table is what was last asked for."""
+        return (
+            self.master
+            and self.state is State.IDLE
+            and not self._pending
+            and not self._need_readback
+            and not self._failures
+        )
 
     def _start_readback(self) -> None:
         metrics.SYNCS.labels(self._readback_reason).inc()

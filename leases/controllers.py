@@ -5,7 +5,8 @@ endpoints. Both kinds live under vxflow's own sub-prefix and are bound to
 the replica's etcd lease, so a replica that stops renewing vanishes from
 etcd together with every claim it held, in one revision.
 
-    <prefix>/vxflow/controllers/<id>      {"ID": id, "Address": "tcp:IP:PORT" or ""}
+    <prefix>/vxflow/controllers/<id>      {"ID": id, "Address": "tcp:IP:PORT" or "",
+                                           "Status": "http://IP:PORT/status" (optional)}
     <prefix>/vxflow/masters/<dpid, hex>   {"Controller": id}
 
 A claim's mod_revision is the generation_id its holder sends to the switch.
@@ -24,6 +25,7 @@ from leases.validate import Reason, Rejection, _field, _Invalid, _object
 MEMBER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,62}")
 _TARGET = re.compile(r"(tcp|ssl):([0-9.]+):(\d{1,5})")
 _DPID = re.compile(r"[0-9a-f]{16}")
+_STATUS_URL = re.compile(r"http://[0-9.]+:\d{1,5}/[\w./-]*")
 
 
 class ControllerReason:
@@ -75,8 +77,11 @@ def _member(name: str, kv: KV) -> Member:
     problem = target_problem(address) if address else None  # "": not advertised
     if problem:
         raise _Invalid(ControllerReason.BAD_ADDRESS, problem)
+    status = _field(obj, "Status", str) if "Status" in obj else ""
+    if status and not _STATUS_URL.fullmatch(status):
+        raise _Invalid(ControllerReason.BAD_ADDRESS, f"status URL {status!r} is not http://IP:PORT/PATH")
     _bound(kv)
-    return Member(name, address, kv.lease, kv.create_revision)
+    return Member(name, address, kv.lease, kv.create_revision, status)
 
 
 def check_member(kv: KV, name: str) -> Member | Rejection:
@@ -107,7 +112,10 @@ def check_claim(kv: KV, name: str) -> Claim | Rejection:
 
 
 def member_to_json(member: Member) -> str:
-    return json.dumps({"ID": member.id, "Address": member.address}, separators=(",", ":"))
+    value = {"ID": member.id, "Address": member.address}
+    if member.status:
+        value["Status"] = member.status
+    return json.dumps(value, separators=(",", ":"))
 
 
 def claim_to_json(controller: str) -> str:

@@ -91,6 +91,7 @@ class Member:
     address: str
     etcd_lease_id: int = 0
     create_revision: int = 0
+    status: str = ""  # the URL of its read-only status page (`vxflow status` reads it); "": none
 
 
 @dataclass(frozen=True)

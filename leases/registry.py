@@ -380,11 +380,13 @@ class Registry:
 
     # --- controller replicas --------------------------------------------------
 
-    def register_member(self, member_id: str, address: str, ttl: int) -> Member | None:
+    def register_member(
+        self, member_id: str, address: str, ttl: int, status: str = ""
+    ) -> Member | None:
         """Register a controller replica under a new etcd lease of `ttl` seconds, only if
         no replica holds `member_id` now; None if one does (its key is left alone)."""
         lease = self.etcd.grant(ttl)
-        member = Member(member_id, address, lease)
+        member = Member(member_id, address, lease, status=status)
         key = self.keys.member(member_id)
         revision = self.etcd.put_all_if([(key, member_to_json(member), 0)], lease=lease)
         if revision is None:

@@ -30,6 +30,7 @@ class Replica:
     options: Sequence[str] = ()  # e.g. ("--member-ttl", "3"), TLS's --ctl-privkey ...
     tls: bool = False  # options make it listen for OpenFlow over TLS
     port: int = 0
+    metrics_port: int = 0  # its metrics and status page on 127.0.0.1 (`vxflow status` reads it)
     proc: subprocess.Popen | None = None
 
     @property
@@ -38,11 +39,13 @@ class Replica:
 
     def start(self, etcd_flags: Sequence[str], timeout: float = 30) -> Replica:
         self.port = self.port or free_loopback_port()
+        self.metrics_port = self.metrics_port or free_loopback_port()
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [
                     _venv_tool("vxflow"), "controller", *etcd_flags, "--id", self.id,
-                    "--listen", str(ROOT_IP), "--port", str(self.port), *self.options,
+                    "--listen", str(ROOT_IP), "--port", str(self.port),
+                    "--metrics-port", str(self.metrics_port), *self.options,
                 ],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -25,6 +25,7 @@ _COMMANDS = (
     ("controller.cli", "flows"),
     ("vxflow.demo", "demo"),
     ("vxflow.pki", "pki"),
+    ("vxflow.status", "status"),
 )
 
 # Commands that run os-ken's eventlet hub. It must monkey-patch before anything imports

@@ -1,0 +1,110 @@
+"""`vxflow status`'s report from etcd's view and the replicas' pages (pure)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from leases.keys import KeyKind
+from leases.model import Claim, Endpoint, Member, NetworkConfig, datapath_id_for
+from leases.state import Snapshot
+from leases.validate import Rejection
+from tests.test_controller_sync import lease
+from vxflow.health import assess, render
+
+CONFIG = NetworkConfig(IPv4Network("198.19.0.0/16"))
+R1 = Member("r1", "tcp:198.18.0.254:6653", 7, 3, "http://127.0.0.1:9101/status")
+
+
+def snap(**kw) -> Snapshot:
+    base = dict(config=CONFIG, leases=(lease(1), lease(2)), endpoints=(
+        Endpoint(lease(1).subnet, IPv4Address("198.19.1.10"), "02:00:00:00:00:0a", 5),),
+        revision=42, members=(R1,), claims=tuple(
+            Claim(datapath_id_for(lease(i).public_ip), "r1", 10 + i, 7) for i in (1, 2)))  # fmt: skip
+    return Snapshot(**{**base, **kw})
+
+
+def switch(i: int, role: str = "master", **kw) -> dict:
+    entry = {"datapath_id": f"{datapath_id_for(lease(i).public_ip):016x}",
+             "node": str(lease(i).public_ip), "role": role, "generation": 10 + i}  # fmt: skip
+    if role == "master":
+        entry.update(in_sync=True, flows_installed=20, flows_desired=20, flows_differing=0,
+                     last_sync=1000.0, drift_repairs=1, last_error="")  # fmt: skip
+    return {**entry, **kw}
+
+
+def page(*switches: dict, valid: bool = True) -> dict:
+    return {"member": "r1", "member_valid": valid, "switches": list(switches)}
+
+
+TTLS = {str(lease(1).subnet): 3600, str(lease(2).subnet): None}
+
+
+def test_a_healthy_cluster_and_its_screen():
+    report = assess(snap(), TTLS, {"r1": page(switch(1), switch(2))})
+    assert report.healthy and report.problems == []
+    one, two = report.nodes
+    assert (one.master, one.generation, one.connected_to, one.pods) == ("r1", 11, ["r1"], 1)
+    assert (one.flows_installed, one.flows_desired, one.drift_repairs) == (20, 20, 1)
+    assert two.ttl is None  # a reservation
+    text = render(report, now=1010.0).splitlines()
+    assert text[0] == "network 198.19.0.0/16, /24 subnets, VXLAN VNI 1 port 8472 (etcd revision 42)"
+    assert text[3].split() == ["198.18.0.1", "198.19.1.0/24", "3600s", "connected", "r1", "(11)",
+                               "20/20", "10s", "ago", "1", "1"]  # fmt: skip
+    assert text[4].split()[2] == "reserved"
+    assert text[7].split() == ["r1", "tcp:198.18.0.254:6653", "2", "2",
+                               "http://127.0.0.1:9101/status"]  # fmt: skip
+    assert text[-1] == "healthy"
+    assert report.to_json()["healthy"] is True
+
+
+def test_each_kind_of_trouble_is_one_problem():
+    differ = switch(1, in_sync=False, flows_differing=3, last_error="error type 5 code 1 on add")
+    orphan = {"datapath_id": f"{datapath_id_for(IPv4Address('198.18.0.9')):016x}",
+              "node": "198.18.0.9", "role": "master"}  # fmt: skip
+    bad = Rejection(KeyKind.LEASE, "/p/subnets/198.19.9.0-24", "bad_value", "VtepMAC is not a MAC")
+    report = assess(snap(rejected=(bad,)), TTLS, {"r1": page(differ, orphan, valid=False)})
+    assert report.problems == [
+        "node 198.18.0.1 (198.19.1.0/24): 3 flows differ from the desired 20; last refused: "
+        "error type 5 code 1 on add",
+        "node 198.18.0.2 (198.19.2.0/24): its switch is not connected to any controller "
+        "(node or ovs-vswitchd down?)",
+        "switch of 198.18.0.9 (76780000c6120009) is connected but its node holds no valid "
+        "lease: it has only the table-miss drops",
+        "controller r1: its membership has lapsed (it does not write to switches)",
+        "rejected lease /p/subnets/198.19.9.0-24: VtepMAC is not a MAC [bad_value]",
+    ]
+    text = render(report, now=0.0)
+    assert "3 flows differ" in text and "DOWN" in text and "REJECTED ETCD ENTRIES" in text
+    assert "5 problem(s):" in text
+
+
+def test_a_slave_only_switch_has_no_master_and_an_unread_page_is_unknown():
+    r2 = Member("r2", "tcp:198.18.0.254:6654", 8, 4, "http://127.0.0.1:9102/status")
+    report = assess(snap(members=(R1, r2)), TTLS, {
+        "r1": page(switch(1, role="slave")), "r2": "http://127.0.0.1:9102/status: timed out"})
+    assert report.problems == [
+        "node 198.18.0.1 (198.19.1.0/24): its switch has no master (connected to r1)",
+        "node 198.18.0.2 (198.19.2.0/24): its switch is not connected to any controller that "
+        "answered (node or ovs-vswitchd down?)",
+        "controller r2: status unknown: http://127.0.0.1:9102/status: timed out",
+    ]
+    assert report.controllers[1].connected is None
+
+
+def test_no_config_no_replica():
+    report = assess(snap(config=None, members=(), claims=()), TTLS, {})
+    assert report.problems == ["no valid network config", "no controller replica is registered"]
+    assert render(report).startswith("network: no valid config (etcd revision 42)")
+
+
+def test_a_member_entry_names_its_status_page_or_is_rejected():
+    from leases.controllers import check_member, member_to_json
+    from tests.test_controller_mastership import member_kv
+
+    raw = member_to_json(R1)
+    assert '"Status":"http://127.0.0.1:9101/status"' in raw
+    assert check_member(member_kv("r1", value=raw), "r1").status == R1.status
+    assert check_member(member_kv("r1"), "r1").status == ""  # a replica without a page
+    bad = raw.replace("http://127.0.0.1:9101/status", "file:///etc/passwd")
+    rejected = check_member(member_kv("r1", value=bad), "r1")
+    assert isinstance(rejected, Rejection) and rejected.reason == "bad_address"

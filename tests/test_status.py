@@ -1,0 +1,127 @@
+"""`vxflow status` against real etcd, a real controller and real ovs-vswitchd bridges: a
+healthy cluster, a drifted switch, a rejected lease, a node down; text, JSON, exit status
+(harness: tests/ofharness.py). The report's logic alone: tests/test_health.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from leases.etcd_server import EtcdServer
+from leases.model import datapath_id_for
+from ovsdb.instance import OvsInstance
+from tests.ofharness import PREFIX, VXFLOW, Cluster, node_ip, pod, running, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cluster(etcd: EtcdServer, ovs: OvsInstance) -> Iterator[Cluster]:
+    with running(etcd, ovs) as c:
+        c.controller.member_id = "r1"
+        yield c
+
+
+def status(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [VXFLOW, "status", "--etcd-endpoints", cluster.etcd.endpoint, "--etcd-prefix", PREFIX,
+         *args], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def report(cluster: Cluster) -> tuple[int, dict]:
+    res = status(cluster, "-o", "json")
+    return res.returncode, json.loads(res.stdout)
+
+
+def nodes(doc: dict) -> dict[str, dict]:
+    return {n["public_ip"]: n for n in doc["nodes"]}
+
+
+def test_status_healthy_drifted_rejected_and_node_down(cluster: Cluster, tmp_path) -> None:
+    n1, n2 = cluster.lease(1), cluster.lease(2)
+    cluster.registry.put_endpoint(pod(n1, 10, 5), n1)
+    b1 = cluster.add_switch(1)
+    b2 = cluster.add_switch(2)
+    cluster.controller.start(tmp_path)
+    cluster.wait_converged()
+    wait_for("a healthy report", lambda: report(cluster)[0] == 0)
+
+    text = status(cluster)
+    assert text.returncode == 0, text.stdout + text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0] == f"network 198.19.0.0/16, /24 subnets, VXLAN VNI 1 port 8472 (etcd " \
+        f"revision {report(cluster)[1]['revision']})"  # fmt: skip
+    row = next(line for line in lines if line.startswith(str(node_ip(1))))
+    flows = len(cluster.dump(b1))
+    assert row.split()[:4] == [str(node_ip(1)), str(n1.subnet), row.split()[2], "connected"]
+    assert "r1 (" in row and f"{flows}/{flows}" in row and row.split()[-1] == "1", row
+    assert lines[-1] == "healthy"
+    assert any(line.startswith("r1 ") and f"http://127.0.0.1:{cluster.controller.metrics_port}"
+               "/status" in line for line in lines)  # fmt: skip
+    rc, doc = report(cluster)
+    assert doc["healthy"] is True and doc["problems"] == []
+    one = nodes(doc)[str(node_ip(1))]
+    claim = cluster.registry.snapshot().claims[0]
+    assert one["master"] == "r1" and one["generation"] == claim.generation
+    assert one["flows_installed"] == one["flows_desired"] == flows and one["in_sync"] is True
+    assert 3500 < one["ttl"] <= 3600 and one["pods"] == 1 and one["connected_to"] == ["r1"]
+    assert doc["controllers"][0]["masters"] == 2 and doc["controllers"][0]["connected"] == 2
+
+    # drifted: switch 1's routing table may hold no more flows, and a new lease needs one
+    routes = len([f for f in cluster.dump(b1) if "table=20" in f])
+    cluster.ovs.vsctl("--", "--id=@ft", "create", "Flow_Table", f"flow_limit={routes}",
+                      "overflow_policy=refuse", "--", "set", "Bridge", b1, "flow_tables:20=@ft")  # fmt: skip
+    n3 = cluster.lease(3)
+    cluster.add_switch(3)
+    wait_for("the drift reported", lambda: any("differ" in p for p in report(cluster)[1]["problems"]))
+    rc, doc = report(cluster)
+    one = nodes(doc)[str(node_ip(1))]
+    assert one["in_sync"] is False and one["flows_differing"] >= 1
+    assert "error type 5 code 1 on add of" in one["last_error"]  # OFPFMFC_TABLE_FULL
+    assert len(doc["problems"]) == 1, doc["problems"]
+    problem = doc["problems"][0]
+    assert problem.startswith(f"node {node_ip(1)} ({n1.subnet}): ") and "flows differ" in problem
+    assert nodes(doc)[str(node_ip(2))]["in_sync"] is True
+    text = status(cluster)
+    assert text.returncode == 1 and "1 problem(s):" in text.stdout and "differ" in text.stdout
+    cluster.ovs.vsctl("clear", "Bridge", b1, "flow_tables")
+    wait_for("the drift repaired", lambda: report(cluster)[0] == 0, 40)
+    cluster.ovs.vsctl("del-br", cluster.bridges.pop(node_ip(3)))
+    cluster.registry.release(n3)
+
+    # a rejected lease: a value that does not match its key
+    key = f"{PREFIX}/subnets/198.19.99.0-24"
+    cluster.registry.etcd.put(key, '{"PublicIP": "198.18.0.9", "BackendType": "vxlan", '
+                              '"BackendData": {"VNI": 1, "VtepMAC": "zz"}}')  # fmt: skip
+    rc, doc = report(cluster)
+    assert rc == 1 and [r["key"] for r in doc["rejected"]] == [key]
+    assert any(p.startswith(f"rejected lease {key}: ") for p in doc["problems"])
+    text = status(cluster)
+    assert "REJECTED ETCD ENTRIES" in text.stdout and key in text.stdout
+    cluster.registry.etcd.delete(key)
+
+    # a node down: its switch is gone, its lease is not
+    cluster.ovs.vsctl("del-br", b2)
+    del cluster.bridges[node_ip(2)]
+    wait_for("node 2 reported down", lambda: any(
+        "not connected" in p for p in report(cluster)[1]["problems"]))  # fmt: skip
+    rc, doc = report(cluster)
+    two = nodes(doc)[str(node_ip(2))]
+    assert rc == 1 and two["connected_to"] == [] and two["ttl"] > 3000
+    assert doc["problems"] == [f"node {node_ip(2)} ({n2.subnet}): its switch is not connected "
+                               "to any controller (node or ovs-vswitchd down?)"]  # fmt: skip
+    row = next(line for line in status(cluster).stdout.splitlines()
+               if line.startswith(str(node_ip(2))))  # fmt: skip
+    assert row.split()[3] == "DOWN"
+    assert f"{datapath_id_for(node_ip(2)):016x}" not in json.dumps(doc["controllers"])
+
+
+def test_status_without_etcd_is_unknown_exit_3() -> None:
+    res = subprocess.run([VXFLOW, "status", "--etcd-endpoints", "http://127.0.0.1:9"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 3
+    assert res.stderr == "Error: etcd unreachable: http://127.0.0.1:9: Connection refused\n"

@@ -1,0 +1,203 @@
+"""The cluster's health, from etcd and the controller replicas' status pages (pure).
+
+`assess()` takes what `vxflow status` gathered (a registry snapshot, each
+lease's TTL left, each replica's status page or why it could not be read) and
+returns a `Report`: the network config, every node (lease, TTL, switch,
+master and generation, flows desired and installed, last sync, drift
+repairs), the controllers, the rejected etcd entries, and the problems. A
+report without problems is healthy; `render()` is its one screen of text.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from leases.model import datapath_id_for
+from leases.state import Snapshot
+
+Page = dict[str, Any] | str  # a replica's status page, or why there is none
+
+
+@dataclass
+class Node:
+    public_ip: str
+    subnet: str
+    ttl: int | None  # seconds left on the lease; None: a reservation (no TTL)
+    pods: int
+    master: str | None = None  # the replica holding the switch's claim in etcd
+    generation: int | None = None  # the claim's revision: the switch's generation_id
+    connected_to: list[str] = field(default_factory=list)  # replicas the switch is connected to
+    in_sync: bool | None = None  # None: no master reported it
+    flows_installed: int | None = None
+    flows_desired: int | None = None
+    flows_differing: int | None = None
+    last_sync: float | None = None
+    drift_repairs: int | None = None
+    last_error: str = ""
+
+
+@dataclass
+class Controller:
+    id: str
+    address: str
+    status: str  # its status URL ("": not served)
+    masters: int  # switches whose claim it holds
+    connected: int | None = None  # switches connected to it (None: its page was not read)
+    error: str = ""  # why its page could not be read
+
+
+@dataclass
+class Report:
+    revision: int
+    config: dict[str, Any] | None
+    nodes: list[Node]
+    controllers: list[Controller]
+    rejected: list[dict[str, str]]
+    problems: list[str]
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "healthy": self.healthy}
+
+
+def assess(snap: Snapshot, ttls: dict[str, int | None], pages: dict[str, Page]) -> Report:
+    """`ttls` by lease subnet (str), `pages` by replica id."""
+    problems: list[str] = []
+    config = None
+    if snap.config is None:
+        problems.append("no valid network config")
+    else:
+        c = snap.config
+        config = {"network": str(c.network), "subnet_len": c.subnet_len,
+                  "vni": c.backend.vni, "port": c.backend.port, "mtu": c.backend.mtu}  # fmt: skip
+    read = {rid: p for rid, p in pages.items() if isinstance(p, dict)}
+    switches = _switches(read)  # datapath-id -> [(replica id, its entry)]
+    claims = {c.datapath_id: c for c in snap.claims}
+    nodes = []
+    for lease in snap.leases:
+        dpid = datapath_id_for(lease.public_ip)
+        node = Node(str(lease.public_ip), str(lease.subnet), ttls.get(str(lease.subnet)),
+                    len(snap.endpoints_of(lease.subnet)))  # fmt: skip
+        claim = claims.get(dpid)
+        if claim is not None:
+            node.master, node.generation = claim.controller, claim.generation
+        entries = switches.pop(dpid, [])
+        node.connected_to = sorted(rid for rid, _ in entries)
+        master = next((e for _, e in entries if e["role"] == "master"), None)
+        if master is not None:
+            _take_master(node, master)
+        problems += _node_problems(node, bool(read), len(read) < len(pages))
+        nodes.append(node)
+    for dpid, entries in sorted(switches.items()):
+        ip = entries[0][1]["node"]
+        problems.append(f"switch of {ip} ({dpid:016x}) is connected but its node holds no "
+                        "valid lease: it has only the table-miss drops")  # fmt: skip
+    controllers = []
+    for member in snap.members:
+        page = pages.get(member.id, "")
+        masters = sum(c.controller == member.id for c in snap.claims)
+        ctl = Controller(member.id, member.address, member.status, masters)
+        if isinstance(page, dict):
+            ctl.connected = len(page["switches"])
+            if not page.get("member_valid", True):
+                problems.append(f"controller {member.id}: its membership has lapsed (it does "
+                                "not write to switches)")  # fmt: skip
+        else:
+            ctl.error = page or "no status page (run it with --metrics-port)"
+            problems.append(f"controller {member.id}: status unknown: {ctl.error}")
+        controllers.append(ctl)
+    if not snap.members:
+        problems.append("no controller replica is registered")
+    rejected = [{"key": r.key, "kind": r.kind.value, "reason": r.reason, "detail": r.detail}
+                for r in snap.rejected]  # fmt: skip
+    problems += [f"rejected {r['kind']} {r['key']}: {r['detail']} [{r['reason']}]" for r in rejected]
+    return Report(snap.revision, config, nodes, controllers, rejected, problems)
+
+
+def _switches(pages: dict[str, dict[str, Any]]) -> dict[int, list[tuple[str, dict[str, Any]]]]:
+    out: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+    for rid, page in sorted(pages.items()):
+        for entry in page["switches"]:
+            out.setdefault(int(entry["datapath_id"], 16), []).append((rid, entry))
+    return out
+
+
+def _take_master(node: Node, entry: dict[str, Any]) -> None:
+    node.in_sync = entry.get("in_sync")
+    node.flows_installed = entry.get("flows_installed")
+    node.flows_desired = entry.get("flows_desired")
+    node.flows_differing = entry.get("flows_differing")
+    node.last_sync = entry.get("last_sync")
+    node.drift_repairs = entry.get("drift_repairs")
+    node.last_error = entry.get("last_error", "")
+
+
+def _node_problems(node: Node, any_read: bool, some_unread: bool) -> list[str]:
+    where = f"node {node.public_ip} ({node.subnet})"
+    if not any_read:
+        return []  # nothing to say about switches: the controllers' problems say why
+    if not node.connected_to:
+        seen = "any controller that answered" if some_unread else "any controller"
+        return [f"{where}: its switch is not connected to {seen} (node or ovs-vswitchd down?)"]
+    if node.in_sync is None:
+        return [f"{where}: its switch has no master (connected to {', '.join(node.connected_to)})"]
+    if node.flows_differing:
+        why = f"; last refused: {node.last_error}" if node.last_error else ""
+        return [f"{where}: {node.flows_differing} flows differ from the desired "
+                f"{node.flows_desired}{why}"]  # fmt: skip
+    return []
+
+
+def _ago(t: float | None, now: float) -> str:
+    return "-" if t is None else f"{max(now - t, 0):.0f}s ago"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def render(report: Report, now: float | None = None) -> str:
+    """The report as one screen of text."""
+    now = time.time() if now is None else now
+    c = report.config
+    lines = [
+        f"network {c['network']}, /{c['subnet_len']} subnets, VXLAN VNI {c['vni']} port "
+        f"{c['port']}" + (f", MTU {c['mtu']}" if c["mtu"] else "") + f" (etcd revision {report.revision})"
+        if c else f"network: no valid config (etcd revision {report.revision})",
+        "",
+    ]  # fmt: skip
+    rows = [("NODE", "SUBNET", "TTL", "SWITCH", "MASTER (GEN)", "FLOWS", "LAST SYNC", "REPAIRS",
+             "PODS")]  # fmt: skip
+    for n in report.nodes:
+        switch = "connected" if n.connected_to else "DOWN"
+        master = f"{n.master} ({n.generation})" if n.master else "-"
+        flows = "-"
+        if n.flows_installed is not None:
+            flows = f"{n.flows_installed}/{n.flows_desired}"
+            flows += f" ({n.flows_differing} differ)" if n.flows_differing else ""
+        rows.append((n.public_ip, n.subnet, "reserved" if n.ttl is None else f"{n.ttl}s", switch,
+                     master, flows, _ago(n.last_sync, now),
+                     "-" if n.drift_repairs is None else str(n.drift_repairs), str(n.pods)))  # fmt: skip
+    lines += [*_table(rows), ""]
+    rows = [("CONTROLLER", "ADDRESS", "MASTERS", "CONNECTED", "STATUS")]
+    for ctl in report.controllers:
+        connected = "?" if ctl.connected is None else str(ctl.connected)
+        rows.append((ctl.id, ctl.address or "-", str(ctl.masters), connected,
+                     ctl.error or ctl.status))  # fmt: skip
+    lines += _table(rows) if report.controllers else ["no controller replica registered"]
+    if report.rejected:
+        lines += ["", "REJECTED ETCD ENTRIES"]
+        lines += [f"{r['kind']} {r['key']}: {r['detail']} [{r['reason']}]" for r in report.rejected]
+    lines.append("")
+    if report.healthy:
+        lines.append("healthy")
+    else:
+        lines.append(f"{len(report.problems)} problem(s):")
+        lines += [f"- {p}" for p in report.problems]
+    return "\n".join(lines)

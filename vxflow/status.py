@@ -1,0 +1,73 @@
+"""`vxflow status`: the whole cluster on one screen, and an exit status for health checks.
+
+Reads etcd (config, leases with their TTL left, endpoints, controller
+replicas and switch claims, rejected entries) and every replica's status page
+(its URL is in the replica's etcd entry; see controller/status.py), then
+prints `vxflow.health`'s report.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import click
+
+from leases.cli_options import etcd_options, open_registry
+from leases.errors import RegistryError
+from leases.model import Member
+from vxflow.health import Page, assess, render
+
+EXIT_PROBLEMS = 1
+EXIT_UNKNOWN = 3
+
+
+class EtcdUnreadable(click.ClickException):
+    exit_code = EXIT_UNKNOWN
+
+
+def fetch_page(member: Member, timeout: float) -> Page:
+    """A replica's status page, or why it could not be read (one line)."""
+    if not member.status:
+        return ""
+    try:
+        with urllib.request.urlopen(member.status, timeout=timeout) as reply:
+            return json.loads(reply.read())
+    except (OSError, ValueError) as exc:
+        return f"{member.status}: {exc}"
+
+
+@click.command()
+@click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="text for people, json for scripts.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
+              help="Seconds to wait for each controller replica's status page.")
+@etcd_options
+def status(output: str, timeout: float, **etcd: str) -> None:
+    """Show the cluster: network config, every node (lease, TTL left, switch connected,
+    its master and generation_id, flows installed/desired, last sync, drift repairs,
+    pods), the controller replicas and the rejected etcd entries.
+
+    Exit status: 0 healthy; 1 something is wrong (each problem is listed); 3 etcd
+    could not be read (the state is unknown). A replica's switches are known
+    from its status page, served where it has --metrics-port (its etcd entry
+    names the URL).
+    """
+    try:
+        with open_registry(**etcd) as registry:
+            snap = registry.snapshot()
+            ttls = {str(lease.subnet): None if lease.etcd_lease_id is None
+                    else max(registry.time_to_live(lease), 0) for lease in snap.leases}  # fmt: skip
+    except RegistryError as exc:
+        raise EtcdUnreadable(str(exc)) from exc
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        pages = dict(zip((m.id for m in snap.members),
+                         pool.map(lambda m: fetch_page(m, timeout), snap.members), strict=True))  # fmt: skip
+    report = assess(snap, ttls, pages)
+    if output == "json":
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        click.echo(render(report))
+    sys.exit(0 if report.healthy else EXIT_PROBLEMS)
