@@ -26,6 +26,7 @@ _COMMANDS = (
     ("vxflow.demo", "demo"),
     ("vxflow.pki", "pki"),
     ("vxflow.status", "status"),
+    ("vxflow.trace", "trace"),
 )
 
 # Commands that run os-ken's eventlet hub. It must monkey-patch before anything imports

@@ -1,0 +1,46 @@
+"""What a flow of vxflow's pipeline is, and why a packet that stops there is dropped (pure).
+
+`vxflow trace` reads the flows a packet hit from the switches themselves; this
+names their owners and turns the last one of a dropped packet into a reason.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from flows.compiler import DROP_TUNNEL_OTHER, DROP_TUNNEL_SPOOFED, PRIO_MISS, PRIO_OVERLAY
+from flows.flow import Owner, Table, owner_of
+
+
+def owner_text(cookie: int, subnet_len: int) -> str:
+    """Who a flow belongs to, from its cookie."""
+    owner = owner_of(cookie)
+    if owner is None:
+        return f"not vxflow's (cookie {cookie:#x})"
+    kind, key = owner
+    if kind is Owner.LEASE:
+        return f"lease {IPv4Network((key, subnet_len))}"
+    if kind is Owner.ENDPOINT:
+        return f"endpoint {IPv4Address(key)}"
+    return "base pipeline"
+
+
+def drop_reason(table: int, priority: int, cookie: int, pod_port: bool) -> str:
+    """Why a packet whose last flow was this one is dropped. `pod_port`: it entered on a
+    pod's port (so a miss of the classifier is the spoof guard's refusal)."""
+    if cookie == DROP_TUNNEL_SPOOFED:
+        return ("spoofed tunnel traffic: its inner source is not in the sending node's "
+                "subnet (or the sender holds no lease)")  # fmt: skip
+    if cookie == DROP_TUNNEL_OTHER:
+        return "tunnel traffic of another VNI or not IPv4 from the overlay"
+    if table == Table.CLASSIFY and priority == PRIO_MISS:
+        if pod_port:
+            return "spoof guard: the pod's port admits only the pod's own MAC and IP address"
+        return "no flow admits traffic from this port"
+    if table == Table.ROUTE and priority == PRIO_OVERLAY:
+        return "no lease: no node holds the destination's subnet"
+    if table == Table.LOCAL and priority == PRIO_MISS:
+        return "no endpoint: no pod on this node holds the destination address"
+    if priority == PRIO_MISS:
+        return f"table-miss of table {table}"
+    return f"dropped by a flow of {owner_text(cookie, 32)} in table {table}"
