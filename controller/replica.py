@@ -299,10 +299,9 @@ class Coordinator:
                 metrics.TAKEOVERS.labels("lost_race").inc(len(takeovers) - len(claimed))
             for dpid, claim in claimed.items():
                 self._note_claim(claim)
-                log.info(
-                    "claimed the switch of %s (generation %d)",
-                    public_ip_for_datapath_id(dpid), claim.generation,
-                )  # fmt: skip
+                node = public_ip_for_datapath_id(dpid)
+                log.info("claimed the switch of %s (generation %d)", node, claim.generation,
+                         extra={"event": "claimed", "node": str(node)})  # fmt: skip
             active = self.ready() and self.membership.valid()
             decisions = {dpid: decide(self.me, dpid, members, self.claims.get(dpid), active)
                          for dpid, _ in switches}  # fmt: skip

@@ -107,5 +107,6 @@ class SwitchRole:
     def _lose(self, why: str, by: str) -> None:
         self.confirmed = Role.SLAVE if self.confirmed is Role.MASTER else self.confirmed
         metrics.DEMOTIONS.labels(by).inc()
-        log.info("switch %s: no longer master: %s", self.node, why)
+        log.info("switch %s: no longer master: %s", self.node, why,
+                 extra={"event": "demoted", "node": str(self.node), "by": by})  # fmt: skip
         self.on_lost()

@@ -525,7 +525,8 @@ class SwitchSync:
     def _retry_later(self) -> None:
         self._failures += 1
         delay = min(0.5 * 2 ** (self._failures - 1), MAX_RETRY_DELAY)
-        log.warning("switch %s: resyncing from a fresh readback in %.1fs", self.node, delay)
+        log.warning("switch %s: resyncing from a fresh readback in %.1fs", self.node, delay,
+                    extra={"event": "resync", "node": str(self.node)})  # fmt: skip
         self._need_readback, self._readback_reason = True, "retry"
         self._pending = FULL
         self.later(delay, self._kick)

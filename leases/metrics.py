@@ -48,7 +48,8 @@ class RejectionReporter:
         for r in rejections:
             current[r.key] = ident = self._id(r)
             if self._seen.get(r.key) != ident:
-                log.warning("rejected %s %s: %s [%s]", r.kind, r.key, r.detail, r.reason)
+                log.warning("rejected %s %s: %s [%s]", r.kind, r.key, r.detail, r.reason,
+                            extra={"event": "rejected", "key": r.key, "reason": r.reason})  # fmt: skip
                 REJECTED.labels(r.kind.value, r.reason).inc()
         if scope is None:
             self._seen = current

@@ -437,7 +437,8 @@ class Agent:
             renewed = self.registry.renew(self.lease, ttl=self.settings.lease_ttl)
         except LeaseLost as exc:
             metrics.LOST.inc()
-            log.error("lease %s lost: %s; acquiring a new one", self.lease.subnet, exc)
+            log.error("lease %s lost: %s; acquiring a new one", self.lease.subnet, exc,
+                      extra={"event": "lease_lost", "subnet": str(self.lease.subnet)})  # fmt: skip
             self._acquire()  # a new subnet: the next loop turn re-bootstraps the gateway
             self._dirty = True
             return
