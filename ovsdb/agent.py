@@ -30,6 +30,10 @@ cluster needs no node restart. A config change seen there is acted on at the
 next loop turn rather than at the periodic resync; so is a change of vxflow's
 config: its ServiceNetwork is routed into the gateway port (the node reaches
 service VIPs through the switch).
+
+A flow-restore-wait that a restart of ovs-vswitchd left set is cleared here
+(`_flow_restore_wait`, checked first on every turn). With a metrics port the
+agent serves its Prometheus metrics (ovsdb/metrics.py) from a thread.
 """
 
 from __future__ import annotations
