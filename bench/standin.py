@@ -1,7 +1,8 @@
 """A minimal OpenFlow 1.3/1.4 switch stand-in, for cold starts beyond what real OVS holds here.
 
 NOT Open vSwitch: it answers what a controller needs to program a table —
-hello, features, port-desc/desc/flow-stats/group-desc/aggregate multiparts,
+hello, features, port-desc/desc/flow-stats/group-desc/aggregate/flow-monitor
+multiparts,
 echo, role, get-config, flow-mods (add, modify, strict and whole-table
 deletes), group-mods, bundles (open/add/commit/discard/close) and barriers —
 keeps the table as opaque (table, priority, match) -> (cookie, instructions)
@@ -200,6 +201,10 @@ class StandInSwitch(asyncio.Protocol):
             self.replies(xid, mp_type, list(self.s.groups.values()))
         elif mp_type == of.MP_AGGREGATE:
             self.replies(xid, mp_type, [struct.pack("!QQI4x", 0, 0, len(self.s.table))])
+        elif mp_type == of.MP_FLOW_MONITOR:
+            # the monitor is set up (no initial listing asked for); nobody else ever changes
+            # a stand-in's table, so it never reports anything after
+            self.replies(xid, mp_type, [])
         else:
             self.s.unsupported[f"multipart {mp_type}"] += 1
             self.send(of.ERROR, xid, struct.pack("!HH", OFPET_BAD_REQUEST, OFPBRC_BAD_MULTIPART) + msg[:64])
