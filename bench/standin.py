@@ -2,8 +2,7 @@
 
 NOT Open vSwitch: it answers what a controller needs to program a table —
 hello, features, port-desc/desc/flow-stats/group-desc/aggregate/flow-monitor
-multiparts,
-echo, role, get-config, flow-mods (add, modify, strict and whole-table
+multiparts, echo, role, get-config, flow-mods (add, modify, strict and whole-table
 deletes), group-mods, bundles (open/add/commit/discard/close) and barriers —
 keeps the table as opaque (table, priority, match) -> (cookie, instructions)
 bytes and the groups as their group-desc entries, and does no packet

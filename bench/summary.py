@@ -249,8 +249,8 @@ def b7(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def b7_drift(r: dict[str, Any]) -> list[str]:
-    lines = ["### B7 drift repair (hand-made change -> repair landed)", "", *_head(r),
+def b8(r: dict[str, Any]) -> list[str]:
+    lines = ["### B8 drift repair (hand-made change -> repair landed)", "", *_head(r),
              f"One real bridge with {r['flows']} flows ({r['leases']} leases); {r['tries']} "
              "hand-made flow-mods on its management socket, cycling four kinds; from sending "
              "the change to the bridge's own flow monitor reporting the repair; audits off.", "",
@@ -262,8 +262,8 @@ def b7_drift(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def b8(r: dict[str, Any]) -> list[str]:
-    lines = ["### B8 switch restart (ovs-vswitchd back -> pod traffic across nodes)", "",
+def b9(r: dict[str, Any]) -> list[str]:
+    lines = ["### B9 switch restart (ovs-vswitchd back -> pod traffic across nodes)", "",
              *_head(r),
              f"Two-node cluster; a pod pings one on the other node every "
              f"{r['interval_s'] * 1e3:.0f} ms while n1's ovs-vswitchd restarts, {r['tries']} times "
@@ -287,8 +287,8 @@ def render(results_dir: Path) -> str:
     out: list[str] = []
     for name, fn in (("b1_flow_rate", b1), ("b2_convergence", b2), ("b3_cold_start", b3),
                      ("b4_dataplane", b4), ("b5_failover", b5), ("b6_attach", b6),
-                     ("b7_services", b7), ("b7_drift_repair", b7_drift),
-                     ("b8_switch_restart", b8)):  # fmt: skip
+                     ("b7_services", b7), ("b8_drift_repair", b8),
+                     ("b9_switch_restart", b9)):  # fmt: skip
         r = _load(name, results_dir)
         out += (fn(r) if r else [f"### {name}", "", "_no results yet_"]) + [""]
     return "\n".join(out)

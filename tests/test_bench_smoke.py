@@ -85,8 +85,8 @@ def test_b3_cold_start_tiny(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_b7_drift_repair_tiny(tmp_path: Path) -> None:
-    r = run_bench(tmp_path, "bench.b7_drift_repair", "--leases", "10", "--tries", "8",
+def test_b8_drift_repair_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b8_drift_repair", "--leases", "10", "--tries", "8",
                   "--gap", "0")  # fmt: skip
     assert r["flows"] > 10 and r["repair_s"]["n"] == 8
     assert set(r["by_kind"]) == {"route deleted", "stray flow added", "route modified",
@@ -96,8 +96,8 @@ def test_b7_drift_repair_tiny(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_b8_switch_restart_tiny(tmp_path: Path) -> None:
-    r = run_bench(tmp_path, "bench.b8_switch_restart", "--tries", "1", "--settle", "2",
+def test_b9_switch_restart_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b9_switch_restart", "--tries", "1", "--settle", "2",
                   timeout=290)  # fmt: skip
     for kind in ("crash", "planned"):
         resumed = r[kind]["resumed_after_ready_s"]

@@ -1,4 +1,4 @@
-"""B7 drift repair: a hand-made change on a live switch -> the controller's repair landed.
+"""B8 drift repair: a hand-made change on a live switch -> the controller's repair landed.
 
 One real bridge holds its full table (L leases); then, T times, an operator
 changes it by hand over the bridge's management socket (what `ovs-ofctl`
@@ -11,7 +11,7 @@ back), the report coming from the bench's own flow monitor on the bridge
 change, so the figure errs long, never short. Audits are off, so only the
 flow monitor can trigger a repair. Goal: p99 <= 1 s.
 
-Run: `python -m bench.b7_drift_repair` (root; own namespace).
+Run: `python -m bench.b8_drift_repair` (root; own namespace).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from controller import ofwire
 from flows.compiler import compile_node
 from flows.flow import Flow, Owner, Table, flow, owner_of
 
-MODULE = "bench.b7_drift_repair"
+MODULE = "bench.b8_drift_repair"
 log = logging.getLogger(MODULE)
 STRAY_COOKIE = 0x51
 KINDS = ("route deleted", "stray flow added", "route modified", "whole table deleted")
@@ -165,12 +165,12 @@ def measure(leases: int, tries: int, gap: float) -> dict[str, Any]:
 @click.option("--results-dir", type=click.Path(), default=None,
               help="Where to write the JSON (default bench/results).")
 def main(leases: int, tries: int, gap: float, results_dir: str | None) -> None:
-    """B7: time from a hand-made change on a switch to the controller's repair landed.
+    """B8: time from a hand-made change on a switch to the controller's repair landed.
 
-    Needs root; runs in a network namespace of its own. Writes b7_drift_repair.json."""
+    Needs root; runs in a network namespace of its own. Writes b8_drift_repair.json."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = measure(leases, tries, gap)
-    path = report.save("b7_drift_repair", MODULE, result, Path(results_dir) if results_dir else None)
+    path = report.save("b8_drift_repair", MODULE, result, Path(results_dir) if results_dir else None)
     r = result["repair_s"]
     click.echo(f"repair p50 {report.ms(r['p50'])}  p99 {report.ms(r['p99'])}  max "
                f"{report.ms(r['max'])}  (n={r['n']}; goal p99 <= 1 s: "

@@ -1,4 +1,4 @@
-"""B8 switch restart: ovs-vswitchd of a node restarts -> pod traffic across nodes flows again.
+"""B9 switch restart: ovs-vswitchd of a node restarts -> pod traffic across nodes flows again.
 
 A two-node cluster of mininet/vxcluster.py (agents, controller, etcd); a pod
 on n1 pings a pod on n2 every 10 ms (`ping -D`: each reply time-stamped)
@@ -15,7 +15,7 @@ between replies) and the pings lost. Goal: traffic flows again <= 1 s after
 ovs-vswitchd is back. On the userspace (netdev) datapath the datapath is
 inside ovs-vswitchd, so some pings are always lost while it is down.
 
-Run: `python -m bench.b8_switch_restart` (root).
+Run: `python -m bench.b9_switch_restart` (root).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from bench import report
 from bench.stats import summary
 from vxflow.demo import cluster_module
 
-MODULE = "bench.b8_switch_restart"
+MODULE = "bench.b9_switch_restart"
 log = logging.getLogger(MODULE)
 INTERVAL = 0.01
 REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)", re.M)
@@ -98,12 +98,12 @@ def measure(tries: int, settle: float) -> dict[str, Any]:
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write the JSON (default bench/results).")
 def main(tries: int, settle: float, results_dir: Path | None) -> None:
-    """B8: pod traffic across nodes after a node's ovs-vswitchd restarts (crash, planned).
+    """B9: pod traffic across nodes after a node's ovs-vswitchd restarts (crash, planned).
 
-    Needs root. Writes b8_switch_restart.json."""
+    Needs root. Writes b9_switch_restart.json."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = measure(tries, settle)
-    path = report.save("b8_switch_restart", MODULE, result, results_dir)
+    path = report.save("b9_switch_restart", MODULE, result, results_dir)
     for kind in ("crash", "planned"):
         r = result[kind]["resumed_after_ready_s"]
         click.echo(f"{kind:8s} traffic again after ovs-vswitchd is back: p50 {report.ms(r['p50'])} "
