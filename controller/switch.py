@@ -205,14 +205,20 @@ class SwitchSync:
     def observe(self, changes: Sequence[FlowChange]) -> None:
         """Flows another OpenFlow client added, modified or removed: take them into
         `installed` and repair the flows of every owner they touched."""
+        # affinity entries the switch learns itself are its own, never drift
+        changes = [c for c in changes if not is_learned(c.flow)]
         if not changes or not self._tracking():
             return  # a readback is due or under way, and it sees these changes itself
         cookies: set[int] = set()
+        group_gone = False
         for change in changes:
             key = change.flow.key
             old = self.installed.get(key)
             if old is not None:
                 cookies.add(old.cookie)
+                # deleting a group deletes the flows pointing at it, and only they are
+                # reported: the group may be gone too
+                group_gone |= change.removed and any(a[0] == "group" for a in old.actions)
             cookies.add(change.flow.cookie)
             if change.removed:
                 self._forget(key)
@@ -232,7 +238,10 @@ class SwitchSync:
         if self._repair_since is None:
             self._repair_since = time.perf_counter()
         self._repair_flows += len(changes)
-        self.request(Scope.of_cookies(frozenset(cookies)))
+        if group_gone:
+            self.audit("monitor")  # flows and groups read back, then repaired together
+        else:
+            self.request(Scope.of_cookies(frozenset(cookies)))
 
     def monitor_paused(self) -> None:
         """The switch stopped reporting changes: trust nothing until it resumes."""

@@ -13,7 +13,7 @@ from controller import metrics, monitor, ofwire, wirecheck
 from controller.monitor import FlowChange, Paused, Resumed
 from controller.switch import State
 from flows.compiler import BASE_COOKIE, compile_node, subnet_cookie
-from flows.flow import Flow, Owner, Table, flow, output, owner_of, to_ofctl
+from flows.flow import Flow, Owner, Table, cookie_for, flow, output, owner_of, to_ofctl
 from tests.test_controller_sync import (
     CONFIG,
     bare_mods,
@@ -197,3 +197,11 @@ def test_a_removed_flow_of_the_base_pipeline_is_put_back():
     assert sent[0][2] == ofwire.encode_flow_mod(base[0], ofwire.OFPFC_ADD, sent[0][1])
     land_bare(sync, sent)
     assert base[0] in sync.installed.values()
+
+
+def test_affinity_entries_the_switch_learns_are_not_drift():
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = synced(model)
+    learned = flow(41, 100, {}, (), cookie_for(Owner.LEARNED, 10))
+    monitor.deliver(full_update(monitor.OFPFME_ADDED, learned), sync)
+    assert channel.take() == [] and learned.key not in sync.installed
