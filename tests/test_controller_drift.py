@@ -126,7 +126,7 @@ def test_a_burst_too_large_to_report_pauses_the_monitor_and_a_readback_repairs_i
         cluster.ovs.ofctl("add-flows", "--bundle", bridge, "-", input=strays)
     finally:
         cluster.controller.proc.send_signal(signal.SIGCONT)
-    cluster.wait_converged(timeout=60)
+    cluster.wait_converged(timeout=180)  # each comparison dumps 200,000 flows at first
     c = cluster.controller
     assert c.metric("vxflow_controller_flow_monitor_pauses_total") >= 1
     assert c.metric("vxflow_controller_readbacks_total", reason="monitor") >= 1
