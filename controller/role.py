@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from controller import metrics, ofwire
@@ -37,7 +37,8 @@ class SwitchRole:
     confirmed: Role = Role.EQUAL  # every OpenFlow connection starts EQUAL
     generation: int = 0
     _asked: tuple[Role, int] | None = None
-    _xid: int = -1
+    _xid: int = -1  # the latest request's: only its answer sets the role
+    _outstanding: dict[int, tuple[Role, int]] = field(default_factory=dict)  # xid -> request
 
     @property
     def master(self) -> bool:
@@ -54,15 +55,20 @@ class SwitchRole:
             self._lose(f"stepping down to {role.name} (generation {generation})", "replica")
         self._asked = (role, generation)
         self._xid = self.channel.xids(1)
+        self._outstanding[self._xid] = self._asked
         self.channel.send(
             ofwire.encode_role_request(int(role), generation & GENERATION_MASK, self._xid)
         )
         log.debug("switch %s: asked for %s with generation %d", self.node, role.name, generation)
 
     def on_reply(self, xid: int, role: int, generation: int) -> bool:
-        """A ROLE_REPLY; False if it answers no request of ours."""
-        if xid != self._xid:
+        """A ROLE_REPLY; False if it answers no request of ours. The answer to a request
+        a later one superseded is taken as answered and otherwise ignored: the later
+        request's answer follows it (the switch handles a connection's messages in order)."""
+        if self._outstanding.pop(xid, None) is None:
             return False
+        if xid != self._xid:
+            return True
         was_master = self.master
         self.confirmed, self.generation = Role(role), generation
         metrics.ROLE_CHANGES[self.confirmed].inc()
@@ -74,15 +80,16 @@ class SwitchRole:
         return True
 
     def on_error(self, xid: int, err_type: int, code: int) -> bool:
-        """An OFPT_ERROR for our role request (the switch refused it); False if not ours."""
-        if xid != self._xid or err_type != OFPET_ROLE_REQUEST_FAILED:
+        """An OFPT_ERROR for one of our role requests (the switch refused it, also one a
+        later request superseded); False if not ours."""
+        if err_type != OFPET_ROLE_REQUEST_FAILED or xid not in self._outstanding:
             return False
+        role, generation = self._outstanding.pop(xid)
         reason = ROLE_FAILURES.get(code, str(code))
         metrics.ROLE_REFUSED.labels(reason).inc()
-        asked = self._asked
         log.warning(
             "switch %s refused role %s with generation %d (%s): a newer master holds it",
-            self.node, asked[0].name if asked else "?", asked[1] if asked else -1, reason,
+            self.node, role.name, generation, reason,
         )  # fmt: skip
         # `_asked` stays: the same request would be refused again; a newer claim in etcd
         # (another generation) is what makes asking worthwhile

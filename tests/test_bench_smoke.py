@@ -116,6 +116,7 @@ def test_b4_dataplane_tiny(tmp_path: Path) -> None:
     assert positive(s["tcp_ratio_vxflow_over_flannel"])
 
 
+@pytest.mark.integration
 def test_b5_failover_tiny(tmp_path: Path) -> None:
     r = run_bench(tmp_path, "bench.b5_failover", "--switches", "4", "--leases", "10",
                   "--kills", "2", "--member-ttl", "3", "--cold", "20x3")  # fmt: skip

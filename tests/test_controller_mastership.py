@@ -164,3 +164,19 @@ def test_demoted_by_the_switch_or_refused_as_stale(role) -> None:
     assert role_requests(channel) == []
     r.ask(Role.SLAVE, 41)
     assert len(role_requests(channel)) == 1
+
+
+def test_answers_to_superseded_requests_are_ours_and_change_nothing(role) -> None:
+    r, channel, calls = role
+    r.ask(Role.MASTER, 40)
+    r.ask(Role.SLAVE, 41)  # a newer claim arrived before the switch answered
+    (old, _, _), (new, _, _) = role_requests(channel)
+    assert r.on_reply(old, Role.MASTER, 40)  # ours, but superseded: no promotion
+    assert not r.master and calls == []
+    assert r.on_reply(new, Role.SLAVE, 41) and not r.master
+    assert not r.on_reply(old, Role.MASTER, 40)  # answered already: not ours any more
+    r.ask(Role.MASTER, 42)
+    r.ask(Role.MASTER, 43)
+    (a, _, _), (b, _, _) = role_requests(channel)
+    assert r.on_error(a, 11, 0)  # a refused superseded request is ours too (counted)
+    assert r.on_reply(b, Role.MASTER, 43) and r.master and calls == ["sync"]
