@@ -6,8 +6,9 @@ bucket is packed by a template generated once per bucket shape, its actions
 encoded exactly as in flow-mods (`ofwire.action_layout`); the result is
 checked byte-for-byte against os-ken's serialisation in the unit tests.
 Group-desc replies decode back to `Group` values, so read-back and desired
-groups compare as values; a bucket vxflow would not write (a watched port, an
-action it does not know) decodes to something that never equals a desired one.
+groups compare as values; a bucket vxflow would not write (a watched port or
+group, an action it does not know) decodes to something that never equals a
+desired one.
 
 NXT_CT_FLUSH (OVS >= 3.1) drops the conntrack entries a removed UDP backend
 still holds, so its clients' next datagrams are balanced anew.
@@ -43,7 +44,7 @@ _BUCKET_PACKERS: dict[tuple, object] = {}
 def _bucket_packer(sample: Bucket):
     """`pack(bucket) -> bytes` for every bucket whose actions have `sample`'s shape."""
     lay = ofwire._Layout()
-    lay.put("HHII4x", "{length}", "b.weight", ofwire.OFPP_ANY, "b.watch_group")
+    lay.put("HHII4x", "{length}", "b.weight", ofwire.OFPP_ANY, ofwire.OFPG_ANY)
     ofwire.action_layout(lay, sample.actions, "a")
     args = [str(lay.size) if a == "{length}" else a for a in lay.args]
     return ofwire.compile_packer("b", "a = b.actions", lay.fmt, args)
@@ -104,9 +105,9 @@ def _decode_bucket(body: bytes) -> Bucket:
         struct.pack("!HH4x", ofwire.OFPIT_APPLY_ACTIONS, length - _BUCKET.size + 8)
         + bytes(body[_BUCKET.size : length])
     )
-    if watch_port != ofwire.OFPP_ANY:  # vxflow watches no port
-        actions += (("unknown_watch_port", watch_port),)
-    return Bucket(weight, actions, watch_group)
+    if (watch_port, watch_group) != (ofwire.OFPP_ANY, ofwire.OFPG_ANY):  # vxflow watches none
+        actions += (("unknown_watch", watch_port, watch_group),)
+    return Bucket(weight, actions)
 
 
 def decode_group_desc(body: bytes) -> Iterator[Group]:

@@ -61,6 +61,7 @@ OFPAT_SET_FIELD = 25
 OFPAT_EXPERIMENTER = 0xFFFF
 NX_VENDOR_ID = 0x00002320
 NXAST_REG_MOVE = 6
+NXAST_MULTIPATH = 10
 NXAST_RESUBMIT_TABLE = 14
 NXAST_LEARN = 16
 NXAST_CT = 35
@@ -69,6 +70,10 @@ NX_CT_F_COMMIT = 1
 NX_CT_RECIRC_NONE = 0xFF
 NX_NAT_F_SRC, NX_NAT_F_DST = 1, 2
 NX_NAT_RANGE_IPV4_MIN, NX_NAT_RANGE_PROTO_MIN = 1, 16
+# multipath's hash fields and link algorithms (nicira-ext.h), by ovs-ofctl's names
+NX_HASH_FIELDS = {"eth_src": 0, "symmetric_l4": 1, "symmetric_l3l4": 2, "symmetric_l3l4+udp": 3,
+                  "nw_src": 4, "nw_dst": 5}  # fmt: skip
+NX_MP_ALGORITHMS = {"modulo_n": 0, "hash_threshold": 1, "hrw": 2, "iter_hash": 3}
 OFPP_IN_PORT16 = 0xFFF8
 ETH_TYPE_IP_VALUE = 0x0800  # resubmit's in_port is a 16-bit (OpenFlow 1.0) port number
 OFPCML_NO_BUFFER = 0xFFFF
@@ -235,6 +240,7 @@ _VALUE_LAST = ("set_field", "output", "group", "resubmit")
 _SHAPES = {
     "ct": lambda a: (*a[:4], _nat_shape(a[4])),
     "learn": lambda a: ("learn", a[5], a[6]),
+    "multipath": lambda a: ("multipath", a[1], a[3], a[5]),
 }
 
 
@@ -280,6 +286,11 @@ def action_layout(lay: _Layout, actions: tuple, base: str) -> None:
             _ct_layout(lay, action, a)
         elif kind == "learn":
             _learn_layout(lay, action, a)
+        elif kind == "multipath":
+            dst = FIELDS[action[5]]
+            lay.put("HHIHHH2xHHI2xHI", OFPAT_EXPERIMENTER, 32, NX_VENDOR_ID, NXAST_MULTIPATH,
+                    NX_HASH_FIELDS[action[1]], f"{a}[2]", NX_MP_ALGORITHMS[action[3]],
+                    f"{a}[4] - 1", 0, dst.size * 8 - 1, dst.header())  # fmt: skip
         else:
             raise ValueError(f"cannot encode action {action!r}")
 
@@ -676,8 +687,34 @@ def _decode_learn(body: bytes) -> tuple | None:
     return ("learn", table, idle, prio, cookie, proto, port, value)
 
 
+_HASH_FIELD_NAMES = {v: k for k, v in NX_HASH_FIELDS.items()}
+_MP_ALGORITHM_NAMES = {v: k for k, v in NX_MP_ALGORITHMS.items()}
+
+
+def _decode_multipath(body: bytes) -> tuple | None:
+    """NXAST_MULTIPATH into a whole register with a zero argument (what vxflow writes)."""
+    if len(body) != 32:
+        return None
+    fields, basis, algorithm, max_link, arg, ofs_nbits, dst = struct.unpack_from(
+        "!HH2xHHI2xHI", body, 10
+    )
+    field = _field_at(dst)
+    if (
+        arg
+        or field is None
+        or dst != field.header()
+        or ofs_nbits != field.size * 8 - 1
+        or fields not in _HASH_FIELD_NAMES
+        or algorithm not in _MP_ALGORITHM_NAMES
+    ):
+        return None
+    return ("multipath", _HASH_FIELD_NAMES[fields], basis, _MP_ALGORITHM_NAMES[algorithm],
+            max_link + 1, field.name)  # fmt: skip
+
+
 _NX_ACTIONS = {
     NXAST_REG_MOVE: _decode_move,
+    NXAST_MULTIPATH: _decode_multipath,
     NXAST_RESUBMIT_TABLE: _decode_resubmit,
     NXAST_CT: _decode_ct,
     NXAST_LEARN: _decode_learn,

@@ -32,6 +32,7 @@ Match = tuple[tuple[str, Value], ...]
 # ("output", port) | ("set_field", field, value) | ("move", src, dst) | ("dec_ttl",)
 # | ("ct", commit, zone, table, nat) | ("group", id) | ("resubmit", table)
 # | ("learn", table, idle_timeout, priority, cookie, ip_proto, port_field, reg1 value)
+# | ("multipath", fields, basis, algorithm, n_links, register)
 # | ("goto_table", table): goto is an instruction and is always last.
 Action = tuple
 # ct's nat: None (no NAT), () (apply the connection's NAT), or (kind, ip, port) with kind
@@ -59,6 +60,7 @@ class Table(IntEnum):
     SVC_HAIRPIN_REPLY = 43  # services: replies of a pod to its own service, un-SNATed
     SVC_HAIRPIN_OUT = 44  # services: a hairpinned packet back out of its own port
     SVC_REPLY = 45  # services: a packet from a TargetPort, looked up: a reply is un-DNATed
+    SVC_LINK = 46  # services with affinity: the client's hashed link -> its backend
 
 
 class Owner(IntEnum):
@@ -158,6 +160,13 @@ def learn(
     return ("learn", int(table), idle_timeout, priority, cookie, ip_proto, port_field, value)
 
 
+def multipath(fields: str, basis: int, algorithm: str, n_links: int, register: str) -> Action:
+    """Hash `fields` (ovs-ofctl's names: "nw_src", ...) with `basis`, pick one of `n_links`
+    links with `algorithm` ("modulo_n", "hrw", ...) and store it in the whole `register`
+    (NXAST_MULTIPATH, its algorithm argument 0)."""
+    return ("multipath", fields, basis, algorithm, n_links, register)
+
+
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 _CT_FLAGS = (("new", CT_NEW), ("est", CT_EST), ("rel", CT_REL), ("rpl", CT_RPL),
              ("inv", CT_INV), ("trk", CT_TRK))  # fmt: skip
@@ -212,6 +221,9 @@ def _action_text(action: Action) -> str:
         )
     if kind in ("unknown_action", "unknown_instruction"):  # read back from a switch: shown raw
         return f"{kind}({action[1]})"
+    if kind == "multipath":
+        _, fields, basis, algorithm, n_links, register = action
+        return f"multipath({fields},{basis},{algorithm},{n_links},0,{register}[])"
     raise ValueError(f"unknown action {action!r}")
 
 

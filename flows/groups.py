@@ -1,7 +1,8 @@
 """OpenFlow groups as plain values, and what to send so a switch holds exactly the desired ones.
 
-vxflow's groups are select groups, one per service port (`flows.services`): a
-bucket per backend, its weight the backend's share of new connections. Like
+vxflow's groups are select groups, one per service port without client-IP
+affinity (`flows.services`): a bucket per backend, its weight the backend's
+share of new connections. Like
 `Flow`, a `Group` holds only what the switch reports back (group desc), so
 read-back and desired groups compare as values.
 """
@@ -14,14 +15,12 @@ from dataclasses import dataclass
 from flows.flow import Action, Owner, _action_text, cookie_for, owner_of
 
 OFPGT_SELECT = 1
-OFPG_ANY = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
     weight: int
     actions: tuple[Action, ...]
-    watch_group: int = OFPG_ANY  # a bucket is live only while this group is (ANY: always)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +75,7 @@ def group_to_ofctl(g: Group) -> str:
     """The group in `ovs-ofctl add-group` syntax (also how `vxflow flows show` prints it)."""
     kind = "select" if g.type == OFPGT_SELECT else str(g.type)
     buckets = ",".join(
-        f"bucket=weight:{b.weight},"
-        + (f"watch_group:{b.watch_group}," if b.watch_group != OFPG_ANY else "")
-        + f"actions={','.join(_action_text(a) for a in b.actions) or 'drop'}"
+        f"bucket=weight:{b.weight},actions={','.join(_action_text(a) for a in b.actions) or 'drop'}"
         for b in g.buckets
     )
     return f"group_id={g.group_id},type={kind}" + (f",{buckets}" if buckets else "")

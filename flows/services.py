@@ -6,6 +6,14 @@ OpenFlow select group per service port, whose bucket per backend commits the
 connection with destination NAT. Established packets follow their conntrack
 entry, so a backend change (a group-mod) never moves a live connection.
 
+A port with client-IP affinity has no group: its backend is a function of the
+client's address (`affinity_links`), so a client's first connection and every
+later one agree, also before the switch has learned the affinity entry (a
+select group picks per connection: a connection that missed the entry, still
+being installed or hidden by a datapath flow cached meanwhile, could land on
+another backend). The learned entry then keeps the client on its backend
+across backend changes, for the service's timeout.
+
 What the services add to the pipeline (flows/compiler.py):
 
 - ROUTE (20), reached by pods after the spoof guard and by the host:
@@ -17,12 +25,14 @@ What the services add to the pipeline (flows/compiler.py):
   tunnel); new -> the port's group; no backend -> drop with the port's own
   cookie, so `ovs-ofctl dump-flows` counts them; client-IP affinity ->
   SVC_AFFINITY (learned entries load the backend into reg1), then SVC_DNAT.
-- group (one per port): a bucket per backend, `weight` = its Weight:
-  ct(commit, SERVICE_ZONE, nat(dst=backend:TargetPort), table=ROUTE); with
-  affinity: reg1 = backend, resubmit(SVC_DNAT) (OVS runs buckets as action
-  sets, which drop `learn`), and two buckets never chosen (NEVER_CHOSEN).
-- SVC_DNAT (42, affinity only): reg1 = backend -> learn the affinity entry
-  (idle timeout = the service's), then the same commit; reg1 unset -> group.
+- group (one per port without affinity): a bucket per backend, `weight` =
+  its Weight: ct(commit, SERVICE_ZONE, nat(dst=backend:TargetPort), table=ROUTE).
+- SVC_DNAT (42, affinity only): reg1 = a backend (the learned entry) -> learn
+  the entry again (idle timeout = the service's), then the same commit; reg1
+  not a backend (no entry, or one of a removed backend) -> multipath: hash of
+  the client's IP -> one of the port's links, in reg0 -> SVC_LINK.
+- SVC_LINK (46, affinity only): one flow per link: learn that link's backend,
+  then the same commit.
 - LOCAL (30): an untracked packet from a TargetPort of any service (into a
   local pod or the host) is looked up in SERVICE_ZONE -> SVC_REPLY. A pod's
   packet to itself (it was chosen as its own backend) -> SNAT to the hairpin
@@ -41,13 +51,25 @@ What the services add to the pipeline (flows/compiler.py):
 
 A port's group id is the VIP's offset in the ServiceNetwork (20 bits) and the
 port's place among the service's ports (8 bits): stable, the same on every
-replica, and the key of the port's flow cookie.
+replica, and the key of the port's flow cookie (also of a port with affinity,
+which has no group).
+
+What a backend change touches: without affinity the port's group only (one
+group-mod per port; its flows stay). With affinity the port's flows instead:
+the links that changed hands (a removed backend's, about an added backend's
+share, a few more: see `affinity_links`) and the added or removed backend's
+SVC_DNAT flow; the multipath flow stays while the link count does. Each of
+those flows is complete on its own (it commits to its backend itself), so
+every state between two tables sends a new client to its old or its new
+backend, whether the change goes out in one bundle or as a few bare flow-mods.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
+from hashlib import blake2b
 from ipaddress import IPv4Address, IPv4Network
 
 from flows.arp import arp_reply
@@ -72,19 +94,28 @@ from flows.flow import (
     group,
     learn,
     move,
+    multipath,
     output,
     resubmit,
     set_field,
 )
 from flows.groups import Bucket, Group
 from flows.ports import gateway_mac
-from leases.model import Endpoint, Lease, NetworkConfig, Service, ServicePort, VxflowConfig
+from leases.model import (
+    Backend,
+    Endpoint,
+    Lease,
+    NetworkConfig,
+    Service,
+    ServicePort,
+    VxflowConfig,
+)
 
 SERVICE_ZONE = 7678  # conntrack zone of service connections ("vx")
 HAIRPIN_ZONE = 7679  # conntrack zone of the hairpin SNAT
 PRIO_SERVICE = 200  # VIP dispatch and reply hooks: above the per-owner /24 and /32 flows
 PRIO_HAIRPIN = 110  # a pod's packet to itself: above its /32 delivery
-PRIO_NEW = 100  # SVC_LB: new connections to one VIP:port; SVC_DNAT: one backend
+PRIO_NEW = 100  # SVC_LB: new connections to one VIP:port; SVC_DNAT: one backend; SVC_LINK
 PRIO_STATE = 10  # SVC_LB: established/related; SVC_DNAT: no affinity entry yet
 PRIO_RANGE = 50  # ROUTE: the unserved rest of the ServiceNetwork, dropped
 PRIO_ANY = 1  # SVC_REPLY: not a service reply: delivered as it is
@@ -98,15 +129,6 @@ def hairpin_source(network: IPv4Network) -> IPv4Address:
     """The source a pod sees on a connection to its own service: the ServiceNetwork's last
     address (never a VIP: validation keeps it free)."""
     return network.broadcast_address
-
-
-# Two buckets that are never live (they watch a group vxflow never creates) in every group
-# of a service with affinity. Their weights (1 and 64) make OVS pick buckets with its
-# slow-path hash of the connection's L3/L4 fields, per new connection, instead of dp_hash:
-# dp_hash's cached datapath flow would send a client's connections opened within the
-# revalidator's delay after its first one past the affinity entry the first one learned.
-NEVER_LIVE_GROUP = 0xFFFFFF00  # OFPG_MAX
-NEVER_CHOSEN = (Bucket(1, (), NEVER_LIVE_GROUP), Bucket(64, (), NEVER_LIVE_GROUP))
 
 
 def group_id(network: IPv4Network, service: Service, slot: int) -> int:
@@ -261,45 +283,104 @@ def port_flows(network: IPv4Network, service: Service, slot: int) -> list[Flow]:
         )
     )
     learned = cookie_for(Owner.LEARNED, gid)
-    for b in service.backends:
-        remember = learn(
-            Table.SVC_AFFINITY,
-            service.affinity_timeout,
-            PRIO_NEW,
-            learned,
-            IP_PROTO[port.protocol],
-            _field(port, "dst"),
-            int(b.ip),
-        )
-        flows.append(
-            flow(
-                Table.SVC_DNAT,
-                PRIO_NEW,
-                {**vip, "reg1": int(b.ip)},
-                [remember, _commit(b.ip, port)],
-                c,
-            )
-        )
-    flows.append(flow(Table.SVC_DNAT, PRIO_STATE, vip, [group(gid)], c))
+    assign = {b.ip: _assign(service, port, learned, b.ip) for b in service.backends}
+    flows += [
+        flow(Table.SVC_DNAT, PRIO_NEW, {**vip, "reg1": int(ip)}, actions, c)
+        for ip, actions in assign.items()
+    ]
+    links = affinity_links(service.backends)
+    pick = multipath(LINK_HASH, link_basis(service), LINK_ALGORITHM, len(links), LINK_REGISTER)
+    flows.append(flow(Table.SVC_DNAT, PRIO_STATE, vip, [pick, goto_table(Table.SVC_LINK)], c))
+    flows += [
+        flow(Table.SVC_LINK, PRIO_NEW, {**vip, LINK_REGISTER: link}, assign[ip], c)
+        for link, ip in enumerate(links)
+    ]
     return flows
+
+
+def _assign(service: Service, port: ServicePort, learned: int, ip: IPv4Address) -> tuple:
+    """Learn (or refresh) the client's affinity entry for backend `ip`, then connect there."""
+    remember = learn(Table.SVC_AFFINITY, service.affinity_timeout, PRIO_NEW, learned,
+                     IP_PROTO[port.protocol], _field(port, "dst"), int(ip))  # fmt: skip
+    return (remember, _commit(ip, port))
+
+
+# Client-IP affinity without a learned entry: the switch hashes the client's address to one of
+# the port's links (NXAST_MULTIPATH), and each link is a backend's. The link count is fixed
+# per table size, so modulo_n suffices to spread clients over the links (hrw would hash once
+# per link, and OVS runs iter_hash instead beyond 64 links); how few clients a backend change
+# moves is the link table's doing (`affinity_links`).
+LINK_TABLES = (67, 257, 1031, 2053)  # link counts: primes, as Maglev's permutations need
+LINKS_PER_BACKEND = 4  # a port takes the smallest table with this many links per backend
+LINK_HASH, LINK_ALGORITHM, LINK_REGISTER = "nw_src", "modulo_n", "reg0"
+
+
+def link_count(backends: int) -> int:
+    """The number of links of a port with affinity and `backends` backends (at most
+    leases.services.MAX_BACKENDS of them)."""
+    return next(n for n in LINK_TABLES if n >= LINKS_PER_BACKEND * backends)
+
+
+def link_basis(service: Service) -> int:
+    """multipath's hash basis: the VIP's low 16 bits. Two services put different clients
+    together; the ports of one service (whose backends and links are the same) send a client
+    without learned entries to one backend on every port."""
+    return int(service.vip) & 0xFFFF
+
+
+def _links_per_backend(backends: tuple[Backend, ...], n: int) -> list[int]:
+    """One link each (every backend is reachable), the other n - len(backends) in
+    proportion to the weights, each within one link (largest remainder, ties to the earlier
+    backend). With at least 4 links per backend, a share is close to its weight's: equal
+    weights within one link; 2:1:1 on 67 links 33:17:17."""
+    rest, total = n - len(backends), sum(b.weight for b in backends)
+    shares = [rest * b.weight for b in backends]
+    counts = [1 + share // total for share in shares]
+    by_remainder = sorted(range(len(backends)), key=lambda i: (-(shares[i] % total), i))
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _permutation(ip: IPv4Address, n: int) -> Iterator[int]:
+    """A backend's own order of the n links (offset + j * skip mod n: a permutation, as n is
+    prime), from a stable hash of its address (Python's own `hash` is salted per process)."""
+    digest = int.from_bytes(blake2b(ip.packed, digest_size=8).digest(), "big")
+    offset, skip = (digest >> 32) % n, (digest & 0xFFFFFFFF) % (n - 1) + 1
+    return ((offset + j * skip) % n for j in range(n))
+
+
+@lru_cache(maxsize=256)
+def affinity_links(backends: tuple[Backend, ...]) -> tuple[IPv4Address, ...]:
+    """Each link's backend (the index is the link): Maglev's lookup table (Eisenbud et al.,
+    NSDI 2016) with weights. The backends take turns, in their order, each claiming the next
+    free link of its own permutation until it holds its count (`_links_per_backend`).
+
+    Why a table of links rather than a link per unit of weight: the link count stays while
+    the backends change (it grows only past 16, 64 and 257 backends), so the multipath flow
+    stays, and a backend change re-deals only the links of a removed backend, about an
+    added backend's share and a few more (the unit tests measure it): few clients without
+    an entry change backend, and the change is few flow-mods. The same on every replica."""
+    n = link_count(len(backends))
+    table: list[IPv4Address | None] = [None] * n
+    wants = _links_per_backend(backends, n)
+    prefs = [_permutation(b.ip, n) for b in backends]
+    left = n
+    while left:
+        for i, b in enumerate(backends):
+            if wants[i]:
+                link = next(k for k in prefs[i] if table[k] is None)
+                table[link], wants[i], left = b.ip, wants[i] - 1, left - 1
+    return tuple(table)  # type: ignore[arg-type]  # every link claimed
 
 
 def port_group(network: IPv4Network, service: Service, slot: int) -> Group | None:
     """The select group of one service port; None without backends (its traffic is
-    dropped by a flow instead, where it is counted)."""
-    if not service.backends:
+    dropped by a flow instead, where it is counted) and with affinity (its flows pick)."""
+    if not service.backends or service.affinity_timeout:
         return None
     port = service.ports[slot]
-    if service.affinity_timeout:
-        buckets = (
-            tuple(
-                Bucket(b.weight, (set_field("reg1", int(b.ip)), resubmit(Table.SVC_DNAT)))
-                for b in service.backends
-            )
-            + NEVER_CHOSEN
-        )
-    else:
-        buckets = tuple(Bucket(b.weight, (_commit(b.ip, port),)) for b in service.backends)
+    buckets = tuple(Bucket(b.weight, (_commit(b.ip, port),)) for b in service.backends)
     return Group(group_id(network, service, slot), buckets)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -120,6 +121,13 @@ def _osken_action(action):
         )  # fmt: skip
     if kind == "learn":
         return _osken_learn(action)
+    if kind == "multipath":
+        _, fields, basis, algorithm, n_links, register = action
+        return parser.NXActionMultipath(
+            fields=ofwire.NX_HASH_FIELDS[fields], basis=basis,
+            algorithm=getattr(nicira_ext, f"NX_MP_ALG_{algorithm.upper()}"), max_link=n_links - 1,
+            arg=0, ofs_nbits=nicira_ext.ofs_nbits(0, 31), dst=register,
+        )  # fmt: skip
     assert kind == "move"
     width = ofwire.FIELDS[action[1]].size * 8
     return parser.NXActionRegMove(src_field=action[1], dst_field=action[2], n_bits=width)
@@ -169,9 +177,10 @@ def test_flow_mods_are_byte_identical_to_osken(command):
         "group",
         "resubmit",
         "learn",
+        "multipath",
     }  # every action kind covered
     assert {name for f in flows for name, _ in f.match} >= {
-        "ct_state", "ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst", "reg1",
+        "ct_state", "ip_proto", "tcp_src", "tcp_dst", "udp_src", "udp_dst", "reg0", "reg1",
     }  # fmt: skip
     for xid, f in enumerate(sorted(flows, key=lambda f: (f.table, f.priority, str(f.match))), 1):
         assert ofwire.encode_flow_mod(f, command, xid) == serialized(
@@ -192,6 +201,39 @@ def test_bundle_messages_are_byte_identical_to_osken():
         DP, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch()
     )
     assert ofwire.encode_flow_stats_request(80) == serialized(req, 80)
+
+
+def ofp_print(data: bytes) -> str:
+    """Open vSwitch's own decoding of a message (ovs-ofctl, no switch involved)."""
+    out = subprocess.run(
+        ["ovs-ofctl", "ofp-print", data.hex()], capture_output=True, text=True, check=True
+    )
+    assert "error" not in out.stdout.lower(), out.stdout
+    return out.stdout
+
+
+def test_ovs_reads_our_multipath_as_the_action_we_mean():
+    """nicira-ext.h's numbers for the hash fields and algorithms, checked by OVS's parser:
+    os-ken names the algorithms only."""
+    (pick,) = [f for f in table() if any(a[0] == "multipath" for a in f.actions)][:1]
+    for fields in ofwire.NX_HASH_FIELDS:
+        for algorithm in ofwire.NX_MP_ALGORITHMS:
+            action = ("multipath", fields, 257, algorithm, 67, "reg0")
+            f = replace(pick, actions=(action, *pick.actions[1:]))
+            printed = ofp_print(ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, 1))
+            assert f"actions=multipath({fields},257,{algorithm},67,0,NXM_NX_REG0[])," in printed
+
+
+def test_only_the_multipath_vxflow_writes_decodes_as_one():
+    ours = ("multipath", "nw_src", 257, "modulo_n", 67, "reg0")
+    raw = bytearray(ofwire.encode_flow_mod(replace(next(iter(table())), actions=(ours,)), 0, 1))
+    at = raw.index(bytes.fromhex("00002320000a"))  # NX_VENDOR_ID, NXAST_MULTIPATH
+    action = bytes(raw[at - 4 : at + 28])
+    assert ofwire._decode_action(action, 0, 32) == ours
+    # another argument, 16 bits of the register, unknown hash fields or algorithm
+    for offset, value in ((20, b"\0\0\0\1"), (26, b"\0\x0f"), (10, b"\0\x09"), (16, b"\0\x07")):
+        changed = action[:offset] + value + action[offset + len(value) :]
+        assert ofwire._decode_action(changed, 0, 32)[0] == "unknown_action"
 
 
 def stats_entry(f: Flow) -> bytes:

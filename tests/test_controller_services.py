@@ -1,6 +1,7 @@
 """Services in the controller (pure: a recording channel, no switch): groups read back,
-diffed and sent in the bundle/barrier discipline, one group-mod per backend change,
-conntrack flushes of removed UDP backends, learned entries left alone."""
+diffed and sent in the bundle/barrier discipline, one group-mod per backend change (with
+client-IP affinity: the flow-mods of the links that changed hands), conntrack flushes of
+removed UDP backends, learned entries left alone."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from controller.model import ClusterModel
 from controller.switch import State
 from flows.compiler import compile_table
 from flows.flow import Flow, Owner, Table, cookie_for
-from flows.services import ServicePlan, plan_groups
+from flows.services import ServicePlan, affinity_links, group_id, plan_groups, port_flows
 from leases.events import ServiceAdded, ServiceRemoved, VxflowConfigChanged
 from leases.model import Backend, Service, ServicePort, VxflowConfig
-from tests.test_controller_sync import CONFIG, finish, lease, make, read_back
+from tests.test_controller_sync import CONFIG, bundle_adds, finish, lease, make, read_back
 
 NET = IPv4Network("198.20.0.0/16")
 B1, B2, B3 = (IPv4Address(f"198.19.{i}.254") for i in (1, 2, 3))
@@ -173,14 +174,17 @@ def test_a_replica_that_is_not_master_neither_writes_nor_flushes() -> None:
     assert not [t for t, _, _ in channel.take() if t == groups.OFPT_EXPERIMENTER]
 
 
+STICKY = Service("sticky", IPv4Address("198.20.0.80"), (ServicePort(80, "TCP", 8080),),
+                 (Backend(B1), Backend(B2)), affinity_timeout=60)  # fmt: skip
+
+
 def test_learned_affinity_entries_are_never_drift_and_wrong_groups_are() -> None:
-    sticky = replace(DNS, affinity_timeout=60)
-    model = model_with(sticky)
+    model = model_with(DNS, STICKY)
     sync, channel, _ = make(model, lease(1).public_ip)
     sync.start()
-    held = table_of(sticky)
+    held = table_of(DNS, STICKY)
     learned = Flow(Table.SVC_AFFINITY, 100, (("ip_src", B3),), (("set_field", "reg1", 1),),
-                   cookie_for(Owner.LEARNED, 53 << 8))  # fmt: skip
+                   cookie_for(Owner.LEARNED, 80 << 8))  # fmt: skip
     wrong = replace(held.groups[0], buckets=held.groups[0].buckets[:1])
     foreign = replace(held.groups[0], group_id=7)
     read_back(sync, channel, [*held, learned], [wrong, held.groups[1], foreign])
@@ -192,7 +196,30 @@ def test_learned_affinity_entries_are_never_drift_and_wrong_groups_are() -> None
         if t == ofwire.OFPT_BUNDLE_ADD_MESSAGE and m[17] == ofwire.OFPT_FLOW_MOD
     ]
     land(sync, channel, sent)
-    assert list(sync.installed_groups.values()) == held.groups
+    assert list(sync.installed_groups.values()) == held.groups  # none for the sticky port
+
+
+def test_a_backend_change_with_affinity_is_the_flow_mods_of_the_links_that_changed_hands() -> None:
+    """No group: the links re-dealt (a removed backend's, an added one's share), the
+    backends' own SVC_DNAT flows, the multipath flow untouched; in one bundle here."""
+    model = model_with(STICKY)
+    sync, channel, _ = synced(model, STICKY)
+    new = replace(STICKY, backends=(Backend(B2), Backend(B3)))  # B1 out, B3 in
+    impact = model.apply([ServiceRemoved(STICKY, 9), ServiceAdded(new, 9)])
+    sync.request(impact.scope_for(sync.node, lease(1).subnet), impact.flushes)
+    sent = channel.take()
+    assert group_mods(sent) == [] and impact.flushes == []  # (TCP: nothing to flush)
+    moved = sum(a != b for a, b in zip(affinity_links(STICKY.backends), affinity_links(new.backends),
+                                       strict=True))  # fmt: skip
+    assert 0 < moved < 67
+    assert sorted(bundle_adds(sent)) == [ofwire.OFPFC_ADD] * (moved + 1) + [ofwire.OFPFC_DELETE_STRICT]
+    land(sync, channel, sent)
+    assert set(sync.installed.values()) == set(table_of(new))
+    assert sync.installed_groups == {}
+    # the port's flows are its cookie's alone: the other services' stay untouched
+    assert {f.cookie for f in port_flows(NET, new, 0)} == {
+        cookie_for(Owner.SERVICE, group_id(NET, new, 0))
+    }
 
 
 def test_the_range_and_its_services_arrive_and_leave_with_the_vxflow_config() -> None:

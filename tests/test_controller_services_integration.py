@@ -1,7 +1,8 @@
 """Services through the controller onto real ovs-vswitchd bridges: groups read back and
 left alone when right, a backend change is a group change only, drift (a deleted group)
 repaired by the audit while learned affinity entries are left alone, a restart sends
-nothing (harness: tests/ofharness.py, which compares flows and groups as OVS renders them)."""
+nothing, client-IP affinity decided by the switch from the client's address (harness:
+tests/ofharness.py, which compares flows and groups as OVS renders them)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
+from flows.ports import GATEWAY_OFPORT, gateway_mac
 from leases.etcd_server import EtcdServer
 from ovsdb.instance import OvsInstance
-from tests.ofharness import PREFIX, VXFLOW, Cluster, pod, running, wait_for
+from tests.ofharness import PREFIX, VXFLOW, Cluster, node_ip, pod, running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +63,8 @@ def test_services_land_a_backend_change_is_one_group_mod_and_a_restart_sends_not
     cluster.controller.start(tmp_path)
     cluster.wait_converged()
     groups_on = {b: cluster.ovs.ofctl("dump-groups", b) for b in bridges}
-    assert all(text.count("group_id=") == 2 for text in groups_on.values()), groups_on  # web, dns
+    # dns's (web has affinity: its flows pick, it has no group)
+    assert all(text.count("group_id=") == 1 for text in groups_on.values()), groups_on
     assert "198.20.0.99" in "".join(cluster.dump(bridges[0]))  # the counted no-backend drop
 
     # a backend added to dns: one group-mod per switch, no flow touched
@@ -117,7 +121,7 @@ def test_audit_restores_a_deleted_group_and_leaves_learned_entries(
     before = repairs()
     # drift: a group deleted by hand (OpenFlow deletes the flows pointing at it as well; the
     # flow monitor reports those, and the controller reads flows and groups back)
-    cluster.ovs.ofctl("del-groups", bridge, f"group_id={10 << 8}")
+    cluster.ovs.ofctl("del-groups", bridge, f"group_id={53 << 8}")
     wait_for("the repair", lambda: repairs() > before)
     cluster.wait_converged()
     assert "cookie=0x7606" in cluster.ovs.ofctl("dump-flows", bridge)  # the learned entry stayed
@@ -155,7 +159,7 @@ def test_flows_show_and_diff_cover_groups_and_skip_learned_entries(cluster: Clus
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     group_lines = [line for line in lines if line.startswith("group_id=")]
-    assert len(group_lines) == 2 and lines[-2:] == group_lines  # web and dns, after the flows
+    assert len(group_lines) == 1 and lines[-1:] == group_lines  # dns's, after the flows
     missing = vxflow("flows", "diff", *node, *target, *common)
     assert missing.returncode == 1
     assert {line for line in missing.stdout.splitlines() if line.startswith("+ group_id=")} == {
@@ -169,9 +173,56 @@ def test_flows_show_and_diff_cover_groups_and_skip_learned_entries(cluster: Clus
                       "tcp,nw_src=198.19.1.10,nw_dst=198.20.0.10,tp_dst=80,actions=load:1->NXM_NX_REG1[]")  # fmt: skip
     same = vxflow("flows", "diff", *node, *target, *common)
     assert same.returncode == 0 and same.stdout == "", same.stdout + same.stderr
-    assert "2 groups, 2 desired, 0 differ" in same.stderr
-    web = next(line for line in group_lines if "weight:2" in line)
-    cluster.ovs.ofctl("mod-group", bridge, web.replace("weight:2", "weight:9"))
+    assert "1 groups, 1 desired, 0 differ" in same.stderr
+    cluster.ovs.ofctl("mod-group", bridge, group_lines[0].replace("weight:1", "weight:9", 1))
     changed = vxflow("flows", "diff", *node, *target, *common)
     assert changed.returncode == 1
     assert [line[:2] for line in changed.stdout.splitlines()] == ["- ", "+ "]
+
+
+def backend_for(cluster: Cluster, bridge: str, client: str, vip: str = "198.20.0.10") -> str:
+    """The backend `bridge`'s flows pick for a new TCP connection from `client` (a source on
+    the node's host side) to vip:80: OVS's own ofproto/trace, through conntrack as new."""
+    own = next(le for le in cluster.registry.snapshot().leases if le.public_ip == node_ip(1))
+    out = cluster.ovs.appctl(
+        "ofproto/trace", bridge,
+        f"in_port={GATEWAY_OFPORT},dl_src={gateway_mac(own.subnet)},tcp,nw_src={client},"
+        f"nw_dst={vip},nw_ttl=64,tp_src=40000,tp_dst=80",
+        "--ct-next", "trk,new",
+    )  # fmt: skip
+    (backend,) = re.findall(r"Datapath actions: ct\(commit,zone=7678,nat\(dst=([\d.]+):8080\)\)", out)
+    return backend
+
+
+def test_affinity_on_a_real_switch_picks_by_client_address_and_weight(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The multipath link of each client address, on ovs-vswitchd itself: the same backend
+    every time (no learned entry needed), shares after the weights (2:1), a backend added
+    takes its share and moves few others, and a learned entry wins over the link."""
+    spec = services(cluster)
+    b1, b2 = (b["IP"] for b in spec["web"]["Backends"])
+    bridge = cluster.add_switch(1)
+    cluster.controller.start(tmp_path)
+    cluster.wait_converged()
+    clients = [f"10.{i // 250}.{i % 250}.{i % 7 + 1}" for i in range(300)]
+    first = {c: backend_for(cluster, bridge, c) for c in clients}
+    assert {c: backend_for(cluster, bridge, c) for c in clients[:50]} == {c: first[c] for c in clients[:50]}
+    share = sum(b == b1 for b in first.values()) / len(clients)
+    assert 0.55 <= share <= 0.78, share  # weight 2 of 3 (45 of 67 links)
+
+    b3 = "198.19.3.30"
+    cluster.registry.put_service({**spec["web"], "Backends": [*spec["web"]["Backends"], {"IP": b3}]})
+    cluster.wait_converged()
+    after = {c: backend_for(cluster, bridge, c) for c in clients}
+    assert set(after.values()) == {b1, b2, b3}
+    stayed = [c for c in clients if after[c] != b3]
+    assert sum(after[c] == first[c] for c in stayed) >= 0.85 * len(stayed)  # few others moved
+
+    # an entry the switch learned earlier (client on b2) wins over the client's link (b1)
+    client = next(c for c in clients if after[c] == b1)
+    cluster.ovs.ofctl("add-flow", bridge, "table=41,priority=100,idle_timeout=30,cookie=0x7606000000000a00,"
+                      f"tcp,nw_src={client},nw_dst=198.20.0.10,tp_dst=80,"
+                      f"actions=load:{int(IPv4Address(b2)):#x}->NXM_NX_REG1[]")  # fmt: skip
+    assert backend_for(cluster, bridge, client) == b2
+    assert cluster.controller.metric("vxflow_controller_openflow_errors_total") == 0

@@ -1,10 +1,14 @@
 """The services' part of the compiler (pure): VIP flows, groups and buckets, zones, weights,
-affinity, hairpin, the counted no-backend drop, and group diffs."""
+affinity (its links and how a backend change moves them), hairpin, the counted no-backend
+drop, and group diffs."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
+
+import pytest
 
 from flows.compiler import compile_node, compile_table
 from flows.diff import diff_flows
@@ -13,16 +17,19 @@ from flows.groups import Bucket, Group, diff_groups, group_to_ofctl
 from flows.ports import pod_mac, vtep_mac_for
 from flows.services import (
     HAIRPIN_ZONE,
-    NEVER_CHOSEN,
-    NEVER_LIVE_GROUP,
+    LINK_TABLES,
     SERVICE_ZONE,
     ServicePlan,
+    affinity_links,
     group_id,
     hairpin_source,
     is_learned,
+    link_count,
     plan_groups,
+    port_flows,
 )
 from leases.model import Backend, Endpoint, Lease, NetworkConfig, Service, ServicePort
+from leases.services import MAX_BACKENDS
 
 CONFIG = NetworkConfig(IPv4Network("198.19.0.0/16"))
 SERVICE_NET = IPv4Network("198.20.0.0/16")
@@ -78,7 +85,16 @@ def test_every_service_flow_and_group_of_a_node() -> None:
            "move:arp_sha[]->arp_tha[],set_field:0a:58:c6:13:01:01->arp_sha,move:arp_tpa[]->reg0[],"
            "move:arp_spa[]->arp_tpa[],move:reg0[]->arp_spa[],in_port")  # fmt: skip
     ip = "eth_type=0x0800"
-    assert service_lines(plan(WEB, STICKY, EMPTY)) == [
+    lines = service_lines(plan(WEB, STICKY, EMPTY))
+    to_remote = ("learn(table=41,idle_timeout=600,priority=100,cookie=0x7606000000010100,eth_type=0x800,"
+                 "nw_proto=6,NXM_OF_IP_SRC[],NXM_OF_IP_DST[],NXM_OF_TCP_DST[],load:0xc61302fe->NXM_NX_REG1[]),"
+                 "ct(commit,table=20,zone=7678,nat(dst=198.19.2.254:8443))")  # fmt: skip
+    # sticky's one backend holds every one of its 67 links
+    assert [line for line in lines if ",table=46," in line] == [
+        f"cookie={sticky},table=46,priority=100,{ip},ip_dst=198.20.1.1,ip_proto=6,reg0={k},tcp_dst=443 actions={to_remote}"
+        for k in sorted(range(67), key=str)
+    ]
+    assert [line for line in lines if ",table=46," not in line] == [
         f"{c_net},table=10,priority=10,arp_op=1,arp_tpa=198.20.0.0/16,eth_type=0x0806 actions={arp}",
         f"cookie={web53},table=20,priority=200,{ip},ip_dst=198.20.0.10,ip_proto=17,udp_dst=53 actions=ct(table=40,zone=7678,nat)",
         f"cookie={web80},table=20,priority=200,{ip},ip_dst=198.20.0.10,ip_proto=6,tcp_dst=80 actions=ct(table=40,zone=7678,nat)",
@@ -96,8 +112,8 @@ def test_every_service_flow_and_group_of_a_node() -> None:
         f"cookie={sticky},table=40,priority=100,ct_state=+new+trk,{ip},ip_dst=198.20.1.1,ip_proto=6,tcp_dst=443 actions=resubmit(,41),goto_table:42",
         f"{c_net},table=40,priority=10,ct_state=+est+trk,{ip} actions=resubmit(,20)",
         f"{c_net},table=40,priority=10,ct_state=+rel+trk,{ip} actions=resubmit(,20)",
-        f"cookie={sticky},table=42,priority=100,{ip},ip_dst=198.20.1.1,ip_proto=6,reg1=3323134718,tcp_dst=443 actions=learn(table=41,idle_timeout=600,priority=100,cookie=0x7606000000010100,eth_type=0x800,nw_proto=6,NXM_OF_IP_SRC[],NXM_OF_IP_DST[],NXM_OF_TCP_DST[],load:0xc61302fe->NXM_NX_REG1[]),ct(commit,table=20,zone=7678,nat(dst=198.19.2.254:8443))",
-        f"cookie={sticky},table=42,priority=10,{ip},ip_dst=198.20.1.1,ip_proto=6,tcp_dst=443 actions=group:65792",
+        f"cookie={sticky},table=42,priority=100,{ip},ip_dst=198.20.1.1,ip_proto=6,reg1=3323134718,tcp_dst=443 actions={to_remote}",
+        f"cookie={sticky},table=42,priority=10,{ip},ip_dst=198.20.1.1,ip_proto=6,tcp_dst=443 actions=multipath(nw_src,257,modulo_n,67,0,reg0[]),goto_table:46",
         f"{c_net},table=43,priority=10,ct_state=+est+trk,{ip} actions=ct(table=44,zone=7678,nat)",
         f"{c_net},table=43,priority=10,ct_state=+rel+trk,{ip} actions=ct(table=44,zone=7678,nat)",
         f"{c_net},table=44,priority=10,{ip} actions=set_field:{gw}->eth_src,in_port",
@@ -108,10 +124,7 @@ def test_every_service_flow_and_group_of_a_node() -> None:
     assert [group_to_ofctl(g) for g in plan_groups(plan(WEB, STICKY, EMPTY))] == [
         "group_id=2560,type=select,bucket=weight:2,actions=ct(commit,table=20,zone=7678,nat(dst=198.19.1.254:8080)),bucket=weight:1,actions=ct(commit,table=20,zone=7678,nat(dst=198.19.2.254:8080))",
         "group_id=2561,type=select,bucket=weight:2,actions=ct(commit,table=20,zone=7678,nat(dst=198.19.1.254:5353)),bucket=weight:1,actions=ct(commit,table=20,zone=7678,nat(dst=198.19.2.254:5353))",
-        "group_id=65792,type=select,bucket=weight:1,actions=set_field:3323134718->reg1,resubmit(,42),"
-        "bucket=weight:1,watch_group:4294967040,actions=drop,"
-        "bucket=weight:64,watch_group:4294967040,actions=drop",
-    ]
+    ]  # sticky has none: its flows pick
 
 
 def test_group_ids_come_from_the_vip_offset_and_port_slot() -> None:
@@ -185,25 +198,90 @@ def test_a_service_without_backends_drops_with_its_own_cookie_and_gets_no_group(
     assert d.delete == ()
 
 
-def test_affinity_learns_the_backend_and_buckets_only_pick_it() -> None:
-    (g,) = plan_groups(plan(STICKY))
-    assert g.buckets == (
-        Bucket(1, (("set_field", "reg1", int(REMOTE_POD)), ("resubmit", Table.SVC_DNAT))),
-        *NEVER_CHOSEN,
-    )
-    # never chosen: they watch a group that never exists, and they push OVS to its per
-    # connection slow-path hash (min weight 1, total > 64 hash slots' worth)
-    assert {b.watch_group for b in NEVER_CHOSEN} == {NEVER_LIVE_GROUP} and NEVER_LIVE_GROUP > 1 << 28
-    assert min(b.weight for b in g.buckets) == 1 and sum(b.weight for b in g.buckets) > 64
-    dnat = [f for f in _flows(plan(STICKY)) if f.table == Table.SVC_DNAT and f.priority == 100]
+def test_affinity_learns_the_backend_and_its_links_pick_one_without_a_group() -> None:
+    assert plan_groups(plan(STICKY)) == []
+    gid = group_id(SERVICE_NET, STICKY, 0)
+    flows = [f for f in _flows(plan(STICKY)) if f.cookie == cookie_for(Owner.SERVICE, gid)]
+    dnat = [f for f in flows if f.table == Table.SVC_DNAT and f.priority == 100]
     (learn, commit) = dnat[0].actions
-    assert learn == ("learn", Table.SVC_AFFINITY, 600, 100, cookie_for(Owner.LEARNED, g.group_id),
+    assert learn == ("learn", Table.SVC_AFFINITY, 600, 100, cookie_for(Owner.LEARNED, gid),
                      6, "tcp_dst", int(REMOTE_POD))  # fmt: skip
     assert commit == ("ct", True, SERVICE_ZONE, Table.ROUTE, ("dst", REMOTE_POD, 8443))
     assert ("reg1", int(REMOTE_POD)) in dnat[0].match
-    learned = Flow(Table.SVC_AFFINITY, 100, (), (), cookie_for(Owner.LEARNED, g.group_id))
+    # no entry (or one of a removed backend): the client's address picks the link
+    (pick,) = [f for f in flows if f.table == Table.SVC_DNAT and f.priority == 10]
+    assert pick.actions == (("multipath", "nw_src", 257, "modulo_n", 67, "reg0"),
+                            ("goto_table", Table.SVC_LINK))  # fmt: skip
+    links = [f for f in flows if f.table == Table.SVC_LINK]
+    assert sorted(dict(f.match)["reg0"] for f in links) == list(range(67))
+    assert {f.actions for f in links} == {dnat[0].actions}  # each link commits by itself
+    learned = Flow(Table.SVC_AFFINITY, 100, (), (), cookie_for(Owner.LEARNED, gid))
     assert is_learned(learned)
     assert not any(is_learned(f) for f in _flows(plan(STICKY)))
+
+
+def backends(n: int, weight=lambda i: 1) -> tuple[Backend, ...]:
+    return tuple(Backend(IPv4Address(f"198.19.{i // 200 + 1}.{i % 200 + 2}"), weight(i))
+                 for i in range(n))  # fmt: skip
+
+
+def test_links_follow_the_weights() -> None:
+    for group in (backends(3), backends(3, lambda i: 2 if i == 0 else 1), backends(5, lambda i: i + 1),
+                  backends(2, lambda i: 1000 if i else 1), backends(40), backends(300)):  # fmt: skip
+        links = affinity_links(group)
+        assert len(links) == link_count(len(group)) and len(links) in LINK_TABLES
+        held = Counter(links)
+        rest, total = len(links) - len(group), sum(b.weight for b in group)
+        for b in group:  # one each, the rest by weight (within one link)
+            assert abs(held[b.ip] - 1 - rest * b.weight / total) < 1, (b, held)
+    assert Counter(affinity_links(backends(3, lambda i: 2 if i == 0 else 1))) == {
+        IPv4Address("198.19.1.2"): 33, IPv4Address("198.19.1.3"): 17, IPv4Address("198.19.1.4"): 17,
+    }  # fmt: skip
+    assert link_count(16) == 67 and link_count(17) == 257 and link_count(MAX_BACKENDS) == 2053
+
+
+def test_the_links_are_the_same_on_every_replica_and_for_every_port() -> None:
+    """A stable hash (never Python's salted one): fixed expectations (a change here would
+    move clients when the controllers are upgraded), and one backend set gives one table."""
+    links = affinity_links(backends(3))
+    assert Counter(links) == Counter({IPv4Address("198.19.1.2"): 23, IPv4Address("198.19.1.3"): 22,
+                                      IPv4Address("198.19.1.4"): 22})  # fmt: skip
+    assert links[:6] == tuple(IPv4Address(a) for a in (
+        "198.19.1.2", "198.19.1.2", "198.19.1.4", "198.19.1.3", "198.19.1.3", "198.19.1.4"))  # fmt: skip
+    affinity_links.cache_clear()
+    assert affinity_links(backends(3)) == links
+    two = replace(STICKY, ports=(ServicePort(443, "TCP", 8443), ServicePort(53, "UDP", 53)),
+                  backends=backends(3))  # fmt: skip
+    picks = [f for slot in (0, 1) for f in port_flows(SERVICE_NET, two, slot) if f.table == Table.SVC_LINK]
+    by_port = {}
+    for f in picks:
+        by_port.setdefault(dict(f.match)["ip_proto"], []).append((dict(f.match)["reg0"], f.actions[1][4][1]))
+    assert by_port[6] == by_port[17]  # one client, one backend on every port (no entry yet)
+
+
+@pytest.mark.parametrize("n", [3, 4, 6, 10, 15])
+def test_a_backend_change_moves_few_links_of_the_other_backends(n: int) -> None:
+    """Removing or adding one backend re-deals the removed one's links (or the added one's
+    share) and a few more: at most 10 of 67 links move between backends that stay."""
+    before = affinity_links(backends(n))
+    for k in range(n):
+        fewer = backends(n)[:k] + backends(n)[k + 1 :]
+        after = affinity_links(fewer)
+        gone = backends(n)[k].ip
+        assert sum(a != b for a, b in zip(before, after, strict=True) if a != gone) <= 10
+        changed = diff_flows(_sticky_flows(backends(n)), _sticky_flows(fewer))
+        moved = [f for f in changed.add if f.table == Table.SVC_LINK]
+        assert len(moved) == sum(a != b for a, b in zip(before, after, strict=True))
+        assert [f.table for f in changed.delete] == [Table.SVC_DNAT]  # its learned-entry flow
+        assert not [f for f in changed.add if f.table != Table.SVC_LINK]  # multipath stays
+    grown = backends(n + 1)
+    after = affinity_links(grown)
+    taken = Counter(b for a, b in zip(before, after, strict=True) if a != b)
+    assert sum(taken.values()) - taken[grown[-1].ip] <= 10
+
+
+def _sticky_flows(group: tuple[Backend, ...]) -> frozenset[Flow]:
+    return _flows(plan(replace(STICKY, backends=group)))
 
 
 def test_reply_hooks_are_shared_per_protocol_and_target_port() -> None:
