@@ -26,10 +26,10 @@ does) unless `release_on_exit`.
 A registry watch (its own thread) hands the loop the controller replicas as
 they register and leave: the bridge's controllers are the `--controller`
 targets plus every replica's advertised address, so a replica added to the
-cluster needs no node restart. A config change seen there is acted on at the
-next loop turn rather than at the periodic resync; so is a change of vxflow's
-config: its ServiceNetwork is routed into the gateway port (the node reaches
-service VIPs through the switch).
+cluster needs no node restart. A config change seen there is acted on at once
+(the watch wakes the loop from its wait for OVSDB) rather than at the periodic
+resync; so is a change of vxflow's config: its ServiceNetwork is routed into
+the gateway port (the node reaches service VIPs through the switch).
 
 A flow-restore-wait that a restart of ovs-vswitchd left set is cleared here
 (`_flow_restore_wait`, checked first on every turn). With a metrics port the
@@ -38,7 +38,9 @@ agent serves its Prometheus metrics (ovsdb/metrics.py) from a thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import signal
 import threading
@@ -161,6 +163,8 @@ class Agent:
         self._env_pending = False  # a (new) lease whose subnet.env is not written yet
         self._members: dict[str, Member] = {}  # controller replicas, from the watch
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._wake_r = self._wake_w = -1  # run(): a pipe through which the watch wakes the loop
+        self._wake_lock = threading.Lock()  # (a watch outliving its stop must not write on)
         self._masq: IpMasq | None = None
         self._masq_at = 0.0  # next check of the masquerade rules
         self._masq_settled = False  # without --ip-masq: our table is gone, nothing more to do
@@ -203,6 +207,9 @@ class Agent:
         except RetryError:
             log.info("stopped before the agent was up")
             return 0
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         watch = self.registry.watch(callback=self._note_event)
         try:
             self._loop(idl)
@@ -212,6 +219,10 @@ class Agent:
             watch.stop()
             idl.close()
             self._exit()
+            with self._wake_lock:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_r = self._wake_w = -1
         return 0
 
     def _serve_metrics(self) -> None:
@@ -233,8 +244,14 @@ class Agent:
         """(The watch's thread.) Hand the loop what it acts on."""
         if isinstance(event, MemberAdded | MemberRemoved | ConfigChanged | VxflowConfigChanged):
             self._events.put(event)
+            with self._wake_lock, contextlib.suppress(BlockingIOError):  # full: it is awake
+                if self._wake_w >= 0:
+                    os.write(self._wake_w, b"\0")
 
     def _take_events(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
         while True:
             try:
                 event = self._events.get_nowait()
@@ -310,7 +327,7 @@ class Agent:
         next_resync, was_connected = 0.0, True
         while not self._stop.is_set():
             busy = self._dirty or not next_resync  # work left over: do not wait for OVSDB
-            self._dirty |= ovsidl.run_once(idl, timeout=0.0 if busy else 1.0)
+            self._dirty |= ovsidl.run_once(idl, timeout=0.0 if busy else 1.0, wake=self._wake_r)
             self._take_events()
             now = time.monotonic()
             connected = ovsidl.is_connected(idl)

@@ -121,13 +121,16 @@ class Connections:
             self.discard(remote)
 
 
-def run_once(idl: ovs.db.idl.Idl, timeout: float) -> bool:
-    """Process what the server sent; if that changed nothing, wait up to `timeout` s for
-    more and process it. True if the replica changed (then without waiting)."""
+def run_once(idl: ovs.db.idl.Idl, timeout: float, wake: int | None = None) -> bool:
+    """Process what the server sent; if that changed nothing, wait up to `timeout` s (or
+    until the file descriptor `wake` is readable) for more and process it. True if the
+    replica changed (then without waiting)."""
     if idl.run():
         return True
     poller = ovs.poller.Poller()
     idl.wait(poller)
+    if wake is not None:
+        poller.fd_wait(wake, ovs.poller.POLLIN)
     poller.timer_wait(int(timeout * 1000))
     poller.block()
     return bool(idl.run())

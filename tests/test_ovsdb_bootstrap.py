@@ -7,6 +7,9 @@ in the root namespace; ovs-vsctl and ip are used only to inspect and to drift.
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Network
@@ -207,3 +210,22 @@ def test_the_service_network_is_routed_into_the_gateway_port_and_only_ours_remov
     ]
     assert converge(()) == ["kernel: remove route 198.21.0.0/24 dev vxgw0 (a previous ServiceNetwork)"]
     assert [dst for dst, _ in on_gateway()] == ["198.19.0.0/16", "198.19.5.0/24", "198.22.0.0/16"]
+
+
+@pytest.mark.integration
+def test_a_wait_for_ovsdb_ends_when_the_wake_descriptor_is_written(booted: Booted) -> None:
+    """The agent's loop waits for OVSDB (up to a second); its watch wakes it through a pipe,
+    so a config change seen in etcd is acted on at once."""
+    ovsidl.refresh(booted.idl)
+    read, write = os.pipe()
+    try:
+        waker = threading.Timer(0.2, os.write, (write, b"\0"))
+        waker.start()
+        started = time.monotonic()
+        assert not ovsidl.run_once(booted.idl, timeout=60, wake=read)  # woken: nothing changed
+        # long before its timeout, and before the session's 5 s inactivity probe could end it
+        assert time.monotonic() - started < 4
+        waker.join()
+    finally:
+        os.close(read)
+        os.close(write)
