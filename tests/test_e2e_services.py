@@ -3,9 +3,11 @@ OVS userspace conntrack and NAT, Mininet).
 
 Three backends, one pod on each of n1-n3, answer every TCP connection (and UDP
 datagram) with their own name and the address they see the client at
-(mininet/namesrv.py); the client is the pod on n4. One cluster serves the module;
-each test sets the service as it needs it, and waits until every switch holds
-that service's group before it measures. The controller restart runs last.
+(mininet/namesrv.py); the client is the pod on n4. One cluster serves the module,
+its ServiceNetwork set once and routed by every node's agent before any test; each
+test sets the service as it needs it, and waits until every switch holds that
+service's group (with affinity: its links) before it measures. The controller
+restart runs last.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.services import group_id, hairpin_source, port_group
+from flows.flow import Owner, Table, cookie_for
+from flows.ports import GATEWAY_PORT
+from flows.services import affinity_links, group_id, hairpin_source, port_group
 from leases.registry import Registry
 from tests.emulation import Underlay
 from tests.test_e2e_cluster import in_host
@@ -51,11 +55,22 @@ def cluster() -> Iterator:
                 servers.append(server)
             with Registry(running.etcd_endpoint, spec.prefix) as registry:
                 registry.set_service_network(str(SERVICE_NETWORK))
+            wait_routed(running)
             yield running
         finally:
             for server in servers:
                 server.kill()
                 server.wait()
+
+
+def wait_routed(cluster, timeout: float = 20) -> None:
+    """Every vxflow node routes the ServiceNetwork into its gateway port, as its agent does
+    once it sees the range set: what a node's own connections to a VIP need."""
+    deadline = time.monotonic() + timeout
+    for node in cluster.vxflow_nodes:
+        while f"dev {GATEWAY_PORT} " not in node.sh(f"ip -4 route show {SERVICE_NETWORK}"):
+            assert time.monotonic() < deadline, (node.name, node.sh("ip -4 route"))
+            time.sleep(0.1)
 
 
 def backends(cluster) -> list:
@@ -88,9 +103,18 @@ def wait_programmed(cluster, service, timeout: float = 20) -> None:
     gid = group_id(SERVICE_NETWORK, service, 0)
     deadline = time.monotonic() + timeout
     for node in cluster.vxflow_nodes:
-        while not _holds(node, gid, want):
+        while not (_holds(node, gid, want) and _holds_links(node, gid, service)):
             assert time.monotonic() < deadline, (node.name, node.ovs.ofctl("dump-groups", "br-int"))
             time.sleep(0.1)
+
+
+def _holds_links(node, gid: int, service) -> bool:
+    """Whether the node's br-int holds the links of a port with affinity, each to its backend
+    (true for a port without affinity: it has none)."""
+    want = Counter(str(ip) for ip in affinity_links(service.backends)) if service.affinity_timeout else {}
+    cookie = cookie_for(Owner.SERVICE, gid)
+    flows = node.ovs.ofctl("dump-flows", "br-int", f"cookie={cookie:#x}/-1,table={Table.SVC_LINK}")
+    return Counter(re.findall(r"nat\(dst=([\d.]+):", flows)) == want
 
 
 def _holds(node, gid: int, want) -> bool:
@@ -100,15 +124,7 @@ def _holds(node, gid: int, want) -> bool:
     if want is None or line is None:
         return want is None and line is None
     held = sorted(line.split(",bucket=")[1:])
-    expected = []
-    for bucket in want.buckets:
-        if not bucket.actions:  # never chosen (affinity)
-            target = f"watch_group:{bucket.watch_group},"
-        elif bucket.actions[0][0] == "ct":
-            target = f"nat(dst={bucket.actions[0][4][1]}:"
-        else:
-            target = f"{bucket.actions[0][2]:#x}->reg1"
-        expected.append((bucket.weight, target))
+    expected = [(b.weight, f"nat(dst={b.actions[0][4][1]}:") for b in want.buckets]
 
     def weight(text: str) -> int:
         return int(text[7 : text.index(",")]) if text.startswith("weight:") else 1
@@ -217,12 +233,22 @@ def test_the_node_reaches_the_vip_and_backends_see_its_gateway_address(cluster) 
 
 def test_client_ip_affinity_keeps_one_client_on_one_backend(cluster) -> None:
     pods = backends(cluster)
-    put_service(cluster, pods, vip="198.20.0.11", SessionAffinity="ClientIP",
-                SessionAffinityTimeout=60)  # fmt: skip
+    sticky = {"vip": "198.20.0.11", "SessionAffinity": "ClientIP", "SessionAffinityTimeout": 60}
+    put_service(cluster, pods, **sticky)
     for who in (client(cluster), cluster.vxflow_nodes[3], cluster.pods_of(cluster.vxflow_nodes[0])[0]):
         result = run_in(who, "connect", "198.20.0.11", "80", "40")
         assert result["failed"] == 0, result
         assert len(spread(result)) == 1, (who.name, result)
+    # across backend changes: another backend removed, the client stays; its own removed,
+    # it moves to one of the others and stays there
+    (mine,) = spread(run_in(client(cluster), "connect", "198.20.0.11", "80", "1"))
+    others = [p for p in pods if p.name != mine]
+    put_service(cluster, [p for p in pods if p is not others[0]], **sticky)
+    assert spread(run_in(client(cluster), "connect", "198.20.0.11", "80", "20")) == {mine: 20}
+    put_service(cluster, others, **sticky)
+    result = run_in(client(cluster), "connect", "198.20.0.11", "80", "20")
+    assert result["failed"] == 0 and len(spread(result)) == 1, result
+    assert set(spread(result)) <= {p.name for p in others}, result
 
 
 def test_a_pod_reaches_its_own_service_and_sees_the_hairpin_source(cluster) -> None:
