@@ -222,6 +222,22 @@ def test_a_backend_change_with_affinity_is_the_flow_mods_of_the_links_that_chang
     }
 
 
+def test_a_port_gaining_affinity_loses_its_group_after_the_flows_that_pointed_at_it() -> None:
+    """Also a switch programmed before affinity had no group: its group goes last."""
+    plain = replace(STICKY, affinity_timeout=0)
+    model = model_with(STICKY)
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.start()
+    held = table_of(plain)
+    read_back(sync, channel, list(held), held.groups)
+    sent = channel.take()
+    kinds = [m[16 + 1] for t, _, m in sent if t == ofwire.OFPT_BUNDLE_ADD_MESSAGE]
+    assert kinds[-1] == groups.OFPT_GROUP_MOD and set(kinds[:-1]) == {ofwire.OFPT_FLOW_MOD}
+    assert group_mods(sent) == [(groups.OFPGC_DELETE, 80 << 8)]
+    land(sync, channel, sent)
+    assert set(sync.installed.values()) == set(table_of(STICKY)) and sync.installed_groups == {}
+
+
 def test_the_range_and_its_services_arrive_and_leave_with_the_vxflow_config() -> None:
     model = ClusterModel()
     model.load(CONFIG, LEASES, [], services=[DNS])
