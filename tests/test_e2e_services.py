@@ -212,7 +212,9 @@ def test_a_direct_connection_reusing_a_vip_connections_port_is_not_taken_for_its
     backend's answer to the direct connection must not be un-DNATed to the VIP."""
     pods = backends(cluster)
     put_service(cluster, pods)
-    for sport in range(41000, 41005):
+    # above the pod's ephemeral ports (32768-60999): no earlier test's connection holds one
+    # in TIME_WAIT, which would refuse the bind (EADDRINUSE)
+    for sport in range(61000, 61005):
         via = run_in(client(cluster), "from", str(sport), VIP, "80")
         assert via["failed"] == 0, via
         chosen = next(p for p in pods if p.name in next(iter(via["answers"])))
