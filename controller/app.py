@@ -126,7 +126,7 @@ class VxflowController(app_manager.OSKenApp):
         # each green thread talks to etcd through its own client (Registry is not shared)
         self.membership = Membership(
             Registry(self.endpoints, self.prefix, timeout=max(1.0, ttl / 3), access=self.access),
-            member_id, address, ttl, on_change=lambda: self.coordinator.request(),
+            member_id, address, ttl, on_change=self._membership_changed,
             status=status.status_url(CONF.vxflow_metrics_listen, CONF.vxflow_metrics_port, address),
         )  # fmt: skip
         self.coordinator = Coordinator(
@@ -138,6 +138,14 @@ class VxflowController(app_manager.OSKenApp):
             member_id, address or "address not advertised: switches must be given it",
             self.endpoints, self.prefix, self.access, ttl, CONF.vxflow_audit_interval,
         )  # fmt: skip
+
+    def _membership_changed(self) -> None:
+        """Lapsed or renewed: decide mastership again; once renewed, every switch sends what
+        it held back meanwhile."""
+        self.coordinator.request()
+        if self.membership.valid():
+            for sync in list(self.switches.values()):
+                sync.resume()
 
     def start(self):
         thread = super().start()

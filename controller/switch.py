@@ -197,6 +197,12 @@ class SwitchSync:
             self._need_readback, self._readback_reason = True, reason
         self._kick()
 
+    def resume(self) -> None:
+        """The replica's membership is in good standing again: send what it held back (a
+        renewal that lands before the lapse is noticed changes no role, so nothing else
+        would)."""
+        self._kick()
+
     def close(self) -> None:
         self.closed = True
 
@@ -405,7 +411,8 @@ class SwitchSync:
             return
         if not self.may_write():
             metrics.WRITES_FENCED.inc()
-            log.warning("switch %s: membership lapsed; holding back changes", self.node)
+            log.warning("switch %s: membership lapsed; holding back changes until it is renewed",
+                        self.node)  # fmt: skip
             return
         if self._need_readback:
             self._start_readback()

@@ -296,6 +296,23 @@ def test_events_arriving_during_a_bundle_are_sent_after_it():
     assert bare_mods(channel.messages) == [ofwire.OFPFC_ADD] * 2
 
 
+def test_changes_held_back_while_membership_lapsed_are_sent_once_it_is_renewed():
+    """A renewal that lands before the lapse was noticed changes no role: `resume` is
+    what sends the held-back change (without it the switch stayed stale for good)."""
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.start()
+    read_back(sync, channel, compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip))
+    licence = [False]
+    sync.may_write = lambda: licence[0]
+    fenced = metrics.WRITES_FENCED._value.get()
+    sync.request(model.apply([LeaseAdded(lease(3), 5)]).scope_for(sync.node, lease(1).subnet))
+    assert channel.take() == [] and metrics.WRITES_FENCED._value.get() == fenced + 1
+    licence[0] = True
+    sync.resume()
+    assert bare_mods(channel.messages) == [ofwire.OFPFC_ADD] * 2
+
+
 def test_nothing_is_touched_without_a_config():
     model = ClusterModel()
     model.load(None, [lease(1)], [])
