@@ -8,11 +8,13 @@ for the antrea-agent, this client only forwards the call (CNI_* environment,
 configuration on stdin) over a unix socket to the agent (cni/server.py),
 which runs the same plugin code in-process with its imports done and its
 OVSDB connection open, and relays the answer: stdout, the log lines for
-stderr, the exit status. `vxflow-cni install DIR` writes this file as
-DIR/vxflow with `#!<vxflow's python> -IS`: no site packages, only built-in
-modules (`_socket`, `_json`, `posix`, `sys`, `time`), so it starts in the
-time of a bare interpreter (`json` and `socket` would cost ~7 ms more,
-through `re` and `enum`, and `os` ~1 ms).
+stderr, the exit status. `vxflow-cni install DIR` writes DIR/vxflow, a
+launcher that runs this module with `<vxflow's python> -IS`: no site
+packages, only built-in modules (`_socket`, `_json`, `posix`, `sys`,
+`time`), and this module's cached bytecode (a script would be compiled at
+every start), so it starts in little more than the time of a bare
+interpreter (`json` and `socket` would cost ~7 ms more, through `re` and
+`enum`, and `os` ~1 ms).
 
 When no agent serves the socket (absent, refused, or the server declines:
 another network namespace, another uid, an unknown request format) the

@@ -66,14 +66,31 @@ def log_level(environ: Mapping[str, str]) -> int:
     return getattr(logging, environ.get(LOG_LEVEL, "warning").upper(), logging.WARNING)
 
 
+LAUNCHER = """\
+#!{python} -IS
+import sys
+
+sys.path.insert(0, {root!r})  # no site packages (-IS): the vxflow installation it came from
+from cni.client import main  # noqa: E402
+
+main()
+"""
+
+
 def install(folder: Path) -> Path:
-    """Write the fast client as FOLDER/vxflow, run by this interpreter without site packages."""
-    source = Path(client.__file__).read_text()
+    """Write the fast client's launcher as FOLDER/vxflow, run by this interpreter without
+    site packages.
+
+    It imports cni/client.py rather than holding a copy of it: a script is compiled
+    afresh at every start (~2.5 ms, a third of the interpreter's own start-up on
+    this machine), a module comes from its cached bytecode.
+    """
+    root = Path(client.__file__).resolve().parents[1]
     target = folder / FAST_NAME
     fd, tmp = tempfile.mkstemp(prefix=f".{FAST_NAME}.", dir=folder)
     try:
         with os.fdopen(fd, "w") as out:
-            out.write(f"#!{sys.executable} -IS\n{source}")
+            out.write(LAUNCHER.format(python=sys.executable, root=str(root)))
         os.chmod(tmp, 0o755)
         os.replace(tmp, target)
     except BaseException:

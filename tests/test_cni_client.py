@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from importlib.util import cache_from_source
 from pathlib import Path
 
 import pytest
@@ -75,19 +76,23 @@ def test_settings_from_the_conflist() -> None:
 
 
 def test_installed_client_starts_on_builtin_modules(installed: str) -> None:
-    """What the client imports beyond a bare interpreter: C modules only."""
+    """What the client imports beyond a bare interpreter: C modules and its own, as bytecode."""
+
+    def run(*args: str) -> str:
+        return subprocess.run([sys.executable, "-IS", *args], capture_output=True, text=True,
+                              env={"CNI_COMMAND": "VERSION"}, input="{}").stderr  # fmt: skip
 
     def imported(*args: str) -> set[str]:
-        res = subprocess.run([sys.executable, "-IS", "-X", "importtime", *args],
-                             capture_output=True, text=True, env={"CNI_COMMAND": "VERSION"},
-                             input="{}")  # fmt: skip
-        return {line.split("|")[-1].strip() for line in res.stderr.splitlines()
+        return {line.split("|")[-1].strip() for line in run("-X", "importtime", *args).splitlines()
                 if line.startswith("import time:") and "|" in line} - {"package"}  # fmt: skip
 
     bare = imported("-c", "import sys")
-    assert imported(installed) - bare <= {"_socket", "_json", "time", "posix"}
+    assert imported(installed) - bare <= {"_socket", "_json", "time", "posix", "cni", "cni.client"}
     first = Path(installed).read_text().splitlines()[0]
     assert first == f"#!{sys.executable} -IS"
+    # cni/client.py itself is not compiled at every start (a first run may cache its bytecode)
+    run(installed)
+    assert f"code object from '{cache_from_source(client.__file__)}'" in run("-v", installed)
 
 
 def test_calls_served_by_the_server(installed: str, server: CniServer, tmp_path: Path) -> None:
