@@ -1,0 +1,103 @@
+"""cni/netlink.py's requests: what they say (decoded by pyroute2), and how answers are read.
+
+The kernel's side of them (the veth made, the container end configured, its
+refusals as the spec's errors) is tests/test_cni_fast.py's, through an agent.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+import pytest
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
+
+from cni.netlink import (
+    CHANGE,
+    CREATE,
+    IFF_UP,
+    NLMSG_ERROR,
+    container_messages,
+    request,
+    veth_message,
+)
+from cni.veth import ContainerEnd, Pair
+
+GW = IPv4Address("198.19.7.1")
+END = ContainerEnd("0a:58:c6:13:07:02", IPv4Interface("198.19.7.2/24"),
+                   ((IPv4Network("198.19.0.0/16"), GW), (IPv4Network("0.0.0.0/0"), GW)))  # fmt: skip
+
+
+def decoded(msg):
+    """The message as the kernel would read it: encoded, then decoded by pyroute2."""
+    msg["header"]["sequence_number"] = 1
+    msg.encode()
+    back = type(msg)(msg.data)
+    back.decode()
+    return back
+
+
+def test_veth_request() -> None:
+    pair = Pair(host="vx0123456789a", netns="/var/run/netns/c1", ifname="eth0", mtu=1450)
+    msg = decoded(veth_message(pair, "02:11:22:33:44:55", 7))
+    assert (msg["header"]["type"], msg["header"]["flags"]) == (RTM_NEWLINK, CREATE)
+    assert (msg["index"], msg["flags"] & IFF_UP, msg["change"] & IFF_UP) == (0, IFF_UP, IFF_UP)
+    assert (msg.get("ifname"), msg.get("address"), msg.get("mtu")) == (pair.host,
+                                                                       "02:11:22:33:44:55", 1450)  # fmt: skip
+    info = msg.get("linkinfo")
+    assert info.get("kind") == "veth"
+    peer = info.get("data").get("VETH_INFO_PEER")
+    assert (peer.get("ifname"), peer.get("mtu"), peer.get("net_ns_fd")) == ("eth0", 1450, 7)
+
+
+def test_container_end_requests_in_order() -> None:
+    link, addr, network, default = (decoded(m) for m in container_messages(5, END))
+    assert (link["header"]["type"], link["header"]["flags"]) == (RTM_NEWLINK, CHANGE)
+    assert (link["index"], link["flags"], link["change"], link.get("address")) == (
+        5, IFF_UP, IFF_UP, END.mac)  # fmt: skip
+    assert (addr["header"]["type"], addr["header"]["flags"]) == (RTM_NEWADDR, CREATE)
+    assert (addr["family"], addr["index"], addr["prefixlen"]) == (socket.AF_INET, 5, 24)
+    assert addr.get("local") == addr.get("address") == "198.19.7.2"
+    for route, (dst, prefix) in ((network, ("198.19.0.0", 16)), (default, (None, 0))):
+        assert (route["header"]["type"], route["header"]["flags"]) == (RTM_NEWROUTE, CREATE)
+        assert (route["family"], route["dst_len"], route["table"]) == (socket.AF_INET, prefix, 254)
+        assert (route.get("dst"), route.get("gateway"), route.get("oif")) == (dst, "198.19.7.1", 5)
+
+
+class Kernel:
+    """A netlink socket's two calls, answering each request with `answers[seq]` (0: ack)."""
+
+    def __init__(self, answers: dict[int, int], split: bool = False) -> None:
+        self.answers, self.split = answers, split
+        self.sent: list[bytes] = []
+        self.pending: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+        offset, replies = 0, []
+        while offset < len(data):
+            length, _, _, seq, _ = struct.unpack_from("IHHII", data, offset)
+            body = struct.pack("i", -self.answers.get(seq, 0)) + data[offset : offset + 16]
+            replies.append(struct.pack("IHHII", 16 + len(body), NLMSG_ERROR, 0, seq, 0) + body)
+            offset += length
+        stale = struct.pack("IHHII", 36, NLMSG_ERROR, 0, 999, 0) + bytes(20)  # not ours
+        self.pending = [stale, *replies] if self.split else [stale + b"".join(replies)]
+
+    def recv(self, size: int) -> bytes:
+        return self.pending.pop(0)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_one_datagram_out_every_answer_read(split: bool) -> None:
+    counter = iter(range(10, 100)).__next__
+    kernel = Kernel({}, split)
+    request(kernel, container_messages(5, END), counter)  # type: ignore[arg-type]
+    assert len(kernel.sent) == 1 and not kernel.pending
+    refusing = Kernel({15: errno.ENETUNREACH, 16: errno.EEXIST}, split)
+    with pytest.raises(NetlinkError) as refused:  # the first refusal, all answers read
+        request(refusing, container_messages(5, END), counter)  # type: ignore[arg-type]
+    assert refused.value.code == errno.ENETUNREACH and not refusing.pending
+    assert "Network is unreachable" in str(refused.value)
