@@ -71,10 +71,21 @@ LAUNCHER = """\
 import sys
 
 sys.path.insert(0, {root!r})  # no site packages (-IS): the vxflow installation it came from
-from cni.client import main  # noqa: E402
-
+try:
+    from cni.client import main
+except ImportError:  # that installation was moved or removed since
+    sys.stdout.write({error!r})
+    sys.exit(1)
 main()
 """
+
+
+def launcher(root: Path) -> str:
+    """The executable `install` writes: this interpreter runs cni/client.py from `root`."""
+    error = CniError(ErrorCode.IO_FAILURE, f"vxflow is no longer installed in {root}",
+                     "run `vxflow-cni install CNI_BIN_DIR` again")  # fmt: skip
+    return LAUNCHER.format(python=sys.executable, root=str(root),
+                           error=json.dumps(error.to_json(LATEST)) + "\n")  # fmt: skip
 
 
 def install(folder: Path) -> Path:
@@ -85,12 +96,11 @@ def install(folder: Path) -> Path:
     afresh at every start (~2.5 ms, a third of the interpreter's own start-up on
     this machine), a module comes from its cached bytecode.
     """
-    root = Path(client.__file__).resolve().parents[1]
     target = folder / FAST_NAME
     fd, tmp = tempfile.mkstemp(prefix=f".{FAST_NAME}.", dir=folder)
     try:
         with os.fdopen(fd, "w") as out:
-            out.write(LAUNCHER.format(python=sys.executable, root=str(root)))
+            out.write(launcher(Path(client.__file__).resolve().parents[1]))
         os.chmod(tmp, 0o755)
         os.replace(tmp, target)
     except BaseException:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cni import client
-from cni.main import install
+from cni.main import install, launcher
 from cni.server import CniServer
 
 
@@ -93,6 +93,15 @@ def test_installed_client_starts_on_builtin_modules(installed: str) -> None:
     # cni/client.py itself is not compiled at every start (a first run may cache its bytecode)
     run(installed)
     assert f"code object from '{cache_from_source(client.__file__)}'" in run("-v", installed)
+
+
+def test_a_moved_installation_is_the_specs_error(tmp_path: Path) -> None:
+    exe = tmp_path / "vxflow"
+    exe.write_text(launcher(tmp_path / "gone"))
+    exe.chmod(0o755)
+    res = call(str(exe), "ADD", {"cniVersion": "1.0.0"})
+    assert res.returncode == 1 and json.loads(res.stdout)["code"] == 5, res
+    assert f"no longer installed in {tmp_path / 'gone'}" in res.stdout and not res.stderr
 
 
 def test_calls_served_by_the_server(installed: str, server: CniServer, tmp_path: Path) -> None:
