@@ -19,7 +19,9 @@ plugin process's wall time. Then DEL (timed), the netns removed.
   subnet and a route to the Network), in a host namespace of its own.
 
 Also each path's floor, VERSION: the fast client's start-up plus a round
-trip to the agent; `vxflow-cni`'s interpreter start plus the spec module.
+trip to the agent; `vxflow-cni`'s interpreter start plus the spec module;
+and below those `nsenter` running `/bin/true`, and the venv's bare
+interpreter (`python -IS`, exiting at once), the least a Python client costs.
 Goals (BENCHMARKS.md), judged on the fast path: ADD <= 2x bridge ADD (p50),
 ADD -> reachable from another node p99 <= 150 ms. Mininet builds in the root
 namespace (per-run underlay /27 and tag), so this one is not run in
@@ -115,6 +117,19 @@ def install_client(workdir: Path) -> str:
     return str(folder / "vxflow")
 
 
+FLOORS = {  # what every call of a path pays before its own work (B6 wraps each in nsenter)
+    "nsenter_floor_s": ["/bin/true"],
+    "python_floor_s": [str(VXFLOW_CNI.parent / "python"), "-IS", "-c", "import posix; posix._exit(0)"],
+}
+
+
+def floor_call(argv: list[str], netns_of_host: str) -> float:
+    """Wall time of `argv` run as B6 runs a plugin (inside the host namespace), doing nothing."""
+    t0 = time.perf_counter()
+    subprocess.run(["nsenter", f"--net={netns_of_host}", *argv], check=True)
+    return time.perf_counter() - t0
+
+
 def version_call(exe: str, netns_of_host: str, conf: dict) -> float:
     t0 = time.perf_counter()
     subprocess.run(["nsenter", f"--net={netns_of_host}", exe], input=json.dumps(conf).encode(),
@@ -127,7 +142,7 @@ def measure(containers: int) -> dict[str, Any]:
     spec = vx.ClusterSpec(nodes=2, pods=1)
     keys = [f"{path}_{what}_s" for path in PATHS for what in ("add", "reachable", "del", *STEPS)]
     keys += ["fast_served_s", "bridge_add_s", "bridge_del_s", "fast_version_s",
-             "inproc_version_s"]
+             "inproc_version_s", *FLOORS]
     samples: dict[str, list[float]] = {key: [] for key in keys}
     with vx.Cluster(spec, progress=log.info) as cluster:
         n1, n2 = cluster.vxflow_nodes
@@ -172,6 +187,8 @@ def measure(containers: int) -> dict[str, Any]:
                 for path in PATHS:
                     samples[f"{path}_version_s"].append(version_call(exes[path], node_ns,
                                                                      vxflow_conf))  # fmt: skip
+                for key, argv in FLOORS.items():
+                    samples[key].append(floor_call(argv, node_ns))
                 log.info("%d/%d: ADD fast %.1f ms, in-process %.1f ms, bridge %.1f ms; "
                          "reachable fast %.1f ms", i + 1, containers,
                          samples["fast_add_s"][-1] * 1e3, samples["inproc_add_s"][-1] * 1e3,

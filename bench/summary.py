@@ -190,6 +190,8 @@ def b6(r: dict[str, Any]) -> list[str]:
         ("bridge_del_s", "`bridge` DEL"),
         ("fast_version_s", "fast VERSION (client start, round trip to the agent)"),
         ("inproc_version_s", "in-process VERSION (interpreter start, spec module)"),
+        ("python_floor_s", "bare `python -IS` exiting at once (a Python client's least)"),
+        ("nsenter_floor_s", "`nsenter` of `/bin/true` (every call above includes one)"),
         ("fast_served_s", "fast ADD: the agent's own time for the call"),
         ("fast_ovsdb_s", "in the agent's ADD: subnet.env, OVSDB checks (kept replica), record"),
         ("fast_veth_s", "in the agent's ADD: veth pair (netlink), host-local started meanwhile"),
