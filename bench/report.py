@@ -49,6 +49,9 @@ def source_state() -> dict[str, Any]:
     return {"git_head": head, "modified_files": [line[3:] for line in status.splitlines()]}
 
 
+STARTED_LOAD = os.getloadavg()  # every benchmark imports this module as it starts
+
+
 def environment() -> dict[str, Any]:
     """The machine and the versions of everything a figure depends on."""
     try:
@@ -68,7 +71,8 @@ def environment() -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
         "mem_gib": round(mem_kb / 2**20, 1),
-        "loadavg_at_start": os.getloadavg(),
+        "loadavg_at_start": STARTED_LOAD,
+        "loadavg_at_end": os.getloadavg(),
         "python": sys.version.split()[0],
         "os_ken": os_ken,
         "ovs": _first_line(["ovs-vswitchd", "--version"]),

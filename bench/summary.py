@@ -40,8 +40,9 @@ def _head(r: dict[str, Any]) -> list[str]:
             f" plus uncommitted edits to {', '.join(dirty)}" if dirty else "")
     else:
         code = "code state not recorded"
+    end = f", at end {e['loadavg_at_end'][0]:.2f}" if "loadavg_at_end" in e else ""
     return [f"Run {r['finished_utc']}: `{r['command']}` (load average at start "
-            f"{e['loadavg_at_start'][0]:.2f}; {code}).", ""]  # fmt: skip
+            f"{e['loadavg_at_start'][0]:.2f}{end}; {code}).", ""]  # fmt: skip
 
 
 def b1(r: dict[str, Any]) -> list[str]:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bench import summary
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -142,6 +144,9 @@ def test_b6_attach_tiny(tmp_path: Path) -> None:
     # reachable is measured from the start of ADD: never before the address existed
     assert all(x >= 0.002 for x in r["samples"]["fast_reachable_s"])
     assert positive(r["summary"]["add_ratio_p50_fast_over_bridge"])
+    e = r["environment"]  # the load when the benchmark started, and when it ended
+    assert len(e["loadavg_at_start"]) == len(e["loadavg_at_end"]) == 3
+    assert "load average at start" in summary.b6(r)[2] and ", at end " in summary.b6(r)[2]
 
 
 @pytest.mark.e2e
