@@ -161,6 +161,8 @@ def _port_errors(host: str, bridge: str) -> Iterator[None]:
     except plug.PlugError as exc:
         raise CniError(ErrorCode.SETUP_FAILED, f"adding port {host} to {bridge} failed",
                        str(exc)) from exc  # fmt: skip
+    except ovsidl.OvsdbUnavailable as exc:  # it went away mid-call and did not come back
+        raise CniError(ErrorCode.TRY_AGAIN_LATER, "OVSDB is not reachable", str(exc)) from exc
 
 
 def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
@@ -248,7 +250,7 @@ def delete(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
             plug.unplug(idl, conf.bridge, host, inv.container_id, inv.ifname)
     except CniError as exc:
         errors.append(exc)
-    except ovsidl.OvsdbError as exc:
+    except (ovsidl.OvsdbError, ovsidl.OvsdbUnavailable) as exc:
         errors.append(CniError(ErrorCode.TRY_AGAIN_LATER, f"removing port {host} failed", str(exc)))
     veth.delete(host)  # the container's end goes with it; a gone netns took both already
     request = record.ipam_request if record else _current_request(conf)

@@ -153,13 +153,18 @@ def transact(
     fill: Callable[[ovs.db.idl.Transaction], None],
     what: str,
     attempts: int = 5,
+    reconnect_timeout: float = 10.0,
 ) -> None:
     """Commit what `fill` writes into a fresh transaction, again while the view was stale.
 
     `fill` reads the replica and may raise to abandon the change (the
-    transaction is then aborted and the exception propagates).
+    transaction is then aborted and the exception propagates). A session that
+    dropped (a restarted ovsdb-server) is waited for, up to `reconnect_timeout`
+    s, before the next attempt: python-ovs answers "try again" at once while it
+    reconnects, which would use up the attempts meant for conflicts.
     """
     for _ in range(attempts):
+        _await_monitoring(idl, reconnect_timeout, what)
         txn = ovs.db.idl.Transaction(idl)
         txn.add_comment(what)
         try:
@@ -174,3 +179,13 @@ def transact(
             raise OvsdbError(f"{what}: OVSDB transaction failed: {txn.get_error()}")
         run_once(idl, timeout=0.5)  # our view was stale (or the session dropped): refresh
     raise OvsdbError(f"{what}: OVSDB transaction still conflicting after {attempts} attempts")
+
+
+def _await_monitoring(idl: ovs.db.idl.Idl, timeout: float, what: str) -> None:
+    """Return once the replica is connected and current again (OvsdbUnavailable if not)."""
+    deadline = time.monotonic() + timeout
+    while not (is_connected(idl) and idl.state == idl.IDL_S_MONITORING):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise OvsdbUnavailable(f"{what}: OVSDB connection lost and not back within {timeout:.0f}s")
+        run_once(idl, timeout=min(remaining, 0.2))

@@ -277,6 +277,25 @@ def test_a_restarted_ovsdb_server_is_reconnected(fast: Fast) -> None:
     assert cni.state() == before
 
 
+def test_an_ovsdb_server_gone_for_good_is_try_again_later_and_leaves_nothing(fast: Fast) -> None:
+    """The kept replica's session drops and does not come back: the spec's code 11, with
+    the veth, the address and the record of the half-made attachment undone."""
+    cni = fast.cni
+    before = cni.state()
+    netns = cni.container("f8")
+    assert cni.plugin("ADD", "f8", netns)[0] == 0  # the replica is kept from here on
+    assert cni.plugin("DEL", "f8", netns)[0] == 0
+    cni.node.ovs.stop_process("ovsdb-server")
+    try:
+        code, result, err = cni.plugin("ADD", "f8", netns)
+        assert code == 1 and result["code"] == 11, (result, err)
+        assert result["msg"] == "OVSDB is not reachable", result
+        assert served(fast, "ADD", "f8")
+    finally:
+        cni.node.ovs.start_ovsdb_server()
+    assert cni.state() == before
+
+
 def test_status_and_gc_through_the_agent(fast: Fast) -> None:
     cni = fast.cni
     cni.cni_version = "1.1.0"  # STATUS and GC came with 1.1.0
