@@ -1,13 +1,16 @@
 """Where the time goes, before anyone optimises: pyinstrument profiles of the hot paths.
 
-`python -m bench.profile compile|encode|sync|event [--remote-leases N]`
+`python -m bench.profile compile|encode|sync|coldstart|event [--remote-leases N]`
 profiles, in process, one node's table being compiled (flows/), encoded
 (controller/ofwire.py), or produced by the controller's own sync path: the
 ClusterModel and SwitchSync the os-ken app drives, from "switch connected,
 table read back empty" to the whole bundle handed to the channel (no os-ken,
-no socket). `event` is B2's path: one LeaseAdded folded into the model and
-fanned out to S synced switches (`--switches`), through both barriers of each
-switch's bundle. The text report goes to bench/results/profile_<what>.txt.
+no socket). `coldstart` is B3's path: S empty switches (`--switches`) on L
+leases (`--leases`), each through its readback, bundle and both barriers, with
+the memory the installed tables took. `event` is B2's path: one LeaseAdded
+folded into the model and fanned out to S synced switches, through both
+barriers of each switch's change, with the garbage collector's pauses. The
+text report goes to bench/results/profile_<what>[_<tag>].txt.
 
 Profiling the whole controller process under pyinstrument was tried: its
 per-call hook under eventlet slowed a 65,536-lease sync by more than 100x (no
@@ -17,6 +20,7 @@ report after 10 minutes), so these in-process profiles are the ones to read.
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from pathlib import Path
 
@@ -92,8 +96,64 @@ def _synced_switch(model, node, leases: int) -> tuple[SwitchSync, _Sink]:
     return sync, sink
 
 
+def _rss_kib() -> int:
+    """This process's resident set now (VmRSS), KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def cold_start(switches: int, leases: int, profiler: Profiler | None = None) -> dict[str, float]:
+    """B3's controller path for S empty switches on L leases: seconds, and the resident
+    memory the switches' installed tables added, per installed flow."""
+    if switches > leases:
+        raise ValueError(f"{switches} switches need at least as many leases, not {leases}")
+    c = cluster(leases)
+    model = ClusterModel()
+    model.load(c.config, c.leases[:leases], ())
+    gc.collect()
+    before = _rss_kib()
+    with profiler or contextlib.nullcontext():
+        t0 = time.perf_counter()
+        syncs = [_synced_switch(model, x.public_ip, leases)[0] for x in c.leases[:switches]]
+        took = time.perf_counter() - t0
+    gc.collect()
+    flows = sum(len(sync.installed) for sync in syncs)
+    return {"seconds": took, "flows": flows,
+            "bytes_per_flow": (_rss_kib() - before) * 1024 / flows}  # fmt: skip
+
+
+class _GcPauses:
+    """The collector's pauses (gc.callbacks), by generation, while in the `with` block."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[int, float]] = []
+        self._start = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._start))
+
+    def __enter__(self) -> _GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def text(self) -> str:
+        full = [t for g, t in self.pauses if g == 2]
+        return (f"{len(self.pauses)} collections, {len(full)} full; longest "
+                f"{max((t for _, t in self.pauses), default=0) * 1e3:.1f} ms, longest full "
+                f"{max(full, default=0) * 1e3:.1f} ms")  # fmt: skip
+
+
 def event_path(switches: int, leases: int, events: int,
-               profiler: Profiler | None = None) -> list[float]:  # fmt: skip
+               profiler: Profiler | None = None,
+               pauses: _GcPauses | None = None) -> list[float]:  # fmt: skip
     """Seconds per new lease for the controller's own code to bring S switches up to
     date (model.apply, scope, request, both barriers per switch), as app.py does."""
     c = cluster(leases + events)
@@ -101,7 +161,7 @@ def event_path(switches: int, leases: int, events: int,
     model.load(c.config, c.leases[:leases], ())
     syncs = [_synced_switch(model, x.public_ip, leases) for x in c.leases[:switches]]
     took = []
-    with profiler or contextlib.nullcontext():
+    with profiler or contextlib.nullcontext(), pauses or contextlib.nullcontext():
         for i, new in enumerate(c.leases[leases:]):
             t0 = time.perf_counter()
             impact = model.apply([LeaseAdded(new, 10 + i)])
@@ -117,33 +177,41 @@ def event_path(switches: int, leases: int, events: int,
     return took
 
 
-def _write(name: str, profiler: Profiler, out_dir: Path) -> Path:
+def _write(name: str, profiler: Profiler, out_dir: Path, note: str = "") -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"profile_{name}.txt"
     state = source_state()
     head = f"# code at {state['git_head']}" + (
         f" plus uncommitted edits to {', '.join(state['modified_files'])}"
         if state["modified_files"] else "")
+    if note:
+        head += "\n# " + note
     path.write_text(head + "\n" + profiler.output_text(unicode=False, color=False, show_all=False))
     return path
 
 
 @click.command()
-@click.argument("what", type=click.Choice(["compile", "encode", "sync", "event"]))
+@click.argument("what", type=click.Choice(["compile", "encode", "sync", "coldstart", "event"]))
 @click.option("--remote-leases", default=65536, show_default=True,
               help="compile/encode/sync: remote leases of the one table.")
-@click.option("--switches", default=50, show_default=True, help="event: synced switches.")
-@click.option("--leases", default=1000, show_default=True, help="event: leases before the events.")
+@click.option("--switches", default=50, show_default=True,
+              help="coldstart: empty switches; event: synced switches.")
+@click.option("--leases", default=1000, show_default=True,
+              help="coldstart: leases; event: leases before the events.")
 @click.option("--events", default=200, show_default=True, help="event: new leases, one by one.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR,
               show_default=True, help="Where the text report goes.")
+@click.option("--tag", default="", help="Report name suffix (e.g. the size): profile_WHAT_TAG.txt.")
 def main(what: str, remote_leases: int, switches: int, leases: int, events: int,
-         results_dir: Path) -> None:  # fmt: skip
+         results_dir: Path, tag: str) -> None:  # fmt: skip
     """Profile a hot path in process with pyinstrument: compile (flows/ for one table),
     encode (controller/ofwire.py for one table), sync (the controller's cold sync of one
-    empty switch), event (one new lease fanned out to --switches synced switches).
-    The report goes to RESULTS_DIR/profile_WHAT.txt."""
+    empty switch), coldstart (--switches empty switches on --leases leases, to their
+    tables landed), event (one new lease fanned out to --switches synced switches).
+    The report goes to RESULTS_DIR/profile_WHAT[_TAG].txt."""
     profiler = Profiler(interval=0.0005)
+    gc.set_threshold(50_000, 20, 100)  # as the controller (controller/app.py) runs
+    note = ""
     if what == "compile":
         with profiler:
             compile_table(remote_leases)
@@ -153,12 +221,21 @@ def main(what: str, remote_leases: int, switches: int, leases: int, events: int,
             encode_time(flows)
     elif what == "sync":
         sync_path(remote_leases, profiler)
+    elif what == "coldstart":
+        r = cold_start(switches, leases, profiler)
+        note = (f"coldstart: {switches} switches, {leases} leases: {r['flows']:,} flows installed "
+                f"in {r['seconds']:.2f} s; resident memory {r['bytes_per_flow']:.0f} bytes per "
+                f"installed flow (controller code only, no os-ken, no sockets)")  # fmt: skip
     else:
-        took = sorted(event_path(switches, leases, events, profiler))
-        click.echo(f"event: {switches} switches, {leases} leases: per new lease "
-                   f"p50 {took[len(took) // 2] * 1e3:.2f} ms, max {took[-1] * 1e3:.2f} ms "
-                   f"(controller code only, no os-ken, no sockets)")  # fmt: skip
-    click.echo(f"{what}: report {_write(what, profiler, results_dir)}")
+        pauses = _GcPauses()
+        took = sorted(event_path(switches, leases, events, profiler, pauses))
+        note = (f"event: {switches} switches, {leases} leases, {events} new leases: per new "
+                f"lease p50 {took[len(took) // 2] * 1e3:.2f} ms, max {took[-1] * 1e3:.2f} ms; "
+                f"gc: {pauses.text()} (controller code only, no os-ken, no sockets)")  # fmt: skip
+    if note:
+        click.echo(note)
+    name = f"{what}_{tag}" if tag else what
+    click.echo(f"{what}: report {_write(name, profiler, results_dir, note)}")
 
 
 if __name__ == "__main__":
