@@ -14,7 +14,10 @@ L-1 remote-lease flows + its base pipeline.
 
 Reported (median of --repeat cold starts, each with fresh etcd, controller and
 switches): time to full convergence, flow-mods/s (S x table / time),
-controller CPU seconds and peak RSS. Run: `python -m bench.b3_cold_start`.
+controller CPU seconds and peak RSS, and the controller's memory per installed
+flow: its peak RSS less its RSS when ready (leases loaded, no switch
+connected), over S x table (the worst of the cold starts).
+Run: `python -m bench.b3_cold_start`.
 """
 
 from __future__ import annotations
@@ -88,7 +91,9 @@ def measure_once(kind: str, leases: int, switches: int, timeout: float) -> dict[
     c = cluster(leases)
     with environment(c) as env:
         ready = wait_ready(env)
-        log.info("controller ready with %d leases (probe synced in %.2fs)", leases, ready)
+        empty = env.controller.memory_kib()["VmRSS"]  # leases loaded, no switch connected
+        log.info("controller ready with %d leases (probe synced in %.2fs), RSS %d MiB",
+                 leases, ready, empty // 1024)  # fmt: skip
         run = run_real if kind == "real" else run_standin
         out = run(env, switches, timeout)
         want = env.table_size()
@@ -98,8 +103,11 @@ def measure_once(kind: str, leases: int, switches: int, timeout: float) -> dict[
             "kind": kind, "leases": leases, "switches": switches, "flows_per_switch": want,
             "flows_total": want * switches, "probe_sync_s": ready,
             "controller_memory_kib": env.controller.memory_kib(),
+            "controller_ready_rss_kib": empty,
         })  # fmt: skip
         out["flow_mods_per_s"] = out["flows_total"] / out["converged_s"]
+        grown = out["controller_memory_kib"]["VmHWM"] - empty
+        out["controller_bytes_per_flow"] = grown * 1024 / out["flows_total"]
     log.info("%s L=%d S=%d: %.3fs", kind, leases, switches, out["converged_s"])
     return out
 
@@ -114,6 +122,7 @@ def measure(kind: str, leases: int, switches: int, timeout: float, repeat: int) 
             out[key] = median([r[key] for r in reps])
     out["flow_mods_per_s"] = out["flows_total"] / out["converged_s"]
     out["controller_rss_peak_kib"] = max(r["controller_memory_kib"]["VmHWM"] for r in reps)
+    out["controller_bytes_per_flow"] = max(r["controller_bytes_per_flow"] for r in reps)
     out["reps"] = reps
     return out
 
@@ -157,6 +166,7 @@ def main(runs: tuple[str, ...], repeat: int, timeout: float, results_dir: Path |
         click.echo(f"{r['kind']:8s} L={r['leases']:5d} S={r['switches']:4d}  {r['converged_s']:.3f}s"
                    f"  {r['flow_mods_per_s']:,.0f} flow-mods/s  cpu {r['controller_cpu_s']:.2f}s"
                    f"  rss peak {r['controller_rss_peak_kib'] / 1024:.0f} MiB"
+                   f" ({r['controller_bytes_per_flow']:.0f} B per flow above ready)"
                    f"  (median of {len(r['reps'])})")  # fmt: skip
     click.echo(f"results: {path}")
 

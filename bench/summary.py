@@ -120,15 +120,17 @@ def b2(r: dict[str, Any]) -> list[str]:
 def b3(r: dict[str, Any]) -> list[str]:
     lines = ["### B3 cold start", "", *_head(r),
              "| switches | L leases | S | flows total | converged (median) | all runs | flow-mods/s "
-             "| controller CPU | ovs-vswitchd CPU | controller peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| controller CPU | ovs-vswitchd CPU | controller peak RSS | bytes per installed flow (peak - ready RSS) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for x in r["runs"]:
         switch_cpu = f"{x['switch_cpu_s']:.2f} s" if "switch_cpu_s" in x else "n/a (stand-in)"
         lines.append(
             f"| {x['switch']} | {x['leases']:,} | {x['switches']} | {x['flows_total']:,} | "
             f"{_s(x['converged_s'])} | " + ", ".join(f"{y['converged_s']:.3f}" for y in x["reps"])
             + f" | {x['flow_mods_per_s']:,.0f} | {x['controller_cpu_s']:.2f} s | {switch_cpu} | "
-            f"{x['controller_rss_peak_kib'] / 1024:.0f} MiB |"
+            f"{x['controller_rss_peak_kib'] / 1024:.0f} MiB | "
+            + (f"{x['controller_bytes_per_flow']:.0f} |" if "controller_bytes_per_flow" in x
+               else "not recorded |")
         )  # fmt: skip
     return lines
 
