@@ -16,12 +16,12 @@ from ipaddress import IPv4Address, IPv4Network
 
 from flows.compiler import (
     NodeTable,
+    RemoteRoutes,
     Row,
     base_flows,
     endpoint_cookie,
     endpoint_flows,
     node_table,
-    remote_lease_flows,
     route_row,
     subnet_cookie,
 )
@@ -130,7 +130,7 @@ class ClusterModel:
         self._accepted_eps: dict[IPv4Network, tuple[Endpoint, ...]] = {}
         self._valid: dict[IPv4Network, tuple[Lease, Row]] = {}  # with its route_row
         self._accepted: tuple[list[Lease], list[Row]] | None = None  # cache of leases(), rows
-        self._by_cookie: dict[int, Lease | None] = {}  # cache of accepted() by lease cookie
+        self._by_cookie: dict[int, tuple[Lease, Row] | None] = {}  # cache of accepted() by cookie
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
         self.vxflow = VxflowConfig()
         self.services: dict[str, Service] = {}  # accepted by the registry, by name
@@ -204,10 +204,14 @@ class ClusterModel:
             flows += base_flows(self.config, own)
         if own is None:
             return NodeTable(flows)
+        leases: list[Lease] = []
+        rows: list[Row] = []
         for cookie in scope.cookies:
-            lease = self._accepted_by_cookie(cookie)
-            if lease is not None and lease.public_ip != own.public_ip:
-                flows += remote_lease_flows(self.config, lease, own)
+            accepted = self._accepted_by_cookie(cookie)
+            if accepted is not None and accepted[0].public_ip != own.public_ip:
+                leases.append(accepted[0])
+                rows.append(accepted[1])
+        routes = RemoteRoutes(self.config, own, leases, rows) if leases else None
         for endpoint in self.endpoints_of(own):
             cookie = endpoint_cookie(endpoint)
             if Owner.ENDPOINT in scope.owners or cookie in scope.cookies:
@@ -217,7 +221,7 @@ class ClusterModel:
         groups: list[Group] = []
         if plan is not None:
             flows += self._service_flows(own, plan, scope, groups)
-        return NodeTable(flows, groups=groups)
+        return NodeTable(flows, routes, groups)
 
     def _service_flows(
         self, own: Lease, plan: ServicePlan, scope: Scope, groups: list[Group]
@@ -250,19 +254,22 @@ class ClusterModel:
                 groups.append(cached[1])
         return flows
 
-    def _accepted_by_cookie(self, cookie: int) -> Lease | None:
-        """The accepted lease a lease cookie names (None for other cookies): asked once
-        per switch for the same cookie when a lease event fans out, so cached."""
+    def _accepted_by_cookie(self, cookie: int) -> tuple[Lease, Row] | None:
+        """The accepted lease a lease cookie names and its route row (None for other
+        cookies): asked once per switch for the same cookie when a lease event fans out,
+        so cached."""
         try:
             return self._by_cookie[cookie]
         except KeyError:
             pass
         owner = owner_of(cookie)
-        lease = None
+        found = None
         if owner is not None and owner[0] == Owner.LEASE:
-            lease = self.accepted(IPv4Network((owner[1], self.config.subnet_len)))
-        self._by_cookie[cookie] = lease
-        return lease
+            subnet = IPv4Network((owner[1], self.config.subnet_len))
+            if self.accepted(subnet) is not None:
+                found = self._valid[subnet]
+        self._by_cookie[cookie] = found
+        return found
 
     def _changed(self) -> None:
         """Drop what is cached from the leases (every lease update calls this)."""

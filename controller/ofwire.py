@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network
 
-from flows.compiler import FLOWS_PER_LEASE, RemoteRoutes, Row
+from flows.compiler import FLOWS_PER_LEASE, RemoteRoutes
 from flows.flow import Flow, Masked, Owner, Value, cookie_for
 
 OFP_VERSION = 0x05  # OpenFlow 1.4: the first version with bundles
@@ -425,14 +425,14 @@ _CODE = re.compile(r"(\d*)([a-zA-Z])")
 
 
 def _row_layout(
-    sample: Flow, per_lease: dict[str, str], codes: list[str], exprs: list[str],
+    sample: Flow, bundled: bool, per_lease: dict[str, str], codes: list[str], exprs: list[str],
     consts: list[bytes],
 ) -> None:
-    """Append the bundled add of `sample`'s shape, split into what differs per lease
-    (`per_lease`: layout argument -> expression of the row) and what one switch's
-    flows of that shape share, packed once into constant runs `_c0`, `_c1`, ...
-    (an equivalence test holds the result to encode_bundle_adds)."""
-    fmt, args = _layout(sample, OFPFC_ADD, bundled=True)
+    """Append the add (bundled or bare) of `sample`'s shape, split into what differs
+    per row (`per_lease`: layout argument -> expression of the row or of the call) and
+    what all flows of that shape share, packed once into constant runs `_c0`, `_c1`, ...
+    (equivalence tests hold the result to encode_bundle_adds and encode_flow_mod)."""
+    fmt, args = _layout(sample, OFPFC_ADD, bundled=bundled)
     env = {"f": sample, "m": sample.match, "a": sample.actions, "_mac": mac_bytes}
     run = b""
     seen: set[str] = set()
@@ -465,40 +465,42 @@ def _row_layout(
         raise ValueError(f"remote-lease flow shape changed: {missing} not in the layout")
 
 
-def _routes_layout(route: Flow, ingress: Flow) -> tuple[tuple[str, ...], ...]:
-    """The bundled adds of one remote lease's two flows (`remote_lease_flows`) as one
-    struct: per lease, the subnet `s` (cookie, ip_dst / ip_src), the PublicIP `p`
-    (tun_dst / tun_src) and the VtepMAC octets `mac` (eth_dst), plus the xids."""
+def _routes_layout(route: Flow, ingress: Flow, bundled: bool) -> tuple[tuple[str, ...], ...]:
+    """The adds (bundled or bare) of one remote lease's two flows (`remote_lease_flows`)
+    as one struct: per lease, the subnet `s` (cookie, ip_dst / ip_src), the PublicIP `p`
+    (tun_dst / tun_src) and the VtepMAC octets `mac` (eth_dst); per switch, its own
+    VtepMAC octets `own` (eth_src); plus the xids. The rest is fixed by the network
+    config, so one packer serves every switch."""
     codes: list[str] = []
     exprs: list[str] = []
     consts: list[bytes] = []
     cookie = f"{cookie_for(Owner.LEASE)} | s"
+    head = {"xid": "xid", "f.cookie": cookie}
+    if bundled:
+        head["bundle_id"] = "bundle_id"
     names = [name for name, _ in route.match]
     sets = {a[1]: j for j, a in enumerate(route.actions) if a[0] == "set_field"}
-    _row_layout(route, {
-        "xid": "xid",
-        "bundle_id": "bundle_id",
-        "f.cookie": cookie,
+    _row_layout(route, bundled, {
+        **head,
         f"int(m[{names.index('ip_dst')}][1].network_address)": "s",
         f"int(a[{sets['tun_dst']}][2])": "p",
         f"_mac(a[{sets['eth_dst']}][2])": "mac",
+        f"_mac(a[{sets['eth_src']}][2])": "own",
     }, codes, exprs, consts)  # fmt: skip
     names = [name for name, _ in ingress.match]
-    _row_layout(ingress, {
+    _row_layout(ingress, bundled, {
+        **head,
         "xid": "xid + 1",
-        "bundle_id": "bundle_id",
-        "f.cookie": cookie,
         f"int(m[{names.index('ip_src')}][1].network_address)": "s",
         f"int(m[{names.index('tun_src')}][1])": "p",
     }, codes, exprs, consts)  # fmt: skip
     return tuple(codes), tuple(exprs), tuple(consts)
 
 
-@lru_cache(maxsize=256)
 def _route_packer(codes: tuple[str, ...], exprs: tuple[str, ...], consts: tuple[bytes, ...]):
-    """Generate `pack_rows(rows, xid, bundle_id) -> bytes` for one switch's routes."""
+    """Generate `pack_rows(rows, xid, bundle_id, own) -> bytes` for the routes of any switch."""
     source = (
-        "def pack_rows(rows, xid, bundle_id):\n"
+        "def pack_rows(rows, xid, bundle_id, own):\n"
         "    out = []\n"
         "    append = out.append\n"
         "    for s, p, mac in rows:\n"
@@ -512,14 +514,29 @@ def _route_packer(codes: tuple[str, ...], exprs: tuple[str, ...], consts: tuple[
     return namespace["pack_rows"]
 
 
-def route_encoder(routes: RemoteRoutes) -> Callable[[Sequence[Row], int, int], bytes]:
-    """`encode(rows, first_xid, bundle_id)`: bundle adds of the remote-lease flows of
-    rows of `routes` (some or all; FLOWS_PER_LEASE messages per row, in RemoteRoutes'
-    order), xids counting up from `first_xid`. The cold sync's hot path,
-    byte-identical to encode_bundle_adds of the same flows."""
+# (bundled, id of the network config) -> (that config, its packer)
+_ROUTE_PACKERS: dict[tuple[bool, int], tuple[object, Callable]] = {}
+
+
+def route_encoder(routes: RemoteRoutes, bundled: bool = True) -> Callable[..., bytes]:
+    """`encode(rows, first_xid, bundle_id=0)`: adds of the remote-lease flows of rows of
+    `routes` (some or all; FLOWS_PER_LEASE messages per row, in RemoteRoutes' order),
+    bundle adds or bare flow-mods, xids counting up from `first_xid`. The hot path of a
+    cold sync and of a lease event, byte-identical to encode_bundle_adds (bundled) or
+    encode_flow_mod (bare) of the same flows. The packer is made once per network
+    config (what differs between two switches' routes is the eth_src alone) and found
+    by the config object's identity: a lease event asks once per switch."""
     if not routes:
-        return lambda rows, first_xid, bundle_id: b""
-    return _route_packer(*_routes_layout(routes.flow(0), routes.flow(1)))
+        return lambda rows, first_xid, bundle_id=0: b""
+    key = (bundled, id(routes.config))
+    found = _ROUTE_PACKERS.get(key)
+    if found is None or found[0] is not routes.config:
+        if len(_ROUTE_PACKERS) >= 16:  # configs come and go (rarely): keep the newest
+            _ROUTE_PACKERS.clear()
+        pack = _route_packer(*_routes_layout(routes.flow(0), routes.flow(1), bundled))
+        found = _ROUTE_PACKERS[key] = routes.config, pack
+    pack, own = found[1], mac_bytes(routes.own_mac)
+    return lambda rows, first_xid, bundle_id=0: pack(rows, first_xid, bundle_id, own)
 
 
 def encode_bundle_control(bundle_id: int, ctrl_type: int, xid: int) -> bytes:

@@ -4,17 +4,21 @@ No os-ken here: the app hands replies in and gives a `Channel` to send raw
 bytes, so this logic runs the same under a real switch and in unit tests.
 
 A sync sends only the difference between what the switch holds (read back
-with flow stats on connect, then tracked as changes land) and what it should
-hold, inside one atomic bundle followed by a barrier. A difference of at most
-UNBUNDLED flow-mods or group-mods (one lease added, changed or removed: the
-common event, which touches its route and its tunnel-ingress check; a
-service's backend change: one group-mod) goes out bare, deletes first, with
-one barrier in one write: one round trip instead of a bundle's two. Each
-flow-mod is atomic on its own; between them the table holds at most the old
-flows minus the deleted ones plus some of the new, never a flow outside
-either table, for the microseconds the switch takes to apply them. A table
-that is already right gets no flow-mod at all. A change that fails is logged per offending flow and retried from a fresh
-readback, so nothing is ever left half-applied or assumed.
+with flow stats on connect, then tracked as changes land, in the compact form
+of `controller.installed`: a remote lease's flows are one entry naming the
+model's shared lease) and what it should hold, inside one atomic bundle
+followed by a barrier. A difference of at most UNBUNDLED flow-mods or
+group-mods (one lease added, changed or removed: the common event, which
+touches its route and its tunnel-ingress check; a service's backend change:
+one group-mod) goes out bare, deletes first, with one barrier in one write:
+one round trip instead of a bundle's two. Each flow-mod is atomic on its own;
+between them the table holds at most the old flows minus the deleted ones plus
+some of the new, never a flow outside either table, for the microseconds the
+switch takes to apply them. A new lease's flows are packed from its row by one
+packer that every switch shares (only the source MAC differs between
+switches). A table that is already right gets no flow-mod at all. A change
+that fails is logged per offending flow and retried from a fresh readback, so
+nothing is ever left half-applied or assumed.
 
 The services' select groups are kept the same way (read back with group desc,
 diffed by id, their group-mods in the same bundle: added before the flows that
@@ -37,11 +41,12 @@ from ipaddress import IPv4Address
 from typing import Protocol
 
 from controller import groups, metrics, ofwire
+from controller.installed import Installed
 from controller.model import FULL, NOTHING, Scope
 from controller.monitor import FlowChange
 from flows.compiler import FLOWS_PER_LEASE, NodeTable
 from flows.diff import FlowDiff, diff_table
-from flows.flow import Flow, FlowKey, Owner, owner_of, to_ofctl
+from flows.flow import Flow, Owner, owner_of, to_ofctl
 from flows.groups import Group, GroupDiff, diff_groups, group_cookie, group_to_ofctl
 from flows.services import SERVICE_ZONE, Flush, is_learned
 
@@ -80,7 +85,7 @@ class _Change:
     bundle_id: int | None  # None: a few bare flow-mods and group-mods
     first_xid: int
     messages: list[tuple[int, Flow | Group]]  # (command, item) per xid from the first message's
-    diff: FlowDiff  # in a bundle, its routes follow the messages, one xid each
+    diff: FlowDiff  # its routes follow the messages, one xid each
     group_diff: GroupDiff = field(default_factory=GroupDiff)
     tail: list[tuple[int, Flow | Group]] = field(default_factory=list)  # group deletes, last
     flushes: list[Flush] = field(default_factory=list)  # sent once the change landed
@@ -98,8 +103,7 @@ class _Change:
     @property
     def added_xid(self) -> int:
         """The barrier after the last message (a bare change's only barrier)."""
-        routes = 0 if self.bundle_id is None else self.diff.added_routes
-        return self._message_xid + len(self.messages) + routes + len(self.tail)
+        return self._message_xid + len(self.messages) + self.diff.added_routes + len(self.tail)
 
     @property
     def last_xid(self) -> int:
@@ -110,10 +114,9 @@ class _Change:
         if 0 <= i < len(self.messages):
             return self.messages[i]
         i -= len(self.messages)
-        routes = self.diff.routes if self.bundle_id is not None else None
-        if routes is not None and 0 <= i < len(routes):
-            return ofwire.OFPFC_ADD, routes.flow(i)
-        i -= len(routes) if routes is not None else 0
+        if 0 <= i < self.diff.added_routes:
+            return ofwire.OFPFC_ADD, self.diff.routes.flow(i)
+        i -= self.diff.added_routes
         return self.tail[i] if 0 <= i < len(self.tail) else None
 
 
@@ -133,9 +136,8 @@ class SwitchSync:
     master: bool = False
     may_write: Callable[[], bool] = lambda: True
     state: State = State.IDLE
-    installed: dict[FlowKey, Flow] = field(default_factory=dict)
+    installed: Installed = field(default_factory=Installed)  # key -> Flow, leases compact
     installed_groups: dict[int, Group] = field(default_factory=dict)  # by id
-    _by_cookie: dict[int, set[FlowKey]] = field(default_factory=dict)
     _pending: Scope = NOTHING
     _need_readback: bool = True
     _readback_reason: str = "connect"
@@ -227,9 +229,9 @@ class SwitchSync:
                 group_gone |= change.removed and any(a[0] == "group" for a in old.actions)
             cookies.add(change.flow.cookie)
             if change.removed:
-                self._forget(key)
+                self.installed.discard(key)
             else:
-                self._remember(change.flow)
+                self.installed.put(change.flow)
             metrics.FOREIGN[change.kind].inc()
         kinds = {k: sum(c.kind == k for c in changes) for k in ("added", "modified", "removed")}
         # one line per repair: a burst reported in many replies before it lands adds none
@@ -296,7 +298,7 @@ class SwitchSync:
         """Flows and groups both read back: diff them against the desired state."""
         if self._read_xid != -1 or self._group_read is not None:
             return
-        self._set_installed(self._read)
+        self.installed.replace(self._read)
         self._read = []
         self.state = State.IDLE
         self._need_readback = False
@@ -367,18 +369,20 @@ class SwitchSync:
         self.last_error = ""
         self.synced_at = time.time()
         for flow in change.diff.delete:
-            self._forget(flow.key)
+            self.installed.discard(flow.key)
         for g in (*change.group_diff.add, *change.group_diff.modify):
             self.installed_groups[g.group_id] = g
         for g in change.group_diff.delete:
             self.installed_groups.pop(g.group_id, None)
         # still APPLYING while the table is recorded (it pauses): no diff may see half of it
-        for i, flow in enumerate(change.diff.added(), 1):
-            self._remember(flow)
+        for i, flow in enumerate(change.diff.add, 1):
+            self.installed.put(flow)
             if not i % CHUNK:
                 self.pause()
                 if self.closed:
                     return
+        if change.diff.routes:
+            self.installed.put_routes(change.diff.routes)
         self._change = None
         self.state = State.IDLE
         self._send_flushes(change.flushes)
@@ -425,7 +429,9 @@ class SwitchSync:
             return
         scope, self._pending = self._pending, NOTHING
         computed = time.perf_counter()
-        diff = diff_table(self._installed_in(scope), desired)
+        # remote leases the switch already holds as desired are not compared at all
+        desired, settled = self.installed.settle(desired)
+        diff = diff_table(self._installed_in(scope, settled), desired)
         group_diff = diff_groups(self._groups_in(scope), desired.groups)
         log.debug(
             "switch %s: %d desired flows in %.1f ms, diff of %d in %.1f ms",
@@ -478,24 +484,33 @@ class SwitchSync:
 
     def _send(self, diff: FlowDiff, group_diff: GroupDiff) -> None:
         self.state = State.APPLYING
-        metrics.DELETES.inc(len(diff.delete))
-        metrics.ADDS.inc(len(diff) - len(diff.delete))
-        metrics.GROUP_MODS.inc(len(group_diff))
+        # (a lease event runs this once per switch: counters that do not move are not touched)
+        for counter, n in ((metrics.DELETES, len(diff.delete)),
+                           (metrics.ADDS, len(diff) - len(diff.delete)),
+                           (metrics.GROUP_MODS, len(group_diff))):  # fmt: skip
+            if n:
+                counter.inc(n)
         flushes, self._flushes = self._flushes, []
-        if len(diff) + len(group_diff) <= UNBUNDLED and diff.routes is None:
+        if len(diff) + len(group_diff) <= UNBUNDLED:
             self._send_bare(diff, group_diff, flushes)
         else:
             self._send_bundle(diff, group_diff, flushes)
 
     def _send_bare(self, diff: FlowDiff, group_diff: GroupDiff, flushes: list[Flush]) -> None:
         """A few flow-mods and group-mods in a bundle's order (see `_send_bundle`) and one
-        barrier in one write (see the module doc)."""
+        barrier in one write (see the module doc). A new lease's flows (routes) are packed
+        from its row by the packer every switch shares, with this switch's source MAC."""
         head, tail = _messages(diff, group_diff)
-        messages = head + tail
-        first = self.channel.xids(len(messages) + 1)
-        self._change = _Change(None, first, messages, diff, group_diff, flushes=flushes)
-        data = b"".join(_encode(command, item, first + i) for i, (command, item) in enumerate(messages))
-        self.channel.send(data + ofwire.encode_barrier(first + len(messages)))
+        routes = diff.added_routes
+        first = self.channel.xids(len(head) + routes + len(tail) + 1)
+        change = self._change = _Change(None, first, head, diff, group_diff, tail, flushes)
+        data = [_encode(command, item, first + i) for i, (command, item) in enumerate(head)]
+        if routes:
+            data.append(ofwire.route_encoder(diff.routes, bundled=False)(diff.routes.rows, first + len(head)))
+        xid = first + len(head) + routes
+        data += [_encode(command, item, xid + i) for i, (command, item) in enumerate(tail)]
+        data.append(ofwire.encode_barrier(change.added_xid))
+        self.channel.send(b"".join(data))
 
     def _send_bundle(self, diff: FlowDiff, group_diff: GroupDiff, flushes: list[Flush]) -> None:
         """Flow deletes, group adds and modifies, flow adds (and routes), group deletes:
@@ -571,33 +586,16 @@ class SwitchSync:
         return [groups[o[1]] for c in scope.cookies
                 if (o := owner_of(c)) and o[0] is Owner.SERVICE and o[1] in groups]  # fmt: skip
 
-    def _installed_in(self, scope: Scope) -> list[Flow]:
+    def _installed_in(self, scope: Scope, skip: frozenset[int] = frozenset()) -> list[Flow]:
+        """The installed flows `scope` covers, but those of the cookies in `skip`."""
+        installed = self.installed
         if scope.full:
-            return list(self.installed.values())
+            return installed.all_but(skip)
         if scope.owners:
-            cookies = [c for c in self._by_cookie if scope.covers(c)]
+            cookies = [c for c in installed.cookies() if c not in skip and scope.covers(c)]
         else:
-            cookies = [c for c in scope.cookies if c in self._by_cookie]
-        return [self.installed[k] for c in cookies for k in self._by_cookie[c]]
-
-    def _set_installed(self, flows: list[Flow]) -> None:
-        self.installed = {}
-        self._by_cookie = {}
-        for flow in flows:
-            self._remember(flow)
-
-    def _remember(self, flow: Flow) -> None:
-        key = flow.key
-        old = self.installed.get(key)
-        if old is not None and old.cookie != flow.cookie:
-            self._by_cookie[old.cookie].discard(key)
-        self.installed[key] = flow
-        self._by_cookie.setdefault(flow.cookie, set()).add(key)
-
-    def _forget(self, key: FlowKey) -> None:
-        old = self.installed.pop(key, None)
-        if old is not None:
-            self._by_cookie[old.cookie].discard(key)
+            cookies = [c for c in scope.cookies if c not in skip and installed.has_cookie(c)]
+        return installed.of_cookies(cookies)
 
 
 def _messages(

@@ -210,6 +210,13 @@ def remote_lease_flows(config: NetworkConfig, lease: Lease, own: Lease) -> tuple
     return route, ingress
 
 
+def lease_context(config: NetworkConfig, own: Lease) -> tuple:
+    """All `remote_lease_flows` takes from the config and the switch's own lease: a
+    lease's flows rendered under equal contexts are equal (kept beside it so the two
+    cannot drift apart)."""
+    return config.backend.vni, own.public_ip
+
+
 @lru_cache(maxsize=1024)
 def _encap_head(own_ip: IPv4Address) -> tuple[Action, ...]:
     return (dec_ttl(), set_field("eth_src", vtep_mac_for(own_ip)))
@@ -291,6 +298,12 @@ class RemoteRoutes:
     def __len__(self) -> int:
         """The number of flows (not of leases)."""
         return FLOWS_PER_LEASE * len(self.leases)
+
+    @property
+    def own_mac(self) -> str:
+        """The switch's own VtepMAC: the routes' eth_src, all that differs between two
+        switches' routes of one lease."""
+        return _encap_head(self.own.public_ip)[1][2]
 
     def flow(self, i: int) -> Flow:
         lease, kind = divmod(i, FLOWS_PER_LEASE)

@@ -300,3 +300,25 @@ def test_route_rows_encode_exactly_as_their_flows():
         expected += serialized(parser.OFPBundleAddMsg(DP, 3, ofp.OFPBF_ATOMIC, inner, []), 9 + i)
     assert encode(routes.rows[6:7], 9, 3) == expected
     assert encode([], 9, 3) == b""
+
+
+def test_bare_route_rows_encode_exactly_as_their_flows_on_every_switch():
+    """A lease event's routes go out bare: the row encoder equals encode_flow_mod (itself
+    equal to os-ken's) for each switch, though one packer serves them all (only the
+    switch's own VtepMAC differs between two switches' routes)."""
+    many = leases(40)
+    many[7] = replace(many[7], vtep_mac="fe:ff:00:01:80:7f")
+    for own in (many[3], many[7], many[39]):
+        routes = node_table(CONFIG, many, [], own).routes
+        flows = routes.flows()
+        encode = ofwire.route_encoder(routes, bundled=False)
+        n = FLOWS_PER_LEASE
+        for start, stop, xid in ((0, len(routes.rows), 1), (5, 6, 0xFFFFFF00)):
+            assert encode(routes.rows[start:stop], xid) == b"".join(
+                ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, xid + i)
+                for i, f in enumerate(flows[n * start : n * stop])
+            )
+        expected = b"".join(
+            serialized(osken_flow_mod(f, ofp.OFPFC_ADD), 9 + i) for i, f in enumerate(flows[:n])
+        )
+        assert encode(routes.rows[:1], 9) == expected

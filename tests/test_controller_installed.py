@@ -1,0 +1,135 @@
+"""The compact installed table reads back exactly as the straightforward dict of Flows.
+
+`controller.installed.Installed` keeps remote leases' flows as one shared Lease
+per lease; these tests drive it and a plain `{key: Flow}` dict through the same
+random changes (adds, deletes, foreign entries on a route's key, landed routes
+for other own leases and configs, readbacks, settling) and require the two to
+read the same after every step, by key, by value and by cookie.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from bench.leasegen import cluster
+from controller.installed import Installed
+from flows.compiler import FLOWS_PER_LEASE, compile_table, node_table, remote_lease_flows
+from flows.flow import Flow, flow, output
+from leases.model import BackendConfig
+
+C = cluster(40)
+CONFIG = C.config
+OTHER_VNI = replace(CONFIG, backend=BackendConfig(vni=7))
+
+
+def same(installed: Installed, plain: dict) -> None:
+    """`installed` reads back as `plain` by every way the controller reads it."""
+    assert len(installed) == len(plain)
+    assert dict(installed.items()) == plain and installed == plain
+    assert sorted(installed.values(), key=repr) == sorted(plain.values(), key=repr)
+    for key, f in plain.items():
+        assert installed[key] == f and installed.get(key) == f and key in installed
+    cookies = {f.cookie for f in plain.values()}
+    for skip in (frozenset(), frozenset(list(cookies)[::2])):
+        assert sorted(installed.all_but(skip), key=repr) == sorted(
+            (f for f in plain.values() if f.cookie not in skip), key=repr
+        )
+    assert {c for c in installed.cookies() if installed.of_cookies([c])} == cookies
+    for cookie in cookies:
+        want = sorted((f for f in plain.values() if f.cookie == cookie), key=repr)
+        assert installed.has_cookie(cookie)
+        assert sorted(installed.of_cookies([cookie]), key=repr) == want
+
+
+def routes_of(own_index: int, indices: list[int], config=CONFIG):
+    own = C.leases[own_index]
+    leases = [C.leases[i] for i in indices if i != own_index]
+    return node_table(config, [own, *leases], [], own).routes
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_changes_read_back_identical(seed: int) -> None:
+    rng = random.Random(seed)
+    installed, plain = Installed(), {}
+    own = rng.randrange(5)
+    for _ in range(80):
+        op = rng.choice(["routes", "routes", "add", "delete", "foreign", "readback", "settle",
+                         "own", "config"])  # fmt: skip
+        if op in ("routes", "own", "config"):
+            if op == "own":
+                own = rng.randrange(5)
+            routes = routes_of(own, rng.sample(range(40), rng.randrange(1, 8)),
+                               OTHER_VNI if op == "config" else CONFIG)  # fmt: skip
+            installed.put_routes(routes)
+            plain.update((f.key, f) for f in routes.flows())
+        elif op == "add":  # a plain flow, or a lease's flow (a landed change of one lease)
+            lease = C.leases[rng.randrange(5, 40)]
+            f = rng.choice([*remote_lease_flows(CONFIG, lease, C.leases[own]),
+                            flow(30, 100, {"in_port": rng.randrange(9)}, [output(2)], 0x1234)])  # fmt: skip
+            installed.put(f)
+            plain[f.key] = f
+        elif op == "delete" and plain:
+            key = rng.choice(list(plain))
+            installed.discard(key)
+            del plain[key]
+        elif op == "foreign" and plain:  # another client's entry replaces one of ours by key
+            old = plain[rng.choice(list(plain))]
+            f = Flow(old.table, old.priority, old.match, (("output", 9),), 0x42)
+            installed.put(f)
+            plain[f.key] = f
+        elif op == "readback":
+            flows = list(plain.values())
+            rng.shuffle(flows)
+            installed.replace(flows)
+        elif op == "settle":
+            table = compile_table(CONFIG, C.leases[: rng.randrange(5, 40)], [], C.leases[own].public_ip)
+            rest, settled = installed.settle(table)
+            for cookie in settled:  # held exactly as desired: nothing of them left to compare
+                want = {f for f in table.routes.flows() if f.cookie == cookie}
+                assert set(installed.of_cookies([cookie])) == want
+                assert not any(f.cookie == cookie for f in rest.routes.flows())
+            assert len(rest) == len(table) - FLOWS_PER_LEASE * len(settled)
+        same(installed, plain)
+
+
+def test_a_read_back_table_is_held_compactly_once_settled() -> None:
+    own = C.leases[0]
+    table = compile_table(CONFIG, C.leases, [], own.public_ip)
+    installed = Installed()
+    installed.replace(list(table))
+    rest, settled = installed.settle(table)
+    assert len(settled) == len(C.leases) - 1 and not rest.routes and rest.flows == table.flows
+    assert installed.held_leases == len(C.leases) - 1
+    same(installed, {f.key: f for f in table})
+    # the model's leases are shared, not copied: one table's entry is the model's object
+    assert installed.settle(table)[1] == settled
+
+
+def test_a_drifted_lease_flow_is_not_settled() -> None:
+    own = C.leases[0]
+    table = compile_table(CONFIG, C.leases[:5], [], own.public_ip)
+    route = next(iter(table.routes.flows()))
+    drifted = replace(route, actions=(*route.actions[:-1], ("output", 9)))
+    installed = Installed()
+    installed.replace([f if f != route else drifted for f in table])
+    rest, settled = installed.settle(table)
+    assert route.cookie not in settled and len(settled) == 3
+    assert set(rest.routes.flows()) == set(remote_lease_flows(CONFIG, C.leases[1], own))
+
+
+def test_a_rewrite_of_the_own_lease_that_keeps_its_public_ip_keeps_the_table_compact() -> None:
+    """The flows of remote leases depend on the own lease's PublicIP only: a rewrite of it
+    (a new revision) neither unsettles nor unpacks what the switch holds."""
+    own = C.leases[0]
+    installed = Installed()
+    installed.put_routes(routes_of(0, list(range(1, 10))))
+    rewritten = replace(own, mod_revision=99)
+    table = node_table(CONFIG, [rewritten, *C.leases[1:12]], [], rewritten)
+    rest, settled = installed.settle(table)
+    assert len(settled) == 9 and len(rest.routes) == 2 * FLOWS_PER_LEASE
+    installed.put_routes(rest.routes)
+    assert installed.held_leases == 11 and len(installed) == 11 * FLOWS_PER_LEASE
+    same(installed, {f.key: f for f in table.routes.flows()})
