@@ -161,7 +161,7 @@ class Installed(Mapping[FlowKey, Flow]):
         A lease held as Flows (read back, or changed) that equal its rendering is taken
         into the compact form here."""
         routes = desired.routes
-        if not routes:
+        if not routes or not self._holds_lease_flows():  # (a cold switch: nothing to settle)
             return desired, frozenset()
         context = (routes.config, routes.own)
         same = self._same_context(context)
@@ -210,6 +210,11 @@ class Installed(Mapping[FlowKey, Flow]):
     def _lease_flows(self, leases: Iterable[Lease]) -> Iterator[Flow]:
         for lease in leases:
             yield from self._render(lease)
+
+    def _holds_lease_flows(self) -> bool:
+        return bool(self._leases) or any(
+            cookie & ~0xFFFFFFFF == _LEASE_COOKIE for cookie in self._by_cookie
+        )
 
     def _same_context(self, context: Context) -> bool:
         """Whether leases held for the current context render as they would for `context`
