@@ -173,3 +173,17 @@ def test_profile_compile_tiny(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     report = (tmp_path / "profile_compile.txt").read_text()
     assert "compile_node" in report
+
+
+def test_profile_coldstart_and_event_tiny(tmp_path: Path) -> None:
+    for what in ("coldstart", "event"):
+        res = subprocess.run(
+            [sys.executable, "-m", "bench.profile", what, "--switches", "4", "--leases", "30",
+             "--events", "5", "--tag", "4x30", "--results-dir", str(tmp_path)],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-2000:]
+        head = (tmp_path / f"profile_{what}_4x30.txt").read_text().splitlines()[1]
+        assert head.startswith(f"# {what}: 4 switches, 30 leases")
+    assert "bytes per installed flow" in (tmp_path / "profile_coldstart_4x30.txt").read_text()
+    assert "full; longest" in (tmp_path / "profile_event_4x30.txt").read_text()
