@@ -261,13 +261,19 @@ def test_an_agent_without_a_cni_socket_serves_none(underlay: Underlay, tmp_path:
         assert "serving CNI calls" not in agent.log_text()
 
 
+def replica_kept(cni: CniNode, container: str) -> str:
+    """An ADD and DEL of `container` (the server keeps its OVSDB replica from then on); its netns."""
+    netns = cni.container(container)
+    assert cni.plugin("ADD", container, netns)[0] == 0
+    assert cni.plugin("DEL", container, netns)[0] == 0
+    return netns
+
+
 def test_a_restarted_ovsdb_server_is_reconnected(fast: Fast) -> None:
     """The server's kept OVSDB replica is replaced once its session dropped."""
     cni = fast.cni
     before = cni.state()
-    netns = cni.container("f7")
-    assert cni.plugin("ADD", "f7", netns)[0] == 0  # the replica is kept from here on
-    assert cni.plugin("DEL", "f7", netns)[0] == 0
+    netns = replica_kept(cni, "f7")
     cni.node.ovs.stop_process("ovsdb-server")
     cni.node.ovs.start_ovsdb_server()
     code, result, err = cni.plugin("ADD", "f7", netns)
@@ -282,9 +288,7 @@ def test_an_ovsdb_server_gone_for_good_is_try_again_later_and_leaves_nothing(fas
     the veth, the address and the record of the half-made attachment undone."""
     cni = fast.cni
     before = cni.state()
-    netns = cni.container("f8")
-    assert cni.plugin("ADD", "f8", netns)[0] == 0  # the replica is kept from here on
-    assert cni.plugin("DEL", "f8", netns)[0] == 0
+    netns = replica_kept(cni, "f8")
     cni.node.ovs.stop_process("ovsdb-server")
     try:
         code, result, err = cni.plugin("ADD", "f8", netns)
