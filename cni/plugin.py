@@ -95,9 +95,11 @@ def ovsdb(conf: NetConf, code: int = ErrorCode.TRY_AGAIN_LATER) -> Iterator[ovs.
         raise CniError(code, "OVSDB is not reachable", str(exc)) from exc
     try:
         yield idl
-    except BaseException:
+    except BaseException as exc:
         if kept:  # whatever failed (a transaction, the session), the next call starts afresh
             kept.ovsdb.discard(conf.ovsdb)
+        if isinstance(exc, ovsidl.OvsdbUnavailable):  # went away mid-call, did not come back
+            raise CniError(code, "OVSDB is not reachable", str(exc)) from exc
         raise
     finally:
         if not kept:
@@ -161,8 +163,6 @@ def _port_errors(host: str, bridge: str) -> Iterator[None]:
     except plug.PlugError as exc:
         raise CniError(ErrorCode.SETUP_FAILED, f"adding port {host} to {bridge} failed",
                        str(exc)) from exc  # fmt: skip
-    except ovsidl.OvsdbUnavailable as exc:  # it went away mid-call and did not come back
-        raise CniError(ErrorCode.TRY_AGAIN_LATER, "OVSDB is not reachable", str(exc)) from exc
 
 
 def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
@@ -250,7 +250,7 @@ def delete(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
             plug.unplug(idl, conf.bridge, host, inv.container_id, inv.ifname)
     except CniError as exc:
         errors.append(exc)
-    except (ovsidl.OvsdbError, ovsidl.OvsdbUnavailable) as exc:
+    except ovsidl.OvsdbError as exc:
         errors.append(CniError(ErrorCode.TRY_AGAIN_LATER, f"removing port {host} failed", str(exc)))
     veth.delete(host)  # the container's end goes with it; a gone netns took both already
     request = record.ipam_request if record else _current_request(conf)
