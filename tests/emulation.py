@@ -5,7 +5,8 @@ namespace with a private OVS (ovsdb/instance.py); `br-phy` (netdev) holds the
 node's eth0 and its underlay address; pods are namespaces joined to the node's
 br-int by veth with TX checksum offload off. Every name carries a per-run tag
 so parallel runs never collide, and everything made is recorded and undone by
-`Underlay.destroy()`, also after a failed test.
+`Underlay.destroy()`, also after a failed test. `emulated_cluster()` gives the e2e
+tests a whole Mininet cluster (mininet/vxcluster.py) under the same run's tag.
 """
 
 from __future__ import annotations
@@ -13,16 +14,25 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
+from typing import Any
 
 from ovsdb.instance import OvsInstance
+from vxflow.demo import cluster_module
 
 UNDERLAY = "198.18.0.0/24"
 ROOT_UNDERLAY_IP = IPv4Address("198.18.0.254")
 NODE_BLOCK = "198.18.0.0/27"  # add_node() indexes 1..30
 TAG_PREFIX = "vxt"  # every namespace and root-namespace link the tests make starts with it
+
+
+def run_tag() -> str:
+    """This test run's tag: one per process, so parallel runs never share a name."""
+    return f"{TAG_PREFIX}{os.getpid() % 0xFFFF:04x}"
 
 
 def sh(*cmd: str, netns: str | None = None, check: bool = True, timeout: float = 30) -> str:
@@ -68,7 +78,7 @@ class Node:
 class Underlay:
     """A Linux bridge in the root namespace joining emulated nodes (198.18.0.0/24)."""
 
-    tag: str = field(default_factory=lambda: f"{TAG_PREFIX}{os.getpid() % 0xFFFF:04x}")
+    tag: str = field(default_factory=run_tag)
     workdir: Path | None = None
     nodes: list[Node] = field(default_factory=list)
     _namespaces: list[str] = field(default_factory=list)
@@ -179,3 +189,16 @@ class Underlay:
         self._namespaces.clear()
         self._links.clear()
         return errors
+
+
+@contextmanager
+def emulated_cluster(suffix: str, **spec: Any) -> Iterator[Any]:
+    """A started mininet/vxcluster.py `Cluster` of `ClusterSpec(**spec)`, tagged
+    `run_tag() + suffix` (the leftover check finds what it leaves), stopped after.
+
+    `Cluster` undoes a start that fails half-way, and stops on leaving the block,
+    whether the body (a test, or a module's fixture at teardown) passed or raised.
+    """
+    vx = cluster_module()
+    with vx.Cluster(spec=vx.ClusterSpec(tag=f"{run_tag()}{suffix}", **spec)) as running:
+        yield running

@@ -34,12 +34,12 @@ from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.model import Endpoint, Lease, datapath_id_for
 from leases.registry import Registry
 from ovsdb.instance import OvsInstance
-from tests.emulation import Underlay
+from tests.emulation import run_tag
 from vxflow.processes import stop_process
 
 PREFIX = "/vxflow-test/network"
 CONFIG = '{"Network": "198.19.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
-TAG = Underlay().tag  # the run's tag: the leftover check finds what these tests leave
+TAG = run_tag()  # the run's tag: the leftover check finds what these tests leave
 VXFLOW = str(Path(sys.executable).with_name("vxflow"))
 OSKEN_MANAGER = str(Path(sys.executable).with_name("osken-manager"))
 

@@ -18,8 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from leases.registry import Registry
-from tests.emulation import Underlay
-from vxflow.demo import cluster_module
+from tests.emulation import emulated_cluster
 
 VNI = 7
 PORT = 4789
@@ -30,11 +29,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator:
-    vxcluster = cluster_module()
-    spec = vxcluster.ClusterSpec(
-        nodes=3, pods=2, vni=VNI, port=PORT, tag=f"{Underlay().tag}a", agent_lease_ttl=LEASE_TTL
-    )
-    with vxcluster.Cluster(spec=spec) as running:
+    with emulated_cluster(
+        "a", nodes=3, pods=2, vni=VNI, port=PORT, agent_lease_ttl=LEASE_TTL
+    ) as running:
         yield running
 
 

@@ -20,8 +20,7 @@ import pytest
 
 from flows.ports import pod_mac, vtep_mac_for
 from leases.registry import Registry
-from tests.emulation import Underlay
-from vxflow.demo import cluster_module
+from tests.emulation import emulated_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -47,11 +46,7 @@ def wait_until(what: str, check, timeout: float) -> float:
 
 
 def test_a_killed_master_loses_no_ping_and_changes_after_it_reach_every_switch() -> None:
-    vxcluster = cluster_module()
-    spec = vxcluster.ClusterSpec(
-        nodes=3, pods=2, controllers=3, member_ttl=TTL, tag=f"{Underlay().tag}c"
-    )
-    with vxcluster.Cluster(spec=spec) as cluster:
+    with emulated_cluster("c", nodes=3, pods=2, controllers=3, member_ttl=TTL) as cluster:
         n1, n2, n3 = cluster.vxflow_nodes
         wait_until("every switch connected to all 3 replicas with one master",
                    lambda: all(master_of(cluster, n) for n in cluster.vxflow_nodes)
@@ -70,7 +65,7 @@ def test_a_killed_master_loses_no_ping_and_changes_after_it_reach_every_switch()
             killed = time.monotonic()
             # right after the kill: a new node's lease and a new pod on n1
             newcomer = IPv4Address(str(n3.underlay_ip + 20))
-            with Registry(cluster.etcd_endpoint, spec.prefix) as registry:
+            with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
                 registry.acquire(newcomer, vtep_mac_for(newcomer), ttl=60)
             pod_ip = cluster.wait_subnet(n1, 5).network_address + 100
             n1.sh("ip link add vxe2e type veth peer name vxe2ep && ip link set vxe2e up")

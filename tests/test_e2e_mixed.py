@@ -13,19 +13,17 @@ import time
 
 import pytest
 
-from tests.emulation import Underlay
-from vxflow.demo import cluster_module
+from tests.emulation import emulated_cluster
 
 FLANNEL_TTL = 6
 
 
 @pytest.mark.e2e
 def test_mixed_cluster_pings_every_way_and_drops_an_expired_flannel_lease() -> None:
-    vxcluster = cluster_module()
-    spec = vxcluster.ClusterSpec(
-        nodes=2, pods=2, flannel_nodes=1, tag=f"{Underlay().tag}b", flannel_lease_ttl=FLANNEL_TTL
-    )
-    with vxcluster.Cluster(spec=spec) as cluster:
+    with emulated_cluster(
+        "b", nodes=2, pods=2, flannel_nodes=1, flannel_lease_ttl=FLANNEL_TTL
+    ) as cluster:
+        spec = cluster.spec
         assert len(cluster.flannel_nodes) == 1
         (flannel,) = cluster.flannel_nodes
         flannel_pods = cluster.pods_of(flannel)

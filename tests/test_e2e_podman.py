@@ -19,18 +19,14 @@ import pytest
 
 from cni.attachments import host_ifname
 from leases.registry import Registry
-from tests.emulation import Underlay
-from vxflow.demo import cluster_module
+from tests.emulation import emulated_cluster
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator:
-    vx = cluster_module()
-    spec = vx.ClusterSpec(nodes=2, pods=1, tag=f"{Underlay().tag}c", ip_masq=True,
-                          containers=True)  # fmt: skip
-    with vx.Cluster(spec=spec) as running:
+    with emulated_cluster("c", nodes=2, pods=1, ip_masq=True, containers=True) as running:
         yield running
 
 

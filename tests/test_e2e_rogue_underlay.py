@@ -16,7 +16,7 @@ import pytest
 
 from flows.compiler import DROP_TUNNEL_SPOOFED
 from flows.ports import vtep_mac_for
-from tests.emulation import Underlay
+from tests.emulation import emulated_cluster
 from vxflow.demo import cluster_module
 
 SENT = 6
@@ -58,12 +58,12 @@ def echo_requests_received(pod) -> int:
 
 @pytest.mark.e2e
 def test_rogue_underlay_host_with_the_vni_and_a_pods_address_delivers_nothing() -> None:
-    vxcluster = cluster_module()
-    spec = vxcluster.ClusterSpec(nodes=2, pods=1, tag=f"{Underlay().tag}r")
-    with vxcluster.Cluster(spec=spec) as cluster:
+    with emulated_cluster("r", nodes=2, pods=1) as cluster:
+        spec = cluster.spec
         n1, n2 = cluster.vxflow_nodes
         (victim,), (impersonated,) = cluster.pods_of(n1), cluster.pods_of(n2)
-        underlay = next(s for s in cluster.net.switches if isinstance(s, vxcluster.UnderlayBridge))
+        bridge = cluster_module().UnderlayBridge
+        underlay = next(s for s in cluster.net.switches if isinstance(s, bridge))
         spare = list(underlay.node_addresses())[len(cluster.nodes) + 1]
         target_subnet = victim.ip_if.network
         gateway0 = target_subnet.network_address  # flannel's vxlan address convention

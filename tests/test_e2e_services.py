@@ -28,9 +28,8 @@ from flows.flow import Owner, Table, cookie_for
 from flows.ports import GATEWAY_PORT
 from flows.services import affinity_links, group_id, hairpin_source, port_group
 from leases.registry import Registry
-from tests.emulation import Underlay
+from tests.emulation import emulated_cluster
 from tests.test_e2e_cluster import in_host
-from vxflow.demo import cluster_module
 
 pytestmark = pytest.mark.e2e
 
@@ -42,9 +41,7 @@ PORT = 8080  # every backend's TargetPort
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator:
-    vxcluster = cluster_module()
-    spec = vxcluster.ClusterSpec(nodes=4, pods=1, tag=f"{Underlay().tag}s")
-    with vxcluster.Cluster(spec=spec) as running:
+    with emulated_cluster("s", nodes=4, pods=1) as running:
         servers = []
         try:
             for node in running.vxflow_nodes[:3]:
@@ -53,7 +50,7 @@ def cluster() -> Iterator:
                                  stdout=subprocess.PIPE)  # fmt: skip
                 assert server.stdout.readline().strip() == "listening"
                 servers.append(server)
-            with Registry(running.etcd_endpoint, spec.prefix) as registry:
+            with Registry(running.etcd_endpoint, running.spec.prefix) as registry:
                 registry.set_service_network(str(SERVICE_NETWORK))
             wait_routed(running)
             yield running

@@ -12,17 +12,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.emulation import Underlay
-from vxflow.demo import cluster_module
+from tests.emulation import emulated_cluster
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator:
-    vxcluster = cluster_module()
-    spec = vxcluster.ClusterSpec(nodes=2, pods=1, tag=f"{Underlay().tag}r")
-    with vxcluster.Cluster(spec=spec) as running:
+    with emulated_cluster("r", nodes=2, pods=1) as running:
         yield running
 
 

@@ -10,18 +10,15 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from tests.emulation import Underlay
+from tests.emulation import emulated_cluster
 from tests.ofharness import VXFLOW
-from vxflow.demo import cluster_module
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator:
-    vxcluster = cluster_module()
-    spec = vxcluster.ClusterSpec(nodes=2, pods=2, tag=f"{Underlay().tag}t")
-    with vxcluster.Cluster(spec=spec) as running:
+    with emulated_cluster("t", nodes=2, pods=2) as running:
         yield running
 
 
