@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flows.compiler import NodeTable, RemoteRoutes
@@ -28,12 +28,6 @@ class FlowDiff:
     @property
     def added_routes(self) -> int:
         return len(self.routes) if self.routes is not None else 0
-
-    def added(self) -> Iterator[Flow]:
-        """Every flow this diff adds, as Flow values (routes made one by one, lazily)."""
-        yield from self.add
-        for i in range(self.added_routes):
-            yield self.routes.flow(i)
 
 
 def diff_flows(current: Iterable[Flow], desired: Iterable[Flow]) -> FlowDiff:

@@ -81,7 +81,10 @@ def test_cold_switch_gets_the_routes_compact_and_the_same_table():
     assert len(table.routes) == 2 * 4 and len(table) == len(list(table)) == len(set(table))
     cold = diff_table([B], table)
     assert cold.routes is table.routes and cold.delete == (B,)
-    assert set(cold.added()) == set(table) == set(diff_flows([B], table).add)
+    # the routes as a change's messages make them (controller/switch.py): flow i of routes
+    routes = [cold.routes.flow(i) for i in range(cold.added_routes)]
+    assert len(cold.add) + len(routes) == len(table)  # each flow added once
+    assert set(cold.add) | set(routes) == set(table) == set(diff_flows([B], table).add)
 
 
 def test_a_route_on_the_switch_means_a_full_comparison():
@@ -94,4 +97,5 @@ def test_a_route_on_the_switch_means_a_full_comparison():
     assert warm.add == (last,) and warm.delete == ()
     # a foreign entry at a route's key on an otherwise cold switch: deleted, then the route added
     cold = diff_table([foreign], table)
-    assert cold.delete == (foreign,) and last in cold.added()
+    assert cold.delete == (foreign,) and cold.routes is table.routes and last not in cold.add
+    assert cold.routes.flow(cold.added_routes - 1) == last
