@@ -14,7 +14,10 @@ TCP and over TLS (`--transport`), each with its own controller and etcd.
   etcd's) share alone, without one ovs-vswitchd serving all S bridges.
 
 Also recorded: when the benchmark's own etcd watch heard of the lease (the
-etcd share), and the spread between the first and the last switch.
+etcd share), the spread between the first and the last switch, and the CPU
+time per event of the controller, of the one process serving all S switches
+(ovs-vswitchd or the stand-ins) and of this one (which reads the real
+bridges' flow monitors).
 Run: `python -m bench.b2_convergence` (root; own namespace).
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -34,6 +38,7 @@ import click
 from bench import report
 from bench.bridges import BridgeFarm
 from bench.cluster_env import Env, connect_and_converge, environment
+from bench.controller_proc import cpu_seconds
 from bench.etcdload import PREFIX, put_lease
 from bench.isolation import isolate
 from bench.leasegen import cluster, lease
@@ -65,6 +70,7 @@ class RealSwitches:
             self.farm.use_tls(env.controller.pki)
         sockets = {b.name: b.mgmt_socket for b in self.farm.bridges}
         self.obs = self.stack.enter_context(FlowObserver(sockets, monitor=True, groups=groups))
+        self.pid = self.farm.ovs.pids()["ovs-vswitchd"]  # serves all S bridges
 
     def initial_sync(self) -> float:
         return connect_and_converge(self.env, self.farm, self.obs, timeout=300)
@@ -99,6 +105,7 @@ class StandInSwitches:
         self.dpids = [datapath_id_for(x.public_ip) for x in env.cluster.leases[:switches]]
         self.fleet = StandInFleet("127.0.0.1", env.controller.port,
                                   dict.fromkeys(self.dpids, self.size), PORTS).start()  # fmt: skip
+        self.pid = self.fleet.pid  # serves all S stand-ins
 
     def initial_sync(self) -> float:
         self.fleet.go()
@@ -160,6 +167,10 @@ def measure(kind: str, switches: int, leases: int, repeat: int, gap: float,
             log.info("%s S=%d: every switch holds %d flows after %.2fs", kind, switches,
                      env.table_size(), out["initial_sync_s"])  # fmt: skip
             latencies, spreads, heard = [], [], []
+            # where the CPU goes per event: the controller, the switches' process and this
+            # one (the real switches' flow monitors are read here)
+            pids = {"controller": env.controller.pid, "switches": sw.pid, "bench": os.getpid()}
+            cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
             for i in range(repeat):
                 new = lease(leases + i)
                 before = sw.before()
@@ -170,6 +181,8 @@ def measure(kind: str, switches: int, leases: int, repeat: int, gap: float,
                 spreads.append(max(landed) - min(landed))
                 heard.append(watcher.wait(new.subnet) - t0)
                 time.sleep(gap)
+            out["cpu_ms_per_event"] = {name: (cpu_seconds(pid) - cpu0[name]) * 1e3 / repeat
+                                       for name, pid in pids.items()}  # fmt: skip
             counts = sw.final_counts()
         finally:
             watcher.close()
@@ -214,8 +227,9 @@ def main(switches: tuple[int, ...], kinds: tuple[str, ...], transports: tuple[st
     path = report.save("b2_convergence", MODULE, {"runs": runs}, results_dir)
     for r in runs:
         lat = r["latency_s"]
+        cpu = "  ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms_per_event"].items())
         click.echo(f"{r['kind']:8s} {r['transport']:3s} S={r['switches']:4d}  p50 {report.ms(lat['p50'])}  p99 {report.ms(lat['p99'])}"
-                   f"  max {report.ms(lat['max'])}  (n={lat['n']})")  # fmt: skip
+                   f"  max {report.ms(lat['max'])}  (n={lat['n']});  CPU ms per event: {cpu}")  # fmt: skip
     click.echo(f"results: {path}")
 
 

@@ -307,6 +307,11 @@ class StandInFleet:
         self._n = len(expected)
         self.started: float | None = None
 
+    @property
+    def pid(self) -> int:
+        """The process that serves every stand-in (started)."""
+        return self._proc.pid
+
     def start(self) -> StandInFleet:
         self._proc.start()
         return self

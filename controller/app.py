@@ -29,9 +29,9 @@ from os_ken.controller.handler import (
     set_ev_cls,
 )
 from os_ken.lib import hub
-from os_ken.ofproto import ofproto_v1_4, ofproto_v1_4_parser
+from os_ken.ofproto import ofproto_v1_4
 
-from controller import guard, identity, metrics, monitor, ofwire, status
+from controller import groups, guard, identity, metrics, monitor, ofwire, status
 from controller.model import ClusterModel, Impact
 from controller.options import CONF, etcd_access
 from controller.replica import Coordinator, Membership, advertised_target, default_member_id
@@ -46,7 +46,6 @@ from vxflow.httpd import wsgi_app
 
 log = logging.getLogger("controller")
 
-_MULTIPART_HEADER = 16  # ofp_header + type, flags, pad
 OFPET_BAD_REQUEST, OFPBRC_IS_SLAVE = 1, 10
 
 
@@ -56,34 +55,35 @@ def _yield() -> None:
     hub.sleep(0)
 
 
-class _RawUpdates:
-    """A flow monitor reply's whole body, left as bytes for `controller.monitor` to decode.
+class DatapathChannel:
+    """Raw bytes to one switch, with xids from its os-ken counter.
 
-    os-ken 3.1 registers one parser class for four update events and asserts
-    the event is the last one registered (OFPFME_INITIAL), so it drops every
-    reply that reports a change, with a logged traceback.
+    Written straight to a plain TCP socket whenever os-ken's send loop for it is
+    idle (nothing queued, waiting for the next buffer): a lease event then reaches
+    each switch as soon as its flow-mods are packed, while the next switch's are,
+    instead of after all of them, one send-loop wake-up per switch later. What the
+    socket does not take at once, TLS, and everything while os-ken's loop is busy
+    go through its queue, behind whatever is there: the stream stays in order.
     """
 
-    def __init__(self, length: int) -> None:
-        self.length = length
-
-    @classmethod
-    def parser(cls, buf, offset: int) -> _RawUpdates:
-        return cls(len(buf) - offset)
-
-
-ofproto_v1_4_parser.OFPFlowMonitorReply.cls_stats_body_cls = _RawUpdates
-
-
-class DatapathChannel:
-    """Raw bytes to one switch through os-ken's send queue, with xids from its counter."""
-
-    def __init__(self, datapath) -> None:
+    def __init__(self, datapath, tls: bool = False) -> None:
         self.datapath = datapath
+        # eventlet's green socket over a real, non-blocking one (`fd`)
+        self._raw = None if tls else getattr(datapath.socket, "fd", None)
 
     def send(self, data: bytes) -> None:
-        """Queue without yielding: a lease event queues its flow-mod to every switch
-        before any send loop runs (SwitchSync pauses between a bundle's chunks)."""
+        """Never yields (the queue holds 16 buffers; SwitchSync pauses between a bundle's
+        chunks): a lease event sends to every switch in one pass."""
+        queue = self.datapath.send_q
+        if self._raw is not None and queue is not None and not queue.qsize() and queue.getting():
+            try:
+                data = data[self._raw.send(data):]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                pass  # broken: os-ken's loops find out and close the connection
+            if not data:
+                return
         self.datapath.send(data)
 
     def xids(self, count: int) -> int:
@@ -109,7 +109,14 @@ class VxflowController(app_manager.OSKenApp):
         self.endpoints = CONF.vxflow_etcd_endpoints
         self.prefix = CONF.vxflow_etcd_prefix
         self.access = etcd_access()
-        guard.install(CONF)
+        self._handlers = {
+            ofwire.OFPT_BARRIER_REPLY: self._barrier,
+            ofwire.OFPT_MULTIPART_REPLY: self._multipart,
+            ofwire.OFPT_ROLE_REPLY: self._role_reply,
+            ofwire.OFPT_ROLE_STATUS: self._role_status,
+            ofwire.OFPT_ERROR: self._error,
+        }
+        guard.install(CONF, self._receive)
         self.tls = bool(CONF.ctl_privkey and CONF.ctl_cert)
         if not self.tls:
             log.warning("OpenFlow over plain TCP: switches are not authenticated (demo only; "
@@ -283,7 +290,7 @@ class VxflowController(app_manager.OSKenApp):
             parser.OFPAsyncConfigPropReasons(ofp.OFPACPT_PACKET_IN_MASTER, mask=0),
         ]
         dp.send_msg(parser.OFPSetAsync(dp, no_packet_in))
-        channel = DatapathChannel(dp)
+        channel = DatapathChannel(dp, self.tls)
         sync = SwitchSync(
             node=node,
             channel=channel,
@@ -305,53 +312,87 @@ class VxflowController(app_manager.OSKenApp):
         metrics.SWITCHES.set(len(self.switches))
         metrics.MASTERED.set(sum(role.master for role in self.roles.values()))
 
-    def _sync_of(self, msg) -> SwitchSync | None:
-        sync = self.switches.get(msg.datapath.id)
-        return sync if sync is not None and sync.channel.datapath is msg.datapath else None
+    # -- what switches send: handled in each switch's receive loop ------------------
 
-    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
-    def _flow_stats(self, ev) -> None:
-        self._multipart(ev.msg, SwitchSync.on_flow_stats)
+    def _receive(self, dp, msg_type: int, xid: int, data: bytes) -> bool:
+        """A message from a switch, once `controller.wirecheck` passed it: the replies and
+        errors SwitchSync and SwitchRole act on are handled here, in the switch's receive
+        loop, in the order it sent them; os-ken makes no message object or event of them
+        (at 1,000 switches those cost more than the handling itself). False: os-ken's
+        usual path (its handshake; packet-ins)."""
+        handle = self._handlers.get(msg_type)
+        if handle is None or dp.state not in (MAIN_DISPATCHER, DEAD_DISPATCHER):
+            return False
+        try:
+            return handle(dp, xid, data) is not False
+        except Exception:
+            log.exception("switch %016x: handling a message of type %d (xid %#x) failed",
+                          dp.id or 0, msg_type, xid)  # fmt: skip
+            return True
 
-    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
-    def _group_desc(self, ev) -> None:
-        self._multipart(ev.msg, SwitchSync.on_group_desc)
+    def _sync_for(self, dp) -> SwitchSync | None:
+        sync = self.switches.get(dp.id)
+        return sync if sync is not None and sync.channel.datapath is dp else None
 
-    def _multipart(self, msg, handle) -> None:
-        """A readback reply's raw body to its switch's sync (`handle(sync, xid, body, more)`)."""
-        sync = self._sync_of(msg)
+    def _role_for(self, dp) -> SwitchRole | None:
+        return self.roles.get(dp.id) if self._sync_for(dp) is not None else None
+
+    def _barrier(self, dp, xid: int, data: bytes) -> None:
+        sync = self._sync_for(dp)
         if sync is not None:
-            more = bool(msg.flags & ofwire.OFPMPF_REPLY_MORE)
-            handle(sync, msg.xid, bytes(msg.buf[_MULTIPART_HEADER:]), more)
+            sync.on_barrier(xid)
 
-    @set_ev_cls(ofp_event.EventOFPFlowMonitorReply, MAIN_DISPATCHER)
-    def _flow_monitor(self, ev) -> None:
-        sync = self._sync_of(ev.msg)
-        if sync is not None:
-            monitor.deliver(bytes(ev.msg.buf[_MULTIPART_HEADER:]), sync)
+    def _multipart(self, dp, xid: int, data: bytes) -> bool:
+        """Readback replies (flows, groups) and flow monitor updates, their raw bodies to
+        the switch's sync; other kinds (os-ken's handshake asks for some) are not ours."""
+        kind, more, body = ofwire.decode_multipart_reply(data)
+        if kind not in (ofwire.OFPMP_FLOW, groups.OFPMP_GROUP_DESC, monitor.OFPMP_FLOW_MONITOR):
+            return False
+        sync = self._sync_for(dp)
+        if sync is not None and kind == monitor.OFPMP_FLOW_MONITOR:
+            monitor.deliver(body, sync)
+        elif sync is not None and kind == ofwire.OFPMP_FLOW:
+            sync.on_flow_stats(xid, body, more)
+        elif sync is not None:
+            sync.on_group_desc(xid, body, more)
+        return True
 
-    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
-    def _barrier(self, ev) -> None:
-        sync = self._sync_of(ev.msg)
-        if sync is not None:
-            sync.on_barrier(ev.msg.xid)
-
-    def _role_of(self, msg) -> SwitchRole | None:
-        return self.roles.get(msg.datapath.id) if self._sync_of(msg) is not None else None
-
-    @set_ev_cls(ofp_event.EventOFPRoleReply, MAIN_DISPATCHER)
-    def _role_reply(self, ev) -> None:
-        role = self._role_of(ev.msg)
-        if role is not None and role.on_reply(ev.msg.xid, ev.msg.role, ev.msg.generation_id):
+    def _role_reply(self, dp, xid: int, data: bytes) -> None:
+        role = self._role_for(dp)
+        if role is not None and role.on_reply(xid, *ofwire.decode_role(data)):
             self._count_switches()
 
-    @set_ev_cls(ofp_event.EventOFPRoleStatus, MAIN_DISPATCHER)
-    def _role_status(self, ev) -> None:
-        role = self._role_of(ev.msg)
+    def _role_status(self, dp, xid: int, data: bytes) -> None:
+        role = self._role_for(dp)
         if role is not None:
-            role.on_status(ev.msg.role, ev.msg.generation_id)
+            role.on_status(*ofwire.decode_role(data))
             self._count_switches()
             self.coordinator.request()
+
+    def _error(self, dp, xid: int, data: bytes) -> None:
+        err_type, code, refused = ofwire.decode_error(data)
+        sync, role = self._sync_for(dp), self._role_for(dp)
+        if role is not None and (err_type, code) == (OFPET_BAD_REQUEST, OFPBRC_IS_SLAVE):
+            metrics.WRITES_REFUSED.inc()
+            log.warning("switch %s refused a write (xid %#x): this replica is not its master",
+                        role.node, xid)  # fmt: skip
+            role.refused_write()
+            self._count_switches()
+            self.coordinator.request()
+            return
+        if role is not None and role.on_error(xid, err_type, code):
+            return
+        if sync is not None and xid == self._monitor_xids.get(dp.id):
+            metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
+            log.error("switch %s refused the flow monitor (error type %d code %d): drift is "
+                      "found by the periodic audit only", sync.node, err_type, code)  # fmt: skip
+            return
+        if sync is None or not sync.on_error(xid, err_type, code, refused):
+            metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
+            log.error(
+                "switch %016x: OpenFlow error type %d code %d for xid %#x (not a vxflow message)",
+                dp.id or 0, err_type, code, xid,
+            )
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev) -> None:
@@ -361,29 +402,3 @@ class VxflowController(app_manager.OSKenApp):
             "asks for one; the table has drifted", ev.msg.datapath.id, ev.msg.reason,
             ev.msg.table_id, ev.msg.cookie,
         )
-
-    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
-    def _error(self, ev) -> None:
-        msg = ev.msg
-        sync, role = self._sync_of(msg), self._role_of(msg)
-        if role is not None and (msg.type, msg.code) == (OFPET_BAD_REQUEST, OFPBRC_IS_SLAVE):
-            metrics.WRITES_REFUSED.inc()
-            log.warning("switch %s refused a write (xid %#x): this replica is not its master",
-                        role.node, msg.xid)  # fmt: skip
-            role.refused_write()
-            self._count_switches()
-            self.coordinator.request()
-            return
-        if role is not None and role.on_error(msg.xid, msg.type, msg.code):
-            return
-        if sync is not None and msg.xid == self._monitor_xids.get(msg.datapath.id):
-            metrics.OF_ERRORS.labels(str(msg.type), str(msg.code)).inc()
-            log.error("switch %s refused the flow monitor (error type %d code %d): drift is "
-                      "found by the periodic audit only", sync.node, msg.type, msg.code)  # fmt: skip
-            return
-        if sync is None or not sync.on_error(msg.xid, msg.type, msg.code, bytes(msg.data)):
-            metrics.OF_ERRORS.labels(str(msg.type), str(msg.code)).inc()
-            log.error(
-                "switch %016x: OpenFlow error type %d code %d for xid %#x (not a vxflow message)",
-                msg.datapath.id, msg.type, msg.code, msg.xid,
-            )

@@ -95,14 +95,15 @@ class BoundedStreamServer(hub.StreamServer):
             peer.close()
 
 
-def install(conf) -> None:
-    """Bound handshakes and echo stalls in this process (call before switches connect)."""
+def install(conf, receive: wirecheck.Receive | None = None) -> None:
+    """Bound handshakes and echo stalls in this process (call before switches connect);
+    messages that pass the structure checks go to `receive` first (`controller.wirecheck`)."""
     from os_ken.controller import controller as osken_controller
 
     osken_controller.StreamServer = BoundedStreamServer
     conf.set_default("echo_request_interval", ECHO_INTERVAL)
     conf.set_default("maximum_unreplied_echo_requests", MAX_UNREPLIED_ECHOES)
-    wirecheck.install()
+    wirecheck.install(receive)
     for name in ("os_ken.lib.hub", "os_ken.ofproto.ofproto_parser"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _OneLineFailures) for f in logger.filters):

@@ -66,15 +66,15 @@ def read_table(target: str, timeout: float = 10.0) -> tuple[list[Flow], list[Gro
             if mtype == ofwire.OFPT_ECHO_REQUEST:
                 sock.sendall(struct.pack("!BBHI", version, OFPT_ECHO_REPLY, len(msg), xid) + msg[8:])
             elif mtype == ofwire.OFPT_ERROR:
-                etype, code = struct.unpack_from("!HH", msg, 8)
+                etype, code, _ = ofwire.decode_error(msg)
                 raise ConnectionError(f"switch {target} answered with error type {etype} code {code}")
             elif mtype == ofwire.OFPT_MULTIPART_REPLY and xid in pending:
-                (flags,) = struct.unpack_from("!H", msg, 10)
+                _, more, body = ofwire.decode_multipart_reply(msg)
                 if xid == 2:
-                    flows.extend(ofwire.decode_flow_stats(msg[16:]))
+                    flows.extend(ofwire.decode_flow_stats(body))
                 else:
-                    found.extend(groups.decode_group_desc(msg[16:]))
-                if not flags & ofwire.OFPMPF_REPLY_MORE:
+                    found.extend(groups.decode_group_desc(body))
+                if not more:
                     pending.discard(xid)
                     if not pending:
                         return flows, found

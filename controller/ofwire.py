@@ -27,6 +27,7 @@ from flows.compiler import FLOWS_PER_LEASE, RemoteRoutes
 from flows.flow import Flow, Masked, Owner, Value, cookie_for
 
 OFP_VERSION = 0x05  # OpenFlow 1.4: the first version with bundles
+OFP_HEADER_SIZE = 8
 OFPT_ERROR = 1
 OFPT_ECHO_REQUEST = 2
 OFPT_FLOW_MOD = 14
@@ -36,6 +37,7 @@ OFPT_BARRIER_REQUEST = 20
 OFPT_BARRIER_REPLY = 21
 OFPT_ROLE_REQUEST = 24
 OFPT_ROLE_REPLY = 25
+OFPT_ROLE_STATUS = 30
 OFPT_BUNDLE_CONTROL = 33
 OFPT_BUNDLE_ADD_MESSAGE = 34
 
@@ -160,7 +162,9 @@ _FLOW_MOD = struct.Struct("!BBHIQQBBHHHIIIHH")  # header + ofp_flow_mod up to th
 _BUNDLE_ADD = struct.Struct("!BBHIIHH")  # header, bundle_id, pad, flags
 _BUNDLE_CTRL = struct.Struct("!BBHIIHH")  # header, bundle_id, type, flags
 _FLOW_STATS = struct.Struct("!HBxIIHHHHH2xQQQ")
-_ROLE = struct.Struct("!BBHII4xQ")  # header, role, pad, generation_id
+_ROLE = struct.Struct("!BBHII4xQ")  # header, role, pad (a status: reason, pad), generation_id
+_MULTIPART = struct.Struct("!HH4x")  # after the header: type, flags, pad
+_ERROR = struct.Struct("!HH")  # after the header: type, code
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
@@ -766,6 +770,25 @@ def decode_instructions(buf: bytes) -> tuple:
             actions.append(("unknown_instruction", buf[pos : pos + ilen].hex()))
         pos += ilen
     return tuple(actions + goto)
+
+
+def decode_multipart_reply(msg: bytes) -> tuple[int, bool, bytes]:
+    """(multipart type, whether more replies follow, body) of a whole OFPT_MULTIPART_REPLY."""
+    kind, flags = _MULTIPART.unpack_from(msg, OFP_HEADER_SIZE)
+    return kind, bool(flags & OFPMPF_REPLY_MORE), msg[OFP_HEADER_SIZE + _MULTIPART.size :]
+
+
+def decode_role(msg: bytes) -> tuple[int, int]:
+    """(role, generation_id) of a whole OFPT_ROLE_REPLY or OFPT_ROLE_STATUS (the status's
+    reason sits in the reply's padding)."""
+    *_, role, generation_id = _ROLE.unpack_from(msg)
+    return role, generation_id
+
+
+def decode_error(msg: bytes) -> tuple[int, int, bytes]:
+    """(type, code, the start of the message it refused) of a whole OFPT_ERROR."""
+    err_type, code = _ERROR.unpack_from(msg, OFP_HEADER_SIZE)
+    return err_type, code, msg[OFP_HEADER_SIZE + _ERROR.size :]
 
 
 def decode_flow_stats(body: bytes) -> Iterable[Flow]:

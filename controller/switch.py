@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from ipaddress import IPv4Address
 from typing import Protocol
 
@@ -100,12 +101,12 @@ class _Change:
     def _message_xid(self) -> int:
         return self.first_xid if self.bundle_id is None else self.first_xid + 1
 
-    @property
+    @cached_property  # asked for at every reply; the change is not altered once sent
     def added_xid(self) -> int:
         """The barrier after the last message (a bare change's only barrier)."""
         return self._message_xid + len(self.messages) + self.diff.added_routes + len(self.tail)
 
-    @property
+    @cached_property
     def last_xid(self) -> int:
         return self.added_xid if self.bundle_id is None else self.added_xid + 2
 

@@ -10,13 +10,18 @@ vxflow's peers (Open vSwitch, OpenFlow 1.4) send: message types the controller
 never asks for are refused, and every list in the ones it does is walked here
 with bounds. A message that fails is logged, counted and its peer disconnected;
 `install()` puts the check in front of os-ken's parser of every version.
+
+A message that passes goes to the controller's `Receive` first (`install`'s
+argument): what it takes is handled right there, in the switch's receive loop,
+and never becomes an os-ken message object and event (see `controller.app`).
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from controller import metrics
 
@@ -156,10 +161,18 @@ def problem(version: int, msg_type: int, buf: bytes) -> str | None:
     return None
 
 
+# (datapath, message type, xid, whole message) -> taken; OpenFlow 1.4 messages only
+Receive = Callable[[Any, int, int, bytes], bool]
+_receive: Receive | None = None
+
+
 def _guarded(original):
     def parse(datapath, version, msg_type, msg_len, xid, buf):
-        why = problem(version, msg_type, bytes(buf[:msg_len]))
+        data = bytes(buf[:msg_len])
+        why = problem(version, msg_type, data)
         if why is None:
+            if _receive is not None and version == OF14 and _receive(datapath, msg_type, xid, data):
+                return None  # os-ken's receive loop makes no event of None
             return original(datapath, version, msg_type, msg_len, xid, buf)
         metrics.REFUSED.labels("malformed").inc()
         log.warning(
@@ -173,9 +186,13 @@ def _guarded(original):
     return parse
 
 
-def install() -> None:
-    """Put `problem` in front of os-ken's parser of every OpenFlow version (idempotent)."""
+def install(receive: Receive | None = None) -> None:
+    """Put `problem` in front of os-ken's parser of every OpenFlow version (idempotent),
+    then `receive` (one per process: the controller's)."""
     from os_ken.ofproto import ofproto_parser
+
+    global _receive
+    _receive = receive
 
     for version, original in list(ofproto_parser._MSG_PARSERS.items()):
         if not getattr(original, "vxflow_guarded", False):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-from os_ken.ofproto import nicira_ext, ofproto_protocol
+from os_ken.ofproto import nicira_ext, ofproto_parser, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
 
@@ -322,3 +323,38 @@ def test_bare_route_rows_encode_exactly_as_their_flows_on_every_switch():
             serialized(osken_flow_mod(f, ofp.OFPFC_ADD), 9 + i) for i, f in enumerate(flows[:n])
         )
         assert encode(routes.rows[:1], 9) == expected
+
+
+def _parsed_by_osken(msg: bytes):
+    version, msg_type, length, xid = ofproto_parser.header(msg)
+    return ofproto_parser.msg(DP, version, msg_type, length, xid, bytearray(msg))
+
+
+@pytest.mark.parametrize("msg_type", [ofp.OFPT_ROLE_REPLY, ofp.OFPT_ROLE_STATUS])
+def test_role_replies_and_statuses_decode_as_osken_reads_them(msg_type):
+    """The controller reads these in the switch's receive loop, without os-ken's parser."""
+    role, generation = ofp.OFPCR_ROLE_SLAVE, 0xFEDC_BA98_7654_3210
+    msg = struct.pack("!BBHIIB3xQ", ofp.OFP_VERSION, msg_type, 24, 7, role, 1, generation)
+    parsed = _parsed_by_osken(msg)
+    assert ofwire.decode_role(msg) == (parsed.role, parsed.generation_id) == (role, generation)
+
+
+def test_errors_decode_as_osken_reads_them():
+    refused = ofwire.encode_barrier(9)
+    msg = struct.pack("!BBHIHH", ofp.OFP_VERSION, ofp.OFPT_ERROR, 12 + len(refused), 9,
+                      ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE) + refused  # fmt: skip
+    parsed = _parsed_by_osken(msg)
+    assert ofwire.decode_error(msg) == (parsed.type, parsed.code, bytes(parsed.data))
+    assert ofwire.decode_error(msg) == (ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE, refused)
+
+
+@pytest.mark.parametrize("flags", [0, ofp.OFPMPF_REPLY_MORE])
+def test_multipart_replies_decode_as_osken_reads_them(flags):
+    flow = Flow(Table.CLASSIFY, 100, (("in_port", 1),), (("output", 2),), cookie=0x42)
+    body = stats_entry(flow)
+    msg = struct.pack("!BBHIHH4x", ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REPLY, 16 + len(body), 3,
+                      ofp.OFPMP_FLOW, flags) + body  # fmt: skip
+    parsed = _parsed_by_osken(msg)
+    kind, more, got = ofwire.decode_multipart_reply(msg)
+    assert (kind, more) == (parsed.type, bool(parsed.flags & ofp.OFPMPF_REPLY_MORE))
+    assert got == body and list(ofwire.decode_flow_stats(got)) == [flow]
