@@ -131,6 +131,7 @@ class ClusterModel:
         self._valid: dict[IPv4Network, tuple[Lease, Row]] = {}  # with its route_row
         self._accepted: tuple[list[Lease], list[Row]] | None = None  # cache of leases(), rows
         self._by_cookie: dict[int, tuple[Lease, Row] | None] = {}  # cache of accepted() by cookie
+        self._own: dict[IPv4Address, Lease | None] = {}  # cache of own_lease()
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
         self.vxflow = VxflowConfig()
         self.services: dict[str, Service] = {}  # accepted by the registry, by name
@@ -164,8 +165,14 @@ class ClusterModel:
         return self._accepted
 
     def own_lease(self, node: IPv4Address) -> Lease | None:
+        """(Asked twice per switch when an event fans out: cached until a lease changes.)"""
+        try:
+            return self._own[node]
+        except KeyError:
+            pass
         subnets = self._by_ip.get(node, ())
-        return self.accepted(next(iter(subnets))) if len(subnets) == 1 else None
+        own = self._own[node] = self.accepted(next(iter(subnets))) if len(subnets) == 1 else None
+        return own
 
     def endpoints_of(self, own: Lease | None) -> tuple[Endpoint, ...]:
         if own is None:
@@ -275,6 +282,7 @@ class ClusterModel:
         """Drop what is cached from the leases (every lease update calls this)."""
         self._accepted = None
         self._by_cookie = {}
+        self._own = {}
 
     # -- updates --------------------------------------------------------------
 

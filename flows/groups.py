@@ -9,7 +9,7 @@ read-back and desired groups compare as values.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flows.flow import Action, Owner, _action_text, cookie_for, owner_of
@@ -60,8 +60,13 @@ class GroupDiff:
         return len(self.add) + len(self.modify) + len(self.delete)
 
 
-def diff_groups(current: Iterable[Group], desired: Iterable[Group]) -> GroupDiff:
+NO_GROUP_CHANGE = GroupDiff()
+
+
+def diff_groups(current: Sequence[Group], desired: Sequence[Group]) -> GroupDiff:
     """Groups are matched by id; one already right produces nothing."""
+    if not current and not desired:
+        return NO_GROUP_CHANGE  # (a lease event, once per switch: no group on either side)
     have = {g.group_id: g for g in current}
     want = {g.group_id: g for g in desired}
     return GroupDiff(
