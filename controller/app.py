@@ -47,6 +47,9 @@ from vxflow.httpd import wsgi_app
 log = logging.getLogger("controller")
 
 OFPET_BAD_REQUEST, OFPBRC_IS_SLAVE = 1, 10
+INBOX = 128  # messages waiting to be handled (os-ken's app event queue holds as many)
+# the multipart replies the controller asked for: readbacks and its flow monitor
+_MULTIPARTS = frozenset((ofwire.OFPMP_FLOW, groups.OFPMP_GROUP_DESC, monitor.OFPMP_FLOW_MONITOR))
 
 
 def _yield() -> None:
@@ -116,6 +119,7 @@ class VxflowController(app_manager.OSKenApp):
             ofwire.OFPT_ROLE_STATUS: self._role_status,
             ofwire.OFPT_ERROR: self._error,
         }
+        self._inbox = hub.Queue(INBOX)  # (datapath, type, xid, message) for _handle_inbox
         guard.install(CONF, self._receive)
         self.tls = bool(CONF.ctl_privkey and CONF.ctl_cert)
         if not self.tls:
@@ -156,6 +160,7 @@ class VxflowController(app_manager.OSKenApp):
 
     def start(self):
         thread = super().start()
+        self.threads.append(hub.spawn(self._handle_inbox))
         self.threads.append(hub.spawn(self.membership.run))
         self.threads.append(hub.spawn(self.coordinator.run))
         self.threads.append(hub.spawn(self._follow_registry))
@@ -312,23 +317,37 @@ class VxflowController(app_manager.OSKenApp):
         metrics.SWITCHES.set(len(self.switches))
         metrics.MASTERED.set(sum(role.master for role in self.roles.values()))
 
-    # -- what switches send: handled in each switch's receive loop ------------------
+    # -- what switches send: taken in their receive loops, handled from the inbox -----
 
     def _receive(self, dp, msg_type: int, xid: int, data: bytes) -> bool:
-        """A message from a switch, once `controller.wirecheck` passed it: the replies and
-        errors SwitchSync and SwitchRole act on are handled here, in the switch's receive
-        loop, in the order it sent them; os-ken makes no message object or event of them
-        (at 1,000 switches those cost more than the handling itself). False: os-ken's
-        usual path (its handshake; packet-ins)."""
-        handle = self._handlers.get(msg_type)
-        if handle is None or dp.state not in (MAIN_DISPATCHER, DEAD_DISPATCHER):
+        """A message from a switch, once `controller.wirecheck` passed it (in the switch's
+        receive loop). The replies and errors SwitchSync and SwitchRole act on go to the
+        inbox as raw bytes: os-ken makes no message object or event of them (at 1,000
+        switches those cost more than the handling itself). False: os-ken's usual path
+        (its handshake; packet-ins)."""
+        if msg_type not in self._handlers or dp.state not in (MAIN_DISPATCHER, DEAD_DISPATCHER):
             return False
-        try:
-            return handle(dp, xid, data) is not False
-        except Exception:
-            log.exception("switch %016x: handling a message of type %d (xid %#x) failed",
-                          dp.id or 0, msg_type, xid)  # fmt: skip
-            return True
+        multipart = msg_type == ofwire.OFPT_MULTIPART_REPLY
+        if multipart and ofwire.decode_multipart_reply(data)[0] not in _MULTIPARTS:
+            return False  # (os-ken's handshake asks for others)
+        self._inbox.put((dp, msg_type, xid, data))
+        return True
+
+    def _handle_inbox(self) -> None:
+        """One green thread handles every switch's messages, in the order they arrived
+        (each switch's in the order it sent them: errors before their barrier): as os-ken's
+        event loop would, so one switch's large sync never shares the hub with a thousand
+        others' at once, and handshakes, echoes and the membership renewal keep their turn.
+        Bounded as os-ken's event queue is: a receive loop waits while it is full, so a
+        switch that floods the controller (a burst of flow monitor updates) is held back
+        by TCP and pauses its monitor rather than the controller buffering it all."""
+        while True:
+            dp, msg_type, xid, data = self._inbox.get()
+            try:
+                self._handlers[msg_type](dp, xid, data)
+            except Exception:
+                log.exception("switch %016x: handling a message of type %d (xid %#x) failed",
+                              dp.id or 0, msg_type, xid)  # fmt: skip
 
     def _sync_for(self, dp) -> SwitchSync | None:
         sync = self.switches.get(dp.id)
@@ -342,12 +361,10 @@ class VxflowController(app_manager.OSKenApp):
         if sync is not None:
             sync.on_barrier(xid)
 
-    def _multipart(self, dp, xid: int, data: bytes) -> bool:
-        """Readback replies (flows, groups) and flow monitor updates, their raw bodies to
-        the switch's sync; other kinds (os-ken's handshake asks for some) are not ours."""
+    def _multipart(self, dp, xid: int, data: bytes) -> None:
+        """Readback replies (flows, groups) and flow monitor updates: their raw bodies to
+        the switch's sync."""
         kind, more, body = ofwire.decode_multipart_reply(data)
-        if kind not in (ofwire.OFPMP_FLOW, groups.OFPMP_GROUP_DESC, monitor.OFPMP_FLOW_MONITOR):
-            return False
         sync = self._sync_for(dp)
         if sync is not None and kind == monitor.OFPMP_FLOW_MONITOR:
             monitor.deliver(body, sync)
@@ -355,7 +372,6 @@ class VxflowController(app_manager.OSKenApp):
             sync.on_flow_stats(xid, body, more)
         elif sync is not None:
             sync.on_group_desc(xid, body, more)
-        return True
 
     def _role_reply(self, dp, xid: int, data: bytes) -> None:
         role = self._role_for(dp)

@@ -12,8 +12,8 @@ with bounds. A message that fails is logged, counted and its peer disconnected;
 `install()` puts the check in front of os-ken's parser of every version.
 
 A message that passes goes to the controller's `Receive` first (`install`'s
-argument): what it takes is handled right there, in the switch's receive loop,
-and never becomes an os-ken message object and event (see `controller.app`).
+argument): what it takes never becomes an os-ken message object and event
+(see `controller.app`).
 """
 
 from __future__ import annotations
