@@ -16,6 +16,7 @@ standing. Alone, it is the designated master of every switch.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -75,16 +76,13 @@ class DatapathChannel:
         self._raw = None if tls else getattr(datapath.socket, "fd", None)
 
     def send(self, data: bytes) -> None:
-        """Never yields (the queue holds 16 buffers; SwitchSync pauses between a bundle's
-        chunks): a lease event sends to every switch in one pass."""
+        """Yields only while os-ken's queue for this switch is full (16 buffers; SwitchSync
+        pauses between a bundle's chunks): a lease event sends to every switch in one pass."""
         queue = self.datapath.send_q
         if self._raw is not None and queue is not None and not queue.qsize() and queue.getting():
-            try:
-                data = data[self._raw.send(data):]
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                pass  # broken: os-ken's loops find out and close the connection
+            # would block (all of it queued), or broken (os-ken's loops find out and close)
+            with contextlib.suppress(OSError):
+                data = data[self._raw.send(data) :]
             if not data:
                 return
         self.datapath.send(data)
