@@ -362,13 +362,15 @@ class VxflowController(app_manager.OSKenApp):
     def _multipart(self, dp, xid: int, data: bytes) -> None:
         """Readback replies (flows, groups) and flow monitor updates: their raw bodies to
         the switch's sync."""
-        kind, more, body = ofwire.decode_multipart_reply(data)
         sync = self._sync_for(dp)
-        if sync is not None and kind == monitor.OFPMP_FLOW_MONITOR:
+        if sync is None:
+            return
+        kind, more, body = ofwire.decode_multipart_reply(data)
+        if kind == monitor.OFPMP_FLOW_MONITOR:
             monitor.deliver(body, sync)
-        elif sync is not None and kind == ofwire.OFPMP_FLOW:
+        elif kind == ofwire.OFPMP_FLOW:
             sync.on_flow_stats(xid, body, more)
-        elif sync is not None:
+        else:
             sync.on_group_desc(xid, body, more)
 
     def _role_reply(self, dp, xid: int, data: bytes) -> None:
