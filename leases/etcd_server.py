@@ -10,8 +10,11 @@ operator would. Standard library only (mininet/vxcluster.py runs under `mn`).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,13 +35,32 @@ if TYPE_CHECKING:
 from vxflow.processes import stop_process
 
 log = logging.getLogger(__name__)
+PORTS_FROM = 20000  # the lowest port free_loopback_port hands out
+
+
+_handed_out: set[int] = set()
 
 
 def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing is bound to now, below the kernel's ephemeral
+    range and not handed out before by this process.
+
+    A port the kernel picks for bind(0) comes from the ephemeral range, so between our
+    check and the server's bind an outgoing connection can take it as its local port
+    (a CI run lost etcd to exactly that); below the range only listeners compete."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = random.randrange(PORTS_FROM, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 in {PORTS_FROM}-{low - 1}")
 
 
 @dataclass(frozen=True)
@@ -144,7 +166,8 @@ class EtcdServer:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(
-                    f"etcd exited with {self._proc.returncode}; log: {self._log_path}"
+                    f"etcd exited with {self._proc.returncode} ({self._last_error()}); "
+                    f"log: {self._log_path}"
                 )
             if self.healthy():
                 log.info("etcd pid %d serving %s", self._proc.pid, self.endpoint)
@@ -152,6 +175,16 @@ class EtcdServer:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"etcd did not become healthy in {timeout}s; log: {self._log_path}")
+
+    def _last_error(self) -> str:
+        """The error of etcd's last error-level log line, for the exception a failed start raises."""
+        assert self._log_path is not None
+        for line in reversed(self._log_path.read_text(errors="replace").splitlines()):
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and "error" in entry:
+                    return str(entry["error"])
+        return "no error in its log"
 
     def _client_urls(self) -> list[str]:
         urls = [f"{self.scheme}://127.0.0.1:{self.client_port}"]
