@@ -32,7 +32,7 @@ from os_ken.controller.handler import (
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_4
 
-from controller import groups, guard, identity, metrics, monitor, ofwire, status
+from controller import groups, guard, identity, metrics, monitor, ofwire, reader, status
 from controller.model import ClusterModel, Impact
 from controller.options import CONF, etcd_access
 from controller.replica import Coordinator, Membership, advertised_target, default_member_id
@@ -120,6 +120,8 @@ class VxflowController(app_manager.OSKenApp):
         self._inbox = hub.Queue(INBOX)  # (datapath, type, xid, message) for _handle_inbox
         guard.install(CONF, self._receive)
         self.tls = bool(CONF.ctl_privkey and CONF.ctl_cert)
+        # over plain TCP one thread reads every switch (controller/reader.py)
+        self._reader = None if self.tls else reader.install()
         if not self.tls:
             log.warning("OpenFlow over plain TCP: switches are not authenticated (demo only; "
                         "give a key, certificate and CA for TLS)")  # fmt: skip
@@ -159,6 +161,8 @@ class VxflowController(app_manager.OSKenApp):
     def start(self):
         thread = super().start()
         self.threads.append(hub.spawn(self._handle_inbox))
+        if self._reader is not None:
+            self.threads += [hub.spawn(self._reader.run), hub.spawn(self._reader.reap)]
         self.threads.append(hub.spawn(self.membership.run))
         self.threads.append(hub.spawn(self.coordinator.run))
         self.threads.append(hub.spawn(self._follow_registry))
@@ -315,14 +319,14 @@ class VxflowController(app_manager.OSKenApp):
         metrics.SWITCHES.set(len(self.switches))
         metrics.MASTERED.set(sum(role.master for role in self.roles.values()))
 
-    # -- what switches send: taken in their receive loops, handled from the inbox -----
+    # -- what switches send: taken as they are read, handled from the inbox ----------
 
     def _receive(self, dp, msg_type: int, xid: int, data: bytes) -> bool:
-        """A message from a switch, once `controller.wirecheck` passed it (in the switch's
-        receive loop). The replies and errors SwitchSync and SwitchRole act on go to the
-        inbox as raw bytes: os-ken makes no message object or event of them (at 1,000
-        switches those cost more than the handling itself). False: os-ken's usual path
-        (its handshake; packet-ins)."""
+        """A message from a switch, once `controller.wirecheck` passed it (where it is read:
+        `controller.reader`, or os-ken's receive loop over TLS). The replies and errors
+        SwitchSync and SwitchRole act on go to the inbox as raw bytes: os-ken makes no
+        message object or event of them (at 1,000 switches those cost more than the
+        handling itself). False: os-ken's usual path (its handshake; packet-ins)."""
         if msg_type not in self._handlers or dp.state not in (MAIN_DISPATCHER, DEAD_DISPATCHER):
             return False
         multipart = msg_type == ofwire.OFPT_MULTIPART_REPLY
@@ -336,7 +340,7 @@ class VxflowController(app_manager.OSKenApp):
         (each switch's in the order it sent them: errors before their barrier): as os-ken's
         event loop would, so one switch's large sync never shares the hub with a thousand
         others' at once, and handshakes, echoes and the membership renewal keep their turn.
-        Bounded as os-ken's event queue is: a receive loop waits while it is full, so a
+        Bounded as os-ken's event queue is: reading waits while it is full, so a
         switch that floods the controller (a burst of flow monitor updates) is held back
         by TCP and pauses its monitor rather than the controller buffering it all."""
         while True:
