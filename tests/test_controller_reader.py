@@ -96,7 +96,9 @@ def test_split_and_packed_messages_are_each_read_whole(cluster: Cluster, tmp_pat
         _byte_by_byte(peer, _msg(MULTIPART_REPLY, struct.pack("!HH4x", MP_PORT_DESC, 0), xid))
         # the handshake read whole: the controller takes the switch and asks for its monitor
         _until(peer, MULTIPART_REQUEST, MP_FLOW_MONITOR)
-        assert f"switch of {node_ip(5)} connected from" in c.controller.log()
+        log = c.controller.log()
+        assert f"switch of {node_ip(5)} connected from" in log
+        assert f"OpenFlow peer ('127.0.0.1', {peer.getsockname()[1]}) is read by the shared" in log
         # three messages in one segment: three replies
         peer.sendall(b"".join(_msg(ECHO_REQUEST, b"x" * n, 0x50 + n) for n in range(3)))
         echoes: list[int] = []
