@@ -40,6 +40,7 @@ From other code (tests, bench), load this file with `vxflow.demo.cluster_module(
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import sys
 import tempfile
@@ -59,6 +60,7 @@ from mininet.link import Link  # noqa: E402
 from mininet.log import setLogLevel  # noqa: E402
 from mininet.net import Mininet  # noqa: E402
 from mininet.node import Host  # noqa: E402
+from mininet.util import ensureRoot, rlimitTestAndSet  # noqa: E402
 from vxchecks import ClusterChecks  # noqa: E402
 from vxcontrollers import Replica  # noqa: E402
 from vxnodes import (  # noqa: E402
@@ -90,6 +92,21 @@ __all__ = ["Cluster", "ClusterSpec", "FlannelNode", "Pod", "UnderlayBridge", "Vx
            "VxflowTopo"]  # fmt: skip
 
 # -- the cluster ---------------------------------------------------------------
+
+
+def init_mininet() -> None:
+    """Mininet's own first-use setup (`Mininet.init`), less its host-wide sysctls.
+
+    Its `fixLimits()` raises the machine's TCP buffer limits, ARP cache and route
+    table sizes, file and pty maximums, and never puts them back: the host's TCP
+    then behaves differently for everything after the cluster is gone. A cluster
+    of this size needs none of it; only this process's limits are raised."""
+    if Mininet.inited:
+        return
+    ensureRoot()
+    rlimitTestAndSet(resource.RLIMIT_NPROC, 8192)
+    rlimitTestAndSet(resource.RLIMIT_NOFILE, 16384)
+    Mininet.inited = True
 
 
 @dataclass
@@ -237,6 +254,7 @@ class Cluster(ClusterChecks):
             f"nodes, {spec.pods} pods each (tag {spec.tag})"
         )
         topo = VxflowTopo(spec.nodes, spec.pods, spec.flannel_nodes, tag=spec.tag)
+        init_mininet()
         self.net = Mininet(topo=topo, controller=None, link=Link, build=False, autoSetMacs=False)
         self.net.build()
         self.net.start()
