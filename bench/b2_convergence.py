@@ -154,11 +154,12 @@ class LeaseWatcher:
 
 
 def measure(kind: str, switches: int, leases: int, repeat: int, gap: float,
-            transport: str = "tcp") -> dict:  # fmt: skip
+            transport: str = "tcp", audit_interval: float = 0) -> dict:  # fmt: skip
     c = cluster(leases)
     out: dict[str, Any] = {"kind": kind, "switches": switches, "leases": leases,
-                           "repetitions": repeat, "transport": transport}  # fmt: skip
-    with environment(c, tls=transport == "tls") as env:
+                           "repetitions": repeat, "transport": transport,
+                           "audit_interval": audit_interval}  # fmt: skip
+    with environment(c, tls=transport == "tls", audit_interval=audit_interval) as env:
         sw = RealSwitches(env, switches) if kind == "real" else StandInSwitches(env, switches)
         watcher = LeaseWatcher(env)
         try:
@@ -210,16 +211,20 @@ def measure(kind: str, switches: int, leases: int, repeat: int, gap: float,
 @click.option("--leases", default=1000, show_default=True, help="Leases present before the first new one.")
 @click.option("--repeat", default=200, show_default=True, help="New leases per switch count.")
 @click.option("--gap", default=0.02, show_default=True, help="Seconds between new leases.")
+@click.option("--audit-interval", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="The controller's periodic audit (its --audit-interval); 0: off, so "
+                   "that only the events are measured.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write the JSON (default bench/results).")
 def main(switches: tuple[int, ...], kinds: tuple[str, ...], transports: tuple[str, ...],
-         leases: int, repeat: int, gap: float, results_dir: Path | None) -> None:  # fmt: skip
+         leases: int, repeat: int, gap: float, audit_interval: float,
+         results_dir: Path | None) -> None:  # fmt: skip
     """B2: latency from one new lease in etcd to its flow on every switch.
 
     Needs root; runs in a network namespace of its own. Writes b2_convergence.json."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     runs = [
-        measure(k, s, leases, repeat, gap, t)
+        measure(k, s, leases, repeat, gap, t, audit_interval)
         for k in kinds
         for t in (transports if k == "real" else ("tcp",))
         for s in switches
