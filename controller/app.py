@@ -37,7 +37,7 @@ from controller.model import ClusterModel, Impact
 from controller.options import CONF, etcd_access
 from controller.replica import Coordinator, Membership, advertised_target, default_member_id
 from controller.role import SwitchRole
-from controller.switch import SwitchSync
+from controller.switch import SwitchSync, audit_spacing
 from leases.controllers import member_id_problem, target_problem
 from leases.errors import RegistryError
 from leases.events import ReplicaEvent
@@ -241,10 +241,19 @@ class VxflowController(app_manager.OSKenApp):
                 sync.request(scope, impact.flushes)
 
     def _audit_loop(self) -> None:
+        """Every switch's table read back and compared once per interval, one switch at a
+        time spread over it: a thousand readbacks at once would queue every lease event
+        behind seconds of comparisons. Where the tables are too large for the interval,
+        a round takes longer (`audit_spacing`)."""
         while True:
-            hub.sleep(CONF.vxflow_audit_interval)
-            for sync in list(self.switches.values()):
-                sync.audit()
+            syncs = list(self.switches.values())
+            if not syncs:
+                hub.sleep(CONF.vxflow_audit_interval)
+            for sync in syncs:
+                hub.sleep(audit_spacing(CONF.vxflow_audit_interval, len(syncs),
+                                        sync.readback_seconds))  # fmt: skip
+                if not sync.closed:
+                    sync.audit()
 
     # -- switches -------------------------------------------------------------
 

@@ -8,7 +8,7 @@ the same environment variables as every other vxflow/flanneld command:
     FLANNELD_ETCD_PREFIX     flannel network prefix (default /coreos.com/network)
     FLANNELD_ETCD_CAFILE, FLANNELD_ETCD_CERTFILE, FLANNELD_ETCD_KEYFILE,
     FLANNELD_ETCD_USERNAME, FLANNELD_ETCD_PASSWORD   etcd TLS and credentials
-    VXFLOW_AUDIT_INTERVAL    seconds between table audits (default 60, 0 = off)
+    VXFLOW_AUDIT_INTERVAL    seconds per round of table audits (default 60, 0 = off)
     VXFLOW_METRICS_PORT      metrics (and status) port (default 0 = off)
     VXFLOW_METRICS_LISTEN    address it listens on (default 127.0.0.1)
     VXFLOW_CONTROLLER_ID     this replica's id (default <hostname>:<OpenFlow port>)
@@ -56,7 +56,9 @@ OPTS = [
         "vxflow-audit-interval",
         default=float(os.environ.get("VXFLOW_AUDIT_INTERVAL", "60")),
         min=0,
-        help="Seconds between readbacks of every switch's table that repair drift; 0 = off.",
+        help="Seconds in which every switch's table is read back once, one switch at a time, "
+        "to repair drift (longer where audits would take over a quarter of the "
+        "controller's time); 0 = off.",
     ),
     cfg.IntOpt(
         "vxflow-metrics-port",

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 CHUNK = 2048  # flow-mods per write: the switch parses one chunk while the next is encoded
 UNBUNDLED = 3  # largest change sent bare: a lease moving to a new PublicIP (1 delete, 2 adds)
 MAX_RETRY_DELAY = 30.0
+AUDIT_SHARE = 0.25  # at most this share of the controller's time goes to periodic audits
 
 
 class Channel(Protocol):
@@ -121,6 +122,13 @@ class _Change:
         return self.tail[i] if 0 <= i < len(self.tail) else None
 
 
+
+def audit_spacing(interval: float, switches: int, readback_seconds: float) -> float:
+    """Seconds before the next switch's audit: the interval shared out evenly, or longer
+    where audits would otherwise take more than AUDIT_SHARE of the controller's time
+    (the switch's last readback stands for the cost of its next)."""
+    return max(interval / switches, readback_seconds / AUDIT_SHARE)
+
 @dataclass
 class SwitchSync:
     """Keeps one switch's flow table equal to `desired(scope)`."""
@@ -155,6 +163,10 @@ class SwitchSync:
     synced_at: float | None = None  # a change landed, or a full comparison found nothing
     drift_repairs: int = 0
     last_error: str = ""  # the last change the switch refused, until one lands
+    # the controller's time on the last complete readback (decoding the replies,
+    # comparing, sending the repair): the periodic audit paces itself by it
+    readback_seconds: float = 0.0
+    _readback_spent: float = 0.0
     _monitor_paused: bool = False
     _repair_since: float | None = None  # when a reported foreign change awaits its repair
     _repair_flows: int = 0  # flows reported changed since then
@@ -278,26 +290,28 @@ class SwitchSync:
     def on_flow_stats(self, xid: int, body: bytes, more: bool) -> None:
         if self.state is not State.READING or xid != self._read_xid:
             return
+        started = time.perf_counter()
         # affinity entries the switch learned itself are its own: never compared
         self._read.extend(f for f in ofwire.decode_flow_stats(body) if not is_learned(f))
-        if more:
-            return
-        self._read_xid = -1
-        self._read_done()
+        if not more:
+            self._read_xid = -1
+        self._read_done(started)
 
     def on_group_desc(self, xid: int, body: bytes, more: bool) -> None:
         if self.state is not State.READING or xid != self._group_read_xid:
             return
+        started = time.perf_counter()
         self._group_read.extend(groups.decode_group_desc(body))
-        if more:
-            return
-        self.installed_groups = {g.group_id: g for g in self._group_read}
-        self._group_read, self._group_read_xid = None, -1
-        self._read_done()
+        if not more:
+            self.installed_groups = {g.group_id: g for g in self._group_read}
+            self._group_read, self._group_read_xid = None, -1
+        self._read_done(started)
 
-    def _read_done(self) -> None:
-        """Flows and groups both read back: diff them against the desired state."""
+    def _read_done(self, started: float) -> None:
+        """A readback reply handled since `started`: once flows and groups are both read
+        back, diff them against the desired state."""
         if self._read_xid != -1 or self._group_read is not None:
+            self._readback_spent += time.perf_counter() - started
             return
         self.installed.replace(self._read)
         self._read = []
@@ -307,6 +321,8 @@ class SwitchSync:
         # what a readback for an audit (or after a paused monitor) finds wrong is drift
         found = self._readback_reason if self._readback_reason in ("audit", "monitor") else None
         self._kick(found_by=found)
+        self.readback_seconds = self._readback_spent + time.perf_counter() - started
+        self._readback_spent = 0.0
 
     def on_error(self, xid: int, err_type: int, code: int, data: bytes) -> bool:
         """Log and count an OFPT_ERROR with the message that caused it; False if not ours."""
@@ -476,6 +492,7 @@ class SwitchSync:
         metrics.SYNCS.labels(self._readback_reason).inc()
         self.state = State.READING
         self._read, self._group_read = [], []
+        self._readback_spent = 0.0
         self._read_xid = self.channel.xids(2)
         self._group_read_xid = self._read_xid + 1
         self.channel.send(

@@ -11,7 +11,7 @@ from os_ken.ofproto import ofproto_v1_4_parser as parser
 
 from controller import metrics, monitor, ofwire, wirecheck
 from controller.monitor import FlowChange, Paused, Resumed
-from controller.switch import State
+from controller.switch import AUDIT_SHARE, State, audit_spacing
 from flows.compiler import BASE_COOKIE, compile_node, subnet_cookie
 from flows.flow import Flow, Owner, Table, cookie_for, flow, output, owner_of, to_ofctl
 from tests.test_controller_sync import (
@@ -169,6 +169,14 @@ def test_the_audit_repairs_what_no_monitor_reported(caplog):
     assert metrics.DRIFT_FOUND["audit"]._value.get() == before + 1
     line = f"switch {lease(1).public_ip} drifted: 1 flows missing or wrong, 0 unexpected"
     assert f"{line}, 0 groups differ (found by a readback: audit)" in caplog.text
+    assert sync.readback_seconds > 0  # what the audit loop paces itself by
+
+
+def test_audits_are_spread_over_the_interval_and_kept_to_a_share_of_the_time():
+    assert audit_spacing(60, 1000, 0.01) == 0.06  # 1,000 switches once a minute
+    assert audit_spacing(60, 2, 0.0) == 30
+    # readbacks of 80 ms: one every 320 ms at most (a quarter of the time), round longer
+    assert audit_spacing(60, 1000, 0.08) == 0.08 / AUDIT_SHARE == 0.32
 
 
 def test_monitor_replies_pass_the_wire_check_and_a_zero_length_update_does_not():
