@@ -60,6 +60,10 @@ _ACCESS_HINTS = (
                              "(use `vxflow pki` certificates, which carry none)"),
 )  # fmt: skip
 
+# how a TLS endpoint ends a plain-HTTP connection when it does not answer it first:
+# it hangs up, or resets the connection (both seen from etcd 3.4)
+_TLS_HANGUPS = ("RemoteDisconnected", "Connection reset by peer")
+
 
 @dataclass(frozen=True)
 class EtcdAccess:
@@ -145,6 +149,13 @@ _TLS_HINTS = (
 def _text(exc: Exception) -> str:
     """An error's text (etcd3gw keeps it in detail_text, not in args)."""
     return str(getattr(exc, "detail_text", None) or exc)
+
+
+def plain_http_hint(url: str, exc: Exception) -> str:
+    """What to add to an http:// endpoint's failure that looks like a TLS server's hang-up."""
+    if url.startswith("http:") and any(s in _text(exc) for s in _TLS_HANGUPS):
+        return " (if the endpoint speaks TLS, use an https:// URL)"
+    return ""
 
 
 def tls_problem(exc: Exception) -> str | None:
@@ -375,10 +386,7 @@ class EtcdClient:
             ) as exc:
                 refused |= tls_problem(exc) is not None
                 url = self.endpoints[idx]
-                hint = ""
-                if url.startswith("http:") and "RemoteDisconnected" in _text(exc):
-                    hint = " (if the endpoint speaks TLS, use an https:// URL)"
-                errors.append(f"{url}: {_short(exc)}{hint}")
+                errors.append(f"{url}: {_short(exc)}{plain_http_hint(url, exc)}")
                 continue
             except Etcd3Exception as exc:
                 problem = access_problem(exc)

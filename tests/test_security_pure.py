@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from etcd3gw.exceptions import ConnectionFailedError, Etcd3Exception
 
-from leases.etcd_client import EtcdAccess, access_problem, tls_problem
+from leases.etcd_client import EtcdAccess, access_problem, plain_http_hint, tls_problem
 from ovsdb.sysconfig import parse_sysconfig
 from vxflow import pki
 from vxflow.cli import cli
@@ -118,6 +118,17 @@ def test_etcd_refusals_are_told_apart_from_outages() -> None:
     )
     assert tls_problem(eof).startswith("EOF occurred in violation of protocol (etcd dropped")
     assert tls_problem(ConnectionFailedError("[Errno 111] Connection refused")) is None
+
+
+def test_a_tls_endpoint_given_as_http_gets_the_hint_however_it_hangs_up() -> None:
+    url = "http://127.0.0.1:2379"
+    for text in ("('Connection aborted.', RemoteDisconnected('Remote end closed connection "
+                 "without response'))",
+                 "('Connection aborted.', ConnectionResetError(104, 'Connection reset by "
+                 "peer'))"):  # fmt: skip
+        assert "use an https:// URL" in plain_http_hint(url, ConnectionFailedError(text))
+        assert plain_http_hint(url.replace("http:", "https:"), ConnectionFailedError(text)) == ""
+    assert plain_http_hint(url, ConnectionFailedError("[Errno 111] Connection refused")) == ""
 
 
 def test_sysconfig_takes_flannels_etcd_tls_flags() -> None:
