@@ -49,6 +49,8 @@ log = logging.getLogger("controller")
 
 OFPET_BAD_REQUEST, OFPBRC_IS_SLAVE = 1, 10
 INBOX = 128  # messages waiting to be handled (os-ken's app event queue holds as many)
+AUDIT_POLL = 0.005  # seconds between looks at whether an audit's comparison is done
+AUDIT_TIMEOUT = 30.0  # an audit not done by then no longer holds the next one back
 # the multipart replies the controller asked for: readbacks and its flow monitor
 _MULTIPARTS = frozenset((ofwire.OFPMP_FLOW, groups.OFPMP_GROUP_DESC, monitor.OFPMP_FLOW_MONITOR))
 
@@ -241,19 +243,24 @@ class VxflowController(app_manager.OSKenApp):
                 sync.request(scope, impact.flushes)
 
     def _audit_loop(self) -> None:
-        """Every switch's table read back and compared once per interval, one switch at a
-        time spread over it: a thousand readbacks at once would queue every lease event
-        behind seconds of comparisons. Where the tables are too large for the interval,
-        a round takes longer (`audit_spacing`)."""
+        """Every switch this replica masters read back and compared once per interval, one
+        at a time, spread over it: a thousand readbacks at once would queue every lease
+        event behind seconds of comparisons. Where the tables are too large for the
+        interval, a round takes longer (`audit_spacing`)."""
+        interval = CONF.vxflow_audit_interval
         while True:
-            syncs = list(self.switches.values())
+            syncs = [sync for sync in self.switches.values() if sync.master]
             if not syncs:
-                hub.sleep(CONF.vxflow_audit_interval)
+                hub.sleep(interval)
             for sync in syncs:
-                hub.sleep(audit_spacing(CONF.vxflow_audit_interval, len(syncs),
-                                        sync.readback_seconds))  # fmt: skip
-                if not sync.closed:
+                started = time.monotonic()
+                if not sync.closed and sync.master:
                     sync.audit()
+                while sync.reading_back and sync.master and not sync.closed and (
+                    time.monotonic() - started < AUDIT_TIMEOUT
+                ):  # fmt: skip
+                    hub.sleep(AUDIT_POLL)
+                hub.sleep(audit_spacing(interval, len(syncs), time.monotonic() - started))
 
     # -- switches -------------------------------------------------------------
 

@@ -38,9 +38,9 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
               help="OpenFlow port (TCP, or TLS with --ctl-privkey).")
 @click.option("--audit-interval", default=60.0, show_default=True, type=click.FloatRange(0),
               envvar="VXFLOW_AUDIT_INTERVAL", show_envvar=True,
-              help="Seconds in which every switch's table is read back once, one switch at a time, "
-                   "to repair drift (longer where audits would take over a quarter of the "
-                   "controller's time); 0 = off.")
+              help="Seconds in which every switch's table is read back once, one switch after another, "
+                   "to repair drift (longer where the readbacks would fill over a quarter of the "
+                   "time); 0 = off.")
 @metrics_options("VXFLOW")
 @click.option("--id", "member_id", envvar="VXFLOW_CONTROLLER_ID", show_envvar=True,
               callback=_check_member_id,

@@ -56,9 +56,9 @@ OPTS = [
         "vxflow-audit-interval",
         default=float(os.environ.get("VXFLOW_AUDIT_INTERVAL", "60")),
         min=0,
-        help="Seconds in which every switch's table is read back once, one switch at a time, "
-        "to repair drift (longer where audits would take over a quarter of the "
-        "controller's time); 0 = off.",
+        help="Seconds in which every switch's table is read back once, one switch after another, "
+        "to repair drift (longer where the readbacks would fill over a quarter of the "
+        "time); 0 = off.",
     ),
     cfg.IntOpt(
         "vxflow-metrics-port",

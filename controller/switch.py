@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 CHUNK = 2048  # flow-mods per write: the switch parses one chunk while the next is encoded
 UNBUNDLED = 3  # largest change sent bare: a lease moving to a new PublicIP (1 delete, 2 adds)
 MAX_RETRY_DELAY = 30.0
-AUDIT_SHARE = 0.25  # at most this share of the controller's time goes to periodic audits
+AUDIT_SHARE = 0.25  # at most this share of the time goes to periodic audits
 
 
 class Channel(Protocol):
@@ -122,12 +122,12 @@ class _Change:
         return self.tail[i] if 0 <= i < len(self.tail) else None
 
 
+def audit_spacing(interval: float, switches: int, took: float) -> float:
+    """Seconds to wait after one switch's audit that took `took` (request to comparison
+    done) before the next: the rest of the interval's even share, or longer where audits
+    would otherwise take more than AUDIT_SHARE of the time."""
+    return max(interval / switches - took, took * (1 - AUDIT_SHARE) / AUDIT_SHARE)
 
-def audit_spacing(interval: float, switches: int, readback_seconds: float) -> float:
-    """Seconds before the next switch's audit: the interval shared out evenly, or longer
-    where audits would otherwise take more than AUDIT_SHARE of the controller's time
-    (the switch's last readback stands for the cost of its next)."""
-    return max(interval / switches, readback_seconds / AUDIT_SHARE)
 
 @dataclass
 class SwitchSync:
@@ -163,10 +163,6 @@ class SwitchSync:
     synced_at: float | None = None  # a change landed, or a full comparison found nothing
     drift_repairs: int = 0
     last_error: str = ""  # the last change the switch refused, until one lands
-    # the controller's time on the last complete readback (decoding the replies,
-    # comparing, sending the repair): the periodic audit paces itself by it
-    readback_seconds: float = 0.0
-    _readback_spent: float = 0.0
     _monitor_paused: bool = False
     _repair_since: float | None = None  # when a reported foreign change awaits its repair
     _repair_flows: int = 0  # flows reported changed since then
@@ -290,28 +286,26 @@ class SwitchSync:
     def on_flow_stats(self, xid: int, body: bytes, more: bool) -> None:
         if self.state is not State.READING or xid != self._read_xid:
             return
-        started = time.perf_counter()
         # affinity entries the switch learned itself are its own: never compared
         self._read.extend(f for f in ofwire.decode_flow_stats(body) if not is_learned(f))
-        if not more:
-            self._read_xid = -1
-        self._read_done(started)
+        if more:
+            return
+        self._read_xid = -1
+        self._read_done()
 
     def on_group_desc(self, xid: int, body: bytes, more: bool) -> None:
         if self.state is not State.READING or xid != self._group_read_xid:
             return
-        started = time.perf_counter()
         self._group_read.extend(groups.decode_group_desc(body))
-        if not more:
-            self.installed_groups = {g.group_id: g for g in self._group_read}
-            self._group_read, self._group_read_xid = None, -1
-        self._read_done(started)
+        if more:
+            return
+        self.installed_groups = {g.group_id: g for g in self._group_read}
+        self._group_read, self._group_read_xid = None, -1
+        self._read_done()
 
-    def _read_done(self, started: float) -> None:
-        """A readback reply handled since `started`: once flows and groups are both read
-        back, diff them against the desired state."""
+    def _read_done(self) -> None:
+        """Flows and groups both read back: diff them against the desired state."""
         if self._read_xid != -1 or self._group_read is not None:
-            self._readback_spent += time.perf_counter() - started
             return
         self.installed.replace(self._read)
         self._read = []
@@ -321,8 +315,6 @@ class SwitchSync:
         # what a readback for an audit (or after a paused monitor) finds wrong is drift
         found = self._readback_reason if self._readback_reason in ("audit", "monitor") else None
         self._kick(found_by=found)
-        self.readback_seconds = self._readback_spent + time.perf_counter() - started
-        self._readback_spent = 0.0
 
     def on_error(self, xid: int, err_type: int, code: int, data: bytes) -> bool:
         """Log and count an OFPT_ERROR with the message that caused it; False if not ours."""
@@ -478,6 +470,11 @@ class SwitchSync:
             self.on_synced(self)
 
     @property
+    def reading_back(self) -> bool:
+        """A readback is asked for or under way (its comparison not done yet)."""
+        return self._need_readback or self.state is State.READING
+
+    @property
     def in_sync(self) -> bool:
         """Master, idle, nothing pending or failing: the table is what was last asked for."""
         return (
@@ -492,7 +489,6 @@ class SwitchSync:
         metrics.SYNCS.labels(self._readback_reason).inc()
         self.state = State.READING
         self._read, self._group_read = [], []
-        self._readback_spent = 0.0
         self._read_xid = self.channel.xids(2)
         self._group_read_xid = self._read_xid + 1
         self.channel.send(

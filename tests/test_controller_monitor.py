@@ -169,14 +169,23 @@ def test_the_audit_repairs_what_no_monitor_reported(caplog):
     assert metrics.DRIFT_FOUND["audit"]._value.get() == before + 1
     line = f"switch {lease(1).public_ip} drifted: 1 flows missing or wrong, 0 unexpected"
     assert f"{line}, 0 groups differ (found by a readback: audit)" in caplog.text
-    assert sync.readback_seconds > 0  # what the audit loop paces itself by
+
+
+def test_an_audit_is_reading_back_until_its_comparison_is_done():
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = synced(model)
+    assert not sync.reading_back
+    sync.audit()
+    assert sync.reading_back  # asked for, then under way
+    read_back(sync, channel, list(sync.installed.values()))
+    assert not sync.reading_back and channel.take() == []  # nothing drifted, nothing sent
 
 
 def test_audits_are_spread_over_the_interval_and_kept_to_a_share_of_the_time():
-    assert audit_spacing(60, 1000, 0.01) == 0.06  # 1,000 switches once a minute
     assert audit_spacing(60, 2, 0.0) == 30
-    # readbacks of 80 ms: one every 320 ms at most (a quarter of the time), round longer
-    assert audit_spacing(60, 1000, 0.08) == 0.08 / AUDIT_SHARE == 0.32
+    assert round(audit_spacing(60, 1000, 0.01), 6) == 0.05  # 1,000 switches once a minute
+    # audits of 80 ms: 240 ms apart (a quarter of the time), the round longer than 60 s
+    assert AUDIT_SHARE == 0.25 and round(audit_spacing(60, 1000, 0.08), 6) == 0.24
 
 
 def test_monitor_replies_pass_the_wire_check_and_a_zero_length_update_does_not():
