@@ -65,12 +65,22 @@ class SwitchState:
     barriers: list[tuple[float, int]] = field(default_factory=list)  # (answered at, table size)
     target: int | None = None  # a watched table size (`watch`)...
     reached_at: float | None = None  # ...and the first barrier answered while holding it
+    _below: int = 0  # how many of the first barriers held fewer flows than `target`
 
     def watch(self, size: int) -> None:
         """Note the first barrier answered while holding >= `size` flows (maybe one already
-        answered); later barriers are checked as they are answered, not rescanned."""
+        answered); later barriers are checked as they are answered, not rescanned. A target
+        at least the last one's skips the barriers already found below that one: a run of
+        new leases scans each barrier about once, not the whole history per lease."""
+        if self.target is None or size < self.target:
+            self._below = 0
         self.target = size
-        self.reached_at = next((t for t, n in self.barriers if n >= size), None)
+        self.reached_at = None
+        for i in range(self._below, len(self.barriers)):
+            if self.barriers[i][1] >= size:
+                self.reached_at = self.barriers[i][0]
+                break
+            self._below = i + 1
 
 
 class StandInSwitch(asyncio.Protocol):

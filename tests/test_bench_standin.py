@@ -12,7 +12,7 @@ import struct
 
 from bench import ofwire as of
 from bench.leasegen import cluster
-from bench.standin import StandInFleet
+from bench.standin import StandInFleet, SwitchState
 from controller import ofwire
 from flows.compiler import compile_node
 from flows.ports import TUNNEL_OFPORT
@@ -88,3 +88,13 @@ def test_standin_holds_a_bundled_table_and_reads_it_back() -> None:
     assert report[dpid]["flows"] == len(desired) - 1
     assert report[dpid]["unsupported"] == {}
     assert report[dpid]["converged_at"] is not None
+
+
+def test_watching_a_larger_table_each_lease_finds_the_same_barrier_as_a_full_scan() -> None:
+    state = SwitchState(dpid=1, expected=10)
+    state.barriers = [(1.0, 10), (2.0, 12), (3.0, 12), (4.0, 14)]
+    for size, when in ((12, 2.0), (13, 4.0), (14, 4.0), (15, None), (11, 2.0), (10, 1.0)):
+        state.watch(size)
+        assert state.reached_at == when, size
+        full_scan = next((t for t, n in state.barriers if n >= size), None)
+        assert state.reached_at == full_scan
