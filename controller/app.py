@@ -342,7 +342,12 @@ class VxflowController(app_manager.OSKenApp):
         `controller.reader`, or os-ken's receive loop over TLS). The replies and errors
         SwitchSync and SwitchRole act on go to the inbox as raw bytes: os-ken makes no
         message object or event of them (at 1,000 switches those cost more than the
-        handling itself). False: os-ken's usual path (its handshake; packet-ins)."""
+        handling itself). An echo reply is acknowledged here, as os-ken's handler would:
+        a thousand switches answer os-ken's echo requests within the same moment. False:
+        os-ken's usual path (its handshake; packet-ins)."""
+        if msg_type == ofwire.OFPT_ECHO_REPLY:
+            dp.acknowledge_echo_reply(xid)
+            return True
         if msg_type not in self._handlers or dp.state not in (MAIN_DISPATCHER, DEAD_DISPATCHER):
             return False
         multipart = msg_type == ofwire.OFPT_MULTIPART_REPLY
