@@ -45,7 +45,7 @@ from controller import groups, metrics, ofwire
 from controller.installed import Installed
 from controller.model import FULL, NOTHING, Scope
 from controller.monitor import FlowChange
-from flows.compiler import FLOWS_PER_LEASE, NodeTable
+from flows.compiler import FLOWS_PER_LEASE, NodeTable, subnet_cookie
 from flows.diff import FlowDiff, diff_table
 from flows.flow import Flow, Owner, owner_of, to_ofctl
 from flows.groups import Group, GroupDiff, diff_groups, group_cookie, group_to_ofctl
@@ -311,10 +311,11 @@ class SwitchSync:
         self._read = []
         self.state = State.IDLE
         self._need_readback = False
-        self._pending = FULL
-        # what a readback for an audit (or after a paused monitor) finds wrong is drift
+        # what a readback for an audit (or after a paused monitor) finds wrong is drift,
+        # but for the changes asked for meanwhile (still pending): those were never sent
+        excused, self._pending = self._pending, FULL
         found = self._readback_reason if self._readback_reason in ("audit", "monitor") else None
-        self._kick(found_by=found)
+        self._kick(found_by=found, excused=excused)
 
     def on_error(self, xid: int, err_type: int, code: int, data: bytes) -> bool:
         """Log and count an OFPT_ERROR with the message that caused it; False if not ours."""
@@ -419,7 +420,7 @@ class SwitchSync:
 
     # -- internals ------------------------------------------------------------
 
-    def _kick(self, found_by: str | None = None) -> None:
+    def _kick(self, found_by: str | None = None, excused: Scope = NOTHING) -> None:
         if self.closed or self.state is not State.IDLE or not self.master:
             return
         if not self.may_write():
@@ -447,13 +448,13 @@ class SwitchSync:
             self.node, len(desired), (computed - started) * 1e3, len(diff),
             (time.perf_counter() - computed) * 1e3,
         )
-        if found_by and (diff or group_diff):
+        drifted = _drifted(diff, group_diff, excused) if found_by else (0, 0, 0)
+        if any(drifted):
             metrics.DRIFT_FOUND[found_by].inc()
             self.drift_repairs += 1
             log.warning(
                 "switch %s drifted: %d flows missing or wrong, %d unexpected, %d groups "
-                "differ (found by a readback: %s); repairing", self.node,
-                len(diff) - len(diff.delete), len(diff.delete), len(group_diff), found_by,
+                "differ (found by a readback: %s); repairing", self.node, *drifted, found_by,
                 extra={"event": "drift", "node": str(self.node), "found_by": found_by},
             )  # fmt: skip
         elif self._repair_since is not None and diff:
@@ -610,6 +611,21 @@ class SwitchSync:
         else:
             cookies = [c for c in scope.cookies if c not in skip and installed.has_cookie(c)]
         return installed.of_cookies(cookies)
+
+
+def _drifted(diff: FlowDiff, group_diff: GroupDiff, excused: Scope) -> tuple[int, int, int]:
+    """Flows missing or wrong, flows unexpected and groups differing in a comparison,
+    less what changes asked for but not yet sent (`excused`) account for."""
+    if excused.full:
+        return 0, 0, 0
+    routes = diff.routes.leases if diff.routes is not None else ()
+    missing = sum(not excused.covers(f.cookie) for f in diff.add) + FLOWS_PER_LEASE * sum(
+        not excused.covers(subnet_cookie(lease.subnet)) for lease in routes
+    )
+    unexpected = sum(not excused.covers(f.cookie) for f in diff.delete)
+    groups_differ = sum(not excused.covers(group_cookie(g.group_id))
+                        for g in (*group_diff.add, *group_diff.modify, *group_diff.delete))  # fmt: skip
+    return missing, unexpected, groups_differ
 
 
 def _messages(
