@@ -236,31 +236,48 @@ class VxflowController(app_manager.OSKenApp):
             return
         self.membership.begin()
         metrics.REJECTED.set(len(self.model.rejected))
+        # every switch notes what changed before any sends: sending yields, and a readback
+        # compared meanwhile must know the change is pending (not drift)
+        asked = []
         for sync in list(self.switches.values()):
             own = self.model.own_lease(sync.node)
             scope = impact.scope_for(sync.node, own.subnet if own else None)
-            if scope:
-                sync.request(scope, impact.flushes)
+            if scope and sync.note(scope, impact.flushes):
+                asked.append(sync)
+        for sync in asked:
+            sync.kick()
 
     def _audit_loop(self) -> None:
         """Every switch this replica masters read back and compared once per interval, one
         at a time, spread over it: a thousand readbacks at once would queue every lease
         event behind seconds of comparisons. Where the tables are too large for the
-        interval, a round takes longer (`audit_spacing`)."""
+        interval, a round takes longer (`audit_spacing`). A switch already reading back
+        (a retry waiting out its delay) is left to it."""
         interval = CONF.vxflow_audit_interval
         while True:
             syncs = [sync for sync in self.switches.values() if sync.master]
             if not syncs:
                 hub.sleep(interval)
             for sync in syncs:
-                started = time.monotonic()
-                if not sync.closed and sync.master:
-                    sync.audit()
-                while sync.reading_back and sync.master and not sync.closed and (
-                    time.monotonic() - started < AUDIT_TIMEOUT
-                ):  # fmt: skip
-                    hub.sleep(AUDIT_POLL)
-                hub.sleep(audit_spacing(interval, len(syncs), time.monotonic() - started))
+                try:
+                    took = self._audit(sync)
+                except Exception:  # one switch's audit must not end them all
+                    log.exception("switch %s: the audit failed", sync.node)
+                    took = 0.0
+                hub.sleep(audit_spacing(interval, len(syncs), took))
+
+    def _audit(self, sync: SwitchSync) -> float:
+        """Audit one switch and wait until its comparison is done: how long that took
+        (0 if there was nothing to audit, or it did not finish in AUDIT_TIMEOUT)."""
+        if sync.closed or not sync.master or sync.reading_back:
+            return 0.0
+        started = time.monotonic()
+        sync.audit()
+        while sync.reading_back and sync.master and not sync.closed:
+            if time.monotonic() - started >= AUDIT_TIMEOUT:
+                return 0.0
+            hub.sleep(AUDIT_POLL)
+        return time.monotonic() - started
 
     # -- switches -------------------------------------------------------------
 

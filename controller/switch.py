@@ -196,10 +196,19 @@ class SwitchSync:
 
         Not master: nothing to keep (a promotion reads back and syncs in full), so a
         replica's slave connections cost nothing per registry event."""
+        if self.note(scope, flushes):
+            self._kick()
+
+    def note(self, scope: Scope, flushes: list[Flush] = ()) -> bool:
+        """`request` without sending yet (`kick` sends); False if not master."""
         if not self.master:
-            return
+            return False
         self._pending |= scope
         self._flushes += flushes
+        return True
+
+    def kick(self) -> None:
+        """Send what is pending, if the switch is free (see `request`)."""
         self._kick()
 
     def audit(self, reason: str = "audit") -> None:
