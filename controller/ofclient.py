@@ -14,7 +14,6 @@ from flows.flow import Flow
 from flows.groups import Group
 
 OFPT_HELLO = 0
-OFPT_ECHO_REPLY = 3
 
 
 def _connect(target: str, timeout: float) -> socket.socket:
@@ -64,7 +63,7 @@ def read_table(target: str, timeout: float = 10.0) -> tuple[list[Flow], list[Gro
                     "add OpenFlow14 to the bridge's protocols"
                 )
             if mtype == ofwire.OFPT_ECHO_REQUEST:
-                sock.sendall(struct.pack("!BBHI", version, OFPT_ECHO_REPLY, len(msg), xid) + msg[8:])
+                sock.sendall(struct.pack("!BBHI", version, ofwire.OFPT_ECHO_REPLY, len(msg), xid) + msg[8:])
             elif mtype == ofwire.OFPT_ERROR:
                 etype, code, _ = ofwire.decode_error(msg)
                 raise ConnectionError(f"switch {target} answered with error type {etype} code {code}")
