@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from daemons.processes import stop_process
 from leases.etcd_server import free_loopback_port
-from vxflow.processes import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 # `vxflow` from the source tree these benchmarks live in (not whatever the venv's

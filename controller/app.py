@@ -38,12 +38,12 @@ from controller.options import CONF, etcd_access
 from controller.replica import Coordinator, Membership, advertised_target, default_member_id
 from controller.role import SwitchRole
 from controller.switch import SwitchSync, audit_spacing
+from daemons.httpd import wsgi_app
 from leases.controllers import member_id_problem, target_problem
 from leases.errors import RegistryError
 from leases.events import ReplicaEvent
 from leases.model import public_ip_for_datapath_id
 from leases.registry import Registry
-from vxflow.httpd import wsgi_app
 
 log = logging.getLogger("controller")
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
+from daemons.options import metrics_options
 from leases.cli_options import etcd_access, etcd_options, open_registry, operator_errors
 from leases.controllers import member_id_problem, target_problem
-from vxflow.options import metrics_options
 
 
 def _stop(*_args: object) -> None:

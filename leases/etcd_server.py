@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from leases.etcd_client import EtcdAccess
 
-from vxflow.processes import stop_process
+from daemons.processes import stop_process
 
 log = logging.getLogger(__name__)
 PORTS_FROM = 20000  # the lowest port free_loopback_port hands out

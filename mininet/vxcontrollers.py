@@ -17,8 +17,8 @@ from pathlib import Path
 
 from vxnodes import ROOT_IP, _venv_tool, run_root
 
+from daemons.processes import stop_process
 from leases.etcd_server import free_loopback_port
-from vxflow.processes import stop_process
 
 
 @dataclass

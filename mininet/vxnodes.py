@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `mn --custom` runs us from anywhere, on the system Python
     sys.path.append(str(REPO))
 
+from daemons.processes import stop_process  # noqa: E402
 from flows.ports import pod_mac  # noqa: E402
 from ovsdb.instance import OvsInstance  # noqa: E402
-from vxflow.processes import stop_process  # noqa: E402
 
 UNDERLAY = IPv4Network("198.18.0.0/24")
 ROOT_IP = IPv4Address("198.18.0.254")

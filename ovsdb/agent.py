@@ -55,6 +55,7 @@ from etcd3gw.exceptions import Etcd3Exception
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_when_event_set
 from tenacity import wait_exponential as wait_exp
 
+from daemons.httpd import serve_in_thread, wsgi_app
 from flows.ports import vtep_mac_for
 from leases.config import ConfigError
 from leases.errors import ConfigMissing, EtcdUnavailable, LeaseLost, RegistryError
@@ -87,7 +88,6 @@ from ovsdb.ipmasq import IpMasq, IpMasqError
 from ovsdb.iproute import IprouteError
 from ovsdb.plug import foreign_ports
 from ovsdb.pods import PodPort, PodRejection, endpoints_from_ports
-from vxflow.httpd import serve_in_thread, wsgi_app
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

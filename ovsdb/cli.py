@@ -19,6 +19,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from daemons.options import metrics_options
 from flows.ports import vtep_mac_for
 from leases.cli_options import etcd_options, etcd_params, open_registry, operator_errors
 from leases.config import parse_config
@@ -42,7 +43,6 @@ from ovsdb.bootstrap import (
 )
 from ovsdb.iproute import IprouteError, address_of, default_route_interface
 from ovsdb.sysconfig import SysconfigError, read_sysconfig
-from vxflow.options import metrics_options
 
 log = logging.getLogger(__name__)
 

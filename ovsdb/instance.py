@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vxflow.processes import stop_process
+from daemons.processes import stop_process
 
 log = logging.getLogger(__name__)
 

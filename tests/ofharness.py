@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from daemons.processes import stop_process
 from flows.compiler import compile_table
 from flows.flow import to_ofctl
 from flows.groups import group_to_ofctl
@@ -35,7 +36,6 @@ from leases.model import Endpoint, Lease, datapath_id_for
 from leases.registry import Registry
 from ovsdb.instance import OvsInstance
 from tests.emulation import run_tag
-from vxflow.processes import stop_process
 
 PREFIX = "/vxflow-test/network"
 CONFIG = '{"Network": "198.19.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'

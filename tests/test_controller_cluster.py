@@ -23,6 +23,7 @@ import pytest
 
 from controller import ofwire
 from controller.mastership import designated
+from daemons.processes import stop_process
 from flows.flow import Flow, Owner, cookie_for, output
 from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.model import datapath_id_for
@@ -39,7 +40,6 @@ from tests.ofharness import (
     running,
     wait_for,
 )
-from vxflow.processes import stop_process
 
 pytestmark = pytest.mark.integration
 

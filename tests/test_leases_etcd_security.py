@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from daemons.processes import stop_process
 from leases.errors import EtcdAccessDenied
 from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.registry import Registry
 from tests.security import ETCD_PASSWORD, ETCD_USER, Pki, etcd_env, locked_etcd, make_pki
 from vxflow.cli import cli
-from vxflow.processes import stop_process
 
 PREFIX = "/atomic.io/network"
 SEED = '{"Network": "10.20.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'

@@ -13,12 +13,12 @@ from prometheus_client.metrics import MetricWrapperBase
 import controller.metrics
 import leases.metrics
 import ovsdb.metrics
+from daemons.processes import stop_process
 from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.registry import Registry
 from tests.emulation import ROOT_UNDERLAY_IP
 from tests.ofharness import VXFLOW, metric, wait_for
 from tests.test_ovsdb_agent import CONFIG, PREFIX, AgentProc, add_internal_pod
-from vxflow.processes import stop_process
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MODULES = {"controller": controller.metrics, "agent": ovsdb.metrics, "both": leases.metrics}

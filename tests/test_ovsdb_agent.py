@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from daemons.processes import stop_process
 from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.registry import Registry
 from leases.subnet_env import read_subnet_env
 from ovsdb.ipmasq import listed_rules, masq_rules
 from tests.emulation import ROOT_UNDERLAY_IP, Node, Underlay
 from tests.ofharness import metric
-from vxflow.processes import stop_process
 
 PREFIX = "/vxflow-test/network"
 CONFIG = '{"Network": "198.19.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
