@@ -1,7 +1,7 @@
 # Entry points. `make demo` and `make test` each run the setup first.
 VENV := .venv/bin
 
-.PHONY: setup demo test lint unit integration bench
+.PHONY: setup demo test lint unit integration repeat bench
 setup:
 	bash scripts/setup.sh
 
@@ -11,14 +11,27 @@ demo: setup
 lint: setup
 	$(VENV)/ruff check .
 
+# Test processes in parallel (pytest-xdist), each in network namespaces of its own
+# (tests/sandbox.py): most of a test's time is waiting on daemons, not the CPU.
+WORKERS ?= 3
+PARALLEL = -n $(WORKERS) --dist loadgroup
+
 test: setup lint
-	$(VENV)/python -m pytest
+	$(VENV)/python -m pytest $(PARALLEL)
 
 unit: setup
 	$(VENV)/python -m pytest -m "not integration and not e2e"
 
 integration: setup
-	$(VENV)/python -m pytest -m "integration or e2e"
+	$(VENV)/python -m pytest $(PARALLEL) -m "integration or e2e"
+
+# The tests whose outcome could hang on the registry's random draws, REPEAT times each
+# (every repetition draws anew). The e2e ones draw once per module's cluster, so they
+# are left to `make test`; what they derive from the draw is what tests/test_overlay.py
+# checks here.
+REPEAT ?= 200
+repeat: setup
+	$(VENV)/python -m pytest -m "random_leases and not e2e" --count $(REPEAT) -x -q
 
 bench: setup
 	$(VENV)/python -m bench.run_all

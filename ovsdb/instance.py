@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +27,17 @@ log = logging.getLogger(__name__)
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 OVS_SAVE = Path("/usr/share/openvswitch/scripts/ovs-save")  # what `ovs-ctl restart` saves with
 OPENFLOW_VERSIONS = "OpenFlow13,OpenFlow14"
+
+
+def accepts(path: Path) -> bool:
+    """Whether a daemon accepts connections on unix socket `path`: the file appears at
+    bind(), a moment before listen(), and a client in that moment is refused."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -104,11 +116,15 @@ class OvsInstance:
                 ["ovsdb-tool", "create", str(self.db_path), str(SCHEMA)],
                 check=True, capture_output=True,
             )  # fmt: skip
-        self.start_ovsdb_server()
-        self.vsctl("--no-wait", "init")
-        for args in before_vswitchd:
-            self.vsctl("--no-wait", *args)
-        self.start_vswitchd()
+        try:
+            self.start_ovsdb_server()
+            self.vsctl("--no-wait", "init")
+            for args in before_vswitchd:
+                self.vsctl("--no-wait", *args)
+            self.start_vswitchd()
+        except BaseException:
+            self.stop(remove_files=False)  # no daemon left behind; its logs kept to read
+            raise
         return self
 
     def start_ovsdb_server(self) -> None:
@@ -124,7 +140,7 @@ class OvsInstance:
                 f"--log-file={d / 'ovsdb-server.log'}",
                 "-vconsole:off",
             ],
-            ready=lambda: self.db_sock.exists(),
+            ready=lambda: accepts(self.db_sock),
         )  # fmt: skip
 
     def start_vswitchd(self) -> None:
@@ -138,7 +154,7 @@ class OvsInstance:
                 f"--log-file={d / 'ovs-vswitchd.log'}",
                 "-vconsole:off",
             ],
-            ready=lambda: self.vswitchd_ctl.exists(),
+            ready=lambda: accepts(self.vswitchd_ctl),
         )  # fmt: skip
 
     def _spawn(self, key: str, cmd: list[str], ready, timeout: float = 20.0) -> None:

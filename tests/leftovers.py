@@ -17,7 +17,11 @@ RUN_MARKER = "VXFLOW_TEST_RUN"
 
 
 def mark_run() -> str:
-    return os.environ.setdefault(RUN_MARKER, uuid.uuid4().hex)
+    """A new marker for this test process and whatever it starts. Each pytest process has
+    its own (an xdist worker, a pytest that a test starts), so each one's leftover check
+    sees its own processes only, never a sibling's nor the parent that started it."""
+    marker = os.environ[RUN_MARKER] = uuid.uuid4().hex
+    return marker
 
 
 def processes_of_this_run() -> list[str]:

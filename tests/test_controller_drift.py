@@ -134,15 +134,23 @@ def test_a_burst_too_large_to_report_pauses_the_monitor_and_a_readback_repairs_i
     cluster.wait_converged()
     strays = "".join(f"table=30,priority=50,ip,nw_dst=10.{i // 62500}.{i // 250 % 250}.{i % 250},actions=drop\n"
                      for i in range(STRAYS))  # fmt: skip
-    cluster.controller.proc.send_signal(signal.SIGSTOP)  # it cannot read: the backlog grows
+    c = cluster.controller
+    reasons = ("monitor", "retry", "connect")  # one readback serves whichever asked first
+
+    def readbacks() -> float:
+        return sum(c.metric("vxflow_controller_readbacks_total", reason=r) for r in reasons)
+
+    before = readbacks()
+    c.proc.send_signal(signal.SIGSTOP)  # it cannot read: the backlog grows
     try:
         cluster.ovs.ofctl("add-flows", "--bundle", bridge, "-", input=strays)
     finally:
-        cluster.controller.proc.send_signal(signal.SIGCONT)
+        c.proc.send_signal(signal.SIGCONT)
     cluster.wait_converged(timeout=180)  # each comparison dumps 200,000 flows at first
-    c = cluster.controller
     assert c.metric("vxflow_controller_flow_monitor_pauses_total") >= 1
-    assert c.metric("vxflow_controller_readbacks_total", reason="monitor") >= 1
+    # the resumed monitor asks for a readback; on a loaded machine one already asked for
+    # (a retry, or a reconnect after the stop outlasted the switch's probe) may serve it
+    assert readbacks() > before
     assert c.metric("vxflow_controller_flow_mods_total", command="delete") == STRAYS
     assert "paused its flow monitor" in c.log()
     warnings = c.log().count("WARNING controller.switch: switch 198.18.0.1: another OpenFlow")

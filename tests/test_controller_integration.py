@@ -25,6 +25,7 @@ from leases.model import Endpoint, Lease
 from leases.validate import lease_to_json
 from ovsdb.instance import OvsInstance
 from tests.ofharness import PREFIX, TAG, VXFLOW, Cluster, node_ip, pod, running, wait_for
+from tests.overlay import unleased_address
 
 pytestmark = pytest.mark.integration
 
@@ -196,6 +197,7 @@ def port_tx(cluster: Cluster, bridge: str) -> dict[int, int]:
     return counts
 
 
+@pytest.mark.random_leases
 def test_nothing_floods_or_reaches_the_controller(cluster: Cluster, tmp_path: Path):
     """Real packets injected on a pod port: ARP is answered out of that port only,
     unknown or spoofed traffic goes nowhere, and no packet-in is ever sent."""
@@ -213,7 +215,7 @@ def test_nothing_floods_or_reaches_the_controller(cluster: Cluster, tmp_path: Pa
         "arp for the gateway": (arp_request(src, n1.gateway), {5: 1}),
         "arp for the other pod": (arp_request(src, other.ip), {5: 1}),
         "arp outside the overlay": (arp_request(src, IPv4Address("192.0.2.1")), {}),
-        "unleased overlay address": (udp_packet(src.mac, src.ip, IPv4Address("198.19.250.9")), {}),
+        "unleased overlay address": (udp_packet(src.mac, src.ip, unleased_address(cluster.registry)), {}),
         "unknown local address": (udp_packet(src.mac, src.ip, n1.subnet[99]), {}),
         "spoofed source": (udp_packet(src.mac, n2.subnet[5], other.ip), {}),
         "lldp (unknown ethertype)": (

@@ -10,8 +10,10 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from leases.registry import Registry
 from tests.emulation import emulated_cluster
 from tests.ofharness import VXFLOW
+from tests.overlay import unleased_address
 
 pytestmark = pytest.mark.e2e
 
@@ -68,10 +70,18 @@ def test_pod_to_pod_on_the_same_node_never_leaves_it(cluster) -> None:
     assert [f["table"] for f in hop["flows"]] == [0, 20, 30] and "tp_dst=8080" in hop["packet"]
 
 
+def unleased(cluster) -> IPv4Address:
+    """An overlay address no node's lease holds, read from the cluster's etcd."""
+    with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
+        return unleased_address(registry)
+
+
+@pytest.mark.random_leases
 def test_unknown_overlay_address_and_unknown_local_address_are_dropped_with_reasons(cluster):
     n1 = cluster.vxflow_nodes[0]
     a = cluster.pods_of(n1)[0]
-    rc, doc = walk(cluster, a.addr, IPv4Address("198.19.250.9"))
+    unknown = unleased(cluster)
+    rc, doc = walk(cluster, a.addr, unknown)
     assert rc == 1 and doc["delivered"] is False
     (hop,) = doc["hops"]
     assert hop["result"] == "dropped"
@@ -80,7 +90,7 @@ def test_unknown_overlay_address_and_unknown_local_address_are_dropped_with_reas
     rc, doc = walk(cluster, a.addr, a.addr - 100)  # in the node's own subnet, no pod there
     assert rc == 1 and doc["hops"][-1]["detail"] == (
         "no endpoint: no pod on this node holds the destination address")
-    text = trace(cluster, a.addr, "198.19.250.9")
+    text = trace(cluster, a.addr, unknown)
     assert text.stdout.splitlines()[-1] == (
         f"dropped on node {n1.underlay_ip}: no lease: no node holds the destination's subnet")
 
@@ -97,10 +107,12 @@ def test_a_spoofed_source_is_dropped_by_the_guard(cluster) -> None:
     assert f"nw_src={b.addr}" in hop["packet"]
 
 
+@pytest.mark.random_leases
 def test_what_cannot_be_traced_says_why(cluster) -> None:
-    res = trace(cluster, "198.19.250.9", "198.19.0.1")
+    nobody = unleased(cluster)
+    res = trace(cluster, nobody, "198.19.0.1")
     assert res.returncode == 3
-    assert res.stderr == "Error: 198.19.250.9 is no pod's address (no endpoint in etcd)\n"
+    assert res.stderr == f"Error: {nobody} is no pod's address (no endpoint in etcd)\n"
     n1, n2 = cluster.vxflow_nodes
     a, b = cluster.pods_of(n1)[0], cluster.pods_of(n2)[0]
     res = subprocess.run([VXFLOW, "trace", str(a.addr), str(b.addr), *cluster.etcd_flags(),

@@ -6,13 +6,16 @@ VXLAN tunnel with ttl=63 and the configured VNI on the underlay.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
 
 import pytest
 
-from tests.emulation import Node, Underlay
+from ovsdb.instance import OvsInstance
+from tests.emulation import TAG_PREFIX, Node, Underlay
+from tests.leftovers import processes_of_this_run
 
 VNI = 42
 PORT = 8472
@@ -92,3 +95,23 @@ def test_two_nodes_static_flows_ping_ttl63_and_vxlan_on_wire(underlay: Underlay)
     assert f"{n1.pods[0].ip.ip} > {n2.pods[0].ip.ip}: ICMP echo request" in seen or (
         f"{n2.pods[0].ip.ip} > {n1.pods[0].ip.ip}: ICMP echo reply" in seen
     ), seen
+
+
+@pytest.mark.integration
+def test_an_ovs_start_that_fails_half_way_leaves_no_daemon(tmp_path) -> None:
+    ovs = OvsInstance(name="half", workdir=tmp_path)
+    with pytest.raises(RuntimeError, match="no-such-command"):
+        ovs.start(before_vswitchd=[["no-such-command"]])  # after ovsdb-server, before vswitchd
+    assert [p for p in processes_of_this_run() if str(tmp_path) in p] == []
+    assert (tmp_path / "ovsdb-server.log").exists()  # kept, to read why
+
+
+@pytest.mark.integration
+def test_the_sandbox_keeps_the_machines_network_namespace_out_of_reach() -> None:
+    """conftest moved this process into a network namespace of its own (tests/sandbox.py):
+    it holds nothing but its loopback and what the tests make; the cgroup tree is kept."""
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    names = {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()}
+    assert "lo" in names and all(n == "lo" or n.startswith(TAG_PREFIX) for n in names), names
+    assert sorted(os.listdir("/sys/class/net")) == sorted(names)  # /sys shows this namespace
+    assert os.listdir("/sys/fs/cgroup")  # runc finds its cgroups

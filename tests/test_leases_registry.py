@@ -19,6 +19,7 @@ from leases.model import Endpoint, Lease
 from leases.registry import Registry
 from leases.subnet_env import previous_subnet, subnet_env_for, write_subnet_env
 from leases.validate import Reason
+from tests.overlay import unleased_subnet
 
 pytestmark = pytest.mark.integration
 
@@ -270,12 +271,14 @@ def test_config_errors_and_unreachable_etcd(etcd: EtcdServer) -> None:
         dead.snapshot()
 
 
+@pytest.mark.random_leases
 def test_lease_for_judges_one_entry(registry: Registry) -> None:
     lease = registry.acquire(node_ip(13), node_mac(13), ttl=600)
     assert registry.lease_for(lease.subnet) == lease
-    assert registry.lease_for(IPv4Network("198.19.44.0/24")) is None
-    registry.etcd.put(registry.keys.lease(IPv4Network("198.19.44.0/24")), "{")
-    rejected = registry.lease_for(IPv4Network("198.19.44.0/24"))
+    free = unleased_subnet(registry)  # never a literal: the lease above is random
+    assert registry.lease_for(free) is None
+    registry.etcd.put(registry.keys.lease(free), "{")
+    rejected = registry.lease_for(free)
     assert (
         rejected is not None
         and not isinstance(rejected, Lease)

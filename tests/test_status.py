@@ -14,6 +14,7 @@ from leases.etcd_server import EtcdServer
 from leases.model import datapath_id_for
 from ovsdb.instance import OvsInstance
 from tests.ofharness import PREFIX, VXFLOW, Cluster, node_ip, pod, running, wait_for
+from tests.overlay import unleased_subnet
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +42,7 @@ def nodes(doc: dict) -> dict[str, dict]:
     return {n["public_ip"]: n for n in doc["nodes"]}
 
 
+@pytest.mark.random_leases
 def test_status_healthy_drifted_rejected_and_node_down(cluster: Cluster, tmp_path) -> None:
     n1, n2 = cluster.lease(1), cluster.lease(2)
     cluster.registry.put_endpoint(pod(n1, 10, 5), n1)
@@ -94,7 +96,7 @@ def test_status_healthy_drifted_rejected_and_node_down(cluster: Cluster, tmp_pat
     cluster.registry.release(n3)
 
     # a rejected lease: a value that does not match its key
-    key = f"{PREFIX}/subnets/198.19.99.0-24"
+    key = cluster.registry.keys.lease(unleased_subnet(cluster.registry))
     cluster.registry.etcd.put(key, '{"PublicIP": "198.18.0.9", "BackendType": "vxlan", '
                               '"BackendData": {"VNI": 1, "VtepMAC": "zz"}}')  # fmt: skip
     rc, doc = report(cluster)
