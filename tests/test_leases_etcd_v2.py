@@ -1,0 +1,270 @@
+"""A config (and leases) in etcd's v2 store, as the seed and flannel before v0.14 wrote them:
+found and named where the v3 store has none, and `vxflow config import-v2` (real etcd 3.4
+run with --enable-v2=true; and one without v2, whose behaviour must not change)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+from click.testing import CliRunner, Result
+
+from leases.config import parse_config
+from leases.errors import ConfigMissing
+from leases.etcd_server import EtcdServer
+from leases.registry import Registry
+from tests.test_leases_cli import assert_operator_error
+from vxflow.cli import cli
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "/atomic.io/network"
+SEED = '{"Network": "10.20.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
+
+
+def lease_value(public_ip: str, mac: str) -> str:
+    """A lease as flannel before v0.10 wrote it (no VNI, no PublicIPv6): the seed's era."""
+    return json.dumps(
+        {"PublicIP": public_ip, "BackendType": "vxlan", "BackendData": {"VtepMAC": mac}},
+        separators=(",", ":"),
+    )
+
+
+@pytest.fixture
+def etcd_v2() -> Iterator[EtcdServer]:
+    """etcd 3.4 serving the v2 API too, as the seed's clusters ran it."""
+    server = EtcdServer(enable_v2=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def run(etcd: EtcdServer, *args: str) -> Result:
+    env = {"FLANNELD_ETCD_ENDPOINTS": etcd.endpoint, "FLANNELD_ETCD_PREFIX": PREFIX}
+    return CliRunner().invoke(cli, ["--log-level", "error", *args], env=env)
+
+
+def typed(line: str) -> Result:
+    """A `vxflow ...` command line exactly as an error message or the README shows it."""
+    words = shlex.split(line)
+    assert words[0] == "vxflow", line
+    return CliRunner().invoke(cli, ["--log-level", "error", *words[1:]], env={})
+
+
+def curl_put(etcd: EtcdServer) -> None:
+    """The seed's form: a PUT to the v2 REST API with curl."""
+    subprocess.run(
+        ["curl", "-sS", "-L", f"{etcd.endpoint}/v2/keys/atomic.io/network/config", "-XPUT",
+         "-d", f"value={SEED}"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+
+
+def etcdctl_mk(etcd: EtcdServer) -> None:
+    """The seed's other form: `ETCDCTL_API=2 etcdctl mk` (Debian's etcd-client 3.4)."""
+    subprocess.run(
+        ["etcdctl", "--endpoints", etcd.endpoint, "mk", f"{PREFIX}/config", SEED],
+        check=True, capture_output=True, timeout=30, env={**os.environ, "ETCDCTL_API": "2"},
+    )  # fmt: skip
+
+
+def v3_keys(etcd: EtcdServer) -> dict[str, bytes]:
+    with Registry(etcd.endpoint, PREFIX) as reg:
+        kvs, _ = reg.etcd.range(reg.keys.root, prefix=True)
+    return {kv.key: kv.value for kv in kvs}
+
+
+@pytest.mark.parametrize("write", [curl_put, etcdctl_mk], ids=["curl", "etcdctl-mk"])
+def test_a_v2_config_is_named_with_the_command_that_fixes_it(etcd_v2: EtcdServer, write) -> None:
+    write(etcd_v2)
+    fix = (
+        f"vxflow config import-v2 --etcd-endpoints {etcd_v2.endpoint} --etcd-prefix {PREFIX} "
+        "--with-leases"
+    )
+    for args in (("config", "show"), ("leases", "list"), ("services", "list")):
+        result = run(etcd_v2, *args)
+        assert_operator_error(result, "in etcd's v3 store, which vxflow reads; etcd's v2 store "
+                                      "holds one there (written by flannel before v0.14")  # fmt: skip
+        assert f"`{fix}`" in result.stderr, result.stderr
+        assert "config set" not in result.stderr  # the fix is the import, not a new config
+    result = typed(fix)
+    assert result.exit_code == 0, result.output
+    shown = run(etcd_v2, "config", "show", "--raw")
+    assert shown.exit_code == 0 and shown.stdout.strip() == SEED
+
+
+def test_import_copies_config_and_leases_with_the_ttl_they_had_left(etcd_v2: EtcdServer) -> None:
+    subnets = {"10.20.5.0-24": ("198.18.0.5", 600), "10.20.9.0-24": ("198.18.0.9", 86400)}
+    for name, (ip, ttl) in subnets.items():
+        etcd_v2.v2_put(f"{PREFIX}/subnets/{name}", lease_value(ip, "2E:83:84:1B:95:E4"), ttl=ttl)
+    etcd_v2.v2_put(f"{PREFIX}/config", SEED)
+    time.sleep(2)  # the TTLs left now differ from the ones written: the copy must take these
+    with Registry(etcd_v2.endpoint, PREFIX) as reg:
+        read_at = time.monotonic()
+        left = {
+            n["key"]: n["ttl"]
+            for n in reg.etcd.v2_get(f"{PREFIX}/subnets", recursive=True)["nodes"]
+        }
+        result = run(etcd_v2, "config", "import-v2", "--with-leases")
+        assert result.exit_code == 0, result.output
+        assert reg.get_config_raw() == SEED.encode()  # byte for byte: an equal config
+        assert reg.get_config() == parse_config(SEED)
+        snap = reg.snapshot()
+        ttls = {reg.keys.lease(lease.subnet): reg.time_to_live(lease) for lease in snap.leases}
+        elapsed = time.monotonic() - read_at
+    assert set(ttls) == set(left) == {f"{PREFIX}/subnets/{n}" for n in subnets}
+    for key, ttl in ttls.items():
+        assert left[key] - elapsed - 1 <= ttl <= left[key], (key, ttl, left[key], elapsed)
+        assert left[key] < subnets[key.rsplit("/", 1)[1]][1]  # what was left, not the original
+    assert (
+        v3_keys(etcd_v2)[f"{PREFIX}/subnets/10.20.5.0-24"]
+        == lease_value("198.18.0.5", "2E:83:84:1B:95:E4").encode()
+    )  # copied as v2 held it
+    for name in subnets:
+        assert f"copied lease {name.replace('-', '/')} of {subnets[name][0]}, TTL " in result.stdout
+    assert result.stdout.splitlines()[-1] == f"wrote {PREFIX}/config to the v3 store"
+
+
+def test_reservations_stay_reservations_and_invalid_entries_are_listed_and_skipped(
+    etcd_v2: EtcdServer,
+) -> None:
+    etcd_v2.v2_put(f"{PREFIX}/config", SEED)
+    good = f"{PREFIX}/subnets/10.20.7.0-24"
+    reserved = f"{PREFIX}/subnets/10.20.8.0-24"
+    etcd_v2.v2_put(good, lease_value("198.18.0.7", "02:00:00:00:00:07"), ttl=3600)
+    etcd_v2.v2_put(reserved, lease_value("198.18.0.8", "02:00:00:00:00:08"))  # no TTL
+    invalid = {
+        f"{PREFIX}/subnets/10.20.10.0-24": ("{broken", "bad_json"),
+        f"{PREFIX}/subnets/10.99.1.0-24": (lease_value("198.18.0.11", "02:00:00:00:00:0b"),
+                                           "outside_network"),
+        f"{PREFIX}/subnets/10.20.12.0-24": (lease_value("198.18.0.7", "02:00:00:00:00:0c"),
+                                            "duplicate_public_ip"),
+        f"{PREFIX}/subnets/10.20.13.0-24": (lease_value("10.20.0.9", "02:00:00:00:00:0d"),
+                                            "bad_public_ip"),
+    }  # fmt: skip
+    for key, (value, _) in invalid.items():
+        etcd_v2.v2_put(key, value, ttl=3600)
+    requests.put(f"{etcd_v2.endpoint}/v2/keys{PREFIX}/subnets/junk", data={"dir": "true"},
+                 timeout=10).raise_for_status()  # fmt: skip
+
+    dry = run(etcd_v2, "config", "import-v2", "--with-leases", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert v3_keys(etcd_v2) == {}  # a dry run writes nothing
+    assert "would copy reservation 10.20.8.0/24 of 198.18.0.8, no TTL" in dry.stdout
+    assert dry.stdout.splitlines()[-1] == f"would write {PREFIX}/config to the v3 store"
+
+    result = run(etcd_v2, "config", "import-v2", "--with-leases")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    for key, (_, reason) in invalid.items():
+        assert any(line.startswith(f"skipped {key}: ") and f"[{reason}]" in line for line in lines)
+    assert f"skipped {PREFIX}/subnets/junk: a directory, not a lease [bad_key]" in lines
+    assert "copied reservation 10.20.8.0/24 of 198.18.0.8, no TTL" in lines
+    stored = v3_keys(etcd_v2)
+    assert set(stored) == {f"{PREFIX}/config", good, reserved}  # nothing invalid was copied
+    with Registry(etcd_v2.endpoint, PREFIX) as reg:
+        assert reg.etcd.get(reserved).lease == 0  # still a reservation: no TTL
+        assert reg.etcd.get(good).lease != 0
+    table = run(etcd_v2, "leases", "list")
+    rows = {line.split()[0]: line.split() for line in table.stdout.splitlines()[1:-1]}
+    assert rows["10.20.8.0/24"][4] == "reserved"
+
+    again = run(etcd_v2, "config", "import-v2", "--with-leases")  # nothing left to do
+    assert again.exit_code == 0, again.output
+    assert f"skipped {good}: the v3 store holds this subnet with the same value already" in (
+        again.stdout.splitlines()
+    )
+    assert (
+        again.stdout.splitlines()[-1]
+        == f"the v3 store holds an equal {PREFIX}/config: left as it is"
+    )
+    assert v3_keys(etcd_v2) == stored
+
+
+def test_a_different_v3_config_is_kept_unless_forced(etcd_v2: EtcdServer) -> None:
+    etcd_v2.v2_put(f"{PREFIX}/config", SEED)
+    etcd_v2.v2_put(f"{PREFIX}/subnets/10.20.5.0-24", lease_value("198.18.0.5", "02:00:00:00:00:05"),
+                   ttl=600)  # fmt: skip
+    other = '{"Network": "10.30.0.0/16", "Backend": {"Type": "vxlan"}}'
+    with Registry(etcd_v2.endpoint, PREFIX) as reg:
+        reg.set_config(other)
+    refused = run(etcd_v2, "config", "import-v2", "--with-leases")
+    assert_operator_error(refused, f"the v3 store holds a different {PREFIX}/config")
+    assert "--force replaces it" in refused.stderr
+    assert v3_keys(etcd_v2) == {f"{PREFIX}/config": other.encode()}  # nothing was written
+
+    dry = run(etcd_v2, "config", "import-v2", "--force", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert dry.stdout.splitlines()[-2:] == [
+        f"would replace the v3 store's different {PREFIX}/config",
+        "1 entries under the v2 store's subnets/ not copied (--with-leases copies the valid ones)",
+    ]
+    assert v3_keys(etcd_v2) == {f"{PREFIX}/config": other.encode()}
+
+    forced = run(etcd_v2, "config", "import-v2", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert f"replaced the v3 store's different {PREFIX}/config" in forced.stdout.splitlines()
+    assert v3_keys(etcd_v2) == {f"{PREFIX}/config": SEED.encode()}  # no leases without the flag
+
+    # the same config, written otherwise (defaults left out): equal, left as it is
+    same = '{"Network": "10.20.0.0/16", "Backend": {"Type": "vxlan"}}'
+    with Registry(etcd_v2.endpoint, PREFIX) as reg:
+        reg.set_config(same)
+    kept = run(etcd_v2, "config", "import-v2")
+    assert kept.exit_code == 0, kept.output
+    assert f"the v3 store holds an equal {PREFIX}/config: left as it is" in kept.stdout
+    assert v3_keys(etcd_v2)[f"{PREFIX}/config"] == same.encode()
+
+
+def test_an_invalid_v2_config_is_refused_with_its_reason(etcd_v2: EtcdServer) -> None:
+    etcd_v2.v2_put(f"{PREFIX}/config", '{"Network": "10.20.0.0/16", "Backend": {"Type": "udp"}}')
+    result = run(etcd_v2, "config", "import-v2", "--with-leases")
+    assert_operator_error(result, f"the v2 store's {PREFIX}/config is invalid: Backend.Type")
+    assert v3_keys(etcd_v2) == {}
+
+
+@pytest.fixture
+def v2_requests(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The URL of every request to etcd's v2 API this process sends (sent as usual)."""
+    urls: list[str] = []
+    send = requests.Session.send
+
+    def recording_send(self, request, **kwargs):
+        if "/v2/" in request.url:
+            urls.append(request.url)
+        return send(self, request, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "send", recording_send)
+    return urls
+
+
+def test_without_v2_the_errors_are_unchanged_and_cost_one_request(
+    etcd: EtcdServer, v2_requests: list[str]
+) -> None:
+    """etcd 3.4 without --enable-v2 (3.5's default): the v3 errors as they always were."""
+    config = f"{PREFIX}/config"
+    expected = {
+        ("config", "show"): f"Error: no network config at {config}: write one with "
+                            "`vxflow config set FILE`",
+        ("leases", "list"): f"Error: no valid network config at {config}: network config is "
+                            "missing",
+        ("services", "list"): f"Error: no valid network config at {config}",
+        ("flows", "show", "--node", "198.18.0.5"): f"Error: no valid network config at {config}",
+    }  # fmt: skip
+    for args, line in expected.items():
+        v2_requests.clear()
+        result = run(etcd, *args)
+        assert result.exit_code == 1 and result.stderr.strip() == line, (args, result.output)
+        assert v2_requests == [f"{etcd.endpoint}/v2/keys{config}"], args
+    with Registry(etcd.endpoint, PREFIX) as reg, pytest.raises(ConfigMissing) as missing:
+        reg.get_config()
+    assert str(missing.value) == expected["config", "show"].removeprefix("Error: ")
+    result = run(etcd, "config", "import-v2", "--with-leases")
+    assert_operator_error(result, "serves no v2 API: etcd 3.4 needs --enable-v2=true")
