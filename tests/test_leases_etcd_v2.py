@@ -10,6 +10,7 @@ import shlex
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -19,6 +20,7 @@ from leases.config import parse_config
 from leases.errors import ConfigMissing
 from leases.etcd_server import EtcdServer
 from leases.registry import Registry
+from tests.security import ETCD_PASSWORD, ETCD_USER, etcd_env, locked_etcd, make_pki
 from tests.test_leases_cli import assert_operator_error
 from vxflow.cli import cli
 
@@ -268,3 +270,56 @@ def test_without_v2_the_errors_are_unchanged_and_cost_one_request(
     assert str(missing.value) == expected["config", "show"].removeprefix("Error: ")
     result = run(etcd, "config", "import-v2", "--with-leases")
     assert_operator_error(result, "serves no v2 API: etcd 3.4 needs --enable-v2=true")
+
+
+V2_ROOT = ("root", "v2-root-password")
+
+
+def v2_auth(etcd: EtcdServer, method: str, path: str, body: dict | None = None,
+            auth: tuple[str, str] | None = None) -> None:
+    """One request to the v2 store's auth API (which has users of its own)."""
+    assert etcd.tls is not None
+    requests.request(method, f"{etcd.endpoint}/v2/auth/{path}", json=body, auth=auth,
+                     verify=str(etcd.tls.ca), cert=(str(etcd.tls.cert), str(etcd.tls.key)),
+                     timeout=10).raise_for_status()  # fmt: skip
+
+
+def test_v2_reads_use_the_tls_files_and_credentials_of_v3(tmp_path: Path) -> None:
+    """etcd over TLS with client certificates, auth on in v3 and in v2 (whose users are its
+    own): the v2 store is read with the same files, the password as basic auth."""
+    ca = make_pki(tmp_path / "pki")
+    etcd = locked_etcd(ca, PREFIX, enable_v2=True)
+    try:
+        etcd.v2_put(f"{PREFIX}/config", SEED)
+        # the v2 store's own auth: ETCD_USER reads and writes PREFIX only, with a password
+        # that is not the v3 one (v2 refuses the user's); no anonymous access (v2's guest)
+        keys = [f"{PREFIX}/*"]
+        v2_auth(etcd, "PUT", "users/root", {"user": "root", "password": V2_ROOT[1]})
+        v2_auth(etcd, "PUT", "roles/net", {"role": "net", "permissions": {"kv": {"read": keys,
+                                                                                 "write": keys}}})
+        v2_auth(etcd, "PUT", f"users/{ETCD_USER}", {"user": ETCD_USER, "password": "v2-password",
+                                                    "roles": ["net"]})
+        v2_auth(etcd, "PUT", "enable", auth=V2_ROOT)
+        v2_auth(etcd, "DELETE", "roles/guest", auth=V2_ROOT)
+        env = {"FLANNELD_ETCD_PREFIX": PREFIX, **etcd_env(etcd, ca.node("198.18.0.1"))}
+
+        def invoke(*args: str) -> Result:
+            return CliRunner().invoke(cli, ["--log-level", "error", *args], env=env)
+
+        shown = invoke("config", "show")  # v2 refused: the v3 error as it always was
+        assert shown.exit_code == 1
+        assert shown.stderr.strip() == (
+            f"Error: no network config at {PREFIX}/config: write one with `vxflow config set FILE`"
+        )
+        assert_operator_error(invoke("config", "import-v2"), "etcd refused a read of its v2 store")
+
+        v2_auth(etcd, "PUT", f"users/{ETCD_USER}", {"user": ETCD_USER, "password": ETCD_PASSWORD},
+                auth=V2_ROOT)  # the same password in both stores now
+        shown = invoke("config", "show")
+        assert_operator_error(shown, "etcd's v2 store holds one there")
+        assert "(with this command's TLS/credential options)" in shown.stderr
+        imported = invoke("config", "import-v2", "--with-leases")
+        assert imported.exit_code == 0, imported.output
+        assert invoke("config", "show", "--raw").stdout.strip() == SEED
+    finally:
+        etcd.stop()
