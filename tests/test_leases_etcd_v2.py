@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,3 +324,55 @@ def test_v2_reads_use_the_tls_files_and_credentials_of_v3(tmp_path: Path) -> Non
         assert invoke("config", "show", "--raw").stdout.strip() == SEED
     finally:
         etcd.stop()
+
+
+def readme_steps() -> tuple[list[str], list[str], str]:
+    """README's v2 steps and their v3 equivalents (the table's two columns), and the
+    import line, as shown."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### etcd's v3 API, and the seed's v2 steps")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    cells = [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows]
+    first = [c[0].strip("`") for c in cells]
+    second = [c[1].split("`")[1] for c in cells]
+    (import_line,) = [line.strip("`") for line in section.split("\n") if "import-v2" in line
+                      and line.startswith("`")]  # fmt: skip
+    return first, second, import_line
+
+
+def test_the_readme_steps_as_typed(etcd_v2: EtcdServer, tmp_path: Path) -> None:
+    """The seed's v2 steps, then vxflow's: detected, imported, and the v3 equivalents."""
+    seed, v3, import_line = readme_steps()
+    assert [line.split()[0] for line in seed] == ["ETCDCTL_API=2", "curl", "ETCDCTL_API=2",
+                                                  "ETCDCTL_API=2"]  # fmt: skip
+    venv = str(Path(sys.executable).parent)
+    env = {**os.environ, "ETCDCTL_ENDPOINTS": etcd_v2.endpoint,
+           "FLANNELD_ETCD_ENDPOINTS": etcd_v2.endpoint, "PATH": f"{venv}:{os.environ['PATH']}"}  # fmt: skip
+
+    def sh(line: str) -> str:
+        line = line.replace("http://127.0.0.1:2379", etcd_v2.endpoint)  # etcd's default, shown
+        out = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0, (line, out.stderr)
+        return out.stdout
+
+    config = json.loads(seed[0].split("'")[1])
+    etcd_v2.v2_put(f"{PREFIX}/subnets/10.20.5.0-24", lease_value("198.18.0.5", "02:00:00:00:00:05"),
+                   ttl=600)  # a node of the seed's flannel  # fmt: skip
+    sh(seed[0])  # etcdctl mk
+    sh(seed[1])  # curl, over it
+    assert json.loads(sh(seed[2])) == config
+    assert sh(seed[3]).split() == [f"{PREFIX}/subnets/10.20.5.0-24"]
+    missing = subprocess.run(v3[2], shell=True, env=env, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert missing.returncode == 1 and "etcd's v2 store holds one there" in missing.stderr
+
+    assert import_line == f"vxflow config import-v2 --etcd-prefix {PREFIX} --with-leases"
+    assert "copied lease 10.20.5.0/24 of 198.18.0.5" in sh(import_line)
+    assert json.loads(sh(v3[2]))["Network"] == config["Network"]
+    assert "10.20.5.0/24" in sh(v3[3])
+
+    sh(v3[0])  # etcdctl put: the same config, in v3
+    (tmp_path / "net.json").write_text(json.dumps(config))
+    assert sh(v3[1]).startswith(f"wrote {PREFIX}/config: Network 10.20.0.0/16")
+    assert json.loads(v3_keys(etcd_v2)[f"{PREFIX}/config"]) == config
