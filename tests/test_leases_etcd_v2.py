@@ -21,6 +21,7 @@ from leases.config import parse_config
 from leases.errors import ConfigMissing
 from leases.etcd_server import EtcdServer
 from leases.registry import Registry
+from tests.ofharness import Controller, wait_for
 from tests.security import ETCD_PASSWORD, ETCD_USER, etcd_env, locked_etcd, make_pki
 from tests.test_leases_cli import assert_operator_error
 from vxflow.cli import cli
@@ -376,3 +377,17 @@ def test_the_readme_steps_as_typed(etcd_v2: EtcdServer, tmp_path: Path) -> None:
     (tmp_path / "net.json").write_text(json.dumps(config))
     assert sh(v3[1]).startswith(f"wrote {PREFIX}/config: Network 10.20.0.0/16")
     assert json.loads(v3_keys(etcd_v2)[f"{PREFIX}/config"]) == config
+
+
+def test_the_controller_names_a_v2_config_too(etcd_v2: EtcdServer, tmp_path: Path) -> None:
+    """`vxflow controller` on a prefix only the v2 store configures logs where the config is
+    and the command that copies it."""
+    etcd_v2.v2_put(f"{PREFIX}/config", SEED)
+    controller = Controller(etcd_v2.endpoint, prefix=PREFIX).start(tmp_path)
+    try:
+        wait_for("the controller's warning", lambda: "etcd's v2 store holds one" in controller.log())
+        fix = f"vxflow config import-v2 --etcd-endpoints {etcd_v2.endpoint} --etcd-prefix {PREFIX}"
+        assert f"`{fix} --with-leases`" in controller.log()
+        assert "Traceback" not in controller.log()
+    finally:
+        controller.stop()
