@@ -40,7 +40,6 @@ from controller.role import SwitchRole
 from controller.switch import SwitchSync, audit_spacing
 from leases.controllers import member_id_problem, target_problem
 from leases.errors import RegistryError
-from leases.etcd_v2 import config_note
 from leases.events import ReplicaEvent
 from leases.model import public_ip_for_datapath_id
 from leases.registry import Registry
@@ -201,8 +200,7 @@ class VxflowController(app_manager.OSKenApp):
                 started = time.perf_counter()
                 snapshot = registry.snapshot(pause=_yield)
                 log.debug("registry snapshot read in %.1f ms", (time.perf_counter() - started) * 1e3)
-                no_key = snapshot.config is None and registry.keys.config not in snapshot.kvs
-                if no_key and (note := config_note(registry)):  # only etcd's v2 store holds it
+                if note := registry.missing_config_note(snapshot):  # only etcd's v2 store has it
                     log.warning("no network config at %s%s", registry.keys.config, note)
                 # loaded aside and swapped in whole: switches syncing while it loads
                 # (it yields) must never see a half-loaded cluster

@@ -36,11 +36,9 @@ def list_leases(output: str, **etcd: Any) -> None:
     with open_registry(**etcd) as registry:
         snap = registry.snapshot()
         if snap.config is None:
-            message = f"no valid network config at {registry.keys.config}"
-            detail = snap.rejected[0].detail if snap.rejected else "missing"
-            if registry.keys.config not in snap.kvs:
-                raise registry.config_missing(message, f": {detail}")
-            raise ConfigMissing(f"{message}: {detail}")
+            detail = f": {snap.rejected[0].detail if snap.rejected else 'missing'}"
+            note = registry.missing_config_note(snap)
+            raise ConfigMissing(f"no valid network config at {registry.keys.config}{note or detail}")
         rows = []
         for lease in snap.leases:
             ttl = registry.time_to_live(lease) if lease.etcd_lease_id is not None else None

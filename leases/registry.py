@@ -108,26 +108,24 @@ class Registry:
     def get_config_raw(self) -> bytes:
         kv = self.etcd.get(self.keys.config)
         if kv is None:
-            raise self.config_missing(
-                f"no network config at {self.keys.config}", ": write one with `vxflow config set FILE`"
-            )
+            advice = config_note(self) or ": write one with `vxflow config set FILE`"
+            raise ConfigMissing(f"no network config at {self.keys.config}{advice}")
         return kv.value
 
-    def config_missing(self, message: str, advice: str = "") -> ConfigMissing:
-        """The error for a v3 store without `<prefix>/config`: `message` and `advice`, or,
-        if etcd's v2 store holds a config at the prefix, `message` and where that one is
-        and the command that copies it (one more request; see leases.etcd_v2)."""
-        return ConfigMissing(f"{message}{config_note(self) or advice}")
+    def missing_config_note(self, snap: Snapshot) -> str:
+        """What to add to "no config" when `snap` (one of this registry's) has no config key
+        at all and etcd's v2 store holds one (see leases.etcd_v2.config_note); else ""."""
+        if snap.config is not None or self.keys.config in snap.kvs:
+            return ""
+        return config_note(self)
 
     def require_config(self, snap: Snapshot) -> NetworkConfig:
-        """`snap`'s config; ConfigMissing if it has none (naming a config that only etcd's
-        v2 store holds, if the v3 store has no key at all)."""
-        if snap.config is not None:
-            return snap.config
-        message = f"no valid network config at {self.keys.config}"
-        if self.keys.config in snap.kvs:
-            raise ConfigMissing(message)
-        raise self.config_missing(message)
+        """`snap`'s config; ConfigMissing if it has none."""
+        if snap.config is None:
+            raise ConfigMissing(
+                f"no valid network config at {self.keys.config}{self.missing_config_note(snap)}"
+            )
+        return snap.config
 
     def get_config(self) -> NetworkConfig:
         """The validated config; ConfigMissing if absent, ConfigError if invalid."""

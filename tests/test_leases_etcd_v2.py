@@ -267,6 +267,10 @@ def test_without_v2_the_errors_are_unchanged_and_cost_one_request(
         result = run(etcd, *args)
         assert result.exit_code == 1 and result.stderr.strip() == line, (args, result.output)
         assert v2_requests == [f"{etcd.endpoint}/v2/keys{config}"], args
+    v2_requests.clear()
+    status = run(etcd, "status")
+    assert status.exit_code == 1 and "\n- no valid network config\n" in status.stdout
+    assert v2_requests == [f"{etcd.endpoint}/v2/keys{config}"]
     with Registry(etcd.endpoint, PREFIX) as reg, pytest.raises(ConfigMissing) as missing:
         reg.get_config()
     assert str(missing.value) == expected["config", "show"].removeprefix("Error: ")
@@ -391,3 +395,11 @@ def test_the_controller_names_a_v2_config_too(etcd_v2: EtcdServer, tmp_path: Pat
         assert "Traceback" not in controller.log()
     finally:
         controller.stop()
+
+
+def test_status_names_a_v2_config(etcd_v2: EtcdServer) -> None:
+    etcd_v2.v2_put(f"{PREFIX}/config", SEED)
+    result = run(etcd_v2, "status")
+    assert result.exit_code == 1, result.output
+    assert "no valid network config in etcd's v3 store, which vxflow reads; etcd's v2 store " \
+           "holds one there" in result.stdout  # fmt: skip
