@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from leases.config import ConfigError, parse_config
 from leases.errors import ImportRefused, RegistryError
 from leases.etcd_client import DEFAULT_ENDPOINTS, NO_ACCESS, EtcdClient
-from leases.keys import KV, KeyKind, Keys
+from leases.keys import KV, Keys
 from leases.model import FLANNEL_DEFAULT_PREFIX, Lease, NetworkConfig
 from leases.validate import Reason, Rejection, check_lease, public_ip_of, resolve_conflicts
 
@@ -168,11 +168,10 @@ def _leases(
     valid: dict[str, Lease] = {}
     found: dict[str, tuple[str, int | None]] = {}  # (value, TTL) of the valid ones
     for entry in entries:
-        checked: Lease | Rejection = (
-            Rejection(KeyKind.LEASE, entry.key, Reason.BAD_KEY, "a directory, not a lease")
-            if entry.value is None
-            else check_lease(entry.key, entry.value, cfg)
-        )
+        if entry.value is None:
+            skipped.append(Skipped(entry.key, f"a directory, not a lease [{Reason.BAD_KEY}]"))
+            continue
+        checked = check_lease(entry.key, entry.value, cfg)
         if isinstance(checked, Rejection):
             skipped.append(Skipped(entry.key, f"{checked.detail} [{checked.reason}]"))
         else:
