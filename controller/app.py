@@ -200,6 +200,8 @@ class VxflowController(app_manager.OSKenApp):
                 started = time.perf_counter()
                 snapshot = registry.snapshot(pause=_yield)
                 log.debug("registry snapshot read in %.1f ms", (time.perf_counter() - started) * 1e3)
+                if note := registry.missing_config_note(snapshot):  # only etcd's v2 store has it
+                    log.warning("no network config at %s%s", registry.keys.config, note)
                 # loaded aside and swapped in whole: switches syncing while it loads
                 # (it yields) must never see a half-loaded cluster
                 model = ClusterModel()

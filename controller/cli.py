@@ -129,17 +129,15 @@ def _desired(etcd: dict[str, Any], node: IPv4Address):
     """The node's desired table (flows and the services' groups), from etcd."""
     from flows.compiler import compile_table
     from flows.services import service_plan
-    from leases.errors import ConfigMissing
 
     with open_registry(**etcd) as registry:
         snap = registry.snapshot()
-        if snap.config is None:
-            raise ConfigMissing(f"no valid network config at {registry.keys.config}")
+        config = registry.require_config(snap)
     own = snap.lease_for_public_ip(node)
     if own is None:
         click.echo(f"# {node} holds no valid lease: only the table-miss drops", err=True)
     plan = service_plan(snap.vxflow, snap.services)
-    return compile_table(snap.config, snap.leases, snap.endpoints, node, plan)
+    return compile_table(config, snap.leases, snap.endpoints, node, plan)
 
 
 def _ordered(flows):

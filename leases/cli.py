@@ -10,7 +10,8 @@ import click
 from leases.cli_options import echo_table, etcd_options, open_registry, operator_errors
 from leases.config import config_to_json
 from leases.errors import ConfigMissing
-from leases.model import subnet_key
+from leases.etcd_v2 import LeaseCopy, apply_import, plan_import
+from leases.model import NetworkConfig, subnet_key
 from leases.validate import lease_to_json
 
 
@@ -35,8 +36,9 @@ def list_leases(output: str, **etcd: Any) -> None:
     with open_registry(**etcd) as registry:
         snap = registry.snapshot()
         if snap.config is None:
-            detail = snap.rejected[0].detail if snap.rejected else "missing"
-            raise ConfigMissing(f"no valid network config at {registry.keys.config}: {detail}")
+            detail = f": {snap.rejected[0].detail if snap.rejected else 'missing'}"
+            note = registry.missing_config_note(snap)
+            raise ConfigMissing(f"no valid network config at {registry.keys.config}{note or detail}")
         rows = []
         for lease in snap.leases:
             ttl = registry.time_to_live(lease) if lease.etcd_lease_id is not None else None
@@ -103,7 +105,64 @@ def set_config(file: IO[bytes], **etcd: Any) -> None:
     with open_registry(**etcd) as registry:
         cfg = registry.set_config(raw)
         key = registry.keys.config
-    click.echo(
-        f"wrote {key}: Network {cfg.network}, /{cfg.subnet_len} subnets "
+    click.echo(f"wrote {key}: {_summary(cfg)}")
+
+
+def _summary(cfg: NetworkConfig) -> str:
+    return (
+        f"Network {cfg.network}, /{cfg.subnet_len} subnets "
         f"{subnet_key(cfg.subnet_min)}..{subnet_key(cfg.subnet_max)}, VNI {cfg.backend.vni}"
     )
+
+
+@config.command("import-v2")
+@click.option(
+    "--with-leases",
+    is_flag=True,
+    help="Also copy every valid lease under <prefix>/subnets/, each bound to an etcd lease "
+    "with the TTL it had left (reservations: no TTL); invalid entries are listed and skipped.",
+)
+@click.option("--dry-run", is_flag=True, help="Print what it would write, and write nothing.")
+@click.option("--force", is_flag=True, help="Replace a different config in the v3 store.")
+@etcd_options
+@operator_errors
+def import_v2(with_leases: bool, dry_run: bool, force: bool, **etcd: Any) -> None:
+    """Copy a network config from etcd's v2 store into the v3 store vxflow reads.
+
+    flannel before v0.14 (and `ETCDCTL_API=2 etcdctl mk`, or curl to /v2/keys)
+    kept the config and leases in etcd's v2 store, which the v3 API does not
+    see. The config is validated as `config set` does; a different config in
+    v3 is only replaced with --force. The v2 store is left as it is: nodes of
+    a flannel of that era keep reading it, and do not see leases in v3 (nor
+    vxflow nodes theirs): after the import, upgrade flannel to a v3 release or
+    move the node to vxflow.
+    """
+    with open_registry(**etcd) as registry:
+        plan = plan_import(registry, with_leases=with_leases, force=force)
+        key = registry.keys.config
+        click.echo(f"etcd's v2 store holds {key}: {_summary(plan.config)}")
+        for skip in plan.skipped:
+            click.echo(f"skipped {skip.key}: {skip.why}")
+
+        def copied(copy: LeaseCopy, ok: bool) -> None:
+            what = "reservation" if copy.ttl is None else "lease"
+            ttl = "no TTL" if copy.ttl is None else f"TTL {copy.ttl}s"
+            verb = (
+                "would copy" if dry_run else "copied" if ok else "not copied (v3 got it meanwhile)"
+            )
+            click.echo(f"{verb} {what} {copy.lease.subnet} of {copy.lease.public_ip}, {ttl}")
+
+        if dry_run:
+            for copy in plan.copies:
+                copied(copy, True)
+        else:
+            apply_import(registry, plan, copied)
+    if not plan.write_config:
+        click.echo(f"the v3 store holds an equal {key}: left as it is")
+    elif plan.replaces:
+        click.echo(f"{'would replace' if dry_run else 'replaced'} the v3 store's different {key}")
+    else:
+        click.echo(f"{'would write' if dry_run else 'wrote'} {key} to the v3 store")
+    if plan.not_read:
+        click.echo(f"{plan.not_read} entries under the v2 store's subnets/ not copied "
+                   "(--with-leases copies the valid ones)")  # fmt: skip

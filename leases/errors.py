@@ -34,3 +34,8 @@ class LeaseLost(RegistryError):
 
 class ServiceRejected(RegistryError):
     """A service that validation refuses (its key, the reason and its code)."""
+
+
+class ImportRefused(RegistryError):
+    """`vxflow config import-v2` writes nothing: no or an invalid config in etcd's v2 store,
+    or a different one in the v3 store (without --force)."""

@@ -24,7 +24,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3.exceptions
@@ -42,6 +42,8 @@ from leases.keys import KV
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"  # flanneld's default --etcd-endpoints
 
 GRPC_NOT_FOUND = 5
 GRPC_PERMISSION_DENIED = 7
@@ -513,6 +515,38 @@ class EtcdClient:
                 return False
             raise
         return True
+
+    def v2_get(self, key: str, *, recursive: bool = False) -> dict[str, Any] | None:
+        """The node at `key` in etcd's v2 store (v2's JSON: key, value, ttl, dir, nodes),
+        or None if it is absent or the server serves no v2 (etcd 3.4 without
+        --enable-v2, 3.5+ by default): one request either way.
+
+        The same endpoints, TLS files and failover as v3; etcd's v2 API takes the
+        username and password as HTTP basic auth instead of a token.
+        """
+        auth = (self.access.username, self.access.password or "") if self.access.username else None
+        params = {"recursive": "true"} if recursive else None
+        resp = self.call(
+            lambda c: c.session.get(
+                c.base_url + "/v2/keys" + quote(key), params=params, auth=auth, timeout=self.timeout
+            )
+        )
+        if resp.status_code == 404:  # v2's "Key not found", or no v2 handler at all
+            return None
+        try:
+            doc = resp.json()
+        except ValueError:
+            doc = {"message": resp.text.strip()[:200]}
+        if resp.status_code in (401, 403):
+            raise EtcdAccessDenied(
+                f"etcd refused a read of its v2 store: {doc.get('message')} (its v2 auth has "
+                "users of its own: check --etcd-username/--etcd-password)"
+            )
+        if resp.status_code != 200 or not isinstance(doc.get("node"), dict):
+            raise EtcdUnavailable(
+                f"etcd's v2 store answered HTTP {resp.status_code}: {doc.get('message')}"
+            )
+        return doc["node"]
 
     def compact(self, revision: int) -> None:
         self.post("/kv/compaction", {"revision": revision, "physical": True})

@@ -5,7 +5,9 @@ temporary one it removes), and is stopped by the PID it started — never by nam
 With `tls` it serves https only and requires a client certificate signed by
 the CA (`--client-cert-auth`); `enable_auth` adds users whose roles are
 limited to one prefix and turns etcd's authentication on, with etcdctl as an
-operator would. Standard library only (mininet/vxcluster.py runs under `mn`).
+operator would. `enable_v2` also serves etcd's v2 API (`--enable-v2=true`, as
+clusters of flannel before v0.14 ran it) and `v2_put` writes to that store.
+Standard library only (mininet/vxcluster.py runs under `mn`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -96,6 +99,7 @@ class EtcdServer:
     tls: ServerTLS | None = None
     auth_token_ttl: int = 300  # seconds an unused auth token lives (etcd's default)
     root_password: str | None = None  # set by enable_auth
+    enable_v2: bool = False  # also serve etcd's v2 API (a separate store)
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _own_dir: bool = field(default=False, init=False, repr=False)
     _log_path: Path | None = field(default=None, init=False, repr=False)
@@ -157,6 +161,8 @@ class EtcdServer:
                 "--trusted-ca-file", str(self.tls.ca),
                 "--client-cert-auth",
             ]  # fmt: skip
+        if self.enable_v2:
+            cmd.append("--enable-v2=true")
         with open(self._log_path, "ab") as out:
             self._proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -192,18 +198,34 @@ class EtcdServer:
             urls.append(self.endpoint)
         return urls
 
+    def _context(self) -> ssl.SSLContext | None:
+        """A client's TLS context for this server (its CA, the server's own certificate)."""
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        context.load_cert_chain(str(self.tls.cert), str(self.tls.key))
+        return context
+
     def healthy(self) -> bool:
-        context = None
-        if self.tls is not None:
-            context = ssl.create_default_context(cafile=str(self.tls.ca))
-            context.load_cert_chain(str(self.tls.cert), str(self.tls.key))
         try:
             with urllib.request.urlopen(
-                f"{self.scheme}://127.0.0.1:{self.client_port}/health", timeout=1, context=context
-            ) as r:
+                f"{self.scheme}://127.0.0.1:{self.client_port}/health", timeout=1,
+                context=self._context(),
+            ) as r:  # fmt: skip
                 return b'"true"' in r.read()
         except (urllib.error.URLError, OSError):
             return False
+
+    def v2_put(self, key: str, value: str, ttl: int | None = None) -> None:
+        """Set `key` in etcd's v2 store (needs `enable_v2`), with a TTL in seconds if given:
+        what flannel before v0.14 wrote."""
+        form = {"value": value, **({"ttl": str(ttl)} if ttl is not None else {})}
+        request = urllib.request.Request(
+            f"{self.scheme}://127.0.0.1:{self.client_port}/v2/keys{urllib.parse.quote(key)}",
+            data=urllib.parse.urlencode(form).encode(), method="PUT",
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10, context=self._context()) as r:
+            r.read()
 
     def etcdctl(self, *args: str, user: str | None = None) -> str:
         """Run etcdctl (Debian's etcd-client) against this server; its output."""

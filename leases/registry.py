@@ -25,7 +25,8 @@ from leases.errors import (
     ServiceRejected,
     SubnetTaken,
 )
-from leases.etcd_client import NO_ACCESS, EtcdAccess, EtcdClient
+from leases.etcd_client import DEFAULT_ENDPOINTS, NO_ACCESS, EtcdAccess, EtcdClient
+from leases.etcd_v2 import config_note
 from leases.events import Event
 from leases.keys import KV, Keys
 from leases.metrics import RejectionReporter
@@ -63,7 +64,6 @@ from leases.watch import Watch
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 RANGE_PAGE = 4096  # keys per request when listing a whole prefix
 CLAIMS_PER_TXN = 100  # below etcd's default --max-txn-ops (128)
 
@@ -108,10 +108,24 @@ class Registry:
     def get_config_raw(self) -> bytes:
         kv = self.etcd.get(self.keys.config)
         if kv is None:
-            raise ConfigMissing(
-                f"no network config at {self.keys.config}: write one with `vxflow config set FILE`"
-            )
+            advice = config_note(self) or ": write one with `vxflow config set FILE`"
+            raise ConfigMissing(f"no network config at {self.keys.config}{advice}")
         return kv.value
+
+    def missing_config_note(self, snap: Snapshot) -> str:
+        """What to add to "no config" when `snap` (one of this registry's) has no config key
+        at all and etcd's v2 store holds one (see leases.etcd_v2.config_note); else ""."""
+        if snap.config is not None or self.keys.config in snap.kvs:
+            return ""
+        return config_note(self)
+
+    def require_config(self, snap: Snapshot) -> NetworkConfig:
+        """`snap`'s config; ConfigMissing if it has none."""
+        if snap.config is None:
+            raise ConfigMissing(
+                f"no valid network config at {self.keys.config}{self.missing_config_note(snap)}"
+            )
+        return snap.config
 
     def get_config(self) -> NetworkConfig:
         """The validated config; ConfigMissing if absent, ConfigError if invalid."""
@@ -460,12 +474,11 @@ class Registry:
         name = obj.get("Name")
         key = self.keys.service(name if isinstance(name, str) else "")
         snap = self.snapshot()
-        if snap.config is None:
-            raise ConfigMissing(f"no valid network config at {self.keys.config}")
+        config = self.require_config(snap)
         current = snap.kvs.get(key)
         revision = current.create_revision if current else snap.revision + 1
         kv = KV(key, json.dumps(obj).encode(), revision, revision)
-        checked = check_service(kv, key[len(self.keys.services) :], snap.config, snap.vxflow)
+        checked = check_service(kv, key[len(self.keys.services) :], config, snap.vxflow)
         if isinstance(checked, Rejection):
             raise ServiceRejected(str(checked))
         others = {s.name: s for s in snap.services if s.name != checked.name}

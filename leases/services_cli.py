@@ -8,7 +8,7 @@ from typing import IO, Any
 import click
 
 from leases.cli_options import echo_table, etcd_options, open_registry, operator_errors
-from leases.errors import ConfigMissing, ServiceRejected
+from leases.errors import ServiceRejected
 from leases.model import Service
 from leases.services import service_to_dict, services_from_input
 
@@ -88,8 +88,7 @@ def list_services(output: str, **etcd: Any) -> None:
     """List valid services with their backends; rejected ones with their reasons."""
     with open_registry(**etcd) as registry:
         snap = registry.snapshot()
-        if snap.config is None:
-            raise ConfigMissing(f"no valid network config at {registry.keys.config}")
+        registry.require_config(snap)
         prefix = registry.keys.services
     rejected = [
         r for r in snap.rejected if r.key.startswith(prefix) or r.kind.value == "vxflow_config"

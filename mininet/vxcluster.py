@@ -39,6 +39,7 @@ From other code (tests, bench), load this file with `vxflow.demo.cluster_module(
 
 from __future__ import annotations
 
+import itertools
 import json
 import resource
 import shutil
@@ -130,6 +131,10 @@ class ClusterSpec:
     controllers: int = 1  # controller replicas (c1, c2, ...)
     member_ttl: int | None = None  # the replicas' --member-ttl; None: the default
     tls: bool = False  # OpenFlow over TLS, etcd over TLS with client certificates and auth
+    # the seed's keyspace: etcd serves v2, the config and a lease per vxflow node start in
+    # its v2 store (as flannel before v0.14 left them) and `vxflow config import-v2
+    # --with-leases` moves them into v3 before any daemon starts
+    from_v2: bool = False
 
 
 @dataclass
@@ -274,7 +279,8 @@ class Cluster(ClusterChecks):
             node.underlay_ip = address
         self.progress(f"starting etcd on {ROOT_IP}" + (" (TLS, auth)" if spec.tls else ""))
         self.etcd = EtcdServer(host=str(ROOT_IP), data_dir=self.workdir / "etcd",
-                               tls=self.make_pki() if spec.tls else None).start()  # fmt: skip
+                               tls=self.make_pki() if spec.tls else None,
+                               enable_v2=spec.from_v2).start()  # fmt: skip
         if spec.tls:  # one user whose role holds the network's prefix only
             self.etcd.enable_auth(ETCD_ROOT_PASSWORD,
                                   [EtcdUser(ETCD_USER, ETCD_PASSWORD, spec.prefix + "/")])  # fmt: skip
@@ -366,15 +372,33 @@ class Cluster(ClusterChecks):
         ]  # fmt: skip
 
     def write_config(self) -> None:
-        """`<prefix>/config` in flannel's format, through `vxflow config set`."""
+        """`<prefix>/config` in flannel's format, through `vxflow config set`; with
+        `from_v2`, into etcd's v2 store with the nodes' `v2_leases`, then imported."""
         spec = self.spec
-        config = {
+        config = json.dumps({
             "Network": str(spec.network),
             "SubnetLen": spec.subnet_len,
             "Backend": {"Type": "vxlan", "VNI": spec.vni, "Port": spec.port},
-        }
-        run_root(_venv_tool("vxflow"), "config", "set", *self.etcd_flags("controller"), "-",
-                 input=json.dumps(config))  # fmt: skip
+        })  # fmt: skip
+        vxflow, flags = _venv_tool("vxflow"), self.etcd_flags("controller")
+        if not spec.from_v2:
+            run_root(vxflow, "config", "set", *flags, "-", input=config)
+            return
+        assert self.etcd is not None
+        self.etcd.v2_put(f"{spec.prefix}/config", config)
+        for i, (node, subnet) in enumerate(self.v2_leases().items(), start=1):
+            lease = {"PublicIP": str(node.underlay_ip), "BackendType": "vxlan",
+                     "BackendData": {"VtepMAC": f"02:5e:ed:00:00:{i:02x}"}}  # fmt: skip
+            self.etcd.v2_put(f"{spec.prefix}/subnets/{subnet.network_address}-{subnet.prefixlen}",
+                             json.dumps(lease), ttl=24 * 3600)  # fmt: skip
+        self.progress("importing the config and leases from etcd's v2 store")
+        run_root(vxflow, "config", "import-v2", "--with-leases", *flags)
+
+    def v2_leases(self) -> dict[VxflowNode, IPv4Network]:
+        """With `from_v2`: the subnet each vxflow node held under the seed's flannel (the
+        11th subnet on, so not what a fresh pick would likely give)."""
+        subnets = self.spec.network.subnets(new_prefix=self.spec.subnet_len)
+        return dict(zip(self.vxflow_nodes, itertools.islice(subnets, 10, None), strict=False))
 
     def restart_controller(self, index: int = 0) -> None:
         """Stop a replica and start it again on the same port (its switches reconnect)."""

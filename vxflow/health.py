@@ -65,12 +65,15 @@ class Report:
         return {**asdict(self), "healthy": self.healthy}
 
 
-def assess(snap: Snapshot, ttls: dict[str, int | None], pages: dict[str, Page]) -> Report:
-    """`ttls` by lease subnet (str), `pages` by replica id."""
+def assess(
+    snap: Snapshot, ttls: dict[str, int | None], pages: dict[str, Page], config_note: str = ""
+) -> Report:
+    """`ttls` by lease subnet (str), `pages` by replica id; `config_note`: what to add to a
+    missing config (where etcd's v2 store holds one, see leases.etcd_v2.config_note)."""
     problems: list[str] = []
     config = None
     if snap.config is None:
-        problems.append("no valid network config")
+        problems.append(f"no valid network config{config_note}")
     else:
         c = snap.config
         config = {"network": str(c.network), "subnet_len": c.subnet_len,

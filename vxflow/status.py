@@ -60,12 +60,13 @@ def status(output: str, timeout: float, **etcd: str) -> None:
             snap = registry.snapshot()
             ttls = {str(lease.subnet): None if lease.etcd_lease_id is None
                     else max(registry.time_to_live(lease), 0) for lease in snap.leases}  # fmt: skip
+            note = registry.missing_config_note(snap)
     except RegistryError as exc:
         raise EtcdUnreadable(str(exc)) from exc
     with ThreadPoolExecutor(max_workers=8) as pool:
         pages = dict(zip((m.id for m in snap.members),
                          pool.map(lambda m: fetch_page(m, timeout), snap.members), strict=True))  # fmt: skip
-    report = assess(snap, ttls, pages)
+    report = assess(snap, ttls, pages, note)
     if output == "json":
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
