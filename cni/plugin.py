@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import ovs.db.idl
 
 from cni import attachments, ipam, veth
-from cni.config import DEFAULT_IPAM, NetConf, delegate_ipam, ipam_request, pod_mtu
+from cni.config import DEFAULT_IPAM, GC_KEYS, NetConf, delegate_ipam, ipam_request, pod_mtu
 from cni.spec import CniError, ErrorCode, Interface, Invocation, Result, Route
 from flows.ports import pod_mac
 from leases.subnet_env import SubnetEnv, parse_subnet_env
@@ -349,10 +349,19 @@ def status(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
 
 
 def gc(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
-    """DEL every recorded attachment of this network that the runtime no longer lists."""
+    """DEL every recorded attachment of this network that the runtime no longer lists.
+
+    Without a list (neither GC key) nothing is known to be stale: GC then
+    deletes nothing, and says so, rather than read it as "nothing is in use".
+    """
+    valid = conf.valid_attachments
+    if valid is None:
+        log.warning("gc: the configuration lists no attachments (neither %s): deleting "
+                    "nothing", " nor ".join(GC_KEYS))  # fmt: skip
+        return
     errors = []
     for stale in attachments.recorded(conf.data_dir, conf.name):
-        if (stale.container_id, stale.ifname) in conf.valid_attachments:
+        if (stale.container_id, stale.ifname) in valid:
             continue
         log.warning("gc: removing stale attachment %s/%s", stale.container_id, stale.ifname)
         gone = replace(inv, container_id=stale.container_id, ifname=stale.ifname,
@@ -361,9 +370,10 @@ def gc(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
             delete(gone, conf, environ)
         except CniError as exc:
             errors.append(exc)
+    listed = [{"containerID": c, "ifname": i} for c, i in sorted(valid)]
     try:
-        _forward("GC", conf, inv, environ, ipam_request(conf, delegate_ipam(conf,
-                                                                          load_subnet_env(conf))))
+        request = ipam_request(conf, delegate_ipam(conf, load_subnet_env(conf)))
+        _forward("GC", conf, inv, environ, {**request, **dict.fromkeys(GC_KEYS, listed)})
     except CniError as exc:
         errors.append(exc)
     if errors:

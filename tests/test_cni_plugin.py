@@ -252,3 +252,47 @@ def test_another_ipam_type_is_honoured(cni: CniNode) -> None:
     status, out, _ = cni.plugin("ADD", "c10", netns, conf=conf)
     assert (status, out["code"]) == (1, 7) and "not a pod address" in out["msg"], out
     assert cni.state() == before
+
+
+def test_gc_keeps_every_listed_attachment_whichever_key_names_the_list(cni: CniNode) -> None:
+    """Finding 1. The runtime's list of attachments in use comes as `cni.dev/attachments`
+    (the spec 1.1.0 tag), `cni.dev/valid-attachments` (libcni 1.2.0-1.2.2), both (libcni
+    1.2.3+), or null (libcni's nil slice): a listed pod survives each; without either key
+    GC deletes nothing at all."""
+    cni.cni_version = "1.1.0"
+    before = cni.state()
+    kept_ns = cni.container("gk")
+    code, kept, err = cni.plugin("ADD", "kept", kept_ns)
+    assert code == 0, err
+    kept_conf = {**cni.conf(), "prevResult": kept}
+    listed = [{"containerID": "kept", "ifname": "eth0"}]
+    forms = {
+        "attachments": {"cni.dev/attachments": listed},
+        "valid-attachments": {"cni.dev/valid-attachments": listed},
+        "both": {"cni.dev/attachments": listed, "cni.dev/valid-attachments": listed},
+        "null beside a list": {"cni.dev/valid-attachments": None, "cni.dev/attachments": listed},
+    }
+    for n, (what, lists) in enumerate(forms.items()):
+        stale_ns = cni.container(f"gs{n}")
+        code, _, err = cni.plugin("ADD", "stale", stale_ns)
+        assert code == 0, err
+        code, out, err = cni.plugin("GC", "", conf={**cni.conf(), **lists})
+        assert (code, out) == (0, None), (what, out, err)
+        assert cni.plugin("CHECK", "kept", kept_ns, conf=kept_conf)[:2] == (0, None), what
+        assert cni.pod_ports() == [host_ifname("kept", "eth0")], what
+        assert cni.allocations() == [kept["ips"][0]["address"].split("/")[0]], what
+        assert len(cni.records()) == 1 and cni.links(stale_ns) == {"lo"}, what
+    # neither key: nothing says what is in use, so nothing is collected, and GC says why
+    stale_ns = cni.container("gsneither")
+    assert cni.plugin("ADD", "stale", stale_ns)[0] == 0
+    during = cni.state()
+    code, out, err = cni.plugin("GC", "", conf=cni.conf())
+    assert (code, out) == (0, None), err
+    assert "lists no attachments" in err and "deleting nothing" in err, err
+    assert cni.state() == during and len(cni.pod_ports()) == 2
+    assert cni.plugin("CHECK", "kept", kept_ns, conf=kept_conf)[:2] == (0, None)
+    # null alone (libcni 1.2.3 with a nil list): none is in use, both go
+    nothing = {"cni.dev/valid-attachments": None, "cni.dev/attachments": None}
+    code, out, err = cni.plugin("GC", "", conf={**cni.conf(), **nothing})
+    assert (code, out) == (0, None), err
+    assert cni.state() == before

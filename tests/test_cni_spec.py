@@ -201,6 +201,27 @@ def test_gc_reads_valid_attachments() -> None:
     assert parse_netconf(data, "GC").valid_attachments == {("a", "eth0"), ("b", "net1")}
     bad = conf(cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"ifname": "eth0"}]})
     assert code_of(parse_netconf, bad, "GC") == 7
+    bad = conf(cniVersion="1.1.0", **{"cni.dev/attachments": {"containerID": "a"}})
+    assert code_of(parse_netconf, bad, "GC") == 7
+
+
+def test_gc_reads_both_key_names_as_their_union_and_null_as_none() -> None:
+    """Finding 1: the spec's tag says `cni.dev/attachments`, libcni 1.2.0-1.2.2 send only
+    `cni.dev/valid-attachments`, 1.2.3 both; a nil slice arrives as null."""
+    a, b = {"containerID": "a", "ifname": "eth0"}, {"containerID": "b", "ifname": "eth0"}
+
+    def valid(**lists):
+        return parse_netconf(conf(cniVersion="1.1.0", **lists), "GC").valid_attachments
+
+    assert valid(**{"cni.dev/attachments": [a]}) == {("a", "eth0")}
+    assert valid(**{"cni.dev/valid-attachments": [a]}) == {("a", "eth0")}
+    both = valid(**{"cni.dev/attachments": [a], "cni.dev/valid-attachments": [b]})
+    assert both == {("a", "eth0"), ("b", "eth0")}
+    assert valid(**{"cni.dev/attachments": None, "cni.dev/valid-attachments": None}) == set()
+    assert valid(**{"cni.dev/valid-attachments": None, "cni.dev/attachments": [a]}) == {
+        ("a", "eth0")
+    }
+    assert valid() is None  # no list at all: not "nothing is valid"
 
 
 # -- subnet.env ----------------------------------------------------------------
