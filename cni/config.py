@@ -117,7 +117,8 @@ def parse_netconf(data: bytes, command: str) -> NetConf:
         is_default_gateway=_typed(raw, "isDefaultGateway", bool, False),
         ipam=ipam,
         dns=_typed(raw, "dns", dict, {}),
-        prev_result=parse_result(prev) if prev else None,
+        # DEL, GC and STATUS use no prevResult: what they are given is not theirs to refuse
+        prev_result=parse_result(prev) if prev and command in ("ADD", "CHECK") else None,
         valid_attachments=_valid_attachments(raw) if command == "GC" else None,
     )
 

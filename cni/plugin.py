@@ -15,7 +15,9 @@ a failed ADD leaves no veth, no address, no port and no record.
 DEL does every step it can even when one fails (the port, the veth, the
 address), keeps the record until all succeeded and then reports the first
 failure: the runtime retries, and every step is idempotent. The port goes
-first, so an address is never released while a port still claims it.
+first, and an address is never released while a port may still claim it:
+if the port could not be removed (OVSDB unreachable), DEL keeps the address
+and the record and answers "try again later"; ADD's undo does the same.
 """
 
 from __future__ import annotations
@@ -130,6 +132,39 @@ class _Steps:
         return ", ".join(f"{step} {seconds * 1e3:.1f} ms" for step, seconds in self.took)
 
 
+@dataclass
+class _PortUndo:
+    """ADD's undo of the port: the address (and the record DEL releases it from) stay while
+    a port that could not be removed may still claim it."""
+
+    idl: ovs.db.idl.Idl
+    bridge: str
+    host: str
+    container_id: str
+    ifname: str
+    sent: bool = False  # an insert of the port was committed (its outcome may be unknown)
+    stuck: bool = False
+
+    def sending(self) -> None:
+        self.sent = True
+
+    def remove(self) -> None:
+        if not self.sent:
+            return
+        try:
+            plug.unplug(self.idl, self.bridge, self.host, self.container_id, self.ifname)
+        except Exception as exc:  # every other undo must run
+            self.stuck = True
+            log.error("undoing the port %s failed: %s", self.host, exc)
+
+    def unless_stuck(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        if self.stuck:
+            log.error("keeping %s of %s/%s: its port may still claim the address; "
+                      "the runtime's DEL releases it", what, self.container_id, self.ifname)  # fmt: skip
+            return
+        _quietly(what, fn, *args)
+
+
 def _one_address(allocated: Result, env: SubnetEnv) -> tuple[IPv4Interface, IPv4Address]:
     """The single IPv4 address vxflow can route, and its gateway (the node's .1 by default)."""
     if len(allocated.ips) != 1:
@@ -160,6 +195,9 @@ def _veth_errors() -> Iterator[None]:
 def _port_errors(host: str, bridge: str) -> Iterator[None]:
     try:
         yield
+    except plug.AddressClaimed as exc:
+        raise CniError(ErrorCode.ADDRESS_CLAIMED, f"adding port {host} to {bridge} refused",
+                       f"{exc}; the two IPAM configurations do not know of each other") from exc  # fmt: skip
     except plug.PlugError as exc:
         raise CniError(ErrorCode.SETUP_FAILED, f"adding port {host} to {bridge} failed",
                        str(exc)) from exc  # fmt: skip
@@ -189,9 +227,10 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
         except OSError as exc:
             raise CniError(ErrorCode.IO_FAILURE, f"cannot record the attachment in {conf.data_dir}",
                            str(exc)) from exc  # fmt: skip
-        undo.callback(_quietly, "the attachment record", attachments.remove, conf.data_dir,
-                      conf.name, inv.container_id, inv.ifname)  # fmt: skip
-        undo.callback(_quietly, "the address", ipam.call, "DEL", request, inv, environ)
+        port = _PortUndo(idl, conf.bridge, host, inv.container_id, inv.ifname)
+        undo.callback(port.unless_stuck, "the attachment record", attachments.remove,
+                      conf.data_dir, conf.name, inv.container_id, inv.ifname)  # fmt: skip
+        undo.callback(port.unless_stuck, "the address", ipam.call, "DEL", request, inv, environ)
         steps.done("ovsdb")
         pending = ipam.start("ADD", request, inv, environ)
         undo.callback(pending.finish)  # before its address is released
@@ -213,11 +252,10 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
         with _veth_errors():
             links.configure(pair, end)  # before the port: see the module's docstring
         steps.done("container")
-        undo.callback(_quietly, "the port", plug.unplug, idl, conf.bridge, host,
-                      inv.container_id, inv.ifname)  # fmt: skip
+        undo.callback(port.remove)
         ids = plug.pod_external_ids(end.mac, str(address.ip), inv.container_id, inv.ifname)
         with _port_errors(host, conf.bridge):
-            plug.add_port(idl, conf.bridge, host, ids)
+            plug.add_port(idl, conf.bridge, host, ids, port.sending)
         steps.done("port")
         with _port_errors(host, conf.bridge):
             plug.wait_ofport(idl, host)
@@ -253,14 +291,13 @@ def delete(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
     except ovsidl.OvsdbError as exc:
         errors.append(CniError(ErrorCode.TRY_AGAIN_LATER, f"removing port {host} failed", str(exc)))
     veth.delete(host)  # the container's end goes with it; a gone netns took both already
+    if errors:  # the port may still claim the address: keep it (and the record) for the retry
+        log.warning("DEL %s/%s: keeping the address until port %s is removed",
+                    inv.container_id, inv.ifname, host)  # fmt: skip
+        raise errors[0]
     request = record.ipam_request if record else _current_request(conf)
     if request is not None:
-        try:
-            ipam.call("DEL", request, inv, environ)
-        except CniError as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0]
+        ipam.call("DEL", request, inv, environ)
     attachments.remove(conf.data_dir, conf.name, inv.container_id, inv.ifname)
 
 

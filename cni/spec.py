@@ -51,6 +51,7 @@ class ErrorCode(IntEnum):
     ALREADY_EXISTS = 100  # the interface or host port of this attachment exists already
     SETUP_FAILED = 101  # a kernel or OVSDB operation failed (details say which)
     CHECK_FAILED = 102  # CHECK found the attachment missing or different
+    ADDRESS_CLAIMED = 103  # IPAM's address is claimed by another port of the bridge already
 
 
 class CniError(Exception):

@@ -12,7 +12,7 @@ the ofport, which `wait_ofport()` waits for: a port that failed to open
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import ovs.db.idl
 
@@ -42,8 +42,21 @@ def interface(idl: ovs.db.idl.Idl, name: str):
     return by_name(idl, "Interface", name)
 
 
-def add_port(idl: ovs.db.idl.Idl, bridge: str, name: str, external_ids: Mapping[str, str]) -> None:
-    """Add device `name` to `bridge` with `external_ids` (`wait_ofport()` for vswitchd to open it)."""
+class AddressClaimed(PlugError):
+    """Another port of the bridge claims the address already (the agent would drop both)."""
+
+
+def add_port(idl: ovs.db.idl.Idl, bridge: str, name: str, external_ids: Mapping[str, str],
+             sending: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+    """Add device `name` to `bridge` with `external_ids` (`wait_ofport()` for vswitchd to open it).
+
+    Refused (AddressClaimed) if another port of the bridge claims the same
+    `vxflow-ip`: two IPAM configurations that do not know of each other (a
+    static address, host-local data in two mount namespaces) must not give
+    one address to two pods. The bridge's port list is verified, so a port
+    added meanwhile makes the transaction run again, and the check with it.
+    `sending` is called before each commit: from then on the port may exist.
+    """
 
     def fill(txn: ovs.db.idl.Transaction) -> None:
         row = by_name(idl, "Bridge", bridge)
@@ -51,6 +64,11 @@ def add_port(idl: ovs.db.idl.Idl, bridge: str, name: str, external_ids: Mapping[
             raise PlugError(f"bridge {bridge} does not exist (has the vxflow agent bootstrapped it?)")
         if by_name(idl, "Port", name) is not None:
             raise PlugError(f"a port named {name} exists already")
+        ip = external_ids.get(IP_KEY)
+        row.verify("ports")
+        for port in row.ports:
+            if ip is not None and any(i.external_ids.get(IP_KEY) == ip for i in port.interfaces):
+                raise AddressClaimed(f"{IP_KEY} {ip} is claimed by port {port.name} already")
         iface = txn.insert(idl.tables["Interface"])
         iface.name = name
         iface.external_ids = dict(external_ids)
@@ -58,6 +76,7 @@ def add_port(idl: ovs.db.idl.Idl, bridge: str, name: str, external_ids: Mapping[
         port.name = name
         port.interfaces = [iface]
         row.addvalue("ports", port)
+        sending()
 
     try:
         transact(idl, fill, f"vxflow-cni: add port {name}")

@@ -284,8 +284,10 @@ def test_a_restarted_ovsdb_server_is_reconnected(fast: Fast) -> None:
 
 
 def test_an_ovsdb_server_gone_for_good_is_try_again_later_and_leaves_nothing(fast: Fast) -> None:
-    """The kept replica's session drops and does not come back: the spec's code 11, with
-    the veth, the address and the record of the half-made attachment undone."""
+    """The kept replica's session drops and does not come back: the spec's code 11, the
+    veth undone. The port's insert was sent and its outcome is unknown, so the address and
+    the record stay (a port may claim the address) until the runtime's DEL, which follows a
+    failed ADD, removes the port and releases them once OVSDB is back."""
     cni = fast.cni
     before = cni.state()
     netns = replica_kept(cni, "f8")
@@ -295,8 +297,11 @@ def test_an_ovsdb_server_gone_for_good_is_try_again_later_and_leaves_nothing(fas
         assert code == 1 and result["code"] == 11, (result, err)
         assert result["msg"] == "OVSDB is not reachable", result
         assert served(fast, "ADD", "f8")
+        assert cni.links() == before["links"] and cni.links(netns) == {"lo"}
+        assert len(cni.allocations()) == 1 and len(cni.records()) == 1
     finally:
         cni.node.ovs.start_ovsdb_server()
+    assert cni.plugin("DEL", "f8", netns)[:2] == (0, None)
     assert cni.state() == before
 
 

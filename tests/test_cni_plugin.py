@@ -296,3 +296,74 @@ def test_gc_keeps_every_listed_attachment_whichever_key_names_the_list(cni: CniN
     code, out, err = cni.plugin("GC", "", conf={**cni.conf(), **nothing})
     assert (code, out) == (0, None), err
     assert cni.state() == before
+
+
+def test_del_keeps_the_address_while_the_port_may_claim_it(cni: CniNode) -> None:
+    """Finding 3: with OVSDB unreachable DEL cannot remove the port, so it keeps the address
+    (host-local would hand it to the next pod while the port still claims it) and the
+    record, answers "try again later", and the retry completes. Finding 6: DEL ignores the
+    prevResult it does not use, here one with an IPv6 address."""
+    before = cni.state()
+    netns = cni.container("d3")
+    code, result, err = cni.plugin("ADD", "d3", netns)
+    assert code == 0, err
+    address = result["ips"][0]["address"].split("/")[0]
+    cni.node.ovs.stop_process("ovsdb-server")
+    try:
+        code, out, _ = cni.plugin("DEL", "d3", netns, conf={**cni.conf(), "prevResult": result})
+        assert (code, out["code"]) == (1, 11), out
+        assert cni.allocations() == [address] and len(cni.records()) == 1
+    finally:
+        cni.node.ovs.start_ovsdb_server()
+    assert cni.pod_ports() == [host_ifname("d3", "eth0")]  # still there, still claiming it
+    dual = {**result, "ips": [*result["ips"], {"address": "fd00::2/64", "interface": 1}]}
+    conf = {**cni.conf(), "prevResult": dual}
+    code, out, err = cni.plugin("DEL", "d3", netns, conf=conf)
+    assert (code, out) == (0, None), err
+    assert cni.state() == before
+    assert cni.plugin("DEL", "d3", netns, conf=conf)[:2] == (0, None)  # idempotent
+
+
+def test_record_names_are_unambiguous_and_unreadable_records_are_collected(cni: CniNode) -> None:
+    """Finding 2: `x-net1`/eth0 and `x`/`net1-eth0` were both `x-net1-eth0.json` (the second
+    ADD overwrote the first's record, and GC leaked its port and address); an unreadable
+    record was skipped by GC, leaking what it stood for."""
+    cni.cni_version = "1.1.0"
+    before = cni.state()
+    first, second = cni.container("r1"), cni.container("r2")
+    assert cni.plugin("ADD", "x-net1", first)[0] == 0
+    assert cni.plugin("ADD", "x", second, ifname="net1-eth0")[0] == 0
+    assert len(cni.records()) == 2 and len(cni.allocations()) == 2
+    third = cni.container("r3")
+    code, _, err = cni.plugin("ADD", "torn", third)
+    assert code == 0, err
+    (record,) = (cni.data_dir / "vxnet").glob("torn-*.json")
+    record.write_text("{")  # torn (or foreign): unreadable
+    none = {"cni.dev/attachments": None, "cni.dev/valid-attachments": None}
+    code, out, err = cni.plugin("GC", "", conf={**cni.conf(), **none})
+    assert (code, out) == (0, None), err
+    assert f"unreadable attachment record {record}" in err, err
+    assert cni.state() == before
+    assert cni.links(first) == cni.links(second) == cni.links(third) == {"lo"}
+
+
+def test_an_address_claimed_by_another_port_is_refused_at_add(cni: CniNode) -> None:
+    """Finding 8: two IPAM configurations that do not know of each other (here host-local
+    and a static address; or host-local data in two mount namespaces) hand out one address:
+    the second ADD is refused, before the agent would drop both endpoints."""
+    netns = cni.container("a8")
+    code, result, err = cni.plugin("ADD", "a8", netns)
+    assert code == 0, err
+    taken = result["ips"][0]["address"]
+    during = cni.state()
+    other = cni.container("b8")
+    conf = cni.conf(ipam={"type": "static", "addresses": [{"address": taken}]})
+    status, out, _ = cni.plugin("ADD", "b8", other, conf=conf)
+    assert (status, out["code"]) == (1, 103), out
+    assert f"vxflow-ip {taken.split('/')[0]} is claimed by port {host_ifname('a8', 'eth0')}" in (
+        out["details"]
+    )
+    assert cni.state() == during and cni.links(other) == {"lo"}
+    conf = {**cni.conf(), "prevResult": result}
+    assert cni.plugin("CHECK", "a8", netns, conf=conf)[:2] == (0, None)
+    assert cni.plugin("DEL", "a8", netns)[0] == 0
