@@ -132,11 +132,12 @@ class ContainerLink:
     mtu: int
     up: bool
     addresses: frozenset[IPv4Interface]
-    routes: frozenset[tuple[IPv4Network, IPv4Address | None]]
+    routes: frozenset[tuple[IPv4Network, IPv4Address | None]]  # the namespace's, any device
 
 
 def container_link(netns: str, ifname: str) -> ContainerLink | None:
-    """The container end's state, None if it (or its namespace) is gone."""
+    """The container end's state and the namespace's routes, None if it (or the namespace)
+    is gone."""
     try:
         links = ip_json("addr", "show", "dev", ifname, netns=netns)
     except IprouteError:
@@ -154,7 +155,7 @@ def container_link(netns: str, ifname: str) -> ContainerLink | None:
             IPv4Network("0.0.0.0/0" if r["dst"] == "default" else r["dst"]),
             IPv4Address(r["gateway"]) if "gateway" in r else None,
         )
-        for r in ip_json("route", "show", "dev", ifname, netns=netns)
+        for r in ip_json("route", "show", netns=netns)
     )
     return ContainerLink(
         mac=link.get("address", ""),

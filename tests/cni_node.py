@@ -66,7 +66,7 @@ class CniNode:
 
     def plugin(
         self, command: str, container_id: str, netns: str = "", ifname: str = "eth0",
-        conf: dict | None = None, in_node: bool = True,
+        conf: dict | None = None, in_node: bool = True, exe: str = "",
     ) -> tuple[int, dict | None, str]:  # fmt: skip
         env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
                "CNI_IFNAME": ifname, "CNI_PATH": self.cni_path}  # fmt: skip
@@ -74,11 +74,33 @@ class CniNode:
             env["CNI_NETNS"] = netns
         prefix = ["ip", "netns", "exec", self.node.netns] if in_node else []
         res = subprocess.run(
-            [*prefix, self.exe], input=json.dumps(conf or self.conf()), env=env,
+            [*prefix, exe or self.exe], input=json.dumps(conf or self.conf()), env=env,
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         out = json.loads(res.stdout) if res.stdout.strip() else None
         return res.returncode, out, res.stderr
+
+    def chain(
+        self, command: str, container_id: str, netns: str, plugins: list[dict],
+        prev: dict | None = None,
+    ) -> tuple[int, dict | None, str]:  # fmt: skip
+        """A conflist's `plugins` run as libcni 1.x runs them (AddNetworkList and the
+        others): in order (DEL in reverse), each entry with the list's name and cniVersion
+        injected, and for CHECK and DEL the cached final result as prevResult, for ADD the
+        previous plugin's; the plugin "vxflow" is this node's executable, others Debian's."""
+        out: dict | None = prev
+        order = reversed(plugins) if command == "DEL" else plugins
+        for entry in order:
+            conf = {**entry, "name": "vxnet", "cniVersion": self.cni_version}
+            if out is not None and command != "VERSION":
+                conf["prevResult"] = out
+            exe = "" if entry["type"] == "vxflow" else f"{CNI_PATH}/{entry['type']}"
+            code, answer, err = self.plugin(command, container_id, netns, conf=conf, exe=exe)
+            if code != 0:
+                return code, answer, err
+            if command == "ADD":
+                out = answer
+        return 0, out if command == "ADD" else None, ""
 
     # -- what an attachment leaves ------------------------------------------------
     def ports(self) -> list[str]:
