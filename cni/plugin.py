@@ -45,6 +45,7 @@ from ovsdb.iproute import IprouteError
 
 log = logging.getLogger("vxflow-cni")
 OVSDB_TIMEOUT = 5.0  # seconds to connect and get the first snapshot
+VSWITCHD_TIMEOUT = 3.0  # seconds STATUS waits for ovs-vswitchd to apply a change
 DEFAULT = IPv4Network("0.0.0.0/0")
 
 
@@ -382,14 +383,27 @@ def _forward(command: str, conf: NetConf, inv: Invocation, environ: Mapping[str,
 
 
 def status(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
+    """Whether ADD can work now: subnet.env, OVSDB, the bridge, ovs-vswitchd applying
+    OVSDB's configuration (without it a port gets no ofport), and the IPAM plugin. CNI_PATH
+    is optional for STATUS: without it the IPAM plugin is not looked for."""
     try:
         env = load_subnet_env(conf)
+        request = ipam_request(conf, delegate_ipam(conf, env))
         with ovsdb(conf) as idl:
             if plug.bridge_datapath_type(idl, conf.bridge) is None:
                 raise CniError(ErrorCode.NOT_AVAILABLE, f"bridge {conf.bridge} does not exist yet")
+            if not plug.vswitchd_serves(idl, timeout=VSWITCHD_TIMEOUT):
+                raise CniError(ErrorCode.NOT_AVAILABLE, "ovs-vswitchd is not serving "
+                               f"{conf.ovsdb}", f"it applied no change within "
+                               f"{VSWITCHD_TIMEOUT:g} s: a pod's port would get no ofport")  # fmt: skip
+        if inv.path:
+            ipam.find(str(request["ipam"].get("type", DEFAULT_IPAM)), inv)
     except CniError as exc:
         raise CniError(ErrorCode.NOT_AVAILABLE, exc.msg, exc.details) from exc
-    _forward("STATUS", conf, inv, environ, ipam_request(conf, delegate_ipam(conf, env)))
+    except ovsidl.OvsdbError as exc:
+        raise CniError(ErrorCode.NOT_AVAILABLE, "OVSDB refused a change", str(exc)) from exc
+    if inv.path:
+        _forward("STATUS", conf, inv, environ, request)
 
 
 def gc(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:

@@ -26,7 +26,7 @@ RECONNECT_MAX_BACKOFF_MS = 1000
 # Only the columns bootstrap and the agent use: statistics and status columns that
 # ovs-vswitchd rewrites every few seconds would otherwise wake the agent for nothing.
 COLUMNS = {
-    "Open_vSwitch": ["bridges", "datapath_types", "other_config", "ssl"],
+    "Open_vSwitch": ["bridges", "datapath_types", "other_config", "ssl", "next_cfg", "cur_cfg"],
     "Bridge": ["name", "datapath_type", "fail_mode", "protocols", "controller", "other_config",
                "external_ids", "ports"],
     "Port": ["name", "interfaces", "external_ids"],

@@ -102,6 +102,33 @@ def wait_ofport(idl: ovs.db.idl.Idl, name: str, timeout: float = 10.0) -> int:
         run_once(idl, timeout=min(remaining, 0.5))
 
 
+def vswitchd_serves(idl: ovs.db.idl.Idl, timeout: float) -> bool:
+    """Whether ovs-vswitchd applies this database's configuration: `next_cfg` bumped and
+    `cur_cfg` caught up within `timeout` s, as `ovs-vsctl --wait=vswitchd` waits.
+
+    A row in OVSDB does not tell: the tables outlive a stopped ovs-vswitchd,
+    and a port added then never gets an ofport. OvsdbError if the bump fails.
+    """
+    rows = list(idl.tables["Open_vSwitch"].rows.values())
+    if not rows:
+        return False
+    target = []
+
+    def bump(_txn: ovs.db.idl.Transaction) -> None:  # python-ovs's increment() alone is no change
+        rows[0].verify("next_cfg")
+        target[:] = [rows[0].next_cfg + 1]
+        rows[0].next_cfg = target[0]
+
+    transact(idl, bump, "vxflow-cni: is ovs-vswitchd there?")
+    deadline = time.monotonic() + timeout
+    while rows[0].cur_cfg < target[0]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        run_once(idl, timeout=min(remaining, 0.5))
+    return True
+
+
 def foreign_ports(idl: ovs.db.idl.Idl, bridge: str) -> list:
     """The Port rows of `bridge` that vxflow did not create (its tunnel, gateway, bridge port)."""
     row = by_name(idl, "Bridge", bridge)

@@ -391,3 +391,23 @@ def test_check_allows_for_a_later_chained_plugin(cni: CniNode) -> None:
     assert (code, out["code"]) == (1, 102) and "lacks route 192.0.2.0/24" in out["details"], out
     assert cni.chain("DEL", "k4", netns, plugins, prev=result)[:2] == (0, None)
     assert cni.state() == before
+
+
+def test_status_checks_what_add_needs(cni: CniNode, tmp_path: Path) -> None:
+    """Finding 7: STATUS without CNI_PATH (optional for it) said the IPAM plugin was missing;
+    with ovs-vswitchd stopped it answered 0 while ADD then failed after 10 s."""
+    cni.cni_version = "1.1.0"
+    cni.cni_path = ""
+    assert cni.plugin("STATUS", "")[:2] == (0, None)
+    cni.cni_path = str(tmp_path)  # a CNI_PATH without host-local: ADD could not get an address
+    code, out, _ = cni.plugin("STATUS", "")
+    assert (code, out["code"]) == (1, 50) and "not found" in out["msg"], out
+    cni.cni_path = CNI_PATH
+    assert cni.plugin("STATUS", "")[:2] == (0, None)
+    cni.node.ovs.stop_process("ovs-vswitchd")
+    try:
+        code, out, _ = cni.plugin("STATUS", "")
+        assert (code, out["code"]) == (1, 50) and "ovs-vswitchd is not serving" in out["msg"], out
+    finally:
+        cni.node.ovs.start_vswitchd()
+    assert cni.plugin("STATUS", "")[:2] == (0, None)
