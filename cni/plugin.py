@@ -23,7 +23,6 @@ and the record and answers "try again later"; ADD's undo does the same.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -204,11 +203,18 @@ def _port_errors(host: str, bridge: str) -> Iterator[None]:
                        str(exc)) from exc  # fmt: skip
 
 
+def _netns_or_error(inv: Invocation) -> None:
+    """CniError 4 unless CNI_NETNS is a network namespace (before anything uses it)."""
+    problem = veth.netns_problem(inv.netns_here)
+    if problem:
+        raise CniError(ErrorCode.INVALID_ENVIRONMENT, "CNI_NETNS is not a network namespace",
+                       problem)  # fmt: skip
+
+
 def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
     steps = _Steps()
     env = load_subnet_env(conf)
-    if not os.path.exists(inv.netns_here):
-        raise CniError(ErrorCode.INVALID_ENVIRONMENT, "CNI_NETNS does not exist", inv.netns)
+    _netns_or_error(inv)
     host = attachments.host_ifname(inv.container_id, inv.ifname)
     request = ipam_request(conf, delegate_ipam(conf, env))
     with ovsdb(conf) as idl, ExitStack() as undo:
@@ -362,6 +368,7 @@ def check(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
     if conf.prev_result is None:
         raise CniError(ErrorCode.INVALID_CONFIG, "CHECK needs prevResult",
                        "the runtime passes the result of the ADD")  # fmt: skip
+    _netns_or_error(inv)
     record = attachments.load(conf.data_dir, conf.name, inv.container_id, inv.ifname)
     if record is None:
         raise CniError(ErrorCode.CHECK_FAILED, "no record of this attachment",

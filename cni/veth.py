@@ -12,6 +12,8 @@ steps through netlink, for the agent's CNI server.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import random
 import socket
 from dataclasses import dataclass
@@ -19,6 +21,21 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 from ovsdb.iproute import IprouteError, ip, ip_batch, ip_json, tx_checksum_off
+
+NAMESPACE_FS = (0x6E736673, 0x9FA0)  # NSFS_MAGIC, PROC_SUPER_MAGIC: what pkg/ns accepts
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def netns_problem(path: str) -> str | None:
+    """Why `path` is no network namespace (None if it is one), as containernetworking's
+    pkg/ns (IsNSorErr) decides: statfs(2) must find nsfs or procfs there."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type (a long) comes first
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        return f"failed to statfs {path!r}: {os.strerror(ctypes.get_errno())}"
+    kind = ctypes.c_long.from_buffer(buf).value
+    if kind not in NAMESPACE_FS:
+        return f"unknown FS magic on {path!r}: {kind:x}"
+    return None
 
 
 class VethExists(IprouteError):

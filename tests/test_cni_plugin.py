@@ -411,3 +411,38 @@ def test_status_checks_what_add_needs(cni: CniNode, tmp_path: Path) -> None:
     finally:
         cni.node.ovs.start_vswitchd()
     assert cni.plugin("STATUS", "")[:2] == (0, None)
+
+
+def test_netns_is_validated_as_upstream_pkg_ns_does(cni: CniNode, tmp_path: Path) -> None:
+    """Finding 9: a regular file as CNI_NETNS got through to IPAM before failing; a relative
+    path meant one thing to the agent and another to `ip`. Both are refused up front."""
+    before = cni.state()
+    regular = tmp_path / "not-a-netns"
+    regular.write_text("")
+    cni.cni_path = f"{marked_ipam(tmp_path)}:{CNI_PATH}"
+    conf = cni.conf(ipam={"type": "marked-ipam"})
+    for netns, text in ((str(regular), "unknown FS magic"), ("/nonexistent/ns", "statfs"),
+                        ("netns/pod", "absolute path")):  # fmt: skip
+        for command in ("ADD", "CHECK"):
+            checked = {**conf, "prevResult": {"cniVersion": "1.0.0"}}
+            code, out, _ = cni.plugin(command, "n9", netns, conf=conf if command == "ADD"
+                                      else checked)  # fmt: skip
+            assert (code, out["code"]) == (1, 4), (netns, out)
+            assert text in out["msg"] + out.get("details", ""), out
+    assert not (tmp_path / "ipam-called").exists()  # IPAM was never reached
+    assert cni.state() == before
+    netns = cni.container("n9")  # a namespace: IPAM is called (the mark above means something)
+    assert cni.plugin("ADD", "n9", netns, conf=conf)[0] == 0
+    assert (tmp_path / "ipam-called").exists()
+    assert cni.plugin("DEL", "n9", netns, conf=conf)[0] == 0
+    assert cni.state() == before
+
+
+def marked_ipam(tmp_path: Path) -> Path:
+    """A folder with `marked-ipam`: host-local that leaves a mark when it is called."""
+    folder = tmp_path / "marked"
+    folder.mkdir()
+    script = folder / "marked-ipam"
+    script.write_text(f"#!/bin/sh\ntouch {tmp_path}/ipam-called\nexec {CNI_PATH}/host-local\n")
+    script.chmod(0o755)
+    return folder

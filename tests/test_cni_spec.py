@@ -87,6 +87,7 @@ def test_del_needs_no_netns_and_version_needs_nothing() -> None:
         {**ADD_ENV, "CNI_IFNAME": ".."},
         {**ADD_ENV, "CNI_ARGS": "novalue"},
         {**ADD_ENV, "CNI_NETNS": "/var/run/netns/a b"},
+        {**ADD_ENV, "CNI_NETNS": "netns/pod"},  # finding 9: relative
     ],
 )
 def test_invalid_environment_is_code_4(env: dict) -> None:
