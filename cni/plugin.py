@@ -203,6 +203,14 @@ def _port_errors(host: str, bridge: str) -> Iterator[None]:
                        str(exc)) from exc  # fmt: skip
 
 
+# Why a second attachment is refused rather than made (spec: one per interface name is allowed).
+ONE_INTERFACE = (
+    "both addresses would be in the node's one subnet: the container's connected and overlay "
+    "routes would send the second interface's replies out of the first, where the agent's "
+    "spoof guard (in_port, MAC, address) drops them"
+)
+
+
 def _netns_or_error(inv: Invocation) -> None:
     """CniError 4 unless CNI_NETNS is a network namespace (before anything uses it)."""
     problem = veth.netns_problem(inv.netns_here)
@@ -228,6 +236,12 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
             raise CniError(ErrorCode.ALREADY_EXISTS,
                            f"attachment {inv.container_id}/{inv.ifname} exists already",
                            f"host interface or port {host}; DEL it first")  # fmt: skip
+        attached = plug.container_ifnames(idl, conf.bridge, inv.container_id)
+        if attached:
+            raise CniError(ErrorCode.ALREADY_EXISTS,
+                           f"container {inv.container_id} is attached to {conf.bridge} already "
+                           f"(as {', '.join(attached)}); vxflow gives a container one interface",
+                           ONE_INTERFACE)  # fmt: skip
         record = attachments.Attachment(inv.container_id, inv.ifname, inv.netns, host, request)
         try:
             attachments.save(conf.data_dir, conf.name, record)

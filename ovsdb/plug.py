@@ -148,6 +148,16 @@ def pod_ports(idl: ovs.db.idl.Idl, bridge: str, name: str, container_id: str, if
     return found
 
 
+def container_ifnames(idl: ovs.db.idl.Idl, bridge: str, container_id: str) -> list[str]:
+    """The container interfaces (`container_iface`) of `container_id` with a port on `bridge`."""
+    return sorted(
+        i.external_ids.get(IFACE_KEY, "")
+        for port in foreign_ports(idl, bridge)
+        for i in port.interfaces
+        if i.external_ids.get(CONTAINER_KEY) == container_id
+    )
+
+
 def unplug(idl: ovs.db.idl.Idl, bridge: str, name: str, container_id: str, ifname: str) -> list[str]:
     """Remove this attachment's ports from `bridge`; the names removed (none: nothing to do)."""
     removed: list[str] = []

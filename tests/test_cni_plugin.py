@@ -446,3 +446,20 @@ def marked_ipam(tmp_path: Path) -> Path:
     script.write_text(f"#!/bin/sh\ntouch {tmp_path}/ipam-called\nexec {CNI_PATH}/host-local\n")
     script.chmod(0o755)
     return folder
+
+
+def test_a_second_interface_of_one_container_is_refused_up_front(cni: CniNode) -> None:
+    """Finding 5: a second attachment into one container failed late (`route add`, EEXIST),
+    blaming the veth. vxflow refuses it before any step, and says why."""
+    netns = cni.container("m5")
+    assert cni.plugin("ADD", "m5", netns)[0] == 0
+    during = cni.state()
+    code, out, _ = cni.plugin("ADD", "m5", netns, ifname="net1")
+    assert (code, out["code"]) == (1, 100), out
+    assert out["msg"] == ("container m5 is attached to br-int already (as eth0); "
+                          "vxflow gives a container one interface"), out  # fmt: skip
+    assert "spoof guard" in out["details"], out
+    assert cni.state() == during and cni.links(netns) == {"lo", "eth0"}
+    assert cni.plugin("DEL", "m5", netns)[0] == 0
+    assert cni.plugin("ADD", "m5", netns, ifname="net1")[0] == 0  # the one interface it has
+    assert cni.plugin("DEL", "m5", netns, ifname="net1")[0] == 0
