@@ -157,7 +157,9 @@ def parse_invocation(environ: Mapping[str, str], netns_handle: str = "") -> Invo
     netns = environ.get("CNI_NETNS", "")
     if any(c.isspace() for c in netns):
         raise CniError(ErrorCode.INVALID_ENVIRONMENT, "invalid CNI_NETNS", repr(netns))
-    if netns and not netns.startswith("/"):  # the agent and `ip` would resolve it differently
+    # ADD and CHECK enter it, and the agent and `ip` would resolve a relative path
+    # differently (libcni's VERSION probe sends "dummy": no other command uses it)
+    if command in ("ADD", "CHECK") and not netns.startswith("/"):
         raise CniError(ErrorCode.INVALID_ENVIRONMENT, "CNI_NETNS must be an absolute path",
                        repr(netns))  # fmt: skip
     ifname = environ.get("CNI_IFNAME", "")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cni.attachments import host_ifname
-from tests.cni_node import CNI_PATH, NETWORK, SUBNET, VXFLOW, VXFLOW_CNI, CniNode
+from tests.cni_node import CNI_PATH, VXFLOW_CNI, CniNode, Libcni, bootstrapped
 from tests.emulation import Underlay
 
 pytestmark = pytest.mark.integration
@@ -28,17 +28,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def cni(underlay: Underlay, tmp_path: Path) -> CniNode:
-    node = underlay.add_node()
-    res = subprocess.run(
-        ["ip", "netns", "exec", node.netns, VXFLOW, "bootstrap", "--network", str(NETWORK),
-         "--subnet", str(SUBNET), "--public-ip", str(node.underlay_ip),
-         "--ovsdb", node.ovs.db_target, "--datapath-type", "netdev"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    cni = CniNode(underlay, node, tmp_path)
-    cni.write_subnet_env()
-    return cni
+    return bootstrapped(underlay, tmp_path)
 
 
 def test_add_check_del_del(cni: CniNode) -> None:
@@ -376,20 +366,21 @@ def test_check_allows_for_a_later_chained_plugin(cni: CniNode) -> None:
     over another device, is checked by its destination as the reference plugins do."""
     before = cni.state()
     netns = cni.container("k4")
-    plugins = [cni.conf(), {"type": "tuning", "mtu": 1400}]
-    code, result, err = cni.chain("ADD", "k4", netns, plugins)
+    chain = Libcni(cni, [cni.conf(), {"type": "tuning", "mtu": 1400}])
+    code, result, err = chain.add("k4", netns)
     assert code == 0, err
     assert "mtu 1400" in subprocess.run(["nsenter", f"--net={netns}", "ip", "link", "show",
                                          "eth0"], capture_output=True, text=True).stdout  # fmt: skip
-    assert cni.chain("CHECK", "k4", netns, plugins, prev=result)[:2] == (0, None)
+    assert chain.check("k4", netns)[:2] == (0, None)
     subprocess.run(["nsenter", f"--net={netns}", "ip", "route", "add", "203.0.113.0/24",
                     "dev", "lo"], check=True)  # fmt: skip
-    routed = {**result, "routes": [*result["routes"], {"dst": "203.0.113.0/24"}]}
-    assert cni.chain("CHECK", "k4", netns, plugins, prev=routed)[:2] == (0, None)
+    chain.cached["k4", "eth0"] = {**result, "routes": [*result["routes"],
+                                                       {"dst": "203.0.113.0/24"}]}  # fmt: skip
+    assert chain.check("k4", netns)[:2] == (0, None)
     code, out, _ = cni.plugin("CHECK", "k4", netns, conf={**cni.conf(), "prevResult": {
         **result, "routes": [*result["routes"], {"dst": "192.0.2.0/24"}]}})  # fmt: skip
     assert (code, out["code"]) == (1, 102) and "lacks route 192.0.2.0/24" in out["details"], out
-    assert cni.chain("DEL", "k4", netns, plugins, prev=result)[:2] == (0, None)
+    assert chain.delete("k4", netns)[:2] == (0, None)
     assert cni.state() == before
 
 
