@@ -92,7 +92,7 @@ def ovsdb(conf: NetConf, code: int = ErrorCode.TRY_AGAIN_LATER) -> Iterator[ovs.
         if kept:
             idl = kept.ovsdb.get(conf.ovsdb)
         else:
-            idl = ovsidl.connect(conf.ovsdb, timeout=OVSDB_TIMEOUT)
+            idl = ovsidl.connect(conf.ovsdb, timeout=OVSDB_TIMEOUT, columns=plug.COLUMNS)
     except ovsidl.OvsdbUnavailable as exc:
         raise CniError(code, "OVSDB is not reachable", str(exc)) from exc
     try:

@@ -17,9 +17,13 @@ from collections.abc import Callable, Mapping
 import ovs.db.idl
 
 from ovsdb.bootstrap import by_name, owned
+from ovsdb.idl import COLUMNS as AGENT_COLUMNS
 from ovsdb.idl import OvsdbError, run_once, transact
 from ovsdb.pods import IP_KEY, MAC_KEY
 
+# The plugin's replica reads besides what vswitchd_serves() needs; the agent's does not
+# (cur_cfg changes at every reconfiguration, which would wake its loop for nothing).
+COLUMNS = {**AGENT_COLUMNS, "Open_vSwitch": [*AGENT_COLUMNS["Open_vSwitch"], "next_cfg", "cur_cfg"]}
 CONTAINER_KEY = "container_id"
 IFACE_KEY = "container_iface"
 
