@@ -146,7 +146,6 @@ class ContainerLink:
     """What CHECK compares: the container end as the kernel shows it."""
 
     mac: str
-    mtu: int
     up: bool
     addresses: frozenset[IPv4Interface]
     routes: frozenset[tuple[IPv4Network, IPv4Address | None]]  # the namespace's, any device
@@ -176,7 +175,6 @@ def container_link(netns: str, ifname: str) -> ContainerLink | None:
     )
     return ContainerLink(
         mac=link.get("address", ""),
-        mtu=int(link.get("mtu", 0)),
         up="UP" in link.get("flags", []),
         addresses=addresses,
         routes=routes,

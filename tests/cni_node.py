@@ -67,7 +67,7 @@ class CniNode:
 
     def plugin(
         self, command: str, container_id: str, netns: str = "", ifname: str = "eth0",
-        conf: dict | None = None, in_node: bool = True, exe: str = "",
+        conf: dict | None = None, in_node: bool = True,
     ) -> tuple[int, dict | None, str]:  # fmt: skip
         env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
                "CNI_IFNAME": ifname, "CNI_PATH": self.cni_path}  # fmt: skip
@@ -75,7 +75,7 @@ class CniNode:
             env["CNI_NETNS"] = netns
         prefix = ["ip", "netns", "exec", self.node.netns] if in_node else []
         res = subprocess.run(
-            [*prefix, exe or self.exe], input=json.dumps(conf or self.conf()), env=env,
+            [*prefix, self.exe], input=json.dumps(conf or self.conf()), env=env,
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         out = json.loads(res.stdout) if res.stdout.strip() else None
