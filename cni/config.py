@@ -41,7 +41,10 @@ DEFAULT_DATA_DIR = Path("/var/lib/cni/vxflow")
 DEFAULT_IPAM = "host-local"
 DELEGATE_VERSION = "1.0.0"  # the newest cniVersion ADD/DEL/CHECK hand to the IPAM plugin
 _NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+# GC's list of attachments still in use. The spec's 1.1.0 tag names it
+# `cni.dev/attachments`, its text and libcni 1.2.0-1.2.2 `cni.dev/valid-attachments`;
+# libcni 1.2.3 and later send both (containernetworking/cni#1101). Read as their union.
+GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,8 @@ class NetConf:
     ipam: Mapping[str, Any] | None = None
     dns: Mapping[str, Any] = field(default_factory=dict)
     prev_result: Result | None = None
-    valid_attachments: frozenset[tuple[str, str]] = frozenset()  # GC: (containerID, ifname)
+    # GC: the (containerID, ifname) pairs still in use; None: the runtime sent no list
+    valid_attachments: frozenset[tuple[str, str]] | None = None
 
 
 def _invalid(msg: str, details: str = "") -> CniError:
@@ -113,17 +117,27 @@ def parse_netconf(data: bytes, command: str) -> NetConf:
         is_default_gateway=_typed(raw, "isDefaultGateway", bool, False),
         ipam=ipam,
         dns=_typed(raw, "dns", dict, {}),
-        prev_result=parse_result(prev) if prev else None,
-        valid_attachments=_valid_attachments(raw) if command == "GC" else frozenset(),
+        # DEL, GC and STATUS use no prevResult: what they are given is not theirs to refuse
+        prev_result=parse_result(prev) if prev and command in ("ADD", "CHECK") else None,
+        valid_attachments=_valid_attachments(raw) if command == "GC" else None,
     )
 
 
-def _valid_attachments(raw: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
-    items = _typed(raw, VALID_ATTACHMENTS, list, [])
-    try:
-        return frozenset((str(a["containerID"]), str(a["ifname"])) for a in items)
-    except (KeyError, TypeError) as exc:
-        raise _invalid(f"malformed {VALID_ATTACHMENTS}", repr(items)) from exc
+def _valid_attachments(raw: Mapping[str, Any]) -> frozenset[tuple[str, str]] | None:
+    """The union of GC_KEYS' lists; `null` is an empty list (libcni's nil slice); None if
+    neither key is there (nothing says what is in use, so nothing may be collected)."""
+    if not any(key in raw for key in GC_KEYS):
+        return None
+    valid: set[tuple[str, str]] = set()
+    for key in GC_KEYS:
+        items = raw.get(key) or []
+        if not isinstance(items, list):
+            raise _invalid(f"{key} must be a list", repr(items))
+        try:
+            valid.update((str(a["containerID"]), str(a["ifname"])) for a in items)
+        except (KeyError, TypeError) as exc:
+            raise _invalid(f"malformed {key}", repr(items)) from exc
+    return frozenset(valid)
 
 
 def delegate_ipam(conf: NetConf, env: SubnetEnv) -> dict[str, Any]:

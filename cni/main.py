@@ -109,6 +109,16 @@ def install(folder: Path) -> Path:
     return target
 
 
+def _version_in(stdin: bytes) -> str:
+    """The configuration's cniVersion, for an error found before it is parsed (the
+    environment's): LATEST only when it names none this plugin speaks."""
+    try:
+        version = json.loads(stdin).get("cniVersion")
+    except (ValueError, AttributeError):
+        return LATEST
+    return version if version in SUPPORTED_VERSIONS else LATEST
+
+
 def run(argv: list[str], environ: Mapping[str, str], stdin: bytes,
         netns_handle: str = "") -> tuple[str, int]:  # fmt: skip
     """One invocation: (what goes to stdout, exit status); see Invocation.netns_handle."""
@@ -125,7 +135,7 @@ def run(argv: list[str], environ: Mapping[str, str], stdin: bytes,
     if argv or not environ.get("CNI_COMMAND"):
         sys.stderr.write(USAGE)
         return "", 2
-    version = LATEST
+    version = _version_in(stdin)
     try:
         from cni.spec import parse_invocation, render_result, version_result
 

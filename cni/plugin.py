@@ -15,13 +15,14 @@ a failed ADD leaves no veth, no address, no port and no record.
 DEL does every step it can even when one fails (the port, the veth, the
 address), keeps the record until all succeeded and then reports the first
 failure: the runtime retries, and every step is idempotent. The port goes
-first, so an address is never released while a port still claims it.
+first, and an address is never released while a port may still claim it:
+if the port could not be removed (OVSDB unreachable), DEL keeps the address
+and the record and answers "try again later"; ADD's undo does the same.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -33,7 +34,7 @@ from typing import Any, Protocol
 import ovs.db.idl
 
 from cni import attachments, ipam, veth
-from cni.config import DEFAULT_IPAM, NetConf, delegate_ipam, ipam_request, pod_mtu
+from cni.config import DEFAULT_IPAM, GC_KEYS, NetConf, delegate_ipam, ipam_request, pod_mtu
 from cni.spec import CniError, ErrorCode, Interface, Invocation, Result, Route
 from flows.ports import pod_mac
 from leases.subnet_env import SubnetEnv, parse_subnet_env
@@ -43,6 +44,7 @@ from ovsdb.iproute import IprouteError
 
 log = logging.getLogger("vxflow-cni")
 OVSDB_TIMEOUT = 5.0  # seconds to connect and get the first snapshot
+VSWITCHD_TIMEOUT = 3.0  # seconds STATUS waits for ovs-vswitchd to apply a change
 DEFAULT = IPv4Network("0.0.0.0/0")
 
 
@@ -90,7 +92,7 @@ def ovsdb(conf: NetConf, code: int = ErrorCode.TRY_AGAIN_LATER) -> Iterator[ovs.
         if kept:
             idl = kept.ovsdb.get(conf.ovsdb)
         else:
-            idl = ovsidl.connect(conf.ovsdb, timeout=OVSDB_TIMEOUT)
+            idl = ovsidl.connect(conf.ovsdb, timeout=OVSDB_TIMEOUT, columns=plug.COLUMNS)
     except ovsidl.OvsdbUnavailable as exc:
         raise CniError(code, "OVSDB is not reachable", str(exc)) from exc
     try:
@@ -130,6 +132,39 @@ class _Steps:
         return ", ".join(f"{step} {seconds * 1e3:.1f} ms" for step, seconds in self.took)
 
 
+@dataclass
+class _PortUndo:
+    """ADD's undo of the port: the address (and the record DEL releases it from) stay while
+    a port that could not be removed may still claim it."""
+
+    idl: ovs.db.idl.Idl
+    bridge: str
+    host: str
+    container_id: str
+    ifname: str
+    sent: bool = False  # an insert of the port was committed (its outcome may be unknown)
+    stuck: bool = False
+
+    def sending(self) -> None:
+        self.sent = True
+
+    def remove(self) -> None:
+        if not self.sent:
+            return
+        try:
+            plug.unplug(self.idl, self.bridge, self.host, self.container_id, self.ifname)
+        except Exception as exc:  # every other undo must run
+            self.stuck = True
+            log.error("undoing the port %s failed: %s", self.host, exc)
+
+    def unless_stuck(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        if self.stuck:
+            log.error("keeping %s of %s/%s: its port may still claim the address; "
+                      "the runtime's DEL releases it", what, self.container_id, self.ifname)  # fmt: skip
+            return
+        _quietly(what, fn, *args)
+
+
 def _one_address(allocated: Result, env: SubnetEnv) -> tuple[IPv4Interface, IPv4Address]:
     """The single IPv4 address vxflow can route, and its gateway (the node's .1 by default)."""
     if len(allocated.ips) != 1:
@@ -160,16 +195,34 @@ def _veth_errors() -> Iterator[None]:
 def _port_errors(host: str, bridge: str) -> Iterator[None]:
     try:
         yield
+    except plug.AddressClaimed as exc:
+        raise CniError(ErrorCode.ADDRESS_CLAIMED, f"adding port {host} to {bridge} refused",
+                       f"{exc}; the two IPAM configurations do not know of each other") from exc  # fmt: skip
     except plug.PlugError as exc:
         raise CniError(ErrorCode.SETUP_FAILED, f"adding port {host} to {bridge} failed",
                        str(exc)) from exc  # fmt: skip
 
 
+# Why a second attachment is refused rather than made (spec: one per interface name is allowed).
+ONE_INTERFACE = (
+    "both addresses would be in the node's one subnet: the container's connected and overlay "
+    "routes would send the second interface's replies out of the first, where the agent's "
+    "spoof guard (in_port, MAC, address) drops them"
+)
+
+
+def _netns_or_error(inv: Invocation) -> None:
+    """CniError 4 unless CNI_NETNS is a network namespace (before anything uses it)."""
+    problem = veth.netns_problem(inv.netns_here)
+    if problem:
+        raise CniError(ErrorCode.INVALID_ENVIRONMENT, "CNI_NETNS is not a network namespace",
+                       problem)  # fmt: skip
+
+
 def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
     steps = _Steps()
     env = load_subnet_env(conf)
-    if not os.path.exists(inv.netns_here):
-        raise CniError(ErrorCode.INVALID_ENVIRONMENT, "CNI_NETNS does not exist", inv.netns)
+    _netns_or_error(inv)
     host = attachments.host_ifname(inv.container_id, inv.ifname)
     request = ipam_request(conf, delegate_ipam(conf, env))
     with ovsdb(conf) as idl, ExitStack() as undo:
@@ -183,15 +236,22 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
             raise CniError(ErrorCode.ALREADY_EXISTS,
                            f"attachment {inv.container_id}/{inv.ifname} exists already",
                            f"host interface or port {host}; DEL it first")  # fmt: skip
+        attached = plug.container_ifnames(idl, conf.bridge, inv.container_id)
+        if attached:
+            raise CniError(ErrorCode.ALREADY_EXISTS,
+                           f"container {inv.container_id} is attached to {conf.bridge} already "
+                           f"(as {', '.join(attached)}); vxflow gives a container one interface",
+                           ONE_INTERFACE)  # fmt: skip
         record = attachments.Attachment(inv.container_id, inv.ifname, inv.netns, host, request)
         try:
             attachments.save(conf.data_dir, conf.name, record)
         except OSError as exc:
             raise CniError(ErrorCode.IO_FAILURE, f"cannot record the attachment in {conf.data_dir}",
                            str(exc)) from exc  # fmt: skip
-        undo.callback(_quietly, "the attachment record", attachments.remove, conf.data_dir,
-                      conf.name, inv.container_id, inv.ifname)  # fmt: skip
-        undo.callback(_quietly, "the address", ipam.call, "DEL", request, inv, environ)
+        port = _PortUndo(idl, conf.bridge, host, inv.container_id, inv.ifname)
+        undo.callback(port.unless_stuck, "the attachment record", attachments.remove,
+                      conf.data_dir, conf.name, inv.container_id, inv.ifname)  # fmt: skip
+        undo.callback(port.unless_stuck, "the address", ipam.call, "DEL", request, inv, environ)
         steps.done("ovsdb")
         pending = ipam.start("ADD", request, inv, environ)
         undo.callback(pending.finish)  # before its address is released
@@ -213,11 +273,10 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
         with _veth_errors():
             links.configure(pair, end)  # before the port: see the module's docstring
         steps.done("container")
-        undo.callback(_quietly, "the port", plug.unplug, idl, conf.bridge, host,
-                      inv.container_id, inv.ifname)  # fmt: skip
+        undo.callback(port.remove)
         ids = plug.pod_external_ids(end.mac, str(address.ip), inv.container_id, inv.ifname)
         with _port_errors(host, conf.bridge):
-            plug.add_port(idl, conf.bridge, host, ids)
+            plug.add_port(idl, conf.bridge, host, ids, port.sending)
         steps.done("port")
         with _port_errors(host, conf.bridge):
             plug.wait_ofport(idl, host)
@@ -253,19 +312,26 @@ def delete(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
     except ovsidl.OvsdbError as exc:
         errors.append(CniError(ErrorCode.TRY_AGAIN_LATER, f"removing port {host} failed", str(exc)))
     veth.delete(host)  # the container's end goes with it; a gone netns took both already
+    if errors:  # the port may still claim the address: keep it (and the record) for the retry
+        log.warning("DEL %s/%s: keeping the address until port %s is removed",
+                    inv.container_id, inv.ifname, host)  # fmt: skip
+        raise errors[0]
     request = record.ipam_request if record else _current_request(conf)
     if request is not None:
-        try:
-            ipam.call("DEL", request, inv, environ)
-        except CniError as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0]
+        ipam.call("DEL", request, inv, environ)
     attachments.remove(conf.data_dir, conf.name, inv.container_id, inv.ifname)
 
 
-def _check_problems(inv: Invocation, conf: NetConf, env: SubnetEnv) -> list[str]:
-    """How the attachment differs from prevResult (empty: it is as ADD made it)."""
+def _check_problems(inv: Invocation, conf: NetConf) -> list[str]:
+    """How the attachment differs from prevResult (empty: it is as the chain left it).
+
+    prevResult is the chain's final result, so a later chained plugin's changes
+    (tuning's MTU or MAC, a route it added or dropped) are no difference: the
+    container end is compared with prevResult, as the reference plugins do
+    (containernetworking/plugins pkg/ip: every prevResult route by its
+    destination anywhere in the container, its gateway only where one is
+    given), and the port with what vxflow itself wrote.
+    """
     prev = conf.prev_result
     assert prev is not None
     index = next((n for n, i in enumerate(prev.interfaces)
@@ -276,7 +342,7 @@ def _check_problems(inv: Invocation, conf: NetConf, env: SubnetEnv) -> list[str]
     ips = [ip for ip in prev.ips if ip.interface == index]
     if len(ips) != 1:
         return [f"prevResult has {len(ips)} addresses on {inv.ifname}, vxflow makes one"]
-    address, gateway = ips[0].address, ips[0].gateway
+    address = ips[0].address
     host = attachments.host_ifname(inv.container_id, inv.ifname)
     problems = []
     with ovsdb(conf) as idl:
@@ -288,7 +354,8 @@ def _check_problems(inv: Invocation, conf: NetConf, env: SubnetEnv) -> list[str]
         else:
             if not row.ofport or row.ofport[0] < 1:
                 problems.append(f"port {host} has no ofport ({row.error or 'no error given'})")
-            want = plug.pod_external_ids(want_mac, str(address.ip), inv.container_id, inv.ifname)
+            want = plug.pod_external_ids(pod_mac(address.ip), str(address.ip),
+                                         inv.container_id, inv.ifname)  # fmt: skip
             have = {k: row.external_ids.get(k) for k in want}
             if have != want:
                 problems.append(f"port {host} external_ids {have}, expected {want}")
@@ -297,18 +364,17 @@ def _check_problems(inv: Invocation, conf: NetConf, env: SubnetEnv) -> list[str]
     link = veth.container_link(inv.netns_here, inv.ifname)
     if link is None:
         return [*problems, f"interface {inv.ifname} is missing from {inv.netns}"]
-    if link.mac != want_mac:
+    if want_mac and link.mac != want_mac.lower():
         problems.append(f"{inv.ifname} has MAC {link.mac}, expected {want_mac}")
-    if link.mtu != pod_mtu(conf, env):
-        problems.append(f"{inv.ifname} has MTU {link.mtu}, expected {pod_mtu(conf, env)}")
     if not link.up:
         problems.append(f"{inv.ifname} is down")
     if address not in link.addresses:
         problems.append(f"{inv.ifname} lacks address {address}")
     for route in prev.routes:
-        via = route.gw or gateway
-        if (route.dst, via) not in link.routes:
-            problems.append(f"{inv.ifname} lacks route {route.dst} via {via}")
+        found = {gw for dst, gw in link.routes if dst == route.dst}
+        if not found or (route.gw and route.dst.prefixlen and route.gw not in found):
+            via = f" via {route.gw}" if route.gw else ""
+            problems.append(f"{inv.netns} lacks route {route.dst}{via}")
     return problems
 
 
@@ -316,12 +382,12 @@ def check(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
     if conf.prev_result is None:
         raise CniError(ErrorCode.INVALID_CONFIG, "CHECK needs prevResult",
                        "the runtime passes the result of the ADD")  # fmt: skip
-    env = load_subnet_env(conf)
+    _netns_or_error(inv)
     record = attachments.load(conf.data_dir, conf.name, inv.container_id, inv.ifname)
     if record is None:
         raise CniError(ErrorCode.CHECK_FAILED, "no record of this attachment",
                        f"{inv.container_id}/{inv.ifname} in {conf.data_dir}")  # fmt: skip
-    problems = _check_problems(inv, conf, env)
+    problems = _check_problems(inv, conf)
     if problems:
         raise CniError(ErrorCode.CHECK_FAILED, "the attachment is not as ADD made it",
                        "; ".join(problems))  # fmt: skip
@@ -338,21 +404,43 @@ def _forward(command: str, conf: NetConf, inv: Invocation, environ: Mapping[str,
 
 
 def status(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
+    """Whether ADD can work now: subnet.env, OVSDB, the bridge, ovs-vswitchd applying
+    OVSDB's configuration (without it a port gets no ofport), and the IPAM plugin. CNI_PATH
+    is optional for STATUS: without it the IPAM plugin is not looked for."""
     try:
         env = load_subnet_env(conf)
+        request = ipam_request(conf, delegate_ipam(conf, env))
         with ovsdb(conf) as idl:
             if plug.bridge_datapath_type(idl, conf.bridge) is None:
                 raise CniError(ErrorCode.NOT_AVAILABLE, f"bridge {conf.bridge} does not exist yet")
+            if not plug.vswitchd_serves(idl, timeout=VSWITCHD_TIMEOUT):
+                raise CniError(ErrorCode.NOT_AVAILABLE, "ovs-vswitchd is not serving "
+                               f"{conf.ovsdb}", f"it applied no change within "
+                               f"{VSWITCHD_TIMEOUT:g} s: a pod's port would get no ofport")  # fmt: skip
+        if inv.path:
+            ipam.find(str(request["ipam"].get("type", DEFAULT_IPAM)), inv)
     except CniError as exc:
         raise CniError(ErrorCode.NOT_AVAILABLE, exc.msg, exc.details) from exc
-    _forward("STATUS", conf, inv, environ, ipam_request(conf, delegate_ipam(conf, env)))
+    except ovsidl.OvsdbError as exc:
+        raise CniError(ErrorCode.NOT_AVAILABLE, "OVSDB refused a change", str(exc)) from exc
+    if inv.path:
+        _forward("STATUS", conf, inv, environ, request)
 
 
 def gc(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
-    """DEL every recorded attachment of this network that the runtime no longer lists."""
+    """DEL every recorded attachment of this network that the runtime no longer lists.
+
+    Without a list (neither GC key) nothing is known to be stale: GC then
+    deletes nothing, and says so, rather than read it as "nothing is in use".
+    """
+    valid = conf.valid_attachments
+    if valid is None:
+        log.warning("gc: the configuration lists no attachments (neither %s): deleting "
+                    "nothing", " nor ".join(GC_KEYS))  # fmt: skip
+        return
     errors = []
     for stale in attachments.recorded(conf.data_dir, conf.name):
-        if (stale.container_id, stale.ifname) in conf.valid_attachments:
+        if (stale.container_id, stale.ifname) in valid:
             continue
         log.warning("gc: removing stale attachment %s/%s", stale.container_id, stale.ifname)
         gone = replace(inv, container_id=stale.container_id, ifname=stale.ifname,
@@ -361,9 +449,10 @@ def gc(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> None:
             delete(gone, conf, environ)
         except CniError as exc:
             errors.append(exc)
+    listed = [{"containerID": c, "ifname": i} for c, i in sorted(valid)]
     try:
-        _forward("GC", conf, inv, environ, ipam_request(conf, delegate_ipam(conf,
-                                                                          load_subnet_env(conf))))
+        request = ipam_request(conf, delegate_ipam(conf, load_subnet_env(conf)))
+        _forward("GC", conf, inv, environ, {**request, **dict.fromkeys(GC_KEYS, listed)})
     except CniError as exc:
         errors.append(exc)
     if errors:

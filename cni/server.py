@@ -52,6 +52,7 @@ from cni.main import log as plugin_log
 from cni.main import run as run_plugin
 from cni.netlink import Netlink
 from cni.plugin import KEPT, OVSDB_TIMEOUT, Kept
+from ovsdb import plug
 from ovsdb.idl import Connections
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,8 @@ class CniServer:
     def _serve(self) -> None:
         assert self._listener is not None
         try:
-            connections, netlink = Connections(timeout=OVSDB_TIMEOUT), Netlink()
+            connections = Connections(timeout=OVSDB_TIMEOUT, columns=plug.COLUMNS)
+            netlink = Netlink()
         except Exception:  # no netlink: stop answering, so that clients run in-process
             log.exception("the CNI server cannot start; the plugin runs in-process")
             self._listener.close()

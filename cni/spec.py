@@ -51,6 +51,7 @@ class ErrorCode(IntEnum):
     ALREADY_EXISTS = 100  # the interface or host port of this attachment exists already
     SETUP_FAILED = 101  # a kernel or OVSDB operation failed (details say which)
     CHECK_FAILED = 102  # CHECK found the attachment missing or different
+    ADDRESS_CLAIMED = 103  # IPAM's address is claimed by another port of the bridge already
 
 
 class CniError(Exception):
@@ -156,6 +157,11 @@ def parse_invocation(environ: Mapping[str, str], netns_handle: str = "") -> Invo
     netns = environ.get("CNI_NETNS", "")
     if any(c.isspace() for c in netns):
         raise CniError(ErrorCode.INVALID_ENVIRONMENT, "invalid CNI_NETNS", repr(netns))
+    # ADD and CHECK enter it, and the agent and `ip` would resolve a relative path
+    # differently (libcni's VERSION probe sends "dummy": no other command uses it)
+    if command in ("ADD", "CHECK") and not netns.startswith("/"):
+        raise CniError(ErrorCode.INVALID_ENVIRONMENT, "CNI_NETNS must be an absolute path",
+                       repr(netns))  # fmt: skip
     ifname = environ.get("CNI_IFNAME", "")
     if ifname and not _valid_ifname(ifname):
         raise CniError(ErrorCode.INVALID_ENVIRONMENT, "invalid CNI_IFNAME", repr(ifname))

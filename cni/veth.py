@@ -12,6 +12,8 @@ steps through netlink, for the agent's CNI server.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import random
 import socket
 from dataclasses import dataclass
@@ -19,6 +21,21 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 from ovsdb.iproute import IprouteError, ip, ip_batch, ip_json, tx_checksum_off
+
+NAMESPACE_FS = (0x6E736673, 0x9FA0)  # NSFS_MAGIC, PROC_SUPER_MAGIC: what pkg/ns accepts
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def netns_problem(path: str) -> str | None:
+    """Why `path` is no network namespace (None if it is one), as containernetworking's
+    pkg/ns (IsNSorErr) decides: statfs(2) must find nsfs or procfs there."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type (a long) comes first
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        return f"failed to statfs {path!r}: {os.strerror(ctypes.get_errno())}"
+    kind = ctypes.c_long.from_buffer(buf).value
+    if kind not in NAMESPACE_FS:
+        return f"unknown FS magic on {path!r}: {kind:x}"
+    return None
 
 
 class VethExists(IprouteError):
@@ -129,14 +146,14 @@ class ContainerLink:
     """What CHECK compares: the container end as the kernel shows it."""
 
     mac: str
-    mtu: int
     up: bool
     addresses: frozenset[IPv4Interface]
-    routes: frozenset[tuple[IPv4Network, IPv4Address | None]]
+    routes: frozenset[tuple[IPv4Network, IPv4Address | None]]  # the namespace's, any device
 
 
 def container_link(netns: str, ifname: str) -> ContainerLink | None:
-    """The container end's state, None if it (or its namespace) is gone."""
+    """The container end's state and the namespace's routes, None if it (or the namespace)
+    is gone."""
     try:
         links = ip_json("addr", "show", "dev", ifname, netns=netns)
     except IprouteError:
@@ -154,11 +171,10 @@ def container_link(netns: str, ifname: str) -> ContainerLink | None:
             IPv4Network("0.0.0.0/0" if r["dst"] == "default" else r["dst"]),
             IPv4Address(r["gateway"]) if "gateway" in r else None,
         )
-        for r in ip_json("route", "show", "dev", ifname, netns=netns)
+        for r in ip_json("route", "show", netns=netns)
     )
     return ContainerLink(
         mac=link.get("address", ""),
-        mtu=int(link.get("mtu", 0)),
         up="UP" in link.get("flags", []),
         addresses=addresses,
         routes=routes,

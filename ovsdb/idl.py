@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import ovs.db.idl
 import ovs.jsonrpc
@@ -65,11 +65,12 @@ def fetch_schema(remote: str) -> dict:
     return reply.result
 
 
-def connect(remote: str, timeout: float = 10.0) -> ovs.db.idl.Idl:
-    """An IDL replica of the tables vxflow uses, with its first snapshot loaded."""
+def connect(remote: str, timeout: float = 10.0,
+            columns: Mapping[str, list[str]] = COLUMNS) -> ovs.db.idl.Idl:  # fmt: skip
+    """An IDL replica of the tables vxflow uses (`columns`), with its first snapshot loaded."""
     helper = ovs.db.idl.SchemaHelper(schema_json=fetch_schema(remote))
-    for table, columns in COLUMNS.items():
-        helper.register_columns(table, columns)
+    for table, names in columns.items():
+        helper.register_columns(table, names)
     idl = ovs.db.idl.Idl(remote, helper)
     # python-ovs backs off up to 8 s between attempts: a restarted ovsdb-server (an OVS
     # upgrade restarts it) would wait that long for the agent; 1 s is its least
@@ -93,8 +94,9 @@ class Connections:
     use is replaced by a fresh one, as is one a failed call used.
     """
 
-    def __init__(self, timeout: float = 10.0) -> None:
-        self.timeout = timeout
+    def __init__(self, timeout: float = 10.0,
+                 columns: Mapping[str, list[str]] = COLUMNS) -> None:  # fmt: skip
+        self.timeout, self.columns = timeout, columns
         self._idls: dict[str, tuple[ovs.db.idl.Idl, int]] = {}  # remote: (replica, session)
 
     def get(self, remote: str) -> ovs.db.idl.Idl:
@@ -106,7 +108,7 @@ class Connections:
             if idl._session.get_seqno() == session and idl.state == idl.IDL_S_MONITORING:
                 return idl
             self.discard(remote)  # the session dropped or reconnected since: start afresh
-        idl = connect(remote, self.timeout)
+        idl = connect(remote, self.timeout, self.columns)
         self._idls[remote] = (idl, idl._session.get_seqno())
         return idl
 

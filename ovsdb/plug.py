@@ -12,14 +12,18 @@ the ofport, which `wait_ofport()` waits for: a port that failed to open
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import ovs.db.idl
 
 from ovsdb.bootstrap import by_name, owned
+from ovsdb.idl import COLUMNS as AGENT_COLUMNS
 from ovsdb.idl import OvsdbError, run_once, transact
 from ovsdb.pods import IP_KEY, MAC_KEY
 
+# The plugin's replica reads besides what vswitchd_serves() needs; the agent's does not
+# (cur_cfg changes at every reconfiguration, which would wake its loop for nothing).
+COLUMNS = {**AGENT_COLUMNS, "Open_vSwitch": [*AGENT_COLUMNS["Open_vSwitch"], "next_cfg", "cur_cfg"]}
 CONTAINER_KEY = "container_id"
 IFACE_KEY = "container_iface"
 
@@ -42,8 +46,21 @@ def interface(idl: ovs.db.idl.Idl, name: str):
     return by_name(idl, "Interface", name)
 
 
-def add_port(idl: ovs.db.idl.Idl, bridge: str, name: str, external_ids: Mapping[str, str]) -> None:
-    """Add device `name` to `bridge` with `external_ids` (`wait_ofport()` for vswitchd to open it)."""
+class AddressClaimed(PlugError):
+    """Another port of the bridge claims the address already (the agent would drop both)."""
+
+
+def add_port(idl: ovs.db.idl.Idl, bridge: str, name: str, external_ids: Mapping[str, str],
+             sending: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+    """Add device `name` to `bridge` with `external_ids` (`wait_ofport()` for vswitchd to open it).
+
+    Refused (AddressClaimed) if another port of the bridge claims the same
+    `vxflow-ip`: two IPAM configurations that do not know of each other (a
+    static address, host-local data in two mount namespaces) must not give
+    one address to two pods. The bridge's port list is verified, so a port
+    added meanwhile makes the transaction run again, and the check with it.
+    `sending` is called before each commit: from then on the port may exist.
+    """
 
     def fill(txn: ovs.db.idl.Transaction) -> None:
         row = by_name(idl, "Bridge", bridge)
@@ -51,6 +68,11 @@ def add_port(idl: ovs.db.idl.Idl, bridge: str, name: str, external_ids: Mapping[
             raise PlugError(f"bridge {bridge} does not exist (has the vxflow agent bootstrapped it?)")
         if by_name(idl, "Port", name) is not None:
             raise PlugError(f"a port named {name} exists already")
+        ip = external_ids.get(IP_KEY)
+        row.verify("ports")
+        for port in row.ports:
+            if ip is not None and any(i.external_ids.get(IP_KEY) == ip for i in port.interfaces):
+                raise AddressClaimed(f"{IP_KEY} {ip} is claimed by port {port.name} already")
         iface = txn.insert(idl.tables["Interface"])
         iface.name = name
         iface.external_ids = dict(external_ids)
@@ -58,6 +80,7 @@ def add_port(idl: ovs.db.idl.Idl, bridge: str, name: str, external_ids: Mapping[
         port.name = name
         port.interfaces = [iface]
         row.addvalue("ports", port)
+        sending()
 
     try:
         transact(idl, fill, f"vxflow-cni: add port {name}")
@@ -83,6 +106,33 @@ def wait_ofport(idl: ovs.db.idl.Idl, name: str, timeout: float = 10.0) -> int:
         run_once(idl, timeout=min(remaining, 0.5))
 
 
+def vswitchd_serves(idl: ovs.db.idl.Idl, timeout: float) -> bool:
+    """Whether ovs-vswitchd applies this database's configuration: `next_cfg` bumped and
+    `cur_cfg` caught up within `timeout` s, as `ovs-vsctl --wait=vswitchd` waits.
+
+    A row in OVSDB does not tell: the tables outlive a stopped ovs-vswitchd,
+    and a port added then never gets an ofport. OvsdbError if the bump fails.
+    """
+    rows = list(idl.tables["Open_vSwitch"].rows.values())
+    if not rows:
+        return False
+    target = []
+
+    def bump(_txn: ovs.db.idl.Transaction) -> None:  # python-ovs's increment() alone is no change
+        rows[0].verify("next_cfg")
+        target[:] = [rows[0].next_cfg + 1]
+        rows[0].next_cfg = target[0]
+
+    transact(idl, bump, "vxflow-cni: is ovs-vswitchd there?")
+    deadline = time.monotonic() + timeout
+    while rows[0].cur_cfg < target[0]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        run_once(idl, timeout=min(remaining, 0.5))
+    return True
+
+
 def foreign_ports(idl: ovs.db.idl.Idl, bridge: str) -> list:
     """The Port rows of `bridge` that vxflow did not create (its tunnel, gateway, bridge port)."""
     row = by_name(idl, "Bridge", bridge)
@@ -100,6 +150,16 @@ def pod_ports(idl: ovs.db.idl.Idl, bridge: str, name: str, container_id: str, if
         if port.name == name or mine:
             found.append(port)
     return found
+
+
+def container_ifnames(idl: ovs.db.idl.Idl, bridge: str, container_id: str) -> list[str]:
+    """The container interfaces (`container_iface`) of `container_id` with a port on `bridge`."""
+    return sorted(
+        i.external_ids.get(IFACE_KEY, "")
+        for port in foreign_ports(idl, bridge)
+        for i in port.interfaces
+        if i.external_ids.get(CONTAINER_KEY) == container_id
+    )
 
 
 def unplug(idl: ovs.db.idl.Idl, bridge: str, name: str, container_id: str, ifname: str) -> list[str]:

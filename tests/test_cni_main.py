@@ -40,6 +40,11 @@ def test_errors_are_the_specs_json_with_the_configs_version() -> None:
         "code": 4,
         "msg": "required env variables [CNI_NETNS, CNI_IFNAME] missing",
     }
+    # finding 10: an error in the environment, found before the configuration is parsed,
+    # still carries the configuration's version
+    conf = {"cniVersion": "0.4.0", "name": "vxnet", "type": "vxflow"}
+    out, status = run([], {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1"}, json.dumps(conf).encode())
+    assert (status, json.loads(out)["cniVersion"], json.loads(out)["code"]) == (1, "0.4.0", 4)
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/nonexistent",
            "CNI_IFNAME": "eth0"}  # fmt: skip
     conf = {"cniVersion": "0.4.0", "name": "vxnet", "type": "vxflow",

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cni.attachments import host_ifname
-from tests.cni_node import CNI_PATH, NETWORK, SUBNET, VXFLOW, VXFLOW_CNI, CniNode
+from tests.cni_node import CNI_PATH, VXFLOW_CNI, CniNode, Libcni, bootstrapped
 from tests.emulation import Underlay
 
 pytestmark = pytest.mark.integration
@@ -28,17 +28,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def cni(underlay: Underlay, tmp_path: Path) -> CniNode:
-    node = underlay.add_node()
-    res = subprocess.run(
-        ["ip", "netns", "exec", node.netns, VXFLOW, "bootstrap", "--network", str(NETWORK),
-         "--subnet", str(SUBNET), "--public-ip", str(node.underlay_ip),
-         "--ovsdb", node.ovs.db_target, "--datapath-type", "netdev"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    cni = CniNode(underlay, node, tmp_path)
-    cni.write_subnet_env()
-    return cni
+    return bootstrapped(underlay, tmp_path)
 
 
 def test_add_check_del_del(cni: CniNode) -> None:
@@ -97,7 +87,7 @@ def test_check_reports_what_changed(cni: CniNode) -> None:
                    check=True)  # fmt: skip
     code, out, _ = cni.plugin("CHECK", "c2", netns, conf=conf)
     assert code == 1 and out["code"] == 102, out
-    assert "lacks route 198.19.0.0/16 via 198.19.7.1" in out["details"]
+    assert f"{netns} lacks route 198.19.0.0/16" in out["details"]
     cni.node.ovs.vsctl("del-port", "br-int", host_ifname("c2", "eth0"))
     code, out, _ = cni.plugin("CHECK", "c2", netns, conf=conf)
     assert "is not on br-int" in out["details"], out
@@ -252,3 +242,215 @@ def test_another_ipam_type_is_honoured(cni: CniNode) -> None:
     status, out, _ = cni.plugin("ADD", "c10", netns, conf=conf)
     assert (status, out["code"]) == (1, 7) and "not a pod address" in out["msg"], out
     assert cni.state() == before
+
+
+def test_gc_keeps_every_listed_attachment_whichever_key_names_the_list(cni: CniNode) -> None:
+    """Finding 1. The runtime's list of attachments in use comes as `cni.dev/attachments`
+    (the spec 1.1.0 tag), `cni.dev/valid-attachments` (libcni 1.2.0-1.2.2), both (libcni
+    1.2.3+), or null (libcni's nil slice): a listed pod survives each; without either key
+    GC deletes nothing at all."""
+    cni.cni_version = "1.1.0"
+    before = cni.state()
+    kept_ns = cni.container("gk")
+    code, kept, err = cni.plugin("ADD", "kept", kept_ns)
+    assert code == 0, err
+    kept_conf = {**cni.conf(), "prevResult": kept}
+    listed = [{"containerID": "kept", "ifname": "eth0"}]
+    forms = {
+        "attachments": {"cni.dev/attachments": listed},
+        "valid-attachments": {"cni.dev/valid-attachments": listed},
+        "both": {"cni.dev/attachments": listed, "cni.dev/valid-attachments": listed},
+        "null beside a list": {"cni.dev/valid-attachments": None, "cni.dev/attachments": listed},
+    }
+    for n, (what, lists) in enumerate(forms.items()):
+        stale_ns = cni.container(f"gs{n}")
+        code, _, err = cni.plugin("ADD", "stale", stale_ns)
+        assert code == 0, err
+        code, out, err = cni.plugin("GC", "", conf={**cni.conf(), **lists})
+        assert (code, out) == (0, None), (what, out, err)
+        assert cni.plugin("CHECK", "kept", kept_ns, conf=kept_conf)[:2] == (0, None), what
+        assert cni.pod_ports() == [host_ifname("kept", "eth0")], what
+        assert cni.allocations() == [kept["ips"][0]["address"].split("/")[0]], what
+        assert len(cni.records()) == 1 and cni.links(stale_ns) == {"lo"}, what
+    # neither key: nothing says what is in use, so nothing is collected, and GC says why
+    stale_ns = cni.container("gsneither")
+    assert cni.plugin("ADD", "stale", stale_ns)[0] == 0
+    during = cni.state()
+    code, out, err = cni.plugin("GC", "", conf=cni.conf())
+    assert (code, out) == (0, None), err
+    assert "lists no attachments" in err and "deleting nothing" in err, err
+    assert cni.state() == during and len(cni.pod_ports()) == 2
+    assert cni.plugin("CHECK", "kept", kept_ns, conf=kept_conf)[:2] == (0, None)
+    # null alone (libcni 1.2.3 with a nil list): none is in use, both go
+    nothing = {"cni.dev/valid-attachments": None, "cni.dev/attachments": None}
+    code, out, err = cni.plugin("GC", "", conf={**cni.conf(), **nothing})
+    assert (code, out) == (0, None), err
+    assert cni.state() == before
+
+
+def test_del_keeps_the_address_while_the_port_may_claim_it(cni: CniNode) -> None:
+    """Finding 3: with OVSDB unreachable DEL cannot remove the port, so it keeps the address
+    (host-local would hand it to the next pod while the port still claims it) and the
+    record, answers "try again later", and the retry completes. Finding 6: DEL ignores the
+    prevResult it does not use, here one with an IPv6 address."""
+    before = cni.state()
+    netns = cni.container("d3")
+    code, result, err = cni.plugin("ADD", "d3", netns)
+    assert code == 0, err
+    address = result["ips"][0]["address"].split("/")[0]
+    cni.node.ovs.stop_process("ovsdb-server")
+    try:
+        code, out, _ = cni.plugin("DEL", "d3", netns, conf={**cni.conf(), "prevResult": result})
+        assert (code, out["code"]) == (1, 11), out
+        assert cni.allocations() == [address] and len(cni.records()) == 1
+    finally:
+        cni.node.ovs.start_ovsdb_server()
+    assert cni.pod_ports() == [host_ifname("d3", "eth0")]  # still there, still claiming it
+    dual = {**result, "ips": [*result["ips"], {"address": "fd00::2/64", "interface": 1}]}
+    conf = {**cni.conf(), "prevResult": dual}
+    code, out, err = cni.plugin("DEL", "d3", netns, conf=conf)
+    assert (code, out) == (0, None), err
+    assert cni.state() == before
+    assert cni.plugin("DEL", "d3", netns, conf=conf)[:2] == (0, None)  # idempotent
+
+
+def test_record_names_are_unambiguous_and_unreadable_records_are_collected(cni: CniNode) -> None:
+    """Finding 2: `x-net1`/eth0 and `x`/`net1-eth0` were both `x-net1-eth0.json` (the second
+    ADD overwrote the first's record, and GC leaked its port and address); an unreadable
+    record was skipped by GC, leaking what it stood for."""
+    cni.cni_version = "1.1.0"
+    before = cni.state()
+    first, second = cni.container("r1"), cni.container("r2")
+    assert cni.plugin("ADD", "x-net1", first)[0] == 0
+    assert cni.plugin("ADD", "x", second, ifname="net1-eth0")[0] == 0
+    assert len(cni.records()) == 2 and len(cni.allocations()) == 2
+    third = cni.container("r3")
+    code, _, err = cni.plugin("ADD", "torn", third)
+    assert code == 0, err
+    (record,) = (cni.data_dir / "vxnet").glob("torn-*.json")
+    record.write_text("{")  # torn (or foreign): unreadable
+    none = {"cni.dev/attachments": None, "cni.dev/valid-attachments": None}
+    code, out, err = cni.plugin("GC", "", conf={**cni.conf(), **none})
+    assert (code, out) == (0, None), err
+    assert f"unreadable attachment record {record}" in err, err
+    assert cni.state() == before
+    assert cni.links(first) == cni.links(second) == cni.links(third) == {"lo"}
+
+
+def test_an_address_claimed_by_another_port_is_refused_at_add(cni: CniNode) -> None:
+    """Finding 8: two IPAM configurations that do not know of each other (here host-local
+    and a static address; or host-local data in two mount namespaces) hand out one address:
+    the second ADD is refused, before the agent would drop both endpoints."""
+    netns = cni.container("a8")
+    code, result, err = cni.plugin("ADD", "a8", netns)
+    assert code == 0, err
+    taken = result["ips"][0]["address"]
+    during = cni.state()
+    other = cni.container("b8")
+    conf = cni.conf(ipam={"type": "static", "addresses": [{"address": taken}]})
+    status, out, _ = cni.plugin("ADD", "b8", other, conf=conf)
+    assert (status, out["code"]) == (1, 103), out
+    assert f"vxflow-ip {taken.split('/')[0]} is claimed by port {host_ifname('a8', 'eth0')}" in (
+        out["details"]
+    )
+    assert cni.state() == during and cni.links(other) == {"lo"}
+    conf = {**cni.conf(), "prevResult": result}
+    assert cni.plugin("CHECK", "a8", netns, conf=conf)[:2] == (0, None)
+    assert cni.plugin("DEL", "a8", netns)[0] == 0
+
+
+def test_check_allows_for_a_later_chained_plugin(cni: CniNode) -> None:
+    """Finding 4: CHECK compared the MTU with the configuration, so `tuning {"mtu": 1400}`
+    after vxflow failed every CHECK (spec: "The plugin must allow for a later chained plugin
+    to have modified networking resources"). A route in prevResult that another plugin made,
+    over another device, is checked by its destination as the reference plugins do."""
+    before = cni.state()
+    netns = cni.container("k4")
+    chain = Libcni(cni, [cni.conf(), {"type": "tuning", "mtu": 1400}])
+    code, result, err = chain.add("k4", netns)
+    assert code == 0, err
+    assert "mtu 1400" in subprocess.run(["nsenter", f"--net={netns}", "ip", "link", "show",
+                                         "eth0"], capture_output=True, text=True).stdout  # fmt: skip
+    assert chain.check("k4", netns)[:2] == (0, None)
+    subprocess.run(["nsenter", f"--net={netns}", "ip", "route", "add", "203.0.113.0/24",
+                    "dev", "lo"], check=True)  # fmt: skip
+    chain.cached["k4", "eth0"] = {**result, "routes": [*result["routes"],
+                                                       {"dst": "203.0.113.0/24"}]}  # fmt: skip
+    assert chain.check("k4", netns)[:2] == (0, None)
+    code, out, _ = cni.plugin("CHECK", "k4", netns, conf={**cni.conf(), "prevResult": {
+        **result, "routes": [*result["routes"], {"dst": "192.0.2.0/24"}]}})  # fmt: skip
+    assert (code, out["code"]) == (1, 102) and "lacks route 192.0.2.0/24" in out["details"], out
+    assert chain.delete("k4", netns)[:2] == (0, None)
+    assert cni.state() == before
+
+
+def test_status_checks_what_add_needs(cni: CniNode, tmp_path: Path) -> None:
+    """Finding 7: STATUS without CNI_PATH (optional for it) said the IPAM plugin was missing;
+    with ovs-vswitchd stopped it answered 0 while ADD then failed after 10 s."""
+    cni.cni_version = "1.1.0"
+    cni.cni_path = ""
+    assert cni.plugin("STATUS", "")[:2] == (0, None)
+    cni.cni_path = str(tmp_path)  # a CNI_PATH without host-local: ADD could not get an address
+    code, out, _ = cni.plugin("STATUS", "")
+    assert (code, out["code"]) == (1, 50) and "not found" in out["msg"], out
+    cni.cni_path = CNI_PATH
+    assert cni.plugin("STATUS", "")[:2] == (0, None)
+    cni.node.ovs.stop_process("ovs-vswitchd")
+    try:
+        code, out, _ = cni.plugin("STATUS", "")
+        assert (code, out["code"]) == (1, 50) and "ovs-vswitchd is not serving" in out["msg"], out
+    finally:
+        cni.node.ovs.start_vswitchd()
+    assert cni.plugin("STATUS", "")[:2] == (0, None)
+
+
+def test_netns_is_validated_as_upstream_pkg_ns_does(cni: CniNode, tmp_path: Path) -> None:
+    """Finding 9: a regular file as CNI_NETNS got through to IPAM before failing; a relative
+    path meant one thing to the agent and another to `ip`. Both are refused up front."""
+    before = cni.state()
+    regular = tmp_path / "not-a-netns"
+    regular.write_text("")
+    cni.cni_path = f"{marked_ipam(tmp_path)}:{CNI_PATH}"
+    conf = cni.conf(ipam={"type": "marked-ipam"})
+    for netns, text in ((str(regular), "unknown FS magic"), ("/nonexistent/ns", "statfs"),
+                        ("netns/pod", "absolute path")):  # fmt: skip
+        for command in ("ADD", "CHECK"):
+            checked = {**conf, "prevResult": {"cniVersion": "1.0.0"}}
+            code, out, _ = cni.plugin(command, "n9", netns, conf=conf if command == "ADD"
+                                      else checked)  # fmt: skip
+            assert (code, out["code"]) == (1, 4), (netns, out)
+            assert text in out["msg"] + out.get("details", ""), out
+    assert not (tmp_path / "ipam-called").exists()  # IPAM was never reached
+    assert cni.state() == before
+    netns = cni.container("n9")  # a namespace: IPAM is called (the mark above means something)
+    assert cni.plugin("ADD", "n9", netns, conf=conf)[0] == 0
+    assert (tmp_path / "ipam-called").exists()
+    assert cni.plugin("DEL", "n9", netns, conf=conf)[0] == 0
+    assert cni.state() == before
+
+
+def marked_ipam(tmp_path: Path) -> Path:
+    """A folder with `marked-ipam`: host-local that leaves a mark when it is called."""
+    folder = tmp_path / "marked"
+    folder.mkdir()
+    script = folder / "marked-ipam"
+    script.write_text(f"#!/bin/sh\ntouch {tmp_path}/ipam-called\nexec {CNI_PATH}/host-local\n")
+    script.chmod(0o755)
+    return folder
+
+
+def test_a_second_interface_of_one_container_is_refused_up_front(cni: CniNode) -> None:
+    """Finding 5: a second attachment into one container failed late (`route add`, EEXIST),
+    blaming the veth. vxflow refuses it before any step, and says why."""
+    netns = cni.container("m5")
+    assert cni.plugin("ADD", "m5", netns)[0] == 0
+    during = cni.state()
+    code, out, _ = cni.plugin("ADD", "m5", netns, ifname="net1")
+    assert (code, out["code"]) == (1, 100), out
+    assert out["msg"] == ("container m5 is attached to br-int already (as eth0); "
+                          "vxflow gives a container one interface"), out  # fmt: skip
+    assert "spoof guard" in out["details"], out
+    assert cni.state() == during and cni.links(netns) == {"lo", "eth0"}
+    assert cni.plugin("DEL", "m5", netns)[0] == 0
+    assert cni.plugin("ADD", "m5", netns, ifname="net1")[0] == 0  # the one interface it has
+    assert cni.plugin("DEL", "m5", netns, ifname="net1")[0] == 0

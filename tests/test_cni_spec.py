@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -86,6 +87,7 @@ def test_del_needs_no_netns_and_version_needs_nothing() -> None:
         {**ADD_ENV, "CNI_IFNAME": ".."},
         {**ADD_ENV, "CNI_ARGS": "novalue"},
         {**ADD_ENV, "CNI_NETNS": "/var/run/netns/a b"},
+        {**ADD_ENV, "CNI_NETNS": "netns/pod"},  # finding 9: relative
     ],
 )
 def test_invalid_environment_is_code_4(env: dict) -> None:
@@ -201,6 +203,27 @@ def test_gc_reads_valid_attachments() -> None:
     assert parse_netconf(data, "GC").valid_attachments == {("a", "eth0"), ("b", "net1")}
     bad = conf(cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"ifname": "eth0"}]})
     assert code_of(parse_netconf, bad, "GC") == 7
+    bad = conf(cniVersion="1.1.0", **{"cni.dev/attachments": {"containerID": "a"}})
+    assert code_of(parse_netconf, bad, "GC") == 7
+
+
+def test_gc_reads_both_key_names_as_their_union_and_null_as_none() -> None:
+    """Finding 1: the spec's tag says `cni.dev/attachments`, libcni 1.2.0-1.2.2 send only
+    `cni.dev/valid-attachments`, 1.2.3 both; a nil slice arrives as null."""
+    a, b = {"containerID": "a", "ifname": "eth0"}, {"containerID": "b", "ifname": "eth0"}
+
+    def valid(**lists):
+        return parse_netconf(conf(cniVersion="1.1.0", **lists), "GC").valid_attachments
+
+    assert valid(**{"cni.dev/attachments": [a]}) == {("a", "eth0")}
+    assert valid(**{"cni.dev/valid-attachments": [a]}) == {("a", "eth0")}
+    both = valid(**{"cni.dev/attachments": [a], "cni.dev/valid-attachments": [b]})
+    assert both == {("a", "eth0"), ("b", "eth0")}
+    assert valid(**{"cni.dev/attachments": None, "cni.dev/valid-attachments": None}) == set()
+    assert valid(**{"cni.dev/valid-attachments": None, "cni.dev/attachments": [a]}) == {
+        ("a", "eth0")
+    }
+    assert valid() is None  # no list at all: not "nothing is valid"
 
 
 # -- subnet.env ----------------------------------------------------------------
@@ -289,11 +312,60 @@ def test_attachment_records_round_trip(tmp_path: Path) -> None:
     assert attachments.load(tmp_path, "vxnet", "c1", "eth0") == record
     assert list(attachments.recorded(tmp_path, "vxnet")) == [record]
     assert list(attachments.recorded(tmp_path, "other")) == []
-    (tmp_path / "vxnet" / "torn-eth0.json").write_text("{")
-    assert list(attachments.recorded(tmp_path, "vxnet")) == [record]  # unreadable: skipped
     attachments.remove(tmp_path, "vxnet", "c1", "eth0")
     attachments.remove(tmp_path, "vxnet", "c1", "eth0")  # idempotent
     assert attachments.load(tmp_path, "vxnet", "c1", "eth0") is None
+
+
+def test_record_names_are_unambiguous(tmp_path: Path) -> None:
+    """Finding 2: `<containerID>-<ifname>.json` was one file for x-net1/eth0 and x/net1-eth0."""
+    a = attachments.Attachment("x-net1", "eth0", "/n/a", "vxa", {"name": "a"})
+    b = attachments.Attachment("x", "net1-eth0", "/n/b", "vxb", {"name": "b"})
+    odd = attachments.Attachment("y", "e%1", "/n/c", "vxc", {"name": "c"})
+    paths = {attachments.save(tmp_path, "vxnet", r) for r in (a, b, odd)}
+    assert len(paths) == 3
+    assert sorted(attachments.identities(p)[0] for p in paths) == [
+        ("x", "net1-eth0"), ("x-net1", "eth0"), ("y", "e%1"),
+    ]  # fmt: skip
+    assert attachments.load(tmp_path, "vxnet", "x", "net1-eth0") == b
+    def listed() -> list[attachments.Attachment]:
+        return sorted(attachments.recorded(tmp_path, "vxnet"), key=lambda r: r.host_ifname)
+
+    assert listed() == [a, b, odd]
+    attachments.remove(tmp_path, "vxnet", "x", "net1-eth0")
+    assert listed() == [a, odd]
+    # a plain container id and ifname keep the name they always had
+    assert attachments.save(tmp_path, "vxnet", attachments.Attachment(
+        "c1", "eth0", "", "", {})).name == "c1-eth0.json"  # fmt: skip
+
+
+def test_records_of_the_earlier_naming_are_read_and_removed(tmp_path: Path) -> None:
+    old = attachments.Attachment("a-b", "eth0", "/n/a", "vxa", {"name": "a"})
+    folder = tmp_path / "vxnet"
+    folder.mkdir()
+    (folder / "a-b-eth0.json").write_text(json.dumps(dataclasses.asdict(old)))
+    assert attachments.load(tmp_path, "vxnet", "a-b", "eth0") == old
+    assert attachments.load(tmp_path, "vxnet", "a", "b-eth0") is None  # not its content
+    attachments.remove(tmp_path, "vxnet", "a", "b-eth0")  # not its own: stays
+    assert list(attachments.recorded(tmp_path, "vxnet")) == [old]
+    attachments.remove(tmp_path, "vxnet", "a-b", "eth0")
+    assert list(attachments.recorded(tmp_path, "vxnet")) == []
+
+
+def test_unreadable_records_are_reported_and_still_listed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "vxnet"
+    folder.mkdir()
+    (folder / "torn-eth0.json").write_text("{")
+    (folder / "p-q-eth0.json").write_text("")  # an earlier, ambiguous name: every reading
+    listed = {(r.container_id, r.ifname) for r in attachments.recorded(tmp_path, "vxnet")}
+    assert listed == {("torn", "eth0"), ("p", "q-eth0"), ("p-q", "eth0")}
+    assert "unreadable attachment record" in caplog.text and "torn-eth0.json" in caplog.text
+    assert attachments.load(tmp_path, "vxnet", "torn", "eth0") is None
+    attachments.remove(tmp_path, "vxnet", "torn", "eth0")
+    attachments.remove(tmp_path, "vxnet", "p", "q-eth0")
+    assert list(folder.iterdir()) == []
 
 
 def test_a_chained_result_is_appended_to_prev_result() -> None:
@@ -302,3 +374,12 @@ def test_a_chained_result_is_appended_to_prev_result() -> None:
     assert [i.name for i in merged.interfaces] == ["lo", "vx0123456789a", "eth0"]
     assert merged.ips[0].interface == 2  # still the container's eth0
     assert merged.routes == (Route(IPv4Network("0.0.0.0/0")), Route(IPv4Network("198.19.0.0/16")))
+
+
+def test_del_ignores_the_prev_result_it_does_not_use() -> None:
+    """Finding 6: DEL, GC and STATUS do not read prevResult, so none of it can fail them."""
+    dual = {"ips": [{"address": "198.19.5.2/24"}, {"address": "fd00::2/64"}]}
+    for command in ("DEL", "GC", "STATUS"):
+        data = conf(cniVersion="1.1.0", prevResult=dual)
+        assert parse_netconf(data, command).prev_result is None
+    assert code_of(parse_netconf, conf(prevResult=dual), "CHECK") == 7
