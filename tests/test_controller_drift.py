@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -151,7 +152,12 @@ def test_a_burst_too_large_to_report_pauses_the_monitor_and_a_readback_repairs_i
     # the resumed monitor asks for a readback; on a loaded machine one already asked for
     # (a retry, or a reconnect after the stop outlasted the switch's probe) may serve it
     assert readbacks() > before
-    assert c.metric("vxflow_controller_flow_mods_total", command="delete") == STRAYS
+    # each stray is deleted by its key, once; only a stray the monitor reported before it
+    # paused, deleted at once, can be deleted again by the readback whose dump was taken
+    # before that delete landed (a no-op on the switch; seen on a loaded machine)
+    reported = sum(map(int, re.findall(r"another OpenFlow client changed (\d+) flows", c.log())))
+    assert STRAYS <= c.metric("vxflow_controller_flow_mods_total", command="delete") <= (
+        STRAYS + reported)
     assert "paused its flow monitor" in c.log()
     warnings = c.log().count("WARNING controller.switch: switch 198.18.0.1: another OpenFlow")
     assert 1 <= warnings <= 5, warnings  # one line per repair, not one per monitor reply

@@ -1,5 +1,5 @@
 """The README's development commands, run as typed: `make setup` (a second run only checks),
-`make lint` and `make unit`.
+`make lint`, `make unit` and `make repeat REPEAT=N` (with N = 1).
 
 `make test` is what CI runs (.ci/run); `make integration` is its root-only
 part and `make bench` the full-size benchmarks (about 15 minutes; their
@@ -20,11 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration  # setup installs Debian packages: root
 
 
-def make(target: str) -> subprocess.CompletedProcess:
+def make(*args: str) -> subprocess.CompletedProcess:
     # as typed at a shell: not as a sub-make of `make test` (which would print its directory)
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     return subprocess.run(
-        ["make", target], cwd=REPO, capture_output=True, text=True, timeout=240, env=env
+        ["make", *args], cwd=REPO, capture_output=True, text=True, timeout=240, env=env
     )
 
 
@@ -46,3 +46,15 @@ def test_make_unit_runs_the_pure_tests_without_the_rest() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     summary = res.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "deselected" in summary and "failed" not in summary, summary
+
+
+def test_make_repeat_runs_each_random_leases_test_that_many_times() -> None:
+    res = make("repeat", "REPEAT=1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    listed = subprocess.run(
+        [str(REPO / ".venv/bin/python"), "-m", "pytest", "--co", "-q", "-m",
+         "random_leases and not e2e"], cwd=REPO, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    wanted = sum(1 for line in listed.splitlines() if "::" in line)
+    assert wanted >= 4, listed
+    assert res.stdout.strip().splitlines()[-1].startswith(f"{wanted} passed, "), res.stdout
