@@ -483,14 +483,17 @@ class Registry:
 
     # --- listing and watching ------------------------------------------------
 
-    def snapshot(self, pause: Callable[[], None] = lambda: None) -> Snapshot:
-        """Everything valid under the prefix, at one etcd revision; rejections logged once.
+    def snapshot(self, pause: Callable[[], None] = lambda: None, *,
+                 report: bool = True) -> Snapshot:  # fmt: skip
+        """Everything valid under the prefix, at one etcd revision; rejections logged once
+        (`report=False`: not logged or counted, for a command that prints them itself).
 
         `pause` is called every `leases.state.PAUSE_EVERY` entries validated (see `View`).
         """
         kvs, revision = self.etcd.range(self.keys.root, prefix=True, page_size=RANGE_PAGE)
         snap = build_snapshot(self.keys, kvs, revision, pause=pause)
-        self._reporter.report(snap.rejected)
+        if report:
+            self._reporter.report(snap.rejected)
         return snap
 
     def list_leases(self) -> list[Lease]:

@@ -268,7 +268,8 @@ def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
               help="Seconds a flow-restore-wait left set with an empty bridge is kept before "
                    "the agent clears it (while it is set, ovs-vswitchd connects to no "
                    "controller); a bridge whose flows were restored is cleared at once.")  # fmt: skip
-@metrics_options("VXFLOW_AGENT")
+@metrics_options("VXFLOW_AGENT", 0, "off: nothing in vxflow reads it, and Prometheus "
+                 "needs a fixed port")
 @click.pass_context
 @node_errors
 def agent(ctx: click.Context, **params: Any) -> None:
