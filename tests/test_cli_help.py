@@ -33,3 +33,28 @@ def test_every_command_has_a_help_page() -> None:
         assert res.returncode == 0, (path, res.stderr)
         assert res.stdout.startswith(f"Usage: vxflow {' '.join(path)}".rstrip()), res.stdout
         assert res.stderr == "", (path, res.stderr)
+
+
+def test_metrics_port_values() -> None:
+    """`--metrics-port`: a port, 0 or '' (off); the controller's default is its own choice
+    (None: an ephemeral port), an environment variable set empty leaves the default."""
+    from click.testing import CliRunner
+
+    from vxflow.options import metrics_options
+
+    @click.command()
+    @metrics_options("T", None, "ephemeral")
+    def show(metrics_port: int | None, metrics_listen: str) -> None:
+        click.echo(repr(metrics_port))
+
+    runner = CliRunner()
+    for args, env, out in ((["--metrics-port", "9100"], {}, "9100"),
+                           (["--metrics-port", "0"], {}, "0"), (["--metrics-port", ""], {}, "0"),
+                           ([], {}, "None"), ([], {"T_METRICS_PORT": "0"}, "0"),
+                           ([], {"T_METRICS_PORT": ""}, "None")):  # fmt: skip
+        res = runner.invoke(show, args, env=env)
+        assert (res.exit_code, res.output) == (0, out + "\n"), (args, env, res.output)
+    res = runner.invoke(show, ["--metrics-port", "70000"])
+    assert res.exit_code == 2 and "70000 is not a port number (0-65535)" in res.output
+    res = runner.invoke(show, ["--metrics-port", "auto"])
+    assert res.exit_code == 2 and "'auto' is not a port number (0 or '' turns it off)" in res.output
