@@ -7,7 +7,7 @@ standard-library-only helpers (etcd server, OVS instance, process stopping),
 so `mn`, on the system Python, can load it; vxflow's own daemons (`vxflow controller`,
 `vxflow agent`, the flannel-style daemon) run as processes from the venv.
 
-Layout, after ARCHITECTURE.md's verified recipe:
+Layout, after the verified recipe of docs/architecture.md ("Test and demo topology"):
 
 - underlay 198.18.0.0/24: a Linux bridge in the root namespace (iproute2, no
   OVS there) named by the run's tag. The root namespace holds 198.18.0.254/32

@@ -10,7 +10,7 @@ import click
 
 from vxflow import logs
 
-# os-ken's eventlet hub is a deliberate choice (see ARCHITECTURE.md); eventlet's
+# os-ken's eventlet hub is a deliberate choice (see docs/architecture.md); eventlet's
 # import-time deprecation banner would otherwise greet every command.
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
