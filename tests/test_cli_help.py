@@ -58,3 +58,20 @@ def test_metrics_port_values() -> None:
     assert res.exit_code == 2 and "70000 is not a port number (0-65535)" in res.output
     res = runner.invoke(show, ["--metrics-port", "auto"])
     assert res.exit_code == 2 and "'auto' is not a port number (0 or '' turns it off)" in res.output
+
+
+def test_sysconfig_is_taken_where_the_readme_says() -> None:
+    """README (Configuration): `--sysconfig` and its FLANNEL_OPTIONS are read by `vxflow agent`
+    and `vxflow bootstrap` only; every other command takes the flags and FLANNELD_* alone."""
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "for `vxflow agent` and `vxflow bootstrap` only (the commands that take " \
+        "`--sysconfig`)" in readme  # fmt: skip
+    ctx = click.Context(cli)
+    taking = set()
+    for path in command_paths(cli)[1:]:
+        command = cli
+        for name in path:
+            command = command.get_command(ctx, name)
+        if any(p.name == "sysconfig" for p in command.params):
+            taking.add(path)
+    assert taking == {("agent",), ("bootstrap",)}
