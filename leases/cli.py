@@ -7,9 +7,18 @@ from typing import IO, Any
 
 import click
 
-from leases.cli_options import echo_table, etcd_options, open_registry, operator_errors
+from leases.cli_options import (
+    echo_summary,
+    echo_table,
+    etcd_options,
+    open_registry,
+    operator_errors,
+    rejected_json,
+    rejected_of,
+)
 from leases.config import config_to_json
 from leases.errors import ConfigMissing
+from leases.keys import KeyKind
 from leases.model import subnet_key
 from leases.validate import lease_to_json
 
@@ -31,9 +40,11 @@ def leases() -> None:
 @etcd_options
 @operator_errors
 def list_leases(output: str, **etcd: Any) -> None:
-    """List valid leases with their remaining TTL; rejected entries are logged with reasons."""
+    """List valid leases with their remaining TTL, and the rejected leases with their
+    reasons (counted in the summary)."""
     with open_registry(**etcd) as registry:
-        snap = registry.snapshot()
+        snap = registry.snapshot(report=False)  # listed below, not logged
+        rejected = rejected_of(snap, KeyKind.LEASE)
         if snap.config is None:
             detail = snap.rejected[0].detail if snap.rejected else "missing"
             raise ConfigMissing(f"no valid network config at {registry.keys.config}: {detail}")
@@ -53,10 +64,7 @@ def list_leases(output: str, **etcd: Any) -> None:
                 }
                 for lease, ttl in rows
             ],
-            "rejected": [
-                {"key": r.key, "kind": r.kind.value, "reason": r.reason, "detail": r.detail}
-                for r in snap.rejected
-            ],
+            "rejected": rejected_json(rejected),
         }
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -72,7 +80,7 @@ def list_leases(output: str, **etcd: Any) -> None:
             for lease, ttl in rows
         ]
         echo_table(lines)
-        click.echo(f"{len(rows)} lease(s) at revision {snap.revision}")
+        echo_summary(f"{len(rows)} lease(s) at revision {snap.revision}", rejected)
 
 
 @click.group()

@@ -7,8 +7,17 @@ from typing import IO, Any
 
 import click
 
-from leases.cli_options import echo_table, etcd_options, open_registry, operator_errors
+from leases.cli_options import (
+    echo_summary,
+    echo_table,
+    etcd_options,
+    open_registry,
+    operator_errors,
+    rejected_json,
+    rejected_of,
+)
 from leases.errors import ConfigMissing, ServiceRejected
+from leases.keys import KeyKind
 from leases.model import Service
 from leases.services import service_to_dict, services_from_input
 
@@ -87,22 +96,16 @@ def _summary(svc: Service) -> str:
 def list_services(output: str, **etcd: Any) -> None:
     """List valid services with their backends; rejected ones with their reasons."""
     with open_registry(**etcd) as registry:
-        snap = registry.snapshot()
+        snap = registry.snapshot(report=False)  # listed below, not logged
         if snap.config is None:
             raise ConfigMissing(f"no valid network config at {registry.keys.config}")
-        prefix = registry.keys.services
-    rejected = [
-        r for r in snap.rejected if r.key.startswith(prefix) or r.kind.value == "vxflow_config"
-    ]
+    rejected = rejected_of(snap, KeyKind.SERVICE, KeyKind.VXFLOW_CONFIG)
     if output == "json":
         doc: dict[str, Any] = {
             "revision": snap.revision,
             "ServiceNetwork": str(snap.vxflow.service_network or ""),
             "services": [service_to_dict(s) for s in snap.services],
-            "rejected": [
-                {"key": r.key, "kind": r.kind.value, "reason": r.reason, "detail": r.detail}
-                for r in rejected
-            ],
+            "rejected": rejected_json(rejected),
         }
         click.echo(json.dumps(doc, indent=2))
         return
@@ -117,10 +120,8 @@ def list_services(output: str, **etcd: Any) -> None:
         ))  # fmt: skip
     echo_table(lines)
     network = snap.vxflow.service_network or "none"
-    click.echo(f"{len(snap.services)} service(s) in ServiceNetwork {network} "
-               f"at revision {snap.revision}")  # fmt: skip
-    for r in rejected:
-        click.echo(f"rejected {r}", err=True)
+    echo_summary(f"{len(snap.services)} service(s) in ServiceNetwork {network} at revision "
+                 f"{snap.revision}", rejected)  # fmt: skip
 
 
 @services.command("rm")

@@ -305,6 +305,12 @@ def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
     assert [(r["key"], r["reason"]) for r in doc["rejected"]] == [
         ("/atomic.io/network/vxflow/services/bad", "bad_backend")
     ]
+    with Registry(etcd.endpoint, "/atomic.io/network") as reg:  # a lease: leases list's
+        reg.etcd.put(f"{reg.keys.root}/subnets/10.20.9.0-24", "{broken")
+    lines = run(etcd, "services", "list").stdout.splitlines()  # --log-level error: still out
+    assert lines[-2].endswith("; 1 rejected:"), lines
+    assert lines[-1] == ("rejected service /atomic.io/network/vxflow/services/bad: backend "
+                         "192.0.2.1 is not an address in the overlay 10.20.0.0/16 [bad_backend]")  # fmt: skip
 
     assert (
         run(etcd, "services", "rm", "db").stdout.strip()
