@@ -61,25 +61,29 @@ def network(cidr: str | None, **etcd: Any) -> None:
 @operator_errors
 def set_services(file: IO[bytes], **etcd: Any) -> None:
     """Validate and store the service(s) in FILE (JSON; - for stdin), each under
-    <prefix>/vxflow/services/<Name>, replacing a service of that name."""
+    <prefix>/vxflow/services/<Name>, replacing a service of that name.
+
+    A list is all or nothing: if any service in it is refused, each refusal is
+    printed and none is written (exit status 1); otherwise all are written in
+    one etcd transaction.
+    """
     try:
         items = services_from_input(file.read())
     except ValueError as exc:
         raise click.ClickException(f"{getattr(file, 'name', '-')}: {exc}") from exc
-    failed = 0
     with open_registry(**etcd) as registry:
-        for item in items:
-            try:
-                svc = registry.put_service(item)
-            except ServiceRejected as exc:
-                if len(items) == 1:
-                    raise click.ClickException(str(exc)) from exc
-                failed += 1
-                click.echo(f"rejected {exc}", err=True)
-                continue
+        try:
+            written = registry.put_services(items)
+        except ServiceRejected as exc:
+            problems = str(exc).splitlines()
+            if len(items) == 1:
+                raise click.ClickException(problems[0]) from exc
+            for line in problems:
+                click.echo(f"rejected {line}", err=True)
+            raise click.ClickException(f"{len(problems)} of {len(items)} service(s) rejected: "
+                                       "none written") from exc  # fmt: skip
+        for svc in written:
             click.echo(f"wrote {registry.keys.service(svc.name)}: {_summary(svc)}")
-    if failed:
-        raise click.ClickException(f"{failed} of {len(items)} service(s) rejected")
 
 
 def _summary(svc: Service) -> str:

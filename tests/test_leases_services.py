@@ -254,16 +254,27 @@ def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
         "wrote /atomic.io/network/vxflow/services/web: VIP 10.96.0.10 "
         "ports 80/TCP->8080,53/UDP->53, 2 backend(s)"
     )
-    # a list from stdin; one is refused (another holds its VIP), the other written
-    batch = [{**WEB, "Name": "api"}, {**WEB, "Name": "db", "VIP": "10.96.0.12", "Backends": []}]
+    # a list from stdin is all or nothing: one is refused (another holds its VIP), so
+    # neither is written; each refusal is named
+    db = {**WEB, "Name": "db", "VIP": "10.96.0.12", "Backends": []}
+    batch = [{**WEB, "Name": "api"}, db]
     result = run(etcd, "services", "set", "-", stdin=json.dumps(batch))
-    assert result.exit_code == 1
-    assert (
-        "rejected /atomic.io/network/vxflow/services/api: VIP 10.96.0.10 belongs to service web"
-        in result.stderr
-    )
-    assert "Error: 1 of 2 service(s) rejected" in result.stderr
-    assert "wrote /atomic.io/network/vxflow/services/db" in result.stdout
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "rejected /atomic.io/network/vxflow/services/api: VIP 10.96.0.10 belongs to service "
+        "web (created earlier) [duplicate_vip]",
+        "Error: 1 of 2 service(s) rejected: none written",
+    ]
+    assert "db" not in run(etcd, "services", "list").stdout
+    # two of a list contesting one VIP, or one name twice: refused alike
+    twice = [{**db, "Name": "x"}, {**db, "Name": "y"}, db, {**db, "VIP": "10.96.0.20"}]
+    result = run(etcd, "services", "set", "-", stdin=json.dumps(twice))
+    assert result.exit_code == 1 and result.stdout == "", result.output
+    assert "Error: 3 of 4 service(s) rejected: none written" in result.stderr
+    assert "service db is given twice [duplicate_name]" in result.stderr
+    assert run(etcd, "services", "list").stdout.splitlines()[1].split()[0] == "web"  # only
+    result = run(etcd, "services", "set", "-", stdin=json.dumps([db]))
+    assert result.exit_code == 0 and "wrote /atomic.io/network/vxflow/services/db" in result.stdout
     assert_operator_error(
         run(etcd, "services", "set", "-", stdin=json.dumps({**WEB, "VIP": "10.20.0.9"})),
         "/atomic.io/network/vxflow/services/web: VIP 10.20.0.9 lies inside the overlay 10.20.0.0/16 [bad_vip]",
