@@ -107,6 +107,9 @@ def test_the_single_controller(cluster: Cluster, tmp_path: Path) -> None:
     connect(cluster, 6653)
     with started(["vxflow controller"], env, tmp_path):
         assert_healthy(cluster, env, 1)
+    log = (tmp_path / "daemon0.log").read_text()
+    assert "were not greened" not in log and "EtcdAccess" not in log, log[:2000]
+    assert f"prefix {PREFIX} (no CA file, no client certificate, no user)" in log
 
 
 def test_two_replicas_on_one_machine_are_healthy_and_never_collide(

@@ -86,5 +86,8 @@ def main() -> None:
     if _subcommand(sys.argv[1:]) in _GREEN:
         from os_ken.lib import hub
 
-        hub.patch(thread=False)  # as osken-manager does first thing; only in that process
+        # all of it (threads too), before logging and click make their locks: a lock made
+        # before the patch is not green, which eventlet reports at start ("RLock(s) were
+        # not greened"); osken-manager patches threads only later, in its main()
+        hub.patch(thread=True)
     cli()
