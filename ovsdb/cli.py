@@ -193,7 +193,9 @@ def _flag_config(
 def bootstrap(ctx: click.Context, **params: Any) -> None:
     """Converge the integration bridge (and the gateway's address and route) once, and exit.
 
-    Prints one line per change made; nothing when the node is already right.
+    Prints one line per change made ("changed: ..."; with --dry-run, per change it
+    would make: "would change: ..."), or "BRIDGE: no change" when the node is
+    already right.
     """
     _apply_sysconfig(ctx, params)
     public_ip = resolve_public_ip(params["public_ip"], params["iface"])
