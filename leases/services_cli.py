@@ -23,7 +23,7 @@ from leases.services import service_to_dict, services_from_input
 
 EXAMPLE = """\b
 Example FILE (one object, or a list of them):
-  {"Name": "web", "VIP": "198.20.0.10",
+  {"Name": "web", "VIP": "10.96.0.10",
    "Ports": [{"Port": 80, "Protocol": "TCP", "TargetPort": 8080}],
    "Backends": [{"IP": "198.19.1.254", "Weight": 2}, {"IP": "198.19.2.254"}],
    "SessionAffinity": "ClientIP", "SessionAffinityTimeout": 600}
@@ -44,6 +44,9 @@ def network(cidr: str | None, **etcd: Any) -> None:
 
     It must lie outside the overlay Network and be a /12 to /30; its last
     address is the source pods see on connections to their own service.
+    Every address of it is taken from the pods' reach outside the cluster, so
+    use a range reserved for private use (e.g. 10.96.0.0/16): a public one is
+    stored with a warning.
     """
     with open_registry(**etcd) as registry:
         if cidr is None:
@@ -53,6 +56,11 @@ def network(cidr: str | None, **etcd: Any) -> None:
         vx = registry.set_service_network(cidr)
         key = registry.keys.vxflow_config
     click.echo(f"wrote {key}: ServiceNetwork {vx.service_network}")
+    if vx.service_network is not None and vx.service_network.is_global:
+        click.echo(f"warning: {vx.service_network} is public address space: pods can no "
+                   "longer reach those addresses outside the cluster (what no service uses "
+                   "is dropped); a range reserved for private use, such as 10.96.0.0/16, "
+                   "would not take any", err=True)  # fmt: skip
 
 
 @services.command("set", epilog=EXAMPLE)

@@ -238,8 +238,11 @@ def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
     shown = run(etcd, "services", "network")
     assert shown.exit_code == 0 and "(none: no services)" in shown.stdout
     assert_operator_error(run(etcd, "services", "network", "10.20.0.0/24"), "overlaps the overlay")
+    public = run(etcd, "services", "network", "198.20.0.0/16")  # stored, with a warning
+    assert public.exit_code == 0 and public.stderr.startswith(
+        "warning: 198.20.0.0/16 is public address space: ")  # fmt: skip
     result = run(etcd, "services", "network", "10.96.0.0/16")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and result.stderr == "", result.output
     assert (
         result.stdout.strip()
         == "wrote /atomic.io/network/vxflow/config: ServiceNetwork 10.96.0.0/16"
@@ -335,7 +338,7 @@ def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_the_readme_commands_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
-    """README (Services): `vxflow services network 198.20.0.0/16`, `vxflow services set
+    """README (Services): `vxflow services network 10.96.0.0/16`, `vxflow services set
     web.json` with the example `vxflow services set --help` shows, `vxflow services list`,
     `vxflow services rm web`; the overlay is the demo's 198.19.0.0/16."""
     with Registry(etcd.endpoint, "/coreos.com/network") as reg:
@@ -352,20 +355,19 @@ def test_the_readme_commands_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("## Services (load balancing in the flows)")[1].split("```")[1]
     lines = block.strip().splitlines()
-    assert lines == ["vxflow services network 198.20.0.0/16", "vxflow services set web.json",
+    assert lines == ["vxflow services network 10.96.0.0/16", "vxflow services set web.json",
                      "vxflow services list", "vxflow services rm web"]  # fmt: skip
     helptext = typed("vxflow services set --help").stdout
     example = helptext.split("Example FILE (one object, or a list of them):")[1]
     (tmp_path / "web.json").write_text(example)
-    assert (
-        typed(lines[0]).stdout.strip()
-        == "wrote /coreos.com/network/vxflow/config: ServiceNetwork 198.20.0.0/16"
-    )
+    first = typed(lines[0])
+    assert first.stdout.strip() == "wrote /coreos.com/network/vxflow/config: ServiceNetwork " \
+        "10.96.0.0/16" and "warning" not in first.stderr  # a private range  # fmt: skip
     assert typed(lines[1]).stdout.strip() == (
-        "wrote /coreos.com/network/vxflow/services/web: VIP 198.20.0.10 ports 80/TCP->8080, "
+        "wrote /coreos.com/network/vxflow/services/web: VIP 10.96.0.10 ports 80/TCP->8080, "
         "2 backend(s), ClientIP affinity 600s"
     )
     listed = typed(lines[2]).stdout.splitlines()
-    assert listed[1].split() == ["web", "198.20.0.10", "80/TCP->8080", "198.19.1.254*2,198.19.2.254",
+    assert listed[1].split() == ["web", "10.96.0.10", "80/TCP->8080", "198.19.1.254*2,198.19.2.254",
                                  "ClientIP", "600s"]  # fmt: skip
     assert typed(lines[3]).stdout.strip() == "removed /coreos.com/network/vxflow/services/web"
