@@ -7,15 +7,7 @@ from typing import IO, Any
 
 import click
 
-from leases.cli_options import (
-    echo_summary,
-    echo_table,
-    etcd_options,
-    open_registry,
-    operator_errors,
-    rejected_json,
-    rejected_of,
-)
+from leases.cli_options import echo_table, echo_total, etcd_options, open_registry, operator_errors
 from leases.config import config_to_json
 from leases.errors import ConfigMissing
 from leases.keys import KeyKind
@@ -44,7 +36,7 @@ def list_leases(output: str, **etcd: Any) -> None:
     reasons (counted in the summary)."""
     with open_registry(**etcd) as registry:
         snap = registry.snapshot(report=False)  # listed below, not logged
-        rejected = rejected_of(snap, KeyKind.LEASE)
+        rejected = snap.rejected_of(KeyKind.LEASE)
         if snap.config is None:
             detail = snap.rejected[0].detail if snap.rejected else "missing"
             raise ConfigMissing(f"no valid network config at {registry.keys.config}: {detail}")
@@ -64,7 +56,7 @@ def list_leases(output: str, **etcd: Any) -> None:
                 }
                 for lease, ttl in rows
             ],
-            "rejected": rejected_json(rejected),
+            "rejected": [r.to_json() for r in rejected],
         }
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -80,7 +72,7 @@ def list_leases(output: str, **etcd: Any) -> None:
             for lease, ttl in rows
         ]
         echo_table(lines)
-        echo_summary(f"{len(rows)} lease(s) at revision {snap.revision}", rejected)
+        echo_total(f"{len(rows)} lease(s) at revision {snap.revision}", rejected)
 
 
 @click.group()

@@ -16,10 +16,9 @@ import click
 from leases.config import ConfigError
 from leases.errors import RegistryError
 from leases.etcd_client import EtcdAccess, parse_endpoints
-from leases.keys import KeyKind, Keys
+from leases.keys import Keys
 from leases.model import FLANNEL_DEFAULT_PREFIX
 from leases.registry import DEFAULT_ENDPOINTS, Registry
-from leases.state import Snapshot
 from leases.validate import Rejection
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -141,18 +140,9 @@ def echo_table(lines: list[tuple[str, ...]]) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
 
 
-def rejected_of(snap: Snapshot, *kinds: KeyKind) -> list[Rejection]:
-    """The snapshot's rejected entries of `kinds`: what a listing of those reports."""
-    return [r for r in snap.rejected if r.kind in kinds]
 
-
-def rejected_json(rejected: list[Rejection]) -> list[dict[str, str]]:
-    return [{"key": r.key, "kind": r.kind.value, "reason": r.reason, "detail": r.detail}
-            for r in rejected]  # fmt: skip
-
-
-def echo_summary(summary: str, rejected: list[Rejection]) -> None:
-    """A listing's last lines: its summary with the rejected count, then one line for each
+def echo_total(summary: str, rejected: list[Rejection]) -> None:
+    """A listing's last lines: its total with the rejected count, then one line for each
     rejected entry (on stdout, whatever the log level)."""
     click.echo(f"{summary}; {len(rejected)} rejected" + (":" if rejected else ""))
     for r in rejected:

@@ -7,15 +7,7 @@ from typing import IO, Any
 
 import click
 
-from leases.cli_options import (
-    echo_summary,
-    echo_table,
-    etcd_options,
-    open_registry,
-    operator_errors,
-    rejected_json,
-    rejected_of,
-)
+from leases.cli_options import echo_table, echo_total, etcd_options, open_registry, operator_errors
 from leases.errors import ConfigMissing, ServiceRejected
 from leases.keys import KeyKind
 from leases.model import Service
@@ -111,13 +103,13 @@ def list_services(output: str, **etcd: Any) -> None:
         snap = registry.snapshot(report=False)  # listed below, not logged
         if snap.config is None:
             raise ConfigMissing(f"no valid network config at {registry.keys.config}")
-    rejected = rejected_of(snap, KeyKind.SERVICE, KeyKind.VXFLOW_CONFIG)
+    rejected = snap.rejected_of(KeyKind.SERVICE, KeyKind.VXFLOW_CONFIG)
     if output == "json":
         doc: dict[str, Any] = {
             "revision": snap.revision,
             "ServiceNetwork": str(snap.vxflow.service_network or ""),
             "services": [service_to_dict(s) for s in snap.services],
-            "rejected": rejected_json(rejected),
+            "rejected": [r.to_json() for r in rejected],
         }
         click.echo(json.dumps(doc, indent=2))
         return
@@ -132,7 +124,7 @@ def list_services(output: str, **etcd: Any) -> None:
         ))  # fmt: skip
     echo_table(lines)
     network = snap.vxflow.service_network or "none"
-    echo_summary(f"{len(snap.services)} service(s) in ServiceNetwork {network} at revision "
+    echo_total(f"{len(snap.services)} service(s) in ServiceNetwork {network} at revision "
                  f"{snap.revision}", rejected)  # fmt: skip
 
 
