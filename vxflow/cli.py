@@ -86,8 +86,10 @@ def main() -> None:
     if _subcommand(sys.argv[1:]) in _GREEN:
         from os_ken.lib import hub
 
-        # all of it (threads too), before logging and click make their locks: a lock made
-        # before the patch is not green, which eventlet reports at start ("RLock(s) were
-        # not greened"); osken-manager patches threads only later, in its main()
+        # as osken-manager does first thing (threads apart: patched with the rest at once,
+        # an SSL context recurses forever), then threads, which its main() patches only
+        # after logging and click have made their locks: eventlet reported those at every
+        # start ("RLock(s) were not greened")
+        hub.patch(thread=False)
         hub.patch(thread=True)
     cli()
