@@ -466,7 +466,7 @@ class Registry:
         """
         if len(objs) > MAX_TXN_OPS:
             raise ServicesNotWritten(f"{len(objs)} services in one go: at most {MAX_TXN_OPS} "
-                                  "(etcd's transaction limit); split the list")  # fmt: skip
+                                     "(etcd's transaction limit); split the list")  # fmt: skip
         snap = self.snapshot()
         if snap.config is None:
             raise ConfigMissing(f"no valid network config at {self.keys.config}")
@@ -494,7 +494,7 @@ class Registry:
                  for key, svc in batch.items()]  # fmt: skip
         if self.etcd.put_all_if(items) is None:
             raise ServicesNotWritten("the services changed while these were checked: nothing "
-                                  "written; run it again")  # fmt: skip
+                                     "written; run it again")  # fmt: skip
         for svc in batch.values():
             log.info("service %s written: VIP %s, %d ports, %d backends", svc.name,
                      svc.vip, len(svc.ports), len(svc.backends))  # fmt: skip

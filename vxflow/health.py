@@ -96,10 +96,9 @@ def assess(snap: Snapshot, ttls: dict[str, int | None], pages: dict[str, Page]) 
     """`ttls` by lease subnet (str), `pages` by replica id."""
     problems: list[str] = []
     config = None
-    # a config missing or invalid is one problem (its rejection is its detail, not another)
-    config_rejections = [r for r in snap.rejected if r.kind is KeyKind.CONFIG]
     if snap.config is None:
-        why = "".join(f": {r.key}: {r.detail}" for r in config_rejections[:1])
+        # one problem: the config's rejection is its detail, not another problem
+        why = "".join(f": {r.key}: {r.detail}" for r in snap.rejected_of(KeyKind.CONFIG)[:1])
         problems.append(f"no valid network config{why} (controller replicas register only "
                         "once there is one)")  # fmt: skip
     else:
