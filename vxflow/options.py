@@ -20,7 +20,8 @@ def _check_address(ctx: click.Context, param: click.Parameter, value: str) -> st
 
 
 class MetricsPort(click.ParamType):
-    """A TCP port; 0 or '' (for an environment variable set empty) turns the endpoint off."""
+    """A TCP port; 0 or '' turns the endpoint off. (A variable set empty is unset to click:
+    it leaves the default.)"""
 
     name = "PORT"
 
