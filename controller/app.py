@@ -136,11 +136,13 @@ class VxflowController(app_manager.OSKenApp):
             if problem:
                 raise ValueError(problem)
         ttl = CONF.vxflow_member_ttl
+        self._http = self._bind_http()
+        http_port = self._http.server.getsockname()[1] if self._http else 0
         # each green thread talks to etcd through its own client (Registry is not shared)
         self.membership = Membership(
             Registry(self.endpoints, self.prefix, timeout=max(1.0, ttl / 3), access=self.access),
             member_id, address, ttl, on_change=self._membership_changed,
-            status=status.status_url(CONF.vxflow_metrics_listen, CONF.vxflow_metrics_port, address),
+            status=status.status_url(CONF.vxflow_metrics_listen, http_port, address),
         )  # fmt: skip
         self.coordinator = Coordinator(
             self.membership, Registry(self.endpoints, self.prefix, access=self.access), self.roles,
@@ -170,16 +172,29 @@ class VxflowController(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._follow_registry))
         if CONF.vxflow_audit_interval > 0:
             self.threads.append(hub.spawn(self._audit_loop))
-        if CONF.vxflow_metrics_port:
-            # prometheus_client's own server thread blocks under eventlet: serve it green
-            server = hub.WSGIServer(
-                (CONF.vxflow_metrics_listen, CONF.vxflow_metrics_port),
-                wsgi_app({"/status": lambda: status.page(
-                    self.membership, self.model, self.switches, self.roles)}),
-            )  # fmt: skip
-            self.threads.append(hub.spawn(server.serve_forever))
+        if self._http is not None:
+            self.threads.append(hub.spawn(self._http.serve_forever))
             logging.getLogger("os_ken.lib.hub").setLevel(logging.WARNING)  # one line per scrape
         return thread
+
+    def _bind_http(self) -> hub.WSGIServer | None:
+        """The metrics and status endpoint, bound now so that the etcd entry can name its
+        port: by default an ephemeral one (replicas sharing a host never collide); None
+        with --metrics-port 0."""
+        port = CONF.vxflow_metrics_port
+        if port == 0:
+            log.info("metrics and status page off (--metrics-port 0)")
+            return None
+        # prometheus_client's own server thread blocks under eventlet: serve it green
+        server = hub.WSGIServer(
+            (CONF.vxflow_metrics_listen, port or 0),
+            wsgi_app({"/status": lambda: status.page(
+                self.membership, self.model, self.switches, self.roles)}),
+        )  # fmt: skip
+        host, bound = server.server.getsockname()[:2]
+        log.info("serving metrics on http://%s:%d/metrics and the status page on /status",
+                 host, bound)  # fmt: skip
+        return server
 
     def stop(self):
         """A clean stop (Ctrl-C, SIGTERM under `vxflow controller`): leave the cluster first,

@@ -41,7 +41,8 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
               help="Seconds in which every switch's table is read back once, one switch after another, "
                    "to repair drift (longer where the readbacks would fill over a quarter of the "
                    "time); 0 = off.")
-@metrics_options("VXFLOW")
+@metrics_options("VXFLOW", None, "an ephemeral port, which this replica's etcd entry "
+                 "names (`vxflow status` reads it)")
 @click.option("--id", "member_id", envvar="VXFLOW_CONTROLLER_ID", show_envvar=True,
               callback=_check_member_id,
               help="This replica's id in the controller cluster.  [default: HOSTNAME:PORT]")
@@ -68,7 +69,7 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
                    "certificate must also name the PublicIP its datapath-id claims.")
 # -- end of the TLS options --
 @etcd_options
-def controller(listen: str, port: int, audit_interval: float, metrics_port: int,
+def controller(listen: str, port: int, audit_interval: float, metrics_port: int | None,
                metrics_listen: str, member_id: str | None, member_ttl: int,
                advertise: str | None, ctl_privkey: str | None, ctl_cert: str | None,
                ca_certs: str | None, **etcd: Any) -> None:

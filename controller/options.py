@@ -9,7 +9,8 @@ the same environment variables as every other vxflow/flanneld command:
     FLANNELD_ETCD_CAFILE, FLANNELD_ETCD_CERTFILE, FLANNELD_ETCD_KEYFILE,
     FLANNELD_ETCD_USERNAME, FLANNELD_ETCD_PASSWORD   etcd TLS and credentials
     VXFLOW_AUDIT_INTERVAL    seconds per round of table audits (default 60, 0 = off)
-    VXFLOW_METRICS_PORT      metrics (and status) port (default 0 = off)
+    VXFLOW_METRICS_PORT      metrics (and status) port (default: an ephemeral port, which
+                             the replica's etcd entry names; 0 = off)
     VXFLOW_METRICS_LISTEN    address it listens on (default 127.0.0.1)
     VXFLOW_CONTROLLER_ID     this replica's id (default <hostname>:<OpenFlow port>)
     VXFLOW_MEMBER_TTL        seconds a replica's membership lives unrenewed (default 5)
@@ -62,10 +63,14 @@ OPTS = [
     ),
     cfg.IntOpt(
         "vxflow-metrics-port",
-        default=int(os.environ.get("VXFLOW_METRICS_PORT", "0")),
+        # unset (or empty, as click reads it): None, an ephemeral port, so that two
+        # replicas on one host never collide
+        default=int(os.environ["VXFLOW_METRICS_PORT"]) if os.environ.get("VXFLOW_METRICS_PORT")
+        else None,
         min=0,
         max=65535,
-        help="Serve Prometheus metrics (and /status) on METRICS_LISTEN:PORT; 0 = off.",
+        help="Serve Prometheus metrics (and /status) on METRICS_LISTEN:PORT; 0 = off; unset: "
+        "an ephemeral port, named in this replica's etcd entry.",
     ),
     cfg.StrOpt(
         "vxflow-metrics-listen",

@@ -7,10 +7,11 @@ from typing import IO, Any
 
 import click
 
-from leases.cli_options import echo_table, etcd_options, open_registry, operator_errors
+from leases.cli_options import echo_table, echo_total, etcd_options, open_registry, operator_errors
 from leases.config import config_to_json
 from leases.errors import ConfigMissing
 from leases.etcd_v2 import LeaseCopy, apply_import, plan_import
+from leases.keys import KeyKind
 from leases.model import NetworkConfig, subnet_key
 from leases.validate import lease_to_json
 
@@ -32,9 +33,11 @@ def leases() -> None:
 @etcd_options
 @operator_errors
 def list_leases(output: str, **etcd: Any) -> None:
-    """List valid leases with their remaining TTL; rejected entries are logged with reasons."""
+    """List valid leases with their remaining TTL, and the rejected leases with their
+    reasons (counted in the summary)."""
     with open_registry(**etcd) as registry:
-        snap = registry.snapshot()
+        snap = registry.snapshot(report=False)  # listed below, not logged
+        rejected = snap.rejected_of(KeyKind.LEASE)
         if snap.config is None:
             detail = f": {snap.rejected[0].detail if snap.rejected else 'missing'}"
             note = registry.missing_config_note(snap)
@@ -55,10 +58,7 @@ def list_leases(output: str, **etcd: Any) -> None:
                 }
                 for lease, ttl in rows
             ],
-            "rejected": [
-                {"key": r.key, "kind": r.kind.value, "reason": r.reason, "detail": r.detail}
-                for r in snap.rejected
-            ],
+            "rejected": [r.to_json() for r in rejected],
         }
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -74,7 +74,7 @@ def list_leases(output: str, **etcd: Any) -> None:
             for lease, ttl in rows
         ]
         echo_table(lines)
-        click.echo(f"{len(rows)} lease(s) at revision {snap.revision}")
+        echo_total(f"{len(rows)} lease(s) at revision {snap.revision}", rejected)
 
 
 @click.group()

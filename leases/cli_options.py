@@ -19,6 +19,7 @@ from leases.etcd_client import EtcdAccess, parse_endpoints
 from leases.keys import Keys
 from leases.model import FLANNEL_DEFAULT_PREFIX
 from leases.registry import DEFAULT_ENDPOINTS, Registry
+from leases.validate import Rejection
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -137,3 +138,12 @@ def echo_table(lines: list[tuple[str, ...]]) -> None:
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     for line in lines:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+
+def echo_total(summary: str, rejected: list[Rejection]) -> None:
+    """A listing's last lines: its total with the rejected count, then one line for each
+    rejected entry (on stdout, whatever the log level)."""
+    click.echo(f"{summary}; {len(rejected)} rejected" + (":" if rejected else ""))
+    for r in rejected:
+        click.echo(f"rejected {r.kind.value} {r}")

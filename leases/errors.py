@@ -32,6 +32,10 @@ class LeaseLost(RegistryError):
     """Our lease expired or was deleted and its subnet now belongs to someone else."""
 
 
+class ServicesNotWritten(RegistryError):
+    """A list of services that could not be written as one (none of it was)."""
+
+
 class ServiceRejected(RegistryError):
     """A service that validation refuses (its key, the reason and its code)."""
 

@@ -94,6 +94,14 @@ class EtcdAccess:
         shown = {k: v for k, v in vars(self).items() if v is not None and k != "password"}
         return f"EtcdAccess({shown})"
 
+    def __str__(self) -> str:
+        """How etcd is reached, in words (for a log line; never the password)."""
+        parts = [f"CA file {self.cafile}" if self.cafile else "no CA file"]
+        parts.append(f"client certificate {self.certfile}" if self.certfile else
+                     "no client certificate")  # fmt: skip
+        parts.append(f"user {self.username}" if self.username else "no user")
+        return ", ".join(parts)
+
 
 NO_ACCESS = EtcdAccess()
 

@@ -23,6 +23,7 @@ from leases.errors import (
     NetworkExhausted,
     RegistryError,
     ServiceRejected,
+    ServicesNotWritten,
     SubnetTaken,
 )
 from leases.etcd_client import DEFAULT_ENDPOINTS, NO_ACCESS, EtcdAccess, EtcdClient
@@ -65,6 +66,7 @@ from leases.watch import Watch
 log = logging.getLogger(__name__)
 
 RANGE_PAGE = 4096  # keys per request when listing a whole prefix
+MAX_TXN_OPS = 128  # etcd's --max-txn-ops default: the most puts one transaction may hold
 CLAIMS_PER_TXN = 100  # below etcd's default --max-txn-ops (128)
 
 
@@ -465,30 +467,51 @@ class Registry:
         return vx
 
     def put_service(self, obj: dict) -> Service:
-        """Validate one service (as `vxflow services set` reads it) against the network,
-        the service range and the other services, then store its canonical value.
+        """Validate and store one service (see `put_services`)."""
+        return self.put_services([obj])[0]
 
-        Raises ServiceRejected with the reason instead of writing a service the
-        controllers would reject (a VIP another service holds included).
+    def put_services(self, objs: Sequence[dict]) -> list[Service]:
+        """Validate services (as `vxflow services set` reads them) against the network, the
+        service range, the other services and each other, then store their canonical values
+        in one etcd transaction: all of them or, if any is refused, none.
+
+        Raises ServiceRejected naming every refused service and its reason (a VIP another
+        service holds included) instead of writing what the controllers would reject.
         """
-        name = obj.get("Name")
-        key = self.keys.service(name if isinstance(name, str) else "")
+        if len(objs) > MAX_TXN_OPS:
+            raise ServicesNotWritten(f"{len(objs)} services in one go: at most {MAX_TXN_OPS} "
+                                     "(etcd's transaction limit); split the list")  # fmt: skip
         snap = self.snapshot()
         config = self.require_config(snap)
-        current = snap.kvs.get(key)
-        revision = current.create_revision if current else snap.revision + 1
-        kv = KV(key, json.dumps(obj).encode(), revision, revision)
-        checked = check_service(kv, key[len(self.keys.services) :], config, snap.vxflow)
-        if isinstance(checked, Rejection):
-            raise ServiceRejected(str(checked))
-        others = {s.name: s for s in snap.services if s.name != checked.name}
-        _, conflicts = resolve_services({**others, checked.name: checked})
-        for conflict in conflicts:
-            raise ServiceRejected(f"{key}: {conflict.detail} [{conflict.reason}]")
-        self.etcd.put(key, service_to_json(checked))
-        log.info("service %s written: VIP %s, %d ports, %d backends", checked.name,
-                 checked.vip, len(checked.ports), len(checked.backends))  # fmt: skip
-        return checked
+        problems: list[str] = []
+        batch: dict[str, Service] = {}
+        for obj in objs:
+            name = obj.get("Name") if isinstance(obj, dict) else None
+            key = self.keys.service(name if isinstance(name, str) else "")
+            current = snap.kvs.get(key)
+            revision = current.create_revision if current else snap.revision + 1
+            kv = KV(key, json.dumps(obj).encode(), revision, revision)
+            checked = check_service(kv, key[len(self.keys.services) :], config, snap.vxflow)
+            if isinstance(checked, Rejection):
+                problems.append(str(checked))
+            elif key in batch:
+                problems.append(f"{key}: service {checked.name} is given twice [duplicate_name]")
+            else:
+                batch[key] = checked
+        others = {self.keys.service(s.name): s for s in snap.services}
+        _, conflicts = resolve_services({**others, **batch})
+        problems += [str(c) for c in conflicts if c.key in batch]
+        if problems:
+            raise ServiceRejected("\n".join(problems))
+        items = [(key, service_to_json(svc), kv.mod_revision if (kv := snap.kvs.get(key)) else 0)
+                 for key, svc in batch.items()]  # fmt: skip
+        if self.etcd.put_all_if(items) is None:
+            raise ServicesNotWritten("the services changed while these were checked: nothing "
+                                     "written; run it again")  # fmt: skip
+        for svc in batch.values():
+            log.info("service %s written: VIP %s, %d ports, %d backends", svc.name,
+                     svc.vip, len(svc.ports), len(svc.backends))  # fmt: skip
+        return list(batch.values())
 
     def delete_service(self, name: str) -> bool:
         """Remove a service; False if there was none."""
@@ -496,14 +519,17 @@ class Registry:
 
     # --- listing and watching ------------------------------------------------
 
-    def snapshot(self, pause: Callable[[], None] = lambda: None) -> Snapshot:
-        """Everything valid under the prefix, at one etcd revision; rejections logged once.
+    def snapshot(self, pause: Callable[[], None] = lambda: None, *,
+                 report: bool = True) -> Snapshot:  # fmt: skip
+        """Everything valid under the prefix, at one etcd revision; rejections logged once
+        (`report=False`: not logged or counted, for a command that prints them itself).
 
         `pause` is called every `leases.state.PAUSE_EVERY` entries validated (see `View`).
         """
         kvs, revision = self.etcd.range(self.keys.root, prefix=True, page_size=RANGE_PAGE)
         snap = build_snapshot(self.keys, kvs, revision, pause=pause)
-        self._reporter.report(snap.rejected)
+        if report:
+            self._reporter.report(snap.rejected)
         return snap
 
     def list_leases(self) -> list[Lease]:

@@ -1,6 +1,6 @@
 """Virtual services and vxflow's own config: validation and JSON values (pure).
 
-    <prefix>/vxflow/config          {"ServiceNetwork": "198.20.0.0/16"}
+    <prefix>/vxflow/config          {"ServiceNetwork": "10.96.0.0/16"}
     <prefix>/vxflow/services/<name> {"Name": name, "VIP": ip,
                                      "Ports": [{"Port", "Protocol", "TargetPort"}],
                                      "Backends": [{"IP", "Weight"}],

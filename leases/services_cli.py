@@ -7,14 +7,15 @@ from typing import IO, Any
 
 import click
 
-from leases.cli_options import echo_table, etcd_options, open_registry, operator_errors
+from leases.cli_options import echo_table, echo_total, etcd_options, open_registry, operator_errors
 from leases.errors import ServiceRejected
+from leases.keys import KeyKind
 from leases.model import Service
 from leases.services import service_to_dict, services_from_input
 
 EXAMPLE = """\b
 Example FILE (one object, or a list of them):
-  {"Name": "web", "VIP": "198.20.0.10",
+  {"Name": "web", "VIP": "10.96.0.10",
    "Ports": [{"Port": 80, "Protocol": "TCP", "TargetPort": 8080}],
    "Backends": [{"IP": "198.19.1.254", "Weight": 2}, {"IP": "198.19.2.254"}],
    "SessionAffinity": "ClientIP", "SessionAffinityTimeout": 600}
@@ -35,6 +36,9 @@ def network(cidr: str | None, **etcd: Any) -> None:
 
     It must lie outside the overlay Network and be a /12 to /30; its last
     address is the source pods see on connections to their own service.
+    Every address of it is taken from the pods' reach outside the cluster, so
+    use a range reserved for private use (e.g. 10.96.0.0/16): a public one is
+    stored with a warning.
     """
     with open_registry(**etcd) as registry:
         if cidr is None:
@@ -44,6 +48,11 @@ def network(cidr: str | None, **etcd: Any) -> None:
         vx = registry.set_service_network(cidr)
         key = registry.keys.vxflow_config
     click.echo(f"wrote {key}: ServiceNetwork {vx.service_network}")
+    if vx.service_network is not None and vx.service_network.is_global:
+        click.echo(f"warning: {vx.service_network} is public address space: pods can no "
+                   "longer reach those addresses outside the cluster (what no service uses "
+                   "is dropped); a range reserved for private use, such as 10.96.0.0/16, "
+                   "would not take any", err=True)  # fmt: skip
 
 
 @services.command("set", epilog=EXAMPLE)
@@ -52,25 +61,29 @@ def network(cidr: str | None, **etcd: Any) -> None:
 @operator_errors
 def set_services(file: IO[bytes], **etcd: Any) -> None:
     """Validate and store the service(s) in FILE (JSON; - for stdin), each under
-    <prefix>/vxflow/services/<Name>, replacing a service of that name."""
+    <prefix>/vxflow/services/<Name>, replacing a service of that name.
+
+    A list is all or nothing: if any service in it is refused, each refusal is
+    printed and none is written (exit status 1); otherwise all are written in
+    one etcd transaction.
+    """
     try:
         items = services_from_input(file.read())
     except ValueError as exc:
         raise click.ClickException(f"{getattr(file, 'name', '-')}: {exc}") from exc
-    failed = 0
     with open_registry(**etcd) as registry:
-        for item in items:
-            try:
-                svc = registry.put_service(item)
-            except ServiceRejected as exc:
-                if len(items) == 1:
-                    raise click.ClickException(str(exc)) from exc
-                failed += 1
-                click.echo(f"rejected {exc}", err=True)
-                continue
+        try:
+            written = registry.put_services(items)
+        except ServiceRejected as exc:
+            problems = str(exc).splitlines()
+            if len(items) == 1:
+                raise click.ClickException(problems[0]) from exc
+            for line in problems:
+                click.echo(f"rejected {line}", err=True)
+            raise click.ClickException(f"{len(problems)} of {len(items)} service(s) rejected: "
+                                       "none written") from exc  # fmt: skip
+        for svc in written:
             click.echo(f"wrote {registry.keys.service(svc.name)}: {_summary(svc)}")
-    if failed:
-        raise click.ClickException(f"{failed} of {len(items)} service(s) rejected")
 
 
 def _summary(svc: Service) -> str:
@@ -87,21 +100,15 @@ def _summary(svc: Service) -> str:
 def list_services(output: str, **etcd: Any) -> None:
     """List valid services with their backends; rejected ones with their reasons."""
     with open_registry(**etcd) as registry:
-        snap = registry.snapshot()
+        snap = registry.snapshot(report=False)  # listed below, not logged
         registry.require_config(snap)
-        prefix = registry.keys.services
-    rejected = [
-        r for r in snap.rejected if r.key.startswith(prefix) or r.kind.value == "vxflow_config"
-    ]
+    rejected = snap.rejected_of(KeyKind.SERVICE, KeyKind.VXFLOW_CONFIG)
     if output == "json":
         doc: dict[str, Any] = {
             "revision": snap.revision,
             "ServiceNetwork": str(snap.vxflow.service_network or ""),
             "services": [service_to_dict(s) for s in snap.services],
-            "rejected": [
-                {"key": r.key, "kind": r.kind.value, "reason": r.reason, "detail": r.detail}
-                for r in rejected
-            ],
+            "rejected": [r.to_json() for r in rejected],
         }
         click.echo(json.dumps(doc, indent=2))
         return
@@ -116,10 +123,8 @@ def list_services(output: str, **etcd: Any) -> None:
         ))  # fmt: skip
     echo_table(lines)
     network = snap.vxflow.service_network or "none"
-    click.echo(f"{len(snap.services)} service(s) in ServiceNetwork {network} "
-               f"at revision {snap.revision}")  # fmt: skip
-    for r in rejected:
-        click.echo(f"rejected {r}", err=True)
+    echo_total(f"{len(snap.services)} service(s) in ServiceNetwork {network} at revision "
+                 f"{snap.revision}", rejected)  # fmt: skip
 
 
 @services.command("rm")

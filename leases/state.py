@@ -60,6 +60,10 @@ class Snapshot:
     # a watch starts from a copy of it instead of validating every entry again.
     view: View | None = field(default=None, repr=False, compare=False)
 
+    def rejected_of(self, *kinds: KeyKind) -> list[Rejection]:
+        """The rejected entries of `kinds`: what a listing of those reports."""
+        return [r for r in self.rejected if r.kind in kinds]
+
     def lease_for_subnet(self, subnet: IPv4Network) -> Lease | None:
         return next((lease for lease in self.leases if lease.subnet == subnet), None)
 

@@ -7,7 +7,7 @@ standard-library-only helpers (etcd server, OVS instance, process stopping),
 so `mn`, on the system Python, can load it; vxflow's own daemons (`vxflow controller`,
 `vxflow agent`, the flannel-style daemon) run as processes from the venv.
 
-Layout, after ARCHITECTURE.md's verified recipe:
+Layout, after the verified recipe of docs/architecture.md ("Test and demo topology"):
 
 - underlay 198.18.0.0/24: a Linux bridge in the root namespace (iproute2, no
   OVS there) named by the run's tag. The root namespace holds 198.18.0.254/32
@@ -41,7 +41,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import resource
+import shlex
 import shutil
 import sys
 import tempfile
@@ -211,13 +213,30 @@ class Cluster(ClusterChecks):
             "nodes",
         ]
 
+    def vxflow_commands(self) -> list[str]:
+        """The vxflow CLI on this cluster, from the host: `status`, a `trace` from the first
+        node's pod to the second node's, `flows diff` of the first node's switch (the
+        interactive tests run each as printed)."""
+        a, b = self.vxflow_nodes[:2]
+        src, dst = self.pods_of(a)[0], self.pods_of(b)[0]
+        vxflow, etcd = _venv_tool("vxflow"), shlex.join(self.etcd_flags("controller"))
+        ovs = " ".join(f"--ovs {n.underlay_ip}={n.ovs.vswitchd_ctl}" for n in (a, b))
+        return [
+            f"{vxflow} status {etcd}",
+            f"{vxflow} trace {src.ip_if.ip} {dst.ip_if.ip} {ovs} {etcd}",
+            f"{vxflow} flows diff --node {a.underlay_ip} --switch "
+            f"unix:{a.ovs.mgmt_socket(BR_INT)} {etcd}",
+        ]
+
     def cli_banner(self) -> str:
-        """Printed before the Mininet CLI opens: the hints above and the etcdctl line."""
+        """Printed before the Mininet CLI opens: the hints above, the etcdctl line and the
+        vxflow CLI's lines for this cluster."""
         tried = ", ".join(f"`{hint}`" for hint in self.cli_hints())
         return (
             f"The cluster stays up. At the mininet> prompt try {tried} (Ctrl-C ends tcpdump); "
             f"`exit` tears it down.\nFrom another shell on the host, its etcd keys: "
-            f"{self.etcdctl_command}"
+            f"{self.etcdctl_command}\nand the vxflow CLI on it (work dir {self.workdir}):\n"
+            + "\n".join(f"  {line}" for line in self.vxflow_commands())
         )
 
     def node_dir(self, node: Host) -> Path:
@@ -254,6 +273,9 @@ class Cluster(ClusterChecks):
         # "output" is the level Mininet's CLI prints command results at: anything
         # quieter silences every command typed at the mininet> prompt
         setLogLevel("output")
+        # Mininet's logger prints through its own handler; passed on to the root logger's
+        # too (vxflow's), every command's output at the prompt came out twice
+        logging.getLogger("mininet").propagate = False
         self.progress(
             f"building topology: {spec.nodes} vxflow + {spec.flannel_nodes} flannel-style "
             f"nodes, {spec.pods} pods each (tag {spec.tag})"

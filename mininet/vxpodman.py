@@ -1,6 +1,6 @@
 """Containers on emulated nodes through a real runtime: podman + runc driving vxflow-cni.
 
-Facts this follows (ARCHITECTURE.md, verified on Debian 12 with podman 4.3.1
+Facts this follows (verified on Debian 12 with podman 4.3.1
 and runc 1.1.5): podman's CNI backend (`network_backend = "cni"`) loads the
 `*.conflist` files of its `network_config_dir`, so each node gets its own
 containers.conf naming its own directory, whose conflist points vxflow-cni at

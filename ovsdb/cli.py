@@ -193,7 +193,9 @@ def _flag_config(
 def bootstrap(ctx: click.Context, **params: Any) -> None:
     """Converge the integration bridge (and the gateway's address and route) once, and exit.
 
-    Prints one line per change made; nothing when the node is already right.
+    Prints one line per change made ("changed: ..."; with --dry-run, per change it
+    would make: "would change: ..."), or "BRIDGE: no change" when the node is
+    already right.
     """
     _apply_sysconfig(ctx, params)
     public_ip = resolve_public_ip(params["public_ip"], params["iface"])
@@ -268,7 +270,8 @@ def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
               help="Seconds a flow-restore-wait left set with an empty bridge is kept before "
                    "the agent clears it (while it is set, ovs-vswitchd connects to no "
                    "controller); a bridge whose flows were restored is cleared at once.")  # fmt: skip
-@metrics_options("VXFLOW_AGENT")
+@metrics_options("VXFLOW_AGENT", 0, "off: nothing in vxflow reads it, and Prometheus "
+                 "needs a fixed port")
 @click.pass_context
 @node_errors
 def agent(ctx: click.Context, **params: Any) -> None:

@@ -1,6 +1,6 @@
 """Emulated nodes for integration tests: namespaces, an underlay, pods.
 
-Follows the verified recipe in ARCHITECTURE.md: each node is a network
+Follows the verified recipe in docs/architecture.md: each node is a network
 namespace with a private OVS (ovsdb/instance.py); `br-phy` (netdev) holds the
 node's eth0 and its underlay address; pods are namespaces joined to the node's
 br-int by veth with TX checksum offload off. Every name carries a per-run tag

@@ -33,3 +33,45 @@ def test_every_command_has_a_help_page() -> None:
         assert res.returncode == 0, (path, res.stderr)
         assert res.stdout.startswith(f"Usage: vxflow {' '.join(path)}".rstrip()), res.stdout
         assert res.stderr == "", (path, res.stderr)
+
+
+def test_metrics_port_values() -> None:
+    """`--metrics-port`: a port, 0 or '' (off); the controller's default is its own choice
+    (None: an ephemeral port), an environment variable set empty leaves the default."""
+    from click.testing import CliRunner
+
+    from daemons.options import metrics_options
+
+    @click.command()
+    @metrics_options("T", None, "ephemeral")
+    def show(metrics_port: int | None, metrics_listen: str) -> None:
+        click.echo(repr(metrics_port))
+
+    runner = CliRunner()
+    for args, env, out in ((["--metrics-port", "9100"], {}, "9100"),
+                           (["--metrics-port", "0"], {}, "0"), (["--metrics-port", ""], {}, "0"),
+                           ([], {}, "None"), ([], {"T_METRICS_PORT": "0"}, "0"),
+                           ([], {"T_METRICS_PORT": ""}, "None")):  # fmt: skip
+        res = runner.invoke(show, args, env=env)
+        assert (res.exit_code, res.output) == (0, out + "\n"), (args, env, res.output)
+    res = runner.invoke(show, ["--metrics-port", "70000"])
+    assert res.exit_code == 2 and "70000 is not a port number (0-65535)" in res.output
+    res = runner.invoke(show, ["--metrics-port", "auto"])
+    assert res.exit_code == 2 and "'auto' is not a port number (0 or '' turns it off)" in res.output
+
+
+def test_sysconfig_is_taken_where_the_readme_says() -> None:
+    """README (Configuration): `--sysconfig` and its FLANNEL_OPTIONS are read by `vxflow agent`
+    and `vxflow bootstrap` only; every other command takes the flags and FLANNELD_* alone."""
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert "for `vxflow agent` and `vxflow bootstrap` only (the commands that take " \
+        "`--sysconfig`)" in readme  # fmt: skip
+    ctx = click.Context(cli)
+    taking = set()
+    for path in command_paths(cli)[1:]:
+        command = cli
+        for name in path:
+            command = command.get_command(ctx, name)
+        if any(p.name == "sysconfig" for p in command.params):
+            taking.add(path)
+    assert taking == {("agent",), ("bootstrap",)}

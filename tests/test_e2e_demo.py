@@ -26,6 +26,8 @@ def test_make_demo_exits_0_and_leaves_nothing_running() -> None:
     assert "ok  etcdctl shows flannel's lease keys and values" in res.stdout, res.stdout
     # setup installs podman: the containers step ran, it was not skipped
     assert "ok  container web1 on n1 -> web2 on n2: 3 replies, ttl=63" in res.stdout, res.stdout
+    # agents, controller and the containers vxflow-cni attached: `vxflow status` exits 0
+    assert "ok  vxflow status: healthy (exit status 0)" in res.stdout, res.stdout
     assert before.left_behind(cluster_tag(res.stdout)) == []
 
 
@@ -39,6 +41,7 @@ def test_demo_with_tls_on_every_channel_exits_0_and_leaves_nothing_running() -> 
     assert res.returncode == 0, res.stdout + res.stderr
     assert "all checks passed" in res.stdout and "FAIL" not in res.stdout, res.stdout
     assert "connected over ssl:" in res.stdout, res.stdout
+    assert "ok  vxflow status: healthy (exit status 0)" in res.stdout, res.stdout
     assert before.left_behind(cluster_tag(res.stdout)) == []
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ VENV_BIN = Path(sys.executable).parent
 PROMPT = "mininet> "
 BANNER = re.compile(r"At the mininet> prompt try (.+?) \(Ctrl-C ends tcpdump\)")
 ETCDCTL = re.compile(r"its etcd keys: (ETCDCTL_API=3 etcdctl [^\r\n]+)")
+VXFLOW_CLI = re.compile(r"and the vxflow CLI on it \(work dir [^)]+\):\r\n  (\S+ status [^\r\n]+)"
+                        r"\r\n  (\S+ trace [^\r\n]+)\r\n  (\S+ flows diff [^\r\n]+)")
 PING_TARGET = re.compile(r"PING (\S+) \((\d+\.\d+\.\d+\.\d+)\)")
 
 
@@ -122,10 +125,13 @@ def host_pid(name: str, parent: int) -> int:
     raise AssertionError(f"no Mininet shell for {name} under {parent}")
 
 
-def try_every_hint(session: Session) -> None:
-    """Type each suggested command as printed and check what it shows; then etcdctl."""
+def try_every_hint(session: Session, mixed: bool = False) -> None:
+    """Type each suggested command as printed and check what it shows; then etcdctl and the
+    vxflow CLI's lines (`mixed`: flannel-style nodes hold leases but no switch, which
+    `vxflow status` reports)."""
     hints = re.findall(r"`([^`]+)`", session.expect(BANNER).group(1))
     etcdctl = session.expect(ETCDCTL).group(1)
+    status, trace, diff = session.expect(VXFLOW_CLI).groups()
     session.expect(PROMPT)
     assert len(hints) == 4, hints
     ping, route, capture, nodes = hints
@@ -153,6 +159,21 @@ def try_every_hint(session: Session) -> None:
 
     out = session.command(nodes)
     assert "available nodes are:" in out and re.search(r"\bn1 n1p1\b", out), out
+    assert out.count("available nodes are:") == 1, out  # printed once, not logged again
+    assert "Level 25" not in session.transcript.getvalue()
+
+    # the vxflow CLI's lines, as printed (no shell syntax in them)
+    shown = subprocess.run(shlex.split(status), capture_output=True, text=True, timeout=60)
+    assert shown.returncode == (1 if mixed else 0), shown.stdout + shown.stderr
+    if mixed:
+        assert all("its switch is not connected" in line
+                   for line in shown.stdout.split("problem(s):\n")[1].splitlines()), shown.stdout  # fmt: skip
+    else:
+        assert shown.stdout.splitlines()[-1] == "healthy", shown.stdout
+    traced = subprocess.run(shlex.split(trace), capture_output=True, text=True, timeout=60)
+    assert traced.returncode == 0 and "delivered" in traced.stdout, traced.stdout + traced.stderr
+    diffed = subprocess.run(shlex.split(diff), capture_output=True, text=True, timeout=60)
+    assert diffed.returncode == 0 and ", 0 differ; " in diffed.stderr, diffed.stdout + diffed.stderr
 
     shown = subprocess.run(["sh", "-c", etcdctl], capture_output=True, text=True, timeout=30)
     assert shown.returncode == 0, shown.stderr
@@ -179,7 +200,7 @@ def test_cluster_script_cli(session_of) -> None:
         "--flannel-nodes", "1", "--cli",
     ])  # fmt: skip
     session.expect(r"pod pairs answering: 6/6")
-    try_every_hint(session)
+    try_every_hint(session, mixed=True)
     assert session.leave() == 0
     assert before.left_behind(cluster_tag(session.transcript.getvalue())) == []
 
@@ -190,6 +211,6 @@ def test_mn_custom_test_vxflow(session_of) -> None:
         "mn", "--custom", "mininet/cluster.py", "--topo", "vxflow,2,1,1", "--test", "vxflow",
     ])  # fmt: skip
     session.expect(r"pod pairs answering: 6/6")
-    try_every_hint(session)
+    try_every_hint(session, mixed=True)
     assert session.leave() == 0
     assert before.left_behind(cluster_tag(session.transcript.getvalue())) == []

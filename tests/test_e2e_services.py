@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -33,7 +34,8 @@ from tests.test_e2e_cluster import in_host
 
 pytestmark = pytest.mark.e2e
 
-NAMESRV = str(Path(__file__).resolve().parents[1] / "mininet" / "namesrv.py")
+ROOT = Path(__file__).resolve().parents[1]
+NAMESRV = str(ROOT / "mininet" / "namesrv.py")
 SERVICE_NETWORK = IPv4Network("198.20.0.0/16")
 VIP = "198.20.0.10"
 PORT = 8080  # every backend's TargetPort
@@ -263,7 +265,10 @@ def test_a_service_without_backends_drops_and_counts(cluster) -> None:
     assert result == {"answers": {}, "failed": 2}
     node = cluster.vxflow_nodes[3]
     cookie = f"cookie={0x7604 << 48 | group_id(SERVICE_NETWORK, service, 0):#x},"
-    drops = [f for f in node.ovs.ofctl("dump-flows", "br-int", "table=40").splitlines() if cookie in f]
+    # the README's line, as typed (run on the node, with its OVS's run directory)
+    line = "ovs-ofctl -O OpenFlow14 dump-flows br-int table=40"
+    assert line in " ".join((ROOT / "README.md").read_text().split())
+    drops = [f for f in node.ovs.run(*shlex.split(line)).splitlines() if cookie in f]
     assert len(drops) == 1 and "actions=drop" in drops[0], drops
     assert int(re.search(r"n_packets=(\d+)", drops[0])[1]) >= 2  # SYNs and their retries
 

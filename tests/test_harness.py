@@ -1,4 +1,4 @@
-"""The harness itself: two emulated nodes, static flows of ARCHITECTURE.md's shape.
+"""The harness itself: two emulated nodes, static flows of the shape docs/architecture.md describes.
 
 Proves the recipe the controller builds on: pod-to-pod ping across a userspace
 VXLAN tunnel with ttl=63 and the configured VNI on the underlay.

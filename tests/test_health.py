@@ -78,23 +78,65 @@ def test_each_kind_of_trouble_is_one_problem():
     assert "5 problem(s):" in text
 
 
-def test_a_slave_only_switch_has_no_master_and_an_unread_page_is_unknown():
-    r2 = Member("r2", "tcp:198.18.0.254:6654", 8, 4, "http://127.0.0.1:9102/status")
+def test_a_slave_only_switch_has_no_master_and_an_unread_page_elsewhere_is_a_problem():
+    r2 = Member("r2", "tcp:198.18.0.5:6654", 8, 4, "http://198.18.0.5:9102/status")
     report = assess(snap(members=(R1, r2)), TTLS, {
-        "r1": page(switch(1, role="slave")), "r2": "http://127.0.0.1:9102/status: timed out"})
+        "r1": page(switch(1, role="slave")), "r2": "http://198.18.0.5:9102/status: timed out"})
     assert report.problems == [
         "node 198.18.0.1 (198.19.1.0/24): its switch has no master (connected to r1)",
         "node 198.18.0.2 (198.19.2.0/24): its switch is not connected to any controller that "
         "answered (node or ovs-vswitchd down?)",
-        "controller r2: status unknown: http://127.0.0.1:9102/status: timed out",
+        "controller r2: status page unreadable: http://198.18.0.5:9102/status: timed out",
     ]
-    assert report.controllers[1].connected is None
+    assert report.controllers[1].connected is None and report.unknown == []
 
 
-def test_no_config_no_replica():
-    report = assess(snap(config=None, members=(), claims=()), TTLS, {})
-    assert report.problems == ["no valid network config", "no controller replica is registered"]
+def test_a_page_turned_off_or_on_another_hosts_loopback_is_unknown_not_a_problem():
+    """What etcd tells is shown; what only a page could tell is unknown, and healthy stays."""
+    off = Member("r1", R1.address, 7, 3, "")
+    report = assess(snap(members=(off,)), TTLS, {"r1": ""})
+    assert report.healthy and report.problems == []
+    assert report.unknown == [
+        "controller r1: status unknown: no status page (it runs with --metrics-port 0; "
+        "without it, it serves one)",
+        "the nodes' switches (no replica's status page was read)",
+    ]
+    assert report.controllers[0].masters == 2 and report.controllers[0].connected is None
+    assert [n.master for n in report.nodes] == ["r1", "r1"]  # the claims, from etcd
+    text = render(report, now=0.0).splitlines()
+    assert text[-4:] == ["2 unknown (not counted as problems):",
+                         f"- {report.unknown[0]}", f"- {report.unknown[1]}", "healthy"]  # fmt: skip
+    # a loopback page that does not answer here, or answers as another replica: unknown
+    r2 = Member("r2", "tcp:198.18.0.5:6654", 8, 4, "http://127.0.0.1:9102/status")
+    refused = "http://127.0.0.1:9102/status: <urlopen error [Errno 111] Connection refused>"
+    for answer, why in ((refused, refused),
+                        (page(switch(1), switch(2)),  # r1's page, on this host's loopback
+                         "http://127.0.0.1:9102/status answers as replica 'r1'")):  # fmt: skip
+        report = assess(snap(members=(R1, r2)), TTLS, {"r1": page(switch(1), switch(2)),
+                                                       "r2": answer})  # fmt: skip
+        assert report.healthy, report.problems
+        assert report.unknown == [
+            f"controller r2: status unknown: {why} (served on its host's loopback: run "
+            "`vxflow status` there, or give it a reachable --metrics-listen)"]  # fmt: skip
+        assert report.controllers[1].connected is None
+
+
+def test_no_config_is_one_problem():
+    missing = Rejection(KeyKind.CONFIG, "/p/config", "no_config", "network config is missing")
+    report = assess(snap(config=None, members=(), claims=(), rejected=(missing,)), TTLS, {})
+    assert report.problems == ["no valid network config: /p/config: network config is missing "
+                               "(controller replicas register only once there is one)"]  # fmt: skip
+    assert report.rejected == []
     assert render(report).startswith("network: no valid config (etcd revision 42)")
+    bad = Rejection(KeyKind.CONFIG, "/p/config", "bad_config", "Network is not a CIDR")
+    report = assess(snap(config=None, members=(), claims=(), rejected=(bad,)), TTLS, {})
+    assert len(report.problems) == 1 and "Network is not a CIDR" in report.problems[0]
+    assert [r["key"] for r in report.rejected] == ["/p/config"]  # shown, not a second problem
+
+
+def test_no_replica_with_a_config_is_a_problem():
+    report = assess(snap(members=(), claims=()), TTLS, {})
+    assert report.problems == ["no controller replica is registered"]
 
 
 def test_a_member_entry_names_its_status_page_or_is_rejected():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from leases.registry import Registry
 from vxflow.cli import cli
 
 PREFIX = "/atomic.io/network"
+VXFLOW = str(Path(sys.executable).with_name("vxflow"))
 SEED = '{"Network": "10.20.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
 
 
@@ -75,16 +79,25 @@ def test_leases_list_table_and_json(etcd: EtcdServer) -> None:
             lease=reg.etcd.grant(86400),
         )
         reg.etcd.put(f"{PREFIX}/subnets/10.20.53.0-24", "{broken")
+        reg.etcd.put(reg.keys.service("bad"), "{broken")  # not a lease: services list's
 
-    table = run(etcd, "leases", "list")
+    table = run(etcd, "leases", "list")  # at --log-level error: the rejection is output
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "TTL"]
-    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
+    rows = {line.split()[0]: line.split() for line in lines[1:-2]}
     assert rows["10.20.52.0/24"][1:4] == ["10.140.0.4", "c6:d2:32:6f:8f:44", "1"]
     assert rows[str(ours.subnet)][1:4] == ["10.140.0.6", "02:aa:bb:cc:dd:ee", "1"]
     assert int(rows[str(ours.subnet)][4].rstrip("s")) > 590
-    assert lines[-1].startswith("2 lease(s) at revision ")
+    assert lines[-2].startswith("2 lease(s) at revision ") and lines[-2].endswith("; 1 rejected:")
+    assert lines[-1].startswith(f"rejected lease {PREFIX}/subnets/10.20.53.0-24: ")
+    assert lines[-1].endswith(" [bad_json]")
+    # no log line besides (each command reports its own kind, in its output)
+    logged = subprocess.run([VXFLOW, "leases", "list"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "FLANNELD_ETCD_ENDPOINTS": etcd.endpoint,
+                                 "FLANNELD_ETCD_PREFIX": PREFIX})  # fmt: skip
+    assert logged.stdout.splitlines()[-2:] == lines[-2:]  # the rows' TTLs tick meanwhile
+    assert "rejected" not in logged.stderr, logged.stderr
 
     doc = json.loads(run(etcd, "leases", "list", "--output", "json").stdout)
     by_subnet = {item["Subnet"]: item for item in doc["leases"]}

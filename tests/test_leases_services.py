@@ -238,8 +238,11 @@ def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
     shown = run(etcd, "services", "network")
     assert shown.exit_code == 0 and "(none: no services)" in shown.stdout
     assert_operator_error(run(etcd, "services", "network", "10.20.0.0/24"), "overlaps the overlay")
+    public = run(etcd, "services", "network", "198.20.0.0/16")  # stored, with a warning
+    assert public.exit_code == 0 and public.stderr.startswith(
+        "warning: 198.20.0.0/16 is public address space: ")  # fmt: skip
     result = run(etcd, "services", "network", "10.96.0.0/16")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and result.stderr == "", result.output
     assert (
         result.stdout.strip()
         == "wrote /atomic.io/network/vxflow/config: ServiceNetwork 10.96.0.0/16"
@@ -254,16 +257,27 @@ def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
         "wrote /atomic.io/network/vxflow/services/web: VIP 10.96.0.10 "
         "ports 80/TCP->8080,53/UDP->53, 2 backend(s)"
     )
-    # a list from stdin; one is refused (another holds its VIP), the other written
-    batch = [{**WEB, "Name": "api"}, {**WEB, "Name": "db", "VIP": "10.96.0.12", "Backends": []}]
+    # a list from stdin is all or nothing: one is refused (another holds its VIP), so
+    # neither is written; each refusal is named
+    db = {**WEB, "Name": "db", "VIP": "10.96.0.12", "Backends": []}
+    batch = [{**WEB, "Name": "api"}, db]
     result = run(etcd, "services", "set", "-", stdin=json.dumps(batch))
-    assert result.exit_code == 1
-    assert (
-        "rejected /atomic.io/network/vxflow/services/api: VIP 10.96.0.10 belongs to service web"
-        in result.stderr
-    )
-    assert "Error: 1 of 2 service(s) rejected" in result.stderr
-    assert "wrote /atomic.io/network/vxflow/services/db" in result.stdout
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "rejected /atomic.io/network/vxflow/services/api: VIP 10.96.0.10 belongs to service "
+        "web (created earlier) [duplicate_vip]",
+        "Error: 1 of 2 service(s) rejected: none written",
+    ]
+    assert "db" not in run(etcd, "services", "list").stdout
+    # two of a list contesting one VIP, or one name twice: refused alike
+    twice = [{**db, "Name": "x"}, {**db, "Name": "y"}, db, {**db, "VIP": "10.96.0.20"}]
+    result = run(etcd, "services", "set", "-", stdin=json.dumps(twice))
+    assert result.exit_code == 1 and result.stdout == "", result.output
+    assert "Error: 3 of 4 service(s) rejected: none written" in result.stderr
+    assert "service db is given twice [duplicate_name]" in result.stderr
+    assert run(etcd, "services", "list").stdout.splitlines()[1].split()[0] == "web"  # only
+    result = run(etcd, "services", "set", "-", stdin=json.dumps([db]))
+    assert result.exit_code == 0 and "wrote /atomic.io/network/vxflow/services/db" in result.stdout
     assert_operator_error(
         run(etcd, "services", "set", "-", stdin=json.dumps({**WEB, "VIP": "10.20.0.9"})),
         "/atomic.io/network/vxflow/services/web: VIP 10.20.0.9 lies inside the overlay 10.20.0.0/16 [bad_vip]",
@@ -305,6 +319,12 @@ def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
     assert [(r["key"], r["reason"]) for r in doc["rejected"]] == [
         ("/atomic.io/network/vxflow/services/bad", "bad_backend")
     ]
+    with Registry(etcd.endpoint, "/atomic.io/network") as reg:  # a lease: leases list's
+        reg.etcd.put(f"{reg.keys.root}/subnets/10.20.9.0-24", "{broken")
+    lines = run(etcd, "services", "list").stdout.splitlines()  # --log-level error: still out
+    assert lines[-2].endswith("; 1 rejected:"), lines
+    assert lines[-1] == ("rejected service /atomic.io/network/vxflow/services/bad: backend "
+                         "192.0.2.1 is not an address in the overlay 10.20.0.0/16 [bad_backend]")  # fmt: skip
 
     assert (
         run(etcd, "services", "rm", "db").stdout.strip()
@@ -318,7 +338,7 @@ def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_the_readme_commands_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
-    """README (Services): `vxflow services network 198.20.0.0/16`, `vxflow services set
+    """README (Services): `vxflow services network 10.96.0.0/16`, `vxflow services set
     web.json` with the example `vxflow services set --help` shows, `vxflow services list`,
     `vxflow services rm web`; the overlay is the demo's 198.19.0.0/16."""
     with Registry(etcd.endpoint, "/coreos.com/network") as reg:
@@ -335,20 +355,19 @@ def test_the_readme_commands_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("## Services (load balancing in the flows)")[1].split("```")[1]
     lines = block.strip().splitlines()
-    assert lines == ["vxflow services network 198.20.0.0/16", "vxflow services set web.json",
+    assert lines == ["vxflow services network 10.96.0.0/16", "vxflow services set web.json",
                      "vxflow services list", "vxflow services rm web"]  # fmt: skip
     helptext = typed("vxflow services set --help").stdout
     example = helptext.split("Example FILE (one object, or a list of them):")[1]
     (tmp_path / "web.json").write_text(example)
-    assert (
-        typed(lines[0]).stdout.strip()
-        == "wrote /coreos.com/network/vxflow/config: ServiceNetwork 198.20.0.0/16"
-    )
+    first = typed(lines[0])
+    assert first.stdout.strip() == "wrote /coreos.com/network/vxflow/config: ServiceNetwork " \
+        "10.96.0.0/16" and "warning" not in first.stderr  # a private range  # fmt: skip
     assert typed(lines[1]).stdout.strip() == (
-        "wrote /coreos.com/network/vxflow/services/web: VIP 198.20.0.10 ports 80/TCP->8080, "
+        "wrote /coreos.com/network/vxflow/services/web: VIP 10.96.0.10 ports 80/TCP->8080, "
         "2 backend(s), ClientIP affinity 600s"
     )
     listed = typed(lines[2]).stdout.splitlines()
-    assert listed[1].split() == ["web", "198.20.0.10", "80/TCP->8080", "198.19.1.254*2,198.19.2.254",
+    assert listed[1].split() == ["web", "10.96.0.10", "80/TCP->8080", "198.19.1.254*2,198.19.2.254",
                                  "ClientIP", "600s"]  # fmt: skip
     assert typed(lines[3]).stdout.strip() == "removed /coreos.com/network/vxflow/services/web"

@@ -425,3 +425,35 @@ def test_ip_masq_rules_installed_restored_and_only_ours_removed(cluster1: Cluste
     agent.start()  # without --ip-masq: our table goes, the foreign one stays
     wait_for(lambda: our_masq_rules(node) is None, "our table removed")
     assert node.run("nft", "list", "table", "ip", "other") == foreign
+
+
+def test_an_agent_and_a_controller_with_their_defaults_are_healthy_in_status(
+    cluster1: Cluster,
+) -> None:
+    """The agent as it runs (no metrics port: the default, off) and a replica on the underlay
+    with its defaults (its status page on an ephemeral loopback port): the agent connects the
+    bridge to the replica it finds in etcd, and `vxflow status` settles at exit 0."""
+    agent = cluster1.agents[0]
+    agent.start()
+    agent.subnet()
+    etcd = f"http://127.0.0.1:{cluster1.etcd.client_port}"
+    with open(agent.workdir / "controller.log", "wb") as log:
+        controller = subprocess.Popen([
+            VXFLOW, "controller", "--listen", str(ROOT_UNDERLAY_IP), "--port",
+            str(free_loopback_port()), "--etcd-endpoints", etcd, "--etcd-prefix", PREFIX,
+        ], stdout=log, stderr=log)  # fmt: skip
+    try:
+        def healthy() -> dict | None:
+            res = subprocess.run([VXFLOW, "status", "-o", "json", "--etcd-endpoints", etcd,
+                                  "--etcd-prefix", PREFIX], capture_output=True, text=True,
+                                 timeout=60)  # fmt: skip
+            doc = json.loads(res.stdout)
+            node = doc["nodes"][0] if doc["nodes"] else {}
+            return doc if res.returncode == 0 and node.get("in_sync") else None
+
+        doc = wait_for(healthy, "a healthy status with the node's switch in sync", 30)
+        assert doc["problems"] == [] and doc["unknown"] == []
+        assert [n["public_ip"] for n in doc["nodes"]] == [str(agent.node.underlay_ip)]
+        assert doc["controllers"][0]["connected"] == 1 and doc["controllers"][0]["masters"] == 1
+    finally:
+        stop_process(controller)

@@ -57,6 +57,10 @@ def test_bootstrap_from_flags_dry_run_then_apply(node: Node) -> None:
 
     again = vxflow_in(node, *args)
     assert (again.returncode, again.stdout) == (0, "br-int: no change\n")
+    dry_again = vxflow_in(node, *args, "--dry-run")  # what `bootstrap --help` says it prints
+    assert (dry_again.returncode, dry_again.stdout) == (0, "br-int: no change\n")
+    assert '"BRIDGE: no change" when the node is already right' in " ".join(
+        vxflow_in(node, "bootstrap", "--help").stdout.split())  # fmt: skip
 
 
 @pytest.mark.integration

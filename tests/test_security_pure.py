@@ -73,7 +73,16 @@ def test_pki_command_as_the_help_shows_it(tmp_path: Path) -> None:
         result = runner.invoke(cli, args)
         assert result.exit_code == 0, result.output
         assert result.output.startswith("wrote ")
-    assert (tmp_path / "pki" / "node-10.140.0.4.pem").exists()
+    # what `vxflow pki --help` and `pki node --help` say is written
+    cert = x509.load_pem_x509_certificate((tmp_path / "pki" / "node-10.140.0.4.pem").read_bytes())
+    assert cert.subject.rfc4514_string() == "OU=node 10.140.0.4,O=vxflow"
+    assert not cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.IPAddress) == [IPv4Address("10.140.0.4")]
+    helps = runner.invoke(cli, ["pki", "--help"]).output + runner.invoke(
+        cli, ["pki", "node", "--help"]).output  # fmt: skip
+    assert "(IP SAN = PublicIP)" in helps and "OU=node PUBLIC_IP, no CN" in helps
+    assert "CN, IP SAN" not in helps
     again = runner.invoke(cli, ["pki", "init", d])
     assert again.exit_code == 1 and "exists (pass --force" in again.output
     assert "Traceback" not in again.output

@@ -127,3 +127,14 @@ def test_status_without_etcd_is_unknown_exit_3() -> None:
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 3
     assert res.stderr == "Error: etcd unreachable: http://127.0.0.1:9: Connection refused\n"
+
+
+def test_status_on_an_empty_prefix_is_one_problem_and_logs_nothing(etcd: EtcdServer) -> None:
+    res = subprocess.run([VXFLOW, "status", "--etcd-endpoints", etcd.endpoint, "--etcd-prefix",
+                          "/empty/network"], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 1 and res.stderr == ""
+    assert res.stdout.splitlines()[-2:] == [
+        "1 problem(s):",
+        "- no valid network config: /empty/network/config: network config is missing "
+        "(controller replicas register only once there is one)",
+    ]

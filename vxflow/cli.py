@@ -10,7 +10,7 @@ import click
 
 from vxflow import logs
 
-# os-ken's eventlet hub is a deliberate choice (see ARCHITECTURE.md); eventlet's
+# os-ken's eventlet hub is a deliberate choice (see docs/architecture.md); eventlet's
 # import-time deprecation banner would otherwise greet every command.
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
@@ -86,5 +86,10 @@ def main() -> None:
     if _subcommand(sys.argv[1:]) in _GREEN:
         from os_ken.lib import hub
 
-        hub.patch(thread=False)  # as osken-manager does first thing; only in that process
+        # as osken-manager does first thing (threads apart: patched with the rest at once,
+        # an SSL context recurses forever), then threads, which its main() patches only
+        # after logging and click have made their locks: eventlet reported those at every
+        # start ("RLock(s) were not greened")
+        hub.patch(thread=False)
+        hub.patch(thread=True)
     cli()

@@ -78,13 +78,18 @@ def _show(prompt: str, output: str, limit: int = 40) -> None:
         click.echo(f"   ... ({len(lines) - limit} more lines)")
 
 
-def _vxflow(cluster, *args: str) -> str:
+def _run_vxflow(cluster, *args: str) -> subprocess.CompletedProcess:
     """A `vxflow` subcommand against the cluster's etcd, as an operator would run it."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}  # eventlet's deprecation notice is noise here
-    res = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "vxflow", *args, *cluster.etcd_flags()],
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
+
+
+def _vxflow(cluster, *args: str) -> str:
+    """Its output; a failure ends the demo."""
+    res = _run_vxflow(cluster, *args)
     if res.returncode != 0:
         raise click.ClickException(f"vxflow {' '.join(args)} failed: {res.stderr.strip()}")
     return res.stdout
@@ -202,6 +207,17 @@ def containers(cluster, checks: Checks) -> None:
                  bool(gone))  # fmt: skip
 
 
+def health(cluster, checks: Checks, timeout: float = 20) -> None:
+    """`vxflow status` on the whole cluster, pods and containers included: exit 0 once every
+    switch has settled (polled until `timeout`)."""
+    _section("the cluster's health")
+    deadline = time.monotonic() + timeout
+    while (res := _run_vxflow(cluster, "status")).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    _show("$ vxflow status", res.stdout + res.stderr)
+    checks.check("vxflow status: healthy (exit status 0)", res.returncode == 0)
+
+
 def _interrupt(*_args: object) -> None:
     raise KeyboardInterrupt
 
@@ -226,8 +242,9 @@ def demo(keep: bool, pods: int, prefix: str, tls: bool) -> None:
     of the Network into the gateway port, pod->remote pod and node->remote pod
     pings with ttl=63, and a `tcpdump -T vxlan` excerpt with the VNI; then
     containers that podman + runc start on two nodes, attached by vxflow-cni,
-    ping each other (skipped, saying why, where podman cannot run). Tears
-    everything down and exits 0 if every check held, 1 otherwise.
+    ping each other (skipped, saying why, where podman cannot run); then
+    `vxflow status` on it all must exit 0. Tears everything down and exits 0
+    if every check held, 1 otherwise.
     """
     if os.geteuid() != 0:
         raise click.ClickException("the demo needs root (network namespaces, Open vSwitch)")
@@ -250,6 +267,7 @@ def demo(keep: bool, pods: int, prefix: str, tls: bool) -> None:
                        "(scripts/setup.sh installs them)")  # fmt: skip
         else:
             containers(cluster, checks)
+        health(cluster, checks)
         _section("summary")
         for name, ok in checks.results:
             click.echo(f"   {'ok ' if ok else 'FAIL'} {name}")

@@ -4,20 +4,46 @@
 lease's TTL left, each replica's status page or why it could not be read) and
 returns a `Report`: the network config, every node (lease, TTL, switch,
 master and generation, flows desired and installed, last sync, drift
-repairs), the controllers, the rejected etcd entries, and the problems. A
-report without problems is healthy; `render()` is its one screen of text.
+repairs), the controllers, the rejected etcd entries, the problems, and what
+cannot be told (unknown). A report without problems is healthy, whatever is
+unknown: a replica run without a status page, or whose page is served on
+another host's loopback, is not itself a fault (PROBLEMS and UNKNOWN below
+are the rule `vxflow status --help` prints); `render()` is its one screen of
+text.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from ipaddress import ip_address
 from typing import Any
+from urllib.parse import urlsplit
 
+from leases.keys import KeyKind
 from leases.model import datapath_id_for
 from leases.state import Snapshot
+from leases.validate import Reason
 
 Page = dict[str, Any] | str  # a replica's status page, or why there is none
+
+PROBLEMS = (
+    "no valid network config (one problem: the replicas wait for it to register)",
+    "no controller replica registered (with a valid config)",
+    "a replica whose membership has lapsed",
+    "a replica whose status page, served on an address other than loopback, cannot be read",
+    "a node whose switch is not connected to any replica that answered, has no master, or "
+    "holds flows that differ from the desired ones",
+    "a switch connected without a valid lease",
+    "a rejected etcd entry",
+)
+UNKNOWN = (
+    "a replica run with --metrics-port 0 (no status page)",
+    "a replica whose page is served on loopback and cannot be read here, or answers as "
+    "another replica (it runs on another host: run `vxflow status` there, or give it a "
+    "reachable --metrics-listen)",
+    "while no replica's page was read: the nodes' switches",
+)
 
 
 @dataclass
@@ -45,7 +71,7 @@ class Controller:
     status: str  # its status URL ("": not served)
     masters: int  # switches whose claim it holds
     connected: int | None = None  # switches connected to it (None: its page was not read)
-    error: str = ""  # why its page could not be read
+    error: str = ""  # why its page could not be read (a problem, or unknown: see assess)
 
 
 @dataclass
@@ -56,6 +82,7 @@ class Report:
     controllers: list[Controller]
     rejected: list[dict[str, str]]
     problems: list[str]
+    unknown: list[str] = field(default_factory=list)  # what cannot be told: not problems
 
     @property
     def healthy(self) -> bool:
@@ -73,12 +100,17 @@ def assess(
     problems: list[str] = []
     config = None
     if snap.config is None:
-        problems.append(f"no valid network config{config_note}")
+        # one problem: where etcd's v2 store holds the config, that; else the config's
+        # rejection is its detail, not another problem
+        why = config_note or "".join(
+            f": {r.key}: {r.detail}" for r in snap.rejected_of(KeyKind.CONFIG)[:1])
+        problems.append(f"no valid network config{why} (controller replicas register only "
+                        "once there is one)")  # fmt: skip
     else:
         c = snap.config
         config = {"network": str(c.network), "subnet_len": c.subnet_len,
                   "vni": c.backend.vni, "port": c.backend.port, "mtu": c.backend.mtu}  # fmt: skip
-    read = {rid: p for rid, p in pages.items() if isinstance(p, dict)}
+    read = {rid: p for rid, p in pages.items() if isinstance(p, dict) and p.get("member") == rid}
     switches = _switches(read)  # datapath-id -> [(replica id, its entry)]
     claims = {c.datapath_id: c for c in snap.claims}
     nodes = []
@@ -101,25 +133,45 @@ def assess(
         problems.append(f"switch of {ip} ({dpid:016x}) is connected but its node holds no "
                         "valid lease: it has only the table-miss drops")  # fmt: skip
     controllers = []
+    unknown: list[str] = []
     for member in snap.members:
         page = pages.get(member.id, "")
         masters = sum(c.controller == member.id for c in snap.claims)
         ctl = Controller(member.id, member.address, member.status, masters)
-        if isinstance(page, dict):
+        if member.id in read:
             ctl.connected = len(page["switches"])
             if not page.get("member_valid", True):
                 problems.append(f"controller {member.id}: its membership has lapsed (it does "
                                 "not write to switches)")  # fmt: skip
         else:
-            ctl.error = page or "no status page (run it with --metrics-port)"
-            problems.append(f"controller {member.id}: status unknown: {ctl.error}")
+            ctl.error, is_problem = _unread(member.status, page)
+            (problems if is_problem else unknown).append(f"controller {member.id}: {ctl.error}")
         controllers.append(ctl)
-    if not snap.members:
+    if snap.leases and not read and snap.members:
+        unknown.append("the nodes' switches (no replica's status page was read)")
+    if not snap.members and snap.config is not None:
         problems.append("no controller replica is registered")
-    rejected = [{"key": r.key, "kind": r.kind.value, "reason": r.reason, "detail": r.detail}
-                for r in snap.rejected]  # fmt: skip
-    problems += [f"rejected {r['kind']} {r['key']}: {r['detail']} [{r['reason']}]" for r in rejected]
-    return Report(snap.revision, config, nodes, controllers, rejected, problems)
+    rejected = [r.to_json() for r in snap.rejected if r.reason != Reason.NO_CONFIG]
+    problems += [f"rejected {r['kind']} {r['key']}: {r['detail']} [{r['reason']}]"
+                 for r in rejected if r["kind"] != KeyKind.CONFIG]  # fmt: skip
+    return Report(snap.revision, config, nodes, controllers, rejected, problems, unknown)
+
+
+def _unread(url: str, page: Page) -> tuple[str, bool]:
+    """Why a replica's page was not read, and whether that is a problem (see UNKNOWN)."""
+    if not url:
+        return ("status unknown: no status page (it runs with --metrics-port 0; without it, "
+                "it serves one)", False)  # fmt: skip
+    why = f"{url} answers as replica {page.get('member')!r}" if isinstance(page, dict) else page
+    host = urlsplit(url).hostname or ""
+    try:
+        loopback = ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return (f"status unknown: {why} (served on its host's loopback: run `vxflow status` "
+                "there, or give it a reachable --metrics-listen)", False)  # fmt: skip
+    return f"status page unreadable: {why}", True
 
 
 def _switches(pages: dict[str, dict[str, Any]]) -> dict[int, list[tuple[str, dict[str, Any]]]]:
@@ -198,6 +250,9 @@ def render(report: Report, now: float | None = None) -> str:
         lines += ["", "REJECTED ETCD ENTRIES"]
         lines += [f"{r['kind']} {r['key']}: {r['detail']} [{r['reason']}]" for r in report.rejected]
     lines.append("")
+    if report.unknown:
+        lines.append(f"{len(report.unknown)} unknown (not counted as problems):")
+        lines += [f"- {u}" for u in report.unknown]
     if report.healthy:
         lines.append("healthy")
     else:

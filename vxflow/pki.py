@@ -246,10 +246,15 @@ def pki() -> None:
 
     \b
     vxflow pki init /etc/vxflow/pki                     # ca.pem, ca-key.pem
-    vxflow pki node /etc/vxflow/pki 10.140.0.4          # one per node (CN, IP SAN = PublicIP)
+    vxflow pki node /etc/vxflow/pki 10.140.0.4          # one per node (IP SAN = PublicIP)
     vxflow pki server /etc/vxflow/pki controller --ip 10.140.0.2
     vxflow pki server /etc/vxflow/pki etcd --ip 10.140.0.2
     vxflow pki client /etc/vxflow/pki operator          # the CLI's etcd client certificate
+
+    Every leaf's subject is O=vxflow, OU=<what it is> (e.g. "node 10.140.0.4")
+    and no CN: etcd refuses gateway requests whose client certificate has one
+    (with auth and client-cert-auth on). A node is named by its PublicIP as an
+    IP subjectAltName, which the controller checks against the datapath-id.
     """
 
 
@@ -269,7 +274,8 @@ def init_command(directory: Path, name: str, force: bool) -> None:
 @force_option
 @_pki_errors
 def node_command(directory: Path, public_ips: tuple[IPv4Address, ...], force: bool) -> None:
-    """A certificate per node, named by its PublicIP (node-PUBLIC_IP.pem, -key.pem)."""
+    """A certificate per node (node-PUBLIC_IP.pem, -key.pem): its PublicIP as an IP
+    subjectAltName, subject O=vxflow, OU=node PUBLIC_IP, no CN."""
     for ip in public_ips:
         _report(issue_node(directory, ip, force))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,7 +19,7 @@ import click
 from leases.cli_options import etcd_options, open_registry
 from leases.errors import RegistryError
 from leases.model import Member
-from vxflow.health import Page, assess, render
+from vxflow.health import PROBLEMS, UNKNOWN, Page, assess, render
 
 EXIT_PROBLEMS = 1
 EXIT_UNKNOWN = 3
@@ -39,25 +40,41 @@ def fetch_page(member: Member, timeout: float) -> Page:
         return f"{member.status}: {exc}"
 
 
-@click.command()
+def _items(lines: tuple[str, ...]) -> str:
+    return "".join(textwrap.fill(line, 78, initial_indent="- ", subsequent_indent="  ") + "\n"
+                   for line in lines)  # fmt: skip
+
+
+_HELP = f"""Show the cluster: network config, every node (lease, TTL left, switch connected,
+its master and generation_id, flows installed/desired, last sync, drift repairs,
+pods), the controller replicas and the rejected etcd entries.
+
+\b
+Exit status: 0 no problem (things unknown are listed, and do not count);
+1 at least one problem (each is listed); 3 etcd could not be read (the
+state is unknown).
+
+\b
+Problems:
+{_items(PROBLEMS)}
+\b
+Unknown, not problems:
+{_items(UNKNOWN)}
+A replica's switches are known from its status page, which it serves by
+default on an ephemeral loopback port and names in its etcd entry.
+"""
+
+
+@click.command(help=_HELP)
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="text for people, json for scripts.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
               help="Seconds to wait for each controller replica's status page.")
 @etcd_options
 def status(output: str, timeout: float, **etcd: str) -> None:
-    """Show the cluster: network config, every node (lease, TTL left, switch connected,
-    its master and generation_id, flows installed/desired, last sync, drift repairs,
-    pods), the controller replicas and the rejected etcd entries.
-
-    Exit status: 0 healthy; 1 something is wrong (each problem is listed); 3 etcd
-    could not be read (the state is unknown). A replica's switches are known
-    from its status page, served where it has --metrics-port (its etcd entry
-    names the URL).
-    """
     try:
         with open_registry(**etcd) as registry:
-            snap = registry.snapshot()
+            snap = registry.snapshot(report=False)  # the report lists them
             ttls = {str(lease.subnet): None if lease.etcd_lease_id is None
                     else max(registry.time_to_live(lease), 0) for lease in snap.leases}  # fmt: skip
             note = registry.missing_config_note(snap)
