@@ -269,7 +269,9 @@ def test_without_v2_the_errors_are_unchanged_and_cost_one_request(
         assert v2_requests == [f"{etcd.endpoint}/v2/keys{config}"], args
     v2_requests.clear()
     status = run(etcd, "status")
-    assert status.exit_code == 1 and "\n- no valid network config\n" in status.stdout
+    assert status.exit_code == 1 and (
+        f"\n- no valid network config: {config}: network config is missing (controller "
+        "replicas register only once there is one)\n") in status.stdout
     assert v2_requests == [f"{etcd.endpoint}/v2/keys{config}"]
     with Registry(etcd.endpoint, PREFIX) as reg, pytest.raises(ConfigMissing) as missing:
         reg.get_config()

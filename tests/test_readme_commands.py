@@ -39,6 +39,9 @@ COVERED: dict[str, tuple[str, str]] = {
     "make lint": ("tests/test_make_targets.py::test_make_lint_is_clean", "run as typed there"),
     "make unit": ("tests/test_make_targets.py::test_make_unit_runs_the_pure_tests_without_the_rest",
                   "runs the unit suite: as typed there"),
+    "make repeat REPEAT=N": ("tests/test_make_targets.py::"
+                             "test_make_repeat_runs_each_random_leases_test_that_many_times",
+                             "run there with N = 1; 200 times each takes an hour"),
     "vxflow controller --port 6653": (
         "tests/test_readme_daemons.py::test_two_replicas_on_one_machine_are_healthy_and_never_collide",
         "a daemon: started as typed there, with switches, until `vxflow status` exits 0"),
