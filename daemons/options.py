@@ -11,12 +11,17 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _check_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        ip_address(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from exc
-    return value
+def parsed_by(parse: Callable[[str], object]) -> Callable[[click.Context, click.Parameter, str], str]:
+    """A click callback that refuses a value `parse` raises ValueError on, with its message."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from exc
+        return value
+
+    return check
 
 
 class MetricsPort(click.ParamType):
@@ -49,7 +54,7 @@ def metrics_options(env_prefix: str, default: int | None, default_text: str) -> 
     def decorate(f: F) -> F:
         f = click.option(
             "--metrics-listen", default="127.0.0.1", show_default=True,
-            envvar=f"{env_prefix}_METRICS_LISTEN", show_envvar=True, callback=_check_address,
+            envvar=f"{env_prefix}_METRICS_LISTEN", show_envvar=True, callback=parsed_by(ip_address),
             help="Address the metrics (and status) endpoint listens on.",
         )(f)  # fmt: skip
         return click.option(

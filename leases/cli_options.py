@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
+from daemons.options import parsed_by
 from leases.config import ConfigError
 from leases.errors import RegistryError
 from leases.etcd_client import EtcdAccess, parse_endpoints
@@ -22,22 +23,6 @@ from leases.registry import DEFAULT_ENDPOINTS, Registry
 from leases.validate import Rejection
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _check_endpoints(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        parse_endpoints(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from exc
-    return value
-
-
-def _check_prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        Keys(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from exc
-    return value
 
 
 # flanneld's TLS and credential options: (name, help); each reads FLANNELD_ETCD_<NAME>
@@ -96,7 +81,7 @@ def etcd_options(f: F) -> F:
         default=FLANNEL_DEFAULT_PREFIX,
         show_default=True,
         show_envvar=True,
-        callback=_check_prefix,
+        callback=parsed_by(Keys),
         help="etcd prefix of the flannel network (the seed's cluster uses /atomic.io/network).",
     )(f)
     return click.option(
@@ -105,7 +90,7 @@ def etcd_options(f: F) -> F:
         default=DEFAULT_ENDPOINTS,
         show_default=True,
         show_envvar=True,
-        callback=_check_endpoints,
+        callback=parsed_by(parse_endpoints),
         help="Comma-separated etcd client URLs.",
     )(f)
 
