@@ -20,6 +20,7 @@ import contextlib
 import gc
 import logging
 import time
+from collections.abc import Callable
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -59,6 +60,15 @@ def _yield() -> None:
     """Let the hub run (echo replies, other switches) inside a long CPU-bound step:
     OVS drops a controller that leaves its inactivity probe unanswered."""
     hub.sleep(0)
+
+
+def _each(syncs: list[SwitchSync], step: Callable[[SwitchSync], None], what: str) -> None:
+    """`step` for every switch: one that fails is logged, and the others still get theirs."""
+    for sync in syncs:
+        try:
+            step(sync)
+        except Exception:
+            log.exception("switch %s: %s failed", sync.node, what)
 
 
 class DatapathChannel:
@@ -157,8 +167,7 @@ class VxflowController(app_manager.OSKenApp):
         it held back meanwhile."""
         self.coordinator.request()
         if self.membership.valid():
-            for sync in list(self.switches.values()):
-                sync.resume()
+            _each(list(self.switches.values()), SwitchSync.resume, "resuming")
 
     def start(self):
         thread = super().start()
@@ -239,13 +248,15 @@ class VxflowController(app_manager.OSKenApp):
         # every switch notes what changed before any sends: sending yields, and a readback
         # compared meanwhile must know the change is pending (not drift)
         asked = []
-        for sync in list(self.switches.values()):
+
+        def note(sync: SwitchSync) -> None:
             own = self.model.own_lease(sync.node)
             scope = impact.scope_for(sync.node, own.subnet if own else None)
             if scope and sync.note(scope, impact.flushes):
                 asked.append(sync)
-        for sync in asked:
-            sync.kick()
+
+        _each(list(self.switches.values()), note, "noting a registry change")
+        _each(asked, SwitchSync.kick, "sending a registry change")
 
     def _audit_loop(self) -> None:
         """Every switch this replica masters read back and compared once per interval, one

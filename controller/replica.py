@@ -186,7 +186,7 @@ class Membership:
             self._timer.cancel()
         self._timer = hub.spawn_after(max(self._valid_until - time.monotonic(), 0) + 0.01, self._check)
         if regained:
-            self.on_change()
+            self._notify()
 
     def _check(self) -> None:
         """The deadline passed without a renewal: stop writing, say so once."""
@@ -201,7 +201,15 @@ class Membership:
         self._lapsed = True
         metrics.MEMBER.set(0)
         metrics.MEMBERSHIP_LOST.inc()
-        self.on_change()
+        self._notify()
+
+    def _notify(self) -> None:
+        """Tell the app (it resumes or holds back every switch): whatever fails there is
+        logged, and must never end the renewal loop or the lapse timer."""
+        try:
+            self.on_change()
+        except Exception:
+            log.exception("controller membership: acting on a lapse or renewal failed")
 
 
 def _exit(status: int) -> None:

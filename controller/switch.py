@@ -443,7 +443,12 @@ class SwitchSync:
         if not self._pending:
             return
         started = time.perf_counter()
-        desired = self.desired(self._pending)
+        try:
+            desired = self.desired(self._pending)
+        except Exception:  # never seen; were it, this switch retries and the others go on
+            log.exception("switch %s: computing its desired flows failed", self.node)
+            self._retry_later()
+            return
         if desired is None:
             return
         scope, self._pending = self._pending, NOTHING

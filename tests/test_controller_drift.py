@@ -188,3 +188,23 @@ def test_only_the_master_repairs_a_slave_watches(cluster: Cluster, tmp_path: Pat
         if replica.member_id not in repairs:
             assert replica.metric("vxflow_controller_flow_mods_total", command="add") == (
                 writes[replica.member_id])  # fmt: skip
+
+
+def test_a_flow_with_a_lease_shaped_cookie_is_removed_as_a_stray(cluster: Cluster, tmp_path):
+    """A flow added by hand with a cookie that looks like a lease's but names no subnet
+    (key 1: host bits set for any subnet length): reported by the monitor, deleted, logged
+    as drift, no traceback; and the next lease still lands on the switch."""
+    cluster.lease(1)
+    cluster.lease(2)
+    bridge = cluster.add_switch(1)
+    cluster.controller.start(tmp_path)
+    cluster.wait_converged()
+    stray = "cookie=0x7602000000000001,table=20,priority=100,ip,nw_dst=10.0.0.1,actions=drop"
+    assert repaired(cluster, lambda: cluster.ovs.ofctl("add-flow", bridge, stray), "a stray") == {
+        "delete": 1, "monitor": 1}  # fmt: skip
+    cluster.lease(3)
+    cluster.wait_converged(timeout=10)
+    log = cluster.controller.log()
+    assert "another OpenFlow client changed 1 flows (1 added), e.g. added " \
+        "cookie=0x7602000000000001,table=20" in log  # fmt: skip
+    assert "Traceback" not in log and "failed" not in log
