@@ -367,6 +367,9 @@ class SwitchSync:
         if change is None:
             return
         if xid == change.added_xid and change.bundle_id is not None and not change.committing:
+            if not self.may_write():
+                self._abandon(change)
+                return
             change.committing = True
             ctrl = ofwire.OFPBCT_DISCARD_REQUEST if change.failed else ofwire.OFPBCT_COMMIT_REQUEST
             self.channel.send(
@@ -574,13 +577,29 @@ class SwitchSync:
                 send(encode(chunk, xid))
                 xid += len(chunk) * per_item
                 self.pause()  # the switch parses this chunk while we encode the next
-                if self.closed:  # disconnected meanwhile: the new session resyncs
+                if self.closed or self._change is not bundle:  # disconnected or demoted
+                    return  # meanwhile: the next session or master reads back
+                if not self.may_write():
+                    self._abandon(bundle)
                     return
         send(ofwire.encode_barrier(bundle.added_xid))
         log.debug(
             "switch %s: bundle %d of %d flow-mods encoded and queued in %.1f ms",
             self.node, bundle_id, len(diff), (time.perf_counter() - started) * 1e3,
         )
+
+    def _abandon(self, change: _Change) -> None:
+        """The membership lapsed while a bundle was under way: nothing more is sent, not
+        even its discard (the switch drops an uncommitted bundle when its idle timeout
+        passes or the connection closes). Once renewed, the switch is read back first."""
+        metrics.WRITES_FENCED.inc()
+        log.warning("switch %s: membership lapsed during bundle %d; left uncommitted, the "
+                    "switch is read back once it is renewed", self.node, change.bundle_id)  # fmt: skip
+        self._change = None
+        self.state = State.IDLE
+        self._flushes = change.flushes + self._flushes
+        self._need_readback, self._readback_reason = True, "retry"
+        self._pending = FULL
 
     def _retry_later(self) -> None:
         self._failures += 1
@@ -595,6 +614,9 @@ class SwitchSync:
         """NXT_CT_FLUSH per removed UDP backend, once its group no longer picks it (a
         switch without NXT_CT_FLUSH answers with an error: logged, the entries expire)."""
         if not flushes or not self.master or self.closed:
+            return
+        if not self.may_write():  # held back with the next change's
+            self._flushes = flushes + self._flushes
             return
         xid = self.channel.xids(len(flushes))
         self.channel.send(

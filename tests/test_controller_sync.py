@@ -350,3 +350,65 @@ def test_model_endpoint_events_touch_only_their_node():
     assert set(model.desired(lease(1).public_ip, FULL)) == compile_node(
         CONFIG, [lease(1), lease(2)], [moved], lease(1).public_ip
     )
+
+
+def strays(n: int) -> list:
+    """`n` flows no vxflow table holds: each one a delete in the next change."""
+    return [flow(0, 500, {"in_port": port}, (), 0) for port in range(1, n + 1)]
+
+
+def bundle_under_way(lapse_at_chunk: int):
+    """A switch read back with three chunks' worth of strays, its bundle started with the
+    membership lapsing after chunk `lapse_at_chunk` (0: never); (sync, channel, licence)."""
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    licence, chunks = [True], [0]
+
+    def pause() -> None:  # called after each chunk is sent
+        chunks[0] += 1
+        if chunks[0] == lapse_at_chunk:
+            licence[0] = False
+
+    sync.may_write, sync.pause = (lambda: licence[0]), pause
+    sync.start()
+    held = compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip)
+    read_back(sync, channel, [*held, *strays(3 * switch.CHUNK)])
+    return sync, channel, licence
+
+
+def test_a_lapse_during_a_bundle_stops_it_at_once_and_nothing_is_committed():
+    fenced = metrics.WRITES_FENCED._value.get()
+    sync, channel, licence = bundle_under_way(lapse_at_chunk=1)
+    sent = channel.take()
+    # the open and the one chunk sent before the lapse; no further chunk, no barrier
+    adds = [ofwire.OFPT_BUNDLE_ADD_MESSAGE] * switch.CHUNK
+    assert [t for t, _, _ in sent] == [ofwire.OFPT_BUNDLE_CONTROL, *adds]
+    assert sync.state is State.IDLE and sync.reading_back
+    assert metrics.WRITES_FENCED._value.get() == fenced + 1
+    sync.kick()
+    assert channel.take() == []  # still lapsed: nothing at all
+    licence[0] = True
+    sync.resume()
+    (mtype, _, _), (gtype, _, _) = channel.take()  # renewed: a readback comes first
+    assert mtype == gtype == ofwire.OFPT_MULTIPART_REQUEST
+
+
+def test_a_lapse_before_the_add_barrier_returns_means_no_commit():
+    sync, channel, licence = bundle_under_way(lapse_at_chunk=0)
+    sent = channel.take()
+    assert sent[-1][0] == ofwire.OFPT_BARRIER_REQUEST
+    licence[0] = False
+    sync.on_barrier(sent[-1][1])  # the adds were taken, but the licence is gone
+    assert channel.take() == [] and sync.state is State.IDLE and sync.reading_back
+
+
+def test_a_demotion_during_a_bundle_stops_it_at_once():
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.pause = sync.suspend  # the switch demotes us while the first chunk is parsed
+    sync.start()
+    held = compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip)
+    read_back(sync, channel, [*held, *strays(3 * switch.CHUNK)])
+    sent = channel.take()
+    assert len(sent) == 1 + switch.CHUNK and ofwire.OFPT_BARRIER_REQUEST not in {t for t, _, _ in sent}
+    assert not sync.master and sync.state is State.IDLE
