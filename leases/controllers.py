@@ -61,6 +61,15 @@ def target_problem(target: str) -> str | None:
     return None
 
 
+def target_ip(target: str) -> IPv4Address | None:
+    """The IPv4 address of a `tcp:IP:PORT` or `ssl:IP:PORT` target (None: not one)."""
+    m = _TARGET.fullmatch(target)
+    try:
+        return IPv4Address(m.group(2)) if m else None
+    except AddressValueError:
+        return None
+
+
 def _bound(kv: KV) -> None:
     if not kv.lease:
         raise _Invalid(ControllerReason.NOT_BOUND, "not bound to an etcd lease")

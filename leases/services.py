@@ -24,8 +24,9 @@ from itertools import pairwise
 from typing import Any
 
 from leases.config import ConfigError
+from leases.controllers import target_ip
 from leases.keys import KV, KeyKind
-from leases.model import Backend, NetworkConfig, Service, ServicePort, VxflowConfig
+from leases.model import Backend, Lease, Member, NetworkConfig, Service, ServicePort, VxflowConfig
 from leases.validate import Reason, Rejection, _field, _Invalid, _object
 
 MAX_SERVICE_BYTES = 64 * 1024  # a service with hundreds of backends, not more
@@ -63,7 +64,19 @@ class ServiceReason:
 # -- vxflow's config ------------------------------------------------------------------
 
 
-def _network_problem(net: IPv4Network, config: NetworkConfig | None) -> str | None:
+Underlay = Iterable[tuple[IPv4Address, str]]  # addresses a ServiceNetwork must not hold, named
+
+
+def underlay_of(leases: Iterable[Lease], members: Iterable[Member]) -> list[tuple[IPv4Address, str]]:
+    """The nodes' PublicIPs and the controllers' addresses: every agent routes the
+    ServiceNetwork into its gateway port, so a range holding one of them would cut every
+    node off that node's VXLAN or that controller."""
+    out = [(lease.public_ip, f"the PublicIP of lease {lease.subnet}") for lease in leases]
+    out += [(ip, f"the address of controller {m.id}") for m in members if (ip := target_ip(m.address))]
+    return out
+
+
+def _network_problem(net: IPv4Network, config: NetworkConfig | None, underlay: Underlay) -> str | None:
     if not MIN_SERVICE_PREFIX <= net.prefixlen <= MAX_SERVICE_PREFIX:
         return (
             f"{net} must be a /{MIN_SERVICE_PREFIX} to /{MAX_SERVICE_PREFIX} "
@@ -73,12 +86,23 @@ def _network_problem(net: IPv4Network, config: NetworkConfig | None) -> str | No
         return f"{net} overlaps an unspecified, loopback, link-local or multicast range"
     if config is not None and net.overlaps(config.network):
         return f"{net} overlaps the overlay Network {config.network}"
+    return underlay_problem(net, underlay)
+
+
+def underlay_problem(net: IPv4Network, underlay: Underlay) -> str | None:
+    """Why `net` cannot be the ServiceNetwork: it holds one of the `underlay` addresses."""
+    for ip, what in underlay:
+        if ip in net:
+            return f"{net} holds {what} ({ip}): every node would route it into its gateway port"
     return None
 
 
-def parse_vxflow_config(raw: bytes | str, config: NetworkConfig | None) -> VxflowConfig:
+def parse_vxflow_config(
+    raw: bytes | str, config: NetworkConfig | None, underlay: Underlay = ()
+) -> VxflowConfig:
     """`<prefix>/vxflow/config`; ConfigError naming the field at fault. Unknown fields are
-    left alone (a newer vxflow's); `config` (flannel's, if known) bounds the service range."""
+    left alone (a newer vxflow's); `config` (flannel's, if known) bounds the service range,
+    which must hold none of the `underlay` addresses."""
     try:
         obj = _object(raw)
     except _Invalid as bad:
@@ -94,15 +118,17 @@ def parse_vxflow_config(raw: bytes | str, config: NetworkConfig | None) -> Vxflo
         raise ConfigError(
             "ServiceNetwork", f"not an IPv4 CIDR without host bits: {value!r}"
         ) from exc
-    problem = _network_problem(net, config)
+    problem = _network_problem(net, config, underlay)
     if problem:
         raise ConfigError("ServiceNetwork", problem)
     return VxflowConfig(service_network=net)
 
 
-def check_vxflow_config(kv: KV, config: NetworkConfig | None) -> VxflowConfig | Rejection:
+def check_vxflow_config(
+    kv: KV, config: NetworkConfig | None, underlay: Underlay = ()
+) -> VxflowConfig | Rejection:
     try:
-        return parse_vxflow_config(kv.value, config)
+        return parse_vxflow_config(kv.value, config, underlay)
     except ConfigError as exc:
         return Rejection(
             KeyKind.VXFLOW_CONFIG, kv.key, Reason.BAD_CONFIG, str(exc), kv.mod_revision

@@ -33,7 +33,7 @@ from leases.events import (
 )
 from leases.keys import KV, KeyKind, Keys
 from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig, Service, VxflowConfig
-from leases.services import check_service, check_vxflow_config, resolve_services
+from leases.services import check_service, check_vxflow_config, resolve_services, underlay_of
 from leases.validate import Reason, Rejection, check_endpoint, check_lease, resolve_conflicts
 
 
@@ -352,7 +352,8 @@ class View:
         if kv is None:
             self.vxflow, self._vxflow_rejection = VxflowConfig(), None
             return
-        result = check_vxflow_config(kv, self.config)
+        members = (m for m in self._replicas.values() if isinstance(m, Member))
+        result = check_vxflow_config(kv, self.config, underlay_of(self._live.values(), members))
         if isinstance(result, Rejection):  # keep the last valid one
             self._vxflow_rejection = result
         else:

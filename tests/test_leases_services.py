@@ -27,6 +27,7 @@ from leases.services import (
 )
 from leases.state import View, diff
 from leases.validate import Rejection
+from tests.emulation import ROOT_UNDERLAY_IP
 from tests.test_leases_cli import assert_operator_error, run
 
 KEYS = Keys("/atomic.io/network")
@@ -352,3 +353,28 @@ def test_the_readme_commands_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
     assert listed[1].split() == ["web", "198.20.0.10", "80/TCP->8080", "198.19.1.254*2,198.19.2.254",
                                  "ClientIP", "600s"]  # fmt: skip
     assert typed(lines[3]).stdout.strip() == "removed /coreos.com/network/vxflow/services/web"
+
+
+@pytest.mark.integration
+def test_a_service_network_holding_etcd_a_node_or_a_controller_is_refused(underlay) -> None:
+    """Every agent routes the ServiceNetwork into its gateway port: a range holding etcd,
+    a node's PublicIP or a controller's address would cut every node off it. Refused with
+    the reason, by `vxflow services network` and by every reader of the key (the View; each agent also
+    checks it against etcd and its own routes: tests/test_ovsdb_agent.py)."""
+    with EtcdServer(host=str(ROOT_UNDERLAY_IP)) as etcd, Registry(etcd.endpoint, KEYS.prefix) as reg:
+        reg.set_config(SEED)
+        node = reg.acquire(IPv4Address("198.51.100.7"), "02:00:00:00:00:07")
+        assert reg.register_member("r1", "tcp:203.0.113.5:6653", 30) is not None
+        assert_operator_error(run(etcd, "services", "network", "198.18.0.0/24"),
+                              f"198.18.0.0/24 holds etcd endpoint {etcd.endpoint} ({ROOT_UNDERLAY_IP})")  # fmt: skip
+        assert_operator_error(run(etcd, "services", "network", "198.51.100.0/24"),
+                              f"holds the PublicIP of lease {node.subnet} (198.51.100.7)")  # fmt: skip
+        assert_operator_error(run(etcd, "services", "network", "203.0.112.0/23"),
+                              "holds the address of controller r1 (203.0.113.5)")  # fmt: skip
+        assert reg.etcd.get(KEYS.vxflow_config) is None  # nothing was written
+        # written behind the CLI's back: every reader refuses it, with the same reason
+        reg.etcd.put(KEYS.vxflow_config, '{"ServiceNetwork": "198.51.100.0/24"}')
+        snap = reg.snapshot()
+        assert snap.vxflow == VxflowConfig()
+        (rejected,) = [r for r in snap.rejected if r.key == KEYS.vxflow_config]
+        assert "holds the PublicIP of lease" in str(rejected)
