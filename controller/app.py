@@ -36,10 +36,10 @@ from os_ken.ofproto import ofproto_v1_4
 from controller import groups, guard, identity, metrics, monitor, ofwire, reader, status
 from controller.model import ClusterModel, Impact
 from controller.options import CONF, etcd_access
-from controller.replica import Coordinator, Membership, advertised_target, default_member_id
+from controller.replica import Coordinator, Membership, default_member_id
 from controller.role import SwitchRole
 from controller.switch import SwitchSync, audit_spacing
-from leases.controllers import member_id_problem, target_problem
+from leases.controllers import advertised_target, member_id_problem, target_problem
 from leases.errors import RegistryError
 from leases.events import ReplicaEvent
 from leases.model import public_ip_for_datapath_id
@@ -142,7 +142,10 @@ class VxflowController(app_manager.OSKenApp):
         address = CONF.vxflow_advertise or advertised_target(
             CONF.ofp_listen_host or "", port, "ssl" if self.tls else "tcp"
         )
-        for problem in (member_id_problem(member_id), address and target_problem(address)):
+        if not address:
+            raise ValueError("listening on every address: set vxflow-advertise (tcp:IP:PORT), "
+                             "the target the nodes' switches reach this replica on")  # fmt: skip
+        for problem in (member_id_problem(member_id), target_problem(address)):
             if problem:
                 raise ValueError(problem)
         ttl = CONF.vxflow_member_ttl
@@ -158,7 +161,7 @@ class VxflowController(app_manager.OSKenApp):
         )  # fmt: skip
         log.info(
             "vxflow controller %s (%s): etcd %s prefix %s (%s), member TTL %ds, audit every %ss",
-            member_id, address or "address not advertised: switches must be given it",
+            member_id, address,
             self.endpoints, self.prefix, self.access, ttl, CONF.vxflow_audit_interval,
         )  # fmt: skip
 

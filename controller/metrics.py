@@ -96,6 +96,10 @@ MEMBERSHIP_LOST = Counter(
     "times this replica's membership lapsed (etcd unreachable or lease expired): writes stopped",
 )
 MASTERED = Gauge("vxflow_controller_mastered_switches", "switches that confirmed this replica as master")
+MEMBERS_IGNORED = Gauge(
+    "vxflow_controller_members_ignored",
+    "controller members in etcd beyond the cap (the oldest count): never masters, never hashed",
+)
 TAKEOVERS = Counter(
     "vxflow_controller_takeovers",
     "switch claims written to etcd by this replica, by outcome",
