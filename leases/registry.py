@@ -490,8 +490,9 @@ class Registry:
             raise ServiceRejected(str(checked))
         others = {s.name: s for s in snap.services if s.name != checked.name}
         _, conflicts = resolve_services({**others, checked.name: checked})
-        for conflict in conflicts:
-            raise ServiceRejected(f"{key}: {conflict.detail} [{conflict.reason}]")
+        for conflict in conflicts:  # (keyed by name here)
+            whose = "" if conflict.key == checked.name else f"it would push out service {conflict.key}: "
+            raise ServiceRejected(f"{key}: {whose}{conflict.detail} [{conflict.reason}]")
         self.etcd.put(key, service_to_json(checked))
         log.info("service %s written: VIP %s, %d ports, %d backends", checked.name,
                  checked.vip, len(checked.ports), len(checked.backends))  # fmt: skip

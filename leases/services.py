@@ -37,6 +37,14 @@ MAX_AFFINITY_TIMEOUT = 0xFFFF  # the learned flow's idle_timeout is 16 bits
 DEFAULT_AFFINITY_TIMEOUT = 10800  # Kubernetes' default for ClientIP affinity
 MIN_SERVICE_PREFIX = 12  # at most 2**20 VIPs: a VIP's offset is 20 bits of its group id
 MAX_SERVICE_PREFIX = 30
+# Client-IP affinity: a port's link table (flows/services.py) has one of these sizes, the
+# smallest with LINKS_PER_BACKEND links per backend: primes, as Maglev's permutations need
+LINK_TABLES = (67, 257, 1031, 2053)
+LINKS_PER_BACKEND = 4
+# Every node holds every service's flows (and the controller a copy per switch): one value
+# of 13 KB could otherwise compile to 657,408 flows (256 ports x 512 backends, affinity)
+MAX_SERVICE_FLOWS = 16_384  # per service
+MAX_SERVICES_FLOWS = 65_536  # all services together; the older keep theirs
 PROTOCOLS = ("TCP", "UDP")
 AFFINITIES = ("None", "ClientIP")
 SERVICE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
@@ -59,6 +67,23 @@ class ServiceReason:
     BAD_WEIGHT = "bad_weight"
     BAD_AFFINITY = "bad_affinity"
     TOO_MANY = "too_many"
+    FLOW_BUDGET = "flow_budget"
+
+
+def link_count(backends: int) -> int:
+    """The number of links of a port with affinity and `backends` backends (at most
+    MAX_BACKENDS of them)."""
+    return next(n for n in LINK_TABLES if n >= LINKS_PER_BACKEND * backends)
+
+
+def service_flows(svc: Service) -> int:
+    """How many flows the service's ports compile to on every node (flows.services.port_flows:
+    the VIP's dispatch and its new-connection flow; with affinity also a flow per backend,
+    the multipath flow and one per link)."""
+    per_port = 2
+    if svc.backends and svc.affinity_timeout:
+        per_port += len(svc.backends) + 1 + link_count(len(svc.backends))
+    return per_port * len(svc.ports)
 
 
 # -- vxflow's config ------------------------------------------------------------------
@@ -275,7 +300,7 @@ def _service(name: str, kv: KV, config: NetworkConfig, vx: VxflowConfig) -> Serv
             ServiceReason.NO_SERVICE_NETWORK,
             "no ServiceNetwork in the vxflow config: set one with `vxflow services network CIDR`",
         )
-    return Service(
+    svc = Service(
         name=name,
         vip=_vip(obj, config, vx),
         ports=_ports(obj),
@@ -283,6 +308,10 @@ def _service(name: str, kv: KV, config: NetworkConfig, vx: VxflowConfig) -> Serv
         affinity_timeout=_affinity(obj),
         create_revision=kv.create_revision,
     )
+    if (flows := service_flows(svc)) > MAX_SERVICE_FLOWS:
+        raise _Invalid(ServiceReason.FLOW_BUDGET, f"compiles to {flows:,} flows on every node, "
+                       f"more than the {MAX_SERVICE_FLOWS:,} a service may have")  # fmt: skip
+    return svc
 
 
 def check_service(
@@ -298,26 +327,32 @@ def check_service(
 def resolve_services(
     services: Mapping[str, Service], mod_revisions: Mapping[str, int] | None = None
 ) -> tuple[dict[str, Service], list[Rejection]]:
-    """Services (by key) that keep their VIP, and a rejection for each that loses it.
+    """Services (by key) that keep their VIP and fit the flow budget, and a rejection for
+    each that does not.
 
-    The older key (lower create_revision, then lower name) keeps a contested VIP, so
-    a new service never takes traffic from one already serving, and every replica
-    decides alike whatever the order it saw them in.
+    The older key (lower create_revision, then lower name) keeps a contested VIP and its
+    share of MAX_SERVICES_FLOWS, so a new service never takes traffic or flows from one
+    already serving, and every replica decides alike whatever the order it saw them in.
     """
     holder: dict[IPv4Address, tuple[str, Service]] = {}
     rejected: list[Rejection] = []
+    budget = MAX_SERVICES_FLOWS
     for key, svc in sorted(services.items(), key=lambda kv: (kv[1].create_revision, kv[1].name)):
         held = holder.get(svc.vip)
-        if held is None:
+        if held is not None:
+            reason = ServiceReason.DUPLICATE_VIP
+            detail = f"VIP {svc.vip} belongs to service {held[1].name} (created earlier)"
+        elif (flows := service_flows(svc)) > budget:
+            reason = ServiceReason.FLOW_BUDGET
+            detail = (f"its {flows:,} flows do not fit the {budget:,} left of the services' "
+                      f"{MAX_SERVICES_FLOWS:,} per node (older services hold the rest)")  # fmt: skip
+        else:
             holder[svc.vip] = (key, svc)
+            budget -= flows
             continue
         rejected.append(
-            Rejection(
-                KeyKind.SERVICE, key, ServiceReason.DUPLICATE_VIP,
-                f"VIP {svc.vip} belongs to service {held[1].name} (created earlier)",
-                (mod_revisions or {}).get(key, 0),
-            )
-        )  # fmt: skip
+            Rejection(KeyKind.SERVICE, key, reason, detail, (mod_revisions or {}).get(key, 0))
+        )
     return {key: svc for key, svc in holder.values()}, rejected
 
 
