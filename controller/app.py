@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import resource
 import time
 from collections.abc import Callable
 
@@ -34,6 +35,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_4
 
 from controller import groups, guard, identity, metrics, monitor, ofwire, reader, status
+from controller.loglimit import LogLimit
 from controller.model import ClusterModel, Impact
 from controller.options import CONF, etcd_access
 from controller.replica import Coordinator, Membership, default_member_id
@@ -60,6 +62,20 @@ def _yield() -> None:
     """Let the hub run (echo replies, other switches) inside a long CPU-bound step:
     OVS drops a controller that leaves its inactivity probe unanswered."""
     hub.sleep(0)
+
+
+MAX_OPEN_FILES = 1 << 20  # the soft limit asked for where the hard one is unlimited
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft limit of open files to the hard one: a plain-TCP switch holds 3
+    descriptors, so a default soft limit of 1,024 fits about 330 switches. (before, after)"""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return soft, target
+    return soft, soft
 
 
 def _each(syncs: list[SwitchSync], step: Callable[[SwitchSync], None], what: str) -> None:
@@ -115,6 +131,8 @@ class VxflowController(app_manager.OSKenApp):
         # Flow tables are many small immutable objects; the default thresholds make
         # the collector rescan them thousands of times during a large sync.
         gc.set_threshold(50_000, 20, 100)
+        before, after = raise_open_files_limit()
+        log.info("open files: soft limit %d (was %d)", after, before)
         self.model = ClusterModel()
         self.switches: dict[int, SwitchSync] = {}
         self._monitor_xids: dict[int, int] = {}  # the flow monitor request's, per switch
@@ -130,6 +148,7 @@ class VxflowController(app_manager.OSKenApp):
             ofwire.OFPT_ERROR: self._error,
         }
         self._inbox = hub.Queue(INBOX)  # (datapath, type, xid, message) for _handle_inbox
+        self._packet_ins, self._stray_errors = LogLimit(), LogLimit()  # lines a peer causes
         guard.install(CONF, self._receive)
         self.tls = bool(CONF.ctl_privkey and CONF.ctl_cert)
         # over plain TCP one thread reads every switch (controller/reader.py)
@@ -423,6 +442,11 @@ class VxflowController(app_manager.OSKenApp):
             return
         kind, more, body = ofwire.decode_multipart_reply(data)
         if kind == monitor.OFPMP_FLOW_MONITOR:
+            # the monitor's first reply has its request's xid, its later updates xid 0 (as
+            # OVS sends them): replies to anything else are not taken in
+            if xid not in (0, self._monitor_xids.get(dp.id)):
+                metrics.UNEXPECTED_REPLIES.inc()
+                return
             monitor.deliver(body, sync)
         elif kind == ofwire.OFPMP_FLOW:
             sync.on_flow_stats(xid, body, more)
@@ -455,22 +479,25 @@ class VxflowController(app_manager.OSKenApp):
         if role is not None and role.on_error(xid, err_type, code):
             return
         if sync is not None and xid == self._monitor_xids.get(dp.id):
-            metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
+            metrics.of_error(err_type, code).inc()
             log.error("switch %s refused the flow monitor (error type %d code %d): drift is "
                       "found by the periodic audit only", sync.node, err_type, code)  # fmt: skip
             return
         if sync is None or not sync.on_error(xid, err_type, code, refused):
-            metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
-            log.error(
-                "switch %016x: OpenFlow error type %d code %d for xid %#x (not a vxflow message)",
-                dp.id or 0, err_type, code, xid,
-            )
+            metrics.of_error(err_type, code).inc()
+            if (held := self._stray_errors.admit()) is not None:
+                log.error(
+                    "switch %016x: OpenFlow error type %d code %d for xid %#x (not a vxflow "
+                    "message; %d more such errors since the last line)",
+                    dp.id or 0, err_type, code, xid, held,
+                )  # fmt: skip
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev) -> None:
         metrics.PACKET_INS.inc()
-        log.warning(
-            "switch %016x sent a packet-in (reason %d, table %d, cookie %#x): no vxflow flow "
-            "asks for one; the table has drifted", ev.msg.datapath.id, ev.msg.reason,
-            ev.msg.table_id, ev.msg.cookie,
-        )
+        if (held := self._packet_ins.admit()) is not None:
+            log.warning(
+                "switch %016x sent a packet-in (reason %d, table %d, cookie %#x): no vxflow "
+                "flow asks for one; the table has drifted (%d more packet-ins since the last "
+                "line)", ev.msg.datapath.id, ev.msg.reason, ev.msg.table_id, ev.msg.cookie, held,
+            )  # fmt: skip

@@ -56,6 +56,14 @@ log = logging.getLogger(__name__)
 CHUNK = 2048  # flow-mods per write: the switch parses one chunk while the next is encoded
 UNBUNDLED = 3  # largest change sent bare: a lease moving to a new PublicIP (1 delete, 2 adds)
 MAX_RETRY_DELAY = 30.0
+# What a switch sends is bounded: a readback of more flows or groups than any vxflow table
+# holds (remote leases, endpoints and services within their budgets) or that takes longer
+# is given up and retried later; changes reported for more cookies than this while one is
+# in flight are repaired by a full comparison instead of one scope growing without end.
+MAX_READBACK_FLOWS = 300_000
+MAX_READBACK_GROUPS = 70_000
+READBACK_TIMEOUT = 60.0  # seconds
+MAX_PENDING_COOKIES = 4096
 AUDIT_SHARE = 0.25  # at most this share of the time goes to periodic audits
 
 
@@ -154,6 +162,7 @@ class SwitchSync:
     _read: list[Flow] = field(default_factory=list)
     _group_read_xid: int = -1
     _group_read: list[Group] | None = None  # None once the group desc reply is complete
+    readback_limits: tuple[int, int] = (MAX_READBACK_FLOWS, MAX_READBACK_GROUPS)
     _flushes: list[Flush] = field(default_factory=list)
     _change: _Change | None = None
     _next_bundle_id: int = 1
@@ -204,6 +213,8 @@ class SwitchSync:
         if not self.master:
             return False
         self._pending |= scope
+        if len(self._pending.cookies) > MAX_PENDING_COOKIES:
+            self._pending = FULL
         self._flushes += flushes
         return True
 
@@ -297,6 +308,9 @@ class SwitchSync:
             return
         # affinity entries the switch learned itself are its own: never compared
         self._read.extend(f for f in ofwire.decode_flow_stats(body) if not is_learned(f))
+        if len(self._read) > self.readback_limits[0]:
+            self._abandon_readback("too_large", f"more than {self.readback_limits[0]:,} flows")
+            return
         if more:
             return
         self._read_xid = -1
@@ -306,11 +320,29 @@ class SwitchSync:
         if self.state is not State.READING or xid != self._group_read_xid:
             return
         self._group_read.extend(groups.decode_group_desc(body))
+        if len(self._group_read) > self.readback_limits[1]:
+            self._abandon_readback("too_large", f"more than {self.readback_limits[1]:,} groups")
+            return
         if more:
             return
         self.installed_groups = {g.group_id: g for g in self._group_read}
         self._group_read, self._group_read_xid = None, -1
         self._read_done()
+
+    def _abandon_readback(self, why: str, what: str) -> None:
+        """Stop taking in this readback (its later replies are ignored by their xid) and
+        retry later: a switch that keeps sending too much costs a readback per retry delay."""
+        metrics.READBACKS_ABANDONED.labels(why).inc()
+        log.error("switch %s: readback given up: %s", self.node, what)
+        self.last_error = f"readback given up: {what}"
+        self._read, self._group_read = [], None
+        self._read_xid = self._group_read_xid = -1
+        self.state = State.IDLE
+        self._retry_later()
+
+    def _readback_overdue(self, xid: int) -> None:
+        if self.state is State.READING and xid in (self._read_xid, self._group_read_xid):
+            self._abandon_readback("timeout", f"not complete in {READBACK_TIMEOUT:.0f}s")
 
     def _read_done(self) -> None:
         """Flows and groups both read back: diff them against the desired state."""
@@ -330,7 +362,7 @@ class SwitchSync:
         """Log and count an OFPT_ERROR with the message that caused it; False if not ours."""
         change = self._change
         if change is not None and change.first_xid <= xid <= change.last_xid:
-            metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
+            metrics.of_error(err_type, code).inc()
             change.failed = True
             sent = change.message(xid)
             if isinstance(sent, tuple) and isinstance(sent[1], Group):
@@ -354,7 +386,7 @@ class SwitchSync:
                 )
             return True
         if xid in (self._read_xid, self._group_read_xid) and self.state is State.READING:
-            metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
+            metrics.of_error(err_type, code).inc()
             log.error("switch %s refused the flow readback (type %d code %d)", self.node, err_type, code)
             self.last_error = f"error type {err_type} code {code} on the flow readback"
             self.state = State.IDLE
@@ -507,11 +539,11 @@ class SwitchSync:
         metrics.SYNCS.labels(self._readback_reason).inc()
         self.state = State.READING
         self._read, self._group_read = [], []
-        self._read_xid = self.channel.xids(2)
-        self._group_read_xid = self._read_xid + 1
+        self._read_xid = xid = self.channel.xids(2)
+        self._group_read_xid = xid + 1
+        self.later(READBACK_TIMEOUT, lambda: self._readback_overdue(xid))
         self.channel.send(
-            ofwire.encode_flow_stats_request(self._read_xid)
-            + groups.encode_group_desc_request(self._group_read_xid)
+            ofwire.encode_flow_stats_request(xid) + groups.encode_group_desc_request(xid + 1)
         )
 
     def _send(self, diff: FlowDiff, group_diff: GroupDiff) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import resource
 import socket
 import struct
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.etcdload import load
+from controller.app import MAX_OPEN_FILES
 from flows.compiler import compile_node
 from flows.flow import to_ofctl
 from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, vtep_mac_for
@@ -106,6 +108,23 @@ def test_osken_manager_runs_the_app_as_documented(cluster: Cluster, tmp_path: Pa
     cluster.controller.start(tmp_path)
     cluster.wait_converged()
     assert cluster.controller.metric("vxflow_controller_switches") == 2
+
+
+def test_the_open_files_limit_is_raised_at_start(cluster: Cluster, tmp_path: Path):
+    """Started under a soft limit of 1,024 open files (about 330 plain-TCP switches), the
+    controller raises it to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))  # the child inherits it
+    try:
+        cluster.controller.start(tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    wait_for("the controller serving", lambda: cluster.controller.metric("vxflow_controller_switches") == 0)
+    limits = Path(f"/proc/{cluster.controller.proc.pid}/limits").read_text()
+    (line,) = [x for x in limits.splitlines() if x.startswith("Max open files")]
+    want = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    assert line.split()[3:5] == [str(want), "unlimited" if hard == resource.RLIM_INFINITY else str(hard)]
+    assert f"open files: soft limit {want} (was {min(1024, hard)})" in cluster.controller.log()
 
 
 def test_restart_with_unchanged_etcd_sends_no_flow_mod(cluster: Cluster, tmp_path: Path):

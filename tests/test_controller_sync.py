@@ -30,6 +30,7 @@ class Recorder:
         self.messages: list[tuple[int, int, bytes]] = []
         self.next_xid = 100
         self.writes = 0
+        self.deadlines: list = []  # what a SwitchSync runs once a readback is overdue
 
     def send(self, data: bytes) -> None:
         self.writes += 1
@@ -59,11 +60,19 @@ def stats_body(flows) -> bytes:
 
 
 def make(model: ClusterModel, node: IPv4Address) -> tuple[SwitchSync, Recorder, list]:
+    """A master sync of `node` on a recording channel; the calls it asks to run later (but
+    each readback's deadline, kept in `channel.deadlines`: tested on their own)."""
     channel, delayed, synced = Recorder(), [], []
+
+    def later(delay: float, fn) -> None:
+        if delay == switch.READBACK_TIMEOUT:
+            channel.deadlines.append(fn)
+        else:
+            delayed.append((delay, fn))
+
     sync = SwitchSync(
-        node, channel, lambda scope: model.desired(node, scope),
-        later=lambda delay, fn: delayed.append((delay, fn)), on_synced=synced.append,
-        master=True,
+        node, channel, lambda scope: model.desired(node, scope), later=later,
+        on_synced=synced.append, master=True,
     )  # fmt: skip
     return sync, channel, delayed
 
@@ -412,3 +421,42 @@ def test_a_demotion_during_a_bundle_stops_it_at_once():
     sent = channel.take()
     assert len(sent) == 1 + switch.CHUNK and ofwire.OFPT_BARRIER_REQUEST not in {t for t, _, _ in sent}
     assert not sync.master and sync.state is State.IDLE
+
+
+def test_a_readback_too_large_or_too_slow_is_given_up_and_retried_later(caplog):
+    """What a switch sends is bounded: a flow readback past its limit is given up at once
+    (its later replies ignored), one not done by its deadline too; each retried later."""
+    model = model_with(lease(1), lease(2))
+    sync, channel, delayed = make(model, lease(1).public_ip)
+    sync.readback_limits = (100, 10)
+    sync.start()
+    (_, xid, _), _ = channel.take()
+    sync.on_flow_stats(xid, stats_body(strays(60)), more=True)
+    sync.on_flow_stats(xid, stats_body(strays(60)), more=True)  # 120 > 100
+    assert sync.state is State.IDLE and sync.reading_back and [d for d, _ in delayed] == [0.5]
+    assert "readback given up: more than 100 flows" in caplog.text
+    assert metrics.READBACKS_ABANDONED.labels("too_large")._value.get() >= 1
+    sync.on_flow_stats(xid, stats_body(strays(60)), more=False)  # the rest: ignored
+    assert sync.state is State.IDLE and len(sync.installed) == 0
+
+    delayed.pop()[1]()  # the retry: a new readback, which never completes
+    (_, xid2, _), _ = channel.take()
+    assert xid2 != xid
+    overdue = metrics.READBACKS_ABANDONED.labels("timeout")._value.get()
+    channel.deadlines[0]()  # the first readback's deadline: that one is long given up
+    assert sync.state is State.READING
+    channel.deadlines[1]()
+    assert sync.state is State.IDLE and metrics.READBACKS_ABANDONED.labels("timeout")._value.get() == overdue + 1
+    assert "readback given up: not complete in 60s" in caplog.text
+
+
+def test_changes_reported_for_too_many_cookies_become_one_full_comparison():
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.start()
+    read_back(sync, channel, [])
+    channel.take()  # the bundle stays in flight: what is noted meanwhile waits
+    sync.note(Scope.of_cookies(frozenset(range(switch.MAX_PENDING_COOKIES))))
+    assert not sync._pending.full
+    sync.note(Scope.of_cookies(frozenset({switch.MAX_PENDING_COOKIES})))
+    assert sync._pending.full
