@@ -21,6 +21,7 @@ import gc
 import logging
 import resource
 import time
+from collections import deque
 from collections.abc import Callable
 
 from os_ken.base import app_manager
@@ -53,7 +54,8 @@ log = logging.getLogger("controller")
 OFPET_BAD_REQUEST, OFPBRC_IS_SLAVE = 1, 10
 INBOX = 128  # messages waiting to be handled (os-ken's app event queue holds as many)
 AUDIT_POLL = 0.005  # seconds between looks at whether an audit's comparison is done
-AUDIT_TIMEOUT = 30.0  # an audit not done by then no longer holds the next one back
+AUDIT_TIMEOUT = 30.0
+MAX_BACKLOG = 64 << 20  # bytes one switch may have waiting to be sent (a cold start: ~10 MB)  # an audit not done by then no longer holds the next one back
 # the multipart replies the controller asked for: readbacks and its flow monitor
 _MULTIPARTS = frozenset((ofwire.OFPMP_FLOW, groups.OFPMP_GROUP_DESC, monitor.OFPMP_FLOW_MONITOR))
 
@@ -88,7 +90,7 @@ def _each(syncs: list[SwitchSync], step: Callable[[SwitchSync], None], what: str
 
 
 class DatapathChannel:
-    """Raw bytes to one switch, with xids from its os-ken counter.
+    """Raw bytes to one switch, with xids from its os-ken counter; sending never waits.
 
     Written straight to a plain TCP socket whenever os-ken's send loop for it is
     idle (nothing queued, waiting for the next buffer): a lease event then reaches
@@ -96,24 +98,70 @@ class DatapathChannel:
     instead of after all of them, one send-loop wake-up per switch later. What the
     socket does not take at once, TLS, and everything while os-ken's loop is busy
     go through its queue, behind whatever is there: the stream stays in order.
+
+    os-ken's queue holds 16 buffers and its `send` waits while they are full: the
+    threads that send (the inbox, the registry follower, the coordinator) serve
+    every switch, so one switch that reads slowly would hold up all of them. What
+    does not fit waits in this switch's own backlog instead, fed to os-ken's queue
+    by a green thread of its own; past MAX_BACKLOG bytes the switch is disconnected
+    (logged, counted): it resyncs from a readback when it reconnects.
     """
 
     def __init__(self, datapath, tls: bool = False) -> None:
         self.datapath = datapath
         # eventlet's green socket over a real, non-blocking one (`fd`)
         self._raw = None if tls else getattr(datapath.socket, "fd", None)
+        self._backlog: deque[bytes] = deque()
+        self._backlog_bytes = 0
+        self._feeding = False
 
     def send(self, data: bytes) -> None:
-        """Yields only while os-ken's queue for this switch is full (16 buffers; SwitchSync
-        pauses between a bundle's chunks): a lease event sends to every switch in one pass."""
+        """Never waits: straight to the socket, into os-ken's queue while it has room,
+        else into the backlog (behind which everything later goes)."""
         queue = self.datapath.send_q
-        if self._raw is not None and queue is not None and not queue.qsize() and queue.getting():
-            # would block (all of it queued), or broken (os-ken's loops find out and close)
-            with contextlib.suppress(OSError):
-                data = data[self._raw.send(data) :]
-            if not data:
+        if queue is None:
+            return  # closing: os-ken discards it too
+        if not self._backlog:
+            if self._raw is not None and not queue.qsize() and queue.getting():
+                # would block (all of it queued), or broken (os-ken's loops find out and close)
+                with contextlib.suppress(OSError):
+                    data = data[self._raw.send(data) :]
+                if not data:
+                    return
+            if self.datapath._send_q_sem.balance > 0:
+                self.datapath.send(data)  # (room for it: does not wait)
                 return
-        self.datapath.send(data)
+        self._backlog.append(data)
+        self._backlog_bytes += len(data)
+        if self._backlog_bytes > MAX_BACKLOG:
+            self._overflow()
+        elif not self._feeding:
+            self._feeding = True
+            hub.spawn(self._feed)
+
+    def _feed(self) -> None:
+        """os-ken's queue, from the backlog, as the switch takes it (this thread waits)."""
+        try:
+            while self._backlog:
+                data = self._backlog[0]  # left in place while waiting: later sends queue behind
+                if not self.datapath.send(data):
+                    break  # the connection is closing
+                if self._backlog and self._backlog[0] is data:
+                    self._backlog.popleft()
+                    self._backlog_bytes -= len(data)
+        finally:
+            self._feeding = False
+
+    def _overflow(self) -> None:
+        metrics.SLOW_SWITCHES.inc()
+        log.warning(
+            "switch %016x at %s reads too slowly: %d MiB waiting to be sent; disconnected "
+            "(it resyncs when it reconnects)", self.datapath.id or 0, self.datapath.address,
+            self._backlog_bytes >> 20,
+        )  # fmt: skip
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        self.datapath.close()
 
     def xids(self, count: int) -> int:
         first = self.datapath.xid + 1

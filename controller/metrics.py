@@ -68,6 +68,11 @@ READBACKS_ABANDONED = Counter(
     "than any vxflow table holds, or did not finish in time",
     ["why"],  # too_large | timeout
 )
+SLOW_SWITCHES = Counter(
+    "vxflow_controller_slow_switch_disconnects",
+    "switches disconnected because more than 64 MiB waited to be sent to them (they read "
+    "too slowly); each resyncs when it reconnects",
+)
 SWITCHES = Gauge("vxflow_controller_switches", "switches connected and identified as vxflow nodes")
 REJECTED = Gauge(
     "vxflow_controller_rejected_items",

@@ -8,11 +8,9 @@ tests/test_controller_monitor.py.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +26,15 @@ from flows.ports import TUNNEL_OFPORT, TUNNEL_PORT
 from leases.etcd_server import EtcdServer
 from leases.model import datapath_id_for
 from ovsdb.instance import OvsInstance
-from tests.ofharness import Cluster, node_ip, pod, running, wait_for
+from tests.ofharness import (
+    Cluster,
+    connect_standin,
+    node_ip,
+    pod,
+    running,
+    standin_loop,
+    wait_for,
+)
 from tests.test_controller_monitor import full_update
 
 pytestmark = pytest.mark.integration
@@ -242,20 +248,9 @@ def test_monitor_updates_count_only_under_the_monitors_xid(cluster: Cluster, tmp
     cluster.lease(1)
     controller = cluster.controller.start(tmp_path)
     state = SwitchState(datapath_id_for(node_ip(1)), expected=0)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        switches: list[ReportingStandIn] = []
-
-        def connected() -> bool:  # (refused until the controller listens: an OSError)
-            switches.append(asyncio.run_coroutine_threadsafe(loop.create_connection(
-                lambda: ReportingStandIn(state, [(TUNNEL_OFPORT, TUNNEL_PORT)]),
-                "127.0.0.1", controller.port), loop).result(10)[1])  # fmt: skip
-            return True
-
-        wait_for("the stand-in connected", connected)
-        switch = switches[0]
+    with standin_loop() as loop:
+        switch = connect_standin(loop, lambda: ReportingStandIn(
+            state, [(TUNNEL_OFPORT, TUNNEL_PORT)]), controller.port)  # fmt: skip
         wait_for("the stand-in's table", lambda: f"switch {node_ip(1)}: bundle 1 landed" in controller.log())
         deletes = state.flow_mods
         strays = [flow(Table.CLASSIFY, 500 + i, {}, (), 0) for i in range(2)]
@@ -268,6 +263,3 @@ def test_monitor_updates_count_only_under_the_monitors_xid(cluster: Cluster, tmp
         time.sleep(0.5)
         assert state.flow_mods == deletes + 1  # the foreign one was never acted on
         assert "priority=501" in controller.log() and "priority=500" not in controller.log()
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)

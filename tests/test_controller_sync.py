@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
@@ -460,3 +461,36 @@ def test_changes_reported_for_too_many_cookies_become_one_full_comparison():
     assert not sync._pending.full
     sync.note(Scope.of_cookies(frozenset({switch.MAX_PENDING_COOKIES})))
     assert sync._pending.full
+
+
+def test_sending_to_a_switch_that_reads_nothing_never_waits_and_is_bounded():
+    """os-ken's queue for a switch holds 16 buffers, and its `send` waits while they are
+    full; the channel's never does: the rest waits in that switch's backlog, and past
+    MAX_BACKLOG bytes the switch is disconnected (counted). (A real os-ken Datapath on a
+    loopback connection whose send loop never runs: nothing is ever written.)"""
+    from os_ken.base import app_manager  # noqa: F401 (imported before os-ken's controller)
+    from os_ken.controller.controller import Datapath
+    from os_ken.controller.handler import DEAD_DISPATCHER
+    from os_ken.lib import hub
+
+    from controller.app import MAX_BACKLOG, DatapathChannel
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.create_connection(listener.getsockname())
+        conn, address = listener.accept()
+    try:
+        dp = Datapath(conn, address)
+        channel = DatapathChannel(dp, tls=True)
+        for _ in range(16):
+            channel.send(b"x" * 8)
+        assert dp.send_q.qsize() == 16
+        channel.send(b"y" * 8)  # no room left: returns at once
+        hub.sleep(0)  # the backlog's feeder now waits for room, alone
+        assert channel._backlog_bytes == 8
+        dropped = metrics.SLOW_SWITCHES._value.get()
+        channel.send(b"z" * MAX_BACKLOG)
+        assert dp.state == DEAD_DISPATCHER and metrics.SLOW_SWITCHES._value.get() == dropped + 1
+        assert channel._backlog_bytes == 0
+    finally:
+        peer.close()
+        conn.close()
