@@ -345,7 +345,10 @@ class ClusterModel:
                 if isinstance(ev, EndpointAdded):
                     self._endpoints[ep.node_subnet][ep.ip] = ep
                 else:
-                    self._endpoints[ep.node_subnet].pop(ep.ip, None)
+                    held = self._endpoints.get(ep.node_subnet, {})
+                    held.pop(ep.ip, None)
+                    if not held:  # a removed node's endpoints leave no empty dict behind
+                        self._endpoints.pop(ep.node_subnet, None)
                 self._accepted_eps.pop(ep.node_subnet, None)
                 impact.endpoint_nodes.add(ep.node_subnet)
             elif isinstance(ev, VxflowConfigChanged):

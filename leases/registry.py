@@ -27,7 +27,7 @@ from leases.errors import (
     ServiceRejected,
     SubnetTaken,
 )
-from leases.etcd_client import NO_ACCESS, EtcdAccess, EtcdClient
+from leases.etcd_client import NO_ACCESS, RANGE_PAGE, EtcdAccess, EtcdClient
 from leases.events import Event
 from leases.keys import KV, Keys
 from leases.metrics import RejectionReporter
@@ -67,7 +67,6 @@ from leases.watch import Watch
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
-RANGE_PAGE = 4096  # keys per request when listing a whole prefix
 CLAIMS_PER_TXN = 100  # below etcd's default --max-txn-ops (128)
 
 

@@ -136,7 +136,9 @@ class View:
 
     def load(self, kvs: Iterable[KV], revision: int) -> View:
         """(Re)build from the complete contents of the prefix."""
-        self.kvs = {kv.key: kv for kv in kvs}
+        # only the keys vxflow reads: the raw values of any others under the prefix (flannel's
+        # own, anyone's) are not kept
+        self.kvs = {kv.key: kv for kv in kvs if self.keys.classify(kv.key) is not None}
         self.revision = revision
         self._parse_config()
         self._reset()
@@ -168,7 +170,7 @@ class View:
         for key, kv in changes.items():
             if kv is None:
                 self.kvs.pop(key, None)
-            else:
+            elif self.keys.classify(key) is not None:
                 self.kvs[key] = kv
         self.revision = revision
         if before is not None:
@@ -270,8 +272,11 @@ class View:
                 lease_keys.add(key)
             elif kind[0] is KeyKind.ENDPOINT:
                 ep_keys.add(key)
-                group = self._groups.setdefault(kind[1].split("/", 1)[0], set())
+                name = kind[1].split("/", 1)[0]
+                group = self._groups.setdefault(name, set())
                 (group.add if key in self.kvs else group.discard)(key)
+                if not group:  # a deleted node's endpoints leave no empty group behind
+                    del self._groups[name]
             else:
                 replica_events += self._update_replica(key, kind[0], kind[1])
         if report:
