@@ -417,6 +417,7 @@ class VxflowController(app_manager.OSKenApp):
             channel=channel,
             desired=lambda scope: self.model.desired(node, scope),
             later=lambda delay, fn: hub.spawn_after(delay, fn),
+            spawn=hub.spawn,
             on_synced=self._synced,
             pause=_yield,
             may_write=self.membership.valid,

@@ -145,6 +145,9 @@ class SwitchSync:
     channel: Channel
     desired: Callable[[Scope], NodeTable | None]  # None: not known yet, touch nothing
     later: Callable[[float, Callable[[], None]], None]  # run a callable after a delay
+    # run a callable in a green thread of its own (a large bundle's encoding): by default
+    # at once, in the caller's
+    spawn: Callable[[Callable[[], None]], object] = lambda fn: fn()
     on_synced: Callable[[SwitchSync], None] = lambda sync: None
     pause: Callable[[], None] = lambda: None  # called every CHUNK flows sent or recorded
     # Writes (and the readback they start from) happen only while the switch has
@@ -587,9 +590,23 @@ class SwitchSync:
         bundle = self._change = _Change(
             bundle_id, first, messages, diff, group_diff, tail, flushes
         )
+        if len(diff) + len(group_diff) <= CHUNK:
+            self._stream_bundle(bundle, started)
+        else:  # encoding it takes a while: the caller (shared by every switch) goes on
+            self.spawn(lambda: self._stream_bundle(bundle, started))
+
+    def _stream_bundle(self, bundle: _Change, started: float) -> None:
+        """Encode and send `bundle` chunk by chunk (see `_send_bundle`), yielding between
+        chunks; stopped at once by a disconnection, demotion or lapse."""
+        if self.closed or self._change is not bundle:
+            return
+        if not self.may_write():
+            self._abandon(bundle)
+            return
+        diff, group_diff, bundle_id = bundle.diff, bundle.group_diff, bundle.bundle_id
         send = self.channel.send
-        send(ofwire.encode_bundle_control(bundle_id, ofwire.OFPBCT_OPEN_REQUEST, first))
-        xid = first + 1
+        send(ofwire.encode_bundle_control(bundle_id, ofwire.OFPBCT_OPEN_REQUEST, bundle.first_xid))
+        xid = bundle.first_xid + 1
         routes = diff.routes
         encode_routes = ofwire.route_encoder(routes) if routes else None
         add, modify, delete = groups.OFPGC_ADD, groups.OFPGC_MODIFY, groups.OFPGC_DELETE

@@ -410,9 +410,10 @@ class SlowStandIn(StandInSwitch):
 
 def test_a_switch_that_stops_reading_holds_up_no_other(cluster: Cluster, tmp_path: Path):
     """One switch answers its readback with 60,000 junk flows and then reads nothing (4 KiB
-    receive buffer): the bundle that deletes them waits in that switch's own backlog, and
-    two new leases, one right after the other, land on a healthy switch at once (the second
-    one used to wait for the first one's barrier reply, behind the stalled sends)."""
+    receive buffer): the bundle that deletes them is encoded in a thread of that switch's
+    and waits in its own backlog, and two new leases, one right after the other, land on a
+    healthy switch at once (the second one used to wait for the first one's barrier reply,
+    behind the stalled sends: 8.8 s)."""
     cluster.lease(1)
     slow_ip = node_ip(2)
     cluster.registry.acquire(slow_ip, vtep_mac_for(slow_ip))
@@ -442,5 +443,6 @@ def test_a_switch_that_stops_reading_holds_up_no_other(cluster: Cluster, tmp_pat
         assert time.monotonic() - started < 3.0  # (it waited for good, before)
         assert controller.metric("vxflow_controller_slow_switch_disconnects_total") == 0
         diff = compared.search(controller.log()).group(1)
-        assert int(diff) > 60_000  # the junk's deletes, queued for the slow switch:
-        assert f"switch {slow_ip}: bundle 1 of {diff} flow-mods encoded and queued" in controller.log()
+        assert int(diff) > 60_000  # the junk's deletes, all queued for the slow switch:
+        queued = f"switch {slow_ip}: bundle 1 of {diff} flow-mods encoded and queued"
+        wait_for("the slow switch's bundle queued", lambda: queued in controller.log(), timeout=60)
