@@ -19,7 +19,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import resource
 import time
+from collections import deque
+from collections.abc import Callable
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -33,13 +36,14 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_4
 
 from controller import groups, guard, identity, metrics, monitor, ofwire, reader, status
+from controller.loglimit import LogLimit
 from controller.model import ClusterModel, Impact
 from controller.options import CONF, etcd_access
-from controller.replica import Coordinator, Membership, advertised_target, default_member_id
+from controller.replica import Coordinator, Membership, default_member_id
 from controller.role import SwitchRole
 from controller.switch import SwitchSync, audit_spacing
 from daemons.httpd import wsgi_app
-from leases.controllers import member_id_problem, target_problem
+from leases.controllers import advertised_target, member_id_problem, target_problem
 from leases.errors import RegistryError
 from leases.events import ReplicaEvent
 from leases.model import public_ip_for_datapath_id
@@ -50,7 +54,8 @@ log = logging.getLogger("controller")
 OFPET_BAD_REQUEST, OFPBRC_IS_SLAVE = 1, 10
 INBOX = 128  # messages waiting to be handled (os-ken's app event queue holds as many)
 AUDIT_POLL = 0.005  # seconds between looks at whether an audit's comparison is done
-AUDIT_TIMEOUT = 30.0  # an audit not done by then no longer holds the next one back
+AUDIT_TIMEOUT = 30.0
+MAX_BACKLOG = 64 << 20  # bytes one switch may have waiting to be sent (a cold start: ~10 MB)  # an audit not done by then no longer holds the next one back
 # the multipart replies the controller asked for: readbacks and its flow monitor
 _MULTIPARTS = frozenset((ofwire.OFPMP_FLOW, groups.OFPMP_GROUP_DESC, monitor.OFPMP_FLOW_MONITOR))
 
@@ -61,8 +66,31 @@ def _yield() -> None:
     hub.sleep(0)
 
 
+MAX_OPEN_FILES = 1 << 20  # the soft limit asked for where the hard one is unlimited
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft limit of open files to the hard one: a plain-TCP switch holds 3
+    descriptors, so a default soft limit of 1,024 fits about 330 switches. (before, after)"""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return soft, target
+    return soft, soft
+
+
+def _each(syncs: list[SwitchSync], step: Callable[[SwitchSync], None], what: str) -> None:
+    """`step` for every switch: one that fails is logged, and the others still get theirs."""
+    for sync in syncs:
+        try:
+            step(sync)
+        except Exception:
+            log.exception("switch %s: %s failed", sync.node, what)
+
+
 class DatapathChannel:
-    """Raw bytes to one switch, with xids from its os-ken counter.
+    """Raw bytes to one switch, with xids from its os-ken counter; sending never waits.
 
     Written straight to a plain TCP socket whenever os-ken's send loop for it is
     idle (nothing queued, waiting for the next buffer): a lease event then reaches
@@ -70,24 +98,70 @@ class DatapathChannel:
     instead of after all of them, one send-loop wake-up per switch later. What the
     socket does not take at once, TLS, and everything while os-ken's loop is busy
     go through its queue, behind whatever is there: the stream stays in order.
+
+    os-ken's queue holds 16 buffers and its `send` waits while they are full: the
+    threads that send (the inbox, the registry follower, the coordinator) serve
+    every switch, so one switch that reads slowly would hold up all of them. What
+    does not fit waits in this switch's own backlog instead, fed to os-ken's queue
+    by a green thread of its own; past MAX_BACKLOG bytes the switch is disconnected
+    (logged, counted): it resyncs from a readback when it reconnects.
     """
 
     def __init__(self, datapath, tls: bool = False) -> None:
         self.datapath = datapath
         # eventlet's green socket over a real, non-blocking one (`fd`)
         self._raw = None if tls else getattr(datapath.socket, "fd", None)
+        self._backlog: deque[bytes] = deque()
+        self._backlog_bytes = 0
+        self._feeding = False
 
     def send(self, data: bytes) -> None:
-        """Yields only while os-ken's queue for this switch is full (16 buffers; SwitchSync
-        pauses between a bundle's chunks): a lease event sends to every switch in one pass."""
+        """Never waits: straight to the socket, into os-ken's queue while it has room,
+        else into the backlog (behind which everything later goes)."""
         queue = self.datapath.send_q
-        if self._raw is not None and queue is not None and not queue.qsize() and queue.getting():
-            # would block (all of it queued), or broken (os-ken's loops find out and close)
-            with contextlib.suppress(OSError):
-                data = data[self._raw.send(data) :]
-            if not data:
+        if queue is None:
+            return  # closing: os-ken discards it too
+        if not self._backlog:
+            if self._raw is not None and not queue.qsize() and queue.getting():
+                # would block (all of it queued), or broken (os-ken's loops find out and close)
+                with contextlib.suppress(OSError):
+                    data = data[self._raw.send(data) :]
+                if not data:
+                    return
+            if self.datapath._send_q_sem.balance > 0:
+                self.datapath.send(data)  # (room for it: does not wait)
                 return
-        self.datapath.send(data)
+        self._backlog.append(data)
+        self._backlog_bytes += len(data)
+        if self._backlog_bytes > MAX_BACKLOG:
+            self._overflow()
+        elif not self._feeding:
+            self._feeding = True
+            hub.spawn(self._feed)
+
+    def _feed(self) -> None:
+        """os-ken's queue, from the backlog, as the switch takes it (this thread waits)."""
+        try:
+            while self._backlog:
+                data = self._backlog[0]  # left in place while waiting: later sends queue behind
+                if not self.datapath.send(data):
+                    break  # the connection is closing
+                if self._backlog and self._backlog[0] is data:
+                    self._backlog.popleft()
+                    self._backlog_bytes -= len(data)
+        finally:
+            self._feeding = False
+
+    def _overflow(self) -> None:
+        metrics.SLOW_SWITCHES.inc()
+        log.warning(
+            "switch %016x at %s reads too slowly: %d MiB waiting to be sent; disconnected "
+            "(it resyncs when it reconnects)", self.datapath.id or 0, self.datapath.address,
+            self._backlog_bytes >> 20,
+        )  # fmt: skip
+        self._backlog.clear()
+        self._backlog_bytes = 0
+        self.datapath.close()
 
     def xids(self, count: int) -> int:
         first = self.datapath.xid + 1
@@ -105,6 +179,8 @@ class VxflowController(app_manager.OSKenApp):
         # Flow tables are many small immutable objects; the default thresholds make
         # the collector rescan them thousands of times during a large sync.
         gc.set_threshold(50_000, 20, 100)
+        before, after = raise_open_files_limit()
+        log.info("open files: soft limit %d (was %d)", after, before)
         self.model = ClusterModel()
         self.switches: dict[int, SwitchSync] = {}
         self._monitor_xids: dict[int, int] = {}  # the flow monitor request's, per switch
@@ -120,6 +196,7 @@ class VxflowController(app_manager.OSKenApp):
             ofwire.OFPT_ERROR: self._error,
         }
         self._inbox = hub.Queue(INBOX)  # (datapath, type, xid, message) for _handle_inbox
+        self._packet_ins, self._stray_errors = LogLimit(), LogLimit()  # lines a peer causes
         guard.install(CONF, self._receive)
         self.tls = bool(CONF.ctl_privkey and CONF.ctl_cert)
         # over plain TCP one thread reads every switch (controller/reader.py)
@@ -132,7 +209,10 @@ class VxflowController(app_manager.OSKenApp):
         address = CONF.vxflow_advertise or advertised_target(
             CONF.ofp_listen_host or "", port, "ssl" if self.tls else "tcp"
         )
-        for problem in (member_id_problem(member_id), address and target_problem(address)):
+        if not address:
+            raise ValueError("listening on every address: set vxflow-advertise (tcp:IP:PORT), "
+                             "the target the nodes' switches reach this replica on")  # fmt: skip
+        for problem in (member_id_problem(member_id), target_problem(address)):
             if problem:
                 raise ValueError(problem)
         ttl = CONF.vxflow_member_ttl
@@ -150,7 +230,7 @@ class VxflowController(app_manager.OSKenApp):
         )  # fmt: skip
         log.info(
             "vxflow controller %s (%s): etcd %s prefix %s (%s), member TTL %ds, audit every %ss",
-            member_id, address or "address not advertised: switches must be given it",
+            member_id, address,
             self.endpoints, self.prefix, self.access, ttl, CONF.vxflow_audit_interval,
         )  # fmt: skip
 
@@ -159,8 +239,7 @@ class VxflowController(app_manager.OSKenApp):
         it held back meanwhile."""
         self.coordinator.request()
         if self.membership.valid():
-            for sync in list(self.switches.values()):
-                sync.resume()
+            _each(list(self.switches.values()), SwitchSync.resume, "resuming")
 
     def start(self):
         thread = super().start()
@@ -256,13 +335,15 @@ class VxflowController(app_manager.OSKenApp):
         # every switch notes what changed before any sends: sending yields, and a readback
         # compared meanwhile must know the change is pending (not drift)
         asked = []
-        for sync in list(self.switches.values()):
+
+        def note(sync: SwitchSync) -> None:
             own = self.model.own_lease(sync.node)
             scope = impact.scope_for(sync.node, own.subnet if own else None)
             if scope and sync.note(scope, impact.flushes):
                 asked.append(sync)
-        for sync in asked:
-            sync.kick()
+
+        _each(list(self.switches.values()), note, "noting a registry change")
+        _each(asked, SwitchSync.kick, "sending a registry change")
 
     def _audit_loop(self) -> None:
         """Every switch this replica masters read back and compared once per interval, one
@@ -353,6 +434,7 @@ class VxflowController(app_manager.OSKenApp):
             channel=channel,
             desired=lambda scope: self.model.desired(node, scope),
             later=lambda delay, fn: hub.spawn_after(delay, fn),
+            spawn=hub.spawn,
             on_synced=self._synced,
             pause=_yield,
             may_write=self.membership.valid,
@@ -426,6 +508,11 @@ class VxflowController(app_manager.OSKenApp):
             return
         kind, more, body = ofwire.decode_multipart_reply(data)
         if kind == monitor.OFPMP_FLOW_MONITOR:
+            # the monitor's first reply has its request's xid, its later updates xid 0 (as
+            # OVS sends them): replies to anything else are not taken in
+            if xid not in (0, self._monitor_xids.get(dp.id)):
+                metrics.UNEXPECTED_REPLIES.inc()
+                return
             monitor.deliver(body, sync)
         elif kind == ofwire.OFPMP_FLOW:
             sync.on_flow_stats(xid, body, more)
@@ -458,22 +545,25 @@ class VxflowController(app_manager.OSKenApp):
         if role is not None and role.on_error(xid, err_type, code):
             return
         if sync is not None and xid == self._monitor_xids.get(dp.id):
-            metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
+            metrics.of_error(err_type, code).inc()
             log.error("switch %s refused the flow monitor (error type %d code %d): drift is "
                       "found by the periodic audit only", sync.node, err_type, code)  # fmt: skip
             return
         if sync is None or not sync.on_error(xid, err_type, code, refused):
-            metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
-            log.error(
-                "switch %016x: OpenFlow error type %d code %d for xid %#x (not a vxflow message)",
-                dp.id or 0, err_type, code, xid,
-            )
+            metrics.of_error(err_type, code).inc()
+            if (held := self._stray_errors.admit()) is not None:
+                log.error(
+                    "switch %016x: OpenFlow error type %d code %d for xid %#x (not a vxflow "
+                    "message; %d more such errors since the last line)",
+                    dp.id or 0, err_type, code, xid, held,
+                )  # fmt: skip
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev) -> None:
         metrics.PACKET_INS.inc()
-        log.warning(
-            "switch %016x sent a packet-in (reason %d, table %d, cookie %#x): no vxflow flow "
-            "asks for one; the table has drifted", ev.msg.datapath.id, ev.msg.reason,
-            ev.msg.table_id, ev.msg.cookie,
-        )
+        if (held := self._packet_ins.admit()) is not None:
+            log.warning(
+                "switch %016x sent a packet-in (reason %d, table %d, cookie %#x): no vxflow "
+                "flow asks for one; the table has drifted (%d more packet-ins since the last "
+                "line)", ev.msg.datapath.id, ev.msg.reason, ev.msg.table_id, ev.msg.cookie, held,
+            )  # fmt: skip

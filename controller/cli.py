@@ -12,7 +12,7 @@ import click
 
 from daemons.options import metrics_options
 from leases.cli_options import etcd_access, etcd_options, open_registry, operator_errors
-from leases.controllers import member_id_problem, target_problem
+from leases.controllers import advertised_target, member_id_problem, target_problem
 
 
 def _stop(*_args: object) -> None:
@@ -53,8 +53,8 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option("--advertise", envvar="VXFLOW_ADVERTISE", show_envvar=True,
               callback=_check_target, metavar="tcp:IP:PORT",
               help="The target switches reach this replica on, published in etcd for the node "
-                   "agents.  [default: tcp:LISTEN:PORT (ssl: with TLS) when LISTEN is one "
-                   "address]")
+                   "agents; needed when LISTEN is every address.  [default: tcp:LISTEN:PORT "
+                   "(ssl: with TLS) when LISTEN is one address]")
 # -- OpenFlow over TLS: os-ken's SSL listener (its --ctl-privkey, --ctl-cert, --ca-certs) --
 @click.option("--ctl-privkey", type=click.Path(exists=True, dir_okay=False),
               envvar="VXFLOW_CTL_PRIVKEY", show_envvar=True,
@@ -96,6 +96,9 @@ def controller(listen: str, port: int, audit_interval: float, metrics_port: int 
         listener = ["--ofp-ssl-listen-port", str(port), "--ctl-privkey", ctl_privkey,
                     "--ctl-cert", ctl_cert, "--ca-certs", ca_certs]  # fmt: skip
     etcd_access(etcd)  # inconsistent TLS/credential options: a usage error now, not in the app
+    if not advertise and not advertised_target(listen, port):
+        raise click.UsageError(f"listening on every address ({listen!r}): give --advertise "
+                               "tcp:IP:PORT, the target the nodes' switches reach this replica on")  # fmt: skip
     for name, value in etcd.items():
         CONF.set_default(f"vxflow_{name}", value)
     CONF.set_default("vxflow_audit_interval", audit_interval)

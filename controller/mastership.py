@@ -16,6 +16,9 @@ other:
   its higher generation_id makes the switch demote the old holder at once.
 - Everyone else asks to be SLAVE with the claim's generation: read-only, so
   only the claim holder can ever change the switch.
+- A switch whose designated member never claims it (a member that is no
+  replica) is orphaned after a grace time: then every replica tries to take it
+  over, and the compare-and-swap lets one win.
 """
 
 from __future__ import annotations
@@ -67,20 +70,28 @@ class Decision:
 
 
 def decide(
-    me: str, datapath_id: int, members: Collection[str], claim: Claim | None, active: bool
+    me: str,
+    datapath_id: int,
+    members: Collection[str],
+    claim: Claim | None,
+    active: bool,
+    orphaned: bool = False,
 ) -> Decision:
     """This replica's part for one connected switch.
 
     `active`: we are a registered member in good standing (lease valid, network
     config known); otherwise we never master or claim anything, and ask to be
-    SLAVE wherever a claim tells us the generation to use.
+    SLAVE wherever a claim tells us the generation to use. `orphaned`: the switch
+    has had no claim of a member for a while (its designated member never claims
+    it: a member registered by someone who is no replica): any replica takes it
+    over, and its designated member can still take it from there.
     """
     if not active or me not in members:
         return Decision(Role.SLAVE, claim.generation) if claim else Decision(None)
     if claim is not None and claim.controller == me:
         return Decision(Role.MASTER, claim.generation)
     take_over = None
-    if designated(datapath_id, members) == me:
+    if orphaned or designated(datapath_id, members) == me:
         take_over = claim.generation if claim else 0
     if claim is None:
         return Decision(None, 0, take_over)

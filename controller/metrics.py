@@ -23,8 +23,20 @@ CHANGES = Counter(
 OF_ERRORS = Counter(
     "vxflow_controller_openflow_errors",
     "OFPT_ERROR messages received from switches",
-    ["type", "code"],
+    ["type", "code"],  # OpenFlow 1.4's types (0-13, 65535) and codes (< 64); others "other"
 )
+_ERROR_TYPES = frozenset((*range(14), 0xFFFF))
+
+
+def of_error(err_type: int, code: int) -> Counter:
+    """The OF_ERRORS child of an error: any peer that completed a handshake can send
+    errors, so the label values are OpenFlow's own, and whatever else is "other"."""
+    if err_type in _ERROR_TYPES and code < 64:
+        return OF_ERRORS.labels(str(err_type), str(code))
+    return OF_ERRORS.labels("other", "other")
+
+
+
 SYNCS = Counter(
     "vxflow_controller_readbacks",
     "full flow-table readbacks, by reason",
@@ -50,6 +62,17 @@ MONITOR_PAUSES = Counter(
     "vxflow_controller_flow_monitor_pauses",
     "times a switch paused its flow monitor (too many changes at once): a readback follows",
 )
+READBACKS_ABANDONED = Counter(
+    "vxflow_controller_readbacks_abandoned",
+    "readbacks given up (retried later, with backoff): the switch sent more flows or groups "
+    "than any vxflow table holds, or did not finish in time",
+    ["why"],  # too_large | timeout
+)
+SLOW_SWITCHES = Counter(
+    "vxflow_controller_slow_switch_disconnects",
+    "switches disconnected because more than 64 MiB waited to be sent to them (they read "
+    "too slowly); each resyncs when it reconnects",
+)
 SWITCHES = Gauge("vxflow_controller_switches", "switches connected and identified as vxflow nodes")
 REJECTED = Gauge(
     "vxflow_controller_rejected_items",
@@ -60,6 +83,10 @@ REFUSED = Counter(
     "OpenFlow connections closed because the switch is not who its datapath-id claims "
     "(certificate naming another PublicIP, or none) or never finished its handshake",
     ["reason"],  # identity | handshake_timeout
+)
+UNEXPECTED_REPLIES = Counter(
+    "vxflow_controller_unexpected_replies",
+    "flow monitor updates under an xid of no request this replica has open (ignored)",
 )
 PACKET_INS = Counter(
     "vxflow_controller_packet_ins",
@@ -96,6 +123,10 @@ MEMBERSHIP_LOST = Counter(
     "times this replica's membership lapsed (etcd unreachable or lease expired): writes stopped",
 )
 MASTERED = Gauge("vxflow_controller_mastered_switches", "switches that confirmed this replica as master")
+MEMBERS_IGNORED = Gauge(
+    "vxflow_controller_members_ignored",
+    "controller members in etcd beyond the cap (the oldest count): never masters, never hashed",
+)
 TAKEOVERS = Counter(
     "vxflow_controller_takeovers",
     "switch claims written to etcd by this replica, by outcome",

@@ -19,6 +19,7 @@ from flows.compiler import (
     RemoteRoutes,
     Row,
     base_flows,
+    cookie_subnet,
     endpoint_cookie,
     endpoint_flows,
     node_table,
@@ -269,12 +270,12 @@ class ClusterModel:
             return self._by_cookie[cookie]
         except KeyError:
             pass
-        owner = owner_of(cookie)
-        found = None
-        if owner is not None and owner[0] == Owner.LEASE:
-            subnet = IPv4Network((owner[1], self.config.subnet_len))
-            if self.accepted(subnet) is not None:
-                found = self._valid[subnet]
+        subnet = cookie_subnet(cookie, self.config.subnet_len)
+        if subnet is None:
+            # not a subnet's cookie (a stray flow's, added by hand): not cached, so such
+            # cookies cannot grow the cache
+            return None
+        found = self._valid[subnet] if self.accepted(subnet) is not None else None
         self._by_cookie[cookie] = found
         return found
 
@@ -344,7 +345,10 @@ class ClusterModel:
                 if isinstance(ev, EndpointAdded):
                     self._endpoints[ep.node_subnet][ep.ip] = ep
                 else:
-                    self._endpoints[ep.node_subnet].pop(ep.ip, None)
+                    held = self._endpoints.get(ep.node_subnet, {})
+                    held.pop(ep.ip, None)
+                    if not held:  # a removed node's endpoints leave no empty dict behind
+                        self._endpoints.pop(ep.node_subnet, None)
                 self._accepted_eps.pop(ep.node_subnet, None)
                 impact.endpoint_nodes.add(ep.node_subnet)
             elif isinstance(ev, VxflowConfigChanged):

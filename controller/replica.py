@@ -32,8 +32,9 @@ from etcd3gw.exceptions import Etcd3Exception
 from os_ken.lib import hub
 
 from controller import metrics
-from controller.mastership import Role, decide
+from controller.mastership import Decision, Role, decide
 from controller.role import SwitchRole
+from leases.controllers import MAX_MEMBERS, capped
 from leases.errors import RegistryError
 from leases.events import ClaimAdded, ClaimRemoved, Event, MemberAdded, MemberRemoved
 from leases.model import Claim, Member, public_ip_for_datapath_id
@@ -41,6 +42,8 @@ from leases.registry import Registry
 
 log = logging.getLogger(__name__)
 
+ORPHAN_TTLS = 2  # member TTLs a switch waits for its designated member's claim
+DECIDE_EVERY = 100  # mastership decisions between two yields
 MARGIN = 0.25  # seconds of each lease renewal this replica never counts on
 MAX_BACKOFF = 5.0
 EXIT_DUPLICATE_ID = 3
@@ -49,13 +52,6 @@ EXIT_DUPLICATE_ID = 3
 def default_member_id(port: int) -> str:
     """Unique per host and OpenFlow port, so replicas on one machine need no --id."""
     return f"{socket.gethostname()}:{port}"
-
-
-def advertised_target(listen: str, port: int, scheme: str = "tcp") -> str:
-    """The target switches reach this replica on; empty when it listens on every address."""
-    if listen in ("", "0.0.0.0", "::"):
-        return ""
-    return f"{scheme}:{listen}:{port}"
 
 
 class DuplicateId(Exception):
@@ -186,7 +182,7 @@ class Membership:
             self._timer.cancel()
         self._timer = hub.spawn_after(max(self._valid_until - time.monotonic(), 0) + 0.01, self._check)
         if regained:
-            self.on_change()
+            self._notify()
 
     def _check(self) -> None:
         """The deadline passed without a renewal: stop writing, say so once."""
@@ -201,7 +197,15 @@ class Membership:
         self._lapsed = True
         metrics.MEMBER.set(0)
         metrics.MEMBERSHIP_LOST.inc()
-        self.on_change()
+        self._notify()
+
+    def _notify(self) -> None:
+        """Tell the app (it resumes or holds back every switch): whatever fails there is
+        logged, and must never end the renewal loop or the lapse timer."""
+        try:
+            self.on_change()
+        except Exception:
+            log.exception("controller membership: acting on a lapse or renewal failed")
 
 
 def _exit(status: int) -> None:
@@ -228,6 +232,9 @@ class Coordinator:
         self.members: dict[str, Member] = {}
         self.claims: dict[int, Claim] = {}
         self._wake = hub.Event()
+        self._unclaimed: dict[int, float] = {}  # switch -> since when no member claims it
+        self._recheck = None  # the timer that decides again once the oldest is orphaned
+        self._ignored = 0  # members beyond the cap, as last logged
 
     @property
     def me(self) -> str:
@@ -284,12 +291,58 @@ class Coordinator:
                 log.exception("controller cluster: deciding mastership failed; again in 1s")
                 hub.spawn_after(1.0, self.request)
 
+    def _counted(self) -> set[str]:
+        """The ids of the members that count (`leases.controllers.capped`); the rest are
+        logged when their number changes."""
+        kept, ignored = capped(self.members.values())
+        metrics.MEMBERS_IGNORED.set(ignored)
+        if ignored != self._ignored:
+            self._ignored = ignored
+            if ignored:
+                log.warning("%d controller members beyond the first %d (the oldest) are "
+                            "ignored", ignored, MAX_MEMBERS)  # fmt: skip
+        ids = {m.id for m in kept}
+        if ignored and self.me in self.members and self.me not in ids:
+            log.error("this replica is not among the %d oldest controller members: it "
+                      "masters no switch", MAX_MEMBERS)  # fmt: skip
+        return ids
+
+    def _orphans(self, switches: list[int], members: set[str]) -> set[int]:
+        """The switches no member has claimed for ORPHAN_TTLS member TTLs; a decision
+        is asked for again when the next one will be."""
+        now = time.monotonic()
+        grace = ORPHAN_TTLS * self.membership.ttl
+        held = {d for d in switches if (c := self.claims.get(d)) is not None and c.controller in members}
+        self._unclaimed = {d: self._unclaimed.get(d, now) for d in switches if d not in held}
+        waiting = [since + grace - now for since in self._unclaimed.values() if since + grace > now]
+        if waiting and self._recheck is None:
+            self._recheck = hub.spawn_after(min(waiting) + 0.01, self._orphan_due)
+        return {d for d, since in self._unclaimed.items() if since + grace <= now}
+
+    def _orphan_due(self) -> None:
+        self._recheck = None
+        self.request()
+
+    def _decide(
+        self, switches: list[int], members: set[str], active: bool, orphans: set[int]
+    ) -> dict[int, Decision]:
+        """Every switch's decision; yields every DECIDE_EVERY switches (each decision
+        hashes every member: the renewal and the switches' messages keep their turn)."""
+        decisions = {}
+        for i, dpid in enumerate(switches, 1):
+            decisions[dpid] = decide(self.me, dpid, members, self.claims.get(dpid), active,
+                                     dpid in orphans)  # fmt: skip
+            if not i % DECIDE_EVERY:
+                hub.sleep(0)
+        return decisions
+
     def _reconcile(self) -> None:
         active = self.ready() and self.membership.valid()
-        members = set(self.members)
+        members = self._counted()
         switches = list(self.roles.items())
-        decisions = {dpid: decide(self.me, dpid, members, self.claims.get(dpid), active)
-                     for dpid, _ in switches}  # fmt: skip
+        dpids = [dpid for dpid, _ in switches]
+        orphans = self._orphans(dpids, members)
+        decisions = self._decide(dpids, members, active, orphans)
         takeovers = {d: x.take_over for d, x in decisions.items() if x.take_over is not None}
         member = self.membership.member
         if takeovers and member is not None:
@@ -303,8 +356,7 @@ class Coordinator:
                 log.info("claimed the switch of %s (generation %d)", node, claim.generation,
                          extra={"event": "claimed", "node": str(node)})  # fmt: skip
             active = self.ready() and self.membership.valid()
-            decisions = {dpid: decide(self.me, dpid, members, self.claims.get(dpid), active)
-                         for dpid, _ in switches}  # fmt: skip
+            decisions = self._decide(dpids, members, active, self._orphans(dpids, members))
         for dpid, role in switches:
             decision = decisions[dpid]
             if decision.role is not None:

@@ -56,6 +56,14 @@ log = logging.getLogger(__name__)
 CHUNK = 2048  # flow-mods per write: the switch parses one chunk while the next is encoded
 UNBUNDLED = 3  # largest change sent bare: a lease moving to a new PublicIP (1 delete, 2 adds)
 MAX_RETRY_DELAY = 30.0
+# What a switch sends is bounded: a readback of more flows or groups than any vxflow table
+# holds (remote leases, endpoints and services within their budgets) or that takes longer
+# is given up and retried later; changes reported for more cookies than this while one is
+# in flight are repaired by a full comparison instead of one scope growing without end.
+MAX_READBACK_FLOWS = 300_000
+MAX_READBACK_GROUPS = 70_000
+READBACK_TIMEOUT = 60.0  # seconds
+MAX_PENDING_COOKIES = 4096
 AUDIT_SHARE = 0.25  # at most this share of the time goes to periodic audits
 
 
@@ -137,6 +145,9 @@ class SwitchSync:
     channel: Channel
     desired: Callable[[Scope], NodeTable | None]  # None: not known yet, touch nothing
     later: Callable[[float, Callable[[], None]], None]  # run a callable after a delay
+    # run a callable in a green thread of its own (a large bundle's encoding): by default
+    # at once, in the caller's
+    spawn: Callable[[Callable[[], None]], object] = lambda fn: fn()
     on_synced: Callable[[SwitchSync], None] = lambda sync: None
     pause: Callable[[], None] = lambda: None  # called every CHUNK flows sent or recorded
     # Writes (and the readback they start from) happen only while the switch has
@@ -154,6 +165,7 @@ class SwitchSync:
     _read: list[Flow] = field(default_factory=list)
     _group_read_xid: int = -1
     _group_read: list[Group] | None = None  # None once the group desc reply is complete
+    readback_limits: tuple[int, int] = (MAX_READBACK_FLOWS, MAX_READBACK_GROUPS)
     _flushes: list[Flush] = field(default_factory=list)
     _change: _Change | None = None
     _next_bundle_id: int = 1
@@ -204,6 +216,8 @@ class SwitchSync:
         if not self.master:
             return False
         self._pending |= scope
+        if len(self._pending.cookies) > MAX_PENDING_COOKIES:
+            self._pending = FULL
         self._flushes += flushes
         return True
 
@@ -297,6 +311,9 @@ class SwitchSync:
             return
         # affinity entries the switch learned itself are its own: never compared
         self._read.extend(f for f in ofwire.decode_flow_stats(body) if not is_learned(f))
+        if len(self._read) > self.readback_limits[0]:
+            self._abandon_readback("too_large", f"more than {self.readback_limits[0]:,} flows")
+            return
         if more:
             return
         self._read_xid = -1
@@ -306,11 +323,29 @@ class SwitchSync:
         if self.state is not State.READING or xid != self._group_read_xid:
             return
         self._group_read.extend(groups.decode_group_desc(body))
+        if len(self._group_read) > self.readback_limits[1]:
+            self._abandon_readback("too_large", f"more than {self.readback_limits[1]:,} groups")
+            return
         if more:
             return
         self.installed_groups = {g.group_id: g for g in self._group_read}
         self._group_read, self._group_read_xid = None, -1
         self._read_done()
+
+    def _abandon_readback(self, why: str, what: str) -> None:
+        """Stop taking in this readback (its later replies are ignored by their xid) and
+        retry later: a switch that keeps sending too much costs a readback per retry delay."""
+        metrics.READBACKS_ABANDONED.labels(why).inc()
+        log.error("switch %s: readback given up: %s", self.node, what)
+        self.last_error = f"readback given up: {what}"
+        self._read, self._group_read = [], None
+        self._read_xid = self._group_read_xid = -1
+        self.state = State.IDLE
+        self._retry_later()
+
+    def _readback_overdue(self, xid: int) -> None:
+        if self.state is State.READING and xid in (self._read_xid, self._group_read_xid):
+            self._abandon_readback("timeout", f"not complete in {READBACK_TIMEOUT:.0f}s")
 
     def _read_done(self) -> None:
         """Flows and groups both read back: diff them against the desired state."""
@@ -330,7 +365,7 @@ class SwitchSync:
         """Log and count an OFPT_ERROR with the message that caused it; False if not ours."""
         change = self._change
         if change is not None and change.first_xid <= xid <= change.last_xid:
-            metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
+            metrics.of_error(err_type, code).inc()
             change.failed = True
             sent = change.message(xid)
             if isinstance(sent, tuple) and isinstance(sent[1], Group):
@@ -354,7 +389,7 @@ class SwitchSync:
                 )
             return True
         if xid in (self._read_xid, self._group_read_xid) and self.state is State.READING:
-            metrics.OF_ERRORS.labels(str(err_type), str(code)).inc()
+            metrics.of_error(err_type, code).inc()
             log.error("switch %s refused the flow readback (type %d code %d)", self.node, err_type, code)
             self.last_error = f"error type {err_type} code {code} on the flow readback"
             self.state = State.IDLE
@@ -367,6 +402,9 @@ class SwitchSync:
         if change is None:
             return
         if xid == change.added_xid and change.bundle_id is not None and not change.committing:
+            if not self.may_write():
+                self._abandon(change)
+                return
             change.committing = True
             ctrl = ofwire.OFPBCT_DISCARD_REQUEST if change.failed else ofwire.OFPBCT_COMMIT_REQUEST
             self.channel.send(
@@ -443,7 +481,12 @@ class SwitchSync:
         if not self._pending:
             return
         started = time.perf_counter()
-        desired = self.desired(self._pending)
+        try:
+            desired = self.desired(self._pending)
+        except Exception:  # never seen; were it, this switch retries and the others go on
+            log.exception("switch %s: computing its desired flows failed", self.node)
+            self._retry_later()
+            return
         if desired is None:
             return
         scope, self._pending = self._pending, NOTHING
@@ -499,11 +542,11 @@ class SwitchSync:
         metrics.SYNCS.labels(self._readback_reason).inc()
         self.state = State.READING
         self._read, self._group_read = [], []
-        self._read_xid = self.channel.xids(2)
-        self._group_read_xid = self._read_xid + 1
+        self._read_xid = xid = self.channel.xids(2)
+        self._group_read_xid = xid + 1
+        self.later(READBACK_TIMEOUT, lambda: self._readback_overdue(xid))
         self.channel.send(
-            ofwire.encode_flow_stats_request(self._read_xid)
-            + groups.encode_group_desc_request(self._group_read_xid)
+            ofwire.encode_flow_stats_request(xid) + groups.encode_group_desc_request(xid + 1)
         )
 
     def _send(self, diff: FlowDiff, group_diff: GroupDiff) -> None:
@@ -547,9 +590,23 @@ class SwitchSync:
         bundle = self._change = _Change(
             bundle_id, first, messages, diff, group_diff, tail, flushes
         )
+        if len(diff) + len(group_diff) <= CHUNK:
+            self._stream_bundle(bundle, started)
+        else:  # encoding it takes a while: the caller (shared by every switch) goes on
+            self.spawn(lambda: self._stream_bundle(bundle, started))
+
+    def _stream_bundle(self, bundle: _Change, started: float) -> None:
+        """Encode and send `bundle` chunk by chunk (see `_send_bundle`), yielding between
+        chunks; stopped at once by a disconnection, demotion or lapse."""
+        if self.closed or self._change is not bundle:
+            return
+        if not self.may_write():
+            self._abandon(bundle)
+            return
+        diff, group_diff, bundle_id = bundle.diff, bundle.group_diff, bundle.bundle_id
         send = self.channel.send
-        send(ofwire.encode_bundle_control(bundle_id, ofwire.OFPBCT_OPEN_REQUEST, first))
-        xid = first + 1
+        send(ofwire.encode_bundle_control(bundle_id, ofwire.OFPBCT_OPEN_REQUEST, bundle.first_xid))
+        xid = bundle.first_xid + 1
         routes = diff.routes
         encode_routes = ofwire.route_encoder(routes) if routes else None
         add, modify, delete = groups.OFPGC_ADD, groups.OFPGC_MODIFY, groups.OFPGC_DELETE
@@ -569,13 +626,29 @@ class SwitchSync:
                 send(encode(chunk, xid))
                 xid += len(chunk) * per_item
                 self.pause()  # the switch parses this chunk while we encode the next
-                if self.closed:  # disconnected meanwhile: the new session resyncs
+                if self.closed or self._change is not bundle:  # disconnected or demoted
+                    return  # meanwhile: the next session or master reads back
+                if not self.may_write():
+                    self._abandon(bundle)
                     return
         send(ofwire.encode_barrier(bundle.added_xid))
         log.debug(
             "switch %s: bundle %d of %d flow-mods encoded and queued in %.1f ms",
             self.node, bundle_id, len(diff), (time.perf_counter() - started) * 1e3,
         )
+
+    def _abandon(self, change: _Change) -> None:
+        """The membership lapsed while a bundle was under way: nothing more is sent, not
+        even its discard (the switch drops an uncommitted bundle when its idle timeout
+        passes or the connection closes). Once renewed, the switch is read back first."""
+        metrics.WRITES_FENCED.inc()
+        log.warning("switch %s: membership lapsed during bundle %d; left uncommitted, the "
+                    "switch is read back once it is renewed", self.node, change.bundle_id)  # fmt: skip
+        self._change = None
+        self.state = State.IDLE
+        self._flushes = change.flushes + self._flushes
+        self._need_readback, self._readback_reason = True, "retry"
+        self._pending = FULL
 
     def _retry_later(self) -> None:
         self._failures += 1
@@ -590,6 +663,9 @@ class SwitchSync:
         """NXT_CT_FLUSH per removed UDP backend, once its group no longer picks it (a
         switch without NXT_CT_FLUSH answers with an error: logged, the entries expire)."""
         if not flushes or not self.master or self.closed:
+            return
+        if not self.may_write():  # held back with the next change's
+            self._flushes = flushes + self._flushes
             return
         xid = self.channel.xids(len(flushes))
         self.channel.send(

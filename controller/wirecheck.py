@@ -38,6 +38,11 @@ FLOW_UPDATE_FULL_SIZE = 24  # ofp_flow_update_full before its match (controller/
 _EXPECTED = {HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY, EXPERIMENTER, FEATURES_REPLY,
              GET_CONFIG_REPLY, PACKET_IN, FLOW_REMOVED, PORT_STATUS, MULTIPART_REPLY,
              BARRIER_REPLY, ROLE_REPLY, GET_ASYNC_REPLY, ROLE_STATUS, BUNDLE_CONTROL}  # fmt: skip
+# the fixed part of each (OpenFlow 1.4's structs; ERROR's in every version): os-ken and the
+# controller's own decoders read it without looking at the message's length
+_MIN_SIZE = {ERROR: 12, FEATURES_REPLY: 32, GET_CONFIG_REPLY: 12, PACKET_IN: 34,
+             FLOW_REMOVED: 56, PORT_STATUS: 56, MULTIPART_REPLY: 16, ROLE_REPLY: 24,
+             ROLE_STATUS: 24, BUNDLE_CONTROL: 16, EXPERIMENTER: 16}  # fmt: skip
 _U16 = struct.Struct("!H")
 PORT_SIZE = 40  # ofp_port before its properties
 FLOW_STATS_SIZE = 48  # ofp_flow_stats before its match
@@ -132,13 +137,13 @@ def problem(version: int, msg_type: int, buf: bytes) -> str | None:
             for _ in records(buf, 8, len(buf), 2, 4, "hello element"):
                 pass
             return None
-        if version != OF14:
-            return None if msg_type == ERROR else f"OpenFlow version {version} after the hello"
+        if version != OF14 and msg_type != ERROR:
+            return f"OpenFlow version {version} after the hello"
         if msg_type not in _EXPECTED:
             return f"message type {msg_type}, which vxflow never asks a switch for"
+        if len(buf) < _MIN_SIZE.get(msg_type, 8):
+            raise Malformed(f"{len(buf)} bytes, shorter than its fixed part ({_MIN_SIZE[msg_type]})")
         if msg_type == MULTIPART_REPLY:
-            if len(buf) < 16:
-                raise Malformed("multipart reply truncated")
             (mp_type,) = _U16.unpack_from(buf, 8)
             if mp_type == MP_FLOW:
                 _flow_stats(buf, 16, len(buf))

@@ -50,6 +50,7 @@ from flows.flow import (
     flow,
     goto_table,
     output,
+    owner_of,
     set_field,
 )
 from flows.groups import Group
@@ -72,6 +73,16 @@ DROP_TUNNEL_OTHER = cookie_for(Owner.BASE, 2)
 def subnet_cookie(subnet: IPv4Network) -> int:
     """The cookie of the flows a lease of `subnet` owns (the subnet outlives lease changes)."""
     return cookie_for(Owner.LEASE, int(subnet.network_address))
+
+
+def cookie_subnet(cookie: int, subnet_len: int) -> IPv4Network | None:
+    """Inverse of `subnet_cookie`; None for any other cookie, also one that only looks like
+    a lease's (its key not a /`subnet_len` network address: a flow added by hand)."""
+    owner = owner_of(cookie)
+    if owner is None or owner[0] is not Owner.LEASE:
+        return None
+    subnet = IPv4Network((owner[1], subnet_len), strict=False)
+    return subnet if int(subnet.network_address) == owner[1] else None
 
 
 def lease_cookie(lease: Lease) -> int:

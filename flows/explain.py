@@ -6,9 +6,15 @@ names their owners and turns the last one of a dropped packet into a reason.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
-from flows.compiler import DROP_TUNNEL_OTHER, DROP_TUNNEL_SPOOFED, PRIO_MISS, PRIO_OVERLAY
+from flows.compiler import (
+    DROP_TUNNEL_OTHER,
+    DROP_TUNNEL_SPOOFED,
+    PRIO_MISS,
+    PRIO_OVERLAY,
+    cookie_subnet,
+)
 from flows.flow import Owner, Table, owner_of
 
 
@@ -19,7 +25,8 @@ def owner_text(cookie: int, subnet_len: int) -> str:
         return f"not vxflow's (cookie {cookie:#x})"
     kind, key = owner
     if kind is Owner.LEASE:
-        return f"lease {IPv4Network((key, subnet_len))}"
+        subnet = cookie_subnet(cookie, subnet_len)
+        return f"lease {subnet}" if subnet else f"not vxflow's (cookie {cookie:#x})"
     if kind is Owner.ENDPOINT:
         return f"endpoint {IPv4Address(key)}"
     return "base pipeline"

@@ -110,6 +110,7 @@ from leases.model import (
     ServicePort,
     VxflowConfig,
 )
+from leases.services import link_count
 
 SERVICE_ZONE = 7678  # conntrack zone of service connections ("vx")
 HAIRPIN_ZONE = 7679  # conntrack zone of the hairpin SNAT
@@ -310,15 +311,8 @@ def _assign(service: Service, port: ServicePort, learned: int, ip: IPv4Address) 
 # per table size, so modulo_n suffices to spread clients over the links (hrw would hash once
 # per link, and OVS runs iter_hash instead beyond 64 links); how few clients a backend change
 # moves is the link table's doing (`affinity_links`).
-LINK_TABLES = (67, 257, 1031, 2053)  # link counts: primes, as Maglev's permutations need
-LINKS_PER_BACKEND = 4  # a port takes the smallest table with this many links per backend
+# (The link table sizes, `leases.services.link_count`, bound a service's flows there.)
 LINK_HASH, LINK_ALGORITHM, LINK_REGISTER = "nw_src", "modulo_n", "reg0"
-
-
-def link_count(backends: int) -> int:
-    """The number of links of a port with affinity and `backends` backends (at most
-    leases.services.MAX_BACKENDS of them)."""
-    return next(n for n in LINK_TABLES if n >= LINKS_PER_BACKEND * backends)
 
 
 def link_basis(service: Service) -> int:

@@ -5,7 +5,7 @@ endpoints. Both kinds live under vxflow's own sub-prefix and are bound to
 the replica's etcd lease, so a replica that stops renewing vanishes from
 etcd together with every claim it held, in one revision.
 
-    <prefix>/vxflow/controllers/<id>      {"ID": id, "Address": "tcp:IP:PORT" or "",
+    <prefix>/vxflow/controllers/<id>      {"ID": id, "Address": "tcp:IP:PORT" (or ssl:),
                                            "Status": "http://IP:PORT/status" (optional)}
     <prefix>/vxflow/masters/<dpid, hex>   {"Controller": id}
 
@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from ipaddress import AddressValueError, IPv4Address
 
 from leases.keys import KV, KeyKind
 from leases.model import Claim, Member
 from leases.validate import Reason, Rejection, _field, _Invalid, _object
 
+MAX_MEMBERS = 16  # controller replicas that count (the oldest); a cluster needs a few
 MEMBER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,62}")
 _TARGET = re.compile(r"(tcp|ssl):([0-9.]+):(\d{1,5})")
 _DPID = re.compile(r"[0-9a-f]{16}")
@@ -61,6 +63,22 @@ def target_problem(target: str) -> str | None:
     return None
 
 
+def advertised_target(listen: str, port: int, scheme: str = "tcp") -> str:
+    """The target switches reach this replica on; empty when it listens on every address."""
+    if listen in ("", "0.0.0.0", "::"):
+        return ""
+    return f"{scheme}:{listen}:{port}"
+
+
+def target_ip(target: str) -> IPv4Address | None:
+    """The IPv4 address of a `tcp:IP:PORT` or `ssl:IP:PORT` target (None: not one)."""
+    m = _TARGET.fullmatch(target)
+    try:
+        return IPv4Address(m.group(2)) if m else None
+    except AddressValueError:
+        return None
+
+
 def _bound(kv: KV) -> None:
     if not kv.lease:
         raise _Invalid(ControllerReason.NOT_BOUND, "not bound to an etcd lease")
@@ -74,7 +92,7 @@ def _member(name: str, kv: KV) -> Member:
     if _field(obj, "ID", str) != name:
         raise _Invalid(Reason.BAD_KEY, f"ID {obj['ID']!r} differs from the key's {name!r}")
     address = _field(obj, "Address", str)
-    problem = target_problem(address) if address else None  # "": not advertised
+    problem = target_problem(address) if address else "no Address (the target switches reach it on)"
     if problem:
         raise _Invalid(ControllerReason.BAD_ADDRESS, problem)
     status = _field(obj, "Status", str) if "Status" in obj else ""
@@ -109,6 +127,15 @@ def check_claim(kv: KV, name: str) -> Claim | Rejection:
         return _claim(name, kv)
     except _Invalid as bad:
         return Rejection(KeyKind.CLAIM, kv.key, bad.reason, bad.detail, kv.mod_revision)
+
+
+def capped(members: Iterable[Member]) -> tuple[list[Member], int]:
+    """The MAX_MEMBERS oldest members (by create revision, then id), which every replica
+    and agent picks alike, and how many more there are (ignored: anyone with a credential
+    for the prefix can register members, and each costs every mastership decision and
+    every bridge a controller target)."""
+    ordered = sorted(members, key=lambda m: (m.create_revision, m.id))
+    return ordered[:MAX_MEMBERS], max(len(ordered) - MAX_MEMBERS, 0)
 
 
 def member_to_json(member: Member) -> str:

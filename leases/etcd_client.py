@@ -104,6 +104,7 @@ class EtcdAccess:
 
 
 NO_ACCESS = EtcdAccess()
+RANGE_PAGE = 4096  # keys per request when listing a whole prefix
 
 
 def _b64(data: str | bytes) -> str:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import random
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
+from urllib.parse import urlsplit
 
 from leases.config import leasable, parse_config, subnet_range
 from leases.controllers import claim_to_json, member_to_json
@@ -26,7 +28,7 @@ from leases.errors import (
     ServicesNotWritten,
     SubnetTaken,
 )
-from leases.etcd_client import DEFAULT_ENDPOINTS, NO_ACCESS, EtcdAccess, EtcdClient
+from leases.etcd_client import DEFAULT_ENDPOINTS, NO_ACCESS, RANGE_PAGE, EtcdAccess, EtcdClient
 from leases.etcd_v2 import config_note
 from leases.events import Event
 from leases.keys import KV, Keys
@@ -48,6 +50,7 @@ from leases.services import (
     parse_vxflow_config,
     resolve_services,
     service_to_json,
+    underlay_of,
 )
 from leases.state import Snapshot, build_snapshot
 from leases.validate import (
@@ -65,7 +68,6 @@ from leases.watch import Watch
 
 log = logging.getLogger(__name__)
 
-RANGE_PAGE = 4096  # keys per request when listing a whole prefix
 MAX_TXN_OPS = 128  # etcd's --max-txn-ops default: the most puts one transaction may hold
 CLAIMS_PER_TXN = 100  # below etcd's default --max-txn-ops (128)
 
@@ -446,22 +448,39 @@ class Registry:
 
     # --- services ------------------------------------------------------------
 
+    def etcd_addresses(self) -> list[tuple[IPv4Address, str]]:
+        """The IPv4 addresses of the etcd endpoints (names resolved; one that does not
+        resolve now is left out), each named: no ServiceNetwork may hold them."""
+        out = []
+        for url in self.etcd.endpoints:
+            host = urlsplit(url).hostname or ""
+            try:
+                infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+            except OSError:
+                continue
+            out += [(IPv4Address(info[4][0]), f"etcd endpoint {url}") for info in infos]
+        return out
+
     def get_vxflow_config(self, config: NetworkConfig | None = None) -> VxflowConfig:
-        """vxflow's own config (no key: no service range); ConfigError if invalid."""
+        """vxflow's own config (no key: no service range); ConfigError if invalid. (An
+        agent checks the ServiceNetwork against its own underlay before routing it.)"""
         kv = self.etcd.get(self.keys.vxflow_config)
         return parse_vxflow_config(kv.value, config) if kv is not None else VxflowConfig()
 
     def set_service_network(self, network: str) -> VxflowConfig:
-        """Validate `network` against the overlay and store it as the ServiceNetwork of
+        """Validate `network` against the overlay and the underlay (the etcd endpoints, the
+        nodes' PublicIPs, the controllers' addresses) and store it as the ServiceNetwork of
         `<prefix>/vxflow/config`, keeping the key's other fields."""
         config = self.get_config()
+        snap = self.snapshot()
+        underlay = [*self.etcd_addresses(), *underlay_of(snap.leases, snap.members)]
         kv = self.etcd.get(self.keys.vxflow_config)
         obj = json.loads(kv.value) if kv is not None else {}
         if not isinstance(obj, dict):  # an invalid value is replaced, not merged
             obj = {}
         obj["ServiceNetwork"] = network
         raw = json.dumps(obj, separators=(",", ":"))
-        vx = parse_vxflow_config(raw, config)
+        vx = parse_vxflow_config(raw, config, underlay)
         self.etcd.put(self.keys.vxflow_config, raw)
         log.info("vxflow config written to %s: ServiceNetwork %s", self.keys.vxflow_config, network)
         return vx
@@ -500,7 +519,9 @@ class Registry:
                 batch[key] = checked
         others = {self.keys.service(s.name): s for s in snap.services}
         _, conflicts = resolve_services({**others, **batch})
-        problems += [str(c) for c in conflicts if c.key in batch]
+        # snap.services were all accepted: a conflict of one of them is what this change
+        # would push out (a VIP, the flow budget), and is refused as well
+        problems += [str(c) if c.key in batch else f"it would push out {c}" for c in conflicts]
         if problems:
             raise ServiceRejected("\n".join(problems))
         items = [(key, service_to_json(svc), kv.mod_revision if (kv := snap.kvs.get(key)) else 0)

@@ -24,8 +24,9 @@ from itertools import pairwise
 from typing import Any
 
 from leases.config import ConfigError
+from leases.controllers import target_ip
 from leases.keys import KV, KeyKind
-from leases.model import Backend, NetworkConfig, Service, ServicePort, VxflowConfig
+from leases.model import Backend, Lease, Member, NetworkConfig, Service, ServicePort, VxflowConfig
 from leases.validate import Reason, Rejection, _field, _Invalid, _object
 
 MAX_SERVICE_BYTES = 64 * 1024  # a service with hundreds of backends, not more
@@ -36,6 +37,14 @@ MAX_AFFINITY_TIMEOUT = 0xFFFF  # the learned flow's idle_timeout is 16 bits
 DEFAULT_AFFINITY_TIMEOUT = 10800  # Kubernetes' default for ClientIP affinity
 MIN_SERVICE_PREFIX = 12  # at most 2**20 VIPs: a VIP's offset is 20 bits of its group id
 MAX_SERVICE_PREFIX = 30
+# Client-IP affinity: a port's link table (flows/services.py) has one of these sizes, the
+# smallest with LINKS_PER_BACKEND links per backend: primes, as Maglev's permutations need
+LINK_TABLES = (67, 257, 1031, 2053)
+LINKS_PER_BACKEND = 4
+# Every node holds every service's flows (and the controller a copy per switch): one value
+# of 13 KB could otherwise compile to 657,408 flows (256 ports x 512 backends, affinity)
+MAX_SERVICE_FLOWS = 16_384  # per service
+MAX_SERVICES_FLOWS = 65_536  # all services together; the older keep theirs
 PROTOCOLS = ("TCP", "UDP")
 AFFINITIES = ("None", "ClientIP")
 SERVICE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
@@ -58,12 +67,41 @@ class ServiceReason:
     BAD_WEIGHT = "bad_weight"
     BAD_AFFINITY = "bad_affinity"
     TOO_MANY = "too_many"
+    FLOW_BUDGET = "flow_budget"
+
+
+def link_count(backends: int) -> int:
+    """The number of links of a port with affinity and `backends` backends (at most
+    MAX_BACKENDS of them)."""
+    return next(n for n in LINK_TABLES if n >= LINKS_PER_BACKEND * backends)
+
+
+def service_flows(svc: Service) -> int:
+    """How many flows the service's ports compile to on every node (flows.services.port_flows:
+    the VIP's dispatch and its new-connection flow; with affinity also a flow per backend,
+    the multipath flow and one per link)."""
+    per_port = 2
+    if svc.backends and svc.affinity_timeout:
+        per_port += len(svc.backends) + 1 + link_count(len(svc.backends))
+    return per_port * len(svc.ports)
 
 
 # -- vxflow's config ------------------------------------------------------------------
 
 
-def _network_problem(net: IPv4Network, config: NetworkConfig | None) -> str | None:
+Underlay = Iterable[tuple[IPv4Address, str]]  # addresses a ServiceNetwork must not hold, named
+
+
+def underlay_of(leases: Iterable[Lease], members: Iterable[Member]) -> list[tuple[IPv4Address, str]]:
+    """The nodes' PublicIPs and the controllers' addresses: every agent routes the
+    ServiceNetwork into its gateway port, so a range holding one of them would cut every
+    node off that node's VXLAN or that controller."""
+    out = [(lease.public_ip, f"the PublicIP of lease {lease.subnet}") for lease in leases]
+    out += [(ip, f"the address of controller {m.id}") for m in members if (ip := target_ip(m.address))]
+    return out
+
+
+def _network_problem(net: IPv4Network, config: NetworkConfig | None, underlay: Underlay) -> str | None:
     if not MIN_SERVICE_PREFIX <= net.prefixlen <= MAX_SERVICE_PREFIX:
         return (
             f"{net} must be a /{MIN_SERVICE_PREFIX} to /{MAX_SERVICE_PREFIX} "
@@ -73,12 +111,23 @@ def _network_problem(net: IPv4Network, config: NetworkConfig | None) -> str | No
         return f"{net} overlaps an unspecified, loopback, link-local or multicast range"
     if config is not None and net.overlaps(config.network):
         return f"{net} overlaps the overlay Network {config.network}"
+    return underlay_problem(net, underlay)
+
+
+def underlay_problem(net: IPv4Network, underlay: Underlay) -> str | None:
+    """Why `net` cannot be the ServiceNetwork: it holds one of the `underlay` addresses."""
+    for ip, what in underlay:
+        if ip in net:
+            return f"{net} holds {what} ({ip}): every node would route it into its gateway port"
     return None
 
 
-def parse_vxflow_config(raw: bytes | str, config: NetworkConfig | None) -> VxflowConfig:
+def parse_vxflow_config(
+    raw: bytes | str, config: NetworkConfig | None, underlay: Underlay = ()
+) -> VxflowConfig:
     """`<prefix>/vxflow/config`; ConfigError naming the field at fault. Unknown fields are
-    left alone (a newer vxflow's); `config` (flannel's, if known) bounds the service range."""
+    left alone (a newer vxflow's); `config` (flannel's, if known) bounds the service range,
+    which must hold none of the `underlay` addresses."""
     try:
         obj = _object(raw)
     except _Invalid as bad:
@@ -94,15 +143,17 @@ def parse_vxflow_config(raw: bytes | str, config: NetworkConfig | None) -> Vxflo
         raise ConfigError(
             "ServiceNetwork", f"not an IPv4 CIDR without host bits: {value!r}"
         ) from exc
-    problem = _network_problem(net, config)
+    problem = _network_problem(net, config, underlay)
     if problem:
         raise ConfigError("ServiceNetwork", problem)
     return VxflowConfig(service_network=net)
 
 
-def check_vxflow_config(kv: KV, config: NetworkConfig | None) -> VxflowConfig | Rejection:
+def check_vxflow_config(
+    kv: KV, config: NetworkConfig | None, underlay: Underlay = ()
+) -> VxflowConfig | Rejection:
     try:
-        return parse_vxflow_config(kv.value, config)
+        return parse_vxflow_config(kv.value, config, underlay)
     except ConfigError as exc:
         return Rejection(
             KeyKind.VXFLOW_CONFIG, kv.key, Reason.BAD_CONFIG, str(exc), kv.mod_revision
@@ -249,7 +300,7 @@ def _service(name: str, kv: KV, config: NetworkConfig, vx: VxflowConfig) -> Serv
             ServiceReason.NO_SERVICE_NETWORK,
             "no ServiceNetwork in the vxflow config: set one with `vxflow services network CIDR`",
         )
-    return Service(
+    svc = Service(
         name=name,
         vip=_vip(obj, config, vx),
         ports=_ports(obj),
@@ -257,6 +308,10 @@ def _service(name: str, kv: KV, config: NetworkConfig, vx: VxflowConfig) -> Serv
         affinity_timeout=_affinity(obj),
         create_revision=kv.create_revision,
     )
+    if (flows := service_flows(svc)) > MAX_SERVICE_FLOWS:
+        raise _Invalid(ServiceReason.FLOW_BUDGET, f"compiles to {flows:,} flows on every node, "
+                       f"more than the {MAX_SERVICE_FLOWS:,} a service may have")  # fmt: skip
+    return svc
 
 
 def check_service(
@@ -272,26 +327,32 @@ def check_service(
 def resolve_services(
     services: Mapping[str, Service], mod_revisions: Mapping[str, int] | None = None
 ) -> tuple[dict[str, Service], list[Rejection]]:
-    """Services (by key) that keep their VIP, and a rejection for each that loses it.
+    """Services (by key) that keep their VIP and fit the flow budget, and a rejection for
+    each that does not.
 
-    The older key (lower create_revision, then lower name) keeps a contested VIP, so
-    a new service never takes traffic from one already serving, and every replica
-    decides alike whatever the order it saw them in.
+    The older key (lower create_revision, then lower name) keeps a contested VIP and its
+    share of MAX_SERVICES_FLOWS, so a new service never takes traffic or flows from one
+    already serving, and every replica decides alike whatever the order it saw them in.
     """
     holder: dict[IPv4Address, tuple[str, Service]] = {}
     rejected: list[Rejection] = []
+    budget = MAX_SERVICES_FLOWS
     for key, svc in sorted(services.items(), key=lambda kv: (kv[1].create_revision, kv[1].name)):
         held = holder.get(svc.vip)
-        if held is None:
+        if held is not None:
+            reason = ServiceReason.DUPLICATE_VIP
+            detail = f"VIP {svc.vip} belongs to service {held[1].name} (created earlier)"
+        elif (flows := service_flows(svc)) > budget:
+            reason = ServiceReason.FLOW_BUDGET
+            detail = (f"its {flows:,} flows do not fit the {budget:,} left of the services' "
+                      f"{MAX_SERVICES_FLOWS:,} per node (older services hold the rest)")  # fmt: skip
+        else:
             holder[svc.vip] = (key, svc)
+            budget -= flows
             continue
         rejected.append(
-            Rejection(
-                KeyKind.SERVICE, key, ServiceReason.DUPLICATE_VIP,
-                f"VIP {svc.vip} belongs to service {held[1].name} (created earlier)",
-                (mod_revisions or {}).get(key, 0),
-            )
-        )  # fmt: skip
+            Rejection(KeyKind.SERVICE, key, reason, detail, (mod_revisions or {}).get(key, 0))
+        )
     return {key: svc for key, svc in holder.values()}, rejected
 
 

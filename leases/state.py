@@ -33,7 +33,7 @@ from leases.events import (
 )
 from leases.keys import KV, KeyKind, Keys
 from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig, Service, VxflowConfig
-from leases.services import check_service, check_vxflow_config, resolve_services
+from leases.services import check_service, check_vxflow_config, resolve_services, underlay_of
 from leases.validate import Reason, Rejection, check_endpoint, check_lease, resolve_conflicts
 
 
@@ -140,7 +140,9 @@ class View:
 
     def load(self, kvs: Iterable[KV], revision: int) -> View:
         """(Re)build from the complete contents of the prefix."""
-        self.kvs = {kv.key: kv for kv in kvs}
+        # only the keys vxflow reads: the raw values of any others under the prefix (flannel's
+        # own, anyone's) are not kept
+        self.kvs = {kv.key: kv for kv in kvs if self.keys.classify(kv.key) is not None}
         self.revision = revision
         self._parse_config()
         self._reset()
@@ -172,7 +174,7 @@ class View:
         for key, kv in changes.items():
             if kv is None:
                 self.kvs.pop(key, None)
-            else:
+            elif self.keys.classify(key) is not None:
                 self.kvs[key] = kv
         self.revision = revision
         if before is not None:
@@ -274,8 +276,11 @@ class View:
                 lease_keys.add(key)
             elif kind[0] is KeyKind.ENDPOINT:
                 ep_keys.add(key)
-                group = self._groups.setdefault(kind[1].split("/", 1)[0], set())
+                name = kind[1].split("/", 1)[0]
+                group = self._groups.setdefault(name, set())
                 (group.add if key in self.kvs else group.discard)(key)
+                if not group:  # a deleted node's endpoints leave no empty group behind
+                    del self._groups[name]
             else:
                 replica_events += self._update_replica(key, kind[0], kind[1])
         if report:
@@ -356,7 +361,8 @@ class View:
         if kv is None:
             self.vxflow, self._vxflow_rejection = VxflowConfig(), None
             return
-        result = check_vxflow_config(kv, self.config)
+        members = (m for m in self._replicas.values() if isinstance(m, Member))
+        result = check_vxflow_config(kv, self.config, underlay_of(self._live.values(), members))
         if isinstance(result, Rejection):  # keep the last valid one
             self._vxflow_rejection = result
         else:

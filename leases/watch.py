@@ -21,7 +21,7 @@ from etcd3gw.exceptions import Etcd3Exception
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
 from leases.errors import EtcdAccessDenied, EtcdUnavailable, RegistryError
-from leases.etcd_client import GRPC_OUT_OF_RANGE, EtcdClient, WatchEvent, grpc_code
+from leases.etcd_client import GRPC_OUT_OF_RANGE, RANGE_PAGE, EtcdClient, WatchEvent, grpc_code
 from leases.events import Event
 from leases.keys import Keys
 from leases.metrics import WATCH_ERRORS, WATCH_RESYNCS, RejectionReporter
@@ -201,7 +201,9 @@ class Watch:
         """The state the consumer knows: everything as of `revision` (before start_revision)."""
         if revision > 0:
             try:
-                kvs, _ = self._client.range(self._keys.root, prefix=True, revision=revision)
+                kvs, _ = self._client.range(
+                    self._keys.root, prefix=True, revision=revision, page_size=RANGE_PAGE
+                )
             except Etcd3Exception as exc:
                 if grpc_code(exc) != GRPC_OUT_OF_RANGE:
                     raise
@@ -217,7 +219,7 @@ class Watch:
         self._baseline_rev = None
 
     def _relist(self) -> None:
-        kvs, revision = self._client.range(self._keys.root, prefix=True)
+        kvs, revision = self._client.range(self._keys.root, prefix=True, page_size=RANGE_PAGE)
         view = View(self._keys, self._view.config, self._pause).load(kvs, revision)
         old, new = self._view.snapshot(), view.snapshot()
         self._view = view

@@ -58,6 +58,7 @@ from tenacity import wait_exponential as wait_exp
 from daemons.httpd import serve_in_thread, wsgi_app
 from flows.ports import vtep_mac_for
 from leases.config import ConfigError
+from leases.controllers import target_ip
 from leases.errors import ConfigMissing, EtcdUnavailable, LeaseLost, RegistryError
 from leases.events import ConfigChanged, Event, MemberAdded, MemberRemoved, VxflowConfigChanged
 from leases.model import (
@@ -70,6 +71,7 @@ from leases.model import (
     VxflowConfig,
 )
 from leases.registry import Registry, renew_interval
+from leases.services import underlay_problem
 from leases.subnet_env import overlay_mtu, previous_subnet, subnet_env_for, write_subnet_env
 from ovsdb import idl as ovsidl
 from ovsdb import metrics
@@ -85,7 +87,7 @@ from ovsdb.bootstrap import (
     with_underlay_mtu,
 )
 from ovsdb.ipmasq import IpMasq, IpMasqError
-from ovsdb.iproute import IprouteError
+from ovsdb.iproute import IprouteError, gateway_to
 from ovsdb.plug import foreign_ports
 from ovsdb.pods import PodPort, PodRejection, endpoints_from_ports
 
@@ -152,6 +154,7 @@ class Agent:
         self._stop = threading.Event()
         self.config: NetworkConfig | None = None
         self.service_routes: tuple[IPv4Network, ...] = ()  # the ServiceNetwork, if any
+        self._refused: IPv4Network | None = None  # the ServiceNetwork last refused
         self.lease: Lease | None = None
         self._desired: dict[IPv4Address, Endpoint] = {}
         self._published: dict[IPv4Address, Endpoint] | None = None  # None: re-read from etcd
@@ -426,7 +429,26 @@ class Agent:
             return
         self._etcd.succeeded()
 
+    def _underlay(self) -> list[tuple[IPv4Address, str]]:
+        """What this node must keep reaching outside its gateway port: its PublicIP, etcd,
+        the controllers, and the next hops of its routes to them."""
+        peers = [*self.registry.etcd_addresses()]
+        peers += [(ip, f"controller {t}") for t in self.controller_targets() if (ip := target_ip(t))]
+        out = [(self.settings.public_ip, "this node's PublicIP"), *peers]
+        for ip, what in peers:
+            if (gateway := gateway_to(ip)) is not None:
+                out.append((gateway, f"this node's next hop to {what}"))
+        return out
+
     def _set_service_routes(self, vx: VxflowConfig) -> None:
+        problem = vx.service_network and underlay_problem(vx.service_network, self._underlay())
+        if problem:
+            if vx.service_network != self._refused:  # once per value, not per resync
+                self._refused = vx.service_network
+                metrics.SERVICE_NETWORK_REFUSED.inc()
+                log.error("ServiceNetwork refused: %s; keeping the previous one", problem)
+            return
+        self._refused = None
         routes = (vx.service_network,) if vx.service_network else ()
         if routes != self.service_routes:
             log.info("ServiceNetwork %s: routed into the gateway port",

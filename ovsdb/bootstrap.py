@@ -33,6 +33,7 @@ import ovs.db.idl
 from ovs.db.idl import Transaction
 
 from flows.ports import GATEWAY_OFPORT, GATEWAY_PORT, TUNNEL_OFPORT, TUNNEL_PORT, gateway_mac
+from leases.controllers import capped
 from leases.model import Lease, Member, NetworkConfig, datapath_id_for
 from leases.subnet_env import overlay_mtu
 from ovsdb.gateway import GatewaySpec, converge_gateway
@@ -116,9 +117,10 @@ class BridgeState:
 
 
 def controller_targets(explicit: Iterable[str], members: Iterable[Member]) -> tuple[str, ...]:
-    """The bridge's controllers: the targets given, plus every controller replica's
-    advertised address from etcd; DEFAULT_CONTROLLER only when there is neither."""
-    targets = set(explicit) | {m.address for m in members if m.address}
+    """The bridge's controllers: the targets given, plus the advertised address of every
+    controller replica that counts (`leases.controllers.capped`) from etcd;
+    DEFAULT_CONTROLLER only when there is neither."""
+    targets = set(explicit) | {m.address for m in capped(members)[0]}
     return tuple(sorted(targets)) or (DEFAULT_CONTROLLER,)
 
 

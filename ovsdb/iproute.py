@@ -80,3 +80,13 @@ def default_route_interface(netns: str | None = None) -> str | None:
     """The interface of the IPv4 default route (flanneld's choice when --iface is not given)."""
     routes = ip_json("route", "show", "default", netns=netns)
     return routes[0].get("dev") if routes else None
+
+
+def gateway_to(address: IPv4Address, netns: str | None = None) -> IPv4Address | None:
+    """The next hop of this node's route to `address` (None: on link, or no route)."""
+    try:
+        routes = ip_json("route", "get", str(address), netns=netns)
+    except IprouteError:
+        return None
+    gateway = routes[0].get("gateway") if routes else None
+    return IPv4Address(gateway) if gateway else None

@@ -62,3 +62,8 @@ MASQ_INSTALLS = Counter(
     "vxflow_agent_ipmasq_installs", "Times the masquerade rules were (re)installed"
 )
 MASQ_ERRORS = Counter("vxflow_agent_ipmasq_errors", "nftables operations that failed (retried)")
+SERVICE_NETWORK_REFUSED = Counter(
+    "vxflow_agent_service_network_refused",
+    "ServiceNetworks this agent refused to route into its gateway port: the range holds "
+    "this node's PublicIP, an etcd endpoint, a controller or a next hop to them",
+)

@@ -94,10 +94,15 @@ class Underlay:
         self._links.append(self.bridge)
         # .254/32 plus a route for the test nodes' block only: Mininet clusters
         # (mininet/vxcluster.py) claim the other /27 blocks beside a test run, and a
-        # second test run fails here, clearly, instead of taking this one's replies.
-        sh("ip", "addr", "add", f"{ROOT_UNDERLAY_IP}/32", "dev", self.bridge)
-        sh("ip", "link", "set", self.bridge, "up")
-        sh("ip", "route", "add", NODE_BLOCK, "dev", self.bridge, "src", str(ROOT_UNDERLAY_IP))
+        # second test run fails here, clearly, instead of taking this one's replies
+        # (and leaves no bridge behind).
+        try:
+            sh("ip", "addr", "add", f"{ROOT_UNDERLAY_IP}/32", "dev", self.bridge)
+            sh("ip", "link", "set", self.bridge, "up")
+            sh("ip", "route", "add", NODE_BLOCK, "dev", self.bridge, "src", str(ROOT_UNDERLAY_IP))
+        except RuntimeError:
+            self.destroy()
+            raise
         return self
 
     def _netns(self, name: str) -> str:

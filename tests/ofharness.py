@@ -10,11 +10,14 @@ affinity entries) are its own and left out of the comparison.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -257,3 +260,40 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> Non
 def pod(lease: Lease, host: int, ofport: int) -> Endpoint:
     ip = lease.subnet.network_address + host
     return Endpoint(lease.subnet, ip, f"02:00:{ip.packed.hex(':')}", ofport, f"pod{host}")
+
+
+@contextmanager
+def standin_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An asyncio loop in a thread, for stand-in switches (bench/standin.py) a test drives."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def connect_standin(loop: asyncio.AbstractEventLoop, make: Callable[[], asyncio.Protocol],
+                    port: int, rcvbuf: int | None = None) -> asyncio.Protocol:  # fmt: skip
+    """A stand-in connected to the controller on `port` (retried until it listens), with a
+    receive buffer of `rcvbuf` bytes if given; its protocol object."""
+    made: list[asyncio.Protocol] = []
+
+    def connected() -> bool:  # (refused until the controller listens: an OSError)
+        sock = socket.socket()
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        try:
+            sock.connect(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        made.append(asyncio.run_coroutine_threadsafe(
+            loop.create_connection(make, sock=sock), loop).result(10)[1])  # fmt: skip
+        return True
+
+    wait_for("the stand-in connected", connected)
+    return made[0]

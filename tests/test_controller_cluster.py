@@ -369,3 +369,34 @@ def test_two_replicas_as_the_readme_starts_them(etcd: EtcdServer, tmp_path: Path
                 stop_process(proc)
         # a clean stop leaves the cluster at once
         assert registry.snapshot().members == ()
+
+
+def test_a_thousand_fake_members_neither_stall_renewals_nor_leave_a_switch_masterless(
+    cluster, tmp_path
+):
+    """Anyone with a credential for the prefix can register members that are no replica.
+    A thousand of them: only the 16 oldest count (r1 among them), every membership renewal
+    lands in time while they churn, and a new switch whose designated member is a fake
+    (it never claims) is taken over by r1 once orphaned."""
+    add_nodes(cluster, range(1, 3))
+    r1 = start_replicas(cluster, tmp_path, 1)[0]
+    wait_masters(cluster, [r1])
+    new_dpid = datapath_id_for(node_ip(3))
+    prefix = next(p for p in (f"fake{n}-" for n in range(100))
+                  if designated(new_dpid, ["r1", *(f"{p}{i}" for i in range(15))]) != "r1")  # fmt: skip
+    etcd = cluster.registry.etcd
+    lease = etcd.grant(60)
+    for churn in range(3):  # registered, then their addresses changed twice: events each time
+        for i in range(1000):
+            value = f'{{"ID":"{prefix}{i}","Address":"tcp:127.0.0.1:{churn + 1}"}}'
+            etcd.put(f"{PREFIX}/vxflow/controllers/{prefix}{i}", value, lease=lease)
+    wait_for("the fakes counted", lambda: r1.metric("vxflow_controller_members_ignored") == 985)
+    cluster.lease(3)
+    cluster.add_switch(3)
+    cluster.point_switches_at([r1])
+    assert wait_masters(cluster, [r1], timeout=6 * TTL) == {1: "r1", 2: "r1", 3: "r1"}
+    cluster.wait_converged()
+    assert r1.metric("vxflow_controller_membership_lost_total") == 0
+    assert r1.metric("vxflow_controller_member") == 1
+    assert "985 controller members beyond the first 16 (the oldest) are ignored" in r1.log()
+    etcd.revoke(lease)

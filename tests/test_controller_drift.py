@@ -18,10 +18,25 @@ from pathlib import Path
 
 import pytest
 
+from bench import ofwire as of
+from bench.standin import StandInSwitch, SwitchState
+from controller import monitor
 from flows.compiler import subnet_cookie
+from flows.flow import Flow, Table, flow
+from flows.ports import TUNNEL_OFPORT, TUNNEL_PORT
 from leases.etcd_server import EtcdServer
+from leases.model import datapath_id_for
 from ovsdb.instance import OvsInstance
-from tests.ofharness import Cluster, node_ip, pod, running, wait_for
+from tests.ofharness import (
+    Cluster,
+    connect_standin,
+    node_ip,
+    pod,
+    running,
+    standin_loop,
+    wait_for,
+)
+from tests.test_controller_monitor import full_update
 
 pytestmark = pytest.mark.integration
 STRAYS = 200_000
@@ -202,3 +217,63 @@ def test_only_the_master_repairs_a_slave_watches(cluster: Cluster, tmp_path: Pat
         if replica.member_id not in repairs:
             assert replica.metric("vxflow_controller_flow_mods_total", command="add") == (
                 writes[replica.member_id])  # fmt: skip
+
+
+def test_a_flow_with_a_lease_shaped_cookie_is_removed_as_a_stray(cluster: Cluster, tmp_path):
+    """A flow added by hand with a cookie that looks like a lease's but names no subnet
+    (key 1: host bits set for any subnet length): reported by the monitor, deleted, logged
+    as drift, no traceback; and the next lease still lands on the switch."""
+    cluster.lease(1)
+    cluster.lease(2)
+    bridge = cluster.add_switch(1)
+    cluster.controller.start(tmp_path)
+    cluster.wait_converged()
+    stray = "cookie=0x7602000000000001,table=20,priority=100,ip,nw_dst=10.0.0.1,actions=drop"
+    assert repaired(cluster, lambda: cluster.ovs.ofctl("add-flow", bridge, stray), "a stray") == {
+        "delete": 1, "monitor": 1}  # fmt: skip
+    cluster.lease(3)
+    cluster.wait_converged(timeout=10)
+    log = cluster.controller.log()
+    assert "another OpenFlow client changed 1 flows (1 added), e.g. added " \
+        "cookie=0x7602000000000001,table=20" in log  # fmt: skip
+    assert "Traceback" not in log and "failed" not in log
+
+
+class ReportingStandIn(StandInSwitch):
+    """A stand-in switch (bench/standin.py) that can also report a flow another client
+    added, as a flow monitor update under any xid."""
+
+    monitor_xid: int | None = None
+
+    def multipart(self, xid: int, msg: bytes) -> None:
+        if (msg[8] << 8) | msg[9] == of.MP_FLOW_MONITOR:
+            self.monitor_xid = xid
+        super().multipart(xid, msg)
+
+    def report(self, xid: int, added: Flow) -> None:
+        update = full_update(monitor.OFPFME_ADDED, added)
+        self.send(of.MULTIPART_REPLY, xid, of.MULTIPART.pack(of.MP_FLOW_MONITOR, 0) + update)
+
+
+def test_monitor_updates_count_only_under_the_monitors_xid(cluster: Cluster, tmp_path: Path):
+    """A switch's flow monitor reports under its request's xid (the first reply) and xid 0
+    (OVS's later updates): an update under any other xid is not taken in (counted), so a
+    peer cannot grow the controller's copy of its table by replies to nothing."""
+    cluster.lease(1)
+    controller = cluster.controller.start(tmp_path)
+    state = SwitchState(datapath_id_for(node_ip(1)), expected=0)
+    with standin_loop() as loop:
+        switch = connect_standin(loop, lambda: ReportingStandIn(
+            state, [(TUNNEL_OFPORT, TUNNEL_PORT)]), controller.port)  # fmt: skip
+        wait_for("the stand-in's table", lambda: f"switch {node_ip(1)}: bundle 1 landed" in controller.log())
+        deletes = state.flow_mods
+        strays = [flow(Table.CLASSIFY, 500 + i, {}, (), 0) for i in range(2)]
+        foreign = (switch.monitor_xid + 0x55) & 0xFFFFFFFF
+        loop.call_soon_threadsafe(switch.report, foreign, strays[0])
+        wait_for("the foreign update counted", lambda: controller.metric(
+            "vxflow_controller_unexpected_replies_total") == 1)  # fmt: skip
+        loop.call_soon_threadsafe(switch.report, 0, strays[1])  # as OVS reports one
+        wait_for("the stray deleted", lambda: state.flow_mods == deletes + 1)
+        time.sleep(0.5)
+        assert state.flow_mods == deletes + 1  # the foreign one was never acted on
+        assert "priority=501" in controller.log() and "priority=500" not in controller.log()

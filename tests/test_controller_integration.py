@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import resource
 import socket
 import struct
 import subprocess
@@ -16,15 +17,29 @@ from pathlib import Path
 import pytest
 
 from bench.etcdload import load
+from bench.ofwire import MP_FLOW
+from bench.standin import StandInSwitch, SwitchState
+from controller.app import MAX_OPEN_FILES
 from flows.compiler import compile_node
 from flows.flow import to_ofctl
 from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, vtep_mac_for
 from leases.config import parse_config
 from leases.etcd_server import EtcdServer
-from leases.model import Endpoint, Lease
+from leases.model import Endpoint, Lease, datapath_id_for
 from leases.validate import lease_to_json
 from ovsdb.instance import OvsInstance
-from tests.ofharness import PREFIX, TAG, VXFLOW, Cluster, node_ip, pod, running, wait_for
+from tests.ofharness import (
+    PREFIX,
+    TAG,
+    VXFLOW,
+    Cluster,
+    connect_standin,
+    node_ip,
+    pod,
+    running,
+    standin_loop,
+    wait_for,
+)
 from tests.overlay import unleased_address
 
 pytestmark = pytest.mark.integration
@@ -107,6 +122,23 @@ def test_osken_manager_runs_the_app_as_documented(cluster: Cluster, tmp_path: Pa
     cluster.controller.start(tmp_path)
     cluster.wait_converged()
     assert cluster.controller.metric("vxflow_controller_switches") == 2
+
+
+def test_the_open_files_limit_is_raised_at_start(cluster: Cluster, tmp_path: Path):
+    """Started under a soft limit of 1,024 open files (about 330 plain-TCP switches), the
+    controller raises it to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))  # the child inherits it
+    try:
+        cluster.controller.start(tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    wait_for("the controller serving", lambda: cluster.controller.metric("vxflow_controller_switches") == 0)
+    limits = Path(f"/proc/{cluster.controller.proc.pid}/limits").read_text()
+    (line,) = [x for x in limits.splitlines() if x.startswith("Max open files")]
+    want = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    assert line.split()[3:5] == [str(want), "unlimited" if hard == resource.RLIM_INFINITY else str(hard)]
+    assert f"open files: soft limit {want} (was {min(1024, hard)})" in cluster.controller.log()
 
 
 def test_restart_with_unchanged_etcd_sends_no_flow_mod(cluster: Cluster, tmp_path: Path):
@@ -362,3 +394,57 @@ def test_switch_stays_connected_while_a_large_registry_loads(cluster: Cluster, t
 
     wait_for("ovs-vswitchd to report the controller connected", switch_says_connected, 15)
     cluster.wait_converged(timeout=60)  # exactly the compiler's table, not just its size
+
+
+class SlowStandIn(StandInSwitch):
+    """A stand-in switch (bench/standin.py) that answers the readback with its junk table,
+    then stops reading: its small receive buffer and the kernel's fill, and every later
+    write to it waits."""
+
+    answered = False
+
+    def multipart(self, xid: int, msg: bytes) -> None:
+        super().multipart(xid, msg)
+        if (msg[8] << 8) | msg[9] == MP_FLOW:
+            self.transport.pause_reading()
+            self.answered = True
+
+
+def test_a_switch_that_stops_reading_holds_up_no_other(cluster: Cluster, tmp_path: Path):
+    """One switch answers its readback with 60,000 junk flows and then reads nothing (4 KiB
+    receive buffer): the bundle that deletes them is encoded in a thread of that switch's
+    and waits in its own backlog, and two new leases, one right after the other, land on a
+    healthy switch at once (the second one used to wait for the first one's barrier reply,
+    behind the stalled sends: 8.8 s)."""
+    cluster.lease(1)
+    slow_ip = node_ip(2)
+    cluster.registry.acquire(slow_ip, vtep_mac_for(slow_ip))
+    bridge = cluster.add_switch(1)
+    controller = cluster.controller.start(tmp_path)
+    cluster.wait_converged()
+    state = SwitchState(datapath_id_for(slow_ip), expected=0)
+    match = struct.pack("!HH4x", 1, 4)  # an empty OXM match
+    state.table = {(t, p, match): (0, b"") for t in range(4) for p in range(1, 15_001)}
+    with standin_loop() as loop:
+        slow = connect_standin(loop, lambda: SlowStandIn(state, [(TUNNEL_OFPORT, "vxlan0")]),
+                               controller.port, rcvbuf=4096)  # fmt: skip
+        wait_for("the junk read back", lambda: slow.answered)
+        compared = re.compile(rf"switch {slow_ip}: \d+ desired flows in .* diff of (\d+) ")
+        wait_for("the junk compared", lambda: compared.search(controller.log()))
+        new = []
+        for i in (3, 4):
+            new.append(cluster.lease(i))
+            time.sleep(0.2)
+        started = time.monotonic()
+
+        def landed() -> bool:
+            routes = cluster.ovs.ofctl("dump-flows", bridge, "table=20")
+            return all(f"nw_dst={lease.subnet}" in routes for lease in new)
+
+        wait_for("both new leases on the healthy switch", landed, timeout=10)
+        assert time.monotonic() - started < 3.0  # (it waited for good, before)
+        assert controller.metric("vxflow_controller_slow_switch_disconnects_total") == 0
+        diff = compared.search(controller.log()).group(1)
+        assert int(diff) > 60_000  # the junk's deletes, all queued for the slow switch:
+        queued = f"switch {slow_ip}: bundle 1 of {diff} flow-mods encoded and queued"
+        wait_for("the slow switch's bundle queued", lambda: queued in controller.log(), timeout=60)

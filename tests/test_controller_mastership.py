@@ -12,7 +12,14 @@ import pytest
 from controller import ofwire
 from controller.mastership import Decision, Role, decide, designated
 from controller.role import SwitchRole
-from leases.controllers import check_claim, check_member, claim_to_json, member_to_json
+from leases.controllers import (
+    MAX_MEMBERS,
+    capped,
+    check_claim,
+    check_member,
+    claim_to_json,
+    member_to_json,
+)
 from leases.events import ClaimAdded, ClaimRemoved, MemberAdded, MemberRemoved
 from leases.keys import KV, KeyKind, Keys
 from leases.model import Claim, Member
@@ -39,10 +46,11 @@ def claim_kv(dpid: int, holder: str, rev: int, lease: int = 7) -> KV:
 
 def test_members_and_claims_validate_with_reasons() -> None:
     assert check_member(member_kv("r1"), "r1") == Member("r1", "tcp:198.18.0.254:6653", 7, 5)
-    assert check_member(member_kv("r1", address=""), "r1").address == ""  # not advertised
+    no_address = check_member(member_kv("r1", address=""), "r1")
+    assert no_address.reason == "bad_address" and "no Address" in no_address.detail
     bad = {
         "bad_address": member_kv("r1", address="tcp:0.0.0.0:6653"),
-        "bad_key": member_kv("r1", value='{"ID": "r2", "Address": ""}'),
+        "bad_key": member_kv("r1", value='{"ID": "r2", "Address": "tcp:198.18.0.254:1"}'),
         "bad_json": member_kv("r1", value="{oops"),
         "not_bound": member_kv("r1", lease=0),
         "wrong_type": member_kv("r1", value='{"ID": "r1", "Address": 6653}'),
@@ -116,6 +124,21 @@ def test_each_replica_decides_its_part() -> None:
         assert decide(me, d, ms, mine, active) == Decision(Role.SLAVE, 40)
         assert decide(me, d, ms, None, active) == Decision(None)
 
+    # not designated, but orphaned (its designated member never claimed it): claim it,
+    # also from a holder that no longer counts as a member
+    assert decide(other, d, members, None, True, orphaned=True) == Decision(None, 0, take_over=0)
+    gone = Claim(d, "gone", 43)
+    assert decide(other, d, members, gone, True, orphaned=True) == Decision(Role.SLAVE, 43, 43)
+    assert decide(other, d, members, None, False, orphaned=True) == Decision(None)
+
+
+def test_only_the_oldest_members_count() -> None:
+    members = [Member(f"m{i:04}", "tcp:198.18.0.254:6653", 7, 1000 - i) for i in range(1000)]
+    kept, ignored = capped(reversed(members))
+    assert ignored == 1000 - MAX_MEMBERS
+    assert [m.id for m in kept] == [f"m{i:04}" for i in range(999, 999 - MAX_MEMBERS, -1)]
+    assert capped(members[:3]) == (sorted(members[:3], key=lambda m: m.create_revision), 0)
+
 
 # -- a switch's role -------------------------------------------------------------------
 
@@ -180,3 +203,14 @@ def test_answers_to_superseded_requests_are_ours_and_change_nothing(role) -> Non
     (a, _, _), (b, _, _) = role_requests(channel)
     assert r.on_error(a, 11, 0)  # a refused superseded request is ours too (counted)
     assert r.on_reply(b, Role.MASTER, 43) and r.master and calls == ["sync"]
+
+
+def test_a_replica_listening_on_every_address_must_advertise_one() -> None:
+    """Its member entry would have no Address (rejected by every reader): refused at once."""
+    from click.testing import CliRunner
+
+    from vxflow.cli import cli
+
+    result = CliRunner().invoke(cli, ["controller", "--listen", "0.0.0.0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "listening on every address ('0.0.0.0'): give --advertise tcp:IP:PORT" in result.output

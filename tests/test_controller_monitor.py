@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from os_ken.ofproto import ofproto_protocol
 from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
 
 from controller import metrics, monitor, ofwire, wirecheck
+from controller.app import _each
+from controller.model import Scope
 from controller.monitor import FlowChange, Paused, Resumed
+from controller.replica import Membership
 from controller.switch import AUDIT_SHARE, State, audit_spacing
-from flows.compiler import BASE_COOKIE, compile_node, subnet_cookie
+from flows.compiler import BASE_COOKIE, compile_node, cookie_subnet, subnet_cookie
+from flows.explain import owner_text
 from flows.flow import Flow, Owner, Table, cookie_for, flow, output, owner_of, to_ofctl
 from leases.events import LeaseAdded
 from tests.test_controller_sync import (
@@ -248,3 +253,53 @@ def test_affinity_entries_the_switch_learns_are_not_drift():
     learned = flow(41, 100, {}, (), cookie_for(Owner.LEARNED, 10))
     monitor.deliver(full_update(monitor.OFPFME_ADDED, learned), sync)
     assert channel.take() == [] and learned.key not in sync.installed
+
+
+@pytest.mark.parametrize("key", [1, 0xC6130001, 0xFFFFFFFF])
+def test_a_lease_shaped_cookie_naming_no_subnet_is_a_stray(key: int, caplog):
+    """A hand-made flow whose cookie looks like a lease's, but whose key is no /24's
+    network address: deleted like any stray, no exception (it used to raise in the model
+    and leave the change pending for good)."""
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = synced(model)
+    stray = flow(Table.ROUTE, 100, {"eth_type": 0x0800}, (), cookie_for(Owner.LEASE, key))
+    assert cookie_subnet(stray.cookie, CONFIG.subnet_len) is None
+    monitor.deliver(full_update(monitor.OFPFME_ADDED, stray), sync)
+    sent = channel.take()
+    assert bare_mods(sent) == [ofwire.OFPFC_DELETE_STRICT]
+    land_bare(sync, sent)
+    assert stray.key not in sync.installed and sync.in_sync
+    assert "Traceback" not in caplog.text
+    assert owner_text(stray.cookie, CONFIG.subnet_len) == f"not vxflow's (cookie {stray.cookie:#x})"
+
+
+def test_one_switch_failing_to_compute_retries_alone_and_the_others_go_on(caplog):
+    """Whatever raises while one switch's flows are computed is logged; that switch retries
+    from a readback later, and every other switch still gets the change."""
+    model = model_with(lease(1), lease(2), lease(3))
+    broken, broken_channel, delayed = synced(model, 1)
+    healthy, healthy_channel, _ = synced(model, 2)
+
+    def boom(scope):
+        raise ValueError("a value nothing foresaw")
+
+    broken.desired = boom
+    model.apply([LeaseAdded(lease(4), 2)])
+    scope = Scope.of_cookies(frozenset({subnet_cookie(lease(4).subnet)}))
+    _each([broken, healthy], lambda s: s.request(scope), "sending a registry change")
+    assert broken_channel.take() == [] and [d for d, _ in delayed] == [0.5]
+    assert broken.reading_back and "computing its desired flows failed" in caplog.text
+    land_bare(healthy, healthy_channel.take())
+    assert route_of(4, healthy.installed.values())
+
+
+def test_a_failing_lapse_or_renewal_handler_never_ends_the_membership(caplog):
+    """The renewal loop and the lapse timer call the app back: what fails there is logged,
+    never raised into them (a dead renewal loop would lapse the replica for good)."""
+
+    def boom():
+        raise RuntimeError("resume failed")
+
+    membership = Membership(None, "r1", "", 5, on_change=boom)  # never reaches etcd here
+    membership._lapse()
+    assert "acting on a lapse or renewal failed" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
@@ -30,6 +31,7 @@ class Recorder:
         self.messages: list[tuple[int, int, bytes]] = []
         self.next_xid = 100
         self.writes = 0
+        self.deadlines: list = []  # what a SwitchSync runs once a readback is overdue
 
     def send(self, data: bytes) -> None:
         self.writes += 1
@@ -59,11 +61,19 @@ def stats_body(flows) -> bytes:
 
 
 def make(model: ClusterModel, node: IPv4Address) -> tuple[SwitchSync, Recorder, list]:
+    """A master sync of `node` on a recording channel; the calls it asks to run later (but
+    each readback's deadline, kept in `channel.deadlines`: tested on their own)."""
     channel, delayed, synced = Recorder(), [], []
+
+    def later(delay: float, fn) -> None:
+        if delay == switch.READBACK_TIMEOUT:
+            channel.deadlines.append(fn)
+        else:
+            delayed.append((delay, fn))
+
     sync = SwitchSync(
-        node, channel, lambda scope: model.desired(node, scope),
-        later=lambda delay, fn: delayed.append((delay, fn)), on_synced=synced.append,
-        master=True,
+        node, channel, lambda scope: model.desired(node, scope), later=later,
+        on_synced=synced.append, master=True,
     )  # fmt: skip
     return sync, channel, delayed
 
@@ -350,3 +360,137 @@ def test_model_endpoint_events_touch_only_their_node():
     assert set(model.desired(lease(1).public_ip, FULL)) == compile_node(
         CONFIG, [lease(1), lease(2)], [moved], lease(1).public_ip
     )
+
+
+def strays(n: int) -> list:
+    """`n` flows no vxflow table holds: each one a delete in the next change."""
+    return [flow(0, 500, {"in_port": port}, (), 0) for port in range(1, n + 1)]
+
+
+def bundle_under_way(lapse_at_chunk: int):
+    """A switch read back with three chunks' worth of strays, its bundle started with the
+    membership lapsing after chunk `lapse_at_chunk` (0: never); (sync, channel, licence)."""
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    licence, chunks = [True], [0]
+
+    def pause() -> None:  # called after each chunk is sent
+        chunks[0] += 1
+        if chunks[0] == lapse_at_chunk:
+            licence[0] = False
+
+    sync.may_write, sync.pause = (lambda: licence[0]), pause
+    sync.start()
+    held = compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip)
+    read_back(sync, channel, [*held, *strays(3 * switch.CHUNK)])
+    return sync, channel, licence
+
+
+def test_a_lapse_during_a_bundle_stops_it_at_once_and_nothing_is_committed():
+    fenced = metrics.WRITES_FENCED._value.get()
+    sync, channel, licence = bundle_under_way(lapse_at_chunk=1)
+    sent = channel.take()
+    # the open and the one chunk sent before the lapse; no further chunk, no barrier
+    adds = [ofwire.OFPT_BUNDLE_ADD_MESSAGE] * switch.CHUNK
+    assert [t for t, _, _ in sent] == [ofwire.OFPT_BUNDLE_CONTROL, *adds]
+    assert sync.state is State.IDLE and sync.reading_back
+    assert metrics.WRITES_FENCED._value.get() == fenced + 1
+    sync.kick()
+    assert channel.take() == []  # still lapsed: nothing at all
+    licence[0] = True
+    sync.resume()
+    (mtype, _, _), (gtype, _, _) = channel.take()  # renewed: a readback comes first
+    assert mtype == gtype == ofwire.OFPT_MULTIPART_REQUEST
+
+
+def test_a_lapse_before_the_add_barrier_returns_means_no_commit():
+    sync, channel, licence = bundle_under_way(lapse_at_chunk=0)
+    sent = channel.take()
+    assert sent[-1][0] == ofwire.OFPT_BARRIER_REQUEST
+    licence[0] = False
+    sync.on_barrier(sent[-1][1])  # the adds were taken, but the licence is gone
+    assert channel.take() == [] and sync.state is State.IDLE and sync.reading_back
+
+
+def test_a_demotion_during_a_bundle_stops_it_at_once():
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.pause = sync.suspend  # the switch demotes us while the first chunk is parsed
+    sync.start()
+    held = compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip)
+    read_back(sync, channel, [*held, *strays(3 * switch.CHUNK)])
+    sent = channel.take()
+    assert len(sent) == 1 + switch.CHUNK and ofwire.OFPT_BARRIER_REQUEST not in {t for t, _, _ in sent}
+    assert not sync.master and sync.state is State.IDLE
+
+
+def test_a_readback_too_large_or_too_slow_is_given_up_and_retried_later(caplog):
+    """What a switch sends is bounded: a flow readback past its limit is given up at once
+    (its later replies ignored), one not done by its deadline too; each retried later."""
+    model = model_with(lease(1), lease(2))
+    sync, channel, delayed = make(model, lease(1).public_ip)
+    sync.readback_limits = (100, 10)
+    sync.start()
+    (_, xid, _), _ = channel.take()
+    sync.on_flow_stats(xid, stats_body(strays(60)), more=True)
+    sync.on_flow_stats(xid, stats_body(strays(60)), more=True)  # 120 > 100
+    assert sync.state is State.IDLE and sync.reading_back and [d for d, _ in delayed] == [0.5]
+    assert "readback given up: more than 100 flows" in caplog.text
+    assert metrics.READBACKS_ABANDONED.labels("too_large")._value.get() >= 1
+    sync.on_flow_stats(xid, stats_body(strays(60)), more=False)  # the rest: ignored
+    assert sync.state is State.IDLE and len(sync.installed) == 0
+
+    delayed.pop()[1]()  # the retry: a new readback, which never completes
+    (_, xid2, _), _ = channel.take()
+    assert xid2 != xid
+    overdue = metrics.READBACKS_ABANDONED.labels("timeout")._value.get()
+    channel.deadlines[0]()  # the first readback's deadline: that one is long given up
+    assert sync.state is State.READING
+    channel.deadlines[1]()
+    assert sync.state is State.IDLE and metrics.READBACKS_ABANDONED.labels("timeout")._value.get() == overdue + 1
+    assert "readback given up: not complete in 60s" in caplog.text
+
+
+def test_changes_reported_for_too_many_cookies_become_one_full_comparison():
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.start()
+    read_back(sync, channel, [])
+    channel.take()  # the bundle stays in flight: what is noted meanwhile waits
+    sync.note(Scope.of_cookies(frozenset(range(switch.MAX_PENDING_COOKIES))))
+    assert not sync._pending.full
+    sync.note(Scope.of_cookies(frozenset({switch.MAX_PENDING_COOKIES})))
+    assert sync._pending.full
+
+
+def test_sending_to_a_switch_that_reads_nothing_never_waits_and_is_bounded():
+    """os-ken's queue for a switch holds 16 buffers, and its `send` waits while they are
+    full; the channel's never does: the rest waits in that switch's backlog, and past
+    MAX_BACKLOG bytes the switch is disconnected (counted). (A real os-ken Datapath on a
+    loopback connection whose send loop never runs: nothing is ever written.)"""
+    from os_ken.base import app_manager  # noqa: F401 (imported before os-ken's controller)
+    from os_ken.controller.controller import Datapath
+    from os_ken.controller.handler import DEAD_DISPATCHER
+    from os_ken.lib import hub
+
+    from controller.app import MAX_BACKLOG, DatapathChannel
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.create_connection(listener.getsockname())
+        conn, address = listener.accept()
+    try:
+        dp = Datapath(conn, address)
+        channel = DatapathChannel(dp, tls=True)
+        for _ in range(16):
+            channel.send(b"x" * 8)
+        assert dp.send_q.qsize() == 16
+        channel.send(b"y" * 8)  # no room left: returns at once
+        hub.sleep(0)  # the backlog's feeder now waits for room, alone
+        assert channel._backlog_bytes == 8
+        dropped = metrics.SLOW_SWITCHES._value.get()
+        channel.send(b"z" * MAX_BACKLOG)
+        assert dp.state == DEAD_DISPATCHER and metrics.SLOW_SWITCHES._value.get() == dropped + 1
+        assert channel._backlog_bytes == 0
+    finally:
+        peer.close()
+        conn.close()

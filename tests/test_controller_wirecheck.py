@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import struct
 
-from controller import ofwire, wirecheck
+from controller import metrics, ofwire, wirecheck
+from controller.loglimit import LogLimit
 from flows.compiler import compile_node
 from tests.test_controller_sync import CONFIG, lease, stats_body
 
@@ -69,3 +70,31 @@ def test_group_desc_and_the_actions_ct_nests_are_walked() -> None:
     struct.pack_into("!H", nested, nat_at + 2, 0)
     reply = msg(19, struct.pack("!HH4x", wirecheck.MP_GROUP_DESC, 0) + bytes(nested))
     assert f"action at {16 + nat_at} has length 0" in wirecheck.problem(5, 19, reply)
+
+
+def test_messages_shorter_than_their_fixed_part_are_refused() -> None:
+    """An ERROR or ROLE_REPLY cut short used to pass and log a traceback in its decoder."""
+    for mtype, fixed in ((wirecheck.ERROR, 12), (wirecheck.ROLE_REPLY, 24),
+                         (wirecheck.ROLE_STATUS, 24), (wirecheck.PACKET_IN, 34)):  # fmt: skip
+        short = msg(mtype, b"\0" * (fixed - 9))
+        assert wirecheck.problem(5, mtype, short) == (
+            f"{fixed - 1} bytes, shorter than its fixed part ({fixed})"
+        )
+    error = msg(wirecheck.ERROR, struct.pack("!HH", 1, 10))
+    assert wirecheck.problem(5, wirecheck.ERROR, error) is None
+    assert wirecheck.problem(1, wirecheck.ERROR, msg(wirecheck.ERROR, b"\0", version=1))
+    assert wirecheck.problem(5, wirecheck.ROLE_REPLY, msg(wirecheck.ROLE_REPLY, b"\0" * 16)) is None
+
+
+def test_what_a_peer_can_send_at_will_grows_no_metric_series_and_no_log_flood() -> None:
+    """Errors of any (type, code) and packet-ins are counted, but the label values are
+    OpenFlow's own, and the log takes one line per interval (counting the rest)."""
+    assert metrics.of_error(5, 9) is metrics.OF_ERRORS.labels("5", "9")
+    for err_type, code in ((0xABCD, 1), (1, 0xFFFF), (14, 0)):
+        assert metrics.of_error(err_type, code) is metrics.OF_ERRORS.labels("other", "other")
+    now = [100.0]
+    limit = LogLimit(interval=10.0, clock=lambda: now[0])
+    assert limit.admit() == 0
+    assert [limit.admit() for _ in range(5)] == [None] * 5
+    now[0] += 10.0
+    assert limit.admit() == 5 and limit.admit() is None

@@ -17,19 +17,17 @@ from flows.groups import Bucket, Group, diff_groups, group_to_ofctl
 from flows.ports import pod_mac, vtep_mac_for
 from flows.services import (
     HAIRPIN_ZONE,
-    LINK_TABLES,
     SERVICE_ZONE,
     ServicePlan,
     affinity_links,
     group_id,
     hairpin_source,
     is_learned,
-    link_count,
     plan_groups,
     port_flows,
 )
 from leases.model import Backend, Endpoint, Lease, NetworkConfig, Service, ServicePort
-from leases.services import MAX_BACKENDS
+from leases.services import LINK_TABLES, MAX_BACKENDS, link_count, service_flows
 
 CONFIG = NetworkConfig(IPv4Network("198.19.0.0/16"))
 SERVICE_NET = IPv4Network("198.20.0.0/16")
@@ -311,3 +309,12 @@ def test_group_diff_adds_modifies_and_deletes_by_id() -> None:
     assert (d.add, d.modify, d.delete) == ((c,), (b2,), (a,))
     assert len(d) == 3 and d
     assert not diff_groups([a, b], [b, a])
+
+
+@pytest.mark.parametrize("backends", [0, 1, 16, 17, 64, 65, 257, MAX_BACKENDS])
+def test_the_flow_budget_counts_what_the_ports_compile_to(backends: int) -> None:
+    """`leases.services.service_flows` (what the flow budget refuses by) is exact."""
+    ips = tuple(Backend(IPv4Address(int(POD) - 300 + i), 1) for i in range(backends))
+    for svc in (replace(WEB, backends=ips), replace(STICKY, backends=ips)):
+        compiled = sum(len(port_flows(SERVICE_NET, svc, slot)) for slot in range(len(svc.ports)))
+        assert service_flows(svc) == compiled

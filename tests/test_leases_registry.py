@@ -300,7 +300,7 @@ def test_replica_registration_and_switch_claims(registry: Registry) -> None:
     assert r1 is not None and r1.create_revision > 0
     assert registry.register_member("r1", "tcp:198.18.0.254:6654", ttl=30) is None  # held
     assert registry.member_entry("r1").lease == r1.etcd_lease_id
-    r2 = registry.register_member("r2", "", ttl=30)
+    r2 = registry.register_member("r2", "tcp:198.18.0.253:6653", ttl=30)
     a, b, c = 0x7678C6120001, 0x7678C6120002, 0x7678C6120003
     first = registry.claim_switches({a: 0, b: 0}, "r1", r1.etcd_lease_id)
     assert set(first) == {a, b} and first[a].generation == first[b].generation  # one txn
@@ -312,7 +312,7 @@ def test_replica_registration_and_switch_claims(registry: Registry) -> None:
     assert set(second) == {a, c} and second[a].generation > first[a].generation
     snap = registry.snapshot()
     assert [(m.id, m.address) for m in snap.members] == [("r1", "tcp:198.18.0.254:6653"),
-                                                         ("r2", "")]  # fmt: skip
+                                                         ("r2", "tcp:198.18.0.253:6653")]  # fmt: skip
     assert {(x.datapath_id, x.controller) for x in snap.claims} == {(a, "r2"), (b, "r1"), (c, "r2")}
     registry.etcd.revoke(r1.etcd_lease_id)  # r1 gone: its membership and claims with it
     snap = registry.snapshot()

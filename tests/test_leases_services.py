@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -20,13 +21,16 @@ from leases.keys import KV, KeyKind, Keys
 from leases.model import Backend, NetworkConfig, Service, ServicePort, VxflowConfig
 from leases.registry import Registry
 from leases.services import (
+    MAX_SERVICE_BYTES,
     check_service,
     parse_vxflow_config,
     resolve_services,
+    service_flows,
     service_to_json,
 )
 from leases.state import View, diff
 from leases.validate import Rejection
+from tests.emulation import ROOT_UNDERLAY_IP
 from tests.test_leases_cli import assert_operator_error, run
 
 KEYS = Keys("/atomic.io/network")
@@ -371,3 +375,88 @@ def test_the_readme_commands_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
     assert listed[1].split() == ["web", "10.96.0.10", "80/TCP->8080", "198.19.1.254*2,198.19.2.254",
                                  "ClientIP", "600s"]  # fmt: skip
     assert typed(lines[3]).stdout.strip() == "removed /coreos.com/network/vxflow/services/web"
+
+
+@pytest.mark.integration
+def test_a_service_network_holding_etcd_a_node_or_a_controller_is_refused(underlay) -> None:
+    """Every agent routes the ServiceNetwork into its gateway port: a range holding etcd,
+    a node's PublicIP or a controller's address would cut every node off it. Refused with
+    the reason, by `vxflow services network` and by every reader of the key (the View; each agent also
+    checks it against etcd and its own routes: tests/test_ovsdb_agent.py)."""
+    with EtcdServer(host=str(ROOT_UNDERLAY_IP)) as etcd, Registry(etcd.endpoint, KEYS.prefix) as reg:
+        reg.set_config(SEED)
+        node = reg.acquire(IPv4Address("198.51.100.7"), "02:00:00:00:00:07")
+        assert reg.register_member("r1", "tcp:203.0.113.5:6653", 30) is not None
+        assert_operator_error(run(etcd, "services", "network", "198.18.0.0/24"),
+                              f"198.18.0.0/24 holds etcd endpoint {etcd.endpoint} ({ROOT_UNDERLAY_IP})")  # fmt: skip
+        assert_operator_error(run(etcd, "services", "network", "198.51.100.0/24"),
+                              f"holds the PublicIP of lease {node.subnet} (198.51.100.7)")  # fmt: skip
+        assert_operator_error(run(etcd, "services", "network", "203.0.112.0/23"),
+                              "holds the address of controller r1 (203.0.113.5)")  # fmt: skip
+        assert reg.etcd.get(KEYS.vxflow_config) is None  # nothing was written
+        # written behind the CLI's back: every reader refuses it, with the same reason
+        reg.etcd.put(KEYS.vxflow_config, '{"ServiceNetwork": "198.51.100.0/24"}')
+        snap = reg.snapshot()
+        assert snap.vxflow == VxflowConfig()
+        (rejected,) = [r for r in snap.rejected if r.key == KEYS.vxflow_config]
+        assert "holds the PublicIP of lease" in str(rejected)
+
+
+# -- the flow budget ------------------------------------------------------------------
+
+
+def big(name: str, vip: str, ports: int, backends: int, affinity: bool = True) -> dict:
+    """A service of `ports` ports and `backends` backends (in the overlay 10.20.0.0/16)."""
+    return {
+        "Name": name, "VIP": vip,
+        "Ports": [{"Port": 1000 + i} for i in range(ports)],
+        "Backends": [{"IP": f"10.20.{i // 250}.{i % 250 + 1}"} for i in range(backends)],
+        "SessionAffinity": "ClientIP" if affinity else "None",
+    }  # fmt: skip
+
+
+def test_a_service_that_would_compile_to_657k_flows_is_refused() -> None:
+    """256 ports x 512 backends with ClientIP affinity: a 13 KB value, 657,408 flows on every
+    node (each port: 2 + 512 backends + 1 multipath + 2,053 links)."""
+    value = big("huge", "10.96.0.20", 256, 512)
+    assert len(json.dumps(value)) < MAX_SERVICE_BYTES
+    rejected = judged(value, "huge")
+    assert isinstance(rejected, Rejection) and rejected.reason == "flow_budget"
+    assert rejected.detail == ("compiles to 657,408 flows on every node, more than the 16,384 "
+                               "a service may have")  # fmt: skip
+    # the same ports without affinity are 512 flows (and a group each): accepted
+    assert service_flows(judged(big("huge", "10.96.0.20", 256, 512, affinity=False), "huge")) == 512
+
+
+def test_the_services_share_a_flow_budget_and_the_older_keep_theirs() -> None:
+    """Each of these is 6 ports x 250 backends with affinity: 6 x (2 + 250 + 1 + 1,031) =
+    7,704 flows; eight fit the 65,536 of all services, the ninth (the newest) does not
+    until an older one goes."""
+    services = {
+        f"s{i}": judged(big(f"s{i}", f"10.96.1.{i}", 6, 250), f"s{i}") for i in range(9)
+    }
+    services = {n: replace(s, create_revision=10 + i) for i, (n, s) in enumerate(services.items())}
+    assert {service_flows(s) for s in services.values()} == {7_704}
+    kept, rejected = resolve_services(services)
+    assert sorted(kept) == [f"s{i}" for i in range(8)]
+    assert [(r.key, r.reason) for r in rejected] == [("s8", "flow_budget")]
+    assert "its 7,704 flows do not fit the 3,904 left of the services' 65,536" in rejected[0].detail
+    del services["s0"]
+    assert sorted(resolve_services(services)[0]) == [f"s{i}" for i in range(1, 9)]
+
+
+@pytest.mark.integration
+def test_services_set_refuses_what_exceeds_the_flow_budget(etcd: EtcdServer, tmp_path: Path) -> None:
+    with Registry(etcd.endpoint, "/atomic.io/network") as reg:
+        reg.set_config(SEED)
+        reg.set_service_network("10.96.0.0/16")
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(big("huge", "10.96.0.20", 256, 512)))
+    assert_operator_error(run(etcd, "services", "set", str(path)),
+                          "compiles to 657,408 flows on every node, more than the 16,384 a service may have [flow_budget]")  # fmt: skip
+    for i in range(8):
+        path.write_text(json.dumps(big(f"s{i}", f"10.96.1.{i}", 6, 250)))
+        assert run(etcd, "services", "set", str(path)).exit_code == 0
+    path.write_text(json.dumps(big("s8", "10.96.1.8", 6, 250)))
+    assert_operator_error(run(etcd, "services", "set", str(path)),
+                          "its 7,704 flows do not fit the 3,904 left")  # fmt: skip

@@ -409,3 +409,28 @@ def test_incremental_view_matches_full_rebuild_and_its_events_replay() -> None:
             view.apply(dict([random_change(rev)]), rev)
             assert full.view.snapshot() == full  # the original is untouched
             view = full.view.copy()
+
+
+def test_a_view_keeps_nothing_for_keys_it_does_not_use_or_entries_that_went() -> None:
+    """Memory follows what vxflow uses: other keys' raw values are not kept, and a node's
+    endpoints deleted leave no empty group behind (also in the controller's model)."""
+    from controller.model import ClusterModel
+    from leases.state import View
+
+    a = kv("subnets/198.19.3.0-24", lease_value(PublicIP="198.18.0.3"), 2, 77)
+    ep = kv("vxflow/endpoints/198.19.3.0-24/198.19.3.10", ep_value(), 3, 77)
+    other = kv("vxflow/election/leader", "x" * 100_000, 4)  # not vxflow's: never kept
+    view = View(KEYS).load([CONFIG_KV, a, ep, other], 4)
+    assert set(view.kvs) == {CONFIG_KV.key, a.key, ep.key}
+    view.apply({other.key: kv("vxflow/election/leader", "y", 5)}, 5)
+    assert other.key not in view.kvs
+    events, _, _ = view.apply({ep.key: None}, 6)
+    assert [type(e) for e in events] == [EndpointRemoved]
+    assert view._groups == {}
+
+    model = ClusterModel()
+    model.load(view.snapshot().config, view.snapshot().leases, [])
+    (endpoint,) = build_snapshot(KEYS, [CONFIG_KV, a, ep], 3).endpoints
+    model.apply([EndpointAdded(endpoint, 3)])
+    model.apply([EndpointRemoved(endpoint, 6)])
+    assert dict(model._endpoints) == {}

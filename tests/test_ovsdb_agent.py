@@ -457,3 +457,34 @@ def test_an_agent_and_a_controller_with_their_defaults_are_healthy_in_status(
         assert doc["controllers"][0]["connected"] == 1 and doc["controllers"][0]["masters"] == 1
     finally:
         stop_process(controller)
+
+
+def routed(node: Node, net: str) -> bool:
+    return bool(json.loads(node.run("ip", "-j", "route", "show", net) or "[]"))
+
+
+@pytest.mark.integration
+def test_agent_refuses_a_service_network_holding_etcd_or_its_next_hop(cluster1: Cluster) -> None:
+    """A ServiceNetwork written behind the CLI's back that holds etcd, or the next hop of
+    this node's route to a controller, is never routed into vxgw0 (the node would lose
+    them): logged once, counted; a harmless one is routed."""
+    agent = cluster1.agents[0]
+    node = agent.node
+    port = free_loopback_port()
+    agent.extra = ("--metrics-port", str(port), "--metrics-listen", str(node.underlay_ip))
+    node.run("ip", "route", "add", "203.0.113.0/24", "via", "198.18.0.200")
+    assert cluster1.registry.register_member("r1", "tcp:203.0.113.5:6653", 60) is not None
+    agent.start()
+    agent.subnet()
+    url = f"http://{node.underlay_ip}:{port}/metrics"
+    wait_for(lambda: metric(url, "vxflow_agent_controller_targets") == 1, "the controller")
+    key = cluster1.registry.keys.vxflow_config
+    for net, why in (("198.18.0.252/30", f"holds etcd endpoint http://{ROOT_UNDERLAY_IP}:"),
+                     ("198.18.0.200/30", "holds this node's next hop to controller tcp:203.0.113.5")):  # fmt: skip
+        cluster1.registry.etcd.put(key, json.dumps({"ServiceNetwork": net}))
+        wait_for(lambda w=why: w in agent.log_text(), f"{net} refused")
+        time.sleep(4)  # a resync (3 s) reads it again: still refused, not logged again
+        assert not routed(node, net) and agent.log_text().count(why) == 1
+    assert metric(url, "vxflow_agent_service_network_refused_total") == 2
+    cluster1.registry.etcd.put(key, json.dumps({"ServiceNetwork": "198.20.0.0/16"}))
+    wait_for(lambda: routed(node, "198.20.0.0/16"), "the harmless ServiceNetwork routed")

@@ -4,17 +4,22 @@ healthy cluster, a drifted switch, a rejected lease, a node down; text, JSON, ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from leases.etcd_server import EtcdServer
-from leases.model import datapath_id_for
+from leases.model import Member, datapath_id_for
 from ovsdb.instance import OvsInstance
 from tests.ofharness import PREFIX, VXFLOW, Cluster, node_ip, pod, running, wait_for
 from tests.overlay import unleased_subnet
+from vxflow.status import fetch_page
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +143,42 @@ def test_status_on_an_empty_prefix_is_one_problem_and_logs_nothing(etcd: EtcdSer
         "- no valid network config: /empty/network/config: network config is missing "
         "(controller replicas register only once there is one)",
     ]
+
+
+class _Pages(BaseHTTPRequestHandler):
+    """/small: a page; /huge: an endless one; /drip: a byte every 50 ms, for ever."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the reader hangs up: done
+            if self.path == "/small":
+                self.wfile.write(b'{"member": "r1", "switches": []}')
+            while self.path == "/huge":
+                self.wfile.write(b" " * 65536)
+            while self.path == "/drip":
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.05)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_status_page_is_read_within_a_size_and_a_time_limit() -> None:
+    """A page's URL is any member's word: an endless or dripping page is given up with a
+    one-line reason instead of filling memory or holding `vxflow status` for ever."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        page = fetch_page(Member("r1", "tcp:127.0.0.1:6653", 1, 1, f"{base}/small"), 3.0)
+        assert page == {"member": "r1", "switches": []}
+        huge = fetch_page(Member("r1", "tcp:127.0.0.1:6653", 1, 1, f"{base}/huge"), 30.0, 1 << 20)
+        assert huge == f"{base}/huge: the page is larger than 1,048,576 bytes"
+        drip = fetch_page(Member("r1", "tcp:127.0.0.1:6653", 1, 1, f"{base}/drip"), 0.5)
+        assert drip == f"{base}/drip: the page was not read in 0.5s"
+    finally:
+        server.shutdown()
+        server.server_close()

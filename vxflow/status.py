@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -29,13 +30,25 @@ class EtcdUnreadable(click.ClickException):
     exit_code = EXIT_UNKNOWN
 
 
-def fetch_page(member: Member, timeout: float) -> Page:
-    """A replica's status page, or why it could not be read (one line)."""
+MAX_PAGE_BYTES = 16 * 1024 * 1024  # a replica's page: some 300 bytes per switch it serves
+
+
+def fetch_page(member: Member, timeout: float, limit: int = MAX_PAGE_BYTES) -> Page:
+    """A replica's status page, or why it could not be read (one line). The URL is any
+    member's word: the page is read for `timeout` seconds and `limit` bytes at most."""
     if not member.status:
         return ""
+    deadline = time.monotonic() + timeout
     try:
         with urllib.request.urlopen(member.status, timeout=timeout) as reply:
-            return json.loads(reply.read())
+            data = bytearray()
+            while chunk := reply.read1(65536):
+                data += chunk
+                if len(data) > limit:
+                    raise ValueError(f"the page is larger than {limit:,} bytes")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the page was not read in {timeout:g}s")
+            return json.loads(data)
     except (OSError, ValueError) as exc:
         return f"{member.status}: {exc}"
 
