@@ -295,16 +295,16 @@ class Coordinator:
         """The ids of the members that count (`leases.controllers.capped`); the rest are
         logged when their number changes."""
         kept, ignored = capped(self.members.values())
+        ids = {m.id for m in kept}
         metrics.MEMBERS_IGNORED.set(ignored)
-        if ignored != self._ignored:
+        if ignored != self._ignored:  # (logged when the number changes, not per decision)
             self._ignored = ignored
             if ignored:
                 log.warning("%d controller members beyond the first %d (the oldest) are "
                             "ignored", ignored, MAX_MEMBERS)  # fmt: skip
-        ids = {m.id for m in kept}
-        if ignored and self.me in self.members and self.me not in ids:
-            log.error("this replica is not among the %d oldest controller members: it "
-                      "masters no switch", MAX_MEMBERS)  # fmt: skip
+            if self.me in self.members and self.me not in ids:
+                log.error("this replica is not among the %d oldest controller members: it "
+                          "masters no switch", MAX_MEMBERS)  # fmt: skip
         return ids
 
     def _orphans(self, switches: list[int], members: set[str]) -> set[int]:

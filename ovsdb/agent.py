@@ -441,6 +441,9 @@ class Agent:
         return out
 
     def _set_service_routes(self, vx: VxflowConfig) -> None:
+        routes = (vx.service_network,) if vx.service_network else ()
+        if routes == self.service_routes:
+            return  # (checked when it came: `ip route get` per peer is not run per resync)
         problem = vx.service_network and underlay_problem(vx.service_network, self._underlay())
         if problem:
             if vx.service_network != self._refused:  # once per value, not per resync
@@ -449,12 +452,10 @@ class Agent:
                 log.error("ServiceNetwork refused: %s; keeping the previous one", problem)
             return
         self._refused = None
-        routes = (vx.service_network,) if vx.service_network else ()
-        if routes != self.service_routes:
-            log.info("ServiceNetwork %s: routed into the gateway port",
-                     routes[0] if routes else "removed")  # fmt: skip
-            self.service_routes = routes
-            self._dirty = True
+        log.info("ServiceNetwork %s: routed into the gateway port",
+                 routes[0] if routes else "removed")  # fmt: skip
+        self.service_routes = routes
+        self._dirty = True
 
     def _reload_config(self) -> None:
         """Follow a changed network config: take the lease again (it may no longer fit);
