@@ -41,6 +41,10 @@ from ovsdb.instance import OvsInstance
 from tests.emulation import run_tag
 
 PREFIX = "/vxflow-test/network"
+# how long a test waits for something that must happen, where how soon is not the claim
+# (timing goals are the benchmarks'): a deadline only ends a wait that has failed, and a
+# loaded machine (parallel workers on 2 cores) starts a controller in seconds, not 0.5 s
+FUNCTIONAL_WAIT = 60.0
 CONFIG = '{"Network": "198.19.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
 TAG = run_tag()  # the run's tag: the leftover check finds what these tests leave
 VXFLOW = str(Path(sys.executable).with_name("vxflow"))
@@ -204,7 +208,7 @@ class Cluster:
         groups = self.ovs.ofctl("dump-groups", bridge).splitlines()[1:]
         return {f for f in flows if "cookie=0x7606" not in f} | {g.strip() for g in groups}
 
-    def wait_converged(self, timeout: float = 15.0) -> None:
+    def wait_converged(self, timeout: float = FUNCTIONAL_WAIT) -> None:
         """Every switch holds exactly its desired table (compared as sets)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -243,7 +247,7 @@ def running(
         registry.close()
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
+def wait_for(what: str, check: Callable[[], bool], timeout: float = FUNCTIONAL_WAIT) -> None:
     """Poll `check`; an OSError counts as not yet (a controller not serving metrics yet)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -442,7 +442,8 @@ def test_a_switch_that_stops_reading_holds_up_no_other(cluster: Cluster, tmp_pat
             return all(f"nw_dst={lease.subnet}" in routes for lease in new)
 
         wait_for("both new leases on the healthy switch", landed, timeout=10)
-        assert time.monotonic() - started < 3.0  # (it waited for good, before)
+        # 0.2 s on a quiet machine; before the fix it waited on the slow switch: 8.8-10 s
+        assert time.monotonic() - started < 5.0
         assert controller.metric("vxflow_controller_slow_switch_disconnects_total") == 0
         diff = compared.search(controller.log()).group(1)
         assert int(diff) > 60_000  # the junk's deletes, all queued for the slow switch:
