@@ -68,10 +68,10 @@ def test_config_set_validates_then_writes_and_show_prints_it(
 
 
 @pytest.mark.integration
+@pytest.mark.random_leases
 def test_leases_list_table_and_json(etcd: EtcdServer) -> None:
     with Registry(etcd.endpoint, PREFIX) as reg:
         reg.set_config(SEED)
-        ours = reg.acquire("10.140.0.6", "02:aa:bb:cc:dd:ee", ttl=600)
         reg.etcd.put(  # a flannel node's lease, as flannel writes it
             f"{PREFIX}/subnets/10.20.52.0-24",
             '{"PublicIP":"10.140.0.4","PublicIPv6":null,"BackendType":"vxlan",'
@@ -79,6 +79,8 @@ def test_leases_list_table_and_json(etcd: EtcdServer) -> None:
             lease=reg.etcd.grant(86400),
         )
         reg.etcd.put(f"{PREFIX}/subnets/10.20.53.0-24", "{broken")
+        # drawn after the fixed keys exist, so never one of them (the draw is random)
+        ours = reg.acquire("10.140.0.6", "02:aa:bb:cc:dd:ee", ttl=600)
         reg.etcd.put(reg.keys.service("bad"), "{broken")  # not a lease: services list's
 
     table = run(etcd, "leases", "list")  # at --log-level error: the rejection is output
