@@ -642,6 +642,9 @@ def relabel(namespace: str, current: Labels, changes: Iterable[str]) -> Namespac
         if key == NAME_LABEL:
             raise PolicyInvalid(PolicyReason.BAD_LABEL, change,
                                 f"{NAME_LABEL} is always the namespace's name")  # fmt: skip
+        problem = label_key_problem(key) or (label_value_problem(value) if eq else None)
+        if problem:
+            raise PolicyInvalid(PolicyReason.BAD_LABEL, change, problem)
         if eq:
             labels[key] = value
         else:
@@ -690,3 +693,13 @@ def check_namespace(kv: KV, name: str) -> Namespace | Rejection:
     except (PolicyInvalid, _Invalid) as exc:
         return _rejection(KeyKind.NAMESPACE, kv, exc)
 
+
+
+def selector_text(sel: LabelSelector) -> str:
+    """A selector as kubectl prints one (`app=web,tier in (a,b),!legacy`; `<none>`: all)."""
+    terms = [f"{k}={v}" for k, v in sel.match_labels]
+    for r in sel.match_expressions:
+        values = ",".join(r.values)
+        terms.append({"In": f"{r.key} in ({values})", "NotIn": f"{r.key} notin ({values})",
+                      "Exists": r.key, "DoesNotExist": f"!{r.key}"}[r.operator])  # fmt: skip
+    return ",".join(terms) or "<none>"

@@ -289,6 +289,7 @@ class View:
         lease_keys: set[str] = set()
         ep_keys: set[str] = set()
         svc_keys: set[str] = set()
+        standalone_keys: set[str] = set()
         standalone_events: list[Event] = []
         for key in dirty:
             kind = self.keys.classify(key)
@@ -303,6 +304,7 @@ class View:
                 group = self._groups.setdefault(kind[1].split("/", 1)[0], set())
                 (group.add if key in self.kvs else group.discard)(key)
             else:
+                standalone_keys.add(key)
                 standalone_events += self._update_standalone(key, kind[0], kind[1])
         if report:
             lease_events, toggled, judged = self._update_leases(lease_keys)
@@ -315,7 +317,7 @@ class View:
             svc_keys.add(self.keys.vxflow_config)
         service_events = self._update_services(svc_keys) if svc_keys else []
         if not report:
-            return [], judged | ep_keys | svc_keys
+            return [], judged | ep_keys | svc_keys | standalone_keys
         events: list[Event] = [
             *standalone_events,
             *removed_eps,
@@ -327,7 +329,7 @@ class View:
         )
         events += added_eps
         events += service_events
-        return events, judged | ep_keys | svc_keys
+        return events, judged | ep_keys | svc_keys | standalone_keys
 
     def _update_standalone(self, key: str, kind: KeyKind, name: str) -> list[Event]:
         """Re-judge one key of a kind judged on its own (`_STANDALONE`); its events

@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import os
 import re
+import shlex
+import subprocess
+import sys
+import textwrap
 from ipaddress import IPv4Network
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from leases.etcd_server import EtcdServer
+from leases.events import NamespaceAdded, NamespaceRemoved, PolicyAdded, PolicyRemoved
 from leases.keys import KV, KeyKind, Keys
 from leases.policy import (
     MAX_SELECTOR_TERMS,
@@ -33,9 +42,13 @@ from leases.policy import (
     read_manifests,
     relabel,
 )
+from leases.registry import Registry
+from leases.state import View, diff
 from leases.validate import Rejection
+from tests.test_leases_cli import PREFIX, assert_operator_error, run
+from tests.test_leases_watch import drain, metric
 
-KEYS = Keys("/atomic.io/network")
+KEYS = Keys(PREFIX)
 
 WEB_YAML = """\
 apiVersion: networking.k8s.io/v1
@@ -293,3 +306,199 @@ def test_relabel_sets_and_removes_as_kubectl_label_does() -> None:
         with pytest.raises(PolicyInvalid) as caught:
             relabel("y", {}, [change])
         assert message in str(caught.value)
+
+
+# -- the View: policies and namespaces as events, snapshots and rejections ---------------
+
+
+def test_the_view_reports_policies_and_namespaces_without_any_config() -> None:
+    web_key, ns_key = KEYS.policy("x", "web"), KEYS.namespace("y")
+    view = View(KEYS).load([KV(web_key, policy_to_json(BASE).encode(), 2, 2)], 2)
+    assert view.snapshot().policies == (BASE,)  # no network config needed
+    events, rejections, _ = view.apply({ns_key: KV(ns_key, b'{"Labels": {"team": "blue"}}', 3, 3)}, 3)
+    blue = Namespace("y", (("kubernetes.io/metadata.name", "y"), ("team", "blue")))
+    assert (events, rejections) == ([NamespaceAdded(blue, 3)], [])
+    # a change is removed-then-added; an invalid value withdraws the valid one and is rejected
+    narrowed = parse_policy(_set(WEB, "spec.podSelector", {}))
+    events, _, _ = view.apply({web_key: KV(web_key, policy_to_json(narrowed).encode(), 2, 4)}, 4)
+    assert events == [PolicyRemoved(BASE, 4), PolicyAdded(narrowed, 4)]
+    before = view.snapshot()
+    bad = _set(WEB, "spec.podSelector.matchLabels", {"app": True})
+    events, rejections, _ = view.apply({web_key: KV(web_key, json.dumps(bad).encode(), 2, 5),
+                                        ns_key: None}, 5)  # fmt: skip
+    assert events == [PolicyRemoved(narrowed, 5), NamespaceRemoved(blue, 5)] or events == [
+        NamespaceRemoved(blue, 5), PolicyRemoved(narrowed, 5)]  # fmt: skip
+    assert [(r.key, r.reason) for r in rejections] == [(web_key, "bad_label")]
+    after = view.snapshot()
+    assert (after.policies, after.namespaces) == ((), ())
+    assert [r.key for r in after.rejected if r.kind is KeyKind.POLICY] == [web_key]
+    assert sorted(map(repr, diff(before, after))) == sorted(map(repr, events))
+    rebuilt = View(KEYS).load(view.kvs.values(), 5).snapshot()
+    assert (rebuilt.policies, rebuilt.namespaces, rebuilt.rejected) == (
+        after.policies, after.namespaces, after.rejected)  # fmt: skip
+
+
+# -- the CLI against etcd ----------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_policies_set_list_rm_and_namespaces_label(etcd: EtcdServer, tmp_path: Path) -> None:
+    path = tmp_path / "web.yaml"
+    path.write_text(WEB_YAML + "---\n" + json.dumps(DENY) + "\n")
+    result = run(etcd, "policies", "set", str(path))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"wrote {PREFIX}/vxflow/policies/x/web: pods app=web, Ingress",
+        f"wrote {PREFIX}/vxflow/policies/default/deny: pods <none>, Ingress",
+    ]
+    # a policy in a namespace that has no pods (nor labels) is valid Kubernetes: stored
+    empty = {**DENY, "metadata": {"name": "early", "namespace": "no-pods-yet"},
+             "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}  # fmt: skip
+    result = run(etcd, "policies", "set", "-", stdin=json.dumps(empty))
+    assert result.stdout.strip() == (
+        f"wrote {PREFIX}/vxflow/policies/no-pods-yet/early: pods <none>, Ingress+Egress")
+
+    table = run(etcd, "policies", "list")
+    assert table.exit_code == 0, table.output
+    rows = [line.split() for line in table.stdout.splitlines()]
+    assert rows[:4] == [
+        ["NAMESPACE", "NAME", "POD-SELECTOR", "POLICY-TYPES", "INGRESS", "EGRESS"],
+        ["default", "deny", "<none>", "Ingress", "0", "0"],
+        ["no-pods-yet", "early", "<none>", "Ingress,Egress", "0", "0"],
+        ["x", "web", "app=web", "Ingress", "1", "0"],
+    ]
+    assert rows[4][:3] == ["3", "networking.k8s.io/v1", "NetworkPolicies"]
+
+    # -o json is a kubectl List of the normalised manifests: `policies set` takes it back
+    listed = run(etcd, "policies", "list", "-o", "json").stdout
+    doc = json.loads(listed)
+    assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in doc["items"]] == [
+        ("default", "deny"), ("no-pods-yet", "early"), ("x", "web")]  # fmt: skip
+    assert doc["items"][2] == WEB and doc["rejected"] == []
+    again = run(etcd, "policies", "set", "-", stdin=listed)
+    assert again.exit_code == 0 and len(again.stdout.splitlines()) == 3, again.output
+
+    # all or nothing: every refusal named, nothing written
+    huge = _set(WEB, "spec.podSelector.matchLabels", {f"k{i}": "v" for i in range(1000)})
+    mixed = [
+        {**DENY, "metadata": {"name": "fine", "namespace": "x"}},
+        _set(WEB, f"{PEER1}.ipBlock.except", ["10.0.0.0/7"]),
+        _set(DENY, "spec.podSelector", {"matchLabels": {"app": 1}}),
+        huge,
+    ]
+    result = run(etcd, "policies", "set", "-", stdin=json.dumps({"kind": "List", "items": mixed}))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "refused NetworkPolicy x/web: spec.ingress[0].from[1].ipBlock.except[0]: "
+        "10.0.0.0/7 must be strictly within cidr 10.0.0.0/8",
+        "refused NetworkPolicy default/deny: spec.podSelector.matchLabels.app: "
+        "label value 1 is not a string (quote it)",
+        "refused NetworkPolicy x/web: spec.podSelector: 1000 terms: vxflow accepts at most 64",
+        "Error: 3 of 4 object(s) refused; nothing written",
+    ]
+    with Registry(etcd.endpoint, PREFIX) as reg:
+        assert reg.etcd.get(reg.keys.policy("x", "fine")) is None
+        assert reg.snapshot().policies[2] == BASE  # the stored web is untouched
+    for stdin, message in (
+        ("kind: NetworkPolicy\nmetadata: [", "-: not YAML or JSON: "),
+        ("a: &a [x]\nb: [*a, *a]\n", "-: not YAML or JSON: YAML aliases (*name) are not accepted"),
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n", "Service default/s: apiVersion/kind: "),
+    ):
+        assert_operator_error(run(etcd, "policies", "set", "-", stdin=stdin), message)
+
+    # namespaces' labels, as kubectl label sets and removes them
+    result = run(etcd, "namespaces", "label", "y", "team=blue", "tier=web")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == (f"wrote {PREFIX}/vxflow/namespaces/y: "
+                                     "kubernetes.io/metadata.name=y,team=blue,tier=web")  # fmt: skip
+    result = run(etcd, "namespaces", "label", "y", "tier-")
+    assert result.stdout.strip().endswith(": kubernetes.io/metadata.name=y,team=blue")
+    assert_operator_error(run(etcd, "namespaces", "label", "y", "team=a b"),
+                          "namespace y: team=a b: label value 'a b'")  # fmt: skip
+    assert_operator_error(run(etcd, "namespaces", "label", "y", "kubernetes.io/metadata.name=z"),
+                          "is always the namespace's name")  # fmt: skip
+    assert_operator_error(run(etcd, "namespaces", "label", "Y_1", "a=b"),
+                          "namespace Y_1: namespace: 'Y_1' must be at most 63")  # fmt: skip
+    listed = run(etcd, "namespaces", "list")
+    assert [line.split() for line in listed.stdout.splitlines()] == [
+        ["NAME", "LABELS"], ["y", "kubernetes.io/metadata.name=y,team=blue"]]  # fmt: skip
+
+    assert run(etcd, "policies", "rm", "x/web").stdout.strip() == (
+        f"removed {PREFIX}/vxflow/policies/x/web")
+    assert_operator_error(run(etcd, "policies", "rm", "x/web"),
+                          f"no policy at {PREFIX}/vxflow/policies/x/web")  # fmt: skip
+    assert_operator_error(run(etcd, "policies", "rm", "web"), "'web' is not NAMESPACE/NAME")
+    assert_operator_error(run(None, "policies", "list"), "etcd")
+
+
+@pytest.mark.integration
+def test_values_written_behind_vxflows_back_are_rejected_counted_and_logged(
+    etcd: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a controller's watch sees: a valid policy is an event; hostile values are
+    rejections with their reason, logged and counted once, and listed by the CLI."""
+    strings = _set(_set(WEB, "metadata.name", "strings"), "spec.podSelector.matchLabels",
+                   {"app": ["web"]})  # fmt: skip
+    table = [
+        (KEYS.policy("x", "junk"), "{not json", "bad_json"),
+        (KEYS.policy("x", "strings"), json.dumps(strings), "bad_label"),
+        (KEYS.policy("x", "huge"), " " * (256 * 1024 + 1), "oversized"),
+        (KEYS.policy("x", "other"), policy_to_json(BASE), "bad_key"),
+        (KEYS.namespace("y"), '{"Labels": {"team": false}}', "bad_label"),
+    ]
+    counts = {(k, r): metric("vxflow_registry_rejected_entries_total", kind=k, reason=r)
+              for k in ("policy", "namespace") for _, _, r in table}  # fmt: skip
+    caplog.set_level(logging.WARNING, logger="leases.registry")
+    with Registry(etcd.endpoint, PREFIX) as reg, reg.watch(since=reg.snapshot()) as watch:
+        for key, value, _ in table:
+            reg.etcd.put(key, value)
+        reg.etcd.put(KEYS.policy("x", "web"), policy_to_json(BASE))
+        events = drain(watch, lambda ev: len(ev) >= 1)
+        assert events[0] == PolicyAdded(BASE, events[0].revision) and len(events) == 1
+        rejected = {(r.key, r.reason) for r in watch.snapshot.rejected
+                    if r.kind in (KeyKind.POLICY, KeyKind.NAMESPACE)}  # fmt: skip
+        assert rejected == {(key, reason) for key, _, reason in table}
+    for key, _, reason in table:
+        kind = "namespace" if "/namespaces/" in key else "policy"
+        assert metric("vxflow_registry_rejected_entries_total", kind=kind, reason=reason) > counts[(kind, reason)]
+        assert any(key in rec.getMessage() and reason in rec.getMessage() for rec in caplog.records)
+    result = run(etcd, "policies", "list", "-o", "json")
+    doc = json.loads(result.stdout)
+    assert [i["metadata"]["name"] for i in doc["items"]] == ["web"]
+    assert {(r["key"], r["reason"]) for r in doc["rejected"]} == {(k, r) for k, _, r in table}
+    stderr = run(etcd, "policies", "list").stderr
+    assert f"rejected {KEYS.namespace('y')}: Labels.team: label value false is not a string" in stderr
+
+
+@pytest.mark.integration
+def test_the_readme_commands_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
+    """README (Network policy): the four commands as typed, netpol.yaml being the example
+    `vxflow policies set --help` shows; the default prefix, etcd from the environment."""
+    env = {**os.environ, "FLANNELD_ETCD_ENDPOINTS": etcd.endpoint}
+    env.pop("FLANNELD_ETCD_PREFIX", None)
+    vxflow = str(Path(sys.executable).with_name("vxflow"))
+
+    def typed(line: str) -> subprocess.CompletedProcess:
+        out = subprocess.run(shlex.split(line.replace("vxflow", vxflow, 1)), cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Network policy (in progress)")[1].split("```")[1]
+    lines = block.strip().splitlines()
+    assert lines == ["vxflow policies set netpol.yaml", "vxflow policies list",
+                     "vxflow namespaces label shop team=front",
+                     "vxflow policies rm shop/allow-web"]  # fmt: skip
+    helptext = typed("vxflow policies set --help").stdout
+    example = helptext.split("Example FILE (YAML or JSON, as for kubectl apply -f):\n")[1]
+    (tmp_path / "netpol.yaml").write_text(textwrap.dedent(example))
+    key = "/coreos.com/network/vxflow/policies/shop/allow-web"
+    assert typed(lines[0]).stdout.strip() == f"wrote {key}: pods app=web, Ingress"
+    listed = typed(lines[1]).stdout.splitlines()
+    assert listed[1].split() == ["shop", "allow-web", "app=web", "Ingress", "1", "0"]
+    assert typed(lines[2]).stdout.strip() == (
+        "wrote /coreos.com/network/vxflow/namespaces/shop: "
+        "kubernetes.io/metadata.name=shop,team=front")  # fmt: skip
+    assert typed(lines[3]).stdout.strip() == f"removed {key}"
