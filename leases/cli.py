@@ -55,10 +55,7 @@ def list_leases(output: str, **etcd: Any) -> None:
                 }
                 for lease, ttl in rows
             ],
-            "rejected": [
-                {"key": r.key, "kind": r.kind.value, "reason": r.reason, "detail": r.detail}
-                for r in snap.rejected
-            ],
+            "rejected": [r.to_dict() for r in snap.rejected],
         }
         click.echo(json.dumps(doc, indent=2))
     else:

@@ -92,10 +92,7 @@ def list_policies(output: str, **etcd: Any) -> None:
             "kind": "List",
             "metadata": {"resourceVersion": str(snap.revision)},
             "items": [policy_to_dict(p) for p in snap.policies],
-            "rejected": [
-                {"key": r.key, "kind": r.kind.value, "reason": r.reason, "detail": r.detail}
-                for r in rejected
-            ],
+            "rejected": [r.to_dict() for r in rejected],
         }
         click.echo(json.dumps(doc, indent=2))
         return

@@ -98,10 +98,7 @@ def list_services(output: str, **etcd: Any) -> None:
             "revision": snap.revision,
             "ServiceNetwork": str(snap.vxflow.service_network or ""),
             "services": [service_to_dict(s) for s in snap.services],
-            "rejected": [
-                {"key": r.key, "kind": r.kind.value, "reason": r.reason, "detail": r.detail}
-                for r in rejected
-            ],
+            "rejected": [r.to_dict() for r in rejected],
         }
         click.echo(json.dumps(doc, indent=2))
         return

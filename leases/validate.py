@@ -67,6 +67,11 @@ class Rejection:
     def __str__(self) -> str:
         return f"{self.key}: {self.detail} [{self.reason}]"
 
+    def to_dict(self) -> dict[str, str]:
+        """As the CLI's JSON outputs show it."""
+        return {"key": self.key, "kind": self.kind.value, "reason": self.reason,
+                "detail": self.detail}  # fmt: skip
+
 
 class _Invalid(Exception):
     def __init__(self, reason: str, detail: str) -> None:

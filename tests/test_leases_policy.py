@@ -7,11 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import re
-import shlex
-import subprocess
-import sys
 import textwrap
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -45,7 +41,7 @@ from leases.policy import (
 from leases.registry import Registry
 from leases.state import View, diff
 from leases.validate import Rejection
-from tests.test_leases_cli import PREFIX, assert_operator_error, run
+from tests.test_leases_cli import PREFIX, as_typed, assert_operator_error, readme_block, run
 from tests.test_leases_watch import drain, metric
 
 KEYS = Keys(PREFIX)
@@ -475,19 +471,8 @@ def test_values_written_behind_vxflows_back_are_rejected_counted_and_logged(
 def test_the_readme_commands_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
     """README (Network policy): the four commands as typed, netpol.yaml being the example
     `vxflow policies set --help` shows; the default prefix, etcd from the environment."""
-    env = {**os.environ, "FLANNELD_ETCD_ENDPOINTS": etcd.endpoint}
-    env.pop("FLANNELD_ETCD_PREFIX", None)
-    vxflow = str(Path(sys.executable).with_name("vxflow"))
-
-    def typed(line: str) -> subprocess.CompletedProcess:
-        out = subprocess.run(shlex.split(line.replace("vxflow", vxflow, 1)), cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        return out
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("## Network policy (in progress)")[1].split("```")[1]
-    lines = block.strip().splitlines()
+    typed = as_typed(etcd, tmp_path)
+    lines = readme_block("## Network policy (in progress)")
     assert lines == ["vxflow policies set netpol.yaml", "vxflow policies list",
                      "vxflow namespaces label shop team=front",
                      "vxflow policies rm shop/allow-web"]  # fmt: skip

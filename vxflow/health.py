@@ -116,8 +116,7 @@ def assess(
         controllers.append(ctl)
     if not snap.members:
         problems.append("no controller replica is registered")
-    rejected = [{"key": r.key, "kind": r.kind.value, "reason": r.reason, "detail": r.detail}
-                for r in snap.rejected]  # fmt: skip
+    rejected = [r.to_dict() for r in snap.rejected]
     problems += [f"rejected {r['kind']} {r['key']}: {r['detail']} [{r['reason']}]" for r in rejected]
     return Report(snap.revision, config, nodes, controllers, rejected, problems)
 
