@@ -263,6 +263,19 @@ def _bounded(items: list[Any], limit: int, field: str, what: str) -> list[Any]:
     return items
 
 
+def _fields(raw: Any, field: str, reason: str, known: tuple[str, ...]) -> dict[str, Any]:
+    """`raw` as an object of `known` fields only: a misspelt field (`egres`) would
+    silently change what a policy allows, so it is refused, as kubectl's strict
+    validation refuses it."""
+    if not isinstance(raw, dict):
+        raise PolicyInvalid(reason, field, f"must be an object, got {_show(raw)}")
+    unknown = sorted(str(k) for k in raw if k not in known)
+    if unknown:
+        raise PolicyInvalid(reason, f"{field}.{unknown[0]}" if field else unknown[0],
+                            f"unknown field (known: {', '.join(known)})")  # fmt: skip
+    return raw
+
+
 def parse_labels(raw: Any, field: str, limit: int = MAX_SELECTOR_TERMS) -> dict[str, str]:
     """A map of valid label keys to valid label values (both strings)."""
     if not isinstance(raw, dict):
@@ -282,8 +295,7 @@ def parse_labels(raw: Any, field: str, limit: int = MAX_SELECTOR_TERMS) -> dict[
 
 
 def _requirement(raw: Any, field: str) -> Requirement:
-    if not isinstance(raw, dict):
-        raise PolicyInvalid(PolicyReason.BAD_SELECTOR, field, f"must be an object, got {_show(raw)}")
+    _fields(raw, field, PolicyReason.BAD_SELECTOR, ("key", "operator", "values"))
     key = _get(raw, "key", str, f"{field}.", "")
     problem = label_key_problem(key)
     if problem:
@@ -311,8 +323,7 @@ def _requirement(raw: Any, field: str) -> Requirement:
 
 
 def parse_selector(raw: Any, field: str) -> LabelSelector:
-    if not isinstance(raw, dict):
-        raise PolicyInvalid(PolicyReason.BAD_SELECTOR, field, f"must be an object, got {_show(raw)}")
+    _fields(raw, field, PolicyReason.BAD_SELECTOR, ("matchLabels", "matchExpressions"))
     labels = raw.get("matchLabels") or {}
     exprs = _get(raw, "matchExpressions", list, f"{field}.", [])
     if len(labels if isinstance(labels, dict) else ()) + len(exprs) > MAX_SELECTOR_TERMS:
@@ -338,8 +349,7 @@ def _network(text: Any, field: str) -> IPNetwork:
 
 
 def _ip_block(raw: Any, field: str) -> IPBlock:
-    if not isinstance(raw, dict):
-        raise PolicyInvalid(PolicyReason.BAD_IP_BLOCK, field, f"must be an object, got {_show(raw)}")
+    _fields(raw, field, PolicyReason.BAD_IP_BLOCK, ("cidr", "except"))
     if raw.get("cidr") in (None, ""):
         raise PolicyInvalid(PolicyReason.BAD_IP_BLOCK, f"{field}.cidr", "is required")
     cidr = _network(raw["cidr"], f"{field}.cidr")
@@ -357,8 +367,7 @@ def _ip_block(raw: Any, field: str) -> IPBlock:
 
 
 def _peer(raw: Any, field: str) -> Peer:
-    if not isinstance(raw, dict):
-        raise PolicyInvalid(PolicyReason.BAD_PEER, field, f"must be an object, got {_show(raw)}")
+    _fields(raw, field, PolicyReason.BAD_PEER, ("podSelector", "namespaceSelector", "ipBlock"))
     given = [k for k in ("podSelector", "namespaceSelector", "ipBlock") if raw.get(k) is not None]
     if not given:
         raise PolicyInvalid(PolicyReason.BAD_PEER, field,
@@ -384,8 +393,7 @@ def _port_number(value: Any, field: str) -> int:
 
 
 def _policy_port(raw: Any, field: str) -> PolicyPort:
-    if not isinstance(raw, dict):
-        raise PolicyInvalid(PolicyReason.BAD_PORT, field, f"must be an object, got {_show(raw)}")
+    _fields(raw, field, PolicyReason.BAD_PORT, ("protocol", "port", "endPort"))
     protocol = raw.get("protocol") or "TCP"
     if protocol == "SCTP":
         raise PolicyInvalid(PolicyReason.BAD_PROTOCOL, f"{field}.protocol",
@@ -417,8 +425,7 @@ def _policy_port(raw: Any, field: str) -> PolicyPort:
 
 
 def _rule(raw: Any, field: str, peers_name: str) -> Rule:
-    if not isinstance(raw, dict):
-        raise PolicyInvalid(PolicyReason.BAD_MANIFEST, field, f"must be an object, got {_show(raw)}")
+    _fields(raw, field, PolicyReason.BAD_MANIFEST, (peers_name, "ports"))
     peers = _bounded(_get(raw, peers_name, list, f"{field}.", []), MAX_PEERS,
                      f"{field}.{peers_name}", "peers")  # fmt: skip
     ports = _bounded(_get(raw, "ports", list, f"{field}.", []), MAX_PORTS,
@@ -461,6 +468,7 @@ def parse_policy(obj: Any) -> NetworkPolicy:
     """One NetworkPolicy manifest (a parsed object); PolicyInvalid naming the field."""
     if not isinstance(obj, dict):
         raise PolicyInvalid(PolicyReason.BAD_MANIFEST, "", f"not an object: {_show(obj)}")
+    _fields(obj, "", PolicyReason.BAD_MANIFEST, ("apiVersion", "kind", "metadata", "spec", "status"))
     if obj.get("apiVersion") != API_VERSION or obj.get("kind") != KIND:
         raise PolicyInvalid(PolicyReason.BAD_MANIFEST, "apiVersion/kind",
                             f"{_show(obj.get('apiVersion'))}/{_show(obj.get('kind'))} is not "
@@ -476,7 +484,8 @@ def parse_policy(obj: Any) -> NetworkPolicy:
     problem = dns_label_problem(namespace)
     if problem:
         raise PolicyInvalid(Reason.BAD_KEY, "metadata.namespace", problem)
-    spec = _get(obj, "spec", dict, "", {})
+    spec = _fields(obj.get("spec") or {}, "spec", PolicyReason.BAD_MANIFEST,
+                   ("podSelector", "ingress", "egress", "policyTypes"))  # fmt: skip
     if spec.get("podSelector") is None:
         raise PolicyInvalid(PolicyReason.BAD_SELECTOR, "spec.podSelector",
                             "is required ({} selects every pod of the namespace)")  # fmt: skip

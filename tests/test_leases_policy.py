@@ -212,6 +212,12 @@ EXPR = f"{PEER0}.namespaceSelector.matchExpressions.0"
         ("spec.policyTypes", ["Ingress", "Egress", "Ingress"], "spec.policyTypes", "more than two"),
         ("spec.ingress", {"from": []}, "spec.ingress", "must be a list"),
         ("spec.ingress.0.from", [{"podSelector": {}}] * 257, "spec.ingress[0].from", "257 peers: vxflow accepts at most 256"),
+        ("spec.egres", [{}], "spec.egres", "unknown field (known: podSelector, ingress, egress, policyTypes)"),
+        ("spec.ingress.0.form", [], "spec.ingress[0].form", "unknown field (known: from, ports)"),
+        (f"{PORT0}.Port", 80, f"{PORT0}.Port", "unknown field (known: protocol, port, endPort)"),
+        (f"{PEER1}.ipBlock.exept", [], f"{PEER1}.ipBlock.exept", "unknown field (known: cidr, except)"),
+        (f"{PEER0}.namespaceSelector.matchLabel", {}, f"{PEER0}.namespaceSelector.matchLabel", "unknown field"),
+        ("specs", {}, "specs", "unknown field (known: apiVersion, kind, metadata, spec, status)"),
     ],
 )  # fmt: skip
 def test_each_invalid_field_is_one_line_naming_object_and_field(
