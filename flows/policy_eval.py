@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address
 
 from leases.policy import (
     EGRESS,
     INGRESS,
+    IPAddress,
     Labels,
     Namespace,
     NetworkPolicy,
@@ -39,8 +39,6 @@ from leases.policy import (
     Rule,
     default_labels,
 )
-
-IPAddress = IPv4Address | IPv6Address
 
 
 @dataclass(frozen=True)
@@ -63,9 +61,6 @@ class Pod:
     @property
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 Party = Pod | IPAddress  # a pod, or an address that is no pod's
