@@ -43,6 +43,7 @@ from leases.state import View, diff
 from leases.validate import Rejection
 from tests.test_leases_cli import PREFIX, as_typed, assert_operator_error, readme_block, run
 from tests.test_leases_watch import drain, metric
+from vxflow.health import assess
 
 KEYS = Keys(PREFIX)
 
@@ -425,6 +426,13 @@ def test_policies_set_list_rm_and_namespaces_label(etcd: EtcdServer, tmp_path: P
     listed = run(etcd, "namespaces", "list")
     assert [line.split() for line in listed.stdout.splitlines()] == [
         ["NAME", "LABELS"], ["y", "kubernetes.io/metadata.name=y,team=blue"]]  # fmt: skip
+    # an invalid stored value is listed as rejected, and replaced (not merged) by a label
+    with Registry(etcd.endpoint, PREFIX) as reg:
+        reg.etcd.put(reg.keys.namespace("z"), '{"Labels": {"team": 7}}')
+    listed = run(etcd, "namespaces", "list")
+    assert f"rejected {PREFIX}/vxflow/namespaces/z: Labels.team: label value 7" in listed.stderr
+    assert run(etcd, "namespaces", "label", "z", "a=b").stdout.strip() == (
+        f"wrote {PREFIX}/vxflow/namespaces/z: a=b,kubernetes.io/metadata.name=z")
 
     assert run(etcd, "policies", "rm", "x/web").stdout.strip() == (
         f"removed {PREFIX}/vxflow/policies/x/web")
@@ -493,3 +501,13 @@ def test_the_readme_commands_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
         "wrote /coreos.com/network/vxflow/namespaces/shop: "
         "kubernetes.io/metadata.name=shop,team=front")  # fmt: skip
     assert typed(lines[3]).stdout.strip() == f"removed {key}"
+
+
+def test_vxflow_status_names_a_rejected_policy() -> None:
+    """`vxflow status` lists every rejected entry among its problems, policies' included."""
+    config = KV(KEYS.config, b'{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}', 1, 1)
+    bad = json.dumps(_set(WEB, "spec.podSelector.matchLabels", {"app": True})).encode()
+    snap = View(KEYS).load([config, KV(KEYS.policy("x", "web"), bad, 2, 2)], 2).snapshot()
+    report = assess(snap, {}, {})
+    assert (f"rejected policy {KEYS.policy('x', 'web')}: spec.podSelector.matchLabels.app: "
+            "label value true is not a string (quote it) [bad_label]") in report.problems  # fmt: skip
