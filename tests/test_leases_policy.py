@@ -142,6 +142,7 @@ def test_every_input_form_kubectl_takes() -> None:
         ("", "no object in the input"),
         ("kind: List\nitems: 3\n", "a List without a list of items"),
         (b"\xff\xfe\x00", "not YAML or JSON"),
+        ("[" * 100_000, "not YAML or JSON: RecursionError"),
     ],
 )
 def test_unreadable_input_is_one_line(raw: str | bytes, message: str) -> None:
@@ -267,6 +268,7 @@ def test_stored_values_are_judged_by_the_same_rules() -> None:
         (json.dumps(_set(WEB, f"{PEER1}.ipBlock.except", ["11.0.0.0/16"])).encode(), "bad_ip_block",
          "spec.ingress[0].from[1].ipBlock.except[0]: 11.0.0.0/16 must be strictly within cidr"),
         (b" " * (256 * 1024 + 1), "oversized", "exceeds 262144"),
+        (b"[" * 100_000, "bad_json", "value is JSON nested too deeply"),
         (policy_to_json(BASE).encode(), "bad_key", "the manifest names x/web, the key x/other"),
     ):  # fmt: skip
         name = "x/other" if reason == "bad_key" else "x/web"

@@ -265,6 +265,7 @@ def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
         "/atomic.io/network/vxflow/services/web: VIP 10.20.0.9 lies inside the overlay 10.20.0.0/16 [bad_vip]",
     )
     assert_operator_error(run(etcd, "services", "set", "-", stdin="{oops"), "not JSON")
+    assert_operator_error(run(etcd, "services", "set", "-", stdin="[" * 5000), "not JSON")
 
     table = run(etcd, "services", "list")
     assert table.exit_code == 0, table.output

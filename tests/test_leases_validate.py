@@ -30,6 +30,7 @@ from leases.validate import (
     lease_to_json,
     parse_ipv4,
     parse_subnet_name,
+    public_ip_of,
     public_ip_problem,
     resolve_conflicts,
 )
@@ -151,6 +152,7 @@ MALFORMED_LEASES = [
         Reason.BAD_MAC,
     ),
     ("198.19.5.0-24", lease_value(BackendData={"VNI": 1, "VtepMAC": 5}), Reason.WRONG_TYPE),
+    ("198.19.5.0-24", "[" * 4000, Reason.BAD_JSON),  # nested past Python's recursion limit
 ]
 
 
@@ -409,3 +411,9 @@ def test_incremental_view_matches_full_rebuild_and_its_events_replay() -> None:
             view.apply(dict([random_change(rev)]), rev)
             assert full.view.snapshot() == full  # the original is untouched
             view = full.view.copy()
+
+
+def test_public_ip_of_is_lenient_with_any_value() -> None:
+    assert public_ip_of('{"PublicIP": "198.18.0.7"}') == IPv4Address("198.18.0.7")
+    for value in ('{"PublicIP": 7}', "[]", "{oops", "[" * 4000):
+        assert public_ip_of(value) is None
