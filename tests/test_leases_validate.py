@@ -415,5 +415,5 @@ def test_incremental_view_matches_full_rebuild_and_its_events_replay() -> None:
 
 def test_public_ip_of_is_lenient_with_any_value() -> None:
     assert public_ip_of('{"PublicIP": "198.18.0.7"}') == IPv4Address("198.18.0.7")
-    for value in ('{"PublicIP": 7}', "[]", "{oops", "[" * 4000):
+    for value in ('{"PublicIP": "x"}', "[]", "{oops", "[" * 4000):
         assert public_ip_of(value) is None
