@@ -402,7 +402,13 @@ def test_policies_set_list_rm_and_namespaces_label(etcd: EtcdServer, tmp_path: P
         "refused NetworkPolicy x/web: spec.podSelector: 1000 terms: vxflow accepts at most 64",
         "Error: 3 of 4 object(s) refused; nothing written",
     ]
+    many = [{**DENY, "metadata": {"name": f"p{i}"}} for i in range(101)]
+    result = run(etcd, "policies", "set", "-", stdin=json.dumps({"kind": "List", "items": many}))
+    assert result.exit_code == 1 and result.stderr.splitlines()[0].startswith(
+        "refused 101 policies of ")  # fmt: skip
+    assert "one input holds at most 100 policies and 1048576 bytes (one etcd transaction)" in result.stderr
     with Registry(etcd.endpoint, PREFIX) as reg:
+        assert reg.etcd.get(reg.keys.policy("default", "p0")) is None
         assert reg.etcd.get(reg.keys.policy("x", "fine")) is None
         assert reg.snapshot().policies[2] == BASE  # the stored web is untouched
     for stdin, message in (
