@@ -58,7 +58,7 @@ def list_leases(output: str, **etcd: Any) -> None:
                 }
                 for lease, ttl in rows
             ],
-            "rejected": [r.to_json() for r in rejected],
+            "rejected": [r.to_dict() for r in rejected],
         }
         click.echo(json.dumps(doc, indent=2))
     else:

@@ -127,6 +127,8 @@ def parse_config(raw: bytes | str) -> NetworkConfig:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ConfigError("config", f"not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ConfigError("config", "not valid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise ConfigError("config", "must be a JSON object")
     if obj.get("EnableIPv4", True) is not True:

@@ -40,6 +40,14 @@ class ServiceRejected(RegistryError):
     """A service that validation refuses (its key, the reason and its code)."""
 
 
+class PolicyRejected(RegistryError):
+    """`vxflow policies set` writes nothing: one line per refused object in `problems`."""
+
+    def __init__(self, problems: list[str], total: int) -> None:
+        super().__init__(f"{len(problems)} of {total} object(s) refused; nothing written")
+        self.problems = problems
+
+
 class ImportRefused(RegistryError):
     """`vxflow config import-v2` writes nothing: no or an invalid config in etcd's v2 store,
     or a different one in the v3 store (without --force)."""

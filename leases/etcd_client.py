@@ -468,10 +468,11 @@ class EtcdClient:
         return self.put_all_if([(key, value, mod_revision)], lease=lease) is not None
 
     def put_all_if(
-        self, items: Sequence[tuple[str, str | bytes, int]], *, lease: int | None = None
+        self, items: Sequence[tuple[str, str | bytes, int | None]], *, lease: int | None = None
     ) -> int | None:
         """Put every (key, value) in one transaction, only if each key's mod_revision is still
-        the one given (0: only if absent); the revision they were written at, or None.
+        the one given (0: only if absent; None: whatever it is); the revision they were
+        written at, or None.
 
         etcd bounds a transaction (--max-txn-ops, 128 by default): keep `items` below it.
         """
@@ -482,7 +483,8 @@ class EtcdClient:
                 if mod_revision == 0
                 else {"target": "MOD", "mod_revision": mod_revision}
             )
-            compares.append({"key": _b64(key), "result": "EQUAL", **target})
+            if mod_revision is not None:
+                compares.append({"key": _b64(key), "result": "EQUAL", **target})
             put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
             if lease:
                 put["lease"] = lease

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig, Service, VxflowConfig
+from leases.policy import Namespace, NetworkPolicy
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,36 @@ class ServiceRemoved:
     revision: int
 
 
+@dataclass(frozen=True)
+class PolicyAdded:
+    """A NetworkPolicy became valid (a changed one is PolicyRemoved of the old, then this)."""
+
+    policy: NetworkPolicy
+    revision: int
+
+
+@dataclass(frozen=True)
+class PolicyRemoved:
+    policy: NetworkPolicy
+    revision: int
+
+
+@dataclass(frozen=True)
+class NamespaceAdded:
+    """A namespace's labels were set (a change is NamespaceRemoved of the old, then this)."""
+
+    namespace: Namespace
+    revision: int
+
+
+@dataclass(frozen=True)
+class NamespaceRemoved:
+    """A namespace's labels key went: it is back to its name label alone."""
+
+    namespace: Namespace
+    revision: int
+
+
 Event = (
     ConfigChanged
     | LeaseAdded
@@ -112,6 +143,11 @@ Event = (
     | VxflowConfigChanged
     | ServiceAdded
     | ServiceRemoved
+    | PolicyAdded
+    | PolicyRemoved
+    | NamespaceAdded
+    | NamespaceRemoved
 )
 ReplicaEvent = MemberAdded | MemberRemoved | ClaimAdded | ClaimRemoved
 ServiceEvent = VxflowConfigChanged | ServiceAdded | ServiceRemoved
+PolicyEvent = PolicyAdded | PolicyRemoved | NamespaceAdded | NamespaceRemoved

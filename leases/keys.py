@@ -21,6 +21,8 @@ class KeyKind(StrEnum):
     CLAIM = "claim"  # a replica's mastership of one switch
     VXFLOW_CONFIG = "vxflow_config"  # vxflow's own settings (the service range)
     SERVICE = "service"  # a virtual service
+    POLICY = "policy"  # a Kubernetes NetworkPolicy
+    NAMESPACE = "namespace"  # a namespace's labels
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,20 @@ class Keys:
     def service(self, name: str) -> str:
         return self.services + name
 
+    @property
+    def policies(self) -> str:
+        return f"{self.prefix}/{VXFLOW_SUBPREFIX}/policies/"
+
+    def policy(self, namespace: str, name: str) -> str:
+        return f"{self.policies}{namespace}/{name}"
+
+    @property
+    def namespaces(self) -> str:
+        return f"{self.prefix}/{VXFLOW_SUBPREFIX}/namespaces/"
+
+    def namespace(self, name: str) -> str:
+        return self.namespaces + name
+
     def member(self, member_id: str) -> str:
         return self.controllers + member_id
 
@@ -118,4 +134,8 @@ class Keys:
             return KeyKind.VXFLOW_CONFIG, ""
         if key.startswith(self.services):
             return KeyKind.SERVICE, key[len(self.services) :]
+        if key.startswith(self.policies):
+            return KeyKind.POLICY, key[len(self.policies) :]
+        if key.startswith(self.namespaces):
+            return KeyKind.NAMESPACE, key[len(self.namespaces) :]
         return None

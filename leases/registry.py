@@ -23,6 +23,7 @@ from leases.errors import (
     ConfigMissing,
     LeaseLost,
     NetworkExhausted,
+    PolicyRejected,
     RegistryError,
     ServiceRejected,
     ServicesNotWritten,
@@ -44,6 +45,17 @@ from leases.model import (
     NetworkConfig,
     Service,
     VxflowConfig,
+)
+from leases.policy import (
+    MAX_POLICY_BYTES,
+    Namespace,
+    NetworkPolicy,
+    check_namespace,
+    default_labels,
+    namespace_to_json,
+    parse_policies,
+    policy_to_json,
+    relabel,
 )
 from leases.services import (
     check_service,
@@ -70,6 +82,8 @@ log = logging.getLogger(__name__)
 
 MAX_TXN_OPS = 128  # etcd's --max-txn-ops default: the most puts one transaction may hold
 CLAIMS_PER_TXN = 100  # below etcd's default --max-txn-ops (128)
+POLICIES_PER_TXN = 100  # `policies set` writes a file in one transaction: all or nothing
+MAX_TXN_BYTES = 1024 * 1024  # below etcd's default --max-request-bytes (1.5 MiB)
 
 
 def renew_interval(ttl: int = LEASE_TTL_SECONDS, margin: int = RENEW_MARGIN_SECONDS) -> float:
@@ -537,6 +551,51 @@ class Registry:
     def delete_service(self, name: str) -> bool:
         """Remove a service; False if there was none."""
         return self.etcd.delete(self.keys.service(name)) > 0
+
+    # --- network policies ----------------------------------------------------
+
+    def put_policies(self, objects: Sequence[object]) -> list[NetworkPolicy]:
+        """Validate every manifest object, then store them all in one transaction.
+
+        Raises PolicyRejected naming every refusal, and writes nothing, if any is refused.
+        """
+        policies, errors = parse_policies(list(objects))
+        problems = [str(e) for e in errors]
+        values = [(self.keys.policy(p.namespace, p.name), policy_to_json(p)) for p in policies]
+        for (_, value), policy in zip(values, policies, strict=True):
+            if len(value) > MAX_POLICY_BYTES:
+                problems.append(f"NetworkPolicy {policy.key_name}: {len(value)} bytes stored "
+                                f"exceed {MAX_POLICY_BYTES}")  # fmt: skip
+        if len(values) > POLICIES_PER_TXN or sum(len(v) for _, v in values) > MAX_TXN_BYTES:
+            problems.append(f"{len(values)} policies of {sum(len(v) for _, v in values)} bytes: "
+                            f"one input holds at most {POLICIES_PER_TXN} policies and "
+                            f"{MAX_TXN_BYTES} bytes (one etcd transaction); split it")  # fmt: skip
+        if problems:
+            raise PolicyRejected(problems, len(objects))
+        self.etcd.put_all_if([(key, value, None) for key, value in values])
+        log.info("%d network policies written: %s", len(policies),
+                 ", ".join(p.key_name for p in policies))  # fmt: skip
+        return policies
+
+    def delete_policy(self, namespace: str, name: str) -> bool:
+        """Remove a policy; False if there was none."""
+        return self.etcd.delete(self.keys.policy(namespace, name)) > 0
+
+    def label_namespace(self, name: str, changes: Sequence[str]) -> Namespace:
+        """Apply `kubectl label`-style changes (`k=v`, `k-`) to a namespace's labels.
+
+        PolicyInvalid for a bad change; RegistryError if another writer changed the
+        labels meanwhile. A stored value that is invalid is replaced, not merged.
+        """
+        key = self.keys.namespace(name)
+        kv = self.etcd.get(key)
+        current = check_namespace(kv, name) if kv is not None else None
+        labels = current.label_map if isinstance(current, Namespace) else default_labels(name)
+        ns = relabel(name, labels, changes)
+        if not self.etcd.put_if(key, namespace_to_json(ns), mod_revision=kv.mod_revision if kv else 0):
+            raise RegistryError(f"{key} changed while it was being written: try again")
+        log.info("namespace %s labelled: %s", name, dict(ns.labels))
+        return ns
 
     # --- listing and watching ------------------------------------------------
 

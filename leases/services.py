@@ -383,7 +383,7 @@ def services_from_input(raw: bytes | str) -> list[dict[str, Any]]:
     """What `vxflow services set` reads: one service object or a list of them."""
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"not JSON: {exc}") from exc
     items: Iterable[Any] = doc if isinstance(doc, list) else [doc]
     out = []

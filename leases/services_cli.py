@@ -108,7 +108,7 @@ def list_services(output: str, **etcd: Any) -> None:
             "revision": snap.revision,
             "ServiceNetwork": str(snap.vxflow.service_network or ""),
             "services": [service_to_dict(s) for s in snap.services],
-            "rejected": [r.to_json() for r in rejected],
+            "rejected": [r.to_dict() for r in rejected],
         }
         click.echo(json.dumps(doc, indent=2))
         return

@@ -27,12 +27,17 @@ from leases.events import (
     LeaseRemoved,
     MemberAdded,
     MemberRemoved,
+    NamespaceAdded,
+    NamespaceRemoved,
+    PolicyAdded,
+    PolicyRemoved,
     ServiceAdded,
     ServiceRemoved,
     VxflowConfigChanged,
 )
 from leases.keys import KV, KeyKind, Keys
 from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig, Service, VxflowConfig
+from leases.policy import Namespace, NetworkPolicy, check_namespace, check_policy
 from leases.services import check_service, check_vxflow_config, resolve_services, underlay_of
 from leases.validate import Reason, Rejection, check_endpoint, check_lease, resolve_conflicts
 
@@ -55,6 +60,8 @@ class Snapshot:
     claims: tuple[Claim, ...] = ()  # switch masterships, sorted by datapath-id
     vxflow: VxflowConfig = field(default_factory=VxflowConfig)  # the last valid `<prefix>/vxflow/config`
     services: tuple[Service, ...] = ()  # accepted services, sorted by name
+    policies: tuple[NetworkPolicy, ...] = ()  # valid NetworkPolicies, sorted by namespace/name
+    namespaces: tuple[Namespace, ...] = ()  # labelled namespaces, sorted by name
     kvs: Mapping[str, KV] = field(default_factory=dict, repr=False, compare=False)
     # The View it was built from, when nothing else holds that View (build_snapshot's):
     # a watch starts from a copy of it instead of validating every entry again.
@@ -93,6 +100,23 @@ def _service_name(service: Service) -> str:
     return service.name
 
 
+def _policy_name(policy: NetworkPolicy) -> str:
+    return policy.key_name
+
+
+def _namespace_name(namespace: Namespace) -> str:
+    return namespace.name
+
+
+# Entries judged on their own, config or not: (check, added event, removed event).
+_STANDALONE = {
+    KeyKind.MEMBER: (check_member, MemberAdded, MemberRemoved),
+    KeyKind.CLAIM: (check_claim, ClaimAdded, ClaimRemoved),
+    KeyKind.POLICY: (check_policy, PolicyAdded, PolicyRemoved),
+    KeyKind.NAMESPACE: (check_namespace, NamespaceAdded, NamespaceRemoved),
+}
+Standalone = Member | Claim | NetworkPolicy | Namespace
+
 PAUSE_EVERY = 1024  # keys validated between two calls of a View's `pause`
 
 
@@ -129,8 +153,8 @@ class View:
         self._groups: dict[str, set[str]] = {}  # subnet key name -> endpoint keys under it
         self._endpoints: dict[str, Endpoint | Rejection] = {}
         self._live_eps: dict[str, Endpoint] = {}
-        # controller replicas and their claims: judged on their own, config or not
-        self._replicas: dict[str, Member | Claim | Rejection] = {}
+        # controller replicas, their claims, policies, namespaces: each judged on its own
+        self._standalone: dict[str, Standalone | Rejection] = {}
         # services: judged against config and vxflow config, then one holder per VIP
         self.vxflow = VxflowConfig()
         self._vxflow_rejection: Rejection | None = None
@@ -159,7 +183,7 @@ class View:
         new._by_subnet, new._conflicts = dict(self._by_subnet), dict(self._conflicts)
         new._groups = {name: set(keys) for name, keys in self._groups.items()}
         new._endpoints, new._live_eps = dict(self._endpoints), dict(self._live_eps)
-        new._replicas = dict(self._replicas)
+        new._standalone = dict(self._standalone)
         new.vxflow, new._vxflow_rejection = self.vxflow, self._vxflow_rejection
         new._services, new._live_services = dict(self._services), dict(self._live_services)
         new._service_conflicts = dict(self._service_conflicts)
@@ -193,7 +217,7 @@ class View:
         for result in (
             self._leases.get(key),
             self._endpoints.get(key),
-            self._replicas.get(key),
+            self._standalone.get(key),
             self._services.get(key),
         ):
             if isinstance(result, Rejection):
@@ -207,12 +231,12 @@ class View:
         rejected += [r for r in self._leases.values() if isinstance(r, Rejection)]
         rejected += self._conflicts.values()
         rejected += [r for r in self._endpoints.values() if isinstance(r, Rejection)]
-        rejected += [r for r in self._replicas.values() if isinstance(r, Rejection)]
+        rejected += [r for r in self._standalone.values() if isinstance(r, Rejection)]
         rejected += [r for r in self._services.values() if isinstance(r, Rejection)]
         rejected += self._service_conflicts.values()
         if self._vxflow_rejection:
             rejected.append(self._vxflow_rejection)
-        replicas = self._replicas.values()
+        own = self._standalone.values()
         return Snapshot(
             config=self.config,
             leases=tuple(sorted(self._live.values(), key=_lease_order)),
@@ -221,10 +245,16 @@ class View:
             ),
             revision=self.revision,
             rejected=tuple(sorted(rejected, key=lambda r: r.key)),
-            members=tuple(sorted((m for m in replicas if isinstance(m, Member)), key=_member_id)),
-            claims=tuple(sorted((c for c in replicas if isinstance(c, Claim)), key=_dpid)),
+            members=tuple(sorted((m for m in own if isinstance(m, Member)), key=_member_id)),
+            claims=tuple(sorted((c for c in own if isinstance(c, Claim)), key=_dpid)),
             vxflow=self.vxflow,
             services=tuple(sorted(self._live_services.values(), key=_service_name)),
+            policies=tuple(
+                sorted((p for p in own if isinstance(p, NetworkPolicy)), key=_policy_name)
+            ),
+            namespaces=tuple(
+                sorted((n for n in own if isinstance(n, Namespace)), key=_namespace_name)
+            ),
             kvs=dict(self.kvs),
         )
 
@@ -252,7 +282,7 @@ class View:
             self._groups,
             self._endpoints,
             self._live_eps,
-            self._replicas,
+            self._standalone,
             self._services,
             self._live_services,
             self._service_conflicts,
@@ -265,7 +295,8 @@ class View:
         lease_keys: set[str] = set()
         ep_keys: set[str] = set()
         svc_keys: set[str] = set()
-        replica_events: list[Event] = []
+        standalone_keys: set[str] = set()
+        standalone_events: list[Event] = []
         for key in dirty:
             kind = self.keys.classify(key)
             if kind is None or kind[0] is KeyKind.CONFIG:
@@ -282,7 +313,8 @@ class View:
                 if not group:  # a deleted node's endpoints leave no empty group behind
                     del self._groups[name]
             else:
-                replica_events += self._update_replica(key, kind[0], kind[1])
+                standalone_keys.add(key)
+                standalone_events += self._update_standalone(key, kind[0], kind[1])
         if report:
             lease_events, toggled, judged = self._update_leases(lease_keys)
         else:  # a full (re)load of a reset view: every endpoint key is dirty already
@@ -294,9 +326,9 @@ class View:
             svc_keys.add(self.keys.vxflow_config)
         service_events = self._update_services(svc_keys) if svc_keys else []
         if not report:
-            return [], judged | ep_keys | svc_keys
+            return [], judged | ep_keys | svc_keys | standalone_keys
         events: list[Event] = [
-            *replica_events,
+            *standalone_events,
             *removed_eps,
             *(e for e in lease_events if isinstance(e, LeaseRemoved)),
         ]
@@ -306,25 +338,24 @@ class View:
         )
         events += added_eps
         events += service_events
-        return events, judged | ep_keys | svc_keys
+        return events, judged | ep_keys | svc_keys | standalone_keys
 
-    def _update_replica(self, key: str, kind: KeyKind, name: str) -> list[Event]:
-        """Re-judge one member or claim key; its events (a change: removed, then added)."""
+    def _update_standalone(self, key: str, kind: KeyKind, name: str) -> list[Event]:
+        """Re-judge one key of a kind judged on its own (`_STANDALONE`); its events
+        (a change: removed, then added)."""
+        check, added, removed = _STANDALONE[kind]
         kv = self.kvs.get(key)
-        old = self._replicas.pop(key, None)
-        new: Member | Claim | Rejection | None = None
+        old = self._standalone.pop(key, None)
+        new: Standalone | Rejection | None = None
         if kv is not None:
-            new = check_member(kv, name) if kind is KeyKind.MEMBER else check_claim(kv, name)
-            self._replicas[key] = new
+            new = self._standalone[key] = check(kv, name)  # type: ignore[operator]
         if old == new:
             return []
-        removed, added = (MemberRemoved, MemberAdded) if kind is KeyKind.MEMBER else (
-            ClaimRemoved, ClaimAdded)  # fmt: skip
         events: list[Event] = []
-        if isinstance(old, Member | Claim):
-            events.append(removed(old, self.revision))
-        if isinstance(new, Member | Claim):
-            events.append(added(new, self.revision))
+        if old is not None and not isinstance(old, Rejection):
+            events.append(removed(old, self.revision))  # type: ignore[operator]
+        if new is not None and not isinstance(new, Rejection):
+            events.append(added(new, self.revision))  # type: ignore[operator]
         return events
 
     def _update_services(self, dirty: set[str]) -> list[Event]:
@@ -520,6 +551,8 @@ def diff(old: Snapshot, new: Snapshot) -> list[Event]:
     for removed, added, before, after in (
         (MemberRemoved, MemberAdded, old.members, new.members),
         (ClaimRemoved, ClaimAdded, old.claims, new.claims),
+        (PolicyRemoved, PolicyAdded, old.policies, new.policies),
+        (NamespaceRemoved, NamespaceAdded, old.namespaces, new.namespaces),
     ):
         kept = set(before) & set(after)
         events += [removed(x, rev) for x in before if x not in kept]

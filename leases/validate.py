@@ -67,7 +67,8 @@ class Rejection:
     def __str__(self) -> str:
         return f"{self.key}: {self.detail} [{self.reason}]"
 
-    def to_json(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, str]:
+        """As the CLI's JSON outputs show it."""
         return {"key": self.key, "kind": self.kind.value, "reason": self.reason,
                 "detail": self.detail}  # fmt: skip
 
@@ -146,6 +147,8 @@ def _object(value: bytes | str, limit: int = MAX_VALUE_BYTES) -> dict[str, Any]:
         obj = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _Invalid(Reason.BAD_JSON, f"value is not JSON: {exc}") from exc
+    except RecursionError:  # `[[[[...` of a few KiB: never a valid value, never a crash
+        raise _Invalid(Reason.BAD_JSON, "value is JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise _Invalid(Reason.BAD_JSON, "value is not a JSON object")
     return obj
@@ -257,7 +260,7 @@ def public_ip_of(value: bytes | str) -> IPv4Address | None:
     """The PublicIP of a lease value, leniently (reservations may lack BackendData)."""
     try:
         return IPv4Address(json.loads(value)["PublicIP"])
-    except (ValueError, KeyError, TypeError, AddressValueError):
+    except (ValueError, KeyError, TypeError, AddressValueError, RecursionError):
         return None
 
 

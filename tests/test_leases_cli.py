@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,28 @@ def run(etcd: EtcdServer | None, *args: str, stdin: str | None = None) -> Result
         "FLANNELD_ETCD_PREFIX": PREFIX,
     }
     return CliRunner().invoke(cli, ["--log-level", "error", *args], env=env, input=stdin)
+
+
+def as_typed(etcd: EtcdServer, cwd: Path) -> Callable[[str], subprocess.CompletedProcess]:
+    """Runs a README line as typed (`vxflow` being this venv's), etcd from the environment
+    and the default prefix; it must exit 0."""
+    env = {**os.environ, "FLANNELD_ETCD_ENDPOINTS": etcd.endpoint}
+    env.pop("FLANNELD_ETCD_PREFIX", None)
+    vxflow = str(Path(sys.executable).with_name("vxflow"))
+
+    def typed(line: str) -> subprocess.CompletedProcess:
+        out = subprocess.run(shlex.split(line.replace("vxflow", vxflow, 1)), cwd=cwd, env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out
+
+    return typed
+
+
+def readme_block(heading: str) -> list[str]:
+    """The lines of the first code block under README's `heading`."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return readme.split(heading)[1].split("```")[1].strip().splitlines()
 
 
 def assert_operator_error(result: Result, message: str) -> None:

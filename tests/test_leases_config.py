@@ -109,7 +109,9 @@ def test_rejections_name_the_field(change: dict, field: str) -> None:
     assert str(info.value).startswith(f"{field}: ")
 
 
-@pytest.mark.parametrize("raw", [b"\xff\xfe", "{not json", "[1, 2]", '"10.20.0.0/16"', ""])
+@pytest.mark.parametrize(
+    "raw", [b"\xff\xfe", "{not json", "[1, 2]", '"10.20.0.0/16"', "", "[" * 5000]
+)
 def test_unparseable_config_is_a_config_error(raw: bytes | str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(raw)

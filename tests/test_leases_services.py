@@ -4,10 +4,6 @@ events and snapshots (pure), and `vxflow services ...` against a real etcd."""
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import subprocess
-import sys
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -31,7 +27,7 @@ from leases.services import (
 from leases.state import View, diff
 from leases.validate import Rejection
 from tests.emulation import ROOT_UNDERLAY_IP
-from tests.test_leases_cli import assert_operator_error, run
+from tests.test_leases_cli import as_typed, assert_operator_error, readme_block, run
 
 KEYS = Keys("/atomic.io/network")
 CONFIG = NetworkConfig(IPv4Network("10.20.0.0/16"))
@@ -287,6 +283,7 @@ def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
         "/atomic.io/network/vxflow/services/web: VIP 10.20.0.9 lies inside the overlay 10.20.0.0/16 [bad_vip]",
     )
     assert_operator_error(run(etcd, "services", "set", "-", stdin="{oops"), "not JSON")
+    assert_operator_error(run(etcd, "services", "set", "-", stdin="[" * 5000), "not JSON")
 
     table = run(etcd, "services", "list")
     assert table.exit_code == 0, table.output
@@ -347,18 +344,8 @@ def test_the_readme_commands_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
     `vxflow services rm web`; the overlay is the demo's 198.19.0.0/16."""
     with Registry(etcd.endpoint, "/coreos.com/network") as reg:
         reg.set_config('{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}')
-    env = {**os.environ, "FLANNELD_ETCD_ENDPOINTS": etcd.endpoint}
-    vxflow = str(Path(sys.executable).with_name("vxflow"))
-
-    def typed(line: str) -> subprocess.CompletedProcess:
-        out = subprocess.run(shlex.split(line.replace("vxflow", vxflow, 1)), cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        return out
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("## Services (load balancing in the flows)")[1].split("```")[1]
-    lines = block.strip().splitlines()
+    typed = as_typed(etcd, tmp_path)
+    lines = readme_block("## Services (load balancing in the flows)")
     assert lines == ["vxflow services network 10.96.0.0/16", "vxflow services set web.json",
                      "vxflow services list", "vxflow services rm web"]  # fmt: skip
     helptext = typed("vxflow services set --help").stdout

@@ -30,6 +30,7 @@ from leases.validate import (
     lease_to_json,
     parse_ipv4,
     parse_subnet_name,
+    public_ip_of,
     public_ip_problem,
     resolve_conflicts,
 )
@@ -151,6 +152,7 @@ MALFORMED_LEASES = [
         Reason.BAD_MAC,
     ),
     ("198.19.5.0-24", lease_value(BackendData={"VNI": 1, "VtepMAC": 5}), Reason.WRONG_TYPE),
+    ("198.19.5.0-24", "[" * 4000, Reason.BAD_JSON),  # nested past Python's recursion limit
 ]
 
 
@@ -434,3 +436,9 @@ def test_a_view_keeps_nothing_for_keys_it_does_not_use_or_entries_that_went() ->
     model.apply([EndpointAdded(endpoint, 3)])
     model.apply([EndpointRemoved(endpoint, 6)])
     assert dict(model._endpoints) == {}
+
+
+def test_public_ip_of_is_lenient_with_any_value() -> None:
+    assert public_ip_of('{"PublicIP": "198.18.0.7"}') == IPv4Address("198.18.0.7")
+    for value in ('{"PublicIP": "x"}', "[]", "{oops", "[" * 4000):
+        assert public_ip_of(value) is None

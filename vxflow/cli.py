@@ -19,6 +19,8 @@ _COMMANDS = (
     ("leases.cli", "leases"),
     ("leases.cli", "config"),
     ("leases.services_cli", "services"),
+    ("leases.policy_cli", "policies"),
+    ("leases.policy_cli", "namespaces"),
     ("ovsdb.cli", "bootstrap"),
     ("ovsdb.cli", "agent"),
     ("controller.cli", "controller"),

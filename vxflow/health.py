@@ -151,7 +151,7 @@ def assess(
         unknown.append("the nodes' switches (no replica's status page was read)")
     if not snap.members and snap.config is not None:
         problems.append("no controller replica is registered")
-    rejected = [r.to_json() for r in snap.rejected if r.reason != Reason.NO_CONFIG]
+    rejected = [r.to_dict() for r in snap.rejected if r.reason != Reason.NO_CONFIG]
     problems += [f"rejected {r['kind']} {r['key']}: {r['detail']} [{r['reason']}]"
                  for r in rejected if r["kind"] != KeyKind.CONFIG]  # fmt: skip
     return Report(snap.revision, config, nodes, controllers, rejected, problems, unknown)
