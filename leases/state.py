@@ -392,7 +392,7 @@ class View:
         if kv is None:
             self.vxflow, self._vxflow_rejection = VxflowConfig(), None
             return
-        members = (m for m in self._replicas.values() if isinstance(m, Member))
+        members = (m for m in self._standalone.values() if isinstance(m, Member))
         result = check_vxflow_config(kv, self.config, underlay_of(self._live.values(), members))
         if isinstance(result, Rejection):  # keep the last valid one
             self._vxflow_rejection = result

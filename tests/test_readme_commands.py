@@ -39,6 +39,14 @@ COVERED: dict[str, tuple[str, str]] = {
     "make lint": ("tests/test_make_targets.py::test_make_lint_is_clean", "run as typed there"),
     "make unit": ("tests/test_make_targets.py::test_make_unit_runs_the_pure_tests_without_the_rest",
                   "runs the unit suite: as typed there"),
+    "vxflow policies set netpol.yaml": ("tests/test_leases_policy.py::test_the_readme_commands_as_typed",
+                                        "run there in the README's order against a real etcd"),
+    "vxflow policies list": ("tests/test_leases_policy.py::test_the_readme_commands_as_typed",
+                             "run there in the README's order"),
+    "vxflow namespaces label shop team=front": (
+        "tests/test_leases_policy.py::test_the_readme_commands_as_typed", "run there in the README's order"),
+    "vxflow policies rm shop/allow-web": ("tests/test_leases_policy.py::test_the_readme_commands_as_typed",
+                                          "run there in the README's order"),
     "make repeat REPEAT=N": ("tests/test_make_targets.py::"
                              "test_make_repeat_runs_each_random_leases_test_that_many_times",
                              "run there with N = 1; 200 times each takes an hour"),
