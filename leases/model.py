@@ -8,7 +8,7 @@ them. Field names follow flannel's JSON where flannel has one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 FLANNEL_DEFAULT_PREFIX = "/coreos.com/network"
 VXFLOW_SUBPREFIX = "vxflow"  # <prefix>/vxflow/... holds vxflow's own keys
@@ -31,14 +31,34 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class FamilyConfig:
+    """One address family's part of the config: its Network, SubnetLen, SubnetMin and
+    SubnetMax (for IPv6 flannel's IPv6Network, IPv6SubnetLen, ...)."""
+
+    network: IPv4Network | IPv6Network
+    subnet_len: int
+    subnet_min: IPv4Network | IPv6Network
+    subnet_max: IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
-    """`<prefix>/config`, validated, with flannel's defaults filled in."""
+    """`<prefix>/config`, validated, with flannel's defaults filled in.
+
+    `ipv6` is the IPv6 part of a dual-stack config (EnableIPv6), None when IPv4-only.
+    """
 
     network: IPv4Network
     subnet_len: int = DEFAULT_SUBNET_LEN
     subnet_min: IPv4Network | None = None  # None until defaults are applied
     subnet_max: IPv4Network | None = None
     backend: BackendConfig = field(default_factory=BackendConfig)
+    ipv6: FamilyConfig | None = None
+
+    @property
+    def v4(self) -> FamilyConfig:
+        assert self.subnet_min is not None and self.subnet_max is not None, "defaults applied"
+        return FamilyConfig(self.network, self.subnet_len, self.subnet_min, self.subnet_max)
 
 
 @dataclass(frozen=True)

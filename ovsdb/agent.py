@@ -57,7 +57,7 @@ from tenacity import wait_exponential as wait_exp
 
 from daemons.httpd import serve_in_thread, wsgi_app
 from flows.ports import vtep_mac_for
-from leases.config import ConfigError
+from leases.config import ConfigError, ipv6_notice
 from leases.errors import ConfigMissing, EtcdUnavailable, LeaseLost, RegistryError
 from leases.events import ConfigChanged, Event, MemberAdded, MemberRemoved, VxflowConfigChanged
 from leases.model import (
@@ -151,6 +151,7 @@ class Agent:
         self.registry = registry
         self._stop = threading.Event()
         self.config: NetworkConfig | None = None
+        self._ipv6_noted = False  # the one warning that IPv6 is not routed yet was logged
         self.service_routes: tuple[IPv4Network, ...] = ()  # the ServiceNetwork, if any
         self.lease: Lease | None = None
         self._desired: dict[IPv4Address, Endpoint] = {}
@@ -275,6 +276,9 @@ class Agent:
 
     def _acquire(self) -> None:
         """Get (or get back) this node's lease; subnet.env follows the next converge."""
+        if not self._ipv6_noted and (notice := ipv6_notice(self.config)):
+            log.warning("%s", notice)
+            self._ipv6_noted = True
         hint = self.lease.subnet if self.lease else previous_subnet(self.settings.subnet_file)
         public_ip = self.settings.public_ip
         self.lease = self._retry(
