@@ -8,7 +8,7 @@ them. Field names follow flannel's JSON where flannel has one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 FLANNEL_DEFAULT_PREFIX = "/coreos.com/network"
 VXFLOW_SUBPREFIX = "vxflow"  # <prefix>/vxflow/... holds vxflow's own keys
@@ -63,10 +63,13 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class Lease:
-    """One node's subnet lease: `<prefix>/subnets/<a.b.c.d>-<len>`.
+    """One node's subnet lease: `<prefix>/subnets/<a.b.c.d>-<len>`, or for a dual-stack
+    node `<a.b.c.d>-<len>&<ipv6 subnet address>-<len>` (flannel's key for both families).
 
     `backend_data_extra` keeps BackendData fields other than VNI and VtepMAC
-    (vxflow's own, or a newer flannel's) so they survive a rewrite.
+    (vxflow's own, or a newer flannel's) so they survive a rewrite. The IPv6 half
+    (`ipv6_subnet`, `public_ipv6` and BackendV6Data's VtepMAC; its VNI is the
+    config's, as BackendData's) is all None on an IPv4-only node.
     """
 
     subnet: IPv4Network
@@ -77,6 +80,14 @@ class Lease:
     backend_data_extra: tuple[tuple[str, object], ...] = ()
     etcd_lease_id: int | None = None  # the etcd lease the key is bound to (None: reservation)
     mod_revision: int = 0
+    ipv6_subnet: IPv6Network | None = None
+    public_ipv6: IPv6Address | None = None
+    vtep_mac_v6: str | None = None  # BackendV6Data.VtepMAC: the node's IPv6 VTEP device
+
+    @property
+    def key_name(self) -> str:
+        """The lease's key name below `<prefix>/subnets/`."""
+        return lease_key_name(self.subnet, self.ipv6_subnet)
 
     @property
     def gateway(self) -> IPv4Address:
@@ -168,9 +179,16 @@ class VxflowConfig:
     service_network: IPv4Network | None = None  # the virtual IPs' range; None: no services
 
 
-def subnet_key(subnet: IPv4Network) -> str:
-    """flannel's key name for a subnet: `10.20.52.0-24`."""
+def subnet_key(subnet: IPv4Network | IPv6Network) -> str:
+    """flannel's key name for a subnet: `10.20.52.0-24` (`fc00:0:0:4::-64`)."""
     return f"{subnet.network_address}-{subnet.prefixlen}"
+
+
+def lease_key_name(subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:
+    """flannel's MakeSubnetKey: `10.20.4.0-24`, dual-stack `10.20.4.0-24&fc00:0:0:4::-64`."""
+    if ipv6_subnet is None:
+        return subnet_key(subnet)
+    return f"{subnet_key(subnet)}&{subnet_key(ipv6_subnet)}"
 
 
 def datapath_id_for(public_ip: IPv4Address) -> int:
