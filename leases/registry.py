@@ -177,10 +177,10 @@ class Registry:
 
         Reuses the lease (or reservation) that already carries `public_ip`,
         else `previous_subnet` if it is free and fits the config, else a random
-        free subnet in [SubnetMin, SubnetMax]. With EnableIPv6 the lease is
-        dual-stack: an IPv6 subnet is chosen the same way (`public_ipv6` and
-        `vtep_mac_v6` are then required); without, they are not written, as
-        flannel's. An entry of ours whose IPv4 subnet fits but whose IPv6 half no
+        free subnet in [SubnetMin, SubnetMax]. With EnableIPv6 and a
+        `public_ipv6` the lease is dual-stack: an IPv6 subnet is chosen the same
+        way. Without EnableIPv6 they are not written, as flannel's; without a
+        PublicIPv6 (flannel would stop) the node leases IPv4 only. An entry of ours whose IPv4 subnet fits but whose IPv6 half no
         longer does (IPv6 turned on or off) is moved to the right key, keeping
         its IPv4 subnet, reservation or etcd lease. Creation is an etcd
         transaction that succeeds only if the key does not exist; a lost race is
@@ -195,11 +195,10 @@ class Registry:
             vtep_mac=normalize_mac(vtep_mac),
             backend_data_extra=tuple(sorted(backend_data_extra)),
         )
-        if cfg.ipv6 is not None:
-            if public_ipv6 is None or vtep_mac_v6 is None:
-                raise ValueError(
-                    f"EnableIPv6 is set for {cfg.ipv6.network}: this node needs a PublicIPv6"
-                )
+        if cfg.ipv6 is not None and (public_ipv6 is None or vtep_mac_v6 is None):
+            log.warning("EnableIPv6 is set, but %s has no PublicIPv6: leasing IPv4 only",
+                        public_ip)  # fmt: skip
+        elif cfg.ipv6 is not None:
             template = replace(
                 template,
                 public_ipv6=IPv6Address(public_ipv6),
@@ -214,7 +213,9 @@ class Registry:
             lease = self._reuse(cfg, kvs, revision, template, ttl, previous_ipv6_subnet)
             if lease is None:
                 subnet = self._pick(cfg.v4, kvs, previous_subnet)
-                six = self._pick(cfg.ipv6, kvs, previous_ipv6_subnet) if cfg.ipv6 else None
+                six = None
+                if cfg.ipv6 is not None and template.public_ipv6 is not None:
+                    six = self._pick(cfg.ipv6, kvs, previous_ipv6_subnet)
                 new = replace(template, subnet=subnet, ipv6_subnet=six)
                 lease = self._create(new, ttl, revision)
             if lease is not None:
@@ -258,13 +259,14 @@ class Registry:
         if not mine:
             return None
         subnet, six, kv = min(mine, key=lambda item: item[0])
-        if cfg.ipv6 is None:
+        fam6 = cfg.ipv6 if template.public_ipv6 is not None else None  # IPv6 for this node
+        if fam6 is None:
             fits, six = six is None, None
         else:
             fits = six is not None and (
-                leasable(cfg.ipv6, six) or (kv.lease == 0 and six.subnet_of(cfg.ipv6.network))
+                leasable(fam6, six) or (kv.lease == 0 and six.subnet_of(fam6.network))
             )
-            six = six if fits else self._pick(cfg.ipv6, kvs, previous_ipv6)
+            six = six if fits else self._pick(fam6, kvs, previous_ipv6)
         lease = replace(template, subnet=subnet, ipv6_subnet=six)
         value = lease_to_json(lease)
         key = self.keys.lease(subnet, six)

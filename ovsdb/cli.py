@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,19 @@ def _apply_sysconfig(ctx: click.Context, params: dict[str, Any]) -> None:
             Keys(value)
         params[name] = value.lower() in ("true", "1") if name == "ip_masq" else value
         log.info("%s: %s=%s", path, name, "***" if name == "etcd_password" else params[name])
+
+
+def resolve_public_ipv6(public_ipv6: str | None, iface: str | None) -> IPv6Address | None:
+    """--public-ipv6, else the first global IPv6 address of --iface (or of the default
+    route's interface), else None: a dual-stack config then gets an IPv4-only lease."""
+    if public_ipv6:
+        try:
+            return IPv6Address(public_ipv6)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--public-ipv6") from exc
+    iface = iface or default_route_interface()
+    address = address_of(iface, version=6) if iface else None
+    return address if isinstance(address, IPv6Address) else None
 
 
 def resolve_public_ip(public_ip: str | None, iface: str | None) -> IPv4Address:
@@ -244,6 +257,10 @@ def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
 
 @click.command()
 @node_options
+@click.option("--public-ipv6", envvar="FLANNELD_PUBLIC_IPV6", show_envvar=True,
+              help="This node's IPv6 underlay address, the lease's PublicIPv6 when the config "
+                   "has EnableIPv6. Default: the first global IPv6 address of --iface; none: "
+                   "an IPv4-only lease. (vxflow does not route IPv6 yet.)")  # fmt: skip
 @click.option("--ip-masq", envvar="FLANNELD_IP_MASQ", show_envvar=True, is_flag=True,
               help="Masquerade traffic from the overlay to outside it with flannel's rules "
                    "(nftables table `ip vxflow`, checked every 5 s and restored if changed); "
@@ -284,6 +301,7 @@ def agent(ctx: click.Context, **params: Any) -> None:
     _apply_sysconfig(ctx, params)
     settings = AgentSettings(
         public_ip=resolve_public_ip(params["public_ip"], params["iface"]),
+        public_ipv6=resolve_public_ipv6(params["public_ipv6"], params["iface"]),
         subnet_file=Path(params["subnet_file"]),
         ovsdb=params["ovsdb"],
         controllers=tuple(params["controllers"]),

@@ -337,12 +337,15 @@ def test_concurrent_nodes_get_distinct_dual_stack_leases_in_flannels_format(
 
 
 @pytest.mark.integration
-def test_dual_stack_needs_the_nodes_public_ipv6(registry: Registry) -> None:
-    with pytest.raises(ValueError, match="PublicIPv6"):
-        registry.acquire("198.18.0.1", "02:00:00:00:00:01")
+def test_a_node_without_public_ipv6_leases_ipv4_only(registry: Registry) -> None:
+    """flannel would stop; vxflow keeps the node's IPv4 working (a dual-stack config
+    accepts an IPv4-only lease), and refuses a PublicIPv6 inside the overlay."""
     with pytest.raises(ValueError, match="inside the overlay"):
         registry.acquire(**{**node(1), "public_ipv6": "fc00::1"})
-    assert registry.list_leases() == []
+    lease = registry.acquire("198.18.0.1", "02:00:00:00:00:01")
+    assert (lease.ipv6_subnet, lease.public_ipv6, lease.vtep_mac_v6) == (None, None, None)
+    assert registry.list_leases() == [lease]
+    assert lease.key_name == f"{lease.subnet.network_address}-24"
 
 
 @pytest.mark.integration
