@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -123,30 +123,36 @@ def _apply_sysconfig(ctx: click.Context, params: dict[str, Any]) -> None:
         log.info("%s: %s=%s", path, name, "***" if name == "etcd_password" else params[name])
 
 
+def _public_address(
+    given: str | None, iface: str | None, version: int
+) -> tuple[IPv4Address | IPv6Address | None, str | None]:
+    """The flag's address, else the first one of --iface (or of the default route's
+    interface) in that family; and the interface looked at."""
+    if given:
+        flag = "--public-ip" if version == 4 else "--public-ipv6"
+        try:
+            address = ip_address(given)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=flag) from exc
+        if address.version != version:
+            raise click.BadParameter(f"{given} is not an IPv{version} address", param_hint=flag)
+        return address, iface
+    iface = iface or default_route_interface()
+    return (address_of(iface, version=version) if iface else None), iface
+
+
 def resolve_public_ipv6(public_ipv6: str | None, iface: str | None) -> IPv6Address | None:
     """--public-ipv6, else the first global IPv6 address of --iface (or of the default
     route's interface), else None: a dual-stack config then gets an IPv4-only lease."""
-    if public_ipv6:
-        try:
-            return IPv6Address(public_ipv6)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--public-ipv6") from exc
-    iface = iface or default_route_interface()
-    address = address_of(iface, version=6) if iface else None
+    address, _ = _public_address(public_ipv6, iface, 6)
     return address if isinstance(address, IPv6Address) else None
 
 
 def resolve_public_ip(public_ip: str | None, iface: str | None) -> IPv4Address:
-    if public_ip:
-        try:
-            return IPv4Address(public_ip)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--public-ip") from exc
-    iface = iface or default_route_interface()
-    if iface is None:
+    address, iface = _public_address(public_ip, iface, 4)
+    if iface is None and address is None:
         raise click.UsageError("no --public-ip, no --iface and no default route to pick one from")
-    address = address_of(iface)
-    if address is None:
+    if not isinstance(address, IPv4Address):
         raise click.UsageError(f"interface {iface} has no IPv4 address to use as PublicIP")
     return address
 
