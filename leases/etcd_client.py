@@ -494,10 +494,14 @@ class EtcdClient:
         unchanged: tuple[str, int] | None = None,
     ) -> bool:
         """Create `key` in one transaction, only if no key starting with `free_prefix` exists
-        (besides `replaces` = (key, mod_revision), deleted in the same transaction if still
-        at that revision) and, with `unchanged` = (prefix, revision), no key under `prefix`
-        was written after `revision`: a choice made from a listing at `revision` still holds.
+        and, with `unchanged` = (prefix, revision), no key under `prefix` was written after
+        `revision`: a choice made from a listing at `revision` still holds. With `replaces`
+        = (key, mod_revision) that key, if still at that revision, is deleted in the same
+        transaction; `unchanged` then stands in for the `free_prefix` check (the replaced
+        key may start with it) and must be given.
         """
+        if replaces is not None and unchanged is None:
+            raise ValueError("replacing a key needs `unchanged`")
 
         def over(prefix: str) -> dict[str, str]:
             return {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}

@@ -387,18 +387,27 @@ class View:
         if self.config is None:
             return keys
         holders = self._holders
+        valid: list[tuple[str, Lease, tuple[object, ...]]] = []
         for i, key in enumerate(keys, 1):
             if not i % PAUSE_EVERY:
                 self.pause()
             result = self._judge(key, self.kvs[key], self.config)
             if isinstance(result, Lease):
-                for claim in claims_of(result):
+                claims = claims_of(result)
+                valid.append((key, result, claims))
+                for claim in claims:
                     held = holders.get(claim)
                     if held is None:
                         holders[claim] = {key: result}
                     else:
                         held[key] = result
-        for held in self._rivals(holders):
+        contested: list[object] = []  # the claims of leases with a rival: judged as groups
+        for key, lease, claims in valid:
+            if all(len(holders[claim]) == 1 for claim in claims):
+                self._live[key] = lease
+            else:
+                contested += claims
+        for held in self._rivals(contested):
             kept, conflicts = resolve_conflicts(held)
             self._live.update(kept)
             self._conflicts.update((r.key, r) for r in conflicts)

@@ -151,19 +151,19 @@ def public_ip_problem(ip: IPv4Address | IPv6Address, config: NetworkConfig) -> s
     and outside the overlay of either family.
     """
     n = int(ip)
-    name = "PublicIP" if ip.version == 4 else "PublicIPv6"
     if ip.version == 4:
-        unusable = not n or n >> 28 >= 0xE or n >> 24 == 127 or n >> 16 == 0xA9FE
-    else:
-        unusable = (
-            ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local
-            or ip.is_reserved or ip.ipv4_mapped is not None
-        )  # fmt: skip
-    if unusable:
-        return f"{name} {ip} is not a unicast underlay address"
-    for overlay in (config.network, config.ipv6.network if config.ipv6 else None):
-        if overlay is not None and overlay.version == ip.version and _within(n, overlay):
-            return f"{name} {ip} is inside the overlay network {overlay}"
+        if not n or n >> 28 >= 0xE or n >> 24 == 127 or n >> 16 == 0xA9FE:
+            return f"PublicIP {ip} is not a unicast underlay address"
+        if _within(n, config.network):
+            return f"PublicIP {ip} is inside the overlay Network {config.network}"
+        return None
+    if (
+        ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local
+        or ip.is_reserved or ip.ipv4_mapped is not None
+    ):  # fmt: skip
+        return f"PublicIPv6 {ip} is not a unicast underlay address"
+    if config.ipv6 is not None and _within(n, config.ipv6.network):
+        return f"PublicIPv6 {ip} is inside the overlay IPv6Network {config.ipv6.network}"
     return None
 
 
