@@ -349,6 +349,7 @@ def test_a_node_without_public_ipv6_leases_ipv4_only(registry: Registry) -> None
 
 
 @pytest.mark.integration
+@pytest.mark.random_leases
 def test_previous_subnets_and_a_dual_stack_reservation_are_honoured(registry: Registry) -> None:
     registry.reserve(
         IPv4Network("198.19.5.0/24"),
