@@ -85,6 +85,11 @@ class Lease:
     vtep_mac_v6: str | None = None  # BackendV6Data.VtepMAC: the node's IPv6 VTEP device
 
     @property
+    def label(self) -> str:
+        """Its subnets for a log line: `10.20.4.0/24`, dual-stack `10.20.4.0/24+fc00:0:0:4::/64`."""
+        return f"{self.subnet}+{self.ipv6_subnet}" if self.ipv6_subnet else str(self.subnet)
+
+    @property
     def key_name(self) -> str:
         """The lease's key name below `<prefix>/subnets/`."""
         return lease_key_name(self.subnet, self.ipv6_subnet)

@@ -221,7 +221,7 @@ class Registry:
             if lease is not None:
                 log.info(
                     "lease %s for %s (etcd lease %s)",
-                    lease.key_name,
+                    lease.label,
                     public_ip,
                     lease.etcd_lease_id,
                 )
@@ -362,7 +362,7 @@ class Registry:
         key = self.keys.lease(lease.subnet, lease.ipv6_subnet)
         if not self._create_key(key, lease_to_json(lease), etcd_lease, lease, revision):
             self.etcd.revoke(etcd_lease)
-            log.debug("lost the race for %s; retrying", lease.key_name)
+            log.debug("lost the race for %s; retrying", lease.label)
             return None
         return replace(lease, etcd_lease_id=etcd_lease, mod_revision=self._mod_revision(key))
 
@@ -399,18 +399,16 @@ class Registry:
                 return replace(lease, mod_revision=kv.mod_revision)
         kv = self.etcd.get(key)
         if kv is None:
-            kvs, revision = self._subnet_kvs()
+            kvs, revision = self._subnet_kvs()  # (a dual-stack key: its IPv6 subnet too)
             ours = {lease.subnet, lease.ipv6_subnet}
-            if any(ours.intersection(_subnets_named(kv.key.rsplit("/", 1)[-1])) for kv in kvs):
-                raise LeaseLost(
-                    f"{lease.key_name} was taken by another node while ours had expired"
-                )
-            renewed = self._create(lease, ttl, revision)
+            names = (other.key.rsplit("/", 1)[-1] for other in kvs)
+            taken = any(ours.intersection(_subnets_named(name)) for name in names)
+            renewed = None if taken else self._create(lease, ttl, revision)
             if renewed is None:
                 raise LeaseLost(
-                    f"{lease.subnet} was taken by another node while our lease had expired"
+                    f"{lease.label} was taken by another node while our lease had expired"
                 )
-            log.warning("lease %s had expired; re-created it", lease.subnet)
+            log.warning("lease %s had expired; re-created it", lease.label)
             return renewed
         if public_ip_of(kv.value) != lease.public_ip:
             raise LeaseLost(f"{lease.subnet} now belongs to {public_ip_of(kv.value)}")

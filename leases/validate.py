@@ -260,7 +260,8 @@ def _lease(
 ) -> Lease:
     """One lease; a dual-stack key needs the value's IPv6 half (PublicIPv6, BackendV6Data),
     which is checked like the IPv4 one. In an IPv4-only config the key's IPv6 subnet has
-    no network to lie in: it is kept as written (the key names it), routed by no one."""
+    no network to lie in: it is kept as written (the key names it), routed by no one. An
+    IPv4-only key's value may carry a PublicIPv6: without a subnet it is ignored."""
     subnet, ipv6_subnet = _subnets(name, config)
     obj = _object(value)
     public_ip = _public_ip(obj, config)

@@ -299,7 +299,7 @@ class Agent:
             ),
             (EtcdUnavailable,),
         )  # fmt: skip
-        log.info("holding lease %s for %s (etcd lease %s)", self.lease.key_name, public_ip,
+        log.info("holding lease %s for %s (etcd lease %s)", self.lease.label, public_ip,
                  self.lease.etcd_lease_id)  # fmt: skip
         metrics.ACQUISITIONS.inc()
         metrics.LEASE.clear()

@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 import pytest
 
 from leases.config import ConfigError, leasable, parse_config
-from leases.errors import NetworkExhausted
+from leases.errors import LeaseLost, NetworkExhausted
 from leases.etcd_server import EtcdServer
 from leases.keys import KV, Keys
 from leases.model import Lease, lease_key_name
@@ -415,3 +415,24 @@ def test_ipv6_exhaustion_is_reported_like_ipv4s(etcd: EtcdServer) -> None:
         assert len({lease.ipv6_subnet for lease in got}) == 3
         with pytest.raises(NetworkExhausted, match="no free /126"):
             reg.acquire(**node(4), ttl=600)
+
+
+@pytest.mark.integration
+@pytest.mark.random_leases
+def test_renew_after_expiry_recreates_both_halves_unless_one_was_taken(registry: Registry) -> None:
+    lease = registry.acquire(**node(4), ttl=600)
+    registry.etcd.revoke(lease.etcd_lease_id)  # as if it had expired
+    renewed = registry.renew(lease, ttl=600)
+    assert (renewed.subnet, renewed.ipv6_subnet) == (lease.subnet, lease.ipv6_subnet)
+    assert renewed.etcd_lease_id != lease.etcd_lease_id
+    registry.etcd.revoke(renewed.etcd_lease_id)
+    # meanwhile another node's key names our IPv6 subnet under an IPv4 subnet of its own
+    free4 = next(
+        IPv4Network(f"198.19.{i}.0/24") for i in range(1, 21)
+        if registry.lease_for(IPv4Network(f"198.19.{i}.0/24")) is None
+        and IPv4Network(f"198.19.{i}.0/24") != lease.subnet
+    )  # fmt: skip
+    registry.etcd.put(registry.keys.lease(free4, lease.ipv6_subnet), flannel_value("198.18.0.9"))
+    with pytest.raises(LeaseLost, match=str(lease.ipv6_subnet)):
+        registry.renew(renewed)
+    assert registry.etcd.get(registry.keys.lease(lease.subnet, lease.ipv6_subnet)) is None
