@@ -9,6 +9,7 @@ the reply hooks of its target ports), on every switch.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from flows.services import (
     service_plan,
 )
 from flows.validate import Rejected, lease_problem, select_endpoints
+from leases.config import ipv6_notice
 from leases.events import (
     ConfigChanged,
     EndpointAdded,
@@ -58,6 +60,8 @@ from leases.events import (
 )
 from leases.model import Endpoint, Lease, NetworkConfig, Service, VxflowConfig
 from leases.state import PAUSE_EVERY
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,7 @@ class ClusterModel:
 
     def __init__(self) -> None:
         self.config: NetworkConfig | None = None
+        self._ipv6_noted = False  # the one warning that IPv6 is not routed yet was logged
         self._leases: dict[IPv4Network, Lease] = {}  # every lease the registry delivered
         self._problem: dict[IPv4Network, str | None] = {}
         self._by_ip: dict[IPv4Address, set[IPv4Network]] = defaultdict(set)  # valid ones only
@@ -300,6 +305,9 @@ class ClusterModel:
         PAUSE_EVERY leases, so a cooperative caller can yield during a large load.
         The services and vxflow's config are kept unless given."""
         self.config = config
+        if config is not None and not self._ipv6_noted and (notice := ipv6_notice(config)):
+            log.warning("%s", notice)
+            self._ipv6_noted = True
         if vxflow is not None:
             self.vxflow = vxflow
         if services is not None:

@@ -32,3 +32,9 @@ def gateway_mac(subnet: IPv4Network) -> str:
 def vtep_mac_for(public_ip: IPv4Address) -> str:
     """A node's VtepMAC: 0e:76 + its PublicIP (locally administered, stable across restarts)."""
     return _mac((0x0E, 0x76), public_ip)
+
+
+def vtep_mac_v6_for(public_ip: IPv4Address) -> str:
+    """A dual-stack node's BackendV6Data.VtepMAC, its IPv6 VTEP's own (flannel's
+    flannel-v6.<VNI> has one too): 0e:36 + its IPv4 PublicIP, unique as that is."""
+    return _mac((0x0E, 0x36), public_ip)

@@ -8,11 +8,11 @@ from typing import IO, Any
 import click
 
 from leases.cli_options import echo_table, echo_total, etcd_options, open_registry, operator_errors
-from leases.config import config_to_json
+from leases.config import config_to_json, ipv6_notice
 from leases.errors import ConfigMissing
 from leases.etcd_v2 import LeaseCopy, apply_import, plan_import
 from leases.keys import KeyKind
-from leases.model import NetworkConfig, subnet_key
+from leases.model import Lease, NetworkConfig, subnet_key
 from leases.validate import lease_to_json
 
 
@@ -41,7 +41,9 @@ def list_leases(output: str, **etcd: Any) -> None:
         if snap.config is None:
             detail = f": {snap.rejected[0].detail if snap.rejected else 'missing'}"
             note = registry.missing_config_note(snap)
-            raise ConfigMissing(f"no valid network config at {registry.keys.config}{note or detail}")
+            raise ConfigMissing(
+                f"no valid network config at {registry.keys.config}{note or detail}"
+            )
         rows = []
         for lease in snap.leases:
             ttl = registry.time_to_live(lease) if lease.etcd_lease_id is not None else None
@@ -52,7 +54,8 @@ def list_leases(output: str, **etcd: Any) -> None:
             "leases": [
                 {
                     "Subnet": str(lease.subnet),
-                    "Key": registry.keys.lease(lease.subnet),
+                    **({"IPv6Subnet": str(lease.ipv6_subnet)} if lease.ipv6_subnet else {}),
+                    "Key": registry.keys.lease(lease.subnet, lease.ipv6_subnet),
                     **json.loads(lease_to_json(lease)),
                     "TTL": ttl,
                 }
@@ -62,12 +65,15 @@ def list_leases(output: str, **etcd: Any) -> None:
         }
         click.echo(json.dumps(doc, indent=2))
     else:
-        header = ("SUBNET", "PUBLIC-IP", "VTEP-MAC", "VNI", "TTL")
-        lines = [header] + [
+        # the IPv6 columns only when a lease has an IPv6 half: IPv4-only output is as before
+        dual = any(lease.ipv6_subnet for lease, _ in rows)
+        six = ("IPV6-SUBNET", "PUBLIC-IPV6", "VTEP-MAC-V6") if dual else ()
+        lines = [("SUBNET", "PUBLIC-IP", "VTEP-MAC", *six, "VNI", "TTL")] + [
             (
                 str(lease.subnet),
                 str(lease.public_ip),
                 lease.vtep_mac,
+                *(_v6_columns(lease) if dual else ()),
                 str(lease.vni),
                 "reserved" if ttl is None else f"{ttl}s",
             )
@@ -106,12 +112,26 @@ def set_config(file: IO[bytes], **etcd: Any) -> None:
         cfg = registry.set_config(raw)
         key = registry.keys.config
     click.echo(f"wrote {key}: {_summary(cfg)}")
+    if notice := ipv6_notice(cfg):
+        click.echo(f"note: {notice}")
+
+
+def _v6_columns(lease: Lease) -> tuple[str, ...]:
+    """A lease's IPv6 half for the table ("-" for an IPv4-only lease among dual-stack ones)."""
+    six = (lease.ipv6_subnet, lease.public_ipv6, lease.vtep_mac_v6)
+    return tuple("-" if v is None else str(v) for v in six)
 
 
 def _summary(cfg: NetworkConfig) -> str:
+    six = ""
+    if cfg.ipv6 is not None:
+        six = (
+            f", IPv6Network {cfg.ipv6.network}, /{cfg.ipv6.subnet_len} subnets "
+            f"{subnet_key(cfg.ipv6.subnet_min)}..{subnet_key(cfg.ipv6.subnet_max)}"
+        )
     return (
         f"Network {cfg.network}, /{cfg.subnet_len} subnets "
-        f"{subnet_key(cfg.subnet_min)}..{subnet_key(cfg.subnet_max)}, VNI {cfg.backend.vni}"
+        f"{subnet_key(cfg.subnet_min)}..{subnet_key(cfg.subnet_max)}{six}, VNI {cfg.backend.vni}"
     )
 
 

@@ -494,6 +494,56 @@ class EtcdClient:
             return None
         return int(result["header"]["revision"])
 
+    def create_if_free(
+        self,
+        key: str,
+        value: str | bytes,
+        *,
+        lease: int | None = None,
+        free_prefix: str,
+        replaces: tuple[str, int] | None = None,
+        unchanged: tuple[str, int] | None = None,
+    ) -> bool:
+        """Create `key` in one transaction, only if no key starting with `free_prefix` exists
+        and, with `unchanged` = (prefix, revision), no key under `prefix` was written after
+        `revision`: a choice made from a listing at `revision` still holds. With `replaces`
+        = (key, mod_revision) that key, if still at that revision, is deleted in the same
+        transaction; `unchanged` then stands in for the `free_prefix` check (the replaced
+        key may start with it) and must be given.
+        """
+        if replaces is not None and unchanged is None:
+            raise ValueError("replacing a key needs `unchanged`")
+
+        def over(prefix: str) -> dict[str, str]:
+            return {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix))}
+
+        compares: list[dict[str, Any]] = []
+        success: list[dict[str, Any]] = []
+        if replaces is not None:
+            old, mod_revision = replaces
+            compares.append(
+                {"key": _b64(old), "result": "EQUAL", "target": "MOD", "mod_revision": mod_revision}
+            )
+            success.append({"request_delete_range": {"key": _b64(old)}})
+        else:
+            compares.append(
+                {**over(free_prefix), "result": "EQUAL", "target": "CREATE", "create_revision": 0}
+            )
+        compares.append(
+            {"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": 0}
+        )
+        if unchanged is not None:
+            prefix, revision = unchanged
+            compares.append(
+                {**over(prefix), "result": "LESS", "target": "MOD", "mod_revision": revision + 1}
+            )
+        put: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            put["lease"] = lease
+        success.append({"request_put": put})
+        txn = {"compare": compares, "success": success, "failure": []}
+        return bool(self.post("/kv/txn", txn).get("succeeded", False))
+
     def delete_if(self, key: str, *, mod_revision: int) -> bool:
         txn = {
             "compare": [

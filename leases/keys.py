@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
-from leases.model import VXFLOW_SUBPREFIX, Endpoint, subnet_key
+from leases.model import VXFLOW_SUBPREFIX, Endpoint, lease_key_name, subnet_key
 
 
 class KeyKind(StrEnum):
@@ -102,8 +102,8 @@ class Keys:
     def claim(self, datapath_id: int) -> str:
         return f"{self.masters}{datapath_id:016x}"
 
-    def lease(self, subnet: IPv4Network) -> str:
-        return self.subnets + subnet_key(subnet)
+    def lease(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:
+        return self.subnets + lease_key_name(subnet, ipv6_subnet)
 
     def node_endpoints(self, node_subnet: IPv4Network) -> str:
         return f"{self.endpoints}{subnet_key(node_subnet)}/"

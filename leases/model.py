@@ -8,7 +8,7 @@ them. Field names follow flannel's JSON where flannel has one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 FLANNEL_DEFAULT_PREFIX = "/coreos.com/network"
 VXFLOW_SUBPREFIX = "vxflow"  # <prefix>/vxflow/... holds vxflow's own keys
@@ -31,22 +31,45 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class FamilyConfig:
+    """One address family's part of the config: its Network, SubnetLen, SubnetMin and
+    SubnetMax (for IPv6 flannel's IPv6Network, IPv6SubnetLen, ...)."""
+
+    network: IPv4Network | IPv6Network
+    subnet_len: int
+    subnet_min: IPv4Network | IPv6Network
+    subnet_max: IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True)
 class NetworkConfig:
-    """`<prefix>/config`, validated, with flannel's defaults filled in."""
+    """`<prefix>/config`, validated, with flannel's defaults filled in.
+
+    `ipv6` is the IPv6 part of a dual-stack config (EnableIPv6), None when IPv4-only.
+    """
 
     network: IPv4Network
     subnet_len: int = DEFAULT_SUBNET_LEN
     subnet_min: IPv4Network | None = None  # None until defaults are applied
     subnet_max: IPv4Network | None = None
     backend: BackendConfig = field(default_factory=BackendConfig)
+    ipv6: FamilyConfig | None = None
+
+    @property
+    def v4(self) -> FamilyConfig:
+        assert self.subnet_min is not None and self.subnet_max is not None, "defaults applied"
+        return FamilyConfig(self.network, self.subnet_len, self.subnet_min, self.subnet_max)
 
 
 @dataclass(frozen=True)
 class Lease:
-    """One node's subnet lease: `<prefix>/subnets/<a.b.c.d>-<len>`.
+    """One node's subnet lease: `<prefix>/subnets/<a.b.c.d>-<len>`, or for a dual-stack
+    node `<a.b.c.d>-<len>&<ipv6 subnet address>-<len>` (flannel's key for both families).
 
     `backend_data_extra` keeps BackendData fields other than VNI and VtepMAC
-    (vxflow's own, or a newer flannel's) so they survive a rewrite.
+    (vxflow's own, or a newer flannel's) so they survive a rewrite. The IPv6 half
+    (`ipv6_subnet`, `public_ipv6` and BackendV6Data's VtepMAC; its VNI is the
+    config's, as BackendData's) is all None on an IPv4-only node.
     """
 
     subnet: IPv4Network
@@ -57,6 +80,19 @@ class Lease:
     backend_data_extra: tuple[tuple[str, object], ...] = ()
     etcd_lease_id: int | None = None  # the etcd lease the key is bound to (None: reservation)
     mod_revision: int = 0
+    ipv6_subnet: IPv6Network | None = None
+    public_ipv6: IPv6Address | None = None
+    vtep_mac_v6: str | None = None  # BackendV6Data.VtepMAC: the node's IPv6 VTEP device
+
+    @property
+    def label(self) -> str:
+        """Its subnets for a log line: `10.20.4.0/24`, dual-stack `10.20.4.0/24+fc00:0:0:4::/64`."""
+        return f"{self.subnet}+{self.ipv6_subnet}" if self.ipv6_subnet else str(self.subnet)
+
+    @property
+    def key_name(self) -> str:
+        """The lease's key name below `<prefix>/subnets/`."""
+        return lease_key_name(self.subnet, self.ipv6_subnet)
 
     @property
     def gateway(self) -> IPv4Address:
@@ -148,9 +184,16 @@ class VxflowConfig:
     service_network: IPv4Network | None = None  # the virtual IPs' range; None: no services
 
 
-def subnet_key(subnet: IPv4Network) -> str:
-    """flannel's key name for a subnet: `10.20.52.0-24`."""
+def subnet_key(subnet: IPv4Network | IPv6Network) -> str:
+    """flannel's key name for a subnet: `10.20.52.0-24` (`fc00:0:0:4::-64`)."""
     return f"{subnet.network_address}-{subnet.prefixlen}"
+
+
+def lease_key_name(subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> str:
+    """flannel's MakeSubnetKey: `10.20.4.0-24`, dual-stack `10.20.4.0-24&fc00:0:0:4::-64`."""
+    if ipv6_subnet is None:
+        return subnet_key(subnet)
+    return f"{subnet_key(subnet)}&{subnet_key(ipv6_subnet)}"
 
 
 def datapath_id_for(public_ip: IPv4Address) -> int:

@@ -8,13 +8,15 @@ nodes on one prefix never hands a subnet out twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from typing import Any
 from urllib.parse import urlsplit
 
 from leases.config import leasable, parse_config, subnet_range
@@ -40,6 +42,7 @@ from leases.model import (
     RENEW_MARGIN_SECONDS,
     Claim,
     Endpoint,
+    FamilyConfig,
     Lease,
     Member,
     NetworkConfig,
@@ -72,6 +75,7 @@ from leases.validate import (
     endpoint_to_json,
     lease_to_json,
     normalize_mac,
+    parse_lease_name,
     parse_subnet_name,
     public_ip_of,
     public_ip_problem,
@@ -84,6 +88,19 @@ MAX_TXN_OPS = 128  # etcd's --max-txn-ops default: the most puts one transaction
 CLAIMS_PER_TXN = 100  # below etcd's default --max-txn-ops (128)
 POLICIES_PER_TXN = 100  # `policies set` writes a file in one transaction: all or nothing
 MAX_TXN_BYTES = 1024 * 1024  # below etcd's default --max-request-bytes (1.5 MiB)
+
+
+def _subnets_named(name: str) -> list[IPv4Network | IPv6Network]:
+    """The subnets a subnet key's name covers, as far as they can be read: an unreadable
+    IPv6 part still leaves its IPv4 subnet taken."""
+    try:
+        subnets: list[IPv4Network | IPv6Network] = [parse_subnet_name(name.partition("&")[0])]
+    except ValueError:
+        return []
+    with contextlib.suppress(ValueError):
+        six = parse_lease_name(name)[1]
+        subnets += [six] if six is not None else []
+    return subnets
 
 
 def renew_interval(ttl: int = LEASE_TTL_SECONDS, margin: int = RENEW_MARGIN_SECONDS) -> float:
@@ -158,9 +175,9 @@ class Registry:
 
     # --- leases --------------------------------------------------------------
 
-    def _subnet_kvs(self) -> list[KV]:
-        kvs, _ = self.etcd.range(self.keys.subnets, prefix=True)
-        return kvs
+    def _subnet_kvs(self) -> tuple[list[KV], int]:
+        """Every subnet key, and the revision of that listing."""
+        return self.etcd.range(self.keys.subnets, prefix=True)
 
     def acquire(
         self,
@@ -170,55 +187,88 @@ class Registry:
         previous_subnet: IPv4Network | None = None,
         ttl: int = LEASE_TTL_SECONDS,
         backend_data_extra: Iterable[tuple[str, object]] = (),
+        public_ipv6: IPv6Address | str | None = None,
+        vtep_mac_v6: str | None = None,
+        previous_ipv6_subnet: IPv6Network | None = None,
     ) -> Lease:
         """Get this node's subnet lease, as flannel's LocalManager.AcquireLease does.
 
         Reuses the lease (or reservation) that already carries `public_ip`,
         else `previous_subnet` if it is free and fits the config, else a random
-        free subnet in [SubnetMin, SubnetMax]. Creation is an etcd transaction
-        that succeeds only if the key does not exist; a lost race is retried.
-        Raises NetworkExhausted when no subnet is free.
+        free subnet in [SubnetMin, SubnetMax]. With EnableIPv6 and a
+        `public_ipv6` the lease is dual-stack: an IPv6 subnet is chosen the same
+        way. Without EnableIPv6 they are not written, as flannel's; without a
+        PublicIPv6 (flannel would stop) the node leases IPv4 only. An entry of ours whose IPv4 subnet fits but whose IPv6 half no
+        longer does (IPv6 turned on or off) is moved to the right key, keeping
+        its IPv4 subnet, reservation or etcd lease. Creation is an etcd
+        transaction that succeeds only if the key does not exist; a lost race is
+        retried. Raises NetworkExhausted when no subnet is free.
         """
         cfg = self.get_config()
         public_ip = IPv4Address(public_ip)
-        problem = public_ip_problem(public_ip, cfg)
-        if problem:
-            raise ValueError(problem)
         template = Lease(
-            subnet=cfg.subnet_min or cfg.network,
+            subnet=cfg.network,
             public_ip=public_ip,
             vni=cfg.backend.vni,
             vtep_mac=normalize_mac(vtep_mac),
             backend_data_extra=tuple(sorted(backend_data_extra)),
         )
+        if cfg.ipv6 is not None and (public_ipv6 is None or vtep_mac_v6 is None):
+            log.warning("EnableIPv6 is set, but %s has no PublicIPv6: leasing IPv4 only",
+                        public_ip)  # fmt: skip
+        elif cfg.ipv6 is not None:
+            template = replace(
+                template,
+                public_ipv6=IPv6Address(public_ipv6),
+                vtep_mac_v6=normalize_mac(vtep_mac_v6),
+            )
+        for ip in (template.public_ip, template.public_ipv6):
+            if ip is not None and (problem := public_ip_problem(ip, cfg)):
+                raise ValueError(problem)
         _, _, size = subnet_range(cfg)
         for _ in range(size + 16):  # each lost race means another node got a subnet
-            kvs = self._subnet_kvs()
-            lease = self._reuse(cfg, kvs, template, ttl)
+            kvs, revision = self._subnet_kvs()
+            lease = self._reuse(cfg, kvs, revision, template, ttl, previous_ipv6_subnet)
             if lease is None:
-                subnet = self._pick(cfg, kvs, public_ip, previous_subnet)
-                lease = self._create(replace(template, subnet=subnet), ttl)
+                subnet = self._pick(cfg.v4, kvs, previous_subnet)
+                six = None
+                if cfg.ipv6 is not None and template.public_ipv6 is not None:
+                    six = self._pick(cfg.ipv6, kvs, previous_ipv6_subnet)
+                new = replace(template, subnet=subnet, ipv6_subnet=six)
+                lease = self._create(new, ttl, revision)
             if lease is not None:
                 log.info(
-                    "lease %s for %s (etcd lease %s)", lease.subnet, public_ip, lease.etcd_lease_id
+                    "lease %s for %s (etcd lease %s)",
+                    lease.label,
+                    public_ip,
+                    lease.etcd_lease_id,
                 )
                 return lease
         raise RegistryError(
             f"gave up acquiring a subnet for {public_ip} after {size + 16} lost races"
         )
 
-    def _reuse(self, cfg: NetworkConfig, kvs: list[KV], template: Lease, ttl: int) -> Lease | None:
-        """Claim the entry that already carries our PublicIP, if it fits the config."""
+    def _reuse(
+        self,
+        cfg: NetworkConfig,
+        kvs: list[KV],
+        revision: int,
+        template: Lease,
+        ttl: int,
+        previous_ipv6: IPv6Network | None,
+    ) -> Lease | None:
+        """Claim the entry that already carries our PublicIP, if its IPv4 subnet fits the config
+        (moving it to a new key if its IPv6 half does not)."""
         mine = []
         for kv in kvs:
             if public_ip_of(kv.value) != template.public_ip:
                 continue
             try:
-                subnet = parse_subnet_name(kv.key.rsplit("/", 1)[-1])
+                subnet, six = parse_lease_name(kv.key.rsplit("/", 1)[-1])
             except ValueError:
                 continue
             if leasable(cfg, subnet) or (kv.lease == 0 and subnet.subnet_of(cfg.network)):
-                mine.append((subnet, kv))
+                mine.append((subnet, six, kv))
             elif kv.lease:
                 log.info(
                     "deleting %s: lease of %s no longer fits the config", kv.key, template.public_ip
@@ -226,9 +276,30 @@ class Registry:
                 self.etcd.delete_if(kv.key, mod_revision=kv.mod_revision)
         if not mine:
             return None
-        subnet, kv = min(mine, key=lambda item: item[0])
-        lease = replace(template, subnet=subnet)
+        subnet, six, kv = min(mine, key=lambda item: item[0])
+        fam6 = cfg.ipv6 if template.public_ipv6 is not None else None  # IPv6 for this node
+        if fam6 is None:
+            fits, six = six is None, None
+        else:
+            fits = six is not None and (
+                leasable(fam6, six) or (kv.lease == 0 and six.subnet_of(fam6.network))
+            )
+            six = six if fits else self._pick(fam6, kvs, previous_ipv6)
+        lease = replace(template, subnet=subnet, ipv6_subnet=six)
         value = lease_to_json(lease)
+        key = self.keys.lease(subnet, six)
+        if not fits:  # same IPv4 subnet, reservation or etcd lease; the IPv6 half changes
+            log.info("moving %s to %s: its IPv6 subnet does not fit the config", kv.key, key)
+            if kv.lease and self.etcd.time_to_live(kv.lease)[0] <= 0:
+                return None  # expired meanwhile: the next round creates it anew
+            moved = (kv.key, kv.mod_revision)
+            if not self._create_key(key, value, kv.lease or None, lease, revision, moved):
+                return None
+            if kv.lease and self.etcd.keepalive(kv.lease) <= 0:
+                return None
+            return replace(
+                lease, etcd_lease_id=kv.lease or None, mod_revision=self._mod_revision(key)
+            )
         if kv.lease == 0:  # a reservation stays one (no TTL)
             if kv.value != value.encode() and not self.etcd.put_if(
                 kv.key, value, mod_revision=kv.mod_revision
@@ -257,47 +328,80 @@ class Registry:
         kv = self.etcd.get(key)
         return kv.mod_revision if kv else 0
 
-    def _pick(
-        self,
-        cfg: NetworkConfig,
-        kvs: list[KV],
-        public_ip: IPv4Address,
-        previous: IPv4Network | None,
-    ) -> IPv4Network:
-        first, step, count = subnet_range(cfg)
-        taken: set[int] = set()  # indexes of [SubnetMin, SubnetMax] blocked by any subnet key
+    def _pick(self, fam: FamilyConfig, kvs: list[KV], previous: Any) -> Any:
+        """A free subnet of one family: `previous` if it is free and fits, else a random one
+        (random, as flannel, so racing nodes rarely collide). Every subnet key blocks what
+        its part of that family covers, valid lease or not."""
+        first, step, count = subnet_range(fam)
+        blocked: list[tuple[int, int]] = []  # index ranges of [SubnetMin, SubnetMax] in use
         for kv in kvs:
-            try:
-                subnet = parse_subnet_name(kv.key.rsplit("/", 1)[-1])
-            except ValueError:
-                continue
-            lo = (int(subnet.network_address) - first) // step
-            hi = (int(subnet.broadcast_address) - first) // step
-            taken.update(range(max(lo, 0), min(hi, count - 1) + 1))
+            for subnet in _subnets_named(kv.key.rsplit("/", 1)[-1]):
+                if subnet.version == fam.network.version:
+                    lo = max((int(subnet.network_address) - first) // step, 0)
+                    hi = min((int(subnet.broadcast_address) - first) // step, count - 1)
+                    if lo <= hi:
+                        blocked.append((lo, hi))
+        merged: list[tuple[int, int]] = []
+        for lo, hi in sorted(blocked):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+            else:
+                merged.append((lo, hi))
+
+        def next_free(idx: int) -> int:
+            for lo, hi in merged:
+                if lo <= idx <= hi:
+                    idx = hi + 1
+            return idx
+
         if previous is not None:
             idx = (int(previous.network_address) - first) // step
-            if leasable(cfg, previous) and idx not in taken:
-                log.info("reusing previous subnet %s for %s", previous, public_ip)
+            if leasable(fam, previous) and next_free(idx) == idx:
+                log.info("reusing previous subnet %s", previous)
                 return previous
             log.info(
                 "previous subnet %s is taken or does not fit the config; picking another", previous
             )
-        if len(taken) >= count:
+        if sum(hi - lo + 1 for lo, hi in merged) >= count:
             raise NetworkExhausted(
-                f"no free /{cfg.subnet_len} in {cfg.subnet_min}..{cfg.subnet_max}: all {count} are leased"
+                f"no free /{fam.subnet_len} in {fam.subnet_min}..{fam.subnet_max}:"
+                f" all {count} are leased"
             )
-        start = random.randrange(count)  # random, as flannel, so racing nodes rarely collide
-        idx = next((start + i) % count for i in range(count) if (start + i) % count not in taken)
-        return IPv4Network((first + idx * step, cfg.subnet_len))
+        idx = next_free(random.randrange(count))
+        if idx >= count:
+            idx = next_free(0)
+        return ip_network((first + idx * step, fam.subnet_len))
 
-    def _create(self, lease: Lease, ttl: int) -> Lease | None:
+    def _create(self, lease: Lease, ttl: int, revision: int) -> Lease | None:
+        """Create the lease's key, only if no key names its IPv4 subnet and, dual-stack, no
+        subnet key was written since the listing at `revision` its IPv6 subnet was picked
+        from (a key only starts with its IPv4 subnet, so that is how etcd can tell)."""
         etcd_lease = self.etcd.grant(ttl)
-        key = self.keys.lease(lease.subnet)
-        if not self.etcd.put_if(key, lease_to_json(lease), mod_revision=0, lease=etcd_lease):
+        key = self.keys.lease(lease.subnet, lease.ipv6_subnet)
+        if not self._create_key(key, lease_to_json(lease), etcd_lease, lease, revision):
             self.etcd.revoke(etcd_lease)
-            log.debug("lost the race for %s; retrying", lease.subnet)
+            log.debug("lost the race for %s; retrying", lease.label)
             return None
         return replace(lease, etcd_lease_id=etcd_lease, mod_revision=self._mod_revision(key))
+
+    def _create_key(
+        self,
+        key: str,
+        value: str,
+        etcd_lease: int | None,
+        lease: Lease,
+        revision: int,
+        replaces: tuple[str, int] | None = None,
+    ) -> bool:
+        unchanged = (self.keys.subnets, revision) if lease.ipv6_subnet or replaces else None
+        return self.etcd.create_if_free(
+            key,
+            value,
+            lease=etcd_lease,
+            free_prefix=self.keys.lease(lease.subnet),
+            replaces=replaces,
+            unchanged=unchanged,
+        )
 
     def renew(self, lease: Lease, *, ttl: int = LEASE_TTL_SECONDS) -> Lease:
         """Refresh the lease's TTL; if it expired or vanished, take the subnet back.
@@ -306,19 +410,23 @@ class Registry:
         lease has another etcd_lease_id, the node's endpoints expired with the
         old one and must be published again.
         """
-        key = self.keys.lease(lease.subnet)
+        key = self.keys.lease(lease.subnet, lease.ipv6_subnet)
         if lease.etcd_lease_id is not None and self.etcd.keepalive(lease.etcd_lease_id) > 0:
             kv = self.etcd.get(key)
             if kv is not None and kv.lease == lease.etcd_lease_id:
                 return replace(lease, mod_revision=kv.mod_revision)
         kv = self.etcd.get(key)
         if kv is None:
-            renewed = self._create(lease, ttl)
+            kvs, revision = self._subnet_kvs()  # (a dual-stack key: its IPv6 subnet too)
+            ours = {lease.subnet, lease.ipv6_subnet}
+            names = (other.key.rsplit("/", 1)[-1] for other in kvs)
+            taken = any(ours.intersection(_subnets_named(name)) for name in names)
+            renewed = None if taken else self._create(lease, ttl, revision)
             if renewed is None:
                 raise LeaseLost(
-                    f"{lease.subnet} was taken by another node while our lease had expired"
+                    f"{lease.label} was taken by another node while our lease had expired"
                 )
-            log.warning("lease %s had expired; re-created it", lease.subnet)
+            log.warning("lease %s had expired; re-created it", lease.label)
             return renewed
         if public_ip_of(kv.value) != lease.public_ip:
             raise LeaseLost(f"{lease.subnet} now belongs to {public_ip_of(kv.value)}")
@@ -351,9 +459,16 @@ class Registry:
         log.info("released %s", lease.subnet)
 
     def reserve(
-        self, subnet: IPv4Network, public_ip: IPv4Address | str, vtep_mac: str | None = None
+        self,
+        subnet: IPv4Network,
+        public_ip: IPv4Address | str,
+        vtep_mac: str | None = None,
+        *,
+        ipv6_subnet: IPv6Network | None = None,
+        public_ipv6: IPv6Address | str | None = None,
     ) -> None:
-        """Pin `subnet` to `public_ip` without a TTL, as flannel's reservations.
+        """Pin `subnet` (dual-stack: and `ipv6_subnet`) to `public_ip` without a TTL, as
+        flannel's reservations.
 
         The node with that PublicIP gets this subnet from `acquire` and fills in
         its VtepMAC. Raises SubnetTaken if another PublicIP holds it.
@@ -362,12 +477,24 @@ class Registry:
         public_ip = IPv4Address(public_ip)
         if not (subnet.subnet_of(cfg.network) and subnet.prefixlen == cfg.subnet_len):
             raise ValueError(f"{subnet} is not a /{cfg.subnet_len} of {cfg.network}")
-        problem = public_ip_problem(public_ip, cfg)
-        if problem:
-            raise ValueError(problem)
-        key = self.keys.lease(subnet)
+        if ipv6_subnet is not None and not (
+            cfg.ipv6 is not None
+            and ipv6_subnet.subnet_of(cfg.ipv6.network)
+            and ipv6_subnet.prefixlen == cfg.ipv6.subnet_len
+        ):
+            raise ValueError(f"{ipv6_subnet} is not an IPv6 subnet of this config")
+        six_ip = None if public_ipv6 is None else IPv6Address(public_ipv6)
+        for ip in (public_ip, six_ip):
+            if ip is not None and (problem := public_ip_problem(ip, cfg)):
+                raise ValueError(problem)
+        key = self.keys.lease(subnet, ipv6_subnet)
         if vtep_mac is None:
-            value = f'{{"PublicIP":"{public_ip}","PublicIPv6":null}}'
+            value = json.dumps(
+                {"PublicIP": str(public_ip), "PublicIPv6": six_ip and str(six_ip)},
+                separators=(",", ":"),
+            )
+        elif ipv6_subnet is not None:
+            raise ValueError("a dual-stack reservation takes no VtepMAC: its node fills in both")
         else:
             lease = Lease(subnet, public_ip, cfg.backend.vni, normalize_mac(vtep_mac))
             value = lease_to_json(lease)
@@ -378,11 +505,11 @@ class Registry:
             )
         if not self.etcd.put_if(key, value, mod_revision=kv.mod_revision if kv else 0):
             raise SubnetTaken(f"{subnet} changed while reserving it; try again")
-        log.info("reserved %s for %s", subnet, public_ip)
+        log.info("reserved %s for %s", key, public_ip)
 
-    def unreserve(self, subnet: IPv4Network) -> bool:
+    def unreserve(self, subnet: IPv4Network, ipv6_subnet: IPv6Network | None = None) -> bool:
         """Delete a reservation (a subnet key without TTL); False if there was none."""
-        kv = self.etcd.get(self.keys.lease(subnet))
+        kv = self.etcd.get(self.keys.lease(subnet, ipv6_subnet))
         if kv is None or kv.lease:
             return False
         return self.etcd.delete_if(kv.key, mod_revision=kv.mod_revision)
@@ -618,8 +745,12 @@ class Registry:
     def lease_for(
         self, subnet: IPv4Network, config: NetworkConfig | None = None
     ) -> Lease | Rejection | None:
-        """The entry at `subnet` validated on its own (no cross-lease rules); None if absent."""
-        kv = self.etcd.get(self.keys.lease(subnet))
+        """The entry of IPv4 `subnet` (the key `<subnet>` or, dual-stack, `<subnet>&...`)
+        validated on its own (no cross-lease rules); None if absent."""
+        name = self.keys.lease(subnet)
+        kvs, _ = self.etcd.range(name, prefix=True)
+        kv = next((kv for kv in sorted(kvs, key=lambda kv: kv.key)
+                   if kv.key == name or kv.key.startswith(name + "&")), None)  # fmt: skip
         if kv is None:
             return None
         return check_lease(

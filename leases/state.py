@@ -36,10 +36,26 @@ from leases.events import (
     VxflowConfigChanged,
 )
 from leases.keys import KV, KeyKind, Keys
-from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig, Service, VxflowConfig
+from leases.model import (
+    Claim,
+    Endpoint,
+    Lease,
+    Member,
+    NetworkConfig,
+    Service,
+    VxflowConfig,
+    subnet_key,
+)
 from leases.policy import Namespace, NetworkPolicy, check_namespace, check_policy
 from leases.services import check_service, check_vxflow_config, resolve_services, underlay_of
-from leases.validate import Reason, Rejection, check_endpoint, check_lease, resolve_conflicts
+from leases.validate import (
+    Reason,
+    Rejection,
+    check_endpoint,
+    check_lease,
+    claims_of,
+    resolve_conflicts,
+)
 
 
 @dataclass(frozen=True)
@@ -146,7 +162,8 @@ class View:
         self.kvs: dict[str, KV] = {}
         self._config_rejection: Rejection | None = None
         self._leases: dict[str, Lease | Rejection] = {}  # each lease key, validated on its own
-        self._holders: dict[IPv4Address, dict[str, Lease]] = {}  # PublicIP -> valid leases
+        # each claim (PublicIP, PublicIPv6, IPv6 subnet: validate.claims_of) -> valid leases
+        self._holders: dict[object, dict[str, Lease]] = {}
         self._live: dict[str, Lease] = {}  # the leases in force (one per PublicIP)
         self._by_subnet: dict[IPv4Network, Lease] = {}
         self._conflicts: dict[str, Rejection] = {}
@@ -411,22 +428,54 @@ class View:
         if self.config is None:
             return keys
         holders = self._holders
+        valid: list[tuple[str, Lease, tuple[object, ...]]] = []
         for i, key in enumerate(keys, 1):
             if not i % PAUSE_EVERY:
                 self.pause()
             result = self._judge(key, self.kvs[key], self.config)
             if isinstance(result, Lease):
-                held = holders.get(result.public_ip)
-                if held is None:
-                    holders[result.public_ip] = {key: result}
-                else:
-                    held[key] = result
-        for held in holders.values():
+                claims = claims_of(result)
+                valid.append((key, result, claims))
+                for claim in claims:
+                    held = holders.get(claim)
+                    if held is None:
+                        holders[claim] = {key: result}
+                    else:
+                        held[key] = result
+        contested: list[object] = []  # the claims of leases with a rival: judged as groups
+        for key, lease, claims in valid:
+            if all(len(holders[claim]) == 1 for claim in claims):
+                self._live[key] = lease
+            else:
+                contested += claims
+        for held in self._rivals(contested):
             kept, conflicts = resolve_conflicts(held)
             self._live.update(kept)
             self._conflicts.update((r.key, r) for r in conflicts)
         self._by_subnet = {lease.subnet: lease for lease in self._live.values()}
         return keys
+
+    def _rivals(self, claims: Iterable[object]) -> list[dict[str, Lease]]:
+        """The valid leases holding `claims`, grouped into sets of rivals: leases linked
+        by a shared claim, directly or through others, are judged together (one group
+        for nearly every lease), so the outcome does not depend on what changed first."""
+        groups: list[dict[str, Lease]] = []
+        seen: set[object] = set()
+        for start in claims:
+            if start in seen or start not in self._holders:
+                continue
+            group: dict[str, Lease] = {}
+            todo, seen_here = [start], {start}
+            while todo:
+                for key, lease in self._holders.get(todo.pop(), {}).items():
+                    if key not in group:
+                        group[key] = lease
+                        fresh = [c for c in claims_of(lease) if c not in seen_here]
+                        seen_here.update(fresh)
+                        todo += fresh
+            seen |= seen_here
+            groups.append(group)
+        return groups
 
     def _update_leases(self, dirty: set[str]) -> tuple[list[Event], set[str], set[str]]:
         """Re-judge `dirty` lease keys and their PublicIP rivals.
@@ -434,26 +483,26 @@ class View:
         Returns the events, the subnet key names whose lease came or went, and
         every lease key judged.
         """
-        ips: set[IPv4Address] = set()
+        claims: set[object] = set()
         for key in dirty:
             old = self._leases.pop(key, None)
             if isinstance(old, Lease):
-                self._holders[old.public_ip].pop(key, None)
-                ips.add(old.public_ip)
+                for claim in claims_of(old):
+                    self._holders[claim].pop(key, None)
+                    if not self._holders[claim]:
+                        del self._holders[claim]
+                    claims.add(claim)
             kv = self.kvs.get(key)
             if kv is None or self.config is None:
                 continue
             result = self._judge(key, kv, self.config)
             if isinstance(result, Lease):
-                self._holders.setdefault(result.public_ip, {})[key] = result
-                ips.add(result.public_ip)
+                for claim in claims_of(result):
+                    self._holders.setdefault(claim, {})[key] = result
+                    claims.add(claim)
         winners: dict[str, Lease] = {}
         candidates = set(dirty)
-        for ip in ips:
-            holders = self._holders.get(ip)
-            if not holders:
-                self._holders.pop(ip, None)
-                continue
+        for holders in self._rivals(claims):
             candidates.update(holders)
             kept, conflicts = resolve_conflicts(holders)
             winners.update(kept)
@@ -471,9 +520,10 @@ class View:
                 self._live[key] = self._by_subnet[new.subnet] = new
             elif old is not None:
                 del self._live[key]
-                self._by_subnet.pop(old.subnet, None)
-            if (old is None) != (new is None):
-                toggled.add(key[len(self.keys.subnets) :])
+                if self._by_subnet.get(old.subnet) is old:  # (another key may hold it now)
+                    del self._by_subnet[old.subnet]
+            if (old is None) != (new is None):  # endpoint keys name the IPv4 subnet only
+                toggled.add(subnet_key((new or old).subnet))
             if old is None and new is not None:
                 events.append(LeaseAdded(new, self.revision))
             elif old is not None and new is None:
@@ -530,6 +580,9 @@ def _routing(lease: Lease) -> tuple[object, ...]:
         lease.backend_type,
         lease.backend_data_extra,
         lease.etcd_lease_id,
+        lease.ipv6_subnet,
+        lease.public_ipv6,
+        lease.vtep_mac_v6,
     )
 
 

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import AddressValueError, IPv4Address, IPv4Network
+from ipaddress import AddressValueError, IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from leases.config import MAX_VNI
@@ -28,6 +28,7 @@ _SUBNET_NAME = re.compile(r"^(\d{1,3}(?:\.\d{1,3}){3})-(\d{1,2})$")
 _OCTET = r"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 _CANONICAL_SUBNET_NAME = re.compile(rf"{_QUAD.pattern}-(3[0-2]|[12]?\d)")
+_V6_SUBNET_NAME = re.compile(r"([a-f\d:]+)-(\d{1,3})")
 _MAC = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}$")
 
 
@@ -113,8 +114,6 @@ def parse_subnet_name(name: str) -> IPv4Network:
             return IPv4Network((address, prefixlen))
     m = _SUBNET_NAME.match(name)
     if not m:
-        if "&" in name:
-            raise ValueError(f"dual-stack key {name!r} is not supported (IPv4 only)")
         raise ValueError(f"key name {name!r} is not <a.b.c.d>-<prefixlen>")
     try:
         return IPv4Network(f"{m.group(1)}/{m.group(2)}")
@@ -122,21 +121,54 @@ def parse_subnet_name(name: str) -> IPv4Network:
         raise ValueError(f"key name {name!r} is not a subnet: {exc}") from exc
 
 
-def _within(address: int, network: IPv4Network) -> bool:
+def parse_lease_name(name: str) -> tuple[IPv4Network, IPv6Network | None]:
+    """A lease's key name as its subnets: `10.20.4.0-24` or, dual-stack (flannel's
+    `(\\d+\\.\\d+.\\d+.\\d+)-(\\d+)(?:&([a-f\\d:]+)-(\\d+))?$`),
+    `10.20.4.0-24&fc00:0:0:4::-64`; ValueError if malformed. The IPv6 part must be
+    written as flannel writes it (canonical, no host bits), so one subnet has one key."""
+    v4, amp, v6 = name.partition("&")
+    subnet = parse_subnet_name(v4)
+    if not amp:
+        return subnet, None
+    m = _V6_SUBNET_NAME.fullmatch(v6)
+    if not m:
+        raise ValueError(f"IPv6 part of key name {name!r} is not <ipv6 address>-<prefixlen>")
+    try:
+        ipv6_subnet = IPv6Network(f"{m.group(1)}/{m.group(2)}")
+    except ValueError as exc:
+        raise ValueError(f"IPv6 part of key name {name!r} is not a subnet: {exc}") from exc
+    if subnet_key(ipv6_subnet) != v6:
+        raise ValueError(
+            f"IPv6 part of key name {name!r} is not flannel's form {subnet_key(ipv6_subnet)!r}"
+        )
+    return subnet, ipv6_subnet
+
+
+def _within(address: int, network: IPv4Network | IPv6Network) -> bool:
     return address & int(network.netmask) == int(network.network_address)
 
 
-def public_ip_problem(ip: IPv4Address, config: NetworkConfig) -> str | None:
-    """Why `ip` cannot be a node's PublicIP (underlay VTEP address), or None if it can.
+def public_ip_problem(ip: IPv4Address | IPv6Address, config: NetworkConfig) -> str | None:
+    """Why `ip` cannot be a node's PublicIP or PublicIPv6 (underlay VTEP address), or None.
 
     Not unspecified, multicast, loopback, link-local or reserved (ipaddress's
-    `is_*` ranges for IPv4), checked as integer ranges: this runs once per lease.
+    `is_*` ranges; for IPv4 checked as integer ranges: this runs once per lease),
+    and outside the overlay of either family.
     """
     n = int(ip)
-    if not n or n >> 28 >= 0xE or n >> 24 == 127 or n >> 16 == 0xA9FE:
-        return f"PublicIP {ip} is not a unicast underlay address"
-    if _within(n, config.network):
-        return f"PublicIP {ip} is inside the overlay Network {config.network}"
+    if ip.version == 4:
+        if not n or n >> 28 >= 0xE or n >> 24 == 127 or n >> 16 == 0xA9FE:
+            return f"PublicIP {ip} is not a unicast underlay address"
+        if _within(n, config.network):
+            return f"PublicIP {ip} is inside the overlay Network {config.network}"
+        return None
+    if (
+        ip.is_unspecified or ip.is_multicast or ip.is_loopback or ip.is_link_local
+        or ip.is_reserved or ip.ipv4_mapped is not None
+    ):  # fmt: skip
+        return f"PublicIPv6 {ip} is not a unicast underlay address"
+    if config.ipv6 is not None and _within(n, config.ipv6.network):
+        return f"PublicIPv6 {ip} is inside the overlay IPv6Network {config.ipv6.network}"
     return None
 
 
@@ -163,29 +195,35 @@ def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any
     return value
 
 
-def _subnet(name: str, config: NetworkConfig) -> IPv4Network:
+def _subnets(name: str, config: NetworkConfig) -> tuple[IPv4Network, IPv6Network | None]:
     try:
-        subnet = parse_subnet_name(name)
+        subnet, ipv6_subnet = parse_lease_name(name)
     except ValueError as exc:
         raise _Invalid(Reason.BAD_KEY, str(exc)) from exc
-    network = config.network
+    _fits(subnet, config.network, config.subnet_len, "")
+    if ipv6_subnet is not None and config.ipv6 is not None:
+        _fits(ipv6_subnet, config.ipv6.network, config.ipv6.subnet_len, "IPv6")
+    return subnet, ipv6_subnet
+
+
+def _fits(
+    subnet: IPv4Network | IPv6Network, network: IPv4Network | IPv6Network, length: int, fam: str
+) -> None:
     if subnet.prefixlen < network.prefixlen or not _within(int(subnet.network_address), network):
-        raise _Invalid(
-            Reason.OUTSIDE_NETWORK, f"subnet {subnet} is outside Network {config.network}"
-        )
-    if subnet.prefixlen != config.subnet_len:
-        raise _Invalid(
-            Reason.WRONG_LENGTH, f"subnet {subnet} is not a /{config.subnet_len} (SubnetLen)"
-        )
-    return subnet
+        raise _Invalid(Reason.OUTSIDE_NETWORK, f"subnet {subnet} is outside {fam}Network {network}")
+    if subnet.prefixlen != length:
+        raise _Invalid(Reason.WRONG_LENGTH, f"subnet {subnet} is not a /{length} ({fam}SubnetLen)")
 
 
-def _public_ip(obj: dict[str, Any], config: NetworkConfig) -> IPv4Address:
-    raw = _field(obj, "PublicIP", str)
+def _public_ip(obj: dict[str, Any], config: NetworkConfig, version: int = 4) -> Any:
+    name = "PublicIP" if version == 4 else "PublicIPv6"
+    raw = _field(obj, name, str)
     try:
-        ip = parse_ipv4(raw)
+        ip = parse_ipv4(raw) if version == 4 else IPv6Address(raw)
     except AddressValueError as exc:
-        raise _Invalid(Reason.BAD_PUBLIC_IP, f"PublicIP {raw!r} is not an IPv4 address") from exc
+        raise _Invalid(
+            Reason.BAD_PUBLIC_IP, f"{name} {raw!r} is not an IPv{version} address"
+        ) from exc
     problem = public_ip_problem(ip, config)
     if problem:
         raise _Invalid(Reason.BAD_PUBLIC_IP, problem)
@@ -203,6 +241,23 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _backend_data(obj: dict[str, Any], name: str, config: NetworkConfig) -> tuple[str, dict]:
+    """BackendData (or BackendV6Data): its VtepMAC and the rest; the VNI must be the config's."""
+    data = _field(obj, name, dict)
+    vni = data.get("VNI", config.backend.vni)  # flannel before 0.10 wrote no VNI
+    if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= MAX_VNI:
+        raise _Invalid(Reason.BAD_VNI, f"{name}.VNI {json.dumps(vni)} is not a VNI")
+    if vni != config.backend.vni:
+        raise _Invalid(
+            Reason.BAD_VNI, f"{name}.VNI {vni} differs from the config's {config.backend.vni}"
+        )
+    try:
+        mac = normalize_mac(_field(data, "VtepMAC", str))
+    except ValueError as exc:
+        raise _Invalid(Reason.BAD_MAC, f"{name}.VtepMAC: {exc}") from exc
+    return mac, data
+
+
 def _lease(
     name: str,
     value: bytes | str,
@@ -210,34 +265,34 @@ def _lease(
     etcd_lease_id: int | None,
     mod_revision: int,
 ) -> Lease:
-    subnet = _subnet(name, config)
+    """One lease; a dual-stack key needs the value's IPv6 half (PublicIPv6, BackendV6Data),
+    which is checked like the IPv4 one. In an IPv4-only config the key's IPv6 subnet has
+    no network to lie in: it is kept as written (the key names it), routed by no one. An
+    IPv4-only key's value may carry a PublicIPv6: without a subnet it is ignored."""
+    subnet, ipv6_subnet = _subnets(name, config)
     obj = _object(value)
     public_ip = _public_ip(obj, config)
     backend_type = _field(obj, "BackendType", str)
     if backend_type != "vxlan":
         raise _Invalid(Reason.BAD_BACKEND, f'BackendType {backend_type!r} is not "vxlan"')
-    data = _field(obj, "BackendData", dict)
-    vni = data.get("VNI", config.backend.vni)  # flannel before 0.10 wrote no VNI
-    if isinstance(vni, bool) or not isinstance(vni, int) or not 0 <= vni <= MAX_VNI:
-        raise _Invalid(Reason.BAD_VNI, f"BackendData.VNI {json.dumps(vni)} is not a VNI")
-    if vni != config.backend.vni:
-        raise _Invalid(
-            Reason.BAD_VNI, f"BackendData.VNI {vni} differs from the config's {config.backend.vni}"
-        )
-    try:
-        mac = normalize_mac(_field(data, "VtepMAC", str))
-    except ValueError as exc:
-        raise _Invalid(Reason.BAD_MAC, f"BackendData.VtepMAC: {exc}") from exc
+    mac, data = _backend_data(obj, "BackendData", config)
     extra = tuple(sorted((k, _freeze(v)) for k, v in data.items() if k not in ("VNI", "VtepMAC")))
+    public_ipv6 = mac6 = None
+    if ipv6_subnet is not None:
+        public_ipv6 = _public_ip(obj, config, 6)
+        mac6, _ = _backend_data(obj, "BackendV6Data", config)
     return Lease(
         subnet=subnet,
         public_ip=public_ip,
-        vni=vni,
+        vni=config.backend.vni,
         vtep_mac=mac,
         backend_type=backend_type,
         backend_data_extra=extra,
         etcd_lease_id=etcd_lease_id,
         mod_revision=mod_revision,
+        ipv6_subnet=ipv6_subnet,
+        public_ipv6=public_ipv6,
+        vtep_mac_v6=mac6,
     )
 
 
@@ -264,46 +319,52 @@ def public_ip_of(value: bytes | str) -> IPv4Address | None:
         return None
 
 
+def claims_of(lease: Lease) -> tuple[object, ...]:
+    """What a lease holds that no other lease may: its PublicIP and IPv4 subnet and,
+    dual-stack, its PublicIPv6 and IPv6 subnet. (Each subnet is only a part of a
+    dual-stack key, so two keys can name the same one.)"""
+    if lease.ipv6_subnet is None:
+        return lease.public_ip, lease.subnet
+    return lease.public_ip, lease.subnet, lease.public_ipv6, lease.ipv6_subnet
+
+
 def resolve_conflicts(leases: Mapping[str, Lease]) -> tuple[dict[str, Lease], list[Rejection]]:
-    """Drop leases that overlap another or share its PublicIP.
+    """Drop leases that overlap another or share its PublicIP, PublicIPv6 or IPv6 subnet.
 
     Deterministic, independent of the order of events: the lease with the
-    lowest subnet wins. (Valid leases all have SubnetLen, so overlaps only
-    arise from entries validated against different configs; kept as a guard.)
+    lowest subnet wins, of two keys naming one subnet the lower key. (Valid leases
+    all have SubnetLen, so other overlaps only arise from entries validated against
+    different configs; kept as a guard.)
     """
     if len(leases) == 1:  # the usual case: one lease per PublicIP
         return dict(leases), []
     kept: dict[str, Lease] = {}
     rejected: list[Rejection] = []
     ordered = sorted(
-        leases.items(), key=lambda kv: (kv[1].subnet.network_address, kv[1].subnet.prefixlen)
+        leases.items(),
+        key=lambda kv: (kv[1].subnet.network_address, kv[1].subnet.prefixlen, kv[0]),
     )
     last: tuple[str, Lease] | None = None  # kept lease reaching furthest up
-    holder: dict[IPv4Address, str] = {}
+    holder: dict[object, str] = {}
+
+    def reject(key: str, lease: Lease, reason: str, detail: str) -> None:
+        rejected.append(Rejection(KeyKind.LEASE, key, reason, detail, lease.mod_revision))
+
     for key, lease in ordered:
         if last and lease.subnet.network_address <= last[1].subnet.broadcast_address:
-            rejected.append(
-                Rejection(
-                    KeyKind.LEASE,
-                    key,
-                    Reason.OVERLAP,
-                    f"subnet {lease.subnet} overlaps {last[1].subnet} ({last[0]})",
-                    lease.mod_revision,
-                )
-            )
+            reject(key, lease, Reason.OVERLAP,
+                   f"subnet {lease.subnet} overlaps {last[1].subnet} ({last[0]})")  # fmt: skip
             continue
-        if lease.public_ip in holder:
-            rejected.append(
-                Rejection(
-                    KeyKind.LEASE,
-                    key,
-                    Reason.DUPLICATE_PUBLIC_IP,
-                    f"PublicIP {lease.public_ip} already holds {holder[lease.public_ip]}",
-                    lease.mod_revision,
-                )
-            )
+        taken = next((c for c in claims_of(lease) if c in holder), None)
+        if taken is not None:
+            if isinstance(taken, IPv4Network | IPv6Network):
+                reason, what = Reason.OVERLAP, f"subnet {taken} is already leased by"
+            else:
+                reason = Reason.DUPLICATE_PUBLIC_IP
+                what = f"{'PublicIP' if taken.version == 4 else 'PublicIPv6'} {taken} already holds"
+            reject(key, lease, reason, f"{what} {holder[taken]}")
             continue
-        holder[lease.public_ip] = key
+        holder.update((c, key) for c in claims_of(lease))
         kept[key] = lease
         if last is None or lease.subnet.broadcast_address > last[1].subnet.broadcast_address:
             last = (key, lease)
@@ -314,18 +375,20 @@ def lease_to_json(lease: Lease) -> str:
     """The lease's etcd value exactly as flannel's vxlan backend writes it.
 
     Go's json.Marshal of flannel's LeaseAttrs: compact, fields in struct order,
-    `PublicIPv6` null on an IPv4-only node, BackendV6Data omitted; vxflow's
+    `PublicIPv6` null and BackendV6Data omitted on an IPv4-only node; vxflow's
     extras only inside BackendData, after VNI and VtepMAC.
     """
     data: dict[str, Any] = {"VNI": lease.vni, "VtepMAC": lease.vtep_mac}
     for k, v in lease.backend_data_extra:
         data[k] = json.loads(v) if isinstance(v, RawJSON) else v
-    value = {
+    value: dict[str, Any] = {
         "PublicIP": str(lease.public_ip),
-        "PublicIPv6": None,
+        "PublicIPv6": str(lease.public_ipv6) if lease.public_ipv6 else None,
         "BackendType": lease.backend_type,
         "BackendData": data,
     }
+    if lease.vtep_mac_v6 is not None:
+        value["BackendV6Data"] = {"VNI": lease.vni, "VtepMAC": lease.vtep_mac_v6}
     return json.dumps(value, separators=(",", ":"))
 
 

@@ -47,7 +47,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import TypeVar
 
@@ -56,8 +56,8 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_when_ev
 from tenacity import wait_exponential as wait_exp
 
 from daemons.httpd import serve_in_thread, wsgi_app
-from flows.ports import vtep_mac_for
-from leases.config import ConfigError
+from flows.ports import vtep_mac_for, vtep_mac_v6_for
+from leases.config import ConfigError, ipv6_notice
 from leases.controllers import target_ip
 from leases.errors import ConfigMissing, EtcdUnavailable, LeaseLost, RegistryError
 from leases.events import ConfigChanged, Event, MemberAdded, MemberRemoved, VxflowConfigChanged
@@ -72,7 +72,13 @@ from leases.model import (
 )
 from leases.registry import Registry, renew_interval
 from leases.services import underlay_problem
-from leases.subnet_env import overlay_mtu, previous_subnet, subnet_env_for, write_subnet_env
+from leases.subnet_env import (
+    overlay_mtu,
+    previous_ipv6_subnet,
+    previous_subnet,
+    subnet_env_for,
+    write_subnet_env,
+)
 from ovsdb import idl as ovsidl
 from ovsdb import metrics
 from ovsdb.bootstrap import (
@@ -112,6 +118,7 @@ class AgentSettings:
     renew_margin: int = RENEW_MARGIN_SECONDS
     metrics_port: int = 0  # serve Prometheus metrics on metrics_listen:PORT; 0 = off
     metrics_listen: str = "127.0.0.1"
+    public_ipv6: IPv6Address | None = None  # the lease's PublicIPv6 under EnableIPv6
 
 
 @dataclass
@@ -153,6 +160,7 @@ class Agent:
         self.registry = registry
         self._stop = threading.Event()
         self.config: NetworkConfig | None = None
+        self._ipv6_noted = False  # the one warning that IPv6 is not routed yet was logged
         self.service_routes: tuple[IPv4Network, ...] = ()  # the ServiceNetwork, if any
         self._refused: IPv4Network | None = None  # the ServiceNetwork last refused
         self.lease: Lease | None = None
@@ -278,17 +286,23 @@ class Agent:
 
     def _acquire(self) -> None:
         """Get (or get back) this node's lease; subnet.env follows the next converge."""
+        if not self._ipv6_noted and (notice := ipv6_notice(self.config)):
+            log.warning("%s", notice)
+            self._ipv6_noted = True
         hint = self.lease.subnet if self.lease else previous_subnet(self.settings.subnet_file)
-        public_ip = self.settings.public_ip
+        hint6 = self.lease.ipv6_subnet if self.lease else previous_ipv6_subnet(
+            self.settings.subnet_file)  # fmt: skip
+        public_ip, public_ipv6 = self.settings.public_ip, self.settings.public_ipv6
         self.lease = self._retry(
             "acquiring a subnet lease",
             lambda: self.registry.acquire(
                 public_ip, vtep_mac_for(public_ip), previous_subnet=hint,
-                ttl=self.settings.lease_ttl,
+                ttl=self.settings.lease_ttl, public_ipv6=public_ipv6,
+                vtep_mac_v6=vtep_mac_v6_for(public_ip), previous_ipv6_subnet=hint6,
             ),
             (EtcdUnavailable,),
         )  # fmt: skip
-        log.info("holding lease %s for %s (etcd lease %s)", self.lease.subnet, public_ip,
+        log.info("holding lease %s for %s (etcd lease %s)", self.lease.label, public_ip,
                  self.lease.etcd_lease_id)  # fmt: skip
         metrics.ACQUISITIONS.inc()
         metrics.LEASE.clear()

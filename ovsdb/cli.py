@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -123,17 +123,36 @@ def _apply_sysconfig(ctx: click.Context, params: dict[str, Any]) -> None:
         log.info("%s: %s=%s", path, name, "***" if name == "etcd_password" else params[name])
 
 
-def resolve_public_ip(public_ip: str | None, iface: str | None) -> IPv4Address:
-    if public_ip:
+def _public_address(
+    given: str | None, iface: str | None, version: int
+) -> tuple[IPv4Address | IPv6Address | None, str | None]:
+    """The flag's address, else the first one of --iface (or of the default route's
+    interface) in that family; and the interface looked at."""
+    if given:
+        flag = "--public-ip" if version == 4 else "--public-ipv6"
         try:
-            return IPv4Address(public_ip)
+            address = ip_address(given)
         except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--public-ip") from exc
+            raise click.BadParameter(str(exc), param_hint=flag) from exc
+        if address.version != version:
+            raise click.BadParameter(f"{given} is not an IPv{version} address", param_hint=flag)
+        return address, iface
     iface = iface or default_route_interface()
-    if iface is None:
+    return (address_of(iface, version=version) if iface else None), iface
+
+
+def resolve_public_ipv6(public_ipv6: str | None, iface: str | None) -> IPv6Address | None:
+    """--public-ipv6, else the first global IPv6 address of --iface (or of the default
+    route's interface), else None: a dual-stack config then gets an IPv4-only lease."""
+    address, _ = _public_address(public_ipv6, iface, 6)
+    return address if isinstance(address, IPv6Address) else None
+
+
+def resolve_public_ip(public_ip: str | None, iface: str | None) -> IPv4Address:
+    address, iface = _public_address(public_ip, iface, 4)
+    if iface is None and address is None:
         raise click.UsageError("no --public-ip, no --iface and no default route to pick one from")
-    address = address_of(iface)
-    if address is None:
+    if not isinstance(address, IPv4Address):
         raise click.UsageError(f"interface {iface} has no IPv4 address to use as PublicIP")
     return address
 
@@ -246,6 +265,10 @@ def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
 
 @click.command()
 @node_options
+@click.option("--public-ipv6", envvar="FLANNELD_PUBLIC_IPV6", show_envvar=True,
+              help="This node's IPv6 underlay address, the lease's PublicIPv6 when the config "
+                   "has EnableIPv6. Default: the first global IPv6 address of --iface; none: "
+                   "an IPv4-only lease. (vxflow does not route IPv6 yet.)")  # fmt: skip
 @click.option("--ip-masq", envvar="FLANNELD_IP_MASQ", show_envvar=True, is_flag=True,
               help="Masquerade traffic from the overlay to outside it with flannel's rules "
                    "(nftables table `ip vxflow`, checked every 5 s and restored if changed); "
@@ -287,6 +310,7 @@ def agent(ctx: click.Context, **params: Any) -> None:
     _apply_sysconfig(ctx, params)
     settings = AgentSettings(
         public_ip=resolve_public_ip(params["public_ip"], params["iface"]),
+        public_ipv6=resolve_public_ipv6(params["public_ipv6"], params["iface"]),
         subnet_file=Path(params["subnet_file"]),
         ovsdb=params["ovsdb"],
         controllers=tuple(params["controllers"]),

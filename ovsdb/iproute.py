@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 
 class IprouteError(RuntimeError):
@@ -67,12 +67,17 @@ def link_holding(address: IPv4Address, netns: str | None = None) -> dict | None:
     return None
 
 
-def address_of(ifname: str, netns: str | None = None) -> IPv4Address | None:
-    """The first IPv4 address of `ifname` (flannel's --iface), or None."""
-    for link in ip_json("addr", "show", "dev", ifname, netns=netns):
+def address_of(
+    ifname: str, netns: str | None = None, version: int = 4
+) -> IPv4Address | IPv6Address | None:
+    """The first IPv4 address of `ifname` (flannel's --iface), or with `version` 6 its first
+    global IPv6 one (flannel's PublicIPv6 from --iface); None if it has none."""
+    args = ("addr", "show", "dev", ifname) + (("scope", "global") if version == 6 else ())
+    family = "inet" if version == 4 else "inet6"
+    for link in ip_json(f"-{version}", *args, netns=netns):
         for info in link.get("addr_info", []):
-            if info.get("family") == "inet":
-                return IPv4Address(info["local"])
+            if info.get("family") == family:
+                return ip_address(info["local"])
     return None
 
 

@@ -13,6 +13,7 @@ from controller.switch import State, SwitchSync
 from flows.compiler import FLOWS_PER_LEASE, compile_node, subnet_cookie
 from flows.flow import Owner, flow, output
 from flows.ports import vtep_mac_for
+from leases.config import parse_config
 from leases.events import EndpointAdded, LeaseAdded, LeaseChanged, LeaseRemoved
 from leases.model import Endpoint, Lease, NetworkConfig
 
@@ -494,3 +495,20 @@ def test_sending_to_a_switch_that_reads_nothing_never_waits_and_is_bounded():
     finally:
         peer.close()
         conn.close()
+
+
+def test_a_dual_stack_config_is_said_once_not_to_be_routed_for_ipv6(caplog) -> None:
+    """The controller keeps working for IPv4 and says, once per process's model, that it
+    does not route IPv6 yet: not again on a reload, never for an IPv4-only config."""
+    model = ClusterModel()
+    plain = parse_config('{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}')
+    dual = parse_config(
+        '{"Network": "198.19.0.0/16", "EnableIPv6": true, "IPv6Network": "fc00::/48",'
+        ' "Backend": {"Type": "vxlan"}}'
+    )
+    with caplog.at_level("WARNING", logger="controller.model"):
+        model.load(plain, [], [])
+        assert "IPv6" not in caplog.text
+        model.load(dual, [], [])
+        model.load(dual, [], [])
+    assert caplog.text.count("does not route IPv6 yet") == 1

@@ -158,3 +158,49 @@ def test_help_names_flanneld_environment() -> None:
     assert "FLANNELD_ETCD_ENDPOINTS" in result.output and "FLANNELD_ETCD_PREFIX" in result.output
     bad = CliRunner().invoke(cli, ["config", "show", "--etcd-prefix", "no-slash"])
     assert bad.exit_code == 2 and "--etcd-prefix" in bad.output
+
+
+@pytest.mark.integration
+def test_dual_stack_config_and_leases_show_their_ipv6_half(etcd: EtcdServer, tmp_path: Path) -> None:
+    dual = tmp_path / "dual.json"
+    dual.write_text(
+        '{"Network": "10.20.0.0/16", "EnableIPv6": true, "IPv6Network": "fc00::/48",'
+        ' "Backend": {"Type": "vxlan"}}'
+    )
+    result = run(etcd, "config", "set", str(dual))
+    assert result.exit_code == 0, result.output
+    assert "IPv6Network fc00::/48, /64 subnets fc00:0:0:1::-64..fc00:0:0:ffff::-64" in result.stdout
+    assert "note: EnableIPv6:" in result.stdout and "does not route IPv6 yet" in result.stdout
+    shown = json.loads(run(etcd, "config", "show").stdout)
+    assert {k: v for k, v in shown.items() if "IPv" in k} == {
+        "EnableIPv4": True,
+        "EnableIPv6": True,
+        "IPv6Network": "fc00::/48",
+        "IPv6SubnetLen": 64,
+        "IPv6SubnetMin": "fc00:0:0:1::",
+        "IPv6SubnetMax": "fc00:0:0:ffff::",
+    }
+    with Registry(etcd.endpoint, PREFIX) as reg:
+        ours = reg.acquire("10.140.0.6", "02:aa:bb:cc:dd:ee", public_ipv6="fd40::6",
+                           vtep_mac_v6="02:aa:bb:cc:dd:66", ttl=600)  # fmt: skip
+        plain = reg.acquire("10.140.0.7", "02:aa:bb:cc:dd:77", ttl=600)  # no PublicIPv6
+    assert ours.ipv6_subnet is not None and plain.ipv6_subnet is None
+
+    lines = run(etcd, "leases", "list").stdout.splitlines()
+    assert lines[0].split() == [
+        "SUBNET", "PUBLIC-IP", "VTEP-MAC", "IPV6-SUBNET", "PUBLIC-IPV6", "VTEP-MAC-V6", "VNI", "TTL"
+    ]  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
+    assert rows[str(ours.subnet)][1:7] == [
+        "10.140.0.6", "02:aa:bb:cc:dd:ee", str(ours.ipv6_subnet), "fd40::6", "02:aa:bb:cc:dd:66",
+        "1",
+    ]  # fmt: skip
+    assert rows[str(plain.subnet)][3:6] == ["-", "-", "-"]
+
+    doc = json.loads(run(etcd, "leases", "list", "--output", "json").stdout)
+    item = next(i for i in doc["leases"] if i["Subnet"] == str(ours.subnet))
+    assert item["IPv6Subnet"] == str(ours.ipv6_subnet)
+    assert item["Key"] == f"{PREFIX}/subnets/{ours.key_name}"
+    assert item["PublicIPv6"] == "fd40::6"
+    assert item["BackendV6Data"] == {"VNI": 1, "VtepMAC": "02:aa:bb:cc:dd:66"}
+    assert "IPv6Subnet" not in next(i for i in doc["leases"] if i["Subnet"] == str(plain.subnet))

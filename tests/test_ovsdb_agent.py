@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -488,3 +488,60 @@ def test_agent_refuses_a_service_network_holding_etcd_or_its_next_hop(cluster1: 
     assert metric(url, "vxflow_agent_service_network_refused_total") == 2
     cluster1.registry.etcd.put(key, json.dumps({"ServiceNetwork": "198.20.0.0/16"}))
     wait_for(lambda: routed(node, "198.20.0.0/16"), "the harmless ServiceNetwork routed")
+
+
+DUAL_CONFIG = (
+    '{"Network": "198.19.0.0/16", "SubnetLen": 24, "EnableIPv6": true,'
+    ' "IPv6Network": "fc00::/48", "Backend": {"Type": "vxlan", "VNI": 1}}'
+)
+
+
+@pytest.mark.integration
+def test_dual_stack_config_gives_dual_stack_leases_and_ipv4_keeps_working(
+    cluster3: Cluster,
+) -> None:
+    """Under EnableIPv6: a node with --public-ipv6 and one whose --iface carries a global
+    IPv6 address get flannel's dual-stack lease and subnet.env; a node with neither gets an
+    IPv4-only one. Each brings its IPv4 gateway up as before and says once, in its log,
+    that vxflow does not route IPv6 yet."""
+    cluster3.registry.set_config(DUAL_CONFIG)
+    flag, iface, none = cluster3.agents
+    flag.extra = ("--public-ipv6", "fd18::a")
+    iface.node.run("ip", "-6", "addr", "add", "fd18::b/64", "dev", "br-phy", "nodad")
+    iface.env = {"FLANNELD_IFACE": "br-phy"}
+    for agent in cluster3.agents:
+        agent.start()
+    subnets = [agent.subnet() for agent in cluster3.agents]  # IPv4 gateways up, as before
+    leases = {lease.public_ip: lease for lease in cluster3.registry.list_leases()}
+    assert [leases[a.node.underlay_ip].subnet for a in cluster3.agents] == subnets
+    for agent, public_ipv6 in ((flag, "fd18::a"), (iface, "fd18::b")):
+        lease = leases[agent.node.underlay_ip]
+        assert str(lease.public_ipv6) == public_ipv6
+        six = lease.ipv6_subnet
+        assert six is not None and six.subnet_of(IPv6Network("fc00::/48")) and six.prefixlen == 64
+        key = f"{PREFIX}/subnets/{lease.subnet.network_address}-24&{six.network_address}-64"
+        assert cluster3.registry.etcd.get(key) is not None  # flannel's dual-stack key
+        assert agent.subnet_file.read_text() == (
+            f"FLANNEL_NETWORK=198.19.0.0/16\nFLANNEL_SUBNET={lease.subnet.network_address + 1}/24\n"
+            f"FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET={six.network_address + 1}/64\n"
+            "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        )
+    assert leases[flag.node.underlay_ip].ipv6_subnet != leases[iface.node.underlay_ip].ipv6_subnet
+    plain = leases[none.node.underlay_ip]
+    assert (plain.ipv6_subnet, plain.public_ipv6) == (None, None)
+    assert none.subnet_file.read_text() == (
+        f"FLANNEL_NETWORK=198.19.0.0/16\nFLANNEL_SUBNET={plain.subnet.network_address + 1}/24\n"
+        "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+    )
+    assert "has no PublicIPv6: leasing IPv4 only" in none.log_text()
+    for agent in cluster3.agents:
+        assert agent.log_text().count("does not route IPv6 yet") == 1, agent.log_text()
+
+    # restarted, a node asks for both of its subnets again (subnet.env) and gets them
+    lease = leases[flag.node.underlay_ip]
+    flag.stop()
+    cluster3.registry.release(lease)
+    flag.start()
+    again = wait_for(lambda: cluster3.registry.lease_for(lease.subnet), "the lease taken again")
+    assert flag.subnet() == lease.subnet
+    assert again.ipv6_subnet == lease.ipv6_subnet and again.etcd_lease_id != lease.etcd_lease_id

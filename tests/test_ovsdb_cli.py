@@ -9,15 +9,17 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from flows.ports import vtep_mac_for
 from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.registry import Registry
+from ovsdb.cli import resolve_public_ip, resolve_public_ipv6
 from tests.emulation import ROOT_UNDERLAY_IP, Node, Underlay
 from vxflow.cli import cli
 
@@ -122,3 +124,16 @@ def test_settings_precedence_flag_over_env_over_sysconfig(tmp_path: Path) -> Non
     bad.write_text("FLANNEL_ETCD_KEY=atomic.io/network\n")  # not an absolute prefix
     res = runner.invoke(cli, ["bootstrap", "--sysconfig", str(bad), "--public-ip", "198.18.0.77"])
     assert res.exit_code == 1 and "etcd prefix must start" in res.output
+
+
+def test_public_addresses_from_flags_are_checked_per_family() -> None:
+    assert resolve_public_ip("198.18.0.77", None) == IPv4Address("198.18.0.77")
+    assert resolve_public_ipv6("fd18::77", None) == IPv6Address("fd18::77")
+    for resolve, wrong, flag in (
+        (resolve_public_ip, "fd18::77", "--public-ip"),
+        (resolve_public_ipv6, "198.18.0.77", "--public-ipv6"),
+        (resolve_public_ipv6, "fd18::zz", "--public-ipv6"),
+    ):
+        with pytest.raises(click.BadParameter) as info:
+            resolve(wrong, None)
+        assert info.value.param_hint == flag
