@@ -38,6 +38,7 @@ from controller.options import CONF, etcd_access
 from controller.replica import Coordinator, Membership, advertised_target, default_member_id
 from controller.role import SwitchRole
 from controller.switch import SwitchSync, audit_spacing
+from daemons.build import VERSION
 from leases.controllers import member_id_problem, target_problem
 from leases.errors import RegistryError
 from leases.events import ReplicaEvent
@@ -147,8 +148,8 @@ class VxflowController(app_manager.OSKenApp):
             ready=lambda: self.model.config is not None,
         )  # fmt: skip
         log.info(
-            "vxflow controller %s (%s): etcd %s prefix %s (%s), member TTL %ds, audit every %ss",
-            member_id, address or "address not advertised: switches must be given it",
+            "vxflow %s controller %s (%s): etcd %s prefix %s (%s), member TTL %ds, audit every "
+            "%ss", VERSION, member_id, address or "address not advertised: switches must be given it",
             self.endpoints, self.prefix, self.access, ttl, CONF.vxflow_audit_interval,
         )  # fmt: skip
 

@@ -10,10 +10,12 @@ from typing import Any
 
 import click
 
+from daemons.build import banner
 from leases.cli_options import etcd_access, etcd_options, open_registry, operator_errors
 from leases.controllers import member_id_problem, target_problem
 from vxflow.options import metrics_options
 
+log = logging.getLogger("controller")
 
 def _stop(*_args: object) -> None:
     raise KeyboardInterrupt
@@ -87,6 +89,7 @@ def controller(listen: str, port: int, audit_interval: float, metrics_port: int,
     """
     from controller.options import CONF
 
+    log.info(banner("controller"))
     tls = [ctl_privkey, ctl_cert, ca_certs]
     if any(tls) and not all(tls):
         raise click.UsageError("OpenFlow TLS needs all of --ctl-privkey, --ctl-cert, --ca-certs")
