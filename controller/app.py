@@ -39,6 +39,7 @@ from controller.replica import Coordinator, Membership, advertised_target, defau
 from controller.role import SwitchRole
 from controller.switch import SwitchSync, audit_spacing
 from daemons.build import VERSION
+from daemons.notify import Notifier
 from leases.controllers import member_id_problem, target_problem
 from leases.errors import RegistryError
 from leases.events import ReplicaEvent
@@ -143,6 +144,7 @@ class VxflowController(app_manager.OSKenApp):
             member_id, address, ttl, on_change=self._membership_changed,
             status=status.status_url(CONF.vxflow_metrics_listen, CONF.vxflow_metrics_port, address),
         )  # fmt: skip
+        self.notifier = Notifier.from_environ()  # systemd's Type=notify and watchdog
         self.coordinator = Coordinator(
             self.membership, Registry(self.endpoints, self.prefix, access=self.access), self.roles,
             ready=lambda: self.model.config is not None,
@@ -158,6 +160,8 @@ class VxflowController(app_manager.OSKenApp):
         it held back meanwhile."""
         self.coordinator.request()
         if self.membership.valid():
+            # joined: the registry is loaded (a replica joins only once it knows the config)
+            self.notifier.ready(f"member {self.membership.id} of the controller cluster")
             for sync in list(self.switches.values()):
                 sync.resume()
 
@@ -171,6 +175,8 @@ class VxflowController(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self._follow_registry))
         if CONF.vxflow_audit_interval > 0:
             self.threads.append(hub.spawn(self._audit_loop))
+        if self.notifier.watchdog_interval:
+            self.threads.append(hub.spawn(self._watchdog))
         if CONF.vxflow_metrics_port:
             # prometheus_client's own server thread blocks under eventlet: serve it green
             server = hub.WSGIServer(
@@ -185,11 +191,20 @@ class VxflowController(app_manager.OSKenApp):
     def stop(self):
         """A clean stop (Ctrl-C, SIGTERM under `vxflow controller`): leave the cluster first,
         so this replica's switches move to the others now rather than after its TTL."""
+        self.notifier.stopping()
         self.membership.leave()
         for thread in self.threads:  # they loop forever: os-ken's stop() would wait on them
             hub.kill(thread)
         self.threads = []
         super().stop()
+
+    def _watchdog(self) -> None:
+        """WATCHDOG=1 while the hub runs and this replica's membership is in good standing
+        (lapsed for the whole WatchdogSec, it is restarted and registers anew)."""
+        while True:
+            if self.membership.valid():
+                self.notifier.watchdog()
+            hub.sleep(self.notifier.watchdog_interval / 4)
 
     # -- etcd -----------------------------------------------------------------
 
