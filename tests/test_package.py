@@ -76,21 +76,33 @@ def source_copy(dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture(scope="module")
-def install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
-    tmp = tmp_path_factory.mktemp("wheel")
+def build_wheel(tmp: Path) -> Path:
+    """The wheel, built as the README shows in a copy of the checkout, moved to `tmp`."""
     src = source_copy(tmp / "src")
     (src / ".venv").symlink_to(Path(sys.executable).parents[1])  # as scripts/setup.sh left it
     subprocess.run(shlex.split(BUILD), cwd=src, check=True, capture_output=True)
     (built,) = (src / "dist").glob("vxflow-*.whl")
     wheel = Path(shutil.move(built, tmp / built.name))
-    venv = tmp / "venv"
-    subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)],
-                   check=True)  # fmt: skip
+    shutil.rmtree(src)
+    return wheel
+
+
+def use_tested_dependencies(venv: Path) -> None:
+    """Put this environment's site-packages on `venv`'s path (see the module's docstring)."""
     site = Path(subprocess.run([str(venv / "bin" / "python"), "-c",
                                 "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
     (site / "vxflow-test-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+
+
+@pytest.fixture(scope="module")
+def install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
+    tmp = tmp_path_factory.mktemp("wheel")
+    wheel = build_wheel(tmp)
+    venv = tmp / "venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True)  # fmt: skip
+    use_tested_dependencies(venv)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "install", "--no-index", "--no-deps", str(wheel)], check=True,
                    capture_output=True)  # fmt: skip
@@ -99,7 +111,6 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
     assert (checked.returncode, checked.stdout) == (0, ""), checked  # ranges hold what is tested
     workdir = tmp / "elsewhere"
     workdir.mkdir()
-    shutil.rmtree(src)  # the wheel was moved out first
     yield Install(wheel, venv, workdir)
 
 
