@@ -76,9 +76,15 @@ def source_copy(dest: Path) -> Path:
     return dest
 
 
-def build_wheel(tmp: Path) -> Path:
-    """The wheel, built as the README shows in a copy of the checkout, moved to `tmp`."""
+def build_wheel(tmp: Path, version: str | None = None) -> Path:
+    """The wheel, built as the README shows in a copy of the checkout, moved to `tmp`
+    (`version`: as the next release, this tree's code under another version)."""
     src = source_copy(tmp / "src")
+    if version is not None:
+        pyproject = src / "pyproject.toml"
+        text = pyproject.read_text()
+        assert f'version = "{VERSION}"' in text
+        pyproject.write_text(text.replace(f'version = "{VERSION}"', f'version = "{version}"', 1))
     (src / ".venv").symlink_to(Path(sys.executable).parents[1])  # as scripts/setup.sh left it
     subprocess.run(shlex.split(BUILD), cwd=src, check=True, capture_output=True)
     (built,) = (src / "dist").glob("vxflow-*.whl")
@@ -95,10 +101,9 @@ def use_tested_dependencies(venv: Path) -> None:
     (site / "vxflow-test-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
 
 
-@pytest.fixture(scope="module")
-def install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
-    tmp = tmp_path_factory.mktemp("wheel")
-    wheel = build_wheel(tmp)
+def install_wheel(tmp: Path, version: str | None = None) -> tuple[Path, Path]:
+    """(wheel, venv): the wheel built and installed into a fresh venv in `tmp`."""
+    wheel = build_wheel(tmp, version)
     venv = tmp / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)],
                    check=True)  # fmt: skip
@@ -106,6 +111,13 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
     pip = [str(venv / "bin" / "python"), "-m", "pip", "-q", "--disable-pip-version-check"]
     subprocess.run([*pip, "install", "--no-index", "--no-deps", str(wheel)], check=True,
                    capture_output=True)  # fmt: skip
+    return wheel, venv
+
+
+@pytest.fixture(scope="module")
+def install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
+    tmp = tmp_path_factory.mktemp("wheel")
+    wheel, venv = install_wheel(tmp)
     checked = subprocess.run([str(venv / "bin" / "python"), "-c", UNMET], capture_output=True,
                              text=True)  # fmt: skip
     assert (checked.returncode, checked.stdout) == (0, ""), checked  # ranges hold what is tested
