@@ -17,8 +17,21 @@ from vxflow.options import metrics_options
 
 log = logging.getLogger("controller")
 
+
 def _stop(*_args: object) -> None:
-    raise KeyboardInterrupt
+    """SIGTERM: KeyboardInterrupt in the main green thread, where os-ken's manager stops the
+    app cleanly. Python runs the handler in whichever green thread is current; raised in
+    another one (a watchdog ping, a keepalive), os-ken's hub would only log it."""
+    import greenlet
+    from eventlet.hubs import get_hub
+
+    current = greenlet.getcurrent()
+    if current.parent is None:  # the main one
+        raise KeyboardInterrupt
+    main = current
+    while main.parent is not None:
+        main = main.parent
+    get_hub().schedule_call_global(0, main.throw, KeyboardInterrupt)
 
 
 def _check_member_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

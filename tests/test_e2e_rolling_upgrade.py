@@ -99,9 +99,11 @@ def test_rolling_upgrade_loses_no_ping_and_breaks_no_connection(
                 still_connected(f"after {node.name}'s agent")
             ping.send_signal(signal.SIGINT)
             out, _ = ping.communicate(timeout=10)
-            sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received",
-                                                 out).groups())  # fmt: skip
-            assert sent > 100 and received == sent, out.splitlines()[-3:]
+            sent = int(re.search(r"(\d+) packets transmitted", out).group(1))
+            answered = {int(seq) for seq in re.findall(r"icmp_seq=(\d+) ttl=", out)}
+            # every echo answered but perhaps the last, still in flight when ping was stopped
+            missing = set(range(1, sent)) - answered
+            assert sent > 100 and not missing, (sorted(missing), out.splitlines()[-3:])
             held.stdin.close()
             assert held.wait(timeout=10) == 0
         finally:

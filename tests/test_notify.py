@@ -101,6 +101,21 @@ def test_an_unreachable_socket_is_a_warning_not_an_error(tmp_path: Path,
     Notifier().ready("up")  # not under systemd: nothing to do
 
 
+def test_the_controllers_sigterm_in_a_green_thread_stops_the_main_one() -> None:
+    """SIGTERM's handler runs in whichever green thread is current (the watchdog's ping, often:
+    seen as a controller that logged the KeyboardInterrupt and ran on): it must still reach
+    the main green thread, where os-ken's manager stops the app."""
+    from os_ken.lib import hub
+
+    from controller.cli import _stop
+
+    with pytest.raises(KeyboardInterrupt):
+        _stop()  # in the main green thread: at once
+    with pytest.raises(KeyboardInterrupt):
+        hub.spawn(_stop)  # a green thread of the app's: as if the signal came while it ran
+        hub.sleep(10)
+
+
 @pytest.mark.integration
 def test_agent_is_ready_only_with_its_lease_bridge_and_subnet_env(
     underlay: Underlay, tmp_path: Path, listener: Listener
