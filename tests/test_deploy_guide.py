@@ -1,9 +1,9 @@
 """docs/deploy.md: its commands, as written.
 
 Run as written, on the machine under test, in a private mount namespace
-(an overlay over /etc, a tmpfs on /opt: nothing reaches the host's files):
-step 1's venv and wheel install (from a wheel built from this tree, outside
-it) and step 2's certificates. Checked against the real programs without
+(overlays over /etc and /usr/lib/cni, a tmpfs on /opt: nothing reaches the
+host's files): step 1's venv and wheel install (from a wheel built from this
+tree, outside it), step 2's certificates, step 5's plugin and conflist. Checked against the real programs without
 running them: every `vxflow` and `vxflow-cni` command line is one the CLI
 takes (command and options), the conflist is a configuration the plugin
 accepts, the etcd settings are etcd's options, and the files the guide
@@ -117,8 +117,9 @@ def test_the_guide_installs_the_repositorys_units_where_they_read_their_settings
 
 
 @pytest.mark.integration
-def test_install_and_certificates_as_written(tmp_path: Path) -> None:
-    """Step 1's venv and wheel, step 2's `vxflow pki` lines, typed as the guide has them."""
+def test_install_certificates_and_cni_plugin_as_written(tmp_path: Path) -> None:
+    """Step 1's venv and wheel, step 2's `vxflow pki` lines, step 5's plugin and conflist,
+    typed as the guide has them."""
     work, scratch, out = tmp_path / "work", tmp_path / "scratch", tmp_path / "out"
     for d in (work, scratch, out):
         d.mkdir()
@@ -135,6 +136,9 @@ def test_install_and_certificates_as_written(tmp_path: Path) -> None:
         f"mount -t overlay overlay -o lowerdir=/etc,upperdir={scratch}/upper,"
         f"workdir={scratch}/work /etc",
         "mount -t tmpfs tmpfs /opt",
+        f"mkdir {scratch}/cni {scratch}/cni-work",
+        f"mount -t overlay overlay -o lowerdir=/usr/lib/cni,upperdir={scratch}/cni,"
+        f"workdir={scratch}/cni-work /usr/lib/cni",
         f"cd {work}",
         install[0],
         # the dependencies: this suite's own (see tests/test_package.py), no index
@@ -142,6 +146,11 @@ def test_install_and_certificates_as_written(tmp_path: Path) -> None:
         *install[1:],
         *block(f"{VXFLOW} pki init"),
         f"cp -a /etc/vxflow/pki {out}/",
+        *block("/opt/vxflow/bin/vxflow-cni install"),
+        # the installed plugin answers the runtime's VERSION call with the conflist's version
+        "CNI_COMMAND=VERSION /usr/lib/cni/vxflow < /etc/cni/net.d/10-vxflow.conflist"
+        f" > {out}/version.json",
+        f"cp /usr/lib/cni/vxflow /etc/cni/net.d/10-vxflow.conflist {out}/",
     ])  # fmt: skip
     # a Debian machine's PATH (python3 is Debian's), pip kept off any index
     env = {**os.environ, "PATH": DEBIAN_PATH, "PIP_NO_INDEX": "1",
@@ -159,4 +168,9 @@ def test_install_and_certificates_as_written(tmp_path: Path) -> None:
     sans = etcd1.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.IPAddress) == [ip_address("10.0.0.1"),
                                                         ip_address("127.0.0.1")]  # fmt: skip
+    # step 5: the plugin in Debian's CNI directory, run by the venv's Python; the conflist
+    assert (out / "vxflow").read_text().startswith("#!/opt/vxflow/bin/python")
+    assert json.loads((out / "version.json").read_text())["cniVersion"] == "1.0.0"
+    assert json.loads((out / "10-vxflow.conflist").read_text())["plugins"][0]["type"] == "vxflow"
     assert not Path("/opt/vxflow").exists() and not Path("/etc/vxflow").exists()
+    assert not Path("/usr/lib/cni/vxflow").exists()
