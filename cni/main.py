@@ -125,7 +125,9 @@ def run(argv: list[str], environ: Mapping[str, str], stdin: bytes,
     if argv in (["--help"], ["-h"]):
         return USAGE, 0
     if argv == ["--version"]:
-        return f"vxflow-cni: CNI spec versions {', '.join(SUPPORTED_VERSIONS)}\n", 0
+        from daemons.build import VERSION
+
+        return f"vxflow-cni {VERSION}: CNI spec versions {', '.join(SUPPORTED_VERSIONS)}\n", 0
     if len(argv) == 2 and argv[0] == "install":
         try:
             return f"installed {install(Path(argv[1]))}\n", 0

@@ -42,7 +42,9 @@ from controller.options import CONF, etcd_access
 from controller.replica import Coordinator, Membership, default_member_id
 from controller.role import SwitchRole
 from controller.switch import SwitchSync, audit_spacing
+from daemons.build import VERSION
 from daemons.httpd import wsgi_app
+from daemons.notify import Notifier
 from leases.controllers import advertised_target, member_id_problem, target_problem
 from leases.errors import RegistryError
 from leases.events import ReplicaEvent
@@ -224,13 +226,14 @@ class VxflowController(app_manager.OSKenApp):
             member_id, address, ttl, on_change=self._membership_changed,
             status=status.status_url(CONF.vxflow_metrics_listen, http_port, address),
         )  # fmt: skip
+        self.notifier = Notifier.from_environ()  # systemd's Type=notify and watchdog
         self.coordinator = Coordinator(
             self.membership, Registry(self.endpoints, self.prefix, access=self.access), self.roles,
             ready=lambda: self.model.config is not None,
         )  # fmt: skip
         log.info(
-            "vxflow controller %s (%s): etcd %s prefix %s (%s), member TTL %ds, audit every %ss",
-            member_id, address,
+            "vxflow %s controller %s (%s): etcd %s prefix %s (%s), member TTL %ds, audit every "
+            "%ss", VERSION, member_id, address,
             self.endpoints, self.prefix, self.access, ttl, CONF.vxflow_audit_interval,
         )  # fmt: skip
 
@@ -239,6 +242,8 @@ class VxflowController(app_manager.OSKenApp):
         it held back meanwhile."""
         self.coordinator.request()
         if self.membership.valid():
+            # joined: the registry is loaded (a replica joins only once it knows the config)
+            self.notifier.ready(f"member {self.membership.id} of the controller cluster")
             _each(list(self.switches.values()), SwitchSync.resume, "resuming")
 
     def start(self):
@@ -253,6 +258,8 @@ class VxflowController(app_manager.OSKenApp):
             self.threads.append(hub.spawn(self._audit_loop))
         if self._http is not None:
             self.threads.append(hub.spawn(self._http.serve_forever))
+        if self.notifier.watchdog_interval:
+            self.threads.append(hub.spawn(self._watchdog))
             logging.getLogger("os_ken.lib.hub").setLevel(logging.WARNING)  # one line per scrape
         return thread
 
@@ -278,11 +285,20 @@ class VxflowController(app_manager.OSKenApp):
     def stop(self):
         """A clean stop (Ctrl-C, SIGTERM under `vxflow controller`): leave the cluster first,
         so this replica's switches move to the others now rather than after its TTL."""
+        self.notifier.stopping()
         self.membership.leave()
         for thread in self.threads:  # they loop forever: os-ken's stop() would wait on them
             hub.kill(thread)
         self.threads = []
         super().stop()
+
+    def _watchdog(self) -> None:
+        """WATCHDOG=1 while the hub runs and this replica's membership is in good standing
+        (lapsed for the whole WatchdogSec, it is restarted and registers anew)."""
+        while True:
+            if self.membership.valid():
+                self.notifier.watchdog()
+            hub.sleep(self.notifier.watchdog_interval / 4)
 
     # -- etcd -----------------------------------------------------------------
 

@@ -10,13 +10,28 @@ from typing import Any
 
 import click
 
+from daemons.build import banner
 from daemons.options import metrics_options
 from leases.cli_options import etcd_access, etcd_options, open_registry, operator_errors
 from leases.controllers import advertised_target, member_id_problem, target_problem
 
+log = logging.getLogger("controller")
+
 
 def _stop(*_args: object) -> None:
-    raise KeyboardInterrupt
+    """SIGTERM: KeyboardInterrupt in the main green thread, where os-ken's manager stops the
+    app cleanly. Python runs the handler in whichever green thread is current; raised in
+    another one (a watchdog ping, a keepalive), os-ken's hub would only log it."""
+    import greenlet
+    from eventlet.hubs import get_hub
+
+    current = greenlet.getcurrent()
+    if current.parent is None:  # the main one
+        raise KeyboardInterrupt
+    main = current
+    while main.parent is not None:
+        main = main.parent
+    get_hub().schedule_call_global(0, main.throw, KeyboardInterrupt)
 
 
 def _check_member_id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -88,6 +103,7 @@ def controller(listen: str, port: int, audit_interval: float, metrics_port: int 
     """
     from controller.options import CONF
 
+    log.info(banner("controller"))
     tls = [ctl_privkey, ctl_cert, ca_certs]
     if any(tls) and not all(tls):
         raise click.UsageError("OpenFlow TLS needs all of --ctl-privkey, --ctl-cert, --ca-certs")

@@ -52,7 +52,10 @@ UNDERLAY_ARP_RETRY = f"net.ipv4.neigh.{BR_PHY}.retrans_time_ms=100"
 
 
 def _venv_tool(name: str) -> str:
-    """A vxflow console script: the repo's venv first, else whatever is on PATH."""
+    """A vxflow console script: from $VXFLOW_BIN if set (an installed vxflow, e.g. from its
+    wheel), else the repo's venv, else whatever is on PATH."""
+    if os.environ.get("VXFLOW_BIN"):
+        return str(Path(os.environ["VXFLOW_BIN"]) / name)
     local = REPO / ".venv" / "bin" / name
     if local.exists():
         return str(local)

@@ -56,6 +56,7 @@ from tenacity import RetryError, Retrying, retry_if_exception_type, stop_when_ev
 from tenacity import wait_exponential as wait_exp
 
 from daemons.httpd import serve_in_thread, wsgi_app
+from daemons.notify import Notifier
 from flows.ports import vtep_mac_for, vtep_mac_v6_for
 from leases.config import ConfigError, ipv6_notice
 from leases.controllers import target_ip
@@ -180,6 +181,7 @@ class Agent:
         self._masq_at = 0.0  # next check of the masquerade rules
         self._masq_settled = False  # without --ip-masq: our table is gone, nothing more to do
         self._restore_wait_since: float | None = None  # flow-restore-wait seen, no controller
+        self.notifier = Notifier.from_environ()  # systemd's Type=notify and watchdog
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -227,6 +229,7 @@ class Agent:
         except RetryError:
             log.info("stopped while acquiring the lease again")
         finally:
+            self.notifier.stopping()
             watch.stop()
             idl.close()
             self._exit()
@@ -326,6 +329,8 @@ class Agent:
         log.info("wrote %s: FLANNEL_SUBNET=%s FLANNEL_MTU=%d", self.settings.subnet_file,
                  env.subnet, mtu)  # fmt: skip
         self._env_pending = False
+        # lease held, bridge converged, subnet.env written: what CNI and the runtime wait for
+        self.notifier.ready(f"holding lease {self.lease.subnet} for {self.settings.public_ip}")
 
     def _exit(self) -> None:
         if self.settings.release_on_exit and self.lease is not None:
@@ -347,6 +352,7 @@ class Agent:
             self._dirty |= ovsidl.run_once(idl, timeout=0.0 if busy else 1.0, wake=self._wake_r)
             self._take_events()
             now = time.monotonic()
+            self.notifier.watchdog(now)  # the loop turns: neither OVSDB nor etcd holds it up
             connected = ovsidl.is_connected(idl)
             if connected != was_connected:
                 log.warning("OVSDB %s %s", self.settings.ovsdb,

@@ -19,6 +19,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from daemons.build import banner
 from daemons.options import metrics_options
 from flows.ports import vtep_mac_for
 from leases.cli_options import etcd_options, etcd_params, open_registry, operator_errors
@@ -307,6 +308,7 @@ def agent(ctx: click.Context, **params: Any) -> None:
     from cni.server import CniServer
     from ovsdb.agent import Agent, AgentSettings  # the agent pulls in prometheus and tenacity
 
+    log.info(banner("agent"))
     _apply_sysconfig(ctx, params)
     settings = AgentSettings(
         public_ip=resolve_public_ip(params["public_ip"], params["iface"]),

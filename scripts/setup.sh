@@ -10,6 +10,7 @@ APT_PACKAGES=(
   tcpdump iperf3 procps python3-venv python3-pip etcd-client
   nftables python3-nftables
   podman runc containernetworking-plugins busybox-static
+  systemd libcap2-bin  # systemd-analyze and capsh: tests of packaging/systemd
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,12 @@ def test_sysconfig_is_taken_where_the_readme_says() -> None:
         if any(p.name == "sysconfig" for p in command.params):
             taking.add(path)
     assert taking == {("agent",), ("bootstrap",)}
+
+
+def test_version_of_both_executables_as_typed() -> None:
+    """`vxflow --version` and `vxflow-cni --version` name the installed package's version."""
+    version = importlib.metadata.version("vxflow")
+    res = subprocess.run([VXFLOW, "--version"], capture_output=True, text=True, timeout=30)
+    assert (res.returncode, res.stdout) == (0, f"vxflow, version {version}\n"), res.stderr
+    cni = subprocess.run([f"{VXFLOW}-cni", "--version"], capture_output=True, text=True, timeout=30)
+    assert cni.returncode == 0 and cni.stdout.startswith(f"vxflow-cni {version}: CNI spec")

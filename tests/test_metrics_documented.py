@@ -11,8 +11,10 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 import controller.metrics
+import daemons.build
 import leases.metrics
 import ovsdb.metrics
+from daemons.build import VERSION
 from daemons.processes import stop_process
 from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.registry import Registry
@@ -21,7 +23,8 @@ from tests.ofharness import VXFLOW, metric, wait_for
 from tests.test_ovsdb_agent import CONFIG, PREFIX, AgentProc, add_internal_pod
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-MODULES = {"controller": controller.metrics, "agent": ovsdb.metrics, "both": leases.metrics}
+MODULES = (("controller", controller.metrics), ("agent", ovsdb.metrics),
+           ("both", leases.metrics), ("both", daemons.build))  # fmt: skip
 
 
 def documented() -> dict[str, tuple[str, tuple[str, ...], str]]:
@@ -38,7 +41,7 @@ def documented() -> dict[str, tuple[str, tuple[str, ...], str]]:
 
 def defined() -> dict[str, tuple[str, tuple[str, ...], str]]:
     rows = {}
-    for served, module in MODULES.items():
+    for served, module in MODULES:
         for m in vars(module).values():
             if isinstance(m, MetricWrapperBase) and not m._labelvalues:
                 suffix = "_total" if m._type == "counter" else ""
@@ -89,6 +92,10 @@ def test_both_daemons_serve_every_documented_metric_and_they_move(underlay, tmp_
             missing = names_served_by(daemon) - families(url)
             assert not missing, f"{daemon} does not serve {sorted(missing)}"
         assert metric(agent_url, "vxflow_agent_lease_ttl_seconds") > 80_000
+        for url, log in ((ctl, tmp_path / "controller.log"), (agent_url, agent.log)):
+            assert metric(url, "vxflow_build_info", version=VERSION) == 1
+            first = next(x for x in log.read_text().splitlines() if not x.startswith("---"))
+            assert f"vxflow {VERSION} " in first, first  # the version in the first log line
 
         adds = metric(ctl, "vxflow_controller_flow_mods_total", command="add")
         add_internal_pod(node, "pod5", str(subnet.network_address + 5), "0a:58:00:00:00:05")

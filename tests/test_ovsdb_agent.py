@@ -51,6 +51,7 @@ class AgentProc:
     starts: int = 0
     extra: tuple[str, ...] = field(default=())
     env: dict[str, str] = field(default_factory=dict)  # FLANNELD_* settings instead of flags
+    wrap: tuple[str, ...] = ()  # runs the agent (e.g. setpriv with a unit's capabilities)
 
     @property
     def subnet_file(self) -> Path:
@@ -67,7 +68,8 @@ class AgentProc:
     def start(self) -> AgentProc:
         self.starts += 1
         cmd = [
-            "ip", "netns", "exec", self.node.netns, VXFLOW, "--log-level", "debug", "agent",
+            "ip", "netns", "exec", self.node.netns, *self.wrap, VXFLOW, "--log-level", "debug",
+            "agent",
             "--etcd-endpoints", f"http://{ROOT_UNDERLAY_IP}:{self.etcd.client_port}",
             "--etcd-prefix", PREFIX,
             *(() if "FLANNELD_IFACE" in self.env else ("--public-ip", str(self.node.underlay_ip))),

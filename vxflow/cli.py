@@ -50,6 +50,7 @@ class _LazyGroup(click.Group):
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vxflow", prog_name="vxflow")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),

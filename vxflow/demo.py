@@ -38,8 +38,9 @@ def cluster_module() -> ModuleType:
         return module
     if not CLUSTER_MODULE.exists():
         raise click.ClickException(
-            f"{CLUSTER_MODULE} not found: the demo runs from a vxflow source tree "
-            "(scripts/setup.sh installs it in place)"
+            "`vxflow demo` needs a vxflow source tree: it runs the emulated cluster of "
+            f"mininet/vxcluster.py, which an installed package does not hold ({CLUSTER_MODULE} "
+            "is missing); run it from a checkout, after scripts/setup.sh"
         )
     spec = importlib.util.spec_from_file_location("vxcluster", CLUSTER_MODULE)
     assert spec is not None and spec.loader is not None
