@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig, Service, VxflowConfig
+from leases.model import (
+    Claim,
+    Endpoint,
+    Lease,
+    Liveness,
+    Member,
+    NetworkConfig,
+    Service,
+    VxflowConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,22 @@ class ClaimRemoved:
 
 
 @dataclass(frozen=True)
+class LivenessAdded:
+    """A node's liveness record appeared (or came back under another etcd lease)."""
+
+    record: Liveness
+    revision: int
+
+
+@dataclass(frozen=True)
+class LivenessRemoved:
+    """A node's liveness record expired or was revoked."""
+
+    record: Liveness
+    revision: int
+
+
+@dataclass(frozen=True)
 class VxflowConfigChanged:
     """vxflow's own config (the service range) changed; services are judged again."""
 
@@ -109,9 +134,12 @@ Event = (
     | MemberRemoved
     | ClaimAdded
     | ClaimRemoved
+    | LivenessAdded
+    | LivenessRemoved
     | VxflowConfigChanged
     | ServiceAdded
     | ServiceRemoved
 )
 ReplicaEvent = MemberAdded | MemberRemoved | ClaimAdded | ClaimRemoved
+LivenessEvent = LivenessAdded | LivenessRemoved
 ServiceEvent = VxflowConfigChanged | ServiceAdded | ServiceRemoved

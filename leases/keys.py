@@ -21,6 +21,7 @@ class KeyKind(StrEnum):
     CLAIM = "claim"  # a replica's mastership of one switch
     VXFLOW_CONFIG = "vxflow_config"  # vxflow's own settings (the service range)
     SERVICE = "service"  # a virtual service
+    NODE = "node"  # a node agent's liveness record
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,13 @@ class Keys:
     def services(self) -> str:
         return f"{self.prefix}/{VXFLOW_SUBPREFIX}/services/"
 
+    @property
+    def nodes(self) -> str:
+        return f"{self.prefix}/{VXFLOW_SUBPREFIX}/nodes/"
+
+    def node(self, public_ip: IPv4Address) -> str:
+        return f"{self.nodes}{public_ip}"
+
     def service(self, name: str) -> str:
         return self.services + name
 
@@ -118,4 +126,6 @@ class Keys:
             return KeyKind.VXFLOW_CONFIG, ""
         if key.startswith(self.services):
             return KeyKind.SERVICE, key[len(self.services) :]
+        if key.startswith(self.nodes):
+            return KeyKind.NODE, key[len(self.nodes) :]
         return None

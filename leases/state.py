@@ -25,6 +25,8 @@ from leases.events import (
     LeaseAdded,
     LeaseChanged,
     LeaseRemoved,
+    LivenessAdded,
+    LivenessRemoved,
     MemberAdded,
     MemberRemoved,
     ServiceAdded,
@@ -32,7 +34,17 @@ from leases.events import (
     VxflowConfigChanged,
 )
 from leases.keys import KV, KeyKind, Keys
-from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig, Service, VxflowConfig
+from leases.liveness import check_liveness
+from leases.model import (
+    Claim,
+    Endpoint,
+    Lease,
+    Liveness,
+    Member,
+    NetworkConfig,
+    Service,
+    VxflowConfig,
+)
 from leases.services import check_service, check_vxflow_config, resolve_services, underlay_of
 from leases.validate import Reason, Rejection, check_endpoint, check_lease, resolve_conflicts
 
@@ -55,6 +67,7 @@ class Snapshot:
     claims: tuple[Claim, ...] = ()  # switch masterships, sorted by datapath-id
     vxflow: VxflowConfig = field(default_factory=VxflowConfig)  # the last valid `<prefix>/vxflow/config`
     services: tuple[Service, ...] = ()  # accepted services, sorted by name
+    liveness: tuple[Liveness, ...] = ()  # the nodes' liveness records, sorted by PublicIP
     kvs: Mapping[str, KV] = field(default_factory=dict, repr=False, compare=False)
     # The View it was built from, when nothing else holds that View (build_snapshot's):
     # a watch starts from a copy of it instead of validating every entry again.
@@ -72,6 +85,10 @@ class Snapshot:
 
     def endpoints_of(self, node_subnet: IPv4Network) -> tuple[Endpoint, ...]:
         return tuple(ep for ep in self.endpoints if ep.node_subnet == node_subnet)
+
+    def alive(self) -> frozenset[IPv4Address]:
+        """The PublicIPs of the nodes whose liveness record is in etcd."""
+        return frozenset(r.public_ip for r in self.liveness)
 
 
 EMPTY = Snapshot(config=None, leases=(), endpoints=(), revision=0)
@@ -91,6 +108,18 @@ def _dpid(claim: Claim) -> int:
 
 def _service_name(service: Service) -> str:
     return service.name
+
+
+def _node_ip(record: Liveness) -> IPv4Address:
+    return record.public_ip
+
+
+# the entries judged on their own (no config, no other entry): how, and their events
+_ALONE = {
+    KeyKind.MEMBER: (check_member, MemberRemoved, MemberAdded),
+    KeyKind.CLAIM: (check_claim, ClaimRemoved, ClaimAdded),
+    KeyKind.NODE: (check_liveness, LivenessRemoved, LivenessAdded),
+}
 
 
 PAUSE_EVERY = 1024  # keys validated between two calls of a View's `pause`
@@ -129,8 +158,9 @@ class View:
         self._groups: dict[str, set[str]] = {}  # subnet key name -> endpoint keys under it
         self._endpoints: dict[str, Endpoint | Rejection] = {}
         self._live_eps: dict[str, Endpoint] = {}
-        # controller replicas and their claims: judged on their own, config or not
-        self._replicas: dict[str, Member | Claim | Rejection] = {}
+        # controller replicas, their claims, the nodes' liveness records: judged on their
+        # own, config or not
+        self._replicas: dict[str, Member | Claim | Liveness | Rejection] = {}
         # services: judged against config and vxflow config, then one holder per VIP
         self.vxflow = VxflowConfig()
         self._vxflow_rejection: Rejection | None = None
@@ -223,6 +253,7 @@ class View:
             rejected=tuple(sorted(rejected, key=lambda r: r.key)),
             members=tuple(sorted((m for m in replicas if isinstance(m, Member)), key=_member_id)),
             claims=tuple(sorted((c for c in replicas if isinstance(c, Claim)), key=_dpid)),
+            liveness=tuple(sorted((r for r in replicas if isinstance(r, Liveness)), key=_node_ip)),
             vxflow=self.vxflow,
             services=tuple(sorted(self._live_services.values(), key=_service_name)),
             kvs=dict(self.kvs),
@@ -265,6 +296,7 @@ class View:
         lease_keys: set[str] = set()
         ep_keys: set[str] = set()
         svc_keys: set[str] = set()
+        alone_keys: set[str] = set()
         replica_events: list[Event] = []
         for key in dirty:
             kind = self.keys.classify(key)
@@ -282,6 +314,7 @@ class View:
                 if not group:  # a deleted node's endpoints leave no empty group behind
                     del self._groups[name]
             else:
+                alone_keys.add(key)
                 replica_events += self._update_replica(key, kind[0], kind[1])
         if report:
             lease_events, toggled, judged = self._update_leases(lease_keys)
@@ -294,7 +327,7 @@ class View:
             svc_keys.add(self.keys.vxflow_config)
         service_events = self._update_services(svc_keys) if svc_keys else []
         if not report:
-            return [], judged | ep_keys | svc_keys
+            return [], judged | ep_keys | svc_keys | alone_keys
         events: list[Event] = [
             *replica_events,
             *removed_eps,
@@ -306,24 +339,23 @@ class View:
         )
         events += added_eps
         events += service_events
-        return events, judged | ep_keys | svc_keys
+        return events, judged | ep_keys | svc_keys | alone_keys
 
     def _update_replica(self, key: str, kind: KeyKind, name: str) -> list[Event]:
-        """Re-judge one member or claim key; its events (a change: removed, then added)."""
+        """Re-judge one member, claim or liveness key; its events (a change: removed, then
+        added)."""
+        check, removed, added = _ALONE[kind]
         kv = self.kvs.get(key)
         old = self._replicas.pop(key, None)
-        new: Member | Claim | Rejection | None = None
+        new: Member | Claim | Liveness | Rejection | None = None
         if kv is not None:
-            new = check_member(kv, name) if kind is KeyKind.MEMBER else check_claim(kv, name)
-            self._replicas[key] = new
+            new = self._replicas[key] = check(kv, name)
         if old == new:
             return []
-        removed, added = (MemberRemoved, MemberAdded) if kind is KeyKind.MEMBER else (
-            ClaimRemoved, ClaimAdded)  # fmt: skip
         events: list[Event] = []
-        if isinstance(old, Member | Claim):
+        if old is not None and not isinstance(old, Rejection):
             events.append(removed(old, self.revision))
-        if isinstance(new, Member | Claim):
+        if new is not None and not isinstance(new, Rejection):
             events.append(added(new, self.revision))
         return events
 
@@ -520,6 +552,7 @@ def diff(old: Snapshot, new: Snapshot) -> list[Event]:
     for removed, added, before, after in (
         (MemberRemoved, MemberAdded, old.members, new.members),
         (ClaimRemoved, ClaimAdded, old.claims, new.claims),
+        (LivenessRemoved, LivenessAdded, old.liveness, new.liveness),
     ):
         kept = set(before) & set(after)
         events += [removed(x, rev) for x in before if x not in kept]
