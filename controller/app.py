@@ -23,6 +23,7 @@ import resource
 import time
 from collections import deque
 from collections.abc import Callable
+from ipaddress import IPv4Address
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -182,6 +183,7 @@ class VxflowController(app_manager.OSKenApp):
         before, after = raise_open_files_limit()
         log.info("open files: soft limit %d (was %d)", after, before)
         self.model = ClusterModel()
+        self._down: set[IPv4Address] = set()  # the nodes last logged DOWN
         self.switches: dict[int, SwitchSync] = {}
         self._monitor_xids: dict[int, int] = {}  # the flow monitor request's, per switch
         self.roles: dict[int, SwitchRole] = {}
@@ -299,9 +301,13 @@ class VxflowController(app_manager.OSKenApp):
                 # loaded aside and swapped in whole: switches syncing while it loads
                 # (it yields) must never see a half-loaded cluster
                 model = ClusterModel()
+                model.connected = {sync.node for sync in self.switches.values()}
                 impact = model.load(snapshot.config, snapshot.leases, snapshot.endpoints, _yield,
-                                    snapshot.vxflow, snapshot.services)  # fmt: skip
+                                    snapshot.vxflow, snapshot.services, snapshot.alive())  # fmt: skip
                 self.model = model
+                now = {sync.node for sync in self.switches.values()}
+                for node in now ^ model.connected:  # switches that came or went while it loaded
+                    impact.flushes += model.set_connected(node, node in now).flushes
                 self._apply(impact)
                 self.coordinator.load(snapshot.members, snapshot.claims)
                 log.info(
@@ -324,6 +330,7 @@ class VxflowController(app_manager.OSKenApp):
             delay = min(delay * 2, 10.0)
 
     def _apply(self, impact: Impact) -> None:
+        self._note_liveness()
         if self.model.config is None:
             log.warning(
                 "no valid network config under %s yet: switches are left as they are, and "
@@ -344,6 +351,30 @@ class VxflowController(app_manager.OSKenApp):
 
         _each(list(self.switches.values()), note, "noting a registry change")
         _each(asked, SwitchSync.kick, "sending a registry change")
+
+    def _note_liveness(self) -> None:
+        """One log line and one count per node going DOWN or coming UP."""
+        down = self.model.down_nodes()
+        for ip in sorted(down.keys() - self._down):
+            metrics.NODE_TRANSITIONS.labels("down").inc()
+            log.warning("node %s (%s) is DOWN: no liveness record and its switch is not "
+                        "connected; its backends leave every service", ip, down[ip],
+                        extra={"event": "node_down", "node": str(ip)})  # fmt: skip
+        for ip in sorted(self._down - down.keys()):
+            metrics.NODE_TRANSITIONS.labels("up").inc()
+            log.info("node %s is UP again: its backends are back in service", ip,
+                     extra={"event": "node_up", "node": str(ip)})  # fmt: skip
+        self._down = set(down)
+        metrics.NODES_DOWN.set(len(down))
+
+    def _switch_seen(self, node: IPv4Address) -> None:
+        """A switch of `node` connected or went: one of the two signals of its liveness."""
+        connected = any(sync.node == node for sync in self.switches.values())
+        impact = self.model.set_connected(node, connected)
+        if impact.service_cookies or impact.flushes:
+            self._apply(impact)
+        else:
+            self._note_liveness()
 
     def _audit_loop(self) -> None:
         """Every switch this replica masters read back and compared once per interval, one
@@ -409,6 +440,7 @@ class VxflowController(app_manager.OSKenApp):
                 self._count_switches()
                 log.info("switch of %s disconnected", sync.node)
                 self.coordinator.request()
+                self._switch_seen(sync.node)
             return
         node = public_ip_for_datapath_id(dp.id)
         if node is None:
@@ -446,6 +478,7 @@ class VxflowController(app_manager.OSKenApp):
         self._count_switches()
         log.info("switch of %s connected from %s", node, dp.address)
         self.coordinator.request()  # its master (we or another replica) takes it from here
+        self._switch_seen(node)
 
     def _count_switches(self) -> None:
         metrics.SWITCHES.set(len(self.switches))
