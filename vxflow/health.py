@@ -88,6 +88,7 @@ class Report:
     rejected: list[dict[str, str]]
     problems: list[str]
     unknown: list[str] = field(default_factory=list)  # what cannot be told: not problems
+    taken: float = 0.0  # when all was read (time.time(), `vxflow status`): the report's "as of"
 
     @property
     def healthy(self) -> bool:
