@@ -63,9 +63,9 @@ def node_down(judged: bool, alive: bool, connected: bool) -> bool:
       mixed cluster, an agent of a version without liveness records, a node without
       pods) is never DOWN: nothing says it would be.
     - `alive`: its liveness record is in etcd, i.e. its agent renewed it within its TTL.
-    - `connected`: its switch holds an OpenFlow connection to this replica (a dead
-      switch's connection ends at once if its kernel lives, else after the echo
-      timeout, `controller.guard`).
+    - `connected`: its switch holds an OpenFlow connection to this replica that answers
+      (when the record goes, the replica probes the switch with an echo and drops a
+      connection that does not answer at once: controller.app's `_probe`).
 
     DOWN = judged and not alive and not connected. Either signal alone keeps the node UP:
     a node whose controller connection is cut (a partition) but whose agent reaches etcd

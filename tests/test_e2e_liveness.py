@@ -2,10 +2,11 @@
 controller, agents, OVS, Mininet), and comes back.
 
 Three nodes; the service's backends are the pods on n2 and n3, the client the pod on n1.
-n3's agent and ovs-vswitchd are killed -9 (a power loss, but for the kernel closing the
-switch's connections) while the client opens a new connection every 0.2 s: connections
-fail only until the liveness record lapses (--liveness-ttl, 2 s, plus etcd's expiry
-check), and `vxflow status` names n3 DOWN by then. Restarted, n3's backend takes new
+n3's agent and ovs-vswitchd are killed -9 while the client opens a new connection every
+0.2 s (n3's own userspace datapath carried its switch's controller connection: no FIN
+goes out, as in a power loss): connections fail only until the liveness record lapses
+(--liveness-ttl, 2 s, plus etcd's expiry check) and the controller's echo to the switch
+goes unanswered, and `vxflow status` names n3 DOWN by then. Restarted, n3's backend takes new
 connections again as soon as its agent is back.
 """
 
@@ -23,7 +24,7 @@ import pytest
 from leases.registry import Registry
 from tests.emulation import emulated_cluster
 from tests.test_e2e_cluster import in_host
-from tests.test_e2e_services import NAMESRV, PORT, SERVICE_NETWORK, VIP, put_service, wait_routed
+from tests.test_e2e_services import NAMESRV, VIP, put_service, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -33,23 +34,8 @@ BACK = 2.0  # seconds from the agent's return to its backend answering again
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator:
-    with emulated_cluster("l", nodes=3, pods=1) as running:
-        servers = []
-        try:
-            for node in running.vxflow_nodes[1:]:
-                pod = running.pods_of(node)[0]
-                server = in_host(pod, sys.executable, NAMESRV, "serve", pod.name, str(PORT),
-                                 stdout=subprocess.PIPE)  # fmt: skip
-                assert server.stdout.readline().strip() == "listening"
-                servers.append(server)
-            with Registry(running.etcd_endpoint, running.spec.prefix) as registry:
-                registry.set_service_network(str(SERVICE_NETWORK))
-            wait_routed(running)
-            yield running
-        finally:
-            for server in servers:
-                server.kill()
-                server.wait()
+    with emulated_cluster("l", nodes=3, pods=1) as running, serving(running, running.vxflow_nodes[1:]):
+        yield running
 
 
 def status_cmd(cluster) -> list[str]:
@@ -62,40 +48,70 @@ def status(cluster) -> tuple[dict, int]:
     return json.loads(out.stdout), out.returncode
 
 
-def first_down(cluster, ip: str, timeout: float = 15) -> tuple[dict, int]:
-    """The earliest report (by its `taken`, when it had read everything) that names `ip`
-    DOWN, and its exit status: a `vxflow status` started every 0.2 s, each on its own (one
-    takes most of a second, mostly starting Python)."""
-    running: list[subprocess.Popen] = []
-    found: list[tuple[dict, int]] = []
+def first_down(cluster, ip: str, timeout: float = 15) -> dict:
+    """The first report of `vxflow status -o json` that names `ip` DOWN, asked every 0.1 s
+    in this process (click's runner: the command's own code, without the most of a second
+    a new Python takes to start, which would blur the moment it says so)."""
+    from click.testing import CliRunner
+
+    from vxflow.cli import cli
+
+    runner = CliRunner()
     deadline = time.monotonic() + timeout
-    try:
-        while not found and time.monotonic() < deadline:
-            running.append(subprocess.Popen(status_cmd(cluster), stdout=subprocess.PIPE, text=True))
-            time.sleep(0.2)
-            for proc in [p for p in running if p.poll() is not None]:
-                running.remove(proc)
-                report = json.loads(proc.stdout.read())
-                if named_down(report, ip):
-                    found.append((report, proc.returncode))
-        for proc in running:  # started earlier than the one found: may have seen it sooner
-            proc.wait(timeout=30)
-            report = json.loads(proc.stdout.read())
-            if named_down(report, ip):
-                found.append((report, proc.returncode))
-    finally:
-        for proc in running:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    assert found, f"status never named {ip} DOWN within {timeout}s"
-    return min(found, key=lambda item: item[0]["taken"])
+    while time.monotonic() < deadline:
+        result = runner.invoke(cli, status_cmd(cluster)[3:])
+        report = json.loads(result.stdout)
+        if named_down(report, ip):
+            assert result.exit_code == 1, result.output
+            return report
+        time.sleep(0.1)
+    raise AssertionError(f"status never named {ip} DOWN within {timeout}s")
 
 
 def named_down(report: dict, ip: str) -> bool:
     node = next((n for n in report["nodes"] if n["public_ip"] == ip), None)
     return node is not None and node["down"] and any(f"{ip} " in p and "is DOWN" in p
                                                      for p in report["problems"])
+
+
+def connected(report: dict, ip: str) -> bool:
+    return bool(next(n for n in report["nodes"] if n["public_ip"] == ip)["connected_to"])
+
+
+def test_a_node_cut_off_from_the_controller_only_keeps_its_backends(cluster):
+    """n3's switch loses its controller connection (an nft rule in n3 drops TCP to the
+    controller's port; its data plane and its agent's etcd session are left alone): it
+    stays UP, its backend keeps taking connections, and none fails."""
+    n1, n2, n3 = cluster.vxflow_nodes
+    client, pod2, pod3 = (cluster.pods_of(n)[0] for n in (n1, n2, n3))
+    put_service(cluster, [pod2, pod3])
+    ip3 = str(n3.underlay_ip)
+    ports = {target.rsplit(":", 1)[1] for target in (r.target for r in cluster.replicas)}
+    stream = in_host(client, sys.executable, NAMESRV, "stream", VIP, "80", "16", "5",
+                     stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        time.sleep(1)
+        n3.sh("nft add table ip vxflow_test && nft add chain ip vxflow_test out "
+              "'{ type filter hook output priority 0; }' && nft add rule ip vxflow_test out "
+              f"tcp dport '{{ {', '.join(sorted(ports))} }}' drop")  # fmt: skip
+        cut = time.time()
+        deadline = cut + 13
+        while connected(report := status(cluster)[0], ip3):
+            assert time.time() < deadline, "n3's switch never lost its controller connection"
+        disconnected = time.time()
+        assert not named_down(report, ip3), report["problems"]
+        results = json.loads(stream.communicate(timeout=60)[0])
+    finally:
+        n3.sh("nft delete table ip vxflow_test 2>/dev/null || true")
+        if stream.poll() is None:
+            stream.kill()
+            stream.wait()
+    assert all(answer for _, answer in results), results
+    later = {answer.split()[0] for t, answer in results if t > disconnected}
+    assert later == {pod2.name, pod3.name}, results  # n3's backend still served
+    deadline = time.monotonic() + 30
+    while not connected(status(cluster)[0], ip3):  # back for the next test
+        assert time.monotonic() < deadline, "n3's switch did not reconnect"
 
 
 def test_a_crashed_nodes_backend_leaves_within_the_goal_and_returns_with_its_agent(cluster):
@@ -113,9 +129,9 @@ def test_a_crashed_nodes_backend_leaves_within_the_goal_and_returns_with_its_age
     crash = time.time()
     n3.stop_proc("agent", signal.SIGKILL)
     n3.ovs.stop_process("ovs-vswitchd", kill=True)
-    report, code = first_down(cluster, ip3)
-    seen = report["taken"]
-    assert code == 1
+    seen = first_down(cluster, ip3)["taken"]
+    report, code = status(cluster)  # and as typed, in a process of its own
+    assert code == 1 and named_down(report, ip3), report["problems"]
     results = json.loads(stream.communicate(timeout=30)[0])
 
     failed = [t for t, answer in results if answer is None]
@@ -123,10 +139,10 @@ def test_a_crashed_nodes_backend_leaves_within_the_goal_and_returns_with_its_age
     after = [answer and answer.split()[0] for t, answer in results if t > crash + GOAL]
     log = cluster.replicas[0].log_path.read_text()
     why = [line for line in log.splitlines() if ip3 in line][-4:]
-    assert failed and max(failed) - crash <= GOAL, (time.strftime("%T", time.localtime(crash)),
-                                                    crash % 1, why, timeline)  # fmt: skip
+    when = time.strftime("%T", time.localtime(crash)) + f"{crash % 1:.3f}"[1:]
+    assert failed and max(failed) - crash <= GOAL, (when, why, timeline)
     assert after and set(after) == {pod2.name}, timeline  # every later one went to n2
-    assert seen - crash <= GOAL, (seen - crash, report["problems"])
+    assert seen - crash <= GOAL, (seen - crash, when, why)
 
     # n3 back: ovs-vswitchd, then its agent; its backend answers again within BACK
     n3.ovs.start_vswitchd()
