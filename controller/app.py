@@ -23,6 +23,7 @@ import resource
 import time
 from collections import deque
 from collections.abc import Callable
+from ipaddress import IPv4Address
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -47,7 +48,7 @@ from daemons.httpd import wsgi_app
 from daemons.notify import Notifier
 from leases.controllers import advertised_target, member_id_problem, target_problem
 from leases.errors import RegistryError
-from leases.events import ReplicaEvent
+from leases.events import LivenessRemoved, ReplicaEvent
 from leases.model import public_ip_for_datapath_id
 from leases.registry import Registry
 
@@ -57,6 +58,10 @@ OFPET_BAD_REQUEST, OFPBRC_IS_SLAVE = 1, 10
 INBOX = 128  # messages waiting to be handled (os-ken's app event queue holds as many)
 AUDIT_POLL = 0.005  # seconds between looks at whether an audit's comparison is done
 AUDIT_TIMEOUT = 30.0
+# seconds a switch has to answer the echo sent when its node's liveness record goes: a
+# switch whose node died without closing the connection (the node's own datapath carried
+# it) would otherwise hold the node UP until the periodic echo's timeout (controller.guard)
+PROBE_TIMEOUT = 0.3
 MAX_BACKLOG = 64 << 20  # bytes one switch may have waiting to be sent (a cold start: ~10 MB)  # an audit not done by then no longer holds the next one back
 # the multipart replies the controller asked for: readbacks and its flow monitor
 _MULTIPARTS = frozenset((ofwire.OFPMP_FLOW, groups.OFPMP_GROUP_DESC, monitor.OFPMP_FLOW_MONITOR))
@@ -184,6 +189,8 @@ class VxflowController(app_manager.OSKenApp):
         before, after = raise_open_files_limit()
         log.info("open files: soft limit %d (was %d)", after, before)
         self.model = ClusterModel()
+        self._down: set[IPv4Address] = set()  # the nodes last logged DOWN
+        self._silent: set[IPv4Address] = set()  # nodes whose switch left a probe unanswered
         self.switches: dict[int, SwitchSync] = {}
         self._monitor_xids: dict[int, int] = {}  # the flow monitor request's, per switch
         self.roles: dict[int, SwitchRole] = {}
@@ -315,9 +322,13 @@ class VxflowController(app_manager.OSKenApp):
                 # loaded aside and swapped in whole: switches syncing while it loads
                 # (it yields) must never see a half-loaded cluster
                 model = ClusterModel()
+                model.connected = {sync.node for sync in self.switches.values()}
                 impact = model.load(snapshot.config, snapshot.leases, snapshot.endpoints, _yield,
-                                    snapshot.vxflow, snapshot.services)  # fmt: skip
+                                    snapshot.vxflow, snapshot.services, snapshot.alive())  # fmt: skip
                 self.model = model
+                now = {sync.node for sync in self.switches.values()}
+                for node in now ^ model.connected:  # switches that came or went while it loaded
+                    impact.flushes += model.set_connected(node, node in now).flushes
                 self._apply(impact)
                 self.coordinator.load(snapshot.members, snapshot.claims)
                 log.info(
@@ -332,6 +343,9 @@ class VxflowController(app_manager.OSKenApp):
                             batch.append(more)
                         self._apply(self.model.apply(batch))
                         self.coordinator.apply(e for e in batch if isinstance(e, ReplicaEvent))
+                        for e in batch:
+                            if isinstance(e, LivenessRemoved):
+                                self._probe(e.record.public_ip)
             except (RegistryError, OSError) as exc:
                 log.warning("etcd %s: %s; retrying in %.1fs", self.endpoints, exc, delay)
             except Exception:
@@ -340,6 +354,7 @@ class VxflowController(app_manager.OSKenApp):
             delay = min(delay * 2, 10.0)
 
     def _apply(self, impact: Impact) -> None:
+        self._note_liveness()
         if self.model.config is None:
             log.warning(
                 "no valid network config under %s yet: switches are left as they are, and "
@@ -360,6 +375,56 @@ class VxflowController(app_manager.OSKenApp):
 
         _each(list(self.switches.values()), note, "noting a registry change")
         _each(asked, SwitchSync.kick, "sending a registry change")
+
+    def _note_liveness(self) -> None:
+        """One log line and one count per node going DOWN or coming UP."""
+        down = self.model.down_nodes()
+        for ip in sorted(down.keys() - self._down):
+            metrics.NODE_TRANSITIONS.labels("down").inc()
+            log.warning("node %s (%s) is DOWN: no liveness record and its switch is not "
+                        "connected; its backends leave every service", ip, down[ip],
+                        extra={"event": "node_down", "node": str(ip)})  # fmt: skip
+        for ip in sorted(self._down - down.keys()):
+            metrics.NODE_TRANSITIONS.labels("up").inc()
+            log.info("node %s is UP again: its backends are back in service", ip,
+                     extra={"event": "node_up", "node": str(ip)})  # fmt: skip
+        self._down = set(down)
+        metrics.NODES_DOWN.set(len(down))
+
+    def _probe(self, node: IPv4Address) -> None:
+        """`node`'s liveness record went while its switch may still be connected: ask the
+        switch for an echo now. One that has not answered within PROBE_TIMEOUT no longer
+        counts as connected (its node is DOWN) and is disconnected: alive, it connects
+        again within a second (OVS's max_backoff, set by the agent), and is UP again."""
+        for sync in list(self.switches.values()):
+            if sync.node == node and not sync.closed:
+                dp = sync.channel.datapath
+                xid = sync.channel.xids(1)
+                dp.unreplied_echo_requests.append(xid)  # os-ken's echo reply handling takes it
+                sync.channel.send(ofwire.encode_echo_request(xid))
+                hub.spawn_after(PROBE_TIMEOUT, self._probe_due, sync, xid)
+
+    def _probe_due(self, sync: SwitchSync, xid: int) -> None:
+        dp = sync.channel.datapath
+        if not sync.closed and xid in dp.unreplied_echo_requests:
+            hub.sleep(0.05)  # a reply read in the same turn of the hub (it was busy) counts
+        if sync.closed or xid not in dp.unreplied_echo_requests:
+            return  # answered, or gone meanwhile
+        log.warning("switch of %s left an echo unanswered for %.1fs after its node's liveness "
+                    "record went: disconnected", sync.node, PROBE_TIMEOUT)  # fmt: skip
+        self._silent.add(sync.node)
+        dp.close()
+        self._switch_seen(sync.node)
+
+    def _switch_seen(self, node: IPv4Address) -> None:
+        """A switch of `node` connected or went: one of the two signals of its liveness."""
+        connected = node not in self._silent and any(
+            sync.node == node for sync in self.switches.values())  # fmt: skip
+        impact = self.model.set_connected(node, connected)
+        if impact.service_cookies or impact.flushes:
+            self._apply(impact)
+        else:
+            self._note_liveness()
 
     def _audit_loop(self) -> None:
         """Every switch this replica masters read back and compared once per interval, one
@@ -425,6 +490,7 @@ class VxflowController(app_manager.OSKenApp):
                 self._count_switches()
                 log.info("switch of %s disconnected", sync.node)
                 self.coordinator.request()
+                self._switch_seen(sync.node)
             return
         node = public_ip_for_datapath_id(dp.id)
         if node is None:
@@ -462,6 +528,8 @@ class VxflowController(app_manager.OSKenApp):
         self._count_switches()
         log.info("switch of %s connected from %s", node, dp.address)
         self.coordinator.request()  # its master (we or another replica) takes it from here
+        self._silent.discard(node)
+        self._switch_seen(node)
 
     def _count_switches(self) -> None:
         metrics.SWITCHES.set(len(self.switches))

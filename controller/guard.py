@@ -10,8 +10,10 @@ and noise, which this module adds:
   `install()` swaps its listener class for `BoundedStreamServer`;
 - a peer that has not completed the OpenFlow handshake (hello, features)
   HANDSHAKE_TIMEOUT after connecting is disconnected;
-- a switch that stops answering echo requests is disconnected after
-  MAX_UNREPLIED_ECHOES of them (a peer stalled in the middle of a message);
+- a switch that stops answering echo requests (one every `vxflow-echo-interval`
+  seconds, 2 by default) is disconnected after MAX_UNREPLIED_ECHOES of them: a peer stalled in the middle of a
+  message, or a node that died without its kernel closing the connection (a power
+  loss), whose switch must not hold the node UP (leases.liveness.node_down) for long;
 - every message is checked before os-ken parses it (controller/wirecheck.py);
 - the traceback os-ken logs when a peer's connection fails (a TLS handshake
   refused, a message its parser cannot read) becomes one line, counted as
@@ -32,8 +34,7 @@ from controller import metrics, wirecheck
 log = logging.getLogger("controller")
 
 HANDSHAKE_TIMEOUT = 10.0
-ECHO_INTERVAL = 15.0
-MAX_UNREPLIED_ECHOES = 3
+MAX_UNREPLIED_ECHOES = 3  # closed within 4 echo intervals of silence
 
 # (traceback text that identifies the failure, metric reason, what the line says)
 _FAILURES = (
@@ -101,7 +102,7 @@ def install(conf, receive: wirecheck.Receive | None = None) -> None:
     from os_ken.controller import controller as osken_controller
 
     osken_controller.StreamServer = BoundedStreamServer
-    conf.set_default("echo_request_interval", ECHO_INTERVAL)
+    conf.set_default("echo_request_interval", conf.vxflow_echo_interval)
     conf.set_default("maximum_unreplied_echo_requests", MAX_UNREPLIED_ECHOES)
     wirecheck.install(receive)
     for name in ("os_ken.lib.hub", "os_ken.ofproto.ofproto_parser"):

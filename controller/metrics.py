@@ -74,6 +74,16 @@ SLOW_SWITCHES = Counter(
     "too slowly); each resyncs when it reconnects",
 )
 SWITCHES = Gauge("vxflow_controller_switches", "switches connected and identified as vxflow nodes")
+NODES_DOWN = Gauge(
+    "vxflow_controller_nodes_down",
+    "nodes this replica holds DOWN (no liveness record, switch not connected): their "
+    "backends are out of every service",
+)
+NODE_TRANSITIONS = Counter(
+    "vxflow_controller_node_transitions",
+    "nodes going DOWN or coming UP again (a DOWN node seen at a (re)load counts as going down)",
+    ["to"],  # down | up
+)
 REJECTED = Gauge(
     "vxflow_controller_rejected_items",
     "leases and endpoints the compiler refuses to program (see the log for reasons)",

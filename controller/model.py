@@ -5,6 +5,14 @@ guard (`flows.validate`) is applied again here, incrementally, so one lease
 event costs work proportional to the leases it can affect, not to the cluster.
 A service event touches the flows and group of that service's ports only (and
 the reply hooks of its target ports), on every switch.
+
+Node liveness is one more input to the same diff: a node DOWN by
+`leases.liveness.node_down` (its agent publishes pods, its liveness record is gone, and
+its switch is not connected to this replica) has its backends (those in its lease's
+subnet) taken out of every service before the plan is compiled, so they leave every
+select group and affinity link table, and a learned affinity entry naming one no longer
+matches (its SVC_DNAT flow goes, as for a removed backend); a UDP backend's conntrack
+entries are flushed. They come back when the node is UP again.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from flows.compiler import (
@@ -54,10 +62,13 @@ from leases.events import (
     LeaseAdded,
     LeaseChanged,
     LeaseRemoved,
+    LivenessAdded,
+    LivenessRemoved,
     ServiceAdded,
     ServiceRemoved,
     VxflowConfigChanged,
 )
+from leases.liveness import node_down
 from leases.model import Endpoint, Lease, NetworkConfig, Service, VxflowConfig
 from leases.state import PAUSE_EVERY
 
@@ -148,6 +159,11 @@ class ClusterModel:
         # asks and shared by the others (an event fans out to every switch)
         self._port_cache: dict[int, tuple[list[Flow], Group | None]] = {}
         self._reply_cache: dict[int, Flow] = {}
+        # node liveness (leases.liveness.node_down): the PublicIPs with a liveness record,
+        # those whose switch is connected to this replica, and the subnets of the nodes DOWN
+        self.alive: set[IPv4Address] = set()
+        self.connected: set[IPv4Address] = set()
+        self._down: dict[IPv4Network, IPv4Address] = {}
 
     # -- queries --------------------------------------------------------------
 
@@ -193,7 +209,7 @@ class ClusterModel:
     def plan(self) -> ServicePlan | None:
         """The services every switch must serve; None without a ServiceNetwork."""
         if self._plan is None and self.vxflow.service_network is not None:
-            self._plan = service_plan(self.vxflow, self.services.values())
+            self._plan = service_plan(self.vxflow, map(self._serving, self.services.values()))
             self._port_cache, self._reply_cache = {}, {}
             self._ports = {
                 group_id(self._plan.network, svc, slot): (svc, slot)
@@ -201,6 +217,22 @@ class ClusterModel:
             }
             self._replies = {reply_cookie(p): p for p in reply_ports(self._plan.services).values()}
         return self._plan
+
+    def down_nodes(self) -> dict[IPv4Address, IPv4Network]:
+        """The nodes DOWN now (PublicIP -> lease subnet)."""
+        return {ip: subnet for subnet, ip in self._down.items()}
+
+    def _serving(self, service: Service, down: dict[IPv4Network, IPv4Address] | None = None) -> Service:
+        """`service` without its backends on a DOWN node (itself when none is); `down`: the
+        DOWN nodes to go by (default: those now)."""
+        down = self._down if down is None else down
+        if not down or self.config is None:
+            return service
+        length = self.config.subnet_len
+        mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+        kept = tuple(b for b in service.backends
+                     if IPv4Network((int(b.ip) & mask, length)) not in down)  # fmt: skip
+        return service if len(kept) == len(service.backends) else replace(service, backends=kept)
 
     def desired(self, node: IPv4Address, scope: Scope) -> NodeTable | None:
         """The flows and groups `node`'s switch must hold, restricted to `scope`; None
@@ -300,10 +332,12 @@ class ClusterModel:
         pause: Callable[[], None] = lambda: None,
         vxflow: VxflowConfig | None = None,
         services: Iterable[Service] | None = None,
+        alive: Iterable[IPv4Address] | None = None,
     ) -> Impact:
         """Replace everything (first snapshot, config change); `pause` is called every
         PAUSE_EVERY leases, so a cooperative caller can yield during a large load.
-        The services and vxflow's config are kept unless given."""
+        The services, vxflow's config and the liveness records are kept unless given;
+        `connected` (the app's switches) is always kept."""
         self.config = config
         if config is not None and not self._ipv6_noted and (notice := ipv6_notice(config)):
             log.warning("%s", notice)
@@ -312,6 +346,8 @@ class ClusterModel:
             self.vxflow = vxflow
         if services is not None:
             self.services = {s.name: s for s in services}
+        if alive is not None:
+            self.alive = set(alive)
         self._plan = None
         self._changed()
         self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
@@ -324,14 +360,21 @@ class ClusterModel:
             self._put_lease(lease)
         for endpoint in endpoints:
             self._endpoints[endpoint.node_subnet][endpoint.ip] = endpoint
+        self._down = {}
+        self._judge(self._valid, Impact())
         self._selection()  # ready before the first switch asks
         return Impact(all_nodes=True)
 
     def apply(self, events: Iterable[Event]) -> Impact:
         """Fold a batch of registry events in; returns what they changed."""
         impact = Impact()
+        judge: set[IPv4Network] = set()  # the nodes whose liveness may have changed
         for ev in events:
-            if isinstance(ev, ConfigChanged):
+            if isinstance(ev, LivenessAdded | LivenessRemoved):
+                ip = ev.record.public_ip
+                (self.alive.add if isinstance(ev, LivenessAdded) else self.alive.discard)(ip)
+                judge |= self._by_ip.get(ip, set())
+            elif isinstance(ev, ConfigChanged):
                 self.load(ev.config, list(self._leases.values()), self._all_endpoints())
                 impact.all_nodes = True
             elif isinstance(ev, LeaseAdded | LeaseChanged | LeaseRemoved):
@@ -346,6 +389,7 @@ class ClusterModel:
                 touched |= self._subnets_of(ips)
                 impact.lease_subnets |= touched
                 impact.full_nodes |= ips
+                judge |= touched
                 for subnet in touched:
                     self._accepted_eps.pop(subnet, None)
             elif isinstance(ev, EndpointAdded | EndpointRemoved):
@@ -359,14 +403,55 @@ class ClusterModel:
                         self._endpoints.pop(ep.node_subnet, None)
                 self._accepted_eps.pop(ep.node_subnet, None)
                 impact.endpoint_nodes.add(ep.node_subnet)
+                judge.add(ep.node_subnet)
             elif isinstance(ev, VxflowConfigChanged):
                 self.vxflow, self._plan = ev.config, None
                 impact.all_nodes = True
             elif isinstance(ev, ServiceAdded | ServiceRemoved):
                 self._apply_service(ev, impact)
+        self._judge(judge, impact)
         if impact.flushes:  # a removed backend that the same batch adds back keeps its entries
             impact.flushes = [f for f in impact.flushes if not self._serves(f)]
         return impact
+
+    def set_connected(self, node: IPv4Address, connected: bool) -> Impact:
+        """This replica's connection to `node`'s switch came (True) or went (False)."""
+        (self.connected.add if connected else self.connected.discard)(node)
+        impact = Impact()
+        self._judge(self._by_ip.get(node, set()), impact)
+        return impact
+
+    def _judge(self, subnets: Iterable[IPv4Network], impact: Impact) -> None:
+        """Apply `node_down` to the nodes of `subnets` (the others keep their state); a
+        node that went DOWN or came UP takes the services with a backend on it to every
+        switch (`impact`), with the conntrack flushes of its UDP backends."""
+        changed: set[IPv4Network] = set()
+        old = dict(self._down)
+        for subnet in subnets:
+            lease = self.accepted(subnet)
+            down = lease is not None and node_down(
+                bool(self._endpoints.get(subnet)),
+                lease.public_ip in self.alive,
+                lease.public_ip in self.connected,
+            )
+            if down != (subnet in self._down):
+                changed.add(subnet)
+                if down:
+                    self._down[subnet] = lease.public_ip
+                else:
+                    del self._down[subnet]
+        if not changed:
+            return
+        touched = [s for s in self.services.values()
+                   if any(b.ip in subnet for b in s.backends for subnet in changed)]  # fmt: skip
+        self._plan = None
+        network = self.vxflow.service_network
+        for svc in touched:
+            impact.flushes += removed_udp_backends(self._serving(svc, old), self._serving(svc))
+            if network is not None:
+                impact.service_cookies |= {
+                    group_cookie(group_id(network, svc, i)) for i in range(len(svc.ports))
+                }
 
     def _apply_service(self, ev: ServiceAdded | ServiceRemoved, impact: Impact) -> None:
         """A service came or went (a change is both, in one batch): its ports' cookies and
@@ -388,7 +473,7 @@ class ClusterModel:
         """Whether a service still sends `flush`'s VIP:port to its backend:target port."""
         return any(
             s.vip == flush.vip
-            and any(b.ip == flush.backend for b in s.backends)
+            and any(b.ip == flush.backend for b in self._serving(s).backends)
             and any(
                 p.protocol == "UDP" and (p.port, p.target_port) == (flush.port, flush.target_port)
                 for p in s.ports

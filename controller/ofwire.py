@@ -554,6 +554,10 @@ def encode_barrier(xid: int) -> bytes:
     return _HEADER.pack(OFP_VERSION, OFPT_BARRIER_REQUEST, 8, xid)
 
 
+def encode_echo_request(xid: int) -> bytes:
+    return _HEADER.pack(OFP_VERSION, OFPT_ECHO_REQUEST, 8, xid)
+
+
 def encode_role_request(role: int, generation_id: int, xid: int) -> bytes:
     """OFPT_ROLE_REQUEST (OFPCR_ROLE_*, generation_id as an unsigned 64-bit number)."""
     return _ROLE.pack(OFP_VERSION, OFPT_ROLE_REQUEST, _ROLE.size, xid, role, generation_id)

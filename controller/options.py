@@ -16,6 +16,9 @@ the same environment variables as every other vxflow/flanneld command:
     VXFLOW_MEMBER_TTL        seconds a replica's membership lives unrenewed (default 5)
     VXFLOW_ADVERTISE         OpenFlow target switches reach it on (default tcp:<listen
                              host>:<port> when the listen host is one address)
+    VXFLOW_ECHO_INTERVAL     seconds between echo requests to each switch; one that leaves 3
+                             unanswered is disconnected (default 2: a switch whose node died
+                             without closing the connection is gone within about 8 s)
 
 `vxflow controller` sets them from its own command-line options.
 """
@@ -89,6 +92,13 @@ OPTS = [
         max=300,
         help="Seconds this replica's membership lives without renewal; its switches fail "
         "over to the other replicas within about this long after it dies.",
+    ),
+    cfg.FloatOpt(
+        "vxflow-echo-interval",
+        default=float(os.environ.get("VXFLOW_ECHO_INTERVAL", "2")),
+        min=0.5,
+        help="Seconds between echo requests to each switch; a switch that leaves 3 unanswered "
+        "is disconnected (os-ken's own default is 15 s and never disconnects).",
     ),
     cfg.StrOpt(
         "vxflow-advertise",

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from leases.model import Claim, Endpoint, Lease, Member, NetworkConfig, Service, VxflowConfig
+from leases.model import (
+    Claim,
+    Endpoint,
+    Lease,
+    Liveness,
+    Member,
+    NetworkConfig,
+    Service,
+    VxflowConfig,
+)
 from leases.policy import Namespace, NetworkPolicy
 
 
@@ -77,6 +86,22 @@ class ClaimRemoved:
 
 
 @dataclass(frozen=True)
+class LivenessAdded:
+    """A node's liveness record appeared (or came back under another etcd lease)."""
+
+    record: Liveness
+    revision: int
+
+
+@dataclass(frozen=True)
+class LivenessRemoved:
+    """A node's liveness record expired or was revoked."""
+
+    record: Liveness
+    revision: int
+
+
+@dataclass(frozen=True)
 class VxflowConfigChanged:
     """vxflow's own config (the service range) changed; services are judged again."""
 
@@ -140,6 +165,8 @@ Event = (
     | MemberRemoved
     | ClaimAdded
     | ClaimRemoved
+    | LivenessAdded
+    | LivenessRemoved
     | VxflowConfigChanged
     | ServiceAdded
     | ServiceRemoved
@@ -149,5 +176,6 @@ Event = (
     | NamespaceRemoved
 )
 ReplicaEvent = MemberAdded | MemberRemoved | ClaimAdded | ClaimRemoved
+LivenessEvent = LivenessAdded | LivenessRemoved
 ServiceEvent = VxflowConfigChanged | ServiceAdded | ServiceRemoved
 PolicyEvent = PolicyAdded | PolicyRemoved | NamespaceAdded | NamespaceRemoved

@@ -23,6 +23,7 @@ class KeyKind(StrEnum):
     SERVICE = "service"  # a virtual service
     POLICY = "policy"  # a Kubernetes NetworkPolicy
     NAMESPACE = "namespace"  # a namespace's labels
+    NODE = "node"  # a node agent's liveness record
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,13 @@ class Keys:
     @property
     def services(self) -> str:
         return f"{self.prefix}/{VXFLOW_SUBPREFIX}/services/"
+
+    @property
+    def nodes(self) -> str:
+        return f"{self.prefix}/{VXFLOW_SUBPREFIX}/nodes/"
+
+    def node(self, public_ip: IPv4Address) -> str:
+        return f"{self.nodes}{public_ip}"
 
     def service(self, name: str) -> str:
         return self.services + name
@@ -138,4 +146,6 @@ class Keys:
             return KeyKind.POLICY, key[len(self.policies) :]
         if key.startswith(self.namespaces):
             return KeyKind.NAMESPACE, key[len(self.namespaces) :]
+        if key.startswith(self.nodes):
+            return KeyKind.NODE, key[len(self.nodes) :]
         return None

@@ -147,6 +147,18 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Liveness:
+    """A node agent's sign of life: `<prefix>/vxflow/nodes/<PublicIP>`, bound to an etcd
+    lease of its own of `ttl` seconds (not the 24 h subnet lease), kept alive by the agent
+    and revoked when it stops cleanly: the key is gone within `ttl` of the agent's death.
+    The controller's rule of what that means (`leases.liveness.node_down`) is there."""
+
+    public_ip: IPv4Address
+    ttl: int
+    etcd_lease_id: int = 0
+
+
+@dataclass(frozen=True)
 class ServicePort:
     """One port of a service: `Port`/`Protocol` on the VIP, `TargetPort` on each backend."""
 

@@ -35,6 +35,7 @@ from leases.etcd_client import DEFAULT_ENDPOINTS, NO_ACCESS, RANGE_PAGE, EtcdAcc
 from leases.etcd_v2 import config_note
 from leases.events import Event
 from leases.keys import KV, Keys
+from leases.liveness import liveness_to_json
 from leases.metrics import RejectionReporter
 from leases.model import (
     FLANNEL_DEFAULT_PREFIX,
@@ -44,6 +45,7 @@ from leases.model import (
     Endpoint,
     FamilyConfig,
     Lease,
+    Liveness,
     Member,
     NetworkConfig,
     Service,
@@ -131,6 +133,11 @@ class Registry:
 
     def close(self) -> None:
         self.etcd.close()
+
+    def sibling(self, timeout: float) -> Registry:
+        """The same etcd and prefix through a client of its own (for another thread), with
+        its own request timeout."""
+        return Registry(self._endpoints, self.keys.prefix, timeout=timeout, access=self._access)
 
     def __enter__(self) -> Registry:
         return self
@@ -536,6 +543,16 @@ class Registry:
         """Valid endpoints (of nodes with a valid lease), optionally of one node only."""
         snap = self.snapshot()
         return [ep for ep in snap.endpoints if node_subnet is None or ep.node_subnet == node_subnet]
+
+    # --- node liveness ----------------------------------------------------------
+
+    def put_liveness(self, public_ip: IPv4Address, ttl: int) -> int:
+        """(Re)write this node's liveness record on a new etcd lease of `ttl` seconds; the
+        lease's id, to keep alive (`etcd.keepalive`) and revoke on a clean stop."""
+        lease = self.etcd.grant(ttl)
+        self.etcd.put(self.keys.node(public_ip), liveness_to_json(Liveness(public_ip, ttl)),
+                      lease=lease)  # fmt: skip
+        return lease
 
     # --- controller replicas --------------------------------------------------
 

@@ -25,6 +25,8 @@ from leases.events import (
     LeaseAdded,
     LeaseChanged,
     LeaseRemoved,
+    LivenessAdded,
+    LivenessRemoved,
     MemberAdded,
     MemberRemoved,
     NamespaceAdded,
@@ -36,10 +38,12 @@ from leases.events import (
     VxflowConfigChanged,
 )
 from leases.keys import KV, KeyKind, Keys
+from leases.liveness import check_liveness
 from leases.model import (
     Claim,
     Endpoint,
     Lease,
+    Liveness,
     Member,
     NetworkConfig,
     Service,
@@ -78,6 +82,7 @@ class Snapshot:
     services: tuple[Service, ...] = ()  # accepted services, sorted by name
     policies: tuple[NetworkPolicy, ...] = ()  # valid NetworkPolicies, sorted by namespace/name
     namespaces: tuple[Namespace, ...] = ()  # labelled namespaces, sorted by name
+    liveness: tuple[Liveness, ...] = ()  # the nodes' liveness records, sorted by PublicIP
     kvs: Mapping[str, KV] = field(default_factory=dict, repr=False, compare=False)
     # The View it was built from, when nothing else holds that View (build_snapshot's):
     # a watch starts from a copy of it instead of validating every entry again.
@@ -95,6 +100,10 @@ class Snapshot:
 
     def endpoints_of(self, node_subnet: IPv4Network) -> tuple[Endpoint, ...]:
         return tuple(ep for ep in self.endpoints if ep.node_subnet == node_subnet)
+
+    def alive(self) -> frozenset[IPv4Address]:
+        """The PublicIPs of the nodes whose liveness record is in etcd."""
+        return frozenset(r.public_ip for r in self.liveness)
 
 
 EMPTY = Snapshot(config=None, leases=(), endpoints=(), revision=0)
@@ -116,6 +125,10 @@ def _service_name(service: Service) -> str:
     return service.name
 
 
+def _node_ip(record: Liveness) -> IPv4Address:
+    return record.public_ip
+
+
 def _policy_name(policy: NetworkPolicy) -> str:
     return policy.key_name
 
@@ -130,8 +143,9 @@ _STANDALONE = {
     KeyKind.CLAIM: (check_claim, ClaimAdded, ClaimRemoved),
     KeyKind.POLICY: (check_policy, PolicyAdded, PolicyRemoved),
     KeyKind.NAMESPACE: (check_namespace, NamespaceAdded, NamespaceRemoved),
+    KeyKind.NODE: (check_liveness, LivenessAdded, LivenessRemoved),
 }
-Standalone = Member | Claim | NetworkPolicy | Namespace
+Standalone = Member | Claim | NetworkPolicy | Namespace | Liveness
 
 PAUSE_EVERY = 1024  # keys validated between two calls of a View's `pause`
 
@@ -170,7 +184,8 @@ class View:
         self._groups: dict[str, set[str]] = {}  # subnet key name -> endpoint keys under it
         self._endpoints: dict[str, Endpoint | Rejection] = {}
         self._live_eps: dict[str, Endpoint] = {}
-        # controller replicas, their claims, policies, namespaces: each judged on its own
+        # controller replicas, their claims, policies, namespaces, the nodes' liveness
+        # records: each judged on its own
         self._standalone: dict[str, Standalone | Rejection] = {}
         # services: judged against config and vxflow config, then one holder per VIP
         self.vxflow = VxflowConfig()
@@ -264,6 +279,7 @@ class View:
             rejected=tuple(sorted(rejected, key=lambda r: r.key)),
             members=tuple(sorted((m for m in own if isinstance(m, Member)), key=_member_id)),
             claims=tuple(sorted((c for c in own if isinstance(c, Claim)), key=_dpid)),
+            liveness=tuple(sorted((r for r in own if isinstance(r, Liveness)), key=_node_ip)),
             vxflow=self.vxflow,
             services=tuple(sorted(self._live_services.values(), key=_service_name)),
             policies=tuple(
@@ -606,6 +622,7 @@ def diff(old: Snapshot, new: Snapshot) -> list[Event]:
         (ClaimRemoved, ClaimAdded, old.claims, new.claims),
         (PolicyRemoved, PolicyAdded, old.policies, new.policies),
         (NamespaceRemoved, NamespaceAdded, old.namespaces, new.namespaces),
+        (LivenessRemoved, LivenessAdded, old.liveness, new.liveness),
     ):
         kept = set(before) & set(after)
         events += [removed(x, rev) for x in before if x not in kept]

@@ -7,6 +7,10 @@ tests and B7: run it inside a pod's namespace with `mnexec -a PID python3 minine
                           N TCP connections one after the other (RATE per second, 0: as
                           fast as they go); print {"answers": {first line: count},
                           "failed": k, "seconds": time taken}
+    stream IP PORT SECONDS RATE
+                          a new TCP connection every 1/RATE s for SECONDS, each in a thread
+                          of its own (a failing one holds up none); print [[start as
+                          time.time(), first line or null], ...] in start order
     udp IP PORT N SPORT   N datagrams from source port SPORT; print the same JSON
     hold IP PORT          one TCP connection: print its first line, then send each line
                           of stdin and print the line echoed back (until stdin ends)
@@ -80,6 +84,32 @@ def connect(ip: str, port: int, count: int, rate: float) -> dict:
     return {"answers": dict(answers), "failed": failed, "seconds": time.monotonic() - start}
 
 
+def stream(ip: str, port: int, seconds: float, rate: float) -> list:
+    results: list[list] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        started, answer = time.time(), None
+        try:
+            with socket.create_connection((ip, port), timeout=2) as s:
+                s.settimeout(2)
+                answer = s.makefile("rb").readline().decode().strip() or None
+        except OSError:
+            pass
+        with lock:
+            results.append([started, answer])
+
+    threads = []
+    start = time.monotonic()
+    for i in range(int(seconds * rate)):
+        time.sleep(max(0.0, start + i / rate - time.monotonic()))
+        threads.append(threading.Thread(target=one))
+        threads[-1].start()
+    for thread in threads:
+        thread.join()
+    return sorted(results)
+
+
 def datagrams(ip: str, port: int, count: int, sport: int) -> dict:
     answers: Counter[str] = Counter()
     failed = 0
@@ -117,6 +147,8 @@ def main(argv: list[str]) -> None:
         print(json.dumps(connect_from(int(args[0]), args[1], int(args[2]))))
     elif command == "hold":
         hold(args[0], int(args[1]))
+    elif command == "stream":
+        print(json.dumps(stream(args[0], int(args[1]), float(args[2]), float(args[3]))))
     elif command == "udp":
         print(json.dumps(datagrams(args[0], int(args[1]), int(args[2]), int(args[3]))))
     else:

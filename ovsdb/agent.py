@@ -31,6 +31,10 @@ cluster needs no node restart. A config change seen there is acted on at once
 resync; so is a change of vxflow's config: its ServiceNetwork is routed into
 the gateway port (the node reaches service VIPs through the switch).
 
+The node's liveness record (`<prefix>/vxflow/nodes/<PublicIP>`, leases/liveness.py) is
+kept alive by a thread of its own (ovsdb/liveness.py says why) from the moment the agent
+holds a lease and OVSDB answers, and revoked on a clean stop.
+
 A flow-restore-wait that a restart of ovs-vswitchd left set is cleared here
 (`_flow_restore_wait`, checked first on every turn). With a metrics port the
 agent serves its Prometheus metrics (ovsdb/metrics.py) from a thread.
@@ -62,6 +66,7 @@ from leases.config import ConfigError, ipv6_notice
 from leases.controllers import target_ip
 from leases.errors import ConfigMissing, EtcdUnavailable, LeaseLost, RegistryError
 from leases.events import ConfigChanged, Event, MemberAdded, MemberRemoved, VxflowConfigChanged
+from leases.liveness import DEFAULT_TTL as DEFAULT_LIVENESS_TTL
 from leases.model import (
     LEASE_TTL_SECONDS,
     RENEW_MARGIN_SECONDS,
@@ -95,6 +100,7 @@ from ovsdb.bootstrap import (
 )
 from ovsdb.ipmasq import IpMasq, IpMasqError
 from ovsdb.iproute import IprouteError, gateway_to
+from ovsdb.liveness import LivenessKeeper
 from ovsdb.plug import foreign_ports
 from ovsdb.pods import PodPort, PodRejection, endpoints_from_ports
 
@@ -120,6 +126,7 @@ class AgentSettings:
     metrics_port: int = 0  # serve Prometheus metrics on metrics_listen:PORT; 0 = off
     metrics_listen: str = "127.0.0.1"
     public_ipv6: IPv6Address | None = None  # the lease's PublicIPv6 under EnableIPv6
+    liveness_ttl: int = DEFAULT_LIVENESS_TTL  # seconds this node's liveness record outlives its agent
 
 
 @dataclass
@@ -224,11 +231,14 @@ class Agent:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         watch = self.registry.watch(callback=self._note_event)
+        keeper = LivenessKeeper(self.registry, self.settings.public_ip, self.settings.liveness_ttl)
+        keeper.start()
         try:
             self._loop(idl)
         except RetryError:
             log.info("stopped while acquiring the lease again")
         finally:
+            keeper.stop()
             self.notifier.stopping()
             watch.stop()
             idl.close()

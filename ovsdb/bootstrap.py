@@ -55,6 +55,10 @@ FLOW_RESTORE_WAIT = "flow-restore-wait"
 # 8 s): after a controller restart or a failover the switch could wait that long. 1 s is
 # the least OVS accepts; the connection attempt itself costs nothing while it fails.
 CONTROLLER_MAX_BACKOFF_MS = 1000
+# The switch's side of a dead controller connection: with nothing received for this long it
+# sends an echo request, and gives up after as long again (OVS's default: 5 s; the least 1 s).
+# The controller probes every second itself (controller.guard), so a live one never idles.
+CONTROLLER_INACTIVITY_PROBE_MS = 3000
 
 
 class BootstrapError(RuntimeError):
@@ -308,6 +312,8 @@ def _plan_bridge(plan: _Plan, state: BridgeState):
             row = plan.insert("Controller")
             row.target = target
         plan.ensure(row, "max_backoff", [CONTROLLER_MAX_BACKOFF_MS], f"controller {target}")
+        plan.ensure(row, "inactivity_probe", [CONTROLLER_INACTIVITY_PROBE_MS],
+                    f"controller {target}")  # fmt: skip
         rows.append(row)
     if sorted(have) != list(state.controllers):
         plan.note(

@@ -26,6 +26,8 @@ from leases.cli_options import etcd_options, etcd_params, open_registry, operato
 from leases.config import parse_config
 from leases.etcd_client import parse_endpoints
 from leases.keys import Keys
+from leases.liveness import DEFAULT_TTL as DEFAULT_LIVENESS_TTL
+from leases.liveness import MAX_TTL as MAX_LIVENESS_TTL
 from leases.model import LEASE_TTL_SECONDS, RENEW_MARGIN_SECONDS, Lease, NetworkConfig
 from leases.subnet_env import DEFAULT_SUBNET_ENV, previous_subnet
 from ovsdb import idl as ovsidl
@@ -281,6 +283,13 @@ def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
               show_default=True, help="Seconds the etcd lease on this node's subnet lives "
                    "without renewal (flannel's is fixed at 24 h; shorter makes a dead node's "
                    "subnet free sooner).")  # fmt: skip
+@click.option("--liveness-ttl", envvar="VXFLOW_LIVENESS_TTL", show_envvar=True,
+              type=click.IntRange(min=1, max=MAX_LIVENESS_TTL), default=DEFAULT_LIVENESS_TTL,
+              show_default=True, help="Seconds this node's liveness record in etcd outlives "
+                   "the agent (renewed 4 times per TTL from a thread of its own): a node "
+                   "whose record is gone and whose switch is connected to no controller is "
+                   "down, and its backends leave every service. etcd grants at least 1.5 "
+                   "election timeouts (2 s by default).")  # fmt: skip
 @click.option("--subnet-lease-renew-margin", type=int, default=RENEW_MARGIN_SECONDS // 60,
               show_default=True, help="Renew the lease this many minutes before it expires.")  # fmt: skip
 @click.option("--resync-interval", type=float, default=30.0, show_default=True,
@@ -322,6 +331,7 @@ def agent(ctx: click.Context, **params: Any) -> None:
         resync_interval=params["resync_interval"],
         renew_margin=params["subnet_lease_renew_margin"] * 60,
         lease_ttl=params["subnet_lease_ttl"],
+        liveness_ttl=params["liveness_ttl"],
         flow_restore_timeout=params["flow_restore_timeout"],
         metrics_port=params["metrics_port"],
         metrics_listen=params["metrics_listen"],

@@ -32,7 +32,7 @@ COLUMNS = {
     "Port": ["name", "interfaces", "external_ids"],
     "Interface": ["name", "type", "options", "ofport", "ofport_request", "mac", "mtu_request",
                   "external_ids", "error"],
-    "Controller": ["target", "is_connected", "max_backoff"],
+    "Controller": ["target", "is_connected", "max_backoff", "inactivity_probe"],
     "SSL": ["private_key", "certificate", "ca_cert", "external_ids"],
 }  # fmt: skip
 

@@ -25,6 +25,13 @@ RENEWALS = Counter(
 )
 RENEWED = RENEWALS.labels("ok")
 LOST = RENEWALS.labels("lost")
+LIVENESS_WRITES = Counter(
+    "vxflow_agent_liveness_writes",
+    "liveness records written: at start, and again after one lapsed (an etcd outage)",
+)
+LIVENESS_FAILURES = Counter(
+    "vxflow_agent_liveness_failures", "liveness record renewals that failed (retried)"
+)
 CONFIG_CHANGES = Counter(
     "vxflow_agent_config_changes", "network config changes the agent followed (from its watch)"
 )

@@ -35,6 +35,7 @@ from flows.groups import group_to_ofctl
 from flows.ports import TUNNEL_OFPORT, vtep_mac_for
 from flows.services import service_plan
 from leases.etcd_server import EtcdServer, free_loopback_port
+from leases.liveness import MAX_TTL as MAX_LIVENESS_TTL
 from leases.model import Endpoint, Lease, datapath_id_for
 from leases.registry import Registry
 from ovsdb.instance import OvsInstance
@@ -69,6 +70,7 @@ class Controller:
     member_ttl: int | None = None  # None: the default
     extra: tuple[str, ...] = ()  # more `vxflow controller` options (TLS)
     log_format: str = "text"
+    env: dict[str, str] = field(default_factory=dict)  # more environment (VXFLOW_* settings)
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
 
@@ -78,14 +80,14 @@ class Controller:
 
     def start(self, log_dir: Path) -> Controller:
         self.log_path = log_dir / f"controller-{time.monotonic_ns()}.log"
-        env = None
+        env = {**os.environ, **self.env}
         if self.osken_manager:
             cmd = [
                 OSKEN_MANAGER, "--ofp-listen-host", "127.0.0.1",
                 "--ofp-tcp-listen-port", str(self.port), "controller.app",
             ]  # fmt: skip
             env = {
-                **os.environ, "FLANNELD_ETCD_ENDPOINTS": self.etcd,
+                **env, "FLANNELD_ETCD_ENDPOINTS": self.etcd,
                 "FLANNELD_ETCD_PREFIX": self.prefix,
                 "VXFLOW_METRICS_PORT": str(self.metrics_port),
                 "VXFLOW_AUDIT_INTERVAL": str(self.audit_interval),
@@ -226,6 +228,10 @@ class Cluster:
             time.sleep(0.2)
 
     def lease(self, i: int, ttl: int = 3600) -> Lease:
+        """Node i's lease, and its liveness record (for the longest TTL one may have; no
+        test runs that long), as its agent would keep it: the node is UP whether its switch
+        is connected or not."""
+        self.registry.put_liveness(node_ip(i), MAX_LIVENESS_TTL)
         return self.registry.acquire(node_ip(i), vtep_mac_for(node_ip(i)), ttl=ttl)
 
 

@@ -415,11 +415,13 @@ def test_a_switch_that_stops_reading_holds_up_no_other(cluster: Cluster, tmp_pat
     receive buffer): the bundle that deletes them is encoded in a thread of that switch's
     and waits in its own backlog, and two new leases, one right after the other, land on a
     healthy switch at once (the second one used to wait for the first one's barrier reply,
-    behind the stalled sends: 8.8 s)."""
+    behind the stalled sends: 8.8 s). (Echo requests every 15 s: a switch that stops
+    reading for 4 of them is disconnected, and this one must stay while its bundle waits.)"""
     cluster.lease(1)
     slow_ip = node_ip(2)
     cluster.registry.acquire(slow_ip, vtep_mac_for(slow_ip))
     bridge = cluster.add_switch(1)
+    cluster.controller.env = {"VXFLOW_ECHO_INTERVAL": "15"}
     controller = cluster.controller.start(tmp_path)
     cluster.wait_converged()
     state = SwitchState(datapath_id_for(slow_ip), expected=0)

@@ -20,6 +20,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -43,23 +44,30 @@ PORT = 8080  # every backend's TargetPort
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator:
-    with emulated_cluster("s", nodes=4, pods=1) as running:
-        servers = []
-        try:
-            for node in running.vxflow_nodes[:3]:
-                pod = running.pods_of(node)[0]
-                server = in_host(pod, sys.executable, NAMESRV, "serve", pod.name, str(PORT),
-                                 stdout=subprocess.PIPE)  # fmt: skip
-                assert server.stdout.readline().strip() == "listening"
-                servers.append(server)
-            with Registry(running.etcd_endpoint, running.spec.prefix) as registry:
-                registry.set_service_network(str(SERVICE_NETWORK))
-            wait_routed(running)
-            yield running
-        finally:
-            for server in servers:
-                server.kill()
-                server.wait()
+    with emulated_cluster("s", nodes=4, pods=1) as running, serving(running, running.vxflow_nodes[:3]):
+        yield running
+
+
+@contextmanager
+def serving(cluster, nodes) -> Iterator[None]:
+    """The name server in the first pod of each of `nodes`, the ServiceNetwork set and
+    routed by every node: a cluster ready for services; the servers stopped after."""
+    servers = []
+    try:
+        for node in nodes:
+            pod = cluster.pods_of(node)[0]
+            server = in_host(pod, sys.executable, NAMESRV, "serve", pod.name, str(PORT),
+                             stdout=subprocess.PIPE)  # fmt: skip
+            assert server.stdout.readline().strip() == "listening"
+            servers.append(server)
+        with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
+            registry.set_service_network(str(SERVICE_NETWORK))
+        wait_routed(cluster)
+        yield
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
 
 
 def wait_routed(cluster, timeout: float = 20) -> None:

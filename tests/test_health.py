@@ -5,7 +5,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 
 from leases.keys import KeyKind
-from leases.model import Claim, Endpoint, Member, NetworkConfig, datapath_id_for
+from leases.model import Claim, Endpoint, Liveness, Member, NetworkConfig, datapath_id_for
 from leases.state import Snapshot
 from leases.validate import Rejection
 from tests.test_controller_sync import lease
@@ -19,7 +19,8 @@ def snap(**kw) -> Snapshot:
     base = dict(config=CONFIG, leases=(lease(1), lease(2)), endpoints=(
         Endpoint(lease(1).subnet, IPv4Address("198.19.1.10"), "02:00:00:00:00:0a", 5),),
         revision=42, members=(R1,), claims=tuple(
-            Claim(datapath_id_for(lease(i).public_ip), "r1", 10 + i, 7) for i in (1, 2)))  # fmt: skip
+            Claim(datapath_id_for(lease(i).public_ip), "r1", 10 + i, 7) for i in (1, 2)),
+        liveness=(Liveness(lease(1).public_ip, 2, 8),))  # fmt: skip
     return Snapshot(**{**base, **kw})
 
 
@@ -48,9 +49,9 @@ def test_a_healthy_cluster_and_its_screen():
     assert two.ttl is None  # a reservation
     text = render(report, now=1010.0).splitlines()
     assert text[0] == "network 198.19.0.0/16, /24 subnets, VXLAN VNI 1 port 8472 (etcd revision 42)"
-    assert text[3].split() == ["198.18.0.1", "198.19.1.0/24", "3600s", "connected", "r1", "(11)",
+    assert text[3].split() == ["198.18.0.1", "198.19.1.0/24", "3600s", "alive", "connected", "r1", "(11)",
                                "20/20", "10s", "ago", "1", "1"]  # fmt: skip
-    assert text[4].split()[2] == "reserved"
+    assert text[4].split()[2:4] == ["reserved", "-"]  # no record: no pods of ours either
     assert text[7].split() == ["r1", "tcp:198.18.0.254:6653", "2", "2",
                                "http://127.0.0.1:9101/status"]  # fmt: skip
     assert text[-1] == "healthy"
@@ -74,7 +75,7 @@ def test_each_kind_of_trouble_is_one_problem():
         "rejected lease /p/subnets/198.19.9.0-24: VtepMAC is not a MAC [bad_value]",
     ]
     text = render(report, now=0.0)
-    assert "3 flows differ" in text and "DOWN" in text and "REJECTED ETCD ENTRIES" in text
+    assert "3 flows differ" in text and "disconnected" in text and "REJECTED ETCD ENTRIES" in text
     assert "5 problem(s):" in text
 
 
@@ -150,3 +151,24 @@ def test_a_member_entry_names_its_status_page_or_is_rejected():
     bad = raw.replace("http://127.0.0.1:9101/status", "file:///etc/passwd")
     rejected = check_member(member_kv("r1", value=bad), "r1")
     assert isinstance(rejected, Rejection) and rejected.reason == "bad_address"
+
+
+def test_a_crashed_node_is_named_down_and_a_partitioned_one_is_not():
+    """DOWN: pods published, no liveness record, switch connected to no replica that
+    answered. A cut controller connection alone (the record alive) is only a switch
+    problem; a dead agent alone (its switch connected) is no problem."""
+    crashed = assess(snap(liveness=()), TTLS, {"r1": page(switch(2))})
+    assert crashed.nodes[0].down and not crashed.healthy
+    assert crashed.problems == [
+        "node 198.18.0.1 (198.19.1.0/24) is DOWN: no liveness record and its switch is not "
+        "connected to any controller; its backends are out of every service",
+    ]
+    assert render(crashed, now=0.0).splitlines()[3].split()[3] == "DOWN"
+    cut = assess(snap(), TTLS, {"r1": page(switch(2))})
+    assert not cut.nodes[0].down
+    assert cut.problems[0].endswith("its switch is not connected to any controller (node or "
+                                    "ovs-vswitchd down?)")  # fmt: skip
+    agent_gone = assess(snap(liveness=()), TTLS, {"r1": page(switch(1), switch(2))})
+    assert not agent_gone.nodes[0].down and agent_gone.healthy
+    # no page read: the switches are unknown, no node is called DOWN
+    assert not assess(snap(liveness=()), TTLS, {"r1": "unreachable"}).nodes[0].down

@@ -547,3 +547,38 @@ def test_dual_stack_config_gives_dual_stack_leases_and_ipv4_keeps_working(
     again = wait_for(lambda: cluster3.registry.lease_for(lease.subnet), "the lease taken again")
     assert flag.subnet() == lease.subnet
     assert again.ipv6_subnet == lease.ipv6_subnet and again.etcd_lease_id != lease.etcd_lease_id
+
+
+@pytest.mark.integration
+def test_liveness_record_lives_on_its_own_short_lease_and_goes_with_the_agent(
+    cluster1: Cluster,
+) -> None:
+    """The record is on an etcd lease of its own (not the subnet lease), of --liveness-ttl
+    seconds, kept alive for many TTLs; a kill -9 leaves it to expire, a restart writes it
+    again, a clean stop (SIGTERM) removes it at once, while the subnet lease stays."""
+    agent = cluster1.agents[0]
+    agent.extra = ("--liveness-ttl", "2")
+    agent.start()
+    subnet = agent.subnet()
+    registry, ip = cluster1.registry, agent.node.underlay_ip
+
+    def record():
+        return next((r for r in registry.snapshot().liveness if r.public_ip == ip), None)
+
+    first = wait_for(record, "the liveness record")
+    assert first.ttl == 2
+    assert first.etcd_lease_id != registry.lease_for(subnet).etcd_lease_id
+    assert registry.etcd.time_to_live(first.etcd_lease_id)[1] == 2  # its granted TTL
+    time.sleep(5)  # longer than two TTLs: renewed meanwhile
+    assert record() == first
+
+    agent.stop(signal.SIGKILL)
+    wait_for(lambda: record() is None, "the record expiring after a kill -9", timeout=6)
+    assert registry.lease_for(subnet) is not None  # the subnet lease stays (24 h)
+    agent.start()
+    again = wait_for(record, "the record written again by the restarted agent")
+    assert again.etcd_lease_id != first.etcd_lease_id
+
+    assert agent.stop() == 0
+    assert record() is None  # revoked at the stop, not left to expire
+    assert registry.lease_for(subnet) is not None

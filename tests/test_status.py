@@ -64,7 +64,8 @@ def test_status_healthy_drifted_rejected_and_node_down(cluster: Cluster, tmp_pat
         f"revision {report(cluster)[1]['revision']})"  # fmt: skip
     row = next(line for line in lines if line.startswith(str(node_ip(1))))
     flows = len(cluster.dump(b1))
-    assert row.split()[:4] == [str(node_ip(1)), str(n1.subnet), row.split()[2], "connected"]
+    assert row.split()[:5] == [str(node_ip(1)), str(n1.subnet), row.split()[2], "alive",
+                               "connected"]  # fmt: skip
     assert "r1 (" in row and f"{flows}/{flows}" in row and row.split()[-1] == "1", row
     assert lines[-1] == "healthy"
     assert any(line.startswith("r1 ") and f"http://127.0.0.1:{cluster.controller.metrics_port}"
@@ -122,7 +123,7 @@ def test_status_healthy_drifted_rejected_and_node_down(cluster: Cluster, tmp_pat
     assert "REJECTED ETCD ENTRIES" in text.stdout and key in text.stdout
     cluster.registry.etcd.delete(key)
 
-    # a node down: its switch is gone, its lease is not
+    # a switch gone, its node's lease and liveness record not (a partition)
     cluster.ovs.vsctl("del-br", b2)
     del cluster.bridges[node_ip(2)]
     wait_for("node 2 reported down", lambda: any(
@@ -134,8 +135,23 @@ def test_status_healthy_drifted_rejected_and_node_down(cluster: Cluster, tmp_pat
                                "to any controller (node or ovs-vswitchd down?)"]  # fmt: skip
     row = next(line for line in status(cluster).stdout.splitlines()
                if line.startswith(str(node_ip(2))))  # fmt: skip
-    assert row.split()[3] == "DOWN"
+    assert row.split()[3:5] == ["alive", "disconnected"]
     assert f"{datapath_id_for(node_ip(2)):016x}" not in json.dumps(doc["controllers"])
+
+    # a node DOWN: it has a pod, and its liveness record goes too (a crash)
+    cluster.registry.put_endpoint(pod(n2, 20, 6), n2)
+    cluster.registry.etcd.delete(cluster.registry.keys.node(node_ip(2)))
+    rc, doc = report(cluster)
+    assert rc == 1 and nodes(doc)[str(node_ip(2))]["down"] is True
+    assert doc["problems"] == [f"node {node_ip(2)} ({n2.subnet}) is DOWN: no liveness record and "
+                               "its switch is not connected to any controller; its backends "
+                               "are out of every service"]  # fmt: skip
+    row = next(line for line in status(cluster).stdout.splitlines()
+               if line.startswith(str(node_ip(2))))  # fmt: skip
+    assert row.split()[3:5] == ["DOWN", "disconnected"]
+    wait_for("the controller's DOWN line", lambda: f"node {node_ip(2)} ({n2.subnet}) is DOWN"
+             in cluster.controller.log())  # fmt: skip
+    assert cluster.controller.metric("vxflow_controller_node_transitions_total", to="down") == 1
 
 
 def test_status_without_etcd_is_unknown_exit_3() -> None:

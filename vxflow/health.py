@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from leases.keys import KeyKind
+from leases.liveness import node_down
 from leases.model import datapath_id_for
 from leases.state import Snapshot
 from leases.validate import Reason
@@ -32,6 +33,8 @@ PROBLEMS = (
     "no controller replica registered (with a valid config)",
     "a replica whose membership has lapsed",
     "a replica whose status page, served on an address other than loopback, cannot be read",
+    "a node DOWN: its agent publishes pods, its liveness record is gone and its switch is "
+    "not connected to any replica that answered (its backends are out of every service)",
     "a node whose switch is not connected to any replica that answered, has no master, or "
     "holds flows that differ from the desired ones",
     "a switch connected without a valid lease",
@@ -52,6 +55,8 @@ class Node:
     subnet: str
     ttl: int | None  # seconds left on the lease; None: a reservation (no TTL)
     pods: int
+    alive: bool = False  # its liveness record is in etcd
+    down: bool = False  # leases.liveness.node_down, with the replicas that answered
     master: str | None = None  # the replica holding the switch's claim in etcd
     generation: int | None = None  # the claim's revision: the switch's generation_id
     connected_to: list[str] = field(default_factory=list)  # replicas the switch is connected to
@@ -83,6 +88,7 @@ class Report:
     rejected: list[dict[str, str]]
     problems: list[str]
     unknown: list[str] = field(default_factory=list)  # what cannot be told: not problems
+    taken: float = 0.0  # when all was read (time.time(), `vxflow status`): the report's "as of"
 
     @property
     def healthy(self) -> bool:
@@ -114,6 +120,7 @@ def assess(
     switches = _switches(read)  # datapath-id -> [(replica id, its entry)]
     claims = {c.datapath_id: c for c in snap.claims}
     nodes = []
+    alive = snap.alive()
     for lease in snap.leases:
         dpid = datapath_id_for(lease.public_ip)
         node = Node(str(lease.public_ip), str(lease.subnet), ttls.get(str(lease.subnet)),
@@ -123,6 +130,8 @@ def assess(
             node.master, node.generation = claim.controller, claim.generation
         entries = switches.pop(dpid, [])
         node.connected_to = sorted(rid for rid, _ in entries)
+        node.alive = lease.public_ip in alive
+        node.down = bool(read) and node_down(node.pods > 0, node.alive, bool(node.connected_to))
         master = next((e for _, e in entries if e["role"] == "master"), None)
         if master is not None:
             _take_master(node, master)
@@ -196,8 +205,11 @@ def _node_problems(node: Node, any_read: bool, some_unread: bool) -> list[str]:
     where = f"node {node.public_ip} ({node.subnet})"
     if not any_read:
         return []  # nothing to say about switches: the controllers' problems say why
+    seen = "any controller that answered" if some_unread else "any controller"
+    if node.down:
+        return [f"{where} is DOWN: no liveness record and its switch is not connected to "
+                f"{seen}; its backends are out of every service"]  # fmt: skip
     if not node.connected_to:
-        seen = "any controller that answered" if some_unread else "any controller"
         return [f"{where}: its switch is not connected to {seen} (node or ovs-vswitchd down?)"]
     if node.in_sync is None:
         return [f"{where}: its switch has no master (connected to {', '.join(node.connected_to)})"]
@@ -227,17 +239,18 @@ def render(report: Report, now: float | None = None) -> str:
         if c else f"network: no valid config (etcd revision {report.revision})",
         "",
     ]  # fmt: skip
-    rows = [("NODE", "SUBNET", "TTL", "SWITCH", "MASTER (GEN)", "FLOWS", "LAST SYNC", "REPAIRS",
-             "PODS")]  # fmt: skip
+    rows = [("NODE", "SUBNET", "TTL", "LIVENESS", "SWITCH", "MASTER (GEN)", "FLOWS", "LAST SYNC",
+             "REPAIRS", "PODS")]  # fmt: skip
     for n in report.nodes:
-        switch = "connected" if n.connected_to else "DOWN"
+        switch = "connected" if n.connected_to else "disconnected"
         master = f"{n.master} ({n.generation})" if n.master else "-"
         flows = "-"
         if n.flows_installed is not None:
             flows = f"{n.flows_installed}/{n.flows_desired}"
             flows += f" ({n.flows_differing} differ)" if n.flows_differing else ""
-        rows.append((n.public_ip, n.subnet, "reserved" if n.ttl is None else f"{n.ttl}s", switch,
-                     master, flows, _ago(n.last_sync, now),
+        liveness = "DOWN" if n.down else "alive" if n.alive else "-"
+        rows.append((n.public_ip, n.subnet, "reserved" if n.ttl is None else f"{n.ttl}s", liveness,
+                     switch, master, flows, _ago(n.last_sync, now),
                      "-" if n.drift_repairs is None else str(n.drift_repairs), str(n.pods)))  # fmt: skip
     lines += [*_table(rows), ""]
     rows = [("CONTROLLER", "ADDRESS", "MASTERS", "CONNECTED", "STATUS")]

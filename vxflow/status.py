@@ -97,6 +97,7 @@ def status(output: str, timeout: float, **etcd: str) -> None:
         pages = dict(zip((m.id for m in snap.members),
                          pool.map(lambda m: fetch_page(m, timeout), snap.members), strict=True))  # fmt: skip
     report = assess(snap, ttls, pages, note)
+    report.taken = time.time()  # everything read: what it says is true as of now
     if output == "json":
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

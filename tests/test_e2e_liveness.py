@@ -1,0 +1,167 @@
+"""End to end: a node crashes under a stream of new connections to a service (real etcd,
+controller, agents, OVS, Mininet), and comes back.
+
+Three nodes; the service's backends are the pods on n2 and n3, the client the pod on n1.
+n3's agent and ovs-vswitchd are killed -9 while the client opens a new connection every
+0.2 s (n3's own userspace datapath carried its switch's controller connection: no FIN
+goes out, as in a power loss): connections fail only until the liveness record lapses
+(--liveness-ttl, 2 s, plus etcd's expiry check) and the controller's echo to the switch
+goes unanswered, and `vxflow status` names n3 DOWN by then. Restarted, n3's backend takes new
+connections again as soon as its agent is back.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from leases.registry import Registry
+from tests.emulation import emulated_cluster
+from tests.test_e2e_cluster import in_host
+from tests.test_e2e_services import NAMESRV, VIP, put_service, serving
+
+pytestmark = pytest.mark.e2e
+
+GOAL = 3.0  # seconds from the crash to the last failed connection, and to `status` saying so
+BACK = 2.0  # seconds from the agent's return to its backend answering again
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator:
+    with emulated_cluster("l", nodes=3, pods=1) as running, serving(running, running.vxflow_nodes[1:]):
+        yield running
+
+
+def status_cmd(cluster) -> list[str]:
+    return [sys.executable, "-m", "vxflow", "status", "-o", "json", *cluster.etcd_flags()]
+
+
+def status(cluster) -> tuple[dict, int]:
+    """`vxflow status -o json` on the cluster: the report and the exit status."""
+    out = subprocess.run(status_cmd(cluster), capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout), out.returncode
+
+
+def first_down(cluster, ip: str, timeout: float = 15) -> dict:
+    """The first report of `vxflow status -o json` that names `ip` DOWN, asked every 0.1 s
+    in this process (click's runner: the command's own code, without the most of a second
+    a new Python takes to start, which would blur the moment it says so)."""
+    from click.testing import CliRunner
+
+    from vxflow.cli import cli
+
+    runner = CliRunner()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = runner.invoke(cli, status_cmd(cluster)[3:])
+        report = json.loads(result.stdout)
+        if named_down(report, ip):
+            assert result.exit_code == 1, result.output
+            return report
+        time.sleep(0.1)
+    raise AssertionError(f"status never named {ip} DOWN within {timeout}s")
+
+
+def named_down(report: dict, ip: str) -> bool:
+    node = next((n for n in report["nodes"] if n["public_ip"] == ip), None)
+    return node is not None and node["down"] and any(f"{ip} " in p and "is DOWN" in p
+                                                     for p in report["problems"])
+
+
+def connected(report: dict, ip: str) -> bool:
+    return bool(next(n for n in report["nodes"] if n["public_ip"] == ip)["connected_to"])
+
+
+def test_a_node_cut_off_from_the_controller_only_keeps_its_backends(cluster):
+    """n3's switch loses its controller connection (an nft rule in n3 drops TCP to the
+    controller's port; its data plane and its agent's etcd session are left alone): it
+    stays UP, its backend keeps taking connections, and none fails."""
+    n1, n2, n3 = cluster.vxflow_nodes
+    client, pod2, pod3 = (cluster.pods_of(n)[0] for n in (n1, n2, n3))
+    put_service(cluster, [pod2, pod3])
+    ip3 = str(n3.underlay_ip)
+    ports = {target.rsplit(":", 1)[1] for target in (r.target for r in cluster.replicas)}
+    stream = in_host(client, sys.executable, NAMESRV, "stream", VIP, "80", "16", "5",
+                     stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        time.sleep(1)
+        n3.sh("nft add table ip vxflow_test && nft add chain ip vxflow_test out "
+              "'{ type filter hook output priority 0; }' && nft add rule ip vxflow_test out "
+              f"tcp dport '{{ {', '.join(sorted(ports))} }}' drop")  # fmt: skip
+        cut = time.time()
+        deadline = cut + 13
+        while connected(report := status(cluster)[0], ip3):
+            assert time.time() < deadline, "n3's switch never lost its controller connection"
+        disconnected = time.time()
+        assert not named_down(report, ip3), report["problems"]
+        results = json.loads(stream.communicate(timeout=60)[0])
+    finally:
+        n3.sh("nft delete table ip vxflow_test 2>/dev/null || true")
+        if stream.poll() is None:
+            stream.kill()
+            stream.wait()
+    assert all(answer for _, answer in results), results
+    later = {answer.split()[0] for t, answer in results if t > disconnected}
+    assert later == {pod2.name, pod3.name}, results  # n3's backend still served
+    deadline = time.monotonic() + 30
+    while not connected(status(cluster)[0], ip3):  # back for the next test
+        assert time.monotonic() < deadline, "n3's switch did not reconnect"
+
+
+def test_a_crashed_nodes_backend_leaves_within_the_goal_and_returns_with_its_agent(cluster):
+    n1, n2, n3 = cluster.vxflow_nodes
+    client, pod2, pod3 = (cluster.pods_of(n)[0] for n in (n1, n2, n3))
+    put_service(cluster, [pod2, pod3])
+    ip3 = str(n3.underlay_ip)
+    report, code = status(cluster)
+    assert code == 0 and not named_down(report, ip3), report["problems"]
+    underlay = n3.sh("ip -4 -o addr show dev br-phy").split()[3]  # br-phy goes with the switch
+
+    stream = in_host(client, sys.executable, NAMESRV, "stream", VIP, "80", "8", "5",
+                     stdout=subprocess.PIPE)  # fmt: skip
+    time.sleep(2)
+    crash = time.time()
+    n3.stop_proc("agent", signal.SIGKILL)
+    n3.ovs.stop_process("ovs-vswitchd", kill=True)
+    seen = first_down(cluster, ip3)["taken"]
+    report, code = status(cluster)  # and as typed, in a process of its own
+    assert code == 1 and named_down(report, ip3), report["problems"]
+    results = json.loads(stream.communicate(timeout=30)[0])
+
+    failed = [t for t, answer in results if answer is None]
+    timeline = [(round(t - crash, 2), answer) for t, answer in results]
+    after = [answer and answer.split()[0] for t, answer in results if t > crash + GOAL]
+    log = cluster.replicas[0].log_path.read_text()
+    why = [line for line in log.splitlines() if ip3 in line][-4:]
+    when = time.strftime("%T", time.localtime(crash)) + f"{crash % 1:.3f}"[1:]
+    assert failed and max(failed) - crash <= GOAL, (when, why, timeline)
+    assert after and set(after) == {pod2.name}, timeline  # every later one went to n2
+    assert seen - crash <= GOAL, (seen - crash, when, why)
+
+    # n3 back: ovs-vswitchd, then its agent; its backend answers again within BACK
+    n3.ovs.start_vswitchd()
+    n3.sh(f"ip addr replace {underlay} dev br-phy && ip link set br-phy up")
+    cluster.start_agent(n3)
+    with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
+        while n3.underlay_ip not in registry.snapshot().alive():
+            time.sleep(0.05)
+    back = time.time()
+    answered = None
+    while answered is None and time.time() < back + 10:
+        result = json.loads(subprocess.run(
+            ["mnexec", "-a", str(client.pid), sys.executable, NAMESRV, "connect", VIP, "80", "4"],
+            capture_output=True, text=True, timeout=60, check=True).stdout)  # fmt: skip
+        if any(a.startswith(pod3.name) for a in result["answers"]):
+            answered = time.time()
+    assert answered is not None and answered - back <= BACK, (answered, back)
+    report, _ = status(cluster)
+    assert not named_down(report, ip3), report["problems"]
+    # one log line per transition
+    log = cluster.replicas[0].log_path.read_text()
+    assert log.count(f"node {ip3} (") == 1 and log.count(f"node {ip3} is UP again") == 1
