@@ -31,7 +31,7 @@ integration: setup
 # checks here.
 REPEAT ?= 200
 repeat: setup
-	$(VENV)/python -m pytest -m "random_leases and not e2e" --count $(REPEAT) -x -q
+	$(VENV)/python -m pytest $(PARALLEL) -m "random_leases and not e2e" --count $(REPEAT) -x -q
 
 bench: setup
 	$(VENV)/python -m bench.run_all
