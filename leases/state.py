@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
+from operator import attrgetter
+from typing import TypeVar
 
 from leases.config import ConfigError, parse_config
 from leases.controllers import check_claim, check_member
@@ -113,28 +115,12 @@ def _lease_order(lease: Lease) -> tuple[int, int]:
     return int(lease.subnet.network_address), lease.subnet.prefixlen
 
 
-def _member_id(member: Member) -> str:
-    return member.id
+T = TypeVar("T")
 
 
-def _dpid(claim: Claim) -> int:
-    return claim.datapath_id
-
-
-def _service_name(service: Service) -> str:
-    return service.name
-
-
-def _node_ip(record: Liveness) -> IPv4Address:
-    return record.public_ip
-
-
-def _policy_name(policy: NetworkPolicy) -> str:
-    return policy.key_name
-
-
-def _namespace_name(namespace: Namespace) -> str:
-    return namespace.name
+def _sorted(entries: Iterable[object], kind: type[T], by: str) -> tuple[T, ...]:
+    """The entries of `kind` among `entries`, sorted by their attribute `by`."""
+    return tuple(sorted((e for e in entries if isinstance(e, kind)), key=attrgetter(by)))
 
 
 # Entries judged on their own, config or not: (check, added event, removed event).
@@ -277,17 +263,13 @@ class View:
             ),
             revision=self.revision,
             rejected=tuple(sorted(rejected, key=lambda r: r.key)),
-            members=tuple(sorted((m for m in own if isinstance(m, Member)), key=_member_id)),
-            claims=tuple(sorted((c for c in own if isinstance(c, Claim)), key=_dpid)),
-            liveness=tuple(sorted((r for r in own if isinstance(r, Liveness)), key=_node_ip)),
+            members=_sorted(own, Member, "id"),
+            claims=_sorted(own, Claim, "datapath_id"),
+            liveness=_sorted(own, Liveness, "public_ip"),
             vxflow=self.vxflow,
-            services=tuple(sorted(self._live_services.values(), key=_service_name)),
-            policies=tuple(
-                sorted((p for p in own if isinstance(p, NetworkPolicy)), key=_policy_name)
-            ),
-            namespaces=tuple(
-                sorted((n for n in own if isinstance(n, Namespace)), key=_namespace_name)
-            ),
+            services=tuple(sorted(self._live_services.values(), key=attrgetter("name"))),
+            policies=_sorted(own, NetworkPolicy, "key_name"),
+            namespaces=_sorted(own, Namespace, "name"),
             kvs=dict(self.kvs),
         )
 
