@@ -472,8 +472,9 @@ class VxflowController(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPStateChange, HANDSHAKE_DISPATCHER)
     def _connected(self, ev) -> None:
         guard.enforce_handshake_deadline(
-            ev.datapath, hub.spawn_after, MAIN_DISPATCHER, DEAD_DISPATCHER
-        )
+            ev.datapath, hub.spawn_after, MAIN_DISPATCHER, DEAD_DISPATCHER,
+            guard.handshake_deadline(CONF.vxflow_echo_interval),
+        )  # fmt: skip
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev) -> None:

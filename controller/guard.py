@@ -9,7 +9,8 @@ and noise, which this module adds:
   pauses the listener instead of ending it: os-ken has no hook for either, so
   `install()` swaps its listener class for `BoundedStreamServer`;
 - a peer that has not completed the OpenFlow handshake (hello, features)
-  HANDSHAKE_TIMEOUT after connecting is disconnected;
+  HANDSHAKE_TIMEOUT after connecting (sooner where the echo probe would drop it
+  first: `handshake_deadline`) is disconnected;
 - a switch that stops answering echo requests (one every `vxflow-echo-interval`
   seconds, 2 by default) is disconnected after MAX_UNREPLIED_ECHOES of them: a peer stalled in the middle of a
   message, or a node that died without its kernel closing the connection (a power
@@ -111,11 +112,18 @@ def install(conf, receive: wirecheck.Receive | None = None) -> None:
             logger.addFilter(_OneLineFailures())
 
 
+def handshake_deadline(echo_interval: float) -> float:
+    """Seconds a peer has to finish its handshake: HANDSHAKE_TIMEOUT, or less where the echo
+    probe would drop a silent peer sooner (it probes peers from their first moment), so
+    that a peer silent from the start is always counted as what it is."""
+    return min(HANDSHAKE_TIMEOUT, echo_interval * MAX_UNREPLIED_ECHOES)
+
+
 def enforce_handshake_deadline(
     datapath, later: Callable[[float, Callable[[], None]], object], main_state: str,
-    dead_state: str,
+    dead_state: str, deadline: float = HANDSHAKE_TIMEOUT,
 ) -> None:
-    """Disconnect `datapath` if it is not a switch in MAIN state HANDSHAKE_TIMEOUT from now."""
+    """Disconnect `datapath` if it is not a switch in MAIN state `deadline` s from now."""
 
     def check() -> None:
         if datapath.state in (main_state, dead_state):
@@ -123,8 +131,8 @@ def enforce_handshake_deadline(
         metrics.REFUSED.labels("handshake_timeout").inc()
         log.warning(
             "OpenFlow peer %s did not finish its handshake in %.0fs; disconnecting",
-            datapath.address, HANDSHAKE_TIMEOUT,
+            datapath.address, deadline,
         )  # fmt: skip
         datapath.close()
 
-    later(HANDSHAKE_TIMEOUT, check)
+    later(deadline, check)

@@ -98,3 +98,12 @@ def test_what_a_peer_can_send_at_will_grows_no_metric_series_and_no_log_flood() 
     assert [limit.admit() for _ in range(5)] == [None] * 5
     now[0] += 10.0
     assert limit.admit() == 5 and limit.admit() is None
+
+
+def test_a_silent_peer_meets_its_handshake_deadline_before_the_echo_probe_drops_it() -> None:
+    from controller.guard import HANDSHAKE_TIMEOUT, MAX_UNREPLIED_ECHOES, handshake_deadline
+
+    for interval in (0.5, 2.0, 15.0):
+        deadline = handshake_deadline(interval)
+        assert deadline <= HANDSHAKE_TIMEOUT and deadline < interval * (MAX_UNREPLIED_ECHOES + 1)
+    assert handshake_deadline(15.0) == HANDSHAKE_TIMEOUT  # os-ken's pace: the full 10 s
