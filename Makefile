@@ -13,7 +13,7 @@ lint: setup
 
 # Test processes in parallel (pytest-xdist), each in network namespaces of its own
 # (tests/sandbox.py): most of a test's time is waiting on daemons, not the CPU.
-WORKERS ?= 3
+WORKERS ?= 4
 PARALLEL = -n $(WORKERS) --dist loadgroup
 
 test: setup lint
