@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from leases.pods import ContainerPort
 from leases.policy import (
     EGRESS,
     INGRESS,
@@ -39,15 +40,6 @@ from leases.policy import (
     Rule,
     default_labels,
 )
-
-
-@dataclass(frozen=True)
-class ContainerPort:
-    """A container port a pod publishes (as in a pod spec): what a named port resolves to."""
-
-    name: str
-    port: int
-    protocol: str = "TCP"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # leases.pods judges labels with leases.labels; the model stays import-free
+    from leases.pods import PodIdentity
 
 FLANNEL_DEFAULT_PREFIX = "/coreos.com/network"
 VXFLOW_SUBPREFIX = "vxflow"  # <prefix>/vxflow/... holds vxflow's own keys
@@ -112,6 +116,7 @@ class Endpoint:
     mac: str
     ofport: int
     port_name: str = ""
+    pod: PodIdentity | None = None  # who the pod is (policy selects on it); None: not named
 
 
 @dataclass(frozen=True)

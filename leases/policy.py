@@ -17,7 +17,6 @@ Kubernetes sets them; a namespace without a key has that label alone.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
@@ -26,6 +25,20 @@ from typing import Any
 import yaml
 
 from leases.keys import KV, KeyKind
+from leases.labels import (
+    MAX_LABELS,
+    MAX_SELECTOR_TERMS,
+    PolicyInvalid,
+    PolicyReason,
+    bounded,
+    dns_label_problem,
+    dns_subdomain_problem,
+    label_key_problem,
+    label_value_problem,
+    parse_labels,
+    port_name_problem,
+    show,
+)
 from leases.validate import Reason, Rejection, _Invalid, _object
 
 API_VERSION = "networking.k8s.io/v1"
@@ -42,46 +55,11 @@ INGRESS, EGRESS = "Ingress", "Egress"
 MAX_INPUT_BYTES = 4 * 1024 * 1024  # one `vxflow policies set` file
 MAX_POLICY_BYTES = 256 * 1024  # one stored policy
 MAX_NAMESPACE_BYTES = 64 * 1024
-MAX_SELECTOR_TERMS = 64  # matchLabels plus matchExpressions of one selector
 MAX_VALUES = 256  # values of one matchExpression
 MAX_RULES = 128  # ingress or egress rules of one policy
 MAX_PEERS = 256  # from/to peers of one rule
 MAX_PORTS = 128  # ports of one rule
 MAX_EXCEPT = 128  # except blocks of one ipBlock
-MAX_LABELS = 128  # labels of one namespace
-
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL.pattern}(\.{_DNS_LABEL.pattern})*")
-_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-_PORT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
-
-
-class PolicyReason:
-    """Reason codes of rejected policies and namespaces (beside `leases.validate.Reason`)."""
-
-    BAD_MANIFEST = "bad_manifest"
-    BAD_SELECTOR = "bad_selector"
-    BAD_PEER = "bad_peer"
-    BAD_PORT = "bad_port"
-    BAD_PROTOCOL = "bad_protocol"
-    BAD_IP_BLOCK = "bad_ip_block"
-    BAD_LABEL = "bad_label"
-    TOO_MANY = "too_many"
-
-
-class PolicyInvalid(ValueError):
-    """One line: the object (if known), the field and what is wrong with it."""
-
-    def __init__(self, reason: str, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
-        self.reason = reason
-        self.field = field
-        self.message = message
-
-    def of(self, what: str) -> PolicyInvalid:
-        """The same error, prefixed with the object it is about."""
-        return PolicyInvalid(self.reason, f"{what}: {self.field}" if self.field else what,
-                             self.message)  # fmt: skip
 
 
 # -- the model ------------------------------------------------------------------------
@@ -193,55 +171,7 @@ def default_labels(namespace: str) -> dict[str, str]:
     return {NAME_LABEL: namespace}
 
 
-# -- syntax of names and labels (k8s.io/apimachinery/pkg/util/validation) -------------
-
-
-def dns_label_problem(value: str) -> str | None:
-    if len(value) <= 63 and _DNS_LABEL.fullmatch(value):
-        return None
-    return (f"{value!r} must be at most 63 lower-case letters, digits and '-', "
-            "starting and ending with a letter or digit")  # fmt: skip
-
-
-def _dns_subdomain_problem(value: str) -> str | None:
-    if len(value) <= 253 and _DNS_SUBDOMAIN.fullmatch(value):
-        return None
-    return (f"{value!r} must be at most 253 lower-case letters, digits, '-' and '.', "
-            "starting and ending with a letter or digit")  # fmt: skip
-
-
-def label_key_problem(key: str) -> str | None:
-    """Why `key` is not a label key (an optional DNS-subdomain prefix, '/', a name)."""
-    prefix, _, name = key.rpartition("/")
-    if "/" in key and (not prefix or _dns_subdomain_problem(prefix)):
-        return f"label key {key!r} has an invalid prefix (a DNS subdomain is expected)"
-    if len(name) > 63 or not _LABEL_NAME.fullmatch(name):
-        return (f"label key {key!r}: the name must be 1-63 letters, digits, '-', '_' and '.', "
-                "starting and ending with a letter or digit")  # fmt: skip
-    return None
-
-
-def label_value_problem(value: str) -> str | None:
-    if value == "" or (len(value) <= 63 and _LABEL_NAME.fullmatch(value)):
-        return None
-    return (f"label value {value!r} must be empty or 1-63 letters, digits, '-', '_' and '.', "
-            "starting and ending with a letter or digit")  # fmt: skip
-
-
-def _port_name_problem(name: str) -> str | None:
-    if (len(name) <= 15 and _PORT_NAME.fullmatch(name) and "--" not in name
-            and any(c.isalpha() for c in name)):  # fmt: skip
-        return None
-    return (f"port name {name!r} must be 1-15 lower-case letters, digits and '-' (not "
-            "doubled, nor first or last), with at least one letter")  # fmt: skip
-
-
 # -- parsing --------------------------------------------------------------------------
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _get(obj: Mapping[str, Any], name: str, kind: type, path: str, default: Any = None) -> Any:
@@ -252,15 +182,8 @@ def _get(obj: Mapping[str, Any], name: str, kind: type, path: str, default: Any 
     if not isinstance(value, kind):
         want = {dict: "an object", list: "a list", str: "a string"}[kind]
         raise PolicyInvalid(PolicyReason.BAD_MANIFEST, f"{path}{name}",
-                            f"must be {want}, got {_show(value)}")  # fmt: skip
+                            f"must be {want}, got {show(value)}")  # fmt: skip
     return value
-
-
-def _bounded(items: list[Any], limit: int, field: str, what: str) -> list[Any]:
-    if len(items) > limit:
-        raise PolicyInvalid(PolicyReason.TOO_MANY, field,
-                            f"{len(items)} {what}: vxflow accepts at most {limit}")  # fmt: skip
-    return items
 
 
 def _fields(raw: Any, field: str, reason: str, known: tuple[str, ...]) -> dict[str, Any]:
@@ -268,29 +191,11 @@ def _fields(raw: Any, field: str, reason: str, known: tuple[str, ...]) -> dict[s
     silently change what a policy allows, so it is refused, as kubectl's strict
     validation refuses it."""
     if not isinstance(raw, dict):
-        raise PolicyInvalid(reason, field, f"must be an object, got {_show(raw)}")
+        raise PolicyInvalid(reason, field, f"must be an object, got {show(raw)}")
     unknown = sorted(str(k) for k in raw if k not in known)
     if unknown:
         raise PolicyInvalid(reason, f"{field}.{unknown[0]}" if field else unknown[0],
                             f"unknown field (known: {', '.join(known)})")  # fmt: skip
-    return raw
-
-
-def parse_labels(raw: Any, field: str, limit: int = MAX_SELECTOR_TERMS) -> dict[str, str]:
-    """A map of valid label keys to valid label values (both strings)."""
-    if not isinstance(raw, dict):
-        raise PolicyInvalid(PolicyReason.BAD_LABEL, field, f"must be an object, got {_show(raw)}")
-    _bounded(list(raw), limit, field, "labels")
-    for key, value in raw.items():
-        if not isinstance(key, str):
-            raise PolicyInvalid(PolicyReason.BAD_LABEL, field,
-                                f"label key {_show(key)} is not a string")  # fmt: skip
-        if not isinstance(value, str):
-            raise PolicyInvalid(PolicyReason.BAD_LABEL, f"{field}.{key}",
-                                f"label value {_show(value)} is not a string (quote it)")  # fmt: skip
-        problem = label_key_problem(key) or label_value_problem(value)
-        if problem:
-            raise PolicyInvalid(PolicyReason.BAD_LABEL, field, problem)
     return raw
 
 
@@ -303,8 +208,8 @@ def _requirement(raw: Any, field: str) -> Requirement:
     op = raw.get("operator")
     if op not in OPERATORS:
         raise PolicyInvalid(PolicyReason.BAD_SELECTOR, f"{field}.operator",
-                            f"{_show(op)} is not one of {', '.join(OPERATORS)}")  # fmt: skip
-    values = _bounded(_get(raw, "values", list, f"{field}.", []), MAX_VALUES,
+                            f"{show(op)} is not one of {', '.join(OPERATORS)}")  # fmt: skip
+    values = bounded(_get(raw, "values", list, f"{field}.", []), MAX_VALUES,
                       f"{field}.values", "values")  # fmt: skip
     if op in ("In", "NotIn") and not values:
         raise PolicyInvalid(PolicyReason.BAD_SELECTOR, f"{field}.values",
@@ -315,7 +220,7 @@ def _requirement(raw: Any, field: str) -> Requirement:
     for i, value in enumerate(values):
         if not isinstance(value, str):
             raise PolicyInvalid(PolicyReason.BAD_SELECTOR, f"{field}.values[{i}]",
-                                f"{_show(value)} is not a string (quote it)")  # fmt: skip
+                                f"{show(value)} is not a string (quote it)")  # fmt: skip
         problem = label_value_problem(value)
         if problem:
             raise PolicyInvalid(PolicyReason.BAD_SELECTOR, f"{field}.values[{i}]", problem)
@@ -340,7 +245,7 @@ def parse_selector(raw: Any, field: str) -> LabelSelector:
 def _network(text: Any, field: str) -> IPNetwork:
     if not isinstance(text, str):
         raise PolicyInvalid(PolicyReason.BAD_IP_BLOCK, field,
-                            f"must be a CIDR string, got {_show(text)}")  # fmt: skip
+                            f"must be a CIDR string, got {show(text)}")  # fmt: skip
     try:
         return ip_network(text, strict=False)  # host bits allowed, as Go's ParseCIDR does
     except ValueError:
@@ -355,7 +260,7 @@ def _ip_block(raw: Any, field: str) -> IPBlock:
     cidr = _network(raw["cidr"], f"{field}.cidr")
     excepted = []
     listed = _get(raw, "except", list, f"{field}.", [])
-    for i, text in enumerate(_bounded(listed, MAX_EXCEPT, f"{field}.except", "blocks")):
+    for i, text in enumerate(bounded(listed, MAX_EXCEPT, f"{field}.except", "blocks")):
         net = _network(text, f"{field}.except[{i}]")
         if net.version != cidr.version or not (
             net.subnet_of(cidr) and net.prefixlen > cidr.prefixlen  # type: ignore[arg-type]
@@ -388,7 +293,7 @@ def _peer(raw: Any, field: str) -> Peer:
 def _port_number(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise PolicyInvalid(PolicyReason.BAD_PORT, field,
-                            f"{_show(value)} is not a port number 1-65535")  # fmt: skip
+                            f"{show(value)} is not a port number 1-65535")  # fmt: skip
     return value
 
 
@@ -401,10 +306,10 @@ def _policy_port(raw: Any, field: str) -> PolicyPort:
                             "refused rather than ignored")  # fmt: skip
     if protocol not in PROTOCOLS:
         raise PolicyInvalid(PolicyReason.BAD_PROTOCOL, f"{field}.protocol",
-                            f"{_show(protocol)} is not TCP, UDP or SCTP")  # fmt: skip
+                            f"{show(protocol)} is not TCP, UDP or SCTP")  # fmt: skip
     port = raw.get("port")
     if isinstance(port, str):
-        problem = _port_name_problem(port)
+        problem = port_name_problem(port)
         if problem:
             raise PolicyInvalid(PolicyReason.BAD_PORT, f"{field}.port", problem)
     elif port is not None:
@@ -426,9 +331,9 @@ def _policy_port(raw: Any, field: str) -> PolicyPort:
 
 def _rule(raw: Any, field: str, peers_name: str) -> Rule:
     _fields(raw, field, PolicyReason.BAD_MANIFEST, (peers_name, "ports"))
-    peers = _bounded(_get(raw, peers_name, list, f"{field}.", []), MAX_PEERS,
+    peers = bounded(_get(raw, peers_name, list, f"{field}.", []), MAX_PEERS,
                      f"{field}.{peers_name}", "peers")  # fmt: skip
-    ports = _bounded(_get(raw, "ports", list, f"{field}.", []), MAX_PORTS,
+    ports = bounded(_get(raw, "ports", list, f"{field}.", []), MAX_PORTS,
                      f"{field}.ports", "ports")  # fmt: skip
     return Rule(
         tuple(_peer(p, f"{field}.{peers_name}[{i}]") for i, p in enumerate(peers)),
@@ -437,7 +342,7 @@ def _rule(raw: Any, field: str, peers_name: str) -> Rule:
 
 
 def _rules(spec: Mapping[str, Any], name: str, peers_name: str) -> tuple[Rule, ...]:
-    rules = _bounded(_get(spec, name, list, "spec.", []), MAX_RULES, f"spec.{name}", "rules")
+    rules = bounded(_get(spec, name, list, "spec.", []), MAX_RULES, f"spec.{name}", "rules")
     return tuple(_rule(r, f"spec.{name}[{i}]", peers_name) for i, r in enumerate(rules))
 
 
@@ -452,7 +357,7 @@ def _policy_types(spec: Mapping[str, Any], egress: tuple[Rule, ...]) -> tuple[st
     for i, kind in enumerate(given):
         if kind not in (INGRESS, EGRESS):
             raise PolicyInvalid(PolicyReason.BAD_MANIFEST, f"spec.policyTypes[{i}]",
-                                f"{_show(kind)} is not Ingress or Egress")  # fmt: skip
+                                f"{show(kind)} is not Ingress or Egress")  # fmt: skip
     return tuple(k for k in (INGRESS, EGRESS) if k in given)
 
 
@@ -467,17 +372,17 @@ def _identity(obj: Mapping[str, Any]) -> tuple[str, str]:
 def parse_policy(obj: Any) -> NetworkPolicy:
     """One NetworkPolicy manifest (a parsed object); PolicyInvalid naming the field."""
     if not isinstance(obj, dict):
-        raise PolicyInvalid(PolicyReason.BAD_MANIFEST, "", f"not an object: {_show(obj)}")
+        raise PolicyInvalid(PolicyReason.BAD_MANIFEST, "", f"not an object: {show(obj)}")
     _fields(obj, "", PolicyReason.BAD_MANIFEST, ("apiVersion", "kind", "metadata", "spec", "status"))
     if obj.get("apiVersion") != API_VERSION or obj.get("kind") != KIND:
         raise PolicyInvalid(PolicyReason.BAD_MANIFEST, "apiVersion/kind",
-                            f"{_show(obj.get('apiVersion'))}/{_show(obj.get('kind'))} is not "
+                            f"{show(obj.get('apiVersion'))}/{show(obj.get('kind'))} is not "
                             f"{API_VERSION}/{KIND}")  # fmt: skip
     meta = _get(obj, "metadata", dict, "", {})
     name = _get(meta, "name", str, "metadata.", "")
     if not name:
         raise PolicyInvalid(PolicyReason.BAD_MANIFEST, "metadata.name", "is required")
-    problem = _dns_subdomain_problem(name)
+    problem = dns_subdomain_problem(name)
     if problem:
         raise PolicyInvalid(Reason.BAD_KEY, "metadata.name", problem)
     namespace = _get(meta, "namespace", str, "metadata.", "") or DEFAULT_NAMESPACE

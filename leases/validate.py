@@ -17,7 +17,9 @@ from typing import Any
 
 from leases.config import MAX_VNI
 from leases.keys import KeyKind
+from leases.labels import PolicyInvalid
 from leases.model import Endpoint, Lease, NetworkConfig, subnet_key
+from leases.pods import pod_identity_from_json
 
 MAX_VALUE_BYTES = 4096  # a flannel lease value is ~130 bytes; anything huge is not one
 MAX_OFPORT = 0xFFFFFEFF  # OpenFlow's last physical port number (OFPP_MAX)
@@ -53,6 +55,7 @@ class Reason:
     BAD_IP = "bad_ip"
     BAD_OFPORT = "bad_ofport"
     ORPHAN = "orphan"
+    BAD_POD = "bad_pod"
 
 
 @dataclass(frozen=True)
@@ -425,7 +428,16 @@ def _endpoint(name: str, value: bytes | str, leases: Mapping[IPv4Network, Lease]
     port_name = obj.get("Port", "")
     if not isinstance(port_name, str):
         raise _Invalid(Reason.WRONG_TYPE, f"Port has the wrong type: {json.dumps(port_name)}")
-    return Endpoint(node_subnet=node_subnet, ip=ip, mac=mac, ofport=ofport, port_name=port_name)
+    pod = obj.get("Pod")
+    if pod is not None:
+        if not isinstance(pod, dict):
+            raise _Invalid(Reason.WRONG_TYPE, f"Pod has the wrong type: {json.dumps(pod)[:60]}")
+        try:
+            pod = pod_identity_from_json(pod)
+        except PolicyInvalid as exc:
+            raise _Invalid(Reason.BAD_POD, str(exc)) from exc
+    return Endpoint(node_subnet=node_subnet, ip=ip, mac=mac, ofport=ofport, port_name=port_name,
+                    pod=pod)  # fmt: skip
 
 
 def check_endpoint(
@@ -444,10 +456,11 @@ def check_endpoint(
 
 
 def endpoint_to_json(ep: Endpoint) -> str:
-    return json.dumps(
-        {"IP": str(ep.ip), "MAC": ep.mac, "OFPort": ep.ofport, "Port": ep.port_name},
-        separators=(",", ":"),
-    )
+    value: dict[str, Any] = {"IP": str(ep.ip), "MAC": ep.mac, "OFPort": ep.ofport,
+                             "Port": ep.port_name}  # fmt: skip
+    if ep.pod is not None:
+        value["Pod"] = ep.pod.to_dict()
+    return json.dumps(value, separators=(",", ":"))
 
 
 def endpoint_name(ep: Endpoint) -> str:

@@ -7,6 +7,12 @@ whose external_ids carry
 - `vxflow-ip=<pod IPv4 address>` (inside this node's subnet, not its
   network, gateway or broadcast address).
 
+Who the pod is, for network policy, comes from four more keys, all optional:
+`vxflow-namespace` (default `default`, as kubectl's), `vxflow-pod` (the pod's
+name), `vxflow-labels` (a JSON object of strings) and `vxflow-ports` (a JSON
+list of `{"name", "containerPort", "protocol"}`, as in a pod spec). Labels or
+ports without a pod name are rejected: a pod nobody named cannot be selected.
+
 The endpoint's ofport is the Interface's `ofport` as ovs-vswitchd assigned it.
 A port with neither key is not a pod (left alone, silently). A port with a
 malformed or out-of-subnet value is rejected: logged once with the reason and
@@ -15,15 +21,23 @@ never published, so a typo can never steal another pod's traffic.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import AddressValueError, IPv4Address
 
+from leases.labels import PolicyInvalid
 from leases.model import Endpoint, Lease
+from leases.pods import PodIdentity, pod_identity
 from leases.validate import normalize_mac
 
 MAC_KEY = "attached-mac"
 IP_KEY = "vxflow-ip"
+NAMESPACE_KEY = "vxflow-namespace"
+POD_KEY = "vxflow-pod"
+LABELS_KEY = "vxflow-labels"
+PORTS_KEY = "vxflow-ports"
+DEFAULT_NAMESPACE = "default"
 
 
 @dataclass(frozen=True)
@@ -65,9 +79,32 @@ def _endpoint(port: PodPort, lease: Lease) -> Endpoint | PodRejection | None:
         return PodRejection(port.name, f"{IP_KEY} {ip} is outside this node's subnet {subnet}")
     if ip in (subnet.network_address, lease.gateway, subnet.broadcast_address):
         return PodRejection(port.name, f"{IP_KEY} {ip} is {subnet}'s network, gateway or broadcast")
+    pod = _identity(ids)
+    if isinstance(pod, str):
+        return PodRejection(port.name, pod)
     if port.ofport is None or port.ofport < 1:
         return None  # not attached yet: vswitchd will assign an ofport and the IDL tells us
-    return Endpoint(node_subnet=subnet, ip=ip, mac=mac, ofport=port.ofport, port_name=port.name)
+    return Endpoint(node_subnet=subnet, ip=ip, mac=mac, ofport=port.ofport, port_name=port.name,
+                    pod=pod)  # fmt: skip
+
+
+def _identity(ids: dict[str, str]) -> PodIdentity | str | None:
+    """The pod's identity from external_ids; None: unnamed; a string: why it is rejected."""
+    name = ids.get(POD_KEY)
+    if name is None:
+        extra = [k for k in (NAMESPACE_KEY, LABELS_KEY, PORTS_KEY) if k in ids]
+        return f"external_ids:{extra[0]} without external_ids:{POD_KEY}" if extra else None
+    decoded = {}
+    for key in (LABELS_KEY, PORTS_KEY):
+        try:
+            decoded[key] = json.loads(ids[key]) if key in ids else None
+        except ValueError:
+            return f"external_ids:{key} is not JSON: {ids[key][:60]!r}"
+    try:
+        return pod_identity(ids.get(NAMESPACE_KEY, DEFAULT_NAMESPACE), name,
+                            decoded[LABELS_KEY], decoded[PORTS_KEY])  # fmt: skip
+    except PolicyInvalid as exc:
+        return f"external_ids: {exc}"
 
 
 def endpoints_from_ports(

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from flows.policy_eval import ContainerPort, Evaluator, Pod, pod
+from flows.policy_eval import Evaluator, Pod, pod
+from leases.pods import ContainerPort
 from leases.policy import NAME_LABEL, Namespace, NetworkPolicy, parse_policy
 
 NAMESPACES = ("x", "y", "z")

@@ -20,6 +20,7 @@ from leases.events import (
 )
 from leases.keys import KV, KeyKind, Keys
 from leases.model import Endpoint, Lease
+from leases.pods import pod_identity
 from leases.state import EMPTY, build_snapshot, diff
 from leases.validate import (
     MAX_VALUE_BYTES,
@@ -257,6 +258,12 @@ def test_endpoint_round_trip() -> None:
     ep = Endpoint(NODE.subnet, IPv4Address("198.19.3.10"), "0a:00:00:00:00:0a", 5, "vxp-a")
     assert json.loads(endpoint_to_json(ep)) == json.loads(ep_value())
     assert check_endpoint("k", "198.19.3.0-24/198.19.3.10", endpoint_to_json(ep), LEASES) == ep
+    named = replace(ep, pod=pod_identity("x", "a", {"pod": "a"}, [{"name": "h", "containerPort": 80}]))
+    assert json.loads(endpoint_to_json(named))["Pod"] == {
+        "Namespace": "x", "Name": "a", "Labels": {"pod": "a"},
+        "Ports": [{"name": "h", "containerPort": 80, "protocol": "TCP"}],
+    }  # fmt: skip
+    assert check_endpoint("k", "198.19.3.0-24/198.19.3.10", endpoint_to_json(named), LEASES) == named
 
 
 @pytest.mark.parametrize(
@@ -274,6 +281,10 @@ def test_endpoint_round_trip() -> None:
         ("198.19.3.0-24/198.19.3.10", ep_value(OFPort="5"), Reason.WRONG_TYPE),
         ("198.19.3.0-24/198.19.3.10", ep_value(Port=7), Reason.WRONG_TYPE),
         ("198.19.3.0-24/198.19.3.10", "nope", Reason.BAD_JSON),
+        ("198.19.3.0-24/198.19.3.10", ep_value(Pod="x/a"), Reason.WRONG_TYPE),
+        ("198.19.3.0-24/198.19.3.10", ep_value(Pod={"Namespace": "x"}), Reason.BAD_POD),
+        ("198.19.3.0-24/198.19.3.10", ep_value(Pod={"Name": "a", "Labels": {"k": 1}}), Reason.BAD_POD),
+        ("198.19.3.0-24/198.19.3.10", ep_value(Pod={"Name": "a", "Spec": {}}), Reason.BAD_POD),
     ],
 )
 def test_malformed_endpoint_gets_its_specific_rejection(name: str, value: str, reason: str) -> None:

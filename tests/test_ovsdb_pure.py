@@ -92,6 +92,43 @@ def test_pod_ports_to_endpoints_and_rejections() -> None:
     assert "claimed by ports dup1, dup2" in reasons["dup2"]
 
 
+def test_pod_identity_from_external_ids() -> None:
+    """Namespace, name, labels and named ports ride on the Interface; a malformed one
+    rejects the port (a pod published without its labels would escape its policies)."""
+    base = {"attached-mac": "0a:58:00:00:00:05", "vxflow-ip": "198.19.8.5"}
+    ports_json = '[{"name": "http", "containerPort": 8080}, {"containerPort": 9}]'
+    named = pod("named", 5, **base, **{"vxflow-namespace": "x", "vxflow-pod": "a",
+                                       "vxflow-labels": '{"pod": "a", "app.kubernetes.io/name": "web"}',
+                                       "vxflow-ports": ports_json})  # fmt: skip
+    endpoints, rejected = endpoints_from_ports([named], LEASE)
+    identity = endpoints[IPv4Address("198.19.8.5")].pod
+    assert rejected == [] and identity is not None
+    assert (identity.namespace, identity.name) == ("x", "a")
+    assert identity.label_map == {"pod": "a", "app.kubernetes.io/name": "web"}
+    assert [(p.name, p.port, p.protocol) for p in identity.ports] == [("http", 8080, "TCP")]
+    only_name = pod("n", 5, **base, **{"vxflow-pod": "b"})
+    identity = endpoints_from_ports([only_name], LEASE)[0][IPv4Address("198.19.8.5")].pod
+    assert identity is not None and (identity.namespace, identity.labels) == ("default", ())
+    assert endpoints_from_ports([pod("anon", 5, **base)], LEASE)[0][IPv4Address("198.19.8.5")].pod is None
+    bad = {
+        "nameless": {"vxflow-labels": '{"a": "b"}'},
+        "notjson": {"vxflow-pod": "a", "vxflow-labels": "{a: b"},
+        "intlabel": {"vxflow-pod": "a", "vxflow-labels": '{"a": 1}'},
+        "badkey": {"vxflow-pod": "a", "vxflow-labels": '{"-a": "b"}'},
+        "badns": {"vxflow-pod": "a", "vxflow-namespace": "X_1"},
+        "badport": {"vxflow-pod": "a", "vxflow-ports": '[{"name": "http", "containerPort": 0}]'},
+        "twice": {"vxflow-pod": "a", "vxflow-ports":
+                  '[{"name": "h", "containerPort": 1}, {"name": "h", "containerPort": 2}]'},
+    }  # fmt: skip
+    _, rejected = endpoints_from_ports([pod(n, 5, **base, **ids) for n, ids in bad.items()], LEASE)
+    reasons = {r.port: r.reason for r in rejected}
+    assert set(reasons) == set(bad)
+    assert "vxflow-labels without external_ids:vxflow-pod" in reasons["nameless"]
+    assert "not JSON" in reasons["notjson"]
+    assert "is not a string" in reasons["intlabel"]
+    assert "containerPort" in reasons["badport"] and "published twice" in reasons["twice"]
+
+
 def test_sysconfig_both_generations_and_options() -> None:
     seed = parse_sysconfig(
         '# /etc/sysconfig/flanneld\nFLANNEL_ETCD="http://10.140.0.2:2379"\n'
