@@ -176,7 +176,7 @@ def label(pod: str, changes: tuple[str, ...], ovsdb: str, bridge: str) -> None:
     """Set (KEY=VALUE) or remove (KEY-) labels of a running pod, as kubectl label does.
 
     Written on the pod's OVS Interface through its node's OVSDB; the agent
-    re-publishes the endpoint. Example: vxflow pods label shop/web tier=front legacy-
+    re-publishes the endpoint. Example: vxflow pods label shop/web tier=front
     """
     namespace, name = parse_pod_ref(pod)
     _checked(lambda: pod_identity(namespace, name, change_labels({}, changes)))  # syntax, first
@@ -199,7 +199,7 @@ def ports(pod: str, changes: tuple[str, ...], ovsdb: str, bridge: str) -> None:
     named container ports, which policies' named ports resolve to.
 
     No container runtime passes a pod spec's port names to CNI, so this is how
-    they are published. Example: vxflow pods ports shop/web http=8080/TCP dns=53/UDP
+    they are published. Example: vxflow pods ports shop/web http=8080/TCP
     """
     namespace, name = parse_pod_ref(pod)
     _checked(lambda: pod_identity(namespace, name, ports=[
