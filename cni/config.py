@@ -17,6 +17,9 @@ A conflist entry `{"type": "vxflow", ...}` may set:
   gateway, the first address), and a route to each FLANNEL_NETWORK is
   appended to `routes` (no `gw`: the result's gateway, .1, is the next hop).
   Any other IPAM type named here is invoked instead, with the same fields.
+- `args.cni.labels`: the pod's labels, as the CNI conventions pass them
+  (`[{"key": ..., "value": ...}]`; a runtime may inject them per call); they
+  need a pod name (CNI_ARGS `K8S_POD_NAME`, see cni/plugin.py),
 - `agentSocket`, `agentTimeout`: read by the fast client (cni/client.py): the
   node agent's CNI socket (default /run/vxflow/cni.sock) and how many seconds
   to wait for its answer (default 120); validated here too.
@@ -63,6 +66,7 @@ class NetConf:
     ipam: Mapping[str, Any] | None = None
     dns: Mapping[str, Any] = field(default_factory=dict)
     prev_result: Result | None = None
+    labels: tuple[tuple[str, str], ...] = ()  # args.cni.labels (judged with the pod's name)
     # GC: the (containerID, ifname) pairs still in use; None: the runtime sent no list
     valid_attachments: frozenset[tuple[str, str]] | None = None
 
@@ -120,7 +124,29 @@ def parse_netconf(data: bytes, command: str) -> NetConf:
         # DEL, GC and STATUS use no prevResult: what they are given is not theirs to refuse
         prev_result=parse_result(prev) if prev and command in ("ADD", "CHECK") else None,
         valid_attachments=_valid_attachments(raw) if command == "GC" else None,
+        labels=_labels(raw) if command == "ADD" else (),
     )
+
+
+def _labels(raw: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """`args.cni.labels` (CNI conventions): a list of {"key", "value"} strings, each key once."""
+    args = _typed(raw, "args", dict, {})
+    cni = args.get("cni", {})
+    if not isinstance(cni, dict):
+        raise _invalid("args.cni must be an object", repr(cni))
+    items = cni.get("labels") or []
+    if not isinstance(items, list):
+        raise _invalid("args.cni.labels must be a list", repr(items))
+    labels: dict[str, str] = {}
+    for item in items:
+        key, value = (item.get("key"), item.get("value")) if isinstance(item, dict) else (None, None)
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise _invalid("args.cni.labels: each label is {\"key\": string, \"value\": string}",
+                           repr(item))  # fmt: skip
+        if key in labels:
+            raise _invalid(f"args.cni.labels: label {key!r} is given twice", repr(items))
+        labels[key] = value
+    return tuple(labels.items())
 
 
 def _valid_attachments(raw: Mapping[str, Any]) -> frozenset[tuple[str, str]] | None:

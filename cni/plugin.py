@@ -1,5 +1,18 @@
 """ADD, DEL, CHECK, STATUS and GC: the steps, their order, and how each is undone.
 
+ADD writes who the pod is on its port (ovsdb/pods.py's external_ids
+`vxflow-namespace`, `vxflow-pod`, `vxflow-labels`), what network policy
+selects: the name and namespace from CNI_ARGS `K8S_POD_NAME` and
+`K8S_POD_NAMESPACE` (kubelet passes both; podman 4 passes the container's name
+as `K8S_POD_NAME` and forwards its own environment's CNI_ARGS, so
+`CNI_ARGS=K8S_POD_NAMESPACE=shop podman run --name web ...` names the pod
+shop/web; no namespace is `default`), the labels from the configuration's
+`args.cni.labels`. No runtime passes a pod spec's named container ports
+(`runtimeConfig.portMappings` carries host ports, without names):
+`vxflow pods ports` publishes them. An identity Kubernetes would refuse (a
+name with `_` or capitals, such as podman's generated ones) fails the ADD
+before anything is changed (code 4 for CNI_ARGS, 7 for the labels).
+
 ADD checks everything it can before it changes anything (subnet.env, the
 netns, OVSDB and the bridge, that the attachment is new), then takes each
 step with its undo registered first: the attachment record, the address
@@ -37,15 +50,19 @@ from cni import attachments, ipam, veth
 from cni.config import DEFAULT_IPAM, GC_KEYS, NetConf, delegate_ipam, ipam_request, pod_mtu
 from cni.spec import CniError, ErrorCode, Interface, Invocation, Result, Route
 from flows.ports import pod_mac
+from leases.labels import PolicyInvalid
+from leases.pods import pod_identity
 from leases.subnet_env import SubnetEnv, parse_subnet_env
 from ovsdb import idl as ovsidl
 from ovsdb import plug
 from ovsdb.iproute import IprouteError
+from ovsdb.pods import DEFAULT_NAMESPACE, identity_external_ids
 
 log = logging.getLogger("vxflow-cni")
 OVSDB_TIMEOUT = 5.0  # seconds to connect and get the first snapshot
 VSWITCHD_TIMEOUT = 3.0  # seconds STATUS waits for ovs-vswitchd to apply a change
 DEFAULT = IPv4Network("0.0.0.0/0")
+POD_NAME_ARG, POD_NAMESPACE_ARG = "K8S_POD_NAME", "K8S_POD_NAMESPACE"  # CNI_ARGS (kubelet's)
 
 
 def load_subnet_env(conf: NetConf) -> SubnetEnv:
@@ -219,8 +236,33 @@ def _netns_or_error(inv: Invocation) -> None:
                        problem)  # fmt: skip
 
 
+def pod_ids(inv: Invocation, conf: NetConf) -> dict[str, str]:
+    """The pod's identity as its port's external_ids (none for a pod nobody named); CniError
+    4 (CNI_ARGS) or 7 (args.cni.labels) for one Kubernetes would refuse."""
+    args = dict(inv.args)
+    name, namespace = args.get(POD_NAME_ARG) or None, args.get(POD_NAMESPACE_ARG) or None
+    if name is None:
+        if namespace is not None or conf.labels:
+            given = f"{POD_NAMESPACE_ARG}={namespace}" if namespace else "args.cni.labels"
+            raise CniError(ErrorCode.INVALID_ENVIRONMENT if namespace else ErrorCode.INVALID_CONFIG,
+                           f"{given} without CNI_ARGS {POD_NAME_ARG}",
+                           "a pod nobody named cannot be selected by a policy")  # fmt: skip
+        return {}
+    try:
+        pod = pod_identity(namespace or DEFAULT_NAMESPACE, name, dict(conf.labels))
+    except PolicyInvalid as exc:
+        if exc.field.startswith("labels"):
+            raise CniError(ErrorCode.INVALID_CONFIG, "invalid args.cni.labels",
+                           exc.message) from exc  # fmt: skip
+        arg = POD_NAME_ARG if exc.field == "name" else POD_NAMESPACE_ARG
+        raise CniError(ErrorCode.INVALID_ENVIRONMENT, f"CNI_ARGS {arg} is not a Kubernetes name",
+                       exc.message) from exc  # fmt: skip
+    return identity_external_ids(pod)
+
+
 def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
     steps = _Steps()
+    identity = pod_ids(inv, conf)  # before anything is changed
     env = load_subnet_env(conf)
     _netns_or_error(inv)
     host = attachments.host_ifname(inv.container_id, inv.ifname)
@@ -274,7 +316,8 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
             links.configure(pair, end)  # before the port: see the module's docstring
         steps.done("container")
         undo.callback(port.remove)
-        ids = plug.pod_external_ids(end.mac, str(address.ip), inv.container_id, inv.ifname)
+        ids = {**plug.pod_external_ids(end.mac, str(address.ip), inv.container_id, inv.ifname),
+               **identity}  # fmt: skip
         with _port_errors(host, conf.bridge):
             plug.add_port(idl, conf.bridge, host, ids, port.sending)
         steps.done("port")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 MAX_SELECTOR_TERMS = 64  # matchLabels plus matchExpressions of one selector
@@ -102,6 +103,30 @@ def bounded(items: list[Any], limit: int, field: str, what: str) -> list[Any]:
         raise PolicyInvalid(PolicyReason.TOO_MANY, field,
                             f"{len(items)} {what}: vxflow accepts at most {limit}")  # fmt: skip
     return items
+
+
+def change_labels(current: dict[str, str], changes: Iterable[str],
+                  fixed: tuple[str, str] | None = None) -> dict[str, str]:  # fmt: skip
+    """`current` changed as `kubectl label` does: `k=v` sets, `k-` removes. PolicyInvalid
+    for a malformed change, or one of `fixed`'s label (key, why it cannot change)."""
+    labels = dict(current)
+    for change in changes:
+        key, eq, value = change.partition("=")
+        if not eq and change.endswith("-"):
+            key = change[:-1]
+        elif not eq:
+            raise PolicyInvalid(PolicyReason.BAD_LABEL, change,
+                                "is neither KEY=VALUE nor KEY- (to remove it)")  # fmt: skip
+        if fixed and key == fixed[0]:
+            raise PolicyInvalid(PolicyReason.BAD_LABEL, change, fixed[1])
+        problem = label_key_problem(key) or (label_value_problem(value) if eq else None)
+        if problem:
+            raise PolicyInvalid(PolicyReason.BAD_LABEL, change, problem)
+        if eq:
+            labels[key] = value
+        else:
+            labels.pop(key, None)
+    return labels
 
 
 def parse_labels(raw: Any, field: str, limit: int = MAX_SELECTOR_TERMS) -> dict[str, str]:

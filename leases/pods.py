@@ -13,7 +13,7 @@ silently matches the wrong pods.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,3 +130,29 @@ def pod_identity_from_json(obj: Mapping[str, Any]) -> PodIdentity:
         raise _invalid(f"Pod.{unknown[0]}", "unknown field (known: Namespace, Name, Labels, Ports)")
     return pod_identity(obj.get("Namespace"), obj.get("Name"), obj.get("Labels"),
                         obj.get("Ports"), "Pod")  # fmt: skip
+
+
+def change_ports(current: tuple[ContainerPort, ...], changes: Iterable[str]) -> tuple[ContainerPort, ...]:
+    """`current` changed as `vxflow pods ports` says: `NAME=PORT[/PROTOCOL]` publishes (or
+    moves) the named port (protocol TCP by default), `NAME-` withdraws every port of that name."""
+    ports = {(p.name, p.protocol): p for p in current}
+    for change in changes:
+        name, eq, spec = change.partition("=")
+        if not eq and change.endswith("-"):
+            name = change[:-1]
+        elif not eq:
+            raise _invalid(change, "is neither NAME=PORT[/PROTOCOL] nor NAME- (to remove it)")
+        problem = port_name_problem(name)
+        if problem:
+            raise _invalid(change, problem)
+        if not eq:
+            ports = {k: p for k, p in ports.items() if p.name != name}
+            continue
+        number, _, protocol = spec.partition("/")
+        protocol = protocol.upper() or "TCP"
+        if not number.isdigit() or not 1 <= int(number) <= 65535:
+            raise _invalid(change, f"port {number!r} must be a number 1-65535")
+        if protocol not in POD_PROTOCOLS:
+            raise _invalid(change, f"protocol must be one of {', '.join(POD_PROTOCOLS)}")
+        ports[(name, protocol)] = ContainerPort(name, int(number), protocol)
+    return tuple(sorted(ports.values(), key=lambda p: (p.name, p.protocol)))

@@ -31,6 +31,7 @@ from leases.labels import (
     PolicyInvalid,
     PolicyReason,
     bounded,
+    change_labels,
     dns_label_problem,
     dns_subdomain_problem,
     label_key_problem,
@@ -545,25 +546,8 @@ def namespace_to_json(ns: Namespace) -> str:
 def relabel(namespace: str, current: Labels, changes: Iterable[str]) -> Namespace:
     """`current` changed as `kubectl label` does: `k=v` sets, `k-` removes. PolicyInvalid
     for a malformed change or an attempt on kubernetes.io/metadata.name."""
-    labels = dict(current)
-    for change in changes:
-        key, eq, value = change.partition("=")
-        if not eq and change.endswith("-"):
-            key = change[:-1]
-        elif not eq:
-            raise PolicyInvalid(PolicyReason.BAD_LABEL, change,
-                                "is neither KEY=VALUE nor KEY- (to remove it)")  # fmt: skip
-        if key == NAME_LABEL:
-            raise PolicyInvalid(PolicyReason.BAD_LABEL, change,
-                                f"{NAME_LABEL} is always the namespace's name")  # fmt: skip
-        problem = label_key_problem(key) or (label_value_problem(value) if eq else None)
-        if problem:
-            raise PolicyInvalid(PolicyReason.BAD_LABEL, change, problem)
-        if eq:
-            labels[key] = value
-        else:
-            labels.pop(key, None)
-    return _namespace(namespace, labels)
+    return _namespace(namespace, change_labels(dict(current), changes, (
+        NAME_LABEL, f"{NAME_LABEL} is always the namespace's name")))
 
 
 def _namespace(name: str, labels: dict[str, Any]) -> Namespace:

@@ -146,29 +146,32 @@ class Podman:
         """host-local's allocations for this node: one file per address in use."""
         return self.node_dir(node) / "ipam" / NETWORK
 
-    def command(self, node: VxflowNode | None, *args: str) -> tuple[list[str], dict[str, str]]:
-        """The argv and environment of `podman ARGS` as it runs for `node` (inside its netns)."""
+    def command(self, node: VxflowNode | None, *args: str,
+                env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
+        """The argv and environment of `podman ARGS` as it runs for `node` (inside its netns),
+        with `env` added (podman forwards its CNI_ARGS to the plugins)."""
         folder = self.workdir if node is None else self.node_dir(node)
-        env = {**os.environ, "CONTAINERS_STORAGE_CONF": str(self.storage_conf),
+        env = {**os.environ, **(env or {}), "CONTAINERS_STORAGE_CONF": str(self.storage_conf),
                "CONTAINERS_CONF": str(folder / "containers.conf")}  # fmt: skip
         argv = ["podman", *args]
         if node is not None:
             argv = ["nsenter", f"--net=/proc/{node.pid}/ns/net", *argv]
         return argv, env
 
-    def _podman(self, node: VxflowNode | None, *args: str, timeout: float = 60) -> str:
-        argv, env = self.command(node, *args)
+    def _podman(self, node: VxflowNode | None, *args: str, timeout: float = 60,
+                env: dict[str, str] | None = None) -> str:  # fmt: skip
+        argv, env = self.command(node, *args, env=env)
         res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
         if res.returncode != 0:
             raise PodmanError(f"`podman {' '.join(args)}` on "
                               f"{node.name if node else 'the host'} failed: {res.stderr.strip()}")  # fmt: skip
         return res.stdout
 
-    def run(self, node: VxflowNode, name: str, *cmd: str) -> str:
-        """Start a container on `node` in the vxflow network; its id."""
+    def run(self, node: VxflowNode, name: str, *cmd: str, env: dict[str, str] | None = None) -> str:
+        """Start a container on `node` in the vxflow network (`env` added to podman's); its id."""
         cid = self._podman(
             node, "run", "--detach", "--name", name, "--network", NETWORK,
-            "--cap-add", "NET_RAW", IMAGE, *(cmd or ("sleep", "3600")),
+            "--cap-add", "NET_RAW", IMAGE, *(cmd or ("sleep", "3600")), env=env,
         ).strip()  # fmt: skip
         self.containers[cid] = node.name
         self.names[name] = cid

@@ -79,7 +79,7 @@ def _endpoint(port: PodPort, lease: Lease) -> Endpoint | PodRejection | None:
         return PodRejection(port.name, f"{IP_KEY} {ip} is outside this node's subnet {subnet}")
     if ip in (subnet.network_address, lease.gateway, subnet.broadcast_address):
         return PodRejection(port.name, f"{IP_KEY} {ip} is {subnet}'s network, gateway or broadcast")
-    pod = _identity(ids)
+    pod = identity_of(ids)
     if isinstance(pod, str):
         return PodRejection(port.name, pod)
     if port.ofport is None or port.ofport < 1:
@@ -88,7 +88,7 @@ def _endpoint(port: PodPort, lease: Lease) -> Endpoint | PodRejection | None:
                     pod=pod)  # fmt: skip
 
 
-def _identity(ids: dict[str, str]) -> PodIdentity | str | None:
+def identity_of(ids: dict[str, str]) -> PodIdentity | str | None:
     """The pod's identity from external_ids; None: unnamed; a string: why it is rejected."""
     name = ids.get(POD_KEY)
     if name is None:
@@ -105,6 +105,16 @@ def _identity(ids: dict[str, str]) -> PodIdentity | str | None:
                             decoded[LABELS_KEY], decoded[PORTS_KEY])  # fmt: skip
     except PolicyInvalid as exc:
         return f"external_ids: {exc}"
+
+
+def identity_external_ids(pod: PodIdentity) -> dict[str, str]:
+    """The external_ids that carry `pod` (what `identity_of` reads back): written by vxflow-cni
+    on ADD and by `vxflow pods label`/`ports` on a running pod."""
+    ids = {NAMESPACE_KEY: pod.namespace, POD_KEY: pod.name,
+           LABELS_KEY: json.dumps(pod.label_map, sort_keys=True, separators=(",", ":"))}  # fmt: skip
+    if pod.ports:
+        ids[PORTS_KEY] = json.dumps([p.to_dict() for p in pod.ports], separators=(",", ":"))
+    return ids
 
 
 def endpoints_from_ports(

@@ -67,10 +67,10 @@ class CniNode:
 
     def plugin(
         self, command: str, container_id: str, netns: str = "", ifname: str = "eth0",
-        conf: dict | None = None, in_node: bool = True,
+        conf: dict | None = None, in_node: bool = True, args: str = "",
     ) -> tuple[int, dict | None, str]:  # fmt: skip
         env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
-               "CNI_IFNAME": ifname, "CNI_PATH": self.cni_path}  # fmt: skip
+               "CNI_IFNAME": ifname, "CNI_PATH": self.cni_path, "CNI_ARGS": args}  # fmt: skip
         if netns:
             env["CNI_NETNS"] = netns
         prefix = ["ip", "netns", "exec", self.node.netns] if in_node else []
@@ -84,6 +84,12 @@ class CniNode:
     # -- what an attachment leaves ------------------------------------------------
     def ports(self) -> list[str]:
         return sorted(self.node.ovs.vsctl("list-ports", "br-int").split())
+
+    def external_ids(self, port: str) -> dict[str, str]:
+        """The external_ids of Interface `port`, unquoted (ovs-vsctl's JSON)."""
+        out = self.node.ovs.vsctl("--format=json", "--columns=external_ids", "list", "Interface",
+                                  port)  # fmt: skip
+        return dict(json.loads(out)["data"][0][0][1])
 
     def pod_ports(self) -> list[str]:
         return [p for p in self.ports() if p.startswith("vx") and p != "vxgw0" and p != "vxlan0"]

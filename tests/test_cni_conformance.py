@@ -96,6 +96,8 @@ def test_containerd_go_cni_chained_add_check_del(cni: CniNode) -> None:
         "dns": {},  # Debian's tuning (the last plugin) renders the empty DNS object
     }
     assert cni.pod_ports() == [host]
+    ids = cni.external_ids(host)  # the pod, named
+    assert (ids["vxflow-namespace"], ids["vxflow-pod"]) == ("default", "web-0"), ids
     assert runtime.check(cid, netns, "eth0", args)[:2] == (0, None)
     assert runtime.delete(cid, netns, "eth0", args)[:2] == (0, None)
     runtime.cached[cid, "eth0"] = result  # a retried StopPodSandbox: DEL again, same shape
@@ -117,6 +119,8 @@ def test_podman_4_add_check_and_del_after_the_container_stopped(cni: CniNode) ->
     assert result["cniVersion"] == "0.4.0" and result["ips"][0]["version"] == "4", result
     assert result["interfaces"][1] == {"name": "eth0", "mac": result["interfaces"][1]["mac"],
                                        "sandbox": netns}  # fmt: skip
+    ids = cni.external_ids(host_ifname(cid, "eth0"))
+    assert (ids["vxflow-namespace"], ids["vxflow-pod"]) == ("default", "web"), ids  # none given
     assert runtime.check(cid, netns, "eth0", args)[:2] == (0, None)
     cni.underlay.del_netns(Path(netns).name)  # the container stopped
     assert runtime.delete(cid, "", "eth0", args)[:2] == (0, None)

@@ -454,3 +454,38 @@ def test_a_second_interface_of_one_container_is_refused_up_front(cni: CniNode) -
     assert cni.plugin("DEL", "m5", netns)[0] == 0
     assert cni.plugin("ADD", "m5", netns, ifname="net1")[0] == 0  # the one interface it has
     assert cni.plugin("DEL", "m5", netns, ifname="net1")[0] == 0
+
+
+def test_add_names_the_pod_on_its_port_and_refuses_a_bad_name_before_any_step(cni: CniNode) -> None:
+    """The identity network policy selects: CNI_ARGS as kubelet passes them, the labels from
+    the configuration's args.cni.labels; one Kubernetes would refuse fails the ADD whole."""
+    netns = cni.container("id1")
+    labelled = cni.conf(args={"cni": {"labels": [{"key": "app", "value": "web"}]}})
+    code, _, err = cni.plugin("ADD", "id1", netns, conf=labelled,
+                              args="IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0")  # fmt: skip
+    assert code == 0, err
+    ids = cni.external_ids(host_ifname("id1", "eth0"))
+    assert {k: ids[k] for k in ("vxflow-namespace", "vxflow-pod", "vxflow-labels", "vxflow-ip")} == {
+        "vxflow-namespace": "shop", "vxflow-pod": "web-0", "vxflow-labels": '{"app":"web"}',
+        "vxflow-ip": "198.19.7.2"}  # fmt: skip
+    before = cni.state()
+    other = cni.container("id2")
+    for args, conf, code, text in (
+        ("IgnoreUnknown=1;K8S_POD_NAME=happy_turing", None, 4, "is not a Kubernetes name"),
+        ("K8S_POD_NAMESPACE=shop", None, 4, "without CNI_ARGS K8S_POD_NAME"),
+        ("", labelled, 7, "args.cni.labels without CNI_ARGS K8S_POD_NAME"),
+        ("K8S_POD_NAME=db", cni.conf(args={"cni": {"labels": [{"key": "app", "value": "a b"}]}}),
+         7, "invalid args.cni.labels"),
+        ("K8S_POD_NAME=db", cni.conf(args={"cni": {"labels": {"app": "web"}}}), 7,
+         "args.cni.labels must be a list"),
+    ):  # fmt: skip
+        assert_failed_cleanly(cni, before, cni.plugin("ADD", "id2", other, conf=conf, args=args),
+                              code, text)  # fmt: skip
+    assert cni.links(other) == {"lo"}
+    code, _, err = cni.plugin("ADD", "id2", other, args="IgnoreUnknown=1;K8S_POD_NAME=db")
+    assert code == 0, err  # podman's: the container's name, in the default namespace
+    ids = cni.external_ids(host_ifname("id2", "eth0"))
+    assert (ids["vxflow-namespace"], ids["vxflow-pod"], ids["vxflow-labels"]) == (
+        "default", "db", "{}"), ids
+    assert cni.plugin("DEL", "id2", other)[0] == 0
+    assert cni.plugin("DEL", "id1", netns)[0] == 0

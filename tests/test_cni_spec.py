@@ -11,6 +11,7 @@ import pytest
 
 from cni import attachments
 from cni.config import delegate_ipam, ipam_request, parse_netconf, pod_mtu
+from cni.plugin import pod_ids
 from cni.spec import (
     SUPPORTED_VERSIONS,
     CniError,
@@ -160,10 +161,65 @@ def test_options_are_read() -> None:
         (conf(ipam={"type": 3}), 7),
         (conf(prevResult={"ips": [{"address": "nonsense"}]}), 6),
         (conf(prevResult={"ips": [{"address": "fd00::2/64"}]}), 7),
+        (conf(args=[]), 7),
+        (conf(args={"cni": []}), 7),
+        (conf(args={"cni": {"labels": {"app": "web"}}}), 7),  # a list of {key, value}
+        (conf(args={"cni": {"labels": [{"key": "app", "value": 1}]}}), 7),
+        (conf(args={"cni": {"labels": [["app", "web"]]}}), 7),
+        (conf(args={"cni": {"labels": [{"key": "a", "value": "1"}, {"key": "a", "value": "2"}]}}),
+         7),
     ],
 )
 def test_bad_configurations_get_their_codes(data: bytes, code: int) -> None:
     assert code_of(parse_netconf, data, "ADD") == code
+
+
+def test_labels_come_from_args_cni_labels_for_add_only() -> None:
+    labels = [{"key": "app", "value": "web"}, {"key": "tier", "value": ""}]
+    data = conf(args={"cni": {"labels": labels, "ips": ["198.19.5.9"]}, "other": {}})
+    assert parse_netconf(data, "ADD").labels == (("app", "web"), ("tier", ""))
+    assert parse_netconf(data, "DEL").labels == ()  # DEL does not judge what ADD used
+    assert parse_netconf(conf(), "ADD").labels == ()
+
+
+@pytest.mark.parametrize(
+    "args, labels, ids",
+    [
+        ("", (), {}),  # nobody named the pod (ctr run --cni passes IgnoreUnknown=1 alone)
+        ("IgnoreUnknown=1", (), {}),
+        ("IgnoreUnknown=1;K8S_POD_NAME=db", (), {  # podman: the container's name only
+            "vxflow-namespace": "default", "vxflow-pod": "db", "vxflow-labels": "{}"}),
+        ("K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=c0ffee",
+         (("app", "web"),), {"vxflow-namespace": "shop", "vxflow-pod": "web-0",
+                             "vxflow-labels": '{"app":"web"}'}),
+        ("K8S_POD_NAMESPACE=;K8S_POD_NAME=a.b", (), {  # empty: as absent
+            "vxflow-namespace": "default", "vxflow-pod": "a.b", "vxflow-labels": "{}"}),
+    ],
+)  # fmt: skip
+def test_the_pod_is_named_from_cni_args(args: str, labels: tuple, ids: dict) -> None:
+    inv = parse_invocation({**ADD_ENV, "CNI_ARGS": args})
+    assert pod_ids(inv, dataclasses.replace(parse_netconf(conf(), "ADD"), labels=labels)) == ids
+
+
+@pytest.mark.parametrize(
+    "args, labels, code, text",
+    [
+        ("K8S_POD_NAME=happy_turing", (), 4, "K8S_POD_NAME is not a Kubernetes name"),
+        ("K8S_POD_NAME=Web", (), 4, "K8S_POD_NAME is not a Kubernetes name"),
+        ("K8S_POD_NAMESPACE=a.b;K8S_POD_NAME=web", (), 4, "K8S_POD_NAMESPACE is not"),
+        ("K8S_POD_NAMESPACE=shop", (), 4, "K8S_POD_NAMESPACE=shop without CNI_ARGS K8S_POD_NAME"),
+        ("", (("app", "web"),), 7, "args.cni.labels without CNI_ARGS K8S_POD_NAME"),
+        ("K8S_POD_NAME=web", (("app", "two words"),), 7, "invalid args.cni.labels"),
+        ("K8S_POD_NAME=web", (("-app", "web"),), 7, "invalid args.cni.labels"),
+    ],
+)  # fmt: skip
+def test_an_identity_kubernetes_would_refuse_is_an_error(args: str, labels: tuple, code: int,
+                                                         text: str) -> None:  # fmt: skip
+    inv = parse_invocation({**ADD_ENV, "CNI_ARGS": args})
+    netconf = dataclasses.replace(parse_netconf(conf(), "ADD"), labels=labels)
+    with pytest.raises(CniError) as info:
+        pod_ids(inv, netconf)
+    assert info.value.code == code and text in str(info.value), info.value
 
 
 def test_ipam_is_completed_as_flannel_does() -> None:

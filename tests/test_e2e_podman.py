@@ -9,6 +9,7 @@ network on each node is vxflow (mininet/vxpodman.py: the client that
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -19,7 +20,9 @@ import pytest
 
 from cni.attachments import host_ifname
 from leases.registry import Registry
+from tests.cni_node import VXFLOW
 from tests.emulation import emulated_cluster
+from vxflow.demo import cluster_module
 
 pytestmark = pytest.mark.e2e
 
@@ -115,6 +118,64 @@ def test_twenty_containers_started_and_removed_leak_nothing(cluster) -> None:
     for cid in started:
         podman.rm(cid)
     wait_state(cluster, n1, before)
+
+
+def vxflow_json(cluster, *args: str) -> object:
+    res = subprocess.run([VXFLOW, *args, "-o", "json", "--etcd-endpoints",
+                          cluster.etcd_endpoint, "--etcd-prefix", cluster.spec.prefix],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_a_container_gets_its_pod_identity_published_and_a_policy_selects_it(cluster) -> None:
+    """podman names the pod (K8S_POD_NAME: the container's name; K8S_POD_NAMESPACE from the
+    CNI_ARGS podman forwards), the node's conflist labels it (args.cni.labels), the agent
+    publishes it, `policies explain` finds the policy that selects it."""
+    podman, n1 = cluster.podman, cluster.vxflow_nodes[0]
+    vxpodman = cluster_module().vxpodman
+    conflist = podman.node_dir(n1) / "net.d" / f"10-{vxpodman.NETWORK}.conflist"
+    original = conflist.read_text()
+    labelled = json.loads(original)
+    labelled["plugins"][0]["args"] = {"cni": {"labels": [{"key": "app", "value": "web"}]}}
+    conflist.write_text(json.dumps(labelled))
+    try:
+        before = node_state(cluster, n1)
+        argv, env = podman.command(n1, "run", "--rm", "--name", "Not_A_Pod_Name", "--network",
+                                   vxpodman.NETWORK, vxpodman.IMAGE, "true")  # fmt: skip
+        res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert res.returncode != 0 and "is not a Kubernetes name" in res.stderr, res.stderr
+        assert node_state(cluster, n1) == before  # refused whole: nothing left behind
+        cid = podman.run(n1, "web-1", env={"CNI_ARGS": "K8S_POD_NAMESPACE=shop"})
+    finally:
+        conflist.write_text(original)
+    address = podman.address(cid)
+    want = {"Namespace": "shop", "Name": "web-1", "Labels": {"app": "web"}, "Ports": [],
+            "IP": address, "Node": str(n1.underlay_ip), "Port": host_ifname(cid, "eth0")}  # fmt: skip
+    deadline = time.monotonic() + 15
+    while want not in (pods := vxflow_json(cluster, "pods", "list")):
+        assert time.monotonic() < deadline, pods
+        time.sleep(0.3)
+    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "web-from-front", "namespace": "shop"},
+              "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                       "ingress": [{"from": [{"namespaceSelector": {"matchLabels":
+                                                                    {"team": "front"}}}]}]}}  # fmt: skip
+    etcd = ["--etcd-endpoints", cluster.etcd_endpoint, "--etcd-prefix", cluster.spec.prefix]
+    subprocess.run([VXFLOW, "policies", "set", "-", *etcd], input=json.dumps(policy),
+                   check=True, capture_output=True, text=True, timeout=60)  # fmt: skip
+    try:
+        explained = vxflow_json(cluster, "policies", "explain", "shop/web-1")
+        assert explained["Ingress"] == {"isolated": True, "policies": [{
+            "policy": "shop/web-from-front",
+            "rules": [{"peers": [{"peer": "every pod in namespaces team=front", "pods": []}],
+                       "ports": []}]}]}  # fmt: skip
+        assert explained["Egress"] == {"isolated": False, "policies": []}
+    finally:
+        subprocess.run([VXFLOW, "policies", "rm", "shop/web-from-front", *etcd], check=True,
+                       capture_output=True, timeout=60)  # fmt: skip
+    podman.rm(cid)
+    assert not any(p["Name"] == "web-1" for p in vxflow_json(cluster, "pods", "list"))
 
 
 @pytest.fixture

@@ -582,3 +582,147 @@ def test_liveness_record_lives_on_its_own_short_lease_and_goes_with_the_agent(
     assert agent.stop() == 0
     assert record() is None  # revoked at the stop, not left to expire
     assert registry.lease_for(subnet) is not None
+
+
+def vxflow(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([VXFLOW, *args], capture_output=True, text=True, timeout=60)
+
+
+def published_pod(cluster: Cluster, subnet: IPv4Network) -> dict | None:
+    """The one endpoint's `Pod` object as etcd holds it (None: no endpoint, or unnamed)."""
+    kvs = cluster.endpoint_kvs()
+    if len(kvs) != 1:
+        return None
+    return json.loads(kvs[0].value).get("Pod")
+
+
+def start_with_pod(cluster: Cluster, port: str, name: str, host: int
+                   ) -> tuple[AgentProc, IPv4Network, str]:  # fmt: skip
+    """The agent started, and a pod shop/NAME labelled app=web on an internal port at the
+    subnet's address `host`, once published: (agent, subnet, the pod's IP)."""
+    agent = cluster.agents[0].start()
+    subnet = agent.subnet()
+    ip = str(subnet.network_address + host)
+    add_internal_pod(agent.node, port, ip, f"0a:58:00:00:00:{host:02x}")
+    agent.node.ovs.vsctl("set", "Interface", port, "external_ids:vxflow-namespace=shop",
+                         f"external_ids:vxflow-pod={name}",
+                         "external_ids:vxflow-labels=" + json.dumps('{"app":"web"}'))  # fmt: skip
+    wait_for(lambda: published_pod(cluster, subnet), f"shop/{name} published")
+    return agent, subnet, ip
+
+
+@pytest.mark.integration
+def test_pod_identity_is_published_followed_changed_by_the_cli_and_explained(
+    cluster1: Cluster,
+) -> None:
+    """The identity on the Interface reaches etcd with the endpoint; a change of the
+    external_ids (by ovs-vsctl, or `vxflow pods label`/`ports` through the node's OVSDB)
+    re-publishes it; an agent restart keeps it; `policies explain` judges it."""
+    agent, subnet, ip = start_with_pod(cluster1, "web0", "web-0", 9)
+    node = agent.node
+    want = {"Namespace": "shop", "Name": "web-0", "Labels": {"app": "web"}, "Ports": []}
+    assert published_pod(cluster1, subnet) == want
+
+    node.ovs.vsctl("set", "Interface", "web0",
+                   "external_ids:vxflow-labels=" + json.dumps('{"app":"web","tier":"front"}'))  # fmt: skip
+    want["Labels"] = {"app": "web", "tier": "front"}
+    wait_for(lambda: published_pod(cluster1, subnet) == want, "the new labels re-published")
+
+    ovsdb = ("--ovsdb", node.ovs.db_target)
+    res = vxflow("pods", "label", "shop/web-0", "tier=back", "legacy=yes", "legacy-", *ovsdb)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "labelled shop/web-0 (port web0): app=web,tier=back\n"
+    res = vxflow("pods", "ports", "shop/web-0", "http=8080", "dns=53/udp", *ovsdb)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "ports of shop/web-0 (port web0): dns=53/UDP,http=8080/TCP\n"
+    want = {"Namespace": "shop", "Name": "web-0", "Labels": {"app": "web", "tier": "back"},
+            "Ports": [{"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                      {"name": "http", "containerPort": 8080, "protocol": "TCP"}]}  # fmt: skip
+    wait_for(lambda: published_pod(cluster1, subnet) == want, "the CLI's change published")
+    # bad input: one line, exit 2, nothing written; an unknown pod: exit 1
+    for args, text in (
+        (("label", "shop/web-0", "bad key=x"), "label key 'bad key'"),
+        (("label", "shop/web-0", "tier"), "is neither KEY=VALUE nor KEY-"),
+        (("label", "shop", "a=b"), "'shop' is not NAMESPACE/NAME"),
+        (("label", "Shop/web-0", "a=b"), "Shop/web-0: namespace:"),
+        (("ports", "shop/web-0", "http=0"), "port '0' must be a number 1-65535"),
+        (("ports", "shop/web-0", "http=80/ICMP"), "protocol must be one of TCP, UDP, SCTP"),
+        (("ports", "shop/web-0", "HTTP=80"), "port name 'HTTP'"),
+    ):
+        res = vxflow("pods", *args, *ovsdb)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, (args, res.stderr)
+        assert text in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
+    res = vxflow("pods", "label", "shop/nobody", "a=b", *ovsdb)
+    assert res.returncode == 1 and "no pod shop/nobody on br-int" in res.stderr, res.stderr
+    assert published_pod(cluster1, subnet) == want
+
+    agent.stop(signal.SIGKILL)  # the identity lives on the Interface: a restart reads it back
+    agent.start()
+    wait_for(lambda: agent.log_text().count("holding lease") == 2, "the restarted agent's lease")
+    time.sleep(4)  # a full resync interval
+    assert published_pod(cluster1, subnet) == want
+
+    etcd = ("--etcd-endpoints", f"http://127.0.0.1:{cluster1.etcd.client_port}",
+            "--etcd-prefix", PREFIX)  # fmt: skip
+    res = vxflow("pods", "list", "-o", "json", *etcd)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == [{**want, "IP": ip, "Node": str(node.underlay_ip),
+                                       "Port": "web0"}]  # fmt: skip
+    manifest = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"name": "web-in", "namespace": "shop"},
+                "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                         "ingress": [{"from": [{"podSelector": {}}],
+                                      "ports": [{"port": "http"}]}]}}  # fmt: skip
+    res = subprocess.run([VXFLOW, "policies", "set", "-", *etcd], input=json.dumps(manifest),
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    res = vxflow("policies", "explain", "shop/web-0", *etcd)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        f"pod shop/web-0 {ip} on node {node.underlay_ip}, labels app=web,tier=back",
+        "Ingress: isolated by shop/web-in; allowed is what any rule below allows",
+        "  shop/web-in rule 1: from every pod in namespace shop [shop/web-0]; "
+        "ports TCP/http (8080 on this pod)",
+        "Egress: not isolated (no policy selects it for Egress): all traffic allowed",
+    ]
+    res = vxflow("policies", "explain", "shop/nobody", *etcd)
+    assert res.returncode == 1 and "no pod shop/nobody is published in etcd" in res.stderr
+
+
+@pytest.mark.integration
+def test_the_readme_pod_commands_as_typed(cluster1: Cluster) -> None:
+    """README (Pod identity): the four lines as typed, on the pod's node: the node's OVSDB
+    at the default /var/run/openvswitch/db.sock (bound there in a private mount namespace,
+    over a tmpfs /run: the host's /run is untouched), etcd from the environment."""
+    agent, subnet, ip = start_with_pod(cluster1, "web", "web", 7)
+    node = agent.node
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = readme.split("### Pod identity and `policies explain`")[1].split("```")[1].split("\n")
+    lines = [line for line in lines if line.strip()]
+    assert lines == ["vxflow pods list", "vxflow pods label shop/web tier=front",
+                     "vxflow pods ports shop/web http=8080/TCP",
+                     "vxflow policies explain shop/web"]  # fmt: skip
+    env = {**os.environ, "PATH": f"{Path(VXFLOW).parent}:{os.environ['PATH']}",
+           "FLANNELD_ETCD_ENDPOINTS": f"http://127.0.0.1:{cluster1.etcd.client_port}",
+           "FLANNELD_ETCD_PREFIX": PREFIX}  # fmt: skip
+
+    def typed(line: str) -> str:
+        script = " && ".join(["mount --make-rprivate /", "mount -t tmpfs tmpfs /run",
+                              "mkdir /run/openvswitch",
+                              f"mount --bind {node.ovs.db_sock.parent} /run/openvswitch", line])  # fmt: skip
+        res = subprocess.run(["unshare", "--mount", "sh", "-c", script], env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert res.returncode == 0, (line, res.stderr)
+        return res.stdout
+
+    listed = typed(lines[0]).splitlines()
+    assert listed[1].split() == ["shop", "web", ip, str(node.underlay_ip), "app=web", "<none>"]
+    assert typed(lines[1]) == "labelled shop/web (port web): app=web,tier=front\n"
+    assert typed(lines[2]) == "ports of shop/web (port web): http=8080/TCP\n"
+    want = {"Namespace": "shop", "Name": "web", "Labels": {"app": "web", "tier": "front"},
+            "Ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}  # fmt: skip
+    wait_for(lambda: published_pod(cluster1, subnet) == want, "the README's changes published")
+    assert typed(lines[3]).splitlines()[1:] == [
+        "Ingress: not isolated (no policy selects it for Ingress): all traffic allowed",
+        "Egress: not isolated (no policy selects it for Egress): all traffic allowed",
+    ]

@@ -47,6 +47,11 @@ COVERED: dict[str, tuple[str, str]] = {
         "tests/test_leases_policy.py::test_the_readme_commands_as_typed", "run there in the README's order"),
     "vxflow policies rm shop/allow-web": ("tests/test_leases_policy.py::test_the_readme_commands_as_typed",
                                           "run there in the README's order"),
+    **{line: ("tests/test_ovsdb_agent.py::test_the_readme_pod_commands_as_typed",
+              "run there in the README's order, on a node whose agent published the pod")
+       for line in ("vxflow pods list", "vxflow pods label shop/web tier=front",
+                    "vxflow pods ports shop/web http=8080/TCP",
+                    "vxflow policies explain shop/web")},
     "make repeat REPEAT=N": ("tests/test_make_targets.py::"
                              "test_make_repeat_runs_each_random_leases_test_that_many_times",
                              "run there with N = 1; 200 times each takes an hour"),

@@ -19,8 +19,9 @@ _COMMANDS = (
     ("leases.cli", "leases"),
     ("leases.cli", "config"),
     ("leases.services_cli", "services"),
-    ("leases.policy_cli", "policies"),
+    ("vxflow.explain", "policies"),  # leases.policy_cli's group, with `explain` added
     ("leases.policy_cli", "namespaces"),
+    ("vxflow.pods", "pods"),
     ("ovsdb.cli", "bootstrap"),
     ("ovsdb.cli", "agent"),
     ("controller.cli", "controller"),
