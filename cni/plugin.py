@@ -236,11 +236,19 @@ def _netns_or_error(inv: Invocation) -> None:
                        problem)  # fmt: skip
 
 
+def pod_name(name: str) -> str:
+    """`name` as a pod name: podman passes its container's name, whose syntax allows capitals
+    and '_' (its generated names are `happy_turing`), so those are lowered and turned into '-';
+    a name kubelet passes is a pod name already and stays as it is."""
+    return name.lower().replace("_", "-")
+
+
 def pod_ids(inv: Invocation, conf: NetConf) -> dict[str, str]:
     """The pod's identity as its port's external_ids (none for a pod nobody named); CniError
     4 (CNI_ARGS) or 7 (args.cni.labels) for one Kubernetes would refuse."""
     args = dict(inv.args)
     name, namespace = args.get(POD_NAME_ARG) or None, args.get(POD_NAMESPACE_ARG) or None
+    name = None if name is None else pod_name(name)
     if name is None:
         if namespace is not None or conf.labels:
             given = f"{POD_NAMESPACE_ARG}={namespace}" if namespace else "args.cni.labels"

@@ -471,7 +471,7 @@ def test_add_names_the_pod_on_its_port_and_refuses_a_bad_name_before_any_step(cn
     before = cni.state()
     other = cni.container("id2")
     for args, conf, code, text in (
-        ("IgnoreUnknown=1;K8S_POD_NAME=happy_turing", None, 4, "is not a Kubernetes name"),
+        ("IgnoreUnknown=1;K8S_POD_NAME=web_", None, 4, "is not a Kubernetes name"),
         ("K8S_POD_NAMESPACE=shop", None, 4, "without CNI_ARGS K8S_POD_NAME"),
         ("", labelled, 7, "args.cni.labels without CNI_ARGS K8S_POD_NAME"),
         ("K8S_POD_NAME=db", cni.conf(args={"cni": {"labels": [{"key": "app", "value": "a b"}]}}),

@@ -194,6 +194,8 @@ def test_labels_come_from_args_cni_labels_for_add_only() -> None:
                              "vxflow-labels": '{"app":"web"}'}),
         ("K8S_POD_NAMESPACE=;K8S_POD_NAME=a.b", (), {  # empty: as absent
             "vxflow-namespace": "default", "vxflow-pod": "a.b", "vxflow-labels": "{}"}),
+        ("IgnoreUnknown=1;K8S_POD_NAME=Happy_Turing", (), {  # podman's container name
+            "vxflow-namespace": "default", "vxflow-pod": "happy-turing", "vxflow-labels": "{}"}),
     ],
 )  # fmt: skip
 def test_the_pod_is_named_from_cni_args(args: str, labels: tuple, ids: dict) -> None:
@@ -204,8 +206,8 @@ def test_the_pod_is_named_from_cni_args(args: str, labels: tuple, ids: dict) -> 
 @pytest.mark.parametrize(
     "args, labels, code, text",
     [
-        ("K8S_POD_NAME=happy_turing", (), 4, "K8S_POD_NAME is not a Kubernetes name"),
-        ("K8S_POD_NAME=Web", (), 4, "K8S_POD_NAME is not a Kubernetes name"),
+        ("K8S_POD_NAME=web_", (), 4, "K8S_POD_NAME is not a Kubernetes name"),
+        ("K8S_POD_NAME=a..b", (), 4, "K8S_POD_NAME is not a Kubernetes name"),
         ("K8S_POD_NAMESPACE=a.b;K8S_POD_NAME=web", (), 4, "K8S_POD_NAMESPACE is not"),
         ("K8S_POD_NAMESPACE=shop", (), 4, "K8S_POD_NAMESPACE=shop without CNI_ARGS K8S_POD_NAME"),
         ("", (("app", "web"),), 7, "args.cni.labels without CNI_ARGS K8S_POD_NAME"),

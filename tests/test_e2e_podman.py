@@ -141,7 +141,7 @@ def test_a_container_gets_its_pod_identity_published_and_a_policy_selects_it(clu
     conflist.write_text(json.dumps(labelled))
     try:
         before = node_state(cluster, n1)
-        argv, env = podman.command(n1, "run", "--rm", "--name", "Not_A_Pod_Name", "--network",
+        argv, env = podman.command(n1, "run", "--rm", "--name", "not.-a-pod", "--network",
                                    vxpodman.NETWORK, vxpodman.IMAGE, "true")  # fmt: skip
         res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
         assert res.returncode != 0 and "is not a Kubernetes name" in res.stderr, res.stderr
