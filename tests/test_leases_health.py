@@ -20,7 +20,7 @@ from leases.registry import Registry
 from leases.services import service_to_json
 from leases.state import View, diff
 from leases.validate import Rejection
-from tests.test_leases_cli import PREFIX, run
+from tests.test_leases_cli import PREFIX, assert_operator_error, run
 from tests.test_leases_services import KEYS, WEB, judged
 
 
@@ -148,6 +148,11 @@ def test_services_list_and_status_show_ready_and_unready_backends(etcd: EtcdServ
         reg.set_service_network("10.96.0.0/16")
         result = run(etcd, "services", "set", "-", stdin=example)
         assert result.exit_code == 0 and "HTTP 8080/healthz every 2s" in result.output, result.output
+        # a bad check refuses the whole service, in one line; what was stored stays
+        bad = {**json.loads(example), "HealthCheck": {"Type": "TCP", "Port": 8080, "Path": "/"}}
+        assert_operator_error(run(etcd, "services", "set", "-", stdin=json.dumps(bad)),
+                              'HealthCheck Path is for Type "HTTP" only [bad_health_check]')
+        assert reg.snapshot().services[0].health_check.path == "/healthz"
         a, b = (reg.acquire(ip, vtep_mac_for(ip)) for ip in (IPv4Address("198.18.0.3"),
                                                               IPv4Address("198.18.0.4")))  # fmt: skip
         ip_a, ip_b = a.subnet.network_address + 5, b.subnet.network_address + 5
