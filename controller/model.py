@@ -75,7 +75,7 @@ from leases.events import (
     ServiceRemoved,
     VxflowConfigChanged,
 )
-from leases.health import unready_by_service, unready_of
+from leases.health import ready_only, unready_by_service, unready_of
 from leases.liveness import node_down
 from leases.model import Endpoint, Lease, NetworkConfig, Readiness, Service, VxflowConfig
 from leases.state import PAUSE_EVERY
@@ -242,15 +242,13 @@ class ClusterModel:
         """`service` without its backends on a DOWN node or unready for it (itself when
         none is); `down`, `unready`: what to go by (default: what holds now)."""
         down = self._down if down is None else down
-        out = unready_of(service, self.unready if unready is None else unready)
+        service = ready_only(service, self.unready if unready is None else unready)
         if not down or self.config is None:
-            if not out:
-                return service
-            down = {}
-        length = self.config.subnet_len if self.config else 32
+            return service
+        length = self.config.subnet_len
         mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
-        kept = tuple(b for b in service.backends if b.ip not in out
-                     and IPv4Network((int(b.ip) & mask, length)) not in down)  # fmt: skip
+        kept = tuple(b for b in service.backends
+                     if IPv4Network((int(b.ip) & mask, length)) not in down)  # fmt: skip
         return service if len(kept) == len(service.backends) else replace(service, backends=kept)
 
     def desired(self, node: IPv4Address, scope: Scope) -> NodeTable | None:

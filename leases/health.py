@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 from leases.keys import KV, KeyKind
@@ -73,6 +74,14 @@ def unready_of(
     if service.health_check is None:
         return frozenset()
     return unready.get(service.name, frozenset())
+
+
+def ready_only(service: Service, unready: dict[str, frozenset[IPv4Address]]) -> Service:
+    """`service` without the backends verdicts call unready (itself when none is)."""
+    out = unready_of(service, unready)
+    if not out:
+        return service
+    return replace(service, backends=tuple(b for b in service.backends if b.ip not in out))
 
 
 def split_backends(

@@ -169,6 +169,10 @@ def test_services_list_and_status_show_ready_and_unready_backends(etcd: EtcdServ
         status = run(etcd, "status", "-o", "json")
         (state,) = json.loads(status.output)["services"]
         assert (state["ready"], state["unready"], state["down"]) == ([str(ip_b)], [str(ip_a)], [])
+        # `flows show` leaves it out of the group, as the controller does
+        shown = run(etcd, "flows", "show", "--node", "198.18.0.3").output
+        (group,) = [line for line in shown.splitlines() if line.startswith("group_id=")]
+        assert f"nat(dst={ip_b}:" in group and f"nat(dst={ip_a}:" not in group, group
         # both unready: the service drops as one without backends, and status says so
         reg.put_readiness(Readiness(b.subnet, ip_b, "web", False), b)
         table = run(etcd, "services", "list").output
