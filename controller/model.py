@@ -172,8 +172,9 @@ class ClusterModel:
         self.alive: set[IPv4Address] = set()
         self.connected: set[IPv4Address] = set()
         self._down: dict[IPv4Network, IPv4Address] = {}
-        # health checks: the verdicts (by key name) and the unready backends by service
-        self._readiness: dict[str, Readiness] = {}
+        # health checks: the verdicts (by service, then key name) and the unready backends
+        # by service (only services with one)
+        self._readiness: dict[str, dict[str, Readiness]] = {}
         self.unready: dict[str, frozenset[IPv4Address]] = {}
 
     # -- queries --------------------------------------------------------------
@@ -367,8 +368,11 @@ class ClusterModel:
         if alive is not None:
             self.alive = set(alive)
         if readiness is not None:
-            self._readiness = {r.key_name: r for r in readiness}
-            self.unready = unready_by_service(self._readiness.values())
+            self._readiness = {}
+            for r in readiness:
+                self._readiness.setdefault(r.service, {})[r.key_name] = r
+            self.unready = {}
+            self._count_unready(self._readiness)
         self._plan = None
         self._changed()
         self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
@@ -390,15 +394,18 @@ class ClusterModel:
         """Fold a batch of registry events in; returns what they changed."""
         impact = Impact()
         judge: set[IPv4Network] = set()  # the nodes whose liveness may have changed
-        verdicts = False  # a health-check verdict came or went
+        verdicts: set[str] = set()  # the services a health-check verdict came or went of
         for ev in events:
-            if isinstance(ev, ReadinessAdded):
-                self._readiness[ev.record.key_name] = ev.record
-                verdicts = True
-            elif isinstance(ev, ReadinessRemoved):
-                if self._readiness.get(ev.record.key_name) == ev.record:
-                    del self._readiness[ev.record.key_name]
-                verdicts = True
+            if isinstance(ev, ReadinessAdded | ReadinessRemoved):
+                record = ev.record
+                held = self._readiness.setdefault(record.service, {})
+                if isinstance(ev, ReadinessAdded):
+                    held[record.key_name] = record
+                elif held.get(record.key_name) == record:
+                    del held[record.key_name]
+                if not held:
+                    del self._readiness[record.service]
+                verdicts.add(record.service)
             elif isinstance(ev, LivenessAdded | LivenessRemoved):
                 ip = ev.record.public_ip
                 (self.alive.add if isinstance(ev, LivenessAdded) else self.alive.discard)(ip)
@@ -440,7 +447,7 @@ class ClusterModel:
                 self._apply_service(ev, impact)
         self._judge(judge, impact)
         if verdicts:
-            self._take_verdicts(impact)
+            self._take_verdicts(verdicts, impact)
         if impact.flushes:  # a removed backend that the same batch adds back keeps its entries
             impact.flushes = [f for f in impact.flushes if not self._serves(f)]
         return impact
@@ -477,12 +484,22 @@ class ClusterModel:
                    if any(b.ip in subnet for b in s.backends for subnet in changed)]  # fmt: skip
         self._reserve(touched, impact, down=old)
 
-    def _take_verdicts(self, impact: Impact) -> None:
-        """The health-check verdicts changed: the services whose unready backends differ
-        now take their new backends to every switch (`impact`)."""
-        old, self.unready = self.unready, unready_by_service(self._readiness.values())
-        touched = [s for s in self.services.values()
-                   if unready_of(s, old) != unready_of(s, self.unready)]  # fmt: skip
+    def _count_unready(self, names: Iterable[str]) -> None:
+        """`unready` of the services `names` again, from their verdicts."""
+        for name in names:
+            out = unready_by_service(self._readiness.get(name, {}).values()).get(name)
+            if out:
+                self.unready[name] = out
+            else:
+                self.unready.pop(name, None)
+
+    def _take_verdicts(self, names: set[str], impact: Impact) -> None:
+        """The verdicts of the services `names` changed: those whose unready backends
+        differ now take their new backends to every switch (`impact`)."""
+        old = dict(self.unready)
+        self._count_unready(names)
+        touched = [s for n in sorted(names) if (s := self.services.get(n)) is not None
+                   and unready_of(s, old) != unready_of(s, self.unready)]  # fmt: skip
         if touched:
             self._reserve(touched, impact, unready=old)
 
