@@ -24,6 +24,7 @@ BENCHMARKS = (
     ("B7 services", ["bench.b7_services"]),
     ("B8 drift repair", ["bench.b8_drift_repair"]),
     ("B9 switch restart", ["bench.b9_switch_restart"]),
+    ("B11 data-path failover", ["bench.b11_failover"]),
     ("profile: compile", ["bench.profile", "compile"]),
     ("profile: encode", ["bench.profile", "encode"]),
     ("profile: sync", ["bench.profile", "sync"]),

@@ -288,12 +288,40 @@ def b9(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def b11(r: dict[str, Any]) -> list[str]:
+    ref = r["reference"]
+    check = r["health_check"]
+    lines = ["### B11 data-path failover (node crash, failed health check -> backend out of "
+             "every group)", "", *_head(r),
+             f"Three-node cluster; a service with a backend on n2 and on n3 and a TCP health "
+             f"check (PeriodSeconds {check['PeriodSeconds']}, FailureThreshold "
+             f"{check['FailureThreshold']}). {r['crashes']} crashes of n3 (agent and "
+             f"ovs-vswitchd killed -9) under {r['rate_per_s']} new connections/s from n1's pod; "
+             f"{r['checks']} kills of n3's server process.", "",
+             "| what | n | p50 | p99 | max | Kubernetes |", "|---|---|---|---|---|---|"]  # fmt: skip
+    def row(what: str, x: dict[str, float], kubernetes: str, fmt=_ms) -> str:
+        return (f"| {what} | {x['n']} | {fmt(x['p50'])} | {fmt(x['p99'])} | {fmt(x['max'])} | "
+                f"{kubernetes} |")  # fmt: skip
+
+    if r["crashes"]:
+        lines += [row("crash -> backend gone from every switch still up", r["crash"]["gone_s"],
+                      f"~{ref['kubernetes_node_grace_s']:.0f} s"),
+                  row("new connections failed per crash", r["crash"]["failed"],
+                      f"~{ref['kubernetes_failed_per_crash']:.0f}", lambda n: f"{n:.0f}")]  # fmt: skip
+    if r["checks"]:
+        lines += [row("server killed -> backend gone from every switch", r["check"]["gone_s"],
+                      f"{ref['kubernetes_check_s']} s + kube-proxy"),
+                  row("server restarted -> backend back on every switch", r["check"]["back_s"],
+                      "")]  # fmt: skip
+    return lines
+
+
 def render(results_dir: Path) -> str:
     out: list[str] = []
     for name, fn in (("b1_flow_rate", b1), ("b2_convergence", b2), ("b3_cold_start", b3),
                      ("b4_dataplane", b4), ("b5_failover", b5), ("b6_attach", b6),
                      ("b7_services", b7), ("b8_drift_repair", b8),
-                     ("b9_switch_restart", b9)):  # fmt: skip
+                     ("b9_switch_restart", b9), ("b11_failover", b11)):  # fmt: skip
         r = _load(name, results_dir)
         out += (fn(r) if r else [f"### {name}", "", "_no results yet_"]) + [""]
     return "\n".join(out)

@@ -149,6 +149,7 @@ def _desired(etcd: dict[str, Any], node: IPv4Address):
     """The node's desired table (flows and the services' groups), from etcd."""
     from flows.compiler import compile_table
     from flows.services import service_plan
+    from leases.health import ready_only
 
     with open_registry(**etcd) as registry:
         snap = registry.snapshot()
@@ -156,7 +157,8 @@ def _desired(etcd: dict[str, Any], node: IPv4Address):
     own = snap.lease_for_public_ip(node)
     if own is None:
         click.echo(f"# {node} holds no valid lease: only the table-miss drops", err=True)
-    plan = service_plan(snap.vxflow, snap.services)
+    unready = snap.unready()  # the health checks' verdicts (a DOWN node needs the switches)
+    plan = service_plan(snap.vxflow, (ready_only(s, unready) for s in snap.services))
     return compile_table(config, snap.leases, snap.endpoints, node, plan)
 
 
@@ -174,7 +176,8 @@ node_option = click.option("--node", required=True, type=IPv4Address, metavar="P
 @operator_errors
 def show(node: IPv4Address, **etcd: Any) -> None:
     """Print the flows NODE's br-int must hold, computed from etcd (ovs-ofctl syntax), then
-    the services' groups (ovs-ofctl add-group syntax)."""
+    the services' groups (ovs-ofctl add-group syntax); backends unready by their service's
+    health check are left out, as the controller does."""
     from flows.flow import to_ofctl
     from flows.groups import group_to_ofctl
 

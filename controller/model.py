@@ -13,6 +13,11 @@ subnet) taken out of every service before the plan is compiled, so they leave ev
 select group and affinity link table, and a learned affinity entry naming one no longer
 matches (its SVC_DNAT flow goes, as for a removed backend); a UDP backend's conntrack
 entries are flushed. They come back when the node is UP again.
+
+Health checks take the same path: a backend that its node's agent publishes as unready
+for a service (`leases.health`) is taken out of that service alone, and comes back with
+a ready verdict or when the verdict goes. A service left with no backend serving is
+compiled as one without backends.
 """
 
 from __future__ import annotations
@@ -64,12 +69,15 @@ from leases.events import (
     LeaseRemoved,
     LivenessAdded,
     LivenessRemoved,
+    ReadinessAdded,
+    ReadinessRemoved,
     ServiceAdded,
     ServiceRemoved,
     VxflowConfigChanged,
 )
+from leases.health import ready_only, unready_by_service, unready_of
 from leases.liveness import node_down
-from leases.model import Endpoint, Lease, NetworkConfig, Service, VxflowConfig
+from leases.model import Endpoint, Lease, NetworkConfig, Readiness, Service, VxflowConfig
 from leases.state import PAUSE_EVERY
 
 log = logging.getLogger(__name__)
@@ -164,6 +172,10 @@ class ClusterModel:
         self.alive: set[IPv4Address] = set()
         self.connected: set[IPv4Address] = set()
         self._down: dict[IPv4Network, IPv4Address] = {}
+        # health checks: the verdicts (by service, then key name) and the unready backends
+        # by service (only services with one)
+        self._readiness: dict[str, dict[str, Readiness]] = {}
+        self.unready: dict[str, frozenset[IPv4Address]] = {}
 
     # -- queries --------------------------------------------------------------
 
@@ -222,10 +234,16 @@ class ClusterModel:
         """The nodes DOWN now (PublicIP -> lease subnet)."""
         return {ip: subnet for subnet, ip in self._down.items()}
 
-    def _serving(self, service: Service, down: dict[IPv4Network, IPv4Address] | None = None) -> Service:
-        """`service` without its backends on a DOWN node (itself when none is); `down`: the
-        DOWN nodes to go by (default: those now)."""
+    def _serving(
+        self,
+        service: Service,
+        down: dict[IPv4Network, IPv4Address] | None = None,
+        unready: dict[str, frozenset[IPv4Address]] | None = None,
+    ) -> Service:
+        """`service` without its backends on a DOWN node or unready for it (itself when
+        none is); `down`, `unready`: what to go by (default: what holds now)."""
         down = self._down if down is None else down
+        service = ready_only(service, self.unready if unready is None else unready)
         if not down or self.config is None:
             return service
         length = self.config.subnet_len
@@ -333,11 +351,12 @@ class ClusterModel:
         vxflow: VxflowConfig | None = None,
         services: Iterable[Service] | None = None,
         alive: Iterable[IPv4Address] | None = None,
+        readiness: Iterable[Readiness] | None = None,
     ) -> Impact:
         """Replace everything (first snapshot, config change); `pause` is called every
         PAUSE_EVERY leases, so a cooperative caller can yield during a large load.
-        The services, vxflow's config and the liveness records are kept unless given;
-        `connected` (the app's switches) is always kept."""
+        The services, vxflow's config, the liveness records and the health-check verdicts
+        are kept unless given; `connected` (the app's switches) is always kept."""
         self.config = config
         if config is not None and not self._ipv6_noted and (notice := ipv6_notice(config)):
             log.warning("%s", notice)
@@ -348,6 +367,12 @@ class ClusterModel:
             self.services = {s.name: s for s in services}
         if alive is not None:
             self.alive = set(alive)
+        if readiness is not None:
+            self._readiness = {}
+            for r in readiness:
+                self._readiness.setdefault(r.service, {})[r.key_name] = r
+            self.unready = {}
+            self._count_unready(self._readiness)
         self._plan = None
         self._changed()
         self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
@@ -369,8 +394,19 @@ class ClusterModel:
         """Fold a batch of registry events in; returns what they changed."""
         impact = Impact()
         judge: set[IPv4Network] = set()  # the nodes whose liveness may have changed
+        verdicts: set[str] = set()  # the services a health-check verdict came or went of
         for ev in events:
-            if isinstance(ev, LivenessAdded | LivenessRemoved):
+            if isinstance(ev, ReadinessAdded | ReadinessRemoved):
+                record = ev.record
+                held = self._readiness.setdefault(record.service, {})
+                if isinstance(ev, ReadinessAdded):
+                    held[record.key_name] = record
+                elif held.get(record.key_name) == record:
+                    del held[record.key_name]
+                if not held:
+                    del self._readiness[record.service]
+                verdicts.add(record.service)
+            elif isinstance(ev, LivenessAdded | LivenessRemoved):
                 ip = ev.record.public_ip
                 (self.alive.add if isinstance(ev, LivenessAdded) else self.alive.discard)(ip)
                 judge |= self._by_ip.get(ip, set())
@@ -410,6 +446,8 @@ class ClusterModel:
             elif isinstance(ev, ServiceAdded | ServiceRemoved):
                 self._apply_service(ev, impact)
         self._judge(judge, impact)
+        if verdicts:
+            self._take_verdicts(verdicts, impact)
         if impact.flushes:  # a removed backend that the same batch adds back keeps its entries
             impact.flushes = [f for f in impact.flushes if not self._serves(f)]
         return impact
@@ -444,10 +482,42 @@ class ClusterModel:
             return
         touched = [s for s in self.services.values()
                    if any(b.ip in subnet for b in s.backends for subnet in changed)]  # fmt: skip
+        self._reserve(touched, impact, down=old)
+
+    def _count_unready(self, names: Iterable[str]) -> None:
+        """`unready` of the services `names` again, from their verdicts."""
+        for name in names:
+            out = unready_by_service(self._readiness.get(name, {}).values()).get(name)
+            if out:
+                self.unready[name] = out
+            else:
+                self.unready.pop(name, None)
+
+    def _take_verdicts(self, names: set[str], impact: Impact) -> None:
+        """The verdicts of the services `names` changed: those whose unready backends
+        differ now take their new backends to every switch (`impact`)."""
+        old = dict(self.unready)
+        self._count_unready(names)
+        touched = [s for n in sorted(names) if (s := self.services.get(n)) is not None
+                   and unready_of(s, old) != unready_of(s, self.unready)]  # fmt: skip
+        if touched:
+            self._reserve(touched, impact, unready=old)
+
+    def _reserve(
+        self,
+        touched: Iterable[Service],
+        impact: Impact,
+        down: dict[IPv4Network, IPv4Address] | None = None,
+        unready: dict[str, frozenset[IPv4Address]] | None = None,
+    ) -> None:
+        """The `touched` services, whose serving backends were those of `down` and
+        `unready` before, go to every switch (`impact`): their groups and the conntrack
+        flushes of the UDP backends they no longer serve."""
         self._plan = None
         network = self.vxflow.service_network
         for svc in touched:
-            impact.flushes += removed_udp_backends(self._serving(svc, old), self._serving(svc))
+            before = self._serving(svc, down, unready)
+            impact.flushes += removed_udp_backends(before, self._serving(svc))
             if network is not None:
                 impact.service_cookies |= {
                     group_cookie(group_id(network, svc, i)) for i in range(len(svc.ports))

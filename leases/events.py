@@ -11,6 +11,7 @@ from leases.model import (
     Liveness,
     Member,
     NetworkConfig,
+    Readiness,
     Service,
     VxflowConfig,
 )
@@ -102,6 +103,23 @@ class LivenessRemoved:
 
 
 @dataclass(frozen=True)
+class ReadinessAdded:
+    """A backend's health-check verdict for a service was published (a changed verdict is
+    ReadinessRemoved of the old, then this)."""
+
+    record: Readiness
+    revision: int
+
+
+@dataclass(frozen=True)
+class ReadinessRemoved:
+    """A verdict was withdrawn (the backend or the check went, or its node's lease)."""
+
+    record: Readiness
+    revision: int
+
+
+@dataclass(frozen=True)
 class VxflowConfigChanged:
     """vxflow's own config (the service range) changed; services are judged again."""
 
@@ -167,6 +185,8 @@ Event = (
     | ClaimRemoved
     | LivenessAdded
     | LivenessRemoved
+    | ReadinessAdded
+    | ReadinessRemoved
     | VxflowConfigChanged
     | ServiceAdded
     | ServiceRemoved
@@ -178,4 +198,5 @@ Event = (
 ReplicaEvent = MemberAdded | MemberRemoved | ClaimAdded | ClaimRemoved
 LivenessEvent = LivenessAdded | LivenessRemoved
 ServiceEvent = VxflowConfigChanged | ServiceAdded | ServiceRemoved
+ReadinessEvent = ReadinessAdded | ReadinessRemoved
 PolicyEvent = PolicyAdded | PolicyRemoved | NamespaceAdded | NamespaceRemoved

@@ -24,6 +24,7 @@ class KeyKind(StrEnum):
     POLICY = "policy"  # a Kubernetes NetworkPolicy
     NAMESPACE = "namespace"  # a namespace's labels
     NODE = "node"  # a node agent's liveness record
+    HEALTH = "health"  # a backend's health-check verdict for one service
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,13 @@ class Keys:
     def node(self, public_ip: IPv4Address) -> str:
         return f"{self.nodes}{public_ip}"
 
+    @property
+    def health(self) -> str:
+        return f"{self.prefix}/{VXFLOW_SUBPREFIX}/health/"
+
+    def node_health(self, node_subnet: IPv4Network) -> str:
+        return f"{self.health}{subnet_key(node_subnet)}/"
+
     def service(self, name: str) -> str:
         return self.services + name
 
@@ -148,4 +156,6 @@ class Keys:
             return KeyKind.NAMESPACE, key[len(self.namespaces) :]
         if key.startswith(self.nodes):
             return KeyKind.NODE, key[len(self.nodes) :]
+        if key.startswith(self.health):
+            return KeyKind.HEALTH, key[len(self.health) :]
         return None

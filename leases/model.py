@@ -181,6 +181,41 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """A service's backend health check (kubelet's readiness probe, for clusters without
+    kubelet): each node's agent probes the backends on its node every `period` seconds;
+    `failure_threshold` failures in a row make a backend unready, `success_threshold`
+    successes in a row ready again. `path` is the HTTP GET's ("" for TCP)."""
+
+    type: str  # "TCP": a connection is accepted; "HTTP": GET answers 200..399
+    port: int
+    path: str = ""
+    period: int = 10  # the defaults are kubelet's
+    timeout: int = 1
+    failure_threshold: int = 3
+    success_threshold: int = 1
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """A backend's health-check verdict for one service, published by the agent of the node
+    it lives on: `<prefix>/vxflow/health/<subnet-key>/<ip>/<service>`, bound to that node's
+    subnet lease (as its endpoints are). A backend is unready for a service while a record
+    says `ready` False; without a record (not judged yet, no agent judging) it serves."""
+
+    node_subnet: IPv4Network
+    ip: IPv4Address
+    service: str
+    ready: bool
+    etcd_lease_id: int = 0
+
+    @property
+    def key_name(self) -> str:
+        """Its key name below `<prefix>/vxflow/health/`."""
+        return f"{subnet_key(self.node_subnet)}/{self.ip}/{self.service}"
+
+
+@dataclass(frozen=True)
 class Service:
     """A virtual service: `<prefix>/vxflow/services/<name>`, load-balanced in every node's
     flows. `ports` are sorted by (protocol, port), `backends` by IP: a port's place in
@@ -192,6 +227,7 @@ class Service:
     backends: tuple[Backend, ...] = ()
     affinity_timeout: int = 0  # seconds of client-IP session affinity; 0: none
     create_revision: int = 0  # the older of two services claiming one VIP keeps it
+    health_check: HealthCheck | None = None  # None: every backend serves (no probing)
 
 
 @dataclass(frozen=True)

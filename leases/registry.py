@@ -34,6 +34,7 @@ from leases.errors import (
 from leases.etcd_client import DEFAULT_ENDPOINTS, NO_ACCESS, RANGE_PAGE, EtcdAccess, EtcdClient
 from leases.etcd_v2 import config_note
 from leases.events import Event
+from leases.health import check_readiness, readiness_to_json
 from leases.keys import KV, Keys
 from leases.liveness import liveness_to_json
 from leases.metrics import RejectionReporter
@@ -48,6 +49,7 @@ from leases.model import (
     Liveness,
     Member,
     NetworkConfig,
+    Readiness,
     Service,
     VxflowConfig,
 )
@@ -543,6 +545,27 @@ class Registry:
         """Valid endpoints (of nodes with a valid lease), optionally of one node only."""
         snap = self.snapshot()
         return [ep for ep in snap.endpoints if node_subnet is None or ep.node_subnet == node_subnet]
+
+    # --- health-check verdicts ----------------------------------------------------
+
+    def readiness_key(self, record: Readiness) -> str:
+        return self.keys.health + record.key_name
+
+    def put_readiness(self, record: Readiness, lease: Lease) -> None:
+        """Publish a backend's verdict, bound to its node's etcd lease (as its endpoints)."""
+        if record.node_subnet != lease.subnet or record.ip not in lease.subnet:
+            raise ValueError(f"backend {record.ip} is not in lease {lease.subnet}")
+        self.etcd.put(self.readiness_key(record), readiness_to_json(record),
+                      lease=lease.etcd_lease_id)  # fmt: skip
+
+    def delete_readiness(self, record: Readiness) -> None:
+        self.etcd.delete(self.readiness_key(record))
+
+    def list_readiness(self, node_subnet: IPv4Network) -> list[Readiness]:
+        """The valid verdicts published for the backends of one node."""
+        kvs, _ = self.etcd.range(self.keys.node_health(node_subnet), prefix=True)
+        checked = (check_readiness(kv, kv.key[len(self.keys.health) :]) for kv in kvs)
+        return [r for r in checked if isinstance(r, Readiness)]
 
     # --- node liveness ----------------------------------------------------------
 

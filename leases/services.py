@@ -5,7 +5,11 @@
                                      "Ports": [{"Port", "Protocol", "TargetPort"}],
                                      "Backends": [{"IP", "Weight"}],
                                      "SessionAffinity": "None" | "ClientIP",
-                                     "SessionAffinityTimeout": seconds}
+                                     "SessionAffinityTimeout": seconds,
+                                     "HealthCheck": {"Type": "TCP" | "HTTP", "Port",
+                                                     "Path", "PeriodSeconds",
+                                                     "TimeoutSeconds", "FailureThreshold",
+                                                     "SuccessThreshold"}}
 
 Like leases and endpoints, every value is input from the network: a service
 either becomes a `Service` or a `Rejection` naming the key and the reason,
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
 from itertools import pairwise
 from typing import Any
@@ -26,7 +31,16 @@ from typing import Any
 from leases.config import ConfigError
 from leases.controllers import target_ip
 from leases.keys import KV, KeyKind
-from leases.model import Backend, Lease, Member, NetworkConfig, Service, ServicePort, VxflowConfig
+from leases.model import (
+    Backend,
+    HealthCheck,
+    Lease,
+    Member,
+    NetworkConfig,
+    Service,
+    ServicePort,
+    VxflowConfig,
+)
 from leases.validate import Reason, Rejection, _field, _Invalid, _object
 
 MAX_SERVICE_BYTES = 64 * 1024  # a service with hundreds of backends, not more
@@ -46,6 +60,13 @@ LINKS_PER_BACKEND = 4
 MAX_SERVICE_FLOWS = 16_384  # per service
 MAX_SERVICES_FLOWS = 65_536  # all services together; the older keep theirs
 PROTOCOLS = ("TCP", "UDP")
+CHECK_TYPES = ("TCP", "HTTP")
+MAX_PERIOD = 3600  # seconds, for PeriodSeconds and TimeoutSeconds
+MAX_THRESHOLD = 1000  # probes in a row, for FailureThreshold and SuccessThreshold
+MAX_PATH = 1024
+CHECK_FIELDS = frozenset({"Type", "Port", "Path", "PeriodSeconds", "TimeoutSeconds",
+                          "FailureThreshold", "SuccessThreshold"})  # fmt: skip
+CHECK_DEFAULTS = {f.name: f.default for f in fields(HealthCheck)}  # kubelet's, in the model
 AFFINITIES = ("None", "ClientIP")
 SERVICE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
 _NOT_ROUTABLE = tuple(
@@ -66,6 +87,7 @@ class ServiceReason:
     DUPLICATE_BACKEND = "duplicate_backend"
     BAD_WEIGHT = "bad_weight"
     BAD_AFFINITY = "bad_affinity"
+    BAD_HEALTH_CHECK = "bad_health_check"
     TOO_MANY = "too_many"
     FLOW_BUDGET = "flow_budget"
 
@@ -272,6 +294,60 @@ def _affinity(obj: dict[str, Any]) -> int:
                 MAX_AFFINITY_TIMEOUT, default=DEFAULT_AFFINITY_TIMEOUT)  # fmt: skip
 
 
+def _check_path(obj: dict[str, Any], kind: str) -> str:
+    """HTTP's Path (default "/"): an absolute path of printable ASCII without spaces, so the
+    request line the agent writes is exactly one; TCP has none."""
+    raw = obj.get("Path")
+    if kind == "TCP":
+        if raw is not None:
+            raise _Invalid(ServiceReason.BAD_HEALTH_CHECK, 'HealthCheck Path is for Type "HTTP" only')
+        return ""
+    if raw is None:
+        return "/"
+    if not isinstance(raw, str):
+        raise _Invalid(Reason.WRONG_TYPE, f"HealthCheck Path has the wrong type: {json.dumps(raw)}")
+    if not (raw.startswith("/") and len(raw) <= MAX_PATH and raw.isascii() and raw.isprintable()
+            and " " not in raw):  # fmt: skip
+        raise _Invalid(ServiceReason.BAD_HEALTH_CHECK, f"HealthCheck Path {json.dumps(raw)[:80]} "
+                       f"is not a path of 1-{MAX_PATH} printable ASCII characters without "
+                       "spaces starting with /")  # fmt: skip
+    return raw
+
+
+def _health_check(obj: dict[str, Any]) -> HealthCheck | None:
+    """`HealthCheck`: every field checked (an unknown one too: a misspelt threshold must
+    not quietly become its default), kubelet's defaults for those left out."""
+    raw = obj.get("HealthCheck")
+    if raw is None:
+        return None
+    reason = ServiceReason.BAD_HEALTH_CHECK
+    if not isinstance(raw, dict):
+        raise _Invalid(Reason.WRONG_TYPE, f"HealthCheck is not an object: {json.dumps(raw)[:80]}")
+    if unknown := sorted(set(raw) - CHECK_FIELDS):
+        raise _Invalid(reason, f"HealthCheck has unknown field(s) {', '.join(unknown)} "
+                       f"(known: {', '.join(sorted(CHECK_FIELDS))})")  # fmt: skip
+    kind = raw.get("Type")
+    if kind not in CHECK_TYPES:
+        raise _Invalid(reason, f'HealthCheck Type {json.dumps(kind)} is not "TCP" or "HTTP"')
+    d = CHECK_DEFAULTS
+
+    def number(name: str, hi: int, default: int | None = None) -> int:
+        try:
+            return _int(raw, name, reason, 1, hi, default)
+        except _Invalid as bad:
+            raise _Invalid(bad.reason, f"HealthCheck {bad.detail}") from None
+
+    return HealthCheck(
+        type=kind,
+        port=number("Port", 65535),
+        path=_check_path(raw, kind),
+        period=number("PeriodSeconds", MAX_PERIOD, d["period"]),
+        timeout=number("TimeoutSeconds", MAX_PERIOD, d["timeout"]),
+        failure_threshold=number("FailureThreshold", MAX_THRESHOLD, d["failure_threshold"]),
+        success_threshold=number("SuccessThreshold", MAX_THRESHOLD, d["success_threshold"]),
+    )
+
+
 def _vip(obj: dict[str, Any], config: NetworkConfig, vx: VxflowConfig) -> IPv4Address:
     vip = _ip(_field(obj, "VIP", str), "VIP", ServiceReason.BAD_VIP)
     net = vx.service_network
@@ -307,6 +383,7 @@ def _service(name: str, kv: KV, config: NetworkConfig, vx: VxflowConfig) -> Serv
         backends=_backends(obj, config),
         affinity_timeout=_affinity(obj),
         create_revision=kv.create_revision,
+        health_check=_health_check(obj),
     )
     if (flows := service_flows(svc)) > MAX_SERVICE_FLOWS:
         raise _Invalid(ServiceReason.FLOW_BUDGET, f"compiles to {flows:,} flows on every node, "
@@ -362,7 +439,17 @@ def _affinity_json(svc: Service) -> dict[str, Any]:
     return {"SessionAffinity": "ClientIP", "SessionAffinityTimeout": svc.affinity_timeout}
 
 
+def health_check_to_dict(check: HealthCheck) -> dict[str, Any]:
+    out: dict[str, Any] = {"Type": check.type, "Port": check.port}
+    if check.path:
+        out["Path"] = check.path
+    return out | {"PeriodSeconds": check.period, "TimeoutSeconds": check.timeout,
+                  "FailureThreshold": check.failure_threshold,
+                  "SuccessThreshold": check.success_threshold}  # fmt: skip
+
+
 def service_to_dict(svc: Service) -> dict[str, Any]:
+    check = {"HealthCheck": health_check_to_dict(svc.health_check)} if svc.health_check else {}
     return {
         "Name": svc.name,
         "VIP": str(svc.vip),
@@ -371,6 +458,7 @@ def service_to_dict(svc: Service) -> dict[str, Any]:
         ],
         "Backends": [{"IP": str(b.ip), "Weight": b.weight} for b in svc.backends],
         **_affinity_json(svc),
+        **check,
     }
 
 

@@ -9,16 +9,27 @@ import click
 
 from leases.cli_options import echo_table, echo_total, etcd_options, open_registry, operator_errors
 from leases.errors import ServiceRejected
+from leases.health import split_backends
 from leases.keys import KeyKind
 from leases.model import Service
 from leases.services import service_to_dict, services_from_input
 
 EXAMPLE = """\b
+HealthCheck (optional): each node's agent checks the backends on its node,
+  Type "TCP" (the connection is accepted) or "HTTP" (GET Path answers
+  200-399); Port 1-65535 (required), Path (HTTP only, default "/"),
+  PeriodSeconds (default 10), TimeoutSeconds (1), FailureThreshold (3),
+  SuccessThreshold (1), as kubelet's readiness probe. An unready backend
+  leaves the service until it passes again; one not judged yet serves.
+
+\b
 Example FILE (one object, or a list of them):
   {"Name": "web", "VIP": "10.96.0.10",
    "Ports": [{"Port": 80, "Protocol": "TCP", "TargetPort": 8080}],
    "Backends": [{"IP": "198.19.1.254", "Weight": 2}, {"IP": "198.19.2.254"}],
-   "SessionAffinity": "ClientIP", "SessionAffinityTimeout": 600}
+   "SessionAffinity": "ClientIP", "SessionAffinityTimeout": 600,
+   "HealthCheck": {"Type": "HTTP", "Port": 8080, "Path": "/healthz",
+                   "PeriodSeconds": 5, "FailureThreshold": 2}}
 """
 
 
@@ -89,7 +100,17 @@ def set_services(file: IO[bytes], **etcd: Any) -> None:
 def _summary(svc: Service) -> str:
     ports = ",".join(f"{p.port}/{p.protocol}->{p.target_port}" for p in svc.ports)
     affinity = f", ClientIP affinity {svc.affinity_timeout}s" if svc.affinity_timeout else ""
-    return f"VIP {svc.vip} ports {ports}, {len(svc.backends)} backend(s){affinity}"
+    check = f", health check {_check(svc)}" if svc.health_check else ""
+    return f"VIP {svc.vip} ports {ports}, {len(svc.backends)} backend(s){affinity}{check}"
+
+
+def _check(svc: Service) -> str:
+    """`HTTP 8080/healthz every 5s (2 failures, 1 success)`; "-" without a check."""
+    c = svc.health_check
+    if c is None:
+        return "-"
+    return (f"{c.type} {c.port}{c.path} every {c.period}s ({c.failure_threshold} failures, "
+            f"{c.success_threshold} success{'es' if c.success_threshold > 1 else ''})")  # fmt: skip
 
 
 @services.command("list")
@@ -98,28 +119,46 @@ def _summary(svc: Service) -> str:
 @etcd_options
 @operator_errors
 def list_services(output: str, **etcd: Any) -> None:
-    """List valid services with their backends; rejected ones with their reasons."""
+    """List valid services with their backends, ready or not by their health check;
+    rejected ones with their reasons.
+
+    READY counts the backends that take new connections by the health checks'
+    verdicts (`vxflow status` also leaves out those on a DOWN node); an unready
+    backend is marked (unready). A service without a ready backend drops every
+    connection, as one without backends.
+    """
     with open_registry(**etcd) as registry:
         snap = registry.snapshot(report=False)  # listed below, not logged
         registry.require_config(snap)
     rejected = snap.rejected_of(KeyKind.SERVICE, KeyKind.VXFLOW_CONFIG)
+    unready = snap.unready()
     if output == "json":
+        services = []
+        for s in snap.services:
+            ready, out = split_backends(s, unready)
+            services.append({**service_to_dict(s), "ReadyBackends": [str(ip) for ip in ready],
+                             "UnreadyBackends": [str(ip) for ip in out]})  # fmt: skip
         doc: dict[str, Any] = {
             "revision": snap.revision,
             "ServiceNetwork": str(snap.vxflow.service_network or ""),
-            "services": [service_to_dict(s) for s in snap.services],
+            "services": services,
             "rejected": [r.to_dict() for r in rejected],
         }
         click.echo(json.dumps(doc, indent=2))
         return
-    lines = [("NAME", "VIP", "PORTS", "BACKENDS", "AFFINITY")]
+    lines = [("NAME", "VIP", "PORTS", "BACKENDS", "READY", "AFFINITY", "CHECK")]
     for s in snap.services:
+        ready, out = split_backends(s, unready)
         lines.append((
             s.name, str(s.vip),
             ",".join(f"{p.port}/{p.protocol}->{p.target_port}" for p in s.ports),
-            ",".join(f"{b.ip}" + (f"*{b.weight}" if b.weight != 1 else "") for b in s.backends)
+            ",".join(f"{b.ip}" + (f"*{b.weight}" if b.weight != 1 else "")
+                     + ("(unready)" if b.ip in out else "") for b in s.backends)
             or "(none: dropped)",
+            f"{len(ready)}/{len(s.backends)}" + (" (none ready: dropped)"
+                                                 if s.backends and not ready else ""),
             f"ClientIP {s.affinity_timeout}s" if s.affinity_timeout else "-",
+            _check(s),
         ))  # fmt: skip
     echo_table(lines)
     network = snap.vxflow.service_network or "none"

@@ -35,10 +35,13 @@ from leases.events import (
     NamespaceRemoved,
     PolicyAdded,
     PolicyRemoved,
+    ReadinessAdded,
+    ReadinessRemoved,
     ServiceAdded,
     ServiceRemoved,
     VxflowConfigChanged,
 )
+from leases.health import check_readiness, unready_by_service
 from leases.keys import KV, KeyKind, Keys
 from leases.liveness import check_liveness
 from leases.model import (
@@ -48,6 +51,7 @@ from leases.model import (
     Liveness,
     Member,
     NetworkConfig,
+    Readiness,
     Service,
     VxflowConfig,
     subnet_key,
@@ -85,6 +89,7 @@ class Snapshot:
     policies: tuple[NetworkPolicy, ...] = ()  # valid NetworkPolicies, sorted by namespace/name
     namespaces: tuple[Namespace, ...] = ()  # labelled namespaces, sorted by name
     liveness: tuple[Liveness, ...] = ()  # the nodes' liveness records, sorted by PublicIP
+    readiness: tuple[Readiness, ...] = ()  # backends' health-check verdicts, by key name
     kvs: Mapping[str, KV] = field(default_factory=dict, repr=False, compare=False)
     # The View it was built from, when nothing else holds that View (build_snapshot's):
     # a watch starts from a copy of it instead of validating every entry again.
@@ -106,6 +111,10 @@ class Snapshot:
     def alive(self) -> frozenset[IPv4Address]:
         """The PublicIPs of the nodes whose liveness record is in etcd."""
         return frozenset(r.public_ip for r in self.liveness)
+
+    def unready(self) -> dict[str, frozenset[IPv4Address]]:
+        """The backends health checks call unready, by service name (leases.health)."""
+        return unready_by_service(self.readiness)
 
 
 EMPTY = Snapshot(config=None, leases=(), endpoints=(), revision=0)
@@ -130,8 +139,9 @@ _STANDALONE = {
     KeyKind.POLICY: (check_policy, PolicyAdded, PolicyRemoved),
     KeyKind.NAMESPACE: (check_namespace, NamespaceAdded, NamespaceRemoved),
     KeyKind.NODE: (check_liveness, LivenessAdded, LivenessRemoved),
+    KeyKind.HEALTH: (check_readiness, ReadinessAdded, ReadinessRemoved),
 }
-Standalone = Member | Claim | NetworkPolicy | Namespace | Liveness
+Standalone = Member | Claim | NetworkPolicy | Namespace | Liveness | Readiness
 
 PAUSE_EVERY = 1024  # keys validated between two calls of a View's `pause`
 
@@ -266,6 +276,7 @@ class View:
             members=_sorted(own, Member, "id"),
             claims=_sorted(own, Claim, "datapath_id"),
             liveness=_sorted(own, Liveness, "public_ip"),
+            readiness=_sorted(own, Readiness, "key_name"),
             vxflow=self.vxflow,
             services=tuple(sorted(self._live_services.values(), key=attrgetter("name"))),
             policies=_sorted(own, NetworkPolicy, "key_name"),
@@ -605,6 +616,7 @@ def diff(old: Snapshot, new: Snapshot) -> list[Event]:
         (PolicyRemoved, PolicyAdded, old.policies, new.policies),
         (NamespaceRemoved, NamespaceAdded, old.namespaces, new.namespaces),
         (LivenessRemoved, LivenessAdded, old.liveness, new.liveness),
+        (ReadinessRemoved, ReadinessAdded, old.readiness, new.readiness),
     ):
         kept = set(before) & set(after)
         events += [removed(x, rev) for x in before if x not in kept]

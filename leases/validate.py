@@ -395,15 +395,21 @@ def lease_to_json(lease: Lease) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _endpoint(name: str, value: bytes | str, leases: Mapping[IPv4Network, Lease]) -> Endpoint:
+def node_key(name: str, what: str, tail: str = "") -> tuple[IPv4Network, IPv4Address, str]:
+    """A key name `<subnet-key>/<ip>` (with `tail`: `<subnet-key>/<ip>/<tail>`) as its parts;
+    `what` names the key's kind in the error."""
     parts = name.split("/")
-    if len(parts) != 2:
-        raise _Invalid(Reason.BAD_KEY, f"endpoint key name {name!r} is not <subnet-key>/<ip>")
+    if len(parts) != (3 if tail else 2):
+        shape = f"<subnet-key>/<ip>{'/' + tail if tail else ''}"
+        raise _Invalid(Reason.BAD_KEY, f"{what} key name {name!r} is not {shape}")
     try:
-        node_subnet = parse_subnet_name(parts[0])
-        ip = IPv4Address(parts[1])
+        return parse_subnet_name(parts[0]), IPv4Address(parts[1]), parts[2] if tail else ""
     except (ValueError, AddressValueError) as exc:
-        raise _Invalid(Reason.BAD_KEY, f"endpoint key name {name!r}: {exc}") from exc
+        raise _Invalid(Reason.BAD_KEY, f"{what} key name {name!r}: {exc}") from exc
+
+
+def _endpoint(name: str, value: bytes | str, leases: Mapping[IPv4Network, Lease]) -> Endpoint:
+    node_subnet, ip, _ = node_key(name, "endpoint")
     lease = leases.get(node_subnet)
     if lease is None:
         raise _Invalid(Reason.ORPHAN, f"no valid lease for node subnet {node_subnet}")

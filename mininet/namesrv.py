@@ -20,6 +20,7 @@ tests and B7: run it inside a pod's namespace with `mnexec -a PID python3 minine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
@@ -29,7 +30,8 @@ from collections import Counter
 
 
 def _echo(conn: socket.socket, greeting: bytes) -> None:
-    with conn:
+    # a client may reset the connection at any time (a TCP health check closes at once)
+    with conn, contextlib.suppress(ConnectionResetError, BrokenPipeError):
         conn.sendall(greeting)
         for line in conn.makefile("rb"):
             conn.sendall(line)

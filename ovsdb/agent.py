@@ -31,6 +31,13 @@ cluster needs no node restart. A config change seen there is acted on at once
 resync; so is a change of vxflow's config: its ServiceNetwork is routed into
 the gateway port (the node reaches service VIPs through the switch).
 
+Health checks: the agent follows the services (from its watch) and hands the prober
+(ovsdb/prober.py, a thread of its own with one selector for every probe) the backends of
+services with a `HealthCheck` that are pods on this node; the prober wakes the loop when a
+verdict changes, and the loop publishes the verdicts (`<prefix>/vxflow/health/...`,
+leases/health.py) bound to the node's lease, as its endpoints, deleting those of backends
+or checks that went.
+
 The node's liveness record (`<prefix>/vxflow/nodes/<PublicIP>`, leases/liveness.py) is
 kept alive by a thread of its own (ovsdb/liveness.py says why) from the moment the agent
 holds a lease and OVSDB answers, and revoked on a clean stop.
@@ -65,7 +72,15 @@ from flows.ports import vtep_mac_for, vtep_mac_v6_for
 from leases.config import ConfigError, ipv6_notice
 from leases.controllers import target_ip
 from leases.errors import ConfigMissing, EtcdUnavailable, LeaseLost, RegistryError
-from leases.events import ConfigChanged, Event, MemberAdded, MemberRemoved, VxflowConfigChanged
+from leases.events import (
+    ConfigChanged,
+    Event,
+    MemberAdded,
+    MemberRemoved,
+    ServiceAdded,
+    ServiceRemoved,
+    VxflowConfigChanged,
+)
 from leases.liveness import DEFAULT_TTL as DEFAULT_LIVENESS_TTL
 from leases.model import (
     LEASE_TTL_SECONDS,
@@ -74,6 +89,8 @@ from leases.model import (
     Lease,
     Member,
     NetworkConfig,
+    Readiness,
+    Service,
     VxflowConfig,
 )
 from leases.registry import Registry, renew_interval
@@ -103,6 +120,7 @@ from ovsdb.iproute import IprouteError, gateway_to
 from ovsdb.liveness import LivenessKeeper
 from ovsdb.plug import foreign_ports
 from ovsdb.pods import PodPort, PodRejection, endpoints_from_ports
+from ovsdb.prober import Prober, Target
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -181,6 +199,9 @@ class Agent:
         self._dirty = True  # re-converge and re-scan on the next loop turn
         self._env_pending = False  # a (new) lease whose subnet.env is not written yet
         self._members: dict[str, Member] = {}  # controller replicas, from the watch
+        self._services: dict[str, Service] = {}  # from the watch: what the prober checks
+        self._health_published: dict[tuple[str, IPv4Address], Readiness] | None = None
+        self.prober = Prober(on_change=self._wake)
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._wake_r = self._wake_w = -1  # run(): a pipe through which the watch wakes the loop
         self._wake_lock = threading.Lock()  # (a watch outliving its stop must not write on)
@@ -233,11 +254,13 @@ class Agent:
         watch = self.registry.watch(callback=self._note_event)
         keeper = LivenessKeeper(self.registry, self.settings.public_ip, self.settings.liveness_ttl)
         keeper.start()
+        self.prober.start()
         try:
             self._loop(idl)
         except RetryError:
             log.info("stopped while acquiring the lease again")
         finally:
+            self.prober.stop()
             keeper.stop()
             self.notifier.stopping()
             watch.stop()
@@ -266,11 +289,16 @@ class Agent:
 
     def _note_event(self, event: Event) -> None:
         """(The watch's thread.) Hand the loop what it acts on."""
-        if isinstance(event, MemberAdded | MemberRemoved | ConfigChanged | VxflowConfigChanged):
+        if isinstance(event, MemberAdded | MemberRemoved | ConfigChanged | VxflowConfigChanged
+                      | ServiceAdded | ServiceRemoved):  # fmt: skip
             self._events.put(event)
-            with self._wake_lock, contextlib.suppress(BlockingIOError):  # full: it is awake
-                if self._wake_w >= 0:
-                    os.write(self._wake_w, b"\0")
+            self._wake()
+
+    def _wake(self) -> None:
+        """(Any thread.) End the loop's wait for OVSDB: there is work."""
+        with self._wake_lock, contextlib.suppress(BlockingIOError):  # full: it is awake
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"\0")
 
     def _take_events(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -287,6 +315,14 @@ class Agent:
                 self._members.pop(event.member.id, None)
             elif isinstance(event, VxflowConfigChanged):
                 self._set_service_routes(event.config)
+            elif isinstance(event, ServiceAdded | ServiceRemoved):
+                svc = event.service
+                if isinstance(event, ServiceAdded):
+                    self._services[svc.name] = svc
+                elif self._services.get(svc.name) == svc:
+                    del self._services[svc.name]
+                self._set_probe_targets()
+                continue
             else:  # ConfigChanged: the next etcd turn re-reads it (and re-takes the lease)
                 self._published = None
                 continue
@@ -443,6 +479,16 @@ class Agent:
             log.warning("%s; not published", rejection)
             metrics.POD_REJECTIONS.labels(reason=rejection.reason.split(" ")[0]).inc()
         self._reported = set(rejected)
+        self._set_probe_targets()
+
+    def _set_probe_targets(self) -> None:
+        """The backends the prober checks: those of services with a HealthCheck that are
+        pods on this node."""
+        self.prober.set_targets(
+            Target(svc.name, b.ip, svc.health_check)
+            for svc in self._services.values() if svc.health_check is not None
+            for b in svc.backends if b.ip in self._desired
+        )  # fmt: skip
 
     def _etcd_work(self, now: float) -> None:
         try:
@@ -451,6 +497,7 @@ class Agent:
             if now >= self._renew_at:
                 self._renew()
             self._sync_endpoints()
+            self._sync_health()
         except (RegistryError, Etcd3Exception) as exc:
             metrics.ETCD_ERRORS.inc()
             self._published = None
@@ -520,6 +567,7 @@ class Agent:
             log.warning("lease %s is bound to a new etcd lease; re-publishing endpoints",
                         renewed.subnet)  # fmt: skip
             self._published = {}  # the old etcd lease took our endpoints with it
+            self._health_published = {}  # and the verdicts
         self.lease = renewed
         metrics.RENEWED.inc()
         self._schedule_renewal()
@@ -534,6 +582,7 @@ class Agent:
         subnet = self.lease.subnet
         if self._published is None:
             self._published = {ep.ip: ep for ep in self.registry.list_endpoints(subnet)}
+            self._health_published = None  # re-read with them
         for ip, ep in sorted(self._desired.items()):
             if self._published.get(ip) != ep:
                 try:
@@ -550,6 +599,25 @@ class Agent:
             metrics.ENDPOINT_DELETES.inc()
             log.info("removed endpoint %s", ip)
         metrics.ENDPOINTS.set(len(self._published))
+
+    def _sync_health(self) -> None:
+        """Publish the prober's verdicts of this node's backends; delete the rest of ours
+        (a backend or a check gone, or left from before a restart: not judged yet)."""
+        lease = self.lease
+        published = self._health_published
+        if published is None:
+            published = {(r.service, r.ip): r for r in self.registry.list_readiness(lease.subnet)}
+            self._health_published = published
+        desired = {(t.service, t.ip): Readiness(lease.subnet, t.ip, t.service, ready)
+                   for t, ready in self.prober.verdicts().items() if t.ip in lease.subnet}  # fmt: skip
+        for key, record in sorted(desired.items()):
+            if (old := published.get(key)) is None or old.ready != record.ready:
+                self.registry.put_readiness(record, lease)
+                published[key] = record
+                metrics.HEALTH_PUTS.inc()
+        for key in sorted(published.keys() - desired.keys()):
+            self.registry.delete_readiness(published.pop(key))
+            metrics.HEALTH_DELETES.inc()
 
     def _flow_restore_wait(self, idl, now: float) -> None:
         """Clear flow-restore-wait where the restart that set it left it behind.

@@ -313,6 +313,10 @@ def agent(ctx: click.Context, **params: Any) -> None:
     Pod ports: Interfaces on the bridge with external_ids attached-mac=<MAC>
     and vxflow-ip=<IPv4 in this node's subnet>. Stops on SIGTERM/SIGINT,
     keeping the lease unless --release-on-exit.
+
+    It also keeps this node's liveness record (--liveness-ttl) and checks the
+    pods here that are backends of a service with a HealthCheck, from this
+    node, publishing each verdict in etcd (README, "Health checks").
     """
     from cni.server import CniServer
     from ovsdb.agent import Agent, AgentSettings  # the agent pulls in prometheus and tenacity

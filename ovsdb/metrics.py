@@ -74,3 +74,18 @@ SERVICE_NETWORK_REFUSED = Counter(
     "ServiceNetworks this agent refused to route into its gateway port: the range holds "
     "this node's PublicIP, an etcd endpoint, a controller or a next hop to them",
 )
+PROBES = Counter(
+    "vxflow_agent_health_probes",
+    "health checks of the backends on this node (services' HealthCheck), by result",
+    ["result"],  # success | failure
+)
+PROBE_TRANSITIONS = Counter(
+    "vxflow_agent_health_transitions",
+    "backends' verdicts that changed (one log line each), by the new verdict",
+    ["to"],  # ready | unready
+)
+HEALTH_CHANGES = Counter(
+    "vxflow_agent_health_changes", "health-check verdict puts and deletes in etcd", ["op"]
+)  # put | delete
+HEALTH_PUTS = HEALTH_CHANGES.labels("put")
+HEALTH_DELETES = HEALTH_CHANGES.labels("delete")

@@ -164,6 +164,19 @@ def test_b7_services_tiny(tmp_path: Path) -> None:
     assert isinstance(c["goal_met"], bool)
 
 
+@pytest.mark.e2e
+def test_b11_failover_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b11_failover", "--crashes", "1", "--checks", "1",
+                  "--settle", "4", timeout=400)  # fmt: skip
+    assert (r["crashes"], r["checks"], r["rate_per_s"]) == (1, 1, 5)
+    (crash,), (check,) = r["samples"]["crash"], r["samples"]["check"]
+    assert 0 < crash["gone_s"] < 30 and crash["failed"] >= 0
+    assert 0 < check["gone_s"] < 30 and 0 < check["back_s"] < 30
+    assert r["crash"]["gone_s"]["n"] == r["check"]["back_s"]["n"] == 1
+    assert r["reference"]["kubernetes_node_grace_s"] == 40
+    assert "B11 data-path failover" in "\n".join(summary.b11(r))
+
+
 def test_profile_compile_tiny(tmp_path: Path) -> None:
     res = subprocess.run(
         [sys.executable, "-m", "bench.profile", "compile", "--remote-leases", "300",

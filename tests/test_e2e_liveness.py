@@ -8,6 +8,11 @@ goes out, as in a power loss): connections fail only until the liveness record l
 (--liveness-ttl, 2 s, plus etcd's expiry check) and the controller's echo to the switch
 goes unanswered, and `vxflow status` names n3 DOWN by then. Restarted, n3's backend takes new
 connections again as soon as its agent is back.
+
+The same cluster serves the health check's test: the server process in n3's pod dies (pod
+and node stay up), its agent's TCP check fails, and its backend leaves every switch's group
+within PeriodSeconds x FailureThreshold + 1 s; restarted, it is back within
+PeriodSeconds x SuccessThreshold + 1 s.
 """
 
 from __future__ import annotations
@@ -18,13 +23,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
+from flows.services import group_id, port_group
+from leases.model import Backend, Service
 from leases.registry import Registry
 from tests.emulation import emulated_cluster
 from tests.test_e2e_cluster import in_host
-from tests.test_e2e_services import NAMESRV, VIP, put_service, serving
+from tests.test_e2e_services import (
+    NAMESRV,
+    SERVICE_NETWORK,
+    VIP,
+    _holds,
+    put_service,
+    serving,
+    wait_programmed,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -165,3 +181,96 @@ def test_a_crashed_nodes_backend_leaves_within_the_goal_and_returns_with_its_age
     # one log line per transition
     log = cluster.replicas[0].log_path.read_text()
     assert log.count(f"node {ip3} (") == 1 and log.count(f"node {ip3} is UP again") == 1
+
+
+CHECKED_VIP = "198.20.0.20"
+CHECKED_PORT = 8081  # the checked servers': started and killed by the test
+PERIOD, FAILURES, SUCCESSES = 1, 2, 1
+
+
+def serve(pod) -> subprocess.Popen:
+    server = in_host(pod, sys.executable, NAMESRV, "serve", pod.name, str(CHECKED_PORT),
+                     stdout=subprocess.PIPE)  # fmt: skip
+    assert server.stdout.readline().strip() == "listening"
+    return server
+
+
+def groups_hold(cluster, service: Service, backends: tuple[Backend, ...]) -> bool:
+    """Whether every switch's group of the service's port has exactly `backends`."""
+    want = port_group(SERVICE_NETWORK, replace(service, backends=backends), 0)
+    gid = group_id(SERVICE_NETWORK, service, 0)
+    return all(_holds(node, gid, want) for node in cluster.vxflow_nodes)
+
+
+def until_groups(cluster, service: Service, backends: tuple[Backend, ...], timeout: float = 20) -> float:
+    """When (time.time()) every switch's group first held exactly `backends`."""
+    deadline = time.monotonic() + timeout
+    while not groups_hold(cluster, service, backends):
+        assert time.monotonic() < deadline, [n.ovs.ofctl("dump-groups", "br-int")
+                                             for n in cluster.vxflow_nodes]  # fmt: skip
+        time.sleep(0.02)
+    return time.time()
+
+
+def listed(cluster, *args: str) -> dict:
+    """`vxflow ARGS -o json` on the cluster, in this process (click's runner)."""
+    from click.testing import CliRunner
+
+    from vxflow.cli import cli
+
+    result = CliRunner().invoke(cli, [*args, "-o", "json", *cluster.etcd_flags()])
+    return json.loads(result.stdout)
+
+
+def test_a_backend_whose_server_dies_leaves_within_its_check_and_is_back_after_a_restart(cluster):
+    n1, n2, n3 = cluster.vxflow_nodes
+    client, pod2, pod3 = (cluster.pods_of(n)[0] for n in (n1, n2, n3))
+    servers = {pod.name: serve(pod) for pod in (pod2, pod3)}
+    check = {"Type": "TCP", "Port": CHECKED_PORT, "PeriodSeconds": PERIOD, "TimeoutSeconds": 1,
+             "FailureThreshold": FAILURES, "SuccessThreshold": SUCCESSES}  # fmt: skip
+    try:
+        with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
+            service = registry.put_service({
+                "Name": "checked", "VIP": CHECKED_VIP,
+                "Ports": [{"Port": 80, "TargetPort": CHECKED_PORT}],
+                "Backends": [{"IP": str(pod2.addr)}, {"IP": str(pod3.addr)}],
+                "HealthCheck": check,
+            })  # fmt: skip
+        wait_programmed(cluster, service)
+        alone = tuple(b for b in service.backends if b.ip == pod2.addr)
+        stream = in_host(client, sys.executable, NAMESRV, "stream", CHECKED_VIP, "80", "20", "5",
+                         stdout=subprocess.PIPE)  # fmt: skip
+        time.sleep(2)
+        servers[pod3.name].kill()
+        servers[pod3.name].wait()
+        killed = time.time()
+        gone = until_groups(cluster, service, alone)
+        # while it is out: `services list` and `status` say so
+        (entry,) = [s for s in listed(cluster, "services", "list")["services"]
+                    if s["Name"] == "checked"]  # fmt: skip
+        assert (entry["ReadyBackends"], entry["UnreadyBackends"]) == ([str(pod2.addr)],
+                                                                      [str(pod3.addr)])  # fmt: skip
+        (state,) = [s for s in listed(cluster, "status")["services"] if s["name"] == "checked"]
+        assert (state["ready"], state["unready"]) == ([str(pod2.addr)], [str(pod3.addr)])
+        time.sleep(1)
+        servers[pod3.name] = serve(pod3)
+        restarted = time.time()
+        back = until_groups(cluster, service, service.backends)
+        results = json.loads(stream.communicate(timeout=60)[0])
+    finally:
+        for server in servers.values():
+            server.kill()
+            server.wait()
+        with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
+            registry.delete_service("checked")
+    timeline = [(round(t - killed, 2), answer) for t, answer in results]
+    failed = [t for t, answer in results if answer is None]
+    assert gone - killed <= PERIOD * FAILURES + 1, (gone - killed, timeline)
+    # connections to the dead server failed until it left; none after, none to pod2
+    assert failed and max(failed) - killed <= PERIOD * FAILURES + 1, timeline
+    assert back - restarted <= PERIOD * SUCCESSES + 1, (back - restarted, timeline)
+    later = {a.split()[0] for t, a in results if a and t > back}
+    assert later == {pod2.name, pod3.name}, timeline  # it takes new connections again
+    log = (cluster.node_dir(n3) / "agent.log").read_text()  # one line per transition
+    assert log.count(f"backend {pod3.addr} of service checked is unready") == 1, log[-3000:]
+    assert log.count(f"backend {pod3.addr} of service checked is ready") == 2, log[-3000:]

@@ -288,13 +288,15 @@ def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
     table = run(etcd, "services", "list")
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "VIP", "PORTS", "BACKENDS", "AFFINITY"]
+    assert lines[0].split() == ["NAME", "VIP", "PORTS", "BACKENDS", "READY", "AFFINITY", "CHECK"]
     assert lines[1].split() == [
         "db",
         "10.96.0.12",
         "80/TCP->8080,53/UDP->53",
         "(none:",
         "dropped)",
+        "0/0",
+        "-",
         "-",
     ]
     assert lines[2].split() == [
@@ -302,6 +304,8 @@ def test_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
         "10.96.0.10",
         "80/TCP->8080,53/UDP->53",
         "10.20.1.5,10.20.3.7*2",
+        "2/2",
+        "-",
         "-",
     ]
     assert lines[3].startswith("2 service(s) in ServiceNetwork 10.96.0.0/16 at revision ")
@@ -356,11 +360,13 @@ def test_the_readme_commands_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
         "10.96.0.0/16" and "warning" not in first.stderr  # a private range  # fmt: skip
     assert typed(lines[1]).stdout.strip() == (
         "wrote /coreos.com/network/vxflow/services/web: VIP 10.96.0.10 ports 80/TCP->8080, "
-        "2 backend(s), ClientIP affinity 600s"
+        "2 backend(s), ClientIP affinity 600s, health check HTTP 8080/healthz every 5s "
+        "(2 failures, 1 success)"
     )
     listed = typed(lines[2]).stdout.splitlines()
     assert listed[1].split() == ["web", "10.96.0.10", "80/TCP->8080", "198.19.1.254*2,198.19.2.254",
-                                 "ClientIP", "600s"]  # fmt: skip
+                                 "2/2", "ClientIP", "600s", "HTTP", "8080/healthz", "every", "5s",
+                                 "(2", "failures,", "1", "success)"]  # fmt: skip
     assert typed(lines[3]).stdout.strip() == "removed /coreos.com/network/vxflow/services/web"
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from daemons.processes import stop_process
 from leases.etcd_server import EtcdServer, free_loopback_port
+from leases.model import Readiness
 from leases.registry import Registry
 from leases.subnet_env import read_subnet_env
 from ovsdb.ipmasq import listed_rules, masq_rules
@@ -490,6 +491,40 @@ def test_agent_refuses_a_service_network_holding_etcd_or_its_next_hop(cluster1: 
     assert metric(url, "vxflow_agent_service_network_refused_total") == 2
     cluster1.registry.etcd.put(key, json.dumps({"ServiceNetwork": "198.20.0.0/16"}))
     wait_for(lambda: routed(node, "198.20.0.0/16"), "the harmless ServiceNetwork routed")
+
+
+@pytest.mark.integration
+def test_agent_publishes_its_backends_verdicts_and_deletes_those_not_its_own(cluster1: Cluster) -> None:
+    """A service with a HealthCheck and a backend on this node (a pod port nothing answers
+    on: no controller programs the bridge here): the agent's verdict, unready, is published
+    bound to its lease and logged once, and counted; a verdict left from before under its
+    subnet (another run's) is deleted; the check removed, the verdict goes."""
+    agent = cluster1.agents[0]
+    node, reg = agent.node, cluster1.registry
+    port = free_loopback_port()
+    agent.extra = ("--metrics-port", str(port), "--metrics-listen", str(node.underlay_ip))
+    agent.start()
+    subnet = agent.subnet()
+    lease = reg.lease_for(subnet)
+    base = subnet.network_address
+    reg.put_readiness(Readiness(subnet, base + 9, "old", False), lease)  # left from before
+    add_internal_pod(node, "pod5", str(base + 5), "0a:58:00:00:00:05")
+    wait_for(lambda: len(cluster1.endpoints(subnet)) == 1, "the pod's endpoint")
+    reg.set_service_network("198.20.0.0/16")
+    web = {"Name": "web", "VIP": "198.20.0.10", "Ports": [{"Port": 80, "TargetPort": 8080}],
+           "Backends": [{"IP": str(base + 5)}, {"IP": str(base + 6)}],  # base + 6: no pod
+           "HealthCheck": {"Type": "TCP", "Port": 8080, "PeriodSeconds": 1,
+                           "FailureThreshold": 1}}  # fmt: skip
+    reg.put_service(web)
+    want = [Readiness(subnet, base + 5, "web", False, lease.etcd_lease_id)]
+    wait_for(lambda: reg.list_readiness(subnet) == want, "the pod's verdict alone")
+    url = f"http://{node.underlay_ip}:{port}/metrics"
+    assert metric(url, "vxflow_agent_health_probes_total", result="failure") >= 1
+    assert metric(url, "vxflow_agent_health_transitions_total", to="unready") == 1
+    assert agent.log_text().count(f"backend {base + 5} of service web is unready") == 1
+    reg.put_service({k: v for k, v in web.items() if k != "HealthCheck"})
+    wait_for(lambda: reg.list_readiness(subnet) == [], "the verdict gone with the check")
+    assert agent.stop() == 0
 
 
 DUAL_CONFIG = (

@@ -4,7 +4,8 @@
 lease's TTL left, each replica's status page or why it could not be read) and
 returns a `Report`: the network config, every node (lease, TTL, switch,
 master and generation, flows desired and installed, last sync, drift
-repairs), the controllers, the rejected etcd entries, the problems, and what
+repairs), every service's backends (ready, unready by its health check, on a
+DOWN node), the controllers, the rejected etcd entries, the problems, and what
 cannot be told (unknown). A report without problems is healthy, whatever is
 unknown: a replica run without a status page, or whose page is served on
 another host's loopback, is not itself a fault (PROBLEMS and UNKNOWN below
@@ -16,10 +17,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from typing import Any
 from urllib.parse import urlsplit
 
+from leases.health import split_backends
 from leases.keys import KeyKind
 from leases.liveness import node_down
 from leases.model import datapath_id_for
@@ -38,6 +40,8 @@ PROBLEMS = (
     "a node whose switch is not connected to any replica that answered, has no master, or "
     "holds flows that differ from the desired ones",
     "a switch connected without a valid lease",
+    "a service with backends none of which serves (each unready by its health check or on "
+    "a DOWN node): new connections to it fail",
     "a rejected etcd entry",
 )
 UNKNOWN = (
@@ -70,6 +74,17 @@ class Node:
 
 
 @dataclass
+class ServiceState:
+    """A service's backends by whether they take new connections."""
+
+    name: str
+    vip: str
+    ready: list[str]
+    unready: list[str]  # by its health check's verdicts
+    down: list[str]  # on a DOWN node
+
+
+@dataclass
 class Controller:
     id: str
     address: str
@@ -88,6 +103,7 @@ class Report:
     rejected: list[dict[str, str]]
     problems: list[str]
     unknown: list[str] = field(default_factory=list)  # what cannot be told: not problems
+    services: list[ServiceState] = field(default_factory=list)
     taken: float = 0.0  # when all was read (time.time(), `vxflow status`): the report's "as of"
 
     @property
@@ -137,6 +153,12 @@ def assess(
             _take_master(node, master)
         problems += _node_problems(node, bool(read), len(read) < len(pages))
         nodes.append(node)
+    services = _services(snap, [n for n in nodes if n.down])
+    for svc in services:
+        if not svc.ready and (svc.unready or svc.down):
+            problems.append(f"service {svc.name} ({svc.vip}): none of its "
+                            f"{len(svc.unready) + len(svc.down)} backends serves ("
+                            + _backends_out(svc) + "): new connections to it fail")  # fmt: skip
     for dpid, entries in sorted(switches.items()):
         ip = entries[0][1]["node"]
         problems.append(f"switch of {ip} ({dpid:016x}) is connected but its node holds no "
@@ -163,7 +185,32 @@ def assess(
     rejected = [r.to_dict() for r in snap.rejected if r.reason != Reason.NO_CONFIG]
     problems += [f"rejected {r['kind']} {r['key']}: {r['detail']} [{r['reason']}]"
                  for r in rejected if r["kind"] != KeyKind.CONFIG]  # fmt: skip
-    return Report(snap.revision, config, nodes, controllers, rejected, problems, unknown)
+    return Report(snap.revision, config, nodes, controllers, rejected, problems, unknown,
+                  services=services)  # fmt: skip
+
+
+def _services(snap: Snapshot, down: list[Node]) -> list[ServiceState]:
+    """Each service's backends: on a DOWN node, else unready by its check, else ready."""
+    subnets = [ip_network(n.subnet) for n in down]
+    unready = snap.unready()
+    out = []
+    for svc in snap.services:
+        ready, checked_out = split_backends(svc, unready)
+        gone = {b.ip for b in svc.backends if any(b.ip in s for s in subnets)}
+        out.append(ServiceState(svc.name, str(svc.vip),
+                                [str(ip) for ip in ready if ip not in gone],
+                                [str(ip) for ip in checked_out if ip not in gone],
+                                [str(b.ip) for b in svc.backends if b.ip in gone]))  # fmt: skip
+    return out
+
+
+def _backends_out(svc: ServiceState) -> str:
+    parts = []
+    if svc.unready:
+        parts.append(f"{len(svc.unready)} unready by its health check")
+    if svc.down:
+        parts.append(f"{len(svc.down)} on a DOWN node")
+    return ", ".join(parts)
 
 
 def _unread(url: str, page: Page) -> tuple[str, bool]:
@@ -259,6 +306,11 @@ def render(report: Report, now: float | None = None) -> str:
         rows.append((ctl.id, ctl.address or "-", str(ctl.masters), connected,
                      ctl.error or ctl.status))  # fmt: skip
     lines += _table(rows) if report.controllers else ["no controller replica registered"]
+    if report.services:
+        rows = [("SERVICE", "VIP", "READY", "UNREADY", "ON A DOWN NODE")]
+        rows += [(svc.name, svc.vip, ",".join(svc.ready) or "-", ",".join(svc.unready) or "-",
+                  ",".join(svc.down) or "-") for svc in report.services]  # fmt: skip
+        lines += ["", *_table(rows)]
     if report.rejected:
         lines += ["", "REJECTED ETCD ENTRIES"]
         lines += [f"{r['kind']} {r['key']}: {r['detail']} [{r['reason']}]" for r in report.rejected]
