@@ -56,6 +56,7 @@ from tests.leftovers import RUN_MARKER
 from tests.test_deploy_guide import DEBIAN_PATH, GUIDE, block, blocks
 from tests.test_e2e_controllers import wait_until
 from tests.test_package import BUILD, build_wheel
+from tests.test_systemd_units import UNITS, bounding_set, capabilities
 
 pytestmark = pytest.mark.e2e
 
@@ -212,6 +213,33 @@ def in_parallel(*calls) -> None:
         raise errors[0]
 
 
+def main_pid(m: Machine, unit: str) -> int:
+    status = m.sh([f"systemctl status {unit}"]).stdout
+    return int(re.search(r"Main PID: (\d+)", status).group(1))
+
+
+def mounts_of(pid: int) -> dict[str, tuple[str, str]]:
+    """A process's view: mount point -> (file system type, per-mount options)."""
+    view = {}
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        view[fields[4]] = (fields[fields.index("-") + 1], fields[5])
+    return view
+
+
+def check_hardening(m: Machine, unit: str, writable: Sequence[str]) -> None:
+    """The running daemon has the unit's bounding set, no_new_privs, a read-only system
+    but for `writable`, a private /tmp."""
+    pid = main_pid(m, unit)
+    assert bounding_set(pid) == set(capabilities(UNITS / f"{unit}.service"))
+    view = mounts_of(pid)
+    assert "ro" in view["/"][1].split(","), view["/"]
+    assert "ro" in view["/etc"][1].split(",") and "ro" in view["/run"][1].split(",")
+    for path in writable:
+        assert "rw" in view[path][1].split(","), (path, view.get(path))
+    assert view["/tmp"][0] == "tmpfs" and "rw" in view["/tmp"][1].split(",")
+
+
 def report_on_failure(machines: Sequence[Machine], failed: type | None) -> None:
     """After a failure: each unit's state and the end of its log (the journal's stand-in)."""
     if failed is None:
@@ -321,6 +349,9 @@ def test_the_guide_as_written_on_three_machines(underlay: Underlay, tmp_path: Pa
                 run(m, agent_edit, example=2)
             run(m, block_with("systemctl enable --now vxflow-agent"))
             assert "FLANNEL_SUBNET=" in m.sh(["cat /run/flannel/subnet.env"]).stdout
+        check_hardening(m1, "vxflow-controller", [])
+        check_hardening(m1, "vxflow-agent", ["/run/flannel", "/run/vxflow", "/var/lib/cni",
+                                             "/run/openvswitch"])  # fmt: skip
         for m in machines:
             first = m.log("vxflow-agent").splitlines()[0]
             assert f"vxflow {VERSION} agent starting" in first, first

@@ -17,6 +17,9 @@ tests/README.md for what it covers and what it does not):
   /run/unitstarter/UNIT.log (the journal's stand-in);
 - RuntimeDirectory= (removed at stop unless RuntimeDirectoryPreserve=yes),
   StateDirectory= (under /var/lib);
+- ProtectSystem= (strict: all read-only but /proc, /sys, /dev and the
+  RuntimeDirectory=, StateDirectory= and ReadWritePaths= paths), PrivateTmp=,
+  ProtectHome=, in a mount namespace of the service's own (`protect`);
 - Type=notify: a NOTIFY_SOCKET of its own; READY=1, STATUS=, WATCHDOG=1 and
   STOPPING=1 accepted from the main process only (NotifyAccess=main, checked
   with SCM_CREDENTIALS); `start` returns once READY=1 arrived, fails after
@@ -46,6 +49,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +57,8 @@ UNIT_DIRS = (Path("/etc/systemd/system"), Path("/lib/systemd/system"))
 STATE = Path("/run/unitstarter")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PASSED_THROUGH = ("VXFLOW_TEST_RUN",)  # the suite's leftover check finds the daemons by it
+PROTECTIONS = ("ProtectSystem", "PrivateTmp", "ProtectHome")  # applied by `protect`
+API_FILESYSTEMS = ("/proc", "/sys", "/dev")  # writable under ProtectSystem=strict too
 CLEAN_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE)
 EXIT_INACTIVE, EXIT_NO_UNIT = 3, 4
 
@@ -147,6 +153,19 @@ class Unit:
             else:
                 argv.append(re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), word))
         return argv
+
+    def sandboxed(self) -> bool:
+        return any(self.get(key, "no") not in ("no", "false") for key in PROTECTIONS)
+
+    def writable_paths(self) -> list[Path]:
+        """What ProtectSystem=strict leaves writable: RuntimeDirectory=, StateDirectory=,
+        ReadWritePaths= (a leading `-`: skipped when missing)."""
+        paths = [Path("/run") / n for n in self.words("RuntimeDirectory")]
+        paths += [Path("/var/lib") / n for n in self.words("StateDirectory")]
+        for word in self.words("ReadWritePaths"):
+            if not (word.startswith("-") and not Path(word[1:]).exists()):
+                paths.append(Path(word.lstrip("-")))
+        return paths
 
     def privileges(self) -> list[str]:
         """setpriv's options for User=, CapabilityBoundingSet= and NoNewPrivileges=."""
@@ -276,9 +295,15 @@ class Supervisor:
         if watchdog:
             env["WATCHDOG_USEC"] = str(int(watchdog * 1e6))
         argv = self.unit.argv(env)
+        # the unit's file system view: a mount namespace of its own, set up by `protect`
+        # (unshare and the protect step exec() in turn: the daemon keeps the main PID)
+        sandbox = []
+        if self.unit.sandboxed():
+            sandbox = ["unshare", "--mount", "--propagation", "slave", "--", sys.executable,
+                       __file__, "protect", self.unit.name, "--"]  # fmt: skip
         with open(STATE / f"{self.unit.name}.log", "ab") as log:
             self.main = subprocess.Popen(
-                [*self.unit.privileges(), *argv], env=env, cwd="/", stdin=subprocess.DEVNULL,
+                [*sandbox, *self.unit.privileges(), *argv], env=env, cwd="/", stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         ready = not notify_type
@@ -341,6 +366,53 @@ class Supervisor:
         except ProcessLookupError:
             self.main.wait()
         return "success"
+
+
+def mount_points() -> list[tuple[str, str]]:
+    """(mount point, file system type) of this mount namespace, in mount order."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point = re.sub(r"\\(\d{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        found.append((point, fields[fields.index("-") + 1]))
+    return found
+
+
+def under(path: str, roots: Sequence[Path | str]) -> bool:
+    return any(path == str(r) or path.startswith(f"{str(r).rstrip('/')}/") for r in roots)
+
+
+def protect(unit: Unit, argv: list[str]) -> None:
+    """In the unit's own mount namespace: ProtectSystem= (strict: every mount read-only
+    but the API file systems and the writable paths; full/yes: /usr, /boot, /efi and for
+    full /etc), PrivateTmp= (a tmpfs on /tmp and /var/tmp), ProtectHome= (yes: /home,
+    /root and /run/user empty and inaccessible; read-only); then exec `argv`."""
+
+    def mount(*args: str) -> None:
+        subprocess.run(["mount", *args], check=True, capture_output=True)
+
+    system = unit.get("ProtectSystem", "no")
+    if system != "no":
+        keep = unit.writable_paths() if system == "strict" else []
+        for path in keep:  # each its own mount, left writable
+            mount("--bind", str(path), str(path))
+        roots = {"strict": ["/"], "full": ["/usr", "/boot", "/efi", "/etc"]}.get(
+            system, ["/usr", "/boot", "/efi"]
+        )
+        for point, fstype in mount_points():
+            if (under(point, roots) and not under(point, API_FILESYSTEMS)
+                    and not under(point, keep) and fstype != "nsfs"):  # fmt: skip
+                mount("-o", "remount,bind,ro", point)
+    if unit.get("PrivateTmp", "no") in ("yes", "true"):
+        for path in ("/tmp", "/var/tmp"):
+            mount("-t", "tmpfs", "-o", "mode=1777", "tmpfs", path)
+    home = unit.get("ProtectHome", "no")
+    for path in ("/home", "/root", "/run/user"):
+        if Path(path).is_dir() and home in ("yes", "true"):
+            mount("-t", "tmpfs", "-o", "ro,mode=000", "tmpfs", path)
+        elif Path(path).is_dir() and home == "read-only":
+            mount("--bind", "-o", "ro", path, path)
+    os.execvp(argv[0], argv)
 
 
 # -- the systemctl verbs -------------------------------------------------------
@@ -424,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "disable", "status", "is-active", "supervise"])  # fmt: skip
     parser.add_argument("--now", action="store_true")
     parser.add_argument("units", nargs="*")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["protect"]:  # protect UNIT -- COMMAND...: not for argparse
+        protect(Unit.load(argv[1]), argv[argv.index("--") + 1 :])
     args = parser.parse_intermixed_args(argv)
     if args.verb == "daemon-reload":
         return 0  # every start reads the unit files afresh
