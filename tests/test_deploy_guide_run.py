@@ -25,7 +25,10 @@ the wheel, the certificates (as step 2 lists them) and the repository's
 packaging/ to each machine; the container runtime's part: a CNI ADD of two
 pods (one on node1, one on node2) through the conflist as a runtime runs it.
 Pip takes the wheel's dependencies from this suite's site-packages, offline
-(tests/test_package.py), not from PyPI. Not run at all: `modprobe openvswitch`
+(tests/test_package.py), not from PyPI. `apt-get install` succeeds only while the
+machine's packages are the newest its apt lists name (the machines have no route out:
+nothing is downloaded; its changes stay in the machine's /var). Not run at all:
+`modprobe openvswitch`
 (no kernel modules can be loaded here; the agent picks the userspace datapath
 by itself when the module is absent).
 """
@@ -372,8 +375,11 @@ def test_the_guide_as_written_on_three_machines(underlay: Underlay, tmp_path: Pa
         # 6. checking: status (until all is well), the leases, a trace from node1
         status = block_with("/opt/vxflow/bin/vxflow status")
 
-        def healthy() -> bool:
-            return run(m1, [*operator, status[0]], check=False).returncode == 0
+        def healthy(replicas: set[str] | None = None) -> bool:
+            """`vxflow status` exits 0 (and lists exactly `replicas`, if given)."""
+            res = run(m1, [*operator, status[0]], check=False)
+            listed = set(re.findall(r"^(ctl\d) ", res.stdout, re.M))
+            return res.returncode == 0 and replicas in (None, listed)
 
         wait_until("vxflow status: all is well", healthy, 60)
         out = run(m1, [*operator, *status]).stdout
@@ -391,7 +397,8 @@ def test_the_guide_as_written_on_three_machines(underlay: Underlay, tmp_path: Pa
             assert inline("/opt/vxflow/bin/vxflow status") == status[0]
             for m in (m1, m2):
                 run(m, block_with("systemctl restart vxflow-controller"))
-                wait_until(f"node{m.number}'s replica back", healthy, 60)
+                wait_until(f"node{m.number}'s replica back: status exits 0 listing both",
+                           lambda: healthy({"ctl1", "ctl2"}), 60)  # fmt: skip
             for m in machines:
                 run(m, block_with("systemctl restart vxflow-agent"))
                 wait_until(f"node{m.number}'s agent back", healthy, 60)
@@ -417,5 +424,6 @@ def test_the_guide_as_written_on_three_machines(underlay: Underlay, tmp_path: Pa
         assert "vxflow" not in left, left
         # and node2's replica: node1's takes its switches, the pods still reach each other
         run(m2, [inline("systemctl disable --now vxflow-controller")])
+        wait_until("ctl2 has left the cluster", lambda: healthy({"ctl1"}), 15)
         wait_until("pod on node1 reaches pod on node2 after ctl2 left", lambda: reaches(0, 1), 30)
         assert reaches(1, 0)
