@@ -312,16 +312,14 @@ class Supervisor:
                   StatusText="", Since=time.time())  # fmt: skip
         start_deadline = time.monotonic() + seconds(self.unit.get("TimeoutStartSec"), 90)
         last_ping = time.monotonic()
-        result = ""
         try:
             while self.main.poll() is None:
                 if self.stopping:
                     return self.stop_main()
                 now = time.monotonic()
                 if not ready and now > start_deadline:
-                    result = "timeout"
                     self.stop_main()
-                    return result
+                    return "timeout"
                 if ready and watchdog and now - last_ping > watchdog:
                     os.killpg(self.main.pid, signal.SIGABRT)
                     self.main.wait()
