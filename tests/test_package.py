@@ -13,6 +13,7 @@ checkout's editable install, are not processed). Dependency checks: `UNMET`.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -76,15 +77,26 @@ def source_copy(dest: Path) -> Path:
     return dest
 
 
-def build_wheel(tmp: Path, version: str | None = None) -> Path:
-    """The wheel, built as the README shows in a copy of the checkout, moved to `tmp`
-    (`version`: as the next release, this tree's code under another version)."""
-    src = source_copy(tmp / "src")
+def commit_copy(dest: Path, commit: str) -> Path:
+    """The tree of `commit` (`git archive`), as a release was cut from it."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True,
+                             check=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def build_wheel(tmp: Path, version: str | None = None, commit: str | None = None) -> Path:
+    """The wheel, built as the README shows in a copy of the checkout (or of `commit`'s
+    tree), moved to `tmp` (`version`: its code under another version, e.g. the next
+    release)."""
+    src = commit_copy(tmp / "src", commit) if commit else source_copy(tmp / "src")
     if version is not None:
         pyproject = src / "pyproject.toml"
         text = pyproject.read_text()
-        assert f'version = "{VERSION}"' in text
-        pyproject.write_text(text.replace(f'version = "{VERSION}"', f'version = "{version}"', 1))
+        old = re.search(r'^version = "([^"]+)"', text, re.M)
+        assert old is not None, "pyproject.toml names no version"
+        pyproject.write_text(text.replace(old.group(0), f'version = "{version}"', 1))
     (src / ".venv").symlink_to(Path(sys.executable).parents[1])  # as scripts/setup.sh left it
     subprocess.run(shlex.split(BUILD), cwd=src, check=True, capture_output=True)
     (built,) = (src / "dist").glob("vxflow-*.whl")
@@ -101,9 +113,11 @@ def use_tested_dependencies(venv: Path) -> None:
     (site / "vxflow-test-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
 
 
-def install_wheel(tmp: Path, version: str | None = None) -> tuple[Path, Path]:
-    """(wheel, venv): the wheel built and installed into a fresh venv in `tmp`."""
-    wheel = build_wheel(tmp, version)
+def install_wheel(tmp: Path, version: str | None = None,
+                  commit: str | None = None) -> tuple[Path, Path]:  # fmt: skip
+    """(wheel, venv): the wheel built (see build_wheel) and installed into a fresh venv in
+    `tmp`."""
+    wheel = build_wheel(tmp, version, commit)
     venv = tmp / "venv"
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)],
                    check=True)  # fmt: skip

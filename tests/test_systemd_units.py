@@ -111,7 +111,7 @@ def bounding_set(pid: int) -> set[str]:
     assert status["NoNewPrivs"] == "1"
     decoded = subprocess.run(["capsh", f"--decode={status['CapBnd']}"], capture_output=True,
                              text=True, check=True).stdout  # fmt: skip
-    return {c.removeprefix("cap_") for c in decoded.strip().split("=", 1)[1].split(",")}
+    return {c.removeprefix("cap_") for c in decoded.strip().split("=", 1)[1].split(",") if c}
 
 
 def capabilities(unit: Path) -> list[str]:
