@@ -111,8 +111,8 @@ class Backlogs:
     def shed(self) -> None:
         while self.total > self.limit and self.waiting:
             max(self.waiting, key=lambda c: c.backlog_bytes).overflow(
-                f"all switches' backlogs hold more than {self.limit >> 20} MiB and it has the "
-                "most"
+                f"all switches' backlogs hold more than {self.limit / (1 << 20):g} MiB and it "
+                "has the most"
             )
 
 
