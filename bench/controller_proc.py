@@ -104,6 +104,9 @@ class ControllerProcess:
                 return True
         return False
 
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def cpu_seconds(self) -> float:
         """User + system CPU of the controller process so far."""
         return cpu_seconds(self.pid)

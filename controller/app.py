@@ -23,6 +23,7 @@ import resource
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from os_ken.base import app_manager
@@ -57,12 +58,12 @@ log = logging.getLogger("controller")
 OFPET_BAD_REQUEST, OFPBRC_IS_SLAVE = 1, 10
 INBOX = 128  # messages waiting to be handled (os-ken's app event queue holds as many)
 AUDIT_POLL = 0.005  # seconds between looks at whether an audit's comparison is done
-AUDIT_TIMEOUT = 30.0
+AUDIT_TIMEOUT = 30.0  # an audit not done by then no longer holds the next one back
 # seconds a switch has to answer the echo sent when its node's liveness record goes: a
 # switch whose node died without closing the connection (the node's own datapath carried
 # it) would otherwise hold the node UP until the periodic echo's timeout (controller.guard)
 PROBE_TIMEOUT = 0.3
-MAX_BACKLOG = 64 << 20  # bytes one switch may have waiting to be sent (a cold start: ~10 MB)  # an audit not done by then no longer holds the next one back
+MAX_BACKLOG = 64 << 20  # bytes one switch may have waiting to be sent (a cold start: ~10 MB)
 # the multipart replies the controller asked for: readbacks and its flow monitor
 _MULTIPARTS = frozenset((ofwire.OFPMP_FLOW, groups.OFPMP_GROUP_DESC, monitor.OFPMP_FLOW_MONITOR))
 
@@ -96,6 +97,25 @@ def _each(syncs: list[SwitchSync], step: Callable[[SwitchSync], None], what: str
             log.exception("switch %s: %s failed", sync.node, what)
 
 
+@dataclass
+class Backlogs:
+    """The bytes waiting in every switch's backlog (see DatapathChannel), bounded as a
+    whole: many slow switches, each under its own bound, could still fill the memory.
+    Past `limit`, the switch with the most waiting (the slowest reader) is disconnected,
+    and the next, until the rest fit: each resyncs from a readback when it reconnects."""
+
+    limit: int
+    total: int = 0
+    waiting: set[DatapathChannel] = field(default_factory=set)  # channels with a backlog
+
+    def shed(self) -> None:
+        while self.total > self.limit and self.waiting:
+            max(self.waiting, key=lambda c: c.backlog_bytes).overflow(
+                f"all switches' backlogs hold more than {self.limit / (1 << 20):g} MiB and it "
+                "has the most"
+            )
+
+
 class DatapathChannel:
     """Raw bytes to one switch, with xids from its os-ken counter; sending never waits.
 
@@ -111,15 +131,17 @@ class DatapathChannel:
     every switch, so one switch that reads slowly would hold up all of them. What
     does not fit waits in this switch's own backlog instead, fed to os-ken's queue
     by a green thread of its own; past MAX_BACKLOG bytes the switch is disconnected
-    (logged, counted): it resyncs from a readback when it reconnects.
+    (logged, counted): it resyncs from a readback when it reconnects. The backlogs of
+    all switches together are bounded too (`Backlogs`).
     """
 
-    def __init__(self, datapath, tls: bool = False) -> None:
+    def __init__(self, datapath, tls: bool = False, backlogs: Backlogs | None = None) -> None:
         self.datapath = datapath
         # eventlet's green socket over a real, non-blocking one (`fd`)
         self._raw = None if tls else getattr(datapath.socket, "fd", None)
         self._backlog: deque[bytes] = deque()
-        self._backlog_bytes = 0
+        self.backlog_bytes = 0
+        self._backlogs = backlogs if backlogs is not None else Backlogs(MAX_BACKLOG)
         self._feeding = False
 
     def send(self, data: bytes) -> None:
@@ -139,12 +161,26 @@ class DatapathChannel:
                 self.datapath.send(data)  # (room for it: does not wait)
                 return
         self._backlog.append(data)
-        self._backlog_bytes += len(data)
-        if self._backlog_bytes > MAX_BACKLOG:
-            self._overflow()
-        elif not self._feeding:
+        self._count(len(data))
+        if self.backlog_bytes > MAX_BACKLOG:
+            self.overflow(f"more than {MAX_BACKLOG >> 20} MiB waits to be sent to it")
+        elif self._backlogs.total > self._backlogs.limit:
+            self._backlogs.shed()
+        if self._backlog and not self._feeding:
             self._feeding = True
             hub.spawn(self._feed)
+
+    def _count(self, change: int) -> None:
+        self.backlog_bytes += change
+        self._backlogs.total += change
+        if self.backlog_bytes:
+            self._backlogs.waiting.add(self)
+        else:
+            self._backlogs.waiting.discard(self)
+
+    def _drop_backlog(self) -> None:
+        self._backlog.clear()
+        self._count(-self.backlog_bytes)
 
     def _feed(self) -> None:
         """os-ken's queue, from the backlog, as the switch takes it (this thread waits)."""
@@ -152,22 +188,23 @@ class DatapathChannel:
             while self._backlog:
                 data = self._backlog[0]  # left in place while waiting: later sends queue behind
                 if not self.datapath.send(data):
-                    break  # the connection is closing
+                    self._drop_backlog()  # the connection is closing: no one will send it
+                    break
                 if self._backlog and self._backlog[0] is data:
                     self._backlog.popleft()
-                    self._backlog_bytes -= len(data)
+                    self._count(-len(data))
         finally:
             self._feeding = False
 
-    def _overflow(self) -> None:
+    def overflow(self, why: str) -> None:
+        """Disconnect this switch, which reads too slowly (`why`), and drop its backlog."""
         metrics.SLOW_SWITCHES.inc()
         log.warning(
-            "switch %016x at %s reads too slowly: %d MiB waiting to be sent; disconnected "
-            "(it resyncs when it reconnects)", self.datapath.id or 0, self.datapath.address,
-            self._backlog_bytes >> 20,
+            "switch %016x at %s reads too slowly: %s (%.1f MiB waiting); disconnected (it "
+            "resyncs when it reconnects)", self.datapath.id or 0, self.datapath.address, why,
+            self.backlog_bytes / (1 << 20),
         )  # fmt: skip
-        self._backlog.clear()
-        self._backlog_bytes = 0
+        self._drop_backlog()
         self.datapath.close()
 
     def xids(self, count: int) -> int:
@@ -192,6 +229,7 @@ class VxflowController(app_manager.OSKenApp):
         self._down: set[IPv4Address] = set()  # the nodes last logged DOWN
         self._silent: set[IPv4Address] = set()  # nodes whose switch left a probe unanswered
         self.switches: dict[int, SwitchSync] = {}
+        self.backlogs = Backlogs(int(CONF.vxflow_send_backlog_total * (1 << 20)))
         self._monitor_xids: dict[int, int] = {}  # the flow monitor request's, per switch
         self.roles: dict[int, SwitchRole] = {}
         self.endpoints = CONF.vxflow_etcd_endpoints
@@ -282,7 +320,8 @@ class VxflowController(app_manager.OSKenApp):
         server = hub.WSGIServer(
             (CONF.vxflow_metrics_listen, port or 0),
             wsgi_app({"/status": lambda: status.page(
-                self.membership, self.model, self.switches, self.roles)}),
+                self.membership, self.model, self.switches, self.roles),
+                "/threads": status.threads}),
         )  # fmt: skip
         host, bound = server.server.getsockname()[:2]
         log.info("serving metrics on http://%s:%d/metrics and the status page on /status",
@@ -512,7 +551,7 @@ class VxflowController(app_manager.OSKenApp):
             parser.OFPAsyncConfigPropReasons(ofp.OFPACPT_PACKET_IN_MASTER, mask=0),
         ]
         dp.send_msg(parser.OFPSetAsync(dp, no_packet_in))
-        channel = DatapathChannel(dp, self.tls)
+        channel = DatapathChannel(dp, self.tls, self.backlogs)
         sync = SwitchSync(
             node=node,
             channel=channel,

@@ -16,7 +16,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from ipaddress import IPv4Network
 
 from flows.compiler import (
@@ -28,6 +28,7 @@ from flows.compiler import (
     lease_context,
     remote_lease_flows,
 )
+from flows.diff import STEP, chunked, no_pause
 from flows.flow import Flow, FlowKey, Owner, Table, cookie_for
 from leases.model import Lease, NetworkConfig
 
@@ -95,15 +96,16 @@ class Installed(Mapping[FlowKey, Flow]):
             cookie & ~0xFFFFFFFF == _LEASE_COOKIE and cookie & 0xFFFFFFFF in self._leases
         )
 
-    def all_but(self, cookies: frozenset[int]) -> list[Flow]:
+    def all_but(self, cookies: frozenset[int], pause: Callable[[], None] = no_pause) -> list[Flow]:
         """Every flow held but those under these cookies (in one pass, no lookups by key:
-        a readback's table can be large)."""
-        leases = (lease for subnet, lease in self._leases.items()
-                  if _LEASE_COOKIE | subnet not in cookies)  # fmt: skip
-        if not cookies:
-            return [*self._flows.values(), *self._lease_flows(leases)]
-        plain = [f for f in self._flows.values() if f.cookie not in cookies]
-        return [*plain, *self._lease_flows(leases)]
+        a readback's table can be large), `pause` called every STEP entries."""
+        out: list[Flow] = []
+        for chunk in chunked(list(self._flows.values()), pause):
+            out += [f for f in chunk if f.cookie not in cookies] if cookies else chunk
+        for chunk in chunked(list(self._leases.items()), pause):
+            out += self._lease_flows(lease for subnet, lease in chunk
+                                     if _LEASE_COOKIE | subnet not in cookies)  # fmt: skip
+        return out
 
     def of_cookies(self, cookies: Iterable[int]) -> list[Flow]:
         """The flows held under these cookies."""
@@ -134,13 +136,15 @@ class Installed(Mapping[FlowKey, Flow]):
             self._release(key)
         self._drop(key)
 
-    def replace(self, flows: Iterable[Flow]) -> None:
+    def replace(self, flows: Iterable[Flow], pause: Callable[[], None] = no_pause) -> None:
         """The switch holds exactly `flows` (a readback): all kept as Flows until `settle`
-        finds them equal to the desired leases' renderings."""
+        finds them equal to the desired leases' renderings. `pause` is called every STEP
+        flows (half of them taken in meanwhile: build a fresh copy, then swap)."""
         self._flows, self._by_cookie, self._lease_shaped = {}, {}, {}
         self._leases, self._context = {}, None
-        for flow in flows:
-            self._add(flow, flow.key)
+        for chunk in chunked(flows, pause):
+            for flow in chunk:
+                self._add(flow, flow.key)
 
     def put_routes(self, routes: RemoteRoutes) -> None:
         """The switch holds every flow of `routes` now (a change that added them landed)."""
@@ -154,12 +158,15 @@ class Installed(Mapping[FlowKey, Flow]):
                     self.discard(flow.key)
             leases[row[0]] = lease
 
-    def settle(self, desired: NodeTable) -> tuple[NodeTable, frozenset[int]]:
+    def settle(
+        self, desired: NodeTable, pause: Callable[[], None] = no_pause
+    ) -> tuple[NodeTable, frozenset[int]]:
         """`desired` without the remote leases this switch already holds exactly so, and
         their cookies (to leave out of the comparison: nothing to send for them).
 
         A lease held as Flows (read back, or changed) that equal its rendering is taken
-        into the compact form here."""
+        into the compact form here, one lease at a time (`pause` is called every STEP
+        leases: the table reads the same between two)."""
         routes = desired.routes
         if not routes or not self._holds_lease_flows():  # (a cold switch: nothing to settle)
             return desired, frozenset()
@@ -171,7 +178,9 @@ class Installed(Mapping[FlowKey, Flow]):
         keep: list[Lease] = []
         keep_rows: list[Row] = []
         settled: list[int] = []
-        for lease, row in zip(routes.leases, routes.rows, strict=True):
+        for n, (lease, row) in enumerate(zip(routes.leases, routes.rows, strict=True), 1):
+            if not n % STEP:
+                pause()
             subnet = row[0]
             cookie = _LEASE_COOKIE | subnet
             held = leases.get(subnet)

@@ -70,8 +70,9 @@ READBACKS_ABANDONED = Counter(
 )
 SLOW_SWITCHES = Counter(
     "vxflow_controller_slow_switch_disconnects",
-    "switches disconnected because more than 64 MiB waited to be sent to them (they read "
-    "too slowly); each resyncs when it reconnects",
+    "switches disconnected because they read too slowly: more than 64 MiB waited to be sent "
+    "to one, or to all together more than VXFLOW_SEND_BACKLOG_TOTAL (it the most); each "
+    "resyncs when it reconnects",
 )
 SWITCHES = Gauge("vxflow_controller_switches", "switches connected and identified as vxflow nodes")
 NODES_DOWN = Gauge(

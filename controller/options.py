@@ -19,6 +19,8 @@ the same environment variables as every other vxflow/flanneld command:
     VXFLOW_ECHO_INTERVAL     seconds between echo requests to each switch; one that leaves 3
                              unanswered is disconnected (default 2: a switch whose node died
                              without closing the connection is gone within about 8 s)
+    VXFLOW_SEND_BACKLOG_TOTAL  MiB that may wait to be sent to all slow switches together
+                             (default 1024); past it the one with the most is disconnected
 
 `vxflow controller` sets them from its own command-line options.
 """
@@ -99,6 +101,13 @@ OPTS = [
         min=0.5,
         help="Seconds between echo requests to each switch; a switch that leaves 3 unanswered "
         "is disconnected (os-ken's own default is 15 s and never disconnects).",
+    ),
+    cfg.FloatOpt(
+        "vxflow-send-backlog-total",
+        default=float(os.environ.get("VXFLOW_SEND_BACKLOG_TOTAL", "1024")),
+        min=0.001,
+        help="MiB that may wait to be sent to all slow switches together (each holds at most "
+        "64); past it the switch with the most waiting is disconnected (it resyncs).",
     ),
     cfg.StrOpt(
         "vxflow-advertise",

@@ -10,18 +10,24 @@ Per connected switch: its node, this replica's role and generation, and, where
 this replica is its master, the flows installed and desired, whether the table
 is in sync, the last sync, drift repairs and the last refused change. Flows
 are compared (a diff) only for a switch not in sync: in sync, the last
-comparison and everything since landed, so the count is all there is.
+comparison and everything since landed, so the count is all there is; not
+in sync, against the copy of its table this mastership read back (none is
+counted before the first readback is done).
 """
 
 from __future__ import annotations
 
+import gc
+import threading
 import time
 from typing import Any
+
+from greenlet import greenlet
 
 from controller.model import FULL, ClusterModel
 from controller.replica import Membership
 from controller.role import SwitchRole
-from controller.switch import State, SwitchSync
+from controller.switch import SwitchSync
 from flows.diff import diff_table
 
 
@@ -67,7 +73,9 @@ def _switch(dpid: int, sync: SwitchSync, role: SwitchRole | None, model: Cluster
     desired = model.desired(sync.node, FULL)
     in_sync = sync.in_sync
     differing = 0
-    if desired is not None and not in_sync and sync.state is not State.READING:
+    # also while a readback is under way: a retry's, after a refused change, comes back to
+    # the same difference; counted as none, a drift that stands would look healthy
+    if desired is not None and not in_sync and sync.table_known:
         differing = len(diff_table(list(sync.installed.values()), desired))
     entry.update(
         state=sync.state.value,
@@ -80,3 +88,13 @@ def _switch(dpid: int, sync: SwitchSync, role: SwitchRole | None, model: Cluster
         last_error=sync.last_error,
     )
     return entry
+
+
+def threads() -> dict[str, int]:
+    """The `/threads` page: green threads alive, found by walking every object the garbage
+    collector tracks (a pause of the hub that grows with the heap, so counted only when
+    asked: the soak's leak check, bench/soak.py), and OS threads."""
+    return {
+        "green": sum(isinstance(o, greenlet) and not o.dead for o in gc.get_objects()),
+        "os": threading.active_count(),
+    }

@@ -77,6 +77,7 @@ class Channel(Protocol):
 
 class State(Enum):
     READING = "reading"
+    COMPARING = "comparing"  # yields every STEP entries: nothing else starts meanwhile
     IDLE = "idle"
     APPLYING = "applying"
 
@@ -158,6 +159,10 @@ class SwitchSync:
     state: State = State.IDLE
     installed: Installed = field(default_factory=Installed)  # key -> Flow, leases compact
     installed_groups: dict[int, Group] = field(default_factory=dict)  # by id
+    # `installed` is this mastership's readback and what landed since, not an empty or a
+    # previous master's copy (kept while a later readback is under way: `vxflow status`
+    # counts the flows that differ from it then too)
+    table_known: bool = False
     _pending: Scope = NOTHING
     _need_readback: bool = True
     _readback_reason: str = "connect"
@@ -176,6 +181,8 @@ class SwitchSync:
     drift_repairs: int = 0
     last_error: str = ""  # the last change the switch refused, until one lands
     _monitor_paused: bool = False
+    _late: list[FlowChange] = field(default_factory=list)  # reported during a comparison
+    _run: int = 0  # a new one at each demotion: a comparison paused meanwhile is dropped
     _repair_since: float | None = None  # when a reported foreign change awaits its repair
     _repair_flows: int = 0  # flows reported changed since then
     closed: bool = False
@@ -197,6 +204,9 @@ class SwitchSync:
         self.master = False
         self._change = None
         self.state = State.IDLE
+        self._run += 1
+        self._late = []
+        self.table_known = False
         self._need_readback = True
         self._pending = FULL
         self._flushes = []  # the switch's next master flushes what it must
@@ -249,6 +259,13 @@ class SwitchSync:
         changes = [c for c in changes if not is_learned(c.flow)]
         if not changes or not self._tracking():
             return  # a readback is due or under way, and it sees these changes itself
+        if self.state is State.COMPARING:  # taken in once the comparison is done
+            if len(self._late) + len(changes) > MAX_PENDING_COOKIES:
+                self._late = []
+                self.audit("monitor")
+            else:
+                self._late += changes
+            return
         cookies: set[int] = set()
         group_gone = False
         for change in changes:
@@ -348,13 +365,21 @@ class SwitchSync:
             self._abandon_readback("timeout", f"not complete in {READBACK_TIMEOUT:.0f}s")
 
     def _read_done(self) -> None:
-        """Flows and groups both read back: diff them against the desired state."""
+        """Flows and groups both read back: take them in and diff them against the desired
+        state, yielding every STEP flows (`pause`): other switches and echo replies are
+        served meanwhile, and what this one's monitor reports then is taken in after."""
         if self._read_xid != -1 or self._group_read is not None:
             return
-        self.installed.replace(self._read)
-        self._read = []
+        read, self._read = self._read, []
+        self.state, self._need_readback = State.COMPARING, False
+        run = self._run
+        fresh = Installed()  # (`vxflow status` reads the previous copy until it is whole)
+        fresh.replace(read, self.pause)
+        if self.closed or self._run != run:
+            return  # demoted meanwhile: the next mastership reads back anew
+        self.installed = fresh
+        self.table_known = True
         self.state = State.IDLE
-        self._need_readback = False
         # what a readback for an audit (or after a paused monitor) finds wrong is drift,
         # but for the changes asked for meanwhile (still pending): those were never sent
         excused, self._pending = self._pending, FULL
@@ -491,10 +516,30 @@ class SwitchSync:
             return
         scope, self._pending = self._pending, NOTHING
         computed = time.perf_counter()
-        # remote leases the switch already holds as desired are not compared at all
-        desired, settled = self.installed.settle(desired)
-        diff = diff_table(self._installed_in(scope, settled), desired)
-        group_diff = diff_groups(self._groups_in(scope), desired.groups)
+        self.state, run = State.COMPARING, self._run
+        try:
+            # remote leases the switch already holds as desired are not compared at all
+            desired, settled = self.installed.settle(desired, self.pause)
+            diff = diff_table(self._installed_in(scope, settled), desired, self.pause)
+            group_diff = diff_groups(self._groups_in(scope), desired.groups)
+        except Exception:  # as computing the desired flows above
+            if self.closed or self._run != run:
+                return
+            log.exception("switch %s: comparing its flows failed", self.node)
+            self.state = State.IDLE
+            self._retry_later()
+            return
+        if self.closed or self._run != run:
+            return  # demoted meanwhile: the next mastership reads back anew
+        self.state = State.IDLE
+        if not self.may_write():  # lapsed meanwhile: nothing is sent; read back once renewed
+            metrics.WRITES_FENCED.inc()
+            log.warning("switch %s: membership lapsed while its flows were compared; read "
+                        "back once it is renewed", self.node)  # fmt: skip
+            self._late = []
+            self._need_readback, self._readback_reason = True, "retry"
+            self._pending = FULL
+            return
         log.debug(
             "switch %s: %d desired flows in %.1f ms, diff of %d in %.1f ms",
             self.node, len(desired), (computed - started) * 1e3, len(diff),
@@ -512,8 +557,10 @@ class SwitchSync:
         elif self._repair_since is not None and diff:
             metrics.DRIFT_FOUND["monitor"].inc()
             self.drift_repairs += 1
+        late, self._late = self._late, []
         if diff or group_diff:
             self._send(diff, group_diff)
+            self.observe(late)  # (their repair is sent once this change landed)
             return
         self._repair_since, self._repair_flows = None, 0  # nothing to repair (or undone)
         self._send_flushes(self._flushes)
@@ -521,11 +568,14 @@ class SwitchSync:
         if scope.full:
             self.synced_at = time.time()
             self.on_synced(self)
+        self.observe(late)
+        if self._pending or self._need_readback:
+            self._kick()  # what was asked for while comparing
 
     @property
     def reading_back(self) -> bool:
         """A readback is asked for or under way (its comparison not done yet)."""
-        return self._need_readback or self.state is State.READING
+        return self._need_readback or self.state in (State.READING, State.COMPARING)
 
     @property
     def in_sync(self) -> bool:
@@ -690,7 +740,7 @@ class SwitchSync:
         """The installed flows `scope` covers, but those of the cookies in `skip`."""
         installed = self.installed
         if scope.full:
-            return installed.all_but(skip)
+            return installed.all_but(skip, self.pause)
         if scope.owners:
             cookies = [c for c in installed.cookies() if c not in skip and scope.covers(c)]
         else:

@@ -175,6 +175,29 @@ def test_b11_failover_tiny(tmp_path: Path) -> None:
     assert r["crash"]["gone_s"]["n"] == r["check"]["back_s"]["n"] == 1
     assert r["reference"]["kubernetes_node_grace_s"] == 40
     assert "B11 data-path failover" in "\n".join(summary.b11(r))
+@pytest.mark.integration
+def test_soak_tiny(tmp_path: Path) -> None:
+    """The soak, 40 s instead of 30 min: every kind of churn and hostile peer happened, the
+    samples were taken and judged. A file descriptor or a metric series per change or per
+    hostile connection would show within 40 s; memory and green threads need the long run
+    to tell growth from warming up, so here only their figures are required (a figure that
+    is not flat makes the command exit 1: its verdict is read from the JSON instead)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.soak", "--duration", "40", "--interval", "2", "--warmup",
+         "10", "--period", "0.1", "--pool", "10", "--results-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=200,
+    )  # fmt: skip
+    assert res.returncode in (0, 1), res.stderr[-4000:]
+    r = json.loads((tmp_path / "soak.json").read_text())
+    assert r["benchmark"] == "soak" and r["controller_alive_at_end"] is True
+    assert {"lease_added", "lease_removed", "endpoint_added", "service_written"} <= set(r["churn"])
+    assert {"garbage", "silent", "malformed"} <= set(r["hostile"]) and "refused" not in r["hostile"]
+    assert len(r["samples"]) >= 15 and all(s["green_threads"] > 0 for s in r["samples"])
+    assert all(s["switches"] == 2 for s in r["samples"] if s["t"] >= 10)
+    figures = r["figures"]
+    assert set(figures) == {"rss_kib", "fds", "series", "green_threads"}
+    assert figures["fds"]["flat"] and figures["series"]["flat"], figures
+    assert ("NOT flat" in res.stdout) == (res.returncode == 1), res.stdout
 
 
 def test_profile_compile_tiny(tmp_path: Path) -> None:

@@ -425,8 +425,7 @@ def test_a_switch_that_stops_reading_holds_up_no_other(cluster: Cluster, tmp_pat
     controller = cluster.controller.start(tmp_path)
     cluster.wait_converged()
     state = SwitchState(datapath_id_for(slow_ip), expected=0)
-    match = struct.pack("!HH4x", 1, 4)  # an empty OXM match
-    state.table = {(t, p, match): (0, b"") for t in range(4) for p in range(1, 15_001)}
+    state.table = junk_table(60_000)
     with standin_loop() as loop:
         slow = connect_standin(loop, lambda: SlowStandIn(state, [(TUNNEL_OFPORT, "vxlan0")]),
                                controller.port, rcvbuf=4096)  # fmt: skip
@@ -451,3 +450,46 @@ def test_a_switch_that_stops_reading_holds_up_no_other(cluster: Cluster, tmp_pat
         assert int(diff) > 60_000  # the junk's deletes, all queued for the slow switch:
         queued = f"switch {slow_ip}: bundle 1 of {diff} flow-mods encoded and queued"
         wait_for("the slow switch's bundle queued", lambda: queued in controller.log(), timeout=60)
+
+
+def junk_table(flows: int) -> dict:
+    """A stand-in's table of `flows` junk flows (none of them vxflow's)."""
+    match = struct.pack("!HH4x", 1, 4)  # an empty OXM match
+    return {(t, p, match): (0, b"") for t in range(4) for p in range(1, flows // 4 + 1)}
+
+
+def test_past_the_total_backlog_slow_switches_are_disconnected_and_no_other_notices(
+    cluster: Cluster, tmp_path: Path
+):
+    """Two switches answer their readback with 100,000 junk flows each, then read nothing
+    (4 KiB receive buffer): the bundles that delete the junk (some 7 MB each, under a
+    switch's own 64 MiB) wait in their backlogs, and all backlogs together may hold 1 MiB
+    here (VXFLOW_SEND_BACKLOG_TOTAL). Past it the switch with the most waiting is
+    disconnected, logged and counted, until the rest fit; a healthy switch gets a new
+    lease all the while."""
+    cluster.lease(1)
+    bridge = cluster.add_switch(1)
+    cluster.controller.env = {"VXFLOW_ECHO_INTERVAL": "15", "VXFLOW_SEND_BACKLOG_TOTAL": "1"}
+    cluster.controller.member_ttl = 30  # (two 100,000-flow comparisons on a loaded machine)
+    controller = cluster.controller.start(tmp_path)
+    cluster.wait_converged()
+    slow = []
+    with standin_loop() as loop:
+        for i in (2, 3):
+            ip = node_ip(i)
+            cluster.registry.acquire(ip, vtep_mac_for(ip))
+            state = SwitchState(datapath_id_for(ip), expected=0)
+            state.table = junk_table(100_000)
+            slow.append(connect_standin(
+                loop, lambda state=state: SlowStandIn(state, [(TUNNEL_OFPORT, "vxlan0")]),
+                controller.port, rcvbuf=4096))  # fmt: skip
+        shed = "all switches' backlogs hold more than 1 MiB and it has the most"
+        wait_for("a slow switch shed", lambda: shed in controller.log(), timeout=120)
+        assert all(s.answered for s in slow)
+        new = cluster.lease(4)
+        wait_for("the new lease on the healthy switch", lambda: f"nw_dst={new.subnet}"
+                 in cluster.ovs.ofctl("dump-flows", bridge, "table=20"))  # fmt: skip
+        dropped = controller.metric("vxflow_controller_slow_switch_disconnects_total")
+        assert 1 <= dropped <= 2 and controller.log().count(shed) == dropped
+        assert "MiB waits to be sent to it" not in controller.log()  # no switch's own bound
+        assert not re.search(rf"switch of {node_ip(1)} disconnected", controller.log())

@@ -6,9 +6,11 @@ import socket
 import struct
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
+from types import SimpleNamespace
 
-from controller import groups, metrics, ofwire, switch
+from controller import groups, metrics, ofwire, status, switch
 from controller.model import FULL, ClusterModel, Scope
+from controller.monitor import FlowChange
 from controller.switch import State, SwitchSync
 from flows.compiler import FLOWS_PER_LEASE, compile_node, subnet_cookie
 from flows.flow import Owner, flow, output
@@ -272,6 +274,40 @@ def test_rejected_bare_flow_mod_is_named_counted_and_retried_from_a_readback(cap
     assert set(sync.installed.values()) == compile_node(CONFIG, model.leases(), [], sync.node)
 
 
+def page_entry(sync: SwitchSync, model: ClusterModel) -> dict:
+    """This switch's entry on the replica's status page (a valid member, no role known)."""
+    member = SimpleNamespace(id="r1", address="tcp:127.0.0.1:6653", valid=lambda: True)
+    (entry,) = status.page(member, model, {1: sync}, {})["switches"]
+    return entry
+
+
+def test_a_refused_add_counts_as_differing_through_every_retry_readback():
+    """A table-full switch refuses a new lease's route at every retry. Its status page says
+    the flows differ all along, also while a retry's readback is under way (it once said 0
+    then, and `vxflow status` said healthy while the drift stood); before a mastership's
+    first readback is done nothing is counted: its copy of the table is not known yet."""
+    model = model_with(lease(1), lease(2))
+    (sync, channel, delayed), _ = synced_pair(model).values()
+    held = compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip)
+    sync.request(model.apply([LeaseAdded(lease(3), 10)]).scope_for(sync.node, lease(1).subnet))
+    for attempt in range(3):
+        sent = channel.take()
+        assert sync.on_error(sent[0][1], 5, 1, sent[0][2])  # OFPFMFC_TABLE_FULL, the route
+        land_bare(sync, sent)
+        entry = page_entry(sync, model)
+        assert entry["in_sync"] is False and entry["flows_differing"] >= 1
+        assert entry["last_error"].startswith("error type 5 code 1 on add of")
+        _, retry = delayed.pop()
+        retry()
+        assert sync.state is State.READING
+        entry = page_entry(sync, model)
+        assert entry["in_sync"] is False and entry["flows_differing"] >= 1, attempt
+        read_back(sync, channel, held)  # the route still missing: the same add again
+    sync.suspend()
+    sync.promote()  # a new mastership: its first readback under way, nothing known yet
+    assert sync.state is State.READING and page_entry(sync, model)["flows_differing"] == 0
+
+
 def test_a_refused_barrier_of_a_bare_flow_mod_fails_the_change(caplog):
     model = model_with(lease(1), lease(2))
     (sync, channel, delayed), _ = synced_pair(model).values()
@@ -375,10 +411,11 @@ def bundle_under_way(lapse_at_chunk: int):
     sync, channel, _ = make(model, lease(1).public_ip)
     licence, chunks = [True], [0]
 
-    def pause() -> None:  # called after each chunk is sent
-        chunks[0] += 1
-        if chunks[0] == lapse_at_chunk:
-            licence[0] = False
+    def pause() -> None:  # called after each chunk is sent (and while the readback is compared)
+        if sync.state is State.APPLYING:
+            chunks[0] += 1
+            if chunks[0] == lapse_at_chunk:
+                licence[0] = False
 
     sync.may_write, sync.pause = (lambda: licence[0]), pause
     sync.start()
@@ -416,7 +453,8 @@ def test_a_lapse_before_the_add_barrier_returns_means_no_commit():
 def test_a_demotion_during_a_bundle_stops_it_at_once():
     model = model_with(lease(1), lease(2))
     sync, channel, _ = make(model, lease(1).public_ip)
-    sync.pause = sync.suspend  # the switch demotes us while the first chunk is parsed
+    # the switch demotes us while the first chunk is parsed
+    sync.pause = lambda: sync.suspend() if sync.state is State.APPLYING else None
     sync.start()
     held = compile_node(CONFIG, [lease(1), lease(2)], [], lease(1).public_ip)
     read_back(sync, channel, [*held, *strays(3 * switch.CHUNK)])
@@ -487,14 +525,106 @@ def test_sending_to_a_switch_that_reads_nothing_never_waits_and_is_bounded():
         assert dp.send_q.qsize() == 16
         channel.send(b"y" * 8)  # no room left: returns at once
         hub.sleep(0)  # the backlog's feeder now waits for room, alone
-        assert channel._backlog_bytes == 8
+        assert channel.backlog_bytes == 8
         dropped = metrics.SLOW_SWITCHES._value.get()
         channel.send(b"z" * MAX_BACKLOG)
         assert dp.state == DEAD_DISPATCHER and metrics.SLOW_SWITCHES._value.get() == dropped + 1
-        assert channel._backlog_bytes == 0
+        assert channel.backlog_bytes == 0
     finally:
         peer.close()
         conn.close()
+
+
+def test_past_the_total_backlog_the_switch_with_the_most_waiting_is_disconnected(caplog):
+    """Three switches that read nothing (real os-ken Datapaths whose send loops never run),
+    each under its own bound: once their backlogs together pass the total, the one with the
+    most waiting is disconnected (logged, counted) and its bytes leave the total; the
+    others stay connected with theirs."""
+    from os_ken.base import app_manager  # noqa: F401 (imported before os-ken's controller)
+    from os_ken.controller.controller import Datapath
+    from os_ken.controller.handler import DEAD_DISPATCHER
+
+    from controller.app import Backlogs, DatapathChannel
+
+    backlogs = Backlogs(limit=100)
+    peers, conns = [], []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        for _ in range(3):
+            peers.append(socket.create_connection(listener.getsockname()))
+            conns.append(listener.accept())
+    try:
+        channels = [DatapathChannel(Datapath(*conn), True, backlogs) for conn in conns]
+        dropped = metrics.SLOW_SWITCHES._value.get()
+        for channel, waiting in zip(channels, (60, 30, 30), strict=True):
+            for _ in range(16):  # os-ken's queue, full
+                channel.send(b"x" * 8)
+            channel.send(b"y" * waiting)
+        slowest, *others = channels
+        assert slowest.datapath.state == DEAD_DISPATCHER and slowest.backlog_bytes == 0
+        assert metrics.SLOW_SWITCHES._value.get() == dropped + 1
+        assert "all switches' backlogs hold more than" in caplog.text
+        assert [c.datapath.state != DEAD_DISPATCHER for c in others] == [True, True]
+        assert [c.backlog_bytes for c in others] == [30, 30] and backlogs.total == 60
+        assert backlogs.waiting == set(others)
+    finally:
+        for sock in peers:
+            sock.close()
+        for conn, _ in conns:
+            conn.close()
+
+
+def test_a_huge_comparison_yields_and_other_switches_go_on_meanwhile():
+    """A readback of 20,000 junk flows is taken in and compared STEP entries at a time,
+    yielding to the hub between (the controller's `pause`): another switch's new lease is
+    sent and lands while this one compares, and a flow this one's monitor reports
+    meanwhile is taken in once the comparison is done, then repaired."""
+    from os_ken.lib import hub
+
+    model = model_with(lease(1), lease(2))
+    (big, big_channel, _), (other, other_channel, _) = synced_pair(model).values()
+    big.pause = lambda: hub.sleep(0)
+    foreign = flow(0, 400, {"in_port": 7}, [output(7)], 0x5678)
+    seen: list[State] = []
+
+    def meanwhile() -> None:
+        while big.state is not State.COMPARING:
+            hub.sleep(0)
+        impact = model.apply([LeaseAdded(lease(3), 10)])
+        other.request(impact.scope_for(other.node, lease(2).subnet))
+        land_bare(other, other_channel.take())
+        big.observe([FlowChange(foreign, "added")])
+        seen.append(big.state)
+
+    junk = [flow(0, 500, {"in_port": i}, [output(9)], 0x1234) for i in range(1, 20_001)]
+    big.audit()
+    worker = hub.spawn(meanwhile)
+    read_back(big, big_channel, [*big.installed.values(), *junk])
+    worker.wait()
+    assert seen == [State.COMPARING]  # the other switch's change landed during the comparison
+    assert subnet_cookie(lease(3).subnet) in {f.cookie for f in other.installed.values()}
+    sent = big_channel.take()  # the repair, with the lease that came meanwhile (its routes)
+    assert bundle_adds(sent).count(ofwire.OFPFC_DELETE_STRICT) == len(junk)
+    finish(big, big_channel, sent)
+    land_bare(big, big_channel.take())  # then the foreign flow reported meanwhile: deleted
+    assert set(big.installed.values()) == compile_node(CONFIG, model.leases(), [], big.node)
+    assert big.in_sync and big_channel.take() == []
+
+
+def test_a_lapse_while_a_readback_is_compared_sends_nothing_and_reads_back_once_renewed():
+    """The membership lapses while a large readback is compared (at one of its pauses):
+    nothing is sent, and once renewed the switch is read back anew."""
+    model = model_with(lease(1), lease(2))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    lapsed: list[bool] = []
+    sync.pause = lambda: lapsed.append(True) if sync.table_known else None  # comparing
+    sync.may_write = lambda: not lapsed
+    sync.start()
+    read_back(sync, channel, [flow(0, 500, {"in_port": i}, [output(9)], 0x1234)
+                              for i in range(1, 5_001)])  # fmt: skip
+    assert lapsed and channel.take() == [] and sync.state is State.IDLE and sync.reading_back
+    lapsed.clear()
+    sync.resume()
+    assert [m[0] for m in channel.take()] == [ofwire.OFPT_MULTIPART_REQUEST] * 2
 
 
 def test_a_dual_stack_config_is_said_once_not_to_be_routed_for_ipv6(caplog) -> None:

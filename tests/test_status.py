@@ -88,13 +88,14 @@ def test_status_healthy_drifted_rejected_and_node_down(cluster: Cluster, tmp_pat
     seen: list[dict] = []
 
     def drift_reported() -> bool:
-        # one report that says it all, once settled: between a refused add and the readback
-        # that counts the difference a page can say "not in sync" with 0 flows differing,
-        # and node 3's new switch may not have connected yet
+        # one report that says it all, once settled: the add in flight counts as differing
+        # before the switch refuses it (no refusal named yet), and node 3's new switch may
+        # not have connected yet
         doc = report(cluster)[1]
         seen[:] = [doc]
         one = nodes(doc)[str(node_ip(1))]
-        return one["flows_differing"] >= 1 and len(doc["problems"]) == 1
+        settled = one["flows_differing"] >= 1 and bool(one["last_error"])
+        return settled and len(doc["problems"]) == 1
 
     wait_for("the drift reported", drift_reported)
     (doc,) = seen
