@@ -37,6 +37,7 @@ from flows.compiler import (
 )
 from flows.flow import Flow, Owner, owner_of
 from flows.groups import Group, group_cookie
+from flows.ipv6 import dual_stack, endpoint_v6_flows, lease_v6_flows
 from flows.services import (
     NET_COOKIE,
     Flush,
@@ -52,7 +53,7 @@ from flows.services import (
     reply_ports,
     service_plan,
 )
-from flows.validate import Rejected, lease_problem, select_endpoints
+from flows.validate import Rejected, lease_problem, select_endpoints, select_v6
 from leases.config import ipv6_notice
 from leases.events import (
     ConfigChanged,
@@ -147,6 +148,7 @@ class ClusterModel:
         self._accepted_eps: dict[IPv4Network, tuple[Endpoint, ...]] = {}
         self._valid: dict[IPv4Network, tuple[Lease, Row]] = {}  # with its route_row
         self._accepted: tuple[list[Lease], list[Row]] | None = None  # cache of leases(), rows
+        self._v6: frozenset[Lease] | None = None  # cache of _v6_selection()
         self._by_cookie: dict[int, tuple[Lease, Row] | None] = {}  # cache of accepted() by cookie
         self._own: dict[IPv4Address, Lease | None] = {}  # cache of own_lease()
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
@@ -185,6 +187,13 @@ class ClusterModel:
             pairs = [p for p in self._valid.values() if len(by_ip[p[0].public_ip]) == 1]
             self._accepted = [lease for lease, _ in pairs], [row for _, row in pairs]
         return self._accepted
+
+    def _v6_selection(self) -> frozenset[Lease]:
+        """The accepted leases whose IPv6 half may produce flows (`select_v6`; asked on
+        dual-stack nodes only, cached until a lease changes)."""
+        if self._v6 is None:
+            self._v6 = frozenset(select_v6(self.config, self._selection()[0]).accepted)
+        return self._v6
 
     def own_lease(self, node: IPv4Address) -> Lease | None:
         """(Asked twice per switch when an event fans out: cached until a lease changes.)"""
@@ -241,9 +250,11 @@ class ClusterModel:
             return None
         own = self.own_lease(node)
         plan = self.plan()
+        six = dual_stack(self.config, own)
         if scope.full:
             leases, rows = self._selection()
-            return node_table(self.config, leases, self.endpoints_of(own), own, rows, plan)
+            v6 = self._v6_selection() if six else None
+            return node_table(self.config, leases, self.endpoints_of(own), own, rows, plan, v6)
         flows: list[Flow] = []
         if Owner.BASE in scope.owners:
             flows += base_flows(self.config, own)
@@ -256,11 +267,15 @@ class ClusterModel:
             if accepted is not None and accepted[0].public_ip != own.public_ip:
                 leases.append(accepted[0])
                 rows.append(accepted[1])
+                if six and accepted[0] in self._v6_selection():
+                    flows += lease_v6_flows(self.config, accepted[0], own)
         routes = RemoteRoutes(self.config, own, leases, rows) if leases else None
         for endpoint in self.endpoints_of(own):
             cookie = endpoint_cookie(endpoint)
             if Owner.ENDPOINT in scope.owners or cookie in scope.cookies:
                 flows += endpoint_flows(own, endpoint)
+                if six and endpoint.ipv6 is not None:
+                    flows += endpoint_v6_flows(own, endpoint)
                 if plan is not None:
                     flows.append(hairpin_flow(endpoint, plan.network, cookie))
         groups: list[Group] = []
@@ -319,6 +334,7 @@ class ClusterModel:
     def _changed(self) -> None:
         """Drop what is cached from the leases (every lease update calls this)."""
         self._accepted = None
+        self._v6 = None
         self._by_cookie = {}
         self._own = {}
 

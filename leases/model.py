@@ -108,7 +108,8 @@ class Lease:
 class Endpoint:
     """A pod port on a node's br-int, published by that node's agent.
 
-    Key: `<prefix>/vxflow/endpoints/<subnet-key>/<ip>`.
+    Key: `<prefix>/vxflow/endpoints/<subnet-key>/<ip>` (its IPv4 address; a dual-stack
+    pod's IPv6 address rides in the value as `IPv6`).
     """
 
     node_subnet: IPv4Network
@@ -117,6 +118,7 @@ class Endpoint:
     ofport: int
     port_name: str = ""
     pod: PodIdentity | None = None  # who the pod is (policy selects on it); None: not named
+    ipv6: IPv6Address | None = None  # its IPv6 address on a dual-stack node (key: still `ip`)
 
 
 @dataclass(frozen=True)
