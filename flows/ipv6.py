@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from ipaddress import IPv6Address, IPv6Network
 
-from flows.arp import nd_reply
+from flows.arp import nd_reply, nd_reply_tail
 from flows.family import BASE_COOKIE, PRIO_EXACT, PRIO_GUARD, PRIO_OVERLAY, V6, routing_flows
 from flows.flow import (
     ETH_TYPE_IPV6,
@@ -82,6 +82,8 @@ def ipv6_base_flows(config: NetworkConfig, own: Lease) -> list[Flow]:
         flow(Table.CLASSIFY, PRIO_GUARD, {**_ICMP, "icmpv6_type": ICMPV6_RA}, (), c),
         flow(Table.CLASSIFY, PRIO_GUARD, {**_ICMP, "icmpv6_type": ICMPV6_NA}, (), c),
         flow(Table.ARP, PRIO_GUARD, {**_NS, "ipv6_src": UNSPECIFIED}, (), c),
+        flow(Table.ARP, PRIO_GUARD, {**_ICMP, "icmpv6_type": ICMPV6_NA, "icmpv6_code": 0},
+             nd_reply_tail(), c),
         flow(Table.ARP, PRIO_EXACT, {**_NS, "nd_target": gw}, nd_reply(gw_mac, True), c),
         flow(Table.ARP, PRIO_OVERLAY, {**_NS, "nd_target": network}, nd_reply(gw_mac, True), c),
         flow(Table.ROUTE, PRIO_OVERLAY, {"eth_type": ETH_TYPE_IPV6, "ipv6_dst": MULTICAST}, (), c),

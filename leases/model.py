@@ -22,6 +22,7 @@ DEFAULT_SUBNET_LEN = 24
 LEASE_TTL_SECONDS = 24 * 3600  # flannel's subnet lease TTL
 RENEW_MARGIN_SECONDS = 60 * 60  # flannel's --subnet-lease-renew-margin default
 VXLAN_OVERHEAD = 50  # outer Ethernet + IPv4 + UDP + VXLAN
+VXLAN6_OVERHEAD = 70  # outer Ethernet + IPv6 + UDP + VXLAN
 
 
 @dataclass(frozen=True)

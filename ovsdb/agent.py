@@ -61,6 +61,7 @@ from tenacity import wait_exponential as wait_exp
 
 from daemons.httpd import serve_in_thread, wsgi_app
 from daemons.notify import Notifier
+from flows.ipv6 import dual_stack
 from flows.ports import vtep_mac_for, vtep_mac_v6_for
 from leases.config import ConfigError, ipv6_notice
 from leases.controllers import target_ip
@@ -327,7 +328,8 @@ class Agent:
     def _write_subnet_env(self) -> None:
         """subnet.env tells CNI the node is ready: written once the bridge has converged."""
         mtu = overlay_mtu(
-            self.config, with_underlay_mtu(self.settings.options, self.lease).underlay_mtu
+            self.config, with_underlay_mtu(self.settings.options, self.lease).underlay_mtu,
+            dual_stack(self.config, self.lease),
         )
         env = subnet_env_for(self.config, self.lease, mtu, self.settings.ip_masq)
         try:

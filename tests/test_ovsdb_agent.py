@@ -505,7 +505,7 @@ def test_dual_stack_config_gives_dual_stack_leases_and_ipv4_keeps_working(
     """Under EnableIPv6: a node with --public-ipv6 and one whose --iface carries a global
     IPv6 address get flannel's dual-stack lease and subnet.env; a node with neither gets an
     IPv4-only one. Each brings its IPv4 gateway up as before and says once, in its log,
-    that vxflow does not route IPv6 yet."""
+    what vxflow does not do over IPv6 yet."""
     cluster3.registry.set_config(DUAL_CONFIG)
     flag, iface, none = cluster3.agents
     flag.extra = ("--public-ipv6", "fd18::a")
@@ -526,9 +526,16 @@ def test_dual_stack_config_gives_dual_stack_leases_and_ipv4_keeps_working(
         assert agent.subnet_file.read_text() == (
             f"FLANNEL_NETWORK=198.19.0.0/16\nFLANNEL_SUBNET={lease.subnet.network_address + 1}/24\n"
             f"FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET={six.network_address + 1}/64\n"
-            "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+            "FLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n"  # fits the IPv6 underlay (70 bytes)
         )
+        # the bridge has the IPv6 tunnel on the PublicIPv6 and the IPv6 gateway on vxgw0
+        gateway6 = agent.node.run("ip", "-6", "-o", "addr", "show", "dev", "vxgw0", "scope", "global")
+        assert f"{six.network_address + 1}/64" in gateway6, gateway6
+        assert "fc00::/48 dev vxgw0" in agent.node.run("ip", "-6", "route", "show", "fc00::/48")
+        options = agent.node.ovs.vsctl("get", "Interface", "vxlan6", "options")
+        assert f'local_ip="{public_ipv6}"' in options and 'remote_ip=flow' in options, options
     assert leases[flag.node.underlay_ip].ipv6_subnet != leases[iface.node.underlay_ip].ipv6_subnet
+    assert "vxlan6" not in none.node.ovs.vsctl("list-ports", "br-int").split()
     plain = leases[none.node.underlay_ip]
     assert (plain.ipv6_subnet, plain.public_ipv6) == (None, None)
     assert none.subnet_file.read_text() == (
@@ -537,7 +544,7 @@ def test_dual_stack_config_gives_dual_stack_leases_and_ipv4_keeps_working(
     )
     assert "has no PublicIPv6: leasing IPv4 only" in none.log_text()
     for agent in cluster3.agents:
-        assert agent.log_text().count("does not route IPv6 yet") == 1, agent.log_text()
+        assert agent.log_text().count("are IPv4 only so far") == 1, agent.log_text()
 
     # restarted, a node asks for both of its subnets again (subnet.env) and gets them
     lease = leases[flag.node.underlay_ip]
