@@ -75,6 +75,7 @@ from vxnodes import (  # noqa: E402
     POD_MTU,
     ROOT_IP,
     UNDERLAY,
+    UNDERLAY6,
     FlannelNode,
     Pod,
     ProcessHost,
@@ -304,7 +305,7 @@ class Cluster(ClusterChecks):
         underlay = next(s for s in self.net.switches if isinstance(s, UnderlayBridge))
         for node, address in zip(self.nodes, underlay.node_addresses(), strict=False):
             node.underlay_ip = address
-            if spec.ipv6_network is not None and isinstance(node, VxflowNode):
+            if spec.ipv6_network is not None:
                 node.underlay_ip6 = underlay_ipv6(address)
         self.progress(f"starting etcd on {ROOT_IP}" + (" (TLS, auth)" if spec.tls else ""))
         self.etcd = EtcdServer(host=str(ROOT_IP), data_dir=self.workdir / "etcd",
@@ -497,6 +498,10 @@ class Cluster(ClusterChecks):
         if self.spec.flannel_lease_ttl:
             cmd += ["--subnet-lease-ttl", str(self.spec.flannel_lease_ttl)]
         node.sh(f"ip addr add {node.underlay_ip}/{UNDERLAY.prefixlen} dev eth0")
+        if node.underlay_ip6 is not None:  # flanneld's dual stack: flannel-v6.<VNI> too
+            cmd += ["--public-ipv6", str(node.underlay_ip6)]
+            node.sh(f"ip -6 addr add {node.underlay_ip6}/{UNDERLAY6.prefixlen} dev eth0 nodad")
+            node.sh("sysctl -qw net.ipv6.conf.all.forwarding=1")
         node.sh("ethtool -K eth0 tx off && ip link set eth0 up")
         node.sh("sysctl -qw net.ipv4.ip_forward=1")  # it routes between cni0 and flannel.<VNI>
         node.spawn("flannel", cmd, self.node_dir(node) / "flannel.log")
@@ -530,8 +535,8 @@ class Cluster(ClusterChecks):
 
     def ipv6_subnet(self, node: Host) -> IPv6Network | None:
         """A dual-stack node's IPv6 subnet, from its subnet.env (written with the IPv4 one)."""
-        if self.spec.ipv6_network is None or not isinstance(node, VxflowNode):
-            return None  # (the flannel-style node is IPv4-only so far)
+        if self.spec.ipv6_network is None:
+            return None
         env = self.subnet_env(node)
         if "FLANNEL_IPV6_SUBNET" not in env:
             raise RuntimeError(f"{node.name}: a dual-stack cluster, but no FLANNEL_IPV6_SUBNET")
@@ -566,16 +571,19 @@ class Cluster(ClusterChecks):
                     *([f"external_ids:{ENDPOINT_IPV6_KEY}=\"{pod.addr6}\""] if six else []),
                 )  # fmt: skip
             else:
-                self._ensure_cni0(node, subnet)
+                self._ensure_cni0(node, subnet, six)
                 node.sh(f"ip link set {port} master cni0")
 
     @staticmethod
-    def _ensure_cni0(node: FlannelNode, subnet: IPv4Network) -> None:
-        """The CNI bridge of a flannel node: the gateway address (.1) on a Linux bridge."""
+    def _ensure_cni0(node: FlannelNode, subnet: IPv4Network, six: IPv6Network | None) -> None:
+        """The CNI bridge of a flannel node: the gateway address (.1, and the IPv6 subnet's
+        first) on a Linux bridge."""
         if "cni0" in node.cmd("ip -o link show cni0 2>/dev/null"):
             return
         node.sh("ip link add cni0 type bridge")
         node.sh(f"ip addr add {subnet.network_address + 1}/{subnet.prefixlen} dev cni0")
+        if six is not None:
+            node.sh(f"ip -6 addr add {six.network_address + 1}/{six.prefixlen} dev cni0 nodad")
         node.sh(f"ip link set cni0 mtu {POD_MTU} up")
 
     @staticmethod

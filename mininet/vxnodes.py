@@ -246,6 +246,7 @@ class FlannelNode(ProcessHost):
     """A flannel-style node: kernel VXLAN programmed from etcd by mininet/flannel_node.py."""
 
     underlay_ip: IPv4Address  # set by the cluster from the underlay's block
+    underlay_ip6: IPv6Address | None = None  # set by a dual-stack cluster
 
 
 class Pod(Host):
