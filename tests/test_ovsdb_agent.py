@@ -383,8 +383,8 @@ def test_agent_clears_a_flow_restore_wait_left_behind_and_only_that(cluster1: Cl
         peer.wait()
 
 
-def our_masq_rules(node: Node) -> list | None:
-    out = node.run("nft", "-j", "list", "table", "ip", "vxflow", check=False)
+def our_masq_rules(node: Node, family: str = "ip") -> list | None:
+    out = node.run("nft", "-j", "list", "table", family, "vxflow", check=False)
     return listed_rules(json.loads(out)) if out.strip() else None
 
 
@@ -427,6 +427,26 @@ def test_ip_masq_rules_installed_restored_and_only_ours_removed(cluster1: Cluste
     agent.start()  # without --ip-masq: our table goes, the foreign one stays
     wait_for(lambda: our_masq_rules(node) is None, "our table removed")
     assert node.run("nft", "list", "table", "ip", "other") == foreign
+
+
+@pytest.mark.integration
+def test_ip_masq_of_a_dual_stack_node_has_flannels_ipv6_rules_too(cluster1: Cluster) -> None:
+    cluster1.registry.set_config(DUAL_CONFIG)
+    agent = cluster1.agents[0]
+    agent.extra = ("--ip-masq", "--public-ipv6", "fd18::a")
+    agent.start()
+    subnet = agent.subnet()
+    lease = next(x for x in cluster1.registry.list_leases() if x.subnet == subnet)
+    assert lease.ipv6_subnet is not None
+    four = masq_rules(IPv4Network("198.19.0.0/16"), subnet)
+    six = masq_rules(IPv6Network("fc00::/48"), lease.ipv6_subnet)
+    wait_for(lambda: (our_masq_rules(agent.node), our_masq_rules(agent.node, "ip6")) == (four, six),
+             "flannel's masquerade rules of both families")  # fmt: skip
+    agent.stop()
+    agent.extra = ()
+    agent.start()  # without --ip-masq: both tables of ours go
+    wait_for(lambda: [our_masq_rules(agent.node, f) for f in ("ip", "ip6")] == [None, None],
+             "our tables removed")  # fmt: skip
 
 
 def test_an_agent_and_a_controller_with_their_defaults_are_healthy_in_status(
