@@ -16,6 +16,7 @@ import pytest
 
 from tests.emulation import emulated_cluster
 from tests.test_e2e_cluster import iperf3
+from tests.test_e2e_trace import walk
 
 VNI = 7
 PORT = 4789
@@ -104,3 +105,21 @@ def test_ipv6_spoofing_from_a_pod_is_dropped(cluster) -> None:
         pod.cmd(f"ip -6 addr del {spoofed}/128 dev eth0")
     assert "100% packet loss" in out, out
     assert cluster.reachable(pod, target.addr6)  # its own address still works
+
+
+def test_vxflow_trace_follows_ipv6_over_the_ipv6_tunnel(cluster) -> None:
+    n1, n2 = cluster.vxflow_nodes[:2]
+    a, b = cluster.pods_of(n1)[0], cluster.pods_of(n2)[1]
+    rc, doc = walk(cluster, a.addr6, b.addr6)
+    assert rc == 0 and doc["delivered"] is True, doc
+    first, second = doc["hops"]
+    assert (first["node"], first["result"], first["tun_dst"]) == (
+        str(n1.underlay_ip), "tunnel", str(n2.underlay_ip6))
+    assert "icmp6" in first["packet"] and first["flows"][0]["owner"] == f"endpoint {a.addr}"
+    assert (second["node"], second["result"]) == (str(n2.underlay_ip), "delivered")
+    assert second["detail"].startswith(f"to pod {b.addr} (port ")
+    # the pod named by its IPv4 address traces IPv6 too; spoofing its neighbour is refused
+    assert walk(cluster, a.addr, b.addr6)[1]["delivered"] is True
+    rc, doc = walk(cluster, a.addr6, b.addr6, "--src-ip", str(cluster.pods_of(n1)[1].addr6))
+    assert rc == 1 and doc["hops"][0]["result"] == "dropped", doc
+    assert "spoof guard" in doc["hops"][0]["detail"]
