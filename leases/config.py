@@ -276,7 +276,7 @@ def leasable(fam: FamilyConfig | NetworkConfig, subnet: IPNetwork) -> bool:
 
 
 # what a dual-stack cluster does not get over IPv6 yet (README.md, "Dual stack")
-IPV6_NOT_YET = "services, network policy and vxflow status"
+IPV6_NOT_YET = "services and network policy"
 
 
 def ipv6_notice(config: NetworkConfig) -> str | None:

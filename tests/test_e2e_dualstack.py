@@ -6,6 +6,7 @@ agents lease both families (--public-ipv6) and pods get an address of each.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -15,6 +16,7 @@ from ipaddress import IPv6Address, IPv6Network
 import pytest
 
 from tests.emulation import emulated_cluster
+from tests.ofharness import VXFLOW
 from tests.test_e2e_cluster import iperf3
 from tests.test_e2e_trace import walk
 
@@ -123,3 +125,15 @@ def test_vxflow_trace_follows_ipv6_over_the_ipv6_tunnel(cluster) -> None:
     rc, doc = walk(cluster, a.addr6, b.addr6, "--src-ip", str(cluster.pods_of(n1)[1].addr6))
     assert rc == 1 and doc["hops"][0]["result"] == "dropped", doc
     assert "spoof guard" in doc["hops"][0]["detail"]
+
+
+def test_vxflow_status_shows_each_nodes_ipv6_subnet(cluster) -> None:
+    res = subprocess.run([VXFLOW, "status", *cluster.etcd_flags(), "-o", "json"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    nodes = {n["public_ip"]: n for n in json.loads(res.stdout)["nodes"]}
+    for node in cluster.vxflow_nodes:
+        assert nodes[str(node.underlay_ip)]["ipv6_subnet"] == str(cluster.ipv6_subnet(node))
+    text = subprocess.run([VXFLOW, "status", *cluster.etcd_flags()], capture_output=True,
+                          text=True, timeout=60).stdout  # fmt: skip
+    n1 = cluster.vxflow_nodes[0]
+    assert f"{nodes[str(n1.underlay_ip)]['subnet']}+{cluster.ipv6_subnet(n1)}" in text, text
