@@ -74,6 +74,7 @@ from leases.model import Endpoint, Lease, NetworkConfig, Service, VxflowConfig
 from leases.state import PAUSE_EVERY
 
 log = logging.getLogger(__name__)
+V6_REJECTED = " IPv6"  # the suffix of a rejected IPv6 half's entry in ClusterModel.rejected
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,15 @@ class ClusterModel:
         """The accepted leases whose IPv6 half may produce flows (`select_v6`; asked on
         dual-stack nodes only, cached until a lease changes)."""
         if self._v6 is None:
-            self._v6 = frozenset(select_v6(self.config, self._selection()[0]).accepted)
+            selection = select_v6(self.config, self._selection()[0])
+            self._v6 = frozenset(selection.accepted)
+            before = {k for k in self.rejected if k.endswith(V6_REJECTED)}
+            now = {f"lease {r.item.subnet}{V6_REJECTED}": r for r in selection.rejected}
+            for key in before - set(now):
+                del self.rejected[key]
+            for key in set(now) - before:
+                log.warning("%s: %s (its IPv4 flows stay)", key, now[key].reason)
+            self.rejected.update(now)
         return self._v6
 
     def own_lease(self, node: IPv4Address) -> Lease | None:

@@ -225,3 +225,18 @@ def test_ipv6_flows_encode_as_osken_does_and_decode_back(node1) -> None:
         want = serialized(osken_flow_mod(renamed, ofwire.OFPFC_ADD), xid)
         assert ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, xid) == want, f
     assert set(ofwire.decode_flow_stats(b"".join(stats_entry(f) for f in six))) == set(six)
+
+
+def test_the_model_counts_and_logs_a_rejected_ipv6_half_once(caplog) -> None:
+    shared = replace(HALVES[2], public_ipv6=HALVES[1].public_ipv6)
+    model = ClusterModel()
+    model.load(DUAL, [HALVES[0], HALVES[1], shared], PODS6)
+    flows = set(model.desired(NODE1, FULL))
+    model.desired(NODE1, FULL)  # asked again: cached, not logged again
+    assert not any(("tun_ipv6_dst", HALVES[1].public_ipv6) in f.actions for f in flows)
+    keys = {k for k in model.rejected if k.endswith(" IPv6")}
+    assert keys == {f"lease {HALVES[1].subnet} IPv6", f"lease {shared.subnet} IPv6"}
+    assert caplog.text.count("is held by several leases (its IPv4 flows stay)") == 2
+    model.load(DUAL, HALVES, PODS6)
+    model.desired(NODE1, FULL)
+    assert not any(k.endswith(" IPv6") for k in model.rejected)
