@@ -49,6 +49,7 @@ from flows.family import (  # the priorities and base cookies, kept importable f
     PRIO_MISS,
     PRIO_OVERLAY,
     V4,
+    endpoint_ip_flows,
     routing_flows,
 )
 from flows.family import DROP_TUNNEL_OTHER as DROP_TUNNEL_OTHER
@@ -214,13 +215,7 @@ def endpoint_flows(own: Lease, endpoint: Endpoint) -> list[Flow]:
     c = endpoint_cookie(endpoint)
     guard = {"in_port": endpoint.ofport, "eth_src": endpoint.mac}
     return [
-        flow(
-            Table.CLASSIFY,
-            PRIO_EXACT,
-            {**guard, "eth_type": ETH_TYPE_IP, "ip_src": endpoint.ip},
-            [goto_table(Table.ROUTE)],
-            c,
-        ),
+        *endpoint_ip_flows(V4, endpoint.ip, own, endpoint, c),
         flow(
             Table.CLASSIFY,
             PRIO_EXACT,
@@ -238,17 +233,6 @@ def endpoint_flows(own: Lease, endpoint: Endpoint) -> list[Flow]:
             PRIO_EXACT,
             {"eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST, "arp_tpa": endpoint.ip},
             _arp_reply(endpoint.mac),
-            c,
-        ),
-        flow(
-            Table.LOCAL,
-            PRIO_EXACT,
-            {"eth_type": ETH_TYPE_IP, "ip_dst": endpoint.ip},
-            [
-                set_field("eth_src", gateway_mac(own.subnet)),
-                set_field("eth_dst", endpoint.mac),
-                output(endpoint.ofport),
-            ],
             c,
         ),
     ]

@@ -22,7 +22,8 @@ from flows.flow import (
     output,
     set_field,
 )
-from flows.ports import GATEWAY_OFPORT, TUNNEL6_OFPORT, TUNNEL_OFPORT
+from flows.ports import GATEWAY_OFPORT, TUNNEL6_OFPORT, TUNNEL_OFPORT, gateway_mac
+from leases.model import Endpoint, Lease
 
 PRIO_GUARD = 110  # above the exact flows: ND's own paths, drops that outrank a pod's guard
 PRIO_EXACT = 100  # per-owner flows and the node's own addresses
@@ -78,4 +79,20 @@ def routing_flows(
         flow(Table.ROUTE, PRIO_OVERLAY, {"eth_type": t, fam.dst: network}, (), c),
         flow(Table.ROUTE, PRIO_DEFAULT, {"eth_type": t}, to_gateway, c),
         flow(Table.LOCAL, PRIO_EXACT, {"eth_type": t, fam.dst: gateway}, to_gateway, c),
+    ]
+
+
+def endpoint_ip_flows(
+    fam: Family, address: IPv4Address | IPv6Address, own: Lease, endpoint: Endpoint, cookie: int
+) -> list[Flow]:
+    """A local pod's spoof guard for one family (its port, MAC and `address` -> ROUTE) and
+    its delivery (to `address`: MACs rewritten as a router would, out of its port)."""
+    t = fam.eth_type
+    return [
+        flow(Table.CLASSIFY, PRIO_EXACT,
+             {"in_port": endpoint.ofport, "eth_src": endpoint.mac, "eth_type": t, fam.src: address},
+             [goto_table(Table.ROUTE)], cookie),
+        flow(Table.LOCAL, PRIO_EXACT, {"eth_type": t, fam.dst: address},
+             [set_field("eth_src", gateway_mac(own.subnet)), set_field("eth_dst", endpoint.mac),
+              output(endpoint.ofport)], cookie),
     ]

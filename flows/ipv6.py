@@ -24,7 +24,15 @@ from __future__ import annotations
 from ipaddress import IPv6Address, IPv6Network
 
 from flows.arp import nd_reply, nd_reply_tail
-from flows.family import BASE_COOKIE, PRIO_EXACT, PRIO_GUARD, PRIO_OVERLAY, V6, routing_flows
+from flows.family import (
+    BASE_COOKIE,
+    PRIO_EXACT,
+    PRIO_GUARD,
+    PRIO_OVERLAY,
+    V6,
+    endpoint_ip_flows,
+    routing_flows,
+)
 from flows.flow import (
     ETH_TYPE_IPV6,
     ICMPV6_NA,
@@ -115,15 +123,11 @@ def endpoint_v6_flows(own: Lease, endpoint: Endpoint) -> list[Flow]:
     the caller checked `dual_stack` and that the endpoint has an IPv6 address."""
     c = cookie_for(Owner.ENDPOINT, int(endpoint.ip))
     ip, mac = endpoint.ipv6, endpoint.mac
-    guard = {"in_port": endpoint.ofport, "eth_src": mac, "eth_type": ETH_TYPE_IPV6}
+    guard = {"in_port": endpoint.ofport, "eth_src": mac, "eth_type": ETH_TYPE_IPV6, **_NS}
     to_arp = [goto_table(Table.ARP)]
     return [
-        flow(Table.CLASSIFY, PRIO_EXACT, {**guard, "ipv6_src": ip}, [goto_table(Table.ROUTE)], c),
-        flow(Table.CLASSIFY, PRIO_GUARD, {**guard, **_NS, "ipv6_src": ip}, to_arp, c),
-        flow(Table.CLASSIFY, PRIO_GUARD, {**guard, **_NS, "ipv6_src": link_local(mac)}, to_arp, c),
+        *endpoint_ip_flows(V6, ip, own, endpoint, c),
+        flow(Table.CLASSIFY, PRIO_GUARD, {**guard, "ipv6_src": ip}, to_arp, c),
+        flow(Table.CLASSIFY, PRIO_GUARD, {**guard, "ipv6_src": link_local(mac)}, to_arp, c),
         flow(Table.ARP, PRIO_EXACT, {**_NS, "nd_target": ip}, nd_reply(mac, False), c),
-        flow(Table.LOCAL, PRIO_EXACT, {"eth_type": ETH_TYPE_IPV6, "ipv6_dst": ip},
-             [set_field("eth_src", gateway_mac(own.subnet)), set_field("eth_dst", mac),
-              output(endpoint.ofport)], c),
     ]
-
