@@ -15,7 +15,9 @@ A conflist entry `{"type": "vxflow", ...}` may set:
   CNI plugin does (`getDelegateIPAM`): `type` defaults to `host-local`,
   `ranges` becomes the node's subnet (host-local never hands out its
   gateway, the first address), and a route to each FLANNEL_NETWORK is
-  appended to `routes` (no `gw`: the result's gateway, .1, is the next hop).
+  appended to `routes` (no `gw`: the result's gateway, .1, is the next hop);
+  on a dual-stack node (FLANNEL_IPV6_SUBNET) a second range set, the IPv6
+  subnet, and a route to FLANNEL_IPV6_NETWORK, as flannel's plugin does.
   Any other IPAM type named here is invoked instead, with the same fields.
 - `args.cni.labels`: the pod's labels, as the CNI conventions pass them
   (`[{"key": ..., "value": ...}]`; a runtime may inject them per call); they
@@ -175,6 +177,9 @@ def delegate_ipam(conf: NetConf, env: SubnetEnv) -> dict[str, Any]:
     if not isinstance(routes, list):
         raise _invalid("ipam.routes must be a list", repr(routes))
     ipam["routes"] = [*routes, {"dst": str(env.network)}]
+    if env.ipv6_subnet is not None and env.ipv6_network is not None:
+        ipam["ranges"].append([{"subnet": str(env.ipv6_subnet.network)}])
+        ipam["routes"].append({"dst": str(env.ipv6_network)})
     return ipam
 
 

@@ -94,20 +94,30 @@ def veth_message(pair: Pair, host_mac: str, netns_fd: int) -> nlmsg:
     return _message(ifinfmsg, RTM_NEWLINK, CREATE, attrs, index=0, flags=IFF_UP, change=IFF_UP)
 
 
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+IFA_F_NODAD = 0x02  # an IPv6 address without duplicate address detection (veth.configure)
+
+
 def container_messages(index: int, end: ContainerEnd) -> list[nlmsg]:
-    """The container end `index`: its MAC and link up, its address, its routes (in this order)."""
-    ip, prefix = str(end.address.ip), end.address.network.prefixlen
+    """The container end `index`: its MAC and link up, its addresses, its routes (in this
+    order)."""
     messages = [
         _message(ifinfmsg, RTM_NEWLINK, CHANGE, [("IFLA_ADDRESS", end.mac)], index=index,
                  flags=IFF_UP, change=IFF_UP),
-        _message(ifaddrmsg, RTM_NEWADDR, CREATE, [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)],
-                 family=socket.AF_INET, prefixlen=prefix, index=index),
     ]  # fmt: skip
+    for address in (end.address, end.address6):
+        if address is None:
+            continue
+        ip, nodad = str(address.ip), [("IFA_FLAGS", IFA_F_NODAD)] if address.version == 6 else []
+        messages.append(_message(ifaddrmsg, RTM_NEWADDR, CREATE,
+                                 [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip), *nodad],
+                                 family=_FAMILY[address.version],
+                                 prefixlen=address.network.prefixlen, index=index))  # fmt: skip
     for dst, gw in end.routes:
         attrs = [("RTA_GATEWAY", str(gw)), ("RTA_OIF", index)]
         if dst.prefixlen:
             attrs.append(("RTA_DST", str(dst.network_address)))
-        messages.append(_message(rtmsg, RTM_NEWROUTE, CREATE, attrs, family=socket.AF_INET,
+        messages.append(_message(rtmsg, RTM_NEWROUTE, CREATE, attrs, family=_FAMILY[dst.version],
                                  dst_len=dst.prefixlen, table=RT_TABLE_MAIN, proto=RTPROT_STATIC,
                                  scope=RT_SCOPE_UNIVERSE, type=RTN_UNICAST))  # fmt: skip
     return messages

@@ -41,7 +41,14 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from typing import Any, Protocol
 
 import ovs.db.idl
@@ -61,7 +68,7 @@ from ovsdb.pods import DEFAULT_NAMESPACE, identity_external_ids
 log = logging.getLogger("vxflow-cni")
 OVSDB_TIMEOUT = 5.0  # seconds to connect and get the first snapshot
 VSWITCHD_TIMEOUT = 3.0  # seconds STATUS waits for ovs-vswitchd to apply a change
-DEFAULT = IPv4Network("0.0.0.0/0")
+DEFAULTS = {4: IPv4Network("0.0.0.0/0"), 6: IPv6Network("::/0")}
 POD_NAME_ARG, POD_NAMESPACE_ARG = "K8S_POD_NAME", "K8S_POD_NAMESPACE"  # CNI_ARGS (kubelet's)
 
 
@@ -182,19 +189,36 @@ class _PortUndo:
         _quietly(what, fn, *args)
 
 
-def _one_address(allocated: Result, env: SubnetEnv) -> tuple[IPv4Interface, IPv4Address]:
-    """The single IPv4 address vxflow can route, and its gateway (the node's .1 by default)."""
-    if len(allocated.ips) != 1:
-        raise CniError(ErrorCode.INVALID_CONFIG, "IPAM must return exactly one IPv4 address",
+Gateways = dict[int, IPv4Address | IPv6Address]  # the next hop of each family's routes
+
+
+def _addresses(
+    allocated: Result, env: SubnetEnv
+) -> tuple[IPv4Interface, IPv6Interface | None, Gateways]:
+    """The IPv4 address vxflow routes and, on a dual-stack node (FLANNEL_IPV6_SUBNET), the
+    IPv6 one, with each family's gateway (the subnet's first address by default)."""
+    v4 = [i for i in allocated.ips if i.address.version == 4]
+    v6 = [i for i in allocated.ips if i.address.version == 6]
+    six = env.ipv6_subnet
+    if len(v4) != 1 or len(v6) != (1 if six else 0):
+        want = "one IPv4 address" + (" and one IPv6 address" if six else "")
+        raise CniError(ErrorCode.INVALID_CONFIG, f"IPAM must return exactly {want}",
                        f"got {[str(i.address) for i in allocated.ips]}")  # fmt: skip
-    ip = allocated.ips[0]
-    subnet = env.subnet.network
-    if ip.address.ip not in subnet or ip.address.ip in (
-        subnet.network_address, env.subnet.ip, subnet.broadcast_address
-    ):
-        raise CniError(ErrorCode.INVALID_CONFIG, f"IPAM address {ip.address} is not a pod address "
+    gateways: Gateways = {4: v4[0].gateway or env.subnet.ip}
+    _pod_address(v4[0].address.ip, env.subnet.network, (env.subnet.network.broadcast_address,))
+    if six is None:
+        return v4[0].address, None, gateways
+    _pod_address(v6[0].address.ip, six.network, ())
+    gateways[6] = v6[0].gateway or six.ip
+    return v4[0].address, v6[0].address, gateways
+
+
+def _pod_address(ip: IPv4Address | IPv6Address, subnet: IPv4Network | IPv6Network,
+                 also: tuple) -> None:  # fmt: skip
+    """CniError unless `ip` is a pod address of `subnet` (not its first two, nor `also`)."""
+    if ip not in subnet or ip in (subnet.network_address, subnet.network_address + 1, *also):
+        raise CniError(ErrorCode.INVALID_CONFIG, f"IPAM address {ip} is not a pod address "
                        f"of this node's subnet {subnet}", "the agent would not publish it")  # fmt: skip
-    return ip.address, ip.gateway or env.subnet.ip
 
 
 @contextmanager
@@ -315,16 +339,25 @@ def add(inv: Invocation, conf: NetConf, environ: Mapping[str, str]) -> Result:
         steps.done("veth")
         allocated = pending.result()
         steps.done("ipam")
-        address, gateway = _one_address(allocated, env)
-        if conf.is_default_gateway and not any(r.dst.prefixlen == 0 for r in allocated.routes):
-            allocated = replace(allocated, routes=(*allocated.routes, Route(DEFAULT, gateway)))
-        end = veth.ContainerEnd(mac=pod_mac(address.ip), address=address,
-                                routes=tuple((r.dst, r.gw or gateway) for r in allocated.routes))  # fmt: skip
+        address, address6, gateways = _addresses(allocated, env)
+        if conf.is_default_gateway:
+            missing = [v for v in gateways
+                       if not any(r.dst == DEFAULTS[v] for r in allocated.routes)]  # fmt: skip
+            allocated = replace(allocated, routes=(
+                *allocated.routes, *(Route(DEFAULTS[v], gateways[v]) for v in missing)))
+        if stray := [str(r.dst) for r in allocated.routes if r.dst.version not in gateways]:
+            raise CniError(ErrorCode.INVALID_CONFIG, f"IPAM routes {stray} are of a family this "
+                           "node has no address of", "an IPv6 route needs a dual-stack node")  # fmt: skip
+        end = veth.ContainerEnd(
+            mac=pod_mac(address.ip), address=address, address6=address6,
+            routes=tuple((r.dst, r.gw or gateways[r.dst.version]) for r in allocated.routes),
+        )  # fmt: skip
         with _veth_errors():
             links.configure(pair, end)  # before the port: see the module's docstring
         steps.done("container")
         undo.callback(port.remove)
-        ids = {**plug.pod_external_ids(end.mac, str(address.ip), inv.container_id, inv.ifname),
+        ids = {**plug.pod_external_ids(end.mac, str(address.ip), inv.container_id, inv.ifname,
+                                       str(address6.ip) if address6 else None),
                **identity}  # fmt: skip
         with _port_errors(host, conf.bridge):
             plug.add_port(idl, conf.bridge, host, ids, port.sending)
@@ -390,10 +423,13 @@ def _check_problems(inv: Invocation, conf: NetConf) -> list[str]:
     if index is None:
         return [f"prevResult has no interface {inv.ifname} in {inv.netns}"]
     want_mac = prev.interfaces[index].mac
-    ips = [ip for ip in prev.ips if ip.interface == index]
-    if len(ips) != 1:
-        return [f"prevResult has {len(ips)} addresses on {inv.ifname}, vxflow makes one"]
-    address = ips[0].address
+    ips = [ip.address for ip in prev.ips if ip.interface == index]
+    families = sorted(a.version for a in ips)
+    if families not in ([4], [4, 6]):
+        return [f"prevResult has addresses {[str(a) for a in ips]} on {inv.ifname}, vxflow "
+                "makes one IPv4 address (and on a dual-stack node one IPv6 address)"]
+    address = next(a for a in ips if a.version == 4)
+    address6 = next((a for a in ips if a.version == 6), None)
     host = attachments.host_ifname(inv.container_id, inv.ifname)
     problems = []
     with ovsdb(conf) as idl:
@@ -406,7 +442,8 @@ def _check_problems(inv: Invocation, conf: NetConf) -> list[str]:
             if not row.ofport or row.ofport[0] < 1:
                 problems.append(f"port {host} has no ofport ({row.error or 'no error given'})")
             want = plug.pod_external_ids(pod_mac(address.ip), str(address.ip),
-                                         inv.container_id, inv.ifname)  # fmt: skip
+                                         inv.container_id, inv.ifname,
+                                         str(address6.ip) if address6 else None)  # fmt: skip
             have = {k: row.external_ids.get(k) for k in want}
             if have != want:
                 problems.append(f"port {host} external_ids {have}, expected {want}")
@@ -419,8 +456,7 @@ def _check_problems(inv: Invocation, conf: NetConf) -> list[str]:
         problems.append(f"{inv.ifname} has MAC {link.mac}, expected {want_mac}")
     if not link.up:
         problems.append(f"{inv.ifname} is down")
-    if address not in link.addresses:
-        problems.append(f"{inv.ifname} lacks address {address}")
+    problems += [f"{inv.ifname} lacks address {a}" for a in ips if a not in link.addresses]
     for route in prev.routes:
         found = {gw for dst, gw in link.routes if dst == route.dst}
         if not found or (route.gw and route.dst.prefixlen and route.gw not in found):

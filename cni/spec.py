@@ -14,7 +14,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, ip_address, ip_interface, ip_network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_address,
+    ip_interface,
+    ip_network,
+)
 from typing import Any
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -193,15 +203,15 @@ class Interface:
 
 @dataclass(frozen=True)
 class IPConfig:
-    address: IPv4Interface
-    gateway: IPv4Address | None = None
+    address: IPv4Interface | IPv6Interface
+    gateway: IPv4Address | IPv6Address | None = None
     interface: int | None = None  # index into Result.interfaces
 
 
 @dataclass(frozen=True)
 class Route:
-    dst: IPv4Network
-    gw: IPv4Address | None = None
+    dst: IPv4Network | IPv6Network
+    gw: IPv4Address | IPv6Address | None = None
 
 
 @dataclass(frozen=True)
@@ -251,7 +261,7 @@ def render_result(result: Result, cni_version: str) -> dict[str, Any]:
     if result.ips:
         out["ips"] = []
         for ip in result.ips:
-            item = {"version": "4"} if legacy else {}
+            item = {"version": str(ip.address.version)} if legacy else {}
             item["address"] = str(ip.address)
             if ip.gateway is not None:
                 item["gateway"] = str(ip.gateway)
@@ -269,22 +279,19 @@ def render_result(result: Result, cni_version: str) -> dict[str, Any]:
 
 
 _PARSERS = {
-    IPv4Address: ip_address,
-    IPv4Interface: ip_interface,
-    IPv4Network: lambda v: ip_network(v, strict=False),  # Go's ParseCIDR accepts host bits
+    "address": ip_address,
+    "interface": ip_interface,
+    "network": lambda v: ip_network(v, strict=False),  # Go's ParseCIDR accepts host bits
 }
 
 
-def _ipv4(kind, value: Any, what: str):
-    """`value` parsed as `kind`: CniError 6 if it is no address at all, 7 if it is IPv6."""
+def _ip(kind: str, value: Any, what: str):
+    """`value` parsed as an address, interface or network of either family (CniError 6 if
+    it is none; which families a node can route, the plugin judges)."""
     try:
-        parsed = _PARSERS[kind](value)
+        return _PARSERS[kind](value)
     except (TypeError, ValueError) as exc:
         raise CniError(ErrorCode.DECODING_FAILURE, f"invalid {what}", repr(value)) from exc
-    if parsed.version != 4:
-        raise CniError(ErrorCode.INVALID_CONFIG, f"{what} {value} is not IPv4",
-                       "vxflow's overlay is IPv4 only")  # fmt: skip
-    return parsed
 
 
 def parse_result(obj: Any) -> Result:
@@ -303,16 +310,16 @@ def parse_result(obj: Any) -> Result:
         )
         ips = tuple(
             IPConfig(
-                address=_ipv4(IPv4Interface, i["address"], "address"),
-                gateway=_ipv4(IPv4Address, i["gateway"], "gateway") if i.get("gateway") else None,
+                address=_ip("interface", i["address"], "address"),
+                gateway=_ip("address", i["gateway"], "gateway") if i.get("gateway") else None,
                 interface=i.get("interface"),
             )
             for i in obj.get("ips") or ()
         )
         routes = tuple(
             Route(
-                dst=_ipv4(IPv4Network, r["dst"], "route destination"),
-                gw=_ipv4(IPv4Address, r["gw"], "route gateway") if r.get("gw") else None,
+                dst=_ip("network", r["dst"], "route destination"),
+                gw=_ip("address", r["gw"], "route gateway") if r.get("gw") else None,
             )
             for r in obj.get("routes") or ()
         )

@@ -17,11 +17,23 @@ import os
 import random
 import socket
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+    ip_address,
+    ip_interface,
+    ip_network,
+)
 from pathlib import Path
 
 from ovsdb.iproute import IprouteError, ip, ip_batch, ip_json, tx_checksum_off
 
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
 NAMESPACE_FS = (0x6E736673, 0x9FA0)  # NSFS_MAGIC, PROC_SUPER_MAGIC: what pkg/ns accepts
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -59,7 +71,8 @@ class ContainerEnd:
 
     mac: str  # 0a:58 + its IPv4
     address: IPv4Interface
-    routes: tuple[tuple[IPv4Network, IPv4Address], ...]  # (dst, next hop)
+    routes: tuple[tuple[IPNetwork, IPAddress], ...]  # (dst, next hop), of either family
+    address6: IPv6Interface | None = None  # a dual-stack pod's (without DAD: see configure())
 
 
 def host_link_exists(name: str) -> bool:
@@ -107,9 +120,15 @@ def create(pair: Pair) -> str:
 
 
 def configure(pair: Pair, end: ContainerEnd) -> None:
-    """The container end: its MAC, address, link up, routes (TX offload off on netdev)."""
+    """The container end: its MAC, addresses, link up, routes (TX offload off on netdev).
+
+    The IPv6 address skips duplicate address detection (as the node's gateway's): IPAM
+    made it the pod's alone, and the switch answers no probe anyway."""
     commands = [f"link set {pair.ifname} address {end.mac}",
-                f"addr add {end.address} dev {pair.ifname}", f"link set {pair.ifname} up"]  # fmt: skip
+                f"addr add {end.address} dev {pair.ifname}"]  # fmt: skip
+    if end.address6 is not None:
+        commands.append(f"addr add {end.address6} dev {pair.ifname} nodad")
+    commands.append(f"link set {pair.ifname} up")
     commands += [f"route add {dst} via {gw} dev {pair.ifname}" for dst, gw in end.routes]
     ip_batch(commands, netns=pair.netns)
     if pair.userspace_datapath:
@@ -147,8 +166,8 @@ class ContainerLink:
 
     mac: str
     up: bool
-    addresses: frozenset[IPv4Interface]
-    routes: frozenset[tuple[IPv4Network, IPv4Address | None]]  # the namespace's, any device
+    addresses: frozenset[IPv4Interface | IPv6Interface]  # global ones (not link-local)
+    routes: frozenset[tuple[IPNetwork, IPAddress | None]]  # the namespace's, any device
 
 
 def container_link(netns: str, ifname: str) -> ContainerLink | None:
@@ -162,16 +181,17 @@ def container_link(netns: str, ifname: str) -> ContainerLink | None:
         return None
     link = links[0]
     addresses = frozenset(
-        IPv4Interface(f"{a['local']}/{a['prefixlen']}")
+        ip_interface(f"{a['local']}/{a['prefixlen']}")
         for a in link.get("addr_info", [])
-        if a.get("family") == "inet"
+        if a.get("family") in ("inet", "inet6") and a.get("scope") == "global"
     )
     routes = frozenset(
         (
-            IPv4Network("0.0.0.0/0" if r["dst"] == "default" else r["dst"]),
-            IPv4Address(r["gateway"]) if "gateway" in r else None,
+            ip_network(("0.0.0.0/0", "::/0")[family == "-6"] if r["dst"] == "default" else r["dst"]),
+            ip_address(r["gateway"]) if "gateway" in r else None,
         )
-        for r in ip_json("route", "show", netns=netns)
+        for family in ("-4", "-6")
+        for r in ip_json(family, "route", "show", netns=netns)
     )
     return ContainerLink(
         mac=link.get("address", ""),

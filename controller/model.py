@@ -42,6 +42,7 @@ from flows.compiler import (
 )
 from flows.flow import Flow, Owner, owner_of
 from flows.groups import Group, group_cookie
+from flows.ipv6 import dual_stack, endpoint_v6_flows, lease_v6_flows
 from flows.services import (
     NET_COOKIE,
     Flush,
@@ -57,7 +58,7 @@ from flows.services import (
     reply_ports,
     service_plan,
 )
-from flows.validate import Rejected, lease_problem, select_endpoints
+from flows.validate import Rejected, lease_problem, select_endpoints, select_v6
 from leases.config import ipv6_notice
 from leases.events import (
     ConfigChanged,
@@ -81,6 +82,7 @@ from leases.model import Endpoint, Lease, NetworkConfig, Readiness, Service, Vxf
 from leases.state import PAUSE_EVERY
 
 log = logging.getLogger(__name__)
+V6_REJECTED = " IPv6"  # the suffix of a rejected IPv6 half's entry in ClusterModel.rejected
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ class ClusterModel:
         self._accepted_eps: dict[IPv4Network, tuple[Endpoint, ...]] = {}
         self._valid: dict[IPv4Network, tuple[Lease, Row]] = {}  # with its route_row
         self._accepted: tuple[list[Lease], list[Row]] | None = None  # cache of leases(), rows
+        self._v6: frozenset[Lease] | None = None  # cache of _v6_selection()
         self._by_cookie: dict[int, tuple[Lease, Row] | None] = {}  # cache of accepted() by cookie
         self._own: dict[IPv4Address, Lease | None] = {}  # cache of own_lease()
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
@@ -197,6 +200,21 @@ class ClusterModel:
             pairs = [p for p in self._valid.values() if len(by_ip[p[0].public_ip]) == 1]
             self._accepted = [lease for lease, _ in pairs], [row for _, row in pairs]
         return self._accepted
+
+    def _v6_selection(self) -> frozenset[Lease]:
+        """The accepted leases whose IPv6 half may produce flows (`select_v6`; asked on
+        dual-stack nodes only, cached until a lease changes)."""
+        if self._v6 is None:
+            selection = select_v6(self.config, self._selection()[0])
+            self._v6 = frozenset(selection.accepted)
+            before = {k for k in self.rejected if k.endswith(V6_REJECTED)}
+            now = {f"lease {r.item.subnet}{V6_REJECTED}": r for r in selection.rejected}
+            for key in before - set(now):
+                del self.rejected[key]
+            for key in set(now) - before:
+                log.warning("%s: %s (its IPv4 flows stay)", key, now[key].reason)
+            self.rejected.update(now)
+        return self._v6
 
     def own_lease(self, node: IPv4Address) -> Lease | None:
         """(Asked twice per switch when an event fans out: cached until a lease changes.)"""
@@ -259,9 +277,11 @@ class ClusterModel:
             return None
         own = self.own_lease(node)
         plan = self.plan()
+        six = dual_stack(self.config, own)
         if scope.full:
             leases, rows = self._selection()
-            return node_table(self.config, leases, self.endpoints_of(own), own, rows, plan)
+            v6 = self._v6_selection() if six else None
+            return node_table(self.config, leases, self.endpoints_of(own), own, rows, plan, v6)
         flows: list[Flow] = []
         if Owner.BASE in scope.owners:
             flows += base_flows(self.config, own)
@@ -274,11 +294,15 @@ class ClusterModel:
             if accepted is not None and accepted[0].public_ip != own.public_ip:
                 leases.append(accepted[0])
                 rows.append(accepted[1])
+                if six and accepted[0] in self._v6_selection():
+                    flows += lease_v6_flows(self.config, accepted[0], own)
         routes = RemoteRoutes(self.config, own, leases, rows) if leases else None
         for endpoint in self.endpoints_of(own):
             cookie = endpoint_cookie(endpoint)
             if Owner.ENDPOINT in scope.owners or cookie in scope.cookies:
                 flows += endpoint_flows(own, endpoint)
+                if six and endpoint.ipv6 is not None:
+                    flows += endpoint_v6_flows(own, endpoint)
                 if plan is not None:
                     flows.append(hairpin_flow(endpoint, plan.network, cookie))
         groups: list[Group] = []
@@ -337,6 +361,7 @@ class ClusterModel:
     def _changed(self) -> None:
         """Drop what is cached from the leases (every lease update calls this)."""
         self._accepted = None
+        self._v6 = None
         self._by_cookie = {}
         self._own = {}
 

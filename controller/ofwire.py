@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flows.compiler import FLOWS_PER_LEASE, RemoteRoutes
 from flows.flow import Flow, Masked, Owner, Value, cookie_for
@@ -82,6 +82,7 @@ ETH_TYPE_IP_VALUE = 0x0800  # resubmit's in_port is a 16-bit (OpenFlow 1.0) port
 OFPCML_NO_BUFFER = 0xFFFF
 
 OFB, NXM0, NXM1 = 0x8000, 0x0000, 0x0001
+ERICSSON = 0x1000  # OVS's class of the ND extension fields (nd_reserved, nd_options_type)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class _Field:
     oxm_class: int
     oxm_field: int
     size: int
-    kind: str  # "int", "mac" or "ip"
+    kind: str  # "int", "mac", "ip" (IPv4) or "ip6"
 
     @property
     def order(self) -> int:
@@ -127,6 +128,17 @@ FIELDS = {
         _Field("tun_src", NXM1, 31, 4, "ip"),
         _Field("tun_dst", NXM1, 32, 4, "ip"),
         _Field("ct_state", NXM1, 105, 4, "int"),
+        _Field("ipv6_src", OFB, 26, 16, "ip6"),
+        _Field("ipv6_dst", OFB, 27, 16, "ip6"),
+        _Field("icmpv6_type", OFB, 29, 1, "int"),
+        _Field("icmpv6_code", OFB, 30, 1, "int"),
+        _Field("nd_target", OFB, 31, 16, "ip6"),
+        _Field("nd_sll", OFB, 32, 6, "mac"),
+        _Field("nd_tll", OFB, 33, 6, "mac"),
+        _Field("tun_ipv6_src", NXM1, 109, 16, "ip6"),
+        _Field("tun_ipv6_dst", NXM1, 110, 16, "ip6"),
+        _Field("nd_reserved", ERICSSON, 1, 4, "int"),
+        _Field("nd_options_type", ERICSSON, 2, 1, "int"),
     )
 }
 # Read-back may name a field by its older NXM header instead of the OXM one.
@@ -149,6 +161,13 @@ _BY_HEADER.update(
         (NXM0, 10): FIELDS["tcp_dst"],
         (NXM0, 11): FIELDS["udp_src"],
         (NXM0, 12): FIELDS["udp_dst"],
+        (NXM1, 19): FIELDS["ipv6_src"],
+        (NXM1, 20): FIELDS["ipv6_dst"],
+        (NXM1, 21): FIELDS["icmpv6_type"],
+        (NXM1, 22): FIELDS["icmpv6_code"],
+        (NXM1, 23): FIELDS["nd_target"],
+        (NXM1, 24): FIELDS["nd_sll"],
+        (NXM1, 25): FIELDS["nd_tll"],
     }
 )
 # learn's flow specs name fields by their NXM headers (OVS writes them back so)
@@ -204,6 +223,8 @@ class _Layout:
         self.put("I", field.header(masked))
         if masked and field.kind == "ip":
             self.put("II", f"int({expr}.network_address)", f"int({expr}.netmask)")
+        elif masked and field.kind == "ip6":
+            self.put("16s16s", f"{expr}.network_address.packed", f"{expr}.netmask.packed")
         elif masked:
             code = _CODES[field.size]
             self.put(code * 2, f"{expr}.value", f"{expr}.mask")
@@ -211,6 +232,8 @@ class _Layout:
             self.put("6s", f"_mac({expr})")
         elif field.kind == "ip":
             self.put("I", f"int({expr})")
+        elif field.kind == "ip6":
+            self.put("16s", f"{expr}.packed")
         else:
             self.put(_CODES[field.size], expr)
 
@@ -360,7 +383,8 @@ def _layout(flow: Flow, command: int, bundled: bool) -> tuple[list[str], list[st
     order = sorted(range(len(flow.match)), key=lambda i: FIELDS[flow.match[i][0]].order)
     for i in order:
         name, value = flow.match[i]
-        lay.value(FIELDS[name], f"m[{i}][1]", masked=isinstance(value, IPv4Network | Masked))
+        masked = isinstance(value, IPv4Network | IPv6Network | Masked)
+        lay.value(FIELDS[name], f"m[{i}][1]", masked=masked)
     match_len = lay.size - match_start
     lay.pad()
     if command == OFPFC_ADD:
@@ -579,16 +603,20 @@ def _decode_value(field: _Field, raw: bytes) -> Value:
         return raw.hex(":")
     if field.kind == "ip":
         return IPv4Address(raw)
+    if field.kind == "ip6":
+        return IPv6Address(raw)
     return int.from_bytes(raw, "big")
 
 
 def _decode_masked(field: _Field, raw: bytes, mask: bytes) -> Value | tuple:
-    if field.kind == "ip":
+    if field.kind in ("ip", "ip6"):
+        width = 8 * field.size
         bits = int.from_bytes(mask, "big")
         prefix = bin(bits).count("1")
-        if bits == (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF:
-            net = IPv4Network((int.from_bytes(raw, "big"), prefix), strict=False)
-            return net.network_address if prefix == 32 else net
+        if bits == ((1 << width) - 1) ^ ((1 << (width - prefix)) - 1):
+            network = IPv4Network if field.kind == "ip" else IPv6Network
+            net = network((int.from_bytes(raw, "big"), prefix), strict=False)
+            return net.network_address if prefix == width else net
     if field.name == "ct_state":
         return Masked(int.from_bytes(raw, "big"), int.from_bytes(mask, "big"))
     return ("masked", raw.hex(), mask.hex())

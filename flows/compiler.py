@@ -27,6 +27,12 @@ nothing goes to the controller):
   gateway address -> gateway port.
 
 TTL: decremented once per overlay crossing, on the way into the tunnel only.
+
+Dual stack (config EnableIPv6 and a lease with an IPv6 half): the same tables
+carry IPv6 the same way (flows/ipv6.py), over a tunnel port of its own
+(TUNNEL6_OFPORT, local_ip = the node's PublicIPv6), with neighbour solicitations
+answered in ARP; the IPv6 flows of a remote lease are plain flows under the
+lease's cookie. An IPv4-only config or node gets none of it, at no cost.
 """
 
 from __future__ import annotations
@@ -37,6 +43,18 @@ from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network
 
 from flows.arp import arp_reply as _arp_reply
+from flows.family import (  # the priorities and base cookies, kept importable from here
+    BASE_COOKIE,
+    PRIO_EXACT,
+    PRIO_MISS,
+    PRIO_OVERLAY,
+    V4,
+    endpoint_ip_flows,
+    routing_flows,
+)
+from flows.family import DROP_TUNNEL_OTHER as DROP_TUNNEL_OTHER
+from flows.family import DROP_TUNNEL_SPOOFED as DROP_TUNNEL_SPOOFED
+from flows.family import PRIO_DEFAULT as PRIO_DEFAULT
 from flows.flow import (
     ARP_REQUEST,
     ETH_TYPE_ARP,
@@ -54,20 +72,17 @@ from flows.flow import (
     set_field,
 )
 from flows.groups import Group
+from flows.ipv6 import (
+    dual_stack,
+    endpoint_v6_flows,
+    ipv6_base_flows,
+    lease_v6_flows,
+    select_v6,
+)
 from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, gateway_mac, vtep_mac_for
 from flows.services import ServicePlan, hairpin_flow, plan_flows, plan_groups
 from flows.validate import select_endpoints, select_leases
 from leases.model import Endpoint, Lease, NetworkConfig
-
-PRIO_EXACT = 100  # per-owner flows and the node's own addresses
-PRIO_OVERLAY = 10  # the rest of the overlay network
-PRIO_DEFAULT = 1  # everything else routed to the host
-PRIO_MISS = 0  # table-miss: drop
-
-BASE_COOKIE = cookie_for(Owner.BASE)
-# Drops worth counting apart: base flows with cookies of their own (see the module doc).
-DROP_TUNNEL_SPOOFED = cookie_for(Owner.BASE, 1)
-DROP_TUNNEL_OTHER = cookie_for(Owner.BASE, 2)
 
 
 def subnet_cookie(subnet: IPv4Network) -> int:
@@ -99,33 +114,15 @@ def miss_flows() -> list[Flow]:
 
 
 def base_flows(config: NetworkConfig, own: Lease | None) -> list[Flow]:
-    """The node's fixed pipeline: everything not owned by a remote lease or a pod."""
+    """The node's fixed pipeline: everything not owned by a remote lease or a pod (the
+    IPv6 half's too on a dual-stack node, flows/ipv6.py)."""
     flows = miss_flows()
     if own is None:
         return flows
     gw_mac = gateway_mac(own.subnet)
-    ip, arp, c = ETH_TYPE_IP, ETH_TYPE_ARP, BASE_COOKIE
+    arp, c = ETH_TYPE_ARP, BASE_COOKIE
+    flows += routing_flows(V4, config.backend.vni, config.network, own.subnet, own.gateway, gw_mac)
     flows += [
-        flow(
-            Table.CLASSIFY,
-            PRIO_OVERLAY,
-            {
-                "in_port": TUNNEL_OFPORT,
-                "tun_id": config.backend.vni,
-                "eth_type": ip,
-                "ip_src": config.network,
-            },
-            (),
-            DROP_TUNNEL_SPOOFED,
-        ),
-        flow(Table.CLASSIFY, PRIO_DEFAULT, {"in_port": TUNNEL_OFPORT}, (), DROP_TUNNEL_OTHER),
-        flow(
-            Table.CLASSIFY,
-            PRIO_EXACT,
-            {"in_port": GATEWAY_OFPORT, "eth_src": gw_mac, "eth_type": ip},
-            [goto_table(Table.ROUTE)],
-            c,
-        ),
         flow(
             Table.CLASSIFY,
             PRIO_EXACT,
@@ -147,29 +144,9 @@ def base_flows(config: NetworkConfig, own: Lease | None) -> list[Flow]:
             _arp_reply(gw_mac),
             c,
         ),
-        flow(
-            Table.ROUTE,
-            PRIO_EXACT,
-            {"eth_type": ip, "ip_dst": own.subnet},
-            [goto_table(Table.LOCAL)],
-            c,
-        ),
-        flow(Table.ROUTE, PRIO_OVERLAY, {"eth_type": ip, "ip_dst": config.network}, (), c),
-        flow(
-            Table.ROUTE,
-            PRIO_DEFAULT,
-            {"eth_type": ip},
-            [set_field("eth_dst", gw_mac), output(GATEWAY_OFPORT)],
-            c,
-        ),
-        flow(
-            Table.LOCAL,
-            PRIO_EXACT,
-            {"eth_type": ip, "ip_dst": own.gateway},
-            [set_field("eth_dst", gw_mac), output(GATEWAY_OFPORT)],
-            c,
-        ),
     ]
+    if dual_stack(config, own):
+        flows += ipv6_base_flows(config, own)
     return flows
 
 
@@ -238,13 +215,7 @@ def endpoint_flows(own: Lease, endpoint: Endpoint) -> list[Flow]:
     c = endpoint_cookie(endpoint)
     guard = {"in_port": endpoint.ofport, "eth_src": endpoint.mac}
     return [
-        flow(
-            Table.CLASSIFY,
-            PRIO_EXACT,
-            {**guard, "eth_type": ETH_TYPE_IP, "ip_src": endpoint.ip},
-            [goto_table(Table.ROUTE)],
-            c,
-        ),
+        *endpoint_ip_flows(V4, endpoint.ip, own, endpoint, c),
         flow(
             Table.CLASSIFY,
             PRIO_EXACT,
@@ -262,17 +233,6 @@ def endpoint_flows(own: Lease, endpoint: Endpoint) -> list[Flow]:
             PRIO_EXACT,
             {"eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST, "arp_tpa": endpoint.ip},
             _arp_reply(endpoint.mac),
-            c,
-        ),
-        flow(
-            Table.LOCAL,
-            PRIO_EXACT,
-            {"eth_type": ETH_TYPE_IP, "ip_dst": endpoint.ip},
-            [
-                set_field("eth_src", gateway_mac(own.subnet)),
-                set_field("eth_dst", endpoint.mac),
-                output(endpoint.ofport),
-            ],
             c,
         ),
     ]
@@ -353,11 +313,14 @@ def node_table(
     own: Lease | None,
     rows: Sequence[Row] | None = None,
     services: ServicePlan | None = None,
+    v6: Sequence[Lease] | None = None,
 ) -> NodeTable:
     """The table of the node holding `own`, from already selected leases and endpoints
     (each flow once; no set, because hashing a large table is not free). `rows`, if
     given, are `route_row` of each lease, precomputed by a caller that keeps them;
-    `services`, if any, add their flows, groups and each pod's hairpin flow.
+    `services`, if any, add their flows, groups and each pod's hairpin flow; `v6`, if
+    given, is `select_v6` of the leases (accepted) (on a dual-stack node their IPv6 flows are
+    plain flows of the table, under each lease's cookie).
 
     The controller calls this with its incrementally maintained selection;
     anything else should call `compile_node`.
@@ -365,9 +328,12 @@ def node_table(
     flows = base_flows(config, own)
     if own is None:
         return NodeTable(flows)
+    six = dual_stack(config, own)
     groups: list[Group] = []
     for endpoint in endpoints:
         flows += endpoint_flows(own, endpoint)
+        if six and endpoint.ipv6 is not None:
+            flows += endpoint_v6_flows(own, endpoint)
         if services is not None:
             flows.append(hairpin_flow(endpoint, services.network, endpoint_cookie(endpoint)))
     if services is not None:
@@ -379,6 +345,10 @@ def node_table(
     remote, remote_rows = list(leases), list(rows)
     for i in reversed([i for i, row in enumerate(rows) if row[1] == own_ip]):
         del remote[i], remote_rows[i]
+    if six:
+        for lease in select_v6(config, leases).accepted if v6 is None else v6:
+            if lease.public_ip != own.public_ip:
+                flows += lease_v6_flows(config, lease, own)
     return NodeTable(flows, RemoteRoutes(config, own, remote, remote_rows), groups)
 
 

@@ -7,8 +7,8 @@ own (`ip_dst`, `tun_id`, ...), so `to_ofctl` is a direct rendering that
 
 Value types are canonical, so equal flows are equal values: ports, ethertypes,
 opcodes and tunnel ids are `int`; MACs are lower-case colon strings; an exact
-IPv4 match is an `IPv4Address`, a masked one an `IPv4Network`; other masked
-values (`ct_state`) are `Masked`.
+IP match is an `IPv4Address` or `IPv6Address`, a masked one an `IPv4Network` or
+`IPv6Network`; other masked values (`ct_state`) are `Masked`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,7 @@ class Masked:
     mask: int
 
 
-Value = int | str | IPv4Address | IPv4Network | Masked
+Value = int | str | IPv4Address | IPv4Network | IPv6Address | IPv6Network | Masked
 Match = tuple[tuple[str, Value], ...]
 # ("output", port) | ("set_field", field, value) | ("move", src, dst) | ("dec_ttl",)
 # | ("ct", commit, zone, table, nat) | ("group", id) | ("resubmit", table)
@@ -42,8 +42,13 @@ FlowKey = tuple[int, int, Match]
 
 ETH_TYPE_IP = 0x0800
 ETH_TYPE_ARP = 0x0806
+ETH_TYPE_IPV6 = 0x86DD
 ARP_REQUEST = 1
 ARP_REPLY = 2
+IP_PROTO_ICMPV6 = 58
+ICMPV6_RA = 134  # router advertisement
+ICMPV6_NS = 135  # neighbour solicitation
+ICMPV6_NA = 136  # neighbour advertisement
 OFPP_IN_PORT = 0xFFFFFFF8  # "send back where it came from"; plain output to in_port is dropped
 
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import TypeVar
 
-from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT
+from flows.ports import GATEWAY_OFPORT, TUNNEL6_OFPORT, TUNNEL_OFPORT
 from leases.model import Endpoint, Lease, NetworkConfig
+from leases.validate import public_ip_problem
 
 T = TypeVar("T", Lease, Endpoint)
 
@@ -131,6 +132,38 @@ def select_leases(config: NetworkConfig, leases: Iterable[Lease]) -> Selection:
     )
 
 
+def v6_problem(config: NetworkConfig, lease: Lease) -> str | None:
+    """Why the IPv6 half of this lease must not produce flows (None: it may). Only asked
+    of a lease with an IPv6 subnet under a config with EnableIPv6; a problem here costs
+    the lease its IPv6 flows only, never its IPv4 ones."""
+    six, subnet = config.ipv6, lease.ipv6_subnet
+    if six is None or subnet is None:
+        return "no IPv6 half under an EnableIPv6 config"
+    if lease.public_ipv6 is None or lease.vtep_mac_v6 is None:
+        return f"IPv6 subnet {subnet} without PublicIPv6 and BackendV6Data"
+    if subnet.prefixlen != six.subnet_len:
+        return f"IPv6 subnet {subnet} is not a /{six.subnet_len}"
+    if not subnet.subnet_of(six.network):
+        return f"IPv6 subnet {subnet} is outside the IPv6Network {six.network}"
+    return public_ip_problem(lease.public_ipv6, config) or _unicast_mac_problem(lease.vtep_mac_v6)
+
+
+def select_v6(config: NetworkConfig, leases: Iterable[Lease]) -> Selection:
+    """The leases whose IPv6 half may produce flows (asked only on a dual-stack node).
+
+    As `select_leases` for IPv4: two leases naming one PublicIPv6 or one IPv6
+    subnet both lose their IPv6 flows (their IPv4 ones are judged apart).
+    """
+    return _select(
+        [lease for lease in leases if lease.ipv6_subnet is not None],
+        lambda lease: v6_problem(config, lease),
+        (
+            (lambda lease: lease.public_ipv6, "PublicIPv6 {} is held by several leases"),
+            (lambda lease: lease.ipv6_subnet, "IPv6 subnet {} is leased several times"),
+        ),
+    )
+
+
 def endpoint_problem(lease: Lease, endpoint: Endpoint) -> str | None:
     """Why this endpoint of the node holding `lease` must not produce flows."""
     if endpoint.node_subnet != lease.subnet:
@@ -143,8 +176,15 @@ def endpoint_problem(lease: Lease, endpoint: Endpoint) -> str | None:
     if not 0 < endpoint.ofport <= MAX_POD_OFPORT or endpoint.ofport in (
         TUNNEL_OFPORT,
         GATEWAY_OFPORT,
+        TUNNEL6_OFPORT,
     ):
         return f"ofport {endpoint.ofport} is not a pod port number"
+    six = lease.ipv6_subnet
+    if endpoint.ipv6 is not None and six is not None:  # (no IPv6 half: no IPv6 flows)
+        if endpoint.ipv6 not in six:
+            return f"IPv6 {endpoint.ipv6} is outside the node's IPv6 subnet {six}"
+        if endpoint.ipv6 in (six.network_address, six.network_address + 1):
+            return f"IPv6 {endpoint.ipv6} is the IPv6 subnet's network or gateway address"
     return _unicast_mac_problem(endpoint.mac)
 
 
@@ -157,11 +197,11 @@ def select_endpoints(lease: Lease | None, endpoints: Iterable[Endpoint]) -> Sele
     """
     if lease is None:
         return Selection((), ())
-    return _select(
-        [e for e in endpoints if e.node_subnet == lease.subnet],
-        lambda endpoint: endpoint_problem(lease, endpoint),
-        (
-            (lambda e: e.ofport, "ofport {} has several endpoints"),
-            (lambda e: e.ip, "IP {} has several endpoints"),
-        ),
+    own = [e for e in endpoints if e.node_subnet == lease.subnet]
+    unique = (
+        (lambda e: e.ofport, "ofport {} has several endpoints"),
+        (lambda e: e.ip, "IP {} has several endpoints"),
     )
+    if any(e.ipv6 is not None for e in own):  # an IPv4-only node: no IPv6 to count
+        unique += ((lambda e: e.ipv6 or e.ip, "IPv6 {} has several endpoints"),)
+    return _select(own, lambda endpoint: endpoint_problem(lease, endpoint), unique)

@@ -275,13 +275,17 @@ def leasable(fam: FamilyConfig | NetworkConfig, subnet: IPNetwork) -> bool:
     )
 
 
+# what a dual-stack cluster does not get over IPv6 yet (README.md, "Dual stack")
+IPV6_NOT_YET = "services and network policy"
+
+
 def ipv6_notice(config: NetworkConfig) -> str | None:
-    """What a daemon logs, once, on a dual-stack config (None for IPv4 only): the
-    registry holds and checks the IPv6 half of each lease, but vxflow's data plane
-    routes IPv4 only so far, so an operator must not expect IPv6 between pods."""
+    """What a daemon logs, once, on a dual-stack config (None for IPv4 only): vxflow
+    routes IPv6 between pods and nodes, but some of its features are IPv4 only so far,
+    and an operator must know which before relying on them."""
     if config.ipv6 is None:
         return None
     return (
-        f"EnableIPv6: IPv6Network {config.ipv6.network} is leased and validated, but vxflow"
-        " does not route IPv6 yet: pods and nodes get IPv4 only"
+        f"EnableIPv6: IPv6Network {config.ipv6.network} is routed between pods and nodes; "
+        f"{IPV6_NOT_YET} are IPv4 only so far"
     )

@@ -22,6 +22,7 @@ DEFAULT_SUBNET_LEN = 24
 LEASE_TTL_SECONDS = 24 * 3600  # flannel's subnet lease TTL
 RENEW_MARGIN_SECONDS = 60 * 60  # flannel's --subnet-lease-renew-margin default
 VXLAN_OVERHEAD = 50  # outer Ethernet + IPv4 + UDP + VXLAN
+VXLAN6_OVERHEAD = 70  # outer Ethernet + IPv6 + UDP + VXLAN
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class Lease:
 class Endpoint:
     """A pod port on a node's br-int, published by that node's agent.
 
-    Key: `<prefix>/vxflow/endpoints/<subnet-key>/<ip>`.
+    Key: `<prefix>/vxflow/endpoints/<subnet-key>/<ip>` (its IPv4 address; a dual-stack
+    pod's IPv6 address rides in the value as `IPv6`).
     """
 
     node_subnet: IPv4Network
@@ -117,6 +119,7 @@ class Endpoint:
     ofport: int
     port_name: str = ""
     pod: PodIdentity | None = None  # who the pod is (policy selects on it); None: not named
+    ipv6: IPv6Address | None = None  # its IPv6 address on a dual-stack node (key: still `ip`)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
 from pathlib import Path
 
-from leases.model import VXLAN_OVERHEAD, Lease, NetworkConfig
+from leases.model import VXLAN6_OVERHEAD, VXLAN_OVERHEAD, Lease, NetworkConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,12 @@ class SubnetEnv:
     ipv6_subnet: IPv6Interface | None = None  # FLANNEL_IPV6_SUBNET: the IPv6 gateway / length
 
 
-def overlay_mtu(config: NetworkConfig, underlay_mtu: int) -> int:
-    """The pods' MTU: the config's Backend.MTU, else the underlay's minus VXLAN's 50 bytes."""
-    return config.backend.mtu or underlay_mtu - VXLAN_OVERHEAD
+def overlay_mtu(config: NetworkConfig, underlay_mtu: int, ipv6: bool = False) -> int:
+    """The pods' MTU: the config's Backend.MTU, else the underlay's minus VXLAN's 50 bytes,
+    or on a node that also tunnels over its IPv6 underlay (`ipv6`) minus 70: the MTU is
+    one for both families, and IPv6's outer header is 20 bytes longer. (flannel writes
+    the underlay's minus 50 for both, and full-size IPv6 packets then do not fit.)"""
+    return config.backend.mtu or underlay_mtu - (VXLAN6_OVERHEAD if ipv6 else VXLAN_OVERHEAD)
 
 
 def _gateway(subnet: IPv4Network | IPv6Network) -> IPv4Interface | IPv6Interface:

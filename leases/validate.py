@@ -443,7 +443,23 @@ def _endpoint(name: str, value: bytes | str, leases: Mapping[IPv4Network, Lease]
         except PolicyInvalid as exc:
             raise _Invalid(Reason.BAD_POD, str(exc)) from exc
     return Endpoint(node_subnet=node_subnet, ip=ip, mac=mac, ofport=ofport, port_name=port_name,
-                    pod=pod)  # fmt: skip
+                    pod=pod, ipv6=_endpoint_ipv6(obj, lease))  # fmt: skip
+
+
+def _endpoint_ipv6(obj: dict[str, Any], lease: Lease) -> IPv6Address | None:
+    """A dual-stack pod's `IPv6`: a pod address of its node's IPv6 subnet, or absent (also
+    when the node's lease has no IPv6 half any more: its IPv4 is judged alone)."""
+    raw, six = obj.get("IPv6"), lease.ipv6_subnet
+    if raw is None or six is None:
+        return None
+    try:
+        ip = IPv6Address(_field(obj, "IPv6", str))
+    except (ValueError, AddressValueError) as exc:
+        raise _Invalid(Reason.BAD_IP, f"IPv6 {raw!r}: {exc}") from exc
+    if ip not in six or ip in (six.network_address, six.network_address + 1):
+        raise _Invalid(Reason.BAD_IP, f"IPv6 {ip} is not a pod address of the node's IPv6 "
+                                      f"subnet {six}")  # fmt: skip
+    return ip
 
 
 def check_endpoint(
@@ -466,6 +482,8 @@ def endpoint_to_json(ep: Endpoint) -> str:
                              "Port": ep.port_name}  # fmt: skip
     if ep.pod is not None:
         value["Pod"] = ep.pod.to_dict()
+    if ep.ipv6 is not None:
+        value["IPv6"] = str(ep.ipv6)
     return json.dumps(value, separators=(",", ":"))
 
 

@@ -9,6 +9,10 @@ with the other nodes' leases:
   address `<subnet>.0/32`, MTU = underlay MTU - 50;
 - per remote lease: permanent neighbour `<subnet>.0 -> VtepMAC`, FDB entry
   `VtepMAC -> PublicIP`, route `<subnet>/len via <subnet>.0 onlink`;
+- with EnableIPv6 and `--public-ipv6`, a dual-stack lease and the same again
+  for IPv6 on `flannel-v6.<VNI>` (local = PublicIPv6, its own VtepMAC from
+  BackendV6Data, address `<ipv6 subnet>::/128`, the kernel's MTU for an IPv6
+  underlay, underlay MTU - 70), per remote dual-stack lease;
 - subnet.env as flanneld writes it, for the CNI side (the cluster's cni0).
 
 flanneld reacts to a watch; this reconciles from a snapshot once a second,
@@ -25,14 +29,23 @@ import signal
 import subprocess
 import sys
 import time
-from ipaddress import IPv4Address, IPv4Network
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from operator import attrgetter
 from pathlib import Path
 
-from flows.ports import vtep_mac_for
+from flows.ports import vtep_mac_for, vtep_mac_v6_for
 from leases.errors import RegistryError
 from leases.etcd_client import EtcdAccess
-from leases.model import LEASE_TTL_SECONDS, VXLAN_OVERHEAD, Lease, NetworkConfig
+from leases.model import LEASE_TTL_SECONDS, VXLAN6_OVERHEAD, VXLAN_OVERHEAD, Lease, NetworkConfig
 from leases.registry import Registry, renew_interval
+from leases.subnet_env import (
+    previous_ipv6_subnet,
+    previous_subnet,
+    subnet_env_for,
+    write_subnet_env,
+)
 
 log = logging.getLogger("flannel-node")
 
@@ -50,73 +63,74 @@ def bridge(*args: str) -> None:
         raise RuntimeError(f"`bridge {' '.join(args)}` failed: {res.stderr.strip()}")
 
 
-def previous_subnet(path: Path) -> IPv4Network | None:
-    """The subnet of an earlier run (flanneld reads its subnet.env the same way)."""
-    if not path.exists():
-        return None
-    for line in path.read_text().splitlines():
-        if line.startswith("FLANNEL_SUBNET="):
-            return IPv4Network(line.split("=", 1)[1].strip(), strict=False)
-    return None
+@dataclass(frozen=True)
+class Family:
+    """What flannel's two vxlan devices take from a lease (flannel.<VNI>, flannel-v6.<VNI>)."""
+
+    device: str
+    subnet: Callable[[Lease], object]
+    public_ip: Callable[[Lease], object]
+    vtep_mac: Callable[[Lease], str | None]
+    overhead: int  # the outer headers over this family's underlay
 
 
-def write_subnet_env(path: Path, config: NetworkConfig, lease: Lease, mtu: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(
-        f"FLANNEL_NETWORK={config.network}\n"
-        f"FLANNEL_SUBNET={lease.gateway}/{lease.subnet.prefixlen}\n"
-        f"FLANNEL_MTU={mtu}\n"
-        "FLANNEL_IPMASQ=false\n"
-    )
-    tmp.replace(path)
+V4 = Family("flannel", attrgetter("subnet"), attrgetter("public_ip"), attrgetter("vtep_mac"),
+            VXLAN_OVERHEAD)  # fmt: skip
+V6 = Family("flannel-v6", attrgetter("ipv6_subnet"), attrgetter("public_ipv6"),
+            attrgetter("vtep_mac_v6"), VXLAN6_OVERHEAD)  # fmt: skip
 
 
 class VxlanDevice:
-    """flannel.<VNI> and the per-lease kernel entries behind it."""
+    """One family's device and the per-lease kernel entries behind it."""
 
-    def __init__(self, config: NetworkConfig, lease: Lease, iface: str) -> None:
-        self.name = f"flannel.{config.backend.vni}"
-        self.lease = lease
-        self.programmed: dict[IPv4Network, Lease] = {}
+    def __init__(self, config: NetworkConfig, lease: Lease, iface: str, fam: Family = V4) -> None:
+        self.name = f"{fam.device}.{config.backend.vni}"
+        self.fam, self.lease = fam, lease
+        self.programmed: dict[object, Lease] = {}
         underlay_mtu = json.loads(ip("-j", "link", "show", iface))[0]["mtu"]
-        self.mtu = config.backend.mtu or underlay_mtu - VXLAN_OVERHEAD
+        self.mtu = config.backend.mtu or underlay_mtu - fam.overhead
+        subnet = fam.subnet(lease)
         ip("link", "del", self.name, check=False)  # a leftover of a previous run of ours
-        ip("link", "add", self.name, "address", lease.vtep_mac, "mtu", str(self.mtu),
-           "type", "vxlan", "id", str(config.backend.vni), "local", str(lease.public_ip),
+        ip("link", "add", self.name, "address", fam.vtep_mac(lease), "mtu", str(self.mtu),
+           "type", "vxlan", "id", str(config.backend.vni), "local", str(fam.public_ip(lease)),
            "dev", iface, "dstport", str(config.backend.port), "nolearning")  # fmt: skip
         subprocess.run(["ethtool", "-K", self.name, "tx", "off"], capture_output=True)
-        ip("addr", "add", f"{lease.subnet.network_address}/32", "dev", self.name)
+        ip("addr", "add", f"{subnet.network_address}/{subnet.max_prefixlen}", "dev", self.name)
         ip("link", "set", self.name, "up")
 
     def add(self, lease: Lease) -> None:
-        gw = str(lease.subnet.network_address)
-        ip("neigh", "replace", gw, "lladdr", lease.vtep_mac, "dev", self.name, "nud", "permanent")
-        bridge("fdb", "replace", lease.vtep_mac, "dev", self.name, "dst", str(lease.public_ip),
+        fam, subnet = self.fam, self.fam.subnet(lease)
+        gw, mac = str(subnet.network_address), fam.vtep_mac(lease)
+        ip("neigh", "replace", gw, "lladdr", mac, "dev", self.name, "nud", "permanent")
+        bridge("fdb", "replace", mac, "dev", self.name, "dst", str(fam.public_ip(lease)),
                "self", "permanent")  # fmt: skip
-        ip("route", "replace", str(lease.subnet), "via", gw, "dev", self.name, "onlink")
-        self.programmed[lease.subnet] = lease
-        log.info("added %s via %s (%s)", lease.subnet, lease.public_ip, lease.vtep_mac)
+        ip("route", "replace", str(subnet), "via", gw, "dev", self.name, "onlink")
+        self.programmed[subnet] = lease
+        log.info("added %s via %s (%s)", subnet, fam.public_ip(lease), mac)
 
-    def remove(self, subnet: IPv4Network) -> None:
+    def remove(self, subnet) -> None:
         lease = self.programmed.pop(subnet)
         gw = str(subnet.network_address)
         ip("route", "del", str(subnet), "via", gw, "dev", self.name, check=False)
         ip("neigh", "del", gw, "dev", self.name, check=False)
-        subprocess.run(["bridge", "fdb", "del", lease.vtep_mac, "dev", self.name, "self"],
-                       capture_output=True)  # fmt: skip
+        subprocess.run(["bridge", "fdb", "del", self.fam.vtep_mac(lease), "dev", self.name,
+                        "self"], capture_output=True)  # fmt: skip
         log.info("removed %s", subnet)
 
     def reconcile(self, leases: list[Lease], vni: int) -> None:
+        fam = self.fam
         want = {
-            lease.subnet: lease
+            fam.subnet(lease): lease
             for lease in leases
             if lease.public_ip != self.lease.public_ip and lease.vni == vni
+            and fam.subnet(lease) is not None and fam.public_ip(lease) is not None
         }
         for subnet in [s for s in self.programmed if s not in want]:
             self.remove(subnet)
         for subnet, lease in want.items():
             have = self.programmed.get(subnet)
-            if have is None or (have.public_ip, have.vtep_mac) != (lease.public_ip, lease.vtep_mac):
+            key = (fam.public_ip(lease), fam.vtep_mac(lease))
+            if have is None or (fam.public_ip(have), fam.vtep_mac(have)) != key:
                 self.add(lease)
 
 
@@ -126,20 +140,27 @@ def run(args: argparse.Namespace) -> None:
     registry = Registry(args.etcd_endpoints, args.etcd_prefix, access=access)
     config = registry.get_config()
     subnet_file = Path(args.subnet_file)
+    six = config.ipv6 is not None and args.public_ipv6 is not None
     lease = registry.acquire(
         args.public_ip, vtep_mac_for(args.public_ip),
         previous_subnet=previous_subnet(subnet_file), ttl=args.subnet_lease_ttl,
+        **({"public_ipv6": args.public_ipv6, "vtep_mac_v6": vtep_mac_v6_for(args.public_ip),
+            "previous_ipv6_subnet": previous_ipv6_subnet(subnet_file)} if six else {}),
     )  # fmt: skip
-    log.info("lease %s for %s", lease.subnet, lease.public_ip)
-    device = VxlanDevice(config, lease, args.iface)
-    write_subnet_env(subnet_file, config, lease, device.mtu)
+    log.info("lease %s for %s", lease.label, lease.public_ip)
+    devices = [VxlanDevice(config, lease, args.iface)]
+    if lease.ipv6_subnet is not None:
+        devices.append(VxlanDevice(config, lease, args.iface, V6))
+    write_subnet_env(subnet_file, subnet_env_for(config, lease, devices[0].mtu))
     renew_at = time.monotonic() + renew_interval(args.subnet_lease_ttl)
     while True:
         try:
             if time.monotonic() >= renew_at:
                 lease = registry.renew(lease, ttl=args.subnet_lease_ttl)
                 renew_at = time.monotonic() + renew_interval(args.subnet_lease_ttl)
-            device.reconcile(registry.list_leases(), config.backend.vni)
+            leases = registry.list_leases()
+            for device in devices:
+                device.reconcile(leases, config.backend.vni)
         except RegistryError as e:  # etcd away for a moment: keep the kernel as it is
             log.warning("etcd: %s; retrying", e)
         time.sleep(1)
@@ -152,6 +173,8 @@ def main() -> None:
     for name in ("cafile", "certfile", "keyfile", "username", "password"):  # flanneld's
         parser.add_argument(f"--etcd-{name}", default=os.environ.get(f"FLANNELD_ETCD_{name.upper()}"))
     parser.add_argument("--public-ip", required=True, type=IPv4Address)
+    parser.add_argument("--public-ipv6", type=IPv6Address,
+                        help="with EnableIPv6: a dual-stack lease and flannel-v6.<VNI>")  # fmt: skip
     parser.add_argument("--iface", default="eth0", help="the underlay interface")
     parser.add_argument("--subnet-file", required=True)
     parser.add_argument("--subnet-lease-ttl", type=int, default=LEASE_TTL_SECONDS,

@@ -50,7 +50,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -69,11 +69,13 @@ from vxcontrollers import Replica  # noqa: E402
 from vxnodes import (  # noqa: E402
     BR_INT,
     ENDPOINT_IP_KEY,
+    ENDPOINT_IPV6_KEY,
     ENDPOINT_MAC_KEY,
     OVERLAY,
     POD_MTU,
     ROOT_IP,
     UNDERLAY,
+    UNDERLAY6,
     FlannelNode,
     Pod,
     ProcessHost,
@@ -83,6 +85,7 @@ from vxnodes import (  # noqa: E402
     _venv_tool,
     default_tag,
     run_root,
+    underlay_ipv6,
 )
 from vxpodman import Podman  # noqa: E402
 
@@ -121,6 +124,9 @@ class ClusterSpec:
     pods: int = 2
     flannel_nodes: int = 0
     network: IPv4Network = OVERLAY
+    # dual stack: flannel's EnableIPv6 with this IPv6Network (e.g. vxnodes.OVERLAY6); the nodes
+    # get IPv6 underlay addresses (UNDERLAY6), the agents --public-ipv6, the pods both families
+    ipv6_network: IPv6Network | None = None
     subnet_len: int = 24
     vni: int = 1
     port: int = 8472
@@ -299,6 +305,8 @@ class Cluster(ClusterChecks):
         underlay = next(s for s in self.net.switches if isinstance(s, UnderlayBridge))
         for node, address in zip(self.nodes, underlay.node_addresses(), strict=False):
             node.underlay_ip = address
+            if spec.ipv6_network is not None:
+                node.underlay_ip6 = underlay_ipv6(address)
         self.progress(f"starting etcd on {ROOT_IP}" + (" (TLS, auth)" if spec.tls else ""))
         self.etcd = EtcdServer(host=str(ROOT_IP), data_dir=self.workdir / "etcd",
                                tls=self.make_pki() if spec.tls else None,
@@ -401,6 +409,8 @@ class Cluster(ClusterChecks):
             "Network": str(spec.network),
             "SubnetLen": spec.subnet_len,
             "Backend": {"Type": "vxlan", "VNI": spec.vni, "Port": spec.port},
+            **({"EnableIPv6": True, "IPv6Network": str(spec.ipv6_network)}
+               if spec.ipv6_network is not None else {}),
         })  # fmt: skip
         vxflow, flags = _venv_tool("vxflow"), self.etcd_flags("controller")
         if not spec.from_v2:
@@ -433,6 +443,7 @@ class Cluster(ClusterChecks):
         return [
             _venv_tool("vxflow"), "agent", *self.etcd_flags(str(node.underlay_ip)),
             "--public-ip", str(node.underlay_ip), "--ovsdb", node.ovs.db_target,
+            *(["--public-ipv6", str(node.underlay_ip6)] if node.underlay_ip6 else []),
             "--controller", self.controller_target, "--datapath-type", "netdev",
             *(["--ssl-privkey", str(self.pki(f"node-{node.underlay_ip}-key.pem")),
                "--ssl-cert", str(self.pki(f"node-{node.underlay_ip}.pem")),
@@ -487,16 +498,23 @@ class Cluster(ClusterChecks):
         if self.spec.flannel_lease_ttl:
             cmd += ["--subnet-lease-ttl", str(self.spec.flannel_lease_ttl)]
         node.sh(f"ip addr add {node.underlay_ip}/{UNDERLAY.prefixlen} dev eth0")
+        if node.underlay_ip6 is not None:  # flanneld's dual stack: flannel-v6.<VNI> too
+            cmd += ["--public-ipv6", str(node.underlay_ip6)]
+            node.sh(f"ip -6 addr add {node.underlay_ip6}/{UNDERLAY6.prefixlen} dev eth0 nodad")
+            node.sh("sysctl -qw net.ipv6.conf.all.forwarding=1")
         node.sh("ethtool -K eth0 tx off && ip link set eth0 up")
         node.sh("sysctl -qw net.ipv4.ip_forward=1")  # it routes between cni0 and flannel.<VNI>
         node.spawn("flannel", cmd, self.node_dir(node) / "flannel.log")
 
     def warm_underlay_arp(self) -> None:
-        """Userspace tunnels resolve remote VTEPs from ARP snooped on br-phy: warm it."""
+        """Userspace tunnels resolve remote VTEPs from ARP (IPv6: neighbour advertisements)
+        snooped on br-phy: warm it."""
         for node in self.vxflow_nodes:
             for peer in self.nodes:
                 if peer is not node:
                     node.cmd(f"ping -c 1 -W 1 {peer.underlay_ip}")
+                    if node.underlay_ip6 and getattr(peer, "underlay_ip6", None):
+                        node.cmd(f"ping -c 1 -W 1 {peer.underlay_ip6}")
 
     def wait_subnet(self, node: Host, timeout: float) -> IPv4Network:
         """The node's lease, from the subnet.env its agent (or flannel daemon) writes."""
@@ -515,13 +533,31 @@ class Cluster(ClusterChecks):
             time.sleep(0.2)
         raise RuntimeError(f"{node.name}: no lease after {timeout:.0f}s; see {self.node_dir(node)}")
 
+    def ipv6_subnet(self, node: Host) -> IPv6Network | None:
+        """A dual-stack node's IPv6 subnet, from its subnet.env (written with the IPv4 one)."""
+        if self.spec.ipv6_network is None:
+            return None
+        env = self.subnet_env(node)
+        if "FLANNEL_IPV6_SUBNET" not in env:
+            raise RuntimeError(f"{node.name}: a dual-stack cluster, but no FLANNEL_IPV6_SUBNET")
+        return IPv6Interface(env["FLANNEL_IPV6_SUBNET"]).network
+
+    def subnet_env(self, node: Host) -> dict[str, str]:
+        text = self.subnet_env_path(node).read_text()
+        return dict(line.strip().split("=", 1) for line in text.splitlines() if "=" in line)
+
     def attach_pods(self, node: Host, subnet: IPv4Network, timeout: float) -> None:
         """Give each pod the lease's last addresses (.254, .253, ... of a /24), plug its veth
         into the node's bridge. Containers get theirs from the bottom, through host-local."""
+        six = self.ipv6_subnet(node)
+        # a dual-stack node's pods fit the IPv6 underlay (leases/subnet_env.overlay_mtu)
+        mtu = int(self.subnet_env(node)["FLANNEL_MTU"]) if six else POD_MTU
         for i, pod in enumerate(self.pods_of(node), start=1):
-            pod.attach(IPv4Interface(f"{subnet.broadcast_address - i}/{subnet.prefixlen}"))
+            pod.attach(IPv4Interface(f"{subnet.broadcast_address - i}/{subnet.prefixlen}"),
+                       IPv6Interface(f"{six.broadcast_address - i}/{six.prefixlen}")
+                       if six else None, mtu)  # fmt: skip
             port = pod.name  # the node-side veth is named after the pod
-            node.sh(f"ip link set {port} mtu {POD_MTU} up && ethtool -K {port} tx off")
+            node.sh(f"ip link set {port} mtu {mtu} up && ethtool -K {port} tx off")
             if isinstance(node, VxflowNode):
                 # the userspace datapath serves the port: the node's kernel must stay off it
                 # (no ARP replies, no forwarding, no IPv6), as vxflow-cni does (cni/veth.py)
@@ -532,18 +568,22 @@ class Cluster(ClusterChecks):
                     "--may-exist", "add-port", BR_INT, port, "--", "set", "Interface", port,
                     f"external_ids:{ENDPOINT_MAC_KEY}=\"{pod.mac}\"",
                     f"external_ids:{ENDPOINT_IP_KEY}=\"{pod.addr}\"",
+                    *([f"external_ids:{ENDPOINT_IPV6_KEY}=\"{pod.addr6}\""] if six else []),
                 )  # fmt: skip
             else:
-                self._ensure_cni0(node, subnet)
+                self._ensure_cni0(node, subnet, six)
                 node.sh(f"ip link set {port} master cni0")
 
     @staticmethod
-    def _ensure_cni0(node: FlannelNode, subnet: IPv4Network) -> None:
-        """The CNI bridge of a flannel node: the gateway address (.1) on a Linux bridge."""
+    def _ensure_cni0(node: FlannelNode, subnet: IPv4Network, six: IPv6Network | None) -> None:
+        """The CNI bridge of a flannel node: the gateway address (.1, and the IPv6 subnet's
+        first) on a Linux bridge."""
         if "cni0" in node.cmd("ip -o link show cni0 2>/dev/null"):
             return
         node.sh("ip link add cni0 type bridge")
         node.sh(f"ip addr add {subnet.network_address + 1}/{subnet.prefixlen} dev cni0")
+        if six is not None:
+            node.sh(f"ip -6 addr add {six.network_address + 1}/{six.prefixlen} dev cni0 nodad")
         node.sh(f"ip link set cni0 mtu {POD_MTU} up")
 
     @staticmethod

@@ -15,7 +15,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from pathlib import Path
 
 try:
@@ -39,6 +46,11 @@ UNDERLAY = IPv4Network("198.18.0.0/24")
 ROOT_IP = IPv4Address("198.18.0.254")
 BLOCK_LEN = 27  # a run's node addresses: one /27 of the underlay (blocks 1..6)
 OVERLAY = IPv4Network("198.19.0.0/16")
+# a dual-stack cluster's IPv6 underlay and overlay (unique local addresses: they stay inside
+# the cluster's namespaces; the root namespace has no address of them, so no route to them)
+UNDERLAY6 = IPv6Network("fd00:198:18::/64")
+OVERLAY6 = IPv6Network("fd00:198:19::/48")
+ENDPOINT_IPV6_KEY = "vxflow-ipv6"
 POD_MTU = 1450
 BR_PHY = "br-phy"
 BR_INT = "br-int"
@@ -179,10 +191,16 @@ class ProcessHost(Host):
         return text
 
 
+def underlay_ipv6(ip: IPv4Address) -> IPv6Address:
+    """A dual-stack node's IPv6 underlay address: UNDERLAY6 and its IPv4 one's last octet."""
+    return UNDERLAY6.network_address + (int(ip) & 0xFF)
+
+
 class VxflowNode(ProcessHost):
     """A cluster node: private OVS, br-phy with the underlay address, `vxflow agent`."""
 
     underlay_ip: IPv4Address  # set by the cluster from the underlay's block
+    underlay_ip6: IPv6Address | None = None  # set by a dual-stack cluster
 
     def __init__(self, name: str, **params) -> None:
         super().__init__(name, **params)
@@ -205,6 +223,9 @@ class VxflowNode(ProcessHost):
                 raise RuntimeError(f"{self.name}: ovs-vswitchd did not create {BR_PHY}")
             time.sleep(0.1)
         self.sh(f"ip addr replace {self.underlay_ip}/{UNDERLAY.prefixlen} dev {BR_PHY}")
+        if self.underlay_ip6 is not None:
+            self.sh(f"sysctl -qw net.ipv6.conf.{BR_PHY}.disable_ipv6=0")
+            self.sh(f"ip addr replace {self.underlay_ip6}/{UNDERLAY6.prefixlen} dev {BR_PHY} nodad")
         self.sh(f"ip link set {BR_PHY} up")
         self.sh(f"sysctl -qw {UNDERLAY_ARP_RETRY}")
         return self.ovs
@@ -225,17 +246,31 @@ class FlannelNode(ProcessHost):
     """A flannel-style node: kernel VXLAN programmed from etcd by mininet/flannel_node.py."""
 
     underlay_ip: IPv4Address  # set by the cluster from the underlay's block
+    underlay_ip6: IPv6Address | None = None  # set by a dual-stack cluster
 
 
 class Pod(Host):
     """A pod: one veth (eth0), MTU 1450, TX offload off; address set once the lease is known."""
 
-    def attach(self, ip: IPv4Interface) -> None:
+    ip6_if: IPv6Interface | None = None  # a dual-stack pod's IPv6 address
+
+    def attach(self, ip: IPv4Interface, ip6: IPv6Interface | None = None,
+               mtu: int = POD_MTU) -> None:  # fmt: skip
         self.ip_if = ip
-        self.cmd(f"ip link set eth0 address {pod_mac(ip.ip)} mtu {POD_MTU} up")
+        self.cmd(f"ip link set eth0 address {pod_mac(ip.ip)} mtu {mtu} up")
         self.setIP(str(ip.ip), ip.network.prefixlen)  # Mininet's CLI resolves pod names with it
         self.cmd(f"ip route add default via {ip.network.network_address + 1}")
+        if ip6 is not None:  # the IPv6 gateway is the subnet's first address, as IPv4's
+            self.ip6_if = ip6
+            self.cmd("sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0")
+            self.cmd(f"ip -6 addr add {ip6} dev eth0 nodad")
+            self.cmd(f"ip -6 route add default via {ip6.network.network_address + 1}")
         self.cmd("ethtool -K eth0 tx off")
+
+    @property
+    def addr6(self) -> IPv6Address:
+        assert self.ip6_if is not None, "a dual-stack cluster's pod"
+        return self.ip6_if.ip
 
     @property
     def addr(self) -> IPv4Address:

@@ -58,7 +58,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import TypeVar
 
@@ -68,6 +68,7 @@ from tenacity import wait_exponential as wait_exp
 
 from daemons.httpd import serve_in_thread, wsgi_app
 from daemons.notify import Notifier
+from flows.ipv6 import dual_stack
 from flows.ports import vtep_mac_for, vtep_mac_v6_for
 from leases.config import ConfigError, ipv6_notice
 from leases.controllers import target_ip
@@ -363,7 +364,8 @@ class Agent:
     def _write_subnet_env(self) -> None:
         """subnet.env tells CNI the node is ready: written once the bridge has converged."""
         mtu = overlay_mtu(
-            self.config, with_underlay_mtu(self.settings.options, self.lease).underlay_mtu
+            self.config, with_underlay_mtu(self.settings.options, self.lease).underlay_mtu,
+            dual_stack(self.config, self.lease),
         )
         env = subnet_env_for(self.config, self.lease, mtu, self.settings.ip_masq)
         try:
@@ -455,11 +457,11 @@ class Agent:
                 if self._masq.remove():
                     log.info("removed the masquerade rules of an earlier --ip-masq run")
                 self._masq_settled = True
-            elif self._masq.ensure(self.config.network, self.lease.subnet):
+            elif self._masq.ensure(self.config.network, self.lease.subnet, self._ipv6_masq()):
                 metrics.MASQ_INSTALLS.inc()
                 if self._masq.installs == 1:
                     log.info("installed the masquerade rules for %s (this node %s)",
-                             self.config.network, self.lease.subnet)  # fmt: skip
+                             self.config.network, self.lease.label)  # fmt: skip
                 else:
                     log.warning("the masquerade rules were changed or deleted; restored them")
         except ImportError as exc:  # no python3-nftables: nothing of ours can be there either
@@ -470,6 +472,12 @@ class Agent:
         except (IpMasqError, OSError) as exc:
             metrics.MASQ_ERRORS.inc()
             log.error("ip-masq: %s (retrying in %.0fs)", exc, self.settings.masq_interval)
+
+    def _ipv6_masq(self) -> tuple[IPv6Network, IPv6Network] | None:
+        """The IPv6Network and subnet flannel's IPv6 rules are for (a dual-stack node)."""
+        if not dual_stack(self.config, self.lease):
+            return None
+        return self.config.ipv6.network, self.lease.ipv6_subnet
 
     def _scan(self, idl) -> None:
         self._desired, rejected = endpoints_from_ports(

@@ -26,13 +26,22 @@ import logging
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface
 from pathlib import Path
 
 import ovs.db.idl
 from ovs.db.idl import Transaction
 
-from flows.ports import GATEWAY_OFPORT, GATEWAY_PORT, TUNNEL_OFPORT, TUNNEL_PORT, gateway_mac
+from flows.ipv6 import dual_stack, gateway6
+from flows.ports import (
+    GATEWAY_OFPORT,
+    GATEWAY_PORT,
+    TUNNEL6_OFPORT,
+    TUNNEL6_PORT,
+    TUNNEL_OFPORT,
+    TUNNEL_PORT,
+    gateway_mac,
+)
 from leases.controllers import capped
 from leases.model import Lease, Member, NetworkConfig, datapath_id_for
 from leases.subnet_env import overlay_mtu
@@ -155,20 +164,27 @@ def desired_state(
             "an ssl: controller target (given, or a replica's in etcd) needs the switch's "
             "key, certificate and CA: --ssl-privkey, --ssl-cert, --ssl-ca-cert"
         )
-    mtu = overlay_mtu(config, options.underlay_mtu)
+    six = dual_stack(config, lease)
+    mtu = overlay_mtu(config, options.underlay_mtu, six)
     key = "flow" if options.tunnel_key == "flow" else str(config.backend.vni)
-    tunnel = PortSpec(
-        name=TUNNEL_PORT,
-        role="tunnel",
-        type="vxlan",
-        ofport_request=TUNNEL_OFPORT,
-        options=(
-            ("dst_port", str(config.backend.port)),
-            ("key", key),
-            ("local_ip", str(lease.public_ip)),
-            ("remote_ip", "flow"),
-        ),
-    )
+
+    def tunnel_port(name: str, ofport: int, local_ip: object) -> PortSpec:
+        return PortSpec(
+            name=name,
+            role="tunnel",
+            type="vxlan",
+            ofport_request=ofport,
+            options=(
+                ("dst_port", str(config.backend.port)),
+                ("key", key),
+                ("local_ip", str(local_ip)),
+                ("remote_ip", "flow"),
+            ),
+        )
+
+    tunnels = [tunnel_port(TUNNEL_PORT, TUNNEL_OFPORT, lease.public_ip)]
+    if six:  # IPv6 over the IPv6 underlay: a port of its own (flannel's flannel-v6.<VNI>)
+        tunnels.append(tunnel_port(TUNNEL6_PORT, TUNNEL6_OFPORT, lease.public_ipv6))
     gateway_port = PortSpec(
         name=GATEWAY_PORT,
         role="gateway",
@@ -188,13 +204,16 @@ def desired_state(
             ("datapath-id", f"{datapath_id_for(lease.public_ip):016x}"),
             ("disable-in-band", "true"),
         ),
-        ports=(local, tunnel, gateway_port),
+        ports=(local, *tunnels, gateway_port),
         gateway=GatewaySpec(
             ifname=GATEWAY_PORT,
             address=IPv4Interface(f"{lease.gateway}/{lease.subnet.prefixlen}"),
             mtu=mtu,
             route=config.network,
             service_routes=service_routes,
+            address6=IPv6Interface(f"{gateway6(lease)}/{lease.ipv6_subnet.prefixlen}")
+            if six else None,
+            route6=config.ipv6.network if six else None,
         ),
         ssl=options.ssl,
     )

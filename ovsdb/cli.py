@@ -271,7 +271,7 @@ def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
 @click.option("--public-ipv6", envvar="FLANNELD_PUBLIC_IPV6", show_envvar=True,
               help="This node's IPv6 underlay address, the lease's PublicIPv6 when the config "
                    "has EnableIPv6. Default: the first global IPv6 address of --iface; none: "
-                   "an IPv4-only lease. (vxflow does not route IPv6 yet.)")  # fmt: skip
+                   "an IPv4-only lease.")  # fmt: skip
 @click.option("--ip-masq", envvar="FLANNELD_IP_MASQ", show_envvar=True, is_flag=True,
               help="Masquerade traffic from the overlay to outside it with flannel's rules "
                    "(nftables table `ip vxflow`, checked every 5 s and restored if changed); "

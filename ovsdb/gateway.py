@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
 from ovsdb.iproute import IprouteError, ip, ip_json
 
@@ -34,6 +34,10 @@ class GatewaySpec:
     route: IPv4Network  # the whole overlay Network, routed into `ifname`
     # the ServiceNetwork(s) routed into `ifname`; None: not known here, leave them alone
     service_routes: tuple[IPv4Network, ...] | None = None
+    # a dual-stack node's IPv6 gateway (the IPv6 subnet's first address with its length) and
+    # IPv6Network; None: IPv4 only (a global IPv6 address on the port is removed)
+    address6: IPv6Interface | None = None
+    route6: IPv6Network | None = None
 
 
 def _link(ifname: str, netns: str | None) -> dict | None:
@@ -69,31 +73,57 @@ def converge_gateway(
         changes.append(f"kernel: {spec.ifname} mtu {link['mtu']} -> {spec.mtu}")
         if not dry_run:
             ip("link", "set", "dev", spec.ifname, "mtu", str(spec.mtu), netns=netns)
-    have = {
-        IPv4Interface(f"{i['local']}/{i['prefixlen']}")
-        for i in link.get("addr_info", [])
-        if i.get("family") == "inet"
-    }
-    for extra in sorted(have - {spec.address}):
-        changes.append(f"kernel: {spec.ifname} remove address {extra}")
-        if not dry_run:
-            ip("addr", "del", str(extra), "dev", spec.ifname, netns=netns)
-    if spec.address not in have:
-        changes.append(f"kernel: {spec.ifname} add address {spec.address}")
-        if not dry_run:
-            ip("addr", "add", str(spec.address), "dev", spec.ifname, netns=netns)
+    for family, want in (("inet", spec.address), ("inet6", spec.address6)):
+        changes += _converge_address(spec.ifname, link, family, want, netns, dry_run)
     if "UP" not in link.get("flags", []):
         changes.append(f"kernel: {spec.ifname} set up")
         if not dry_run:
             ip("link", "set", "dev", spec.ifname, "up", netns=netns)
-    routes = ip_json("route", "show", "exact", str(spec.route), netns=netns)
-    if not any(r.get("dev") == spec.ifname for r in routes) or len(routes) != 1:
-        changes.append(f"kernel: route {spec.route} dev {spec.ifname}")
-        if not dry_run:
-            ip("route", "replace", str(spec.route), "dev", spec.ifname, netns=netns)
+    for route in (spec.route, spec.route6):
+        if route is not None:
+            changes += _converge_route(spec.ifname, route, netns, dry_run)
     if spec.service_routes is not None:
         changes += _converge_service_routes(spec, netns, dry_run)
     return changes
+
+
+def _converge_address(
+    ifname: str, link: dict, family: str, want: IPv4Interface | IPv6Interface | None,
+    netns: str | None, dry_run: bool,
+) -> list[str]:  # fmt: skip
+    """Exactly `want` among the port's global addresses of `family` (IPv6's link-local
+    address is the kernel's, left alone). An IPv6 one is added without duplicate address
+    detection: the switch answers no probe, and the address is the lease's alone."""
+    iface = IPv4Interface if family == "inet" else IPv6Interface
+    have = {
+        iface(f"{i['local']}/{i['prefixlen']}")
+        for i in link.get("addr_info", [])
+        if i.get("family") == family and i.get("scope", "global") == "global"
+    }
+    changes: list[str] = []
+    for extra in sorted(have - {want}):
+        changes.append(f"kernel: {ifname} remove address {extra}")
+        if not dry_run:
+            ip("addr", "del", str(extra), "dev", ifname, netns=netns)
+    if want is not None and want not in have:
+        changes.append(f"kernel: {ifname} add address {want}")
+        if not dry_run:
+            ip("addr", "add", str(want), "dev", ifname, *(("nodad",) if want.version == 6 else ()),
+               netns=netns)  # fmt: skip
+    return changes
+
+
+def _converge_route(
+    ifname: str, route: IPv4Network | IPv6Network, netns: str | None, dry_run: bool
+) -> list[str]:
+    """The overlay network of one family routed into the port, as the only route to it."""
+    family = f"-{route.version}"
+    routes = ip_json(family, "route", "show", "exact", str(route), netns=netns)
+    if any(r.get("dev") == ifname for r in routes) and len(routes) == 1:
+        return []
+    if not dry_run:
+        ip(family, "route", "replace", str(route), "dev", ifname, netns=netns)
+    return [f"kernel: route {route} dev {ifname}"]
 
 
 def _converge_service_routes(spec: GatewaySpec, netns: str | None, dry_run: bool) -> list[str]:

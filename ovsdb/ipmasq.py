@@ -9,6 +9,10 @@ its nftables mode writes), for Network N and this node's subnet S, in order:
 5. N -> anything but multicast (224.0.0.0/4): masquerade (fully random ports);
 6. not-N -> N: the host's own traffic into the overlay: masquerade.
 
+On a dual-stack node the same six for IPv6Network and the IPv6 subnet
+(flannel's MasqIP6Rules; multicast there is ff00::/8) live in `table ip6
+vxflow`, removed when the node has no IPv6 half any more.
+
 They live in `table ip vxflow`, chain `postrtg` (nat, postrouting, srcnat
 priority): the whole table is ours, so installing, replacing and removing
 never touch anyone else's rules. `ensure()` compares the kernel's listing
@@ -29,26 +33,30 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 FAMILY = "ip"
+FAMILIES = {4: FAMILY, 6: "ip6"}  # nftables' family (and payload protocol) per IP version
 TABLE = "vxflow"
 CHAIN = "postrtg"
 KUBE_PROXY_MARK = 0x4000  # kube-proxy's "masquerade this" mark, which flannel skips
 MULTICAST = IPv4Network("224.0.0.0/4")
+MULTICASTS = {4: MULTICAST, 6: IPv6Network("ff00::/8")}
 COMMENT = "vxflow masq"
+Network = IPv4Network | IPv6Network
 
 
 class IpMasqError(RuntimeError):
     """nftables refused a command (no nf_tables support, no permission, bad input)."""
 
 
-def _addr(field: str, op: str, network: IPv4Network) -> dict[str, Any]:
+def _addr(field: str, op: str, network: Network) -> dict[str, Any]:
     prefix = {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
-    return {"match": {"op": op, "left": {"payload": {"protocol": "ip", "field": field}},
+    protocol = FAMILIES[network.version]
+    return {"match": {"op": op, "left": {"payload": {"protocol": protocol, "field": field}},
                       "right": prefix}}  # fmt: skip
 
 
@@ -60,8 +68,9 @@ KUBE_PROXY_MARKED = {
 }  # fmt: skip
 
 
-def masq_rules(network: IPv4Network, subnet: IPv4Network) -> list[list[dict[str, Any]]]:
-    """flannel's six rules for `network` and this node's `subnet`, as nftables expressions.
+def masq_rules(network: Network, subnet: Network) -> list[list[dict[str, Any]]]:
+    """flannel's six rules for `network` and this node's `subnet` (of one family), as
+    nftables expressions.
 
     Written in the canonical form `nft -j list` prints, so a listing compares equal.
     """
@@ -71,17 +80,20 @@ def masq_rules(network: IPv4Network, subnet: IPv4Network) -> list[list[dict[str,
         [_addr("saddr", "==", s), _addr("daddr", "==", n), RETURN],
         [_addr("saddr", "==", n), _addr("daddr", "==", s), RETURN],
         [_addr("saddr", "!=", n), _addr("daddr", "==", s), RETURN],
-        [_addr("saddr", "==", n), _addr("daddr", "!=", MULTICAST), MASQUERADE],
+        [_addr("saddr", "==", n), _addr("daddr", "!=", MULTICASTS[n.version]), MASQUERADE],
         [_addr("saddr", "!=", n), _addr("daddr", "==", n), MASQUERADE],
     ]
 
 
-def install_commands(rules: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
-    """One nftables JSON batch that leaves exactly `rules` in our chain (atomically)."""
-    where = {"family": FAMILY, "table": TABLE}
+def install_commands(
+    rules: Sequence[Sequence[dict[str, Any]]], family: str = FAMILY
+) -> dict[str, Any]:
+    """One nftables JSON batch that leaves exactly `rules` in our chain of `family`'s table
+    (atomically)."""
+    where = {"family": family, "table": TABLE}
     chain = {**where, "name": CHAIN}
     commands: list[dict[str, Any]] = [
-        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+        {"add": {"table": {"family": family, "name": TABLE}}},
         {"add": {"chain": {**chain, "type": "nat", "hook": "postrouting", "prio": 100,
                            "policy": "accept"}}},
         {"flush": {"chain": chain}},
@@ -112,30 +124,46 @@ class IpMasq:
         self._nft.set_json_output(True)
         self.installs = 0
 
-    def _current(self) -> list[list[dict[str, Any]]] | None:
-        rc, out, _err = self._nft.cmd(f"list table {FAMILY} {TABLE}")
+    def _current(self, family: str = FAMILY) -> list[list[dict[str, Any]]] | None:
+        rc, out, _err = self._nft.cmd(f"list table {family} {TABLE}")
         if rc != 0:
             return None  # no such table
         return listed_rules(json.loads(out))
 
-    def ensure(self, network: IPv4Network, subnet: IPv4Network) -> bool:
-        """Make our chain hold exactly flannel's rules; True if it had to (re)install them."""
-        wanted = masq_rules(network, subnet)
-        if self._current() == wanted:
+    def ensure(
+        self, network: IPv4Network, subnet: IPv4Network,
+        ipv6: tuple[IPv6Network, IPv6Network] | None = None,
+    ) -> bool:  # fmt: skip
+        """Make our chains hold exactly flannel's rules, IPv6's too on a dual-stack node
+        (`ipv6`: its IPv6Network and subnet; None: no ip6 table of ours); True if it had to
+        (re)install any."""
+        changed = self._ensure_family(masq_rules(network, subnet), FAMILY)
+        if ipv6 is not None:
+            changed |= self._ensure_family(masq_rules(*ipv6), FAMILIES[6])
+        else:
+            self._remove(FAMILIES[6])
+        if changed:
+            self.installs += 1
+        return changed
+
+    def _ensure_family(self, wanted: list[list[dict[str, Any]]], family: str) -> bool:
+        if self._current(family) == wanted:
             return False
-        rc, _out, err = self._nft.json_cmd(install_commands(wanted))
+        rc, _out, err = self._nft.json_cmd(install_commands(wanted, family))
         if rc != 0:
             raise IpMasqError(f"installing the masquerade rules failed: {err.strip()}")
-        self.installs += 1
         return True
 
     def remove(self) -> bool:
-        """Delete our table (only ours); True if there was one."""
-        if self._current() is None:
+        """Delete our tables (only ours); True if there was one."""
+        return any([self._remove(family) for family in FAMILIES.values()])
+
+    def _remove(self, family: str) -> bool:
+        if self._current(family) is None:
             return False
         rc, _out, err = self._nft.json_cmd(
-            {"nftables": [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]}
+            {"nftables": [{"delete": {"table": {"family": family, "name": TABLE}}}]}
         )
         if rc != 0:
-            raise IpMasqError(f"removing table {FAMILY} {TABLE} failed: {err.strip()}")
+            raise IpMasqError(f"removing table {family} {TABLE} failed: {err.strip()}")
         return True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 _STEP = re.compile(r"^\s*(\d+)\. (?:(.*), )?priority (\d+)(?:, cookie (0x[0-9a-f]+))?$")
 _OUTPUT = re.compile(r"^output:(\d+)$")
@@ -43,7 +43,10 @@ class BridgeTrace:
     datapath_actions: str = ""
 
     @property
-    def tun_dst(self) -> IPv4Address | None:
+    def tun_dst(self) -> IPv4Address | IPv6Address | None:
+        """Where the packet was tunnelled to (tun_dst, or an IPv6 tunnel's tun_ipv6_dst)."""
+        if "tun_ipv6_dst" in self.sets:
+            return IPv6Address(self.sets["tun_ipv6_dst"])
         return IPv4Address(self.sets["tun_dst"]) if "tun_dst" in self.sets else None
 
     @property

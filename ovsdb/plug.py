@@ -19,7 +19,7 @@ import ovs.db.idl
 from ovsdb.bootstrap import by_name, owned
 from ovsdb.idl import COLUMNS as AGENT_COLUMNS
 from ovsdb.idl import OvsdbError, run_once, transact
-from ovsdb.pods import IP_KEY, MAC_KEY
+from ovsdb.pods import IP_KEY, IPV6_KEY, MAC_KEY
 
 # The plugin's replica reads besides what vswitchd_serves() needs; the agent's does not
 # (cur_cfg changes at every reconfiguration, which would wake its loop for nothing).
@@ -32,8 +32,15 @@ class PlugError(RuntimeError):
     """The port could not be added (no bridge, a name taken, vswitchd could not open it)."""
 
 
-def pod_external_ids(mac: str, ip: str, container_id: str, ifname: str) -> dict[str, str]:
-    return {MAC_KEY: mac, IP_KEY: ip, CONTAINER_KEY: container_id, IFACE_KEY: ifname}
+def pod_external_ids(
+    mac: str, ip: str, container_id: str, ifname: str, ipv6: str | None = None
+) -> dict[str, str]:
+    """The port's keys the agent publishes the endpoint from (ovsdb/pods.py), and the
+    attachment it belongs to; `ipv6`: a dual-stack pod's IPv6 address."""
+    ids = {MAC_KEY: mac, IP_KEY: ip, CONTAINER_KEY: container_id, IFACE_KEY: ifname}
+    if ipv6 is not None:
+        ids[IPV6_KEY] = ipv6
+    return ids
 
 
 def bridge_datapath_type(idl: ovs.db.idl.Idl, bridge: str) -> str | None:
@@ -55,7 +62,7 @@ def add_port(idl: ovs.db.idl.Idl, bridge: str, name: str, external_ids: Mapping[
     """Add device `name` to `bridge` with `external_ids` (`wait_ofport()` for vswitchd to open it).
 
     Refused (AddressClaimed) if another port of the bridge claims the same
-    `vxflow-ip`: two IPAM configurations that do not know of each other (a
+    `vxflow-ip` (or `vxflow-ipv6`): two IPAM configurations that do not know of each other (a
     static address, host-local data in two mount namespaces) must not give
     one address to two pods. The bridge's port list is verified, so a port
     added meanwhile makes the transaction run again, and the check with it.
@@ -68,11 +75,12 @@ def add_port(idl: ovs.db.idl.Idl, bridge: str, name: str, external_ids: Mapping[
             raise PlugError(f"bridge {bridge} does not exist (has the vxflow agent bootstrapped it?)")
         if by_name(idl, "Port", name) is not None:
             raise PlugError(f"a port named {name} exists already")
-        ip = external_ids.get(IP_KEY)
         row.verify("ports")
-        for port in row.ports:
-            if ip is not None and any(i.external_ids.get(IP_KEY) == ip for i in port.interfaces):
-                raise AddressClaimed(f"{IP_KEY} {ip} is claimed by port {port.name} already")
+        for key in (IP_KEY, IPV6_KEY):
+            ip = external_ids.get(key)
+            for port in row.ports if ip is not None else ():
+                if any(i.external_ids.get(key) == ip for i in port.interfaces):
+                    raise AddressClaimed(f"{key} {ip} is claimed by port {port.name} already")
         iface = txn.insert(idl.tables["Interface"])
         iface.name = name
         iface.external_ids = dict(external_ids)

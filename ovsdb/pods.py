@@ -5,7 +5,9 @@ whose external_ids carry
 
 - `attached-mac=<pod MAC>` (the key OVS-based CNIs already use), and
 - `vxflow-ip=<pod IPv4 address>` (inside this node's subnet, not its
-  network, gateway or broadcast address).
+  network, gateway or broadcast address), and on a dual-stack node
+- `vxflow-ipv6=<pod IPv6 address>` (inside this node's IPv6 subnet, not its
+  first two addresses; ignored while the node's lease has no IPv6 half).
 
 Who the pod is, for network policy, comes from four more keys, all optional:
 `vxflow-namespace` (default `default`, as kubectl's), `vxflow-pod` (the pod's
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import AddressValueError, IPv4Address
+from ipaddress import AddressValueError, IPv4Address, IPv6Address
 
 from leases.labels import PolicyInvalid
 from leases.model import Endpoint, Lease
@@ -33,6 +35,7 @@ from leases.validate import normalize_mac
 
 MAC_KEY = "attached-mac"
 IP_KEY = "vxflow-ip"
+IPV6_KEY = "vxflow-ipv6"
 NAMESPACE_KEY = "vxflow-namespace"
 POD_KEY = "vxflow-pod"
 LABELS_KEY = "vxflow-labels"
@@ -79,13 +82,33 @@ def _endpoint(port: PodPort, lease: Lease) -> Endpoint | PodRejection | None:
         return PodRejection(port.name, f"{IP_KEY} {ip} is outside this node's subnet {subnet}")
     if ip in (subnet.network_address, lease.gateway, subnet.broadcast_address):
         return PodRejection(port.name, f"{IP_KEY} {ip} is {subnet}'s network, gateway or broadcast")
+    ipv6 = _ipv6(ids.get(IPV6_KEY), lease)
+    if isinstance(ipv6, str):
+        return PodRejection(port.name, ipv6)
     pod = identity_of(ids)
     if isinstance(pod, str):
         return PodRejection(port.name, pod)
     if port.ofport is None or port.ofport < 1:
         return None  # not attached yet: vswitchd will assign an ofport and the IDL tells us
     return Endpoint(node_subnet=subnet, ip=ip, mac=mac, ofport=port.ofport, port_name=port.name,
-                    pod=pod)  # fmt: skip
+                    pod=pod, ipv6=ipv6)  # fmt: skip
+
+
+def _ipv6(raw: str | None, lease: Lease) -> IPv6Address | str | None:
+    """The pod's IPv6 address; None: none (or the node has no IPv6 subnet); a string: why
+    the port is rejected."""
+    six = lease.ipv6_subnet
+    if raw is None or six is None:
+        return None
+    try:
+        ip = IPv6Address(raw)
+    except (AddressValueError, ValueError):
+        return f"external_ids:{IPV6_KEY}={raw!r} is not an IPv6 address"
+    if ip not in six:
+        return f"{IPV6_KEY} {ip} is outside this node's IPv6 subnet {six}"
+    if ip in (six.network_address, six.network_address + 1):
+        return f"{IPV6_KEY} {ip} is {six}'s network or gateway address"
+    return ip
 
 
 def identity_of(ids: dict[str, str]) -> PodIdentity | str | None:
@@ -133,13 +156,18 @@ def endpoints_from_ports(
             rejected.append(result)
         elif result is not None:
             found.setdefault(result.ip, []).append(result)
-    endpoints: dict[IPv4Address, Endpoint] = {}
-    for ip, claims in found.items():
-        if len(claims) == 1:
-            endpoints[ip] = claims[0]
-            continue
+    by_ipv6: dict[IPv6Address, list[Endpoint]] = {}
+    for claims in found.values():
+        for c in claims:
+            if c.ipv6 is not None:
+                by_ipv6.setdefault(c.ipv6, []).append(c)
+    shared = [(ip, claims) for ip, claims in [*found.items(), *by_ipv6.items()] if len(claims) > 1]
+    for ip, claims in shared:
         names = ", ".join(c.port_name for c in claims)
         rejected.extend(
             PodRejection(c.port_name, f"{ip} is claimed by ports {names}") for c in claims
         )
+    out = {c.port_name for _, claims in shared for c in claims}
+    endpoints = {ip: claims[0] for ip, claims in found.items()
+                 if len(claims) == 1 and claims[0].port_name not in out}  # fmt: skip
     return endpoints, rejected

@@ -9,7 +9,15 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from dataclasses import replace
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
@@ -18,6 +26,7 @@ from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from cni.netlink import (
     CHANGE,
     CREATE,
+    IFA_F_NODAD,
     IFF_UP,
     NLMSG_ERROR,
     container_messages,
@@ -65,6 +74,20 @@ def test_container_end_requests_in_order() -> None:
         assert (route["header"]["type"], route["header"]["flags"]) == (RTM_NEWROUTE, CREATE)
         assert (route["family"], route["dst_len"], route["table"]) == (socket.AF_INET, prefix, 254)
         assert (route.get("dst"), route.get("gateway"), route.get("oif")) == (dst, "198.19.7.1", 5)
+
+
+def test_a_dual_stack_container_end_gets_its_ipv6_address_and_routes() -> None:
+    gw6 = IPv6Address("fd00:198:19:7::1")
+    end = replace(END, address6=IPv6Interface("fd00:198:19:7::2/64"),
+                  routes=(*END.routes, (IPv6Network("fd00:198:19::/48"), gw6)))  # fmt: skip
+    _, _, addr6, *routes = (decoded(m) for m in container_messages(5, end))
+    assert (addr6["header"]["type"], addr6["family"], addr6["prefixlen"]) == (
+        RTM_NEWADDR, socket.AF_INET6, 64)  # fmt: skip
+    assert addr6.get("address") == "fd00:198:19:7::2" and addr6.get("flags") & IFA_F_NODAD
+    route6 = routes[-1]
+    assert (route6["family"], route6["dst_len"], route6.get("dst"), route6.get("gateway")) == (
+        socket.AF_INET6, 48, "fd00:198:19::", "fd00:198:19:7::1")  # fmt: skip
+    assert [r["family"] for r in routes[:-1]] == [socket.AF_INET, socket.AF_INET]
 
 
 class Kernel:

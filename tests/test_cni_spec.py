@@ -434,10 +434,20 @@ def test_a_chained_result_is_appended_to_prev_result() -> None:
     assert merged.routes == (Route(IPv4Network("0.0.0.0/0")), Route(IPv4Network("198.19.0.0/16")))
 
 
+def test_a_dual_stack_prev_result_is_read_whole() -> None:
+    """Both families are read (which ones a node routes, the plugin judges: CHECK)."""
+    dual = {"ips": [{"address": "198.19.5.2/24"}, {"address": "fd00::2/64", "gateway": "fd00::1"}],
+            "routes": [{"dst": "fd00::/48"}]}  # fmt: skip
+    prev = parse_netconf(conf(prevResult=dual), "CHECK").prev_result
+    assert [str(i.address) for i in prev.ips] == ["198.19.5.2/24", "fd00::2/64"]
+    assert (str(prev.ips[1].gateway), str(prev.routes[0].dst)) == ("fd00::1", "fd00::/48")
+    assert render_result(prev, "0.4.0")["ips"][1]["version"] == "6"
+
+
 def test_del_ignores_the_prev_result_it_does_not_use() -> None:
     """Finding 6: DEL, GC and STATUS do not read prevResult, so none of it can fail them."""
-    dual = {"ips": [{"address": "198.19.5.2/24"}, {"address": "fd00::2/64"}]}
+    bad = {"ips": [{"address": "198.19.5.2/24"}, {"address": "nonsense"}]}
     for command in ("DEL", "GC", "STATUS"):
-        data = conf(cniVersion="1.1.0", prevResult=dual)
+        data = conf(cniVersion="1.1.0", prevResult=bad)
         assert parse_netconf(data, command).prev_result is None
-    assert code_of(parse_netconf, conf(prevResult=dual), "CHECK") == 7
+    assert code_of(parse_netconf, conf(prevResult=bad), "CHECK") == 6

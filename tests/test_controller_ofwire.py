@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 import subprocess
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 from os_ken.ofproto import nicira_ext, ofproto_parser, ofproto_protocol
@@ -67,11 +67,11 @@ def table() -> frozenset[Flow]:
 
 
 def _osken_value(value):
-    if isinstance(value, IPv4Network):
+    if isinstance(value, IPv4Network | IPv6Network):
         return (str(value.network_address), str(value.netmask))
     if isinstance(value, Masked):
         return (value.value, value.mask)
-    return str(value) if isinstance(value, IPv4Address) else value
+    return str(value) if isinstance(value, IPv4Address | IPv6Address) else value
 
 
 NXM = {"eth_type": "eth_type_nxm", "ip_proto": "ip_proto_nxm", "ip_src": "ipv4_src_nxm",
@@ -107,7 +107,8 @@ def _osken_action(action):
     if kind == "output":
         return parser.OFPActionOutput(action[1], ofp.OFPCML_NO_BUFFER)
     if kind == "set_field":
-        return parser.OFPActionSetField(**{OSKEN_NAME.get(action[1], action[1]): action[2]})
+        return parser.OFPActionSetField(**{OSKEN_NAME.get(action[1], action[1]):
+                                           _osken_value(action[2])})  # fmt: skip
     if kind == "dec_ttl":
         return parser.OFPActionDecNwTtl()
     if kind == "group":

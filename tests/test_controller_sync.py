@@ -627,9 +627,9 @@ def test_a_lapse_while_a_readback_is_compared_sends_nothing_and_reads_back_once_
     assert [m[0] for m in channel.take()] == [ofwire.OFPT_MULTIPART_REQUEST] * 2
 
 
-def test_a_dual_stack_config_is_said_once_not_to_be_routed_for_ipv6(caplog) -> None:
-    """The controller keeps working for IPv4 and says, once per process's model, that it
-    does not route IPv6 yet: not again on a reload, never for an IPv4-only config."""
+def test_a_dual_stack_config_is_said_once_what_is_ipv4_only(caplog) -> None:
+    """The controller says, once per process's model, what a dual-stack cluster does not
+    get over IPv6 yet: not again on a reload, never for an IPv4-only config."""
     model = ClusterModel()
     plain = parse_config('{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan"}}')
     dual = parse_config(
@@ -641,4 +641,4 @@ def test_a_dual_stack_config_is_said_once_not_to_be_routed_for_ipv6(caplog) -> N
         assert "IPv6" not in caplog.text
         model.load(dual, [], [])
         model.load(dual, [], [])
-    assert caplog.text.count("does not route IPv6 yet") == 1
+    assert caplog.text.count("are IPv4 only so far") == 1

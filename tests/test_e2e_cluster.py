@@ -53,11 +53,9 @@ def test_node_to_remote_pod_ping_ttl63(cluster) -> None:
     assert set(re.findall(r"ttl=(\d+)", out)) == {"63"}, out
 
 
-def test_iperf3_tcp_across_nodes(cluster) -> None:
-    client, server = (
-        cluster.pods_of(cluster.vxflow_nodes[0])[0],
-        cluster.pods_of(cluster.vxflow_nodes[1])[1],
-    )
+def iperf3(client, server, address, seconds: int = 3) -> dict:
+    """One iperf3 TCP run from pod `client` to pod `server` at `address` (either family);
+    the client's JSON report."""
     srv = in_host(
         server, "iperf3", "-s", "-1", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -66,13 +64,21 @@ def test_iperf3_tcp_across_nodes(cluster) -> None:
         while "5201" not in server.cmd("ss -Hltn sport = :5201"):  # listening: ready
             assert srv.poll() is None and time.monotonic() < deadline, "iperf3 -s did not start"
             time.sleep(0.1)
-        out = client.cmd(f"iperf3 -c {server.addr} -t 3 -J")
+        out = client.cmd(f"iperf3 -c {address} -t {seconds} -J")
         srv.wait(timeout=15)
     finally:
         if srv.poll() is None:
             srv.kill()
             srv.wait()
-    result = json.loads(out)
+    return json.loads(out)
+
+
+def test_iperf3_tcp_across_nodes(cluster) -> None:
+    client, server = (
+        cluster.pods_of(cluster.vxflow_nodes[0])[0],
+        cluster.pods_of(cluster.vxflow_nodes[1])[1],
+    )
+    result = iperf3(client, server, server.addr)
     assert "error" not in result, result.get("error")
     received = result["end"]["sum_received"]
     assert received["bytes"] > 1_000_000, received

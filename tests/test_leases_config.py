@@ -8,6 +8,7 @@ from ipaddress import IPv4Network, IPv6Address, IPv6Network
 import pytest
 
 from leases.config import (
+    IPV6_NOT_YET,
     ConfigError,
     config_to_json,
     ipv6_notice,
@@ -205,4 +206,4 @@ def test_keys_match_regardless_of_case_as_in_go() -> None:
 def test_ipv6_notice_only_for_dual_stack() -> None:
     assert ipv6_notice(parse_config(json.dumps(BASE))) is None
     notice = ipv6_notice(parse_config(json.dumps(DUAL)))
-    assert notice is not None and "fc00::/48" in notice and "does not route IPv6" in notice
+    assert notice is not None and "fc00::/48" in notice and "is routed between pods and nodes" in notice and IPV6_NOT_YET in notice

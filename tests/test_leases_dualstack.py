@@ -8,6 +8,7 @@ import itertools
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
@@ -16,11 +17,20 @@ from leases.config import ConfigError, leasable, parse_config
 from leases.errors import LeaseLost, NetworkExhausted
 from leases.etcd_server import EtcdServer
 from leases.keys import KV, Keys
-from leases.model import Lease, lease_key_name
+from leases.model import Endpoint, Lease, lease_key_name
 from leases.registry import Registry
 from leases.state import build_snapshot
 from leases.subnet_env import parse_subnet_env, render, subnet_env_for
-from leases.validate import Reason, Rejection, check_lease, lease_to_json, parse_lease_name
+from leases.validate import (
+    Reason,
+    Rejection,
+    check_endpoint,
+    check_lease,
+    endpoint_name,
+    endpoint_to_json,
+    lease_to_json,
+    parse_lease_name,
+)
 
 KEYS = Keys("/test/network")
 DUAL = parse_config(
@@ -436,3 +446,20 @@ def test_renew_after_expiry_recreates_both_halves_unless_one_was_taken(registry:
     with pytest.raises(LeaseLost, match=str(lease.ipv6_subnet)):
         registry.renew(renewed)
     assert registry.etcd.get(registry.keys.lease(lease.subnet, lease.ipv6_subnet)) is None
+
+
+def test_an_endpoints_ipv6_address_rides_in_its_value_and_is_judged() -> None:
+    lease = check_lease(f"{KEYS.subnets}198.19.4.0-24&fc00:0:0:4::-64", flannel_value(), DUAL)
+    leases = {lease.subnet: lease}
+    ep = Endpoint(lease.subnet, IPv4Address("198.19.4.7"), "0a:58:c6:13:04:07", 5, "p7",
+                  ipv6=IPv6Address("fc00:0:0:4::7"))  # fmt: skip
+    name, value = endpoint_name(ep), endpoint_to_json(ep)
+    assert json.loads(value)["IPv6"] == "fc00:0:0:4::7"
+    assert check_endpoint("k", name, value, leases) == ep
+    for bad in ("fc00:0:0:5::7", "fc00:0:0:4::1", "nonsense"):
+        got = check_endpoint("k", name, value.replace("fc00:0:0:4::7", bad), leases)
+        assert isinstance(got, Rejection) and got.reason is Reason.BAD_IP, got
+    # without an IPv6 half the node's endpoints are judged for IPv4 alone
+    plain = {lease.subnet: replace(lease, ipv6_subnet=None, public_ipv6=None, vtep_mac_v6=None)}
+    assert check_endpoint("k", name, value, plain) == replace(ep, ipv6=None)
+    assert "IPv6" not in endpoint_to_json(replace(ep, ipv6=None))  # IPv4-only as before

@@ -38,6 +38,11 @@ def test_text_is_flannels() -> None:
 def test_backend_mtu_wins_over_underlay() -> None:
     cfg = parse_config('{"Network": "10.20.0.0/16", "Backend": {"Type": "vxlan", "MTU": 1400}}')
     assert overlay_mtu(cfg, 9000) == 1400
+    assert overlay_mtu(cfg, 9000, ipv6=True) == 1400
+
+
+def test_a_node_tunnelling_over_ipv6_leaves_room_for_its_longer_header() -> None:
+    assert (overlay_mtu(SEED, 1500), overlay_mtu(SEED, 1500, ipv6=True)) == (1450, 1430)
 
 
 def test_atomic_write_and_read_back(tmp_path: Path) -> None:

@@ -384,8 +384,8 @@ def test_agent_clears_a_flow_restore_wait_left_behind_and_only_that(cluster1: Cl
         peer.wait()
 
 
-def our_masq_rules(node: Node) -> list | None:
-    out = node.run("nft", "-j", "list", "table", "ip", "vxflow", check=False)
+def our_masq_rules(node: Node, family: str = "ip") -> list | None:
+    out = node.run("nft", "-j", "list", "table", family, "vxflow", check=False)
     return listed_rules(json.loads(out)) if out.strip() else None
 
 
@@ -428,6 +428,26 @@ def test_ip_masq_rules_installed_restored_and_only_ours_removed(cluster1: Cluste
     agent.start()  # without --ip-masq: our table goes, the foreign one stays
     wait_for(lambda: our_masq_rules(node) is None, "our table removed")
     assert node.run("nft", "list", "table", "ip", "other") == foreign
+
+
+@pytest.mark.integration
+def test_ip_masq_of_a_dual_stack_node_has_flannels_ipv6_rules_too(cluster1: Cluster) -> None:
+    cluster1.registry.set_config(DUAL_CONFIG)
+    agent = cluster1.agents[0]
+    agent.extra = ("--ip-masq", "--public-ipv6", "fd18::a")
+    agent.start()
+    subnet = agent.subnet()
+    lease = next(x for x in cluster1.registry.list_leases() if x.subnet == subnet)
+    assert lease.ipv6_subnet is not None
+    four = masq_rules(IPv4Network("198.19.0.0/16"), subnet)
+    six = masq_rules(IPv6Network("fc00::/48"), lease.ipv6_subnet)
+    wait_for(lambda: (our_masq_rules(agent.node), our_masq_rules(agent.node, "ip6")) == (four, six),
+             "flannel's masquerade rules of both families")  # fmt: skip
+    agent.stop()
+    agent.extra = ()
+    agent.start()  # without --ip-masq: both tables of ours go
+    wait_for(lambda: [our_masq_rules(agent.node, f) for f in ("ip", "ip6")] == [None, None],
+             "our tables removed")  # fmt: skip
 
 
 def test_an_agent_and_a_controller_with_their_defaults_are_healthy_in_status(
@@ -540,7 +560,7 @@ def test_dual_stack_config_gives_dual_stack_leases_and_ipv4_keeps_working(
     """Under EnableIPv6: a node with --public-ipv6 and one whose --iface carries a global
     IPv6 address get flannel's dual-stack lease and subnet.env; a node with neither gets an
     IPv4-only one. Each brings its IPv4 gateway up as before and says once, in its log,
-    that vxflow does not route IPv6 yet."""
+    what vxflow does not do over IPv6 yet."""
     cluster3.registry.set_config(DUAL_CONFIG)
     flag, iface, none = cluster3.agents
     flag.extra = ("--public-ipv6", "fd18::a")
@@ -561,9 +581,16 @@ def test_dual_stack_config_gives_dual_stack_leases_and_ipv4_keeps_working(
         assert agent.subnet_file.read_text() == (
             f"FLANNEL_NETWORK=198.19.0.0/16\nFLANNEL_SUBNET={lease.subnet.network_address + 1}/24\n"
             f"FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET={six.network_address + 1}/64\n"
-            "FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+            "FLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n"  # fits the IPv6 underlay (70 bytes)
         )
+        # the bridge has the IPv6 tunnel on the PublicIPv6 and the IPv6 gateway on vxgw0
+        gateway6 = agent.node.run("ip", "-6", "-o", "addr", "show", "dev", "vxgw0", "scope", "global")
+        assert f"{six.network_address + 1}/64" in gateway6, gateway6
+        assert "fc00::/48 dev vxgw0" in agent.node.run("ip", "-6", "route", "show", "fc00::/48")
+        options = agent.node.ovs.vsctl("get", "Interface", "vxlan6", "options")
+        assert f'local_ip="{public_ipv6}"' in options and 'remote_ip=flow' in options, options
     assert leases[flag.node.underlay_ip].ipv6_subnet != leases[iface.node.underlay_ip].ipv6_subnet
+    assert "vxlan6" not in none.node.ovs.vsctl("list-ports", "br-int").split()
     plain = leases[none.node.underlay_ip]
     assert (plain.ipv6_subnet, plain.public_ipv6) == (None, None)
     assert none.subnet_file.read_text() == (
@@ -572,7 +599,7 @@ def test_dual_stack_config_gives_dual_stack_leases_and_ipv4_keeps_working(
     )
     assert "has no PublicIPv6: leasing IPv4 only" in none.log_text()
     for agent in cluster3.agents:
-        assert agent.log_text().count("does not route IPv6 yet") == 1, agent.log_text()
+        assert agent.log_text().count("are IPv4 only so far") == 1, agent.log_text()
 
     # restarted, a node asks for both of its subnets again (subnet.env) and gets them
     lease = leases[flag.node.underlay_ip]

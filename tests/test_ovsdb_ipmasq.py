@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from ovsdb.ipmasq import CHAIN, TABLE, install_commands, listed_rules, masq_rules
 
@@ -49,3 +49,19 @@ def test_listing_reads_back_our_chain_only() -> None:
         {"rule": {"chain": "elsewhere", "handle": 3, "expr": [{"accept": None}]}},
     ]}  # fmt: skip
     assert listed_rules(listing) == [[{"return": None}]]
+
+
+def test_flannels_ipv6_rules_are_the_same_six_in_the_ip6_family() -> None:
+    """flannel's MasqIP6Rules: the same shape over IPv6Network and the IPv6 subnet, multicast
+    ff00::/8, in `table ip6 vxflow`."""
+    n6, s6 = IPv6Network("fd00:198:19::/48"), IPv6Network("fd00:198:19:5::/64")
+    six = masq_rules(n6, s6)
+    four = masq_rules(N, S)
+    assert len(six) == 6 and six[0] == four[0] and [r[-1] for r in six] == [r[-1] for r in four]
+    ip6 = {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "daddr"}},
+                     "right": {"prefix": {"addr": "ff00::", "len": 8}}}}  # fmt: skip
+    assert six[4][1] == ip6
+    assert six[1][0]["match"]["right"] == {"prefix": {"addr": "fd00:198:19:5::", "len": 64}}
+    batch = install_commands(six, "ip6")["nftables"]
+    assert batch[0] == {"add": {"table": {"family": "ip6", "name": TABLE}}}
+    assert all(c["add"]["rule"]["family"] == "ip6" for c in batch[3:])

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from dataclasses import replace
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 
 import pytest
 
-from flows.ports import GATEWAY_OFPORT, GATEWAY_PORT, TUNNEL_OFPORT, TUNNEL_PORT, gateway_mac
-from leases.model import BackendConfig, Lease, NetworkConfig
+from flows.ports import (
+    GATEWAY_OFPORT,
+    GATEWAY_PORT,
+    TUNNEL6_OFPORT,
+    TUNNEL6_PORT,
+    TUNNEL_OFPORT,
+    TUNNEL_PORT,
+    gateway_mac,
+)
+from leases.model import BackendConfig, FamilyConfig, Lease, NetworkConfig
 from ovsdb.bootstrap import BootstrapOptions, desired_state
 from ovsdb.pods import PodPort, endpoints_from_ports
 from ovsdb.sysconfig import SysconfigError, parse_sysconfig
@@ -152,3 +168,49 @@ def test_sysconfig_both_generations_and_options() -> None:
     assert later.ignored == ["-v=2"]
     with pytest.raises(SysconfigError, match="line 1"):
         parse_sysconfig("this is not an assignment\n")
+
+
+DUAL_NET = replace(NET, ipv6=FamilyConfig(IPv6Network("fc00::/48"), 64,
+                                          IPv6Network("fc00:0:0:1::/64"),
+                                          IPv6Network("fc00:0:0:ffff::/64")))  # fmt: skip
+DUAL_LEASE = replace(LEASE, ipv6_subnet=IPv6Network("fc00:0:0:8::/64"),
+                     public_ipv6=IPv6Address("fd00:198:18::8"), vtep_mac_v6="0e:36:c6:12:00:08")  # fmt: skip
+
+
+def test_desired_state_of_a_dual_stack_node() -> None:
+    state = desired_state(DUAL_NET, DUAL_LEASE, ("tcp:127.0.0.1:6653",), NETDEV)
+    ports = {p.name: p for p in state.ports}
+    six = ports[TUNNEL6_PORT]
+    assert (six.type, six.ofport_request) == ("vxlan", TUNNEL6_OFPORT)
+    assert dict(six.options) == {
+        "remote_ip": "flow", "key": "flow", "dst_port": "4789", "local_ip": "fd00:198:18::8",
+    }  # fmt: skip
+    assert dict(ports[TUNNEL_PORT].options)["local_ip"] == "198.18.0.8"
+    assert state.gateway.address6 == IPv6Interface("fc00:0:0:8::1/64")
+    assert state.gateway.route6 == IPv6Network("fc00::/48")
+    assert state.gateway.mtu == 1430 == ports[GATEWAY_PORT].mtu_request  # IPv6's outer header
+    # IPv4-only: config without EnableIPv6, or a lease without its IPv6 half
+    for net, lease in ((NET, DUAL_LEASE), (DUAL_NET, LEASE)):
+        plain = desired_state(net, lease, ("tcp:127.0.0.1:6653",), NETDEV)
+        assert plain == desired_state(NET, LEASE, ("tcp:127.0.0.1:6653",), NETDEV)
+
+
+def test_pod_ports_publish_their_ipv6_address_on_a_dual_stack_node() -> None:
+    mac = {"attached-mac": "0a:58:00:00:00:05", "vxflow-ip": "198.19.8.5"}
+    ports = [
+        pod("ok", 5, **mac, **{"vxflow-ipv6": "fc00:0:0:8::5"}),
+        pod("far", 6, **{**mac, "vxflow-ip": "198.19.8.6"}, **{"vxflow-ipv6": "fc00:0:0:9::6"}),
+        pod("gw", 7, **{**mac, "vxflow-ip": "198.19.8.7"}, **{"vxflow-ipv6": "fc00:0:0:8::1"}),
+        pod("bad", 8, **{**mac, "vxflow-ip": "198.19.8.8"}, **{"vxflow-ipv6": "198.19.8.8"}),
+        pod("twin", 9, **{**mac, "vxflow-ip": "198.19.8.9"}, **{"vxflow-ipv6": "fc00:0:0:8::5"}),
+    ]
+    endpoints, rejected = endpoints_from_ports(ports, DUAL_LEASE)
+    reasons = {r.port: r.reason for r in rejected}
+    assert list(endpoints) == [] and set(reasons) == {"ok", "far", "gw", "bad", "twin"}
+    assert "claimed by ports ok, twin" in reasons["ok"] and "outside" in reasons["far"]
+    assert "gateway" in reasons["gw"] and "not an IPv6 address" in reasons["bad"]
+    endpoints, rejected = endpoints_from_ports(ports[:1], DUAL_LEASE)
+    assert endpoints[IPv4Address("198.19.8.5")].ipv6 == IPv6Address("fc00:0:0:8::5")
+    # the node's lease has no IPv6 half (any more): the pod is published for IPv4
+    endpoints, rejected = endpoints_from_ports(ports[:1], LEASE)
+    assert endpoints[IPv4Address("198.19.8.5")].ipv6 is None and rejected == []

@@ -64,6 +64,7 @@ class Node:
     master: str | None = None  # the replica holding the switch's claim in etcd
     generation: int | None = None  # the claim's revision: the switch's generation_id
     connected_to: list[str] = field(default_factory=list)  # replicas the switch is connected to
+    ipv6_subnet: str | None = None  # a dual-stack lease's IPv6 subnet
     in_sync: bool | None = None  # None: no master reported it
     flows_installed: int | None = None
     flows_desired: int | None = None
@@ -141,6 +142,8 @@ def assess(
         dpid = datapath_id_for(lease.public_ip)
         node = Node(str(lease.public_ip), str(lease.subnet), ttls.get(str(lease.subnet)),
                     len(snap.endpoints_of(lease.subnet)))  # fmt: skip
+        if lease.ipv6_subnet is not None:
+            node.ipv6_subnet = str(lease.ipv6_subnet)
         claim = claims.get(dpid)
         if claim is not None:
             node.master, node.generation = claim.controller, claim.generation
@@ -296,7 +299,8 @@ def render(report: Report, now: float | None = None) -> str:
             flows = f"{n.flows_installed}/{n.flows_desired}"
             flows += f" ({n.flows_differing} differ)" if n.flows_differing else ""
         liveness = "DOWN" if n.down else "alive" if n.alive else "-"
-        rows.append((n.public_ip, n.subnet, "reserved" if n.ttl is None else f"{n.ttl}s", liveness,
+        subnet = f"{n.subnet}+{n.ipv6_subnet}" if n.ipv6_subnet else n.subnet
+        rows.append((n.public_ip, subnet, "reserved" if n.ttl is None else f"{n.ttl}s", liveness,
                      switch, master, flows, _ago(n.last_sync, now),
                      "-" if n.drift_repairs is None else str(n.drift_repairs), str(n.pods)))  # fmt: skip
     lines += [*_table(rows), ""]

@@ -5,7 +5,7 @@ on its real flow table, ovsdb/oftrace.py); nothing is simulated. The walk:
 the packet as the source pod sends it, on its node's bridge; if it leaves
 through the tunnel, the same packet as it arrives (tunnel source and
 destination, VNI, the headers the first hop wrote) on the bridge of the node
-whose PublicIP it was sent to; until it is delivered to a pod or the host,
+whose PublicIP (IPv6: PublicIPv6) it was sent to; until it is delivered to a pod or the host,
 or dropped, with the reason read from the flow that dropped it
 (flows/explain.py). etcd tells which node leases what and which pod sits on
 which port. Each node's ovs-vswitchd is reached through its unixctl socket,
@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import click
 
 from flows.explain import drop_reason, owner_text
-from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, gateway_mac
+from flows.ports import GATEWAY_OFPORT, TUNNEL6_OFPORT, TUNNEL_OFPORT, gateway_mac
 from leases.cli_options import etcd_options, open_registry
 from leases.errors import RegistryError
 from leases.model import Endpoint, Lease
@@ -64,9 +64,23 @@ class Walk:
         return bool(self.hops) and self.hops[-1].result in ("delivered", "host")
 
 
-def _packet_fields(protocol: str, dport: int, src: IPv4Address, dst: IPv4Address) -> str:
+IPAddress = IPv4Address | IPv6Address
+
+
+def _packet_fields(protocol: str, dport: int, src: IPAddress, dst: IPAddress) -> str:
     l4 = f",tp_dst={dport}" if protocol != "icmp" else ""
+    if dst.version == 6:  # an echo request (type 128), not a neighbour solicitation
+        l4 = l4 or ",icmpv6_type=128"
+        return f"{protocol}6,ipv6_src={src},ipv6_dst={dst}{l4}"
     return f"{protocol},nw_src={src},nw_dst={dst}{l4}"
+
+
+def _tunnel_fields(version: int, lease: Lease, nxt: Lease) -> str:
+    """How a packet tunnelled from `lease`'s node arrives at `nxt`'s, per family."""
+    if version == 6:
+        return (f"in_port={TUNNEL6_OFPORT},tun_ipv6_src={lease.public_ipv6},"
+                f"tun_ipv6_dst={nxt.public_ipv6}")  # fmt: skip
+    return f"in_port={TUNNEL_OFPORT},tun_src={lease.public_ip},tun_dst={nxt.public_ip}"
 
 
 class Tracer:
@@ -81,15 +95,21 @@ class Tracer:
     def _endpoint_at(self, lease: Lease, ofport: int) -> Endpoint | None:
         return next((e for e in self.snap.endpoints_of(lease.subnet) if e.ofport == ofport), None)
 
-    def walk(self, src: Endpoint, dst: IPv4Address, protocol: str, dport: int,
-             src_ip: IPv4Address | None) -> Walk:  # fmt: skip
-        result = Walk(str(src.ip), str(dst), protocol)
+    def walk(self, src: Endpoint, dst: IPAddress, protocol: str, dport: int,
+             src_ip: IPAddress | None) -> Walk:  # fmt: skip
+        own = src.ipv6 if dst.version == 6 else src.ip
+        if own is None:
+            raise CannotTrace(f"pod {src.ip} has no IPv6 address to send to {dst} from")
+        if src_ip is not None and src_ip.version != dst.version:
+            raise CannotTrace(f"--src-ip {src_ip} and {dst} are of different families")
+        result = Walk(str(own), str(dst), protocol)
         lease = self.snap.lease_for_subnet(src.node_subnet)
         if lease is None:
             raise CannotTrace(f"pod {src.ip}'s node subnet {src.node_subnet} has no valid lease")
-        local = next((e for e in self.snap.endpoints_of(lease.subnet) if e.ip == dst), None)
+        local = next((e for e in self.snap.endpoints_of(lease.subnet) if dst in (e.ip, e.ipv6)),
+                     None)  # fmt: skip
         mac = local.mac if local is not None else gateway_mac(lease.subnet)
-        fields = _packet_fields(protocol, dport, src_ip or src.ip, dst)
+        fields = _packet_fields(protocol, dport, src_ip or own, dst)
         packet = f"in_port={src.ofport},dl_src={src.mac},dl_dst={mac},{fields},nw_ttl=64"
         in_port, pod_port = f"{src.ofport} (pod {src.ip})", True
         for _ in range(MAX_HOPS):
@@ -97,7 +117,8 @@ class Tracer:
             result.hops.append(hop)
             if hop.result != "tunnel":
                 return result
-            nxt = self.snap.lease_for_public_ip(IPv4Address(hop.tun_dst))
+            nxt = next((x for x in self.snap.leases
+                        if ip_address(hop.tun_dst) in (x.public_ip, x.public_ipv6)), None)  # fmt: skip
             if nxt is None:
                 hop.detail += "; no valid lease holds that PublicIP: nothing to trace there"
                 return result
@@ -106,11 +127,11 @@ class Tracer:
                                        result="stopped", detail="no --ovs for this node: its "
                                        "switch cannot be traced from here"))  # fmt: skip
                 return result
-            final = traced.final
-            packet = (f"in_port={TUNNEL_OFPORT},tun_id={hop.vni:#x},tun_src={lease.public_ip},"
-                      f"tun_dst={nxt.public_ip},dl_src={final['dl_src']},dl_dst={final['dl_dst']},"
-                      f"{fields},nw_ttl={final['nw_ttl']}")  # fmt: skip
-            lease, in_port, pod_port = nxt, f"{TUNNEL_OFPORT} (tunnel from {hop.node})", False
+            final, tunnel = traced.final, _tunnel_fields(dst.version, lease, nxt)
+            packet = (f"{tunnel},tun_id={hop.vni:#x},dl_src={final['dl_src']},"
+                      f"dl_dst={final['dl_dst']},{fields},nw_ttl={final['nw_ttl']}")  # fmt: skip
+            port = TUNNEL6_OFPORT if dst.version == 6 else TUNNEL_OFPORT
+            lease, in_port, pod_port = nxt, f"{port} (tunnel from {hop.node})", False
         result.hops[-1].result, result.hops[-1].detail = "dropped", "too many hops: a loop"
         return result
 
@@ -133,7 +154,7 @@ class Tracer:
         return hop, t
 
     def _outcome(self, hop: Hop, t: BridgeTrace, lease: Lease, pod_port: bool) -> None:
-        if TUNNEL_OFPORT in t.outputs and t.tun_dst is not None:
+        if {TUNNEL_OFPORT, TUNNEL6_OFPORT} & set(t.outputs) and t.tun_dst is not None:
             hop.result, hop.tun_dst, hop.vni = "tunnel", str(t.tun_dst), t.tun_id
             hop.detail = f"into the tunnel to {t.tun_dst}, VNI {t.tun_id}"
         elif GATEWAY_OFPORT in t.outputs:
@@ -181,23 +202,26 @@ def _ovs_map(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 
 
 @click.command()
-@click.argument("src", type=IPv4Address)
-@click.argument("dst", type=IPv4Address)
+@click.argument("src", type=ip_address)
+@click.argument("dst", type=ip_address)
 @click.option("--ovs", "unixctl", multiple=True, callback=_ovs_map, metavar="PUBLIC_IP=PATH",
               help="A node's ovs-vswitchd unixctl socket (repeatable; e.g. "
                    "198.18.0.1=/var/run/openvswitch/ovs-vswitchd.1234.ctl).")  # fmt: skip
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="icmp", show_default=True)
 @click.option("--dport", type=click.IntRange(1, 65535), default=80, show_default=True,
               help="Destination port (tcp, udp).")
-@click.option("--src-ip", type=IPv4Address,
+@click.option("--src-ip", type=ip_address,
               help="Source address the packet carries (default SRC's own): traces spoofing.")
 @click.option("--bridge", default="br-int", show_default=True, help="Integration bridge name.")
 @click.option("--output", "-o", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 @etcd_options
-def trace(src: IPv4Address, dst: IPv4Address, unixctl: dict, protocol: str, dport: int,
-                  src_ip: IPv4Address | None, bridge: str, output: str, **etcd: str) -> None:  # fmt: skip
+def trace(src: IPAddress, dst: IPAddress, unixctl: dict, protocol: str, dport: int,
+                  src_ip: IPAddress | None, bridge: str, output: str, **etcd: str) -> None:  # fmt: skip
     """Trace a packet from pod SRC to DST across the nodes, on their real switches.
+
+    SRC names the pod by either of its addresses; an IPv6 DST (a dual-stack
+    cluster) traces IPv6 from the pod's IPv6 address over the IPv6 tunnels.
 
     Each hop runs `ovs-appctl ofproto/trace` on that node's ovs-vswitchd (give
     every node the packet may reach with --ovs): the tables and flows hit, the
@@ -210,7 +234,7 @@ def trace(src: IPv4Address, dst: IPv4Address, unixctl: dict, protocol: str, dpor
             snap = registry.snapshot()
     except RegistryError as exc:
         raise CannotTrace(str(exc)) from exc
-    source = next((e for e in snap.endpoints if e.ip == src), None)
+    source = next((e for e in snap.endpoints if src in (e.ip, e.ipv6)), None)
     if source is None:
         raise CannotTrace(f"{src} is no pod's address (no endpoint in etcd)")
     walk = Tracer(snap, unixctl, bridge).walk(source, dst, protocol, dport, src_ip)

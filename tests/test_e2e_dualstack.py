@@ -1,0 +1,139 @@
+"""End to end: a dual-stack 3-node vxflow cluster (real etcd, controller, agents, OVS,
+Mininet). The underlay has IPv4 and IPv6 addresses (fd00:198:18::/64, inside the cluster's
+namespaces only); flannel's config has EnableIPv6 with IPv6Network fd00:198:19::/48, the
+agents lease both families (--public-ipv6) and pods get an address of each.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from ipaddress import IPv6Address, IPv6Network
+
+import pytest
+
+from tests.emulation import emulated_cluster
+from tests.ofharness import VXFLOW
+from tests.test_e2e_cluster import iperf3
+from tests.test_e2e_trace import walk
+
+VNI = 7
+PORT = 4789
+OVERLAY6 = IPv6Network("fd00:198:19::/48")
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator:
+    with emulated_cluster("d", nodes=3, pods=2, vni=VNI, port=PORT,
+                          ipv6_network=OVERLAY6) as running:  # fmt: skip
+        deadline = time.monotonic() + 30  # IPv4 has converged; IPv6 rides the same flows
+        pending = list(running.pairs())
+        while pending and time.monotonic() < deadline:
+            pending = [(a, b) for a, b in pending if not running.reachable(a, b.addr6)]
+        yield running
+
+
+def test_every_pod_pair_pings_over_ipv6_and_ipv4(cluster) -> None:
+    assert len(cluster.pods) == 6
+    assert all(p.addr6 in OVERLAY6 for p in cluster.pods)
+    failed = [f"{a.name}->{b.name} {fam}" for a, b in cluster.pairs()
+              for fam, dst in (("v6", b.addr6), ("v4", b.addr))
+              if not cluster.reachable(a, dst)]  # fmt: skip
+    assert failed == []
+
+
+def test_ipv6_crosses_the_ipv6_underlay_in_vxlan_hop_limit_decremented(cluster) -> None:
+    n1, n3 = cluster.vxflow_nodes[0], cluster.vxflow_nodes[2]
+    src, dst = cluster.pods_of(n1)[0], cluster.pods_of(n3)[1]
+    seen, out = cluster.capture(n3, lambda: cluster.ping(src, dst.addr6, count=2, wait=2))
+    assert " 0% packet loss" in out, out
+    assert set(re.findall(r"ttl=(\d+)", out)) == {"63"}, out  # ping shows the hop limit so
+    assert f"{n1.underlay_ip6}" in seen and f"> {n3.underlay_ip6}.{PORT}: VXLAN" in seen, seen
+    assert f"vni {VNI}" in seen and f"{src.addr6} > {dst.addr6}: ICMP6, echo request" in seen, seen
+
+
+def test_node_to_pod_over_ipv6(cluster) -> None:
+    n1, n2 = cluster.vxflow_nodes[0], cluster.vxflow_nodes[1]
+    for pod in (cluster.pods_of(n1)[0], cluster.pods_of(n2)[0]):
+        out = cluster.ping(n1, pod.addr6, count=2, wait=2)
+        assert " 0% packet loss" in out, out
+
+
+def test_tcp_over_ipv6_across_nodes(cluster) -> None:
+    client = cluster.pods_of(cluster.vxflow_nodes[0])[0]
+    server = cluster.pods_of(cluster.vxflow_nodes[1])[1]
+    result = iperf3(client, server, server.addr6, seconds=2)
+    assert "error" not in result, result.get("error")
+    received = result["end"]["sum_received"]
+    assert received["bytes"] > 1_000_000, received  # full-size segments fit the IPv6 underlay
+
+
+def test_neighbour_discovery_answered_by_the_switch_without_flooding(cluster) -> None:
+    """A pod's solicitation for its gateway is answered with the gateway MAC, by the switch:
+    its neighbour on the same node sees no solicitation at all."""
+    n1 = cluster.vxflow_nodes[0]
+    asker, other = cluster.pods_of(n1)
+    gateway = IPv6Address(int(asker.addr6) & ~0xFFFFFFFFFFFFFFFF) + 1
+    dump = subprocess.Popen(["mnexec", "-a", str(other.pid), "tcpdump", "-l", "-n", "-i", "eth0",
+                             "icmp6"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        for line in dump.stderr:
+            if line.startswith("listening on"):
+                break
+        asker.cmd(f"ip -6 neigh flush dev eth0 && ping -6 -c 1 -W 2 {gateway}")
+        time.sleep(1)
+    finally:
+        dump.terminate()
+        seen, _ = dump.communicate()
+    neigh = asker.cmd(f"ip -6 neigh show {gateway} dev eth0")
+    gw_mac = n1.cmd("cat /sys/class/net/vxgw0/address").strip()
+    assert gw_mac and gw_mac in neigh, neigh
+    assert "neighbor solicitation" not in seen, seen
+
+
+def test_ipv6_spoofing_from_a_pod_is_dropped(cluster) -> None:
+    n1, n2 = cluster.vxflow_nodes[0], cluster.vxflow_nodes[1]
+    pod, target = cluster.pods_of(n1)[0], cluster.pods_of(n2)[0]
+    spoofed = cluster.pods_of(n1)[1].addr6  # its neighbour's address
+    pod.cmd(f"ip -6 addr add {spoofed}/128 dev eth0 nodad")
+    try:
+        out = pod.cmd(f"ping -6 -n -c 2 -W 1 -I {spoofed} {target.addr6}")
+    finally:
+        pod.cmd(f"ip -6 addr del {spoofed}/128 dev eth0")
+    assert "100% packet loss" in out, out
+    assert cluster.reachable(pod, target.addr6)  # its own address still works
+
+
+def test_vxflow_trace_follows_ipv6_over_the_ipv6_tunnel(cluster) -> None:
+    n1, n2 = cluster.vxflow_nodes[:2]
+    a, b = cluster.pods_of(n1)[0], cluster.pods_of(n2)[1]
+    rc, doc = walk(cluster, a.addr6, b.addr6)
+    assert rc == 0 and doc["delivered"] is True, doc
+    first, second = doc["hops"]
+    assert (first["node"], first["result"], first["tun_dst"]) == (
+        str(n1.underlay_ip), "tunnel", str(n2.underlay_ip6))
+    assert "icmp6" in first["packet"] and first["flows"][0]["owner"] == f"endpoint {a.addr}"
+    assert (second["node"], second["result"]) == (str(n2.underlay_ip), "delivered")
+    assert second["detail"].startswith(f"to pod {b.addr} (port ")
+    # the pod named by its IPv4 address traces IPv6 too; spoofing its neighbour is refused
+    assert walk(cluster, a.addr, b.addr6)[1]["delivered"] is True
+    rc, doc = walk(cluster, a.addr6, b.addr6, "--src-ip", str(cluster.pods_of(n1)[1].addr6))
+    assert rc == 1 and doc["hops"][0]["result"] == "dropped", doc
+    assert "spoof guard" in doc["hops"][0]["detail"]
+
+
+def test_vxflow_status_shows_each_nodes_ipv6_subnet(cluster) -> None:
+    res = subprocess.run([VXFLOW, "status", *cluster.etcd_flags(), "-o", "json"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    nodes = {n["public_ip"]: n for n in json.loads(res.stdout)["nodes"]}
+    for node in cluster.vxflow_nodes:
+        assert nodes[str(node.underlay_ip)]["ipv6_subnet"] == str(cluster.ipv6_subnet(node))
+    text = subprocess.run([VXFLOW, "status", *cluster.etcd_flags()], capture_output=True,
+                          text=True, timeout=60).stdout  # fmt: skip
+    n1 = cluster.vxflow_nodes[0]
+    assert f"{nodes[str(n1.underlay_ip)]['subnet']}+{cluster.ipv6_subnet(n1)}" in text, text
