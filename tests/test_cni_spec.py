@@ -160,7 +160,6 @@ def test_options_are_read() -> None:
         (conf(ipam=[]), 7),
         (conf(ipam={"type": 3}), 7),
         (conf(prevResult={"ips": [{"address": "nonsense"}]}), 6),
-        (conf(prevResult={"ips": [{"address": "fd00::2/64"}]}), 7),
         (conf(args=[]), 7),
         (conf(args={"cni": []}), 7),
         (conf(args={"cni": {"labels": {"app": "web"}}}), 7),  # a list of {key, value}
