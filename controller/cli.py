@@ -157,7 +157,8 @@ def _desired(etcd: dict[str, Any], node: IPv4Address):
     if own is None:
         click.echo(f"# {node} holds no valid lease: only the table-miss drops", err=True)
     plan = service_plan(snap.vxflow, snap.services)
-    return compile_table(config, snap.leases, snap.endpoints, node, plan)
+    return compile_table(config, snap.leases, snap.endpoints, node, plan, snap.policies,
+                         snap.namespaces)
 
 
 def _ordered(flows):

@@ -41,6 +41,7 @@ from flows.flow import (
     ARP_REQUEST,
     ETH_TYPE_ARP,
     ETH_TYPE_IP,
+    POLICY_TABLES,
     Action,
     Flow,
     Owner,
@@ -54,10 +55,12 @@ from flows.flow import (
     set_field,
 )
 from flows.groups import Group
+from flows.policy import policy_table
 from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, gateway_mac, vtep_mac_for
 from flows.services import ServicePlan, hairpin_flow, plan_flows, plan_groups
 from flows.validate import select_endpoints, select_leases
 from leases.model import Endpoint, Lease, NetworkConfig
+from leases.policy import Namespace, NetworkPolicy
 
 PRIO_EXACT = 100  # per-owner flows and the node's own addresses
 PRIO_OVERLAY = 10  # the rest of the overlay network
@@ -95,7 +98,7 @@ def endpoint_cookie(endpoint: Endpoint) -> int:
 
 def miss_flows() -> list[Flow]:
     """Table-miss drop in every table: all a switch without a valid lease gets."""
-    return [flow(t, PRIO_MISS, {}, (), BASE_COOKIE) for t in Table]
+    return [flow(t, PRIO_MISS, {}, (), BASE_COOKIE) for t in Table if t not in POLICY_TABLES]
 
 
 def base_flows(config: NetworkConfig, own: Lease | None) -> list[Flow]:
@@ -388,13 +391,15 @@ def compile_node(
     endpoints: Iterable[Endpoint],
     node: IPv4Address,
     services: ServicePlan | None = None,
+    policies: Sequence[NetworkPolicy] = (),
+    namespaces: Iterable[Namespace] = (),
 ) -> frozenset[Flow]:
     """The exact flow table of the node whose PublicIP is `node`.
 
     Invalid or conflicting leases and endpoints contribute nothing; a node with
     no accepted lease gets only the table-miss drops.
     """
-    return frozenset(compile_table(config, leases, endpoints, node, services))
+    return frozenset(compile_table(config, leases, endpoints, node, services, policies, namespaces))
 
 
 def compile_table(
@@ -403,9 +408,17 @@ def compile_table(
     endpoints: Iterable[Endpoint],
     node: IPv4Address,
     services: ServicePlan | None = None,
+    policies: Sequence[NetworkPolicy] = (),
+    namespaces: Iterable[Namespace] = (),
 ) -> NodeTable:
-    """`compile_node` with the groups: the node's whole desired state."""
+    """`compile_node` with the groups: the node's whole desired state (with the policy
+    stage of `policies`, flows/policy.py)."""
     accepted = select_leases(config, leases).accepted
+    endpoints = list(endpoints)
     own = next((lease for lease in accepted if lease.public_ip == node), None)
     own_endpoints = select_endpoints(own, endpoints).accepted
-    return node_table(config, accepted, own_endpoints, own, services=services)
+    table = node_table(config, accepted, own_endpoints, own, services=services)
+    if policies and own is not None:
+        everyone = [e for lease in accepted for e in select_endpoints(lease, endpoints).accepted]
+        table.flows.extend(policy_table(policies, namespaces, everyone, own_endpoints, own.subnet).flows)
+    return table

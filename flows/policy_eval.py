@@ -138,11 +138,11 @@ class Evaluator:
     def _rule_matches(
         self, rule: Rule, namespace: str, peer: Party, port: int, protocol: str, dst: Party
     ) -> bool:
-        return (not rule.peers or any(self._peer_matches(p, namespace, peer) for p in rule.peers)) and (
+        return (not rule.peers or any(self.peer_matches(p, namespace, peer) for p in rule.peers)) and (
             not rule.ports or any(_port_matches(p, port, protocol, dst) for p in rule.ports)
         )  # fmt: skip
 
-    def _peer_matches(self, peer: Peer, namespace: str, party: Party) -> bool:
+    def peer_matches(self, peer: Peer, namespace: str, party: Party) -> bool:
         """Whether `party` is `peer` of a rule of a policy in `namespace`."""
         if peer.ip_block is not None:
             return peer.ip_block.contains(party.ip if isinstance(party, Pod) else party)
