@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -35,8 +35,9 @@ from flows.compiler import (
     route_row,
     subnet_cookie,
 )
-from flows.flow import Flow, Owner, owner_of
+from flows.flow import Flow, Owner, Table, owner_of
 from flows.groups import Group, group_cookie
+from flows.policy import PolicyTable, policy_table
 from flows.services import (
     NET_COOKIE,
     Flush,
@@ -64,12 +65,17 @@ from leases.events import (
     LeaseRemoved,
     LivenessAdded,
     LivenessRemoved,
+    NamespaceAdded,
+    NamespaceRemoved,
+    PolicyAdded,
+    PolicyRemoved,
     ServiceAdded,
     ServiceRemoved,
     VxflowConfigChanged,
 )
 from leases.liveness import node_down
 from leases.model import Endpoint, Lease, NetworkConfig, Service, VxflowConfig
+from leases.policy import EGRESS, INGRESS, Namespace, NetworkPolicy
 from leases.state import PAUSE_EVERY
 
 log = logging.getLogger(__name__)
@@ -107,6 +113,7 @@ class Scope:
 
 FULL = Scope(full=True)
 NOTHING = Scope()
+POLICY_OWNERS = frozenset({Owner.POLICY, Owner.POLICY_DROP})
 
 
 @dataclass
@@ -120,6 +127,7 @@ class Impact:
     endpoint_nodes: set[IPv4Network] = field(default_factory=set)
     service_cookies: set[int] = field(default_factory=set)  # service ports, reply hooks
     flushes: list[Flush] = field(default_factory=list)  # removed UDP backends, every switch
+    policy: bool = False  # every switch's policy flows (flows/policy.py) may have changed
     _cookies: frozenset[int] | None = field(default=None, repr=False, compare=False)
 
     def scope_for(self, node: IPv4Address, own_subnet: IPv4Network | None) -> Scope:
@@ -131,6 +139,8 @@ class Impact:
             self._cookies = frozenset(subnet_cookie(s) for s in self.lease_subnets)
             self._cookies |= self.service_cookies
         owners = frozenset({Owner.ENDPOINT}) if own_subnet in self.endpoint_nodes else frozenset()
+        if self.policy:
+            owners |= POLICY_OWNERS
         return Scope(False, self._cookies, owners)
 
 
@@ -164,6 +174,12 @@ class ClusterModel:
         self.alive: set[IPv4Address] = set()
         self.connected: set[IPv4Address] = set()
         self._down: dict[IPv4Network, IPv4Address] = {}
+        # network policy: the accepted policies (by namespace/name) and labelled namespaces,
+        # and each switch's compiled policy stage, until any of its inputs changes
+        self.policies: dict[str, NetworkPolicy] = {}
+        self.namespaces: dict[str, Namespace] = {}
+        self._policy_tables: dict[IPv4Address, PolicyTable] = {}
+        self._everyone: list[Endpoint] | None = None
 
     # -- queries --------------------------------------------------------------
 
@@ -218,6 +234,40 @@ class ClusterModel:
             self._replies = {reply_cookie(p): p for p in reply_ports(self._plan.services).values()}
         return self._plan
 
+    def policy_table(self, node: IPv4Address) -> PolicyTable:
+        """`node`'s policy stage (empty when no policy isolates a pod of it)."""
+        table = self._policy_tables.get(node)
+        if table is None:
+            own = self.own_lease(node)
+            if not self.policies or own is None:
+                table = PolicyTable()
+            else:
+                if self._everyone is None:
+                    self._everyone = [e for lease in self.leases() for e in self.endpoints_of(lease)]
+                table = policy_table(sorted(self.policies.values(), key=lambda p: p.key_name),
+                                     self.namespaces.values(), self._everyone,
+                                     self.endpoints_of(own), own.subnet)  # fmt: skip
+            self._policy_tables[node] = table
+        return table
+
+    def denied(self, node: IPv4Address, drops: dict[tuple[int, int], int]) -> Iterator[tuple]:
+        """`node`'s policy drop counts (by (table, cookie)) as the metric's
+        ((namespace, policies, direction), packets); drops of flows no longer desired are left
+        out."""
+        isolated = self.policy_table(node).isolated
+        for (table, cookie), packets in drops.items():
+            direction = EGRESS if table == Table.POL_EGRESS else INGRESS
+            iso = isolated.get((direction, IPv4Address(cookie & 0xFFFFFFFF)))
+            if iso is not None:
+                namespace = iso.pod.split("/")[0]
+                yield (namespace, ",".join(iso.policies), direction.lower()), packets
+
+    def _policy_changed(self, impact: Impact) -> None:
+        """Something policy flows are made of changed: every switch's are compiled anew."""
+        self._policy_tables, self._everyone = {}, None
+        if self.policies:
+            impact.policy = True
+
     def down_nodes(self) -> dict[IPv4Address, IPv4Network]:
         """The nodes DOWN now (PublicIP -> lease subnet)."""
         return {ip: subnet for subnet, ip in self._down.items()}
@@ -243,7 +293,9 @@ class ClusterModel:
         plan = self.plan()
         if scope.full:
             leases, rows = self._selection()
-            return node_table(self.config, leases, self.endpoints_of(own), own, rows, plan)
+            table = node_table(self.config, leases, self.endpoints_of(own), own, rows, plan)
+            table.flows.extend(self.policy_table(node).flows)
+            return table
         flows: list[Flow] = []
         if Owner.BASE in scope.owners:
             flows += base_flows(self.config, own)
@@ -266,6 +318,8 @@ class ClusterModel:
         groups: list[Group] = []
         if plan is not None:
             flows += self._service_flows(own, plan, scope, groups)
+        if scope.owners & POLICY_OWNERS:
+            flows += self.policy_table(node).flows
         return NodeTable(flows, routes, groups)
 
     def _service_flows(
@@ -333,10 +387,13 @@ class ClusterModel:
         vxflow: VxflowConfig | None = None,
         services: Iterable[Service] | None = None,
         alive: Iterable[IPv4Address] | None = None,
+        policies: Iterable[NetworkPolicy] | None = None,
+        namespaces: Iterable[Namespace] | None = None,
     ) -> Impact:
         """Replace everything (first snapshot, config change); `pause` is called every
         PAUSE_EVERY leases, so a cooperative caller can yield during a large load.
-        The services, vxflow's config and the liveness records are kept unless given;
+        The services, vxflow's config, the liveness records, the policies and the
+        namespaces are kept unless given;
         `connected` (the app's switches) is always kept."""
         self.config = config
         if config is not None and not self._ipv6_noted and (notice := ipv6_notice(config)):
@@ -348,6 +405,11 @@ class ClusterModel:
             self.services = {s.name: s for s in services}
         if alive is not None:
             self.alive = set(alive)
+        if policies is not None:
+            self.policies = {p.key_name: p for p in policies}
+        if namespaces is not None:
+            self.namespaces = {ns.name: ns for ns in namespaces}
+        self._policy_tables, self._everyone = {}, None
         self._plan = None
         self._changed()
         self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
@@ -409,6 +471,20 @@ class ClusterModel:
                 impact.all_nodes = True
             elif isinstance(ev, ServiceAdded | ServiceRemoved):
                 self._apply_service(ev, impact)
+            elif isinstance(ev, PolicyAdded):
+                self.policies[ev.policy.key_name] = ev.policy
+                impact.policy = True
+            elif isinstance(ev, PolicyRemoved):
+                if self.policies.get(ev.policy.key_name) == ev.policy:
+                    del self.policies[ev.policy.key_name]
+                impact.policy = True
+            elif isinstance(ev, NamespaceAdded):
+                self.namespaces[ev.namespace.name] = ev.namespace
+            elif isinstance(ev, NamespaceRemoved) and self.namespaces.get(ev.namespace.name) == ev.namespace:
+                del self.namespaces[ev.namespace.name]
+            if not isinstance(ev, LivenessAdded | LivenessRemoved | ServiceAdded | ServiceRemoved
+                              | VxflowConfigChanged):  # fmt: skip
+                self._policy_changed(impact)
         self._judge(judge, impact)
         if impact.flushes:  # a removed backend that the same batch adds back keeps its entries
             impact.flushes = [f for f in impact.flushes if not self._serves(f)]

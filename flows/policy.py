@@ -1,37 +1,43 @@
 """NetworkPolicy in a switch's flows: the policy stage of flows/compiler.py's pipeline (pure).
 
 Antrea's realisation (docs/design/ovs-pipeline.md in antrea-io/antrea), fitted
-into vxflow's tables. Only a switch holding a pod that some policy isolates (a
-*guarded* pod, in either direction) gets any of these flows: without policy a
-switch holds, and a packet hits, exactly what it did before.
+into vxflow's tables. Only a switch holding a pod that some policy isolates gets
+any of these flows: without policy a switch holds, and a packet hits, exactly
+what it did before.
 
-- Hooks, per guarded pod (cookie POLICY, key 0):
+- Hooks, per pod isolated in a direction (cookie POLICY, key 0):
   ROUTE (20), priority 150: IPv4 from the pod, reg2 = 0 -> ct(POLICY_ZONE) ->
   POL_EGRESS. Below the VIP flows (200): a connection to a service is judged
   after DNAT, on the backend's address and TargetPort. Above the routes (100).
   LOCAL (30), priority 210: IPv4 to the pod, reg3 = 0 -> ct(POLICY_ZONE) ->
   POL_INGRESS. Above the services' reply hook (200): a backend's reply is
-  looked up while it still is backend -> client, as the zone knows it.
-- POL_EGRESS (50) and POL_INGRESS (51), each for the packets of its hook:
-  established or related (300): pass. A pod's packet to itself (250; loopback
-  is never judged) and, into a pod, anything from the gateway port (250: the
-  node's own traffic, such as kubelet's probes): pass new. A guarded pod not
-  isolated in this direction (200): pass new, committed so that the replies of
-  its connections pass its other direction. A rule: conjunctive clauses (100)
-  of the pods it isolates, its peers and its ports, and one flow per rule
-  matching its conj_id (190, cookie POLICY|conj_id: its n_packets count the
-  connections the rule allowed): pass new; a clause that matches everything is
-  left out, so a rule costs |pods| + |peers| + |ports| flows, and a rule of
-  one clause (no peers, no ports) is a flow per pod (180). The pod's default
-  drop (10, cookie POLICY_DROP|pod IP: its n_packets count the denied packets).
-- Pass: reg2 (egress) or reg3 (ingress) = 1, so the packet takes its hook only
+  looked up while it still is backend -> client, as the zone knows it. Below
+  the hairpin flow (220): a pod reaching itself through a VIP is not judged.
+- Commit hooks, one per direction (145 in ROUTE: from the node's subnet; 205 in
+  LOCAL: into it): every other connection of the node's pods is committed to
+  POLICY_ZONE unjudged, so that the replies of a pod isolated the other way
+  are known as replies.
+- POL_EGRESS (50) and POL_INGRESS (51), for a packet out of a pod's hook:
+  established or related (300): pass. A pod's packet to itself (250, egress)
+  and, into a pod, anything from the gateway port (250: the node's own
+  traffic, such as kubelet's probes): pass new. A rule: conjunctive clauses
+  (100) of the pods it isolates, its peers and its ports, and one flow per
+  rule matching its conj_id (190, cookie POLICY|conj_id: its n_packets count
+  the connections the rule allowed): pass new; a clause that matches
+  everything is left out, so a rule costs |pods| + |peers| + |ports| flows,
+  and a rule of one clause (no peers, no ports) is a flow per pod (180). The
+  pod's default drop (10, cookie POLICY_DROP|pod IP: its n_packets count the
+  denied packets).
+- Pass: reg2 (egress) or reg3 (ingress) = 1, so the packet takes a hook only
   once; ct_clear, so the service flows behind see the packet as they do without
   policy (the reply hook looks for untracked packets); resubmit to ROUTE or
   LOCAL. Pass new commits the connection first.
 
 Only new connections are judged: a connection once allowed stays established
 in POLICY_ZONE whatever policy changes later, until it ends (conntrack's own
-timeouts); a policy change only judges the connections opened after it.
+timeouts); a policy change only judges the connections opened after it. A
+connection opened before its pod's switch had any policy flow is not in the
+zone: its packets are judged one by one, as if each opened it.
 Named ports resolve per destination pod: the pods (ingress) or peers (egress)
 that resolve a rule's names alike share one conjunction. An ipBlock's except
 is subtracted from its cidr (the rest as disjoint networks).
