@@ -6,11 +6,11 @@ any of these flows: without policy a switch holds, and a packet hits, exactly
 what it did before.
 
 - Hooks, per pod isolated in a direction (cookie POLICY, key 0):
-  ROUTE (20), priority 150: IPv4 from the pod, reg2 = 0 -> ct(POLICY_ZONE) ->
-  POL_EGRESS. Below the VIP flows (200): a connection to a service is judged
+  ROUTE (20), priority 150: IPv4 from the pod, reg2 = 0 -> reg4 = the stage's
+  digest (GENERATION), ct(POLICY_ZONE) -> POL_EGRESS. Below the VIP flows (200): a connection to a service is judged
   after DNAT, on the backend's address and TargetPort. Above the routes (100).
-  LOCAL (30), priority 210: IPv4 to the pod, reg3 = 0 -> ct(POLICY_ZONE) ->
-  POL_INGRESS. Above the services' reply hook (200): a backend's reply is
+  LOCAL (30), priority 210: IPv4 to the pod, reg3 = 0 -> the same digest,
+  ct(POLICY_ZONE) -> POL_INGRESS. Above the services' reply hook (200): a backend's reply is
   looked up while it still is backend -> client, as the zone knows it. Below
   the hairpin flow (220): a pod reaching itself through a VIP is not judged.
 - Commit hooks, one per direction (145 in ROUTE: from the node's subnet; 205 in
@@ -88,6 +88,12 @@ PRIO_DROP = 10
 PRIO_MISS = 0
 
 POLICY_COOKIE = cookie_for(Owner.POLICY, 0)
+# The hooks load a digest of the stage into this register before conntrack recirculates the
+# packet: a register is part of the state a recirculation resumes from, so a changed stage
+# resumes under a new recirculation id, and no datapath flow cached for the old one (Open
+# vSwitch's userspace datapath was seen to keep such a flow, stale, across table changes)
+# is ever hit again.
+GENERATION = "reg4"
 IP_PROTO = {"TCP": 6, "UDP": 17}
 
 
@@ -309,13 +315,13 @@ class _Compiler:
         if not guarded:
             return self.table
         flows = self.table.flows
+        hooks: list[tuple[Stage, dict]] = []
         for stage in STAGES:
             flows += _stage_plumbing(stage, subnet)
             isolated = [p for p in guarded if isolating[stage.direction, p.ip]]
             for p in isolated:
                 match = {"eth_type": ETH_TYPE_IP, stage.pod_field: p.ip}
-                flows.append(flow(stage.hook_table, stage.hook_priority, {**match, stage.done: 0},
-                                  [ct(POLICY_ZONE, stage.table)], POLICY_COOKIE))  # fmt: skip
+                hooks.append((stage, {**match, stage.done: 0}))
                 flows.append(flow(stage.table, PRIO_DROP, match, (), drop_cookie(p.ip)))
                 if stage is EGRESS_STAGE:  # (into a pod, the hairpin flow goes first)
                     flows.append(flow(stage.table, PRIO_ALWAYS, {**match, "ip_dst": p.ip},
@@ -328,6 +334,10 @@ class _Compiler:
         flows += self.direct.values()
         flows += [Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE)
                   for (table, match), actions in self.clauses.items()]  # fmt: skip
+        generation = zlib.crc32("\n".join(sorted(map(repr, flows))).encode())
+        flows += [flow(stage.hook_table, stage.hook_priority, match,
+                       [set_field(GENERATION, generation), ct(POLICY_ZONE, stage.table)],
+                       POLICY_COOKIE) for stage, match in hooks]  # fmt: skip
         return self.table
 
     def _rules(self, stage: Stage, isolated: list[Pod], isolating: dict) -> None:
