@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from flows.flow import Table
-from flows.policy import POLICY_ZONE
+from flows.policy import POLICY_ZONE, drop_cookie
 from leases.policy import NAME_LABEL, policy_to_json
 from leases.registry import Registry
 from tests.emulation import emulated_cluster
@@ -184,10 +184,8 @@ class Netpol:
                  f"unix:{node.ovs.mgmt_socket('br-int')}", *self.cluster.etcd_flags()],
                 capture_output=True, text=True, timeout=30,
             )  # fmt: skip
-            held = [node.ovs.ofctl("-O", "OpenFlow14", "dump-flows", "br-int", f"table={t}")
-                    for t in (Table.POL_EGRESS, Table.POL_INGRESS)]  # fmt: skip
             return (f"\n\n{src} -> {dst} {port}/{proto}: {node.name}'s switch against etcd "
-                    f"(exit {diff.returncode}):\n{diff.stdout}{diff.stderr}\n" + "".join(held))
+                    f"(exit {diff.returncode}):\n{diff.stdout}{diff.stderr}\n" + _stage(node))
         return ""
 
 
@@ -348,3 +346,36 @@ def test_trace_names_the_rule_that_allows_and_the_isolation_that_drops(netpol: N
                                          "connection")  # fmt: skip
     text = trace(cluster, ips["y/b"], ips["x/a"], *tcp80).stdout
     assert "(network policy: ingress of pod x/a is isolated by x/x-a-allows-x-b" in text
+
+
+def test_a_policy_written_behind_vxflows_back_is_rejected_listed_and_yields_no_flow(netpol: Netpol) -> None:
+    """Labels that are not strings, in a value put straight into etcd: `vxflow status` lists
+    the rejection, and no switch holds a policy flow for it."""
+    netpol.apply(Step([], {}))
+    bad = make_policy("x", "bad", {"matchLabels": {"pod": "a"}}, ingress=[])
+    value = json.loads(policy_to_json(bad))
+    value["spec"]["podSelector"]["matchLabels"]["pod"] = 7
+    key = netpol.registry.keys.policy("x", "bad")
+    netpol.registry.etcd.put(key, json.dumps(value))
+    try:
+        res = subprocess.run([VXFLOW, "status", "-o", "json", *netpol.cluster.etcd_flags()],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        rejected = [r for r in json.loads(res.stdout)["rejected"] if r["key"] == key]
+        assert res.returncode == 1 and len(rejected) == 1, res.stdout
+        assert "is not a string" in rejected[0]["detail"]
+        # a valid policy written after it (z's pods isolated) marks when the bad one would
+        # have been applied: once z/a's drop is on its switch, x/a must have none
+        netpol.apply(Step([make_policy("z", "deny", {}, ingress=[])], {}))
+        node = netpol.node_of["z/a"]
+        deadline = time.monotonic() + SETTLE
+        while f"cookie={drop_cookie(netpol.pods['z/a'].addr):#x}," not in (held := _stage(node)):
+            assert time.monotonic() < deadline, held
+        assert f"cookie={drop_cookie(netpol.pods['x/a'].addr):#x}," not in held
+        assert f"cookie={drop_cookie(netpol.pods['x/b'].addr):#x}," not in _stage(netpol.node_of["x/b"])
+    finally:
+        netpol.registry.etcd.delete(key)
+
+
+def _stage(node) -> str:
+    return "".join(node.ovs.ofctl("-O", "OpenFlow14", "dump-flows", "br-int", f"table={t}")
+                   for t in (Table.POL_EGRESS, Table.POL_INGRESS))  # fmt: skip
