@@ -26,6 +26,9 @@ nothing goes to the controller):
 - LOCAL (30): exact /32 per pod (MACs rewritten, as a router would) and the
   gateway address -> gateway port.
 
+- POL_EGRESS (50), POL_INGRESS (51): network policy, hooked into ROUTE and
+  LOCAL, only on a switch with a pod some policy isolates (flows/policy.py).
+
 TTL: decremented once per overlay crossing, on the way into the tunnel only.
 """
 
