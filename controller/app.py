@@ -293,6 +293,7 @@ class VxflowController(app_manager.OSKenApp):
 
     def start(self):
         thread = super().start()
+        metrics.POLICY_DENIED.source = self._policy_denied
         self.threads.append(hub.spawn(self._handle_inbox))
         if self._reader is not None:
             self.threads += [hub.spawn(self._reader.run), hub.spawn(self._reader.reap)]
@@ -327,6 +328,11 @@ class VxflowController(app_manager.OSKenApp):
         log.info("serving metrics on http://%s:%d/metrics and the status page on /status",
                  host, bound)  # fmt: skip
         return server
+
+    def _policy_denied(self):
+        """Every connected switch's policy drop counts, for the metric."""
+        for sync in list(self.switches.values()):
+            yield from self.model.denied(sync.node, sync.policy_drops)
 
     def stop(self):
         """A clean stop (Ctrl-C, SIGTERM under `vxflow controller`): leave the cluster first,
@@ -364,7 +370,8 @@ class VxflowController(app_manager.OSKenApp):
                 model.connected = {sync.node for sync in self.switches.values()}
                 impact = model.load(snapshot.config, snapshot.leases, snapshot.endpoints, _yield,
                                     snapshot.vxflow, snapshot.services, snapshot.alive(),
-                                    snapshot.readiness)  # fmt: skip
+                                    snapshot.readiness, snapshot.policies,
+                                    snapshot.namespaces)  # fmt: skip
                 self.model = model
                 now = {sync.node for sync in self.switches.values()}
                 for node in now ^ model.connected:  # switches that came or went while it loaded

@@ -159,7 +159,8 @@ def _desired(etcd: dict[str, Any], node: IPv4Address):
         click.echo(f"# {node} holds no valid lease: only the table-miss drops", err=True)
     unready = snap.unready()  # the health checks' verdicts (a DOWN node needs the switches)
     plan = service_plan(snap.vxflow, (ready_only(s, unready) for s in snap.services))
-    return compile_table(config, snap.leases, snap.endpoints, node, plan)
+    return compile_table(config, snap.leases, snap.endpoints, node, plan, snap.policies,
+                         snap.namespaces)
 
 
 def _ordered(flows):

@@ -7,7 +7,11 @@ work per lease event across 50 switches.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 FLOW_MODS = Counter(
     "vxflow_controller_flow_mods",
@@ -166,3 +170,35 @@ WRITES_FENCED = Counter(
 )
 
 ROLE_CHANGES = {role: ROLE_REPLIES.labels(name) for role, name in ((1, "equal"), (2, "master"), (3, "slave"))}
+
+
+# -- network policy (flows/policy.py) ------------------------------------------------------
+
+DeniedCount = tuple[tuple[str, str, str], int]  # (namespace, policies, direction), packets
+
+
+class PolicyDenied:
+    """vxflow_policy_denied_packets_total, rolled up at each scrape from the packet counts of
+    the policy stage's default drops, as each switch's last readback (an audit) found them."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[DeniedCount]] = lambda: ()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "vxflow_policy_denied_packets",
+            "packets network policy dropped (new connections no rule allows), by the isolated "
+            "pod's namespace, the policies isolating it (comma-separated) and the direction; "
+            "as of each switch's last audit",
+            labels=["namespace", "policy", "direction"],
+        )
+        totals: Tally[tuple[str, str, str]] = Tally()
+        for labels, packets in self.source():
+            totals[labels] += packets
+        for labels, packets in sorted(totals.items()):
+            family.add_metric(list(labels), packets)
+        yield family
+
+
+POLICY_DENIED = PolicyDenied()
+REGISTRY.register(POLICY_DENIED)

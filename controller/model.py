@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -40,9 +40,10 @@ from flows.compiler import (
     route_row,
     subnet_cookie,
 )
-from flows.flow import Flow, Owner, owner_of
+from flows.flow import Flow, Owner, Table, owner_of
 from flows.groups import Group, group_cookie
 from flows.ipv6 import dual_stack, endpoint_v6_flows, lease_v6_flows
+from flows.policy import PolicyTable, policy_table
 from flows.services import (
     NET_COOKIE,
     Flush,
@@ -70,6 +71,10 @@ from leases.events import (
     LeaseRemoved,
     LivenessAdded,
     LivenessRemoved,
+    NamespaceAdded,
+    NamespaceRemoved,
+    PolicyAdded,
+    PolicyRemoved,
     ReadinessAdded,
     ReadinessRemoved,
     ServiceAdded,
@@ -79,6 +84,7 @@ from leases.events import (
 from leases.health import ready_only, unready_by_service, unready_of
 from leases.liveness import node_down
 from leases.model import Endpoint, Lease, NetworkConfig, Readiness, Service, VxflowConfig
+from leases.policy import EGRESS, INGRESS, Namespace, NetworkPolicy
 from leases.state import PAUSE_EVERY
 
 log = logging.getLogger(__name__)
@@ -117,6 +123,7 @@ class Scope:
 
 FULL = Scope(full=True)
 NOTHING = Scope()
+POLICY_OWNERS = frozenset({Owner.POLICY, Owner.POLICY_DROP})
 
 
 @dataclass
@@ -130,6 +137,7 @@ class Impact:
     endpoint_nodes: set[IPv4Network] = field(default_factory=set)
     service_cookies: set[int] = field(default_factory=set)  # service ports, reply hooks
     flushes: list[Flush] = field(default_factory=list)  # removed UDP backends, every switch
+    policy: bool = False  # every switch's policy flows (flows/policy.py) may have changed
     _cookies: frozenset[int] | None = field(default=None, repr=False, compare=False)
 
     def scope_for(self, node: IPv4Address, own_subnet: IPv4Network | None) -> Scope:
@@ -141,6 +149,8 @@ class Impact:
             self._cookies = frozenset(subnet_cookie(s) for s in self.lease_subnets)
             self._cookies |= self.service_cookies
         owners = frozenset({Owner.ENDPOINT}) if own_subnet in self.endpoint_nodes else frozenset()
+        if self.policy:
+            owners |= POLICY_OWNERS
         return Scope(False, self._cookies, owners)
 
 
@@ -179,6 +189,12 @@ class ClusterModel:
         # by service (only services with one)
         self._readiness: dict[str, dict[str, Readiness]] = {}
         self.unready: dict[str, frozenset[IPv4Address]] = {}
+        # network policy: the accepted policies (by namespace/name) and labelled namespaces,
+        # and each switch's compiled policy stage, until any of its inputs changes
+        self.policies: dict[str, NetworkPolicy] = {}
+        self.namespaces: dict[str, Namespace] = {}
+        self._policy_tables: dict[IPv4Address, PolicyTable] = {}
+        self._everyone: list[Endpoint] | None = None
 
     # -- queries --------------------------------------------------------------
 
@@ -248,6 +264,40 @@ class ClusterModel:
             self._replies = {reply_cookie(p): p for p in reply_ports(self._plan.services).values()}
         return self._plan
 
+    def policy_table(self, node: IPv4Address) -> PolicyTable:
+        """`node`'s policy stage (empty when no policy isolates a pod of it)."""
+        table = self._policy_tables.get(node)
+        if table is None:
+            own = self.own_lease(node)
+            if not self.policies or own is None:
+                table = PolicyTable()
+            else:
+                if self._everyone is None:
+                    self._everyone = [e for lease in self.leases() for e in self.endpoints_of(lease)]
+                table = policy_table(sorted(self.policies.values(), key=lambda p: p.key_name),
+                                     self.namespaces.values(), self._everyone,
+                                     self.endpoints_of(own), own.subnet)  # fmt: skip
+            self._policy_tables[node] = table
+        return table
+
+    def denied(self, node: IPv4Address, drops: dict[tuple[int, int], int]) -> Iterator[tuple]:
+        """`node`'s policy drop counts (by (table, cookie)) as the metric's
+        ((namespace, policies, direction), packets); drops of flows no longer desired are left
+        out."""
+        isolated = self.policy_table(node).isolated
+        for (table, cookie), packets in drops.items():
+            direction = EGRESS if table == Table.POL_EGRESS else INGRESS
+            iso = isolated.get((direction, IPv4Address(cookie & 0xFFFFFFFF)))
+            if iso is not None:
+                namespace = iso.pod.split("/")[0]
+                yield (namespace, ",".join(iso.policies), direction.lower()), packets
+
+    def _policy_changed(self, impact: Impact) -> None:
+        """Something policy flows are made of changed: every switch's are compiled anew."""
+        self._policy_tables, self._everyone = {}, None
+        if self.policies:
+            impact.policy = True
+
     def down_nodes(self) -> dict[IPv4Address, IPv4Network]:
         """The nodes DOWN now (PublicIP -> lease subnet)."""
         return {ip: subnet for subnet, ip in self._down.items()}
@@ -281,7 +331,9 @@ class ClusterModel:
         if scope.full:
             leases, rows = self._selection()
             v6 = self._v6_selection() if six else None
-            return node_table(self.config, leases, self.endpoints_of(own), own, rows, plan, v6)
+            table = node_table(self.config, leases, self.endpoints_of(own), own, rows, plan, v6)
+            table.flows.extend(self.policy_table(node).flows)
+            return table
         flows: list[Flow] = []
         if Owner.BASE in scope.owners:
             flows += base_flows(self.config, own)
@@ -308,6 +360,8 @@ class ClusterModel:
         groups: list[Group] = []
         if plan is not None:
             flows += self._service_flows(own, plan, scope, groups)
+        if scope.owners & POLICY_OWNERS:
+            flows += self.policy_table(node).flows
         return NodeTable(flows, routes, groups)
 
     def _service_flows(
@@ -377,11 +431,14 @@ class ClusterModel:
         services: Iterable[Service] | None = None,
         alive: Iterable[IPv4Address] | None = None,
         readiness: Iterable[Readiness] | None = None,
+        policies: Iterable[NetworkPolicy] | None = None,
+        namespaces: Iterable[Namespace] | None = None,
     ) -> Impact:
         """Replace everything (first snapshot, config change); `pause` is called every
         PAUSE_EVERY leases, so a cooperative caller can yield during a large load.
-        The services, vxflow's config, the liveness records and the health-check verdicts
-        are kept unless given; `connected` (the app's switches) is always kept."""
+        The services, vxflow's config, the liveness records, the health-check verdicts, the
+        policies and the namespaces are kept unless given; `connected` (the app's switches)
+        is always kept."""
         self.config = config
         if config is not None and not self._ipv6_noted and (notice := ipv6_notice(config)):
             log.warning("%s", notice)
@@ -398,6 +455,11 @@ class ClusterModel:
                 self._readiness.setdefault(r.service, {})[r.key_name] = r
             self.unready = {}
             self._count_unready(self._readiness)
+        if policies is not None:
+            self.policies = {p.key_name: p for p in policies}
+        if namespaces is not None:
+            self.namespaces = {ns.name: ns for ns in namespaces}
+        self._policy_tables, self._everyone = {}, None
         self._plan = None
         self._changed()
         self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
@@ -470,6 +532,21 @@ class ClusterModel:
                 impact.all_nodes = True
             elif isinstance(ev, ServiceAdded | ServiceRemoved):
                 self._apply_service(ev, impact)
+            elif isinstance(ev, PolicyAdded):
+                self.policies[ev.policy.key_name] = ev.policy
+                impact.policy = True
+            elif isinstance(ev, PolicyRemoved):
+                if self.policies.get(ev.policy.key_name) == ev.policy:
+                    del self.policies[ev.policy.key_name]
+                impact.policy = True
+            elif isinstance(ev, NamespaceAdded):
+                self.namespaces[ev.namespace.name] = ev.namespace
+            elif isinstance(ev, NamespaceRemoved) and self.namespaces.get(ev.namespace.name) == ev.namespace:
+                del self.namespaces[ev.namespace.name]
+            if not isinstance(ev, LivenessAdded | LivenessRemoved | ReadinessAdded
+                              | ReadinessRemoved | ServiceAdded | ServiceRemoved
+                              | VxflowConfigChanged):  # fmt: skip
+                self._policy_changed(impact)
         self._judge(judge, impact)
         if verdicts:
             self._take_verdicts(verdicts, impact)

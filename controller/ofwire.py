@@ -67,8 +67,10 @@ NXAST_REG_MOVE = 6
 NXAST_MULTIPATH = 10
 NXAST_RESUBMIT_TABLE = 14
 NXAST_LEARN = 16
+NXAST_CONJUNCTION = 34
 NXAST_CT = 35
 NXAST_NAT = 36
+NXAST_CT_CLEAR = 43
 NX_CT_F_COMMIT = 1
 NX_CT_RECIRC_NONE = 0xFF
 NX_NAT_F_SRC, NX_NAT_F_DST = 1, 2
@@ -125,6 +127,10 @@ FIELDS = {
         _Field("tun_id", OFB, 38, 8, "int"),
         _Field("reg0", NXM1, 0, 4, "int"),
         _Field("reg1", NXM1, 1, 4, "int"),
+        _Field("reg2", NXM1, 2, 4, "int"),
+        _Field("reg3", NXM1, 3, 4, "int"),
+        _Field("reg4", NXM1, 4, 4, "int"),
+        _Field("conj_id", NXM1, 37, 4, "int"),
         _Field("tun_src", NXM1, 31, 4, "ip"),
         _Field("tun_dst", NXM1, 32, 4, "ip"),
         _Field("ct_state", NXM1, 105, 4, "int"),
@@ -269,6 +275,7 @@ _SHAPES = {
     "ct": lambda a: (*a[:4], _nat_shape(a[4])),
     "learn": lambda a: ("learn", a[5], a[6]),
     "multipath": lambda a: ("multipath", a[1], a[3], a[5]),
+    "conjunction": lambda a: ("conjunction",),
 }
 
 
@@ -319,6 +326,11 @@ def action_layout(lay: _Layout, actions: tuple, base: str) -> None:
             lay.put("HHIHHH2xHHI2xHI", OFPAT_EXPERIMENTER, 32, NX_VENDOR_ID, NXAST_MULTIPATH,
                     NX_HASH_FIELDS[action[1]], f"{a}[2]", NX_MP_ALGORITHMS[action[3]],
                     f"{a}[4] - 1", 0, dst.size * 8 - 1, dst.header())  # fmt: skip
+        elif kind == "conjunction":  # the wire counts clauses from 0
+            lay.put("HHIHBBI", OFPAT_EXPERIMENTER, 16, NX_VENDOR_ID, NXAST_CONJUNCTION,
+                    f"{a}[2] - 1", f"{a}[3]", f"{a}[1]")  # fmt: skip
+        elif kind == "ct_clear":
+            lay.put("HHIH6x", OFPAT_EXPERIMENTER, 16, NX_VENDOR_ID, NXAST_CT_CLEAR)
         else:
             raise ValueError(f"cannot encode action {action!r}")
 
@@ -617,7 +629,7 @@ def _decode_masked(field: _Field, raw: bytes, mask: bytes) -> Value | tuple:
             network = IPv4Network if field.kind == "ip" else IPv6Network
             net = network((int.from_bytes(raw, "big"), prefix), strict=False)
             return net.network_address if prefix == width else net
-    if field.name == "ct_state":
+    if field.kind == "int":  # ct_state's flags, a port range's block
         return Masked(int.from_bytes(raw, "big"), int.from_bytes(mask, "big"))
     return ("masked", raw.hex(), mask.hex())
 
@@ -712,6 +724,15 @@ def _decode_ct(body: bytes) -> tuple | None:
     return ("ct", bool(flags & NX_CT_F_COMMIT), zone, None if table == NX_CT_RECIRC_NONE else table, nat)
 
 
+def _decode_conjunction(body: bytes) -> tuple | None:
+    clause, n_clauses, conj_id = struct.unpack_from("!BBI", body, 10)
+    return ("conjunction", conj_id, clause + 1, n_clauses) if len(body) == 16 else None
+
+
+def _decode_ct_clear(body: bytes) -> tuple | None:
+    return ("ct_clear",) if len(body) == 16 else None
+
+
 _LEARN_LEN = _pad8(32 + 2 * 10 + 3 * 14 + 12)  # header, 2 immediate matches, 3 copies, 1 load
 _LEARN_PORTS = {_NXM_HEADER[n]: n for n in ("tcp_src", "tcp_dst", "udp_src", "udp_dst")}
 
@@ -771,6 +792,8 @@ _NX_ACTIONS = {
     NXAST_MULTIPATH: _decode_multipath,
     NXAST_RESUBMIT_TABLE: _decode_resubmit,
     NXAST_CT: _decode_ct,
+    NXAST_CONJUNCTION: _decode_conjunction,
+    NXAST_CT_CLEAR: _decode_ct_clear,
     NXAST_LEARN: _decode_learn,
 }
 
@@ -824,13 +847,19 @@ def decode_error(msg: bytes) -> tuple[int, int, bytes]:
     return err_type, code, msg[OFP_HEADER_SIZE + _ERROR.size :]
 
 
-def decode_flow_stats(body: bytes) -> Iterable[Flow]:
-    """Entries of one OFPMP_FLOW reply body (after the multipart header)."""
+_POLICY_DROP = cookie_for(Owner.POLICY_DROP) >> 32
+
+
+def decode_flow_stats(body: bytes, drops: dict[tuple[int, int], int] | None = None) -> Iterable[Flow]:
+    """Entries of one OFPMP_FLOW reply body (after the multipart header); the packet
+    counts of the policy stage's default drops go into `drops` by (table, cookie)."""
     pos = 0
     while pos + _FLOW_STATS.size <= len(body):
-        length, table, _sec, _nsec, priority, _idle, _hard, _flags, _imp, cookie, _p, _b = (
+        length, table, _sec, _nsec, priority, _idle, _hard, _flags, _imp, cookie, packets, _b = (
             _FLOW_STATS.unpack_from(body, pos)
         )
+        if drops is not None and cookie >> 32 == _POLICY_DROP:
+            drops[table, cookie] = packets
         if length < _FLOW_STATS.size:  # (wirecheck refuses these before they get here)
             return
         mpos = pos + _FLOW_STATS.size

@@ -168,6 +168,9 @@ class SwitchSync:
     _readback_reason: str = "connect"
     _read_xid: int = -1
     _read: list[Flow] = field(default_factory=list)
+    # packets each policy default drop counted (table, cookie), as the last readback found
+    policy_drops: dict[tuple[int, int], int] = field(default_factory=dict)
+    _drops_read: dict[tuple[int, int], int] = field(default_factory=dict)
     _group_read_xid: int = -1
     _group_read: list[Group] | None = None  # None once the group desc reply is complete
     readback_limits: tuple[int, int] = (MAX_READBACK_FLOWS, MAX_READBACK_GROUPS)
@@ -327,7 +330,8 @@ class SwitchSync:
         if self.state is not State.READING or xid != self._read_xid:
             return
         # affinity entries the switch learned itself are its own: never compared
-        self._read.extend(f for f in ofwire.decode_flow_stats(body) if not is_learned(f))
+        self._read.extend(f for f in ofwire.decode_flow_stats(body, self._drops_read)
+                          if not is_learned(f))  # fmt: skip
         if len(self._read) > self.readback_limits[0]:
             self._abandon_readback("too_large", f"more than {self.readback_limits[0]:,} flows")
             return
@@ -355,7 +359,7 @@ class SwitchSync:
         metrics.READBACKS_ABANDONED.labels(why).inc()
         log.error("switch %s: readback given up: %s", self.node, what)
         self.last_error = f"readback given up: {what}"
-        self._read, self._group_read = [], None
+        self._read, self._group_read, self._drops_read = [], None, {}
         self._read_xid = self._group_read_xid = -1
         self.state = State.IDLE
         self._retry_later()
@@ -379,6 +383,7 @@ class SwitchSync:
             return  # demoted meanwhile: the next mastership reads back anew
         self.installed = fresh
         self.table_known = True
+        self.policy_drops, self._drops_read = self._drops_read, {}
         self.state = State.IDLE
         # what a readback for an audit (or after a paused monitor) finds wrong is drift,
         # but for the changes asked for meanwhile (still pending): those were never sent
@@ -591,7 +596,7 @@ class SwitchSync:
     def _start_readback(self) -> None:
         metrics.SYNCS.labels(self._readback_reason).inc()
         self.state = State.READING
-        self._read, self._group_read = [], []
+        self._read, self._group_read, self._drops_read = [], [], {}
         self._read_xid = xid = self.channel.xids(2)
         self._group_read_xid = xid + 1
         self.later(READBACK_TIMEOUT, lambda: self._readback_overdue(xid))

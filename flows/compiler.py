@@ -26,6 +26,9 @@ nothing goes to the controller):
 - LOCAL (30): exact /32 per pod (MACs rewritten, as a router would) and the
   gateway address -> gateway port.
 
+- POL_EGRESS (50), POL_INGRESS (51): network policy, hooked into ROUTE and
+  LOCAL, only on a switch with a pod some policy isolates (flows/policy.py).
+
 TTL: decremented once per overlay crossing, on the way into the tunnel only.
 
 Dual stack (config EnableIPv6 and a lease with an IPv6 half): the same tables
@@ -59,6 +62,7 @@ from flows.flow import (
     ARP_REQUEST,
     ETH_TYPE_ARP,
     ETH_TYPE_IP,
+    POLICY_TABLES,
     Action,
     Flow,
     Owner,
@@ -79,10 +83,12 @@ from flows.ipv6 import (
     lease_v6_flows,
     select_v6,
 )
+from flows.policy import policy_table
 from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, gateway_mac, vtep_mac_for
 from flows.services import ServicePlan, hairpin_flow, plan_flows, plan_groups
 from flows.validate import select_endpoints, select_leases
 from leases.model import Endpoint, Lease, NetworkConfig
+from leases.policy import Namespace, NetworkPolicy
 
 
 def subnet_cookie(subnet: IPv4Network) -> int:
@@ -110,7 +116,7 @@ def endpoint_cookie(endpoint: Endpoint) -> int:
 
 def miss_flows() -> list[Flow]:
     """Table-miss drop in every table: all a switch without a valid lease gets."""
-    return [flow(t, PRIO_MISS, {}, (), BASE_COOKIE) for t in Table]
+    return [flow(t, PRIO_MISS, {}, (), BASE_COOKIE) for t in Table if t not in POLICY_TABLES]
 
 
 def base_flows(config: NetworkConfig, own: Lease | None) -> list[Flow]:
@@ -358,13 +364,15 @@ def compile_node(
     endpoints: Iterable[Endpoint],
     node: IPv4Address,
     services: ServicePlan | None = None,
+    policies: Sequence[NetworkPolicy] = (),
+    namespaces: Iterable[Namespace] = (),
 ) -> frozenset[Flow]:
     """The exact flow table of the node whose PublicIP is `node`.
 
     Invalid or conflicting leases and endpoints contribute nothing; a node with
     no accepted lease gets only the table-miss drops.
     """
-    return frozenset(compile_table(config, leases, endpoints, node, services))
+    return frozenset(compile_table(config, leases, endpoints, node, services, policies, namespaces))
 
 
 def compile_table(
@@ -373,9 +381,17 @@ def compile_table(
     endpoints: Iterable[Endpoint],
     node: IPv4Address,
     services: ServicePlan | None = None,
+    policies: Sequence[NetworkPolicy] = (),
+    namespaces: Iterable[Namespace] = (),
 ) -> NodeTable:
-    """`compile_node` with the groups: the node's whole desired state."""
+    """`compile_node` with the groups: the node's whole desired state (with the policy
+    stage of `policies`, flows/policy.py)."""
     accepted = select_leases(config, leases).accepted
+    endpoints = list(endpoints)
     own = next((lease for lease in accepted if lease.public_ip == node), None)
     own_endpoints = select_endpoints(own, endpoints).accepted
-    return node_table(config, accepted, own_endpoints, own, services=services)
+    table = node_table(config, accepted, own_endpoints, own, services=services)
+    if policies and own is not None:
+        everyone = [e for lease in accepted for e in select_endpoints(lease, endpoints).accepted]
+        table.flows.extend(policy_table(policies, namespaces, everyone, own_endpoints, own.subnet).flows)
+    return table

@@ -16,6 +16,8 @@ from flows.compiler import (
     cookie_subnet,
 )
 from flows.flow import Owner, Table, owner_of
+from flows.policy import PolicyTable
+from leases.policy import EGRESS, INGRESS
 
 
 def owner_text(cookie: int, subnet_len: int) -> str:
@@ -29,7 +31,29 @@ def owner_text(cookie: int, subnet_len: int) -> str:
         return f"lease {subnet}" if subnet else f"not vxflow's (cookie {cookie:#x})"
     if kind is Owner.ENDPOINT:
         return f"endpoint {IPv4Address(key)}"
+    if kind is Owner.POLICY:
+        return f"network policy rule (conj_id {key})" if key else "network policy stage"
+    if kind is Owner.POLICY_DROP:
+        return f"network policy isolation of pod {IPv4Address(key)}"
     return "base pipeline"
+
+
+def policy_text(table: int, cookie: int, policies: PolicyTable) -> str | None:
+    """What a policy flow hit means, by the switch's compiled policy stage: the rule that
+    allowed a connection, or the isolation that dropped it; None for any other flow."""
+    owner = owner_of(cookie)
+    if owner is None:
+        return None
+    kind, key = owner
+    if kind is Owner.POLICY and key in policies.rules:
+        return f"allowed by {policies.rules[key].text()}"
+    if kind is Owner.POLICY_DROP:
+        direction = EGRESS if table == Table.POL_EGRESS else INGRESS
+        iso = policies.isolated.get((direction, IPv4Address(key)))
+        if iso is not None:
+            return (f"network policy: {direction.lower()} of pod {iso.pod} is isolated by "
+                    f"{', '.join(iso.policies)}, and no rule of them allows this connection")  # fmt: skip
+    return None
 
 
 def drop_reason(table: int, priority: int, cookie: int, pod_port: bool) -> str:

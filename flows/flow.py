@@ -33,7 +33,8 @@ Match = tuple[tuple[str, Value], ...]
 # | ("ct", commit, zone, table, nat) | ("group", id) | ("resubmit", table)
 # | ("learn", table, idle_timeout, priority, cookie, ip_proto, port_field, reg1 value)
 # | ("multipath", fields, basis, algorithm, n_links, register)
-# | ("goto_table", table): goto is an instruction and is always last.
+# | ("conjunction", id, clause, n_clauses) (clause counted from 1, as ovs-ofctl writes it)
+# | ("ct_clear",) | ("goto_table", table): goto is an instruction and is always last.
 Action = tuple
 # ct's nat: None (no NAT), () (apply the connection's NAT), or (kind, ip, port) with kind
 # "src" or "dst" and a port of 0 for "keep the port".
@@ -66,6 +67,13 @@ class Table(IntEnum):
     SVC_HAIRPIN_OUT = 44  # services: a hairpinned packet back out of its own port
     SVC_REPLY = 45  # services: a packet from a TargetPort, looked up: a reply is un-DNATed
     SVC_LINK = 46  # services with affinity: the client's hashed link -> its backend
+    POL_EGRESS = 50  # policy: a local pod's new connection, judged by its egress rules
+    POL_INGRESS = 51  # policy: a new connection to a local pod, judged by its ingress rules
+
+
+# Tables only a switch with a policy-isolated pod uses (flows/policy.py): their table-miss
+# drops come with the policy flows, so a cluster without policy holds not one flow more.
+POLICY_TABLES = (Table.POL_EGRESS, Table.POL_INGRESS)
 
 
 class Owner(IntEnum):
@@ -77,6 +85,8 @@ class Owner(IntEnum):
     SERVICE = 4  # one port of a service, its flows and group (key: the group id)
     SERVICE_NET = 5  # the services' plumbing (key 0) and reply hooks (key: proto << 16 | port)
     LEARNED = 6  # client-IP affinity entries the switch learns itself (key: the group id)
+    POLICY = 7  # policy plumbing (key 0) and the rules' flows (key: the rule's conj_id)
+    POLICY_DROP = 8  # a policy-isolated pod's default drop (key: the pod's IP)
 
 
 COOKIE_MAGIC = 0x76  # "v": top byte of every vxflow cookie
@@ -142,9 +152,20 @@ def goto_table(table: int) -> Action:
     return ("goto_table", int(table))
 
 
-def ct(zone: int, table: int, *, commit: bool = False, nat: Nat | None = None) -> Action:
-    """Send through conntrack in `zone`, then continue in `table` (a recirculation)."""
-    return ("ct", commit, zone, int(table), nat)
+def ct(zone: int, table: int | None, *, commit: bool = False, nat: Nat | None = None) -> Action:
+    """Send through conntrack in `zone`, then continue in `table` (a recirculation); `table`
+    None: no recirculation, the packet goes on with the next action (a commit)."""
+    return ("ct", commit, zone, None if table is None else int(table), nat)
+
+
+def ct_clear() -> Action:
+    """Forget the packet's conntrack state (-trk again), so later tables see it untracked."""
+    return ("ct_clear",)
+
+
+def conjunction(conj_id: int, clause: int, n_clauses: int) -> Action:
+    """This flow is clause `clause` (1..n_clauses) of conjunctive match `conj_id`."""
+    return ("conjunction", conj_id, clause, n_clauses)
 
 
 def group(group_id: int) -> Action:
@@ -229,6 +250,10 @@ def _action_text(action: Action) -> str:
     if kind == "multipath":
         _, fields, basis, algorithm, n_links, register = action
         return f"multipath({fields},{basis},{algorithm},{n_links},0,{register}[])"
+    if kind == "conjunction":
+        return f"conjunction({action[1]},{action[2]}/{action[3]})"
+    if kind == "ct_clear":
+        return "ct_clear"
     raise ValueError(f"unknown action {action!r}")
 
 
@@ -241,7 +266,8 @@ _NXM_PORT = {
 def _ct_text(action: Action) -> str:
     _, commit, zone, table, nat = action
     parts = ["commit"] if commit else []
-    parts += [f"table={table}", f"zone={zone}"]
+    parts += [f"table={table}"] if table is not None else []
+    parts.append(f"zone={zone}")
     if nat == ():
         parts.append("nat")
     elif nat is not None:

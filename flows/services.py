@@ -115,7 +115,7 @@ from leases.services import link_count
 SERVICE_ZONE = 7678  # conntrack zone of service connections ("vx")
 HAIRPIN_ZONE = 7679  # conntrack zone of the hairpin SNAT
 PRIO_SERVICE = 200  # VIP dispatch and reply hooks: above the per-owner /24 and /32 flows
-PRIO_HAIRPIN = 110  # a pod's packet to itself: above its /32 delivery
+PRIO_HAIRPIN = 220  # a pod's packet to itself: above its /32 delivery and the policy hook
 PRIO_NEW = 100  # SVC_LB: new connections to one VIP:port; SVC_DNAT: one backend; SVC_LINK
 PRIO_STATE = 10  # SVC_LB: established/related; SVC_DNAT: no affinity entry yet
 PRIO_RANGE = 50  # ROUTE: the unserved rest of the ServiceNetwork, dropped

@@ -16,6 +16,9 @@ tests and B7: run it inside a pod's namespace with `mnexec -a PID python3 minine
                           of stdin and print the line echoed back (until stdin ends)
     from SPORT IP PORT    one TCP connection from source port SPORT (reused at once);
                           print {"answers": {first line: 1}, "failed": 0} or the failure
+    probe TIMEOUT         for each line of stdin (targets IP:PORT/tcp or IP:PORT/udp): a
+                          new connection (or datagram exchange) to each, all at once;
+                          print a JSON list: whether each answered within TIMEOUT s
 """
 
 from __future__ import annotations
@@ -128,6 +131,46 @@ def datagrams(ip: str, port: int, count: int, sport: int) -> dict:
     return {"answers": dict(answers), "failed": failed}
 
 
+def answered(target: str, timeout: float) -> bool:
+    """One new TCP connection (its greeting read) or UDP exchange (sent again every
+    quarter of `timeout` until answered) to IP:PORT/PROTO."""
+    address, _, proto = target.partition("/")
+    ip, _, port = address.rpartition(":")
+    if proto == "tcp":
+        try:
+            with socket.create_connection((ip, int(port)), timeout=timeout) as s:
+                s.settimeout(timeout)
+                return bool(s.makefile("rb").readline())
+        except OSError:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout / 4)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s.sendto(b"?", (ip, int(port)))
+            try:
+                return bool(s.recvfrom(2048)[0])
+            except OSError:
+                pass
+    return False
+
+
+def probe(timeout: float) -> None:
+    for line in sys.stdin:
+        targets = line.split()
+        results = [False] * len(targets)
+
+        def one(i: int, targets: list[str] = targets, results: list[bool] = results) -> None:
+            results[i] = answered(targets[i], timeout)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(targets))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        print(json.dumps(results), flush=True)
+
+
 def hold(ip: str, port: int) -> None:
     with socket.create_connection((ip, port), timeout=5) as s:
         f = s.makefile("rwb")
@@ -151,6 +194,8 @@ def main(argv: list[str]) -> None:
         hold(args[0], int(args[1]))
     elif command == "stream":
         print(json.dumps(stream(args[0], int(args[1]), float(args[2]), float(args[3]))))
+    elif command == "probe":
+        probe(float(args[0]))
     elif command == "udp":
         print(json.dumps(datagrams(args[0], int(args[1]), int(args[2]), int(args[3]))))
     else:

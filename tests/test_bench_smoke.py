@@ -223,3 +223,16 @@ def test_profile_coldstart_and_event_tiny(tmp_path: Path) -> None:
         assert head.startswith(f"# {what}: 4 switches, 30 leases")
     assert "bytes per installed flow" in (tmp_path / "profile_coldstart_4x30.txt").read_text()
     assert "full; longest" in (tmp_path / "profile_event_4x30.txt").read_text()
+
+
+@pytest.mark.integration
+def test_b10_policy_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b10_policy", "-s", "3", "--pods", "30", "--policies", "5",
+                  "--repeat", "3", "--gap", "0", "--rule", "10x10x5")  # fmt: skip
+    rule, run = r["rule"], r["run"]
+    assert rule["rule_flows"] == 10 + 10 + 5 + 1 and rule["cross_product"] == 500
+    assert rule["stage_flows"] > rule["rule_flows"]
+    assert run["switches"] == 3 and run["pods"] == 30 and positive(run["initial_sync_s"])
+    for key in ("policy_to_every_switch_s", "label_to_own_switch_s"):
+        lat = run[key]
+        assert lat["n"] == 3 and 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"] < 30, key

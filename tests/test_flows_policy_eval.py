@@ -16,6 +16,7 @@ their difference. These tables are the oracle of the flows' conformance tests.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Any
@@ -115,11 +116,15 @@ class Step:
     pod_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # added to the pod's
 
 
-def model(step: Step) -> tuple[Evaluator, dict[str, Pod]]:
-    namespaces = [
+def namespaces_of(step: Step) -> list[Namespace]:
+    return [
         Namespace(ns, tuple(sorted({"ns": ns, NAME_LABEL: ns, **step.namespace_labels.get(ns, {})}.items())))
         for ns in NAMESPACES
     ]  # fmt: skip
+
+
+def model(step: Step) -> tuple[Evaluator, dict[str, Pod]]:
+    namespaces = namespaces_of(step)
     pods = {
         name: pod(*name.split("/"), IPS[name], {"pod": name.split("/")[1], **step.pod_labels.get(name, {})}, SERVED)
         for name in PODS
@@ -137,12 +142,17 @@ def _mark(ok: bool) -> str:
     return "." if ok else "X"
 
 
-def report(step: Step) -> str:
-    """Each (port, protocol) whose observed table differs from the expected one, shown."""
+Judge = Callable[[Pod, Pod, int, str], bool]
+
+
+def report(step: Step, judge: Judge | None = None) -> str:
+    """Each (port, protocol) whose observed table differs from the expected one, shown;
+    `judge` observes (default: the evaluator; the compiled flows' tests pass theirs)."""
     evaluator, pods = model(step)
+    allowed = judge or evaluator.allowed
     failures = []
     for (port, proto), expected in step.expect.items():
-        observed = {(s, d): evaluator.allowed(pods[s], pods[d], port, proto) for s in PODS for d in PODS}
+        observed = {(s, d): allowed(pods[s], pods[d], port, proto) for s in PODS for d in PODS}
         wrong = {k for k in observed if k[0] != k[1] and observed[k] != expected.m[k]}  # no loopback
         if wrong:
             failures.append("\n\n".join([

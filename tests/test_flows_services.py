@@ -17,6 +17,7 @@ from flows.groups import Bucket, Group, diff_groups, group_to_ofctl
 from flows.ports import pod_mac, vtep_mac_for
 from flows.services import (
     HAIRPIN_ZONE,
+    PRIO_HAIRPIN,
     SERVICE_ZONE,
     ServicePlan,
     affinity_links,
@@ -100,10 +101,10 @@ def test_every_service_flow_and_group_of_a_node() -> None:
         f"cookie={sticky},table=20,priority=200,{ip},ip_dst=198.20.1.1,ip_proto=6,tcp_dst=443 actions=ct(table=40,zone=7678,nat)",
         f"{c_net},table=20,priority=200,{ip},ip_dst=198.20.255.255 actions=move:eth_src[]->eth_dst[],ct(table=43,zone=7679,nat)",
         f"{c_net},table=20,priority=50,{ip},ip_dst=198.20.0.0/16 actions=drop",
+        f"cookie=0x76030000c61301fe,table=30,priority=220,{ip},in_port=3,ip_dst=198.19.1.254,ip_src=198.19.1.254 actions=set_field:0a:58:c6:13:01:fe->eth_dst,ct(commit,table=44,zone=7679,nat(src=198.20.255.255))",
         f"cookie=0x76050000001114e9,table=30,priority=200,ct_state=-trk,{ip},ip_proto=17,ip_src=198.19.0.0/16,udp_src=5353 actions=ct(table=45,zone=7678)",
         f"cookie=0x7605000000061f90,table=30,priority=200,ct_state=-trk,{ip},ip_proto=6,ip_src=198.19.0.0/16,tcp_src=8080 actions=ct(table=45,zone=7678)",
         f"cookie=0x76050000000620fb,table=30,priority=200,ct_state=-trk,{ip},ip_proto=6,ip_src=198.19.0.0/16,tcp_src=8443 actions=ct(table=45,zone=7678)",
-        f"cookie=0x76030000c61301fe,table=30,priority=110,{ip},in_port=3,ip_dst=198.19.1.254,ip_src=198.19.1.254 actions=set_field:0a:58:c6:13:01:fe->eth_dst,ct(commit,table=44,zone=7679,nat(src=198.20.255.255))",
         f"cookie={web53},table=40,priority=100,ct_state=+new+trk,{ip},ip_dst=198.20.0.10,ip_proto=17,udp_dst=53 actions=group:2561",
         f"cookie={web80},table=40,priority=100,ct_state=+new+trk,{ip},ip_dst=198.20.0.10,ip_proto=6,tcp_dst=80 actions=group:2560",
         f"cookie={empty},table=40,priority=100,ct_state=+new+trk,{ip},ip_dst=198.20.0.11,ip_proto=6,tcp_dst=80 actions=drop",
@@ -150,7 +151,7 @@ def test_weights_are_bucket_weights_and_zones_are_vxflows() -> None:
         ("dst", POD, 8080), ("dst", REMOTE_POD, 8080), ("dst", POD, 5353), ("dst", REMOTE_POD, 5353),
     ]  # fmt: skip
     hairpin = [
-        f for f in compile_node(CONFIG, LEASES, [ENDPOINT], N1, plan(WEB)) if f.priority == 110
+        f for f in compile_node(CONFIG, LEASES, [ENDPOINT], N1, plan(WEB)) if f.priority == PRIO_HAIRPIN
     ]
     assert [f.actions[-1][2] for f in hairpin] == [HAIRPIN_ZONE]
     assert hairpin[0].actions[-1][4] == ("src", hairpin_source(SERVICE_NET), 0)

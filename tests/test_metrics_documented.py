@@ -46,6 +46,9 @@ def defined() -> dict[str, tuple[str, tuple[str, ...], str]]:
             if isinstance(m, MetricWrapperBase) and not m._labelvalues:
                 suffix = "_total" if m._type == "counter" else ""
                 rows[m._name + suffix] = (m._type, tuple(m._labelnames), served)
+            if isinstance(m, controller.metrics.PolicyDenied):  # a collector of its own
+                family = next(m.collect())
+                rows[family.name + "_total"] = (family.type, tuple(family._labelnames), served)
     return rows
 
 

@@ -21,7 +21,8 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import click
 
-from flows.explain import drop_reason, owner_text
+from flows.explain import drop_reason, owner_text, policy_text
+from flows.policy import PolicyTable, policy_table
 from flows.ports import GATEWAY_OFPORT, TUNNEL6_OFPORT, TUNNEL_OFPORT, gateway_mac
 from leases.cli_options import etcd_options, open_registry
 from leases.errors import RegistryError
@@ -91,6 +92,18 @@ class Tracer:
         self.unixctl = unixctl
         self.bridge = bridge
         self.subnet_len = snap.config.subnet_len if snap.config else 32
+        self._policies: dict[IPv4Address, PolicyTable] = {}
+
+    def policies_of(self, lease: Lease) -> PolicyTable:
+        """The node's policy stage as the controller compiles it: what names the rule or
+        isolation behind a policy flow's cookie."""
+        if lease.public_ip not in self._policies:
+            snap = self.snap
+            self._policies[lease.public_ip] = policy_table(
+                snap.policies, snap.namespaces, snap.endpoints, snap.endpoints_of(lease.subnet),
+                lease.subnet,
+            )
+        return self._policies[lease.public_ip]
 
     def _endpoint_at(self, lease: Lease, ofport: int) -> Endpoint | None:
         return next((e for e in self.snap.endpoints_of(lease.subnet) if e.ofport == ofport), None)
@@ -151,6 +164,13 @@ class Tracer:
                       "owner": owner_text(s.cookie, self.subnet_len), "match": s.match,
                       "actions": list(s.actions)} for s in t.steps]  # fmt: skip
         self._outcome(hop, t, lease, pod_port)
+        policies = self.policies_of(lease)
+        notes = [text for s in t.steps if (text := policy_text(s.table, s.cookie, policies))]
+        if notes:  # the rules that allowed it (or the isolation that dropped it)
+            for f, s in zip(hop.flows, t.steps, strict=True):
+                f["policy"] = policy_text(s.table, s.cookie, policies)
+            if hop.result != "dropped":
+                hop.detail += "; " + "; ".join(notes)
         return hop, t
 
     def _outcome(self, hop: Hop, t: BridgeTrace, lease: Lease, pod_port: bool) -> None:
@@ -167,8 +187,9 @@ class Tracer:
         else:
             hop.result = "dropped"
             last = t.steps[-1] if t.steps else None
-            hop.detail = (drop_reason(last.table, last.priority, last.cookie, pod_port)
-                          if last else "no flow matched")  # fmt: skip
+            policy = last and policy_text(last.table, last.cookie, self.policies_of(lease))
+            hop.detail = policy or (drop_reason(last.table, last.priority, last.cookie, pod_port)
+                                    if last else "no flow matched")  # fmt: skip
 
 
 def render(walk: Walk) -> str:
@@ -179,6 +200,8 @@ def render(walk: Walk) -> str:
             actions = ",".join(f["actions"]) or "drop"  # type: ignore[arg-type]
             lines.append(f"  table {f['table']:<3} priority {f['priority']:<4} {f['owner']}: "
                          f"{f['match'] or '*'} -> {actions}")  # fmt: skip
+            if f.get("policy"):
+                lines.append(f"    ({f['policy']})")
         lines.append(f"  {hop.result}: {hop.detail}")
     last = walk.hops[-1] if walk.hops else None
     if walk.delivered:
@@ -226,7 +249,9 @@ def trace(src: IPAddress, dst: IPAddress, unixctl: dict, protocol: str, dport: i
     Each hop runs `ovs-appctl ofproto/trace` on that node's ovs-vswitchd (give
     every node the packet may reach with --ovs): the tables and flows hit, the
     tunnel hop with its tun_dst and VNI, and delivery (to a pod or the host) or
-    the drop with its reason (spoof guard, no lease, no endpoint). Exit status:
+    the drop with its reason (spoof guard, no lease, no endpoint, or the network
+    policy isolation that denies it; a new connection a policy rule allows names
+    that rule). Exit status:
     0 delivered, 1 dropped or stopped, 3 could not trace.
     """
     try:

@@ -1,0 +1,389 @@
+"""NetworkPolicy in a switch's flows: the policy stage of flows/compiler.py's pipeline (pure).
+
+Antrea's realisation (docs/design/ovs-pipeline.md in antrea-io/antrea), fitted
+into vxflow's tables. Only a switch holding a pod that some policy isolates gets
+any of these flows: without policy a switch holds, and a packet hits, exactly
+what it did before.
+
+- Hooks, per pod isolated in a direction (cookie POLICY, key 0):
+  ROUTE (20), priority 150: IPv4 from the pod, reg2 = 0 -> reg4 = the stage's
+  digest (GENERATION), ct(POLICY_ZONE) -> POL_EGRESS. Below the VIP flows (200): a connection to a service is judged
+  after DNAT, on the backend's address and TargetPort. Above the routes (100).
+  LOCAL (30), priority 210: IPv4 to the pod, reg3 = 0 -> the same digest,
+  ct(POLICY_ZONE) -> POL_INGRESS. Above the services' reply hook (200): a backend's reply is
+  looked up while it still is backend -> client, as the zone knows it. Below
+  the hairpin flow (220): a pod reaching itself through a VIP is not judged.
+- Commit hooks, one per direction (145 in ROUTE: from the node's subnet; 205 in
+  LOCAL: into it): every other connection of the node's pods is committed to
+  POLICY_ZONE unjudged, so that the replies of a pod isolated the other way
+  are known as replies.
+- POL_EGRESS (50) and POL_INGRESS (51), for a packet out of a pod's hook:
+  established or related (300): pass. A pod's packet to itself (250, egress)
+  and, into a pod, anything from the gateway port (250: the node's own
+  traffic, such as kubelet's probes): pass new. A rule: conjunctive clauses
+  (100) of the pods it isolates, its peers and its ports, and one flow per
+  rule matching its conj_id (190, cookie POLICY|conj_id: its n_packets count
+  the connections the rule allowed): pass new; a clause that matches
+  everything is left out, so a rule costs |pods| + |peers| + |ports| flows,
+  and a rule of one clause (no peers, no ports) is a flow per pod (180). The
+  pod's default drop (10, cookie POLICY_DROP|pod IP: its n_packets count the
+  denied packets).
+- Pass: reg2 (egress) or reg3 (ingress) = 1, so the packet takes a hook only
+  once; ct_clear, so the service flows behind see the packet as they do without
+  policy (the reply hook looks for untracked packets); resubmit to ROUTE or
+  LOCAL. Pass new commits the connection first.
+
+Only new connections are judged: a connection once allowed stays established
+in POLICY_ZONE whatever policy changes later, until it ends (conntrack's own
+timeouts); a policy change only judges the connections opened after it. A
+connection opened before its pod's switch had any policy flow is not in the
+zone: its packets are judged one by one, as if each opened it.
+Named ports resolve per destination pod: the pods (ingress) or peers (egress)
+that resolve a rule's names alike share one conjunction. An ipBlock's except
+is subtracted from its cidr (the rest as disjoint networks).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from flows.flow import (
+    CT_EST,
+    CT_REL,
+    CT_TRK,
+    ETH_TYPE_IP,
+    Action,
+    Flow,
+    Masked,
+    Owner,
+    Table,
+    Value,
+    conjunction,
+    cookie_for,
+    ct,
+    ct_clear,
+    ct_state,
+    flow,
+    resubmit,
+    set_field,
+)
+from flows.policy_eval import Evaluator, Pod, pod
+from flows.ports import GATEWAY_OFPORT
+from leases.model import Endpoint
+from leases.policy import EGRESS, INGRESS, IPBlock, Namespace, NetworkPolicy, PolicyPort, Rule
+
+POLICY_ZONE = 7680  # conntrack zone of the policy stage (services use 7678 and 7679)
+PRIO_HOOK_EGRESS = 150
+PRIO_HOOK_INGRESS = 210
+PRIO_STATE = 300
+PRIO_ALWAYS = 250
+PRIO_RULE_ID = 190
+PRIO_RULE_DIRECT = 180
+PRIO_CLAUSE = 100
+PRIO_DROP = 10
+PRIO_MISS = 0
+
+POLICY_COOKIE = cookie_for(Owner.POLICY, 0)
+# The hooks load a digest of the stage into this register before conntrack recirculates the
+# packet: a register is part of the state a recirculation resumes from, so a changed stage
+# resumes under a new recirculation id, and no datapath flow cached for the old one (Open
+# vSwitch's userspace datapath was seen to keep such a flow, stale, across table changes)
+# is ever hit again.
+GENERATION = "reg4"
+IP_PROTO = {"TCP": 6, "UDP": 17}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One direction of the policy stage: its table, hook and what passing it does."""
+
+    direction: str  # INGRESS or EGRESS
+    table: Table  # where its rules are
+    hook_table: Table  # where its hook diverts packets from
+    hook_priority: int
+    done: str  # the register that says the packet has passed this stage
+    pod_field: str  # the field naming the guarded pod (the source of egress)
+    peer_field: str  # the field naming the other end
+
+    def passing(self, new: bool) -> tuple[Action, ...]:
+        commit = (ct(POLICY_ZONE, None, commit=True),) if new else ()
+        return (*commit, set_field(self.done, 1), ct_clear(), resubmit(self.hook_table))
+
+
+EGRESS_STAGE = Stage(EGRESS, Table.POL_EGRESS, Table.ROUTE, PRIO_HOOK_EGRESS, "reg2",
+                     "ip_src", "ip_dst")  # fmt: skip
+INGRESS_STAGE = Stage(INGRESS, Table.POL_INGRESS, Table.LOCAL, PRIO_HOOK_INGRESS, "reg3",
+                      "ip_dst", "ip_src")  # fmt: skip
+STAGES = (EGRESS_STAGE, INGRESS_STAGE)
+
+
+@dataclass(frozen=True)
+class RuleRef:
+    """What a conj_id stands for: `vxflow trace` and the metrics name rules by it."""
+
+    policy: str  # namespace/name
+    direction: str  # INGRESS or EGRESS
+    index: int  # the rule's place in the policy's ingress or egress list
+
+    def text(self) -> str:
+        return f"{self.direction.lower()} rule {self.index} of policy {self.policy}"
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """A guarded pod's isolation in one direction: who it is, which policies isolate it."""
+
+    pod: str  # namespace/name
+    policies: tuple[str, ...]  # namespace/name of each policy isolating it, sorted
+
+
+@dataclass
+class PolicyTable:
+    """The policy flows of one switch, and what their cookies stand for."""
+
+    flows: list[Flow] = field(default_factory=list)
+    rules: dict[int, RuleRef] = field(default_factory=dict)  # conj_id -> rule
+    isolated: dict[tuple[str, IPv4Address], Isolation] = field(default_factory=dict)
+
+
+def endpoint_pod(endpoint: Endpoint) -> Pod | None:
+    """The endpoint as a party of policy: None when it names no pod (an address only)."""
+    ident = endpoint.pod
+    if ident is None:
+        return None
+    return pod(ident.namespace, ident.name, endpoint.ip, ident.label_map, ident.ports)
+
+
+def drop_cookie(ip: IPv4Address) -> int:
+    return cookie_for(Owner.POLICY_DROP, int(ip))
+
+
+def port_ranges(low: int, high: int) -> list[tuple[int, int]]:
+    """[low, high] as the fewest (value, mask) pairs of a 16-bit field."""
+    out = []
+    while low <= high:
+        size = low & -low if low else 1 << 16
+        while low + size - 1 > high:
+            size >>= 1
+        out.append((low, 0xFFFF & ~(size - 1)))
+        low += size
+    return out
+
+
+def _port_matches(port: PolicyPort, number: int | None = None) -> list[dict[str, Value]]:
+    """The matches of one rule port (`number`: a named port's resolution)."""
+    proto = {"ip_proto": IP_PROTO[port.protocol]}
+    dst = f"{port.protocol.lower()}_dst"
+    if number is not None:
+        return [{**proto, dst: number}]
+    if port.port is None:
+        return [proto]
+    if port.end_port is None:
+        return [{**proto, dst: port.port}]
+    return [{**proto, dst: v if m == 0xFFFF else Masked(v, m)}
+            for v, m in port_ranges(port.port, port.end_port)]  # fmt: skip
+
+
+def block_networks(block: IPBlock) -> list[IPv4Network]:
+    """The block's cidr less its excepts, as disjoint networks (IPv4 only: the overlay's)."""
+    if block.cidr.version != 4:
+        return []
+    nets = [block.cidr]
+    for cut in block.excepted:
+        kept = []
+        for net in nets:
+            if cut.subnet_of(net):
+                kept += net.address_exclude(cut)
+            elif not net.subnet_of(cut):
+                kept.append(net)
+        nets = kept
+    return sorted(nets)
+
+
+def _address(net: IPv4Network) -> IPv4Address | IPv4Network:
+    """The canonical match value: an exact address for a /32."""
+    return net.network_address if net.prefixlen == 32 else net
+
+
+def _resolve(named: Sequence[PolicyPort], target: Pod) -> tuple[tuple[PolicyPort, int], ...]:
+    """The named rule ports `target` publishes, each with its number."""
+    return tuple((p, cp.port) for p in named for cp in target.ports
+                 if cp.name == p.port and cp.protocol == p.protocol)  # fmt: skip
+
+
+Conj = tuple[list[Pod], list[Value] | None, list[dict[str, Value]] | None]
+
+
+class _Compiler:
+    def __init__(self, policies: Sequence[NetworkPolicy], namespaces: Iterable[Namespace],
+                 pods: Sequence[Pod]) -> None:  # fmt: skip
+        self.evaluator = Evaluator(policies, namespaces)
+        self.pods = pods
+        self.table = PolicyTable()
+        self.clauses: dict[tuple[int, tuple], list[Action]] = defaultdict(list)
+        self.direct: dict[tuple[int, tuple], Flow] = {}
+
+    def peers(self, rule: Rule, namespace: str) -> list[Value] | None:
+        """The addresses a rule's peers stand for; None: every address."""
+        if not rule.peers:
+            return None
+        out: set[Value] = set()
+        for peer in rule.peers:
+            if peer.ip_block is not None:
+                out.update(_address(n) for n in block_networks(peer.ip_block))
+            else:
+                out.update(p.ip for p in self.pods
+                           if self.evaluator.peer_matches(peer, namespace, p))  # fmt: skip
+        return sorted(out, key=lambda v: (int(v.network_address if isinstance(v, IPv4Network)
+                                                else v), str(v)))  # fmt: skip
+
+    def conjunctions(self, policy: NetworkPolicy, rule: Rule, stage: Stage,
+                     selected: list[Pod]) -> list[Conj]:  # fmt: skip
+        """The rule as conjunctions of (its pods, peers, ports): more than one when it has
+        named ports, which resolve per destination pod."""
+        numeric = [p for p in rule.ports if not isinstance(p.port, str)]
+        named = [p for p in rule.ports if isinstance(p.port, str)]
+        ports = [m for p in numeric for m in _port_matches(p)]
+        peers = self.peers(rule, policy.namespace)
+        if not rule.ports:
+            return [(selected, peers, None)]
+        out: list[Conj] = [(selected, peers, ports)] if numeric else []
+        if not named:
+            return out
+        if stage is INGRESS_STAGE:  # the destination is the selected pod
+            groups: dict[tuple, list[Pod]] = defaultdict(list)
+            for target in selected:
+                groups[_resolve(named, target)].append(target)
+            out += [(pods, peers, [m for p, n in key for m in _port_matches(p, n)])
+                    for key, pods in groups.items() if key]  # fmt: skip
+            return out
+        targets: dict[tuple, list[Value]] = defaultdict(list)  # egress: the peer is
+        for target in self.pods:
+            if not rule.peers or any(self.evaluator.peer_matches(peer, policy.namespace, target)
+                                     for peer in rule.peers):  # fmt: skip
+                targets[_resolve(named, target)].append(target.ip)
+        out += [(selected, ips, [m for p, n in key for m in _port_matches(p, n)])
+                for key, ips in targets.items() if key]  # fmt: skip
+        return out
+
+    def add_rule(self, stage: Stage, ref: RuleRef, group: int, conj: Conj) -> None:
+        selected, peers, ports = conj
+        pods = [{"eth_type": ETH_TYPE_IP, stage.pod_field: p.ip} for p in selected]
+        clauses = [pods]
+        if peers is not None:
+            clauses.append([{"eth_type": ETH_TYPE_IP, stage.peer_field: v} for v in peers])
+        if ports is not None:  # (a port listed twice, or named and numbered alike: once)
+            unique = {tuple(sorted(m.items())): m for m in ports}
+            clauses.append([{"eth_type": ETH_TYPE_IP, **m} for m in unique.values()])
+        if any(not c for c in clauses):
+            return  # a peer or port that resolves to nothing: the rule allows nothing here
+        conj_id = self._conj_id(ref, group)
+        cookie = cookie_for(Owner.POLICY, conj_id)
+        self.table.rules[conj_id] = ref
+        if len(clauses) == 1:
+            for m in pods:
+                f = flow(stage.table, PRIO_RULE_DIRECT, m, stage.passing(True), cookie)
+                self.direct.setdefault((f.table, f.match), f)
+            return
+        for k, clause in enumerate(clauses, 1):
+            for m in clause:
+                key = (int(stage.table), tuple(sorted(m.items())))
+                self.clauses[key].append(conjunction(conj_id, k, len(clauses)))
+        self.table.flows.append(
+            flow(stage.table, PRIO_RULE_ID, {"eth_type": ETH_TYPE_IP, "conj_id": conj_id},
+                 stage.passing(True), cookie)  # (ct needs an IP match)
+        )
+
+    def _conj_id(self, ref: RuleRef, group: int) -> int:
+        """A conj_id from the rule's name: the same on every switch and replica, and across
+        unrelated changes (so they rewrite no flow of this rule); a clash takes the next."""
+        conj_id = zlib.crc32(f"{ref.direction}/{ref.policy}/{ref.index}/{group}".encode())
+        while conj_id in self.table.rules or conj_id == 0:
+            conj_id = (conj_id + 1) & 0xFFFFFFFF
+        return conj_id
+
+    def compile(self, local: Sequence[Pod], subnet: IPv4Network) -> PolicyTable:
+        ev = self.evaluator
+        isolating = {
+            (stage.direction, p.ip): ev.selecting(p, stage.direction) for stage in STAGES for p in local
+        }  # fmt: skip
+        guarded = [p for p in local if any(isolating[s.direction, p.ip] for s in STAGES)]
+        if not guarded:
+            return self.table
+        flows = self.table.flows
+        hooks: list[tuple[Stage, dict]] = []
+        for stage in STAGES:
+            flows += _stage_plumbing(stage, subnet)
+            isolated = [p for p in guarded if isolating[stage.direction, p.ip]]
+            for p in isolated:
+                match = {"eth_type": ETH_TYPE_IP, stage.pod_field: p.ip}
+                hooks.append((stage, {**match, stage.done: 0}))
+                flows.append(flow(stage.table, PRIO_DROP, match, (), drop_cookie(p.ip)))
+                if stage is EGRESS_STAGE:  # (into a pod, the hairpin flow goes first)
+                    flows.append(flow(stage.table, PRIO_ALWAYS, {**match, "ip_dst": p.ip},
+                                      stage.passing(True), POLICY_COOKIE))  # fmt: skip
+                self.table.isolated[stage.direction, p.ip] = Isolation(
+                    f"{p.namespace}/{p.name}",
+                    tuple(sorted(x.key_name for x in isolating[stage.direction, p.ip])),
+                )
+            self._rules(stage, isolated, isolating)
+        flows += self.direct.values()
+        flows += [Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE)
+                  for (table, match), actions in self.clauses.items()]  # fmt: skip
+        generation = zlib.crc32("\n".join(sorted(map(repr, flows))).encode())
+        flows += [flow(stage.hook_table, stage.hook_priority, match,
+                       [set_field(GENERATION, generation), ct(POLICY_ZONE, stage.table)],
+                       POLICY_COOKIE) for stage, match in hooks]  # fmt: skip
+        return self.table
+
+    def _rules(self, stage: Stage, isolated: list[Pod], isolating: dict) -> None:
+        for policy in self.evaluator.policies:
+            selected = [p for p in isolated if policy in isolating[stage.direction, p.ip]]
+            if not selected:
+                continue
+            rules = policy.ingress if stage is INGRESS_STAGE else policy.egress
+            for index, rule in enumerate(rules):
+                ref = RuleRef(policy.key_name, stage.direction, index)
+                for group, conj in enumerate(self.conjunctions(policy, rule, stage, selected)):
+                    self.add_rule(stage, ref, group, conj)
+
+
+def _stage_plumbing(stage: Stage, subnet: IPv4Network) -> list[Flow]:
+    """What a stage holds whatever its pods: the commit hook of the node's subnet, state
+    bypass, the node's own traffic, the miss."""
+    ip = {"eth_type": ETH_TYPE_IP}
+    flows = [
+        flow(stage.table, PRIO_STATE, {**ip, "ct_state": ct_state(bits | CT_TRK)},
+             stage.passing(False), POLICY_COOKIE)
+        for bits in (CT_EST, CT_REL)
+    ]  # fmt: skip
+    flows.append(flow(stage.hook_table, stage.hook_priority - 5,
+                      {**ip, stage.pod_field: subnet, stage.done: 0},
+                      stage.passing(True), POLICY_COOKIE))  # fmt: skip
+    if stage is INGRESS_STAGE:
+        flows.append(flow(stage.table, PRIO_ALWAYS, {**ip, "in_port": GATEWAY_OFPORT},
+                          stage.passing(True), POLICY_COOKIE))  # fmt: skip
+    flows.append(flow(stage.table, PRIO_MISS, {}, (), POLICY_COOKIE))
+    return flows
+
+
+def policy_table(
+    policies: Sequence[NetworkPolicy],
+    namespaces: Iterable[Namespace],
+    endpoints: Iterable[Endpoint],
+    local: Iterable[Endpoint],
+    subnet: IPv4Network,
+) -> PolicyTable:
+    """The policy flows of the switch of `subnet` whose accepted pods are `local`;
+    `endpoints`: every accepted endpoint of the cluster (the peers selectors may name).
+    Empty when no policy isolates any of `local`."""
+    if not policies:
+        return PolicyTable()
+    pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None]
+    own = [p for e in local if (p := endpoint_pod(e)) is not None]
+    return _Compiler(policies, namespaces, pods).compile(own, subnet)
+

@@ -1,0 +1,285 @@
+"""The policy flows (flows/policy.py) against Kubernetes' semantics (pure).
+
+The compiled flows of every switch are walked as Open vSwitch's classifier
+would walk them (priorities, masks, conjunctive matches and the conj_id
+lookup): a new connection passes if the source pod's switch lets it through
+its egress stage and the destination pod's switch through its ingress stage.
+Checked against the upstream conformance tables (tests/test_flows_policy_eval)
+and, on random policies and labels, against the evaluator itself.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from flows.flow import CT_NEW, CT_TRK, ETH_TYPE_IP, Flow, Masked, Owner, Table, owner_of
+from flows.policy import (
+    EGRESS_STAGE,
+    INGRESS_STAGE,
+    IP_PROTO,
+    PRIO_CLAUSE,
+    Stage,
+    block_networks,
+    policy_table,
+    port_ranges,
+)
+from flows.policy_eval import Evaluator, Pod
+from flows.ports import TUNNEL_OFPORT
+from leases.model import Endpoint
+from leases.pods import ContainerPort, PodIdentity
+from leases.policy import NAME_LABEL, IPBlock, Namespace, NetworkPolicy
+from tests.test_flows_policy_eval import (
+    ALL,
+    CASES,
+    IPS,
+    PODS,
+    Step,
+    model,
+    namespaces_of,
+    netpol,
+    report,
+)
+
+
+def endpoint_of(p: Pod, ofport: int) -> Endpoint:
+    subnet = IPv4Network(f"{p.ip}/24", strict=False)
+    ident = PodIdentity(p.namespace, p.name, p.labels, p.ports)
+    return Endpoint(subnet, p.ip, f"0a:58:00:00:00:{ofport:02x}", ofport, f"veth{ofport}", ident)
+
+
+def _hit(f: Flow, pkt: dict) -> bool:
+    for name, value in f.match:
+        have = pkt.get(name)
+        if have is None:
+            return False
+        if isinstance(value, IPv4Network):
+            ok = have in value
+        elif isinstance(value, Masked):
+            ok = have & value.mask == value.value
+        else:
+            ok = have == value
+        if not ok:
+            return False
+    return True
+
+
+class Switch:
+    """One switch's flows, looked up as OVS does (conjunctions included)."""
+
+    def __init__(self, flows: list[Flow]) -> None:
+        self.tables: dict[int, dict[int, list[Flow]]] = defaultdict(lambda: defaultdict(list))
+        for f in flows:
+            self.tables[f.table][f.priority].append(f)
+
+    def lookup(self, table: int, pkt: dict) -> Flow | None:
+        for prio in sorted(self.tables[table], reverse=True):
+            hits = [f for f in self.tables[table][prio] if _hit(f, pkt)]
+            plain = [f for f in hits if not any(a[0] == "conjunction" for a in f.actions)]
+            assert len(plain) <= 1, f"ambiguous: {plain}"
+            if plain:
+                assert len(plain) == len(hits), f"conjunctive and plain flows overlap: {hits}"
+                return plain[0]
+            seen: dict[int, set[int]] = defaultdict(set)
+            want: dict[int, int] = {}
+            for f in hits:
+                for _, conj_id, clause, n in f.actions:
+                    seen[conj_id].add(clause)
+                    want[conj_id] = n
+            done = sorted(c for c in seen if len(seen[c]) == want[c])
+            if done:
+                found = self.lookup(table, {**pkt, "conj_id": done[0]})
+                assert found is not None and found.priority > PRIO_CLAUSE, found
+                return found
+        return None
+
+    def passes(self, stage: Stage, pkt: dict) -> tuple[bool, Flow | None]:
+        """Whether a new connection's packet gets through `stage` here (no hook: yes)."""
+        hook = self.lookup(stage.hook_table, pkt)
+        if hook is None or hook.priority != stage.hook_priority:
+            return True, None
+        verdict = self.lookup(stage.table, {**pkt, "ct_state": CT_NEW | CT_TRK})
+        return verdict is not None and verdict.actions[-1:] == (("resubmit", stage.hook_table),), verdict
+
+
+class Cluster:
+    """The switches of `pods` (one node per /24) under `policies`."""
+
+    def __init__(self, policies: list[NetworkPolicy], namespaces: list[Namespace], pods: list[Pod]):
+        self.endpoints = {p.ip: endpoint_of(p, 10 + i) for i, p in enumerate(pods)}
+        by_node: dict[IPv4Network, list[Endpoint]] = defaultdict(list)
+        for e in self.endpoints.values():
+            by_node[e.node_subnet].append(e)
+        everything = list(self.endpoints.values())
+        self.tables = {n: policy_table(policies, namespaces, everything, eps, n) for n, eps in by_node.items()}
+        self.switches = {n: Switch(t.flows) for n, t in self.tables.items()}
+
+    def allowed(self, src: Pod, dst: Pod, port: int, proto: str) -> bool:
+        s, d = self.endpoints[src.ip], self.endpoints[dst.ip]
+        pkt = {"eth_type": ETH_TYPE_IP, "ip_src": src.ip, "ip_dst": dst.ip, "reg2": 0, "reg3": 0,
+               "ip_proto": IP_PROTO[proto], f"{proto.lower()}_dst": port, "in_port": s.ofport}  # fmt: skip
+        out, _ = self.switches[s.node_subnet].passes(EGRESS_STAGE, pkt)
+        if s.node_subnet != d.node_subnet:
+            pkt["in_port"] = TUNNEL_OFPORT
+        into, _ = self.switches[d.node_subnet].passes(INGRESS_STAGE, pkt)
+        return out and into
+
+
+def flows_judge(step: Step):
+    _, pods = model(step)
+    return Cluster(step.policies, namespaces_of(step), list(pods.values())).allowed
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_compiled_flows_pass_the_upstream_netpol_case(case: str) -> None:
+    for i, step in enumerate(CASES[case], 1):
+        problems = report(step, flows_judge(step))
+        assert not problems, f"step {i} of {len(CASES[case])}:\n{problems}"
+
+
+LABELS = {"pod": ("a", "b", "c"), "tier": ("web", "db"), "env": ("prod", "dev")}
+
+
+def _selector(rng: random.Random) -> dict:
+    sel: dict = {}
+    if rng.random() < 0.6:
+        key = rng.choice(sorted(LABELS))
+        sel["matchLabels"] = {key: rng.choice(LABELS[key])}
+    if rng.random() < 0.4:
+        key = rng.choice(sorted(LABELS))
+        op = rng.choice(("In", "NotIn", "Exists", "DoesNotExist"))
+        values = list(rng.sample(LABELS[key], 1)) if op in ("In", "NotIn") else []
+        sel["matchExpressions"] = [{"key": key, "operator": op, **({"values": values} if values else {})}]
+    return sel
+
+
+def _peer(rng: random.Random, ips: list[IPv4Address]) -> dict:
+    kind = rng.randrange(4)
+    if kind == 0:
+        return {"podSelector": _selector(rng)}
+    if kind == 1:
+        return {"namespaceSelector": {"matchLabels": {NAME_LABEL: rng.choice("xyz")}}}
+    if kind == 2:
+        return {"podSelector": _selector(rng), "namespaceSelector": _selector(rng) if rng.random() < 0.5 else {}}
+    ip = rng.choice(ips)
+    cidr = IPv4Network(f"{ip}/{rng.choice((16, 22, 24))}", strict=False)
+    block: dict = {"cidr": str(cidr)}
+    if rng.random() < 0.6:
+        block["except"] = [str(IPv4Network(f"{rng.choice(ips)}/{rng.choice((25, 28, 32))}", strict=False))]
+        if not IPv4Network(block["except"][0]).subnet_of(cidr):
+            del block["except"]
+    return {"ipBlock": block}
+
+
+def _port(rng: random.Random) -> dict:
+    proto = rng.choice(("TCP", "UDP"))
+    kind = rng.randrange(4)
+    if kind == 0:
+        return {"protocol": proto}
+    if kind == 1:
+        return {"protocol": proto, "port": rng.choice((80, 81))}
+    if kind == 2:
+        return {"protocol": proto, "port": rng.choice(("http", "alt"))}
+    return {"protocol": proto, "port": rng.choice((70, 80)), "endPort": rng.choice((80, 81, 95))}
+
+
+def _rules(rng: random.Random, key: str, ips: list[IPv4Address]) -> list:
+    return [
+        {**({key: [_peer(rng, ips) for _ in range(rng.randrange(1, 3))]} if rng.random() < 0.7 else {}),
+         **({"ports": [_port(rng) for _ in range(rng.randrange(1, 3))]} if rng.random() < 0.6 else {})}
+        for _ in range(rng.randrange(3))
+    ]  # fmt: skip
+
+
+def random_world(seed: int) -> tuple[list[NetworkPolicy], list[Namespace], list[Pod]]:
+    rng = random.Random(seed)
+    pods = []
+    for name in PODS:
+        labels = {k: rng.choice(v) for k, v in LABELS.items() if rng.random() < 0.7}
+        ports = [ContainerPort("http", rng.choice((80, 81)), rng.choice(("TCP", "UDP")))]
+        if rng.random() < 0.5:
+            ports.append(ContainerPort("alt", 81, "TCP"))
+        pods.append(Pod(*name.split("/"), IPS[name], tuple(sorted(labels.items())), tuple(ports)))
+    ips = [p.ip for p in pods]
+    policies = []
+    for n in range(rng.randrange(1, 4)):
+        ingress = _rules(rng, "from", ips) if rng.random() < 0.8 else None
+        egress = _rules(rng, "to", ips) if rng.random() < 0.5 else None
+        if ingress is None and egress is None:
+            ingress = []
+        policies.append(netpol(rng.choice("xyz"), f"p{n}", _selector(rng) if rng.random() < 0.8 else ALL,
+                               ingress=ingress, egress=egress))  # fmt: skip
+    namespaces = [Namespace(ns, ((NAME_LABEL, ns),)) for ns in "xyz"]
+    return policies, namespaces, pods
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_compiled_flows_agree_with_the_evaluator_on_random_policies(seed: int) -> None:
+    policies, namespaces, pods = random_world(seed)
+    cluster = Cluster(policies, namespaces, pods)
+    oracle = Evaluator(policies, namespaces)
+    wrong = [
+        (s.namespace + "/" + s.name, d.namespace + "/" + d.name, port, proto)
+        for s in pods for d in pods if s != d
+        for port, proto in ((80, "TCP"), (81, "TCP"), (80, "UDP"), (81, "UDP"), (90, "TCP"))
+        if cluster.allowed(s, d, port, proto) != oracle.allowed(s, d, port, proto)
+    ]  # fmt: skip
+    assert not wrong, f"{len(wrong)} verdicts differ, e.g. {wrong[:5]}; policies: {policies}"
+
+
+def test_no_policy_adds_no_flow_and_a_policy_elsewhere_neither() -> None:
+    _, pods = model(Step([], {}))
+    eps = [endpoint_of(p, 10 + i) for i, p in enumerate(pods.values())]
+    node1 = IPv4Network("198.19.1.0/24")
+    on_node1 = [e for e in eps if e.node_subnet == node1]
+    assert policy_table([], [], eps, on_node1, node1).flows == []
+    lonely = netpol("empty", "deny", ALL, ingress=[], egress=[])  # a namespace without pods
+    assert policy_table([lonely], [], eps, on_node1, node1).flows == []
+    x_only = netpol("x", "deny", ALL, ingress=[])
+    on_node1_y = [e for e in on_node1 if e.pod.namespace != "x"]
+    assert policy_table([x_only], [], eps, on_node1_y, node1).flows == []
+    assert policy_table([x_only], [], eps, on_node1, node1).flows != []
+
+
+def test_a_rule_costs_pods_plus_peers_plus_ports_flows() -> None:
+    """100 selected pods x 100 peers x 5 ports: about 205 rule flows, not 50,000."""
+    server = [Pod("x", f"s{i}", IPv4Address(f"198.19.1.{i + 1}"), (("app", "srv"),)) for i in range(100)]
+    client = [Pod("y", f"c{i}", IPv4Address(f"198.19.2.{i + 1}"), (("app", "cli"),)) for i in range(100)]
+    policy = netpol("x", "srv", {"matchLabels": {"app": "srv"}}, ingress=[{
+        "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "cli"}}}],
+        "ports": [{"port": 8000 + i} for i in range(5)]}])  # fmt: skip
+    eps = [endpoint_of(p, 10 + i) for i, p in enumerate(server + client)]
+    table = policy_table([policy], [], eps, eps[:100], IPv4Network("198.19.1.0/24"))
+    rule_flows = [f for f in table.flows if f.table == Table.POL_INGRESS and f.priority == PRIO_CLAUSE]
+    assert len(rule_flows) == 205
+    # and per isolated pod its hook and its default drop; the stage's own few flows
+    assert len(table.flows) == 205 + 1 + 2 * 100 + 9
+
+
+def test_port_ranges_and_blocks() -> None:
+    assert port_ranges(80, 80) == [(80, 0xFFFF)]
+    assert port_ranges(1, 65535)[0] == (1, 0xFFFF) and len(port_ranges(1, 65535)) == 16
+    covered = {p for v, m in port_ranges(70, 95) for p in range(65536) if p & m == v}
+    assert covered == set(range(70, 96))
+    block = IPBlock(IPv4Network("10.0.0.0/8"), (IPv4Network("10.1.0.0/16"), IPv4Network("10.1.2.0/24")))
+    nets = block_networks(block)
+    assert all(not n.overlaps(IPv4Network("10.1.0.0/16")) for n in nets)
+    assert sum(n.num_addresses for n in nets) == 2**24 - 2**16
+
+
+def test_every_policy_flow_is_owned_and_every_drop_names_its_pod() -> None:
+    step = CASES["default-deny-all"][0]
+    _, pods = model(step)
+    cluster = Cluster(step.policies, namespaces_of(step), list(pods.values()))
+    table = cluster.tables[IPv4Network("198.19.1.0/24")]
+    assert len({f.key for f in table.flows}) == len(table.flows)  # no entry written twice
+    for f in table.flows:
+        owner = owner_of(f.cookie)
+        assert owner is not None and owner[0] in (Owner.POLICY, Owner.POLICY_DROP)
+        if owner[0] is Owner.POLICY_DROP:
+            direction = "Egress" if f.table == Table.POL_EGRESS else "Ingress"
+            assert table.isolated[direction, IPv4Address(owner[1])].policies == ("x/deny-all",)
+
