@@ -26,12 +26,16 @@ VXLAN_OVERHEAD = 50  # outer Ethernet + IPv4 + UDP + VXLAN
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """flannel's Backend object (only the vxlan type is accepted)."""
+    """flannel's Backend object (only the vxlan type is accepted).
+
+    `direct_routing` is flannel's DirectRouting: pod traffic to a peer on this node's
+    own underlay link goes unencapsulated, via the peer's PublicIP (leases/direct.py)."""
 
     type: str = "vxlan"
     vni: int = DEFAULT_VNI
     port: int = DEFAULT_VXLAN_PORT
     mtu: int | None = None
+    direct_routing: bool = False
 
 
 @dataclass(frozen=True)
