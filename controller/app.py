@@ -324,7 +324,8 @@ class VxflowController(app_manager.OSKenApp):
                 model = ClusterModel()
                 model.connected = {sync.node for sync in self.switches.values()}
                 impact = model.load(snapshot.config, snapshot.leases, snapshot.endpoints, _yield,
-                                    snapshot.vxflow, snapshot.services, snapshot.alive())  # fmt: skip
+                                    snapshot.vxflow, snapshot.services, snapshot.alive(),
+                                    snapshot.direct())  # fmt: skip
                 self.model = model
                 now = {sync.node for sync in self.switches.values()}
                 for node in now ^ model.connected:  # switches that came or went while it loaded

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -35,6 +35,7 @@ from flows.compiler import (
     route_row,
     subnet_cookie,
 )
+from flows.direct import direct_cookie, direct_flow, direct_leases
 from flows.flow import Flow, Owner, owner_of
 from flows.groups import Group, group_cookie
 from flows.services import (
@@ -129,6 +130,7 @@ class Impact:
             return FULL
         if self._cookies is None:
             self._cookies = frozenset(subnet_cookie(s) for s in self.lease_subnets)
+            self._cookies |= {direct_cookie(s) for s in self.lease_subnets}
             self._cookies |= self.service_cookies
         owners = frozenset({Owner.ENDPOINT}) if own_subnet in self.endpoint_nodes else frozenset()
         return Scope(False, self._cookies, owners)
@@ -163,6 +165,8 @@ class ClusterModel:
         # those whose switch is connected to this replica, and the subnets of the nodes DOWN
         self.alive: set[IPv4Address] = set()
         self.connected: set[IPv4Address] = set()
+        # DirectRouting: the peers each node's agent reaches directly (its liveness record)
+        self.direct: dict[IPv4Address, frozenset[IPv4Address]] = {}
         self._down: dict[IPv4Network, IPv4Address] = {}
 
     # -- queries --------------------------------------------------------------
@@ -241,9 +245,11 @@ class ClusterModel:
             return None
         own = self.own_lease(node)
         plan = self.plan()
+        reachable = self.direct.get(node)
         if scope.full:
             leases, rows = self._selection()
-            return node_table(self.config, leases, self.endpoints_of(own), own, rows, plan)
+            direct = direct_leases(self.config, own, leases, reachable)
+            return node_table(self.config, leases, self.endpoints_of(own), own, rows, plan, direct)
         flows: list[Flow] = []
         if Owner.BASE in scope.owners:
             flows += base_flows(self.config, own)
@@ -257,6 +263,8 @@ class ClusterModel:
                 leases.append(accepted[0])
                 rows.append(accepted[1])
         routes = RemoteRoutes(self.config, own, leases, rows) if leases else None
+        if reachable and self.config.backend.direct_routing:
+            flows += self._direct_flows(own, reachable, scope)
         for endpoint in self.endpoints_of(own):
             cookie = endpoint_cookie(endpoint)
             if Owner.ENDPOINT in scope.owners or cookie in scope.cookies:
@@ -299,6 +307,20 @@ class ClusterModel:
                 groups.append(cached[1])
         return flows
 
+    def _direct_flows(
+        self, own: Lease, reachable: frozenset[IPv4Address], scope: Scope
+    ) -> list[Flow]:
+        """The direct routes in `scope`: by the cookie of each peer's, as a lease's."""
+        flows = []
+        for cookie in scope.cookies:
+            owner = owner_of(cookie)
+            if owner is None or owner[0] is not Owner.DIRECT:
+                continue
+            accepted = self._accepted_by_cookie(subnet_cookie(IPv4Network((owner[1], 32))))
+            if accepted is not None and direct_leases(self.config, own, [accepted[0]], reachable):
+                flows.append(direct_flow(own, accepted[0]))
+        return flows
+
     def _accepted_by_cookie(self, cookie: int) -> tuple[Lease, Row] | None:
         """The accepted lease a lease cookie names and its route row (None for other
         cookies): asked once per switch for the same cookie when a lease event fans out,
@@ -333,10 +355,12 @@ class ClusterModel:
         vxflow: VxflowConfig | None = None,
         services: Iterable[Service] | None = None,
         alive: Iterable[IPv4Address] | None = None,
+        direct: Mapping[IPv4Address, frozenset[IPv4Address]] | None = None,
     ) -> Impact:
         """Replace everything (first snapshot, config change); `pause` is called every
         PAUSE_EVERY leases, so a cooperative caller can yield during a large load.
-        The services, vxflow's config and the liveness records are kept unless given;
+        The services, vxflow's config and the liveness records (with their Direct
+        lists) are kept unless given;
         `connected` (the app's switches) is always kept."""
         self.config = config
         if config is not None and not self._ipv6_noted and (notice := ipv6_notice(config)):
@@ -348,6 +372,8 @@ class ClusterModel:
             self.services = {s.name: s for s in services}
         if alive is not None:
             self.alive = set(alive)
+        if direct is not None:
+            self.direct = dict(direct)
         self._plan = None
         self._changed()
         self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
@@ -374,6 +400,8 @@ class ClusterModel:
                 ip = ev.record.public_ip
                 (self.alive.add if isinstance(ev, LivenessAdded) else self.alive.discard)(ip)
                 judge |= self._by_ip.get(ip, set())
+                self._note_direct(ip, ev.record.direct if isinstance(ev, LivenessAdded) else None,
+                                  impact)  # fmt: skip
             elif isinstance(ev, ConfigChanged):
                 self.load(ev.config, list(self._leases.values()), self._all_endpoints())
                 impact.all_nodes = True
@@ -413,6 +441,17 @@ class ClusterModel:
         if impact.flushes:  # a removed backend that the same batch adds back keeps its entries
             impact.flushes = [f for f in impact.flushes if not self._serves(f)]
         return impact
+
+    def _note_direct(
+        self, node: IPv4Address, direct: frozenset[IPv4Address] | None, impact: Impact
+    ) -> None:
+        """A node's Direct list came, changed or went: with DirectRouting on its switch
+        is resynced (the diff sends only the direct routes that changed)."""
+        old = self.direct.pop(node, None)
+        if direct is not None:
+            self.direct[node] = direct
+        if old != direct and self.config is not None and self.config.backend.direct_routing:
+            impact.full_nodes.add(node)
 
     def set_connected(self, node: IPv4Address, connected: bool) -> Impact:
         """This replica's connection to `node`'s switch came (True) or went (False)."""

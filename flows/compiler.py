@@ -31,12 +31,13 @@ TTL: decremented once per overlay crossing, on the way into the tunnel only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network
 
 from flows.arp import arp_reply as _arp_reply
+from flows.direct import direct_flows, direct_leases
 from flows.flow import (
     ARP_REQUEST,
     ETH_TYPE_ARP,
@@ -353,11 +354,13 @@ def node_table(
     own: Lease | None,
     rows: Sequence[Row] | None = None,
     services: ServicePlan | None = None,
+    direct: Sequence[Lease] = (),
 ) -> NodeTable:
     """The table of the node holding `own`, from already selected leases and endpoints
     (each flow once; no set, because hashing a large table is not free). `rows`, if
     given, are `route_row` of each lease, precomputed by a caller that keeps them;
-    `services`, if any, add their flows, groups and each pod's hairpin flow.
+    `services`, if any, add their flows, groups and each pod's hairpin flow; `direct`, the
+    peers routed directly (flows/direct.py), their direct routes.
 
     The controller calls this with its incrementally maintained selection;
     anything else should call `compile_node`.
@@ -373,6 +376,7 @@ def node_table(
     if services is not None:
         flows += plan_flows(config, own, services)
         groups = plan_groups(services)
+    flows += direct_flows(own, direct)
     if rows is None:
         rows = [route_row(lease) for lease in leases]
     own_ip = int(own.public_ip)
@@ -388,13 +392,15 @@ def compile_node(
     endpoints: Iterable[Endpoint],
     node: IPv4Address,
     services: ServicePlan | None = None,
+    reachable: Collection[IPv4Address] | None = None,
 ) -> frozenset[Flow]:
     """The exact flow table of the node whose PublicIP is `node`.
 
     Invalid or conflicting leases and endpoints contribute nothing; a node with
-    no accepted lease gets only the table-miss drops.
+    no accepted lease gets only the table-miss drops. `reachable`: the peers its
+    agent reaches directly (DirectRouting, flows/direct.py).
     """
-    return frozenset(compile_table(config, leases, endpoints, node, services))
+    return frozenset(compile_table(config, leases, endpoints, node, services, reachable))
 
 
 def compile_table(
@@ -403,9 +409,11 @@ def compile_table(
     endpoints: Iterable[Endpoint],
     node: IPv4Address,
     services: ServicePlan | None = None,
+    reachable: Collection[IPv4Address] | None = None,
 ) -> NodeTable:
     """`compile_node` with the groups: the node's whole desired state."""
     accepted = select_leases(config, leases).accepted
     own = next((lease for lease in accepted if lease.public_ip == node), None)
     own_endpoints = select_endpoints(own, endpoints).accepted
-    return node_table(config, accepted, own_endpoints, own, services=services)
+    direct = direct_leases(config, own, accepted, reachable)
+    return node_table(config, accepted, own_endpoints, own, services=services, direct=direct)

@@ -29,6 +29,8 @@ def owner_text(cookie: int, subnet_len: int) -> str:
         return f"lease {subnet}" if subnet else f"not vxflow's (cookie {cookie:#x})"
     if kind is Owner.ENDPOINT:
         return f"endpoint {IPv4Address(key)}"
+    if kind is Owner.DIRECT:
+        return f"direct route to {IPv4Address(key)}/{subnet_len} (DirectRouting, no VXLAN)"
     return "base pipeline"
 
 

@@ -107,6 +107,11 @@ class Snapshot:
         """The PublicIPs of the nodes whose liveness record is in etcd."""
         return frozenset(r.public_ip for r in self.liveness)
 
+    def direct(self) -> dict[IPv4Address, frozenset[IPv4Address]]:
+        """DirectRouting: the peers each node's agent reaches directly (leases/direct.py),
+        for the nodes whose record says."""
+        return {r.public_ip: r.direct for r in self.liveness if r.direct is not None}
+
 
 EMPTY = Snapshot(config=None, leases=(), endpoints=(), revision=0)
 
