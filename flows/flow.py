@@ -72,7 +72,7 @@ class Owner(IntEnum):
     SERVICE = 4  # one port of a service, its flows and group (key: the group id)
     SERVICE_NET = 5  # the services' plumbing (key 0) and reply hooks (key: proto << 16 | port)
     LEARNED = 6  # client-IP affinity entries the switch learns itself (key: the group id)
-    DIRECT = 9  # DirectRouting: a peer's subnet routed unencapsulated (key: its subnet's address)
+    DIRECT = 12  # DirectRouting: a peer's subnet routed unencapsulated (key: its subnet's address)
 
 
 COOKIE_MAGIC = 0x76  # "v": top byte of every vxflow cookie
