@@ -137,6 +137,7 @@ class ClusterSpec:
     # its v2 store (as flannel before v0.14 left them) and `vxflow config import-v2
     # --with-leases` moves them into v3 before any daemon starts
     from_v2: bool = False
+    direct_routing: bool = False  # the config's Backend.DirectRouting (flannel's option)
 
 
 @dataclass
@@ -400,7 +401,8 @@ class Cluster(ClusterChecks):
         config = json.dumps({
             "Network": str(spec.network),
             "SubnetLen": spec.subnet_len,
-            "Backend": {"Type": "vxlan", "VNI": spec.vni, "Port": spec.port},
+            "Backend": {"Type": "vxlan", "VNI": spec.vni, "Port": spec.port,
+                        **({"DirectRouting": True} if spec.direct_routing else {})},
         })  # fmt: skip
         vxflow, flags = _venv_tool("vxflow"), self.etcd_flags("controller")
         if not spec.from_v2:

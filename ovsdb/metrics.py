@@ -74,3 +74,14 @@ SERVICE_NETWORK_REFUSED = Counter(
     "ServiceNetworks this agent refused to route into its gateway port: the range holds "
     "this node's PublicIP, an etcd endpoint, a controller or a next hop to them",
 )
+DIRECT_PEERS = Gauge(
+    "vxflow_agent_direct_peers",
+    "DirectRouting: peers this node reaches without a gateway, routed to unencapsulated",
+)
+DIRECT_ROUTE_CHANGES = Counter(
+    "vxflow_agent_direct_route_changes",
+    "DirectRouting: kernel routes `<subnet> via <PublicIP>` added, replaced or removed",
+)
+DIRECT_ERRORS = Counter(
+    "vxflow_agent_direct_errors", "DirectRouting: decisions whose routes or filter failed (retried)"
+)

@@ -1,0 +1,157 @@
+"""End to end: DirectRouting (flannel's vxlan option) on a cluster whose nodes share the
+underlay link.
+
+- Pod to pod between nodes on one link: the underlay carries the pods' plain IP, no VXLAN.
+- A peer reached through a router (a router namespace on the underlay and routes via it,
+  as a second underlay subnet would have): VXLAN again, decided from the route change
+  alone (no lease event), and plain IP again when the router goes.
+- The kernel's direct routes come back after the underlay interface goes down and up
+  (flannel #1070 loses them).
+- A host on the underlay that holds no lease and routes a packet to a node's pod subnet:
+  the node's direct-ingress filter drops and counts it; the pod sees nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from ipaddress import IPv4Address
+
+import pytest
+
+from flows.flow import Owner, cookie_for
+from ovsdb.direct import RTPROT_VXFLOW
+from tests.emulation import emulated_cluster
+from tests.test_e2e_rogue_underlay import echo_requests_received, rogue_host
+from vxflow.demo import cluster_module
+
+VXLAN_PORT = 8472
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        time.sleep(0.2)
+
+
+def direct_routes(node) -> set[str]:
+    """The subnets of the flows that route a peer directly on `node`'s br-int."""
+    mask = 0xFFFF << 48  # the magic byte and the owner kind
+    out = node.ovs.ofctl("dump-flows", "br-int", f"cookie={cookie_for(Owner.DIRECT):#x}/{mask:#x}")
+    return set(re.findall(r"nw_dst=([\d./]+)", out))
+
+
+def kernel_routes(node) -> set[str]:
+    out = node.cmd(f"ip -j route show proto {RTPROT_VXFLOW}")
+    return {r["dst"] for r in json.loads(out or "[]")}
+
+
+@contextmanager
+def capture(node, expression: str) -> Iterator[list[str]]:
+    """tcpdump on `node`'s underlay port while the block runs; the lines it saw."""
+    lines: list[str] = []
+    proc = node.popen(["tcpdump", "-l", "-n", "-i", "eth0", expression],
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        # tcpdump says "listening on" on stderr once its capture is open
+        proc.stderr.readline()
+        yield lines
+        time.sleep(0.5)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+        lines += out.splitlines()
+
+
+def plain(lines: list[str], src, dst) -> list[str]:
+    """Echo requests on the wire as they are (tcpdump prints a VXLAN packet's inner one on
+    a line of its own, without a timestamp: not counted)."""
+    return [ln for ln in lines if re.match(rf"[\d:.]+ IP {src} > {dst}: ICMP echo request", ln)]
+
+
+def vxlan(lines: list[str], to) -> list[str]:
+    return [ln for ln in lines if re.match(rf"[\d:.]+ IP [\d.]+ > {to}\.{VXLAN_PORT}: ", ln)]
+
+
+def ping(pod, address, count: int = 3) -> bool:
+    return " 0% packet loss" in pod.cmd(f"ping -c {count} -i 0.2 -W 1 {address}")
+
+
+@contextmanager
+def router(bridge, name: str, address: IPv4Address, behind, others) -> Iterator[None]:
+    """A router namespace `name` on the underlay at `address`; `behind` and `others` reach
+    each other only through it (host routes via it both ways), as across two subnets."""
+    with rogue_host(bridge.name, name, address) as ns:
+        for cmd in ("sysctl -qw net.ipv4.ip_forward=1", "sysctl -qw net.ipv4.conf.all.send_redirects=0",
+                    "sysctl -qw net.ipv4.conf.eth0.send_redirects=0"):  # fmt: skip
+            subprocess.run(["ip", "netns", "exec", ns, *cmd.split()], check=True)
+        routes = [(n, behind) for n in others] + [(behind, n) for n in others]
+        try:
+            for node, peer in routes:
+                node.cmd(f"ip route replace {peer.underlay_ip}/32 via {address} dev br-phy")
+                node.cmd(f"ping -c 1 -W 1 {peer.underlay_ip}")  # the tunnel's next hop, resolved
+            yield
+        finally:
+            for node, peer in routes:
+                node.cmd(f"ip route del {peer.underlay_ip}/32 via {address}")
+
+
+@pytest.mark.e2e
+def test_direct_routing_plain_ip_on_one_link_vxlan_behind_a_router_rogue_dropped() -> None:
+    with emulated_cluster("d", nodes=3, pods=1, direct_routing=True) as cluster:
+        n1, n2, n3 = cluster.vxflow_nodes
+        bridge = next(s for s in cluster.net.switches
+                      if isinstance(s, cluster_module().UnderlayBridge))  # fmt: skip
+        spare = list(bridge.node_addresses())[len(cluster.nodes) + 1:]  # held by no node
+        (p1,), (p2,), (p3,) = (cluster.pods_of(n) for n in (n1, n2, n3))
+        s2, s3 = (str(p.ip_if.network) for p in (p2, p3))
+        wait_for("n1 routes n2 and n3 directly", lambda: direct_routes(n1) == {s2, s3})
+        assert kernel_routes(n1) == {s2, s3}
+
+        # one link: the pods' own addresses on the underlay, no VXLAN
+        with capture(n2, f"icmp or udp port {VXLAN_PORT}") as seen:
+            assert ping(p1, p2.addr)
+        assert len(plain(seen, p1.addr, p2.addr)) == 3, seen
+        assert not vxlan(seen, n2.underlay_ip), seen
+
+        # n3 behind a router: decided again from the route change alone, VXLAN both ways
+        with router(bridge, f"{cluster.spec.tag}g", spare[0], n3, (n1, n2)):
+            wait_for("n1 tunnels to n3", lambda: direct_routes(n1) == {s2})
+            wait_for("n3 tunnels to all", lambda: not direct_routes(n3))
+            assert kernel_routes(n1) == {s2}
+            with capture(n3, f"icmp or udp port {VXLAN_PORT}") as seen:
+                assert ping(p1, p3.addr)
+            assert len(vxlan(seen, n3.underlay_ip)) >= 3, seen
+            assert not plain(seen, p1.addr, p3.addr), seen
+        wait_for("n1 routes n3 directly again", lambda: direct_routes(n1) == {s2, s3})
+
+        # the underlay interface down and up: the kernel drops the routes, the agent restores
+        n1.cmd("ip link set br-phy down")
+        wait_for("the kernel dropped n1's direct routes", lambda: not kernel_routes(n1))
+        n1.cmd("ip link set br-phy up")
+        wait_for("n1's direct routes restored", lambda: kernel_routes(n1) == {s2, s3})
+        wait_for("pod to pod again", lambda: ping(p1, p2.addr, 1))
+
+        # a host on the underlay with no lease routes a packet to n1's pod subnet
+        with rogue_host(bridge.name, f"{cluster.spec.tag}x", spare[1]) as ns:
+            subprocess.run(["ip", "netns", "exec", ns, "ip", "route", "add",
+                            str(p1.ip_if.network), "via", str(n1.underlay_ip)], check=True)  # fmt: skip
+            before, dropped = echo_requests_received(p1), nft_drops(n1)
+            subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "4", "-i", "0.2", "-W", "1",
+                            str(p1.addr)], capture_output=True)  # fmt: skip
+            assert echo_requests_received(p1) == before
+            assert nft_drops(n1) - dropped == 4
+        assert ping(p1, p2.addr)  # the nodes keep reaching each other
+
+
+def nft_drops(node) -> int:
+    out = node.cmd("nft -j list table ip vxflow_direct")
+    counters = [e["counter"]["packets"] for item in json.loads(out)["nftables"]
+                for e in item.get("rule", {}).get("expr", []) if "counter" in e]  # fmt: skip
+    return sum(counters)
