@@ -9,6 +9,9 @@ with the other nodes' leases:
   address `<subnet>.0/32`, MTU = underlay MTU - 50;
 - per remote lease: permanent neighbour `<subnet>.0 -> VtepMAC`, FDB entry
   `VtepMAC -> PublicIP`, route `<subnet>/len via <subnet>.0 onlink`;
+- with the config's Backend.DirectRouting, a remote lease whose PublicIP the kernel
+  routes with exactly one route and no gateway (flannel's pkg/ip `DirectRouting`,
+  leases/direct.py) gets `<subnet>/len via <PublicIP>` instead, and no VXLAN entries;
 - subnet.env as flanneld writes it, for the CNI side (the cluster's cni0).
 
 flanneld reacts to a watch; this reconciles from a snapshot once a second,
@@ -29,6 +32,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from flows.ports import vtep_mac_for
+from leases.direct import route_is_direct
 from leases.errors import RegistryError
 from leases.etcd_client import EtcdAccess
 from leases.model import LEASE_TTL_SECONDS, VXLAN_OVERHEAD, Lease, NetworkConfig
@@ -77,7 +81,8 @@ class VxlanDevice:
     def __init__(self, config: NetworkConfig, lease: Lease, iface: str) -> None:
         self.name = f"flannel.{config.backend.vni}"
         self.lease = lease
-        self.programmed: dict[IPv4Network, Lease] = {}
+        self.direct_routing = config.backend.direct_routing
+        self.programmed: dict[IPv4Network, tuple[Lease, bool]] = {}  # with: routed directly
         underlay_mtu = json.loads(ip("-j", "link", "show", iface))[0]["mtu"]
         self.mtu = config.backend.mtu or underlay_mtu - VXLAN_OVERHEAD
         ip("link", "del", self.name, check=False)  # a leftover of a previous run of ours
@@ -88,17 +93,35 @@ class VxlanDevice:
         ip("addr", "add", f"{lease.subnet.network_address}/32", "dev", self.name)
         ip("link", "set", self.name, "up")
 
-    def add(self, lease: Lease) -> None:
+    def is_direct(self, lease: Lease) -> bool:
+        if not self.direct_routing:
+            return False
+        answer = ip("-j", "route", "get", str(lease.public_ip), check=False)
+        return route_is_direct(json.loads(answer) if answer.strip() else [])
+
+    def add(self, lease: Lease, direct: bool) -> None:
+        if direct:  # flannel: RouteReplace{Dst: subnet, Gw: PublicIP}, no device
+            self.remove(lease.subnet)
+            ip("route", "replace", str(lease.subnet), "via", str(lease.public_ip))
+            self.programmed[lease.subnet] = lease, True
+            log.info("added %s directly via %s", lease.subnet, lease.public_ip)
+            return
         gw = str(lease.subnet.network_address)
         ip("neigh", "replace", gw, "lladdr", lease.vtep_mac, "dev", self.name, "nud", "permanent")
         bridge("fdb", "replace", lease.vtep_mac, "dev", self.name, "dst", str(lease.public_ip),
                "self", "permanent")  # fmt: skip
         ip("route", "replace", str(lease.subnet), "via", gw, "dev", self.name, "onlink")
-        self.programmed[lease.subnet] = lease
+        self.programmed[lease.subnet] = lease, False
         log.info("added %s via %s (%s)", lease.subnet, lease.public_ip, lease.vtep_mac)
 
     def remove(self, subnet: IPv4Network) -> None:
-        lease = self.programmed.pop(subnet)
+        if subnet not in self.programmed:
+            return
+        lease, direct = self.programmed.pop(subnet)
+        if direct:
+            ip("route", "del", str(subnet), "via", str(lease.public_ip), check=False)
+            log.info("removed %s", subnet)
+            return
         gw = str(subnet.network_address)
         ip("route", "del", str(subnet), "via", gw, "dev", self.name, check=False)
         ip("neigh", "del", gw, "dev", self.name, check=False)
@@ -116,8 +139,10 @@ class VxlanDevice:
             self.remove(subnet)
         for subnet, lease in want.items():
             have = self.programmed.get(subnet)
-            if have is None or (have.public_ip, have.vtep_mac) != (lease.public_ip, lease.vtep_mac):
-                self.add(lease)
+            direct = self.is_direct(lease)
+            held = have and (have[0].public_ip, have[0].vtep_mac, have[1])
+            if held != (lease.public_ip, lease.vtep_mac, direct):
+                self.add(lease, direct)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -155,3 +155,20 @@ def nft_drops(node) -> int:
     counters = [e["counter"]["packets"] for item in json.loads(out)["nftables"]
                 for e in item.get("rule", {}).get("expr", []) if "counter" in e]  # fmt: skip
     return sum(counters)
+
+
+@pytest.mark.e2e
+def test_mixed_cluster_with_a_flannel_style_direct_routing_node_is_direct_both_ways() -> None:
+    with emulated_cluster("m", nodes=1, pods=1, flannel_nodes=1, direct_routing=True) as cluster:
+        (vx,), (fl,) = cluster.vxflow_nodes, cluster.flannel_nodes
+        (pv,), (pf,) = cluster.pods_of(vx), cluster.pods_of(fl)
+        sv, sf = str(pv.ip_if.network), str(pf.ip_if.network)
+        wait_for("vx routes the flannel node directly", lambda: direct_routes(vx) == {sf})
+        wait_for("the flannel node routes vx directly",
+                 lambda: f"via {vx.underlay_ip}" in fl.cmd(f"ip route show {sv}"))  # fmt: skip
+        with capture(fl, f"icmp or udp port {VXLAN_PORT}") as seen:
+            assert ping(pv, pf.addr)
+            assert ping(pf, pv.addr)
+        assert len(plain(seen, pv.addr, pf.addr)) == 3, seen
+        assert len(plain(seen, pf.addr, pv.addr)) == 3, seen
+        assert not vxlan(seen, fl.underlay_ip) and not vxlan(seen, vx.underlay_ip), seen
