@@ -335,7 +335,6 @@ class Agent:
                 continue
             else:  # ConfigChanged: the next etcd turn re-reads it (and re-takes the lease)
                 self._published = None
-                self._direct_due.set()
                 continue
             self._dirty = True
 
@@ -585,6 +584,7 @@ class Agent:
             self.config = config
             self._acquire()
             self._dirty = True
+            self._direct_due.set()  # DirectRouting may have been turned on or off
 
     def _renew(self) -> None:
         try:

@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 import pytest
@@ -172,3 +173,48 @@ def test_mixed_cluster_with_a_flannel_style_direct_routing_node_is_direct_both_w
         assert len(plain(seen, pv.addr, pf.addr)) == 3, seen
         assert len(plain(seen, pf.addr, pv.addr)) == 3, seen
         assert not vxlan(seen, fl.underlay_ip) and not vxlan(seen, vx.underlay_ip), seen
+
+
+def lost_run(pod, address, during: Callable[[], None]) -> tuple[int, int]:
+    """Pings every 0.1 s while `during()` runs; (sent, the longest run of lost replies)."""
+    proc = pod.popen(["ping", "-n", "-O", "-i", "0.1", "-W", "1", str(address)],
+                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(1)
+        during()
+        time.sleep(2)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    answered = {int(m) for m in re.findall(r"icmp_seq=(\d+) ttl", out)}
+    sent = max([int(m) for m in re.findall(r"icmp_seq=(\d+)", out)], default=0)
+    longest = run = 0
+    for seq in range(1, sent + 1):
+        run = 0 if seq in answered else run + 1
+        longest = max(longest, run)
+    return sent, longest
+
+
+@pytest.mark.e2e
+def test_turning_direct_routing_off_and_on_loses_no_ping_beyond_one_second() -> None:
+    with emulated_cluster("o", nodes=2, pods=1, direct_routing=True) as cluster:
+        n1, n2 = cluster.vxflow_nodes
+        (p1,), (p2,) = cluster.pods_of(n1), cluster.pods_of(n2)
+        s1, s2 = str(p1.ip_if.network), str(p2.ip_if.network)
+        wait_for("direct both ways", lambda: direct_routes(n1) == {s2} and direct_routes(n2) == {s1})
+
+        def toggle(on: bool) -> Callable[[], None]:
+            def set_config() -> None:
+                cluster.spec = replace(cluster.spec, direct_routing=on)
+                cluster.write_config()
+                want = {s2} if on else set()
+                wait_for(f"direct routing {'on' if on else 'off'}",
+                         lambda: direct_routes(n1) == want == kernel_routes(n1))  # fmt: skip
+            return set_config
+
+        for on in (False, True):
+            sent, longest = lost_run(p1, p2.addr, toggle(on))
+            assert sent >= 25 and longest <= 10, (on, sent, longest)  # 10 x 0.1 s: one second
+        with capture(n2, f"icmp or udp port {VXLAN_PORT}") as seen:
+            assert ping(p1, p2.addr)
+        assert len(plain(seen, p1.addr, p2.addr)) == 3, seen
