@@ -148,6 +148,7 @@ def flows() -> None:
 def _desired(etcd: dict[str, Any], node: IPv4Address):
     """The node's desired table (flows and the services' groups), from etcd."""
     from flows.compiler import compile_table
+    from flows.direct import direct_leases
     from flows.services import service_plan
 
     with open_registry(**etcd) as registry:
@@ -157,7 +158,14 @@ def _desired(etcd: dict[str, Any], node: IPv4Address):
     if own is None:
         click.echo(f"# {node} holds no valid lease: only the table-miss drops", err=True)
     plan = service_plan(snap.vxflow, snap.services)
-    return compile_table(config, snap.leases, snap.endpoints, node, plan)
+    reachable = snap.direct().get(node)
+    table = compile_table(config, snap.leases, snap.endpoints, node, plan, reachable)
+    if config.backend.direct_routing:  # which peers the direct routes (flows/direct.py) serve
+        peers = [f"{p.public_ip} ({p.subnet})" for p in
+                 direct_leases(config, own, snap.leases, reachable)]  # fmt: skip
+        click.echo(f"# DirectRouting: direct to {', '.join(peers) or 'no peer'}; VXLAN to the "
+                   "rest", err=True)  # fmt: skip
+    return table
 
 
 def _ordered(flows):

@@ -27,6 +27,7 @@ import pytest
 from flows.flow import Owner, cookie_for
 from ovsdb.direct import RTPROT_VXFLOW
 from tests.emulation import emulated_cluster
+from tests.ofharness import VXFLOW
 from tests.test_e2e_rogue_underlay import echo_requests_received, rogue_host
 from vxflow.demo import cluster_module
 
@@ -120,6 +121,7 @@ def test_direct_routing_plain_ip_on_one_link_vxlan_behind_a_router_rogue_dropped
             assert ping(p1, p2.addr)
         assert len(plain(seen, p1.addr, p2.addr)) == 3, seen
         assert not vxlan(seen, n2.underlay_ip), seen
+        tools_show_the_direct_hop(cluster, p1, p2, n1, n2, {n2, n3})
 
         # n3 behind a router: decided again from the route change alone, VXLAN both ways
         with router(bridge, f"{cluster.spec.tag}g", spare[0], n3, (n1, n2)):
@@ -130,6 +132,9 @@ def test_direct_routing_plain_ip_on_one_link_vxlan_behind_a_router_rogue_dropped
                 assert ping(p1, p3.addr)
             assert len(vxlan(seen, n3.underlay_ip)) >= 3, seen
             assert not plain(seen, p1.addr, p3.addr), seen
+            doc = json.loads(vxflow(cluster, "trace", str(p1.addr), str(p3.addr), "-o", "json",
+                                    *ovs_flags(cluster)).stdout)  # fmt: skip
+            assert doc["hops"][0]["result"] == "tunnel" and doc["delivered"]
         wait_for("n1 routes n3 directly again", lambda: direct_routes(n1) == {s2, s3})
 
         # the underlay interface down and up: the kernel drops the routes, the agent restores
@@ -149,6 +154,42 @@ def test_direct_routing_plain_ip_on_one_link_vxlan_behind_a_router_rogue_dropped
             assert echo_requests_received(p1) == before
             assert nft_drops(n1) - dropped == 4
         assert ping(p1, p2.addr)  # the nodes keep reaching each other
+
+
+def vxflow(cluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([VXFLOW, *args, *cluster.etcd_flags()], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def ovs_flags(cluster) -> list[str]:
+    return [f"--ovs={n.underlay_ip}={n.ovs.vswitchd_ctl}" for n in cluster.vxflow_nodes]
+
+
+def tools_show_the_direct_hop(cluster, src, dst, node, peer, direct) -> None:
+    """`vxflow trace` shows the direct hop (next hop, no VNI); `flows show` and `status`
+    which peers are direct."""
+    res = vxflow(cluster, "trace", str(src.addr), str(dst.addr), "-o", "json", *ovs_flags(cluster))
+    doc = json.loads(res.stdout)
+    assert res.returncode == 0 and doc["delivered"], res.stdout + res.stderr
+    first, second = doc["hops"]
+    assert (first["result"], first["next_hop"], first["vni"]) == ("direct", str(peer.underlay_ip),
+                                                                  None)  # fmt: skip
+    assert first["flows"][-1]["owner"].startswith(f"direct route to {dst.ip_if.network}")
+    assert second["in_port"] == f"2 (host, routed directly from {node.underlay_ip})"
+    assert "nw_ttl=62" in second["packet"]  # one hop for each host's forwarding
+    assert second["result"] == "delivered" and second["detail"].startswith(f"to pod {dst.addr}")
+    text = vxflow(cluster, "trace", str(src.addr), str(dst.addr), *ovs_flags(cluster)).stdout
+    assert f"routed directly via {peer.underlay_ip}: DirectRouting, no VXLAN" in text
+    show = vxflow(cluster, "flows", "show", "--node", str(node.underlay_ip))
+    assert f"table=20,priority=101,eth_type=0x0800,ip_dst={dst.ip_if.network} " in show.stdout
+    named = re.search(r"# DirectRouting: direct to (.*); VXLAN to the rest", show.stderr)
+    assert named and {ip.split()[0] for ip in named[1].split(", ")} == {
+        str(n.underlay_ip) for n in direct}, show.stderr  # fmt: skip
+    status = json.loads(vxflow(cluster, "status", "-o", "json").stdout)
+    assert status["config"]["direct_routing"] is True
+    (mine,) = [n for n in status["nodes"] if n["public_ip"] == str(node.underlay_ip)]
+    assert set(mine["direct"]) == {str(n.underlay_ip) for n in direct}
+    assert "DIRECT PEERS" in vxflow(cluster, "status").stdout
 
 
 def nft_drops(node) -> int:
