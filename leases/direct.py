@@ -31,9 +31,9 @@ def route_is_direct(routes: Sequence[Mapping[str, Any]]) -> bool:
 def direct_sources(
     leases: Iterable[Lease], direct: Collection[IPv4Address], own: IPv4Address
 ) -> list[IPv4Network]:
-    """The subnets whose pods may send to this node's pods unencapsulated: those of the
+    """The sources that may reach this node's pods unencapsulated: the subnets of the
     peers it reaches directly (the counterpart of the tunnel-ingress check, which admits
-    a source subnet only from the PublicIP that leases it)."""
-    return sorted(
-        lease.subnet for lease in leases if lease.public_ip in direct and lease.public_ip != own
-    )
+    a source subnet only from the PublicIP that leases it), and those peers' PublicIPs
+    (their hosts' own traffic to our pods, which the direct route sends from there)."""
+    peers = [le for le in leases if le.public_ip in direct and le.public_ip != own]
+    return sorted({le.subnet for le in peers} | {IPv4Network(le.public_ip) for le in peers})

@@ -10,7 +10,8 @@ what arrives unencapsulated, and the kernel's route changes that make the agent 
   and up) comes back: the route watch wakes the agent, which installs what is missing.
 - The filter (nftables, table `ip vxflow_direct`, hook forward): a packet that the host
   forwards to this node's pod subnet from anywhere but the gateway port must come from
-  a direct peer's subnet, or it is dropped and counted. A host on the underlay that is
+  a direct peer's subnet or PublicIP (its host's own traffic), or it is dropped and
+  counted. A host on the underlay that is
   not a node cannot reach pods by routing to this node; nor can a peer behind a router,
   which is VXLAN's, checked there by the tunnel-ingress flows.
 """
@@ -29,7 +30,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK
 
-from leases.direct import route_is_direct
+from leases.direct import direct_sources, route_is_direct
 from leases.model import Lease
 from ovsdb.iproute import ip_batch, ip_json
 
@@ -127,10 +128,11 @@ class DirectRouting:
                 if r.get("gateway") and "/" in r.get("dst", "")}  # fmt: skip
 
     def apply(self, own: Lease, gateway: str, direct: list[Lease]) -> int:
-        """Routes via each of `direct`'s PublicIPs, the filter admitting their subnets;
-        the number of routes changed. The filter goes in first: a route never runs ahead
-        of the check on the way back."""
-        self._nft_batch(filter_commands(own.subnet, gateway, sorted(p.subnet for p in direct)))
+        """Routes via each of `direct`'s PublicIPs, the filter admitting their subnets and
+        addresses (leases/direct.py `direct_sources`); the number of routes changed. The
+        filter goes in first: a route never runs ahead of the check on the way back."""
+        sources = direct_sources(direct, {p.public_ip for p in direct}, own.public_ip)
+        self._nft_batch(filter_commands(own.subnet, gateway, sources))
         lines = route_commands({p.subnet: p.public_ip for p in direct}, self.held_routes())
         if lines:
             ip_batch(lines)

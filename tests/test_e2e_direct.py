@@ -122,6 +122,7 @@ def test_direct_routing_plain_ip_on_one_link_vxlan_behind_a_router_rogue_dropped
         assert len(plain(seen, p1.addr, p2.addr)) == 3, seen
         assert not vxlan(seen, n2.underlay_ip), seen
         tools_show_the_direct_hop(cluster, p1, p2, n1, n2, {n2, n3})
+        assert " 0% packet loss" in n1.cmd(f"ping -c 2 -i 0.2 -W 1 {p2.addr}")  # host to pod
 
         # n3 behind a router: decided again from the route change alone, VXLAN both ways
         with router(bridge, f"{cluster.spec.tag}g", spare[0], n3, (n1, n2)):

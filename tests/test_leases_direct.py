@@ -40,11 +40,12 @@ def lease(subnet: str, ip: str) -> Lease:
     return Lease(IPv4Network(subnet), IPv4Address(ip), 1, "0e:00:00:00:00:01")
 
 
-def test_direct_sources_are_the_subnets_of_direct_peers_only() -> None:
+def test_direct_sources_are_the_subnets_and_addresses_of_direct_peers_only() -> None:
     leases = [lease("198.19.1.0/24", "198.18.0.3"), lease("198.19.2.0/24", "198.18.0.4"),
               lease("198.19.3.0/24", "198.18.0.140")]  # fmt: skip
     direct = {IPv4Address("198.18.0.4"), IP}  # own address named too: never its own subnet
-    assert direct_sources(leases, direct, IP) == [IPv4Network("198.19.2.0/24")]
+    assert direct_sources(leases, direct, IP) == [IPv4Network("198.18.0.4/32"),
+                                                  IPv4Network("198.19.2.0/24")]  # fmt: skip
     assert direct_sources(leases, set(), IP) == []
 
 
