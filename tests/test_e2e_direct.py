@@ -261,3 +261,25 @@ def test_turning_direct_routing_off_and_on_loses_no_ping_beyond_one_second() -> 
         with capture(n2, f"icmp or udp port {VXLAN_PORT}") as seen:
             assert ping(p1, p2.addr)
         assert len(plain(seen, p1.addr, p2.addr)) == 3, seen
+
+
+@pytest.mark.e2e
+def test_a_service_and_ip_masq_over_a_direct_path() -> None:
+    """A pod reaches a service whose backend is on a direct peer: the connection crosses
+    the underlay as plain TCP to the backend's own address (DNAT in the client's switch),
+    the backend sees the client pod's address (--ip-masq leaves overlay to overlay
+    alone), and the reply finds its way back (un-DNAT)."""
+    from tests.test_e2e_services import PORT, VIP, put_service, run_in, serving
+
+    with emulated_cluster("v", nodes=2, pods=1, direct_routing=True, ip_masq=True) as cluster:
+        n1, n2 = cluster.vxflow_nodes
+        (p1,), (p2,) = cluster.pods_of(n1), cluster.pods_of(n2)
+        wait_for("n1 routes n2 directly", lambda: direct_routes(n1) == {str(p2.ip_if.network)})
+        with serving(cluster, [n2]):
+            put_service(cluster, [p2])
+            with capture(n2, f"tcp port {PORT} or udp port {VXLAN_PORT}") as seen:
+                result = run_in(p1, "connect", VIP, "80", "5")
+        assert result["failed"] == 0, result
+        assert {a.split()[1] for a in result["answers"]} == {str(p1.addr)}  # not masqueraded
+        assert [ln for ln in seen if re.match(rf"[\d:.]+ IP {p1.addr}\.\d+ > {p2.addr}\.{PORT}: ", ln)]
+        assert not vxlan(seen, n2.underlay_ip), seen
