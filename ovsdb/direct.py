@@ -18,7 +18,6 @@ what arrives unencapsulated, and the kernel's route changes that make the agent 
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
@@ -109,11 +108,16 @@ class DirectRouting:
     """The node's side of DirectRouting, in the agent's (this process's) namespace."""
 
     def __init__(self) -> None:
-        import nftables  # Debian's python3-nftables, as ovsdb/ipmasq.py
-
-        self._nft = nftables.Nftables()
-        self._nft.set_json_output(True)
+        self._nft: Any = None  # made when first used: clearing routes needs no nftables
         self._ipr = IPRoute()
+
+    def _nftables(self) -> Any:
+        if self._nft is None:
+            import nftables  # Debian's python3-nftables, as ovsdb/ipmasq.py
+
+            self._nft = nftables.Nftables()
+            self._nft.set_json_output(True)
+        return self._nft
 
     def close(self) -> None:
         self._ipr.close()
@@ -143,25 +147,18 @@ class DirectRouting:
         lines = route_commands({}, self.held_routes())
         if lines:
             ip_batch(lines)
-        rc, _out, _err = self._nft.cmd(f"list table {FAMILY} {TABLE}")
+        try:
+            nft = self._nftables()
+        except ImportError:  # no python3-nftables: no table of ours either
+            return len(lines)
+        rc, _out, _err = nft.cmd(f"list table {FAMILY} {TABLE}")
         if rc == 0:
             self._nft_batch({"nftables": [{"delete": {"table": {"family": FAMILY,
                                                                  "name": TABLE}}}]})  # fmt: skip
         return len(lines)
 
-    def dropped(self) -> int:
-        """Packets the ingress filter dropped (0 without our table)."""
-        rc, out, _err = self._nft.cmd(f"list table {FAMILY} {TABLE}")
-        if rc != 0:
-            return 0
-        for item in json.loads(out).get("nftables", []):
-            for expr in item.get("rule", {}).get("expr", []):
-                if "counter" in expr:
-                    return int(expr["counter"]["packets"])
-        return 0
-
     def _nft_batch(self, commands: dict[str, Any]) -> None:
-        rc, _out, err = self._nft.json_cmd(commands)
+        rc, _out, err = self._nftables().json_cmd(commands)
         if rc != 0:
             raise DirectError(f"nftables refused the direct-routing filter: {err.strip()}")
 
