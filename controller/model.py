@@ -121,6 +121,8 @@ class Impact:
     endpoint_nodes: set[IPv4Network] = field(default_factory=set)
     service_cookies: set[int] = field(default_factory=set)  # service ports, reply hooks
     flushes: list[Flush] = field(default_factory=list)  # removed UDP backends, every switch
+    # one switch's own: the direct routes (flows/direct.py) its node's Direct list changed
+    node_cookies: dict[IPv4Address, set[int]] = field(default_factory=dict)
     _cookies: frozenset[int] | None = field(default=None, repr=False, compare=False)
 
     def scope_for(self, node: IPv4Address, own_subnet: IPv4Network | None) -> Scope:
@@ -133,7 +135,8 @@ class Impact:
             self._cookies |= {direct_cookie(s) for s in self.lease_subnets}
             self._cookies |= self.service_cookies
         owners = frozenset({Owner.ENDPOINT}) if own_subnet in self.endpoint_nodes else frozenset()
-        return Scope(False, self._cookies, owners)
+        own = self.node_cookies.get(node)
+        return Scope(False, self._cookies | own if own else self._cookies, owners)
 
 
 class ClusterModel:
@@ -445,13 +448,18 @@ class ClusterModel:
     def _note_direct(
         self, node: IPv4Address, direct: frozenset[IPv4Address] | None, impact: Impact
     ) -> None:
-        """A node's Direct list came, changed or went: with DirectRouting on its switch
-        is resynced (the diff sends only the direct routes that changed)."""
+        """A node's Direct list came, changed or went: with DirectRouting on, the direct
+        routes of the peers that came or went are in its switch's scope (a peer without
+        a lease yet gets its route with its lease's event)."""
         old = self.direct.pop(node, None)
         if direct is not None:
             self.direct[node] = direct
-        if old != direct and self.config is not None and self.config.backend.direct_routing:
-            impact.full_nodes.add(node)
+        if old == direct or self.config is None or not self.config.backend.direct_routing:
+            return
+        changed = (old or frozenset()) ^ (direct or frozenset())
+        cookies = {direct_cookie(s) for s in self._subnets_of(changed)}
+        if cookies:
+            impact.node_cookies.setdefault(node, set()).update(cookies)
 
     def set_connected(self, node: IPv4Address, connected: bool) -> Impact:
         """This replica's connection to `node`'s switch came (True) or went (False)."""

@@ -52,18 +52,26 @@ def model(config=ON) -> ClusterModel:
     return m
 
 
-def test_model_follows_direct_lists_and_resyncs_only_the_node_whose_list_changed() -> None:
+def test_model_follows_direct_lists_touching_only_the_changed_routes_of_that_node() -> None:
     m = model()
     assert set(direct_of(m.desired(N1, FULL))) == {L2.subnet}
     assert not direct_of(m.desired(N2, FULL))  # N2's agent named nobody
     impact = m.apply([LivenessRemoved(Liveness(N1, 2, 7, frozenset({N2})), 5),
                       LivenessAdded(Liveness(N1, 2, 7, frozenset({N2, N3})), 5)])  # fmt: skip
-    assert impact.full_nodes == {N1} and impact.scope_for(N2, L2.subnet) != FULL
+    scope = impact.scope_for(N1, L1.subnet)
+    # the record's change is a removal and an addition: N2's route is looked at again too
+    # (unchanged, so the diff sends nothing for it), N3's is new
+    assert not scope.full and scope.cookies == {direct_cookie(L2.subnet), direct_cookie(L3.subnet)}
+    assert not impact.scope_for(N2, L2.subnet) and not impact.full_nodes
+    assert set(direct_of(m.desired(N1, scope).flows)) == {L2.subnet, L3.subnet}
     assert set(direct_of(m.desired(N1, FULL))) == {L2.subnet, L3.subnet}
-    # the same record renewed (no change of its list) resyncs nothing
+    # the same record renewed (no change of its list) touches nothing
     same = m.apply([LivenessAdded(Liveness(N1, 2, 7, frozenset({N2, N3})), 6)])
-    assert not same.full_nodes
-    m.apply([LivenessRemoved(Liveness(N1, 2, 7, frozenset({N2, N3})), 7)])  # the agent is gone
+    assert not same.scope_for(N1, L1.subnet)
+    gone = m.apply([LivenessRemoved(Liveness(N1, 2, 7, frozenset({N2, N3})), 7)])  # agent gone
+    scope = gone.scope_for(N1, L1.subnet)
+    assert scope.cookies == {direct_cookie(L2.subnet), direct_cookie(L3.subnet)}
+    assert not direct_of(m.desired(N1, scope).flows)  # so the diff deletes both
     assert not direct_of(m.desired(N1, FULL))
 
 
