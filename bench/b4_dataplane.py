@@ -9,10 +9,19 @@ environment (userspace vs kernel datapath, no kernel OVS module here) as much
 as vxflow, so it is reported, not gated. Mininet builds in the root namespace
 (per-run underlay /27 and tag), so this one is not run in bench/isolation.py's
 namespace. Run: `python -m bench.b4_dataplane` (root).
+
+With `--direct` the cluster runs with the config's Backend.DirectRouting (its
+nodes share one link) and each round measures three pairs: the vxflow pair
+routed directly, the flannel-style pair routed directly (flannel's own
+DirectRouting, kernel routes only), and the vxflow pair over VXLAN (the option
+turned off for that measurement and on again, through etcd, each round: the
+flannel-style nodes read it once, at start, and stay direct). Results go to
+b4_dataplane_direct.json.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -24,6 +33,7 @@ import click
 
 from bench import report
 from bench.stats import median
+from flows.flow import Owner, cookie_for
 from vxflow.demo import cluster_module
 
 MODULE = "bench.b4_dataplane"
@@ -31,6 +41,11 @@ log = logging.getLogger(MODULE)
 RTT = re.compile(r"rtt min/avg/max/mdev = ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
 LOSS = re.compile(r"(\d+) packets transmitted, (\d+) received")
 IPERF_PORT = 5201
+KINDS = ("vxflow", "flannel")
+KINDS_DIRECT = ("vxflow_direct", "flannel_direct", "vxflow_vxlan")
+RATIOS = {"vxflow_over_flannel": ("vxflow", "flannel")}
+RATIOS_DIRECT = {"vxflow_direct_over_flannel_direct": ("vxflow_direct", "flannel_direct"),
+                 "vxflow_direct_over_vxflow_vxlan": ("vxflow_direct", "vxflow_vxlan")}  # fmt: skip
 
 
 def ping(src, dst, count: int) -> dict[str, float]:
@@ -68,20 +83,42 @@ def iperf(src, dst, seconds: int, address: str | None = None) -> dict[str, float
         server.wait(10)
 
 
-def measure(rounds: int, pings: int, seconds: int) -> dict[str, Any]:
+def direct_flows(node) -> int:
+    """The direct routes (flows/direct.py) on a vxflow node's br-int."""
+    mask = 0xFFFF << 48  # the cookie's magic byte and owner kind
+    out = node.ovs.ofctl("dump-flows", "br-int", f"cookie={cookie_for(Owner.DIRECT):#x}/{mask:#x}")
+    return out.count("actions=")
+
+
+def set_direct(cluster, on: bool, timeout: float = 30) -> None:
+    """DirectRouting on or off in etcd; back once every vxflow node's flows follow."""
+    cluster.spec = dataclasses.replace(cluster.spec, direct_routing=on)
+    cluster.write_config()
+    deadline = time.monotonic() + timeout
+    while any(bool(direct_flows(n)) is not on for n in cluster.vxflow_nodes):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"DirectRouting {'on' if on else 'off'}: flows not there in {timeout}s")
+        time.sleep(0.2)
+
+
+def measure(rounds: int, pings: int, seconds: int, direct: bool = False) -> dict[str, Any]:
     vx = cluster_module()  # mininet/vxcluster.py, loaded as the demo and e2e tests load it
-    spec = vx.ClusterSpec(nodes=2, pods=1, flannel_nodes=2)
-    samples: dict[str, dict[str, list]] = {"vxflow": {"ping": [], "iperf": []},
-                                           "flannel": {"ping": [], "iperf": []}}  # fmt: skip
+    spec = vx.ClusterSpec(nodes=2, pods=1, flannel_nodes=2, direct_routing=direct)
+    kinds = KINDS_DIRECT if direct else KINDS
+    samples: dict[str, dict[str, list]] = {k: {"ping": [], "iperf": []} for k in kinds}
     with vx.Cluster(spec, progress=log.info) as cluster:
-        pairs = {
-            "vxflow": [cluster.pods_of(n)[0] for n in cluster.vxflow_nodes],
-            "flannel": [cluster.pods_of(n)[0] for n in cluster.flannel_nodes],
-        }
+        vxflow = [cluster.pods_of(n)[0] for n in cluster.vxflow_nodes]
+        flannel = [cluster.pods_of(n)[0] for n in cluster.flannel_nodes]
+        pairs = dict(zip(kinds, (vxflow, flannel, vxflow), strict=False))
+        if direct:
+            set_direct(cluster, True)
         for a, b in pairs.values():
             ping(a, b, 5)  # warm ARP/neighbour and tunnel state before measuring
         for i in range(rounds):
             for kind, (a, b) in pairs.items():
+                if direct and kind.startswith("vxflow"):
+                    set_direct(cluster, kind == "vxflow_direct")
+                    ping(a, b, 5)
                 samples[kind]["ping"].append(ping(a, b, pings))
                 samples[kind]["iperf"].append(iperf(a, b, seconds))
                 log.info("round %d %s: rtt avg %.3f ms, %.0f Mbit/s", i + 1, kind,
@@ -95,12 +132,9 @@ def measure(rounds: int, pings: int, seconds: int) -> dict[str, Any]:
             "tcp_bps_median": median([r["received_bps"] for r in s["iperf"]]),
             "lost_pings": sum(p["sent"] - p["received"] for p in s["ping"]),
         }
-    summary["rtt_ratio_vxflow_over_flannel"] = (
-        summary["vxflow"]["rtt_avg_s_median"] / summary["flannel"]["rtt_avg_s_median"]
-    )
-    summary["tcp_ratio_vxflow_over_flannel"] = (
-        summary["vxflow"]["tcp_bps_median"] / summary["flannel"]["tcp_bps_median"]
-    )
+    for name, (x, y) in (RATIOS_DIRECT if direct else RATIOS).items():
+        summary[f"rtt_ratio_{name}"] = summary[x]["rtt_avg_s_median"] / summary[y]["rtt_avg_s_median"]
+        summary[f"tcp_ratio_{name}"] = summary[x]["tcp_bps_median"] / summary[y]["tcp_bps_median"]
     return {"rounds": rounds, "pings_per_round": pings, "iperf_seconds": seconds,
             "samples": samples, "summary": summary}  # fmt: skip
 
@@ -111,20 +145,24 @@ def measure(rounds: int, pings: int, seconds: int) -> dict[str, Any]:
 @click.option("--seconds", default=5, show_default=True, help="iperf3 duration per round.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write the JSON (default bench/results).")
-def main(rounds: int, pings: int, seconds: int, results_dir: Path | None) -> None:
+@click.option("--direct", is_flag=True,
+              help="DirectRouting: vxflow direct vs flannel-style direct vs vxflow VXLAN.")
+def main(rounds: int, pings: int, seconds: int, results_dir: Path | None, direct: bool) -> None:
     """B4: pod-to-pod RTT and TCP throughput, vxflow vs flannel-style nodes.
 
     Needs root; builds a Mininet cluster (2 vxflow + 2 flannel-style nodes, one pod
-    each). Writes b4_dataplane.json."""
+    each). Writes b4_dataplane.json (with --direct: b4_dataplane_direct.json)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = measure(rounds, pings, seconds)
-    path = report.save("b4_dataplane", MODULE, result, results_dir)
+    result = measure(rounds, pings, seconds, direct)
+    path = report.save("b4_dataplane_direct" if direct else "b4_dataplane", MODULE, result,
+                       results_dir)  # fmt: skip
     s = result["summary"]
-    for kind in ("vxflow", "flannel"):
-        click.echo(f"{kind:8s} rtt avg {report.ms(s[kind]['rtt_avg_s_median'])}"
+    for kind in KINDS_DIRECT if direct else KINDS:
+        click.echo(f"{kind:14s} rtt avg {report.ms(s[kind]['rtt_avg_s_median'])}"
                    f"  tcp {s[kind]['tcp_bps_median'] / 1e6:,.0f} Mbit/s")  # fmt: skip
-    click.echo(f"ratio vxflow/flannel: rtt {s['rtt_ratio_vxflow_over_flannel']:.2f}"
-               f"  tcp {s['tcp_ratio_vxflow_over_flannel']:.2f}")  # fmt: skip
+    for name in RATIOS_DIRECT if direct else RATIOS:
+        click.echo(f"ratio {name.replace('_over_', '/')}: rtt {s[f'rtt_ratio_{name}']:.2f}"
+                   f"  tcp {s[f'tcp_ratio_{name}']:.2f}")  # fmt: skip
     click.echo(f"results: {path}")
 
 

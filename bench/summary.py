@@ -135,19 +135,34 @@ def b3(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+B4_LABELS = {
+    "vxflow": "vxflow nodes (OVS userspace datapath)",
+    "flannel": "flannel-style nodes (kernel VXLAN)",
+    "vxflow_direct": "vxflow nodes, DirectRouting (gateway port + kernel route)",
+    "flannel_direct": "flannel-style nodes, DirectRouting (kernel routes)",
+    "vxflow_vxlan": "vxflow nodes, VXLAN (the option off for the round)",
+}
+
+
 def b4(r: dict[str, Any]) -> list[str]:
+    """B4, or its --direct run (b4_dataplane_direct): the same table over the pairs it has."""
     s = r["summary"]
-    lines = ["### B4 data plane (pod to pod, one cluster, same underlay)", "", *_head(r),
+    direct = "vxflow_direct" in s
+    lines = [f"### B4 data plane{' with DirectRouting' if direct else ''} (pod to pod, one "
+             "cluster, same underlay)", "", *_head(r),
              f"{r['rounds']} alternating rounds; per round {r['pings_per_round']} pings "
              f"(`ping -i 0.01`) and `iperf3 -t {r['iperf_seconds']}`; medians over rounds.", "",
              "| pair | RTT avg | RTT min | TCP throughput | lost pings |", "|---|---|---|---|---|"]  # fmt: skip
-    for kind, label in (("vxflow", "vxflow nodes (OVS userspace datapath)"),
-                        ("flannel", "flannel-style nodes (kernel VXLAN)")):  # fmt: skip
+    for kind, label in B4_LABELS.items():
+        if kind not in s:
+            continue
         k = s[kind]
         lines.append(f"| {label} | {_ms(k['rtt_avg_s_median'])} | {_ms(k['rtt_min_s_median'])} | "
                      f"{k['tcp_bps_median'] / 1e6:,.0f} Mbit/s | {k['lost_pings']} |")  # fmt: skip
-    lines += ["", f"Ratio vxflow/flannel: RTT {s['rtt_ratio_vxflow_over_flannel']:.2f}, "
-              f"TCP throughput {s['tcp_ratio_vxflow_over_flannel']:.2f} (reported, not gated)."]  # fmt: skip
+    ratios = [n[len("rtt_ratio_"):] for n in s if n.startswith("rtt_ratio_")]
+    lines.append("")
+    lines += [f"Ratio {n.replace('_over_', '/')}: RTT {s[f'rtt_ratio_{n}']:.2f}, TCP throughput "
+              f"{s[f'tcp_ratio_{n}']:.2f} (reported, not gated)." for n in ratios]  # fmt: skip
     return lines
 
 
@@ -319,7 +334,8 @@ def b11(r: dict[str, Any]) -> list[str]:
 def render(results_dir: Path) -> str:
     out: list[str] = []
     for name, fn in (("b1_flow_rate", b1), ("b2_convergence", b2), ("b3_cold_start", b3),
-                     ("b4_dataplane", b4), ("b5_failover", b5), ("b6_attach", b6),
+                     ("b4_dataplane", b4), ("b4_dataplane_direct", b4),
+                     ("b5_failover", b5), ("b6_attach", b6),
                      ("b7_services", b7), ("b8_drift_repair", b8),
                      ("b9_switch_restart", b9), ("b11_failover", b11)):  # fmt: skip
         r = _load(name, results_dir)

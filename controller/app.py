@@ -371,7 +371,7 @@ class VxflowController(app_manager.OSKenApp):
                 impact = model.load(snapshot.config, snapshot.leases, snapshot.endpoints, _yield,
                                     snapshot.vxflow, snapshot.services, snapshot.alive(),
                                     snapshot.readiness, snapshot.policies,
-                                    snapshot.namespaces)  # fmt: skip
+                                    snapshot.namespaces, snapshot.direct())  # fmt: skip
                 self.model = model
                 now = {sync.node for sync in self.switches.values()}
                 for node in now ^ model.connected:  # switches that came or went while it loaded

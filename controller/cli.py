@@ -148,6 +148,7 @@ def flows() -> None:
 def _desired(etcd: dict[str, Any], node: IPv4Address):
     """The node's desired table (flows and the services' groups), from etcd."""
     from flows.compiler import compile_table
+    from flows.direct import direct_leases
     from flows.services import service_plan
     from leases.health import ready_only
 
@@ -159,8 +160,15 @@ def _desired(etcd: dict[str, Any], node: IPv4Address):
         click.echo(f"# {node} holds no valid lease: only the table-miss drops", err=True)
     unready = snap.unready()  # the health checks' verdicts (a DOWN node needs the switches)
     plan = service_plan(snap.vxflow, (ready_only(s, unready) for s in snap.services))
-    return compile_table(config, snap.leases, snap.endpoints, node, plan, snap.policies,
-                         snap.namespaces)
+    reachable = snap.direct().get(node)
+    table = compile_table(config, snap.leases, snap.endpoints, node, plan, snap.policies,
+                          snap.namespaces, reachable)
+    if config.backend.direct_routing:  # which peers the direct routes (flows/direct.py) serve
+        peers = [f"{p.public_ip} ({p.subnet})" for p in
+                 direct_leases(config, own, snap.leases, reachable)]  # fmt: skip
+        click.echo(f"# DirectRouting: direct to {', '.join(peers) or 'no peer'}; VXLAN to the "
+                   "rest", err=True)  # fmt: skip
+    return table
 
 
 def _ordered(flows):

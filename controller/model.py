@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -40,6 +40,7 @@ from flows.compiler import (
     route_row,
     subnet_cookie,
 )
+from flows.direct import direct_cookie, direct_flow, direct_leases
 from flows.flow import Flow, Owner, Table, owner_of
 from flows.groups import Group, group_cookie
 from flows.ipv6 import dual_stack, endpoint_v6_flows, lease_v6_flows
@@ -138,6 +139,8 @@ class Impact:
     service_cookies: set[int] = field(default_factory=set)  # service ports, reply hooks
     flushes: list[Flush] = field(default_factory=list)  # removed UDP backends, every switch
     policy: bool = False  # every switch's policy flows (flows/policy.py) may have changed
+    # one switch's own: the direct routes (flows/direct.py) its node's Direct list changed
+    node_cookies: dict[IPv4Address, set[int]] = field(default_factory=dict)
     _cookies: frozenset[int] | None = field(default=None, repr=False, compare=False)
 
     def scope_for(self, node: IPv4Address, own_subnet: IPv4Network | None) -> Scope:
@@ -147,11 +150,13 @@ class Impact:
             return FULL
         if self._cookies is None:
             self._cookies = frozenset(subnet_cookie(s) for s in self.lease_subnets)
+            self._cookies |= {direct_cookie(s) for s in self.lease_subnets}
             self._cookies |= self.service_cookies
         owners = frozenset({Owner.ENDPOINT}) if own_subnet in self.endpoint_nodes else frozenset()
         if self.policy:
             owners |= POLICY_OWNERS
-        return Scope(False, self._cookies, owners)
+        own = self.node_cookies.get(node)
+        return Scope(False, self._cookies | own if own else self._cookies, owners)
 
 
 class ClusterModel:
@@ -184,6 +189,8 @@ class ClusterModel:
         # those whose switch is connected to this replica, and the subnets of the nodes DOWN
         self.alive: set[IPv4Address] = set()
         self.connected: set[IPv4Address] = set()
+        # DirectRouting: the peers each node's agent reaches directly (its liveness record)
+        self.direct: dict[IPv4Address, frozenset[IPv4Address]] = {}
         self._down: dict[IPv4Network, IPv4Address] = {}
         # health checks: the verdicts (by service, then key name) and the unready backends
         # by service (only services with one)
@@ -328,10 +335,13 @@ class ClusterModel:
         own = self.own_lease(node)
         plan = self.plan()
         six = dual_stack(self.config, own)
+        reachable = self.direct.get(node)
         if scope.full:
             leases, rows = self._selection()
             v6 = self._v6_selection() if six else None
-            table = node_table(self.config, leases, self.endpoints_of(own), own, rows, plan, v6)
+            direct = direct_leases(self.config, own, leases, reachable)
+            table = node_table(self.config, leases, self.endpoints_of(own), own, rows, plan, v6,
+                               direct)  # fmt: skip
             table.flows.extend(self.policy_table(node).flows)
             return table
         flows: list[Flow] = []
@@ -349,6 +359,8 @@ class ClusterModel:
                 if six and accepted[0] in self._v6_selection():
                     flows += lease_v6_flows(self.config, accepted[0], own)
         routes = RemoteRoutes(self.config, own, leases, rows) if leases else None
+        if reachable and self.config.backend.direct_routing:
+            flows += self._direct_flows(own, reachable, scope)
         for endpoint in self.endpoints_of(own):
             cookie = endpoint_cookie(endpoint)
             if Owner.ENDPOINT in scope.owners or cookie in scope.cookies:
@@ -395,6 +407,20 @@ class ClusterModel:
                 groups.append(cached[1])
         return flows
 
+    def _direct_flows(
+        self, own: Lease, reachable: frozenset[IPv4Address], scope: Scope
+    ) -> list[Flow]:
+        """The direct routes in `scope`: by the cookie of each peer's, as a lease's."""
+        flows = []
+        for cookie in scope.cookies:
+            owner = owner_of(cookie)
+            if owner is None or owner[0] is not Owner.DIRECT:
+                continue
+            accepted = self._accepted_by_cookie(subnet_cookie(IPv4Network((owner[1], 32))))
+            if accepted is not None and direct_leases(self.config, own, [accepted[0]], reachable):
+                flows.append(direct_flow(own, accepted[0]))
+        return flows
+
     def _accepted_by_cookie(self, cookie: int) -> tuple[Lease, Row] | None:
         """The accepted lease a lease cookie names and its route row (None for other
         cookies): asked once per switch for the same cookie when a lease event fans out,
@@ -433,12 +459,13 @@ class ClusterModel:
         readiness: Iterable[Readiness] | None = None,
         policies: Iterable[NetworkPolicy] | None = None,
         namespaces: Iterable[Namespace] | None = None,
+        direct: Mapping[IPv4Address, frozenset[IPv4Address]] | None = None,
     ) -> Impact:
         """Replace everything (first snapshot, config change); `pause` is called every
         PAUSE_EVERY leases, so a cooperative caller can yield during a large load.
-        The services, vxflow's config, the liveness records, the health-check verdicts, the
-        policies and the namespaces are kept unless given; `connected` (the app's switches)
-        is always kept."""
+        The services, vxflow's config, the liveness records (with their Direct lists), the
+        health-check verdicts, the policies and the namespaces are kept unless given;
+        `connected` (the app's switches) is always kept."""
         self.config = config
         if config is not None and not self._ipv6_noted and (notice := ipv6_notice(config)):
             log.warning("%s", notice)
@@ -460,6 +487,8 @@ class ClusterModel:
         if namespaces is not None:
             self.namespaces = {ns.name: ns for ns in namespaces}
         self._policy_tables, self._everyone = {}, None
+        if direct is not None:
+            self.direct = dict(direct)
         self._plan = None
         self._changed()
         self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
@@ -497,6 +526,8 @@ class ClusterModel:
                 ip = ev.record.public_ip
                 (self.alive.add if isinstance(ev, LivenessAdded) else self.alive.discard)(ip)
                 judge |= self._by_ip.get(ip, set())
+                self._note_direct(ip, ev.record.direct if isinstance(ev, LivenessAdded) else None,
+                                  impact)  # fmt: skip
             elif isinstance(ev, ConfigChanged):
                 self.load(ev.config, list(self._leases.values()), self._all_endpoints())
                 impact.all_nodes = True
@@ -553,6 +584,22 @@ class ClusterModel:
         if impact.flushes:  # a removed backend that the same batch adds back keeps its entries
             impact.flushes = [f for f in impact.flushes if not self._serves(f)]
         return impact
+
+    def _note_direct(
+        self, node: IPv4Address, direct: frozenset[IPv4Address] | None, impact: Impact
+    ) -> None:
+        """A node's Direct list came, changed or went: with DirectRouting on, the direct
+        routes of the peers that came or went are in its switch's scope (a peer without
+        a lease yet gets its route with its lease's event)."""
+        old = self.direct.pop(node, None)
+        if direct is not None:
+            self.direct[node] = direct
+        if old == direct or self.config is None or not self.config.backend.direct_routing:
+            return
+        changed = (old or frozenset()) ^ (direct or frozenset())
+        cookies = {direct_cookie(s) for s in self._subnets_of(changed)}
+        if cookies:
+            impact.node_cookies.setdefault(node, set()).update(cookies)
 
     def set_connected(self, node: IPv4Address, connected: bool) -> Impact:
         """This replica's connection to `node`'s switch came (True) or went (False)."""

@@ -40,12 +40,13 @@ lease's cookie. An IPv4-only config or node gets none of it, at no cost.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network
 
 from flows.arp import arp_reply as _arp_reply
+from flows.direct import direct_flows, direct_leases
 from flows.family import (  # the priorities and base cookies, kept importable from here
     BASE_COOKIE,
     PRIO_EXACT,
@@ -320,13 +321,15 @@ def node_table(
     rows: Sequence[Row] | None = None,
     services: ServicePlan | None = None,
     v6: Sequence[Lease] | None = None,
+    direct: Sequence[Lease] = (),
 ) -> NodeTable:
     """The table of the node holding `own`, from already selected leases and endpoints
     (each flow once; no set, because hashing a large table is not free). `rows`, if
     given, are `route_row` of each lease, precomputed by a caller that keeps them;
     `services`, if any, add their flows, groups and each pod's hairpin flow; `v6`, if
     given, is `select_v6` of the leases (accepted) (on a dual-stack node their IPv6 flows are
-    plain flows of the table, under each lease's cookie).
+    plain flows of the table, under each lease's cookie); `direct`, the peers routed
+    directly (flows/direct.py), their direct routes.
 
     The controller calls this with its incrementally maintained selection;
     anything else should call `compile_node`.
@@ -345,6 +348,7 @@ def node_table(
     if services is not None:
         flows += plan_flows(config, own, services)
         groups = plan_groups(services)
+    flows += direct_flows(own, direct)
     if rows is None:
         rows = [route_row(lease) for lease in leases]
     own_ip = int(own.public_ip)
@@ -366,13 +370,16 @@ def compile_node(
     services: ServicePlan | None = None,
     policies: Sequence[NetworkPolicy] = (),
     namespaces: Iterable[Namespace] = (),
+    reachable: Collection[IPv4Address] | None = None,
 ) -> frozenset[Flow]:
     """The exact flow table of the node whose PublicIP is `node`.
 
     Invalid or conflicting leases and endpoints contribute nothing; a node with
-    no accepted lease gets only the table-miss drops.
+    no accepted lease gets only the table-miss drops. `reachable`: the peers its
+    agent reaches directly (DirectRouting, flows/direct.py).
     """
-    return frozenset(compile_table(config, leases, endpoints, node, services, policies, namespaces))
+    return frozenset(compile_table(config, leases, endpoints, node, services, policies, namespaces,
+                                   reachable))  # fmt: skip
 
 
 def compile_table(
@@ -383,6 +390,7 @@ def compile_table(
     services: ServicePlan | None = None,
     policies: Sequence[NetworkPolicy] = (),
     namespaces: Iterable[Namespace] = (),
+    reachable: Collection[IPv4Address] | None = None,
 ) -> NodeTable:
     """`compile_node` with the groups: the node's whole desired state (with the policy
     stage of `policies`, flows/policy.py)."""
@@ -390,7 +398,8 @@ def compile_table(
     endpoints = list(endpoints)
     own = next((lease for lease in accepted if lease.public_ip == node), None)
     own_endpoints = select_endpoints(own, endpoints).accepted
-    table = node_table(config, accepted, own_endpoints, own, services=services)
+    direct = direct_leases(config, own, accepted, reachable)
+    table = node_table(config, accepted, own_endpoints, own, services=services, direct=direct)
     if policies and own is not None:
         everyone = [e for lease in accepted for e in select_endpoints(lease, endpoints).accepted]
         table.flows.extend(policy_table(policies, namespaces, everyone, own_endpoints, own.subnet).flows)

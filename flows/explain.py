@@ -35,6 +35,8 @@ def owner_text(cookie: int, subnet_len: int) -> str:
         return f"network policy rule (conj_id {key})" if key else "network policy stage"
     if kind is Owner.POLICY_DROP:
         return f"network policy isolation of pod {IPv4Address(key)}"
+    if kind is Owner.DIRECT:
+        return f"direct route to {IPv4Address(key)}/{subnet_len} (DirectRouting, no VXLAN)"
     return "base pipeline"
 
 

@@ -87,6 +87,7 @@ class Owner(IntEnum):
     LEARNED = 6  # client-IP affinity entries the switch learns itself (key: the group id)
     POLICY = 7  # policy plumbing (key 0) and the rules' flows (key: the rule's conj_id)
     POLICY_DROP = 8  # a policy-isolated pod's default drop (key: the pod's IP)
+    DIRECT = 12  # DirectRouting: a peer's subnet routed unencapsulated (key: its subnet's address)
 
 
 COOKIE_MAGIC = 0x76  # "v": top byte of every vxflow cookie

@@ -44,10 +44,10 @@ def _int(obj: dict[str, Any], name: str, field: str, default: int) -> int:
     return value
 
 
-def _flag(obj: dict[str, Any], name: str, default: bool) -> bool:
+def _flag(obj: dict[str, Any], name: str, default: bool, field: str = "") -> bool:
     value = obj.get(name.casefold(), default)
     if not isinstance(value, bool):
-        raise ConfigError(name, f"must be true or false, got {json.dumps(value)}")
+        raise ConfigError(field or name, f"must be true or false, got {json.dumps(value)}")
     return value
 
 
@@ -191,7 +191,8 @@ def _backend(obj: dict[str, Any]) -> BackendConfig:
         mtu = _int(backend, "MTU", "Backend.MTU", 0)
         if not MIN_MTU <= mtu <= MAX_MTU:
             raise ConfigError("Backend.MTU", f"must be in {MIN_MTU}..{MAX_MTU}, got {mtu}")
-    return BackendConfig(type="vxlan", vni=vni, port=port, mtu=mtu)
+    direct = _flag(backend, "DirectRouting", False, "Backend.DirectRouting")
+    return BackendConfig(type="vxlan", vni=vni, port=port, mtu=mtu, direct_routing=direct)
 
 
 def _fold(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -242,6 +243,8 @@ def config_to_json(cfg: NetworkConfig) -> str:
     }
     if cfg.backend.mtu is not None:
         backend["MTU"] = cfg.backend.mtu
+    if cfg.backend.direct_routing:  # written only when on: a config without it stays as it was
+        backend["DirectRouting"] = True
     obj: dict[str, Any] = {}
     if cfg.ipv6 is not None:  # an IPv4-only config is written as before, without these
         obj.update(EnableIPv4=True, EnableIPv6=True)

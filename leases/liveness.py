@@ -2,6 +2,9 @@
 
     <prefix>/vxflow/nodes/<PublicIP>   {"PublicIP": "198.18.0.3", "TTL": 2}
 
+With DirectRouting on, the record also names the peers the node reaches without a
+gateway (leases/direct.py): `"Direct": ["198.18.0.4", ...]`; absent when off.
+
 Each agent keeps its record on an etcd lease of its own, TTL seconds long (`vxflow agent
 --liveness-ttl`, default DEFAULT_TTL), renewed every TTL / RENEWALS_PER_TTL seconds from
 a thread of its own, and revoked on a clean stop. The 24 h subnet lease stays as flannel
@@ -17,14 +20,31 @@ import json
 from ipaddress import AddressValueError, IPv4Address
 
 from leases.controllers import _bound
+from leases.direct import MAX_DIRECT
 from leases.keys import KV, KeyKind
 from leases.model import Liveness
-from leases.validate import Reason, Rejection, _field, _Invalid, _object
+from leases.validate import MAX_VALUE_BYTES, Reason, Rejection, _field, _Invalid, _object
 
 DEFAULT_TTL = 2  # seconds; etcd grants no less than 1.5 election timeouts (2 s by default)
 MAX_TTL = 300
 RENEWALS_PER_TTL = 4  # a record survives three lost renewals in a row
 BAD_TTL = "bad_ttl"  # the reason code of a record whose TTL is out of range
+BAD_DIRECT = "bad_direct"  # ... whose Direct list is not a list of IPv4 addresses
+MAX_RECORD_BYTES = MAX_VALUE_BYTES + 18 * MAX_DIRECT  # room for a full Direct list
+
+
+def _direct(obj: dict) -> frozenset[IPv4Address] | None:
+    if obj.get("Direct") is None:
+        return None
+    peers = _field(obj, "Direct", list)
+    if len(peers) > MAX_DIRECT:
+        raise _Invalid(BAD_DIRECT, f"Direct names {len(peers)} peers, more than {MAX_DIRECT}")
+    try:
+        if not all(isinstance(p, str) for p in peers):
+            raise ValueError("not a list of address strings")
+        return frozenset(IPv4Address(p) for p in peers)
+    except ValueError as exc:
+        raise _Invalid(BAD_DIRECT, f"Direct: {exc}") from None
 
 
 def _liveness(name: str, kv: KV) -> Liveness:
@@ -32,14 +52,15 @@ def _liveness(name: str, kv: KV) -> Liveness:
         ip = IPv4Address(name)
     except AddressValueError as exc:
         raise _Invalid(Reason.BAD_KEY, f"node key name {name!r} is not an IPv4 address") from exc
-    obj = _object(kv.value)
+    obj = _object(kv.value, MAX_RECORD_BYTES)
     if _field(obj, "PublicIP", str) != name:
         raise _Invalid(Reason.BAD_KEY, f"PublicIP {obj['PublicIP']!r} differs from the key's {name}")
     ttl = _field(obj, "TTL", int)
     if not 1 <= ttl <= MAX_TTL:
         raise _Invalid(BAD_TTL, f"TTL {ttl} is not in 1..{MAX_TTL}")
+    direct = _direct(obj)
     _bound(kv)
-    return Liveness(ip, ttl, kv.lease)
+    return Liveness(ip, ttl, kv.lease, direct)
 
 
 def check_liveness(kv: KV, name: str) -> Liveness | Rejection:
@@ -52,7 +73,10 @@ def check_liveness(kv: KV, name: str) -> Liveness | Rejection:
 
 
 def liveness_to_json(record: Liveness) -> str:
-    return json.dumps({"PublicIP": str(record.public_ip), "TTL": record.ttl}, separators=(",", ":"))
+    obj: dict = {"PublicIP": str(record.public_ip), "TTL": record.ttl}
+    if record.direct is not None:
+        obj["Direct"] = [str(ip) for ip in sorted(record.direct)]
+    return json.dumps(obj, separators=(",", ":"))
 
 
 def node_down(judged: bool, alive: bool, connected: bool) -> bool:

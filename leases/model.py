@@ -27,12 +27,16 @@ VXLAN6_OVERHEAD = 70  # outer Ethernet + IPv6 + UDP + VXLAN
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """flannel's Backend object (only the vxlan type is accepted)."""
+    """flannel's Backend object (only the vxlan type is accepted).
+
+    `direct_routing` is flannel's DirectRouting: pod traffic to a peer on this node's
+    own underlay link goes unencapsulated, via the peer's PublicIP (leases/direct.py)."""
 
     type: str = "vxlan"
     vni: int = DEFAULT_VNI
     port: int = DEFAULT_VXLAN_PORT
     mtu: int | None = None
+    direct_routing: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,9 @@ class Liveness:
     public_ip: IPv4Address
     ttl: int
     etcd_lease_id: int = 0
+    # DirectRouting: the PublicIPs of the peers this node reaches without a gateway
+    # (leases/direct.py); None when its agent decides nothing (DirectRouting off, or older)
+    direct: frozenset[IPv4Address] | None = None
 
 
 @dataclass(frozen=True)

@@ -569,12 +569,19 @@ class Registry:
 
     # --- node liveness ----------------------------------------------------------
 
-    def put_liveness(self, public_ip: IPv4Address, ttl: int) -> int:
-        """(Re)write this node's liveness record on a new etcd lease of `ttl` seconds; the
-        lease's id, to keep alive (`etcd.keepalive`) and revoke on a clean stop."""
-        lease = self.etcd.grant(ttl)
-        self.etcd.put(self.keys.node(public_ip), liveness_to_json(Liveness(public_ip, ttl)),
-                      lease=lease)  # fmt: skip
+    def put_liveness(
+        self,
+        public_ip: IPv4Address,
+        ttl: int,
+        direct: frozenset[IPv4Address] | None = None,
+        lease: int = 0,
+    ) -> int:
+        """(Re)write this node's liveness record on etcd lease `lease`, or on a new one of
+        `ttl` seconds; the lease's id, to keep alive (`etcd.keepalive`) and revoke on a
+        clean stop. `direct`: the peers it reaches directly (leases/direct.py)."""
+        lease = lease or self.etcd.grant(ttl)
+        record = Liveness(public_ip, ttl, direct=direct)
+        self.etcd.put(self.keys.node(public_ip), liveness_to_json(record), lease=lease)
         return lease
 
     # --- controller replicas --------------------------------------------------

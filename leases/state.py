@@ -116,6 +116,11 @@ class Snapshot:
         """The backends health checks call unready, by service name (leases.health)."""
         return unready_by_service(self.readiness)
 
+    def direct(self) -> dict[IPv4Address, frozenset[IPv4Address]]:
+        """DirectRouting: the peers each node's agent reaches directly (leases/direct.py),
+        for the nodes whose record says."""
+        return {r.public_ip: r.direct for r in self.liveness if r.direct is not None}
+
 
 EMPTY = Snapshot(config=None, leases=(), endpoints=(), revision=0)
 

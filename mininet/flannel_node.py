@@ -13,6 +13,9 @@ with the other nodes' leases:
   for IPv6 on `flannel-v6.<VNI>` (local = PublicIPv6, its own VtepMAC from
   BackendV6Data, address `<ipv6 subnet>::/128`, the kernel's MTU for an IPv6
   underlay, underlay MTU - 70), per remote dual-stack lease;
+- with the config's Backend.DirectRouting, a remote lease whose PublicIP (PublicIPv6) the kernel
+  routes with exactly one route and no gateway (flannel's pkg/ip `DirectRouting`,
+  leases/direct.py) gets `<subnet>/len via <PublicIP>` instead, and no VXLAN entries;
 - subnet.env as flanneld writes it, for the CNI side (the cluster's cni0).
 
 flanneld reacts to a watch; this reconciles from a snapshot once a second,
@@ -36,6 +39,7 @@ from operator import attrgetter
 from pathlib import Path
 
 from flows.ports import vtep_mac_for, vtep_mac_v6_for
+from leases.direct import route_is_direct
 from leases.errors import RegistryError
 from leases.etcd_client import EtcdAccess
 from leases.model import LEASE_TTL_SECONDS, VXLAN6_OVERHEAD, VXLAN_OVERHEAD, Lease, NetworkConfig
@@ -86,7 +90,8 @@ class VxlanDevice:
     def __init__(self, config: NetworkConfig, lease: Lease, iface: str, fam: Family = V4) -> None:
         self.name = f"{fam.device}.{config.backend.vni}"
         self.fam, self.lease = fam, lease
-        self.programmed: dict[object, Lease] = {}
+        self.direct_routing = config.backend.direct_routing
+        self.programmed: dict[object, tuple[Lease, bool]] = {}  # with: routed directly
         underlay_mtu = json.loads(ip("-j", "link", "show", iface))[0]["mtu"]
         self.mtu = config.backend.mtu or underlay_mtu - fam.overhead
         subnet = fam.subnet(lease)
@@ -98,18 +103,36 @@ class VxlanDevice:
         ip("addr", "add", f"{subnet.network_address}/{subnet.max_prefixlen}", "dev", self.name)
         ip("link", "set", self.name, "up")
 
-    def add(self, lease: Lease) -> None:
+    def is_direct(self, lease: Lease) -> bool:
+        if not self.direct_routing:
+            return False
+        answer = ip("-j", "route", "get", str(self.fam.public_ip(lease)), check=False)
+        return route_is_direct(json.loads(answer) if answer.strip() else [])
+
+    def add(self, lease: Lease, direct: bool) -> None:
         fam, subnet = self.fam, self.fam.subnet(lease)
+        if direct:  # flannel: RouteReplace{Dst: subnet, Gw: PublicIP}, no device
+            self.remove(subnet)
+            ip("route", "replace", str(subnet), "via", str(fam.public_ip(lease)))
+            self.programmed[subnet] = lease, True
+            log.info("added %s directly via %s", subnet, fam.public_ip(lease))
+            return
         gw, mac = str(subnet.network_address), fam.vtep_mac(lease)
         ip("neigh", "replace", gw, "lladdr", mac, "dev", self.name, "nud", "permanent")
         bridge("fdb", "replace", mac, "dev", self.name, "dst", str(fam.public_ip(lease)),
                "self", "permanent")  # fmt: skip
         ip("route", "replace", str(subnet), "via", gw, "dev", self.name, "onlink")
-        self.programmed[subnet] = lease
+        self.programmed[subnet] = lease, False
         log.info("added %s via %s (%s)", subnet, fam.public_ip(lease), mac)
 
     def remove(self, subnet) -> None:
-        lease = self.programmed.pop(subnet)
+        if subnet not in self.programmed:
+            return
+        lease, direct = self.programmed.pop(subnet)
+        if direct:
+            ip("route", "del", str(subnet), "via", str(self.fam.public_ip(lease)), check=False)
+            log.info("removed %s", subnet)
+            return
         gw = str(subnet.network_address)
         ip("route", "del", str(subnet), "via", gw, "dev", self.name, check=False)
         ip("neigh", "del", gw, "dev", self.name, check=False)
@@ -129,9 +152,10 @@ class VxlanDevice:
             self.remove(subnet)
         for subnet, lease in want.items():
             have = self.programmed.get(subnet)
-            key = (fam.public_ip(lease), fam.vtep_mac(lease))
-            if have is None or (fam.public_ip(have), fam.vtep_mac(have)) != key:
-                self.add(lease)
+            direct = self.is_direct(lease)
+            held = have and (fam.public_ip(have[0]), fam.vtep_mac(have[0]), have[1])
+            if held != (fam.public_ip(lease), fam.vtep_mac(lease), direct):
+                self.add(lease, direct)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -143,6 +143,7 @@ class ClusterSpec:
     # its v2 store (as flannel before v0.14 left them) and `vxflow config import-v2
     # --with-leases` moves them into v3 before any daemon starts
     from_v2: bool = False
+    direct_routing: bool = False  # the config's Backend.DirectRouting (flannel's option)
 
 
 @dataclass
@@ -408,7 +409,8 @@ class Cluster(ClusterChecks):
         config = json.dumps({
             "Network": str(spec.network),
             "SubnetLen": spec.subnet_len,
-            "Backend": {"Type": "vxlan", "VNI": spec.vni, "Port": spec.port},
+            "Backend": {"Type": "vxlan", "VNI": spec.vni, "Port": spec.port,
+                        **({"DirectRouting": True} if spec.direct_routing else {})},
             **({"EnableIPv6": True, "IPv6Network": str(spec.ipv6_network)}
                if spec.ipv6_network is not None else {}),
         })  # fmt: skip

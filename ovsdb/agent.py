@@ -42,6 +42,13 @@ The node's liveness record (`<prefix>/vxflow/nodes/<PublicIP>`, leases/liveness.
 kept alive by a thread of its own (ovsdb/liveness.py says why) from the moment the agent
 holds a lease and OVSDB answers, and revoked on a clean stop.
 
+With the config's Backend.DirectRouting on, the agent decides which peers are direct
+(flannel's rule, ovsdb/direct.py) when the leases change (from the same watch), when the
+kernel's routes, addresses or links change (a netlink watch), and at each resync; it
+installs their routes and the ingress filter, then names them in its liveness record,
+from which the controller compiles the direct flows. Off, it removes its routes and
+filter and the record names none.
+
 A flow-restore-wait that a restart of ovs-vswitchd left set is cleared here
 (`_flow_restore_wait`, checked first on every turn). With a metrics port the
 agent serves its Prometheus metrics (ovsdb/metrics.py) from a thread.
@@ -69,13 +76,16 @@ from tenacity import wait_exponential as wait_exp
 from daemons.httpd import serve_in_thread, wsgi_app
 from daemons.notify import Notifier
 from flows.ipv6 import dual_stack
-from flows.ports import vtep_mac_for, vtep_mac_v6_for
+from flows.ports import GATEWAY_PORT, vtep_mac_for, vtep_mac_v6_for
 from leases.config import ConfigError, ipv6_notice
 from leases.controllers import target_ip
 from leases.errors import ConfigMissing, EtcdUnavailable, LeaseLost, RegistryError
 from leases.events import (
     ConfigChanged,
     Event,
+    LeaseAdded,
+    LeaseChanged,
+    LeaseRemoved,
     MemberAdded,
     MemberRemoved,
     ServiceAdded,
@@ -116,6 +126,7 @@ from ovsdb.bootstrap import (
     flow_restore_wait_set,
     with_underlay_mtu,
 )
+from ovsdb.direct import DirectError, DirectRouting, RouteWatch
 from ovsdb.ipmasq import IpMasq, IpMasqError
 from ovsdb.iproute import IprouteError, gateway_to
 from ovsdb.liveness import LivenessKeeper
@@ -211,6 +222,12 @@ class Agent:
         self._masq_settled = False  # without --ip-masq: our table is gone, nothing more to do
         self._restore_wait_since: float | None = None  # flow-restore-wait seen, no controller
         self.notifier = Notifier.from_environ()  # systemd's Type=notify and watchdog
+        # DirectRouting (ovsdb/direct.py): every node's lease, from the watch; whether the
+        # decision is due (a lease or a kernel route changed); the node side, made when used
+        self._leases: dict[IPv4Network, Lease] = {}
+        self._direct_due = threading.Event()
+        self._direct: DirectRouting | None = None
+        self._keeper: LivenessKeeper | None = None
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -254,14 +271,19 @@ class Agent:
         os.set_blocking(self._wake_w, False)
         watch = self.registry.watch(callback=self._note_event)
         keeper = LivenessKeeper(self.registry, self.settings.public_ip, self.settings.liveness_ttl)
+        self._keeper = keeper
         keeper.start()
         self.prober.start()
+        routes = RouteWatch(self._routes_changed)
         try:
             self._loop(idl)
         except RetryError:
             log.info("stopped while acquiring the lease again")
         finally:
             self.prober.stop()
+            routes.stop()
+            if self._direct is not None:
+                self._direct.close()
             keeper.stop()
             self.notifier.stopping()
             watch.stop()
@@ -291,15 +313,22 @@ class Agent:
     def _note_event(self, event: Event) -> None:
         """(The watch's thread.) Hand the loop what it acts on."""
         if isinstance(event, MemberAdded | MemberRemoved | ConfigChanged | VxflowConfigChanged
-                      | ServiceAdded | ServiceRemoved):  # fmt: skip
+                      | ServiceAdded | ServiceRemoved | LeaseAdded | LeaseChanged
+                      | LeaseRemoved):  # fmt: skip
             self._events.put(event)
             self._wake()
 
     def _wake(self) -> None:
-        """(Any thread.) End the loop's wait for OVSDB: there is work."""
+        """(Any thread.) Wake the loop from its wait for OVSDB."""
         with self._wake_lock, contextlib.suppress(BlockingIOError):  # full: it is awake
             if self._wake_w >= 0:
                 os.write(self._wake_w, b"\0")
+
+    def _routes_changed(self) -> None:
+        """(The route watch's thread.) The kernel's routes changed: decide again."""
+        if self.config is not None and self.config.backend.direct_routing:
+            self._direct_due.set()
+            self._wake()
 
     def _take_events(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -323,6 +352,13 @@ class Agent:
                 elif self._services.get(svc.name) == svc:
                     del self._services[svc.name]
                 self._set_probe_targets()
+                continue
+            elif isinstance(event, LeaseAdded | LeaseChanged | LeaseRemoved):
+                if isinstance(event, LeaseRemoved):
+                    self._leases.pop(event.lease.subnet, None)
+                else:
+                    self._leases[event.lease.subnet] = event.lease
+                self._direct_due.set()
                 continue
             else:  # ConfigChanged: the next etcd turn re-reads it (and re-takes the lease)
                 self._published = None
@@ -423,7 +459,12 @@ class Agent:
                 converged = self._converge(idl)
                 # what the converge's refresh took in (a port added meanwhile) is scanned next turn
                 self._dirty = not converged or idl.change_seqno != seen
+                if now >= next_resync:
+                    self._direct_due.set()  # periodically: repairs a route or rule removed
                 next_resync = now + self.settings.resync_interval
+            if connected and self._direct_due.is_set() and not self._env_pending:
+                self._direct_due.clear()  # (a change from here on sets it again)
+                self._direct_routing()
             if not published and self._etcd.due(now):
                 self._etcd_work(now)
             if now >= self._masq_at:
@@ -445,6 +486,34 @@ class Agent:
         if self._env_pending:
             self._write_subnet_env()
         return True
+
+    def _direct_routing(self) -> None:
+        """Decide which peers are direct, install their routes and the filter, publish the
+        decision (in this order: the controller's flows never run ahead of the routes).
+        Called once the gateway port is up (it is the filter's exception)."""
+        on = self.config.backend.direct_routing
+        try:
+            if self._direct is None:  # (also when off: a previous run's routes are cleared)
+                self._direct = DirectRouting()
+            if not on:
+                if removed := self._direct.clear():
+                    log.info("DirectRouting off: removed %d direct route(s)", removed)
+                self._keeper.set_direct(None)
+                return
+            own = self.lease
+            peers = [le for le in self._leases.values()
+                     if le.subnet != own.subnet and le.public_ip != own.public_ip]  # fmt: skip
+            reachable = self._direct.decide(peers)
+            direct = [le for le in peers if le.public_ip in reachable]
+            if changes := self._direct.apply(own, GATEWAY_PORT, direct):
+                metrics.DIRECT_ROUTE_CHANGES.inc(changes)
+                log.info("DirectRouting: %d direct peer(s) %s; %d route change(s)", len(direct),
+                         sorted(str(le.public_ip) for le in direct), changes)  # fmt: skip
+            metrics.DIRECT_PEERS.set(len(direct))
+            self._keeper.set_direct(reachable)
+        except (DirectError, IprouteError, OSError, ImportError) as exc:
+            metrics.DIRECT_ERRORS.inc()
+            log.error("DirectRouting: %s (retrying at the next change or resync)", exc)
 
     def _ip_masq(self) -> None:
         """With --ip-masq, keep flannel's rules in place; without, remove ours (once)."""
@@ -560,6 +629,7 @@ class Agent:
             self.config = config
             self._acquire()
             self._dirty = True
+            self._direct_due.set()  # DirectRouting may have been turned on or off
 
     def _renew(self) -> None:
         try:

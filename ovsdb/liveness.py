@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 class LivenessKeeper:
     """`start()` writes the record and keeps it alive every TTL / RENEWALS_PER_TTL seconds
     (written again under a new etcd lease if it lapsed, e.g. after an etcd outage);
-    `stop()` revokes it: a clean stop says at once that the agent is gone."""
+    `stop()` revokes it: a clean stop says at once that the agent is gone.
+    `set_direct()` changes the record's Direct list (DirectRouting), written at once."""
 
     def __init__(self, registry: Registry, public_ip: IPv4Address, ttl: int) -> None:
         self.registry = registry.sibling(timeout=ttl / 2)
@@ -36,13 +37,25 @@ class LivenessKeeper:
         self.ttl = ttl
         self.lease = 0  # the record's etcd lease (0: not written)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a stop or a new Direct list
+        self._lock = threading.Lock()
+        self._direct: frozenset[IPv4Address] | None = None
+        self._written: frozenset[IPv4Address] | None = None  # the Direct list etcd has
         self._thread = threading.Thread(target=self._run, name="liveness", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def set_direct(self, direct: frozenset[IPv4Address] | None) -> None:
+        """The peers this node reaches directly (None: DirectRouting off)."""
+        with self._lock:
+            changed, self._direct = direct != self._direct, direct
+        if changed:
+            self._wake.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join()
         if self.lease:
             try:
@@ -67,13 +80,21 @@ class LivenessKeeper:
                 if failing:
                     log.info("liveness record of %s renewed again", self.public_ip)
                 failing = False
-            self._stop.wait(self.ttl / RENEWALS_PER_TTL)
+            self._wake.wait(self.ttl / RENEWALS_PER_TTL)
+            self._wake.clear()
 
     def _renew(self) -> None:
+        with self._lock:
+            direct = self._direct
         if self.lease and self.registry.etcd.keepalive(self.lease) > 0:
+            if direct != self._written:  # the same etcd lease, a new Direct list
+                self.registry.put_liveness(self.public_ip, self.ttl, direct, self.lease)
+                self._written = direct
+                metrics.LIVENESS_WRITES.inc()
             return
         if self.lease:
             log.warning("liveness record of %s had expired; writing it again", self.public_ip)
         self.lease = 0
-        self.lease = self.registry.put_liveness(self.public_ip, self.ttl)
+        self.lease = self.registry.put_liveness(self.public_ip, self.ttl, direct)
+        self._written = direct
         metrics.LIVENESS_WRITES.inc()

@@ -89,3 +89,14 @@ HEALTH_CHANGES = Counter(
 )  # put | delete
 HEALTH_PUTS = HEALTH_CHANGES.labels("put")
 HEALTH_DELETES = HEALTH_CHANGES.labels("delete")
+DIRECT_PEERS = Gauge(
+    "vxflow_agent_direct_peers",
+    "DirectRouting: peers this node reaches without a gateway, routed to unencapsulated",
+)
+DIRECT_ROUTE_CHANGES = Counter(
+    "vxflow_agent_direct_route_changes",
+    "DirectRouting: kernel routes `<subnet> via <PublicIP>` added, replaced or removed",
+)
+DIRECT_ERRORS = Counter(
+    "vxflow_agent_direct_errors", "DirectRouting: decisions whose routes or filter failed (retried)"
+)

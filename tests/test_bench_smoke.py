@@ -21,13 +21,15 @@ from bench import summary
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_bench(tmp_path: Path, module: str, *args: str, timeout: float = 280) -> dict:
+def run_bench(tmp_path: Path, module: str, *args: str, timeout: float = 280,
+              name: str = "") -> dict:  # fmt: skip
+    """`module` run with `args`; its results file, `name` (default: the module's).json."""
     res = subprocess.run(
         [sys.executable, "-m", module, *args, "--results-dir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert res.returncode == 0, f"{module} failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
-    name = module.rsplit(".", 1)[1]
+    name = name or module.rsplit(".", 1)[1]
     record = json.loads((tmp_path / f"{name}.json").read_text())
     assert record["benchmark"] == name
     assert module in record["command"] and record["environment"]["ovs"].startswith("ovs-vswitchd")
@@ -116,6 +118,18 @@ def test_b4_dataplane_tiny(tmp_path: Path) -> None:
         assert s[kind]["lost_pings"] <= 2, kind
         assert positive(s[kind]["rtt_avg_s_median"]) and s[kind]["tcp_bps_median"] > 1e6, kind
     assert positive(s["tcp_ratio_vxflow_over_flannel"])
+
+
+@pytest.mark.e2e
+def test_b4_dataplane_direct_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b4_dataplane", "--direct", "--rounds", "1", "--pings", "20",
+                  "--seconds", "1", timeout=290, name="b4_dataplane_direct")  # fmt: skip
+    s = r["summary"]
+    for kind in ("vxflow_direct", "flannel_direct", "vxflow_vxlan"):
+        assert s[kind]["lost_pings"] <= 2, kind
+        assert positive(s[kind]["rtt_avg_s_median"]) and s[kind]["tcp_bps_median"] > 1e6, kind
+    assert positive(s["tcp_ratio_vxflow_direct_over_flannel_direct"])
+    assert positive(s["tcp_ratio_vxflow_direct_over_vxflow_vxlan"])
 
 
 @pytest.mark.integration

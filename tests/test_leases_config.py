@@ -104,6 +104,8 @@ BASE = {"Network": "10.20.0.0/16", "Backend": {"Type": "vxlan"}}
         ({"Backend": {"Type": "vxlan", "VNI": "1"}}, "Backend.VNI"),
         ({"Backend": {"Type": "vxlan", "Port": 70000}}, "Backend.Port"),
         ({"Backend": {"Type": "vxlan", "MTU": 100}}, "Backend.MTU"),
+        ({"Backend": {"Type": "vxlan", "DirectRouting": "true"}}, "Backend.DirectRouting"),
+        ({"Backend": {"Type": "vxlan", "directRouting": 1}}, "Backend.DirectRouting"),
         ({"EnableIPv6": True}, "IPv6Network"),  # enabled without a network
         ({"EnableIPv6": "true"}, "EnableIPv6"),
         ({"EnableIPv4": False}, "EnableIPv4"),
@@ -201,6 +203,19 @@ def test_keys_match_regardless_of_case_as_in_go() -> None:
     assert cfg.backend == BackendConfig(vni=7, port=4789)
     assert cfg.ipv6 is not None
     assert (cfg.ipv6.network, cfg.ipv6.subnet_len) == (IPv6Network("fc00::/48"), 80)
+
+
+@pytest.mark.parametrize("key", ["DirectRouting", "directRouting", "directrouting", "DIRECTROUTING"])
+def test_direct_routing_is_read_in_any_case_and_written_only_when_on(key: str) -> None:
+    """flannel's vxlan backend reads `directRouting` through Go's encoding/json: any case."""
+    cfg = parse_config(json.dumps({**BASE, "Backend": {"Type": "vxlan", key: True}}))
+    assert cfg.backend.direct_routing
+    assert json.loads(config_to_json(cfg))["Backend"]["DirectRouting"] is True
+    assert parse_config(config_to_json(cfg)) == cfg
+    off = parse_config(json.dumps({**BASE, "Backend": {"Type": "vxlan", key: False}}))
+    assert not off.backend.direct_routing
+    assert "DirectRouting" not in json.loads(config_to_json(off))["Backend"]
+    assert not parse_config(json.dumps(BASE)).backend.direct_routing  # flannel's default
 
 
 def test_ipv6_notice_only_for_dual_stack() -> None:

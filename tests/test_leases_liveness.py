@@ -32,7 +32,7 @@ def test_records_validate_with_reasons() -> None:
         "wrong_type": record_kv(value='{"PublicIP": "198.18.0.3", "TTL": "2"}'),
         "missing_field": record_kv(value='{"PublicIP": "198.18.0.3"}'),
         "bad_ttl": record_kv(value='{"PublicIP": "198.18.0.3", "TTL": 0}'),
-        "oversized": record_kv(value='{"PublicIP": "198.18.0.3", "TTL": 2, "x": "' + "y" * 5000 + '"}'),
+        "oversized": record_kv(value='{"PublicIP": "198.18.0.3", "TTL": 2, "x": "' + "y" * 50000 + '"}'),
     }
     for reason, kv in bad.items():
         result = check_liveness(kv, "198.18.0.3")

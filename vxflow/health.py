@@ -21,6 +21,7 @@ from ipaddress import ip_address, ip_network
 from typing import Any
 from urllib.parse import urlsplit
 
+from flows.direct import direct_leases
 from leases.health import split_backends
 from leases.keys import KeyKind
 from leases.liveness import node_down
@@ -72,6 +73,7 @@ class Node:
     last_sync: float | None = None
     drift_repairs: int | None = None
     last_error: str = ""
+    direct: list[str] = field(default_factory=list)  # DirectRouting: peers routed directly
 
 
 @dataclass
@@ -132,12 +134,13 @@ def assess(
     else:
         c = snap.config
         config = {"network": str(c.network), "subnet_len": c.subnet_len,
-                  "vni": c.backend.vni, "port": c.backend.port, "mtu": c.backend.mtu}  # fmt: skip
+                  "vni": c.backend.vni, "port": c.backend.port, "mtu": c.backend.mtu,
+                  "direct_routing": c.backend.direct_routing}  # fmt: skip
     read = {rid: p for rid, p in pages.items() if isinstance(p, dict) and p.get("member") == rid}
     switches = _switches(read)  # datapath-id -> [(replica id, its entry)]
     claims = {c.datapath_id: c for c in snap.claims}
     nodes = []
-    alive = snap.alive()
+    alive, reachable = snap.alive(), snap.direct()
     for lease in snap.leases:
         dpid = datapath_id_for(lease.public_ip)
         node = Node(str(lease.public_ip), str(lease.subnet), ttls.get(str(lease.subnet)),
@@ -150,6 +153,9 @@ def assess(
         entries = switches.pop(dpid, [])
         node.connected_to = sorted(rid for rid, _ in entries)
         node.alive = lease.public_ip in alive
+        if snap.config is not None:  # the controller's decision (flows/direct.py)
+            peers = direct_leases(snap.config, lease, snap.leases, reachable.get(lease.public_ip))
+            node.direct = [str(p.public_ip) for p in peers]
         node.down = bool(read) and node_down(node.pods > 0, node.alive, bool(node.connected_to))
         master = next((e for _, e in entries if e["role"] == "master"), None)
         if master is not None:
@@ -285,7 +291,8 @@ def render(report: Report, now: float | None = None) -> str:
     c = report.config
     lines = [
         f"network {c['network']}, /{c['subnet_len']} subnets, VXLAN VNI {c['vni']} port "
-        f"{c['port']}" + (f", MTU {c['mtu']}" if c["mtu"] else "") + f" (etcd revision {report.revision})"
+        f"{c['port']}" + (f", MTU {c['mtu']}" if c["mtu"] else "")
+        + (", DirectRouting" if c.get("direct_routing") else "") + f" (etcd revision {report.revision})"
         if c else f"network: no valid config (etcd revision {report.revision})",
         "",
     ]  # fmt: skip
@@ -304,6 +311,11 @@ def render(report: Report, now: float | None = None) -> str:
                      switch, master, flows, _ago(n.last_sync, now),
                      "-" if n.drift_repairs is None else str(n.drift_repairs), str(n.pods)))  # fmt: skip
     lines += [*_table(rows), ""]
+    if c and c.get("direct_routing"):
+        lines.append("DIRECT PEERS (DirectRouting: plain IP via the peer's PublicIP, no VXLAN)")
+        lines += [f"{n.public_ip} -> {', '.join(n.direct) or 'none (all VXLAN)'}"
+                  for n in report.nodes]  # fmt: skip
+        lines.append("")
     rows = [("CONTROLLER", "ADDRESS", "MASTERS", "CONNECTED", "STATUS")]
     for ctl in report.controllers:
         connected = "?" if ctl.connected is None else str(ctl.connected)

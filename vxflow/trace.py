@@ -5,7 +5,10 @@ on its real flow table, ovsdb/oftrace.py); nothing is simulated. The walk:
 the packet as the source pod sends it, on its node's bridge; if it leaves
 through the tunnel, the same packet as it arrives (tunnel source and
 destination, VNI, the headers the first hop wrote) on the bridge of the node
-whose PublicIP (IPv6: PublicIPv6) it was sent to; until it is delivered to a pod or the host,
+whose PublicIP (IPv6: PublicIPv6) it was sent to; if a direct route (DirectRouting)
+sends it to the host, the same packet as that node's host hands it to its bridge (from its
+gateway port, TTL less the two hosts' hops: the hosts' routes and filter are
+the kernel's, not traced); until it is delivered to a pod or the host,
 or dropped, with the reason read from the flow that dropped it
 (flows/explain.py). etcd tells which node leases what and which pod sits on
 which port. Each node's ovs-vswitchd is reached through its unixctl socket,
@@ -17,11 +20,12 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address
 
 import click
 
 from flows.explain import drop_reason, owner_text, policy_text
+from flows.flow import Owner, owner_of
 from flows.policy import PolicyTable, policy_table
 from flows.ports import GATEWAY_OFPORT, TUNNEL6_OFPORT, TUNNEL_OFPORT, gateway_mac
 from leases.cli_options import etcd_options, open_registry
@@ -47,10 +51,11 @@ class Hop:
     in_port: str  # what it entered on
     packet: str  # as traced (ovs-ofctl syntax)
     flows: list[dict[str, object]] = field(default_factory=list)
-    result: str = ""  # tunnel | delivered | host | dropped | stopped
+    result: str = ""  # tunnel | direct | delivered | host | dropped | stopped
     detail: str = ""
     tun_dst: str | None = None
     vni: int | None = None
+    next_hop: str | None = None  # direct: the peer's PublicIP its host routes it via
 
 
 @dataclass
@@ -128,10 +133,10 @@ class Tracer:
         for _ in range(MAX_HOPS):
             hop, traced = self._hop(lease, packet, in_port, pod_port)
             result.hops.append(hop)
-            if hop.result != "tunnel":
+            if hop.result not in ("tunnel", "direct"):
                 return result
-            nxt = next((x for x in self.snap.leases
-                        if ip_address(hop.tun_dst) in (x.public_ip, x.public_ipv6)), None)  # fmt: skip
+            to = ip_address(hop.tun_dst or hop.next_hop)
+            nxt = next((x for x in self.snap.leases if to in (x.public_ip, x.public_ipv6)), None)
             if nxt is None:
                 hop.detail += "; no valid lease holds that PublicIP: nothing to trace there"
                 return result
@@ -140,7 +145,17 @@ class Tracer:
                                        result="stopped", detail="no --ovs for this node: its "
                                        "switch cannot be traced from here"))  # fmt: skip
                 return result
-            final, tunnel = traced.final, _tunnel_fields(dst.version, lease, nxt)
+            final = traced.final
+            if hop.result == "direct":  # each host's forwarding takes one off the TTL
+                there = next((e for e in self.snap.endpoints_of(nxt.subnet) if dst in (e.ip, e.ipv6)),
+                             None)  # fmt: skip
+                packet = (f"in_port={GATEWAY_OFPORT},dl_src={gateway_mac(nxt.subnet)},"
+                          f"dl_dst={there.mac if there else gateway_mac(nxt.subnet)},{fields},"
+                          f"nw_ttl={int(final['nw_ttl']) - 2}")  # fmt: skip
+                lease, in_port = nxt, f"{GATEWAY_OFPORT} (host, routed directly from {hop.node})"
+                pod_port = False
+                continue
+            tunnel = _tunnel_fields(dst.version, lease, nxt)
             packet = (f"{tunnel},tun_id={hop.vni:#x},dl_src={final['dl_src']},"
                       f"dl_dst={final['dl_dst']},{fields},nw_ttl={final['nw_ttl']}")  # fmt: skip
             port = TUNNEL6_OFPORT if dst.version == 6 else TUNNEL_OFPORT
@@ -177,6 +192,10 @@ class Tracer:
         if {TUNNEL_OFPORT, TUNNEL6_OFPORT} & set(t.outputs) and t.tun_dst is not None:
             hop.result, hop.tun_dst, hop.vni = "tunnel", str(t.tun_dst), t.tun_id
             hop.detail = f"into the tunnel to {t.tun_dst}, VNI {t.tun_id}"
+        elif GATEWAY_OFPORT in t.outputs and (peer := self._direct_peer(t)) is not None:
+            hop.result, hop.next_hop = "direct", str(peer.public_ip)
+            hop.detail = (f"to node {lease.public_ip}'s host (port {GATEWAY_OFPORT}), routed "
+                          f"directly via {peer.public_ip}: DirectRouting, no VXLAN")  # fmt: skip
         elif GATEWAY_OFPORT in t.outputs:
             hop.result, hop.detail = "host", f"to node {lease.public_ip}'s host (port {GATEWAY_OFPORT})"
         elif t.outputs:
@@ -190,6 +209,14 @@ class Tracer:
             policy = last and policy_text(last.table, last.cookie, self.policies_of(lease))
             hop.detail = policy or (drop_reason(last.table, last.priority, last.cookie, pod_port)
                                     if last else "no flow matched")  # fmt: skip
+
+
+    def _direct_peer(self, t: BridgeTrace) -> Lease | None:
+        """The peer whose direct route (flows/direct.py) sent the packet to the host."""
+        owners = [o for s in t.steps if (o := owner_of(s.cookie)) and o[0] is Owner.DIRECT]
+        if not owners:
+            return None
+        return self.snap.lease_for_subnet(IPv4Network((owners[-1][1], self.subnet_len)))
 
 
 def render(walk: Walk) -> str:

@@ -1,0 +1,192 @@
+"""DirectRouting on the node: which peers are direct, their kernel routes, the filter on
+what arrives unencapsulated, and the kernel's route changes that make the agent decide again.
+
+- The decision is flannel's (leases/direct.py `route_is_direct`): the kernel's route to
+  each peer's PublicIP, asked through netlink (pyroute2), one socket for all peers.
+- The data path is flannel's too: br-int sends a direct peer's subnet to the gateway
+  port (flows/direct.py) and the host routes it `<subnet> via <PublicIP>`. Those routes
+  carry protocol RTPROT_VXFLOW, so the agent finds its own again and removes only them.
+  Unlike flannel (#1070), a route the kernel dropped (the underlay interface went down
+  and up) comes back: the route watch wakes the agent, which installs what is missing.
+- The filter (nftables, table `ip vxflow_direct`, hook forward): a packet that the host
+  forwards to this node's pod subnet from anywhere but the gateway port must come from
+  a direct peer's subnet or PublicIP (its host's own traffic), or it is dropped and
+  counted. A host on the underlay that is
+  not a node cannot reach pods by routing to this node; nor can a peer behind a router,
+  which is VXLAN's, checked there by the tunnel-ingress flows.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK
+
+from leases.direct import direct_sources, route_is_direct
+from leases.model import Lease
+from ovsdb.iproute import ip_batch, ip_json
+
+log = logging.getLogger(__name__)
+
+RTPROT_VXFLOW = 118  # 0x76, vxflow's cookie byte: the protocol of the routes we install
+FAMILY = "ip"
+TABLE = "vxflow_direct"
+CHAIN = "forward"
+COMMENT = "vxflow direct ingress"
+
+
+class DirectError(RuntimeError):
+    """The kernel refused a route or nftables a rule."""
+
+
+def direct_peers(ipr: IPRoute, peers: Iterable[Lease]) -> frozenset[IPv4Address]:
+    """The PublicIPs of `peers` that flannel's rule finds on this node's link."""
+    found = set()
+    for peer in peers:
+        try:
+            routes = ipr.route("get", dst=str(peer.public_ip))
+        except NetlinkError:  # unreachable: no route at all
+            continue
+        answer = [{"gateway": r.get("RTA_GATEWAY")} for r in routes]
+        if route_is_direct(answer):
+            found.add(peer.public_ip)
+    return frozenset(found)
+
+
+def route_commands(
+    wanted: dict[IPv4Network, IPv4Address], held: dict[IPv4Network, IPv4Address]
+) -> list[str]:
+    """`ip -batch` lines that turn our routes `held` into `wanted` (pure)."""
+    lines = [f"route del {s} proto {RTPROT_VXFLOW}" for s in sorted(set(held) - set(wanted))]
+    lines += [
+        f"route replace {s} via {via} proto {RTPROT_VXFLOW}"
+        for s, via in sorted(wanted.items())
+        if held.get(s) != via
+    ]
+    return lines
+
+
+def _prefix(network: IPv4Network) -> dict[str, Any]:
+    return {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
+
+
+def _ip(field: str) -> dict[str, Any]:
+    return {"payload": {"protocol": "ip", "field": field}}
+
+
+def filter_commands(
+    own: IPv4Network, gateway: str, sources: list[IPv4Network]
+) -> dict[str, Any]:
+    """One nftables JSON batch that leaves exactly the ingress filter in our chain (pure):
+    forwarded to `own` from anywhere but `gateway`, a source outside `sources` drops."""
+    where = {"family": FAMILY, "table": TABLE}
+    rule = [
+        {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": gateway}},
+        {"match": {"op": "==", "left": _ip("daddr"), "right": _prefix(own)}},
+    ]
+    if sources:
+        rule.append({"match": {"op": "!=", "left": _ip("saddr"),
+                               "right": {"set": [_prefix(s) for s in sources]}}})  # fmt: skip
+    rule += [{"counter": None}, {"drop": None}]
+    return {"nftables": [
+        {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+        {"add": {"chain": {**where, "name": CHAIN, "type": "filter", "hook": "forward",
+                           "prio": 0, "policy": "accept"}}},
+        {"flush": {"chain": {**where, "name": CHAIN}}},
+        {"add": {"rule": {**where, "chain": CHAIN, "comment": COMMENT, "expr": rule}}},
+    ]}  # fmt: skip
+
+
+class DirectRouting:
+    """The node's side of DirectRouting, in the agent's (this process's) namespace."""
+
+    def __init__(self) -> None:
+        self._nft: Any = None  # made when first used: clearing routes needs no nftables
+        self._ipr = IPRoute()
+
+    def _nftables(self) -> Any:
+        if self._nft is None:
+            import nftables  # Debian's python3-nftables, as ovsdb/ipmasq.py
+
+            self._nft = nftables.Nftables()
+            self._nft.set_json_output(True)
+        return self._nft
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def decide(self, peers: Iterable[Lease]) -> frozenset[IPv4Address]:
+        return direct_peers(self._ipr, peers)
+
+    def held_routes(self) -> dict[IPv4Network, IPv4Address]:
+        """Our routes in the kernel now (the `via` of each)."""
+        routes = ip_json("-4", "route", "show", "table", "main", "proto", str(RTPROT_VXFLOW))
+        return {IPv4Network(r["dst"]): IPv4Address(r["gateway"]) for r in routes
+                if r.get("gateway") and "/" in r.get("dst", "")}  # fmt: skip
+
+    def apply(self, own: Lease, gateway: str, direct: list[Lease]) -> int:
+        """Routes via each of `direct`'s PublicIPs, the filter admitting their subnets and
+        addresses (leases/direct.py `direct_sources`); the number of routes changed. The
+        filter goes in first: a route never runs ahead of the check on the way back."""
+        sources = direct_sources(direct, {p.public_ip for p in direct}, own.public_ip)
+        self._nft_batch(filter_commands(own.subnet, gateway, sources))
+        lines = route_commands({p.subnet: p.public_ip for p in direct}, self.held_routes())
+        if lines:
+            ip_batch(lines)
+        return len(lines)
+
+    def clear(self) -> int:
+        """Remove our routes and our table (DirectRouting off); the routes removed."""
+        lines = route_commands({}, self.held_routes())
+        if lines:
+            ip_batch(lines)
+        try:
+            nft = self._nftables()
+        except ImportError:  # no python3-nftables: no table of ours either
+            return len(lines)
+        rc, _out, _err = nft.cmd(f"list table {FAMILY} {TABLE}")
+        if rc == 0:
+            self._nft_batch({"nftables": [{"delete": {"table": {"family": FAMILY,
+                                                                 "name": TABLE}}}]})  # fmt: skip
+        return len(lines)
+
+    def _nft_batch(self, commands: dict[str, Any]) -> None:
+        rc, _out, err = self._nftables().json_cmd(commands)
+        if rc != 0:
+            raise DirectError(f"nftables refused the direct-routing filter: {err.strip()}")
+
+
+class RouteWatch:
+    """Calls `changed()` (from a thread of its own) whenever the kernel reports a change
+    of IPv4 routes, addresses or links: the direct decision may be another now."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        self._changed = changed
+        self._stop = threading.Event()
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR | RTMGRP_LINK))
+        self._sock.settimeout(0.5)  # how long stop() may wait
+        self._thread = threading.Thread(target=self._run, name="route-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError as exc:  # ENOBUFS: messages lost, so something changed
+                log.debug("route watch: %s", exc)
+            self._changed()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()

@@ -1,0 +1,285 @@
+"""End to end: DirectRouting (flannel's vxlan option) on a cluster whose nodes share the
+underlay link.
+
+- Pod to pod between nodes on one link: the underlay carries the pods' plain IP, no VXLAN.
+- A peer reached through a router (a router namespace on the underlay and routes via it,
+  as a second underlay subnet would have): VXLAN again, decided from the route change
+  alone (no lease event), and plain IP again when the router goes.
+- The kernel's direct routes come back after the underlay interface goes down and up
+  (flannel #1070 loses them).
+- A host on the underlay that holds no lease and routes a packet to a node's pod subnet:
+  the node's direct-ingress filter drops and counts it; the pod sees nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from ipaddress import IPv4Address
+
+import pytest
+
+from flows.flow import Owner, cookie_for
+from ovsdb.direct import RTPROT_VXFLOW
+from tests.emulation import emulated_cluster
+from tests.ofharness import VXFLOW
+from tests.test_e2e_rogue_underlay import echo_requests_received, rogue_host
+from vxflow.demo import cluster_module
+
+VXLAN_PORT = 8472
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        time.sleep(0.2)
+
+
+def direct_routes(node) -> set[str]:
+    """The subnets of the flows that route a peer directly on `node`'s br-int."""
+    mask = 0xFFFF << 48  # the magic byte and the owner kind
+    out = node.ovs.ofctl("dump-flows", "br-int", f"cookie={cookie_for(Owner.DIRECT):#x}/{mask:#x}")
+    return set(re.findall(r"nw_dst=([\d./]+)", out))
+
+
+def kernel_routes(node) -> set[str]:
+    """The agent's direct routes, by the command README.md shows."""
+    assert RTPROT_VXFLOW == 118
+    return {line.split()[0] for line in node.cmd("ip route show proto 118").splitlines()}
+
+
+@contextmanager
+def capture(node, expression: str) -> Iterator[list[str]]:
+    """tcpdump on `node`'s underlay port while the block runs; the lines it saw."""
+    lines: list[str] = []
+    proc = node.popen(["tcpdump", "-l", "-n", "-i", "eth0", expression],
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        # tcpdump says "listening on" on stderr once its capture is open
+        proc.stderr.readline()
+        yield lines
+        time.sleep(0.5)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+        lines += out.splitlines()
+
+
+def plain(lines: list[str], src, dst) -> list[str]:
+    """Echo requests on the wire as they are (tcpdump prints a VXLAN packet's inner one on
+    a line of its own, without a timestamp: not counted)."""
+    return [ln for ln in lines if re.match(rf"[\d:.]+ IP {src} > {dst}: ICMP echo request", ln)]
+
+
+def vxlan(lines: list[str], to) -> list[str]:
+    return [ln for ln in lines if re.match(rf"[\d:.]+ IP [\d.]+ > {to}\.{VXLAN_PORT}: ", ln)]
+
+
+def ping(pod, address, count: int = 3) -> bool:
+    return " 0% packet loss" in pod.cmd(f"ping -c {count} -i 0.2 -W 1 {address}")
+
+
+@contextmanager
+def router(bridge, name: str, address: IPv4Address, behind, others) -> Iterator[None]:
+    """A router namespace `name` on the underlay at `address`; `behind` and `others` reach
+    each other only through it (host routes via it both ways), as across two subnets."""
+    with rogue_host(bridge.name, name, address) as ns:
+        for cmd in ("sysctl -qw net.ipv4.ip_forward=1", "sysctl -qw net.ipv4.conf.all.send_redirects=0",
+                    "sysctl -qw net.ipv4.conf.eth0.send_redirects=0"):  # fmt: skip
+            subprocess.run(["ip", "netns", "exec", ns, *cmd.split()], check=True)
+        routes = [(n, behind) for n in others] + [(behind, n) for n in others]
+        try:
+            for node, peer in routes:
+                node.cmd(f"ip route replace {peer.underlay_ip}/32 via {address} dev br-phy")
+                node.cmd(f"ping -c 1 -W 1 {peer.underlay_ip}")  # the tunnel's next hop, resolved
+            yield
+        finally:
+            for node, peer in routes:
+                node.cmd(f"ip route del {peer.underlay_ip}/32 via {address}")
+
+
+@pytest.mark.e2e
+def test_direct_routing_plain_ip_on_one_link_vxlan_behind_a_router_rogue_dropped() -> None:
+    with emulated_cluster("d", nodes=3, pods=1, direct_routing=True) as cluster:
+        n1, n2, n3 = cluster.vxflow_nodes
+        bridge = next(s for s in cluster.net.switches
+                      if isinstance(s, cluster_module().UnderlayBridge))  # fmt: skip
+        spare = list(bridge.node_addresses())[len(cluster.nodes) + 1:]  # held by no node
+        (p1,), (p2,), (p3,) = (cluster.pods_of(n) for n in (n1, n2, n3))
+        s2, s3 = (str(p.ip_if.network) for p in (p2, p3))
+        wait_for("n1 routes n2 and n3 directly", lambda: direct_routes(n1) == {s2, s3})
+        assert kernel_routes(n1) == {s2, s3}
+
+        # one link: the pods' own addresses on the underlay, no VXLAN
+        with capture(n2, f"icmp or udp port {VXLAN_PORT}") as seen:
+            assert ping(p1, p2.addr)
+        assert len(plain(seen, p1.addr, p2.addr)) == 3, seen
+        assert not vxlan(seen, n2.underlay_ip), seen
+        tools_show_the_direct_hop(cluster, p1, p2, n1, n2, {n2, n3})
+        assert " 0% packet loss" in n1.cmd(f"ping -c 2 -i 0.2 -W 1 {p2.addr}")  # host to pod
+
+        # n3 behind a router: decided again from the route change alone, VXLAN both ways
+        with router(bridge, f"{cluster.spec.tag}g", spare[0], n3, (n1, n2)):
+            wait_for("n1 tunnels to n3", lambda: direct_routes(n1) == {s2})
+            wait_for("n3 tunnels to all", lambda: not direct_routes(n3))
+            assert kernel_routes(n1) == {s2}
+            with capture(n3, f"icmp or udp port {VXLAN_PORT}") as seen:
+                assert ping(p1, p3.addr)
+            assert len(vxlan(seen, n3.underlay_ip)) >= 3, seen
+            assert not plain(seen, p1.addr, p3.addr), seen
+            doc = json.loads(vxflow(cluster, "trace", str(p1.addr), str(p3.addr), "-o", "json",
+                                    *ovs_flags(cluster)).stdout)  # fmt: skip
+            assert doc["hops"][0]["result"] == "tunnel" and doc["delivered"]
+        wait_for("n1 routes n3 directly again", lambda: direct_routes(n1) == {s2, s3})
+
+        # the underlay interface down and up: the kernel drops the routes, the agent restores
+        n1.cmd("ip link set br-phy down")
+        wait_for("the kernel dropped n1's direct routes", lambda: not kernel_routes(n1))
+        n1.cmd("ip link set br-phy up")
+        wait_for("n1's direct routes restored", lambda: kernel_routes(n1) == {s2, s3})
+        wait_for("pod to pod again", lambda: ping(p1, p2.addr, 1))
+
+        # a host on the underlay with no lease routes a packet to n1's pod subnet
+        with rogue_host(bridge.name, f"{cluster.spec.tag}x", spare[1]) as ns:
+            subprocess.run(["ip", "netns", "exec", ns, "ip", "route", "add",
+                            str(p1.ip_if.network), "via", str(n1.underlay_ip)], check=True)  # fmt: skip
+            before, dropped = echo_requests_received(p1), nft_drops(n1)
+            subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "4", "-i", "0.2", "-W", "1",
+                            str(p1.addr)], capture_output=True)  # fmt: skip
+            assert echo_requests_received(p1) == before
+            assert nft_drops(n1) - dropped == 4
+        assert ping(p1, p2.addr)  # the nodes keep reaching each other
+
+
+def vxflow(cluster, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([VXFLOW, *args, *cluster.etcd_flags()], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def ovs_flags(cluster) -> list[str]:
+    return [f"--ovs={n.underlay_ip}={n.ovs.vswitchd_ctl}" for n in cluster.vxflow_nodes]
+
+
+def tools_show_the_direct_hop(cluster, src, dst, node, peer, direct) -> None:
+    """`vxflow trace` shows the direct hop (next hop, no VNI); `flows show` and `status`
+    which peers are direct."""
+    res = vxflow(cluster, "trace", str(src.addr), str(dst.addr), "-o", "json", *ovs_flags(cluster))
+    doc = json.loads(res.stdout)
+    assert res.returncode == 0 and doc["delivered"], res.stdout + res.stderr
+    first, second = doc["hops"]
+    assert (first["result"], first["next_hop"], first["vni"]) == ("direct", str(peer.underlay_ip),
+                                                                  None)  # fmt: skip
+    assert first["flows"][-1]["owner"].startswith(f"direct route to {dst.ip_if.network}")
+    assert second["in_port"] == f"2 (host, routed directly from {node.underlay_ip})"
+    assert "nw_ttl=62" in second["packet"]  # one hop for each host's forwarding
+    assert second["result"] == "delivered" and second["detail"].startswith(f"to pod {dst.addr}")
+    text = vxflow(cluster, "trace", str(src.addr), str(dst.addr), *ovs_flags(cluster)).stdout
+    assert f"routed directly via {peer.underlay_ip}: DirectRouting, no VXLAN" in text
+    show = vxflow(cluster, "flows", "show", "--node", str(node.underlay_ip))
+    assert f"table=20,priority=101,eth_type=0x0800,ip_dst={dst.ip_if.network} " in show.stdout
+    named = re.search(r"# DirectRouting: direct to (.*); VXLAN to the rest", show.stderr)
+    assert named and {ip.split()[0] for ip in named[1].split(", ")} == {
+        str(n.underlay_ip) for n in direct}, show.stderr  # fmt: skip
+    status = json.loads(vxflow(cluster, "status", "-o", "json").stdout)
+    assert status["config"]["direct_routing"] is True
+    (mine,) = [n for n in status["nodes"] if n["public_ip"] == str(node.underlay_ip)]
+    assert set(mine["direct"]) == {str(n.underlay_ip) for n in direct}
+    assert "DIRECT PEERS" in vxflow(cluster, "status").stdout
+
+
+def nft_drops(node) -> int:
+    """The ingress filter's drops, by the command README.md shows."""
+    out = node.cmd("nft list table ip vxflow_direct")
+    (count,) = re.findall(r"counter packets (\d+) bytes \d+ drop", out)
+    return int(count)
+
+
+@pytest.mark.e2e
+def test_mixed_cluster_with_a_flannel_style_direct_routing_node_is_direct_both_ways() -> None:
+    with emulated_cluster("m", nodes=1, pods=1, flannel_nodes=1, direct_routing=True) as cluster:
+        (vx,), (fl,) = cluster.vxflow_nodes, cluster.flannel_nodes
+        (pv,), (pf,) = cluster.pods_of(vx), cluster.pods_of(fl)
+        sv, sf = str(pv.ip_if.network), str(pf.ip_if.network)
+        wait_for("vx routes the flannel node directly", lambda: direct_routes(vx) == {sf})
+        wait_for("the flannel node routes vx directly",
+                 lambda: f"via {vx.underlay_ip}" in fl.cmd(f"ip route show {sv}"))  # fmt: skip
+        with capture(fl, f"icmp or udp port {VXLAN_PORT}") as seen:
+            assert ping(pv, pf.addr)
+            assert ping(pf, pv.addr)
+        assert len(plain(seen, pv.addr, pf.addr)) == 3, seen
+        assert len(plain(seen, pf.addr, pv.addr)) == 3, seen
+        assert not vxlan(seen, fl.underlay_ip) and not vxlan(seen, vx.underlay_ip), seen
+
+
+def lost_run(pod, address, during: Callable[[], None]) -> tuple[int, int]:
+    """Pings every 0.1 s while `during()` runs; (sent, the longest run of lost replies)."""
+    proc = pod.popen(["ping", "-n", "-O", "-i", "0.1", "-W", "1", str(address)],
+                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        time.sleep(1)
+        during()
+        time.sleep(2)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    answered = {int(m) for m in re.findall(r"icmp_seq=(\d+) ttl", out)}
+    sent = max([int(m) for m in re.findall(r"icmp_seq=(\d+)", out)], default=0)
+    longest = run = 0
+    for seq in range(1, sent + 1):
+        run = 0 if seq in answered else run + 1
+        longest = max(longest, run)
+    return sent, longest
+
+
+@pytest.mark.e2e
+def test_turning_direct_routing_off_and_on_loses_no_ping_beyond_one_second() -> None:
+    with emulated_cluster("o", nodes=2, pods=1, direct_routing=True) as cluster:
+        n1, n2 = cluster.vxflow_nodes
+        (p1,), (p2,) = cluster.pods_of(n1), cluster.pods_of(n2)
+        s1, s2 = str(p1.ip_if.network), str(p2.ip_if.network)
+        wait_for("direct both ways", lambda: direct_routes(n1) == {s2} and direct_routes(n2) == {s1})
+
+        def toggle(on: bool) -> Callable[[], None]:
+            def set_config() -> None:
+                cluster.spec = replace(cluster.spec, direct_routing=on)
+                cluster.write_config()
+                want = {s2} if on else set()
+                wait_for(f"direct routing {'on' if on else 'off'}",
+                         lambda: direct_routes(n1) == want == kernel_routes(n1))  # fmt: skip
+            return set_config
+
+        for on in (False, True):
+            sent, longest = lost_run(p1, p2.addr, toggle(on))
+            assert sent >= 25 and longest <= 10, (on, sent, longest)  # 10 x 0.1 s: one second
+        with capture(n2, f"icmp or udp port {VXLAN_PORT}") as seen:
+            assert ping(p1, p2.addr)
+        assert len(plain(seen, p1.addr, p2.addr)) == 3, seen
+
+
+@pytest.mark.e2e
+def test_a_service_and_ip_masq_over_a_direct_path() -> None:
+    """A pod reaches a service whose backend is on a direct peer: the connection crosses
+    the underlay as plain TCP to the backend's own address (DNAT in the client's switch),
+    the backend sees the client pod's address (--ip-masq leaves overlay to overlay
+    alone), and the reply finds its way back (un-DNAT)."""
+    from tests.test_e2e_services import PORT, VIP, put_service, run_in, serving
+
+    with emulated_cluster("v", nodes=2, pods=1, direct_routing=True, ip_masq=True) as cluster:
+        n1, n2 = cluster.vxflow_nodes
+        (p1,), (p2,) = cluster.pods_of(n1), cluster.pods_of(n2)
+        wait_for("n1 routes n2 directly", lambda: direct_routes(n1) == {str(p2.ip_if.network)})
+        with serving(cluster, [n2]):
+            put_service(cluster, [p2])
+            with capture(n2, f"tcp port {PORT} or udp port {VXLAN_PORT}") as seen:
+                result = run_in(p1, "connect", VIP, "80", "5")
+        assert result["failed"] == 0, result
+        assert {a.split()[1] for a in result["answers"]} == {str(p1.addr)}  # not masqueraded
+        assert [ln for ln in seen if re.match(rf"[\d:.]+ IP {p1.addr}\.\d+ > {p2.addr}\.{PORT}: ", ln)]
+        assert not vxlan(seen, n2.underlay_ip), seen

@@ -1,0 +1,45 @@
+"""The node side of DirectRouting (pure parts): the route changes and the ingress filter
+the agent hands the kernel. The kernel's side is tests/test_e2e_direct.py's."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from ovsdb.direct import RTPROT_VXFLOW, filter_commands, route_commands
+
+S2, S3, S4 = (IPv4Network(f"198.19.{i}.0/24") for i in (2, 3, 4))
+A2, A3, A4 = (IPv4Address(f"198.18.0.{i}") for i in (2, 3, 4))
+
+
+def test_route_commands_touch_only_what_differs_and_only_our_protocol() -> None:
+    held = {S2: A2, S3: A3}
+    wanted = {S2: A2, S3: A4, S4: A4}  # S3's peer moved, S4 is new
+    assert route_commands(wanted, held) == [
+        f"route replace 198.19.3.0/24 via 198.18.0.4 proto {RTPROT_VXFLOW}",
+        f"route replace 198.19.4.0/24 via 198.18.0.4 proto {RTPROT_VXFLOW}",
+    ]
+    assert route_commands({}, held) == [f"route del 198.19.2.0/24 proto {RTPROT_VXFLOW}",
+                                        f"route del 198.19.3.0/24 proto {RTPROT_VXFLOW}"]  # fmt: skip
+    assert route_commands(held, held) == []
+
+
+def rule_of(batch: dict) -> list[dict]:
+    (rule,) = [c["add"]["rule"] for c in batch["nftables"] if "rule" in c.get("add", {})]
+    return rule["expr"]
+
+
+def test_the_filter_drops_to_own_pods_from_all_but_the_gateway_and_direct_subnets() -> None:
+    own = IPv4Network("198.19.1.0/24")
+    batch = filter_commands(own, "vxgw0", [S2, S3])
+    commands = [next(iter(c)) for c in batch["nftables"]]
+    assert commands == ["add", "add", "flush", "add"]  # one transaction: exactly our rule
+    expr = rule_of(batch)
+    assert expr[0]["match"] == {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "vxgw0"}
+    assert expr[1]["match"]["right"] == {"prefix": {"addr": "198.19.1.0", "len": 24}}
+    assert expr[2]["match"]["op"] == "!=" and expr[2]["match"]["right"] == {"set": [
+        {"prefix": {"addr": "198.19.2.0", "len": 24}},
+        {"prefix": {"addr": "198.19.3.0", "len": 24}}]}  # fmt: skip
+    assert expr[-2:] == [{"counter": None}, {"drop": None}]
+    # no direct peer: everything forwarded to the pods from outside the gateway port drops
+    assert [next(iter(e)) for e in rule_of(filter_commands(own, "vxgw0", []))] == [
+        "match", "match", "counter", "drop"]  # fmt: skip
