@@ -78,8 +78,15 @@ def source_copy(dest: Path) -> Path:
 
 
 def commit_copy(dest: Path, commit: str) -> Path:
-    """The tree of `commit` (`git archive`), as a release was cut from it."""
+    """The tree of `commit` (`git archive`), as a release was cut from it. A shallow clone
+    (as CI systems make) lacks it: its history is fetched from its origin first."""
     dest.mkdir(parents=True)
+    git = ["git", "-C", str(ROOT)]
+    if subprocess.run([*git, "cat-file", "-e", f"{commit}^{{commit}}"]).returncode != 0:
+        shallow = subprocess.run([*git, "rev-parse", "--is-shallow-repository"],
+                                 capture_output=True, text=True).stdout.strip() == "true"  # fmt: skip
+        assert shallow, f"commit {commit} is not in this clone's history"
+        subprocess.run([*git, "fetch", "--quiet", "--unshallow"], check=True, timeout=300)
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True,
                              check=True).stdout  # fmt: skip
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
