@@ -82,7 +82,8 @@ def commit_copy(dest: Path, commit: str) -> Path:
     (as CI systems make) lacks it: its history is fetched from its origin first."""
     dest.mkdir(parents=True)
     git = ["git", "-C", str(ROOT)]
-    if subprocess.run([*git, "cat-file", "-e", f"{commit}^{{commit}}"]).returncode != 0:
+    if subprocess.run([*git, "cat-file", "-e", f"{commit}^{{commit}}"],
+                      capture_output=True).returncode != 0:
         shallow = subprocess.run([*git, "rev-parse", "--is-shallow-repository"],
                                  capture_output=True, text=True).stdout.strip() == "true"  # fmt: skip
         assert shallow, f"commit {commit} is not in this clone's history"
