@@ -283,7 +283,8 @@ class ClusterModel:
                     self._everyone = [e for lease in self.leases() for e in self.endpoints_of(lease)]
                 table = policy_table(sorted(self.policies.values(), key=lambda p: p.key_name),
                                      self.namespaces.values(), self._everyone,
-                                     self.endpoints_of(own), own.subnet)  # fmt: skip
+                                     self.endpoints_of(own), own.subnet,
+                                     own.ipv6_subnet)  # fmt: skip
             self._policy_tables[node] = table
         return table
 

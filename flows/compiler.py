@@ -402,5 +402,6 @@ def compile_table(
     table = node_table(config, accepted, own_endpoints, own, services=services, direct=direct)
     if policies and own is not None:
         everyone = [e for lease in accepted for e in select_endpoints(lease, endpoints).accepted]
-        table.flows.extend(policy_table(policies, namespaces, everyone, own_endpoints, own.subnet).flows)
+        table.flows.extend(policy_table(policies, namespaces, everyone, own_endpoints, own.subnet,
+                                        own.ipv6_subnet).flows)  # fmt: skip
     return table

@@ -38,6 +38,11 @@ in POLICY_ZONE whatever policy changes later, until it ends (conntrack's own
 timeouts); a policy change only judges the connections opened after it. A
 connection opened before its pod's switch had any policy flow is not in the
 zone: its packets are judged one by one, as if each opened it.
+IPv6 (a dual-stack pod's second address): rules are not compiled for it yet, so
+an isolated pod fails closed there. Its IPv6 packets, both ways, take hooks of
+their own (ROUTE 150 from it, LOCAL 210 to it; no conntrack) into the stage
+and hit its default drop: a pod isolated in either direction exchanges IPv6
+with its own node only (into it from the gateway port: pass, 250).
 Named ports resolve per destination pod: the pods (ingress) or peers (egress)
 that resolve a rule's names alike share one conjunction. An ipBlock's except
 is subtracted from its cidr (the rest as disjoint networks).
@@ -47,15 +52,16 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flows.flow import (
     CT_EST,
     CT_REL,
     CT_TRK,
     ETH_TYPE_IP,
+    ETH_TYPE_IPV6,
     Action,
     Flow,
     Masked,
@@ -306,7 +312,9 @@ class _Compiler:
             conj_id = (conj_id + 1) & 0xFFFFFFFF
         return conj_id
 
-    def compile(self, local: Sequence[Pod], subnet: IPv4Network) -> PolicyTable:
+    def compile(self, local: Sequence[Pod], subnet: IPv4Network,
+                v6: Mapping[IPv4Address, IPv6Address] | None = None,
+                gateway6: IPv6Address | None = None) -> PolicyTable:  # fmt: skip
         ev = self.evaluator
         isolating = {
             (stage.direction, p.ip): ev.selecting(p, stage.direction) for stage in STAGES for p in local
@@ -331,12 +339,14 @@ class _Compiler:
                     tuple(sorted(x.key_name for x in isolating[stage.direction, p.ip])),
                 )
             self._rules(stage, isolated, isolating)
+        flows += _ipv6_closed(guarded, v6 or {}, gateway6, hooks)
         flows += self.direct.values()
         flows += [Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE)
                   for (table, match), actions in self.clauses.items()]  # fmt: skip
         generation = zlib.crc32("\n".join(sorted(map(repr, flows))).encode())
         flows += [flow(stage.hook_table, stage.hook_priority, match,
-                       [set_field(GENERATION, generation), ct(POLICY_ZONE, stage.table)],
+                       [set_field(GENERATION, generation), ct(POLICY_ZONE, stage.table)]
+                       if match["eth_type"] == ETH_TYPE_IP else [resubmit(stage.table)],
                        POLICY_COOKIE) for stage, match in hooks]  # fmt: skip
         return self.table
 
@@ -350,6 +360,31 @@ class _Compiler:
                 ref = RuleRef(policy.key_name, stage.direction, index)
                 for group, conj in enumerate(self.conjunctions(policy, rule, stage, selected)):
                     self.add_rule(stage, ref, group, conj)
+
+
+def _ipv6_closed(guarded: Sequence[Pod], v6: Mapping[IPv4Address, IPv6Address],
+                 gateway: IPv6Address | None, hooks: list[tuple[Stage, dict]]) -> list[Flow]:  # fmt: skip
+    """Fail closed over IPv6 (see the module doc): each guarded pod's IPv6 address hooked
+    into both stages, to its default drop; the node's own traffic into it passes, and so
+    does what it sends to the node's gateway address (the replies to the node's probes)."""
+    flows: list[Flow] = []
+    for p in guarded:
+        six = v6.get(p.ip)
+        if six is None:
+            continue
+        for stage in STAGES:
+            field_name = "ipv6_src" if stage is EGRESS_STAGE else "ipv6_dst"
+            match = {"eth_type": ETH_TYPE_IPV6, field_name: six}
+            hooks.append((stage, {**match, stage.done: 0}))
+            flows.append(flow(stage.table, PRIO_DROP, match, (), drop_cookie(p.ip)))
+            if stage is EGRESS_STAGE and gateway is not None:
+                flows.append(flow(stage.table, PRIO_ALWAYS, {**match, "ipv6_dst": gateway},
+                                  stage.passing(False), POLICY_COOKIE))  # fmt: skip
+    if flows:
+        flows.append(flow(Table.POL_INGRESS, PRIO_ALWAYS,
+                          {"eth_type": ETH_TYPE_IPV6, "in_port": GATEWAY_OFPORT},
+                          INGRESS_STAGE.passing(False), POLICY_COOKIE))  # fmt: skip
+    return flows
 
 
 def _stage_plumbing(stage: Stage, subnet: IPv4Network) -> list[Flow]:
@@ -377,13 +412,17 @@ def policy_table(
     endpoints: Iterable[Endpoint],
     local: Iterable[Endpoint],
     subnet: IPv4Network,
+    ipv6_subnet: IPv6Network | None = None,
 ) -> PolicyTable:
-    """The policy flows of the switch of `subnet` whose accepted pods are `local`;
-    `endpoints`: every accepted endpoint of the cluster (the peers selectors may name).
-    Empty when no policy isolates any of `local`."""
+    """The policy flows of the switch of `subnet` (and `ipv6_subnet`, dual stack) whose
+    accepted pods are `local`; `endpoints`: every accepted endpoint of the cluster (the
+    peers selectors may name). Empty when no policy isolates any of `local`."""
     if not policies:
         return PolicyTable()
     pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None]
+    local = list(local)
     own = [p for e in local if (p := endpoint_pod(e)) is not None]
-    return _Compiler(policies, namespaces, pods).compile(own, subnet)
+    v6 = {e.ip: e.ipv6 for e in local if e.ipv6 is not None}
+    gateway6 = ipv6_subnet.network_address + 1 if ipv6_subnet is not None else None
+    return _Compiler(policies, namespaces, pods).compile(own, subnet, v6, gateway6)
 

@@ -279,7 +279,7 @@ def leasable(fam: FamilyConfig | NetworkConfig, subnet: IPNetwork) -> bool:
 
 
 # what a dual-stack cluster does not get over IPv6 yet (README.md, "Dual stack")
-IPV6_NOT_YET = "services and network policy"
+IPV6_NOT_YET = "services and network policy rules"
 
 
 def ipv6_notice(config: NetworkConfig) -> str | None:
@@ -290,5 +290,6 @@ def ipv6_notice(config: NetworkConfig) -> str | None:
         return None
     return (
         f"EnableIPv6: IPv6Network {config.ipv6.network} is routed between pods and nodes; "
-        f"{IPV6_NOT_YET} are IPv4 only so far"
+        f"{IPV6_NOT_YET} are IPv4 only so far (a pod a policy isolates gets no IPv6 but "
+        "with its own node)"
     )

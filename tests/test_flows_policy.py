@@ -12,11 +12,22 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from ipaddress import IPv4Address, IPv4Network
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
-from flows.flow import CT_NEW, CT_TRK, ETH_TYPE_IP, Flow, Masked, Owner, Table, owner_of
+from flows.flow import (
+    CT_NEW,
+    CT_TRK,
+    ETH_TYPE_IP,
+    ETH_TYPE_IPV6,
+    Flow,
+    Masked,
+    Owner,
+    Table,
+    owner_of,
+)
 from flows.policy import (
     EGRESS_STAGE,
     INGRESS_STAGE,
@@ -24,11 +35,12 @@ from flows.policy import (
     PRIO_CLAUSE,
     Stage,
     block_networks,
+    drop_cookie,
     policy_table,
     port_ranges,
 )
 from flows.policy_eval import Evaluator, Pod
-from flows.ports import TUNNEL_OFPORT
+from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT
 from leases.model import Endpoint
 from leases.pods import ContainerPort, PodIdentity
 from leases.policy import NAME_LABEL, IPBlock, Namespace, NetworkPolicy
@@ -283,3 +295,39 @@ def test_every_policy_flow_is_owned_and_every_drop_names_its_pod() -> None:
             direction = "Egress" if f.table == Table.POL_EGRESS else "Ingress"
             assert table.isolated[direction, IPv4Address(owner[1])].policies == ("x/deny-all",)
 
+
+
+def test_an_isolated_dual_stack_pod_fails_closed_over_ipv6() -> None:
+    """Rules are compiled for IPv4 only: an isolated pod's IPv6 packets meet its default
+    drop both ways, whatever its rules allow over IPv4, except what its own node sends it
+    and its packets to the node's gateway address; a pod no policy isolates keeps IPv6."""
+    node = IPv4Network("198.19.1.0/24")
+    node6 = IPv6Network("fd00:0:0:1::/64")
+    a = Pod("x", "a", IPv4Address("198.19.1.10"), (("pod", "a"),))
+    b = Pod("x", "b", IPv4Address("198.19.1.11"), (("pod", "b"),))
+    a6, b6, far6 = node6[10], node6[11], IPv6Address("fd00:0:0:2::5")
+    eps = [replace(endpoint_of(a, 10), ipv6=a6), replace(endpoint_of(b, 11), ipv6=b6)]
+    only_a = netpol("x", "a-from-x", {"matchLabels": {"pod": "a"}},
+                    ingress=[{"from": [{"podSelector": {}}]}])  # fmt: skip
+    table = policy_table([only_a], [], eps, eps, node, node6)
+    switch = Switch(table.flows)
+    v4 = {"eth_type": ETH_TYPE_IP, "ip_src": b.ip, "ip_dst": a.ip, "reg2": 0, "reg3": 0,
+          "ip_proto": 6, "tcp_dst": 80, "in_port": 11}  # fmt: skip
+    assert switch.passes(INGRESS_STAGE, v4)[0]  # b -> a over IPv4: the rule allows it
+
+    def v6(src: IPv6Address, dst: IPv6Address, in_port: int) -> dict:
+        return {"eth_type": ETH_TYPE_IPV6, "ipv6_src": src, "ipv6_dst": dst, "reg2": 0,
+                "reg3": 0, "ip_proto": 6, "tcp_dst": 80, "in_port": in_port}  # fmt: skip
+
+    into_a, verdict = switch.passes(INGRESS_STAGE, v6(b6, a6, 11))
+    assert not into_a and verdict is not None and verdict.cookie == drop_cookie(a.ip)
+    assert not switch.passes(INGRESS_STAGE, v6(far6, a6, TUNNEL_OFPORT))[0]
+    out_of_a, verdict = switch.passes(EGRESS_STAGE, v6(a6, far6, 10))  # isolated for ingress only
+    assert not out_of_a and verdict is not None and verdict.cookie == drop_cookie(a.ip)
+    assert switch.passes(INGRESS_STAGE, v6(node6[1], a6, GATEWAY_OFPORT))[0]  # its node's probe
+    assert switch.passes(EGRESS_STAGE, v6(a6, node6[1], 10))[0]  # and the reply
+    assert switch.passes(EGRESS_STAGE, v6(b6, far6, 11)) == (True, None)  # b: not isolated
+    assert switch.passes(INGRESS_STAGE, v6(far6, b6, TUNNEL_OFPORT)) == (True, None)
+    v4_only = policy_table([only_a], [], [endpoint_of(a, 10), endpoint_of(b, 11)],
+                           [endpoint_of(a, 10), endpoint_of(b, 11)], node)  # fmt: skip
+    assert not any(dict(f.match).get("eth_type") == ETH_TYPE_IPV6 for f in v4_only.flows)
