@@ -130,6 +130,7 @@ def test_direct_routing_plain_ip_on_one_link_vxlan_behind_a_router_rogue_dropped
             wait_for("n1 tunnels to n3", lambda: direct_routes(n1) == {s2})
             wait_for("n3 tunnels to all", lambda: not direct_routes(n3))
             assert kernel_routes(n1) == {s2}
+            wait_for("pod to pod through the router", lambda: ping(p1, p3.addr, 1))
             with capture(n3, f"icmp or udp port {VXLAN_PORT}") as seen:
                 assert ping(p1, p3.addr)
             assert len(vxlan(seen, n3.underlay_ip)) >= 3, seen
