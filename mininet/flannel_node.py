@@ -11,7 +11,8 @@ with the other nodes' leases:
   `VtepMAC -> PublicIP`, route `<subnet>/len via <subnet>.0 onlink`;
 - with the config's Backend.DirectRouting, a remote lease whose PublicIP the kernel
   routes with exactly one route and no gateway (flannel's pkg/ip `DirectRouting`,
-  leases/direct.py) gets `<subnet>/len via <PublicIP>` instead, and no VXLAN entries;
+  leases/direct.py) gets `<subnet>/len via <PublicIP>` instead, and no VXLAN entries
+  (`--no-direct-routing`: a flanneld from before the option, VXLAN to every peer);
 - subnet.env as flanneld writes it, for the CNI side (the cluster's cni0).
 
 flanneld reacts to a watch; this reconciles from a snapshot once a second,
@@ -78,10 +79,10 @@ def write_subnet_env(path: Path, config: NetworkConfig, lease: Lease, mtu: int) 
 class VxlanDevice:
     """flannel.<VNI> and the per-lease kernel entries behind it."""
 
-    def __init__(self, config: NetworkConfig, lease: Lease, iface: str) -> None:
+    def __init__(self, config: NetworkConfig, lease: Lease, iface: str, direct: bool) -> None:
         self.name = f"flannel.{config.backend.vni}"
         self.lease = lease
-        self.direct_routing = config.backend.direct_routing
+        self.direct_routing = direct and config.backend.direct_routing
         self.programmed: dict[IPv4Network, tuple[Lease, bool]] = {}  # with: routed directly
         underlay_mtu = json.loads(ip("-j", "link", "show", iface))[0]["mtu"]
         self.mtu = config.backend.mtu or underlay_mtu - VXLAN_OVERHEAD
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> None:
         previous_subnet=previous_subnet(subnet_file), ttl=args.subnet_lease_ttl,
     )  # fmt: skip
     log.info("lease %s for %s", lease.subnet, lease.public_ip)
-    device = VxlanDevice(config, lease, args.iface)
+    device = VxlanDevice(config, lease, args.iface, args.direct_routing)
     write_subnet_env(subnet_file, config, lease, device.mtu)
     renew_at = time.monotonic() + renew_interval(args.subnet_lease_ttl)
     while True:
@@ -181,6 +182,8 @@ def main() -> None:
     parser.add_argument("--subnet-file", required=True)
     parser.add_argument("--subnet-lease-ttl", type=int, default=LEASE_TTL_SECONDS,
                         help="seconds (flannel's fixed 24h by default)")  # fmt: skip
+    parser.add_argument("--no-direct-routing", dest="direct_routing", action="store_false",
+                        help="ignore Backend.DirectRouting, as a flanneld before the option")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
