@@ -115,7 +115,7 @@ class DirectRouting:
 
     def __init__(self) -> None:
         self._nft: Any = None  # made when first used: clearing routes needs no nftables
-        self._ipr = IPRoute()
+        self._ipr: IPRoute | None = None  # made when first used: only DirectRouting asks
 
     def _nftables(self) -> Any:
         if self._nft is None:
@@ -126,9 +126,12 @@ class DirectRouting:
         return self._nft
 
     def close(self) -> None:
-        self._ipr.close()
+        if self._ipr is not None:
+            self._ipr.close()
 
     def decide(self, peers: Iterable[Lease]) -> frozenset[IPv4Address]:
+        if self._ipr is None:
+            self._ipr = IPRoute()
         return direct_peers(self._ipr, peers)
 
     def held_routes(self) -> dict[IPv4Network, IPv4Address]:
