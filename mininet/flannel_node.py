@@ -15,7 +15,8 @@ with the other nodes' leases:
   underlay, underlay MTU - 70), per remote dual-stack lease;
 - with the config's Backend.DirectRouting, a remote lease whose PublicIP (PublicIPv6) the kernel
   routes with exactly one route and no gateway (flannel's pkg/ip `DirectRouting`,
-  leases/direct.py) gets `<subnet>/len via <PublicIP>` instead, and no VXLAN entries;
+  leases/direct.py) gets `<subnet>/len via <PublicIP>` instead, and no VXLAN entries
+  (`--no-direct-routing`: a flanneld from before the option, VXLAN to every peer);
 - subnet.env as flanneld writes it, for the CNI side (the cluster's cni0).
 
 flanneld reacts to a watch; this reconciles from a snapshot once a second,
@@ -87,10 +88,11 @@ V6 = Family("flannel-v6", attrgetter("ipv6_subnet"), attrgetter("public_ipv6"),
 class VxlanDevice:
     """One family's device and the per-lease kernel entries behind it."""
 
-    def __init__(self, config: NetworkConfig, lease: Lease, iface: str, fam: Family = V4) -> None:
+    def __init__(self, config: NetworkConfig, lease: Lease, iface: str, direct: bool,
+                 fam: Family = V4) -> None:
         self.name = f"{fam.device}.{config.backend.vni}"
         self.fam, self.lease = fam, lease
-        self.direct_routing = config.backend.direct_routing
+        self.direct_routing = direct and config.backend.direct_routing
         self.programmed: dict[object, tuple[Lease, bool]] = {}  # with: routed directly
         underlay_mtu = json.loads(ip("-j", "link", "show", iface))[0]["mtu"]
         self.mtu = config.backend.mtu or underlay_mtu - fam.overhead
@@ -172,9 +174,9 @@ def run(args: argparse.Namespace) -> None:
             "previous_ipv6_subnet": previous_ipv6_subnet(subnet_file)} if six else {}),
     )  # fmt: skip
     log.info("lease %s for %s", lease.label, lease.public_ip)
-    devices = [VxlanDevice(config, lease, args.iface)]
+    devices = [VxlanDevice(config, lease, args.iface, args.direct_routing)]
     if lease.ipv6_subnet is not None:
-        devices.append(VxlanDevice(config, lease, args.iface, V6))
+        devices.append(VxlanDevice(config, lease, args.iface, args.direct_routing, V6))
     write_subnet_env(subnet_file, subnet_env_for(config, lease, devices[0].mtu))
     renew_at = time.monotonic() + renew_interval(args.subnet_lease_ttl)
     while True:
@@ -203,6 +205,8 @@ def main() -> None:
     parser.add_argument("--subnet-file", required=True)
     parser.add_argument("--subnet-lease-ttl", type=int, default=LEASE_TTL_SECONDS,
                         help="seconds (flannel's fixed 24h by default)")  # fmt: skip
+    parser.add_argument("--no-direct-routing", dest="direct_routing", action="store_false",
+                        help="ignore Backend.DirectRouting, as a flanneld before the option")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -144,6 +144,7 @@ class ClusterSpec:
     # --with-leases` moves them into v3 before any daemon starts
     from_v2: bool = False
     direct_routing: bool = False  # the config's Backend.DirectRouting (flannel's option)
+    flannel_direct_routing: bool = True  # False: flannel-style nodes ignore it (an old flanneld)
 
 
 @dataclass
@@ -499,6 +500,8 @@ class Cluster(ClusterChecks):
         ]  # fmt: skip
         if self.spec.flannel_lease_ttl:
             cmd += ["--subnet-lease-ttl", str(self.spec.flannel_lease_ttl)]
+        if not self.spec.flannel_direct_routing:
+            cmd.append("--no-direct-routing")
         node.sh(f"ip addr add {node.underlay_ip}/{UNDERLAY.prefixlen} dev eth0")
         if node.underlay_ip6 is not None:  # flanneld's dual stack: flannel-v6.<VNI> too
             cmd += ["--public-ipv6", str(node.underlay_ip6)]

@@ -227,6 +227,7 @@ class Agent:
         self._leases: dict[IPv4Network, Lease] = {}
         self._direct_due = threading.Event()
         self._direct: DirectRouting | None = None
+        self._direct_clean = False  # DirectRouting off and nothing of ours left: done
         self._keeper: LivenessKeeper | None = None
 
     def stop(self, *_: object) -> None:
@@ -496,10 +497,12 @@ class Agent:
             if self._direct is None:  # (also when off: a previous run's routes are cleared)
                 self._direct = DirectRouting()
             if not on:
-                if removed := self._direct.clear():
+                if not self._direct_clean and (removed := self._direct.clear()):
                     log.info("DirectRouting off: removed %d direct route(s)", removed)
+                self._direct_clean = True  # (an earlier run's are gone: checked once)
                 self._keeper.set_direct(None)
                 return
+            self._direct_clean = False
             own = self.lease
             peers = [le for le in self._leases.values()
                      if le.subnet != own.subnet and le.public_ip != own.public_ip]  # fmt: skip

@@ -11,7 +11,8 @@ what arrives unencapsulated, and the kernel's route changes that make the agent 
 - The filter (nftables, table `ip vxflow_direct`, hook forward): a packet that the host
   forwards to this node's pod subnet from anywhere but the gateway port must come from
   a direct peer's subnet or PublicIP (its host's own traffic), or it is dropped and
-  counted. A host on the underlay that is
+  counted; a packet the host DNATed itself (addressed to the node, e.g. a NodePort)
+  passes. A host on the underlay that is
   not a node cannot reach pods by routing to this node; nor can a peer behind a router,
   which is VXLAN's, checked there by the tunnel-ingress flows.
 """
@@ -85,7 +86,9 @@ def filter_commands(
     own: IPv4Network, gateway: str, sources: list[IPv4Network]
 ) -> dict[str, Any]:
     """One nftables JSON batch that leaves exactly the ingress filter in our chain (pure):
-    forwarded to `own` from anywhere but `gateway`, a source outside `sources` drops."""
+    forwarded to `own` from anywhere but `gateway`, a source outside `sources` drops.
+    What the host itself DNATed passes first: it was addressed to the node (a NodePort
+    of kube-proxy's), not routed to a pod subnet."""
     where = {"family": FAMILY, "table": TABLE}
     rule = [
         {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": gateway}},
@@ -95,11 +98,14 @@ def filter_commands(
         rule.append({"match": {"op": "!=", "left": _ip("saddr"),
                                "right": {"set": [_prefix(s) for s in sources]}}})  # fmt: skip
     rule += [{"counter": None}, {"drop": None}]
+    dnat = [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+            {"accept": None}]  # fmt: skip
     return {"nftables": [
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
         {"add": {"chain": {**where, "name": CHAIN, "type": "filter", "hook": "forward",
                            "prio": 0, "policy": "accept"}}},
         {"flush": {"chain": {**where, "name": CHAIN}}},
+        {"add": {"rule": {**where, "chain": CHAIN, "comment": COMMENT, "expr": dnat}}},
         {"add": {"rule": {**where, "chain": CHAIN, "comment": COMMENT, "expr": rule}}},
     ]}  # fmt: skip
 
@@ -109,7 +115,7 @@ class DirectRouting:
 
     def __init__(self) -> None:
         self._nft: Any = None  # made when first used: clearing routes needs no nftables
-        self._ipr = IPRoute()
+        self._ipr: IPRoute | None = None  # made when first used: only DirectRouting asks
 
     def _nftables(self) -> Any:
         if self._nft is None:
@@ -120,9 +126,12 @@ class DirectRouting:
         return self._nft
 
     def close(self) -> None:
-        self._ipr.close()
+        if self._ipr is not None:
+            self._ipr.close()
 
     def decide(self, peers: Iterable[Lease]) -> frozenset[IPv4Address]:
+        if self._ipr is None:
+            self._ipr = IPRoute()
         return direct_peers(self._ipr, peers)
 
     def held_routes(self) -> dict[IPv4Network, IPv4Address]:

@@ -130,6 +130,7 @@ def test_direct_routing_plain_ip_on_one_link_vxlan_behind_a_router_rogue_dropped
             wait_for("n1 tunnels to n3", lambda: direct_routes(n1) == {s2})
             wait_for("n3 tunnels to all", lambda: not direct_routes(n3))
             assert kernel_routes(n1) == {s2}
+            wait_for("pod to pod through the router", lambda: ping(p1, p3.addr, 1))
             with capture(n3, f"icmp or udp port {VXLAN_PORT}") as seen:
                 assert ping(p1, p3.addr)
             assert len(vxlan(seen, n3.underlay_ip)) >= 3, seen
@@ -202,20 +203,29 @@ def nft_drops(node) -> int:
 
 
 @pytest.mark.e2e
-def test_mixed_cluster_with_a_flannel_style_direct_routing_node_is_direct_both_ways() -> None:
-    with emulated_cluster("m", nodes=1, pods=1, flannel_nodes=1, direct_routing=True) as cluster:
+@pytest.mark.parametrize("flannel_direct", [True, False], ids=["flannel-direct", "flannel-old"])
+def test_mixed_cluster_with_a_flannel_style_node(flannel_direct: bool) -> None:
+    """With DirectRouting the flannel-style node and the vxflow node route to each other
+    with plain IP both ways; a flannel node that ignores the option (one from before it)
+    keeps sending VXLAN, which the vxflow node accepts, while the vxflow node's own
+    packets to it are plain IP (as flannel's direct nodes send to such a node)."""
+    with emulated_cluster("m", nodes=1, pods=1, flannel_nodes=1, direct_routing=True,
+                          flannel_direct_routing=flannel_direct) as cluster:  # fmt: skip
         (vx,), (fl,) = cluster.vxflow_nodes, cluster.flannel_nodes
         (pv,), (pf,) = cluster.pods_of(vx), cluster.pods_of(fl)
         sv, sf = str(pv.ip_if.network), str(pf.ip_if.network)
         wait_for("vx routes the flannel node directly", lambda: direct_routes(vx) == {sf})
-        wait_for("the flannel node routes vx directly",
-                 lambda: f"via {vx.underlay_ip}" in fl.cmd(f"ip route show {sv}"))  # fmt: skip
+        via = f"via {vx.underlay_ip}" if flannel_direct else "dev flannel."
+        wait_for(f"the flannel node routes vx {via}",
+                 lambda: via in fl.cmd(f"ip route show {sv}"))  # fmt: skip
+        wait_for("both ways", lambda: ping(pv, pf.addr, 1) and ping(pf, pv.addr, 1))
         with capture(fl, f"icmp or udp port {VXLAN_PORT}") as seen:
             assert ping(pv, pf.addr)
             assert ping(pf, pv.addr)
-        assert len(plain(seen, pv.addr, pf.addr)) == 3, seen
-        assert len(plain(seen, pf.addr, pv.addr)) == 3, seen
-        assert not vxlan(seen, fl.underlay_ip) and not vxlan(seen, vx.underlay_ip), seen
+        assert len(plain(seen, pv.addr, pf.addr)) == 3, seen  # vx -> fl: direct
+        assert not vxlan(seen, fl.underlay_ip), seen
+        back = plain(seen, pf.addr, pv.addr), vxlan(seen, vx.underlay_ip)
+        assert (len(back[0]), len(back[1]) >= 3) == ((3, False) if flannel_direct else (0, True))
 
 
 def lost_run(pod, address, during: Callable[[], None]) -> tuple[int, int]:

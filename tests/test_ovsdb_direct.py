@@ -24,7 +24,10 @@ def test_route_commands_touch_only_what_differs_and_only_our_protocol() -> None:
 
 
 def rule_of(batch: dict) -> list[dict]:
-    (rule,) = [c["add"]["rule"] for c in batch["nftables"] if "rule" in c.get("add", {})]
+    """The drop rule's expressions, after the rule that lets the host's own DNAT pass."""
+    dnat, rule = [c["add"]["rule"] for c in batch["nftables"] if "rule" in c.get("add", {})]
+    assert dnat["expr"] == [{"match": {"op": "in", "left": {"ct": {"key": "status"}},
+                                       "right": "dnat"}}, {"accept": None}]  # fmt: skip
     return rule["expr"]
 
 
@@ -32,7 +35,7 @@ def test_the_filter_drops_to_own_pods_from_all_but_the_gateway_and_direct_subnet
     own = IPv4Network("198.19.1.0/24")
     batch = filter_commands(own, "vxgw0", [S2, S3])
     commands = [next(iter(c)) for c in batch["nftables"]]
-    assert commands == ["add", "add", "flush", "add"]  # one transaction: exactly our rule
+    assert commands == ["add", "add", "flush", "add", "add"]  # one transaction: our rules only
     expr = rule_of(batch)
     assert expr[0]["match"] == {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "vxgw0"}
     assert expr[1]["match"]["right"] == {"prefix": {"addr": "198.19.1.0", "len": 24}}
