@@ -7,9 +7,10 @@ host reaches VIPs through the switch). This is done with `ip` (see
 ovsdb/iproute.py). `netns` runs everything with `ip -n NETNS` (tests
 bootstrap emulated nodes from the root namespace).
 
-The service route carries routing protocol ROUTE_PROTO ("vxflow"), so the
-agent recognises its own: a service range that changed or went is removed,
-and no other route is ever touched.
+The service routes, and a dual-stack node's IPv6Network route, carry
+routing protocol ROUTE_PROTO ("vxflow"), so the agent recognises its own: a
+service range or IPv6Network that changed or went is removed, and no other
+route is ever touched.
 """
 
 from __future__ import annotations
@@ -79,9 +80,8 @@ def converge_gateway(
         changes.append(f"kernel: {spec.ifname} set up")
         if not dry_run:
             ip("link", "set", "dev", spec.ifname, "up", netns=netns)
-    for route in (spec.route, spec.route6):
-        if route is not None:
-            changes += _converge_route(spec.ifname, route, netns, dry_run)
+    changes += _converge_route(spec.ifname, spec.route, netns, dry_run)
+    changes += _converge_route6(spec.ifname, spec.route6, netns, dry_run)
     if spec.service_routes is not None:
         changes += _converge_service_routes(spec, netns, dry_run)
     return changes
@@ -113,17 +113,35 @@ def _converge_address(
     return changes
 
 
-def _converge_route(
-    ifname: str, route: IPv4Network | IPv6Network, netns: str | None, dry_run: bool
-) -> list[str]:
-    """The overlay network of one family routed into the port, as the only route to it."""
-    family = f"-{route.version}"
-    routes = ip_json(family, "route", "show", "exact", str(route), netns=netns)
+def _converge_route(ifname: str, route: IPv4Network, netns: str | None, dry_run: bool) -> list[str]:
+    """The overlay Network routed into the port, as the only route to it."""
+    routes = ip_json("route", "show", "exact", str(route), netns=netns)
     if any(r.get("dev") == ifname for r in routes) and len(routes) == 1:
         return []
     if not dry_run:
-        ip(family, "route", "replace", str(route), "dev", ifname, netns=netns)
+        ip("route", "replace", str(route), "dev", ifname, netns=netns)
     return [f"kernel: route {route} dev {ifname}"]
+
+
+def _converge_route6(
+    ifname: str, route: IPv6Network | None, netns: str | None, dry_run: bool
+) -> list[str]:
+    """Exactly `route` (a dual-stack node's IPv6Network) among the IPv6 routes of protocol
+    ROUTE_PROTO on the port: one of an earlier IPv6Network, or of a node whose lease lost its
+    IPv6 half, goes; no other route is touched."""
+    ours = ip_json("-6", "route", "show", "dev", ifname, "proto", ROUTE_PROTO, netns=netns)
+    have = {IPv6Network(r["dst"]) for r in ours if r.get("dst", "default") != "default"}
+    changes: list[str] = []
+    for net in sorted(have - {route}):
+        changes.append(f"kernel: remove route {net} dev {ifname} (a previous IPv6Network)")
+        if not dry_run:
+            ip("-6", "route", "del", str(net), "dev", ifname, "proto", ROUTE_PROTO, netns=netns)
+    if route is not None and route not in have:
+        changes.append(f"kernel: route {route} dev {ifname}")
+        if not dry_run:
+            ip("-6", "route", "replace", str(route), "dev", ifname, "proto", ROUTE_PROTO,
+               netns=netns)  # fmt: skip
+    return changes
 
 
 def _converge_service_routes(spec: GatewaySpec, netns: str | None, dry_run: bool) -> list[str]:

@@ -137,3 +137,17 @@ def test_vxflow_status_shows_each_nodes_ipv6_subnet(cluster) -> None:
                           text=True, timeout=60).stdout  # fmt: skip
     n1 = cluster.vxflow_nodes[0]
     assert f"{nodes[str(n1.underlay_ip)]['subnet']}+{cluster.ipv6_subnet(n1)}" in text, text
+
+
+def test_an_icmpv6_error_comes_back_across_the_tunnel(cluster, tmp_path) -> None:
+    """A UDP datagram to a closed port of a remote pod: its ICMPv6 port unreachable (from
+    the remote pod's address) crosses the tunnel back and fails the sender's next call."""
+    a, b = cluster.pods_of(cluster.vxflow_nodes[0])[0], cluster.pods_of(cluster.vxflow_nodes[2])[0]
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+        f"s.settimeout(3)\ns.connect(('{b.addr6}', 9))\ns.send(b'x')\n"
+        "try:\n    s.recv(1)\nexcept ConnectionRefusedError:\n    print('refused')\n"
+    )
+    assert a.cmd(f"python3 {probe}").strip() == "refused"

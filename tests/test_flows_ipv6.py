@@ -27,6 +27,7 @@ from flows.flow import (
 )
 from flows.ports import GATEWAY_OFPORT, TUNNEL6_OFPORT, TUNNEL_OFPORT, gateway_mac, link_local
 from flows.validate import select_endpoints, select_v6
+from leases.events import LeaseChanged
 from leases.model import FamilyConfig
 from tests.test_flows_compiler import CONFIG, LEASES, NODE1, PODS, outputs, run
 
@@ -240,3 +241,22 @@ def test_the_model_counts_and_logs_a_rejected_ipv6_half_once(caplog) -> None:
     model.load(DUAL, HALVES, PODS6)
     model.desired(NODE1, FULL)
     assert not any(k.endswith(" IPv6") for k in model.rejected)
+
+
+def test_a_lease_event_rescopes_its_ipv6_flows_on_every_dual_stack_switch() -> None:
+    """A remote lease whose IPv6 half moves (a new PublicIPv6) or goes: the event's scope on
+    another switch is that lease's cookie, and the scoped table holds its new IPv6 flows
+    (none once the half is gone), as a full compile would."""
+    model = ClusterModel()
+    model.load(DUAL, HALVES, PODS6)
+    moved = replace(HALVES[1], public_ipv6=IPv6Address("fd00:198:18::99"))
+    for new in (moved, replace(HALVES[1], ipv6_subnet=None, public_ipv6=None, vtep_mac_v6=None)):
+        impact = model.apply([LeaseChanged(HALVES[1], new, 7)])
+        scope = impact.scope_for(NODE1, HALVES[0].subnet)
+        scoped = set(model.desired(NODE1, scope))
+        cookie = subnet_cookie(HALVES[1].subnet)
+        want = {f for f in compile_node(DUAL, [HALVES[0], new, HALVES[2]], PODS6, NODE1)
+                if f.cookie == cookie}  # fmt: skip
+        assert scope.covers(cookie) and {f for f in scoped if f.cookie == cookie} == want
+        assert sum(is_v6(f) for f in want) == (2 if new.ipv6_subnet else 0)
+        model.apply([LeaseChanged(new, HALVES[1], 8)])  # back, for the next case

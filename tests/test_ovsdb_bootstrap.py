@@ -11,13 +11,13 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from ipaddress import IPv4Network
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
 from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, gateway_mac, vtep_mac_for
-from leases.model import BackendConfig, Lease, NetworkConfig, datapath_id_for
+from leases.model import BackendConfig, FamilyConfig, Lease, NetworkConfig, datapath_id_for
 from ovsdb import idl as ovsidl
 from ovsdb.bootstrap import BootstrapError, BootstrapOptions, bootstrap
 from tests.emulation import Node, Underlay
@@ -232,3 +232,43 @@ def test_a_wait_for_ovsdb_ends_when_the_wake_descriptor_is_written(booted: Boote
     finally:
         os.close(read)
         os.close(write)
+
+
+@pytest.mark.integration
+def test_a_dual_stack_gateway_and_its_removal_when_the_lease_loses_its_ipv6_half(
+    booted: Booted,
+) -> None:
+    node = booted.node
+    dual_config = replace(CONFIG, ipv6=FamilyConfig(IPv6Network("fd00:198:19::/48"), 64,
+                                                    IPv6Network("fd00:198:19:1::/64"),
+                                                    IPv6Network("fd00:198:19:ffff::/64")))  # fmt: skip
+    dual = replace(booted.lease, ipv6_subnet=IPv6Network("fd00:198:19:5::/64"),
+                   public_ipv6=IPv6Address("fd00:198:18::5"), vtep_mac_v6="0e:36:c6:12:00:05")  # fmt: skip
+
+    def converge(config: NetworkConfig, lease: Lease) -> list[str]:
+        return bootstrap(booted.idl, config, lease, CONTROLLERS, BootstrapOptions(),
+                         netns=node.netns)  # fmt: skip
+
+    def six() -> tuple[list[str], list[str]]:
+        link = json.loads(node.run("ip", "-j", "addr", "show", "dev", "vxgw0"))[0]
+        addresses = [f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]
+                     if a["family"] == "inet6" and a["scope"] == "global"]  # fmt: skip
+        routes = json.loads(node.run("ip", "-6", "-j", "route", "show", "dev", "vxgw0"))
+        return addresses, sorted(r["dst"] for r in routes if not r["dst"].startswith("fe80"))
+
+    changes = converge(dual_config, dual)
+    assert "kernel: vxgw0 add address fd00:198:19:5::1/64" in changes
+    assert "kernel: route fd00:198:19::/48 dev vxgw0" in changes
+    assert "port vxlan6: create" in " ".join(changes)
+    assert six() == (["fd00:198:19:5::1/64"], ["fd00:198:19:5::/64", "fd00:198:19::/48"])
+    assert converge(dual_config, dual) == []
+    node.run("ip", "-6", "route", "add", "fd00:198:77::/48", "dev", "vxgw0")  # someone else's
+    # (the kernel's MTU may already be OVS's, set from mtu_request, or be set here)
+    plain = [c for c in converge(CONFIG, booted.lease) if c != "kernel: vxgw0 mtu 1430 -> 1450"]
+    assert plain == [
+        "interface vxgw0 mtu_request: 1430 -> 1450",
+        "port vxlan6: delete (vxflow-owned, no longer desired)",
+        "kernel: vxgw0 remove address fd00:198:19:5::1/64",
+        "kernel: remove route fd00:198:19::/48 dev vxgw0 (a previous IPv6Network)",
+    ], plain
+    assert six() == ([], ["fd00:198:77::/48"])
