@@ -180,6 +180,7 @@ class ClusterModel:
         self.namespaces: dict[str, Namespace] = {}
         self._policy_tables: dict[IPv4Address, PolicyTable] = {}
         self._everyone: list[Endpoint] | None = None
+        self._peers: dict = {}  # each rule's resolved peers, shared by every switch's stage
 
     # -- queries --------------------------------------------------------------
 
@@ -246,7 +247,7 @@ class ClusterModel:
                     self._everyone = [e for lease in self.leases() for e in self.endpoints_of(lease)]
                 table = policy_table(sorted(self.policies.values(), key=lambda p: p.key_name),
                                      self.namespaces.values(), self._everyone,
-                                     self.endpoints_of(own), own.subnet)  # fmt: skip
+                                     self.endpoints_of(own), own.subnet, self._peers)  # fmt: skip
             self._policy_tables[node] = table
         return table
 
@@ -264,7 +265,7 @@ class ClusterModel:
 
     def _policy_changed(self, impact: Impact) -> None:
         """Something policy flows are made of changed: every switch's are compiled anew."""
-        self._policy_tables, self._everyone = {}, None
+        self._policy_tables, self._everyone, self._peers = {}, None, {}
         if self.policies:
             impact.policy = True
 
@@ -409,7 +410,7 @@ class ClusterModel:
             self.policies = {p.key_name: p for p in policies}
         if namespaces is not None:
             self.namespaces = {ns.name: ns for ns in namespaces}
-        self._policy_tables, self._everyone = {}, None
+        self._policy_tables, self._everyone, self._peers = {}, None, {}
         self._plan = None
         self._changed()
         self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
