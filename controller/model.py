@@ -202,6 +202,7 @@ class ClusterModel:
         self.namespaces: dict[str, Namespace] = {}
         self._policy_tables: dict[IPv4Address, PolicyTable] = {}
         self._everyone: list[Endpoint] | None = None
+        self._peers: dict = {}  # each rule's resolved peers, shared by every switch's stage
 
     # -- queries --------------------------------------------------------------
 
@@ -284,7 +285,7 @@ class ClusterModel:
                 table = policy_table(sorted(self.policies.values(), key=lambda p: p.key_name),
                                      self.namespaces.values(), self._everyone,
                                      self.endpoints_of(own), own.subnet,
-                                     own.ipv6_subnet)  # fmt: skip
+                                     own.ipv6_subnet, self._peers)  # fmt: skip
             self._policy_tables[node] = table
         return table
 
@@ -302,7 +303,7 @@ class ClusterModel:
 
     def _policy_changed(self, impact: Impact) -> None:
         """Something policy flows are made of changed: every switch's are compiled anew."""
-        self._policy_tables, self._everyone = {}, None
+        self._policy_tables, self._everyone, self._peers = {}, None, {}
         if self.policies:
             impact.policy = True
 
@@ -487,7 +488,7 @@ class ClusterModel:
             self.policies = {p.key_name: p for p in policies}
         if namespaces is not None:
             self.namespaces = {ns.name: ns for ns in namespaces}
-        self._policy_tables, self._everyone = {}, None
+        self._policy_tables, self._everyone, self._peers = {}, None, {}
         if direct is not None:
             self.direct = dict(direct)
         self._plan = None

@@ -226,15 +226,23 @@ Conj = tuple[list[Pod], list[Value] | None, list[dict[str, Value]] | None]
 
 class _Compiler:
     def __init__(self, policies: Sequence[NetworkPolicy], namespaces: Iterable[Namespace],
-                 pods: Sequence[Pod]) -> None:  # fmt: skip
+                 pods: Sequence[Pod], peers: dict[RuleRef, list[Value] | None]) -> None:  # fmt: skip
         self.evaluator = Evaluator(policies, namespaces)
         self.pods = pods
+        self.peer_cache = peers
         self.table = PolicyTable()
         self.clauses: dict[tuple[int, tuple], list[Action]] = defaultdict(list)
         self.direct: dict[tuple[int, tuple], Flow] = {}
 
-    def peers(self, rule: Rule, namespace: str) -> list[Value] | None:
-        """The addresses a rule's peers stand for; None: every address."""
+    def peers(self, ref: RuleRef, rule: Rule, namespace: str) -> list[Value] | None:
+        """The addresses a rule's peers stand for; None: every address. The same on every
+        switch: looked up in the cache the caller shares between them."""
+        if ref in self.peer_cache:
+            return self.peer_cache[ref]
+        self.peer_cache[ref] = found = self._peers(rule, namespace)
+        return found
+
+    def _peers(self, rule: Rule, namespace: str) -> list[Value] | None:
         if not rule.peers:
             return None
         out: set[Value] = set()
@@ -247,14 +255,14 @@ class _Compiler:
         return sorted(out, key=lambda v: (int(v.network_address if isinstance(v, IPv4Network)
                                                 else v), str(v)))  # fmt: skip
 
-    def conjunctions(self, policy: NetworkPolicy, rule: Rule, stage: Stage,
+    def conjunctions(self, policy: NetworkPolicy, ref: RuleRef, rule: Rule, stage: Stage,
                      selected: list[Pod]) -> list[Conj]:  # fmt: skip
         """The rule as conjunctions of (its pods, peers, ports): more than one when it has
         named ports, which resolve per destination pod."""
         numeric = [p for p in rule.ports if not isinstance(p.port, str)]
         named = [p for p in rule.ports if isinstance(p.port, str)]
         ports = [m for p in numeric for m in _port_matches(p)]
-        peers = self.peers(rule, policy.namespace)
+        peers = self.peers(ref, rule, policy.namespace)
         if not rule.ports:
             return [(selected, peers, None)]
         out: list[Conj] = [(selected, peers, ports)] if numeric else []
@@ -316,8 +324,9 @@ class _Compiler:
                 v6: Mapping[IPv4Address, IPv6Address] | None = None,
                 gateway6: IPv6Address | None = None) -> PolicyTable:  # fmt: skip
         ev = self.evaluator
-        isolating = {
-            (stage.direction, p.ip): ev.selecting(p, stage.direction) for stage in STAGES for p in local
+        isolating = {  # (direction, pod IP) -> namespace/name of the policies isolating it
+            (stage.direction, p.ip): {x.key_name for x in ev.selecting(p, stage.direction)}
+            for stage in STAGES for p in local
         }  # fmt: skip
         guarded = [p for p in local if any(isolating[s.direction, p.ip] for s in STAGES)]
         if not guarded:
@@ -336,7 +345,7 @@ class _Compiler:
                                       stage.passing(True), POLICY_COOKIE))  # fmt: skip
                 self.table.isolated[stage.direction, p.ip] = Isolation(
                     f"{p.namespace}/{p.name}",
-                    tuple(sorted(x.key_name for x in isolating[stage.direction, p.ip])),
+                    tuple(sorted(isolating[stage.direction, p.ip])),
                 )
             self._rules(stage, isolated, isolating)
         flows += _ipv6_closed(guarded, v6 or {}, gateway6, hooks)
@@ -352,13 +361,13 @@ class _Compiler:
 
     def _rules(self, stage: Stage, isolated: list[Pod], isolating: dict) -> None:
         for policy in self.evaluator.policies:
-            selected = [p for p in isolated if policy in isolating[stage.direction, p.ip]]
+            selected = [p for p in isolated if policy.key_name in isolating[stage.direction, p.ip]]
             if not selected:
                 continue
             rules = policy.ingress if stage is INGRESS_STAGE else policy.egress
             for index, rule in enumerate(rules):
                 ref = RuleRef(policy.key_name, stage.direction, index)
-                for group, conj in enumerate(self.conjunctions(policy, rule, stage, selected)):
+                for group, conj in enumerate(self.conjunctions(policy, ref, rule, stage, selected)):
                     self.add_rule(stage, ref, group, conj)
 
 
@@ -413,10 +422,13 @@ def policy_table(
     local: Iterable[Endpoint],
     subnet: IPv4Network,
     ipv6_subnet: IPv6Network | None = None,
+    peers: dict[RuleRef, list[Value] | None] | None = None,
 ) -> PolicyTable:
     """The policy flows of the switch of `subnet` (and `ipv6_subnet`, dual stack) whose
     accepted pods are `local`; `endpoints`: every accepted endpoint of the cluster (the
-    peers selectors may name). Empty when no policy isolates any of `local`."""
+    peers selectors may name). Empty when no policy isolates any of `local`. `peers`: each
+    rule's resolved peers, shared by the callers that compile every switch from the same
+    inputs."""
     if not policies:
         return PolicyTable()
     pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None]
@@ -424,5 +436,6 @@ def policy_table(
     own = [p for e in local if (p := endpoint_pod(e)) is not None]
     v6 = {e.ip: e.ipv6 for e in local if e.ipv6 is not None}
     gateway6 = ipv6_subnet.network_address + 1 if ipv6_subnet is not None else None
-    return _Compiler(policies, namespaces, pods).compile(own, subnet, v6, gateway6)
+    return _Compiler(policies, namespaces, pods, {} if peers is None else peers).compile(
+        own, subnet, v6, gateway6)
 

@@ -301,13 +301,15 @@ def test_an_allowed_connection_survives_an_unrelated_policy_change(netpol: Netpo
     it (only new connections are judged)."""
     allow = make_policy("y", "b-from-x", {"matchLabels": {"pod": "b"}}, ingress=[{"from": [
         {"namespaceSelector": {"matchLabels": {NAME_LABEL: "x"}}}]}])  # fmt: skip
-    assert not netpol.check(Step([allow], _expect_only_x_to_yb()))
+    problems = netpol.check(Step([allow], _expect_only_x_to_yb()))
+    assert not problems, problems
     hold = in_host(netpol.pods["x/a"], sys.executable, NAMESRV, "hold", netpol.ips["y/b"], "80",
                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
     try:
         assert hold.stdout.readline().strip() == f"y/b {netpol.ips['x/a']}"
         unrelated = make_policy("z", "deny-all", {}, ingress=[], egress=[])
-        assert not netpol.check(Step([allow, unrelated], _expect_only_x_to_yb(z_isolated=True)))
+        problems = netpol.check(Step([allow, unrelated], _expect_only_x_to_yb(z_isolated=True)))
+        assert not problems, problems
         hold.stdin.write("still here\n")
         hold.stdin.flush()
         assert hold.stdout.readline().strip() == "still here"
@@ -333,7 +335,8 @@ def _expect_only_x_to_yb(z_isolated: bool = False) -> dict:
 
 def test_trace_names_the_rule_that_allows_and_the_isolation_that_drops(netpol: Netpol) -> None:
     step = CASES["podSelector: allow traffic from pods within server namespace"][0]
-    assert not netpol.check(step)
+    problems = netpol.check(step)
+    assert not problems, problems
     cluster, ips = netpol.cluster, netpol.ips
     tcp80 = ("--protocol", "tcp", "--dport", "80")
     rc, doc = walk(cluster, ips["x/b"], ips["x/a"], *tcp80)
