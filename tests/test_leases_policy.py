@@ -494,7 +494,7 @@ def test_the_readme_commands_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
     """README (Network policy): the four commands as typed, netpol.yaml being the example
     `vxflow policies set --help` shows; the default prefix, etcd from the environment."""
     typed = as_typed(etcd, tmp_path)
-    lines = readme_block("## Network policy (in progress)")
+    lines = readme_block("## Network policy")
     assert lines == ["vxflow policies set netpol.yaml", "vxflow policies list",
                      "vxflow namespaces label shop team=front",
                      "vxflow policies rm shop/allow-web"]  # fmt: skip
