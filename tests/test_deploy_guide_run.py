@@ -249,8 +249,8 @@ def report_on_failure(machines: Sequence[Machine], failed: type | None) -> None:
         return
     for m in machines:
         for unit in m.units():
-            res = m.sh([f"systemctl status {unit}; tail -n 30 /run/unitstarter/{unit}.log"],
-                       check=False)  # fmt: skip
+            res = m.sh([f"systemctl status {unit}; tail -n 30 /run/unitstarter/{unit}.log; "
+                        f"tail -n 30 /run/unitstarter/{unit}.supervisor"], check=False)  # fmt: skip
             print(f"--- node{m.number} {unit}\n{res.stdout}", file=sys.stderr)
 
 
