@@ -143,9 +143,10 @@ def test_a_burst_too_large_to_report_pauses_the_monitor_and_a_readback_repairs_i
     cluster.lease(2)
     bridge = cluster.add_switch(1)
     # the stop and 200,000 flows to read can hold up renewals past the default 5 s on a
-    # loaded machine; a lapse (tested elsewhere) would resend a bundle that was never
-    # committed and make the count below inexact
-    cluster.controller.member_ttl = 30
+    # loaded machine (adding them took over 30 s under a full suite on 4 workers, and the
+    # replica lapsed and reconnected instead of pausing its monitor); a lapse (tested
+    # elsewhere) would resend a bundle that was never committed and make the count inexact
+    cluster.controller.member_ttl = 120
     cluster.controller.start(tmp_path)
     cluster.wait_converged()
     strays = "".join(f"table=30,priority=50,ip,nw_dst=10.{i // 62500}.{i // 250 % 250}.{i % 250},actions=drop\n"
