@@ -32,9 +32,11 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 PROMPT = "mininet> "
 BANNER = re.compile(r"At the mininet> prompt try (.+?) \(Ctrl-C ends tcpdump\)")
-ETCDCTL = re.compile(r"its etcd keys: (ETCDCTL_API=3 etcdctl [^\r\n]+)")
+ETCDCTL = re.compile(r"its etcd keys: (ETCDCTL_API=3 etcdctl [^\r\n]+)(?=\r\n)")
 VXFLOW_CLI = re.compile(r"and the vxflow CLI on it \(work dir [^)]+\):\r\n  (\S+ status [^\r\n]+)"
-                        r"\r\n  (\S+ trace [^\r\n]+)\r\n  (\S+ flows diff [^\r\n]+)")
+                        r"\r\n  (\S+ trace [^\r\n]+)\r\n  (\S+ flows diff [^\r\n]+)(?=\r\n)")
+# (each line's group ends at its line's end, which the pattern requires: pexpect matches what has
+# arrived so far, and an open `[^\r\n]+` at the pattern's end once took half a line)
 PING_TARGET = re.compile(r"PING (\S+) \((\d+\.\d+\.\d+\.\d+)\)")
 
 
