@@ -31,6 +31,7 @@ from ipaddress import AddressValueError, IPv4Address, IPv6Address
 from leases.labels import PolicyInvalid
 from leases.model import Endpoint, Lease
 from leases.pods import PodIdentity, pod_identity
+from leases.policy import DEFAULT_NAMESPACE
 from leases.validate import normalize_mac
 
 MAC_KEY = "attached-mac"
@@ -40,7 +41,6 @@ NAMESPACE_KEY = "vxflow-namespace"
 POD_KEY = "vxflow-pod"
 LABELS_KEY = "vxflow-labels"
 PORTS_KEY = "vxflow-ports"
-DEFAULT_NAMESPACE = "default"
 
 
 @dataclass(frozen=True)

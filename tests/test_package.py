@@ -88,8 +88,7 @@ def commit_copy(dest: Path, commit: str) -> Path:
                                  capture_output=True, text=True).stdout.strip() == "true"  # fmt: skip
         assert shallow, f"commit {commit} is not in this clone's history"
         subprocess.run([*git, "fetch", "--quiet", "--unshallow"], check=True, timeout=300)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True,
-                             check=True).stdout  # fmt: skip
+    archive = subprocess.run([*git, "archive", commit], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest
 
