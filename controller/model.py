@@ -18,6 +18,12 @@ Health checks take the same path: a backend that its node's agent publishes as u
 for a service (`leases.health`) is taken out of that service alone, and comes back with
 a ready verdict or when the verdict goes. A service left with no backend serving is
 compiled as one without backends.
+
+Network policy is incremental too: each switch's policy stage is compiled from the
+policies that select one of its pods only, with each rule's peers resolved once for
+every switch, and kept until an event changes what it is made of. A policy event
+recompiles the switches of the pods it selects (before or after); a pod's or a
+namespace's, those of the pods a policy selects whose selection or peers it can alter.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from flows.compiler import (
     NodeTable,
@@ -44,7 +50,8 @@ from flows.direct import direct_cookie, direct_flow, direct_leases
 from flows.flow import Flow, Owner, Table, owner_of
 from flows.groups import Group, group_cookie
 from flows.ipv6 import dual_stack, endpoint_v6_flows, lease_v6_flows
-from flows.policy import PolicyTable, policy_table
+from flows.policy import PolicyTable, RuleRef, endpoint_pod, stage_table
+from flows.policy_eval import Evaluator, Pod
 from flows.services import (
     NET_COOKIE,
     Flush,
@@ -85,11 +92,12 @@ from leases.events import (
 from leases.health import ready_only, unready_by_service, unready_of
 from leases.liveness import node_down
 from leases.model import Endpoint, Lease, NetworkConfig, Readiness, Service, VxflowConfig
-from leases.policy import EGRESS, INGRESS, Namespace, NetworkPolicy
+from leases.policy import EGRESS, INGRESS, Namespace, NetworkPolicy, Rule
 from leases.state import PAUSE_EVERY
 
 log = logging.getLogger(__name__)
 V6_REJECTED = " IPv6"  # the suffix of a rejected IPv6 half's entry in ClusterModel.rejected
+PodView = tuple[Pod, IPv6Address | None]  # a pod as its node's policy stage sees it
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,7 @@ class Impact:
     endpoint_nodes: set[IPv4Network] = field(default_factory=set)
     service_cookies: set[int] = field(default_factory=set)  # service ports, reply hooks
     flushes: list[Flush] = field(default_factory=list)  # removed UDP backends, every switch
-    policy: bool = False  # every switch's policy flows (flows/policy.py) may have changed
+    policy_nodes: set[IPv4Address] = field(default_factory=set)  # whose policy stage changed
     # one switch's own: the direct routes (flows/direct.py) its node's Direct list changed
     node_cookies: dict[IPv4Address, set[int]] = field(default_factory=dict)
     _cookies: frozenset[int] | None = field(default=None, repr=False, compare=False)
@@ -153,7 +161,7 @@ class Impact:
             self._cookies |= {direct_cookie(s) for s in self.lease_subnets}
             self._cookies |= self.service_cookies
         owners = frozenset({Owner.ENDPOINT}) if own_subnet in self.endpoint_nodes else frozenset()
-        if self.policy:
+        if node in self.policy_nodes:
             owners |= POLICY_OWNERS
         own = self.node_cookies.get(node)
         return Scope(False, self._cookies | own if own else self._cookies, owners)
@@ -196,13 +204,13 @@ class ClusterModel:
         # by service (only services with one)
         self._readiness: dict[str, dict[str, Readiness]] = {}
         self.unready: dict[str, frozenset[IPv4Address]] = {}
-        # network policy: the accepted policies (by namespace/name) and labelled namespaces,
-        # and each switch's compiled policy stage, until any of its inputs changes
+        # network policy: the accepted policies (by namespace/name) and labelled namespaces;
+        # each switch's compiled policy stage until one of its inputs changes, and what the
+        # stages are compiled from (kept only while there is a policy: see _policy_delta)
         self.policies: dict[str, NetworkPolicy] = {}
         self.namespaces: dict[str, Namespace] = {}
         self._policy_tables: dict[IPv4Address, PolicyTable] = {}
-        self._everyone: list[Endpoint] | None = None
-        self._peers: dict = {}  # each rule's resolved peers, shared by every switch's stage
+        self._reset_policy()
 
     # -- queries --------------------------------------------------------------
 
@@ -273,21 +281,142 @@ class ClusterModel:
         return self._plan
 
     def policy_table(self, node: IPv4Address) -> PolicyTable:
-        """`node`'s policy stage (empty when no policy isolates a pod of it)."""
+        """`node`'s policy stage (empty when no policy isolates a pod of it): compiled from
+        the policies that select a pod of it only, with the peers resolved once for every
+        switch; cached until an event changes what it is made of (`_policy_delta`)."""
         table = self._policy_tables.get(node)
         if table is None:
             own = self.own_lease(node)
-            if not self.policies or own is None:
-                table = PolicyTable()
-            else:
-                if self._everyone is None:
-                    self._everyone = [e for lease in self.leases() for e in self.endpoints_of(lease)]
-                table = policy_table(sorted(self.policies.values(), key=lambda p: p.key_name),
-                                     self.namespaces.values(), self._everyone,
-                                     self.endpoints_of(own), own.subnet,
-                                     own.ipv6_subnet, self._peers)  # fmt: skip
+            table = PolicyTable()
+            if self.policies and own is not None:
+                self._policy_index()
+                selecting = [p for k, p in sorted(self.policies.items())
+                             if own.subnet in self._selected[k]]  # fmt: skip
+                if selecting:
+                    if self._pod_list is None:
+                        self._pod_list = [v[0] for pods in self._pods.values()
+                                          for v in pods.values()]  # fmt: skip
+                    table = stage_table(selecting, self.namespaces.values(), self._pod_list,
+                                        self.endpoints_of(own), own.subnet, own.ipv6_subnet,
+                                        self._peers)  # fmt: skip
             self._policy_tables[node] = table
         return table
+
+    def _reset_policy(self) -> None:
+        """Forget every compiled stage and what they are made of."""
+        self._policy_tables = {}
+        # each accepted node's pods as parties of policy (with their IPv6 address), by
+        # lease subnet then IPv4 address; None: not kept (no policy) or to be built again
+        self._pods: dict[IPv4Network, dict[IPv4Address, PodView]] | None = None
+        self._pod_list: list[Pod] | None = None  # the same, flat (cached)
+        self._selected: dict[str, dict[IPv4Network, set[IPv4Address]]] = {}  # by policy
+        self._peers: dict[RuleRef, list | None] = {}  # each rule's, shared by every switch
+
+    def _policy_index(self) -> None:
+        """Build the pods and what each policy selects, if not kept."""
+        if self._pods is None:
+            self._pods = {lease.subnet: self._pod_view(lease) for lease in self.leases()}
+            self._pod_list = None
+            self._selected = {k: self._selected_by(p) for k, p in self.policies.items()}
+
+    def _pod_view(self, lease: Lease | None) -> dict[IPv4Address, PodView]:
+        if lease is None:
+            return {}
+        return {e.ip: (pod, e.ipv6) for e in self.endpoints_of(lease)
+                if (pod := endpoint_pod(e)) is not None}  # fmt: skip
+
+    def _selected_by(self, policy: NetworkPolicy) -> dict[IPv4Network, set[IPv4Address]]:
+        """The pods `policy` selects (whichever its types), by node subnet."""
+        out: dict[IPv4Network, set[IPv4Address]] = {}
+        for subnet, pods in self._pods.items():
+            ips = {ip for ip, (pod, _) in pods.items() if _selects(policy, pod)}
+            if ips:
+                out[subnet] = ips
+        return out
+
+    def _policy_delta(self, had: bool, policies: Mapping[str, NetworkPolicy | None],
+                      namespaces: Mapping[str, Namespace | None], subnets: set[IPv4Network],
+                      impact: Impact) -> None:  # fmt: skip
+        """A batch changed `policies` and `namespaces` (from what they were, by name) and
+        the pods of `subnets`; there were policies before it (`had`), and so the index of
+        `_policy_index` as it was then. The stages that can differ are dropped and their
+        nodes put in `impact`: those of the pods a changed policy selected or selects; of a
+        pod that changed, if a policy selects it (before or after); and those of the pods a
+        policy selects whose rule's peers (or, egress, named ports' targets) the changed
+        pods or namespace labels may concern (their resolved peers go too)."""
+        if not self.policies and not had:
+            self._pods = None  # nothing compiled from it; not kept without a policy
+            return
+        if not had:  # the first policy: no stage held anything before
+            self._reset_policy()
+            self._policy_index()
+            dirty = {s for sel in self._selected.values() for s in sel}
+        else:
+            dirty = self._dirty_subnets(policies, namespaces, subnets)
+        for subnet in dirty:
+            lease = self.accepted(subnet)
+            if lease is not None:
+                self._policy_tables.pop(lease.public_ip, None)
+                impact.policy_nodes.add(lease.public_ip)
+        if not self.policies:
+            self._reset_policy()
+
+    def _dirty_subnets(self, policies: Mapping[str, NetworkPolicy | None],
+                       namespaces: Mapping[str, Namespace | None],
+                       subnets: set[IPv4Network]) -> set[IPv4Network]:  # fmt: skip
+        """(See `_policy_delta`.) Brings the index up to date; returns the subnets whose
+        stage can differ."""
+        assert self._pods is not None
+        changed: list[tuple[IPv4Network, PodView | None, PodView | None]] = []
+        for subnet in subnets:
+            old, new = self._pods.pop(subnet, {}), self._pod_view(self.accepted(subnet))
+            if new:
+                self._pods[subnet] = new
+            changed += [(subnet, a, b) for ip in old.keys() | new.keys()
+                        if (a := old.get(ip)) != (b := new.get(ip))]  # fmt: skip
+        if changed:
+            self._pod_list = None
+        dirty: set[IPv4Network] = set()
+        renewed = {k for k, before in policies.items() if before != self.policies.get(k)}
+        for key in renewed:
+            dirty |= self._selected.pop(key, {}).keys()
+            if (policy := self.policies.get(key)) is not None:
+                self._selected[key] = self._selected_by(policy)
+                dirty |= self._selected[key].keys()
+        stale: set[tuple[str, str, int]] = set()  # rules whose peers may differ
+        evaluator = Evaluator((), self.namespaces.values())
+        relabelled = []  # (labels before, after) of each namespace whose labels changed
+        for name, before in namespaces.items():
+            old, new = _labels(name, before), _labels(name, self.namespaces.get(name))
+            if old != new:
+                relabelled.append((old, new))
+        for key, policy in self.policies.items():
+            if key in renewed:
+                continue
+            selected = self._selected[key]
+            for subnet, a, b in changed:
+                hit = False
+                for view, add in ((a, False), (b, True)):
+                    if view is not None and _selects(policy, view[0]):
+                        hit = True
+                        ips = selected.setdefault(subnet, set())
+                        (ips.add if add else ips.discard)(view[0].ip)
+                        if not ips:
+                            del selected[subnet]
+                if hit:
+                    dirty.add(subnet)
+            for direction, index, rule in _rules(policy):
+                if any(_sees(evaluator, policy, rule, direction, v[0])
+                       for _, a, b in changed for v in (a, b) if v is not None) or any(
+                       p.namespace_selector is not None and (p.namespace_selector.matches(old)
+                       or p.namespace_selector.matches(new))
+                       for p in rule.peers for old, new in relabelled):  # fmt: skip
+                    stale.add((key, direction, index))
+                    dirty |= selected.keys()
+        for ref in list(self._peers):
+            if ref.policy in renewed or (ref.policy, ref.direction, ref.index) in stale:
+                del self._peers[ref]
+        return dirty
 
     def denied(self, node: IPv4Address, drops: dict[tuple[int, int], int]) -> Iterator[tuple]:
         """`node`'s policy drop counts (by (table, cookie)) as the metric's
@@ -300,12 +429,6 @@ class ClusterModel:
             if iso is not None:
                 namespace = iso.pod.split("/")[0]
                 yield (namespace, ",".join(iso.policies), direction.lower()), packets
-
-    def _policy_changed(self, impact: Impact) -> None:
-        """Something policy flows are made of changed: every switch's are compiled anew."""
-        self._policy_tables, self._everyone, self._peers = {}, None, {}
-        if self.policies:
-            impact.policy = True
 
     def down_nodes(self) -> dict[IPv4Address, IPv4Network]:
         """The nodes DOWN now (PublicIP -> lease subnet)."""
@@ -488,7 +611,7 @@ class ClusterModel:
             self.policies = {p.key_name: p for p in policies}
         if namespaces is not None:
             self.namespaces = {ns.name: ns for ns in namespaces}
-        self._policy_tables, self._everyone, self._peers = {}, None, {}
+        self._reset_policy()
         if direct is not None:
             self.direct = dict(direct)
         self._plan = None
@@ -513,6 +636,15 @@ class ClusterModel:
         impact = Impact()
         judge: set[IPv4Network] = set()  # the nodes whose liveness may have changed
         verdicts: set[str] = set()  # the services a health-check verdict came or went of
+        # what policy stages are made of, as it was before the batch: the policies and
+        # namespaces by name, and the nodes whose pods changed (see _policy_delta)
+        had = bool(self.policies)
+        if had:
+            self._policy_index()
+        policies: dict[str, NetworkPolicy | None] = {}
+        namespaces: dict[str, Namespace | None] = {}
+        pods: set[IPv4Network] = set()
+        reloaded = False
         for ev in events:
             if isinstance(ev, ReadinessAdded | ReadinessRemoved):
                 record = ev.record
@@ -532,7 +664,7 @@ class ClusterModel:
                                   impact)  # fmt: skip
             elif isinstance(ev, ConfigChanged):
                 self.load(ev.config, list(self._leases.values()), self._all_endpoints())
-                impact.all_nodes = True
+                impact.all_nodes = reloaded = True
             elif isinstance(ev, LeaseAdded | LeaseChanged | LeaseRemoved):
                 old = ev.old if isinstance(ev, LeaseChanged) else self._leases.get(ev.lease.subnet)
                 ips = {ev.lease.public_ip} | ({old.public_ip} if old else set())
@@ -546,8 +678,11 @@ class ClusterModel:
                 impact.lease_subnets |= touched
                 impact.full_nodes |= ips
                 judge |= touched
+                pods |= touched
                 for subnet in touched:
                     self._accepted_eps.pop(subnet, None)
+                for ip in ips:  # its own subnet may have changed
+                    self._policy_tables.pop(ip, None)
             elif isinstance(ev, EndpointAdded | EndpointRemoved):
                 ep = ev.endpoint
                 if isinstance(ev, EndpointAdded):
@@ -559,27 +694,29 @@ class ClusterModel:
                         self._endpoints.pop(ep.node_subnet, None)
                 self._accepted_eps.pop(ep.node_subnet, None)
                 impact.endpoint_nodes.add(ep.node_subnet)
+                pods.add(ep.node_subnet)
                 judge.add(ep.node_subnet)
             elif isinstance(ev, VxflowConfigChanged):
                 self.vxflow, self._plan = ev.config, None
                 impact.all_nodes = True
             elif isinstance(ev, ServiceAdded | ServiceRemoved):
                 self._apply_service(ev, impact)
-            elif isinstance(ev, PolicyAdded):
-                self.policies[ev.policy.key_name] = ev.policy
-                impact.policy = True
-            elif isinstance(ev, PolicyRemoved):
-                if self.policies.get(ev.policy.key_name) == ev.policy:
-                    del self.policies[ev.policy.key_name]
-                impact.policy = True
-            elif isinstance(ev, NamespaceAdded):
-                self.namespaces[ev.namespace.name] = ev.namespace
-            elif isinstance(ev, NamespaceRemoved) and self.namespaces.get(ev.namespace.name) == ev.namespace:
-                del self.namespaces[ev.namespace.name]
-            if not isinstance(ev, LivenessAdded | LivenessRemoved | ReadinessAdded
-                              | ReadinessRemoved | ServiceAdded | ServiceRemoved
-                              | VxflowConfigChanged):  # fmt: skip
-                self._policy_changed(impact)
+            elif isinstance(ev, PolicyAdded | PolicyRemoved):
+                key = ev.policy.key_name
+                policies.setdefault(key, self.policies.get(key))
+                if isinstance(ev, PolicyAdded):
+                    self.policies[key] = ev.policy
+                elif self.policies.get(key) == ev.policy:
+                    del self.policies[key]
+            elif isinstance(ev, NamespaceAdded | NamespaceRemoved):
+                name = ev.namespace.name
+                namespaces.setdefault(name, self.namespaces.get(name))
+                if isinstance(ev, NamespaceAdded):
+                    self.namespaces[name] = ev.namespace
+                elif self.namespaces.get(name) == ev.namespace:
+                    del self.namespaces[name]
+        if not reloaded:
+            self._policy_delta(had, policies, namespaces, pods, impact)
         self._judge(judge, impact)
         if verdicts:
             self._take_verdicts(verdicts, impact)
@@ -733,3 +870,29 @@ class ClusterModel:
             holders.discard(lease.subnet)
             if not holders:
                 del self._by_ip[lease.public_ip]
+
+
+def _selects(policy: NetworkPolicy, pod: Pod) -> bool:
+    """Whether `policy` selects `pod` (for whichever of its types)."""
+    return pod.namespace == policy.namespace and policy.pod_selector.matches(pod.label_map)
+
+
+def _rules(policy: NetworkPolicy) -> Iterator[tuple[str, int, Rule]]:
+    for direction, rules in ((INGRESS, policy.ingress), (EGRESS, policy.egress)):
+        for index, rule in enumerate(rules):
+            yield direction, index, rule
+
+
+def _sees(
+    evaluator: Evaluator, policy: NetworkPolicy, rule: Rule, direction: str, pod: Pod
+) -> bool:
+    """Whether `pod` may be among what `rule` resolves over the cluster's pods: a peer it
+    selects, or a target of its named ports (egress: every pod when it names no peer)."""
+    if direction == EGRESS and not rule.peers and any(isinstance(p.port, str) for p in rule.ports):
+        return True
+    return any(evaluator.peer_matches(peer, policy.namespace, pod) for peer in rule.peers)
+
+
+def _labels(name: str, namespace: Namespace | None) -> Mapping[str, str]:
+    """A namespace's labels as selectors see them (its default ones when not labelled)."""
+    return Evaluator((), [namespace] if namespace else ()).namespace_labels(name)

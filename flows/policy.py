@@ -221,6 +221,12 @@ def _resolve(named: Sequence[PolicyPort], target: Pod) -> tuple[tuple[PolicyPort
                  if cp.name == p.port and cp.protocol == p.protocol)  # fmt: skip
 
 
+def _by_ports(group: tuple[tuple[tuple[PolicyPort, int], ...], list]) -> tuple:
+    """A named-port group's place, from its resolution alone: its conj_id (the group's
+    number) does not depend on the order the pods were listed in."""
+    return tuple((p.protocol, str(p.port), n) for p, n in group[0])
+
+
 Conj = tuple[list[Pod], list[Value] | None, list[dict[str, Value]] | None]
 
 
@@ -273,7 +279,7 @@ class _Compiler:
             for target in selected:
                 groups[_resolve(named, target)].append(target)
             out += [(pods, peers, [m for p, n in key for m in _port_matches(p, n)])
-                    for key, pods in groups.items() if key]  # fmt: skip
+                    for key, pods in sorted(groups.items(), key=_by_ports) if key]  # fmt: skip
             return out
         targets: dict[tuple, list[Value]] = defaultdict(list)  # egress: the peer is
         for target in self.pods:
@@ -281,7 +287,7 @@ class _Compiler:
                                      for peer in rule.peers):  # fmt: skip
                 targets[_resolve(named, target)].append(target.ip)
         out += [(selected, ips, [m for p, n in key for m in _port_matches(p, n)])
-                for key, ips in targets.items() if key]  # fmt: skip
+                for key, ips in sorted(targets.items(), key=_by_ports) if key]  # fmt: skip
         return out
 
     def add_rule(self, stage: Stage, ref: RuleRef, group: int, conj: Conj) -> None:
@@ -429,9 +435,24 @@ def policy_table(
     peers selectors may name). Empty when no policy isolates any of `local`. `peers`: each
     rule's resolved peers, shared by the callers that compile every switch from the same
     inputs."""
+    pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None] if policies else []
+    return stage_table(policies, namespaces, pods, local, subnet, ipv6_subnet, peers)
+
+
+def stage_table(
+    policies: Sequence[NetworkPolicy],
+    namespaces: Iterable[Namespace],
+    pods: Sequence[Pod],
+    local: Iterable[Endpoint],
+    subnet: IPv4Network,
+    ipv6_subnet: IPv6Network | None = None,
+    peers: dict[RuleRef, list[Value] | None] | None = None,
+) -> PolicyTable:
+    """`policy_table` from the cluster's pods as parties of policy (`endpoint_pod`), for a
+    caller that keeps them between compiles. `policies` may leave out any that selects
+    none of `local`: they add nothing to the stage."""
     if not policies:
         return PolicyTable()
-    pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None]
     local = list(local)
     own = [p for e in local if (p := endpoint_pod(e)) is not None]
     v6 = {e.ip: e.ipv6 for e in local if e.ipv6 is not None}

@@ -5,6 +5,7 @@ counts a readback finds become the metric's."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
@@ -12,10 +13,20 @@ from controller import metrics, ofwire
 from controller.model import FULL, POLICY_OWNERS, ClusterModel
 from flows.compiler import compile_table
 from flows.flow import Owner, owner_of
-from leases.events import EndpointAdded, EndpointRemoved, NamespaceAdded, PolicyAdded, PolicyRemoved
+from leases.events import (
+    EndpointAdded,
+    EndpointRemoved,
+    LeaseAdded,
+    LeaseChanged,
+    LeaseRemoved,
+    NamespaceAdded,
+    NamespaceRemoved,
+    PolicyAdded,
+    PolicyRemoved,
+)
 from leases.model import Endpoint
-from leases.pods import PodIdentity
-from leases.policy import NAME_LABEL, Namespace
+from leases.pods import ContainerPort, PodIdentity
+from leases.policy import NAME_LABEL, Namespace, NetworkPolicy
 from tests.test_controller_ofwire import stats_entry
 from tests.test_controller_sync import CONFIG, finish, land_bare, lease, make, read_back
 from tests.test_flows_policy_eval import netpol
@@ -59,7 +70,7 @@ def test_a_policy_event_reaches_every_switch_in_one_scoped_change():
     assert channel.take() == []
     impact = model.apply([PolicyAdded(DENY_DB, 1)])
     scope = impact.scope_for(N1, lease(1).subnet)
-    assert impact.policy and scope.owners >= POLICY_OWNERS
+    assert impact.policy_nodes == {N1} and scope.owners >= POLICY_OWNERS
     assert not impact.scope_for(lease(2).public_ip, lease(2).subnet).cookies
     want = policy_flows(compile_table(CONFIG, LEASES, PODS, N1, policies=[DENY_DB]))
     assert want and policy_flows(model.desired(N1, scope)) == want
@@ -74,11 +85,11 @@ def test_a_policy_event_reaches_every_switch_in_one_scoped_change():
     relabelled = replace(DB, pod=PodIdentity("shop", "p111", (("app", "web"),)))
     impact = model.apply([NamespaceAdded(Namespace("shop", ((NAME_LABEL, "shop"), ("t", "1"))), 1),
                           EndpointRemoved(DB, 1), EndpointAdded(relabelled, 1)])  # fmt: skip
-    assert impact.policy and policy_flows(model.desired(N1, impact.scope_for(N1, lease(1).subnet))) == set()
+    assert N1 in impact.policy_nodes and policy_flows(model.desired(N1, impact.scope_for(N1, lease(1).subnet))) == set()
     # the last policy removed: the stage goes with it
     model.apply([EndpointRemoved(relabelled, 1), EndpointAdded(DB, 1)])
     impact = model.apply([PolicyRemoved(DENY_DB, 1)])
-    assert impact.policy and policy_flows(model.desired(N1, impact.scope_for(N1, lease(1).subnet))) == set()
+    assert N1 in impact.policy_nodes and policy_flows(model.desired(N1, impact.scope_for(N1, lease(1).subnet))) == set()
 
 
 def test_drop_counts_become_the_metric_by_namespace_policies_and_direction():
@@ -97,3 +108,153 @@ def test_drop_counts_become_the_metric_by_namespace_policies_and_direction():
         ("vxflow_policy_denied_packets_total",
          {"namespace": "shop", "policy": "shop/db-from-web", "direction": "ingress"}, 10.0)
     ]  # fmt: skip
+
+
+# -- incremental stages: the same as compiled from scratch after any sequence of events --
+
+SEED = 30  # the property test's RNG seed (random.Random)
+NODES = [lease(i) for i in range(1, 5)]
+APPS = ("a", "b", "c")
+CONTAINER_PORTS = ((), (ContainerPort("http", 8080),),
+                   (ContainerPort("http", 8081), ContainerPort("dns", 53, "UDP")))  # fmt: skip
+
+
+def random_selector(rng: random.Random) -> dict:
+    return rng.choice([
+        {},
+        {"matchLabels": {"app": rng.choice(APPS)}},
+        {"matchExpressions": [{"key": "app", "operator": "In", "values": rng.sample(APPS, 2)}]},
+        {"matchExpressions": [{"key": "tier", "operator": "Exists"}]},
+        {"matchExpressions": [{"key": "app", "operator": "NotIn", "values": [rng.choice(APPS)]}]},
+    ])  # fmt: skip
+
+
+def random_rule(rng: random.Random, direction: str) -> dict:
+    peers = [rng.choice([
+        {"podSelector": random_selector(rng)},
+        {"namespaceSelector": {"matchLabels": {"team": rng.choice("rb")}}},
+        {"namespaceSelector": random_selector(rng), "podSelector": random_selector(rng)},
+        {"namespaceSelector": {"matchLabels": {NAME_LABEL: rng.choice("xyz")}}},
+        {"ipBlock": {"cidr": "198.19.0.0/16", "except": ["198.19.2.0/24"]}},
+    ]) for _ in range(rng.randrange(3))]  # fmt: skip
+    ports = rng.choice([[], [{"port": 80}], [{"port": "http"}],
+                        [{"port": 80, "endPort": 90, "protocol": "UDP"}],
+                        [{"port": "dns", "protocol": "UDP"}, {"port": 81}]])  # fmt: skip
+    rule: dict = {"ports": ports} if ports else {}
+    if peers:
+        rule["from" if direction == "ingress" else "to"] = peers
+    return rule
+
+
+def random_policy(rng: random.Random) -> NetworkPolicy:
+    rules = {d: [random_rule(rng, d) for _ in range(rng.randrange(3))]
+             for d in ("ingress", "egress") if rng.random() < 0.7}  # fmt: skip
+    if not rules:
+        rules = {"ingress": []}  # deny all ingress
+    return netpol(rng.choice("xyz"), f"p{rng.randrange(5)}", random_selector(rng), **rules)
+
+
+def random_pod(rng: random.Random) -> Endpoint:
+    labels = {"app": rng.choice(APPS)}
+    if rng.random() < 0.5:
+        labels["tier"] = rng.choice("12")
+    ep = pod(rng.randrange(1, 5), rng.randrange(10, 16), rng.choice("xyz"), labels)
+    return replace(ep, pod=replace(ep.pod, ports=rng.choice(CONTAINER_PORTS)))
+
+
+class Cluster:
+    """What the registry holds, and the events that change it, drawn at random."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.leases = {n.subnet: n for n in NODES}
+        self.endpoints: dict[IPv4Address, Endpoint] = {}
+        self.policies: dict[str, NetworkPolicy] = {}
+        self.namespaces: dict[str, Namespace] = {}
+        for _ in range(16):
+            ep = random_pod(rng)
+            self.endpoints[ep.ip] = ep
+
+    def event(self) -> list:
+        rng = self.rng
+        kind = rng.choice(["policy", "policy", "policy rm", "namespace", "namespace rm",
+                           "pod", "pod", "pod rm", "lease"])  # fmt: skip
+        if kind == "policy":
+            new = random_policy(rng)
+            old = self.policies.get(new.key_name)
+            self.policies[new.key_name] = new
+            return ([PolicyRemoved(old, 1)] if old else []) + [PolicyAdded(new, 1)]
+        if kind == "policy rm" and self.policies:
+            return [PolicyRemoved(self.policies.pop(rng.choice(sorted(self.policies))), 1)]
+        if kind == "namespace":
+            name = rng.choice("xyz")
+            labels = {NAME_LABEL: name, "team": rng.choice("rb")}
+            new, old = Namespace(name, tuple(sorted(labels.items()))), self.namespaces.get(name)
+            self.namespaces[name] = new
+            return ([NamespaceRemoved(old, 1)] if old else []) + [NamespaceAdded(new, 1)]
+        if kind == "namespace rm" and self.namespaces:
+            return [NamespaceRemoved(self.namespaces.pop(rng.choice(sorted(self.namespaces))), 1)]
+        if kind == "pod":
+            new = random_pod(rng)
+            old = self.endpoints.get(new.ip)
+            self.endpoints[new.ip] = new
+            return ([EndpointRemoved(old, 1)] if old else []) + [EndpointAdded(new, 1)]
+        if kind == "pod rm" and self.endpoints:
+            return [EndpointRemoved(self.endpoints.pop(rng.choice(sorted(self.endpoints))), 1)]
+        if kind == "lease":  # a node leaves, comes back, or takes another's PublicIP
+            node = rng.choice(NODES)
+            held = self.leases.get(node.subnet)
+            if held is None:
+                self.leases[node.subnet] = node
+                return [LeaseAdded(node, 1)]
+            if held != node or rng.random() < 0.5:
+                return [LeaseRemoved(self.leases.pop(node.subnet), 1)]
+            moved = lease(int(node.subnet.network_address.packed[2]), ip=rng.randrange(1, 5))
+            self.leases[node.subnet] = moved
+            return [LeaseChanged(node, moved, 1)]
+        return []
+
+    def stage(self, node: IPv4Address) -> set:
+        """`node`'s policy flows compiled from scratch (flows/compiler.py, every policy)."""
+        return policy_flows(compile_table(CONFIG, self.leases.values(), self.endpoints.values(),
+                                          node, policies=sorted(self.policies.values(),
+                                                                key=lambda p: p.key_name),
+                                          namespaces=self.namespaces.values()))  # fmt: skip
+
+
+def test_incremental_stages_equal_a_compile_from_scratch_after_any_events():
+    rng = random.Random(SEED)
+    cluster = Cluster(rng)
+    model = ClusterModel()
+    model.load(CONFIG, NODES, cluster.endpoints.values())
+    nodes = [n.public_ip for n in NODES]
+    before = {n: cluster.stage(n) for n in nodes}
+    narrow = guarded = 0
+    for _ in range(200):
+        events = [e for _ in range(rng.randrange(1, 4)) for e in cluster.event()]
+        impact = model.apply(events)
+        after = {n: cluster.stage(n) for n in nodes}
+        for n in nodes:
+            own = model.own_lease(n)
+            assert set(model.policy_table(n).flows) == after[n], (n, events)
+            if after[n] != before[n]:  # a stage that changed is in its switch's scope
+                scope = impact.scope_for(n, own.subnet if own else None)
+                assert scope.full or scope.owners >= POLICY_OWNERS, (n, events)
+        guarded += sum(bool(s) for s in after.values())
+        narrow += bool(impact.policy_nodes) and len(impact.policy_nodes) < len(nodes)
+        before = after
+    assert guarded > 100 and narrow > 10  # the events made stages, and scoped them narrowly
+
+
+def test_a_policy_recompiles_the_switches_of_the_pods_it_selects_only():
+    model = ClusterModel()
+    model.load(CONFIG, LEASES, PODS)
+    assert model.apply([PolicyAdded(DENY_DB, 1)]).policy_nodes == {N1}
+    # a peer's labels: its own switch holds nothing of it, the selected pod's does
+    web2 = pod(2, 20, "shop", {"app": "web"})
+    assert model.apply([EndpointAdded(web2, 1)]).policy_nodes == {N1}
+    assert web2.ip in {v for f in model.policy_table(N1).flows for _, v in f.match}
+    # an unrelated pod, or a namespace no peer selects by label: nothing to recompile
+    assert model.apply([EndpointAdded(pod(2, 21, "front", {"app": "web"}), 1)]).policy_nodes == set()
+    assert model.apply([NamespaceAdded(Namespace("front", ((NAME_LABEL, "front"),
+                                                           ("t", "1"))), 1)]).policy_nodes == set()  # fmt: skip
