@@ -702,19 +702,11 @@ class ClusterModel:
             elif isinstance(ev, ServiceAdded | ServiceRemoved):
                 self._apply_service(ev, impact)
             elif isinstance(ev, PolicyAdded | PolicyRemoved):
-                key = ev.policy.key_name
-                policies.setdefault(key, self.policies.get(key))
-                if isinstance(ev, PolicyAdded):
-                    self.policies[key] = ev.policy
-                elif self.policies.get(key) == ev.policy:
-                    del self.policies[key]
+                _fold(self.policies, policies, ev.policy.key_name, ev.policy,
+                      isinstance(ev, PolicyAdded))  # fmt: skip
             elif isinstance(ev, NamespaceAdded | NamespaceRemoved):
-                name = ev.namespace.name
-                namespaces.setdefault(name, self.namespaces.get(name))
-                if isinstance(ev, NamespaceAdded):
-                    self.namespaces[name] = ev.namespace
-                elif self.namespaces.get(name) == ev.namespace:
-                    del self.namespaces[name]
+                _fold(self.namespaces, namespaces, ev.namespace.name, ev.namespace,
+                      isinstance(ev, NamespaceAdded))  # fmt: skip
         if not reloaded:
             self._policy_delta(had, policies, namespaces, pods, impact)
         self._judge(judge, impact)
@@ -870,6 +862,16 @@ class ClusterModel:
             holders.discard(lease.subnet)
             if not holders:
                 del self._by_ip[lease.public_ip]
+
+
+def _fold(held: dict, before: dict, name: str, item: object, added: bool) -> None:
+    """A policy's or namespace's event folded into `held` (by name); `before` keeps what
+    `held` had under that name before the batch's first event of it."""
+    before.setdefault(name, held.get(name))
+    if added:
+        held[name] = item
+    elif held.get(name) == item:
+        del held[name]
 
 
 def _selects(policy: NetworkPolicy, pod: Pod) -> bool:
