@@ -130,6 +130,7 @@ FIELDS = {
         _Field("reg2", NXM1, 2, 4, "int"),
         _Field("reg3", NXM1, 3, 4, "int"),
         _Field("reg4", NXM1, 4, 4, "int"),
+        _Field("reg5", NXM1, 5, 4, "int"),
         _Field("conj_id", NXM1, 37, 4, "int"),
         _Field("tun_src", NXM1, 31, 4, "ip"),
         _Field("tun_dst", NXM1, 32, 4, "ip"),

@@ -34,15 +34,18 @@ def owner_text(cookie: int, subnet_len: int) -> str:
     if kind is Owner.POLICY:
         return f"network policy rule (conj_id {key})" if key else "network policy stage"
     if kind is Owner.POLICY_DROP:
-        return f"network policy isolation of pod {IPv4Address(key)}"
+        return f"network policy isolation of pod {IPv4Address(key)} (and the pods isolated alike)"
     if kind is Owner.DIRECT:
         return f"direct route to {IPv4Address(key)}/{subnet_len} (DirectRouting, no VXLAN)"
     return "base pipeline"
 
 
-def policy_text(table: int, cookie: int, policies: PolicyTable) -> str | None:
+def policy_text(table: int, cookie: int, policies: PolicyTable,
+                src: IPv4Address | None = None, dst: IPv4Address | None = None) -> str | None:  # fmt: skip
     """What a policy flow hit means, by the switch's compiled policy stage: the rule that
-    allowed a connection, or the isolation that dropped it; None for any other flow."""
+    allowed a connection, or the isolation that dropped it; None for any other flow.
+    `src`, `dst`: the packet's addresses, to name the pod of its isolation group that
+    a default drop dropped it for (else the group is named by its first pod)."""
     owner = owner_of(cookie)
     if owner is None:
         return None
@@ -51,7 +54,10 @@ def policy_text(table: int, cookie: int, policies: PolicyTable) -> str | None:
         return f"allowed by {policies.rules[key].text()}"
     if kind is Owner.POLICY_DROP:
         direction = EGRESS if table == Table.POL_EGRESS else INGRESS
-        iso = policies.isolated.get((direction, IPv4Address(key)))
+        pod = src if direction == EGRESS else dst
+        if pod is None or policies.groups.get((direction, pod)) != IPv4Address(key):
+            pod = IPv4Address(key)
+        iso = policies.isolated.get((direction, pod))
         if iso is not None:
             return (f"network policy: {direction.lower()} of pod {iso.pod} is isolated by "
                     f"{', '.join(iso.policies)}, and no rule of them allows this connection")  # fmt: skip

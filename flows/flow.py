@@ -86,7 +86,7 @@ class Owner(IntEnum):
     SERVICE_NET = 5  # the services' plumbing (key 0) and reply hooks (key: proto << 16 | port)
     LEARNED = 6  # client-IP affinity entries the switch learns itself (key: the group id)
     POLICY = 7  # policy plumbing (key 0) and the rules' flows (key: the rule's conj_id)
-    POLICY_DROP = 8  # a policy-isolated pod's default drop (key: the pod's IP)
+    POLICY_DROP = 8  # a policy isolation group's default drop (key: its first pod's IP)
     DIRECT = 12  # DirectRouting: a peer's subnet routed unencapsulated (key: its subnet's address)
 
 

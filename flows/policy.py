@@ -7,9 +7,11 @@ what it did before.
 
 - Hooks, per pod isolated in a direction (cookie POLICY, key 0):
   ROUTE (20), priority 150: IPv4 from the pod, reg2 = 0 -> reg4 = the stage's
-  digest (GENERATION), ct(POLICY_ZONE) -> POL_EGRESS. Below the VIP flows (200): a connection to a service is judged
+  digest (GENERATION), reg5 = its isolation group (ISOLATION: the lowest
+  address of the node's pods that the same policies isolate in that direction),
+  ct(POLICY_ZONE) -> POL_EGRESS. Below the VIP flows (200): a connection to a service is judged
   after DNAT, on the backend's address and TargetPort. Above the routes (100).
-  LOCAL (30), priority 210: IPv4 to the pod, reg3 = 0 -> the same digest,
+  LOCAL (30), priority 210: IPv4 to the pod, reg3 = 0 -> the same digest and its group,
   ct(POLICY_ZONE) -> POL_INGRESS. Above the services' reply hook (200): a backend's reply is
   looked up while it still is backend -> client, as the zone knows it. Below
   the hairpin flow (220): a pod reaching itself through a VIP is not judged.
@@ -24,10 +26,12 @@ what it did before.
   (100) of the pods it isolates, its peers and its ports, and one flow per
   rule matching its conj_id (190, cookie POLICY|conj_id: its n_packets count
   the connections the rule allowed): pass new; a clause that matches
-  everything is left out, so a rule costs |pods| + |peers| + |ports| flows,
-  and a rule of one clause (no peers, no ports) is a flow per pod (180). The
-  pod's default drop (10, cookie POLICY_DROP|pod IP: its n_packets count the
-  denied packets).
+  everything is left out, and the pods' clause matches whole isolation groups
+  by reg5 (pods by address only where a named port splits a group), so a rule
+  costs |groups| + |peers| + |ports| + 1 flows, and a rule of one clause (no
+  peers, no ports) is a flow per group (180). The default drop, one per
+  isolation group (10, matching reg5; cookie POLICY_DROP|the group's address:
+  its n_packets count the packets its pods were denied).
 - Pass: reg2 (egress) or reg3 (ingress) = 1, so the packet takes a hook only
   once; ct_clear, so the service flows behind see the packet as they do without
   policy (the reply hook looks for untracked packets); resubmit to ROUTE or
@@ -100,6 +104,7 @@ POLICY_COOKIE = cookie_for(Owner.POLICY, 0)
 # vSwitch's userspace datapath was seen to keep such a flow, stale, across table changes)
 # is ever hit again.
 GENERATION = "reg4"
+ISOLATION = "reg5"  # the hooked pod's isolation group, for the pods' clauses and the drop
 IP_PROTO = {"TCP": 6, "UDP": 17}
 
 
@@ -154,6 +159,8 @@ class PolicyTable:
     flows: list[Flow] = field(default_factory=list)
     rules: dict[int, RuleRef] = field(default_factory=dict)  # conj_id -> rule
     isolated: dict[tuple[str, IPv4Address], Isolation] = field(default_factory=dict)
+    # (direction, pod IP) -> its isolation group: the key of its default drop's cookie
+    groups: dict[tuple[str, IPv4Address], IPv4Address] = field(default_factory=dict)
 
 
 def endpoint_pod(endpoint: Endpoint) -> Pod | None:
@@ -165,6 +172,7 @@ def endpoint_pod(endpoint: Endpoint) -> Pod | None:
 
 
 def drop_cookie(ip: IPv4Address) -> int:
+    """The default drop's cookie: of an isolation group by its address, or (IPv6) of a pod."""
     return cookie_for(Owner.POLICY_DROP, int(ip))
 
 
@@ -239,6 +247,7 @@ class _Compiler:
         self.table = PolicyTable()
         self.clauses: dict[tuple[int, tuple], list[Action]] = defaultdict(list)
         self.direct: dict[tuple[int, tuple], Flow] = {}
+        self.members: dict[str, dict[IPv4Address, set[IPv4Address]]] = {}  # by direction
 
     def peers(self, ref: RuleRef, rule: Rule, namespace: str) -> list[Value] | None:
         """The addresses a rule's peers stand for; None: every address. The same on every
@@ -290,9 +299,25 @@ class _Compiler:
                 for key, ips in sorted(targets.items(), key=_by_ports) if key]  # fmt: skip
         return out
 
+    def pods_clause(self, stage: Stage, selected: list[Pod]) -> list[dict[str, Value]]:
+        """The matches of `selected`: each isolation group they hold whole by its register,
+        any other pod by its address."""
+        chosen = {p.ip for p in selected}
+        members = self.members.get(stage.direction)
+        if members is None:  # (asked once the stage's groups are all known)
+            members = self.members[stage.direction] = defaultdict(set)
+            for (direction, ip), key in self.table.groups.items():
+                if direction == stage.direction:
+                    members[key].add(ip)
+        whole = sorted(key for key, ips in members.items() if ips <= chosen)
+        for key in whole:
+            chosen -= members[key]
+        return ([{"eth_type": ETH_TYPE_IP, ISOLATION: int(key)} for key in whole]
+                + [{"eth_type": ETH_TYPE_IP, stage.pod_field: ip} for ip in sorted(chosen)])  # fmt: skip
+
     def add_rule(self, stage: Stage, ref: RuleRef, group: int, conj: Conj) -> None:
         selected, peers, ports = conj
-        pods = [{"eth_type": ETH_TYPE_IP, stage.pod_field: p.ip} for p in selected]
+        pods = self.pods_clause(stage, selected)
         clauses = [pods]
         if peers is not None:
             clauses.append([{"eth_type": ETH_TYPE_IP, stage.peer_field: v} for v in peers])
@@ -342,10 +367,17 @@ class _Compiler:
         for stage in STAGES:
             flows += _stage_plumbing(stage, subnet)
             isolated = [p for p in guarded if isolating[stage.direction, p.ip]]
+            alike: dict[frozenset[str], list[IPv4Address]] = defaultdict(list)
+            for p in isolated:
+                alike[frozenset(isolating[stage.direction, p.ip])].append(p.ip)
+            for ips in alike.values():
+                key = min(ips)
+                self.table.groups.update(((stage.direction, ip), key) for ip in ips)
+                flows.append(flow(stage.table, PRIO_DROP, {"eth_type": ETH_TYPE_IP, ISOLATION: int(key)},
+                                  (), drop_cookie(key)))  # fmt: skip
             for p in isolated:
                 match = {"eth_type": ETH_TYPE_IP, stage.pod_field: p.ip}
                 hooks.append((stage, {**match, stage.done: 0}))
-                flows.append(flow(stage.table, PRIO_DROP, match, (), drop_cookie(p.ip)))
                 if stage is EGRESS_STAGE:  # (into a pod, the hairpin flow goes first)
                     flows.append(flow(stage.table, PRIO_ALWAYS, {**match, "ip_dst": p.ip},
                                       stage.passing(True), POLICY_COOKIE))  # fmt: skip
@@ -359,8 +391,11 @@ class _Compiler:
         flows += [Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE)
                   for (table, match), actions in self.clauses.items()]  # fmt: skip
         generation = zlib.crc32("\n".join(sorted(map(repr, flows))).encode())
+        groups = self.table.groups
         flows += [flow(stage.hook_table, stage.hook_priority, match,
-                       [set_field(GENERATION, generation), ct(POLICY_ZONE, stage.table)]
+                       [set_field(GENERATION, generation),
+                        set_field(ISOLATION, int(groups[stage.direction, match[stage.pod_field]])),
+                        ct(POLICY_ZONE, stage.table)]
                        if match["eth_type"] == ETH_TYPE_IP else [resubmit(stage.table)],
                        POLICY_COOKIE) for stage, match in hooks]  # fmt: skip
         return self.table

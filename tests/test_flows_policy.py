@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
+from flows.explain import policy_text
 from flows.flow import (
     CT_NEW,
     CT_TRK,
@@ -32,7 +33,10 @@ from flows.policy import (
     EGRESS_STAGE,
     INGRESS_STAGE,
     IP_PROTO,
+    ISOLATION,
     PRIO_CLAUSE,
+    PRIO_DROP,
+    PRIO_RULE_ID,
     Stage,
     block_networks,
     drop_cookie,
@@ -43,7 +47,7 @@ from flows.policy_eval import Evaluator, Pod
 from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT
 from leases.model import Endpoint
 from leases.pods import ContainerPort, PodIdentity
-from leases.policy import NAME_LABEL, IPBlock, Namespace, NetworkPolicy
+from leases.policy import INGRESS, NAME_LABEL, IPBlock, Namespace, NetworkPolicy
 from tests.test_flows_policy_eval import (
     ALL,
     CASES,
@@ -113,7 +117,8 @@ class Switch:
         hook = self.lookup(stage.hook_table, pkt)
         if hook is None or hook.priority != stage.hook_priority:
             return True, None
-        verdict = self.lookup(stage.table, {**pkt, "ct_state": CT_NEW | CT_TRK})
+        loaded = {a[1]: a[2] for a in hook.actions if a[0] == "set_field"}  # (the registers)
+        verdict = self.lookup(stage.table, {**pkt, **loaded, "ct_state": CT_NEW | CT_TRK})
         return verdict is not None and verdict.actions[-1:] == (("resubmit", stage.hook_table),), verdict
 
 
@@ -256,8 +261,9 @@ def test_no_policy_adds_no_flow_and_a_policy_elsewhere_neither() -> None:
     assert policy_table([x_only], [], eps, on_node1, node1).flows != []
 
 
-def test_a_rule_costs_pods_plus_peers_plus_ports_flows() -> None:
-    """100 selected pods x 100 peers x 5 ports: about 205 rule flows, not 50,000."""
+def test_a_rule_costs_groups_plus_peers_plus_ports_flows() -> None:
+    """100 selected pods x 100 peers x 5 ports (B10's rule): 107 rule flows, not 50,000, and
+    217 in the node's whole stage (B10's goal: <= 300)."""
     server = [Pod("x", f"s{i}", IPv4Address(f"198.19.1.{i + 1}"), (("app", "srv"),)) for i in range(100)]
     client = [Pod("y", f"c{i}", IPv4Address(f"198.19.2.{i + 1}"), (("app", "cli"),)) for i in range(100)]
     policy = netpol("x", "srv", {"matchLabels": {"app": "srv"}}, ingress=[{
@@ -265,10 +271,17 @@ def test_a_rule_costs_pods_plus_peers_plus_ports_flows() -> None:
         "ports": [{"port": 8000 + i} for i in range(5)]}])  # fmt: skip
     eps = [endpoint_of(p, 10 + i) for i, p in enumerate(server + client)]
     table = policy_table([policy], [], eps, eps[:100], IPv4Network("198.19.1.0/24"))
-    rule_flows = [f for f in table.flows if f.table == Table.POL_INGRESS and f.priority == PRIO_CLAUSE]
-    assert len(rule_flows) == 205
-    # and per isolated pod its hook and its default drop; the stage's own few flows
-    assert len(table.flows) == 205 + 1 + 2 * 100 + 9
+    clauses = [f for f in table.flows if f.table == Table.POL_INGRESS and f.priority == PRIO_CLAUSE]
+    # the pods isolated alike are one group, matched by the register their hooks load
+    group = int(min(p.ip for p in server))
+    assert [f for f in clauses if (ISOLATION, group) in f.match] != []
+    assert len(clauses) == 1 + 100 + 5
+    rule = [f for f in table.flows if f.priority in (PRIO_CLAUSE, PRIO_RULE_ID)]
+    assert len(rule) == 1 + 100 + 5 + 1
+    # and per isolated pod its hook; one default drop for the group; the stage's own few
+    (drop,) = [f for f in table.flows if f.priority == PRIO_DROP]
+    assert drop.cookie == drop_cookie(min(p.ip for p in server))
+    assert len(table.flows) == 107 + 100 + 1 + 9 == 217
 
 
 def test_port_ranges_and_blocks() -> None:
@@ -295,6 +308,23 @@ def test_every_policy_flow_is_owned_and_every_drop_names_its_pod() -> None:
             direction = "Egress" if f.table == Table.POL_EGRESS else "Ingress"
             assert table.isolated[direction, IPv4Address(owner[1])].policies == ("x/deny-all",)
 
+
+
+def test_the_pods_isolated_alike_share_one_drop_that_names_the_pod_it_dropped_for() -> None:
+    node = IPv4Network("198.19.1.0/24")
+    a = Pod("x", "a", IPv4Address("198.19.1.10"), (("pod", "a"),))
+    b = Pod("x", "b", IPv4Address("198.19.1.11"), (("pod", "b"),))
+    eps = [endpoint_of(a, 10), endpoint_of(b, 11)]
+    table = policy_table([netpol("x", "deny", {}, ingress=[])], [], eps, eps, node)
+    (drop,) = [f for f in table.flows if f.priority == PRIO_DROP]
+    assert drop.cookie == drop_cookie(a.ip) and table.groups[INGRESS, b.ip] == a.ip
+    far = {"eth_type": ETH_TYPE_IP, "ip_src": IPv4Address("198.19.2.5"), "reg2": 0, "reg3": 0,
+           "ip_proto": 6, "tcp_dst": 80, "in_port": TUNNEL_OFPORT}  # fmt: skip
+    assert Switch(table.flows).passes(INGRESS_STAGE, {**far, "ip_dst": b.ip}) == (False, drop)
+    text = ("network policy: ingress of pod x/{} is isolated by x/deny, and no rule of them "
+            "allows this connection")  # fmt: skip
+    assert policy_text(drop.table, drop.cookie, table, dst=b.ip) == text.format("b")
+    assert policy_text(drop.table, drop.cookie, table) == text.format("a")  # the group's first
 
 
 def test_an_isolated_dual_stack_pod_fails_closed_over_ipv6() -> None:

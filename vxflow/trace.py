@@ -73,6 +73,12 @@ class Walk:
 IPAddress = IPv4Address | IPv6Address
 
 
+def _ends(t: BridgeTrace) -> tuple[IPv4Address | None, IPv4Address | None]:
+    """The IPv4 source and destination of the packet as the trace left it."""
+    src, dst = t.final.get("nw_src"), t.final.get("nw_dst")
+    return (IPv4Address(src) if src else None), (IPv4Address(dst) if dst else None)
+
+
 def _packet_fields(protocol: str, dport: int, src: IPAddress, dst: IPAddress) -> str:
     l4 = f",tp_dst={dport}" if protocol != "icmp" else ""
     if dst.version == 6:  # an echo request (type 128), not a neighbour solicitation
@@ -179,11 +185,11 @@ class Tracer:
                       "owner": owner_text(s.cookie, self.subnet_len), "match": s.match,
                       "actions": list(s.actions)} for s in t.steps]  # fmt: skip
         self._outcome(hop, t, lease, pod_port)
-        policies = self.policies_of(lease)
-        notes = [text for s in t.steps if (text := policy_text(s.table, s.cookie, policies))]
+        policies, ends = self.policies_of(lease), _ends(t)
+        notes = [text for s in t.steps if (text := policy_text(s.table, s.cookie, policies, *ends))]
         if notes:  # the rules that allowed it (or the isolation that dropped it)
             for f, s in zip(hop.flows, t.steps, strict=True):
-                f["policy"] = policy_text(s.table, s.cookie, policies)
+                f["policy"] = policy_text(s.table, s.cookie, policies, *ends)
             if hop.result != "dropped":
                 hop.detail += "; " + "; ".join(notes)
         return hop, t
@@ -206,7 +212,7 @@ class Tracer:
         else:
             hop.result = "dropped"
             last = t.steps[-1] if t.steps else None
-            policy = last and policy_text(last.table, last.cookie, self.policies_of(lease))
+            policy = last and policy_text(last.table, last.cookie, self.policies_of(lease), *_ends(t))
             hop.detail = policy or (drop_reason(last.table, last.priority, last.cookie, pod_port)
                                     if last else "no flow matched")  # fmt: skip
 
