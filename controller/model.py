@@ -290,8 +290,12 @@ class ClusterModel:
             table = PolicyTable()
             if self.policies and own is not None:
                 self._policy_index()
-                selecting = [p for k, p in sorted(self.policies.items())
-                             if own.subnet in self._selected[k]]  # fmt: skip
+                if self._selecting is None:  # (once per batch: asked by every switch)
+                    self._selecting = defaultdict(list)
+                    for key in sorted(self._selected):
+                        for subnet in self._selected[key]:
+                            self._selecting[subnet].append(self.policies[key])
+                selecting = self._selecting.get(own.subnet)
                 if selecting:
                     if self._pod_list is None:
                         self._pod_list = [v[0] for pods in self._pods.values()
@@ -310,6 +314,7 @@ class ClusterModel:
         self._pods: dict[IPv4Network, dict[IPv4Address, PodView]] | None = None
         self._pod_list: list[Pod] | None = None  # the same, flat (cached)
         self._selected: dict[str, dict[IPv4Network, set[IPv4Address]]] = {}  # by policy
+        self._selecting: dict[IPv4Network, list[NetworkPolicy]] | None = None  # the same, by node
         self._peers: dict[RuleRef, list | None] = {}  # each rule's, shared by every switch
 
     def _policy_index(self) -> None:
@@ -318,6 +323,7 @@ class ClusterModel:
             self._pods = {lease.subnet: self._pod_view(lease) for lease in self.leases()}
             self._pod_list = None
             self._selected = {k: self._selected_by(p) for k, p in self.policies.items()}
+            self._selecting = None
 
     def _pod_view(self, lease: Lease | None) -> dict[IPv4Address, PodView]:
         if lease is None:
@@ -347,6 +353,7 @@ class ClusterModel:
         if not self.policies and not had:
             self._pods = None  # nothing compiled from it; not kept without a policy
             return
+        self._selecting = None
         if not had:  # the first policy: no stage held anything before
             self._reset_policy()
             self._policy_index()
