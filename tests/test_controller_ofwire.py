@@ -78,7 +78,8 @@ def _osken_value(value):
 
 
 NXM = {"eth_type": "eth_type_nxm", "ip_proto": "ip_proto_nxm", "ip_src": "ipv4_src_nxm",
-       "ip_dst": "ipv4_dst_nxm", "tcp_dst": "tcp_dst_nxm", "udp_dst": "udp_dst_nxm"}  # fmt: skip
+       "ip_dst": "ipv4_dst_nxm", "tcp_dst": "tcp_dst_nxm", "udp_dst": "udp_dst_nxm",
+       "ipv6_src": "ipv6_src_nxm", "ipv6_dst": "ipv6_dst_nxm"}  # fmt: skip
 
 
 def _osken_nat(nat):
@@ -88,16 +89,18 @@ def _osken_nat(nat):
         return [parser.NXActionNAT(flags=0)]
     kind, ip, port = nat
     flags = 1 if kind == "src" else 2  # NX_NAT_F_SRC, NX_NAT_F_DST (nicira-ext.h)
-    return [parser.NXActionNAT(flags=flags, range_ipv4_min=str(ip), range_proto_min=port or None)]
+    address = {f"range_ipv{ip.version}_min": str(ip)}
+    return [parser.NXActionNAT(flags=flags, range_proto_min=port or None, **address)]
 
 
 def _osken_learn(action):
-    _, table_id, idle, priority, cookie, proto, port_field, value = action
+    _, table_id, idle, priority, cookie, proto, port_field, value, eth_type = action
+    src, dst, bits = ("ip_src", "ip_dst", 32) if eth_type == 0x0800 else ("ipv6_src", "ipv6_dst", 128)
     specs = [
-        parser.NXFlowSpecMatch(src=0x0800, dst=(NXM["eth_type"], 0), n_bits=16),
+        parser.NXFlowSpecMatch(src=eth_type, dst=(NXM["eth_type"], 0), n_bits=16),
         parser.NXFlowSpecMatch(src=proto, dst=(NXM["ip_proto"], 0), n_bits=8),
         *(parser.NXFlowSpecMatch(src=(NXM[f], 0), dst=(NXM[f], 0), n_bits=n)
-          for f, n in (("ip_src", 32), ("ip_dst", 32), (port_field, 16))),
+          for f, n in ((src, bits), (dst, bits), (port_field, 16))),
         parser.NXFlowSpecLoad(src=value, dst=("reg1", 0), n_bits=32),
     ]  # fmt: skip
     return parser.NXActionLearn(
