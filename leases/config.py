@@ -279,8 +279,7 @@ def leasable(fam: FamilyConfig | NetworkConfig, subnet: IPNetwork) -> bool:
 
 
 # what a dual-stack cluster does not get over IPv6 yet (README.md, "Dual stack")
-IPV6_NOT_YET = ("network policy rules, health checks, the nodes' own routes to service VIPs "
-                "and direct routes")  # fmt: skip
+IPV6_NOT_YET = "health checks, the nodes' own routes to service VIPs and direct routes"
 
 
 def ipv6_notice(config: NetworkConfig) -> str | None:
@@ -291,6 +290,6 @@ def ipv6_notice(config: NetworkConfig) -> str | None:
         return None
     return (
         f"EnableIPv6: IPv6Network {config.ipv6.network} is routed between pods and nodes "
-        f"(services with an IPv6ServiceNetwork too); {IPV6_NOT_YET} are IPv4 only so far (a "
-        "pod a policy isolates gets no IPv6 but with its own node)"
+        f"(services with an IPv6ServiceNetwork, network policy too); {IPV6_NOT_YET} are "
+        "IPv4 only so far"
     )

@@ -381,6 +381,33 @@ def policy_flows() -> list[Flow]:
     return policy_table([policy], [], eps, eps, subnet).flows
 
 
+def dual_stack_policy_flows() -> list[Flow]:
+    """The same stage for a dual-stack pod, with an IPv6 ipBlock (and except) beside."""
+    subnet, subnet6 = IPv4Network("198.19.1.0/24"), IPv6Network("fd00:0:0:1::/64")
+    web = PodIdentity("x", "web", (("app", "web"),), (ContainerPort("http", 8080),))
+    eps = [Endpoint(subnet, IPv4Address("198.19.1.5"), "0a:58:00:00:00:05", 5, "", web,
+                    IPv6Address("fd00:0:0:1::5"))]  # fmt: skip
+    policy = parse_policy({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "p", "namespace": "x"}, "spec": {"podSelector": {},
+        "ingress": [{"from": [{"ipBlock": {"cidr": "fd00::/48", "except": ["fd00:0:0:2::/64"]}},
+                              {"podSelector": {}}],
+                     "ports": [{"port": 64, "endPort": 127}, {"port": "http"}]}],
+        "egress": [{}]}})  # fmt: skip
+    return policy_table([policy], [], eps, eps, subnet, subnet6).flows
+
+
+def test_a_dual_stack_policy_stage_parses_in_ovs_and_decodes_back():
+    flows = dual_stack_policy_flows()
+    assert any(dict(f.match).get("ipv6_src") == IPv6Network("fd00:0:0:8000::/49") for f in flows)
+    for f in flows:
+        res = subprocess.run(["ovs-ofctl", "-O", "OpenFlow14", "parse-flow", to_ofctl(f)],
+                             capture_output=True, text=True)  # fmt: skip
+        assert res.returncode == 0, (to_ofctl(f), res.stderr)
+    printed = "".join(ofp_print(ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, 1)) for f in flows)
+    assert "ipv6_src=fd00:0:0:8000::/49" in printed and "conj_id=" in printed
+    assert list(ofwire.decode_flow_stats(b"".join(stats_entry(f) for f in flows))) == flows
+
+
 def test_ovs_reads_the_policy_stage_as_we_mean_it():
     printed = "".join(ofp_print(ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, 1)) for f in policy_flows())
     for text in ("conjunction(", ",2/3)", "ct_clear", "ct(commit,zone=7680)", "conj_id=",
