@@ -244,3 +244,15 @@ def golden_table() -> list[str]:
 def test_an_ipv4_only_cluster_gets_exactly_the_flows_it_got_before_ipv6_services() -> None:
     """The golden file is this function's output at e5098ec, before IPv6 services and policy."""
     assert golden_table() == GOLDEN.read_text().splitlines()
+
+
+def test_status_counts_a_down_nodes_ipv6_backends_down() -> None:
+    """`vxflow status`: a DOWN node's backends, by its IPv6 subnet too."""
+    from leases.state import Snapshot
+    from vxflow.health import Node, _services
+
+    snap = Snapshot(DUAL, tuple(HALVES), tuple(PODS6), 7, services=(WEB6,))
+    node2 = Node(str(HALVES[1].public_ip), str(HALVES[1].subnet), None, 1, down=True,
+                 ipv6_subnet=str(HALVES[1].ipv6_subnet))  # fmt: skip
+    (state,) = _services(snap, [node2])
+    assert (state.ready, state.down) == ([str(LOCAL6)], [str(REMOTE6)])
