@@ -243,6 +243,23 @@ def test_a_pod_reaches_its_own_v6_service_through_the_hairpin_source(cluster, se
     assert result == {"answers": {f"{own.name} {hairpin_source(SERVICE6)}": 3}, "failed": 0}
 
 
+def test_the_node_reaches_a_v6_vip_and_backends_see_its_ipv6_gateway(cluster, servers) -> None:
+    """Every dual-stack agent routes the IPv6ServiceNetwork into vxgw0 (routing protocol
+    119); the node's own connections to a v6 VIP are balanced as its pods' are."""
+    deadline = time.monotonic() + 20
+    for node in cluster.vxflow_nodes:
+        while "dev vxgw0 proto 119" not in node.sh(f"ip -6 route show {SERVICE6}"):
+            assert time.monotonic() < deadline, (node.name, node.sh("ip -6 route"))
+            time.sleep(0.1)
+    vip = SERVICE6[0x13]
+    put_service6(cluster, "node6", vip, servers)
+    n1 = cluster.vxflow_nodes[0]
+    result = run_in(n1, "connect", str(vip), "80", "30")
+    assert result["failed"] == 0 and set(answers(result)) == {p.name for p in servers}, result
+    gateway6 = cluster.ipv6_subnet(n1).network_address + 1
+    assert {a.split()[1] for a in result["answers"]} == {str(gateway6)}, result
+
+
 def test_ipv6_policy_allows_the_selected_client_and_drops_another(cluster, servers) -> None:
     """A policy isolating a server for ingress, from pods labelled role=client only: over
     IPv6 one client gets through and another pod is dropped, as over IPv4."""
