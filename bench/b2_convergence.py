@@ -13,6 +13,10 @@ TCP and over TLS (`--transport`), each with its own controller and etcd.
   answers a barrier while holding the new flow. This is the controller's (and
   etcd's) share alone, without one ovs-vswitchd serving all S bridges.
 
+With `--dual-stack` every lease has an IPv6 half (bench/leasegen.py): a lease is then
+four flows per switch (its IPv6 route and check too), and a lease has landed when all
+four have.
+
 Also recorded: when the benchmark's own etcd watch heard of the lease (the
 etcd share), the spread between the first and the last switch, and the CPU
 time per event of the controller, of the one process serving all S switches
@@ -45,7 +49,7 @@ from bench.leasegen import cluster, lease
 from bench.observer import FlowObserver
 from bench.standin import StandInFleet
 from bench.stats import summary
-from flows.compiler import FLOWS_PER_LEASE, lease_cookie
+from flows.compiler import lease_cookie
 from flows.ports import TUNNEL_OFPORT, TUNNEL_PORT
 from leases.events import LeaseAdded
 from leases.model import Lease, datapath_id_for
@@ -79,9 +83,8 @@ class RealSwitches:
         return self.obs.added_counts()
 
     def landed(self, new: Lease, before: dict[str, int]) -> list[float]:
-        landed = self.obs.wait_added(
-            {name: n + FLOWS_PER_LEASE for name, n in before.items()}, timeout=30
-        )
+        per_lease = self.env.cluster.flows_per_lease
+        landed = self.obs.wait_added({name: n + per_lease for name, n in before.items()}, timeout=30)
         wrong = [name for name in landed if self.obs.added(name)[-1][1] != lease_cookie(new)]
         if wrong:
             raise RuntimeError(f"a flow other than {new.subnet}'s landed first on {wrong[:5]}")
@@ -115,8 +118,8 @@ class StandInSwitches:
         return dict.fromkeys(self.dpids, self.size)
 
     def landed(self, new: Lease, before: dict[int, int]) -> list[float]:
-        self.size += FLOWS_PER_LEASE
-        targets = {d: n + FLOWS_PER_LEASE for d, n in before.items()}
+        self.size += self.env.cluster.flows_per_lease
+        targets = {d: n + self.env.cluster.flows_per_lease for d, n in before.items()}
         return list(self.fleet.table_reached(targets, 30).values())
 
     def final_counts(self) -> list[int]:
@@ -154,11 +157,12 @@ class LeaseWatcher:
 
 
 def measure(kind: str, switches: int, leases: int, repeat: int, gap: float,
-            transport: str = "tcp", audit_interval: float = 0) -> dict:  # fmt: skip
-    c = cluster(leases)
+            transport: str = "tcp", audit_interval: float = 0, dual: bool = False) -> dict:  # fmt: skip
+    c = cluster(leases, dual=dual)
     out: dict[str, Any] = {"kind": kind, "switches": switches, "leases": leases,
                            "repetitions": repeat, "transport": transport,
-                           "audit_interval": audit_interval}  # fmt: skip
+                           "audit_interval": audit_interval, "dual_stack": dual,
+                           "flows_per_lease": c.flows_per_lease}  # fmt: skip
     with environment(c, tls=transport == "tls", audit_interval=audit_interval) as env:
         sw = RealSwitches(env, switches) if kind == "real" else StandInSwitches(env, switches)
         watcher = LeaseWatcher(env)
@@ -173,7 +177,7 @@ def measure(kind: str, switches: int, leases: int, repeat: int, gap: float,
             pids = {"controller": env.controller.pid, "switches": sw.pid, "bench": os.getpid()}
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
             for i in range(repeat):
-                new = lease(leases + i)
+                new = lease(leases + i, dual=dual)
                 before = sw.before()
                 t0 = time.monotonic()
                 put_lease(env.registry, new, env.etcd_lease)
@@ -214,22 +218,26 @@ def measure(kind: str, switches: int, leases: int, repeat: int, gap: float,
 @click.option("--audit-interval", default=0.0, show_default=True, type=click.FloatRange(0),
               help="The controller's periodic audit (its --audit-interval); 0: off, so "
                    "that only the events are measured.")
+@click.option("--dual-stack", "dual", is_flag=True,
+              help="Dual-stack leases (EnableIPv6): each lease is 4 flows per switch, not 2.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write the JSON (default bench/results).")
 def main(switches: tuple[int, ...], kinds: tuple[str, ...], transports: tuple[str, ...],
-         leases: int, repeat: int, gap: float, audit_interval: float,
+         leases: int, repeat: int, gap: float, audit_interval: float, dual: bool,
          results_dir: Path | None) -> None:  # fmt: skip
     """B2: latency from one new lease in etcd to its flow on every switch.
 
-    Needs root; runs in a network namespace of its own. Writes b2_convergence.json."""
+    Needs root; runs in a network namespace of its own. Writes b2_convergence.json
+    (--dual-stack: b2_convergence_dualstack.json)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     runs = [
-        measure(k, s, leases, repeat, gap, t, audit_interval)
+        measure(k, s, leases, repeat, gap, t, audit_interval, dual)
         for k in kinds
         for t in (transports if k == "real" else ("tcp",))
         for s in switches
     ]
-    path = report.save("b2_convergence", MODULE, {"runs": runs}, results_dir)
+    name = "b2_convergence_dualstack" if dual else "b2_convergence"
+    path = report.save(name, MODULE, {"runs": runs}, results_dir)
     for r in runs:
         lat = r["latency_s"]
         cpu = "  ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms_per_event"].items())

@@ -17,6 +17,8 @@ switches): time to full convergence, flow-mods/s (S x table / time),
 controller CPU seconds and peak RSS, and the controller's memory per installed
 flow: its peak RSS less its RSS when ready (leases loaded, no switch
 connected), over S x table (the worst of the cold starts).
+With `--dual-stack` every lease has an IPv6 half (bench/leasegen.py), so a full table
+holds 4 flows per remote lease instead of 2.
 Run: `python -m bench.b3_cold_start`.
 """
 
@@ -87,8 +89,9 @@ def run_standin(env: Env, switches: int, timeout: float) -> dict[str, Any]:
             "flow_mods_received": sum(s["flow_mods"] for s in per_switch.values())}  # fmt: skip
 
 
-def measure_once(kind: str, leases: int, switches: int, timeout: float) -> dict[str, Any]:
-    c = cluster(leases)
+def measure_once(kind: str, leases: int, switches: int, timeout: float,
+                 dual: bool = False) -> dict[str, Any]:  # fmt: skip
+    c = cluster(leases, dual=dual)
     with environment(c) as env:
         ready = wait_ready(env)
         empty = env.controller.memory_kib()["VmRSS"]  # leases loaded, no switch connected
@@ -101,6 +104,7 @@ def measure_once(kind: str, leases: int, switches: int, timeout: float) -> dict[
             "switch": "Open vSwitch (netdev bridges, one ovs-vswitchd)" if kind == "real"
             else "stand-in (bench/standin.py, not OVS)",
             "kind": kind, "leases": leases, "switches": switches, "flows_per_switch": want,
+            "dual_stack": dual, "flows_per_lease": c.flows_per_lease,
             "flows_total": want * switches, "probe_sync_s": ready,
             "controller_memory_kib": env.controller.memory_kib(),
             "controller_ready_rss_kib": empty,
@@ -112,11 +116,12 @@ def measure_once(kind: str, leases: int, switches: int, timeout: float) -> dict[
     return out
 
 
-def measure(kind: str, leases: int, switches: int, timeout: float, repeat: int) -> dict[str, Any]:
+def measure(kind: str, leases: int, switches: int, timeout: float, repeat: int,
+            dual: bool = False) -> dict[str, Any]:  # fmt: skip
     """`repeat` cold starts (fresh etcd, controller and switches each); medians."""
-    reps = [measure_once(kind, leases, switches, timeout) for _ in range(repeat)]
+    reps = [measure_once(kind, leases, switches, timeout, dual) for _ in range(repeat)]
     out = {k: reps[0][k] for k in ("switch", "kind", "leases", "switches", "flows_per_switch",
-                                   "flows_total")}  # fmt: skip
+                                   "flows_total", "dual_stack", "flows_per_lease")}  # fmt: skip
     for key in ("converged_s", "controller_cpu_s", "switch_cpu_s"):
         if key in reps[0]:
             out[key] = median([r[key] for r in reps])
@@ -152,16 +157,21 @@ DEFAULT_RUNS = ("real:1000x10", "real:1000x50", "real:1000x100", "real:1000x200"
 @click.option("--repeat", default=3, show_default=True, help="Cold starts per configuration.")
 @click.option("--timeout", default=600.0, show_default=True,
               help="Seconds a cold start may take before the run fails.")
+@click.option("--dual-stack", "dual", is_flag=True,
+              help="Dual-stack leases (EnableIPv6): 4 flows per remote lease, not 2.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write the JSON (default bench/results).")
-def main(runs: tuple[str, ...], repeat: int, timeout: float, results_dir: Path | None) -> None:
+def main(runs: tuple[str, ...], repeat: int, timeout: float, dual: bool,
+         results_dir: Path | None) -> None:  # fmt: skip
     """B3: cold start of S switches onto L leases; convergence, flow-mods/s, controller cost.
 
-    Needs root; runs in a network namespace of its own. Writes b3_cold_start.json."""
+    Needs root; runs in a network namespace of its own. Writes b3_cold_start.json
+    (--dual-stack: b3_cold_start_dualstack.json)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    results = [measure(kind, leases, switches, timeout, repeat)
+    results = [measure(kind, leases, switches, timeout, repeat, dual)
                for kind, leases, switches in _configs(runs)]  # fmt: skip
-    path = report.save("b3_cold_start", MODULE, {"runs": results}, results_dir)
+    name = "b3_cold_start_dualstack" if dual else "b3_cold_start"
+    path = report.save(name, MODULE, {"runs": results}, results_dir)
     for r in results:
         click.echo(f"{r['kind']:8s} L={r['leases']:5d} S={r['switches']:4d}  {r['converged_s']:.3f}s"
                    f"  {r['flow_mods_per_s']:,.0f} flow-mods/s  cpu {r['controller_cpu_s']:.2f}s"

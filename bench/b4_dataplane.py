@@ -17,6 +17,10 @@ DirectRouting, kernel routes only), and the vxflow pair over VXLAN (the option
 turned off for that measurement and on again, through etcd, each round: the
 flannel-style nodes read it once, at start, and stay direct). Results go to
 b4_dataplane_direct.json.
+
+With `--ipv6` the cluster is dual stack (IPv6Network fd00:198:19::/48 over the
+underlay's IPv6 addresses, both node kinds) and each round measures both pairs over
+IPv4 and over IPv6 (VXLAN over the IPv6 underlay). Results go to b4_dataplane_ipv6.json.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import logging
 import re
 import time
+from ipaddress import IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +51,15 @@ KINDS_DIRECT = ("vxflow_direct", "flannel_direct", "vxflow_vxlan")
 RATIOS = {"vxflow_over_flannel": ("vxflow", "flannel")}
 RATIOS_DIRECT = {"vxflow_direct_over_flannel_direct": ("vxflow_direct", "flannel_direct"),
                  "vxflow_direct_over_vxflow_vxlan": ("vxflow_direct", "vxflow_vxlan")}  # fmt: skip
+KINDS_IPV6 = ("vxflow", "flannel", "vxflow_v6", "flannel_v6")
+RATIOS_IPV6 = {**RATIOS, "vxflow_v6_over_flannel_v6": ("vxflow_v6", "flannel_v6"),
+               "vxflow_v6_over_vxflow": ("vxflow_v6", "vxflow")}  # fmt: skip
+OVERLAY6 = IPv6Network("fd00:198:19::/48")  # the e2e dual-stack cluster's
 
 
-def ping(src, dst, count: int) -> dict[str, float]:
-    out = src.cmd(f"ping -n -q -c {count} -i 0.01 -W 1 {dst.addr}")
+def ping(src, dst, count: int, address: str | None = None) -> dict[str, float]:
+    """`count` pings from `src` to `dst`, at `address` (default: its IPv4 one)."""
+    out = src.cmd(f"ping -n -q -c {count} -i 0.01 -W 1 {address or dst.addr}")
     rtt, loss = RTT.search(out), LOSS.search(out)
     if rtt is None or loss is None:
         raise RuntimeError(f"{src.name} -> {dst.name}: ping failed: {out.strip()[-300:]}")
@@ -101,26 +111,32 @@ def set_direct(cluster, on: bool, timeout: float = 30) -> None:
         time.sleep(0.2)
 
 
-def measure(rounds: int, pings: int, seconds: int, direct: bool = False) -> dict[str, Any]:
+def measure(rounds: int, pings: int, seconds: int, direct: bool = False,
+            ipv6: bool = False) -> dict[str, Any]:  # fmt: skip
     vx = cluster_module()  # mininet/vxcluster.py, loaded as the demo and e2e tests load it
-    spec = vx.ClusterSpec(nodes=2, pods=1, flannel_nodes=2, direct_routing=direct)
-    kinds = KINDS_DIRECT if direct else KINDS
+    spec = vx.ClusterSpec(nodes=2, pods=1, flannel_nodes=2, direct_routing=direct,
+                          ipv6_network=OVERLAY6 if ipv6 else None)  # fmt: skip
+    kinds = KINDS_DIRECT if direct else KINDS_IPV6 if ipv6 else KINDS
     samples: dict[str, dict[str, list]] = {k: {"ping": [], "iperf": []} for k in kinds}
     with vx.Cluster(spec, progress=log.info) as cluster:
         vxflow = [cluster.pods_of(n)[0] for n in cluster.vxflow_nodes]
         flannel = [cluster.pods_of(n)[0] for n in cluster.flannel_nodes]
-        pairs = dict(zip(kinds, (vxflow, flannel, vxflow), strict=False))
+        pairs = dict(zip(kinds, (vxflow, flannel, vxflow, flannel), strict=False))
+
+        def address(kind: str, b) -> str:
+            return str(b.addr6 if kind.endswith("_v6") else b.addr)
+
         if direct:
             set_direct(cluster, True)
-        for a, b in pairs.values():
-            ping(a, b, 5)  # warm ARP/neighbour and tunnel state before measuring
+        for kind, (a, b) in pairs.items():
+            ping(a, b, 5, address(kind, b))  # warm ARP/neighbour and tunnel state first
         for i in range(rounds):
             for kind, (a, b) in pairs.items():
                 if direct and kind.startswith("vxflow"):
                     set_direct(cluster, kind == "vxflow_direct")
                     ping(a, b, 5)
-                samples[kind]["ping"].append(ping(a, b, pings))
-                samples[kind]["iperf"].append(iperf(a, b, seconds))
+                samples[kind]["ping"].append(ping(a, b, pings, address(kind, b)))
+                samples[kind]["iperf"].append(iperf(a, b, seconds, address(kind, b)))
                 log.info("round %d %s: rtt avg %.3f ms, %.0f Mbit/s", i + 1, kind,
                          samples[kind]["ping"][-1]["avg_s"] * 1e3,
                          samples[kind]["iperf"][-1]["received_bps"] / 1e6)  # fmt: skip
@@ -132,7 +148,7 @@ def measure(rounds: int, pings: int, seconds: int, direct: bool = False) -> dict
             "tcp_bps_median": median([r["received_bps"] for r in s["iperf"]]),
             "lost_pings": sum(p["sent"] - p["received"] for p in s["ping"]),
         }
-    for name, (x, y) in (RATIOS_DIRECT if direct else RATIOS).items():
+    for name, (x, y) in (RATIOS_DIRECT if direct else RATIOS_IPV6 if ipv6 else RATIOS).items():
         summary[f"rtt_ratio_{name}"] = summary[x]["rtt_avg_s_median"] / summary[y]["rtt_avg_s_median"]
         summary[f"tcp_ratio_{name}"] = summary[x]["tcp_bps_median"] / summary[y]["tcp_bps_median"]
     return {"rounds": rounds, "pings_per_round": pings, "iperf_seconds": seconds,
@@ -147,20 +163,26 @@ def measure(rounds: int, pings: int, seconds: int, direct: bool = False) -> dict
               help="Where to write the JSON (default bench/results).")
 @click.option("--direct", is_flag=True,
               help="DirectRouting: vxflow direct vs flannel-style direct vs vxflow VXLAN.")
-def main(rounds: int, pings: int, seconds: int, results_dir: Path | None, direct: bool) -> None:
+@click.option("--ipv6", is_flag=True,
+              help="A dual-stack cluster: each pair over IPv4 and over IPv6.")
+def main(rounds: int, pings: int, seconds: int, results_dir: Path | None, direct: bool,
+         ipv6: bool) -> None:  # fmt: skip
     """B4: pod-to-pod RTT and TCP throughput, vxflow vs flannel-style nodes.
 
     Needs root; builds a Mininet cluster (2 vxflow + 2 flannel-style nodes, one pod
-    each). Writes b4_dataplane.json (with --direct: b4_dataplane_direct.json)."""
+    each). Writes b4_dataplane.json (with --direct: b4_dataplane_direct.json; with
+    --ipv6: b4_dataplane_ipv6.json)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = measure(rounds, pings, seconds, direct)
-    path = report.save("b4_dataplane_direct" if direct else "b4_dataplane", MODULE, result,
-                       results_dir)  # fmt: skip
+    if direct and ipv6:
+        raise click.UsageError("--direct and --ipv6 are measured apart (no IPv6 direct routes)")
+    result = measure(rounds, pings, seconds, direct, ipv6)
+    name = "b4_dataplane_direct" if direct else "b4_dataplane_ipv6" if ipv6 else "b4_dataplane"
+    path = report.save(name, MODULE, result, results_dir)
     s = result["summary"]
-    for kind in KINDS_DIRECT if direct else KINDS:
+    for kind in KINDS_DIRECT if direct else KINDS_IPV6 if ipv6 else KINDS:
         click.echo(f"{kind:14s} rtt avg {report.ms(s[kind]['rtt_avg_s_median'])}"
                    f"  tcp {s[kind]['tcp_bps_median'] / 1e6:,.0f} Mbit/s")  # fmt: skip
-    for name in RATIOS_DIRECT if direct else RATIOS:
+    for name in RATIOS_DIRECT if direct else RATIOS_IPV6 if ipv6 else RATIOS:
         click.echo(f"ratio {name.replace('_over_', '/')}: rtt {s[f'rtt_ratio_{name}']:.2f}"
                    f"  tcp {s[f'tcp_ratio_{name}']:.2f}")  # fmt: skip
     click.echo(f"results: {path}")

@@ -15,7 +15,7 @@ from bench.bridges import BridgeFarm
 from bench.controller_proc import ControllerProcess, make_pki
 from bench.etcdload import PREFIX, load
 from bench.leasegen import Cluster
-from flows.compiler import FLOWS_PER_LEASE, compile_node
+from flows.compiler import compile_node
 from leases.etcd_server import EtcdServer
 from leases.registry import Registry
 
@@ -36,7 +36,7 @@ class Env:
         `extra_leases` more remote leases than the cluster has now."""
         c = self.cluster
         base = len(compile_node(c.config, c.leases[:2], (), c.leases[0].public_ip))
-        return base + FLOWS_PER_LEASE * (len(c.leases) - 2 + extra_leases)
+        return base + c.flows_per_lease * (len(c.leases) - 2 + extra_leases)
 
 
 @contextlib.contextmanager

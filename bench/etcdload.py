@@ -30,7 +30,7 @@ def load(registry: Registry, config: NetworkConfig, leases: Sequence[Lease]) -> 
     etcd_lease = registry.etcd.grant(LEASE_TTL_SECONDS)
     for first in range(0, len(leases), TXN_OPS):
         puts = [
-            {"request_put": {"key": _b64(registry.keys.lease(x.subnet)),
+            {"request_put": {"key": _b64(registry.keys.lease(x.subnet, x.ipv6_subnet)),
                              "value": _b64(lease_to_json(x)), "lease": etcd_lease}}
             for x in leases[first : first + TXN_OPS]
         ]  # fmt: skip
@@ -40,8 +40,8 @@ def load(registry: Registry, config: NetworkConfig, leases: Sequence[Lease]) -> 
 
 def put_lease(registry: Registry, lease: Lease, etcd_lease: int) -> int:
     """One more lease, as a node's acquire writes it; returns the store revision."""
-    return registry.etcd.put(registry.keys.lease(lease.subnet), lease_to_json(lease), etcd_lease)
+    return registry.etcd.put(registry.keys.lease(lease.subnet, lease.ipv6_subnet), lease_to_json(lease), etcd_lease)
 
 
 def delete_lease(registry: Registry, lease: Lease) -> int:
-    return registry.etcd.delete(registry.keys.lease(lease.subnet))
+    return registry.etcd.delete(registry.keys.lease(lease.subnet, lease.ipv6_subnet))

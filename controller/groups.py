@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from controller import ofwire
 from flows.groups import Bucket, Group
@@ -138,11 +138,12 @@ def _prop(ptype: int, value: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 8)
 
 
-def _mapped(ip: IPv4Address) -> bytes:
-    return b"\0" * 10 + b"\xff\xff" + ip.packed  # IPv4-mapped IPv6, as OVS wants
+def _mapped(ip: IPv4Address | IPv6Address) -> bytes:
+    """An IPv6 address as is, an IPv4 one mapped into IPv6, as OVS wants."""
+    return ip.packed if ip.version == 6 else b"\0" * 10 + b"\xff\xff" + ip.packed
 
 
-def _tuple(ptype: int, ip: IPv4Address, port: int, ip_tlv: int, port_tlv: int) -> bytes:
+def _tuple(ptype: int, ip: IPv4Address | IPv6Address, port: int, ip_tlv: int, port_tlv: int) -> bytes:
     """A nested tuple property (aligned to 8 bytes before its content, as OVS nests)."""
     inner = _prop(ip_tlv, _mapped(ip)) + _prop(port_tlv, struct.pack("!H", port))
     return struct.pack("!HH4x", ptype, 8 + len(inner)) + inner

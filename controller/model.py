@@ -32,7 +32,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flows.compiler import (
     NodeTable,
@@ -47,6 +47,7 @@ from flows.compiler import (
     subnet_cookie,
 )
 from flows.direct import direct_cookie, direct_flow, direct_leases
+from flows.family import family
 from flows.flow import Flow, Owner, Table, owner_of
 from flows.groups import Group, group_cookie
 from flows.ipv6 import dual_stack, endpoint_v6_flows, lease_v6_flows
@@ -54,10 +55,11 @@ from flows.policy import PolicyTable, RuleRef, endpoint_pod, stage_table
 from flows.policy_eval import Evaluator, Pod
 from flows.services import (
     NET_COOKIE,
+    V6_KEY,
     Flush,
     ServicePlan,
     group_id,
-    hairpin_flow,
+    hairpin_flows,
     plumbing_flows,
     port_flows,
     port_group,
@@ -188,7 +190,7 @@ class ClusterModel:
         self.services: dict[str, Service] = {}  # accepted by the registry, by name
         self._plan: ServicePlan | None = None  # cache of plan(), with the two below
         self._ports: dict[int, tuple[Service, int]] = {}  # group id -> (service, port slot)
-        self._replies: dict[int, object] = {}  # reply-hook cookie -> ServicePort
+        self._replies: dict[int, tuple] = {}  # reply-hook cookie -> (ServicePort, Family)
         # node-independent flows and groups of the plan, computed by the first switch that
         # asks and shared by the others (an event fans out to every switch)
         self._port_cache: dict[int, tuple[list[Flow], Group | None]] = {}
@@ -270,14 +272,17 @@ class ClusterModel:
 
     def plan(self) -> ServicePlan | None:
         """The services every switch must serve; None without a ServiceNetwork."""
-        if self._plan is None and self.vxflow.service_network is not None:
+        if self._plan is None:
             self._plan = service_plan(self.vxflow, map(self._serving, self.services.values()))
+            if self._plan is None:
+                return None
             self._port_cache, self._reply_cache = {}, {}
             self._ports = {
-                group_id(self._plan.network, svc, slot): (svc, slot)
+                group_id(self._plan.network_of(svc), svc, slot): (svc, slot)
                 for svc, slot, _ in self._plan.ports()
             }
-            self._replies = {reply_cookie(p): p for p in reply_ports(self._plan.services).values()}
+            self._replies = {reply_cookie(p, fam): (p, fam)
+                             for p, fam in reply_ports(self._plan.services).values()}  # fmt: skip
         return self._plan
 
     def policy_table(self, node: IPv4Address) -> PolicyTable:
@@ -455,8 +460,12 @@ class ClusterModel:
             return service
         length = self.config.subnet_len
         mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
-        kept = tuple(b for b in service.backends
-                     if IPv4Network((int(b.ip) & mask, length)) not in down)  # fmt: skip
+        if service.vip.version == 6:  # the IPv6 halves of the DOWN nodes' leases
+            down6 = self._halves6(down)
+            kept = tuple(b for b in service.backends if not any(b.ip in s for s in down6))
+        else:
+            kept = tuple(b for b in service.backends
+                         if IPv4Network((int(b.ip) & mask, length)) not in down)  # fmt: skip
         return service if len(kept) == len(service.backends) else replace(service, backends=kept)
 
     def desired(self, node: IPv4Address, scope: Scope) -> NodeTable | None:
@@ -500,28 +509,29 @@ class ClusterModel:
                 if six and endpoint.ipv6 is not None:
                     flows += endpoint_v6_flows(own, endpoint)
                 if plan is not None:
-                    flows.append(hairpin_flow(endpoint, plan.network, cookie))
+                    flows += hairpin_flows(endpoint, plan, six, cookie)
         groups: list[Group] = []
         if plan is not None:
-            flows += self._service_flows(own, plan, scope, groups)
+            flows += self._service_flows(own, plan, scope, groups, six)
         if scope.owners & POLICY_OWNERS:
             flows += self.policy_table(node).flows
         return NodeTable(flows, routes, groups)
 
     def _service_flows(
-        self, own: Lease, plan: ServicePlan, scope: Scope, groups: list[Group]
+        self, own: Lease, plan: ServicePlan, scope: Scope, groups: list[Group], six: bool
     ) -> list[Flow]:
         """The service flows in `scope` (their groups appended to `groups`): looked up by
-        cookie, so one service's event costs the same however many services there are."""
+        cookie, so one service's event costs the same however many services there are.
+        IPv6's on a dual-stack node (`six`) only."""
         flows: list[Flow] = []
         if scope.covers(NET_COOKIE):
-            flows += plumbing_flows(self.config, own, plan.network)
+            flows += [f for net in plan.networks(six) for f in plumbing_flows(self.config, own, net)]
         every = Owner.SERVICE_NET in scope.owners
-        for cookie, port in self._replies.items():
-            if every or cookie in scope.cookies:
+        for cookie, (port, fam) in self._replies.items():
+            if (every or cookie in scope.cookies) and (six or fam.version == 4):
                 hook = self._reply_cache.get(cookie)
                 if hook is None:
-                    hook = self._reply_cache[cookie] = reply_hook(self.config, port)
+                    hook = self._reply_cache[cookie] = reply_hook(self.config, port, fam)
                 flows.append(hook)
         if Owner.SERVICE in scope.owners:
             gids = list(self._ports)
@@ -529,10 +539,13 @@ class ClusterModel:
             gids = [o[1] for c in scope.cookies if (o := owner_of(c)) and o[0] is Owner.SERVICE
                     and o[1] in self._ports]  # fmt: skip
         for gid in gids:
+            if gid & V6_KEY and not six:
+                continue
             cached = self._port_cache.get(gid)
             if cached is None:
                 svc, slot = self._ports[gid]
-                cached = port_flows(plan.network, svc, slot), port_group(plan.network, svc, slot)
+                net = plan.network_of(svc)
+                cached = port_flows(net, svc, slot), port_group(net, svc, slot)
                 self._port_cache[gid] = cached
             flows += cached[0]
             if cached[1] is not None:
@@ -767,9 +780,15 @@ class ClusterModel:
                     del self._down[subnet]
         if not changed:
             return
+        subnets = [*changed, *self._halves6(changed)]
         touched = [s for s in self.services.values()
-                   if any(b.ip in subnet for b in s.backends for subnet in changed)]  # fmt: skip
+                   if any(b.ip in subnet for b in s.backends for subnet in subnets)]  # fmt: skip
         self._reserve(touched, impact, down=old)
+
+    def _halves6(self, subnets: Iterable[IPv4Network]) -> list[IPv6Network]:
+        """The IPv6 halves of the leases of `subnets` (those that have one)."""
+        return [six for s in subnets
+                if (lease := self._leases.get(s)) and (six := lease.ipv6_subnet)]  # fmt: skip
 
     def _count_unready(self, names: Iterable[str]) -> None:
         """`unready` of the services `names` again, from their verdicts."""
@@ -801,11 +820,10 @@ class ClusterModel:
         `unready` before, go to every switch (`impact`): their groups and the conntrack
         flushes of the UDP backends they no longer serve."""
         self._plan = None
-        network = self.vxflow.service_network
         for svc in touched:
             before = self._serving(svc, down, unready)
             impact.flushes += removed_udp_backends(before, self._serving(svc))
-            if network is not None:
+            if (network := self.vxflow.network_of(svc.vip)) is not None:
                 impact.service_cookies |= {
                     group_cookie(group_id(network, svc, i)) for i in range(len(svc.ports))
                 }
@@ -820,11 +838,11 @@ class ClusterModel:
             del self.services[svc.name]
             impact.flushes += removed_udp_backends(svc, None)
         self._plan = None
-        network = self.vxflow.service_network
+        network = self.vxflow.network_of(svc.vip)
         if network is None:
             return
         impact.service_cookies |= {group_cookie(group_id(network, svc, i)) for i in range(len(svc.ports))}
-        impact.service_cookies |= {reply_cookie(p) for p in svc.ports}
+        impact.service_cookies |= {reply_cookie(p, family(svc.vip)) for p in svc.ports}
 
     def _serves(self, flush: Flush) -> bool:
         """Whether a service still sends `flush`'s VIP:port to its backend:target port."""

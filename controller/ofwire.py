@@ -74,13 +74,14 @@ NXAST_CT_CLEAR = 43
 NX_CT_F_COMMIT = 1
 NX_CT_RECIRC_NONE = 0xFF
 NX_NAT_F_SRC, NX_NAT_F_DST = 1, 2
-NX_NAT_RANGE_IPV4_MIN, NX_NAT_RANGE_PROTO_MIN = 1, 16
+NX_NAT_RANGE_IPV4_MIN, NX_NAT_RANGE_IPV6_MIN, NX_NAT_RANGE_PROTO_MIN = 1, 4, 16
 # multipath's hash fields and link algorithms (nicira-ext.h), by ovs-ofctl's names
 NX_HASH_FIELDS = {"eth_src": 0, "symmetric_l4": 1, "symmetric_l3l4": 2, "symmetric_l3l4+udp": 3,
                   "nw_src": 4, "nw_dst": 5}  # fmt: skip
 NX_MP_ALGORITHMS = {"modulo_n": 0, "hash_threshold": 1, "hrw": 2, "iter_hash": 3}
 OFPP_IN_PORT16 = 0xFFF8
 ETH_TYPE_IP_VALUE = 0x0800  # resubmit's in_port is a 16-bit (OpenFlow 1.0) port number
+ETH_TYPE_IPV6_VALUE = 0x86DD
 OFPCML_NO_BUFFER = 0xFFFF
 
 OFB, NXM0, NXM1 = 0x8000, 0x0000, 0x0001
@@ -182,7 +183,11 @@ _NXM_HEADER = {
     "eth_type": 0x00000602, "ip_proto": 0x00000C01, "ip_src": 0x00000E04,
     "ip_dst": 0x00001004, "tcp_src": 0x00001202, "tcp_dst": 0x00001402,
     "udp_src": 0x00001602, "udp_dst": 0x00001802, "reg1": 0x00010204,
+    "ipv6_src": 0x00012610, "ipv6_dst": 0x00012810,
 }  # fmt: skip
+# a learned entry's address fields and their width, by its eth_type
+_LEARN_IP = {ETH_TYPE_IP_VALUE: ("ip_src", "ip_dst", 32),
+             ETH_TYPE_IPV6_VALUE: ("ipv6_src", "ipv6_dst", 128)}  # fmt: skip
 
 _HEADER = struct.Struct("!BBHI")
 _FLOW_MOD = struct.Struct("!BBHIQQBBHHHIIIHH")  # header + ofp_flow_mod up to the match
@@ -266,7 +271,7 @@ def _same(action: tuple) -> tuple:
 
 
 def _nat_shape(nat: tuple | None) -> tuple | None:
-    return nat if not nat else (nat[0], nat[1] is not None, bool(nat[2]))
+    return nat if not nat else (nat[0], nat[1] and nat[1].version, bool(nat[2]))
 
 
 # What of an action fixes the layout: its values are read per flow (`a[j][k]`), so one
@@ -274,7 +279,7 @@ def _nat_shape(nat: tuple | None) -> tuple | None:
 _VALUE_LAST = ("set_field", "output", "group", "resubmit")
 _SHAPES = {
     "ct": lambda a: (*a[:4], _nat_shape(a[4])),
-    "learn": lambda a: ("learn", a[5], a[6]),
+    "learn": lambda a: ("learn", a[5], a[6], a[8]),
     "multipath": lambda a: ("multipath", a[1], a[3], a[5]),
     "conjunction": lambda a: ("conjunction",),
 }
@@ -348,7 +353,10 @@ def _ct_layout(lay: _Layout, action: tuple, a: str) -> None:
         present = 0
         flags = {"src": NX_NAT_F_SRC, "dst": NX_NAT_F_DST}[nat[0]] if nat else 0
         codes, args = "", []
-        if nat and nat[1] is not None:
+        if nat and nat[1] is not None and nat[1].version == 6:
+            present |= NX_NAT_RANGE_IPV6_MIN
+            codes, args = codes + "16s", [*args, f"{a}[4][1].packed"]
+        elif nat and nat[1] is not None:
             present |= NX_NAT_RANGE_IPV4_MIN
             codes, args = codes + "I", [*args, f"int({a}[4][1])"]
         if nat and nat[2]:
@@ -362,18 +370,20 @@ def _ct_layout(lay: _Layout, action: tuple, a: str) -> None:
 
 
 def _learn_layout(lay: _Layout, action: tuple, a: str) -> None:
-    """NXAST_LEARN of vxflow's one learned shape (flows.flow.learn): match eth_type=ip and
-    ip_proto, copy ip_src, ip_dst and the port field, load the value into reg1."""
-    _, _table, _idle, _prio, _cookie, _proto, port_field, _value = action
+    """NXAST_LEARN of vxflow's one learned shape (flows.flow.learn): match eth_type and
+    ip_proto, copy the source and destination address and the port field, load the value
+    into reg1."""
+    _, _table, _idle, _prio, _cookie, _proto, port_field, _value, eth_type = action
+    ip_src, ip_dst, ip_bits = _LEARN_IP[eth_type]
     port_bits = FIELDS[port_field].size * 8
     start = len(lay.args)
     lay.put("HHIHHHHQHB1xHH", OFPAT_EXPERIMENTER, "{learn_len}", NX_VENDOR_ID, NXAST_LEARN,
             f"{a}[2]", 0, f"{a}[3]", f"{a}[4]", 0, f"{a}[1]", 0, 0)  # fmt: skip
     begin = lay.size - 32
     imm, copy = 1 << 13, 0  # src: immediate or field; dst: match (0) or load (1 << 11)
-    lay.put("HHIH", imm | 16, ETH_TYPE_IP_VALUE, _NXM_HEADER["eth_type"], 0)
+    lay.put("HHIH", imm | 16, eth_type, _NXM_HEADER["eth_type"], 0)
     lay.put("HHIH", imm | 8, f"{a}[5]", _NXM_HEADER["ip_proto"], 0)
-    for name, bits in (("ip_src", 32), ("ip_dst", 32), (port_field, port_bits)):
+    for name, bits in ((ip_src, ip_bits), (ip_dst, ip_bits), (port_field, port_bits)):
         lay.put("HIHIH", copy | bits, _NXM_HEADER[name], 0, _NXM_HEADER[name], 0)
     lay.put("HIIH", imm | 1 << 11 | 32, f"{a}[7]", _NXM_HEADER["reg1"], 0)
     lay.pad()
@@ -710,13 +720,15 @@ def _decode_ct(body: bytes) -> tuple | None:
     if nested:
         length, vendor, subtype, nat_flags, present = struct.unpack_from("!2xHIH2xHH", nested)
         if (length, vendor, subtype) != (len(nested), NX_VENDOR_ID, NXAST_NAT) or (
-            present & ~(NX_NAT_RANGE_IPV4_MIN | NX_NAT_RANGE_PROTO_MIN)
-        ):
+            present & ~(NX_NAT_RANGE_IPV4_MIN | NX_NAT_RANGE_IPV6_MIN | NX_NAT_RANGE_PROTO_MIN)
+        ) or (present & NX_NAT_RANGE_IPV4_MIN and present & NX_NAT_RANGE_IPV6_MIN):
             return None
         kind = {0: None, NX_NAT_F_SRC: "src", NX_NAT_F_DST: "dst"}.get(nat_flags, "?")
         pos, ip, port = 16, None, 0
         if present & NX_NAT_RANGE_IPV4_MIN:
             ip, pos = IPv4Address(nested[pos : pos + 4]), pos + 4
+        if present & NX_NAT_RANGE_IPV6_MIN:
+            ip, pos = IPv6Address(nested[pos : pos + 16]), pos + 16
         if present & NX_NAT_RANGE_PROTO_MIN:
             (port,) = _U16.unpack_from(nested, pos)
         if kind == "?" or (kind is None and present):
@@ -749,18 +761,18 @@ def _decode_learn(body: bytes) -> tuple | None:
         h1, eth_type, d1, o1, h2, proto, d2, o2,
         h3, s3, so3, d3, o3, h4, s4, so4, d4, o4, h5, s5, so5, d5, o5, h6, value, d6, o6,
     ) = struct.unpack_from("!HHIH" "HHIH" "HIHIH" "HIHIH" "HIHIH" "HIIH", body, 32)  # fmt: skip
-    port = _LEARN_PORTS.get(s5)
-    expected = (
-        h1, eth_type, d1, h2, d2, h3, s3, d3, h4, s4, d4, h5, d5, h6, d6,
+    port, (ip_src, ip_dst, bits) = _LEARN_PORTS.get(s5), _LEARN_IP.get(eth_type, ("", "", 0))
+    expected = bits and (
+        h1, d1, h2, d2, h3, s3, d3, h4, s4, d4, h5, d5, h6, d6,
     ) == (
-        1 << 13 | 16, ETH_TYPE_IP_VALUE, _NXM_HEADER["eth_type"], 1 << 13 | 8,
-        _NXM_HEADER["ip_proto"], 32, _NXM_HEADER["ip_src"], _NXM_HEADER["ip_src"], 32,
-        _NXM_HEADER["ip_dst"], _NXM_HEADER["ip_dst"], 16, s5, 1 << 13 | 1 << 11 | 32,
+        1 << 13 | 16, _NXM_HEADER["eth_type"], 1 << 13 | 8,
+        _NXM_HEADER["ip_proto"], bits, _NXM_HEADER[ip_src], _NXM_HEADER[ip_src], bits,
+        _NXM_HEADER[ip_dst], _NXM_HEADER[ip_dst], 16, s5, 1 << 13 | 1 << 11 | 32,
         _NXM_HEADER["reg1"],
     )  # fmt: skip
     if not expected or port is None or o1 or o2 or so3 or o3 or so4 or o4 or so5 or o5 or o6:
         return None
-    return ("learn", table, idle, prio, cookie, proto, port, value)
+    return ("learn", table, idle, prio, cookie, proto, port, value, eth_type)
 
 
 _HASH_FIELD_NAMES = {v: k for k, v in NX_HASH_FIELDS.items()}

@@ -86,7 +86,7 @@ from flows.ipv6 import (
 )
 from flows.policy import policy_table
 from flows.ports import GATEWAY_OFPORT, TUNNEL_OFPORT, gateway_mac, vtep_mac_for
-from flows.services import ServicePlan, hairpin_flow, plan_flows, plan_groups
+from flows.services import ServicePlan, hairpin_flows, plan_flows, plan_groups
 from flows.validate import select_endpoints, select_leases
 from leases.model import Endpoint, Lease, NetworkConfig
 from leases.policy import Namespace, NetworkPolicy
@@ -344,10 +344,10 @@ def node_table(
         if six and endpoint.ipv6 is not None:
             flows += endpoint_v6_flows(own, endpoint)
         if services is not None:
-            flows.append(hairpin_flow(endpoint, services.network, endpoint_cookie(endpoint)))
+            flows += hairpin_flows(endpoint, services, six, endpoint_cookie(endpoint))
     if services is not None:
         flows += plan_flows(config, own, services)
-        groups = plan_groups(services)
+        groups = plan_groups(services, six)
     flows += direct_flows(own, direct)
     if rows is None:
         rows = [route_row(lease) for lease in leases]

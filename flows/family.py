@@ -10,9 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from flows.arp import arp_reply, nd_reply
 from flows.flow import (
+    ARP_REQUEST,
+    ETH_TYPE_ARP,
     ETH_TYPE_IP,
     ETH_TYPE_IPV6,
+    ICMPV6_NS,
+    IP_PROTO_ICMPV6,
     Flow,
     Owner,
     Table,
@@ -35,6 +40,8 @@ BASE_COOKIE = cookie_for(Owner.BASE)
 # Drops worth counting apart: base flows with cookies of their own (see flows/compiler.py).
 DROP_TUNNEL_SPOOFED = cookie_for(Owner.BASE, 1)
 DROP_TUNNEL_OTHER = cookie_for(Owner.BASE, 2)
+ICMPV6 = {"eth_type": ETH_TYPE_IPV6, "ip_proto": IP_PROTO_ICMPV6}
+NS = {**ICMPV6, "icmpv6_type": ICMPV6_NS, "icmpv6_code": 0}  # a neighbour solicitation
 
 
 @dataclass(frozen=True)
@@ -47,10 +54,27 @@ class Family:
     tun_src: str
     tun_dst: str
     tunnel: int  # the ofport of its tunnel (an OVS tunnel port's local_ip has one family)
+    version: int  # 4 or 6, as `ipaddress` numbers them
 
 
-V4 = Family(ETH_TYPE_IP, "ip_src", "ip_dst", "tun_src", "tun_dst", TUNNEL_OFPORT)
-V6 = Family(ETH_TYPE_IPV6, "ipv6_src", "ipv6_dst", "tun_ipv6_src", "tun_ipv6_dst", TUNNEL6_OFPORT)
+V4 = Family(ETH_TYPE_IP, "ip_src", "ip_dst", "tun_src", "tun_dst", TUNNEL_OFPORT, 4)
+V6 = Family(ETH_TYPE_IPV6, "ipv6_src", "ipv6_dst", "tun_ipv6_src", "tun_ipv6_dst", TUNNEL6_OFPORT, 6)
+
+
+def family(ip: IPv4Address | IPv6Address | IPv4Network | IPv6Network) -> Family:
+    return V6 if ip.version == 6 else V4
+
+
+def neighbour_answer(
+    target: IPv4Address | IPv6Address | IPv4Network | IPv6Network, mac: str, priority: int,
+    cookie: int,
+) -> Flow:  # fmt: skip
+    """ARP: a request (IPv6: a solicitation) for `target` answered with `mac` (IPv6: as a
+    router's)."""
+    if target.version == 4:
+        match = {"eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST, "arp_tpa": target}
+        return flow(Table.ARP, priority, match, arp_reply(mac), cookie)
+    return flow(Table.ARP, priority, {**NS, "nd_target": target}, nd_reply(mac, True), cookie)
 
 
 def routing_flows(

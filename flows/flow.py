@@ -31,7 +31,7 @@ Value = int | str | IPv4Address | IPv4Network | IPv6Address | IPv6Network | Mask
 Match = tuple[tuple[str, Value], ...]
 # ("output", port) | ("set_field", field, value) | ("move", src, dst) | ("dec_ttl",)
 # | ("ct", commit, zone, table, nat) | ("group", id) | ("resubmit", table)
-# | ("learn", table, idle_timeout, priority, cookie, ip_proto, port_field, reg1 value)
+# | ("learn", table, idle_timeout, priority, cookie, ip_proto, port_field, reg1 value, eth_type)
 # | ("multipath", fields, basis, algorithm, n_links, register)
 # | ("conjunction", id, clause, n_clauses) (clause counted from 1, as ovs-ofctl writes it)
 # | ("ct_clear",) | ("goto_table", table): goto is an instruction and is always last.
@@ -180,11 +180,13 @@ def resubmit(table: int) -> Action:
 
 def learn(
     table: int, idle_timeout: int, priority: int, cookie: int, ip_proto: int, port_field: str,
-    value: int,
+    value: int, eth_type: int = ETH_TYPE_IP,
 ) -> Action:  # fmt: skip
-    """Learn `eth_type=ip, ip_proto, ip_src, ip_dst, <port_field> -> load value->reg1` into
-    `table` (the client-IP affinity entry: this client, this VIP:port, this backend)."""
-    return ("learn", int(table), idle_timeout, priority, cookie, ip_proto, port_field, value)
+    """Learn `eth_type, ip_proto, ip_src, ip_dst, <port_field> -> load value->reg1` into
+    `table` (the client-IP affinity entry: this client, this VIP:port, this backend); IPv6's
+    addresses for eth_type IPv6."""
+    return ("learn", int(table), idle_timeout, priority, cookie, ip_proto, port_field, value,
+            eth_type)  # fmt: skip
 
 
 def multipath(fields: str, basis: int, algorithm: str, n_links: int, register: str) -> Action:
@@ -240,10 +242,11 @@ def _action_text(action: Action) -> str:
     if kind == "resubmit":
         return f"resubmit(,{action[1]})"
     if kind == "learn":
-        _, table, idle, priority, cookie, proto, port_field, value = action
+        _, table, idle, priority, cookie, proto, port_field, value, eth_type = action
+        src, dst = _NXM_IP[eth_type]
         return (
             f"learn(table={table},idle_timeout={idle},priority={priority},cookie={cookie:#x},"
-            f"eth_type=0x800,nw_proto={proto},NXM_OF_IP_SRC[],NXM_OF_IP_DST[],"
+            f"eth_type={eth_type:#x},nw_proto={proto},{src}[],{dst}[],"
             f"{_NXM_PORT[port_field]}[],load:{value:#x}->NXM_NX_REG1[])"
         )
     if kind in ("unknown_action", "unknown_instruction"):  # read back from a switch: shown raw
@@ -258,6 +261,8 @@ def _action_text(action: Action) -> str:
     raise ValueError(f"unknown action {action!r}")
 
 
+_NXM_IP = {ETH_TYPE_IP: ("NXM_OF_IP_SRC", "NXM_OF_IP_DST"),
+           ETH_TYPE_IPV6: ("NXM_NX_IPV6_SRC", "NXM_NX_IPV6_DST")}  # fmt: skip
 _NXM_PORT = {
     "tcp_src": "NXM_OF_TCP_SRC", "tcp_dst": "NXM_OF_TCP_DST",
     "udp_src": "NXM_OF_UDP_SRC", "udp_dst": "NXM_OF_UDP_DST",
@@ -273,6 +278,7 @@ def _ct_text(action: Action) -> str:
         parts.append("nat")
     elif nat is not None:
         kind, ip, port = nat
+        ip = f"[{ip}]" if ip.version == 6 else ip  # ovs-ofctl's brackets: the port follows
         parts.append(f"nat({kind}={ip}:{port})" if port else f"nat({kind}={ip})")
     return f"ct({','.join(parts)})"
 

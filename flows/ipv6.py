@@ -26,6 +26,8 @@ from ipaddress import IPv6Address, IPv6Network
 from flows.arp import nd_reply, nd_reply_tail
 from flows.family import (
     BASE_COOKIE,
+    ICMPV6,
+    NS,
     PRIO_EXACT,
     PRIO_GUARD,
     PRIO_OVERLAY,
@@ -36,9 +38,7 @@ from flows.family import (
 from flows.flow import (
     ETH_TYPE_IPV6,
     ICMPV6_NA,
-    ICMPV6_NS,
     ICMPV6_RA,
-    IP_PROTO_ICMPV6,
     Flow,
     Owner,
     Table,
@@ -57,8 +57,6 @@ __all__ = ["dual_stack", "endpoint_v6_flows", "ipv6_base_flows", "lease_v6_flows
 
 MULTICAST = IPv6Network("ff00::/8")
 UNSPECIFIED = IPv6Address("::")
-_ICMP = {"eth_type": ETH_TYPE_IPV6, "ip_proto": IP_PROTO_ICMPV6}
-_NS = {**_ICMP, "icmpv6_type": ICMPV6_NS, "icmpv6_code": 0}
 
 
 def dual_stack(config: NetworkConfig, own: Lease | None) -> bool:
@@ -86,14 +84,14 @@ def ipv6_base_flows(config: NetworkConfig, own: Lease) -> list[Flow]:
     flows = routing_flows(V6, config.backend.vni, network, own.ipv6_subnet, gw, gw_mac)
     flows += [
         flow(Table.CLASSIFY, PRIO_GUARD,
-             {"in_port": GATEWAY_OFPORT, "eth_src": gw_mac, **_NS}, [goto_table(Table.ARP)], c),
-        flow(Table.CLASSIFY, PRIO_GUARD, {**_ICMP, "icmpv6_type": ICMPV6_RA}, (), c),
-        flow(Table.CLASSIFY, PRIO_GUARD, {**_ICMP, "icmpv6_type": ICMPV6_NA}, (), c),
-        flow(Table.ARP, PRIO_GUARD, {**_NS, "ipv6_src": UNSPECIFIED}, (), c),
-        flow(Table.ARP, PRIO_GUARD, {**_ICMP, "icmpv6_type": ICMPV6_NA, "icmpv6_code": 0},
+             {"in_port": GATEWAY_OFPORT, "eth_src": gw_mac, **NS}, [goto_table(Table.ARP)], c),
+        flow(Table.CLASSIFY, PRIO_GUARD, {**ICMPV6, "icmpv6_type": ICMPV6_RA}, (), c),
+        flow(Table.CLASSIFY, PRIO_GUARD, {**ICMPV6, "icmpv6_type": ICMPV6_NA}, (), c),
+        flow(Table.ARP, PRIO_GUARD, {**NS, "ipv6_src": UNSPECIFIED}, (), c),
+        flow(Table.ARP, PRIO_GUARD, {**ICMPV6, "icmpv6_type": ICMPV6_NA, "icmpv6_code": 0},
              nd_reply_tail(), c),
-        flow(Table.ARP, PRIO_EXACT, {**_NS, "nd_target": gw}, nd_reply(gw_mac, True), c),
-        flow(Table.ARP, PRIO_OVERLAY, {**_NS, "nd_target": network}, nd_reply(gw_mac, True), c),
+        flow(Table.ARP, PRIO_EXACT, {**NS, "nd_target": gw}, nd_reply(gw_mac, True), c),
+        flow(Table.ARP, PRIO_OVERLAY, {**NS, "nd_target": network}, nd_reply(gw_mac, True), c),
         flow(Table.ROUTE, PRIO_OVERLAY, {"eth_type": ETH_TYPE_IPV6, "ipv6_dst": MULTICAST}, (), c),
     ]
     return flows
@@ -123,11 +121,11 @@ def endpoint_v6_flows(own: Lease, endpoint: Endpoint) -> list[Flow]:
     the caller checked `dual_stack` and that the endpoint has an IPv6 address."""
     c = cookie_for(Owner.ENDPOINT, int(endpoint.ip))
     ip, mac = endpoint.ipv6, endpoint.mac
-    guard = {"in_port": endpoint.ofport, "eth_src": mac, "eth_type": ETH_TYPE_IPV6, **_NS}
+    guard = {"in_port": endpoint.ofport, "eth_src": mac, "eth_type": ETH_TYPE_IPV6, **NS}
     to_arp = [goto_table(Table.ARP)]
     return [
         *endpoint_ip_flows(V6, ip, own, endpoint, c),
         flow(Table.CLASSIFY, PRIO_GUARD, {**guard, "ipv6_src": ip}, to_arp, c),
         flow(Table.CLASSIFY, PRIO_GUARD, {**guard, "ipv6_src": link_local(mac)}, to_arp, c),
-        flow(Table.ARP, PRIO_EXACT, {**_NS, "nd_target": ip}, nd_reply(mac, False), c),
+        flow(Table.ARP, PRIO_EXACT, {**NS, "nd_target": ip}, nd_reply(mac, False), c),
     ]

@@ -42,11 +42,12 @@ in POLICY_ZONE whatever policy changes later, until it ends (conntrack's own
 timeouts); a policy change only judges the connections opened after it. A
 connection opened before its pod's switch had any policy flow is not in the
 zone: its packets are judged one by one, as if each opened it.
-IPv6 (a dual-stack pod's second address): rules are not compiled for it yet, so
-an isolated pod fails closed there. Its IPv6 packets, both ways, take hooks of
-their own (ROUTE 150 from it, LOCAL 210 to it; no conntrack) into the stage
-and hit its default drop: a pod isolated in either direction exchanges IPv6
-with its own node only (into it from the gateway port: pass, 250).
+IPv6 (a dual-stack pod's second address) is judged as IPv4, in the same tables
+and conntrack zone: every flow above has its IPv6 twin (`flows.family`'s fields)
+where a pod has an IPv6 address, a selector's peers are its pods' addresses of
+both families, an ipBlock is of its cidr's family, and one conjunction holds a
+rule's clauses of both (a packet matches the clauses of its own family only).
+An IPv4-only cluster gets no IPv6 flow.
 Named ports resolve per destination pod: the pods (ingress) or peers (egress)
 that resolve a rule's names alike share one conjunction. An ipBlock's except
 is subtracted from its cidr (the rest as disjoint networks).
@@ -56,16 +57,15 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from flows.family import V4, Family, family
 from flows.flow import (
     CT_EST,
     CT_REL,
     CT_TRK,
-    ETH_TYPE_IP,
-    ETH_TYPE_IPV6,
     Action,
     Flow,
     Masked,
@@ -120,6 +120,11 @@ class Stage:
     pod_field: str  # the field naming the guarded pod (the source of egress)
     peer_field: str  # the field naming the other end
 
+    def fields(self, fam: Family) -> tuple[str, str]:
+        """`pod_field` and `peer_field` in `fam`'s names."""
+        names = {"ip_src": fam.src, "ip_dst": fam.dst}
+        return names[self.pod_field], names[self.peer_field]
+
     def passing(self, new: bool) -> tuple[Action, ...]:
         commit = (ct(POLICY_ZONE, None, commit=True),) if new else ()
         return (*commit, set_field(self.done, 1), ct_clear(), resubmit(self.hook_table))
@@ -168,7 +173,8 @@ def endpoint_pod(endpoint: Endpoint) -> Pod | None:
     ident = endpoint.pod
     if ident is None:
         return None
-    return pod(ident.namespace, ident.name, endpoint.ip, ident.label_map, ident.ports)
+    return pod(ident.namespace, ident.name, endpoint.ip, ident.label_map, ident.ports,
+               endpoint.ipv6)  # fmt: skip
 
 
 def drop_cookie(ip: IPv4Address) -> int:
@@ -202,10 +208,8 @@ def _port_matches(port: PolicyPort, number: int | None = None) -> list[dict[str,
             for v, m in port_ranges(port.port, port.end_port)]  # fmt: skip
 
 
-def block_networks(block: IPBlock) -> list[IPv4Network]:
-    """The block's cidr less its excepts, as disjoint networks (IPv4 only: the overlay's)."""
-    if block.cidr.version != 4:
-        return []
+def block_networks(block: IPBlock) -> list[IPv4Network | IPv6Network]:
+    """The block's cidr less its excepts, as disjoint networks."""
     nets = [block.cidr]
     for cut in block.excepted:
         kept = []
@@ -218,9 +222,19 @@ def block_networks(block: IPBlock) -> list[IPv4Network]:
     return sorted(nets)
 
 
-def _address(net: IPv4Network) -> IPv4Address | IPv4Network:
-    """The canonical match value: an exact address for a /32."""
-    return net.network_address if net.prefixlen == 32 else net
+def _address(net: IPv4Network | IPv6Network) -> Value:
+    """The canonical match value: an exact address for a /32 (/128)."""
+    return net.network_address if net.prefixlen == net.max_prefixlen else net
+
+
+def _addresses(p: Pod) -> list[tuple[Family, IPv4Address | IPv6Address]]:
+    """A pod's addresses with their families (IPv6's if it has one)."""
+    return [(family(ip), ip) for ip in (p.ip, p.ipv6) if ip is not None]
+
+
+def _families(pods: Iterable[Pod]) -> list[Family]:
+    """The families of `pods`' addresses, IPv4's first."""
+    return sorted({fam for p in pods for fam, _ in _addresses(p)}, key=lambda f: f.version)
 
 
 def _resolve(named: Sequence[PolicyPort], target: Pod) -> tuple[tuple[PolicyPort, int], ...]:
@@ -248,6 +262,8 @@ class _Compiler:
         self.clauses: dict[tuple[int, tuple], list[Action]] = defaultdict(list)
         self.direct: dict[tuple[int, tuple], Flow] = {}
         self.members: dict[str, dict[IPv4Address, set[IPv4Address]]] = {}  # by direction
+        # (direction, group) -> the families of its pods' addresses
+        self.group_families: dict[tuple[str, IPv4Address], list[Family]] = {}
 
     def peers(self, ref: RuleRef, rule: Rule, namespace: str) -> list[Value] | None:
         """The addresses a rule's peers stand for; None: every address. The same on every
@@ -265,10 +281,10 @@ class _Compiler:
             if peer.ip_block is not None:
                 out.update(_address(n) for n in block_networks(peer.ip_block))
             else:
-                out.update(p.ip for p in self.pods
-                           if self.evaluator.peer_matches(peer, namespace, p))  # fmt: skip
-        return sorted(out, key=lambda v: (int(v.network_address if isinstance(v, IPv4Network)
-                                                else v), str(v)))  # fmt: skip
+                out.update(ip for p in self.pods if self.evaluator.peer_matches(peer, namespace, p)
+                           for _, ip in _addresses(p))  # fmt: skip
+        return sorted(out, key=lambda v: (v.version, int(v.network_address if isinstance(
+            v, IPv4Network | IPv6Network) else v), str(v)))  # fmt: skip
 
     def conjunctions(self, policy: NetworkPolicy, ref: RuleRef, rule: Rule, stage: Stage,
                      selected: list[Pod]) -> list[Conj]:  # fmt: skip
@@ -294,36 +310,42 @@ class _Compiler:
         for target in self.pods:
             if not rule.peers or any(self.evaluator.peer_matches(peer, policy.namespace, target)
                                      for peer in rule.peers):  # fmt: skip
-                targets[_resolve(named, target)].append(target.ip)
+                targets[_resolve(named, target)] += [ip for _, ip in _addresses(target)]
         out += [(selected, ips, [m for p, n in key for m in _port_matches(p, n)])
                 for key, ips in sorted(targets.items(), key=_by_ports) if key]  # fmt: skip
         return out
 
     def pods_clause(self, stage: Stage, selected: list[Pod]) -> list[dict[str, Value]]:
-        """The matches of `selected`: each isolation group they hold whole by its register,
-        any other pod by its address."""
-        chosen = {p.ip for p in selected}
+        """The matches of `selected`: each isolation group they hold whole by its register
+        (once per family its pods have), any other pod by its addresses."""
+        chosen = {p.ip: p for p in selected}
         members = self.members.get(stage.direction)
         if members is None:  # (asked once the stage's groups are all known)
             members = self.members[stage.direction] = defaultdict(set)
             for (direction, ip), key in self.table.groups.items():
                 if direction == stage.direction:
                     members[key].add(ip)
-        whole = sorted(key for key, ips in members.items() if ips <= chosen)
+        whole = sorted(key for key, ips in members.items() if ips <= chosen.keys())
         for key in whole:
-            chosen -= members[key]
-        return ([{"eth_type": ETH_TYPE_IP, ISOLATION: int(key)} for key in whole]
-                + [{"eth_type": ETH_TYPE_IP, stage.pod_field: ip} for ip in sorted(chosen)])  # fmt: skip
+            for ip in members[key]:
+                del chosen[ip]
+        return ([{"eth_type": fam.eth_type, ISOLATION: int(key)}
+                 for key in whole for fam in self.group_families[stage.direction, key]]
+                + [{"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
+                   for _, p in sorted(chosen.items()) for fam, ip in _addresses(p)])  # fmt: skip
 
     def add_rule(self, stage: Stage, ref: RuleRef, group: int, conj: Conj) -> None:
         selected, peers, ports = conj
         pods = self.pods_clause(stage, selected)
+        families = _families(selected)
         clauses = [pods]
         if peers is not None:
-            clauses.append([{"eth_type": ETH_TYPE_IP, stage.peer_field: v} for v in peers])
+            clauses.append([{"eth_type": fam.eth_type, stage.fields(fam)[1]: v}
+                            for v in peers if (fam := family(v)) in families])  # fmt: skip
         if ports is not None:  # (a port listed twice, or named and numbered alike: once)
             unique = {tuple(sorted(m.items())): m for m in ports}
-            clauses.append([{"eth_type": ETH_TYPE_IP, **m} for m in unique.values()])
+            clauses.append([{"eth_type": fam.eth_type, **m} for fam in families
+                            for m in unique.values()])  # fmt: skip
         if any(not c for c in clauses):
             return  # a peer or port that resolves to nothing: the rule allows nothing here
         conj_id = self._conj_id(ref, group)
@@ -338,10 +360,11 @@ class _Compiler:
             for m in clause:
                 key = (int(stage.table), tuple(sorted(m.items())))
                 self.clauses[key].append(conjunction(conj_id, k, len(clauses)))
-        self.table.flows.append(
-            flow(stage.table, PRIO_RULE_ID, {"eth_type": ETH_TYPE_IP, "conj_id": conj_id},
+        self.table.flows += [
+            flow(stage.table, PRIO_RULE_ID, {"eth_type": fam.eth_type, "conj_id": conj_id},
                  stage.passing(True), cookie)  # (ct needs an IP match)
-        )
+            for fam in families
+        ]  # fmt: skip
 
     def _conj_id(self, ref: RuleRef, group: int) -> int:
         """A conj_id from the rule's name: the same on every switch and replica, and across
@@ -352,8 +375,7 @@ class _Compiler:
         return conj_id
 
     def compile(self, local: Sequence[Pod], subnet: IPv4Network,
-                v6: Mapping[IPv4Address, IPv6Address] | None = None,
-                gateway6: IPv6Address | None = None) -> PolicyTable:  # fmt: skip
+                subnet6: IPv6Network | None = None) -> PolicyTable:  # fmt: skip
         ev = self.evaluator
         isolating = {  # (direction, pod IP) -> namespace/name of the policies isolating it
             (stage.direction, p.ip): {x.key_name for x in ev.selecting(p, stage.direction)}
@@ -363,41 +385,41 @@ class _Compiler:
         if not guarded:
             return self.table
         flows = self.table.flows
-        hooks: list[tuple[Stage, dict]] = []
+        hooks: list[tuple[Stage, dict, IPv4Address]] = []
         for stage in STAGES:
-            flows += _stage_plumbing(stage, subnet)
+            flows += [f for net in (subnet, subnet6) if net for f in _stage_plumbing(stage, net)]
             isolated = [p for p in guarded if isolating[stage.direction, p.ip]]
-            alike: dict[frozenset[str], list[IPv4Address]] = defaultdict(list)
+            alike: dict[frozenset[str], list[Pod]] = defaultdict(list)
             for p in isolated:
-                alike[frozenset(isolating[stage.direction, p.ip])].append(p.ip)
-            for ips in alike.values():
-                key = min(ips)
-                self.table.groups.update(((stage.direction, ip), key) for ip in ips)
-                flows.append(flow(stage.table, PRIO_DROP, {"eth_type": ETH_TYPE_IP, ISOLATION: int(key)},
-                                  (), drop_cookie(key)))  # fmt: skip
+                alike[frozenset(isolating[stage.direction, p.ip])].append(p)
+            for pods in alike.values():
+                key = min(p.ip for p in pods)
+                self.table.groups.update(((stage.direction, p.ip), key) for p in pods)
+                families = self.group_families[stage.direction, key] = _families(pods)
+                flows += [flow(stage.table, PRIO_DROP, {"eth_type": fam.eth_type,
+                                                        ISOLATION: int(key)},
+                               (), drop_cookie(key)) for fam in families]  # fmt: skip
             for p in isolated:
-                match = {"eth_type": ETH_TYPE_IP, stage.pod_field: p.ip}
-                hooks.append((stage, {**match, stage.done: 0}))
-                if stage is EGRESS_STAGE:  # (into a pod, the hairpin flow goes first)
-                    flows.append(flow(stage.table, PRIO_ALWAYS, {**match, "ip_dst": p.ip},
-                                      stage.passing(True), POLICY_COOKIE))  # fmt: skip
+                key = self.table.groups[stage.direction, p.ip]
+                for fam, ip in _addresses(p):
+                    match = {"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
+                    hooks.append((stage, {**match, stage.done: 0}, key))
+                    if stage is EGRESS_STAGE:  # (into a pod, the hairpin flow goes first)
+                        flows.append(flow(stage.table, PRIO_ALWAYS, {**match, fam.dst: ip},
+                                          stage.passing(True), POLICY_COOKIE))  # fmt: skip
                 self.table.isolated[stage.direction, p.ip] = Isolation(
                     f"{p.namespace}/{p.name}",
                     tuple(sorted(isolating[stage.direction, p.ip])),
                 )
             self._rules(stage, isolated, isolating)
-        flows += _ipv6_closed(guarded, v6 or {}, gateway6, hooks)
         flows += self.direct.values()
         flows += [Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE)
                   for (table, match), actions in self.clauses.items()]  # fmt: skip
         generation = zlib.crc32("\n".join(sorted(map(repr, flows))).encode())
-        groups = self.table.groups
         flows += [flow(stage.hook_table, stage.hook_priority, match,
-                       [set_field(GENERATION, generation),
-                        set_field(ISOLATION, int(groups[stage.direction, match[stage.pod_field]])),
-                        ct(POLICY_ZONE, stage.table)]
-                       if match["eth_type"] == ETH_TYPE_IP else [resubmit(stage.table)],
-                       POLICY_COOKIE) for stage, match in hooks]  # fmt: skip
+                       [set_field(GENERATION, generation), set_field(ISOLATION, int(key)),
+                        ct(POLICY_ZONE, stage.table)],
+                       POLICY_COOKIE) for stage, match, key in hooks]  # fmt: skip
         return self.table
 
     def _rules(self, stage: Stage, isolated: list[Pod], isolating: dict) -> None:
@@ -412,47 +434,24 @@ class _Compiler:
                     self.add_rule(stage, ref, group, conj)
 
 
-def _ipv6_closed(guarded: Sequence[Pod], v6: Mapping[IPv4Address, IPv6Address],
-                 gateway: IPv6Address | None, hooks: list[tuple[Stage, dict]]) -> list[Flow]:  # fmt: skip
-    """Fail closed over IPv6 (see the module doc): each guarded pod's IPv6 address hooked
-    into both stages, to its default drop; the node's own traffic into it passes, and so
-    does what it sends to the node's gateway address (the replies to the node's probes)."""
-    flows: list[Flow] = []
-    for p in guarded:
-        six = v6.get(p.ip)
-        if six is None:
-            continue
-        for stage in STAGES:
-            field_name = "ipv6_src" if stage is EGRESS_STAGE else "ipv6_dst"
-            match = {"eth_type": ETH_TYPE_IPV6, field_name: six}
-            hooks.append((stage, {**match, stage.done: 0}))
-            flows.append(flow(stage.table, PRIO_DROP, match, (), drop_cookie(p.ip)))
-            if stage is EGRESS_STAGE and gateway is not None:
-                flows.append(flow(stage.table, PRIO_ALWAYS, {**match, "ipv6_dst": gateway},
-                                  stage.passing(False), POLICY_COOKIE))  # fmt: skip
-    if flows:
-        flows.append(flow(Table.POL_INGRESS, PRIO_ALWAYS,
-                          {"eth_type": ETH_TYPE_IPV6, "in_port": GATEWAY_OFPORT},
-                          INGRESS_STAGE.passing(False), POLICY_COOKIE))  # fmt: skip
-    return flows
-
-
-def _stage_plumbing(stage: Stage, subnet: IPv4Network) -> list[Flow]:
-    """What a stage holds whatever its pods: the commit hook of the node's subnet, state
-    bypass, the node's own traffic, the miss."""
-    ip = {"eth_type": ETH_TYPE_IP}
+def _stage_plumbing(stage: Stage, subnet: IPv4Network | IPv6Network) -> list[Flow]:
+    """What a stage holds whatever its pods, for `subnet`'s family: the commit hook of the
+    node's subnet, state bypass, the node's own traffic, the miss (IPv4's only)."""
+    fam = family(subnet)
+    ip = {"eth_type": fam.eth_type}
     flows = [
         flow(stage.table, PRIO_STATE, {**ip, "ct_state": ct_state(bits | CT_TRK)},
              stage.passing(False), POLICY_COOKIE)
         for bits in (CT_EST, CT_REL)
     ]  # fmt: skip
     flows.append(flow(stage.hook_table, stage.hook_priority - 5,
-                      {**ip, stage.pod_field: subnet, stage.done: 0},
+                      {**ip, stage.fields(fam)[0]: subnet, stage.done: 0},
                       stage.passing(True), POLICY_COOKIE))  # fmt: skip
     if stage is INGRESS_STAGE:
         flows.append(flow(stage.table, PRIO_ALWAYS, {**ip, "in_port": GATEWAY_OFPORT},
                           stage.passing(True), POLICY_COOKIE))  # fmt: skip
-    flows.append(flow(stage.table, PRIO_MISS, {}, (), POLICY_COOKIE))
+    if fam is V4:
+        flows.append(flow(stage.table, PRIO_MISS, {}, (), POLICY_COOKIE))
     return flows
 
 
@@ -490,8 +489,6 @@ def stage_table(
         return PolicyTable()
     local = list(local)
     own = [p for e in local if (p := endpoint_pod(e)) is not None]
-    v6 = {e.ip: e.ipv6 for e in local if e.ipv6 is not None}
-    gateway6 = ipv6_subnet.network_address + 1 if ipv6_subnet is not None else None
     return _Compiler(policies, namespaces, pods, {} if peers is None else peers).compile(
-        own, subnet, v6, gateway6)
+        own, subnet, ipv6_subnet)
 

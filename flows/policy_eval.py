@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv6Address
 
 from leases.pods import ContainerPort
 from leases.policy import (
@@ -49,6 +50,7 @@ class Pod:
     ip: IPAddress
     labels: tuple[tuple[str, str], ...] = ()  # sorted by key
     ports: tuple[ContainerPort, ...] = ()
+    ipv6: IPv6Address | None = None  # a dual-stack pod's second address (the flows' concern)
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -178,6 +180,7 @@ def pod(
     ip: IPAddress,
     labels: Mapping[str, str] | None = None,
     ports: Iterable[ContainerPort] = (),
+    ipv6: IPv6Address | None = None,
 ) -> Pod:
     """A Pod from a plain labels mapping."""
-    return Pod(namespace, name, ip, tuple(sorted((labels or {}).items())), tuple(ports))
+    return Pod(namespace, name, ip, tuple(sorted((labels or {}).items())), tuple(ports), ipv6)

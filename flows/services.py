@@ -54,6 +54,13 @@ port's place among the service's ports (8 bits): stable, the same on every
 replica, and the key of the port's flow cookie (also of a port with affinity,
 which has no group).
 
+IPv6 (an IPv6ServiceNetwork, on a dual-stack node: `dual_stack`): the same flows in the
+IPv6 fields (`flows.family`), neighbour solicitations for the range answered as ARP
+requests are, the range's last address the hairpin source. An IPv6 service's group ids
+and reply-hook keys carry a bit of their own (V6_KEY), and its learned entries name a
+backend by a 32-bit hash (`leases.services.affinity_key`). An IPv4-only cluster or node
+holds none of it.
+
 What a backend change touches: without affinity the port's group only (one
 group-mod per port; its flows stay). With affinity the port's flows instead:
 the links that changed hands (a removed backend's, about an added backend's
@@ -70,18 +77,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from hashlib import blake2b
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from flows.arp import arp_reply
+from flows.family import V4, V6, Family, family, neighbour_answer
 from flows.flow import (
-    ARP_REQUEST,
     CT_EST,
     CT_NEW,
     CT_REL,
     CT_RPL,
     CT_TRK,
-    ETH_TYPE_ARP,
-    ETH_TYPE_IP,
     OFPP_IN_PORT,
     Flow,
     Owner,
@@ -100,6 +104,7 @@ from flows.flow import (
     set_field,
 )
 from flows.groups import Bucket, Group
+from flows.ipv6 import dual_stack
 from flows.ports import gateway_mac
 from leases.model import (
     Backend,
@@ -110,7 +115,7 @@ from leases.model import (
     ServicePort,
     VxflowConfig,
 )
-from leases.services import link_count
+from leases.services import affinity_key, link_count, overlay_of
 
 SERVICE_ZONE = 7678  # conntrack zone of service connections ("vx")
 HAIRPIN_ZONE = 7679  # conntrack zone of the hairpin SNAT
@@ -122,28 +127,37 @@ PRIO_RANGE = 50  # ROUTE: the unserved rest of the ServiceNetwork, dropped
 PRIO_ANY = 1  # SVC_REPLY: not a service reply: delivered as it is
 IP_PROTO = {"TCP": 6, "UDP": 17}
 BASE_KEY = 0  # SERVICE_NET key of the plumbing; reply hooks use proto << 16 | port
+V6_KEY = 1 << 28  # in an IPv6 service's group ids and reply-hook keys (beside 28 bits)
 
 NET_COOKIE = cookie_for(Owner.SERVICE_NET, BASE_KEY)
 
 
-def hairpin_source(network: IPv4Network) -> IPv4Address:
+Network = IPv4Network | IPv6Network
+
+
+def hairpin_source(network: Network) -> IPv4Address | IPv6Address:
     """The source a pod sees on a connection to its own service: the ServiceNetwork's last
     address (never a VIP: validation keeps it free)."""
     return network.broadcast_address
 
 
-def group_id(network: IPv4Network, service: Service, slot: int) -> int:
+def _family_key(fam: Family) -> int:
+    return V6_KEY if fam is V6 else 0
+
+
+def group_id(network: Network, service: Service, slot: int) -> int:
     """The group (and cookie key) of the `slot`-th port of `service` (ports in their sorted
-    order); below 2**28, far from OpenFlow's reserved group numbers."""
-    return (int(service.vip) - int(network.network_address)) << 8 | slot
+    order); below 2**29, far from OpenFlow's reserved group numbers."""
+    offset = int(service.vip) - int(network.network_address)
+    return _family_key(family(service.vip)) | offset << 8 | slot
 
 
-def reply_key(port: ServicePort) -> int:
-    return IP_PROTO[port.protocol] << 16 | port.target_port
+def reply_key(port: ServicePort, fam: Family = V4) -> int:
+    return _family_key(fam) | IP_PROTO[port.protocol] << 16 | port.target_port
 
 
-def reply_cookie(port: ServicePort) -> int:
-    return cookie_for(Owner.SERVICE_NET, reply_key(port))
+def reply_cookie(port: ServicePort, fam: Family = V4) -> int:
+    return cookie_for(Owner.SERVICE_NET, reply_key(port, fam))
 
 
 def is_learned(f: Flow) -> bool:
@@ -160,49 +174,61 @@ def _field(port: ServicePort, end: str) -> str:
 class ServicePlan:
     """The accepted services and their range: what the services add to every switch."""
 
-    network: IPv4Network  # the ServiceNetwork
+    network: IPv4Network | None  # the ServiceNetwork (None: IPv6 services only)
     services: tuple[Service, ...]
+    network6: IPv6Network | None = None  # the IPv6ServiceNetwork
 
-    def ports(self) -> Iterator[tuple[Service, int, ServicePort]]:
-        for service in self.services:
+    def network_of(self, service: Service) -> Network:
+        net = self.network if service.vip.version == 4 else self.network6
+        assert net is not None  # (the registry accepts a VIP in its family's range only)
+        return net
+
+    def networks(self, six: bool) -> list[Network]:
+        """The ranges a node serves: IPv6's on a dual-stack node (`six`) only."""
+        return [n for n in (self.network, self.network6 if six else None) if n is not None]
+
+    def served(self, six: bool) -> list[Service]:
+        """The services a node serves: IPv6 ones on a dual-stack node (`six`) only."""
+        return [s for s in self.services if six or s.vip.version == 4]
+
+    def ports(self, six: bool = True) -> Iterator[tuple[Service, int, ServicePort]]:
+        for service in self.served(six):
             for slot, port in enumerate(service.ports):
                 yield service, slot, port
 
 
 def service_plan(vxflow: VxflowConfig, services: Iterable[Service]) -> ServicePlan | None:
     """The plan of the accepted `services`; None without a ServiceNetwork (no services)."""
-    net = vxflow.service_network
-    return ServicePlan(net, tuple(sorted(services, key=lambda s: s.name))) if net else None
+    net, net6 = vxflow.service_network, vxflow.service_network6
+    if net is None and net6 is None:
+        return None
+    return ServicePlan(net, tuple(sorted(services, key=lambda s: s.name)), net6)
 
 
-def plumbing_flows(config: NetworkConfig, own: Lease, network: IPv4Network) -> list[Flow]:
-    """What a node with a ServiceNetwork holds whatever its services (cookie NET_COOKIE)."""
-    gw_mac, c = gateway_mac(own.subnet), NET_COOKIE
-    ip = {"eth_type": ETH_TYPE_IP}
+def plumbing_flows(config: NetworkConfig, own: Lease, network: Network) -> list[Flow]:
+    """What a node with a ServiceNetwork holds whatever its services (cookie NET_COOKIE),
+    for the range's family."""
+    fam, gw_mac, c = family(network), gateway_mac(own.subnet), NET_COOKIE
+    ip = {"eth_type": fam.eth_type}
     return [
-        flow(
-            Table.ARP,
-            10,
-            {"eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST, "arp_tpa": network},
-            arp_reply(gw_mac),
-            c,
-        ),
-        flow(Table.ROUTE, PRIO_RANGE, {**ip, "ip_dst": network}, (), c),
+        neighbour_answer(network, gw_mac, 10, c),
+        flow(Table.ROUTE, PRIO_RANGE, {**ip, fam.dst: network}, (), c),
         flow(
             Table.ROUTE,
             PRIO_SERVICE,
-            {**ip, "ip_dst": hairpin_source(network)},
+            {**ip, fam.dst: hairpin_source(network)},
             [move("eth_src", "eth_dst"), ct(HAIRPIN_ZONE, Table.SVC_HAIRPIN_REPLY, nat=())],
             c,
         ),
-        *_on_state(Table.SVC_LB, (CT_EST, CT_REL), [resubmit(Table.ROUTE)]),
+        *_on_state(fam, Table.SVC_LB, (CT_EST, CT_REL), [resubmit(Table.ROUTE)]),
         *_on_state(
+            fam,
             Table.SVC_HAIRPIN_REPLY,
             (CT_EST, CT_REL),
             [ct(SERVICE_ZONE, Table.SVC_HAIRPIN_OUT, nat=())],
         ),
         *_on_state(
-            Table.SVC_REPLY, (CT_EST | CT_RPL, CT_REL), [ct(SERVICE_ZONE, Table.LOCAL, nat=())]
+            fam, Table.SVC_REPLY, (CT_EST | CT_RPL, CT_REL), [ct(SERVICE_ZONE, Table.LOCAL, nat=())]
         ),
         flow(Table.SVC_REPLY, PRIO_ANY, ip, [resubmit(Table.LOCAL)], c),
         flow(
@@ -215,13 +241,13 @@ def plumbing_flows(config: NetworkConfig, own: Lease, network: IPv4Network) -> l
     ]
 
 
-def _on_state(table: Table, states: tuple[int, ...], actions: list) -> list[Flow]:
+def _on_state(fam: Family, table: Table, states: tuple[int, ...], actions: list) -> list[Flow]:
     """One plumbing flow of `table` per conntrack state (each with +trk) doing `actions`."""
     return [
         flow(
             table,
             PRIO_STATE,
-            {"eth_type": ETH_TYPE_IP, "ct_state": ct_state(bits | CT_TRK)},
+            {"eth_type": fam.eth_type, "ct_state": ct_state(bits | CT_TRK)},
             actions,
             NET_COOKIE,
         )
@@ -229,40 +255,41 @@ def _on_state(table: Table, states: tuple[int, ...], actions: list) -> list[Flow
     ]
 
 
-def reply_hook(config: NetworkConfig, port: ServicePort) -> Flow:
-    """LOCAL: an untracked packet from a TargetPort in the overlay may be a backend's reply:
-    look it up in the service zone (SVC_REPLY un-DNATs a reply), then deliver it as usual.
-    Shared by every service with this protocol and TargetPort, so a backend change never
-    touches it."""
+def reply_hook(config: NetworkConfig, port: ServicePort, fam: Family = V4) -> Flow:
+    """LOCAL: an untracked packet from a TargetPort in the overlay (of `fam`) may be a
+    backend's reply: look it up in the service zone (SVC_REPLY un-DNATs a reply), then
+    deliver it as usual. Shared by every service with this protocol and TargetPort, so a
+    backend change never touches it."""
     return flow(
         Table.LOCAL,
         PRIO_SERVICE,
         {
-            "eth_type": ETH_TYPE_IP,
+            "eth_type": fam.eth_type,
             "ct_state": ct_state(minus=CT_TRK),
-            "ip_src": config.network,
+            fam.src: overlay_of(config, fam.version),
             "ip_proto": IP_PROTO[port.protocol],
             _field(port, "src"): port.target_port,
         },
         [ct(SERVICE_ZONE, Table.SVC_REPLY)],
-        reply_cookie(port),
+        reply_cookie(port, fam),
     )
 
 
 def _vip_match(service: Service, port: ServicePort) -> dict:
+    fam = family(service.vip)
     return {
-        "eth_type": ETH_TYPE_IP,
-        "ip_dst": service.vip,
+        "eth_type": fam.eth_type,
+        fam.dst: service.vip,
         "ip_proto": IP_PROTO[port.protocol],
         _field(port, "dst"): port.port,
     }
 
 
-def _commit(backend_ip: IPv4Address, port: ServicePort) -> tuple:
+def _commit(backend_ip: IPv4Address | IPv6Address, port: ServicePort) -> tuple:
     return ct(SERVICE_ZONE, Table.ROUTE, commit=True, nat=("dst", backend_ip, port.target_port))
 
 
-def port_flows(network: IPv4Network, service: Service, slot: int) -> list[Flow]:
+def port_flows(network: Network, service: Service, slot: int) -> list[Flow]:
     """The flows one service port owns (cookie: its group id)."""
     port = service.ports[slot]
     gid = group_id(network, service, slot)
@@ -286,7 +313,7 @@ def port_flows(network: IPv4Network, service: Service, slot: int) -> list[Flow]:
     learned = cookie_for(Owner.LEARNED, gid)
     assign = {b.ip: _assign(service, port, learned, b.ip) for b in service.backends}
     flows += [
-        flow(Table.SVC_DNAT, PRIO_NEW, {**vip, "reg1": int(ip)}, actions, c)
+        flow(Table.SVC_DNAT, PRIO_NEW, {**vip, "reg1": affinity_key(ip)}, actions, c)
         for ip, actions in assign.items()
     ]
     links = affinity_links(service.backends)
@@ -299,10 +326,13 @@ def port_flows(network: IPv4Network, service: Service, slot: int) -> list[Flow]:
     return flows
 
 
-def _assign(service: Service, port: ServicePort, learned: int, ip: IPv4Address) -> tuple:
+def _assign(
+    service: Service, port: ServicePort, learned: int, ip: IPv4Address | IPv6Address
+) -> tuple:
     """Learn (or refresh) the client's affinity entry for backend `ip`, then connect there."""
     remember = learn(Table.SVC_AFFINITY, service.affinity_timeout, PRIO_NEW, learned,
-                     IP_PROTO[port.protocol], _field(port, "dst"), int(ip))  # fmt: skip
+                     IP_PROTO[port.protocol], _field(port, "dst"), affinity_key(ip),
+                     family(ip).eth_type)  # fmt: skip
     return (remember, _commit(ip, port))
 
 
@@ -336,7 +366,7 @@ def _links_per_backend(backends: tuple[Backend, ...], n: int) -> list[int]:
     return counts
 
 
-def _permutation(ip: IPv4Address, n: int) -> Iterator[int]:
+def _permutation(ip: IPv4Address | IPv6Address, n: int) -> Iterator[int]:
     """A backend's own order of the n links (offset + j * skip mod n: a permutation, as n is
     prime), from a stable hash of its address (Python's own `hash` is salted per process)."""
     digest = int.from_bytes(blake2b(ip.packed, digest_size=8).digest(), "big")
@@ -345,7 +375,7 @@ def _permutation(ip: IPv4Address, n: int) -> Iterator[int]:
 
 
 @lru_cache(maxsize=256)
-def affinity_links(backends: tuple[Backend, ...]) -> tuple[IPv4Address, ...]:
+def affinity_links(backends: tuple[Backend, ...]) -> tuple[IPv4Address | IPv6Address, ...]:
     """Each link's backend (the index is the link): Maglev's lookup table (Eisenbud et al.,
     NSDI 2016) with weights. The backends take turns, in their order, each claiming the next
     free link of its own permutation until it holds its count (`_links_per_backend`).
@@ -356,7 +386,7 @@ def affinity_links(backends: tuple[Backend, ...]) -> tuple[IPv4Address, ...]:
     added backend's share and a few more (the unit tests measure it): few clients without
     an entry change backend, and the change is few flow-mods. The same on every replica."""
     n = link_count(len(backends))
-    table: list[IPv4Address | None] = [None] * n
+    table: list[IPv4Address | IPv6Address | None] = [None] * n
     wants = _links_per_backend(backends, n)
     prefs = [_permutation(b.ip, n) for b in backends]
     left = n
@@ -368,7 +398,7 @@ def affinity_links(backends: tuple[Backend, ...]) -> tuple[IPv4Address, ...]:
     return tuple(table)  # type: ignore[arg-type]  # every link claimed
 
 
-def port_group(network: IPv4Network, service: Service, slot: int) -> Group | None:
+def port_group(network: Network, service: Service, slot: int) -> Group | None:
     """The select group of one service port; None without backends (its traffic is
     dropped by a flow instead, where it is counted) and with affinity (its flows pick)."""
     if not service.backends or service.affinity_timeout:
@@ -378,18 +408,22 @@ def port_group(network: IPv4Network, service: Service, slot: int) -> Group | Non
     return Group(group_id(network, service, slot), buckets)
 
 
-def hairpin_flow(endpoint: Endpoint, network: IPv4Network, cookie: int) -> Flow:
+def hairpin_flows(endpoint: Endpoint, plan: ServicePlan, six: bool, cookie: int) -> list[Flow]:
+    """The endpoint's `hairpin_flow` per range its node serves (`six`: a dual-stack node)."""
+    return [hairpin_flow(endpoint, net, cookie) for net in plan.networks(six)
+            if net.version == 4 or endpoint.ipv6 is not None]  # fmt: skip
+
+
+def hairpin_flow(endpoint: Endpoint, network: Network, cookie: int) -> Flow:
     """LOCAL: the pod's own packet coming back to it (the VIP chose it as backend) leaves
-    SNATed to the hairpin source; owned by the endpoint (`cookie`), as its other flows."""
+    SNATed to the hairpin source; owned by the endpoint (`cookie`), as its other flows.
+    (`network`'s family: the pod's address of that family.)"""
+    fam = family(network)
+    ip = endpoint.ip if fam is V4 else endpoint.ipv6
     return flow(
         Table.LOCAL,
         PRIO_HAIRPIN,
-        {
-            "in_port": endpoint.ofport,
-            "eth_type": ETH_TYPE_IP,
-            "ip_src": endpoint.ip,
-            "ip_dst": endpoint.ip,
-        },
+        {"in_port": endpoint.ofport, "eth_type": fam.eth_type, fam.src: ip, fam.dst: ip},
         [
             set_field("eth_dst", endpoint.mac),
             ct(
@@ -408,9 +442,9 @@ class Flush:
     """The conntrack entries (SERVICE_ZONE) of one UDP backend a service port no longer
     has: to VIP:port, answered from backend:target_port."""
 
-    vip: IPv4Address
+    vip: IPv4Address | IPv6Address
     port: int
-    backend: IPv4Address
+    backend: IPv4Address | IPv6Address
     target_port: int
     ip_proto: int = IP_PROTO["UDP"]
 
@@ -435,19 +469,22 @@ def removed_udp_backends(old: Service, new: Service | None) -> list[Flush]:
     ]
 
 
-def reply_ports(services: Iterable[Service]) -> dict[int, ServicePort]:
-    """One ServicePort per distinct (protocol, TargetPort), by reply-hook key."""
-    return {reply_key(p): p for s in services for p in s.ports}
+def reply_ports(services: Iterable[Service]) -> dict[int, tuple[ServicePort, Family]]:
+    """One ServicePort per distinct (family, protocol, TargetPort), by reply-hook key."""
+    return {reply_key(p, fam): (p, fam) for s in services for p in s.ports
+            if (fam := family(s.vip))}  # fmt: skip
 
 
 def plan_flows(config: NetworkConfig, own: Lease, plan: ServicePlan) -> list[Flow]:
     """Every service flow of `own`'s switch except the endpoints' hairpin flows."""
-    flows = plumbing_flows(config, own, plan.network)
-    flows += [reply_hook(config, p) for p in reply_ports(plan.services).values()]
-    for service, slot, _ in plan.ports():
-        flows += port_flows(plan.network, service, slot)
+    six = dual_stack(config, own)
+    flows = [f for net in plan.networks(six) for f in plumbing_flows(config, own, net)]
+    flows += [reply_hook(config, p, fam) for p, fam in reply_ports(plan.served(six)).values()]
+    for service, slot, _ in plan.ports(six):
+        flows += port_flows(plan.network_of(service), service, slot)
     return flows
 
 
-def plan_groups(plan: ServicePlan) -> list[Group]:
-    return [g for s, slot, _ in plan.ports() if (g := port_group(plan.network, s, slot))]
+def plan_groups(plan: ServicePlan, six: bool = True) -> list[Group]:
+    """The groups of the services a node serves (`six`: a dual-stack node)."""
+    return [g for s, slot, _ in plan.ports(six) if (g := port_group(plan.network_of(s), s, slot))]

@@ -279,7 +279,7 @@ def leasable(fam: FamilyConfig | NetworkConfig, subnet: IPNetwork) -> bool:
 
 
 # what a dual-stack cluster does not get over IPv6 yet (README.md, "Dual stack")
-IPV6_NOT_YET = "services and network policy rules"
+IPV6_NOT_YET = "services' health checks and direct routes"
 
 
 def ipv6_notice(config: NetworkConfig) -> str | None:
@@ -289,7 +289,7 @@ def ipv6_notice(config: NetworkConfig) -> str | None:
     if config.ipv6 is None:
         return None
     return (
-        f"EnableIPv6: IPv6Network {config.ipv6.network} is routed between pods and nodes; "
-        f"{IPV6_NOT_YET} are IPv4 only so far (a pod a policy isolates gets no IPv6 but "
-        "with its own node)"
+        f"EnableIPv6: IPv6Network {config.ipv6.network} is routed between pods and nodes "
+        f"(services with an IPv6ServiceNetwork, network policy too); {IPV6_NOT_YET} are "
+        "IPv4 only so far"
     )

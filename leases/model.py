@@ -184,9 +184,10 @@ class ServicePort:
 
 @dataclass(frozen=True)
 class Backend:
-    """An endpoint of a service: an IP in the overlay and its share of new connections."""
+    """An endpoint of a service: an IP in the overlay of its service's family and its share
+    of new connections."""
 
-    ip: IPv4Address
+    ip: IPv4Address | IPv6Address
     weight: int = 1
 
 
@@ -229,10 +230,11 @@ class Readiness:
 class Service:
     """A virtual service: `<prefix>/vxflow/services/<name>`, load-balanced in every node's
     flows. `ports` are sorted by (protocol, port), `backends` by IP: a port's place in
-    that order is part of its OpenFlow group id (`flows.services`)."""
+    that order is part of its OpenFlow group id (`flows.services`). Its VIP's family is its
+    backends' (an IPv6 VIP lies in the IPv6ServiceNetwork and balances over IPv6 pods)."""
 
     name: str
-    vip: IPv4Address
+    vip: IPv4Address | IPv6Address
     ports: tuple[ServicePort, ...]
     backends: tuple[Backend, ...] = ()
     affinity_timeout: int = 0  # seconds of client-IP session affinity; 0: none
@@ -245,6 +247,11 @@ class VxflowConfig:
     """`<prefix>/vxflow/config`: vxflow's own settings beside flannel's config."""
 
     service_network: IPv4Network | None = None  # the virtual IPs' range; None: no services
+    service_network6: IPv6Network | None = None  # IPv6's (IPv6ServiceNetwork); None: none
+
+    def network_of(self, vip: IPv4Address | IPv6Address) -> IPv4Network | IPv6Network | None:
+        """The range of `vip`'s family (None: that family has no services)."""
+        return self.service_network if vip.version == 4 else self.service_network6
 
 
 def subnet_key(subnet: IPv4Network | IPv6Network) -> str:

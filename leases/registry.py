@@ -65,6 +65,7 @@ from leases.policy import (
     relabel,
 )
 from leases.services import (
+    NETWORK_KEYS,
     check_service,
     parse_vxflow_config,
     resolve_services,
@@ -658,7 +659,8 @@ class Registry:
     def set_service_network(self, network: str) -> VxflowConfig:
         """Validate `network` against the overlay and the underlay (the etcd endpoints, the
         nodes' PublicIPs, the controllers' addresses) and store it as the ServiceNetwork of
-        `<prefix>/vxflow/config`, keeping the key's other fields."""
+        `<prefix>/vxflow/config` (an IPv6 one, by its colons, as the IPv6ServiceNetwork),
+        keeping the key's other fields."""
         config = self.get_config()
         snap = self.snapshot()
         underlay = [*self.etcd_addresses(), *underlay_of(snap.leases, snap.members)]
@@ -666,11 +668,12 @@ class Registry:
         obj = json.loads(kv.value) if kv is not None else {}
         if not isinstance(obj, dict):  # an invalid value is replaced, not merged
             obj = {}
-        obj["ServiceNetwork"] = network
+        name = NETWORK_KEYS[6 if ":" in network else 4]
+        obj[name] = network
         raw = json.dumps(obj, separators=(",", ":"))
         vx = parse_vxflow_config(raw, config, underlay)
         self.etcd.put(self.keys.vxflow_config, raw)
-        log.info("vxflow config written to %s: ServiceNetwork %s", self.keys.vxflow_config, network)
+        log.info("vxflow config written to %s: %s %s", self.keys.vxflow_config, name, network)
         return vx
 
     def put_service(self, obj: dict) -> Service:

@@ -1,6 +1,7 @@
 """Virtual services and vxflow's own config: validation and JSON values (pure).
 
-    <prefix>/vxflow/config          {"ServiceNetwork": "10.96.0.0/16"}
+    <prefix>/vxflow/config          {"ServiceNetwork": "10.96.0.0/16",
+                                     "IPv6ServiceNetwork": "fd00:96::/108"}
     <prefix>/vxflow/services/<name> {"Name": name, "VIP": ip,
                                      "Ports": [{"Port", "Protocol", "TargetPort"}],
                                      "Backends": [{"IP", "Weight"}],
@@ -16,6 +17,10 @@ either becomes a `Service` or a `Rejection` naming the key and the reason,
 and only accepted services ever yield a flow. Two services claiming one VIP
 are resolved deterministically (the older key keeps it), so every controller
 replica programs the same one.
+
+Each family has its range (as flannel's Network and IPv6Network): a service's VIP lies
+in its family's, and its backends are pods of that family's overlay. An IPv6 service
+needs a dual-stack network config (EnableIPv6).
 """
 
 from __future__ import annotations
@@ -24,7 +29,15 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
-from ipaddress import AddressValueError, IPv4Address, IPv4Network, NetmaskValueError
+from hashlib import blake2b
+from ipaddress import (
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
 from itertools import pairwise
 from typing import Any
 
@@ -49,8 +62,9 @@ MAX_BACKENDS = 512  # one OpenFlow group-mod (64 KiB) must hold a bucket per bac
 MAX_WEIGHT = 0xFFFF  # an OpenFlow bucket weight is 16 bits
 MAX_AFFINITY_TIMEOUT = 0xFFFF  # the learned flow's idle_timeout is 16 bits
 DEFAULT_AFFINITY_TIMEOUT = 10800  # Kubernetes' default for ClientIP affinity
-MIN_SERVICE_PREFIX = 12  # at most 2**20 VIPs: a VIP's offset is 20 bits of its group id
-MAX_SERVICE_PREFIX = 30
+# at most 2**20 VIPs, a VIP's offset being 20 bits of its group id: a range is a /12 to /30,
+# for IPv6 a /108 to /126 (as Kubernetes bounds an IPv6 service range by /108)
+VIP_BITS = 20
 # Client-IP affinity: a port's link table (flows/services.py) has one of these sizes, the
 # smallest with LINKS_PER_BACKEND links per backend: primes, as Maglev's permutations need
 LINK_TABLES = (67, 257, 1031, 2053)
@@ -70,8 +84,11 @@ CHECK_DEFAULTS = {f.name: f.default for f in fields(HealthCheck)}  # kubelet's, 
 AFFINITIES = ("None", "ClientIP")
 SERVICE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
 _NOT_ROUTABLE = tuple(
-    IPv4Network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3")
-)
+    ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3",
+                            "::/127", "::ffff:0:0/96", "fe80::/10", "ff00::/8")
+)  # fmt: skip
+# each family's key in <prefix>/vxflow/config, as flannel names its Network and IPv6Network
+NETWORK_KEYS = {4: "ServiceNetwork", 6: "IPv6ServiceNetwork"}
 
 
 class ServiceReason:
@@ -111,32 +128,50 @@ def service_flows(svc: Service) -> int:
 # -- vxflow's config ------------------------------------------------------------------
 
 
-Underlay = Iterable[tuple[IPv4Address, str]]  # addresses a ServiceNetwork must not hold, named
+Underlay = Iterable[tuple[IPv4Address | IPv6Address, str]]  # what a range must not hold, named
 
 
-def underlay_of(leases: Iterable[Lease], members: Iterable[Member]) -> list[tuple[IPv4Address, str]]:
-    """The nodes' PublicIPs and the controllers' addresses: every agent routes the
-    ServiceNetwork into its gateway port, so a range holding one of them would cut every
-    node off that node's VXLAN or that controller."""
-    out = [(lease.public_ip, f"the PublicIP of lease {lease.subnet}") for lease in leases]
+def underlay_of(
+    leases: Iterable[Lease], members: Iterable[Member]
+) -> list[tuple[IPv4Address | IPv6Address, str]]:
+    """The nodes' PublicIPs (and PublicIPv6s) and the controllers' addresses: every agent
+    routes the ServiceNetwork into its gateway port, so a range holding one of them would
+    cut every node off that node's VXLAN or that controller."""
+    out: list[tuple[IPv4Address | IPv6Address, str]] = [
+        (lease.public_ip, f"the PublicIP of lease {lease.subnet}") for lease in leases
+    ]
+    out += [(lease.public_ipv6, f"the PublicIPv6 of lease {lease.subnet}") for lease in leases
+            if lease.public_ipv6 is not None]  # fmt: skip
     out += [(ip, f"the address of controller {m.id}") for m in members if (ip := target_ip(m.address))]
     return out
 
 
-def _network_problem(net: IPv4Network, config: NetworkConfig | None, underlay: Underlay) -> str | None:
-    if not MIN_SERVICE_PREFIX <= net.prefixlen <= MAX_SERVICE_PREFIX:
-        return (
-            f"{net} must be a /{MIN_SERVICE_PREFIX} to /{MAX_SERVICE_PREFIX} "
-            f"(at most 2**20 virtual IPs)"
-        )
-    if any(net.overlaps(bad) for bad in _NOT_ROUTABLE):
+def overlay_of(config: NetworkConfig, version: int) -> IPv4Network | IPv6Network | None:
+    """The overlay network of one family (None: the config has no IPv6)."""
+    if version == 4:
+        return config.network
+    return config.ipv6.network if config.ipv6 is not None else None
+
+
+def _network_problem(
+    net: IPv4Network | IPv6Network, config: NetworkConfig | None, underlay: Underlay
+) -> str | None:
+    low = net.max_prefixlen - VIP_BITS
+    if not low <= net.prefixlen <= net.max_prefixlen - 2:
+        return f"{net} must be a /{low} to /{net.max_prefixlen - 2} (at most 2**20 virtual IPs)"
+    if any(net.overlaps(bad) for bad in _NOT_ROUTABLE if bad.version == net.version):
         return f"{net} overlaps an unspecified, loopback, link-local or multicast range"
-    if config is not None and net.overlaps(config.network):
-        return f"{net} overlaps the overlay Network {config.network}"
+    if config is not None:
+        overlay = overlay_of(config, net.version)
+        if overlay is None:
+            return f"{net}: IPv6 services need EnableIPv6 and an IPv6Network in the network config"
+        if net.overlaps(overlay):
+            name = "Network" if net.version == 4 else "IPv6Network"
+            return f"{net} overlaps the overlay {name} {overlay}"
     return underlay_problem(net, underlay)
 
 
-def underlay_problem(net: IPv4Network, underlay: Underlay) -> str | None:
+def underlay_problem(net: IPv4Network | IPv6Network, underlay: Underlay) -> str | None:
     """Why `net` cannot be the ServiceNetwork: it holds one of the `underlay` addresses."""
     for ip, what in underlay:
         if ip in net:
@@ -154,21 +189,30 @@ def parse_vxflow_config(
         obj = _object(raw)
     except _Invalid as bad:
         raise ConfigError("config", bad.detail) from None
-    value = obj.get("ServiceNetwork")
+    v4 = _service_network(obj, 4, config, underlay)
+    v6 = _service_network(obj, 6, config, underlay)
+    return VxflowConfig(service_network=v4, service_network6=v6)  # type: ignore[arg-type]
+
+
+def _service_network(
+    obj: dict[str, Any], version: int, config: NetworkConfig | None, underlay: Underlay
+) -> IPv4Network | IPv6Network | None:
+    """One family's range (`NETWORK_KEYS`): None when absent or empty."""
+    name = NETWORK_KEYS[version]
+    value = obj.get(name)
     if value is None or value == "":
-        return VxflowConfig()
+        return None
     if not isinstance(value, str):
-        raise ConfigError("ServiceNetwork", f"must be a CIDR string, got {json.dumps(value)}")
+        raise ConfigError(name, f"must be a CIDR string, got {json.dumps(value)}")
+    cls = IPv4Network if version == 4 else IPv6Network
     try:
-        net = IPv4Network(value)
-    except (AddressValueError, NetmaskValueError, ValueError) as exc:
-        raise ConfigError(
-            "ServiceNetwork", f"not an IPv4 CIDR without host bits: {value!r}"
-        ) from exc
+        net = cls(value)
+    except ValueError as exc:
+        raise ConfigError(name, f"not an IPv{version} CIDR without host bits: {value!r}") from exc
     problem = _network_problem(net, config, underlay)
     if problem:
-        raise ConfigError("ServiceNetwork", problem)
-    return VxflowConfig(service_network=net)
+        raise ConfigError(name, problem)
+    return net
 
 
 def check_vxflow_config(
@@ -183,8 +227,10 @@ def check_vxflow_config(
 
 
 def vxflow_config_to_json(vx: VxflowConfig) -> str:
+    """(IPv6ServiceNetwork only when set: an IPv4-only config reads as before.)"""
     net = str(vx.service_network) if vx.service_network is not None else ""
-    return json.dumps({"ServiceNetwork": net}, separators=(",", ":"))
+    six = {NETWORK_KEYS[6]: str(vx.service_network6)} if vx.service_network6 else {}
+    return json.dumps({"ServiceNetwork": net, **six}, separators=(",", ":"))
 
 
 # -- services -------------------------------------------------------------------------
@@ -211,13 +257,13 @@ def _int(
     return value
 
 
-def _ip(text: Any, what: str, reason: str) -> IPv4Address:
+def _ip(text: Any, what: str, reason: str) -> IPv4Address | IPv6Address:
     if not isinstance(text, str):
         raise _Invalid(Reason.WRONG_TYPE, f"{what} has the wrong type: {json.dumps(text)}")
     try:
-        return IPv4Address(text)
-    except AddressValueError as exc:
-        raise _Invalid(reason, f"{what} {text!r} is not an IPv4 address") from exc
+        return ip_address(text)
+    except ValueError as exc:
+        raise _Invalid(reason, f"{what} {text!r} is not an IPv4 or IPv6 address") from exc
 
 
 def _port(obj: Any) -> ServicePort:
@@ -248,11 +294,11 @@ def _ports(obj: dict[str, Any]) -> tuple[ServicePort, ...]:
     return tuple(ports)
 
 
-def _backend(obj: Any, config: NetworkConfig) -> Backend:
+def _backend(obj: Any, network: IPv4Network | IPv6Network) -> Backend:
+    """A backend in `network`, the overlay of its service's family."""
     if not isinstance(obj, dict):
         raise _Invalid(Reason.WRONG_TYPE, f"a backend is not an object: {json.dumps(obj)}")
     ip = _ip(obj.get("IP"), "backend IP", ServiceReason.BAD_BACKEND)
-    network = config.network
     if ip not in network or ip in (network.network_address, network.broadcast_address):
         raise _Invalid(
             ServiceReason.BAD_BACKEND, f"backend {ip} is not an address in the overlay {network}"
@@ -261,7 +307,7 @@ def _backend(obj: Any, config: NetworkConfig) -> Backend:
     return Backend(ip, weight)
 
 
-def _backends(obj: dict[str, Any], config: NetworkConfig) -> tuple[Backend, ...]:
+def _backends(obj: dict[str, Any], network: IPv4Network | IPv6Network) -> tuple[Backend, ...]:
     raw = obj.get("Backends")
     if raw is None:
         return ()
@@ -269,11 +315,25 @@ def _backends(obj: dict[str, Any], config: NetworkConfig) -> tuple[Backend, ...]
         raise _Invalid(Reason.WRONG_TYPE, f"Backends has the wrong type: {json.dumps(raw)}")
     if len(raw) > MAX_BACKENDS:
         raise _Invalid(ServiceReason.TOO_MANY, f"{len(raw)} backends: at most {MAX_BACKENDS}")
-    backends = sorted((_backend(b, config) for b in raw), key=lambda b: int(b.ip))
+    backends = sorted((_backend(b, network) for b in raw), key=lambda b: int(b.ip))
     for a, b in pairwise(backends):
         if a.ip == b.ip:
             raise _Invalid(ServiceReason.DUPLICATE_BACKEND, f"backend {a.ip} is listed twice")
+    keys: dict[int, IPv4Address | IPv6Address] = {}
+    for b in backends:
+        if (other := keys.setdefault(affinity_key(b.ip), b.ip)) != b.ip:
+            raise _Invalid(ServiceReason.DUPLICATE_BACKEND, f"backends {other} and {b.ip} share "
+                           "their 32-bit affinity key: give one of them another address")  # fmt: skip
     return tuple(backends)
+
+
+def affinity_key(ip: IPv4Address | IPv6Address) -> int:
+    """The 32 bits that name a backend in a learned affinity entry (its register): an IPv4
+    address itself; an IPv6 address hashed (its low bits repeat from subnet to subnet:
+    host-local numbers every node's pods alike), two backends of a service never alike."""
+    if ip.version == 4:
+        return int(ip)
+    return int.from_bytes(blake2b(ip.packed, digest_size=4).digest(), "big")
 
 
 def _affinity(obj: dict[str, Any]) -> int:
@@ -348,20 +408,28 @@ def _health_check(obj: dict[str, Any]) -> HealthCheck | None:
     )
 
 
-def _vip(obj: dict[str, Any], config: NetworkConfig, vx: VxflowConfig) -> IPv4Address:
+def _vip(
+    obj: dict[str, Any], config: NetworkConfig, vx: VxflowConfig
+) -> tuple[IPv4Address | IPv6Address, IPv4Network | IPv6Network]:
+    """The VIP, and the overlay of its family (where its backends must be)."""
     vip = _ip(_field(obj, "VIP", str), "VIP", ServiceReason.BAD_VIP)
-    net = vx.service_network
-    assert net is not None
-    if vip in config.network:
-        raise _Invalid(ServiceReason.BAD_VIP, f"VIP {vip} lies inside the overlay {config.network}")
+    net, key, overlay = vx.network_of(vip), NETWORK_KEYS[vip.version], overlay_of(config, vip.version)
+    if net is None:
+        raise _Invalid(ServiceReason.NO_SERVICE_NETWORK, f"VIP {vip}: no {key} in the vxflow config: "
+                       "set one with `vxflow services network CIDR`")  # fmt: skip
+    if overlay is None:
+        raise _Invalid(ServiceReason.BAD_VIP, f"VIP {vip}: the network config has no IPv6 overlay "
+                       "(EnableIPv6) for its backends")  # fmt: skip
+    if vip in overlay:
+        raise _Invalid(ServiceReason.BAD_VIP, f"VIP {vip} lies inside the overlay {overlay}")
     if vip not in net:
-        raise _Invalid(ServiceReason.BAD_VIP, f"VIP {vip} is outside the ServiceNetwork {net}")
+        raise _Invalid(ServiceReason.BAD_VIP, f"VIP {vip} is outside the {key} {net}")
     if vip in (net.network_address, net.broadcast_address):
         raise _Invalid(
             ServiceReason.BAD_VIP,
-            f"VIP {vip} is the ServiceNetwork's network or last address (the hairpin source)",
+            f"VIP {vip} is the {key}'s network or last address (the hairpin source)",
         )
-    return vip
+    return vip, overlay
 
 
 def _service(name: str, kv: KV, config: NetworkConfig, vx: VxflowConfig) -> Service:
@@ -371,20 +439,24 @@ def _service(name: str, kv: KV, config: NetworkConfig, vx: VxflowConfig) -> Serv
     obj = _object(kv.value, MAX_SERVICE_BYTES)
     if _field(obj, "Name", str) != name:
         raise _Invalid(Reason.BAD_KEY, f"Name {obj['Name']!r} differs from the key's {name!r}")
-    if vx.service_network is None:
+    if vx.service_network is None and vx.service_network6 is None:
         raise _Invalid(
             ServiceReason.NO_SERVICE_NETWORK,
             "no ServiceNetwork in the vxflow config: set one with `vxflow services network CIDR`",
         )
+    vip, overlay = _vip(obj, config, vx)
     svc = Service(
         name=name,
-        vip=_vip(obj, config, vx),
+        vip=vip,
         ports=_ports(obj),
-        backends=_backends(obj, config),
+        backends=_backends(obj, overlay),
         affinity_timeout=_affinity(obj),
         create_revision=kv.create_revision,
         health_check=_health_check(obj),
     )
+    if svc.health_check is not None and vip.version == 6:
+        raise _Invalid(ServiceReason.BAD_HEALTH_CHECK, "HealthCheck is for IPv4 services only: "
+                       "agents do not probe IPv6 backends")  # fmt: skip
     if (flows := service_flows(svc)) > MAX_SERVICE_FLOWS:
         raise _Invalid(ServiceReason.FLOW_BUDGET, f"compiles to {flows:,} flows on every node, "
                        f"more than the {MAX_SERVICE_FLOWS:,} a service may have")  # fmt: skip
@@ -411,7 +483,7 @@ def resolve_services(
     share of MAX_SERVICES_FLOWS, so a new service never takes traffic or flows from one
     already serving, and every replica decides alike whatever the order it saw them in.
     """
-    holder: dict[IPv4Address, tuple[str, Service]] = {}
+    holder: dict[IPv4Address | IPv6Address, tuple[str, Service]] = {}
     rejected: list[Rejection] = []
     budget = MAX_SERVICES_FLOWS
     for key, svc in sorted(services.items(), key=lambda kv: (kv[1].create_revision, kv[1].name)):

@@ -12,7 +12,7 @@ from leases.errors import ServiceRejected
 from leases.health import split_backends
 from leases.keys import KeyKind
 from leases.model import Service
-from leases.services import service_to_dict, services_from_input
+from leases.services import NETWORK_KEYS, service_to_dict, services_from_input
 
 EXAMPLE = """\b
 HealthCheck (optional): each node's agent checks the backends on its node,
@@ -50,17 +50,24 @@ def network(cidr: str | None, **etcd: Any) -> None:
     Every address of it is taken from the pods' reach outside the cluster, so
     use a range reserved for private use (e.g. 10.96.0.0/16): a public one is
     stored with a warning.
+
+    An IPv6 CIDR (dual-stack network config) sets the IPv6ServiceNetwork
+    instead, the range of IPv6 VIPs: a /108 to /126 outside the IPv6Network,
+    e.g. fd00:96::/108. Each family keeps its own range.
     """
     with open_registry(**etcd) as registry:
         if cidr is None:
             vx = registry.get_vxflow_config(registry.get_config())
-            click.echo(str(vx.service_network) if vx.service_network else "(none: no services)")
+            nets = [str(n) for n in (vx.service_network, vx.service_network6) if n]
+            click.echo("\n".join(nets) or "(none: no services)")
             return
         vx = registry.set_service_network(cidr)
         key = registry.keys.vxflow_config
-    click.echo(f"wrote {key}: ServiceNetwork {vx.service_network}")
-    if vx.service_network is not None and vx.service_network.is_global:
-        click.echo(f"warning: {vx.service_network} is public address space: pods can no "
+    six = ":" in cidr
+    net = vx.service_network6 if six else vx.service_network
+    click.echo(f"wrote {key}: {NETWORK_KEYS[6 if six else 4]} {net}")
+    if net is not None and net.is_global:
+        click.echo(f"warning: {net} is public address space: pods can no "
                    "longer reach those addresses outside the cluster (what no service uses "
                    "is dropped); a range reserved for private use, such as 10.96.0.0/16, "
                    "would not take any", err=True)  # fmt: skip
@@ -138,9 +145,11 @@ def list_services(output: str, **etcd: Any) -> None:
             ready, out = split_backends(s, unready)
             services.append({**service_to_dict(s), "ReadyBackends": [str(ip) for ip in ready],
                              "UnreadyBackends": [str(ip) for ip in out]})  # fmt: skip
+        six = snap.vxflow.service_network6
         doc: dict[str, Any] = {
             "revision": snap.revision,
             "ServiceNetwork": str(snap.vxflow.service_network or ""),
+            **({NETWORK_KEYS[6]: str(six)} if six else {}),
             "services": services,
             "rejected": [r.to_dict() for r in rejected],
         }
@@ -162,6 +171,8 @@ def list_services(output: str, **etcd: Any) -> None:
         ))  # fmt: skip
     echo_table(lines)
     network = snap.vxflow.service_network or "none"
+    if snap.vxflow.service_network6:
+        network = f"{network} and IPv6ServiceNetwork {snap.vxflow.service_network6}"
     echo_total(f"{len(snap.services)} service(s) in ServiceNetwork {network} at revision "
                  f"{snap.revision}", rejected)  # fmt: skip
 

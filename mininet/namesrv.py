@@ -2,7 +2,8 @@
 tests and B7: run it inside a pod's namespace with `mnexec -a PID python3 mininet/namesrv.py`.
 
     serve NAME PORT       TCP: send "NAME PEER_IP\\n", then echo every line until EOF;
-                          UDP on the same port: answer each datagram with "NAME PEER_IP"
+                          UDP on the same port: answer each datagram with "NAME PEER_IP";
+                          TCP over IPv6 too where the pod has it
     connect IP PORT N [RATE]
                           N TCP connections one after the other (RATE per second, 0: as
                           fast as they go); print {"answers": {first line: count},
@@ -16,7 +17,8 @@ tests and B7: run it inside a pod's namespace with `mnexec -a PID python3 minine
                           of stdin and print the line echoed back (until stdin ends)
     from SPORT IP PORT    one TCP connection from source port SPORT (reused at once);
                           print {"answers": {first line: 1}, "failed": 0} or the failure
-    probe TIMEOUT         for each line of stdin (targets IP:PORT/tcp or IP:PORT/udp): a
+    probe TIMEOUT         for each line of stdin (targets IP:PORT/tcp or IP:PORT/udp, an
+                          IPv6 address in brackets: [IP]:PORT/tcp): a
                           new connection (or datagram exchange) to each, all at once;
                           print a JSON list: whether each answered within TIMEOUT s
 """
@@ -40,11 +42,31 @@ def _echo(conn: socket.socket, greeting: bytes) -> None:
             conn.sendall(line)
 
 
-def serve(name: str, port: int) -> None:
-    tcp = socket.socket()
+def _listener(family: socket.AddressFamily, port: int) -> socket.socket:
+    tcp = socket.socket(family)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:  # IPv4 stays on its own socket: peers as plain addresses
+        tcp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     tcp.bind(("", port))
     tcp.listen(512)
+    return tcp
+
+
+def _accept(tcp: socket.socket, name: str) -> None:
+    while True:
+        conn, peer = tcp.accept()
+        greeting = f"{name} {peer[0]}\n".encode()
+        threading.Thread(target=_echo, args=(conn, greeting), daemon=True).start()
+
+
+def serve(name: str, port: int) -> None:
+    tcp = _listener(socket.AF_INET, port)
+    try:
+        tcp6 = _listener(socket.AF_INET6, port)
+    except OSError:  # a pod without IPv6
+        pass
+    else:
+        threading.Thread(target=_accept, args=(tcp6, name), daemon=True).start()
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("", port))
 
@@ -55,10 +77,7 @@ def serve(name: str, port: int) -> None:
 
     threading.Thread(target=answer_udp, daemon=True).start()
     print("listening", flush=True)
-    while True:
-        conn, peer = tcp.accept()
-        greeting = f"{name} {peer[0]}\n".encode()
-        threading.Thread(target=_echo, args=(conn, greeting), daemon=True).start()
+    _accept(tcp, name)
 
 
 def connect_from(sport: int, ip: str, port: int) -> dict:
@@ -136,6 +155,7 @@ def answered(target: str, timeout: float) -> bool:
     quarter of `timeout` until answered) to IP:PORT/PROTO."""
     address, _, proto = target.partition("/")
     ip, _, port = address.rpartition(":")
+    ip = ip.strip("[]")  # an IPv6 address: [IP]:PORT
     if proto == "tcp":
         try:
             with socket.create_connection((ip, int(port)), timeout=timeout) as s:

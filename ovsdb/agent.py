@@ -199,8 +199,9 @@ class Agent:
         self._stop = threading.Event()
         self.config: NetworkConfig | None = None
         self._ipv6_noted = False  # the one warning that IPv6 is not routed yet was logged
-        self.service_routes: tuple[IPv4Network, ...] = ()  # the ServiceNetwork, if any
-        self._refused: IPv4Network | None = None  # the ServiceNetwork last refused
+        # the ServiceNetwork and IPv6ServiceNetwork, if any
+        self.service_routes: tuple[IPv4Network | IPv6Network, ...] = ()
+        self._refused: tuple[IPv4Network | IPv6Network, ...] | None = None  # the ranges last refused
         self.lease: Lease | None = None
         self._desired: dict[IPv4Address, Endpoint] = {}
         self._published: dict[IPv4Address, Endpoint] | None = None  # None: re-read from etcd
@@ -586,31 +587,36 @@ class Agent:
             return
         self._etcd.succeeded()
 
-    def _underlay(self) -> list[tuple[IPv4Address, str]]:
-        """What this node must keep reaching outside its gateway port: its PublicIP, etcd,
-        the controllers, and the next hops of its routes to them."""
+    def _underlay(self) -> list[tuple[IPv4Address | IPv6Address, str]]:
+        """What this node must keep reaching outside its gateway port: its PublicIP (and
+        PublicIPv6), etcd, the controllers, and the next hops of its routes to them."""
         peers = [*self.registry.etcd_addresses()]
         peers += [(ip, f"controller {t}") for t in self.controller_targets() if (ip := target_ip(t))]
-        out = [(self.settings.public_ip, "this node's PublicIP"), *peers]
+        out: list[tuple[IPv4Address | IPv6Address, str]] = [
+            (self.settings.public_ip, "this node's PublicIP"), *peers]
+        if self.settings.public_ipv6 is not None:
+            out.append((self.settings.public_ipv6, "this node's PublicIPv6"))
         for ip, what in peers:
             if (gateway := gateway_to(ip)) is not None:
                 out.append((gateway, f"this node's next hop to {what}"))
         return out
 
     def _set_service_routes(self, vx: VxflowConfig) -> None:
-        routes = (vx.service_network,) if vx.service_network else ()
+        """Both families' ranges (bootstrap routes IPv6's on a dual-stack node only)."""
+        routes = tuple(n for n in (vx.service_network, vx.service_network6) if n)
         if routes == self.service_routes:
             return  # (checked when it came: `ip route get` per peer is not run per resync)
-        problem = vx.service_network and underlay_problem(vx.service_network, self._underlay())
+        underlay = self._underlay() if routes else []
+        problem = next((p for n in routes if (p := underlay_problem(n, underlay))), None)
         if problem:
-            if vx.service_network != self._refused:  # once per value, not per resync
-                self._refused = vx.service_network
+            if routes != self._refused:  # once per value, not per resync
+                self._refused = routes
                 metrics.SERVICE_NETWORK_REFUSED.inc()
                 log.error("ServiceNetwork refused: %s; keeping the previous one", problem)
             return
         self._refused = None
         log.info("ServiceNetwork %s: routed into the gateway port",
-                 routes[0] if routes else "removed")  # fmt: skip
+                 " and ".join(map(str, routes)) or "removed")  # fmt: skip
         self.service_routes = routes
         self._dirty = True
 

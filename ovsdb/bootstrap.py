@@ -26,7 +26,7 @@ import logging
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Interface, IPv4Network, IPv6Interface
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 
 import ovs.db.idl
@@ -142,12 +142,13 @@ def desired_state(
     lease: Lease,
     controllers: tuple[str, ...],
     options: BootstrapOptions,
-    service_routes: tuple[IPv4Network, ...] | None = None,
+    service_routes: tuple[IPv4Network | IPv6Network, ...] | None = None,
 ) -> BridgeState:
     """The bridge this node must have. Pure; `options.datapath_type` must be resolved.
 
-    `service_routes`: the ServiceNetwork (if any) to route into the gateway port; None
-    when the caller does not know it (no etcd): vxflow's service routes are left alone.
+    `service_routes`: the ServiceNetwork and IPv6ServiceNetwork (if any) to route into the
+    gateway port (IPv6's on a dual-stack node only); None when the caller does not know
+    them (no etcd): vxflow's service routes are left alone.
     """
     if options.datapath_type not in ("system", "netdev"):
         raise ValueError(
@@ -210,7 +211,8 @@ def desired_state(
             address=IPv4Interface(f"{lease.gateway}/{lease.subnet.prefixlen}"),
             mtu=mtu,
             route=config.network,
-            service_routes=service_routes,
+            service_routes=None if service_routes is None else tuple(
+                n for n in service_routes if n.version == 4 or six),
             address6=IPv6Interface(f"{gateway6(lease)}/{lease.ipv6_subnet.prefixlen}")
             if six else None,
             route6=config.ipv6.network if six else None,
@@ -472,7 +474,7 @@ def bootstrap(
     netns: str | None = None,
     dry_run: bool = False,
     fresh: bool = False,
-    service_routes: tuple[IPv4Network, ...] | None = None,
+    service_routes: tuple[IPv4Network | IPv6Network, ...] | None = None,
 ) -> list[str]:
     """Resolve the node-local facts, converge OVSDB, then the gateway's kernel side
     (`service_routes`: see `desired_state`).

@@ -244,7 +244,8 @@ def bootstrap(ctx: click.Context, **params: Any) -> None:
     # the ServiceNetwork's route: known from etcd only (from flags, leave it as it is)
     service_routes = None
     if snap is not None:
-        service_routes = (snap.vxflow.service_network,) if snap.vxflow.service_network else ()
+        vx = snap.vxflow
+        service_routes = tuple(n for n in (vx.service_network, vx.service_network6) if n)
     idl = ovsidl.connect(params["ovsdb"])
     try:
         changes = converge_node(idl, config, lease, targets, _options(params),

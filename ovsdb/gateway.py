@@ -10,7 +10,8 @@ bootstrap emulated nodes from the root namespace).
 The service routes, and a dual-stack node's IPv6Network route, carry
 routing protocol ROUTE_PROTO ("vxflow"), so the agent recognises its own: a
 service range or IPv6Network that changed or went is removed, and no other
-route is ever touched.
+route is ever touched. The IPv6ServiceNetwork's route carries SERVICE6_PROTO, so
+the IPv6Network's convergence (ROUTE_PROTO, IPv6) and the services' each find their own.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_network
 
 from ovsdb.iproute import IprouteError, ip, ip_json
 
 ROUTE_PROTO = "118"  # the routing protocol number vxflow's service routes carry
+SERVICE6_PROTO = "119"  # the IPv6ServiceNetwork's route's
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,9 @@ class GatewaySpec:
     address: IPv4Interface  # the lease's first host with the lease's prefix length
     mtu: int
     route: IPv4Network  # the whole overlay Network, routed into `ifname`
-    # the ServiceNetwork(s) routed into `ifname`; None: not known here, leave them alone
-    service_routes: tuple[IPv4Network, ...] | None = None
+    # the ServiceNetwork(s) routed into `ifname` (IPv6's too on a dual-stack node); None:
+    # not known here, leave them alone
+    service_routes: tuple[IPv4Network | IPv6Network, ...] | None = None
     # a dual-stack node's IPv6 gateway (the IPv6 subnet's first address with its length) and
     # IPv6Network; None: IPv4 only (a global IPv6 address on the port is removed)
     address6: IPv6Interface | None = None
@@ -145,18 +148,24 @@ def _converge_route6(
 
 
 def _converge_service_routes(spec: GatewaySpec, netns: str | None, dry_run: bool) -> list[str]:
-    """Exactly `spec.service_routes` among the routes of protocol ROUTE_PROTO on the port."""
-    ours = ip_json("route", "show", "dev", spec.ifname, "proto", ROUTE_PROTO, netns=netns)
-    have = {IPv4Network(r["dst"]) for r in ours if r.get("dst", "default") != "default"}
+    """Exactly `spec.service_routes` among the routes of protocol ROUTE_PROTO (IPv6:
+    SERVICE6_PROTO) on the port."""
+    assert spec.service_routes is not None
     changes: list[str] = []
-    for net in sorted(have - set(spec.service_routes)):
-        changes.append(f"kernel: remove route {net} dev {spec.ifname} (a previous ServiceNetwork)")
-        if not dry_run:
-            ip("route", "del", str(net), "dev", spec.ifname, "proto", ROUTE_PROTO, netns=netns)
-    for net in spec.service_routes:
-        if net not in have:
-            changes.append(f"kernel: route {net} dev {spec.ifname} (ServiceNetwork)")
+    for family, proto, name in (("-4", ROUTE_PROTO, "ServiceNetwork"),
+                                ("-6", SERVICE6_PROTO, "IPv6ServiceNetwork")):  # fmt: skip
+        want = [n for n in spec.service_routes if n.version == int(family[1])]
+        ours = ip_json(family, "route", "show", "dev", spec.ifname, "proto", proto, netns=netns)
+        have = {ip_network(r["dst"]) for r in ours if r.get("dst", "default") != "default"}
+        for net in sorted(have - set(want)):
+            changes.append(f"kernel: remove route {net} dev {spec.ifname} (a previous {name})")
             if not dry_run:
-                ip("route", "replace", str(net), "dev", spec.ifname, "proto", ROUTE_PROTO,
+                ip(family, "route", "del", str(net), "dev", spec.ifname, "proto", proto,
                    netns=netns)  # fmt: skip
+        for net in want:
+            if net not in have:
+                changes.append(f"kernel: route {net} dev {spec.ifname} ({name})")
+                if not dry_run:
+                    ip(family, "route", "replace", str(net), "dev", spec.ifname, "proto", proto,
+                       netns=netns)  # fmt: skip
     return changes

@@ -89,6 +89,35 @@ def test_b3_cold_start_tiny(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_b2_and_b3_with_dual_stack_leases_tiny(tmp_path: Path) -> None:
+    """--dual-stack: every lease with an IPv6 half, 4 flows per remote lease, all landed."""
+    r = run_bench(tmp_path, "bench.b2_convergence", "-s", "2", "--leases", "10", "--repeat", "3",
+                  "--gap", "0", "--kind", "real", "--transport", "tcp", "--dual-stack",
+                  name="b2_convergence_dualstack")  # fmt: skip
+    (run,) = r["runs"]
+    assert run["dual_stack"] is True and run["flows_per_lease"] == 4
+    assert run["final_tables_ok"] is True and run["latency_s"]["n"] == 3
+    r = run_bench(tmp_path, "bench.b3_cold_start", "--run", "real:20x2", "--run", "stand-in:20x3",
+                  "--repeat", "1", "--dual-stack", name="b3_cold_start_dualstack")  # fmt: skip
+    plain = summary_flows_per_switch(20)
+    for run in r["runs"]:
+        assert run["dual_stack"] is True and run["flows_per_lease"] == 4
+        assert run["flows_per_switch"] > plain + 2 * 19  # each remote lease's IPv6 pair too
+        assert positive(run["converged_s"])
+        for rep in run["reps"]:
+            assert rep.get("standin_unsupported", {}) == {}
+
+
+def summary_flows_per_switch(leases: int) -> int:
+    """What a switch of an IPv4-only cluster of `leases` leases holds (B3's table size)."""
+    from bench.leasegen import cluster
+    from flows.compiler import compile_node
+
+    c = cluster(leases)
+    return len(compile_node(c.config, c.leases, (), c.leases[0].public_ip))
+
+
+@pytest.mark.integration
 def test_b8_drift_repair_tiny(tmp_path: Path) -> None:
     r = run_bench(tmp_path, "bench.b8_drift_repair", "--leases", "10", "--tries", "8",
                   "--gap", "0")  # fmt: skip
@@ -250,3 +279,15 @@ def test_b10_policy_tiny(tmp_path: Path) -> None:
     for key in ("policy_to_every_switch_s", "label_to_every_switch_s"):
         lat = run[key]
         assert lat["n"] == 3 and 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"] < 30, key
+
+
+@pytest.mark.e2e
+def test_b4_dataplane_ipv6_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b4_dataplane", "--ipv6", "--rounds", "1", "--pings", "20",
+                  "--seconds", "1", timeout=290, name="b4_dataplane_ipv6")  # fmt: skip
+    s = r["summary"]
+    for kind in ("vxflow", "flannel", "vxflow_v6", "flannel_v6"):
+        assert s[kind]["lost_pings"] <= 2, kind
+        assert positive(s[kind]["rtt_avg_s_median"]) and s[kind]["tcp_bps_median"] > 1e6, kind
+    assert positive(s["tcp_ratio_vxflow_v6_over_flannel_v6"])
+    assert positive(s["tcp_ratio_vxflow_v6_over_vxflow"])

@@ -78,7 +78,8 @@ def _osken_value(value):
 
 
 NXM = {"eth_type": "eth_type_nxm", "ip_proto": "ip_proto_nxm", "ip_src": "ipv4_src_nxm",
-       "ip_dst": "ipv4_dst_nxm", "tcp_dst": "tcp_dst_nxm", "udp_dst": "udp_dst_nxm"}  # fmt: skip
+       "ip_dst": "ipv4_dst_nxm", "tcp_dst": "tcp_dst_nxm", "udp_dst": "udp_dst_nxm",
+       "ipv6_src": "ipv6_src_nxm", "ipv6_dst": "ipv6_dst_nxm"}  # fmt: skip
 
 
 def _osken_nat(nat):
@@ -88,16 +89,18 @@ def _osken_nat(nat):
         return [parser.NXActionNAT(flags=0)]
     kind, ip, port = nat
     flags = 1 if kind == "src" else 2  # NX_NAT_F_SRC, NX_NAT_F_DST (nicira-ext.h)
-    return [parser.NXActionNAT(flags=flags, range_ipv4_min=str(ip), range_proto_min=port or None)]
+    address = {f"range_ipv{ip.version}_min": str(ip)}
+    return [parser.NXActionNAT(flags=flags, range_proto_min=port or None, **address)]
 
 
 def _osken_learn(action):
-    _, table_id, idle, priority, cookie, proto, port_field, value = action
+    _, table_id, idle, priority, cookie, proto, port_field, value, eth_type = action
+    src, dst, bits = ("ip_src", "ip_dst", 32) if eth_type == 0x0800 else ("ipv6_src", "ipv6_dst", 128)
     specs = [
-        parser.NXFlowSpecMatch(src=0x0800, dst=(NXM["eth_type"], 0), n_bits=16),
+        parser.NXFlowSpecMatch(src=eth_type, dst=(NXM["eth_type"], 0), n_bits=16),
         parser.NXFlowSpecMatch(src=proto, dst=(NXM["ip_proto"], 0), n_bits=8),
         *(parser.NXFlowSpecMatch(src=(NXM[f], 0), dst=(NXM[f], 0), n_bits=n)
-          for f, n in (("ip_src", 32), ("ip_dst", 32), (port_field, 16))),
+          for f, n in ((src, bits), (dst, bits), (port_field, 16))),
         parser.NXFlowSpecLoad(src=value, dst=("reg1", 0), n_bits=32),
     ]  # fmt: skip
     return parser.NXActionLearn(
@@ -376,6 +379,33 @@ def policy_flows() -> list[Flow]:
                      "ports": [{"port": 64, "endPort": 127}, {"port": "http"}, {"port": 53, "protocol": "UDP"}]}],
         "egress": [{}]}})  # fmt: skip
     return policy_table([policy], [], eps, eps, subnet).flows
+
+
+def dual_stack_policy_flows() -> list[Flow]:
+    """The same stage for a dual-stack pod, with an IPv6 ipBlock (and except) beside."""
+    subnet, subnet6 = IPv4Network("198.19.1.0/24"), IPv6Network("fd00:0:0:1::/64")
+    web = PodIdentity("x", "web", (("app", "web"),), (ContainerPort("http", 8080),))
+    eps = [Endpoint(subnet, IPv4Address("198.19.1.5"), "0a:58:00:00:00:05", 5, "", web,
+                    IPv6Address("fd00:0:0:1::5"))]  # fmt: skip
+    policy = parse_policy({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "p", "namespace": "x"}, "spec": {"podSelector": {},
+        "ingress": [{"from": [{"ipBlock": {"cidr": "fd00::/48", "except": ["fd00:0:0:2::/64"]}},
+                              {"podSelector": {}}],
+                     "ports": [{"port": 64, "endPort": 127}, {"port": "http"}]}],
+        "egress": [{}]}})  # fmt: skip
+    return policy_table([policy], [], eps, eps, subnet, subnet6).flows
+
+
+def test_a_dual_stack_policy_stage_parses_in_ovs_and_decodes_back():
+    flows = dual_stack_policy_flows()
+    assert any(dict(f.match).get("ipv6_src") == IPv6Network("fd00:0:0:8000::/49") for f in flows)
+    for f in flows:
+        res = subprocess.run(["ovs-ofctl", "-O", "OpenFlow14", "parse-flow", to_ofctl(f)],
+                             capture_output=True, text=True)  # fmt: skip
+        assert res.returncode == 0, (to_ofctl(f), res.stderr)
+    printed = "".join(ofp_print(ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, 1)) for f in flows)
+    assert "ipv6_src=fd00:0:0:8000::/49" in printed and "conj_id=" in printed
+    assert list(ofwire.decode_flow_stats(b"".join(stats_entry(f) for f in flows))) == flows
 
 
 def test_ovs_reads_the_policy_stage_as_we_mean_it():

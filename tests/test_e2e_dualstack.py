@@ -1,7 +1,8 @@
 """End to end: a dual-stack 3-node vxflow cluster (real etcd, controller, agents, OVS,
 Mininet). The underlay has IPv4 and IPv6 addresses (fd00:198:18::/64, inside the cluster's
 namespaces only); flannel's config has EnableIPv6 with IPv6Network fd00:198:19::/48, the
-agents lease both families (--public-ipv6) and pods get an address of each.
+agents lease both families (--public-ipv6) and pods get an address of each. IPv6 services
+(an IPv6ServiceNetwork) and network policy over IPv6 at the end.
 """
 
 from __future__ import annotations
@@ -9,20 +10,28 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from ipaddress import IPv6Address, IPv6Network
 
 import pytest
 
+from flows.services import group_id, hairpin_source
+from leases.registry import Registry
+from leases.services import link_count
 from tests.emulation import emulated_cluster
 from tests.ofharness import VXFLOW
-from tests.test_e2e_cluster import iperf3
+from tests.test_e2e_cluster import in_host, iperf3
+from tests.test_e2e_services import NAMESRV, run_in
 from tests.test_e2e_trace import walk
 
 VNI = 7
 PORT = 4789
 OVERLAY6 = IPv6Network("fd00:198:19::/48")
+SERVICE6 = IPv6Network("fd00:198:20::/108")
+TARGET = 8080  # every server's port
 
 pytestmark = pytest.mark.e2e
 
@@ -151,3 +160,145 @@ def test_an_icmpv6_error_comes_back_across_the_tunnel(cluster, tmp_path) -> None
         "try:\n    s.recv(1)\nexcept ConnectionRefusedError:\n    print('refused')\n"
     )
     assert a.cmd(f"python3 {probe}").strip() == "refused"
+
+
+# -- IPv6 services and policy ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def servers(cluster) -> Iterator[list]:
+    """A name server (mininet/namesrv.py, IPv4 and IPv6) in the first pod of every node, and
+    the IPv6ServiceNetwork set; the servers stopped after."""
+    procs = []
+    try:
+        for node in cluster.vxflow_nodes:
+            pod = cluster.pods_of(node)[0]
+            procs.append(in_host(pod, sys.executable, NAMESRV, "serve", pod.name, str(TARGET),
+                                 stdout=subprocess.PIPE))  # fmt: skip
+            assert procs[-1].stdout.readline().strip() == "listening"
+        with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
+            registry.set_service_network(str(SERVICE6))
+        yield [cluster.pods_of(node)[0] for node in cluster.vxflow_nodes]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def put_service6(cluster, name: str, vip: IPv6Address, backends: list, **extra):
+    """Store an IPv6 service; wait until every switch holds its group (with affinity: its
+    links), as the controller programs it."""
+    value = {"Name": name, "VIP": str(vip), "Ports": [{"Port": 80, "TargetPort": TARGET}],
+             "Backends": [{"IP": str(p.addr6)} for p in backends], **extra}  # fmt: skip
+    with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
+        service = registry.put_service(value)
+    gid = group_id(SERVICE6, service, 0)
+    deadline = time.monotonic() + 20
+    for node in cluster.vxflow_nodes:
+        while True:
+            if extra:
+                held = node.ovs.ofctl("dump-flows", "br-int", f"cookie={0x7604 << 48 | gid:#x}/-1,table=46")
+                done = held.count("nat(dst=[") == link_count(len(backends))
+            else:
+                line = [g for g in node.ovs.ofctl("dump-groups", "br-int").splitlines()
+                        if f"group_id={gid}," in g]  # fmt: skip
+                done = bool(line) and line[0].count("nat(dst=[") == len(backends)
+            if done:
+                break
+            assert time.monotonic() < deadline, (node.name, node.ovs.ofctl("dump-groups", "br-int"))
+            time.sleep(0.1)
+    return service
+
+
+def answers(result: dict) -> Counter:
+    """By backend name (the first word of each answer)."""
+    return Counter({a.split()[0]: n for a, n in result["answers"].items()})
+
+
+def test_a_v6_vip_spreads_over_its_backends(cluster, servers) -> None:
+    vip = SERVICE6[0x10]
+    put_service6(cluster, "web6", vip, servers)
+    client = cluster.pods_of(cluster.vxflow_nodes[0])[1]
+    result = run_in(client, "connect", str(vip), "80", "90")
+    assert result["failed"] == 0, result
+    spread = answers(result)
+    assert set(spread) == {p.name for p in servers} and min(spread.values()) >= 10, spread
+    # DNAT only: each backend saw the client's own IPv6 address
+    assert {a.split()[1] for a in result["answers"]} == {str(client.addr6)}, result
+
+
+def test_v6_client_ip_affinity_keeps_a_client_on_one_backend(cluster, servers) -> None:
+    vip = SERVICE6[0x11]
+    put_service6(cluster, "sticky6", vip, servers, SessionAffinity="ClientIP")
+    for client in (cluster.pods_of(n)[1] for n in cluster.vxflow_nodes):
+        result = run_in(client, "connect", str(vip), "80", "20")
+        assert result["failed"] == 0 and len(answers(result)) == 1, (client.name, result)
+
+
+def test_a_pod_reaches_its_own_v6_service_through_the_hairpin_source(cluster, servers) -> None:
+    own = servers[1]
+    vip = SERVICE6[0x12]
+    put_service6(cluster, "self6", vip, [own])
+    result = run_in(own, "connect", str(vip), "80", "3")
+    assert result == {"answers": {f"{own.name} {hairpin_source(SERVICE6)}": 3}, "failed": 0}
+
+
+def test_the_node_reaches_a_v6_vip_and_backends_see_its_ipv6_gateway(cluster, servers) -> None:
+    """Every dual-stack agent routes the IPv6ServiceNetwork into vxgw0 (routing protocol
+    119); the node's own connections to a v6 VIP are balanced as its pods' are."""
+    deadline = time.monotonic() + 20
+    for node in cluster.vxflow_nodes:
+        while "dev vxgw0 proto 119" not in node.sh(f"ip -6 route show {SERVICE6}"):
+            assert time.monotonic() < deadline, (node.name, node.sh("ip -6 route"))
+            time.sleep(0.1)
+    vip = SERVICE6[0x13]
+    put_service6(cluster, "node6", vip, servers)
+    n1 = cluster.vxflow_nodes[0]
+    result = run_in(n1, "connect", str(vip), "80", "30")
+    assert result["failed"] == 0 and set(answers(result)) == {p.name for p in servers}, result
+    gateway6 = cluster.ipv6_subnet(n1).network_address + 1
+    assert {a.split()[1] for a in result["answers"]} == {str(gateway6)}, result
+
+
+def test_ipv6_policy_allows_the_selected_client_and_drops_another(cluster, servers) -> None:
+    """A policy isolating a server for ingress, from pods labelled role=client only: over
+    IPv6 one client gets through and another pod is dropped, as over IPv4."""
+    server = servers[1]
+    allowed = cluster.pods_of(cluster.vxflow_nodes[0])[1]
+    denied = cluster.pods_of(cluster.vxflow_nodes[2])[1]
+    roles = ((server, "server"), (allowed, "client"), (denied, "other"))
+    for pod, role in roles:
+        node = next(n for n in cluster.vxflow_nodes if pod in cluster.pods_of(n))
+        node.ovs.vsctl("set", "Interface", pod.name, "external_ids:vxflow-namespace=x",
+                       f"external_ids:vxflow-pod={pod.name}",
+                       f"external_ids:vxflow-labels={json.dumps(json.dumps({'role': role}))}")  # fmt: skip
+    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "server6", "namespace": "x"},
+              "spec": {"podSelector": {"matchLabels": {"role": "server"}},
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                                    "ports": [{"port": TARGET}]}]}}  # fmt: skip
+    target = f"[{server.addr6}]:{TARGET}/tcp"
+    with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
+        deadline = time.monotonic() + 20
+        while sum(e.pod is not None for e in registry.list_endpoints()) < len(roles):
+            assert time.monotonic() < deadline, registry.list_endpoints()
+            time.sleep(0.1)
+        assert (probe(allowed, target), probe(denied, target)) == (True, True)  # no policy yet
+        registry.put_policies([policy])
+        try:
+            deadline, seen = time.monotonic() + 15, None
+            while seen != (True, False):
+                assert time.monotonic() < deadline, seen
+                seen = (probe(allowed, target), probe(denied, target))
+            # the IPv4 address of the same pods: the same verdicts
+            assert (probe(allowed, f"{server.addr}:{TARGET}/tcp"),
+                    probe(denied, f"{server.addr}:{TARGET}/tcp")) == (True, False)  # fmt: skip
+        finally:
+            registry.delete_policy("x", "server6")
+
+
+def probe(pod, target: str) -> bool:
+    """Whether a new connection from `pod` to `target` (namesrv's probe form) is answered."""
+    out = subprocess.run(["mnexec", "-a", str(pod.pid), sys.executable, NAMESRV, "probe", "1"],
+                         input=target + "\n", capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    return json.loads(out.stdout) == [True]

@@ -64,7 +64,17 @@ from tests.test_flows_policy_eval import (
 def endpoint_of(p: Pod, ofport: int) -> Endpoint:
     subnet = IPv4Network(f"{p.ip}/24", strict=False)
     ident = PodIdentity(p.namespace, p.name, p.labels, p.ports)
-    return Endpoint(subnet, p.ip, f"0a:58:00:00:00:{ofport:02x}", ofport, f"veth{ofport}", ident)
+    return Endpoint(subnet, p.ip, f"0a:58:00:00:00:{ofport:02x}", ofport, f"veth{ofport}", ident,
+                    p.ipv6)  # fmt: skip
+
+
+def six_of(ip: IPv4Address) -> IPv6Address:
+    """A dual-stack pod's IPv6 address: 198.19.N.H -> fd00:0:0:N::H (its node's /64)."""
+    return IPv6Address(f"fd00:0:0:{ip.packed[2]:x}::{ip.packed[3]:x}")
+
+
+def subnet6_of(subnet: IPv4Network) -> IPv6Network:
+    return IPv6Network(f"{six_of(subnet.network_address)}/64")
 
 
 def _hit(f: Flow, pkt: dict) -> bool:
@@ -72,7 +82,7 @@ def _hit(f: Flow, pkt: dict) -> bool:
         have = pkt.get(name)
         if have is None:
             return False
-        if isinstance(value, IPv4Network):
+        if isinstance(value, IPv4Network | IPv6Network):
             ok = have in value
         elif isinstance(value, Masked):
             ok = have & value.mask == value.value
@@ -125,18 +135,27 @@ class Switch:
 class Cluster:
     """The switches of `pods` (one node per /24) under `policies`."""
 
-    def __init__(self, policies: list[NetworkPolicy], namespaces: list[Namespace], pods: list[Pod]):
+    def __init__(self, policies: list[NetworkPolicy], namespaces: list[Namespace], pods: list[Pod],
+                 dual: bool = False):  # fmt: skip
+        """(`dual`: every node dual stack, each pod with its `six_of` address.)"""
+        if dual:
+            pods = [replace(p, ipv6=six_of(p.ip)) for p in pods]
         self.endpoints = {p.ip: endpoint_of(p, 10 + i) for i, p in enumerate(pods)}
         by_node: dict[IPv4Network, list[Endpoint]] = defaultdict(list)
         for e in self.endpoints.values():
             by_node[e.node_subnet].append(e)
         everything = list(self.endpoints.values())
-        self.tables = {n: policy_table(policies, namespaces, everything, eps, n) for n, eps in by_node.items()}
+        self.tables = {n: policy_table(policies, namespaces, everything, eps, n,
+                                       subnet6_of(n) if dual else None)
+                       for n, eps in by_node.items()}  # fmt: skip
         self.switches = {n: Switch(t.flows) for n, t in self.tables.items()}
 
-    def allowed(self, src: Pod, dst: Pod, port: int, proto: str) -> bool:
+    def allowed(self, src: Pod, dst: Pod, port: int, proto: str, six: bool = False) -> bool:
+        """Over IPv4, or (`six`) between the pods' IPv6 addresses."""
         s, d = self.endpoints[src.ip], self.endpoints[dst.ip]
-        pkt = {"eth_type": ETH_TYPE_IP, "ip_src": src.ip, "ip_dst": dst.ip, "reg2": 0, "reg3": 0,
+        ips = ({"eth_type": ETH_TYPE_IPV6, "ipv6_src": s.ipv6, "ipv6_dst": d.ipv6} if six else
+               {"eth_type": ETH_TYPE_IP, "ip_src": src.ip, "ip_dst": dst.ip})  # fmt: skip
+        pkt = {**ips, "reg2": 0, "reg3": 0,
                "ip_proto": IP_PROTO[proto], f"{proto.lower()}_dst": port, "in_port": s.ofport}  # fmt: skip
         out, _ = self.switches[s.node_subnet].passes(EGRESS_STAGE, pkt)
         if s.node_subnet != d.node_subnet:
@@ -173,7 +192,7 @@ def _selector(rng: random.Random) -> dict:
     return sel
 
 
-def _peer(rng: random.Random, ips: list[IPv4Address]) -> dict:
+def _peer(rng: random.Random, ips: list[IPv4Address], dual: bool = False) -> dict:
     kind = rng.randrange(4)
     if kind == 0:
         return {"podSelector": _selector(rng)}
@@ -182,6 +201,13 @@ def _peer(rng: random.Random, ips: list[IPv4Address]) -> dict:
     if kind == 2:
         return {"podSelector": _selector(rng), "namespaceSelector": _selector(rng) if rng.random() < 0.5 else {}}
     ip = rng.choice(ips)
+    if dual and rng.random() < 0.5:  # an IPv6 block (its pods' IPv6 addresses)
+        cidr6 = IPv6Network(f"{six_of(ip)}/{rng.choice((48, 62, 64))}", strict=False)
+        block6: dict = {"cidr": str(cidr6)}
+        cut = IPv6Network(f"{six_of(rng.choice(ips))}/{rng.choice((65, 120, 128))}", strict=False)
+        if rng.random() < 0.6 and cut.subnet_of(cidr6):
+            block6["except"] = [str(cut)]
+        return {"ipBlock": block6}
     cidr = IPv4Network(f"{ip}/{rng.choice((16, 22, 24))}", strict=False)
     block: dict = {"cidr": str(cidr)}
     if rng.random() < 0.6:
@@ -203,15 +229,16 @@ def _port(rng: random.Random) -> dict:
     return {"protocol": proto, "port": rng.choice((70, 80)), "endPort": rng.choice((80, 81, 95))}
 
 
-def _rules(rng: random.Random, key: str, ips: list[IPv4Address]) -> list:
+def _rules(rng: random.Random, key: str, ips: list[IPv4Address], dual: bool = False) -> list:
     return [
-        {**({key: [_peer(rng, ips) for _ in range(rng.randrange(1, 3))]} if rng.random() < 0.7 else {}),
+        {**({key: [_peer(rng, ips, dual) for _ in range(rng.randrange(1, 3))]} if rng.random() < 0.7 else {}),
          **({"ports": [_port(rng) for _ in range(rng.randrange(1, 3))]} if rng.random() < 0.6 else {})}
         for _ in range(rng.randrange(3))
     ]  # fmt: skip
 
 
-def random_world(seed: int) -> tuple[list[NetworkPolicy], list[Namespace], list[Pod]]:
+def random_world(seed: int, dual: bool = False) -> tuple[list[NetworkPolicy], list[Namespace], list[Pod]]:
+    """(`dual`: ipBlocks of both families, the pods' IPv6 addresses being `six_of` theirs.)"""
     rng = random.Random(seed)
     pods = []
     for name in PODS:
@@ -223,8 +250,8 @@ def random_world(seed: int) -> tuple[list[NetworkPolicy], list[Namespace], list[
     ips = [p.ip for p in pods]
     policies = []
     for n in range(rng.randrange(1, 4)):
-        ingress = _rules(rng, "from", ips) if rng.random() < 0.8 else None
-        egress = _rules(rng, "to", ips) if rng.random() < 0.5 else None
+        ingress = _rules(rng, "from", ips, dual) if rng.random() < 0.8 else None
+        egress = _rules(rng, "to", ips, dual) if rng.random() < 0.5 else None
         if ingress is None and egress is None:
             ingress = []
         policies.append(netpol(rng.choice("xyz"), f"p{n}", _selector(rng) if rng.random() < 0.8 else ALL,
@@ -252,6 +279,26 @@ def test_compiled_flows_agree_with_the_evaluator_on_random_policies(seed: int, d
         for s in pods for d in pods if s != d
         for port, proto in ((80, "TCP"), (81, "TCP"), (80, "UDP"), (81, "UDP"), (90, "TCP"))
         if cluster.allowed(s, d, port, proto) != oracle.allowed(s, d, port, proto)
+    ]  # fmt: skip
+    assert not wrong, f"{len(wrong)} verdicts differ, e.g. {wrong[:5]}; policies: {policies}"
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_dual_stack_flows_judge_each_family_as_the_evaluator_does(seed: int) -> None:
+    """Every pod dual stack, ipBlocks of both families: over IPv4 the evaluator's verdicts;
+    over IPv6 the evaluator's on the same world with each pod at its IPv6 address (selectors
+    match a pod whatever the family, an ipBlock the addresses of its own)."""
+    policies, namespaces, pods = random_world(seed, dual=True)
+    cluster = Cluster(policies, namespaces, pods, dual=True)
+    oracle = Evaluator(policies, namespaces)
+    as6 = {p: replace(p, ip=six_of(p.ip)) for p in pods}
+    wrong = [
+        (s.namespace + "/" + s.name, d.namespace + "/" + d.name, port, proto, six)
+        for s in pods for d in pods if s != d
+        for port, proto in ((80, "TCP"), (81, "UDP"), (90, "TCP"))
+        for six in (False, True)
+        if cluster.allowed(s, d, port, proto, six)
+        != (oracle.allowed(as6[s], as6[d], port, proto) if six else oracle.allowed(s, d, port, proto))
     ]  # fmt: skip
     assert not wrong, f"{len(wrong)} verdicts differ, e.g. {wrong[:5]}; policies: {policies}"
 
@@ -336,37 +383,39 @@ def test_the_pods_isolated_alike_share_one_drop_that_names_the_pod_it_dropped_fo
     assert policy_text(drop.table, drop.cookie, table) == text.format("a")  # the group's first
 
 
-def test_an_isolated_dual_stack_pod_fails_closed_over_ipv6() -> None:
-    """Rules are compiled for IPv4 only: an isolated pod's IPv6 packets meet its default
-    drop both ways, whatever its rules allow over IPv4, except what its own node sends it
-    and its packets to the node's gateway address; a pod no policy isolates keeps IPv6."""
+def test_a_dual_stack_pods_ipv6_is_judged_by_its_rules() -> None:
+    """No longer closed: an isolated pod's IPv6 connections meet its rules as its IPv4 ones
+    do (a selector names its peers' IPv6 addresses too, a v6 ipBlock with its except), its
+    node's own traffic passes, and a pod no policy isolates keeps IPv6 as it is."""
     node = IPv4Network("198.19.1.0/24")
-    node6 = IPv6Network("fd00:0:0:1::/64")
-    a = Pod("x", "a", IPv4Address("198.19.1.10"), (("pod", "a"),))
-    b = Pod("x", "b", IPv4Address("198.19.1.11"), (("pod", "b"),))
-    a6, b6, far6 = node6[10], node6[11], IPv6Address("fd00:0:0:2::5")
-    eps = [replace(endpoint_of(a, 10), ipv6=a6), replace(endpoint_of(b, 11), ipv6=b6)]
-    only_a = netpol("x", "a-from-x", {"matchLabels": {"pod": "a"}},
-                    ingress=[{"from": [{"podSelector": {}}]}])  # fmt: skip
-    table = policy_table([only_a], [], eps, eps, node, node6)
+    node6 = subnet6_of(node)
+    a = Pod("x", "a", IPv4Address("198.19.1.10"), (("pod", "a"),), ipv6=node6[10])
+    b = Pod("x", "b", IPv4Address("198.19.1.11"), (("pod", "b"),), ipv6=node6[11])
+    c = Pod("y", "c", IPv4Address("198.19.2.12"), (("pod", "c"),), ipv6=six_of(IPv4Address("198.19.2.12")))
+    far6, near6 = IPv6Address("fd00:0:0:2::5"), IPv6Address("fd00:0:0:3::7")
+    eps = [endpoint_of(a, 10), endpoint_of(b, 11), endpoint_of(c, 12)]
+    only_a = netpol("x", "a-from-x", {"matchLabels": {"pod": "a"}}, ingress=[
+        {"from": [{"podSelector": {}}]},
+        {"from": [{"ipBlock": {"cidr": "fd00:0:0:3::/64", "except": ["fd00:0:0:3::8/128"]}}],
+         "ports": [{"port": 80}]}])  # fmt: skip
+    table = policy_table([only_a], [], eps, eps[:2], node, node6)
     switch = Switch(table.flows)
-    v4 = {"eth_type": ETH_TYPE_IP, "ip_src": b.ip, "ip_dst": a.ip, "reg2": 0, "reg3": 0,
-          "ip_proto": 6, "tcp_dst": 80, "in_port": 11}  # fmt: skip
-    assert switch.passes(INGRESS_STAGE, v4)[0]  # b -> a over IPv4: the rule allows it
 
-    def v6(src: IPv6Address, dst: IPv6Address, in_port: int) -> dict:
+    def v6(src: IPv6Address, dst: IPv6Address, in_port: int, port: int = 80) -> dict:
         return {"eth_type": ETH_TYPE_IPV6, "ipv6_src": src, "ipv6_dst": dst, "reg2": 0,
-                "reg3": 0, "ip_proto": 6, "tcp_dst": 80, "in_port": in_port}  # fmt: skip
+                "reg3": 0, "ip_proto": 6, "tcp_dst": port, "in_port": in_port}  # fmt: skip
 
-    into_a, verdict = switch.passes(INGRESS_STAGE, v6(b6, a6, 11))
-    assert not into_a and verdict is not None and verdict.cookie == drop_cookie(a.ip)
-    assert not switch.passes(INGRESS_STAGE, v6(far6, a6, TUNNEL_OFPORT))[0]
-    out_of_a, verdict = switch.passes(EGRESS_STAGE, v6(a6, far6, 10))  # isolated for ingress only
-    assert not out_of_a and verdict is not None and verdict.cookie == drop_cookie(a.ip)
-    assert switch.passes(INGRESS_STAGE, v6(node6[1], a6, GATEWAY_OFPORT))[0]  # its node's probe
-    assert switch.passes(EGRESS_STAGE, v6(a6, node6[1], 10))[0]  # and the reply
-    assert switch.passes(EGRESS_STAGE, v6(b6, far6, 11)) == (True, None)  # b: not isolated
-    assert switch.passes(INGRESS_STAGE, v6(far6, b6, TUNNEL_OFPORT)) == (True, None)
-    v4_only = policy_table([only_a], [], [endpoint_of(a, 10), endpoint_of(b, 11)],
-                           [endpoint_of(a, 10), endpoint_of(b, 11)], node)  # fmt: skip
+    assert switch.passes(INGRESS_STAGE, v6(b.ipv6, a.ipv6, 11))[0]  # x/b: the selector's
+    denied, verdict = switch.passes(INGRESS_STAGE, v6(c.ipv6, a.ipv6, TUNNEL_OFPORT))  # y/c: not
+    assert not denied and verdict is not None and verdict.cookie == drop_cookie(a.ip)
+    assert switch.passes(INGRESS_STAGE, v6(near6, a.ipv6, TUNNEL_OFPORT))[0]  # the v6 block
+    assert not switch.passes(INGRESS_STAGE, v6(near6, a.ipv6, TUNNEL_OFPORT, 81))[0]  # its port only
+    assert not switch.passes(INGRESS_STAGE, v6(near6 + 1, a.ipv6, TUNNEL_OFPORT))[0]  # except
+    assert not switch.passes(INGRESS_STAGE, v6(far6, a.ipv6, TUNNEL_OFPORT))[0]
+    assert switch.passes(INGRESS_STAGE, v6(node6[1], a.ipv6, GATEWAY_OFPORT))[0]  # its node's probe
+    assert switch.passes(EGRESS_STAGE, v6(a.ipv6, far6, 10)) == (True, None)  # ingress only
+    assert switch.passes(INGRESS_STAGE, v6(far6, b.ipv6, TUNNEL_OFPORT)) == (True, None)  # b: open
+    v4_only = policy_table([only_a], [], [endpoint_of(replace(p, ipv6=None), 10 + i)
+                                          for i, p in enumerate((a, b, c))],
+                           [endpoint_of(replace(a, ipv6=None), 10)], node)  # fmt: skip
     assert not any(dict(f.match).get("eth_type") == ETH_TYPE_IPV6 for f in v4_only.flows)

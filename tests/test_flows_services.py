@@ -204,7 +204,7 @@ def test_affinity_learns_the_backend_and_its_links_pick_one_without_a_group() ->
     dnat = [f for f in flows if f.table == Table.SVC_DNAT and f.priority == 100]
     (learn, commit) = dnat[0].actions
     assert learn == ("learn", Table.SVC_AFFINITY, 600, 100, cookie_for(Owner.LEARNED, gid),
-                     6, "tcp_dst", int(REMOTE_POD))  # fmt: skip
+                     6, "tcp_dst", int(REMOTE_POD), 0x0800)  # fmt: skip
     assert commit == ("ct", True, SERVICE_ZONE, Table.ROUTE, ("dst", REMOTE_POD, 8443))
     assert ("reg1", int(REMOTE_POD)) in dnat[0].match
     # no entry (or one of a removed backend): the client's address picks the link

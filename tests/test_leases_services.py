@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,15 @@ from leases.config import ConfigError
 from leases.etcd_server import EtcdServer
 from leases.events import ServiceAdded, ServiceRemoved, VxflowConfigChanged
 from leases.keys import KV, KeyKind, Keys
-from leases.model import Backend, NetworkConfig, Service, ServicePort, VxflowConfig
+from leases.model import (
+    Backend,
+    FamilyConfig,
+    Lease,
+    NetworkConfig,
+    Service,
+    ServicePort,
+    VxflowConfig,
+)
 from leases.registry import Registry
 from leases.services import (
     MAX_SERVICE_BYTES,
@@ -23,6 +31,8 @@ from leases.services import (
     resolve_services,
     service_flows,
     service_to_json,
+    underlay_of,
+    vxflow_config_to_json,
 )
 from leases.state import View, diff
 from leases.validate import Rejection
@@ -45,8 +55,10 @@ def kv(name: str, value: dict | str, rev: int = 5, create: int | None = None) ->
     return KV(KEYS.service(name), raw.encode(), create or rev, rev)
 
 
-def judged(value: dict | str, name: str = "web", vx: VxflowConfig = VX) -> Service | Rejection:
-    return check_service(kv(name, value), name, CONFIG, vx)
+def judged(
+    value: dict | str, name: str = "web", vx: VxflowConfig = VX, config: NetworkConfig = CONFIG
+) -> Service | Rejection:
+    return check_service(kv(name, value), name, config, vx)
 
 
 # -- validation -------------------------------------------------------------------------
@@ -453,3 +465,159 @@ def test_services_set_refuses_what_exceeds_the_flow_budget(etcd: EtcdServer, tmp
     path.write_text(json.dumps(big("s8", "10.96.1.8", 6, 250)))
     assert_operator_error(run(etcd, "services", "set", str(path)),
                           "its 7,704 flows do not fit the 3,904 left")  # fmt: skip
+
+
+# -- IPv6 services ----------------------------------------------------------------------
+
+DUAL = NetworkConfig(IPv4Network("10.20.0.0/16"), ipv6=FamilyConfig(
+    IPv6Network("fc00::/48"), 64, IPv6Network("fc00:0:0:1::/64"), IPv6Network("fc00:0:0:ffff::/64")))  # fmt: skip
+VX6 = VxflowConfig(IPv4Network("10.96.0.0/16"), IPv6Network("fd00:96::/108"))
+WEB6 = {
+    "Name": "web6",
+    "VIP": "fd00:96::10",
+    "Ports": [{"Port": 80, "TargetPort": 8080}],
+    "Backends": [{"IP": "fc00:0:0:3::7", "Weight": 2}, {"IP": "fc00:0:0:1::5"}],
+}
+SEED6 = ('{"Network": "10.20.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}, '
+         '"EnableIPv6": true, "IPv6Network": "fc00::/48"}')  # fmt: skip
+
+
+def test_an_ipv6_service_parses_in_the_ipv6_service_network() -> None:
+    svc = check_service(kv("web6", WEB6), "web6", DUAL, VX6)
+    assert isinstance(svc, Service), svc
+    assert svc.vip == IPv6Address("fd00:96::10")
+    assert [(b.ip, b.weight) for b in svc.backends] == [
+        (IPv6Address("fc00:0:0:1::5"), 1), (IPv6Address("fc00:0:0:3::7"), 2)]  # fmt: skip
+    assert json.loads(service_to_json(svc))["Backends"][0] == {"IP": "fc00:0:0:1::5", "Weight": 1}
+    # an IPv4 and an IPv6 service side by side; neither takes the other's VIP
+    kept, rejected = resolve_services({"a": judged(WEB, vx=VX6, config=DUAL), "b": svc})
+    assert len(kept) == 2 and rejected == []
+
+
+@pytest.mark.parametrize(
+    ("value", "vx", "config", "reason", "detail"),
+    [
+        ({**WEB6, "VIP": "fd00:97::10"}, VX6, DUAL, "bad_vip",
+         "VIP fd00:97::10 is outside the IPv6ServiceNetwork fd00:96::/108"),
+        ({**WEB6, "VIP": "fd00:96::f:ffff"}, VX6, DUAL, "bad_vip", "(the hairpin source)"),
+        ({**WEB6, "VIP": "fd00:96::zz"}, VX6, DUAL, "bad_vip", "is not an IPv4 or IPv6 address"),
+        ({**WEB6, "Backends": [{"IP": "10.20.1.5"}]}, VX6, DUAL, "bad_backend",
+         "backend 10.20.1.5 is not an address in the overlay fc00::/48"),
+        ({**WEB6, "Backends": [{"IP": "fd00:1::5"}]}, VX6, DUAL, "bad_backend",
+         "backend fd00:1::5 is not an address in the overlay fc00::/48"),
+        ({**WEB, "Backends": [{"IP": "fc00:0:0:1::5"}]}, VX6, DUAL, "bad_backend",
+         "backend fc00:0:0:1::5 is not an address in the overlay 10.20.0.0/16"),
+        ({**WEB6, "Backends": [{"IP": "fc00:0:0:1::5"}, {"IP": "fc00:0:0:1:0::5"}]}, VX6, DUAL,
+         "duplicate_backend", "backend fc00:0:0:1::5 is listed twice"),
+        (WEB6, VX, DUAL, "no_service_network",
+         "VIP fd00:96::10: no IPv6ServiceNetwork in the vxflow config"),
+        (WEB, VxflowConfig(service_network6=VX6.service_network6), DUAL, "no_service_network",
+         "VIP 10.96.0.10: no ServiceNetwork in the vxflow config"),
+        (WEB6, VX6, CONFIG, "bad_vip", "the network config has no IPv6 overlay (EnableIPv6)"),
+        ({**WEB6, "HealthCheck": {"Type": "TCP", "Port": 8080}}, VX6, DUAL, "bad_health_check",
+         "HealthCheck is for IPv4 services only"),
+    ],
+)  # fmt: skip
+def test_a_bad_ipv6_service_is_rejected_with_its_reason(value, vx, config, reason, detail) -> None:
+    result = judged(value, value["Name"], vx=vx, config=config)
+    assert isinstance(result, Rejection), result
+    assert result.reason == reason and detail in result.detail, result.detail
+    assert "\n" not in result.detail
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ('{"IPv6ServiceNetwork": "fc00:0:0:9::/108"}', "overlaps the overlay IPv6Network fc00::/48"),
+        ('{"IPv6ServiceNetwork": "fe80::/108"}', "loopback, link-local or multicast"),
+        ('{"IPv6ServiceNetwork": "ff02::/108"}', "loopback, link-local or multicast"),
+        ('{"IPv6ServiceNetwork": "::/108"}', "loopback, link-local or multicast"),
+        ('{"IPv6ServiceNetwork": "::ffff:0:0/108"}', "loopback, link-local or multicast"),
+        ('{"IPv6ServiceNetwork": "fd00:96::/64"}', "must be a /108 to /126"),
+        ('{"IPv6ServiceNetwork": "fd00:96::/127"}', "must be a /108 to /126"),
+        ('{"IPv6ServiceNetwork": "fd00:96::1/108"}', "not an IPv6 CIDR without host bits"),
+        ('{"IPv6ServiceNetwork": "10.96.0.0/16"}', "not an IPv6 CIDR without host bits"),
+        ('{"ServiceNetwork": "fd00:96::/108"}', "not an IPv4 CIDR without host bits"),
+        ('{"IPv6ServiceNetwork": ["fd00:96::/108"]}', "must be a CIDR string"),
+    ],
+)
+def test_a_bad_ipv6_service_network_is_refused_in_one_line(raw: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_vxflow_config(raw, DUAL)
+    assert err.value.field == ("ServiceNetwork" if raw.startswith('{"ServiceNetwork"') else "IPv6ServiceNetwork")
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_the_ipv6_service_network_needs_ipv6_and_leaves_the_ipv6_underlay_alone() -> None:
+    raw = '{"IPv6ServiceNetwork": "fd00:96::/108"}'
+    with pytest.raises(ConfigError, match="need EnableIPv6 and an IPv6Network"):
+        parse_vxflow_config(raw, CONFIG)
+    lease = Lease(IPv4Network("10.20.4.0/24"), IPv4Address("192.0.2.4"), 1, "02:00:00:00:00:04",
+                  ipv6_subnet=IPv6Network("fc00:0:0:4::/64"),
+                  public_ipv6=IPv6Address("fd00:96::4"), vtep_mac_v6="02:00:00:00:01:04")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"holds the PublicIPv6 of lease 10\.20\.4\.0/24 \(fd00:96::4\)"):
+        parse_vxflow_config(raw, DUAL, underlay_of([lease], []))
+
+
+def test_an_ipv4_only_vxflow_config_reads_and_writes_as_before() -> None:
+    assert vxflow_config_to_json(VX) == '{"ServiceNetwork":"10.96.0.0/16"}'
+    both = parse_vxflow_config('{"ServiceNetwork": "10.96.0.0/16", '
+                               '"IPv6ServiceNetwork": "fd00:96::/108"}', DUAL)  # fmt: skip
+    assert both == VX6 and parse_vxflow_config(vxflow_config_to_json(both), DUAL) == VX6
+    assert parse_vxflow_config('{"IPv6ServiceNetwork": "fd00:96::/108"}', DUAL) == VxflowConfig(
+        service_network6=IPv6Network("fd00:96::/108"))  # fmt: skip
+
+
+@pytest.mark.integration
+def test_ipv6_services_network_set_list_rm(etcd: EtcdServer, tmp_path: Path) -> None:
+    with Registry(etcd.endpoint, "/atomic.io/network") as reg:
+        reg.set_config(SEED6)
+    assert_operator_error(run(etcd, "services", "network", "fe80::/108"),
+                          "IPv6ServiceNetwork: fe80::/108 overlaps an unspecified, loopback, "
+                          "link-local or multicast range")  # fmt: skip
+    assert_operator_error(run(etcd, "services", "network", "fc00:0:0:9::/108"),
+                          "overlaps the overlay IPv6Network fc00::/48")  # fmt: skip
+    result = run(etcd, "services", "network", "fd00:96::/108")
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    assert result.stdout.strip() == (
+        "wrote /atomic.io/network/vxflow/config: IPv6ServiceNetwork fd00:96::/108")
+    assert run(etcd, "services", "network").stdout.strip() == "fd00:96::/108"
+    assert run(etcd, "services", "network", "10.96.0.0/16").exit_code == 0  # the other family's
+    assert run(etcd, "services", "network").stdout.splitlines() == ["10.96.0.0/16", "fd00:96::/108"]
+
+    result = run(etcd, "services", "set", "-", stdin=json.dumps([WEB, WEB6]))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == (
+        "wrote /atomic.io/network/vxflow/services/web6: VIP fd00:96::10 ports 80/TCP->8080, "
+        "2 backend(s)")  # fmt: skip
+    assert_operator_error(
+        run(etcd, "services", "set", "-", stdin=json.dumps({**WEB6, "VIP": "10.96.0.77"})),
+        "backend fc00:0:0:3::7 is not an address in the overlay 10.20.0.0/16 [bad_backend]")
+    lines = run(etcd, "services", "list").stdout.splitlines()
+    assert lines[2].split() == ["web6", "fd00:96::10", "80/TCP->8080",
+                                "fc00:0:0:1::5,fc00:0:0:3::7*2", "2/2", "-", "-"]  # fmt: skip
+    assert lines[3].startswith("2 service(s) in ServiceNetwork 10.96.0.0/16 and "
+                               "IPv6ServiceNetwork fd00:96::/108 at revision ")  # fmt: skip
+    doc = json.loads(run(etcd, "services", "list", "-o", "json").stdout)
+    assert (doc["ServiceNetwork"], doc["IPv6ServiceNetwork"]) == ("10.96.0.0/16", "fd00:96::/108")
+    assert doc["services"][1]["ReadyBackends"] == ["fc00:0:0:1::5", "fc00:0:0:3::7"]
+    assert run(etcd, "services", "rm", "web6").stdout.strip() == (
+        "removed /atomic.io/network/vxflow/services/web6")
+
+
+@pytest.mark.integration
+def test_the_readme_ipv6_service_network_command_as_typed(etcd: EtcdServer, tmp_path: Path) -> None:
+    """README (Dual stack): `vxflow services network fd00:96::/108`, then its example service."""
+    with Registry(etcd.endpoint, "/coreos.com/network") as reg:
+        reg.set_config(SEED6.replace("10.20.0.0/16", "198.19.0.0/16"))
+    typed = as_typed(etcd, tmp_path)
+    (line,) = readme_block("## Dual stack (IPv6)")
+    assert line == "vxflow services network fd00:96::/108"
+    assert typed(line).stdout.strip() == (
+        "wrote /coreos.com/network/vxflow/config: IPv6ServiceNetwork fd00:96::/108")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("## Dual stack (IPv6)")[1].split("e.g. `")[1].split("`")[0]
+    (tmp_path / "web6.json").write_text(example.replace("\n", " "))
+    assert typed("vxflow services set web6.json").stdout.strip() == (
+        "wrote /coreos.com/network/vxflow/services/web6: VIP fd00:96::10 ports 80/TCP->8080, "
+        "1 backend(s)")  # fmt: skip

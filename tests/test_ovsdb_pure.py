@@ -193,6 +193,12 @@ def test_desired_state_of_a_dual_stack_node() -> None:
     for net, lease in ((NET, DUAL_LEASE), (DUAL_NET, LEASE)):
         plain = desired_state(net, lease, ("tcp:127.0.0.1:6653",), NETDEV)
         assert plain == desired_state(NET, LEASE, ("tcp:127.0.0.1:6653",), NETDEV)
+    # both families' service ranges: IPv6's routed on a dual-stack node only
+    ranges = (IPv4Network("10.96.0.0/16"), IPv6Network("fd00:96::/108"))
+    both = desired_state(DUAL_NET, DUAL_LEASE, ("tcp:127.0.0.1:6653",), NETDEV, ranges)
+    assert both.gateway.service_routes == ranges
+    plain = desired_state(DUAL_NET, LEASE, ("tcp:127.0.0.1:6653",), NETDEV, ranges)
+    assert plain.gateway.service_routes == ranges[:1]
 
 
 def test_pod_ports_publish_their_ipv6_address_on_a_dual_stack_node() -> None:

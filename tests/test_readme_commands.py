@@ -58,6 +58,9 @@ COVERED: dict[str, tuple[str, str]] = {
     "vxflow controller --port 6653": (
         "tests/test_readme_daemons.py::test_two_replicas_on_one_machine_are_healthy_and_never_collide",
         "a daemon: started as typed there, with switches, until `vxflow status` exits 0"),
+    "vxflow services network fd00:96::/108": (
+        "tests/test_leases_services.py::test_the_readme_ipv6_service_network_command_as_typed",
+        "needs a dual-stack network config in etcd"),
     "vxflow controller --port 6654": (
         "tests/test_readme_daemons.py::test_two_replicas_on_one_machine_are_healthy_and_never_collide",
         "the second replica of the same example"),

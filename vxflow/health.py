@@ -200,7 +200,7 @@ def assess(
 
 def _services(snap: Snapshot, down: list[Node]) -> list[ServiceState]:
     """Each service's backends: on a DOWN node, else unready by its check, else ready."""
-    subnets = [ip_network(n.subnet) for n in down]
+    subnets = [ip_network(s) for n in down for s in (n.subnet, n.ipv6_subnet) if s]
     unready = snap.unready()
     out = []
     for svc in snap.services:
