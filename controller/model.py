@@ -285,7 +285,8 @@ class ClusterModel:
                 table = policy_table(sorted(self.policies.values(), key=lambda p: p.key_name),
                                      self.namespaces.values(), self._everyone,
                                      self.endpoints_of(own), own.subnet,
-                                     own.ipv6_subnet, self._peers)  # fmt: skip
+                                     own.ipv6_subnet, self._peers,
+                                     (own.public_ip, own.public_ipv6))  # fmt: skip
             self._policy_tables[node] = table
         return table
 

@@ -403,5 +403,6 @@ def compile_table(
     if policies and own is not None:
         everyone = [e for lease in accepted for e in select_endpoints(lease, endpoints).accepted]
         table.flows.extend(policy_table(policies, namespaces, everyone, own_endpoints, own.subnet,
-                                        own.ipv6_subnet).flows)  # fmt: skip
+                                        own.ipv6_subnet,
+                                        host=(own.public_ip, own.public_ipv6)).flows)  # fmt: skip
     return table

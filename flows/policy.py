@@ -19,11 +19,13 @@ what it did before.
   are known as replies.
 - POL_EGRESS (50) and POL_INGRESS (51), for a packet out of a pod's hook:
   established or related (300): pass. A pod's packet to itself (250, egress)
-  and, into a pod, anything from the gateway port (250: the node's own
-  traffic, such as kubelet's probes): pass new. A rule: conjunctive clauses
-  (100) of the pods it isolates, its peers and its ports, and one flow per
-  rule matching its conj_id (190, cookie POLICY|conj_id: its n_packets count
-  the connections the rule allowed): pass new; a clause that matches
+  and, into a pod, what the node's host sends from its own addresses through
+  the gateway port (250: its gateway address and PublicIP; kubelet's probes):
+  pass new. What the host only forwards (a direct peer's pods, flows/direct.py,
+  a DNATed client that kept its address) is judged as any other source. A
+  rule: conjunctive clauses (100) of the pods it isolates, its peers and its
+  ports, and one flow per rule matching its conj_id (190, cookie
+  POLICY|conj_id: its n_packets count the connections the rule allowed): pass new; a clause that matches
   everything is left out, so a rule costs |pods| + |peers| + |ports| flows,
   and a rule of one clause (no peers, no ports) is a flow per pod (180). The
   pod's default drop (10, cookie POLICY_DROP|pod IP: its n_packets count the
@@ -42,7 +44,7 @@ IPv6 (a dual-stack pod's second address): rules are not compiled for it yet, so
 an isolated pod fails closed there. Its IPv6 packets, both ways, take hooks of
 their own (ROUTE 150 from it, LOCAL 210 to it; no conntrack) into the stage
 and hit its default drop: a pod isolated in either direction exchanges IPv6
-with its own node only (into it from the gateway port: pass, 250).
+with its own node only (into it from the node's own addresses: pass, 250).
 Named ports resolve per destination pod: the pods (ingress) or peers (egress)
 that resolve a rule's names alike share one conjunction. An ipBlock's except
 is subtracted from its cidr (the rest as disjoint networks).
@@ -322,7 +324,8 @@ class _Compiler:
 
     def compile(self, local: Sequence[Pod], subnet: IPv4Network,
                 v6: Mapping[IPv4Address, IPv6Address] | None = None,
-                gateway6: IPv6Address | None = None) -> PolicyTable:  # fmt: skip
+                gateway6: IPv6Address | None = None,
+                host: Sequence[IPv4Address | IPv6Address] = ()) -> PolicyTable:  # fmt: skip
         ev = self.evaluator
         isolating = {  # (direction, pod IP) -> namespace/name of the policies isolating it
             (stage.direction, p.ip): {x.key_name for x in ev.selecting(p, stage.direction)}
@@ -333,8 +336,9 @@ class _Compiler:
             return self.table
         flows = self.table.flows
         hooks: list[tuple[Stage, dict]] = []
+        own = [subnet.network_address + 1, *(a for a in host if a.version == 4)]
         for stage in STAGES:
-            flows += _stage_plumbing(stage, subnet)
+            flows += _stage_plumbing(stage, subnet, own)
             isolated = [p for p in guarded if isolating[stage.direction, p.ip]]
             for p in isolated:
                 match = {"eth_type": ETH_TYPE_IP, stage.pod_field: p.ip}
@@ -348,7 +352,9 @@ class _Compiler:
                     tuple(sorted(isolating[stage.direction, p.ip])),
                 )
             self._rules(stage, isolated, isolating)
-        flows += _ipv6_closed(guarded, v6 or {}, gateway6, hooks)
+        own6 = [*([gateway6] if gateway6 is not None else []),
+                *(a for a in host if a.version == 6)]  # fmt: skip
+        flows += _ipv6_closed(guarded, v6 or {}, gateway6, own6, hooks)
         flows += self.direct.values()
         flows += [Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE)
                   for (table, match), actions in self.clauses.items()]  # fmt: skip
@@ -372,10 +378,12 @@ class _Compiler:
 
 
 def _ipv6_closed(guarded: Sequence[Pod], v6: Mapping[IPv4Address, IPv6Address],
-                 gateway: IPv6Address | None, hooks: list[tuple[Stage, dict]]) -> list[Flow]:  # fmt: skip
+                 gateway: IPv6Address | None, own: Sequence[IPv6Address],
+                 hooks: list[tuple[Stage, dict]]) -> list[Flow]:  # fmt: skip
     """Fail closed over IPv6 (see the module doc): each guarded pod's IPv6 address hooked
-    into both stages, to its default drop; the node's own traffic into it passes, and so
-    does what it sends to the node's gateway address (the replies to the node's probes)."""
+    into both stages, to its default drop; the node's own traffic into it (from `own`, its
+    addresses) passes, and so does what it sends to the node's gateway address (the
+    replies to the node's probes)."""
     flows: list[Flow] = []
     for p in guarded:
         six = v6.get(p.ip)
@@ -390,15 +398,16 @@ def _ipv6_closed(guarded: Sequence[Pod], v6: Mapping[IPv4Address, IPv6Address],
                 flows.append(flow(stage.table, PRIO_ALWAYS, {**match, "ipv6_dst": gateway},
                                   stage.passing(False), POLICY_COOKIE))  # fmt: skip
     if flows:
-        flows.append(flow(Table.POL_INGRESS, PRIO_ALWAYS,
-                          {"eth_type": ETH_TYPE_IPV6, "in_port": GATEWAY_OFPORT},
-                          INGRESS_STAGE.passing(False), POLICY_COOKIE))  # fmt: skip
+        flows += [flow(Table.POL_INGRESS, PRIO_ALWAYS,
+                       {"eth_type": ETH_TYPE_IPV6, "in_port": GATEWAY_OFPORT, "ipv6_src": a},
+                       INGRESS_STAGE.passing(False), POLICY_COOKIE) for a in own]  # fmt: skip
     return flows
 
 
-def _stage_plumbing(stage: Stage, subnet: IPv4Network) -> list[Flow]:
+def _stage_plumbing(stage: Stage, subnet: IPv4Network, own: Sequence[IPv4Address]) -> list[Flow]:
     """What a stage holds whatever its pods: the commit hook of the node's subnet, state
-    bypass, the node's own traffic, the miss."""
+    bypass, the node's own traffic (from `own`, its addresses, through the gateway port:
+    not what its host forwards, such as a direct peer's pods), the miss."""
     ip = {"eth_type": ETH_TYPE_IP}
     flows = [
         flow(stage.table, PRIO_STATE, {**ip, "ct_state": ct_state(bits | CT_TRK)},
@@ -409,8 +418,8 @@ def _stage_plumbing(stage: Stage, subnet: IPv4Network) -> list[Flow]:
                       {**ip, stage.pod_field: subnet, stage.done: 0},
                       stage.passing(True), POLICY_COOKIE))  # fmt: skip
     if stage is INGRESS_STAGE:
-        flows.append(flow(stage.table, PRIO_ALWAYS, {**ip, "in_port": GATEWAY_OFPORT},
-                          stage.passing(True), POLICY_COOKIE))  # fmt: skip
+        flows += [flow(stage.table, PRIO_ALWAYS, {**ip, "in_port": GATEWAY_OFPORT, "ip_src": a},
+                       stage.passing(True), POLICY_COOKIE) for a in own]  # fmt: skip
     flows.append(flow(stage.table, PRIO_MISS, {}, (), POLICY_COOKIE))
     return flows
 
@@ -423,12 +432,14 @@ def policy_table(
     subnet: IPv4Network,
     ipv6_subnet: IPv6Network | None = None,
     peers: dict[RuleRef, list[Value] | None] | None = None,
+    host: Sequence[IPv4Address | IPv6Address | None] = (),
 ) -> PolicyTable:
     """The policy flows of the switch of `subnet` (and `ipv6_subnet`, dual stack) whose
     accepted pods are `local`; `endpoints`: every accepted endpoint of the cluster (the
     peers selectors may name). Empty when no policy isolates any of `local`. `peers`: each
     rule's resolved peers, shared by the callers that compile every switch from the same
-    inputs."""
+    inputs. `host`: the node's addresses besides its gateway addresses (its PublicIP and
+    PublicIPv6; None: not there), whose traffic into its pods passes as the node's own."""
     if not policies:
         return PolicyTable()
     pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None]
@@ -437,5 +448,5 @@ def policy_table(
     v6 = {e.ip: e.ipv6 for e in local if e.ipv6 is not None}
     gateway6 = ipv6_subnet.network_address + 1 if ipv6_subnet is not None else None
     return _Compiler(policies, namespaces, pods, {} if peers is None else peers).compile(
-        own, subnet, v6, gateway6)
+        own, subnet, v6, gateway6, [a for a in host if a is not None])
 

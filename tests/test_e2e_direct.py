@@ -21,14 +21,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 
 from flows.flow import Owner, cookie_for
+from leases.registry import Registry
 from ovsdb.direct import RTPROT_VXFLOW
 from tests.emulation import emulated_cluster
 from tests.ofharness import VXFLOW
 from tests.test_e2e_rogue_underlay import echo_requests_received, rogue_host
+from tests.test_e2e_trace import walk
 from vxflow.demo import cluster_module
 
 VXLAN_PORT = 8472
@@ -273,23 +276,124 @@ def test_turning_direct_routing_off_and_on_loses_no_ping_beyond_one_second() -> 
         assert len(plain(seen, p1.addr, p2.addr)) == 3, seen
 
 
+@pytest.fixture(scope="module")
+def pair() -> Iterator:
+    """Two nodes on one link with two pods each, DirectRouting and --ip-masq on: the
+    cluster of the tests of what must keep working over a direct path."""
+    with emulated_cluster("v", nodes=2, pods=2, direct_routing=True, ip_masq=True) as cluster:
+        n1, n2 = cluster.vxflow_nodes
+        s1, s2 = (str(cluster.pods_of(n)[0].ip_if.network) for n in (n1, n2))
+        wait_for("direct both ways", lambda: direct_routes(n1) == {s2} and direct_routes(n2) == {s1})
+        yield cluster
+
+
 @pytest.mark.e2e
-def test_a_service_and_ip_masq_over_a_direct_path() -> None:
+def test_a_service_and_ip_masq_over_a_direct_path(pair) -> None:
     """A pod reaches a service whose backend is on a direct peer: the connection crosses
     the underlay as plain TCP to the backend's own address (DNAT in the client's switch),
     the backend sees the client pod's address (--ip-masq leaves overlay to overlay
     alone), and the reply finds its way back (un-DNAT)."""
     from tests.test_e2e_services import PORT, VIP, put_service, run_in, serving
 
-    with emulated_cluster("v", nodes=2, pods=1, direct_routing=True, ip_masq=True) as cluster:
-        n1, n2 = cluster.vxflow_nodes
-        (p1,), (p2,) = cluster.pods_of(n1), cluster.pods_of(n2)
-        wait_for("n1 routes n2 directly", lambda: direct_routes(n1) == {str(p2.ip_if.network)})
-        with serving(cluster, [n2]):
-            put_service(cluster, [p2])
-            with capture(n2, f"tcp port {PORT} or udp port {VXLAN_PORT}") as seen:
-                result = run_in(p1, "connect", VIP, "80", "5")
-        assert result["failed"] == 0, result
-        assert {a.split()[1] for a in result["answers"]} == {str(p1.addr)}  # not masqueraded
-        assert [ln for ln in seen if re.match(rf"[\d:.]+ IP {p1.addr}\.\d+ > {p2.addr}\.{PORT}: ", ln)]
-        assert not vxlan(seen, n2.underlay_ip), seen
+    n1, n2 = pair.vxflow_nodes
+    p1, p2 = pair.pods_of(n1)[0], pair.pods_of(n2)[0]
+    with serving(pair, [n2]):
+        put_service(pair, [p2])
+        with capture(n2, f"tcp port {PORT} or udp port {VXLAN_PORT}") as seen:
+            result = run_in(p1, "connect", VIP, "80", "5")
+    assert result["failed"] == 0, result
+    assert {a.split()[1] for a in result["answers"]} == {str(p1.addr)}  # not masqueraded
+    assert [ln for ln in seen if re.match(rf"[\d:.]+ IP {p1.addr}\.\d+ > {p2.addr}\.{PORT}: ", ln)]
+    assert not vxlan(seen, n2.underlay_ip), seen
+
+
+POLICIES = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-a, namespace: direct}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {pod: a}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-to-b, namespace: direct}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - podSelector: {matchLabels: {pod: b}}
+"""
+
+
+def name_pods(cluster, names: dict[str, Any]) -> None:
+    """Each pod's identity (namespace `direct`, its name, the label pod=<name>) on its OVS
+    Interface, as vxflow-cni writes it; back once every one is published in etcd."""
+    for name, pod in names.items():
+        node = next(n for n in cluster.vxflow_nodes if pod in cluster.pods_of(n))
+        node.ovs.vsctl("set", "Interface", pod.name, "external_ids:vxflow-namespace=direct",
+                       f"external_ids:vxflow-pod={name}",
+                       f"external_ids:vxflow-labels={json.dumps(json.dumps({'pod': name}))}")  # fmt: skip
+    registry = Registry(cluster.etcd_endpoint, cluster.spec.prefix)
+    try:
+        wait_for("the pods' identities in etcd", lambda: {
+            e.pod.name for e in registry.list_endpoints() if e.pod is not None} >= set(names))  # fmt: skip
+    finally:
+        registry.close()
+
+
+@pytest.mark.e2e
+def test_network_policy_over_a_direct_path_both_directions(pair, tmp_path) -> None:
+    """n1 holds pods a and c, n2 b and d, routed to each other directly. b admits only a
+    (ingress, judged on n2 although the packet came in through its host), a may reach only
+    b (egress, judged on n1 before the direct route): c reaches d but not b, a reaches b
+    but not d; `vxflow trace` names the isolation that drops c -> b after the direct hop."""
+    n1, n2 = pair.vxflow_nodes
+    (a, c), (b, d) = pair.pods_of(n1), pair.pods_of(n2)
+    name_pods(pair, {"a": a, "b": b, "c": c, "d": d})
+    manifest = tmp_path / "netpol.yaml"
+    manifest.write_text(POLICIES)
+    res = vxflow(pair, "policies", "set", str(manifest))
+    assert res.returncode == 0, res.stdout + res.stderr
+    want = {("a", "b"): True, ("c", "b"): False, ("a", "d"): False, ("c", "d"): True}
+    pods = {"a": a, "b": b, "c": c, "d": d}
+    try:
+        wait_for("the policies enforced over the direct path", lambda: {
+            (s, t): ping(pods[s], pods[t].addr, 1) for s, t in want} == want, timeout=30)  # fmt: skip
+        rc, doc = walk(pair, c.addr, b.addr)
+        assert rc == 1 and doc["hops"][0]["result"] == "direct", doc
+        assert doc["hops"][-1]["result"] == "dropped", doc
+        assert doc["hops"][-1]["detail"] == ("network policy: ingress of pod direct/b is isolated "
+                                             "by direct/b-from-a, and no rule of them allows this "
+                                             "connection")  # fmt: skip
+        assert walk(pair, a.addr, b.addr)[1]["delivered"] is True
+        # the node's own traffic into its isolated pod still passes (kubelet's probes)
+        assert " 0% packet loss" in n2.cmd(f"ping -c 2 -i 0.2 -W 1 {b.addr}")
+    finally:
+        for name in ("direct/b-from-a", "direct/a-to-b"):
+            vxflow(pair, "policies", "rm", name)
+
+
+@pytest.mark.e2e
+def test_a_spoofed_source_from_a_pod_does_not_cross_the_direct_path(pair) -> None:
+    """A pod sends with its neighbour's address, a source the peer's direct-ingress filter
+    admits (the sender's node leases it): its switch's spoof guard drops it, so nothing
+    leaves the node nor reaches the target; its own address still gets through."""
+    n1, n2 = pair.vxflow_nodes
+    pod, neighbour = pair.pods_of(n1)
+    target = pair.pods_of(n2)[1]
+    before = echo_requests_received(target)
+    pod.cmd(f"ip addr add {neighbour.addr}/32 dev eth0")
+    try:
+        with capture(n1, f"icmp and src {neighbour.addr}") as seen:
+            out = pod.cmd(f"ping -n -c 3 -i 0.2 -W 1 -I {neighbour.addr} {target.addr}")
+    finally:
+        pod.cmd(f"ip addr del {neighbour.addr}/32 dev eth0")
+    assert "100% packet loss" in out, out
+    assert not [ln for ln in seen if re.match(r"[\d:.]+ IP ", ln)], seen
+    assert echo_requests_received(target) == before
+    assert ping(pod, target.addr)
+

@@ -106,7 +106,7 @@ class Tracer:
             snap = self.snap
             self._policies[lease.public_ip] = policy_table(
                 snap.policies, snap.namespaces, snap.endpoints, snap.endpoints_of(lease.subnet),
-                lease.subnet, lease.ipv6_subnet,
+                lease.subnet, lease.ipv6_subnet, host=(lease.public_ip, lease.public_ipv6),
             )
         return self._policies[lease.public_ip]
 
