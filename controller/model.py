@@ -26,7 +26,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from flows.compiler import (
     NodeTable,
@@ -40,7 +40,7 @@ from flows.compiler import (
     route_row,
     subnet_cookie,
 )
-from flows.direct import direct_cookie, direct_flow, direct_leases
+from flows.direct import direct_cookie, direct_flows, direct_leases
 from flows.flow import Flow, Owner, Table, owner_of
 from flows.groups import Group, group_cookie
 from flows.ipv6 import dual_stack, endpoint_v6_flows, lease_v6_flows
@@ -190,7 +190,7 @@ class ClusterModel:
         self.alive: set[IPv4Address] = set()
         self.connected: set[IPv4Address] = set()
         # DirectRouting: the peers each node's agent reaches directly (its liveness record)
-        self.direct: dict[IPv4Address, frozenset[IPv4Address]] = {}
+        self.direct: dict[IPv4Address, frozenset[IPv4Address | IPv6Address]] = {}
         self._down: dict[IPv4Network, IPv4Address] = {}
         # health checks: the verdicts (by service, then key name) and the unready backends
         # by service (only services with one)
@@ -344,7 +344,7 @@ class ClusterModel:
             v6 = self._v6_selection() if six else None
             direct = direct_leases(self.config, own, leases, reachable)
             table = node_table(self.config, leases, self.endpoints_of(own), own, rows, plan, v6,
-                               direct)  # fmt: skip
+                               direct, reachable or frozenset())  # fmt: skip
             table.flows.extend(self.policy_table(node).flows)
             return table
         flows: list[Flow] = []
@@ -363,7 +363,7 @@ class ClusterModel:
                     flows += lease_v6_flows(self.config, accepted[0], own)
         routes = RemoteRoutes(self.config, own, leases, rows) if leases else None
         if reachable and self.config.backend.direct_routing:
-            flows += self._direct_flows(own, reachable, scope)
+            flows += self._direct_flows(own, reachable, scope, six)
         for endpoint in self.endpoints_of(own):
             cookie = endpoint_cookie(endpoint)
             if Owner.ENDPOINT in scope.owners or cookie in scope.cookies:
@@ -411,9 +411,10 @@ class ClusterModel:
         return flows
 
     def _direct_flows(
-        self, own: Lease, reachable: frozenset[IPv4Address], scope: Scope
+        self, own: Lease, reachable: frozenset[IPv4Address | IPv6Address], scope: Scope, six: bool
     ) -> list[Flow]:
-        """The direct routes in `scope`: by the cookie of each peer's, as a lease's."""
+        """The direct routes in `scope` (`six`: IPv6's too, on a dual-stack node): by the
+        cookie of each peer's, as a lease's."""
         flows = []
         for cookie in scope.cookies:
             owner = owner_of(cookie)
@@ -421,7 +422,8 @@ class ClusterModel:
                 continue
             accepted = self._accepted_by_cookie(subnet_cookie(IPv4Network((owner[1], 32))))
             if accepted is not None and direct_leases(self.config, own, [accepted[0]], reachable):
-                flows.append(direct_flow(own, accepted[0]))
+                v6 = {accepted[0].subnet} if six and accepted[0] in self._v6_selection() else ()
+                flows += direct_flows(own, [accepted[0]], reachable, v6)
         return flows
 
     def _accepted_by_cookie(self, cookie: int) -> tuple[Lease, Row] | None:
@@ -462,7 +464,7 @@ class ClusterModel:
         readiness: Iterable[Readiness] | None = None,
         policies: Iterable[NetworkPolicy] | None = None,
         namespaces: Iterable[Namespace] | None = None,
-        direct: Mapping[IPv4Address, frozenset[IPv4Address]] | None = None,
+        direct: Mapping[IPv4Address, frozenset[IPv4Address | IPv6Address]] | None = None,
     ) -> Impact:
         """Replace everything (first snapshot, config change); `pause` is called every
         PAUSE_EVERY leases, so a cooperative caller can yield during a large load.
@@ -589,7 +591,7 @@ class ClusterModel:
         return impact
 
     def _note_direct(
-        self, node: IPv4Address, direct: frozenset[IPv4Address] | None, impact: Impact
+        self, node: IPv4Address, direct: frozenset[IPv4Address | IPv6Address] | None, impact: Impact
     ) -> None:
         """A node's Direct list came, changed or went: with DirectRouting on, the direct
         routes of the peers that came or went are in its switch's scope (a peer without
@@ -600,7 +602,11 @@ class ClusterModel:
         if old == direct or self.config is None or not self.config.backend.direct_routing:
             return
         changed = (old or frozenset()) ^ (direct or frozenset())
-        cookies = {direct_cookie(s) for s in self._subnets_of(changed)}
+        six = {ip for ip in changed if ip.version == 6}  # a PublicIPv6: its lease's subnet
+        subnets = self._subnets_of(ip for ip in changed if ip.version == 4)
+        if six:
+            subnets |= {le.subnet for le in self._leases.values() if le.public_ipv6 in six}
+        cookies = {direct_cookie(s) for s in subnets}
         if cookies:
             impact.node_cookies.setdefault(node, set()).update(cookies)
 
@@ -703,7 +709,7 @@ class ClusterModel:
             for s in self.services.values()
         )
 
-    def _subnets_of(self, ips: Iterable[IPv4Address]) -> set[IPv4Network]:
+    def _subnets_of(self, ips: Iterable[IPv4Address | IPv6Address]) -> set[IPv4Network]:
         return {s for ip in ips for s in self._by_ip.get(ip, ())}
 
     def _all_endpoints(self) -> list[Endpoint]:

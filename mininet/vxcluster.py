@@ -331,6 +331,8 @@ class Cluster(ClusterChecks):
             self.progress(f"{node.name}: starting ovsdb-server, ovs-vswitchd, vxflow agent")
             node.start_ovs(self.node_dir(node) / "ovs")
             node.sh("sysctl -qw net.ipv4.ip_forward=1")  # it routes pods' traffic that leaves
+            if node.underlay_ip6 is not None and spec.direct_routing:  # IPv6's direct routes too
+                node.sh("sysctl -qw net.ipv6.conf.all.forwarding=1")
             self.start_agent(node)
         for node in self.flannel_nodes:
             self.progress(f"{node.name}: starting the flannel-style daemon")

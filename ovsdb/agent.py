@@ -506,9 +506,9 @@ class Agent:
             own = self.lease
             peers = [le for le in self._leases.values()
                      if le.subnet != own.subnet and le.public_ip != own.public_ip]  # fmt: skip
-            reachable = self._direct.decide(peers)
-            direct = [le for le in peers if le.public_ip in reachable]
-            if changes := self._direct.apply(own, GATEWAY_PORT, direct):
+            reachable = self._direct.decide(peers, six=own.ipv6_subnet is not None)
+            direct = [le for le in peers if le.public_ip in reachable or le.public_ipv6 in reachable]
+            if changes := self._direct.apply(own, GATEWAY_PORT, direct, reachable):
                 metrics.DIRECT_ROUTE_CHANGES.inc(changes)
                 log.info("DirectRouting: %d direct peer(s) %s; %d route change(s)", len(direct),
                          sorted(str(le.public_ip) for le in direct), changes)  # fmt: skip

@@ -46,16 +46,18 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 20) -> None:
 
 
 def direct_routes(node) -> set[str]:
-    """The subnets of the flows that route a peer directly on `node`'s br-int."""
+    """The subnets (either family) of the flows that route a peer directly on `node`'s br-int."""
     mask = 0xFFFF << 48  # the magic byte and the owner kind
     out = node.ovs.ofctl("dump-flows", "br-int", f"cookie={cookie_for(Owner.DIRECT):#x}/{mask:#x}")
-    return set(re.findall(r"nw_dst=([\d./]+)", out))
+    return set(re.findall(r"(?:nw_dst|ipv6_dst)=([\da-f.:/]+)", out))
 
 
-def kernel_routes(node) -> set[str]:
-    """The agent's direct routes, by the command README.md shows."""
+def kernel_routes(node, six: bool = False) -> set[str]:
+    """The agent's direct routes, by the commands README.md shows (those with a next hop:
+    the gateway port's own routes of protocol 118, IPv6Network's, have none)."""
     assert RTPROT_VXFLOW == 118
-    return {line.split()[0] for line in node.cmd("ip route show proto 118").splitlines()}
+    command = "ip -6 route show proto 118" if six else "ip route show proto 118"
+    return {line.split()[0] for line in node.cmd(command).splitlines() if " via " in line}
 
 
 @contextmanager
@@ -82,7 +84,7 @@ def plain(lines: list[str], src, dst) -> list[str]:
 
 
 def vxlan(lines: list[str], to) -> list[str]:
-    return [ln for ln in lines if re.match(rf"[\d:.]+ IP [\d.]+ > {to}\.{VXLAN_PORT}: ", ln)]
+    return [ln for ln in lines if re.match(rf"[\d:.]+ IP6? [\da-f.:]+ > {to}\.{VXLAN_PORT}: ", ln)]
 
 
 def ping(pod, address, count: int = 3) -> bool:
@@ -198,11 +200,12 @@ def tools_show_the_direct_hop(cluster, src, dst, node, peer, direct) -> None:
     assert "DIRECT PEERS" in vxflow(cluster, "status").stdout
 
 
-def nft_drops(node) -> int:
-    """The ingress filter's drops, by the command README.md shows."""
-    out = node.cmd("nft list table ip vxflow_direct")
+def nft_drops(node, family: str = "ip") -> int:
+    """The ingress filter's drops, by the commands README.md shows."""
+    out = node.cmd(f"nft list table {family} vxflow_direct")
     (count,) = re.findall(r"counter packets (\d+) bytes \d+ drop", out)
     return int(count)
+
 
 
 @pytest.mark.e2e
@@ -397,3 +400,59 @@ def test_a_spoofed_source_from_a_pod_does_not_cross_the_direct_path(pair) -> Non
     assert echo_requests_received(target) == before
     assert ping(pod, target.addr)
 
+
+def echo6_requests_received(pod) -> int:
+    """ICMPv6 echo requests that reached the pod's stack (its netns's /proc/net/snmp6)."""
+    (count,) = re.findall(r"^Icmp6InEchos\s+(\d+)", pod.cmd("cat /proc/net/snmp6"), re.M)
+    return int(count)
+
+
+@pytest.mark.e2e
+def test_ipv6_direct_routes_in_a_dual_stack_cluster() -> None:
+    """flannel decides the PublicIPv6 apart and so does the agent: a peer whose PublicIPv6
+    is on the link gets its pods' IPv6 as plain IPv6 via that address (a kernel route
+    `<IPv6 subnet> via <PublicIPv6>`, the flow beside IPv4's), the record names it, trace
+    shows the hop; a host on the link routing IPv6 to a node's pods is dropped by the
+    filter's IPv6 table."""
+    from tests.test_e2e_dualstack import OVERLAY6
+
+    with emulated_cluster("6", nodes=2, pods=1, direct_routing=True,
+                          ipv6_network=OVERLAY6) as cluster:  # fmt: skip
+        n1, n2 = cluster.vxflow_nodes
+        (p1,), (p2,) = cluster.pods_of(n1), cluster.pods_of(n2)
+        s2, s2_6 = str(p2.ip_if.network), str(p2.ip6_if.network)
+        wait_for("n1 routes n2 directly in both families", lambda: direct_routes(n1) == {s2, s2_6})
+        assert kernel_routes(n1, six=True) == {s2_6} and kernel_routes(n1) == {s2}
+        assert f"{s2_6} via {n2.underlay_ip6} " in n1.cmd(f"ip -6 route show {s2_6}")
+        wait_for("pod to pod over IPv6", lambda: ping(p1, p2.addr6, 1))
+        with capture(n2, f"icmp6 or udp port {VXLAN_PORT}") as seen:
+            assert ping(p1, p2.addr6)
+        echo = [ln for ln in seen if re.match(rf"[\d:.]+ IP6 {p1.addr6} > {p2.addr6}: ICMP6, echo request", ln)]
+        assert len(echo) == 3, seen
+        assert not vxlan(seen, n2.underlay_ip6) and not vxlan(seen, n2.underlay_ip), seen
+
+        doc = json.loads(vxflow(cluster, "trace", str(p1.addr6), str(p2.addr6), "-o", "json",
+                                *ovs_flags(cluster)).stdout)  # fmt: skip
+        first, second = doc["hops"]
+        assert (first["result"], first["next_hop"], first["vni"]) == (
+            "direct", str(n2.underlay_ip6), None), doc  # fmt: skip
+        assert second["result"] == "delivered" and doc["delivered"], doc
+        status = json.loads(vxflow(cluster, "status", "-o", "json").stdout)
+        (mine,) = [n for n in status["nodes"] if n["public_ip"] == str(n1.underlay_ip)]
+        assert set(mine["direct"]) == {str(n2.underlay_ip), str(n2.underlay_ip6)}
+
+        bridge = next(s for s in cluster.net.switches
+                      if isinstance(s, cluster_module().UnderlayBridge))  # fmt: skip
+        spare = list(bridge.node_addresses())[len(cluster.nodes) + 1]  # held by no node
+        rogue6 = cluster_module().UNDERLAY6.network_address + int(spare.packed[3])
+        with rogue_host(bridge.name, f"{cluster.spec.tag}y", spare) as ns:
+            for cmd in ("sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0",
+                        f"ip -6 addr add {rogue6}/64 dev eth0 nodad",
+                        f"ip -6 route add {p1.ip6_if.network} via {n1.underlay_ip6}"):  # fmt: skip
+                subprocess.run(["ip", "netns", "exec", ns, *cmd.split()], check=True)
+            before, dropped = echo6_requests_received(p1), nft_drops(n1, "ip6")
+            subprocess.run(["ip", "netns", "exec", ns, "ping", "-6", "-c", "4", "-i", "0.2", "-W",
+                            "1", str(p1.addr6)], capture_output=True)  # fmt: skip
+            assert echo6_requests_received(p1) == before
+            assert nft_drops(n1, "ip6") - dropped == 4
+        assert ping(p1, p2.addr6)

@@ -3,7 +3,7 @@ the agent hands the kernel. The kernel's side is tests/test_e2e_direct.py's."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from ovsdb.direct import RTPROT_VXFLOW, filter_commands, route_commands
 
@@ -46,3 +46,20 @@ def test_the_filter_drops_to_own_pods_from_all_but_the_gateway_and_direct_subnet
     # no direct peer: everything forwarded to the pods from outside the gateway port drops
     assert [next(iter(e)) for e in rule_of(filter_commands(own, "vxgw0", []))] == [
         "match", "match", "counter", "drop"]  # fmt: skip
+
+
+def test_ipv6_has_its_own_routes_and_a_filter_in_an_ip6_table() -> None:
+    own, peer = IPv6Network("fd00:198:19:1::/64"), IPv6Network("fd00:198:19:2::/64")
+    via = IPv6Address("fd00:198:18::2")
+    assert route_commands({peer: via}, {}) == [
+        f"route replace fd00:198:19:2::/64 via fd00:198:18::2 proto {RTPROT_VXFLOW}"]
+    batch = filter_commands(own, "vxgw0", [peer, IPv6Network(via)])
+    assert batch["nftables"][0] == {"add": {"table": {"family": "ip6", "name": "vxflow_direct"}}}
+    assert {c["add"]["rule"]["family"] for c in batch["nftables"] if "rule" in c.get("add", {})} == {"ip6"}
+    expr = rule_of(batch)
+    assert expr[1]["match"]["left"] == {"payload": {"protocol": "ip6", "field": "daddr"}}
+    assert expr[1]["match"]["right"] == {"prefix": {"addr": "fd00:198:19:1::", "len": 64}}
+    assert expr[2]["match"]["left"] == {"payload": {"protocol": "ip6", "field": "saddr"}}
+    assert expr[2]["match"]["right"] == {"set": [
+        {"prefix": {"addr": "fd00:198:19:2::", "len": 64}},
+        {"prefix": {"addr": "fd00:198:18::2", "len": 128}}]}  # fmt: skip
