@@ -126,7 +126,7 @@ from ovsdb.bootstrap import (
     flow_restore_wait_set,
     with_underlay_mtu,
 )
-from ovsdb.direct import DirectError, DirectRouting, RouteWatch
+from ovsdb.direct import DirectError, DirectRouting, DroppedCount, RouteWatch
 from ovsdb.ipmasq import IpMasq, IpMasqError
 from ovsdb.iproute import IprouteError, gateway_to
 from ovsdb.liveness import LivenessKeeper
@@ -227,6 +227,7 @@ class Agent:
         self._leases: dict[IPv4Network, Lease] = {}
         self._direct_due = threading.Event()
         self._direct: DirectRouting | None = None
+        metrics.DIRECT_INGRESS_DROPPED.source = DroppedCount().read  # read when scraped
         self._direct_clean = False  # DirectRouting off and nothing of ours left: done
         self._keeper: LivenessKeeper | None = None
 

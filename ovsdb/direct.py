@@ -13,7 +13,7 @@ what arrives unencapsulated, and the kernel's route changes that make the agent 
 - The filter (nftables, table `ip vxflow_direct`, hook forward): a packet that the host
   forwards to this node's pod subnet from anywhere but the gateway port must come from
   a direct peer's subnet or PublicIP (its host's own traffic), or it is dropped and
-  counted; a
+  counted (the named counter `dropped`, which the agent exports: `DroppedCount`); a
   packet the host DNATed itself (addressed to the node, e.g. a NodePort) passes. A host
   on the underlay that is not a node cannot reach pods by routing to this node; nor can
   a peer behind a router, which is VXLAN's, checked there by the tunnel-ingress flows.
@@ -50,6 +50,7 @@ FAMILIES = {4: FAMILY, 6: "ip6"}  # nftables' family of each IP version's table
 FAMILY_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 TABLE = "vxflow_direct"
 CHAIN = "forward"
+COUNTER = "dropped"  # a named counter: the chain's flush at each apply leaves it counting
 COMMENT = "vxflow direct ingress"
 
 
@@ -113,11 +114,12 @@ def filter_commands(own: Network, gateway: str, sources: list[Network]) -> dict[
     if sources:
         rule.append({"match": {"op": "!=", "left": _ip("saddr", own.version),
                                "right": {"set": [_prefix(s) for s in sources]}}})  # fmt: skip
-    rule += [{"counter": None}, {"drop": None}]
+    rule += [{"counter": COUNTER}, {"drop": None}]
     dnat = [{"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
             {"accept": None}]  # fmt: skip
     return {"nftables": [
         {"add": {"table": {"family": family, "name": TABLE}}},
+        {"add": {"counter": {**where, "name": COUNTER}}},
         {"add": {"chain": {**where, "name": CHAIN, "type": "filter", "hook": "forward",
                            "prio": 0, "policy": "accept"}}},
         {"flush": {"chain": {**where, "name": CHAIN}}},
@@ -209,6 +211,42 @@ class DirectRouting:
         rc, _out, err = self._nftables().json_cmd(commands)
         if rc != 0:
             raise DirectError(f"nftables refused the direct-routing filter: {err.strip()}")
+
+
+class DroppedCount:
+    """The filter's drops since the agent started, for its metrics page: the tables' named
+    counters (both families) read when asked, through an nftables handle of its own (a
+    scrape's thread); a counter that went back (its table made anew: the option off and
+    on) counts on from zero."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._nft: Any = None
+        self._seen = dict.fromkeys(FAMILIES, 0)
+        self._total = 0
+
+    def read(self) -> int:
+        with self._lock:
+            for version, family in FAMILIES.items():
+                now = self._packets(family)
+                seen, self._seen[version] = self._seen[version], now
+                self._total += now - seen if now >= seen else now
+            return self._total
+
+    def _packets(self, family: str) -> int:
+        if self._nft is None:
+            try:
+                import nftables
+            except ImportError:  # no python3-nftables: no filter either
+                return 0
+            self._nft = nftables.Nftables()
+            self._nft.set_json_output(True)
+        what = {"family": family, "table": TABLE, "name": COUNTER}
+        rc, out, _err = self._nft.json_cmd({"nftables": [{"list": {"counter": what}}]})
+        if rc != 0:  # no table (DirectRouting off, or not this family)
+            return 0
+        found = [o["counter"] for o in out["nftables"] if "counter" in o]
+        return int(found[0]["packets"]) if found else 0
 
 
 class RouteWatch:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -112,7 +113,7 @@ def router(bridge, name: str, address: IPv4Address, behind, others) -> Iterator[
 
 @pytest.mark.e2e
 def test_direct_routing_plain_ip_on_one_link_vxlan_behind_a_router_rogue_dropped() -> None:
-    with emulated_cluster("d", nodes=3, pods=1, direct_routing=True) as cluster:
+    with emulated_cluster("d", nodes=3, pods=1, direct_routing=True, agent_metrics=True) as cluster:
         n1, n2, n3 = cluster.vxflow_nodes
         bridge = next(s for s in cluster.net.switches
                       if isinstance(s, cluster_module().UnderlayBridge))  # fmt: skip
@@ -156,11 +157,12 @@ def test_direct_routing_plain_ip_on_one_link_vxlan_behind_a_router_rogue_dropped
         with rogue_host(bridge.name, f"{cluster.spec.tag}x", spare[1]) as ns:
             subprocess.run(["ip", "netns", "exec", ns, "ip", "route", "add",
                             str(p1.ip_if.network), "via", str(n1.underlay_ip)], check=True)  # fmt: skip
-            before, dropped = echo_requests_received(p1), nft_drops(n1)
+            before, dropped, metered = echo_requests_received(p1), nft_drops(n1), drops_metric(n1)
             subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "4", "-i", "0.2", "-W", "1",
                             str(p1.addr)], capture_output=True)  # fmt: skip
             assert echo_requests_received(p1) == before
             assert nft_drops(n1) - dropped == 4
+            assert drops_metric(n1) - metered == 4  # the agent's metrics page says so too
         assert ping(p1, p2.addr)  # the nodes keep reaching each other
 
 
@@ -203,9 +205,20 @@ def tools_show_the_direct_hop(cluster, src, dst, node, peer, direct) -> None:
 def nft_drops(node, family: str = "ip") -> int:
     """The ingress filter's drops, by the commands README.md shows."""
     out = node.cmd(f"nft list table {family} vxflow_direct")
-    (count,) = re.findall(r"counter packets (\d+) bytes \d+ drop", out)
+    assert 'counter name "dropped" drop' in out, out  # the rule counts into the named counter
+    (count,) = re.findall(r"counter dropped \{\s*packets (\d+) bytes \d+", out)
     return int(count)
 
+
+def drops_metric(node) -> float:
+    """vxflow_agent_direct_ingress_dropped_packets_total on `node`'s agent's metrics page (on
+    the node's own loopback)."""
+    url = f"http://127.0.0.1:{cluster_module().AGENT_METRICS_PORT}/metrics"
+    text = node.cmd(f"{sys.executable} -c 'import urllib.request as u; "
+                    f"print(u.urlopen(\"{url}\", timeout=5).read().decode())'")  # fmt: skip
+    found = re.findall(r"^vxflow_agent_direct_ingress_dropped_packets_total (\S+)\r?$", text, re.M)
+    assert len(found) == 1, text
+    return float(found[0])
 
 
 @pytest.mark.e2e
@@ -416,8 +429,8 @@ def test_ipv6_direct_routes_in_a_dual_stack_cluster() -> None:
     filter's IPv6 table."""
     from tests.test_e2e_dualstack import OVERLAY6
 
-    with emulated_cluster("6", nodes=2, pods=1, direct_routing=True,
-                          ipv6_network=OVERLAY6) as cluster:  # fmt: skip
+    with emulated_cluster("6", nodes=2, pods=1, direct_routing=True, ipv6_network=OVERLAY6,
+                          agent_metrics=True) as cluster:  # fmt: skip
         n1, n2 = cluster.vxflow_nodes
         (p1,), (p2,) = cluster.pods_of(n1), cluster.pods_of(n2)
         s2, s2_6 = str(p2.ip_if.network), str(p2.ip6_if.network)
@@ -450,9 +463,10 @@ def test_ipv6_direct_routes_in_a_dual_stack_cluster() -> None:
                         f"ip -6 addr add {rogue6}/64 dev eth0 nodad",
                         f"ip -6 route add {p1.ip6_if.network} via {n1.underlay_ip6}"):  # fmt: skip
                 subprocess.run(["ip", "netns", "exec", ns, *cmd.split()], check=True)
-            before, dropped = echo6_requests_received(p1), nft_drops(n1, "ip6")
+            before, dropped, metered = echo6_requests_received(p1), nft_drops(n1, "ip6"), drops_metric(n1)
             subprocess.run(["ip", "netns", "exec", ns, "ping", "-6", "-c", "4", "-i", "0.2", "-W",
                             "1", str(p1.addr6)], capture_output=True)  # fmt: skip
             assert echo6_requests_received(p1) == before
             assert nft_drops(n1, "ip6") - dropped == 4
+            assert drops_metric(n1) - metered == 4
         assert ping(p1, p2.addr6)

@@ -35,14 +35,17 @@ def test_the_filter_drops_to_own_pods_from_all_but_the_gateway_and_direct_subnet
     own = IPv4Network("198.19.1.0/24")
     batch = filter_commands(own, "vxgw0", [S2, S3])
     commands = [next(iter(c)) for c in batch["nftables"]]
-    assert commands == ["add", "add", "flush", "add", "add"]  # one transaction: our rules only
+    assert commands == ["add", "add", "add", "flush", "add", "add"]  # one transaction: our rules only
+    # the drops go to a named counter, which the chain's flush (at every apply) leaves as it is
+    assert batch["nftables"][1] == {"add": {"counter": {"family": "ip", "table": "vxflow_direct",
+                                                        "name": "dropped"}}}  # fmt: skip
     expr = rule_of(batch)
     assert expr[0]["match"] == {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "vxgw0"}
     assert expr[1]["match"]["right"] == {"prefix": {"addr": "198.19.1.0", "len": 24}}
     assert expr[2]["match"]["op"] == "!=" and expr[2]["match"]["right"] == {"set": [
         {"prefix": {"addr": "198.19.2.0", "len": 24}},
         {"prefix": {"addr": "198.19.3.0", "len": 24}}]}  # fmt: skip
-    assert expr[-2:] == [{"counter": None}, {"drop": None}]
+    assert expr[-2:] == [{"counter": "dropped"}, {"drop": None}]
     # no direct peer: everything forwarded to the pods from outside the gateway port drops
     assert [next(iter(e)) for e in rule_of(filter_commands(own, "vxgw0", []))] == [
         "match", "match", "counter", "drop"]  # fmt: skip
