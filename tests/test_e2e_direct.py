@@ -453,6 +453,9 @@ def test_ipv6_direct_routes_in_a_dual_stack_cluster() -> None:
         status = json.loads(vxflow(cluster, "status", "-o", "json").stdout)
         (mine,) = [n for n in status["nodes"] if n["public_ip"] == str(n1.underlay_ip)]
         assert set(mine["direct"]) == {str(n2.underlay_ip), str(n2.underlay_ip6)}
+        show = vxflow(cluster, "flows", "show", "--node", str(n1.underlay_ip)).stderr
+        assert (f"# DirectRouting: direct to {n2.underlay_ip} ({s2}, {s2_6} via {n2.underlay_ip6}); "
+                "VXLAN to the rest") in show, show  # fmt: skip
 
         bridge = next(s for s in cluster.net.switches
                       if isinstance(s, cluster_module().UnderlayBridge))  # fmt: skip
