@@ -126,7 +126,7 @@ from ovsdb.bootstrap import (
     flow_restore_wait_set,
     with_underlay_mtu,
 )
-from ovsdb.direct import DirectError, DirectRouting, DroppedCount, RouteWatch
+from ovsdb.direct import DirectError, DirectRouting, DroppedCount, RouteWatch, candidates
 from ovsdb.ipmasq import IpMasq, IpMasqError
 from ovsdb.iproute import IprouteError, gateway_to
 from ovsdb.liveness import LivenessKeeper
@@ -505,8 +505,7 @@ class Agent:
                 return
             self._direct_clean = False
             own = self.lease
-            peers = [le for le in self._leases.values()
-                     if le.subnet != own.subnet and le.public_ip != own.public_ip]  # fmt: skip
+            peers = candidates(self.config, own, self._leases.values())
             reachable = self._direct.decide(peers, six=own.ipv6_subnet is not None)
             direct = [le for le in peers if le.public_ip in reachable or le.public_ipv6 in reachable]
             if changes := self._direct.apply(own, GATEWAY_PORT, direct, reachable):

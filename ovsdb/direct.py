@@ -25,6 +25,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 
@@ -38,8 +39,10 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_LINK,
 )
 
+from flows.ipv6 import dual_stack
+from flows.validate import select_leases, select_v6
 from leases.direct import direct_sources, route_is_direct
-from leases.model import Lease
+from leases.model import Lease, NetworkConfig
 from ovsdb.iproute import ip_batch, ip_json
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,18 @@ def direct_peers(ipr: IPRoute, peers: Iterable[Lease], six: bool = False) -> fro
             if route_is_direct(answer):
                 found.add(address)
     return frozenset(found)
+
+
+def candidates(config: NetworkConfig, own: Lease, leases: Iterable[Lease]) -> list[Lease]:
+    """The peers the rule is asked about, as the controller selects them (pure): only
+    accepted leases (flows/validate.py), and their IPv6 half only where it is accepted too
+    and this node is dual-stack, so no route ever serves a subnet two leases claim."""
+    accepted = select_leases(config, leases).accepted
+    six: set[IPv4Network] = set()  # the subnets of the leases whose IPv6 half is accepted
+    if dual_stack(config, own):
+        six = {le.subnet for le in select_v6(config, accepted).accepted}
+    return [le if le.subnet in six else replace(le, ipv6_subnet=None, public_ipv6=None)
+            for le in accepted if le.subnet != own.subnet and le.public_ip != own.public_ip]  # fmt: skip
 
 
 def route_commands(wanted: dict[Network, Address], held: dict[Network, Address]) -> list[str]:

@@ -3,9 +3,10 @@ the agent hands the kernel. The kernel's side is tests/test_e2e_direct.py's."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from ovsdb.direct import RTPROT_VXFLOW, filter_commands, route_commands
+from ovsdb.direct import RTPROT_VXFLOW, candidates, filter_commands, route_commands
 
 S2, S3, S4 = (IPv4Network(f"198.19.{i}.0/24") for i in (2, 3, 4))
 A2, A3, A4 = (IPv4Address(f"198.18.0.{i}") for i in (2, 3, 4))
@@ -66,3 +67,21 @@ def test_ipv6_has_its_own_routes_and_a_filter_in_an_ip6_table() -> None:
     assert expr[2]["match"]["right"] == {"set": [
         {"prefix": {"addr": "fd00:198:19:2::", "len": 64}},
         {"prefix": {"addr": "fd00:198:18::2", "len": 128}}]}  # fmt: skip
+
+
+def test_the_rule_is_asked_only_about_accepted_leases_and_accepted_ipv6_halves() -> None:
+    """As the controller selects them (flows/validate.py): a lease sharing a PublicIP with
+    another is no candidate, nor is either's; an IPv6 subnet two leases claim is neither's;
+    an IPv4-only node asks about no PublicIPv6."""
+    from tests.test_flows_ipv6 import DUAL, HALVES
+
+    h1, h2, h3 = HALVES
+    twin = replace(h3, subnet=IPv4Network("198.19.9.0/24"), ipv6_subnet=None, public_ipv6=None)
+    picked = {le.subnet: le for le in candidates(DUAL, h1, [h1, h2, h3, twin])}
+    assert set(picked) == {h2.subnet} and picked[h2.subnet].public_ipv6 == h2.public_ipv6
+    clash = replace(h3, ipv6_subnet=h2.ipv6_subnet)
+    picked = {le.subnet: le for le in candidates(DUAL, h1, [h1, h2, clash])}
+    assert set(picked) == {h2.subnet, h3.subnet}
+    assert all(le.public_ipv6 is None and le.ipv6_subnet is None for le in picked.values())
+    v4_only = replace(h1, ipv6_subnet=None, public_ipv6=None)
+    assert all(le.public_ipv6 is None for le in candidates(DUAL, v4_only, [v4_only, h2, h3]))
