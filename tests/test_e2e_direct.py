@@ -425,8 +425,9 @@ def test_ipv6_direct_routes_in_a_dual_stack_cluster() -> None:
     """flannel decides the PublicIPv6 apart and so does the agent: a peer whose PublicIPv6
     is on the link gets its pods' IPv6 as plain IPv6 via that address (a kernel route
     `<IPv6 subnet> via <PublicIPv6>`, the flow beside IPv4's), the record names it, trace
-    shows the hop; a host on the link routing IPv6 to a node's pods is dropped by the
-    filter's IPv6 table."""
+    shows the hop; behind a router (IPv6 only) it gets VXLAN over IPv6 while IPv4 stays
+    direct; a host on the link routing IPv6 to a node's pods is dropped by the filter's
+    IPv6 table."""
     from tests.test_e2e_dualstack import OVERLAY6
 
     with emulated_cluster("6", nodes=2, pods=1, direct_routing=True, ipv6_network=OVERLAY6,
@@ -459,9 +460,34 @@ def test_ipv6_direct_routes_in_a_dual_stack_cluster() -> None:
 
         bridge = next(s for s in cluster.net.switches
                       if isinstance(s, cluster_module().UnderlayBridge))  # fmt: skip
-        spare = list(bridge.node_addresses())[len(cluster.nodes) + 1]  # held by no node
-        rogue6 = cluster_module().UNDERLAY6.network_address + int(spare.packed[3])
-        with rogue_host(bridge.name, f"{cluster.spec.tag}y", spare) as ns:
+        spare = list(bridge.node_addresses())[len(cluster.nodes) + 1:]  # held by no node
+        router6, rogue6 = (cluster_module().UNDERLAY6.network_address + int(a.packed[3])
+                           for a in spare[:2])  # fmt: skip
+
+        # n2's PublicIPv6 behind a router, its PublicIP still on the link: IPv6 alone goes
+        # back to VXLAN, decided from the route change alone
+        with rogue_host(bridge.name, f"{cluster.spec.tag}g", spare[0]) as ns:
+            for cmd in ("sysctl -qw net.ipv6.conf.all.forwarding=1",
+                        "sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0",
+                        f"ip -6 addr add {router6}/64 dev eth0 nodad"):  # fmt: skip
+                subprocess.run(["ip", "netns", "exec", ns, *cmd.split()], check=True)
+            hops = ((n1, n2), (n2, n1))
+            try:
+                for node, peer in hops:
+                    node.cmd(f"ip -6 route replace {peer.underlay_ip6}/128 via {router6} dev br-phy")
+                    node.cmd(f"ping -6 -c 1 -W 1 {peer.underlay_ip6}")  # the tunnel's next hop
+                wait_for("n1 tunnels IPv6 to n2", lambda: direct_routes(n1) == {s2})
+                assert kernel_routes(n1, six=True) == set() and kernel_routes(n1) == {s2}
+                wait_for("pod to pod over IPv6 through the router", lambda: ping(p1, p2.addr6, 1))
+                with capture(n2, f"icmp6 or udp port {VXLAN_PORT}") as seen:
+                    assert ping(p1, p2.addr6)
+                assert len(vxlan(seen, n2.underlay_ip6)) >= 3, seen
+            finally:
+                for node, peer in hops:
+                    node.cmd(f"ip -6 route del {peer.underlay_ip6}/128 via {router6}")
+        wait_for("n1 routes n2's IPv6 directly again", lambda: direct_routes(n1) == {s2, s2_6})
+
+        with rogue_host(bridge.name, f"{cluster.spec.tag}y", spare[1]) as ns:
             for cmd in ("sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0",
                         f"ip -6 addr add {rogue6}/64 dev eth0 nodad",
                         f"ip -6 route add {p1.ip6_if.network} via {n1.underlay_ip6}"):  # fmt: skip
