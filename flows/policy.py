@@ -25,10 +25,10 @@ what it did before.
   a DNATed client that kept its address) is judged as any other source. A
   rule: conjunctive clauses (100) of the pods it isolates, its peers and its
   ports, and one flow per rule matching its conj_id (190, cookie
-  POLICY|conj_id: its n_packets count the connections the rule allowed): pass new; a clause that matches
-  everything is left out, so a rule costs |pods| + |peers| + |ports| flows,
-  and a rule of one clause (no peers, no ports) is a flow per pod (180). The
-  pod's default drop (10, cookie POLICY_DROP|pod IP: its n_packets count the
+  POLICY|conj_id: its n_packets count the connections the rule allowed): pass
+  new; a clause that matches everything is left out, so a rule costs |pods| +
+  |peers| + |ports| flows, and a rule of one clause (no peers, no ports) is a
+  flow per pod (180). The pod's default drop (10, cookie POLICY_DROP|pod IP: its n_packets count the
   denied packets).
 - Pass: reg2 (egress) or reg3 (ingress) = 1, so the packet takes a hook only
   once; ct_clear, so the service flows behind see the packet as they do without

@@ -91,8 +91,9 @@ def candidates(config: NetworkConfig, own: Lease, leases: Iterable[Lease]) -> li
     six: set[IPv4Network] = set()  # the subnets of the leases whose IPv6 half is accepted
     if dual_stack(config, own):
         six = {le.subnet for le in select_v6(config, accepted).accepted}
+    peers = [le for le in accepted if le.subnet != own.subnet and le.public_ip != own.public_ip]
     return [le if le.subnet in six else replace(le, ipv6_subnet=None, public_ipv6=None)
-            for le in accepted if le.subnet != own.subnet and le.public_ip != own.public_ip]  # fmt: skip
+            for le in peers]  # fmt: skip
 
 
 def route_commands(wanted: dict[Network, Address], held: dict[Network, Address]) -> list[str]:
@@ -175,14 +176,18 @@ class DirectRouting:
         return {ip_network(r["dst"]): ip_address(r["gateway"]) for r in routes
                 if r.get("gateway") and "/" in r.get("dst", "")}  # fmt: skip
 
-    def apply(self, own: Lease, gateway: str, direct: list[Lease], reachable: Collection[Address]) -> int:
+    def apply(
+        self, own: Lease, gateway: str, direct: list[Lease], reachable: Collection[Address]
+    ) -> int:
         """For each family of the node: routes via the `reachable` PublicIPs (PublicIPv6s)
         of `direct`, the filter admitting their subnets and addresses (leases/direct.py
         `direct_sources`); the number of routes changed. The filter goes in first: a route
         never runs ahead of the check on the way back. A node without an IPv6 half keeps
         no IPv6 route or table of ours."""
-        changes = self._apply(own.subnet, gateway, direct_sources(direct, reachable, own.public_ip),
-                              {p.subnet: p.public_ip for p in direct if p.public_ip in reachable})  # fmt: skip
+        wanted: dict[Network, Address] = {
+            p.subnet: p.public_ip for p in direct if p.public_ip in reachable}  # fmt: skip
+        sources = direct_sources(direct, reachable, own.public_ip)
+        changes = self._apply(own.subnet, gateway, sources, wanted)
         if own.ipv6_subnet is None:
             if not self._v6_clean:  # (one check: an earlier dual-stack run's are gone)
                 changes += self._clear(6)
@@ -191,12 +196,15 @@ class DirectRouting:
         self._v6_clean = False
         wanted6: dict[Network, Address] = {
             p.ipv6_subnet: p.public_ipv6 for p in direct
-            if p.ipv6_subnet is not None and p.public_ipv6 is not None and p.public_ipv6 in reachable
+            if p.ipv6_subnet is not None and p.public_ipv6 is not None
+            and p.public_ipv6 in reachable
         }  # fmt: skip
         sources6 = direct_sources(direct, reachable, own.public_ip, 6)
         return changes + self._apply(own.ipv6_subnet, gateway, sources6, wanted6)
 
-    def _apply(self, own: Network, gateway: str, sources: list, wanted: dict[Network, Address]) -> int:
+    def _apply(
+        self, own: Network, gateway: str, sources: list, wanted: dict[Network, Address]
+    ) -> int:
         self._nft_batch(filter_commands(own, gateway, sources))
         lines = route_commands(wanted, self.held_routes(own.version))
         if lines:

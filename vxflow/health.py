@@ -73,7 +73,8 @@ class Node:
     last_sync: float | None = None
     drift_repairs: int | None = None
     last_error: str = ""
-    direct: list[str] = field(default_factory=list)  # DirectRouting: the PublicIPs (PublicIPv6s) routed to directly
+    # DirectRouting: the peers' PublicIPs (and PublicIPv6s) routed to directly
+    direct: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -314,7 +315,8 @@ def render(report: Report, now: float | None = None) -> str:
                      "-" if n.drift_repairs is None else str(n.drift_repairs), str(n.pods)))  # fmt: skip
     lines += [*_table(rows), ""]
     if c and c.get("direct_routing"):
-        lines.append("DIRECT PEERS (DirectRouting: plain IP via the peer's PublicIP or PublicIPv6, no VXLAN)")
+        lines.append("DIRECT PEERS (DirectRouting: plain IP via the peer's PublicIP or "
+                     "PublicIPv6, no VXLAN)")
         lines += [f"{n.public_ip} -> {', '.join(n.direct) or 'none (all VXLAN)'}"
                   for n in report.nodes]  # fmt: skip
         lines.append("")
