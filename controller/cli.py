@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from ipaddress import IPv4Address
-from typing import Any
+from collections.abc import Collection
+from ipaddress import IPv4Address, IPv6Address
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -14,6 +15,9 @@ from daemons.build import banner
 from daemons.options import metrics_options
 from leases.cli_options import etcd_access, etcd_options, open_registry, operator_errors
 from leases.controllers import advertised_target, member_id_problem, target_problem
+
+if TYPE_CHECKING:
+    from leases.model import Lease
 
 log = logging.getLogger("controller")
 
@@ -145,6 +149,14 @@ def flows() -> None:
     """The flows a node's br-int must hold, and how a live switch differs."""
 
 
+def _routed_directly(peer: Lease, reachable: Collection[IPv4Address | IPv6Address]) -> str:
+    """The subnets of `peer` routed directly: IPv4's, and IPv6's via its PublicIPv6."""
+    routed = [str(peer.subnet)] if peer.public_ip in reachable else []
+    if peer.public_ipv6 in reachable:
+        routed.append(f"{peer.ipv6_subnet} via {peer.public_ipv6}")
+    return ", ".join(routed)
+
+
 def _desired(etcd: dict[str, Any], node: IPv4Address):
     """The node's desired table (flows and the services' groups), from etcd."""
     from flows.compiler import compile_table
@@ -164,8 +176,8 @@ def _desired(etcd: dict[str, Any], node: IPv4Address):
     table = compile_table(config, snap.leases, snap.endpoints, node, plan, snap.policies,
                           snap.namespaces, reachable)
     if config.backend.direct_routing:  # which peers the direct routes (flows/direct.py) serve
-        peers = [f"{p.public_ip} ({p.subnet})" for p in
-                 direct_leases(config, own, snap.leases, reachable)]  # fmt: skip
+        peers = [f"{p.public_ip} ({_routed_directly(p, reachable or frozenset())})"
+                 for p in direct_leases(config, own, snap.leases, reachable)]  # fmt: skip
         click.echo(f"# DirectRouting: direct to {', '.join(peers) or 'no peer'}; VXLAN to the "
                    "rest", err=True)  # fmt: skip
     return table

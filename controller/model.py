@@ -46,7 +46,7 @@ from flows.compiler import (
     route_row,
     subnet_cookie,
 )
-from flows.direct import direct_cookie, direct_flow, direct_leases
+from flows.direct import direct_cookie, direct_flows, direct_leases
 from flows.family import family
 from flows.flow import Flow, Owner, Table, owner_of
 from flows.groups import Group, group_cookie
@@ -200,7 +200,7 @@ class ClusterModel:
         self.alive: set[IPv4Address] = set()
         self.connected: set[IPv4Address] = set()
         # DirectRouting: the peers each node's agent reaches directly (its liveness record)
-        self.direct: dict[IPv4Address, frozenset[IPv4Address]] = {}
+        self.direct: dict[IPv4Address, frozenset[IPv4Address | IPv6Address]] = {}
         self._down: dict[IPv4Network, IPv4Address] = {}
         # health checks: the verdicts (by service, then key name) and the unready backends
         # by service (only services with one)
@@ -307,7 +307,7 @@ class ClusterModel:
                                           for v in pods.values()]  # fmt: skip
                     table = stage_table(selecting, self.namespaces.values(), self._pod_list,
                                         self.endpoints_of(own), own.subnet, own.ipv6_subnet,
-                                        self._peers)  # fmt: skip
+                                        self._peers, (own.public_ip, own.public_ipv6))  # fmt: skip
             self._policy_tables[node] = table
         return table
 
@@ -482,7 +482,7 @@ class ClusterModel:
             v6 = self._v6_selection() if six else None
             direct = direct_leases(self.config, own, leases, reachable)
             table = node_table(self.config, leases, self.endpoints_of(own), own, rows, plan, v6,
-                               direct)  # fmt: skip
+                               direct, reachable or frozenset())  # fmt: skip
             table.flows.extend(self.policy_table(node).flows)
             return table
         flows: list[Flow] = []
@@ -501,7 +501,7 @@ class ClusterModel:
                     flows += lease_v6_flows(self.config, accepted[0], own)
         routes = RemoteRoutes(self.config, own, leases, rows) if leases else None
         if reachable and self.config.backend.direct_routing:
-            flows += self._direct_flows(own, reachable, scope)
+            flows += self._direct_flows(own, reachable, scope, six)
         for endpoint in self.endpoints_of(own):
             cookie = endpoint_cookie(endpoint)
             if Owner.ENDPOINT in scope.owners or cookie in scope.cookies:
@@ -553,9 +553,10 @@ class ClusterModel:
         return flows
 
     def _direct_flows(
-        self, own: Lease, reachable: frozenset[IPv4Address], scope: Scope
+        self, own: Lease, reachable: frozenset[IPv4Address | IPv6Address], scope: Scope, six: bool
     ) -> list[Flow]:
-        """The direct routes in `scope`: by the cookie of each peer's, as a lease's."""
+        """The direct routes in `scope` (`six`: IPv6's too, on a dual-stack node): by the
+        cookie of each peer's, as a lease's."""
         flows = []
         for cookie in scope.cookies:
             owner = owner_of(cookie)
@@ -563,7 +564,8 @@ class ClusterModel:
                 continue
             accepted = self._accepted_by_cookie(subnet_cookie(IPv4Network((owner[1], 32))))
             if accepted is not None and direct_leases(self.config, own, [accepted[0]], reachable):
-                flows.append(direct_flow(own, accepted[0]))
+                v6 = {accepted[0].subnet} if six and accepted[0] in self._v6_selection() else ()
+                flows += direct_flows(own, [accepted[0]], reachable, v6)
         return flows
 
     def _accepted_by_cookie(self, cookie: int) -> tuple[Lease, Row] | None:
@@ -604,7 +606,7 @@ class ClusterModel:
         readiness: Iterable[Readiness] | None = None,
         policies: Iterable[NetworkPolicy] | None = None,
         namespaces: Iterable[Namespace] | None = None,
-        direct: Mapping[IPv4Address, frozenset[IPv4Address]] | None = None,
+        direct: Mapping[IPv4Address, frozenset[IPv4Address | IPv6Address]] | None = None,
     ) -> Impact:
         """Replace everything (first snapshot, config change); `pause` is called every
         PAUSE_EVERY leases, so a cooperative caller can yield during a large load.
@@ -737,7 +739,7 @@ class ClusterModel:
         return impact
 
     def _note_direct(
-        self, node: IPv4Address, direct: frozenset[IPv4Address] | None, impact: Impact
+        self, node: IPv4Address, direct: frozenset[IPv4Address | IPv6Address] | None, impact: Impact
     ) -> None:
         """A node's Direct list came, changed or went: with DirectRouting on, the direct
         routes of the peers that came or went are in its switch's scope (a peer without
@@ -748,7 +750,11 @@ class ClusterModel:
         if old == direct or self.config is None or not self.config.backend.direct_routing:
             return
         changed = (old or frozenset()) ^ (direct or frozenset())
-        cookies = {direct_cookie(s) for s in self._subnets_of(changed)}
+        six = {ip for ip in changed if ip.version == 6}  # a PublicIPv6: its lease's subnet
+        subnets = self._subnets_of(ip for ip in changed if ip.version == 4)
+        if six:
+            subnets |= {le.subnet for le in self._leases.values() if le.public_ipv6 in six}
+        cookies = {direct_cookie(s) for s in subnets}
         if cookies:
             impact.node_cookies.setdefault(node, set()).update(cookies)
 
@@ -856,7 +862,7 @@ class ClusterModel:
             for s in self.services.values()
         )
 
-    def _subnets_of(self, ips: Iterable[IPv4Address]) -> set[IPv4Network]:
+    def _subnets_of(self, ips: Iterable[IPv4Address | IPv6Address]) -> set[IPv4Network]:
         return {s for ip in ips for s in self._by_ip.get(ip, ())}
 
     def _all_endpoints(self) -> list[Endpoint]:

@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from flows.arp import arp_reply as _arp_reply
 from flows.direct import direct_flows, direct_leases
@@ -322,6 +322,7 @@ def node_table(
     services: ServicePlan | None = None,
     v6: Sequence[Lease] | None = None,
     direct: Sequence[Lease] = (),
+    reachable: Collection[IPv4Address | IPv6Address] = frozenset(),
 ) -> NodeTable:
     """The table of the node holding `own`, from already selected leases and endpoints
     (each flow once; no set, because hashing a large table is not free). `rows`, if
@@ -329,7 +330,7 @@ def node_table(
     `services`, if any, add their flows, groups and each pod's hairpin flow; `v6`, if
     given, is `select_v6` of the leases (accepted) (on a dual-stack node their IPv6 flows are
     plain flows of the table, under each lease's cookie); `direct`, the peers routed
-    directly (flows/direct.py), their direct routes.
+    directly (flows/direct.py), their direct routes in each family named `reachable`.
 
     The controller calls this with its incrementally maintained selection;
     anything else should call `compile_node`.
@@ -348,7 +349,9 @@ def node_table(
     if services is not None:
         flows += plan_flows(config, own, services)
         groups = plan_groups(services, six)
-    flows += direct_flows(own, direct)
+    if six and v6 is None:
+        v6 = select_v6(config, leases).accepted
+    flows += direct_flows(own, direct, reachable, {le.subnet for le in v6} if six and direct else ())
     if rows is None:
         rows = [route_row(lease) for lease in leases]
     own_ip = int(own.public_ip)
@@ -356,7 +359,7 @@ def node_table(
     for i in reversed([i for i, row in enumerate(rows) if row[1] == own_ip]):
         del remote[i], remote_rows[i]
     if six:
-        for lease in select_v6(config, leases).accepted if v6 is None else v6:
+        for lease in v6:
             if lease.public_ip != own.public_ip:
                 flows += lease_v6_flows(config, lease, own)
     return NodeTable(flows, RemoteRoutes(config, own, remote, remote_rows), groups)
@@ -370,7 +373,7 @@ def compile_node(
     services: ServicePlan | None = None,
     policies: Sequence[NetworkPolicy] = (),
     namespaces: Iterable[Namespace] = (),
-    reachable: Collection[IPv4Address] | None = None,
+    reachable: Collection[IPv4Address | IPv6Address] | None = None,
 ) -> frozenset[Flow]:
     """The exact flow table of the node whose PublicIP is `node`.
 
@@ -390,7 +393,7 @@ def compile_table(
     services: ServicePlan | None = None,
     policies: Sequence[NetworkPolicy] = (),
     namespaces: Iterable[Namespace] = (),
-    reachable: Collection[IPv4Address] | None = None,
+    reachable: Collection[IPv4Address | IPv6Address] | None = None,
 ) -> NodeTable:
     """`compile_node` with the groups: the node's whole desired state (with the policy
     stage of `policies`, flows/policy.py)."""
@@ -399,9 +402,11 @@ def compile_table(
     own = next((lease for lease in accepted if lease.public_ip == node), None)
     own_endpoints = select_endpoints(own, endpoints).accepted
     direct = direct_leases(config, own, accepted, reachable)
-    table = node_table(config, accepted, own_endpoints, own, services=services, direct=direct)
+    table = node_table(config, accepted, own_endpoints, own, services=services, direct=direct,
+                       reachable=reachable or frozenset())
     if policies and own is not None:
         everyone = [e for lease in accepted for e in select_endpoints(lease, endpoints).accepted]
         table.flows.extend(policy_table(policies, namespaces, everyone, own_endpoints, own.subnet,
-                                        own.ipv6_subnet).flows)  # fmt: skip
+                                        own.ipv6_subnet,
+                                        host=(own.public_ip, own.public_ipv6)).flows)  # fmt: skip
     return table

@@ -12,15 +12,21 @@ The host also checks what arrives that way: only a direct peer's subnet may reac
 this node's pods unencapsulated (ovsdb/direct.py's filter), the counterpart of the
 tunnel-ingress check.
 
+Dual stack (flannel decides each family apart): the agent names a peer's PublicIPv6
+too when the kernel routes it without a gateway, and the peer's IPv6 subnet then gets
+the same flow of its own (same cookie), routed by the host `via <PublicIPv6>`; only
+for a peer whose IPv6 half the compiler accepted (flows/ipv6.py `select_v6`).
+
 With DirectRouting off nothing here adds a flow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from flows.flow import ETH_TYPE_IP, Flow, Owner, Table, cookie_for, flow, output, set_field
+from flows.family import V4, V6, Family
+from flows.flow import Flow, Owner, Table, cookie_for, flow, output, set_field
 from flows.ports import GATEWAY_OFPORT, gateway_mac
 from leases.model import Lease, NetworkConfig
 
@@ -37,25 +43,44 @@ def direct_leases(
     config: NetworkConfig,
     own: Lease | None,
     leases: Iterable[Lease],
-    reachable: Collection[IPv4Address] | None,
+    reachable: Collection[IPv4Address | IPv6Address] | None,
 ) -> list[Lease]:
-    """The accepted `leases` that `own`'s node routes directly: none unless DirectRouting
-    is on and its agent named their PublicIPs as `reachable` (its liveness record)."""
+    """The accepted `leases` that `own`'s node routes directly, in either family: none
+    unless DirectRouting is on and its agent named their PublicIP or PublicIPv6 as
+    `reachable` (its liveness record)."""
     if not config.backend.direct_routing or own is None or not reachable:
         return []
-    return [le for le in leases if le.public_ip in reachable and le.public_ip != own.public_ip]
+    return [le for le in leases if le.public_ip != own.public_ip
+            and (le.public_ip in reachable or le.public_ipv6 in reachable)]  # fmt: skip
 
 
-def direct_flow(own: Lease, peer: Lease) -> Flow:
-    """`peer`'s subnet to the host, which routes it via the peer's PublicIP."""
+def direct_flow(own: Lease, peer: Lease, fam: Family = V4) -> Flow:
+    """`peer`'s subnet of family `fam` to the host, which routes it via the peer's
+    PublicIP (IPv6: PublicIPv6)."""
+    subnet: IPv4Network | IPv6Network | None = peer.subnet if fam is V4 else peer.ipv6_subnet
     return flow(
         Table.ROUTE,
         PRIO_DIRECT,
-        {"eth_type": ETH_TYPE_IP, "ip_dst": peer.subnet},
+        {"eth_type": fam.eth_type, fam.dst: subnet},
         [set_field("eth_dst", gateway_mac(own.subnet)), output(GATEWAY_OFPORT)],
         direct_cookie(peer.subnet),
     )
 
 
-def direct_flows(own: Lease, peers: Iterable[Lease]) -> list[Flow]:
-    return [direct_flow(own, peer) for peer in peers]
+def direct_flows(
+    own: Lease,
+    peers: Iterable[Lease],
+    reachable: Collection[IPv4Address | IPv6Address],
+    v6: Collection[IPv4Network] = (),
+) -> list[Flow]:
+    """The direct routes of `peers` (`direct_leases`), each family whose PublicIP is in
+    `reachable`; IPv6 only on a dual-stack node and for the peers whose subnet is in `v6`
+    (those with an accepted IPv6 half)."""
+    out = []
+    for peer in peers:
+        if peer.public_ip in reachable:
+            out.append(direct_flow(own, peer))
+        if (peer.ipv6_subnet is not None and peer.public_ipv6 in reachable
+                and peer.subnet in v6):  # fmt: skip
+            out.append(direct_flow(own, peer, V6))
+    return out

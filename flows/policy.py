@@ -21,17 +21,20 @@ what it did before.
   are known as replies.
 - POL_EGRESS (50) and POL_INGRESS (51), for a packet out of a pod's hook:
   established or related (300): pass. A pod's packet to itself (250, egress)
-  and, into a pod, anything from the gateway port (250: the node's own
-  traffic, such as kubelet's probes): pass new. A rule: conjunctive clauses
-  (100) of the pods it isolates, its peers and its ports, and one flow per
-  rule matching its conj_id (190, cookie POLICY|conj_id: its n_packets count
-  the connections the rule allowed): pass new; a clause that matches
-  everything is left out, and the pods' clause matches whole isolation groups
-  by reg5 (pods by address only where a named port splits a group), so a rule
-  costs |groups| + |peers| + |ports| + 1 flows, and a rule of one clause (no
-  peers, no ports) is a flow per group (180). The default drop, one per
-  isolation group (10, matching reg5; cookie POLICY_DROP|the group's address:
-  its n_packets count the packets its pods were denied).
+  and, into a pod, what the node's host sends from its own addresses through
+  the gateway port (250: its gateway address and PublicIP; kubelet's probes):
+  pass new. What the host only forwards (a direct peer's pods, flows/direct.py,
+  a DNATed client that kept its address) is judged as any other source. A
+  rule: conjunctive clauses (100) of the pods it isolates, its peers and its
+  ports, and one flow per rule matching its conj_id (190, cookie
+  POLICY|conj_id: its n_packets count the connections the rule allowed): pass
+  new; a clause that matches everything is left out, and the pods' clause
+  matches whole isolation groups by reg5 (pods by address only where a named
+  port splits a group), so a rule costs |groups| + |peers| + |ports| + 1
+  flows, and a rule of one clause (no peers, no ports) is a flow per group
+  (180). The default drop, one per isolation group (10, matching reg5; cookie
+  POLICY_DROP|the group's address: its n_packets count the packets its pods
+  were denied).
 - Pass: reg2 (egress) or reg3 (ingress) = 1, so the packet takes a hook only
   once; ct_clear, so the service flows behind see the packet as they do without
   policy (the reply hook looks for untracked packets); resubmit to ROUTE or
@@ -375,7 +378,8 @@ class _Compiler:
         return conj_id
 
     def compile(self, local: Sequence[Pod], subnet: IPv4Network,
-                subnet6: IPv6Network | None = None) -> PolicyTable:  # fmt: skip
+                subnet6: IPv6Network | None = None,
+                host: Sequence[IPv4Address | IPv6Address] = ()) -> PolicyTable:  # fmt: skip
         ev = self.evaluator
         isolating = {  # (direction, pod IP) -> namespace/name of the policies isolating it
             (stage.direction, p.ip): {x.key_name for x in ev.selecting(p, stage.direction)}
@@ -387,7 +391,8 @@ class _Compiler:
         flows = self.table.flows
         hooks: list[tuple[Stage, dict, IPv4Address]] = []
         for stage in STAGES:
-            flows += [f for net in (subnet, subnet6) if net for f in _stage_plumbing(stage, net)]
+            flows += [f for net in (subnet, subnet6) if net
+                      for f in _stage_plumbing(stage, net, host)]  # fmt: skip
             isolated = [p for p in guarded if isolating[stage.direction, p.ip]]
             alike: dict[frozenset[str], list[Pod]] = defaultdict(list)
             for p in isolated:
@@ -434,11 +439,15 @@ class _Compiler:
                     self.add_rule(stage, ref, group, conj)
 
 
-def _stage_plumbing(stage: Stage, subnet: IPv4Network | IPv6Network) -> list[Flow]:
+def _stage_plumbing(stage: Stage, subnet: IPv4Network | IPv6Network,
+                    host: Sequence[IPv4Address | IPv6Address]) -> list[Flow]:  # fmt: skip
     """What a stage holds whatever its pods, for `subnet`'s family: the commit hook of the
-    node's subnet, state bypass, the node's own traffic, the miss (IPv4's only)."""
+    node's subnet, state bypass, the node's own traffic (from its gateway address and the
+    `host` addresses of the family, through the gateway port: not what its host forwards,
+    such as a direct peer's pods), the miss (IPv4's only)."""
     fam = family(subnet)
     ip = {"eth_type": fam.eth_type}
+    own = [subnet.network_address + 1, *(a for a in host if family(a) is fam)]
     flows = [
         flow(stage.table, PRIO_STATE, {**ip, "ct_state": ct_state(bits | CT_TRK)},
              stage.passing(False), POLICY_COOKIE)
@@ -448,8 +457,8 @@ def _stage_plumbing(stage: Stage, subnet: IPv4Network | IPv6Network) -> list[Flo
                       {**ip, stage.fields(fam)[0]: subnet, stage.done: 0},
                       stage.passing(True), POLICY_COOKIE))  # fmt: skip
     if stage is INGRESS_STAGE:
-        flows.append(flow(stage.table, PRIO_ALWAYS, {**ip, "in_port": GATEWAY_OFPORT},
-                          stage.passing(True), POLICY_COOKIE))  # fmt: skip
+        flows += [flow(stage.table, PRIO_ALWAYS, {**ip, "in_port": GATEWAY_OFPORT, fam.src: a},
+                       stage.passing(True), POLICY_COOKIE) for a in own]  # fmt: skip
     if fam is V4:
         flows.append(flow(stage.table, PRIO_MISS, {}, (), POLICY_COOKIE))
     return flows
@@ -463,14 +472,16 @@ def policy_table(
     subnet: IPv4Network,
     ipv6_subnet: IPv6Network | None = None,
     peers: dict[RuleRef, list[Value] | None] | None = None,
+    host: Sequence[IPv4Address | IPv6Address | None] = (),
 ) -> PolicyTable:
     """The policy flows of the switch of `subnet` (and `ipv6_subnet`, dual stack) whose
     accepted pods are `local`; `endpoints`: every accepted endpoint of the cluster (the
     peers selectors may name). Empty when no policy isolates any of `local`. `peers`: each
     rule's resolved peers, shared by the callers that compile every switch from the same
-    inputs."""
+    inputs. `host`: the node's addresses besides its gateway addresses (its PublicIP and
+    PublicIPv6; None: not there), whose traffic into its pods passes as the node's own."""
     pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None] if policies else []
-    return stage_table(policies, namespaces, pods, local, subnet, ipv6_subnet, peers)
+    return stage_table(policies, namespaces, pods, local, subnet, ipv6_subnet, peers, host)
 
 
 def stage_table(
@@ -481,6 +492,7 @@ def stage_table(
     subnet: IPv4Network,
     ipv6_subnet: IPv6Network | None = None,
     peers: dict[RuleRef, list[Value] | None] | None = None,
+    host: Sequence[IPv4Address | IPv6Address | None] = (),
 ) -> PolicyTable:
     """`policy_table` from the cluster's pods as parties of policy (`endpoint_pod`), for a
     caller that keeps them between compiles. `policies` may leave out any that selects
@@ -490,5 +502,5 @@ def stage_table(
     local = list(local)
     own = [p for e in local if (p := endpoint_pod(e)) is not None]
     return _Compiler(policies, namespaces, pods, {} if peers is None else peers).compile(
-        own, subnet, ipv6_subnet)
+        own, subnet, ipv6_subnet, [a for a in host if a is not None])
 

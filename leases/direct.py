@@ -5,7 +5,8 @@ the route to the peer's PublicIP; exactly one route, with no gateway, means the 
 on this node's own link, and its subnet is routed `<subnet> via <PublicIP>` instead of
 into the VXLAN device. Any other answer (a gateway, no route, several) keeps VXLAN.
 
-The agent applies the rule to every peer and publishes the PublicIPs it found direct in
+The agent applies the rule to every peer, to its PublicIPv6 too on a dual-stack node (each
+family decided apart, as flannel does), and publishes the addresses it found direct in
 its liveness record (`"Direct": [...]`, leases/liveness.py), never in flannel's lease
 value. The controller then routes (node, peer) directly when the config's
 Backend.DirectRouting is on and the node's record names the peer (flows/direct.py).
@@ -14,7 +15,7 @@ Backend.DirectRouting is on and the node's record names the peer (flows/direct.p
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any
 
 from leases.model import Lease
@@ -29,11 +30,18 @@ def route_is_direct(routes: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def direct_sources(
-    leases: Iterable[Lease], direct: Collection[IPv4Address], own: IPv4Address
-) -> list[IPv4Network]:
-    """The sources that may reach this node's pods unencapsulated: the subnets of the
-    peers it reaches directly (the counterpart of the tunnel-ingress check, which admits
-    a source subnet only from the PublicIP that leases it), and those peers' PublicIPs
-    (their hosts' own traffic to our pods, which the direct route sends from there)."""
-    peers = [le for le in leases if le.public_ip in direct and le.public_ip != own]
-    return sorted({le.subnet for le in peers} | {IPv4Network(le.public_ip) for le in peers})
+    leases: Iterable[Lease],
+    direct: Collection[IPv4Address | IPv6Address],
+    own: IPv4Address,
+    version: int = 4,
+) -> list[IPv4Network] | list[IPv6Network]:
+    """The sources of IP `version` that may reach this node's pods unencapsulated: the
+    subnets of the peers it reaches directly (the counterpart of the tunnel-ingress check,
+    which admits a source subnet only from the PublicIP that leases it), and those peers'
+    PublicIPs (their hosts' own traffic to our pods, which the direct route sends from
+    there); for IPv6, of the peers whose PublicIPv6 is direct."""
+    pairs = [(le.public_ip, le.subnet) if version == 4 else (le.public_ipv6, le.ipv6_subnet)
+             for le in leases if le.public_ip != own]  # fmt: skip
+    found = {net for address, subnet in pairs if address is not None and subnet is not None
+             and address in direct for net in (subnet, ip_network(address))}  # fmt: skip
+    return sorted(found)

@@ -3,7 +3,9 @@
     <prefix>/vxflow/nodes/<PublicIP>   {"PublicIP": "198.18.0.3", "TTL": 2}
 
 With DirectRouting on, the record also names the peers the node reaches without a
-gateway (leases/direct.py): `"Direct": ["198.18.0.4", ...]`; absent when off.
+gateway (leases/direct.py): `"Direct": ["198.18.0.4", ...]`, their PublicIPs, and on a
+dual-stack node their PublicIPv6s that it reaches so (flannel decides each family
+apart); absent when off.
 
 Each agent keeps its record on an etcd lease of its own, TTL seconds long (`vxflow agent
 --liveness-ttl`, default DEFAULT_TTL), renewed every TTL / RENEWALS_PER_TTL seconds from
@@ -17,7 +19,7 @@ check, half a second).
 from __future__ import annotations
 
 import json
-from ipaddress import AddressValueError, IPv4Address
+from ipaddress import AddressValueError, IPv4Address, IPv6Address, ip_address
 
 from leases.controllers import _bound
 from leases.direct import MAX_DIRECT
@@ -29,11 +31,11 @@ DEFAULT_TTL = 2  # seconds; etcd grants no less than 1.5 election timeouts (2 s 
 MAX_TTL = 300
 RENEWALS_PER_TTL = 4  # a record survives three lost renewals in a row
 BAD_TTL = "bad_ttl"  # the reason code of a record whose TTL is out of range
-BAD_DIRECT = "bad_direct"  # ... whose Direct list is not a list of IPv4 addresses
-MAX_RECORD_BYTES = MAX_VALUE_BYTES + 18 * MAX_DIRECT  # room for a full Direct list
+BAD_DIRECT = "bad_direct"  # ... whose Direct list is not a list of IP addresses
+MAX_RECORD_BYTES = MAX_VALUE_BYTES + 42 * MAX_DIRECT  # room for a full Direct list (IPv6's)
 
 
-def _direct(obj: dict) -> frozenset[IPv4Address] | None:
+def _direct(obj: dict) -> frozenset[IPv4Address | IPv6Address] | None:
     if obj.get("Direct") is None:
         return None
     peers = _field(obj, "Direct", list)
@@ -42,7 +44,7 @@ def _direct(obj: dict) -> frozenset[IPv4Address] | None:
     try:
         if not all(isinstance(p, str) for p in peers):
             raise ValueError("not a list of address strings")
-        return frozenset(IPv4Address(p) for p in peers)
+        return frozenset(ip_address(p) for p in peers)
     except ValueError as exc:
         raise _Invalid(BAD_DIRECT, f"Direct: {exc}") from None
 
@@ -75,7 +77,7 @@ def check_liveness(kv: KV, name: str) -> Liveness | Rejection:
 def liveness_to_json(record: Liveness) -> str:
     obj: dict = {"PublicIP": str(record.public_ip), "TTL": record.ttl}
     if record.direct is not None:
-        obj["Direct"] = [str(ip) for ip in sorted(record.direct)]
+        obj["Direct"] = [str(ip) for ip in sorted(record.direct, key=lambda a: (a.version, a))]
     return json.dumps(obj, separators=(",", ":"))
 
 

@@ -168,9 +168,9 @@ class Liveness:
     public_ip: IPv4Address
     ttl: int
     etcd_lease_id: int = 0
-    # DirectRouting: the PublicIPs of the peers this node reaches without a gateway
-    # (leases/direct.py); None when its agent decides nothing (DirectRouting off, or older)
-    direct: frozenset[IPv4Address] | None = None
+    # DirectRouting: the PublicIPs (and PublicIPv6s) of the peers this node reaches without
+    # a gateway (leases/direct.py); None when its agent decides nothing (off, or older)
+    direct: frozenset[IPv4Address | IPv6Address] | None = None
 
 
 @dataclass(frozen=True)

@@ -574,7 +574,7 @@ class Registry:
         self,
         public_ip: IPv4Address,
         ttl: int,
-        direct: frozenset[IPv4Address] | None = None,
+        direct: frozenset[IPv4Address | IPv6Address] | None = None,
         lease: int = 0,
     ) -> int:
         """(Re)write this node's liveness record on etcd lease `lease`, or on a new one of

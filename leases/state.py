@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from operator import attrgetter
 from typing import TypeVar
 
@@ -116,7 +116,7 @@ class Snapshot:
         """The backends health checks call unready, by service name (leases.health)."""
         return unready_by_service(self.readiness)
 
-    def direct(self) -> dict[IPv4Address, frozenset[IPv4Address]]:
+    def direct(self) -> dict[IPv4Address, frozenset[IPv4Address | IPv6Address]]:
         """DirectRouting: the peers each node's agent reaches directly (leases/direct.py),
         for the nodes whose record says."""
         return {r.public_ip: r.direct for r in self.liveness if r.direct is not None}

@@ -54,6 +54,7 @@ from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+AGENT_METRICS_PORT = 9474  # with ClusterSpec.agent_metrics: each agent's, on its node's 127.0.0.1
 for _path in (HERE, HERE.parent):  # the sibling modules, and the repository's packages
     if str(_path) not in sys.path:  # (`mn --custom` runs us on the system Python, from anywhere)
         sys.path.append(str(_path))
@@ -145,6 +146,7 @@ class ClusterSpec:
     from_v2: bool = False
     direct_routing: bool = False  # the config's Backend.DirectRouting (flannel's option)
     flannel_direct_routing: bool = True  # False: flannel-style nodes ignore it (an old flanneld)
+    agent_metrics: bool = False  # agents serve their metrics on AGENT_METRICS_PORT (node's loopback)
 
 
 @dataclass
@@ -331,6 +333,8 @@ class Cluster(ClusterChecks):
             self.progress(f"{node.name}: starting ovsdb-server, ovs-vswitchd, vxflow agent")
             node.start_ovs(self.node_dir(node) / "ovs")
             node.sh("sysctl -qw net.ipv4.ip_forward=1")  # it routes pods' traffic that leaves
+            if node.underlay_ip6 is not None and spec.direct_routing:  # IPv6's direct routes too
+                node.sh("sysctl -qw net.ipv6.conf.all.forwarding=1")
             self.start_agent(node)
         for node in self.flannel_nodes:
             self.progress(f"{node.name}: starting the flannel-style daemon")
@@ -455,6 +459,7 @@ class Cluster(ClusterChecks):
             "--cni-socket", str(self.cni_socket_path(node)),
             *(["--subnet-lease-ttl", str(ttl)] if (ttl := self.spec.agent_lease_ttl) else []),
             *(["--ip-masq"] if self.spec.ip_masq else []),
+            *(["--metrics-port", str(AGENT_METRICS_PORT)] if self.spec.agent_metrics else []),
         ]  # fmt: skip
 
     def etcd_flags(self, who: str = "controller") -> list[str]:

@@ -126,7 +126,7 @@ from ovsdb.bootstrap import (
     flow_restore_wait_set,
     with_underlay_mtu,
 )
-from ovsdb.direct import DirectError, DirectRouting, RouteWatch
+from ovsdb.direct import DirectError, DirectRouting, DroppedCount, RouteWatch, candidates
 from ovsdb.ipmasq import IpMasq, IpMasqError
 from ovsdb.iproute import IprouteError, gateway_to
 from ovsdb.liveness import LivenessKeeper
@@ -228,6 +228,7 @@ class Agent:
         self._leases: dict[IPv4Network, Lease] = {}
         self._direct_due = threading.Event()
         self._direct: DirectRouting | None = None
+        metrics.DIRECT_INGRESS_DROPPED.source = DroppedCount().read  # read when scraped
         self._direct_clean = False  # DirectRouting off and nothing of ours left: done
         self._keeper: LivenessKeeper | None = None
 
@@ -505,11 +506,10 @@ class Agent:
                 return
             self._direct_clean = False
             own = self.lease
-            peers = [le for le in self._leases.values()
-                     if le.subnet != own.subnet and le.public_ip != own.public_ip]  # fmt: skip
-            reachable = self._direct.decide(peers)
-            direct = [le for le in peers if le.public_ip in reachable]
-            if changes := self._direct.apply(own, GATEWAY_PORT, direct):
+            peers = candidates(self.config, own, self._leases.values())
+            reachable = self._direct.decide(peers, six=own.ipv6_subnet is not None)
+            direct = [le for le in peers if le.public_ip in reachable or le.public_ipv6 in reachable]
+            if changes := self._direct.apply(own, GATEWAY_PORT, direct, reachable):
                 metrics.DIRECT_ROUTE_CHANGES.inc(changes)
                 log.info("DirectRouting: %d direct peer(s) %s; %d route change(s)", len(direct),
                          sorted(str(le.public_ip) for le in direct), changes)  # fmt: skip

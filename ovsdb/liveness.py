@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from etcd3gw.exceptions import Etcd3Exception
 
@@ -39,14 +39,14 @@ class LivenessKeeper:
         self._stop = threading.Event()
         self._wake = threading.Event()  # a stop or a new Direct list
         self._lock = threading.Lock()
-        self._direct: frozenset[IPv4Address] | None = None
-        self._written: frozenset[IPv4Address] | None = None  # the Direct list etcd has
+        self._direct: frozenset[IPv4Address | IPv6Address] | None = None
+        self._written: frozenset[IPv4Address | IPv6Address] | None = None  # the Direct list etcd has
         self._thread = threading.Thread(target=self._run, name="liveness", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def set_direct(self, direct: frozenset[IPv4Address] | None) -> None:
+    def set_direct(self, direct: frozenset[IPv4Address | IPv6Address] | None) -> None:
         """The peers this node reaches directly (None: DirectRouting off)."""
         with self._lock:
             changed, self._direct = direct != self._direct, direct

@@ -6,7 +6,10 @@ two to each other).
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from collections.abc import Callable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily
 
 LEASE_TTL = Gauge(
     "vxflow_agent_lease_ttl_seconds",
@@ -100,3 +103,24 @@ DIRECT_ROUTE_CHANGES = Counter(
 DIRECT_ERRORS = Counter(
     "vxflow_agent_direct_errors", "DirectRouting: decisions whose routes or filter failed (retried)"
 )
+
+
+class DirectIngressDropped:
+    """vxflow_agent_direct_ingress_dropped_packets_total, read at each scrape from the
+    DirectRouting ingress filter's nftables counters (`source`: the agent's
+    ovsdb/direct.py `DroppedCount.read`)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], int] = lambda: 0
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "vxflow_agent_direct_ingress_dropped_packets",
+            "DirectRouting: packets the ingress filter dropped (forwarded to this node's pods "
+            "unencapsulated from a source no direct peer leases), both families",
+            value=self.source(),
+        )
+
+
+DIRECT_INGRESS_DROPPED = DirectIngressDropped()
+REGISTRY.register(DIRECT_INGRESS_DROPPED)

@@ -16,19 +16,23 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 
 from flows.flow import Owner, cookie_for
+from leases.registry import Registry
 from ovsdb.direct import RTPROT_VXFLOW
 from tests.emulation import emulated_cluster
 from tests.ofharness import VXFLOW
 from tests.test_e2e_rogue_underlay import echo_requests_received, rogue_host
+from tests.test_e2e_trace import walk
 from vxflow.demo import cluster_module
 
 VXLAN_PORT = 8472
@@ -43,16 +47,18 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 20) -> None:
 
 
 def direct_routes(node) -> set[str]:
-    """The subnets of the flows that route a peer directly on `node`'s br-int."""
+    """The subnets (either family) of the flows that route a peer directly on `node`'s br-int."""
     mask = 0xFFFF << 48  # the magic byte and the owner kind
     out = node.ovs.ofctl("dump-flows", "br-int", f"cookie={cookie_for(Owner.DIRECT):#x}/{mask:#x}")
-    return set(re.findall(r"nw_dst=([\d./]+)", out))
+    return set(re.findall(r"(?:nw_dst|ipv6_dst)=([\da-f.:/]+)", out))
 
 
-def kernel_routes(node) -> set[str]:
-    """The agent's direct routes, by the command README.md shows."""
+def kernel_routes(node, six: bool = False) -> set[str]:
+    """The agent's direct routes, by the commands README.md shows (those with a next hop:
+    the gateway port's own routes of protocol 118, IPv6Network's, have none)."""
     assert RTPROT_VXFLOW == 118
-    return {line.split()[0] for line in node.cmd("ip route show proto 118").splitlines()}
+    command = "ip -6 route show proto 118" if six else "ip route show proto 118"
+    return {line.split()[0] for line in node.cmd(command).splitlines() if " via " in line}
 
 
 @contextmanager
@@ -79,7 +85,7 @@ def plain(lines: list[str], src, dst) -> list[str]:
 
 
 def vxlan(lines: list[str], to) -> list[str]:
-    return [ln for ln in lines if re.match(rf"[\d:.]+ IP [\d.]+ > {to}\.{VXLAN_PORT}: ", ln)]
+    return [ln for ln in lines if re.match(rf"[\d:.]+ IP6? [\da-f.:]+ > {to}\.{VXLAN_PORT}: ", ln)]
 
 
 def ping(pod, address, count: int = 3) -> bool:
@@ -107,7 +113,7 @@ def router(bridge, name: str, address: IPv4Address, behind, others) -> Iterator[
 
 @pytest.mark.e2e
 def test_direct_routing_plain_ip_on_one_link_vxlan_behind_a_router_rogue_dropped() -> None:
-    with emulated_cluster("d", nodes=3, pods=1, direct_routing=True) as cluster:
+    with emulated_cluster("d", nodes=3, pods=1, direct_routing=True, agent_metrics=True) as cluster:
         n1, n2, n3 = cluster.vxflow_nodes
         bridge = next(s for s in cluster.net.switches
                       if isinstance(s, cluster_module().UnderlayBridge))  # fmt: skip
@@ -151,11 +157,12 @@ def test_direct_routing_plain_ip_on_one_link_vxlan_behind_a_router_rogue_dropped
         with rogue_host(bridge.name, f"{cluster.spec.tag}x", spare[1]) as ns:
             subprocess.run(["ip", "netns", "exec", ns, "ip", "route", "add",
                             str(p1.ip_if.network), "via", str(n1.underlay_ip)], check=True)  # fmt: skip
-            before, dropped = echo_requests_received(p1), nft_drops(n1)
+            before, dropped, metered = echo_requests_received(p1), nft_drops(n1), drops_metric(n1)
             subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "4", "-i", "0.2", "-W", "1",
                             str(p1.addr)], capture_output=True)  # fmt: skip
             assert echo_requests_received(p1) == before
             assert nft_drops(n1) - dropped == 4
+            assert drops_metric(n1) - metered == 4  # the agent's metrics page says so too
         assert ping(p1, p2.addr)  # the nodes keep reaching each other
 
 
@@ -195,11 +202,23 @@ def tools_show_the_direct_hop(cluster, src, dst, node, peer, direct) -> None:
     assert "DIRECT PEERS" in vxflow(cluster, "status").stdout
 
 
-def nft_drops(node) -> int:
-    """The ingress filter's drops, by the command README.md shows."""
-    out = node.cmd("nft list table ip vxflow_direct")
-    (count,) = re.findall(r"counter packets (\d+) bytes \d+ drop", out)
+def nft_drops(node, family: str = "ip") -> int:
+    """The ingress filter's drops, by the commands README.md shows."""
+    out = node.cmd(f"nft list table {family} vxflow_direct")
+    assert 'counter name "dropped" drop' in out, out  # the rule counts into the named counter
+    (count,) = re.findall(r"counter dropped \{\s*packets (\d+) bytes \d+", out)
     return int(count)
+
+
+def drops_metric(node) -> float:
+    """vxflow_agent_direct_ingress_dropped_packets_total on `node`'s agent's metrics page (on
+    the node's own loopback)."""
+    url = f"http://127.0.0.1:{cluster_module().AGENT_METRICS_PORT}/metrics"
+    text = node.cmd(f"{sys.executable} -c 'import urllib.request as u; "
+                    f"print(u.urlopen(\"{url}\", timeout=5).read().decode())'")  # fmt: skip
+    found = re.findall(r"^vxflow_agent_direct_ingress_dropped_packets_total (\S+)\r?$", text, re.M)
+    assert len(found) == 1, text
+    return float(found[0])
 
 
 @pytest.mark.e2e
@@ -273,23 +292,210 @@ def test_turning_direct_routing_off_and_on_loses_no_ping_beyond_one_second() -> 
         assert len(plain(seen, p1.addr, p2.addr)) == 3, seen
 
 
+@pytest.fixture(scope="module")
+def pair() -> Iterator:
+    """Two nodes on one link with two pods each, DirectRouting and --ip-masq on: the
+    cluster of the tests of what must keep working over a direct path."""
+    with emulated_cluster("v", nodes=2, pods=2, direct_routing=True, ip_masq=True) as cluster:
+        n1, n2 = cluster.vxflow_nodes
+        s1, s2 = (str(cluster.pods_of(n)[0].ip_if.network) for n in (n1, n2))
+        wait_for("direct both ways", lambda: direct_routes(n1) == {s2} and direct_routes(n2) == {s1})
+        yield cluster
+
+
 @pytest.mark.e2e
-def test_a_service_and_ip_masq_over_a_direct_path() -> None:
+def test_a_service_and_ip_masq_over_a_direct_path(pair) -> None:
     """A pod reaches a service whose backend is on a direct peer: the connection crosses
     the underlay as plain TCP to the backend's own address (DNAT in the client's switch),
     the backend sees the client pod's address (--ip-masq leaves overlay to overlay
     alone), and the reply finds its way back (un-DNAT)."""
     from tests.test_e2e_services import PORT, VIP, put_service, run_in, serving
 
-    with emulated_cluster("v", nodes=2, pods=1, direct_routing=True, ip_masq=True) as cluster:
+    n1, n2 = pair.vxflow_nodes
+    p1, p2 = pair.pods_of(n1)[0], pair.pods_of(n2)[0]
+    with serving(pair, [n2]):
+        put_service(pair, [p2])
+        with capture(n2, f"tcp port {PORT} or udp port {VXLAN_PORT}") as seen:
+            result = run_in(p1, "connect", VIP, "80", "5")
+    assert result["failed"] == 0, result
+    assert {a.split()[1] for a in result["answers"]} == {str(p1.addr)}  # not masqueraded
+    assert [ln for ln in seen if re.match(rf"[\d:.]+ IP {p1.addr}\.\d+ > {p2.addr}\.{PORT}: ", ln)]
+    assert not vxlan(seen, n2.underlay_ip), seen
+
+
+POLICIES = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-from-a, namespace: direct}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {pod: a}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-to-b, namespace: direct}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - podSelector: {matchLabels: {pod: b}}
+"""
+
+
+def name_pods(cluster, names: dict[str, Any]) -> None:
+    """Each pod's identity (namespace `direct`, its name, the label pod=<name>) on its OVS
+    Interface, as vxflow-cni writes it; back once every one is published in etcd."""
+    for name, pod in names.items():
+        node = next(n for n in cluster.vxflow_nodes if pod in cluster.pods_of(n))
+        node.ovs.vsctl("set", "Interface", pod.name, "external_ids:vxflow-namespace=direct",
+                       f"external_ids:vxflow-pod={name}",
+                       f"external_ids:vxflow-labels={json.dumps(json.dumps({'pod': name}))}")  # fmt: skip
+    registry = Registry(cluster.etcd_endpoint, cluster.spec.prefix)
+    try:
+        wait_for("the pods' identities in etcd", lambda: {
+            e.pod.name for e in registry.list_endpoints() if e.pod is not None} >= set(names))  # fmt: skip
+    finally:
+        registry.close()
+
+
+@pytest.mark.e2e
+def test_network_policy_over_a_direct_path_both_directions(pair, tmp_path) -> None:
+    """n1 holds pods a and c, n2 b and d, routed to each other directly. b admits only a
+    (ingress, judged on n2 although the packet came in through its host), a may reach only
+    b (egress, judged on n1 before the direct route): c reaches d but not b, a reaches b
+    but not d; `vxflow trace` names the isolation that drops c -> b after the direct hop."""
+    n1, n2 = pair.vxflow_nodes
+    (a, c), (b, d) = pair.pods_of(n1), pair.pods_of(n2)
+    name_pods(pair, {"a": a, "b": b, "c": c, "d": d})
+    manifest = tmp_path / "netpol.yaml"
+    manifest.write_text(POLICIES)
+    res = vxflow(pair, "policies", "set", str(manifest))
+    assert res.returncode == 0, res.stdout + res.stderr
+    want = {("a", "b"): True, ("c", "b"): False, ("a", "d"): False, ("c", "d"): True}
+    pods = {"a": a, "b": b, "c": c, "d": d}
+    try:
+        wait_for("the policies enforced over the direct path", lambda: {
+            (s, t): ping(pods[s], pods[t].addr, 1) for s, t in want} == want, timeout=30)  # fmt: skip
+        rc, doc = walk(pair, c.addr, b.addr)
+        assert rc == 1 and doc["hops"][0]["result"] == "direct", doc
+        assert doc["hops"][-1]["result"] == "dropped", doc
+        assert doc["hops"][-1]["detail"] == ("network policy: ingress of pod direct/b is isolated "
+                                             "by direct/b-from-a, and no rule of them allows this "
+                                             "connection")  # fmt: skip
+        assert walk(pair, a.addr, b.addr)[1]["delivered"] is True
+        # the node's own traffic into its isolated pod still passes (kubelet's probes)
+        assert " 0% packet loss" in n2.cmd(f"ping -c 2 -i 0.2 -W 1 {b.addr}")
+    finally:
+        for name in ("direct/b-from-a", "direct/a-to-b"):
+            vxflow(pair, "policies", "rm", name)
+
+
+@pytest.mark.e2e
+def test_a_spoofed_source_from_a_pod_does_not_cross_the_direct_path(pair) -> None:
+    """A pod sends with its neighbour's address, a source the peer's direct-ingress filter
+    admits (the sender's node leases it): its switch's spoof guard drops it, so nothing
+    leaves the node nor reaches the target; its own address still gets through."""
+    n1, n2 = pair.vxflow_nodes
+    pod, neighbour = pair.pods_of(n1)
+    target = pair.pods_of(n2)[1]
+    before = echo_requests_received(target)
+    pod.cmd(f"ip addr add {neighbour.addr}/32 dev eth0")
+    try:
+        with capture(n1, f"icmp and src {neighbour.addr}") as seen:
+            out = pod.cmd(f"ping -n -c 3 -i 0.2 -W 1 -I {neighbour.addr} {target.addr}")
+    finally:
+        pod.cmd(f"ip addr del {neighbour.addr}/32 dev eth0")
+    assert "100% packet loss" in out, out
+    assert not [ln for ln in seen if re.match(r"[\d:.]+ IP ", ln)], seen
+    assert echo_requests_received(target) == before
+    assert ping(pod, target.addr)
+
+
+def echo6_requests_received(pod) -> int:
+    """ICMPv6 echo requests that reached the pod's stack (its netns's /proc/net/snmp6)."""
+    (count,) = re.findall(r"^Icmp6InEchos\s+(\d+)", pod.cmd("cat /proc/net/snmp6"), re.M)
+    return int(count)
+
+
+@pytest.mark.e2e
+def test_ipv6_direct_routes_in_a_dual_stack_cluster() -> None:
+    """flannel decides the PublicIPv6 apart and so does the agent: a peer whose PublicIPv6
+    is on the link gets its pods' IPv6 as plain IPv6 via that address (a kernel route
+    `<IPv6 subnet> via <PublicIPv6>`, the flow beside IPv4's), the record names it, trace
+    shows the hop; behind a router (IPv6 only) it gets VXLAN over IPv6 while IPv4 stays
+    direct; a host on the link routing IPv6 to a node's pods is dropped by the filter's
+    IPv6 table."""
+    from tests.test_e2e_dualstack import OVERLAY6
+
+    with emulated_cluster("6", nodes=2, pods=1, direct_routing=True, ipv6_network=OVERLAY6,
+                          agent_metrics=True) as cluster:  # fmt: skip
         n1, n2 = cluster.vxflow_nodes
         (p1,), (p2,) = cluster.pods_of(n1), cluster.pods_of(n2)
-        wait_for("n1 routes n2 directly", lambda: direct_routes(n1) == {str(p2.ip_if.network)})
-        with serving(cluster, [n2]):
-            put_service(cluster, [p2])
-            with capture(n2, f"tcp port {PORT} or udp port {VXLAN_PORT}") as seen:
-                result = run_in(p1, "connect", VIP, "80", "5")
-        assert result["failed"] == 0, result
-        assert {a.split()[1] for a in result["answers"]} == {str(p1.addr)}  # not masqueraded
-        assert [ln for ln in seen if re.match(rf"[\d:.]+ IP {p1.addr}\.\d+ > {p2.addr}\.{PORT}: ", ln)]
-        assert not vxlan(seen, n2.underlay_ip), seen
+        s2, s2_6 = str(p2.ip_if.network), str(p2.ip6_if.network)
+        wait_for("n1 routes n2 directly in both families", lambda: direct_routes(n1) == {s2, s2_6})
+        assert kernel_routes(n1, six=True) == {s2_6} and kernel_routes(n1) == {s2}
+        assert f"{s2_6} via {n2.underlay_ip6} " in n1.cmd(f"ip -6 route show {s2_6}")
+        wait_for("pod to pod over IPv6", lambda: ping(p1, p2.addr6, 1))
+        with capture(n2, f"icmp6 or udp port {VXLAN_PORT}") as seen:
+            assert ping(p1, p2.addr6)
+        echo = [ln for ln in seen if re.match(rf"[\d:.]+ IP6 {p1.addr6} > {p2.addr6}: ICMP6, echo request", ln)]
+        assert len(echo) == 3, seen
+        assert not vxlan(seen, n2.underlay_ip6) and not vxlan(seen, n2.underlay_ip), seen
+
+        doc = json.loads(vxflow(cluster, "trace", str(p1.addr6), str(p2.addr6), "-o", "json",
+                                *ovs_flags(cluster)).stdout)  # fmt: skip
+        first, second = doc["hops"]
+        assert (first["result"], first["next_hop"], first["vni"]) == (
+            "direct", str(n2.underlay_ip6), None), doc  # fmt: skip
+        assert second["result"] == "delivered" and doc["delivered"], doc
+        status = json.loads(vxflow(cluster, "status", "-o", "json").stdout)
+        (mine,) = [n for n in status["nodes"] if n["public_ip"] == str(n1.underlay_ip)]
+        assert set(mine["direct"]) == {str(n2.underlay_ip), str(n2.underlay_ip6)}
+        show = vxflow(cluster, "flows", "show", "--node", str(n1.underlay_ip)).stderr
+        assert (f"# DirectRouting: direct to {n2.underlay_ip} ({s2}, {s2_6} via {n2.underlay_ip6}); "
+                "VXLAN to the rest") in show, show  # fmt: skip
+
+        bridge = next(s for s in cluster.net.switches
+                      if isinstance(s, cluster_module().UnderlayBridge))  # fmt: skip
+        spare = list(bridge.node_addresses())[len(cluster.nodes) + 1:]  # held by no node
+        router6, rogue6 = (cluster_module().UNDERLAY6.network_address + int(a.packed[3])
+                           for a in spare[:2])  # fmt: skip
+
+        # n2's PublicIPv6 behind a router, its PublicIP still on the link: IPv6 alone goes
+        # back to VXLAN, decided from the route change alone
+        with rogue_host(bridge.name, f"{cluster.spec.tag}g", spare[0]) as ns:
+            for cmd in ("sysctl -qw net.ipv6.conf.all.forwarding=1",
+                        "sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0",
+                        f"ip -6 addr add {router6}/64 dev eth0 nodad"):  # fmt: skip
+                subprocess.run(["ip", "netns", "exec", ns, *cmd.split()], check=True)
+            hops = ((n1, n2), (n2, n1))
+            try:
+                for node, peer in hops:
+                    node.cmd(f"ip -6 route replace {peer.underlay_ip6}/128 via {router6} dev br-phy")
+                    node.cmd(f"ping -6 -c 1 -W 1 {peer.underlay_ip6}")  # the tunnel's next hop
+                wait_for("n1 tunnels IPv6 to n2", lambda: direct_routes(n1) == {s2})
+                assert kernel_routes(n1, six=True) == set() and kernel_routes(n1) == {s2}
+                wait_for("pod to pod over IPv6 through the router", lambda: ping(p1, p2.addr6, 1))
+                with capture(n2, f"icmp6 or udp port {VXLAN_PORT}") as seen:
+                    assert ping(p1, p2.addr6)
+                assert len(vxlan(seen, n2.underlay_ip6)) >= 3, seen
+            finally:
+                for node, peer in hops:
+                    node.cmd(f"ip -6 route del {peer.underlay_ip6}/128 via {router6}")
+        wait_for("n1 routes n2's IPv6 directly again", lambda: direct_routes(n1) == {s2, s2_6})
+
+        with rogue_host(bridge.name, f"{cluster.spec.tag}y", spare[1]) as ns:
+            for cmd in ("sysctl -qw net.ipv6.conf.eth0.disable_ipv6=0",
+                        f"ip -6 addr add {rogue6}/64 dev eth0 nodad",
+                        f"ip -6 route add {p1.ip6_if.network} via {n1.underlay_ip6}"):  # fmt: skip
+                subprocess.run(["ip", "netns", "exec", ns, *cmd.split()], check=True)
+            before, dropped, metered = echo6_requests_received(p1), nft_drops(n1, "ip6"), drops_metric(n1)
+            subprocess.run(["ip", "netns", "exec", ns, "ping", "-6", "-c", "4", "-i", "0.2", "-W",
+                            "1", str(p1.addr6)], capture_output=True)  # fmt: skip
+            assert echo6_requests_received(p1) == before
+            assert nft_drops(n1, "ip6") - dropped == 4
+            assert drops_metric(n1) - metered == 4
+        assert ping(p1, p2.addr6)

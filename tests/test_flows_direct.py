@@ -94,3 +94,35 @@ def test_turning_the_option_off_and_on_resyncs_every_switch() -> None:
     assert m.direct == {N1: frozenset({N2})}  # kept: the option back on needs no new record
     m.apply([ConfigChanged(CONFIG, ON, 6)])
     assert set(direct_of(m.desired(N1, FULL))) == {L2.subnet}
+
+
+def test_dual_stack_each_family_is_direct_on_its_own_and_ipv6_only_for_an_accepted_half() -> None:
+    """flannel decides the PublicIPv6 apart: L2 is direct in both families, L3 over IPv6
+    only (its IPv4 behind a router); a peer whose IPv6 half is rejected (its subnet another's)
+    gets no IPv6 direct route, which would take that other node's traffic."""
+    from tests.test_flows_ipv6 import DUAL, HALVES
+
+    dual = replace(DUAL, backend=BackendConfig(vni=7, direct_routing=True))
+    h1, h2, h3 = HALVES
+    reachable = {h2.public_ip, h2.public_ipv6, h3.public_ipv6}
+    flows = compile_node(dual, HALVES, [], h1.public_ip, reachable=reachable)
+    direct = {f.match: f for f in flows if f.priority == PRIO_DIRECT}
+    assert {dict(m).get("ip_dst") or dict(m)["ipv6_dst"] for m in direct} == {
+        h2.subnet, h2.ipv6_subnet, h3.ipv6_subnet}  # fmt: skip
+    six = next(f for m, f in direct.items() if dict(m).get("ipv6_dst") == h2.ipv6_subnet)
+    assert six.cookie == direct_cookie(h2.subnet) and six.actions == (
+        ("set_field", "eth_dst", gateway_mac(h1.subnet)), ("output", GATEWAY_OFPORT))  # fmt: skip
+    # the model compiles the same, in full and scoped by the peer's cookie
+    m = ClusterModel()
+    m.load(dual, HALVES, [], alive=[h.public_ip for h in HALVES],
+           direct={h1.public_ip: frozenset(reachable)})  # fmt: skip
+    assert {f for f in m.desired(h1.public_ip, FULL).flows if f.priority == PRIO_DIRECT} == {
+        f for f in flows if f.priority == PRIO_DIRECT}  # fmt: skip
+    impact = m.apply([LivenessAdded(Liveness(h1.public_ip, 2, 7, frozenset({h2.public_ip})), 5)])
+    scope = impact.scope_for(h1.public_ip, h1.subnet)  # L2's IPv6 and L3 no longer direct
+    assert scope.cookies == {direct_cookie(h2.subnet), direct_cookie(h3.subnet)}
+    assert set(direct_of(m.desired(h1.public_ip, scope).flows)) == {h2.subnet}
+    # L3's IPv6 half claims L2's IPv6 subnet: rejected, so no direct route for it either
+    clash = replace(h3, ipv6_subnet=h2.ipv6_subnet)
+    flows = compile_node(dual, [h1, h2, clash], [], h1.public_ip, reachable={clash.public_ipv6})
+    assert not [f for f in flows if f.priority == PRIO_DIRECT]

@@ -243,7 +243,8 @@ def golden_table() -> list[str]:
 
 def test_an_ipv4_only_cluster_gets_exactly_the_flows_it_got_before_ipv6_services() -> None:
     """The golden file is this function's output before IPv6 services and policy: at e5098ec,
-    then as compiled by 60c9f29 (policy isolation groups, still IPv4 only)."""
+    then as compiled by 60c9f29 (policy isolation groups) and 2fcd176 (only the node's own
+    addresses pass the gateway port unjudged), both still IPv4 only."""
     assert golden_table() == GOLDEN.read_text().splitlines()
 
 

@@ -133,11 +133,14 @@ class Switch:
 
 
 class Cluster:
-    """The switches of `pods` (one node per /24) under `policies`."""
+    """The switches of `pods` (one node per /24) under `policies`; `direct`: the nodes reach
+    each other by DirectRouting (a remote pod's packet comes in through the gateway port,
+    flows/direct.py), not through the tunnel."""
 
     def __init__(self, policies: list[NetworkPolicy], namespaces: list[Namespace], pods: list[Pod],
-                 dual: bool = False):  # fmt: skip
+                 direct: bool = False, dual: bool = False):  # fmt: skip
         """(`dual`: every node dual stack, each pod with its `six_of` address.)"""
+        self.direct = direct
         if dual:
             pods = [replace(p, ipv6=six_of(p.ip)) for p in pods]
         self.endpoints = {p.ip: endpoint_of(p, 10 + i) for i, p in enumerate(pods)}
@@ -159,20 +162,21 @@ class Cluster:
                "ip_proto": IP_PROTO[proto], f"{proto.lower()}_dst": port, "in_port": s.ofport}  # fmt: skip
         out, _ = self.switches[s.node_subnet].passes(EGRESS_STAGE, pkt)
         if s.node_subnet != d.node_subnet:
-            pkt["in_port"] = TUNNEL_OFPORT
+            pkt["in_port"] = GATEWAY_OFPORT if self.direct else TUNNEL_OFPORT
         into, _ = self.switches[d.node_subnet].passes(INGRESS_STAGE, pkt)
         return out and into
 
 
-def flows_judge(step: Step):
+def flows_judge(step: Step, direct: bool = False):
     _, pods = model(step)
-    return Cluster(step.policies, namespaces_of(step), list(pods.values())).allowed
+    return Cluster(step.policies, namespaces_of(step), list(pods.values()), direct).allowed
 
 
+@pytest.mark.parametrize("path", ["tunnel", "direct"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_compiled_flows_pass_the_upstream_netpol_case(case: str) -> None:
+def test_compiled_flows_pass_the_upstream_netpol_case(case: str, path: str) -> None:
     for i, step in enumerate(CASES[case], 1):
-        problems = report(step, flows_judge(step))
+        problems = report(step, flows_judge(step, path == "direct"))
         assert not problems, f"step {i} of {len(CASES[case])}:\n{problems}"
 
 
@@ -419,3 +423,35 @@ def test_a_dual_stack_pods_ipv6_is_judged_by_its_rules() -> None:
                                           for i, p in enumerate((a, b, c))],
                            [endpoint_of(replace(a, ipv6=None), 10)], node)  # fmt: skip
     assert not any(dict(f.match).get("eth_type") == ETH_TYPE_IPV6 for f in v4_only.flows)
+
+
+def test_the_nodes_own_addresses_pass_into_an_isolated_pod_what_its_host_forwards_is_judged() -> None:
+    """Through the gateway port come the node's own packets (from its gateway address or
+    its PublicIP: kubelet's probes), which pass, and packets its host only forwards (a
+    direct peer's pod, flows/direct.py; a host on the link), which the rules judge."""
+    node, node6 = IPv4Network("198.19.1.0/24"), IPv6Network("fd00:0:0:1::/64")
+    public, public6 = IPv4Address("198.18.0.1"), IPv6Address("fd18::1")
+    a = Pod("x", "a", IPv4Address("198.19.1.10"), (("pod", "a"),))
+    b = Pod("x", "b", IPv4Address("198.19.2.10"), (("pod", "b"),))
+    c = Pod("x", "c", IPv4Address("198.19.3.10"), (("pod", "c"),))
+    eps = [replace(endpoint_of(a, 10), ipv6=node6[10]), endpoint_of(b, 10), endpoint_of(c, 10)]
+    only_b = netpol("x", "a-from-b", {"matchLabels": {"pod": "a"}},
+                    ingress=[{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}])  # fmt: skip
+    switch = Switch(policy_table([only_b], [], eps, eps[:1], node, node6,
+                                 host=(public, public6)).flows)  # fmt: skip
+
+    def into_a(src: IPv4Address) -> bool:
+        return switch.passes(INGRESS_STAGE, {
+            "eth_type": ETH_TYPE_IP, "ip_src": src, "ip_dst": a.ip, "reg2": 0, "reg3": 0,
+            "ip_proto": 6, "tcp_dst": 80, "in_port": GATEWAY_OFPORT})[0]  # fmt: skip
+
+    def into_a6(src: IPv6Address) -> bool:
+        return switch.passes(INGRESS_STAGE, {
+            "eth_type": ETH_TYPE_IPV6, "ipv6_src": src, "ipv6_dst": node6[10], "reg2": 0,
+            "reg3": 0, "ip_proto": 6, "tcp_dst": 80, "in_port": GATEWAY_OFPORT})[0]  # fmt: skip
+
+    assert into_a(node[1]) and into_a(public)  # the node's own
+    assert into_a(b.ip) and not into_a(c.ip)  # direct peers' pods: as the rule says
+    assert not into_a(IPv4Address("198.18.0.9"))  # a host on the link, or a peer's host
+    assert into_a6(node6[1]) and into_a6(public6)
+    assert not into_a6(IPv6Address("fd00:0:0:2::10"))  # a direct peer's pod over IPv6

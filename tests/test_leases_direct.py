@@ -4,7 +4,8 @@ sources a node admits unencapsulated, and the Direct list of the liveness record
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Address, IPv4Network
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
@@ -49,14 +50,33 @@ def test_direct_sources_are_the_subnets_and_addresses_of_direct_peers_only() -> 
     assert direct_sources(leases, set(), IP) == []
 
 
+def test_ipv6_sources_are_those_of_the_peers_whose_publicipv6_is_direct() -> None:
+    def dual(i: int) -> Lease:
+        return replace(lease(f"198.19.{i}.0/24", f"198.18.0.{i}"),
+                       ipv6_subnet=IPv6Network(f"fd00:19:0:{i}::/64"),
+                       public_ipv6=IPv6Address(f"fd00:18::{i}"))  # fmt: skip
+
+    leases = [dual(3), dual(4), dual(5), lease("198.19.6.0/24", "198.18.0.6")]
+    # 4: both families direct; 5: IPv4 behind a router, IPv6 on the link; 6: IPv4 only
+    direct = {IPv4Address("198.18.0.4"), IPv6Address("fd00:18::4"), IPv6Address("fd00:18::5"),
+              IPv4Address("198.18.0.6"), IPv6Address("fd00:18::3")}  # fmt: skip
+    assert direct_sources(leases, direct, IP, 6) == [
+        IPv6Network("fd00:18::4/128"), IPv6Network("fd00:18::5/128"),
+        IPv6Network("fd00:19:0:4::/64"), IPv6Network("fd00:19:0:5::/64")]  # fmt: skip
+    assert direct_sources(leases, direct, IP) == [
+        IPv4Network("198.18.0.4/32"), IPv4Network("198.18.0.6/32"),
+        IPv4Network("198.19.4.0/24"), IPv4Network("198.19.6.0/24")]  # fmt: skip
+
+
 def kv(value: str, lease: int = 9, rev: int = 4) -> KV:
     return KV(KEYS.node(IP), value.encode(), rev, rev, lease)
 
 
 def test_direct_list_round_trips_and_is_absent_when_off() -> None:
-    peers = frozenset({IPv4Address("198.18.0.4"), IPv4Address("198.18.0.2")})
+    peers = frozenset({IPv4Address("198.18.0.4"), IPv6Address("fd00:18::4"),
+                       IPv4Address("198.18.0.2")})  # fmt: skip
     text = liveness_to_json(Liveness(IP, 2, direct=peers))
-    assert json.loads(text)["Direct"] == ["198.18.0.2", "198.18.0.4"]  # sorted: stable value
+    assert json.loads(text)["Direct"] == ["198.18.0.2", "198.18.0.4", "fd00:18::4"]  # stable
     assert check_liveness(kv(text), str(IP)) == Liveness(IP, 2, 9, peers)
     off = liveness_to_json(Liveness(IP, 2))
     assert "Direct" not in json.loads(off)
@@ -67,7 +87,7 @@ def test_direct_list_round_trips_and_is_absent_when_off() -> None:
 
 @pytest.mark.parametrize(
     "direct",
-    [["banana"], ["198.18.0.4", 7], [3232235521], ["fc00::1"],
+    [["banana"], ["198.18.0.4", 7], [3232235521], ["fc00::/64"],
      [f"198.18.{i // 256}.{i % 256}" for i in range(MAX_DIRECT + 1)]],
 )  # fmt: skip
 def test_a_bad_direct_list_rejects_the_record_with_its_reason(direct: list) -> None:

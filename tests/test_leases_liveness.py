@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 
 from leases.events import LivenessAdded, LivenessRemoved
 from leases.keys import KV, KeyKind, Keys
-from leases.liveness import check_liveness, liveness_to_json, node_down
+from leases.liveness import MAX_RECORD_BYTES, check_liveness, liveness_to_json, node_down
 from leases.model import Liveness
 from leases.state import View, diff
 from leases.validate import Rejection
@@ -32,7 +32,7 @@ def test_records_validate_with_reasons() -> None:
         "wrong_type": record_kv(value='{"PublicIP": "198.18.0.3", "TTL": "2"}'),
         "missing_field": record_kv(value='{"PublicIP": "198.18.0.3"}'),
         "bad_ttl": record_kv(value='{"PublicIP": "198.18.0.3", "TTL": 0}'),
-        "oversized": record_kv(value='{"PublicIP": "198.18.0.3", "TTL": 2, "x": "' + "y" * 50000 + '"}'),
+        "oversized": record_kv(value='{"PublicIP": "198.18.0.3", "TTL": 2, "x": "' + "y" * MAX_RECORD_BYTES + '"}'),
     }
     for reason, kv in bad.items():
         result = check_liveness(kv, "198.18.0.3")

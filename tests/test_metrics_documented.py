@@ -46,7 +46,7 @@ def defined() -> dict[str, tuple[str, tuple[str, ...], str]]:
             if isinstance(m, MetricWrapperBase) and not m._labelvalues:
                 suffix = "_total" if m._type == "counter" else ""
                 rows[m._name + suffix] = (m._type, tuple(m._labelnames), served)
-            if isinstance(m, controller.metrics.PolicyDenied):  # a collector of its own
+            if isinstance(m, (controller.metrics.PolicyDenied, ovsdb.metrics.DirectIngressDropped)):  # collectors
                 family = next(m.collect())
                 rows[family.name + "_total"] = (family.type, tuple(family._labelnames), served)
     return rows

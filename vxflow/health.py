@@ -73,7 +73,8 @@ class Node:
     last_sync: float | None = None
     drift_repairs: int | None = None
     last_error: str = ""
-    direct: list[str] = field(default_factory=list)  # DirectRouting: peers routed directly
+    # DirectRouting: the peers' PublicIPs (and PublicIPv6s) routed to directly
+    direct: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -154,8 +155,10 @@ def assess(
         node.connected_to = sorted(rid for rid, _ in entries)
         node.alive = lease.public_ip in alive
         if snap.config is not None:  # the controller's decision (flows/direct.py)
-            peers = direct_leases(snap.config, lease, snap.leases, reachable.get(lease.public_ip))
-            node.direct = [str(p.public_ip) for p in peers]
+            named = reachable.get(lease.public_ip) or frozenset()
+            peers = direct_leases(snap.config, lease, snap.leases, named)
+            node.direct = [str(a) for p in peers for a in (p.public_ip, p.public_ipv6)
+                           if a in named and (a.version == 4 or lease.ipv6_subnet)]  # fmt: skip
         node.down = bool(read) and node_down(node.pods > 0, node.alive, bool(node.connected_to))
         master = next((e for _, e in entries if e["role"] == "master"), None)
         if master is not None:
@@ -312,7 +315,8 @@ def render(report: Report, now: float | None = None) -> str:
                      "-" if n.drift_repairs is None else str(n.drift_repairs), str(n.pods)))  # fmt: skip
     lines += [*_table(rows), ""]
     if c and c.get("direct_routing"):
-        lines.append("DIRECT PEERS (DirectRouting: plain IP via the peer's PublicIP, no VXLAN)")
+        lines.append("DIRECT PEERS (DirectRouting: plain IP via the peer's PublicIP or "
+                     "PublicIPv6, no VXLAN)")
         lines += [f"{n.public_ip} -> {', '.join(n.direct) or 'none (all VXLAN)'}"
                   for n in report.nodes]  # fmt: skip
         lines.append("")

@@ -112,7 +112,7 @@ class Tracer:
             snap = self.snap
             self._policies[lease.public_ip] = policy_table(
                 snap.policies, snap.namespaces, snap.endpoints, snap.endpoints_of(lease.subnet),
-                lease.subnet, lease.ipv6_subnet,
+                lease.subnet, lease.ipv6_subnet, host=(lease.public_ip, lease.public_ipv6),
             )
         return self._policies[lease.public_ip]
 
@@ -199,9 +199,10 @@ class Tracer:
             hop.result, hop.tun_dst, hop.vni = "tunnel", str(t.tun_dst), t.tun_id
             hop.detail = f"into the tunnel to {t.tun_dst}, VNI {t.tun_id}"
         elif GATEWAY_OFPORT in t.outputs and (peer := self._direct_peer(t)) is not None:
-            hop.result, hop.next_hop = "direct", str(peer.public_ip)
+            via = peer.public_ipv6 if ",ipv6_dst=" in hop.packet else peer.public_ip
+            hop.result, hop.next_hop = "direct", str(via)
             hop.detail = (f"to node {lease.public_ip}'s host (port {GATEWAY_OFPORT}), routed "
-                          f"directly via {peer.public_ip}: DirectRouting, no VXLAN")  # fmt: skip
+                          f"directly via {via}: DirectRouting, no VXLAN")  # fmt: skip
         elif GATEWAY_OFPORT in t.outputs:
             hop.result, hop.detail = "host", f"to node {lease.public_ip}'s host (port {GATEWAY_OFPORT})"
         elif t.outputs:
