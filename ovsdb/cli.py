@@ -45,6 +45,14 @@ from ovsdb.bootstrap import (
     bootstrap as converge_node,
 )
 from ovsdb.iproute import IprouteError, address_of, default_route_interface
+from ovsdb.migrate import (
+    DEFAULT_CNI_BRIDGE,
+    DEFAULT_CNI_CONF_DIR,
+    DEFAULT_CNI_NETWORKS_DIR,
+    Settings,
+    observe,
+    plan,
+)
 from ovsdb.sysconfig import SysconfigError, read_sysconfig
 
 log = logging.getLogger(__name__)
@@ -58,9 +66,10 @@ _SSL_OPTIONS = (
 )
 
 
-def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The options `bootstrap` and `agent` share (flanneld's names where flanneld has one)."""
-    options = [
+def _flanneld_options() -> list[Callable[..., Any]]:
+    """Where a node's flanneld settings come from, and its OVSDB: the options `bootstrap`,
+    `agent` and `migrate` share (flanneld's names)."""
+    return [
         click.option("--sysconfig", type=click.Path(dir_okay=False, path_type=Path),
                      help="Read FLANNEL_ETCD[_ENDPOINTS], FLANNEL_ETCD_KEY/_PREFIX and "
                           "FLANNEL_OPTIONS (with its -etcd-cafile ... -etcd-password flags) "
@@ -79,6 +88,20 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "for again on restart)."),
         click.option("--ovsdb", default=ovsidl.DEFAULT_OVSDB, show_default=True,
                      envvar="VXFLOW_OVSDB", show_envvar=True, help="OVSDB server to manage."),
+    ]  # fmt: skip
+
+
+def _with_options(f: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    """`f` decorated with `options` (listed in the order --help shows them) and etcd's."""
+    for option in reversed(options):
+        f = option(f)
+    return etcd_options(f)
+
+
+def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `bootstrap` and `agent` share (flanneld's names where flanneld has one)."""
+    options = [
+        *_flanneld_options(),
         click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True,
                      help="Integration bridge name."),
         click.option("--controller", "controllers", multiple=True,
@@ -99,9 +122,7 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="VXLAN key: flow (the controller sets the VNI per flow) or the "
                           "config's VNI pinned on the port."),
     ]  # fmt: skip
-    for option in reversed(options):
-        f = option(f)
-    return etcd_options(f)
+    return _with_options(f, options)
 
 
 def _apply_sysconfig(ctx: click.Context, params: dict[str, Any]) -> None:
@@ -354,3 +375,61 @@ def agent(ctx: click.Context, **params: Any) -> None:
         if server is not None:
             server.stop()
         registry.close()
+
+
+def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """flanneld's settings, and where flannel's CNI side keeps the pods."""
+    return _with_options(f, [
+        *_flanneld_options(),
+        click.option("--cni-bridge", default=DEFAULT_CNI_BRIDGE, show_default=True,
+                     help="flannel's CNI bridge, whose veths are the pods."),
+        click.option("--cni-conf-dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=DEFAULT_CNI_CONF_DIR, show_default=True,
+                     help="Where the flannel CNI network's conflist is."),
+        click.option("--cni-networks-dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=DEFAULT_CNI_NETWORKS_DIR, show_default=True,
+                     help="host-local's store (a directory per network)."),
+        click.option("--dry-run", is_flag=True,
+                     help="Check the node and print the plan, one line per step; change "
+                          "nothing. Required for now."),
+    ])  # fmt: skip
+
+
+@click.command()
+@migrate_options
+@click.pass_context
+@node_errors
+def migrate(ctx: click.Context, **params: Any) -> None:
+    """Check this flannel (vxlan) node for a move to vxflow in place, and print the plan.
+
+    Reads flanneld's settings (flags, FLANNELD_* variables, --sysconfig), then checks
+    that etcd and OVSDB answer, that etcd's lease for the subnet file's subnet is this
+    node's, that the subnet file matches etcd's config, that flannel.<VNI> sends from
+    the PublicIP, that the CNI bridge holds the gateway, and that every veth on it is
+    one pod whose MAC (the bridge's FDB) and IP (its neighbour table) are known. Prints
+    one line per step of the migration, or one line per failed check (exit status 1).
+
+    Only --dry-run is implemented: carrying the plan out is not, and without --dry-run
+    the command changes nothing and exits with status 2.
+    """
+    if not params["dry_run"]:
+        raise click.UsageError("carrying the migration out is not implemented yet: "
+                               "run with --dry-run to check the node and see the plan")  # fmt: skip
+    _apply_sysconfig(ctx, params)
+    settings = Settings(
+        public_ip=resolve_public_ip(params["public_ip"], params["iface"]),
+        subnet_file=Path(params["subnet_file"]),
+        ovsdb=params["ovsdb"],
+        cni_bridge=params["cni_bridge"],
+        cni_conf_dir=params["cni_conf_dir"],
+        cni_networks_dir=params["cni_networks_dir"],
+    )
+    registry = open_registry(**etcd_params(params))
+    try:
+        result = plan(observe(settings, registry))
+    finally:
+        registry.close()
+    for line in result.lines():
+        click.echo(line)
+    if not result.ok:
+        ctx.exit(1)

@@ -1,0 +1,414 @@
+"""`vxflow migrate`: turn a running flannel (vxlan backend) node into a vxflow node in place.
+
+Design. The command runs on the node with flanneld's own settings (flags, FLANNELD_*
+variables, `--sysconfig`, resolved as `vxflow agent` resolves them, ovsdb/cli.py) and
+has three parts:
+
+- `observe()` (I/O, read only): the network config and the leases in etcd, the subnet
+  file, `flannel.<VNI>` (its local address and its routes), the CNI bridge (cni0: its
+  gateway address and MAC, its ports), the bridge's FDB and neighbour table, the
+  host-local store of the flannel CNI network and that network's conflist, and whether
+  OVSDB answers. A source that cannot be read is one line in `Observation.errors`.
+- `plan()` (pure): the failed checks (each one line), or else the steps in order.
+  Each pod's MAC is what the bridge learned behind its veth (the FDB), its IP the
+  neighbour entry of that MAC on cni0: what is really there, not what a file says;
+  the host-local store only adds the allocations to carry over.
+- carrying the plan out: not implemented yet. The command checks and prints the plan
+  (`--dry-run`) and changes nothing; without `--dry-run` it refuses, saying so.
+
+The steps, in the order that keeps the pods reachable (what the plan prints):
+
+1. fence flanneld: nothing may renew its lease or re-create flannel.<VNI> and its
+   entries afterwards; the kernel keeps forwarding as flannel meanwhile.
+2. take the lease over: `Registry.acquire` with this PublicIP claims the key that
+   already carries it (same key and subnet; the value is rewritten by a compare on
+   its revision, so the key is never deleted and the subnet is never free). The
+   VtepMAC becomes vxflow's; flannel peers follow the lease as flanneld does.
+3. the agent starts (`vxflow agent`, as the node will run it): it holds the lease it
+   finds (the same etcd lease while the TTLs agree) and brings up br-int with the
+   gateway port on the subnet's .1. The pods' ARP entry for .1 still names cni0's MAC:
+   vxflow's pipeline classifies a pod's packets by port, MAC and source IP
+   (flows/family.py), never by the destination MAC, so they are routed as before, and
+   the pod's next ARP refresh is answered by the switch with the gateway port's MAC.
+   Neither cni0's MAC nor the pods' caches need changing.
+4. ip-masq stays as it was: the agent's subnet file must say what FLANNEL_IPMASQ said.
+5. each pod's host-side veth moves from cni0 to br-int as a vxflow pod port
+   (`attached-mac`, `vxflow-ip`: the observed MAC and IP); the agent publishes it.
+6. flannel.<VNI> goes (with it its routes, neighbour and FDB entries), then cni0,
+   empty now.
+7. the host-local allocations are carried into vxflow-cni's network, with every
+   observed pod IP, so a later pod never gets an address in use.
+8. the CNI conflist switches to vxflow-cni.
+
+IPv4-only nodes: a dual-stack lease (flannel-v6.<VNI>) is refused by a check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import TypeVar
+
+from flows.ports import vtep_mac_for
+from leases.config import ConfigError
+from leases.errors import RegistryError
+from leases.model import Lease, NetworkConfig
+from leases.registry import Registry
+from leases.subnet_env import SubnetEnv, read_subnet_env
+from ovsdb import idl as ovsidl
+from ovsdb.iproute import IprouteError, ip_json, run
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_CNI_BRIDGE = "cni0"  # flannel's CNI plugin's bridge
+DEFAULT_CNI_CONF_DIR = Path("/etc/cni/net.d")
+DEFAULT_CNI_NETWORKS_DIR = Path("/var/lib/cni/networks")  # host-local's store, one dir a network
+_HOST_LOCAL_OWN = {"lock"}  # host-local's files in a network's directory that are no address
+
+
+@dataclass(frozen=True)
+class Link:
+    """A kernel interface as observed: its MAC, IPv4 addresses, a VXLAN device's local IP."""
+
+    name: str
+    mac: str
+    addresses: tuple[IPv4Interface, ...] = ()
+    local: IPv4Address | None = None
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    """A MAC the bridge learned behind one of its ports."""
+
+    mac: str
+    port: str
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    ip: IPv4Address
+    mac: str
+
+
+@dataclass(frozen=True)
+class PodPort:
+    """A pod as it hangs on the CNI bridge: its host-side veth, IP and MAC."""
+
+    port: str
+    ip: IPv4Address
+    mac: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What `observe()` found on the node (plain values: `plan()` is pure)."""
+
+    public_ip: IPv4Address
+    subnet_file: Path
+    cni_bridge: str = DEFAULT_CNI_BRIDGE
+    config: NetworkConfig | None = None
+    leases: tuple[Lease, ...] = ()
+    subnet_env: SubnetEnv | None = None
+    vxlan: Link | None = None  # flannel.<VNI>
+    vxlan_routes: int = 0  # routes through flannel.<VNI>
+    bridge: Link | None = None  # cni0
+    bridge_ports: tuple[str, ...] = ()
+    fdb: tuple[FdbEntry, ...] = ()
+    neighbours: tuple[Neighbour, ...] = ()
+    conflist: Path | None = None  # the flannel CNI network's conflist
+    network_name: str | None = None  # its name: host-local's directory
+    allocations: tuple[IPv4Address, ...] = ()  # host-local's allocated addresses
+    errors: tuple[str, ...] = ()  # a source that could not be read (etcd, OVSDB), one line each
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the migration, as the plan prints it; `pod`: the one a move is for."""
+
+    name: str
+    detail: str
+    pod: PodPort | None = None
+
+    def line(self, number: int) -> str:
+        return f"{number}. {self.name}: {self.detail}"
+
+
+@dataclass
+class Plan:
+    """Either `problems` (a failed check each; nothing may be done) or `steps`."""
+
+    problems: list[str] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    pods: list[PodPort] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        if self.problems:
+            return [f"check failed: {p}" for p in self.problems]
+        return [step.line(i) for i, step in enumerate(self.steps, 1)]
+
+
+# -- the pure plan ---------------------------------------------------------------------
+
+
+def _the_one(found: list[T], problems: list[str], none: str, many: str) -> T | None:
+    """The one value in `found`; else None, and the problem (`none` or `many`) noted."""
+    if len(found) == 1:
+        return found[0]
+    problems.append(many if found else none)
+    return None
+
+
+def pods_on_bridge(
+    ports: Iterable[str], fdb: Iterable[FdbEntry], neighbours: Iterable[Neighbour],
+    subnet: IPv4Network,
+) -> tuple[list[PodPort], list[str]]:  # fmt: skip
+    """Each port's pod from what the bridge learned (its MAC) and the neighbour table (the
+    IP of that MAC in `subnet`); the ports that cannot be told, one problem line each."""
+    macs: dict[str, set[str]] = {}
+    for entry in fdb:
+        macs.setdefault(entry.port, set()).add(entry.mac.lower())
+    ips: dict[str, set[IPv4Address]] = {}
+    for n in neighbours:
+        if n.ip in subnet:
+            ips.setdefault(n.mac.lower(), set()).add(n.ip)
+    pods, problems = [], []
+    for port in sorted(ports):
+        learned = sorted(macs.get(port, ()))
+        mac = _the_one(learned, problems, f"{port}: the bridge learned no MAC behind it (a "
+                       "silent pod: make it send, e.g. ping it from the node, and run again)",
+                       f"{port}: the bridge learned {len(learned)} MACs behind it "
+                       f"({', '.join(learned)}): not one pod's port")  # fmt: skip
+        if mac is None:
+            continue
+        found = sorted(ips.get(mac, ()))
+        ip = _the_one(found, problems, f"{port} ({mac}): no neighbour entry on the bridge gives "
+                      f"its IP in {subnet} (ping it from the node, and run again)",
+                      f"{port} ({mac}): {len(found)} IPs in the neighbour table "
+                      f"({', '.join(map(str, found))})")  # fmt: skip
+        if ip is not None:
+            pods.append(PodPort(port, ip, mac))
+    seen: dict[IPv4Address, str] = {}
+    for pod in pods:
+        if pod.ip in seen:
+            problems.append(f"{pod.ip} is on two ports: {seen[pod.ip]} and {pod.port}")
+        seen[pod.ip] = pod.port
+    return pods, problems
+
+
+def _own_lease(obs: Observation, subnet: IPv4Network, problems: list[str]) -> Lease | None:
+    lease = next((le for le in obs.leases if le.subnet == subnet), None)
+    if lease is None:
+        problems.append(f"etcd holds no lease for {subnet} (the subnet file's): flanneld's "
+                        "lease expired or was deleted")  # fmt: skip
+    elif lease.public_ip != obs.public_ip:
+        problems.append(f"the lease for {subnet} belongs to {lease.public_ip}, not to this "
+                        f"node ({obs.public_ip})")  # fmt: skip
+        return None
+    elif lease.ipv6_subnet is not None:
+        problems.append(f"{lease.label} is a dual-stack lease: vxflow migrate handles "
+                        "IPv4-only nodes")  # fmt: skip
+        return None
+    return lease
+
+
+def _check_links(obs: Observation, config: NetworkConfig, gateway: IPv4Interface,
+                 problems: list[str]) -> None:  # fmt: skip
+    device = f"flannel.{config.backend.vni}"
+    if obs.vxlan is None:
+        problems.append(f"{device}: no such device (is this a flannel vxlan node?)")
+    elif obs.vxlan.local != obs.public_ip:
+        problems.append(f"{device} sends from {obs.vxlan.local}, not from this node's "
+                        f"PublicIP {obs.public_ip}")  # fmt: skip
+    if obs.bridge is None:
+        problems.append(f"{obs.cni_bridge}: no such bridge (flannel's CNI bridge; --cni-bridge)")
+    elif gateway not in obs.bridge.addresses:
+        problems.append(f"{obs.cni_bridge} does not hold the gateway {gateway}")
+
+
+def plan(obs: Observation) -> Plan:
+    """The checks, then the steps (pure). Any failed check: no steps."""
+    result = Plan(problems=list(obs.errors))
+    config, env = obs.config, obs.subnet_env
+    if env is None:
+        result.problems.append(f"{obs.subnet_file}: missing or malformed (flanneld's subnet "
+                               "file; --subnet-file)")  # fmt: skip
+    if config is None or env is None:
+        return result
+    if env.network != config.network:
+        result.problems.append(f"{obs.subnet_file} says FLANNEL_NETWORK={env.network}, etcd's "
+                               f"config {config.network}")  # fmt: skip
+    subnet = env.subnet.network
+    lease = _own_lease(obs, subnet, result.problems)
+    _check_links(obs, config, env.subnet, result.problems)
+    pods, problems = pods_on_bridge(obs.bridge_ports, obs.fdb, obs.neighbours, subnet)
+    result.problems += problems
+    if lease is None or not result.ok:
+        return result
+    result.pods = pods
+    result.steps = _steps(obs, config, env, lease, pods)
+    return result
+
+
+def _steps(obs: Observation, config: NetworkConfig, env: SubnetEnv, lease: Lease,
+           pods: list[PodPort]) -> list[Step]:  # fmt: skip
+    device, bridge, gateway = f"flannel.{config.backend.vni}", obs.cni_bridge, env.subnet
+    vtep = vtep_mac_for(obs.public_ip)
+    vtep_change = "VtepMAC unchanged" if vtep == lease.vtep_mac else \
+        f"VtepMAC {lease.vtep_mac} -> {vtep}"  # fmt: skip
+    carried = sorted({*obs.allocations, *(pod.ip for pod in pods)})
+    allocations = (f"{len(carried)} address(es) from host-local's {obs.network_name} kept for "
+                   f"vxflow-cni, which takes the network over: {', '.join(map(str, carried))}"
+                   if obs.network_name else "no flannel CNI network found: nothing to carry")
+    masq = "on" if env.ipmasq else "off"
+    return [
+        Step("fence flanneld", f"stop it: nothing renews {lease.subnet} or re-creates {device} "
+                               "afterwards"),
+        Step("take the lease over", f"{lease.key_name} for {obs.public_ip}, same key and "
+                                    f"subnet, under the agent's etcd lease ({vtep_change})"),
+        Step("start the agent", f"it holds {lease.subnet} and brings up br-int with the gateway "
+                                f"port on {gateway}; the pods' ARP entry for {gateway.ip} "
+                                f"({obs.bridge.mac}) keeps routing"),
+        Step("keep ip-masq", f"{masq}, as FLANNEL_IPMASQ={str(env.ipmasq).lower()}: the agent's "
+                             f"subnet file must say the same"),
+        *(Step(f"move {pod.port}", f"pod {pod.ip} {pod.mac} from {bridge} to br-int as a "
+                                   "vxflow pod port; its endpoint published", pod)
+          for pod in pods),
+        Step(f"remove {device}", f"with its {obs.vxlan_routes} route(s) and its neighbour and "
+                                 "FDB entries"),
+        Step(f"remove {bridge}", "once no port is left on it"),
+        Step("carry the allocations over", allocations),
+        Step("switch the CNI config", f"{obs.conflist} to vxflow-cni" if obs.conflist else
+             "no flannel conflist found: nothing to switch"),
+    ]  # fmt: skip
+
+
+# -- observing the node -----------------------------------------------------------------
+
+
+def _link(name: str) -> Link | None:
+    try:
+        found = ip_json("-d", "addr", "show", "dev", name)
+    except IprouteError:  # no such device
+        return None
+    if not found:
+        return None
+    info = found[0]
+    local = info.get("linkinfo", {}).get("info_data", {}).get("local")
+    return Link(
+        name=name,
+        mac=info.get("address", ""),
+        addresses=tuple(IPv4Interface(f"{a['local']}/{a['prefixlen']}")
+                        for a in info.get("addr_info", []) if a.get("family") == "inet"),
+        local=IPv4Address(local) if local else None,
+    )
+
+
+def _bridge_state(bridge: str) -> tuple[tuple[str, ...], tuple[FdbEntry, ...], tuple[Neighbour, ...]]:
+    """The bridge's ports, the MACs it learned behind them, its neighbour table (IPv4)."""
+    ports = tuple(link["ifname"] for link in ip_json("link", "show", "master", bridge))
+    fdb = tuple(
+        FdbEntry(e["mac"], e["ifname"])
+        for e in ip_json_bridge("fdb", "show", "br", bridge)
+        if e.get("ifname") in ports and e.get("state") != "permanent" and "self" not in
+        e.get("flags", [])
+    )  # fmt: skip
+    neighbours = tuple(
+        Neighbour(IPv4Address(n["dst"]), n["lladdr"])
+        for n in ip_json("-4", "neigh", "show", "dev", bridge)
+        if n.get("lladdr") and "FAILED" not in n.get("state", [])
+    )  # fmt: skip
+    return ports, fdb, neighbours
+
+
+def ip_json_bridge(*args: str) -> list[dict]:
+    """`bridge -j ARGS` (iproute2's bridge tool), as ip_json."""
+    out = run("bridge", "-j", *args)
+    return json.loads(out) if out.strip() else []
+
+
+def flannel_conflist(conf_dir: Path) -> tuple[Path | None, str | None]:
+    """The conflist (or single .conf) whose plugins include `flannel`, and its network name."""
+    for path in sorted(conf_dir.glob("*.conf*")) if conf_dir.is_dir() else ():
+        try:
+            conf = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        plugins = conf.get("plugins", [conf]) if isinstance(conf, dict) else []
+        if any(isinstance(p, dict) and p.get("type") == "flannel" for p in plugins):
+            return path, conf.get("name")
+    return None, None
+
+
+def host_local_allocations(directory: Path) -> tuple[IPv4Address, ...]:
+    """The IPv4 addresses host-local recorded as allocated in one network's directory."""
+    found = []
+    for path in directory.iterdir() if directory.is_dir() else ():
+        if path.name in _HOST_LOCAL_OWN or path.name.startswith("last_reserved_ip"):
+            continue
+        try:
+            found.append(IPv4Address(path.name))
+        except ValueError:
+            continue
+    return tuple(sorted(found))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where to look (flanneld's settings, resolved by the command)."""
+
+    public_ip: IPv4Address
+    subnet_file: Path
+    ovsdb: str
+    cni_bridge: str = DEFAULT_CNI_BRIDGE
+    cni_conf_dir: Path = DEFAULT_CNI_CONF_DIR
+    cni_networks_dir: Path = DEFAULT_CNI_NETWORKS_DIR
+
+
+def observe(settings: Settings, registry: Registry) -> Observation:
+    """Everything `plan()` needs, read from etcd, OVSDB, the kernel and files; changes nothing."""
+    errors: list[str] = []
+    config, leases = None, ()
+    try:
+        config = registry.get_config()
+        leases = tuple(registry.list_leases())
+    except (RegistryError, ConfigError) as exc:
+        errors.append(f"etcd: {exc}")
+    try:
+        ovsidl.fetch_schema(settings.ovsdb)
+    except ovsidl.OvsdbUnavailable as exc:
+        errors.append(f"OVSDB: {exc}")
+    vxlan, routes = None, 0
+    if config is not None:
+        device = f"flannel.{config.backend.vni}"
+        vxlan = _link(device)
+        routes = len(ip_json("-4", "route", "show", "dev", device)) if vxlan else 0
+    bridge = _link(settings.cni_bridge)
+    ports, fdb, neighbours = _bridge_state(settings.cni_bridge) if bridge else ((), (), ())
+    conflist, name = flannel_conflist(settings.cni_conf_dir)
+    return Observation(
+        public_ip=settings.public_ip,
+        subnet_file=settings.subnet_file,
+        cni_bridge=settings.cni_bridge,
+        config=config,
+        leases=leases,
+        subnet_env=read_subnet_env(settings.subnet_file),
+        vxlan=vxlan,
+        vxlan_routes=routes,
+        bridge=bridge,
+        bridge_ports=ports,
+        fdb=fdb,
+        neighbours=neighbours,
+        conflist=conflist,
+        network_name=name,
+        allocations=host_local_allocations(settings.cni_networks_dir / name) if name else (),
+        errors=tuple(errors),
+    )
