@@ -49,7 +49,10 @@ from ovsdb.migrate import (
     DEFAULT_CNI_BRIDGE,
     DEFAULT_CNI_CONF_DIR,
     DEFAULT_CNI_NETWORKS_DIR,
+    Migration,
+    Run,
     Settings,
+    StepFailed,
     observe,
     plan,
 )
@@ -389,9 +392,21 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--cni-networks-dir", type=click.Path(file_okay=False, path_type=Path),
                      default=DEFAULT_CNI_NETWORKS_DIR, show_default=True,
                      help="host-local's store (a directory per network)."),
+        click.option("--flanneld-pid", type=click.IntRange(min=1),
+                     help="The running flanneld's PID: the migration stops it (required "
+                          "without --dry-run)."),
+        click.option("--start-agent", metavar="COMMAND",
+                     help="Shell command that starts this node's `vxflow agent` with its "
+                          "settings, e.g. `systemctl start vxflow-agent` (required without "
+                          "--dry-run)."),
+        click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True,
+                     help="The agent's integration bridge, where the pods' ports go."),
+        click.option("--timeout", type=click.FloatRange(min=1), default=60.0,
+                     show_default=True, help="Seconds to wait for flanneld to stop, for the "
+                                             "agent to be up and for the pods' endpoints."),
         click.option("--dry-run", is_flag=True,
                      help="Check the node and print the plan, one line per step; change "
-                          "nothing. Required for now."),
+                          "nothing."),
     ])  # fmt: skip
 
 
@@ -400,22 +415,31 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.pass_context
 @node_errors
 def migrate(ctx: click.Context, **params: Any) -> None:
-    """Check this flannel (vxlan) node for a move to vxflow in place, and print the plan.
+    """Turn this flannel (vxlan) node into a vxflow node in place, its pods running.
 
     Reads flanneld's settings (flags, FLANNELD_* variables, --sysconfig), then checks
     that etcd and OVSDB answer, that etcd's lease for the subnet file's subnet is this
     node's, that the subnet file matches etcd's config, that flannel.<VNI> sends from
     the PublicIP, that the CNI bridge holds the gateway, and that every veth on it is
-    one pod whose MAC (the bridge's FDB) and IP (its neighbour table) are known. Prints
-    one line per step of the migration, or one line per failed check (exit status 1).
+    one pod whose MAC (the bridge's FDB) and IP (its neighbour table) are known. A
+    failed check is one line each, exit status 1, and nothing is changed.
 
-    Only --dry-run is implemented: carrying the plan out is not, and without --dry-run
-    the command changes nothing and exits with status 2.
+    Then it carries the plan out, one line per step: it stops flanneld (--flanneld-pid),
+    takes its lease over (same key and subnet), runs --start-agent and waits for the
+    agent's subnet file (its FLANNEL_IPMASQ must be flanneld's), moves each pod's veth
+    from the CNI bridge to br-int with its IP and MAC, waits for their endpoints,
+    removes flannel.<VNI> and the CNI bridge, adds the pods' addresses that host-local's
+    store lacks, and turns the flannel conflist into vxflow-cni's (same network name,
+    so host-local's allocations stay). With --dry-run it prints the plan and changes
+    nothing.
+
+    A step that fails is named with its reason (exit status 1); what was done before it
+    is not rolled back.
     """
-    if not params["dry_run"]:
-        raise click.UsageError("carrying the migration out is not implemented yet: "
-                               "run with --dry-run to check the node and see the plan")  # fmt: skip
     _apply_sysconfig(ctx, params)
+    dry_run = params["dry_run"]
+    if not dry_run and (params["flanneld_pid"] is None or not params["start_agent"]):
+        raise click.UsageError("without --dry-run, --flanneld-pid and --start-agent are required")
     settings = Settings(
         public_ip=resolve_public_ip(params["public_ip"], params["iface"]),
         subnet_file=Path(params["subnet_file"]),
@@ -424,12 +448,17 @@ def migrate(ctx: click.Context, **params: Any) -> None:
         cni_conf_dir=params["cni_conf_dir"],
         cni_networks_dir=params["cni_networks_dir"],
     )
-    registry = open_registry(**etcd_params(params))
-    try:
-        result = plan(observe(settings, registry))
-    finally:
-        registry.close()
-    for line in result.lines():
-        click.echo(line)
-    if not result.ok:
-        ctx.exit(1)
+    with open_registry(**etcd_params(params)) as registry:
+        obs = observe(settings, registry)
+        result = plan(obs)
+        if dry_run or not result.ok:
+            for line in result.lines():
+                click.echo(line)
+            ctx.exit(0 if result.ok else 1)
+        run = Run(params["flanneld_pid"], params["start_agent"], params["bridge"],
+                  timeout=params["timeout"])  # fmt: skip
+        try:
+            Migration(settings, run, registry, obs, result, click.echo).carry_out()
+        except StepFailed as exc:
+            raise click.ClickException(f"{exc} (the steps before it stay done)") from exc
+    click.echo(f"migrated: {settings.public_ip} is a vxflow node")

@@ -13,8 +13,9 @@ has three parts:
   Each pod's MAC is what the bridge learned behind its veth (the FDB), its IP the
   neighbour entry of that MAC on cni0: what is really there, not what a file says;
   the host-local store only adds the allocations to carry over.
-- carrying the plan out: not implemented yet. The command checks and prints the plan
-  (`--dry-run`) and changes nothing; without `--dry-run` it refuses, saying so.
+- `Migration` (I/O): carries the steps out in order, one line each. A step that fails
+  is named with its reason; what was done before it is not undone yet (no rollback,
+  no re-run of an interrupted migration: not implemented).
 
 The steps, in the order that keeps the pods reachable (what the plan prints):
 
@@ -47,20 +48,30 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import TypeVar
 
+from cni.veth import make_inert
 from flows.ports import vtep_mac_for
 from leases.config import ConfigError
 from leases.errors import RegistryError
-from leases.model import Lease, NetworkConfig
+from leases.model import LEASE_TTL_SECONDS, Lease, NetworkConfig
 from leases.registry import Registry
 from leases.subnet_env import SubnetEnv, read_subnet_env
 from ovsdb import idl as ovsidl
-from ovsdb.iproute import IprouteError, ip_json, run
+from ovsdb.bootstrap import DEFAULT_BRIDGE
+from ovsdb.idl import OvsdbError
+from ovsdb.iproute import IprouteError, ip, ip_json, run
+from ovsdb.plug import COLUMNS as PLUG_COLUMNS
+from ovsdb.plug import PlugError, add_port, pod_external_ids, wait_ofport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,10 +137,25 @@ class Observation:
     errors: tuple[str, ...] = ()  # a source that could not be read (etcd, OVSDB), one line each
 
 
+class Kind(StrEnum):
+    """What a step does (`Migration` carries each kind out)."""
+
+    FENCE = "fence"
+    LEASE = "lease"
+    AGENT = "agent"
+    MASQ = "masq"
+    MOVE = "move"
+    VXLAN = "vxlan"
+    BRIDGE = "bridge"
+    ALLOCATIONS = "allocations"
+    CONFLIST = "conflist"
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of the migration, as the plan prints it; `pod`: the one a move is for."""
 
+    kind: Kind
     name: str
     detail: str
     pod: PodPort | None = None
@@ -270,23 +296,23 @@ def _steps(obs: Observation, config: NetworkConfig, env: SubnetEnv, lease: Lease
                    if obs.network_name else "no flannel CNI network found: nothing to carry")
     masq = "on" if env.ipmasq else "off"
     return [
-        Step("fence flanneld", f"stop it: nothing renews {lease.subnet} or re-creates {device} "
+        Step(Kind.FENCE, "fence flanneld", f"stop it: nothing renews {lease.subnet} or re-creates {device} "
                                "afterwards"),
-        Step("take the lease over", f"{lease.key_name} for {obs.public_ip}, same key and "
+        Step(Kind.LEASE, "take the lease over", f"{lease.key_name} for {obs.public_ip}, same key and "
                                     f"subnet, under the agent's etcd lease ({vtep_change})"),
-        Step("start the agent", f"it holds {lease.subnet} and brings up br-int with the gateway "
+        Step(Kind.AGENT, "start the agent", f"it holds {lease.subnet} and brings up br-int with the gateway "
                                 f"port on {gateway}; the pods' ARP entry for {gateway.ip} "
                                 f"({obs.bridge.mac}) keeps routing"),
-        Step("keep ip-masq", f"{masq}, as FLANNEL_IPMASQ={str(env.ipmasq).lower()}: the agent's "
+        Step(Kind.MASQ, "keep ip-masq", f"{masq}, as FLANNEL_IPMASQ={str(env.ipmasq).lower()}: the agent's "
                              f"subnet file must say the same"),
-        *(Step(f"move {pod.port}", f"pod {pod.ip} {pod.mac} from {bridge} to br-int as a "
+        *(Step(Kind.MOVE, f"move {pod.port}", f"pod {pod.ip} {pod.mac} from {bridge} to br-int as a "
                                    "vxflow pod port; its endpoint published", pod)
           for pod in pods),
-        Step(f"remove {device}", f"with its {obs.vxlan_routes} route(s) and its neighbour and "
+        Step(Kind.VXLAN, f"remove {device}", f"with its {obs.vxlan_routes} route(s) and its neighbour and "
                                  "FDB entries"),
-        Step(f"remove {bridge}", "once no port is left on it"),
-        Step("carry the allocations over", allocations),
-        Step("switch the CNI config", f"{obs.conflist} to vxflow-cni" if obs.conflist else
+        Step(Kind.BRIDGE, f"remove {bridge}", "once no port is left on it"),
+        Step(Kind.ALLOCATIONS, "carry the allocations over", allocations),
+        Step(Kind.CONFLIST, "switch the CNI config", f"{obs.conflist} to vxflow-cni" if obs.conflist else
              "no flannel conflist found: nothing to switch"),
     ]  # fmt: skip
 
@@ -412,3 +438,158 @@ def observe(settings: Settings, registry: Registry) -> Observation:
         allocations=host_local_allocations(settings.cni_networks_dir / name) if name else (),
         errors=tuple(errors),
     )
+
+
+# -- carrying the plan out ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """What carrying the plan out needs besides what was observed."""
+
+    flanneld_pid: int  # the flanneld to stop
+    start_agent: str  # a shell command that starts this node's `vxflow agent`
+    bridge: str = DEFAULT_BRIDGE
+    lease_ttl: int = LEASE_TTL_SECONDS  # the agent's --subnet-lease-ttl
+    timeout: float = 60.0  # for flanneld to stop, the agent to be up, the endpoints
+
+
+class StepFailed(RuntimeError):
+    """A step of the migration failed; the message names it and why."""
+
+
+def wait_until(what: str, done: Callable[[], T], timeout: float, pause: float = 0.05) -> T:
+    """`done()`'s first true answer, asked every `pause` s; TimeoutError "`what` within
+    `timeout`s" if there is none by then."""
+    deadline = time.monotonic() + timeout
+    while not (result := done()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout:.0f}s")
+        time.sleep(pause)
+    return result
+
+
+def _gone(pid: int) -> bool:
+    """The process ended (a zombie waiting for its parent counts: it does nothing more)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def _container(pod: PodPort) -> str:
+    """The container id a moved pod's port carries (its runtime's is not known here)."""
+    return f"flannel-{pod.port}"
+
+
+class Migration:
+    """Carries a plan out, step by step, one line each through `say`."""
+
+    def __init__(self, settings: Settings, run: Run, registry: Registry, obs: Observation,
+                 result: Plan, say: Callable[[str], None]) -> None:  # fmt: skip
+        self.settings, self.run, self.registry = settings, run, registry
+        self.obs, self.plan, self.say = obs, result, say
+        self.idl = None
+
+    def carry_out(self) -> None:
+        try:
+            for number, step in enumerate(self.plan.steps, 1):
+                self.say(step.line(number))
+                try:
+                    self._do(step)
+                except (StepFailed, RegistryError, IprouteError, PlugError, OvsdbError, OSError,
+                        ovsidl.OvsdbUnavailable, TimeoutError, subprocess.SubprocessError) as exc:  # fmt: skip
+                    raise StepFailed(f"step {number} ({step.name}) failed: {exc}") from exc
+        finally:
+            if self.idl is not None:
+                self.idl.close()
+
+    def _do(self, step: Step) -> None:
+        {
+            Kind.FENCE: self._fence, Kind.LEASE: self._take_lease, Kind.AGENT: self._agent,
+            Kind.MASQ: self._masq, Kind.MOVE: lambda: self._move(step.pod),
+            Kind.VXLAN: self._remove_vxlan, Kind.BRIDGE: self._remove_bridge,
+            Kind.ALLOCATIONS: self._allocations, Kind.CONFLIST: self._conflist,
+        }[step.kind]()  # fmt: skip
+
+    def _fence(self) -> None:
+        pid = self.run.flanneld_pid
+        if not _gone(pid):
+            os.kill(pid, signal.SIGTERM)
+        wait_until(f"flanneld (PID {pid}) did not stop", lambda: _gone(pid), self.run.timeout)
+
+    def _take_lease(self) -> None:
+        subnet, ip = self.obs.subnet_env.subnet.network, self.obs.public_ip
+        lease = self.registry.acquire(ip, vtep_mac_for(ip), previous_subnet=subnet,
+                                      ttl=self.run.lease_ttl)  # fmt: skip
+        if lease.subnet != subnet:
+            self.registry.release(lease)
+            raise StepFailed(f"etcd gave {lease.subnet} for {ip}, not {subnet}; released it")
+
+    def _agent(self) -> None:
+        started = time.time()
+        subprocess.run(self.run.start_agent, shell=True, check=True, timeout=self.run.timeout,
+                       stdin=subprocess.DEVNULL)  # fmt: skip
+        path = self.settings.subnet_file
+        wait_until("the agent wrote no subnet file (lease held, br-int up)",
+              lambda: path.exists() and path.stat().st_mtime >= started, self.run.timeout)  # fmt: skip
+        self.idl = ovsidl.connect(self.settings.ovsdb, columns=PLUG_COLUMNS)
+
+    def _masq(self) -> None:
+        env = read_subnet_env(self.settings.subnet_file)
+        if env is None or env.ipmasq != self.obs.subnet_env.ipmasq:
+            raise StepFailed(f"the agent's {self.settings.subnet_file} says FLANNEL_IPMASQ="
+                             f"{'true' if env and env.ipmasq else 'false'}, flanneld's said "
+                             f"{str(self.obs.subnet_env.ipmasq).lower()} (--ip-masq)")  # fmt: skip
+
+    def _move(self, pod: PodPort) -> None:
+        ip("link", "set", pod.port, "nomaster")
+        make_inert(pod.port)
+        add_port(self.idl, self.run.bridge, pod.port,
+                 pod_external_ids(pod.mac, str(pod.ip), _container(pod), "eth0"))  # fmt: skip
+        wait_ofport(self.idl, pod.port)
+
+    def _published(self) -> bool:
+        published = {ep.ip for ep in self.registry.list_endpoints(self.obs.subnet_env.subnet.network)}
+        return all(pod.ip in published for pod in self.plan.pods)
+
+    def _remove_vxlan(self) -> None:
+        wait_until("the agent published not every pod's endpoint", self._published, self.run.timeout)
+        ip("link", "del", f"flannel.{self.obs.config.backend.vni}")
+
+    def _remove_bridge(self) -> None:
+        bridge = self.obs.cni_bridge
+        if left := [link["ifname"] for link in ip_json("link", "show", "master", bridge)]:
+            raise StepFailed(f"{bridge} still holds {', '.join(left)}")
+        ip("link", "del", bridge)
+
+    def _allocations(self) -> None:
+        """host-local's files (`<container id>\\r\\n<ifname>`, as its disk store writes them)
+        for the pods it does not list: vxflow-cni takes the network over under its name."""
+        if self.obs.network_name is None:
+            return
+        store = self.settings.cni_networks_dir / self.obs.network_name
+        store.mkdir(parents=True, exist_ok=True)
+        for pod in self.plan.pods:
+            path = store / str(pod.ip)
+            if not path.exists():
+                path.write_text(f"{_container(pod)}\r\neth0")
+
+    def _conflist(self) -> None:
+        """The flannel conflist becomes vxflow-cni's, same name and file, other plugins kept."""
+        path = self.obs.conflist
+        if path is None:
+            return
+        old = json.loads(path.read_text())
+        plugins = old.get("plugins", [old])
+        flannel = next(p for p in plugins if p.get("type") == "flannel")
+        vxflow = {"type": "vxflow", "ovsdb": self.settings.ovsdb, "bridge": self.run.bridge,
+                  "subnetFile": str(self.settings.subnet_file),
+                  "isDefaultGateway": bool(flannel.get("delegate", {}).get("isDefaultGateway")),
+                  "ipam": {"type": "host-local", "dataDir": str(self.settings.cni_networks_dir)}}  # fmt: skip
+        new = {"cniVersion": old.get("cniVersion", "0.3.1"), "name": old["name"],
+               "plugins": [vxflow if p is flannel else p for p in plugins]}  # fmt: skip
+        tmp = path.with_name(f".{path.name}.vxflow")
+        tmp.write_text(json.dumps(new, indent=2) + "\n")
+        os.replace(tmp, path)

@@ -1,7 +1,8 @@
-"""`vxflow migrate --dry-run` on a real flannel-style node: the emulated flanneld
+"""`vxflow migrate` on a real flannel-style node: the emulated flanneld
 (mininet/flannel_node.py) holding its lease in a real etcd and programming flannel.<VNI>,
-two pods on a cni0 bridge, the node's own OVSDB; the plan as printed, nothing changed, and
-each unreachable dependency one line and exit status 1."""
+two pods on a cni0 bridge, the node's own OVSDB. `--dry-run`: the plan as printed, nothing
+changed, each unreachable dependency one line and exit status 1; a step that fails names
+itself. The whole migration with live pods: tests/test_e2e_migrate.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -23,6 +23,7 @@ from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.model import Lease
 from leases.registry import Registry
 from leases.subnet_env import previous_subnet
+from ovsdb.migrate import wait_until
 from tests.emulation import ROOT_UNDERLAY_IP, Node, Pod, Underlay, offload_off
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +40,7 @@ class FlannelNode:
     pods: list[Pod]
     conf_dir: Path
     networks_dir: Path
+    flanneld: subprocess.Popen
 
     def vxflow_migrate(self, *args: str) -> subprocess.CompletedProcess:
         """`vxflow migrate ARGS` in the node, pointed at its OVSDB and CNI directories."""
@@ -67,15 +69,6 @@ class FlannelNode:
                        for p in d.rglob("*") if p.is_file())  # fmt: skip
         return (links, run("ip", "route", "show"), run("ip", "neigh", "show", "dev", "flannel.1"),
                 leases, self.node.ovs.vsctl("list-br"), self.subnet_file.read_text(), files)  # fmt: skip
-
-
-def wait_for(what: str, check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-    return result
 
 
 def add_cni0_pod(underlay: Underlay, node: Node, n: int, ip: IPv4Interface) -> Pod:
@@ -112,10 +105,10 @@ def flannel_node(underlay: Underlay, tmp_path: Path) -> Iterator[FlannelNode]:
             stdout=subprocess.DEVNULL, stderr=(tmp_path / "flannel.log").open("wb"),
         )  # fmt: skip
         try:
-            subnet: IPv4Network = wait_for("flanneld's subnet.env",
-                                           lambda: previous_subnet(subnet_file))  # fmt: skip
-            wait_for("flannel.1's route to the peer",
-                     lambda: node.run("ip", "route", "show", "dev", "flannel.1").strip())  # fmt: skip
+            subnet: IPv4Network = wait_until("flanneld wrote no subnet.env",
+                                             lambda: previous_subnet(subnet_file), 30)  # fmt: skip
+            wait_until("flanneld routed nothing through flannel.1",
+                       lambda: node.run("ip", "route", "show", "dev", "flannel.1").strip(), 30)  # fmt: skip
             gateway = IPv4Interface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
             node.run("ip", "link", "add", "cni0", "type", "bridge")
             node.run("ip", "addr", "add", str(gateway), "dev", "cni0")
@@ -138,7 +131,8 @@ def flannel_node(underlay: Underlay, tmp_path: Path) -> Iterator[FlannelNode]:
             (store / "lock").write_text("")
             with Registry(endpoint) as registry:
                 lease = next(le for le in registry.list_leases() if le.subnet == subnet)
-            yield FlannelNode(node, endpoint, subnet_file, lease, pods, conf_dir, networks_dir)
+            yield FlannelNode(node, endpoint, subnet_file, lease, pods, conf_dir, networks_dir,
+                              flanneld)  # fmt: skip
         finally:
             stop_process(flanneld, signal.SIGTERM)
 
@@ -175,9 +169,9 @@ def test_dry_run_prints_the_plan_from_what_is_there_and_changes_nothing(
     ]
     assert f.state() == before
 
-    refused = f.migrate()  # without --dry-run: refused, as its --help says, nothing changed
+    refused = f.migrate()  # without --dry-run and what it needs for the real run: refused
     assert refused.returncode == 2
-    assert "carrying the migration out is not implemented yet" in refused.stderr
+    assert "without --dry-run, --flanneld-pid and --start-agent are required" in refused.stderr
     assert f.state() == before
 
 
@@ -221,3 +215,23 @@ def test_each_failed_check_is_one_line_exit_1_and_nothing_changes(
     assert no_ovsdb.stdout.endswith("(is ovsdb-server running? pass --ovsdb)\n")
     f.node.ovs.start()
     assert f.state() == before
+
+
+@pytest.mark.integration
+def test_a_step_that_fails_is_named_with_its_reason_and_the_lease_stays(
+    flannel_node: FlannelNode,
+) -> None:
+    f = flannel_node
+    res = f.migrate("--flanneld-pid", str(f.flanneld.pid), "--start-agent", "exit 3")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert [line.split(":")[0] for line in res.stdout.splitlines()] == [
+        "1. fence flanneld", "2. take the lease over", "3. start the agent"]
+    assert res.stderr.splitlines()[-1] == (
+        "Error: step 3 (start the agent) failed: Command 'exit 3' returned non-zero exit "
+        "status 3. (the steps before it stay done)")  # fmt: skip
+    assert f.flanneld.wait(timeout=10) is not None  # fenced
+    with Registry(f.etcd_endpoint) as registry:  # taken over: same key, subnet and PublicIP
+        held = [le for le in registry.list_leases() if le.subnet == f.lease.subnet]
+    assert [(le.key_name, le.public_ip) for le in held] == [(f.lease.key_name, f.node.underlay_ip)]
+    links = f.node.run("ip", "-o", "link", "show")  # nothing after the failed step was done
+    assert "flannel.1" in links and "master cni0" in links
