@@ -393,8 +393,8 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      default=DEFAULT_CNI_NETWORKS_DIR, show_default=True,
                      help="host-local's store (a directory per network)."),
         click.option("--flanneld-pid", type=click.IntRange(min=1),
-                     help="The running flanneld's PID: the migration stops it (required "
-                          "without --dry-run)."),
+                     help="The running flanneld's PID (checked: its command line names "
+                          "flannel): the migration stops it (required without --dry-run)."),
         click.option("--start-agent", metavar="COMMAND",
                      help="Shell command that starts this node's `vxflow agent` with its "
                           "settings, e.g. `systemctl start vxflow-agent` (required without "
@@ -447,6 +447,7 @@ def migrate(ctx: click.Context, **params: Any) -> None:
         cni_bridge=params["cni_bridge"],
         cni_conf_dir=params["cni_conf_dir"],
         cni_networks_dir=params["cni_networks_dir"],
+        flanneld_pid=params["flanneld_pid"],
     )
     with open_registry(**etcd_params(params)) as registry:
         obs = observe(settings, registry)

@@ -134,6 +134,8 @@ class Observation:
     conflist: Path | None = None  # the flannel CNI network's conflist
     network_name: str | None = None  # its name: host-local's directory
     allocations: tuple[IPv4Address, ...] = ()  # host-local's allocated addresses
+    flanneld_pid: int | None = None  # the process to stop, if given
+    flanneld_command: str | None = None  # its command line; None: no such process
     errors: tuple[str, ...] = ()  # a source that could not be read (etcd, OVSDB), one line each
 
 
@@ -277,6 +279,11 @@ def plan(obs: Observation) -> Plan:
     _check_links(obs, config, env.subnet, result.problems)
     pods, problems = pods_on_bridge(obs.bridge_ports, obs.fdb, obs.neighbours, subnet)
     result.problems += problems
+    if obs.flanneld_pid is not None and obs.flanneld_command is None:
+        result.problems.append(f"--flanneld-pid {obs.flanneld_pid}: no such process")
+    elif obs.flanneld_pid is not None and "flannel" not in obs.flanneld_command:
+        result.problems.append(f"--flanneld-pid {obs.flanneld_pid} is not flanneld: "
+                               f"{obs.flanneld_command}")  # fmt: skip
     if lease is None or not result.ok:
         return result
     result.pods = pods
@@ -295,8 +302,9 @@ def _steps(obs: Observation, config: NetworkConfig, env: SubnetEnv, lease: Lease
                    f"vxflow-cni, which takes the network over: {', '.join(map(str, carried))}"
                    if obs.network_name else "no flannel CNI network found: nothing to carry")
     masq = "on" if env.ipmasq else "off"
+    pid = f" (PID {obs.flanneld_pid})" if obs.flanneld_pid is not None else ""
     return [
-        Step(Kind.FENCE, "fence flanneld", f"stop it: nothing renews {lease.subnet} or re-creates {device} "
+        Step(Kind.FENCE, "fence flanneld", f"stop it{pid}: nothing renews {lease.subnet} or re-creates {device} "
                                "afterwards"),
         Step(Kind.LEASE, "take the lease over", f"{lease.key_name} for {obs.public_ip}, same key and "
                                     f"subnet, under the agent's etcd lease ({vtep_change})"),
@@ -387,6 +395,16 @@ def host_local_allocations(directory: Path) -> tuple[IPv4Address, ...]:
     return tuple(sorted(found))
 
 
+def command_line(pid: int) -> str | None:
+    """A running process's command line (None: no such process, or it has ended)."""
+    if _gone(pid):
+        return None
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where to look (flanneld's settings, resolved by the command)."""
@@ -397,6 +415,7 @@ class Settings:
     cni_bridge: str = DEFAULT_CNI_BRIDGE
     cni_conf_dir: Path = DEFAULT_CNI_CONF_DIR
     cni_networks_dir: Path = DEFAULT_CNI_NETWORKS_DIR
+    flanneld_pid: int | None = None
 
 
 def observe(settings: Settings, registry: Registry) -> Observation:
@@ -436,6 +455,8 @@ def observe(settings: Settings, registry: Registry) -> Observation:
         conflist=conflist,
         network_name=name,
         allocations=host_local_allocations(settings.cni_networks_dir / name) if name else (),
+        flanneld_pid=settings.flanneld_pid,
+        flanneld_command=command_line(settings.flanneld_pid) if settings.flanneld_pid else None,
         errors=tuple(errors),
     )
 

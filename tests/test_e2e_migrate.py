@@ -1,8 +1,10 @@
 """End to end: `vxflow migrate` turns a flannel-style node with two pods, between two
-vxflow nodes, into a vxflow node while a 100 pps ping and a TCP stream run from a pod of
-a vxflow node to each of its pods: no stream resets, the pods keep their IPs and MACs, the
-node shows as a vxflow node in `vxflow status`, and the longest gap of each stream is
-measured and printed (the goal is 1 s; not asserted: the machine is shared).
+vxflow nodes and another flannel-style node, into a vxflow node while a 100 pps ping and a
+TCP stream run to each of its pods from a pod of a vxflow node and from a pod of the other
+flannel node: no stream resets, the pods keep their IPs and MACs, the node shows as a
+vxflow node in `vxflow status` and `vxflow trace` from its pod is delivered; the longest gap
+of each stream is measured and printed (the goal is 1 s; not asserted: the machine is
+shared).
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def longest_gap(times: list[float]) -> float:
     return max((b - a for a, b in itertools.pairwise(times)), default=float("inf"))
 
 
+def summary(ping: str) -> str:
+    """ping's own count: `N packets transmitted, M received, L% packet loss`."""
+    return next((line.split(", time")[0] for line in ping.splitlines()
+                 if "packets transmitted" in line), "no summary")  # fmt: skip
+
+
 def stop_by_pidfile(path: Path, timeout: float = 10) -> None:
     """Stop the agent the migration's --start-agent started (its PID in `path`)."""
     if not path.exists():
@@ -50,9 +58,10 @@ def stop_by_pidfile(path: Path, timeout: float = 10) -> None:
 
 @pytest.mark.e2e
 def test_migrate_keeps_the_pods_addresses_and_their_streams(tmp_path: Path) -> None:
-    with emulated_cluster("mg", nodes=2, pods=2, flannel_nodes=1) as cluster:
-        (node,) = cluster.flannel_nodes
-        pods, client = cluster.pods_of(node), cluster.pods_of(cluster.vxflow_nodes[0])[0]
+    with emulated_cluster("mg", nodes=2, pods=2, flannel_nodes=2) as cluster:
+        node, peer = cluster.flannel_nodes
+        pods = cluster.pods_of(node)
+        sources = [cluster.pods_of(cluster.vxflow_nodes[0])[0], cluster.pods_of(peer)[0]]
         node.start_ovs(cluster.node_dir(node) / "ovs")  # OVS installed beside flanneld
         cluster.wait_connected()
         before = {pod.name: pod_link(pod) for pod in pods}
@@ -69,17 +78,19 @@ def test_migrate_keeps_the_pods_addresses_and_their_streams(tmp_path: Path) -> N
         (store / str(pods[0].addr)).write_text("container-1\r\neth0")
 
         stop = tmp_path / "stop"
-        servers = [(pod, tmp_path / f"{pod.name}.server",
-                    pod.popen([sys.executable, STREAM, "server", str(PORT),
-                               str(tmp_path / f"{pod.name}.server")]))
-                   for pod in pods]  # fmt: skip
+        streams = [(src, pod, PORT + i) for i, src in enumerate(sources) for pod in pods]
+        servers = [(f"{src.name}->{pod.name}", tmp_path / f"{src.name}-{pod.name}",
+                    pod.popen([sys.executable, STREAM, "server", str(port),
+                               str(tmp_path / f"{src.name}-{pod.name}")]))
+                   for src, pod, port in streams]  # fmt: skip
         time.sleep(0.5)
-        clients = [client.popen([sys.executable, STREAM, "client", str(pod.addr), str(PORT),
-                                 str(stop)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                   for pod in pods]  # fmt: skip
-        pings = [client.popen(["ping", "-n", "-D", "-i", "0.01", str(pod.addr)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                 for pod in pods]  # fmt: skip
+        clients = [src.popen([sys.executable, STREAM, "client", str(pod.addr), str(port),
+                              str(stop)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                   for src, pod, port in streams]  # fmt: skip
+        ping_logs = [tmp_path / f"{src.name}-{pod.name}.ping" for src, pod, _ in streams]
+        pings = [src.popen(["ping", "-n", "-D", "-i", "0.01", str(pod.addr)],
+                           stdout=log.open("wb"), stderr=subprocess.STDOUT)
+                 for (src, pod, _), log in zip(streams, ping_logs, strict=True)]  # fmt: skip
         agent_pid = tmp_path / "agent.pid"
         start_agent = (f"{shlex.join(cluster.agent_cmd(node))} >> "
                        f"{cluster.node_dir(node) / 'agent.log'} 2>&1 < /dev/null & "
@@ -103,24 +114,26 @@ def test_migrate_keeps_the_pods_addresses_and_their_streams(tmp_path: Path) -> N
             outputs = [c.communicate(timeout=60)[0].decode() for c in clients]
             for ping in pings:
                 ping.send_signal(signal.SIGINT)
-            replies = [ping.communicate(timeout=30)[0].decode() for ping in pings]
+            for ping in pings:
+                ping.wait(timeout=30)
+            replies = [log.read_text() for log in ping_logs]
             for _pod, _out, server in servers:
                 server.wait(timeout=30)
             stop_by_pidfile(agent_pid)
 
         assert migrate.stdout.splitlines()[-1] == f"migrated: {node.underlay_ip} is a vxflow node"
-        for pod, c, out in zip(pods, clients, outputs, strict=True):
-            assert c.returncode == 0, f"the stream to {pod.name} broke: {out}"
-        for (pod, out, _server), ping in zip(servers, replies, strict=True):
+        for (name, _out, _server), c, out in zip(servers, clients, outputs, strict=True):
+            assert c.returncode == 0, f"the stream {name} broke: {out}"
+        for (name, out, _server), ping in zip(servers, replies, strict=True):
             lines = out.read_text().split("\n")
             assert lines[-2:] == ["end", ""], lines[-3:]  # closed cleanly, never broken
             rows = [line.split() for line in lines[:-2]]
             assert [int(n) for _, n in rows] == list(range(len(rows)))  # all of it, in order
             stamps = [float(line[1:line.index("]")]) for line in ping.splitlines()
                       if "bytes from" in line]  # fmt: skip
-            print(f"{pod.name}: TCP longest gap {longest_gap([float(t) for t, _ in rows]):.3f} s "
+            print(f"{name}: TCP longest gap {longest_gap([float(t) for t, _ in rows]):.3f} s "
                   f"({len(rows)} lines); ping longest gap {longest_gap(stamps):.3f} s "
-                  f"({len(stamps)} replies)")  # fmt: skip
+                  f"({len(stamps)} replies; {summary(ping)})")  # fmt: skip
         assert {pod.name: pod_link(pod) for pod in pods} == before
         # the node is a vxflow node: its pods on br-int, flannel's devices gone, its switch
         # connected to the controller, vxflow-cni's conflist keeping host-local's network
@@ -132,7 +145,16 @@ def test_migrate_keeps_the_pods_addresses_and_their_streams(tmp_path: Path) -> N
         assert conflist["name"] == "cbr0"
         assert [p["type"] for p in conflist["plugins"]] == ["vxflow", "portmap"]
         assert sorted(p.name for p in store.iterdir()) == sorted(str(p.addr) for p in pods)
-        assert cluster.reachable(client, pods[1].addr)
+        for src in sources:
+            assert cluster.reachable(src, pods[1].addr)
+        vx = cluster.vxflow_nodes[0]
+        trace = subprocess.run(
+            [VXFLOW, "trace", str(pods[0].addr), str(sources[0].addr),
+             "--ovs", f"{node.underlay_ip}={node.ovs.vswitchd_ctl}",
+             "--ovs", f"{vx.underlay_ip}={vx.ovs.vswitchd_ctl}", *cluster.etcd_flags()],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert trace.returncode == 0, trace.stdout + trace.stderr  # delivered
         status = subprocess.run([VXFLOW, "status", "-o", "json", *cluster.etcd_flags()],
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
         nodes = {n["public_ip"]: n for n in json.loads(status.stdout)["nodes"]}

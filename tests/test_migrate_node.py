@@ -222,6 +222,16 @@ def test_a_step_that_fails_is_named_with_its_reason_and_the_lease_stays(
     flannel_node: FlannelNode,
 ) -> None:
     f = flannel_node
+    before = f.state()
+    other = subprocess.Popen(["sleep", "60"])  # a PID that is not flanneld's: refused first
+    try:
+        wrong = f.migrate("--flanneld-pid", str(other.pid), "--start-agent", "exit 3")
+    finally:
+        stop_process(other)
+    assert (wrong.returncode, wrong.stdout) == (
+        1, f"check failed: --flanneld-pid {other.pid} is not flanneld: sleep 60\n")
+    assert f.state() == before
+
     res = f.migrate("--flanneld-pid", str(f.flanneld.pid), "--start-agent", "exit 3")
     assert res.returncode == 1, res.stdout + res.stderr
     assert [line.split(":")[0] for line in res.stdout.splitlines()] == [

@@ -118,6 +118,11 @@ def test_each_failed_check_is_one_line_and_no_step() -> None:
     assert failed(vxlan=None) == ["flannel.1: no such device (is this a flannel vxlan node?)"]
     assert failed(vxlan=Link("flannel.1", FLANNEL_VTEP, (), PEER)) == [
         f"flannel.1 sends from {PEER}, not from this node's PublicIP {ME}"]
+    assert failed(flanneld_pid=4242) == ["--flanneld-pid 4242: no such process"]
+    assert failed(flanneld_pid=4242, flanneld_command="/usr/sbin/sshd -D") == [
+        "--flanneld-pid 4242 is not flanneld: /usr/sbin/sshd -D"]
+    assert plan(observed(flanneld_pid=4242, flanneld_command="/opt/bin/flanneld --ip-masq")
+                ).lines()[0].startswith("1. fence flanneld: stop it (PID 4242): ")  # fmt: skip
     assert failed(bridge=None) == [
         "cni0: no such bridge (flannel's CNI bridge; --cni-bridge)"]
     assert failed(bridge=Link("cni0", CNI0_MAC, (IPv4Interface("198.19.7.9/24"),))) == [
