@@ -399,6 +399,13 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Shell command that starts this node's `vxflow agent` with its "
                           "settings, e.g. `systemctl start vxflow-agent` (required without "
                           "--dry-run)."),
+        click.option("--start-flanneld", metavar="COMMAND",
+                     help="Shell command that starts flanneld again, to roll back, e.g. "
+                          "`systemctl start flanneld` (required without --dry-run)."),
+        click.option("--stop-agent", metavar="COMMAND",
+                     help="Shell command that stops the agent --start-agent started, to roll "
+                          "back, e.g. `systemctl stop vxflow-agent` (required without "
+                          "--dry-run)."),
         click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True,
                      help="The agent's integration bridge, where the pods' ports go."),
         click.option("--timeout", type=click.FloatRange(min=1), default=60.0,
@@ -433,13 +440,17 @@ def migrate(ctx: click.Context, **params: Any) -> None:
     so host-local's allocations stay). With --dry-run it prints the plan and changes
     nothing.
 
-    A step that fails is named with its reason (exit status 1); what was done before it
-    is not rolled back.
+    A step that fails is named with its reason, then it and every step before it are
+    undone in reverse, one line each (the agent stopped with --stop-agent and its bridge
+    deleted, the pods' veths back on the CNI bridge, flanneld started again with
+    --start-flanneld: it takes its lease and flannel.<VNI> back), exit status 1.
     """
     _apply_sysconfig(ctx, params)
     dry_run = params["dry_run"]
-    if not dry_run and (params["flanneld_pid"] is None or not params["start_agent"]):
-        raise click.UsageError("without --dry-run, --flanneld-pid and --start-agent are required")
+    needed = ("flanneld_pid", "start_agent", "start_flanneld", "stop_agent")
+    if not dry_run and not all(params[name] for name in needed):
+        raise click.UsageError("without --dry-run, --flanneld-pid, --start-agent, "
+                               "--start-flanneld and --stop-agent are required")  # fmt: skip
     settings = Settings(
         public_ip=resolve_public_ip(params["public_ip"], params["iface"]),
         subnet_file=Path(params["subnet_file"]),
@@ -456,10 +467,10 @@ def migrate(ctx: click.Context, **params: Any) -> None:
             for line in result.lines():
                 click.echo(line)
             ctx.exit(0 if result.ok else 1)
-        run = Run(params["flanneld_pid"], params["start_agent"], params["bridge"],
-                  timeout=params["timeout"])  # fmt: skip
+        run = Run(params["flanneld_pid"], params["start_agent"], params["start_flanneld"],
+                  params["stop_agent"], params["bridge"], timeout=params["timeout"])  # fmt: skip
         try:
             Migration(settings, run, registry, obs, result, click.echo).carry_out()
         except StepFailed as exc:
-            raise click.ClickException(f"{exc} (the steps before it stay done)") from exc
+            raise click.ClickException(str(exc)) from exc
     click.echo(f"migrated: {settings.public_ip} is a vxflow node")

@@ -14,8 +14,10 @@ has three parts:
   neighbour entry of that MAC on cni0: what is really there, not what a file says;
   the host-local store only adds the allocations to carry over.
 - `Migration` (I/O): carries the steps out in order, one line each. A step that fails
-  is named with its reason; what was done before it is not undone yet (no rollback,
-  no re-run of an interrupted migration: not implemented).
+  is named with its reason, then it and every step before it are undone in reverse,
+  one line each: the node is a flannel node again (flanneld, started again, takes its
+  lease and flannel.<VNI> back). Not implemented: `--rollback` of a finished migration,
+  and a re-run that finishes a migration interrupted (killed) half-way.
 
 The steps, in the order that keeps the pods reachable (what the plan prints):
 
@@ -59,7 +61,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import TypeVar
 
-from cni.veth import make_inert
+from cni.veth import INERT, make_inert
 from flows.ports import vtep_mac_for
 from leases.config import ConfigError
 from leases.errors import RegistryError
@@ -397,7 +399,7 @@ def host_local_allocations(directory: Path) -> tuple[IPv4Address, ...]:
 
 def command_line(pid: int) -> str | None:
     """A running process's command line (None: no such process, or it has ended)."""
-    if _gone(pid):
+    if ended(pid):
         return None
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
@@ -470,6 +472,8 @@ class Run:
 
     flanneld_pid: int  # the flanneld to stop
     start_agent: str  # a shell command that starts this node's `vxflow agent`
+    start_flanneld: str  # a shell command that starts flanneld again (rolling back)
+    stop_agent: str  # a shell command that stops the agent again (rolling back)
     bridge: str = DEFAULT_BRIDGE
     lease_ttl: int = LEASE_TTL_SECONDS  # the agent's --subnet-lease-ttl
     timeout: float = 60.0  # for flanneld to stop, the agent to be up, the endpoints
@@ -490,13 +494,17 @@ def wait_until(what: str, done: Callable[[], T], timeout: float, pause: float = 
     return result
 
 
-def _gone(pid: int) -> bool:
+def ended(pid: int) -> bool:
     """The process ended (a zombie waiting for its parent counts: it does nothing more)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+_FAILURES = (StepFailed, RegistryError, IprouteError, PlugError, OvsdbError, OSError,
+             ovsidl.OvsdbUnavailable, TimeoutError, subprocess.SubprocessError)
 
 
 def _container(pod: PodPort) -> str:
@@ -512,19 +520,50 @@ class Migration:
         self.settings, self.run, self.registry = settings, run, registry
         self.obs, self.plan, self.say = obs, result, say
         self.idl = None
+        self._sysctls: dict[str, list[tuple[Path, str]]] = {}  # a moved port's, as they were
+        self._written: list[Path] = []  # host-local files added
+        self._conflist_text: str | None = None  # the flannel conflist, as it was
 
     def carry_out(self) -> None:
+        """Every step in order; if one fails, undo it and every step before, in reverse
+        (flanneld, started again, takes its lease and flannel.<VNI> back), then raise
+        StepFailed naming it."""
+        done: list[tuple[int, Step]] = []
         try:
             for number, step in enumerate(self.plan.steps, 1):
                 self.say(step.line(number))
+                done.append((number, step))  # undone too if it fails half-way
                 try:
                     self._do(step)
-                except (StepFailed, RegistryError, IprouteError, PlugError, OvsdbError, OSError,
-                        ovsidl.OvsdbUnavailable, TimeoutError, subprocess.SubprocessError) as exc:  # fmt: skip
-                    raise StepFailed(f"step {number} ({step.name}) failed: {exc}") from exc
+                except _FAILURES as exc:
+                    why = f"step {number} ({step.name}) failed: {exc}"
+                    self.say(f"{why}; rolling back")
+                    self._roll_back(done)
+                    raise StepFailed(f"{why}; rolled back") from exc
         finally:
             if self.idl is not None:
                 self.idl.close()
+
+    def _roll_back(self, done: list[tuple[int, Step]]) -> None:
+        """Undo `done` in reverse, one line each; an undo that fails is said and skipped."""
+        for number, step in reversed(done):
+            undo = self._undo(step)
+            if undo is None:
+                continue
+            self.say(f"undo {number}. {step.name}")
+            try:
+                undo()
+            except _FAILURES as exc:
+                self.say(f"undo {number}. {step.name} failed: {exc}")
+
+    def _undo(self, step: Step) -> Callable[[], None] | None:
+        """What undoes `step` (None: nothing to; the lease and flannel.<VNI> are flanneld's
+        to take back when it starts)."""
+        return {
+            Kind.FENCE: self._start_flanneld, Kind.AGENT: self._stop_agent,
+            Kind.MOVE: lambda: self._move_back(step.pod), Kind.BRIDGE: self._bridge_back,
+            Kind.ALLOCATIONS: self._allocations_back, Kind.CONFLIST: self._conflist_back,
+        }.get(step.kind)  # fmt: skip
 
     def _do(self, step: Step) -> None:
         {
@@ -536,9 +575,9 @@ class Migration:
 
     def _fence(self) -> None:
         pid = self.run.flanneld_pid
-        if not _gone(pid):
+        if not ended(pid):
             os.kill(pid, signal.SIGTERM)
-        wait_until(f"flanneld (PID {pid}) did not stop", lambda: _gone(pid), self.run.timeout)
+        wait_until(f"flanneld (PID {pid}) did not stop", lambda: ended(pid), self.run.timeout)
 
     def _take_lease(self) -> None:
         subnet, ip = self.obs.subnet_env.subnet.network, self.obs.public_ip
@@ -566,6 +605,8 @@ class Migration:
 
     def _move(self, pod: PodPort) -> None:
         ip("link", "set", pod.port, "nomaster")
+        self._sysctls[pod.port] = [(path, path.read_text().strip()) for path in (
+            Path(f"/proc/sys/net/{family}/conf/{pod.port}/{key}") for family, key, _ in INERT)]  # fmt: skip
         make_inert(pod.port)
         add_port(self.idl, self.run.bridge, pod.port,
                  pod_external_ids(pod.mac, str(pod.ip), _container(pod), "eth0"))  # fmt: skip
@@ -596,13 +637,15 @@ class Migration:
             path = store / str(pod.ip)
             if not path.exists():
                 path.write_text(f"{_container(pod)}\r\neth0")
+                self._written.append(path)
 
     def _conflist(self) -> None:
         """The flannel conflist becomes vxflow-cni's, same name and file, other plugins kept."""
         path = self.obs.conflist
         if path is None:
             return
-        old = json.loads(path.read_text())
+        self._conflist_text = path.read_text()
+        old = json.loads(self._conflist_text)
         plugins = old.get("plugins", [old])
         flannel = next(p for p in plugins if p.get("type") == "flannel")
         vxflow = {"type": "vxflow", "ovsdb": self.settings.ovsdb, "bridge": self.run.bridge,
@@ -614,3 +657,52 @@ class Migration:
         tmp = path.with_name(f".{path.name}.vxflow")
         tmp.write_text(json.dumps(new, indent=2) + "\n")
         os.replace(tmp, path)
+
+    # -- rolling back: each undoes one step, also one that failed half-way ----------------
+
+    def _shell(self, command: str) -> None:
+        subprocess.run(command, shell=True, check=True, timeout=self.run.timeout,
+                       stdin=subprocess.DEVNULL)  # fmt: skip
+
+    def _start_flanneld(self) -> None:
+        """flanneld again: it takes its lease back and re-creates flannel.<VNI>."""
+        self._shell(self.run.start_flanneld)
+        device = f"flannel.{self.obs.config.backend.vni}"
+        wait_until(f"flanneld re-created no {device}",
+                   lambda: any(link["ifname"] == device for link in ip_json("link", "show")),
+                   self.run.timeout)  # fmt: skip
+
+    def _stop_agent(self) -> None:
+        """Stop the agent, delete the endpoints it published and its bridge (with it the
+        tunnel port that took the node's VXLAN traffic, and the gateway port)."""
+        self._shell(self.run.stop_agent)
+        subnet = self.obs.subnet_env.subnet.network
+        for endpoint in self.registry.list_endpoints(subnet):
+            self.registry.delete_endpoint(endpoint)
+        run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", "--if-exists",
+            "del-br", self.run.bridge)  # fmt: skip
+
+    def _move_back(self, pod: PodPort) -> None:
+        run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", "--if-exists",
+            "del-port", self.run.bridge, pod.port)  # fmt: skip
+        for path, value in self._sysctls.pop(pod.port, []):
+            path.write_text(value)
+        ip("link", "set", pod.port, "master", self.obs.cni_bridge)
+
+    def _bridge_back(self) -> None:
+        """cni0 again, with its MAC (the pods' ARP entry for the gateway) and address."""
+        bridge = self.obs.bridge
+        if any(link["ifname"] == bridge.name for link in ip_json("link", "show")):
+            return
+        ip("link", "add", bridge.name, "address", bridge.mac, "type", "bridge")
+        for address in bridge.addresses:
+            ip("addr", "add", str(address), "dev", bridge.name)
+        ip("link", "set", bridge.name, "up")
+
+    def _allocations_back(self) -> None:
+        for path in self._written:
+            path.unlink(missing_ok=True)
+
+    def _conflist_back(self) -> None:
+        if self._conflist_text is not None:
+            self.obs.conflist.write_text(self._conflist_text)

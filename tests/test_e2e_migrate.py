@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shlex
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.emulation import emulated_cluster
+from tests.emulation import background, emulated_cluster, stop_by_pidfile, stop_command
 
 VXFLOW = str(Path(sys.executable).parent / "vxflow")
 STREAM = str(Path(__file__).with_name("tcp_stream.py"))
@@ -42,18 +41,6 @@ def summary(ping: str) -> str:
     """ping's own count: `N packets transmitted, M received, L% packet loss`."""
     return next((line.split(", time")[0] for line in ping.splitlines()
                  if "packets transmitted" in line), "no summary")  # fmt: skip
-
-
-def stop_by_pidfile(path: Path, timeout: float = 10) -> None:
-    """Stop the agent the migration's --start-agent started (its PID in `path`)."""
-    if not path.exists():
-        return
-    pid = int(path.read_text())
-    subprocess.run(["kill", "-TERM", str(pid)], capture_output=True)
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    subprocess.run(["kill", "-KILL", str(pid)], capture_output=True)
 
 
 @pytest.mark.e2e
@@ -92,9 +79,6 @@ def test_migrate_keeps_the_pods_addresses_and_their_streams(tmp_path: Path) -> N
                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
                  for (src, pod, _), log in zip(streams, ping_logs, strict=True)]  # fmt: skip
         agent_pid = tmp_path / "agent.pid"
-        start_agent = (f"{shlex.join(cluster.agent_cmd(node))} >> "
-                       f"{cluster.node_dir(node) / 'agent.log'} 2>&1 < /dev/null & "
-                       f"echo $! > {agent_pid}")  # fmt: skip
         try:
             time.sleep(2)
             migrate = subprocess.run(
@@ -102,7 +86,10 @@ def test_migrate_keeps_the_pods_addresses_and_their_streams(tmp_path: Path) -> N
                  *cluster.etcd_flags(str(node.underlay_ip)), "--public-ip", str(node.underlay_ip),
                  "--subnet-file", str(cluster.subnet_env_path(node)), "--ovsdb",
                  node.ovs.db_target, "--flanneld-pid", str(node.procs["flannel"].pid),
-                 "--start-agent", start_agent, "--cni-conf-dir", str(conf_dir),
+                 "--start-agent", background(cluster.agent_cmd(node), tmp_path / "agent"),
+                 "--stop-agent", stop_command(agent_pid),
+                 "--start-flanneld", background(cluster.flannel_cmd(node), tmp_path / "flanneld"),
+                 "--cni-conf-dir", str(conf_dir),
                  "--cni-networks-dir", str(tmp_path / "networks")],
                 capture_output=True, text=True, timeout=180,
             )  # fmt: skip
@@ -120,6 +107,7 @@ def test_migrate_keeps_the_pods_addresses_and_their_streams(tmp_path: Path) -> N
             for _pod, _out, server in servers:
                 server.wait(timeout=30)
             stop_by_pidfile(agent_pid)
+            stop_by_pidfile(tmp_path / "flanneld.pid")  # started again only by a rollback
 
         assert migrate.stdout.splitlines()[-1] == f"migrated: {node.underlay_ip} is a vxflow node"
         for (name, _out, _server), c, out in zip(servers, clients, outputs, strict=True):

@@ -7,6 +7,7 @@ itself. The whole migration with live pods: tests/test_e2e_migrate.py."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,8 +24,17 @@ from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.model import Lease
 from leases.registry import Registry
 from leases.subnet_env import previous_subnet
-from ovsdb.migrate import wait_until
-from tests.emulation import ROOT_UNDERLAY_IP, Node, Pod, Underlay, offload_off
+from ovsdb.migrate import ended, wait_until
+from tests.emulation import (
+    ROOT_UNDERLAY_IP,
+    Node,
+    Pod,
+    Underlay,
+    background,
+    offload_off,
+    stop_by_pidfile,
+    stop_command,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 VXFLOW = str(Path(sys.executable).parent / "vxflow")
@@ -41,6 +51,27 @@ class FlannelNode:
     conf_dir: Path
     networks_dir: Path
     flanneld: subprocess.Popen
+    flanneld_cmd: list[str]
+    workdir: Path
+
+    def migrate_for_real(self, *args: str, start_agent: str | None = None,
+                         ) -> subprocess.CompletedProcess:  # fmt: skip
+        """`vxflow migrate` with flanneld's PID and commands that start the agent (`vxflow
+        agent` on this node's OVSDB, no controller) and flanneld again, by PID files."""
+        agent = [VXFLOW, "agent", "--etcd-endpoints", self.etcd_endpoint, "--public-ip",
+                 str(self.node.underlay_ip), "--ovsdb", self.node.ovs.db_target,
+                 "--datapath-type", "netdev", "--subnet-file", str(self.subnet_file),
+                 "--cni-socket", ""]  # fmt: skip
+        return self.migrate(
+            "--flanneld-pid", str(self.flanneld.pid),
+            "--start-agent", start_agent or background(agent, self.workdir / "agent"),
+            "--stop-agent", stop_command(self.workdir / "agent.pid"),
+            "--start-flanneld", background(self.flanneld_cmd, self.workdir / "flanneld"), *args,
+        )  # fmt: skip
+
+    def pods_on_cni0(self) -> list[str]:
+        return sorted(link["ifname"] for link in json.loads(
+            self.node.run("ip", "-j", "link", "show", "master", "cni0")))  # fmt: skip
 
     def vxflow_migrate(self, *args: str) -> subprocess.CompletedProcess:
         """`vxflow migrate ARGS` in the node, pointed at its OVSDB and CNI directories."""
@@ -97,13 +128,12 @@ def flannel_node(underlay: Underlay, tmp_path: Path) -> Iterator[FlannelNode]:
             peer = IPv4Address("198.18.0.29")  # a peer's lease: flannel.1 gets a route for it
             registry.acquire(peer, vtep_mac_for(peer))
         subnet_file = tmp_path / "subnet.env"
-        flanneld = subprocess.Popen(
-            ["ip", "netns", "exec", node.netns, sys.executable,
-             str(REPO / "mininet" / "flannel_node.py"), "--etcd-endpoints", endpoint,
-             "--public-ip", str(node.underlay_ip), "--iface", "eth0",
-             "--subnet-file", str(subnet_file)],
-            stdout=subprocess.DEVNULL, stderr=(tmp_path / "flannel.log").open("wb"),
-        )  # fmt: skip
+        flanneld_cmd = [sys.executable, str(REPO / "mininet" / "flannel_node.py"),
+                        "--etcd-endpoints", endpoint, "--public-ip", str(node.underlay_ip),
+                        "--iface", "eth0", "--subnet-file", str(subnet_file)]  # fmt: skip
+        flanneld = subprocess.Popen(["ip", "netns", "exec", node.netns, *flanneld_cmd],
+                                    stdout=subprocess.DEVNULL,
+                                    stderr=(tmp_path / "flannel.log").open("wb"))  # fmt: skip
         try:
             subnet: IPv4Network = wait_until("flanneld wrote no subnet.env",
                                              lambda: previous_subnet(subnet_file), 30)  # fmt: skip
@@ -131,10 +161,13 @@ def flannel_node(underlay: Underlay, tmp_path: Path) -> Iterator[FlannelNode]:
             (store / "lock").write_text("")
             with Registry(endpoint) as registry:
                 lease = next(le for le in registry.list_leases() if le.subnet == subnet)
-            yield FlannelNode(node, endpoint, subnet_file, lease, pods, conf_dir, networks_dir,
-                              flanneld)  # fmt: skip
+            running = FlannelNode(node, endpoint, subnet_file, lease, pods, conf_dir,
+                                  networks_dir, flanneld, flanneld_cmd, tmp_path)  # fmt: skip
+            yield running
         finally:
             stop_process(flanneld, signal.SIGTERM)
+            for pidfile in (tmp_path / "agent.pid", tmp_path / "flanneld.pid"):
+                stop_by_pidfile(pidfile)
 
 
 @pytest.mark.integration
@@ -171,7 +204,8 @@ def test_dry_run_prints_the_plan_from_what_is_there_and_changes_nothing(
 
     refused = f.migrate()  # without --dry-run and what it needs for the real run: refused
     assert refused.returncode == 2
-    assert "without --dry-run, --flanneld-pid and --start-agent are required" in refused.stderr
+    assert ("without --dry-run, --flanneld-pid, --start-agent, --start-flanneld and "
+            "--stop-agent are required") in refused.stderr
     assert f.state() == before
 
 
@@ -218,30 +252,69 @@ def test_each_failed_check_is_one_line_exit_1_and_nothing_changes(
 
 
 @pytest.mark.integration
-def test_a_step_that_fails_is_named_with_its_reason_and_the_lease_stays(
-    flannel_node: FlannelNode,
-) -> None:
+def test_a_step_that_fails_is_named_and_rolled_back(flannel_node: FlannelNode) -> None:
     f = flannel_node
     before = f.state()
     other = subprocess.Popen(["sleep", "60"])  # a PID that is not flanneld's: refused first
     try:
-        wrong = f.migrate("--flanneld-pid", str(other.pid), "--start-agent", "exit 3")
+        wrong = f.migrate("--flanneld-pid", str(other.pid), "--start-agent", "true",
+                          "--start-flanneld", "true", "--stop-agent", "true")  # fmt: skip
     finally:
         stop_process(other)
     assert (wrong.returncode, wrong.stdout) == (
         1, f"check failed: --flanneld-pid {other.pid} is not flanneld: sleep 60\n")
     assert f.state() == before
 
-    res = f.migrate("--flanneld-pid", str(f.flanneld.pid), "--start-agent", "exit 3")
+    res = f.migrate_for_real(start_agent="exit 3")
     assert res.returncode == 1, res.stdout + res.stderr
+    why = "step 3 (start the agent) failed: Command 'exit 3' returned non-zero exit status 3."
     assert [line.split(":")[0] for line in res.stdout.splitlines()] == [
-        "1. fence flanneld", "2. take the lease over", "3. start the agent"]
-    assert res.stderr.splitlines()[-1] == (
-        "Error: step 3 (start the agent) failed: Command 'exit 3' returned non-zero exit "
-        "status 3. (the steps before it stay done)")  # fmt: skip
-    assert f.flanneld.wait(timeout=10) is not None  # fenced
-    with Registry(f.etcd_endpoint) as registry:  # taken over: same key, subnet and PublicIP
+        "1. fence flanneld", "2. take the lease over", "3. start the agent", "step 3 (start the "
+        "agent) failed", "undo 3. start the agent", "undo 1. fence flanneld"]  # fmt: skip
+    assert res.stderr.splitlines()[-1] == f"Error: {why}; rolled back"
+    assert f.flanneld.wait(timeout=10) is not None  # fenced, then flanneld started again
+    assert not ended(int((f.workdir / "flanneld.pid").read_text()))
+    with Registry(f.etcd_endpoint) as registry:  # the lease never left this node
         held = [le for le in registry.list_leases() if le.subnet == f.lease.subnet]
     assert [(le.key_name, le.public_ip) for le in held] == [(f.lease.key_name, f.node.underlay_ip)]
-    links = f.node.run("ip", "-o", "link", "show")  # nothing after the failed step was done
-    assert "flannel.1" in links and "master cni0" in links
+    assert f.pods_on_cni0() == ["veth1", "veth2"]
+
+
+@pytest.mark.integration
+def test_a_late_failure_undoes_every_step_and_the_node_is_flannel_again(
+    flannel_node: FlannelNode,
+) -> None:
+    """host-local's store is unwritable (a file where its directory should be): step 9
+    fails after the agent ran, the pods moved and flannel.1 and cni0 went; all is undone."""
+    f = flannel_node
+    cni0 = json.loads(f.node.run("ip", "-j", "addr", "show", "cni0"))[0]
+    conflist = (f.conf_dir / "10-flannel.conflist").read_text()
+    shutil.rmtree(f.networks_dir / "cbr0")
+    (f.networks_dir / "cbr0").write_text("not a directory")
+    res = f.migrate_for_real()
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[8].startswith("9. carry the allocations over: ")
+    assert lines[9].startswith("step 9 (carry the allocations over) failed: [Errno 17] File "
+                               "exists: ")  # fmt: skip
+    assert lines[10:] == ["undo 9. carry the allocations over", "undo 8. remove cni0",
+                          "undo 6. move veth2", "undo 5. move veth1", "undo 3. start the agent",
+                          "undo 1. fence flanneld"]  # fmt: skip
+    # flannel again: flanneld (started again) with flannel.1, the pods on cni0 with its MAC
+    # and gateway, no br-int, no agent, no endpoint, the conflist as it was
+    assert not ended(int((f.workdir / "flanneld.pid").read_text()))
+    assert ended(int((f.workdir / "agent.pid").read_text()))
+    assert "flannel.1" in f.node.run("ip", "-o", "link", "show")
+    assert f.pods_on_cni0() == ["veth1", "veth2"]
+    again = json.loads(f.node.run("ip", "-j", "addr", "show", "cni0"))[0]
+    assert (again["address"], again["addr_info"][0]["local"]) == (
+        cni0["address"], cni0["addr_info"][0]["local"])
+    assert f.node.ovs.vsctl("list-br").split() == []
+    assert f.node.run("sysctl", "-n", "net.ipv4.conf.veth1.arp_ignore").strip() == "0"
+    with Registry(f.etcd_endpoint) as registry:
+        assert registry.list_endpoints(f.lease.subnet) == []
+        held = [le for le in registry.list_leases() if le.subnet == f.lease.subnet]
+    assert [le.public_ip for le in held] == [f.node.underlay_ip]
+    assert (f.conf_dir / "10-flannel.conflist").read_text() == conflist
+    for pod in f.pods:  # the pods reach their gateway through cni0 again
+        pod.run("ping", "-c", "1", "-W", "2", str(f.lease.gateway))
