@@ -49,12 +49,15 @@ from ovsdb.migrate import (
     DEFAULT_CNI_BRIDGE,
     DEFAULT_CNI_CONF_DIR,
     DEFAULT_CNI_NETWORKS_DIR,
+    DEFAULT_STATE_FILE,
     Migration,
     Run,
     Settings,
     StepFailed,
+    Undo,
     observe,
     plan,
+    read_record,
 )
 from ovsdb.sysconfig import SysconfigError, read_sysconfig
 
@@ -411,9 +414,18 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--timeout", type=click.FloatRange(min=1), default=60.0,
                      show_default=True, help="Seconds to wait for flanneld to stop, for the "
                                              "agent to be up and for the pods' endpoints."),
+        click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path),
+                     default=DEFAULT_STATE_FILE, show_default=True,
+                     help="Where a finished migration records the node as it was (cni0, "
+                          "the pods, the CNI config), for --rollback."),
+        click.option("--rollback", is_flag=True,
+                     help="Return a migrated node to flannel, its pods running: start "
+                          "flanneld (--start-flanneld), re-create cni0, stop the agent "
+                          "(--stop-agent) and delete its bridge, move the pods back, restore "
+                          "the CNI config (from --state-file)."),
         click.option("--dry-run", is_flag=True,
                      help="Check the node and print the plan, one line per step; change "
-                          "nothing."),
+                          "nothing (not with --rollback)."),
     ])  # fmt: skip
 
 
@@ -443,10 +455,15 @@ def migrate(ctx: click.Context, **params: Any) -> None:
     A step that fails is named with its reason, then it and every step before it are
     undone in reverse, one line each (the agent stopped with --stop-agent and its bridge
     deleted, the pods' veths back on the CNI bridge, flanneld started again with
-    --start-flanneld: it takes its lease and flannel.<VNI> back), exit status 1.
+    --start-flanneld: it takes its lease and flannel.<VNI> back), exit status 1. A
+    finished migration records the node as it was in --state-file, which --rollback
+    reads to return the node to flannel, its pods running.
     """
     _apply_sysconfig(ctx, params)
     dry_run = params["dry_run"]
+    if params["rollback"]:
+        _rollback(params)
+        return
     needed = ("flanneld_pid", "start_agent", "start_flanneld", "stop_agent")
     if not dry_run and not all(params[name] for name in needed):
         raise click.UsageError("without --dry-run, --flanneld-pid, --start-agent, "
@@ -459,6 +476,7 @@ def migrate(ctx: click.Context, **params: Any) -> None:
         cni_conf_dir=params["cni_conf_dir"],
         cni_networks_dir=params["cni_networks_dir"],
         flanneld_pid=params["flanneld_pid"],
+        state_file=params["state_file"],
     )
     with open_registry(**etcd_params(params)) as registry:
         obs = observe(settings, registry)
@@ -467,10 +485,32 @@ def migrate(ctx: click.Context, **params: Any) -> None:
             for line in result.lines():
                 click.echo(line)
             ctx.exit(0 if result.ok else 1)
-        run = Run(params["flanneld_pid"], params["start_agent"], params["start_flanneld"],
-                  params["stop_agent"], params["bridge"], timeout=params["timeout"])  # fmt: skip
+        run = Run(params["start_flanneld"], params["stop_agent"], params["flanneld_pid"],
+                  params["start_agent"], params["bridge"], timeout=params["timeout"])  # fmt: skip
         try:
             Migration(settings, run, registry, obs, result, click.echo).carry_out()
         except StepFailed as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"migrated: {settings.public_ip} is a vxflow node")
+
+
+def _rollback(params: dict[str, Any]) -> None:
+    """`vxflow migrate --rollback`: undo the migration --state-file records."""
+    if params["dry_run"]:
+        raise click.UsageError("--dry-run does not apply to --rollback")
+    if not (params["start_flanneld"] and params["stop_agent"]):
+        raise click.UsageError("--rollback needs --start-flanneld and --stop-agent")
+    settings = Settings(
+        public_ip=resolve_public_ip(params["public_ip"], params["iface"]),
+        subnet_file=Path(params["subnet_file"]), ovsdb=params["ovsdb"],
+        state_file=params["state_file"],
+    )  # fmt: skip
+    run = Run(params["start_flanneld"], params["stop_agent"], bridge=params["bridge"],
+              timeout=params["timeout"])  # fmt: skip
+    try:
+        record = read_record(settings.state_file)
+        with open_registry(**etcd_params(params)) as registry:
+            Undo(settings, run, registry, record, click.echo).roll_back()
+    except StepFailed as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"rolled back: {settings.public_ip} is a flannel node")

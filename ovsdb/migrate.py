@@ -16,8 +16,13 @@ has three parts:
 - `Migration` (I/O): carries the steps out in order, one line each. A step that fails
   is named with its reason, then it and every step before it are undone in reverse,
   one line each: the node is a flannel node again (flanneld, started again, takes its
-  lease and flannel.<VNI> back). Not implemented: `--rollback` of a finished migration,
-  and a re-run that finishes a migration interrupted (killed) half-way.
+  lease and flannel.<VNI> back). A finished migration writes its `Record` (cni0 as it
+  was, the pods, their sysctls, the CNI config) to the state file.
+- `Undo.roll_back()` (`--rollback`): a finished migration undone from that record, in
+  the order that keeps the pods' gap short: flanneld first, cni0 with its MAC, the agent
+  stopped and its bridge deleted, the pods back on cni0 at once, a gratuitous ARP so a
+  pod that took the switch's gateway MAC meanwhile takes cni0's again.
+  Not implemented: a re-run that finishes a migration interrupted (killed) half-way.
 
 The steps, in the order that keeps the pods reachable (what the plan prints):
 
@@ -52,6 +57,8 @@ import json
 import logging
 import os
 import signal
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -80,6 +87,7 @@ T = TypeVar("T")
 
 DEFAULT_CNI_BRIDGE = "cni0"  # flannel's CNI plugin's bridge
 DEFAULT_CNI_CONF_DIR = Path("/etc/cni/net.d")
+DEFAULT_STATE_FILE = Path("/var/lib/vxflow/migrate.json")
 DEFAULT_CNI_NETWORKS_DIR = Path("/var/lib/cni/networks")  # host-local's store, one dir a network
 _HOST_LOCAL_OWN = {"lock"}  # host-local's files in a network's directory that are no address
 
@@ -418,6 +426,7 @@ class Settings:
     cni_conf_dir: Path = DEFAULT_CNI_CONF_DIR
     cni_networks_dir: Path = DEFAULT_CNI_NETWORKS_DIR
     flanneld_pid: int | None = None
+    state_file: Path = DEFAULT_STATE_FILE  # a finished migration's record, for --rollback
 
 
 def observe(settings: Settings, registry: Registry) -> Observation:
@@ -468,12 +477,12 @@ def observe(settings: Settings, registry: Registry) -> Observation:
 
 @dataclass(frozen=True)
 class Run:
-    """What carrying the plan out needs besides what was observed."""
+    """What carrying the plan out (or rolling it back) needs besides what was observed."""
 
-    flanneld_pid: int  # the flanneld to stop
-    start_agent: str  # a shell command that starts this node's `vxflow agent`
     start_flanneld: str  # a shell command that starts flanneld again (rolling back)
     stop_agent: str  # a shell command that stops the agent again (rolling back)
+    flanneld_pid: int = 0  # the flanneld to stop (migrating)
+    start_agent: str = ""  # a shell command that starts this node's `vxflow agent` (migrating)
     bridge: str = DEFAULT_BRIDGE
     lease_ttl: int = LEASE_TTL_SECONDS  # the agent's --subnet-lease-ttl
     timeout: float = 60.0  # for flanneld to stop, the agent to be up, the endpoints
@@ -503,6 +512,27 @@ def ended(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` (a temporary file beside it, renamed), directories made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def announce(ifname: str, mac: str, address: IPv4Address) -> None:
+    """Two gratuitous ARP requests for `address` at `mac`, broadcast out of `ifname`: a
+    neighbour holding an entry for it takes the new MAC (Linux: also with arp_accept off)."""
+    sha = bytes.fromhex(mac.replace(":", ""))
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, sha, address.packed, bytes(6),
+                      address.packed)  # fmt: skip
+    frame = b"\xff" * 6 + sha + struct.pack("!H", 0x0806) + arp
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind((ifname, 0))
+        for _ in range(2):
+            sock.send(frame)
+
+
 _FAILURES = (StepFailed, RegistryError, IprouteError, PlugError, OvsdbError, OSError,
              ovsidl.OvsdbUnavailable, TimeoutError, subprocess.SubprocessError)
 
@@ -512,17 +542,161 @@ def _container(pod: PodPort) -> str:
     return f"flannel-{pod.port}"
 
 
-class Migration:
+@dataclass
+class Record:
+    """What undoing a migration needs of the node as it was: kept while it runs, and in
+    the state file once it finished (what `--rollback` reads)."""
+
+    vni: int
+    subnet: IPv4Network
+    bridge: Link  # cni0 as it was: its MAC is the pods' ARP entry for the gateway
+    pods: list[PodPort]
+    sysctls: dict[str, dict[str, str]] = field(default_factory=dict)  # a moved port's, by path
+    written: list[str] = field(default_factory=list)  # host-local files added
+    conflist: str | None = None  # the flannel conflist's path and text, as they were
+    conflist_text: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "vni": self.vni, "subnet": str(self.subnet),
+            "bridge": {"name": self.bridge.name, "mac": self.bridge.mac,
+                       "addresses": [str(a) for a in self.bridge.addresses]},
+            "pods": [{"port": p.port, "ip": str(p.ip), "mac": p.mac} for p in self.pods],
+            "sysctls": self.sysctls, "written": self.written, "conflist": self.conflist,
+            "conflist_text": self.conflist_text,
+        }, indent=2)  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str) -> Record:
+        """ValueError (KeyError and TypeError included) if it is not a record."""
+        d = json.loads(text)
+        bridge = d["bridge"]
+        return cls(
+            vni=int(d["vni"]), subnet=IPv4Network(d["subnet"]),
+            bridge=Link(bridge["name"], bridge["mac"],
+                        tuple(IPv4Interface(a) for a in bridge["addresses"])),
+            pods=[PodPort(p["port"], IPv4Address(p["ip"]), p["mac"]) for p in d["pods"]],
+            sysctls=dict(d["sysctls"]), written=list(d["written"]), conflist=d["conflist"],
+            conflist_text=d["conflist_text"],
+        )  # fmt: skip
+
+
+def read_record(path: Path) -> Record:
+    """A finished migration's record (StepFailed, one line, if there is none)."""
+    try:
+        return Record.from_json(path.read_text())
+    except OSError as exc:
+        raise StepFailed(f"no finished migration recorded in {path}: {exc.strerror}") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StepFailed(f"{path} is not a migration's record: {exc!r}") from exc
+
+
+class Undo:
+    """Undoes the steps of a migration, from its `Record` (each undo also one that failed
+    half-way), one line each through `say`."""
+
+    def __init__(self, settings: Settings, run: Run, registry: Registry, record: Record,
+                 say: Callable[[str], None]) -> None:  # fmt: skip
+        self.settings, self.run, self.registry = settings, run, registry
+        self.record, self.say = record, say
+
+    def roll_back(self) -> None:
+        """A finished migration undone, in the order that keeps the pods' gap short:
+        flanneld first (flannel.<VNI> ready while the switch still carries the pods),
+        cni0, then the agent and its bridge, at once the pods back on cni0, then the
+        agent's endpoints deleted, the pods told cni0's MAC, the CNI config as it was."""
+        steps = [
+            ("start flanneld", self._start_flanneld),
+            (f"re-create {self.record.bridge.name}", self._bridge_back),
+            ("stop the agent", self._stop_agent),
+            *((f"move {pod.port} back", lambda pod=pod: self._move_back(pod))
+              for pod in self.record.pods),
+            ("delete the agent's endpoints", self._delete_endpoints),
+            (f"announce {self.record.bridge.name}'s MAC", self._announce),
+            ("restore the allocations", self._allocations_back),
+            ("restore the CNI config", self._conflist_back),
+        ]  # fmt: skip
+        for number, (name, action) in enumerate(steps, 1):
+            self.say(f"{number}. {name}")
+            try:
+                action()
+            except _FAILURES as exc:
+                raise StepFailed(f"rollback step {number} ({name}) failed: {exc}") from exc
+        self.settings.state_file.unlink(missing_ok=True)
+
+    # -- rolling back: each undoes one step, also one that failed half-way ----------------
+
+    def _shell(self, command: str) -> None:
+        subprocess.run(command, shell=True, check=True, timeout=self.run.timeout,
+                       stdin=subprocess.DEVNULL)  # fmt: skip
+
+    def _start_flanneld(self) -> None:
+        """flanneld again: it takes its lease back and re-creates flannel.<VNI>."""
+        self._shell(self.run.start_flanneld)
+        device = f"flannel.{self.record.vni}"
+        wait_until(f"flanneld re-created no {device}",
+                   lambda: any(link["ifname"] == device for link in ip_json("link", "show")),
+                   self.run.timeout)  # fmt: skip
+
+    def _stop_agent(self) -> None:
+        """Stop the agent and delete its bridge (with it the tunnel port that took the
+        node's VXLAN traffic, and the gateway port)."""
+        self._shell(self.run.stop_agent)
+        run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", "--if-exists",
+            "del-br", self.run.bridge)  # fmt: skip
+
+    def _delete_endpoints(self) -> None:
+        """The endpoints the agent published (bound to the lease's etcd lease, which
+        flanneld may keep: they would outlive the agent)."""
+        for endpoint in self.registry.list_endpoints(self.record.subnet):
+            self.registry.delete_endpoint(endpoint)
+
+    def _undo_agent(self) -> None:
+        self._stop_agent()
+        self._delete_endpoints()
+
+    def _move_back(self, pod: PodPort) -> None:
+        run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", "--if-exists",
+            "del-port", self.run.bridge, pod.port)  # fmt: skip
+        for path, value in self.record.sysctls.pop(pod.port, {}).items():
+            Path(path).write_text(value)
+        ip("link", "set", pod.port, "master", self.record.bridge.name)
+
+    def _bridge_back(self) -> None:
+        """cni0 again, with its MAC (the pods' ARP entry for the gateway) and address."""
+        bridge = self.record.bridge
+        if any(link["ifname"] == bridge.name for link in ip_json("link", "show")):
+            return
+        ip("link", "add", bridge.name, "address", bridge.mac, "type", "bridge")
+        for address in bridge.addresses:
+            ip("addr", "add", str(address), "dev", bridge.name)
+        ip("link", "set", bridge.name, "up")
+
+    def _allocations_back(self) -> None:
+        for path in self.record.written:
+            Path(path).unlink(missing_ok=True)
+
+    def _conflist_back(self) -> None:
+        if self.record.conflist is not None and self.record.conflist_text is not None:
+            Path(self.record.conflist).write_text(self.record.conflist_text)
+
+    def _announce(self) -> None:
+        """A gratuitous ARP for the gateway from cni0: a pod whose entry for it names the
+        switch's gateway MAC (it refreshed it while migrated) takes cni0's again."""
+        bridge = self.record.bridge
+        announce(bridge.name, bridge.mac, self.record.subnet.network_address + 1)
+
+
+class Migration(Undo):
     """Carries a plan out, step by step, one line each through `say`."""
 
     def __init__(self, settings: Settings, run: Run, registry: Registry, obs: Observation,
                  result: Plan, say: Callable[[str], None]) -> None:  # fmt: skip
-        self.settings, self.run, self.registry = settings, run, registry
-        self.obs, self.plan, self.say = obs, result, say
+        record = Record(obs.config.backend.vni, obs.subnet_env.subnet.network, obs.bridge,
+                        result.pods, conflist=str(obs.conflist) if obs.conflist else None)  # fmt: skip
+        super().__init__(settings, run, registry, record, say)
+        self.obs, self.plan = obs, result
         self.idl = None
-        self._sysctls: dict[str, list[tuple[Path, str]]] = {}  # a moved port's, as they were
-        self._written: list[Path] = []  # host-local files added
-        self._conflist_text: str | None = None  # the flannel conflist, as it was
 
     def carry_out(self) -> None:
         """Every step in order; if one fails, undo it and every step before, in reverse
@@ -540,6 +714,11 @@ class Migration:
                     self.say(f"{why}; rolling back")
                     self._roll_back(done)
                     raise StepFailed(f"{why}; rolled back") from exc
+            try:
+                write_atomically(self.settings.state_file, self.record.to_json())
+            except OSError as exc:
+                raise StepFailed(f"migrated, but the record --rollback needs was not written "
+                                 f"to {self.settings.state_file}: {exc}") from exc
         finally:
             if self.idl is not None:
                 self.idl.close()
@@ -560,7 +739,7 @@ class Migration:
         """What undoes `step` (None: nothing to; the lease and flannel.<VNI> are flanneld's
         to take back when it starts)."""
         return {
-            Kind.FENCE: self._start_flanneld, Kind.AGENT: self._stop_agent,
+            Kind.FENCE: self._start_flanneld, Kind.AGENT: self._undo_agent,
             Kind.MOVE: lambda: self._move_back(step.pod), Kind.BRIDGE: self._bridge_back,
             Kind.ALLOCATIONS: self._allocations_back, Kind.CONFLIST: self._conflist_back,
         }.get(step.kind)  # fmt: skip
@@ -605,8 +784,8 @@ class Migration:
 
     def _move(self, pod: PodPort) -> None:
         ip("link", "set", pod.port, "nomaster")
-        self._sysctls[pod.port] = [(path, path.read_text().strip()) for path in (
-            Path(f"/proc/sys/net/{family}/conf/{pod.port}/{key}") for family, key, _ in INERT)]  # fmt: skip
+        self.record.sysctls[pod.port] = {str(path): path.read_text().strip() for path in (
+            Path(f"/proc/sys/net/{family}/conf/{pod.port}/{key}") for family, key, _ in INERT)}  # fmt: skip
         make_inert(pod.port)
         add_port(self.idl, self.run.bridge, pod.port,
                  pod_external_ids(pod.mac, str(pod.ip), _container(pod), "eth0"))  # fmt: skip
@@ -637,15 +816,15 @@ class Migration:
             path = store / str(pod.ip)
             if not path.exists():
                 path.write_text(f"{_container(pod)}\r\neth0")
-                self._written.append(path)
+                self.record.written.append(str(path))
 
     def _conflist(self) -> None:
         """The flannel conflist becomes vxflow-cni's, same name and file, other plugins kept."""
         path = self.obs.conflist
         if path is None:
             return
-        self._conflist_text = path.read_text()
-        old = json.loads(self._conflist_text)
+        self.record.conflist_text = path.read_text()
+        old = json.loads(self.record.conflist_text)
         plugins = old.get("plugins", [old])
         flannel = next(p for p in plugins if p.get("type") == "flannel")
         vxflow = {"type": "vxflow", "ovsdb": self.settings.ovsdb, "bridge": self.run.bridge,
@@ -654,55 +833,4 @@ class Migration:
                   "ipam": {"type": "host-local", "dataDir": str(self.settings.cni_networks_dir)}}  # fmt: skip
         new = {"cniVersion": old.get("cniVersion", "0.3.1"), "name": old["name"],
                "plugins": [vxflow if p is flannel else p for p in plugins]}  # fmt: skip
-        tmp = path.with_name(f".{path.name}.vxflow")
-        tmp.write_text(json.dumps(new, indent=2) + "\n")
-        os.replace(tmp, path)
-
-    # -- rolling back: each undoes one step, also one that failed half-way ----------------
-
-    def _shell(self, command: str) -> None:
-        subprocess.run(command, shell=True, check=True, timeout=self.run.timeout,
-                       stdin=subprocess.DEVNULL)  # fmt: skip
-
-    def _start_flanneld(self) -> None:
-        """flanneld again: it takes its lease back and re-creates flannel.<VNI>."""
-        self._shell(self.run.start_flanneld)
-        device = f"flannel.{self.obs.config.backend.vni}"
-        wait_until(f"flanneld re-created no {device}",
-                   lambda: any(link["ifname"] == device for link in ip_json("link", "show")),
-                   self.run.timeout)  # fmt: skip
-
-    def _stop_agent(self) -> None:
-        """Stop the agent, delete the endpoints it published and its bridge (with it the
-        tunnel port that took the node's VXLAN traffic, and the gateway port)."""
-        self._shell(self.run.stop_agent)
-        subnet = self.obs.subnet_env.subnet.network
-        for endpoint in self.registry.list_endpoints(subnet):
-            self.registry.delete_endpoint(endpoint)
-        run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", "--if-exists",
-            "del-br", self.run.bridge)  # fmt: skip
-
-    def _move_back(self, pod: PodPort) -> None:
-        run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", "--if-exists",
-            "del-port", self.run.bridge, pod.port)  # fmt: skip
-        for path, value in self._sysctls.pop(pod.port, []):
-            path.write_text(value)
-        ip("link", "set", pod.port, "master", self.obs.cni_bridge)
-
-    def _bridge_back(self) -> None:
-        """cni0 again, with its MAC (the pods' ARP entry for the gateway) and address."""
-        bridge = self.obs.bridge
-        if any(link["ifname"] == bridge.name for link in ip_json("link", "show")):
-            return
-        ip("link", "add", bridge.name, "address", bridge.mac, "type", "bridge")
-        for address in bridge.addresses:
-            ip("addr", "add", str(address), "dev", bridge.name)
-        ip("link", "set", bridge.name, "up")
-
-    def _allocations_back(self) -> None:
-        for path in self._written:
-            path.unlink(missing_ok=True)
-
-    def _conflist_back(self) -> None:
-        if self._conflist_text is not None:
-            self.obs.conflist.write_text(self._conflist_text)
+        write_atomically(path, json.dumps(new, indent=2) + "\n")

@@ -2,9 +2,10 @@
 vxflow nodes and another flannel-style node, into a vxflow node while a 100 pps ping and a
 TCP stream run to each of its pods from a pod of a vxflow node and from a pod of the other
 flannel node: no stream resets, the pods keep their IPs and MACs, the node shows as a
-vxflow node in `vxflow status` and `vxflow trace` from its pod is delivered; the longest gap
-of each stream is measured and printed (the goal is 1 s; not asserted: the machine is
-shared).
+vxflow node in `vxflow status` and `vxflow trace` from its pod is delivered. Then
+`vxflow migrate --rollback` returns it to flannel with the same streams running. The longest
+gap of each stream during each is measured and printed (the goal is 1 s; not asserted: the
+machine is shared).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def pod_link(pod) -> tuple[list[str], str]:
                   if a["family"] == "inet"), link["address"]  # fmt: skip
 
 
-def longest_gap(times: list[float]) -> float:
-    return max((b - a for a, b in itertools.pairwise(times)), default=float("inf"))
+def longest_gap(times: list[float], since: float, until: float) -> float:
+    """The longest pause between two samples in `times` that spans part of [since, until]."""
+    return max((b - a for a, b in itertools.pairwise(times) if b >= since and a <= until),
+               default=float("inf"))  # fmt: skip
 
 
 def summary(ping: str) -> str:
@@ -44,7 +47,7 @@ def summary(ping: str) -> str:
 
 
 @pytest.mark.e2e
-def test_migrate_keeps_the_pods_addresses_and_their_streams(tmp_path: Path) -> None:
+def test_migrate_and_rollback_keep_the_pods_addresses_and_their_streams(tmp_path: Path) -> None:
     with emulated_cluster("mg", nodes=2, pods=2, flannel_nodes=2) as cluster:
         node, peer = cluster.flannel_nodes
         pods = cluster.pods_of(node)
@@ -79,22 +82,30 @@ def test_migrate_keeps_the_pods_addresses_and_their_streams(tmp_path: Path) -> N
                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
                  for (src, pod, _), log in zip(streams, ping_logs, strict=True)]  # fmt: skip
         agent_pid = tmp_path / "agent.pid"
+        flags = [*cluster.etcd_flags(str(node.underlay_ip)), "--public-ip", str(node.underlay_ip),
+                 "--subnet-file", str(cluster.subnet_env_path(node)), "--ovsdb",
+                 node.ovs.db_target, "--stop-agent", stop_command(agent_pid),
+                 "--start-flanneld", background(cluster.flannel_cmd(node), tmp_path / "flanneld"),
+                 "--cni-conf-dir", str(conf_dir), "--cni-networks-dir", str(tmp_path / "networks"),
+                 "--state-file", str(tmp_path / "migrate.json")]  # fmt: skip
+        windows: dict[str, tuple[float, float, float, float]] = {}  # monotonic and wall clock
+
+        def timed(what: str, *args: str) -> subprocess.CompletedProcess:
+            start = (time.monotonic(), time.time())
+            res = subprocess.run(["mnexec", "-a", str(node.pid), VXFLOW, "migrate", *args, *flags],
+                                 capture_output=True, text=True, timeout=180)  # fmt: skip
+            windows[what] = (*start, time.monotonic(), time.time())
+            print(res.stdout, res.stderr)
+            assert res.returncode == 0, res.stdout + res.stderr
+            return res
+
         try:
             time.sleep(2)
-            migrate = subprocess.run(
-                ["mnexec", "-a", str(node.pid), VXFLOW, "migrate",
-                 *cluster.etcd_flags(str(node.underlay_ip)), "--public-ip", str(node.underlay_ip),
-                 "--subnet-file", str(cluster.subnet_env_path(node)), "--ovsdb",
-                 node.ovs.db_target, "--flanneld-pid", str(node.procs["flannel"].pid),
-                 "--start-agent", background(cluster.agent_cmd(node), tmp_path / "agent"),
-                 "--stop-agent", stop_command(agent_pid),
-                 "--start-flanneld", background(cluster.flannel_cmd(node), tmp_path / "flanneld"),
-                 "--cni-conf-dir", str(conf_dir),
-                 "--cni-networks-dir", str(tmp_path / "networks")],
-                capture_output=True, text=True, timeout=180,
-            )  # fmt: skip
-            print(migrate.stdout, migrate.stderr)
-            assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+            migrate = timed("migrate", "--flanneld-pid", str(node.procs["flannel"].pid),
+                            "--start-agent", background(cluster.agent_cmd(node), tmp_path / "agent"))  # fmt: skip
+            time.sleep(3)
+            migrated(cluster, node, pods, sources, conf_dir, store)
+            rollback = timed("rollback", "--rollback")
             time.sleep(3)
         finally:
             stop.touch()
@@ -107,9 +118,10 @@ def test_migrate_keeps_the_pods_addresses_and_their_streams(tmp_path: Path) -> N
             for _pod, _out, server in servers:
                 server.wait(timeout=30)
             stop_by_pidfile(agent_pid)
-            stop_by_pidfile(tmp_path / "flanneld.pid")  # started again only by a rollback
+            stop_by_pidfile(tmp_path / "flanneld.pid")
 
         assert migrate.stdout.splitlines()[-1] == f"migrated: {node.underlay_ip} is a vxflow node"
+        assert rollback.stdout.splitlines()[-1] == f"rolled back: {node.underlay_ip} is a flannel node"
         for (name, _out, _server), c, out in zip(servers, clients, outputs, strict=True):
             assert c.returncode == 0, f"the stream {name} broke: {out}"
         for (name, out, _server), ping in zip(servers, replies, strict=True):
@@ -117,33 +129,52 @@ def test_migrate_keeps_the_pods_addresses_and_their_streams(tmp_path: Path) -> N
             assert lines[-2:] == ["end", ""], lines[-3:]  # closed cleanly, never broken
             rows = [line.split() for line in lines[:-2]]
             assert [int(n) for _, n in rows] == list(range(len(rows)))  # all of it, in order
+            received = [float(t) for t, _ in rows]
             stamps = [float(line[1:line.index("]")]) for line in ping.splitlines()
                       if "bytes from" in line]  # fmt: skip
-            print(f"{name}: TCP longest gap {longest_gap([float(t) for t, _ in rows]):.3f} s "
-                  f"({len(rows)} lines); ping longest gap {longest_gap(stamps):.3f} s "
-                  f"({len(stamps)} replies; {summary(ping)})")  # fmt: skip
+            for what, (mono0, wall0, mono1, wall1) in windows.items():
+                print(f"{name} during {what}: TCP longest gap "
+                      f"{longest_gap(received, mono0, mono1):.3f} s, ping longest gap "
+                      f"{longest_gap(stamps, wall0, wall1):.3f} s")  # fmt: skip
+            print(f"{name}: {len(rows)} lines; {summary(ping)}")
         assert {pod.name: pod_link(pod) for pod in pods} == before
-        # the node is a vxflow node: its pods on br-int, flannel's devices gone, its switch
-        # connected to the controller, vxflow-cni's conflist keeping host-local's network
-        assert sorted(node.ovs.vsctl("list-ports", "br-int").split()) == sorted(
-            [*(pod.name for pod in pods), "vxgw0", "vxlan0"])
+        # flannel again: flannel.1, the pods on cni0, no br-int, the CNI config as it was
         links = node.cmd("ip -o link show")
-        assert "flannel.1" not in links and "cni0" not in links
-        conflist = json.loads((conf_dir / "10-flannel.conflist").read_text())
-        assert conflist["name"] == "cbr0"
-        assert [p["type"] for p in conflist["plugins"]] == ["vxflow", "portmap"]
-        assert sorted(p.name for p in store.iterdir()) == sorted(str(p.addr) for p in pods)
+        assert "flannel.1" in links and "cni0" in links
+        on_cni0 = json.loads(node.cmd("ip -j link show master cni0 2>/dev/null"))
+        assert sorted(link["ifname"] for link in on_cni0) == sorted(pod.name for pod in pods)
+        assert node.ovs.vsctl("list-br").split() == ["br-phy"]
+        assert json.loads((conf_dir / "10-flannel.conflist").read_text())["plugins"][0]["type"] \
+            == "flannel"  # fmt: skip
+        assert sorted(p.name for p in store.iterdir()) == [str(pods[0].addr)]
+        assert not (tmp_path / "migrate.json").exists()
         for src in sources:
             assert cluster.reachable(src, pods[1].addr)
-        vx = cluster.vxflow_nodes[0]
-        trace = subprocess.run(
-            [VXFLOW, "trace", str(pods[0].addr), str(sources[0].addr),
-             "--ovs", f"{node.underlay_ip}={node.ovs.vswitchd_ctl}",
-             "--ovs", f"{vx.underlay_ip}={vx.ovs.vswitchd_ctl}", *cluster.etcd_flags()],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert trace.returncode == 0, trace.stdout + trace.stderr  # delivered
-        status = subprocess.run([VXFLOW, "status", "-o", "json", *cluster.etcd_flags()],
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
-        nodes = {n["public_ip"]: n for n in json.loads(status.stdout)["nodes"]}
-        assert nodes[str(node.underlay_ip)]["connected_to"], nodes[str(node.underlay_ip)]
+
+
+def migrated(cluster, node, pods, sources, conf_dir: Path, store: Path) -> None:
+    """The node is a vxflow node: its pods on br-int, flannel's devices gone, vxflow-cni's
+    conflist keeping host-local's network, every source reaching its pods, `vxflow trace`
+    from its pod delivered, its switch connected in `vxflow status`."""
+    assert sorted(node.ovs.vsctl("list-ports", "br-int").split()) == sorted(
+        [*(pod.name for pod in pods), "vxgw0", "vxlan0"])
+    links = node.cmd("ip -o link show")
+    assert "flannel.1" not in links and "cni0" not in links
+    conflist = json.loads((conf_dir / "10-flannel.conflist").read_text())
+    assert conflist["name"] == "cbr0"
+    assert [p["type"] for p in conflist["plugins"]] == ["vxflow", "portmap"]
+    assert sorted(p.name for p in store.iterdir()) == sorted(str(p.addr) for p in pods)
+    for src in sources:
+        assert cluster.reachable(src, pods[1].addr)
+    vx = cluster.vxflow_nodes[0]
+    trace = subprocess.run(
+        [VXFLOW, "trace", str(pods[0].addr), str(sources[0].addr),
+         "--ovs", f"{node.underlay_ip}={node.ovs.vswitchd_ctl}",
+         "--ovs", f"{vx.underlay_ip}={vx.ovs.vswitchd_ctl}", *cluster.etcd_flags()],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert trace.returncode == 0, trace.stdout + trace.stderr  # delivered
+    status = subprocess.run([VXFLOW, "status", "-o", "json", *cluster.etcd_flags()],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    nodes = {n["public_ip"]: n for n in json.loads(status.stdout)["nodes"]}
+    assert nodes[str(node.underlay_ip)]["connected_to"], nodes[str(node.underlay_ip)]

@@ -78,7 +78,8 @@ class FlannelNode:
         return subprocess.run(
             ["ip", "netns", "exec", self.node.netns, VXFLOW, "migrate", *args,
              "--ovsdb", self.node.ovs.db_target, "--cni-conf-dir", str(self.conf_dir),
-             "--cni-networks-dir", str(self.networks_dir)],
+             "--cni-networks-dir", str(self.networks_dir),
+             "--state-file", str(self.workdir / "migrate.json")],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 
@@ -239,6 +240,13 @@ def test_each_failed_check_is_one_line_exit_1_and_nothing_changes(
         f"check failed: veth1 ({f.pods[0].mac}): no neighbour entry on the bridge gives its IP in "
         f"{f.lease.subnet} (ping it from the node, and run again)\n"))  # fmt: skip
     f.pods[0].run("ping", "-c", "1", "-W", "2", str(f.lease.gateway))
+
+    # --rollback without a finished migration recorded: one line, nothing done
+    nothing = f.migrate("--rollback", "--start-flanneld", "true", "--stop-agent", "true")
+    assert (nothing.returncode, nothing.stdout, nothing.stderr) == (1, "", (
+        f"Error: no finished migration recorded in {f.workdir / 'migrate.json'}: No such file "
+        "or directory\n"))  # fmt: skip
+    assert f.migrate("--rollback", "--dry-run").returncode == 2
 
     f.node.ovs.stop()
     no_ovsdb = f.migrate("--dry-run")
