@@ -54,7 +54,6 @@ IPv4-only nodes: a dual-stack lease (flannel-v6.<VNI>) is refused by a check.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import socket
@@ -82,7 +81,6 @@ from ovsdb.iproute import IprouteError, ip, ip_json, run
 from ovsdb.plug import COLUMNS as PLUG_COLUMNS
 from ovsdb.plug import PlugError, add_port, pod_external_ids, wait_ofport
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_CNI_BRIDGE = "cni0"  # flannel's CNI plugin's bridge
@@ -484,7 +482,6 @@ class Run:
     flanneld_pid: int = 0  # the flanneld to stop (migrating)
     start_agent: str = ""  # a shell command that starts this node's `vxflow agent` (migrating)
     bridge: str = DEFAULT_BRIDGE
-    lease_ttl: int = LEASE_TTL_SECONDS  # the agent's --subnet-lease-ttl
     timeout: float = 60.0  # for flanneld to stop, the agent to be up, the endpoints
 
 
@@ -603,14 +600,15 @@ class Undo:
     def roll_back(self) -> None:
         """A finished migration undone, in the order that keeps the pods' gap short:
         flanneld first (flannel.<VNI> ready while the switch still carries the pods),
-        cni0, then the agent and its bridge, at once the pods back on cni0, then the
-        agent's endpoints deleted, the pods told cni0's MAC, the CNI config as it was."""
+        cni0, the agent stopped, at once the pods back on cni0 and its bridge deleted,
+        then the agent's endpoints, the pods told cni0's MAC, the CNI config as it was."""
         steps = [
             ("start flanneld", self._start_flanneld),
             (f"re-create {self.record.bridge.name}", self._bridge_back),
             ("stop the agent", self._stop_agent),
             *((f"move {pod.port} back", lambda pod=pod: self._move_back(pod))
               for pod in self.record.pods),
+            (f"delete {self.run.bridge}", self._delete_bridge),
             ("delete the agent's endpoints", self._delete_endpoints),
             (f"announce {self.record.bridge.name}'s MAC", self._announce),
             ("restore the allocations", self._allocations_back),
@@ -639,9 +637,13 @@ class Undo:
                    self.run.timeout)  # fmt: skip
 
     def _stop_agent(self) -> None:
-        """Stop the agent and delete its bridge (with it the tunnel port that took the
-        node's VXLAN traffic, and the gateway port)."""
         self._shell(self.run.stop_agent)
+
+    def _delete_bridge(self) -> None:
+        """The agent's bridge, with the tunnel port that took the node's VXLAN traffic
+        (flannel.<VNI> gets it from now on) and the gateway port. After the pods are back
+        on cni0: a packet for a pod that reached the kernel first would leave an ARP
+        request unanswered, and the next comes 1 s later."""
         run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", "--if-exists",
             "del-br", self.run.bridge)  # fmt: skip
 
@@ -653,6 +655,7 @@ class Undo:
 
     def _undo_agent(self) -> None:
         self._stop_agent()
+        self._delete_bridge()
         self._delete_endpoints()
 
     def _move_back(self, pod: PodPort) -> None:
@@ -760,8 +763,10 @@ class Migration(Undo):
 
     def _take_lease(self) -> None:
         subnet, ip = self.obs.subnet_env.subnet.network, self.obs.public_ip
+        # flannel's TTL: flanneld's etcd lease is kept; an agent with another
+        # --subnet-lease-ttl binds the key to its own at once (a compare on its revision)
         lease = self.registry.acquire(ip, vtep_mac_for(ip), previous_subnet=subnet,
-                                      ttl=self.run.lease_ttl)  # fmt: skip
+                                      ttl=LEASE_TTL_SECONDS)  # fmt: skip
         if lease.subnet != subnet:
             self.registry.release(lease)
             raise StepFailed(f"etcd gave {lease.subnet} for {ip}, not {subnet}; released it")
