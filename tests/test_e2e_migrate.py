@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.ports import gateway_mac
 from tests.emulation import background, emulated_cluster, stop_by_pidfile, stop_command
 
 VXFLOW = str(Path(sys.executable).parent / "vxflow")
@@ -105,6 +106,12 @@ def test_migrate_and_rollback_keep_the_pods_addresses_and_their_streams(tmp_path
                             "--start-agent", background(cluster.agent_cmd(node), tmp_path / "agent"))  # fmt: skip
             time.sleep(3)
             migrated(cluster, node, pods, sources, conf_dir, store)
+            # a pod that refreshed its ARP entry for the gateway while migrated: the switch
+            # answered with the gateway port's MAC; rolling back tells it cni0's again
+            gateway = pods[1].ip_if.network.network_address + 1
+            pods[1].cmd(f"ip neigh replace {gateway} lladdr {gateway_mac(pods[1].ip_if.network)} "
+                        "dev eth0 nud stale")  # fmt: skip
+            time.sleep(1.1)  # past the neighbour entry's locktime
             rollback = timed("rollback", "--rollback")
             time.sleep(3)
         finally:
@@ -141,6 +148,9 @@ def test_migrate_and_rollback_keep_the_pods_addresses_and_their_streams(tmp_path
         # flannel again: flannel.1, the pods on cni0, no br-int, the CNI config as it was
         links = node.cmd("ip -o link show")
         assert "flannel.1" in links and "cni0" in links
+        cni0_mac = json.loads(node.cmd("ip -j link show cni0"))[0]["address"]
+        entry = json.loads(pods[1].cmd(f"ip -j neigh show {gateway} dev eth0"))
+        assert [e.get("lladdr") for e in entry] == [cni0_mac], entry
         on_cni0 = json.loads(node.cmd("ip -j link show master cni0 2>/dev/null"))
         assert sorted(link["ifname"] for link in on_cni0) == sorted(pod.name for pod in pods)
         assert node.ovs.vsctl("list-br").split() == ["br-phy"]
