@@ -496,7 +496,8 @@ class Cluster(ClusterChecks):
         """Stop the flannel-style daemon; like flanneld it keeps its lease until the TTL ends."""
         node.stop_proc("flannel")
 
-    def start_flannel(self, node: FlannelNode) -> None:
+    def flannel_cmd(self, node: FlannelNode) -> list[str]:
+        """The flannel-style daemon's command line for `node`."""
         cmd = [
             _venv_tool("python"), str(Path(__file__).with_name("flannel_node.py")),
             *self.etcd_flags(str(node.underlay_ip)),
@@ -507,9 +508,14 @@ class Cluster(ClusterChecks):
             cmd += ["--subnet-lease-ttl", str(self.spec.flannel_lease_ttl)]
         if not self.spec.flannel_direct_routing:
             cmd.append("--no-direct-routing")
-        node.sh(f"ip addr add {node.underlay_ip}/{UNDERLAY.prefixlen} dev eth0")
         if node.underlay_ip6 is not None:  # flanneld's dual stack: flannel-v6.<VNI> too
             cmd += ["--public-ipv6", str(node.underlay_ip6)]
+        return cmd
+
+    def start_flannel(self, node: FlannelNode) -> None:
+        cmd = self.flannel_cmd(node)
+        node.sh(f"ip addr add {node.underlay_ip}/{UNDERLAY.prefixlen} dev eth0")
+        if node.underlay_ip6 is not None:
             node.sh(f"ip -6 addr add {node.underlay_ip6}/{UNDERLAY6.prefixlen} dev eth0 nodad")
             node.sh("sysctl -qw net.ipv6.conf.all.forwarding=1")
         node.sh("ethtool -K eth0 tx off && ip link set eth0 up")

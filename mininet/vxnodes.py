@@ -196,8 +196,8 @@ def underlay_ipv6(ip: IPv4Address) -> IPv6Address:
     return UNDERLAY6.network_address + (int(ip) & 0xFF)
 
 
-class VxflowNode(ProcessHost):
-    """A cluster node: private OVS, br-phy with the underlay address, `vxflow agent`."""
+class OvsHost(ProcessHost):
+    """A node that may run a private OVS, br-phy (netdev) holding eth0 and the underlay IP."""
 
     underlay_ip: IPv4Address  # set by the cluster from the underlay's block
     underlay_ip6: IPv6Address | None = None  # set by a dual-stack cluster
@@ -207,7 +207,8 @@ class VxflowNode(ProcessHost):
         self.ovs: OvsInstance | None = None
 
     def start_ovs(self, workdir: Path) -> OvsInstance:
-        """ovsdb-server + ovs-vswitchd in this host; br-phy takes eth0 and the underlay IP."""
+        """ovsdb-server + ovs-vswitchd in this host; br-phy takes eth0 and the underlay IP
+        (from eth0 if it held it: a flannel-style node getting OVS)."""
         self.ovs = OvsInstance(
             name=self.name, workdir=workdir, exec_prefix=["mnexec", "-a", str(self.pid)]
         )
@@ -223,6 +224,7 @@ class VxflowNode(ProcessHost):
                 raise RuntimeError(f"{self.name}: ovs-vswitchd did not create {BR_PHY}")
             time.sleep(0.1)
         self.sh(f"ip addr replace {self.underlay_ip}/{UNDERLAY.prefixlen} dev {BR_PHY}")
+        self.cmd(f"ip addr del {self.underlay_ip}/{UNDERLAY.prefixlen} dev eth0 2>/dev/null")
         if self.underlay_ip6 is not None:
             self.sh(f"sysctl -qw net.ipv6.conf.{BR_PHY}.disable_ipv6=0")
             self.sh(f"ip addr replace {self.underlay_ip6}/{UNDERLAY6.prefixlen} dev {BR_PHY} nodad")
@@ -230,23 +232,25 @@ class VxflowNode(ProcessHost):
         self.sh(f"sysctl -qw {UNDERLAY_ARP_RETRY}")
         return self.ovs
 
-    def dump_flows(self, bridge: str = BR_INT) -> list[str]:
-        """The flows of `bridge`, without the counters (stable for comparison)."""
-        assert self.ovs is not None
-        out = self.ovs.ofctl("--no-stats", "dump-flows", bridge)
-        return [line.strip() for line in out.splitlines() if "actions=" in line]
-
     def stop_daemons(self) -> None:
         super().stop_daemons()
         if self.ovs is not None:
             self.ovs.stop(remove_files=False)
 
 
-class FlannelNode(ProcessHost):
-    """A flannel-style node: kernel VXLAN programmed from etcd by mininet/flannel_node.py."""
+class VxflowNode(OvsHost):
+    """A cluster node: private OVS, br-phy with the underlay address, `vxflow agent`."""
 
-    underlay_ip: IPv4Address  # set by the cluster from the underlay's block
-    underlay_ip6: IPv6Address | None = None  # set by a dual-stack cluster
+    def dump_flows(self, bridge: str = BR_INT) -> list[str]:
+        """The flows of `bridge`, without the counters (stable for comparison)."""
+        assert self.ovs is not None
+        out = self.ovs.ofctl("--no-stats", "dump-flows", bridge)
+        return [line.strip() for line in out.splitlines() if "actions=" in line]
+
+
+class FlannelNode(OvsHost):
+    """A flannel-style node: kernel VXLAN programmed from etcd by mininet/flannel_node.py
+    (OVS only once `start_ovs()`: a node to be migrated to vxflow, `vxflow migrate`)."""
 
 
 class Pod(Host):

@@ -45,6 +45,20 @@ from ovsdb.bootstrap import (
     bootstrap as converge_node,
 )
 from ovsdb.iproute import IprouteError, address_of, default_route_interface
+from ovsdb.migrate import (
+    DEFAULT_CNI_BRIDGE,
+    DEFAULT_CNI_CONF_DIR,
+    DEFAULT_CNI_NETWORKS_DIR,
+    DEFAULT_STATE_FILE,
+    Migration,
+    Run,
+    Settings,
+    StepFailed,
+    Undo,
+    observe,
+    plan,
+    read_record,
+)
 from ovsdb.sysconfig import SysconfigError, read_sysconfig
 
 log = logging.getLogger(__name__)
@@ -58,9 +72,10 @@ _SSL_OPTIONS = (
 )
 
 
-def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The options `bootstrap` and `agent` share (flanneld's names where flanneld has one)."""
-    options = [
+def _flanneld_options() -> list[Callable[..., Any]]:
+    """Where a node's flanneld settings come from, and its OVSDB: the options `bootstrap`,
+    `agent` and `migrate` share (flanneld's names)."""
+    return [
         click.option("--sysconfig", type=click.Path(dir_okay=False, path_type=Path),
                      help="Read FLANNEL_ETCD[_ENDPOINTS], FLANNEL_ETCD_KEY/_PREFIX and "
                           "FLANNEL_OPTIONS (with its -etcd-cafile ... -etcd-password flags) "
@@ -79,6 +94,20 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "for again on restart)."),
         click.option("--ovsdb", default=ovsidl.DEFAULT_OVSDB, show_default=True,
                      envvar="VXFLOW_OVSDB", show_envvar=True, help="OVSDB server to manage."),
+    ]  # fmt: skip
+
+
+def _with_options(f: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    """`f` decorated with `options` (listed in the order --help shows them) and etcd's."""
+    for option in reversed(options):
+        f = option(f)
+    return etcd_options(f)
+
+
+def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `bootstrap` and `agent` share (flanneld's names where flanneld has one)."""
+    options = [
+        *_flanneld_options(),
         click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True,
                      help="Integration bridge name."),
         click.option("--controller", "controllers", multiple=True,
@@ -99,9 +128,7 @@ def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="VXLAN key: flow (the controller sets the VNI per flow) or the "
                           "config's VNI pinned on the port."),
     ]  # fmt: skip
-    for option in reversed(options):
-        f = option(f)
-    return etcd_options(f)
+    return _with_options(f, options)
 
 
 def _apply_sysconfig(ctx: click.Context, params: dict[str, Any]) -> None:
@@ -355,3 +382,136 @@ def agent(ctx: click.Context, **params: Any) -> None:
         if server is not None:
             server.stop()
         registry.close()
+
+
+def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """flanneld's settings, and where flannel's CNI side keeps the pods."""
+    return _with_options(f, [
+        *_flanneld_options(),
+        click.option("--cni-bridge", default=DEFAULT_CNI_BRIDGE, show_default=True,
+                     help="flannel's CNI bridge, whose veths are the pods."),
+        click.option("--cni-conf-dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=DEFAULT_CNI_CONF_DIR, show_default=True,
+                     help="Where the flannel CNI network's conflist is."),
+        click.option("--cni-networks-dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=DEFAULT_CNI_NETWORKS_DIR, show_default=True,
+                     help="host-local's store (a directory per network)."),
+        click.option("--flanneld-pid", type=click.IntRange(min=1),
+                     help="The running flanneld's PID (checked: its command line names "
+                          "flannel): the migration stops it (required without --dry-run)."),
+        click.option("--start-agent", metavar="COMMAND",
+                     help="Shell command that starts this node's `vxflow agent` with its "
+                          "settings, e.g. `systemctl start vxflow-agent` (required without "
+                          "--dry-run)."),
+        click.option("--start-flanneld", metavar="COMMAND",
+                     help="Shell command that starts flanneld again, to roll back, e.g. "
+                          "`systemctl start flanneld` (required without --dry-run)."),
+        click.option("--stop-agent", metavar="COMMAND",
+                     help="Shell command that stops the agent --start-agent started, to roll "
+                          "back, e.g. `systemctl stop vxflow-agent` (required without "
+                          "--dry-run)."),
+        click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True,
+                     help="The agent's integration bridge, where the pods' ports go."),
+        click.option("--timeout", type=click.FloatRange(min=1), default=60.0,
+                     show_default=True, help="Seconds to wait for flanneld to stop, for the "
+                                             "agent to be up and for the pods' endpoints."),
+        click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path),
+                     default=DEFAULT_STATE_FILE, show_default=True,
+                     help="Where a finished migration records the node as it was (cni0, "
+                          "the pods, the CNI config), for --rollback."),
+        click.option("--rollback", is_flag=True,
+                     help="Return a migrated node to flannel, its pods running: start "
+                          "flanneld (--start-flanneld), re-create cni0, stop the agent "
+                          "(--stop-agent) and delete its bridge, move the pods back, restore "
+                          "the CNI config (from --state-file)."),
+        click.option("--dry-run", is_flag=True,
+                     help="Check the node and print the plan, one line per step; change "
+                          "nothing (not with --rollback)."),
+    ])  # fmt: skip
+
+
+@click.command()
+@migrate_options
+@click.pass_context
+@node_errors
+def migrate(ctx: click.Context, **params: Any) -> None:
+    """Turn this flannel (vxlan) node into a vxflow node in place, its pods running.
+
+    Reads flanneld's settings (flags, FLANNELD_* variables, --sysconfig), then checks
+    that etcd and OVSDB answer, that etcd's lease for the subnet file's subnet is this
+    node's, that the subnet file matches etcd's config, that flannel.<VNI> sends from
+    the PublicIP, that the CNI bridge holds the gateway, and that every veth on it is
+    one pod whose MAC (the bridge's FDB) and IP (its neighbour table) are known. A
+    failed check is one line each, exit status 1, and nothing is changed.
+
+    Then it carries the plan out, one line per step: it stops flanneld (--flanneld-pid),
+    takes its lease over (same key and subnet), runs --start-agent and waits for the
+    agent's subnet file (its FLANNEL_IPMASQ must be flanneld's), moves each pod's veth
+    from the CNI bridge to br-int with its IP and MAC, waits for their endpoints,
+    removes flannel.<VNI> and the CNI bridge, adds the pods' addresses that host-local's
+    store lacks, and turns the flannel conflist into vxflow-cni's (same network name,
+    so host-local's allocations stay). With --dry-run it prints the plan and changes
+    nothing.
+
+    A step that fails is named with its reason, then it and every step before it are
+    undone in reverse, one line each (the agent stopped with --stop-agent and its bridge
+    deleted, the pods' veths back on the CNI bridge, flanneld started again with
+    --start-flanneld: it takes its lease and flannel.<VNI> back), exit status 1. A
+    finished migration records the node as it was in --state-file, which --rollback
+    reads to return the node to flannel, its pods running.
+    """
+    _apply_sysconfig(ctx, params)
+    dry_run = params["dry_run"]
+    if params["rollback"]:
+        _rollback(params)
+        return
+    needed = ("flanneld_pid", "start_agent", "start_flanneld", "stop_agent")
+    if not dry_run and not all(params[name] for name in needed):
+        raise click.UsageError("without --dry-run, --flanneld-pid, --start-agent, "
+                               "--start-flanneld and --stop-agent are required")  # fmt: skip
+    settings = Settings(
+        public_ip=resolve_public_ip(params["public_ip"], params["iface"]),
+        subnet_file=Path(params["subnet_file"]),
+        ovsdb=params["ovsdb"],
+        cni_bridge=params["cni_bridge"],
+        cni_conf_dir=params["cni_conf_dir"],
+        cni_networks_dir=params["cni_networks_dir"],
+        flanneld_pid=params["flanneld_pid"],
+        state_file=params["state_file"],
+    )
+    with open_registry(**etcd_params(params)) as registry:
+        obs = observe(settings, registry)
+        result = plan(obs)
+        if dry_run or not result.ok:
+            for line in result.lines():
+                click.echo(line)
+            ctx.exit(0 if result.ok else 1)
+        run = Run(params["start_flanneld"], params["stop_agent"], params["flanneld_pid"],
+                  params["start_agent"], params["bridge"], timeout=params["timeout"])  # fmt: skip
+        try:
+            Migration(settings, run, registry, obs, result, click.echo).carry_out()
+        except StepFailed as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"migrated: {settings.public_ip} is a vxflow node")
+
+
+def _rollback(params: dict[str, Any]) -> None:
+    """`vxflow migrate --rollback`: undo the migration --state-file records."""
+    if params["dry_run"]:
+        raise click.UsageError("--dry-run does not apply to --rollback")
+    if not (params["start_flanneld"] and params["stop_agent"]):
+        raise click.UsageError("--rollback needs --start-flanneld and --stop-agent")
+    settings = Settings(
+        public_ip=resolve_public_ip(params["public_ip"], params["iface"]),
+        subnet_file=Path(params["subnet_file"]), ovsdb=params["ovsdb"],
+        state_file=params["state_file"],
+    )  # fmt: skip
+    run = Run(params["start_flanneld"], params["stop_agent"], bridge=params["bridge"],
+              timeout=params["timeout"])  # fmt: skip
+    try:
+        record = read_record(settings.state_file)
+        with open_registry(**etcd_params(params)) as registry:
+            Undo(settings, run, registry, record, click.echo).roll_back()
+    except StepFailed as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"rolled back: {settings.public_ip} is a flannel node")

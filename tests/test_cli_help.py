@@ -62,11 +62,12 @@ def test_metrics_port_values() -> None:
 
 
 def test_sysconfig_is_taken_where_the_readme_says() -> None:
-    """README (Configuration): `--sysconfig` and its FLANNEL_OPTIONS are read by `vxflow agent`
-    and `vxflow bootstrap` only; every other command takes the flags and FLANNELD_* alone."""
+    """README (Configuration): `--sysconfig` and its FLANNEL_OPTIONS are read by `vxflow agent`,
+    `vxflow bootstrap` and `vxflow migrate` only; every other command takes the flags and
+    FLANNELD_* alone."""
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
-    assert "for `vxflow agent` and `vxflow bootstrap` only (the commands that take " \
-        "`--sysconfig`)" in readme  # fmt: skip
+    assert "for `vxflow agent`, `vxflow bootstrap` and `vxflow migrate` only (the commands " \
+        "that take `--sysconfig`)" in readme  # fmt: skip
     ctx = click.Context(cli)
     taking = set()
     for path in command_paths(cli)[1:]:
@@ -75,7 +76,7 @@ def test_sysconfig_is_taken_where_the_readme_says() -> None:
             command = command.get_command(ctx, name)
         if any(p.name == "sysconfig" for p in command.params):
             taking.add(path)
-    assert taking == {("agent",), ("bootstrap",)}
+    assert taking == {("agent",), ("bootstrap",), ("migrate",)}
 
 
 def test_version_of_both_executables_as_typed() -> None:

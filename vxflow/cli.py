@@ -24,6 +24,7 @@ _COMMANDS = (
     ("vxflow.pods", "pods"),
     ("ovsdb.cli", "bootstrap"),
     ("ovsdb.cli", "agent"),
+    ("ovsdb.cli", "migrate"),
     ("controller.cli", "controller"),
     ("controller.cli", "flows"),
     ("vxflow.demo", "demo"),

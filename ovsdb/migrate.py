@@ -1,0 +1,841 @@
+"""`vxflow migrate`: turn a running flannel (vxlan backend) node into a vxflow node in place.
+
+Design. The command runs on the node with flanneld's own settings (flags, FLANNELD_*
+variables, `--sysconfig`, resolved as `vxflow agent` resolves them, ovsdb/cli.py) and
+has three parts:
+
+- `observe()` (I/O, read only): the network config and the leases in etcd, the subnet
+  file, `flannel.<VNI>` (its local address and its routes), the CNI bridge (cni0: its
+  gateway address and MAC, its ports), the bridge's FDB and neighbour table, the
+  host-local store of the flannel CNI network and that network's conflist, and whether
+  OVSDB answers. A source that cannot be read is one line in `Observation.errors`.
+- `plan()` (pure): the failed checks (each one line), or else the steps in order.
+  Each pod's MAC is what the bridge learned behind its veth (the FDB), its IP the
+  neighbour entry of that MAC on cni0: what is really there, not what a file says;
+  the host-local store only adds the allocations to carry over.
+- `Migration` (I/O): carries the steps out in order, one line each. A step that fails
+  is named with its reason, then it and every step before it are undone in reverse,
+  one line each: the node is a flannel node again (flanneld, started again, takes its
+  lease and flannel.<VNI> back). A finished migration writes its `Record` (cni0 as it
+  was, the pods, their sysctls, the CNI config) to the state file.
+- `Undo.roll_back()` (`--rollback`): a finished migration undone from that record, in
+  the order that keeps the pods' gap short: flanneld first, cni0 with its MAC, the agent
+  stopped and its bridge deleted, the pods back on cni0 at once, a gratuitous ARP so a
+  pod that took the switch's gateway MAC meanwhile takes cni0's again.
+  Not implemented: a re-run that finishes a migration interrupted (killed) half-way.
+
+The steps, in the order that keeps the pods reachable (what the plan prints):
+
+1. fence flanneld: nothing may renew its lease or re-create flannel.<VNI> and its
+   entries afterwards; the kernel keeps forwarding as flannel meanwhile.
+2. take the lease over: `Registry.acquire` with this PublicIP claims the key that
+   already carries it (same key and subnet; the value is rewritten by a compare on
+   its revision, so the key is never deleted and the subnet is never free). The
+   VtepMAC becomes vxflow's; flannel peers follow the lease as flanneld does.
+3. the agent starts (`vxflow agent`, as the node will run it): it holds the lease it
+   finds (the same etcd lease while the TTLs agree) and brings up br-int with the
+   gateway port on the subnet's .1. The pods' ARP entry for .1 still names cni0's MAC:
+   vxflow's pipeline classifies a pod's packets by port, MAC and source IP
+   (flows/family.py), never by the destination MAC, so they are routed as before, and
+   the pod's next ARP refresh is answered by the switch with the gateway port's MAC.
+   Neither cni0's MAC nor the pods' caches need changing.
+4. ip-masq stays as it was: the agent's subnet file must say what FLANNEL_IPMASQ said.
+5. each pod's host-side veth moves from cni0 to br-int as a vxflow pod port
+   (`attached-mac`, `vxflow-ip`: the observed MAC and IP); the agent publishes it.
+6. flannel.<VNI> goes (with it its routes, neighbour and FDB entries), then cni0,
+   empty now.
+7. the host-local allocations are carried into vxflow-cni's network, with every
+   observed pod IP, so a later pod never gets an address in use.
+8. the CNI conflist switches to vxflow-cni.
+
+IPv4-only nodes: a dual-stack lease (flannel-v6.<VNI>) is refused by a check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import TypeVar
+
+from cni.veth import INERT, make_inert
+from flows.ports import vtep_mac_for
+from leases.config import ConfigError
+from leases.errors import RegistryError
+from leases.model import LEASE_TTL_SECONDS, Lease, NetworkConfig
+from leases.registry import Registry
+from leases.subnet_env import SubnetEnv, read_subnet_env
+from ovsdb import idl as ovsidl
+from ovsdb.bootstrap import DEFAULT_BRIDGE
+from ovsdb.idl import OvsdbError
+from ovsdb.iproute import IprouteError, ip, ip_json, run
+from ovsdb.plug import COLUMNS as PLUG_COLUMNS
+from ovsdb.plug import PlugError, add_port, pod_external_ids, wait_ofport
+
+T = TypeVar("T")
+
+DEFAULT_CNI_BRIDGE = "cni0"  # flannel's CNI plugin's bridge
+DEFAULT_CNI_CONF_DIR = Path("/etc/cni/net.d")
+DEFAULT_STATE_FILE = Path("/var/lib/vxflow/migrate.json")
+DEFAULT_CNI_NETWORKS_DIR = Path("/var/lib/cni/networks")  # host-local's store, one dir a network
+_HOST_LOCAL_OWN = {"lock"}  # host-local's files in a network's directory that are no address
+
+
+@dataclass(frozen=True)
+class Link:
+    """A kernel interface as observed: its MAC, IPv4 addresses, a VXLAN device's local IP."""
+
+    name: str
+    mac: str
+    addresses: tuple[IPv4Interface, ...] = ()
+    local: IPv4Address | None = None
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    """A MAC the bridge learned behind one of its ports."""
+
+    mac: str
+    port: str
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    ip: IPv4Address
+    mac: str
+
+
+@dataclass(frozen=True)
+class PodPort:
+    """A pod as it hangs on the CNI bridge: its host-side veth, IP and MAC."""
+
+    port: str
+    ip: IPv4Address
+    mac: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What `observe()` found on the node (plain values: `plan()` is pure)."""
+
+    public_ip: IPv4Address
+    subnet_file: Path
+    cni_bridge: str = DEFAULT_CNI_BRIDGE
+    config: NetworkConfig | None = None
+    leases: tuple[Lease, ...] = ()
+    subnet_env: SubnetEnv | None = None
+    vxlan: Link | None = None  # flannel.<VNI>
+    vxlan_routes: int = 0  # routes through flannel.<VNI>
+    bridge: Link | None = None  # cni0
+    bridge_ports: tuple[str, ...] = ()
+    fdb: tuple[FdbEntry, ...] = ()
+    neighbours: tuple[Neighbour, ...] = ()
+    conflist: Path | None = None  # the flannel CNI network's conflist
+    network_name: str | None = None  # its name: host-local's directory
+    allocations: tuple[IPv4Address, ...] = ()  # host-local's allocated addresses
+    flanneld_pid: int | None = None  # the process to stop, if given
+    flanneld_command: str | None = None  # its command line; None: no such process
+    errors: tuple[str, ...] = ()  # a source that could not be read (etcd, OVSDB), one line each
+
+
+class Kind(StrEnum):
+    """What a step does (`Migration` carries each kind out)."""
+
+    FENCE = "fence"
+    LEASE = "lease"
+    AGENT = "agent"
+    MASQ = "masq"
+    MOVE = "move"
+    VXLAN = "vxlan"
+    BRIDGE = "bridge"
+    ALLOCATIONS = "allocations"
+    CONFLIST = "conflist"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the migration, as the plan prints it; `pod`: the one a move is for."""
+
+    kind: Kind
+    name: str
+    detail: str
+    pod: PodPort | None = None
+
+    def line(self, number: int) -> str:
+        return f"{number}. {self.name}: {self.detail}"
+
+
+@dataclass
+class Plan:
+    """Either `problems` (a failed check each; nothing may be done) or `steps`."""
+
+    problems: list[str] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    pods: list[PodPort] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        if self.problems:
+            return [f"check failed: {p}" for p in self.problems]
+        return [step.line(i) for i, step in enumerate(self.steps, 1)]
+
+
+# -- the pure plan ---------------------------------------------------------------------
+
+
+def _the_one(found: list[T], problems: list[str], none: str, many: str) -> T | None:
+    """The one value in `found`; else None, and the problem (`none` or `many`) noted."""
+    if len(found) == 1:
+        return found[0]
+    problems.append(many if found else none)
+    return None
+
+
+def pods_on_bridge(
+    ports: Iterable[str], fdb: Iterable[FdbEntry], neighbours: Iterable[Neighbour],
+    subnet: IPv4Network,
+) -> tuple[list[PodPort], list[str]]:  # fmt: skip
+    """Each port's pod from what the bridge learned (its MAC) and the neighbour table (the
+    IP of that MAC in `subnet`); the ports that cannot be told, one problem line each."""
+    macs: dict[str, set[str]] = {}
+    for entry in fdb:
+        macs.setdefault(entry.port, set()).add(entry.mac.lower())
+    ips: dict[str, set[IPv4Address]] = {}
+    for n in neighbours:
+        if n.ip in subnet:
+            ips.setdefault(n.mac.lower(), set()).add(n.ip)
+    pods, problems = [], []
+    for port in sorted(ports):
+        learned = sorted(macs.get(port, ()))
+        mac = _the_one(learned, problems, f"{port}: the bridge learned no MAC behind it (a "
+                       "silent pod: make it send, e.g. ping it from the node, and run again)",
+                       f"{port}: the bridge learned {len(learned)} MACs behind it "
+                       f"({', '.join(learned)}): not one pod's port")  # fmt: skip
+        if mac is None:
+            continue
+        found = sorted(ips.get(mac, ()))
+        ip = _the_one(found, problems, f"{port} ({mac}): no neighbour entry on the bridge gives "
+                      f"its IP in {subnet} (ping it from the node, and run again)",
+                      f"{port} ({mac}): {len(found)} IPs in the neighbour table "
+                      f"({', '.join(map(str, found))})")  # fmt: skip
+        if ip is not None:
+            pods.append(PodPort(port, ip, mac))
+    seen: dict[IPv4Address, str] = {}
+    for pod in pods:
+        if pod.ip in seen:
+            problems.append(f"{pod.ip} is on two ports: {seen[pod.ip]} and {pod.port}")
+        seen[pod.ip] = pod.port
+    return pods, problems
+
+
+def _own_lease(obs: Observation, subnet: IPv4Network, problems: list[str]) -> Lease | None:
+    lease = next((le for le in obs.leases if le.subnet == subnet), None)
+    if lease is None:
+        problems.append(f"etcd holds no lease for {subnet} (the subnet file's): flanneld's "
+                        "lease expired or was deleted")  # fmt: skip
+    elif lease.public_ip != obs.public_ip:
+        problems.append(f"the lease for {subnet} belongs to {lease.public_ip}, not to this "
+                        f"node ({obs.public_ip})")  # fmt: skip
+        return None
+    elif lease.ipv6_subnet is not None:
+        problems.append(f"{lease.label} is a dual-stack lease: vxflow migrate handles "
+                        "IPv4-only nodes")  # fmt: skip
+        return None
+    return lease
+
+
+def _check_links(obs: Observation, config: NetworkConfig, gateway: IPv4Interface,
+                 problems: list[str]) -> None:  # fmt: skip
+    device = f"flannel.{config.backend.vni}"
+    if obs.vxlan is None:
+        problems.append(f"{device}: no such device (is this a flannel vxlan node?)")
+    elif obs.vxlan.local != obs.public_ip:
+        problems.append(f"{device} sends from {obs.vxlan.local}, not from this node's "
+                        f"PublicIP {obs.public_ip}")  # fmt: skip
+    if obs.bridge is None:
+        problems.append(f"{obs.cni_bridge}: no such bridge (flannel's CNI bridge; --cni-bridge)")
+    elif gateway not in obs.bridge.addresses:
+        problems.append(f"{obs.cni_bridge} does not hold the gateway {gateway}")
+
+
+def plan(obs: Observation) -> Plan:
+    """The checks, then the steps (pure). Any failed check: no steps."""
+    result = Plan(problems=list(obs.errors))
+    config, env = obs.config, obs.subnet_env
+    if env is None:
+        result.problems.append(f"{obs.subnet_file}: missing or malformed (flanneld's subnet "
+                               "file; --subnet-file)")  # fmt: skip
+    if config is None or env is None:
+        return result
+    if env.network != config.network:
+        result.problems.append(f"{obs.subnet_file} says FLANNEL_NETWORK={env.network}, etcd's "
+                               f"config {config.network}")  # fmt: skip
+    subnet = env.subnet.network
+    lease = _own_lease(obs, subnet, result.problems)
+    _check_links(obs, config, env.subnet, result.problems)
+    pods, problems = pods_on_bridge(obs.bridge_ports, obs.fdb, obs.neighbours, subnet)
+    result.problems += problems
+    if obs.flanneld_pid is not None and obs.flanneld_command is None:
+        result.problems.append(f"--flanneld-pid {obs.flanneld_pid}: no such process")
+    elif obs.flanneld_pid is not None and "flannel" not in obs.flanneld_command:
+        result.problems.append(f"--flanneld-pid {obs.flanneld_pid} is not flanneld: "
+                               f"{obs.flanneld_command}")  # fmt: skip
+    if lease is None or not result.ok:
+        return result
+    result.pods = pods
+    result.steps = _steps(obs, config, env, lease, pods)
+    return result
+
+
+def _steps(obs: Observation, config: NetworkConfig, env: SubnetEnv, lease: Lease,
+           pods: list[PodPort]) -> list[Step]:  # fmt: skip
+    device, bridge, gateway = f"flannel.{config.backend.vni}", obs.cni_bridge, env.subnet
+    vtep = vtep_mac_for(obs.public_ip)
+    vtep_change = "VtepMAC unchanged" if vtep == lease.vtep_mac else \
+        f"VtepMAC {lease.vtep_mac} -> {vtep}"  # fmt: skip
+    carried = sorted({*obs.allocations, *(pod.ip for pod in pods)})
+    allocations = (f"{len(carried)} address(es) from host-local's {obs.network_name} kept for "
+                   f"vxflow-cni, which takes the network over: {', '.join(map(str, carried))}"
+                   if obs.network_name else "no flannel CNI network found: nothing to carry")
+    masq = "on" if env.ipmasq else "off"
+    pid = f" (PID {obs.flanneld_pid})" if obs.flanneld_pid is not None else ""
+    return [
+        Step(Kind.FENCE, "fence flanneld", f"stop it{pid}: nothing renews {lease.subnet} or re-creates {device} "
+                               "afterwards"),
+        Step(Kind.LEASE, "take the lease over", f"{lease.key_name} for {obs.public_ip}, same key and "
+                                    f"subnet, under the agent's etcd lease ({vtep_change})"),
+        Step(Kind.AGENT, "start the agent", f"it holds {lease.subnet} and brings up br-int with the gateway "
+                                f"port on {gateway}; the pods' ARP entry for {gateway.ip} "
+                                f"({obs.bridge.mac}) keeps routing"),
+        Step(Kind.MASQ, "keep ip-masq", f"{masq}, as FLANNEL_IPMASQ={str(env.ipmasq).lower()}: the agent's "
+                             f"subnet file must say the same"),
+        *(Step(Kind.MOVE, f"move {pod.port}", f"pod {pod.ip} {pod.mac} from {bridge} to br-int as a "
+                                   "vxflow pod port; its endpoint published", pod)
+          for pod in pods),
+        Step(Kind.VXLAN, f"remove {device}", f"with its {obs.vxlan_routes} route(s) and its neighbour and "
+                                 "FDB entries"),
+        Step(Kind.BRIDGE, f"remove {bridge}", "once no port is left on it"),
+        Step(Kind.ALLOCATIONS, "carry the allocations over", allocations),
+        Step(Kind.CONFLIST, "switch the CNI config", f"{obs.conflist} to vxflow-cni" if obs.conflist else
+             "no flannel conflist found: nothing to switch"),
+    ]  # fmt: skip
+
+
+# -- observing the node -----------------------------------------------------------------
+
+
+def _link(name: str) -> Link | None:
+    try:
+        found = ip_json("-d", "addr", "show", "dev", name)
+    except IprouteError:  # no such device
+        return None
+    if not found:
+        return None
+    info = found[0]
+    local = info.get("linkinfo", {}).get("info_data", {}).get("local")
+    return Link(
+        name=name,
+        mac=info.get("address", ""),
+        addresses=tuple(IPv4Interface(f"{a['local']}/{a['prefixlen']}")
+                        for a in info.get("addr_info", []) if a.get("family") == "inet"),
+        local=IPv4Address(local) if local else None,
+    )
+
+
+def _bridge_state(bridge: str) -> tuple[tuple[str, ...], tuple[FdbEntry, ...], tuple[Neighbour, ...]]:
+    """The bridge's ports, the MACs it learned behind them, its neighbour table (IPv4)."""
+    ports = tuple(link["ifname"] for link in ip_json("link", "show", "master", bridge))
+    fdb = tuple(
+        FdbEntry(e["mac"], e["ifname"])
+        for e in ip_json_bridge("fdb", "show", "br", bridge)
+        if e.get("ifname") in ports and e.get("state") != "permanent" and "self" not in
+        e.get("flags", [])
+    )  # fmt: skip
+    neighbours = tuple(
+        Neighbour(IPv4Address(n["dst"]), n["lladdr"])
+        for n in ip_json("-4", "neigh", "show", "dev", bridge)
+        if n.get("lladdr") and "FAILED" not in n.get("state", [])
+    )  # fmt: skip
+    return ports, fdb, neighbours
+
+
+def ip_json_bridge(*args: str) -> list[dict]:
+    """`bridge -j ARGS` (iproute2's bridge tool), as ip_json."""
+    out = run("bridge", "-j", *args)
+    return json.loads(out) if out.strip() else []
+
+
+def flannel_conflist(conf_dir: Path) -> tuple[Path | None, str | None]:
+    """The conflist (or single .conf) whose plugins include `flannel`, and its network name."""
+    for path in sorted(conf_dir.glob("*.conf*")) if conf_dir.is_dir() else ():
+        try:
+            conf = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        plugins = conf.get("plugins", [conf]) if isinstance(conf, dict) else []
+        if any(isinstance(p, dict) and p.get("type") == "flannel" for p in plugins):
+            return path, conf.get("name")
+    return None, None
+
+
+def host_local_allocations(directory: Path) -> tuple[IPv4Address, ...]:
+    """The IPv4 addresses host-local recorded as allocated in one network's directory."""
+    found = []
+    for path in directory.iterdir() if directory.is_dir() else ():
+        if path.name in _HOST_LOCAL_OWN or path.name.startswith("last_reserved_ip"):
+            continue
+        try:
+            found.append(IPv4Address(path.name))
+        except ValueError:
+            continue
+    return tuple(sorted(found))
+
+
+def command_line(pid: int) -> str | None:
+    """A running process's command line (None: no such process, or it has ended)."""
+    if ended(pid):
+        return None
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where to look (flanneld's settings, resolved by the command)."""
+
+    public_ip: IPv4Address
+    subnet_file: Path
+    ovsdb: str
+    cni_bridge: str = DEFAULT_CNI_BRIDGE
+    cni_conf_dir: Path = DEFAULT_CNI_CONF_DIR
+    cni_networks_dir: Path = DEFAULT_CNI_NETWORKS_DIR
+    flanneld_pid: int | None = None
+    state_file: Path = DEFAULT_STATE_FILE  # a finished migration's record, for --rollback
+
+
+def observe(settings: Settings, registry: Registry) -> Observation:
+    """Everything `plan()` needs, read from etcd, OVSDB, the kernel and files; changes nothing."""
+    errors: list[str] = []
+    config, leases = None, ()
+    try:
+        config = registry.get_config()
+        leases = tuple(registry.list_leases())
+    except (RegistryError, ConfigError) as exc:
+        errors.append(f"etcd: {exc}")
+    try:
+        ovsidl.fetch_schema(settings.ovsdb)
+    except ovsidl.OvsdbUnavailable as exc:
+        errors.append(f"OVSDB: {exc}")
+    vxlan, routes = None, 0
+    if config is not None:
+        device = f"flannel.{config.backend.vni}"
+        vxlan = _link(device)
+        routes = len(ip_json("-4", "route", "show", "dev", device)) if vxlan else 0
+    bridge = _link(settings.cni_bridge)
+    ports, fdb, neighbours = _bridge_state(settings.cni_bridge) if bridge else ((), (), ())
+    conflist, name = flannel_conflist(settings.cni_conf_dir)
+    return Observation(
+        public_ip=settings.public_ip,
+        subnet_file=settings.subnet_file,
+        cni_bridge=settings.cni_bridge,
+        config=config,
+        leases=leases,
+        subnet_env=read_subnet_env(settings.subnet_file),
+        vxlan=vxlan,
+        vxlan_routes=routes,
+        bridge=bridge,
+        bridge_ports=ports,
+        fdb=fdb,
+        neighbours=neighbours,
+        conflist=conflist,
+        network_name=name,
+        allocations=host_local_allocations(settings.cni_networks_dir / name) if name else (),
+        flanneld_pid=settings.flanneld_pid,
+        flanneld_command=command_line(settings.flanneld_pid) if settings.flanneld_pid else None,
+        errors=tuple(errors),
+    )
+
+
+# -- carrying the plan out ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """What carrying the plan out (or rolling it back) needs besides what was observed."""
+
+    start_flanneld: str  # a shell command that starts flanneld again (rolling back)
+    stop_agent: str  # a shell command that stops the agent again (rolling back)
+    flanneld_pid: int = 0  # the flanneld to stop (migrating)
+    start_agent: str = ""  # a shell command that starts this node's `vxflow agent` (migrating)
+    bridge: str = DEFAULT_BRIDGE
+    timeout: float = 60.0  # for flanneld to stop, the agent to be up, the endpoints
+
+
+class StepFailed(RuntimeError):
+    """A step of the migration failed; the message names it and why."""
+
+
+def wait_until(what: str, done: Callable[[], T], timeout: float, pause: float = 0.05) -> T:
+    """`done()`'s first true answer, asked every `pause` s; TimeoutError "`what` within
+    `timeout`s" if there is none by then."""
+    deadline = time.monotonic() + timeout
+    while not (result := done()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} within {timeout:.0f}s")
+        time.sleep(pause)
+    return result
+
+
+def ended(pid: int) -> bool:
+    """The process ended (a zombie waiting for its parent counts: it does nothing more)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` (a temporary file beside it, renamed), directories made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def announce(ifname: str, mac: str, address: IPv4Address) -> None:
+    """Two gratuitous ARP requests for `address` at `mac`, broadcast out of `ifname`: a
+    neighbour holding an entry for it takes the new MAC (Linux: also with arp_accept off)."""
+    sha = bytes.fromhex(mac.replace(":", ""))
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, sha, address.packed, bytes(6),
+                      address.packed)  # fmt: skip
+    frame = b"\xff" * 6 + sha + struct.pack("!H", 0x0806) + arp
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind((ifname, 0))
+        for _ in range(2):
+            sock.send(frame)
+
+
+_FAILURES = (StepFailed, RegistryError, IprouteError, PlugError, OvsdbError, OSError,
+             ovsidl.OvsdbUnavailable, TimeoutError, subprocess.SubprocessError)
+
+
+def _container(pod: PodPort) -> str:
+    """The container id a moved pod's port carries (its runtime's is not known here)."""
+    return f"flannel-{pod.port}"
+
+
+@dataclass
+class Record:
+    """What undoing a migration needs of the node as it was: kept while it runs, and in
+    the state file once it finished (what `--rollback` reads)."""
+
+    vni: int
+    subnet: IPv4Network
+    bridge: Link  # cni0 as it was: its MAC is the pods' ARP entry for the gateway
+    pods: list[PodPort]
+    sysctls: dict[str, dict[str, str]] = field(default_factory=dict)  # a moved port's, by path
+    written: list[str] = field(default_factory=list)  # host-local files added
+    conflist: str | None = None  # the flannel conflist's path and text, as they were
+    conflist_text: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "vni": self.vni, "subnet": str(self.subnet),
+            "bridge": {"name": self.bridge.name, "mac": self.bridge.mac,
+                       "addresses": [str(a) for a in self.bridge.addresses]},
+            "pods": [{"port": p.port, "ip": str(p.ip), "mac": p.mac} for p in self.pods],
+            "sysctls": self.sysctls, "written": self.written, "conflist": self.conflist,
+            "conflist_text": self.conflist_text,
+        }, indent=2)  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str) -> Record:
+        """ValueError (KeyError and TypeError included) if it is not a record."""
+        d = json.loads(text)
+        bridge = d["bridge"]
+        return cls(
+            vni=int(d["vni"]), subnet=IPv4Network(d["subnet"]),
+            bridge=Link(bridge["name"], bridge["mac"],
+                        tuple(IPv4Interface(a) for a in bridge["addresses"])),
+            pods=[PodPort(p["port"], IPv4Address(p["ip"]), p["mac"]) for p in d["pods"]],
+            sysctls=dict(d["sysctls"]), written=list(d["written"]), conflist=d["conflist"],
+            conflist_text=d["conflist_text"],
+        )  # fmt: skip
+
+
+def read_record(path: Path) -> Record:
+    """A finished migration's record (StepFailed, one line, if there is none)."""
+    try:
+        return Record.from_json(path.read_text())
+    except OSError as exc:
+        raise StepFailed(f"no finished migration recorded in {path}: {exc.strerror}") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StepFailed(f"{path} is not a migration's record: {exc!r}") from exc
+
+
+class Undo:
+    """Undoes the steps of a migration, from its `Record` (each undo also one that failed
+    half-way), one line each through `say`."""
+
+    def __init__(self, settings: Settings, run: Run, registry: Registry, record: Record,
+                 say: Callable[[str], None]) -> None:  # fmt: skip
+        self.settings, self.run, self.registry = settings, run, registry
+        self.record, self.say = record, say
+
+    def roll_back(self) -> None:
+        """A finished migration undone, in the order that keeps the pods' gap short:
+        flanneld first (flannel.<VNI> ready while the switch still carries the pods),
+        cni0, the agent stopped, at once the pods back on cni0 and its bridge deleted,
+        then the agent's endpoints, the pods told cni0's MAC, the CNI config as it was."""
+        steps = [
+            ("start flanneld", self._start_flanneld),
+            (f"re-create {self.record.bridge.name}", self._bridge_back),
+            ("stop the agent", self._stop_agent),
+            *((f"move {pod.port} back", lambda pod=pod: self._move_back(pod))
+              for pod in self.record.pods),
+            (f"delete {self.run.bridge}", self._delete_bridge),
+            ("delete the agent's endpoints", self._delete_endpoints),
+            (f"announce {self.record.bridge.name}'s MAC", self._announce),
+            ("restore the allocations", self._allocations_back),
+            ("restore the CNI config", self._conflist_back),
+        ]  # fmt: skip
+        for number, (name, action) in enumerate(steps, 1):
+            self.say(f"{number}. {name}")
+            try:
+                action()
+            except _FAILURES as exc:
+                raise StepFailed(f"rollback step {number} ({name}) failed: {exc}") from exc
+        self.settings.state_file.unlink(missing_ok=True)
+
+    # -- rolling back: each undoes one step, also one that failed half-way ----------------
+
+    def _shell(self, command: str) -> None:
+        subprocess.run(command, shell=True, check=True, timeout=self.run.timeout,
+                       stdin=subprocess.DEVNULL)  # fmt: skip
+
+    def _start_flanneld(self) -> None:
+        """flanneld again: it takes its lease back and re-creates flannel.<VNI>."""
+        self._shell(self.run.start_flanneld)
+        device = f"flannel.{self.record.vni}"
+        wait_until(f"flanneld re-created no {device}",
+                   lambda: any(link["ifname"] == device for link in ip_json("link", "show")),
+                   self.run.timeout)  # fmt: skip
+
+    def _stop_agent(self) -> None:
+        self._shell(self.run.stop_agent)
+
+    def _delete_bridge(self) -> None:
+        """The agent's bridge, with the tunnel port that took the node's VXLAN traffic
+        (flannel.<VNI> gets it from now on) and the gateway port. After the pods are back
+        on cni0: a packet for a pod that reached the kernel first would leave an ARP
+        request unanswered, and the next comes 1 s later."""
+        run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", "--if-exists",
+            "del-br", self.run.bridge)  # fmt: skip
+
+    def _delete_endpoints(self) -> None:
+        """The endpoints the agent published (bound to the lease's etcd lease, which
+        flanneld may keep: they would outlive the agent)."""
+        for endpoint in self.registry.list_endpoints(self.record.subnet):
+            self.registry.delete_endpoint(endpoint)
+
+    def _undo_agent(self) -> None:
+        self._stop_agent()
+        self._delete_bridge()
+        self._delete_endpoints()
+
+    def _move_back(self, pod: PodPort) -> None:
+        run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", "--if-exists",
+            "del-port", self.run.bridge, pod.port)  # fmt: skip
+        for path, value in self.record.sysctls.pop(pod.port, {}).items():
+            Path(path).write_text(value)
+        ip("link", "set", pod.port, "master", self.record.bridge.name)
+
+    def _bridge_back(self) -> None:
+        """cni0 again, with its MAC (the pods' ARP entry for the gateway) and address."""
+        bridge = self.record.bridge
+        if any(link["ifname"] == bridge.name for link in ip_json("link", "show")):
+            return
+        ip("link", "add", bridge.name, "address", bridge.mac, "type", "bridge")
+        for address in bridge.addresses:
+            ip("addr", "add", str(address), "dev", bridge.name)
+        ip("link", "set", bridge.name, "up")
+
+    def _allocations_back(self) -> None:
+        for path in self.record.written:
+            Path(path).unlink(missing_ok=True)
+
+    def _conflist_back(self) -> None:
+        if self.record.conflist is not None and self.record.conflist_text is not None:
+            Path(self.record.conflist).write_text(self.record.conflist_text)
+
+    def _announce(self) -> None:
+        """A gratuitous ARP for the gateway from cni0: a pod whose entry for it names the
+        switch's gateway MAC (it refreshed it while migrated) takes cni0's again."""
+        bridge = self.record.bridge
+        announce(bridge.name, bridge.mac, self.record.subnet.network_address + 1)
+
+
+class Migration(Undo):
+    """Carries a plan out, step by step, one line each through `say`."""
+
+    def __init__(self, settings: Settings, run: Run, registry: Registry, obs: Observation,
+                 result: Plan, say: Callable[[str], None]) -> None:  # fmt: skip
+        record = Record(obs.config.backend.vni, obs.subnet_env.subnet.network, obs.bridge,
+                        result.pods, conflist=str(obs.conflist) if obs.conflist else None)  # fmt: skip
+        super().__init__(settings, run, registry, record, say)
+        self.obs, self.plan = obs, result
+        self.idl = None
+
+    def carry_out(self) -> None:
+        """Every step in order; if one fails, undo it and every step before, in reverse
+        (flanneld, started again, takes its lease and flannel.<VNI> back), then raise
+        StepFailed naming it."""
+        done: list[tuple[int, Step]] = []
+        try:
+            for number, step in enumerate(self.plan.steps, 1):
+                self.say(step.line(number))
+                done.append((number, step))  # undone too if it fails half-way
+                try:
+                    self._do(step)
+                except _FAILURES as exc:
+                    why = f"step {number} ({step.name}) failed: {exc}"
+                    self.say(f"{why}; rolling back")
+                    self._roll_back(done)
+                    raise StepFailed(f"{why}; rolled back") from exc
+            try:
+                write_atomically(self.settings.state_file, self.record.to_json())
+            except OSError as exc:
+                raise StepFailed(f"migrated, but the record --rollback needs was not written "
+                                 f"to {self.settings.state_file}: {exc}") from exc
+        finally:
+            if self.idl is not None:
+                self.idl.close()
+
+    def _roll_back(self, done: list[tuple[int, Step]]) -> None:
+        """Undo `done` in reverse, one line each; an undo that fails is said and skipped."""
+        for number, step in reversed(done):
+            undo = self._undo(step)
+            if undo is None:
+                continue
+            self.say(f"undo {number}. {step.name}")
+            try:
+                undo()
+            except _FAILURES as exc:
+                self.say(f"undo {number}. {step.name} failed: {exc}")
+
+    def _undo(self, step: Step) -> Callable[[], None] | None:
+        """What undoes `step` (None: nothing to; the lease and flannel.<VNI> are flanneld's
+        to take back when it starts)."""
+        return {
+            Kind.FENCE: self._start_flanneld, Kind.AGENT: self._undo_agent,
+            Kind.MOVE: lambda: self._move_back(step.pod), Kind.BRIDGE: self._bridge_back,
+            Kind.ALLOCATIONS: self._allocations_back, Kind.CONFLIST: self._conflist_back,
+        }.get(step.kind)  # fmt: skip
+
+    def _do(self, step: Step) -> None:
+        {
+            Kind.FENCE: self._fence, Kind.LEASE: self._take_lease, Kind.AGENT: self._agent,
+            Kind.MASQ: self._masq, Kind.MOVE: lambda: self._move(step.pod),
+            Kind.VXLAN: self._remove_vxlan, Kind.BRIDGE: self._remove_bridge,
+            Kind.ALLOCATIONS: self._allocations, Kind.CONFLIST: self._conflist,
+        }[step.kind]()  # fmt: skip
+
+    def _fence(self) -> None:
+        pid = self.run.flanneld_pid
+        if not ended(pid):
+            os.kill(pid, signal.SIGTERM)
+        wait_until(f"flanneld (PID {pid}) did not stop", lambda: ended(pid), self.run.timeout)
+
+    def _take_lease(self) -> None:
+        subnet, ip = self.obs.subnet_env.subnet.network, self.obs.public_ip
+        # flannel's TTL: flanneld's etcd lease is kept; an agent with another
+        # --subnet-lease-ttl binds the key to its own at once (a compare on its revision)
+        lease = self.registry.acquire(ip, vtep_mac_for(ip), previous_subnet=subnet,
+                                      ttl=LEASE_TTL_SECONDS)  # fmt: skip
+        if lease.subnet != subnet:
+            self.registry.release(lease)
+            raise StepFailed(f"etcd gave {lease.subnet} for {ip}, not {subnet}; released it")
+
+    def _agent(self) -> None:
+        started = time.time()
+        subprocess.run(self.run.start_agent, shell=True, check=True, timeout=self.run.timeout,
+                       stdin=subprocess.DEVNULL)  # fmt: skip
+        path = self.settings.subnet_file
+        wait_until("the agent wrote no subnet file (lease held, br-int up)",
+              lambda: path.exists() and path.stat().st_mtime >= started, self.run.timeout)  # fmt: skip
+        self.idl = ovsidl.connect(self.settings.ovsdb, columns=PLUG_COLUMNS)
+
+    def _masq(self) -> None:
+        env = read_subnet_env(self.settings.subnet_file)
+        if env is None or env.ipmasq != self.obs.subnet_env.ipmasq:
+            raise StepFailed(f"the agent's {self.settings.subnet_file} says FLANNEL_IPMASQ="
+                             f"{'true' if env and env.ipmasq else 'false'}, flanneld's said "
+                             f"{str(self.obs.subnet_env.ipmasq).lower()} (--ip-masq)")  # fmt: skip
+
+    def _move(self, pod: PodPort) -> None:
+        ip("link", "set", pod.port, "nomaster")
+        self.record.sysctls[pod.port] = {str(path): path.read_text().strip() for path in (
+            Path(f"/proc/sys/net/{family}/conf/{pod.port}/{key}") for family, key, _ in INERT)}  # fmt: skip
+        make_inert(pod.port)
+        add_port(self.idl, self.run.bridge, pod.port,
+                 pod_external_ids(pod.mac, str(pod.ip), _container(pod), "eth0"))  # fmt: skip
+        wait_ofport(self.idl, pod.port)
+
+    def _published(self) -> bool:
+        published = {ep.ip for ep in self.registry.list_endpoints(self.obs.subnet_env.subnet.network)}
+        return all(pod.ip in published for pod in self.plan.pods)
+
+    def _remove_vxlan(self) -> None:
+        wait_until("the agent published not every pod's endpoint", self._published, self.run.timeout)
+        ip("link", "del", f"flannel.{self.obs.config.backend.vni}")
+
+    def _remove_bridge(self) -> None:
+        bridge = self.obs.cni_bridge
+        if left := [link["ifname"] for link in ip_json("link", "show", "master", bridge)]:
+            raise StepFailed(f"{bridge} still holds {', '.join(left)}")
+        ip("link", "del", bridge)
+
+    def _allocations(self) -> None:
+        """host-local's files (`<container id>\\r\\n<ifname>`, as its disk store writes them)
+        for the pods it does not list: vxflow-cni takes the network over under its name."""
+        if self.obs.network_name is None:
+            return
+        store = self.settings.cni_networks_dir / self.obs.network_name
+        store.mkdir(parents=True, exist_ok=True)
+        for pod in self.plan.pods:
+            path = store / str(pod.ip)
+            if not path.exists():
+                path.write_text(f"{_container(pod)}\r\neth0")
+                self.record.written.append(str(path))
+
+    def _conflist(self) -> None:
+        """The flannel conflist becomes vxflow-cni's, same name and file, other plugins kept."""
+        path = self.obs.conflist
+        if path is None:
+            return
+        self.record.conflist_text = path.read_text()
+        old = json.loads(self.record.conflist_text)
+        plugins = old.get("plugins", [old])
+        flannel = next(p for p in plugins if p.get("type") == "flannel")
+        vxflow = {"type": "vxflow", "ovsdb": self.settings.ovsdb, "bridge": self.run.bridge,
+                  "subnetFile": str(self.settings.subnet_file),
+                  "isDefaultGateway": bool(flannel.get("delegate", {}).get("isDefaultGateway")),
+                  "ipam": {"type": "host-local", "dataDir": str(self.settings.cni_networks_dir)}}  # fmt: skip
+        new = {"cniVersion": old.get("cniVersion", "0.3.1"), "name": old["name"],
+               "plugins": [vxflow if p is flannel else p for p in plugins]}  # fmt: skip
+        write_atomically(path, json.dumps(new, indent=2) + "\n")

@@ -1,0 +1,328 @@
+"""`vxflow migrate` on a real flannel-style node: the emulated flanneld
+(mininet/flannel_node.py) holding its lease in a real etcd and programming flannel.<VNI>,
+two pods on a cni0 bridge, the node's own OVSDB. `--dry-run`: the plan as printed, nothing
+changed, each unreachable dependency one line and exit status 1; a step that fails names
+itself. The whole migration with live pods: tests/test_e2e_migrate.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from daemons.processes import stop_process
+from flows.ports import pod_mac, vtep_mac_for
+from leases.etcd_server import EtcdServer, free_loopback_port
+from leases.model import Lease
+from leases.registry import Registry
+from leases.subnet_env import previous_subnet
+from ovsdb.migrate import ended, wait_until
+from tests.emulation import (
+    ROOT_UNDERLAY_IP,
+    Node,
+    Pod,
+    Underlay,
+    background,
+    offload_off,
+    stop_by_pidfile,
+    stop_command,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+VXFLOW = str(Path(sys.executable).parent / "vxflow")
+CONFIG = '{"Network": "198.19.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}'
+
+
+@dataclass
+class FlannelNode:
+    node: Node
+    etcd_endpoint: str
+    subnet_file: Path
+    lease: Lease
+    pods: list[Pod]
+    conf_dir: Path
+    networks_dir: Path
+    flanneld: subprocess.Popen
+    flanneld_cmd: list[str]
+    workdir: Path
+
+    def migrate_for_real(self, *args: str, start_agent: str | None = None,
+                         ) -> subprocess.CompletedProcess:  # fmt: skip
+        """`vxflow migrate` with flanneld's PID and commands that start the agent (`vxflow
+        agent` on this node's OVSDB, no controller) and flanneld again, by PID files."""
+        agent = [VXFLOW, "agent", "--etcd-endpoints", self.etcd_endpoint, "--public-ip",
+                 str(self.node.underlay_ip), "--ovsdb", self.node.ovs.db_target,
+                 "--datapath-type", "netdev", "--subnet-file", str(self.subnet_file),
+                 "--cni-socket", ""]  # fmt: skip
+        return self.migrate(
+            "--flanneld-pid", str(self.flanneld.pid),
+            "--start-agent", start_agent or background(agent, self.workdir / "agent"),
+            "--stop-agent", stop_command(self.workdir / "agent.pid"),
+            "--start-flanneld", background(self.flanneld_cmd, self.workdir / "flanneld"), *args,
+        )  # fmt: skip
+
+    def pods_on_cni0(self) -> list[str]:
+        return sorted(link["ifname"] for link in json.loads(
+            self.node.run("ip", "-j", "link", "show", "master", "cni0")))  # fmt: skip
+
+    def vxflow_migrate(self, *args: str) -> subprocess.CompletedProcess:
+        """`vxflow migrate ARGS` in the node, pointed at its OVSDB and CNI directories."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.node.netns, VXFLOW, "migrate", *args,
+             "--ovsdb", self.node.ovs.db_target, "--cni-conf-dir", str(self.conf_dir),
+             "--cni-networks-dir", str(self.networks_dir),
+             "--state-file", str(self.workdir / "migrate.json")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    def migrate(self, *args: str, etcd: str | None = None) -> subprocess.CompletedProcess:
+        """`vxflow migrate ARGS` with flanneld's settings as flags."""
+        return self.vxflow_migrate(*args, "--etcd-endpoints", etcd or self.etcd_endpoint,
+                                   "--public-ip", str(self.node.underlay_ip),
+                                   "--subnet-file", str(self.subnet_file))  # fmt: skip
+
+    def state(self) -> tuple:
+        """What a migration would change: links, routes, neighbours, the lease, OVSDB, files."""
+        run = self.node.run
+        links = sorted((link["ifname"], link.get("master"), link.get("address"))
+                       for link in json.loads(run("ip", "-j", "link", "show")))  # fmt: skip
+        with Registry(self.etcd_endpoint) as registry:
+            leases = sorted((le.subnet, le.public_ip, le.vtep_mac, le.etcd_lease_id, le.mod_revision)
+                            for le in registry.list_leases())  # fmt: skip
+        files = sorted((str(p), p.read_bytes()) for d in (self.conf_dir, self.networks_dir)
+                       for p in d.rglob("*") if p.is_file())  # fmt: skip
+        return (links, run("ip", "route", "show"), run("ip", "neigh", "show", "dev", "flannel.1"),
+                leases, self.node.ovs.vsctl("list-br"), self.subnet_file.read_text(), files)  # fmt: skip
+
+
+def add_cni0_pod(underlay: Underlay, node: Node, n: int, ip: IPv4Interface) -> Pod:
+    """A pod as flannel's CNI (the bridge plugin) leaves it: a veth from its namespace on cni0."""
+    ns, port = underlay.add_netns(f"{node.netns.rsplit('-', 1)[1]}p{n}"), f"veth{n}"
+    node.run("ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    pod = Pod(netns=ns, ip=ip, mac=pod_mac(ip.ip), port=port)
+    pod.run("ip", "link", "set", "eth0", "address", pod.mac, "mtu", "1450", "up")
+    pod.run("ip", "addr", "add", str(ip), "dev", "eth0")
+    pod.run("ip", "route", "add", "default", "via", str(ip.network.network_address + 1))
+    node.run("ip", "link", "set", port, "master", "cni0", "mtu", "1450", "up")
+    offload_off("eth0", netns=ns)
+    offload_off(port, netns=node.netns)
+    node.pods.append(pod)
+    return pod
+
+
+@pytest.fixture
+def flannel_node(underlay: Underlay, tmp_path: Path) -> Iterator[FlannelNode]:
+    node = underlay.add_node(with_ovs=False)  # flannel's node: the underlay address on eth0
+    node.ovs.start()  # OVS installed beside flanneld, nothing on it yet
+    with EtcdServer(host=str(ROOT_UNDERLAY_IP)) as etcd:
+        endpoint = f"http://{ROOT_UNDERLAY_IP}:{etcd.client_port}"
+        with Registry(endpoint) as registry:
+            registry.set_config(CONFIG)
+            peer = IPv4Address("198.18.0.29")  # a peer's lease: flannel.1 gets a route for it
+            registry.acquire(peer, vtep_mac_for(peer))
+        subnet_file = tmp_path / "subnet.env"
+        flanneld_cmd = [sys.executable, str(REPO / "mininet" / "flannel_node.py"),
+                        "--etcd-endpoints", endpoint, "--public-ip", str(node.underlay_ip),
+                        "--iface", "eth0", "--subnet-file", str(subnet_file)]  # fmt: skip
+        flanneld = subprocess.Popen(["ip", "netns", "exec", node.netns, *flanneld_cmd],
+                                    stdout=subprocess.DEVNULL,
+                                    stderr=(tmp_path / "flannel.log").open("wb"))  # fmt: skip
+        try:
+            subnet: IPv4Network = wait_until("flanneld wrote no subnet.env",
+                                             lambda: previous_subnet(subnet_file), 30)  # fmt: skip
+            wait_until("flanneld routed nothing through flannel.1",
+                       lambda: node.run("ip", "route", "show", "dev", "flannel.1").strip(), 30)  # fmt: skip
+            gateway = IPv4Interface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
+            node.run("ip", "link", "add", "cni0", "type", "bridge")
+            node.run("ip", "addr", "add", str(gateway), "dev", "cni0")
+            node.run("ip", "link", "set", "cni0", "up")
+            pods = [add_cni0_pod(underlay, node, n, IPv4Interface(
+                        f"{subnet.broadcast_address - n}/{subnet.prefixlen}")) for n in (1, 2)]  # fmt: skip
+            for pod in pods:  # the bridge learns each pod's MAC, the node its neighbour entry
+                pod.run("ping", "-c", "1", "-W", "2", str(gateway.ip))
+            conf_dir, networks_dir = tmp_path / "net.d", tmp_path / "networks"
+            conf_dir.mkdir()
+            (conf_dir / "10-flannel.conflist").write_text(json.dumps({
+                "name": "cbr0", "cniVersion": "0.3.1",
+                "plugins": [{"type": "flannel", "delegate": {"isDefaultGateway": True}},
+                            {"type": "portmap", "capabilities": {"portMappings": True}}]}))  # fmt: skip
+            store = networks_dir / "cbr0"
+            store.mkdir(parents=True)
+            for pod in pods:  # host-local's files: the address, holding the container and ifname
+                (store / str(pod.ip.ip)).write_text(f"container-{pod.port}\r\neth0")
+            (store / "last_reserved_ip.0").write_text(str(pods[-1].ip.ip))
+            (store / "lock").write_text("")
+            with Registry(endpoint) as registry:
+                lease = next(le for le in registry.list_leases() if le.subnet == subnet)
+            running = FlannelNode(node, endpoint, subnet_file, lease, pods, conf_dir,
+                                  networks_dir, flanneld, flanneld_cmd, tmp_path)  # fmt: skip
+            yield running
+        finally:
+            stop_process(flanneld, signal.SIGTERM)
+            for pidfile in (tmp_path / "agent.pid", tmp_path / "flanneld.pid"):
+                stop_by_pidfile(pidfile)
+
+
+@pytest.mark.integration
+def test_dry_run_prints_the_plan_from_what_is_there_and_changes_nothing(
+    flannel_node: FlannelNode,
+) -> None:
+    f = flannel_node
+    before = f.state()
+    res = f.migrate("--dry-run")
+    assert res.returncode == 0, res.stdout + res.stderr
+    lease, ip = f.lease, f.node.underlay_ip
+    (p1, p2), subnet = f.pods, lease.subnet
+    gateway = f"{subnet.network_address + 1}"
+    cni0_mac = json.loads(f.node.run("ip", "-j", "link", "show", "cni0"))[0]["address"]
+    assert res.stdout.splitlines() == [
+        f"1. fence flanneld: stop it: nothing renews {subnet} or re-creates flannel.1 afterwards",
+        f"2. take the lease over: {lease.key_name} for {ip}, same key and subnet, under the "
+        f"agent's etcd lease (VtepMAC unchanged)",  # the emulated flanneld's is vxflow's
+        f"3. start the agent: it holds {subnet} and brings up br-int with the gateway port on "
+        f"{gateway}/{subnet.prefixlen}; the pods' ARP entry for {gateway} ({cni0_mac}) keeps "
+        "routing",
+        "4. keep ip-masq: off, as FLANNEL_IPMASQ=false: the agent's subnet file must say the same",
+        f"5. move veth1: pod {p1.ip.ip} {p1.mac} from cni0 to br-int as a vxflow pod port; "
+        "its endpoint published",
+        f"6. move veth2: pod {p2.ip.ip} {p2.mac} from cni0 to br-int as a vxflow pod port; "
+        "its endpoint published",
+        "7. remove flannel.1: with its 1 route(s) and its neighbour and FDB entries",
+        "8. remove cni0: once no port is left on it",
+        f"9. carry the allocations over: 2 address(es) from host-local's cbr0 kept for "
+        f"vxflow-cni, which takes the network over: {p2.ip.ip}, {p1.ip.ip}",
+        f"10. switch the CNI config: {f.conf_dir / '10-flannel.conflist'} to vxflow-cni",
+    ]
+    assert f.state() == before
+
+    refused = f.migrate()  # without --dry-run and what it needs for the real run: refused
+    assert refused.returncode == 2
+    assert ("without --dry-run, --flanneld-pid, --start-agent, --start-flanneld and "
+            "--stop-agent are required") in refused.stderr
+    assert f.state() == before
+
+
+@pytest.mark.integration
+def test_flanneld_settings_from_its_sysconfig_file(flannel_node: FlannelNode, tmp_path: Path) -> None:
+    f = flannel_node
+    sysconfig = tmp_path / "flanneld"
+    sysconfig.write_text(f'FLANNEL_ETCD_ENDPOINTS="{f.etcd_endpoint}"\n'
+                         f'FLANNEL_OPTIONS="-iface=eth0 -subnet-file={f.subnet_file}"\n')  # fmt: skip
+    res = f.vxflow_migrate("--dry-run", "--sysconfig", str(sysconfig))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout == f.migrate("--dry-run").stdout
+
+
+@pytest.mark.integration
+def test_each_failed_check_is_one_line_exit_1_and_nothing_changes(
+    flannel_node: FlannelNode,
+) -> None:
+    f = flannel_node
+    before = f.state()
+    no_etcd = f.migrate("--dry-run", etcd=f"http://127.0.0.1:{free_loopback_port()}")
+    assert no_etcd.returncode == 1, no_etcd.stdout + no_etcd.stderr
+    assert len(no_etcd.stdout.splitlines()) == 1
+    assert no_etcd.stdout.startswith("check failed: etcd: ")
+    assert "Traceback" not in no_etcd.stderr
+
+    # a pod that went silent long enough for its neighbour entry to go: its IP is unknown
+    f.node.run("ip", "neigh", "del", str(f.pods[0].ip.ip), "dev", "cni0")
+    silent = f.migrate("--dry-run")
+    assert (silent.returncode, silent.stdout) == (1, (
+        f"check failed: veth1 ({f.pods[0].mac}): no neighbour entry on the bridge gives its IP in "
+        f"{f.lease.subnet} (ping it from the node, and run again)\n"))  # fmt: skip
+    f.pods[0].run("ping", "-c", "1", "-W", "2", str(f.lease.gateway))
+
+    # --rollback without a finished migration recorded: one line, nothing done
+    nothing = f.migrate("--rollback", "--start-flanneld", "true", "--stop-agent", "true")
+    assert (nothing.returncode, nothing.stdout, nothing.stderr) == (1, "", (
+        f"Error: no finished migration recorded in {f.workdir / 'migrate.json'}: No such file "
+        "or directory\n"))  # fmt: skip
+    assert f.migrate("--rollback", "--dry-run").returncode == 2
+
+    f.node.ovs.stop()
+    no_ovsdb = f.migrate("--dry-run")
+    assert no_ovsdb.returncode == 1, no_ovsdb.stdout + no_ovsdb.stderr
+    assert len(no_ovsdb.stdout.splitlines()) == 1
+    assert no_ovsdb.stdout.startswith(
+        f"check failed: OVSDB: cannot connect to OVSDB at {f.node.ovs.db_target}: ")
+    assert no_ovsdb.stdout.endswith("(is ovsdb-server running? pass --ovsdb)\n")
+    f.node.ovs.start()
+    assert f.state() == before
+
+
+@pytest.mark.integration
+def test_a_step_that_fails_is_named_and_rolled_back(flannel_node: FlannelNode) -> None:
+    f = flannel_node
+    before = f.state()
+    other = subprocess.Popen(["sleep", "60"])  # a PID that is not flanneld's: refused first
+    try:
+        wrong = f.migrate("--flanneld-pid", str(other.pid), "--start-agent", "true",
+                          "--start-flanneld", "true", "--stop-agent", "true")  # fmt: skip
+    finally:
+        stop_process(other)
+    assert (wrong.returncode, wrong.stdout) == (
+        1, f"check failed: --flanneld-pid {other.pid} is not flanneld: sleep 60\n")
+    assert f.state() == before
+
+    res = f.migrate_for_real(start_agent="exit 3")
+    assert res.returncode == 1, res.stdout + res.stderr
+    why = "step 3 (start the agent) failed: Command 'exit 3' returned non-zero exit status 3."
+    assert [line.split(":")[0] for line in res.stdout.splitlines()] == [
+        "1. fence flanneld", "2. take the lease over", "3. start the agent", "step 3 (start the "
+        "agent) failed", "undo 3. start the agent", "undo 1. fence flanneld"]  # fmt: skip
+    assert res.stderr.splitlines()[-1] == f"Error: {why}; rolled back"
+    assert f.flanneld.wait(timeout=10) is not None  # fenced, then flanneld started again
+    assert not ended(int((f.workdir / "flanneld.pid").read_text()))
+    with Registry(f.etcd_endpoint) as registry:  # the lease never left this node
+        held = [le for le in registry.list_leases() if le.subnet == f.lease.subnet]
+    assert [(le.key_name, le.public_ip) for le in held] == [(f.lease.key_name, f.node.underlay_ip)]
+    assert f.pods_on_cni0() == ["veth1", "veth2"]
+
+
+@pytest.mark.integration
+def test_a_late_failure_undoes_every_step_and_the_node_is_flannel_again(
+    flannel_node: FlannelNode,
+) -> None:
+    """host-local's store is unwritable (a file where its directory should be): step 9
+    fails after the agent ran, the pods moved and flannel.1 and cni0 went; all is undone."""
+    f = flannel_node
+    cni0 = json.loads(f.node.run("ip", "-j", "addr", "show", "cni0"))[0]
+    conflist = (f.conf_dir / "10-flannel.conflist").read_text()
+    shutil.rmtree(f.networks_dir / "cbr0")
+    (f.networks_dir / "cbr0").write_text("not a directory")
+    res = f.migrate_for_real()
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[8].startswith("9. carry the allocations over: ")
+    assert lines[9].startswith("step 9 (carry the allocations over) failed: [Errno 17] File "
+                               "exists: ")  # fmt: skip
+    assert lines[10:] == ["undo 9. carry the allocations over", "undo 8. remove cni0",
+                          "undo 6. move veth2", "undo 5. move veth1", "undo 3. start the agent",
+                          "undo 1. fence flanneld"]  # fmt: skip
+    # flannel again: flanneld (started again) with flannel.1, the pods on cni0 with its MAC
+    # and gateway, no br-int, no agent, no endpoint, the conflist as it was
+    assert not ended(int((f.workdir / "flanneld.pid").read_text()))
+    assert ended(int((f.workdir / "agent.pid").read_text()))
+    assert "flannel.1" in f.node.run("ip", "-o", "link", "show")
+    assert f.pods_on_cni0() == ["veth1", "veth2"]
+    again = json.loads(f.node.run("ip", "-j", "addr", "show", "cni0"))[0]
+    assert (again["address"], again["addr_info"][0]["local"]) == (
+        cni0["address"], cni0["addr_info"][0]["local"])
+    assert f.node.ovs.vsctl("list-br").split() == []
+    assert f.node.run("sysctl", "-n", "net.ipv4.conf.veth1.arp_ignore").strip() == "0"
+    with Registry(f.etcd_endpoint) as registry:
+        assert registry.list_endpoints(f.lease.subnet) == []
+        held = [le for le in registry.list_leases() if le.subnet == f.lease.subnet]
+    assert [le.public_ip for le in held] == [f.node.underlay_ip]
+    assert (f.conf_dir / "10-flannel.conflist").read_text() == conflist
+    for pod in f.pods:  # the pods reach their gateway through cni0 again
+        pod.run("ping", "-c", "1", "-W", "2", str(f.lease.gateway))

@@ -1,0 +1,170 @@
+"""`vxflow migrate`'s pure plan (ovsdb/migrate.py): the checks and the steps from what was
+observed on a flannel node."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
+
+from flows.ports import vtep_mac_for
+from leases.config import parse_config
+from leases.model import Lease
+from leases.subnet_env import SubnetEnv
+from ovsdb.migrate import FdbEntry, Link, Neighbour, Observation, PodPort, plan, pods_on_bridge
+
+CONFIG = parse_config('{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}')
+SUBNET = IPv4Network("198.19.7.0/24")
+ME, PEER = IPv4Address("198.18.0.33"), IPv4Address("198.18.0.34")
+FLANNEL_VTEP = "ae:11:22:33:44:55"  # flanneld's: the kernel device's random MAC
+CNI0_MAC = "be:00:00:00:00:01"
+PODS = (PodPort("veth1", IPv4Address("198.19.7.254"), "0a:58:c6:13:07:fe"),
+        PodPort("veth2", IPv4Address("198.19.7.253"), "0a:58:c6:13:07:fd"))  # fmt: skip
+
+
+def lease(subnet: IPv4Network = SUBNET, public_ip: IPv4Address = ME, **kw) -> Lease:
+    return Lease(subnet=subnet, public_ip=public_ip, vni=1, vtep_mac=FLANNEL_VTEP, **kw)
+
+
+def observed(**changes) -> Observation:
+    """A flannel node as flanneld and its CNI plugin leave it, with two pods."""
+    base = Observation(
+        public_ip=ME,
+        subnet_file=Path("/run/flannel/subnet.env"),
+        config=CONFIG,
+        leases=(lease(), lease(IPv4Network("198.19.9.0/24"), PEER)),
+        subnet_env=SubnetEnv(CONFIG.network, IPv4Interface("198.19.7.1/24"), 1450, True),
+        vxlan=Link("flannel.1", FLANNEL_VTEP, (IPv4Interface("198.19.7.0/32"),), ME),
+        vxlan_routes=1,
+        bridge=Link("cni0", CNI0_MAC, (IPv4Interface("198.19.7.1/24"),)),
+        bridge_ports=tuple(p.port for p in PODS),
+        fdb=tuple(FdbEntry(p.mac, p.port) for p in PODS),
+        neighbours=tuple(Neighbour(p.ip, p.mac) for p in PODS),
+        conflist=Path("/etc/cni/net.d/10-flannel.conflist"),
+        network_name="cbr0",
+        allocations=(IPv4Address("198.19.7.2"), PODS[0].ip),
+    )
+    return replace(base, **changes)
+
+
+def test_a_flannel_node_gets_every_step_in_order() -> None:
+    result = plan(observed())
+    assert result.ok and result.problems == []
+    assert result.pods == sorted(PODS, key=lambda p: p.port)
+    assert [s.name for s in result.steps] == [
+        "fence flanneld", "take the lease over", "start the agent", "keep ip-masq", "move veth1",
+        "move veth2", "remove flannel.1", "remove cni0", "carry the allocations over",
+        "switch the CNI config",
+    ]  # fmt: skip
+    assert [s.pod for s in result.steps if s.pod] == result.pods
+    lines = result.lines()
+    assert lines[0].startswith("1. fence flanneld: ")
+    assert f"198.19.7.0-24 for {ME}, same key and subnet" in lines[1]
+    assert f"VtepMAC {FLANNEL_VTEP} -> {vtep_mac_for(ME)}" in lines[1]
+    assert lines[2] == ("3. start the agent: it holds 198.19.7.0/24 and brings up br-int with "
+                        "the gateway port on 198.19.7.1/24; the pods' ARP entry for 198.19.7.1 "
+                        "(be:00:00:00:00:01) keeps routing")  # fmt: skip
+    assert lines[3] == ("4. keep ip-masq: on, as FLANNEL_IPMASQ=true: the agent's subnet file "
+                        "must say the same")  # fmt: skip
+    assert lines[4] == ("5. move veth1: pod 198.19.7.254 0a:58:c6:13:07:fe from cni0 to br-int "
+                        "as a vxflow pod port; its endpoint published")  # fmt: skip
+    assert "with its 1 route(s)" in lines[6]
+    # host-local's allocations and every pod's address, once each
+    assert lines[8] == ("9. carry the allocations over: 3 address(es) from host-local's cbr0 "
+                        "kept for vxflow-cni, which takes the network over: 198.19.7.2, "
+                        "198.19.7.253, 198.19.7.254")  # fmt: skip
+    assert lines[9] == "10. switch the CNI config: /etc/cni/net.d/10-flannel.conflist to vxflow-cni"
+
+
+def test_a_node_without_pods_conflist_or_store_still_has_a_plan() -> None:
+    result = plan(observed(bridge_ports=(), fdb=(), neighbours=(), conflist=None,
+                           network_name=None, allocations=()))  # fmt: skip
+    assert result.ok and result.pods == []
+    lines = "\n".join(result.lines())
+    assert "carry the allocations over: no flannel CNI network found: nothing to carry\n" in lines
+    assert "no flannel conflist found: nothing to switch" in lines
+    assert [s.name for s in result.steps][4:6] == ["remove flannel.1", "remove cni0"]
+
+
+def test_a_vtep_mac_that_is_already_vxflows_is_said_unchanged() -> None:
+    own = replace(lease(), vtep_mac=vtep_mac_for(ME))
+    assert "(VtepMAC unchanged)" in plan(observed(leases=(own,))).lines()[1]
+
+
+def failed(**changes) -> list[str]:
+    result = plan(observed(**changes))
+    assert not result.ok and result.steps == []
+    assert result.lines() == [f"check failed: {p}" for p in result.problems]
+    return result.problems
+
+
+def test_each_failed_check_is_one_line_and_no_step() -> None:
+    assert failed(errors=("etcd: no etcd endpoint answered",)) == [
+        "etcd: no etcd endpoint answered"]
+    assert failed(leases=(lease(public_ip=PEER),)) == [
+        f"the lease for {SUBNET} belongs to {PEER}, not to this node ({ME})"]
+    assert failed(leases=()) == [
+        f"etcd holds no lease for {SUBNET} (the subnet file's): flanneld's lease expired or "
+        "was deleted"]
+    dual = lease(ipv6_subnet=IPv6Network("fd00:198:19:7::/64"),
+                 public_ipv6=IPv6Address("fd00:198:18::33"))  # fmt: skip
+    assert failed(leases=(dual,)) == [
+        f"{dual.label} is a dual-stack lease: vxflow migrate handles IPv4-only nodes"]
+    assert failed(subnet_env=None) == [
+        "/run/flannel/subnet.env: missing or malformed (flanneld's subnet file; --subnet-file)"]
+    env = SubnetEnv(IPv4Network("10.0.0.0/8"), IPv4Interface("198.19.7.1/24"), 1450, True)
+    assert failed(subnet_env=env) == [
+        "/run/flannel/subnet.env says FLANNEL_NETWORK=10.0.0.0/8, etcd's config 198.19.0.0/16"]
+    assert failed(vxlan=None) == ["flannel.1: no such device (is this a flannel vxlan node?)"]
+    assert failed(vxlan=Link("flannel.1", FLANNEL_VTEP, (), PEER)) == [
+        f"flannel.1 sends from {PEER}, not from this node's PublicIP {ME}"]
+    assert failed(flanneld_pid=4242) == ["--flanneld-pid 4242: no such process"]
+    assert failed(flanneld_pid=4242, flanneld_command="/usr/sbin/sshd -D") == [
+        "--flanneld-pid 4242 is not flanneld: /usr/sbin/sshd -D"]
+    assert plan(observed(flanneld_pid=4242, flanneld_command="/opt/bin/flanneld --ip-masq")
+                ).lines()[0].startswith("1. fence flanneld: stop it (PID 4242): ")  # fmt: skip
+    assert failed(bridge=None) == [
+        "cni0: no such bridge (flannel's CNI bridge; --cni-bridge)"]
+    assert failed(bridge=Link("cni0", CNI0_MAC, (IPv4Interface("198.19.7.9/24"),))) == [
+        "cni0 does not hold the gateway 198.19.7.1/24"]
+
+
+def test_several_failed_checks_are_all_said() -> None:
+    problems = failed(errors=("OVSDB: cannot connect",), vxlan=None,
+                      leases=(lease(public_ip=PEER),))  # fmt: skip
+    assert len(problems) == 3 and problems[0] == "OVSDB: cannot connect"
+
+
+def test_without_etcd_the_rest_cannot_be_judged_but_is_not_invented() -> None:
+    assert failed(config=None, leases=(), errors=("etcd: unreachable",)) == ["etcd: unreachable"]
+
+
+def test_pods_come_from_the_fdb_and_the_neighbour_table() -> None:
+    a, b = PODS
+    fdb = [FdbEntry(a.mac.upper(), a.port), FdbEntry(b.mac, b.port)]
+    neighbours = [Neighbour(a.ip, a.mac), Neighbour(b.ip, b.mac),
+                  Neighbour(IPv4Address("198.18.0.1"), b.mac)]  # outside the subnet: not its IP
+    pods, problems = pods_on_bridge([b.port, a.port], fdb, neighbours, SUBNET)
+    assert (pods, problems) == (list(PODS), [])
+
+
+def test_ports_that_cannot_be_told_are_problems() -> None:
+    a, b = PODS
+    silent = pods_on_bridge([a.port, "veth9"], [FdbEntry(a.mac, a.port)],
+                            [Neighbour(a.ip, a.mac)], SUBNET)  # fmt: skip
+    assert silent[0] == [a] and silent[1] == [
+        "veth9: the bridge learned no MAC behind it (a silent pod: make it send, e.g. ping it "
+        "from the node, and run again)"]
+    two = pods_on_bridge([a.port], [FdbEntry(a.mac, a.port), FdbEntry(b.mac, a.port)],
+                         [Neighbour(a.ip, a.mac)], SUBNET)  # fmt: skip
+    assert two == ([], [f"veth1: the bridge learned 2 MACs behind it ({b.mac}, {a.mac}): "
+                        "not one pod's port"])  # fmt: skip
+    no_ip = pods_on_bridge([a.port], [FdbEntry(a.mac, a.port)], [], SUBNET)
+    assert no_ip == ([], [f"veth1 ({a.mac}): no neighbour entry on the bridge gives its IP in "
+                          f"{SUBNET} (ping it from the node, and run again)"])  # fmt: skip
+    same_ip = pods_on_bridge([a.port, b.port], [FdbEntry(a.mac, a.port), FdbEntry(b.mac, b.port)],
+                             [Neighbour(a.ip, a.mac), Neighbour(a.ip, b.mac)], SUBNET)  # fmt: skip
+    assert same_ip[1] == [f"{a.ip} is on two ports: veth1 and veth2"]
+    assert failed(fdb=()) == [
+        f"{p.port}: the bridge learned no MAC behind it (a silent pod: make it send, e.g. ping "
+        "it from the node, and run again)" for p in PODS]
