@@ -180,9 +180,10 @@ def machine(number: int, node: Node, tmp: Path, files: Sequence[Path]) -> Iterat
         d.mkdir(parents=True)
     for f in files:
         (shutil.copytree if f.is_dir() else shutil.copy2)(f, home / f.name)
-    (shim / "systemctl").write_text(f"#!/bin/sh\nexec {sys.executable} "
-                                    f"{ROOT / 'tests' / 'unitstarter.py'} \"$@\"\n")  # fmt: skip
-    (shim / "systemctl").chmod(0o755)
+    starter = f"{sys.executable} {ROOT / 'tests' / 'unitstarter.py'}"
+    for name, verb in (("systemctl", ""), ("journalctl", " journalctl")):
+        (shim / name).write_text(f'#!/bin/sh\nexec {starter}{verb} "$@"\n')
+        (shim / name).chmod(0o755)
     script = MOUNTS.format(scratch=scratch, ovs=ovs, site=sysconfig.get_path("purelib"),
                            suite_site=SUITE_SITE)  # fmt: skip
     holder = subprocess.Popen(["ip", "netns", "exec", node.netns, "unshare", "--mount",
@@ -388,8 +389,9 @@ def test_the_guide_as_written_on_three_machines(underlay: Underlay, tmp_path: Pa
         check_hardening(m1, "vxflow-controller", [])
         check_hardening(m1, "vxflow-agent", ["/run/flannel", "/run/vxflow", "/var/lib/cni",
                                              "/run/openvswitch"])  # fmt: skip
+        journal = inline("journalctl -u vxflow-agent")  # "its first line names the version"
         for m in machines:
-            first = m.log("vxflow-agent").splitlines()[0]
+            first = run(m, [journal]).stdout.splitlines()[0]
             assert f"vxflow {VERSION} agent starting" in first, first
 
         # 5. the CNI plugin on every node; a container runtime adds a pod on node1 and node2

@@ -169,6 +169,7 @@ def test_a_daemon_ending_before_ready_fails_the_start_at_once_and_status_says_wh
     assert "(Result: exit-code)" in status.stdout
     assert "ExecStart (code=exited, status=1)" in status.stdout  # this run's or the next's
     assert "no settings: giving up" in status.stdout  # the end of the unit's journal
+    assert "no settings: giving up" in box.systemctl("journalctl", "-u", "broken").stdout
     wait_until("Restart= started it again", lambda: len(box.starts()) >= 2, 30)
     assert box.systemctl("stop", "broken").returncode == 0
 

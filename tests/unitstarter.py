@@ -32,7 +32,9 @@ tests/README.md for what it covers and what it does not):
   the main process's process group, SIGKILL after TimeoutStopSec=; `status`
   shows the result, how the main process last ended, the restarts and the
   last lines of the unit's output;
-- enable/disable: the [Install] WantedBy= symlinks, --now.
+- enable/disable: the [Install] WantedBy= symlinks, --now;
+- `journalctl -u UNIT` (a `journalctl` on the machine's PATH that calls
+  `unitstarter.py journalctl`): the unit's output, without the journal's prefixes.
 
 A supervisor process per started unit (`unitstarter.py supervise UNIT`) plays
 systemd's part for that unit and keeps its state in /run/unitstarter/UNIT.json.
@@ -533,6 +535,18 @@ def status(unit: Unit) -> int:
     return 0 if active == "active" else EXIT_INACTIVE
 
 
+def journalctl(argv: list[str]) -> int:
+    """`journalctl -u UNIT`: what the unit wrote, from its first start on (its lines only,
+    without the journal's time, host and process prefix)."""
+    parser = argparse.ArgumentParser(prog="journalctl")
+    parser.add_argument("-u", "--unit", action="append", required=True)
+    args = parser.parse_args(argv)
+    logs = [STATE / f"{name if '.' in name else name + '.service'}.log" for name in args.unit]
+    text = "".join(log.read_text(errors="replace") for log in logs if log.exists())
+    print(text or "-- No entries --\n", end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="systemctl")
     parser.add_argument("verb", choices=["daemon-reload", "start", "stop", "restart", "enable",
@@ -542,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["protect"]:  # protect UNIT -- COMMAND...: not for argparse
         protect(Unit.load(argv[1]), argv[argv.index("--") + 1 :])
+    if argv[:1] == ["journalctl"]:  # the machine's `journalctl` runs this
+        return journalctl(argv[1:])
     args = parser.parse_intermixed_args(argv)
     if args.verb == "daemon-reload":
         return 0  # every start reads the unit files afresh
