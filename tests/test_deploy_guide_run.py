@@ -67,7 +67,7 @@ from tests.test_e2e_controllers import wait_until
 from tests.test_package import BUILD, build_wheel
 from tests.test_systemd_units import UNITS, bounding_set, capabilities
 
-# One of the suite's longest tests (2.5-3.5 min alone, up to 6 min on a loaded machine): handed
+# One of the suite's longest tests (1.5-3 min alone, about 4 min beside another e2e module): handed
 # out among the first (conftest.group_module_fixtures puts grouped tests first) so that it never
 # runs on alone at the end of a parallel run, with a time limit of its own.
 pytestmark = [
