@@ -72,6 +72,7 @@ from flows.flow import (
     Action,
     Flow,
     Masked,
+    Match,
     Owner,
     Table,
     Value,
@@ -252,28 +253,61 @@ def _by_ports(group: tuple[tuple[tuple[PolicyPort, int], ...], list]) -> tuple:
     return tuple((p.protocol, str(p.port), n) for p, n in group[0])
 
 
-Conj = tuple[list[Pod], list[Value] | None, list[dict[str, Value]] | None]
+ClauseKey = tuple[int, str]  # a clause flow's table and its match's repr (hashed once)
+Entry = tuple[ClauseKey, Match]
+
+
+def _entries(table: Table, matches: Iterable[dict[str, Value]]) -> list[Entry]:
+    """Clause matches in canonical form, each with its key."""
+    out = []
+    for m in matches:
+        match = tuple(sorted(m.items()))
+        out.append(((int(table), repr(match)), match))
+    return out
+
+
+@dataclass
+class Peers:
+    """A rule's peers as addresses (None: every address). A rule's resolved peers are the
+    same on every switch, and so is their clause: built once per families and shared."""
+
+    values: list[Value] | None
+    clauses: dict[tuple[Family, ...], list[Entry]] = field(default_factory=dict)
+
+    def clause(self, stage: Stage, families: list[Family]) -> list[Entry]:
+        """The clause of these peers for pods of `families` (values of other families drop)."""
+        key = tuple(families)
+        found = self.clauses.get(key)
+        if found is None:
+            assert self.values is not None
+            found = self.clauses[key] = _entries(stage.table, (
+                {"eth_type": fam.eth_type, stage.fields(fam)[1]: v}
+                for v in self.values if (fam := family(v)) in families))  # fmt: skip
+        return found
+
+
+Conj = tuple[list[Pod], Peers, list[dict[str, Value]] | None]
 
 
 class _Compiler:
     def __init__(self, policies: Sequence[NetworkPolicy], namespaces: Iterable[Namespace],
-                 pods: Sequence[Pod], peers: dict[RuleRef, list[Value] | None]) -> None:  # fmt: skip
+                 pods: Sequence[Pod], peers: dict[RuleRef, Peers]) -> None:  # fmt: skip
         self.evaluator = Evaluator(policies, namespaces)
         self.pods = pods
         self.peer_cache = peers
         self.table = PolicyTable()
-        self.clauses: dict[tuple[int, tuple], list[Action]] = defaultdict(list)
+        self.clauses: dict[ClauseKey, tuple[Match, list[Action]]] = {}
         self.direct: dict[tuple[int, tuple], Flow] = {}
         self.members: dict[str, dict[IPv4Address, set[IPv4Address]]] = {}  # by direction
         # (direction, group) -> the families of its pods' addresses
         self.group_families: dict[tuple[str, IPv4Address], list[Family]] = {}
 
-    def peers(self, ref: RuleRef, rule: Rule, namespace: str) -> list[Value] | None:
-        """The addresses a rule's peers stand for; None: every address. The same on every
-        switch: looked up in the cache the caller shares between them."""
-        if ref in self.peer_cache:
-            return self.peer_cache[ref]
-        self.peer_cache[ref] = found = self._peers(rule, namespace)
+    def peers(self, ref: RuleRef, rule: Rule, namespace: str) -> Peers:
+        """The addresses a rule's peers stand for. The same on every switch: looked up in
+        the cache the caller shares between them."""
+        found = self.peer_cache.get(ref)
+        if found is None:
+            found = self.peer_cache[ref] = Peers(self._peers(rule, namespace))
         return found
 
     def _peers(self, rule: Rule, namespace: str) -> list[Value] | None:
@@ -314,7 +348,7 @@ class _Compiler:
             if not rule.peers or any(self.evaluator.peer_matches(peer, policy.namespace, target)
                                      for peer in rule.peers):  # fmt: skip
                 targets[_resolve(named, target)] += [ip for _, ip in _addresses(target)]
-        out += [(selected, ips, [m for p, n in key for m in _port_matches(p, n)])
+        out += [(selected, Peers(ips), [m for p, n in key for m in _port_matches(p, n)])
                 for key, ips in sorted(targets.items(), key=_by_ports) if key]  # fmt: skip
         return out
 
@@ -342,13 +376,12 @@ class _Compiler:
         pods = self.pods_clause(stage, selected)
         families = _families(selected)
         clauses = [pods]
-        if peers is not None:
-            clauses.append([{"eth_type": fam.eth_type, stage.fields(fam)[1]: v}
-                            for v in peers if (fam := family(v)) in families])  # fmt: skip
+        if peers.values is not None:
+            clauses.append(peers.clause(stage, families))
         if ports is not None:  # (a port listed twice, or named and numbered alike: once)
             unique = {tuple(sorted(m.items())): m for m in ports}
-            clauses.append([{"eth_type": fam.eth_type, **m} for fam in families
-                            for m in unique.values()])  # fmt: skip
+            clauses.append(_entries(stage.table, ({"eth_type": fam.eth_type, **m}
+                                                  for fam in families for m in unique.values())))
         if any(not c for c in clauses):
             return  # a peer or port that resolves to nothing: the rule allows nothing here
         conj_id = self._conj_id(ref, group)
@@ -359,10 +392,14 @@ class _Compiler:
                 f = flow(stage.table, PRIO_RULE_DIRECT, m, stage.passing(True), cookie)
                 self.direct.setdefault((f.table, f.match), f)
             return
+        clauses[0] = _entries(stage.table, pods)
         for k, clause in enumerate(clauses, 1):
-            for m in clause:
-                key = (int(stage.table), tuple(sorted(m.items())))
-                self.clauses[key].append(conjunction(conj_id, k, len(clauses)))
+            action = conjunction(conj_id, k, len(clauses))
+            for key, match in clause:
+                held = self.clauses.get(key)
+                if held is None:
+                    held = self.clauses[key] = (match, [])
+                held[1].append(action)
         self.table.flows += [
             flow(stage.table, PRIO_RULE_ID, {"eth_type": fam.eth_type, "conj_id": conj_id},
                  stage.passing(True), cookie)  # (ct needs an IP match)
@@ -418,9 +455,14 @@ class _Compiler:
                 )
             self._rules(stage, isolated, isolating)
         flows += self.direct.values()
-        flows += [Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE)
-                  for (table, match), actions in self.clauses.items()]  # fmt: skip
-        generation = zlib.crc32("\n".join(sorted(map(repr, flows))).encode())
+        # the digest, of every flow so far: the others' reprs, and each clause flow (all of
+        # the same priority and cookie) as its table, match and actions (its match's repr
+        # already made for its key, in part once for every switch)
+        lines = [*map(repr, flows)]
+        for (table, text), (match, actions) in self.clauses.items():
+            lines.append(f"{table} {text} {actions}")
+            flows.append(Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE))
+        generation = zlib.crc32("\n".join(sorted(lines)).encode())
         flows += [flow(stage.hook_table, stage.hook_priority, match,
                        [set_field(GENERATION, generation), set_field(ISOLATION, int(key)),
                         ct(POLICY_ZONE, stage.table)],
@@ -471,7 +513,7 @@ def policy_table(
     local: Iterable[Endpoint],
     subnet: IPv4Network,
     ipv6_subnet: IPv6Network | None = None,
-    peers: dict[RuleRef, list[Value] | None] | None = None,
+    peers: dict[RuleRef, Peers] | None = None,
     host: Sequence[IPv4Address | IPv6Address | None] = (),
 ) -> PolicyTable:
     """The policy flows of the switch of `subnet` (and `ipv6_subnet`, dual stack) whose
@@ -491,7 +533,7 @@ def stage_table(
     local: Iterable[Endpoint],
     subnet: IPv4Network,
     ipv6_subnet: IPv6Network | None = None,
-    peers: dict[RuleRef, list[Value] | None] | None = None,
+    peers: dict[RuleRef, Peers] | None = None,
     host: Sequence[IPv4Address | IPv6Address | None] = (),
 ) -> PolicyTable:
     """`policy_table` from the cluster's pods as parties of policy (`endpoint_pod`), for a
