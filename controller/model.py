@@ -305,9 +305,10 @@ class ClusterModel:
                     if self._pod_list is None:
                         self._pod_list = [v[0] for pods in self._pods.values()
                                           for v in pods.values()]  # fmt: skip
+                    local = [v[0] for v in self._pods.get(own.subnet, {}).values()]
                     table = stage_table(selecting, self.namespaces.values(), self._pod_list,
-                                        self.endpoints_of(own), own.subnet, own.ipv6_subnet,
-                                        self._peers, (own.public_ip, own.public_ipv6))  # fmt: skip
+                                        local, own.subnet, own.ipv6_subnet, self._peers,
+                                        (own.public_ip, own.public_ipv6))  # fmt: skip
             self._policy_tables[node] = table
         return table
 

@@ -62,6 +62,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flows.family import V4, Family, family
@@ -417,11 +418,15 @@ class _Compiler:
     def compile(self, local: Sequence[Pod], subnet: IPv4Network,
                 subnet6: IPv6Network | None = None,
                 host: Sequence[IPv4Address | IPv6Address] = ()) -> PolicyTable:  # fmt: skip
-        ev = self.evaluator
-        isolating = {  # (direction, pod IP) -> namespace/name of the policies isolating it
-            (stage.direction, p.ip): {x.key_name for x in ev.selecting(p, stage.direction)}
-            for stage in STAGES for p in local
-        }  # fmt: skip
+        # (direction, pod IP) -> namespace/name of the policies isolating it; and (direction,
+        # policy) -> the pods it isolates, in `local`'s order
+        isolating: dict[tuple[str, IPv4Address], set[str]] = {}
+        chosen: dict[tuple[str, str], list[Pod]] = defaultdict(list)
+        for p in local:
+            for direction, policies in self.evaluator.isolating(p).items():
+                names = isolating[direction, p.ip] = {x.key_name for x in policies}
+                for name in names:
+                    chosen[direction, name].append(p)
         guarded = [p for p in local if any(isolating[s.direction, p.ip] for s in STAGES)]
         if not guarded:
             return self.table
@@ -429,7 +434,7 @@ class _Compiler:
         hooks: list[tuple[Stage, dict, IPv4Address]] = []
         for stage in STAGES:
             flows += [f for net in (subnet, subnet6) if net
-                      for f in _stage_plumbing(stage, net, host)]  # fmt: skip
+                      for f in _stage_plumbing(stage, net, tuple(host))]  # fmt: skip
             isolated = [p for p in guarded if isolating[stage.direction, p.ip]]
             alike: dict[frozenset[str], list[Pod]] = defaultdict(list)
             for p in isolated:
@@ -453,12 +458,12 @@ class _Compiler:
                     f"{p.namespace}/{p.name}",
                     tuple(sorted(isolating[stage.direction, p.ip])),
                 )
-            self._rules(stage, isolated, isolating)
+            self._rules(stage, chosen)
         flows += self.direct.values()
         # the digest, of every flow so far: the others' reprs, and each clause flow (all of
         # the same priority and cookie) as its table, match and actions (its match's repr
         # already made for its key, in part once for every switch)
-        lines = [*map(repr, flows)]
+        lines = [*map(_text, flows)]
         for (table, text), (match, actions) in self.clauses.items():
             lines.append(f"{table} {text} {actions}")
             flows.append(Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE))
@@ -469,9 +474,9 @@ class _Compiler:
                        POLICY_COOKIE) for stage, match, key in hooks]  # fmt: skip
         return self.table
 
-    def _rules(self, stage: Stage, isolated: list[Pod], isolating: dict) -> None:
+    def _rules(self, stage: Stage, chosen: dict[tuple[str, str], list[Pod]]) -> None:
         for policy in self.evaluator.policies:
-            selected = [p for p in isolated if policy.key_name in isolating[stage.direction, p.ip]]
+            selected = chosen.get((stage.direction, policy.key_name))
             if not selected:
                 continue
             rules = policy.ingress if stage is INGRESS_STAGE else policy.egress
@@ -481,8 +486,17 @@ class _Compiler:
                     self.add_rule(stage, ref, group, conj)
 
 
+@lru_cache(maxsize=1 << 14)
+def _text(f: Flow) -> str:
+    """A flow's repr, for the digest: the flows besides the clauses (plumbing, drops, rule
+    ids) mostly come back unchanged compile after compile, and hashing one costs a tenth of
+    its repr."""
+    return repr(f)
+
+
+@lru_cache(maxsize=1 << 10)
 def _stage_plumbing(stage: Stage, subnet: IPv4Network | IPv6Network,
-                    host: Sequence[IPv4Address | IPv6Address]) -> list[Flow]:  # fmt: skip
+                    host: tuple[IPv4Address | IPv6Address, ...]) -> tuple[Flow, ...]:  # fmt: skip
     """What a stage holds whatever its pods, for `subnet`'s family: the commit hook of the
     node's subnet, state bypass, the node's own traffic (from its gateway address and the
     `host` addresses of the family, through the gateway port: not what its host forwards,
@@ -503,7 +517,7 @@ def _stage_plumbing(stage: Stage, subnet: IPv4Network | IPv6Network,
                        stage.passing(True), POLICY_COOKIE) for a in own]  # fmt: skip
     if fam is V4:
         flows.append(flow(stage.table, PRIO_MISS, {}, (), POLICY_COOKIE))
-    return flows
+    return tuple(flows)
 
 
 def policy_table(
@@ -522,27 +536,28 @@ def policy_table(
     rule's resolved peers, shared by the callers that compile every switch from the same
     inputs. `host`: the node's addresses besides its gateway addresses (its PublicIP and
     PublicIPv6; None: not there), whose traffic into its pods passes as the node's own."""
-    pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None] if policies else []
-    return stage_table(policies, namespaces, pods, local, subnet, ipv6_subnet, peers, host)
+    if not policies:
+        return PolicyTable()
+    pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None]
+    own = [p for e in local if (p := endpoint_pod(e)) is not None]
+    return stage_table(policies, namespaces, pods, own, subnet, ipv6_subnet, peers, host)
 
 
 def stage_table(
     policies: Sequence[NetworkPolicy],
     namespaces: Iterable[Namespace],
     pods: Sequence[Pod],
-    local: Iterable[Endpoint],
+    local: Sequence[Pod],
     subnet: IPv4Network,
     ipv6_subnet: IPv6Network | None = None,
     peers: dict[RuleRef, Peers] | None = None,
     host: Sequence[IPv4Address | IPv6Address | None] = (),
 ) -> PolicyTable:
-    """`policy_table` from the cluster's pods as parties of policy (`endpoint_pod`), for a
-    caller that keeps them between compiles. `policies` may leave out any that selects
-    none of `local`: they add nothing to the stage."""
+    """`policy_table` from the pods (the cluster's, `local` the node's) as parties of policy
+    (`endpoint_pod`), for a caller that keeps them between compiles. `policies` may leave
+    out any that selects none of `local`: they add nothing to the stage."""
     if not policies:
         return PolicyTable()
-    local = list(local)
-    own = [p for e in local if (p := endpoint_pod(e)) is not None]
     return _Compiler(policies, namespaces, pods, {} if peers is None else peers).compile(
-        own, subnet, ipv6_subnet, [a for a in host if a is not None])
+        local, subnet, ipv6_subnet, [a for a in host if a is not None])
 
