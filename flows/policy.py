@@ -59,7 +59,7 @@ is subtracted from its cidr (the rest as disjoint networks).
 from __future__ import annotations
 
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -299,7 +299,7 @@ class _Compiler:
         self.table = PolicyTable()
         self.clauses: dict[ClauseKey, tuple[Match, list[Action]]] = {}
         self.direct: dict[tuple[int, tuple], Flow] = {}
-        self.members: dict[str, dict[IPv4Address, set[IPv4Address]]] = {}  # by direction
+        self.members: dict[str, Counter[IPv4Address]] = {}  # by direction: each group's size
         # (direction, group) -> the families of its pods' addresses
         self.group_families: dict[tuple[str, IPv4Address], list[Family]] = {}
 
@@ -356,21 +356,20 @@ class _Compiler:
     def pods_clause(self, stage: Stage, selected: list[Pod]) -> list[dict[str, Value]]:
         """The matches of `selected`: each isolation group they hold whole by its register
         (once per family its pods have), any other pod by its addresses."""
-        chosen = {p.ip: p for p in selected}
-        members = self.members.get(stage.direction)
+        direction, groups = stage.direction, self.table.groups
+        members = self.members.get(direction)
         if members is None:  # (asked once the stage's groups are all known)
-            members = self.members[stage.direction] = defaultdict(set)
-            for (direction, ip), key in self.table.groups.items():
-                if direction == stage.direction:
-                    members[key].add(ip)
-        whole = sorted(key for key, ips in members.items() if ips <= chosen.keys())
-        for key in whole:
-            for ip in members[key]:
-                del chosen[ip]
+            members = self.members[direction] = Counter(
+                key for (d, _), key in groups.items() if d == direction)
+        keyed = [(groups[direction, p.ip], p) for p in selected]
+        count = Counter(key for key, _ in keyed)
+        whole = sorted(key for key, n in count.items() if n == members[key])
+        held = set(whole)
+        rest = sorted((p for key, p in keyed if key not in held), key=lambda p: p.ip)
         return ([{"eth_type": fam.eth_type, ISOLATION: int(key)}
                  for key in whole for fam in self.group_families[stage.direction, key]]
                 + [{"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
-                   for _, p in sorted(chosen.items()) for fam, ip in _addresses(p)])  # fmt: skip
+                   for p in rest for fam, ip in _addresses(p)])  # fmt: skip
 
     def add_rule(self, stage: Stage, ref: RuleRef, group: int, conj: Conj) -> None:
         selected, peers, ports = conj
