@@ -297,7 +297,8 @@ class _Compiler:
         self.pods = pods
         self.peer_cache = peers
         self.table = PolicyTable()
-        self.clauses: dict[ClauseKey, tuple[Match, list[Action]]] = {}
+        # a clause flow's match, actions and their text for the digest, by its key
+        self.clauses: dict[ClauseKey, tuple[Match, list[Action], list[str]]] = {}
         self.direct: dict[tuple[int, tuple], Flow] = {}
         self.members: dict[str, Counter[IPv4Address]] = {}  # by direction: each group's size
         # (direction, group) -> the families of its pods' addresses
@@ -362,7 +363,9 @@ class _Compiler:
             members = self.members[direction] = Counter(
                 key for (d, _), key in groups.items() if d == direction)
         keyed = [(groups[direction, p.ip], p) for p in selected]
-        count = Counter(key for key, _ in keyed)
+        count: dict[IPv4Address, int] = {}  # (a Counter costs more for a few pods)
+        for key, _ in keyed:
+            count[key] = count.get(key, 0) + 1
         whole = sorted(key for key, n in count.items() if n == members[key])
         held = set(whole)
         rest = sorted((p for key, p in keyed if key not in held), key=lambda p: p.ip)
@@ -395,11 +398,13 @@ class _Compiler:
         clauses[0] = _entries(stage.table, pods)
         for k, clause in enumerate(clauses, 1):
             action = conjunction(conj_id, k, len(clauses))
+            text = f"{conj_id},{k},{len(clauses)}"  # (the action in the digest)
             for key, match in clause:
                 held = self.clauses.get(key)
                 if held is None:
-                    held = self.clauses[key] = (match, [])
+                    held = self.clauses[key] = (match, [], [])
                 held[1].append(action)
+                held[2].append(text)
         self.table.flows += [
             flow(stage.table, PRIO_RULE_ID, {"eth_type": fam.eth_type, "conj_id": conj_id},
                  stage.passing(True), cookie)  # (ct needs an IP match)
@@ -460,11 +465,11 @@ class _Compiler:
             self._rules(stage, chosen)
         flows += self.direct.values()
         # the digest, of every flow so far: the others' reprs, and each clause flow (all of
-        # the same priority and cookie) as its table, match and actions (its match's repr
+        # the same priority and cookie) as its table, match and conjunctions (its match's repr
         # already made for its key, in part once for every switch)
         lines = [*map(_text, flows)]
-        for (table, text), (match, actions) in self.clauses.items():
-            lines.append(f"{table} {text} {actions}")
+        for (table, text), (match, actions, texts) in self.clauses.items():
+            lines.append(f"{table} {text} " + ";".join(texts))
             flows.append(Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE))
         generation = zlib.crc32("\n".join(sorted(lines)).encode())
         flows += [flow(stage.hook_table, stage.hook_priority, match,
