@@ -254,8 +254,7 @@ def _by_ports(group: tuple[tuple[tuple[PolicyPort, int], ...], list]) -> tuple:
     return tuple((p.protocol, str(p.port), n) for p, n in group[0])
 
 
-ClauseKey = tuple[int, str]  # a clause flow's table and its match's repr (hashed once)
-Entry = tuple[ClauseKey, Match]
+Entry = tuple[str, Match]  # a clause flow's key (its table and match as text: hashed once)
 
 
 def _entries(table: Table, matches: Iterable[dict[str, Value]]) -> list[Entry]:
@@ -263,7 +262,7 @@ def _entries(table: Table, matches: Iterable[dict[str, Value]]) -> list[Entry]:
     out = []
     for m in matches:
         match = tuple(sorted(m.items()))
-        out.append(((int(table), repr(match)), match))
+        out.append((f"{int(table)} {match!r}", match))
     return out
 
 
@@ -297,8 +296,8 @@ class _Compiler:
         self.pods = pods
         self.peer_cache = peers
         self.table = PolicyTable()
-        # a clause flow's match, actions and their text for the digest, by its key
-        self.clauses: dict[ClauseKey, tuple[Match, list[Action], list[str]]] = {}
+        # a clause flow's table, match, actions and their text for the digest, by its key
+        self.clauses: dict[str, tuple[int, Match, list[Action], list[str]]] = {}
         self.direct: dict[tuple[int, tuple], Flow] = {}
         self.members: dict[str, Counter[IPv4Address]] = {}  # by direction: each group's size
         # (direction, group) -> the families of its pods' addresses
@@ -402,9 +401,9 @@ class _Compiler:
             for key, match in clause:
                 held = self.clauses.get(key)
                 if held is None:
-                    held = self.clauses[key] = (match, [], [])
-                held[1].append(action)
-                held[2].append(text)
+                    held = self.clauses[key] = (int(stage.table), match, [], [])
+                held[2].append(action)
+                held[3].append(text)
         self.table.flows += [
             flow(stage.table, PRIO_RULE_ID, {"eth_type": fam.eth_type, "conj_id": conj_id},
                  stage.passing(True), cookie)  # (ct needs an IP match)
@@ -468,8 +467,8 @@ class _Compiler:
         # the same priority and cookie) as its table, match and conjunctions (its match's repr
         # already made for its key, in part once for every switch)
         lines = [*map(_text, flows)]
-        for (table, text), (match, actions, texts) in self.clauses.items():
-            lines.append(f"{table} {text} " + ";".join(texts))
+        for key, (table, match, actions, texts) in self.clauses.items():
+            lines.append(f"{key} " + ";".join(texts))
             flows.append(Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE))
         generation = zlib.crc32("\n".join(sorted(lines)).encode())
         flows += [flow(stage.hook_table, stage.hook_priority, match,
