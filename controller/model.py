@@ -51,7 +51,7 @@ from flows.family import family
 from flows.flow import Flow, Owner, Table, owner_of
 from flows.groups import Group, group_cookie
 from flows.ipv6 import dual_stack, endpoint_v6_flows, lease_v6_flows
-from flows.policy import PolicyTable, RuleRef, endpoint_pod, stage_table
+from flows.policy import Peers, PolicyTable, RuleRef, endpoint_pod, stage_table
 from flows.policy_eval import Evaluator, Pod
 from flows.services import (
     NET_COOKIE,
@@ -305,9 +305,10 @@ class ClusterModel:
                     if self._pod_list is None:
                         self._pod_list = [v[0] for pods in self._pods.values()
                                           for v in pods.values()]  # fmt: skip
+                    local = [v[0] for v in self._pods.get(own.subnet, {}).values()]
                     table = stage_table(selecting, self.namespaces.values(), self._pod_list,
-                                        self.endpoints_of(own), own.subnet, own.ipv6_subnet,
-                                        self._peers, (own.public_ip, own.public_ipv6))  # fmt: skip
+                                        local, own.subnet, own.ipv6_subnet, self._peers,
+                                        (own.public_ip, own.public_ipv6))  # fmt: skip
             self._policy_tables[node] = table
         return table
 
@@ -320,7 +321,7 @@ class ClusterModel:
         self._pod_list: list[Pod] | None = None  # the same, flat (cached)
         self._selected: dict[str, dict[IPv4Network, set[IPv4Address]]] = {}  # by policy
         self._selecting: dict[IPv4Network, list[NetworkPolicy]] | None = None  # the same, by node
-        self._peers: dict[RuleRef, list | None] = {}  # each rule's, shared by every switch
+        self._peers: dict[RuleRef, Peers] = {}  # each rule's, shared by every switch
 
     def _policy_index(self) -> None:
         """Build the pods and what each policy selects, if not kept."""

@@ -59,9 +59,10 @@ is subtracted from its cidr (the rest as disjoint networks).
 from __future__ import annotations
 
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flows.family import V4, Family, family
@@ -72,6 +73,7 @@ from flows.flow import (
     Action,
     Flow,
     Masked,
+    Match,
     Owner,
     Table,
     Value,
@@ -252,28 +254,61 @@ def _by_ports(group: tuple[tuple[tuple[PolicyPort, int], ...], list]) -> tuple:
     return tuple((p.protocol, str(p.port), n) for p, n in group[0])
 
 
-Conj = tuple[list[Pod], list[Value] | None, list[dict[str, Value]] | None]
+Entry = tuple[str, Match]  # a clause flow's key (its table and match as text: hashed once)
+
+
+def _entries(table: Table, matches: Iterable[dict[str, Value]]) -> list[Entry]:
+    """Clause matches in canonical form, each with its key."""
+    out = []
+    for m in matches:
+        match = tuple(sorted(m.items()))
+        out.append((f"{int(table)} {match!r}", match))
+    return out
+
+
+@dataclass
+class Peers:
+    """A rule's peers as addresses (None: every address). A rule's resolved peers are the
+    same on every switch, and so is their clause: built once per families and shared."""
+
+    values: list[Value] | None
+    clauses: dict[tuple[Family, ...], list[Entry]] = field(default_factory=dict)
+
+    def clause(self, stage: Stage, families: list[Family]) -> list[Entry]:
+        """The clause of these peers for pods of `families` (values of other families drop)."""
+        key = tuple(families)
+        found = self.clauses.get(key)
+        if found is None:
+            assert self.values is not None
+            found = self.clauses[key] = _entries(stage.table, (
+                {"eth_type": fam.eth_type, stage.fields(fam)[1]: v}
+                for v in self.values if (fam := family(v)) in families))  # fmt: skip
+        return found
+
+
+Conj = tuple[list[Pod], Peers, list[dict[str, Value]] | None]
 
 
 class _Compiler:
     def __init__(self, policies: Sequence[NetworkPolicy], namespaces: Iterable[Namespace],
-                 pods: Sequence[Pod], peers: dict[RuleRef, list[Value] | None]) -> None:  # fmt: skip
+                 pods: Sequence[Pod], peers: dict[RuleRef, Peers]) -> None:  # fmt: skip
         self.evaluator = Evaluator(policies, namespaces)
         self.pods = pods
         self.peer_cache = peers
         self.table = PolicyTable()
-        self.clauses: dict[tuple[int, tuple], list[Action]] = defaultdict(list)
+        # a clause flow's table, match, actions and their text for the digest, by its key
+        self.clauses: dict[str, tuple[int, Match, list[Action], list[str]]] = {}
         self.direct: dict[tuple[int, tuple], Flow] = {}
-        self.members: dict[str, dict[IPv4Address, set[IPv4Address]]] = {}  # by direction
+        self.members: dict[str, Counter[IPv4Address]] = {}  # by direction: each group's size
         # (direction, group) -> the families of its pods' addresses
         self.group_families: dict[tuple[str, IPv4Address], list[Family]] = {}
 
-    def peers(self, ref: RuleRef, rule: Rule, namespace: str) -> list[Value] | None:
-        """The addresses a rule's peers stand for; None: every address. The same on every
-        switch: looked up in the cache the caller shares between them."""
-        if ref in self.peer_cache:
-            return self.peer_cache[ref]
-        self.peer_cache[ref] = found = self._peers(rule, namespace)
+    def peers(self, ref: RuleRef, rule: Rule, namespace: str) -> Peers:
+        """The addresses a rule's peers stand for. The same on every switch: looked up in
+        the cache the caller shares between them."""
+        found = self.peer_cache.get(ref)
+        if found is None:
+            found = self.peer_cache[ref] = Peers(self._peers(rule, namespace))
         return found
 
     def _peers(self, rule: Rule, namespace: str) -> list[Value] | None:
@@ -314,41 +349,41 @@ class _Compiler:
             if not rule.peers or any(self.evaluator.peer_matches(peer, policy.namespace, target)
                                      for peer in rule.peers):  # fmt: skip
                 targets[_resolve(named, target)] += [ip for _, ip in _addresses(target)]
-        out += [(selected, ips, [m for p, n in key for m in _port_matches(p, n)])
+        out += [(selected, Peers(ips), [m for p, n in key for m in _port_matches(p, n)])
                 for key, ips in sorted(targets.items(), key=_by_ports) if key]  # fmt: skip
         return out
 
     def pods_clause(self, stage: Stage, selected: list[Pod]) -> list[dict[str, Value]]:
         """The matches of `selected`: each isolation group they hold whole by its register
         (once per family its pods have), any other pod by its addresses."""
-        chosen = {p.ip: p for p in selected}
-        members = self.members.get(stage.direction)
+        direction, groups = stage.direction, self.table.groups
+        members = self.members.get(direction)
         if members is None:  # (asked once the stage's groups are all known)
-            members = self.members[stage.direction] = defaultdict(set)
-            for (direction, ip), key in self.table.groups.items():
-                if direction == stage.direction:
-                    members[key].add(ip)
-        whole = sorted(key for key, ips in members.items() if ips <= chosen.keys())
-        for key in whole:
-            for ip in members[key]:
-                del chosen[ip]
+            members = self.members[direction] = Counter(
+                key for (d, _), key in groups.items() if d == direction)
+        keyed = [(groups[direction, p.ip], p) for p in selected]
+        count: dict[IPv4Address, int] = {}  # (a Counter costs more for a few pods)
+        for key, _ in keyed:
+            count[key] = count.get(key, 0) + 1
+        whole = sorted(key for key, n in count.items() if n == members[key])
+        held = set(whole)
+        rest = sorted((p for key, p in keyed if key not in held), key=lambda p: p.ip)
         return ([{"eth_type": fam.eth_type, ISOLATION: int(key)}
                  for key in whole for fam in self.group_families[stage.direction, key]]
                 + [{"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
-                   for _, p in sorted(chosen.items()) for fam, ip in _addresses(p)])  # fmt: skip
+                   for p in rest for fam, ip in _addresses(p)])  # fmt: skip
 
     def add_rule(self, stage: Stage, ref: RuleRef, group: int, conj: Conj) -> None:
         selected, peers, ports = conj
         pods = self.pods_clause(stage, selected)
         families = _families(selected)
         clauses = [pods]
-        if peers is not None:
-            clauses.append([{"eth_type": fam.eth_type, stage.fields(fam)[1]: v}
-                            for v in peers if (fam := family(v)) in families])  # fmt: skip
+        if peers.values is not None:
+            clauses.append(peers.clause(stage, families))
         if ports is not None:  # (a port listed twice, or named and numbered alike: once)
             unique = {tuple(sorted(m.items())): m for m in ports}
-            clauses.append([{"eth_type": fam.eth_type, **m} for fam in families
-                            for m in unique.values()])  # fmt: skip
+            clauses.append(_entries(stage.table, ({"eth_type": fam.eth_type, **m}
+                                                  for fam in families for m in unique.values())))
         if any(not c for c in clauses):
             return  # a peer or port that resolves to nothing: the rule allows nothing here
         conj_id = self._conj_id(ref, group)
@@ -359,10 +394,16 @@ class _Compiler:
                 f = flow(stage.table, PRIO_RULE_DIRECT, m, stage.passing(True), cookie)
                 self.direct.setdefault((f.table, f.match), f)
             return
+        clauses[0] = _entries(stage.table, pods)
         for k, clause in enumerate(clauses, 1):
-            for m in clause:
-                key = (int(stage.table), tuple(sorted(m.items())))
-                self.clauses[key].append(conjunction(conj_id, k, len(clauses)))
+            action = conjunction(conj_id, k, len(clauses))
+            text = f"{conj_id},{k},{len(clauses)}"  # (the action in the digest)
+            for key, match in clause:
+                held = self.clauses.get(key)
+                if held is None:
+                    held = self.clauses[key] = (int(stage.table), match, [], [])
+                held[2].append(action)
+                held[3].append(text)
         self.table.flows += [
             flow(stage.table, PRIO_RULE_ID, {"eth_type": fam.eth_type, "conj_id": conj_id},
                  stage.passing(True), cookie)  # (ct needs an IP match)
@@ -380,11 +421,15 @@ class _Compiler:
     def compile(self, local: Sequence[Pod], subnet: IPv4Network,
                 subnet6: IPv6Network | None = None,
                 host: Sequence[IPv4Address | IPv6Address] = ()) -> PolicyTable:  # fmt: skip
-        ev = self.evaluator
-        isolating = {  # (direction, pod IP) -> namespace/name of the policies isolating it
-            (stage.direction, p.ip): {x.key_name for x in ev.selecting(p, stage.direction)}
-            for stage in STAGES for p in local
-        }  # fmt: skip
+        # (direction, pod IP) -> namespace/name of the policies isolating it; and (direction,
+        # policy) -> the pods it isolates, in `local`'s order
+        isolating: dict[tuple[str, IPv4Address], set[str]] = {}
+        chosen: dict[tuple[str, str], list[Pod]] = defaultdict(list)
+        for p in local:
+            for direction, policies in self.evaluator.isolating(p).items():
+                names = isolating[direction, p.ip] = {x.key_name for x in policies}
+                for name in names:
+                    chosen[direction, name].append(p)
         guarded = [p for p in local if any(isolating[s.direction, p.ip] for s in STAGES)]
         if not guarded:
             return self.table
@@ -392,7 +437,7 @@ class _Compiler:
         hooks: list[tuple[Stage, dict, IPv4Address]] = []
         for stage in STAGES:
             flows += [f for net in (subnet, subnet6) if net
-                      for f in _stage_plumbing(stage, net, host)]  # fmt: skip
+                      for f in _stage_plumbing(stage, net, tuple(host))]  # fmt: skip
             isolated = [p for p in guarded if isolating[stage.direction, p.ip]]
             alike: dict[frozenset[str], list[Pod]] = defaultdict(list)
             for p in isolated:
@@ -416,20 +461,25 @@ class _Compiler:
                     f"{p.namespace}/{p.name}",
                     tuple(sorted(isolating[stage.direction, p.ip])),
                 )
-            self._rules(stage, isolated, isolating)
+            self._rules(stage, chosen)
         flows += self.direct.values()
-        flows += [Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE)
-                  for (table, match), actions in self.clauses.items()]  # fmt: skip
-        generation = zlib.crc32("\n".join(sorted(map(repr, flows))).encode())
+        # the digest, of every flow so far: the others' reprs, and each clause flow (all of
+        # the same priority and cookie) as its table, match and conjunctions (its match's repr
+        # already made for its key, in part once for every switch)
+        lines = [*map(_text, flows)]
+        for key, (table, match, actions, texts) in self.clauses.items():
+            lines.append(f"{key} " + ";".join(texts))
+            flows.append(Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE))
+        generation = zlib.crc32("\n".join(sorted(lines)).encode())
         flows += [flow(stage.hook_table, stage.hook_priority, match,
                        [set_field(GENERATION, generation), set_field(ISOLATION, int(key)),
                         ct(POLICY_ZONE, stage.table)],
                        POLICY_COOKIE) for stage, match, key in hooks]  # fmt: skip
         return self.table
 
-    def _rules(self, stage: Stage, isolated: list[Pod], isolating: dict) -> None:
+    def _rules(self, stage: Stage, chosen: dict[tuple[str, str], list[Pod]]) -> None:
         for policy in self.evaluator.policies:
-            selected = [p for p in isolated if policy.key_name in isolating[stage.direction, p.ip]]
+            selected = chosen.get((stage.direction, policy.key_name))
             if not selected:
                 continue
             rules = policy.ingress if stage is INGRESS_STAGE else policy.egress
@@ -439,8 +489,17 @@ class _Compiler:
                     self.add_rule(stage, ref, group, conj)
 
 
+@lru_cache(maxsize=1 << 14)
+def _text(f: Flow) -> str:
+    """A flow's repr, for the digest: the flows besides the clauses (plumbing, drops, rule
+    ids) mostly come back unchanged compile after compile, and hashing one costs a tenth of
+    its repr."""
+    return repr(f)
+
+
+@lru_cache(maxsize=1 << 10)
 def _stage_plumbing(stage: Stage, subnet: IPv4Network | IPv6Network,
-                    host: Sequence[IPv4Address | IPv6Address]) -> list[Flow]:  # fmt: skip
+                    host: tuple[IPv4Address | IPv6Address, ...]) -> tuple[Flow, ...]:  # fmt: skip
     """What a stage holds whatever its pods, for `subnet`'s family: the commit hook of the
     node's subnet, state bypass, the node's own traffic (from its gateway address and the
     `host` addresses of the family, through the gateway port: not what its host forwards,
@@ -461,7 +520,7 @@ def _stage_plumbing(stage: Stage, subnet: IPv4Network | IPv6Network,
                        stage.passing(True), POLICY_COOKIE) for a in own]  # fmt: skip
     if fam is V4:
         flows.append(flow(stage.table, PRIO_MISS, {}, (), POLICY_COOKIE))
-    return flows
+    return tuple(flows)
 
 
 def policy_table(
@@ -471,7 +530,7 @@ def policy_table(
     local: Iterable[Endpoint],
     subnet: IPv4Network,
     ipv6_subnet: IPv6Network | None = None,
-    peers: dict[RuleRef, list[Value] | None] | None = None,
+    peers: dict[RuleRef, Peers] | None = None,
     host: Sequence[IPv4Address | IPv6Address | None] = (),
 ) -> PolicyTable:
     """The policy flows of the switch of `subnet` (and `ipv6_subnet`, dual stack) whose
@@ -480,27 +539,28 @@ def policy_table(
     rule's resolved peers, shared by the callers that compile every switch from the same
     inputs. `host`: the node's addresses besides its gateway addresses (its PublicIP and
     PublicIPv6; None: not there), whose traffic into its pods passes as the node's own."""
-    pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None] if policies else []
-    return stage_table(policies, namespaces, pods, local, subnet, ipv6_subnet, peers, host)
+    if not policies:
+        return PolicyTable()
+    pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None]
+    own = [p for e in local if (p := endpoint_pod(e)) is not None]
+    return stage_table(policies, namespaces, pods, own, subnet, ipv6_subnet, peers, host)
 
 
 def stage_table(
     policies: Sequence[NetworkPolicy],
     namespaces: Iterable[Namespace],
     pods: Sequence[Pod],
-    local: Iterable[Endpoint],
+    local: Sequence[Pod],
     subnet: IPv4Network,
     ipv6_subnet: IPv6Network | None = None,
-    peers: dict[RuleRef, list[Value] | None] | None = None,
+    peers: dict[RuleRef, Peers] | None = None,
     host: Sequence[IPv4Address | IPv6Address | None] = (),
 ) -> PolicyTable:
-    """`policy_table` from the cluster's pods as parties of policy (`endpoint_pod`), for a
-    caller that keeps them between compiles. `policies` may leave out any that selects
-    none of `local`: they add nothing to the stage."""
+    """`policy_table` from the pods (the cluster's, `local` the node's) as parties of policy
+    (`endpoint_pod`), for a caller that keeps them between compiles. `policies` may leave
+    out any that selects none of `local`: they add nothing to the stage."""
     if not policies:
         return PolicyTable()
-    local = list(local)
-    own = [p for e in local if (p := endpoint_pod(e)) is not None]
     return _Compiler(policies, namespaces, pods, {} if peers is None else peers).compile(
-        own, subnet, ipv6_subnet, [a for a in host if a is not None])
+        local, subnet, ipv6_subnet, [a for a in host if a is not None])
 

@@ -110,12 +110,14 @@ class Evaluator:
 
     def selecting(self, pod: Pod, direction: str) -> list[NetworkPolicy]:
         """The policies that isolate `pod` for `direction` (INGRESS or EGRESS)."""
+        return self.isolating(pod)[direction]
+
+    def isolating(self, pod: Pod) -> dict[str, list[NetworkPolicy]]:
+        """The policies that isolate `pod`, by direction: each selector matched once for both."""
         labels = pod.label_map
-        return [
-            p for p in self.policies
-            if p.namespace == pod.namespace and direction in p.policy_types
-            and p.pod_selector.matches(labels)
-        ]  # fmt: skip
+        chosen = [p for p in self.policies
+                  if p.namespace == pod.namespace and p.pod_selector.matches(labels)]  # fmt: skip
+        return {d: [p for p in chosen if d in p.policy_types] for d in (EGRESS, INGRESS)}
 
     def _decide(
         self, subject: Party, direction: str, peer: Party, port: int, protocol: str, dst: Party

@@ -31,6 +31,7 @@ from flows.flow import (
 )
 from flows.policy import (
     EGRESS_STAGE,
+    GENERATION,
     INGRESS_STAGE,
     IP_PROTO,
     ISOLATION,
@@ -305,6 +306,40 @@ def test_dual_stack_flows_judge_each_family_as_the_evaluator_does(seed: int) -> 
         != (oracle.allowed(as6[s], as6[d], port, proto) if six else oracle.allowed(s, d, port, proto))
     ]  # fmt: skip
     assert not wrong, f"{len(wrong)} verdicts differ, e.g. {wrong[:5]}; policies: {policies}"
+
+
+def digested(flows: list[Flow]) -> tuple[frozenset[Flow], int]:
+    """A stage's flows but its hooks, and the digest (GENERATION) its hooks all load."""
+    loads = {a[2] for f in flows for a in f.actions if a[:2] == ("set_field", GENERATION)}
+    (generation,) = loads
+    return frozenset(f for f in flows if not any(a[:2] == ("set_field", GENERATION)
+                                                 for a in f.actions)), generation  # fmt: skip
+
+
+@pytest.mark.parametrize("dual", [False, True], ids=["ipv4", "dual"])
+def test_the_digest_changes_exactly_when_the_stage_does(dual: bool) -> None:
+    """Node 1's stage in 80 random worlds, each also compiled from its inputs shuffled: one
+    stage, one digest, whatever the order; different stages, different digests (a changed
+    stage must resume conntrack's recirculation under a new id)."""
+    digests: dict[frozenset[Flow], set[int]] = defaultdict(set)
+    node1 = IPv4Network("198.19.1.0/24")
+    for seed in range(80):
+        policies, namespaces, pods = random_world(seed, dual)
+        if dual:
+            pods = [replace(p, ipv6=six_of(p.ip)) for p in pods]
+        eps = [endpoint_of(p, 10 + i) for i, p in enumerate(pods)]
+        for order in range(2):
+            if order:
+                random.Random(seed).shuffle(eps)
+                policies = policies[::-1]
+            local = [e for e in eps if e.node_subnet == node1]
+            table = policy_table(policies, namespaces, eps, local, node1,
+                                 subnet6_of(node1) if dual else None)  # fmt: skip
+            if table.flows:
+                stage, generation = digested(table.flows)
+                digests[stage].add(generation)
+    assert all(len(g) == 1 for g in digests.values())
+    assert len({g for gs in digests.values() for g in gs}) == len(digests) > 20
 
 
 def test_no_policy_adds_no_flow_and_a_policy_elsewhere_neither() -> None:
