@@ -11,7 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -53,41 +53,51 @@ class FlannelNode:
     flanneld: subprocess.Popen
     flanneld_cmd: list[str]
     workdir: Path
+    etcd: EtcdServer
 
-    def migrate_for_real(self, *args: str, start_agent: str | None = None,
-                         ) -> subprocess.CompletedProcess:  # fmt: skip
-        """`vxflow migrate` with flanneld's PID and commands that start the agent (`vxflow
-        agent` on this node's OVSDB, no controller) and flanneld again, by PID files."""
+    def real_args(self, start_agent: str | None = None) -> list[str]:
+        """flanneld's PID and commands that start the agent (`vxflow agent` on this node's
+        OVSDB, no controller) and flanneld again, by PID files."""
         agent = [VXFLOW, "agent", "--etcd-endpoints", self.etcd_endpoint, "--public-ip",
                  str(self.node.underlay_ip), "--ovsdb", self.node.ovs.db_target,
                  "--datapath-type", "netdev", "--subnet-file", str(self.subnet_file),
                  "--cni-socket", ""]  # fmt: skip
-        return self.migrate(
+        return [
             "--flanneld-pid", str(self.flanneld.pid),
             "--start-agent", start_agent or background(agent, self.workdir / "agent"),
             "--stop-agent", stop_command(self.workdir / "agent.pid"),
-            "--start-flanneld", background(self.flanneld_cmd, self.workdir / "flanneld"), *args,
-        )  # fmt: skip
+            "--start-flanneld", background(self.flanneld_cmd, self.workdir / "flanneld"),
+        ]  # fmt: skip
+
+    def migrate_for_real(self, *args: str, start_agent: str | None = None,
+                         ) -> subprocess.CompletedProcess:  # fmt: skip
+        """`vxflow migrate` as `real_args` says."""
+        return self.migrate(*self.real_args(start_agent), *args)
 
     def pods_on_cni0(self) -> list[str]:
         return sorted(link["ifname"] for link in json.loads(
             self.node.run("ip", "-j", "link", "show", "master", "cni0")))  # fmt: skip
 
-    def vxflow_migrate(self, *args: str) -> subprocess.CompletedProcess:
-        """`vxflow migrate ARGS` in the node, pointed at its OVSDB and CNI directories."""
-        return subprocess.run(
-            ["ip", "netns", "exec", self.node.netns, VXFLOW, "migrate", *args,
-             "--ovsdb", self.node.ovs.db_target, "--cni-conf-dir", str(self.conf_dir),
-             "--cni-networks-dir", str(self.networks_dir),
-             "--state-file", str(self.workdir / "migrate.json")],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-
-    def migrate(self, *args: str, etcd: str | None = None) -> subprocess.CompletedProcess:
-        """`vxflow migrate ARGS` with flanneld's settings as flags."""
-        return self.vxflow_migrate(*args, "--etcd-endpoints", etcd or self.etcd_endpoint,
+    def migrate_command(self, *args: str, etcd: str | None = None) -> list[str]:
+        """`vxflow migrate ARGS` in the node, pointed at its OVSDB and CNI directories, with
+        flanneld's settings as flags."""
+        return self.vxflow_command(*args, "--etcd-endpoints", etcd or self.etcd_endpoint,
                                    "--public-ip", str(self.node.underlay_ip),
                                    "--subnet-file", str(self.subnet_file))  # fmt: skip
+
+    def vxflow_command(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.node.netns, VXFLOW, "migrate", *args,
+                "--ovsdb", self.node.ovs.db_target, "--cni-conf-dir", str(self.conf_dir),
+                "--cni-networks-dir", str(self.networks_dir),
+                "--state-file", str(self.workdir / "migrate.json")]  # fmt: skip
+
+    def vxflow_migrate(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(self.vxflow_command(*args), capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+
+    def migrate(self, *args: str, etcd: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.migrate_command(*args, etcd=etcd), capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
 
     def state(self) -> tuple:
         """What a migration would change: links, routes, neighbours, the lease, OVSDB, files."""
@@ -101,6 +111,46 @@ class FlannelNode:
                        for p in d.rglob("*") if p.is_file())  # fmt: skip
         return (links, run("ip", "route", "show"), run("ip", "neigh", "show", "dev", "flannel.1"),
                 leases, self.node.ovs.vsctl("list-br"), self.subnet_file.read_text(), files)  # fmt: skip
+
+
+def migrate_with_events(f: FlannelNode, events: dict[str, Callable[[], None]],
+                        ) -> tuple[int, list[str], str]:  # fmt: skip
+    """`vxflow migrate` for real, each event's action done as the migration says a line
+    starting with its key (the step it begins, or the failure it rolls back): the injection
+    happens at that step boundary. Its exit status, stdout lines and stderr."""
+    proc = subprocess.Popen(f.migrate_command(*f.real_args()), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            for start, action in events.items():
+                if line.startswith(start):
+                    action()
+        return proc.wait(timeout=60), lines, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def assert_flannel_again(f: FlannelNode) -> None:
+    """flanneld (started again) holds the lease and programs flannel.1, the pods are on cni0
+    and reach their gateway, no br-int, no agent, no endpoint."""
+    flanneld = int((f.workdir / "flanneld.pid").read_text())
+    assert not ended(flanneld)
+    wait_until("flanneld routed nothing through flannel.1 again",
+               lambda: f.node.run("ip", "route", "show", "dev", "flannel.1").strip(), 30)  # fmt: skip
+    agent = f.workdir / "agent.pid"
+    assert not agent.exists() or ended(int(agent.read_text()))
+    assert f.pods_on_cni0() == ["veth1", "veth2"]
+    assert f.node.ovs.vsctl("list-br").split() == []
+    with Registry(f.etcd_endpoint) as registry:
+        assert registry.list_endpoints(f.lease.subnet) == []
+        held = [le for le in registry.list_leases() if le.subnet == f.lease.subnet]
+    assert [(le.key_name, le.public_ip) for le in held] == [(f.lease.key_name, f.node.underlay_ip)]
+    for pod in f.pods:
+        pod.run("ping", "-c", "1", "-W", "2", str(f.lease.gateway))
 
 
 def add_cni0_pod(underlay: Underlay, node: Node, n: int, ip: IPv4Interface) -> Pod:
@@ -163,7 +213,7 @@ def flannel_node(underlay: Underlay, tmp_path: Path) -> Iterator[FlannelNode]:
             with Registry(endpoint) as registry:
                 lease = next(le for le in registry.list_leases() if le.subnet == subnet)
             running = FlannelNode(node, endpoint, subnet_file, lease, pods, conf_dir,
-                                  networks_dir, flanneld, flanneld_cmd, tmp_path)  # fmt: skip
+                                  networks_dir, flanneld, flanneld_cmd, tmp_path, etcd)  # fmt: skip
             yield running
         finally:
             stop_process(flanneld, signal.SIGTERM)
@@ -308,21 +358,37 @@ def test_a_late_failure_undoes_every_step_and_the_node_is_flannel_again(
     assert lines[10:] == ["undo 9. carry the allocations over", "undo 8. remove cni0",
                           "undo 6. move veth2", "undo 5. move veth1", "undo 3. start the agent",
                           "undo 1. fence flanneld"]  # fmt: skip
-    # flannel again: flanneld (started again) with flannel.1, the pods on cni0 with its MAC
-    # and gateway, no br-int, no agent, no endpoint, the conflist as it was
-    assert not ended(int((f.workdir / "flanneld.pid").read_text()))
-    assert ended(int((f.workdir / "agent.pid").read_text()))
-    assert "flannel.1" in f.node.run("ip", "-o", "link", "show")
-    assert f.pods_on_cni0() == ["veth1", "veth2"]
+    # flannel again, cni0 with its MAC and gateway, the veths' sysctls, the conflist as it was
+    assert_flannel_again(f)
     again = json.loads(f.node.run("ip", "-j", "addr", "show", "cni0"))[0]
     assert (again["address"], again["addr_info"][0]["local"]) == (
         cni0["address"], cni0["addr_info"][0]["local"])
-    assert f.node.ovs.vsctl("list-br").split() == []
     assert f.node.run("sysctl", "-n", "net.ipv4.conf.veth1.arp_ignore").strip() == "0"
-    with Registry(f.etcd_endpoint) as registry:
-        assert registry.list_endpoints(f.lease.subnet) == []
-        held = [le for le in registry.list_leases() if le.subnet == f.lease.subnet]
-    assert [le.public_ip for le in held] == [f.node.underlay_ip]
     assert (f.conf_dir / "10-flannel.conflist").read_text() == conflist
-    for pod in f.pods:  # the pods reach their gateway through cni0 again
-        pod.run("ping", "-c", "1", "-W", "2", str(f.lease.gateway))
+
+
+@pytest.mark.integration
+def test_etcd_unreachable_during_the_lease_takeover_leaves_the_node_flannel(
+    flannel_node: FlannelNode,
+) -> None:
+    """flanneld frozen holds step 1 (the fence waits for it to end) while the test freezes
+    etcd; flanneld let go, step 2 finds etcd unreachable. etcd answers again once the
+    migration rolls back, so flanneld, started again, takes its lease back."""
+    f = flannel_node
+    f.flanneld.send_signal(signal.SIGSTOP)
+
+    def etcd_away() -> None:
+        f.etcd.pause()
+        f.flanneld.send_signal(signal.SIGCONT)  # the fence's SIGTERM ends it now
+
+    code, lines, stderr = migrate_with_events(
+        f, {"1. fence flanneld": etcd_away, "step 2 ": f.etcd.resume})
+    assert code == 1, "\n".join(lines) + stderr
+    assert [line.split(":")[0] for line in lines] == [
+        "1. fence flanneld", "2. take the lease over", "step 2 (take the lease over) failed",
+        "undo 1. fence flanneld"]  # fmt: skip
+    assert stderr.splitlines()[-1].startswith("Error: step 2 (take the lease over) failed: ")
+    assert stderr.splitlines()[-1].endswith("; rolled back")
+    assert "Traceback" not in stderr
+    assert f.flanneld.wait(timeout=10) is not None
+    assert_flannel_again(f)
