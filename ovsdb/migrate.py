@@ -16,7 +16,9 @@ has three parts:
 - `Migration` (I/O): carries the steps out in order, one line each. A step that fails
   is named with its reason, then it and every step before it are undone in reverse,
   one line each: the node is a flannel node again (flanneld, started again, takes its
-  lease and flannel.<VNI> back). A finished migration writes its `Record` (cni0 as it
+  lease and flannel.<VNI> back). With OVSDB gone midway the kernel side is undone all
+  the same (the veths back on cni0, the gateway port's address removed) and what is
+  left in OVSDB is one line each. A finished migration writes its `Record` (cni0 as it
   was, the pods, their sysctls, the CNI config) to the state file.
 - `Undo.roll_back()` (`--rollback`): a finished migration undone from that record, in
   the order that keeps the pods' gap short: flanneld first, cni0 with its MAC, the agent
@@ -68,7 +70,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cni.veth import INERT, make_inert
-from flows.ports import vtep_mac_for
+from flows.ports import GATEWAY_PORT, vtep_mac_for
 from leases.config import ConfigError
 from leases.errors import RegistryError
 from leases.model import LEASE_TTL_SECONDS, Lease, NetworkConfig
@@ -644,8 +646,20 @@ class Undo:
         (flannel.<VNI> gets it from now on) and the gateway port. After the pods are back
         on cni0: a packet for a pod that reached the kernel first would leave an ARP
         request unanswered, and the next comes 1 s later."""
-        run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", "--if-exists",
-            "del-br", self.run.bridge)  # fmt: skip
+        if not self._vsctl(self.run.bridge, "--if-exists", "del-br", self.run.bridge):
+            # the gateway port stays in ovs-vswitchd: cni0 alone holds the gateway now
+            ip("addr", "flush", "dev", GATEWAY_PORT, check=False)
+            ip("link", "set", GATEWAY_PORT, "down", check=False)
+
+    def _vsctl(self, what: str, *args: str) -> bool:
+        """`ovs-vsctl ARGS`; if OVSDB does not answer (it went away midway), one line says
+        that `what` is left in it, and False: the kernel side is undone all the same."""
+        try:
+            run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", *args)
+        except (IprouteError, subprocess.SubprocessError) as exc:
+            self.say(f"{what} left in OVSDB: {exc}")
+            return False
+        return True
 
     def _delete_endpoints(self) -> None:
         """The endpoints the agent published (bound to the lease's etcd lease, which
@@ -659,8 +673,7 @@ class Undo:
         self._delete_endpoints()
 
     def _move_back(self, pod: PodPort) -> None:
-        run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", "--if-exists",
-            "del-port", self.run.bridge, pod.port)  # fmt: skip
+        self._vsctl(pod.port, "--if-exists", "del-port", self.run.bridge, pod.port)
         for path, value in self.record.sysctls.pop(pod.port, {}).items():
             Path(path).write_text(value)
         ip("link", "set", pod.port, "master", self.record.bridge.name)

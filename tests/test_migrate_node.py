@@ -2,11 +2,13 @@
 (mininet/flannel_node.py) holding its lease in a real etcd and programming flannel.<VNI>,
 two pods on a cni0 bridge, the node's own OVSDB. `--dry-run`: the plan as printed, nothing
 changed, each unreachable dependency one line and exit status 1; a step that fails names
-itself. The whole migration with live pods: tests/test_e2e_migrate.py."""
+itself and is undone, also with etcd or OVSDB gone at that step (the injection at a step
+boundary: a frozen daemon holds the migration there). The whole migration with live pods: tests/test_e2e_migrate.py."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -114,11 +116,11 @@ class FlannelNode:
 
 
 def migrate_with_events(f: FlannelNode, events: dict[str, Callable[[], None]],
-                        ) -> tuple[int, list[str], str]:  # fmt: skip
+                        args: list[str] | None = None) -> tuple[int, list[str], str]:  # fmt: skip
     """`vxflow migrate` for real, each event's action done as the migration says a line
     starting with its key (the step it begins, or the failure it rolls back): the injection
     happens at that step boundary. Its exit status, stdout lines and stderr."""
-    proc = subprocess.Popen(f.migrate_command(*f.real_args()), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(f.migrate_command(*(args or f.real_args())), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     lines: list[str] = []
     try:
@@ -134,9 +136,9 @@ def migrate_with_events(f: FlannelNode, events: dict[str, Callable[[], None]],
             proc.wait()
 
 
-def assert_flannel_again(f: FlannelNode) -> None:
+def assert_flannel_again(f: FlannelNode, ovsdb: bool = True) -> None:
     """flanneld (started again) holds the lease and programs flannel.1, the pods are on cni0
-    and reach their gateway, no br-int, no agent, no endpoint."""
+    and reach their gateway, no agent, no endpoint, no br-int (if `ovsdb` answers)."""
     flanneld = int((f.workdir / "flanneld.pid").read_text())
     assert not ended(flanneld)
     wait_until("flanneld routed nothing through flannel.1 again",
@@ -144,7 +146,7 @@ def assert_flannel_again(f: FlannelNode) -> None:
     agent = f.workdir / "agent.pid"
     assert not agent.exists() or ended(int(agent.read_text()))
     assert f.pods_on_cni0() == ["veth1", "veth2"]
-    assert f.node.ovs.vsctl("list-br").split() == []
+    assert not ovsdb or f.node.ovs.vsctl("list-br").split() == []
     with Registry(f.etcd_endpoint) as registry:
         assert registry.list_endpoints(f.lease.subnet) == []
         held = [le for le in registry.list_leases() if le.subnet == f.lease.subnet]
@@ -392,3 +394,35 @@ def test_etcd_unreachable_during_the_lease_takeover_leaves_the_node_flannel(
     assert "Traceback" not in stderr
     assert f.flanneld.wait(timeout=10) is not None
     assert_flannel_again(f)
+
+
+@pytest.mark.integration
+def test_ovsdb_gone_during_the_port_moves_leaves_the_node_flannel(
+    flannel_node: FlannelNode,
+) -> None:
+    """ovs-vswitchd frozen once the agent is up (the agent's subnet file written) holds the
+    first move waiting for its ofport; the test stops ovsdb-server by its PID there. Every
+    step done is undone without OVSDB: the veth back on cni0, the gateway port's address
+    gone from the kernel, flanneld started again."""
+    f = flannel_node
+    vswitchd = f.node.ovs.pids()["ovs-vswitchd"]
+    marker = f.workdir / "agent-start"
+    agent = f.real_args()[f.real_args().index("--start-agent") + 1]
+    start_agent = (f"touch {marker} && {agent} && until [ -n \"$(find {f.subnet_file} -newer "
+                   f"{marker})\" ]; do sleep 0.05; done && kill -STOP {vswitchd}")  # fmt: skip
+
+    def ovsdb_gone() -> None:
+        f.node.ovs.stop_process("ovsdb-server")
+        os.kill(vswitchd, signal.SIGCONT)
+
+    args = f.real_args(start_agent)
+    code, lines, stderr = migrate_with_events(f, {"5. move veth1": ovsdb_gone}, args)
+    assert code == 1, "\n".join(lines) + stderr
+    assert [line.split(":")[0] for line in lines] == [
+        "1. fence flanneld", "2. take the lease over", "3. start the agent", "4. keep ip-masq",
+        "5. move veth1", "step 5 (move veth1) failed", "undo 5. move veth1",
+        "veth1 left in OVSDB", "undo 3. start the agent", "br-int left in OVSDB",
+        "undo 1. fence flanneld"]  # fmt: skip
+    assert "Traceback" not in stderr
+    assert_flannel_again(f, ovsdb=False)
+    assert "inet " not in f.node.run("ip", "addr", "show", "dev", "vxgw0")  # cni0's gateway alone
