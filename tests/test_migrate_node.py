@@ -296,7 +296,7 @@ def test_each_failed_check_is_one_line_exit_1_and_nothing_changes(
     # --rollback without a finished migration recorded: one line, nothing done
     nothing = f.migrate("--rollback", "--start-flanneld", "true", "--stop-agent", "true")
     assert (nothing.returncode, nothing.stdout, nothing.stderr) == (1, "", (
-        f"Error: no finished migration recorded in {f.workdir / 'migrate.json'}: No such file "
+        f"Error: no migration recorded in {f.workdir / 'migrate.json'}: No such file "
         "or directory\n"))  # fmt: skip
     assert f.migrate("--rollback", "--dry-run").returncode == 2
 
@@ -426,3 +426,84 @@ def test_ovsdb_gone_during_the_port_moves_leaves_the_node_flannel(
     assert "Traceback" not in stderr
     assert_flannel_again(f, ovsdb=False)
     assert "inet " not in f.node.run("ip", "addr", "show", "dev", "vxgw0")  # cni0's gateway alone
+
+
+def kill_midway(f: FlannelNode) -> int:
+    """`vxflow migrate` killed (SIGKILL) once its state file records the first move done;
+    the agent, frozen from step 4's end until then, holds step 7 (it waits for the pods'
+    endpoints) so the kill lands before it. The steps the state file records done."""
+    record = f.workdir / "migrate.json"
+
+    def done() -> int:
+        try:
+            return json.loads(record.read_text())["done"]
+        except (OSError, ValueError):  # not written yet
+            return 0
+
+    proc = subprocess.Popen(f.migrate_command(*f.real_args()), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until("the migration recorded no step 4", lambda: done() >= 4, 60, pause=0.005)
+        agent = int((f.workdir / "agent.pid").read_text())
+        os.kill(agent, signal.SIGSTOP)
+        wait_until("the migration recorded no move", lambda: done() >= 5, 60, pause=0.005)
+        proc.kill()
+        proc.wait(timeout=10)
+        os.kill(agent, signal.SIGCONT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert done() in (5, 6)
+    return done()
+
+
+@pytest.mark.integration
+def test_a_re_run_resumes_a_killed_migration_at_its_first_step_not_done(
+    flannel_node: FlannelNode,
+) -> None:
+    f = flannel_node
+    done = kill_midway(f)
+    record = f.workdir / "migrate.json"
+    plan = f.migrate("--dry-run")  # the steps left, nothing done
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert plan.stdout.splitlines()[0] == (
+        f"resuming the migration recorded in {record} at step {done + 1}")
+    assert [line.split(".")[0] for line in plan.stdout.splitlines()[1:]] == [
+        str(n) for n in range(done + 1, 11)]
+    assert json.loads(record.read_text())["done"] == done
+
+    res = f.migrate_for_real()
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == plan.stdout.splitlines()[0]
+    assert lines[1:-1] == plan.stdout.splitlines()[1:]
+    assert lines[-1] == f"migrated: {f.node.underlay_ip} is a vxflow node"
+    assert sorted(f.node.ovs.vsctl("list-ports", "br-int").split()) == sorted(
+        ["veth1", "veth2", "vxgw0", "vxlan0"])
+    links = f.node.run("ip", "-o", "link", "show")
+    assert "cni0" not in links and "flannel.1" not in links
+    assert json.loads(record.read_text())["done"] == 10
+    with Registry(f.etcd_endpoint) as registry:
+        published = {ep.ip for ep in registry.list_endpoints(f.lease.subnet)}
+    assert published == {pod.ip.ip for pod in f.pods}
+
+    again = f.migrate_for_real()  # finished: nothing to resume
+    assert (again.returncode, again.stderr) == (1, (
+        f"Error: {record} records a finished migration: this node is a vxflow node "
+        "(--rollback returns it to flannel)\n"))  # fmt: skip
+
+
+@pytest.mark.integration
+def test_rollback_undoes_a_killed_migration_from_its_record(flannel_node: FlannelNode) -> None:
+    f = flannel_node
+    done = kill_midway(f)
+    real = f.real_args()
+    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert res.returncode == 0, res.stdout + res.stderr
+    moves = [f"undo {n}. move veth{n - 4}" for n in range(done + 1, 4, -1) if n <= 6]
+    assert res.stdout.splitlines() == [
+        *moves, "undo 3. start the agent", "undo 1. fence flanneld",
+        f"rolled back: {f.node.underlay_ip} is a flannel node"]  # fmt: skip
+    assert not (f.workdir / "migrate.json").exists()
+    assert_flannel_again(f)
