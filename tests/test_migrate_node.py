@@ -27,6 +27,7 @@ from leases.model import Lease
 from leases.registry import Registry
 from leases.subnet_env import previous_subnet
 from ovsdb.migrate import ended, wait_until
+from tests.cni_node import CNI_PATH, VXFLOW_CNI
 from tests.emulation import (
     ROOT_UNDERLAY_IP,
     Node,
@@ -507,3 +508,37 @@ def test_rollback_undoes_a_killed_migration_from_its_record(flannel_node: Flanne
         f"rolled back: {f.node.underlay_ip} is a flannel node"]  # fmt: skip
     assert not (f.workdir / "migrate.json").exists()
     assert_flannel_again(f)
+
+
+@pytest.mark.integration
+def test_a_pod_added_through_vxflow_cni_after_the_migration_gets_an_unused_address(
+    flannel_node: FlannelNode, underlay: Underlay,
+) -> None:
+    """host-local lost veth1's pod's file (its last reservation points just below it): the
+    migration writes it from what is really there, so vxflow-cni's ADD, run as a runtime
+    runs it with the conflist the migration switched, hands out another address."""
+    f = flannel_node
+    store = f.networks_dir / "cbr0"
+    lost = f.pods[0].ip.ip  # the subnet's last host; host-local's next candidate after pods[1]
+    (store / str(lost)).unlink()
+    res = f.migrate_for_real()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (store / str(lost)).read_bytes() == b"flannel-veth1\r\neth0"
+
+    conflist = json.loads((f.conf_dir / "10-flannel.conflist").read_text())
+    plugin = next(p for p in conflist["plugins"] if p["type"] == "vxflow")
+    conf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}
+    netns = f"/var/run/netns/{underlay.add_netns('newpod')}"
+    env = {**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "newpod", "CNI_NETNS": netns,
+           "CNI_IFNAME": "eth0", "CNI_PATH": CNI_PATH}  # fmt: skip
+    add = subprocess.run(["ip", "netns", "exec", f.node.netns, VXFLOW_CNI], input=json.dumps(conf),
+                         env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert add.returncode == 0, add.stdout + add.stderr
+    address = IPv4Interface(json.loads(add.stdout)["ips"][0]["address"])
+    assert address.network == f.lease.subnet
+    assert address.ip not in {pod.ip.ip for pod in f.pods} | {f.lease.gateway}
+    assert (store / str(address.ip)).read_text().startswith("newpod")
+    delete = subprocess.run(["ip", "netns", "exec", f.node.netns, VXFLOW_CNI],
+                            input=json.dumps(conf), env={**env, "CNI_COMMAND": "DEL"},
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert delete.returncode == 0, delete.stdout + delete.stderr
