@@ -587,6 +587,7 @@ class Record:
         d = json.loads(text)
         bridge = d["bridge"]
         pods = [PodPort(p["port"], IPv4Address(p["ip"]), p["mac"]) for p in d["pods"]]
+        by_port = {pod.port: pod for pod in pods}
         return cls(
             vni=int(d["vni"]), subnet=IPv4Network(d["subnet"]),
             bridge=Link(bridge["name"], bridge["mac"],
@@ -595,7 +596,7 @@ class Record:
             sysctls=dict(d["sysctls"]), written=list(d["written"]), conflist=d["conflist"],
             conflist_text=d["conflist_text"], ipmasq=bool(d["ipmasq"]), network=d["network"],
             steps=[Step(Kind(st["kind"]), st["name"], st["detail"],
-                        next(p for p in pods if p.port == st["pod"]) if st["pod"] else None)
+                        by_port[st["pod"]] if st["pod"] else None)
                    for st in d["steps"]],
             done=int(d["done"]),
         )  # fmt: skip

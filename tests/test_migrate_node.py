@@ -529,16 +529,19 @@ def test_a_pod_added_through_vxflow_cni_after_the_migration_gets_an_unused_addre
     plugin = next(p for p in conflist["plugins"] if p["type"] == "vxflow")
     conf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}
     netns = f"/var/run/netns/{underlay.add_netns('newpod')}"
-    env = {**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "newpod", "CNI_NETNS": netns,
-           "CNI_IFNAME": "eth0", "CNI_PATH": CNI_PATH}  # fmt: skip
-    add = subprocess.run(["ip", "netns", "exec", f.node.netns, VXFLOW_CNI], input=json.dumps(conf),
-                         env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    def plugin(command: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": "newpod",
+               "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": CNI_PATH}  # fmt: skip
+        return subprocess.run(["ip", "netns", "exec", f.node.netns, VXFLOW_CNI],
+                              input=json.dumps(conf), env=env, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+
+    add = plugin("ADD")
     assert add.returncode == 0, add.stdout + add.stderr
     address = IPv4Interface(json.loads(add.stdout)["ips"][0]["address"])
     assert address.network == f.lease.subnet
     assert address.ip not in {pod.ip.ip for pod in f.pods} | {f.lease.gateway}
     assert (store / str(address.ip)).read_text().startswith("newpod")
-    delete = subprocess.run(["ip", "netns", "exec", f.node.netns, VXFLOW_CNI],
-                            input=json.dumps(conf), env={**env, "CNI_COMMAND": "DEL"},
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    delete = plugin("DEL")
     assert delete.returncode == 0, delete.stdout + delete.stderr
