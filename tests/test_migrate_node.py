@@ -72,6 +72,15 @@ class FlannelNode:
             "--start-flanneld", background(self.flanneld_cmd, self.workdir / "flanneld"),
         ]  # fmt: skip
 
+    def freezing_once_up(self, pid: str) -> list[str]:
+        """`real_args` whose --start-agent, once the agent wrote its subnet file (it is up,
+        the migration's step 3 ends), freezes (SIGSTOP) the process `pid` (a shell word)."""
+        args, marker = self.real_args(), self.workdir / "agent-start"
+        agent = args[args.index("--start-agent") + 1]
+        return self.real_args(f"touch {marker} && {agent} && until [ -n \"$(find "
+                              f"{self.subnet_file} -newer {marker})\" ]; do sleep 0.05; done "
+                              f"&& kill -STOP {pid}")  # fmt: skip
+
     def migrate_for_real(self, *args: str, start_agent: str | None = None,
                          ) -> subprocess.CompletedProcess:  # fmt: skip
         """`vxflow migrate` as `real_args` says."""
@@ -407,17 +416,13 @@ def test_ovsdb_gone_during_the_port_moves_leaves_the_node_flannel(
     gone from the kernel, flanneld started again."""
     f = flannel_node
     vswitchd = f.node.ovs.pids()["ovs-vswitchd"]
-    marker = f.workdir / "agent-start"
-    agent = f.real_args()[f.real_args().index("--start-agent") + 1]
-    start_agent = (f"touch {marker} && {agent} && until [ -n \"$(find {f.subnet_file} -newer "
-                   f"{marker})\" ]; do sleep 0.05; done && kill -STOP {vswitchd}")  # fmt: skip
 
     def ovsdb_gone() -> None:
         f.node.ovs.stop_process("ovsdb-server")
         os.kill(vswitchd, signal.SIGCONT)
 
-    args = f.real_args(start_agent)
-    code, lines, stderr = migrate_with_events(f, {"5. move veth1": ovsdb_gone}, args)
+    code, lines, stderr = migrate_with_events(f, {"5. move veth1": ovsdb_gone},
+                                              f.freezing_once_up(str(vswitchd)))  # fmt: skip
     assert code == 1, "\n".join(lines) + stderr
     assert [line.split(":")[0] for line in lines] == [
         "1. fence flanneld", "2. take the lease over", "3. start the agent", "4. keep ip-masq",
@@ -431,8 +436,8 @@ def test_ovsdb_gone_during_the_port_moves_leaves_the_node_flannel(
 
 def kill_midway(f: FlannelNode) -> int:
     """`vxflow migrate` killed (SIGKILL) once its state file records the first move done;
-    the agent, frozen from step 4's end until then, holds step 7 (it waits for the pods'
-    endpoints) so the kill lands before it. The steps the state file records done."""
+    the agent, frozen once up until then, holds step 7 (it waits for the pods' endpoints)
+    so the kill lands before it. The steps the state file records done."""
     record = f.workdir / "migrate.json"
 
     def done() -> int:
@@ -441,16 +446,14 @@ def kill_midway(f: FlannelNode) -> int:
         except (OSError, ValueError):  # not written yet
             return 0
 
-    proc = subprocess.Popen(f.migrate_command(*f.real_args()), stdout=subprocess.DEVNULL,
+    args = f.freezing_once_up(f"$(cat {f.workdir / 'agent.pid'})")
+    proc = subprocess.Popen(f.migrate_command(*args), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        wait_until("the migration recorded no step 4", lambda: done() >= 4, 60, pause=0.005)
-        agent = int((f.workdir / "agent.pid").read_text())
-        os.kill(agent, signal.SIGSTOP)
         wait_until("the migration recorded no move", lambda: done() >= 5, 60, pause=0.005)
         proc.kill()
         proc.wait(timeout=10)
-        os.kill(agent, signal.SIGCONT)
+        os.kill(int((f.workdir / "agent.pid").read_text()), signal.SIGCONT)
     finally:
         if proc.poll() is None:
             proc.kill()
