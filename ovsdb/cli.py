@@ -29,6 +29,7 @@ from leases.keys import Keys
 from leases.liveness import DEFAULT_TTL as DEFAULT_LIVENESS_TTL
 from leases.liveness import MAX_TTL as MAX_LIVENESS_TTL
 from leases.model import LEASE_TTL_SECONDS, RENEW_MARGIN_SECONDS, Lease, NetworkConfig
+from leases.registry import Registry
 from leases.subnet_env import DEFAULT_SUBNET_ENV, previous_subnet
 from ovsdb import idl as ovsidl
 from ovsdb.bootstrap import (
@@ -51,10 +52,10 @@ from ovsdb.migrate import (
     DEFAULT_CNI_NETWORKS_DIR,
     DEFAULT_STATE_FILE,
     Migration,
+    Record,
     Run,
     Settings,
     StepFailed,
-    Undo,
     observe,
     plan,
     read_record,
@@ -417,13 +418,16 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
                                              "agent to be up and for the pods' endpoints."),
         click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path),
                      default=DEFAULT_STATE_FILE, show_default=True,
-                     help="Where a finished migration records the node as it was (cni0, "
-                          "the pods, the CNI config), for --rollback."),
+                     help="Where a migration records its plan, each step once done and the "
+                          "node as it was (cni0, the pods, the CNI config): a re-run resumes "
+                          "an interrupted migration at its first step not done, --rollback "
+                          "undoes it."),
         click.option("--rollback", is_flag=True,
                      help="Return a migrated node to flannel, its pods running: start "
                           "flanneld (--start-flanneld), re-create cni0, stop the agent "
                           "(--stop-agent) and delete its bridge, move the pods back, restore "
-                          "the CNI config (from --state-file)."),
+                          "the CNI config (from --state-file); a migration interrupted midway: "
+                          "its steps done undone in reverse."),
         click.option("--dry-run", is_flag=True,
                      help="Check the node and print the plan, one line per step; change "
                           "nothing (not with --rollback)."),
@@ -456,9 +460,13 @@ def migrate(ctx: click.Context, **params: Any) -> None:
     A step that fails is named with its reason, then it and every step before it are
     undone in reverse, one line each (the agent stopped with --stop-agent and its bridge
     deleted, the pods' veths back on the CNI bridge, flanneld started again with
-    --start-flanneld: it takes its lease and flannel.<VNI> back), exit status 1. A
-    finished migration records the node as it was in --state-file, which --rollback
-    reads to return the node to flannel, its pods running.
+    --start-flanneld: it takes its lease and flannel.<VNI> back), exit status 1.
+
+    --state-file records the plan before the first step and again as each step is done
+    (a temporary file renamed). A re-run with the same settings while it holds an
+    unfinished migration (the command was killed midway) resumes at the first step not
+    done (--dry-run prints the steps left); --rollback reads it to return the node to
+    flannel, its pods running, after a finished migration or an interrupted one.
     """
     _apply_sysconfig(ctx, params)
     dry_run = params["dry_run"]
@@ -479,20 +487,42 @@ def migrate(ctx: click.Context, **params: Any) -> None:
         flanneld_pid=params["flanneld_pid"],
         state_file=params["state_file"],
     )
+    run = Run(params["start_flanneld"], params["stop_agent"], params["flanneld_pid"],
+              params["start_agent"], params["bridge"], timeout=params["timeout"])  # fmt: skip
     with open_registry(**etcd_params(params)) as registry:
-        obs = observe(settings, registry)
-        result = plan(obs)
-        if dry_run or not result.ok:
-            for line in result.lines():
-                click.echo(line)
-            ctx.exit(0 if result.ok else 1)
-        run = Run(params["start_flanneld"], params["stop_agent"], params["flanneld_pid"],
-                  params["start_agent"], params["bridge"], timeout=params["timeout"])  # fmt: skip
         try:
-            Migration(settings, run, registry, obs, result, click.echo).carry_out()
+            if settings.state_file.exists():  # a migration began: resume it
+                migration = _resumed(settings, run, registry, read_record(settings.state_file),
+                                     dry_run)  # fmt: skip
+            else:
+                obs = observe(settings, registry)
+                result = plan(obs)
+                if dry_run or not result.ok:
+                    for line in result.lines():
+                        click.echo(line)
+                    ctx.exit(0 if result.ok else 1)
+                migration = Migration.planned(settings, run, registry, obs, result, click.echo)
+            if dry_run:
+                return
+            migration.carry_out()
         except StepFailed as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"migrated: {settings.public_ip} is a vxflow node")
+
+
+def _resumed(settings: Settings, run: Run, registry: Registry, record: Record,
+             dry_run: bool) -> Migration:  # fmt: skip
+    """The migration `record` began, to be resumed at its first step not done (one line
+    says so; with `dry_run` the steps left too)."""
+    if record.finished:
+        raise StepFailed(f"{settings.state_file} records a finished migration: this node is "
+                         "a vxflow node (--rollback returns it to flannel)")  # fmt: skip
+    click.echo(f"resuming the migration recorded in {settings.state_file} at step "
+               f"{record.done + 1}")  # fmt: skip
+    if dry_run:
+        for number, step in enumerate(record.steps[record.done:], record.done + 1):
+            click.echo(step.line(number))
+    return Migration(settings, run, registry, record, click.echo)
 
 
 def _rollback(params: dict[str, Any]) -> None:
@@ -511,7 +541,7 @@ def _rollback(params: dict[str, Any]) -> None:
     try:
         record = read_record(settings.state_file)
         with open_registry(**etcd_params(params)) as registry:
-            Undo(settings, run, registry, record, click.echo).roll_back()
+            Migration(settings, run, registry, record, click.echo).roll_back()
     except StepFailed as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"rolled back: {settings.public_ip} is a flannel node")

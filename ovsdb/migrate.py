@@ -16,13 +16,19 @@ has three parts:
 - `Migration` (I/O): carries the steps out in order, one line each. A step that fails
   is named with its reason, then it and every step before it are undone in reverse,
   one line each: the node is a flannel node again (flanneld, started again, takes its
-  lease and flannel.<VNI> back). A finished migration writes its `Record` (cni0 as it
-  was, the pods, their sysctls, the CNI config) to the state file.
+  lease and flannel.<VNI> back). With OVSDB gone midway the kernel side is undone all
+  the same (the veths back on cni0, the gateway port's address removed) and what is
+  left in OVSDB is one line each. The state file holds its `Record` (the steps, how
+  many are done, cni0 as it was, the pods, their sysctls, the CNI config) from before
+  the first step, written again (tmp + rename) as each step is done: a re-run finds
+  an interrupted (killed) migration there and resumes at its first step not done
+  (each step may be carried out again: what it finds done it leaves).
 - `Undo.roll_back()` (`--rollback`): a finished migration undone from that record, in
   the order that keeps the pods' gap short: flanneld first, cni0 with its MAC, the agent
   stopped and its bridge deleted, the pods back on cni0 at once, a gratuitous ARP so a
-  pod that took the switch's gateway MAC meanwhile takes cni0's again.
-  Not implemented: a re-run that finishes a migration interrupted (killed) half-way.
+  pod that took the switch's gateway MAC meanwhile takes cni0's again. An interrupted
+  migration's record is undone as a failed step is: its steps done, and the one it was
+  in, in reverse.
 
 The steps, in the order that keeps the pods reachable (what the plan prints):
 
@@ -68,7 +74,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cni.veth import INERT, make_inert
-from flows.ports import vtep_mac_for
+from flows.ports import GATEWAY_PORT, vtep_mac_for
 from leases.config import ConfigError
 from leases.errors import RegistryError
 from leases.model import LEASE_TTL_SECONDS, Lease, NetworkConfig
@@ -79,7 +85,7 @@ from ovsdb.bootstrap import DEFAULT_BRIDGE
 from ovsdb.idl import OvsdbError
 from ovsdb.iproute import IprouteError, ip, ip_json, run
 from ovsdb.plug import COLUMNS as PLUG_COLUMNS
-from ovsdb.plug import PlugError, add_port, pod_external_ids, wait_ofport
+from ovsdb.plug import PlugError, add_port, interface, pod_external_ids, wait_ofport
 
 T = TypeVar("T")
 
@@ -541,8 +547,9 @@ def _container(pod: PodPort) -> str:
 
 @dataclass
 class Record:
-    """What undoing a migration needs of the node as it was: kept while it runs, and in
-    the state file once it finished (what `--rollback` reads)."""
+    """The migration's plan, how far it got (`done`: the steps done), and what undoing it
+    needs of the node as it was. The state file holds it from the first step on, written
+    again as each step is done: what a re-run resumes and `--rollback` undoes."""
 
     vni: int
     subnet: IPv4Network
@@ -552,6 +559,14 @@ class Record:
     written: list[str] = field(default_factory=list)  # host-local files added
     conflist: str | None = None  # the flannel conflist's path and text, as they were
     conflist_text: str | None = None
+    ipmasq: bool = False  # flanneld's FLANNEL_IPMASQ
+    network: str | None = None  # the flannel CNI network's name: host-local's directory
+    steps: list[Step] = field(default_factory=list)
+    done: int = 0  # steps[:done] are done
+
+    @property
+    def finished(self) -> bool:
+        return self.done == len(self.steps)
 
     def to_json(self) -> str:
         return json.dumps({
@@ -560,7 +575,10 @@ class Record:
                        "addresses": [str(a) for a in self.bridge.addresses]},
             "pods": [{"port": p.port, "ip": str(p.ip), "mac": p.mac} for p in self.pods],
             "sysctls": self.sysctls, "written": self.written, "conflist": self.conflist,
-            "conflist_text": self.conflist_text,
+            "conflist_text": self.conflist_text, "ipmasq": self.ipmasq, "network": self.network,
+            "steps": [{"kind": st.kind.value, "name": st.name, "detail": st.detail,
+                       "pod": st.pod.port if st.pod else None} for st in self.steps],
+            "done": self.done,
         }, indent=2)  # fmt: skip
 
     @classmethod
@@ -568,22 +586,28 @@ class Record:
         """ValueError (KeyError and TypeError included) if it is not a record."""
         d = json.loads(text)
         bridge = d["bridge"]
+        pods = [PodPort(p["port"], IPv4Address(p["ip"]), p["mac"]) for p in d["pods"]]
+        by_port = {pod.port: pod for pod in pods}
         return cls(
             vni=int(d["vni"]), subnet=IPv4Network(d["subnet"]),
             bridge=Link(bridge["name"], bridge["mac"],
                         tuple(IPv4Interface(a) for a in bridge["addresses"])),
-            pods=[PodPort(p["port"], IPv4Address(p["ip"]), p["mac"]) for p in d["pods"]],
+            pods=pods,
             sysctls=dict(d["sysctls"]), written=list(d["written"]), conflist=d["conflist"],
-            conflist_text=d["conflist_text"],
+            conflist_text=d["conflist_text"], ipmasq=bool(d["ipmasq"]), network=d["network"],
+            steps=[Step(Kind(st["kind"]), st["name"], st["detail"],
+                        by_port[st["pod"]] if st["pod"] else None)
+                   for st in d["steps"]],
+            done=int(d["done"]),
         )  # fmt: skip
 
 
 def read_record(path: Path) -> Record:
-    """A finished migration's record (StepFailed, one line, if there is none)."""
+    """A migration's record, finished or not (StepFailed, one line, if there is none)."""
     try:
         return Record.from_json(path.read_text())
     except OSError as exc:
-        raise StepFailed(f"no finished migration recorded in {path}: {exc.strerror}") from exc
+        raise StepFailed(f"no migration recorded in {path}: {exc.strerror}") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise StepFailed(f"{path} is not a migration's record: {exc!r}") from exc
 
@@ -644,8 +668,20 @@ class Undo:
         (flannel.<VNI> gets it from now on) and the gateway port. After the pods are back
         on cni0: a packet for a pod that reached the kernel first would leave an ARP
         request unanswered, and the next comes 1 s later."""
-        run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", "--if-exists",
-            "del-br", self.run.bridge)  # fmt: skip
+        if not self._vsctl(self.run.bridge, "--if-exists", "del-br", self.run.bridge):
+            # the gateway port stays in ovs-vswitchd: cni0 alone holds the gateway now
+            ip("addr", "flush", "dev", GATEWAY_PORT, check=False)
+            ip("link", "set", GATEWAY_PORT, "down", check=False)
+
+    def _vsctl(self, what: str, *args: str) -> bool:
+        """`ovs-vsctl ARGS`; if OVSDB does not answer (it went away midway), one line says
+        that `what` is left in it, and False: the kernel side is undone all the same."""
+        try:
+            run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", *args)
+        except (IprouteError, subprocess.SubprocessError) as exc:
+            self.say(f"{what} left in OVSDB: {exc}")
+            return False
+        return True
 
     def _delete_endpoints(self) -> None:
         """The endpoints the agent published (bound to the lease's etcd lease, which
@@ -659,8 +695,7 @@ class Undo:
         self._delete_endpoints()
 
     def _move_back(self, pod: PodPort) -> None:
-        run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", "--if-exists",
-            "del-port", self.run.bridge, pod.port)  # fmt: skip
+        self._vsctl(pod.port, "--if-exists", "del-port", self.run.bridge, pod.port)
         for path, value in self.record.sysctls.pop(pod.port, {}).items():
             Path(path).write_text(value)
         ip("link", "set", pod.port, "master", self.record.bridge.name)
@@ -691,44 +726,70 @@ class Undo:
 
 
 class Migration(Undo):
-    """Carries a plan out, step by step, one line each through `say`."""
+    """Carries a recorded plan out from its first step not done, one line each through
+    `say`; the state file is written again (atomically) as each step is done."""
 
-    def __init__(self, settings: Settings, run: Run, registry: Registry, obs: Observation,
-                 result: Plan, say: Callable[[str], None]) -> None:  # fmt: skip
-        record = Record(obs.config.backend.vni, obs.subnet_env.subnet.network, obs.bridge,
-                        result.pods, conflist=str(obs.conflist) if obs.conflist else None)  # fmt: skip
+    def __init__(self, settings: Settings, run: Run, registry: Registry, record: Record,
+                 say: Callable[[str], None]) -> None:  # fmt: skip
         super().__init__(settings, run, registry, record, say)
-        self.obs, self.plan = obs, result
-        self.idl = None
+        self._idl = None
+
+    @classmethod
+    def planned(cls, settings: Settings, run: Run, registry: Registry, obs: Observation,
+                result: Plan, say: Callable[[str], None]) -> Migration:  # fmt: skip
+        """The migration of `result`, nothing done yet."""
+        record = Record(obs.config.backend.vni, obs.subnet_env.subnet.network, obs.bridge,
+                        result.pods, conflist=str(obs.conflist) if obs.conflist else None,
+                        ipmasq=obs.subnet_env.ipmasq, network=obs.network_name,
+                        steps=result.steps)  # fmt: skip
+        return cls(settings, run, registry, record, say)
+
+    @property
+    def idl(self):
+        """The node's OVSDB, connected at the first move (also the first of a re-run)."""
+        if self._idl is None:
+            self._idl = ovsidl.connect(self.settings.ovsdb, columns=PLUG_COLUMNS)
+        return self._idl
 
     def carry_out(self) -> None:
-        """Every step in order; if one fails, undo it and every step before, in reverse
-        (flanneld, started again, takes its lease and flannel.<VNI> back), then raise
-        StepFailed naming it."""
-        done: list[tuple[int, Step]] = []
+        """Every step not done yet, in order, each recorded once done; if one fails, undo it
+        and every step before, in reverse (flanneld, started again, takes its lease and
+        flannel.<VNI> back), remove the record, then raise StepFailed naming it."""
         try:
-            for number, step in enumerate(self.plan.steps, 1):
+            write_atomically(self.settings.state_file, self.record.to_json())
+        except OSError as exc:
+            raise StepFailed(f"cannot record the migration in {self.settings.state_file}: "
+                             f"{exc}; nothing done") from exc  # fmt: skip
+        try:
+            for number, step in enumerate(self.record.steps, 1):
+                if number <= self.record.done:
+                    continue
                 self.say(step.line(number))
-                done.append((number, step))  # undone too if it fails half-way
                 try:
                     self._do(step)
+                    self.record.done = number
+                    write_atomically(self.settings.state_file, self.record.to_json())
                 except _FAILURES as exc:
                     why = f"step {number} ({step.name}) failed: {exc}"
                     self.say(f"{why}; rolling back")
-                    self._roll_back(done)
+                    self._roll_back(number)
                     raise StepFailed(f"{why}; rolled back") from exc
-            try:
-                write_atomically(self.settings.state_file, self.record.to_json())
-            except OSError as exc:
-                raise StepFailed(f"migrated, but the record --rollback needs was not written "
-                                 f"to {self.settings.state_file}: {exc}") from exc
         finally:
-            if self.idl is not None:
-                self.idl.close()
+            if self._idl is not None:
+                self._idl.close()
 
-    def _roll_back(self, done: list[tuple[int, Step]]) -> None:
-        """Undo `done` in reverse, one line each; an undo that fails is said and skipped."""
-        for number, step in reversed(done):
+    def roll_back(self) -> None:
+        """A finished migration undone as `Undo.roll_back`; one interrupted (killed) midway:
+        its steps done, and the one it was in, undone in reverse."""
+        if self.record.finished:
+            super().roll_back()
+        else:
+            self._roll_back(self.record.done + 1)
+
+    def _roll_back(self, upto: int) -> None:
+        """Undo steps 1..`upto` in reverse, one line each (an undo that fails is said and
+        skipped), then remove the record: the node is a flannel node again."""
+        for number, step in reversed(list(enumerate(self.record.steps[:upto], 1))):
             undo = self._undo(step)
             if undo is None:
                 continue
@@ -737,6 +798,7 @@ class Migration(Undo):
                 undo()
             except _FAILURES as exc:
                 self.say(f"undo {number}. {step.name} failed: {exc}")
+        self.settings.state_file.unlink(missing_ok=True)
 
     def _undo(self, step: Step) -> Callable[[], None] | None:
         """What undoes `step` (None: nothing to; the lease and flannel.<VNI> are flanneld's
@@ -762,7 +824,7 @@ class Migration(Undo):
         wait_until(f"flanneld (PID {pid}) did not stop", lambda: ended(pid), self.run.timeout)
 
     def _take_lease(self) -> None:
-        subnet, ip = self.obs.subnet_env.subnet.network, self.obs.public_ip
+        subnet, ip = self.record.subnet, self.settings.public_ip
         # flannel's TTL: flanneld's etcd lease is kept; an agent with another
         # --subnet-lease-ttl binds the key to its own at once (a compare on its revision)
         lease = self.registry.acquire(ip, vtep_mac_for(ip), previous_subnet=subnet,
@@ -778,34 +840,37 @@ class Migration(Undo):
         path = self.settings.subnet_file
         wait_until("the agent wrote no subnet file (lease held, br-int up)",
               lambda: path.exists() and path.stat().st_mtime >= started, self.run.timeout)  # fmt: skip
-        self.idl = ovsidl.connect(self.settings.ovsdb, columns=PLUG_COLUMNS)
 
     def _masq(self) -> None:
         env = read_subnet_env(self.settings.subnet_file)
-        if env is None or env.ipmasq != self.obs.subnet_env.ipmasq:
+        if env is None or env.ipmasq != self.record.ipmasq:
             raise StepFailed(f"the agent's {self.settings.subnet_file} says FLANNEL_IPMASQ="
                              f"{'true' if env and env.ipmasq else 'false'}, flanneld's said "
-                             f"{str(self.obs.subnet_env.ipmasq).lower()} (--ip-masq)")  # fmt: skip
+                             f"{str(self.record.ipmasq).lower()} (--ip-masq)")  # fmt: skip
 
     def _move(self, pod: PodPort) -> None:
         ip("link", "set", pod.port, "nomaster")
-        self.record.sysctls[pod.port] = {str(path): path.read_text().strip() for path in (
-            Path(f"/proc/sys/net/{family}/conf/{pod.port}/{key}") for family, key, _ in INERT)}  # fmt: skip
+        self.record.sysctls.setdefault(pod.port, {str(path): path.read_text().strip() for path in (
+            Path(f"/proc/sys/net/{family}/conf/{pod.port}/{key}") for family, key, _ in INERT)})  # fmt: skip
         make_inert(pod.port)
-        add_port(self.idl, self.run.bridge, pod.port,
-                 pod_external_ids(pod.mac, str(pod.ip), _container(pod), "eth0"))  # fmt: skip
+        if interface(self.idl, pod.port) is None:  # else added already: a re-run
+            add_port(self.idl, self.run.bridge, pod.port,
+                     pod_external_ids(pod.mac, str(pod.ip), _container(pod), "eth0"))  # fmt: skip
         wait_ofport(self.idl, pod.port)
 
     def _published(self) -> bool:
-        published = {ep.ip for ep in self.registry.list_endpoints(self.obs.subnet_env.subnet.network)}
-        return all(pod.ip in published for pod in self.plan.pods)
+        published = {ep.ip for ep in self.registry.list_endpoints(self.record.subnet)}
+        return all(pod.ip in published for pod in self.record.pods)
 
     def _remove_vxlan(self) -> None:
         wait_until("the agent published not every pod's endpoint", self._published, self.run.timeout)
-        ip("link", "del", f"flannel.{self.obs.config.backend.vni}")
+        if _link(device := f"flannel.{self.record.vni}") is not None:  # gone: a re-run
+            ip("link", "del", device)
 
     def _remove_bridge(self) -> None:
-        bridge = self.obs.cni_bridge
+        bridge = self.record.bridge.name
+        if _link(bridge) is None:  # gone already: a re-run
+            return
         if left := [link["ifname"] for link in ip_json("link", "show", "master", bridge)]:
             raise StepFailed(f"{bridge} still holds {', '.join(left)}")
         ip("link", "del", bridge)
@@ -813,11 +878,11 @@ class Migration(Undo):
     def _allocations(self) -> None:
         """host-local's files (`<container id>\\r\\n<ifname>`, as its disk store writes them)
         for the pods it does not list: vxflow-cni takes the network over under its name."""
-        if self.obs.network_name is None:
+        if self.record.network is None:
             return
-        store = self.settings.cni_networks_dir / self.obs.network_name
+        store = self.settings.cni_networks_dir / self.record.network
         store.mkdir(parents=True, exist_ok=True)
-        for pod in self.plan.pods:
+        for pod in self.record.pods:
             path = store / str(pod.ip)
             if not path.exists():
                 path.write_text(f"{_container(pod)}\r\neth0")
@@ -825,9 +890,9 @@ class Migration(Undo):
 
     def _conflist(self) -> None:
         """The flannel conflist becomes vxflow-cni's, same name and file, other plugins kept."""
-        path = self.obs.conflist
-        if path is None:
-            return
+        if self.record.conflist is None or self.record.conflist_text is not None:
+            return  # none, or switched already (a re-run)
+        path = Path(self.record.conflist)
         self.record.conflist_text = path.read_text()
         old = json.loads(self.record.conflist_text)
         plugins = old.get("plugins", [old])

@@ -2,16 +2,18 @@
 (mininet/flannel_node.py) holding its lease in a real etcd and programming flannel.<VNI>,
 two pods on a cni0 bridge, the node's own OVSDB. `--dry-run`: the plan as printed, nothing
 changed, each unreachable dependency one line and exit status 1; a step that fails names
-itself. The whole migration with live pods: tests/test_e2e_migrate.py."""
+itself and is undone, also with etcd or OVSDB gone at that step (the injection at a step
+boundary: a frozen daemon holds the migration there). The whole migration with live pods: tests/test_e2e_migrate.py."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -25,6 +27,7 @@ from leases.model import Lease
 from leases.registry import Registry
 from leases.subnet_env import previous_subnet
 from ovsdb.migrate import ended, wait_until
+from tests.cni_node import CNI_PATH, VXFLOW_CNI
 from tests.emulation import (
     ROOT_UNDERLAY_IP,
     Node,
@@ -53,41 +56,60 @@ class FlannelNode:
     flanneld: subprocess.Popen
     flanneld_cmd: list[str]
     workdir: Path
+    etcd: EtcdServer
 
-    def migrate_for_real(self, *args: str, start_agent: str | None = None,
-                         ) -> subprocess.CompletedProcess:  # fmt: skip
-        """`vxflow migrate` with flanneld's PID and commands that start the agent (`vxflow
-        agent` on this node's OVSDB, no controller) and flanneld again, by PID files."""
+    def real_args(self, start_agent: str | None = None) -> list[str]:
+        """flanneld's PID and commands that start the agent (`vxflow agent` on this node's
+        OVSDB, no controller) and flanneld again, by PID files."""
         agent = [VXFLOW, "agent", "--etcd-endpoints", self.etcd_endpoint, "--public-ip",
                  str(self.node.underlay_ip), "--ovsdb", self.node.ovs.db_target,
                  "--datapath-type", "netdev", "--subnet-file", str(self.subnet_file),
                  "--cni-socket", ""]  # fmt: skip
-        return self.migrate(
+        return [
             "--flanneld-pid", str(self.flanneld.pid),
             "--start-agent", start_agent or background(agent, self.workdir / "agent"),
             "--stop-agent", stop_command(self.workdir / "agent.pid"),
-            "--start-flanneld", background(self.flanneld_cmd, self.workdir / "flanneld"), *args,
-        )  # fmt: skip
+            "--start-flanneld", background(self.flanneld_cmd, self.workdir / "flanneld"),
+        ]  # fmt: skip
+
+    def freezing_once_up(self, pid: str) -> list[str]:
+        """`real_args` whose --start-agent, once the agent wrote its subnet file (it is up,
+        the migration's step 3 ends), freezes (SIGSTOP) the process `pid` (a shell word)."""
+        args, marker = self.real_args(), self.workdir / "agent-start"
+        agent = args[args.index("--start-agent") + 1]
+        return self.real_args(f"touch {marker} && {agent} && until [ -n \"$(find "
+                              f"{self.subnet_file} -newer {marker})\" ]; do sleep 0.05; done "
+                              f"&& kill -STOP {pid}")  # fmt: skip
+
+    def migrate_for_real(self, *args: str, start_agent: str | None = None,
+                         ) -> subprocess.CompletedProcess:  # fmt: skip
+        """`vxflow migrate` as `real_args` says."""
+        return self.migrate(*self.real_args(start_agent), *args)
 
     def pods_on_cni0(self) -> list[str]:
         return sorted(link["ifname"] for link in json.loads(
             self.node.run("ip", "-j", "link", "show", "master", "cni0")))  # fmt: skip
 
-    def vxflow_migrate(self, *args: str) -> subprocess.CompletedProcess:
-        """`vxflow migrate ARGS` in the node, pointed at its OVSDB and CNI directories."""
-        return subprocess.run(
-            ["ip", "netns", "exec", self.node.netns, VXFLOW, "migrate", *args,
-             "--ovsdb", self.node.ovs.db_target, "--cni-conf-dir", str(self.conf_dir),
-             "--cni-networks-dir", str(self.networks_dir),
-             "--state-file", str(self.workdir / "migrate.json")],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-
-    def migrate(self, *args: str, etcd: str | None = None) -> subprocess.CompletedProcess:
-        """`vxflow migrate ARGS` with flanneld's settings as flags."""
-        return self.vxflow_migrate(*args, "--etcd-endpoints", etcd or self.etcd_endpoint,
+    def migrate_command(self, *args: str, etcd: str | None = None) -> list[str]:
+        """`vxflow migrate ARGS` in the node, pointed at its OVSDB and CNI directories, with
+        flanneld's settings as flags."""
+        return self.vxflow_command(*args, "--etcd-endpoints", etcd or self.etcd_endpoint,
                                    "--public-ip", str(self.node.underlay_ip),
                                    "--subnet-file", str(self.subnet_file))  # fmt: skip
+
+    def vxflow_command(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.node.netns, VXFLOW, "migrate", *args,
+                "--ovsdb", self.node.ovs.db_target, "--cni-conf-dir", str(self.conf_dir),
+                "--cni-networks-dir", str(self.networks_dir),
+                "--state-file", str(self.workdir / "migrate.json")]  # fmt: skip
+
+    def vxflow_migrate(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(self.vxflow_command(*args), capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+
+    def migrate(self, *args: str, etcd: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(self.migrate_command(*args, etcd=etcd), capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
 
     def state(self) -> tuple:
         """What a migration would change: links, routes, neighbours, the lease, OVSDB, files."""
@@ -101,6 +123,46 @@ class FlannelNode:
                        for p in d.rglob("*") if p.is_file())  # fmt: skip
         return (links, run("ip", "route", "show"), run("ip", "neigh", "show", "dev", "flannel.1"),
                 leases, self.node.ovs.vsctl("list-br"), self.subnet_file.read_text(), files)  # fmt: skip
+
+
+def migrate_with_events(f: FlannelNode, events: dict[str, Callable[[], None]],
+                        args: list[str] | None = None) -> tuple[int, list[str], str]:  # fmt: skip
+    """`vxflow migrate` for real, each event's action done as the migration says a line
+    starting with its key (the step it begins, or the failure it rolls back): the injection
+    happens at that step boundary. Its exit status, stdout lines and stderr."""
+    proc = subprocess.Popen(f.migrate_command(*(args or f.real_args())), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            for start, action in events.items():
+                if line.startswith(start):
+                    action()
+        return proc.wait(timeout=60), lines, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def assert_flannel_again(f: FlannelNode, ovsdb: bool = True) -> None:
+    """flanneld (started again) holds the lease and programs flannel.1, the pods are on cni0
+    and reach their gateway, no agent, no endpoint, no br-int (if `ovsdb` answers)."""
+    flanneld = int((f.workdir / "flanneld.pid").read_text())
+    assert not ended(flanneld)
+    wait_until("flanneld routed nothing through flannel.1 again",
+               lambda: f.node.run("ip", "route", "show", "dev", "flannel.1").strip(), 30)  # fmt: skip
+    agent = f.workdir / "agent.pid"
+    assert not agent.exists() or ended(int(agent.read_text()))
+    assert f.pods_on_cni0() == ["veth1", "veth2"]
+    assert not ovsdb or f.node.ovs.vsctl("list-br").split() == []
+    with Registry(f.etcd_endpoint) as registry:
+        assert registry.list_endpoints(f.lease.subnet) == []
+        held = [le for le in registry.list_leases() if le.subnet == f.lease.subnet]
+    assert [(le.key_name, le.public_ip) for le in held] == [(f.lease.key_name, f.node.underlay_ip)]
+    for pod in f.pods:
+        pod.run("ping", "-c", "1", "-W", "2", str(f.lease.gateway))
 
 
 def add_cni0_pod(underlay: Underlay, node: Node, n: int, ip: IPv4Interface) -> Pod:
@@ -163,7 +225,7 @@ def flannel_node(underlay: Underlay, tmp_path: Path) -> Iterator[FlannelNode]:
             with Registry(endpoint) as registry:
                 lease = next(le for le in registry.list_leases() if le.subnet == subnet)
             running = FlannelNode(node, endpoint, subnet_file, lease, pods, conf_dir,
-                                  networks_dir, flanneld, flanneld_cmd, tmp_path)  # fmt: skip
+                                  networks_dir, flanneld, flanneld_cmd, tmp_path, etcd)  # fmt: skip
             yield running
         finally:
             stop_process(flanneld, signal.SIGTERM)
@@ -244,7 +306,7 @@ def test_each_failed_check_is_one_line_exit_1_and_nothing_changes(
     # --rollback without a finished migration recorded: one line, nothing done
     nothing = f.migrate("--rollback", "--start-flanneld", "true", "--stop-agent", "true")
     assert (nothing.returncode, nothing.stdout, nothing.stderr) == (1, "", (
-        f"Error: no finished migration recorded in {f.workdir / 'migrate.json'}: No such file "
+        f"Error: no migration recorded in {f.workdir / 'migrate.json'}: No such file "
         "or directory\n"))  # fmt: skip
     assert f.migrate("--rollback", "--dry-run").returncode == 2
 
@@ -308,21 +370,181 @@ def test_a_late_failure_undoes_every_step_and_the_node_is_flannel_again(
     assert lines[10:] == ["undo 9. carry the allocations over", "undo 8. remove cni0",
                           "undo 6. move veth2", "undo 5. move veth1", "undo 3. start the agent",
                           "undo 1. fence flanneld"]  # fmt: skip
-    # flannel again: flanneld (started again) with flannel.1, the pods on cni0 with its MAC
-    # and gateway, no br-int, no agent, no endpoint, the conflist as it was
-    assert not ended(int((f.workdir / "flanneld.pid").read_text()))
-    assert ended(int((f.workdir / "agent.pid").read_text()))
-    assert "flannel.1" in f.node.run("ip", "-o", "link", "show")
-    assert f.pods_on_cni0() == ["veth1", "veth2"]
+    # flannel again, cni0 with its MAC and gateway, the veths' sysctls, the conflist as it was
+    assert_flannel_again(f)
     again = json.loads(f.node.run("ip", "-j", "addr", "show", "cni0"))[0]
     assert (again["address"], again["addr_info"][0]["local"]) == (
         cni0["address"], cni0["addr_info"][0]["local"])
-    assert f.node.ovs.vsctl("list-br").split() == []
     assert f.node.run("sysctl", "-n", "net.ipv4.conf.veth1.arp_ignore").strip() == "0"
-    with Registry(f.etcd_endpoint) as registry:
-        assert registry.list_endpoints(f.lease.subnet) == []
-        held = [le for le in registry.list_leases() if le.subnet == f.lease.subnet]
-    assert [le.public_ip for le in held] == [f.node.underlay_ip]
     assert (f.conf_dir / "10-flannel.conflist").read_text() == conflist
-    for pod in f.pods:  # the pods reach their gateway through cni0 again
-        pod.run("ping", "-c", "1", "-W", "2", str(f.lease.gateway))
+
+
+@pytest.mark.integration
+def test_etcd_unreachable_during_the_lease_takeover_leaves_the_node_flannel(
+    flannel_node: FlannelNode,
+) -> None:
+    """flanneld frozen holds step 1 (the fence waits for it to end) while the test freezes
+    etcd; flanneld let go, step 2 finds etcd unreachable. etcd answers again once the
+    migration rolls back, so flanneld, started again, takes its lease back."""
+    f = flannel_node
+    f.flanneld.send_signal(signal.SIGSTOP)
+
+    def etcd_away() -> None:
+        f.etcd.pause()
+        f.flanneld.send_signal(signal.SIGCONT)  # the fence's SIGTERM ends it now
+
+    code, lines, stderr = migrate_with_events(
+        f, {"1. fence flanneld": etcd_away, "step 2 ": f.etcd.resume})
+    assert code == 1, "\n".join(lines) + stderr
+    assert [line.split(":")[0] for line in lines] == [
+        "1. fence flanneld", "2. take the lease over", "step 2 (take the lease over) failed",
+        "undo 1. fence flanneld"]  # fmt: skip
+    assert stderr.splitlines()[-1].startswith("Error: step 2 (take the lease over) failed: ")
+    assert stderr.splitlines()[-1].endswith("; rolled back")
+    assert "Traceback" not in stderr
+    assert f.flanneld.wait(timeout=10) is not None
+    assert_flannel_again(f)
+
+
+@pytest.mark.integration
+def test_ovsdb_gone_during_the_port_moves_leaves_the_node_flannel(
+    flannel_node: FlannelNode,
+) -> None:
+    """ovs-vswitchd frozen once the agent is up (the agent's subnet file written) holds the
+    first move waiting for its ofport; the test stops ovsdb-server by its PID there. Every
+    step done is undone without OVSDB: the veth back on cni0, the gateway port's address
+    gone from the kernel, flanneld started again."""
+    f = flannel_node
+    vswitchd = f.node.ovs.pids()["ovs-vswitchd"]
+
+    def ovsdb_gone() -> None:
+        f.node.ovs.stop_process("ovsdb-server")
+        os.kill(vswitchd, signal.SIGCONT)
+
+    code, lines, stderr = migrate_with_events(f, {"5. move veth1": ovsdb_gone},
+                                              f.freezing_once_up(str(vswitchd)))  # fmt: skip
+    assert code == 1, "\n".join(lines) + stderr
+    assert [line.split(":")[0] for line in lines] == [
+        "1. fence flanneld", "2. take the lease over", "3. start the agent", "4. keep ip-masq",
+        "5. move veth1", "step 5 (move veth1) failed", "undo 5. move veth1",
+        "veth1 left in OVSDB", "undo 3. start the agent", "br-int left in OVSDB",
+        "undo 1. fence flanneld"]  # fmt: skip
+    assert "Traceback" not in stderr
+    assert_flannel_again(f, ovsdb=False)
+    assert "inet " not in f.node.run("ip", "addr", "show", "dev", "vxgw0")  # cni0's gateway alone
+
+
+def kill_midway(f: FlannelNode) -> int:
+    """`vxflow migrate` killed (SIGKILL) once its state file records the first move done;
+    the agent, frozen once up until then, holds step 7 (it waits for the pods' endpoints)
+    so the kill lands before it. The steps the state file records done."""
+    record = f.workdir / "migrate.json"
+
+    def done() -> int:
+        try:
+            return json.loads(record.read_text())["done"]
+        except (OSError, ValueError):  # not written yet
+            return 0
+
+    args = f.freezing_once_up(f"$(cat {f.workdir / 'agent.pid'})")
+    proc = subprocess.Popen(f.migrate_command(*args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until("the migration recorded no move", lambda: done() >= 5, 60, pause=0.005)
+        proc.kill()
+        proc.wait(timeout=10)
+        os.kill(int((f.workdir / "agent.pid").read_text()), signal.SIGCONT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert done() in (5, 6)
+    return done()
+
+
+@pytest.mark.integration
+def test_a_re_run_resumes_a_killed_migration_at_its_first_step_not_done(
+    flannel_node: FlannelNode,
+) -> None:
+    f = flannel_node
+    done = kill_midway(f)
+    record = f.workdir / "migrate.json"
+    plan = f.migrate("--dry-run")  # the steps left, nothing done
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert plan.stdout.splitlines()[0] == (
+        f"resuming the migration recorded in {record} at step {done + 1}")
+    assert [line.split(".")[0] for line in plan.stdout.splitlines()[1:]] == [
+        str(n) for n in range(done + 1, 11)]
+    assert json.loads(record.read_text())["done"] == done
+
+    res = f.migrate_for_real()
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == plan.stdout.splitlines()[0]
+    assert lines[1:-1] == plan.stdout.splitlines()[1:]
+    assert lines[-1] == f"migrated: {f.node.underlay_ip} is a vxflow node"
+    assert sorted(f.node.ovs.vsctl("list-ports", "br-int").split()) == sorted(
+        ["veth1", "veth2", "vxgw0", "vxlan0"])
+    links = f.node.run("ip", "-o", "link", "show")
+    assert "cni0" not in links and "flannel.1" not in links
+    assert json.loads(record.read_text())["done"] == 10
+    with Registry(f.etcd_endpoint) as registry:
+        published = {ep.ip for ep in registry.list_endpoints(f.lease.subnet)}
+    assert published == {pod.ip.ip for pod in f.pods}
+
+    again = f.migrate_for_real()  # finished: nothing to resume
+    assert (again.returncode, again.stderr) == (1, (
+        f"Error: {record} records a finished migration: this node is a vxflow node "
+        "(--rollback returns it to flannel)\n"))  # fmt: skip
+
+
+@pytest.mark.integration
+def test_rollback_undoes_a_killed_migration_from_its_record(flannel_node: FlannelNode) -> None:
+    f = flannel_node
+    done = kill_midway(f)
+    real = f.real_args()
+    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert res.returncode == 0, res.stdout + res.stderr
+    moves = [f"undo {n}. move veth{n - 4}" for n in range(done + 1, 4, -1) if n <= 6]
+    assert res.stdout.splitlines() == [
+        *moves, "undo 3. start the agent", "undo 1. fence flanneld",
+        f"rolled back: {f.node.underlay_ip} is a flannel node"]  # fmt: skip
+    assert not (f.workdir / "migrate.json").exists()
+    assert_flannel_again(f)
+
+
+@pytest.mark.integration
+def test_a_pod_added_through_vxflow_cni_after_the_migration_gets_an_unused_address(
+    flannel_node: FlannelNode, underlay: Underlay,
+) -> None:
+    """host-local lost veth1's pod's file (its last reservation points just below it): the
+    migration writes it from what is really there, so vxflow-cni's ADD, run as a runtime
+    runs it with the conflist the migration switched, hands out another address."""
+    f = flannel_node
+    store = f.networks_dir / "cbr0"
+    lost = f.pods[0].ip.ip  # the subnet's last host; host-local's next candidate after pods[1]
+    (store / str(lost)).unlink()
+    res = f.migrate_for_real()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (store / str(lost)).read_bytes() == b"flannel-veth1\r\neth0"
+
+    conflist = json.loads((f.conf_dir / "10-flannel.conflist").read_text())
+    plugin = next(p for p in conflist["plugins"] if p["type"] == "vxflow")
+    conf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}
+    netns = f"/var/run/netns/{underlay.add_netns('newpod')}"
+
+    def plugin(command: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": "newpod",
+               "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": CNI_PATH}  # fmt: skip
+        return subprocess.run(["ip", "netns", "exec", f.node.netns, VXFLOW_CNI],
+                              input=json.dumps(conf), env=env, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+
+    add = plugin("ADD")
+    assert add.returncode == 0, add.stdout + add.stderr
+    address = IPv4Interface(json.loads(add.stdout)["ips"][0]["address"])
+    assert address.network == f.lease.subnet
+    assert address.ip not in {pod.ip.ip for pod in f.pods} | {f.lease.gateway}
+    assert (store / str(address.ip)).read_text().startswith("newpod")
+    delete = plugin("DEL")
+    assert delete.returncode == 0, delete.stdout + delete.stderr

@@ -7,11 +7,22 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
+import pytest
+
 from flows.ports import vtep_mac_for
 from leases.config import parse_config
 from leases.model import Lease
 from leases.subnet_env import SubnetEnv
-from ovsdb.migrate import FdbEntry, Link, Neighbour, Observation, PodPort, plan, pods_on_bridge
+from ovsdb.migrate import (
+    FdbEntry,
+    Link,
+    Neighbour,
+    Observation,
+    PodPort,
+    Record,
+    plan,
+    pods_on_bridge,
+)
 
 CONFIG = parse_config('{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}')
 SUBNET = IPv4Network("198.19.7.0/24")
@@ -168,3 +179,20 @@ def test_ports_that_cannot_be_told_are_problems() -> None:
     assert failed(fdb=()) == [
         f"{p.port}: the bridge learned no MAC behind it (a silent pod: make it send, e.g. ping "
         "it from the node, and run again)" for p in PODS]
+
+
+def test_the_record_a_re_run_resumes_keeps_the_plan_and_how_far_it_got() -> None:
+    """The state file's record: the steps (a move's pod too), the steps done, what undoing
+    them needs; anything else is refused as not a record."""
+    result = plan(observed())
+    record = Record(1, SUBNET, observed().bridge, result.pods, sysctls={"veth1": {"/p": "0"}},
+                    written=["/s/198.19.7.254"], conflist="/c", conflist_text="{}", ipmasq=True,
+                    network="cbr0", steps=result.steps, done=5)  # fmt: skip
+    again = Record.from_json(record.to_json())
+    assert again == record
+    assert not again.finished
+    assert again.steps[4].pod == PODS[0]
+    assert replace(again, done=len(again.steps)).finished
+    for text in ("{}", "[]", record.to_json().replace('"pod": "veth1"', '"pod": "veth9"')):
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            Record.from_json(text)
