@@ -101,8 +101,13 @@ def b1(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _dual(r: dict[str, Any]) -> str:
+    """The title's note for a --dual-stack run."""
+    return ", dual-stack leases" if "--dual-stack" in r["command"] else ""
+
+
 def b2(r: dict[str, Any]) -> list[str]:
-    lines = ["### B2 convergence (one new lease -> every switch)", "", *_head(r),
+    lines = [f"### B2 convergence (one new lease -> every switch{_dual(r)})", "", *_head(r),
              "| switches | OpenFlow | S | leases before | n | p50 | p99 | max | spread p50 "
              "(first->last switch) | etcd put -> watch p50 |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -118,7 +123,8 @@ def b2(r: dict[str, Any]) -> list[str]:
 
 
 def b3(r: dict[str, Any]) -> list[str]:
-    lines = ["### B3 cold start", "", *_head(r),
+    lines = [f"### B3 cold start{_dual(r).replace(', ', ' (').rstrip() + (')' if _dual(r) else '')}", "",
+             *_head(r),
              "| switches | L leases | S | flows total | converged (median) | all runs | flow-mods/s "
              "| controller CPU | ovs-vswitchd CPU | controller peak RSS | bytes per installed flow (peak - ready RSS) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -141,14 +147,17 @@ B4_LABELS = {
     "vxflow_direct": "vxflow nodes, DirectRouting (gateway port + kernel route)",
     "flannel_direct": "flannel-style nodes, DirectRouting (kernel routes)",
     "vxflow_vxlan": "vxflow nodes, VXLAN (the option off for the round)",
+    "vxflow_v6": "vxflow nodes over IPv6 (IPv6 underlay)",
+    "flannel_v6": "flannel-style nodes over IPv6 (flannel-v6.<VNI>)",
 }
 
 
 def b4(r: dict[str, Any]) -> list[str]:
-    """B4, or its --direct run (b4_dataplane_direct): the same table over the pairs it has."""
+    """B4, or its --direct or --ipv6 run (b4_dataplane_direct, b4_dataplane_ipv6): the same
+    table over the pairs it has."""
     s = r["summary"]
-    direct = "vxflow_direct" in s
-    lines = [f"### B4 data plane{' with DirectRouting' if direct else ''} (pod to pod, one "
+    kind = " with DirectRouting" if "vxflow_direct" in s else " over IPv6 and IPv4" if "vxflow_v6" in s else ""
+    lines = [f"### B4 data plane{kind} (pod to pod, one "
              "cluster, same underlay)", "", *_head(r),
              f"{r['rounds']} alternating rounds; per round {r['pings_per_round']} pings "
              f"(`ping -i 0.01`) and `iperf3 -t {r['iperf_seconds']}`; medians over rounds.", "",
@@ -334,7 +343,8 @@ def b11(r: dict[str, Any]) -> list[str]:
 def render(results_dir: Path) -> str:
     out: list[str] = []
     for name, fn in (("b1_flow_rate", b1), ("b2_convergence", b2), ("b3_cold_start", b3),
-                     ("b4_dataplane", b4), ("b4_dataplane_direct", b4),
+                     ("b2_convergence_dualstack", b2), ("b3_cold_start_dualstack", b3),
+                     ("b4_dataplane", b4), ("b4_dataplane_direct", b4), ("b4_dataplane_ipv6", b4),
                      ("b5_failover", b5), ("b6_attach", b6),
                      ("b7_services", b7), ("b8_drift_repair", b8),
                      ("b9_switch_restart", b9), ("b11_failover", b11)):  # fmt: skip
