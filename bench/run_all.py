@@ -25,6 +25,7 @@ BENCHMARKS = (
     ("B8 drift repair", ["bench.b8_drift_repair"]),
     ("B9 switch restart", ["bench.b9_switch_restart"]),
     ("B11 data-path failover", ["bench.b11_failover"]),
+    ("B12 live migration", ["bench.b12_migrate"]),
     ("profile: compile", ["bench.profile", "compile"]),
     ("profile: encode", ["bench.profile", "encode"]),
     ("profile: sync", ["bench.profile", "sync"]),

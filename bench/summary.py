@@ -340,6 +340,27 @@ def b11(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def b12(r: dict[str, Any]) -> list[str]:
+    lines = ["### B12 live migration (flannel -> vxflow and back, pods running)", "", *_head(r),
+             f"A flannel-style node with two pods between two vxflow nodes and another "
+             f"flannel-style node; a TCP stream (a line every 10 ms) and a 100 pps ping to each "
+             f"of its pods from a pod of each kind of node. {r['migrations']} rounds of "
+             f"`vxflow migrate` then `--rollback` on it under that traffic; per run and per "
+             f"stream the longest gap.", "",
+             "| run | longest gap | n | p50 | p99 | max | run took p50 |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for what in ("migrate", "rollback"):
+        for kind, label in (("tcp_s", "TCP stream"), ("ping_s", "ping")):
+            x = r[what][kind]
+            cells = (f"{x['n']} | {_ms(x['p50'])} | {_ms(x['p99'])} | {_ms(x['max'])}" if x
+                     else "0 | - | - | -")  # fmt: skip
+            lines.append(f"| {what} | {label} | {cells} | {_s(r['runs_s'][what]['p50'])} |")
+    met = "met" if r["goal_met"] else "NOT met"
+    lines += ["", f"Stream resets: {len(r['resets'])}. Goal (no reset, every gap <= "
+                  f"{r['goal_s']:.0f} s): {met}."]  # fmt: skip
+    return lines
+
+
 def render(results_dir: Path) -> str:
     out: list[str] = []
     for name, fn in (("b1_flow_rate", b1), ("b2_convergence", b2), ("b3_cold_start", b3),
@@ -347,7 +368,8 @@ def render(results_dir: Path) -> str:
                      ("b4_dataplane", b4), ("b4_dataplane_direct", b4), ("b4_dataplane_ipv6", b4),
                      ("b5_failover", b5), ("b6_attach", b6),
                      ("b7_services", b7), ("b8_drift_repair", b8),
-                     ("b9_switch_restart", b9), ("b11_failover", b11)):  # fmt: skip
+                     ("b9_switch_restart", b9), ("b11_failover", b11),
+                     ("b12_migrate", b12)):  # fmt: skip
         r = _load(name, results_dir)
         out += (fn(r) if r else [f"### {name}", "", "_no results yet_"]) + [""]
     return "\n".join(out)

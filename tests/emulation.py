@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import shlex
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,32 +47,6 @@ def sh(*cmd: str, netns: str | None = None, check: bool = True, timeout: float =
 def offload_off(ifname: str, netns: str | None = None) -> None:
     """Userspace datapath and kernel VXLAN drop packets with offloaded TX checksums."""
     sh("ethtool", "-K", ifname, "tx", "off", netns=netns)
-
-
-def background(cmd: list[str], stem: Path) -> str:
-    """A shell line that starts `cmd` in the background, its output to STEM.log and its PID
-    to STEM.pid (what a migration's --start-agent and --start-flanneld run)."""
-    return f"{shlex.join(cmd)} >> {stem}.log 2>&1 < /dev/null & echo $! > {stem}.pid"
-
-
-def stop_command(pidfile: Path) -> str:
-    """A shell line that stops the process of `pidfile` and waits until it is gone."""
-    return (f"kill $(cat {pidfile}); while kill -0 $(cat {pidfile}) 2>/dev/null; do "
-            "sleep 0.1; done")
-
-
-def stop_by_pidfile(path: Path, timeout: float = 10) -> None:
-    """Stop the process whose PID a shell wrote to `path` (one a command the test handed on
-    started in the background); nothing if there is no such file."""
-    if not path.exists():
-        return
-    pid = path.read_text().strip()
-    subprocess.run(["kill", "-TERM", pid], capture_output=True)
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if Path(f"/proc/{pid}").exists():
-        subprocess.run(["kill", "-KILL", pid], capture_output=True)
 
 
 @dataclass

@@ -218,6 +218,23 @@ def test_b11_failover_tiny(tmp_path: Path) -> None:
     assert r["crash"]["gone_s"]["n"] == r["check"]["back_s"]["n"] == 1
     assert r["reference"]["kubernetes_node_grace_s"] == 40
     assert "B11 data-path failover" in "\n".join(summary.b11(r))
+
+
+@pytest.mark.e2e
+def test_b12_migrate_tiny(tmp_path: Path) -> None:
+    r = run_bench(tmp_path, "bench.b12_migrate", "--migrations", "1", timeout=400)
+    assert r["migrations"] == 1 and len(r["streams"]) == 4
+    assert [(row["round"], row["what"]) for row in r["rounds"][::4]] == [(1, "migrate"),
+                                                                          (1, "rollback")]
+    assert len(r["rounds"]) == 8 and isinstance(r["resets"], dict)
+    for what in ("migrate", "rollback"):
+        assert 0 < r["runs_s"][what]["p50"] < 180
+        for kind in ("tcp_s", "ping_s"):
+            x = r[what][kind]
+            assert x["n"] + r[what][f"{kind}_no_sample"] == 4
+            assert 0 < x["p50"] <= x["p99"] <= x["max"], (what, kind)
+    assert isinstance(r["goal_met"], bool)
+    assert "B12 live migration" in "\n".join(summary.b12(r))
 @pytest.mark.integration
 def test_soak_tiny(tmp_path: Path) -> None:
     """The soak, 40 s instead of 30 min: every kind of churn and hostile peer happened, the

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.migration import background, stop_by_pidfile, stop_command
 from daemons.processes import stop_process
 from flows.ports import pod_mac, vtep_mac_for
 from leases.etcd_server import EtcdServer, free_loopback_port
@@ -33,10 +34,7 @@ from tests.emulation import (
     Node,
     Pod,
     Underlay,
-    background,
     offload_off,
-    stop_by_pidfile,
-    stop_command,
 )
 
 REPO = Path(__file__).resolve().parents[1]

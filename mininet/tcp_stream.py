@@ -1,4 +1,5 @@
-"""A long-lived TCP stream for the migration test: `server PORT OUT` or `client IP PORT STOP`.
+"""A long-lived TCP stream between pods, for the migration e2e test and B12 (through
+bench/migration.py): `server PORT OUT` or `client IP PORT STOP`.
 
 The client sends a numbered line every 10 ms until the file STOP exists, then closes; it
 exits 1 (and says why) if the connection breaks. The server writes one line per line
