@@ -94,6 +94,14 @@ def background(count: int, namespaces: int) -> list[dict]:
                        "ports": [{"port": 8080}]}]) for k in range(count)]  # fmt: skip
 
 
+def new_policy(i: int, namespaces: int) -> dict:
+    """The i-th policy written during the run: every pod of its namespace isolated for
+    ingress, from the pods of one app label in any namespace, on one port."""
+    return manifest(f"ns{i % namespaces}", f"new{i}", {}, [{"from": [{"namespaceSelector": {},
+                    "podSelector": {"matchLabels": {"app": f"a{i % APPS}"}}}],
+                    "ports": [{"port": 9000 + i % 5}]}])  # fmt: skip
+
+
 def measure(switches: int, pods: int, policies: int, repeat: int, gap: float) -> dict[str, Any]:
     c = cluster(switches)
     leases = list(c.leases[:switches])
@@ -142,10 +150,7 @@ def measure(switches: int, pods: int, policies: int, repeat: int, gap: float) ->
                 _policy_update(obs, name, start[name])
             time.sleep(gap)
         for i in range(repeat):
-            ns = f"ns{i % spaces}"
-            new = manifest(ns, f"new{i}", {}, [{"from": [{"namespaceSelector": {},
-                           "podSelector": {"matchLabels": {"app": f"a{i % APPS}"}}}],
-                           "ports": [{"port": 9000 + i % 5}]}])  # fmt: skip
+            new = new_policy(i, spaces)
             cookie = _rule_cookie(snap, leases[0], parse_policy(new))
             start = {name: obs.event_count(name) for name in want}
             t0 = time.monotonic()

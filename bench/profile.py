@@ -1,6 +1,6 @@
 """Where the time goes, before anyone optimises: pyinstrument profiles of the hot paths.
 
-`python -m bench.profile compile|encode|sync|coldstart|event [--remote-leases N]`
+`python -m bench.profile compile|encode|sync|coldstart|event|policy [--remote-leases N]`
 profiles, in process, one node's table being compiled (flows/), encoded
 (controller/ofwire.py), or produced by the controller's own sync path: the
 ClusterModel and SwitchSync the os-ken app drives, from "switch connected,
@@ -9,8 +9,10 @@ no socket). `coldstart` is B3's path: S empty switches (`--switches`) on L
 leases (`--leases`), each through its readback, bundle and both barriers, with
 the memory the installed tables took. `event` is B2's path: one LeaseAdded
 folded into the model and fanned out to S synced switches, through both
-barriers of each switch's change, with the garbage collector's pauses. The
-text report goes to bench/results/profile_<what>[_<tag>].txt.
+barriers of each switch's change, with the garbage collector's pauses. `policy`
+is B10's: one new policy (as bench.b10_policy writes them) the same way, with
+`--pods` pods and `--policies` policies in place. The text report goes to
+bench/results/profile_<what>[_<tag>].txt.
 
 Profiling the whole controller process under pyinstrument was tried: its
 per-call hook under eventlet slowed a 65,536-lease sync by more than 100x (no
@@ -33,7 +35,7 @@ from bench.ofwire import BARRIER_REQUEST
 from bench.report import RESULTS_DIR, source_state
 from controller.model import ClusterModel
 from controller.switch import SwitchSync
-from leases.events import LeaseAdded
+from leases.events import LeaseAdded, PolicyAdded
 
 
 class _Sink:
@@ -160,11 +162,41 @@ def event_path(switches: int, leases: int, events: int,
     model = ClusterModel()
     model.load(c.config, c.leases[:leases], ())
     syncs = [_synced_switch(model, x.public_ip, leases) for x in c.leases[:switches]]
+    news = [LeaseAdded(new, 10 + i) for i, new in enumerate(c.leases[leases:])]
+    took = _fan_out(model, syncs, news, profiler, pauses)
+    if any(len(sync.installed) != len(syncs[0][0].installed) for sync, _ in syncs):
+        raise RuntimeError("switches disagree on their table size after the events")
+    return took
+
+
+def policy_path(switches: int, pods: int, policies: int, events: int,
+                profiler: Profiler | None = None,
+                pauses: _GcPauses | None = None) -> list[float]:  # fmt: skip
+    """B10's controller path: seconds per new policy written (as bench.b10_policy writes
+    them) for the controller's own code to bring S synced switches (one per node) with
+    `pods` pods and `policies` policies in place up to date."""
+    from bench.b10_policy import NAMESPACES, background, new_policy, pods_of
+    from leases.policy import parse_policy
+
+    c = cluster(switches)
+    spaces = max(1, min(NAMESPACES, policies))
+    model = ClusterModel()
+    model.load(c.config, c.leases[:switches], pods_of(list(c.leases[:switches]), pods, spaces),
+               policies=[parse_policy(m) for m in background(policies, spaces)])  # fmt: skip
+    syncs = [_synced_switch(model, x.public_ip, switches) for x in c.leases[:switches]]
+    news = [PolicyAdded(parse_policy(new_policy(i, spaces)), 10 + i) for i in range(events)]
+    return _fan_out(model, syncs, news, profiler, pauses)
+
+
+def _fan_out(model: ClusterModel, syncs: list[tuple[SwitchSync, _Sink]], events: list,
+             profiler: Profiler | None, pauses: _GcPauses | None) -> list[float]:  # fmt: skip
+    """Each event, one by one, folded into `model` and fanned out to the synced switches
+    through both barriers of each switch's change: seconds per event."""
     took = []
     with profiler or contextlib.nullcontext(), pauses or contextlib.nullcontext():
-        for i, new in enumerate(c.leases[leases:]):
+        for event in events:
             t0 = time.perf_counter()
-            impact = model.apply([LeaseAdded(new, 10 + i)])
+            impact = model.apply([event])
             for sync, _ in syncs:
                 own = model.own_lease(sync.node)
                 sync.request(impact.scope_for(sync.node, own.subnet if own else None))
@@ -172,8 +204,6 @@ def event_path(switches: int, leases: int, events: int,
                 sync.on_barrier(sink.barrier_xid)
                 sync.on_barrier(sink.barrier_xid)
             took.append(time.perf_counter() - t0)
-    if any(len(sync.installed) != len(syncs[0][0].installed) for sync, _ in syncs):
-        raise RuntimeError("switches disagree on their table size after the events")
     return took
 
 
@@ -191,24 +221,28 @@ def _write(name: str, profiler: Profiler, out_dir: Path, note: str = "") -> Path
 
 
 @click.command()
-@click.argument("what", type=click.Choice(["compile", "encode", "sync", "coldstart", "event"]))
+@click.argument("what", type=click.Choice(["compile", "encode", "sync", "coldstart", "event", "policy"]))
 @click.option("--remote-leases", default=65536, show_default=True,
               help="compile/encode/sync: remote leases of the one table.")
 @click.option("--switches", default=50, show_default=True,
-              help="coldstart: empty switches; event: synced switches.")
+              help="coldstart: empty switches; event, policy: synced switches.")
 @click.option("--leases", default=1000, show_default=True,
               help="coldstart: leases; event: leases before the events.")
-@click.option("--events", default=200, show_default=True, help="event: new leases, one by one.")
+@click.option("--events", default=200, show_default=True,
+              help="event: new leases, one by one; policy: new policies, one by one.")
+@click.option("--pods", default=1000, show_default=True, help="policy: pods, spread over the nodes.")
+@click.option("--policies", default=100, show_default=True, help="policy: policies in place before.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR,
               show_default=True, help="Where the text report goes.")
 @click.option("--tag", default="", help="Report name suffix (e.g. the size): profile_WHAT_TAG.txt.")
-def main(what: str, remote_leases: int, switches: int, leases: int, events: int,
-         results_dir: Path, tag: str) -> None:  # fmt: skip
+def main(what: str, remote_leases: int, switches: int, leases: int, events: int, pods: int,
+         policies: int, results_dir: Path, tag: str) -> None:  # fmt: skip
     """Profile a hot path in process with pyinstrument: compile (flows/ for one table),
     encode (controller/ofwire.py for one table), sync (the controller's cold sync of one
     empty switch), coldstart (--switches empty switches on --leases leases, to their
-    tables landed), event (one new lease fanned out to --switches synced switches).
-    The report goes to RESULTS_DIR/profile_WHAT[_TAG].txt."""
+    tables landed), event (one new lease fanned out to --switches synced switches), policy
+    (B10's: one new policy fanned out to --switches synced switches, one per node, with
+    --pods pods and --policies policies in place). The report goes to RESULTS_DIR/profile_WHAT[_TAG].txt."""
     profiler = Profiler(interval=0.0005)
     gc.set_threshold(50_000, 20, 100)  # as the controller (controller/app.py) runs
     note = ""
@@ -228,9 +262,15 @@ def main(what: str, remote_leases: int, switches: int, leases: int, events: int,
                 f"installed flow (controller code only, no os-ken, no sockets)")  # fmt: skip
     else:
         pauses = _GcPauses()
-        took = sorted(event_path(switches, leases, events, profiler, pauses))
-        note = (f"event: {switches} switches, {leases} leases, {events} new leases: per new "
-                f"lease p50 {took[len(took) // 2] * 1e3:.2f} ms, max {took[-1] * 1e3:.2f} ms; "
+        if what == "event":
+            took = event_path(switches, leases, events, profiler, pauses)
+            size, each = f"{leases} leases, {events} new leases", "lease"
+        else:
+            took = policy_path(switches, pods, policies, events, profiler, pauses)
+            size, each = f"{pods} pods, {policies} policies, {events} new policies", "policy"
+        took.sort()
+        note = (f"{what}: {switches} switches, {size}: per new {each} p50 "
+                f"{took[len(took) // 2] * 1e3:.2f} ms, max {took[-1] * 1e3:.2f} ms; "
                 f"gc: {pauses.text()} (controller code only, no os-ken, no sockets)")  # fmt: skip
     if note:
         click.echo(note)

@@ -285,6 +285,18 @@ def test_profile_coldstart_and_event_tiny(tmp_path: Path) -> None:
     assert "full; longest" in (tmp_path / "profile_event_4x30.txt").read_text()
 
 
+def test_profile_policy_tiny(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.profile", "policy", "--switches", "3", "--pods", "30",
+         "--policies", "5", "--events", "3", "--tag", "3x30", "--results-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = (tmp_path / "profile_policy_3x30.txt").read_text()
+    assert report.splitlines()[1].startswith("# policy: 3 switches, 30 pods, 5 policies, 3 new policies")
+    assert "stage_table" in report  # each new policy recompiles the switches' policy stages
+
+
 @pytest.mark.integration
 def test_b10_policy_tiny(tmp_path: Path) -> None:
     r = run_bench(tmp_path, "bench.b10_policy", "-s", "3", "--pods", "30", "--policies", "5",
