@@ -5,6 +5,10 @@
 part and `make bench` the full-size benchmarks (about 15 minutes; their
 reduced-size runs are tests/test_bench_smoke.py). tests/README.md lists every
 user-facing command with the test that runs it.
+
+Under `make test` these two runs are the only runs of the pure tier and of the non-e2e
+`random_leases` tests (the Makefile's ONCE leaves them out of the outer run), so each
+test runs once; each is a group of its own, handed out first (one takes about a minute).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def test_make_lint_is_clean() -> None:
     assert "All checks passed!" in res.stdout, res.stdout
 
 
+@pytest.mark.xdist_group("make unit")
 def test_make_unit_runs_the_pure_tests_without_the_rest() -> None:
     res = make("unit")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -49,6 +54,7 @@ def test_make_unit_runs_the_pure_tests_without_the_rest() -> None:
     assert " passed" in summary and "deselected" in summary and "failed" not in summary, summary
 
 
+@pytest.mark.xdist_group("make repeat")
 def test_make_repeat_runs_each_random_leases_test_that_many_times() -> None:
     res = make("repeat", "REPEAT=1")
     assert res.returncode == 0, res.stdout + res.stderr
