@@ -5,6 +5,10 @@
 part and `make bench` the full-size benchmarks (about 15 minutes; their
 reduced-size runs are tests/test_bench_smoke.py). tests/README.md lists every
 user-facing command with the test that runs it.
+
+Under `make test` these two runs are the only runs of the pure tier and of the non-e2e
+`random_leases` tests (the Makefile's ONCE leaves them out of the outer run), so each
+test runs once; each is a group of its own, handed out first (one takes about a minute).
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration  # setup installs Debian packages: root
 
 
-def make(*args: str) -> subprocess.CompletedProcess:
+def make(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     # as typed at a shell: not as a sub-make of `make test` (which would print its directory)
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     return subprocess.run(
-        ["make", *args], cwd=REPO, capture_output=True, text=True, timeout=240, env=env
+        ["make", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -42,13 +46,17 @@ def test_make_lint_is_clean() -> None:
     assert "All checks passed!" in res.stdout, res.stdout
 
 
+@pytest.mark.xdist_group("make unit")
+@pytest.mark.timeout(660)
 def test_make_unit_runs_the_pure_tests_without_the_rest() -> None:
-    res = make("unit")
+    # the pure tier on one worker: ~1 min on a quiet machine, over 4 beside the suite at load 8
+    res = make("unit", timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     summary = res.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "deselected" in summary and "failed" not in summary, summary
 
 
+@pytest.mark.xdist_group("make repeat")
 def test_make_repeat_runs_each_random_leases_test_that_many_times() -> None:
     res = make("repeat", "REPEAT=1")
     assert res.returncode == 0, res.stdout + res.stderr

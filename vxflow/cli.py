@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import warnings
 
@@ -88,7 +89,13 @@ def _subcommand(args: list[str]) -> str | None:
 
 
 def main() -> None:
-    if _subcommand(sys.argv[1:]) in _GREEN:
+    if _subcommand(sys.argv[1:]) not in _GREEN:
+        # etcd3gw imports eventlet (through futurist), whose green socket module loads a
+        # whole DNS resolver (dnspython: ~0.1 s of every command's start) that only green
+        # threads use, and only the _GREEN commands run any. Read once, at that import. A
+        # controller this command starts (the demo's) inherits it; its addresses are IPs.
+        os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
+    else:
         from os_ken.lib import hub
 
         # as osken-manager does first thing (threads apart: patched with the rest at once,
