@@ -6,12 +6,14 @@ flannel's own format (through leases.Registry) and keeps the kernel in step
 with the other nodes' leases:
 
 - device `flannel.<VNI>`: kernel VXLAN, `nolearning`, local = PublicIP,
-  address `<subnet>.0/32`, MTU = underlay MTU - 50;
+  address `<subnet>.0/32`, MTU = underlay MTU - 50, a random MAC (flanneld's
+  mac.NewHardwareAddr) that the lease names as its VtepMAC; a device found with
+  the same VNI, local address and port is kept with its MAC (flanneld's ensureLink);
 - per remote lease: permanent neighbour `<subnet>.0 -> VtepMAC`, FDB entry
   `VtepMAC -> PublicIP`, route `<subnet>/len via <subnet>.0 onlink`;
 - with EnableIPv6 and `--public-ipv6`, a dual-stack lease and the same again
-  for IPv6 on `flannel-v6.<VNI>` (local = PublicIPv6, its own VtepMAC from
-  BackendV6Data, address `<ipv6 subnet>::/128`, the kernel's MTU for an IPv6
+  for IPv6 on `flannel-v6.<VNI>` (local = PublicIPv6, its own random MAC as the
+  BackendV6Data VtepMAC, address `<ipv6 subnet>::/128`, the kernel's MTU for an IPv6
   underlay, underlay MTU - 70), per remote dual-stack lease;
 - with the config's Backend.DirectRouting, a remote lease whose PublicIP (PublicIPv6) the kernel
   routes with exactly one route and no gateway (flannel's pkg/ip `DirectRouting`,
@@ -20,7 +22,8 @@ with the other nodes' leases:
 - subnet.env as flanneld writes it, for the CNI side (the cluster's cni0).
 
 flanneld reacts to a watch; this reconciles from a snapshot once a second,
-which ends in the same kernel state and is simpler to get right here.
+which ends in the same kernel state and is simpler to get right here (a peer's new
+VtepMAC reaches the kernel within 1 s, where flanneld takes milliseconds).
 """
 
 from __future__ import annotations
