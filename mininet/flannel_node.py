@@ -6,12 +6,14 @@ flannel's own format (through leases.Registry) and keeps the kernel in step
 with the other nodes' leases:
 
 - device `flannel.<VNI>`: kernel VXLAN, `nolearning`, local = PublicIP,
-  address `<subnet>.0/32`, MTU = underlay MTU - 50;
+  address `<subnet>.0/32`, MTU = underlay MTU - 50, a random MAC (flanneld's
+  mac.NewHardwareAddr) that the lease names as its VtepMAC; a device found with
+  the same VNI, local address and port is kept with its MAC (flanneld's ensureLink);
 - per remote lease: permanent neighbour `<subnet>.0 -> VtepMAC`, FDB entry
   `VtepMAC -> PublicIP`, route `<subnet>/len via <subnet>.0 onlink`;
 - with EnableIPv6 and `--public-ipv6`, a dual-stack lease and the same again
-  for IPv6 on `flannel-v6.<VNI>` (local = PublicIPv6, its own VtepMAC from
-  BackendV6Data, address `<ipv6 subnet>::/128`, the kernel's MTU for an IPv6
+  for IPv6 on `flannel-v6.<VNI>` (local = PublicIPv6, its own random MAC as the
+  BackendV6Data VtepMAC, address `<ipv6 subnet>::/128`, the kernel's MTU for an IPv6
   underlay, underlay MTU - 70), per remote dual-stack lease;
 - with the config's Backend.DirectRouting, a remote lease whose PublicIP (PublicIPv6) the kernel
   routes with exactly one route and no gateway (flannel's pkg/ip `DirectRouting`,
@@ -20,7 +22,8 @@ with the other nodes' leases:
 - subnet.env as flanneld writes it, for the CNI side (the cluster's cni0).
 
 flanneld reacts to a watch; this reconciles from a snapshot once a second,
-which ends in the same kernel state and is simpler to get right here.
+which ends in the same kernel state and is simpler to get right here (a peer's new
+VtepMAC reaches the kernel within 1 s, where flanneld takes milliseconds).
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ from ipaddress import IPv4Address, IPv6Address
 from operator import attrgetter
 from pathlib import Path
 
-from flows.ports import vtep_mac_for, vtep_mac_v6_for
 from leases.direct import route_is_direct
 from leases.errors import RegistryError
 from leases.etcd_client import EtcdAccess
@@ -60,6 +62,14 @@ def ip(*args: str, check: bool = True) -> str:
     if check and res.returncode != 0:
         raise RuntimeError(f"`ip {' '.join(args)}` failed: {res.stderr.strip()}")
     return res.stdout
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC: flannel's mac.NewHardwareAddr, the VtepMAC
+    flanneld gives a device it creates (not vxflow's derivation from the PublicIP)."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = octets[0] & 0xFC | 0x02
+    return ":".join(f"{o:02x}" for o in octets)
 
 
 def bridge(*args: str) -> None:
@@ -88,21 +98,50 @@ V6 = Family("flannel-v6", attrgetter("ipv6_subnet"), attrgetter("public_ipv6"),
 class VxlanDevice:
     """One family's device and the per-lease kernel entries behind it."""
 
-    def __init__(self, config: NetworkConfig, lease: Lease, iface: str, direct: bool,
-                 fam: Family = V4) -> None:
+    def __init__(self, config: NetworkConfig, public_ip: IPv4Address | IPv6Address, iface: str,
+                 direct: bool, fam: Family = V4) -> None:  # fmt: skip
         self.name = f"{fam.device}.{config.backend.vni}"
-        self.fam, self.lease = fam, lease
+        self.fam, self.public_ip = fam, public_ip
         self.direct_routing = direct and config.backend.direct_routing
         self.programmed: dict[object, tuple[Lease, bool]] = {}  # with: routed directly
         underlay_mtu = json.loads(ip("-j", "link", "show", iface))[0]["mtu"]
         self.mtu = config.backend.mtu or underlay_mtu - fam.overhead
-        subnet = fam.subnet(lease)
-        ip("link", "del", self.name, check=False)  # a leftover of a previous run of ours
-        ip("link", "add", self.name, "address", fam.vtep_mac(lease), "mtu", str(self.mtu),
-           "type", "vxlan", "id", str(config.backend.vni), "local", str(fam.public_ip(lease)),
+        self.mac = self._ensure_link(config, iface)
+
+    def _ensure_link(self, config: NetworkConfig, iface: str) -> str:
+        """flanneld's ensureLink: a device of this name with the same VNI, local address and
+        port is kept, and with it its MAC (so a restart keeps the lease's VtepMAC); any other
+        is replaced by one with a random MAC, as flanneld picks it. The device's MAC."""
+        shown = ip("-d", "-j", "link", "show", self.name, check=False)
+        found = json.loads(shown)[0] if shown.strip() else {}
+        info = found.get("linkinfo", {})
+        data = info.get("info_data", {})
+        local = data.get("local6" if self.fam is V6 else "local")
+        if (info.get("info_kind"), data.get("id"), local, data.get("port")) == \
+                ("vxlan", config.backend.vni, str(self.public_ip), config.backend.port):  # fmt: skip
+            ip("link", "set", self.name, "mtu", str(self.mtu))
+            log.info("kept %s (%s)", self.name, found["address"])
+            return found["address"]
+        ip("link", "del", self.name, check=False)
+        mac = random_mac()
+        ip("link", "add", self.name, "address", mac, "mtu", str(self.mtu),
+           "type", "vxlan", "id", str(config.backend.vni), "local", str(self.public_ip),
            "dev", iface, "dstport", str(config.backend.port), "nolearning")  # fmt: skip
         subprocess.run(["ethtool", "-K", self.name, "tx", "off"], capture_output=True)
-        ip("addr", "add", f"{subnet.network_address}/{subnet.max_prefixlen}", "dev", self.name)
+        return mac
+
+    def up(self, lease: Lease) -> None:
+        """The lease's `<subnet>.0` (IPv6: `<subnet>::`) as the device's only address, and up."""
+        self.lease = lease
+        subnet = self.fam.subnet(lease)
+        want = f"{subnet.network_address}/{subnet.max_prefixlen}"
+        family = "-6" if self.fam is V6 else "-4"
+        shown = ip(family, "-j", "addr", "show", "dev", self.name, "scope", "global")
+        for entry in json.loads(shown):
+            for a in entry.get("addr_info", []):
+                if f"{a['local']}/{a['prefixlen']}" != want:  # a subnet of before
+                    ip("addr", "del", f"{a['local']}/{a['prefixlen']}", "dev", self.name)
+        ip("addr", "replace", want, "dev", self.name)
         ip("link", "set", self.name, "up")
 
     def is_direct(self, lease: Lease) -> bool:
@@ -120,6 +159,8 @@ class VxlanDevice:
             log.info("added %s directly via %s", subnet, fam.public_ip(lease))
             return
         gw, mac = str(subnet.network_address), fam.vtep_mac(lease)
+        if (had := self.programmed.get(subnet)) and not had[1] and fam.vtep_mac(had[0]) != mac:
+            self._forget(had[0])  # the peer's new VtepMAC (a new device, or vxflow's)
         ip("neigh", "replace", gw, "lladdr", mac, "dev", self.name, "nud", "permanent")
         bridge("fdb", "replace", mac, "dev", self.name, "dst", str(fam.public_ip(lease)),
                "self", "permanent")  # fmt: skip
@@ -138,9 +179,13 @@ class VxlanDevice:
         gw = str(subnet.network_address)
         ip("route", "del", str(subnet), "via", gw, "dev", self.name, check=False)
         ip("neigh", "del", gw, "dev", self.name, check=False)
+        self._forget(lease)
+        log.info("removed %s", subnet)
+
+    def _forget(self, lease: Lease) -> None:
+        """The FDB entry of `lease`'s VtepMAC."""
         subprocess.run(["bridge", "fdb", "del", self.fam.vtep_mac(lease), "dev", self.name,
                         "self"], capture_output=True)  # fmt: skip
-        log.info("removed %s", subnet)
 
     def reconcile(self, leases: list[Lease], vni: int) -> None:
         fam = self.fam
@@ -167,16 +212,19 @@ def run(args: argparse.Namespace) -> None:
     config = registry.get_config()
     subnet_file = Path(args.subnet_file)
     six = config.ipv6 is not None and args.public_ipv6 is not None
+    # flanneld's order: the devices first, then the lease that names their MACs
+    devices = [VxlanDevice(config, args.public_ip, args.iface, args.direct_routing)]
+    if six:
+        devices.append(VxlanDevice(config, args.public_ipv6, args.iface, args.direct_routing, V6))
     lease = registry.acquire(
-        args.public_ip, vtep_mac_for(args.public_ip),
+        args.public_ip, devices[0].mac,
         previous_subnet=previous_subnet(subnet_file), ttl=args.subnet_lease_ttl,
-        **({"public_ipv6": args.public_ipv6, "vtep_mac_v6": vtep_mac_v6_for(args.public_ip),
+        **({"public_ipv6": args.public_ipv6, "vtep_mac_v6": devices[1].mac,
             "previous_ipv6_subnet": previous_ipv6_subnet(subnet_file)} if six else {}),
     )  # fmt: skip
     log.info("lease %s for %s", lease.label, lease.public_ip)
-    devices = [VxlanDevice(config, lease, args.iface, args.direct_routing)]
-    if lease.ipv6_subnet is not None:
-        devices.append(VxlanDevice(config, lease, args.iface, args.direct_routing, V6))
+    for device in devices:
+        device.up(lease)
     write_subnet_env(subnet_file, subnet_env_for(config, lease, devices[0].mtu))
     renew_at = time.monotonic() + renew_interval(args.subnet_lease_ttl)
     while True:

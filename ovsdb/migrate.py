@@ -28,7 +28,11 @@ has three parts:
   stopped and its bridge deleted, the pods back on cni0 at once, a gratuitous ARP so a
   pod that took the switch's gateway MAC meanwhile takes cni0's again. An interrupted
   migration's record is undone as a failed step is: its steps done, and the one it was
-  in, in reverse.
+  in, in reverse. The VtepMAC comes back too: flanneld keeps a VXLAN device it finds
+  with the same VNI, local address and port, and its MAC (else it makes one with a new
+  random MAC). So before flanneld starts, flannel.<VNI> gets its recorded MAC back, or
+  is re-created with it (down, no address) if it is gone; flanneld's lease then names
+  the VtepMAC of before, and peers' entries for it are what they were.
 
 The steps, in the order that keeps the pods reachable (what the plan prints):
 
@@ -37,7 +41,11 @@ The steps, in the order that keeps the pods reachable (what the plan prints):
 2. take the lease over: `Registry.acquire` with this PublicIP claims the key that
    already carries it (same key and subnet; the value is rewritten by a compare on
    its revision, so the key is never deleted and the subnet is never free). The
-   VtepMAC becomes vxflow's; flannel peers follow the lease as flanneld does.
+   VtepMAC becomes vxflow's (flanneld's was the random one of its device): vxflow peers
+   follow the lease at once, flannel peers as flanneld does on a lease change (a watch:
+   at once; the emulation's, from a snapshot, within 1 s). flannel.<VNI> takes the new
+   MAC just before, so that it takes in what a peer sends once it follows; a peer still
+   on the old MAC meanwhile loses what it sends until it follows.
 3. the agent starts (`vxflow agent`, as the node will run it): it holds the lease it
    finds (the same etcd lease while the TTLs agree) and brings up br-int with the
    gateway port on the subnet's .1. The pods' ARP entry for .1 still names cni0's MAC:
@@ -98,12 +106,27 @@ _HOST_LOCAL_OWN = {"lock"}  # host-local's files in a network's directory that a
 
 @dataclass(frozen=True)
 class Link:
-    """A kernel interface as observed: its MAC, IPv4 addresses, a VXLAN device's local IP."""
+    """A kernel interface as observed: its MAC, IPv4 addresses, MTU; a VXLAN device's local
+    IP, UDP port and underlay device (what re-creating flannel.<VNI> as it was needs)."""
 
     name: str
     mac: str
     addresses: tuple[IPv4Interface, ...] = ()
     local: IPv4Address | None = None
+    mtu: int = 0
+    port: int | None = None
+    dev: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "mac": self.mac, "addresses": [str(a) for a in self.addresses],
+                "local": str(self.local) if self.local else None, "mtu": self.mtu,
+                "port": self.port, "dev": self.dev}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Link:
+        return cls(d["name"], d["mac"], tuple(IPv4Interface(a) for a in d["addresses"]),
+                   IPv4Address(d["local"]) if d.get("local") else None, int(d.get("mtu", 0)),
+                   d.get("port"), d.get("dev"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -350,13 +373,17 @@ def _link(name: str) -> Link | None:
     if not found:
         return None
     info = found[0]
-    local = info.get("linkinfo", {}).get("info_data", {}).get("local")
+    vxlan = info.get("linkinfo", {}).get("info_data", {})
+    local = vxlan.get("local")
     return Link(
         name=name,
         mac=info.get("address", ""),
         addresses=tuple(IPv4Interface(f"{a['local']}/{a['prefixlen']}")
                         for a in info.get("addr_info", []) if a.get("family") == "inet"),
         local=IPv4Address(local) if local else None,
+        mtu=int(info.get("mtu", 0)),
+        port=vxlan.get("port"),
+        dev=vxlan.get("link"),
     )
 
 
@@ -515,6 +542,17 @@ def ended(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
+def set_mac(device: str, mac: str) -> None:
+    """`device`'s MAC changed, its permanent neighbour entries kept: the kernel flushes
+    them all on a change of address (flanneld's own, one per peer, included)."""
+    kept = ip_json("neigh", "show", "dev", device, "nud", "permanent")
+    ip("link", "set", device, "address", mac)
+    for entry in kept:
+        if "lladdr" in entry:
+            ip("neigh", "replace", entry["dst"], "lladdr", entry["lladdr"], "dev", device,
+               "nud", "permanent")  # fmt: skip
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Replace `path` with `text` (a temporary file beside it, renamed), directories made."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -555,6 +593,7 @@ class Record:
     subnet: IPv4Network
     bridge: Link  # cni0 as it was: its MAC is the pods' ARP entry for the gateway
     pods: list[PodPort]
+    vxlan: Link | None = None  # flannel.<VNI> as it was: its MAC is the lease's VtepMAC
     sysctls: dict[str, dict[str, str]] = field(default_factory=dict)  # a moved port's, by path
     written: list[str] = field(default_factory=list)  # host-local files added
     conflist: str | None = None  # the flannel conflist's path and text, as they were
@@ -571,8 +610,8 @@ class Record:
     def to_json(self) -> str:
         return json.dumps({
             "vni": self.vni, "subnet": str(self.subnet),
-            "bridge": {"name": self.bridge.name, "mac": self.bridge.mac,
-                       "addresses": [str(a) for a in self.bridge.addresses]},
+            "bridge": self.bridge.to_dict(),
+            "vxlan": self.vxlan.to_dict() if self.vxlan else None,
             "pods": [{"port": p.port, "ip": str(p.ip), "mac": p.mac} for p in self.pods],
             "sysctls": self.sysctls, "written": self.written, "conflist": self.conflist,
             "conflist_text": self.conflist_text, "ipmasq": self.ipmasq, "network": self.network,
@@ -585,14 +624,13 @@ class Record:
     def from_json(cls, text: str) -> Record:
         """ValueError (KeyError and TypeError included) if it is not a record."""
         d = json.loads(text)
-        bridge = d["bridge"]
         pods = [PodPort(p["port"], IPv4Address(p["ip"]), p["mac"]) for p in d["pods"]]
         by_port = {pod.port: pod for pod in pods}
         return cls(
             vni=int(d["vni"]), subnet=IPv4Network(d["subnet"]),
-            bridge=Link(bridge["name"], bridge["mac"],
-                        tuple(IPv4Interface(a) for a in bridge["addresses"])),
+            bridge=Link.from_dict(d["bridge"]),
             pods=pods,
+            vxlan=Link.from_dict(d["vxlan"]) if d.get("vxlan") else None,
             sysctls=dict(d["sysctls"]), written=list(d["written"]), conflist=d["conflist"],
             conflist_text=d["conflist_text"], ipmasq=bool(d["ipmasq"]), network=d["network"],
             steps=[Step(Kind(st["kind"]), st["name"], st["detail"],
@@ -653,12 +691,41 @@ class Undo:
                        stdin=subprocess.DEVNULL)  # fmt: skip
 
     def _start_flanneld(self) -> None:
-        """flanneld again: it takes its lease back and re-creates flannel.<VNI>."""
+        """flanneld again, on flannel.<VNI> as it was: it takes its lease back with the
+        VtepMAC it had, and brings the device up with its entries."""
+        self._vtep_back()
         self._shell(self.run.start_flanneld)
         device = f"flannel.{self.record.vni}"
-        wait_until(f"flanneld re-created no {device}",
-                   lambda: any(link["ifname"] == device for link in ip_json("link", "show")),
-                   self.run.timeout)  # fmt: skip
+        wait_until(f"flanneld brought no {device} up",
+                   lambda: any(link["ifname"] == device and "UP" in link["flags"]
+                               for link in ip_json("link", "show")), self.run.timeout)  # fmt: skip
+        if self.record.vxlan is not None:
+            wait_until(f"flanneld's lease names no VtepMAC {self.record.vxlan.mac}",
+                       self._vtep_leased, self.run.timeout)  # fmt: skip
+
+    def _vtep_leased(self) -> bool:
+        """The node's lease names flannel.<VNI>'s recorded MAC (etcd away a moment: not yet)."""
+        try:
+            leases = self.registry.list_leases()
+        except RegistryError:
+            return False
+        return any(lease.subnet == self.record.subnet and lease.vtep_mac == self.record.vxlan.mac
+                   for lease in leases)  # fmt: skip
+
+    def _vtep_back(self) -> None:
+        """flannel.<VNI> with its own MAC again, re-created (down, no address: flanneld's to
+        set) if it is gone. flanneld keeps a VXLAN device it finds with the same VNI, local
+        address and port, and with it its MAC: the lease names the VtepMAC of before."""
+        was = self.record.vxlan
+        if was is None:  # a record from before the device was recorded: flanneld picks one
+            return
+        if _link(was.name) is not None:
+            set_mac(was.name, was.mac)
+            return
+        ip("link", "add", was.name, "address", was.mac, "mtu", str(was.mtu), "type", "vxlan",
+           "id", str(self.record.vni), "local", str(was.local), "nolearning",
+           *(("dstport", str(was.port)) if was.port else ()),
+           *(("dev", was.dev) if was.dev else ()))  # fmt: skip
 
     def _stop_agent(self) -> None:
         self._shell(self.run.stop_agent)
@@ -739,7 +806,7 @@ class Migration(Undo):
                 result: Plan, say: Callable[[str], None]) -> Migration:  # fmt: skip
         """The migration of `result`, nothing done yet."""
         record = Record(obs.config.backend.vni, obs.subnet_env.subnet.network, obs.bridge,
-                        result.pods, conflist=str(obs.conflist) if obs.conflist else None,
+                        result.pods, vxlan=obs.vxlan, conflist=str(obs.conflist) if obs.conflist else None,
                         ipmasq=obs.subnet_env.ipmasq, network=obs.network_name,
                         steps=result.steps)  # fmt: skip
         return cls(settings, run, registry, record, say)
@@ -824,14 +891,19 @@ class Migration(Undo):
         wait_until(f"flanneld (PID {pid}) did not stop", lambda: ended(pid), self.run.timeout)
 
     def _take_lease(self) -> None:
-        subnet, ip = self.record.subnet, self.settings.public_ip
+        subnet, public_ip = self.record.subnet, self.settings.public_ip
+        vtep = vtep_mac_for(public_ip)
+        if self.record.vxlan is not None and _link(self.record.vxlan.name) is not None:
+            # peers follow the lease to vxflow's VtepMAC: flannel.<VNI> takes what they send
+            # until it goes (the switch's tunnel port matches no MAC)
+            set_mac(self.record.vxlan.name, vtep)
         # flannel's TTL: flanneld's etcd lease is kept; an agent with another
         # --subnet-lease-ttl binds the key to its own at once (a compare on its revision)
-        lease = self.registry.acquire(ip, vtep_mac_for(ip), previous_subnet=subnet,
+        lease = self.registry.acquire(public_ip, vtep, previous_subnet=subnet,
                                       ttl=LEASE_TTL_SECONDS)  # fmt: skip
         if lease.subnet != subnet:
             self.registry.release(lease)
-            raise StepFailed(f"etcd gave {lease.subnet} for {ip}, not {subnet}; released it")
+            raise StepFailed(f"etcd gave {lease.subnet} for {public_ip}, not {subnet}; released it")
 
     def _agent(self) -> None:
         started = time.time()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.migration import VXFLOW, Migrator, Traffic, pod_link
-from flows.ports import gateway_mac
+from flows.ports import gateway_mac, vtep_mac_for
 from tests.emulation import emulated_cluster
 
 
@@ -30,6 +30,10 @@ def test_migrate_and_rollback_keep_the_pods_addresses_and_their_streams(tmp_path
         sources = [cluster.pods_of(cluster.vxflow_nodes[0])[0], cluster.pods_of(peer)[0]]
         migrator = Migrator(cluster, node, tmp_path)
         before = {pod.name: pod_link(pod) for pod in pods}
+        # flanneld's VtepMAC is its device's random one, not vxflow's: migrating changes it
+        flanneld_vtep = json.loads(node.cmd("ip -j link show flannel.1"))[0]["address"]
+        assert flanneld_vtep != vtep_mac_for(node.underlay_ip)
+        assert peer_vteps(peer, node) == [flanneld_vtep]
         conf_dir, store = migrator.prepare(pods)
         traffic = Traffic(sources, pods, tmp_path)
         try:
@@ -38,6 +42,7 @@ def test_migrate_and_rollback_keep_the_pods_addresses_and_their_streams(tmp_path
             print(migrate.stdout, migrate.stderr)
             time.sleep(3)
             migrated(cluster, node, pods, sources, conf_dir, store)
+            assert peer_vteps(peer, node) == [vtep_mac_for(node.underlay_ip)]  # followed
             # a pod that refreshed its ARP entry for the gateway while migrated: the switch
             # answered with the gateway port's MAC; rolling back tells it cni0's again
             gateway = pods[1].ip_if.network.network_address + 1
@@ -65,6 +70,9 @@ def test_migrate_and_rollback_keep_the_pods_addresses_and_their_streams(tmp_path
         # flannel again: flannel.1, the pods on cni0, no br-int, the CNI config as it was
         links = node.cmd("ip -o link show")
         assert "flannel.1" in links and "cni0" in links
+        # flanneld kept the flannel.1 rollback re-created with its MAC: the VtepMAC of before
+        assert json.loads(node.cmd("ip -j link show flannel.1"))[0]["address"] == flanneld_vtep
+        assert peer_vteps(peer, node) == [flanneld_vtep]
         cni0_mac = json.loads(node.cmd("ip -j link show cni0"))[0]["address"]
         entry = json.loads(pods[1].cmd(f"ip -j neigh show {gateway} dev eth0"))
         assert [e.get("lladdr") for e in entry] == [cni0_mac], entry
@@ -77,6 +85,12 @@ def test_migrate_and_rollback_keep_the_pods_addresses_and_their_streams(tmp_path
         assert not (tmp_path / "migrate.json").exists()
         for src in sources:
             assert cluster.reachable(src, pods[1].addr)
+
+
+def peer_vteps(peer, node) -> list[str]:
+    """The VtepMACs flannel node `peer` sends to `node` with (its FDB entries for it)."""
+    fdb = json.loads(peer.cmd("bridge -j fdb show dev flannel.1"))
+    return [entry["mac"] for entry in fdb if entry.get("dst") == str(node.underlay_ip)]
 
 
 def migrated(cluster, node, pods, sources, conf_dir: Path, store: Path) -> None:

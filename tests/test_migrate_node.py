@@ -158,7 +158,11 @@ def assert_flannel_again(f: FlannelNode, ovsdb: bool = True) -> None:
     with Registry(f.etcd_endpoint) as registry:
         assert registry.list_endpoints(f.lease.subnet) == []
         held = [le for le in registry.list_leases() if le.subnet == f.lease.subnet]
-    assert [(le.key_name, le.public_ip) for le in held] == [(f.lease.key_name, f.node.underlay_ip)]
+    # with flanneld's VtepMAC of before: flannel.1 kept, or re-created, with its MAC
+    assert [(le.key_name, le.public_ip, le.vtep_mac) for le in held] == \
+        [(f.lease.key_name, f.node.underlay_ip, f.lease.vtep_mac)]  # fmt: skip
+    assert json.loads(f.node.run("ip", "-j", "link", "show", "flannel.1"))[0]["address"] \
+        == f.lease.vtep_mac  # fmt: skip
     for pod in f.pods:
         pod.run("ping", "-c", "1", "-W", "2", str(f.lease.gateway))
 
@@ -246,7 +250,7 @@ def test_dry_run_prints_the_plan_from_what_is_there_and_changes_nothing(
     assert res.stdout.splitlines() == [
         f"1. fence flanneld: stop it: nothing renews {subnet} or re-creates flannel.1 afterwards",
         f"2. take the lease over: {lease.key_name} for {ip}, same key and subnet, under the "
-        f"agent's etcd lease (VtepMAC unchanged)",  # the emulated flanneld's is vxflow's
+        f"agent's etcd lease (VtepMAC {lease.vtep_mac} -> {vtep_mac_for(ip)})",  # flanneld's: random
         f"3. start the agent: it holds {subnet} and brings up br-int with the gateway port on "
         f"{gateway}/{subnet.prefixlen}; the pods' ARP entry for {gateway} ({cni0_mac}) keeps "
         "routing",
