@@ -43,7 +43,7 @@ The steps, in the order that keeps the pods reachable (what the plan prints):
    its revision, so the key is never deleted and the subnet is never free). The
    VtepMAC becomes vxflow's (flanneld's was the random one of its device): vxflow peers
    follow the lease at once, flannel peers as flanneld does on a lease change (a watch:
-   at once; the emulation's, from a snapshot, within 1 s). flannel.<VNI> takes the new
+   at once; the emulation's too, woken by its own watch). flannel.<VNI> takes the new
    MAC just before, so that it takes in what a peer sends once it follows; a peer still
    on the old MAC meanwhile loses what it sends until it follows.
 3. the agent starts (`vxflow agent`, as the node will run it): it holds the lease it
