@@ -6,7 +6,9 @@ and runc 1.1.5): podman's CNI backend (`network_backend = "cni"`) loads the
 containers.conf naming its own directory, whose conflist points vxflow-cni at
 that node's OVSDB, subnet.env and agent socket (`vxflow-cni install` puts the
 fast client in the cluster's CNI bin directory, so each node's agent runs the
-calls); `runtime = "runc"` (crun fails on this machine's cgroups) and
+calls); a node whose CNI config dir is its own (one `vxflow migrate` switched)
+gets a containers.conf naming that directory, so podman reads its conflist as
+it is; `runtime = "runc"` (crun fails on this machine's cgroups) and
 `default_ulimits = []` (podman's default nofile limit is refused here). podman runs under `nsenter --net=/proc/<node>/ns/net`, so
 the CNI plugins run in the node's namespace and the pod's veth lands on that
 node (`ip netns exec` would remount /sys and runc would find no cgroups).
@@ -28,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vxnodes import VxflowNode, _venv_tool
+from vxnodes import OvsHost, VxflowNode, _venv_tool
 
 IMAGE = "localhost/vxflow-busybox:latest"
 NETWORK = "vxflow"  # the conflist's name, which `podman run --network` selects
@@ -59,7 +61,8 @@ class Podman:
     """A private podman for one cluster: `add_node()` each node, then `run()` containers."""
 
     workdir: Path
-    _nodes: dict[str, VxflowNode] = field(default_factory=dict)
+    _nodes: dict[str, OvsHost] = field(default_factory=dict)
+    networks: dict[str, str] = field(default_factory=dict)  # node name -> network, if not NETWORK
     containers: dict[str, str] = field(default_factory=dict)  # id -> node name
     names: dict[str, str] = field(default_factory=dict)  # name -> id
 
@@ -71,7 +74,7 @@ class Podman:
     def cni_bin(self) -> Path:
         return self.workdir / "cni-bin"
 
-    def node_dir(self, node: VxflowNode) -> Path:
+    def node_dir(self, node: OvsHost) -> Path:
         return self.workdir / node.name
 
     def setup(self) -> Podman:
@@ -123,15 +126,28 @@ class Podman:
         self._write_conf(folder)
         self._nodes[node.name] = node
 
-    def _write_conf(self, folder: Path) -> None:
-        """`folder`/containers.conf: podman's settings, CNI networks from `folder`/net.d."""
-        (folder / "net.d").mkdir(parents=True, exist_ok=True)
+    def add_node_conf_dir(self, node: OvsHost, conf_dir: Path) -> str:
+        """A node whose CNI config dir is its own `conf_dir` (one `vxflow migrate` switched to
+        vxflow-cni): podman reads the conflist there unchanged. Its network's name (the
+        conflist's), which `run()` selects on this node."""
+        (conflist,) = conf_dir.glob("*.conflist")
+        network = json.loads(conflist.read_text())["name"]
+        self._write_conf(self.node_dir(node), conf_dir)
+        self._nodes[node.name], self.networks[node.name] = node, network
+        return network
+
+    def _write_conf(self, folder: Path, conf_dir: Path | None = None) -> None:
+        """`folder`/containers.conf: podman's settings, CNI networks from `conf_dir`
+        (default `folder`/net.d)."""
+        conf_dir = conf_dir or folder / "net.d"
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / "containers.conf").write_text(
             "[containers]\n"
             "default_ulimits = []\n"
             "[network]\n"
             'network_backend = "cni"\n'
-            f'network_config_dir = "{folder / "net.d"}"\n'
+            f'network_config_dir = "{conf_dir}"\n'
             f'cni_plugin_dirs = ["{self.cni_bin}", "{CNI_DIR}"]\n'
             "[engine]\n"
             'runtime = "runc"\n'
@@ -146,7 +162,7 @@ class Podman:
         """host-local's allocations for this node: one file per address in use."""
         return self.node_dir(node) / "ipam" / NETWORK
 
-    def command(self, node: VxflowNode | None, *args: str,
+    def command(self, node: OvsHost | None, *args: str,
                 env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:  # fmt: skip
         """The argv and environment of `podman ARGS` as it runs for `node` (inside its netns),
         with `env` added (podman forwards its CNI_ARGS to the plugins)."""
@@ -158,7 +174,7 @@ class Podman:
             argv = ["nsenter", f"--net=/proc/{node.pid}/ns/net", *argv]
         return argv, env
 
-    def _podman(self, node: VxflowNode | None, *args: str, timeout: float = 60,
+    def _podman(self, node: OvsHost | None, *args: str, timeout: float = 60,
                 env: dict[str, str] | None = None) -> str:  # fmt: skip
         argv, env = self.command(node, *args, env=env)
         res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
@@ -167,17 +183,21 @@ class Podman:
                               f"{node.name if node else 'the host'} failed: {res.stderr.strip()}")  # fmt: skip
         return res.stdout
 
-    def run(self, node: VxflowNode, name: str, *cmd: str, env: dict[str, str] | None = None) -> str:
-        """Start a container on `node` in the vxflow network (`env` added to podman's); its id."""
+    def network(self, node: OvsHost) -> str:
+        """The CNI network of vxflow on `node`: NETWORK, or its own conflist's."""
+        return self.networks.get(node.name, NETWORK)
+
+    def run(self, node: OvsHost, name: str, *cmd: str, env: dict[str, str] | None = None) -> str:
+        """Start a container on `node` in its vxflow network (`env` added to podman's); its id."""
         cid = self._podman(
-            node, "run", "--detach", "--name", name, "--network", NETWORK,
+            node, "run", "--detach", "--name", name, "--network", self.network(node),
             "--cap-add", "NET_RAW", IMAGE, *(cmd or ("sleep", "3600")), env=env,
         ).strip()  # fmt: skip
         self.containers[cid] = node.name
         self.names[name] = cid
         return cid
 
-    def node_of(self, ref: str) -> VxflowNode:
+    def node_of(self, ref: str) -> OvsHost:
         """The node of a container we started, by id or name."""
         return self._nodes[self.containers[self.names.get(ref, ref)]]
 
@@ -187,9 +207,18 @@ class Podman:
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
 
     def address(self, ref: str) -> str:
-        out = self._podman(self.node_of(ref), "inspect", "--format",
-                           f"{{{{.NetworkSettings.Networks.{NETWORK}.IPAddress}}}}", ref)  # fmt: skip
-        return out.strip()
+        node = self.node_of(ref)
+        template = f"{{{{.NetworkSettings.Networks.{self.network(node)}.IPAddress}}}}"
+        return self._podman(node, "inspect", "--format", template, ref).strip()
+
+    def wait_reachable(self, ref: str, address: str, timeout: float = 10) -> float:
+        """Until a ping from container `ref` to `address` is answered (its flows may still be
+        on their way); the seconds it took."""
+        start = time.monotonic()
+        while self.exec(ref, "ping", "-c", "1", "-W", "1", address).returncode != 0:
+            if time.monotonic() - start > timeout:
+                raise PodmanError(f"{address} not reachable from {ref[:12]} after {timeout:.0f}s")
+        return time.monotonic() - start
 
     def rm(self, ref: str) -> None:
         """`podman rm --force --time 0 REF` (CNI DEL runs as its network is torn down)."""

@@ -2,10 +2,11 @@
 vxflow nodes and another flannel-style node, into a vxflow node while a 100 pps ping and a
 TCP stream run to each of its pods from a pod of a vxflow node and from a pod of the other
 flannel node: no stream resets, the pods keep their IPs and MACs, the node shows as a
-vxflow node in `vxflow status` and `vxflow trace` from its pod is delivered. Then
-`vxflow migrate --rollback` returns it to flannel with the same streams running. The longest
-gap of each stream during each is measured and printed (the goal is 1 s; not asserted: the
-machine is shared).
+vxflow node in `vxflow status`, `vxflow trace` from its pod is delivered and a podman
+container attached through the CNI config the migration switched gets an unused address and
+reaches the pods. Then `vxflow migrate --rollback` returns it to flannel with the same
+streams running. The longest gap of each stream during each is measured and printed (the
+goal is 1 s; not asserted: the machine is shared).
 """
 
 from __future__ import annotations
@@ -13,18 +14,20 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
 from bench.migration import VXFLOW, Migrator, Traffic, pod_link
+from cni.attachments import host_ifname
 from flows.ports import gateway_mac, vtep_mac_for
 from tests.emulation import emulated_cluster
 
 
 @pytest.mark.e2e
 def test_migrate_and_rollback_keep_the_pods_addresses_and_their_streams(tmp_path: Path) -> None:
-    with emulated_cluster("mg", nodes=2, pods=2, flannel_nodes=2) as cluster:
+    with emulated_cluster("mg", nodes=2, pods=2, flannel_nodes=2, containers=True) as cluster:
         node, peer = cluster.flannel_nodes
         pods = cluster.pods_of(node)
         sources = [cluster.pods_of(cluster.vxflow_nodes[0])[0], cluster.pods_of(peer)[0]]
@@ -43,6 +46,7 @@ def test_migrate_and_rollback_keep_the_pods_addresses_and_their_streams(tmp_path
             time.sleep(3)
             migrated(cluster, node, pods, sources, conf_dir, store)
             assert peer_vteps(peer, node) == [vtep_mac_for(node.underlay_ip)]  # followed
+            podman_container(cluster, node, pods, conf_dir, store)
             # a pod that refreshed its ARP entry for the gateway while migrated: the switch
             # answered with the gateway port's MAC; rolling back tells it cni0's again
             gateway = pods[1].ip_if.network.network_address + 1
@@ -81,7 +85,7 @@ def test_migrate_and_rollback_keep_the_pods_addresses_and_their_streams(tmp_path
         assert node.ovs.vsctl("list-br").split() == ["br-phy"]
         assert json.loads((conf_dir / "10-flannel.conflist").read_text())["plugins"][0]["type"] \
             == "flannel"  # fmt: skip
-        assert sorted(p.name for p in store.iterdir()) == [str(pods[0].addr)]
+        assert allocations(store) == [str(pods[0].addr)]
         assert not (tmp_path / "migrate.json").exists()
         for src in sources:
             assert cluster.reachable(src, pods[1].addr)
@@ -91,6 +95,39 @@ def peer_vteps(peer, node) -> list[str]:
     """The VtepMACs flannel node `peer` sends to `node` with (its FDB entries for it)."""
     fdb = json.loads(peer.cmd("bridge -j fdb show dev flannel.1"))
     return [entry["mac"] for entry in fdb if entry.get("dst") == str(node.underlay_ip)]
+
+
+def podman_container(cluster, node, pods, conf_dir: Path, store: Path) -> None:
+    """A podman container (runc) on the migrated node, attached through the conflist the
+    migration switched: podman reads the node's CNI config dir itself, so its `cbr0` network
+    is that file as written, and vxflow-cni (run in-process: the conflist names no agent
+    socket; its records go to its default data dir) plugs it into br-int. host-local, in the
+    store the migration carried over, gives it an address of the node's subnet that no moved
+    pod has, nor the gateway, and it reaches both moved pods. Removed again (CNI DEL through
+    the same conflist releases the address) so the rollback finds the node as migrated."""
+    podman = cluster.podman
+    assert podman.add_node_conf_dir(node, conf_dir) == "cbr0"
+    cid = podman.run(node, "migrated")
+    try:
+        address = IPv4Address(podman.address(cid))
+        subnet = cluster.wait_subnet(node, 5)
+        assert address in subnet
+        assert address not in {pod.addr for pod in pods} | {subnet.network_address + 1}
+        assert (store / str(address)).read_text().splitlines()[0] == cid  # host-local's file
+        assert host_ifname(cid, "eth0") in node.ovs.vsctl("list-ports", "br-int").split()
+        podman.wait_reachable(cid, str(pods[0].addr))
+        out = podman.exec(cid, "ping", "-c", "3", "-W", "2", str(pods[1].addr)).stdout
+        assert " 0% packet loss" in out, out
+    finally:
+        podman.rm(cid)
+    assert allocations(store) == sorted(str(p.addr) for p in pods)  # released
+
+
+def allocations(store: Path) -> list[str]:
+    """The addresses host-local's `store` holds: its files but its own lock and
+    last_reserved_ip.0 (which the container's ADD left, as on any node host-local served)."""
+    return sorted(p.name for p in store.iterdir()
+                  if p.name != "lock" and not p.name.startswith("last_reserved_ip"))  # fmt: skip
 
 
 def migrated(cluster, node, pods, sources, conf_dir: Path, store: Path) -> None:

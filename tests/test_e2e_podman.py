@@ -37,14 +37,6 @@ def subnet_of(cluster, node) -> IPv4Network:
     return cluster.wait_subnet(node, 5)
 
 
-def wait_reachable(podman, cid: str, address: str, timeout: float = 10) -> float:
-    """Until a ping from container `cid` to `address` is answered; the seconds it took."""
-    start = time.monotonic()
-    while podman.exec(cid, "ping", "-c", "1", "-W", "1", address).returncode != 0:
-        assert time.monotonic() - start < timeout, f"{address} not reachable from {cid[:12]}"
-    return time.monotonic() - start
-
-
 def node_state(cluster, node) -> dict:
     """What attachments leave on a node: pod ports, links, addresses, records, endpoints."""
     podman = cluster.podman
@@ -74,7 +66,7 @@ def test_containers_on_two_nodes_ping_each_other_and_a_pod(cluster) -> None:
     ip_a, ip_b = podman.address(a), podman.address(b)
     assert IPv4Address(ip_a) in subnet_of(cluster, n1)
     assert IPv4Address(ip_b) in subnet_of(cluster, n2)
-    wait_reachable(podman, a, ip_b)
+    podman.wait_reachable(a, ip_b)
     out = podman.exec(a, "ping", "-c", "3", "-W", "2", ip_b).stdout
     assert " 0% packet loss" in out and set(re.findall(r"ttl=(\d+)", out)) == {"63"}, out
     pod = cluster.pods_of(n2)[0]  # a Mininet pod, plugged in by hand
@@ -224,7 +216,7 @@ def test_ip_masq_outside_gets_the_node_address_pods_keep_theirs(cluster, outside
     try:
         own = podman.address(cid)
         pod = cluster.pods_of(n2)[0]
-        wait_reachable(podman, cid, str(pod.addr))
+        podman.wait_reachable(cid, str(pod.addr))
         seen = capture(
             ["ip", "netns", "exec", ns, "tcpdump", "-l", "-n", "-c", "1", "-i", "eth0",
              "icmp[icmptype] == icmp-echo"],
