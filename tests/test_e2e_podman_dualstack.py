@@ -5,7 +5,6 @@ and reach a pod on the other node over IPv6 and IPv4; removing one releases both
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from ipaddress import IPv6Address, IPv6Interface, IPv6Network
 
@@ -38,9 +37,7 @@ def test_a_container_gets_both_families_and_reaches_a_pod_over_each(cluster) -> 
         assert f"{OVERLAY6} via {six.network.network_address + 1}" in routes, routes
         pod = cluster.pods_of(n2)[0]
         for dst in (pod.addr6, pod.addr):
-            deadline = time.monotonic() + 10
-            while podman.exec(cid, "ping", "-c", "1", "-W", "1", str(dst)).returncode != 0:
-                assert time.monotonic() < deadline, f"{dst} not reachable from the container"
+            podman.wait_reachable(cid, str(dst))  # raises if not within 10 s
         out = pod.cmd(f"ping -n -c 2 -W 2 {six.ip}")
         assert " 0% packet loss" in out, out
     finally:
