@@ -31,6 +31,7 @@ from leases.registry import Registry
 from ovsdb.instance import OvsInstance
 from tests.ofharness import (
     CONFIG,
+    FUNCTIONAL_WAIT,
     PREFIX,
     VXFLOW,
     Cluster,
@@ -92,9 +93,10 @@ def wait_masters(
     cluster: Cluster,
     replicas: list[Controller],
     expected: dict[int, str] | None = None,
-    timeout: float = 20,
+    timeout: float = FUNCTIONAL_WAIT,
 ) -> dict[int, str]:
-    """Until mastership is settled (and, if given, is `expected`)."""
+    """Until mastership is settled (and, if given, is `expected`); the deadline is the
+    suite's functional wait: replicas that start slowly on a loaded machine settle later."""
     deadline = time.monotonic() + timeout
     while True:
         try:
