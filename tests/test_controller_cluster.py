@@ -245,6 +245,8 @@ def test_a_replica_without_config_or_etcd_never_touches_a_switch(cluster, tmp_pa
     replica.start(tmp_path)
     wait_for("the switch to connect", lambda: "connected from" in replica.log())
     time.sleep(TTL + 1)
+    # ovs-vswitchd writes the connection's status to OVSDB lazily: wait until it shows
+    wait_for("the switch to report the connection", lambda: cluster.roles(bridge))
     assert cluster.roles(bridge) == {replica.target: "other"}  # never asked for a role
     assert cluster.dump(bridge) == {"cookie=0x77, priority=7 actions=drop"}
     assert replica.metric("vxflow_controller_member") == 0
