@@ -433,7 +433,7 @@ class Agent:
 
     # -- the loop ------------------------------------------------------------------
     def _loop(self, idl) -> None:
-        next_resync, was_connected = 0.0, True
+        next_resync, was_connected, session = 0.0, True, None
         while not self._stop.is_set():
             busy = self._dirty or not next_resync  # work left over: do not wait for OVSDB
             self._dirty |= ovsidl.run_once(idl, timeout=0.0 if busy else 1.0, wake=self._wake_r)
@@ -441,11 +441,16 @@ class Agent:
             now = time.monotonic()
             self.notifier.watchdog(now)  # the loop turns: neither OVSDB nor etcd holds it up
             connected = ovsidl.is_connected(idl)
-            if connected != was_connected:
+            seqno = ovsidl.session_seqno(idl)
+            # lost and back between two turns (the loop held up by etcd): a reconnect all the same
+            unseen = connected and was_connected and session not in (None, seqno)
+            if connected != was_connected or unseen:
                 log.warning("OVSDB %s %s", self.settings.ovsdb,
                             "reconnected" if connected else "connection lost; reconnecting")  # fmt: skip
                 metrics.OVSDB_RECONNECTS.inc(connected)
                 was_connected = connected
+            if connected:
+                session = seqno
             metrics.OVSDB_CONNECTED.set(connected)
             if connected:  # before any etcd work, which may wait out its timeout
                 self._flow_restore_wait(idl, now)

@@ -143,6 +143,12 @@ def is_connected(idl: ovs.db.idl.Idl) -> bool:
     return bool(idl._session.is_connected())
 
 
+def session_seqno(idl: ovs.db.idl.Idl) -> int:
+    """A number the IDL's session changes on every disconnect and connect: a session that
+    went down and up again between two looks at `is_connected` shows here."""
+    return int(idl._session.get_seqno())
+
+
 def refresh(idl: ovs.db.idl.Idl, quiet: float = 0.05, limit: float = 2.0) -> None:
     """Take in every update already sent (until `quiet` s pass without one, at most `limit` s)."""
     deadline = time.monotonic() + limit
