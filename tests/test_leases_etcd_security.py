@@ -18,6 +18,7 @@ from daemons.processes import stop_process
 from leases.errors import EtcdAccessDenied
 from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.registry import Registry
+from tests.ofharness import FUNCTIONAL_WAIT
 from tests.security import ETCD_PASSWORD, ETCD_USER, Pki, etcd_env, locked_etcd, make_pki
 from vxflow.cli import cli
 
@@ -179,7 +180,7 @@ def _controller(env: dict[str, str], log: Path) -> subprocess.Popen:
                                 env={**os.environ, **env})  # fmt: skip
 
 
-def _wait_in_log(log: Path, text: str, timeout: float = 20.0) -> str:
+def _wait_in_log(log: Path, text: str, timeout: float = FUNCTIONAL_WAIT) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         content = log.read_text()
