@@ -164,7 +164,8 @@ def test_a_burst_too_large_to_report_pauses_the_monitor_and_a_readback_repairs_i
     finally:
         c.proc.send_signal(signal.SIGCONT)
     cluster.wait_converged(timeout=180)  # each comparison dumps 200,000 flows at first
-    assert c.metric("vxflow_controller_flow_monitor_pauses_total") >= 1
+    assert c.metric("vxflow_controller_flow_monitor_pauses_total") >= 1, "\n".join(
+        line for line in c.log().splitlines() if "flow monitor" in line or "connect" in line)
     # the resumed monitor asks for a readback; on a loaded machine one already asked for
     # (a retry, or a reconnect after the stop outlasted the switch's probe) may serve it
     assert readbacks() > before
