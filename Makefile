@@ -17,10 +17,10 @@ WORKERS ?= 4
 PARALLEL = -n $(WORKERS) --dist loadgroup
 
 # Each test once: the pure tier runs inside the suite as `make unit` (as typed, by
-# tests/test_make_targets.py), the non-e2e random_leases tests as `make repeat REPEAT=1`;
+# tests/test_make_targets.py), the random_leases tests as `make repeat REPEAT=1`;
 # a failure there fails that test and names the failed ones. Running `pytest` alone
 # runs them directly as well.
-ONCE = -m "e2e or (integration and not random_leases)"
+ONCE = -m "(e2e or integration) and not random_leases"
 
 test: setup lint
 	$(VENV)/python -m pytest $(PARALLEL) $(ONCE)
@@ -31,13 +31,14 @@ unit: setup
 integration: setup
 	$(VENV)/python -m pytest $(PARALLEL) -m "integration or e2e"
 
-# The tests whose outcome could hang on the registry's random draws, REPEAT times each
-# (every repetition draws anew). The e2e ones draw once per module's cluster, so they
-# are left to `make test`; what they derive from the draw is what tests/test_overlay.py
-# checks here.
+# The tests whose outcome could hang on the registry's random draws, REPEAT times each,
+# every repetition drawing anew: the non-e2e ones as pytest-repeat's copies; the e2e ones
+# draw once per module's cluster, so each repetition of theirs is a pytest run of its own
+# (a cluster and a draw of its own), WORKERS at a time (each run in namespaces of its own).
 REPEAT ?= 200
 repeat: setup
 	$(VENV)/python -m pytest $(PARALLEL) -m "random_leases and not e2e" --count $(REPEAT) -x -q
+	seq $(REPEAT) | xargs -P $(WORKERS) -I{} $(VENV)/python -m pytest -q -p no:cacheprovider -m "random_leases and e2e"
 
 bench: setup
 	$(VENV)/python -m bench.run_all

@@ -6,7 +6,7 @@ part and `make bench` the full-size benchmarks (about 15 minutes; their
 reduced-size runs are tests/test_bench_smoke.py). tests/README.md lists every
 user-facing command with the test that runs it.
 
-Under `make test` these two runs are the only runs of the pure tier and of the non-e2e
+Under `make test` these two runs are the only runs of the pure tier and of the
 `random_leases` tests (the Makefile's ONCE leaves them out of the outer run), so each
 test runs once; each is a group of its own, handed out first (one takes about a minute).
 """
@@ -60,11 +60,15 @@ def test_make_unit_runs_the_pure_tests_without_the_rest() -> None:
 def test_make_repeat_runs_each_random_leases_test_that_many_times() -> None:
     res = make("repeat", "REPEAT=1")
     assert res.returncode == 0, res.stdout + res.stderr
-    listed = subprocess.run(
-        [str(REPO / ".venv/bin/python"), "-m", "pytest", "--co", "-q", "-m",
-         "random_leases and not e2e"], cwd=REPO, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    wanted = sum(1 for line in listed.splitlines() if "::" in line)
-    assert wanted >= 4, listed
-    last = res.stdout.strip().splitlines()[-1]
-    assert re.match(rf"{wanted} passed\b", last) and "failed" not in last, res.stdout
+
+    def listed(selection: str) -> int:
+        out = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "pytest", "--co", "-q", "-m",
+                              selection], cwd=REPO, capture_output=True, text=True).stdout  # fmt: skip
+        return sum(1 for line in out.splitlines() if "::" in line)
+
+    pure, e2e = listed("random_leases and not e2e"), listed("random_leases and e2e")
+    assert pure >= 4 and e2e >= 2, (pure, e2e)
+    # one summary line per pytest run: pytest-repeat's, then each e2e repetition's own
+    summaries = re.findall(r"^(\d+) passed\b(.*)$", res.stdout, re.M)
+    assert [int(n) for n, _ in summaries] == [pure, e2e], res.stdout
+    assert not any("failed" in rest or "error" in rest for _, rest in summaries), res.stdout
