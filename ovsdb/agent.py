@@ -433,24 +433,21 @@ class Agent:
 
     # -- the loop ------------------------------------------------------------------
     def _loop(self, idl) -> None:
-        next_resync, was_connected, session = 0.0, True, None
+        next_resync, was_connected, was_session = 0.0, True, ovsidl.session_seqno(idl)
         while not self._stop.is_set():
             busy = self._dirty or not next_resync  # work left over: do not wait for OVSDB
             self._dirty |= ovsidl.run_once(idl, timeout=0.0 if busy else 1.0, wake=self._wake_r)
             self._take_events()
             now = time.monotonic()
             self.notifier.watchdog(now)  # the loop turns: neither OVSDB nor etcd holds it up
-            connected = ovsidl.is_connected(idl)
-            seqno = ovsidl.session_seqno(idl)
-            # lost and back between two turns (the loop held up by etcd): a reconnect all the same
-            unseen = connected and was_connected and session not in (None, seqno)
-            if connected != was_connected or unseen:
+            connected, session = ovsidl.is_connected(idl), ovsidl.session_seqno(idl)
+            # lost and back between two turns (the loop held up by etcd): up at both looks,
+            # but the session's number moved: a reconnect all the same
+            if connected != was_connected or (connected and session != was_session):
                 log.warning("OVSDB %s %s", self.settings.ovsdb,
                             "reconnected" if connected else "connection lost; reconnecting")  # fmt: skip
                 metrics.OVSDB_RECONNECTS.inc(connected)
-                was_connected = connected
-            if connected:
-                session = seqno
+            was_connected, was_session = connected, session
             metrics.OVSDB_CONNECTED.set(connected)
             if connected:  # before any etcd work, which may wait out its timeout
                 self._flow_restore_wait(idl, now)
