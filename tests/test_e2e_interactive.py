@@ -70,21 +70,6 @@ class Session:
         assert output.strip(), f"`{line}` printed nothing at the mininet> prompt"
         return output
 
-    def interrupt(self, until: str, tries: int = 3, wait: float = 20) -> re.Match:
-        """Ctrl-C until `until` is printed, as a person presses it again when the first one
-        shows no effect: Mininet's CLI passes it on to the node's command from its
-        KeyboardInterrupt handler, and on a loaded machine one was seen lost (tcpdump went
-        on printing for 240 s)."""
-        for _ in range(tries - 1):
-            self.child.sendcontrol("c")
-            try:
-                self.child.expect(until, timeout=wait)
-                return self.child.match
-            except pexpect.TIMEOUT:
-                continue
-        self.child.sendcontrol("c")
-        return self.expect(until, wait)
-
     def leave(self) -> int:
         """`exit` at the prompt; the exit status once the program has torn down."""
         self.child.sendline("exit")
@@ -170,7 +155,8 @@ def try_every_hint(session: Session, mixed: bool = False) -> None:
     )  # fmt: skip
     assert pinger.returncode == 0, pinger.stdout + pinger.stderr
     session.expect(r"VXLAN, flags \[I\] \(0x08\), vni 1\s+IP \S+ > " + re.escape(dst_ip), 30)
-    session.interrupt(r"packets captured")
+    session.child.sendcontrol("c")
+    session.expect(r"packets captured")
     session.expect(PROMPT)
 
     out = session.command(nodes)
