@@ -6,9 +6,13 @@ and every child inherits; namespaces and links by the run's tag (tests/emulation
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import signal
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +58,14 @@ def names_with_tag(tag: str) -> list[str]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a zombie's cmdline is empty) and not gone."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
+
+
 CLUSTER_TAG = re.compile(r"\(tag (vxm[0-9a-f]+)\)|Adding switches:\s+(vxm[0-9a-f]+)")
 
 
@@ -80,3 +92,32 @@ class Before:
         found += names_with_tag(tag)
         found += [f"dir {d}" for d in Path("/tmp").glob(f"vxflow-{tag}-*")]
         return sorted(found)
+
+    def stop_left_behind(self, output: str) -> list[str]:
+        """After a failed command: stop by PID the processes it left (SIGTERM, then SIGKILL
+        after 10 s) and remove the namespaces, links and work dirs named by the cluster tag
+        it printed, so that one failure does not fail every later module's leftover check.
+        Returns what it found."""
+        m = CLUSTER_TAG.search(output)
+        found = (
+            self.left_behind(m.group(1) or m.group(2))
+            if m
+            else [f"process {p}" for p in set(processes_of_this_run()) - self.processes]
+        )
+        pids = [int(item.split()[1]) for item in found if item.startswith("process ")]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(map(_alive, pids)):
+                time.sleep(0.1)
+        for item in found:
+            kind, name = item.split()[:2]
+            if kind == "netns":
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            elif kind == "link":
+                subprocess.run(["ip", "link", "del", name], capture_output=True)
+            elif kind == "dir":
+                shutil.rmtree(name, ignore_errors=True)
+        return found

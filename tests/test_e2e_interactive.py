@@ -16,6 +16,7 @@ import io
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -40,14 +41,25 @@ VXFLOW_CLI = re.compile(r"and the vxflow CLI on it \(work dir [^)]+\):\r\n  (\S+
 PING_TARGET = re.compile(r"PING (\S+) \((\d+\.\d+\.\d+\.\d+)\)")
 
 
+def _as_from_a_terminal() -> None:
+    """A command typed at a terminal starts with SIGINT and SIGQUIT at their defaults; a
+    pytest started in the background of a script (`make test &`, xargs under a shell's
+    `&`) has them ignored, and an ignored SIGINT is inherited across exec: `mn` (which
+    sets no handler of its own) would then never see the Ctrl-C that ends tcpdump."""
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 class Session:
     """A command under a pty, with everything it printed kept for failure messages."""
 
     def __init__(self, argv: list[str]) -> None:
         self.transcript = io.StringIO()
+        self.before = Before()
         self.child = pexpect.spawn(
             argv[0], argv[1:], cwd=REPO, encoding="utf-8", timeout=240, dimensions=(50, 400),
             env={**os.environ, "TERM": "dumb", "PYTHONWARNINGS": "ignore"},
+            preexec_fn=_as_from_a_terminal,
         )  # fmt: skip
         self.child.logfile_read = self.transcript
 
@@ -78,7 +90,8 @@ class Session:
         return self.child.exitstatus
 
     def abandon(self) -> None:
-        """After a failure: leave the CLI the way a person would, so teardown still runs.
+        """After a failure: leave the CLI the way a person would, so teardown still runs;
+        what it still left (a killed `mn` tears nothing down) is stopped by PID.
 
         `exit` first: a CLI still starting reads it once up. Ctrl-C only if that
         did not end it (a command still running ate the line): during start-up,
@@ -97,6 +110,7 @@ class Session:
         if self.child.isalive():
             self.child.terminate(force=True)
         self.child.close()
+        self.before.stop_left_behind(self.transcript.getvalue())
 
 
 @pytest.fixture
