@@ -260,3 +260,25 @@ def test_a_lease_event_rescopes_its_ipv6_flows_on_every_dual_stack_switch() -> N
         assert scope.covers(cookie) and {f for f in scoped if f.cookie == cookie} == want
         assert sum(is_v6(f) for f in want) == (2 if new.ipv6_subnet else 0)
         model.apply([LeaseChanged(new, HALVES[1], 8)])  # back, for the next case
+
+
+@pytest.mark.parametrize("claim", ["public_ipv6", "ipv6_subnet"])
+def test_a_half_starting_or_stopping_to_be_shared_rescopes_the_other_holders_flows(claim) -> None:
+    """Node 3's lease takes node 2's PublicIPv6 (or IPv6 subnet), then gives it back: the
+    event on node 3 also flips node 2's IPv6 half (both lose it, both regain it), so node
+    2's cookie is in the event's scope on node 1's switch, and the scoped table holds its
+    IPv6 flows as a full compile does at each step (before, they stayed stale)."""
+    model = ClusterModel()
+    model.load(DUAL, HALVES, PODS6)
+    taker = replace(HALVES[2], **{claim: getattr(HALVES[1], claim)})
+    for old, new in ((HALVES[2], taker), (taker, HALVES[2])):
+        impact = model.apply([LeaseChanged(old, new, 7)])
+        scope = impact.scope_for(NODE1, HALVES[0].subnet)
+        leases = [HALVES[0], HALVES[1], new]
+        for other in (HALVES[1], new):
+            cookie = subnet_cookie(other.subnet)
+            want = {f for f in compile_node(DUAL, leases, PODS6, NODE1) if f.cookie == cookie}
+            assert scope.covers(cookie), (claim, other.subnet)
+            assert {f for f in model.desired(NODE1, scope) if f.cookie == cookie} == want
+            assert sum(is_v6(f) for f in want) == (0 if new is taker else 2)
+        assert set(model.desired(NODE1, FULL)) == compile_node(DUAL, leases, PODS6, NODE1)
