@@ -207,9 +207,12 @@ class ClusterModel:
         self.direct: dict[IPv4Address, frozenset[IPv4Address | IPv6Address]] = {}
         self._down: dict[IPv4Network, IPv4Address] = {}
         # health checks: the verdicts (by service, then key name) and the unready backends
-        # by service (only services with one)
+        # by service (only services with one); the services with a verdict of an IPv6
+        # backend, by its node's subnet (by key name): it counts only while that lease holds
+        # the address (leases.health.counts), so a lease event counts them again
         self._readiness: dict[str, dict[str, Readiness]] = {}
-        self.unready: dict[str, frozenset[IPv4Address]] = {}
+        self.unready: dict[str, frozenset[IPv4Address | IPv6Address]] = {}
+        self._verdicts6: dict[IPv4Network, dict[str, str]] = {}
         # network policy: the accepted policies (by namespace/name) and labelled namespaces;
         # each switch's compiled policy stage until one of its inputs changes, and what the
         # stages are compiled from (kept only while there is a policy: see _policy_delta)
@@ -476,7 +479,7 @@ class ClusterModel:
         self,
         service: Service,
         down: dict[IPv4Network, IPv4Address] | None = None,
-        unready: dict[str, frozenset[IPv4Address]] | None = None,
+        unready: dict[str, frozenset[IPv4Address | IPv6Address]] | None = None,
     ) -> Service:
         """`service` without its backends on a DOWN node or unready for it (itself when
         none is); `down`, `unready`: what to go by (default: what holds now)."""
@@ -649,11 +652,11 @@ class ClusterModel:
         if alive is not None:
             self.alive = set(alive)
         if readiness is not None:
-            self._readiness = {}
+            self._readiness, self._verdicts6 = {}, {}
             for r in readiness:
                 self._readiness.setdefault(r.service, {})[r.key_name] = r
-            self.unready = {}
-            self._count_unready(self._readiness)
+                if r.ip.version == 6:
+                    self._verdicts6.setdefault(r.node_subnet, {})[r.key_name] = r.service
         if policies is not None:
             self.policies = {p.key_name: p for p in policies}
         if namespaces is not None:
@@ -675,6 +678,8 @@ class ClusterModel:
             self._put_lease(lease)
         for endpoint in endpoints:
             self._endpoints[endpoint.node_subnet][endpoint.ip] = endpoint
+        self.unready = {}
+        self._count_unready(self._readiness)  # (with the leases: an IPv6 backend's counts)
         self._down = {}
         self._judge(self._valid, Impact())
         self._judge6(self._valid)
@@ -706,6 +711,14 @@ class ClusterModel:
                     del held[record.key_name]
                 if not held:
                     del self._readiness[record.service]
+                if record.ip.version == 6:
+                    named = self._verdicts6.setdefault(record.node_subnet, {})
+                    if record.key_name in held:
+                        named[record.key_name] = record.service
+                    else:
+                        named.pop(record.key_name, None)
+                        if not named:
+                            del self._verdicts6[record.node_subnet]
                 verdicts.add(record.service)
             elif isinstance(ev, LivenessAdded | LivenessRemoved):
                 ip = ev.record.public_ip
@@ -729,6 +742,7 @@ class ClusterModel:
                 touched |= self._subnets_of(ips)
                 touched |= self._rivals6([old, *map(self._leases.get, touched)])
                 halves |= touched
+                verdicts.update(self._verdicts6.get(ev.lease.subnet, {}).values())
                 impact.lease_subnets |= touched
                 impact.full_nodes |= ips
                 judge |= touched
@@ -832,7 +846,7 @@ class ClusterModel:
     def _count_unready(self, names: Iterable[str]) -> None:
         """`unready` of the services `names` again, from their verdicts."""
         for name in names:
-            out = unready_by_service(self._readiness.get(name, {}).values()).get(name)
+            out = unready_by_service(self._readiness.get(name, {}).values(), self._leases).get(name)
             if out:
                 self.unready[name] = out
             else:
@@ -853,7 +867,7 @@ class ClusterModel:
         touched: Iterable[Service],
         impact: Impact,
         down: dict[IPv4Network, IPv4Address] | None = None,
-        unready: dict[str, frozenset[IPv4Address]] | None = None,
+        unready: dict[str, frozenset[IPv4Address | IPv6Address]] | None = None,
     ) -> None:
         """The `touched` services, whose serving backends were those of `down` and
         `unready` before, go to every switch (`impact`): their groups and the conntrack
