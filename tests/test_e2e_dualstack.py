@@ -24,7 +24,7 @@ from leases.services import link_count
 from tests.emulation import emulated_cluster
 from tests.ofharness import VXFLOW
 from tests.test_e2e_cluster import in_host, iperf3
-from tests.test_e2e_liveness import listed
+from tests.test_e2e_liveness import CHECKED_PORT, listed, serve, stop_checked
 from tests.test_e2e_services import NAMESRV, run_in
 from tests.test_e2e_trace import walk
 
@@ -261,9 +261,6 @@ def test_the_node_reaches_a_v6_vip_and_backends_see_its_ipv6_gateway(cluster, se
     assert {a.split()[1] for a in result["answers"]} == {str(gateway6)}, result
 
 
-CHECKED = 8081  # the checked servers' port: started and killed by the test below
-
-
 def groups6(cluster, gid: int) -> list[set[str]]:
     """The IPv6 backends of group `gid` on each switch."""
     held = []
@@ -290,21 +287,15 @@ def test_a_killed_v6_backend_leaves_every_switchs_group_and_is_back_after_a_rest
     pod2, pod3 = servers[1], servers[2]
     node3 = cluster.vxflow_nodes[2]
 
-    def serve(pod) -> subprocess.Popen:
-        proc = in_host(pod, sys.executable, NAMESRV, "serve", pod.name, str(CHECKED),
-                       stdout=subprocess.PIPE)  # fmt: skip
-        assert proc.stdout.readline().strip() == "listening"
-        return proc
-
     checked = {pod.name: serve(pod) for pod in (pod2, pod3)}
-    check = {"Type": "TCP", "Port": CHECKED, "PeriodSeconds": 1, "TimeoutSeconds": 1,
+    check = {"Type": "TCP", "Port": CHECKED_PORT, "PeriodSeconds": 1, "TimeoutSeconds": 1,
              "FailureThreshold": 2, "SuccessThreshold": 1}  # fmt: skip
     vip, both = SERVICE6[0x14], {str(pod2.addr6), str(pod3.addr6)}
     try:
         with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
             service = registry.put_service({
                 "Name": "checked6", "VIP": str(vip),
-                "Ports": [{"Port": 80, "TargetPort": CHECKED}],
+                "Ports": [{"Port": 80, "TargetPort": CHECKED_PORT}],
                 "Backends": [{"IP": str(pod2.addr6)}, {"IP": str(pod3.addr6)}],
                 "HealthCheck": check,
             })  # fmt: skip
@@ -322,11 +313,7 @@ def test_a_killed_v6_backend_leaves_every_switchs_group_and_is_back_after_a_rest
         result = run_in(client, "connect", str(vip), "80", "30")
         assert result["failed"] == 0 and set(answers(result)) == {pod2.name, pod3.name}, result
     finally:
-        for proc in checked.values():
-            proc.kill()
-            proc.wait()
-        with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
-            registry.delete_service("checked6")
+        stop_checked(cluster, checked.values(), "checked6")
     log = (cluster.node_dir(node3) / "agent.log").read_text()  # one line per transition
     assert log.count(f"backend {pod3.addr6} of service checked6 is unready") == 1, log[-3000:]
     assert log.count(f"backend {pod3.addr6} of service checked6 is ready") == 2, log[-3000:]
