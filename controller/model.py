@@ -247,23 +247,24 @@ class ClusterModel:
         the accepted leases: fit to route, and alone among the accepted leases on each of
         its claims (the holders of a claim are a lease or two, so this costs the leases
         judged, not the cluster)."""
+        if self.config is None or self.config.ipv6 is None:
+            return  # (no half is accepted: `load` emptied them)
         for subnet in subnets:
             lease = self.accepted(subnet)
-            key = f"lease {subnet}{V6_REJECTED}"
-            if lease is None or lease.ipv6_subnet is None or self.config.ipv6 is None:
+            why = None
+            if lease is None or lease.ipv6_subnet is None:
                 self._v6.pop(subnet, None)
-                if self.rejected:
-                    self.rejected.pop(key, None)
-                continue
-            if subnet not in self._holders6.get(lease.public_ipv6, ()):  # not fit (_put_lease)
+            elif subnet not in self._holders6.get(lease.public_ipv6, ()):  # unfit: _put_lease
                 why = v6_problem(self.config, lease)
             else:
                 why = next((why.format(claim(lease)) for claim, why in V6_CLAIMS
                             if sum(self.accepted(s) is not None
                                    for s in self._holders6[claim(lease)]) > 1), None)  # fmt: skip
+                if why is None:
+                    self._v6[subnet] = lease
+            key = f"lease {subnet}{V6_REJECTED}" if why or self.rejected else ""
             if why is None:
-                self._v6[subnet] = lease
-                if self.rejected:
+                if key:
                     self.rejected.pop(key, None)
                 continue
             self._v6.pop(subnet, None)
