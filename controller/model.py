@@ -69,7 +69,7 @@ from flows.services import (
     reply_ports,
     service_plan,
 )
-from flows.validate import Rejected, lease_problem, select_endpoints, select_v6
+from flows.validate import V6_CLAIMS, Rejected, lease_problem, select_endpoints, v6_problem
 from leases.config import ipv6_notice
 from leases.events import (
     ConfigChanged,
@@ -182,7 +182,11 @@ class ClusterModel:
         self._accepted_eps: dict[IPv4Network, tuple[Endpoint, ...]] = {}
         self._valid: dict[IPv4Network, tuple[Lease, Row]] = {}  # with its route_row
         self._accepted: tuple[list[Lease], list[Row]] | None = None  # cache of leases(), rows
-        self._v6: frozenset[Lease] | None = None  # cache of _v6_selection()
+        # IPv6 halves (on an EnableIPv6 config): each valid lease's half fit to route (its
+        # `v6_problem` None) by the claims it must hold alone (V6_CLAIMS), and the accepted
+        # leases whose half may produce flows (`select_v6`, judged per lease from these)
+        self._holders6: dict[object, set[IPv4Network]] = defaultdict(set)
+        self._v6: dict[IPv4Network, Lease] = {}
         self._by_cookie: dict[int, tuple[Lease, Row] | None] = {}  # cache of accepted() by cookie
         self._own: dict[IPv4Address, Lease | None] = {}  # cache of own_lease()
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
@@ -203,9 +207,12 @@ class ClusterModel:
         self.direct: dict[IPv4Address, frozenset[IPv4Address | IPv6Address]] = {}
         self._down: dict[IPv4Network, IPv4Address] = {}
         # health checks: the verdicts (by service, then key name) and the unready backends
-        # by service (only services with one)
+        # by service (only services with one); the services with a verdict of an IPv6
+        # backend, by its node's subnet (by key name): it counts only while that lease holds
+        # the address (leases.health.counts), so a lease event counts them again
         self._readiness: dict[str, dict[str, Readiness]] = {}
-        self.unready: dict[str, frozenset[IPv4Address]] = {}
+        self.unready: dict[str, frozenset[IPv4Address | IPv6Address]] = {}
+        self._verdicts6: dict[IPv4Network, dict[str, str]] = {}
         # network policy: the accepted policies (by namespace/name) and labelled namespaces;
         # each switch's compiled policy stage until one of its inputs changes, and what the
         # stages are compiled from (kept only while there is a policy: see _policy_delta)
@@ -235,20 +242,42 @@ class ClusterModel:
             self._accepted = [lease for lease, _ in pairs], [row for _, row in pairs]
         return self._accepted
 
-    def _v6_selection(self) -> frozenset[Lease]:
-        """The accepted leases whose IPv6 half may produce flows (`select_v6`; asked on
-        dual-stack nodes only, cached until a lease changes)."""
-        if self._v6 is None:
-            selection = select_v6(self.config, self._selection()[0])
-            self._v6 = frozenset(selection.accepted)
-            before = {k for k in self.rejected if k.endswith(V6_REJECTED)}
-            now = {f"lease {r.item.subnet}{V6_REJECTED}": r for r in selection.rejected}
-            for key in before - set(now):
-                del self.rejected[key]
-            for key in set(now) - before:
-                log.warning("%s: %s (its IPv4 flows stay)", key, now[key].reason)
-            self.rejected.update(now)
-        return self._v6
+    def _judge6(self, subnets: Iterable[IPv4Network]) -> None:
+        """Judge the IPv6 halves of the leases of `subnets` again, as `select_v6` would over
+        the accepted leases: fit to route, and alone among the accepted leases on each of
+        its claims (the holders of a claim are a lease or two, so this costs the leases
+        judged, not the cluster)."""
+        if self.config is None or self.config.ipv6 is None:
+            return  # (no half is accepted: `load` emptied them)
+        for subnet in subnets:
+            lease = self.accepted(subnet)
+            why = None
+            if lease is None or lease.ipv6_subnet is None:
+                self._v6.pop(subnet, None)
+            elif subnet not in self._holders6.get(lease.public_ipv6, ()):  # unfit: _put_lease
+                why = v6_problem(self.config, lease)
+            else:
+                why = next((why.format(claim(lease)) for claim, why in V6_CLAIMS
+                            if sum(self.accepted(s) is not None
+                                   for s in self._holders6[claim(lease)]) > 1), None)  # fmt: skip
+                if why is None:
+                    self._v6[subnet] = lease
+            key = f"lease {subnet}{V6_REJECTED}" if why or self.rejected else ""
+            if why is None:
+                if key:
+                    self.rejected.pop(key, None)
+                continue
+            self._v6.pop(subnet, None)
+            if key not in self.rejected:
+                log.warning("%s: %s (its IPv4 flows stay)", key, why)
+            self.rejected[key] = Rejected(lease, why)
+
+    def _rivals6(self, leases: Iterable[Lease | None]) -> set[IPv4Network]:
+        """The subnets of the valid leases holding a claim of an IPv6 half of `leases`:
+        theirs is judged again when one of these comes, goes or changes."""
+        claims = {claim(le) for le in leases if le is not None and le.ipv6_subnet is not None
+                  for claim, _ in V6_CLAIMS}  # fmt: skip
+        return {s for c in claims for s in self._holders6.get(c, ())}
 
     def own_lease(self, node: IPv4Address) -> Lease | None:
         """(Asked twice per switch when an event fans out: cached until a lease changes.)"""
@@ -451,7 +480,7 @@ class ClusterModel:
         self,
         service: Service,
         down: dict[IPv4Network, IPv4Address] | None = None,
-        unready: dict[str, frozenset[IPv4Address]] | None = None,
+        unready: dict[str, frozenset[IPv4Address | IPv6Address]] | None = None,
     ) -> Service:
         """`service` without its backends on a DOWN node or unready for it (itself when
         none is); `down`, `unready`: what to go by (default: what holds now)."""
@@ -480,7 +509,7 @@ class ClusterModel:
         reachable = self.direct.get(node)
         if scope.full:
             leases, rows = self._selection()
-            v6 = self._v6_selection() if six else None
+            v6 = tuple(self._v6.values()) if six else None
             direct = direct_leases(self.config, own, leases, reachable)
             table = node_table(self.config, leases, self.endpoints_of(own), own, rows, plan, v6,
                                direct, reachable or frozenset())  # fmt: skip
@@ -498,7 +527,7 @@ class ClusterModel:
             if accepted is not None and accepted[0].public_ip != own.public_ip:
                 leases.append(accepted[0])
                 rows.append(accepted[1])
-                if six and accepted[0] in self._v6_selection():
+                if six and accepted[0].subnet in self._v6:
                     flows += lease_v6_flows(self.config, accepted[0], own)
         routes = RemoteRoutes(self.config, own, leases, rows) if leases else None
         if reachable and self.config.backend.direct_routing:
@@ -565,7 +594,7 @@ class ClusterModel:
                 continue
             accepted = self._accepted_by_cookie(subnet_cookie(IPv4Network((owner[1], 32))))
             if accepted is not None and direct_leases(self.config, own, [accepted[0]], reachable):
-                v6 = {accepted[0].subnet} if six and accepted[0] in self._v6_selection() else ()
+                v6 = {accepted[0].subnet} if six and accepted[0].subnet in self._v6 else ()
                 flows += direct_flows(own, [accepted[0]], reachable, v6)
         return flows
 
@@ -589,7 +618,6 @@ class ClusterModel:
     def _changed(self) -> None:
         """Drop what is cached from the leases (every lease update calls this)."""
         self._accepted = None
-        self._v6 = None
         self._by_cookie = {}
         self._own = {}
 
@@ -625,11 +653,11 @@ class ClusterModel:
         if alive is not None:
             self.alive = set(alive)
         if readiness is not None:
-            self._readiness = {}
+            self._readiness, self._verdicts6 = {}, {}
             for r in readiness:
                 self._readiness.setdefault(r.service, {})[r.key_name] = r
-            self.unready = {}
-            self._count_unready(self._readiness)
+                if r.ip.version == 6:
+                    self._verdicts6.setdefault(r.node_subnet, {})[r.key_name] = r.service
         if policies is not None:
             self.policies = {p.key_name: p for p in policies}
         if namespaces is not None:
@@ -641,6 +669,8 @@ class ClusterModel:
         self._changed()
         self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
         self._by_ip.clear()
+        self._holders6.clear()
+        self._v6 = {}
         self._endpoints.clear()
         self._accepted_eps.clear()
         for i, lease in enumerate(leases, 1):
@@ -649,8 +679,11 @@ class ClusterModel:
             self._put_lease(lease)
         for endpoint in endpoints:
             self._endpoints[endpoint.node_subnet][endpoint.ip] = endpoint
+        self.unready = {}
+        self._count_unready(self._readiness)  # (with the leases: an IPv6 backend's counts)
         self._down = {}
         self._judge(self._valid, Impact())
+        self._judge6(self._valid)
         self._selection()  # ready before the first switch asks
         return Impact(all_nodes=True)
 
@@ -667,6 +700,7 @@ class ClusterModel:
         policies: dict[str, NetworkPolicy | None] = {}
         namespaces: dict[str, Namespace | None] = {}
         pods: set[IPv4Network] = set()
+        halves: set[IPv4Network] = set()  # the leases whose IPv6 half is judged again
         reloaded = False
         for ev in events:
             if isinstance(ev, ReadinessAdded | ReadinessRemoved):
@@ -678,6 +712,14 @@ class ClusterModel:
                     del held[record.key_name]
                 if not held:
                     del self._readiness[record.service]
+                if record.ip.version == 6:
+                    named = self._verdicts6.setdefault(record.node_subnet, {})
+                    if record.key_name in held:
+                        named[record.key_name] = record.service
+                    else:
+                        named.pop(record.key_name, None)
+                        if not named:
+                            del self._verdicts6[record.node_subnet]
                 verdicts.add(record.service)
             elif isinstance(ev, LivenessAdded | LivenessRemoved):
                 ip = ev.record.public_ip
@@ -691,13 +733,17 @@ class ClusterModel:
             elif isinstance(ev, LeaseAdded | LeaseChanged | LeaseRemoved):
                 old = ev.old if isinstance(ev, LeaseChanged) else self._leases.get(ev.lease.subnet)
                 ips = {ev.lease.public_ip} | ({old.public_ip} if old else set())
-                # a PublicIP conflict appearing or going away flips the other holders too
+                # a PublicIP conflict appearing or going away flips the other holders too,
+                # and an IPv6 one (of any lease flipped) those holders' IPv6 halves
                 touched = {ev.lease.subnet} | self._subnets_of(ips)
                 if old is not None:
                     self._drop_lease(old)
                 if not isinstance(ev, LeaseRemoved):
                     self._put_lease(ev.lease)
                 touched |= self._subnets_of(ips)
+                touched |= self._rivals6([old, *map(self._leases.get, touched)])
+                halves |= touched
+                verdicts.update(self._verdicts6.get(ev.lease.subnet, {}).values())
                 impact.lease_subnets |= touched
                 impact.full_nodes |= ips
                 judge |= touched
@@ -733,6 +779,7 @@ class ClusterModel:
         if not reloaded:
             self._policy_delta(had, policies, namespaces, pods, impact)
         self._judge(judge, impact)
+        self._judge6(halves)
         if verdicts:
             self._take_verdicts(verdicts, impact)
         if impact.flushes:  # a removed backend that the same batch adds back keeps its entries
@@ -800,7 +847,7 @@ class ClusterModel:
     def _count_unready(self, names: Iterable[str]) -> None:
         """`unready` of the services `names` again, from their verdicts."""
         for name in names:
-            out = unready_by_service(self._readiness.get(name, {}).values()).get(name)
+            out = unready_by_service(self._readiness.get(name, {}).values(), self._leases).get(name)
             if out:
                 self.unready[name] = out
             else:
@@ -821,7 +868,7 @@ class ClusterModel:
         touched: Iterable[Service],
         impact: Impact,
         down: dict[IPv4Network, IPv4Address] | None = None,
-        unready: dict[str, frozenset[IPv4Address]] | None = None,
+        unready: dict[str, frozenset[IPv4Address | IPv6Address]] | None = None,
     ) -> None:
         """The `touched` services, whose serving backends were those of `down` and
         `unready` before, go to every switch (`impact`): their groups and the conntrack
@@ -882,6 +929,10 @@ class ClusterModel:
                 self.rejected.pop(f"lease {lease.subnet}", None)
             self._by_ip[lease.public_ip].add(lease.subnet)
             self._valid[lease.subnet] = lease, route_row(lease)
+            six = lease.ipv6_subnet is not None and self.config.ipv6 is not None
+            if six and v6_problem(self.config, lease) is None:
+                for claim, _ in V6_CLAIMS:
+                    self._holders6[claim(lease)].add(lease.subnet)
 
     def _drop_lease(self, lease: Lease) -> None:
         self._changed()
@@ -889,11 +940,15 @@ class ClusterModel:
         self._valid.pop(lease.subnet, None)
         self._problem.pop(lease.subnet, None)
         self.rejected.pop(f"lease {lease.subnet}", None)
-        holders = self._by_ip.get(lease.public_ip)
-        if holders is not None:
-            holders.discard(lease.subnet)
-            if not holders:
-                del self._by_ip[lease.public_ip]
+        for index, key in (
+            (self._by_ip, lease.public_ip),
+            *((self._holders6, claim(lease)) for claim, _ in V6_CLAIMS),
+        ):
+            holders = index.get(key)
+            if holders is not None:
+                holders.discard(lease.subnet)
+                if not holders:
+                    del index[key]
 
 
 def _fold(held: dict, before: dict, name: str, item: object, added: bool) -> None:

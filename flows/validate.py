@@ -148,6 +148,14 @@ def v6_problem(config: NetworkConfig, lease: Lease) -> str | None:
     return public_ip_problem(lease.public_ipv6, config) or _unicast_mac_problem(lease.vtep_mac_v6)
 
 
+# what a lease's IPv6 half must hold alone, with the reason when another lease holds it too
+# (select_v6; the controller's model keeps an index of each, controller/model.py)
+V6_CLAIMS: tuple[tuple[Callable[[Lease], object], str], ...] = (
+    (lambda lease: lease.public_ipv6, "PublicIPv6 {} is held by several leases"),
+    (lambda lease: lease.ipv6_subnet, "IPv6 subnet {} is leased several times"),
+)
+
+
 def select_v6(config: NetworkConfig, leases: Iterable[Lease]) -> Selection:
     """The leases whose IPv6 half may produce flows (asked only on a dual-stack node).
 
@@ -157,10 +165,7 @@ def select_v6(config: NetworkConfig, leases: Iterable[Lease]) -> Selection:
     return _select(
         [lease for lease in leases if lease.ipv6_subnet is not None],
         lambda lease: v6_problem(config, lease),
-        (
-            (lambda lease: lease.public_ipv6, "PublicIPv6 {} is held by several leases"),
-            (lambda lease: lease.ipv6_subnet, "IPv6 subnet {} is leased several times"),
-        ),
+        V6_CLAIMS,
     )
 
 

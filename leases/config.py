@@ -279,7 +279,7 @@ def leasable(fam: FamilyConfig | NetworkConfig, subnet: IPNetwork) -> bool:
 
 
 # what a dual-stack cluster does not get over IPv6 yet (README.md, "Dual stack")
-IPV6_NOT_YET = "services' health checks and direct routes"
+IPV6_NOT_YET = "direct routes"
 
 
 def ipv6_notice(config: NetworkConfig) -> str | None:

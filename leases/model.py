@@ -215,7 +215,7 @@ class Readiness:
     says `ready` False; without a record (not judged yet, no agent judging) it serves."""
 
     node_subnet: IPv4Network
-    ip: IPv4Address
+    ip: IPv4Address | IPv6Address  # IPv6: a pod of a dual-stack node (in its IPv6 subnet)
     service: str
     ready: bool
     etcd_lease_id: int = 0

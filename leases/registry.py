@@ -34,7 +34,7 @@ from leases.errors import (
 from leases.etcd_client import DEFAULT_ENDPOINTS, NO_ACCESS, RANGE_PAGE, EtcdAccess, EtcdClient
 from leases.etcd_v2 import config_note
 from leases.events import Event
-from leases.health import check_readiness, readiness_to_json
+from leases.health import check_readiness, holds, readiness_to_json
 from leases.keys import KV, Keys
 from leases.liveness import liveness_to_json
 from leases.metrics import RejectionReporter
@@ -554,7 +554,7 @@ class Registry:
 
     def put_readiness(self, record: Readiness, lease: Lease) -> None:
         """Publish a backend's verdict, bound to its node's etcd lease (as its endpoints)."""
-        if record.node_subnet != lease.subnet or record.ip not in lease.subnet:
+        if record.node_subnet != lease.subnet or not holds(lease, record.ip):
             raise ValueError(f"backend {record.ip} is not in lease {lease.subnet}")
         self.etcd.put(self.readiness_key(record), readiness_to_json(record),
                       lease=lease.etcd_lease_id)  # fmt: skip

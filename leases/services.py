@@ -454,9 +454,6 @@ def _service(name: str, kv: KV, config: NetworkConfig, vx: VxflowConfig) -> Serv
         create_revision=kv.create_revision,
         health_check=_health_check(obj),
     )
-    if svc.health_check is not None and vip.version == 6:
-        raise _Invalid(ServiceReason.BAD_HEALTH_CHECK, "HealthCheck is for IPv4 services only: "
-                       "agents do not probe IPv6 backends")  # fmt: skip
     if (flows := service_flows(svc)) > MAX_SERVICE_FLOWS:
         raise _Invalid(ServiceReason.FLOW_BUDGET, f"compiles to {flows:,} flows on every node, "
                        f"more than the {MAX_SERVICE_FLOWS:,} a service may have")  # fmt: skip

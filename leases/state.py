@@ -112,9 +112,9 @@ class Snapshot:
         """The PublicIPs of the nodes whose liveness record is in etcd."""
         return frozenset(r.public_ip for r in self.liveness)
 
-    def unready(self) -> dict[str, frozenset[IPv4Address]]:
+    def unready(self) -> dict[str, frozenset[IPv4Address | IPv6Address]]:
         """The backends health checks call unready, by service name (leases.health)."""
-        return unready_by_service(self.readiness)
+        return unready_by_service(self.readiness, {lease.subnet: lease for lease in self.leases})
 
     def direct(self) -> dict[IPv4Address, frozenset[IPv4Address | IPv6Address]]:
         """DirectRouting: the peers each node's agent reaches directly (leases/direct.py),

@@ -12,7 +12,14 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import AddressValueError, IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import (
+    AddressValueError,
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+)
 from typing import Any
 
 from leases.config import MAX_VNI
@@ -395,17 +402,24 @@ def lease_to_json(lease: Lease) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def node_key(name: str, what: str, tail: str = "") -> tuple[IPv4Network, IPv4Address, str]:
+def node_key(
+    name: str, what: str, tail: str = "", v6: bool = False
+) -> tuple[IPv4Network, IPv4Address | IPv6Address, str]:
     """A key name `<subnet-key>/<ip>` (with `tail`: `<subnet-key>/<ip>/<tail>`) as its parts;
-    `what` names the key's kind in the error."""
+    `what` names the key's kind in the error. With `v6`, `<ip>` may be an IPv6 address too
+    (written as Python writes it: one key per address)."""
     parts = name.split("/")
     if len(parts) != (3 if tail else 2):
         shape = f"<subnet-key>/<ip>{'/' + tail if tail else ''}"
         raise _Invalid(Reason.BAD_KEY, f"{what} key name {name!r} is not {shape}")
     try:
-        return parse_subnet_name(parts[0]), IPv4Address(parts[1]), parts[2] if tail else ""
+        ip = ip_address(parts[1]) if v6 and ":" in parts[1] else IPv4Address(parts[1])
+        subnet = parse_subnet_name(parts[0])
     except (ValueError, AddressValueError) as exc:
         raise _Invalid(Reason.BAD_KEY, f"{what} key name {name!r}: {exc}") from exc
+    if str(ip) != parts[1]:
+        raise _Invalid(Reason.BAD_KEY, f"{what} key name {name!r}: write {parts[1]} as {ip}")
+    return subnet, ip, parts[2] if tail else ""
 
 
 def _endpoint(name: str, value: bytes | str, leases: Mapping[IPv4Network, Lease]) -> Endpoint:

@@ -33,7 +33,8 @@ the gateway port (the node reaches service VIPs through the switch).
 
 Health checks: the agent follows the services (from its watch) and hands the prober
 (ovsdb/prober.py, a thread of its own with one selector for every probe) the backends of
-services with a `HealthCheck` that are pods on this node; the prober wakes the loop when a
+services with a `HealthCheck` that are pods on this node (by either of their addresses:
+an IPv6 service's backends are its pods' IPv6 ones); the prober wakes the loop when a
 verdict changes, and the loop publishes the verdicts (`<prefix>/vxflow/health/...`,
 leases/health.py) bound to the node's lease, as its endpoints, deleting those of backends
 or checks that went.
@@ -92,6 +93,7 @@ from leases.events import (
     ServiceRemoved,
     VxflowConfigChanged,
 )
+from leases.health import holds
 from leases.liveness import DEFAULT_TTL as DEFAULT_LIVENESS_TTL
 from leases.model import (
     LEASE_TTL_SECONDS,
@@ -567,10 +569,11 @@ class Agent:
     def _set_probe_targets(self) -> None:
         """The backends the prober checks: those of services with a HealthCheck that are
         pods on this node."""
+        local = {*self._desired, *(ep.ipv6 for ep in self._desired.values() if ep.ipv6)}
         self.prober.set_targets(
             Target(svc.name, b.ip, svc.health_check)
             for svc in self._services.values() if svc.health_check is not None
-            for b in svc.backends if b.ip in self._desired
+            for b in svc.backends if b.ip in local
         )  # fmt: skip
 
     def _etcd_work(self, now: float) -> None:
@@ -698,7 +701,7 @@ class Agent:
             published = {(r.service, r.ip): r for r in self.registry.list_readiness(lease.subnet)}
             self._health_published = published
         desired = {(t.service, t.ip): Readiness(lease.subnet, t.ip, t.service, ready)
-                   for t, ready in self.prober.verdicts().items() if t.ip in lease.subnet}  # fmt: skip
+                   for t, ready in self.prober.verdicts().items() if holds(lease, t.ip)}  # fmt: skip
         for key, record in sorted(desired.items()):
             if (old := published.get(key)) is None or old.ready != record.ready:
                 self.registry.put_readiness(record, lease)

@@ -4,7 +4,10 @@ A service's `HealthCheck` (leases/services.py) names a TCP or HTTP check. The ag
 the prober the (service, backend, check) targets whose backend is a pod on this node; the
 prober opens each probe as a non-blocking socket from the node itself (node-to-pod traffic,
 as kubelet's probes are) and waits on all of them in one `selectors` loop: a thousand
-backends cost a thousand sockets, not a thousand processes or threads.
+backends cost a thousand sockets, not a thousand processes or threads. An IPv6 backend (of
+an IPv6 service, on a dual-stack node) is probed over IPv6 the same way: the node's route
+to its IPv6 subnet goes into the gateway port, so the probe leaves from the node's IPv6
+gateway address as an IPv4 one leaves from its IPv4 gateway address.
 
 - TCP: the connection is accepted within TimeoutSeconds.
 - HTTP: `GET Path HTTP/1.0` answered with a status line of 200..399 (kubelet's rule)
@@ -28,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from leases.model import HealthCheck
 from ovsdb import metrics
@@ -43,7 +46,7 @@ class Target:
     """One backend of one service, as that service's HealthCheck probes it."""
 
     service: str
-    ip: IPv4Address
+    ip: IPv4Address | IPv6Address
     check: HealthCheck
 
     def __str__(self) -> str:
@@ -90,7 +93,8 @@ class _State:
 
 
 def http_request(target: Target) -> bytes:
-    return (f"GET {target.check.path} HTTP/1.0\r\nHost: {target.ip}:{target.check.port}\r\n"
+    host = f"[{target.ip}]" if target.ip.version == 6 else str(target.ip)  # (RFC 3986's)
+    return (f"GET {target.check.path} HTTP/1.0\r\nHost: {host}:{target.check.port}\r\n"
             "User-Agent: vxflow-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n").encode()  # fmt: skip
 
 
@@ -195,7 +199,8 @@ class Prober:
 
     def _start(self, target: Target, state: _State, now: float) -> bool:
         state.due = now + target.check.period
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if target.ip.version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         err = sock.connect_ex((str(target.ip), target.check.port))
         if err not in (0, errno.EINPROGRESS):

@@ -2,16 +2,22 @@
 leaves that service's group and affinity link table on every switch (the same diff as a
 DOWN node's), comes back with a ready verdict or when the verdict goes; a service whose
 backends are all unready compiles as one without backends; a verdict counts only while
-its service has a HealthCheck."""
+its service has a HealthCheck, an IPv6 backend's while its node's lease holds it."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from controller.model import ClusterModel
+from controller.model import FULL, ClusterModel
 from flows.groups import group_cookie
 from flows.services import group_id
-from leases.events import ReadinessAdded, ReadinessRemoved, ServiceAdded, ServiceRemoved
+from leases.events import (
+    LeaseChanged,
+    ReadinessAdded,
+    ReadinessRemoved,
+    ServiceAdded,
+    ServiceRemoved,
+)
 from leases.model import HealthCheck, Readiness, VxflowConfig
 from tests.test_controller_liveness import (
     DNS,
@@ -27,6 +33,8 @@ from tests.test_controller_liveness import (
     links,
 )
 from tests.test_controller_sync import CONFIG
+from tests.test_flows_ipv6 import DUAL, HALVES, PODS6
+from tests.test_flows_ipv6_services import REMOTE6, SVC6, WEB6
 
 CHECK = HealthCheck("TCP", 8080, period=1, failure_threshold=2)
 CHECKED = tuple(replace(s, health_check=CHECK) for s in (WEB, DNS, STICKY))
@@ -92,3 +100,38 @@ def test_a_verdict_counts_only_while_its_service_has_a_check() -> None:
     impact = model.apply([ReadinessAdded(Readiness(PODS[0].node_subnet, stranger, "nope", False, 7),
                                          31)])  # fmt: skip
     assert not impact.service_cookies and buckets(model, N1, C_WEB) == ALL - {str(PODS[0].ip)}
+
+
+def test_an_ipv6_backends_verdict_counts_while_its_nodes_lease_holds_the_address() -> None:
+    """An IPv6 service's backend unready leaves its group on every switch like an IPv4 one;
+    its key names only the node's IPv4 subnet, so the verdict counts while that lease's IPv6
+    subnet holds the address: not under another node's subnet, and not once the lease's
+    IPv6 subnet moves (a lease event counts it again), again when it moves back."""
+    web6 = replace(WEB6, health_check=CHECK)
+    model = ClusterModel()
+    model.connected = {lease.public_ip for lease in HALVES}
+    model.load(DUAL, HALVES, PODS6, vxflow=VxflowConfig(NET, SVC6), services=[web6],
+               alive=model.connected)  # fmt: skip
+    node1, gid = HALVES[0].public_ip, group_id(SVC6, web6, 0)
+
+    def serving() -> set[str]:
+        (group,) = [g for g in model.desired(node1, FULL).groups if g.group_id == gid]
+        return {str(b.actions[0][4][1]) for b in group.buckets}
+
+    both = {str(b.ip) for b in web6.backends}
+    cookie = group_cookie(gid)
+    assert serving() == both
+    holder = next(lease for lease in HALVES if REMOTE6 in lease.ipv6_subnet)
+    stranger = next(lease for lease in HALVES if REMOTE6 not in lease.ipv6_subnet)
+    impact = model.apply([ReadinessAdded(Readiness(stranger.subnet, REMOTE6, "web6", False), 40)])
+    assert cookie not in impact.service_cookies and serving() == both  # another node's word
+    record = Readiness(holder.subnet, REMOTE6, "web6", False, 7)
+    impact = model.apply([ReadinessAdded(record, 41)])
+    assert cookie in impact.service_cookies and serving() == both - {str(REMOTE6)}
+    moved = replace(holder, ipv6_subnet=DUAL.ipv6.subnet_max)  # a subnet no lease holds
+    assert REMOTE6 not in moved.ipv6_subnet
+    for old, new, want in ((holder, moved, both), (moved, holder, both - {str(REMOTE6)})):
+        impact = model.apply([LeaseChanged(old, new, 42)])
+        assert cookie in impact.service_cookies and serving() == want, (new.ipv6_subnet, want)
+    model.apply([ReadinessRemoved(record, 43)])
+    assert serving() == both

@@ -24,6 +24,7 @@ from leases.services import link_count
 from tests.emulation import emulated_cluster
 from tests.ofharness import VXFLOW
 from tests.test_e2e_cluster import in_host, iperf3
+from tests.test_e2e_liveness import CHECKED_PORT, listed, serve, stop_checked
 from tests.test_e2e_services import NAMESRV, run_in
 from tests.test_e2e_trace import walk
 
@@ -258,6 +259,64 @@ def test_the_node_reaches_a_v6_vip_and_backends_see_its_ipv6_gateway(cluster, se
     assert result["failed"] == 0 and set(answers(result)) == {p.name for p in servers}, result
     gateway6 = cluster.ipv6_subnet(n1).network_address + 1
     assert {a.split()[1] for a in result["answers"]} == {str(gateway6)}, result
+
+
+def groups6(cluster, gid: int) -> list[set[str]]:
+    """The IPv6 backends of group `gid` on each switch."""
+    held = []
+    for node in cluster.vxflow_nodes:
+        line = next((g for g in node.ovs.ofctl("dump-groups", "br-int").splitlines()
+                     if f"group_id={gid}," in g), "")  # fmt: skip
+        held.append(set(re.findall(r"nat\(dst=\[([0-9a-f:]+)\]", line)))
+    return held
+
+
+def until_groups6(cluster, gid: int, want: set[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while any(held != want for held in groups6(cluster, gid)):
+        assert time.monotonic() < deadline, (want, groups6(cluster, gid))
+        time.sleep(0.1)
+
+
+def test_a_killed_v6_backend_leaves_every_switchs_group_and_is_back_after_a_restart(
+    cluster, servers
+) -> None:
+    """An IPv6 service's HealthCheck: each backend's agent probes it over IPv6 (from its
+    node's IPv6 gateway); one whose server dies is unready and leaves the service's group on
+    every switch (and `vxflow services list` says so), and is back when restarted."""
+    pod2, pod3 = servers[1], servers[2]
+    node3 = cluster.vxflow_nodes[2]
+
+    checked = {pod.name: serve(pod) for pod in (pod2, pod3)}
+    check = {"Type": "TCP", "Port": CHECKED_PORT, "PeriodSeconds": 1, "TimeoutSeconds": 1,
+             "FailureThreshold": 2, "SuccessThreshold": 1}  # fmt: skip
+    vip, both = SERVICE6[0x14], {str(pod2.addr6), str(pod3.addr6)}
+    try:
+        with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
+            service = registry.put_service({
+                "Name": "checked6", "VIP": str(vip),
+                "Ports": [{"Port": 80, "TargetPort": CHECKED_PORT}],
+                "Backends": [{"IP": str(pod2.addr6)}, {"IP": str(pod3.addr6)}],
+                "HealthCheck": check,
+            })  # fmt: skip
+        gid = group_id(SERVICE6, service, 0)
+        until_groups6(cluster, gid, both)
+        checked[pod3.name].kill()
+        checked[pod3.name].wait()
+        until_groups6(cluster, gid, {str(pod2.addr6)})
+        (entry,) = [s for s in listed(cluster, "services", "list")["services"]
+                    if s["Name"] == "checked6"]  # fmt: skip
+        assert entry["UnreadyBackends"] == [str(pod3.addr6)], entry
+        checked[pod3.name] = serve(pod3)
+        until_groups6(cluster, gid, both)
+        client = cluster.pods_of(cluster.vxflow_nodes[0])[1]
+        result = run_in(client, "connect", str(vip), "80", "30")
+        assert result["failed"] == 0 and set(answers(result)) == {pod2.name, pod3.name}, result
+    finally:
+        stop_checked(cluster, checked.values(), "checked6")
+    log = (cluster.node_dir(node3) / "agent.log").read_text()  # one line per transition
+    assert log.count(f"backend {pod3.addr6} of service checked6 is unready") == 1, log[-3000:]
+    assert log.count(f"backend {pod3.addr6} of service checked6 is ready") == 2, log[-3000:]
 
 
 def test_ipv6_policy_allows_the_selected_client_and_drops_another(cluster, servers) -> None:

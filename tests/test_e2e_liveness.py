@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import pytest
@@ -195,6 +195,15 @@ def serve(pod) -> subprocess.Popen:
     return server
 
 
+def stop_checked(cluster, servers: Iterable[subprocess.Popen], name: str) -> None:
+    """Stop the checked servers and delete their service."""
+    for server in servers:
+        server.kill()
+        server.wait()
+    with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
+        registry.delete_service(name)
+
+
 def groups_hold(cluster, service: Service, backends: tuple[Backend, ...]) -> bool:
     """Whether every switch's group of the service's port has exactly `backends`."""
     want = port_group(SERVICE_NETWORK, replace(service, backends=backends), 0)
@@ -258,11 +267,7 @@ def test_a_backend_whose_server_dies_leaves_within_its_check_and_is_back_after_a
         back = until_groups(cluster, service, service.backends)
         results = json.loads(stream.communicate(timeout=60)[0])
     finally:
-        for server in servers.values():
-            server.kill()
-            server.wait()
-        with Registry(cluster.etcd_endpoint, cluster.spec.prefix) as registry:
-            registry.delete_service("checked")
+        stop_checked(cluster, servers.values(), "checked")
     timeline = [(round(t - killed, 2), answer) for t, answer in results]
     failed = [t for t, answer in results if answer is None]
     assert gone - killed <= PERIOD * FAILURES + 1, (gone - killed, timeline)

@@ -4,6 +4,7 @@ guards; and an IPv4-only config or node gets exactly the IPv4 flows."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from ipaddress import IPv6Address, IPv6Network
 
@@ -260,3 +261,67 @@ def test_a_lease_event_rescopes_its_ipv6_flows_on_every_dual_stack_switch() -> N
         assert scope.covers(cookie) and {f for f in scoped if f.cookie == cookie} == want
         assert sum(is_v6(f) for f in want) == (2 if new.ipv6_subnet else 0)
         model.apply([LeaseChanged(new, HALVES[1], 8)])  # back, for the next case
+
+
+@pytest.mark.parametrize("claim", ["public_ipv6", "ipv6_subnet"])
+def test_a_half_starting_or_stopping_to_be_shared_rescopes_the_other_holders_flows(claim) -> None:
+    """Node 3's lease takes node 2's PublicIPv6 (or IPv6 subnet), then gives it back: the
+    event on node 3 also flips node 2's IPv6 half (both lose it, both regain it), so node
+    2's cookie is in the event's scope on node 1's switch, and the scoped table holds its
+    IPv6 flows as a full compile does at each step (before, they stayed stale)."""
+    model = ClusterModel()
+    model.load(DUAL, HALVES, PODS6)
+    taker = replace(HALVES[2], **{claim: getattr(HALVES[1], claim)})
+    for old, new in ((HALVES[2], taker), (taker, HALVES[2])):
+        impact = model.apply([LeaseChanged(old, new, 7)])
+        scope = impact.scope_for(NODE1, HALVES[0].subnet)
+        leases = [HALVES[0], HALVES[1], new]
+        for other in (HALVES[1], new):
+            cookie = subnet_cookie(other.subnet)
+            want = {f for f in compile_node(DUAL, leases, PODS6, NODE1) if f.cookie == cookie}
+            assert scope.covers(cookie), (claim, other.subnet)
+            assert {f for f in model.desired(NODE1, scope) if f.cookie == cookie} == want
+            assert sum(is_v6(f) for f in want) == (0 if new is taker else 2)
+        assert set(model.desired(NODE1, FULL)) == compile_node(DUAL, leases, PODS6, NODE1)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_switch_following_the_models_scopes_holds_what_a_full_compile_gives(seed) -> None:
+    """Random lease events among dual-stack leases drawing their PublicIPv6 and IPv6 subnet
+    from a pool of two each (so halves start and stop being shared, and leases come and
+    go): node 1's switch, replacing after each event only the flows of the event's scope,
+    holds exactly the flows a full compile of the leases gives (nothing stale)."""
+    from leases.events import LeaseAdded, LeaseRemoved
+    from tests.test_flows_compiler import lease
+
+    rng = random.Random(seed)
+    pubs = [IPv6Address("fd00:198:18::a"), IPv6Address("fd00:198:18::b")]
+    sixes = [IPv6Network("fc00:0:0:a::/64"), IPv6Network("fc00:0:0:b::/64")]
+
+    def draw(i: int):
+        if rng.random() < 0.2:
+            return lease(i)  # IPv4 only
+        return replace(lease(i), ipv6_subnet=rng.choice(sixes), public_ipv6=rng.choice(pubs),
+                       vtep_mac_v6=f"0e:36:c6:12:00:0{i}")  # fmt: skip
+
+    held = {1: HALVES[0]}
+    model = ClusterModel()
+    model.load(DUAL, held.values(), PODS6)
+    table = set(model.desired(NODE1, FULL))
+    for step in range(40):
+        i = rng.choice([2, 3, 4, 5])
+        old = held.get(i)
+        if old is None:
+            held[i] = draw(i)
+            event = LeaseAdded(held[i], step)
+        elif rng.random() < 0.25:
+            del held[i]
+            event = LeaseRemoved(old, step)
+        else:
+            held[i] = draw(i)
+            event = LeaseChanged(old, held[i], step)
+        scope = model.apply([event]).scope_for(NODE1, HALVES[0].subnet)
+        fresh = model.desired(NODE1, scope)
+        table = {f for f in table if not scope.covers(f.cookie)} | set(fresh)
+        want = compile_node(DUAL, held.values(), PODS6, NODE1)
+        assert table == want, (seed, step, event, table ^ want)

@@ -5,7 +5,8 @@ defaults or the whole service rejected with its reason, and the agents' verdicts
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Address, IPv4Network
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,17 @@ import pytest
 from flows.ports import vtep_mac_for
 from leases.etcd_server import EtcdServer
 from leases.events import ReadinessAdded, ReadinessRemoved
-from leases.health import check_readiness, readiness_to_json, split_backends, unready_of
+from leases.health import (
+    check_readiness,
+    counts,
+    holds,
+    readiness_to_json,
+    split_backends,
+    unready_by_service,
+    unready_of,
+)
 from leases.keys import KV, KeyKind
-from leases.model import HealthCheck, Readiness, Service
+from leases.model import HealthCheck, Lease, Readiness, Service
 from leases.registry import Registry
 from leases.services import service_to_json
 from leases.state import View, diff
@@ -113,6 +122,31 @@ def test_verdicts_validate_with_reasons() -> None:
         result = check_readiness(verdict_kv(name=name), name)
         assert isinstance(result, Rejection) and result.reason == "bad_key", (name, result)
         assert result.kind is KeyKind.HEALTH
+
+
+def test_an_ipv6_backends_verdict_validates_and_counts_while_its_lease_holds_it() -> None:
+    """A dual-stack pod's verdict (an IPv6 service's backend): its key names the node's IPv4
+    subnet and the pod's IPv6 address as Python writes it; it counts (in a snapshot's
+    unready backends) only while the lease of that subnet holds the address."""
+    six = IPv6Address("fc00:0:0:3::7")
+    name = f"10.20.3.0-24/{six}/web6"
+    record = Readiness(SUBNET, six, "web6", False, 9)
+    kv = verdict_kv(readiness_to_json(record), name=name)
+    assert record.key_name == name and check_readiness(kv, name) == record
+    for odd in ("10.20.3.0-24/FC00:0:0:3::7/web6", "10.20.3.0-24/fc00:0:0:3:0::7/web6",
+                "10.20.3.0-24/fc00::3::7/web6"):  # fmt: skip
+        result = check_readiness(verdict_kv(readiness_to_json(record), name=odd), odd)
+        assert isinstance(result, Rejection) and result.reason == "bad_key", (odd, result)
+    dual = Lease(SUBNET, IPv4Address("198.18.0.3"), 1, vtep_mac_for(IPv4Address("198.18.0.3")),
+                 ipv6_subnet=IPv6Network("fc00:0:0:3::/64"),
+                 public_ipv6=IPv6Address("fd00:198:18::3"), vtep_mac_v6="0e:00:00:00:00:03")
+    elsewhere = replace(dual, ipv6_subnet=IPv6Network("fc00:0:0:9::/64"))
+    assert counts(record, {SUBNET: dual}) and holds(dual, six) and holds(dual, IP)
+    for leases in ({}, {SUBNET: elsewhere}, {SUBNET: replace(dual, ipv6_subnet=None)}):
+        assert not counts(record, leases), leases
+    assert counts(Readiness(SUBNET, IP, "web", False), {})  # IPv4: its key says (checked)
+    assert unready_by_service([record], {SUBNET: dual}) == {"web6": frozenset({six})}
+    assert unready_by_service([record], {SUBNET: elsewhere}) == {}
 
 
 def test_the_view_reports_verdicts_and_a_snapshot_reads_the_unready_backends() -> None:

@@ -17,6 +17,7 @@ from leases.keys import KV, KeyKind, Keys
 from leases.model import (
     Backend,
     FamilyConfig,
+    HealthCheck,
     Lease,
     NetworkConfig,
     Service,
@@ -514,8 +515,8 @@ def test_an_ipv6_service_parses_in_the_ipv6_service_network() -> None:
         (WEB, VxflowConfig(service_network6=VX6.service_network6), DUAL, "no_service_network",
          "VIP 10.96.0.10: no ServiceNetwork in the vxflow config"),
         (WEB6, VX6, CONFIG, "bad_vip", "the network config has no IPv6 overlay (EnableIPv6)"),
-        ({**WEB6, "HealthCheck": {"Type": "TCP", "Port": 8080}}, VX6, DUAL, "bad_health_check",
-         "HealthCheck is for IPv4 services only"),
+        ({**WEB6, "HealthCheck": {"Type": "TCP", "Port": 0}}, VX6, DUAL, "bad_health_check",
+         "HealthCheck Port 0 is not in 1..65535"),
     ],
 )  # fmt: skip
 def test_a_bad_ipv6_service_is_rejected_with_its_reason(value, vx, config, reason, detail) -> None:
@@ -523,6 +524,14 @@ def test_a_bad_ipv6_service_is_rejected_with_its_reason(value, vx, config, reaso
     assert isinstance(result, Rejection), result
     assert result.reason == reason and detail in result.detail, result.detail
     assert "\n" not in result.detail
+
+
+def test_an_ipv6_service_takes_a_health_check() -> None:
+    """Its backends are probed over IPv6 by their nodes' agents (ovsdb/prober.py)."""
+    value = {**WEB6, "HealthCheck": {"Type": "HTTP", "Port": 8080, "Path": "/healthz"}}
+    result = judged(value, value["Name"], vx=VX6, config=DUAL)
+    assert isinstance(result, Service), result
+    assert result.health_check == HealthCheck("HTTP", 8080, "/healthz")
 
 
 @pytest.mark.parametrize(

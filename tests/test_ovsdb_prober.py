@@ -8,14 +8,15 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
 from leases.model import HealthCheck
-from ovsdb.prober import Prober, Target, Verdict, http_status
+from ovsdb.prober import Prober, Target, Verdict, http_request, http_status
 
 LOOPBACK = IPv4Address("127.0.0.1")
+LOOPBACK6 = IPv6Address("::1")
 
 
 def test_verdicts_follow_kubelets_thresholds() -> None:
@@ -38,19 +39,34 @@ def test_http_status_lines() -> None:
     assert http_status(b"HTTP/1.1 abc\r\n") is None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def test_an_http_request_names_an_ipv6_host_in_brackets() -> None:
+    six = http_request(Target("web6", IPv6Address("fc00:0:0:4::2"), check("HTTP", 8080, "/h")))
+    assert six.startswith(b"GET /h HTTP/1.0\r\nHost: [fc00:0:0:4::2]:8080\r\n"), six
+    four = http_request(Target("web", IPv4Address("10.20.4.2"), check("HTTP", 8080, "/h")))
+    assert b"\r\nHost: 10.20.4.2:8080\r\n" in four, four
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class Handler(BaseHTTPRequestHandler):
+    hosts: list[str] = []  # the Host headers the server was sent
+
     def do_GET(self) -> None:
+        self.hosts.append(self.headers["Host"])
         self.send_response(200 if self.path == "/ok" else 500)
         self.end_headers()
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+class HTTPServer6(HTTPServer):
+    address_family = socket.AF_INET6
 
 
 @pytest.fixture
@@ -103,3 +119,32 @@ def test_tcp_and_http_checks_of_real_servers_from_one_thread(http: int) -> None:
         prober.stop()
         silent.close()
         listening.close()
+
+
+def test_tcp_and_http_checks_of_ipv6_backends() -> None:
+    """An IPv6 backend is probed over IPv6 (a v4 socket could not reach it), by the same
+    thread and thresholds: a listener and an HTTP server on ::1, and a port nobody holds."""
+    server = HTTPServer6(("::1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    listening = socket.socket(socket.AF_INET6)
+    listening.bind(("::1", 0))
+    listening.listen(8)
+    port = server.server_address[1]
+    up = Target("tcp6-up", LOOPBACK6, check("TCP", listening.getsockname()[1]))
+    down = Target("tcp6-down", LOOPBACK6, check("TCP", free_port("::1")))
+    ok = Target("http6-ok", LOOPBACK6, check("HTTP", port, "/ok"))
+    bad = Target("http6-500", LOOPBACK6, check("HTTP", port, "/bad"))
+    prober = Prober()
+    prober.start()
+    try:
+        prober.set_targets([up, down, ok, bad])
+        wait_for(prober, {up: True, down: False, ok: True, bad: False})
+        assert f"[::1]:{port}" in Handler.hosts, Handler.hosts
+        listening.close()  # the listener goes: its backend turns unready
+        wait_for(prober, {up: False, down: False, ok: True, bad: False})
+    finally:
+        prober.stop()
+        listening.close()
+        server.shutdown()
+        server.server_close()
