@@ -278,18 +278,15 @@ def leasable(fam: FamilyConfig | NetworkConfig, subnet: IPNetwork) -> bool:
     )
 
 
-# what a dual-stack cluster does not get over IPv6 yet (README.md, "Dual stack")
-IPV6_NOT_YET = "direct routes"
-
-
 def ipv6_notice(config: NetworkConfig) -> str | None:
-    """What a daemon logs, once, on a dual-stack config (None for IPv4 only): vxflow
-    routes IPv6 between pods and nodes, but some of its features are IPv4 only so far,
-    and an operator must know which before relying on them."""
+    """What a daemon logs, once, on a dual-stack config (None for IPv4 only): where its
+    dual stack differs from flannel's, which an operator moving from flannel must know
+    before relying on it: the pods' MTU leaves room for the IPv6 outer header."""
     if config.ipv6 is None:
         return None
     return (
-        f"EnableIPv6: IPv6Network {config.ipv6.network} is routed between pods and nodes "
-        f"(services with an IPv6ServiceNetwork, network policy too); {IPV6_NOT_YET} are "
-        "IPv4 only so far"
+        f"EnableIPv6: IPv6Network {config.ipv6.network} is routed between pods and nodes, "
+        "with services, network policy and direct routes as for IPv4; a node that tunnels "
+        "over IPv6 gives its pods the underlay MTU - 70 (flannel: - 50), room for the IPv6 "
+        "outer header"
     )

@@ -641,4 +641,4 @@ def test_a_dual_stack_config_is_said_once_what_is_ipv4_only(caplog) -> None:
         assert "IPv6" not in caplog.text
         model.load(dual, [], [])
         model.load(dual, [], [])
-    assert caplog.text.count("are IPv4 only so far") == 1
+    assert caplog.text.count("MTU - 70 (flannel: - 50)") == 1

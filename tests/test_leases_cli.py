@@ -170,7 +170,7 @@ def test_dual_stack_config_and_leases_show_their_ipv6_half(etcd: EtcdServer, tmp
     result = run(etcd, "config", "set", str(dual))
     assert result.exit_code == 0, result.output
     assert "IPv6Network fc00::/48, /64 subnets fc00:0:0:1::-64..fc00:0:0:ffff::-64" in result.stdout
-    assert "note: EnableIPv6:" in result.stdout and "are IPv4 only so far" in result.stdout
+    assert "note: EnableIPv6:" in result.stdout and "MTU - 70 (flannel: - 50)" in result.stdout
     shown = json.loads(run(etcd, "config", "show").stdout)
     assert {k: v for k, v in shown.items() if "IPv" in k} == {
         "EnableIPv4": True,

@@ -8,7 +8,6 @@ from ipaddress import IPv4Network, IPv6Address, IPv6Network
 import pytest
 
 from leases.config import (
-    IPV6_NOT_YET,
     ConfigError,
     config_to_json,
     ipv6_notice,
@@ -221,4 +220,5 @@ def test_direct_routing_is_read_in_any_case_and_written_only_when_on(key: str) -
 def test_ipv6_notice_only_for_dual_stack() -> None:
     assert ipv6_notice(parse_config(json.dumps(BASE))) is None
     notice = ipv6_notice(parse_config(json.dumps(DUAL)))
-    assert notice is not None and "fc00::/48" in notice and "is routed between pods and nodes" in notice and IPV6_NOT_YET in notice
+    assert notice is not None and "fc00::/48" in notice and "direct routes as for IPv4" in notice
+    assert "MTU - 70" in notice

@@ -599,7 +599,7 @@ def test_dual_stack_config_gives_dual_stack_leases_and_ipv4_keeps_working(
     )
     assert "has no PublicIPv6: leasing IPv4 only" in none.log_text()
     for agent in cluster3.agents:
-        assert agent.log_text().count("are IPv4 only so far") == 1, agent.log_text()
+        assert agent.log_text().count("MTU - 70 (flannel: - 50)") == 1, agent.log_text()
 
     # restarted, a node asks for both of its subnets again (subnet.env) and gets them
     lease = leases[flag.node.underlay_ip]
