@@ -127,9 +127,13 @@ class Scope:
     @classmethod
     def of_cookies(cls, cookies: frozenset[int]) -> Scope:
         """The flows of these cookies' owners: a lease's or an endpoint's by its cookie,
-        the base pipeline (several cookies, one owner) whole."""
-        base = any((o := owner_of(c)) is not None and o[0] is Owner.BASE for c in cookies)
-        return cls(False, cookies, frozenset({Owner.BASE}) if base else frozenset())
+        the base pipeline (several cookies, one owner) and the policy stage (compiled as a
+        whole, its flows asked for by owner) whole."""
+        owners = {o[0] for c in cookies if (o := owner_of(c)) is not None}
+        whole = frozenset({Owner.BASE}) if Owner.BASE in owners else frozenset()
+        if owners & POLICY_OWNERS:
+            whole |= POLICY_OWNERS
+        return cls(False, cookies, whole)
 
 
 FULL = Scope(full=True)
