@@ -39,6 +39,13 @@ OFPT_BARRIER_REPLY = 21
 OFPT_ROLE_REQUEST = 24
 OFPT_ROLE_REPLY = 25
 OFPT_ROLE_STATUS = 30
+OFPT_PACKET_IN = 10
+OFPT_METER_MOD = 29
+OFPMC_ADD, OFPMC_MODIFY = 0, 1
+OFPMF_PKTPS, OFPMF_BURST, OFPMF_STATS = 2, 4, 8
+OFPMBT_DROP = 1
+OFPET_METER_MOD_FAILED = 12
+OFPMMFC_METER_EXISTS = 1
 OFPT_BUNDLE_CONTROL = 33
 OFPT_BUNDLE_ADD_MESSAGE = 34
 
@@ -607,6 +614,14 @@ def encode_bundle_control(bundle_id: int, ctrl_type: int, xid: int) -> bytes:
 
 def encode_barrier(xid: int) -> bytes:
     return _HEADER.pack(OFP_VERSION, OFPT_BARRIER_REQUEST, 8, xid)
+
+
+def encode_meter_mod(command: int, meter_id: int, rate: int, burst: int, xid: int) -> bytes:
+    """OFPT_METER_MOD of a packets/s meter with one drop band: past `rate` packets a second
+    (and a burst of `burst`), what passes it is dropped."""
+    return struct.pack("!BBHIHHIHHII4x", OFP_VERSION, OFPT_METER_MOD, 32, xid, command,
+                       OFPMF_PKTPS | OFPMF_BURST | OFPMF_STATS, meter_id, OFPMBT_DROP, 16, rate,
+                       burst)  # fmt: skip
 
 
 def encode_echo_request(xid: int) -> bytes:

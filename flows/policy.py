@@ -119,6 +119,7 @@ ISOLATION = "reg5"  # the hooked pod's isolation group, for the pods' clauses an
 IP_PROTO = {"TCP": 6, "UDP": 17}
 DROP_LOG_METER = 1  # the meter a logged drop passes before its packet-in
 DROP_LOG_BYTES = 128  # of a logged drop's packet sent: its Ethernet, IP and L4 headers
+DROP_LOG_RATE = 100  # the meter's packets/s by default (`--log-policy-drops` without RATE)
 LOGGED_DROP = (meter(DROP_LOG_METER), controller(DROP_LOG_BYTES))
 
 
