@@ -30,6 +30,7 @@ from leases.registry import Registry
 from tests.emulation import emulated_cluster
 from tests.ofharness import metric, wait_for
 from tests.test_e2e_cluster import in_host
+from tests.test_e2e_trace import walk
 from tests.test_flows_policy_eval import netpol as make_policy
 
 pytestmark = pytest.mark.e2e
@@ -134,12 +135,19 @@ def setup() -> Iterator[Setup]:
 
 
 def test_the_meter_is_on_every_switch_and_the_drop_still_drops(setup: Setup) -> None:
+    """(`ovs-ofctl -O OpenFlow13 dump-meters`: the userspace datapath of OVS 3.x has meters.)"""
     for node in setup.cluster.vxflow_nodes:
         out = node.ovs.ofctl("-O", "OpenFlow13", "dump-meters", "br-int")
         assert re.search(rf"meter=1 pktps burst stats bands=\s*type=drop rate={DROP_LOG_RATE} "
                          rf"burst_size={BURST}", out), out  # fmt: skip
     flows = setup.drop_flows()
     assert "actions=meter:1,CONTROLLER:128" in flows and "output:" not in flows, flows
+    # `vxflow trace` still calls it a drop, by the pod's isolation
+    rc, doc = walk(setup.cluster, setup.client.addr, setup.server.addr, "--protocol", "tcp",
+                   "--dport", "80")  # fmt: skip
+    assert rc == 1 and doc["hops"][-1]["result"] == "dropped", doc
+    assert doc["hops"][-1]["detail"].startswith("network policy: ingress of pod x/b is isolated "
+                                                "by x/deny"), doc  # fmt: skip
 
 
 def test_a_denied_connection_is_one_line_naming_node_pod_direction_policy_and_addresses(
