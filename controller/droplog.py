@@ -48,7 +48,7 @@ ETH_TYPE_IP, ETH_TYPE_IPV6, ETH_TYPE_VLAN = 0x0800, 0x86DD, 0x8100
 
 # who a drop hit: (node, direction, the pod's address, the isolation group) -> (the pod's
 # namespace/name or None, the policies isolating it), or None for no such group now
-Isolation = Callable[[IPv4Address, str, IPv4Address | IPv6Address, IPv4Address],
+IsolationOf = Callable[[IPv4Address, str, IPv4Address | IPv6Address, IPv4Address],
                      tuple[str | None, tuple[str, ...]] | None]  # fmt: skip
 
 
@@ -155,7 +155,7 @@ class DropLog:
     from a green thread of its own (`run`)."""
 
     rate: int
-    isolation: Isolation
+    isolation: IsolationOf
     clock: Callable[[], float] = time.monotonic
     queue: LightQueue = field(default_factory=lambda: LightQueue(BACKLOG))
     _buckets: dict[IPv4Address, Bucket] = field(default_factory=dict)

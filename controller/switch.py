@@ -402,9 +402,10 @@ class SwitchSync:
     def on_error(self, xid: int, err_type: int, code: int, data: bytes) -> bool:
         """Log and count an OFPT_ERROR with the message that caused it; False if not ours."""
         if self._meter_xid != -1 and xid in (self._meter_xid, self._meter_xid + 1):
+            # (the add refused because the switch holds the meter: expected, nothing wrong)
             if (xid, err_type, code) != (self._meter_xid, ofwire.OFPET_METER_MOD_FAILED,
                                          ofwire.OFPMMFC_METER_EXISTS):  # fmt: skip
-                metrics.of_error(err_type, code).inc()  # (an add of a meter held: expected)
+                metrics.of_error(err_type, code).inc()
                 self.last_error = f"error type {err_type} code {code} on the drop log's meter"
                 log.error("switch %s refused the meter of logged policy drops (error type %d "
                           "code %d): it refuses the logged drops too", self.node, err_type,
