@@ -38,6 +38,7 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_4
 
 from controller import groups, guard, identity, metrics, monitor, ofwire, reader, status
+from controller.droplog import DropLog
 from controller.loglimit import LogLimit
 from controller.model import ClusterModel, Impact
 from controller.options import CONF, etcd_access
@@ -225,7 +226,10 @@ class VxflowController(app_manager.OSKenApp):
         gc.set_threshold(50_000, 20, 100)
         before, after = raise_open_files_limit()
         log.info("open files: soft limit %d (was %d)", after, before)
-        self.model = ClusterModel()
+        rate = CONF.vxflow_log_policy_drops  # packets/s per switch; 0: drops not logged
+        self.model = ClusterModel(log_drops=rate > 0)
+        # (the model is replaced at each reload: looked up at each drop)
+        self.droplog = DropLog(rate, lambda *drop: self.model.isolation(*drop)) if rate else None
         self._down: set[IPv4Address] = set()  # the nodes last logged DOWN
         self._silent: set[IPv4Address] = set()  # nodes whose switch left a probe unanswered
         self.switches: dict[int, SwitchSync] = {}
@@ -278,8 +282,9 @@ class VxflowController(app_manager.OSKenApp):
         )  # fmt: skip
         log.info(
             "vxflow %s controller %s (%s): etcd %s prefix %s (%s), member TTL %ds, audit every "
-            "%ss", VERSION, member_id, address,
+            "%ss%s", VERSION, member_id, address,
             self.endpoints, self.prefix, self.access, ttl, CONF.vxflow_audit_interval,
+            f", policy drops logged (at most {rate} packets/s per switch)" if rate else "",
         )  # fmt: skip
 
     def _membership_changed(self) -> None:
@@ -295,6 +300,8 @@ class VxflowController(app_manager.OSKenApp):
         thread = super().start()
         metrics.POLICY_DENIED.source = self._policy_denied
         self.threads.append(hub.spawn(self._handle_inbox))
+        if self.droplog is not None:
+            self.threads.append(hub.spawn(self.droplog.run))
         if self._reader is not None:
             self.threads += [hub.spawn(self._reader.run), hub.spawn(self._reader.reap)]
         self.threads.append(hub.spawn(self.membership.run))
@@ -366,7 +373,7 @@ class VxflowController(app_manager.OSKenApp):
                     log.warning("no network config at %s%s", registry.keys.config, note)
                 # loaded aside and swapped in whole: switches syncing while it loads
                 # (it yields) must never see a half-loaded cluster
-                model = ClusterModel()
+                model = ClusterModel(self.model.log_drops)
                 model.connected = {sync.node for sync in self.switches.values()}
                 impact = model.load(snapshot.config, snapshot.leases, snapshot.endpoints, _yield,
                                     snapshot.vxflow, snapshot.services, snapshot.alive(),
@@ -535,6 +542,8 @@ class VxflowController(app_manager.OSKenApp):
                 del self.switches[dp.id]
                 del self.roles[dp.id]
                 self._monitor_xids.pop(dp.id, None)
+                if self.droplog is not None:
+                    self.droplog.forget(sync.node)
                 self._count_switches()
                 log.info("switch of %s disconnected", sync.node)
                 self.coordinator.request()
@@ -553,11 +562,13 @@ class VxflowController(app_manager.OSKenApp):
         if old is not None:
             old.close()
         parser, ofp = dp.ofproto_parser, dp.ofproto
-        no_packet_in = [
+        # packet-ins: none, or to the master only those of the logged policy drops' output
+        logged = 1 << ofp.OFPR_APPLY_ACTION if self.droplog is not None else 0
+        packet_ins = [
             parser.OFPAsyncConfigPropReasons(ofp.OFPACPT_PACKET_IN_SLAVE, mask=0),
-            parser.OFPAsyncConfigPropReasons(ofp.OFPACPT_PACKET_IN_MASTER, mask=0),
+            parser.OFPAsyncConfigPropReasons(ofp.OFPACPT_PACKET_IN_MASTER, mask=logged),
         ]
-        dp.send_msg(parser.OFPSetAsync(dp, no_packet_in))
+        dp.send_msg(parser.OFPSetAsync(dp, packet_ins))
         channel = DatapathChannel(dp, self.tls, self.backlogs)
         sync = SwitchSync(
             node=node,
@@ -568,6 +579,7 @@ class VxflowController(app_manager.OSKenApp):
             on_synced=self._synced,
             pause=_yield,
             may_write=self.membership.valid,
+            meter_rate=CONF.vxflow_log_policy_drops,
         )
         self.switches[dp.id] = sync
         self.roles[dp.id] = SwitchRole(node, channel, on_master=sync.promote, on_lost=sync.suspend)
@@ -591,11 +603,16 @@ class VxflowController(app_manager.OSKenApp):
         SwitchSync and SwitchRole act on go to the inbox as raw bytes: os-ken makes no
         message object or event of them (at 1,000 switches those cost more than the
         handling itself). An echo reply is acknowledged here, as os-ken's handler would:
-        a thousand switches answer os-ken's echo requests within the same moment. False:
-        os-ken's usual path (its handshake; packet-ins)."""
+        a thousand switches answer os-ken's echo requests within the same moment. A logged
+        policy drop's packet-in goes to `controller.droplog`, which only counts or queues it
+        here. False: os-ken's usual path (its handshake; other packet-ins)."""
         if msg_type == ofwire.OFPT_ECHO_REPLY:
             dp.acknowledge_echo_reply(xid)
             return True
+        if msg_type == ofwire.OFPT_PACKET_IN and self.droplog is not None:
+            sync = self._sync_for(dp)  # (a logged drop's: counted or queued, never waited on)
+            if sync is not None and self.droplog.receive(sync.node, data):
+                return True
         if msg_type not in self._handlers or dp.state not in (MAIN_DISPATCHER, DEAD_DISPATCHER):
             return False
         multipart = msg_type == ofwire.OFPT_MULTIPART_REPLY

@@ -13,6 +13,7 @@ import click
 
 from daemons.build import banner
 from daemons.options import metrics_options
+from flows.policy import DROP_LOG_RATE
 from leases.cli_options import etcd_access, etcd_options, open_registry, operator_errors
 from leases.controllers import advertised_target, member_id_problem, target_problem
 
@@ -69,6 +70,14 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
               envvar="VXFLOW_MEMBER_TTL", show_envvar=True,
               help="Seconds this replica's membership lives unrenewed: its switches move to "
                    "the other replicas about this long after it dies.")
+@click.option("--log-policy-drops", "log_policy_drops", type=click.IntRange(0), default=0,
+              is_flag=False, flag_value=DROP_LOG_RATE, metavar="[RATE]",
+              envvar="VXFLOW_LOG_POLICY_DROPS", show_envvar=True,
+              help="Log every packet network policy drops (node, pod, direction, isolating "
+                   f"policies, addresses and ports), at most RATE a second per switch "
+                   f"(without RATE: {DROP_LOG_RATE}): the drops pass an OpenFlow meter of that "
+                   "rate before they reach the controller, which guards again per switch and "
+                   "counts what it does not log; they still drop.  [default: 0, off]")
 @click.option("--advertise", envvar="VXFLOW_ADVERTISE", show_envvar=True,
               callback=_check_target, metavar="tcp:IP:PORT",
               help="The target switches reach this replica on, published in etcd for the node "
@@ -90,7 +99,7 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
 @etcd_options
 def controller(listen: str, port: int, audit_interval: float, metrics_port: int | None,
                metrics_listen: str, member_id: str | None, member_ttl: int,
-               advertise: str | None, ctl_privkey: str | None, ctl_cert: str | None,
+               log_policy_drops: int, advertise: str | None, ctl_privkey: str | None, ctl_cert: str | None,
                ca_certs: str | None, **etcd: Any) -> None:
     """Run the OpenFlow controller (the os-ken app `controller.app` under osken-manager).
 
@@ -127,6 +136,7 @@ def controller(listen: str, port: int, audit_interval: float, metrics_port: int 
     CONF.set_default("vxflow_controller_id", member_id or "")
     CONF.set_default("vxflow_member_ttl", member_ttl)
     CONF.set_default("vxflow_advertise", advertise or "")
+    CONF.set_default("vxflow_log_policy_drops", log_policy_drops)
     # read before importing os-ken's manager, which sets the root logger to DEBUG on import
     level = logging.getLogger().getEffectiveLevel()
     signal.signal(signal.SIGTERM, _stop)  # os-ken's manager stops cleanly on KeyboardInterrupt

@@ -174,6 +174,18 @@ ROLE_CHANGES = {role: ROLE_REPLIES.labels(name) for role, name in ((1, "equal"),
 
 # -- network policy (flows/policy.py) ------------------------------------------------------
 
+DROPS_LOGGED = Counter(
+    "vxflow_policy_drops_logged",
+    "policy drops logged one line each (--log-policy-drops: the packet-ins the drops' meter "
+    "let through)",
+)
+_SUPPRESSED = Counter(
+    "vxflow_policy_drops_suppressed",
+    "packet-ins of logged policy drops the controller did not log, by reason",
+    ["reason"],  # rate (the switch's token bucket) | backlog (the log's queue full) | undecodable
+)
+DROPS_SUPPRESSED = {r: _SUPPRESSED.labels(r) for r in ("rate", "backlog", "undecodable")}
+
 DeniedCount = tuple[tuple[str, str, str], int]  # (namespace, policies, direction), packets
 
 

@@ -127,9 +127,13 @@ class Scope:
     @classmethod
     def of_cookies(cls, cookies: frozenset[int]) -> Scope:
         """The flows of these cookies' owners: a lease's or an endpoint's by its cookie,
-        the base pipeline (several cookies, one owner) whole."""
-        base = any((o := owner_of(c)) is not None and o[0] is Owner.BASE for c in cookies)
-        return cls(False, cookies, frozenset({Owner.BASE}) if base else frozenset())
+        the base pipeline (several cookies, one owner) and the policy stage (compiled as a
+        whole, its flows asked for by owner) whole."""
+        owners = {o[0] for c in cookies if (o := owner_of(c)) is not None}
+        whole = frozenset({Owner.BASE}) if Owner.BASE in owners else frozenset()
+        if owners & POLICY_OWNERS:
+            whole |= POLICY_OWNERS
+        return cls(False, cookies, whole)
 
 
 FULL = Scope(full=True)
@@ -172,7 +176,8 @@ class Impact:
 class ClusterModel:
     """Config, leases and endpoints as the controller believes them, with acceptance cached."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_drops: bool = False) -> None:
+        self.log_drops = log_drops  # the policy stages' default drops logged (flows/policy.py)
         self.config: NetworkConfig | None = None
         self._ipv6_noted = False  # the one warning that IPv6 is not routed yet was logged
         self._leases: dict[IPv4Network, Lease] = {}  # every lease the registry delivered
@@ -337,7 +342,8 @@ class ClusterModel:
                     local = [v[0] for v in self._pods.get(own.subnet, {}).values()]
                     table = stage_table(selecting, self.namespaces.values(), self._pod_list,
                                         local, own.subnet, own.ipv6_subnet, self._peers,
-                                        (own.public_ip, own.public_ipv6))  # fmt: skip
+                                        (own.public_ip, own.public_ipv6),
+                                        self.log_drops)  # fmt: skip
             self._policy_tables[node] = table
         return table
 
@@ -471,6 +477,21 @@ class ClusterModel:
             if iso is not None:
                 namespace = iso.pod.split("/")[0]
                 yield (namespace, ",".join(iso.policies), direction.lower()), packets
+
+    def isolation(self, node: IPv4Address, direction: str, ip: IPv4Address | IPv6Address,
+                  group: IPv4Address) -> tuple[str | None, tuple[str, ...]] | None:  # fmt: skip
+        """Who a drop of `node`'s isolation group `group` (its drop's cookie) hit: the local
+        pod of address `ip` (None: not one, or no longer) and the policies isolating the
+        group in `direction`; None: no such group on `node` now."""
+        isolated = self.policy_table(node).isolated
+        held = isolated.get((direction, group))
+        if held is None:
+            return None
+        if ip.version == 6:
+            own = self.own_lease(node)
+            ip = next((e.ip for e in self.endpoints_of(own) if e.ipv6 == ip), None) if own else None
+        found = isolated.get((direction, ip)) if ip is not None else None
+        return (found.pod if found is not None else None), held.policies
 
     def down_nodes(self) -> dict[IPv4Address, IPv4Network]:
         """The nodes DOWN now (PublicIP -> lease subnet)."""

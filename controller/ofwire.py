@@ -39,6 +39,13 @@ OFPT_BARRIER_REPLY = 21
 OFPT_ROLE_REQUEST = 24
 OFPT_ROLE_REPLY = 25
 OFPT_ROLE_STATUS = 30
+OFPT_PACKET_IN = 10
+OFPT_METER_MOD = 29
+OFPMC_ADD, OFPMC_MODIFY = 0, 1
+OFPMF_PKTPS, OFPMF_BURST, OFPMF_STATS = 2, 4, 8
+OFPMBT_DROP = 1
+OFPET_METER_MOD_FAILED = 12
+OFPMMFC_METER_EXISTS = 1
 OFPT_BUNDLE_CONTROL = 33
 OFPT_BUNDLE_ADD_MESSAGE = 34
 
@@ -57,7 +64,9 @@ OFPTT_ALL = 0xFF
 
 OFPIT_GOTO_TABLE = 1
 OFPIT_APPLY_ACTIONS = 4
+OFPIT_METER = 6
 OFPAT_OUTPUT = 0
+OFPP_CONTROLLER = 0xFFFFFFFD
 OFPAT_GROUP = 22
 OFPAT_DEC_NW_TTL = 24
 OFPAT_SET_FIELD = 25
@@ -276,7 +285,7 @@ def _nat_shape(nat: tuple | None) -> tuple | None:
 
 # What of an action fixes the layout: its values are read per flow (`a[j][k]`), so one
 # template serves every flow of a shape (one per service port, one per backend, ...).
-_VALUE_LAST = ("set_field", "output", "group", "resubmit")
+_VALUE_LAST = ("set_field", "output", "group", "resubmit", "controller")
 _SHAPES = {
     "ct": lambda a: (*a[:4], _nat_shape(a[4])),
     "learn": lambda a: ("learn", a[5], a[6], a[8]),
@@ -286,25 +295,31 @@ _SHAPES = {
 
 
 def _instructions(lay: _Layout, actions: tuple) -> None:
-    """Apply-actions (if any) then goto-table (if any), as OVS reports them back."""
+    """Meter (if any), apply-actions (if any) then goto-table (if any), as OVS reports them
+    back. (A meter's id is part of the shape: a constant of the template.)"""
     goto = actions[-1][1] if actions and actions[-1][0] == "goto_table" else None
-    applied = actions[:-1] if goto is not None else actions
+    first = 1 if actions and actions[0][0] == "meter" else 0
+    if first:
+        lay.put("HHI", OFPIT_METER, 8, actions[0][1])
+    applied = actions[first : -1 if goto is not None else None]
     if applied:
         start = len(lay.args)
         lay.put("HH4x", OFPIT_APPLY_ACTIONS, "{apply_len}")
         begin = lay.size
-        action_layout(lay, applied, "a")
+        action_layout(lay, applied, "a", first)
         lay.args[start + 1] = str(lay.size - begin + 8)
     if goto is not None:
         lay.put("HHB3x", OFPIT_GOTO_TABLE, 8, goto)
 
 
-def action_layout(lay: _Layout, actions: tuple, base: str) -> None:
-    """The actions, each one's values read from the expression `base[j]`."""
-    for j, action in enumerate(actions):
+def action_layout(lay: _Layout, actions: tuple, base: str, first: int = 0) -> None:
+    """The actions, each one's values read from the expression `base[first + j]`."""
+    for j, action in enumerate(actions, first):
         kind, a = action[0], f"{base}[{j}]"
         if kind == "output":
             lay.put("HHIH6x", OFPAT_OUTPUT, 16, f"{a}[1]", OFPCML_NO_BUFFER)
+        elif kind == "controller":
+            lay.put("HHIH6x", OFPAT_OUTPUT, 16, OFPP_CONTROLLER, f"{a}[1]")
         elif kind == "set_field":
             field = FIELDS[action[1]]
             lay.put("HH", OFPAT_SET_FIELD, _pad8(8 + field.size))
@@ -601,6 +616,14 @@ def encode_barrier(xid: int) -> bytes:
     return _HEADER.pack(OFP_VERSION, OFPT_BARRIER_REQUEST, 8, xid)
 
 
+def encode_meter_mod(command: int, meter_id: int, rate: int, burst: int, xid: int) -> bytes:
+    """OFPT_METER_MOD of a packets/s meter with one drop band: past `rate` packets a second
+    (and a burst of `burst`), what passes it is dropped."""
+    return struct.pack("!BBHIHHIHHII4x", OFP_VERSION, OFPT_METER_MOD, 32, xid, command,
+                       OFPMF_PKTPS | OFPMF_BURST | OFPMF_STATS, meter_id, OFPMBT_DROP, 16, rate,
+                       burst)  # fmt: skip
+
+
 def encode_echo_request(xid: int) -> bytes:
     return _HEADER.pack(OFP_VERSION, OFPT_ECHO_REQUEST, 8, xid)
 
@@ -674,7 +697,8 @@ def _decode_action(buf: bytes, pos: int, length: int) -> tuple:
     (atype,) = _U16.unpack_from(buf, pos)
     body = buf[pos : pos + length]
     if atype == OFPAT_OUTPUT:
-        return ("output", _U32.unpack_from(body, 4)[0])
+        port, max_len = struct.unpack_from("!IH", body, 4)
+        return ("controller", max_len) if port == OFPP_CONTROLLER else ("output", port)
     if atype == OFPAT_DEC_NW_TTL:
         return ("dec_ttl",)
     if atype == OFPAT_SET_FIELD:
@@ -818,6 +842,7 @@ def _set_field_tlv(body: bytes) -> bytes:
 
 @lru_cache(maxsize=1 << 17)
 def decode_instructions(buf: bytes) -> tuple:
+    meter: list[tuple] = []
     actions: list[tuple] = []
     goto: list[tuple] = []
     pos = 0
@@ -835,10 +860,12 @@ def decode_instructions(buf: bytes) -> tuple:
                 apos += alen
         elif itype == OFPIT_GOTO_TABLE:
             goto.append(("goto_table", buf[pos + 4]))
+        elif itype == OFPIT_METER and ilen == 8:
+            meter.append(("meter", _U32.unpack_from(buf, pos + 4)[0]))
         else:
             actions.append(("unknown_instruction", buf[pos : pos + ilen].hex()))
         pos += ilen
-    return tuple(actions + goto)
+    return tuple(meter + actions + goto)
 
 
 def decode_multipart_reply(msg: bytes) -> tuple[int, bool, bytes]:

@@ -21,6 +21,8 @@ the same environment variables as every other vxflow/flanneld command:
                              without closing the connection is gone within about 8 s)
     VXFLOW_SEND_BACKLOG_TOTAL  MiB that may wait to be sent to all slow switches together
                              (default 1024); past it the one with the most is disconnected
+    VXFLOW_LOG_POLICY_DROPS  log network policy's drops, at most this many packets/s per
+                             switch (default 0: off; controller/droplog.py)
 
 `vxflow controller` sets them from its own command-line options.
 """
@@ -31,6 +33,7 @@ import os
 
 from os_ken import cfg
 
+from flows.policy import DROP_LOG_RATE
 from leases.etcd_client import EtcdAccess
 from leases.model import FLANNEL_DEFAULT_PREFIX
 from leases.registry import DEFAULT_ENDPOINTS
@@ -108,6 +111,14 @@ OPTS = [
         min=0.001,
         help="MiB that may wait to be sent to all slow switches together (each holds at most "
         "64); past it the switch with the most waiting is disconnected (it resyncs).",
+    ),
+    cfg.IntOpt(
+        "vxflow-log-policy-drops",
+        default=int(os.environ.get("VXFLOW_LOG_POLICY_DROPS") or "0"),
+        min=0,
+        help="Log each packet network policy drops, one line each, at most this many packets/s "
+        f"per switch (its meter, then the controller's own guard); 0 = off (`vxflow controller "
+        f"--log-policy-drops` alone: {DROP_LOG_RATE}).",
     ),
     cfg.StrOpt(
         "vxflow-advertise",

@@ -28,6 +28,11 @@ of removed UDP backends are flushed.
 What anyone else changes on the switch is reported by its flow monitor
 (`controller.monitor`) and handed to `observe`: the copy of the table is
 updated and the flows of the owners it touched are repaired at once.
+
+With policy drops logged (`meter_rate`), every readback starts by installing their
+meter (`controller.droplog.meter_mods`), so the meter is there before any flow that
+uses it is sent, and one deleted since (which deletes the flows using it: their
+repair is refused until the meter is back, and retried from a readback) is added again.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from functools import cached_property
 from ipaddress import IPv4Address
 from typing import Protocol
 
-from controller import groups, metrics, ofwire
+from controller import droplog, groups, metrics, ofwire
 from controller.installed import Installed
 from controller.model import FULL, NOTHING, Scope
 from controller.monitor import FlowChange
@@ -183,6 +188,9 @@ class SwitchSync:
     synced_at: float | None = None  # a change landed, or a full comparison found nothing
     drift_repairs: int = 0
     last_error: str = ""  # the last change the switch refused, until one lands
+    # packets/s of the logged policy drops' meter (0: drops are not logged, no meter)
+    meter_rate: int = 0
+    _meter_xid: int = -1  # of the last meter add sent (its modify: the next xid)
     _monitor_paused: bool = False
     _late: list[FlowChange] = field(default_factory=list)  # reported during a comparison
     _run: int = 0  # a new one at each demotion: a comparison paused meanwhile is dropped
@@ -393,6 +401,16 @@ class SwitchSync:
 
     def on_error(self, xid: int, err_type: int, code: int, data: bytes) -> bool:
         """Log and count an OFPT_ERROR with the message that caused it; False if not ours."""
+        if self._meter_xid != -1 and xid in (self._meter_xid, self._meter_xid + 1):
+            # (the add refused because the switch holds the meter: expected, nothing wrong)
+            if (xid, err_type, code) != (self._meter_xid, ofwire.OFPET_METER_MOD_FAILED,
+                                         ofwire.OFPMMFC_METER_EXISTS):  # fmt: skip
+                metrics.of_error(err_type, code).inc()
+                self.last_error = f"error type {err_type} code {code} on the drop log's meter"
+                log.error("switch %s refused the meter of logged policy drops (error type %d "
+                          "code %d): it refuses the logged drops too", self.node, err_type,
+                          code)  # fmt: skip
+            return True
         change = self._change
         if change is not None and change.first_xid <= xid <= change.last_xid:
             metrics.of_error(err_type, code).inc()
@@ -597,11 +615,15 @@ class SwitchSync:
         metrics.SYNCS.labels(self._readback_reason).inc()
         self.state = State.READING
         self._read, self._group_read, self._drops_read = [], [], {}
-        self._read_xid = xid = self.channel.xids(2)
-        self._group_read_xid = xid + 1
+        xid = self.channel.xids(4 if self.meter_rate else 2)
+        meter = b""
+        if self.meter_rate:  # (the switch takes messages in order: before any flow using it)
+            self._meter_xid, xid = xid, xid + 2
+            meter = droplog.meter_mods(self.meter_rate, self._meter_xid)
+        self._read_xid, self._group_read_xid = xid, xid + 1
         self.later(READBACK_TIMEOUT, lambda: self._readback_overdue(xid))
         self.channel.send(
-            ofwire.encode_flow_stats_request(xid) + groups.encode_group_desc_request(xid + 1)
+            meter + ofwire.encode_flow_stats_request(xid) + groups.encode_group_desc_request(xid + 1)
         )
 
     def _send(self, diff: FlowDiff, group_diff: GroupDiff) -> None:

@@ -394,9 +394,10 @@ def compile_table(
     policies: Sequence[NetworkPolicy] = (),
     namespaces: Iterable[Namespace] = (),
     reachable: Collection[IPv4Address | IPv6Address] | None = None,
+    log_drops: bool = False,
 ) -> NodeTable:
     """`compile_node` with the groups: the node's whole desired state (with the policy
-    stage of `policies`, flows/policy.py)."""
+    stage of `policies`, flows/policy.py; `log_drops`: its default drops logged)."""
     accepted = select_leases(config, leases).accepted
     endpoints = list(endpoints)
     own = next((lease for lease in accepted if lease.public_ip == node), None)
@@ -408,5 +409,6 @@ def compile_table(
         everyone = [e for lease in accepted for e in select_endpoints(lease, endpoints).accepted]
         table.flows.extend(policy_table(policies, namespaces, everyone, own_endpoints, own.subnet,
                                         own.ipv6_subnet,
-                                        host=(own.public_ip, own.public_ipv6)).flows)  # fmt: skip
+                                        host=(own.public_ip, own.public_ipv6),
+                                        log_drops=log_drops).flows)  # fmt: skip
     return table

@@ -34,7 +34,9 @@ Match = tuple[tuple[str, Value], ...]
 # | ("learn", table, idle_timeout, priority, cookie, ip_proto, port_field, reg1 value, eth_type)
 # | ("multipath", fields, basis, algorithm, n_links, register)
 # | ("conjunction", id, clause, n_clauses) (clause counted from 1, as ovs-ofctl writes it)
-# | ("ct_clear",) | ("goto_table", table): goto is an instruction and is always last.
+# | ("ct_clear",) | ("controller", max_len) (a packet-in of the packet's first max_len bytes)
+# | ("meter", id) | ("goto_table", table): meter and goto are instructions; meter is always
+# first and goto always last.
 Action = tuple
 # ct's nat: None (no NAT), () (apply the connection's NAT), or (kind, ip, port) with kind
 # "src" or "dst" and a port of 0 for "keep the port".
@@ -149,6 +151,16 @@ def dec_ttl() -> Action:
     return ("dec_ttl",)
 
 
+def controller(max_len: int) -> Action:
+    """Send the packet's first `max_len` bytes to the controller (a packet-in, reason action)."""
+    return ("controller", max_len)
+
+
+def meter(meter_id: int) -> Action:
+    """Pass the packet through meter `meter_id` first (the meter instruction: it may drop it)."""
+    return ("meter", meter_id)
+
+
 def goto_table(table: int) -> Action:
     return ("goto_table", int(table))
 
@@ -235,6 +247,10 @@ def _action_text(action: Action) -> str:
         return "dec_ttl"
     if kind == "goto_table":
         return f"goto_table:{action[1]}"
+    if kind == "meter":
+        return f"meter:{action[1]}"
+    if kind == "controller":
+        return f"controller:{action[1]}"
     if kind == "ct":
         return _ct_text(action)
     if kind == "group":

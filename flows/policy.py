@@ -34,7 +34,11 @@ what it did before.
   flows, and a rule of one clause (no peers, no ports) is a flow per group
   (180). The default drop, one per isolation group (10, matching reg5; cookie
   POLICY_DROP|the group's address: its n_packets count the packets its pods
-  were denied).
+  were denied). With drops logged (`log_drops`, `vxflow controller
+  --log-policy-drops`) it still drops, but first sends the packet's first
+  DROP_LOG_BYTES to the controller through meter DROP_LOG_METER, which the
+  controller installs on the switch before its flows and which bounds the
+  packet-ins a flood can cause (Antrea's packet-in meter): `meter:1,controller:128`.
 - Pass: reg2 (egress) or reg3 (ingress) = 1, so the packet takes a hook only
   once; ct_clear, so the service flows behind see the packet as they do without
   policy (the reply hook looks for untracked packets); resubmit to ROUTE or
@@ -78,11 +82,13 @@ from flows.flow import (
     Table,
     Value,
     conjunction,
+    controller,
     cookie_for,
     ct,
     ct_clear,
     ct_state,
     flow,
+    meter,
     resubmit,
     set_field,
 )
@@ -111,6 +117,10 @@ POLICY_COOKIE = cookie_for(Owner.POLICY, 0)
 GENERATION = "reg4"
 ISOLATION = "reg5"  # the hooked pod's isolation group, for the pods' clauses and the drop
 IP_PROTO = {"TCP": 6, "UDP": 17}
+DROP_LOG_METER = 1  # the meter a logged drop passes before its packet-in
+DROP_LOG_BYTES = 128  # of a logged drop's packet sent: its Ethernet, IP and L4 headers
+DROP_LOG_RATE = 100  # the meter's packets/s by default (`--log-policy-drops` without RATE)
+LOGGED_DROP = (meter(DROP_LOG_METER), controller(DROP_LOG_BYTES))
 
 
 @dataclass(frozen=True)
@@ -291,8 +301,10 @@ Conj = tuple[list[Pod], Peers, list[dict[str, Value]] | None]
 
 class _Compiler:
     def __init__(self, policies: Sequence[NetworkPolicy], namespaces: Iterable[Namespace],
-                 pods: Sequence[Pod], peers: dict[RuleRef, Peers]) -> None:  # fmt: skip
+                 pods: Sequence[Pod], peers: dict[RuleRef, Peers],
+                 log_drops: bool = False) -> None:  # fmt: skip
         self.evaluator = Evaluator(policies, namespaces)
+        self.drop = LOGGED_DROP if log_drops else ()  # the default drops' actions
         self.pods = pods
         self.peer_cache = peers
         self.table = PolicyTable()
@@ -448,7 +460,7 @@ class _Compiler:
                 families = self.group_families[stage.direction, key] = _families(pods)
                 flows += [flow(stage.table, PRIO_DROP, {"eth_type": fam.eth_type,
                                                         ISOLATION: int(key)},
-                               (), drop_cookie(key)) for fam in families]  # fmt: skip
+                               self.drop, drop_cookie(key)) for fam in families]  # fmt: skip
             for p in isolated:
                 key = self.table.groups[stage.direction, p.ip]
                 for fam, ip in _addresses(p):
@@ -532,18 +544,21 @@ def policy_table(
     ipv6_subnet: IPv6Network | None = None,
     peers: dict[RuleRef, Peers] | None = None,
     host: Sequence[IPv4Address | IPv6Address | None] = (),
+    log_drops: bool = False,
 ) -> PolicyTable:
     """The policy flows of the switch of `subnet` (and `ipv6_subnet`, dual stack) whose
     accepted pods are `local`; `endpoints`: every accepted endpoint of the cluster (the
     peers selectors may name). Empty when no policy isolates any of `local`. `peers`: each
     rule's resolved peers, shared by the callers that compile every switch from the same
     inputs. `host`: the node's addresses besides its gateway addresses (its PublicIP and
-    PublicIPv6; None: not there), whose traffic into its pods passes as the node's own."""
+    PublicIPv6; None: not there), whose traffic into its pods passes as the node's own.
+    `log_drops`: the default drops send what they drop to the controller (module doc)."""
     if not policies:
         return PolicyTable()
     pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None]
     own = [p for e in local if (p := endpoint_pod(e)) is not None]
-    return stage_table(policies, namespaces, pods, own, subnet, ipv6_subnet, peers, host)
+    return stage_table(policies, namespaces, pods, own, subnet, ipv6_subnet, peers, host,
+                       log_drops)
 
 
 def stage_table(
@@ -555,12 +570,14 @@ def stage_table(
     ipv6_subnet: IPv6Network | None = None,
     peers: dict[RuleRef, Peers] | None = None,
     host: Sequence[IPv4Address | IPv6Address | None] = (),
+    log_drops: bool = False,
 ) -> PolicyTable:
     """`policy_table` from the pods (the cluster's, `local` the node's) as parties of policy
     (`endpoint_pod`), for a caller that keeps them between compiles. `policies` may leave
     out any that selects none of `local`: they add nothing to the stage."""
     if not policies:
         return PolicyTable()
-    return _Compiler(policies, namespaces, pods, {} if peers is None else peers).compile(
-        local, subnet, ipv6_subnet, [a for a in host if a is not None])
+    return _Compiler(policies, namespaces, pods, {} if peers is None else peers,
+                     log_drops).compile(local, subnet, ipv6_subnet,
+                                        [a for a in host if a is not None])  # fmt: skip
 

@@ -147,6 +147,8 @@ class ClusterSpec:
     direct_routing: bool = False  # the config's Backend.DirectRouting (flannel's option)
     flannel_direct_routing: bool = True  # False: flannel-style nodes ignore it (an old flanneld)
     agent_metrics: bool = False  # agents serve their metrics on AGENT_METRICS_PORT (node's loopback)
+    # the replicas' extra options, last on their command line (e.g. ("--log-policy-drops",))
+    controller_options: tuple[str, ...] = ()
 
 
 @dataclass
@@ -326,8 +328,8 @@ class Cluster(ClusterChecks):
                     "--ctl-cert", str(self.pki("controller.pem")),
                     "--ca-certs", str(self.pki("ca.pem"))) if spec.tls else ())  # fmt: skip
             for i in range(1, spec.controllers + 1):
-                replica = Replica(f"c{i}", self.workdir / f"controller-c{i}.log", ttl + tls,
-                                  tls=spec.tls)  # fmt: skip
+                replica = Replica(f"c{i}", self.workdir / f"controller-c{i}.log",
+                                  (*ttl, *tls, *spec.controller_options), tls=spec.tls)  # fmt: skip
                 self.replicas.append(replica.start(self.etcd_flags()))
         for node in self.vxflow_nodes:
             self.progress(f"{node.name}: starting ovsdb-server, ovs-vswitchd, vxflow agent")

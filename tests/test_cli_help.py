@@ -96,3 +96,27 @@ def test_version_of_both_executables_as_typed() -> None:
     assert (res.returncode, res.stdout) == (0, f"vxflow, version {version}\n"), res.stderr
     cni = subprocess.run([f"{VXFLOW}-cni", "--version"], capture_output=True, text=True, timeout=30)
     assert cni.returncode == 0 and cni.stdout.startswith(f"vxflow-cni {version}: CNI spec")
+
+
+def test_log_policy_drops_takes_an_optional_rate_as_its_help_says(monkeypatch) -> None:
+    """`vxflow controller --log-policy-drops [RATE]`: off by default, the flag alone is the
+    rate its help names, a rate given or from VXFLOW_LOG_POLICY_DROPS is taken, a negative
+    one refused."""
+    from controller.cli import controller
+    from flows.policy import DROP_LOG_RATE
+
+    def parsed(*args: str) -> int:
+        return controller.make_context("controller", list(args)).params["log_policy_drops"]
+
+    assert parsed() == 0
+    assert parsed("--log-policy-drops") == DROP_LOG_RATE
+    assert parsed("--log-policy-drops", "--port", "6654") == DROP_LOG_RATE
+    assert parsed("--log-policy-drops", "20") == 20
+    monkeypatch.setenv("VXFLOW_LOG_POLICY_DROPS", "30")
+    assert parsed() == 30
+    for bad, says in (("-1", "-1 is not in the range x>=0"), ("fast", "'fast' is not a valid integer")):
+        res = CliRunner().invoke(cli, ["controller"], env={"VXFLOW_LOG_POLICY_DROPS": bad})
+        assert res.exit_code == 2 and says in res.output, res.output
+    page = " ".join(CliRunner().invoke(cli, ["controller", "--help"]).output.split())
+    assert "--log-policy-drops [RATE] Log every packet network policy drops" in page
+    assert f"(without RATE: {DROP_LOG_RATE})" in page and "[default: 0, off]" in page

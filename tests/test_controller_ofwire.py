@@ -112,6 +112,8 @@ def _osken_action(action):
     kind = action[0]
     if kind == "output":
         return parser.OFPActionOutput(action[1], ofp.OFPCML_NO_BUFFER)
+    if kind == "controller":
+        return parser.OFPActionOutput(ofp.OFPP_CONTROLLER, action[1])
     if kind == "set_field":
         return parser.OFPActionSetField(**{OSKEN_NAME.get(action[1], action[1]):
                                            _osken_value(action[2])})  # fmt: skip
@@ -144,7 +146,9 @@ def _osken_action(action):
 def osken_flow_mod(f: Flow, command: int) -> parser.OFPFlowMod:
     match = parser.OFPMatch(**{OSKEN_NAME.get(k, k): _osken_value(v) for k, v in f.match})
     inst = []
-    acts = [a for a in f.actions if a[0] != "goto_table"]
+    if f.actions and f.actions[0][0] == "meter" and command == ofp.OFPFC_ADD:
+        inst.append(parser.OFPInstructionMeter(f.actions[0][1]))
+    acts = [a for a in f.actions if a[0] not in ("goto_table", "meter")]
     if acts and command == ofp.OFPFC_ADD:
         inst.append(
             parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [_osken_action(a) for a in acts])
@@ -367,9 +371,10 @@ def test_multipart_replies_decode_as_osken_reads_them(flags):
     assert got == body and list(ofwire.decode_flow_stats(got)) == [flow]
 
 
-def policy_flows() -> list[Flow]:
+def policy_flows(log_drops: bool = False) -> list[Flow]:
     """A switch's policy stage with every shape it writes: conjunctions over pods, peers
-    (an ipBlock with except) and ports (numbered, a range, named), the conj_id flows, hooks."""
+    (an ipBlock with except) and ports (numbered, a range, named), the conj_id flows, hooks
+    (`log_drops`: its default drops logged)."""
     subnet = IPv4Network("198.19.1.0/24")
     web = PodIdentity("x", "web", (("app", "web"),), (ContainerPort("http", 8080),))
     eps = [Endpoint(subnet, IPv4Address("198.19.1.5"), "0a:58:00:00:00:05", 5, "", web)]
@@ -378,7 +383,7 @@ def policy_flows() -> list[Flow]:
         "ingress": [{"from": [{"ipBlock": {"cidr": "198.19.0.0/16", "except": ["198.19.2.0/24"]}}],
                      "ports": [{"port": 64, "endPort": 127}, {"port": "http"}, {"port": 53, "protocol": "UDP"}]}],
         "egress": [{}]}})  # fmt: skip
-    return policy_table([policy], [], eps, eps, subnet).flows
+    return policy_table([policy], [], eps, eps, subnet, log_drops=log_drops).flows
 
 
 def dual_stack_policy_flows() -> list[Flow]:
@@ -429,3 +434,30 @@ def test_decoder_round_trips_the_policy_stage():
     assert list(ofwire.decode_flow_stats(body, drops)) == flows
     assert drops == {(f.table, f.cookie): 10 for f in flows if f.cookie >> 48 & 0xFF == 8}
     assert len(drops) == 2  # the pod isolated both ways
+
+
+def test_a_logged_drop_is_a_meter_then_a_packet_in_as_osken_and_ovs_read_it():
+    """`--log-policy-drops`: each default drop passes meter 1, then sends its first 128 bytes
+    to the controller; byte-identical to os-ken's encoding, read so by OVS (its parser and
+    its printer), decoded back from a readback; the rest of the stage is unchanged but its
+    digest."""
+    logged, plain = policy_flows(log_drops=True), policy_flows()
+    drops = [f for f in logged if f.cookie >> 48 & 0xFF == 8]
+    assert len(drops) == 2 and all(f.actions == (("meter", 1), ("controller", 128)) for f in drops)
+    # the same entries; the hooks' digest of the stage (reg4) changes with it, as it should
+    assert [f.key for f in logged] == [f.key for f in plain]
+    def rest(flows: list[Flow]) -> list[tuple]:
+        return [f.actions for f in flows if f.cookie >> 48 & 0xFF != 8
+                and not any(a[:2] == ("set_field", "reg4") for a in f.actions)]  # fmt: skip
+
+    assert rest(logged) == rest(plain)
+    for f in drops:
+        assert to_ofctl(f).endswith(" actions=meter:1,controller:128")
+        res = subprocess.run(["ovs-ofctl", "-O", "OpenFlow14", "parse-flow", to_ofctl(f)],
+                             capture_output=True, text=True)  # fmt: skip
+        assert res.returncode == 0, (to_ofctl(f), res.stderr)
+        for command in (ofwire.OFPFC_ADD, ofwire.OFPFC_DELETE_STRICT):
+            assert ofwire.encode_flow_mod(f, command, 7) == serialized(osken_flow_mod(f, command), 7)
+        printed = ofp_print(ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, 1))
+        assert "actions=meter:1,CONTROLLER:128" in printed, printed
+    assert list(ofwire.decode_flow_stats(b"".join(stats_entry(f) for f in logged))) == logged

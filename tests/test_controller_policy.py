@@ -11,8 +11,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 from controller import metrics, ofwire
 from controller.model import FULL, POLICY_OWNERS, ClusterModel
+from controller.monitor import FlowChange
 from flows.compiler import compile_table
-from flows.flow import Owner, owner_of
+from flows.flow import Owner, cookie_for, owner_of
 from leases.events import (
     EndpointAdded,
     EndpointRemoved,
@@ -28,7 +29,7 @@ from leases.model import Endpoint
 from leases.pods import ContainerPort, PodIdentity
 from leases.policy import NAME_LABEL, Namespace, NetworkPolicy
 from tests.test_controller_ofwire import stats_entry
-from tests.test_controller_sync import CONFIG, finish, land_bare, lease, make, read_back
+from tests.test_controller_sync import CONFIG, bare_mods, finish, land_bare, lease, make, read_back
 from tests.test_flows_policy_eval import netpol
 
 LEASES = [lease(1), lease(2)]
@@ -258,3 +259,26 @@ def test_a_policy_recompiles_the_switches_of_the_pods_it_selects_only():
     assert model.apply([EndpointAdded(pod(2, 21, "front", {"app": "web"}), 1)]).policy_nodes == set()
     assert model.apply([NamespaceAdded(Namespace("front", ((NAME_LABEL, "front"),
                                                            ("t", "1"))), 1)]).policy_nodes == set()  # fmt: skip
+
+
+def test_a_policy_flow_another_client_removed_is_repaired_from_the_monitor_report():
+    """The flow monitor's report of a removed policy flow (a rule's clause, a default drop)
+    repairs it at once: the repair's scope holds the policy stage, which is asked for by
+    owner (before, such a flow stayed gone until the next audit)."""
+    model = ClusterModel()
+    model.load(CONFIG, LEASES, PODS, policies=[DENY_DB])
+    sync, channel, _ = make(model, N1)
+    sync.start()
+    read_back(sync, channel, list(model.desired(N1, FULL)))
+    assert channel.take() == [] and sync.in_sync
+    stage = model.policy_table(N1).flows
+    (drop,) = [f for f in stage if owner_of(f.cookie)[0] is Owner.POLICY_DROP]
+    clause = next(f for f in stage if f.cookie == cookie_for(Owner.POLICY, 0)
+                  and f.actions and f.actions[0][0] == "conjunction")  # fmt: skip
+    for gone in (drop, clause):
+        sync.observe([FlowChange(gone, "removed")])
+        assert sync.installed.get(gone.key) is None
+        sent = channel.take()
+        assert bare_mods(sent) == [ofwire.OFPFC_ADD], gone
+        land_bare(sync, sent)
+        assert sync.installed.get(gone.key) == gone and sync.in_sync

@@ -220,9 +220,10 @@ def test_a_removed_v6_udp_backends_conntrack_flush_names_its_addresses_as_they_a
     assert f"ct_ipv6_dst={WEB6.vip}," in printed and f"ct_ipv6_src={REMOTE6}," in printed, printed
 
 
-def golden_table() -> list[str]:
+def golden_table(log_drops: bool = False) -> list[str]:
     """An IPv4-only node with services of every kind (a group, affinity, no backend, UDP),
-    its pods' hairpin flows and a policy stage, as ovs-ofctl lines and groups."""
+    its pods' hairpin flows and a policy stage, as ovs-ofctl lines and groups
+    (`log_drops`: the stage's default drops logged)."""
     web = PodIdentity("x", "web", (("app", "web"),), (ContainerPort("http", 8080),))
     pods = [replace(PODS[0], pod=web), *PODS[1:]]
     sticky = Service("sticky", IPv4Address("198.20.1.1"), (ServicePort(443, "TCP", 8443),),
@@ -237,7 +238,7 @@ def golden_table() -> list[str]:
                      "ports": [{"port": 64, "endPort": 127}, {"port": "http"}]}],
         "egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}]}})  # fmt: skip
     t = compile_table(CONFIG, LEASES, pods, NODE1, ServicePlan(SVC4, (dns, empty, sticky, WEB4)),
-                      [policy])  # fmt: skip
+                      [policy], log_drops=log_drops)  # fmt: skip
     return sorted(to_ofctl(f) for f in t) + sorted(group_to_ofctl(g) for g in t.groups)
 
 

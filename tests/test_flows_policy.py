@@ -27,6 +27,7 @@ from flows.flow import (
     Masked,
     Owner,
     Table,
+    cookie_for,
     owner_of,
 )
 from flows.policy import (
@@ -490,3 +491,21 @@ def test_the_nodes_own_addresses_pass_into_an_isolated_pod_what_its_host_forward
     assert not into_a(IPv4Address("198.18.0.9"))  # a host on the link, or a peer's host
     assert into_a6(node6[1]) and into_a6(public6)
     assert not into_a6(IPv6Address("fd00:0:0:2::10"))  # a direct peer's pod over IPv6
+
+
+def test_drops_logged_or_not_the_table_is_the_golden_one_but_the_drops_and_digest():
+    """`vxflow controller` without --log-policy-drops compiles exactly the golden table (its
+    text as ovs-ofctl reads it, tests/golden); with it only the default drops change (meter
+    then packet-in, still no output anywhere) and with them the stage's digest in its hooks."""
+    from tests.test_flows_ipv6_services import GOLDEN, golden_table
+
+    golden = GOLDEN.read_text().splitlines()
+    assert golden_table(log_drops=False) == golden
+    logged = golden_table(log_drops=True)
+    changed = sorted(set(logged) - set(golden))
+    drops = [line for line in changed if f"cookie={cookie_for(Owner.POLICY_DROP, 0) >> 32:#x}" in line]
+    assert drops and all(line.endswith(" actions=meter:1,controller:128") for line in drops)
+    assert {line.replace("actions=meter:1,controller:128", "actions=drop") for line in drops} <= set(golden)
+    hooks = [line for line in changed if line not in drops]
+    assert hooks and all("set_field:" in line and "->reg4" in line for line in hooks)
+    assert len(logged) == len(golden)
