@@ -263,7 +263,8 @@ def main() -> None:
                         help="ignore Backend.DirectRouting, as a flanneld before the option")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # else a hung flanneld, for tests
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     run(args)
 
 

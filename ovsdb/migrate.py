@@ -600,6 +600,7 @@ class Record:
     conflist_text: str | None = None
     ipmasq: bool = False  # flanneld's FLANNEL_IPMASQ
     network: str | None = None  # the flannel CNI network's name: host-local's directory
+    flanneld_pid: int = 0  # the flanneld the fence stops (0: not known)
     steps: list[Step] = field(default_factory=list)
     done: int = 0  # steps[:done] are done
 
@@ -615,6 +616,7 @@ class Record:
             "pods": [{"port": p.port, "ip": str(p.ip), "mac": p.mac} for p in self.pods],
             "sysctls": self.sysctls, "written": self.written, "conflist": self.conflist,
             "conflist_text": self.conflist_text, "ipmasq": self.ipmasq, "network": self.network,
+            "flanneld_pid": self.flanneld_pid,
             "steps": [{"kind": st.kind.value, "name": st.name, "detail": st.detail,
                        "pod": st.pod.port if st.pod else None} for st in self.steps],
             "done": self.done,
@@ -633,6 +635,7 @@ class Record:
             vxlan=Link.from_dict(d["vxlan"]) if d.get("vxlan") else None,
             sysctls=dict(d["sysctls"]), written=list(d["written"]), conflist=d["conflist"],
             conflist_text=d["conflist_text"], ipmasq=bool(d["ipmasq"]), network=d["network"],
+            flanneld_pid=int(d.get("flanneld_pid", 0)),
             steps=[Step(Kind(st["kind"]), st["name"], st["detail"],
                         by_port[st["pod"]] if st["pod"] else None)
                    for st in d["steps"]],
@@ -692,7 +695,13 @@ class Undo:
 
     def _start_flanneld(self) -> None:
         """flanneld again, on flannel.<VNI> as it was: it takes its lease back with the
-        VtepMAC it had, and brings the device up with its entries."""
+        VtepMAC it had, and brings the device up with its entries. Not while the flanneld
+        the fence was for still runs (one that ignored SIGTERM): two would fight over the
+        lease and the device."""
+        pid = self.record.flanneld_pid
+        if pid and "flannel" in (command_line(pid) or ""):
+            self.say(f"flanneld (PID {pid}) still runs: not started again")
+            return
         self._vtep_back()
         self._shell(self.run.start_flanneld)
         device = f"flannel.{self.record.vni}"
@@ -782,8 +791,14 @@ class Undo:
             Path(path).unlink(missing_ok=True)
 
     def _conflist_back(self) -> None:
-        if self.record.conflist is not None and self.record.conflist_text is not None:
-            Path(self.record.conflist).write_text(self.record.conflist_text)
+        """The flannel conflist as it was, if it was switched (a switch that failed left it
+        as it was: rewriting it would fail alike on a read-only directory, or race the
+        runtime reading it)."""
+        if self.record.conflist is None or self.record.conflist_text is None:
+            return
+        path = Path(self.record.conflist)
+        if path.read_text() != self.record.conflist_text:
+            write_atomically(path, self.record.conflist_text)
 
     def _announce(self) -> None:
         """A gratuitous ARP for the gateway from cni0: a pod whose entry for it names the
@@ -808,7 +823,7 @@ class Migration(Undo):
         record = Record(obs.config.backend.vni, obs.subnet_env.subnet.network, obs.bridge,
                         result.pods, vxlan=obs.vxlan, conflist=str(obs.conflist) if obs.conflist else None,
                         ipmasq=obs.subnet_env.ipmasq, network=obs.network_name,
-                        steps=result.steps)  # fmt: skip
+                        flanneld_pid=run.flanneld_pid, steps=result.steps)  # fmt: skip
         return cls(settings, run, registry, record, say)
 
     @property

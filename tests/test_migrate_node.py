@@ -145,10 +145,11 @@ def migrate_with_events(f: FlannelNode, events: dict[str, Callable[[], None]],
 
 
 def assert_flannel_again(f: FlannelNode, ovsdb: bool = True) -> None:
-    """flanneld (started again) holds the lease and programs flannel.1, the pods are on cni0
-    and reach their gateway, no agent, no endpoint, no br-int (if `ovsdb` answers)."""
-    flanneld = int((f.workdir / "flanneld.pid").read_text())
-    assert not ended(flanneld)
+    """flanneld (started again, or the first one still) holds the lease and programs
+    flannel.1, the pods are on cni0 and reach their gateway, no agent, no endpoint, no
+    br-int (if `ovsdb` answers)."""
+    again = f.workdir / "flanneld.pid"
+    assert not ended(int(again.read_text()) if again.exists() else f.flanneld.pid)
     wait_until("flanneld routed nothing through flannel.1 again",
                lambda: f.node.run("ip", "route", "show", "dev", "flannel.1").strip(), 30)  # fmt: skip
     agent = f.workdir / "agent.pid"
@@ -183,7 +184,11 @@ def add_cni0_pod(underlay: Underlay, node: Node, n: int, ip: IPv4Interface) -> P
 
 
 @pytest.fixture
-def flannel_node(underlay: Underlay, tmp_path: Path) -> Iterator[FlannelNode]:
+def flannel_node(request: pytest.FixtureRequest, underlay: Underlay,
+                 tmp_path: Path) -> Iterator[FlannelNode]:  # fmt: skip
+    """The node; `indirect` parameters: `ignore_sigterm` (flanneld started with SIGTERM
+    ignored: a hung one)."""
+    params = getattr(request, "param", {})
     node = underlay.add_node(with_ovs=False)  # flannel's node: the underlay address on eth0
     node.ovs.start()  # OVS installed beside flanneld, nothing on it yet
     with EtcdServer(host=str(ROOT_UNDERLAY_IP)) as etcd:
@@ -198,7 +203,9 @@ def flannel_node(underlay: Underlay, tmp_path: Path) -> Iterator[FlannelNode]:
                         "--iface", "eth0", "--subnet-file", str(subnet_file)]  # fmt: skip
         flanneld = subprocess.Popen(["ip", "netns", "exec", node.netns, *flanneld_cmd],
                                     stdout=subprocess.DEVNULL,
-                                    stderr=(tmp_path / "flannel.log").open("wb"))  # fmt: skip
+                                    stderr=(tmp_path / "flannel.log").open("wb"),
+                                    preexec_fn=_ignoring_sigterm if params.get("ignore_sigterm")
+                                    else None)  # fmt: skip
         try:
             subnet: IPv4Network = wait_until("flanneld wrote no subnet.env",
                                              lambda: previous_subnet(subnet_file), 30)  # fmt: skip
@@ -233,6 +240,10 @@ def flannel_node(underlay: Underlay, tmp_path: Path) -> Iterator[FlannelNode]:
             stop_process(flanneld, signal.SIGTERM)
             for pidfile in (tmp_path / "agent.pid", tmp_path / "flanneld.pid"):
                 stop_by_pidfile(pidfile)
+
+
+def _ignoring_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited through exec: flanneld keeps it
 
 
 @pytest.mark.integration
@@ -434,6 +445,105 @@ def test_ovsdb_gone_during_the_port_moves_leaves_the_node_flannel(
     assert "Traceback" not in stderr
     assert_flannel_again(f, ovsdb=False)
     assert "inet " not in f.node.run("ip", "addr", "show", "dev", "vxgw0")  # cni0's gateway alone
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("flannel_node", [{"ignore_sigterm": True}], indirect=True)
+def test_a_flanneld_that_ignores_sigterm_fails_the_fence_and_runs_on_alone(
+    flannel_node: FlannelNode,
+) -> None:
+    """The fence waits --timeout for flanneld to end, then fails; its undo starts no second
+    flanneld beside the one still running: the node is as it was."""
+    f = flannel_node
+    before = f.state()
+    res = f.migrate_for_real("--timeout", "3")
+    assert res.returncode == 1, res.stdout + res.stderr
+    pid = f.flanneld.pid
+    assert res.stdout.splitlines()[1:] == [
+        f"step 1 (fence flanneld) failed: flanneld (PID {pid}) did not stop within 3s; "
+        "rolling back", "undo 1. fence flanneld",
+        f"flanneld (PID {pid}) still runs: not started again"]  # fmt: skip
+    assert not (f.workdir / "flanneld.pid").exists()  # --start-flanneld never ran
+    assert f.state() == before
+    assert_flannel_again(f)
+
+
+def _resume_agent(f: FlannelNode) -> None:
+    os.kill(int((f.workdir / "agent.pid").read_text()), signal.SIGCONT)
+
+
+def _undone(lines: list[str]) -> list[str]:
+    return [line.split(":")[0] for line in lines if line.startswith("undo ")]
+
+
+@pytest.mark.integration
+def test_a_stalled_agent_fails_the_removal_of_flannel_vxlan_and_all_is_undone(
+    flannel_node: FlannelNode,
+) -> None:
+    """The agent frozen once up publishes no endpoint: step 7 waits --timeout for them,
+    fails before flannel.1 goes, and everything is undone (the agent let go at the failure,
+    so that --stop-agent can end it)."""
+    f = flannel_node
+    args = f.freezing_once_up(f"$(cat {f.workdir / 'agent.pid'})")
+    code, lines, stderr = migrate_with_events(
+        f, {"step 7 ": lambda: _resume_agent(f)}, [*args, "--timeout", "20"])
+    assert code == 1, "\n".join(lines) + stderr
+    assert lines[7] == ("step 7 (remove flannel.1) failed: the agent published not every "
+                        "pod's endpoint within 20s; rolling back")  # fmt: skip
+    assert lines[8:] == ["undo 6. move veth2", "undo 5. move veth1", "undo 3. start the agent",
+                         "undo 1. fence flanneld"]  # fmt: skip
+    assert_flannel_again(f)
+
+
+@pytest.mark.integration
+def test_a_port_added_to_cni0_late_fails_its_removal_and_all_is_undone(
+    flannel_node: FlannelNode,
+) -> None:
+    """A port put on cni0 after the plan (a pod flannel's CNI added meanwhile), while step 7
+    waits for the agent (frozen once up, let go then): cni0 is not empty at step 8."""
+    f = flannel_node
+
+    def late_port() -> None:
+        f.node.run("ip", "link", "add", "veth3", "type", "veth", "peer", "name", "veth3p")
+        f.node.run("ip", "link", "set", "veth3", "master", "cni0", "up")
+        _resume_agent(f)
+
+    args = f.freezing_once_up(f"$(cat {f.workdir / 'agent.pid'})")
+    code, lines, stderr = migrate_with_events(f, {"7. remove flannel.1": late_port}, args)
+    assert code == 1, "\n".join(lines) + stderr
+    assert lines[8] == "step 8 (remove cni0) failed: cni0 still holds veth3; rolling back"
+    assert _undone(lines) == ["undo 8. remove cni0", "undo 6. move veth2", "undo 5. move veth1",
+                              "undo 3. start the agent", "undo 1. fence flanneld"]  # fmt: skip
+    assert "failed" not in " ".join(lines[9:])
+    assert f.pods_on_cni0() == ["veth1", "veth2", "veth3"]
+    f.node.run("ip", "link", "del", "veth3")
+    assert_flannel_again(f)
+
+
+@pytest.mark.integration
+def test_a_read_only_cni_conf_dir_fails_the_switch_and_all_is_undone(
+    flannel_node: FlannelNode,
+) -> None:
+    """The conf dir mounted read-only: step 10 cannot write the conflist, and its undo finds
+    it unchanged and leaves it (rewriting it would fail alike)."""
+    f = flannel_node
+    conflist = f.conf_dir / "10-flannel.conflist"
+    text = conflist.read_text()
+    subprocess.run(["mount", "--bind", str(f.conf_dir), str(f.conf_dir)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(f.conf_dir)], check=True)
+        res = f.migrate_for_real()
+    finally:
+        subprocess.run(["umount", str(f.conf_dir)], check=True)
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[10].startswith("step 10 (switch the CNI config) failed: [Errno 30] Read-only "
+                                "file system: ")  # fmt: skip
+    assert lines[11:] == ["undo 10. switch the CNI config", "undo 9. carry the allocations over",
+                          "undo 8. remove cni0", "undo 6. move veth2", "undo 5. move veth1",
+                          "undo 3. start the agent", "undo 1. fence flanneld"]  # fmt: skip
+    assert conflist.read_text() == text
+    assert_flannel_again(f)
 
 
 def kill_midway(f: FlannelNode) -> int:
