@@ -62,7 +62,8 @@ The steps, in the order that keeps the pods reachable (what the plan prints):
    observed pod IP, so a later pod never gets an address in use.
 8. the CNI conflist switches to vxflow-cni.
 
-IPv4-only nodes: a dual-stack lease (flannel-v6.<VNI>) is refused by a check.
+IPv4-only nodes: a dual-stack node (FLANNEL_IPV6_SUBNET in its subnet file, or a dual-stack
+lease) is refused up front, in one line.
 """
 
 from __future__ import annotations
@@ -278,11 +279,21 @@ def _own_lease(obs: Observation, subnet: IPv4Network, problems: list[str]) -> Le
         problems.append(f"the lease for {subnet} belongs to {lease.public_ip}, not to this "
                         f"node ({obs.public_ip})")  # fmt: skip
         return None
-    elif lease.ipv6_subnet is not None:
-        problems.append(f"{lease.label} is a dual-stack lease: vxflow migrate handles "
-                        "IPv4-only nodes")  # fmt: skip
-        return None
     return lease
+
+
+DUAL_STACK = "a dual-stack flannel node: vxflow migrate moves IPv4-only nodes"
+
+
+def _dual_stack(obs: Observation) -> str | None:
+    """The one line that refuses a dual-stack node (its subnet file or its lease says so),
+    before any other check: nothing else about such a node matters."""
+    env = obs.subnet_env
+    if env is not None and env.ipv6_subnet is not None:
+        return f"{obs.subnet_file} has FLANNEL_IPV6_SUBNET={env.ipv6_subnet}: {DUAL_STACK}"
+    subnet = env.subnet.network if env is not None else None
+    dual = next((le for le in obs.leases if le.subnet == subnet and le.ipv6_subnet), None)
+    return f"etcd's lease {dual.label}: {DUAL_STACK}" if dual else None
 
 
 def _check_links(obs: Observation, config: NetworkConfig, gateway: IPv4Interface,
@@ -301,6 +312,8 @@ def _check_links(obs: Observation, config: NetworkConfig, gateway: IPv4Interface
 
 def plan(obs: Observation) -> Plan:
     """The checks, then the steps (pure). Any failed check: no steps."""
+    if dual := _dual_stack(obs):
+        return Plan(problems=[dual])
     result = Plan(problems=list(obs.errors))
     config, env = obs.config, obs.subnet_env
     if env is None:

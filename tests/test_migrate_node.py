@@ -335,6 +335,25 @@ def test_each_failed_check_is_one_line_exit_1_and_nothing_changes(
 
 
 @pytest.mark.integration
+def test_a_dual_stack_node_is_refused_in_one_line_and_nothing_changes(
+    flannel_node: FlannelNode,
+) -> None:
+    """flanneld's subnet file with the IPv6 pair (a dual-stack flanneld writes it): refused
+    before any step, the real run as the dry run."""
+    f = flannel_node
+    with f.subnet_file.open("a") as env:
+        env.write("FLANNEL_IPV6_NETWORK=fd00:198:19::/48\nFLANNEL_IPV6_SUBNET=fd00:198:19:7::1/64\n")
+    before = f.state()
+    for res in (f.migrate("--dry-run"), f.migrate_for_real()):
+        assert (res.returncode, res.stdout) == (1, (
+            f"check failed: {f.subnet_file} has FLANNEL_IPV6_SUBNET=fd00:198:19:7::1/64: a "
+            "dual-stack flannel node: vxflow migrate moves IPv4-only nodes\n")), res.stderr
+    assert f.state() == before
+    assert not (f.workdir / "migrate.json").exists()
+    assert not ended(f.flanneld.pid)
+
+
+@pytest.mark.integration
 def test_a_step_that_fails_is_named_and_rolled_back(flannel_node: FlannelNode) -> None:
     f = flannel_node
     before = f.state()

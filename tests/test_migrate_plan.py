@@ -4,7 +4,14 @@ observed on a flannel node."""
 from __future__ import annotations
 
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from pathlib import Path
 
 import pytest
@@ -117,10 +124,6 @@ def test_each_failed_check_is_one_line_and_no_step() -> None:
     assert failed(leases=()) == [
         f"etcd holds no lease for {SUBNET} (the subnet file's): flanneld's lease expired or "
         "was deleted"]
-    dual = lease(ipv6_subnet=IPv6Network("fd00:198:19:7::/64"),
-                 public_ipv6=IPv6Address("fd00:198:18::33"))  # fmt: skip
-    assert failed(leases=(dual,)) == [
-        f"{dual.label} is a dual-stack lease: vxflow migrate handles IPv4-only nodes"]
     assert failed(subnet_env=None) == [
         "/run/flannel/subnet.env: missing or malformed (flanneld's subnet file; --subnet-file)"]
     env = SubnetEnv(IPv4Network("10.0.0.0/8"), IPv4Interface("198.19.7.1/24"), 1450, True)
@@ -138,6 +141,18 @@ def test_each_failed_check_is_one_line_and_no_step() -> None:
         "cni0: no such bridge (flannel's CNI bridge; --cni-bridge)"]
     assert failed(bridge=Link("cni0", CNI0_MAC, (IPv4Interface("198.19.7.9/24"),))) == [
         "cni0 does not hold the gateway 198.19.7.1/24"]
+
+
+def test_a_dual_stack_node_is_refused_up_front_in_one_line() -> None:
+    """From its subnet file or its lease, whatever else is wrong with the node."""
+    refusal = "a dual-stack flannel node: vxflow migrate moves IPv4-only nodes"
+    dual = lease(ipv6_subnet=IPv6Network("fd00:198:19:7::/64"),
+                 public_ipv6=IPv6Address("fd00:198:18::33"))  # fmt: skip
+    assert failed(leases=(dual,), vxlan=None) == [f"etcd's lease {dual.label}: {refusal}"]
+    env = replace(observed().subnet_env, ipv6_network=IPv6Network("fd00:198:19::/48"),
+                  ipv6_subnet=IPv6Interface("fd00:198:19:7::1/64"))  # fmt: skip
+    assert failed(subnet_env=env, errors=("etcd: unreachable",), config=None) == [
+        f"/run/flannel/subnet.env has FLANNEL_IPV6_SUBNET=fd00:198:19:7::1/64: {refusal}"]
 
 
 def test_several_failed_checks_are_all_said() -> None:
