@@ -19,6 +19,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from cni.client import DEFAULT_SOCKET
+from cni.config import DEFAULT_DATA_DIR
 from daemons.build import banner
 from daemons.options import metrics_options
 from flows.ports import vtep_mac_for
@@ -324,7 +326,7 @@ def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
 @click.option("--resync-interval", type=float, default=30.0, show_default=True,
               help="Seconds between full re-checks of the bridge and of etcd's endpoints.")  # fmt: skip
 @click.option("--cni-socket", envvar="VXFLOW_CNI_SOCKET", show_envvar=True,
-              default="/run/vxflow/cni.sock", show_default=True,
+              default=DEFAULT_SOCKET, show_default=True,
               help="Serve the CNI plugin's calls here (root only), for the `vxflow` executable "
                    "that `vxflow-cni install` writes; '' serves none.")  # fmt: skip
 @click.option("--flow-restore-timeout", type=click.FloatRange(min=0), default=10.0,
@@ -397,6 +399,13 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--cni-networks-dir", type=click.Path(file_okay=False, path_type=Path),
                      default=DEFAULT_CNI_NETWORKS_DIR, show_default=True,
                      help="host-local's store (a directory per network)."),
+        click.option("--cni-socket", default=DEFAULT_SOCKET, show_default=True,
+                     help="The agent's --cni-socket: the switched conflist's agentSocket, "
+                          "where vxflow-cni has the agent serve its calls."),
+        click.option("--cni-data-dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=DEFAULT_DATA_DIR, show_default=True,
+                     help="vxflow-cni's records of its attachments: the switched conflist's "
+                          "dataDir."),
         click.option("--flanneld-pid", type=click.IntRange(min=1),
                      help="The running flanneld's PID (checked: its command line names "
                           "flannel): the migration stops it (required without --dry-run)."),
@@ -454,7 +463,8 @@ def migrate(ctx: click.Context, **params: Any) -> None:
     from the CNI bridge to br-int with its IP and MAC, waits for their endpoints,
     removes flannel.<VNI> and the CNI bridge, adds the pods' addresses that host-local's
     store lacks, and turns the flannel conflist into vxflow-cni's (same network name,
-    so host-local's allocations stay). With --dry-run it prints the plan and changes
+    so host-local's allocations stay; its agentSocket --cni-socket, its dataDir
+    --cni-data-dir). With --dry-run it prints the plan and changes
     nothing.
 
     A step that fails is named with its reason, then it and every step before it are
@@ -486,6 +496,8 @@ def migrate(ctx: click.Context, **params: Any) -> None:
         cni_networks_dir=params["cni_networks_dir"],
         flanneld_pid=params["flanneld_pid"],
         state_file=params["state_file"],
+        cni_socket=params["cni_socket"],
+        cni_data_dir=params["cni_data_dir"],
     )
     run = Run(params["start_flanneld"], params["stop_agent"], params["flanneld_pid"],
               params["start_agent"], params["bridge"], timeout=params["timeout"])  # fmt: skip

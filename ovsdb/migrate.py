@@ -82,6 +82,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import TypeVar
 
+from cni.client import DEFAULT_SOCKET
+from cni.config import DEFAULT_DATA_DIR
 from cni.veth import INERT, make_inert
 from flows.ports import GATEWAY_PORT, vtep_mac_for
 from leases.config import ConfigError
@@ -471,6 +473,8 @@ class Settings:
     cni_networks_dir: Path = DEFAULT_CNI_NETWORKS_DIR
     flanneld_pid: int | None = None
     state_file: Path = DEFAULT_STATE_FILE  # a finished migration's record, for --rollback
+    cni_socket: str = DEFAULT_SOCKET  # the agent's --cni-socket, the conflist's agentSocket
+    cni_data_dir: Path = DEFAULT_DATA_DIR  # vxflow-cni's records, the conflist's dataDir
 
 
 def observe(settings: Settings, registry: Registry) -> Observation:
@@ -999,6 +1003,8 @@ class Migration(Undo):
         flannel = next(p for p in plugins if p.get("type") == "flannel")
         vxflow = {"type": "vxflow", "ovsdb": self.settings.ovsdb, "bridge": self.run.bridge,
                   "subnetFile": str(self.settings.subnet_file),
+                  "agentSocket": self.settings.cni_socket,
+                  "dataDir": str(self.settings.cni_data_dir),
                   "isDefaultGateway": bool(flannel.get("delegate", {}).get("isDefaultGateway")),
                   "ipam": {"type": "host-local", "dataDir": str(self.settings.cni_networks_dir)}}  # fmt: skip
         new = {"cniVersion": old.get("cniVersion", "0.3.1"), "name": old["name"],

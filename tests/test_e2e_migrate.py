@@ -3,8 +3,8 @@ vxflow nodes and another flannel-style node, into a vxflow node while a 100 pps 
 TCP stream run to each of its pods from a pod of a vxflow node and from a pod of the other
 flannel node: no stream resets, the pods keep their IPs and MACs, the node shows as a
 vxflow node in `vxflow status`, `vxflow trace` from its pod is delivered and a podman
-container attached through the CNI config the migration switched gets an unused address and
-reaches the pods. Then `vxflow migrate --rollback` returns it to flannel with the same
+container attached through the CNI config the migration switched (its ADD served by the
+node's agent) gets an unused address and reaches the pods. Then `vxflow migrate --rollback` returns it to flannel with the same
 streams running. The longest gap of each stream during each is measured and printed (the
 goal is 1 s; not asserted: the machine is shared).
 """
@@ -46,7 +46,7 @@ def test_migrate_and_rollback_keep_the_pods_addresses_and_their_streams(tmp_path
             time.sleep(3)
             migrated(cluster, node, pods, sources, conf_dir, store)
             assert peer_vteps(peer, node) == [vtep_mac_for(node.underlay_ip)]  # followed
-            podman_container(cluster, node, pods, conf_dir, store)
+            podman_container(cluster, node, pods, conf_dir, store, tmp_path)
             # a pod that refreshed its ARP entry for the gateway while migrated: the switch
             # answered with the gateway port's MAC; rolling back tells it cni0's again
             gateway = pods[1].ip_if.network.network_address + 1
@@ -97,11 +97,12 @@ def peer_vteps(peer, node) -> list[str]:
     return [entry["mac"] for entry in fdb if entry.get("dst") == str(node.underlay_ip)]
 
 
-def podman_container(cluster, node, pods, conf_dir: Path, store: Path) -> None:
+def podman_container(cluster, node, pods, conf_dir: Path, store: Path, workdir: Path) -> None:
     """A podman container (runc) on the migrated node, attached through the conflist the
     migration switched: podman reads the node's CNI config dir itself, so its `cbr0` network
-    is that file as written, and vxflow-cni (run in-process: the conflist names no agent
-    socket; its records go to its default data dir) plugs it into br-int. host-local, in the
+    is that file as written, and vxflow-cni hands the ADD to the migrated node's agent (the
+    conflist's agentSocket: the migration's --cni-socket, the agent's), which plugs it into
+    br-int and records it in the conflist's dataDir (--cni-data-dir). host-local, in the
     store the migration carried over, gives it an address of the node's subnet that no moved
     pod has, nor the gateway, and it reaches both moved pods. Removed again (CNI DEL through
     the same conflist releases the address) so the rollback finds the node as migrated."""
@@ -115,6 +116,8 @@ def podman_container(cluster, node, pods, conf_dir: Path, store: Path) -> None:
         assert address not in {pod.addr for pod in pods} | {subnet.network_address + 1}
         assert (store / str(address)).read_text().splitlines()[0] == cid  # host-local's file
         assert host_ifname(cid, "eth0") in node.ovs.vsctl("list-ports", "br-int").split()
+        assert f"CNI ADD {cid}/eth0: status 0" in (workdir / "agent.log").read_text()
+        assert [p.name for p in (workdir / "cni" / "cbr0").iterdir()] == [f"{cid}-eth0.json"]
         podman.wait_reachable(cid, str(pods[0].addr))
         out = podman.exec(cid, "ping", "-c", "3", "-W", "2", str(pods[1].addr)).stdout
         assert " 0% packet loss" in out, out

@@ -99,6 +99,8 @@ class FlannelNode:
         return ["ip", "netns", "exec", self.node.netns, VXFLOW, "migrate", *args,
                 "--ovsdb", self.node.ovs.db_target, "--cni-conf-dir", str(self.conf_dir),
                 "--cni-networks-dir", str(self.networks_dir),
+                "--cni-socket", str(self.workdir / "cni.sock"),
+                "--cni-data-dir", str(self.workdir / "cni"),
                 "--state-file", str(self.workdir / "migrate.json")]  # fmt: skip
 
     def vxflow_migrate(self, *args: str) -> subprocess.CompletedProcess:
@@ -661,6 +663,9 @@ def test_a_pod_added_through_vxflow_cni_after_the_migration_gets_an_unused_addre
 
     conflist = json.loads((f.conf_dir / "10-flannel.conflist").read_text())
     plugin = next(p for p in conflist["plugins"] if p["type"] == "vxflow")
+    # --cni-socket and --cni-data-dir: the agent (here serving none: the ADD runs in-process)
+    assert (plugin["agentSocket"], plugin["dataDir"]) == (
+        str(f.workdir / "cni.sock"), str(f.workdir / "cni"))
     conf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}
     netns = f"/var/run/netns/{underlay.add_netns('newpod')}"
 
@@ -677,5 +682,6 @@ def test_a_pod_added_through_vxflow_cni_after_the_migration_gets_an_unused_addre
     assert address.network == f.lease.subnet
     assert address.ip not in {pod.ip.ip for pod in f.pods} | {f.lease.gateway}
     assert (store / str(address.ip)).read_text().startswith("newpod")
+    assert [p.name for p in (f.workdir / "cni" / "cbr0").iterdir()] == ["newpod-eth0.json"]
     delete = plugin("DEL")
     assert delete.returncode == 0, delete.stdout + delete.stderr
