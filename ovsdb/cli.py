@@ -61,6 +61,7 @@ from ovsdb.migrate import (
     observe,
     plan,
     read_record,
+    remove_leftovers,
 )
 from ovsdb.sysconfig import SysconfigError, read_sysconfig
 
@@ -430,7 +431,9 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Where a migration records its plan, each step once done and the "
                           "node as it was (cni0, the pods, the CNI config): a re-run resumes "
                           "an interrupted migration at its first step not done, --rollback "
-                          "undoes it."),
+                          "undoes it. What an undo could not remove from OVSDB (it did not "
+                          "answer) stays listed there: the next run or --rollback removes it "
+                          "first."),
         click.option("--rollback", is_flag=True,
                      help="Return a migrated node to flannel, its pods running: start "
                           "flanneld (--start-flanneld), re-create cni0, stop the agent "
@@ -503,7 +506,8 @@ def migrate(ctx: click.Context, **params: Any) -> None:
               params["start_agent"], params["bridge"], timeout=params["timeout"])  # fmt: skip
     with open_registry(**etcd_params(params)) as registry:
         try:
-            if settings.state_file.exists():  # a migration began: resume it
+            cleared = remove_leftovers(settings, click.echo, dry_run)
+            if not cleared and settings.state_file.exists():  # a migration began: resume it
                 migration = _resumed(settings, run, registry, read_record(settings.state_file),
                                      dry_run)  # fmt: skip
             else:
@@ -551,9 +555,10 @@ def _rollback(params: dict[str, Any]) -> None:
     run = Run(params["start_flanneld"], params["stop_agent"], bridge=params["bridge"],
               timeout=params["timeout"])  # fmt: skip
     try:
-        record = read_record(settings.state_file)
-        with open_registry(**etcd_params(params)) as registry:
-            Migration(settings, run, registry, record, click.echo).roll_back()
+        if not remove_leftovers(settings, click.echo):
+            record = read_record(settings.state_file)
+            with open_registry(**etcd_params(params)) as registry:
+                Migration(settings, run, registry, record, click.echo).roll_back()
     except StepFailed as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"rolled back: {settings.public_ip} is a flannel node")

@@ -18,7 +18,8 @@ has three parts:
   one line each: the node is a flannel node again (flanneld, started again, takes its
   lease and flannel.<VNI> back). With OVSDB gone midway the kernel side is undone all
   the same (the veths back on cni0, the gateway port's address removed) and what is
-  left in OVSDB is one line each. The state file holds its `Record` (the steps, how
+  left in OVSDB is one line each, listed in the state file: the next run or `--rollback`
+  removes it first (else ovs-vswitchd, its OVSDB back, takes a veth on cni0 into br-int). The state file holds its `Record` (the steps, how
   many are done, cni0 as it was, the pods, their sysctls, the CNI config) from before
   the first step, written again (tmp + rename) as each step is done: a re-run finds
   an interrupted (killed) migration there and resumes at its first step not done
@@ -660,6 +661,39 @@ class Record:
         )  # fmt: skip
 
 
+LEFTOVERS = "left_in_ovsdb"  # a state file's only key after an undo OVSDB did not answer
+
+
+def vsctl(ovsdb: str, args: Iterable[str]) -> None:
+    run("ovs-vsctl", f"--db={ovsdb}", "--timeout=10", *args)
+
+
+def remove_leftovers(settings: Settings, say: Callable[[str], None], dry_run: bool = False) -> bool:
+    """If the state file lists only what an undo left in OVSDB, remove that (one line
+    each) and the file; True if it did (with `dry_run`: says what it would remove, and
+    changes nothing). StepFailed, nothing else done, if OVSDB still does not answer."""
+    try:
+        found = json.loads(settings.state_file.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(found, dict) or set(found) != {LEFTOVERS}:
+        return False
+    for args in found[LEFTOVERS]:
+        command = f"ovs-vsctl {' '.join(args)}"
+        if dry_run:
+            say(f"first: what a rollback left in OVSDB ({settings.state_file}): {command}")
+            continue
+        try:
+            vsctl(settings.ovsdb, args)
+        except (IprouteError, subprocess.SubprocessError) as exc:
+            raise StepFailed(f"{settings.state_file} lists what a rollback left in OVSDB; "
+                             f"removing it failed: {exc}") from exc  # fmt: skip
+        say(f"removed what a rollback left in OVSDB: {command}")
+    if not dry_run:
+        settings.state_file.unlink()
+    return True
+
+
 def read_record(path: Path) -> Record:
     """A migration's record, finished or not (StepFailed, one line, if there is none)."""
     try:
@@ -678,6 +712,7 @@ class Undo:
                  say: Callable[[str], None]) -> None:  # fmt: skip
         self.settings, self.run, self.registry = settings, run, registry
         self.record, self.say = record, say
+        self.leftovers: list[list[str]] = []  # the ovs-vsctl commands OVSDB did not answer
 
     def roll_back(self) -> None:
         """A finished migration undone, in the order that keeps the pods' gap short:
@@ -702,7 +737,17 @@ class Undo:
                 action()
             except _FAILURES as exc:
                 raise StepFailed(f"rollback step {number} ({name}) failed: {exc}") from exc
-        self.settings.state_file.unlink(missing_ok=True)
+        self._forget()
+
+    def _forget(self) -> None:
+        """The record removed: the node is flannel again. What an undo left in OVSDB (it did
+        not answer) stays in the state file, for the next run or --rollback to remove first:
+        ovs-vswitchd would otherwise take a pod's veth, back on cni0, into br-int again."""
+        if self.leftovers:
+            write_atomically(self.settings.state_file,
+                             json.dumps({LEFTOVERS: self.leftovers}, indent=2))  # fmt: skip
+        else:
+            self.settings.state_file.unlink(missing_ok=True)
 
     # -- rolling back: each undoes one step, also one that failed half-way ----------------
 
@@ -770,9 +815,10 @@ class Undo:
         """`ovs-vsctl ARGS`; if OVSDB does not answer (it went away midway), one line says
         that `what` is left in it, and False: the kernel side is undone all the same."""
         try:
-            run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", *args)
+            vsctl(self.settings.ovsdb, args)
         except (IprouteError, subprocess.SubprocessError) as exc:
             self.say(f"{what} left in OVSDB: {exc}")
+            self.leftovers.append(list(args))
             return False
         return True
 
@@ -897,7 +943,7 @@ class Migration(Undo):
                 undo()
             except _FAILURES as exc:
                 self.say(f"undo {number}. {step.name} failed: {exc}")
-        self.settings.state_file.unlink(missing_ok=True)
+        self._forget()
 
     def _undo(self, step: Step) -> Callable[[], None] | None:
         """What undoes `step` (None: nothing to; the lease and flannel.<VNI> are flanneld's

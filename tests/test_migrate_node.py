@@ -441,13 +441,16 @@ def test_etcd_unreachable_during_the_lease_takeover_leaves_the_node_flannel(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("then", ["rollback", "migrate"])
 def test_ovsdb_gone_during_the_port_moves_leaves_the_node_flannel(
-    flannel_node: FlannelNode,
+    flannel_node: FlannelNode, then: str,
 ) -> None:
     """ovs-vswitchd frozen once the agent is up (the agent's subnet file written) holds the
     first move waiting for its ofport; the test stops ovsdb-server by its PID there. Every
     step done is undone without OVSDB: the veth back on cni0, the gateway port's address
-    gone from the kernel, flanneld started again."""
+    gone from the kernel, flanneld started again. What stays in OVSDB is listed in the state
+    file; with ovsdb-server back, `then` (--rollback, or the next migration) removes it
+    first."""
     f = flannel_node
     vswitchd = f.node.ovs.pids()["ovs-vswitchd"]
 
@@ -466,6 +469,34 @@ def test_ovsdb_gone_during_the_port_moves_leaves_the_node_flannel(
     assert "Traceback" not in stderr
     assert_flannel_again(f, ovsdb=False)
     assert "inet " not in f.node.run("ip", "addr", "show", "dev", "vxgw0")  # cni0's gateway alone
+    left = [["--if-exists", "del-port", "br-int", "veth1"], ["--if-exists", "del-br", "br-int"]]
+    assert json.loads((f.workdir / "migrate.json").read_text()) == {"left_in_ovsdb": left}
+
+    f.node.ovs.start_ovsdb_server()  # its database as it was: br-int (veth1, if it got there)
+    assert f.node.ovs.vsctl("list-br").split() == ["br-int"]
+    removed = [f"removed what a rollback left in OVSDB: ovs-vsctl {' '.join(a)}" for a in left]
+    if then == "rollback":
+        real = f.real_args()
+        res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+        assert res.stdout.splitlines() == [
+            *removed, f"rolled back: {f.node.underlay_ip} is a flannel node"], res.stderr
+        assert f.node.ovs.vsctl("list-br").split() == []
+        assert not (f.workdir / "migrate.json").exists()
+        assert_flannel_again(f)
+        return
+    plan = f.migrate("--dry-run")  # says what it would remove, removes nothing
+    assert plan.stdout.splitlines()[:2] == [
+        f"first: what a rollback left in OVSDB ({f.workdir / 'migrate.json'}): ovs-vsctl "
+        f"{' '.join(a)}" for a in left]  # fmt: skip
+    assert f.node.ovs.vsctl("list-br").split() == ["br-int"]
+    args = f.real_args()
+    args[1] = (f.workdir / "flanneld.pid").read_text().strip()  # the flanneld the undo started
+    res = f.migrate(*args)
+    lines = res.stdout.splitlines()
+    assert lines[:2] == removed and lines[2].startswith("1. fence flanneld"), res.stderr
+    assert lines[-1] == f"migrated: {f.node.underlay_ip} is a vxflow node", res.stderr
+    assert sorted(f.node.ovs.vsctl("list-ports", "br-int").split()) == sorted(
+        ["veth1", "veth2", "vxgw0", "vxlan0"])
 
 
 @pytest.mark.integration
