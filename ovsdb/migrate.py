@@ -92,9 +92,11 @@ from leases.errors import RegistryError
 from leases.model import LEASE_TTL_SECONDS, Lease, NetworkConfig
 from leases.registry import Registry
 from leases.subnet_env import SubnetEnv, read_subnet_env
+from ovsdb import flannel_masq
 from ovsdb import idl as ovsidl
 from ovsdb.bootstrap import DEFAULT_BRIDGE
 from ovsdb.idl import OvsdbError
+from ovsdb.ipmasq import IpMasq, IpMasqError
 from ovsdb.iproute import IprouteError, ip, ip_json, run
 from ovsdb.plug import COLUMNS as PLUG_COLUMNS
 from ovsdb.plug import PlugError, add_port, interface, pod_external_ids, wait_ofport
@@ -183,6 +185,7 @@ class Observation:
 class Kind(StrEnum):
     """What a step does (`Migration` carries each kind out)."""
 
+    VXFLOW_MASQ = "vxflow-masq"
     FENCE = "fence"
     LEASE = "lease"
     AGENT = "agent"
@@ -354,9 +357,17 @@ def _steps(obs: Observation, config: NetworkConfig, env: SubnetEnv, lease: Lease
     allocations = (f"{len(carried)} address(es) from host-local's {obs.network_name} kept for "
                    f"vxflow-cni, which takes the network over: {', '.join(map(str, carried))}"
                    if obs.network_name else "no flannel CNI network found: nothing to carry")
-    masq = "on" if env.ipmasq else "off"
+    masq = (f"on, as FLANNEL_IPMASQ=true: the agent's subnet file must say the same; "
+            f"flanneld's {flannel_masq.CHAIN} rules recorded, then removed (vxflow's table "
+            "masquerades)") if env.ipmasq else \
+        "off, as FLANNEL_IPMASQ=false: the agent's subnet file must say the same"  # fmt: skip
     pid = f" (PID {obs.flanneld_pid})" if obs.flanneld_pid is not None else ""
+    handover = [Step(Kind.VXFLOW_MASQ, "put vxflow's ip-masq in place", f"table ip vxflow with "
+                     f"flannel's masquerade rules for {config.network} and {lease.subnet}, beside "
+                     f"flanneld's {flannel_masq.CHAIN}: masquerade never stops")] \
+        if env.ipmasq else []  # fmt: skip
     return [
+        *handover,
         Step(Kind.FENCE, "fence flanneld", f"stop it{pid}: nothing renews {lease.subnet} or re-creates {device} "
                                "afterwards"),
         Step(Kind.LEASE, "take the lease over", f"{lease.key_name} for {obs.public_ip}, same key and "
@@ -364,8 +375,7 @@ def _steps(obs: Observation, config: NetworkConfig, env: SubnetEnv, lease: Lease
         Step(Kind.AGENT, "start the agent", f"it holds {lease.subnet} and brings up br-int with the gateway "
                                 f"port on {gateway}; the pods' ARP entry for {gateway.ip} "
                                 f"({obs.bridge.mac}) keeps routing"),
-        Step(Kind.MASQ, "keep ip-masq", f"{masq}, as FLANNEL_IPMASQ={str(env.ipmasq).lower()}: the agent's "
-                             f"subnet file must say the same"),
+        Step(Kind.MASQ, "keep ip-masq", masq),
         *(Step(Kind.MOVE, f"move {pod.port}", f"pod {pod.ip} {pod.mac} from {bridge} to br-int as a "
                                    "vxflow pod port; its endpoint published", pod)
           for pod in pods),
@@ -593,7 +603,16 @@ def announce(ifname: str, mac: str, address: IPv4Address) -> None:
 
 
 _FAILURES = (StepFailed, RegistryError, IprouteError, PlugError, OvsdbError, OSError,
-             ovsidl.OvsdbUnavailable, TimeoutError, subprocess.SubprocessError)
+             ovsidl.OvsdbUnavailable, TimeoutError, subprocess.SubprocessError, IpMasqError,
+             flannel_masq.FlannelMasqError)
+
+
+def _nftables() -> IpMasq:
+    """vxflow's ip-masq tables (StepFailed if python3-nftables is missing)."""
+    try:
+        return IpMasq()
+    except ImportError as exc:
+        raise StepFailed(f"python3-nftables is not importable: {exc}") from exc
 
 
 def _container(pod: PodPort) -> str:
@@ -619,6 +638,8 @@ class Record:
     ipmasq: bool = False  # flanneld's FLANNEL_IPMASQ
     network: str | None = None  # the flannel CNI network's name: host-local's directory
     flanneld_pid: int = 0  # the flanneld the fence stops (0: not known)
+    overlay: IPv4Network | None = None  # the config's Network: the masquerade rules' (ipmasq)
+    flannel_masq: list[str] = field(default_factory=list)  # flanneld's rules, as removed
     steps: list[Step] = field(default_factory=list)
     done: int = 0  # steps[:done] are done
 
@@ -634,7 +655,8 @@ class Record:
             "pods": [{"port": p.port, "ip": str(p.ip), "mac": p.mac} for p in self.pods],
             "sysctls": self.sysctls, "written": self.written, "conflist": self.conflist,
             "conflist_text": self.conflist_text, "ipmasq": self.ipmasq, "network": self.network,
-            "flanneld_pid": self.flanneld_pid,
+            "flanneld_pid": self.flanneld_pid, "overlay": str(self.overlay) if self.overlay else None,
+            "flannel_masq": self.flannel_masq,
             "steps": [{"kind": st.kind.value, "name": st.name, "detail": st.detail,
                        "pod": st.pod.port if st.pod else None} for st in self.steps],
             "done": self.done,
@@ -654,6 +676,8 @@ class Record:
             sysctls=dict(d["sysctls"]), written=list(d["written"]), conflist=d["conflist"],
             conflist_text=d["conflist_text"], ipmasq=bool(d["ipmasq"]), network=d["network"],
             flanneld_pid=int(d.get("flanneld_pid", 0)),
+            overlay=IPv4Network(d["overlay"]) if d.get("overlay") else None,
+            flannel_masq=list(d.get("flannel_masq", [])),
             steps=[Step(Kind(st["kind"]), st["name"], st["detail"],
                         by_port[st["pod"]] if st["pod"] else None)
                    for st in d["steps"]],
@@ -718,11 +742,17 @@ class Undo:
         """A finished migration undone, in the order that keeps the pods' gap short:
         flanneld first (flannel.<VNI> ready while the switch still carries the pods),
         cni0, the agent stopped, at once the pods back on cni0 and its bridge deleted,
-        then the agent's endpoints, the pods told cni0's MAC, the CNI config as it was."""
+        then the agent's endpoints, the pods told cni0's MAC, the CNI config as it was. With
+        ip-masq, flanneld's rules are back before flanneld starts, and vxflow's table goes
+        once the agent (which would restore it) stopped: masquerade never stops."""
+        masq = self.record.ipmasq
         steps = [
+            *([(f"put flanneld's {flannel_masq.CHAIN} back", self._flannel_masq_back)] if masq
+              else []),
             ("start flanneld", self._start_flanneld),
             (f"re-create {self.record.bridge.name}", self._bridge_back),
             ("stop the agent", self._stop_agent),
+            *([("remove vxflow's ip-masq table", self._vxflow_masq_off)] if masq else []),
             *((f"move {pod.port} back", lambda pod=pod: self._move_back(pod))
               for pod in self.record.pods),
             (f"delete {self.run.bridge}", self._delete_bridge),
@@ -800,6 +830,13 @@ class Undo:
 
     def _stop_agent(self) -> None:
         self._shell(self.run.stop_agent)
+
+    def _flannel_masq_back(self) -> None:
+        """flanneld's masquerade rules as recorded, before vxflow's table goes."""
+        flannel_masq.put_back(self.record.flannel_masq)
+
+    def _vxflow_masq_off(self) -> None:
+        _nftables().remove()
 
     def _delete_bridge(self) -> None:
         """The agent's bridge, with the tunnel port that took the node's VXLAN traffic
@@ -886,7 +923,8 @@ class Migration(Undo):
         record = Record(obs.config.backend.vni, obs.subnet_env.subnet.network, obs.bridge,
                         result.pods, vxlan=obs.vxlan, conflist=str(obs.conflist) if obs.conflist else None,
                         ipmasq=obs.subnet_env.ipmasq, network=obs.network_name,
-                        flanneld_pid=run.flanneld_pid, steps=result.steps)  # fmt: skip
+                        flanneld_pid=run.flanneld_pid, overlay=obs.config.network,
+                        steps=result.steps)  # fmt: skip
         return cls(settings, run, registry, record, say)
 
     @property
@@ -947,8 +985,10 @@ class Migration(Undo):
 
     def _undo(self, step: Step) -> Callable[[], None] | None:
         """What undoes `step` (None: nothing to; the lease and flannel.<VNI> are flanneld's
-        to take back when it starts)."""
+        to take back when it starts; without ip-masq, keeping it changed nothing)."""
         return {
+            Kind.VXFLOW_MASQ: self._vxflow_masq_off,
+            Kind.MASQ: self._flannel_masq_back if self.record.ipmasq else None,
             Kind.FENCE: self._start_flanneld, Kind.AGENT: self._undo_agent,
             Kind.MOVE: lambda: self._move_back(step.pod), Kind.BRIDGE: self._bridge_back,
             Kind.ALLOCATIONS: self._allocations_back, Kind.CONFLIST: self._conflist_back,
@@ -956,6 +996,7 @@ class Migration(Undo):
 
     def _do(self, step: Step) -> None:
         {
+            Kind.VXFLOW_MASQ: self._vxflow_masq,
             Kind.FENCE: self._fence, Kind.LEASE: self._take_lease, Kind.AGENT: self._agent,
             Kind.MASQ: self._masq, Kind.MOVE: lambda: self._move(step.pod),
             Kind.VXLAN: self._remove_vxlan, Kind.BRIDGE: self._remove_bridge,
@@ -991,12 +1032,24 @@ class Migration(Undo):
         wait_until("the agent wrote no subnet file (lease held, br-int up)",
               lambda: path.exists() and path.stat().st_mtime >= started, self.run.timeout)  # fmt: skip
 
+    def _vxflow_masq(self) -> None:
+        """vxflow's table (the agent's, which it keeps once up) beside flanneld's rules."""
+        _nftables().ensure(self.record.overlay, self.record.subnet)
+
     def _masq(self) -> None:
+        """The agent masquerades as flanneld did; with ip-masq, flanneld's rules (fenced, it
+        restores them no more) are recorded, the record written, then they are removed."""
         env = read_subnet_env(self.settings.subnet_file)
         if env is None or env.ipmasq != self.record.ipmasq:
             raise StepFailed(f"the agent's {self.settings.subnet_file} says FLANNEL_IPMASQ="
                              f"{'true' if env and env.ipmasq else 'false'}, flanneld's said "
                              f"{str(self.record.ipmasq).lower()} (--ip-masq)")  # fmt: skip
+        if not self.record.ipmasq:
+            return
+        if not self.record.flannel_masq:  # else recorded by a run this one resumes
+            self.record.flannel_masq = flannel_masq.rules()
+            write_atomically(self.settings.state_file, self.record.to_json())
+        flannel_masq.remove(self.record.flannel_masq)
 
     def _move(self, pod: PodPort) -> None:
         ip("link", "set", pod.port, "nomaster")

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -55,6 +56,7 @@ class FlannelNode:
     flanneld_cmd: list[str]
     workdir: Path
     etcd: EtcdServer
+    ip_masq: bool = False  # flanneld and the agent with --ip-masq
 
     def real_args(self, start_agent: str | None = None) -> list[str]:
         """flanneld's PID and commands that start the agent (`vxflow agent` on this node's
@@ -62,7 +64,7 @@ class FlannelNode:
         agent = [VXFLOW, "agent", "--etcd-endpoints", self.etcd_endpoint, "--public-ip",
                  str(self.node.underlay_ip), "--ovsdb", self.node.ovs.db_target,
                  "--datapath-type", "netdev", "--subnet-file", str(self.subnet_file),
-                 "--cni-socket", ""]  # fmt: skip
+                 "--cni-socket", "", *(["--ip-masq"] if self.ip_masq else [])]  # fmt: skip
         return [
             "--flanneld-pid", str(self.flanneld.pid),
             "--start-agent", start_agent or background(agent, self.workdir / "agent"),
@@ -189,7 +191,7 @@ def add_cni0_pod(underlay: Underlay, node: Node, n: int, ip: IPv4Interface) -> P
 def flannel_node(request: pytest.FixtureRequest, underlay: Underlay,
                  tmp_path: Path) -> Iterator[FlannelNode]:  # fmt: skip
     """The node; `indirect` parameters: `ignore_sigterm` (flanneld started with SIGTERM
-    ignored: a hung one)."""
+    ignored: a hung one), `ip_masq` (flanneld's masquerade rules, and the agent's)."""
     params = getattr(request, "param", {})
     node = underlay.add_node(with_ovs=False)  # flannel's node: the underlay address on eth0
     node.ovs.start()  # OVS installed beside flanneld, nothing on it yet
@@ -202,7 +204,8 @@ def flannel_node(request: pytest.FixtureRequest, underlay: Underlay,
         subnet_file = tmp_path / "subnet.env"
         flanneld_cmd = [sys.executable, str(REPO / "mininet" / "flannel_node.py"),
                         "--etcd-endpoints", endpoint, "--public-ip", str(node.underlay_ip),
-                        "--iface", "eth0", "--subnet-file", str(subnet_file)]  # fmt: skip
+                        "--iface", "eth0", "--subnet-file", str(subnet_file),
+                        *(["--ip-masq"] if params.get("ip_masq") else [])]  # fmt: skip
         flanneld = subprocess.Popen(["ip", "netns", "exec", node.netns, *flanneld_cmd],
                                     stdout=subprocess.DEVNULL,
                                     stderr=(tmp_path / "flannel.log").open("wb"),
@@ -236,7 +239,8 @@ def flannel_node(request: pytest.FixtureRequest, underlay: Underlay,
             with Registry(endpoint) as registry:
                 lease = next(le for le in registry.list_leases() if le.subnet == subnet)
             running = FlannelNode(node, endpoint, subnet_file, lease, pods, conf_dir,
-                                  networks_dir, flanneld, flanneld_cmd, tmp_path, etcd)  # fmt: skip
+                                  networks_dir, flanneld, flanneld_cmd, tmp_path, etcd,
+                                  bool(params.get("ip_masq")))  # fmt: skip
             yield running
         finally:
             stop_process(flanneld, signal.SIGTERM)
@@ -572,6 +576,17 @@ def test_a_port_added_to_cni0_late_fails_its_removal_and_all_is_undone(
     assert_flannel_again(f)
 
 
+@contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """`directory` bind-mounted read-only on itself (root writes anywhere else)."""
+    subprocess.run(["mount", "--bind", str(directory), str(directory)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
 @pytest.mark.integration
 def test_a_read_only_cni_conf_dir_fails_the_switch_and_all_is_undone(
     flannel_node: FlannelNode,
@@ -581,12 +596,8 @@ def test_a_read_only_cni_conf_dir_fails_the_switch_and_all_is_undone(
     f = flannel_node
     conflist = f.conf_dir / "10-flannel.conflist"
     text = conflist.read_text()
-    subprocess.run(["mount", "--bind", str(f.conf_dir), str(f.conf_dir)], check=True)
-    try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(f.conf_dir)], check=True)
+    with read_only(f.conf_dir):
         res = f.migrate_for_real()
-    finally:
-        subprocess.run(["umount", str(f.conf_dir)], check=True)
     assert res.returncode == 1, res.stdout + res.stderr
     lines = res.stdout.splitlines()
     assert lines[10].startswith("step 10 (switch the CNI config) failed: [Errno 30] Read-only "
@@ -596,6 +607,60 @@ def test_a_read_only_cni_conf_dir_fails_the_switch_and_all_is_undone(
                           "undo 3. start the agent", "undo 1. fence flanneld"]  # fmt: skip
     assert conflist.read_text() == text
     assert_flannel_again(f)
+
+
+def _nat(f: FlannelNode) -> tuple[bool, bool]:
+    """(flanneld's FLANNEL-POSTRTG in iptables, vxflow's ip-masq table in nftables)."""
+    flannel = "FLANNEL-POSTRTG" in f.node.run("iptables", "-w", "-t", "nat", "-S")
+    vxflow = subprocess.run(["ip", "netns", "exec", f.node.netns, "nft", "list", "table", "ip",
+                             "vxflow"], capture_output=True).returncode == 0  # fmt: skip
+    return flannel, vxflow
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("flannel_node", [{"ip_masq": True}], indirect=True)
+def test_ip_masq_is_handed_over_both_ways_and_undone_with_a_failed_step(
+    flannel_node: FlannelNode,
+) -> None:
+    """flanneld's FLANNEL-POSTRTG (iptables) and vxflow's table (nftables): vxflow's is put
+    in place first, flanneld's rules are recorded in the state file and removed once the
+    agent is up; --rollback puts them back, then removes vxflow's table. A step failing
+    after the hand-over undoes it the same way. (The data path: tests/test_e2e_migrate.py.)"""
+    f = flannel_node
+    wait_until("flanneld put no masquerade rules", lambda: _nat(f) == (True, False), 30)
+    flanneld_rules = f.node.run("iptables", "-w", "-t", "nat", "-S")
+
+    seen: list[tuple[bool, bool]] = []  # at the first move: the agent is up, flanneld's gone
+    code, lines, stderr = migrate_with_events(f, {"6. move veth1": lambda: seen.append(_nat(f))})
+    assert code == 0, "\n".join(lines) + stderr
+    assert lines[0].startswith("1. put vxflow's ip-masq in place: ")
+    assert seen == [(False, True)]
+    recorded = json.loads((f.workdir / "migrate.json").read_text())["flannel_masq"]
+    assert "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG" in recorded
+    assert len(recorded) == 7
+    assert _nat(f) == (False, True)
+
+    real = f.real_args()
+    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines()[:2] == ["1. put flanneld's FLANNEL-POSTRTG back",
+                                           "2. start flanneld"]  # fmt: skip
+    assert "5. remove vxflow's ip-masq table" in res.stdout.splitlines()
+    assert _nat(f) == (True, False)
+    assert f.node.run("iptables", "-w", "-t", "nat", "-S") == flanneld_rules
+
+    # again, failing at the last step: every step undone, the hand-over too
+    real[1] = (f.workdir / "flanneld.pid").read_text().strip()  # the flanneld started again
+    for pod in f.pods:  # cni0, made again, learns each pod's MAC, the node its neighbour entry
+        pod.run("ping", "-c", "1", "-W", "2", str(f.lease.gateway))
+    with read_only(f.conf_dir):
+        res = f.migrate(*real)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert _undone(res.stdout.splitlines())[-4:] == [
+        "undo 5. keep ip-masq", "undo 4. start the agent", "undo 2. fence flanneld",
+        "undo 1. put vxflow's ip-masq in place"], res.stdout  # fmt: skip
+    assert _nat(f) == (True, False)
+    assert f.node.run("iptables", "-w", "-t", "nat", "-S") == flanneld_rules
 
 
 def kill_midway(f: FlannelNode) -> int:
