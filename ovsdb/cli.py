@@ -435,9 +435,10 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "answer) stays listed there: the next run or --rollback removes it "
                           "first."),
         click.option("--rollback", is_flag=True,
-                     help="Return a migrated node to flannel, its pods running: start "
+                     help="Return a migrated node to flannel, its pods running: put "
+                          "flanneld's masquerade rules back (with ip-masq), start "
                           "flanneld (--start-flanneld), re-create cni0, stop the agent "
-                          "(--stop-agent) and delete its bridge, move the pods back, restore "
+                          "(--stop-agent), remove vxflow's ip-masq table, delete its bridge, move the pods back, restore "
                           "the CNI config (from --state-file); a migration interrupted midway: "
                           "its steps done undone in reverse."),
         click.option("--dry-run", is_flag=True,
@@ -458,11 +459,15 @@ def migrate(ctx: click.Context, **params: Any) -> None:
     node's, that the subnet file matches etcd's config, that flannel.<VNI> sends from
     the PublicIP, that the CNI bridge holds the gateway, and that every veth on it is
     one pod whose MAC (the bridge's FDB) and IP (its neighbour table) are known. A
-    failed check is one line each, exit status 1, and nothing is changed.
+    failed check is one line each, exit status 1, and nothing is changed; a dual-stack
+    node (FLANNEL_IPV6_SUBNET in the subnet file, or a dual-stack lease) is refused so,
+    in one line.
 
     Then it carries the plan out, one line per step: it stops flanneld (--flanneld-pid),
     takes its lease over (same key and subnet), runs --start-agent and waits for the
-    agent's subnet file (its FLANNEL_IPMASQ must be flanneld's), moves each pod's veth
+    agent's subnet file (its FLANNEL_IPMASQ must be flanneld's; with ip-masq, vxflow's
+    nftables table is put in place before flanneld stops, and flanneld's FLANNEL-POSTRTG
+    iptables rules are recorded in --state-file and removed once the agent is up), moves each pod's veth
     from the CNI bridge to br-int with its IP and MAC, waits for their endpoints,
     removes flannel.<VNI> and the CNI bridge, adds the pods' addresses that host-local's
     store lacks, and turns the flannel conflist into vxflow-cni's (same network name,

@@ -45,8 +45,9 @@ def _restore(lines: list[str]) -> None:
 
 
 def remove(recorded: list[str]) -> None:
-    """The jumps of `recorded` and flanneld's chain gone, in one transaction."""
-    if not recorded:
+    """The jumps of `recorded` and flanneld's chain gone, in one transaction (nothing if
+    they are gone already: a re-run of the step)."""
+    if not recorded or not rules():
         return
     jumps = ["-D" + line[2:] for line in recorded if not line.startswith(f"-A {CHAIN} ")]
     _restore([*jumps, f"-F {CHAIN}", f"-X {CHAIN}"])

@@ -37,6 +37,8 @@ has three parts:
 
 The steps, in the order that keeps the pods reachable (what the plan prints):
 
+0. with ip-masq (FLANNEL_IPMASQ=true) first: vxflow's table (ovsdb/ipmasq.py, the agent's)
+   beside flanneld's iptables rules, while flanneld still runs: masquerade never stops.
 1. fence flanneld: nothing may renew its lease or re-create flannel.<VNI> and its
    entries afterwards; the kernel keeps forwarding as flannel meanwhile.
 2. take the lease over: `Registry.acquire` with this PublicIP claims the key that
@@ -54,7 +56,10 @@ The steps, in the order that keeps the pods reachable (what the plan prints):
    (flows/family.py), never by the destination MAC, so they are routed as before, and
    the pod's next ARP refresh is answered by the switch with the gateway port's MAC.
    Neither cni0's MAC nor the pods' caches need changing.
-4. ip-masq stays as it was: the agent's subnet file must say what FLANNEL_IPMASQ said.
+4. ip-masq stays as it was: the agent's subnet file must say what FLANNEL_IPMASQ said; with
+   ip-masq, flanneld's FLANNEL-POSTRTG rules (fenced, it restores them no more) are recorded
+   in the state file, then removed (ovsdb/flannel_masq.py). Undone (and rolled back) in
+   reverse: they are back before vxflow's table goes.
 5. each pod's host-side veth moves from cni0 to br-int as a vxflow pod port
    (`attached-mac`, `vxflow-ip`: the observed MAC and IP); the agent publishes it.
 6. flannel.<VNI> goes (with it its routes, neighbour and FDB entries), then cni0,

@@ -3,15 +3,9 @@ observed on a flannel node."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
-from ipaddress import (
-    IPv4Address,
-    IPv4Interface,
-    IPv4Network,
-    IPv6Address,
-    IPv6Interface,
-    IPv6Network,
-)
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
@@ -166,7 +160,7 @@ def test_a_dual_stack_node_is_refused_up_front_in_one_line() -> None:
                  public_ipv6=IPv6Address("fd00:198:18::33"))  # fmt: skip
     assert failed(leases=(dual,), vxlan=None) == [f"etcd's lease {dual.label}: {refusal}"]
     env = replace(observed().subnet_env, ipv6_network=IPv6Network("fd00:198:19::/48"),
-                  ipv6_subnet=IPv6Interface("fd00:198:19:7::1/64"))  # fmt: skip
+                  ipv6_subnet=ipaddress.ip_interface("fd00:198:19:7::1/64"))  # fmt: skip
     assert failed(subnet_env=env, errors=("etcd: unreachable",), config=None) == [
         f"/run/flannel/subnet.env has FLANNEL_IPV6_SUBNET=fd00:198:19:7::1/64: {refusal}"]
 
