@@ -19,11 +19,12 @@ has three parts:
   lease and flannel.<VNI> back). With OVSDB gone midway the kernel side is undone all
   the same (the veths back on cni0, the gateway port's address removed) and what is
   left in OVSDB is one line each, listed in the state file: the next run or `--rollback`
-  removes it first (else ovs-vswitchd, its OVSDB back, takes a veth on cni0 into br-int). The state file holds its `Record` (the steps, how
-  many are done, cni0 as it was, the pods, their sysctls, the CNI config) from before
-  the first step, written again (tmp + rename) as each step is done: a re-run finds
-  an interrupted (killed) migration there and resumes at its first step not done
-  (each step may be carried out again: what it finds done it leaves).
+  removes it first (else ovs-vswitchd, its OVSDB back, takes a veth on cni0 into
+  br-int). The state file holds its `Record` (the steps, how many are done, cni0 as it
+  was, the pods, their sysctls, the CNI config) from before the first step, written
+  again (tmp + rename) as each step is done: a re-run finds an interrupted (killed)
+  migration there and resumes at its first step not done (each step may be carried out
+  again: what it finds done it leaves).
 - `Undo.roll_back()` (`--rollback`): a finished migration undone from that record, in
   the order that keeps the pods' gap short: flanneld first, cni0 with its MAC, the agent
   stopped and its bridge deleted, the pods back on cni0 at once, a gratuitous ARP so a
