@@ -195,6 +195,8 @@ class Migrator:
                 "--start-flanneld", background(cluster.flannel_cmd(node), self.flanneld_pid.with_suffix("")),
                 "--cni-conf-dir", str(self.conf_dir),
                 "--cni-networks-dir", str(self.store.parent),
+                "--cni-socket", str(cluster.cni_socket_path(node)),
+                "--cni-data-dir", str(self.workdir / "cni"),
                 "--state-file", str(self.workdir / "migrate.json")]  # fmt: skip
 
     def run(self, what: str, *args: str) -> subprocess.CompletedProcess:

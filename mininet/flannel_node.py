@@ -19,7 +19,12 @@ with the other nodes' leases:
   routes with exactly one route and no gateway (flannel's pkg/ip `DirectRouting`,
   leases/direct.py) gets `<subnet>/len via <PublicIP>` instead, and no VXLAN entries
   (`--no-direct-routing`: a flanneld from before the option, VXLAN to every peer);
-- subnet.env as flanneld writes it, for the CNI side (the cluster's cni0).
+- with `--ip-masq`, flanneld's masquerade rules (pkg/trafficmngr/iptables `masqRules`) in
+  iptables' nat table: `POSTROUTING -j FLANNEL-POSTRTG` appended, the chain holding its
+  six rules, made again in one iptables-restore if any is missing (checked every 5 s,
+  flanneld's --iptables-resync); left in place when it stops, as a killed flanneld leaves
+  them;
+- subnet.env as flanneld writes it (FLANNEL_IPMASQ too), for the CNI side (the cluster's cni0).
 
 flanneld reacts to a watch; this reconciles from a fresh listing whenever its
 watch reports a change (and once a second), which ends in the same kernel state
@@ -206,6 +211,52 @@ class VxlanDevice:
                 self.add(lease, direct)
 
 
+MASQ_CHAIN = "FLANNEL-POSTRTG"
+MASQ_RESYNC = 5.0  # seconds: flanneld's --iptables-resync
+KUBE_PROXY_MARK = "0x4000/0x4000"
+
+
+def masq_rules(network, subnet) -> list[list[str]]:
+    """flanneld's IPv4 masquerade rules for Network `network` and this node's `subnet`, as
+    (chain, rulespec...) in order: the jump, kube-proxy's marked packets left alone, overlay
+    to overlay and outside to this node's pods kept, the rest from the overlay masqueraded."""
+    comment = ["-m", "comment", "--comment", "flanneld masq"]
+    n, s = str(network), str(subnet)
+    return [
+        ["POSTROUTING", *comment, "-j", MASQ_CHAIN],
+        [MASQ_CHAIN, "-m", "mark", "--mark", KUBE_PROXY_MARK, *comment, "-j", "RETURN"],
+        [MASQ_CHAIN, "-s", s, "-d", n, *comment, "-j", "RETURN"],
+        [MASQ_CHAIN, "-s", n, "-d", s, *comment, "-j", "RETURN"],
+        [MASQ_CHAIN, "!", "-s", n, "-d", s, *comment, "-j", "RETURN"],
+        [MASQ_CHAIN, "-s", n, "!", "-d", "224.0.0.0/4", *comment, "-j", "MASQUERADE", "--random-fully"],
+        [MASQ_CHAIN, "!", "-s", n, "-d", n, *comment, "-j", "MASQUERADE", "--random-fully"],
+    ]  # fmt: skip
+
+
+def _iptables_has(rule: list[str]) -> bool:
+    return subprocess.run(["iptables", "-w", "-t", "nat", "-C", *rule],
+                          capture_output=True).returncode == 0  # fmt: skip
+
+
+def _restore_line(action: str, rule: list[str]) -> str:
+    """A rule as iptables-restore reads it (it knows double quotes only)."""
+    return " ".join(f'"{word}"' if " " in word else word for word in [action, *rule])
+
+
+def ensure_masq(rules: list[list[str]]) -> None:
+    """flanneld's ensureIPTables: all there, or all made again in order in one
+    iptables-restore (the chain declared: made, or emptied; the jump deleted first)."""
+    if all(_iptables_has(rule) for rule in rules):
+        return
+    lines = ["*nat", f":{MASQ_CHAIN} - [0:0]"]
+    if _iptables_has(rules[0]):
+        lines.append(_restore_line("-D", rules[0]))
+    lines += [_restore_line("-A", rule) for rule in rules] + ["COMMIT", ""]
+    subprocess.run(["iptables-restore", "-w", "--noflush"], input="\n".join(lines), text=True,
+                   check=True, capture_output=True)  # fmt: skip
+    log.info("masquerade rules in place (%s)", MASQ_CHAIN)
+
+
 def run(args: argparse.Namespace) -> None:
     access = EtcdAccess(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile,
                         args.etcd_username, args.etcd_password)  # fmt: skip
@@ -226,7 +277,9 @@ def run(args: argparse.Namespace) -> None:
     log.info("lease %s for %s", lease.label, lease.public_ip)
     for device in devices:
         device.up(lease)
-    write_subnet_env(subnet_file, subnet_env_for(config, lease, devices[0].mtu))
+    masq = masq_rules(config.network, lease.subnet) if args.ip_masq else []
+    masq_at = time.monotonic()
+    write_subnet_env(subnet_file, subnet_env_for(config, lease, devices[0].mtu, args.ip_masq))
     renew_at = time.monotonic() + renew_interval(args.subnet_lease_ttl)
     with registry.watch() as watch:
         while True:
@@ -237,8 +290,13 @@ def run(args: argparse.Namespace) -> None:
                 leases = registry.list_leases()
                 for device in devices:
                     device.reconcile(leases, config.backend.vni)
+                if masq and time.monotonic() >= masq_at:
+                    masq_at = time.monotonic() + MASQ_RESYNC
+                    ensure_masq(masq)
             except RegistryError as e:  # etcd away for a moment: keep the kernel as it is
                 log.warning("etcd: %s; retrying", e)
+            except subprocess.CalledProcessError as e:  # as flanneld: logged, tried again
+                log.error("masquerade rules: %s", e.stderr)
             # a change the watch reports (a peer's new lease or VtepMAC) wakes the
             # reconcile at once, as flanneld's own watch does; else once a second
             if watch.get(timeout=1) is not None:
@@ -259,11 +317,14 @@ def main() -> None:
     parser.add_argument("--subnet-file", required=True)
     parser.add_argument("--subnet-lease-ttl", type=int, default=LEASE_TTL_SECONDS,
                         help="seconds (flannel's fixed 24h by default)")  # fmt: skip
+    parser.add_argument("--ip-masq", action="store_true",
+                        help="flanneld's masquerade rules (iptables nat, FLANNEL-POSTRTG)")  # fmt: skip
     parser.add_argument("--no-direct-routing", dest="direct_routing", action="store_false",
                         help="ignore Backend.DirectRouting, as a flanneld before the option")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # else a hung flanneld, for tests
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     run(args)
 
 

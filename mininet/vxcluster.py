@@ -135,7 +135,7 @@ class ClusterSpec:
     tag: str = field(default_factory=default_tag)
     flannel_lease_ttl: int | None = None  # seconds; None: flannel's 24 h
     agent_lease_ttl: int | None = None  # seconds; None: flannel's 24 h
-    ip_masq: bool = False  # agents run with --ip-masq
+    ip_masq: bool = False  # agents and flannel-style daemons run with --ip-masq
     containers: bool = False  # a private podman whose CNI network on each node is vxflow-cni
     controllers: int = 1  # controller replicas (c1, c2, ...)
     member_ttl: int | None = None  # the replicas' --member-ttl; None: the default
@@ -510,6 +510,8 @@ class Cluster(ClusterChecks):
             cmd += ["--subnet-lease-ttl", str(self.spec.flannel_lease_ttl)]
         if not self.spec.flannel_direct_routing:
             cmd.append("--no-direct-routing")
+        if self.spec.ip_masq:  # flanneld's masquerade rules, in iptables
+            cmd.append("--ip-masq")
         if node.underlay_ip6 is not None:  # flanneld's dual stack: flannel-v6.<VNI> too
             cmd += ["--public-ipv6", str(node.underlay_ip6)]
         return cmd

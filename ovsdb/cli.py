@@ -19,6 +19,8 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from cni.client import DEFAULT_SOCKET
+from cni.config import DEFAULT_DATA_DIR
 from daemons.build import banner
 from daemons.options import metrics_options
 from flows.ports import vtep_mac_for
@@ -59,6 +61,7 @@ from ovsdb.migrate import (
     observe,
     plan,
     read_record,
+    remove_leftovers,
 )
 from ovsdb.sysconfig import SysconfigError, read_sysconfig
 
@@ -324,7 +327,7 @@ def _lease_subnet(registry, public_ip: IPv4Address) -> IPv4Network | None:
 @click.option("--resync-interval", type=float, default=30.0, show_default=True,
               help="Seconds between full re-checks of the bridge and of etcd's endpoints.")  # fmt: skip
 @click.option("--cni-socket", envvar="VXFLOW_CNI_SOCKET", show_envvar=True,
-              default="/run/vxflow/cni.sock", show_default=True,
+              default=DEFAULT_SOCKET, show_default=True,
               help="Serve the CNI plugin's calls here (root only), for the `vxflow` executable "
                    "that `vxflow-cni install` writes; '' serves none.")  # fmt: skip
 @click.option("--flow-restore-timeout", type=click.FloatRange(min=0), default=10.0,
@@ -397,6 +400,13 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--cni-networks-dir", type=click.Path(file_okay=False, path_type=Path),
                      default=DEFAULT_CNI_NETWORKS_DIR, show_default=True,
                      help="host-local's store (a directory per network)."),
+        click.option("--cni-socket", default=DEFAULT_SOCKET, show_default=True,
+                     help="The agent's --cni-socket: the switched conflist's agentSocket, "
+                          "where vxflow-cni has the agent serve its calls."),
+        click.option("--cni-data-dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=DEFAULT_DATA_DIR, show_default=True,
+                     help="vxflow-cni's records of its attachments: the switched conflist's "
+                          "dataDir."),
         click.option("--flanneld-pid", type=click.IntRange(min=1),
                      help="The running flanneld's PID (checked: its command line names "
                           "flannel): the migration stops it (required without --dry-run)."),
@@ -421,11 +431,14 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Where a migration records its plan, each step once done and the "
                           "node as it was (cni0, the pods, the CNI config): a re-run resumes "
                           "an interrupted migration at its first step not done, --rollback "
-                          "undoes it."),
+                          "undoes it. What an undo could not remove from OVSDB (it did not "
+                          "answer) stays listed there: the next run or --rollback removes it "
+                          "first."),
         click.option("--rollback", is_flag=True,
-                     help="Return a migrated node to flannel, its pods running: start "
+                     help="Return a migrated node to flannel, its pods running: put "
+                          "flanneld's masquerade rules back (with ip-masq), start "
                           "flanneld (--start-flanneld), re-create cni0, stop the agent "
-                          "(--stop-agent) and delete its bridge, move the pods back, restore "
+                          "(--stop-agent), remove vxflow's ip-masq table, delete its bridge, move the pods back, restore "
                           "the CNI config (from --state-file); a migration interrupted midway: "
                           "its steps done undone in reverse."),
         click.option("--dry-run", is_flag=True,
@@ -446,15 +459,20 @@ def migrate(ctx: click.Context, **params: Any) -> None:
     node's, that the subnet file matches etcd's config, that flannel.<VNI> sends from
     the PublicIP, that the CNI bridge holds the gateway, and that every veth on it is
     one pod whose MAC (the bridge's FDB) and IP (its neighbour table) are known. A
-    failed check is one line each, exit status 1, and nothing is changed.
+    failed check is one line each, exit status 1, and nothing is changed; a dual-stack
+    node (FLANNEL_IPV6_SUBNET in the subnet file, or a dual-stack lease) is refused so,
+    in one line.
 
     Then it carries the plan out, one line per step: it stops flanneld (--flanneld-pid),
     takes its lease over (same key and subnet), runs --start-agent and waits for the
-    agent's subnet file (its FLANNEL_IPMASQ must be flanneld's), moves each pod's veth
+    agent's subnet file (its FLANNEL_IPMASQ must be flanneld's; with ip-masq, vxflow's
+    nftables table is put in place before flanneld stops, and flanneld's FLANNEL-POSTRTG
+    iptables rules are recorded in --state-file and removed once the agent is up), moves each pod's veth
     from the CNI bridge to br-int with its IP and MAC, waits for their endpoints,
     removes flannel.<VNI> and the CNI bridge, adds the pods' addresses that host-local's
     store lacks, and turns the flannel conflist into vxflow-cni's (same network name,
-    so host-local's allocations stay). With --dry-run it prints the plan and changes
+    so host-local's allocations stay; its agentSocket --cni-socket, its dataDir
+    --cni-data-dir). With --dry-run it prints the plan and changes
     nothing.
 
     A step that fails is named with its reason, then it and every step before it are
@@ -486,12 +504,15 @@ def migrate(ctx: click.Context, **params: Any) -> None:
         cni_networks_dir=params["cni_networks_dir"],
         flanneld_pid=params["flanneld_pid"],
         state_file=params["state_file"],
+        cni_socket=params["cni_socket"],
+        cni_data_dir=params["cni_data_dir"],
     )
     run = Run(params["start_flanneld"], params["stop_agent"], params["flanneld_pid"],
               params["start_agent"], params["bridge"], timeout=params["timeout"])  # fmt: skip
     with open_registry(**etcd_params(params)) as registry:
         try:
-            if settings.state_file.exists():  # a migration began: resume it
+            cleared = remove_leftovers(settings, click.echo, dry_run)
+            if not cleared and settings.state_file.exists():  # a migration began: resume it
                 migration = _resumed(settings, run, registry, read_record(settings.state_file),
                                      dry_run)  # fmt: skip
             else:
@@ -539,9 +560,10 @@ def _rollback(params: dict[str, Any]) -> None:
     run = Run(params["start_flanneld"], params["stop_agent"], bridge=params["bridge"],
               timeout=params["timeout"])  # fmt: skip
     try:
-        record = read_record(settings.state_file)
-        with open_registry(**etcd_params(params)) as registry:
-            Migration(settings, run, registry, record, click.echo).roll_back()
+        if not remove_leftovers(settings, click.echo):
+            record = read_record(settings.state_file)
+            with open_registry(**etcd_params(params)) as registry:
+                Migration(settings, run, registry, record, click.echo).roll_back()
     except StepFailed as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"rolled back: {settings.public_ip} is a flannel node")

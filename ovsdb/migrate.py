@@ -18,11 +18,13 @@ has three parts:
   one line each: the node is a flannel node again (flanneld, started again, takes its
   lease and flannel.<VNI> back). With OVSDB gone midway the kernel side is undone all
   the same (the veths back on cni0, the gateway port's address removed) and what is
-  left in OVSDB is one line each. The state file holds its `Record` (the steps, how
-  many are done, cni0 as it was, the pods, their sysctls, the CNI config) from before
-  the first step, written again (tmp + rename) as each step is done: a re-run finds
-  an interrupted (killed) migration there and resumes at its first step not done
-  (each step may be carried out again: what it finds done it leaves).
+  left in OVSDB is one line each, listed in the state file: the next run or `--rollback`
+  removes it first (else ovs-vswitchd, its OVSDB back, takes a veth on cni0 into
+  br-int). The state file holds its `Record` (the steps, how many are done, cni0 as it
+  was, the pods, their sysctls, the CNI config) from before the first step, written
+  again (tmp + rename) as each step is done: a re-run finds an interrupted (killed)
+  migration there and resumes at its first step not done (each step may be carried out
+  again: what it finds done it leaves).
 - `Undo.roll_back()` (`--rollback`): a finished migration undone from that record, in
   the order that keeps the pods' gap short: flanneld first, cni0 with its MAC, the agent
   stopped and its bridge deleted, the pods back on cni0 at once, a gratuitous ARP so a
@@ -36,6 +38,8 @@ has three parts:
 
 The steps, in the order that keeps the pods reachable (what the plan prints):
 
+0. with ip-masq (FLANNEL_IPMASQ=true) first: vxflow's table (ovsdb/ipmasq.py, the agent's)
+   beside flanneld's iptables rules, while flanneld still runs: masquerade never stops.
 1. fence flanneld: nothing may renew its lease or re-create flannel.<VNI> and its
    entries afterwards; the kernel keeps forwarding as flannel meanwhile.
 2. take the lease over: `Registry.acquire` with this PublicIP claims the key that
@@ -53,7 +57,10 @@ The steps, in the order that keeps the pods reachable (what the plan prints):
    (flows/family.py), never by the destination MAC, so they are routed as before, and
    the pod's next ARP refresh is answered by the switch with the gateway port's MAC.
    Neither cni0's MAC nor the pods' caches need changing.
-4. ip-masq stays as it was: the agent's subnet file must say what FLANNEL_IPMASQ said.
+4. ip-masq stays as it was: the agent's subnet file must say what FLANNEL_IPMASQ said; with
+   ip-masq, flanneld's FLANNEL-POSTRTG rules (fenced, it restores them no more) are recorded
+   in the state file, then removed (ovsdb/flannel_masq.py). Undone (and rolled back) in
+   reverse: they are back before vxflow's table goes.
 5. each pod's host-side veth moves from cni0 to br-int as a vxflow pod port
    (`attached-mac`, `vxflow-ip`: the observed MAC and IP); the agent publishes it.
 6. flannel.<VNI> goes (with it its routes, neighbour and FDB entries), then cni0,
@@ -62,7 +69,8 @@ The steps, in the order that keeps the pods reachable (what the plan prints):
    observed pod IP, so a later pod never gets an address in use.
 8. the CNI conflist switches to vxflow-cni.
 
-IPv4-only nodes: a dual-stack lease (flannel-v6.<VNI>) is refused by a check.
+IPv4-only nodes: a dual-stack node (FLANNEL_IPV6_SUBNET in its subnet file, or a dual-stack
+lease) is refused up front, in one line.
 """
 
 from __future__ import annotations
@@ -81,6 +89,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import TypeVar
 
+from cni.client import DEFAULT_SOCKET
+from cni.config import DEFAULT_DATA_DIR
 from cni.veth import INERT, make_inert
 from flows.ports import GATEWAY_PORT, vtep_mac_for
 from leases.config import ConfigError
@@ -88,9 +98,11 @@ from leases.errors import RegistryError
 from leases.model import LEASE_TTL_SECONDS, Lease, NetworkConfig
 from leases.registry import Registry
 from leases.subnet_env import SubnetEnv, read_subnet_env
+from ovsdb import flannel_masq
 from ovsdb import idl as ovsidl
 from ovsdb.bootstrap import DEFAULT_BRIDGE
 from ovsdb.idl import OvsdbError
+from ovsdb.ipmasq import IpMasq, IpMasqError
 from ovsdb.iproute import IprouteError, ip, ip_json, run
 from ovsdb.plug import COLUMNS as PLUG_COLUMNS
 from ovsdb.plug import PlugError, add_port, interface, pod_external_ids, wait_ofport
@@ -179,6 +191,7 @@ class Observation:
 class Kind(StrEnum):
     """What a step does (`Migration` carries each kind out)."""
 
+    VXFLOW_MASQ = "vxflow-masq"
     FENCE = "fence"
     LEASE = "lease"
     AGENT = "agent"
@@ -278,11 +291,21 @@ def _own_lease(obs: Observation, subnet: IPv4Network, problems: list[str]) -> Le
         problems.append(f"the lease for {subnet} belongs to {lease.public_ip}, not to this "
                         f"node ({obs.public_ip})")  # fmt: skip
         return None
-    elif lease.ipv6_subnet is not None:
-        problems.append(f"{lease.label} is a dual-stack lease: vxflow migrate handles "
-                        "IPv4-only nodes")  # fmt: skip
-        return None
     return lease
+
+
+DUAL_STACK = "a dual-stack flannel node: vxflow migrate moves IPv4-only nodes"
+
+
+def _dual_stack(obs: Observation) -> str | None:
+    """The one line that refuses a dual-stack node (its subnet file or its lease says so),
+    before any other check: nothing else about such a node matters."""
+    env = obs.subnet_env
+    if env is not None and env.ipv6_subnet is not None:
+        return f"{obs.subnet_file} has FLANNEL_IPV6_SUBNET={env.ipv6_subnet}: {DUAL_STACK}"
+    subnet = env.subnet.network if env is not None else None
+    dual = next((le for le in obs.leases if le.subnet == subnet and le.ipv6_subnet), None)
+    return f"etcd's lease {dual.label}: {DUAL_STACK}" if dual else None
 
 
 def _check_links(obs: Observation, config: NetworkConfig, gateway: IPv4Interface,
@@ -301,6 +324,8 @@ def _check_links(obs: Observation, config: NetworkConfig, gateway: IPv4Interface
 
 def plan(obs: Observation) -> Plan:
     """The checks, then the steps (pure). Any failed check: no steps."""
+    if dual := _dual_stack(obs):
+        return Plan(problems=[dual])
     result = Plan(problems=list(obs.errors))
     config, env = obs.config, obs.subnet_env
     if env is None:
@@ -338,9 +363,17 @@ def _steps(obs: Observation, config: NetworkConfig, env: SubnetEnv, lease: Lease
     allocations = (f"{len(carried)} address(es) from host-local's {obs.network_name} kept for "
                    f"vxflow-cni, which takes the network over: {', '.join(map(str, carried))}"
                    if obs.network_name else "no flannel CNI network found: nothing to carry")
-    masq = "on" if env.ipmasq else "off"
+    masq = (f"on, as FLANNEL_IPMASQ=true: the agent's subnet file must say the same; "
+            f"flanneld's {flannel_masq.CHAIN} rules recorded, then removed (vxflow's table "
+            "masquerades)") if env.ipmasq else \
+        "off, as FLANNEL_IPMASQ=false: the agent's subnet file must say the same"  # fmt: skip
     pid = f" (PID {obs.flanneld_pid})" if obs.flanneld_pid is not None else ""
+    handover = [Step(Kind.VXFLOW_MASQ, "put vxflow's ip-masq in place", f"table ip vxflow with "
+                     f"flannel's masquerade rules for {config.network} and {lease.subnet}, beside "
+                     f"flanneld's {flannel_masq.CHAIN}: masquerade never stops")] \
+        if env.ipmasq else []  # fmt: skip
     return [
+        *handover,
         Step(Kind.FENCE, "fence flanneld", f"stop it{pid}: nothing renews {lease.subnet} or re-creates {device} "
                                "afterwards"),
         Step(Kind.LEASE, "take the lease over", f"{lease.key_name} for {obs.public_ip}, same key and "
@@ -348,8 +381,7 @@ def _steps(obs: Observation, config: NetworkConfig, env: SubnetEnv, lease: Lease
         Step(Kind.AGENT, "start the agent", f"it holds {lease.subnet} and brings up br-int with the gateway "
                                 f"port on {gateway}; the pods' ARP entry for {gateway.ip} "
                                 f"({obs.bridge.mac}) keeps routing"),
-        Step(Kind.MASQ, "keep ip-masq", f"{masq}, as FLANNEL_IPMASQ={str(env.ipmasq).lower()}: the agent's "
-                             f"subnet file must say the same"),
+        Step(Kind.MASQ, "keep ip-masq", masq),
         *(Step(Kind.MOVE, f"move {pod.port}", f"pod {pod.ip} {pod.mac} from {bridge} to br-int as a "
                                    "vxflow pod port; its endpoint published", pod)
           for pod in pods),
@@ -458,6 +490,8 @@ class Settings:
     cni_networks_dir: Path = DEFAULT_CNI_NETWORKS_DIR
     flanneld_pid: int | None = None
     state_file: Path = DEFAULT_STATE_FILE  # a finished migration's record, for --rollback
+    cni_socket: str = DEFAULT_SOCKET  # the agent's --cni-socket, the conflist's agentSocket
+    cni_data_dir: Path = DEFAULT_DATA_DIR  # vxflow-cni's records, the conflist's dataDir
 
 
 def observe(settings: Settings, registry: Registry) -> Observation:
@@ -575,7 +609,16 @@ def announce(ifname: str, mac: str, address: IPv4Address) -> None:
 
 
 _FAILURES = (StepFailed, RegistryError, IprouteError, PlugError, OvsdbError, OSError,
-             ovsidl.OvsdbUnavailable, TimeoutError, subprocess.SubprocessError)
+             ovsidl.OvsdbUnavailable, TimeoutError, subprocess.SubprocessError, IpMasqError,
+             flannel_masq.FlannelMasqError)
+
+
+def _nftables() -> IpMasq:
+    """vxflow's ip-masq tables (StepFailed if python3-nftables is missing)."""
+    try:
+        return IpMasq()
+    except ImportError as exc:
+        raise StepFailed(f"python3-nftables is not importable: {exc}") from exc
 
 
 def _container(pod: PodPort) -> str:
@@ -600,6 +643,9 @@ class Record:
     conflist_text: str | None = None
     ipmasq: bool = False  # flanneld's FLANNEL_IPMASQ
     network: str | None = None  # the flannel CNI network's name: host-local's directory
+    flanneld_pid: int = 0  # the flanneld the fence stops (0: not known)
+    overlay: IPv4Network | None = None  # the config's Network: the masquerade rules' (ipmasq)
+    flannel_masq: list[str] = field(default_factory=list)  # flanneld's rules, as removed
     steps: list[Step] = field(default_factory=list)
     done: int = 0  # steps[:done] are done
 
@@ -615,6 +661,8 @@ class Record:
             "pods": [{"port": p.port, "ip": str(p.ip), "mac": p.mac} for p in self.pods],
             "sysctls": self.sysctls, "written": self.written, "conflist": self.conflist,
             "conflist_text": self.conflist_text, "ipmasq": self.ipmasq, "network": self.network,
+            "flanneld_pid": self.flanneld_pid, "overlay": str(self.overlay) if self.overlay else None,
+            "flannel_masq": self.flannel_masq,
             "steps": [{"kind": st.kind.value, "name": st.name, "detail": st.detail,
                        "pod": st.pod.port if st.pod else None} for st in self.steps],
             "done": self.done,
@@ -633,11 +681,47 @@ class Record:
             vxlan=Link.from_dict(d["vxlan"]) if d.get("vxlan") else None,
             sysctls=dict(d["sysctls"]), written=list(d["written"]), conflist=d["conflist"],
             conflist_text=d["conflist_text"], ipmasq=bool(d["ipmasq"]), network=d["network"],
+            flanneld_pid=int(d.get("flanneld_pid", 0)),
+            overlay=IPv4Network(d["overlay"]) if d.get("overlay") else None,
+            flannel_masq=list(d.get("flannel_masq", [])),
             steps=[Step(Kind(st["kind"]), st["name"], st["detail"],
                         by_port[st["pod"]] if st["pod"] else None)
                    for st in d["steps"]],
             done=int(d["done"]),
         )  # fmt: skip
+
+
+LEFTOVERS = "left_in_ovsdb"  # a state file's only key after an undo OVSDB did not answer
+
+
+def vsctl(ovsdb: str, args: Iterable[str]) -> None:
+    run("ovs-vsctl", f"--db={ovsdb}", "--timeout=10", *args)
+
+
+def remove_leftovers(settings: Settings, say: Callable[[str], None], dry_run: bool = False) -> bool:
+    """If the state file lists only what an undo left in OVSDB, remove that (one line
+    each) and the file; True if it did (with `dry_run`: says what it would remove, and
+    changes nothing). StepFailed, nothing else done, if OVSDB still does not answer."""
+    try:
+        found = json.loads(settings.state_file.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(found, dict) or set(found) != {LEFTOVERS}:
+        return False
+    for args in found[LEFTOVERS]:
+        command = f"ovs-vsctl {' '.join(args)}"
+        if dry_run:
+            say(f"first: what a rollback left in OVSDB ({settings.state_file}): {command}")
+            continue
+        try:
+            vsctl(settings.ovsdb, args)
+        except (IprouteError, subprocess.SubprocessError) as exc:
+            raise StepFailed(f"{settings.state_file} lists what a rollback left in OVSDB; "
+                             f"removing it failed: {exc}") from exc  # fmt: skip
+        say(f"removed what a rollback left in OVSDB: {command}")
+    if not dry_run:
+        settings.state_file.unlink()
+    return True
 
 
 def read_record(path: Path) -> Record:
@@ -658,16 +742,23 @@ class Undo:
                  say: Callable[[str], None]) -> None:  # fmt: skip
         self.settings, self.run, self.registry = settings, run, registry
         self.record, self.say = record, say
+        self.leftovers: list[list[str]] = []  # the ovs-vsctl commands OVSDB did not answer
 
     def roll_back(self) -> None:
         """A finished migration undone, in the order that keeps the pods' gap short:
         flanneld first (flannel.<VNI> ready while the switch still carries the pods),
         cni0, the agent stopped, at once the pods back on cni0 and its bridge deleted,
-        then the agent's endpoints, the pods told cni0's MAC, the CNI config as it was."""
+        then the agent's endpoints, the pods told cni0's MAC, the CNI config as it was. With
+        ip-masq, flanneld's rules are back before flanneld starts, and vxflow's table goes
+        once the agent (which would restore it) stopped: masquerade never stops."""
+        masq = self.record.ipmasq
         steps = [
+            *([(f"put flanneld's {flannel_masq.CHAIN} back", self._flannel_masq_back)] if masq
+              else []),
             ("start flanneld", self._start_flanneld),
             (f"re-create {self.record.bridge.name}", self._bridge_back),
             ("stop the agent", self._stop_agent),
+            *([("remove vxflow's ip-masq table", self._vxflow_masq_off)] if masq else []),
             *((f"move {pod.port} back", lambda pod=pod: self._move_back(pod))
               for pod in self.record.pods),
             (f"delete {self.run.bridge}", self._delete_bridge),
@@ -682,7 +773,17 @@ class Undo:
                 action()
             except _FAILURES as exc:
                 raise StepFailed(f"rollback step {number} ({name}) failed: {exc}") from exc
-        self.settings.state_file.unlink(missing_ok=True)
+        self._forget()
+
+    def _forget(self) -> None:
+        """The record removed: the node is flannel again. What an undo left in OVSDB (it did
+        not answer) stays in the state file, for the next run or --rollback to remove first:
+        ovs-vswitchd would otherwise take a pod's veth, back on cni0, into br-int again."""
+        if self.leftovers:
+            write_atomically(self.settings.state_file,
+                             json.dumps({LEFTOVERS: self.leftovers}, indent=2))  # fmt: skip
+        else:
+            self.settings.state_file.unlink(missing_ok=True)
 
     # -- rolling back: each undoes one step, also one that failed half-way ----------------
 
@@ -692,7 +793,13 @@ class Undo:
 
     def _start_flanneld(self) -> None:
         """flanneld again, on flannel.<VNI> as it was: it takes its lease back with the
-        VtepMAC it had, and brings the device up with its entries."""
+        VtepMAC it had, and brings the device up with its entries. Not while the flanneld
+        the fence was for still runs (one that ignored SIGTERM): two would fight over the
+        lease and the device."""
+        pid = self.record.flanneld_pid
+        if pid and "flannel" in (command_line(pid) or ""):
+            self.say(f"flanneld (PID {pid}) still runs: not started again")
+            return
         self._vtep_back()
         self._shell(self.run.start_flanneld)
         device = f"flannel.{self.record.vni}"
@@ -730,6 +837,13 @@ class Undo:
     def _stop_agent(self) -> None:
         self._shell(self.run.stop_agent)
 
+    def _flannel_masq_back(self) -> None:
+        """flanneld's masquerade rules as recorded, before vxflow's table goes."""
+        flannel_masq.put_back(self.record.flannel_masq)
+
+    def _vxflow_masq_off(self) -> None:
+        _nftables().remove()
+
     def _delete_bridge(self) -> None:
         """The agent's bridge, with the tunnel port that took the node's VXLAN traffic
         (flannel.<VNI> gets it from now on) and the gateway port. After the pods are back
@@ -744,9 +858,10 @@ class Undo:
         """`ovs-vsctl ARGS`; if OVSDB does not answer (it went away midway), one line says
         that `what` is left in it, and False: the kernel side is undone all the same."""
         try:
-            run("ovs-vsctl", f"--db={self.settings.ovsdb}", "--timeout=10", *args)
+            vsctl(self.settings.ovsdb, args)
         except (IprouteError, subprocess.SubprocessError) as exc:
             self.say(f"{what} left in OVSDB: {exc}")
+            self.leftovers.append(list(args))
             return False
         return True
 
@@ -782,8 +897,14 @@ class Undo:
             Path(path).unlink(missing_ok=True)
 
     def _conflist_back(self) -> None:
-        if self.record.conflist is not None and self.record.conflist_text is not None:
-            Path(self.record.conflist).write_text(self.record.conflist_text)
+        """The flannel conflist as it was, if it was switched (a switch that failed left it
+        as it was: rewriting it would fail alike on a read-only directory, or race the
+        runtime reading it)."""
+        if self.record.conflist is None or self.record.conflist_text is None:
+            return
+        path = Path(self.record.conflist)
+        if path.read_text() != self.record.conflist_text:
+            write_atomically(path, self.record.conflist_text)
 
     def _announce(self) -> None:
         """A gratuitous ARP for the gateway from cni0: a pod whose entry for it names the
@@ -808,6 +929,7 @@ class Migration(Undo):
         record = Record(obs.config.backend.vni, obs.subnet_env.subnet.network, obs.bridge,
                         result.pods, vxlan=obs.vxlan, conflist=str(obs.conflist) if obs.conflist else None,
                         ipmasq=obs.subnet_env.ipmasq, network=obs.network_name,
+                        flanneld_pid=run.flanneld_pid, overlay=obs.config.network,
                         steps=result.steps)  # fmt: skip
         return cls(settings, run, registry, record, say)
 
@@ -865,12 +987,14 @@ class Migration(Undo):
                 undo()
             except _FAILURES as exc:
                 self.say(f"undo {number}. {step.name} failed: {exc}")
-        self.settings.state_file.unlink(missing_ok=True)
+        self._forget()
 
     def _undo(self, step: Step) -> Callable[[], None] | None:
         """What undoes `step` (None: nothing to; the lease and flannel.<VNI> are flanneld's
-        to take back when it starts)."""
+        to take back when it starts; without ip-masq, keeping it changed nothing)."""
         return {
+            Kind.VXFLOW_MASQ: self._vxflow_masq_off,
+            Kind.MASQ: self._flannel_masq_back if self.record.ipmasq else None,
             Kind.FENCE: self._start_flanneld, Kind.AGENT: self._undo_agent,
             Kind.MOVE: lambda: self._move_back(step.pod), Kind.BRIDGE: self._bridge_back,
             Kind.ALLOCATIONS: self._allocations_back, Kind.CONFLIST: self._conflist_back,
@@ -878,6 +1002,7 @@ class Migration(Undo):
 
     def _do(self, step: Step) -> None:
         {
+            Kind.VXFLOW_MASQ: self._vxflow_masq,
             Kind.FENCE: self._fence, Kind.LEASE: self._take_lease, Kind.AGENT: self._agent,
             Kind.MASQ: self._masq, Kind.MOVE: lambda: self._move(step.pod),
             Kind.VXLAN: self._remove_vxlan, Kind.BRIDGE: self._remove_bridge,
@@ -913,12 +1038,24 @@ class Migration(Undo):
         wait_until("the agent wrote no subnet file (lease held, br-int up)",
               lambda: path.exists() and path.stat().st_mtime >= started, self.run.timeout)  # fmt: skip
 
+    def _vxflow_masq(self) -> None:
+        """vxflow's table (the agent's, which it keeps once up) beside flanneld's rules."""
+        _nftables().ensure(self.record.overlay, self.record.subnet)
+
     def _masq(self) -> None:
+        """The agent masquerades as flanneld did; with ip-masq, flanneld's rules (fenced, it
+        restores them no more) are recorded, the record written, then they are removed."""
         env = read_subnet_env(self.settings.subnet_file)
         if env is None or env.ipmasq != self.record.ipmasq:
             raise StepFailed(f"the agent's {self.settings.subnet_file} says FLANNEL_IPMASQ="
                              f"{'true' if env and env.ipmasq else 'false'}, flanneld's said "
                              f"{str(self.record.ipmasq).lower()} (--ip-masq)")  # fmt: skip
+        if not self.record.ipmasq:
+            return
+        if not self.record.flannel_masq:  # else recorded by a run this one resumes
+            self.record.flannel_masq = flannel_masq.rules()
+            write_atomically(self.settings.state_file, self.record.to_json())
+        flannel_masq.remove(self.record.flannel_masq)
 
     def _move(self, pod: PodPort) -> None:
         ip("link", "set", pod.port, "nomaster")
@@ -971,6 +1108,8 @@ class Migration(Undo):
         flannel = next(p for p in plugins if p.get("type") == "flannel")
         vxflow = {"type": "vxflow", "ovsdb": self.settings.ovsdb, "bridge": self.run.bridge,
                   "subnetFile": str(self.settings.subnet_file),
+                  "agentSocket": self.settings.cni_socket,
+                  "dataDir": str(self.settings.cni_data_dir),
                   "isDefaultGateway": bool(flannel.get("delegate", {}).get("isDefaultGateway")),
                   "ipam": {"type": "host-local", "dataDir": str(self.settings.cni_networks_dir)}}  # fmt: skip
         new = {"cniVersion": old.get("cniVersion", "0.3.1"), "name": old["name"],

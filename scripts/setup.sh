@@ -9,6 +9,7 @@ APT_PACKAGES=(
   openvswitch-switch etcd-server mininet iproute2 iputils-ping ethtool
   tcpdump iperf3 procps python3-venv python3-pip etcd-client
   nftables python3-nftables
+  iptables  # vxflow migrate hands flanneld's iptables masquerade over; the emulated flanneld's
   podman runc containernetworking-plugins busybox-static
   systemd libcap2-bin  # systemd-analyze and capsh: tests of packaging/systemd
 )

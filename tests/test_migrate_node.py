@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -55,6 +56,7 @@ class FlannelNode:
     flanneld_cmd: list[str]
     workdir: Path
     etcd: EtcdServer
+    ip_masq: bool = False  # flanneld and the agent with --ip-masq
 
     def real_args(self, start_agent: str | None = None) -> list[str]:
         """flanneld's PID and commands that start the agent (`vxflow agent` on this node's
@@ -62,7 +64,7 @@ class FlannelNode:
         agent = [VXFLOW, "agent", "--etcd-endpoints", self.etcd_endpoint, "--public-ip",
                  str(self.node.underlay_ip), "--ovsdb", self.node.ovs.db_target,
                  "--datapath-type", "netdev", "--subnet-file", str(self.subnet_file),
-                 "--cni-socket", ""]  # fmt: skip
+                 "--cni-socket", "", *(["--ip-masq"] if self.ip_masq else [])]  # fmt: skip
         return [
             "--flanneld-pid", str(self.flanneld.pid),
             "--start-agent", start_agent or background(agent, self.workdir / "agent"),
@@ -99,6 +101,8 @@ class FlannelNode:
         return ["ip", "netns", "exec", self.node.netns, VXFLOW, "migrate", *args,
                 "--ovsdb", self.node.ovs.db_target, "--cni-conf-dir", str(self.conf_dir),
                 "--cni-networks-dir", str(self.networks_dir),
+                "--cni-socket", str(self.workdir / "cni.sock"),
+                "--cni-data-dir", str(self.workdir / "cni"),
                 "--state-file", str(self.workdir / "migrate.json")]  # fmt: skip
 
     def vxflow_migrate(self, *args: str) -> subprocess.CompletedProcess:
@@ -145,10 +149,11 @@ def migrate_with_events(f: FlannelNode, events: dict[str, Callable[[], None]],
 
 
 def assert_flannel_again(f: FlannelNode, ovsdb: bool = True) -> None:
-    """flanneld (started again) holds the lease and programs flannel.1, the pods are on cni0
-    and reach their gateway, no agent, no endpoint, no br-int (if `ovsdb` answers)."""
-    flanneld = int((f.workdir / "flanneld.pid").read_text())
-    assert not ended(flanneld)
+    """flanneld (started again, or the first one still) holds the lease and programs
+    flannel.1, the pods are on cni0 and reach their gateway, no agent, no endpoint, no
+    br-int (if `ovsdb` answers)."""
+    again = f.workdir / "flanneld.pid"
+    assert not ended(int(again.read_text()) if again.exists() else f.flanneld.pid)
     wait_until("flanneld routed nothing through flannel.1 again",
                lambda: f.node.run("ip", "route", "show", "dev", "flannel.1").strip(), 30)  # fmt: skip
     agent = f.workdir / "agent.pid"
@@ -183,7 +188,11 @@ def add_cni0_pod(underlay: Underlay, node: Node, n: int, ip: IPv4Interface) -> P
 
 
 @pytest.fixture
-def flannel_node(underlay: Underlay, tmp_path: Path) -> Iterator[FlannelNode]:
+def flannel_node(request: pytest.FixtureRequest, underlay: Underlay,
+                 tmp_path: Path) -> Iterator[FlannelNode]:  # fmt: skip
+    """The node; `indirect` parameters: `ignore_sigterm` (flanneld started with SIGTERM
+    ignored: a hung one), `ip_masq` (flanneld's masquerade rules, and the agent's)."""
+    params = getattr(request, "param", {})
     node = underlay.add_node(with_ovs=False)  # flannel's node: the underlay address on eth0
     node.ovs.start()  # OVS installed beside flanneld, nothing on it yet
     with EtcdServer(host=str(ROOT_UNDERLAY_IP)) as etcd:
@@ -195,10 +204,13 @@ def flannel_node(underlay: Underlay, tmp_path: Path) -> Iterator[FlannelNode]:
         subnet_file = tmp_path / "subnet.env"
         flanneld_cmd = [sys.executable, str(REPO / "mininet" / "flannel_node.py"),
                         "--etcd-endpoints", endpoint, "--public-ip", str(node.underlay_ip),
-                        "--iface", "eth0", "--subnet-file", str(subnet_file)]  # fmt: skip
+                        "--iface", "eth0", "--subnet-file", str(subnet_file),
+                        *(["--ip-masq"] if params.get("ip_masq") else [])]  # fmt: skip
         flanneld = subprocess.Popen(["ip", "netns", "exec", node.netns, *flanneld_cmd],
                                     stdout=subprocess.DEVNULL,
-                                    stderr=(tmp_path / "flannel.log").open("wb"))  # fmt: skip
+                                    stderr=(tmp_path / "flannel.log").open("wb"),
+                                    preexec_fn=_ignoring_sigterm if params.get("ignore_sigterm")
+                                    else None)  # fmt: skip
         try:
             subnet: IPv4Network = wait_until("flanneld wrote no subnet.env",
                                              lambda: previous_subnet(subnet_file), 30)  # fmt: skip
@@ -227,12 +239,17 @@ def flannel_node(underlay: Underlay, tmp_path: Path) -> Iterator[FlannelNode]:
             with Registry(endpoint) as registry:
                 lease = next(le for le in registry.list_leases() if le.subnet == subnet)
             running = FlannelNode(node, endpoint, subnet_file, lease, pods, conf_dir,
-                                  networks_dir, flanneld, flanneld_cmd, tmp_path, etcd)  # fmt: skip
+                                  networks_dir, flanneld, flanneld_cmd, tmp_path, etcd,
+                                  bool(params.get("ip_masq")))  # fmt: skip
             yield running
         finally:
             stop_process(flanneld, signal.SIGTERM)
             for pidfile in (tmp_path / "agent.pid", tmp_path / "flanneld.pid"):
                 stop_by_pidfile(pidfile)
+
+
+def _ignoring_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited through exec: flanneld keeps it
 
 
 @pytest.mark.integration
@@ -324,6 +341,25 @@ def test_each_failed_check_is_one_line_exit_1_and_nothing_changes(
 
 
 @pytest.mark.integration
+def test_a_dual_stack_node_is_refused_in_one_line_and_nothing_changes(
+    flannel_node: FlannelNode,
+) -> None:
+    """flanneld's subnet file with the IPv6 pair (a dual-stack flanneld writes it): refused
+    before any step, the real run as the dry run."""
+    f = flannel_node
+    with f.subnet_file.open("a") as env:
+        env.write("FLANNEL_IPV6_NETWORK=fd00:198:19::/48\nFLANNEL_IPV6_SUBNET=fd00:198:19:7::1/64\n")
+    before = f.state()
+    for res in (f.migrate("--dry-run"), f.migrate_for_real()):
+        assert (res.returncode, res.stdout) == (1, (
+            f"check failed: {f.subnet_file} has FLANNEL_IPV6_SUBNET=fd00:198:19:7::1/64: a "
+            "dual-stack flannel node: vxflow migrate moves IPv4-only nodes\n")), res.stderr
+    assert f.state() == before
+    assert not (f.workdir / "migrate.json").exists()
+    assert not ended(f.flanneld.pid)
+
+
+@pytest.mark.integration
 def test_a_step_that_fails_is_named_and_rolled_back(flannel_node: FlannelNode) -> None:
     f = flannel_node
     before = f.state()
@@ -409,13 +445,16 @@ def test_etcd_unreachable_during_the_lease_takeover_leaves_the_node_flannel(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("then", ["rollback", "migrate"])
 def test_ovsdb_gone_during_the_port_moves_leaves_the_node_flannel(
-    flannel_node: FlannelNode,
+    flannel_node: FlannelNode, then: str,
 ) -> None:
     """ovs-vswitchd frozen once the agent is up (the agent's subnet file written) holds the
     first move waiting for its ofport; the test stops ovsdb-server by its PID there. Every
     step done is undone without OVSDB: the veth back on cni0, the gateway port's address
-    gone from the kernel, flanneld started again."""
+    gone from the kernel, flanneld started again. What stays in OVSDB is listed in the state
+    file; with ovsdb-server back, `then` (--rollback, or the next migration) removes it
+    first."""
     f = flannel_node
     vswitchd = f.node.ovs.pids()["ovs-vswitchd"]
 
@@ -434,6 +473,194 @@ def test_ovsdb_gone_during_the_port_moves_leaves_the_node_flannel(
     assert "Traceback" not in stderr
     assert_flannel_again(f, ovsdb=False)
     assert "inet " not in f.node.run("ip", "addr", "show", "dev", "vxgw0")  # cni0's gateway alone
+    left = [["--if-exists", "del-port", "br-int", "veth1"], ["--if-exists", "del-br", "br-int"]]
+    assert json.loads((f.workdir / "migrate.json").read_text()) == {"left_in_ovsdb": left}
+
+    f.node.ovs.start_ovsdb_server()  # its database as it was: br-int (veth1, if it got there)
+    assert f.node.ovs.vsctl("list-br").split() == ["br-int"]
+    removed = [f"removed what a rollback left in OVSDB: ovs-vsctl {' '.join(a)}" for a in left]
+    if then == "rollback":
+        real = f.real_args()
+        res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+        assert res.stdout.splitlines() == [
+            *removed, f"rolled back: {f.node.underlay_ip} is a flannel node"], res.stderr
+        assert f.node.ovs.vsctl("list-br").split() == []
+        assert not (f.workdir / "migrate.json").exists()
+        assert_flannel_again(f)
+        return
+    plan = f.migrate("--dry-run")  # says what it would remove, removes nothing
+    assert plan.stdout.splitlines()[:2] == [
+        f"first: what a rollback left in OVSDB ({f.workdir / 'migrate.json'}): ovs-vsctl "
+        f"{' '.join(a)}" for a in left]  # fmt: skip
+    assert f.node.ovs.vsctl("list-br").split() == ["br-int"]
+    args = f.real_args()
+    args[1] = (f.workdir / "flanneld.pid").read_text().strip()  # the flanneld the undo started
+    res = f.migrate(*args)
+    lines = res.stdout.splitlines()
+    assert lines[:2] == removed and lines[2].startswith("1. fence flanneld"), res.stderr
+    assert lines[-1] == f"migrated: {f.node.underlay_ip} is a vxflow node", res.stderr
+    assert sorted(f.node.ovs.vsctl("list-ports", "br-int").split()) == sorted(
+        ["veth1", "veth2", "vxgw0", "vxlan0"])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("flannel_node", [{"ignore_sigterm": True}], indirect=True)
+def test_a_flanneld_that_ignores_sigterm_fails_the_fence_and_runs_on_alone(
+    flannel_node: FlannelNode,
+) -> None:
+    """The fence waits --timeout for flanneld to end, then fails; its undo starts no second
+    flanneld beside the one still running: the node is as it was."""
+    f = flannel_node
+    before = f.state()
+    res = f.migrate_for_real("--timeout", "3")
+    assert res.returncode == 1, res.stdout + res.stderr
+    pid = f.flanneld.pid
+    assert res.stdout.splitlines()[1:] == [
+        f"step 1 (fence flanneld) failed: flanneld (PID {pid}) did not stop within 3s; "
+        "rolling back", "undo 1. fence flanneld",
+        f"flanneld (PID {pid}) still runs: not started again"]  # fmt: skip
+    assert not (f.workdir / "flanneld.pid").exists()  # --start-flanneld never ran
+    assert f.state() == before
+    assert_flannel_again(f)
+
+
+def _resume_agent(f: FlannelNode) -> None:
+    os.kill(int((f.workdir / "agent.pid").read_text()), signal.SIGCONT)
+
+
+def _undone(lines: list[str]) -> list[str]:
+    return [line.split(":")[0] for line in lines if line.startswith("undo ")]
+
+
+@pytest.mark.integration
+def test_a_stalled_agent_fails_the_removal_of_flannel_vxlan_and_all_is_undone(
+    flannel_node: FlannelNode,
+) -> None:
+    """The agent frozen once up publishes no endpoint: step 7 waits --timeout for them,
+    fails before flannel.1 goes, and everything is undone (the agent let go at the failure,
+    so that --stop-agent can end it)."""
+    f = flannel_node
+    args = f.freezing_once_up(f"$(cat {f.workdir / 'agent.pid'})")
+    code, lines, stderr = migrate_with_events(
+        f, {"step 7 ": lambda: _resume_agent(f)}, [*args, "--timeout", "20"])
+    assert code == 1, "\n".join(lines) + stderr
+    assert lines[7] == ("step 7 (remove flannel.1) failed: the agent published not every "
+                        "pod's endpoint within 20s; rolling back")  # fmt: skip
+    assert lines[8:] == ["undo 6. move veth2", "undo 5. move veth1", "undo 3. start the agent",
+                         "undo 1. fence flanneld"]  # fmt: skip
+    assert_flannel_again(f)
+
+
+@pytest.mark.integration
+def test_a_port_added_to_cni0_late_fails_its_removal_and_all_is_undone(
+    flannel_node: FlannelNode,
+) -> None:
+    """A port put on cni0 after the plan (a pod flannel's CNI added meanwhile), while step 7
+    waits for the agent (frozen once up, let go then): cni0 is not empty at step 8."""
+    f = flannel_node
+
+    def late_port() -> None:
+        f.node.run("ip", "link", "add", "veth3", "type", "veth", "peer", "name", "veth3p")
+        f.node.run("ip", "link", "set", "veth3", "master", "cni0", "up")
+        _resume_agent(f)
+
+    args = f.freezing_once_up(f"$(cat {f.workdir / 'agent.pid'})")
+    code, lines, stderr = migrate_with_events(f, {"7. remove flannel.1": late_port}, args)
+    assert code == 1, "\n".join(lines) + stderr
+    assert lines[8] == "step 8 (remove cni0) failed: cni0 still holds veth3; rolling back"
+    assert _undone(lines) == ["undo 8. remove cni0", "undo 6. move veth2", "undo 5. move veth1",
+                              "undo 3. start the agent", "undo 1. fence flanneld"]  # fmt: skip
+    assert "failed" not in " ".join(lines[9:])
+    assert f.pods_on_cni0() == ["veth1", "veth2", "veth3"]
+    f.node.run("ip", "link", "del", "veth3")
+    assert_flannel_again(f)
+
+
+@contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """`directory` bind-mounted read-only on itself (root writes anywhere else)."""
+    subprocess.run(["mount", "--bind", str(directory), str(directory)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+@pytest.mark.integration
+def test_a_read_only_cni_conf_dir_fails_the_switch_and_all_is_undone(
+    flannel_node: FlannelNode,
+) -> None:
+    """The conf dir mounted read-only: step 10 cannot write the conflist, and its undo finds
+    it unchanged and leaves it (rewriting it would fail alike)."""
+    f = flannel_node
+    conflist = f.conf_dir / "10-flannel.conflist"
+    text = conflist.read_text()
+    with read_only(f.conf_dir):
+        res = f.migrate_for_real()
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[10].startswith("step 10 (switch the CNI config) failed: [Errno 30] Read-only "
+                                "file system: ")  # fmt: skip
+    assert lines[11:] == ["undo 10. switch the CNI config", "undo 9. carry the allocations over",
+                          "undo 8. remove cni0", "undo 6. move veth2", "undo 5. move veth1",
+                          "undo 3. start the agent", "undo 1. fence flanneld"]  # fmt: skip
+    assert conflist.read_text() == text
+    assert_flannel_again(f)
+
+
+def _nat(f: FlannelNode) -> tuple[bool, bool]:
+    """(flanneld's FLANNEL-POSTRTG in iptables, vxflow's ip-masq table in nftables)."""
+    flannel = "FLANNEL-POSTRTG" in f.node.run("iptables", "-w", "-t", "nat", "-S")
+    vxflow = subprocess.run(["ip", "netns", "exec", f.node.netns, "nft", "list", "table", "ip",
+                             "vxflow"], capture_output=True).returncode == 0  # fmt: skip
+    return flannel, vxflow
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("flannel_node", [{"ip_masq": True}], indirect=True)
+def test_ip_masq_is_handed_over_both_ways_and_undone_with_a_failed_step(
+    flannel_node: FlannelNode,
+) -> None:
+    """flanneld's FLANNEL-POSTRTG (iptables) and vxflow's table (nftables): vxflow's is put
+    in place first, flanneld's rules are recorded in the state file and removed once the
+    agent is up; --rollback puts them back, then removes vxflow's table. A step failing
+    after the hand-over undoes it the same way. (The data path: tests/test_e2e_migrate.py.)"""
+    f = flannel_node
+    wait_until("flanneld put no masquerade rules", lambda: _nat(f) == (True, False), 30)
+    flanneld_rules = f.node.run("iptables", "-w", "-t", "nat", "-S")
+
+    seen: list[tuple[bool, bool]] = []  # at the first move: the agent is up, flanneld's gone
+    code, lines, stderr = migrate_with_events(f, {"6. move veth1": lambda: seen.append(_nat(f))})
+    assert code == 0, "\n".join(lines) + stderr
+    assert lines[0].startswith("1. put vxflow's ip-masq in place: ")
+    assert seen == [(False, True)]
+    recorded = json.loads((f.workdir / "migrate.json").read_text())["flannel_masq"]
+    assert "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG" in recorded
+    assert len(recorded) == 7
+    assert _nat(f) == (False, True)
+
+    real = f.real_args()
+    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines()[:2] == ["1. put flanneld's FLANNEL-POSTRTG back",
+                                           "2. start flanneld"]  # fmt: skip
+    assert "5. remove vxflow's ip-masq table" in res.stdout.splitlines()
+    assert _nat(f) == (True, False)
+    assert f.node.run("iptables", "-w", "-t", "nat", "-S") == flanneld_rules
+
+    # again, failing at the last step: every step undone, the hand-over too
+    real[1] = (f.workdir / "flanneld.pid").read_text().strip()  # the flanneld started again
+    for pod in f.pods:  # cni0, made again, learns each pod's MAC, the node its neighbour entry
+        pod.run("ping", "-c", "1", "-W", "2", str(f.lease.gateway))
+    with read_only(f.conf_dir):
+        res = f.migrate(*real)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert _undone(res.stdout.splitlines())[-4:] == [
+        "undo 5. keep ip-masq", "undo 4. start the agent", "undo 2. fence flanneld",
+        "undo 1. put vxflow's ip-masq in place"], res.stdout  # fmt: skip
+    assert _nat(f) == (True, False)
+    assert f.node.run("iptables", "-w", "-t", "nat", "-S") == flanneld_rules
 
 
 def kill_midway(f: FlannelNode) -> int:
@@ -532,6 +759,9 @@ def test_a_pod_added_through_vxflow_cni_after_the_migration_gets_an_unused_addre
 
     conflist = json.loads((f.conf_dir / "10-flannel.conflist").read_text())
     plugin = next(p for p in conflist["plugins"] if p["type"] == "vxflow")
+    # --cni-socket and --cni-data-dir: the agent (here serving none: the ADD runs in-process)
+    assert (plugin["agentSocket"], plugin["dataDir"]) == (
+        str(f.workdir / "cni.sock"), str(f.workdir / "cni"))
     conf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}
     netns = f"/var/run/netns/{underlay.add_netns('newpod')}"
 
@@ -548,5 +778,6 @@ def test_a_pod_added_through_vxflow_cni_after_the_migration_gets_an_unused_addre
     assert address.network == f.lease.subnet
     assert address.ip not in {pod.ip.ip for pod in f.pods} | {f.lease.gateway}
     assert (store / str(address.ip)).read_text().startswith("newpod")
+    assert [p.name for p in (f.workdir / "cni" / "cbr0").iterdir()] == ["newpod-eth0.json"]
     delete = plugin("DEL")
     assert delete.returncode == 0, delete.stdout + delete.stderr

@@ -3,6 +3,7 @@ observed on a flannel node."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
@@ -44,7 +45,7 @@ def observed(**changes) -> Observation:
         subnet_file=Path("/run/flannel/subnet.env"),
         config=CONFIG,
         leases=(lease(), lease(IPv4Network("198.19.9.0/24"), PEER)),
-        subnet_env=SubnetEnv(CONFIG.network, IPv4Interface("198.19.7.1/24"), 1450, True),
+        subnet_env=SubnetEnv(CONFIG.network, IPv4Interface("198.19.7.1/24"), 1450, False),
         vxlan=Link("flannel.1", FLANNEL_VTEP, (IPv4Interface("198.19.7.0/32"),), ME),
         vxlan_routes=1,
         bridge=Link("cni0", CNI0_MAC, (IPv4Interface("198.19.7.1/24"),)),
@@ -75,8 +76,8 @@ def test_a_flannel_node_gets_every_step_in_order() -> None:
     assert lines[2] == ("3. start the agent: it holds 198.19.7.0/24 and brings up br-int with "
                         "the gateway port on 198.19.7.1/24; the pods' ARP entry for 198.19.7.1 "
                         "(be:00:00:00:00:01) keeps routing")  # fmt: skip
-    assert lines[3] == ("4. keep ip-masq: on, as FLANNEL_IPMASQ=true: the agent's subnet file "
-                        "must say the same")  # fmt: skip
+    assert lines[3] == ("4. keep ip-masq: off, as FLANNEL_IPMASQ=false: the agent's subnet "
+                        "file must say the same")  # fmt: skip
     assert lines[4] == ("5. move veth1: pod 198.19.7.254 0a:58:c6:13:07:fe from cni0 to br-int "
                         "as a vxflow pod port; its endpoint published")  # fmt: skip
     assert "with its 1 route(s)" in lines[6]
@@ -85,6 +86,22 @@ def test_a_flannel_node_gets_every_step_in_order() -> None:
                         "kept for vxflow-cni, which takes the network over: 198.19.7.2, "
                         "198.19.7.253, 198.19.7.254")  # fmt: skip
     assert lines[9] == "10. switch the CNI config: /etc/cni/net.d/10-flannel.conflist to vxflow-cni"
+
+
+def test_with_ip_masq_vxflows_table_comes_before_the_fence_and_flanneld_rules_go_later() -> None:
+    """Masquerade never stops: vxflow's table is in place while flanneld still runs, and
+    flanneld's rules go only once it is fenced and the agent (which keeps the table) is up."""
+    env = replace(observed().subnet_env, ipmasq=True)
+    lines = plan(observed(subnet_env=env)).lines()
+    assert lines[0] == ("1. put vxflow's ip-masq in place: table ip vxflow with flannel's "
+                        "masquerade rules for 198.19.0.0/16 and 198.19.7.0/24, beside flanneld's "
+                        "FLANNEL-POSTRTG: masquerade never stops")  # fmt: skip
+    assert [line.split(":")[0] for line in lines[1:5]] == [
+        "2. fence flanneld", "3. take the lease over", "4. start the agent", "5. keep ip-masq"]
+    assert lines[4] == ("5. keep ip-masq: on, as FLANNEL_IPMASQ=true: the agent's subnet file "
+                        "must say the same; flanneld's FLANNEL-POSTRTG rules recorded, then "
+                        "removed (vxflow's table masquerades)")  # fmt: skip
+    assert len(lines) == 11
 
 
 def test_a_node_without_pods_conflist_or_store_still_has_a_plan() -> None:
@@ -117,10 +134,6 @@ def test_each_failed_check_is_one_line_and_no_step() -> None:
     assert failed(leases=()) == [
         f"etcd holds no lease for {SUBNET} (the subnet file's): flanneld's lease expired or "
         "was deleted"]
-    dual = lease(ipv6_subnet=IPv6Network("fd00:198:19:7::/64"),
-                 public_ipv6=IPv6Address("fd00:198:18::33"))  # fmt: skip
-    assert failed(leases=(dual,)) == [
-        f"{dual.label} is a dual-stack lease: vxflow migrate handles IPv4-only nodes"]
     assert failed(subnet_env=None) == [
         "/run/flannel/subnet.env: missing or malformed (flanneld's subnet file; --subnet-file)"]
     env = SubnetEnv(IPv4Network("10.0.0.0/8"), IPv4Interface("198.19.7.1/24"), 1450, True)
@@ -138,6 +151,18 @@ def test_each_failed_check_is_one_line_and_no_step() -> None:
         "cni0: no such bridge (flannel's CNI bridge; --cni-bridge)"]
     assert failed(bridge=Link("cni0", CNI0_MAC, (IPv4Interface("198.19.7.9/24"),))) == [
         "cni0 does not hold the gateway 198.19.7.1/24"]
+
+
+def test_a_dual_stack_node_is_refused_up_front_in_one_line() -> None:
+    """From its subnet file or its lease, whatever else is wrong with the node."""
+    refusal = "a dual-stack flannel node: vxflow migrate moves IPv4-only nodes"
+    dual = lease(ipv6_subnet=IPv6Network("fd00:198:19:7::/64"),
+                 public_ipv6=IPv6Address("fd00:198:18::33"))  # fmt: skip
+    assert failed(leases=(dual,), vxlan=None) == [f"etcd's lease {dual.label}: {refusal}"]
+    env = replace(observed().subnet_env, ipv6_network=IPv6Network("fd00:198:19::/48"),
+                  ipv6_subnet=ipaddress.ip_interface("fd00:198:19:7::1/64"))  # fmt: skip
+    assert failed(subnet_env=env, errors=("etcd: unreachable",), config=None) == [
+        f"/run/flannel/subnet.env has FLANNEL_IPV6_SUBNET=fd00:198:19:7::1/64: {refusal}"]
 
 
 def test_several_failed_checks_are_all_said() -> None:
@@ -187,7 +212,8 @@ def test_the_record_a_re_run_resumes_keeps_the_plan_and_how_far_it_got() -> None
     result = plan(observed())
     record = Record(1, SUBNET, observed().bridge, result.pods, sysctls={"veth1": {"/p": "0"}},
                     written=["/s/198.19.7.254"], conflist="/c", conflist_text="{}", ipmasq=True,
-                    network="cbr0", steps=result.steps, done=5)  # fmt: skip
+                    network="cbr0", steps=result.steps, done=5, flanneld_pid=42,
+                    overlay=CONFIG.network, flannel_masq=["-A POSTROUTING -j FLANNEL-POSTRTG"])  # fmt: skip
     again = Record.from_json(record.to_json())
     assert again == record
     assert not again.finished
