@@ -59,7 +59,8 @@ from flows.services import SERVICE_ZONE, Flush, is_learned
 log = logging.getLogger(__name__)
 
 CHUNK = 2048  # flow-mods per write: the switch parses one chunk while the next is encoded
-UNBUNDLED = 3  # largest change sent bare: a lease moving to a new PublicIP (1 delete, 2 adds)
+UNBUNDLED = 6  # largest change sent bare: a dual-stack lease moving to new PublicIPs
+# (per family 1 delete, 2 adds; an IPv4 one is 3)
 MAX_RETRY_DELAY = 30.0
 # What a switch sends is bounded: a readback of more flows or groups than any vxflow table
 # holds (remote leases, endpoints and services within their budgets) or that takes longer

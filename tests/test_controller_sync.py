@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import SimpleNamespace
 
 from controller import groups, metrics, ofwire, status, switch
@@ -18,6 +18,7 @@ from flows.ports import vtep_mac_for
 from leases.config import parse_config
 from leases.events import EndpointAdded, LeaseAdded, LeaseChanged, LeaseRemoved
 from leases.model import Endpoint, Lease, NetworkConfig
+from tests.test_flows_ipv6 import DUAL
 
 CONFIG = NetworkConfig(IPv4Network("198.19.0.0/16"))
 
@@ -124,6 +125,36 @@ def model_with(*leases: Lease, endpoints=()) -> ClusterModel:
     model.load(CONFIG, leases, endpoints)
     return model
 
+
+
+def test_a_dual_stack_lease_event_is_bare_flow_mods_too():
+    """A dual-stack lease's change is its IPv4 and IPv6 halves' flows (route and ingress
+    check each): at most 6 flow-mods, still one write and one round trip, no bundle."""
+    dual = replace(CONFIG, ipv6=DUAL.ipv6)
+
+    def dual_lease(i: int, ip: int | None = None) -> Lease:
+        return replace(lease(i, ip), ipv6_subnet=IPv6Network(f"fc00:0:0:{i}::/64"),
+                       public_ipv6=IPv6Address(f"fd00:198:18::{ip or i}"),
+                       vtep_mac_v6=vtep_mac_for(IPv4Address(f"198.18.1.{ip or i}")))  # fmt: skip
+
+    model = ClusterModel()
+    model.load(dual, [dual_lease(1), dual_lease(2)], [])
+    sync, channel, _ = make(model, dual_lease(1).public_ip)
+    sync.start()
+    read_back(sync, channel, compile_node(dual, model.leases(), [], sync.node))
+    add, delete = ofwire.OFPFC_ADD, ofwire.OFPFC_DELETE_STRICT
+    steps = [
+        (LeaseAdded(dual_lease(3), 10), [add] * 4),
+        (LeaseChanged(dual_lease(3), dual_lease(3, ip=33), 11), [delete] * 2 + [add] * 4),
+        (LeaseRemoved(dual_lease(3, ip=33), 12), [delete] * 4),
+    ]
+    for event, commands in steps:
+        impact = model.apply([event])
+        sync.request(impact.scope_for(sync.node, model.own_lease(sync.node).subnet))
+        sent = channel.take()
+        assert bare_mods(sent) == commands
+        land_bare(sync, sent)
+        assert set(sync.installed.values()) == compile_node(dual, model.leases(), [], sync.node)
 
 def test_a_table_already_right_gets_no_flow_mod():
     model = model_with(lease(1), lease(2))
