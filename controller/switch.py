@@ -9,7 +9,7 @@ of `controller.installed`: a remote lease's flows are one entry naming the
 model's shared lease) and what it should hold, inside one atomic bundle
 followed by a barrier. A difference of at most UNBUNDLED flow-mods or
 group-mods (one lease added, changed or removed: the common event, which
-touches its route and its tunnel-ingress check; a service's backend change:
+touches its route and its tunnel-ingress check, per family; a service's backend change:
 one group-mod) goes out bare, deletes first, with one barrier in one write:
 one round trip instead of a bundle's two. Each flow-mod is atomic on its own;
 between them the table holds at most the old flows minus the deleted ones plus
