@@ -75,14 +75,15 @@ class FlannelNode:
             "--start-flanneld", background(self.flanneld_cmd, self.workdir / "flanneld"),
         ]  # fmt: skip
 
-    def freezing_once_up(self, pid: str) -> list[str]:
+    def freezing_once_up(self, pid: str, sig: str = "STOP") -> list[str]:
         """`real_args` whose --start-agent, once the agent wrote its subnet file (it is up,
-        the migration's step 3 ends), freezes (SIGSTOP) the process `pid` (a shell word)."""
+        the migration's step 3 ends), freezes (SIGSTOP) the process `pid` (a shell word),
+        or sends it `sig`."""
         args, marker = self.real_args(), self.workdir / "agent-start"
         agent = args[args.index("--start-agent") + 1]
         return self.real_args(f"touch {marker} && {agent} && until [ -n \"$(find "
                               f"{self.subnet_file} -newer {marker})\" ]; do sleep 0.05; done "
-                              f"&& kill -STOP {pid}")  # fmt: skip
+                              f"&& kill -{sig} {pid}")  # fmt: skip
 
     def migrate_for_real(self, *args: str, start_agent: str | None = None,
                          ) -> subprocess.CompletedProcess:  # fmt: skip
@@ -926,3 +927,25 @@ def test_a_kill_once_an_allocation_is_written_is_rolled_back_without_it(
     assert not lost.exists()
     assert f.state()[-1] == before[-1]
     assert_flannel_again(f)
+
+
+@pytest.mark.integration
+def test_a_kill_once_the_agent_is_up_is_resumed_with_that_agent(flannel_node: FlannelNode) -> None:
+    """Killed once the agent it started is up (--start-agent's own shell sends its parent,
+    the migrate process, SIGKILL), before step 3 is recorded done: the record holds when
+    the agent was started, and the re-run finds it up since and starts no second one."""
+    f = flannel_node
+    proc = subprocess.run(f.migrate_command(*f.freezing_once_up("$PPID", "KILL")),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    record = json.loads((f.workdir / "migrate.json").read_text())
+    assert record["done"] == 2 and record["agent_started"] is not None
+    agent = (f.workdir / "agent.pid").read_text()
+    res = f.migrate_for_real()
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"resuming the migration recorded in {f.workdir / 'migrate.json'} at step 3"
+    assert lines[1].startswith("3. start the agent: ")
+    assert lines[-1] == f"migrated: {f.node.underlay_ip} is a vxflow node"
+    assert (f.workdir / "agent.pid").read_text() == agent  # --start-agent not run again
+    assert not ended(int(agent))
