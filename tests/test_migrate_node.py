@@ -787,18 +787,19 @@ def test_a_pod_added_through_vxflow_cni_after_the_migration_gets_an_unused_addre
     assert delete.returncode == 0, delete.stdout + delete.stderr
 
 
-def killed_after(f: FlannelNode, path: Path, syscall: str, effect: Callable[[], object]) -> dict:
+def killed_after(f: FlannelNode, path: Path | None, syscall: str,
+                 effect: Callable[[], object]) -> dict:  # fmt: skip
     """`vxflow migrate` for real, killed (SIGKILL) right after its first `syscall` on `path`
-    returned: strace (`delay_exit`) holds it there until `effect()` is seen, so the kill
+    (None: its first `syscall`) returned: strace (`delay_exit`) holds it there until `effect()` is seen, so the kill
     lands after that write and before anything else (the step recorded done). strace
     traces the migrate process alone (`ip netns exec` execs it): the agent it starts runs
     untraced. The state file's record as the kill left it."""
-    strace = ["strace", "-qq", "-o", "/dev/null", "-e", "signal=none", "-P", str(path),
-              "-e", f"trace={syscall}", "-e", f"inject={syscall}:delay_exit=60000000:when=1"]  # fmt: skip
+    strace = ["strace", "-qq", "-o", "/dev/null", "-e", "signal=none",
+              *(("-P", str(path)) if path else ()), "-e", f"trace={syscall}", "-e", f"inject={syscall}:delay_exit=60000000:when=1"]  # fmt: skip
     proc = subprocess.Popen([*strace, *f.migrate_command(*f.real_args())],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        wait_until(f"migrate made no {syscall} on {path}", effect, 60)
+        wait_until(f"migrate made no {syscall} on {path or 'anything'}", effect, 60)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         assert len(children) == 1, children  # the migrate process, held by strace
         # SIGKILL pending, the held process never runs its own code again; it ends once
@@ -949,3 +950,23 @@ def test_a_kill_once_the_agent_is_up_is_resumed_with_that_agent(flannel_node: Fl
     assert lines[-1] == f"migrated: {f.node.underlay_ip} is a vxflow node"
     assert (f.workdir / "agent.pid").read_text() == agent  # --start-agent not run again
     assert not ended(int(agent))
+
+
+@pytest.mark.integration
+def test_a_kill_once_flanneld_is_sent_sigterm_is_rolled_back_with_flanneld_started(
+    flannel_node: FlannelNode,
+) -> None:
+    """Killed right after the fence sent flanneld SIGTERM (the migrate process's first
+    kill(2)), before step 1 is recorded done: --rollback undoes the step it was in,
+    flanneld (gone) is started again, and the node is as it was."""
+    f = flannel_node
+    before = f.state()
+    record = killed_after(f, None, "kill", lambda: f.flanneld.poll() is not None)
+    assert record["done"] == 0
+    real = f.real_args()
+    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines() == [
+        "undo 1. fence flanneld", f"rolled back: {f.node.underlay_ip} is a flannel node"]
+    assert_flannel_again(f)
+    assert f.state()[-1] == before[-1]
