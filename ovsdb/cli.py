@@ -413,7 +413,9 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--start-agent", metavar="COMMAND",
                      help="Shell command that starts this node's `vxflow agent` with its "
                           "settings, e.g. `systemctl start vxflow-agent` (required without "
-                          "--dry-run)."),
+                          "--dry-run). A re-run of an interrupted migration runs it again "
+                          "unless the agent it started is up: as `systemctl start`, it must "
+                          "not start a second agent."),
         click.option("--start-flanneld", metavar="COMMAND",
                      help="Shell command that starts flanneld again, to roll back, e.g. "
                           "`systemctl start flanneld` (required without --dry-run)."),
@@ -481,7 +483,10 @@ def migrate(ctx: click.Context, **params: Any) -> None:
     --start-flanneld: it takes its lease and flannel.<VNI> back), exit status 1.
 
     --state-file records the plan before the first step and again as each step is done
-    (a temporary file renamed). A re-run with the same settings while it holds an
+    (a temporary file renamed), and before a step changes them what its undo needs (the
+    conflist's text, a veth's sysctls, the host-local files it adds, the agent's start):
+    a run killed in a step, its change made but the step not recorded, is finished by a
+    re-run (a conflist switched already is left as it is) and undone by --rollback. A re-run with the same settings while it holds an
     unfinished migration (the command was killed midway) resumes at the first step not
     done (--dry-run prints the steps left); --rollback reads it to return the node to
     flannel, its pods running, after a finished migration or an interrupted one.

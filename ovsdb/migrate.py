@@ -22,9 +22,10 @@ has three parts:
   removes it first (else ovs-vswitchd, its OVSDB back, takes a veth on cni0 into
   br-int). The state file holds its `Record` (the steps, how many are done, cni0 as it
   was, the pods, their sysctls, the CNI config) from before the first step, written
-  again (tmp + rename) as each step is done: a re-run finds an interrupted (killed)
+  again (tmp + rename) as each step is done, and before a step changes what its undo needs
+  (the conflist's text, a veth's sysctls, ...): a re-run finds an interrupted (killed)
   migration there and resumes at its first step not done (each step may be carried out
-  again: what it finds done it leaves).
+  again: what it finds done it leaves, the switched conflist included).
 - `Undo.roll_back()` (`--rollback`): a finished migration undone from that record, in
   the order that keeps the pods' gap short: flanneld first, cni0 with its MAC, the agent
   stopped and its bridge deleted, the pods back on cni0 at once, a gratuitous ARP so a
@@ -446,11 +447,10 @@ def flannel_conflist(conf_dir: Path) -> tuple[Path | None, str | None]:
     """The conflist (or single .conf) whose plugins include `flannel`, and its network name."""
     for path in sorted(conf_dir.glob("*.conf*")) if conf_dir.is_dir() else ():
         try:
-            conf = json.loads(path.read_text())
-        except (OSError, ValueError):
+            conf, plugins = cni_config(path.read_text())
+        except (OSError, StepFailed):
             continue
-        plugins = conf.get("plugins", [conf]) if isinstance(conf, dict) else []
-        if any(isinstance(p, dict) and p.get("type") == "flannel" for p in plugins):
+        if any(p.get("type") == "flannel" for p in plugins):
             return path, conf.get("name")
     return None, None
 
@@ -476,6 +476,55 @@ def command_line(pid: int) -> str | None:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     except OSError:
         return None
+
+
+def cni_config(text: str) -> tuple[dict, list[dict]]:
+    """A conflist (or a single .conf) and its plugins; StepFailed if it is no CNI config."""
+    try:
+        conf = json.loads(text)
+    except ValueError as exc:
+        raise StepFailed(f"not a CNI config: {exc}") from exc
+    plugins = conf.get("plugins", [conf]) if isinstance(conf, dict) else None
+    if not isinstance(plugins, list) or not all(isinstance(p, dict) for p in plugins):
+        raise StepFailed("not a CNI config: no list of plugins")
+    return conf, plugins
+
+
+def switched_conflist(text: str, settings: Settings, bridge: str) -> str:
+    """What the flannel conflist `text` becomes: same network name, its flannel plugin
+    replaced by vxflow-cni's (the agent's --cni-socket, --cni-data-dir, host-local's store),
+    the other plugins kept. StepFailed if it holds no flannel plugin."""
+    old, plugins = cni_config(text)
+    flannel = next((p for p in plugins if p.get("type") == "flannel"), None)
+    if flannel is None or "name" not in old:
+        raise StepFailed("the CNI config names no flannel plugin (or no network)")
+    delegate = flannel.get("delegate")
+    vxflow = {"type": "vxflow", "ovsdb": settings.ovsdb, "bridge": bridge,
+              "subnetFile": str(settings.subnet_file), "agentSocket": settings.cni_socket,
+              "dataDir": str(settings.cni_data_dir),
+              "isDefaultGateway": isinstance(delegate, dict) and bool(delegate.get("isDefaultGateway")),
+              "ipam": {"type": "host-local", "dataDir": str(settings.cni_networks_dir)}}  # fmt: skip
+    new = {"cniVersion": old.get("cniVersion", "0.3.1"), "name": old["name"],
+           "plugins": [vxflow if p is flannel else p for p in plugins]}  # fmt: skip
+    return json.dumps(new, indent=2) + "\n"
+
+
+def is_switched(text: str, settings: Settings) -> bool:
+    """`text` is a conflist `switched_conflist` wrote for these settings: no flannel plugin,
+    a vxflow one with this agentSocket and dataDir."""
+    try:
+        _, plugins = cni_config(text)
+    except StepFailed:
+        return False
+    ours = {"type": "vxflow", "agentSocket": settings.cni_socket,
+            "dataDir": str(settings.cni_data_dir)}  # fmt: skip
+    return not any(p.get("type") == "flannel" for p in plugins) and \
+        any(ours.items() <= p.items() for p in plugins)  # fmt: skip
+
+
+def is_flanneld(pid: int) -> bool:
+    """The process `pid` runs and its command line names flannel."""
+    return "flannel" in (command_line(pid) or "")
 
 
 @dataclass(frozen=True)
@@ -630,7 +679,11 @@ def _container(pod: PodPort) -> str:
 class Record:
     """The migration's plan, how far it got (`done`: the steps done), and what undoing it
     needs of the node as it was. The state file holds it from the first step on, written
-    again as each step is done: what a re-run resumes and `--rollback` undoes."""
+    again as each step is done: what a re-run resumes and `--rollback` undoes. What a step
+    is about to change that its undo needs (flanneld's rules, a veth's sysctls, the
+    host-local files it adds, the conflist's text, the agent's start) is written there
+    before the change: a run killed after the change, before the step is recorded done,
+    leaves it for the re-run or the rollback."""
 
     vni: int
     subnet: IPv4Network
@@ -646,6 +699,7 @@ class Record:
     flanneld_pid: int = 0  # the flanneld the fence stops (0: not known)
     overlay: IPv4Network | None = None  # the config's Network: the masquerade rules' (ipmasq)
     flannel_masq: list[str] = field(default_factory=list)  # flanneld's rules, as removed
+    agent_started: float | None = None  # when --start-agent ran (None: not yet)
     steps: list[Step] = field(default_factory=list)
     done: int = 0  # steps[:done] are done
 
@@ -662,7 +716,7 @@ class Record:
             "sysctls": self.sysctls, "written": self.written, "conflist": self.conflist,
             "conflist_text": self.conflist_text, "ipmasq": self.ipmasq, "network": self.network,
             "flanneld_pid": self.flanneld_pid, "overlay": str(self.overlay) if self.overlay else None,
-            "flannel_masq": self.flannel_masq,
+            "flannel_masq": self.flannel_masq, "agent_started": self.agent_started,
             "steps": [{"kind": st.kind.value, "name": st.name, "detail": st.detail,
                        "pod": st.pod.port if st.pod else None} for st in self.steps],
             "done": self.done,
@@ -684,6 +738,7 @@ class Record:
             flanneld_pid=int(d.get("flanneld_pid", 0)),
             overlay=IPv4Network(d["overlay"]) if d.get("overlay") else None,
             flannel_masq=list(d.get("flannel_masq", [])),
+            agent_started=d.get("agent_started"),
             steps=[Step(Kind(st["kind"]), st["name"], st["detail"],
                         by_port[st["pod"]] if st["pod"] else None)
                    for st in d["steps"]],
@@ -797,7 +852,7 @@ class Undo:
         the fence was for still runs (one that ignored SIGTERM): two would fight over the
         lease and the device."""
         pid = self.record.flanneld_pid
-        if pid and "flannel" in (command_line(pid) or ""):
+        if pid and is_flanneld(pid):
             self.say(f"flanneld (PID {pid}) still runs: not started again")
             return
         self._vtep_back()
@@ -835,7 +890,9 @@ class Undo:
            *(("dev", was.dev) if was.dev else ()))  # fmt: skip
 
     def _stop_agent(self) -> None:
-        self._shell(self.run.stop_agent)
+        """--stop-agent, once --start-agent ran (a run killed before that started none)."""
+        if self.record.agent_started is not None:
+            self._shell(self.run.stop_agent)
 
     def _flannel_masq_back(self) -> None:
         """flanneld's masquerade rules as recorded, before vxflow's table goes."""
@@ -945,7 +1002,7 @@ class Migration(Undo):
         and every step before, in reverse (flanneld, started again, takes its lease and
         flannel.<VNI> back), remove the record, then raise StepFailed naming it."""
         try:
-            write_atomically(self.settings.state_file, self.record.to_json())
+            self._save()
         except OSError as exc:
             raise StepFailed(f"cannot record the migration in {self.settings.state_file}: "
                              f"{exc}; nothing done") from exc  # fmt: skip
@@ -957,7 +1014,7 @@ class Migration(Undo):
                 try:
                     self._do(step)
                     self.record.done = number
-                    write_atomically(self.settings.state_file, self.record.to_json())
+                    self._save()
                 except _FAILURES as exc:
                     why = f"step {number} ({step.name}) failed: {exc}"
                     self.say(f"{why}; rolling back")
@@ -966,6 +1023,11 @@ class Migration(Undo):
         finally:
             if self._idl is not None:
                 self._idl.close()
+
+    def _save(self) -> None:
+        """The record written to the state file (a temporary file renamed): before a step
+        changes what its undo needs to know (the original kept there), and once it is done."""
+        write_atomically(self.settings.state_file, self.record.to_json())
 
     def roll_back(self) -> None:
         """A finished migration undone as `Undo.roll_back`; one interrupted (killed) midway:
@@ -1010,10 +1072,13 @@ class Migration(Undo):
         }[step.kind]()  # fmt: skip
 
     def _fence(self) -> None:
+        """flanneld stopped; one stopped already (a re-run), its PID ended or taken by
+        another process since, is left alone."""
         pid = self.run.flanneld_pid
-        if not ended(pid):
+        if is_flanneld(pid):
             os.kill(pid, signal.SIGTERM)
-        wait_until(f"flanneld (PID {pid}) did not stop", lambda: ended(pid), self.run.timeout)
+        wait_until(f"flanneld (PID {pid}) did not stop", lambda: not is_flanneld(pid),
+                   self.run.timeout)  # fmt: skip
 
     def _take_lease(self) -> None:
         subnet, public_ip = self.record.subnet, self.settings.public_ip
@@ -1030,13 +1095,24 @@ class Migration(Undo):
             self.registry.release(lease)
             raise StepFailed(f"etcd gave {lease.subnet} for {public_ip}, not {subnet}; released it")
 
+    def _agent_up(self) -> bool:
+        """The agent wrote its subnet file (lease held, br-int up) since --start-agent ran
+        (flanneld, fenced, writes it no more)."""
+        path, started = self.settings.subnet_file, self.record.agent_started
+        return started is not None and path.exists() and path.stat().st_mtime >= started
+
     def _agent(self) -> None:
-        started = time.time()
+        """--start-agent, its time recorded first: a re-run finds the agent up and leaves it
+        (else it runs the command again, which must start no second agent, as `systemctl
+        start`), the undo knows there is one to stop."""
+        if self._agent_up():
+            return
+        self.record.agent_started = time.time()
+        self._save()
         subprocess.run(self.run.start_agent, shell=True, check=True, timeout=self.run.timeout,
                        stdin=subprocess.DEVNULL)  # fmt: skip
-        path = self.settings.subnet_file
-        wait_until("the agent wrote no subnet file (lease held, br-int up)",
-              lambda: path.exists() and path.stat().st_mtime >= started, self.run.timeout)  # fmt: skip
+        wait_until("the agent wrote no subnet file (lease held, br-int up)", self._agent_up,
+                   self.run.timeout)  # fmt: skip
 
     def _vxflow_masq(self) -> None:
         """vxflow's table (the agent's, which it keeps once up) beside flanneld's rules."""
@@ -1054,13 +1130,17 @@ class Migration(Undo):
             return
         if not self.record.flannel_masq:  # else recorded by a run this one resumes
             self.record.flannel_masq = flannel_masq.rules()
-            write_atomically(self.settings.state_file, self.record.to_json())
+            self._save()
         flannel_masq.remove(self.record.flannel_masq)
 
     def _move(self, pod: PodPort) -> None:
+        """The veth off cni0, its sysctls recorded (in the state file, before they change: a
+        re-run would read the inert ones) and made inert, then a pod port of br-int."""
         ip("link", "set", pod.port, "nomaster")
-        self.record.sysctls.setdefault(pod.port, {str(path): path.read_text().strip() for path in (
-            Path(f"/proc/sys/net/{family}/conf/{pod.port}/{key}") for family, key, _ in INERT)})  # fmt: skip
+        if pod.port not in self.record.sysctls:  # else recorded by a run this one resumes
+            self.record.sysctls[pod.port] = {str(path): path.read_text().strip() for path in (
+                Path(f"/proc/sys/net/{family}/conf/{pod.port}/{key}") for family, key, _ in INERT)}  # fmt: skip
+            self._save()
         make_inert(pod.port)
         if interface(self.idl, pod.port) is None:  # else added already: a re-run
             add_port(self.idl, self.run.bridge, pod.port,
@@ -1091,27 +1171,26 @@ class Migration(Undo):
             return
         store = self.settings.cni_networks_dir / self.record.network
         store.mkdir(parents=True, exist_ok=True)
-        for pod in self.record.pods:
-            path = store / str(pod.ip)
-            if not path.exists():
-                path.write_text(f"{_container(pod)}\r\neth0")
-                self.record.written.append(str(path))
+        missing = {pod: path for pod in self.record.pods if not (path := store / str(pod.ip)).exists()}
+        if new := [str(path) for path in missing.values() if str(path) not in self.record.written]:
+            self.record.written += new  # recorded before written: the undo removes them
+            self._save()
+        for pod, path in missing.items():
+            path.write_text(f"{_container(pod)}\r\neth0")
 
     def _conflist(self) -> None:
-        """The flannel conflist becomes vxflow-cni's, same name and file, other plugins kept."""
-        if self.record.conflist is None or self.record.conflist_text is not None:
-            return  # none, or switched already (a re-run)
+        """The flannel conflist becomes vxflow-cni's (`switched_conflist`), its text recorded
+        in the state file first: the undo (also of a run killed once it wrote the new one)
+        puts it back from there. A re-run finds it switched and leaves it."""
+        if self.record.conflist is None:
+            return
         path = Path(self.record.conflist)
-        self.record.conflist_text = path.read_text()
-        old = json.loads(self.record.conflist_text)
-        plugins = old.get("plugins", [old])
-        flannel = next(p for p in plugins if p.get("type") == "flannel")
-        vxflow = {"type": "vxflow", "ovsdb": self.settings.ovsdb, "bridge": self.run.bridge,
-                  "subnetFile": str(self.settings.subnet_file),
-                  "agentSocket": self.settings.cni_socket,
-                  "dataDir": str(self.settings.cni_data_dir),
-                  "isDefaultGateway": bool(flannel.get("delegate", {}).get("isDefaultGateway")),
-                  "ipam": {"type": "host-local", "dataDir": str(self.settings.cni_networks_dir)}}  # fmt: skip
-        new = {"cniVersion": old.get("cniVersion", "0.3.1"), "name": old["name"],
-               "plugins": [vxflow if p is flannel else p for p in plugins]}  # fmt: skip
-        write_atomically(path, json.dumps(new, indent=2) + "\n")
+        text = path.read_text()
+        if self.record.conflist_text is None:  # else recorded by a run this one resumes
+            if is_switched(text, self.settings):  # by a run that recorded no original
+                return
+            self.record.conflist_text = text
+            self._save()
+        new = switched_conflist(self.record.conflist_text, self.settings, self.run.bridge)
+        if text != new:
+            write_atomically(path, new)

@@ -12,6 +12,7 @@ APT_PACKAGES=(
   iptables  # vxflow migrate hands flanneld's iptables masquerade over; the emulated flanneld's
   podman runc containernetworking-plugins busybox-static
   systemd libcap2-bin  # systemd-analyze and capsh: tests of packaging/systemd
+  strace  # tests of vxflow migrate: a run held, then killed, right after a step's write
 )
 
 if [ "$(id -u)" -ne 0 ]; then

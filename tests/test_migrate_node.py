@@ -3,7 +3,10 @@
 two pods on a cni0 bridge, the node's own OVSDB. `--dry-run`: the plan as printed, nothing
 changed, each unreachable dependency one line and exit status 1; a step that fails names
 itself and is undone, also with etcd or OVSDB gone at that step (the injection at a step
-boundary: a frozen daemon holds the migration there). The whole migration with live pods: tests/test_e2e_migrate.py."""
+boundary: a frozen daemon holds the migration there); a run killed right after a step's
+write, before the step is recorded done (strace holds it there: `killed_after`), is
+finished by a re-run and undone by --rollback. The whole migration with live pods:
+tests/test_e2e_migrate.py."""
 
 from __future__ import annotations
 
@@ -72,14 +75,15 @@ class FlannelNode:
             "--start-flanneld", background(self.flanneld_cmd, self.workdir / "flanneld"),
         ]  # fmt: skip
 
-    def freezing_once_up(self, pid: str) -> list[str]:
+    def freezing_once_up(self, pid: str, sig: str = "STOP") -> list[str]:
         """`real_args` whose --start-agent, once the agent wrote its subnet file (it is up,
-        the migration's step 3 ends), freezes (SIGSTOP) the process `pid` (a shell word)."""
+        the migration's step 3 ends), freezes (SIGSTOP) the process `pid` (a shell word),
+        or sends it `sig`."""
         args, marker = self.real_args(), self.workdir / "agent-start"
         agent = args[args.index("--start-agent") + 1]
         return self.real_args(f"touch {marker} && {agent} && until [ -n \"$(find "
                               f"{self.subnet_file} -newer {marker})\" ]; do sleep 0.05; done "
-                              f"&& kill -STOP {pid}")  # fmt: skip
+                              f"&& kill -{sig} {pid}")  # fmt: skip
 
     def migrate_for_real(self, *args: str, start_agent: str | None = None,
                          ) -> subprocess.CompletedProcess:  # fmt: skip
@@ -781,3 +785,188 @@ def test_a_pod_added_through_vxflow_cni_after_the_migration_gets_an_unused_addre
     assert [p.name for p in (f.workdir / "cni" / "cbr0").iterdir()] == ["newpod-eth0.json"]
     delete = plugin("DEL")
     assert delete.returncode == 0, delete.stdout + delete.stderr
+
+
+def killed_after(f: FlannelNode, path: Path | None, syscall: str,
+                 effect: Callable[[], object]) -> dict:  # fmt: skip
+    """`vxflow migrate` for real, killed (SIGKILL) right after its first `syscall` on `path`
+    (None: its first `syscall`) returned: strace (`delay_exit`) holds it there until `effect()` is seen, so the kill
+    lands after that write and before anything else (the step recorded done). strace
+    traces the migrate process alone (`ip netns exec` execs it): the agent it starts runs
+    untraced. The state file's record as the kill left it."""
+    strace = ["strace", "-qq", "-o", "/dev/null", "-e", "signal=none",
+              *(("-P", str(path)) if path else ()), "-e", f"trace={syscall}", "-e", f"inject={syscall}:delay_exit=60000000:when=1"]  # fmt: skip
+    proc = subprocess.Popen([*strace, *f.migrate_command(*f.real_args())],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until(f"migrate made no {syscall} on {path or 'anything'}", effect, 60)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1, children  # the migrate process, held by strace
+        # SIGKILL pending, the held process never runs its own code again; it ends once
+        # its tracer, waiting out the delay, is gone too
+        os.kill(migrate := int(children[0]), signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_until("the migrate process outlived SIGKILL", lambda: ended(migrate), 30)
+    return json.loads((f.workdir / "migrate.json").read_text())
+
+
+def kill_at_the_switch(f: FlannelNode) -> tuple[Path, str, dict]:
+    """The migration killed once step 10 wrote vxflow-cni's conflist, before recording the
+    step done: the conflist, its text before, and the record the kill left."""
+    conflist = f.conf_dir / "10-flannel.conflist"
+    flannel = conflist.read_text()
+    record = killed_after(f, conflist.with_name(f".{conflist.name}.tmp"), "rename",
+                          lambda: conflist.read_text() != flannel)  # fmt: skip
+    assert record["done"] == 9
+    assert '"type": "vxflow"' in conflist.read_text()
+    return conflist, flannel, record
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "original-not-recorded"])
+def test_a_re_run_after_a_kill_once_the_conflist_is_switched_finishes(
+    flannel_node: FlannelNode, recorded: bool,
+) -> None:
+    """Killed between writing vxflow-cni's conflist and recording step 10 done: the record
+    holds the flannel conflist's text (written before the switch) and the re-run finishes,
+    leaving the conflist as it is. A record without that text (a run that recorded none):
+    the re-run recognises the conflist as the one it writes (its agentSocket, dataDir) and
+    finishes all the same, where it found no flannel plugin and crashed before."""
+    f = flannel_node
+    conflist, flannel, record = kill_at_the_switch(f)
+    assert record["conflist_text"] == flannel
+    switched = conflist.read_text()
+    if not recorded:
+        state = f.workdir / "migrate.json"
+        state.write_text(json.dumps({**record, "conflist_text": None}))
+    res = f.migrate_for_real()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines() == [
+        f"resuming the migration recorded in {f.workdir / 'migrate.json'} at step 10",
+        f"10. switch the CNI config: {conflist} to vxflow-cni",
+        f"migrated: {f.node.underlay_ip} is a vxflow node"], res.stderr  # fmt: skip
+    assert conflist.read_text() == switched
+    assert json.loads((f.workdir / "migrate.json").read_text())["done"] == 10
+
+
+@pytest.mark.integration
+def test_rollback_after_a_kill_once_the_conflist_is_switched_restores_flannels(
+    flannel_node: FlannelNode,
+) -> None:
+    """The same kill, then --rollback: step 10, the one it was in, is undone with the rest,
+    the flannel conflist back as it was (from the record, written before the switch)."""
+    f = flannel_node
+    before = f.state()
+    conflist, flannel, _ = kill_at_the_switch(f)
+    real = f.real_args()
+    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines() == [
+        "undo 10. switch the CNI config", "undo 9. carry the allocations over",
+        "undo 8. remove cni0", "undo 6. move veth2", "undo 5. move veth1",
+        "undo 3. start the agent", "undo 1. fence flanneld",
+        f"rolled back: {f.node.underlay_ip} is a flannel node"], res.stderr  # fmt: skip
+    assert conflist.read_text() == flannel
+    assert f.state()[-1] == before[-1]  # the conf dir and host-local's store as they were
+    assert_flannel_again(f)
+
+
+def _sysctls(f: FlannelNode, port: str) -> list[str]:
+    return [f.node.run("cat", f"/proc/sys/net/{family}/conf/{port}/{key}").strip()
+            for family, key in (("ipv4", "arp_ignore"), ("ipv4", "forwarding"),
+                                ("ipv6", "disable_ipv6"))]  # fmt: skip
+
+
+@pytest.mark.integration
+def test_a_kill_once_a_veth_is_made_inert_is_resumed_and_rolled_back_with_its_sysctls(
+    flannel_node: FlannelNode,
+) -> None:
+    """Killed once step 5 made veth1 inert (its last sysctl written), before it is recorded
+    done: the record holds veth1's sysctls as they were (written before they changed), the
+    re-run finishes without taking the inert ones for them, --rollback puts them back."""
+    f = flannel_node
+    was = _sysctls(f, "veth1")
+    path = Path("/proc/sys/net/ipv6/conf/veth1/disable_ipv6")
+    record = killed_after(f, path, "write", lambda: _sysctls(f, "veth1")[2] == "1")
+    assert record["done"] == 4
+    assert list(record["sysctls"]["veth1"].values()) == was
+    res = f.migrate_for_real()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines()[:2] == [
+        f"resuming the migration recorded in {f.workdir / 'migrate.json'} at step 5",
+        f"5. move veth1: pod {f.pods[0].ip.ip} {f.pods[0].mac} from cni0 to br-int as a vxflow "
+        "pod port; its endpoint published"]  # fmt: skip
+    assert sorted(f.node.ovs.vsctl("list-ports", "br-int").split()) == sorted(
+        ["veth1", "veth2", "vxgw0", "vxlan0"])
+    real = f.real_args()
+    back = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert _sysctls(f, "veth1") == was
+    assert_flannel_again(f)
+
+
+@pytest.mark.integration
+def test_a_kill_once_an_allocation_is_written_is_rolled_back_without_it(
+    flannel_node: FlannelNode,
+) -> None:
+    """host-local lost veth1's pod's file; killed once step 9 wrote it, before the step is
+    recorded done: the record names it (written before the file), and --rollback removes
+    it: host-local's store is as it was."""
+    f = flannel_node
+    lost = f.networks_dir / "cbr0" / str(f.pods[0].ip.ip)
+    lost.unlink()
+    before = f.state()
+    record = killed_after(f, lost, "close",
+                          lambda: lost.exists() and lost.read_bytes() == b"flannel-veth1\r\neth0")
+    assert (record["done"], record["written"]) == (8, [str(lost)])
+    real = f.real_args()
+    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines()[0] == "undo 9. carry the allocations over"
+    assert not lost.exists()
+    assert f.state()[-1] == before[-1]
+    assert_flannel_again(f)
+
+
+@pytest.mark.integration
+def test_a_kill_once_the_agent_is_up_is_resumed_with_that_agent(flannel_node: FlannelNode) -> None:
+    """Killed once the agent it started is up (--start-agent's own shell sends its parent,
+    the migrate process, SIGKILL), before step 3 is recorded done: the record holds when
+    the agent was started, and the re-run finds it up since and starts no second one."""
+    f = flannel_node
+    proc = subprocess.run(f.migrate_command(*f.freezing_once_up("$PPID", "KILL")),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    record = json.loads((f.workdir / "migrate.json").read_text())
+    assert record["done"] == 2 and record["agent_started"] is not None
+    agent = (f.workdir / "agent.pid").read_text()
+    res = f.migrate_for_real()
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"resuming the migration recorded in {f.workdir / 'migrate.json'} at step 3"
+    assert lines[1].startswith("3. start the agent: ")
+    assert lines[-1] == f"migrated: {f.node.underlay_ip} is a vxflow node"
+    assert (f.workdir / "agent.pid").read_text() == agent  # --start-agent not run again
+    assert not ended(int(agent))
+
+
+@pytest.mark.integration
+def test_a_kill_once_flanneld_is_sent_sigterm_is_rolled_back_with_flanneld_started(
+    flannel_node: FlannelNode,
+) -> None:
+    """Killed right after the fence sent flanneld SIGTERM (the migrate process's first
+    kill(2)), before step 1 is recorded done: --rollback undoes the step it was in,
+    flanneld (gone) is started again, and the node is as it was."""
+    f = flannel_node
+    before = f.state()
+    record = killed_after(f, None, "kill", lambda: f.flanneld.poll() is not None)
+    assert record["done"] == 0
+    real = f.real_args()
+    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines() == [
+        "undo 1. fence flanneld", f"rolled back: {f.node.underlay_ip} is a flannel node"]
+    assert_flannel_again(f)
+    assert f.state()[-1] == before[-1]

@@ -4,6 +4,7 @@ observed on a flannel node."""
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
@@ -21,8 +22,12 @@ from ovsdb.migrate import (
     Observation,
     PodPort,
     Record,
+    Settings,
+    StepFailed,
+    is_switched,
     plan,
     pods_on_bridge,
+    switched_conflist,
 )
 
 CONFIG = parse_config('{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}')
@@ -212,7 +217,7 @@ def test_the_record_a_re_run_resumes_keeps_the_plan_and_how_far_it_got() -> None
     result = plan(observed())
     record = Record(1, SUBNET, observed().bridge, result.pods, sysctls={"veth1": {"/p": "0"}},
                     written=["/s/198.19.7.254"], conflist="/c", conflist_text="{}", ipmasq=True,
-                    network="cbr0", steps=result.steps, done=5, flanneld_pid=42,
+                    network="cbr0", steps=result.steps, done=5, flanneld_pid=42, agent_started=1.5,
                     overlay=CONFIG.network, flannel_masq=["-A POSTROUTING -j FLANNEL-POSTRTG"])  # fmt: skip
     again = Record.from_json(record.to_json())
     assert again == record
@@ -222,3 +227,26 @@ def test_the_record_a_re_run_resumes_keeps_the_plan_and_how_far_it_got() -> None
     for text in ("{}", "[]", record.to_json().replace('"pod": "veth1"', '"pod": "veth9"')):
         with pytest.raises((ValueError, KeyError, TypeError)):
             Record.from_json(text)
+
+
+FLANNEL_CONFLIST = ('{"name": "cbr0", "cniVersion": "0.3.1", "plugins": [{"type": "flannel", '
+                    '"delegate": {"isDefaultGateway": true}}, {"type": "portmap"}]}')  # fmt: skip
+
+
+def test_the_switched_conflist_is_recognised_and_anything_else_is_a_clear_error() -> None:
+    """What the switch writes: flannel's plugin replaced by vxflow-cni's, the rest kept; a
+    re-run recognises it (its agentSocket and dataDir), not one of other settings; a
+    config without flannel's plugin is one line, never a crash."""
+    settings = Settings(ME, Path("/run/flannel/subnet.env"), "unix:/db.sock",
+                        cni_socket="/run/a.sock", cni_data_dir=Path("/var/lib/d"))  # fmt: skip
+    switched = switched_conflist(FLANNEL_CONFLIST, settings, "br-int")
+    conf = json.loads(switched)
+    assert (conf["name"], [p["type"] for p in conf["plugins"]]) == ("cbr0", ["vxflow", "portmap"])
+    assert conf["plugins"][0]["isDefaultGateway"] is True
+    assert is_switched(switched, settings)
+    assert not is_switched(FLANNEL_CONFLIST, settings)
+    assert not is_switched(switched, replace(settings, cni_socket="/run/b.sock"))
+    assert not is_switched("{", settings)
+    for text in (switched, "{", "[]", '{"plugins": 3}', '{"plugins": [{"type": "bridge"}]}'):
+        with pytest.raises(StepFailed):
+            switched_conflist(text, settings, "br-int")
