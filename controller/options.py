@@ -21,6 +21,8 @@ the same environment variables as every other vxflow/flanneld command:
                              without closing the connection is gone within about 8 s)
     VXFLOW_SEND_BACKLOG_TOTAL  MiB that may wait to be sent to all slow switches together
                              (default 1024); past it the one with the most is disconnected
+    VXFLOW_SEND_STALL_TIMEOUT  seconds a switch may take nothing of a send before it is
+                             disconnected (default 5: os-ken's own socket timeout)
 
 `vxflow controller` sets them from its own command-line options.
 """
@@ -108,6 +110,13 @@ OPTS = [
         min=0.001,
         help="MiB that may wait to be sent to all slow switches together (each holds at most "
         "64); past it the switch with the most waiting is disconnected (it resyncs).",
+    ),
+    cfg.FloatOpt(
+        "vxflow-send-stall-timeout",
+        default=float(os.environ.get("VXFLOW_SEND_STALL_TIMEOUT", "5")),
+        min=0.1,
+        help="Seconds a switch may take nothing of a send (its socket never drains) before "
+        "it is disconnected (it resyncs when it reconnects); os-ken's socket timeout.",
     ),
     cfg.StrOpt(
         "vxflow-advertise",

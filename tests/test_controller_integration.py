@@ -415,13 +415,14 @@ def test_a_switch_that_stops_reading_holds_up_no_other(cluster: Cluster, tmp_pat
     receive buffer): the bundle that deletes them is encoded in a thread of that switch's
     and waits in its own backlog, and two new leases, one right after the other, land on a
     healthy switch at once (the second one used to wait for the first one's barrier reply,
-    behind the stalled sends: 8.8 s). (Echo requests every 15 s: a switch that stops
-    reading for 4 of them is disconnected, and this one must stay while its bundle waits.)"""
+    behind the stalled sends: 8.8 s). (Echo requests every 15 s and sends that may stall
+    for 60: a switch that stops reading for 4 of them, or for as long as one send, is
+    disconnected, and this one must stay while its bundle waits.)"""
     cluster.lease(1)
     slow_ip = node_ip(2)
     cluster.registry.acquire(slow_ip, vtep_mac_for(slow_ip))
     bridge = cluster.add_switch(1)
-    cluster.controller.env = {"VXFLOW_ECHO_INTERVAL": "15"}
+    cluster.controller.env = {"VXFLOW_ECHO_INTERVAL": "15", "VXFLOW_SEND_STALL_TIMEOUT": "60"}
     controller = cluster.controller.start(tmp_path)
     cluster.wait_converged()
     state = SwitchState(datapath_id_for(slow_ip), expected=0)
@@ -450,6 +451,36 @@ def test_a_switch_that_stops_reading_holds_up_no_other(cluster: Cluster, tmp_pat
         assert int(diff) > 60_000  # the junk's deletes, all queued for the slow switch:
         queued = f"switch {slow_ip}: bundle 1 of {diff} flow-mods encoded and queued"
         wait_for("the slow switch's bundle queued", lambda: queued in controller.log(), timeout=60)
+
+
+def test_a_switch_that_takes_nothing_is_disconnected(cluster: Cluster, tmp_path: Path):
+    """A switch whose socket takes nothing for VXFLOW_SEND_STALL_TIMEOUT seconds (os-ken's
+    send timeout) is disconnected, logged once and counted. os-ken only shut its own writes:
+    the switch stayed half-closed and counted as connected, never written to again, until
+    its echo loop found the send queue gone one echo interval later (15 s here), unlogged
+    and uncounted. Its neighbour keeps its flows and its connection."""
+    cluster.lease(1)
+    stalled_ip = node_ip(2)
+    cluster.registry.acquire(stalled_ip, vtep_mac_for(stalled_ip))
+    cluster.add_switch(1)
+    # echoes every 15 s: the stall, not the echo probe, is what disconnects it
+    cluster.controller.env = {"VXFLOW_ECHO_INTERVAL": "15", "VXFLOW_SEND_STALL_TIMEOUT": "2"}
+    controller = cluster.controller.start(tmp_path)
+    cluster.wait_converged()
+    state = SwitchState(datapath_id_for(stalled_ip), expected=0)
+    state.table = junk_table(60_000)  # its delete bundle fills the socket at once
+    with standin_loop() as loop:
+        stalled = connect_standin(loop, lambda: SlowStandIn(state, [(TUNNEL_OFPORT, "vxlan0")]),
+                                  controller.port, rcvbuf=4096)  # fmt: skip
+        wait_for("the junk read back", lambda: stalled.answered)
+        line = re.compile(rf"switch {state.dpid:016x} at \(.*?\) took nothing for 2s: disconnected")
+        wait_for("the stall logged", lambda: line.search(controller.log()))
+        wait_for("the stalled switch gone", lambda: controller.metric("vxflow_controller_switches") == 1)
+        assert controller.metric("vxflow_controller_slow_switch_disconnects_total") == 1
+        assert len(line.findall(controller.log())) == 1
+    assert f"switch of {stalled_ip} disconnected" in controller.log()
+    assert not re.search(rf"switch of {node_ip(1)} disconnected", controller.log())
+    cluster.wait_converged()
 
 
 def junk_table(flows: int) -> dict:
