@@ -410,6 +410,15 @@ class SlowStandIn(StandInSwitch):
             self.answered = True
 
 
+def slow_standin(loop, ip: IPv4Address, flows: int, port: int) -> SlowStandIn:
+    """A SlowStandIn for the node at `ip` with `flows` junk flows in its table, connected
+    with a 4 KiB receive buffer."""
+    state = SwitchState(datapath_id_for(ip), expected=0)
+    state.table = junk_table(flows)
+    return connect_standin(loop, lambda: SlowStandIn(state, [(TUNNEL_OFPORT, "vxlan0")]), port,
+                           rcvbuf=4096)  # fmt: skip
+
+
 def test_a_switch_that_stops_reading_holds_up_no_other(cluster: Cluster, tmp_path: Path):
     """One switch answers its readback with 60,000 junk flows and then reads nothing (4 KiB
     receive buffer): the bundle that deletes them is encoded in a thread of that switch's
@@ -425,11 +434,8 @@ def test_a_switch_that_stops_reading_holds_up_no_other(cluster: Cluster, tmp_pat
     cluster.controller.env = {"VXFLOW_ECHO_INTERVAL": "15", "VXFLOW_SEND_STALL_TIMEOUT": "60"}
     controller = cluster.controller.start(tmp_path)
     cluster.wait_converged()
-    state = SwitchState(datapath_id_for(slow_ip), expected=0)
-    state.table = junk_table(60_000)
     with standin_loop() as loop:
-        slow = connect_standin(loop, lambda: SlowStandIn(state, [(TUNNEL_OFPORT, "vxlan0")]),
-                               controller.port, rcvbuf=4096)  # fmt: skip
+        slow = slow_standin(loop, slow_ip, 60_000, controller.port)
         wait_for("the junk read back", lambda: slow.answered)
         compared = re.compile(rf"switch {slow_ip}: \d+ desired flows in .* diff of (\d+) ")
         wait_for("the junk compared", lambda: compared.search(controller.log()))
@@ -467,13 +473,10 @@ def test_a_switch_that_takes_nothing_is_disconnected(cluster: Cluster, tmp_path:
     cluster.controller.env = {"VXFLOW_ECHO_INTERVAL": "15", "VXFLOW_SEND_STALL_TIMEOUT": "2"}
     controller = cluster.controller.start(tmp_path)
     cluster.wait_converged()
-    state = SwitchState(datapath_id_for(stalled_ip), expected=0)
-    state.table = junk_table(60_000)  # its delete bundle fills the socket at once
-    with standin_loop() as loop:
-        stalled = connect_standin(loop, lambda: SlowStandIn(state, [(TUNNEL_OFPORT, "vxlan0")]),
-                                  controller.port, rcvbuf=4096)  # fmt: skip
+    with standin_loop() as loop:  # its delete bundle fills the socket at once
+        stalled = slow_standin(loop, stalled_ip, 60_000, controller.port)
         wait_for("the junk read back", lambda: stalled.answered)
-        line = re.compile(rf"switch {state.dpid:016x} at \(.*?\) took nothing for 2s: disconnected")
+        line = re.compile(rf"switch {datapath_id_for(stalled_ip):016x} at \(.*?\) took nothing for 2s: disconnected")
         wait_for("the stall logged", lambda: line.search(controller.log()))
         wait_for("the stalled switch gone", lambda: controller.metric("vxflow_controller_switches") == 1)
         assert controller.metric("vxflow_controller_slow_switch_disconnects_total") == 1
@@ -504,10 +507,7 @@ def test_slow_switches_past_the_total_backlog_are_shed(cluster: Cluster, tmp_pat
     cluster.wait_converged()
     with standin_loop() as loop:
         for ip in slow_ips:
-            state = SwitchState(datapath_id_for(ip), expected=0)
-            state.table = junk_table(100_000)
-            slow = connect_standin(loop, lambda s=state: SlowStandIn(s, [(TUNNEL_OFPORT, "vxlan0")]),
-                                   controller.port, rcvbuf=4096)  # fmt: skip
+            slow = slow_standin(loop, ip, 100_000, controller.port)
             wait_for(f"the junk of {ip} read back", lambda s=slow: s.answered)
         shed = re.compile(
             rf"switch [0-9a-f]{{16}} at \(.*?\) reads too slowly: all switches' backlogs hold more "
