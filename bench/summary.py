@@ -361,6 +361,37 @@ def b12(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+SOAK_FIGURES = {"rss_kib": ("RSS", " KiB"), "fds": ("open file descriptors", ""),
+                "series": ("metric series", ""), "green_threads": ("green threads", "")}
+
+
+def soak(r: dict[str, Any]) -> list[str]:
+    churn, hostile = r["churn"], r["hostile"]
+    lines = ["### Soak: churn and a hostile peer", "", *_head(r),
+             f"{r['duration_s'] / 60:.0f} min; one etcd change every {r['period_s']:g} s: "
+             f"{churn.get('lease_added', 0):,} leases written and {churn.get('lease_removed', 0):,} "
+             f"removed (a pool of {r['pool']} nodes), {churn.get('endpoint_added', 0):,} pod "
+             f"endpoints added and {churn.get('endpoint_removed', 0):,} removed, "
+             f"{churn.get('service_written', 0):,} services written and "
+             f"{churn.get('service_removed', 0):,} removed; a hostile peer connected "
+             f"{sum(hostile.values()):,} times ("
+             + ", ".join(f"{n:,} {kind}" for kind, n in hostile.items())
+             + f"). Samples every {r['interval_s']:g} s, the first {r['warmup_s']:g} s left out; "
+             "first and last quarter's medians:", "",
+             "| figure | first | last | max | slope | verdict |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, (label, unit) in SOAK_FIGURES.items():
+        f = r["figures"][name]
+        slope = (f"{f['slope_per_hour'] / 1024:+.1f} MiB/h" if name == "rss_kib"
+                 else f"{f['slope_per_hour']:+.1f}/h")  # fmt: skip
+        lines.append(f"| {label} | {f['first']:,g}{unit} | {f['last']:,g}{unit} | "
+                     f"{f['max']:,g}{unit} | {slope} | {'flat' if f['flat'] else '**not flat**'} |")
+    held = all(x["switches"] == 2 for x in r["samples"] if x["t"] >= r["warmup_s"])
+    lines += ["", f"Controller alive at the end: {'yes' if r['controller_alive_at_end'] else 'NO'}; "
+                  f"both switches connected at every sample after the warm-up: "
+                  f"{'yes' if held else 'NO'}."]  # fmt: skip
+    return lines
+
+
 def render(results_dir: Path) -> str:
     out: list[str] = []
     for name, fn in (("b1_flow_rate", b1), ("b2_convergence", b2), ("b3_cold_start", b3),
@@ -369,7 +400,7 @@ def render(results_dir: Path) -> str:
                      ("b5_failover", b5), ("b6_attach", b6),
                      ("b7_services", b7), ("b8_drift_repair", b8),
                      ("b9_switch_restart", b9), ("b11_failover", b11),
-                     ("b12_migrate", b12)):  # fmt: skip
+                     ("b12_migrate", b12), ("soak", soak)):  # fmt: skip
         r = _load(name, results_dir)
         out += (fn(r) if r else [f"### {name}", "", "_no results yet_"]) + [""]
     return "\n".join(out)

@@ -15,6 +15,10 @@ and noise, which this module adds:
   seconds, 2 by default) is disconnected after MAX_UNREPLIED_ECHOES of them: a peer stalled in the middle of a
   message, or a node that died without its kernel closing the connection (a power
   loss), whose switch must not hold the node UP (leases.liveness.node_down) for long;
+- a switch that takes nothing of a send for `vxflow-send-stall-timeout` seconds (os-ken's
+  socket timeout, 5 by default), logged and counted: os-ken's send loop ends there and only
+  shuts its own writes, which left the switch half-closed and counted as connected, never
+  written to again, until the echo loop noticed (one echo interval later, unlogged);
 - every message is checked before os-ken parses it (controller/wirecheck.py);
 - the traceback os-ken logs when a peer's connection fails (a TLS handshake
   refused, a message its parser cannot read) becomes one line, counted as
@@ -24,10 +28,14 @@ and noise, which this module adds:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import socket
+import struct
+import termios
 from collections.abc import Callable
 
+from os_ken.controller.handler import DEAD_DISPATCHER
 from os_ken.lib import hub
 
 from controller import metrics, wirecheck
@@ -97,12 +105,45 @@ class BoundedStreamServer(hub.StreamServer):
             peer.close()
 
 
+def _unsent(sock) -> int:
+    """Bytes sent to the peer that it has not taken yet (the kernel's SIOCOUTQ); 0 once the
+    connection is reset or the socket closed (a failed connection, not a stalled one)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except (OSError, ValueError):
+        return 0
+
+
+def _stall_guarded(send_loop: Callable) -> Callable:
+    """os-ken's send loop, and then, if it ended on a send the switch took nothing of for the
+    socket's timeout while the connection is still up: the switch disconnected, logged and
+    counted (it resyncs when it reconnects)."""
+
+    def loop(dp) -> None:
+        send_loop(dp)
+        if dp.state == DEAD_DISPATCHER or not _unsent(dp.socket):
+            return  # closed on purpose, or failed: its reading side ends it
+        metrics.SLOW_SWITCHES.inc()
+        log.warning(
+            "switch %016x at %s took nothing for %gs: disconnected (it resyncs when it "
+            "reconnects)", dp.id or 0, dp.address, dp.socket.gettimeout(),
+        )  # fmt: skip
+        dp.close()
+
+    loop.vxflow_original = send_loop  # type: ignore[attr-defined]
+    return loop
+
+
 def install(conf, receive: wirecheck.Receive | None = None) -> None:
-    """Bound handshakes and echo stalls in this process (call before switches connect);
+    """Bound handshakes, echo and send stalls in this process (call before switches connect);
     messages that pass the structure checks go to `receive` first (`controller.wirecheck`)."""
     from os_ken.controller import controller as osken_controller
 
     osken_controller.StreamServer = BoundedStreamServer
+    datapath = osken_controller.Datapath
+    datapath._send_loop = _stall_guarded(
+        getattr(datapath._send_loop, "vxflow_original", datapath._send_loop))
+    conf.set_default("socket_timeout", conf.vxflow_send_stall_timeout)
     conf.set_default("echo_request_interval", conf.vxflow_echo_interval)
     conf.set_default("maximum_unreplied_echo_requests", MAX_UNREPLIED_ECHOES)
     wirecheck.install(receive)

@@ -75,8 +75,8 @@ READBACKS_ABANDONED = Counter(
 SLOW_SWITCHES = Counter(
     "vxflow_controller_slow_switch_disconnects",
     "switches disconnected because they read too slowly: more than 64 MiB waited to be sent "
-    "to one, or to all together more than VXFLOW_SEND_BACKLOG_TOTAL (it the most); each "
-    "resyncs when it reconnects",
+    "to one, or to all together more than VXFLOW_SEND_BACKLOG_TOTAL (it the most), or one "
+    "took nothing of a send for VXFLOW_SEND_STALL_TIMEOUT; each resyncs when it reconnects",
 )
 SWITCHES = Gauge("vxflow_controller_switches", "switches connected and identified as vxflow nodes")
 NODES_DOWN = Gauge(

@@ -23,6 +23,8 @@ the same environment variables as every other vxflow/flanneld command:
                              (default 1024); past it the one with the most is disconnected
     VXFLOW_LOG_POLICY_DROPS  log network policy's drops, at most this many packets/s per
                              switch (default 0: off; controller/droplog.py)
+    VXFLOW_SEND_STALL_TIMEOUT  seconds a switch may take nothing of a send before it is
+                             disconnected (default 5: os-ken's own socket timeout)
 
 `vxflow controller` sets them from its own command-line options.
 """
@@ -40,6 +42,12 @@ from leases.registry import DEFAULT_ENDPOINTS
 
 CONF = cfg.CONF
 DEFAULT_MEMBER_TTL = 5
+
+
+def _float_opt(name: str, env: str, default: str, minimum: float, help: str) -> cfg.FloatOpt:
+    """A number option whose default comes from the environment variable `env`."""
+    return cfg.FloatOpt(name, default=float(os.environ.get(env, default)), min=minimum, help=help)
+
 
 OPTS = [
     cfg.StrOpt(
@@ -61,11 +69,9 @@ OPTS = [
         )
         for name in ("cafile", "certfile", "keyfile", "username", "password")
     ],
-    cfg.FloatOpt(
-        "vxflow-audit-interval",
-        default=float(os.environ.get("VXFLOW_AUDIT_INTERVAL", "60")),
-        min=0,
-        help="Seconds in which every switch's table is read back once, one switch after another, "
+    _float_opt(
+        "vxflow-audit-interval", "VXFLOW_AUDIT_INTERVAL", "60", 0,
+        "Seconds in which every switch's table is read back once, one switch after another, "
         "to repair drift (longer where the readbacks would fill over a quarter of the "
         "time); 0 = off.",
     ),
@@ -98,18 +104,14 @@ OPTS = [
         help="Seconds this replica's membership lives without renewal; its switches fail "
         "over to the other replicas within about this long after it dies.",
     ),
-    cfg.FloatOpt(
-        "vxflow-echo-interval",
-        default=float(os.environ.get("VXFLOW_ECHO_INTERVAL", "2")),
-        min=0.5,
-        help="Seconds between echo requests to each switch; a switch that leaves 3 unanswered "
+    _float_opt(
+        "vxflow-echo-interval", "VXFLOW_ECHO_INTERVAL", "2", 0.5,
+        "Seconds between echo requests to each switch; a switch that leaves 3 unanswered "
         "is disconnected (os-ken's own default is 15 s and never disconnects).",
     ),
-    cfg.FloatOpt(
-        "vxflow-send-backlog-total",
-        default=float(os.environ.get("VXFLOW_SEND_BACKLOG_TOTAL", "1024")),
-        min=0.001,
-        help="MiB that may wait to be sent to all slow switches together (each holds at most "
+    _float_opt(
+        "vxflow-send-backlog-total", "VXFLOW_SEND_BACKLOG_TOTAL", "1024", 0.001,
+        "MiB that may wait to be sent to all slow switches together (each holds at most "
         "64); past it the switch with the most waiting is disconnected (it resyncs).",
     ),
     cfg.IntOpt(
@@ -119,6 +121,11 @@ OPTS = [
         help="Log each packet network policy drops, one line each, at most this many packets/s "
         f"per switch (its meter, then the controller's own guard); 0 = off (`vxflow controller "
         f"--log-policy-drops` alone: {DROP_LOG_RATE}).",
+    ),
+    _float_opt(
+        "vxflow-send-stall-timeout", "VXFLOW_SEND_STALL_TIMEOUT", "5", 0.1,
+        "Seconds a switch may take nothing of a send (its socket never drains) before "
+        "it is disconnected (it resyncs when it reconnects); os-ken's socket timeout.",
     ),
     cfg.StrOpt(
         "vxflow-advertise",

@@ -81,7 +81,7 @@ class Membership:
         self._lapsed = False
         self._go = hub.Event()
         self._holder: tuple[int, float] | None = None  # (etcd lease, deadline) of a rival
-        self._timer = None
+        self._extended = hub.Event()  # set by each renewal: wakes the lapse timer's wait
         self._stopping = False
 
     def valid(self) -> bool:
@@ -93,6 +93,7 @@ class Membership:
 
     def run(self) -> None:
         self._go.wait()
+        hub.spawn(self._watch)
         delay = 0.2
         while not self._stopping:
             try:
@@ -178,11 +179,23 @@ class Membership:
         self._valid_until = sent + ttl - MARGIN
         self._lapsed = False
         metrics.MEMBER.set(1)
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = hub.spawn_after(max(self._valid_until - time.monotonic(), 0) + 0.01, self._check)
+        self._extended.set()
         if regained:
             self._notify()
+
+    def _watch(self) -> None:
+        """The lapse timer: one green thread for the replica's life that sleeps to the
+        deadline each renewal moves. (A timer cancelled and spawned anew per renewal left
+        a killed green thread and its GreenletExit traceback behind each time: cyclic
+        garbage that the controller's raised GC thresholds almost never collect.)"""
+        while not self._stopping:
+            left = self._valid_until - time.monotonic()
+            if left > 0:
+                hub.sleep(left + 0.01)
+                continue
+            self._extended.clear()
+            self._check()
+            self._extended.wait()
 
     def _check(self) -> None:
         """The deadline passed without a renewal: stop writing, say so once."""

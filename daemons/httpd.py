@@ -26,11 +26,16 @@ def wsgi_app(pages: Mapping[str, Page] | None = None) -> Callable:
     pages = dict(pages or {})
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        # eventlet's handler puts a closure over itself into its own environ: a reference
+        # cycle per request, which the controller's raised GC thresholds leave for long
+        environ.pop("eventlet.set_idle", None)
         page = pages.get(environ.get("PATH_INFO", ""))
         if page is None:
             return metrics(environ, start_response)
         try:
-            body = json.dumps(page(), indent=1, default=str).encode() + b"\n"
+            # compact, not indented: json's indenting encoder is the pure-Python one,
+            # whose nested closures make a reference cycle per page served
+            body = json.dumps(page(), default=str).encode() + b"\n"
             status = "200 OK"
         except Exception as exc:  # a page must answer, never take the daemon down
             body = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode() + b"\n"

@@ -258,6 +258,8 @@ def test_soak_tiny(tmp_path: Path) -> None:
     assert set(figures) == {"rss_kib", "fds", "series", "green_threads"}
     assert figures["fds"]["flat"] and figures["series"]["flat"], figures
     assert ("NOT flat" in res.stdout) == (res.returncode == 1), res.stdout
+    table = "\n".join(summary.soak(r))
+    assert "| open file descriptors |" in table and "load average at start" in table
 
 
 def test_profile_compile_tiny(tmp_path: Path) -> None:

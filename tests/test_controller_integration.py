@@ -410,25 +410,32 @@ class SlowStandIn(StandInSwitch):
             self.answered = True
 
 
+def slow_standin(loop, ip: IPv4Address, flows: int, port: int) -> SlowStandIn:
+    """A SlowStandIn for the node at `ip` with `flows` junk flows in its table, connected
+    with a 4 KiB receive buffer."""
+    state = SwitchState(datapath_id_for(ip), expected=0)
+    state.table = junk_table(flows)
+    return connect_standin(loop, lambda: SlowStandIn(state, [(TUNNEL_OFPORT, "vxlan0")]), port,
+                           rcvbuf=4096)  # fmt: skip
+
+
 def test_a_switch_that_stops_reading_holds_up_no_other(cluster: Cluster, tmp_path: Path):
     """One switch answers its readback with 60,000 junk flows and then reads nothing (4 KiB
     receive buffer): the bundle that deletes them is encoded in a thread of that switch's
     and waits in its own backlog, and two new leases, one right after the other, land on a
     healthy switch at once (the second one used to wait for the first one's barrier reply,
-    behind the stalled sends: 8.8 s). (Echo requests every 15 s: a switch that stops
-    reading for 4 of them is disconnected, and this one must stay while its bundle waits.)"""
+    behind the stalled sends: 8.8 s). (Echo requests every 15 s and sends that may stall
+    for 60: a switch that stops reading for 4 of them, or for as long as one send, is
+    disconnected, and this one must stay while its bundle waits.)"""
     cluster.lease(1)
     slow_ip = node_ip(2)
     cluster.registry.acquire(slow_ip, vtep_mac_for(slow_ip))
     bridge = cluster.add_switch(1)
-    cluster.controller.env = {"VXFLOW_ECHO_INTERVAL": "15"}
+    cluster.controller.env = {"VXFLOW_ECHO_INTERVAL": "15", "VXFLOW_SEND_STALL_TIMEOUT": "60"}
     controller = cluster.controller.start(tmp_path)
     cluster.wait_converged()
-    state = SwitchState(datapath_id_for(slow_ip), expected=0)
-    state.table = junk_table(60_000)
     with standin_loop() as loop:
-        slow = connect_standin(loop, lambda: SlowStandIn(state, [(TUNNEL_OFPORT, "vxlan0")]),
-                               controller.port, rcvbuf=4096)  # fmt: skip
+        slow = slow_standin(loop, slow_ip, 60_000, controller.port)
         wait_for("the junk read back", lambda: slow.answered)
         compared = re.compile(rf"switch {slow_ip}: \d+ desired flows in .* diff of (\d+) ")
         wait_for("the junk compared", lambda: compared.search(controller.log()))
@@ -450,6 +457,82 @@ def test_a_switch_that_stops_reading_holds_up_no_other(cluster: Cluster, tmp_pat
         assert int(diff) > 60_000  # the junk's deletes, all queued for the slow switch:
         queued = f"switch {slow_ip}: bundle 1 of {diff} flow-mods encoded and queued"
         wait_for("the slow switch's bundle queued", lambda: queued in controller.log(), timeout=60)
+
+
+def test_a_switch_that_takes_nothing_is_disconnected(cluster: Cluster, tmp_path: Path):
+    """A switch whose socket takes nothing for VXFLOW_SEND_STALL_TIMEOUT seconds (os-ken's
+    send timeout) is disconnected, logged once and counted. os-ken only shut its own writes:
+    the switch stayed half-closed and counted as connected, never written to again, until
+    its echo loop found the send queue gone one echo interval later (15 s here), unlogged
+    and uncounted. Its neighbour keeps its flows and its connection."""
+    cluster.lease(1)
+    stalled_ip = node_ip(2)
+    cluster.registry.acquire(stalled_ip, vtep_mac_for(stalled_ip))
+    cluster.add_switch(1)
+    # echoes every 15 s: the stall, not the echo probe, is what disconnects it
+    cluster.controller.env = {"VXFLOW_ECHO_INTERVAL": "15", "VXFLOW_SEND_STALL_TIMEOUT": "2"}
+    controller = cluster.controller.start(tmp_path)
+    cluster.wait_converged()
+    with standin_loop() as loop:  # its delete bundle fills the socket at once
+        stalled = slow_standin(loop, stalled_ip, 60_000, controller.port)
+        wait_for("the junk read back", lambda: stalled.answered)
+        line = re.compile(rf"switch {datapath_id_for(stalled_ip):016x} at \(.*?\) took nothing for 2s: disconnected")
+        wait_for("the stall logged", lambda: line.search(controller.log()))
+        wait_for("the stalled switch gone", lambda: controller.metric("vxflow_controller_switches") == 1)
+        assert controller.metric("vxflow_controller_slow_switch_disconnects_total") == 1
+        assert len(line.findall(controller.log())) == 1
+    assert f"switch of {stalled_ip} disconnected" in controller.log()
+    assert not re.search(rf"switch of {node_ip(1)} disconnected", controller.log())
+    cluster.wait_converged()
+
+
+def test_slow_switches_past_the_total_backlog_are_shed(cluster: Cluster, tmp_path: Path):
+    """Two switches answer their readbacks with 100,000 junk flows each and then read
+    nothing: each one's delete bundle stays under its own bound (64 MiB), both together
+    exceed VXFLOW_SEND_BACKLOG_TOTAL, and the one with the most waiting is disconnected
+    (logged, counted). The healthy switch (a real OVS bridge) is never disconnected and gets
+    a new lease's flows meanwhile. (Echoes every 30 s and sends that may stall for 120: only
+    the total may disconnect the stand-ins; a membership TTL of 60 s: encoding the bundles
+    holds the hub up for seconds at a high load, and a lapse would drop them.)"""
+    cluster.lease(1)
+    slow_ips = [node_ip(2), node_ip(3)]
+    for ip in slow_ips:
+        cluster.registry.acquire(ip, vtep_mac_for(ip))
+    bridge = cluster.add_switch(1)
+    cluster.controller.env = {
+        "VXFLOW_ECHO_INTERVAL": "30", "VXFLOW_SEND_STALL_TIMEOUT": "120",
+        "VXFLOW_SEND_BACKLOG_TOTAL": str(TOTAL_BACKLOG_MIB), "VXFLOW_MEMBER_TTL": "60",
+    }  # fmt: skip
+    controller = cluster.controller.start(tmp_path)
+    cluster.wait_converged()
+    with standin_loop() as loop:
+        for ip in slow_ips:
+            slow = slow_standin(loop, ip, 100_000, controller.port)
+            wait_for(f"the junk of {ip} read back", lambda s=slow: s.answered)
+        shed = re.compile(
+            rf"switch [0-9a-f]{{16}} at \(.*?\) reads too slowly: all switches' backlogs hold more "
+            rf"than {TOTAL_BACKLOG_MIB:g} MiB and it has the most \(([0-9.]+) MiB waiting\)"
+        )  # fmt: skip
+        wait_for("a slow switch shed", lambda: shed.search(controller.log()), timeout=120)
+        assert controller.metric("vxflow_controller_slow_switch_disconnects_total") >= 1
+        # each under the total alone (so under its own bound too): together they were over it
+        assert all(float(m) < TOTAL_BACKLOG_MIB for m in shed.findall(controller.log()))
+        assert "MiB waits to be sent to it" not in controller.log()  # no switch's own bound
+        new = cluster.lease(4)
+
+        def landed() -> bool:
+            return f"nw_dst={new.subnet}" in cluster.ovs.ofctl("dump-flows", bridge, "table=20")
+
+        wait_for("the new lease on the healthy switch", landed)
+    log = controller.log()
+    assert log.count(f"switch of {node_ip(1)} connected from") == 1, log[-3000:]
+    assert f"switch of {node_ip(1)} disconnected" not in log, log[-3000:]
+
+
+# Of a stand-in's delete bundle (100,000 flow-mods, 6.9 MiB) os-ken's queue holds 2.3 MiB
+# and the socket most of the rest: 1.8 MiB waited in each one's backlog, measured, 3.6
+# in both together.
+TOTAL_BACKLOG_MIB = 3.0
 
 
 def junk_table(flows: int) -> dict:
