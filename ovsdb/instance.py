@@ -221,12 +221,14 @@ class OvsInstance:
         return stopped, ready
 
     def _wait_bridges(self, bridges: Sequence[str], timeout: float = 20.0) -> None:
-        """Until a (re)started ovs-vswitchd serves every bridge in `bridges`."""
+        """Until a (re)started ovs-vswitchd serves every bridge in `bridges`. Its control
+        socket answers before its bridge layer has registered `ofproto/list` (the command
+        is "not a valid command" then): that counts as not yet."""
         deadline = time.monotonic() + timeout
-        while not set(bridges) <= set(self.appctl("ofproto/list").split()):
+        while not set(bridges) <= set(self.appctl("ofproto/list", check=False).split()):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"ovs-vswitchd did not set up {list(bridges)} in {timeout}s")
-            time.sleep(0.01)
+            time.sleep(0.02)
 
     def stop(self, remove_files: bool | None = None) -> None:
         """Stop ovs-vswitchd, then ovsdb-server; remove the work dir if we made it."""
