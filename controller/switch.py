@@ -621,15 +621,17 @@ class SwitchSync:
         )
 
     def _start_readback(self) -> None:
-        metrics.SYNCS.labels(self._readback_reason).inc()
-        self.state = State.READING
-        self._read, self._group_read, self._drops_read = [], [], {}
         metered = self.meter_rate and not self.meter_refused
         xid = self.channel.xids(4 if metered else 2)
         meter = b""
         if metered:  # (the switch takes messages in order: before any flow using it)
+            # (built before the state changes: were it to fail, the switch is not left
+            # READING with no deadline armed)
+            meter = droplog.meter_mods(self.meter_rate, xid)
             self._meter_xid, xid = xid, xid + 2
-            meter = droplog.meter_mods(self.meter_rate, self._meter_xid)
+        metrics.SYNCS.labels(self._readback_reason).inc()
+        self.state = State.READING
+        self._read, self._group_read, self._drops_read = [], [], {}
         self._read_xid, self._group_read_xid = xid, xid + 1
         self.later(READBACK_TIMEOUT, lambda: self._readback_overdue(xid))
         self.channel.send(

@@ -120,6 +120,7 @@ IP_PROTO = {"TCP": 6, "UDP": 17}
 DROP_LOG_METER = 1  # the meter a logged drop passes before its packet-in
 DROP_LOG_BYTES = 128  # of a logged drop's packet sent: its Ethernet, IP and L4 headers
 DROP_LOG_RATE = 100  # the meter's packets/s by default (`--log-policy-drops` without RATE)
+DROP_LOG_MAX_RATE = 1_000_000  # the most it may be: far past any log, well within 32 bits
 LOGGED_DROP = (meter(DROP_LOG_METER), controller(DROP_LOG_BYTES))
 
 

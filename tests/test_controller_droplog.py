@@ -12,6 +12,7 @@ import struct
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 
+import pytest
 from os_ken.lib.packet import ethernet, icmp, ipv4, ipv6, packet, tcp, udp
 from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
@@ -19,6 +20,7 @@ from os_ken.ofproto import ofproto_v1_4_parser as parser
 from controller import droplog, metrics, ofwire
 from controller.droplog import Drop, DropLog
 from controller.model import FULL, ClusterModel
+from controller.switch import State
 from flows.compiler import subnet_cookie
 from flows.flow import Owner, Table, cookie_for
 from flows.policy import DROP_LOG_METER, LOGGED_DROP, drop_cookie
@@ -215,6 +217,19 @@ def test_every_readback_adds_the_meter_first_and_a_refused_drop_is_retried_after
     assert bare_mods(sent) == [ofwire.OFPFC_ADD]
     sync.on_barrier(sent[-1][1])
     assert sync.in_sync and sync.installed.get(drop.key) == drop
+
+
+def test_a_meter_that_cannot_be_built_leaves_the_switch_idle_not_reading_for_ever() -> None:
+    """The readback's messages are built before the switch counts as reading: were the
+    meter's rate out of its 32 bits (the options bound it), the switch would otherwise be
+    left READING with no deadline armed, never synced again."""
+    model = ClusterModel(log_drops=True)
+    model.load(CONFIG, LEASES, PODS, policies=[DENY_DB])
+    sync, channel, _ = make(model, N1)
+    sync.meter_rate = 2**32
+    with pytest.raises(struct.error):
+        sync.start()
+    assert sync.state is State.IDLE and channel.take() == []
 
 
 def test_a_switch_refusing_the_meter_gets_plain_drops_and_still_takes_changes(caplog) -> None:
