@@ -74,10 +74,11 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
               default=0, is_flag=False, flag_value=DROP_LOG_RATE, metavar="[RATE]",
               envvar="VXFLOW_LOG_POLICY_DROPS", show_envvar=True,
               help="Log every packet network policy drops (node, pod, direction, isolating "
-                   f"policies, addresses and ports), at most RATE a second per switch "
-                   f"(without RATE: {DROP_LOG_RATE}): the drops pass an OpenFlow meter of that "
-                   "rate before they reach the controller, which guards again per switch and "
-                   "counts what it does not log; they still drop.  [default: 0, off]")
+                   f"policies, addresses and ports), RATE (without RATE: {DROP_LOG_RATE}) a "
+                   "second per switch on average, in bursts of up to RATE (2 x RATE while "
+                   "its meter is missing): the drops pass an OpenFlow meter of that rate and "
+                   "burst before they reach the controller, which guards again per switch "
+                   "and counts what it does not log; they still drop.  [default: 0, off]")
 @click.option("--advertise", envvar="VXFLOW_ADVERTISE", show_envvar=True,
               callback=_check_target, metavar="tcp:IP:PORT",
               help="The target switches reach this replica on, published in etcd for the node "

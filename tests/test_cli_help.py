@@ -123,3 +123,7 @@ def test_log_policy_drops_takes_an_optional_rate_as_its_help_says(monkeypatch) -
     assert "--log-policy-drops [RATE] Log every packet network policy drops" in page
     assert f"(without RATE: {DROP_LOG_RATE})" in page and "[default: 0, off]" in page
     assert "0<=x<=1000000]" in page
+    # what the meter lets through: RATE a second, its bucket of RATE starting full (the
+    # controller's guard holds two seconds' worth, for a switch without the meter)
+    assert ("a second per switch on average, in bursts of up to RATE (2 x RATE while its "
+            "meter is missing)") in page, page  # fmt: skip
