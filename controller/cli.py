@@ -13,7 +13,7 @@ import click
 
 from daemons.build import banner
 from daemons.options import metrics_options
-from flows.policy import DROP_LOG_RATE
+from flows.policy import DROP_LOG_MAX_RATE, DROP_LOG_RATE
 from leases.cli_options import etcd_access, etcd_options, open_registry, operator_errors
 from leases.controllers import advertised_target, member_id_problem, target_problem
 
@@ -70,14 +70,15 @@ def _check_target(ctx: click.Context, param: click.Parameter, value: str | None)
               envvar="VXFLOW_MEMBER_TTL", show_envvar=True,
               help="Seconds this replica's membership lives unrenewed: its switches move to "
                    "the other replicas about this long after it dies.")
-@click.option("--log-policy-drops", "log_policy_drops", type=click.IntRange(0), default=0,
-              is_flag=False, flag_value=DROP_LOG_RATE, metavar="[RATE]",
+@click.option("--log-policy-drops", "log_policy_drops", type=click.IntRange(0, DROP_LOG_MAX_RATE),
+              default=0, is_flag=False, flag_value=DROP_LOG_RATE, metavar="[RATE]",
               envvar="VXFLOW_LOG_POLICY_DROPS", show_envvar=True,
               help="Log every packet network policy drops (node, pod, direction, isolating "
-                   f"policies, addresses and ports), at most RATE a second per switch "
-                   f"(without RATE: {DROP_LOG_RATE}): the drops pass an OpenFlow meter of that "
-                   "rate before they reach the controller, which guards again per switch and "
-                   "counts what it does not log; they still drop.  [default: 0, off]")
+                   f"policies, addresses and ports), RATE (without RATE: {DROP_LOG_RATE}) a "
+                   "second per switch on average, in bursts of up to RATE (2 x RATE while "
+                   "its meter is missing): the drops pass an OpenFlow meter of that rate and "
+                   "burst before they reach the controller, which guards again per switch "
+                   "and counts what it does not log; they still drop.  [default: 0, off]")
 @click.option("--advertise", envvar="VXFLOW_ADVERTISE", show_envvar=True,
               callback=_check_target, metavar="tcp:IP:PORT",
               help="The target switches reach this replica on, published in etcd for the node "

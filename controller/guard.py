@@ -18,7 +18,9 @@ and noise, which this module adds:
 - a switch that takes nothing of a send for `vxflow-send-stall-timeout` seconds (os-ken's
   socket timeout, 5 by default), logged and counted: os-ken's send loop ends there and only
   shuts its own writes, which left the switch half-closed and counted as connected, never
-  written to again, until the echo loop noticed (one echo interval later, unlogged);
+  written to again, until the echo loop noticed (one echo interval later, unlogged). A
+  send loop os-ken ends on purpose, after the error that answers a peer of an incompatible
+  OpenFlow version (`close_socket`), is no stall, even with bytes not acknowledged yet;
 - every message is checked before os-ken parses it (controller/wirecheck.py);
 - the traceback os-ken logs when a peer's connection fails (a TLS handshake
   refused, a message its parser cannot read) becomes one line, counted as
@@ -114,6 +116,21 @@ def _unsent(sock) -> int:
         return 0
 
 
+def _close_noted(send: Callable) -> Callable:
+    """os-ken's Datapath.send, noting on the datapath a send asked to close the connection
+    after it (`close_socket`: os-ken's answer to a peer of an incompatible version), so that
+    the send loop ending there is not taken for a stall. (A stall of an earlier send with
+    such a close queued behind it is not counted either: the connection was ending anyway.)"""
+
+    def send_noted(dp, buf, close_socket: bool = False) -> bool:
+        if close_socket:
+            dp.vxflow_closing = True
+        return send(dp, buf, close_socket)
+
+    send_noted.vxflow_original = send  # type: ignore[attr-defined]
+    return send_noted
+
+
 def _stall_guarded(send_loop: Callable) -> Callable:
     """os-ken's send loop, and then, if it ended on a send the switch took nothing of for the
     socket's timeout while the connection is still up: the switch disconnected, logged and
@@ -121,8 +138,8 @@ def _stall_guarded(send_loop: Callable) -> Callable:
 
     def loop(dp) -> None:
         send_loop(dp)
-        if dp.state == DEAD_DISPATCHER or not _unsent(dp.socket):
-            return  # closed on purpose, or failed: its reading side ends it
+        if dp.state == DEAD_DISPATCHER or getattr(dp, "vxflow_closing", False) or not _unsent(dp.socket):
+            return  # closed on purpose (by us or os-ken), or failed: its reading side ends it
         metrics.SLOW_SWITCHES.inc()
         log.warning(
             "switch %016x at %s took nothing for %gs: disconnected (it resyncs when it "
@@ -140,9 +157,7 @@ def install(conf, receive: wirecheck.Receive | None = None) -> None:
     from os_ken.controller import controller as osken_controller
 
     osken_controller.StreamServer = BoundedStreamServer
-    datapath = osken_controller.Datapath
-    datapath._send_loop = _stall_guarded(
-        getattr(datapath._send_loop, "vxflow_original", datapath._send_loop))
+    guard_sends(osken_controller.Datapath)
     conf.set_default("socket_timeout", conf.vxflow_send_stall_timeout)
     conf.set_default("echo_request_interval", conf.vxflow_echo_interval)
     conf.set_default("maximum_unreplied_echo_requests", MAX_UNREPLIED_ECHOES)
@@ -151,6 +166,13 @@ def install(conf, receive: wirecheck.Receive | None = None) -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _OneLineFailures) for f in logger.filters):
             logger.addFilter(_OneLineFailures())
+
+
+def guard_sends(datapath: type) -> None:
+    """Guard os-ken's `Datapath` class's send loop against stalls (`_stall_guarded`, once)."""
+    for name, wrap in (("send", _close_noted), ("_send_loop", _stall_guarded)):
+        method = getattr(datapath, name)
+        setattr(datapath, name, wrap(getattr(method, "vxflow_original", method)))
 
 
 def handshake_deadline(echo_interval: float) -> float:

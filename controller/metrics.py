@@ -185,6 +185,11 @@ _SUPPRESSED = Counter(
     ["reason"],  # rate (the switch's token bucket) | backlog (the log's queue full) | undecodable
 )
 DROPS_SUPPRESSED = {r: _SUPPRESSED.labels(r) for r in ("rate", "backlog", "undecodable")}
+DROP_METERS_REFUSED = Counter(
+    "vxflow_policy_drop_meters_refused",
+    "switch connections that refused the logged policy drops' meter (no meter support): "
+    "their policy drops are plain drops, not logged, until they reconnect",
+)
 
 DeniedCount = tuple[tuple[str, str, str], int]  # (namespace, policies, direction), packets
 

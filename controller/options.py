@@ -35,7 +35,7 @@ import os
 
 from os_ken import cfg
 
-from flows.policy import DROP_LOG_RATE
+from flows.policy import DROP_LOG_MAX_RATE, DROP_LOG_RATE
 from leases.etcd_client import EtcdAccess
 from leases.model import FLANNEL_DEFAULT_PREFIX
 from leases.registry import DEFAULT_ENDPOINTS
@@ -118,8 +118,10 @@ OPTS = [
         "vxflow-log-policy-drops",
         default=int(os.environ.get("VXFLOW_LOG_POLICY_DROPS") or "0"),
         min=0,
-        help="Log each packet network policy drops, one line each, at most this many packets/s "
-        f"per switch (its meter, then the controller's own guard); 0 = off (`vxflow controller "
+        max=DROP_LOG_MAX_RATE,
+        help="Log each packet network policy drops, one line each, this many packets/s per "
+        "switch on average, in bursts of up to as many (its meter; the controller's own guard "
+        f"allows twice as many while the meter is missing); 0 = off (`vxflow controller "
         f"--log-policy-drops` alone: {DROP_LOG_RATE}).",
     ),
     _float_opt(

@@ -33,6 +33,9 @@ With policy drops logged (`meter_rate`), every readback starts by installing the
 meter (`controller.droplog.meter_mods`), so the meter is there before any flow that
 uses it is sent, and one deleted since (which deletes the flows using it: their
 repair is refused until the meter is back, and retried from a readback) is added again.
+A switch that refuses the meter itself (no meter support) would refuse every flow using
+it, so every change of a node with an isolated pod: it gets plain drops instead
+(`flows.policy.unlogged`) until it reconnects, when the meter is tried again.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import cached_property
 from ipaddress import IPv4Address
@@ -54,6 +57,7 @@ from flows.compiler import FLOWS_PER_LEASE, NodeTable, subnet_cookie
 from flows.diff import FlowDiff, diff_table
 from flows.flow import Flow, Owner, owner_of, to_ofctl
 from flows.groups import Group, GroupDiff, diff_groups, group_cookie, group_to_ofctl
+from flows.policy import unlogged
 from flows.services import SERVICE_ZONE, Flush, is_learned
 
 log = logging.getLogger(__name__)
@@ -192,6 +196,7 @@ class SwitchSync:
     # packets/s of the logged policy drops' meter (0: drops are not logged, no meter)
     meter_rate: int = 0
     _meter_xid: int = -1  # of the last meter add sent (its modify: the next xid)
+    meter_refused: bool = False  # by this connection: its logged drops sent as plain drops
     _monitor_paused: bool = False
     _late: list[FlowChange] = field(default_factory=list)  # reported during a comparison
     _run: int = 0  # a new one at each demotion: a comparison paused meanwhile is dropped
@@ -404,13 +409,14 @@ class SwitchSync:
         """Log and count an OFPT_ERROR with the message that caused it; False if not ours."""
         if self._meter_xid != -1 and xid in (self._meter_xid, self._meter_xid + 1):
             # (the add refused because the switch holds the meter: expected, nothing wrong)
-            if (xid, err_type, code) != (self._meter_xid, ofwire.OFPET_METER_MOD_FAILED,
-                                         ofwire.OFPMMFC_METER_EXISTS):  # fmt: skip
+            if not self.meter_refused and (xid, err_type, code) != (
+                    self._meter_xid, ofwire.OFPET_METER_MOD_FAILED, ofwire.OFPMMFC_METER_EXISTS):
                 metrics.of_error(err_type, code).inc()
-                self.last_error = f"error type {err_type} code {code} on the drop log's meter"
-                log.error("switch %s refused the meter of logged policy drops (error type %d "
-                          "code %d): it refuses the logged drops too", self.node, err_type,
-                          code)  # fmt: skip
+                metrics.DROP_METERS_REFUSED.inc()
+                self.meter_refused = True  # (before the readback's reply: its comparison too)
+                log.warning("switch %s refused the meter of logged policy drops (error type %d "
+                            "code %d): its policy drops are plain drops, not logged, until "
+                            "it reconnects", self.node, err_type, code)  # fmt: skip
             return True
         change = self._change
         if change is not None and change.first_xid <= xid <= change.last_xid:
@@ -532,6 +538,8 @@ class SwitchSync:
         started = time.perf_counter()
         try:
             desired = self.desired(self._pending)
+            if desired is not None and self.meter_refused:
+                desired = replace(desired, flows=unlogged(desired.flows))
         except Exception:  # never seen; were it, this switch retries and the others go on
             log.exception("switch %s: computing its desired flows failed", self.node)
             self._retry_later()
@@ -613,14 +621,17 @@ class SwitchSync:
         )
 
     def _start_readback(self) -> None:
+        metered = self.meter_rate and not self.meter_refused
+        xid = self.channel.xids(4 if metered else 2)
+        meter = b""
+        if metered:  # (the switch takes messages in order: before any flow using it)
+            # (built before the state changes: were it to fail, the switch is not left
+            # READING with no deadline armed)
+            meter = droplog.meter_mods(self.meter_rate, xid)
+            self._meter_xid, xid = xid, xid + 2
         metrics.SYNCS.labels(self._readback_reason).inc()
         self.state = State.READING
         self._read, self._group_read, self._drops_read = [], [], {}
-        xid = self.channel.xids(4 if self.meter_rate else 2)
-        meter = b""
-        if self.meter_rate:  # (the switch takes messages in order: before any flow using it)
-            self._meter_xid, xid = xid, xid + 2
-            meter = droplog.meter_mods(self.meter_rate, self._meter_xid)
         self._read_xid, self._group_read_xid = xid, xid + 1
         self.later(READBACK_TIMEOUT, lambda: self._readback_overdue(xid))
         self.channel.send(

@@ -65,7 +65,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -120,7 +120,15 @@ IP_PROTO = {"TCP": 6, "UDP": 17}
 DROP_LOG_METER = 1  # the meter a logged drop passes before its packet-in
 DROP_LOG_BYTES = 128  # of a logged drop's packet sent: its Ethernet, IP and L4 headers
 DROP_LOG_RATE = 100  # the meter's packets/s by default (`--log-policy-drops` without RATE)
+DROP_LOG_MAX_RATE = 1_000_000  # the most it may be: far past any log, well within 32 bits
 LOGGED_DROP = (meter(DROP_LOG_METER), controller(DROP_LOG_BYTES))
+
+
+def unlogged(flows: Iterable[Flow]) -> list[Flow]:
+    """`flows` with each logged drop a plain drop: for a switch that refused the meter, which
+    would refuse the logged drops too (a packet-in per drop without it would load the
+    switch's channel to the controller, which the controller's guard cannot bound)."""
+    return [replace(f, actions=()) if f.actions == LOGGED_DROP else f for f in flows]
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,7 @@ def test_version_of_both_executables_as_typed() -> None:
 def test_log_policy_drops_takes_an_optional_rate_as_its_help_says(monkeypatch) -> None:
     """`vxflow controller --log-policy-drops [RATE]`: off by default, the flag alone is the
     rate its help names, a rate given or from VXFLOW_LOG_POLICY_DROPS is taken, a negative
-    one refused."""
+    one or one past DROP_LOG_MAX_RATE (the meter's rate is 32 bits) refused."""
     from controller.cli import controller
     from flows.policy import DROP_LOG_RATE
 
@@ -114,9 +114,16 @@ def test_log_policy_drops_takes_an_optional_rate_as_its_help_says(monkeypatch) -
     assert parsed("--log-policy-drops", "20") == 20
     monkeypatch.setenv("VXFLOW_LOG_POLICY_DROPS", "30")
     assert parsed() == 30
-    for bad, says in (("-1", "-1 is not in the range x>=0"), ("fast", "'fast' is not a valid integer")):
+    for bad, says in (("-1", "-1 is not in the range 0<=x<=1000000"),
+                      (str(2**32), f"{2**32} is not in the range 0<=x<=1000000"),
+                      ("fast", "'fast' is not a valid integer")):  # fmt: skip
         res = CliRunner().invoke(cli, ["controller"], env={"VXFLOW_LOG_POLICY_DROPS": bad})
         assert res.exit_code == 2 and says in res.output, res.output
     page = " ".join(CliRunner().invoke(cli, ["controller", "--help"]).output.split())
     assert "--log-policy-drops [RATE] Log every packet network policy drops" in page
     assert f"(without RATE: {DROP_LOG_RATE})" in page and "[default: 0, off]" in page
+    assert "0<=x<=1000000]" in page
+    # what the meter lets through: RATE a second, its bucket of RATE starting full (the
+    # controller's guard holds two seconds' worth, for a switch without the meter)
+    assert ("a second per switch on average, in bursts of up to RATE (2 x RATE while its "
+            "meter is missing)") in page, page  # fmt: skip

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import struct
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 
+import pytest
 from os_ken.lib.packet import ethernet, icmp, ipv4, ipv6, packet, tcp, udp
 from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
@@ -18,12 +20,15 @@ from os_ken.ofproto import ofproto_v1_4_parser as parser
 from controller import droplog, metrics, ofwire
 from controller.droplog import Drop, DropLog
 from controller.model import FULL, ClusterModel
+from controller.switch import State
+from flows.compiler import subnet_cookie
 from flows.flow import Owner, Table, cookie_for
-from flows.policy import DROP_LOG_METER, drop_cookie
+from flows.policy import DROP_LOG_METER, LOGGED_DROP, drop_cookie
+from leases.events import LeaseAdded
 from leases.policy import EGRESS, INGRESS
 from tests.test_controller_ofwire import ofp_print
 from tests.test_controller_policy import DB, DENY_DB, LEASES, N1, PODS, WEB
-from tests.test_controller_sync import CONFIG, bare_mods, make, stats_body
+from tests.test_controller_sync import CONFIG, bare_mods, finish, land_bare, lease, make, stats_body
 
 GROUP = IPv4Address("198.19.1.11")
 NODE = IPv4Address("198.18.0.1")
@@ -212,8 +217,60 @@ def test_every_readback_adds_the_meter_first_and_a_refused_drop_is_retried_after
     assert bare_mods(sent) == [ofwire.OFPFC_ADD]
     sync.on_barrier(sent[-1][1])
     assert sync.in_sync and sync.installed.get(drop.key) == drop
-    # a switch that refuses the meter itself: said once, as the flows it then refuses
-    sync.audit()
-    (_, add, _), *_ = channel.take()
-    assert sync.on_error(add + 1, ofwire.OFPET_METER_MOD_FAILED, 10, b"")  # out of meters
-    assert sync.last_error == "error type 12 code 10 on the drop log's meter"
+
+
+def test_a_meter_that_cannot_be_built_leaves_the_switch_idle_not_reading_for_ever() -> None:
+    """The readback's messages are built before the switch counts as reading: were the
+    meter's rate out of its 32 bits (the options bound it), the switch would otherwise be
+    left READING with no deadline armed, never synced again."""
+    model = ClusterModel(log_drops=True)
+    model.load(CONFIG, LEASES, PODS, policies=[DENY_DB])
+    sync, channel, _ = make(model, N1)
+    sync.meter_rate = 2**32
+    with pytest.raises(struct.error):
+        sync.start()
+    assert sync.state is State.IDLE and channel.take() == []
+
+
+def test_a_switch_refusing_the_meter_gets_plain_drops_and_still_takes_changes(caplog) -> None:
+    """A switch without meters (a datapath without meter support) refuses the meter: said
+    once and counted, and its policy drops are plain drops from then on (the table it
+    takes, every later change too) rather than flows it would refuse, whole bundles with
+    them, for ever; a reconnect (a new sync) tries the meter again."""
+    model = ClusterModel(log_drops=True)
+    model.load(CONFIG, LEASES, PODS, policies=[DENY_DB])
+    logged = [f for f in model.desired(N1, FULL) if f.actions == LOGGED_DROP]
+    assert logged
+    refused = metrics.DROP_METERS_REFUSED._value.get()
+
+    def connect():
+        sync, channel, _ = make(model, N1)
+        sync.meter_rate = 100
+        sync.start()
+        sent = channel.take()
+        assert [t for t, _, _ in sent[:2]] == [ofwire.OFPT_METER_MOD] * 2
+        return sync, channel, sent
+
+    sync, channel, sent = connect()
+    (_, add, _), (_, modify, _), (_, flows_xid, _), (_, groups_xid, _) = sent
+    with caplog.at_level(logging.WARNING, "controller.switch"):
+        assert sync.on_error(add, ofwire.OFPET_METER_MOD_FAILED, 10, b"")  # out of meters
+        assert sync.on_error(modify, ofwire.OFPET_METER_MOD_FAILED, 3, b"")  # unknown meter
+    (line,) = [r.getMessage() for r in caplog.records if "meter" in r.getMessage()]
+    assert f"switch {N1}" in line and "error type 12 code 10" in line, line
+    assert metrics.DROP_METERS_REFUSED._value.get() == refused + 1
+    sync.on_flow_stats(flows_xid, b"", more=False)
+    sync.on_group_desc(groups_xid, b"", more=False)
+    finish(sync, channel, channel.take())
+    assert sync.in_sync and not sync.last_error
+    assert not [f for f in sync.installed.values() if ("meter", DROP_LOG_METER) in f.actions]
+    assert all(sync.installed.get(f.key) == replace(f, actions=()) for f in logged)
+    impact = model.apply([LeaseAdded(lease(3), 10)])  # a lease change: taken
+    sync.request(impact.scope_for(N1, model.own_lease(N1).subnet))
+    sent = channel.take()
+    assert bare_mods(sent) == [ofwire.OFPFC_ADD] * 2
+    land_bare(sync, sent)
+    assert sync.in_sync and subnet_cookie(lease(3).subnet) in {f.cookie for f in sync.installed.values()}
+    sync.audit()  # its later readbacks do not ask for the meter again
+    assert ofwire.OFPT_METER_MOD not in [t for t, _, _ in channel.take()]
+    connect()  # a reconnect does

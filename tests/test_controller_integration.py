@@ -488,6 +488,36 @@ def test_a_switch_that_takes_nothing_is_disconnected(cluster: Cluster, tmp_path:
     cluster.wait_converged()
 
 
+def test_a_peer_of_an_incompatible_version_is_closed_and_not_counted_slow(cluster: Cluster, tmp_path: Path):
+    """A peer that says HELLO in OpenFlow 1.0 (the controller speaks 1.4) gets os-ken's
+    error and the connection closed, its send loop ended on purpose: not logged or counted
+    as a switch that took nothing (the peer reads nothing until then, a receive buffer of
+    4 KiB: what the controller sent may be unacknowledged when the loop ends). The real
+    switch stays connected."""
+    cluster.lease(1)
+    cluster.add_switch(1)
+    controller = cluster.controller.start(tmp_path)
+    cluster.wait_converged()
+    with socket.socket() as peer:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        peer.settimeout(30)
+        peer.connect(("127.0.0.1", controller.port))
+        peer.sendall(struct.pack("!BBHI", 1, 0, 8, 1))  # HELLO, OpenFlow 1.0
+        wait_for("the version refused", lambda: "unsupported version 0x1" in controller.log())
+        received = b""
+        while chunk := peer.recv(4096):  # until the controller closes its side
+            received += chunk
+    kinds, pos = [], 0
+    while pos < len(received):
+        _, kind, length = struct.unpack_from("!BBH", received, pos)
+        kinds.append((kind, received[pos + 8 : pos + 10] if kind == 1 else None))
+        pos += length
+    assert (1, b"\0\0") in kinds, kinds  # an OFPT_ERROR of type OFPET_HELLO_FAILED
+    assert controller.metric("vxflow_controller_slow_switch_disconnects_total") == 0
+    assert "took nothing" not in controller.log()
+    assert controller.metric("vxflow_controller_switches") == 1
+
+
 def test_slow_switches_past_the_total_backlog_are_shed(cluster: Cluster, tmp_path: Path):
     """Two switches answer their readbacks with 100,000 junk flows each and then read
     nothing: each one's delete bundle stays under its own bound (64 MiB), both together

@@ -604,6 +604,63 @@ def test_past_the_total_backlog_the_switch_with_the_most_waiting_is_disconnected
             conn.close()
 
 
+def guarded_datapath(monkeypatch, peer_buffer: int, send_buffer: int):
+    """A real os-ken Datapath (OpenFlow 1.4) on a loopback connection whose peer reads
+    nothing (`peer_buffer` bytes to receive in: its window fills), with vxflow's send guard
+    (restored after the test); returns (datapath, peer socket)."""
+    from os_ken.base import app_manager  # noqa: F401 (imported before os-ken's controller)
+    from os_ken.controller.controller import Datapath
+    from os_ken.ofproto import ofproto_v1_4
+
+    from controller import guard
+
+    for name in ("send", "_send_loop"):
+        monkeypatch.setattr(Datapath, name, getattr(Datapath, name))
+    guard.guard_sends(Datapath)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        peer = socket.socket()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, peer_buffer)
+        peer.connect(listener.getsockname())
+        conn, address = listener.accept()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    dp = Datapath(conn, address)
+    dp.set_version(ofproto_v1_4.OFP_VERSION)
+    return dp, peer
+
+
+def test_os_kens_close_after_an_incompatible_hello_is_no_stall_but_a_timed_out_send_is(
+        monkeypatch, caplog):  # fmt: skip
+    """os-ken answers a peer of an incompatible OpenFlow version with an error and closes
+    (`close_socket`: its send loop ends after that send, on purpose): not a slow switch,
+    though the peer, which reads nothing, has not acknowledged all it was sent. A send the
+    peer takes nothing of for the socket's timeout is one: logged and counted."""
+    from os_ken.controller.ofp_handler import OFPHandler
+
+    from controller.guard import _unsent
+
+    slow = metrics.SLOW_SWITCHES._value.get()
+    dp, peer = guarded_datapath(monkeypatch, peer_buffer=4096, send_buffer=1 << 20)
+    try:
+        dp.send(b"\0" * 65536)  # more than the peer's window, less than the send buffer
+        OFPHandler._hello_failed(SimpleNamespace(logger=switch.log), dp,
+                                 "unsupported version 0x1")  # fmt: skip
+        dp._send_loop()  # sends both, ends after the error, as os-ken meant
+        assert dp.send_q is None and _unsent(dp.socket) > 0  # not all acknowledged
+        assert metrics.SLOW_SWITCHES._value.get() == slow and "took nothing" not in caplog.text
+    finally:
+        peer.close()
+        dp.socket.close()
+    dp, peer = guarded_datapath(monkeypatch, peer_buffer=4096, send_buffer=4096)
+    try:
+        dp.socket.settimeout(0.2)
+        dp.send(b"\0" * (4 << 20))  # never taken whole: the send times out
+        dp._send_loop()
+        assert metrics.SLOW_SWITCHES._value.get() == slow + 1 and "took nothing" in caplog.text
+    finally:
+        peer.close()
+        dp.socket.close()
+
+
 def test_a_huge_comparison_yields_and_other_switches_go_on_meanwhile():
     """A readback of 20,000 junk flows is taken in and compared STEP entries at a time,
     yielding to the hub between (the controller's `pause`): another switch's new lease is
