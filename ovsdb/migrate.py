@@ -728,6 +728,9 @@ class Record:
         d = json.loads(text)
         pods = [PodPort(p["port"], IPv4Address(p["ip"]), p["mac"]) for p in d["pods"]]
         by_port = {pod.port: pod for pod in pods}
+        steps = [Step(Kind(st["kind"]), st["name"], st["detail"],
+                      by_port[st["pod"]] if st["pod"] else None) for st in d["steps"]]  # fmt: skip
+        done = int(d["done"])
         return cls(
             vni=int(d["vni"]), subnet=IPv4Network(d["subnet"]),
             bridge=Link.from_dict(d["bridge"]),
@@ -738,12 +741,17 @@ class Record:
             flanneld_pid=int(d.get("flanneld_pid", 0)),
             overlay=IPv4Network(d["overlay"]) if d.get("overlay") else None,
             flannel_masq=list(d.get("flannel_masq", [])),
-            agent_started=d.get("agent_started"),
-            steps=[Step(Kind(st["kind"]), st["name"], st["detail"],
-                        by_port[st["pod"]] if st["pod"] else None)
-                   for st in d["steps"]],
-            done=int(d["done"]),
+            agent_started=d["agent_started"] if "agent_started" in d else
+            _started_before(steps[:done]),
+            steps=steps, done=done,
         )  # fmt: skip
+
+
+def _started_before(done: list[Step]) -> float | None:
+    """`agent_started` of a record the previous release wrote (it kept none): a time long
+    past (0, the epoch: not when) if its agent step is done, so a rollback stops the agent,
+    which would else renew the lease beside flanneld and rebuild br-int; else None."""
+    return 0.0 if any(step.kind is Kind.AGENT for step in done) else None
 
 
 LEFTOVERS = "left_in_ovsdb"  # a state file's only key after an undo OVSDB did not answer

@@ -22,8 +22,10 @@ from ovsdb.migrate import (
     Observation,
     PodPort,
     Record,
+    Run,
     Settings,
     StepFailed,
+    Undo,
     is_switched,
     plan,
     pods_on_bridge,
@@ -227,6 +229,31 @@ def test_the_record_a_re_run_resumes_keeps_the_plan_and_how_far_it_got() -> None
     for text in ("{}", "[]", record.to_json().replace('"pod": "veth1"', '"pod": "veth9"')):
         with pytest.raises((ValueError, KeyError, TypeError)):
             Record.from_json(text)
+
+
+def _previous_release(record: Record) -> Record:
+    """`record` as the previous release wrote it: without `agent_started`."""
+    d = json.loads(record.to_json())
+    del d["agent_started"]
+    return Record.from_json(json.dumps(d))
+
+
+def test_a_rollback_of_a_previous_releases_record_stops_the_agent_once_its_step_is_done(
+    tmp_path: Path,
+) -> None:
+    """The previous release recorded no `agent_started`: with the agent step done, the
+    rollback runs --stop-agent all the same (else the agent renews the lease beside the
+    flanneld started again, and rebuilds br-int); before it, there is no agent to stop."""
+    result = plan(observed())
+    agent = next(n for n, step in enumerate(result.steps, 1) if step.name == "start the agent")
+    settings = Settings(ME, tmp_path / "subnet.env", "unix:/nonexistent")
+    stopped = tmp_path / "stopped"
+    for done, stops in ((agent, True), (len(result.steps), True), (agent - 1, False)):
+        record = _previous_release(Record(1, SUBNET, observed().bridge, result.pods,
+                                          steps=result.steps, done=done))  # fmt: skip
+        Undo(settings, Run("true", f"touch {stopped}"), None, record, print)._stop_agent()
+        assert stopped.exists() == stops, done
+        stopped.unlink(missing_ok=True)
 
 
 FLANNEL_CONFLIST = ('{"name": "cbr0", "cniVersion": "0.3.1", "plugins": [{"type": "flannel", '
