@@ -522,11 +522,6 @@ def is_switched(text: str, settings: Settings) -> bool:
         any(ours.items() <= p.items() for p in plugins)  # fmt: skip
 
 
-def is_flanneld(pid: int) -> bool:
-    """The process `pid` runs and its command line names flannel."""
-    return "flannel" in (command_line(pid) or "")
-
-
 @dataclass(frozen=True)
 class Settings:
     """Where to look (flanneld's settings, resolved by the command)."""
@@ -605,6 +600,11 @@ class StepFailed(RuntimeError):
     """A step of the migration failed; the message names it and why."""
 
 
+class FlanneldRuns(StepFailed):
+    """The fenced flanneld outlived the undo's wait: flanneld is not started beside it, and
+    the state file is kept (once it ends, nothing renews the lease)."""
+
+
 def wait_until(what: str, done: Callable[[], T], timeout: float, pause: float = 0.05) -> T:
     """`done()`'s first true answer, asked every `pause` s; TimeoutError "`what` within
     `timeout`s" if there is none by then."""
@@ -616,13 +616,27 @@ def wait_until(what: str, done: Callable[[], T], timeout: float, pause: float = 
     return result
 
 
-def ended(pid: int) -> bool:
-    """The process ended (a zombie waiting for its parent counts: it does nothing more)."""
+def start_time(pid: int) -> int | None:
+    """When the process started (/proc/PID/stat's field 22, clock ticks after boot): with its
+    PID, which process it is, as a PID is reused. None: it ended (a zombie waiting for its
+    parent counts: it does nothing more)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # from field 3 (the state) on
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def ended(pid: int) -> bool:
+    return start_time(pid) is None
+
+
+def runs(pid: int, start: int | None) -> bool:
+    """The process `pid` that started at `start` still runs, not another that took its PID
+    since (whatever its command line: `vxflow agent --subnet-file /run/flannel/subnet.env`
+    names flannel too)."""
+    return start is not None and start_time(pid) == start
 
 
 def set_mac(device: str, mac: str) -> None:
@@ -697,6 +711,7 @@ class Record:
     ipmasq: bool = False  # flanneld's FLANNEL_IPMASQ
     network: str | None = None  # the flannel CNI network's name: host-local's directory
     flanneld_pid: int = 0  # the flanneld the fence stops (0: not known)
+    flanneld_start: int | None = None  # its start_time, recorded before SIGTERM (None: not yet)
     overlay: IPv4Network | None = None  # the config's Network: the masquerade rules' (ipmasq)
     flannel_masq: list[str] = field(default_factory=list)  # flanneld's rules, as removed
     agent_started: float | None = None  # when --start-agent ran (None: not yet)
@@ -715,7 +730,8 @@ class Record:
             "pods": [{"port": p.port, "ip": str(p.ip), "mac": p.mac} for p in self.pods],
             "sysctls": self.sysctls, "written": self.written, "conflist": self.conflist,
             "conflist_text": self.conflist_text, "ipmasq": self.ipmasq, "network": self.network,
-            "flanneld_pid": self.flanneld_pid, "overlay": str(self.overlay) if self.overlay else None,
+            "flanneld_pid": self.flanneld_pid, "flanneld_start": self.flanneld_start,
+            "overlay": str(self.overlay) if self.overlay else None,
             "flannel_masq": self.flannel_masq, "agent_started": self.agent_started,
             "steps": [{"kind": st.kind.value, "name": st.name, "detail": st.detail,
                        "pod": st.pod.port if st.pod else None} for st in self.steps],
@@ -738,7 +754,7 @@ class Record:
             vxlan=Link.from_dict(d["vxlan"]) if d.get("vxlan") else None,
             sysctls=dict(d["sysctls"]), written=list(d["written"]), conflist=d["conflist"],
             conflist_text=d["conflist_text"], ipmasq=bool(d["ipmasq"]), network=d["network"],
-            flanneld_pid=int(d.get("flanneld_pid", 0)),
+            flanneld_pid=int(d.get("flanneld_pid", 0)), flanneld_start=d.get("flanneld_start"),
             overlay=IPv4Network(d["overlay"]) if d.get("overlay") else None,
             flannel_masq=list(d.get("flannel_masq", [])),
             agent_started=d["agent_started"] if "agent_started" in d else
@@ -856,13 +872,17 @@ class Undo:
 
     def _start_flanneld(self) -> None:
         """flanneld again, on flannel.<VNI> as it was: it takes its lease back with the
-        VtepMAC it had, and brings the device up with its entries. Not while the flanneld
-        the fence was for still runs (one that ignored SIGTERM): two would fight over the
-        lease and the device."""
-        pid = self.record.flanneld_pid
-        if pid and is_flanneld(pid):
-            self.say(f"flanneld (PID {pid}) still runs: not started again")
-            return
+        VtepMAC it had, and brings the device up with its entries. Once the flanneld the
+        fence sent SIGTERM ended (it may take longer than --timeout): two would fight over
+        the lease and the device. FlanneldRuns if it still runs after --timeout more."""
+        pid, start = self.record.flanneld_pid, self.record.flanneld_start
+        try:
+            wait_until(f"flanneld (PID {pid}) did not end", lambda: not runs(pid, start),
+                       self.run.timeout)  # fmt: skip
+        except TimeoutError as exc:
+            raise FlanneldRuns(f"{exc}: not started again beside it, and once it ends nothing "
+                               f"renews the lease; {self.settings.state_file} kept: run "
+                               "--rollback once it has ended") from exc  # fmt: skip
         self._vtep_back()
         self._shell(self.run.start_flanneld)
         device = f"flannel.{self.record.vni}"
@@ -1047,7 +1067,10 @@ class Migration(Undo):
 
     def _roll_back(self, upto: int) -> None:
         """Undo steps 1..`upto` in reverse, one line each (an undo that fails is said and
-        skipped), then remove the record: the node is a flannel node again."""
+        skipped), then remove the record: the node is a flannel node again. If the fenced
+        flanneld still runs, the rest is undone all the same, then StepFailed, the record
+        kept: --rollback does it again once flanneld has ended."""
+        still: FlanneldRuns | None = None
         for number, step in reversed(list(enumerate(self.record.steps[:upto], 1))):
             undo = self._undo(step)
             if undo is None:
@@ -1055,8 +1078,12 @@ class Migration(Undo):
             self.say(f"undo {number}. {step.name}")
             try:
                 undo()
+            except FlanneldRuns as exc:
+                still = exc
             except _FAILURES as exc:
                 self.say(f"undo {number}. {step.name} failed: {exc}")
+        if still is not None:
+            raise StepFailed(f"rollback incomplete: {still}") from still
         self._forget()
 
     def _undo(self, step: Step) -> Callable[[], None] | None:
@@ -1080,12 +1107,17 @@ class Migration(Undo):
         }[step.kind]()  # fmt: skip
 
     def _fence(self) -> None:
-        """flanneld stopped; one stopped already (a re-run), its PID ended or taken by
+        """flanneld stopped, its PID and start time recorded before SIGTERM: the undo waits
+        for that process to end. One stopped already (a re-run), its PID ended or taken by
         another process since, is left alone."""
-        pid = self.run.flanneld_pid
-        if is_flanneld(pid):
+        if self.record.flanneld_start is None:  # else recorded by a run this one resumes
+            pid = self.run.flanneld_pid
+            self.record.flanneld_pid, self.record.flanneld_start = pid, start_time(pid)
+            self._save()
+        pid, start = self.record.flanneld_pid, self.record.flanneld_start
+        if runs(pid, start):
             os.kill(pid, signal.SIGTERM)
-        wait_until(f"flanneld (PID {pid}) did not stop", lambda: not is_flanneld(pid),
+        wait_until(f"flanneld (PID {pid}) did not stop", lambda: not runs(pid, start),
                    self.run.timeout)  # fmt: skip
 
     def _take_lease(self) -> None:

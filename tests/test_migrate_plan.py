@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
@@ -29,6 +31,8 @@ from ovsdb.migrate import (
     is_switched,
     plan,
     pods_on_bridge,
+    runs,
+    start_time,
     switched_conflist,
 )
 
@@ -219,7 +223,8 @@ def test_the_record_a_re_run_resumes_keeps_the_plan_and_how_far_it_got() -> None
     result = plan(observed())
     record = Record(1, SUBNET, observed().bridge, result.pods, sysctls={"veth1": {"/p": "0"}},
                     written=["/s/198.19.7.254"], conflist="/c", conflist_text="{}", ipmasq=True,
-                    network="cbr0", steps=result.steps, done=5, flanneld_pid=42, agent_started=1.5,
+                    network="cbr0", steps=result.steps, done=5, flanneld_pid=42, flanneld_start=4242,
+                    agent_started=1.5,
                     overlay=CONFIG.network, flannel_masq=["-A POSTROUTING -j FLANNEL-POSTRTG"])  # fmt: skip
     again = Record.from_json(record.to_json())
     assert again == record
@@ -254,6 +259,23 @@ def test_a_rollback_of_a_previous_releases_record_stops_the_agent_once_its_step_
         Undo(settings, Run("true", f"touch {stopped}"), None, record, print)._stop_agent()
         assert stopped.exists() == stops, done
         stopped.unlink(missing_ok=True)
+
+
+def test_the_fenced_process_is_told_by_its_pid_and_start_time_not_its_command_line() -> None:
+    """A process that took the fenced flanneld's PID (its command line naming flannel too, as
+    `vxflow agent --subnet-file /run/flannel/subnet.env` does) is not that flanneld: its start
+    time differs. One that ended runs no more."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "vxflow",
+                             "agent", "--subnet-file", "/run/flannel/subnet.env"])  # fmt: skip
+    try:
+        start = start_time(proc.pid)
+        assert start is not None and runs(proc.pid, start)
+        assert not runs(proc.pid, start - 1)  # the flanneld fenced there started before
+        assert not runs(proc.pid, None)  # none recorded: nothing to wait for
+    finally:
+        proc.kill()
+        proc.wait()
+    assert start_time(proc.pid) is None and not runs(proc.pid, start)
 
 
 FLANNEL_CONFLIST = ('{"name": "cbr0", "cniVersion": "0.3.1", "plugins": [{"type": "flannel", '
