@@ -982,13 +982,17 @@ class Undo:
             Path(path).unlink(missing_ok=True)
 
     def _conflist_back(self) -> None:
-        """The flannel conflist as it was, if it was switched (a switch that failed left it
-        as it was: rewriting it would fail alike on a read-only directory, or race the
-        runtime reading it)."""
+        """The flannel conflist as it was, if it was switched or is gone (a switch that
+        failed left it as it was: rewriting it would fail alike on a read-only directory,
+        or race the runtime reading it)."""
         if self.record.conflist is None or self.record.conflist_text is None:
             return
         path = Path(self.record.conflist)
-        if path.read_text() != self.record.conflist_text:
+        try:
+            same = path.read_text() == self.record.conflist_text
+        except FileNotFoundError:  # deleted since: written back all the same
+            same = False
+        if not same:
             write_atomically(path, self.record.conflist_text)
 
     def _announce(self) -> None:

@@ -278,6 +278,17 @@ def test_the_fenced_process_is_told_by_its_pid_and_start_time_not_its_command_li
     assert start_time(proc.pid) is None and not runs(proc.pid, start)
 
 
+def test_the_undo_writes_a_deleted_conflist_back(tmp_path: Path) -> None:
+    """The switched conflist deleted since (by hand, by a tool): the undo writes flannel's
+    back from the record, where it raised FileNotFoundError."""
+    conflist = tmp_path / "net.d" / "10-flannel.conflist"
+    record = Record(1, SUBNET, observed().bridge, [], conflist=str(conflist),
+                    conflist_text=FLANNEL_CONFLIST)  # fmt: skip
+    settings = Settings(ME, tmp_path / "subnet.env", "unix:/nonexistent")
+    Undo(settings, Run("true", "true"), None, record, print)._conflist_back()
+    assert conflist.read_text() == FLANNEL_CONFLIST
+
+
 FLANNEL_CONFLIST = ('{"name": "cbr0", "cniVersion": "0.3.1", "plugins": [{"type": "flannel", '
                     '"delegate": {"isDefaultGateway": true}}, {"type": "portmap"}]}')  # fmt: skip
 
