@@ -651,11 +651,21 @@ def set_mac(device: str, mac: str) -> None:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` (a temporary file beside it, renamed), directories made."""
+    """Replace `path` with `text` (a temporary file beside it, renamed), directories made;
+    durable once it returns: the data synced before the rename (a crash never leaves an
+    empty or partial record, or conflist, under the name), the directory after it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    with tmp.open("w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def announce(ifname: str, mac: str, address: IPv4Address) -> None:
@@ -1050,7 +1060,13 @@ class Migration(Undo):
                 except _FAILURES as exc:
                     why = f"step {number} ({step.name}) failed: {exc}"
                     self.say(f"{why}; rolling back")
-                    self._roll_back(number)
+                    try:
+                        self._roll_back(number)
+                    except OSError as kept:  # the record not removed: said with the failure
+                        raise StepFailed(f"{why}; rolled back, but {self.settings.state_file} "
+                                         f"still records the migration ({kept}): delete it "
+                                         "before vxflow migrate runs again, which would resume "
+                                         "it") from exc  # fmt: skip
                     raise StepFailed(f"{why}; rolled back") from exc
         finally:
             if self._idl is not None:

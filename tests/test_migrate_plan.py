@@ -1,5 +1,6 @@
 """`vxflow migrate`'s pure plan (ovsdb/migrate.py): the checks and the steps from what was
-observed on a flannel node."""
+observed on a flannel node; and, needing no node (no root), its record and undos on
+files in a temporary directory and the processes they tell apart."""
 
 from __future__ import annotations
 
@@ -19,13 +20,16 @@ from leases.model import Lease
 from leases.subnet_env import SubnetEnv
 from ovsdb.migrate import (
     FdbEntry,
+    Kind,
     Link,
+    Migration,
     Neighbour,
     Observation,
     PodPort,
     Record,
     Run,
     Settings,
+    Step,
     StepFailed,
     Undo,
     is_switched,
@@ -34,6 +38,7 @@ from ovsdb.migrate import (
     runs,
     start_time,
     switched_conflist,
+    write_atomically,
 )
 
 CONFIG = parse_config('{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}')
@@ -287,6 +292,50 @@ def test_the_undo_writes_a_deleted_conflist_back(tmp_path: Path) -> None:
     settings = Settings(ME, tmp_path / "subnet.env", "unix:/nonexistent")
     Undo(settings, Run("true", "true"), None, record, print)._conflist_back()
     assert conflist.read_text() == FLANNEL_CONFLIST
+
+
+def test_a_record_the_rollback_cannot_remove_is_said_with_the_failed_step(tmp_path: Path) -> None:
+    """A step fails and its rollback cannot remove the state file (here a directory by then):
+    the error still names the step and why, and says the record is left, where the OSError
+    of the removal replaced it."""
+    state = tmp_path / "migrate.json"
+    settings = Settings(ME, tmp_path / "subnet.env", "unix:/nonexistent", state_file=state)
+    record = Record(1, SUBNET, observed().bridge, [], steps=[Step(Kind.MASQ, "keep ip-masq", "")])
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if line.endswith("; rolling back"):  # something makes the record unremovable
+            state.unlink()
+            (state / "in-the-way").mkdir(parents=True)
+
+    with pytest.raises(StepFailed) as failed:
+        Migration(settings, Run("true", "true"), None, record, say).carry_out()
+    why = (f"step 1 (keep ip-masq) failed: the agent's {settings.subnet_file} says "
+           "FLANNEL_IPMASQ=false, flanneld's said false (--ip-masq)")  # fmt: skip
+    assert lines == ["1. keep ip-masq: ", f"{why}; rolling back"]
+    assert str(failed.value).startswith(f"{why}; rolled back, but {state} still records the "
+                                        "migration ([Errno 21] Is a directory: ")  # fmt: skip
+
+
+def test_a_write_is_synced_before_its_rename_and_the_directory_after(tmp_path: Path) -> None:
+    """`write_atomically` as strace sees it: the temporary file's data synced, then renamed,
+    then the directory synced: a crash leaves the old text or the new one, never a torn or
+    empty file under the name (the state file, the conflist)."""
+    path = tmp_path / "migrate.json"
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-qq", "-f", "-y", "-o", str(trace), "-e",
+                    "trace=fsync,fdatasync,rename,renameat,renameat2", sys.executable, "-c",
+                    "import sys; from pathlib import Path; from ovsdb.migrate import "
+                    "write_atomically; write_atomically(Path(sys.argv[1]), 'new')", str(path)],
+                   check=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines()
+             if str(tmp_path) in line]  # fmt: skip
+    assert [call.split("(")[0] for call in calls] == ["fsync", "rename", "fsync"], calls
+    assert f"<{tmp_path}/.migrate.json.tmp>" in calls[0] and f"<{tmp_path}>" in calls[2], calls
+    assert path.read_text() == "new"
+    write_atomically(path, "newer")
+    assert path.read_text() == "newer" and not path.with_name(".migrate.json.tmp").exists()
 
 
 FLANNEL_CONFLIST = ('{"name": "cbr0", "cniVersion": "0.3.1", "plugins": [{"type": "flannel", '
