@@ -629,6 +629,7 @@ def start_time(pid: int) -> int | None:
 
 
 def ended(pid: int) -> bool:
+    """The process ended (a zombie counts)."""
     return start_time(pid) is None
 
 
