@@ -304,6 +304,14 @@ def run(args: argparse.Namespace) -> None:
                     pass
 
 
+def _exit_in(delay: float) -> None:
+    """Exit now, or `delay` s from now (SIGALRM: the main loop runs on meanwhile)."""
+    if not delay:
+        sys.exit(0)
+    signal.signal(signal.SIGALRM, lambda *_: sys.exit(0))
+    signal.setitimer(signal.ITIMER_REAL, delay)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--etcd-endpoints", required=True, help="e.g. http://198.18.0.254:2379")
@@ -321,10 +329,12 @@ def main() -> None:
                         help="flanneld's masquerade rules (iptables nat, FLANNEL-POSTRTG)")  # fmt: skip
     parser.add_argument("--no-direct-routing", dest="direct_routing", action="store_false",
                         help="ignore Backend.DirectRouting, as a flanneld before the option")  # fmt: skip
+    parser.add_argument("--exit-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="exit this long after SIGTERM: a flanneld slow to stop, for tests")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:  # else a hung flanneld, for tests
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        signal.signal(signal.SIGTERM, lambda *_: _exit_in(args.exit_delay))
     run(args)
 
 

@@ -426,7 +426,9 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True,
                      help="The agent's integration bridge, where the pods' ports go."),
         click.option("--timeout", type=click.FloatRange(min=1), default=60.0,
-                     show_default=True, help="Seconds to wait for flanneld to stop, for the "
+                     show_default=True, help="Seconds to wait for flanneld to stop (and, "
+                                             "undoing a failed fence, as long again for it "
+                                             "to end before flanneld starts again), for the "
                                              "agent to be up and for the pods' endpoints."),
         click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path),
                      default=DEFAULT_STATE_FILE, show_default=True,

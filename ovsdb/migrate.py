@@ -522,11 +522,6 @@ def is_switched(text: str, settings: Settings) -> bool:
         any(ours.items() <= p.items() for p in plugins)  # fmt: skip
 
 
-def is_flanneld(pid: int) -> bool:
-    """The process `pid` runs and its command line names flannel."""
-    return "flannel" in (command_line(pid) or "")
-
-
 @dataclass(frozen=True)
 class Settings:
     """Where to look (flanneld's settings, resolved by the command)."""
@@ -605,6 +600,11 @@ class StepFailed(RuntimeError):
     """A step of the migration failed; the message names it and why."""
 
 
+class FlanneldRuns(StepFailed):
+    """The fenced flanneld outlived the undo's wait: flanneld is not started beside it, and
+    the state file is kept (once it ends, nothing renews the lease)."""
+
+
 def wait_until(what: str, done: Callable[[], T], timeout: float, pause: float = 0.05) -> T:
     """`done()`'s first true answer, asked every `pause` s; TimeoutError "`what` within
     `timeout`s" if there is none by then."""
@@ -616,13 +616,28 @@ def wait_until(what: str, done: Callable[[], T], timeout: float, pause: float = 
     return result
 
 
-def ended(pid: int) -> bool:
-    """The process ended (a zombie waiting for its parent counts: it does nothing more)."""
+def start_time(pid: int) -> int | None:
+    """When the process started (/proc/PID/stat's field 22, clock ticks after boot): with its
+    PID, which process it is, as a PID is reused. None: it ended (a zombie waiting for its
+    parent counts: it does nothing more)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # from field 3 (the state) on
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def ended(pid: int) -> bool:
+    """The process ended (a zombie counts)."""
+    return start_time(pid) is None
+
+
+def runs(pid: int, start: int | None) -> bool:
+    """The process `pid` that started at `start` still runs, not another that took its PID
+    since (whatever its command line: `vxflow agent --subnet-file /run/flannel/subnet.env`
+    names flannel too)."""
+    return start is not None and start_time(pid) == start
 
 
 def set_mac(device: str, mac: str) -> None:
@@ -637,11 +652,21 @@ def set_mac(device: str, mac: str) -> None:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` (a temporary file beside it, renamed), directories made."""
+    """Replace `path` with `text` (a temporary file beside it, renamed), directories made;
+    durable once it returns: the data synced before the rename (a crash never leaves an
+    empty or partial record, or conflist, under the name), the directory after it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    with tmp.open("w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def announce(ifname: str, mac: str, address: IPv4Address) -> None:
@@ -697,6 +722,7 @@ class Record:
     ipmasq: bool = False  # flanneld's FLANNEL_IPMASQ
     network: str | None = None  # the flannel CNI network's name: host-local's directory
     flanneld_pid: int = 0  # the flanneld the fence stops (0: not known)
+    flanneld_start: int | None = None  # its start_time, recorded before SIGTERM (None: not yet)
     overlay: IPv4Network | None = None  # the config's Network: the masquerade rules' (ipmasq)
     flannel_masq: list[str] = field(default_factory=list)  # flanneld's rules, as removed
     agent_started: float | None = None  # when --start-agent ran (None: not yet)
@@ -715,7 +741,8 @@ class Record:
             "pods": [{"port": p.port, "ip": str(p.ip), "mac": p.mac} for p in self.pods],
             "sysctls": self.sysctls, "written": self.written, "conflist": self.conflist,
             "conflist_text": self.conflist_text, "ipmasq": self.ipmasq, "network": self.network,
-            "flanneld_pid": self.flanneld_pid, "overlay": str(self.overlay) if self.overlay else None,
+            "flanneld_pid": self.flanneld_pid, "flanneld_start": self.flanneld_start,
+            "overlay": str(self.overlay) if self.overlay else None,
             "flannel_masq": self.flannel_masq, "agent_started": self.agent_started,
             "steps": [{"kind": st.kind.value, "name": st.name, "detail": st.detail,
                        "pod": st.pod.port if st.pod else None} for st in self.steps],
@@ -728,6 +755,9 @@ class Record:
         d = json.loads(text)
         pods = [PodPort(p["port"], IPv4Address(p["ip"]), p["mac"]) for p in d["pods"]]
         by_port = {pod.port: pod for pod in pods}
+        steps = [Step(Kind(st["kind"]), st["name"], st["detail"],
+                      by_port[st["pod"]] if st["pod"] else None) for st in d["steps"]]  # fmt: skip
+        done = int(d["done"])
         return cls(
             vni=int(d["vni"]), subnet=IPv4Network(d["subnet"]),
             bridge=Link.from_dict(d["bridge"]),
@@ -735,15 +765,20 @@ class Record:
             vxlan=Link.from_dict(d["vxlan"]) if d.get("vxlan") else None,
             sysctls=dict(d["sysctls"]), written=list(d["written"]), conflist=d["conflist"],
             conflist_text=d["conflist_text"], ipmasq=bool(d["ipmasq"]), network=d["network"],
-            flanneld_pid=int(d.get("flanneld_pid", 0)),
+            flanneld_pid=int(d.get("flanneld_pid", 0)), flanneld_start=d.get("flanneld_start"),
             overlay=IPv4Network(d["overlay"]) if d.get("overlay") else None,
             flannel_masq=list(d.get("flannel_masq", [])),
-            agent_started=d.get("agent_started"),
-            steps=[Step(Kind(st["kind"]), st["name"], st["detail"],
-                        by_port[st["pod"]] if st["pod"] else None)
-                   for st in d["steps"]],
-            done=int(d["done"]),
+            agent_started=d["agent_started"] if "agent_started" in d else
+            _started_before(steps[:done]),
+            steps=steps, done=done,
         )  # fmt: skip
+
+
+def _started_before(done: list[Step]) -> float | None:
+    """`agent_started` of a record the previous release wrote (it kept none): a time long
+    past (0, the epoch: not when) if its agent step is done, so a rollback stops the agent,
+    which would else renew the lease beside flanneld and rebuild br-int; else None."""
+    return 0.0 if any(step.kind is Kind.AGENT for step in done) else None
 
 
 LEFTOVERS = "left_in_ovsdb"  # a state file's only key after an undo OVSDB did not answer
@@ -848,13 +883,17 @@ class Undo:
 
     def _start_flanneld(self) -> None:
         """flanneld again, on flannel.<VNI> as it was: it takes its lease back with the
-        VtepMAC it had, and brings the device up with its entries. Not while the flanneld
-        the fence was for still runs (one that ignored SIGTERM): two would fight over the
-        lease and the device."""
-        pid = self.record.flanneld_pid
-        if pid and is_flanneld(pid):
-            self.say(f"flanneld (PID {pid}) still runs: not started again")
-            return
+        VtepMAC it had, and brings the device up with its entries. Once the flanneld the
+        fence sent SIGTERM ended (it may take longer than --timeout): two would fight over
+        the lease and the device. FlanneldRuns if it still runs after --timeout more."""
+        pid, start = self.record.flanneld_pid, self.record.flanneld_start
+        try:
+            wait_until(f"flanneld (PID {pid}) did not end", lambda: not runs(pid, start),
+                       self.run.timeout)  # fmt: skip
+        except TimeoutError as exc:
+            raise FlanneldRuns(f"{exc}: not started again beside it, and once it ends nothing "
+                               f"renews the lease; {self.settings.state_file} kept: run "
+                               "--rollback once it has ended") from exc  # fmt: skip
         self._vtep_back()
         self._shell(self.run.start_flanneld)
         device = f"flannel.{self.record.vni}"
@@ -954,13 +993,17 @@ class Undo:
             Path(path).unlink(missing_ok=True)
 
     def _conflist_back(self) -> None:
-        """The flannel conflist as it was, if it was switched (a switch that failed left it
-        as it was: rewriting it would fail alike on a read-only directory, or race the
-        runtime reading it)."""
+        """The flannel conflist as it was, if it was switched or is gone (a switch that
+        failed left it as it was: rewriting it would fail alike on a read-only directory,
+        or race the runtime reading it)."""
         if self.record.conflist is None or self.record.conflist_text is None:
             return
         path = Path(self.record.conflist)
-        if path.read_text() != self.record.conflist_text:
+        try:
+            same = path.read_text() == self.record.conflist_text
+        except FileNotFoundError:  # deleted since: written back all the same
+            same = False
+        if not same:
             write_atomically(path, self.record.conflist_text)
 
     def _announce(self) -> None:
@@ -1018,7 +1061,13 @@ class Migration(Undo):
                 except _FAILURES as exc:
                     why = f"step {number} ({step.name}) failed: {exc}"
                     self.say(f"{why}; rolling back")
-                    self._roll_back(number)
+                    try:
+                        self._roll_back(number)
+                    except OSError as kept:  # the record not removed: said with the failure
+                        raise StepFailed(f"{why}; rolled back, but {self.settings.state_file} "
+                                         f"still records the migration ({kept}): delete it "
+                                         "before vxflow migrate runs again, which would resume "
+                                         "it") from exc  # fmt: skip
                     raise StepFailed(f"{why}; rolled back") from exc
         finally:
             if self._idl is not None:
@@ -1039,7 +1088,10 @@ class Migration(Undo):
 
     def _roll_back(self, upto: int) -> None:
         """Undo steps 1..`upto` in reverse, one line each (an undo that fails is said and
-        skipped), then remove the record: the node is a flannel node again."""
+        skipped), then remove the record: the node is a flannel node again. If the fenced
+        flanneld still runs, the rest is undone all the same, then StepFailed, the record
+        kept: --rollback does it again once flanneld has ended."""
+        still: FlanneldRuns | None = None
         for number, step in reversed(list(enumerate(self.record.steps[:upto], 1))):
             undo = self._undo(step)
             if undo is None:
@@ -1047,8 +1099,12 @@ class Migration(Undo):
             self.say(f"undo {number}. {step.name}")
             try:
                 undo()
+            except FlanneldRuns as exc:
+                still = exc
             except _FAILURES as exc:
                 self.say(f"undo {number}. {step.name} failed: {exc}")
+        if still is not None:
+            raise StepFailed(f"rollback incomplete: {still}") from still
         self._forget()
 
     def _undo(self, step: Step) -> Callable[[], None] | None:
@@ -1072,12 +1128,17 @@ class Migration(Undo):
         }[step.kind]()  # fmt: skip
 
     def _fence(self) -> None:
-        """flanneld stopped; one stopped already (a re-run), its PID ended or taken by
+        """flanneld stopped, its PID and start time recorded before SIGTERM: the undo waits
+        for that process to end. One stopped already (a re-run), its PID ended or taken by
         another process since, is left alone."""
-        pid = self.run.flanneld_pid
-        if is_flanneld(pid):
+        if self.record.flanneld_start is None:  # else recorded by a run this one resumes
+            pid = self.run.flanneld_pid
+            self.record.flanneld_pid, self.record.flanneld_start = pid, start_time(pid)
+            self._save()
+        pid, start = self.record.flanneld_pid, self.record.flanneld_start
+        if runs(pid, start):
             os.kill(pid, signal.SIGTERM)
-        wait_until(f"flanneld (PID {pid}) did not stop", lambda: not is_flanneld(pid),
+        wait_until(f"flanneld (PID {pid}) did not stop", lambda: not runs(pid, start),
                    self.run.timeout)  # fmt: skip
 
     def _take_lease(self) -> None:

@@ -195,7 +195,8 @@ def add_cni0_pod(underlay: Underlay, node: Node, n: int, ip: IPv4Interface) -> P
 def flannel_node(request: pytest.FixtureRequest, underlay: Underlay,
                  tmp_path: Path) -> Iterator[FlannelNode]:  # fmt: skip
     """The node; `indirect` parameters: `ignore_sigterm` (flanneld started with SIGTERM
-    ignored: a hung one), `ip_masq` (flanneld's masquerade rules, and the agent's)."""
+    ignored: a hung one), `exit_delay` (seconds the first flanneld takes to exit after
+    SIGTERM: a slow one), `ip_masq` (flanneld's masquerade rules, and the agent's)."""
     params = getattr(request, "param", {})
     node = underlay.add_node(with_ovs=False)  # flannel's node: the underlay address on eth0
     node.ovs.start()  # OVS installed beside flanneld, nothing on it yet
@@ -210,7 +211,8 @@ def flannel_node(request: pytest.FixtureRequest, underlay: Underlay,
                         "--etcd-endpoints", endpoint, "--public-ip", str(node.underlay_ip),
                         "--iface", "eth0", "--subnet-file", str(subnet_file),
                         *(["--ip-masq"] if params.get("ip_masq") else [])]  # fmt: skip
-        flanneld = subprocess.Popen(["ip", "netns", "exec", node.netns, *flanneld_cmd],
+        slow = ["--exit-delay", str(params["exit_delay"])] if "exit_delay" in params else []
+        flanneld = subprocess.Popen(["ip", "netns", "exec", node.netns, *flanneld_cmd, *slow],
                                     stdout=subprocess.DEVNULL,
                                     stderr=(tmp_path / "flannel.log").open("wb"),
                                     preexec_fn=_ignoring_sigterm if params.get("ignore_sigterm")
@@ -512,19 +514,56 @@ def test_ovsdb_gone_during_the_port_moves_leaves_the_node_flannel(
 def test_a_flanneld_that_ignores_sigterm_fails_the_fence_and_runs_on_alone(
     flannel_node: FlannelNode,
 ) -> None:
-    """The fence waits --timeout for flanneld to end, then fails; its undo starts no second
-    flanneld beside the one still running: the node is as it was."""
+    """The fence waits --timeout for flanneld to end, then fails; its undo waits --timeout
+    more, then starts no second flanneld beside the one still running: the node is as it
+    was, the rollback fails in one line and the state file is kept. Once that flanneld
+    ended (here killed), --rollback starts flanneld again."""
     f = flannel_node
     before = f.state()
     res = f.migrate_for_real("--timeout", "3")
     assert res.returncode == 1, res.stdout + res.stderr
-    pid = f.flanneld.pid
+    pid, state = f.flanneld.pid, f.workdir / "migrate.json"
     assert res.stdout.splitlines()[1:] == [
         f"step 1 (fence flanneld) failed: flanneld (PID {pid}) did not stop within 3s; "
-        "rolling back", "undo 1. fence flanneld",
-        f"flanneld (PID {pid}) still runs: not started again"]  # fmt: skip
+        "rolling back", "undo 1. fence flanneld"]  # fmt: skip
+    assert res.stderr == (
+        f"Error: rollback incomplete: flanneld (PID {pid}) did not end within 3s: not started "
+        f"again beside it, and once it ends nothing renews the lease; {state} kept: run "
+        "--rollback once it has ended\n")  # fmt: skip
     assert not (f.workdir / "flanneld.pid").exists()  # --start-flanneld never ran
     assert f.state() == before
+    assert_flannel_again(f)
+    assert json.loads(state.read_text())["done"] == 0
+
+    f.flanneld.kill()
+    f.flanneld.wait()
+    real = f.real_args()
+    back = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert back.stdout.splitlines() == [
+        "undo 1. fence flanneld", f"rolled back: {f.node.underlay_ip} is a flannel node"]
+    assert not state.exists()
+    assert_flannel_again(f)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("flannel_node", [{"exit_delay": 6}], indirect=True)
+def test_a_flanneld_slower_to_stop_than_the_timeout_is_started_again_once_it_ended(
+    flannel_node: FlannelNode,
+) -> None:
+    """flanneld exits 6 s after SIGTERM: the fence fails at --timeout 4, and its undo waits
+    for that flanneld to end (within --timeout more), then starts flanneld again: a
+    flanneld runs, renewing the lease, where before the undo found the old one still
+    running, started none, and reported the node rolled back."""
+    f = flannel_node
+    res = f.migrate_for_real("--timeout", "4")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.stdout.splitlines()[1:] == [
+        f"step 1 (fence flanneld) failed: flanneld (PID {f.flanneld.pid}) did not stop within "
+        "4s; rolling back", "undo 1. fence flanneld"]  # fmt: skip
+    assert res.stderr.endswith("; rolled back\n"), res.stderr
+    assert ended(f.flanneld.pid)
+    assert not (f.workdir / "migrate.json").exists()
     assert_flannel_again(f)
 
 

@@ -1,10 +1,13 @@
 """`vxflow migrate`'s pure plan (ovsdb/migrate.py): the checks and the steps from what was
-observed on a flannel node."""
+observed on a flannel node; and, needing no node (no root), its record and undos on
+files in a temporary directory and the processes they tell apart."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
@@ -17,17 +20,25 @@ from leases.model import Lease
 from leases.subnet_env import SubnetEnv
 from ovsdb.migrate import (
     FdbEntry,
+    Kind,
     Link,
+    Migration,
     Neighbour,
     Observation,
     PodPort,
     Record,
+    Run,
     Settings,
+    Step,
     StepFailed,
+    Undo,
     is_switched,
     plan,
     pods_on_bridge,
+    runs,
+    start_time,
     switched_conflist,
+    write_atomically,
 )
 
 CONFIG = parse_config('{"Network": "198.19.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}')
@@ -217,7 +228,8 @@ def test_the_record_a_re_run_resumes_keeps_the_plan_and_how_far_it_got() -> None
     result = plan(observed())
     record = Record(1, SUBNET, observed().bridge, result.pods, sysctls={"veth1": {"/p": "0"}},
                     written=["/s/198.19.7.254"], conflist="/c", conflist_text="{}", ipmasq=True,
-                    network="cbr0", steps=result.steps, done=5, flanneld_pid=42, agent_started=1.5,
+                    network="cbr0", steps=result.steps, done=5, flanneld_pid=42, flanneld_start=4242,
+                    agent_started=1.5,
                     overlay=CONFIG.network, flannel_masq=["-A POSTROUTING -j FLANNEL-POSTRTG"])  # fmt: skip
     again = Record.from_json(record.to_json())
     assert again == record
@@ -227,6 +239,103 @@ def test_the_record_a_re_run_resumes_keeps_the_plan_and_how_far_it_got() -> None
     for text in ("{}", "[]", record.to_json().replace('"pod": "veth1"', '"pod": "veth9"')):
         with pytest.raises((ValueError, KeyError, TypeError)):
             Record.from_json(text)
+
+
+def _previous_release(record: Record) -> Record:
+    """`record` as the previous release wrote it: without `agent_started`."""
+    d = json.loads(record.to_json())
+    del d["agent_started"]
+    return Record.from_json(json.dumps(d))
+
+
+def test_a_rollback_of_a_previous_releases_record_stops_the_agent_once_its_step_is_done(
+    tmp_path: Path,
+) -> None:
+    """The previous release recorded no `agent_started`: with the agent step done, the
+    rollback runs --stop-agent all the same (else the agent renews the lease beside the
+    flanneld started again, and rebuilds br-int); before it, there is no agent to stop."""
+    result = plan(observed())
+    agent = next(n for n, step in enumerate(result.steps, 1) if step.name == "start the agent")
+    settings = Settings(ME, tmp_path / "subnet.env", "unix:/nonexistent")
+    stopped = tmp_path / "stopped"
+    for done, stops in ((agent, True), (len(result.steps), True), (agent - 1, False)):
+        record = _previous_release(Record(1, SUBNET, observed().bridge, result.pods,
+                                          steps=result.steps, done=done))  # fmt: skip
+        Undo(settings, Run("true", f"touch {stopped}"), None, record, print)._stop_agent()
+        assert stopped.exists() == stops, done
+        stopped.unlink(missing_ok=True)
+
+
+def test_the_fenced_process_is_told_by_its_pid_and_start_time_not_its_command_line() -> None:
+    """A process that took the fenced flanneld's PID (its command line naming flannel too, as
+    `vxflow agent --subnet-file /run/flannel/subnet.env` does) is not that flanneld: its start
+    time differs. One that ended runs no more."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "vxflow",
+                             "agent", "--subnet-file", "/run/flannel/subnet.env"])  # fmt: skip
+    try:
+        start = start_time(proc.pid)
+        assert start is not None and runs(proc.pid, start)
+        assert not runs(proc.pid, start - 1)  # the flanneld fenced there started before
+        assert not runs(proc.pid, None)  # none recorded: nothing to wait for
+    finally:
+        proc.kill()
+        proc.wait()
+    assert start_time(proc.pid) is None and not runs(proc.pid, start)
+
+
+def test_the_undo_writes_a_deleted_conflist_back(tmp_path: Path) -> None:
+    """The switched conflist deleted since (by hand, by a tool): the undo writes flannel's
+    back from the record, where it raised FileNotFoundError."""
+    conflist = tmp_path / "net.d" / "10-flannel.conflist"
+    record = Record(1, SUBNET, observed().bridge, [], conflist=str(conflist),
+                    conflist_text=FLANNEL_CONFLIST)  # fmt: skip
+    settings = Settings(ME, tmp_path / "subnet.env", "unix:/nonexistent")
+    Undo(settings, Run("true", "true"), None, record, print)._conflist_back()
+    assert conflist.read_text() == FLANNEL_CONFLIST
+
+
+def test_a_record_the_rollback_cannot_remove_is_said_with_the_failed_step(tmp_path: Path) -> None:
+    """A step fails and its rollback cannot remove the state file (here a directory by then):
+    the error still names the step and why, and says the record is left, where the OSError
+    of the removal replaced it."""
+    state = tmp_path / "migrate.json"
+    settings = Settings(ME, tmp_path / "subnet.env", "unix:/nonexistent", state_file=state)
+    record = Record(1, SUBNET, observed().bridge, [], steps=[Step(Kind.MASQ, "keep ip-masq", "")])
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if line.endswith("; rolling back"):  # something makes the record unremovable
+            state.unlink()
+            (state / "in-the-way").mkdir(parents=True)
+
+    with pytest.raises(StepFailed) as failed:
+        Migration(settings, Run("true", "true"), None, record, say).carry_out()
+    why = (f"step 1 (keep ip-masq) failed: the agent's {settings.subnet_file} says "
+           "FLANNEL_IPMASQ=false, flanneld's said false (--ip-masq)")  # fmt: skip
+    assert lines == ["1. keep ip-masq: ", f"{why}; rolling back"]
+    assert str(failed.value).startswith(f"{why}; rolled back, but {state} still records the "
+                                        "migration ([Errno 21] Is a directory: ")  # fmt: skip
+
+
+def test_a_write_is_synced_before_its_rename_and_the_directory_after(tmp_path: Path) -> None:
+    """`write_atomically` as strace sees it: the temporary file's data synced, then renamed,
+    then the directory synced: a crash leaves the old text or the new one, never a torn or
+    empty file under the name (the state file, the conflist)."""
+    path = tmp_path / "migrate.json"
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-qq", "-f", "-y", "-o", str(trace), "-e",
+                    "trace=fsync,fdatasync,rename,renameat,renameat2", sys.executable, "-c",
+                    "import sys; from pathlib import Path; from ovsdb.migrate import "
+                    "write_atomically; write_atomically(Path(sys.argv[1]), 'new')", str(path)],
+                   check=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines()
+             if str(tmp_path) in line]  # fmt: skip
+    assert [call.split("(")[0] for call in calls] == ["fsync", "rename", "fsync"], calls
+    assert f"<{tmp_path}/.migrate.json.tmp>" in calls[0] and f"<{tmp_path}>" in calls[2], calls
+    assert path.read_text() == "new"
+    write_atomically(path, "newer")
+    assert path.read_text() == "newer" and not path.with_name(".migrate.json.tmp").exists()
 
 
 FLANNEL_CONFLIST = ('{"name": "cbr0", "cniVersion": "0.3.1", "plugins": [{"type": "flannel", '
