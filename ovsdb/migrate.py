@@ -1183,9 +1183,12 @@ class Migration(Undo):
         """The agent masquerades as flanneld did; with ip-masq, flanneld's rules (fenced, it
         restores them no more) are recorded, the record written, then they are removed."""
         env = read_subnet_env(self.settings.subnet_file)
-        if env is None or env.ipmasq != self.record.ipmasq:
+        if env is None:
+            raise StepFailed(f"the agent's {self.settings.subnet_file} is missing or unreadable: "
+                             "its FLANNEL_IPMASQ cannot be checked against flanneld's")  # fmt: skip
+        if env.ipmasq != self.record.ipmasq:
             raise StepFailed(f"the agent's {self.settings.subnet_file} says FLANNEL_IPMASQ="
-                             f"{'true' if env and env.ipmasq else 'false'}, flanneld's said "
+                             f"{str(env.ipmasq).lower()}, flanneld's said "
                              f"{str(self.record.ipmasq).lower()} (--ip-masq)")  # fmt: skip
         if not self.record.ipmasq:
             return

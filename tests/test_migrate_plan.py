@@ -311,8 +311,9 @@ def test_a_record_the_rollback_cannot_remove_is_said_with_the_failed_step(tmp_pa
 
     with pytest.raises(StepFailed) as failed:
         Migration(settings, Run("true", "true"), None, record, say).carry_out()
-    why = (f"step 1 (keep ip-masq) failed: the agent's {settings.subnet_file} says "
-           "FLANNEL_IPMASQ=false, flanneld's said false (--ip-masq)")  # fmt: skip
+    # (no subnet file: said so, where it used to read "says false, flanneld's said false")
+    why = (f"step 1 (keep ip-masq) failed: the agent's {settings.subnet_file} is missing or "
+           "unreadable: its FLANNEL_IPMASQ cannot be checked against flanneld's")  # fmt: skip
     assert lines == ["1. keep ip-masq: ", f"{why}; rolling back"]
     assert str(failed.value).startswith(f"{why}; rolled back, but {state} still records the "
                                         "migration ([Errno 21] Is a directory: ")  # fmt: skip
