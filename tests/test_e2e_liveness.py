@@ -64,21 +64,26 @@ def status(cluster) -> tuple[dict, int]:
     return json.loads(out.stdout), out.returncode
 
 
-def first_down(cluster, ip: str, timeout: float = 15) -> dict:
-    """The first report of `vxflow status -o json` that names `ip` DOWN, asked every 0.1 s
-    in this process (click's runner: the command's own code, without the most of a second
-    a new Python takes to start, which would blur the moment it says so)."""
+def status_here(cluster) -> tuple[dict, int]:
+    """`status(cluster)` in this process (click's runner: the command's own code, without the
+    most of a second of CPU and time a new Python takes to start), for the polls; each test
+    that polls runs it as typed, in a process of its own, too."""
     from click.testing import CliRunner
 
     from vxflow.cli import cli
 
-    runner = CliRunner()
+    result = CliRunner().invoke(cli, status_cmd(cluster)[3:])
+    return json.loads(result.stdout), result.exit_code
+
+
+def first_down(cluster, ip: str, timeout: float = 15) -> dict:
+    """The first report of `vxflow status -o json` that names `ip` DOWN, asked every 0.1 s
+    in this process (a new Python's start would also blur the moment it says so)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        result = runner.invoke(cli, status_cmd(cluster)[3:])
-        report = json.loads(result.stdout)
+        report, code = status_here(cluster)
         if named_down(report, ip):
-            assert result.exit_code == 1, result.output
+            assert code == 1, report
             return report
         time.sleep(0.1)
     raise AssertionError(f"status never named {ip} DOWN within {timeout}s")
@@ -112,8 +117,9 @@ def test_a_node_cut_off_from_the_controller_only_keeps_its_backends(cluster):
               f"tcp dport '{{ {', '.join(sorted(ports))} }}' drop")  # fmt: skip
         cut = time.time()
         deadline = cut + 13
-        while connected(report := status(cluster)[0], ip3):
+        while connected(report := status_here(cluster)[0], ip3):
             assert time.time() < deadline, "n3's switch never lost its controller connection"
+            time.sleep(0.1)
         disconnected = time.time()
         assert not named_down(report, ip3), report["problems"]
         results = json.loads(stream.communicate(timeout=60)[0])
@@ -126,8 +132,11 @@ def test_a_node_cut_off_from_the_controller_only_keeps_its_backends(cluster):
     later = {answer.split()[0] for t, answer in results if t > disconnected}
     assert later == {pod2.name, pod3.name}, results  # n3's backend still served
     deadline = time.monotonic() + 30
-    while not connected(status(cluster)[0], ip3):  # back for the next test
+    while not connected(status_here(cluster)[0], ip3):  # back for the next test
         assert time.monotonic() < deadline, "n3's switch did not reconnect"
+        time.sleep(0.1)
+    report, _ = status(cluster)  # and as typed, in a process of its own
+    assert connected(report, ip3) and not named_down(report, ip3), report["problems"]
 
 
 def test_a_crashed_nodes_backend_leaves_within_the_goal_and_returns_with_its_agent(cluster):
