@@ -93,6 +93,7 @@ from typing import TypeVar
 from cni.client import DEFAULT_SOCKET
 from cni.config import DEFAULT_DATA_DIR
 from cni.veth import INERT, make_inert
+from daemons.processes import ended, start_time
 from flows.ports import GATEWAY_PORT, vtep_mac_for
 from leases.config import ConfigError
 from leases.errors import RegistryError
@@ -614,23 +615,6 @@ def wait_until(what: str, done: Callable[[], T], timeout: float, pause: float = 
             raise TimeoutError(f"{what} within {timeout:.0f}s")
         time.sleep(pause)
     return result
-
-
-def start_time(pid: int) -> int | None:
-    """When the process started (/proc/PID/stat's field 22, clock ticks after boot): with its
-    PID, which process it is, as a PID is reused. None: it ended (a zombie waiting for its
-    parent counts: it does nothing more)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # from field 3 (the state) on
-    return None if fields[0] in ("Z", "X") else int(fields[19])
-
-
-def ended(pid: int) -> bool:
-    """The process ended (a zombie counts)."""
-    return start_time(pid) is None
 
 
 def runs(pid: int, start: int | None) -> bool:

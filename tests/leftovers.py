@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from daemons.processes import ended
+
 RUN_MARKER = "VXFLOW_TEST_RUN"
 
 
@@ -56,14 +58,6 @@ def names_with_tag(tag: str) -> list[str]:
         if name.startswith(tag):
             found.append(f"link {name}")
     return found
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie (a zombie's cmdline is empty) and not gone."""
-    try:
-        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
-    except OSError:
-        return False
 
 
 CLUSTER_TAG = re.compile(r"\(tag (vxm[0-9a-f]+)\)|Adding switches:\s+(vxm[0-9a-f]+)")
@@ -110,7 +104,7 @@ class Before:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and any(map(_alive, pids)):
+            while time.monotonic() < deadline and not all(map(ended, pids)):
                 time.sleep(0.1)
         for item in found:
             kind, name = item.split()[:2]
