@@ -50,7 +50,7 @@ from flows.direct import direct_cookie, direct_flows, direct_leases
 from flows.family import family
 from flows.flow import Flow, Owner, Table, owner_of
 from flows.groups import Group, group_cookie
-from flows.ipv6 import dual_stack, endpoint_v6_flows, lease_v6_flows
+from flows.ipv6 import endpoint_v6_flows, lease_v6_flows
 from flows.policy import Peers, PolicyTable, RuleRef, endpoint_pod, stage_table
 from flows.policy_eval import Evaluator, Pod
 from flows.services import (
@@ -294,6 +294,17 @@ class ClusterModel:
         own = self._own[node] = self.accepted(next(iter(subnets))) if len(subnets) == 1 else None
         return own
 
+    def _dual_stack(self, own: Lease | None) -> bool:
+        """`dual_stack(config, own)` for an accepted `own`, from the index `_put_lease` keeps
+        (an IPv6 half is among the holders of its claims once it is fit to route): asked by
+        every switch per event, where judging the half again costs more than the event."""
+        return (
+            own is not None
+            and own.ipv6_subnet is not None
+            and self.config.ipv6 is not None
+            and own.subnet in self._holders6.get(own.public_ipv6, ())
+        )
+
     def endpoints_of(self, own: Lease | None) -> tuple[Endpoint, ...]:
         if own is None:
             return ()
@@ -526,7 +537,7 @@ class ClusterModel:
             return None
         own = self.own_lease(node)
         plan = self.plan()
-        six = dual_stack(self.config, own)
+        six = self._dual_stack(own)
         reachable = self.direct.get(node)
         if scope.full:
             leases, rows = self._selection()
