@@ -38,19 +38,21 @@ from flows.compiler import (
     NodeTable,
     RemoteRoutes,
     Row,
+    Row6,
     base_flows,
     cookie_subnet,
     endpoint_cookie,
     endpoint_flows,
     node_table,
     route_row,
+    route_row6,
     subnet_cookie,
 )
 from flows.direct import direct_cookie, direct_flows, direct_leases
 from flows.family import family
 from flows.flow import Flow, Owner, Table, owner_of
 from flows.groups import Group, group_cookie
-from flows.ipv6 import endpoint_v6_flows, lease_v6_flows
+from flows.ipv6 import endpoint_v6_flows
 from flows.policy import Peers, PolicyTable, RuleRef, endpoint_pod, stage_table
 from flows.policy_eval import Evaluator, Pod
 from flows.services import (
@@ -192,6 +194,7 @@ class ClusterModel:
         # leases whose half may produce flows (`select_v6`, judged per lease from these)
         self._holders6: dict[object, set[IPv4Network]] = defaultdict(set)
         self._v6: dict[IPv4Network, Lease] = {}
+        self._rows6: dict[IPv4Network, Row6] = {}  # route_row6 of each in `_v6`
         self._by_cookie: dict[int, tuple[Lease, Row] | None] = {}  # cache of accepted() by cookie
         self._own: dict[IPv4Address, Lease | None] = {}  # cache of own_lease()
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
@@ -259,6 +262,7 @@ class ClusterModel:
             why = None
             if lease is None or lease.ipv6_subnet is None:
                 self._v6.pop(subnet, None)
+                self._rows6.pop(subnet, None)
             elif subnet not in self._holders6.get(lease.public_ipv6, ()):  # unfit: _put_lease
                 why = v6_problem(self.config, lease)
             else:
@@ -266,6 +270,8 @@ class ClusterModel:
                             if sum(self.accepted(s) is not None
                                    for s in self._holders6[claim(lease)]) > 1), None)  # fmt: skip
                 if why is None:
+                    if self._v6.get(subnet) is not lease:
+                        self._rows6[subnet] = route_row6(lease)
                     self._v6[subnet] = lease
             key = f"lease {subnet}{V6_REJECTED}" if why or self.rejected else ""
             if why is None:
@@ -273,6 +279,7 @@ class ClusterModel:
                     self.rejected.pop(key, None)
                 continue
             self._v6.pop(subnet, None)
+            self._rows6.pop(subnet, None)
             if key not in self.rejected:
                 log.warning("%s: %s (its IPv4 flows stay)", key, why)
             self.rejected[key] = Rejected(lease, why)
@@ -542,9 +549,10 @@ class ClusterModel:
         if scope.full:
             leases, rows = self._selection()
             v6 = tuple(self._v6.values()) if six else None
+            rows6 = [self._rows6.get(lease.subnet) for lease in leases] if six else None
             direct = direct_leases(self.config, own, leases, reachable)
             table = node_table(self.config, leases, self.endpoints_of(own), own, rows, plan, v6,
-                               direct, reachable or frozenset())  # fmt: skip
+                               rows6, direct, reachable or frozenset())  # fmt: skip
             table.flows.extend(self.policy_table(node).flows)
             return table
         flows: list[Flow] = []
@@ -554,14 +562,15 @@ class ClusterModel:
             return NodeTable(flows)
         leases: list[Lease] = []
         rows: list[Row] = []
+        rows6: list[Row6 | None] = []
         for cookie in scope.cookies:
             accepted = self._accepted_by_cookie(cookie)
             if accepted is not None and accepted[0].public_ip != own.public_ip:
                 leases.append(accepted[0])
                 rows.append(accepted[1])
-                if six and accepted[0].subnet in self._v6:
-                    flows += lease_v6_flows(self.config, accepted[0], own)
-        routes = RemoteRoutes(self.config, own, leases, rows) if leases else None
+                if six:
+                    rows6.append(self._rows6.get(accepted[0].subnet))
+        routes = RemoteRoutes(self.config, own, leases, rows, rows6) if leases else None
         if reachable and self.config.backend.direct_routing:
             flows += self._direct_flows(own, reachable, scope, six)
         for endpoint in self.endpoints_of(own):
@@ -702,7 +711,7 @@ class ClusterModel:
         self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
         self._by_ip.clear()
         self._holders6.clear()
-        self._v6 = {}
+        self._v6, self._rows6 = {}, {}
         self._endpoints.clear()
         self._accepted_eps.clear()
         for i, lease in enumerate(leases, 1):
