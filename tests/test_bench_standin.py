@@ -90,6 +90,42 @@ def test_standin_holds_a_bundled_table_and_reads_it_back() -> None:
     assert report[dpid]["converged_at"] is not None
 
 
+def test_a_dropped_standin_connects_again_with_its_table() -> None:
+    """The controller drops a stand-in (as it does one that misses its handshake
+    deadline): it connects again after its backoff, as a switch does, and reads back
+    the table it held, an uncommitted bundle of the lost connection gone."""
+    c = cluster(20)
+    node = c.leases[0]
+    desired = compile_node(c.config, c.leases, (), node.public_ip)
+    flows = sorted(desired, key=lambda f: f.key)
+    dpid = datapath_id_for(node.public_ip)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(30)
+        fleet = StandInFleet("127.0.0.1", server.getsockname()[1], {dpid: len(desired)},
+                             [(TUNNEL_OFPORT, "vxlan0")]).start()  # fmt: skip
+        try:
+            fleet.go()
+            sock, _ = server.accept()
+            with sock:
+                assert _recv(sock)[0] == of.HELLO
+                sock.sendall(b"".join(ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, 2) for f in flows[1:])
+                             + ofwire.encode_bundle_control(7, ofwire.OFPBCT_OPEN_REQUEST, 3)
+                             + ofwire.encode_bundle_adds(7, flows[:1], ofwire.OFPFC_ADD, 4)
+                             + ofwire.encode_barrier(5))  # fmt: skip
+                _until(sock, of.BARRIER_REPLY)
+            sock, _ = server.accept()  # the stand-in's second connection
+            with sock:
+                assert _recv(sock)[0] == of.HELLO
+                sock.sendall(ofwire.encode_bundle_control(7, ofwire.OFPBCT_COMMIT_REQUEST, 6)
+                             + ofwire.encode_barrier(7))  # fmt: skip
+                _until(sock, of.BARRIER_REPLY)
+                assert _read_back(sock, 8) == set(flows[1:])
+        finally:
+            report = fleet.stop()
+    assert report[dpid]["reconnects"] == 1
+    assert report[dpid]["unsupported"] == {}
+
+
 def test_watching_a_larger_table_each_lease_finds_the_same_barrier_as_a_full_scan() -> None:
     state = SwitchState(dpid=1, expected=10)
     state.barriers = [(1.0, 10), (2.0, 12), (3.0, 12), (4.0, 14)]
