@@ -86,7 +86,9 @@ def run_standin(env: Env, switches: int, timeout: float) -> dict[str, Any]:
         per_switch = fleet.stop()
     unsupported = {k: v for s in per_switch.values() for k, v in s["unsupported"].items()}
     return {"converged_s": took, "controller_cpu_s": cpu, "standin_unsupported": unsupported,
-            "flow_mods_received": sum(s["flow_mods"] for s in per_switch.values())}  # fmt: skip
+            "flow_mods_received": sum(s["flow_mods"] for s in per_switch.values()),
+            # dropped by the controller (a missed handshake deadline) and connected again
+            "standin_reconnects": sum(s["reconnects"] for s in per_switch.values())}  # fmt: skip
 
 
 def measure_once(kind: str, leases: int, switches: int, timeout: float,
