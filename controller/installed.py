@@ -51,9 +51,9 @@ class Installed(Mapping[FlowKey, Flow]):
         # subnet address -> plain entries with a key a remote lease's flow could have
         self._lease_shaped: dict[int, int] = {}
         self._leases: dict[int, Lease] = {}  # subnet address (the row's int) -> lease
-        # the subnet addresses of the held leases whose IPv6 flows are held too, and those
-        # leases' by their IPv6 subnet's address (as _subnet_of gives it: ~int)
-        self._six: set[int] = set()
+        # the held leases whose IPv6 flows are held too: subnet address -> their IPv6
+        # subnet's address as _subnet_of gives it (_key6), and the reverse
+        self._six: dict[int, int] = {}
         self._by6: dict[int, int] = {}
         self._context: Context | None = None
 
@@ -148,7 +148,7 @@ class Installed(Mapping[FlowKey, Flow]):
         finds them equal to the desired leases' renderings. `pause` is called every STEP
         flows (half of them taken in meanwhile: build a fresh copy, then swap)."""
         self._flows, self._by_cookie, self._lease_shaped = {}, {}, {}
-        self._leases, self._six, self._by6, self._context = {}, set(), {}, None
+        self._leases, self._six, self._by6, self._context = {}, {}, {}, None
         for chunk in chunked(flows, pause):
             for flow in chunk:
                 self._add(flow, flow.key)
@@ -161,11 +161,11 @@ class Installed(Mapping[FlowKey, Flow]):
         for lease, row, row6 in zip(routes.leases, routes.rows, rows6, strict=True):
             # a plain entry may have one of its keys (normally none): an add replaces
             # the entries with its keys, whoever's they were
-            six = row6 is not None
-            if row[0] in clash or (six and _key6(row6[0]) in clash):
-                for flow in remote_lease_flows(routes.config, lease, routes.own, six):
+            key6 = _key6(row6[0]) if row6 is not None else None
+            if row[0] in clash or (key6 is not None and key6 in clash):
+                for flow in remote_lease_flows(routes.config, lease, routes.own, key6 is not None):
                     self.discard(flow.key)
-            self._hold(row[0], lease, six)
+            self._hold(row[0], lease, key6)
 
     def settle(
         self, desired: NodeTable, pause: Callable[[], None] = no_pause
@@ -212,7 +212,7 @@ class Installed(Mapping[FlowKey, Flow]):
                     same = True
                     for f in want:
                         self._drop(f.key)
-                    self._hold(subnet, lease, six)
+                    self._hold(subnet, lease, _key6(row6[0]) if six else None)
                     settled.append(cookie)
                     continue
             keep.append(lease)
@@ -235,18 +235,20 @@ class Installed(Mapping[FlowKey, Flow]):
         for subnet in subnets:
             yield from self._render(subnet)
 
-    def _hold(self, subnet: int, lease: Lease, six: bool) -> None:
-        """Hold `lease`'s flows (`six`: its IPv6 ones too) compactly under `subnet`."""
-        self._unhold6(subnet)
+    def _hold(self, subnet: int, lease: Lease, key6: int | None) -> None:
+        """Hold `lease`'s flows compactly under `subnet` (its IPv6 ones too when it has
+        `key6`, its IPv6 subnet's `_key6`)."""
+        if self._six:
+            self._unhold6(subnet)
         self._leases[subnet] = lease
-        if six:
-            self._six.add(subnet)
-            self._by6[_key6(lease.ipv6_subnet.network_address.packed)] = subnet
+        if key6 is not None:
+            self._six[subnet] = key6
+            self._by6[key6] = subnet
 
     def _unhold6(self, subnet: int) -> None:
-        if subnet in self._six:
-            self._six.discard(subnet)
-            del self._by6[_key6(self._leases[subnet].ipv6_subnet.network_address.packed)]
+        key6 = self._six.pop(subnet, None)
+        if key6 is not None:
+            del self._by6[key6]
 
     def _held_subnet(self, key: FlowKey) -> int | None:
         """The subnet address of the held lease whose flow could have `key`, or None."""

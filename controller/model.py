@@ -195,6 +195,7 @@ class ClusterModel:
         self._holders6: dict[object, set[IPv4Network]] = defaultdict(set)
         self._v6: dict[IPv4Network, Lease] = {}
         self._rows6: dict[IPv4Network, Row6] = {}  # route_row6 of each in `_v6`
+        self._selection6: list[Row6 | None] | None = None  # cache: _rows6 by _selection()'s leases
         self._by_cookie: dict[int, tuple[Lease, Row] | None] = {}  # cache of accepted() by cookie
         self._own: dict[IPv4Address, Lease | None] = {}  # cache of own_lease()
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
@@ -250,6 +251,14 @@ class ClusterModel:
             self._accepted = [lease for lease, _ in pairs], [row for _, row in pairs]
         return self._accepted
 
+    def _rows6_of_selection(self) -> list[Row6 | None]:
+        """`route_row6` of each of the accepted leases whose IPv6 half is accepted, None for
+        the others, in `_selection()`'s order (cached as it is, and until a half is judged)."""
+        if self._selection6 is None:
+            rows6 = self._rows6
+            self._selection6 = [rows6.get(lease.subnet) for lease in self._selection()[0]]
+        return self._selection6
+
     def _judge6(self, subnets: Iterable[IPv4Network]) -> None:
         """Judge the IPv6 halves of the leases of `subnets` again, as `select_v6` would over
         the accepted leases: fit to route, and alone among the accepted leases on each of
@@ -257,6 +266,7 @@ class ClusterModel:
         judged, not the cluster)."""
         if self.config is None or self.config.ipv6 is None:
             return  # (no half is accepted: `load` emptied them)
+        self._selection6 = None
         for subnet in subnets:
             lease = self.accepted(subnet)
             why = None
@@ -549,7 +559,7 @@ class ClusterModel:
         if scope.full:
             leases, rows = self._selection()
             v6 = tuple(self._v6.values()) if six else None
-            rows6 = [self._rows6.get(lease.subnet) for lease in leases] if six else None
+            rows6 = self._rows6_of_selection() if six else None
             direct = direct_leases(self.config, own, leases, reachable)
             table = node_table(self.config, leases, self.endpoints_of(own), own, rows, plan, v6,
                                rows6, direct, reachable or frozenset())  # fmt: skip
@@ -659,6 +669,7 @@ class ClusterModel:
     def _changed(self) -> None:
         """Drop what is cached from the leases (every lease update calls this)."""
         self._accepted = None
+        self._selection6 = None
         self._by_cookie = {}
         self._own = {}
 
