@@ -532,61 +532,42 @@ def _row_layout(
         raise ValueError(f"remote-lease flow shape changed: {missing} not in the layout")
 
 
-def _routes_layout(route: Flow, ingress: Flow, bundled: bool, codes: list[str],
+def _routes_layout(route: Flow, ingress: Flow, bundled: bool, six: bool, codes: list[str],
                    exprs: list[str], consts: list[bytes]) -> None:  # fmt: skip
     """Append the adds (bundled or bare) of one remote lease's two flows
     (`remote_lease_flows`) as one struct: per lease, the subnet `s` (cookie, ip_dst /
     ip_src), the PublicIP `p` (tun_dst / tun_src) and the VtepMAC octets `mac` (eth_dst);
     per switch, its own VtepMAC octets `own` (eth_src); plus the xids. The rest is fixed
-    by the network config, so one packer serves every switch."""
-    head = _row_head(bundled)
-    names = [name for name, _ in route.match]
-    sets = {a[1]: j for j, a in enumerate(route.actions) if a[0] == "set_field"}
-    _row_layout(route, bundled, {
-        **head,
-        f"int(m[{names.index('ip_dst')}][1].network_address)": "s",
-        f"int(a[{sets['tun_dst']}][2])": "p",
-        f"_mac(a[{sets['eth_dst']}][2])": "mac",
-        f"_mac(a[{sets['eth_src']}][2])": "own",
-    }, codes, exprs, consts)  # fmt: skip
-    names = [name for name, _ in ingress.match]
-    _row_layout(ingress, bundled, {
-        **head,
-        "xid": "xid + 1",
-        f"int(m[{names.index('ip_src')}][1].network_address)": "s",
-        f"int(m[{names.index('tun_src')}][1])": "p",
-    }, codes, exprs, consts)  # fmt: skip
-
-
-def _routes6_layout(route: Flow, ingress: Flow, bundled: bool, codes: list[str],
-                    exprs: list[str], consts: list[bytes]) -> None:  # fmt: skip
-    """`_routes_layout` of a lease's IPv6 route and check (`lease_v6_flows`), sent right
-    after its IPv4 two (xids + 2 and + 3): per lease its subnet `s` (the cookie) and its
-    row6's `s6`, `p6`, `mac6` (flows.compiler.route_row6); per switch `own6`."""
-    head = {**_row_head(bundled), "xid": "xid + 2"}
-    names = [name for name, _ in route.match]
-    sets = {a[1]: j for j, a in enumerate(route.actions) if a[0] == "set_field"}
-    _row_layout(route, bundled, {
-        **head,
-        f"m[{names.index('ipv6_dst')}][1].network_address.packed": "s6",
-        f"a[{sets['tun_ipv6_dst']}][2].packed": "p6",
-        f"_mac(a[{sets['eth_dst']}][2])": "mac6",
-        f"_mac(a[{sets['eth_src']}][2])": "own6",
-    }, codes, exprs, consts)  # fmt: skip
-    names = [name for name, _ in ingress.match]
-    _row_layout(ingress, bundled, {
-        **head,
-        "xid": "xid + 3",
-        f"m[{names.index('ipv6_src')}][1].network_address.packed": "s6",
-        f"m[{names.index('tun_ipv6_src')}][1].packed": "p6",
-    }, codes, exprs, consts)  # fmt: skip
-
-
-def _row_head(bundled: bool) -> dict[str, str]:
-    head = {"xid": "xid", "f.cookie": f"{cookie_for(Owner.LEASE)} | s"}
+    by the network config, so one packer serves every switch. `six`: the lease's IPv6
+    route and check (`lease_v6_flows`), sent right after its IPv4 two (xids + 2 and + 3),
+    from its row6 (flows.compiler.route_row6) `s6`, `p6`, `mac6` and the switch's `own6`
+    (the cookie still from `s`)."""
+    if six:
+        dst, tun_dst, src, tun_src = "ipv6_dst", "tun_ipv6_dst", "ipv6_src", "tun_ipv6_src"
+        net, addr, first = "{}.network_address.packed", "{}.packed", 2
+    else:
+        dst, tun_dst, src, tun_src = "ip_dst", "tun_dst", "ip_src", "tun_src"
+        net, addr, first = "int({}.network_address)", "int({})", 0
+    s, p, mac, own = (f"{name}6" if six else name for name in ("s", "p", "mac", "own"))
+    head = {"xid": f"xid + {first}" if first else "xid", "f.cookie": f"{cookie_for(Owner.LEASE)} | s"}
     if bundled:
         head["bundle_id"] = "bundle_id"
-    return head
+    names = [name for name, _ in route.match]
+    sets = {a[1]: j for j, a in enumerate(route.actions) if a[0] == "set_field"}
+    _row_layout(route, bundled, {
+        **head,
+        net.format(f"m[{names.index(dst)}][1]"): s,
+        addr.format(f"a[{sets[tun_dst]}][2]"): p,
+        f"_mac(a[{sets['eth_dst']}][2])": mac,
+        f"_mac(a[{sets['eth_src']}][2])": own,
+    }, codes, exprs, consts)  # fmt: skip
+    names = [name for name, _ in ingress.match]
+    _row_layout(ingress, bundled, {
+        **head,
+        "xid": f"xid + {first + 1}",
+        net.format(f"m[{names.index(src)}][1]"): s,
+        addr.format(f"m[{names.index(tun_src)}][1]"): p,
+    }, codes, exprs, consts)  # fmt: skip
 
 
 def _route_packer(v4: Flow, v6: tuple[Flow, Flow] | None, bundled: bool):
@@ -596,14 +577,14 @@ def _route_packer(v4: Flow, v6: tuple[Flow, Flow] | None, bundled: bool):
     codes: list[str] = []
     exprs: list[str] = []
     consts: list[bytes] = []
-    _routes_layout(*v4, bundled, codes, exprs, consts)
+    _routes_layout(*v4, bundled, False, codes, exprs, consts)
     pack = f"        append(_pack({', '.join(exprs)}))\n"
     if v6 is None:
         loop = "    for s, p, mac in items:\n" + pack + f"        xid += {FLOWS_PER_LEASE}\n"
     else:
         codes6: list[str] = []
         exprs6: list[str] = []
-        _routes6_layout(*v6, bundled, codes6, exprs6, consts)
+        _routes_layout(*v6, bundled, True, codes6, exprs6, consts)
         loop = (
             "    for (s, p, mac), six in items:\n" + pack
             + "        if six is None:\n"
