@@ -34,8 +34,11 @@ TTL: decremented once per overlay crossing, on the way into the tunnel only.
 Dual stack (config EnableIPv6 and a lease with an IPv6 half): the same tables
 carry IPv6 the same way (flows/ipv6.py), over a tunnel port of its own
 (TUNNEL6_OFPORT, local_ip = the node's PublicIPv6), with neighbour solicitations
-answered in ARP; the IPv6 flows of a remote lease are plain flows under the
-lease's cookie. An IPv4-only config or node gets none of it, at no cost.
+answered in ARP; a remote lease's IPv6 route and ingress check follow its IPv4 two
+under its cookie, in the same compact row (RemoteRoutes.rows6): four flows per
+lease, two for one whose IPv6 half is not routed. Neighbour discovery adds no flow
+per lease (one base flow answers for the whole IPv6 network). An IPv4-only config
+or node gets none of it, at no cost.
 """
 
 from __future__ import annotations
