@@ -12,9 +12,9 @@ Many stand-ins share one asyncio loop in a child process (`StandInFleet`), so
 they cost the controller's core as little as possible; each records when it
 first answered a barrier while holding its expected number of flows.
 
-A stand-in whose connection is lost (the controller dropped it: a missed handshake
-deadline under a thousand connecting at once) connects again as a switch does
-(OVS's rconn): after BACKOFF_MIN seconds, doubling up to BACKOFF_MAX while connecting
+A stand-in whose connection is lost (the controller dropped it: its handshake
+deadline or its echo probe missed while this one process, serving a thousand,
+lagged) connects again as a switch does (OVS's rconn): after BACKOFF_MIN seconds, doubling up to BACKOFF_MAX while connecting
 fails, keeping its table and groups (an uncommitted bundle dies with the connection).
 """
 
