@@ -14,8 +14,9 @@ first answered a barrier while holding its expected number of flows.
 
 A stand-in whose connection is lost (the controller dropped it: its handshake
 deadline or its echo probe missed while this one process, serving a thousand,
-lagged) connects again as a switch does (OVS's rconn): after BACKOFF_MIN seconds, doubling up to BACKOFF_MAX while connecting
-fails, keeping its table and groups (an uncommitted bundle dies with the connection).
+lagged) connects again as a switch does (OVS's rconn): after BACKOFF_MIN seconds,
+doubling up to BACKOFF_MAX while connecting fails, keeping its table and groups (an
+uncommitted bundle dies with the connection).
 """
 
 from __future__ import annotations
