@@ -205,6 +205,12 @@ class Installed(Mapping[FlowKey, Flow]):
                     leases[subnet] = lease  # the same flows (a rewrite that changed none of them)
                     settled.append(cookie)
                     continue
+            if held is not None and same and keys:
+                # part held, part Flows (an IPv6 half added since: its flows landed as
+                # Flows): all of it as Flows, to be taken in whole below if right
+                self._unpack(subnet)
+                held = None
+                keys = by_cookie.get(cookie)
             if held is None and keys and len(keys) == FLOWS_PER_LEASE * (2 if six else 1):
                 want = remote_lease_flows(context[0], lease, context[1], six)
                 if all(flows.get(f.key) == f for f in want):
@@ -322,9 +328,12 @@ class Installed(Mapping[FlowKey, Flow]):
         subnet = self._held_subnet(key)
         if subnet is None:
             return
+        if any(f.key == key for f in self._render(subnet)):
+            self._unpack(subnet)
+
+    def _unpack(self, subnet: int) -> None:
+        """Hold the flows of the lease held under `subnet` as Flows."""
         flows = self._render(subnet)
-        if all(f.key != key for f in flows):
-            return
         self._unhold6(subnet)
         del self._leases[subnet]
         for flow in flows:

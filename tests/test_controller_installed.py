@@ -147,3 +147,21 @@ def test_a_rewrite_of_the_own_lease_that_keeps_its_public_ip_keeps_the_table_com
     installed.put_routes(rest.routes)
     assert installed.held_leases == 11 and len(installed) == 11 * FLOWS_PER_LEASE
     same(installed, {f.key: f for f in table.routes.flows()})
+
+
+def test_a_held_lease_whose_ipv6_half_landed_since_is_taken_in_whole() -> None:
+    """A remote lease held compactly gains its IPv6 half: its two IPv6 flows land as Flows
+    (a scoped change), and the next comparison settles the lease with all four, held as
+    one entry again, not as an entry plus Flows that every comparison would go over."""
+    own, other = D.leases[0], D.leases[1]
+    v4_only = replace(other, ipv6_subnet=None, public_ipv6=None, vtep_mac_v6=None)
+    installed = Installed()
+    installed.put_routes(node_table(D.config, [own, v4_only], [], own).routes)
+    table = node_table(D.config, [own, other], [], own)
+    for f in table.routes.flows()[FLOWS_PER_LEASE:]:  # its IPv6 route and check landed
+        installed.put(f)
+    same(installed, {f.key: f for f in table.routes.flows()})
+    rest, settled = installed.settle(table)
+    assert settled == {table.routes.flows()[0].cookie} and not rest.routes
+    assert installed.held_leases == 1 and len(installed._flows) == 0
+    same(installed, {f.key: f for f in table.routes.flows()})
