@@ -85,7 +85,7 @@ class RealSwitches:
     def landed(self, new: Lease, before: dict[str, int]) -> list[float]:
         per_lease = self.env.cluster.flows_per_lease
         landed = self.obs.wait_added({name: n + per_lease for name, n in before.items()}, timeout=30)
-        wrong = [name for name in landed if self.obs.added(name)[-1][1] != lease_cookie(new)]
+        wrong = [name for name in landed if self.obs.added(name, -1)[0][1] != lease_cookie(new)]
         if wrong:
             raise RuntimeError(f"a flow other than {new.subnet}'s landed first on {wrong[:5]}")
         return list(landed.values())

@@ -114,7 +114,7 @@ def failover(switches: int, leases: int, count: int, kills: int, ttl: int) -> di
             victim.stop(signal.SIGKILL)
             put_lease(registry, new, etcd_lease)
             landed = obs.wait_added({n: before[n] + 1 for n in theirs}, timeout=ttl + 30)
-            if wrong := [n for n in theirs if obs.added(n)[before[n]][1] != lease_cookie(new)]:
+            if wrong := [n for n in theirs if obs.added(n, before[n])[0][1] != lease_cookie(new)]:
                 raise RuntimeError(f"a flow other than {new.subnet}'s landed first on {wrong}")
             samples.append(max(landed.values()) - killed)
             moved.append(len(theirs))

@@ -63,6 +63,8 @@ class FlowObserver:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._changed = threading.Condition()
+        # what `_wait` waits for: (attribute, target per bridge, the bridges short of it)
+        self._goal: tuple[str, Mapping[str, int], set[str]] | None = None
         self._xid = 0x1000
 
     # -- lifecycle ------------------------------------------------------------
@@ -95,10 +97,13 @@ class FlowObserver:
         with self._changed:
             return {name: len(b.added) for name, b in self._bridges.items()}
 
-    def added(self, name: str) -> list[tuple[float, int]]:
-        """(arrival time, cookie) of every ADDED update seen on bridge `name`."""
+    def added(self, name: str, start: int = 0) -> list[tuple[float, int]]:
+        """(arrival time, cookie) of every ADDED update seen on bridge `name` (from the
+        `start`-th on: a whole history, the initial sync's thousands included, copied for
+        each bridge per event took the bench's process more than the updates; negative:
+        the last -`start`)."""
         with self._changed:
-            return list(self._bridges[name].added)
+            return self._bridges[name].added[start:]
 
     def event_count(self, name: str) -> int:
         with self._changed:
@@ -150,21 +155,39 @@ class FlowObserver:
     def _wait(
         self, attr: str, what: str, targets: Mapping[str, int], timeout: float
     ) -> dict[str, float]:
+        """(The loop wakes this thread once, when the last bridge got there: woken at every
+        update, with S bridges of several updates each, this thread's rescans took the GIL
+        from the loop that timestamps the updates, and the more so the more flows a lease has.)"""
         deadline = time.monotonic() + timeout
         seen = {n: getattr(self._bridges[n], attr) for n in targets}
         with self._changed:
-            while True:
-                short = {n: len(seen[n]) for n, want in targets.items() if len(seen[n]) < want}
-                if not short:
-                    return {n: seen[n][want - 1][0] for n, want in targets.items()}
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    sample = dict(list(short.items())[:5])
-                    raise TimeoutError(
-                        f"{len(short)} bridges short of their {what} after {timeout}s, "
-                        f"e.g. {sample} (wanted {dict(list(targets.items())[:1])})"
-                    )
-                self._changed.wait(left)
+            short = {n for n, want in targets.items() if len(seen[n]) < want}
+            self._goal = attr, targets, short
+            try:
+                while short:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        sample = {n: len(seen[n]) for n in list(short)[:5]}
+                        raise TimeoutError(
+                            f"{len(short)} bridges short of their {what} after {timeout}s, "
+                            f"e.g. {sample} (wanted {dict(list(targets.items())[:1])})"
+                        )
+                    self._changed.wait(left)
+            finally:
+                self._goal = None
+            return {n: seen[n][want - 1][0] for n, want in targets.items()}
+
+    def _notify(self, b: _Bridge) -> None:
+        """(Under `_changed`, after `b` got more.) Wake the waiting thread: `_wait`'s once
+        every bridge it waits for got there, any other at every change."""
+        if self._goal is None:
+            self._changed.notify_all()
+            return
+        attr, targets, short = self._goal
+        if b.name in short and len(getattr(b, attr)) >= targets[b.name]:
+            short.discard(b.name)
+            if not short:
+                self._changed.notify_all()
 
     def flow_counts(self, timeout: float = 30) -> dict[str, int]:
         """Flows each bridge holds now (aggregate stats over all tables)."""
@@ -222,7 +245,7 @@ class FlowObserver:
                 (group_id,) = struct.unpack_from("!I", body, 12)  # after the inner header
                 with self._changed:
                     b.group_mods.append((now, group_id))
-                    self._changed.notify_all()
+                    self._notify(b)
             elif msg_type == of.ERROR:
                 log.error("%s: OpenFlow error %r", b.name, body[:4].hex())
                 if xid in b.replies:
@@ -250,7 +273,7 @@ class FlowObserver:
             with self._changed:
                 b.added.extend(added)
                 b.events.extend(events)
-                self._changed.notify_all()
+                self._notify(b)
 
     async def _count(self, b: _Bridge) -> int:
         xid = self._next_xid()

@@ -106,12 +106,13 @@ def _rss_kib() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def cold_start(switches: int, leases: int, profiler: Profiler | None = None) -> dict[str, float]:
-    """B3's controller path for S empty switches on L leases: seconds, and the resident
-    memory the switches' installed tables added, per installed flow."""
+def cold_start(switches: int, leases: int, profiler: Profiler | None = None,
+               dual: bool = False) -> dict[str, float]:  # fmt: skip
+    """B3's controller path for S empty switches on L leases (`dual`: dual-stack ones):
+    seconds, and the resident memory the switches' installed tables added, per installed flow."""
     if switches > leases:
         raise ValueError(f"{switches} switches need at least as many leases, not {leases}")
-    c = cluster(leases)
+    c = cluster(leases, dual=dual)
     model = ClusterModel()
     model.load(c.config, c.leases[:leases], ())
     gc.collect()
@@ -155,10 +156,11 @@ class _GcPauses:
 
 def event_path(switches: int, leases: int, events: int,
                profiler: Profiler | None = None,
-               pauses: _GcPauses | None = None) -> list[float]:  # fmt: skip
-    """Seconds per new lease for the controller's own code to bring S switches up to
-    date (model.apply, scope, request, both barriers per switch), as app.py does."""
-    c = cluster(leases + events)
+               pauses: _GcPauses | None = None, dual: bool = False) -> list[float]:  # fmt: skip
+    """Seconds per new lease (`dual`: dual-stack leases) for the controller's own code to
+    bring S switches up to date (model.apply, scope, request, both barriers per switch),
+    as app.py does."""
+    c = cluster(leases + events, dual=dual)
     model = ClusterModel()
     model.load(c.config, c.leases[:leases], ())
     syncs = [_synced_switch(model, x.public_ip, leases) for x in c.leases[:switches]]
@@ -232,11 +234,13 @@ def _write(name: str, profiler: Profiler, out_dir: Path, note: str = "") -> Path
               help="event: new leases, one by one; policy: new policies, one by one.")
 @click.option("--pods", default=1000, show_default=True, help="policy: pods, spread over the nodes.")
 @click.option("--policies", default=100, show_default=True, help="policy: policies in place before.")
+@click.option("--dual-stack", "dual", is_flag=True,
+              help="coldstart, event: dual-stack leases (each with an IPv6 half).")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=RESULTS_DIR,
               show_default=True, help="Where the text report goes.")
 @click.option("--tag", default="", help="Report name suffix (e.g. the size): profile_WHAT_TAG.txt.")
 def main(what: str, remote_leases: int, switches: int, leases: int, events: int, pods: int,
-         policies: int, results_dir: Path, tag: str) -> None:  # fmt: skip
+         policies: int, dual: bool, results_dir: Path, tag: str) -> None:  # fmt: skip
     """Profile a hot path in process with pyinstrument: compile (flows/ for one table),
     encode (controller/ofwire.py for one table), sync (the controller's cold sync of one
     empty switch), coldstart (--switches empty switches on --leases leases, to their
@@ -256,14 +260,14 @@ def main(what: str, remote_leases: int, switches: int, leases: int, events: int,
     elif what == "sync":
         sync_path(remote_leases, profiler)
     elif what == "coldstart":
-        r = cold_start(switches, leases, profiler)
+        r = cold_start(switches, leases, profiler, dual)
         note = (f"coldstart: {switches} switches, {leases} leases: {r['flows']:,} flows installed "
                 f"in {r['seconds']:.2f} s; resident memory {r['bytes_per_flow']:.0f} bytes per "
                 f"installed flow (controller code only, no os-ken, no sockets)")  # fmt: skip
     else:
         pauses = _GcPauses()
         if what == "event":
-            took = event_path(switches, leases, events, profiler, pauses)
+            took = event_path(switches, leases, events, profiler, pauses, dual)
             size, each = f"{leases} leases, {events} new leases", "lease"
         else:
             took = policy_path(switches, pods, policies, events, profiler, pauses)

@@ -11,6 +11,12 @@ processing. Results from it are labelled "stand-in" wherever they appear.
 Many stand-ins share one asyncio loop in a child process (`StandInFleet`), so
 they cost the controller's core as little as possible; each records when it
 first answered a barrier while holding its expected number of flows.
+
+A stand-in whose connection is lost (the controller dropped it: its handshake
+deadline or its echo probe missed while this one process, serving a thousand,
+lagged) connects again as a switch does (OVS's rconn): after BACKOFF_MIN seconds,
+doubling up to BACKOFF_MAX while connecting fails, keeping its table and groups (an
+uncommitted bundle dies with the connection).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import multiprocessing as mp
 import struct
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +49,7 @@ SILENT = {of.SET_CONFIG, of.SET_ASYNC, of.PACKET_OUT, of.TABLE_MOD, of.PORT_MOD,
 GROUP_MOD = struct.Struct("!HBxI")  # command, type, pad, group_id
 GROUP_DESC = struct.Struct("!HBxI")  # length, type, pad, group_id
 MP_GROUP_DESC = 7
+BACKOFF_MIN, BACKOFF_MAX = 1.0, 8.0  # seconds before connecting again (OVS's defaults)
 
 Key = tuple[int, int, bytes]
 
@@ -61,6 +69,7 @@ class SwitchState:
     messages: Counter = field(default_factory=Counter)
     unsupported: Counter = field(default_factory=Counter)
     connected_at: float | None = None
+    reconnects: int = 0  # connections made again after one was lost
     converged_at: float | None = None
     barriers: list[tuple[float, int]] = field(default_factory=list)  # (answered at, table size)
     target: int | None = None  # a watched table size (`watch`)...
@@ -86,18 +95,25 @@ class SwitchState:
 class StandInSwitch(asyncio.Protocol):
     """One switch connection: parses whole messages out of the stream and answers them."""
 
-    def __init__(self, state: SwitchState, ports: list[tuple[int, str]]) -> None:
+    def __init__(self, state: SwitchState, ports: list[tuple[int, str]],
+                 lost: Callable[[], None] = lambda: None) -> None:  # fmt: skip
         self.s = state
         self.ports = ports
         self.version = of.OFP14
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
+        self.lost = lost
 
     # -- stream ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
-        self.s.connected_at = time.monotonic()
+        if self.s.connected_at is None:
+            self.s.connected_at = time.monotonic()
         transport.write(of.message(of.OFP14, of.HELLO, 1))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.s.bundles.clear()
+        self.lost()
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -262,9 +278,50 @@ def _report(states: dict[int, SwitchState]) -> dict[int, dict[str, Any]]:
     return {
         d: {"converged_at": s.converged_at, "connected_at": s.connected_at, "flows": len(s.table),
             "flow_mods": s.flow_mods, "messages": dict(s.messages),
-            "unsupported": dict(s.unsupported)}
+            "unsupported": dict(s.unsupported), "reconnects": s.reconnects}
         for d, s in states.items()
     }  # fmt: skip
+
+
+class _Link:
+    """One stand-in's connection to the controller, made again when lost (see the module
+    doc) until `close`."""
+
+    def __init__(self, state: SwitchState, ports: list[tuple[int, str]], host: str,
+                 port: int) -> None:  # fmt: skip
+        self.state, self.ports, self.host, self.port = state, ports, host, port
+        self.transport: asyncio.BaseTransport | None = None
+        self.closed = False
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_connection(
+            lambda: StandInSwitch(self.state, self.ports, self._lost), self.host, self.port
+        )
+
+    def _lost(self) -> None:
+        self.transport = None
+        if not self.closed:
+            asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = BACKOFF_MIN
+        while not self.closed:
+            await asyncio.sleep(delay)
+            if self.closed:
+                return
+            try:
+                await self.connect()
+            except OSError:
+                delay = min(2 * delay, BACKOFF_MAX)
+                continue
+            self.state.reconnects += 1
+            return
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
 
 
 def _fleet_main(conn, host: str, port: int, expected: dict[int, int],
@@ -276,17 +333,15 @@ def _fleet_main(conn, host: str, port: int, expected: dict[int, int],
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, conn.recv)  # "go"
         started = time.monotonic()
-        conns = await asyncio.gather(
-            *(loop.create_connection(lambda s=s: StandInSwitch(s, ports), host, port)
-              for s in states.values()),
-            return_exceptions=True,
-        )  # fmt: skip
+        links = [_Link(s, ports, host, port) for s in states.values()]
+        conns = await asyncio.gather(*(link.connect() for link in links), return_exceptions=True)
         failed = [repr(c) for c in conns if isinstance(c, BaseException)]
         conn.send({"started": started, "connect_failures": failed})
         while (cmd := await loop.run_in_executor(None, conn.recv)) != "stop":
             if cmd == "status":
                 done = [s.converged_at for s in states.values() if s.converged_at is not None]
-                conn.send({"converged": len(done), "last": max(done, default=None)})
+                conn.send({"converged": len(done), "last": max(done, default=None),
+                           "reconnects": sum(s.reconnects for s in states.values())})  # fmt: skip
             elif cmd[0] == "watch":  # {dpid: size}: see SwitchState.watch
                 for d, size in cmd[1].items():
                     states[d].watch(size)
@@ -295,9 +350,8 @@ def _fleet_main(conn, host: str, port: int, expected: dict[int, int],
                 times = {d: s.reached_at for d, s in states.items() if s.target is not None}
                 short = sum(t is None for t in times.values())
                 conn.send(short or times)
-        for c in conns:
-            if not isinstance(c, BaseException):
-                c[0].close()
+        for link in links:
+            link.close()
         await asyncio.sleep(0)
 
     asyncio.run(run())

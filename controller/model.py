@@ -38,19 +38,21 @@ from flows.compiler import (
     NodeTable,
     RemoteRoutes,
     Row,
+    Row6,
     base_flows,
     cookie_subnet,
     endpoint_cookie,
     endpoint_flows,
     node_table,
     route_row,
+    route_row6,
     subnet_cookie,
 )
 from flows.direct import direct_cookie, direct_flows, direct_leases
 from flows.family import family
 from flows.flow import Flow, Owner, Table, owner_of
 from flows.groups import Group, group_cookie
-from flows.ipv6 import dual_stack, endpoint_v6_flows, lease_v6_flows
+from flows.ipv6 import endpoint_v6_flows
 from flows.policy import Peers, PolicyTable, RuleRef, endpoint_pod, stage_table
 from flows.policy_eval import Evaluator, Pod
 from flows.services import (
@@ -192,6 +194,8 @@ class ClusterModel:
         # leases whose half may produce flows (`select_v6`, judged per lease from these)
         self._holders6: dict[object, set[IPv4Network]] = defaultdict(set)
         self._v6: dict[IPv4Network, Lease] = {}
+        self._rows6: dict[IPv4Network, Row6] = {}  # route_row6 of each in `_v6`
+        self._selection6: list[Row6 | None] | None = None  # cache: _rows6 by _selection()'s leases
         self._by_cookie: dict[int, tuple[Lease, Row] | None] = {}  # cache of accepted() by cookie
         self._own: dict[IPv4Address, Lease | None] = {}  # cache of own_lease()
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
@@ -247,6 +251,14 @@ class ClusterModel:
             self._accepted = [lease for lease, _ in pairs], [row for _, row in pairs]
         return self._accepted
 
+    def _rows6_of_selection(self) -> list[Row6 | None]:
+        """`route_row6` of each of the accepted leases whose IPv6 half is accepted, None for
+        the others, in `_selection()`'s order (cached as it is, and until a half is judged)."""
+        if self._selection6 is None:
+            rows6 = self._rows6
+            self._selection6 = [rows6.get(lease.subnet) for lease in self._selection()[0]]
+        return self._selection6
+
     def _judge6(self, subnets: Iterable[IPv4Network]) -> None:
         """Judge the IPv6 halves of the leases of `subnets` again, as `select_v6` would over
         the accepted leases: fit to route, and alone among the accepted leases on each of
@@ -254,11 +266,13 @@ class ClusterModel:
         judged, not the cluster)."""
         if self.config is None or self.config.ipv6 is None:
             return  # (no half is accepted: `load` emptied them)
+        self._selection6 = None
         for subnet in subnets:
             lease = self.accepted(subnet)
             why = None
             if lease is None or lease.ipv6_subnet is None:
                 self._v6.pop(subnet, None)
+                self._rows6.pop(subnet, None)
             elif subnet not in self._holders6.get(lease.public_ipv6, ()):  # unfit: _put_lease
                 why = v6_problem(self.config, lease)
             else:
@@ -266,6 +280,8 @@ class ClusterModel:
                             if sum(self.accepted(s) is not None
                                    for s in self._holders6[claim(lease)]) > 1), None)  # fmt: skip
                 if why is None:
+                    if self._v6.get(subnet) is not lease:
+                        self._rows6[subnet] = route_row6(lease)
                     self._v6[subnet] = lease
             key = f"lease {subnet}{V6_REJECTED}" if why or self.rejected else ""
             if why is None:
@@ -273,6 +289,7 @@ class ClusterModel:
                     self.rejected.pop(key, None)
                 continue
             self._v6.pop(subnet, None)
+            self._rows6.pop(subnet, None)
             if key not in self.rejected:
                 log.warning("%s: %s (its IPv4 flows stay)", key, why)
             self.rejected[key] = Rejected(lease, why)
@@ -293,6 +310,17 @@ class ClusterModel:
         subnets = self._by_ip.get(node, ())
         own = self._own[node] = self.accepted(next(iter(subnets))) if len(subnets) == 1 else None
         return own
+
+    def _dual_stack(self, own: Lease | None) -> bool:
+        """`dual_stack(config, own)` for an accepted `own`, from the index `_put_lease` keeps
+        (an IPv6 half is among the holders of its claims once it is fit to route): asked by
+        every switch per event, where judging the half again costs more than the event."""
+        return (
+            own is not None
+            and own.ipv6_subnet is not None
+            and self.config.ipv6 is not None
+            and own.subnet in self._holders6.get(own.public_ipv6, ())
+        )
 
     def endpoints_of(self, own: Lease | None) -> tuple[Endpoint, ...]:
         if own is None:
@@ -526,14 +554,15 @@ class ClusterModel:
             return None
         own = self.own_lease(node)
         plan = self.plan()
-        six = dual_stack(self.config, own)
+        six = self._dual_stack(own)
         reachable = self.direct.get(node)
         if scope.full:
             leases, rows = self._selection()
             v6 = tuple(self._v6.values()) if six else None
+            rows6 = self._rows6_of_selection() if six else None
             direct = direct_leases(self.config, own, leases, reachable)
             table = node_table(self.config, leases, self.endpoints_of(own), own, rows, plan, v6,
-                               direct, reachable or frozenset())  # fmt: skip
+                               rows6, direct, reachable or frozenset())  # fmt: skip
             table.flows.extend(self.policy_table(node).flows)
             return table
         flows: list[Flow] = []
@@ -543,14 +572,15 @@ class ClusterModel:
             return NodeTable(flows)
         leases: list[Lease] = []
         rows: list[Row] = []
+        rows6: list[Row6 | None] = []
         for cookie in scope.cookies:
             accepted = self._accepted_by_cookie(cookie)
             if accepted is not None and accepted[0].public_ip != own.public_ip:
                 leases.append(accepted[0])
                 rows.append(accepted[1])
-                if six and accepted[0].subnet in self._v6:
-                    flows += lease_v6_flows(self.config, accepted[0], own)
-        routes = RemoteRoutes(self.config, own, leases, rows) if leases else None
+                if six:
+                    rows6.append(self._rows6.get(accepted[0].subnet))
+        routes = RemoteRoutes(self.config, own, leases, rows, rows6) if leases else None
         if reachable and self.config.backend.direct_routing:
             flows += self._direct_flows(own, reachable, scope, six)
         for endpoint in self.endpoints_of(own):
@@ -639,6 +669,7 @@ class ClusterModel:
     def _changed(self) -> None:
         """Drop what is cached from the leases (every lease update calls this)."""
         self._accepted = None
+        self._selection6 = None
         self._by_cookie = {}
         self._own = {}
 
@@ -691,7 +722,7 @@ class ClusterModel:
         self._leases, self._problem, self._valid, self.rejected = {}, {}, {}, {}
         self._by_ip.clear()
         self._holders6.clear()
-        self._v6 = {}
+        self._v6, self._rows6 = {}, {}
         self._endpoints.clear()
         self._accepted_eps.clear()
         for i, lease in enumerate(leases, 1):

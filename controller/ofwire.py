@@ -532,78 +532,112 @@ def _row_layout(
         raise ValueError(f"remote-lease flow shape changed: {missing} not in the layout")
 
 
-def _routes_layout(route: Flow, ingress: Flow, bundled: bool) -> tuple[tuple[str, ...], ...]:
-    """The adds (bundled or bare) of one remote lease's two flows (`remote_lease_flows`)
-    as one struct: per lease, the subnet `s` (cookie, ip_dst / ip_src), the PublicIP `p`
-    (tun_dst / tun_src) and the VtepMAC octets `mac` (eth_dst); per switch, its own
-    VtepMAC octets `own` (eth_src); plus the xids. The rest is fixed by the network
-    config, so one packer serves every switch."""
-    codes: list[str] = []
-    exprs: list[str] = []
-    consts: list[bytes] = []
-    cookie = f"{cookie_for(Owner.LEASE)} | s"
-    head = {"xid": "xid", "f.cookie": cookie}
+def _routes_layout(route: Flow, ingress: Flow, bundled: bool, six: bool, codes: list[str],
+                   exprs: list[str], consts: list[bytes]) -> None:  # fmt: skip
+    """Append the adds (bundled or bare) of one remote lease's two flows
+    (`remote_lease_flows`) as one struct: per lease, the subnet `s` (cookie, ip_dst /
+    ip_src), the PublicIP `p` (tun_dst / tun_src) and the VtepMAC octets `mac` (eth_dst);
+    per switch, its own VtepMAC octets `own` (eth_src); plus the xids. The rest is fixed
+    by the network config, so one packer serves every switch. `six`: the lease's IPv6
+    route and check (`lease_v6_flows`), sent right after its IPv4 two (xids + 2 and + 3),
+    from its row6 (flows.compiler.route_row6) `s6`, `p6`, `mac6` and the switch's `own6`
+    (the cookie still from `s`)."""
+    if six:
+        dst, tun_dst, src, tun_src = "ipv6_dst", "tun_ipv6_dst", "ipv6_src", "tun_ipv6_src"
+        net, addr, first = "{}.network_address.packed", "{}.packed", 2
+    else:
+        dst, tun_dst, src, tun_src = "ip_dst", "tun_dst", "ip_src", "tun_src"
+        net, addr, first = "int({}.network_address)", "int({})", 0
+    s, p, mac, own = (f"{name}6" if six else name for name in ("s", "p", "mac", "own"))
+    head = {"xid": f"xid + {first}" if first else "xid", "f.cookie": f"{cookie_for(Owner.LEASE)} | s"}
     if bundled:
         head["bundle_id"] = "bundle_id"
     names = [name for name, _ in route.match]
     sets = {a[1]: j for j, a in enumerate(route.actions) if a[0] == "set_field"}
     _row_layout(route, bundled, {
         **head,
-        f"int(m[{names.index('ip_dst')}][1].network_address)": "s",
-        f"int(a[{sets['tun_dst']}][2])": "p",
-        f"_mac(a[{sets['eth_dst']}][2])": "mac",
-        f"_mac(a[{sets['eth_src']}][2])": "own",
+        net.format(f"m[{names.index(dst)}][1]"): s,
+        addr.format(f"a[{sets[tun_dst]}][2]"): p,
+        f"_mac(a[{sets['eth_dst']}][2])": mac,
+        f"_mac(a[{sets['eth_src']}][2])": own,
     }, codes, exprs, consts)  # fmt: skip
     names = [name for name, _ in ingress.match]
     _row_layout(ingress, bundled, {
         **head,
-        "xid": "xid + 1",
-        f"int(m[{names.index('ip_src')}][1].network_address)": "s",
-        f"int(m[{names.index('tun_src')}][1])": "p",
+        "xid": f"xid + {first + 1}",
+        net.format(f"m[{names.index(src)}][1]"): s,
+        addr.format(f"m[{names.index(tun_src)}][1]"): p,
     }, codes, exprs, consts)  # fmt: skip
-    return tuple(codes), tuple(exprs), tuple(consts)
 
 
-def _route_packer(codes: tuple[str, ...], exprs: tuple[str, ...], consts: tuple[bytes, ...]):
-    """Generate `pack_rows(rows, xid, bundle_id, own) -> bytes` for the routes of any switch."""
+def _route_packer(v4: Flow, v6: tuple[Flow, Flow] | None, bundled: bool):
+    """Generate `pack_rows(items, xid, bundle_id, own, own6) -> bytes` for the routes of
+    any switch: `items` are rows, or with `v6` (a sample lease's IPv6 flows) (row, row6)
+    pairs whose row6 may be None (RemoteRoutes.items)."""
+    codes: list[str] = []
+    exprs: list[str] = []
+    consts: list[bytes] = []
+    _routes_layout(*v4, bundled, False, codes, exprs, consts)
+    pack = f"        append(_pack({', '.join(exprs)}))\n"
+    if v6 is None:
+        loop = "    for s, p, mac in items:\n" + pack + f"        xid += {FLOWS_PER_LEASE}\n"
+    else:
+        codes6: list[str] = []
+        exprs6: list[str] = []
+        _routes_layout(*v6, bundled, True, codes6, exprs6, consts)
+        loop = (
+            "    for (s, p, mac), six in items:\n" + pack
+            + "        if six is None:\n"
+            + f"            xid += {FLOWS_PER_LEASE}\n"
+            + "            continue\n"
+            + "        s6, p6, mac6 = six\n"
+            + f"        append(_pack6({', '.join(exprs6)}))\n"
+            + f"        xid += {2 * FLOWS_PER_LEASE}\n"
+        )  # fmt: skip
     source = (
-        "def pack_rows(rows, xid, bundle_id, own):\n"
+        "def pack_rows(items, xid, bundle_id, own, own6):\n"
         "    out = []\n"
-        "    append = out.append\n"
-        "    for s, p, mac in rows:\n"
-        f"        append(_pack({', '.join(exprs)}))\n"
-        f"        xid += {FLOWS_PER_LEASE}\n"
-        "    return b''.join(out)\n"
+        "    append = out.append\n" + loop + "    return b''.join(out)\n"
     )
     namespace: dict[str, object] = {f"_c{i}": c for i, c in enumerate(consts)}
     namespace["_pack"] = struct.Struct("!" + "".join(codes)).pack
+    if v6 is not None:
+        namespace["_pack6"] = struct.Struct("!" + "".join(codes6)).pack
     exec(source, namespace)
     return namespace["pack_rows"]
 
 
-# (bundled, id of the network config) -> (that config, its packer)
-_ROUTE_PACKERS: dict[tuple[bool, int], tuple[object, Callable]] = {}
+# (bundled, with IPv6 halves, id of the network config) -> (that config, its packer)
+_ROUTE_PACKERS: dict[tuple[bool, bool, int], tuple[object, Callable]] = {}
 
 
 def route_encoder(routes: RemoteRoutes, bundled: bool = True) -> Callable[..., bytes]:
-    """`encode(rows, first_xid, bundle_id=0)`: adds of the remote-lease flows of rows of
-    `routes` (some or all; FLOWS_PER_LEASE messages per row, in RemoteRoutes' order),
+    """`encode(items, first_xid, bundle_id=0)`: adds of the remote-lease flows of some or
+    all of `routes.items()` (in RemoteRoutes' order, `routes.count(items)` messages),
     bundle adds or bare flow-mods, xids counting up from `first_xid`. The hot path of a
     cold sync and of a lease event, byte-identical to encode_bundle_adds (bundled) or
     encode_flow_mod (bare) of the same flows. The packer is made once per network
     config (what differs between two switches' routes is the eth_src alone) and found
     by the config object's identity: a lease event asks once per switch."""
     if not routes:
-        return lambda rows, first_xid, bundle_id=0: b""
-    key = (bundled, id(routes.config))
+        return lambda items, first_xid, bundle_id=0: b""
+    six = next((i for i, row6 in enumerate(routes.rows6) if row6 is not None), None)
+    key = (bundled, six is not None, id(routes.config))
     found = _ROUTE_PACKERS.get(key)
     if found is None or found[0] is not routes.config:
         if len(_ROUTE_PACKERS) >= 16:  # configs come and go (rarely): keep the newest
             _ROUTE_PACKERS.clear()
-        pack = _route_packer(*_routes_layout(routes.flow(0), routes.flow(1), bundled))
-        found = _ROUTE_PACKERS[key] = routes.config, pack
+        if six is None:
+            v4, v6 = routes.lease_flows(0), None
+        else:
+            v4, v6 = routes.lease_flows(six)[:FLOWS_PER_LEASE], routes.lease_flows(six)[FLOWS_PER_LEASE:]
+        found = _ROUTE_PACKERS[key] = routes.config, _route_packer(v4, v6, bundled)
     pack, own = found[1], mac_bytes(routes.own_mac)
-    return lambda rows, first_xid, bundle_id=0: pack(rows, first_xid, bundle_id, own)
+    own6 = mac_bytes(routes.own.vtep_mac_v6) if six is not None else b""
+    if six is None and routes.rows6:  # no half among them: the IPv4 packer takes rows
+        return lambda items, first_xid, bundle_id=0: pack([r for r, _ in items], first_xid,
+                                                          bundle_id, own, own6)  # fmt: skip
+    return lambda items, first_xid, bundle_id=0: pack(items, first_xid, bundle_id, own, own6)
 
 
 def encode_bundle_control(bundle_id: int, ctrl_type: int, xid: int) -> bytes:

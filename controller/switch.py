@@ -662,7 +662,7 @@ class SwitchSync:
         change = self._change = _Change(None, first, head, diff, group_diff, tail, flushes)
         data = [_encode(command, item, first + i) for i, (command, item) in enumerate(head)]
         if routes:
-            data.append(ofwire.route_encoder(diff.routes, bundled=False)(diff.routes.rows, first + len(head)))
+            data.append(ofwire.route_encoder(diff.routes, bundled=False)(diff.routes.items(), first + len(head)))
         xid = first + len(head) + routes
         data += [_encode(command, item, xid + i) for i, (command, item) in enumerate(tail)]
         data.append(ofwire.encode_barrier(change.added_xid))
@@ -699,21 +699,24 @@ class SwitchSync:
         routes = diff.routes
         encode_routes = ofwire.route_encoder(routes) if routes else None
         add, modify, delete = groups.OFPGC_ADD, groups.OFPGC_MODIFY, groups.OFPGC_DELETE
-        # (items, encoder, flow-mods per item): a route row carries a lease's flows
-        parts: list[tuple[Sequence, Callable[[Sequence, int], bytes], int]] = [
-            (diff.delete, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_DELETE_STRICT, x), 1),
-            (group_diff.add, lambda c, x: groups.encode_group_mods(c, add, x, bundle_id), 1),
-            (group_diff.modify, lambda c, x: groups.encode_group_mods(c, modify, x, bundle_id), 1),
-            (diff.add, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_ADD, x), 1),
-            (routes.rows if routes else (), lambda c, x: encode_routes(c, x, bundle_id), FLOWS_PER_LEASE),
-            (group_diff.delete, lambda c, x: groups.encode_group_mods(c, delete, x, bundle_id), 1),
+        # (items, encoder, their flow-mods, at most so many per item): a route item
+        # carries a lease's flows
+        plain = len
+        parts: list[tuple[Sequence, Callable[[Sequence, int], bytes], Callable[[Sequence], int], int]] = [
+            (diff.delete, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_DELETE_STRICT, x), plain, 1),
+            (group_diff.add, lambda c, x: groups.encode_group_mods(c, add, x, bundle_id), plain, 1),
+            (group_diff.modify, lambda c, x: groups.encode_group_mods(c, modify, x, bundle_id), plain, 1),
+            (diff.add, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_ADD, x), plain, 1),
+            (routes.items() if routes else (), lambda c, x: encode_routes(c, x, bundle_id),
+             routes.count if routes else plain, FLOWS_PER_LEASE * (2 if routes and routes.rows6 else 1)),
+            (group_diff.delete, lambda c, x: groups.encode_group_mods(c, delete, x, bundle_id), plain, 1),
         ]  # fmt: skip
-        for items, encode, per_item in parts:
+        for items, encode, count, per_item in parts:
             step = CHUNK // per_item
             for i in range(0, len(items), step):
                 chunk = items[i : i + step]
                 send(encode(chunk, xid))
-                xid += len(chunk) * per_item
+                xid += count(chunk)
                 self.pause()  # the switch parses this chunk while we encode the next
                 if self.closed or self._change is not bundle:  # disconnected or demoted
                     return  # meanwhile: the next session or master reads back
@@ -792,10 +795,11 @@ def _drifted(diff: FlowDiff, group_diff: GroupDiff, excused: Scope) -> tuple[int
     less what changes asked for but not yet sent (`excused`) account for."""
     if excused.full:
         return 0, 0, 0
-    routes = diff.routes.leases if diff.routes is not None else ()
-    missing = sum(not excused.covers(f.cookie) for f in diff.add) + FLOWS_PER_LEASE * sum(
-        not excused.covers(subnet_cookie(lease.subnet)) for lease in routes
-    )
+    missing = sum(not excused.covers(f.cookie) for f in diff.add)
+    routes = diff.routes
+    if routes is not None:
+        missing += sum(routes.flows_of(i) for i, lease in enumerate(routes.leases)
+                       if not excused.covers(subnet_cookie(lease.subnet)))  # fmt: skip
     unexpected = sum(not excused.covers(f.cookie) for f in diff.delete)
     groups_differ = sum(not excused.covers(group_cookie(g.group_id))
                         for g in (*group_diff.add, *group_diff.modify, *group_diff.delete))  # fmt: skip

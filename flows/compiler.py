@@ -34,15 +34,18 @@ TTL: decremented once per overlay crossing, on the way into the tunnel only.
 Dual stack (config EnableIPv6 and a lease with an IPv6 half): the same tables
 carry IPv6 the same way (flows/ipv6.py), over a tunnel port of its own
 (TUNNEL6_OFPORT, local_ip = the node's PublicIPv6), with neighbour solicitations
-answered in ARP; the IPv6 flows of a remote lease are plain flows under the
-lease's cookie. An IPv4-only config or node gets none of it, at no cost.
+answered in ARP; a remote lease's IPv6 route and ingress check follow its IPv4 two
+under its cookie, in the same compact row (RemoteRoutes.rows6): four flows per
+lease, two for one whose IPv6 half is not routed. Neighbour discovery adds no flow
+per lease (one base flow answers for the whole IPv6 network). An IPv4-only config
+or node gets none of it, at no cost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from flows.arp import arp_reply as _arp_reply
@@ -167,9 +170,12 @@ _LEASE_COOKIE = cookie_for(Owner.LEASE)
 FLOWS_PER_LEASE = 2  # what a remote lease adds to a switch: its route and its ingress check
 
 
-def remote_lease_flows(config: NetworkConfig, lease: Lease, own: Lease) -> tuple[Flow, Flow]:
+def remote_lease_flows(
+    config: NetworkConfig, lease: Lease, own: Lease, six: bool = False
+) -> tuple[Flow, ...]:
     """The flows a remote lease contributes to `own`'s switch: its route (ROUTE) and
-    its tunnel-ingress check (CLASSIFY), under the lease's cookie.
+    its tunnel-ingress check (CLASSIFY), under the lease's cookie; `six`: its IPv6 route
+    and check after them (`lease_v6_flows`: the switch routes that lease's IPv6 half).
 
     The caller guarantees both leases were accepted by `select_leases` and differ.
     Built directly rather than through `flow()`: a node holds these for every
@@ -202,6 +208,8 @@ def remote_lease_flows(config: NetworkConfig, lease: Lease, own: Lease) -> tuple
         (_TO_LOCAL,),
         cookie,
     )
+    if six:
+        return route, ingress, *lease_v6_flows(config, lease, own)
     return route, ingress
 
 
@@ -209,7 +217,7 @@ def lease_context(config: NetworkConfig, own: Lease) -> tuple:
     """All `remote_lease_flows` takes from the config and the switch's own lease: a
     lease's flows rendered under equal contexts are equal (kept beside it so the two
     cannot drift apart)."""
-    return config.backend.vni, own.public_ip
+    return config.backend.vni, own.public_ip, own.vtep_mac_v6
 
 
 @lru_cache(maxsize=1024)
@@ -246,6 +254,8 @@ def endpoint_flows(own: Lease, endpoint: Endpoint) -> list[Flow]:
 
 
 Row = tuple[int, int, bytes]  # a remote lease as (subnet address, PublicIP, VtepMAC octets)
+# its IPv6 half as (IPv6 subnet address, PublicIPv6, IPv6 VtepMAC octets), all packed
+Row6 = tuple[bytes, bytes, bytes]
 
 
 def route_row(lease: Lease) -> Row:
@@ -257,39 +267,90 @@ def route_row(lease: Lease) -> Row:
     )
 
 
+def route_row6(lease: Lease) -> Row6:
+    """`route_row` of a lease's IPv6 half (one `select_v6` accepted)."""
+    assert lease.ipv6_subnet is not None and lease.public_ipv6 is not None
+    assert lease.vtep_mac_v6 is not None
+    return (
+        lease.ipv6_subnet.network_address.packed,
+        lease.public_ipv6.packed,
+        bytes.fromhex(lease.vtep_mac_v6.replace(":", "")),
+    )
+
+
 @dataclass(frozen=True)
 class RemoteRoutes:
-    """The remote-lease flows of `own`'s switch (FLOWS_PER_LEASE per lease), kept compact.
+    """The remote-lease flows of `own`'s switch (FLOWS_PER_LEASE per lease, twice that
+    for a lease whose IPv6 half a dual-stack switch routes), kept compact.
 
-    They are most of a table (two per node in the cluster) and share two
-    shapes, so they stay rows until Flow values are really needed (a diff
+    They are most of a table (two or four per node in the cluster) and share
+    four shapes, so they stay rows until Flow values are really needed (a diff
     against a table that holds some, an error report): a cold sync encodes
-    the rows straight to bytes (controller/ofwire.py). Flow `i` is flow
-    `i % FLOWS_PER_LEASE` of `remote_lease_flows` of lease `i // FLOWS_PER_LEASE`.
+    the rows straight to bytes (controller/ofwire.py). The flows are those of
+    `remote_lease_flows` of each lease in turn (`lease_flows`).
     """
 
     config: NetworkConfig
     own: Lease
     leases: Sequence[Lease]  # accepted, all but `own`
     rows: Sequence[Row]  # route_row of each lease, in the same order
+    # on a dual-stack switch: route_row6 of each lease whose IPv6 half it routes, None for
+    # the others (in the same order); empty: no IPv6 half routed (an IPv4-only switch)
+    rows6: Sequence[Row6 | None] = ()
+
+    @cached_property
+    def halves(self) -> int:
+        """The leases whose IPv6 flows are among these."""
+        return sum(row is not None for row in self.rows6)
 
     def __len__(self) -> int:
         """The number of flows (not of leases)."""
-        return FLOWS_PER_LEASE * len(self.leases)
+        return FLOWS_PER_LEASE * (len(self.leases) + self.halves)
 
     @property
     def own_mac(self) -> str:
         """The switch's own VtepMAC: the routes' eth_src, all that differs between two
-        switches' routes of one lease."""
+        switches' routes of one lease (with `own.vtep_mac_v6` for the IPv6 routes)."""
         return _encap_head(self.own.public_ip)[1][2]
 
+    def six(self, i: int) -> bool:
+        """Whether lease `i`'s IPv6 flows are among these."""
+        return bool(self.rows6) and self.rows6[i] is not None
+
+    def flows_of(self, i: int) -> int:
+        """How many flows lease `i` has among these."""
+        return FLOWS_PER_LEASE * (2 if self.six(i) else 1)
+
+    def lease_flows(self, i: int) -> tuple[Flow, ...]:
+        return remote_lease_flows(self.config, self.leases[i], self.own, self.six(i))
+
+    def items(self) -> Sequence:
+        """What the encoder takes (controller/ofwire.py's `route_encoder`): the rows, or
+        with IPv6 halves each row with its row6."""
+        return list(zip(self.rows, self.rows6, strict=True)) if self.rows6 else self.rows
+
+    def count(self, items: Sequence) -> int:
+        """The flows of some of `items()`."""
+        if not self.rows6:
+            return FLOWS_PER_LEASE * len(items)
+        return sum(FLOWS_PER_LEASE * (1 if six is None else 2) for _, six in items)
+
     def flow(self, i: int) -> Flow:
-        lease, kind = divmod(i, FLOWS_PER_LEASE)
-        return remote_lease_flows(self.config, self.leases[lease], self.own)[kind]
+        if not self.rows6:
+            lease, kind = divmod(i, FLOWS_PER_LEASE)
+            return self.lease_flows(lease)[kind]
+        for lease in range(len(self.leases)):
+            n = self.flows_of(lease)
+            if i < n:
+                return self.lease_flows(lease)[i]
+            i -= n
+        raise IndexError("flow index out of range")
 
     def flows(self) -> list[Flow]:
-        config, own = self.config, self.own
-        return [f for lease in self.leases for f in remote_lease_flows(config, lease, own)]
+        if not self.rows6:
+            config, own = self.config, self.own
+            return [f for lease in self.leases for f in remote_lease_flows(config, lease, own)]
+        return [f for i in range(len(self.leases)) for f in self.lease_flows(i)]
 
 
 @dataclass(frozen=True)
@@ -321,6 +382,7 @@ def node_table(
     rows: Sequence[Row] | None = None,
     services: ServicePlan | None = None,
     v6: Sequence[Lease] | None = None,
+    rows6: Sequence[Row6 | None] | None = None,
     direct: Sequence[Lease] = (),
     reachable: Collection[IPv4Address | IPv6Address] = frozenset(),
 ) -> NodeTable:
@@ -329,7 +391,8 @@ def node_table(
     given, are `route_row` of each lease, precomputed by a caller that keeps them;
     `services`, if any, add their flows, groups and each pod's hairpin flow; `v6`, if
     given, is `select_v6` of the leases (accepted) (on a dual-stack node their IPv6 flows are
-    plain flows of the table, under each lease's cookie); `direct`, the peers routed
+    among the routes, under each lease's cookie), and `rows6`, if given, `route_row6` of
+    each of `leases` in `v6` (None for the others); `direct`, the peers routed
     directly (flows/direct.py), their direct routes in each family named `reachable`.
 
     The controller calls this with its incrementally maintained selection;
@@ -354,15 +417,17 @@ def node_table(
     flows += direct_flows(own, direct, reachable, {le.subnet for le in v6} if six and direct else ())
     if rows is None:
         rows = [route_row(lease) for lease in leases]
+    if six and rows6 is None:
+        halves = {lease.subnet for lease in v6}
+        rows6 = [route_row6(lease) if lease.subnet in halves else None for lease in leases]
     own_ip = int(own.public_ip)
     remote, remote_rows = list(leases), list(rows)
+    remote_rows6 = list(rows6) if six else []
     for i in reversed([i for i, row in enumerate(rows) if row[1] == own_ip]):
         del remote[i], remote_rows[i]
-    if six:
-        for lease in v6:
-            if lease.public_ip != own.public_ip:
-                flows += lease_v6_flows(config, lease, own)
-    return NodeTable(flows, RemoteRoutes(config, own, remote, remote_rows), groups)
+        if remote_rows6:
+            del remote_rows6[i]
+    return NodeTable(flows, RemoteRoutes(config, own, remote, remote_rows, remote_rows6), groups)
 
 
 def compile_node(

@@ -47,7 +47,6 @@ from flows.flow import (
     flow,
     goto_table,
     output,
-    set_field,
 )
 from flows.ports import GATEWAY_OFPORT, TUNNEL6_OFPORT, gateway_mac, link_local
 from flows.validate import select_v6, v6_problem
@@ -97,22 +96,41 @@ def ipv6_base_flows(config: NetworkConfig, own: Lease) -> list[Flow]:
     return flows
 
 
-def lease_v6_flows(config: NetworkConfig, lease: Lease, own: Lease) -> list[Flow]:
+def lease_v6_flows(config: NetworkConfig, lease: Lease, own: Lease) -> tuple[Flow, Flow]:
     """A remote lease's IPv6 route (ROUTE) and tunnel-ingress check (CLASSIFY), under the
-    lease's cookie. The caller took `lease` from `select_v6` and checked `dual_stack`."""
-    cookie = cookie_for(Owner.LEASE, int(lease.subnet.network_address))
+    lease's cookie. The caller took `lease` from `select_v6` and checked `dual_stack`.
+    Built directly, as `remote_lease_flows` builds IPv4's (its matches in canonical order):
+    a dual-stack node holds these for every lease in the cluster."""
+    cookie = _LEASE_COOKIE | int(lease.subnet.network_address)
     vni = config.backend.vni
-    return [
-        flow(Table.ROUTE, PRIO_EXACT, {"eth_type": ETH_TYPE_IPV6, "ipv6_dst": lease.ipv6_subnet},
-             [dec_ttl(), set_field("eth_src", own.vtep_mac_v6),
-              set_field("eth_dst", lease.vtep_mac_v6),
-              set_field("tun_ipv6_dst", lease.public_ipv6), set_field("tun_id", vni),
-              output(TUNNEL6_OFPORT)], cookie),
-        flow(Table.CLASSIFY, PRIO_EXACT,
-             {"in_port": TUNNEL6_OFPORT, "eth_type": ETH_TYPE_IPV6, "ipv6_src": lease.ipv6_subnet,
-              "tun_id": vni, "tun_ipv6_src": lease.public_ipv6},
-             [goto_table(Table.LOCAL)], cookie),
-    ]
+    route = Flow(
+        _ROUTE,
+        PRIO_EXACT,
+        (_MATCH_IPV6, ("ipv6_dst", lease.ipv6_subnet)),
+        (_DEC_TTL, ("set_field", "eth_src", own.vtep_mac_v6),
+         ("set_field", "eth_dst", lease.vtep_mac_v6),
+         ("set_field", "tun_ipv6_dst", lease.public_ipv6), ("set_field", "tun_id", vni),
+         _TO_TUNNEL6),
+        cookie,
+    )  # fmt: skip
+    ingress = Flow(
+        _CLASSIFY,
+        PRIO_EXACT,
+        (_MATCH_IPV6, _MATCH_TUNNEL6, ("ipv6_src", lease.ipv6_subnet), ("tun_id", vni),
+         ("tun_ipv6_src", lease.public_ipv6)),
+        (_TO_LOCAL,),
+        cookie,
+    )  # fmt: skip
+    return route, ingress
+
+
+_ROUTE, _CLASSIFY = int(Table.ROUTE), int(Table.CLASSIFY)
+_LEASE_COOKIE = cookie_for(Owner.LEASE)
+_MATCH_IPV6 = ("eth_type", ETH_TYPE_IPV6)
+_MATCH_TUNNEL6 = ("in_port", TUNNEL6_OFPORT)
+_DEC_TTL = dec_ttl()
+_TO_TUNNEL6 = output(TUNNEL6_OFPORT)
+_TO_LOCAL = goto_table(Table.LOCAL)
 
 
 def endpoint_v6_flows(own: Lease, endpoint: Endpoint) -> list[Flow]:

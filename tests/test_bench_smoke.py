@@ -273,17 +273,22 @@ def test_profile_compile_tiny(tmp_path: Path) -> None:
     assert "compile_node" in report
 
 
-def test_profile_coldstart_and_event_tiny(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dual", [(), ("--dual-stack",)], ids=["ipv4", "dual-stack"])
+def test_profile_coldstart_and_event_tiny(tmp_path: Path, dual: tuple[str, ...]) -> None:
     for what in ("coldstart", "event"):
         res = subprocess.run(
             [sys.executable, "-m", "bench.profile", what, "--switches", "4", "--leases", "30",
-             "--events", "5", "--tag", "4x30", "--results-dir", str(tmp_path)],
+             "--events", "5", "--tag", "4x30", "--results-dir", str(tmp_path), *dual],
             cwd=REPO, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert res.returncode == 0, res.stderr[-2000:]
         head = (tmp_path / f"profile_{what}_4x30.txt").read_text().splitlines()[1]
         assert head.startswith(f"# {what}: 4 switches, 30 leases")
-    assert "bytes per installed flow" in (tmp_path / "profile_coldstart_4x30.txt").read_text()
+    coldstart = (tmp_path / "profile_coldstart_4x30.txt").read_text()
+    assert "bytes per installed flow" in coldstart
+    # 4 switches x (29 remote leases x 2 or 4 flows + the base pipeline)
+    installed = int(coldstart.split(" flows installed")[0].split()[-1].replace(",", ""))
+    assert installed > 4 * 29 * (4 if dual else 2)
     assert "full; longest" in (tmp_path / "profile_event_4x30.txt").read_text()
 
 

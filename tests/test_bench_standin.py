@@ -7,8 +7,10 @@ flows, a strict delete removes exactly one, and convergence is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
+from collections.abc import Iterator
 
 from bench import ofwire as of
 from bench.leasegen import cluster
@@ -48,46 +50,85 @@ def _read_back(sock: socket.socket, xid: int) -> set:
     return {f for body in _until(sock, of.MULTIPART_REPLY) for f in ofwire.decode_flow_stats(body[8:])}
 
 
+@contextlib.contextmanager
+def _one_standin(dpid: int, size: int) -> Iterator[tuple[StandInFleet, socket.socket]]:
+    """One stand-in of datapath-id `dpid` (converged at `size` flows), told to connect to
+    the listening socket this yields with it (on loopback); stopped in the end."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(30)
+        fleet = StandInFleet("127.0.0.1", server.getsockname()[1], {dpid: size},
+                             [(TUNNEL_OFPORT, "vxlan0")]).start()  # fmt: skip
+        try:
+            fleet.go()
+            yield fleet, server
+        finally:
+            fleet.stop()
+
+
 def test_standin_holds_a_bundled_table_and_reads_it_back() -> None:
     c = cluster(300)
     node = c.leases[0]
     desired = compile_node(c.config, c.leases, (), node.public_ip)
     dpid = datapath_id_for(node.public_ip)
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        fleet = StandInFleet("127.0.0.1", server.getsockname()[1], {dpid: len(desired)},
-                             [(TUNNEL_OFPORT, "vxlan0")]).start()  # fmt: skip
-        try:
-            fleet.go()
-            sock, _ = server.accept()
-            with sock:
-                assert _recv(sock)[0] == of.HELLO
-                sock.sendall(of.message(of.OFP14, of.HELLO, 1))
-                sock.sendall(of.message(of.OFP14, of.FEATURES_REQUEST, 2))
-                (body,) = _until(sock, of.FEATURES_REPLY)
-                assert struct.unpack_from("!Q", body)[0] == dpid
-                assert _read_back(sock, 3) == set()
+    with _one_standin(dpid, len(desired)) as (fleet, server):
+        sock, _ = server.accept()
+        with sock:
+            assert _recv(sock)[0] == of.HELLO
+            sock.sendall(of.message(of.OFP14, of.HELLO, 1))
+            sock.sendall(of.message(of.OFP14, of.FEATURES_REQUEST, 2))
+            (body,) = _until(sock, of.FEATURES_REPLY)
+            assert struct.unpack_from("!Q", body)[0] == dpid
+            assert _read_back(sock, 3) == set()
 
-                flows = sorted(desired, key=lambda f: f.key)
-                sock.sendall(
-                    ofwire.encode_bundle_control(7, ofwire.OFPBCT_OPEN_REQUEST, 10)
-                    + ofwire.encode_bundle_adds(7, flows, ofwire.OFPFC_ADD, 11)
-                    + ofwire.encode_bundle_control(7, ofwire.OFPBCT_COMMIT_REQUEST, 9000)
-                    + ofwire.encode_barrier(9001)
-                )
-                _until(sock, of.BARRIER_REPLY)
-                assert _read_back(sock, 9002) == set(desired)
+            flows = sorted(desired, key=lambda f: f.key)
+            sock.sendall(
+                ofwire.encode_bundle_control(7, ofwire.OFPBCT_OPEN_REQUEST, 10)
+                + ofwire.encode_bundle_adds(7, flows, ofwire.OFPFC_ADD, 11)
+                + ofwire.encode_bundle_control(7, ofwire.OFPBCT_COMMIT_REQUEST, 9000)
+                + ofwire.encode_barrier(9001)
+            )
+            _until(sock, of.BARRIER_REPLY)
+            assert _read_back(sock, 9002) == set(desired)
 
-                gone = flows[-1]
-                sock.sendall(ofwire.encode_flow_mod(gone, ofwire.OFPFC_DELETE_STRICT, 9003)
-                             + ofwire.encode_barrier(9004))  # fmt: skip
-                _until(sock, of.BARRIER_REPLY)
-                assert _read_back(sock, 9005) == set(desired) - {gone}
-            assert fleet.wait_converged(timeout=10) >= fleet.started
-        finally:
-            report = fleet.stop()
+            gone = flows[-1]
+            sock.sendall(ofwire.encode_flow_mod(gone, ofwire.OFPFC_DELETE_STRICT, 9003)
+                         + ofwire.encode_barrier(9004))  # fmt: skip
+            _until(sock, of.BARRIER_REPLY)
+            assert _read_back(sock, 9005) == set(desired) - {gone}
+        assert fleet.wait_converged(timeout=10) >= fleet.started
+        report = fleet.stop()
     assert report[dpid]["flows"] == len(desired) - 1
     assert report[dpid]["unsupported"] == {}
     assert report[dpid]["converged_at"] is not None
+
+
+def test_a_dropped_standin_connects_again_with_its_table() -> None:
+    """The controller drops a stand-in (as it does one that misses its handshake
+    deadline): it connects again after its backoff, as a switch does, and reads back
+    the table it held, an uncommitted bundle of the lost connection gone."""
+    c = cluster(20)
+    node = c.leases[0]
+    flows = sorted(compile_node(c.config, c.leases, (), node.public_ip), key=lambda f: f.key)
+    dpid = datapath_id_for(node.public_ip)
+    with _one_standin(dpid, len(flows)) as (fleet, server):
+        sock, _ = server.accept()
+        with sock:
+            assert _recv(sock)[0] == of.HELLO
+            sock.sendall(b"".join(ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, 2) for f in flows[1:])
+                         + ofwire.encode_bundle_control(7, ofwire.OFPBCT_OPEN_REQUEST, 3)
+                         + ofwire.encode_bundle_adds(7, flows[:1], ofwire.OFPFC_ADD, 4)
+                         + ofwire.encode_barrier(5))  # fmt: skip
+            _until(sock, of.BARRIER_REPLY)
+        sock, _ = server.accept()  # the stand-in's second connection
+        with sock:
+            assert _recv(sock)[0] == of.HELLO
+            sock.sendall(ofwire.encode_bundle_control(7, ofwire.OFPBCT_COMMIT_REQUEST, 6)
+                         + ofwire.encode_barrier(7))  # fmt: skip
+            _until(sock, of.BARRIER_REPLY)
+            assert _read_back(sock, 8) == set(flows[1:])
+        report = fleet.stop()
+    assert report[dpid]["reconnects"] == 1
+    assert report[dpid]["unsupported"] == {}
 
 
 def test_watching_a_larger_table_each_lease_finds_the_same_barrier_as_a_full_scan() -> None:

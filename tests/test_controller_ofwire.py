@@ -336,6 +336,40 @@ def test_bare_route_rows_encode_exactly_as_their_flows_on_every_switch():
         assert encode(routes.rows[:1], 9) == expected
 
 
+@pytest.mark.parametrize("bundled", [True, False])
+def test_dual_stack_route_rows_encode_exactly_as_their_flows(bundled: bool):
+    """On a dual-stack switch a lease's row carries its IPv6 route and check too (four
+    flows), or not (an IPv4-only lease, or a half not routed: two): the row encoder equals
+    the generic one over every slice, xid and switch, and with no half among the rows
+    (or none routed on the switch) it still encodes the IPv4 two alone."""
+    from bench.leasegen import cluster as dual_cluster
+
+    c = dual_cluster(60, dual=True)
+    many = list(c.leases)
+    many[5] = replace(many[5], ipv6_subnet=None, public_ipv6=None, vtep_mac_v6=None)
+    many[9] = replace(many[9], vtep_mac_v6="fe:ff:00:01:80:7f", vtep_mac="02:00:00:00:00:09")
+    for own in (many[3], many[9], many[5]):  # many[5]: a switch routing no IPv6
+        routes = node_table(c.config, many, [], own).routes
+        flows = routes.flows()
+        assert len(flows) == len(routes) == FLOWS_PER_LEASE * (
+            len(many) - 1 + (0 if own is many[5] else len(many) - 2))
+        encode = ofwire.route_encoder(routes, bundled=bundled)
+        items = routes.items()
+        for start, stop, xid in ((0, len(items), 1), (5, 6, 0xFFFFFF00), (4, 11, 4242), (7, 7, 3)):
+            first = routes.count(items[:start])
+            chunk = flows[first : first + routes.count(items[start:stop])]
+            want = (ofwire.encode_bundle_adds(3, chunk, ofwire.OFPFC_ADD, xid) if bundled else
+                    b"".join(ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, xid + i)
+                             for i, f in enumerate(chunk)))  # fmt: skip
+            assert encode(items[start:stop], xid, 3) == want, (own.subnet, start, stop)
+        assert [routes.flow(i) for i in range(len(routes))] == flows
+    v4_only = node_table(c.config, many[4:7], [], many[3]).routes  # a dual switch, one half
+    assert v4_only.rows6 and v4_only.halves == 2
+    none_routed = replace(v4_only, leases=[many[5]], rows=v4_only.rows[1:2], rows6=[None])
+    assert ofwire.route_encoder(none_routed, bundled)(none_routed.items(), 7, 3) == (
+        ofwire.route_encoder(replace(none_routed, rows6=()), bundled)(none_routed.rows, 7, 3))
+
+
 def _parsed_by_osken(msg: bytes):
     version, msg_type, length, xid = ofproto_parser.header(msg)
     return ofproto_parser.msg(DP, version, msg_type, length, xid, bytearray(msg))

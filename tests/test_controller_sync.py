@@ -730,3 +730,29 @@ def test_a_dual_stack_config_is_said_once_what_is_ipv4_only(caplog) -> None:
         model.load(dual, [], [])
         model.load(dual, [], [])
     assert caplog.text.count("MTU - 70 (flannel: - 50)") == 1
+
+
+def test_large_bundles_stream_a_few_at_a_time_in_order():
+    """The app's spawner for large bundles' encoding (SwitchSync.spawn): at most its limit
+    run at once, each yielding to the hub as a stream does; the others wait in order, so
+    the hub's run queue holds a few of them, not one per switch; all of them run."""
+    from os_ken.lib import hub
+
+    from controller.app import bounded_spawn
+
+    spawn = bounded_spawn(2)
+    running: list[int] = []
+    most, started = [0], []
+
+    def stream(i: int) -> None:
+        started.append(i)
+        running.append(i)
+        most[0] = max(most[0], len(running))
+        for _ in range(3):  # chunks, the hub run between them
+            hub.sleep(0)
+        running.remove(i)
+
+    threads = [spawn(lambda i=i: stream(i)) for i in range(7)]
+    for t in threads:
+        t.wait()
+    assert started == list(range(7)) and most[0] == 2 and not running

@@ -263,6 +263,29 @@ def test_a_lease_event_rescopes_its_ipv6_flows_on_every_dual_stack_switch() -> N
         model.apply([LeaseChanged(new, HALVES[1], 8)])  # back, for the next case
 
 
+@pytest.mark.parametrize("own", [
+    replace(HALVES[0], ipv6_subnet=IPv6Network("fd99:0:0:1::/64")),  # outside the network
+    replace(HALVES[0], vtep_mac_v6=None),  # no BackendV6Data
+    replace(HALVES[0], public_ipv6=HALVES[1].public_ipv6),  # shared: still fit to route
+    LEASES[0],  # IPv4 only
+])  # fmt: skip
+def test_the_models_dual_stack_verdict_on_its_own_node_is_the_compilers(own) -> None:
+    """The model tells a dual-stack node from its index of fit halves (not by judging the
+    node's half per event): its full and lease-scoped tables are what a full compile gives,
+    with IPv6 flows exactly when the node's own half is fit to route."""
+    leases = [own, *HALVES[1:]]
+    model = ClusterModel()
+    model.load(DUAL, leases, PODS6)
+    want = compile_node(DUAL, leases, PODS6, NODE1)
+    assert set(model.desired(NODE1, FULL)) == want
+    routed = own.vtep_mac_v6 is not None and own.ipv6_subnet is not None and own.ipv6_subnet.subnet_of(NET6)
+    assert any(is_v6(f) for f in want) == routed
+    cookie = subnet_cookie(HALVES[2].subnet)
+    scoped = set(model.desired(NODE1, Scope.of_cookies(frozenset({cookie}))))
+    assert scoped == {f for f in want if f.cookie == cookie}
+    assert sum(is_v6(f) for f in scoped) == (2 if routed else 0)
+
+
 @pytest.mark.parametrize("claim", ["public_ipv6", "ipv6_subnet"])
 def test_a_half_starting_or_stopping_to_be_shared_rescopes_the_other_holders_flows(claim) -> None:
     """Node 3's lease takes node 2's PublicIPv6 (or IPv6 subnet), then gives it back: the
