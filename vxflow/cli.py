@@ -6,6 +6,8 @@ import importlib
 import os
 import sys
 import warnings
+from ipaddress import ip_address
+from urllib.parse import urlsplit
 
 import click
 
@@ -88,14 +90,37 @@ def _subcommand(args: list[str]) -> str | None:
     return None
 
 
+def _resolves_no_names(args: list[str]) -> bool:
+    """Whether the command an argument list runs will look up no host name in a green
+    thread: it runs none (not a _GREEN command), or every etcd endpoint it is given (on its
+    command line or in FLANNELD_ETCD_ENDPOINTS, read before click parses them) is an IP
+    address. Neither given: the default, 127.0.0.1."""
+    if _subcommand(args) not in _GREEN:
+        return True
+    endpoints = os.environ.get("FLANNELD_ETCD_ENDPOINTS", "")
+    for arg, value in zip(args, [*args[1:], ""], strict=True):
+        if arg == "--etcd-endpoints":
+            endpoints = value
+        elif arg.startswith("--etcd-endpoints="):
+            endpoints = arg.partition("=")[2]
+    try:
+        for url in filter(None, endpoints.split(",")):
+            ip_address(urlsplit(url.strip()).hostname or "")
+    except ValueError:
+        return False
+    return True
+
+
 def main() -> None:
-    if _subcommand(sys.argv[1:]) not in _GREEN:
+    if _resolves_no_names(sys.argv[1:]):
         # etcd3gw imports eventlet (through futurist), whose green socket module loads a
-        # whole DNS resolver (dnspython: ~0.1 s of every command's start) that only green
-        # threads use, and only the _GREEN commands run any. Read once, at that import. A
-        # controller this command starts (the demo's) inherits it; its addresses are IPs.
+        # whole DNS resolver (dnspython: ~0.1-0.2 s of every command's start). Only green
+        # threads use it, and only the _GREEN commands run any; of those, a controller
+        # whose etcd endpoints are IP addresses resolves no name (a name would then be
+        # looked up blocking the hub: such a controller keeps it). Read once, at that
+        # import. A controller this command starts (the demo's) inherits it.
         os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
-    else:
+    if _subcommand(sys.argv[1:]) in _GREEN:
         from os_ken.lib import hub
 
         # as osken-manager does first thing (threads apart: patched with the rest at once,
