@@ -63,7 +63,7 @@ is subtracted from its cidr (the rest as disjoint networks).
 from __future__ import annotations
 
 import zlib
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -76,6 +76,7 @@ from flows.flow import (
     CT_TRK,
     Action,
     Flow,
+    FlowKey,
     Masked,
     Match,
     Owner,
@@ -291,6 +292,9 @@ class Peers:
 
     values: list[Value] | None
     clauses: dict[tuple[Family, ...], list[Entry]] = field(default_factory=dict)
+    # an egress rule's named ports: the destinations' addresses by the numbers they resolve
+    # to, with the matches of those numbers (resolved once, as the peers)
+    targets: list[tuple[Peers, list[dict[str, Value]]]] | None = None
 
     def clause(self, stage: Stage, families: list[Family]) -> list[Entry]:
         """The clause of these peers for pods of `families` (values of other families drop)."""
@@ -307,21 +311,223 @@ class Peers:
 Conj = tuple[list[Pod], Peers, list[dict[str, Value]] | None]
 
 
-class _Compiler:
-    def __init__(self, policies: Sequence[NetworkPolicy], namespaces: Iterable[Namespace],
-                 pods: Sequence[Pod], peers: dict[RuleRef, Peers],
-                 log_drops: bool = False) -> None:  # fmt: skip
-        self.evaluator = Evaluator(policies, namespaces)
-        self.drop = LOGGED_DROP if log_drops else ()  # the default drops' actions
+@dataclass(frozen=True, eq=False)
+class _Part:
+    """One conjunction of a rule on one node (or a one-clause rule's flows): what it adds to
+    the stage, kept until what the rule is compiled from changes."""
+
+    conj_id: int
+    base: int  # the conj_id its name gives: it is another only after a clash
+    ref: RuleRef
+    entries: tuple[tuple[FlowKey, tuple[int, int], Action], ...]  # clause flow, (conj_id, k)
+    flows: tuple[Flow, ...]  # its conj_id flows, or a one-clause rule's direct flows
+    groups: frozenset[IPv4Address]  # the isolation groups whose pods it matches
+    digest: int  # of what it is, for those groups' digests
+
+
+@dataclass(frozen=True, eq=False)
+class _Compiled:
+    """A rule's parts on a node and what they were compiled from: the policy and its shared
+    peers by identity (the model keeps both until they change), the pods and their groups
+    by value."""
+
+    policy: NetworkPolicy
+    peers: Peers
+    selected: tuple[Pod, ...]
+    groups: tuple
+    parts: tuple[_Part, ...]
+
+
+class NodeStage:
+    """One switch's policy stage, kept between updates: each rule's flows are compiled again
+    only when what they are made of changed, and `update` returns the keys of the flows that
+    differ, so a caller sends (and compares) those alone. A fresh NodeStage's first update
+    is the compile from scratch: kept and fresh stages are one code path.
+
+    Each isolation group's hooks load a digest (GENERATION) of what a packet of the group
+    can meet in the stage: the plumbing, its default drop (egress: its pods' packets to
+    themselves), the rules that match its pods. A change resumes that group's recirculations under a new id and leaves every other
+    group's hooks as they are."""
+
+    def __init__(self) -> None:
+        self.flows: dict[FlowKey, Flow] = {}
+        self._context: tuple | None = None
+        self._rules: dict[RuleRef, _Compiled] = {}
+        self._base: dict[FlowKey, Flow] = {}  # the flows besides the rules'
+        self._clauses: dict[FlowKey, dict[tuple[int, int], Action]] = {}  # shared clause flows
+        self._held: dict[FlowKey, dict[int, Flow]] = {}  # rule flows by key, by conj_id
+        self._isolated: dict[tuple[str, IPv4Address], Isolation] = {}
+        self._groups: dict[tuple[str, IPv4Address], IPv4Address] = {}
+        self._table: PolicyTable | None = None
+
+    def table(self) -> PolicyTable:
+        """The stage as a PolicyTable (built once per update, when asked)."""
+        if self._table is None:
+            self._table = PolicyTable(
+                list(self.flows.values()),
+                {p.conj_id: p.ref for c in self._rules.values() for p in c.parts},
+                dict(self._isolated), dict(self._groups))  # fmt: skip
+        return self._table
+
+    def update(self, policies: Sequence[NetworkPolicy], namespaces: Iterable[Namespace],
+               pods: Sequence[Pod], local: Sequence[Pod], subnet: IPv4Network,
+               subnet6: IPv6Network | None = None, peers: dict[RuleRef, Peers] | None = None,
+               host: Sequence[IPv4Address | IPv6Address] = (),
+               log_drops: bool = False) -> set[FlowKey]:  # fmt: skip
+        """Bring the stage to what these inputs make (see `stage_table`); returns the keys
+        of the flows added, changed or removed."""
+        changed: set[FlowKey] = set()
+        context = (subnet, subnet6, tuple(host), log_drops)
+        if context != self._context:  # (another node's stage, in effect: from scratch)
+            changed |= self.flows.keys()
+            self.__init__()  # type: ignore[misc]
+            self._context = context
+        self._table = None
+        run = _Run(Evaluator(policies, namespaces), pods, {} if peers is None else peers,
+                   LOGGED_DROP if log_drops else ())  # fmt: skip
+        chosen = run.isolate(local)
+        rules = self._compile(run, chosen, reuse=True) if run.groups else {}
+        ids = [p.conj_id for c in rules.values() for p in c.parts]
+        if 0 in ids or len(set(ids)) != len(ids):  # a clash: conj_ids given in order
+            rules = self._compile(run, chosen, reuse=False)
+        touched = self._swap_rules(rules)
+        base = run.base_flows(local, context, rules) if run.groups else {}
+        changed |= {k for k in base.keys() | self._base.keys() if base.get(k) != self._base.get(k)}
+        self._base = base
+        for key in touched:
+            flow = self._rule_flow(key)
+            if flow != self.flows.get(key):
+                changed.add(key)
+        for key in changed:
+            flow = base.get(key) or self._rule_flow(key)
+            if flow is None:
+                self.flows.pop(key, None)
+            else:
+                self.flows[key] = flow
+        self._isolated, self._groups = run.isolated, run.groups
+        return changed
+
+    def _compile(self, run: _Run, chosen: dict[tuple[str, str], list[Pod]],
+                 reuse: bool) -> dict[RuleRef, _Compiled]:  # fmt: skip
+        """Every rule's parts, those of a rule whose inputs are as before kept (`reuse`);
+        without `reuse`, each conj_id is the first free one from its name on, in order."""
+        out: dict[RuleRef, _Compiled] = {}
+        taken: set[int] = set()
+        for stage in STAGES:
+            for policy in run.evaluator.policies:
+                selected = chosen.get((stage.direction, policy.key_name))
+                if not selected:
+                    continue
+                groups = run.group_info(stage, selected)
+                rules = policy.ingress if stage is INGRESS_STAGE else policy.egress
+                for index, rule in enumerate(rules):
+                    ref = RuleRef(policy.key_name, stage.direction, index)
+                    peers = run.peers(ref, rule, policy.namespace)
+                    held = self._rules.get(ref)
+                    if (reuse and held is not None and held.policy is policy
+                            and held.peers is peers and held.groups == groups
+                            and held.selected == tuple(selected)
+                            and all(p.conj_id == p.base for p in held.parts)):  # fmt: skip
+                        out[ref] = held
+                        continue
+                    parts = []
+                    for group, conj in enumerate(run.conjunctions(policy, ref, rule, stage,
+                                                                  selected)):  # fmt: skip
+                        part = run.part(stage, ref, group, conj, None if reuse else taken)
+                        if part is not None:
+                            parts.append(part)
+                            taken.add(part.conj_id)
+                    out[ref] = _Compiled(policy, peers, tuple(selected), groups, tuple(parts))
+        return out
+
+    def _swap_rules(self, rules: dict[RuleRef, _Compiled]) -> set[FlowKey]:
+        """Take `rules` in place of the rules held: the parts that went leave their clause
+        and rule flows, the new ones join theirs; returns the keys of the flows touched."""
+        old = {id(p): p for c in self._rules.values() for p in c.parts}
+        new = {id(p): p for c in rules.values() for p in c.parts}
+        touched: set[FlowKey] = set()
+        for gone, part in [(True, p) for k, p in old.items() if k not in new] + [
+                (False, p) for k, p in new.items() if k not in old]:  # fmt: skip
+            for key, slot, action in part.entries:
+                actions = self._clauses.setdefault(key, {})
+                if gone:
+                    del actions[slot]
+                else:
+                    actions[slot] = action
+                touched.add(key)
+            for f in part.flows:
+                held = self._held.setdefault(f.key, {})
+                if gone:
+                    del held[part.conj_id]
+                else:
+                    held[part.conj_id] = f
+                touched.add(f.key)
+        self._rules = rules
+        return touched
+
+    def _rule_flow(self, key: FlowKey) -> Flow | None:
+        """The rules' flow of `key`: a clause flow with the conjunctions of every part that
+        has it (ordered by conj_id and clause), or the flow of the part of the lowest conj_id
+        (one-clause rules of the same pods share a flow)."""
+        actions = self._clauses.get(key)
+        if actions:
+            return Flow(key[0], key[1], key[2], tuple(actions[s] for s in sorted(actions)),
+                        POLICY_COOKIE)  # fmt: skip
+        self._clauses.pop(key, None)
+        held = self._held.get(key)
+        if held:
+            return held[min(held)]
+        self._held.pop(key, None)
+        return None
+
+
+class _Run:
+    """What one update of a stage works from: the policies, the cluster's pods, the
+    node's isolation groups."""
+
+    def __init__(self, evaluator: Evaluator, pods: Sequence[Pod], peers: dict[RuleRef, Peers],
+                 drop: tuple[Action, ...]) -> None:  # fmt: skip
+        self.evaluator = evaluator
         self.pods = pods
         self.peer_cache = peers
-        self.table = PolicyTable()
-        # a clause flow's table, match, actions and their text for the digest, by its key
-        self.clauses: dict[str, tuple[int, Match, list[Action], list[str]]] = {}
-        self.direct: dict[tuple[int, tuple], Flow] = {}
-        self.members: dict[str, Counter[IPv4Address]] = {}  # by direction: each group's size
+        self.drop = drop  # the default drops' actions
+        self.isolating: dict[tuple[str, IPv4Address], set[str]] = {}
+        self.isolated: dict[tuple[str, IPv4Address], Isolation] = {}
+        # (direction, pod IP) -> its isolation group: the key of its default drop's cookie
+        self.groups: dict[tuple[str, IPv4Address], IPv4Address] = {}
+        self.members: dict[tuple[str, IPv4Address], list[Pod]] = {}  # each group's pods
         # (direction, group) -> the families of its pods' addresses
         self.group_families: dict[tuple[str, IPv4Address], list[Family]] = {}
+
+    def isolate(self, local: Sequence[Pod]) -> dict[tuple[str, str], list[Pod]]:
+        """Group the isolated pods of `local`; returns the pods each policy isolates, by
+        (direction, policy), in `local`'s order."""
+        chosen: dict[tuple[str, str], list[Pod]] = defaultdict(list)
+        alike: dict[tuple[str, frozenset[str]], list[Pod]] = defaultdict(list)
+        for p in local:
+            for direction, policies in self.evaluator.isolating(p).items():
+                names = self.isolating[direction, p.ip] = {x.key_name for x in policies}
+                for name in names:
+                    chosen[direction, name].append(p)
+                if names:
+                    alike[direction, frozenset(names)].append(p)
+        for (direction, names), pods in alike.items():
+            key = min(p.ip for p in pods)
+            self.members[direction, key] = pods
+            self.group_families[direction, key] = _families(pods)
+            for p in pods:
+                self.groups[direction, p.ip] = key
+                self.isolated[direction, p.ip] = Isolation(f"{p.namespace}/{p.name}",
+                                                           tuple(sorted(names)))  # fmt: skip
+        return chosen
+
+    def group_info(self, stage: Stage, selected: list[Pod]) -> tuple:
+        """What a rule's pods clause takes from the groups: each pod's, each group's size
+        and families."""
+        keys = tuple(self.groups[stage.direction, p.ip] for p in selected)
+        return keys, tuple((k, len(self.members[stage.direction, k]),
+                            tuple(self.group_families[stage.direction, k]))
+                           for k in sorted(set(keys)))  # fmt: skip
 
     def peers(self, ref: RuleRef, rule: Rule, namespace: str) -> Peers:
         """The addresses a rule's peers stand for. The same on every switch: looked up in
@@ -364,38 +570,41 @@ class _Compiler:
             out += [(pods, peers, [m for p, n in key for m in _port_matches(p, n)])
                     for key, pods in sorted(groups.items(), key=_by_ports) if key]  # fmt: skip
             return out
-        targets: dict[tuple, list[Value]] = defaultdict(list)  # egress: the peer is
-        for target in self.pods:
-            if not rule.peers or any(self.evaluator.peer_matches(peer, policy.namespace, target)
-                                     for peer in rule.peers):  # fmt: skip
-                targets[_resolve(named, target)] += [ip for _, ip in _addresses(target)]
-        out += [(selected, Peers(ips), [m for p, n in key for m in _port_matches(p, n)])
-                for key, ips in sorted(targets.items(), key=_by_ports) if key]  # fmt: skip
-        return out
+        if peers.targets is None:  # egress: the peer is the destination (shared, as peers)
+            targets: dict[tuple, list[Value]] = defaultdict(list)
+            for target in self.pods:
+                if not rule.peers or any(self.evaluator.peer_matches(peer, policy.namespace,
+                                                                     target)
+                                         for peer in rule.peers):  # fmt: skip
+                    targets[_resolve(named, target)] += [ip for _, ip in _addresses(target)]
+            peers.targets = [(Peers(ips), [m for p, n in key for m in _port_matches(p, n)])
+                             for key, ips in sorted(targets.items(), key=_by_ports) if key]  # fmt: skip
+        return out + [(selected, to, matches) for to, matches in peers.targets]
 
-    def pods_clause(self, stage: Stage, selected: list[Pod]) -> list[dict[str, Value]]:
+    def pods_clause(self, stage: Stage, selected: list[Pod]) -> tuple[list[dict[str, Value]],
+                                                                      set[IPv4Address]]:  # fmt: skip
         """The matches of `selected`: each isolation group they hold whole by its register
-        (once per family its pods have), any other pod by its addresses."""
-        direction, groups = stage.direction, self.table.groups
-        members = self.members.get(direction)
-        if members is None:  # (asked once the stage's groups are all known)
-            members = self.members[direction] = Counter(
-                key for (d, _), key in groups.items() if d == direction)
+        (once per family its pods have), any other pod by its addresses; and the groups of
+        the pods they match."""
+        direction, groups = stage.direction, self.groups
         keyed = [(groups[direction, p.ip], p) for p in selected]
         count: dict[IPv4Address, int] = {}  # (a Counter costs more for a few pods)
         for key, _ in keyed:
             count[key] = count.get(key, 0) + 1
-        whole = sorted(key for key, n in count.items() if n == members[key])
+        whole = sorted(k for k, n in count.items() if n == len(self.members[direction, k]))
         held = set(whole)
         rest = sorted((p for key, p in keyed if key not in held), key=lambda p: p.ip)
         return ([{"eth_type": fam.eth_type, ISOLATION: int(key)}
-                 for key in whole for fam in self.group_families[stage.direction, key]]
+                 for key in whole for fam in self.group_families[direction, key]]
                 + [{"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
-                   for p in rest for fam, ip in _addresses(p)])  # fmt: skip
+                   for p in rest for fam, ip in _addresses(p)], set(count))  # fmt: skip
 
-    def add_rule(self, stage: Stage, ref: RuleRef, group: int, conj: Conj) -> None:
+    def part(self, stage: Stage, ref: RuleRef, group: int, conj: Conj,
+             taken: set[int] | None) -> _Part | None:  # fmt: skip
+        """One conjunction's flows; None when a peer or port resolves to nothing (the rule
+        allows nothing here). `taken`: the conj_ids given so far, when a clash is resolved."""
         selected, peers, ports = conj
-        pods = self.pods_clause(stage, selected)
+        pods, groups = self.pods_clause(stage, selected)
         families = _families(selected)
         clauses = [pods]
         if peers.values is not None:
@@ -405,116 +614,74 @@ class _Compiler:
             clauses.append(_entries(stage.table, ({"eth_type": fam.eth_type, **m}
                                                   for fam in families for m in unique.values())))
         if any(not c for c in clauses):
-            return  # a peer or port that resolves to nothing: the rule allows nothing here
-        conj_id = self._conj_id(ref, group)
-        cookie = cookie_for(Owner.POLICY, conj_id)
-        self.table.rules[conj_id] = ref
-        if len(clauses) == 1:
-            for m in pods:
-                f = flow(stage.table, PRIO_RULE_DIRECT, m, stage.passing(True), cookie)
-                self.direct.setdefault((f.table, f.match), f)
-            return
-        clauses[0] = _entries(stage.table, pods)
-        for k, clause in enumerate(clauses, 1):
-            action = conjunction(conj_id, k, len(clauses))
-            text = f"{conj_id},{k},{len(clauses)}"  # (the action in the digest)
-            for key, match in clause:
-                held = self.clauses.get(key)
-                if held is None:
-                    held = self.clauses[key] = (int(stage.table), match, [], [])
-                held[2].append(action)
-                held[3].append(text)
-        self.table.flows += [
-            flow(stage.table, PRIO_RULE_ID, {"eth_type": fam.eth_type, "conj_id": conj_id},
-                 stage.passing(True), cookie)  # (ct needs an IP match)
-            for fam in families
-        ]  # fmt: skip
-
-    def _conj_id(self, ref: RuleRef, group: int) -> int:
-        """A conj_id from the rule's name: the same on every switch and replica, and across
-        unrelated changes (so they rewrite no flow of this rule); a clash takes the next."""
-        conj_id = zlib.crc32(f"{ref.direction}/{ref.policy}/{ref.index}/{group}".encode())
-        while conj_id in self.table.rules or conj_id == 0:
+            return None
+        base = zlib.crc32(f"{ref.direction}/{ref.policy}/{ref.index}/{group}".encode())
+        conj_id = base
+        while taken is not None and (conj_id in taken or conj_id == 0):
             conj_id = (conj_id + 1) & 0xFFFFFFFF
-        return conj_id
+        cookie = cookie_for(Owner.POLICY, conj_id)
+        entries: list[tuple[FlowKey, tuple[int, int], Action]] = []
+        if len(clauses) == 1:
+            flows = tuple(flow(stage.table, PRIO_RULE_DIRECT, m, stage.passing(True), cookie)
+                          for m in pods)  # fmt: skip
+        else:
+            clauses[0] = _entries(stage.table, pods)
+            for k, clause in enumerate(clauses, 1):
+                action = conjunction(conj_id, k, len(clauses))
+                entries += [((int(stage.table), PRIO_CLAUSE, match), (conj_id, k), action)
+                            for _, match in clause]  # fmt: skip
+            flows = tuple(flow(stage.table, PRIO_RULE_ID, {"eth_type": fam.eth_type,
+                                                           "conj_id": conj_id},
+                               stage.passing(True), cookie)  # (ct needs an IP match)
+                          for fam in families)  # fmt: skip
+        digest = zlib.crc32(repr((sorted(map(repr, entries)), flows)).encode())
+        return _Part(conj_id, base, ref, tuple(entries), flows, frozenset(groups), digest)
 
-    def compile(self, local: Sequence[Pod], subnet: IPv4Network,
-                subnet6: IPv6Network | None = None,
-                host: Sequence[IPv4Address | IPv6Address] = ()) -> PolicyTable:  # fmt: skip
-        # (direction, pod IP) -> namespace/name of the policies isolating it; and (direction,
-        # policy) -> the pods it isolates, in `local`'s order
-        isolating: dict[tuple[str, IPv4Address], set[str]] = {}
-        chosen: dict[tuple[str, str], list[Pod]] = defaultdict(list)
-        for p in local:
-            for direction, policies in self.evaluator.isolating(p).items():
-                names = isolating[direction, p.ip] = {x.key_name for x in policies}
-                for name in names:
-                    chosen[direction, name].append(p)
-        guarded = [p for p in local if any(isolating[s.direction, p.ip] for s in STAGES)]
-        if not guarded:
-            return self.table
-        flows = self.table.flows
-        hooks: list[tuple[Stage, dict, IPv4Address]] = []
+    def base_flows(self, local: Sequence[Pod], context: tuple,
+                   rules: dict[RuleRef, _Compiled]) -> dict[FlowKey, Flow]:  # fmt: skip
+        """The stage's flows besides its rules': plumbing, default drops, hooks (each loading
+        its group's digest) and, egress, a pod's packets to itself."""
+        subnet, subnet6, host, _ = context
+        digests: dict[tuple[str, IPv4Address], list[int]] = defaultdict(list)
+        for compiled in rules.values():
+            for part in compiled.parts:
+                for key in part.groups:
+                    digests[part.ref.direction, key].append(part.digest)
+        out: list[Flow] = []
         for stage in STAGES:
-            flows += [f for net in (subnet, subnet6) if net
-                      for f in _stage_plumbing(stage, net, tuple(host))]  # fmt: skip
-            isolated = [p for p in guarded if isolating[stage.direction, p.ip]]
-            alike: dict[frozenset[str], list[Pod]] = defaultdict(list)
-            for p in isolated:
-                alike[frozenset(isolating[stage.direction, p.ip])].append(p)
-            for pods in alike.values():
-                key = min(p.ip for p in pods)
-                self.table.groups.update(((stage.direction, p.ip), key) for p in pods)
-                families = self.group_families[stage.direction, key] = _families(pods)
-                flows += [flow(stage.table, PRIO_DROP, {"eth_type": fam.eth_type,
-                                                        ISOLATION: int(key)},
-                               self.drop, drop_cookie(key)) for fam in families]  # fmt: skip
-            for p in isolated:
-                key = self.table.groups[stage.direction, p.ip]
-                for fam, ip in _addresses(p):
-                    match = {"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
-                    hooks.append((stage, {**match, stage.done: 0}, key))
-                    if stage is EGRESS_STAGE:  # (into a pod, the hairpin flow goes first)
-                        flows.append(flow(stage.table, PRIO_ALWAYS, {**match, fam.dst: ip},
-                                          stage.passing(True), POLICY_COOKIE))  # fmt: skip
-                self.table.isolated[stage.direction, p.ip] = Isolation(
-                    f"{p.namespace}/{p.name}",
-                    tuple(sorted(isolating[stage.direction, p.ip])),
-                )
-            self._rules(stage, chosen)
-        flows += self.direct.values()
-        # the digest, of every flow so far: the others' reprs, and each clause flow (all of
-        # the same priority and cookie) as its table, match and conjunctions (its match's repr
-        # already made for its key, in part once for every switch)
-        lines = [*map(_text, flows)]
-        for key, (table, match, actions, texts) in self.clauses.items():
-            lines.append(f"{key} " + ";".join(texts))
-            flows.append(Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE))
-        generation = zlib.crc32("\n".join(sorted(lines)).encode())
-        flows += [flow(stage.hook_table, stage.hook_priority, match,
-                       [set_field(GENERATION, generation), set_field(ISOLATION, int(key)),
-                        ct(POLICY_ZONE, stage.table)],
-                       POLICY_COOKIE) for stage, match, key in hooks]  # fmt: skip
-        return self.table
-
-    def _rules(self, stage: Stage, chosen: dict[tuple[str, str], list[Pod]]) -> None:
-        for policy in self.evaluator.policies:
-            selected = chosen.get((stage.direction, policy.key_name))
-            if not selected:
-                continue
-            rules = policy.ingress if stage is INGRESS_STAGE else policy.egress
-            for index, rule in enumerate(rules):
-                ref = RuleRef(policy.key_name, stage.direction, index)
-                for group, conj in enumerate(self.conjunctions(policy, ref, rule, stage, selected)):
-                    self.add_rule(stage, ref, group, conj)
+            plumbing = [f for net in (subnet, subnet6) if net
+                        for f in _stage_plumbing(stage, net, host)]  # fmt: skip
+            out += plumbing
+            fixed = _digest(tuple(plumbing), self.drop)
+            for (direction, key), pods in self.members.items():
+                if direction != stage.direction:
+                    continue
+                own = [flow(stage.table, PRIO_DROP, {"eth_type": fam.eth_type, ISOLATION: int(key)},
+                            self.drop, drop_cookie(key))
+                       for fam in self.group_families[direction, key]]  # fmt: skip
+                hooks = []
+                for p in pods:
+                    for fam, ip in _addresses(p):
+                        match = {"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
+                        hooks.append({**match, stage.done: 0})
+                        if stage is EGRESS_STAGE:  # (into a pod, the hairpin flow goes first)
+                            own.append(flow(stage.table, PRIO_ALWAYS, {**match, fam.dst: ip},
+                                            stage.passing(True), POLICY_COOKIE))  # fmt: skip
+                generation = zlib.crc32(repr((fixed, sorted(map(repr, own)),
+                                              sorted(digests[direction, key]))).encode())  # fmt: skip
+                out += own
+                out += [flow(stage.hook_table, stage.hook_priority, match,
+                             [set_field(GENERATION, generation), set_field(ISOLATION, int(key)),
+                              ct(POLICY_ZONE, stage.table)], POLICY_COOKIE)
+                        for match in hooks]  # fmt: skip
+        return {f.key: f for f in out}
 
 
-@lru_cache(maxsize=1 << 14)
-def _text(f: Flow) -> str:
-    """A flow's repr, for the digest: the flows besides the clauses (plumbing, drops, rule
-    ids) mostly come back unchanged compile after compile, and hashing one costs a tenth of
-    its repr."""
-    return repr(f)
+@lru_cache(maxsize=1 << 10)
+def _digest(plumbing: tuple[Flow, ...], drop: tuple[Action, ...]) -> int:
+    """What every group's digest holds of a stage's plumbing and drops (the same update
+    after update)."""
+    return zlib.crc32(repr((plumbing, drop)).encode())
 
 
 @lru_cache(maxsize=1 << 10)
@@ -585,7 +752,8 @@ def stage_table(
     out any that selects none of `local`: they add nothing to the stage."""
     if not policies:
         return PolicyTable()
-    return _Compiler(policies, namespaces, pods, {} if peers is None else peers,
-                     log_drops).compile(local, subnet, ipv6_subnet,
-                                        [a for a in host if a is not None])  # fmt: skip
+    stage = NodeStage()
+    stage.update(policies, namespaces, pods, local, subnet, ipv6_subnet, peers,
+                 [a for a in host if a is not None], log_drops)  # fmt: skip
+    return stage.table()
 

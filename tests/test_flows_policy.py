@@ -309,20 +309,23 @@ def test_dual_stack_flows_judge_each_family_as_the_evaluator_does(seed: int) -> 
     assert not wrong, f"{len(wrong)} verdicts differ, e.g. {wrong[:5]}; policies: {policies}"
 
 
-def digested(flows: list[Flow]) -> tuple[frozenset[Flow], int]:
-    """A stage's flows but its hooks, and the digest (GENERATION) its hooks all load."""
-    loads = {a[2] for f in flows for a in f.actions if a[:2] == ("set_field", GENERATION)}
-    (generation,) = loads
+def digested(flows: list[Flow]) -> tuple[frozenset[Flow], frozenset]:
+    """A stage's flows but its hooks, and the digests (GENERATION) its hooks load, each with
+    its isolation group (the hook's table, for its direction, and ISOLATION): one per group."""
+    loads = {((f.table, h[ISOLATION]), h[GENERATION]) for f in flows
+             if (h := {a[1]: a[2] for a in f.actions if a[0] == "set_field"}).get(GENERATION)}  # fmt: skip
+    assert len({group for group, _ in loads}) == len(loads)
     return frozenset(f for f in flows if not any(a[:2] == ("set_field", GENERATION)
-                                                 for a in f.actions)), generation  # fmt: skip
+                                                 for a in f.actions)), frozenset(loads)  # fmt: skip
 
 
 @pytest.mark.parametrize("dual", [False, True], ids=["ipv4", "dual"])
 def test_the_digest_changes_exactly_when_the_stage_does(dual: bool) -> None:
     """Node 1's stage in 80 random worlds, each also compiled from its inputs shuffled: one
-    stage, one digest, whatever the order; different stages, different digests (a changed
-    stage must resume conntrack's recirculation under a new id)."""
-    digests: dict[frozenset[Flow], set[int]] = defaultdict(set)
+    stage, one digest per isolation group, whatever the order; different stages, different
+    digests (a changed stage must resume conntrack's recirculation under a new id; each
+    group's digest is of what its packets can meet, so an unrelated change leaves it)."""
+    digests: dict[frozenset[Flow], set[frozenset]] = defaultdict(set)
     node1 = IPv4Network("198.19.1.0/24")
     for seed in range(80):
         policies, namespaces, pods = random_world(seed, dual)
@@ -337,8 +340,8 @@ def test_the_digest_changes_exactly_when_the_stage_does(dual: bool) -> None:
             table = policy_table(policies, namespaces, eps, local, node1,
                                  subnet6_of(node1) if dual else None)  # fmt: skip
             if table.flows:
-                stage, generation = digested(table.flows)
-                digests[stage].add(generation)
+                stage, generations = digested(table.flows)
+                digests[stage].add(generations)
     assert all(len(g) == 1 for g in digests.values())
     assert len({g for gs in digests.values() for g in gs}) == len(digests) > 20
 
