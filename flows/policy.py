@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -353,7 +353,9 @@ class NodeStage:
         self.flows: dict[FlowKey, Flow] = {}
         self._context: tuple | None = None
         self._rules: dict[RuleRef, _Compiled] = {}
-        self._base: dict[FlowKey, Flow] = {}  # the flows besides the rules'
+        self._base: dict[FlowKey, Flow] = {}  # the flows besides the rules', of `_blocks`
+        self._blocks: dict[tuple, _Block] = {}  # the plumbing's, and each group's
+        self._isolating: dict[IPv4Address, tuple] = {}  # each local pod's, as last found
         self._clauses: dict[FlowKey, dict[tuple[int, int], Action]] = {}  # shared clause flows
         self._held: dict[FlowKey, dict[int, Flow]] = {}  # rule flows by key, by conj_id
         self._isolated: dict[tuple[str, IPv4Address], Isolation] = {}
@@ -376,36 +378,53 @@ class NodeStage:
                log_drops: bool = False) -> set[FlowKey]:  # fmt: skip
         """Bring the stage to what these inputs make (see `stage_table`); returns the keys
         of the flows added, changed or removed."""
-        changed: set[FlowKey] = set()
+        touched: set[FlowKey] = set()  # the keys whose flow may differ
         context = (subnet, subnet6, tuple(host), log_drops)
         if context != self._context:  # (another node's stage, in effect: from scratch)
-            changed |= self.flows.keys()
+            touched |= self.flows.keys()
+            old = self.flows
             self.__init__()  # type: ignore[misc]
-            self._context = context
+            self.flows, self._context = old, context
         self._table = None
         run = _Run(Evaluator(policies, namespaces), pods, {} if peers is None else peers,
                    LOGGED_DROP if log_drops else ())  # fmt: skip
-        chosen = run.isolate(local)
+        chosen = run.isolate(local, self._isolating)
         rules = self._compile(run, chosen, reuse=True) if run.groups else {}
         ids = [p.conj_id for c in rules.values() for p in c.parts]
         if 0 in ids or len(set(ids)) != len(ids):  # a clash: conj_ids given in order
             rules = self._compile(run, chosen, reuse=False)
-        touched = self._swap_rules(rules)
-        base = run.base_flows(local, context, rules) if run.groups else {}
-        changed |= {k for k in base.keys() | self._base.keys() if base.get(k) != self._base.get(k)}
-        self._base = base
+        touched |= self._swap_rules(rules)
+        touched |= self._swap_blocks(run.blocks(context, rules, self._blocks) if run.groups else {})
+        changed = set()
         for key in touched:
-            flow = self._rule_flow(key)
+            flow = self._base.get(key) or self._rule_flow(key)
             if flow != self.flows.get(key):
                 changed.add(key)
-        for key in changed:
-            flow = base.get(key) or self._rule_flow(key)
-            if flow is None:
-                self.flows.pop(key, None)
-            else:
-                self.flows[key] = flow
+                if flow is None:
+                    del self.flows[key]
+                else:
+                    self.flows[key] = flow
         self._isolated, self._groups = run.isolated, run.groups
         return changed
+
+    def _swap_blocks(self, blocks: dict[tuple, _Block]) -> set[FlowKey]:
+        """Take `blocks` in place of those held; returns the keys of the flows of the blocks
+        that changed (every block's flows leave before any enters: a pod's hook moves from
+        one group's block to another's)."""
+        old, self._blocks = self._blocks, blocks
+        changed = [(old.get(k), blocks.get(k)) for k in old.keys() | blocks.keys()
+                   if old.get(k) is not blocks.get(k)]  # fmt: skip
+        touched: set[FlowKey] = set()
+        for before, _ in changed:
+            if before is not None:
+                for key in before.flows:
+                    del self._base[key]
+                touched |= before.flows.keys()
+        for _, after in changed:
+            if after is not None:
+                self._base.update(after.flows)
+                touched |= after.flows.keys()
+        return touched
 
     def _compile(self, run: _Run, chosen: dict[tuple[str, str], list[Pod]],
                  reuse: bool) -> dict[RuleRef, _Compiled]:  # fmt: skip
@@ -499,18 +518,29 @@ class _Run:
         # (direction, group) -> the families of its pods' addresses
         self.group_families: dict[tuple[str, IPv4Address], list[Family]] = {}
 
-    def isolate(self, local: Sequence[Pod]) -> dict[tuple[str, str], list[Pod]]:
+    def isolate(self, local: Sequence[Pod],
+                held: dict[IPv4Address, tuple]) -> dict[tuple[str, str], list[Pod]]:  # fmt: skip
         """Group the isolated pods of `local`; returns the pods each policy isolates, by
-        (direction, policy), in `local`'s order."""
+        (direction, policy), in `local`'s order. `held`: each pod's isolation as found
+        before, with the pod and its namespace's policies it was found from (kept again)."""
         chosen: dict[tuple[str, str], list[Pod]] = defaultdict(list)
         alike: dict[tuple[str, frozenset[str]], list[Pod]] = defaultdict(list)
+        found = {}
         for p in local:
-            for direction, policies in self.evaluator.isolating(p).items():
+            mine = self.evaluator.of_namespace(p.namespace)
+            was = held.get(p.ip)
+            if was is not None and was[0] == p and was[1] == mine:
+                isolating = found[p.ip] = was
+            else:
+                isolating = found[p.ip] = (p, mine, self.evaluator.isolating(p))
+            for direction, policies in isolating[2].items():
                 names = self.isolating[direction, p.ip] = {x.key_name for x in policies}
                 for name in names:
                     chosen[direction, name].append(p)
                 if names:
                     alike[direction, frozenset(names)].append(p)
+        held.clear()
+        held.update(found)
         for (direction, names), pods in alike.items():
             key = min(p.ip for p in pods)
             self.members[direction, key] = pods
@@ -637,44 +667,71 @@ class _Run:
         digest = zlib.crc32(repr((sorted(map(repr, entries)), flows)).encode())
         return _Part(conj_id, base, ref, tuple(entries), flows, frozenset(groups), digest)
 
-    def base_flows(self, local: Sequence[Pod], context: tuple,
-                   rules: dict[RuleRef, _Compiled]) -> dict[FlowKey, Flow]:  # fmt: skip
-        """The stage's flows besides its rules': plumbing, default drops, hooks (each loading
-        its group's digest) and, egress, a pod's packets to itself."""
+    def blocks(self, context: tuple, rules: dict[RuleRef, _Compiled],
+               held: dict[tuple, _Block]) -> dict[tuple, _Block]:  # fmt: skip
+        """The stage's flows besides its rules', in blocks: each stage's plumbing, and each
+        isolation group's default drop, hooks (loading its digest) and, egress, its pods'
+        packets to themselves. A block made from what `held`'s was is `held`'s."""
         subnet, subnet6, host, _ = context
         digests: dict[tuple[str, IPv4Address], list[int]] = defaultdict(list)
         for compiled in rules.values():
             for part in compiled.parts:
                 for key in part.groups:
                     digests[part.ref.direction, key].append(part.digest)
-        out: list[Flow] = []
+        out: dict[tuple, _Block] = {}
         for stage in STAGES:
-            plumbing = [f for net in (subnet, subnet6) if net
-                        for f in _stage_plumbing(stage, net, host)]  # fmt: skip
-            out += plumbing
-            fixed = _digest(tuple(plumbing), self.drop)
+            plumbing = tuple(f for net in (subnet, subnet6) if net
+                             for f in _stage_plumbing(stage, net, host))  # fmt: skip
+            out[stage.direction,] = _kept(held, (stage.direction,), plumbing,
+                                          lambda p=plumbing: p)  # fmt: skip
+            fixed = _digest(plumbing, self.drop)
             for (direction, key), pods in self.members.items():
-                if direction != stage.direction:
-                    continue
-                own = [flow(stage.table, PRIO_DROP, {"eth_type": fam.eth_type, ISOLATION: int(key)},
-                            self.drop, drop_cookie(key))
-                       for fam in self.group_families[direction, key]]  # fmt: skip
-                hooks = []
-                for p in pods:
-                    for fam, ip in _addresses(p):
-                        match = {"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
-                        hooks.append({**match, stage.done: 0})
-                        if stage is EGRESS_STAGE:  # (into a pod, the hairpin flow goes first)
-                            own.append(flow(stage.table, PRIO_ALWAYS, {**match, fam.dst: ip},
-                                            stage.passing(True), POLICY_COOKIE))  # fmt: skip
-                generation = zlib.crc32(repr((fixed, sorted(map(repr, own)),
-                                              sorted(digests[direction, key]))).encode())  # fmt: skip
-                out += own
-                out += [flow(stage.hook_table, stage.hook_priority, match,
-                             [set_field(GENERATION, generation), set_field(ISOLATION, int(key)),
-                              ct(POLICY_ZONE, stage.table)], POLICY_COOKIE)
-                        for match in hooks]  # fmt: skip
-        return {f.key: f for f in out}
+                if direction == stage.direction:
+                    made = (fixed, sorted((p.ip, p.ipv6 or 0) for p in pods),
+                            sorted(digests[direction, key]))  # fmt: skip
+                    out[direction, key] = _kept(held, (direction, key), made,
+                                                lambda s=stage, k=key, m=made, p=pods:
+                                                self._group_flows(s, k, m, p))  # fmt: skip
+        return out
+
+    def _group_flows(self, stage: Stage, key: IPv4Address, made: tuple,
+                     pods: list[Pod]) -> list[Flow]:  # fmt: skip
+        """An isolation group's block (see `blocks`): its digest is of `made` (the stage's
+        plumbing and drops, its pods, the rules matching them) and of its own flows."""
+        own = [flow(stage.table, PRIO_DROP, {"eth_type": fam.eth_type, ISOLATION: int(key)},
+                    self.drop, drop_cookie(key))
+               for fam in self.group_families[stage.direction, key]]  # fmt: skip
+        hooks = []
+        for p in pods:
+            for fam, ip in _addresses(p):
+                match = {"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
+                hooks.append({**match, stage.done: 0})
+                if stage is EGRESS_STAGE:  # (into a pod, the hairpin flow goes first)
+                    own.append(flow(stage.table, PRIO_ALWAYS, {**match, fam.dst: ip},
+                                    stage.passing(True), POLICY_COOKIE))  # fmt: skip
+        generation = zlib.crc32(repr((made, sorted(map(repr, own)))).encode())
+        return own + [flow(stage.hook_table, stage.hook_priority, match,
+                           [set_field(GENERATION, generation), set_field(ISOLATION, int(key)),
+                            ct(POLICY_ZONE, stage.table)], POLICY_COOKIE)
+                      for match in hooks]  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class _Block:
+    """Flows of the stage besides its rules' that change together, and what they were made
+    from (by value)."""
+
+    made: object
+    flows: dict[FlowKey, Flow]
+
+
+def _kept(held: dict[tuple, _Block], key: tuple, made: object,
+          make: Callable[[], Iterable[Flow]]) -> _Block:  # fmt: skip
+    """`held`'s block of `key` if made from `made`, else a new one."""
+    block = held.get(key)
+    if block is not None and block.made == made:
+        return block
+    return _Block(made, {f.key: f for f in make()})
 
 
 @lru_cache(maxsize=1 << 10)
