@@ -78,7 +78,6 @@ from flows.flow import (
     Flow,
     FlowKey,
     Masked,
-    Match,
     Owner,
     Table,
     Value,
@@ -273,16 +272,15 @@ def _by_ports(group: tuple[tuple[tuple[PolicyPort, int], ...], list]) -> tuple:
     return tuple((p.protocol, str(p.port), n) for p, n in group[0])
 
 
-Entry = tuple[str, Match]  # a clause flow's key (its table and match as text: hashed once)
+def _entries(table: Table, matches: Iterable[dict[str, Value]]) -> list[FlowKey]:
+    """The keys of the clause flows of `matches`."""
+    return [(int(table), PRIO_CLAUSE, tuple(sorted(m.items()))) for m in matches]
 
 
-def _entries(table: Table, matches: Iterable[dict[str, Value]]) -> list[Entry]:
-    """Clause matches in canonical form, each with its key."""
-    out = []
-    for m in matches:
-        match = tuple(sorted(m.items()))
-        out.append((f"{int(table)} {match!r}", match))
-    return out
+def _ordered(values: Iterable[Value]) -> list[Value]:
+    """Addresses and networks in one order whatever they came in (IPv4's first)."""
+    return sorted(values, key=lambda v: (v.version, int(v.network_address if isinstance(
+        v, IPv4Network | IPv6Network) else v), str(v)))  # fmt: skip
 
 
 @dataclass
@@ -290,25 +288,27 @@ class Peers:
     """A rule's peers as addresses (None: every address). A rule's resolved peers are the
     same on every switch, and so is their clause: built once per families and shared."""
 
-    values: list[Value] | None
-    clauses: dict[tuple[Family, ...], list[Entry]] = field(default_factory=dict)
+    values: list[Value] | None  # in `_ordered`'s order
+    # by the families of the pods: the clause's flows' keys and a digest of them
+    clauses: dict[tuple[Family, ...], tuple[list[FlowKey], int]] = field(default_factory=dict)
     # an egress rule's named ports: the destinations' addresses by the numbers they resolve
     # to, with the matches of those numbers (resolved once, as the peers)
     targets: list[tuple[Peers, list[dict[str, Value]]]] | None = None
 
-    def clause(self, stage: Stage, families: list[Family]) -> list[Entry]:
-        """The clause of these peers for pods of `families` (values of other families drop)."""
+    def clause(self, stage: Stage, families: list[Family]) -> tuple[list[FlowKey], int]:
+        """The clause of these peers for pods of `families` (values of other families drop),
+        and its digest."""
         key = tuple(families)
         found = self.clauses.get(key)
         if found is None:
             assert self.values is not None
-            found = self.clauses[key] = _entries(stage.table, (
-                {"eth_type": fam.eth_type, stage.fields(fam)[1]: v}
-                for v in self.values if (fam := family(v)) in families))  # fmt: skip
+            keys = _entries(stage.table, ({"eth_type": fam.eth_type, stage.fields(fam)[1]: v}
+                                          for v in self.values if (fam := family(v)) in families))  # fmt: skip
+            found = self.clauses[key] = keys, zlib.crc32(repr(keys).encode())
         return found
 
 
-Conj = tuple[list[Pod], Peers, list[dict[str, Value]] | None]
+Conj = tuple[list, Peers, list[dict[str, Value]] | None]  # (its pods and their groups, ...)
 
 
 @dataclass(frozen=True, eq=False)
@@ -321,7 +321,7 @@ class _Part:
     ref: RuleRef
     entries: tuple[tuple[FlowKey, tuple[int, int], Action], ...]  # clause flow, (conj_id, k)
     flows: tuple[Flow, ...]  # its conj_id flows, or a one-clause rule's direct flows
-    groups: frozenset[IPv4Address]  # the isolation groups whose pods it matches
+    groups: frozenset[int]  # the isolation groups whose pods it matches (by number)
     digest: int  # of what it is, for those groups' digests
 
 
@@ -329,12 +329,11 @@ class _Part:
 class _Compiled:
     """A rule's parts on a node and what they were compiled from: the policy and its shared
     peers by identity (the model keeps both until they change), the pods and their groups
-    by value."""
+    (`_Group`)."""
 
     policy: NetworkPolicy
     peers: Peers
-    selected: tuple[Pod, ...]
-    groups: tuple
+    selected: Selected  # (its groups compared by identity too: kept while their pods are)
     parts: tuple[_Part, ...]
 
 
@@ -358,8 +357,7 @@ class NodeStage:
         self._isolating: dict[IPv4Address, tuple] = {}  # each local pod's, as last found
         self._clauses: dict[FlowKey, dict[tuple[int, int], Action]] = {}  # shared clause flows
         self._held: dict[FlowKey, dict[int, Flow]] = {}  # rule flows by key, by conj_id
-        self._isolated: dict[tuple[str, IPv4Address], Isolation] = {}
-        self._groups: dict[tuple[str, IPv4Address], IPv4Address] = {}
+        self._groups: dict[tuple[str, frozenset[str]], _Group] = {}  # as last found
         self._table: PolicyTable | None = None
 
     def table(self) -> PolicyTable:
@@ -368,7 +366,9 @@ class NodeStage:
             self._table = PolicyTable(
                 list(self.flows.values()),
                 {p.conj_id: p.ref for c in self._rules.values() for p in c.parts},
-                dict(self._isolated), dict(self._groups))  # fmt: skip
+                {(g.direction, p.ip): Isolation(f"{p.namespace}/{p.name}", tuple(sorted(g.names)))
+                 for g in self._groups.values() for p in g.pods},
+                {(g.direction, p.ip): g.key for g in self._groups.values() for p in g.pods})  # fmt: skip
         return self._table
 
     def update(self, policies: Sequence[NetworkPolicy], namespaces: Iterable[Namespace],
@@ -388,7 +388,7 @@ class NodeStage:
         self._table = None
         run = _Run(Evaluator(policies, namespaces), pods, {} if peers is None else peers,
                    LOGGED_DROP if log_drops else ())  # fmt: skip
-        chosen = run.isolate(local, self._isolating)
+        chosen = run.isolate(local, self._isolating, self._groups)
         rules = self._compile(run, chosen, reuse=True) if run.groups else {}
         ids = [p.conj_id for c in rules.values() for p in c.parts]
         if 0 in ids or len(set(ids)) != len(ids):  # a clash: conj_ids given in order
@@ -404,7 +404,7 @@ class NodeStage:
                     del self.flows[key]
                 else:
                     self.flows[key] = flow
-        self._isolated, self._groups = run.isolated, run.groups
+        self._groups = run.groups
         return changed
 
     def _swap_blocks(self, blocks: dict[tuple, _Block]) -> set[FlowKey]:
@@ -426,7 +426,7 @@ class NodeStage:
                 touched |= after.flows.keys()
         return touched
 
-    def _compile(self, run: _Run, chosen: dict[tuple[str, str], list[Pod]],
+    def _compile(self, run: _Run, chosen: dict[tuple[str, str], Selected],
                  reuse: bool) -> dict[RuleRef, _Compiled]:  # fmt: skip
         """Every rule's parts, those of a rule whose inputs are as before kept (`reuse`);
         without `reuse`, each conj_id is the first free one from its name on, in order."""
@@ -437,15 +437,13 @@ class NodeStage:
                 selected = chosen.get((stage.direction, policy.key_name))
                 if not selected:
                     continue
-                groups = run.group_info(stage, selected)
                 rules = policy.ingress if stage is INGRESS_STAGE else policy.egress
                 for index, rule in enumerate(rules):
                     ref = RuleRef(policy.key_name, stage.direction, index)
                     peers = run.peers(ref, rule, policy.namespace)
                     held = self._rules.get(ref)
                     if (reuse and held is not None and held.policy is policy
-                            and held.peers is peers and held.groups == groups
-                            and held.selected == tuple(selected)
+                            and held.peers is peers and held.selected == selected
                             and all(p.conj_id == p.base for p in held.parts)):  # fmt: skip
                         out[ref] = held
                         continue
@@ -456,7 +454,7 @@ class NodeStage:
                         if part is not None:
                             parts.append(part)
                             taken.add(part.conj_id)
-                    out[ref] = _Compiled(policy, peers, tuple(selected), groups, tuple(parts))
+                    out[ref] = _Compiled(policy, peers, selected, tuple(parts))
         return out
 
     def _swap_rules(self, rules: dict[RuleRef, _Compiled]) -> set[FlowKey]:
@@ -500,6 +498,27 @@ class NodeStage:
         return None
 
 
+class _Group:
+    """An isolation group: the node's pods that the same policies isolate in one direction.
+    Kept from update to update while its pods are the same objects, so that what depends
+    on it is compared by identity."""
+
+    __slots__ = ("direction", "families", "key", "made", "names", "num", "pairs", "pods")
+
+    def __init__(self, direction: str, pods: list[Pod], names: frozenset[str]) -> None:
+        self.direction = direction
+        self.key = min(p.ip for p in pods)  # its default drop's cookie, ISOLATION's value
+        self.num = int(self.key)
+        self.pods = pods
+        self.names = names  # namespace/name of the policies isolating it
+        self.families = _families(pods)
+        self.pairs = [(p, self) for p in pods]
+        self.made = sorted((int(p.ip), int(p.ipv6 or 0)) for p in pods)  # for its digest
+
+
+Selected = list[tuple[Pod, _Group]]  # the pods a policy isolates, each with its group
+
+
 class _Run:
     """What one update of a stage works from: the policies, the cluster's pods, the
     node's isolation groups."""
@@ -510,54 +529,37 @@ class _Run:
         self.pods = pods
         self.peer_cache = peers
         self.drop = drop  # the default drops' actions
-        self.isolating: dict[tuple[str, IPv4Address], set[str]] = {}
-        self.isolated: dict[tuple[str, IPv4Address], Isolation] = {}
-        # (direction, pod IP) -> its isolation group: the key of its default drop's cookie
-        self.groups: dict[tuple[str, IPv4Address], IPv4Address] = {}
-        self.members: dict[tuple[str, IPv4Address], list[Pod]] = {}  # each group's pods
-        # (direction, group) -> the families of its pods' addresses
-        self.group_families: dict[tuple[str, IPv4Address], list[Family]] = {}
+        self.groups: dict[tuple[str, frozenset[str]], _Group] = {}
 
-    def isolate(self, local: Sequence[Pod],
-                held: dict[IPv4Address, tuple]) -> dict[tuple[str, str], list[Pod]]:  # fmt: skip
+    def isolate(self, local: Sequence[Pod], held: dict[IPv4Address, tuple],
+                groups: dict[tuple[str, frozenset[str]], _Group]) -> dict[tuple[str, str], Selected]:  # fmt: skip
         """Group the isolated pods of `local`; returns the pods each policy isolates, by
-        (direction, policy), in `local`'s order. `held`: each pod's isolation as found
-        before, with the pod and its namespace's policies it was found from (kept again)."""
-        chosen: dict[tuple[str, str], list[Pod]] = defaultdict(list)
+        (direction, policy). `held`: each pod's isolation as found before, with the pod and
+        its namespace's policies it was found from; `groups`: the groups before (each
+        kept again if its pods are)."""
         alike: dict[tuple[str, frozenset[str]], list[Pod]] = defaultdict(list)
         found = {}
         for p in local:
             mine = self.evaluator.of_namespace(p.namespace)
             was = held.get(p.ip)
-            if was is not None and was[0] == p and was[1] == mine:
-                isolating = found[p.ip] = was
-            else:
-                isolating = found[p.ip] = (p, mine, self.evaluator.isolating(p))
-            for direction, policies in isolating[2].items():
-                names = self.isolating[direction, p.ip] = {x.key_name for x in policies}
-                for name in names:
-                    chosen[direction, name].append(p)
+            if was is None or was[0] is not p or was[1] != mine:
+                was = (p, mine, {d: frozenset(x.key_name for x in policies)
+                                 for d, policies in self.evaluator.isolating(p).items()})  # fmt: skip
+            found[p.ip] = was
+            for direction, names in was[2].items():
                 if names:
-                    alike[direction, frozenset(names)].append(p)
+                    alike[direction, names].append(p)
         held.clear()
         held.update(found)
+        chosen: dict[tuple[str, str], Selected] = defaultdict(list)
         for (direction, names), pods in alike.items():
-            key = min(p.ip for p in pods)
-            self.members[direction, key] = pods
-            self.group_families[direction, key] = _families(pods)
-            for p in pods:
-                self.groups[direction, p.ip] = key
-                self.isolated[direction, p.ip] = Isolation(f"{p.namespace}/{p.name}",
-                                                           tuple(sorted(names)))  # fmt: skip
+            group = groups.get((direction, names))
+            if group is None or group.pods != pods:
+                group = _Group(direction, pods, names)
+            self.groups[direction, names] = group
+            for name in names:
+                chosen[direction, name] += group.pairs
         return chosen
-
-    def group_info(self, stage: Stage, selected: list[Pod]) -> tuple:
-        """What a rule's pods clause takes from the groups: each pod's, each group's size
-        and families."""
-        keys = tuple(self.groups[stage.direction, p.ip] for p in selected)
-        return keys, tuple((k, len(self.members[stage.direction, k]),
-                            tuple(self.group_families[stage.direction, k]))
-                           for k in sorted(set(keys)))  # fmt: skip
 
     def peers(self, ref: RuleRef, rule: Rule, namespace: str) -> Peers:
         """The addresses a rule's peers stand for. The same on every switch: looked up in
@@ -577,11 +579,10 @@ class _Run:
             else:
                 out.update(ip for p in self.pods if self.evaluator.peer_matches(peer, namespace, p)
                            for _, ip in _addresses(p))  # fmt: skip
-        return sorted(out, key=lambda v: (v.version, int(v.network_address if isinstance(
-            v, IPv4Network | IPv6Network) else v), str(v)))  # fmt: skip
+        return _ordered(out)
 
     def conjunctions(self, policy: NetworkPolicy, ref: RuleRef, rule: Rule, stage: Stage,
-                     selected: list[Pod]) -> list[Conj]:  # fmt: skip
+                     selected: Selected) -> list[Conj]:  # fmt: skip
         """The rule as conjunctions of (its pods, peers, ports): more than one when it has
         named ports, which resolve per destination pod."""
         numeric = [p for p in rule.ports if not isinstance(p.port, str)]
@@ -594,9 +595,9 @@ class _Run:
         if not named:
             return out
         if stage is INGRESS_STAGE:  # the destination is the selected pod
-            groups: dict[tuple, list[Pod]] = defaultdict(list)
+            groups: dict[tuple, Selected] = defaultdict(list)
             for target in selected:
-                groups[_resolve(named, target)].append(target)
+                groups[_resolve(named, target[0])].append(target)
             out += [(pods, peers, [m for p, n in key for m in _port_matches(p, n)])
                     for key, pods in sorted(groups.items(), key=_by_ports) if key]  # fmt: skip
             return out
@@ -607,27 +608,30 @@ class _Run:
                                                                      target)
                                          for peer in rule.peers):  # fmt: skip
                     targets[_resolve(named, target)] += [ip for _, ip in _addresses(target)]
-            peers.targets = [(Peers(ips), [m for p, n in key for m in _port_matches(p, n)])
+            peers.targets = [(Peers(_ordered(ips)), [m for p, n in key for m in _port_matches(p, n)])
                              for key, ips in sorted(targets.items(), key=_by_ports) if key]  # fmt: skip
         return out + [(selected, to, matches) for to, matches in peers.targets]
 
-    def pods_clause(self, stage: Stage, selected: list[Pod]) -> tuple[list[dict[str, Value]],
-                                                                      set[IPv4Address]]:  # fmt: skip
+    @staticmethod
+    def pods_clause(stage: Stage, selected: Selected) -> tuple[list[dict[str, Value]],
+                                                               set[int]]:  # fmt: skip
         """The matches of `selected`: each isolation group they hold whole by its register
-        (once per family its pods have), any other pod by its addresses; and the groups of
-        the pods they match."""
-        direction, groups = stage.direction, self.groups
-        keyed = [(groups[direction, p.ip], p) for p in selected]
-        count: dict[IPv4Address, int] = {}  # (a Counter costs more for a few pods)
-        for key, _ in keyed:
-            count[key] = count.get(key, 0) + 1
-        whole = sorted(k for k, n in count.items() if n == len(self.members[direction, k]))
-        held = set(whole)
-        rest = sorted((p for key, p in keyed if key not in held), key=lambda p: p.ip)
-        return ([{"eth_type": fam.eth_type, ISOLATION: int(key)}
-                 for key in whole for fam in self.group_families[direction, key]]
+        (once per family its pods have), any other pod by its addresses; and the groups
+        (by number) of the pods they match."""
+        count: dict[int, list] = {}  # id -> [group, its pods selected]
+        for _, g in selected:
+            held = count.get(id(g))
+            if held is None:
+                count[id(g)] = [g, 1]
+            else:
+                held[1] += 1
+        whole = sorted((g for g, n in count.values() if n == len(g.pods)), key=lambda g: g.num)
+        full = {id(g) for g in whole}
+        rest = sorted((p for p, g in selected if id(g) not in full), key=lambda p: int(p.ip))
+        return ([{"eth_type": fam.eth_type, ISOLATION: g.num} for g in whole for fam in g.families]
                 + [{"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
-                   for p in rest for fam, ip in _addresses(p)], set(count))  # fmt: skip
+                   for p in rest for fam, ip in _addresses(p)],
+                {g.num for g, _ in count.values()})  # fmt: skip
 
     def part(self, stage: Stage, ref: RuleRef, group: int, conj: Conj,
              taken: set[int] | None) -> _Part | None:  # fmt: skip
@@ -635,14 +639,18 @@ class _Run:
         allows nothing here). `taken`: the conj_ids given so far, when a clash is resolved."""
         selected, peers, ports = conj
         pods, groups = self.pods_clause(stage, selected)
-        families = _families(selected)
-        clauses = [pods]
+        families = _families(p for p, _ in selected)
+        clauses: list = [pods]
+        made: list = []  # what the part's clauses are, for its digest (the peers' digested)
         if peers.values is not None:
-            clauses.append(peers.clause(stage, families))
+            keys, digest = peers.clause(stage, families)
+            clauses.append(keys)
+            made.append(digest)
         if ports is not None:  # (a port listed twice, or named and numbered alike: once)
             unique = {tuple(sorted(m.items())): m for m in ports}
             clauses.append(_entries(stage.table, ({"eth_type": fam.eth_type, **m}
                                                   for fam in families for m in unique.values())))
+            made.append(sorted(map(repr, clauses[-1])))
         if any(not c for c in clauses):
             return None
         base = zlib.crc32(f"{ref.direction}/{ref.policy}/{ref.index}/{group}".encode())
@@ -658,13 +666,13 @@ class _Run:
             clauses[0] = _entries(stage.table, pods)
             for k, clause in enumerate(clauses, 1):
                 action = conjunction(conj_id, k, len(clauses))
-                entries += [((int(stage.table), PRIO_CLAUSE, match), (conj_id, k), action)
-                            for _, match in clause]  # fmt: skip
+                entries += [(key, (conj_id, k), action) for key in clause]
             flows = tuple(flow(stage.table, PRIO_RULE_ID, {"eth_type": fam.eth_type,
                                                            "conj_id": conj_id},
                                stage.passing(True), cookie)  # (ct needs an IP match)
                           for fam in families)  # fmt: skip
-        digest = zlib.crc32(repr((sorted(map(repr, entries)), flows)).encode())
+        digest = zlib.crc32(repr((int(stage.table), conj_id, len(clauses),
+                                  sorted(map(repr, pods)), made, flows)).encode())  # fmt: skip
         return _Part(conj_id, base, ref, tuple(entries), flows, frozenset(groups), digest)
 
     def blocks(self, context: tuple, rules: dict[RuleRef, _Compiled],
@@ -672,37 +680,37 @@ class _Run:
         """The stage's flows besides its rules', in blocks: each stage's plumbing, and each
         isolation group's default drop, hooks (loading its digest) and, egress, its pods'
         packets to themselves. A block made from what `held`'s was is `held`'s."""
-        subnet, subnet6, host, _ = context
-        digests: dict[tuple[str, IPv4Address], list[int]] = defaultdict(list)
+        digests: dict[tuple[str, int], list[int]] = defaultdict(list)
         for compiled in rules.values():
             for part in compiled.parts:
-                for key in part.groups:
-                    digests[part.ref.direction, key].append(part.digest)
+                for num in part.groups:
+                    digests[part.ref.direction, num].append(part.digest)
         out: dict[tuple, _Block] = {}
+        subnet, subnet6, host, _ = context
         for stage in STAGES:
-            plumbing = tuple(f for net in (subnet, subnet6) if net
-                             for f in _stage_plumbing(stage, net, host))  # fmt: skip
-            out[stage.direction,] = _kept(held, (stage.direction,), plumbing,
-                                          lambda p=plumbing: p)  # fmt: skip
-            fixed = _digest(plumbing, self.drop)
-            for (direction, key), pods in self.members.items():
-                if direction == stage.direction:
-                    made = (fixed, sorted((p.ip, p.ipv6 or 0) for p in pods),
-                            sorted(digests[direction, key]))  # fmt: skip
-                    out[direction, key] = _kept(held, (direction, key), made,
-                                                lambda s=stage, k=key, m=made, p=pods:
-                                                self._group_flows(s, k, m, p))  # fmt: skip
+            block = held.get((stage.direction,))
+            if block is None:  # (made once per context: a new context makes a new stage)
+                plumbing = [f for net in (subnet, subnet6) if net
+                            for f in _stage_plumbing(stage, net, host)]  # fmt: skip
+                block = _Block(zlib.crc32(repr((plumbing, self.drop)).encode()),
+                               {f.key: f for f in plumbing})  # fmt: skip
+            out[stage.direction,] = block
+            for g in self.groups.values():
+                if g.direction == stage.direction:
+                    made = (block.made, g.made, sorted(digests[g.direction, g.num]))
+                    out[g.direction, g.num] = _kept(held, (g.direction, g.num), made,
+                                                    lambda s=stage, g=g, m=made:
+                                                    self._group_flows(s, g, m))  # fmt: skip
         return out
 
-    def _group_flows(self, stage: Stage, key: IPv4Address, made: tuple,
-                     pods: list[Pod]) -> list[Flow]:  # fmt: skip
+    def _group_flows(self, stage: Stage, group: _Group, made: tuple) -> list[Flow]:
         """An isolation group's block (see `blocks`): its digest is of `made` (the stage's
         plumbing and drops, its pods, the rules matching them) and of its own flows."""
-        own = [flow(stage.table, PRIO_DROP, {"eth_type": fam.eth_type, ISOLATION: int(key)},
-                    self.drop, drop_cookie(key))
-               for fam in self.group_families[stage.direction, key]]  # fmt: skip
+        own = [flow(stage.table, PRIO_DROP, {"eth_type": fam.eth_type, ISOLATION: group.num},
+                    self.drop, drop_cookie(group.key))
+               for fam in group.families]  # fmt: skip
         hooks = []
-        for p in pods:
+        for p in group.pods:
             for fam, ip in _addresses(p):
                 match = {"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
                 hooks.append({**match, stage.done: 0})
@@ -711,7 +719,7 @@ class _Run:
                                     stage.passing(True), POLICY_COOKIE))  # fmt: skip
         generation = zlib.crc32(repr((made, sorted(map(repr, own)))).encode())
         return own + [flow(stage.hook_table, stage.hook_priority, match,
-                           [set_field(GENERATION, generation), set_field(ISOLATION, int(key)),
+                           [set_field(GENERATION, generation), set_field(ISOLATION, group.num),
                             ct(POLICY_ZONE, stage.table)], POLICY_COOKIE)
                       for match in hooks]  # fmt: skip
 
@@ -719,7 +727,8 @@ class _Run:
 @dataclass(frozen=True, eq=False)
 class _Block:
     """Flows of the stage besides its rules' that change together, and what they were made
-    from (by value)."""
+    from (by value; a stage's plumbing: a digest of its flows and drops, which the groups'
+    digests hold)."""
 
     made: object
     flows: dict[FlowKey, Flow]
@@ -732,13 +741,6 @@ def _kept(held: dict[tuple, _Block], key: tuple, made: object,
     if block is not None and block.made == made:
         return block
     return _Block(made, {f.key: f for f in make()})
-
-
-@lru_cache(maxsize=1 << 10)
-def _digest(plumbing: tuple[Flow, ...], drop: tuple[Action, ...]) -> int:
-    """What every group's digest holds of a stage's plumbing and drops (the same update
-    after update)."""
-    return zlib.crc32(repr((plumbing, drop)).encode())
 
 
 @lru_cache(maxsize=1 << 10)
