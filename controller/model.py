@@ -19,11 +19,14 @@ for a service (`leases.health`) is taken out of that service alone, and comes ba
 a ready verdict or when the verdict goes. A service left with no backend serving is
 compiled as one without backends.
 
-Network policy is incremental too: each switch's policy stage is compiled from the
-policies that select one of its pods only, with each rule's peers resolved once for
-every switch, and kept until an event changes what it is made of. A policy event
-recompiles the switches of the pods it selects (before or after); a pod's or a
-namespace's, those of the pods a policy selects whose selection or peers it can alter.
+Network policy is incremental too: each switch's policy stage (flows/policy.NodeStage)
+is compiled from the policies that select one of its pods only, with each rule's peers
+resolved once for every switch, and kept. A policy event updates the stages of the pods
+it selects (before or after); a pod's or a namespace's, those of the pods a policy
+selects whose selection or peers it can alter. An update compiles again only the rules
+whose inputs changed, and the flows that changed go in the switch's scope by key
+(`Impact.policy_keys`), so its diff compares those alone; a stage compiled anew (the
+first policy, a lease event) is compared whole, by owner.
 """
 
 from __future__ import annotations

@@ -6,12 +6,12 @@ any of these flows: without policy a switch holds, and a packet hits, exactly
 what it did before.
 
 - Hooks, per pod isolated in a direction (cookie POLICY, key 0):
-  ROUTE (20), priority 150: IPv4 from the pod, reg2 = 0 -> reg4 = the stage's
-  digest (GENERATION), reg5 = its isolation group (ISOLATION: the lowest
+  ROUTE (20), priority 150: IPv4 from the pod, reg2 = 0 -> reg4 = its isolation
+  group's digest (GENERATION), reg5 = its isolation group (ISOLATION: the lowest
   address of the node's pods that the same policies isolate in that direction),
   ct(POLICY_ZONE) -> POL_EGRESS. Below the VIP flows (200): a connection to a service is judged
   after DNAT, on the backend's address and TargetPort. Above the routes (100).
-  LOCAL (30), priority 210: IPv4 to the pod, reg3 = 0 -> the same digest and its group,
+  LOCAL (30), priority 210: IPv4 to the pod, reg3 = 0 -> its group's digest and its group,
   ct(POLICY_ZONE) -> POL_INGRESS. Above the services' reply hook (200): a backend's reply is
   looked up while it still is backend -> client, as the zone knows it. Below
   the hairpin flow (220): a pod reaching itself through a VIP is not judged.
@@ -109,11 +109,12 @@ PRIO_DROP = 10
 PRIO_MISS = 0
 
 POLICY_COOKIE = cookie_for(Owner.POLICY, 0)
-# The hooks load a digest of the stage into this register before conntrack recirculates the
-# packet: a register is part of the state a recirculation resumes from, so a changed stage
+# The hooks load a digest of what their isolation group's packets can meet in the stage
+# (NodeStage) into this register before conntrack recirculates the packet: a register is part
+# of the state a recirculation resumes from, so a group whose verdicts may have changed
 # resumes under a new recirculation id, and no datapath flow cached for the old one (Open
 # vSwitch's userspace datapath was seen to keep such a flow, stale, across table changes)
-# is ever hit again.
+# is ever hit again. (Registers: reg5, the group, is part of that state too.)
 GENERATION = "reg4"
 ISOLATION = "reg5"  # the hooked pod's isolation group, for the pods' clauses and the drop
 IP_PROTO = {"TCP": 6, "UDP": 17}
