@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
+import flows.policy as policy_module
 from flows.explain import policy_text
 from flows.flow import (
     CT_NEW,
@@ -39,9 +40,11 @@ from flows.policy import (
     PRIO_CLAUSE,
     PRIO_DROP,
     PRIO_RULE_ID,
+    NodeStage,
     Stage,
     block_networks,
     drop_cookie,
+    endpoint_pod,
     policy_table,
     port_ranges,
 )
@@ -512,3 +515,38 @@ def test_drops_logged_or_not_the_table_is_the_golden_one_but_the_drops_and_diges
     hooks = [line for line in changed if line not in drops]
     assert hooks and all("set_field:" in line and "->reg4" in line for line in hooks)
     assert len(logged) == len(golden)
+
+
+def test_a_kept_stage_gives_clashing_conj_ids_in_order_as_a_compile_from_scratch(monkeypatch):
+    """Every rule's name made to hash to one conj_id (its crc32): each conjunction still gets
+    its own, the first free one from its name's in the rules' order, and a stage kept
+    through 80 random worlds of node 1 (NodeStage, one object), each with its first policy
+    taken out and put back (a clash that comes and goes), is each time the one compiled
+    from scratch."""
+    real = policy_module.zlib.crc32
+    monkeypatch.setattr(policy_module.zlib, "crc32",
+                        lambda data: 7 if data.startswith((b"Ingress/", b"Egress/")) else real(data))  # fmt: skip
+    node1 = IPv4Network("198.19.1.0/24")
+    kept, clashed = NodeStage(), 0
+    for seed in range(80):
+        policies, namespaces, pods = random_world(seed)
+        eps = [endpoint_of(p, 10 + i) for i, p in enumerate(pods)]
+        local = [e for e in eps if e.node_subnet == node1]
+        peers: dict = {}  # (each rule's, the same while the world is)
+        for chosen in (policies, policies[1:], policies):
+            fresh = policy_table(chosen, namespaces, eps, local, node1)
+            kept.update(chosen, namespaces, [endpoint_pod(e) for e in eps],
+                        [endpoint_pod(e) for e in local], node1, peers=peers)  # fmt: skip
+            assert set(kept.table().flows) == set(fresh.flows) and kept.table().rules == fresh.rules
+            clashed += len(fresh.rules) > 1
+    assert clashed > 50  # (the ids are distinct: `rules` is keyed by them)
+    # an egress rule's id comes first; once it goes, the ingress rule (its inputs unchanged,
+    # so kept) must take the id its name gives, as from scratch
+    egress = netpol("x", "out", ALL, egress=[{"ports": [{"port": 53, "protocol": "UDP"}]}])
+    ingress = netpol("x", "in", ALL, ingress=[{"ports": [{"port": 80}]}])
+    peers = {}
+    for chosen in ([egress, ingress], [ingress]):
+        kept.update(chosen, namespaces, [endpoint_pod(e) for e in eps],
+                    [endpoint_pod(e) for e in local], node1, peers=peers)  # fmt: skip
+        fresh = policy_table(chosen, namespaces, eps, local, node1)
+        assert set(kept.table().flows) == set(fresh.flows) and kept.table().rules == fresh.rules
