@@ -66,7 +66,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flows.family import V4, Family, family
@@ -326,7 +326,7 @@ class _Part:
     digest: int  # of what it is, for those groups' digests
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class _Compiled:
     """A rule's parts on a node and what they were compiled from: the policy and its shared
     peers by identity (the model keeps both until they change), the pods and their groups
@@ -336,6 +336,17 @@ class _Compiled:
     peers: Peers
     selected: Selected  # (its groups compared by identity too: kept while their pods are)
     parts: tuple[_Part, ...]
+
+    @cached_property
+    def made(self) -> tuple:
+        """What the parts take from `selected` (`_made`), when its groups are new ones."""
+        return _made(self.selected)
+
+
+def _made(selected: Selected) -> tuple:
+    """What a rule's parts take from its pods and their groups: the pods, and each one's
+    group's number, size and families."""
+    return tuple((p, g.num, len(g.pods), g.families) for p, g in selected)
 
 
 class NodeStage:
@@ -444,10 +455,14 @@ class NodeStage:
                     peers = run.peers(ref, rule, policy.namespace)
                     held = self._rules.get(ref)
                     if (reuse and held is not None and held.policy is policy
-                            and held.peers is peers and held.selected == selected
+                            and held.peers is peers
                             and all(p.conj_id == p.base for p in held.parts)):  # fmt: skip
-                        out[ref] = held
-                        continue
+                        if held.selected == selected:
+                            out[ref] = held
+                            continue
+                        if held.made == _made(selected):  # new groups, alike: its parts stay
+                            out[ref] = _Compiled(policy, peers, selected, held.parts)
+                            continue
                     parts = []
                     for group, conj in enumerate(run.conjunctions(policy, ref, rule, stage,
                                                                   selected)):  # fmt: skip
@@ -512,7 +527,7 @@ class _Group:
         self.num = int(self.key)
         self.pods = pods
         self.names = names  # namespace/name of the policies isolating it
-        self.families = _families(pods)
+        self.families = tuple(_families(pods))
         self.pairs = [(p, self) for p in pods]
         self.made = sorted((int(p.ip), int(p.ipv6 or 0)) for p in pods)  # for its digest
 
