@@ -357,8 +357,8 @@ class NodeStage:
 
     Each isolation group's hooks load a digest (GENERATION) of what a packet of the group
     can meet in the stage: the plumbing, its default drop (egress: its pods' packets to
-    themselves), the rules that match its pods. A change resumes that group's recirculations under a new id and leaves every other
-    group's hooks as they are."""
+    themselves), the rules that match its pods. A change resumes that group's
+    recirculations under a new id and leaves every other group's hooks as they are."""
 
     def __init__(self) -> None:
         self.flows: dict[FlowKey, Flow] = {}
