@@ -388,8 +388,9 @@ class NodeStage:
                subnet6: IPv6Network | None = None, peers: dict[RuleRef, Peers] | None = None,
                host: Sequence[IPv4Address | IPv6Address] = (),
                log_drops: bool = False) -> set[FlowKey]:  # fmt: skip
-        """Bring the stage to what these inputs make (see `stage_table`); returns the keys
-        of the flows added, changed or removed."""
+        """Bring the stage to what these inputs make (see `policy_table`; the pods as parties
+        of policy, `endpoint_pod`; `policies` may leave out any that selects none of `local`:
+        they add nothing); returns the keys of the flows added, changed or removed."""
         touched: set[FlowKey] = set()  # the keys whose flow may differ
         context = (subnet, subnet6, tuple(host), log_drops)
         if context != self._context:  # (another node's stage, in effect: from scratch)
@@ -805,30 +806,8 @@ def policy_table(
     `log_drops`: the default drops send what they drop to the controller (module doc)."""
     if not policies:
         return PolicyTable()
-    pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None]
-    own = [p for e in local if (p := endpoint_pod(e)) is not None]
-    return stage_table(policies, namespaces, pods, own, subnet, ipv6_subnet, peers, host,
-                       log_drops)
-
-
-def stage_table(
-    policies: Sequence[NetworkPolicy],
-    namespaces: Iterable[Namespace],
-    pods: Sequence[Pod],
-    local: Sequence[Pod],
-    subnet: IPv4Network,
-    ipv6_subnet: IPv6Network | None = None,
-    peers: dict[RuleRef, Peers] | None = None,
-    host: Sequence[IPv4Address | IPv6Address | None] = (),
-    log_drops: bool = False,
-) -> PolicyTable:
-    """`policy_table` from the pods (the cluster's, `local` the node's) as parties of policy
-    (`endpoint_pod`), for a caller that keeps them between compiles. `policies` may leave
-    out any that selects none of `local`: they add nothing to the stage."""
-    if not policies:
-        return PolicyTable()
     stage = NodeStage()
-    stage.update(policies, namespaces, pods, local, subnet, ipv6_subnet, peers,
-                 [a for a in host if a is not None], log_drops)  # fmt: skip
+    stage.update(policies, namespaces, [p for e in endpoints if (p := endpoint_pod(e)) is not None],
+                 [p for e in local if (p := endpoint_pod(e)) is not None], subnet, ipv6_subnet,
+                 peers, [a for a in host if a is not None], log_drops)  # fmt: skip
     return stage.table()
-
