@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
@@ -332,15 +332,28 @@ class _Compiled:
     peers by identity (the model keeps both until they change), the pods and their groups
     (`_Group`)."""
 
+    ref: RuleRef
     policy: NetworkPolicy
     peers: Peers
     selected: Selected  # (its groups compared by identity too: kept while their pods are)
     parts: tuple[_Part, ...]
 
     @cached_property
+    def moved(self) -> bool:
+        """Whether a clash gave a part another conj_id than its name's."""
+        return any(p.conj_id != p.base for p in self.parts)
+
+    @cached_property
     def made(self) -> tuple:
         """What the parts take from `selected` (`_made`), when its groups are new ones."""
         return _made(self.selected)
+
+
+Rules = dict[tuple[str, str], list[_Compiled]]  # each policy's rules, by (direction, name)
+
+
+def _parts(rules: Rules) -> Iterator[_Part]:
+    return (p for compiled in rules.values() for c in compiled for p in c.parts)
 
 
 def _made(selected: Selected) -> tuple:
@@ -363,7 +376,7 @@ class NodeStage:
     def __init__(self) -> None:
         self.flows: dict[FlowKey, Flow] = {}
         self._context: tuple | None = None
-        self._rules: dict[RuleRef, _Compiled] = {}
+        self._rules: Rules = {}
         self._base: dict[FlowKey, Flow] = {}  # the flows besides the rules', of `_blocks`
         self._blocks: dict[tuple, _Block] = {}  # the plumbing's, and each group's
         self._isolating: dict[IPv4Address, tuple] = {}  # each local pod's, as last found
@@ -377,7 +390,7 @@ class NodeStage:
         if self._table is None:
             self._table = PolicyTable(
                 list(self.flows.values()),
-                {p.conj_id: p.ref for c in self._rules.values() for p in c.parts},
+                {p.conj_id: p.ref for p in _parts(self._rules)},
                 {(g.direction, p.ip): Isolation(f"{p.namespace}/{p.name}", tuple(sorted(g.names)))
                  for g in self._groups.values() for p in g.pods},
                 {(g.direction, p.ip): g.key for g in self._groups.values() for p in g.pods})  # fmt: skip
@@ -403,7 +416,7 @@ class NodeStage:
                    LOGGED_DROP if log_drops else ())  # fmt: skip
         chosen = run.isolate(local, self._isolating, self._groups)
         rules = self._compile(run, chosen, reuse=True) if run.groups else {}
-        ids = [p.conj_id for c in rules.values() for p in c.parts]
+        ids = [p.conj_id for p in _parts(rules)]
         if 0 in ids or len(set(ids)) != len(ids):  # a clash: conj_ids given in order
             rules = self._compile(run, chosen, reuse=False)
         touched |= self._swap_rules(rules)
@@ -440,29 +453,33 @@ class NodeStage:
         return touched
 
     def _compile(self, run: _Run, chosen: dict[tuple[str, str], Selected],
-                 reuse: bool) -> dict[RuleRef, _Compiled]:  # fmt: skip
+                 reuse: bool) -> Rules:  # fmt: skip
         """Every rule's parts, those of a rule whose inputs are as before kept (`reuse`);
         without `reuse`, each conj_id is the first free one from its name on, in order."""
-        out: dict[RuleRef, _Compiled] = {}
+        out: Rules = {}
         taken: set[int] = set()
         for stage in STAGES:
             for policy in run.evaluator.policies:
-                selected = chosen.get((stage.direction, policy.key_name))
+                key = (stage.direction, policy.key_name)
+                selected = chosen.get(key)
                 if not selected:
                     continue
                 rules = policy.ingress if stage is INGRESS_STAGE else policy.egress
+                held = self._rules.get(key) if reuse else None
+                if held and (held[0].policy is not policy or len(held) != len(rules)):
+                    held = None
+                compiled = out[key] = []
                 for index, rule in enumerate(rules):
-                    ref = RuleRef(policy.key_name, stage.direction, index)
+                    was = held[index] if held else None
+                    ref = was.ref if was is not None else RuleRef(policy.key_name,
+                                                                  stage.direction, index)  # fmt: skip
                     peers = run.peers(ref, rule, policy.namespace)
-                    held = self._rules.get(ref)
-                    if (reuse and held is not None and held.policy is policy
-                            and held.peers is peers
-                            and all(p.conj_id == p.base for p in held.parts)):  # fmt: skip
-                        if held.selected == selected:
-                            out[ref] = held
+                    if was is not None and was.peers is peers and not was.moved:
+                        if was.selected == selected:
+                            compiled.append(was)
                             continue
-                        if held.made == _made(selected):  # new groups, alike: its parts stay
-                            out[ref] = _Compiled(policy, peers, selected, held.parts)
+                        if was.made == _made(selected):  # new groups, alike: its parts stay
+                            compiled.append(_Compiled(ref, policy, peers, selected, was.parts))
                             continue
                     parts = []
                     for group, conj in enumerate(run.conjunctions(policy, ref, rule, stage,
@@ -471,14 +488,14 @@ class NodeStage:
                         if part is not None:
                             parts.append(part)
                             taken.add(part.conj_id)
-                    out[ref] = _Compiled(policy, peers, selected, tuple(parts))
+                    compiled.append(_Compiled(ref, policy, peers, selected, tuple(parts)))
         return out
 
-    def _swap_rules(self, rules: dict[RuleRef, _Compiled]) -> set[FlowKey]:
+    def _swap_rules(self, rules: Rules) -> set[FlowKey]:
         """Take `rules` in place of the rules held: the parts that went leave their clause
         and rule flows, the new ones join theirs; returns the keys of the flows touched."""
-        old = {id(p): p for c in self._rules.values() for p in c.parts}
-        new = {id(p): p for c in rules.values() for p in c.parts}
+        old = {id(p): p for p in _parts(self._rules)}
+        new = {id(p): p for p in _parts(rules)}
         touched: set[FlowKey] = set()
         for gone, part in [(True, p) for k, p in old.items() if k not in new] + [
                 (False, p) for k, p in new.items() if k not in old]:  # fmt: skip
@@ -692,16 +709,15 @@ class _Run:
                                   sorted(map(repr, pods)), made, flows)).encode())  # fmt: skip
         return _Part(conj_id, base, ref, tuple(entries), flows, frozenset(groups), digest)
 
-    def blocks(self, context: tuple, rules: dict[RuleRef, _Compiled],
+    def blocks(self, context: tuple, rules: Rules,
                held: dict[tuple, _Block]) -> dict[tuple, _Block]:  # fmt: skip
         """The stage's flows besides its rules', in blocks: each stage's plumbing, and each
         isolation group's default drop, hooks (loading its digest) and, egress, its pods'
         packets to themselves. A block made from what `held`'s was is `held`'s."""
         digests: dict[tuple[str, int], list[int]] = defaultdict(list)
-        for compiled in rules.values():
-            for part in compiled.parts:
-                for num in part.groups:
-                    digests[part.ref.direction, num].append(part.digest)
+        for part in _parts(rules):
+            for num in part.groups:
+                digests[part.ref.direction, num].append(part.digest)
         out: dict[tuple, _Block] = {}
         subnet, subnet6, host, _ = context
         for stage in STAGES:
