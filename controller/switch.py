@@ -540,10 +540,8 @@ class SwitchSync:
             return
         started = time.perf_counter()
         try:
-            # the policy flows that changed, taken into the pending scope at once (whatever
-            # ends this comparison unsent compares in full next); a full comparison takes
-            # them too, so that the next change asks only for its own
-            if self._pending.restage or self._pending.full:
+            if self._pending.restage:  # (taken into the pending scope at once: whatever
+                # ends this comparison unsent compares in full next)
                 self._pending = self._pending.restaged(self.restage())
             desired = self.desired(self._pending)
             if desired is not None and self.meter_refused:
