@@ -73,8 +73,7 @@ def sync_path(remote_leases: int, profiler: Profiler | None = None) -> tuple[flo
     node = c.leases[0].public_ip
     sink = _Sink()
     sync = SwitchSync(node=node, channel=sink, desired=lambda scope: model.desired(node, scope),
-                      restage=lambda: model.policy_keys(node), later=lambda _delay, _fn: None,
-                      master=True)  # fmt: skip
+                      later=lambda _delay, _fn: None, master=True)  # fmt: skip
     with profiler or contextlib.nullcontext():
         t0 = time.perf_counter()
         sync.start()
@@ -89,8 +88,7 @@ def _synced_switch(model, node, leases: int) -> tuple[SwitchSync, _Sink]:
     """A SwitchSync that read back an empty table and whose full bundle landed."""
     sink = _Sink()
     sync = SwitchSync(node=node, channel=sink, desired=lambda scope: model.desired(node, scope),
-                      restage=lambda: model.policy_keys(node), later=lambda _delay, _fn: None,
-                      master=True)  # fmt: skip
+                      later=lambda _delay, _fn: None, master=True)  # fmt: skip
     sync.start()
     _read_back_empty(sync, sink)
     sync.on_barrier(sink.barrier_xid)  # adds taken -> commit

@@ -574,7 +574,6 @@ class VxflowController(app_manager.OSKenApp):
             node=node,
             channel=channel,
             desired=lambda scope: self.model.desired(node, scope),
-            restage=lambda: self.model.policy_keys(node),
             later=lambda delay, fn: hub.spawn_after(delay, fn),
             spawn=hub.spawn,
             on_synced=self._synced,

@@ -24,11 +24,9 @@ is compiled from the policies that select one of its pods only, with each rule's
 resolved once for every switch, and kept. A policy event updates the stages of the pods
 it selects (before or after); a pod's or a namespace's, those of the pods a policy
 selects whose selection or peers it can alter. An update compiles again only the rules
-whose inputs changed. The update is left to each switch's turn (`Scope.restage`): when
-the switch is about to compare, `policy_keys` updates its stage and names the flows that
-changed since its last turn, so its diff compares those alone, and the first switches
-are sent their change while the others' stages wait. A stage compiled anew (the first
-policy, a lease event) is compared whole, by owner.
+whose inputs changed, and the flows that changed go in the switch's scope by key
+(`Impact.policy_keys`), so its diff compares those alone; a stage compiled anew (the
+first policy, a lease event) is compared whole, by owner.
 """
 
 from __future__ import annotations
@@ -116,9 +114,6 @@ class Scope:
     cookies: frozenset[int] = frozenset()
     owners: frozenset[Owner] = frozenset()  # every flow of these owner kinds
     keys: frozenset[FlowKey] = frozenset()  # the flows of these keys (a policy stage's)
-    # the node's policy stage changed: the flows that did are asked for at the switch's turn
-    # (ClusterModel.policy_keys) and taken into the scope by `restaged`
-    restage: bool = False
 
     def covers(self, cookie: int) -> bool:
         if self.full or cookie in self.cookies:
@@ -127,28 +122,16 @@ class Scope:
         return owner is not None and owner[0] in self.owners
 
     def covers_flow(self, flow: Flow) -> bool:
-        if self.covers(flow.cookie) or flow.key in self.keys:
-            return True
-        owner = owner_of(flow.cookie)
-        return self.restage and owner is not None and owner[0] in POLICY_OWNERS
-
-    def restaged(self, keys: frozenset[FlowKey] | None) -> Scope:
-        """This scope with the policy flows that changed (`keys`; None: the whole stage) in
-        place of `restage`."""
-        if self.full:
-            return FULL
-        if keys is None:
-            return Scope(False, self.cookies, self.owners | POLICY_OWNERS, self.keys)
-        return Scope(False, self.cookies, self.owners, self.keys | keys)
+        return self.covers(flow.cookie) or flow.key in self.keys
 
     def __or__(self, other: Scope) -> Scope:
         if self.full or other.full:
             return FULL
         return Scope(False, self.cookies | other.cookies, self.owners | other.owners,
-                     self.keys | other.keys, self.restage or other.restage)  # fmt: skip
+                     self.keys | other.keys)  # fmt: skip
 
     def __bool__(self) -> bool:
-        return self.full or self.restage or bool(self.cookies or self.owners or self.keys)
+        return self.full or bool(self.cookies or self.owners or self.keys)
 
     @classmethod
     def of_cookies(cls, cookies: frozenset[int]) -> Scope:
@@ -179,7 +162,8 @@ class Impact:
     service_cookies: set[int] = field(default_factory=set)  # service ports, reply hooks
     flushes: list[Flush] = field(default_factory=list)  # removed UDP backends, every switch
     policy_nodes: set[IPv4Address] = field(default_factory=set)  # whose policy stage changed
-    policy_stale: set[IPv4Address] = field(default_factory=set)  # whose kept stage may have
+    # whose kept policy stage changed in these flows only (by key)
+    policy_keys: dict[IPv4Address, set[FlowKey]] = field(default_factory=dict)
     # one switch's own: the direct routes (flows/direct.py) its node's Direct list changed
     node_cookies: dict[IPv4Address, set[int]] = field(default_factory=dict)
     _cookies: frozenset[int] | None = field(default=None, repr=False, compare=False)
@@ -197,8 +181,9 @@ class Impact:
         if node in self.policy_nodes:
             owners |= POLICY_OWNERS
         own = self.node_cookies.get(node)
+        keys = self.policy_keys.get(node)
         return Scope(False, self._cookies | own if own else self._cookies, owners,
-                     restage=node in self.policy_stale)  # fmt: skip
+                     frozenset(keys) if keys else frozenset())  # fmt: skip
 
 
 class ClusterModel:
@@ -352,32 +337,13 @@ class ClusterModel:
         return self._stage(node).table()
 
     def _stage(self, node: IPv4Address) -> NodeStage:
-        """`node`'s policy stage, up to date: compiled when first asked for, kept, and
-        updated when asked for after an event that can change it (`_policy_delta`); the
-        keys of the flows that changed are kept for its switch (`policy_keys`)."""
+        """`node`'s policy stage, kept and brought up to date by each event that can change
+        it (`_policy_delta`); compiled when first asked for."""
         stage = self._stages.get(node)
         if stage is None:
             stage = self._stages[node] = NodeStage()
             self._restage(node, stage)
-            self._stale.discard(node)
-            self._unsent[node] = None  # (what the switch holds is not known: compared whole)
-        elif node in self._stale:
-            self._stale.discard(node)
-            keys = self._restage(node, stage)
-            held = self._unsent.get(node, set())
-            if held is not None:
-                self._unsent[node] = held | keys
         return stage
-
-    def policy_keys(self, node: IPv4Address) -> frozenset[FlowKey] | None:
-        """The keys of the flows of `node`'s policy stage that changed since its switch
-        last asked (its stage brought up to date first); None: compare the whole stage.
-        Asked by the switch at its turn, right before it compares (`Scope.restage`): what
-        it is told is never told again, and a comparison that is not sent ends in a full
-        one."""
-        self._stage(node)
-        keys = self._unsent.pop(node, frozenset())
-        return None if keys is None else frozenset(keys)
 
     def _restage(self, node: IPv4Address, stage: NodeStage) -> set[FlowKey]:
         """Bring `node`'s stage up to date, from the policies that select a pod of it only,
@@ -408,10 +374,6 @@ class ClusterModel:
     def _reset_policy(self) -> None:
         """Forget every compiled stage and what they are made of."""
         self._stages = {}
-        self._stale: set[IPv4Address] = set()  # nodes whose kept stage is to be updated
-        # the keys of flows that changed in each node's stage, not yet asked for by its
-        # switch (None: the stage was compiled anew, compare it whole)
-        self._unsent: dict[IPv4Address, set[FlowKey] | None] = {}
         # each accepted node's pods as parties of policy (with their IPv6 address), by
         # lease subnet then IPv4 address; None: not kept (no policy) or to be built again
         self._pods: dict[IPv4Network, dict[IPv4Address, PodView]] | None = None
@@ -468,12 +430,12 @@ class ClusterModel:
             if lease is None:
                 continue
             node = lease.public_ip
-            if not self.policies or node not in self._stages:  # compiled anew when asked
-                self._stages.pop(node, None)  # for, and compared whole
+            stage = self._stages.get(node) if self.policies else None
+            if stage is None:  # compiled whole when asked for, and compared whole
+                self._stages.pop(node, None)
                 impact.policy_nodes.add(node)
-            else:
-                self._stale.add(node)
-                impact.policy_stale.add(node)
+            elif keys := self._restage(node, stage):
+                impact.policy_keys.setdefault(node, set()).update(keys)
         if not self.policies:
             self._reset_policy()
 
@@ -844,7 +806,6 @@ class ClusterModel:
                     self._accepted_eps.pop(subnet, None)
                 for ip in ips:  # its own subnet may have changed (a full resync follows)
                     self._stages.pop(ip, None)
-                    self._stale.discard(ip)
             elif isinstance(ev, EndpointAdded | EndpointRemoved):
                 ep = ev.endpoint
                 if isinstance(ev, EndpointAdded):

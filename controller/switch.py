@@ -55,7 +55,7 @@ from controller.model import FULL, NOTHING, Scope
 from controller.monitor import FlowChange
 from flows.compiler import FLOWS_PER_LEASE, NodeTable, subnet_cookie
 from flows.diff import FlowDiff, diff_table
-from flows.flow import Flow, FlowKey, Owner, owner_of, to_ofctl
+from flows.flow import Flow, Owner, owner_of, to_ofctl
 from flows.groups import Group, GroupDiff, diff_groups, group_cookie, group_to_ofctl
 from flows.policy import unlogged
 from flows.services import SERVICE_ZONE, Flush, is_learned
@@ -156,9 +156,6 @@ class SwitchSync:
     channel: Channel
     desired: Callable[[Scope], NodeTable | None]  # None: not known yet, touch nothing
     later: Callable[[float, Callable[[], None]], None]  # run a callable after a delay
-    # the policy flows changed since last asked (None: compare them all), asked for at the
-    # switch's turn when its pending scope says so (`Scope.restage`)
-    restage: Callable[[], frozenset[FlowKey] | None] = lambda: None
     # run a callable in a green thread of its own (a large bundle's encoding): by default
     # at once, in the caller's
     spawn: Callable[[Callable[[], None]], object] = lambda fn: fn()
@@ -540,9 +537,6 @@ class SwitchSync:
             return
         started = time.perf_counter()
         try:
-            if self._pending.restage:  # (taken into the pending scope at once: whatever
-                # ends this comparison unsent compares in full next)
-                self._pending = self._pending.restaged(self.restage())
             desired = self.desired(self._pending)
             if desired is not None and self.meter_refused:
                 desired = replace(desired, flows=unlogged(desired.flows))

@@ -83,13 +83,13 @@ def test_a_policy_event_reaches_every_switch_in_one_scoped_change():
         land_bare(sync, sent)
     assert policy_flows(sync.installed.values()) == want
     # a namespace's labels and a pod's come and go: the stage, kept, changes in every flow
-    # (the pod is selected no more), updated at the switch's turn
+    # (the pod is selected no more), asked for by key
     relabelled = replace(DB, pod=PodIdentity("shop", "p111", (("app", "web"),)))
     impact = model.apply([NamespaceAdded(Namespace("shop", ((NAME_LABEL, "shop"), ("t", "1"))), 1),
                           EndpointRemoved(DB, 1), EndpointAdded(relabelled, 1)])  # fmt: skip
     scope = impact.scope_for(N1, lease(1).subnet)
-    assert N1 not in impact.policy_nodes and scope.restage
-    assert policy_flows(model.desired(N1, scope.restaged(model.policy_keys(N1)))) == set()
+    assert N1 not in impact.policy_nodes and scope.keys == {f.key for f in want}
+    assert policy_flows(model.desired(N1, scope)) == set()
     # the last policy removed: the stage goes with it
     model.apply([EndpointRemoved(relabelled, 1), EndpointAdded(DB, 1)])
     impact = model.apply([PolicyRemoved(DENY_DB, 1)])
@@ -250,13 +250,12 @@ def test_incremental_stages_equal_a_compile_from_scratch_after_any_events():
         for n in nodes:
             own = model.own_lease(n)
             assert set(model.policy_table(n).flows) == after[n], (n, events)
-            keys = model.policy_keys(n)  # (as its switch asks at its turn; None: all)
             if after[n] != before[n]:  # a stage that changed is in its switch's scope
                 scope = impact.scope_for(n, own.subnet if own else None)
-                assert scope.full or scope.owners >= POLICY_OWNERS or (scope.restage and (
-                    keys is None or {f.key for f in after[n] ^ before[n]} <= keys)), (n, events)  # fmt: skip
+                assert scope.full or scope.owners >= POLICY_OWNERS or {
+                    f.key for f in after[n] ^ before[n]} <= scope.keys, (n, events)  # fmt: skip
         guarded += sum(bool(s) for s in after.values())
-        touched = impact.policy_nodes | impact.policy_stale
+        touched = impact.policy_nodes | impact.policy_keys.keys()
         narrow += bool(touched) and len(touched) < len(nodes)
         before = after
     assert guarded > 100 and narrow > 10  # the events made stages, and scoped them narrowly
@@ -274,8 +273,7 @@ def land(sync, channel) -> None:
 def test_switches_fed_only_scoped_changes_hold_the_stage_compiled_from_scratch():
     """The same random events (SEED) through the real path: each switch is sent only what
     its scope asks for, and some switches take their change only after the next events
-    came (a change in flight while more arrive: where a lost update would hide), and the
-    stages are sometimes read (updated) before their switch's turn. Whenever
+    came (a change in flight while more arrive: where a lost update would hide). Whenever
     a switch has taken all it was sent, its table is its whole desired table, and its
     policy flows are the stage compiled from scratch."""
     rng = random.Random(SEED + 1)
@@ -294,8 +292,6 @@ def test_switches_fed_only_scoped_changes_hold_the_stage_compiled_from_scratch()
         events = [e for _ in range(rng.randrange(1, 4)) for e in cluster.event()]
         impact = model.apply(events)
         for node, (sync, channel) in switches.items():
-            if rng.random() < 0.3:  # the metrics or `vxflow status` read the stage first
-                model.policy_table(node)
             own = model.own_lease(node)
             sync.request(impact.scope_for(node, own.subnet if own else None))
             if rng.random() < 0.3:  # this one takes its change after the next events

@@ -76,8 +76,8 @@ def make(model: ClusterModel, node: IPv4Address) -> tuple[SwitchSync, Recorder, 
             delayed.append((delay, fn))
 
     sync = SwitchSync(
-        node, channel, lambda scope: model.desired(node, scope), later,
-        restage=lambda: model.policy_keys(node), on_synced=synced.append, master=True,
+        node, channel, lambda scope: model.desired(node, scope), later=later,
+        on_synced=synced.append, master=True,
     )  # fmt: skip
     return sync, channel, delayed
 
