@@ -19,11 +19,14 @@ for a service (`leases.health`) is taken out of that service alone, and comes ba
 a ready verdict or when the verdict goes. A service left with no backend serving is
 compiled as one without backends.
 
-Network policy is incremental too: each switch's policy stage is compiled from the
-policies that select one of its pods only, with each rule's peers resolved once for
-every switch, and kept until an event changes what it is made of. A policy event
-recompiles the switches of the pods it selects (before or after); a pod's or a
-namespace's, those of the pods a policy selects whose selection or peers it can alter.
+Network policy is incremental too: each switch's policy stage (flows/policy.NodeStage)
+is compiled from the policies that select one of its pods only, with each rule's peers
+resolved once for every switch, and kept. A policy event updates the stages of the pods
+it selects (before or after); a pod's or a namespace's, those of the pods a policy
+selects whose selection or peers it can alter. An update compiles again only the rules
+whose inputs changed, and the flows that changed go in the switch's scope by key
+(`Impact.policy_keys`), so its diff compares those alone; a stage compiled anew (the
+first policy, a lease event) is compared whole, by owner.
 """
 
 from __future__ import annotations
@@ -50,10 +53,10 @@ from flows.compiler import (
 )
 from flows.direct import direct_cookie, direct_flows, direct_leases
 from flows.family import family
-from flows.flow import Flow, Owner, Table, owner_of
+from flows.flow import Flow, FlowKey, Owner, Table, owner_of
 from flows.groups import Group, group_cookie
 from flows.ipv6 import endpoint_v6_flows
-from flows.policy import Peers, PolicyTable, RuleRef, endpoint_pod, stage_table
+from flows.policy import NodeStage, Peers, PolicyTable, RuleRef, endpoint_pod
 from flows.policy_eval import Evaluator, Pod
 from flows.services import (
     NET_COOKIE,
@@ -106,11 +109,13 @@ PodView = tuple[Pod, IPv6Address | None]  # a pod as its node's policy stage see
 
 @dataclass(frozen=True)
 class Scope:
-    """Which of a switch's flows a change concerns: all, or those of some owners."""
+    """Which of a switch's flows a change concerns: all, or those of some owners, cookies
+    and (policy flows, which share cookies) keys."""
 
     full: bool = False
     cookies: frozenset[int] = frozenset()
     owners: frozenset[Owner] = frozenset()  # every flow of these owner kinds
+    keys: frozenset[FlowKey] = frozenset()  # the flows of these keys (a policy stage's)
 
     def covers(self, cookie: int) -> bool:
         if self.full or cookie in self.cookies:
@@ -118,13 +123,17 @@ class Scope:
         owner = owner_of(cookie)
         return owner is not None and owner[0] in self.owners
 
+    def covers_flow(self, flow: Flow) -> bool:
+        return self.covers(flow.cookie) or flow.key in self.keys
+
     def __or__(self, other: Scope) -> Scope:
         if self.full or other.full:
             return FULL
-        return Scope(False, self.cookies | other.cookies, self.owners | other.owners)
+        return Scope(False, self.cookies | other.cookies, self.owners | other.owners,
+                     self.keys | other.keys)  # fmt: skip
 
     def __bool__(self) -> bool:
-        return self.full or bool(self.cookies or self.owners)
+        return self.full or bool(self.cookies or self.owners or self.keys)
 
     @classmethod
     def of_cookies(cls, cookies: frozenset[int]) -> Scope:
@@ -155,6 +164,8 @@ class Impact:
     service_cookies: set[int] = field(default_factory=set)  # service ports, reply hooks
     flushes: list[Flush] = field(default_factory=list)  # removed UDP backends, every switch
     policy_nodes: set[IPv4Address] = field(default_factory=set)  # whose policy stage changed
+    # whose kept policy stage changed in these flows only (by key)
+    policy_keys: dict[IPv4Address, set[FlowKey]] = field(default_factory=dict)
     # one switch's own: the direct routes (flows/direct.py) its node's Direct list changed
     node_cookies: dict[IPv4Address, set[int]] = field(default_factory=dict)
     _cookies: frozenset[int] | None = field(default=None, repr=False, compare=False)
@@ -172,7 +183,9 @@ class Impact:
         if node in self.policy_nodes:
             owners |= POLICY_OWNERS
         own = self.node_cookies.get(node)
-        return Scope(False, self._cookies | own if own else self._cookies, owners)
+        keys = self.policy_keys.get(node)
+        return Scope(False, self._cookies | own if own else self._cookies, owners,
+                     frozenset(keys) if keys else frozenset())  # fmt: skip
 
 
 class ClusterModel:
@@ -227,7 +240,7 @@ class ClusterModel:
         # stages are compiled from (kept only while there is a policy: see _policy_delta)
         self.policies: dict[str, NetworkPolicy] = {}
         self.namespaces: dict[str, Namespace] = {}
-        self._policy_tables: dict[IPv4Address, PolicyTable] = {}
+        self._stages: dict[IPv4Address, NodeStage] = {}
         self._reset_policy()
 
     # -- queries --------------------------------------------------------------
@@ -348,36 +361,47 @@ class ClusterModel:
         return self._plan
 
     def policy_table(self, node: IPv4Address) -> PolicyTable:
-        """`node`'s policy stage (empty when no policy isolates a pod of it): compiled from
-        the policies that select a pod of it only, with the peers resolved once for every
-        switch; cached until an event changes what it is made of (`_policy_delta`)."""
-        table = self._policy_tables.get(node)
-        if table is None:
-            own = self.own_lease(node)
-            table = PolicyTable()
-            if self.policies and own is not None:
-                self._policy_index()
-                if self._selecting is None:  # (once per batch: asked by every switch)
-                    self._selecting = defaultdict(list)
-                    for key in sorted(self._selected):
-                        for subnet in self._selected[key]:
-                            self._selecting[subnet].append(self.policies[key])
-                selecting = self._selecting.get(own.subnet)
-                if selecting:
-                    if self._pod_list is None:
-                        self._pod_list = [v[0] for pods in self._pods.values()
-                                          for v in pods.values()]  # fmt: skip
-                    local = [v[0] for v in self._pods.get(own.subnet, {}).values()]
-                    table = stage_table(selecting, self.namespaces.values(), self._pod_list,
-                                        local, own.subnet, own.ipv6_subnet, self._peers,
-                                        (own.public_ip, own.public_ipv6),
-                                        self.log_drops)  # fmt: skip
-            self._policy_tables[node] = table
-        return table
+        """`node`'s policy stage (empty when no policy isolates a pod of it)."""
+        return self._stage(node).table()
+
+    def _stage(self, node: IPv4Address) -> NodeStage:
+        """`node`'s policy stage, kept and brought up to date by each event that can change
+        it (`_policy_delta`); compiled when first asked for."""
+        stage = self._stages.get(node)
+        if stage is None:
+            stage = self._stages[node] = NodeStage()
+            self._restage(node, stage)
+        return stage
+
+    def _restage(self, node: IPv4Address, stage: NodeStage) -> set[FlowKey]:
+        """Bring `node`'s stage up to date, from the policies that select a pod of it only,
+        with the peers resolved once for every switch; returns the keys of the flows that
+        changed."""
+        own = self.own_lease(node)
+        selecting: list[NetworkPolicy] = []
+        if self.policies and own is not None:
+            self._policy_index()
+            if self._selecting is None:  # (once per batch: asked by every switch)
+                self._selecting = defaultdict(list)
+                for key in sorted(self._selected):
+                    for subnet in self._selected[key]:
+                        self._selecting[subnet].append(self.policies[key])
+            selecting = self._selecting.get(own.subnet, [])
+        if not selecting:
+            gone = set(stage.flows)
+            stage.__init__()  # type: ignore[misc]
+            return gone
+        if self._pod_list is None:
+            self._pod_list = [v[0] for pods in self._pods.values() for v in pods.values()]
+        local = [v[0] for v in self._pods.get(own.subnet, {}).values()]
+        return stage.update(selecting, self.namespaces.values(), self._pod_list, local,
+                            own.subnet, own.ipv6_subnet, self._peers,
+                            [a for a in (own.public_ip, own.public_ipv6) if a is not None],
+                            self.log_drops)  # fmt: skip
 
     def _reset_policy(self) -> None:
         """Forget every compiled stage and what they are made of."""
-        self._policy_tables = {}
+        self._stages = {}
         # each accepted node's pods as parties of policy (with their IPv6 address), by
         # lease subnet then IPv4 address; None: not kept (no policy) or to be built again
         self._pods: dict[IPv4Network, dict[IPv4Address, PodView]] | None = None
@@ -431,9 +455,15 @@ class ClusterModel:
             dirty = self._dirty_subnets(policies, namespaces, subnets)
         for subnet in dirty:
             lease = self.accepted(subnet)
-            if lease is not None:
-                self._policy_tables.pop(lease.public_ip, None)
-                impact.policy_nodes.add(lease.public_ip)
+            if lease is None:
+                continue
+            node = lease.public_ip
+            stage = self._stages.get(node) if self.policies else None
+            if stage is None:  # compiled whole when asked for, and compared whole
+                self._stages.pop(node, None)
+                impact.policy_nodes.add(node)
+            elif keys := self._restage(node, stage):
+                impact.policy_keys.setdefault(node, set()).update(keys)
         if not self.policies:
             self._reset_policy()
 
@@ -596,6 +626,9 @@ class ClusterModel:
             flows += self._service_flows(own, plan, scope, groups, six)
         if scope.owners & POLICY_OWNERS:
             flows += self.policy_table(node).flows
+        elif scope.keys:
+            held = self._stage(node).flows
+            flows += [f for k in scope.keys if (f := held.get(k)) is not None]
         return NodeTable(flows, routes, groups)
 
     def _service_flows(
@@ -802,8 +835,8 @@ class ClusterModel:
                 pods |= touched
                 for subnet in touched:
                     self._accepted_eps.pop(subnet, None)
-                for ip in ips:  # its own subnet may have changed
-                    self._policy_tables.pop(ip, None)
+                for ip in ips:  # its own subnet may have changed (a full resync follows)
+                    self._stages.pop(ip, None)
             elif isinstance(ev, EndpointAdded | EndpointRemoved):
                 ep = ev.endpoint
                 if isinstance(ev, EndpointAdded):

@@ -243,7 +243,7 @@ class SwitchSync:
         if not self.master:
             return False
         self._pending |= scope
-        if len(self._pending.cookies) > MAX_PENDING_COOKIES:
+        if len(self._pending.cookies) + len(self._pending.keys) > MAX_PENDING_COOKIES:
             self._pending = FULL
         self._flushes += flushes
         return True
@@ -787,7 +787,9 @@ class SwitchSync:
             cookies = [c for c in installed.cookies() if c not in skip and scope.covers(c)]
         else:
             cookies = [c for c in scope.cookies if c not in skip and installed.has_cookie(c)]
-        return installed.of_cookies(cookies)
+        # (a flow also held by a cookie above comes twice: the diff takes it once)
+        return installed.of_cookies(cookies) + [
+            f for k in scope.keys if (f := installed.get(k)) is not None]  # fmt: skip
 
 
 def _drifted(diff: FlowDiff, group_diff: GroupDiff, excused: Scope) -> tuple[int, int, int]:
@@ -795,12 +797,12 @@ def _drifted(diff: FlowDiff, group_diff: GroupDiff, excused: Scope) -> tuple[int
     less what changes asked for but not yet sent (`excused`) account for."""
     if excused.full:
         return 0, 0, 0
-    missing = sum(not excused.covers(f.cookie) for f in diff.add)
+    missing = sum(not excused.covers_flow(f) for f in diff.add)
     routes = diff.routes
     if routes is not None:
         missing += sum(routes.flows_of(i) for i, lease in enumerate(routes.leases)
                        if not excused.covers(subnet_cookie(lease.subnet)))  # fmt: skip
-    unexpected = sum(not excused.covers(f.cookie) for f in diff.delete)
+    unexpected = sum(not excused.covers_flow(f) for f in diff.delete)
     groups_differ = sum(not excused.covers(group_cookie(g.group_id))
                         for g in (*group_diff.add, *group_diff.modify, *group_diff.delete))  # fmt: skip
     return missing, unexpected, groups_differ

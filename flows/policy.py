@@ -6,12 +6,12 @@ any of these flows: without policy a switch holds, and a packet hits, exactly
 what it did before.
 
 - Hooks, per pod isolated in a direction (cookie POLICY, key 0):
-  ROUTE (20), priority 150: IPv4 from the pod, reg2 = 0 -> reg4 = the stage's
-  digest (GENERATION), reg5 = its isolation group (ISOLATION: the lowest
+  ROUTE (20), priority 150: IPv4 from the pod, reg2 = 0 -> reg4 = its isolation
+  group's digest (GENERATION), reg5 = its isolation group (ISOLATION: the lowest
   address of the node's pods that the same policies isolate in that direction),
   ct(POLICY_ZONE) -> POL_EGRESS. Below the VIP flows (200): a connection to a service is judged
   after DNAT, on the backend's address and TargetPort. Above the routes (100).
-  LOCAL (30), priority 210: IPv4 to the pod, reg3 = 0 -> the same digest and its group,
+  LOCAL (30), priority 210: IPv4 to the pod, reg3 = 0 -> its group's digest and its group,
   ct(POLICY_ZONE) -> POL_INGRESS. Above the services' reply hook (200): a backend's reply is
   looked up while it still is backend -> client, as the zone knows it. Below
   the hairpin flow (220): a pod reaching itself through a VIP is not judged.
@@ -63,10 +63,10 @@ is subtracted from its cidr (the rest as disjoint networks).
 from __future__ import annotations
 
 import zlib
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from flows.family import V4, Family, family
@@ -76,8 +76,8 @@ from flows.flow import (
     CT_TRK,
     Action,
     Flow,
+    FlowKey,
     Masked,
-    Match,
     Owner,
     Table,
     Value,
@@ -109,11 +109,12 @@ PRIO_DROP = 10
 PRIO_MISS = 0
 
 POLICY_COOKIE = cookie_for(Owner.POLICY, 0)
-# The hooks load a digest of the stage into this register before conntrack recirculates the
-# packet: a register is part of the state a recirculation resumes from, so a changed stage
+# The hooks load a digest of what their isolation group's packets can meet in the stage
+# (NodeStage) into this register before conntrack recirculates the packet: a register is part
+# of the state a recirculation resumes from, so a group whose verdicts may have changed
 # resumes under a new recirculation id, and no datapath flow cached for the old one (Open
 # vSwitch's userspace datapath was seen to keep such a flow, stale, across table changes)
-# is ever hit again.
+# is ever hit again. (Registers: reg5, the group, is part of that state too.)
 GENERATION = "reg4"
 ISOLATION = "reg5"  # the hooked pod's isolation group, for the pods' clauses and the drop
 IP_PROTO = {"TCP": 6, "UDP": 17}
@@ -272,16 +273,15 @@ def _by_ports(group: tuple[tuple[tuple[PolicyPort, int], ...], list]) -> tuple:
     return tuple((p.protocol, str(p.port), n) for p, n in group[0])
 
 
-Entry = tuple[str, Match]  # a clause flow's key (its table and match as text: hashed once)
+def _entries(table: Table, matches: Iterable[dict[str, Value]]) -> list[FlowKey]:
+    """The keys of the clause flows of `matches`."""
+    return [(int(table), PRIO_CLAUSE, tuple(sorted(m.items()))) for m in matches]
 
 
-def _entries(table: Table, matches: Iterable[dict[str, Value]]) -> list[Entry]:
-    """Clause matches in canonical form, each with its key."""
-    out = []
-    for m in matches:
-        match = tuple(sorted(m.items()))
-        out.append((f"{int(table)} {match!r}", match))
-    return out
+def _ordered(values: Iterable[Value]) -> list[Value]:
+    """Addresses and networks in one order whatever they came in (IPv4's first)."""
+    return sorted(values, key=lambda v: (v.version, int(v.network_address if isinstance(
+        v, IPv4Network | IPv6Network) else v), str(v)))  # fmt: skip
 
 
 @dataclass
@@ -289,39 +289,311 @@ class Peers:
     """A rule's peers as addresses (None: every address). A rule's resolved peers are the
     same on every switch, and so is their clause: built once per families and shared."""
 
-    values: list[Value] | None
-    clauses: dict[tuple[Family, ...], list[Entry]] = field(default_factory=dict)
+    values: list[Value] | None  # in `_ordered`'s order
+    # by the families of the pods: the clause's flows' keys and a digest of them
+    clauses: dict[tuple[Family, ...], tuple[list[FlowKey], int]] = field(default_factory=dict)
+    # an egress rule's named ports: the destinations' addresses by the numbers they resolve
+    # to, with the matches of those numbers (resolved once, as the peers)
+    targets: list[tuple[Peers, list[dict[str, Value]]]] | None = None
 
-    def clause(self, stage: Stage, families: list[Family]) -> list[Entry]:
-        """The clause of these peers for pods of `families` (values of other families drop)."""
+    def clause(self, stage: Stage, families: list[Family]) -> tuple[list[FlowKey], int]:
+        """The clause of these peers for pods of `families` (values of other families drop),
+        and its digest."""
         key = tuple(families)
         found = self.clauses.get(key)
         if found is None:
             assert self.values is not None
-            found = self.clauses[key] = _entries(stage.table, (
-                {"eth_type": fam.eth_type, stage.fields(fam)[1]: v}
-                for v in self.values if (fam := family(v)) in families))  # fmt: skip
+            keys = _entries(stage.table, ({"eth_type": fam.eth_type, stage.fields(fam)[1]: v}
+                                          for v in self.values if (fam := family(v)) in families))  # fmt: skip
+            found = self.clauses[key] = keys, zlib.crc32(repr(keys).encode())
         return found
 
 
-Conj = tuple[list[Pod], Peers, list[dict[str, Value]] | None]
+Conj = tuple[list, Peers, list[dict[str, Value]] | None]  # (its pods and their groups, ...)
 
 
-class _Compiler:
-    def __init__(self, policies: Sequence[NetworkPolicy], namespaces: Iterable[Namespace],
-                 pods: Sequence[Pod], peers: dict[RuleRef, Peers],
-                 log_drops: bool = False) -> None:  # fmt: skip
-        self.evaluator = Evaluator(policies, namespaces)
-        self.drop = LOGGED_DROP if log_drops else ()  # the default drops' actions
+@dataclass(frozen=True, eq=False)
+class _Part:
+    """One conjunction of a rule on one node (or a one-clause rule's flows): what it adds to
+    the stage, kept until what the rule is compiled from changes."""
+
+    conj_id: int
+    base: int  # the conj_id its name gives: it is another only after a clash
+    ref: RuleRef
+    entries: tuple[tuple[FlowKey, tuple[int, int], Action], ...]  # clause flow, (conj_id, k)
+    flows: tuple[Flow, ...]  # its conj_id flows, or a one-clause rule's direct flows
+    groups: frozenset[int]  # the isolation groups whose pods it matches (by number)
+    digest: int  # of what it is, for those groups' digests
+
+
+@dataclass(eq=False)
+class _Compiled:
+    """A rule's parts on a node and what they were compiled from: the policy and its shared
+    peers by identity (the model keeps both until they change), the pods and their groups
+    (`_Group`)."""
+
+    ref: RuleRef
+    policy: NetworkPolicy
+    peers: Peers
+    selected: Selected  # (its groups compared by identity too: kept while their pods are)
+    parts: tuple[_Part, ...]
+
+    @cached_property
+    def moved(self) -> bool:
+        """Whether a clash gave a part another conj_id than its name's."""
+        return any(p.conj_id != p.base for p in self.parts)
+
+    @cached_property
+    def made(self) -> tuple:
+        """What the parts take from `selected` (`_made`), when its groups are new ones."""
+        return _made(self.selected)
+
+
+Rules = dict[tuple[str, str], list[_Compiled]]  # each policy's rules, by (direction, name)
+
+
+def _parts(rules: Rules) -> Iterator[_Part]:
+    return (p for compiled in rules.values() for c in compiled for p in c.parts)
+
+
+def _made(selected: Selected) -> tuple:
+    """What a rule's parts take from its pods and their groups: the pods, and each one's
+    group's number, size and families."""
+    return tuple((p, g.num, len(g.pods), g.families) for p, g in selected)
+
+
+class NodeStage:
+    """One switch's policy stage, kept between updates: each rule's flows are compiled again
+    only when what they are made of changed, and `update` returns the keys of the flows that
+    differ, so a caller sends (and compares) those alone. A fresh NodeStage's first update
+    is the compile from scratch: kept and fresh stages are one code path.
+
+    Each isolation group's hooks load a digest (GENERATION) of what a packet of the group
+    can meet in the stage: the plumbing, its default drop (egress: its pods' packets to
+    themselves), the rules that match its pods. A change resumes that group's
+    recirculations under a new id and leaves every other group's hooks as they are."""
+
+    def __init__(self) -> None:
+        self.flows: dict[FlowKey, Flow] = {}
+        self._context: tuple | None = None
+        self._rules: Rules = {}
+        self._base: dict[FlowKey, Flow] = {}  # the flows besides the rules', of `_blocks`
+        self._blocks: dict[tuple, _Block] = {}  # the plumbing's, and each group's
+        self._isolating: dict[IPv4Address, tuple] = {}  # each local pod's, as last found
+        self._clauses: dict[FlowKey, dict[tuple[int, int], Action]] = {}  # shared clause flows
+        self._held: dict[FlowKey, dict[int, Flow]] = {}  # rule flows by key, by conj_id
+        self._groups: dict[tuple[str, frozenset[str]], _Group] = {}  # as last found
+        self._table: PolicyTable | None = None
+
+    def table(self) -> PolicyTable:
+        """The stage as a PolicyTable (built once per update, when asked)."""
+        if self._table is None:
+            self._table = PolicyTable(
+                list(self.flows.values()),
+                {p.conj_id: p.ref for p in _parts(self._rules)},
+                {(g.direction, p.ip): Isolation(f"{p.namespace}/{p.name}", tuple(sorted(g.names)))
+                 for g in self._groups.values() for p in g.pods},
+                {(g.direction, p.ip): g.key for g in self._groups.values() for p in g.pods})  # fmt: skip
+        return self._table
+
+    def update(self, policies: Sequence[NetworkPolicy], namespaces: Iterable[Namespace],
+               pods: Sequence[Pod], local: Sequence[Pod], subnet: IPv4Network,
+               subnet6: IPv6Network | None = None, peers: dict[RuleRef, Peers] | None = None,
+               host: Sequence[IPv4Address | IPv6Address] = (),
+               log_drops: bool = False) -> set[FlowKey]:  # fmt: skip
+        """Bring the stage to what these inputs make (see `policy_table`; the pods as parties
+        of policy, `endpoint_pod`; `policies` may leave out any that selects none of `local`:
+        they add nothing); returns the keys of the flows added, changed or removed."""
+        touched: set[FlowKey] = set()  # the keys whose flow may differ
+        context = (subnet, subnet6, tuple(host), log_drops)
+        if context != self._context:  # (another node's stage, in effect: from scratch)
+            touched |= self.flows.keys()
+            old = self.flows
+            self.__init__()  # type: ignore[misc]
+            self.flows, self._context = old, context
+        self._table = None
+        run = _Run(Evaluator(policies, namespaces), pods, {} if peers is None else peers,
+                   LOGGED_DROP if log_drops else ())  # fmt: skip
+        chosen = run.isolate(local, self._isolating, self._groups)
+        rules = self._compile(run, chosen, reuse=True) if run.groups else {}
+        ids = [p.conj_id for p in _parts(rules)]
+        if 0 in ids or len(set(ids)) != len(ids):  # a clash: conj_ids given in order
+            rules = self._compile(run, chosen, reuse=False)
+        touched |= self._swap_rules(rules)
+        touched |= self._swap_blocks(run.blocks(context, rules, self._blocks) if run.groups else {})
+        changed = set()
+        for key in touched:
+            flow = self._base.get(key) or self._rule_flow(key)
+            if flow != self.flows.get(key):
+                changed.add(key)
+                if flow is None:
+                    del self.flows[key]
+                else:
+                    self.flows[key] = flow
+        self._groups = run.groups
+        return changed
+
+    def _swap_blocks(self, blocks: dict[tuple, _Block]) -> set[FlowKey]:
+        """Take `blocks` in place of those held; returns the keys of the flows of the blocks
+        that changed (every block's flows leave before any enters: a pod's hook moves from
+        one group's block to another's)."""
+        old, self._blocks = self._blocks, blocks
+        changed = [(old.get(k), blocks.get(k)) for k in old.keys() | blocks.keys()
+                   if old.get(k) is not blocks.get(k)]  # fmt: skip
+        touched: set[FlowKey] = set()
+        for before, _ in changed:
+            if before is not None:
+                for key in before.flows:
+                    del self._base[key]
+                touched |= before.flows.keys()
+        for _, after in changed:
+            if after is not None:
+                self._base.update(after.flows)
+                touched |= after.flows.keys()
+        return touched
+
+    def _compile(self, run: _Run, chosen: dict[tuple[str, str], Selected],
+                 reuse: bool) -> Rules:  # fmt: skip
+        """Every rule's parts, those of a rule whose inputs are as before kept (`reuse`);
+        without `reuse`, each conj_id is the first free one from its name on, in order."""
+        out: Rules = {}
+        taken: set[int] = set()
+        for stage in STAGES:
+            for policy in run.evaluator.policies:
+                key = (stage.direction, policy.key_name)
+                selected = chosen.get(key)
+                if not selected:
+                    continue
+                rules = policy.ingress if stage is INGRESS_STAGE else policy.egress
+                held = self._rules.get(key) if reuse else None
+                if held and (held[0].policy is not policy or len(held) != len(rules)):
+                    held = None
+                compiled = out[key] = []
+                for index, rule in enumerate(rules):
+                    was = held[index] if held else None
+                    ref = was.ref if was is not None else RuleRef(policy.key_name,
+                                                                  stage.direction, index)  # fmt: skip
+                    peers = run.peers(ref, rule, policy.namespace)
+                    if was is not None and was.peers is peers and not was.moved:
+                        if was.selected == selected:
+                            compiled.append(was)
+                            continue
+                        if was.made == _made(selected):  # new groups, alike: its parts stay
+                            compiled.append(_Compiled(ref, policy, peers, selected, was.parts))
+                            continue
+                    parts = []
+                    for group, conj in enumerate(run.conjunctions(policy, ref, rule, stage,
+                                                                  selected)):  # fmt: skip
+                        part = run.part(stage, ref, group, conj, None if reuse else taken)
+                        if part is not None:
+                            parts.append(part)
+                            taken.add(part.conj_id)
+                    compiled.append(_Compiled(ref, policy, peers, selected, tuple(parts)))
+        return out
+
+    def _swap_rules(self, rules: Rules) -> set[FlowKey]:
+        """Take `rules` in place of the rules held: the parts that went leave their clause
+        and rule flows, the new ones join theirs; returns the keys of the flows touched."""
+        old = {id(p): p for p in _parts(self._rules)}
+        new = {id(p): p for p in _parts(rules)}
+        touched: set[FlowKey] = set()
+        for gone, part in [(True, p) for k, p in old.items() if k not in new] + [
+                (False, p) for k, p in new.items() if k not in old]:  # fmt: skip
+            for key, slot, action in part.entries:
+                actions = self._clauses.setdefault(key, {})
+                if gone:
+                    del actions[slot]
+                else:
+                    actions[slot] = action
+                touched.add(key)
+            for f in part.flows:
+                held = self._held.setdefault(f.key, {})
+                if gone:
+                    del held[part.conj_id]
+                else:
+                    held[part.conj_id] = f
+                touched.add(f.key)
+        self._rules = rules
+        return touched
+
+    def _rule_flow(self, key: FlowKey) -> Flow | None:
+        """The rules' flow of `key`: a clause flow with the conjunctions of every part that
+        has it (ordered by conj_id and clause), or the flow of the part of the lowest conj_id
+        (one-clause rules of the same pods share a flow)."""
+        actions = self._clauses.get(key)
+        if actions:
+            return Flow(key[0], key[1], key[2], tuple(actions[s] for s in sorted(actions)),
+                        POLICY_COOKIE)  # fmt: skip
+        self._clauses.pop(key, None)
+        held = self._held.get(key)
+        if held:
+            return held[min(held)]
+        self._held.pop(key, None)
+        return None
+
+
+class _Group:
+    """An isolation group: the node's pods that the same policies isolate in one direction.
+    Kept from update to update while its pods are the same objects, so that what depends
+    on it is compared by identity."""
+
+    __slots__ = ("direction", "families", "key", "made", "names", "num", "pairs", "pods")
+
+    def __init__(self, direction: str, pods: list[Pod], names: frozenset[str]) -> None:
+        self.direction = direction
+        self.key = min(p.ip for p in pods)  # its default drop's cookie, ISOLATION's value
+        self.num = int(self.key)
+        self.pods = pods
+        self.names = names  # namespace/name of the policies isolating it
+        self.families = tuple(_families(pods))
+        self.pairs = [(p, self) for p in pods]
+        self.made = sorted((int(p.ip), int(p.ipv6 or 0)) for p in pods)  # for its digest
+
+
+Selected = list[tuple[Pod, _Group]]  # the pods a policy isolates, each with its group
+
+
+class _Run:
+    """What one update of a stage works from: the policies, the cluster's pods, the
+    node's isolation groups."""
+
+    def __init__(self, evaluator: Evaluator, pods: Sequence[Pod], peers: dict[RuleRef, Peers],
+                 drop: tuple[Action, ...]) -> None:  # fmt: skip
+        self.evaluator = evaluator
         self.pods = pods
         self.peer_cache = peers
-        self.table = PolicyTable()
-        # a clause flow's table, match, actions and their text for the digest, by its key
-        self.clauses: dict[str, tuple[int, Match, list[Action], list[str]]] = {}
-        self.direct: dict[tuple[int, tuple], Flow] = {}
-        self.members: dict[str, Counter[IPv4Address]] = {}  # by direction: each group's size
-        # (direction, group) -> the families of its pods' addresses
-        self.group_families: dict[tuple[str, IPv4Address], list[Family]] = {}
+        self.drop = drop  # the default drops' actions
+        self.groups: dict[tuple[str, frozenset[str]], _Group] = {}
+
+    def isolate(self, local: Sequence[Pod], held: dict[IPv4Address, tuple],
+                groups: dict[tuple[str, frozenset[str]], _Group]) -> dict[tuple[str, str], Selected]:  # fmt: skip
+        """Group the isolated pods of `local`; returns the pods each policy isolates, by
+        (direction, policy). `held`: each pod's isolation as found before, with the pod and
+        its namespace's policies it was found from; `groups`: the groups before (each
+        kept again if its pods are)."""
+        alike: dict[tuple[str, frozenset[str]], list[Pod]] = defaultdict(list)
+        found = {}
+        for p in local:
+            mine = self.evaluator.of_namespace(p.namespace)
+            was = held.get(p.ip)
+            if was is None or was[0] is not p or was[1] != mine:
+                was = (p, mine, {d: frozenset(x.key_name for x in policies)
+                                 for d, policies in self.evaluator.isolating(p).items()})  # fmt: skip
+            found[p.ip] = was
+            for direction, names in was[2].items():
+                if names:
+                    alike[direction, names].append(p)
+        held.clear()
+        held.update(found)
+        chosen: dict[tuple[str, str], Selected] = defaultdict(list)
+        for (direction, names), pods in alike.items():
+            group = groups.get((direction, names))
+            if group is None or group.pods != pods:
+                group = _Group(direction, pods, names)
+            self.groups[direction, names] = group
+            for name in names:
+                chosen[direction, name] += group.pairs
+        return chosen
 
     def peers(self, ref: RuleRef, rule: Rule, namespace: str) -> Peers:
         """The addresses a rule's peers stand for. The same on every switch: looked up in
@@ -341,11 +613,10 @@ class _Compiler:
             else:
                 out.update(ip for p in self.pods if self.evaluator.peer_matches(peer, namespace, p)
                            for _, ip in _addresses(p))  # fmt: skip
-        return sorted(out, key=lambda v: (v.version, int(v.network_address if isinstance(
-            v, IPv4Network | IPv6Network) else v), str(v)))  # fmt: skip
+        return _ordered(out)
 
     def conjunctions(self, policy: NetworkPolicy, ref: RuleRef, rule: Rule, stage: Stage,
-                     selected: list[Pod]) -> list[Conj]:  # fmt: skip
+                     selected: Selected) -> list[Conj]:  # fmt: skip
         """The rule as conjunctions of (its pods, peers, ports): more than one when it has
         named ports, which resolve per destination pod."""
         numeric = [p for p in rule.ports if not isinstance(p.port, str)]
@@ -358,163 +629,151 @@ class _Compiler:
         if not named:
             return out
         if stage is INGRESS_STAGE:  # the destination is the selected pod
-            groups: dict[tuple, list[Pod]] = defaultdict(list)
+            groups: dict[tuple, Selected] = defaultdict(list)
             for target in selected:
-                groups[_resolve(named, target)].append(target)
+                groups[_resolve(named, target[0])].append(target)
             out += [(pods, peers, [m for p, n in key for m in _port_matches(p, n)])
                     for key, pods in sorted(groups.items(), key=_by_ports) if key]  # fmt: skip
             return out
-        targets: dict[tuple, list[Value]] = defaultdict(list)  # egress: the peer is
-        for target in self.pods:
-            if not rule.peers or any(self.evaluator.peer_matches(peer, policy.namespace, target)
-                                     for peer in rule.peers):  # fmt: skip
-                targets[_resolve(named, target)] += [ip for _, ip in _addresses(target)]
-        out += [(selected, Peers(ips), [m for p, n in key for m in _port_matches(p, n)])
-                for key, ips in sorted(targets.items(), key=_by_ports) if key]  # fmt: skip
-        return out
+        if peers.targets is None:  # egress: the peer is the destination (shared, as peers)
+            targets: dict[tuple, list[Value]] = defaultdict(list)
+            for target in self.pods:
+                if not rule.peers or any(self.evaluator.peer_matches(peer, policy.namespace,
+                                                                     target)
+                                         for peer in rule.peers):  # fmt: skip
+                    targets[_resolve(named, target)] += [ip for _, ip in _addresses(target)]
+            peers.targets = [(Peers(_ordered(ips)), [m for p, n in key for m in _port_matches(p, n)])
+                             for key, ips in sorted(targets.items(), key=_by_ports) if key]  # fmt: skip
+        return out + [(selected, to, matches) for to, matches in peers.targets]
 
-    def pods_clause(self, stage: Stage, selected: list[Pod]) -> list[dict[str, Value]]:
+    @staticmethod
+    def pods_clause(stage: Stage, selected: Selected) -> tuple[list[dict[str, Value]],
+                                                               set[int]]:  # fmt: skip
         """The matches of `selected`: each isolation group they hold whole by its register
-        (once per family its pods have), any other pod by its addresses."""
-        direction, groups = stage.direction, self.table.groups
-        members = self.members.get(direction)
-        if members is None:  # (asked once the stage's groups are all known)
-            members = self.members[direction] = Counter(
-                key for (d, _), key in groups.items() if d == direction)
-        keyed = [(groups[direction, p.ip], p) for p in selected]
-        count: dict[IPv4Address, int] = {}  # (a Counter costs more for a few pods)
-        for key, _ in keyed:
-            count[key] = count.get(key, 0) + 1
-        whole = sorted(key for key, n in count.items() if n == members[key])
-        held = set(whole)
-        rest = sorted((p for key, p in keyed if key not in held), key=lambda p: p.ip)
-        return ([{"eth_type": fam.eth_type, ISOLATION: int(key)}
-                 for key in whole for fam in self.group_families[stage.direction, key]]
+        (once per family its pods have), any other pod by its addresses; and the groups
+        (by number) of the pods they match."""
+        count: dict[int, list] = {}  # id -> [group, its pods selected]
+        for _, g in selected:
+            held = count.get(id(g))
+            if held is None:
+                count[id(g)] = [g, 1]
+            else:
+                held[1] += 1
+        whole = sorted((g for g, n in count.values() if n == len(g.pods)), key=lambda g: g.num)
+        full = {id(g) for g in whole}
+        rest = sorted((p for p, g in selected if id(g) not in full), key=lambda p: int(p.ip))
+        return ([{"eth_type": fam.eth_type, ISOLATION: g.num} for g in whole for fam in g.families]
                 + [{"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
-                   for p in rest for fam, ip in _addresses(p)])  # fmt: skip
+                   for p in rest for fam, ip in _addresses(p)],
+                {g.num for g, _ in count.values()})  # fmt: skip
 
-    def add_rule(self, stage: Stage, ref: RuleRef, group: int, conj: Conj) -> None:
+    def part(self, stage: Stage, ref: RuleRef, group: int, conj: Conj,
+             taken: set[int] | None) -> _Part | None:  # fmt: skip
+        """One conjunction's flows; None when a peer or port resolves to nothing (the rule
+        allows nothing here). `taken`: the conj_ids given so far, when a clash is resolved."""
         selected, peers, ports = conj
-        pods = self.pods_clause(stage, selected)
-        families = _families(selected)
-        clauses = [pods]
+        pods, groups = self.pods_clause(stage, selected)
+        families = _families(p for p, _ in selected)
+        clauses: list = [pods]
+        made: list = []  # what the part's clauses are, for its digest (the peers' digested)
         if peers.values is not None:
-            clauses.append(peers.clause(stage, families))
+            keys, digest = peers.clause(stage, families)
+            clauses.append(keys)
+            made.append(digest)
         if ports is not None:  # (a port listed twice, or named and numbered alike: once)
             unique = {tuple(sorted(m.items())): m for m in ports}
             clauses.append(_entries(stage.table, ({"eth_type": fam.eth_type, **m}
                                                   for fam in families for m in unique.values())))
+            made.append(sorted(map(repr, clauses[-1])))
         if any(not c for c in clauses):
-            return  # a peer or port that resolves to nothing: the rule allows nothing here
-        conj_id = self._conj_id(ref, group)
-        cookie = cookie_for(Owner.POLICY, conj_id)
-        self.table.rules[conj_id] = ref
-        if len(clauses) == 1:
-            for m in pods:
-                f = flow(stage.table, PRIO_RULE_DIRECT, m, stage.passing(True), cookie)
-                self.direct.setdefault((f.table, f.match), f)
-            return
-        clauses[0] = _entries(stage.table, pods)
-        for k, clause in enumerate(clauses, 1):
-            action = conjunction(conj_id, k, len(clauses))
-            text = f"{conj_id},{k},{len(clauses)}"  # (the action in the digest)
-            for key, match in clause:
-                held = self.clauses.get(key)
-                if held is None:
-                    held = self.clauses[key] = (int(stage.table), match, [], [])
-                held[2].append(action)
-                held[3].append(text)
-        self.table.flows += [
-            flow(stage.table, PRIO_RULE_ID, {"eth_type": fam.eth_type, "conj_id": conj_id},
-                 stage.passing(True), cookie)  # (ct needs an IP match)
-            for fam in families
-        ]  # fmt: skip
-
-    def _conj_id(self, ref: RuleRef, group: int) -> int:
-        """A conj_id from the rule's name: the same on every switch and replica, and across
-        unrelated changes (so they rewrite no flow of this rule); a clash takes the next."""
-        conj_id = zlib.crc32(f"{ref.direction}/{ref.policy}/{ref.index}/{group}".encode())
-        while conj_id in self.table.rules or conj_id == 0:
+            return None
+        base = zlib.crc32(f"{ref.direction}/{ref.policy}/{ref.index}/{group}".encode())
+        conj_id = base
+        while taken is not None and (conj_id in taken or conj_id == 0):
             conj_id = (conj_id + 1) & 0xFFFFFFFF
-        return conj_id
+        cookie = cookie_for(Owner.POLICY, conj_id)
+        entries: list[tuple[FlowKey, tuple[int, int], Action]] = []
+        if len(clauses) == 1:
+            flows = tuple(flow(stage.table, PRIO_RULE_DIRECT, m, stage.passing(True), cookie)
+                          for m in pods)  # fmt: skip
+        else:
+            clauses[0] = _entries(stage.table, pods)
+            for k, clause in enumerate(clauses, 1):
+                action = conjunction(conj_id, k, len(clauses))
+                entries += [(key, (conj_id, k), action) for key in clause]
+            flows = tuple(flow(stage.table, PRIO_RULE_ID, {"eth_type": fam.eth_type,
+                                                           "conj_id": conj_id},
+                               stage.passing(True), cookie)  # (ct needs an IP match)
+                          for fam in families)  # fmt: skip
+        digest = zlib.crc32(repr((int(stage.table), conj_id, len(clauses),
+                                  sorted(map(repr, pods)), made, flows)).encode())  # fmt: skip
+        return _Part(conj_id, base, ref, tuple(entries), flows, frozenset(groups), digest)
 
-    def compile(self, local: Sequence[Pod], subnet: IPv4Network,
-                subnet6: IPv6Network | None = None,
-                host: Sequence[IPv4Address | IPv6Address] = ()) -> PolicyTable:  # fmt: skip
-        # (direction, pod IP) -> namespace/name of the policies isolating it; and (direction,
-        # policy) -> the pods it isolates, in `local`'s order
-        isolating: dict[tuple[str, IPv4Address], set[str]] = {}
-        chosen: dict[tuple[str, str], list[Pod]] = defaultdict(list)
-        for p in local:
-            for direction, policies in self.evaluator.isolating(p).items():
-                names = isolating[direction, p.ip] = {x.key_name for x in policies}
-                for name in names:
-                    chosen[direction, name].append(p)
-        guarded = [p for p in local if any(isolating[s.direction, p.ip] for s in STAGES)]
-        if not guarded:
-            return self.table
-        flows = self.table.flows
-        hooks: list[tuple[Stage, dict, IPv4Address]] = []
+    def blocks(self, context: tuple, rules: Rules,
+               held: dict[tuple, _Block]) -> dict[tuple, _Block]:  # fmt: skip
+        """The stage's flows besides its rules', in blocks: each stage's plumbing, and each
+        isolation group's default drop, hooks (loading its digest) and, egress, its pods'
+        packets to themselves. A block made from what `held`'s was is `held`'s."""
+        digests: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for part in _parts(rules):
+            for num in part.groups:
+                digests[part.ref.direction, num].append(part.digest)
+        out: dict[tuple, _Block] = {}
+        subnet, subnet6, host, _ = context
         for stage in STAGES:
-            flows += [f for net in (subnet, subnet6) if net
-                      for f in _stage_plumbing(stage, net, tuple(host))]  # fmt: skip
-            isolated = [p for p in guarded if isolating[stage.direction, p.ip]]
-            alike: dict[frozenset[str], list[Pod]] = defaultdict(list)
-            for p in isolated:
-                alike[frozenset(isolating[stage.direction, p.ip])].append(p)
-            for pods in alike.values():
-                key = min(p.ip for p in pods)
-                self.table.groups.update(((stage.direction, p.ip), key) for p in pods)
-                families = self.group_families[stage.direction, key] = _families(pods)
-                flows += [flow(stage.table, PRIO_DROP, {"eth_type": fam.eth_type,
-                                                        ISOLATION: int(key)},
-                               self.drop, drop_cookie(key)) for fam in families]  # fmt: skip
-            for p in isolated:
-                key = self.table.groups[stage.direction, p.ip]
-                for fam, ip in _addresses(p):
-                    match = {"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
-                    hooks.append((stage, {**match, stage.done: 0}, key))
-                    if stage is EGRESS_STAGE:  # (into a pod, the hairpin flow goes first)
-                        flows.append(flow(stage.table, PRIO_ALWAYS, {**match, fam.dst: ip},
-                                          stage.passing(True), POLICY_COOKIE))  # fmt: skip
-                self.table.isolated[stage.direction, p.ip] = Isolation(
-                    f"{p.namespace}/{p.name}",
-                    tuple(sorted(isolating[stage.direction, p.ip])),
-                )
-            self._rules(stage, chosen)
-        flows += self.direct.values()
-        # the digest, of every flow so far: the others' reprs, and each clause flow (all of
-        # the same priority and cookie) as its table, match and conjunctions (its match's repr
-        # already made for its key, in part once for every switch)
-        lines = [*map(_text, flows)]
-        for key, (table, match, actions, texts) in self.clauses.items():
-            lines.append(f"{key} " + ";".join(texts))
-            flows.append(Flow(table, PRIO_CLAUSE, match, tuple(actions), POLICY_COOKIE))
-        generation = zlib.crc32("\n".join(sorted(lines)).encode())
-        flows += [flow(stage.hook_table, stage.hook_priority, match,
-                       [set_field(GENERATION, generation), set_field(ISOLATION, int(key)),
-                        ct(POLICY_ZONE, stage.table)],
-                       POLICY_COOKIE) for stage, match, key in hooks]  # fmt: skip
-        return self.table
+            block = held.get((stage.direction,))
+            if block is None:  # (made once per context: a new context makes a new stage)
+                plumbing = [f for net in (subnet, subnet6) if net
+                            for f in _stage_plumbing(stage, net, host)]  # fmt: skip
+                block = _Block(zlib.crc32(repr((plumbing, self.drop)).encode()),
+                               {f.key: f for f in plumbing})  # fmt: skip
+            out[stage.direction,] = block
+            for g in self.groups.values():
+                if g.direction == stage.direction:
+                    made = (block.made, g.made, sorted(digests[g.direction, g.num]))
+                    out[g.direction, g.num] = _kept(held, (g.direction, g.num), made,
+                                                    lambda s=stage, g=g, m=made:
+                                                    self._group_flows(s, g, m))  # fmt: skip
+        return out
 
-    def _rules(self, stage: Stage, chosen: dict[tuple[str, str], list[Pod]]) -> None:
-        for policy in self.evaluator.policies:
-            selected = chosen.get((stage.direction, policy.key_name))
-            if not selected:
-                continue
-            rules = policy.ingress if stage is INGRESS_STAGE else policy.egress
-            for index, rule in enumerate(rules):
-                ref = RuleRef(policy.key_name, stage.direction, index)
-                for group, conj in enumerate(self.conjunctions(policy, ref, rule, stage, selected)):
-                    self.add_rule(stage, ref, group, conj)
+    def _group_flows(self, stage: Stage, group: _Group, made: tuple) -> list[Flow]:
+        """An isolation group's block (see `blocks`): its digest is of `made` (the stage's
+        plumbing and drops, its pods, the rules matching them) and of its own flows."""
+        own = [flow(stage.table, PRIO_DROP, {"eth_type": fam.eth_type, ISOLATION: group.num},
+                    self.drop, drop_cookie(group.key))
+               for fam in group.families]  # fmt: skip
+        hooks = []
+        for p in group.pods:
+            for fam, ip in _addresses(p):
+                match = {"eth_type": fam.eth_type, stage.fields(fam)[0]: ip}
+                hooks.append({**match, stage.done: 0})
+                if stage is EGRESS_STAGE:  # (into a pod, the hairpin flow goes first)
+                    own.append(flow(stage.table, PRIO_ALWAYS, {**match, fam.dst: ip},
+                                    stage.passing(True), POLICY_COOKIE))  # fmt: skip
+        generation = zlib.crc32(repr((made, sorted(map(repr, own)))).encode())
+        return own + [flow(stage.hook_table, stage.hook_priority, match,
+                           [set_field(GENERATION, generation), set_field(ISOLATION, group.num),
+                            ct(POLICY_ZONE, stage.table)], POLICY_COOKIE)
+                      for match in hooks]  # fmt: skip
 
 
-@lru_cache(maxsize=1 << 14)
-def _text(f: Flow) -> str:
-    """A flow's repr, for the digest: the flows besides the clauses (plumbing, drops, rule
-    ids) mostly come back unchanged compile after compile, and hashing one costs a tenth of
-    its repr."""
-    return repr(f)
+@dataclass(frozen=True, eq=False)
+class _Block:
+    """Flows of the stage besides its rules' that change together, and what they were made
+    from (by value; a stage's plumbing: a digest of its flows and drops, which the groups'
+    digests hold)."""
+
+    made: object
+    flows: dict[FlowKey, Flow]
+
+
+def _kept(held: dict[tuple, _Block], key: tuple, made: object,
+          make: Callable[[], Iterable[Flow]]) -> _Block:  # fmt: skip
+    """`held`'s block of `key` if made from `made`, else a new one."""
+    block = held.get(key)
+    if block is not None and block.made == made:
+        return block
+    return _Block(made, {f.key: f for f in make()})
 
 
 @lru_cache(maxsize=1 << 10)
@@ -563,29 +822,8 @@ def policy_table(
     `log_drops`: the default drops send what they drop to the controller (module doc)."""
     if not policies:
         return PolicyTable()
-    pods = [p for e in endpoints if (p := endpoint_pod(e)) is not None]
-    own = [p for e in local if (p := endpoint_pod(e)) is not None]
-    return stage_table(policies, namespaces, pods, own, subnet, ipv6_subnet, peers, host,
-                       log_drops)
-
-
-def stage_table(
-    policies: Sequence[NetworkPolicy],
-    namespaces: Iterable[Namespace],
-    pods: Sequence[Pod],
-    local: Sequence[Pod],
-    subnet: IPv4Network,
-    ipv6_subnet: IPv6Network | None = None,
-    peers: dict[RuleRef, Peers] | None = None,
-    host: Sequence[IPv4Address | IPv6Address | None] = (),
-    log_drops: bool = False,
-) -> PolicyTable:
-    """`policy_table` from the pods (the cluster's, `local` the node's) as parties of policy
-    (`endpoint_pod`), for a caller that keeps them between compiles. `policies` may leave
-    out any that selects none of `local`: they add nothing to the stage."""
-    if not policies:
-        return PolicyTable()
-    return _Compiler(policies, namespaces, pods, {} if peers is None else peers,
-                     log_drops).compile(local, subnet, ipv6_subnet,
-                                        [a for a in host if a is not None])  # fmt: skip
-
+    stage = NodeStage()
+    stage.update(policies, namespaces, [p for e in endpoints if (p := endpoint_pod(e)) is not None],
+                 [p for e in local if (p := endpoint_pod(e)) is not None], subnet, ipv6_subnet,
+                 peers, [a for a in host if a is not None], log_drops)  # fmt: skip
+    return stage.table()

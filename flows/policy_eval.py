@@ -92,6 +92,16 @@ class Evaluator:
     ) -> None:
         self.policies = tuple(policies)
         self._labels = {ns.name: ns.label_map for ns in namespaces}
+        self._by_namespace: dict[str, tuple[NetworkPolicy, ...]] | None = None
+
+    def of_namespace(self, namespace: str) -> tuple[NetworkPolicy, ...]:
+        """The policies of `namespace` (the only ones that can select its pods)."""
+        if self._by_namespace is None:
+            found: dict[str, list[NetworkPolicy]] = {}
+            for p in self.policies:
+                found.setdefault(p.namespace, []).append(p)
+            self._by_namespace = {k: tuple(v) for k, v in found.items()}
+        return self._by_namespace.get(namespace, ())
 
     def namespace_labels(self, namespace: str) -> Labels:
         return self._labels.get(namespace) or default_labels(namespace)
@@ -115,8 +125,7 @@ class Evaluator:
     def isolating(self, pod: Pod) -> dict[str, list[NetworkPolicy]]:
         """The policies that isolate `pod`, by direction: each selector matched once for both."""
         labels = pod.label_map
-        chosen = [p for p in self.policies
-                  if p.namespace == pod.namespace and p.pod_selector.matches(labels)]  # fmt: skip
+        chosen = [p for p in self.of_namespace(pod.namespace) if p.pod_selector.matches(labels)]
         return {d: [p for p in chosen if d in p.policy_types] for d in (EGRESS, INGRESS)}
 
     def _decide(

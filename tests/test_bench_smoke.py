@@ -301,7 +301,7 @@ def test_profile_policy_tiny(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     report = (tmp_path / "profile_policy_3x30.txt").read_text()
     assert report.splitlines()[1].startswith("# policy: 3 switches, 30 pods, 5 policies, 3 new policies")
-    assert "stage_table" in report  # each new policy recompiles the switches' policy stages
+    assert "NodeStage.update" in report  # each new policy updates the switches' policy stages
 
 
 @pytest.mark.integration

@@ -245,7 +245,9 @@ def golden_table(log_drops: bool = False) -> list[str]:
 def test_an_ipv4_only_cluster_gets_exactly_the_flows_it_got_before_ipv6_services() -> None:
     """The golden file is this function's output before IPv6 services and policy: at e5098ec,
     then as compiled by 60c9f29 (policy isolation groups) and 2fcd176 (only the node's own
-    addresses pass the gateway port unjudged), both still IPv4 only."""
+    addresses pass the gateway port unjudged), both still IPv4 only; and by the incremental
+    policy stage (each isolation group's hooks load a digest of its own, a clause flow's
+    conjunctions are in conj_id order)."""
     assert golden_table() == GOLDEN.read_text().splitlines()
 
 

@@ -17,6 +17,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
+import flows.policy as policy_module
 from flows.explain import policy_text
 from flows.flow import (
     CT_NEW,
@@ -39,9 +40,11 @@ from flows.policy import (
     PRIO_CLAUSE,
     PRIO_DROP,
     PRIO_RULE_ID,
+    NodeStage,
     Stage,
     block_networks,
     drop_cookie,
+    endpoint_pod,
     policy_table,
     port_ranges,
 )
@@ -309,20 +312,23 @@ def test_dual_stack_flows_judge_each_family_as_the_evaluator_does(seed: int) -> 
     assert not wrong, f"{len(wrong)} verdicts differ, e.g. {wrong[:5]}; policies: {policies}"
 
 
-def digested(flows: list[Flow]) -> tuple[frozenset[Flow], int]:
-    """A stage's flows but its hooks, and the digest (GENERATION) its hooks all load."""
-    loads = {a[2] for f in flows for a in f.actions if a[:2] == ("set_field", GENERATION)}
-    (generation,) = loads
+def digested(flows: list[Flow]) -> tuple[frozenset[Flow], frozenset]:
+    """A stage's flows but its hooks, and the digests (GENERATION) its hooks load, each with
+    its isolation group (the hook's table, for its direction, and ISOLATION): one per group."""
+    loads = {((f.table, h[ISOLATION]), h[GENERATION]) for f in flows
+             if (h := {a[1]: a[2] for a in f.actions if a[0] == "set_field"}).get(GENERATION)}  # fmt: skip
+    assert len({group for group, _ in loads}) == len(loads)
     return frozenset(f for f in flows if not any(a[:2] == ("set_field", GENERATION)
-                                                 for a in f.actions)), generation  # fmt: skip
+                                                 for a in f.actions)), frozenset(loads)  # fmt: skip
 
 
 @pytest.mark.parametrize("dual", [False, True], ids=["ipv4", "dual"])
 def test_the_digest_changes_exactly_when_the_stage_does(dual: bool) -> None:
     """Node 1's stage in 80 random worlds, each also compiled from its inputs shuffled: one
-    stage, one digest, whatever the order; different stages, different digests (a changed
-    stage must resume conntrack's recirculation under a new id)."""
-    digests: dict[frozenset[Flow], set[int]] = defaultdict(set)
+    stage, one digest per isolation group, whatever the order; different stages, different
+    digests (a changed stage must resume conntrack's recirculation under a new id; each
+    group's digest is of what its packets can meet, so an unrelated change leaves it)."""
+    digests: dict[frozenset[Flow], set[frozenset]] = defaultdict(set)
     node1 = IPv4Network("198.19.1.0/24")
     for seed in range(80):
         policies, namespaces, pods = random_world(seed, dual)
@@ -337,8 +343,8 @@ def test_the_digest_changes_exactly_when_the_stage_does(dual: bool) -> None:
             table = policy_table(policies, namespaces, eps, local, node1,
                                  subnet6_of(node1) if dual else None)  # fmt: skip
             if table.flows:
-                stage, generation = digested(table.flows)
-                digests[stage].add(generation)
+                stage, generations = digested(table.flows)
+                digests[stage].add(generations)
     assert all(len(g) == 1 for g in digests.values())
     assert len({g for gs in digests.values() for g in gs}) == len(digests) > 20
 
@@ -509,3 +515,38 @@ def test_drops_logged_or_not_the_table_is_the_golden_one_but_the_drops_and_diges
     hooks = [line for line in changed if line not in drops]
     assert hooks and all("set_field:" in line and "->reg4" in line for line in hooks)
     assert len(logged) == len(golden)
+
+
+def test_a_kept_stage_gives_clashing_conj_ids_in_order_as_a_compile_from_scratch(monkeypatch):
+    """Every rule's name made to hash to one conj_id (its crc32): each conjunction still gets
+    its own, the first free one from its name's in the rules' order, and a stage kept
+    through 80 random worlds of node 1 (NodeStage, one object), each with its first policy
+    taken out and put back (a clash that comes and goes), is each time the one compiled
+    from scratch."""
+    real = policy_module.zlib.crc32
+    monkeypatch.setattr(policy_module.zlib, "crc32",
+                        lambda data: 7 if data.startswith((b"Ingress/", b"Egress/")) else real(data))  # fmt: skip
+    node1 = IPv4Network("198.19.1.0/24")
+    kept, clashed = NodeStage(), 0
+    for seed in range(80):
+        policies, namespaces, pods = random_world(seed)
+        eps = [endpoint_of(p, 10 + i) for i, p in enumerate(pods)]
+        local = [e for e in eps if e.node_subnet == node1]
+        peers: dict = {}  # (each rule's, the same while the world is)
+        for chosen in (policies, policies[1:], policies):
+            fresh = policy_table(chosen, namespaces, eps, local, node1)
+            kept.update(chosen, namespaces, [endpoint_pod(e) for e in eps],
+                        [endpoint_pod(e) for e in local], node1, peers=peers)  # fmt: skip
+            assert set(kept.table().flows) == set(fresh.flows) and kept.table().rules == fresh.rules
+            clashed += len(fresh.rules) > 1
+    assert clashed > 50  # (the ids are distinct: `rules` is keyed by them)
+    # an egress rule's id comes first; once it goes, the ingress rule (its inputs unchanged,
+    # so kept) must take the id its name gives, as from scratch
+    egress = netpol("x", "out", ALL, egress=[{"ports": [{"port": 53, "protocol": "UDP"}]}])
+    ingress = netpol("x", "in", ALL, ingress=[{"ports": [{"port": 80}]}])
+    peers = {}
+    for chosen in ([egress, ingress], [ingress]):
+        kept.update(chosen, namespaces, [endpoint_pod(e) for e in eps],
+                    [endpoint_pod(e) for e in local], node1, peers=peers)  # fmt: skip
+        fresh = policy_table(chosen, namespaces, eps, local, node1)
+        assert set(kept.table().flows) == set(fresh.flows) and kept.table().rules == fresh.rules
