@@ -8,7 +8,8 @@ page's URL (`Status`), so `vxflow status` finds every replica from etcd alone.
 
 Per connected switch: its node, this replica's role and generation, and, where
 this replica is its master, the flows installed and desired, whether the table
-is in sync, the last sync, drift repairs and the last refused change. Flows
+is in sync, the last sync, drift repairs, the last refused change and, with policy
+drops logged, whether the switch refused their meter. Flows
 are compared (a diff) only for a switch not in sync: in sync, the last
 comparison and everything since landed, so the count is all there is; not
 in sync, against the copy of its table this mastership read back (none is
@@ -87,6 +88,8 @@ def _switch(dpid: int, sync: SwitchSync, role: SwitchRole | None, model: Cluster
         drift_repairs=sync.drift_repairs,
         last_error=sync.last_error,
     )
+    if sync.meter_rate:  # policy drops logged: whether this switch took their meter
+        entry["drop_meter_refused"] = sync.meter_refused
     return entry
 
 

@@ -17,7 +17,7 @@ from os_ken.lib.packet import ethernet, icmp, ipv4, ipv6, packet, tcp, udp
 from os_ken.ofproto import ofproto_v1_4 as ofp
 from os_ken.ofproto import ofproto_v1_4_parser as parser
 
-from controller import droplog, metrics, ofwire
+from controller import droplog, metrics, ofwire, status
 from controller.droplog import Drop, DropLog
 from controller.model import FULL, ClusterModel
 from controller.switch import State
@@ -253,12 +253,14 @@ def test_a_switch_refusing_the_meter_gets_plain_drops_and_still_takes_changes(ca
 
     sync, channel, sent = connect()
     (_, add, _), (_, modify, _), (_, flows_xid, _), (_, groups_xid, _) = sent
+    assert status._switch(1, sync, None, model)["drop_meter_refused"] is False
     with caplog.at_level(logging.WARNING, "controller.switch"):
         assert sync.on_error(add, ofwire.OFPET_METER_MOD_FAILED, 10, b"")  # out of meters
         assert sync.on_error(modify, ofwire.OFPET_METER_MOD_FAILED, 3, b"")  # unknown meter
     (line,) = [r.getMessage() for r in caplog.records if "meter" in r.getMessage()]
     assert f"switch {N1}" in line and "error type 12 code 10" in line, line
     assert metrics.DROP_METERS_REFUSED._value.get() == refused + 1
+    assert status._switch(1, sync, None, model)["drop_meter_refused"] is True  # `vxflow status`
     sync.on_flow_stats(flows_xid, b"", more=False)
     sync.on_group_desc(groups_xid, b"", more=False)
     finish(sync, channel, channel.take())

@@ -79,6 +79,16 @@ def test_each_kind_of_trouble_is_one_problem():
     assert "5 problem(s):" in text
 
 
+def test_a_switch_that_refused_the_drop_log_meter_is_a_problem():
+    refused = switch(1, drop_meter_refused=True)
+    report = assess(snap(), TTLS, {"r1": page(refused, switch(2, drop_meter_refused=False))})
+    assert report.problems == [
+        "node 198.18.0.1 (198.19.1.0/24): its switch refused the meter of logged policy drops "
+        "(`--log-policy-drops`): its drops are not logged, they still drop (the meter is tried "
+        "again when it reconnects)"]  # fmt: skip
+    assert not report.healthy and report.nodes[0].drop_meter_refused
+
+
 def test_a_slave_only_switch_has_no_master_and_an_unread_page_elsewhere_is_a_problem():
     r2 = Member("r2", "tcp:198.18.0.5:6654", 8, 4, "http://198.18.0.5:9102/status")
     report = assess(snap(members=(R1, r2)), TTLS, {

@@ -73,6 +73,7 @@ class Node:
     last_sync: float | None = None
     drift_repairs: int | None = None
     last_error: str = ""
+    drop_meter_refused: bool = False  # its policy drops are not logged (they still drop)
     # DirectRouting: the peers' PublicIPs (and PublicIPv6s) routed to directly
     direct: list[str] = field(default_factory=list)
 
@@ -258,6 +259,7 @@ def _take_master(node: Node, entry: dict[str, Any]) -> None:
     node.last_sync = entry.get("last_sync")
     node.drift_repairs = entry.get("drift_repairs")
     node.last_error = entry.get("last_error", "")
+    node.drop_meter_refused = bool(entry.get("drop_meter_refused"))
 
 
 def _node_problems(node: Node, any_read: bool, some_unread: bool) -> list[str]:
@@ -272,11 +274,16 @@ def _node_problems(node: Node, any_read: bool, some_unread: bool) -> list[str]:
         return [f"{where}: its switch is not connected to {seen} (node or ovs-vswitchd down?)"]
     if node.in_sync is None:
         return [f"{where}: its switch has no master (connected to {', '.join(node.connected_to)})"]
+    problems = []
     if node.flows_differing:
         why = f"; last refused: {node.last_error}" if node.last_error else ""
-        return [f"{where}: {node.flows_differing} flows differ from the desired "
-                f"{node.flows_desired}{why}"]  # fmt: skip
-    return []
+        problems.append(f"{where}: {node.flows_differing} flows differ from the desired "
+                        f"{node.flows_desired}{why}")  # fmt: skip
+    if node.drop_meter_refused:
+        problems.append(f"{where}: its switch refused the meter of logged policy drops "
+                        "(`--log-policy-drops`): its drops are not logged, they still drop "
+                        "(the meter is tried again when it reconnects)")  # fmt: skip
+    return problems
 
 
 def _ago(t: float | None, now: float) -> str:
