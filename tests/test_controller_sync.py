@@ -8,6 +8,8 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import SimpleNamespace
 
+import pytest
+
 from controller import groups, metrics, ofwire, status, switch
 from controller.model import FULL, ClusterModel, Scope
 from controller.monitor import FlowChange
@@ -127,34 +129,12 @@ def model_with(*leases: Lease, endpoints=()) -> ClusterModel:
 
 
 
-def test_a_dual_stack_lease_event_is_bare_flow_mods_too():
-    """A dual-stack lease's change is its IPv4 and IPv6 halves' flows (route and ingress
-    check each): at most 6 flow-mods, still one write and one round trip, no bundle."""
-    dual = replace(CONFIG, ipv6=DUAL.ipv6)
+def dual_lease(i: int, ip: int | None = None) -> Lease:
+    """`lease(i, ip)` with an IPv6 half."""
+    return replace(lease(i, ip), ipv6_subnet=IPv6Network(f"fc00:0:0:{i}::/64"),
+                   public_ipv6=IPv6Address(f"fd00:198:18::{ip or i}"),
+                   vtep_mac_v6=vtep_mac_for(IPv4Address(f"198.18.1.{ip or i}")))  # fmt: skip
 
-    def dual_lease(i: int, ip: int | None = None) -> Lease:
-        return replace(lease(i, ip), ipv6_subnet=IPv6Network(f"fc00:0:0:{i}::/64"),
-                       public_ipv6=IPv6Address(f"fd00:198:18::{ip or i}"),
-                       vtep_mac_v6=vtep_mac_for(IPv4Address(f"198.18.1.{ip or i}")))  # fmt: skip
-
-    model = ClusterModel()
-    model.load(dual, [dual_lease(1), dual_lease(2)], [])
-    sync, channel, _ = make(model, dual_lease(1).public_ip)
-    sync.start()
-    read_back(sync, channel, compile_node(dual, model.leases(), [], sync.node))
-    add, delete = ofwire.OFPFC_ADD, ofwire.OFPFC_DELETE_STRICT
-    steps = [
-        (LeaseAdded(dual_lease(3), 10), [add] * 4),
-        (LeaseChanged(dual_lease(3), dual_lease(3, ip=33), 11), [delete] * 2 + [add] * 4),
-        (LeaseRemoved(dual_lease(3, ip=33), 12), [delete] * 4),
-    ]
-    for event, commands in steps:
-        impact = model.apply([event])
-        sync.request(impact.scope_for(sync.node, model.own_lease(sync.node).subnet))
-        sent = channel.take()
-        assert bare_mods(sent) == commands
-        land_bare(sync, sent)
-        assert set(sync.installed.values()) == compile_node(dual, model.leases(), [], sync.node)
 
 def test_a_table_already_right_gets_no_flow_mod():
     model = model_with(lease(1), lease(2))
@@ -241,28 +221,34 @@ def test_recording_a_large_landed_bundle_pauses_without_exposing_half_a_table(mo
     assert channel.take() == []  # the requests found a right table: nothing sent
 
 
-def synced_pair(model: ClusterModel) -> dict[int, tuple[SwitchSync, Recorder, list]]:
+def synced_pair(model: ClusterModel, config: NetworkConfig = CONFIG,
+                ) -> dict[int, tuple[SwitchSync, Recorder, list]]:  # fmt: skip
     """Switches of nodes 1 and 2, read back holding exactly their desired tables."""
     syncs = {}
     for i in (1, 2):
         sync, channel, delayed = make(model, lease(i).public_ip)
         sync.start()
-        read_back(sync, channel, compile_node(CONFIG, model.leases(), [], lease(i).public_ip))
+        read_back(sync, channel, compile_node(config, model.leases(), [], lease(i).public_ip))
         syncs[i] = (sync, channel, delayed)
     return syncs
 
 
-def test_lease_event_is_bare_flow_mods_and_one_barrier_per_switch():
+@pytest.mark.parametrize("dual", [False, True], ids=["ipv4", "dual-stack"])
+def test_lease_event_is_bare_flow_mods_and_one_barrier_per_switch(dual: bool):
     """A lease's change needs no bundle: its flow-mods + a barrier in one write, one round
-    trip (route and ingress check; a new PublicIP replaces the route in place and moves
-    the ingress check to a new key: deleted first)."""
-    model = model_with(lease(1), lease(2))
-    syncs = synced_pair(model)
+    trip (route and ingress check per family, so a dual-stack lease's up to 6 flow-mods;
+    a new PublicIP replaces the route in place and moves the ingress check to a new key:
+    deleted first)."""
+    config, of = (replace(CONFIG, ipv6=DUAL.ipv6), dual_lease) if dual else (CONFIG, lease)
+    halves = 2 if dual else 1
+    model = ClusterModel()
+    model.load(config, [of(1), of(2)], [])
+    syncs = synced_pair(model, config)
     add, delete = ofwire.OFPFC_ADD, ofwire.OFPFC_DELETE_STRICT
     steps = [
-        (LeaseAdded(lease(3), 10), [add, add]),
-        (LeaseChanged(lease(3), lease(3, ip=33), 11), [delete, add, add]),
-        (LeaseRemoved(lease(3, ip=33), 12), [delete, delete]),
+        (LeaseAdded(of(3), 10), [add] * 2 * halves),
+        (LeaseChanged(of(3), of(3, ip=33), 11), [delete] * halves + [add] * 2 * halves),
+        (LeaseRemoved(of(3, ip=33), 12), [delete] * 2 * halves),
     ]
     for event, commands in steps:
         impact = model.apply([event])
@@ -275,7 +261,7 @@ def test_lease_event_is_bare_flow_mods_and_one_barrier_per_switch():
             land_bare(sync, sent)
             assert sync.state is State.IDLE and channel.take() == []
             assert set(sync.installed.values()) == compile_node(
-                CONFIG, model.leases(), [], sync.node
+                config, model.leases(), [], sync.node
             )
 
 
