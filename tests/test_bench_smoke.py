@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,46 @@ def test_b3_cold_start_tiny(tmp_path: Path) -> None:
     for rep in stand_in["reps"]:
         assert rep["standin_unsupported"] == {}
         assert rep["flow_mods_received"] >= stand_in["flows_total"]
+
+
+CHILD_NETNS = re.compile(r"vxb[0-9a-f]{4}n\d+")  # bench/bridges.py: f"{tag}n{i}"
+
+
+def child_namespaces() -> set[str]:
+    return {p.name for p in Path("/run/netns").glob("vxb*") if CHILD_NETNS.fullmatch(p.name)}
+
+
+@pytest.mark.integration
+def test_b3_cold_start_over_two_vswitchds_tiny(tmp_path: Path) -> None:
+    """--vswitchds 2: the bridges dealt over two ovs-vswitchd (the second in a child
+    namespace, reaching the controller over a veth pair), every table full, each
+    instance's CPU recorded and summed; no namespace left behind."""
+    before = child_namespaces()
+    r = run_bench(tmp_path, "bench.b3_cold_start", "--run", "real:20x4", "--vswitchds", "2",
+                  "--repeat", "1")  # fmt: skip
+    (run,) = r["runs"]
+    assert run["vswitchds"] == 2 and "2 ovs-vswitchd" in run["switch"]
+    assert positive(run["converged_s"]) and run["flows_total"] == 4 * run["flows_per_switch"]
+    (rep,) = run["reps"]
+    assert len(rep["switch_cpu_s_each"]) == 2 and min(rep["switch_cpu_s_each"]) >= 0
+    assert rep["switch_cpu_s"] == pytest.approx(sum(rep["switch_cpu_s_each"]))
+    assert child_namespaces() <= before
+    # a run that fails (no table can fill in 1 ms) leaves no namespace or instance either
+    instances = set(Path("/tmp").glob("vxflow-ovs-vxb*v1-*"))
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.b3_cold_start", "--run", "real:20x4", "--vswitchds", "2",
+         "--repeat", "1", "--timeout", "0.001", "--results-dir", str(tmp_path / "failed")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 1 and "short of their flow count" in res.stderr, res.stderr[-2000:]
+    assert child_namespaces() <= before and set(Path("/tmp").glob("vxflow-ovs-vxb*v1-*")) <= instances
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.b3_cold_start", "--run", "real:20x2", "--vswitchds", "3",
+         "--results-dir", str(tmp_path / "refused")],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2 and "at most one per switch" in res.stderr, res.stderr
+    assert not (tmp_path / "refused").exists()
 
 
 @pytest.mark.integration
