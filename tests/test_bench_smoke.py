@@ -110,6 +110,9 @@ def test_b3_cold_start_over_two_vswitchds_tiny(tmp_path: Path) -> None:
     (rep,) = run["reps"]
     assert len(rep["switch_cpu_s_each"]) == 2 and min(rep["switch_cpu_s_each"]) >= 0
     assert rep["switch_cpu_s"] == pytest.approx(sum(rep["switch_cpu_s_each"]))
+    each = " + ".join(f"{c:.2f}" for c in rep["switch_cpu_s_each"])
+    table = "\n".join(summary.b3(r))
+    assert f"{rep['switch_cpu_s']:.2f} s ({each})" in table, table
     assert child_namespaces() <= before
     # a run that fails (no table can fill in 1 ms) leaves no namespace or instance either
     instances = set(Path("/tmp").glob("vxflow-ovs-vxb*v1-*"))
