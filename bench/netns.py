@@ -29,10 +29,15 @@ def _ip(*args: str, netns: str | None = None, check: bool = True) -> None:
         raise RuntimeError(f"ip {' '.join(args)} failed: {res.stderr.strip()}")
 
 
-def add_hub() -> str:
-    """Give the benchmark's namespace HUB (idempotent); return it for `--listen`."""
+def _require_benchmark_namespace() -> None:
+    """Veths, HUB and routes go into the current namespace: never the machine's own."""
     if not inside():
         raise RuntimeError("several ovs-vswitchd need the benchmark's own namespace (bench/isolation.py)")
+
+
+def add_hub() -> str:
+    """Give the benchmark's namespace HUB (idempotent); return it for `--listen`."""
+    _require_benchmark_namespace()
     out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "lo"],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     if f" {HUB}/" not in out:
@@ -55,6 +60,7 @@ class ChildNamespace:
         return str(ipaddress.IPv4Address(HUB) + self.index)
 
     def start(self) -> ChildNamespace:
+        _require_benchmark_namespace()
         here, there, addr = f"{self.name}h", f"{self.name}c", self.address
         _ip("netns", "add", self.name)
         self._made = True
