@@ -101,7 +101,8 @@ def run_standin(env: Env, switches: int, timeout: float) -> dict[str, Any]:
 def measure_once(kind: str, leases: int, switches: int, timeout: float,
                  dual: bool = False, vswitchds: int = 1) -> dict[str, Any]:  # fmt: skip
     c = cluster(leases, dual=dual)
-    with environment(c, listen=add_hub() if vswitchds > 1 else "127.0.0.1") as env:
+    spread = kind == "real" and vswitchds > 1  # (the stand-ins keep to loopback)
+    with environment(c, listen=add_hub() if spread else "127.0.0.1") as env:
         ready = wait_ready(env)
         empty = env.controller.memory_kib()["VmRSS"]  # leases loaded, no switch connected
         log.info("controller ready with %d leases (probe synced in %.2fs), RSS %d MiB",
