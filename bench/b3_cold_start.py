@@ -5,8 +5,10 @@ switch got its full table, then left); then all S switches are pointed at it
 at once and the clock runs until every one holds its full table of
 L-1 remote-lease flows + its base pipeline.
 
-- `real`: S real netdev bridges in one ovs-vswitchd; a table is full when a
-  flow-count poll (every 10 ms) shows it. ovs-vswitchd's CPU is recorded too.
+- `real`: S real netdev bridges in one ovs-vswitchd, or dealt round-robin over
+  `--vswitchds N` (each node of a real cluster runs its own; one process does
+  the work of all S in turn); a table is full when a flow-count poll (every
+  10 ms) shows it. Each ovs-vswitchd's CPU is recorded; the switch CPU is their sum.
 - `stand-in`: S instances of bench/standin.py (NOT Open vSwitch: a minimal
   OpenFlow switch answering handshake, flow stats, flow-mods, bundles,
   barriers) for switch counts real OVS cannot hold here; a table is full at
@@ -37,6 +39,7 @@ from bench.cluster_env import Env, connect_and_converge, environment
 from bench.controller_proc import cpu_seconds
 from bench.isolation import isolate
 from bench.leasegen import cluster
+from bench.netns import MAX_CHILDREN, add_hub
 from bench.observer import FlowObserver
 from bench.standin import StandInFleet
 from bench.stats import median
@@ -52,7 +55,7 @@ def wait_ready(env: Env, timeout: float = 300) -> float:
     """Seconds until a probe stand-in (the cluster's last node, not a measured switch)
     gets its full table: the controller has loaded the leases. The probe then leaves."""
     probe = env.cluster.leases[-1]
-    fleet = StandInFleet("127.0.0.1", env.controller.port,
+    fleet = StandInFleet(env.controller.listen, env.controller.port,
                          {datapath_id_for(probe.public_ip): env.table_size()}, PORTS).start()  # fmt: skip
     try:
         fleet.go()
@@ -61,20 +64,21 @@ def wait_ready(env: Env, timeout: float = 300) -> float:
         fleet.stop()
 
 
-def run_real(env: Env, switches: int, timeout: float) -> dict[str, Any]:
-    with BridgeFarm(list(env.cluster.leases[:switches])) as farm, \
+def run_real(env: Env, switches: int, timeout: float, vswitchds: int = 1) -> dict[str, Any]:
+    with BridgeFarm(list(env.cluster.leases[:switches]), vswitchds=vswitchds) as farm, \
             FlowObserver({b.name: b.mgmt_socket for b in farm.bridges}) as obs:  # fmt: skip
-        switch_pid = farm.ovs.pids()["ovs-vswitchd"]
-        cpu0, switch0 = env.controller.cpu_seconds(), cpu_seconds(switch_pid)
+        pids = farm.switch_pids()
+        cpu0, switch0 = env.controller.cpu_seconds(), [cpu_seconds(p) for p in pids]
         took = connect_and_converge(env, farm, obs, timeout)
+        each = [cpu_seconds(p) - c for p, c in zip(pids, switch0, strict=True)]
         return {"converged_s": took, "controller_cpu_s": env.controller.cpu_seconds() - cpu0,
-                "switch_cpu_s": cpu_seconds(switch_pid) - switch0}  # fmt: skip
+                "switch_cpu_s": sum(each), "switch_cpu_s_each": each}  # fmt: skip
 
 
 def run_standin(env: Env, switches: int, timeout: float) -> dict[str, Any]:
     want = env.table_size()
     expected = {datapath_id_for(x.public_ip): want for x in env.cluster.leases[:switches]}
-    fleet = StandInFleet("127.0.0.1", env.controller.port, expected, PORTS).start()
+    fleet = StandInFleet(env.controller.listen, env.controller.port, expected, PORTS).start()
     try:
         cpu0, fleet0 = env.controller.cpu_seconds(), cpu_seconds(fleet.pid)
         info = fleet.go()
@@ -95,19 +99,23 @@ def run_standin(env: Env, switches: int, timeout: float) -> dict[str, Any]:
 
 
 def measure_once(kind: str, leases: int, switches: int, timeout: float,
-                 dual: bool = False) -> dict[str, Any]:  # fmt: skip
+                 dual: bool = False, vswitchds: int = 1) -> dict[str, Any]:  # fmt: skip
     c = cluster(leases, dual=dual)
-    with environment(c) as env:
+    spread = kind == "real" and vswitchds > 1  # (the stand-ins keep to loopback)
+    with environment(c, listen=add_hub() if spread else "127.0.0.1") as env:
         ready = wait_ready(env)
         empty = env.controller.memory_kib()["VmRSS"]  # leases loaded, no switch connected
         log.info("controller ready with %d leases (probe synced in %.2fs), RSS %d MiB",
                  leases, ready, empty // 1024)  # fmt: skip
-        run = run_real if kind == "real" else run_standin
-        out = run(env, switches, timeout)
+        if kind == "real":
+            out = run_real(env, switches, timeout, vswitchds)
+            out["vswitchds"] = vswitchds
+        else:
+            out = run_standin(env, switches, timeout)
         want = env.table_size()
         out.update({
-            "switch": "Open vSwitch (netdev bridges, one ovs-vswitchd)" if kind == "real"
-            else "stand-in (bench/standin.py, not OVS)",
+            "switch": f"Open vSwitch (netdev bridges, {_count(vswitchds)} ovs-vswitchd)"
+            if kind == "real" else "stand-in (bench/standin.py, not OVS)",
             "kind": kind, "leases": leases, "switches": switches, "flows_per_switch": want,
             "dual_stack": dual, "flows_per_lease": c.flows_per_lease,
             "flows_total": want * switches, "probe_sync_s": ready,
@@ -121,12 +129,17 @@ def measure_once(kind: str, leases: int, switches: int, timeout: float,
     return out
 
 
+def _count(n: int) -> str:
+    return "one" if n == 1 else str(n)
+
+
 def measure(kind: str, leases: int, switches: int, timeout: float, repeat: int,
-            dual: bool = False) -> dict[str, Any]:  # fmt: skip
+            dual: bool = False, vswitchds: int = 1) -> dict[str, Any]:  # fmt: skip
     """`repeat` cold starts (fresh etcd, controller and switches each); medians."""
-    reps = [measure_once(kind, leases, switches, timeout, dual) for _ in range(repeat)]
+    reps = [measure_once(kind, leases, switches, timeout, dual, vswitchds) for _ in range(repeat)]
     out = {k: reps[0][k] for k in ("switch", "kind", "leases", "switches", "flows_per_switch",
-                                   "flows_total", "dual_stack", "flows_per_lease")}  # fmt: skip
+                                   "flows_total", "dual_stack", "flows_per_lease",
+                                   "vswitchds") if k in reps[0]}  # fmt: skip
     for key in ("converged_s", "controller_cpu_s", "switch_cpu_s"):
         if key in reps[0]:
             out[key] = median([r[key] for r in reps])
@@ -164,23 +177,35 @@ DEFAULT_RUNS = ("real:1000x10", "real:1000x50", "real:1000x100", "real:1000x200"
               help="Seconds a cold start may take before the run fails.")
 @click.option("--dual-stack", "dual", is_flag=True,
               help="Dual-stack leases (EnableIPv6): 4 flows per remote lease, not 2.")
+@click.option("--vswitchds", type=click.IntRange(1, MAX_CHILDREN + 1), default=1,
+              show_default=True,
+              help="Real runs: deal the S bridges round-robin over this many ovs-vswitchd "
+                   "(each extra one in a child network namespace, reaching the controller "
+                   "over a veth pair in 198.18.0.0/24); at most S. Stand-in runs ignore it.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write the JSON (default bench/results).")
-def main(runs: tuple[str, ...], repeat: int, timeout: float, dual: bool,
+def main(runs: tuple[str, ...], repeat: int, timeout: float, dual: bool, vswitchds: int,
          results_dir: Path | None) -> None:  # fmt: skip
     """B3: cold start of S switches onto L leases; convergence, flow-mods/s, controller cost.
 
     Needs root; runs in a network namespace of its own. Writes b3_cold_start.json
     (--dual-stack: b3_cold_start_dualstack.json)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    results = [measure(kind, leases, switches, timeout, repeat, dual)
-               for kind, leases, switches in _configs(runs)]  # fmt: skip
+    configs = _configs(runs)
+    for kind, _, switches in configs:
+        if kind == "real" and vswitchds > switches:
+            raise click.BadParameter(f"{vswitchds} ovs-vswitchd for {switches} switches: at most "
+                                     "one per switch", param_hint="--vswitchds")  # fmt: skip
+    results = [measure(kind, leases, switches, timeout, repeat, dual, vswitchds)
+               for kind, leases, switches in configs]  # fmt: skip
     name = "b3_cold_start_dualstack" if dual else "b3_cold_start"
     path = report.save(name, MODULE, {"runs": results}, results_dir)
     for r in results:
         click.echo(f"{r['kind']:8s} L={r['leases']:5d} S={r['switches']:4d}  {r['converged_s']:.3f}s"
                    f"  {r['flow_mods_per_s']:,.0f} flow-mods/s  cpu {r['controller_cpu_s']:.2f}s"
-                   f"  rss peak {r['controller_rss_peak_kib'] / 1024:.0f} MiB"
+                   + (f"  switch cpu {r['switch_cpu_s']:.2f}s over {r['vswitchds']} ovs-vswitchd"
+                      if "switch_cpu_s" in r else "")
+                   + f"  rss peak {r['controller_rss_peak_kib'] / 1024:.0f} MiB"
                    f" ({r['controller_bytes_per_flow']:.0f} B per flow above ready)"
                    f"  (median of {len(r['reps'])})")  # fmt: skip
     click.echo(f"results: {path}")

@@ -41,10 +41,10 @@ class Env:
 
 @contextlib.contextmanager
 def environment(cluster: Cluster, keep_logs: Path | None = None, tls: bool = False,
-                audit_interval: float = 0) -> Iterator[Env]:  # fmt: skip
-    """etcd with `cluster` loaded, and a running controller reading it (with `tls`:
-    OpenFlow over TLS, certificates in the work dir; see `BridgeFarm.use_tls`; periodic
-    audits off unless `audit_interval` is given)."""
+                audit_interval: float = 0, listen: str = "127.0.0.1") -> Iterator[Env]:  # fmt: skip
+    """etcd with `cluster` loaded, and a running controller reading it, listening on
+    `listen` (with `tls`: OpenFlow over TLS, certificates in the work dir; see
+    `BridgeFarm.use_tls`; periodic audits off unless `audit_interval` is given)."""
     with tempfile.TemporaryDirectory(prefix="vxflow-bench-") as tmp:
         workdir = Path(tmp)
         etcd = EtcdServer(data_dir=workdir / "etcd").start()
@@ -55,7 +55,7 @@ def environment(cluster: Cluster, keep_logs: Path | None = None, tls: bool = Fal
             log.info("etcd: %d leases loaded in %.1fs", len(cluster.leases), time.monotonic() - t0)
             log_path = (keep_logs or workdir) / "controller.log"
             controller = ControllerProcess(etcd.endpoint, PREFIX, log_path,
-                                           audit_interval=audit_interval,
+                                           audit_interval=audit_interval, listen=listen,
                                            pki=make_pki(workdir / "pki") if tls else None)  # fmt: skip
             with controller:
                 yield Env(cluster, etcd, registry, etcd_lease, controller, workdir)

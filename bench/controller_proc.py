@@ -47,11 +47,12 @@ class ControllerProcess:
     audit_interval: float = 0  # periodic readbacks off: they would land inside measurements
     extra_args: tuple[str, ...] = ()
     pki: Path | None = None  # with a CA directory (make_pki): OpenFlow over TLS
+    listen: str = "127.0.0.1"  # netns.HUB when switches in child namespaces must reach it
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     @property
     def target(self) -> str:
-        return f"{'ssl' if self.pki else 'tcp'}:127.0.0.1:{self.port}"
+        return f"{'ssl' if self.pki else 'tcp'}:{self.listen}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -61,7 +62,7 @@ class ControllerProcess:
     def command(self) -> list[str]:
         cmd = [*VXFLOW, "--log-level", "info", "controller",
                "--etcd-endpoints", self.etcd, "--etcd-prefix", self.prefix,
-               "--listen", "127.0.0.1", "--port", str(self.port),
+               "--listen", self.listen, "--port", str(self.port),
                "--audit-interval", str(self.audit_interval), *self.extra_args]  # fmt: skip
         if self.pki is not None:
             cmd += ["--ctl-privkey", str(self.pki / "controller-key.pem"),

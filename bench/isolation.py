@@ -11,6 +11,7 @@ inside a fresh namespace and deletes the namespace afterwards.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -32,6 +33,14 @@ def isolate(module: str) -> int | None:
     try:
         subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", module, *sys.argv[1:]]
-        return subprocess.run(cmd, env={**os.environ, ENV_FLAG: ns}).returncode
+        # A Ctrl-C reaches the benchmark too (one process group), which then stops what it
+        # started; here it must not interrupt the wait: subprocess.run would SIGKILL the
+        # benchmark mid-cleanup. A no-op handler, not SIG_IGN: exec resets a handler to
+        # the default, so the benchmark still gets its KeyboardInterrupt.
+        previous = signal.signal(signal.SIGINT, lambda *_: None)
+        try:
+            return subprocess.run(cmd, env={**os.environ, ENV_FLAG: ns}).returncode
+        finally:
+            signal.signal(signal.SIGINT, previous)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)

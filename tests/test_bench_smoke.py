@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from bench import summary
+from tests.ofharness import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,6 +91,78 @@ def test_b3_cold_start_tiny(tmp_path: Path) -> None:
     for rep in stand_in["reps"]:
         assert rep["standin_unsupported"] == {}
         assert rep["flow_mods_received"] >= stand_in["flows_total"]
+
+
+CHILD_NETNS = re.compile(r"vxb[0-9a-f]{4}n\d+")  # bench/bridges.py: f"{tag}n{i}"
+
+
+def child_namespaces() -> set[str]:
+    return {p.name for p in Path("/run/netns").glob("vxb*") if CHILD_NETNS.fullmatch(p.name)}
+
+
+def second_instances() -> set[Path]:
+    """Work dirs of farms' second ovs-vswitchd (OvsInstance f"{tag}v1"), gone when stopped."""
+    return set(Path("/tmp").glob("vxflow-ovs-vxb*v1-*"))
+
+
+def serving(known: set[Path]) -> list[int]:
+    """PIDs of the live ovs-vswitchd of second instances not in `known`."""
+    pids = []
+    for d in second_instances() - known:
+        try:
+            pid = int((d / "ovs-vswitchd.pid").read_text())
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "ovs-vswitchd":
+                pids.append(pid)
+        except (OSError, ValueError):  # not started yet, or gone
+            continue
+    return pids
+
+
+@pytest.mark.integration
+def test_b3_cold_start_over_two_vswitchds_tiny(tmp_path: Path) -> None:
+    """--vswitchds 2: the bridges dealt over two ovs-vswitchd (the second in a child
+    namespace, reaching the controller over a veth pair), every table full, each
+    instance's CPU recorded and summed; no namespace or daemon left behind, also after a
+    Ctrl-C."""
+    before = child_namespaces()
+    r = run_bench(tmp_path, "bench.b3_cold_start", "--run", "real:20x4", "--vswitchds", "2",
+                  "--repeat", "1")  # fmt: skip
+    (run,) = r["runs"]
+    assert run["vswitchds"] == 2 and "2 ovs-vswitchd" in run["switch"]
+    assert positive(run["converged_s"]) and run["flows_total"] == 4 * run["flows_per_switch"]
+    (rep,) = run["reps"]
+    assert len(rep["switch_cpu_s_each"]) == 2 and min(rep["switch_cpu_s_each"]) >= 0
+    assert rep["switch_cpu_s"] == pytest.approx(sum(rep["switch_cpu_s_each"]))
+    each = " + ".join(f"{c:.2f}" for c in rep["switch_cpu_s_each"])
+    table = "\n".join(summary.b3(r))
+    assert f"{rep['switch_cpu_s']:.2f} s ({each})" in table, table
+    assert child_namespaces() <= before
+    # a run interrupted (Ctrl-C: SIGINT to its process group) once the second instance
+    # serves leaves nothing either
+    instances = second_instances()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.b3_cold_start", "--run", "real:2000x8", "--vswitchds", "2",
+         "--repeat", "2", "--results-dir", str(tmp_path / "interrupted")],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for("the second ovs-vswitchd", lambda: bool(serving(instances)), timeout=120)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and "Aborted!" in err, err[-2000:]  # click: Ctrl-C
+    assert child_namespaces() <= before and serving(instances) == []
+    for d in second_instances() - instances:  # kept, with its logs, if interrupted starting
+        shutil.rmtree(d)
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.b3_cold_start", "--run", "real:20x2", "--vswitchds", "3",
+         "--results-dir", str(tmp_path / "refused")],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2 and "at most one per switch" in res.stderr, res.stderr
+    assert not (tmp_path / "refused").exists()
 
 
 @pytest.mark.integration
