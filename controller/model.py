@@ -388,9 +388,7 @@ class ClusterModel:
                         self._selecting[subnet].append(self.policies[key])
             selecting = self._selecting.get(own.subnet, [])
         if not selecting:
-            gone = set(stage.flows)
-            stage.__init__()  # type: ignore[misc]
-            return gone
+            return stage.clear()
         if self._pod_list is None:
             self._pod_list = [v[0] for pods in self._pods.values() for v in pods.values()]
         local = [v[0] for v in self._pods.get(own.subnet, {}).values()]

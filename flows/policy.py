@@ -396,6 +396,13 @@ class NodeStage:
                 {(g.direction, p.ip): g.key for g in self._groups.values() for p in g.pods})  # fmt: skip
         return self._table
 
+    def clear(self) -> set[FlowKey]:
+        """Forget everything (no policy isolates a pod of the node any more); returns the
+        keys of the flows that went."""
+        gone = set(self.flows)
+        self.__init__()  # type: ignore[misc]
+        return gone
+
     def update(self, policies: Sequence[NetworkPolicy], namespaces: Iterable[Namespace],
                pods: Sequence[Pod], local: Sequence[Pod], subnet: IPv4Network,
                subnet6: IPv6Network | None = None, peers: dict[RuleRef, Peers] | None = None,
