@@ -1,6 +1,13 @@
 # Entry points. `make demo` and `make test` each run the setup first.
 VENV := .venv/bin
 
+# Python caches compiled modules (and pytest its assertion-rewritten tests) only where
+# PYTHONDONTWRITEBYTECODE is unset; a machine that sets it (ours
+# does) would have every Python the suite starts compile our packages anew (~0.17 CPU-s
+# each, ~900 of them) and every pytest process rewrite the tests anew (~3 CPU-s). The
+# caches go next to the sources (__pycache__/, ignored by git).
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: setup demo test lint unit integration repeat bench
 setup:
 	bash scripts/setup.sh
@@ -35,9 +42,11 @@ integration: setup
 # every repetition drawing anew: the non-e2e ones as pytest-repeat's copies; the e2e ones
 # draw once per module's cluster, so each repetition of theirs is a pytest run of its own
 # (a cluster and a draw of its own), WORKERS at a time (each run in namespaces of its own).
+# One repetition (the suite's own check of this target) starts no workers: each would
+# collect the whole suite for a handful of tests.
 REPEAT ?= 200
 repeat: setup
-	$(VENV)/python -m pytest $(PARALLEL) -m "random_leases and not e2e" --count $(REPEAT) -x -q
+	$(VENV)/python -m pytest $(if $(filter 1,$(REPEAT)),,$(PARALLEL)) -m "random_leases and not e2e" --count $(REPEAT) -x -q
 	seq $(REPEAT) | xargs -P $(WORKERS) -I{} $(VENV)/python -m pytest -q -p no:cacheprovider -m "random_leases and e2e"
 
 bench: setup
