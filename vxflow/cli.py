@@ -13,6 +13,12 @@ import click
 
 from vxflow import logs
 
+# eventlet imports pyOpenSSL, when it is installed, only to recognise its exceptions
+# (eventlet/greenio/base.py). Debian's python3-openssl, seen through the system
+# site-packages that Mininet's module needs, then adds ~0.07 s (with the cryptography it
+# loads) to the start of every command. Nothing in vxflow uses pyOpenSSL (TLS is the
+# standard library's ssl), so that optional import is declined.
+sys.modules.setdefault("OpenSSL", None)
 # os-ken's eventlet hub is a deliberate choice (see docs/architecture.md); eventlet's
 # import-time deprecation banner would otherwise greet every command.
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
