@@ -147,11 +147,10 @@ def measure(switches: int, pods: int, policies: int, repeat: int, gap: float) ->
             start = {name: obs.event_count(name) for name in must}
             t0 = time.monotonic()
             env.registry.put_endpoint(relabelled, lease)
-            relabels.append(max(_policy_update(obs, name, start[name]) for name in must) - t0)
+            relabels.append(max(_policy_updates(obs, start).values()) - t0)
             start = {name: obs.event_count(name) for name in must}
             env.registry.put_endpoint(e, lease)
-            for name in must:  # back as before, everywhere, before the next
-                _policy_update(obs, name, start[name])
+            _policy_updates(obs, start)  # back as before, everywhere, before the next
             time.sleep(gap)
         pids = {"controller": env.controller.pid, "switches": farm.switch_pids()[0],
                 "etcd": env.etcd.pid, "bench": os.getpid()}  # fmt: skip
@@ -162,9 +161,8 @@ def measure(switches: int, pods: int, policies: int, repeat: int, gap: float) ->
             start = {name: obs.event_count(name) for name in want}
             t0 = time.monotonic()
             env.registry.put_policies([new])
-            landed = [obs.wait_event(name, start[name], lambda _e, k, c=cookie: k == c, 30)[1]
-                      for name in want]  # fmt: skip
-            latencies.append(max(landed) - t0)
+            landed = obs.wait_events(start, lambda _e, k, c=cookie: k == c, 30)
+            latencies.append(max(landed.values()) - t0)
             time.sleep(gap)
         out["cpu_ms_per_policy"] = {name: (cpu_seconds(pid) - cpu0[name]) * 1e3 / max(1, repeat)
                                     for name, pid in pids.items()}  # fmt: skip
@@ -181,11 +179,12 @@ def stages(snap, leases: list[Lease], endpoints: list[Endpoint]) -> dict[IPv4Net
                                        lease.subnet, peers=peers) for lease in leases}  # fmt: skip
 
 
-def _policy_update(obs: FlowObserver, name: str, start: int) -> float:
-    """When bridge `name` first reported a policy flow's update from event `start` on."""
+def _policy_updates(obs: FlowObserver, starts: dict[str, int]) -> dict[str, float]:
+    """When each bridge `name` of `starts` first reported a policy flow's update from its
+    event `starts[name]` on."""
     policy = {Owner.POLICY, Owner.POLICY_DROP}
-    return obs.wait_event(name, start, lambda _e, k: (o := owner_of(k)) is not None and o[0] in policy,
-                          30)[1]  # fmt: skip
+    return obs.wait_events(starts, lambda _e, k: (o := owner_of(k)) is not None and o[0] in policy,
+                           30)  # fmt: skip
 
 
 def _rule_cookie(snap, lease: Lease, policy) -> int:
