@@ -84,6 +84,7 @@ IDLE_GC_QUIET = 0.01
 IDLE_GC_POLL = 0.01
 IDLE_GC_YOUNG = 10_000
 IDLE_GC_MIDDLE = 2  # young collections before the middle generation's
+IDLE_GC_FULL_SHARE = 0.01  # at most this share of the time in full collections
 
 
 def bounded_spawn(limit: int) -> Callable[[Callable[[], None]], object]:
@@ -105,12 +106,14 @@ MAX_OPEN_FILES = 1 << 20  # the soft limit asked for where the hard one is unlim
 
 
 def idle_collection(counts: tuple[int, int, int], thresholds: tuple[int, int, int],
-                    young: int = IDLE_GC_YOUNG, middle: int = IDLE_GC_MIDDLE) -> int | None:  # fmt: skip
+                    full: bool = True, young: int = IDLE_GC_YOUNG,
+                    middle: int = IDLE_GC_MIDDLE) -> int | None:  # fmt: skip
     """The generation to collect while idle, from `gc.get_count()` and `gc.get_threshold()`:
-    the oldest once its threshold is reached; the middle one once `middle` young
-    collections are behind it (fewer than its threshold: each scans less, and fits between
-    two changes); the young one from `young` new objects on; else none."""
-    if counts[2] >= thresholds[2]:
+    the oldest once its threshold is reached, if a `full` collection may run now; the
+    middle one once `middle` young collections are behind it (fewer than its threshold:
+    each scans less, and fits between two changes); the young one from `young` new objects
+    on; else none."""
+    if full and counts[2] >= thresholds[2]:
         return 2
     if counts[1] >= middle:
         return 1
@@ -124,12 +127,16 @@ class IdleCollector:
     whenever enough objects are new, often in the middle of a change to every switch,
     which it then holds up for as long as it scans (tens of ms for a policy change's
     survivors: B10's p99). `run` (a green thread) collects once nothing is `busy` and
-    nothing was done (`done`) for IDLE_GC_QUIET seconds. Past its thresholds with no idle
-    moment (a long sync), the collector still runs on its own, as before."""
+    nothing was done (`done`) for IDLE_GC_QUIET seconds. A full collection scans the whole
+    heap (seconds for a large cluster's tables), so at most IDLE_GC_FULL_SHARE of the time
+    goes to them: the next may run once IDLE_GC_FULL_SHARE of the time since the last is
+    longer than it took. Past its thresholds with no idle moment (a long sync), the
+    collector still runs on its own, as before."""
 
     def __init__(self) -> None:
         self.busy = False  # a registry change is being applied
         self.active = time.monotonic()  # when the controller last did anything
+        self._full_at, self._full_took = self.active, 0.0  # the last full collection's
 
     def done(self) -> None:
         self.active = time.monotonic()
@@ -139,9 +146,13 @@ class IdleCollector:
             hub.sleep(IDLE_GC_POLL)
             if self.busy or time.monotonic() - self.active < IDLE_GC_QUIET:
                 continue
-            generation = idle_collection(gc.get_count(), gc.get_threshold())
+            now = time.monotonic()
+            full = (now - self._full_at) * IDLE_GC_FULL_SHARE >= self._full_took
+            generation = idle_collection(gc.get_count(), gc.get_threshold(), full)
             if generation is not None:
                 gc.collect(generation)
+            if generation == 2:
+                self._full_at, self._full_took = now, time.monotonic() - now
 
 
 def raise_open_files_limit() -> tuple[int, int]:

@@ -746,8 +746,9 @@ def test_large_bundles_stream_a_few_at_a_time_in_order():
 
 
 def test_idle_collection_picks_the_generation_due():
-    """Pure: the oldest at its threshold, the middle one after IDLE_GC_MIDDLE young
-    collections, the young one from IDLE_GC_YOUNG new objects, else nothing."""
+    """Pure: the oldest at its threshold (unless a full collection may not run yet), the
+    middle one after IDLE_GC_MIDDLE young collections, the young one from IDLE_GC_YOUNG new
+    objects, else nothing."""
     from controller.app import IDLE_GC_MIDDLE, IDLE_GC_YOUNG, idle_collection
 
     th = (50_000, 20, 100)
@@ -756,6 +757,7 @@ def test_idle_collection_picks_the_generation_due():
     assert idle_collection((0, IDLE_GC_MIDDLE, 0), th) == 1
     assert idle_collection((IDLE_GC_YOUNG, IDLE_GC_MIDDLE - 1, 99), th) == 0
     assert idle_collection((0, 0, 100), th) == 2
+    assert idle_collection((0, IDLE_GC_MIDDLE, 100), th, full=False) == 1  # a full one ran lately
 
 
 def test_the_idle_collector_collects_between_changes_only():
