@@ -78,10 +78,12 @@ def _yield() -> None:
 # large bundles (more than switch.CHUNK flow-mods) encoded and sent at once; the others wait
 STREAMS = 4
 # The collector runs while the controller is idle: no registry change being applied and no
-# switch's message handled for IDLE_GC_QUIET seconds (looked at every IDLE_GC_POLL), once
-# IDLE_GC_YOUNG objects are new since the last collection (`idle_collection`).
+# switch's message handled for IDLE_GC_QUIET seconds (looked at every IDLE_GC_POLL while a
+# collection is due, else every IDLE_GC_DOZE), once IDLE_GC_YOUNG objects are new since the
+# last collection (`idle_collection`).
 IDLE_GC_QUIET = 0.01
 IDLE_GC_POLL = 0.01
+IDLE_GC_DOZE = 0.1
 IDLE_GC_YOUNG = 10_000
 IDLE_GC_MIDDLE = 2  # young collections before the middle generation's
 IDLE_GC_FULL_SHARE = 0.01  # at most this share of the time in full collections
@@ -142,16 +144,18 @@ class IdleCollector:
         self.active = time.monotonic()
 
     def run(self) -> None:
+        due: int | None = None
         while True:
-            hub.sleep(IDLE_GC_POLL)
-            if self.busy or time.monotonic() - self.active < IDLE_GC_QUIET:
-                continue
+            # (looked at often only while a collection is due: an idle controller wakes
+            # IDLE_GC_DOZE apart)
+            hub.sleep(IDLE_GC_POLL if due is not None else IDLE_GC_DOZE)
             now = time.monotonic()
             full = (now - self._full_at) * IDLE_GC_FULL_SHARE >= self._full_took
-            generation = idle_collection(gc.get_count(), gc.get_threshold(), full)
-            if generation is not None:
-                gc.collect(generation)
-            if generation == 2:
+            due = idle_collection(gc.get_count(), gc.get_threshold(), full)
+            if due is None or self.busy or now - self.active < IDLE_GC_QUIET:
+                continue
+            gc.collect(due)
+            if due == 2:
                 self._full_at, self._full_took = now, time.monotonic() - now
 
 
