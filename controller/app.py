@@ -40,7 +40,7 @@ from os_ken.ofproto import ofproto_v1_4
 from controller import groups, guard, identity, metrics, monitor, ofwire, reader, status
 from controller.droplog import DropLog
 from controller.loglimit import LogLimit
-from controller.model import ClusterModel, Impact, Scope
+from controller.model import ClusterModel, Impact
 from controller.options import CONF, etcd_access
 from controller.replica import Coordinator, Membership, default_member_id
 from controller.role import SwitchRole
@@ -507,24 +507,17 @@ class VxflowController(app_manager.OSKenApp):
         self.membership.begin()
         metrics.REJECTED.set(len(self.model.rejected))
         # every switch notes what changed before any sends: sending yields, and a readback
-        # compared meanwhile must know the change is pending (not drift). A stale policy
-        # stage is compiled at its switch's turn (its sync's `catch_up`, also before a
-        # readback's comparison), and the hub runs between two switches: the switches
-        # take their changes while the next ones are compiled
+        # compared meanwhile must know the change is pending (not drift)
         asked = []
 
         def note(sync: SwitchSync) -> None:
             own = self.model.own_lease(sync.node)
-            scope = impact.scope_for(sync.node, own.subnet if own else None, catch_up=False)
-            if (scope or sync.node in impact.policy_stale) and sync.note(scope, impact.flushes):
+            scope = impact.scope_for(sync.node, own.subnet if own else None)
+            if scope and sync.note(scope, impact.flushes):
                 asked.append(sync)
 
-        def send(sync: SwitchSync) -> None:
-            sync.kick()
-            _yield()
-
         _each(list(self.switches.values()), note, "noting a registry change")
-        _each(asked, send, "sending a registry change")
+        _each(asked, SwitchSync.kick, "sending a registry change")
 
     def _note_liveness(self) -> None:
         """One log line and one count per node going DOWN or coming UP."""
@@ -670,7 +663,6 @@ class VxflowController(app_manager.OSKenApp):
             node=node,
             channel=channel,
             desired=lambda scope: self.model.desired(node, scope),
-            catch_up=lambda: Scope(keys=frozenset(self.model.take_policy_keys(node))),
             later=lambda delay, fn: hub.spawn_after(delay, fn),
             spawn=self._stream,
             on_synced=self._synced,

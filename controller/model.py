@@ -26,9 +26,7 @@ it selects (before or after); a pod's or a namespace's, those of the pods a poli
 selects whose selection or peers it can alter. An update compiles again only the rules
 whose inputs changed, and the flows that changed go in the switch's scope by key
 (`Impact.policy_keys`), so its diff compares those alone; a stage compiled anew (the
-first policy, a lease event) is compared whole, by owner. A kept stage is updated only
-when its switch's turn comes (`Impact.catch_up`, or whenever it is asked for): an event
-touching every node's stage reaches the first switches while the others' are compiled.
+first policy, a lease event) is compared whole, by owner.
 """
 
 from __future__ import annotations
@@ -168,23 +166,13 @@ class Impact:
     policy_nodes: set[IPv4Address] = field(default_factory=set)  # whose policy stage changed
     # whose kept policy stage changed in these flows only (by key)
     policy_keys: dict[IPv4Address, set[FlowKey]] = field(default_factory=dict)
-    # whose kept policy stage is brought up to date only when its switch's turn comes
-    # (`catch_up`): an event touching every stage is sent to the first switch while the
-    # others' are still to compile, so their switches work meanwhile
-    policy_stale: set[IPv4Address] = field(default_factory=set)
-    _take: Callable[[IPv4Address], set[FlowKey]] | None = field(default=None, repr=False,
-                                                                  compare=False)  # fmt: skip
     # one switch's own: the direct routes (flows/direct.py) its node's Direct list changed
     node_cookies: dict[IPv4Address, set[int]] = field(default_factory=dict)
     _cookies: frozenset[int] | None = field(default=None, repr=False, compare=False)
 
-    def scope_for(self, node: IPv4Address, own_subnet: IPv4Network | None,
-                  catch_up: bool = True) -> Scope:  # fmt: skip
+    def scope_for(self, node: IPv4Address, own_subnet: IPv4Network | None) -> Scope:
         """(Called once per switch, after the Impact is complete: the cookies of
-        `lease_subnets` are computed on the first call and shared.) Without `catch_up`, a
-        stale stage's keys are left out (see `catch_up`)."""
-        if catch_up:
-            self.catch_up(node)
+        `lease_subnets` are computed on the first call and shared.)"""
         if self.all_nodes or node in self.full_nodes:
             return FULL
         if self._cookies is None:
@@ -198,18 +186,6 @@ class Impact:
         keys = self.policy_keys.get(node)
         return Scope(False, self._cookies | own if own else self._cookies, owners,
                      frozenset(keys) if keys else frozenset())  # fmt: skip
-
-
-    def catch_up(self, node: IPv4Address) -> Scope:
-        """Bring `node`'s stale policy stage up to date (if it is); the flows that changed."""
-        if node not in self.policy_stale:
-            return NOTHING
-        self.policy_stale.discard(node)
-        keys = self._take(node)
-        if not keys:
-            return NOTHING
-        self.policy_keys.setdefault(node, set()).update(keys)
-        return Scope(keys=frozenset(keys))
 
 
 class ClusterModel:
@@ -389,25 +365,13 @@ class ClusterModel:
         return self._stage(node).table()
 
     def _stage(self, node: IPv4Address) -> NodeStage:
-        """`node`'s policy stage, kept and brought up to date when asked for after a batch
-        that can change it (`_policy_delta`); compiled when first asked for."""
+        """`node`'s policy stage, kept and brought up to date by each event that can change
+        it (`_policy_delta`); compiled when first asked for."""
         stage = self._stages.get(node)
         if stage is None:
             stage = self._stages[node] = NodeStage()
-            self._stale.discard(node)
             self._restage(node, stage)
-        elif node in self._stale:  # (its keys are taken by `take_policy_keys`)
-            self._stale.discard(node)
-            if keys := self._restage(node, stage):
-                self._unsent.setdefault(node, set()).update(keys)
         return stage
-
-    def take_policy_keys(self, node: IPv4Address) -> set[FlowKey]:
-        """The keys of `node`'s policy flows that changed since they were last taken,
-        bringing its stage up to date if a batch left it stale (`Impact.policy_stale`)."""
-        if node in self._stale and node in self._stages:  # (one dropped is compared whole)
-            self._stage(node)
-        return self._unsent.pop(node, set())
 
     def _restage(self, node: IPv4Address, stage: NodeStage) -> set[FlowKey]:
         """Bring `node`'s stage up to date, from the policies that select a pod of it only,
@@ -443,11 +407,6 @@ class ClusterModel:
         self._selected: dict[str, dict[IPv4Network, set[IPv4Address]]] = {}  # by policy
         self._selecting: dict[IPv4Network, list[NetworkPolicy]] | None = None  # the same, by node
         self._peers: dict[RuleRef, Peers] = {}  # each rule's, shared by every switch
-        # the nodes whose kept stage a batch changed the inputs of, not compiled again yet,
-        # and the keys of the flows that changed in stages compiled again since last taken
-        # (`take_policy_keys`)
-        self._stale: set[IPv4Address] = set()
-        self._unsent: dict[IPv4Address, set[FlowKey]] = {}
 
     def _policy_index(self) -> None:
         """Build the pods and what each policy selects, if not kept."""
@@ -501,11 +460,9 @@ class ClusterModel:
             if stage is None:  # compiled whole when asked for, and compared whole
                 self._stages.pop(node, None)
                 impact.policy_nodes.add(node)
-            else:  # compiled again when its switch's turn comes (or when asked for)
-                self._stale.add(node)
-                impact.policy_stale.add(node)
-        if not self.policies:  # what stale stages held is compared whole, by owner
-            impact.policy_nodes |= self._stale | self._unsent.keys()
+            elif keys := self._restage(node, stage):
+                impact.policy_keys.setdefault(node, set()).update(keys)
+        if not self.policies:
             self._reset_policy()
 
     def _dirty_subnets(self, policies: Mapping[str, NetworkPolicy | None],
@@ -819,7 +776,7 @@ class ClusterModel:
 
     def apply(self, events: Iterable[Event]) -> Impact:
         """Fold a batch of registry events in; returns what they changed."""
-        impact = Impact(_take=self.take_policy_keys)
+        impact = Impact()
         judge: set[IPv4Network] = set()  # the nodes whose liveness may have changed
         verdicts: set[str] = set()  # the services a health-check verdict came or went of
         # what policy stages are made of, as it was before the batch: the policies and

@@ -161,10 +161,6 @@ class SwitchSync:
     spawn: Callable[[Callable[[], None]], object] = lambda fn: fn()
     on_synced: Callable[[SwitchSync], None] = lambda sync: None
     pause: Callable[[], None] = lambda: None  # called every CHUNK flows sent or recorded
-    # what changed that no request named yet (a policy stage left stale by a registry
-    # change until this switch's turn: `controller.model.Impact.policy_stale`), taken in
-    # before each comparison
-    catch_up: Callable[[], Scope] = lambda: NOTHING
     # Writes (and the readback they start from) happen only while the switch has
     # confirmed this replica as its master, and only while the replica's membership
     # is in good standing (`may_write`: checked before every change it sends).
@@ -405,7 +401,7 @@ class SwitchSync:
         self.state = State.IDLE
         # what a readback for an audit (or after a paused monitor) finds wrong is drift,
         # but for the changes asked for meanwhile (still pending): those were never sent
-        excused, self._pending = self._pending | self.catch_up(), FULL
+        excused, self._pending = self._pending, FULL
         found = self._readback_reason if self._readback_reason in ("audit", "monitor") else None
         self._kick(found_by=found, excused=excused)
 
@@ -537,7 +533,6 @@ class SwitchSync:
         if self._need_readback:
             self._start_readback()
             return
-        self._pending |= self.catch_up()
         if not self._pending:
             return
         started = time.perf_counter()
