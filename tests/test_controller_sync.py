@@ -788,3 +788,22 @@ def test_the_idle_collector_collects_between_changes_only():
     finally:
         gc.set_threshold(*before)
         hub.kill(thread)
+
+
+def test_a_bundle_from_a_whole_comparison_is_logged_at_info_a_registry_changes_at_debug(caplog):
+    """A registry change lands on every switch at once: one INFO line per switch would
+    flood the log of a large cluster, so its landing is DEBUG; a resync (whole table
+    compared, as after a readback) stays INFO."""
+    model = model_with(lease(1))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.start()
+    with caplog.at_level("DEBUG", logger="controller.switch"):
+        read_back(sync, channel, [])
+        finish(sync, channel, channel.take())
+        impact = model.apply([LeaseAdded(lease(n), 5) for n in range(2, 6)])  # 8 flows
+        sync.request(impact.scope_for(sync.node, lease(1).subnet))
+        finish(sync, channel, channel.take())
+    landed = [(r.levelname, r.getMessage().split(": ")[1].split(" landed")[0])
+              for r in caplog.records if " landed (" in r.getMessage()]  # fmt: skip
+    assert landed == [("INFO", "bundle 1"), ("DEBUG", "bundle 2")]
+    assert sync.in_sync
