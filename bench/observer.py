@@ -65,6 +65,9 @@ class FlowObserver:
         self._changed = threading.Condition()
         # what `_wait` waits for: (attribute, target per bridge, the bridges short of it)
         self._goal: tuple[str, Mapping[str, int], set[str]] | None = None
+        # what `wait_events` waits for: (where each bridge not there yet is looked at from,
+        # what looks at a bridge's updates from there)
+        self._match_goal: tuple[dict[str, int], Callable[[_Bridge], None]] | None = None
         self._xid = 0x1000
 
     # -- lifecycle ------------------------------------------------------------
@@ -127,6 +130,41 @@ class FlowObserver:
                     raise TimeoutError(f"{name}: no matching flow update within {timeout}s")
                 self._changed.wait(left)
 
+    def wait_events(
+        self, starts: Mapping[str, int], match: Callable[[int, int], bool], timeout: float
+    ) -> dict[str, float]:
+        """`wait_event` on several bridges at once: for each bridge `name` of `starts`, the
+        arrival time of its first update from index `starts[name]` on for which
+        `match(event, cookie)` holds. The loop matches the updates as they come and wakes
+        this thread once, when the last bridge got there (see `_wait`)."""
+        deadline = time.monotonic() + timeout
+        found: dict[str, float] = {}
+        pending = dict(starts)
+
+        def look(b: _Bridge) -> None:  # (under `_changed`)
+            events = b.events
+            for i in range(pending[b.name], len(events)):
+                if match(events[i][1], events[i][2]):
+                    found[b.name] = events[i][0]
+                    del pending[b.name]
+                    return
+            pending[b.name] = len(events)
+
+        with self._changed:
+            for name in list(pending):
+                look(self._bridges[name])
+            self._match_goal = pending, look
+            try:
+                while pending:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"{len(pending)} bridges saw no matching flow update "
+                                           f"within {timeout}s, e.g. {sorted(pending)[:5]}")  # fmt: skip
+                    self._changed.wait(left)
+            finally:
+                self._match_goal = None
+        return found
+
     def paused(self) -> int:
         """How often ovs-vswitchd paused a monitor (updates were then summarised)."""
         return sum(b.paused for b in self._bridges.values())
@@ -178,8 +216,15 @@ class FlowObserver:
             return {n: seen[n][want - 1][0] for n, want in targets.items()}
 
     def _notify(self, b: _Bridge) -> None:
-        """(Under `_changed`, after `b` got more.) Wake the waiting thread: `_wait`'s once
-        every bridge it waits for got there, any other at every change."""
+        """(Under `_changed`, after `b` got more.) Wake the waiting thread: `_wait`'s and
+        `wait_events`' once every bridge they wait for got there, any other at every change."""
+        if self._match_goal is not None:
+            pending, look = self._match_goal
+            if b.name in pending:
+                look(b)
+                if not pending:
+                    self._changed.notify_all()
+            return
         if self._goal is None:
             self._changed.notify_all()
             return

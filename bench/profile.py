@@ -9,7 +9,8 @@ no socket). `coldstart` is B3's path: S empty switches (`--switches`) on L
 leases (`--leases`), each through its readback, bundle and both barriers, with
 the memory the installed tables took. `event` is B2's path: one LeaseAdded
 folded into the model and fanned out to S synced switches, through both
-barriers of each switch's change, with the garbage collector's pauses. `policy`
+barriers of each switch's change, with the garbage collector's pauses (in the events, and
+between them, where the controller collects while idle: controller/app.py). `policy`
 is B10's: one new policy (as bench.b10_policy writes them) the same way, with
 `--pods` pods and `--policies` policies in place. The text report goes to
 bench/results/profile_<what>[_<tag>].txt.
@@ -33,6 +34,7 @@ from bench.b1_flow_rate import compile_table, encode_time
 from bench.leasegen import cluster
 from bench.ofwire import BARRIER_REQUEST
 from bench.report import RESULTS_DIR, source_state
+from controller.app import idle_collection
 from controller.model import ClusterModel
 from controller.switch import SwitchSync
 from leases.events import LeaseAdded, PolicyAdded
@@ -128,17 +130,21 @@ def cold_start(switches: int, leases: int, profiler: Profiler | None = None,
 
 
 class _GcPauses:
-    """The collector's pauses (gc.callbacks), by generation, while in the `with` block."""
+    """The collector's pauses (gc.callbacks), by generation, while in the `with` block: those
+    inside the events, and those `idle` between them."""
 
     def __init__(self) -> None:
-        self.pauses: list[tuple[int, float]] = []
+        self.pauses: list[tuple[int, float]] = []  # inside the events
+        self.idle_pauses: list[tuple[int, float]] = []
+        self.idle = False  # collecting between events, as the controller does while idle
         self._start = 0.0
 
     def _callback(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._start = time.perf_counter()
         else:
-            self.pauses.append((info["generation"], time.perf_counter() - self._start))
+            pause = (info["generation"], time.perf_counter() - self._start)
+            (self.idle_pauses if self.idle else self.pauses).append(pause)
 
     def __enter__(self) -> _GcPauses:
         gc.callbacks.append(self._callback)
@@ -149,9 +155,11 @@ class _GcPauses:
 
     def text(self) -> str:
         full = [t for g, t in self.pauses if g == 2]
-        return (f"{len(self.pauses)} collections, {len(full)} full; longest "
+        return (f"{len(self.pauses)} collections in the events, {len(full)} full; longest "
                 f"{max((t for _, t in self.pauses), default=0) * 1e3:.1f} ms, longest full "
-                f"{max(full, default=0) * 1e3:.1f} ms")  # fmt: skip
+                f"{max(full, default=0) * 1e3:.1f} ms; {len(self.idle_pauses)} between them "
+                f"(idle), longest {max((t for _, t in self.idle_pauses), default=0) * 1e3:.1f} "
+                f"ms")  # fmt: skip
 
 
 def event_path(switches: int, leases: int, events: int,
@@ -193,7 +201,8 @@ def policy_path(switches: int, pods: int, policies: int, events: int,
 def _fan_out(model: ClusterModel, syncs: list[tuple[SwitchSync, _Sink]], events: list,
              profiler: Profiler | None, pauses: _GcPauses | None) -> list[float]:  # fmt: skip
     """Each event, one by one, folded into `model` and fanned out to the synced switches
-    through both barriers of each switch's change: seconds per event."""
+    through both barriers of each switch's change: seconds per event. Between two events
+    the collector runs as the controller's does while idle (`idle_collection`)."""
     took = []
     with profiler or contextlib.nullcontext(), pauses or contextlib.nullcontext():
         for event in events:
@@ -206,6 +215,12 @@ def _fan_out(model: ClusterModel, syncs: list[tuple[SwitchSync, _Sink]], events:
                 sync.on_barrier(sink.barrier_xid)
                 sync.on_barrier(sink.barrier_xid)
             took.append(time.perf_counter() - t0)
+            if (generation := idle_collection(gc.get_count(), gc.get_threshold())) is not None:
+                if pauses is not None:
+                    pauses.idle = True
+                gc.collect(generation)
+                if pauses is not None:
+                    pauses.idle = False
     return took
 
 

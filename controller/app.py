@@ -77,6 +77,16 @@ def _yield() -> None:
 
 # large bundles (more than switch.CHUNK flow-mods) encoded and sent at once; the others wait
 STREAMS = 4
+# The collector runs while the controller is idle: no registry change being applied and no
+# switch's message handled for IDLE_GC_QUIET seconds (looked at every IDLE_GC_POLL while a
+# collection is due, else every IDLE_GC_DOZE), once IDLE_GC_YOUNG objects are new since the
+# last collection (`idle_collection`).
+IDLE_GC_QUIET = 0.01
+IDLE_GC_POLL = 0.01
+IDLE_GC_DOZE = 0.1
+IDLE_GC_YOUNG = 10_000
+IDLE_GC_MIDDLE = 2  # young collections before the middle generation's
+IDLE_GC_FULL_SHARE = 0.01  # at most this share of the time in full collections
 
 
 def bounded_spawn(limit: int) -> Callable[[Callable[[], None]], object]:
@@ -95,6 +105,58 @@ def bounded_spawn(limit: int) -> Callable[[Callable[[], None]], object]:
 
 
 MAX_OPEN_FILES = 1 << 20  # the soft limit asked for where the hard one is unlimited
+
+
+def idle_collection(counts: tuple[int, int, int], thresholds: tuple[int, int, int],
+                    full: bool = True, young: int = IDLE_GC_YOUNG,
+                    middle: int = IDLE_GC_MIDDLE) -> int | None:  # fmt: skip
+    """The generation to collect while idle, from `gc.get_count()` and `gc.get_threshold()`:
+    the oldest once its threshold is reached, if a `full` collection may run now; the
+    middle one once `middle` young collections are behind it (fewer than its threshold:
+    each scans less, and fits between two changes); the young one from `young` new objects
+    on; else none."""
+    if full and counts[2] >= thresholds[2]:
+        return 2
+    if counts[1] >= middle:
+        return 1
+    if counts[0] >= young:
+        return 0
+    return None
+
+
+class IdleCollector:
+    """Garbage collected between changes rather than in them: the collector otherwise runs
+    whenever enough objects are new, often in the middle of a change to every switch,
+    which it then holds up for as long as it scans (tens of ms for a policy change's
+    survivors: B10's p99). `run` (a green thread) collects once nothing is `busy` and
+    nothing was done (`done`) for IDLE_GC_QUIET seconds. A full collection scans the whole
+    heap (seconds for a large cluster's tables), so at most IDLE_GC_FULL_SHARE of the time
+    goes to them: the next may run once IDLE_GC_FULL_SHARE of the time since the last is
+    longer than it took. Past its thresholds with no idle moment (a long sync), the
+    collector still runs on its own, as before."""
+
+    def __init__(self) -> None:
+        self.busy = False  # a registry change is being applied
+        self.active = time.monotonic()  # when the controller last did anything
+        self._full_at, self._full_took = self.active, 0.0  # the last full collection's
+
+    def done(self) -> None:
+        self.active = time.monotonic()
+
+    def run(self) -> None:
+        due: int | None = None
+        while True:
+            # (looked at often only while a collection is due: an idle controller wakes
+            # IDLE_GC_DOZE apart)
+            hub.sleep(IDLE_GC_POLL if due is not None else IDLE_GC_DOZE)
+            now = time.monotonic()
+            full = (now - self._full_at) * IDLE_GC_FULL_SHARE >= self._full_took
+            due = idle_collection(gc.get_count(), gc.get_threshold(), full)
+            if due is None or self.busy or now - self.active < IDLE_GC_QUIET:
+                continue
+            gc.collect(due)
+            if due == 2:
+                self._full_at, self._full_took = now, time.monotonic() - now
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -243,6 +305,7 @@ class VxflowController(app_manager.OSKenApp):
         # Flow tables are many small immutable objects; the default thresholds make
         # the collector rescan them thousands of times during a large sync.
         gc.set_threshold(50_000, 20, 100)
+        self.idle_gc = IdleCollector()
         before, after = raise_open_files_limit()
         log.info("open files: soft limit %d (was %d)", after, before)
         rate = CONF.vxflow_log_policy_drops  # packets/s per switch; 0: drops not logged
@@ -327,6 +390,7 @@ class VxflowController(app_manager.OSKenApp):
         self.threads.append(hub.spawn(self.membership.run))
         self.threads.append(hub.spawn(self.coordinator.run))
         self.threads.append(hub.spawn(self._follow_registry))
+        self.threads.append(hub.spawn(self.idle_gc.run))
         if CONF.vxflow_audit_interval > 0:
             self.threads.append(hub.spawn(self._audit_loop))
         if self._http is not None:
@@ -415,11 +479,16 @@ class VxflowController(app_manager.OSKenApp):
                         batch = [event]
                         while (more := watch.get(timeout=0)) is not None:
                             batch.append(more)
-                        self._apply(self.model.apply(batch))
-                        self.coordinator.apply(e for e in batch if isinstance(e, ReplicaEvent))
-                        for e in batch:
-                            if isinstance(e, LivenessRemoved):
-                                self._probe(e.record.public_ip)
+                        self.idle_gc.busy = True
+                        try:
+                            self._apply(self.model.apply(batch))
+                            self.coordinator.apply(e for e in batch if isinstance(e, ReplicaEvent))
+                            for e in batch:
+                                if isinstance(e, LivenessRemoved):
+                                    self._probe(e.record.public_ip)
+                        finally:
+                            self.idle_gc.busy = False
+                            self.idle_gc.done()
             except (RegistryError, OSError) as exc:
                 log.warning("etcd %s: %s; retrying in %.1fs", self.endpoints, exc, delay)
             except Exception:
@@ -656,6 +725,7 @@ class VxflowController(app_manager.OSKenApp):
             except Exception:
                 log.exception("switch %016x: handling a message of type %d (xid %#x) failed",
                               dp.id or 0, msg_type, xid)  # fmt: skip
+            self.idle_gc.done()
 
     def _sync_for(self, dp) -> SwitchSync | None:
         sync = self.switches.get(dp.id)

@@ -611,9 +611,13 @@ class ClusterModel:
         routes = RemoteRoutes(self.config, own, leases, rows, rows6) if leases else None
         if reachable and self.config.backend.direct_routing:
             flows += self._direct_flows(own, reachable, scope, six)
-        for endpoint in self.endpoints_of(own):
+        every = Owner.ENDPOINT in scope.owners
+        # (a scope naming no endpoint, such as a policy change's, skips the node's pods)
+        named = every or any((o := owner_of(c)) is not None and o[0] is Owner.ENDPOINT
+                             for c in scope.cookies)  # fmt: skip
+        for endpoint in self.endpoints_of(own) if named else ():
             cookie = endpoint_cookie(endpoint)
-            if Owner.ENDPOINT in scope.owners or cookie in scope.cookies:
+            if every or cookie in scope.cookies:
                 flows += endpoint_flows(own, endpoint)
                 if six and endpoint.ipv6 is not None:
                     flows += endpoint_v6_flows(own, endpoint)

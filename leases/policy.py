@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any
 
@@ -149,9 +150,10 @@ class NetworkPolicy:
     ingress: tuple[Rule, ...] = ()
     egress: tuple[Rule, ...] = ()
 
-    @property
+    @cached_property
     def key_name(self) -> str:
-        """`<namespace>/<name>`: the key below `<prefix>/vxflow/policies/`."""
+        """`<namespace>/<name>`: the key below `<prefix>/vxflow/policies/` (made once: the
+        policy stages look it up for every rule of every node at each update)."""
         return f"{self.namespace}/{self.name}"
 
 

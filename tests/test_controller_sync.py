@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import SimpleNamespace
@@ -742,3 +743,67 @@ def test_large_bundles_stream_a_few_at_a_time_in_order():
     for t in threads:
         t.wait()
     assert started == list(range(7)) and most[0] == 2 and not running
+
+
+def test_idle_collection_picks_the_generation_due():
+    """Pure: the oldest at its threshold (unless a full collection may not run yet), the
+    middle one after IDLE_GC_MIDDLE young collections, the young one from IDLE_GC_YOUNG new
+    objects, else nothing."""
+    from controller.app import IDLE_GC_MIDDLE, IDLE_GC_YOUNG, idle_collection
+
+    th = (50_000, 20, 100)
+    assert idle_collection((IDLE_GC_YOUNG - 1, 0, 0), th) is None
+    assert idle_collection((IDLE_GC_YOUNG, 0, 0), th) == 0
+    assert idle_collection((0, IDLE_GC_MIDDLE, 0), th) == 1
+    assert idle_collection((IDLE_GC_YOUNG, IDLE_GC_MIDDLE - 1, 99), th) == 0
+    assert idle_collection((0, 0, 100), th) == 2
+    assert idle_collection((0, IDLE_GC_MIDDLE, 100), th, full=False) == 1  # a full one ran lately
+
+
+def test_the_idle_collector_collects_between_changes_only():
+    """A real collector under the hub: nothing is collected while a change is applied
+    (`busy`); once it is done and idle, the new objects are collected (the young count
+    drops)."""
+    import gc
+
+    from os_ken.lib import hub
+
+    from controller.app import IDLE_GC_QUIET, IDLE_GC_YOUNG, IdleCollector
+
+    collector = IdleCollector()
+    thread = hub.spawn(collector.run)
+    before = gc.get_threshold()
+    gc.set_threshold(10 * IDLE_GC_YOUNG, 20, 100)  # (the collector's own rule not in the way)
+    try:
+        collector.busy = True
+        kept = [[i] for i in range(2 * IDLE_GC_YOUNG)]  # new tracked objects
+        hub.sleep(5 * IDLE_GC_QUIET)
+        assert gc.get_count()[0] >= 2 * IDLE_GC_YOUNG  # busy: left alone
+        collector.busy = False
+        collector.done()
+        deadline = time.monotonic() + 5
+        while gc.get_count()[0] >= IDLE_GC_YOUNG and time.monotonic() < deadline:
+            hub.sleep(IDLE_GC_QUIET)
+        assert gc.get_count()[0] < IDLE_GC_YOUNG and len(kept) == 2 * IDLE_GC_YOUNG
+    finally:
+        gc.set_threshold(*before)
+        hub.kill(thread)
+
+
+def test_a_bundle_from_a_whole_comparison_is_logged_at_info_a_registry_changes_at_debug(caplog):
+    """A registry change lands on every switch at once: one INFO line per switch would
+    flood the log of a large cluster, so its landing is DEBUG; a resync (whole table
+    compared, as after a readback) stays INFO."""
+    model = model_with(lease(1))
+    sync, channel, _ = make(model, lease(1).public_ip)
+    sync.start()
+    with caplog.at_level("DEBUG", logger="controller.switch"):
+        read_back(sync, channel, [])
+        finish(sync, channel, channel.take())
+        impact = model.apply([LeaseAdded(lease(n), 5) for n in range(2, 6)])  # 8 flows
+        sync.request(impact.scope_for(sync.node, lease(1).subnet))
+        finish(sync, channel, channel.take())
+    landed = [(r.levelname, r.getMessage().split(": ")[1].split(" landed")[0])
+              for r in caplog.records if " landed (" in r.getMessage()]  # fmt: skip
+    assert landed == [("INFO", "bundle 1"), ("DEBUG", "bundle 2")]
+    assert sync.in_sync
