@@ -4,13 +4,23 @@ NOT Open vSwitch: it answers what a controller needs to program a table —
 hello, features, port-desc/desc/flow-stats/group-desc/aggregate/flow-monitor
 multiparts, echo, role, get-config, flow-mods (add, modify, strict and whole-table
 deletes), group-mods, bundles (open/add/commit/discard/close) and barriers —
-keeps the table as opaque (table, priority, match) -> (cookie, instructions)
-bytes and the groups as their group-desc entries, and does no packet
+keeps each flow as the opaque flow_mod bytes that put it there and the
+groups as their group-desc entries, and does no packet
 processing. Results from it are labelled "stand-in" wherever they appear.
 
-Many stand-ins share one asyncio loop in a child process (`StandInFleet`), so
-they cost the controller's core as little as possible; each records when it
-first answered a barrier while holding its expected number of flows.
+Many stand-ins share one asyncio loop in a child process, or are dealt over a
+few such processes (`StandInFleet`, `procs`), as each switch of a real cluster
+is a machine of its own; each records when it first answered a barrier while
+holding its expected number of flows.
+
+Cheap per flow, since at 1,000 stand-ins x 20,000 flows their process, not the
+controller, was what a cold start measured: a flow is held as the flow_mod that
+put it there (one bytes object: cookie, match and instructions stay where the
+controller wrote them) under its match, in a dict per (table, priority); a
+bundle is framed on arrival and applied at its commit, its adds in one tight
+loop. Nothing is decoded that the table does not need, yet every flow is held
+as sent: a readback returns it, and a strict delete or a cookie-masked one
+finds it.
 
 A stand-in whose connection is lost (the controller dropped it: its handshake
 deadline or its echo probe missed while this one process, serving a thousand,
@@ -36,11 +46,13 @@ from bench import ofwire as of
 log = logging.getLogger(__name__)
 
 FLOW_MOD = struct.Struct("!QQBBHHHIIIHH")  # after the header; match follows
+FLOW_MOD_KEY = struct.Struct("!QQBB4xH18xH")  # cookie, mask, table, command, priority, match len
+MATCH_AT = 48  # where a flow_mod's match starts (its instructions follow it, padded to 8)
 FLOW_STATS = struct.Struct("!HBxIIHHHHH2xQQQ")
 FEATURES = struct.Struct("!QIBB2xII")
 BUNDLE_CTRL = struct.Struct("!IHH")
-BUNDLE_ADD = struct.Struct("!I2xH")
-OFPET_BAD_REQUEST, OFPBRC_BAD_TYPE, OFPBRC_BAD_MULTIPART = 1, 1, 2
+BUNDLE_ID = struct.Struct("!I")
+OFPET_BAD_REQUEST, OFPBRC_BAD_TYPE, OFPBRC_BAD_LEN, OFPBRC_BAD_MULTIPART = 1, 1, 6, 2
 OFPET_FLOW_MOD_FAILED, OFPFMFC_UNKNOWN = 5, 0
 OFPP_LOCAL = 0xFFFFFFFE
 MAX_REPLY = 0xFF00
@@ -51,20 +63,45 @@ GROUP_DESC = struct.Struct("!HBxI")  # length, type, pad, group_id
 MP_GROUP_DESC = 7
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 8.0  # seconds before connecting again (OVS's defaults)
 
-Key = tuple[int, int, bytes]
+Flows = dict[bytes, bytes]  # match (as sent, padded) -> the flow_mod that holds the flow
 
 
 def _pad8(n: int) -> int:
     return (n + 7) // 8 * 8
 
 
+def _instructions_at(msg: bytes) -> int:
+    """Where a flow_mod's instructions start: after its match, padded to 8."""
+    return MATCH_AT + ((((msg[MATCH_AT + 2] << 8) | msg[MATCH_AT + 3]) + 7) & ~7)
+
+
+def _cookie(msg: bytes) -> int:
+    return int.from_bytes(msg[8:16], "big")
+
+
+def held_flow(table_id: int, priority: int, match: bytes, cookie: int,
+              instructions: bytes = b"") -> bytes:  # fmt: skip
+    """A flow as a stand-in holds it (the add flow_mod that put it there), e.g. to fill a
+    table by hand; `match` is an OXM match with its header, padded to 8."""
+    return flow_mod(of.FC_ADD, table_id, priority, match, cookie, instructions)
+
+
+def flow_mod(command: int, table_id: int, priority: int, match: bytes, cookie: int,
+             instructions: bytes = b"", cookie_mask: int = 0) -> bytes:  # fmt: skip
+    """An OFPT_FLOW_MOD (OpenFlow 1.4)."""
+    body = FLOW_MOD.pack(cookie, cookie_mask, table_id, command, 0, 0, priority, 0xFFFFFFFF,
+                         of.OFPP_ANY, of.OFPG_ANY, 0, 0)  # fmt: skip
+    return of.message(of.OFP14, of.FLOW_MOD, 0, body + match + instructions)
+
+
 @dataclass
 class SwitchState:
     dpid: int
     expected: int
-    table: dict[Key, tuple[int, bytes]] = field(default_factory=dict)
+    # (table id, priority) -> its flows; `flow_count` is what the switch holds
+    table: dict[tuple[int, int], Flows] = field(default_factory=dict)
     groups: dict[int, bytes] = field(default_factory=dict)  # group id -> group-desc entry
-    bundles: dict[int, list[bytes]] = field(default_factory=dict)
+    bundles: dict[int, list[bytes]] = field(default_factory=dict)  # id -> inner messages
     flow_mods: int = 0
     messages: Counter = field(default_factory=Counter)
     unsupported: Counter = field(default_factory=Counter)
@@ -75,6 +112,81 @@ class SwitchState:
     target: int | None = None  # a watched table size (`watch`)...
     reached_at: float | None = None  # ...and the first barrier answered while holding it
     _below: int = 0  # how many of the first barriers held fewer flows than `target`
+
+    def flow_count(self) -> int:
+        return sum(map(len, self.table.values()))
+
+    def hold(self, msg: bytes) -> None:
+        """Hold the flow of add flow_mod `msg` (replacing one of the same table,
+        priority and match)."""
+        key = (msg[24], (msg[30] << 8) | msg[31])
+        flows = self.table.get(key)
+        if flows is None:
+            flows = self.table[key] = {}
+        flows[msg[MATCH_AT : _instructions_at(msg)]] = msg
+
+    def held(self) -> list[tuple[int, int, bytes, bytes]]:
+        """(table id, priority, match, flow_mod) of every flow held."""
+        return [(t, p, m, msg) for (t, p), flows in self.table.items() for m, msg in flows.items()]
+
+    def flow_mod(self, msg: bytes) -> bool:
+        """Apply one flow_mod as a switch does (counted); False (nothing done) for a
+        non-strict command with a match, which would need a real classifier."""
+        cookie, mask, table_id, command, priority, match_len = FLOW_MOD_KEY.unpack_from(msg, 8)
+        self.flow_mods += 1
+        match = msg[MATCH_AT : MATCH_AT + _pad8(match_len)]
+        if command in (of.FC_ADD, of.FC_MODIFY_STRICT):
+            self.hold(msg)
+        elif command == of.FC_DELETE_STRICT:
+            flows = self.table.get((table_id, priority), {})
+            held = flows.get(match)
+            if held is not None and (_cookie(held) ^ cookie) & mask == 0:
+                del flows[match]
+        elif command in (of.FC_DELETE, of.FC_MODIFY) and match == of.EMPTY_MATCH:
+            instructions = msg[MATCH_AT + len(match) :]
+            for (t, _), flows in self.table.items():
+                if table_id not in (of.OFPTT_ALL, t):
+                    continue
+                for m in [m for m, held in flows.items() if (_cookie(held) ^ cookie) & mask == 0]:
+                    if command == of.FC_DELETE:
+                        del flows[m]
+                    else:  # new instructions, the cookie kept
+                        flows[m] = flows[m][: _instructions_at(flows[m])] + instructions
+        else:
+            return False
+        return True
+
+    def group_mod(self, msg: bytes) -> None:
+        """Add, modify or delete one group (the entry the switch then reports back)."""
+        command, gtype, group_id = GROUP_MOD.unpack_from(msg, 8)
+        if command == 2:  # OFPGC_DELETE
+            self.groups.pop(group_id, None)
+        else:
+            buckets = msg[16:]
+            self.groups[group_id] = GROUP_DESC.pack(8 + len(buckets), gtype, group_id) + buckets
+
+    def commit(self, msgs: list[bytes]) -> list[bytes]:
+        """Apply a committed bundle's messages in order; those it could not apply. Adds
+        (a cold start's whole table) take a tight loop of their own: this is where a
+        stand-in spends its time."""
+        table, refused, adds = self.table, [], 0
+        for msg in msgs:
+            if msg[1] == of.FLOW_MOD and msg[25] == of.FC_ADD:  # `hold`, inlined
+                key = (msg[24], (msg[30] << 8) | msg[31])
+                flows = table.get(key)
+                if flows is None:
+                    flows = table[key] = {}
+                flows[msg[MATCH_AT : MATCH_AT + ((((msg[50] << 8) | msg[51]) + 7) & ~7)]] = msg
+                adds += 1
+            elif msg[1] == of.FLOW_MOD:
+                if not self.flow_mod(msg):
+                    refused.append(msg)
+            elif msg[1] == of.GROUP_MOD:
+                self.group_mod(msg)
+            else:
+                refused.append(msg)
+        self.flow_mods += adds
+        return refused
 
     def watch(self, size: int) -> None:
         """Note the first barrier answered while holding >= `size` flows (maybe one already
@@ -93,14 +205,14 @@ class SwitchState:
 
 
 class StandInSwitch(asyncio.Protocol):
-    """One switch connection: parses whole messages out of the stream and answers them."""
+    """One switch connection: frames whole messages out of the stream and answers them."""
 
     def __init__(self, state: SwitchState, ports: list[tuple[int, str]],
                  lost: Callable[[], None] = lambda: None) -> None:  # fmt: skip
         self.s = state
         self.ports = ports
         self.version = of.OFP14
-        self.buf = bytearray()
+        self.rest = b""  # the start of a message not yet whole
         self.transport: asyncio.Transport | None = None
         self.lost = lost
 
@@ -116,16 +228,37 @@ class StandInSwitch(asyncio.Protocol):
         self.lost()
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        pos, end = 0, len(buf)
+        """Bundle adds (a cold start's bulk) are only framed here and kept, whole, for
+        their commit; every other message is answered (`handle`) in order."""
+        if self.rest:
+            data = self.rest + data
+        pos, end, adds = 0, len(data), 0
+        bundle_id, bundle = None, None  # the bundle the last add went to
         while end - pos >= 8:
-            length = (buf[pos + 2] << 8) | buf[pos + 3]
+            length = (data[pos + 2] << 8) | data[pos + 3]
+            if length < 8:  # no way to find the next message: as a switch does, hang up
+                self.s.unsupported["message shorter than its header"] += 1
+                self.send(of.ERROR, 0, struct.pack("!HH", OFPET_BAD_REQUEST, OFPBRC_BAD_LEN)
+                          + data[pos : pos + 64])  # fmt: skip
+                self.transport.close()
+                self.rest = b""
+                return
             if end - pos < length:
                 break
-            self.handle(bytes(buf[pos : pos + length]))
+            if data[pos + 1] == of.BUNDLE_ADD_MESSAGE:
+                (bid,) = BUNDLE_ID.unpack_from(data, pos + 8)
+                if bid != bundle_id:
+                    bundle_id, bundle = bid, self.s.bundles.setdefault(bid, [])
+                inner = pos + 16
+                bundle.append(data[inner : inner + ((data[inner + 2] << 8) | data[inner + 3])])
+                adds += 1
+            else:
+                bundle_id = None  # (this message may commit or discard it)
+                self.handle(data[pos : pos + length])
             pos += length
-        del buf[:pos]
+        self.rest = data[pos:]
+        if adds:
+            self.s.messages[of.BUNDLE_ADD_MESSAGE] += adds
 
     def send(self, msg_type: int, xid: int, body: bytes = b"") -> None:
         self.transport.write(of.message(self.version, msg_type, xid, body))
@@ -135,15 +268,12 @@ class StandInSwitch(asyncio.Protocol):
         version, msg_type, _, xid = of.HEADER.unpack_from(msg)
         self.s.messages[msg_type] += 1
         if msg_type == of.FLOW_MOD:
-            self.flow_mod(msg)
+            if not self.s.flow_mod(msg):
+                self.refuse(msg)
         elif msg_type == of.GROUP_MOD:
-            self.group_mod(msg)
-        elif msg_type == of.BUNDLE_ADD_MESSAGE:
-            bundle_id, _flags = BUNDLE_ADD.unpack_from(msg, 8)
-            inner_len = (msg[18] << 8) | msg[19]
-            self.s.bundles.setdefault(bundle_id, []).append(msg[16 : 16 + inner_len])
+            self.s.group_mod(msg)
         elif msg_type == of.BARRIER_REQUEST:
-            now, size = time.monotonic(), len(self.s.table)
+            now, size = time.monotonic(), self.s.flow_count()
             if self.s.converged_at is None and size >= self.s.expected:
                 self.s.converged_at = now
             if self.s.reached_at is None and self.s.target is not None and size >= self.s.target:
@@ -170,52 +300,19 @@ class StandInSwitch(asyncio.Protocol):
             self.s.unsupported[f"type {msg_type}"] += 1
             self.send(of.ERROR, xid, struct.pack("!HH", OFPET_BAD_REQUEST, OFPBRC_BAD_TYPE) + msg[:64])
 
-    def flow_mod(self, msg: bytes) -> None:
-        cookie, cookie_mask, table_id, command, _i, _h, priority, *_ = FLOW_MOD.unpack_from(msg, 8)
-        self.s.flow_mods += 1
-        match_len = _pad8((msg[50] << 8) | msg[51])
-        match = msg[48 : 48 + match_len]
-        key = (table_id, priority, match)
-        table = self.s.table
-        if command in (of.FC_ADD, of.FC_MODIFY_STRICT):
-            table[key] = (cookie, msg[48 + match_len :])
-        elif command == of.FC_DELETE_STRICT:
-            held = table.get(key)
-            if held is not None and (held[0] ^ cookie) & cookie_mask == 0:
-                del table[key]
-        elif command in (of.FC_DELETE, of.FC_MODIFY) and match == of.EMPTY_MATCH:
-            doomed = [k for k, (c, _) in table.items()
-                      if (table_id == of.OFPTT_ALL or k[0] == table_id)
-                      and (c ^ cookie) & cookie_mask == 0]  # fmt: skip
-            if command == of.FC_DELETE:
-                for k in doomed:
-                    del table[k]
-            else:
-                for k in doomed:
-                    table[k] = (table[k][0], msg[48 + match_len :])
-        else:  # non-strict with a match: would need real classifier semantics
-            self.s.unsupported[f"flow_mod command {command} with a match"] += 1
+    def refuse(self, msg: bytes) -> None:
+        """Count and answer with an error a message (maybe bundled) the stand-in cannot apply."""
+        if msg[1] == of.FLOW_MOD:
+            self.s.unsupported[f"flow_mod command {msg[25]} with a match"] += 1
             self.send(of.ERROR, 0, struct.pack("!HH", OFPET_FLOW_MOD_FAILED, OFPFMFC_UNKNOWN) + msg[:64])
-
-    def group_mod(self, msg: bytes) -> None:
-        """Add, modify or delete one group (the entry the switch then reports back)."""
-        command, gtype, group_id = GROUP_MOD.unpack_from(msg, 8)
-        if command == 2:  # OFPGC_DELETE
-            self.s.groups.pop(group_id, None)
         else:
-            buckets = msg[16:]
-            self.s.groups[group_id] = GROUP_DESC.pack(8 + len(buckets), gtype, group_id) + buckets
+            self.s.unsupported[f"bundled type {msg[1]}"] += 1
 
     def bundle_control(self, xid: int, msg: bytes) -> None:
         bundle_id, ctrl, flags = BUNDLE_CTRL.unpack_from(msg, 8)
         if ctrl == 4:  # commit
-            for inner in self.s.bundles.pop(bundle_id, []):
-                if inner[1] == of.FLOW_MOD:
-                    self.flow_mod(inner)
-                elif inner[1] == of.GROUP_MOD:
-                    self.group_mod(inner)
-                else:
-                    self.s.unsupported[f"bundled type {inner[1]}"] += 1
+            for refused in self.s.commit(self.s.bundles.pop(bundle_id, [])):
+                self.refuse(refused)
         elif ctrl == 6:  # discard
             self.s.bundles.pop(bundle_id, None)
         elif ctrl == 0:  # open
@@ -231,11 +328,11 @@ class StandInSwitch(asyncio.Protocol):
                                b"bench/standin.py", b"0", b"OpenFlow switch stand-in")  # fmt: skip
             self.replies(xid, mp_type, [desc])
         elif mp_type == of.MP_FLOW:
-            self.replies(xid, mp_type, [self.flow_stats(k, v) for k, v in self.s.table.items()])
+            self.replies(xid, mp_type, [self.flow_stats(*flow) for flow in self.s.held()])
         elif mp_type == MP_GROUP_DESC:
             self.replies(xid, mp_type, list(self.s.groups.values()))
         elif mp_type == of.MP_AGGREGATE:
-            self.replies(xid, mp_type, [struct.pack("!QQI4x", 0, 0, len(self.s.table))])
+            self.replies(xid, mp_type, [struct.pack("!QQI4x", 0, 0, self.s.flow_count())])
         elif mp_type == of.MP_FLOW_MONITOR:
             # the monitor is set up (no initial listing asked for); nobody else ever changes
             # a stand-in's table, so it never reports anything after
@@ -266,17 +363,17 @@ class StandInSwitch(asyncio.Protocol):
         return struct.pack("!IH2x6s2x16sII", no, 40 + len(eth_prop), mac, name.encode(), 0, 4) + eth_prop
 
     @staticmethod
-    def flow_stats(key: Key, value: tuple[int, bytes]) -> bytes:
-        (table_id, priority, match), (cookie, instructions) = key, value
+    def flow_stats(table_id: int, priority: int, match: bytes, msg: bytes) -> bytes:
+        instructions = msg[_instructions_at(msg) :]
         length = FLOW_STATS.size + len(match) + len(instructions)
-        head = FLOW_STATS.pack(length, table_id, 0, 0, priority, 0, 0, 0, 0, cookie, 0, 0)
+        head = FLOW_STATS.pack(length, table_id, 0, 0, priority, 0, 0, 0, 0, _cookie(msg), 0, 0)
         return head + match + instructions
 
 
 # -- a fleet in a child process -----------------------------------------------
 def _report(states: dict[int, SwitchState]) -> dict[int, dict[str, Any]]:
     return {
-        d: {"converged_at": s.converged_at, "connected_at": s.connected_at, "flows": len(s.table),
+        d: {"converged_at": s.converged_at, "connected_at": s.connected_at, "flows": s.flow_count(),
             "flow_mods": s.flow_mods, "messages": dict(s.messages),
             "unsupported": dict(s.unsupported), "reconnects": s.reconnects}
         for d, s in states.items()

@@ -8,15 +8,17 @@ flows, a strict delete removes exactly one, and convergence is recorded.
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import struct
 from collections.abc import Iterator
+from dataclasses import replace
 
 from bench import ofwire as of
 from bench.leasegen import cluster
-from bench.standin import StandInFleet, SwitchState
+from bench.standin import StandInFleet, StandInSwitch, SwitchState, flow_mod
 from controller import ofwire
-from flows.compiler import compile_node
+from flows.compiler import compile_node, lease_cookie
 from flows.ports import TUNNEL_OFPORT
 from leases.model import datapath_id_for
 
@@ -139,3 +141,93 @@ def test_watching_a_larger_table_each_lease_finds_the_same_barrier_as_a_full_sca
         assert state.reached_at == when, size
         full_scan = next((t for t, n in state.barriers if n >= size), None)
         assert state.reached_at == full_scan
+
+
+class _Wire:
+    """What a stand-in wrote back (a transport's write side, for feeding it by hand)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, int]] = []  # (type, xid)
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            _v, msg_type, length, xid = of.HEADER.unpack_from(data, pos)
+            self.sent.append((msg_type, xid))
+            pos += length
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _held(state: SwitchState) -> set:
+    stats = b"".join(StandInSwitch.flow_stats(*flow) for flow in state.held())
+    return set(ofwire.decode_flow_stats(stats))
+
+
+def _fed(state: SwitchState, stream: bytes, seed: int) -> _Wire:
+    """`stream` fed to a stand-in of `state` in random pieces, as a socket may cut it."""
+    switch, wire, rng = StandInSwitch(state, []), _Wire(), random.Random(seed)
+    switch.transport = wire  # type: ignore[assignment]
+    pos = 0
+    while pos < len(stream):
+        step = rng.choice((1, 7, 8, 9, 100, 4096, 65536))
+        switch.data_received(stream[pos : pos + step])
+        pos += step
+    return wire
+
+
+def test_a_bundle_cut_anywhere_by_the_stream_lands_whole_at_its_commit() -> None:
+    """Bundle adds are only framed as they arrive (however the stream cuts them) and
+    applied at the commit: the table reads back as the controller's flows, exactly."""
+    c = cluster(40, dual=True)
+    flows = sorted(compile_node(c.config, c.leases, (), c.leases[0].public_ip), key=lambda f: f.key)
+    state = SwitchState(dpid=1, expected=len(flows))
+    opened = ofwire.encode_bundle_control(7, ofwire.OFPBCT_OPEN_REQUEST, 10)
+    adds = ofwire.encode_bundle_adds(7, flows, ofwire.OFPFC_ADD, 11)
+    wire = _fed(state, opened + adds + ofwire.encode_barrier(12), seed=1)
+    assert state.flow_count() == 0 and wire.sent == [(of.BUNDLE_CONTROL, 10), (of.BARRIER_REPLY, 12)]
+    assert state.messages[of.BUNDLE_ADD_MESSAGE] == len(flows)
+    _fed(state, ofwire.encode_bundle_control(7, ofwire.OFPBCT_COMMIT_REQUEST, 13)
+         + ofwire.encode_barrier(14), seed=2)  # fmt: skip
+    assert state.flow_count() == len(flows) == state.flow_mods
+    assert _held(state) == set(flows) and state.unsupported == {}
+    assert [t for t, _size in state.barriers] == sorted(t for t, _size in state.barriers)
+    assert [size for _t, size in state.barriers] == [0, len(flows)]
+    assert state.converged_at == state.barriers[-1][0]
+
+
+def test_cookie_masked_deletes_and_modifies_keep_to_their_cookies() -> None:
+    """A whole-table delete or modify reaches the flows whose cookie matches under the
+    mask, and only them; a modify replaces instructions and keeps each flow's cookie."""
+    c = cluster(12)
+    flows = compile_node(c.config, c.leases, (), c.leases[0].public_ip)
+    state = SwitchState(dpid=1, expected=0)
+    assert state.commit([ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, 1) for f in flows]) == []
+    doomed = lease_cookie(c.leases[5])
+    gone = {f for f in flows if f.cookie == doomed}
+    assert gone and state.flow_mod(flow_mod(of.FC_DELETE, of.OFPTT_ALL, 0, of.EMPTY_MATCH, doomed,
+                                            cookie_mask=(1 << 64) - 1))  # fmt: skip
+    assert _held(state) == set(flows) - gone
+    kept = lease_cookie(c.leases[3])
+    table = next(f.table for f in flows if f.cookie == kept)
+    changed = {f for f in flows if f.cookie == kept and f.table == table}
+    # (the modify's cookie differs from theirs outside the mask: theirs stays)
+    assert state.flow_mod(flow_mod(of.FC_MODIFY, table, 0, of.EMPTY_MATCH, kept ^ 1 << 40,
+                                   cookie_mask=0xFFFFFFFF))  # fmt: skip
+    expect = {replace(f, actions=()) if f in changed else f for f in set(flows) - gone}
+    assert _held(state) == expect
+    # with a match, a non-strict command needs a classifier: refused, nothing changed
+    in_port_1 = struct.pack("!HHII4x", 1, 12, 0x80000004, 1)  # OXM: in_port=1
+    assert not state.flow_mod(flow_mod(of.FC_DELETE, table, 0, in_port_1, 0))
+    assert _held(state) == expect
+
+
+def test_a_message_shorter_than_its_header_hangs_up() -> None:
+    """A length below 8 leaves no way to find the next message: an error, then the
+    connection closed (not a loop on the same bytes)."""
+    state = SwitchState(dpid=1, expected=0)
+    wire = _fed(state, ofwire.encode_barrier(1) + struct.pack("!BBHI", 5, 20, 4, 2), seed=3)
+    assert wire.sent == [(of.BARRIER_REPLY, 1), (of.ERROR, 0)] and wire.closed
+    assert state.unsupported == {"message shorter than its header": 1}
