@@ -32,6 +32,7 @@ uncommitted bundle dies with the connection).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing as mp
 import struct
@@ -39,6 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 from bench import ofwire as of
@@ -455,75 +457,147 @@ def _fleet_main(conn, host: str, port: int, expected: dict[int, int],
     conn.send(_report(states))
 
 
-class StandInFleet:
-    """Stand-in switches (one per dpid of `expected`) connecting to host:port from a child
-    process; `expected[dpid]` is the table size at which that switch counts as converged."""
+class _Share:
+    """One child process serving some of a fleet's stand-ins, and the pipe to it."""
 
     def __init__(self, host: str, port: int, expected: dict[int, int],
                  ports: list[tuple[int, str]]) -> None:  # fmt: skip
-        self._parent, child = mp.Pipe()
-        self._proc = mp.get_context("fork").Process(
-            target=_fleet_main, args=(child, host, port, expected, ports), daemon=True
-        )
+        self.dpids = set(expected)
+        self._args = (host, port, expected, ports)
+        self.conn: Connection | None = None
+        self.proc: mp.process.BaseProcess | None = None
+
+    def start(self) -> None:
+        """Fork the child. The pipe is made here, not before: a child forked earlier must
+        not hold this one's end, or this one's exit would never read as an EOF."""
+        self.conn, child = mp.Pipe()
+        self.proc = mp.get_context("fork").Process(target=_fleet_main, args=(child, *self._args),
+                                                   daemon=True)  # fmt: skip
+        self.proc.start()
+        child.close()  # the child's alone now: its exit is this end's EOF
+
+    def ask(self, msg: Any) -> None:
+        try:
+            self.conn.send(msg)
+        except OSError:
+            raise self._died() from None
+
+    def answer(self) -> Any:
+        """The child's answer to the last `ask`; RuntimeError naming it if it died."""
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            raise self._died() from None
+
+    def _died(self) -> RuntimeError:
+        self.proc.join(1)
+        return RuntimeError(f"stand-in process {self.proc.pid} died (exit code {self.proc.exitcode})")
+
+    def stop(self, timeout: float) -> dict[int, dict[str, Any]]:
+        """Its report, once the child took "stop" (`ask`ed) and exited; a child that does
+        not answer in `timeout` s, or does not exit, is killed (by its PID)."""
+        report: dict[int, dict[str, Any]] = {}
+        if self.proc is None:
+            return report
+        try:
+            if self.conn.poll(timeout):
+                report = self.conn.recv()
+        except (EOFError, OSError):
+            pass
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+        return report
+
+
+class StandInFleet:
+    """Stand-in switches (one per dpid of `expected`) connecting to host:port from `procs`
+    child processes, dealt round-robin (each of a real cluster's switches is a machine of
+    its own; one process serving a thousand is a bound of the benchmark's, not of the
+    controller's); `expected[dpid]` is the table size at which that switch counts as
+    converged."""
+
+    def __init__(self, host: str, port: int, expected: dict[int, int],
+                 ports: list[tuple[int, str]], procs: int = 1) -> None:  # fmt: skip
+        if procs < 1:
+            raise ValueError(f"{procs} stand-in processes: at least one")
+        items = list(expected.items())
+        self._shares = [_Share(host, port, dict(items[i::procs]), ports)
+                        for i in range(min(procs, len(items)))]  # fmt: skip
         self._n = len(expected)
         self.started: float | None = None
 
     @property
-    def pid(self) -> int:
-        """The process that serves every stand-in (started)."""
-        return self._proc.pid
+    def pids(self) -> list[int]:
+        """The processes that serve the stand-ins (started), one per share."""
+        return [share.proc.pid for share in self._shares if share.proc is not None]
 
     def start(self) -> StandInFleet:
-        self._proc.start()
+        try:
+            for share in self._shares:
+                share.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
+    def _ask_all(self, msg: Any) -> list[Any]:
+        """`msg` to every child first (they work on it at once), then their answers."""
+        for share in self._shares:
+            share.ask(msg)
+        return [share.answer() for share in self._shares]
+
     def go(self) -> dict[str, Any]:
-        """Connect all switches at once; returns when every connect() returned."""
-        self._parent.send("go")
-        info = self._parent.recv()
-        self.started = info["started"]
-        return info
+        """Connect all switches at once; returns when every connect() returned. The clock
+        starts when the first child got the word."""
+        infos = self._ask_all("go")
+        self.started = min(info["started"] for info in infos)
+        return {"started": self.started,
+                "connect_failures": [f for info in infos for f in info["connect_failures"]]}  # fmt: skip
 
     def wait_converged(self, timeout: float, interval: float = 0.02) -> float:
         """When the last switch converged (monotonic); TimeoutError with the count so far."""
         deadline = time.monotonic() + timeout
         while True:
-            self._parent.send("status")
-            status = self._parent.recv()
-            if status["converged"] == self._n:
-                return status["last"]
+            statuses = self._ask_all("status")
+            converged = sum(status["converged"] for status in statuses)
+            if converged == self._n:
+                return max(status["last"] for status in statuses)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{status['converged']}/{self._n} stand-ins converged in {timeout}s")
+                raise TimeoutError(f"{converged}/{self._n} stand-ins converged in {timeout}s")
             time.sleep(interval)
 
     def table_reached(self, targets: dict[int, int], timeout: float,
                       interval: float = 0.002) -> dict[int, float]:  # fmt: skip
         """Per dpid, when it first answered a barrier while holding >= targets[dpid] flows.
 
-        The child checks each barrier as it answers it: polling costs it O(1) per switch,
-        not a scan of every switch's barrier history (which, at 1,000 stand-ins, took most
-        of the process that answers them, and so delayed the answers measured)."""
+        The children check each barrier as they answer it: polling costs them O(1) per
+        switch, not a scan of every switch's barrier history (which, at 1,000 stand-ins,
+        took most of the process that answers them, and so delayed the answers measured)."""
         deadline = time.monotonic() + timeout
-        self._parent.send(("watch", targets))
-        self._parent.recv()
+        for share in self._shares:
+            share.ask(("watch", {d: n for d, n in targets.items() if d in share.dpids}))
+        for share in self._shares:
+            share.answer()
         while True:
-            self._parent.send(("reached",))
-            reached = self._parent.recv()
-            if isinstance(reached, dict):
-                return reached
+            answers = self._ask_all(("reached",))
+            short = sum(a for a in answers if not isinstance(a, dict))
+            if not short:
+                return {d: t for a in answers for d, t in a.items()}
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{reached} stand-ins short of their table after {timeout}s")
+                raise TimeoutError(f"{short} stand-ins short of their table after {timeout}s")
             time.sleep(interval)
 
     def stop(self, timeout: float = 30) -> dict[int, dict[str, Any]]:
-        """Disconnect all; per dpid: converged_at, flows, flow_mods, messages, unsupported."""
+        """Disconnect all and end every child (killed by its PID if it does not exit);
+        per dpid: converged_at, flows, flow_mods, messages, unsupported, reconnects."""
+        for share in self._shares:
+            if share.proc is not None and share.proc.is_alive():
+                with contextlib.suppress(RuntimeError):
+                    share.ask("stop")
         result: dict[int, dict[str, Any]] = {}
-        if self._proc.is_alive():
-            self._parent.send("stop")
-            if self._parent.poll(timeout):
-                result = self._parent.recv()
-            self._proc.join(timeout)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join()
+        for share in self._shares:
+            result.update(share.stop(timeout))
         return result

@@ -8,11 +8,15 @@ flows, a strict delete removes exactly one, and convergence is recorded.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
 import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import replace
+
+import pytest
 
 from bench import ofwire as of
 from bench.leasegen import cluster
@@ -231,3 +235,75 @@ def test_a_message_shorter_than_its_header_hangs_up() -> None:
     wire = _fed(state, ofwire.encode_barrier(1) + struct.pack("!BBHI", 5, 20, 4, 2), seed=3)
     assert wire.sent == [(of.BARRIER_REPLY, 1), (of.ERROR, 0)] and wire.closed
     assert state.unsupported == {"message shorter than its header": 1}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_fleet_dealt_over_two_processes_converges_and_ends_them() -> None:
+    """Four stand-ins over two processes: each holds the table it was sent (read back),
+    the fleet reports them all converged and their watched tables reached, and stopping
+    it leaves neither process."""
+    c = cluster(30, dual=True)
+    nodes = c.leases[:4]
+    tables = {datapath_id_for(n.public_ip): sorted(compile_node(c.config, c.leases, (), n.public_ip),
+                                                   key=lambda f: f.key) for n in nodes}  # fmt: skip
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(30)
+        fleet = StandInFleet("127.0.0.1", server.getsockname()[1],
+                             {d: len(flows) for d, flows in tables.items()},
+                             [(TUNNEL_OFPORT, "vxlan0")], procs=2)  # fmt: skip
+        try:
+            fleet.start()
+            pids = fleet.pids
+            assert len(set(pids)) == 2
+            fleet.go()
+            socks = [server.accept()[0] for _ in tables]
+            held = {}
+            for sock in socks:
+                assert _recv(sock)[0] == of.HELLO
+                sock.sendall(of.message(of.OFP14, of.HELLO, 1) + of.message(of.OFP14, of.FEATURES_REQUEST, 2))
+                (body,) = _until(sock, of.FEATURES_REPLY)
+                dpid = struct.unpack_from("!Q", body)[0]
+                sock.sendall(ofwire.encode_bundle_control(7, ofwire.OFPBCT_OPEN_REQUEST, 3)
+                             + ofwire.encode_bundle_adds(7, tables[dpid], ofwire.OFPFC_ADD, 4)
+                             + ofwire.encode_bundle_control(7, ofwire.OFPBCT_COMMIT_REQUEST, 5)
+                             + ofwire.encode_barrier(6))  # fmt: skip
+                _until(sock, of.BARRIER_REPLY)
+                held[dpid] = _read_back(sock, 7)
+            assert held == {d: set(flows) for d, flows in tables.items()}
+            assert fleet.wait_converged(timeout=10) >= fleet.started
+            reached = fleet.table_reached({d: len(flows) for d, flows in tables.items()}, 10)
+            assert set(reached) == set(tables)
+            for sock in socks:
+                sock.close()
+        finally:
+            report = fleet.stop()
+    assert {d: r["flows"] for d, r in report.items()} == {d: len(f) for d, f in tables.items()}
+    assert all(r["unsupported"] == {} for r in report.values())
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_a_fleet_whose_process_dies_says_which_and_ends_the_others() -> None:
+    """A stand-in process killed under the fleet: the next question names it and its
+    exit, and stopping ends the other process (by its PID) all the same."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        fleet = StandInFleet("127.0.0.1", server.getsockname()[1], {1: 10, 2: 10},
+                             [(TUNNEL_OFPORT, "vxlan0")], procs=2).start()  # fmt: skip
+        pids = fleet.pids
+        try:
+            fleet.go()
+            os.kill(pids[1], signal.SIGKILL)
+            with pytest.raises(RuntimeError, match=rf"stand-in process {pids[1]} died \(exit code -9\)"):
+                while True:  # (the other one answers; the dead one's pipe ends at its exit)
+                    fleet.wait_converged(timeout=0)
+        except TimeoutError:
+            pytest.fail("the fleet went on as if its dead process were there")
+        finally:
+            fleet.stop(timeout=5)
+    assert all(_gone(pid) for pid in pids)
