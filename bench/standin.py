@@ -16,9 +16,9 @@ holding its expected number of flows.
 Cheap per flow, since at 1,000 stand-ins x 20,000 flows their process, not the
 controller, was what a cold start measured: a flow is held as the flow_mod that
 put it there (one bytes object: cookie, match and instructions stay where the
-controller wrote them) under its match, in a dict per (table, priority); a
-bundle is framed on arrival and applied at its commit, its adds in one tight
-loop. Nothing is decoded that the table does not need, yet every flow is held
+controller wrote them) under its match, in a dict per (table, priority, match
+length); a run of bundle adds is framed on arrival in one tight loop and
+applied at the commit in another. Nothing is decoded that the table does not need, yet every flow is held
 as sent: a readback returns it, and a strict delete or a cookie-masked one
 finds it.
 
@@ -49,11 +49,13 @@ log = logging.getLogger(__name__)
 
 FLOW_MOD = struct.Struct("!QQBBHHHIIIHH")  # after the header; match follows
 FLOW_MOD_KEY = struct.Struct("!QQBB4xH18xH")  # cookie, mask, table, command, priority, match len
+FLOW_KEY = struct.Struct("!24xBx4xH18xH")  # a flow_mod's table, priority and match length
 MATCH_AT = 48  # where a flow_mod's match starts (its instructions follow it, padded to 8)
 FLOW_STATS = struct.Struct("!HBxIIHHHHH2xQQQ")
 FEATURES = struct.Struct("!QIBB2xII")
 BUNDLE_CTRL = struct.Struct("!IHH")
-BUNDLE_ID = struct.Struct("!I")
+BUNDLE_ADD = struct.Struct("!I6xH")  # bundle id, the inner message's length
+TYPE_LENGTH = struct.Struct("!xBH")
 OFPET_BAD_REQUEST, OFPBRC_BAD_TYPE, OFPBRC_BAD_LEN, OFPBRC_BAD_MULTIPART = 1, 1, 6, 2
 OFPET_FLOW_MOD_FAILED, OFPFMFC_UNKNOWN = 5, 0
 OFPP_LOCAL = 0xFFFFFFFE
@@ -66,6 +68,7 @@ MP_GROUP_DESC = 7
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 8.0  # seconds before connecting again (OVS's defaults)
 
 Flows = dict[bytes, bytes]  # match (as sent, padded) -> the flow_mod that holds the flow
+Refused = list[tuple[str, bytes]]  # why, and the message
 
 
 def _pad8(n: int) -> int:
@@ -100,8 +103,9 @@ def flow_mod(command: int, table_id: int, priority: int, match: bytes, cookie: i
 class SwitchState:
     dpid: int
     expected: int
-    # (table id, priority) -> its flows; `flow_count` is what the switch holds
-    table: dict[tuple[int, int], Flows] = field(default_factory=dict)
+    # (table id, priority, match length) -> its flows (a finer split than the flows'
+    # identity, which the match's length is part of); `flow_count` is what it holds
+    table: dict[tuple[int, int, int], Flows] = field(default_factory=dict)
     groups: dict[int, bytes] = field(default_factory=dict)  # group id -> group-desc entry
     bundles: dict[int, list[bytes]] = field(default_factory=dict)  # id -> inner messages
     flow_mods: int = 0
@@ -121,15 +125,16 @@ class SwitchState:
     def hold(self, msg: bytes) -> None:
         """Hold the flow of add flow_mod `msg` (replacing one of the same table,
         priority and match)."""
-        key = (msg[24], (msg[30] << 8) | msg[31])
+        key = FLOW_KEY.unpack_from(msg)
         flows = self.table.get(key)
         if flows is None:
             flows = self.table[key] = {}
-        flows[msg[MATCH_AT : _instructions_at(msg)]] = msg
+        flows[msg[MATCH_AT : MATCH_AT + _pad8(key[2])]] = msg
 
     def held(self) -> list[tuple[int, int, bytes, bytes]]:
         """(table id, priority, match, flow_mod) of every flow held."""
-        return [(t, p, m, msg) for (t, p), flows in self.table.items() for m, msg in flows.items()]
+        return [(t, p, m, msg) for (t, p, _), flows in self.table.items()
+                for m, msg in flows.items()]  # fmt: skip
 
     def flow_mod(self, msg: bytes) -> bool:
         """Apply one flow_mod as a switch does (counted); False (nothing done) for a
@@ -140,13 +145,13 @@ class SwitchState:
         if command in (of.FC_ADD, of.FC_MODIFY_STRICT):
             self.hold(msg)
         elif command == of.FC_DELETE_STRICT:
-            flows = self.table.get((table_id, priority), {})
+            flows = self.table.get((table_id, priority, match_len), {})
             held = flows.get(match)
             if held is not None and (_cookie(held) ^ cookie) & mask == 0:
                 del flows[match]
         elif command in (of.FC_DELETE, of.FC_MODIFY) and match == of.EMPTY_MATCH:
             instructions = msg[MATCH_AT + len(match) :]
-            for (t, _), flows in self.table.items():
+            for (t, _, _), flows in self.table.items():
                 if table_id not in (of.OFPTT_ALL, t):
                     continue
                 for m in [m for m, held in flows.items() if (_cookie(held) ^ cookie) & mask == 0]:
@@ -167,26 +172,29 @@ class SwitchState:
             buckets = msg[16:]
             self.groups[group_id] = GROUP_DESC.pack(8 + len(buckets), gtype, group_id) + buckets
 
-    def commit(self, msgs: list[bytes]) -> list[bytes]:
-        """Apply a committed bundle's messages in order; those it could not apply. Adds
-        (a cold start's whole table) take a tight loop of their own: this is where a
-        stand-in spends its time."""
-        table, refused, adds = self.table, [], 0
+    def apply(self, msgs: list[bytes]) -> Refused:
+        """Apply flow and group mods in order (a committed bundle's, or one as it came);
+        those not applied, and why. Adds (a cold start's whole table) take a tight loop of
+        their own: with `StandInSwitch.bundled`, this is where a stand-in spends its time."""
+        table, refused, adds, key_of = self.table, [], 0, FLOW_KEY.unpack_from
         for msg in msgs:
-            if msg[1] == of.FLOW_MOD and msg[25] == of.FC_ADD:  # `hold`, inlined
-                key = (msg[24], (msg[30] << 8) | msg[31])
-                flows = table.get(key)
-                if flows is None:
-                    flows = table[key] = {}
-                flows[msg[MATCH_AT : MATCH_AT + ((((msg[50] << 8) | msg[51]) + 7) & ~7)]] = msg
-                adds += 1
-            elif msg[1] == of.FLOW_MOD:
-                if not self.flow_mod(msg):
-                    refused.append(msg)
-            elif msg[1] == of.GROUP_MOD:
-                self.group_mod(msg)
-            else:
-                refused.append(msg)
+            try:
+                if msg[1] == of.FLOW_MOD and msg[25] == of.FC_ADD:  # `hold`, inlined
+                    key = key_of(msg)
+                    flows = table.get(key)
+                    if flows is None:
+                        flows = table[key] = {}
+                    flows[msg[MATCH_AT : MATCH_AT + ((key[2] + 7) & ~7)]] = msg
+                    adds += 1
+                elif msg[1] == of.FLOW_MOD:
+                    if not self.flow_mod(msg):
+                        refused.append((f"flow_mod command {msg[25]} with a match", msg))
+                elif msg[1] == of.GROUP_MOD:
+                    self.group_mod(msg)
+                else:
+                    refused.append((f"bundled type {msg[1]}", msg))
+            except (IndexError, struct.error):
+                refused.append(("message shorter than its kind", msg))
         self.flow_mods += adds
         return refused
 
@@ -230,14 +238,13 @@ class StandInSwitch(asyncio.Protocol):
         self.lost()
 
     def data_received(self, data: bytes) -> None:
-        """Bundle adds (a cold start's bulk) are only framed here and kept, whole, for
-        their commit; every other message is answered (`handle`) in order."""
+        """Whole messages framed out of the stream, in order: runs of bundle adds (a
+        cold start's bulk) to `bundled`, every other message to `handle`."""
         if self.rest:
             data = self.rest + data
-        pos, end, adds = 0, len(data), 0
-        bundle_id, bundle = None, None  # the bundle the last add went to
+        pos, end = 0, len(data)
         while end - pos >= 8:
-            length = (data[pos + 2] << 8) | data[pos + 3]
+            msg_type, length = TYPE_LENGTH.unpack_from(data, pos)
             if length < 8:  # no way to find the next message: as a switch does, hang up
                 self.s.unsupported["message shorter than its header"] += 1
                 self.send(of.ERROR, 0, struct.pack("!HH", OFPET_BAD_REQUEST, OFPBRC_BAD_LEN)
@@ -247,20 +254,37 @@ class StandInSwitch(asyncio.Protocol):
                 return
             if end - pos < length:
                 break
-            if data[pos + 1] == of.BUNDLE_ADD_MESSAGE:
-                (bid,) = BUNDLE_ID.unpack_from(data, pos + 8)
-                if bid != bundle_id:
-                    bundle_id, bundle = bid, self.s.bundles.setdefault(bid, [])
-                inner = pos + 16
-                bundle.append(data[inner : inner + ((data[inner + 2] << 8) | data[inner + 3])])
-                adds += 1
+            if msg_type == of.BUNDLE_ADD_MESSAGE and length >= 20:
+                pos = self.bundled(data, pos, end)
             else:
-                bundle_id = None  # (this message may commit or discard it)
                 self.handle(data[pos : pos + length])
-            pos += length
+                pos += length
         self.rest = data[pos:]
-        if adds:
-            self.s.messages[of.BUNDLE_ADD_MESSAGE] += adds
+
+    def bundled(self, data: bytes, pos: int, end: int) -> int:
+        """Keep the inner message of each whole bundle add from `pos` on, to the same
+        bundle, for its commit (framed only: this loop and `SwitchState.commit` are what
+        a stand-in spends its time on); where the run ends."""
+        bundle_id, inner_len = BUNDLE_ADD.unpack_from(data, pos + 8)
+        bundle = self.s.bundles.setdefault(bundle_id, [])
+        append, before = bundle.append, len(bundle)
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        while inner_len <= length - 16:
+            append(data[pos + 16 : pos + 16 + inner_len])
+            pos += length
+            if end - pos < 20 or data[pos + 1] != of.BUNDLE_ADD_MESSAGE:
+                break
+            length = (data[pos + 2] << 8) | data[pos + 3]
+            if end - pos < length or length < 20:
+                break
+            next_id, inner_len = BUNDLE_ADD.unpack_from(data, pos + 8)
+            if next_id != bundle_id:
+                break
+        else:  # an inner message longer than the add that carries it
+            self.refuse("bundle add shorter than its inner message", data[pos : pos + length])
+            pos += length
+        self.s.messages[of.BUNDLE_ADD_MESSAGE] += len(bundle) - before
+        return pos
 
     def send(self, msg_type: int, xid: int, body: bytes = b"") -> None:
         self.transport.write(of.message(self.version, msg_type, xid, body))
@@ -269,11 +293,9 @@ class StandInSwitch(asyncio.Protocol):
     def handle(self, msg: bytes) -> None:
         version, msg_type, _, xid = of.HEADER.unpack_from(msg)
         self.s.messages[msg_type] += 1
-        if msg_type == of.FLOW_MOD:
-            if not self.s.flow_mod(msg):
-                self.refuse(msg)
-        elif msg_type == of.GROUP_MOD:
-            self.s.group_mod(msg)
+        if msg_type in (of.FLOW_MOD, of.GROUP_MOD):
+            for why, refused in self.s.apply([msg]):
+                self.refuse(why, refused)
         elif msg_type == of.BARRIER_REQUEST:
             now, size = time.monotonic(), self.s.flow_count()
             if self.s.converged_at is None and size >= self.s.expected:
@@ -286,6 +308,8 @@ class StandInSwitch(asyncio.Protocol):
             self.bundle_control(xid, msg)
         elif msg_type == of.MULTIPART_REQUEST:
             self.multipart(xid, msg)
+        elif msg_type == of.BUNDLE_ADD_MESSAGE:  # (`bundled` takes the whole ones)
+            self.refuse("bundle add shorter than its kind", msg)
         elif msg_type == of.ECHO_REQUEST:
             self.send(of.ECHO_REPLY, xid, msg[8:])
         elif msg_type == of.FEATURES_REQUEST:
@@ -302,19 +326,20 @@ class StandInSwitch(asyncio.Protocol):
             self.s.unsupported[f"type {msg_type}"] += 1
             self.send(of.ERROR, xid, struct.pack("!HH", OFPET_BAD_REQUEST, OFPBRC_BAD_TYPE) + msg[:64])
 
-    def refuse(self, msg: bytes) -> None:
-        """Count and answer with an error a message (maybe bundled) the stand-in cannot apply."""
-        if msg[1] == of.FLOW_MOD:
-            self.s.unsupported[f"flow_mod command {msg[25]} with a match"] += 1
-            self.send(of.ERROR, 0, struct.pack("!HH", OFPET_FLOW_MOD_FAILED, OFPFMFC_UNKNOWN) + msg[:64])
+    def refuse(self, why: str, msg: bytes) -> None:
+        """Count, and answer with an error, a message (maybe bundled) not applied."""
+        self.s.unsupported[why] += 1
+        if msg[1:2] == bytes([of.FLOW_MOD]) and len(msg) >= MATCH_AT:
+            error = (OFPET_FLOW_MOD_FAILED, OFPFMFC_UNKNOWN)
         else:
-            self.s.unsupported[f"bundled type {msg[1]}"] += 1
+            error = (OFPET_BAD_REQUEST, OFPBRC_BAD_LEN if "shorter" in why else OFPBRC_BAD_TYPE)
+        self.send(of.ERROR, 0, struct.pack("!HH", *error) + msg[:64])
 
     def bundle_control(self, xid: int, msg: bytes) -> None:
         bundle_id, ctrl, flags = BUNDLE_CTRL.unpack_from(msg, 8)
         if ctrl == 4:  # commit
-            for refused in self.s.commit(self.s.bundles.pop(bundle_id, [])):
-                self.refuse(refused)
+            for why, refused in self.s.apply(self.s.bundles.pop(bundle_id, [])):
+                self.refuse(why, refused)
         elif ctrl == 6:  # discard
             self.s.bundles.pop(bundle_id, None)
         elif ctrl == 0:  # open

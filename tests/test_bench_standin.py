@@ -208,7 +208,7 @@ def test_cookie_masked_deletes_and_modifies_keep_to_their_cookies() -> None:
     c = cluster(12)
     flows = compile_node(c.config, c.leases, (), c.leases[0].public_ip)
     state = SwitchState(dpid=1, expected=0)
-    assert state.commit([ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, 1) for f in flows]) == []
+    assert state.apply([ofwire.encode_flow_mod(f, ofwire.OFPFC_ADD, 1) for f in flows]) == []
     doomed = lease_cookie(c.leases[5])
     gone = {f for f in flows if f.cookie == doomed}
     assert gone and state.flow_mod(flow_mod(of.FC_DELETE, of.OFPTT_ALL, 0, of.EMPTY_MATCH, doomed,
@@ -228,13 +228,31 @@ def test_cookie_masked_deletes_and_modifies_keep_to_their_cookies() -> None:
     assert _held(state) == expect
 
 
-def test_a_message_shorter_than_its_header_hangs_up() -> None:
-    """A length below 8 leaves no way to find the next message: an error, then the
-    connection closed (not a loop on the same bytes)."""
+def test_messages_short_of_their_kind_get_a_counted_error_and_one_with_no_length_hangs_up() -> None:
+    """A bundle add with no inner message, or shorter than the one it carries, is counted
+    and answered with an error; one whose flow_mod is cut short, at the commit, the rest
+    of the bundle applied; a length below
+    8 leaves no way to find the next message: an error, then the connection closed (not
+    a loop on the same bytes)."""
+    c = cluster(5)
+    flows = compile_node(c.config, c.leases, (), c.leases[0].public_ip)
+    whole = ofwire.encode_bundle_adds(7, flows, ofwire.OFPFC_ADD, 2)
+    cut = of.message(of.OFP14, of.FLOW_MOD, 0, bytes(30))  # a flow_mod of 38 bytes
     state = SwitchState(dpid=1, expected=0)
-    wire = _fed(state, ofwire.encode_barrier(1) + struct.pack("!BBHI", 5, 20, 4, 2), seed=3)
-    assert wire.sent == [(of.BARRIER_REPLY, 1), (of.ERROR, 0)] and wire.closed
-    assert state.unsupported == {"message shorter than its header": 1}
+    wire = _fed(state, ofwire.encode_bundle_control(7, ofwire.OFPBCT_OPEN_REQUEST, 1) + whole
+                + of.message(of.OFP14, of.BUNDLE_ADD_MESSAGE, 3, struct.pack("!I2xH", 7, 1))
+                + of.message(of.OFP14, of.BUNDLE_ADD_MESSAGE, 4, struct.pack("!I2xH", 7, 1) + cut)
+                + of.message(of.OFP14, of.BUNDLE_ADD_MESSAGE, 8, struct.pack("!I2xH", 7, 1)
+                             + struct.pack("!BBHI", 5, of.FLOW_MOD, 100, 0))  # (claims 100 bytes)
+                + ofwire.encode_bundle_control(7, ofwire.OFPBCT_COMMIT_REQUEST, 5)
+                + ofwire.encode_barrier(6) + struct.pack("!BBHI", 5, 20, 4, 7), seed=4)  # fmt: skip
+    assert _held(state) == set(flows)
+    assert wire.sent == [(of.BUNDLE_CONTROL, 1), *[(of.ERROR, 0)] * 3, (of.BUNDLE_CONTROL, 5),
+                         (of.BARRIER_REPLY, 6), (of.ERROR, 0)] and wire.closed  # fmt: skip
+    assert state.unsupported == {"bundle add shorter than its kind": 1,
+                                 "bundle add shorter than its inner message": 1,
+                                 "message shorter than its kind": 1,
+                                 "message shorter than its header": 1}  # fmt: skip
 
 
 def _gone(pid: int) -> bool:
