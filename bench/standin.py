@@ -118,6 +118,18 @@ class SwitchState:
     target: int | None = None  # a watched table size (`watch`)...
     reached_at: float | None = None  # ...and the first barrier answered while holding it
     _below: int = 0  # how many of the first barriers held fewer flows than `target`
+    reached: Callable[[SwitchState], None] | None = None  # told when `reached_at` is set
+
+    def barrier(self, now: float) -> None:
+        """A barrier answered `now`, holding the table as it is."""
+        size = self.flow_count()
+        if self.converged_at is None and size >= self.expected:
+            self.converged_at = now
+        self.barriers.append((now, size))
+        if self.reached_at is None and self.target is not None and size >= self.target:
+            self.reached_at = now
+            if self.reached is not None:
+                self.reached(self)
 
     def flow_count(self) -> int:
         return sum(map(len, self.table.values()))
@@ -297,12 +309,7 @@ class StandInSwitch(asyncio.Protocol):
             for why, refused in self.s.apply([msg]):
                 self.refuse(why, refused)
         elif msg_type == of.BARRIER_REQUEST:
-            now, size = time.monotonic(), self.s.flow_count()
-            if self.s.converged_at is None and size >= self.s.expected:
-                self.s.converged_at = now
-            if self.s.reached_at is None and self.s.target is not None and size >= self.s.target:
-                self.s.reached_at = now
-            self.s.barriers.append((now, size))
+            self.s.barrier(time.monotonic())
             self.send(of.BARRIER_REPLY, xid)
         elif msg_type == of.BUNDLE_CONTROL:
             self.bundle_control(xid, msg)
@@ -448,10 +455,41 @@ class _Link:
             self.transport.close()
 
 
-def _fleet_main(conn, host: str, port: int, expected: dict[int, int],
+class _Watch:
+    """The stand-ins of a child watched for a table size (`SwitchState.watch`): the parent
+    is told when each reached it as soon as the last one did, not polled for it."""
+
+    def __init__(self, conn: Connection, states: dict[int, SwitchState]) -> None:
+        self.conn, self.states = conn, states
+        self.watched: list[int] = []
+        self.short: set[int] = set()
+        for state in states.values():
+            state.reached = self._reached
+
+    def start(self, targets: dict[int, int]) -> None:
+        for d, size in targets.items():
+            self.states[d].watch(size)
+        self.watched = list(targets)
+        self.short = {d for d in targets if self.states[d].reached_at is None}
+        if not self.short:
+            self._tell()
+
+    def _reached(self, state: SwitchState) -> None:
+        if state.dpid in self.short:
+            self.short.discard(state.dpid)
+            if not self.short:
+                self._tell()
+
+    def _tell(self) -> None:
+        self.conn.send(("reached", {d: self.states[d].reached_at for d in self.watched}))
+
+
+def _fleet_main(conn: Connection, host: str, port: int, expected: dict[int, int],
                 ports: list[tuple[int, str]]) -> None:  # fmt: skip
-    """Child: wait for "go", connect every switch, then answer "status" until "stop"."""
+    """Child: wait for "go", connect every switch, then answer "status", "watch" (when
+    the watched ones all reached their table) and "short" until "stop"."""
     states = {d: SwitchState(d, n) for d, n in expected.items()}
+    watch = _Watch(conn, states)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
@@ -466,14 +504,10 @@ def _fleet_main(conn, host: str, port: int, expected: dict[int, int],
                 done = [s.converged_at for s in states.values() if s.converged_at is not None]
                 conn.send({"converged": len(done), "last": max(done, default=None),
                            "reconnects": sum(s.reconnects for s in states.values())})  # fmt: skip
-            elif cmd[0] == "watch":  # {dpid: size}: see SwitchState.watch
-                for d, size in cmd[1].items():
-                    states[d].watch(size)
-                conn.send(None)
-            else:  # "reached": when each watched one did, or how many have not yet
-                times = {d: s.reached_at for d, s in states.items() if s.target is not None}
-                short = sum(t is None for t in times.values())
-                conn.send(short or times)
+            elif cmd[0] == "watch":  # {dpid: size}; answered by `watch` when all reached it
+                watch.start(cmd[1])
+            else:  # "short": how many watched ones have not reached their table yet
+                conn.send(("short", len(watch.short)))
         for link in links:
             link.close()
         await asyncio.sleep(0)
@@ -507,12 +541,23 @@ class _Share:
         except OSError:
             raise self._died() from None
 
-    def answer(self) -> Any:
-        """The child's answer to the last `ask`; RuntimeError naming it if it died."""
+    def answer(self, timeout: float | None = None) -> Any:
+        """The child's answer to the last `ask` (None if there is none after `timeout` s);
+        RuntimeError naming the child if it died."""
         try:
+            if timeout is not None and not self.conn.poll(timeout):
+                return None
             return self.conn.recv()
         except (EOFError, OSError):
             raise self._died() from None
+
+    def short(self) -> int:
+        """How many of its watched stand-ins have not reached their table (after a watch
+        that timed out, whose late answer this passes over)."""
+        self.ask(("short",))
+        while (answer := self.answer())[0] != "short":
+            pass
+        return answer[1]
 
     def _died(self) -> RuntimeError:
         self.proc.join(1)
@@ -521,11 +566,11 @@ class _Share:
     def stop(self, timeout: float) -> dict[int, dict[str, Any]]:
         """Its report, once the child took "stop" (`ask`ed) and exited; a child that does
         not answer in `timeout` s, or does not exit, is killed (by its PID)."""
-        report: dict[int, dict[str, Any]] = {}
+        report: Any = None
         if self.proc is None:
-            return report
-        try:
-            if self.conn.poll(timeout):
+            return {}
+        try:  # (the report is the dict: a watch that timed out may have answered late)
+            while not isinstance(report, dict) and self.conn.poll(timeout):
                 report = self.conn.recv()
         except (EOFError, OSError):
             pass
@@ -534,7 +579,7 @@ class _Share:
             self.proc.kill()
             self.proc.join()
         self.conn.close()
-        return report
+        return report if isinstance(report, dict) else {}
 
 
 class StandInFleet:
@@ -594,26 +639,24 @@ class StandInFleet:
                 raise TimeoutError(f"{converged}/{self._n} stand-ins converged in {timeout}s")
             time.sleep(interval)
 
-    def table_reached(self, targets: dict[int, int], timeout: float,
-                      interval: float = 0.002) -> dict[int, float]:  # fmt: skip
+    def table_reached(self, targets: dict[int, int], timeout: float) -> dict[int, float]:
         """Per dpid, when it first answered a barrier while holding >= targets[dpid] flows.
 
-        The children check each barrier as they answer it: polling costs them O(1) per
-        switch, not a scan of every switch's barrier history (which, at 1,000 stand-ins,
-        took most of the process that answers them, and so delayed the answers measured)."""
+        Each child checks each barrier as it answers it and answers this when the last of
+        its watched ones reached its table: nothing is polled, nor is every switch's
+        barrier history scanned (which, at 1,000 stand-ins, took most of the process that
+        answers them, and so delayed the answers measured)."""
         deadline = time.monotonic() + timeout
         for share in self._shares:
             share.ask(("watch", {d: n for d, n in targets.items() if d in share.dpids}))
+        reached: dict[int, float] = {}
         for share in self._shares:
-            share.answer()
-        while True:
-            answers = self._ask_all(("reached",))
-            short = sum(a for a in answers if not isinstance(a, dict))
-            if not short:
-                return {d: t for a in answers for d, t in a.items()}
-            if time.monotonic() > deadline:
+            answer = share.answer(timeout=max(0.0, deadline - time.monotonic()))
+            if answer is None:
+                short = sum(share.short() for share in self._shares)
                 raise TimeoutError(f"{short} stand-ins short of their table after {timeout}s")
-            time.sleep(interval)
+            reached.update(answer[1])
+        return reached
 
     def stop(self, timeout: float = 30) -> dict[int, dict[str, Any]]:
         """Disconnect all and end every child (killed by its PID if it does not exit);

@@ -265,8 +265,8 @@ def _gone(pid: int) -> bool:
 
 def test_a_fleet_dealt_over_two_processes_converges_and_ends_them() -> None:
     """Four stand-ins over two processes: each holds the table it was sent (read back),
-    the fleet reports them all converged and their watched tables reached, and stopping
-    it leaves neither process."""
+    the fleet reports them all converged and their watched tables reached (or how many
+    did not, in time), and stopping it reports every one and leaves neither process."""
     c = cluster(30, dual=True)
     nodes = c.leases[:4]
     tables = {datapath_id_for(n.public_ip): sorted(compile_node(c.config, c.leases, (), n.public_ip),
@@ -298,11 +298,15 @@ def test_a_fleet_dealt_over_two_processes_converges_and_ends_them() -> None:
             assert fleet.wait_converged(timeout=10) >= fleet.started
             reached = fleet.table_reached({d: len(flows) for d, flows in tables.items()}, 10)
             assert set(reached) == set(tables)
-            for sock in socks:
+            with pytest.raises(TimeoutError, match=r"^4 stand-ins short of their table after 0\.2s$"):
+                fleet.table_reached({d: len(flows) + 1 for d, flows in tables.items()}, 0.2)
+            for sock in socks:  # one flow more each: the watch that timed out answers late
+                sock.sendall(flow_mod(of.FC_ADD, 200, 1, of.EMPTY_MATCH, 0) + ofwire.encode_barrier(8))
+                _until(sock, of.BARRIER_REPLY)
                 sock.close()
         finally:
             report = fleet.stop()
-    assert {d: r["flows"] for d, r in report.items()} == {d: len(f) for d, f in tables.items()}
+    assert {d: r["flows"] for d, r in report.items()} == {d: len(f) + 1 for d, f in tables.items()}
     assert all(r["unsupported"] == {} for r in report.values())
     assert all(_gone(pid) for pid in pids)
 
