@@ -275,7 +275,7 @@ class StandInSwitch(asyncio.Protocol):
 
     def bundled(self, data: bytes, pos: int, end: int) -> int:
         """Keep the inner message of each whole bundle add from `pos` on, to the same
-        bundle, for its commit (framed only: this loop and `SwitchState.commit` are what
+        bundle, for its commit (framed only: this loop and `SwitchState.apply` are what
         a stand-in spends its time on); where the run ends."""
         bundle_id, inner_len = BUNDLE_ADD.unpack_from(data, pos + 8)
         bundle = self.s.bundles.setdefault(bundle_id, [])
