@@ -179,11 +179,14 @@ class Impact:
             self._cookies = frozenset(subnet_cookie(s) for s in self.lease_subnets)
             self._cookies |= {direct_cookie(s) for s in self.lease_subnets}
             self._cookies |= self.service_cookies
-        owners = frozenset({Owner.ENDPOINT}) if own_subnet in self.endpoint_nodes else frozenset()
-        if node in self.policy_nodes:
+        # (each test is skipped while its set is empty, as for a lease event: an address's
+        # hash is computed in Python, and this runs once per switch)
+        owners = (frozenset({Owner.ENDPOINT})
+                  if self.endpoint_nodes and own_subnet in self.endpoint_nodes else frozenset())  # fmt: skip
+        if self.policy_nodes and node in self.policy_nodes:
             owners |= POLICY_OWNERS
-        own = self.node_cookies.get(node)
-        keys = self.policy_keys.get(node)
+        own = self.node_cookies.get(node) if self.node_cookies else None
+        keys = self.policy_keys.get(node) if self.policy_keys else None
         return Scope(False, self._cookies | own if own else self._cookies, owners,
                      frozenset(keys) if keys else frozenset())  # fmt: skip
 
@@ -338,12 +341,13 @@ class ClusterModel:
     def endpoints_of(self, own: Lease | None) -> tuple[Endpoint, ...]:
         if own is None:
             return ()
-        if own.subnet not in self._accepted_eps:
+        found = self._accepted_eps.get(own.subnet)  # (once per switch per lease event)
+        if found is None:
             selection = select_endpoints(own, self._endpoints.get(own.subnet, {}).values())
             for r in selection.rejected:
                 self.rejected[f"endpoint {r.item.ip}"] = r
-            self._accepted_eps[own.subnet] = selection.accepted
-        return self._accepted_eps[own.subnet]
+            found = self._accepted_eps[own.subnet] = selection.accepted
+        return found
 
     def plan(self) -> ServicePlan | None:
         """The services every switch must serve; None without a ServiceNetwork."""
@@ -583,7 +587,7 @@ class ClusterModel:
         own = self.own_lease(node)
         plan = self.plan()
         six = self._dual_stack(own)
-        reachable = self.direct.get(node)
+        reachable = self.direct.get(node) if self.direct else None
         if scope.full:
             leases, rows = self._selection()
             v6 = tuple(self._v6.values()) if six else None

@@ -45,7 +45,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from functools import cached_property
 from ipaddress import IPv4Address
 from typing import Protocol
 
@@ -112,6 +111,14 @@ class _Change:
     flushes: list[Flush] = field(default_factory=list)  # sent once the change landed
     failed: bool = False
     committing: bool = False
+    # asked for at every reply (the change is not altered once sent): the barrier after
+    # the last message (a bare change's only barrier), and the last xid of the change
+    added_xid: int = field(init=False)
+    last_xid: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.added_xid = self._message_xid + len(self.messages) + self.diff.added_routes + len(self.tail)
+        self.last_xid = self.added_xid if self.bundle_id is None else self.added_xid + 2
 
     @property
     def form(self) -> str:
@@ -120,15 +127,6 @@ class _Change:
     @property
     def _message_xid(self) -> int:
         return self.first_xid if self.bundle_id is None else self.first_xid + 1
-
-    @cached_property  # asked for at every reply; the change is not altered once sent
-    def added_xid(self) -> int:
-        """The barrier after the last message (a bare change's only barrier)."""
-        return self._message_xid + len(self.messages) + self.diff.added_routes + len(self.tail)
-
-    @cached_property
-    def last_xid(self) -> int:
-        return self.added_xid if self.bundle_id is None else self.added_xid + 2
 
     def message(self, xid: int) -> tuple[int, Flow | Group] | None:
         i = xid - self._message_xid
@@ -513,11 +511,12 @@ class SwitchSync:
             level, what = logging.DEBUG, "flow-mod"
         else:
             level, what = logging.INFO, f"bundle {change.bundle_id}"
-        log.log(
-            level, "switch %s: %s landed (%d added, %d deleted; %d flows)",
-            self.node, what, len(change.diff) - len(change.diff.delete),
-            len(change.diff.delete), len(self.installed),
-        )
+        if log.isEnabledFor(level):
+            log.log(
+                level, "switch %s: %s landed (%d added, %d deleted; %d flows)",
+                self.node, what, len(change.diff) - len(change.diff.delete),
+                len(change.diff.delete), len(self.installed),
+            )
         self._kick()
 
     # -- internals ------------------------------------------------------------
@@ -572,11 +571,12 @@ class SwitchSync:
             self._need_readback, self._readback_reason = True, "retry"
             self._pending = FULL
             return
-        log.debug(
-            "switch %s: %d desired flows in %.1f ms, diff of %d in %.1f ms",
-            self.node, len(desired), (computed - started) * 1e3, len(diff),
-            (time.perf_counter() - computed) * 1e3,
-        )
+        if log.isEnabledFor(logging.DEBUG):  # (a lease event runs this once per switch)
+            log.debug(
+                "switch %s: %d desired flows in %.1f ms, diff of %d in %.1f ms",
+                self.node, len(desired), (computed - started) * 1e3, len(diff),
+                (time.perf_counter() - computed) * 1e3,
+            )
         drifted = _drifted(diff, group_diff, excused) if found_by else (0, 0, 0)
         if any(drifted):
             metrics.DRIFT_FOUND[found_by].inc()
@@ -641,13 +641,14 @@ class SwitchSync:
     def _send(self, diff: FlowDiff, group_diff: GroupDiff) -> None:
         self.state = State.APPLYING
         # (a lease event runs this once per switch: counters that do not move are not touched)
+        size = len(diff)
         for counter, n in ((metrics.DELETES, len(diff.delete)),
-                           (metrics.ADDS, len(diff) - len(diff.delete)),
+                           (metrics.ADDS, size - len(diff.delete)),
                            (metrics.GROUP_MODS, len(group_diff))):  # fmt: skip
             if n:
                 counter.inc(n)
         flushes, self._flushes = self._flushes, []
-        if len(diff) + len(group_diff) <= UNBUNDLED:
+        if size + len(group_diff) <= UNBUNDLED:
             self._send_bare(diff, group_diff, flushes)
         else:
             self._send_bundle(diff, group_diff, flushes)
@@ -770,6 +771,8 @@ class SwitchSync:
     def _groups_in(self, scope: Scope) -> list[Group]:
         """The installed groups `scope` covers: looked up by its service cookies, so a lease
         event (no service cookie) costs nothing however many groups the switch holds."""
+        if not self.installed_groups:
+            return []
         if scope.full:
             return list(self.installed_groups.values())
         if Owner.SERVICE in scope.owners:
