@@ -129,6 +129,10 @@ class Scope:
     def __or__(self, other: Scope) -> Scope:
         if self.full or other.full:
             return FULL
+        if not other:  # (a switch noting an event while nothing is pending: shared as is)
+            return self
+        if not self:
+            return other
         return Scope(False, self.cookies | other.cookies, self.owners | other.owners,
                      self.keys | other.keys)  # fmt: skip
 
@@ -169,6 +173,7 @@ class Impact:
     # one switch's own: the direct routes (flows/direct.py) its node's Direct list changed
     node_cookies: dict[IPv4Address, set[int]] = field(default_factory=dict)
     _cookies: frozenset[int] | None = field(default=None, repr=False, compare=False)
+    _shared: Scope | None = field(default=None, repr=False, compare=False)
 
     def scope_for(self, node: IPv4Address, own_subnet: IPv4Network | None) -> Scope:
         """(Called once per switch, after the Impact is complete: the cookies of
@@ -187,6 +192,10 @@ class Impact:
             owners |= POLICY_OWNERS
         own = self.node_cookies.get(node) if self.node_cookies else None
         keys = self.policy_keys.get(node) if self.policy_keys else None
+        if not (own or owners or keys):  # (the same for every switch: made once)
+            if self._shared is None:
+                self._shared = Scope(False, self._cookies)
+            return self._shared
         return Scope(False, self._cookies | own if own else self._cookies, owners,
                      frozenset(keys) if keys else frozenset())  # fmt: skip
 
@@ -598,7 +607,8 @@ class ClusterModel:
             table.flows.extend(self.policy_table(node).flows)
             return table
         flows: list[Flow] = []
-        if Owner.BASE in scope.owners:
+        owners = scope.owners  # (empty for a lease event: no Owner is hashed per switch)
+        if owners and Owner.BASE in owners:
             flows += base_flows(self.config, own)
         if own is None:
             return NodeTable(flows)
@@ -617,7 +627,7 @@ class ClusterModel:
             flows += self._direct_flows(own, reachable, scope, six)
         for endpoint in self.endpoints_of(own):
             cookie = endpoint_cookie(endpoint)
-            if Owner.ENDPOINT in scope.owners or cookie in scope.cookies:
+            if (owners and Owner.ENDPOINT in owners) or cookie in scope.cookies:
                 flows += endpoint_flows(own, endpoint)
                 if six and endpoint.ipv6 is not None:
                     flows += endpoint_v6_flows(own, endpoint)
@@ -626,7 +636,7 @@ class ClusterModel:
         groups: list[Group] = []
         if plan is not None:
             flows += self._service_flows(own, plan, scope, groups, six)
-        if scope.owners & POLICY_OWNERS:
+        if owners and owners & POLICY_OWNERS:
             flows += self.policy_table(node).flows
         elif scope.keys:
             held = self._stage(node).flows
