@@ -222,7 +222,7 @@ class ClusterModel:
         self._rows6: dict[IPv4Network, Row6] = {}  # route_row6 of each in `_v6`
         self._selection6: list[Row6 | None] | None = None  # cache: _rows6 by _selection()'s leases
         self._by_cookie: dict[int, tuple[Lease, Row] | None] = {}  # cache of accepted() by cookie
-        self._own: dict[IPv4Address, Lease | None] = {}  # cache of own_lease()
+        self._own: dict[IPv4Address, tuple[Lease | None, bool]] = {}  # cache of _own_of()
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
         self.vxflow = VxflowConfig()
         self.services: dict[str, Service] = {}  # accepted by the registry, by name
@@ -327,14 +327,20 @@ class ClusterModel:
         return {s for c in claims for s in self._holders6.get(c, ())}
 
     def own_lease(self, node: IPv4Address) -> Lease | None:
-        """(Asked twice per switch when an event fans out: cached until a lease changes.)"""
+        return self._own_of(node)[0]
+
+    def _own_of(self, node: IPv4Address) -> tuple[Lease | None, bool]:
+        """`node`'s own lease and whether its switch is dual-stack (`_dual_stack`): asked
+        twice per switch when an event fans out, so cached until a lease changes (the
+        index `_dual_stack` reads changes with the leases alone)."""
         try:
             return self._own[node]
         except KeyError:
             pass
         subnets = self._by_ip.get(node, ())
-        own = self._own[node] = self.accepted(next(iter(subnets))) if len(subnets) == 1 else None
-        return own
+        own = self.accepted(next(iter(subnets))) if len(subnets) == 1 else None
+        found = self._own[node] = own, self._dual_stack(own)
+        return found
 
     def _dual_stack(self, own: Lease | None) -> bool:
         """`dual_stack(config, own)` for an accepted `own`, from the index `_put_lease` keeps
@@ -593,9 +599,8 @@ class ClusterModel:
         while no valid config is known (then nothing may be touched)."""
         if self.config is None:
             return None
-        own = self.own_lease(node)
+        own, six = self._own_of(node)
         plan = self.plan()
-        six = self._dual_stack(own)
         reachable = self.direct.get(node) if self.direct else None
         if scope.full:
             leases, rows = self._selection()

@@ -592,7 +592,8 @@ class SwitchSync:
         late, self._late = self._late, []
         if diff or group_diff:
             self._send(diff, group_diff)
-            self.observe(late)  # (their repair is sent once this change landed)
+            if late:
+                self.observe(late)  # (their repair is sent once this change landed)
             return
         self._repair_since, self._repair_flows = None, 0  # nothing to repair (or undone)
         self._send_flushes(self._flushes)
