@@ -217,7 +217,6 @@ def _pad8(n: int) -> int:
     return (n + 7) // 8 * 8
 
 
-@lru_cache(maxsize=65536)  # every switch's own MACs, asked per switch per lease event
 def mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
