@@ -11,7 +11,8 @@ TCP and over TLS (`--transport`), each with its own controller and etcd.
   it and answers the controller's barrier.
 - `stand-in`: S bench/standin.py switches (NOT OVS): the time each first
   answers a barrier while holding the new flow. This is the controller's (and
-  etcd's) share alone, without one ovs-vswitchd serving all S bridges.
+  etcd's) share alone, without one ovs-vswitchd serving all S bridges; one
+  process serves them all, or `--standin-procs N` deal them over N.
 
 With `--dual-stack` every lease has an IPv6 half (bench/leasegen.py): a lease is then
 four flows per switch (its IPv6 route and check too), and a lease has landed when all
@@ -19,7 +20,7 @@ four have.
 
 Also recorded: when the benchmark's own etcd watch heard of the lease (the
 etcd share), the spread between the first and the last switch, and the CPU
-time per event of the controller, of the one process serving all S switches
+time per event of the controller, of the process(es) serving all S switches
 (ovs-vswitchd or the stand-ins) and of this one (which reads the real
 bridges' flow monitors).
 Run: `python -m bench.b2_convergence` (root; own namespace).
@@ -74,7 +75,7 @@ class RealSwitches:
             self.farm.use_tls(env.controller.pki)
         sockets = {b.name: b.mgmt_socket for b in self.farm.bridges}
         self.obs = self.stack.enter_context(FlowObserver(sockets, monitor=True, groups=groups))
-        self.pid = self.farm.ovs.pids()["ovs-vswitchd"]  # serves all S bridges
+        self.pids = [self.farm.ovs.pids()["ovs-vswitchd"]]  # serves all S bridges
 
     def initial_sync(self) -> float:
         return connect_and_converge(self.env, self.farm, self.obs, timeout=300)
@@ -102,13 +103,13 @@ class StandInSwitches:
 
     label = "stand-in (bench/standin.py, not OVS)"
 
-    def __init__(self, env: Env, switches: int) -> None:
+    def __init__(self, env: Env, switches: int, procs: int = 1) -> None:
         self.env = env
         self.size = env.table_size()
         self.dpids = [datapath_id_for(x.public_ip) for x in env.cluster.leases[:switches]]
         self.fleet = StandInFleet("127.0.0.1", env.controller.port,
-                                  dict.fromkeys(self.dpids, self.size), PORTS).start()  # fmt: skip
-        self.pid = self.fleet.pid  # serves all S stand-ins
+                                  dict.fromkeys(self.dpids, self.size), PORTS, procs).start()  # fmt: skip
+        self.pids = self.fleet.pids  # serve the S stand-ins between them
 
     def initial_sync(self) -> float:
         self.fleet.go()
@@ -156,15 +157,24 @@ class LeaseWatcher:
         self.registry.close()
 
 
+def _cpu(pids: list[int]) -> float:
+    return sum(map(cpu_seconds, pids))
+
+
 def measure(kind: str, switches: int, leases: int, repeat: int, gap: float,
-            transport: str = "tcp", audit_interval: float = 0, dual: bool = False) -> dict:  # fmt: skip
+            transport: str = "tcp", audit_interval: float = 0, dual: bool = False,
+            standin_procs: int = 1) -> dict:  # fmt: skip
     c = cluster(leases, dual=dual)
     out: dict[str, Any] = {"kind": kind, "switches": switches, "leases": leases,
                            "repetitions": repeat, "transport": transport,
                            "audit_interval": audit_interval, "dual_stack": dual,
                            "flows_per_lease": c.flows_per_lease}  # fmt: skip
     with environment(c, tls=transport == "tls", audit_interval=audit_interval) as env:
-        sw = RealSwitches(env, switches) if kind == "real" else StandInSwitches(env, switches)
+        if kind == "real":
+            sw: RealSwitches | StandInSwitches = RealSwitches(env, switches)
+        else:
+            sw = StandInSwitches(env, switches, standin_procs)
+            out["standin_procs"] = len(sw.pids)
         watcher = LeaseWatcher(env)
         try:
             out["switch"] = sw.label
@@ -172,10 +182,11 @@ def measure(kind: str, switches: int, leases: int, repeat: int, gap: float,
             log.info("%s S=%d: every switch holds %d flows after %.2fs", kind, switches,
                      env.table_size(), out["initial_sync_s"])  # fmt: skip
             latencies, spreads, heard = [], [], []
-            # where the CPU goes per event: the controller, the switches' process and this
-            # one (the real switches' flow monitors are read here)
-            pids = {"controller": env.controller.pid, "switches": sw.pid, "bench": os.getpid()}
-            cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            # where the CPU goes per event: the controller, the switches' process(es) and
+            # this one (the real switches' flow monitors are read here)
+            pids = {"controller": [env.controller.pid], "switches": sw.pids,
+                    "bench": [os.getpid()]}  # fmt: skip
+            cpu0 = {name: _cpu(each) for name, each in pids.items()}
             for i in range(repeat):
                 new = lease(leases + i, dual=dual)
                 before = sw.before()
@@ -186,8 +197,8 @@ def measure(kind: str, switches: int, leases: int, repeat: int, gap: float,
                 spreads.append(max(landed) - min(landed))
                 heard.append(watcher.wait(new.subnet) - t0)
                 time.sleep(gap)
-            out["cpu_ms_per_event"] = {name: (cpu_seconds(pid) - cpu0[name]) * 1e3 / repeat
-                                       for name, pid in pids.items()}  # fmt: skip
+            out["cpu_ms_per_event"] = {name: (_cpu(each) - cpu0[name]) * 1e3 / repeat
+                                       for name, each in pids.items()}  # fmt: skip
             counts = sw.final_counts()
         finally:
             watcher.close()
@@ -220,18 +231,21 @@ def measure(kind: str, switches: int, leases: int, repeat: int, gap: float,
                    "that only the events are measured.")
 @click.option("--dual-stack", "dual", is_flag=True,
               help="Dual-stack leases (EnableIPv6): each lease is 4 flows per switch, not 2.")
+@click.option("--standin-procs", type=click.IntRange(1), default=1, show_default=True,
+              help="Deal the stand-ins round-robin over this many processes (their CPU "
+                   "per event is summed). Real switches ignore it.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write the JSON (default bench/results).")
 def main(switches: tuple[int, ...], kinds: tuple[str, ...], transports: tuple[str, ...],
          leases: int, repeat: int, gap: float, audit_interval: float, dual: bool,
-         results_dir: Path | None) -> None:  # fmt: skip
+         standin_procs: int, results_dir: Path | None) -> None:  # fmt: skip
     """B2: latency from one new lease in etcd to its flow on every switch.
 
     Needs root; runs in a network namespace of its own. Writes b2_convergence.json
     (--dual-stack: b2_convergence_dualstack.json)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     runs = [
-        measure(k, s, leases, repeat, gap, t, audit_interval, dual)
+        measure(k, s, leases, repeat, gap, t, audit_interval, dual, standin_procs)
         for k in kinds
         for t in (transports if k == "real" else ("tcp",))
         for s in switches

@@ -12,7 +12,9 @@ L-1 remote-lease flows + its base pipeline.
 - `stand-in`: S instances of bench/standin.py (NOT Open vSwitch: a minimal
   OpenFlow switch answering handshake, flow stats, flow-mods, bundles,
   barriers) for switch counts real OVS cannot hold here; a table is full at
-  the first barrier the stand-in answers while holding it.
+  the first barrier the stand-in answers while holding it. One process serves
+  them all, or `--standin-procs N` deal them over N (each node of a real
+  cluster runs its own switch); the processes' CPU is recorded and summed.
 
 Reported (median of --repeat cold starts, each with fresh etcd, controller and
 switches): time to full convergence, flow-mods/s (S x table / time),
@@ -75,31 +77,34 @@ def run_real(env: Env, switches: int, timeout: float, vswitchds: int = 1) -> dic
                 "switch_cpu_s": sum(each), "switch_cpu_s_each": each}  # fmt: skip
 
 
-def run_standin(env: Env, switches: int, timeout: float) -> dict[str, Any]:
+def run_standin(env: Env, switches: int, timeout: float, procs: int = 1) -> dict[str, Any]:
     want = env.table_size()
     expected = {datapath_id_for(x.public_ip): want for x in env.cluster.leases[:switches]}
-    fleet = StandInFleet(env.controller.listen, env.controller.port, expected, PORTS).start()
+    fleet = StandInFleet(env.controller.listen, env.controller.port, expected, PORTS, procs)
     try:
-        cpu0, fleet0 = env.controller.cpu_seconds(), cpu_seconds(fleet.pid)
+        fleet.start()
+        cpu0, fleet0 = env.controller.cpu_seconds(), [cpu_seconds(p) for p in fleet.pids]
         info = fleet.go()
         if info["connect_failures"]:
             raise RuntimeError(f"stand-ins failed to connect: {info['connect_failures'][:3]}")
         took = fleet.wait_converged(timeout) - fleet.started
-        cpu, fleet_cpu = env.controller.cpu_seconds() - cpu0, cpu_seconds(fleet.pid) - fleet0
+        cpu = env.controller.cpu_seconds() - cpu0
+        each = [cpu_seconds(p) - c for p, c in zip(fleet.pids, fleet0, strict=True)]
     finally:
         per_switch = fleet.stop()
     unsupported = {k: v for s in per_switch.values() for k, v in s["unsupported"].items()}
-    # (the one process serving every stand-in: where the time goes when not the controller)
-    return {"converged_s": took, "controller_cpu_s": cpu, "standin_cpu_s": fleet_cpu,
+    # (the processes serving the stand-ins: where the time goes when not the controller)
+    return {"converged_s": took, "controller_cpu_s": cpu, "standin_procs": len(each),
+            "standin_cpu_s": sum(each), "standin_cpu_s_each": each,
             "standin_unsupported": unsupported,
             "flow_mods_received": sum(s["flow_mods"] for s in per_switch.values()),
             # dropped by the controller (its handshake deadline or echo probe missed: the
-            # stand-ins' one process starved of CPU) and connected again
+            # stand-ins' processes starved of CPU) and connected again
             "standin_reconnects": sum(s["reconnects"] for s in per_switch.values())}  # fmt: skip
 
 
-def measure_once(kind: str, leases: int, switches: int, timeout: float,
-                 dual: bool = False, vswitchds: int = 1) -> dict[str, Any]:  # fmt: skip
+def measure_once(kind: str, leases: int, switches: int, timeout: float, dual: bool = False,
+                 vswitchds: int = 1, standin_procs: int = 1) -> dict[str, Any]:  # fmt: skip
     c = cluster(leases, dual=dual)
     spread = kind == "real" and vswitchds > 1  # (the stand-ins keep to loopback)
     with environment(c, listen=add_hub() if spread else "127.0.0.1") as env:
@@ -111,7 +116,7 @@ def measure_once(kind: str, leases: int, switches: int, timeout: float,
             out = run_real(env, switches, timeout, vswitchds)
             out["vswitchds"] = vswitchds
         else:
-            out = run_standin(env, switches, timeout)
+            out = run_standin(env, switches, timeout, standin_procs)
         want = env.table_size()
         out.update({
             "switch": f"Open vSwitch (netdev bridges, {_count(vswitchds)} ovs-vswitchd)"
@@ -134,13 +139,14 @@ def _count(n: int) -> str:
 
 
 def measure(kind: str, leases: int, switches: int, timeout: float, repeat: int,
-            dual: bool = False, vswitchds: int = 1) -> dict[str, Any]:  # fmt: skip
+            dual: bool = False, vswitchds: int = 1, standin_procs: int = 1) -> dict[str, Any]:  # fmt: skip
     """`repeat` cold starts (fresh etcd, controller and switches each); medians."""
-    reps = [measure_once(kind, leases, switches, timeout, dual, vswitchds) for _ in range(repeat)]
+    reps = [measure_once(kind, leases, switches, timeout, dual, vswitchds, standin_procs)
+            for _ in range(repeat)]  # fmt: skip
     out = {k: reps[0][k] for k in ("switch", "kind", "leases", "switches", "flows_per_switch",
                                    "flows_total", "dual_stack", "flows_per_lease",
-                                   "vswitchds") if k in reps[0]}  # fmt: skip
-    for key in ("converged_s", "controller_cpu_s", "switch_cpu_s"):
+                                   "vswitchds", "standin_procs") if k in reps[0]}  # fmt: skip
+    for key in ("converged_s", "controller_cpu_s", "switch_cpu_s", "standin_cpu_s"):
         if key in reps[0]:
             out[key] = median([r[key] for r in reps])
     out["flow_mods_per_s"] = out["flows_total"] / out["converged_s"]
@@ -182,10 +188,13 @@ DEFAULT_RUNS = ("real:1000x10", "real:1000x50", "real:1000x100", "real:1000x200"
               help="Real runs: deal the S bridges round-robin over this many ovs-vswitchd "
                    "(each extra one in a child network namespace, reaching the controller "
                    "over a veth pair in 198.18.0.0/24); at most S. Stand-in runs ignore it.")
+@click.option("--standin-procs", type=click.IntRange(1), default=1, show_default=True,
+              help="Stand-in runs: deal the S stand-ins round-robin over this many processes "
+                   "(their CPU is recorded and summed). Real runs ignore it.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=None,
               help="Where to write the JSON (default bench/results).")
 def main(runs: tuple[str, ...], repeat: int, timeout: float, dual: bool, vswitchds: int,
-         results_dir: Path | None) -> None:  # fmt: skip
+         standin_procs: int, results_dir: Path | None) -> None:  # fmt: skip
     """B3: cold start of S switches onto L leases; convergence, flow-mods/s, controller cost.
 
     Needs root; runs in a network namespace of its own. Writes b3_cold_start.json
@@ -196,7 +205,7 @@ def main(runs: tuple[str, ...], repeat: int, timeout: float, dual: bool, vswitch
         if kind == "real" and vswitchds > switches:
             raise click.BadParameter(f"{vswitchds} ovs-vswitchd for {switches} switches: at most "
                                      "one per switch", param_hint="--vswitchds")  # fmt: skip
-    results = [measure(kind, leases, switches, timeout, repeat, dual, vswitchds)
+    results = [measure(kind, leases, switches, timeout, repeat, dual, vswitchds, standin_procs)
                for kind, leases, switches in configs]  # fmt: skip
     name = "b3_cold_start_dualstack" if dual else "b3_cold_start"
     path = report.save(name, MODULE, {"runs": results}, results_dir)
@@ -205,6 +214,8 @@ def main(runs: tuple[str, ...], repeat: int, timeout: float, dual: bool, vswitch
                    f"  {r['flow_mods_per_s']:,.0f} flow-mods/s  cpu {r['controller_cpu_s']:.2f}s"
                    + (f"  switch cpu {r['switch_cpu_s']:.2f}s over {r['vswitchds']} ovs-vswitchd"
                       if "switch_cpu_s" in r else "")
+                   + (f"  stand-in cpu {r['standin_cpu_s']:.2f}s over {r['standin_procs']} "
+                      "processes" if "standin_cpu_s" in r else "")
                    + f"  rss peak {r['controller_rss_peak_kib'] / 1024:.0f} MiB"
                    f" ({r['controller_bytes_per_flow']:.0f} B per flow above ready)"
                    f"  (median of {len(r['reps'])})")  # fmt: skip

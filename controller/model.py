@@ -129,6 +129,10 @@ class Scope:
     def __or__(self, other: Scope) -> Scope:
         if self.full or other.full:
             return FULL
+        if not other:  # (a switch noting an event while nothing is pending: shared as is)
+            return self
+        if not self:
+            return other
         return Scope(False, self.cookies | other.cookies, self.owners | other.owners,
                      self.keys | other.keys)  # fmt: skip
 
@@ -169,6 +173,7 @@ class Impact:
     # one switch's own: the direct routes (flows/direct.py) its node's Direct list changed
     node_cookies: dict[IPv4Address, set[int]] = field(default_factory=dict)
     _cookies: frozenset[int] | None = field(default=None, repr=False, compare=False)
+    _shared: Scope | None = field(default=None, repr=False, compare=False)
 
     def scope_for(self, node: IPv4Address, own_subnet: IPv4Network | None) -> Scope:
         """(Called once per switch, after the Impact is complete: the cookies of
@@ -179,11 +184,18 @@ class Impact:
             self._cookies = frozenset(subnet_cookie(s) for s in self.lease_subnets)
             self._cookies |= {direct_cookie(s) for s in self.lease_subnets}
             self._cookies |= self.service_cookies
-        owners = frozenset({Owner.ENDPOINT}) if own_subnet in self.endpoint_nodes else frozenset()
-        if node in self.policy_nodes:
+        # (each test is skipped while its set is empty, as for a lease event: an address's
+        # hash is computed in Python, and this runs once per switch)
+        owners = (frozenset({Owner.ENDPOINT})
+                  if self.endpoint_nodes and own_subnet in self.endpoint_nodes else frozenset())  # fmt: skip
+        if self.policy_nodes and node in self.policy_nodes:
             owners |= POLICY_OWNERS
-        own = self.node_cookies.get(node)
-        keys = self.policy_keys.get(node)
+        own = self.node_cookies.get(node) if self.node_cookies else None
+        keys = self.policy_keys.get(node) if self.policy_keys else None
+        if not (own or owners or keys):  # (the same for every switch: made once)
+            if self._shared is None:
+                self._shared = Scope(False, self._cookies)
+            return self._shared
         return Scope(False, self._cookies | own if own else self._cookies, owners,
                      frozenset(keys) if keys else frozenset())  # fmt: skip
 
@@ -210,7 +222,7 @@ class ClusterModel:
         self._rows6: dict[IPv4Network, Row6] = {}  # route_row6 of each in `_v6`
         self._selection6: list[Row6 | None] | None = None  # cache: _rows6 by _selection()'s leases
         self._by_cookie: dict[int, tuple[Lease, Row] | None] = {}  # cache of accepted() by cookie
-        self._own: dict[IPv4Address, Lease | None] = {}  # cache of own_lease()
+        self._own: dict[IPv4Address, tuple[Lease | None, bool]] = {}  # cache of _own_of()
         self.rejected: dict[str, Rejected] = {}  # by lease subnet / endpoint ip, for logs
         self.vxflow = VxflowConfig()
         self.services: dict[str, Service] = {}  # accepted by the registry, by name
@@ -315,14 +327,20 @@ class ClusterModel:
         return {s for c in claims for s in self._holders6.get(c, ())}
 
     def own_lease(self, node: IPv4Address) -> Lease | None:
-        """(Asked twice per switch when an event fans out: cached until a lease changes.)"""
+        return self._own_of(node)[0]
+
+    def _own_of(self, node: IPv4Address) -> tuple[Lease | None, bool]:
+        """`node`'s own lease and whether its switch is dual-stack (`_dual_stack`): asked
+        twice per switch when an event fans out, so cached until a lease changes (the
+        index `_dual_stack` reads changes with the leases alone)."""
         try:
             return self._own[node]
         except KeyError:
             pass
         subnets = self._by_ip.get(node, ())
-        own = self._own[node] = self.accepted(next(iter(subnets))) if len(subnets) == 1 else None
-        return own
+        own = self.accepted(next(iter(subnets))) if len(subnets) == 1 else None
+        found = self._own[node] = own, self._dual_stack(own)
+        return found
 
     def _dual_stack(self, own: Lease | None) -> bool:
         """`dual_stack(config, own)` for an accepted `own`, from the index `_put_lease` keeps
@@ -338,12 +356,13 @@ class ClusterModel:
     def endpoints_of(self, own: Lease | None) -> tuple[Endpoint, ...]:
         if own is None:
             return ()
-        if own.subnet not in self._accepted_eps:
+        found = self._accepted_eps.get(own.subnet)  # (once per switch per lease event)
+        if found is None:
             selection = select_endpoints(own, self._endpoints.get(own.subnet, {}).values())
             for r in selection.rejected:
                 self.rejected[f"endpoint {r.item.ip}"] = r
-            self._accepted_eps[own.subnet] = selection.accepted
-        return self._accepted_eps[own.subnet]
+            found = self._accepted_eps[own.subnet] = selection.accepted
+        return found
 
     def plan(self) -> ServicePlan | None:
         """The services every switch must serve; None without a ServiceNetwork."""
@@ -580,10 +599,9 @@ class ClusterModel:
         while no valid config is known (then nothing may be touched)."""
         if self.config is None:
             return None
-        own = self.own_lease(node)
+        own, six = self._own_of(node)
         plan = self.plan()
-        six = self._dual_stack(own)
-        reachable = self.direct.get(node)
+        reachable = self.direct.get(node) if self.direct else None
         if scope.full:
             leases, rows = self._selection()
             v6 = tuple(self._v6.values()) if six else None
@@ -594,7 +612,8 @@ class ClusterModel:
             table.flows.extend(self.policy_table(node).flows)
             return table
         flows: list[Flow] = []
-        if Owner.BASE in scope.owners:
+        owners = scope.owners  # (empty for a lease event: no Owner is hashed per switch)
+        if owners and Owner.BASE in owners:
             flows += base_flows(self.config, own)
         if own is None:
             return NodeTable(flows)
@@ -611,7 +630,7 @@ class ClusterModel:
         routes = RemoteRoutes(self.config, own, leases, rows, rows6) if leases else None
         if reachable and self.config.backend.direct_routing:
             flows += self._direct_flows(own, reachable, scope, six)
-        every = Owner.ENDPOINT in scope.owners
+        every = bool(owners) and Owner.ENDPOINT in owners
         # (a scope naming no endpoint, such as a policy change's, skips the node's pods)
         named = every or any((o := owner_of(c)) is not None and o[0] is Owner.ENDPOINT
                              for c in scope.cookies)  # fmt: skip
@@ -626,7 +645,7 @@ class ClusterModel:
         groups: list[Group] = []
         if plan is not None:
             flows += self._service_flows(own, plan, scope, groups, six)
-        if scope.owners & POLICY_OWNERS:
+        if owners and owners & POLICY_OWNERS:
             flows += self.policy_table(node).flows
         elif scope.keys:
             held = self._stage(node).flows

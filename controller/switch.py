@@ -45,7 +45,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from functools import cached_property
 from ipaddress import IPv4Address
 from typing import Protocol
 
@@ -115,6 +114,14 @@ class _Change:
     # from a comparison of the whole table (a readback, a full resync): its landing is
     # logged at INFO; a registry change's, at every switch, at DEBUG
     whole: bool = False
+    # asked for at every reply (the change is not altered once sent): the barrier after
+    # the last message (a bare change's only barrier), and the last xid of the change
+    added_xid: int = field(init=False)
+    last_xid: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.added_xid = self._message_xid + len(self.messages) + self.diff.added_routes + len(self.tail)
+        self.last_xid = self.added_xid if self.bundle_id is None else self.added_xid + 2
 
     @property
     def form(self) -> str:
@@ -123,15 +130,6 @@ class _Change:
     @property
     def _message_xid(self) -> int:
         return self.first_xid if self.bundle_id is None else self.first_xid + 1
-
-    @cached_property  # asked for at every reply; the change is not altered once sent
-    def added_xid(self) -> int:
-        """The barrier after the last message (a bare change's only barrier)."""
-        return self._message_xid + len(self.messages) + self.diff.added_routes + len(self.tail)
-
-    @cached_property
-    def last_xid(self) -> int:
-        return self.added_xid if self.bundle_id is None else self.added_xid + 2
 
     def message(self, xid: int) -> tuple[int, Flow | Group] | None:
         i = xid - self._message_xid
@@ -513,13 +511,14 @@ class SwitchSync:
             self._repair_since, self._repair_flows = None, 0
         # one line per switch per registry event would flood the log of a large cluster (and
         # cost 3% of the controller's time in a policy change to 50 switches)
-        what = "flow-mod" if change.bundle_id is None else f"bundle {change.bundle_id}"
         level = logging.INFO if change.whole else logging.DEBUG
-        log.log(
-            level, "switch %s: %s landed (%d added, %d deleted; %d flows)",
-            self.node, what, len(change.diff) - len(change.diff.delete),
-            len(change.diff.delete), len(self.installed),
-        )
+        if log.isEnabledFor(level):
+            what = "flow-mod" if change.bundle_id is None else f"bundle {change.bundle_id}"
+            log.log(
+                level, "switch %s: %s landed (%d added, %d deleted; %d flows)",
+                self.node, what, len(change.diff) - len(change.diff.delete),
+                len(change.diff.delete), len(self.installed),
+            )
         self._kick()
 
     # -- internals ------------------------------------------------------------
@@ -574,11 +573,12 @@ class SwitchSync:
             self._need_readback, self._readback_reason = True, "retry"
             self._pending = FULL
             return
-        log.debug(
-            "switch %s: %d desired flows in %.1f ms, diff of %d in %.1f ms",
-            self.node, len(desired), (computed - started) * 1e3, len(diff),
-            (time.perf_counter() - computed) * 1e3,
-        )
+        if log.isEnabledFor(logging.DEBUG):  # (a lease event runs this once per switch)
+            log.debug(
+                "switch %s: %d desired flows in %.1f ms, diff of %d in %.1f ms",
+                self.node, len(desired), (computed - started) * 1e3, len(diff),
+                (time.perf_counter() - computed) * 1e3,
+            )
         drifted = _drifted(diff, group_diff, excused) if found_by else (0, 0, 0)
         if any(drifted):
             metrics.DRIFT_FOUND[found_by].inc()
@@ -594,7 +594,8 @@ class SwitchSync:
         late, self._late = self._late, []
         if diff or group_diff:
             self._send(diff, group_diff, scope.full)
-            self.observe(late)  # (their repair is sent once this change landed)
+            if late:
+                self.observe(late)  # (their repair is sent once this change landed)
             return
         self._repair_since, self._repair_flows = None, 0  # nothing to repair (or undone)
         self._send_flushes(self._flushes)
@@ -643,13 +644,14 @@ class SwitchSync:
     def _send(self, diff: FlowDiff, group_diff: GroupDiff, whole: bool) -> None:
         self.state = State.APPLYING
         # (a lease event runs this once per switch: counters that do not move are not touched)
+        size = len(diff)
         for counter, n in ((metrics.DELETES, len(diff.delete)),
-                           (metrics.ADDS, len(diff) - len(diff.delete)),
+                           (metrics.ADDS, size - len(diff.delete)),
                            (metrics.GROUP_MODS, len(group_diff))):  # fmt: skip
             if n:
                 counter.inc(n)
         flushes, self._flushes = self._flushes, []
-        if len(diff) + len(group_diff) <= UNBUNDLED:
+        if size + len(group_diff) <= UNBUNDLED:
             self._send_bare(diff, group_diff, flushes, whole)
         else:
             self._send_bundle(diff, group_diff, flushes, whole)
@@ -775,6 +777,8 @@ class SwitchSync:
     def _groups_in(self, scope: Scope) -> list[Group]:
         """The installed groups `scope` covers: looked up by its service cookies, so a lease
         event (no service cookie) costs nothing however many groups the switch holds."""
+        if not self.installed_groups:
+            return []
         if scope.full:
             return list(self.installed_groups.values())
         if Owner.SERVICE in scope.owners:

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 from flows.arp import arp_reply as _arp_reply
@@ -298,14 +298,19 @@ class RemoteRoutes:
     # the others (in the same order); empty: no IPv6 half routed (an IPv4-only switch)
     rows6: Sequence[Row6 | None] = ()
 
-    @cached_property
-    def halves(self) -> int:
-        """The leases whose IPv6 flows are among these."""
-        return sum(row is not None for row in self.rows6)
+    # the leases whose IPv6 flows are among these, and the number of flows (`len`): asked
+    # several times per switch when a lease event fans out, so counted once
+    halves: int = field(init=False, repr=False, compare=False)
+    _size: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        halves = sum(row is not None for row in self.rows6)
+        object.__setattr__(self, "halves", halves)
+        object.__setattr__(self, "_size", FLOWS_PER_LEASE * (len(self.leases) + halves))
 
     def __len__(self) -> int:
         """The number of flows (not of leases)."""
-        return FLOWS_PER_LEASE * (len(self.leases) + self.halves)
+        return self._size
 
     @property
     def own_mac(self) -> str:

@@ -83,6 +83,8 @@ def diff_table(
     in the same bundle, so the outcome is the same as diff_flows'.
     """
     current = list(current)
+    if not current:  # (a lease event: nothing of its cookies held yet, on every switch)
+        return FlowDiff(tuple(desired.flows), (), desired.routes or None)
     if desired.routes is None or any(
         any(map(_is_route, chunk)) for chunk in chunked(current, pause)
     ):

@@ -63,9 +63,10 @@ def test_b1_flow_rate_tiny(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_b2_convergence_tiny(tmp_path: Path) -> None:
     r = run_bench(tmp_path, "bench.b2_convergence", "-s", "3", "--leases", "20", "--repeat", "5",
-                  "--gap", "0")  # fmt: skip
+                  "--gap", "0", "--standin-procs", "2")  # fmt: skip
     assert [(run["kind"], run["transport"]) for run in r["runs"]] == [
         ("real", "tcp"), ("real", "tls"), ("stand-in", "tcp")]  # fmt: skip
+    assert r["runs"][-1]["standin_procs"] == 2
     for run in r["runs"]:
         assert run["switches"] == 3 and run["final_tables_ok"] is True
         lat, heard = run["latency_s"], run["etcd_watch_s"]
@@ -77,7 +78,7 @@ def test_b2_convergence_tiny(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_b3_cold_start_tiny(tmp_path: Path) -> None:
     r = run_bench(tmp_path, "bench.b3_cold_start", "--run", "real:40x3", "--run", "stand-in:40x5",
-                  "--repeat", "2")  # fmt: skip
+                  "--repeat", "2", "--standin-procs", "2")  # fmt: skip
     real, stand_in = r["runs"]
     assert (real["kind"], real["switches"], stand_in["kind"], stand_in["switches"]) == (
         "real", 3, "stand-in", 5)
@@ -88,9 +89,12 @@ def test_b3_cold_start_tiny(tmp_path: Path) -> None:
         assert positive(run["converged_s"]) and positive(run["flow_mods_per_s"])
         assert run["controller_rss_peak_kib"] > 0 and len(run["reps"]) == 2
     assert real["switch_cpu_s"] >= 0
+    assert stand_in["standin_procs"] == 2  # the 5 stand-ins dealt over two processes
     for rep in stand_in["reps"]:
         assert rep["standin_unsupported"] == {}
         assert rep["flow_mods_received"] >= stand_in["flows_total"]
+        assert len(rep["standin_cpu_s_each"]) == 2 and min(rep["standin_cpu_s_each"]) >= 0
+        assert rep["standin_cpu_s"] == pytest.approx(sum(rep["standin_cpu_s_each"]))
 
 
 CHILD_NETNS = re.compile(r"vxb[0-9a-f]{4}n\d+")  # bench/bridges.py: f"{tag}n{i}"

@@ -18,7 +18,7 @@ import pytest
 
 from bench.etcdload import load
 from bench.ofwire import MP_FLOW
-from bench.standin import StandInSwitch, SwitchState
+from bench.standin import StandInSwitch, SwitchState, held_flow
 from controller.app import MAX_OPEN_FILES
 from flows.compiler import compile_node
 from flows.flow import to_ofctl
@@ -414,7 +414,8 @@ def slow_standin(loop, ip: IPv4Address, flows: int, port: int) -> SlowStandIn:
     """A SlowStandIn for the node at `ip` with `flows` junk flows in its table, connected
     with a 4 KiB receive buffer."""
     state = SwitchState(datapath_id_for(ip), expected=0)
-    state.table = junk_table(flows)
+    for junk in junk_flows(flows):
+        state.hold(junk)
     return connect_standin(loop, lambda: SlowStandIn(state, [(TUNNEL_OFPORT, "vxlan0")]), port,
                            rcvbuf=4096)  # fmt: skip
 
@@ -567,7 +568,7 @@ def test_slow_switches_past_the_total_backlog_are_shed(cluster: Cluster, tmp_pat
 TOTAL_BACKLOG_MIB = 3.0
 
 
-def junk_table(flows: int) -> dict:
-    """A stand-in's table of `flows` junk flows (none of them vxflow's)."""
+def junk_flows(flows: int) -> list[bytes]:
+    """`flows` junk flows (none of them vxflow's), as a stand-in holds them."""
     match = struct.pack("!HH4x", 1, 4)  # an empty OXM match
-    return {(t, p, match): (0, b"") for t in range(4) for p in range(1, flows // 4 + 1)}
+    return [held_flow(t, p, match, 0) for t in range(4) for p in range(1, flows // 4 + 1)]
