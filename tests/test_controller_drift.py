@@ -173,8 +173,11 @@ def test_a_burst_too_large_to_report_pauses_the_monitor_and_a_readback_repairs_i
     finally:
         c.proc.send_signal(signal.SIGCONT)
     cluster.wait_converged(timeout=180)  # each comparison dumps 200,000 flows at first
+    vswitchd_log = cluster.ovs.vswitchd_ctl.with_name("ovs-vswitchd.log")
     assert c.metric("vxflow_controller_flow_monitor_pauses_total") >= 1, "\n".join(
-        line for line in c.log().splitlines() if "flow monitor" in line or "connect" in line)
+        [line for line in c.log().splitlines() if "flow monitor" in line or "connect" in line]
+        + [line for line in vswitchd_log.read_text().splitlines()
+           if re.search(r"rconn|connmgr|vconn|ofproto|timeval", line)])  # fmt: skip
     # the resumed monitor asks for a readback; on a loaded machine one already asked for
     # (a retry, or a reconnect after the stop outlasted the switch's probe) may serve it.
     # It is counted when it starts, which waits for the switch's comparison under way: the
