@@ -275,7 +275,7 @@ def test_a_restarted_ovsdb_server_is_reconnected(fast: Fast) -> None:
     cni = fast.cni
     before = cni.state()
     netns = replica_kept(cni, "f7")
-    cni.node.ovs.stop_process("ovsdb-server")
+    cni.node.ovs.stop_ovsdb_server()
     cni.node.ovs.start_ovsdb_server()
     code, result, err = cni.plugin("ADD", "f7", netns)
     assert code == 0 and served(fast, "ADD", "f7"), (result, err)
@@ -292,7 +292,7 @@ def test_an_ovsdb_server_gone_for_good_is_try_again_later_and_leaves_nothing(fas
     cni = fast.cni
     before = cni.state()
     netns = replica_kept(cni, "f8")
-    cni.node.ovs.stop_process("ovsdb-server")
+    cni.node.ovs.stop_ovsdb_server()
     try:
         code, result, err = cni.plugin("ADD", "f8", netns)
         assert code == 1 and result["code"] == 11, (result, err)
@@ -350,7 +350,7 @@ def test_churn_of_300_pods_with_ovsdb_restarted_twice(fast: Fast) -> None:
         for line in driver.stdout:
             if line.startswith("progress "):
                 if int(line.split()[1]) in (100, 200):  # the driver goes on meanwhile
-                    cni.node.ovs.stop_process("ovsdb-server")
+                    cni.node.ovs.stop_ovsdb_server()
                     time.sleep(1)  # calls in flight meet no OVSDB
                     cni.node.ovs.start_ovsdb_server()
                     restarted.append(line)

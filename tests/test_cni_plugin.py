@@ -298,7 +298,7 @@ def test_del_keeps_the_address_while_the_port_may_claim_it(cni: CniNode) -> None
     code, result, err = cni.plugin("ADD", "d3", netns)
     assert code == 0, err
     address = result["ips"][0]["address"].split("/")[0]
-    cni.node.ovs.stop_process("ovsdb-server")
+    cni.node.ovs.stop_ovsdb_server()
     try:
         code, out, _ = cni.plugin("DEL", "d3", netns, conf={**cni.conf(), "prevResult": result})
         assert (code, out["code"]) == (1, 11), out

@@ -456,20 +456,17 @@ def test_ovsdb_gone_during_the_port_moves_leaves_the_node_flannel(
     flannel_node: FlannelNode, then: str,
 ) -> None:
     """ovs-vswitchd frozen once the agent is up (the agent's subnet file written) holds the
-    first move waiting for its ofport; the test stops ovsdb-server by its PID there. Every
+    first move waiting for its ofport; the test stops ovsdb-server by its PID there (ovs-vswitchd
+    left frozen until ovsdb-server is back: OvsInstance.stop_ovsdb_server). Every
     step done is undone without OVSDB: the veth back on cni0, the gateway port's address
     gone from the kernel, flanneld started again. What stays in OVSDB is listed in the state
     file; with ovsdb-server back, `then` (--rollback, or the next migration) removes it
     first."""
     f = flannel_node
     vswitchd = f.node.ovs.pids()["ovs-vswitchd"]
-
-    def ovsdb_gone() -> None:
-        f.node.ovs.stop_process("ovsdb-server")
-        os.kill(vswitchd, signal.SIGCONT)
-
-    code, lines, stderr = migrate_with_events(f, {"5. move veth1": ovsdb_gone},
-                                              f.freezing_once_up(str(vswitchd)))  # fmt: skip
+    code, lines, stderr = migrate_with_events(
+        f, {"5. move veth1": f.node.ovs.stop_ovsdb_server},  # ovs-vswitchd stays frozen
+        f.freezing_once_up(str(vswitchd)))  # fmt: skip
     assert code == 1, "\n".join(lines) + stderr
     assert [line.split(":")[0] for line in lines] == [
         "1. fence flanneld", "2. take the lease over", "3. start the agent", "4. keep ip-masq",

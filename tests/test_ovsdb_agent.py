@@ -235,7 +235,7 @@ def test_agent_kill9_restart_and_ovsdb_server_restart(cluster1: Cluster) -> None
     assert len(cluster1.registry.list_leases()) == 1
 
     # ovsdb-server restarts under the agent; meanwhile the bridge drifted in the file
-    node.ovs.stop_process("ovsdb-server")
+    node.ovs.stop_ovsdb_server()
     drift = [
         "Open_vSwitch",
         {"op": "update", "table": "Bridge", "where": [["name", "==", "br-int"]],
