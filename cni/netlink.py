@@ -17,7 +17,9 @@ Each step is one batch of rtnetlink requests, encoded with pyroute2's
 message classes and sent on a plain netlink socket (`request()`): pyroute2's
 IPRoute API spends ~0.4 ms of Python compiling each request (its asyncio
 core, request filters), fifteen times the kernel's work, which made the
-container end's four requests ~1.5 ms of every ADD.
+container end's four requests ~1.5 ms of every ADD. pyroute2 itself is imported at
+the first request, not with this module: its package's import (~80 ms) was paid at the
+start of every agent, `vxflow bootstrap` and `vxflow migrate`, most of which attach no pod.
 Errors are cni/veth.py's: VethExists, IprouteError.
 """
 
@@ -34,17 +36,13 @@ import struct
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import TypeVar
-
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, nlmsg
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
+from typing import TYPE_CHECKING, TypeVar
 
 from cni.veth import ContainerEnd, Pair, VethExists, host_link_exists, make_inert, random_mac
 from ovsdb.iproute import IprouteError
+
+if TYPE_CHECKING:
+    from pyroute2.netlink import nlmsg
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -52,12 +50,24 @@ SIOCETHTOOL = 0x8946
 ETHTOOL_STXCSUM = 0x17  # set TX checksum offload (struct ethtool_value {cmd, data})
 IFF_UP = 0x1
 NLMSG_ERROR = 0x2  # an acknowledgement (error 0) or a refusal (-errno)
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+RTM_NEWLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 20, 24
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL  # `ip ... add`
 CHANGE = NLM_F_REQUEST | NLM_F_ACK  # `ip link set`
 RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST = 254, 4, 0, 1
 _HEADER = struct.Struct("IHHII")  # struct nlmsghdr: length, type, flags, seq, pid
 _ERROR = struct.Struct("i")  # struct nlmsgerr's error, after the header
 _IFREQ = struct.Struct("16sP")  # ifr_name, ifr_data
+
+
+class NetlinkError(Exception):
+    """A request the kernel refused; `code` is its errno."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code, os.strerror(code))
+        self.code = code
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -85,6 +95,8 @@ def _message(cls: type[nlmsg], kind: int, how: int, attrs: list, **fields: int) 
 
 def veth_message(pair: Pair, host_mac: str, netns_fd: int) -> nlmsg:
     """`ip link add HOST address MAC mtu M up type veth peer name IFNAME mtu M netns FD`."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # imported at first use: see above
+
     peer = {"attrs": [("IFLA_IFNAME", pair.ifname), ("IFLA_MTU", pair.mtu),
                       ("IFLA_NET_NS_FD", netns_fd)]}  # fmt: skip
     info = {"attrs": [("IFLA_INFO_KIND", "veth"),
@@ -101,6 +113,10 @@ IFA_F_NODAD = 0x02  # an IPv6 address without duplicate address detection (veth.
 def container_messages(index: int, end: ContainerEnd) -> list[nlmsg]:
     """The container end `index`: its MAC and link up, its addresses, its routes (in this
     order)."""
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # imported at first use: see above
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
     messages = [
         _message(ifinfmsg, RTM_NEWLINK, CHANGE, [("IFLA_ADDRESS", end.mac)], index=index,
                  flags=IFF_UP, change=IFF_UP),
@@ -146,7 +162,7 @@ def request(sock: socket.socket, messages: list[nlmsg], sequence: Callable[[], i
             offset += max((length + 3) & ~3, _HEADER.size)
     if refused:
         code = min(refused)[1]
-        raise NetlinkError(code, os.strerror(code))
+        raise NetlinkError(code)
 
 
 def _netlink_socket() -> socket.socket:

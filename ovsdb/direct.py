@@ -27,17 +27,10 @@ import threading
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import (
-    RTMGRP_IPV4_IFADDR,
-    RTMGRP_IPV4_ROUTE,
-    RTMGRP_IPV6_IFADDR,
-    RTMGRP_IPV6_ROUTE,
-    RTMGRP_LINK,
-)
+if TYPE_CHECKING:  # pyroute2 is imported when DirectRouting first asks (~80 ms of a start)
+    from pyroute2 import IPRoute
 
 from flows.ipv6 import dual_stack
 from flows.validate import select_leases, select_v6
@@ -68,6 +61,8 @@ Network = IPv4Network | IPv6Network
 def direct_peers(ipr: IPRoute, peers: Iterable[Lease], six: bool = False) -> frozenset[Address]:
     """The PublicIPs of `peers` that flannel's rule finds on this node's link (`six`: a
     dual-stack node; their PublicIPv6s too, each decided apart)."""
+    from pyroute2.netlink.exceptions import NetlinkError  # imported with ipr's IPRoute
+
     found: set[Address] = set()
     for peer in peers:
         for address in (peer.public_ip, peer.public_ipv6 if six else None):
@@ -166,6 +161,8 @@ class DirectRouting:
 
     def decide(self, peers: Iterable[Lease], six: bool = False) -> frozenset[Address]:
         if self._ipr is None:
+            from pyroute2 import IPRoute
+
             self._ipr = IPRoute()
         return direct_peers(self._ipr, peers, six)
 
@@ -272,6 +269,11 @@ class DroppedCount:
         return int(found[0]["packets"]) if found else 0
 
 
+# rtnetlink's multicast groups (linux/rtnetlink.h), the ones a RouteWatch joins
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE = 0x1, 0x10, 0x40
+RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
+
+
 class RouteWatch:
     """Calls `changed()` (from a thread of its own) whenever the kernel reports a change
     of routes, addresses (either family) or links: the direct decision may be another now."""
@@ -280,8 +282,8 @@ class RouteWatch:
         self._changed = changed
         self._stop = threading.Event()
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self._sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_ROUTE
-                         | RTMGRP_IPV6_IFADDR | RTMGRP_LINK))  # fmt: skip
+        self._sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+                         | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE))  # fmt: skip
         self._sock.settimeout(0.5)  # how long stop() may wait
         self._thread = threading.Thread(target=self._run, name="route-watch", daemon=True)
         self._thread.start()

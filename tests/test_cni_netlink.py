@@ -20,7 +20,6 @@ from ipaddress import (
 )
 
 import pytest
-from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 
 from cni.netlink import (
@@ -29,6 +28,7 @@ from cni.netlink import (
     IFA_F_NODAD,
     IFF_UP,
     NLMSG_ERROR,
+    NetlinkError,
     container_messages,
     request,
     veth_message,
@@ -124,3 +124,21 @@ def test_one_datagram_out_every_answer_read(split: bool) -> None:
         request(refusing, container_messages(5, END), counter)  # type: ignore[arg-type]
     assert refused.value.code == errno.ENETUNREACH and not refusing.pending
     assert "Network is unreachable" in str(refused.value)
+
+
+def test_the_kernel_numbers_spelled_out_to_defer_pyroute2_are_its_own() -> None:
+    """cni/netlink.py and ovsdb/direct.py name rtnetlink's numbers themselves, so that an
+    agent imports pyroute2 only when it first uses it; they are pyroute2's."""
+    import pyroute2.netlink as nl
+    import pyroute2.netlink.rtnl as rtnl
+
+    from cni import netlink
+    from ovsdb import direct
+
+    for name in ("NLM_F_REQUEST", "NLM_F_ACK", "NLM_F_EXCL", "NLM_F_CREATE"):
+        assert getattr(netlink, name) == getattr(nl, name), name
+    for name in ("RTM_NEWLINK", "RTM_NEWADDR", "RTM_NEWROUTE"):
+        assert getattr(netlink, name) == getattr(rtnl, name), name
+    for name in ("RTMGRP_LINK", "RTMGRP_IPV4_IFADDR", "RTMGRP_IPV4_ROUTE", "RTMGRP_IPV6_IFADDR",
+                 "RTMGRP_IPV6_ROUTE"):  # fmt: skip
+        assert getattr(direct, name) == getattr(rtnl, name), name
