@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_network
 
-from ovsdb.iproute import IprouteError, ip, ip_json
+from ovsdb.iproute import IprouteError, ip, run
 
 ROUTE_PROTO = "118"  # the routing protocol number vxflow's service routes carry
 SERVICE6_PROTO = "119"  # the IPv6ServiceNetwork's route's
@@ -50,6 +50,46 @@ def _link(ifname: str, netns: str | None) -> dict | None:
     return links[0] if links else None
 
 
+@dataclass(frozen=True)
+class _Held:
+    """What the kernel holds that converge_gateway compares, read by two `ip -batch`
+    processes, IPv4's and IPv6's (an agent converges at every change it sees: five `ip`
+    processes each time were most of its processes). Each command lists whole tables (never
+    a missing device's error, which would end the batch), filtered here."""
+
+    link: dict | None  # the port's `ip -j addr` entry
+    network_routes: list[dict]  # the IPv4 routes to exactly the overlay Network
+    ours: dict[tuple[int, str], list[dict]]  # (IP version, protocol): those on the port
+
+    @classmethod
+    def read(cls, spec: GatewaySpec, netns: str | None) -> _Held:
+        links, network, ours4 = _batch(
+            ["addr show", f"route show exact {spec.route}", f"route show proto {ROUTE_PROTO}"],
+            netns)  # fmt: skip
+        ours6, services6 = _batch(
+            [f"route show proto {ROUTE_PROTO}", f"route show proto {SERVICE6_PROTO}"], netns, "-6"
+        )
+        link = next((entry for entry in links if entry.get("ifname") == spec.ifname), None)
+        ours = {(4, ROUTE_PROTO): ours4, (6, ROUTE_PROTO): ours6, (6, SERVICE6_PROTO): services6}
+        return cls(link, network, {key: [r for r in routes if r.get("dev") == spec.ifname]
+                                   for key, routes in ours.items()})  # fmt: skip
+
+
+def _batch(commands: list[str], netns: str | None, *options: str) -> list[list[dict]]:
+    """Each of `commands` (`ip -j OPTIONS` ones that cannot fail) in one process: its JSON."""
+    out = run("ip", "-j", *options, "-batch", "-", netns=netns, input="\n".join(commands) + "\n")
+    answers: list[list[dict]] = []
+    decoder, at = json.JSONDecoder(), 0
+    for _ in commands:
+        while at < len(out) and out[at].isspace():
+            at += 1
+        if at == len(out):
+            raise IprouteError(f"`ip -batch` gave {len(answers)} answers to {commands}")
+        answer, at = decoder.raw_decode(out, at)
+        answers.append(answer)
+    return answers
+
+
 def converge_gateway(
     spec: GatewaySpec, netns: str | None = None, dry_run: bool = False, wait: float = 10.0
 ) -> list[str]:
@@ -59,11 +99,13 @@ def converge_gateway(
     so wait up to `wait` seconds for it to appear (not in a dry run: there it
     may legitimately not exist yet).
     """
-    link = _link(spec.ifname, netns)
+    held = _Held.read(spec, netns)
     deadline = time.monotonic() + wait
-    while link is None and not dry_run and time.monotonic() < deadline:
+    while held.link is None and not dry_run and time.monotonic() < deadline:
         time.sleep(0.1)
-        link = _link(spec.ifname, netns)
+        if _link(spec.ifname, netns) is not None:
+            held = _Held.read(spec, netns)
+    link = held.link
     if link is None:
         if dry_run:
             return [f"kernel: {spec.ifname} address {spec.address}, mtu {spec.mtu}, up, "
@@ -83,10 +125,11 @@ def converge_gateway(
         changes.append(f"kernel: {spec.ifname} set up")
         if not dry_run:
             ip("link", "set", "dev", spec.ifname, "up", netns=netns)
-    changes += _converge_route(spec.ifname, spec.route, netns, dry_run)
-    changes += _converge_route6(spec.ifname, spec.route6, netns, dry_run)
+    changes += _converge_route(spec.ifname, spec.route, held.network_routes, netns, dry_run)
+    changes += _converge_route6(spec.ifname, spec.route6, held.ours[6, ROUTE_PROTO], netns,
+                                dry_run)  # fmt: skip
     if spec.service_routes is not None:
-        changes += _converge_service_routes(spec, netns, dry_run)
+        changes += _converge_service_routes(spec, held, netns, dry_run)
     return changes
 
 
@@ -116,9 +159,11 @@ def _converge_address(
     return changes
 
 
-def _converge_route(ifname: str, route: IPv4Network, netns: str | None, dry_run: bool) -> list[str]:
-    """The overlay Network routed into the port, as the only route to it."""
-    routes = ip_json("route", "show", "exact", str(route), netns=netns)
+def _converge_route(
+    ifname: str, route: IPv4Network, routes: list[dict], netns: str | None, dry_run: bool
+) -> list[str]:
+    """The overlay Network routed into the port, as the only route to it (`routes`: the
+    kernel's to exactly it)."""
     if any(r.get("dev") == ifname for r in routes) and len(routes) == 1:
         return []
     if not dry_run:
@@ -127,12 +172,11 @@ def _converge_route(ifname: str, route: IPv4Network, netns: str | None, dry_run:
 
 
 def _converge_route6(
-    ifname: str, route: IPv6Network | None, netns: str | None, dry_run: bool
+    ifname: str, route: IPv6Network | None, ours: list[dict], netns: str | None, dry_run: bool
 ) -> list[str]:
     """Exactly `route` (a dual-stack node's IPv6Network) among the IPv6 routes of protocol
-    ROUTE_PROTO on the port: one of an earlier IPv6Network, or of a node whose lease lost its
-    IPv6 half, goes; no other route is touched."""
-    ours = ip_json("-6", "route", "show", "dev", ifname, "proto", ROUTE_PROTO, netns=netns)
+    ROUTE_PROTO on the port (`ours`): one of an earlier IPv6Network, or of a node whose
+    lease lost its IPv6 half, goes; no other route is touched."""
     have = {IPv6Network(r["dst"]) for r in ours if r.get("dst", "default") != "default"}
     changes: list[str] = []
     for net in sorted(have - {route}):
@@ -147,7 +191,9 @@ def _converge_route6(
     return changes
 
 
-def _converge_service_routes(spec: GatewaySpec, netns: str | None, dry_run: bool) -> list[str]:
+def _converge_service_routes(
+    spec: GatewaySpec, held: _Held, netns: str | None, dry_run: bool
+) -> list[str]:
     """Exactly `spec.service_routes` among the routes of protocol ROUTE_PROTO (IPv6:
     SERVICE6_PROTO) on the port."""
     assert spec.service_routes is not None
@@ -155,7 +201,7 @@ def _converge_service_routes(spec: GatewaySpec, netns: str | None, dry_run: bool
     for family, proto, name in (("-4", ROUTE_PROTO, "ServiceNetwork"),
                                 ("-6", SERVICE6_PROTO, "IPv6ServiceNetwork")):  # fmt: skip
         want = [n for n in spec.service_routes if n.version == int(family[1])]
-        ours = ip_json(family, "route", "show", "dev", spec.ifname, "proto", proto, netns=netns)
+        ours = held.ours[int(family[1]), proto]
         have = {ip_network(r["dst"]) for r in ours if r.get("dst", "default") != "default"}
         for net in sorted(have - set(want)):
             changes.append(f"kernel: remove route {net} dev {spec.ifname} (a previous {name})")
