@@ -45,7 +45,7 @@ from flows.ports import (
 from leases.controllers import capped
 from leases.model import Lease, Member, NetworkConfig, datapath_id_for
 from leases.subnet_env import overlay_mtu
-from ovsdb.gateway import GatewaySpec, converge_gateway
+from ovsdb.gateway import GatewaySpec, KernelState, converge_gateway
 from ovsdb.idl import refresh, run_once
 from ovsdb.iproute import link_holding
 
@@ -452,10 +452,12 @@ def converge(
 
 
 def with_underlay_mtu(
-    options: BootstrapOptions, lease: Lease, netns: str | None = None
-) -> BootstrapOptions:
-    """`options` with the MTU of the interface holding the PublicIP (kept if none holds it)."""
-    link = link_holding(lease.public_ip, netns=netns)
+    options: BootstrapOptions, lease: Lease, netns: str | None = None,
+    links: list[dict] | None = None,
+) -> BootstrapOptions:  # fmt: skip
+    """`options` with the MTU of the interface holding the PublicIP (kept if none holds it;
+    `links`: `ip -j addr`'s entries, if already read)."""
+    link = link_holding(lease.public_ip, netns=netns, links=links)
     if link is None:
         log.warning(
             "no interface holds PublicIP %s; assuming underlay MTU %d",
@@ -488,10 +490,13 @@ def bootstrap(
         refresh(idl)
     if options.datapath_type == "auto":
         options = replace(options, datapath_type=detect_datapath_type(idl))
-    options = with_underlay_mtu(options, lease, netns)
+    held = KernelState.read(GATEWAY_PORT, config.network, netns)  # the kernel read once
+    options = with_underlay_mtu(options, lease, netns, held.links)
     state = desired_state(config, lease, controllers, options, service_routes)
     changes = converge(idl, state, dry_run=dry_run)
-    kernel = converge_gateway(state.gateway, netns=netns, dry_run=dry_run)
+    # (read again after an OVSDB change: it may have made the port anew, or changed its MTU)
+    kernel = converge_gateway(state.gateway, netns=netns, dry_run=dry_run,
+                              held=None if changes and not dry_run else held)  # fmt: skip
     for line in kernel:
         if not dry_run:
             log.info("%s", line)

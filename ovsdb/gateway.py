@@ -51,28 +51,29 @@ def _link(ifname: str, netns: str | None) -> dict | None:
 
 
 @dataclass(frozen=True)
-class _Held:
-    """What the kernel holds that converge_gateway compares, read by two `ip -batch`
-    processes, IPv4's and IPv6's (an agent converges at every change it sees: five `ip`
-    processes each time were most of its processes). Each command lists whole tables (never
-    a missing device's error, which would end the batch), filtered here."""
+class KernelState:
+    """What the kernel holds that bootstrap and converge_gateway compare, read by two
+    `ip -batch` processes, IPv4's and IPv6's (an agent converges at every change it sees:
+    six `ip` processes each time were most of its processes). Each command lists whole
+    tables (never a missing device's error, which would end the batch), filtered here."""
 
-    link: dict | None  # the port's `ip -j addr` entry
+    links: list[dict]  # `ip -j addr`: every interface (the underlay's MTU is read there)
+    link: dict | None  # the port's entry
     network_routes: list[dict]  # the IPv4 routes to exactly the overlay Network
     ours: dict[tuple[int, str], list[dict]]  # (IP version, protocol): those on the port
 
     @classmethod
-    def read(cls, spec: GatewaySpec, netns: str | None) -> _Held:
-        links, network, ours4 = _batch(
-            ["addr show", f"route show exact {spec.route}", f"route show proto {ROUTE_PROTO}"],
+    def read(cls, ifname: str, network: IPv4Network, netns: str | None) -> KernelState:
+        links, routes, ours4 = _batch(
+            ["addr show", f"route show exact {network}", f"route show proto {ROUTE_PROTO}"],
             netns)  # fmt: skip
         ours6, services6 = _batch(
             [f"route show proto {ROUTE_PROTO}", f"route show proto {SERVICE6_PROTO}"], netns, "-6"
         )
-        link = next((entry for entry in links if entry.get("ifname") == spec.ifname), None)
         ours = {(4, ROUTE_PROTO): ours4, (6, ROUTE_PROTO): ours6, (6, SERVICE6_PROTO): services6}
-        return cls(link, network, {key: [r for r in routes if r.get("dev") == spec.ifname]
-                                   for key, routes in ours.items()})  # fmt: skip
+        return cls(links, next((link for link in links if link.get("ifname") == ifname), None),
+                   routes, {key: [r for r in found if r.get("dev") == ifname]
+                            for key, found in ours.items()})  # fmt: skip
 
 
 def _batch(commands: list[str], netns: str | None, *options: str) -> list[list[dict]]:
@@ -91,20 +92,23 @@ def _batch(commands: list[str], netns: str | None, *options: str) -> list[list[d
 
 
 def converge_gateway(
-    spec: GatewaySpec, netns: str | None = None, dry_run: bool = False, wait: float = 10.0
-) -> list[str]:
+    spec: GatewaySpec, netns: str | None = None, dry_run: bool = False, wait: float = 10.0,
+    held: KernelState | None = None,
+) -> list[str]:  # fmt: skip
     """Bring the kernel to `spec`; return the changes made (or, dry-run, that would be).
+    `held`: the kernel's state just read for spec's port and Network (read here if None).
 
     ovs-vswitchd creates the interface asynchronously after the OVSDB commit,
     so wait up to `wait` seconds for it to appear (not in a dry run: there it
     may legitimately not exist yet).
     """
-    held = _Held.read(spec, netns)
+    if held is None:
+        held = KernelState.read(spec.ifname, spec.route, netns)
     deadline = time.monotonic() + wait
     while held.link is None and not dry_run and time.monotonic() < deadline:
         time.sleep(0.1)
         if _link(spec.ifname, netns) is not None:
-            held = _Held.read(spec, netns)
+            held = KernelState.read(spec.ifname, spec.route, netns)
     link = held.link
     if link is None:
         if dry_run:
@@ -192,7 +196,7 @@ def _converge_route6(
 
 
 def _converge_service_routes(
-    spec: GatewaySpec, held: _Held, netns: str | None, dry_run: bool
+    spec: GatewaySpec, held: KernelState, netns: str | None, dry_run: bool
 ) -> list[str]:
     """Exactly `spec.service_routes` among the routes of protocol ROUTE_PROTO (IPv6:
     SERVICE6_PROTO) on the port."""

@@ -58,9 +58,12 @@ def ip_json(*args: str, netns: str | None = None) -> list[dict]:
     return json.loads(out) if out.strip() else []
 
 
-def link_holding(address: IPv4Address, netns: str | None = None) -> dict | None:
-    """The `ip -j addr` entry of the interface holding `address` (the underlay), or None."""
-    for link in ip_json("addr", "show", netns=netns):
+def link_holding(
+    address: IPv4Address, netns: str | None = None, links: list[dict] | None = None
+) -> dict | None:
+    """The `ip -j addr` entry of the interface holding `address` (the underlay), or None
+    (among `links`, `ip -j addr`'s entries if already read)."""
+    for link in ip_json("addr", "show", netns=netns) if links is None else links:
         for info in link.get("addr_info", []):
             if info.get("family") == "inet" and info.get("local") == str(address):
                 return link
