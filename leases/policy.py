@@ -23,8 +23,6 @@ from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any
 
-import yaml
-
 from leases.keys import KV, KeyKind
 from leases.labels import (
     MAX_LABELS,
@@ -45,7 +43,6 @@ from leases.validate import Reason, Rejection, _Invalid, _object
 
 API_VERSION = "networking.k8s.io/v1"
 KIND = "NetworkPolicy"
-LIST_KINDS = ("List", "NetworkPolicyList")
 DEFAULT_NAMESPACE = "default"  # kubectl's, for an object that names none
 NAME_LABEL = "kubernetes.io/metadata.name"
 PROTOCOLS = ("TCP", "UDP")  # SCTP is valid Kubernetes, but vxflow cannot enforce it
@@ -54,7 +51,6 @@ INGRESS, EGRESS = "Ingress", "Egress"
 
 # Bounds of what vxflow accepts (Kubernetes' only bound is the object's size): each
 # rule becomes flows on every switch, so a selector of thousands of terms is refused.
-MAX_INPUT_BYTES = 4 * 1024 * 1024  # one `vxflow policies set` file
 MAX_POLICY_BYTES = 256 * 1024  # one stored policy
 MAX_NAMESPACE_BYTES = 64 * 1024
 MAX_VALUES = 256  # values of one matchExpression
@@ -401,51 +397,6 @@ def parse_policy(obj: Any) -> NetworkPolicy:
     ingress = _rules(spec, "ingress", "from")
     egress = _rules(spec, "egress", "to")
     return NetworkPolicy(namespace, name, selector, _policy_types(spec, egress), ingress, egress)
-
-
-# -- reading manifests ----------------------------------------------------------------
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML without anchors' aliases: a few bytes of them expand to gigabytes."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.YAMLError(f"YAML aliases (*name) are not accepted, line {mark.line + 1}")
-        return super().compose_node(parent, index)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    return f"not YAML or JSON: {problem}{where}"
-
-
-def read_manifests(raw: bytes | str) -> list[Any]:
-    """The objects of a kubectl-style input: JSON or YAML, one object, several documents,
-    a `List`/`NetworkPolicyList`'s items (empty documents skipped). ValueError, one line."""
-    if len(raw) > MAX_INPUT_BYTES:
-        raise ValueError(f"{len(raw)} bytes: at most {MAX_INPUT_BYTES} in one input")
-    try:
-        docs = [d for d in yaml.load_all(raw, Loader=_NoAliasLoader) if d is not None]
-    except yaml.YAMLError as exc:
-        raise ValueError(_yaml_problem(exc)) from None
-    except (UnicodeDecodeError, RecursionError) as exc:
-        raise ValueError(f"not YAML or JSON: {exc.__class__.__name__}") from None
-    objects: list[Any] = []
-    for doc in docs:
-        if isinstance(doc, dict) and doc.get("kind") in LIST_KINDS:
-            items = doc.get("items")
-            if not isinstance(items, list):
-                raise ValueError(f"a {doc.get('kind')} without a list of items")
-            objects += items
-        else:
-            objects.append(doc)
-    if not objects:
-        raise ValueError("no object in the input")
-    return objects
 
 
 def _describe(obj: Any, index: int, count: int) -> str:

@@ -11,11 +11,11 @@ import click
 from leases.cli_options import echo_table, etcd_options, open_registry, operator_errors
 from leases.errors import PolicyRejected
 from leases.keys import KeyKind
+from leases.manifests import read_manifests
 from leases.policy import (
     API_VERSION,
     PolicyInvalid,
     policy_to_dict,
-    read_manifests,
     selector_text,
 )
 from leases.state import Snapshot

@@ -18,6 +18,7 @@ import pytest
 from leases.etcd_server import EtcdServer
 from leases.events import NamespaceAdded, NamespaceRemoved, PolicyAdded, PolicyRemoved
 from leases.keys import KV, KeyKind, Keys
+from leases.manifests import read_manifests
 from leases.policy import (
     MAX_SELECTOR_TERMS,
     IPBlock,
@@ -35,7 +36,6 @@ from leases.policy import (
     parse_policy,
     policy_to_dict,
     policy_to_json,
-    read_manifests,
     relabel,
 )
 from leases.registry import Registry
