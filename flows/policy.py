@@ -618,7 +618,7 @@ class _Run:
             if peer.ip_block is not None:
                 out.update(_address(n) for n in block_networks(peer.ip_block))
             else:
-                out.update(ip for p in self.pods if self.evaluator.peer_matches(peer, namespace, p)
+                out.update(ip for p in self.evaluator.peer_pods(peer, namespace, self.pods)
                            for _, ip in _addresses(p))  # fmt: skip
         return _ordered(out)
 

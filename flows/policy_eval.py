@@ -24,8 +24,9 @@ the flows' concern (they decide which new connection is asked about), not this.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import IPv6Address
 
 from leases.pods import ContainerPort
@@ -52,8 +53,10 @@ class Pod:
     ports: tuple[ContainerPort, ...] = ()
     ipv6: IPv6Address | None = None  # a dual-stack pod's second address (the flows' concern)
 
-    @property
+    @cached_property
     def label_map(self) -> dict[str, str]:
+        """(Made once per pod: every selector of every policy reads it, per node and event.
+        Read only.)"""
         return dict(self.labels)
 
 
@@ -161,13 +164,29 @@ class Evaluator:
             return peer.ip_block.contains(party.ip if isinstance(party, Pod) else party)
         if not isinstance(party, Pod):
             return False  # selectors select pods only
+        return self._in_namespace(peer, namespace, party.namespace) and _pod_matches(peer, party)
+
+    def peer_pods(self, peer: Peer, namespace: str, pods: Iterable[Pod]) -> Iterator[Pod]:
+        """The `pods` that a selector `peer` of a rule of a policy in `namespace` matches
+        (`peer_matches`, with each namespace judged once: the compiler resolves a new
+        rule's peers over every pod of the cluster)."""
+        judged: dict[str, bool] = {}
+        for p in pods:
+            inside = judged.get(p.namespace)
+            if inside is None:
+                inside = judged[p.namespace] = self._in_namespace(peer, namespace, p.namespace)
+            if inside and _pod_matches(peer, p):
+                yield p
+
+    def _in_namespace(self, peer: Peer, namespace: str, pod_namespace: str) -> bool:
+        """Whether a pod of `pod_namespace` is in the namespaces of selector `peer`."""
         if peer.namespace_selector is None:
-            in_namespace = party.namespace == namespace
-        else:
-            in_namespace = peer.namespace_selector.matches(self.namespace_labels(party.namespace))
-        return in_namespace and (
-            peer.pod_selector is None or peer.pod_selector.matches(party.label_map)
-        )
+            return pod_namespace == namespace
+        return peer.namespace_selector.matches(self.namespace_labels(pod_namespace))
+
+
+def _pod_matches(peer: Peer, pod: Pod) -> bool:
+    return peer.pod_selector is None or peer.pod_selector.matches(pod.label_map)
 
 
 def _port_matches(rule_port: PolicyPort, port: int, protocol: str, dst: Party) -> bool:
