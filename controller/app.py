@@ -694,9 +694,14 @@ class VxflowController(app_manager.OSKenApp):
         handling itself). An echo reply is acknowledged here, as os-ken's handler would:
         a thousand switches answer os-ken's echo requests within the same moment. A logged
         policy drop's packet-in goes to `controller.droplog`, which only counts or queues it
-        here. False: os-ken's usual path (its handshake; other packet-ins)."""
+        here. A bundle's open and commit replies are dropped here: the barrier behind each
+        says what they do (a bundle that fails is refused with an error before it), and
+        os-ken made a message object and an event of each (two per switch per change) for
+        no handler. False: os-ken's usual path (its handshake; other packet-ins)."""
         if msg_type == ofwire.OFPT_ECHO_REPLY:
             dp.acknowledge_echo_reply(xid)
+            return True
+        if msg_type == ofwire.OFPT_BUNDLE_CONTROL:
             return True
         if msg_type == ofwire.OFPT_PACKET_IN and self.droplog is not None:
             sync = self._sync_for(dp)  # (a logged drop's: counted or queued, never waited on)
