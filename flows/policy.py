@@ -66,8 +66,10 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from operator import is_
+from typing import NamedTuple
 
 from flows.family import V4, Family, family
 from flows.flow import (
@@ -161,9 +163,9 @@ INGRESS_STAGE = Stage(INGRESS, Table.POL_INGRESS, Table.LOCAL, PRIO_HOOK_INGRESS
 STAGES = (EGRESS_STAGE, INGRESS_STAGE)
 
 
-@dataclass(frozen=True)
-class RuleRef:
-    """What a conj_id stands for: `vxflow trace` and the metrics name rules by it."""
+class RuleRef(NamedTuple):
+    """What a conj_id stands for: `vxflow trace` and the metrics name rules by it. (A
+    tuple: the key of each rule's shared peers, looked up per rule per node per change.)"""
 
     policy: str  # namespace/name
     direction: str  # INGRESS or EGRESS
@@ -337,16 +339,11 @@ class _Compiled:
     peers: Peers
     selected: Selected  # (its groups compared by identity too: kept while their pods are)
     parts: tuple[_Part, ...]
+    made: tuple  # what the parts take from `selected` (`_made`), for when its groups are new
+    moved: bool = field(init=False)  # whether a clash gave a part another conj_id than its name's
 
-    @cached_property
-    def moved(self) -> bool:
-        """Whether a clash gave a part another conj_id than its name's."""
-        return any(p.conj_id != p.base for p in self.parts)
-
-    @cached_property
-    def made(self) -> tuple:
-        """What the parts take from `selected` (`_made`), when its groups are new ones."""
-        return _made(self.selected)
+    def __post_init__(self) -> None:
+        self.moved = any(p.conj_id != p.base for p in self.parts)
 
 
 Rules = dict[tuple[str, str], list[_Compiled]]  # each policy's rules, by (direction, name)
@@ -377,6 +374,10 @@ class NodeStage:
         self.flows: dict[FlowKey, Flow] = {}
         self._context: tuple | None = None
         self._rules: Rules = {}
+        self._ids: set[int] = set()  # the conj_ids of the parts of `_rules` (no clash: once each)
+        # the digests of the parts of `_rules` matching each isolation group's pods, by
+        # (direction, group number): what the group's block is made from (`_Run.blocks`)
+        self._digests: dict[tuple[str, int], dict[_Part, int]] = defaultdict(dict)
         self._base: dict[FlowKey, Flow] = {}  # the flows besides the rules', of `_blocks`
         self._blocks: dict[tuple, _Block] = {}  # the plumbing's, and each group's
         self._isolating: dict[IPv4Address, tuple] = {}  # each local pod's, as last found
@@ -423,11 +424,13 @@ class NodeStage:
                    LOGGED_DROP if log_drops else ())  # fmt: skip
         chosen = run.isolate(local, self._isolating, self._groups)
         rules = self._compile(run, chosen, reuse=True) if run.groups else {}
-        ids = [p.conj_id for p in _parts(rules)]
-        if 0 in ids or len(set(ids)) != len(ids):  # a clash: conj_ids given in order
+        gone, new = self._changes(rules)
+        if self._clash(gone, new):  # conj_ids given in order instead
             rules = self._compile(run, chosen, reuse=False)
-        touched |= self._swap_rules(rules)
-        touched |= self._swap_blocks(run.blocks(context, rules, self._blocks) if run.groups else {})
+            gone, new = self._changes(rules)
+        touched |= self._swap_rules(rules, gone, new)
+        touched |= self._swap_blocks(run.blocks(context, self._digests, self._blocks)
+                                     if run.groups else {})  # fmt: skip
         changed = set()
         for key in touched:
             flow = self._base.get(key) or self._rule_flow(key)
@@ -475,18 +478,27 @@ class NodeStage:
                 held = self._rules.get(key) if reuse else None
                 if held and (held[0].policy is not policy or len(held) != len(rules)):
                     held = None
-                compiled = out[key] = []
+                elif held and all(c.selected == selected and not c.moved
+                                  and run.peer_cache.get(c.ref) is c.peers for c in held):  # fmt: skip
+                    out[key] = held  # (the common case, each rule kept: checked at once)
+                    continue
+                compiled: list[_Compiled] = []
                 for index, rule in enumerate(rules):
                     was = held[index] if held else None
                     ref = was.ref if was is not None else RuleRef(policy.key_name,
                                                                   stage.direction, index)  # fmt: skip
-                    peers = run.peers(ref, rule, policy.namespace)
+                    peers = run.peer_cache.get(ref)
+                    if peers is None:
+                        peers = run.peers(ref, rule, policy.namespace)
+                    made = None
                     if was is not None and was.peers is peers and not was.moved:
                         if was.selected == selected:
                             compiled.append(was)
                             continue
-                        if was.made == _made(selected):  # new groups, alike: its parts stay
-                            compiled.append(_Compiled(ref, policy, peers, selected, was.parts))
+                        made = _made(selected)
+                        if was.made == made:  # new groups, alike: its parts stay
+                            compiled.append(_Compiled(ref, policy, peers, selected, was.parts,
+                                                      made))  # fmt: skip
                             continue
                     parts = []
                     for group, conj in enumerate(run.conjunctions(policy, ref, rule, stage,
@@ -495,27 +507,66 @@ class NodeStage:
                         if part is not None:
                             parts.append(part)
                             taken.add(part.conj_id)
-                    compiled.append(_Compiled(ref, policy, peers, selected, tuple(parts)))
+                    compiled.append(_Compiled(ref, policy, peers, selected, tuple(parts),
+                                              _made(selected) if made is None else made))  # fmt: skip
+                # (the list held, when each of its rules was kept: `_changes` passes it over)
+                out[key] = held if held and all(map(is_, compiled, held)) else compiled
         return out
 
-    def _swap_rules(self, rules: Rules) -> set[FlowKey]:
-        """Take `rules` in place of the rules held: the parts that went leave their clause
-        and rule flows, the new ones join theirs; returns the keys of the flows touched."""
-        old = {id(p): p for p in _parts(self._rules)}
-        new = {id(p): p for p in _parts(rules)}
+    def _changes(self, rules: Rules) -> tuple[list[_Part], list[_Part]]:
+        """The parts held that `rules` leaves out, and those of `rules` not held: compared
+        policy by policy, where one whose compiled rules were all kept (`_compile` kept its
+        list) is passed over."""
+        gone: list[_Part] = []
+        new: list[_Part] = []
+        held = self._rules
+        for key in held.keys() | rules.keys():
+            before, after = held.get(key), rules.get(key)
+            if before is after:
+                continue
+            old = {p for c in before or () for p in c.parts}
+            now = {p for c in after or () for p in c.parts}
+            gone += [p for p in old if p not in now]
+            new += [p for p in now if p not in old]
+        return gone, new
+
+    def _clash(self, gone: list[_Part], new: list[_Part]) -> bool:
+        """Whether the parts held, less `gone`, plus `new` give a conj_id twice, or 0 (the
+        parts held give none twice: a clash is only ever among or with new ones)."""
+        count: dict[int, int] = {}
+        for p in new:
+            count[p.conj_id] = count.get(p.conj_id, 0) + 1
+        for p in gone:
+            if p.conj_id in count:
+                count[p.conj_id] -= 1
+        return any(conj_id == 0 or n + (conj_id in self._ids) > 1 for conj_id, n in count.items())
+
+    def _swap_rules(self, rules: Rules, gone: list[_Part], new: list[_Part]) -> set[FlowKey]:
+        """Take `rules` in place of the rules held (`_changes`: the parts `gone` and `new`):
+        the parts that went leave their clause and rule flows and their groups' digests, the
+        new ones join theirs (every part leaves before any joins: a conj_id given again is
+        another part's); returns the keys of the flows touched."""
         touched: set[FlowKey] = set()
-        for gone, part in [(True, p) for k, p in old.items() if k not in new] + [
-                (False, p) for k, p in new.items() if k not in old]:  # fmt: skip
+        for leaving, part in [(True, p) for p in gone] + [(False, p) for p in new]:
+            (self._ids.discard if leaving else self._ids.add)(part.conj_id)
+            for num in part.groups:
+                group = (part.ref.direction, num)
+                if not leaving:
+                    self._digests[group][part] = part.digest
+                elif len(self._digests[group]) > 1:
+                    del self._digests[group][part]
+                else:
+                    del self._digests[group]
             for key, slot, action in part.entries:
                 actions = self._clauses.setdefault(key, {})
-                if gone:
+                if leaving:
                     del actions[slot]
                 else:
                     actions[slot] = action
                 touched.add(key)
             for f in part.flows:
                 held = self._held.setdefault(f.key, {})
-                if gone:
+                if leaving:
                     del held[part.conj_id]
                 else:
                     held[part.conj_id] = f
@@ -716,15 +767,12 @@ class _Run:
                                   sorted(map(repr, pods)), made, flows)).encode())  # fmt: skip
         return _Part(conj_id, base, ref, tuple(entries), flows, frozenset(groups), digest)
 
-    def blocks(self, context: tuple, rules: Rules,
+    def blocks(self, context: tuple, digests: dict[tuple[str, int], dict[_Part, int]],
                held: dict[tuple, _Block]) -> dict[tuple, _Block]:  # fmt: skip
         """The stage's flows besides its rules', in blocks: each stage's plumbing, and each
         isolation group's default drop, hooks (loading its digest) and, egress, its pods'
-        packets to themselves. A block made from what `held`'s was is `held`'s."""
-        digests: dict[tuple[str, int], list[int]] = defaultdict(list)
-        for part in _parts(rules):
-            for num in part.groups:
-                digests[part.ref.direction, num].append(part.digest)
+        packets to themselves. `digests`: those of the rules' parts matching each group's
+        pods (NodeStage._digests). A block made from what `held`'s was is `held`'s."""
         out: dict[tuple, _Block] = {}
         subnet, subnet6, host, _ = context
         for stage in STAGES:
@@ -737,7 +785,7 @@ class _Run:
             out[stage.direction,] = block
             for g in self.groups.values():
                 if g.direction == stage.direction:
-                    made = (block.made, g.made, sorted(digests[g.direction, g.num]))
+                    made = (block.made, g.made, sorted(digests.get((g.direction, g.num), {}).values()))
                     out[g.direction, g.num] = _kept(held, (g.direction, g.num), made,
                                                     lambda s=stage, g=g, m=made:
                                                     self._group_flows(s, g, m))  # fmt: skip

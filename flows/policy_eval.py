@@ -25,8 +25,7 @@ the flows' concern (they decide which new connection is asked about), not this.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 
 from leases.pods import ContainerPort
@@ -52,12 +51,11 @@ class Pod:
     labels: tuple[tuple[str, str], ...] = ()  # sorted by key
     ports: tuple[ContainerPort, ...] = ()
     ipv6: IPv6Address | None = None  # a dual-stack pod's second address (the flows' concern)
+    # `labels` as a dict, made once: every selector of every policy reads it (read only)
+    label_map: dict[str, str] = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def label_map(self) -> dict[str, str]:
-        """(Made once per pod: every selector of every policy reads it, per node and event.
-        Read only.)"""
-        return dict(self.labels)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label_map", dict(self.labels))
 
 
 Party = Pod | IPAddress  # a pod, or an address that is no pod's
