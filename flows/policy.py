@@ -353,6 +353,15 @@ def _parts(rules: Rules) -> Iterator[_Part]:
     return (p for compiled in rules.values() for c in compiled for p in c.parts)
 
 
+def _kept_whole(held: list[_Compiled], selected: Selected, peers: dict[RuleRef, Peers]) -> bool:
+    """Whether each rule of a policy held is kept as it is: its pods `selected` and its
+    shared `peers` as before, and no clash moved a conj_id."""
+    for c in held:
+        if c.selected != selected or c.moved or peers.get(c.ref) is not c.peers:
+            return False
+    return True
+
+
 def _made(selected: Selected) -> tuple:
     """What a rule's parts take from its pods and their groups: the pods, and each one's
     group's number, size and families."""
@@ -380,7 +389,7 @@ class NodeStage:
         self._digests: dict[tuple[str, int], dict[_Part, int]] = defaultdict(dict)
         self._base: dict[FlowKey, Flow] = {}  # the flows besides the rules', of `_blocks`
         self._blocks: dict[tuple, _Block] = {}  # the plumbing's, and each group's
-        self._isolating: dict[IPv4Address, tuple] = {}  # each local pod's, as last found
+        self._isolating: dict[int, tuple] = {}  # each local pod's, as last found (by id)
         self._clauses: dict[FlowKey, dict[tuple[int, int], Action]] = {}  # shared clause flows
         self._held: dict[FlowKey, dict[int, Flow]] = {}  # rule flows by key, by conj_id
         self._groups: dict[tuple[str, frozenset[str]], _Group] = {}  # as last found
@@ -423,11 +432,11 @@ class NodeStage:
         run = _Run(Evaluator(policies, namespaces), pods, {} if peers is None else peers,
                    LOGGED_DROP if log_drops else ())  # fmt: skip
         chosen = run.isolate(local, self._isolating, self._groups)
-        rules = self._compile(run, chosen, reuse=True) if run.groups else {}
-        gone, new = self._changes(rules)
+        rules, fresh = self._compile(run, chosen, reuse=True) if run.groups else ({}, [])
+        gone, new = self._changes(rules, fresh)
         if self._clash(gone, new):  # conj_ids given in order instead
-            rules = self._compile(run, chosen, reuse=False)
-            gone, new = self._changes(rules)
+            rules, fresh = self._compile(run, chosen, reuse=False)
+            gone, new = self._changes(rules, fresh)
         touched |= self._swap_rules(rules, gone, new)
         touched |= self._swap_blocks(run.blocks(context, self._digests, self._blocks)
                                      if run.groups else {})  # fmt: skip
@@ -463,10 +472,13 @@ class NodeStage:
         return touched
 
     def _compile(self, run: _Run, chosen: dict[tuple[str, str], Selected],
-                 reuse: bool) -> Rules:  # fmt: skip
+                 reuse: bool) -> tuple[Rules, list[tuple[str, str]]]:  # fmt: skip
         """Every rule's parts, those of a rule whose inputs are as before kept (`reuse`);
-        without `reuse`, each conj_id is the first free one from its name on, in order."""
+        without `reuse`, each conj_id is the first free one from its name on, in order.
+        Also returns the keys of the policies whose list is not the one held (a policy's
+        list is kept whole when each of its rules is)."""
         out: Rules = {}
+        fresh: list[tuple[str, str]] = []
         taken: set[int] = set()
         for stage in STAGES:
             for policy in run.evaluator.policies:
@@ -478,9 +490,8 @@ class NodeStage:
                 held = self._rules.get(key) if reuse else None
                 if held and (held[0].policy is not policy or len(held) != len(rules)):
                     held = None
-                elif held and all(c.selected == selected and not c.moved
-                                  and run.peer_cache.get(c.ref) is c.peers for c in held):  # fmt: skip
-                    out[key] = held  # (the common case, each rule kept: checked at once)
+                elif held and _kept_whole(held, selected, run.peer_cache):
+                    out[key] = held  # (the common case, checked at once)
                     continue
                 compiled: list[_Compiled] = []
                 for index, rule in enumerate(rules):
@@ -509,21 +520,22 @@ class NodeStage:
                             taken.add(part.conj_id)
                     compiled.append(_Compiled(ref, policy, peers, selected, tuple(parts),
                                               _made(selected) if made is None else made))  # fmt: skip
-                # (the list held, when each of its rules was kept: `_changes` passes it over)
-                out[key] = held if held and all(map(is_, compiled, held)) else compiled
-        return out
+                if held and all(map(is_, compiled, held)):
+                    out[key] = held
+                else:
+                    out[key] = compiled
+                    fresh.append(key)
+        return out, fresh
 
-    def _changes(self, rules: Rules) -> tuple[list[_Part], list[_Part]]:
+    def _changes(self, rules: Rules,
+                 fresh: list[tuple[str, str]]) -> tuple[list[_Part], list[_Part]]:  # fmt: skip
         """The parts held that `rules` leaves out, and those of `rules` not held: compared
-        policy by policy, where one whose compiled rules were all kept (`_compile` kept its
-        list) is passed over."""
+        for the policies whose list is `fresh` (`_compile`) or gone only."""
         gone: list[_Part] = []
         new: list[_Part] = []
         held = self._rules
-        for key in held.keys() | rules.keys():
+        for key in [*fresh, *(held.keys() - rules.keys())]:
             before, after = held.get(key), rules.get(key)
-            if before is after:
-                continue
             old = {p for c in before or () for p in c.parts}
             now = {p for c in after or () for p in c.parts}
             gone += [p for p in old if p not in now]
@@ -627,17 +639,17 @@ class _Run:
                 groups: dict[tuple[str, frozenset[str]], _Group]) -> dict[tuple[str, str], Selected]:  # fmt: skip
         """Group the isolated pods of `local`; returns the pods each policy isolates, by
         (direction, policy). `held`: each pod's isolation as found before, with the pod and
-        its namespace's policies it was found from; `groups`: the groups before (each
-        kept again if its pods are)."""
+        its namespace's policies it was found from, by the pod's id (the pod it holds keeps
+        that id its own); `groups`: the groups before (each kept again if its pods are)."""
         alike: dict[tuple[str, frozenset[str]], list[Pod]] = defaultdict(list)
         found = {}
         for p in local:
             mine = self.evaluator.of_namespace(p.namespace)
-            was = held.get(p.ip)
-            if was is None or was[0] is not p or was[1] != mine:
+            was = held.get(id(p))
+            if was is None or was[1] != mine:
                 was = (p, mine, {d: frozenset(x.key_name for x in policies)
                                  for d, policies in self.evaluator.isolating(p).items()})  # fmt: skip
-            found[p.ip] = was
+            found[id(p)] = was
             for direction, names in was[2].items():
                 if names:
                     alike[direction, names].append(p)
