@@ -705,14 +705,15 @@ class SwitchSync:
         routes = diff.routes
         encode_routes = ofwire.route_encoder(routes) if routes else None
         add, modify, delete = groups.OFPGC_ADD, groups.OFPGC_MODIFY, groups.OFPGC_DELETE
+        shared = not bundle.whole  # (a change, fanned out: likely the same flows elsewhere)
         # (items, encoder, their flow-mods, at most so many per item): a route item
         # carries a lease's flows
         plain = len
         parts: list[tuple[Sequence, Callable[[Sequence, int], bytes], Callable[[Sequence], int], int]] = [
-            (diff.delete, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_DELETE_STRICT, x), plain, 1),
+            (diff.delete, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_DELETE_STRICT, x, shared), plain, 1),
             (group_diff.add, lambda c, x: groups.encode_group_mods(c, add, x, bundle_id), plain, 1),
             (group_diff.modify, lambda c, x: groups.encode_group_mods(c, modify, x, bundle_id), plain, 1),
-            (diff.add, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_ADD, x), plain, 1),
+            (diff.add, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_ADD, x, shared), plain, 1),
             (routes.items() if routes else (), lambda c, x: encode_routes(c, x, bundle_id),
              routes.count if routes else plain, FLOWS_PER_LEASE * (2 if routes and routes.rows6 else 1)),
             (group_diff.delete, lambda c, x: groups.encode_group_mods(c, delete, x, bundle_id), plain, 1),
