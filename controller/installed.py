@@ -133,14 +133,14 @@ class Installed(Mapping[FlowKey, Flow]):
     def put(self, flow: Flow) -> None:
         """The switch holds `flow` now (an add replaces whatever had its key)."""
         key = flow.key
-        shape = _subnet_of(key)  # (None for most: no lease's flow can have their key)
+        shape = _subnet_of(key) if key[1] == PRIO_EXACT else None  # (_subnet_of's first test)
         if shape is not None and self._leases:
             self._release(key, shape)
         self._add(flow, key, shape)
 
     def discard(self, key: FlowKey) -> None:
         """The switch no longer holds the entry with `key` (if it did)."""
-        shape = _subnet_of(key)
+        shape = _subnet_of(key) if key[1] == PRIO_EXACT else None  # (see `put`)
         if shape is not None and self._leases:
             self._release(key, shape)
         self._drop(key, shape)

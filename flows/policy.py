@@ -480,7 +480,10 @@ class NodeStage:
         out: Rules = {}
         fresh: list[tuple[str, str]] = []
         taken: set[int] = set()
+        directions = {direction for direction, _ in run.groups}
         for stage in STAGES:
+            if stage.direction not in directions:
+                continue  # (no pod isolated that way: no policy selects one for it)
             for policy in run.evaluator.policies:
                 key = (stage.direction, policy.key_name)
                 selected = chosen.get(key)
@@ -592,7 +595,7 @@ class NodeStage:
         (one-clause rules of the same pods share a flow)."""
         actions = self._clauses.get(key)
         if actions:
-            return Flow(key[0], key[1], key[2], tuple(actions[s] for s in sorted(actions)),
+            return Flow(key[0], key[1], key[2], tuple(map(actions.__getitem__, sorted(actions))),
                         POLICY_COOKIE)  # fmt: skip
         self._clauses.pop(key, None)
         held = self._held.get(key)
