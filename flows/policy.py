@@ -646,16 +646,16 @@ class _Run:
         that id its own); `groups`: the groups before (each kept again if its pods are)."""
         alike: dict[tuple[str, frozenset[str]], list[Pod]] = defaultdict(list)
         found = {}
+        by_namespace = self.evaluator.by_namespace()
         for p in local:
-            mine = self.evaluator.of_namespace(p.namespace)
+            mine = by_namespace.get(p.namespace, ())
             was = held.get(id(p))
-            if was is None or was[1] != mine:
-                was = (p, mine, {d: frozenset(x.key_name for x in policies)
-                                 for d, policies in self.evaluator.isolating(p).items()})  # fmt: skip
+            if was is None or was[1] != mine:  # its isolations: (direction, policies) if any
+                was = (p, mine, [(d, frozenset(x.key_name for x in policies))
+                                 for d, policies in self.evaluator.isolating(p).items() if policies])  # fmt: skip
             found[id(p)] = was
-            for direction, names in was[2].items():
-                if names:
-                    alike[direction, names].append(p)
+            for isolation in was[2]:
+                alike[isolation].append(p)
         held.clear()
         held.update(found)
         chosen: dict[tuple[str, str], Selected] = defaultdict(list)

@@ -97,12 +97,16 @@ class Evaluator:
 
     def of_namespace(self, namespace: str) -> tuple[NetworkPolicy, ...]:
         """The policies of `namespace` (the only ones that can select its pods)."""
+        return self.by_namespace().get(namespace, ())
+
+    def by_namespace(self) -> dict[str, tuple[NetworkPolicy, ...]]:
+        """`of_namespace` of each namespace with a policy (made once)."""
         if self._by_namespace is None:
             found: dict[str, list[NetworkPolicy]] = {}
             for p in self.policies:
                 found.setdefault(p.namespace, []).append(p)
             self._by_namespace = {k: tuple(v) for k, v in found.items()}
-        return self._by_namespace.get(namespace, ())
+        return self._by_namespace
 
     def namespace_labels(self, namespace: str) -> Labels:
         return self._labels.get(namespace) or default_labels(namespace)
