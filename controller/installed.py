@@ -76,7 +76,7 @@ class Installed(Mapping[FlowKey, Flow]):
     def get(self, key: FlowKey, default: Flow | None = None) -> Flow | None:  # type: ignore[override]
         """(Without Mapping's KeyError: the flow monitor asks for every flow it reports.)"""
         flow = self._flows.get(key)
-        if flow is not None or not self._leases:
+        if flow is not None or not self._leases or key[0] not in _LEASE_TABLES:  # (see `put`)
             return flow or default
         subnet = self._held_subnet(_subnet_of(key))
         if subnet is not None:
@@ -133,14 +133,15 @@ class Installed(Mapping[FlowKey, Flow]):
     def put(self, flow: Flow) -> None:
         """The switch holds `flow` now (an add replaces whatever had its key)."""
         key = flow.key
-        shape = _subnet_of(key) if key[1] == PRIO_EXACT else None  # (_subnet_of's first test)
+        # (_subnet_of's first test, inline: most keys are no lease flow's, every policy flow's)
+        shape = _subnet_of(key) if key[0] in _LEASE_TABLES and key[1] == PRIO_EXACT else None
         if shape is not None and self._leases:
             self._release(key, shape)
         self._add(flow, key, shape)
 
     def discard(self, key: FlowKey) -> None:
         """The switch no longer holds the entry with `key` (if it did)."""
-        shape = _subnet_of(key) if key[1] == PRIO_EXACT else None  # (see `put`)
+        shape = _subnet_of(key) if key[0] in _LEASE_TABLES and key[1] == PRIO_EXACT else None
         if shape is not None and self._leases:
             self._release(key, shape)
         self._drop(key, shape)
