@@ -12,6 +12,10 @@
   (cookie POLICY|conj_id) is its latency. The CPU each process spent per new policy
   (the controller, ovs-vswitchd, etcd and this one, which reads the flow monitors) is
   recorded beside it: on a shared machine it varies less than the latency it bounds.
+  This process shares the cores with what it times, so it keeps its own part small:
+  each rule's cookie is compiled before the first policy is written, and the
+  observer reads each bridge's monitor updates as they come, one read per wake-up,
+  without parsing more of an update than its event and cookie (bench/observer.py).
 - Labels (first, on the same cluster): `--repeat` times, one pod no policy selects gets the labels that a
   policy of its namespace selects. The switches that must change are those whose
   policy stage, compiled from scratch (flows/policy.py), differs before and after;
@@ -154,10 +158,10 @@ def measure(switches: int, pods: int, policies: int, repeat: int, gap: float) ->
             time.sleep(gap)
         pids = {"controller": env.controller.pid, "switches": farm.switch_pids()[0],
                 "etcd": env.etcd.pid, "bench": os.getpid()}  # fmt: skip
+        news = [new_policy(i, spaces) for i in range(repeat)]
+        cookies = [_rule_cookie(snap, leases[0], parse_policy(new)) for new in news]
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        for i in range(repeat):
-            new = new_policy(i, spaces)
-            cookie = _rule_cookie(snap, leases[0], parse_policy(new))
+        for new, cookie in zip(news, cookies, strict=True):
             start = {name: obs.event_count(name) for name in want}
             t0 = time.monotonic()
             env.registry.put_policies([new])
