@@ -15,7 +15,9 @@
   This process shares the cores with what it times, so it keeps its own part small:
   each rule's cookie is compiled before the first policy is written, and the
   observer reads each bridge's monitor updates as they come, one read per wake-up,
-  without parsing more of an update than its event and cookie (bench/observer.py).
+  without parsing more of an update than its event and cookie (bench/observer.py),
+  and what it set up is frozen out of its garbage collections (a full one scanned it
+  for ~50 ms, the observer's timestamps waiting behind it).
 - Labels (first, on the same cluster): `--repeat` times, one pod no policy selects gets the labels that a
   policy of its namespace selects. The switches that must change are those whose
   policy stage, compiled from scratch (flows/policy.py), differs before and after;
@@ -30,6 +32,7 @@ Run: `python -m bench.b10_policy` (root; own namespace).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -135,6 +138,8 @@ def measure(switches: int, pods: int, policies: int, repeat: int, gap: float) ->
         out["initial_sync_s"] = max(reached.values()) - t0
         out["stage_flows_per_node"] = summary([float(n) for n in want.values()])
         latencies, relabels = [], []
+        gc.collect()
+        gc.freeze()  # (what is set up is out of this process's collections while it times)
         # a pod no policy selects gets the labels of one that its namespace's policy selects
         base = stages(snap, leases, endpoints)
         isolated = {ip for table in base.values() for (_, ip) in table.isolated}
