@@ -12,6 +12,12 @@
   (cookie POLICY|conj_id) is its latency. The CPU each process spent per new policy
   (the controller, ovs-vswitchd, etcd and this one, which reads the flow monitors) is
   recorded beside it: on a shared machine it varies less than the latency it bounds.
+  This process shares the cores with what it times, so it keeps its own part small:
+  each rule's cookie is compiled before the first policy is written, and the
+  observer reads each bridge's monitor updates as they come, one read per wake-up,
+  without parsing more of an update than its event and cookie (bench/observer.py),
+  and what it set up is frozen out of its garbage collections (a full one scanned it
+  for ~50 ms, the observer's timestamps waiting behind it).
 - Labels (first, on the same cluster): `--repeat` times, one pod no policy selects gets the labels that a
   policy of its namespace selects. The switches that must change are those whose
   policy stage, compiled from scratch (flows/policy.py), differs before and after;
@@ -26,6 +32,7 @@ Run: `python -m bench.b10_policy` (root; own namespace).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -131,6 +138,8 @@ def measure(switches: int, pods: int, policies: int, repeat: int, gap: float) ->
         out["initial_sync_s"] = max(reached.values()) - t0
         out["stage_flows_per_node"] = summary([float(n) for n in want.values()])
         latencies, relabels = [], []
+        gc.collect()
+        gc.freeze()  # (what is set up is out of this process's collections while it times)
         # a pod no policy selects gets the labels of one that its namespace's policy selects
         base = stages(snap, leases, endpoints)
         isolated = {ip for table in base.values() for (_, ip) in table.isolated}
@@ -154,10 +163,10 @@ def measure(switches: int, pods: int, policies: int, repeat: int, gap: float) ->
             time.sleep(gap)
         pids = {"controller": env.controller.pid, "switches": farm.switch_pids()[0],
                 "etcd": env.etcd.pid, "bench": os.getpid()}  # fmt: skip
+        news = [new_policy(i, spaces) for i in range(repeat)]
+        cookies = [_rule_cookie(snap, leases[0], parse_policy(new)) for new in news]
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        for i in range(repeat):
-            new = new_policy(i, spaces)
-            cookie = _rule_cookie(snap, leases[0], parse_policy(new))
+        for new, cookie in zip(news, cookies, strict=True):
             start = {name: obs.event_count(name) for name in want}
             t0 = time.monotonic()
             env.registry.put_policies([new])

@@ -35,7 +35,8 @@ from bench import ofwire as of
 
 log = logging.getLogger(__name__)
 UPDATE_HEAD = struct.Struct("!HH")
-FULL_UPDATE = struct.Struct("!HHBBHHH4xQ")  # length, event, table, reason, idle, hard, prio, cookie
+# a full update: length, event, table, reason, idle, hard, prio, 4 pad, then its cookie
+COOKIE, COOKIE_AT = struct.Struct("!Q"), 16
 
 
 @dataclass
@@ -304,12 +305,13 @@ class FlowObserver:
             length, event = UPDATE_HEAD.unpack_from(data, offset)
             if length == 0:
                 break
-            if event in (of.FME_ADDED, of.FME_REMOVED, of.FME_MODIFIED):
-                events.append((now, event, FULL_UPDATE.unpack_from(data, offset)[7]))
-            if event == of.FME_ADDED:
-                added.append((now, FULL_UPDATE.unpack_from(data, offset)[7]))
-            elif event == of.FME_REMOVED:
-                b.removed += 1
+            if of.FME_ADDED <= event <= of.FME_MODIFIED:
+                (cookie,) = COOKIE.unpack_from(data, offset + COOKIE_AT)
+                events.append((now, event, cookie))
+                if event == of.FME_ADDED:
+                    added.append((now, cookie))
+                elif event == of.FME_REMOVED:
+                    b.removed += 1
             elif event == of.FME_PAUSED:
                 b.paused += 1
                 log.warning("%s: ovs-vswitchd paused the flow monitor", b.name)

@@ -34,7 +34,7 @@ from bench.b1_flow_rate import compile_table, encode_time
 from bench.leasegen import cluster
 from bench.ofwire import BARRIER_REQUEST
 from bench.report import RESULTS_DIR, source_state
-from controller.app import idle_collection
+from controller.app import IdleCollector
 from controller.model import ClusterModel
 from controller.switch import SwitchSync
 from leases.events import LeaseAdded, PolicyAdded
@@ -202,8 +202,9 @@ def _fan_out(model: ClusterModel, syncs: list[tuple[SwitchSync, _Sink]], events:
              profiler: Profiler | None, pauses: _GcPauses | None) -> list[float]:  # fmt: skip
     """Each event, one by one, folded into `model` and fanned out to the synced switches
     through both barriers of each switch's change: seconds per event. Between two events
-    the collector runs as the controller's does while idle (`idle_collection`)."""
+    the collector runs as the controller's does while idle (`IdleCollector`)."""
     took = []
+    idle = IdleCollector()
     with profiler or contextlib.nullcontext(), pauses or contextlib.nullcontext():
         for event in events:
             t0 = time.perf_counter()
@@ -215,10 +216,10 @@ def _fan_out(model: ClusterModel, syncs: list[tuple[SwitchSync, _Sink]], events:
                 sync.on_barrier(sink.barrier_xid)
                 sync.on_barrier(sink.barrier_xid)
             took.append(time.perf_counter() - t0)
-            if (generation := idle_collection(gc.get_count(), gc.get_threshold())) is not None:
+            if (generation := idle.due(time.monotonic())) is not None:
                 if pauses is not None:
                     pauses.idle = True
-                gc.collect(generation)
+                idle.collect(generation, time.monotonic())
                 if pauses is not None:
                     pauses.idle = False
     return took

@@ -76,9 +76,9 @@ class Installed(Mapping[FlowKey, Flow]):
     def get(self, key: FlowKey, default: Flow | None = None) -> Flow | None:  # type: ignore[override]
         """(Without Mapping's KeyError: the flow monitor asks for every flow it reports.)"""
         flow = self._flows.get(key)
-        if flow is not None or not self._leases:
+        if flow is not None or not self._leases or key[0] not in _LEASE_TABLES:  # (see `put`)
             return flow or default
-        subnet = self._held_subnet(key)
+        subnet = self._held_subnet(_subnet_of(key))
         if subnet is not None:
             for flow in self._render(subnet):
                 if flow.key == key:
@@ -133,15 +133,18 @@ class Installed(Mapping[FlowKey, Flow]):
     def put(self, flow: Flow) -> None:
         """The switch holds `flow` now (an add replaces whatever had its key)."""
         key = flow.key
-        if self._leases:
-            self._release(key)
-        self._add(flow, key)
+        # (_subnet_of's first test, inline: most keys are no lease flow's, every policy flow's)
+        shape = _subnet_of(key) if key[0] in _LEASE_TABLES and key[1] == PRIO_EXACT else None
+        if shape is not None and self._leases:
+            self._release(key, shape)
+        self._add(flow, key, shape)
 
     def discard(self, key: FlowKey) -> None:
         """The switch no longer holds the entry with `key` (if it did)."""
-        if self._leases:
-            self._release(key)
-        self._drop(key)
+        shape = _subnet_of(key) if key[0] in _LEASE_TABLES and key[1] == PRIO_EXACT else None
+        if shape is not None and self._leases:
+            self._release(key, shape)
+        self._drop(key, shape)
 
     def replace(self, flows: Iterable[Flow], pause: Callable[[], None] = no_pause) -> None:
         """The switch holds exactly `flows` (a readback): all kept as Flows until `settle`
@@ -151,7 +154,7 @@ class Installed(Mapping[FlowKey, Flow]):
         self._leases, self._six, self._by6, self._context = {}, {}, {}, None
         for chunk in chunked(flows, pause):
             for flow in chunk:
-                self._add(flow, flow.key)
+                self._add(flow, flow.key, _subnet_of(flow.key))
 
     def put_routes(self, routes: RemoteRoutes) -> None:
         """The switch holds every flow of `routes` now (a change that added them landed)."""
@@ -217,7 +220,7 @@ class Installed(Mapping[FlowKey, Flow]):
                     self._adopt(context)
                     same = True
                     for f in want:
-                        self._drop(f.key)
+                        self._drop(f.key, _subnet_of(f.key))
                     self._hold(subnet, lease, _key6(row6[0]) if six else None)
                     settled.append(cookie)
                     continue
@@ -256,9 +259,9 @@ class Installed(Mapping[FlowKey, Flow]):
         if key6 is not None:
             del self._by6[key6]
 
-    def _held_subnet(self, key: FlowKey) -> int | None:
-        """The subnet address of the held lease whose flow could have `key`, or None."""
-        shape = _subnet_of(key)
+    def _held_subnet(self, shape: int | None) -> int | None:
+        """The subnet address of the held lease whose flow could have a key of this shape
+        (`_subnet_of` of the key), or None."""
         if shape is None:
             return None
         subnet = self._by6.get(shape) if shape < 0 else shape
@@ -290,25 +293,24 @@ class Installed(Mapping[FlowKey, Flow]):
         self._by6.clear()
         self._context = context
         for flow in held:
-            self._add(flow, flow.key)
+            self._add(flow, flow.key, _subnet_of(flow.key))
 
-    def _add(self, flow: Flow, key: FlowKey) -> None:
-        """`flow` (whose key is `key`) into the plain entries, replacing the one with its key."""
+    def _add(self, flow: Flow, key: FlowKey, shape: int | None) -> None:
+        """`flow` (whose key is `key`, of `_subnet_of` `shape`) into the plain entries,
+        replacing the one with its key."""
         old = self._flows.get(key)
         if old is not None:
             keys = self._by_cookie[old.cookie]
             keys.discard(key)
             if not keys:
                 del self._by_cookie[old.cookie]
-        else:
-            subnet = _subnet_of(key)
-            if subnet is not None:
-                self._lease_shaped[subnet] = self._lease_shaped.get(subnet, 0) + 1
+        elif shape is not None:
+            self._lease_shaped[shape] = self._lease_shaped.get(shape, 0) + 1
         self._flows[key] = flow
         self._by_cookie.setdefault(flow.cookie, set()).add(key)
 
-    def _drop(self, key: FlowKey) -> None:
-        """The plain entry with `key` out (if any)."""
+    def _drop(self, key: FlowKey, shape: int | None) -> None:
+        """The plain entry with `key` (of `_subnet_of` `shape`) out (if any)."""
         old = self._flows.pop(key, None)
         if old is None:
             return
@@ -316,16 +318,15 @@ class Installed(Mapping[FlowKey, Flow]):
         keys.discard(key)
         if not keys:
             del self._by_cookie[old.cookie]
-        subnet = _subnet_of(key)
-        if subnet is not None:
-            left = self._lease_shaped.pop(subnet) - 1
+        if shape is not None:
+            left = self._lease_shaped.pop(shape) - 1
             if left:
-                self._lease_shaped[subnet] = left
+                self._lease_shaped[shape] = left
 
-    def _release(self, key: FlowKey) -> None:
-        """If `key` is one of a held lease's flows, hold that lease's flows as Flows (one of
-        them is about to be replaced or removed)."""
-        subnet = self._held_subnet(key)
+    def _release(self, key: FlowKey, shape: int) -> None:
+        """If `key` (of `_subnet_of` `shape`) is one of a held lease's flows, hold that
+        lease's flows as Flows (one of them is about to be replaced or removed)."""
+        subnet = self._held_subnet(shape)
         if subnet is None:
             return
         if any(f.key == key for f in self._render(subnet)):
@@ -337,7 +338,7 @@ class Installed(Mapping[FlowKey, Flow]):
         self._unhold6(subnet)
         del self._leases[subnet]
         for flow in flows:
-            self._add(flow, flow.key)
+            self._add(flow, flow.key, _subnet_of(flow.key))
 
 
 def _key6(packed: bytes) -> int:

@@ -476,16 +476,42 @@ def encode_bundle_add(bundle_id: int, flow: Flow, command: int, xid: int) -> byt
     return _template(flow, command, True)(flow, xid, bundle_id)
 
 
-def encode_bundle_adds(bundle_id: int, flows: Iterable[Flow], command: int, first_xid: int) -> bytes:
-    """Many bundle adds in one buffer, xids counting up from `first_xid`: the hot path."""
+def encode_bundle_adds(bundle_id: int, flows: Iterable[Flow], command: int, first_xid: int,
+                       shared: bool = False) -> bytes:  # fmt: skip
+    """Many bundle adds in one buffer, xids counting up from `first_xid`: the hot path.
+
+    `shared`: the flows are likely encoded for other switches too (a change fanned out to
+    every switch: a new policy's rule is the same flows on each), so each is encoded once
+    and kept (in SHARED, up to SHARED_MAX of them), and this encoding is that one with its
+    xids and bundle id."""
     templates = _TEMPLATES
-    out = []
+    out: list[bytes | bytearray] = []
     xid = first_xid
+    if shared and len(_SHARED) > SHARED_MAX:
+        _SHARED.clear()
     for f in flows:
-        pack = templates.get((True, *_shape(f, command))) or _template(f, command, True)
-        out.append(pack(f, xid, bundle_id))
+        if shared:
+            held = _SHARED.get((command, f))
+            if held is None:
+                held = _SHARED[command, f] = _template(f, command, True)(f, 0, 0)
+            msg = bytearray(held)
+            _IDS.pack_into(msg, 4, xid, bundle_id)
+            _XID.pack_into(msg, 20, xid)  # (the flow-mod's own, inside)
+            out.append(msg)
+        else:
+            pack = templates.get((True, *_shape(f, command))) or _template(f, command, True)
+            out.append(pack(f, xid, bundle_id))
         xid += 1
     return b"".join(out)
+
+
+# bundle adds encoded for `encode_bundle_adds(shared=True)`, by (command, flow), with xid and
+# bundle id 0: where those are in the message, the outer xid and the bundle id, and the
+# inner xid
+_SHARED: dict[tuple[int, Flow], bytes] = {}
+SHARED_MAX = 8192
+_IDS = struct.Struct("!II")
+_XID = struct.Struct("!I")
 
 
 _CODE = re.compile(r"(\d*)([a-zA-Z])")

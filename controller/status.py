@@ -96,7 +96,9 @@ def _switch(dpid: int, sync: SwitchSync, role: SwitchRole | None, model: Cluster
 def threads() -> dict[str, int]:
     """The `/threads` page: green threads alive, found by walking every object the garbage
     collector tracks (a pause of the hub that grows with the heap, so counted only when
-    asked: the soak's leak check, bench/soak.py), and OS threads."""
+    asked: the soak's leak check, bench/soak.py), and OS threads. (What the idle collector
+    froze is not among them until unfrozen: the next idle moment freezes it again.)"""
+    gc.unfreeze()
     return {
         "green": sum(isinstance(o, greenlet) and not o.dead for o in gc.get_objects()),
         "os": threading.active_count(),

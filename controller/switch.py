@@ -701,36 +701,44 @@ class SwitchSync:
             return
         diff, group_diff, bundle_id = bundle.diff, bundle.group_diff, bundle.bundle_id
         send = self.channel.send
-        send(ofwire.encode_bundle_control(bundle_id, ofwire.OFPBCT_OPEN_REQUEST, bundle.first_xid))
         xid = bundle.first_xid + 1
         routes = diff.routes
         encode_routes = ofwire.route_encoder(routes) if routes else None
         add, modify, delete = groups.OFPGC_ADD, groups.OFPGC_MODIFY, groups.OFPGC_DELETE
+        shared = not bundle.whole  # (a change, fanned out: likely the same flows elsewhere)
         # (items, encoder, their flow-mods, at most so many per item): a route item
         # carries a lease's flows
         plain = len
         parts: list[tuple[Sequence, Callable[[Sequence, int], bytes], Callable[[Sequence], int], int]] = [
-            (diff.delete, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_DELETE_STRICT, x), plain, 1),
+            (diff.delete, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_DELETE_STRICT, x, shared), plain, 1),
             (group_diff.add, lambda c, x: groups.encode_group_mods(c, add, x, bundle_id), plain, 1),
             (group_diff.modify, lambda c, x: groups.encode_group_mods(c, modify, x, bundle_id), plain, 1),
-            (diff.add, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_ADD, x), plain, 1),
+            (diff.add, lambda c, x: ofwire.encode_bundle_adds(bundle_id, c, ofwire.OFPFC_ADD, x, shared), plain, 1),
             (routes.items() if routes else (), lambda c, x: encode_routes(c, x, bundle_id),
              routes.count if routes else plain, FLOWS_PER_LEASE * (2 if routes and routes.rows6 else 1)),
             (group_diff.delete, lambda c, x: groups.encode_group_mods(c, delete, x, bundle_id), plain, 1),
         ]  # fmt: skip
-        for items, encode, count, per_item in parts:
-            step = CHUNK // per_item
-            for i in range(0, len(items), step):
-                chunk = items[i : i + step]
-                send(encode(chunk, xid))
-                xid += count(chunk)
-                self.pause()  # the switch parses this chunk while we encode the next
-                if self.closed or self._change is not bundle:  # disconnected or demoted
-                    return  # meanwhile: the next session or master reads back
-                if not self.may_write():
-                    self._abandon(bundle)
-                    return
-        send(ofwire.encode_barrier(bundle.added_xid))
+        chunks = [(encode, count, items[i : i + CHUNK // per_item])
+                  for items, encode, count, per_item in parts
+                  for i in range(0, len(items), CHUNK // per_item)]  # fmt: skip
+        # one write per chunk (a bundle holds more than UNBUNDLED messages: one at least),
+        # the open with the first, the barrier with the last: a policy change to 50
+        # switches is 50 writes, not 150
+        head = ofwire.encode_bundle_control(bundle_id, ofwire.OFPBCT_OPEN_REQUEST, bundle.first_xid)
+        for n, (encode, count, chunk) in enumerate(chunks, 1):
+            last = n == len(chunks)
+            data = head + encode(chunk, xid)
+            head = b""
+            xid += count(chunk)
+            send(data + ofwire.encode_barrier(bundle.added_xid) if last else data)
+            self.pause()  # the switch parses this chunk while we encode the next
+            if last:  # (its barrier's reply commits it, if the licence still holds then)
+                break
+            if self.closed or self._change is not bundle:  # disconnected or demoted
+                return  # meanwhile: the next session or master reads back
+            if not self.may_write():
+                self._abandon(bundle)
+                return
         log.debug(
             "switch %s: bundle %d of %d flow-mods encoded and queued in %.1f ms",
             self.node, bundle_id, len(diff), (time.perf_counter() - started) * 1e3,

@@ -66,8 +66,10 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from operator import is_
+from typing import NamedTuple
 
 from flows.family import V4, Family, family
 from flows.flow import (
@@ -161,9 +163,9 @@ INGRESS_STAGE = Stage(INGRESS, Table.POL_INGRESS, Table.LOCAL, PRIO_HOOK_INGRESS
 STAGES = (EGRESS_STAGE, INGRESS_STAGE)
 
 
-@dataclass(frozen=True)
-class RuleRef:
-    """What a conj_id stands for: `vxflow trace` and the metrics name rules by it."""
+class RuleRef(NamedTuple):
+    """What a conj_id stands for: `vxflow trace` and the metrics name rules by it. (A
+    tuple: the key of each rule's shared peers, looked up per rule per node per change.)"""
 
     policy: str  # namespace/name
     direction: str  # INGRESS or EGRESS
@@ -337,16 +339,11 @@ class _Compiled:
     peers: Peers
     selected: Selected  # (its groups compared by identity too: kept while their pods are)
     parts: tuple[_Part, ...]
+    made: tuple  # what the parts take from `selected` (`_made`), for when its groups are new
+    moved: bool = field(init=False)  # whether a clash gave a part another conj_id than its name's
 
-    @cached_property
-    def moved(self) -> bool:
-        """Whether a clash gave a part another conj_id than its name's."""
-        return any(p.conj_id != p.base for p in self.parts)
-
-    @cached_property
-    def made(self) -> tuple:
-        """What the parts take from `selected` (`_made`), when its groups are new ones."""
-        return _made(self.selected)
+    def __post_init__(self) -> None:
+        self.moved = any(p.conj_id != p.base for p in self.parts)
 
 
 Rules = dict[tuple[str, str], list[_Compiled]]  # each policy's rules, by (direction, name)
@@ -354,6 +351,15 @@ Rules = dict[tuple[str, str], list[_Compiled]]  # each policy's rules, by (direc
 
 def _parts(rules: Rules) -> Iterator[_Part]:
     return (p for compiled in rules.values() for c in compiled for p in c.parts)
+
+
+def _kept_whole(held: list[_Compiled], selected: Selected, peers: dict[RuleRef, Peers]) -> bool:
+    """Whether each rule of a policy held is kept as it is: its pods `selected` and its
+    shared `peers` as before, and no clash moved a conj_id."""
+    for c in held:
+        if c.selected != selected or c.moved or peers.get(c.ref) is not c.peers:
+            return False
+    return True
 
 
 def _made(selected: Selected) -> tuple:
@@ -377,9 +383,13 @@ class NodeStage:
         self.flows: dict[FlowKey, Flow] = {}
         self._context: tuple | None = None
         self._rules: Rules = {}
+        self._ids: set[int] = set()  # the conj_ids of the parts of `_rules` (no clash: once each)
+        # the digests of the parts of `_rules` matching each isolation group's pods, by
+        # (direction, group number): what the group's block is made from (`_Run.blocks`)
+        self._digests: dict[tuple[str, int], dict[_Part, int]] = defaultdict(dict)
         self._base: dict[FlowKey, Flow] = {}  # the flows besides the rules', of `_blocks`
         self._blocks: dict[tuple, _Block] = {}  # the plumbing's, and each group's
-        self._isolating: dict[IPv4Address, tuple] = {}  # each local pod's, as last found
+        self._isolating: dict[int, tuple] = {}  # each local pod's, as last found (by id)
         self._clauses: dict[FlowKey, dict[tuple[int, int], Action]] = {}  # shared clause flows
         self._held: dict[FlowKey, dict[int, Flow]] = {}  # rule flows by key, by conj_id
         self._groups: dict[tuple[str, frozenset[str]], _Group] = {}  # as last found
@@ -422,12 +432,14 @@ class NodeStage:
         run = _Run(Evaluator(policies, namespaces), pods, {} if peers is None else peers,
                    LOGGED_DROP if log_drops else ())  # fmt: skip
         chosen = run.isolate(local, self._isolating, self._groups)
-        rules = self._compile(run, chosen, reuse=True) if run.groups else {}
-        ids = [p.conj_id for p in _parts(rules)]
-        if 0 in ids or len(set(ids)) != len(ids):  # a clash: conj_ids given in order
-            rules = self._compile(run, chosen, reuse=False)
-        touched |= self._swap_rules(rules)
-        touched |= self._swap_blocks(run.blocks(context, rules, self._blocks) if run.groups else {})
+        rules, fresh = self._compile(run, chosen, reuse=True) if run.groups else ({}, [])
+        gone, new = self._changes(rules, fresh)
+        if self._clash(gone, new):  # conj_ids given in order instead
+            rules, fresh = self._compile(run, chosen, reuse=False)
+            gone, new = self._changes(rules, fresh)
+        touched |= self._swap_rules(rules, gone, new)
+        touched |= self._swap_blocks(run.blocks(context, self._digests, self._blocks)
+                                     if run.groups else {})  # fmt: skip
         changed = set()
         for key in touched:
             flow = self._base.get(key) or self._rule_flow(key)
@@ -460,12 +472,18 @@ class NodeStage:
         return touched
 
     def _compile(self, run: _Run, chosen: dict[tuple[str, str], Selected],
-                 reuse: bool) -> Rules:  # fmt: skip
+                 reuse: bool) -> tuple[Rules, list[tuple[str, str]]]:  # fmt: skip
         """Every rule's parts, those of a rule whose inputs are as before kept (`reuse`);
-        without `reuse`, each conj_id is the first free one from its name on, in order."""
+        without `reuse`, each conj_id is the first free one from its name on, in order.
+        Also returns the keys of the policies whose list is not the one held (a policy's
+        list is kept whole when each of its rules is)."""
         out: Rules = {}
+        fresh: list[tuple[str, str]] = []
         taken: set[int] = set()
+        directions = {direction for direction, _ in run.groups}
         for stage in STAGES:
+            if stage.direction not in directions:
+                continue  # (no pod isolated that way: no policy selects one for it)
             for policy in run.evaluator.policies:
                 key = (stage.direction, policy.key_name)
                 selected = chosen.get(key)
@@ -475,18 +493,26 @@ class NodeStage:
                 held = self._rules.get(key) if reuse else None
                 if held and (held[0].policy is not policy or len(held) != len(rules)):
                     held = None
-                compiled = out[key] = []
+                elif held and _kept_whole(held, selected, run.peer_cache):
+                    out[key] = held  # (the common case, checked at once)
+                    continue
+                compiled: list[_Compiled] = []
                 for index, rule in enumerate(rules):
                     was = held[index] if held else None
                     ref = was.ref if was is not None else RuleRef(policy.key_name,
                                                                   stage.direction, index)  # fmt: skip
-                    peers = run.peers(ref, rule, policy.namespace)
+                    peers = run.peer_cache.get(ref)
+                    if peers is None:
+                        peers = run.peers(ref, rule, policy.namespace)
+                    made = None
                     if was is not None and was.peers is peers and not was.moved:
                         if was.selected == selected:
                             compiled.append(was)
                             continue
-                        if was.made == _made(selected):  # new groups, alike: its parts stay
-                            compiled.append(_Compiled(ref, policy, peers, selected, was.parts))
+                        made = _made(selected)
+                        if was.made == made:  # new groups, alike: its parts stay
+                            compiled.append(_Compiled(ref, policy, peers, selected, was.parts,
+                                                      made))  # fmt: skip
                             continue
                     parts = []
                     for group, conj in enumerate(run.conjunctions(policy, ref, rule, stage,
@@ -495,27 +521,67 @@ class NodeStage:
                         if part is not None:
                             parts.append(part)
                             taken.add(part.conj_id)
-                    compiled.append(_Compiled(ref, policy, peers, selected, tuple(parts)))
-        return out
+                    compiled.append(_Compiled(ref, policy, peers, selected, tuple(parts),
+                                              _made(selected) if made is None else made))  # fmt: skip
+                if held and all(map(is_, compiled, held)):
+                    out[key] = held
+                else:
+                    out[key] = compiled
+                    fresh.append(key)
+        return out, fresh
 
-    def _swap_rules(self, rules: Rules) -> set[FlowKey]:
-        """Take `rules` in place of the rules held: the parts that went leave their clause
-        and rule flows, the new ones join theirs; returns the keys of the flows touched."""
-        old = {id(p): p for p in _parts(self._rules)}
-        new = {id(p): p for p in _parts(rules)}
+    def _changes(self, rules: Rules,
+                 fresh: list[tuple[str, str]]) -> tuple[list[_Part], list[_Part]]:  # fmt: skip
+        """The parts held that `rules` leaves out, and those of `rules` not held: compared
+        for the policies whose list is `fresh` (`_compile`) or gone only."""
+        gone: list[_Part] = []
+        new: list[_Part] = []
+        held = self._rules
+        for key in [*fresh, *(held.keys() - rules.keys())]:
+            before, after = held.get(key), rules.get(key)
+            old = {p for c in before or () for p in c.parts}
+            now = {p for c in after or () for p in c.parts}
+            gone += [p for p in old if p not in now]
+            new += [p for p in now if p not in old]
+        return gone, new
+
+    def _clash(self, gone: list[_Part], new: list[_Part]) -> bool:
+        """Whether the parts held, less `gone`, plus `new` give a conj_id twice, or 0 (the
+        parts held give none twice: a clash is only ever among or with new ones)."""
+        count: dict[int, int] = {}
+        for p in new:
+            count[p.conj_id] = count.get(p.conj_id, 0) + 1
+        for p in gone:
+            if p.conj_id in count:
+                count[p.conj_id] -= 1
+        return any(conj_id == 0 or n + (conj_id in self._ids) > 1 for conj_id, n in count.items())
+
+    def _swap_rules(self, rules: Rules, gone: list[_Part], new: list[_Part]) -> set[FlowKey]:
+        """Take `rules` in place of the rules held (`_changes`: the parts `gone` and `new`):
+        the parts that went leave their clause and rule flows and their groups' digests, the
+        new ones join theirs (every part leaves before any joins: a conj_id given again is
+        another part's); returns the keys of the flows touched."""
         touched: set[FlowKey] = set()
-        for gone, part in [(True, p) for k, p in old.items() if k not in new] + [
-                (False, p) for k, p in new.items() if k not in old]:  # fmt: skip
+        for leaving, part in [(True, p) for p in gone] + [(False, p) for p in new]:
+            (self._ids.discard if leaving else self._ids.add)(part.conj_id)
+            for num in part.groups:
+                group = (part.ref.direction, num)
+                if not leaving:
+                    self._digests[group][part] = part.digest
+                elif len(self._digests[group]) > 1:
+                    del self._digests[group][part]
+                else:
+                    del self._digests[group]
             for key, slot, action in part.entries:
                 actions = self._clauses.setdefault(key, {})
-                if gone:
+                if leaving:
                     del actions[slot]
                 else:
                     actions[slot] = action
                 touched.add(key)
             for f in part.flows:
                 held = self._held.setdefault(f.key, {})
-                if gone:
+                if leaving:
                     del held[part.conj_id]
                 else:
                     held[part.conj_id] = f
@@ -529,7 +595,7 @@ class NodeStage:
         (one-clause rules of the same pods share a flow)."""
         actions = self._clauses.get(key)
         if actions:
-            return Flow(key[0], key[1], key[2], tuple(actions[s] for s in sorted(actions)),
+            return Flow(key[0], key[1], key[2], tuple(map(actions.__getitem__, sorted(actions))),
                         POLICY_COOKIE)  # fmt: skip
         self._clauses.pop(key, None)
         held = self._held.get(key)
@@ -576,20 +642,20 @@ class _Run:
                 groups: dict[tuple[str, frozenset[str]], _Group]) -> dict[tuple[str, str], Selected]:  # fmt: skip
         """Group the isolated pods of `local`; returns the pods each policy isolates, by
         (direction, policy). `held`: each pod's isolation as found before, with the pod and
-        its namespace's policies it was found from; `groups`: the groups before (each
-        kept again if its pods are)."""
+        its namespace's policies it was found from, by the pod's id (the pod it holds keeps
+        that id its own); `groups`: the groups before (each kept again if its pods are)."""
         alike: dict[tuple[str, frozenset[str]], list[Pod]] = defaultdict(list)
         found = {}
+        by_namespace = self.evaluator.by_namespace()
         for p in local:
-            mine = self.evaluator.of_namespace(p.namespace)
-            was = held.get(p.ip)
-            if was is None or was[0] is not p or was[1] != mine:
-                was = (p, mine, {d: frozenset(x.key_name for x in policies)
-                                 for d, policies in self.evaluator.isolating(p).items()})  # fmt: skip
-            found[p.ip] = was
-            for direction, names in was[2].items():
-                if names:
-                    alike[direction, names].append(p)
+            mine = by_namespace.get(p.namespace, ())
+            was = held.get(id(p))
+            if was is None or was[1] != mine:  # its isolations: (direction, policies) if any
+                was = (p, mine, [(d, frozenset(x.key_name for x in policies))
+                                 for d, policies in self.evaluator.isolating(p).items() if policies])  # fmt: skip
+            found[id(p)] = was
+            for isolation in was[2]:
+                alike[isolation].append(p)
         held.clear()
         held.update(found)
         chosen: dict[tuple[str, str], Selected] = defaultdict(list)
@@ -618,7 +684,7 @@ class _Run:
             if peer.ip_block is not None:
                 out.update(_address(n) for n in block_networks(peer.ip_block))
             else:
-                out.update(ip for p in self.pods if self.evaluator.peer_matches(peer, namespace, p)
+                out.update(ip for p in self.evaluator.peer_pods(peer, namespace, self.pods)
                            for _, ip in _addresses(p))  # fmt: skip
         return _ordered(out)
 
@@ -716,15 +782,12 @@ class _Run:
                                   sorted(map(repr, pods)), made, flows)).encode())  # fmt: skip
         return _Part(conj_id, base, ref, tuple(entries), flows, frozenset(groups), digest)
 
-    def blocks(self, context: tuple, rules: Rules,
+    def blocks(self, context: tuple, digests: dict[tuple[str, int], dict[_Part, int]],
                held: dict[tuple, _Block]) -> dict[tuple, _Block]:  # fmt: skip
         """The stage's flows besides its rules', in blocks: each stage's plumbing, and each
         isolation group's default drop, hooks (loading its digest) and, egress, its pods'
-        packets to themselves. A block made from what `held`'s was is `held`'s."""
-        digests: dict[tuple[str, int], list[int]] = defaultdict(list)
-        for part in _parts(rules):
-            for num in part.groups:
-                digests[part.ref.direction, num].append(part.digest)
+        packets to themselves. `digests`: those of the rules' parts matching each group's
+        pods (NodeStage._digests). A block made from what `held`'s was is `held`'s."""
         out: dict[tuple, _Block] = {}
         subnet, subnet6, host, _ = context
         for stage in STAGES:
@@ -737,7 +800,7 @@ class _Run:
             out[stage.direction,] = block
             for g in self.groups.values():
                 if g.direction == stage.direction:
-                    made = (block.made, g.made, sorted(digests[g.direction, g.num]))
+                    made = (block.made, g.made, sorted(digests.get((g.direction, g.num), {}).values()))
                     out[g.direction, g.num] = _kept(held, (g.direction, g.num), made,
                                                     lambda s=stage, g=g, m=made:
                                                     self._group_flows(s, g, m))  # fmt: skip

@@ -24,8 +24,8 @@ the flows' concern (they decide which new connection is asked about), not this.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 
 from leases.pods import ContainerPort
@@ -51,10 +51,11 @@ class Pod:
     labels: tuple[tuple[str, str], ...] = ()  # sorted by key
     ports: tuple[ContainerPort, ...] = ()
     ipv6: IPv6Address | None = None  # a dual-stack pod's second address (the flows' concern)
+    # `labels` as a dict, made once: every selector of every policy reads it (read only)
+    label_map: dict[str, str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def label_map(self) -> dict[str, str]:
-        return dict(self.labels)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label_map", dict(self.labels))
 
 
 Party = Pod | IPAddress  # a pod, or an address that is no pod's
@@ -96,12 +97,16 @@ class Evaluator:
 
     def of_namespace(self, namespace: str) -> tuple[NetworkPolicy, ...]:
         """The policies of `namespace` (the only ones that can select its pods)."""
+        return self.by_namespace().get(namespace, ())
+
+    def by_namespace(self) -> dict[str, tuple[NetworkPolicy, ...]]:
+        """`of_namespace` of each namespace with a policy (made once)."""
         if self._by_namespace is None:
             found: dict[str, list[NetworkPolicy]] = {}
             for p in self.policies:
                 found.setdefault(p.namespace, []).append(p)
             self._by_namespace = {k: tuple(v) for k, v in found.items()}
-        return self._by_namespace.get(namespace, ())
+        return self._by_namespace
 
     def namespace_labels(self, namespace: str) -> Labels:
         return self._labels.get(namespace) or default_labels(namespace)
@@ -161,13 +166,29 @@ class Evaluator:
             return peer.ip_block.contains(party.ip if isinstance(party, Pod) else party)
         if not isinstance(party, Pod):
             return False  # selectors select pods only
+        return self._in_namespace(peer, namespace, party.namespace) and _pod_matches(peer, party)
+
+    def peer_pods(self, peer: Peer, namespace: str, pods: Iterable[Pod]) -> Iterator[Pod]:
+        """The `pods` that a selector `peer` of a rule of a policy in `namespace` matches
+        (`peer_matches`, with each namespace judged once: the compiler resolves a new
+        rule's peers over every pod of the cluster)."""
+        judged: dict[str, bool] = {}
+        for p in pods:
+            inside = judged.get(p.namespace)
+            if inside is None:
+                inside = judged[p.namespace] = self._in_namespace(peer, namespace, p.namespace)
+            if inside and _pod_matches(peer, p):
+                yield p
+
+    def _in_namespace(self, peer: Peer, namespace: str, pod_namespace: str) -> bool:
+        """Whether a pod of `pod_namespace` is in the namespaces of selector `peer`."""
         if peer.namespace_selector is None:
-            in_namespace = party.namespace == namespace
-        else:
-            in_namespace = peer.namespace_selector.matches(self.namespace_labels(party.namespace))
-        return in_namespace and (
-            peer.pod_selector is None or peer.pod_selector.matches(party.label_map)
-        )
+            return pod_namespace == namespace
+        return peer.namespace_selector.matches(self.namespace_labels(pod_namespace))
+
+
+def _pod_matches(peer: Peer, pod: Pod) -> bool:
+    return peer.pod_selector is None or peer.pod_selector.matches(pod.label_map)
 
 
 def _port_matches(rule_port: PolicyPort, port: int, protocol: str, dst: Party) -> bool:

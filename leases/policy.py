@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any
@@ -91,11 +91,15 @@ class LabelSelector:
 
     match_labels: tuple[tuple[str, str], ...] = ()  # sorted by key
     match_expressions: tuple[Requirement, ...] = ()
+    # match_labels as a set: their test is one subset test of the labels' items (a new
+    # rule's peers are looked for among every pod of the cluster)
+    _pairs: frozenset[tuple[str, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_pairs", frozenset(self.match_labels))
 
     def matches(self, labels: Labels) -> bool:
-        return all(labels.get(k) == v for k, v in self.match_labels) and all(
-            r.matches(labels) for r in self.match_expressions
-        )
+        return labels.items() >= self._pairs and all(r.matches(labels) for r in self.match_expressions)
 
 
 @dataclass(frozen=True)

@@ -288,6 +288,19 @@ def test_bulk_encoding_equals_one_message_at_a_time():
         assert bulk == one_by_one
 
 
+def test_shared_encoding_equals_the_plain_one_for_any_xid_and_bundle(monkeypatch):
+    """A change fanned out to every switch encodes each flow once (`shared`): what each
+    switch gets is byte for byte its own encoding, also once the kept encodings were let go."""
+    monkeypatch.setattr(ofwire, "SHARED_MAX", 10)
+    flows = sorted(table(), key=lambda f: (f.table, f.priority, str(f.match)))
+    assert len(flows) > 2 * ofwire.SHARED_MAX
+    for command in (ofwire.OFPFC_ADD, ofwire.OFPFC_DELETE_STRICT):
+        for bundle_id, xid in ((9, 100), (0xFFFFFFFF, 0xFFFF0000), (1, 1)):
+            for part in (flows[:5], flows, flows[3:8]):
+                shared = ofwire.encode_bundle_adds(bundle_id, part, command, xid, shared=True)
+                assert shared == ofwire.encode_bundle_adds(bundle_id, part, command, xid)
+
+
 def test_route_rows_encode_exactly_as_their_flows():
     """The cold sync's row encoder equals the generic one (itself equal to os-ken's),
     for any slice of the rows and any xid, with MACs and PublicIPs that vary per lease:

@@ -745,25 +745,52 @@ def test_large_bundles_stream_a_few_at_a_time_in_order():
     assert started == list(range(7)) and most[0] == 2 and not running
 
 
-def test_idle_collection_picks_the_generation_due():
-    """Pure: the oldest at its threshold (unless a full collection may not run yet), the
-    middle one after IDLE_GC_MIDDLE young collections, the young one from IDLE_GC_YOUNG new
-    objects, else nothing."""
-    from controller.app import IDLE_GC_MIDDLE, IDLE_GC_YOUNG, idle_collection
+def test_idle_collection_picks_what_is_due():
+    """Pure: a full collection at the oldest generation's threshold or after
+    IDLE_GC_FULL_AFTER freezes (unless a full collection may not run yet), the young objects
+    frozen from IDLE_GC_YOUNG new objects on, else nothing."""
+    from controller.app import IDLE_GC_FULL_AFTER, IDLE_GC_YOUNG, idle_collection
 
     th = (50_000, 20, 100)
-    assert idle_collection((IDLE_GC_YOUNG - 1, 0, 0), th) is None
+    assert idle_collection((IDLE_GC_YOUNG - 1, 5, 0), th) is None
     assert idle_collection((IDLE_GC_YOUNG, 0, 0), th) == 0
-    assert idle_collection((0, IDLE_GC_MIDDLE, 0), th) == 1
-    assert idle_collection((IDLE_GC_YOUNG, IDLE_GC_MIDDLE - 1, 99), th) == 0
+    assert idle_collection((IDLE_GC_YOUNG, 0, 99), th, frozen=IDLE_GC_FULL_AFTER - 1) == 0
     assert idle_collection((0, 0, 100), th) == 2
-    assert idle_collection((0, IDLE_GC_MIDDLE, 100), th, full=False) == 1  # a full one ran lately
+    assert idle_collection((0, 0, 0), th, frozen=IDLE_GC_FULL_AFTER) == 2
+    assert idle_collection((IDLE_GC_YOUNG, 0, 100), th, full=False,
+                           frozen=IDLE_GC_FULL_AFTER) == 0  # a full one ran lately  # fmt: skip
+
+
+def test_frozen_cycles_are_collected_by_the_next_full_collection():
+    """A cycle that dies after its objects were frozen outlives young collections and is
+    freed by the idle collector's next full collection (which unfreezes first)."""
+    import gc
+    import weakref
+
+    from controller.app import IdleCollector
+
+    class Node:
+        pass
+
+    collector = IdleCollector()
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    alive = weakref.ref(a)
+    try:
+        collector.collect(0, time.monotonic())
+        assert gc.get_freeze_count() > 0 and collector.frozen == 1
+        del a, b
+        gc.collect(1)
+        assert alive() is not None  # frozen: out of the young collections' reach
+        collector.collect(2, time.monotonic())
+        assert alive() is None and collector.frozen == 0 and gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
 
 
 def test_the_idle_collector_collects_between_changes_only():
-    """A real collector under the hub: nothing is collected while a change is applied
-    (`busy`); once it is done and idle, the new objects are collected (the young count
-    drops)."""
+    """A real collector under the hub: nothing is done while a change is applied (`busy`);
+    once it is done and idle, the new objects are frozen (the young count drops)."""
     import gc
 
     from os_ken.lib import hub
@@ -785,9 +812,11 @@ def test_the_idle_collector_collects_between_changes_only():
         while gc.get_count()[0] >= IDLE_GC_YOUNG and time.monotonic() < deadline:
             hub.sleep(IDLE_GC_QUIET)
         assert gc.get_count()[0] < IDLE_GC_YOUNG and len(kept) == 2 * IDLE_GC_YOUNG
+        assert collector.frozen >= 1
     finally:
         gc.set_threshold(*before)
         hub.kill(thread)
+        gc.unfreeze()
 
 
 def test_a_bundle_from_a_whole_comparison_is_logged_at_info_a_registry_changes_at_debug(caplog):
