@@ -396,8 +396,10 @@ def test_b10_policy_tiny(tmp_path: Path) -> None:
     for key in ("policy_to_every_switch_s", "label_to_every_switch_s"):
         lat = run[key]
         assert lat["n"] == 3 and 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"] < 30, key
-    cpu = run["cpu_ms_per_policy"]  # each process's CPU per new policy
-    assert set(cpu) == {"controller", "switches", "etcd", "bench"} and positive(cpu["controller"])
+    cpu = run["cpu_ms_per_policy"]  # each process's CPU per new policy: /proc counts it in
+    # 10 ms ticks, and three tiny policies may take the controller less than one (0.0 then)
+    assert set(cpu) == {"controller", "switches", "etcd", "bench"}
+    assert all(v >= 0 for v in cpu.values()), cpu
 
 
 @pytest.mark.e2e
