@@ -635,8 +635,6 @@ def _route_packer(v4: Flow, v6: tuple[Flow, Flow] | None, bundled: bool):
 
 # (bundled, with IPv6 halves, id of the network config) -> (that config, its packer)
 _ROUTE_PACKERS: dict[tuple[bool, bool, int], tuple[object, Callable]] = {}
-# id of a switch's own lease -> (that lease, its routes' eth_src and IPv6 eth_src octets)
-_OWN_MACS: dict[int, tuple[object, bytes, bytes]] = {}
 
 
 def route_encoder(routes: RemoteRoutes, bundled: bool = True) -> Callable[..., bytes]:
@@ -660,27 +658,19 @@ def route_encoder(routes: RemoteRoutes, bundled: bool = True) -> Callable[..., b
         else:
             v4, v6 = routes.lease_flows(six)[:FLOWS_PER_LEASE], routes.lease_flows(six)[FLOWS_PER_LEASE:]
         found = _ROUTE_PACKERS[key] = routes.config, _route_packer(v4, v6, bundled)
-    pack, (_, own, own6) = found[1], _own_macs(routes)
-    if six is None:
-        own6 = b""
+    pack, own = found[1], _mac_octets(routes.own_mac)
+    own6 = _mac_octets(routes.own.vtep_mac_v6) if six is not None else b""
     if six is None and routes.rows6:  # no half among them: the IPv4 packer takes rows
         return lambda items, first_xid, bundle_id=0: pack([r for r, _ in items], first_xid,
                                                           bundle_id, own, own6)  # fmt: skip
     return lambda items, first_xid, bundle_id=0: pack(items, first_xid, bundle_id, own, own6)
 
 
-def _own_macs(routes: RemoteRoutes) -> tuple[object, bytes, bytes]:
-    """(own lease, eth_src octets, IPv6 eth_src octets or b"") of `routes`' switch, found
-    by the own lease's identity (the model's, shared by every event): asked once per
-    switch per lease event, where parsing the MACs again costs more than packing."""
-    lease = routes.own
-    found = _OWN_MACS.get(id(lease))
-    if found is None or found[0] is not lease:
-        if len(_OWN_MACS) >= 65536:  # leases come and go: keep the newest
-            _OWN_MACS.clear()
-        six = mac_bytes(lease.vtep_mac_v6) if lease.vtep_mac_v6 is not None else b""
-        found = _OWN_MACS[id(lease)] = lease, mac_bytes(routes.own_mac), six
-    return found
+@lru_cache(maxsize=1 << 16)
+def _mac_octets(mac: str) -> bytes:
+    """`mac_bytes`, kept: a switch's own MACs are asked for once per switch per lease event,
+    where parsing them again costs more than packing."""
+    return mac_bytes(mac)
 
 
 def encode_bundle_control(bundle_id: int, ctrl_type: int, xid: int) -> bytes:
