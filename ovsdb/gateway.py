@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_network
 
-from ovsdb.iproute import IprouteError, ip, run
+from ovsdb.iproute import IprouteError, ip, ip_json_batch
 
 ROUTE_PROTO = "118"  # the routing protocol number vxflow's service routes carry
 SERVICE6_PROTO = "119"  # the IPv6ServiceNetwork's route's
@@ -64,31 +64,16 @@ class KernelState:
 
     @classmethod
     def read(cls, ifname: str, network: IPv4Network, netns: str | None) -> KernelState:
-        links, routes, ours4 = _batch(
+        links, routes, ours4 = ip_json_batch(
             ["addr show", f"route show exact {network}", f"route show proto {ROUTE_PROTO}"],
             netns)  # fmt: skip
-        ours6, services6 = _batch(
+        ours6, services6 = ip_json_batch(
             [f"route show proto {ROUTE_PROTO}", f"route show proto {SERVICE6_PROTO}"], netns, "-6"
         )
         ours = {(4, ROUTE_PROTO): ours4, (6, ROUTE_PROTO): ours6, (6, SERVICE6_PROTO): services6}
         return cls(links, next((link for link in links if link.get("ifname") == ifname), None),
                    routes, {key: [r for r in found if r.get("dev") == ifname]
                             for key, found in ours.items()})  # fmt: skip
-
-
-def _batch(commands: list[str], netns: str | None, *options: str) -> list[list[dict]]:
-    """Each of `commands` (`ip -j OPTIONS` ones that cannot fail) in one process: its JSON."""
-    out = run("ip", "-j", *options, "-batch", "-", netns=netns, input="\n".join(commands) + "\n")
-    answers: list[list[dict]] = []
-    decoder, at = json.JSONDecoder(), 0
-    for _ in commands:
-        while at < len(out) and out[at].isspace():
-            at += 1
-        if at == len(out):
-            raise IprouteError(f"`ip -batch` gave {len(answers)} answers to {commands}")
-        answer, at = decoder.raw_decode(out, at)
-        answers.append(answer)
-    return answers
 
 
 def converge_gateway(

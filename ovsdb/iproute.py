@@ -58,6 +58,21 @@ def ip_json(*args: str, netns: str | None = None) -> list[dict]:
     return json.loads(out) if out.strip() else []
 
 
+def ip_json_batch(commands: list[str], netns: str | None, *options: str) -> list[list[dict]]:
+    """Each of `commands` (`ip -j OPTIONS` ones that cannot fail) in one process: its JSON."""
+    out = run("ip", "-j", *options, "-batch", "-", netns=netns, input="\n".join(commands) + "\n")
+    answers: list[list[dict]] = []
+    decoder, at = json.JSONDecoder(), 0
+    for _ in commands:
+        while at < len(out) and out[at].isspace():
+            at += 1
+        if at == len(out):
+            raise IprouteError(f"`ip -batch` gave {len(answers)} answers to {commands}")
+        answer, at = decoder.raw_decode(out, at)
+        answers.append(answer)
+    return answers
+
+
 def link_holding(
     address: IPv4Address, netns: str | None = None, links: list[dict] | None = None
 ) -> dict | None:
