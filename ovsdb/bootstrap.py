@@ -65,9 +65,12 @@ FLOW_RESTORE_WAIT = "flow-restore-wait"
 # the least OVS accepts; the connection attempt itself costs nothing while it fails.
 CONTROLLER_MAX_BACKOFF_MS = 1000
 # The switch's side of a dead controller connection: with nothing received for this long it
-# sends an echo request, and gives up after as long again (OVS's default: 5 s; the least 1 s).
-# The controller probes every second itself (controller.guard), so a live one never idles.
-CONTROLLER_INACTIVITY_PROBE_MS = 3000
+# sends an echo request, and gives up after as long again. 5 s is OVS's default and also the
+# least it honours: lib/rconn.c raises any shorter interval to 5 s (0 would turn the probe
+# off). Set explicitly so that a bridge another tool made with a longer one is brought back.
+# The controller probes the connection itself (VXFLOW_ECHO_INTERVAL), and a node whose
+# liveness record goes is probed at once, so failover does not wait for this.
+CONTROLLER_INACTIVITY_PROBE_MS = 5000
 
 
 class BootstrapError(RuntimeError):

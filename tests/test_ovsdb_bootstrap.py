@@ -74,7 +74,7 @@ def test_bootstrap_on_empty_db_then_no_change(booted: Booted) -> None:
     assert node.ovs.vsctl("get-controller", "br-int").split() == list(CONTROLLERS)
     assert booted.get("Controller", "br-int", "max_backoff") == "1000"  # OVS's least: reconnect fast
     # a dead controller connection noticed in seconds (OVS's default: 5 s, then as long again)
-    assert booted.get("Controller", "br-int", "inactivity_probe") == "3000"
+    assert booted.get("Controller", "br-int", "inactivity_probe") == "5000"
     assert booted.get("Interface", "vxlan0", "type") == "vxlan"
     assert booted.get("Interface", "vxlan0", "options") == (
         f'{{dst_port="8472", key=flow, local_ip="{node.underlay_ip}", remote_ip=flow}}'
@@ -131,9 +131,9 @@ def test_drift_is_repaired_and_foreign_ports_left_alone(booted: Booted) -> None:
     assert booted.get("Interface", "vxlan0", "options").startswith('{dst_port="8472"')
     assert node.ovs.vsctl("br-get-external-id", "br-int", "vxflow-round").strip() == "3"
     assert booted.run() == []
-    ovs.vsctl("set", "Controller", "br-int", "max_backoff=8000", "inactivity_probe=5000")
+    ovs.vsctl("set", "Controller", "br-int", "max_backoff=8000", "inactivity_probe=30000")
     assert booted.run() == ["controller tcp:127.0.0.1:6653 max_backoff: 8000 -> 1000",
-                            "controller tcp:127.0.0.1:6653 inactivity_probe: 5000 -> 3000"]  # fmt: skip
+                            "controller tcp:127.0.0.1:6653 inactivity_probe: 30000 -> 5000"]  # fmt: skip
 
     # a port vxflow owns that it no longer wants goes; the foreign one stays as it was
     ovs.vsctl("add-port", "br-int", "stale0", "--", "set", "Interface", "stale0", "type=internal",
