@@ -430,7 +430,13 @@ def policy_flows(log_drops: bool = False) -> list[Flow]:
         "ingress": [{"from": [{"ipBlock": {"cidr": "198.19.0.0/16", "except": ["198.19.2.0/24"]}}],
                      "ports": [{"port": 64, "endPort": 127}, {"port": "http"}, {"port": 53, "protocol": "UDP"}]}],
         "egress": [{}]}})  # fmt: skip
-    return policy_table([policy], [], eps, eps, subnet, log_drops=log_drops).flows
+    return in_order(policy_table([policy], [], eps, eps, subnet, log_drops=log_drops).flows)
+
+
+def in_order(flows: list[Flow]) -> list[Flow]:
+    """A stage's flows by key: a table has no order, and the stage's follows the order its
+    keys were touched in, a set's (of string hashes, which vary from process to process)."""
+    return sorted(flows, key=lambda f: repr(f.key))
 
 
 def dual_stack_policy_flows() -> list[Flow]:
@@ -445,7 +451,7 @@ def dual_stack_policy_flows() -> list[Flow]:
                               {"podSelector": {}}],
                      "ports": [{"port": 64, "endPort": 127}, {"port": "http"}]}],
         "egress": [{}]}})  # fmt: skip
-    return policy_table([policy], [], eps, eps, subnet, subnet6).flows
+    return in_order(policy_table([policy], [], eps, eps, subnet, subnet6).flows)
 
 
 def test_a_dual_stack_policy_stage_parses_in_ovs_and_decodes_back():
