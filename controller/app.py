@@ -524,7 +524,9 @@ class VxflowController(app_manager.OSKenApp):
         self.membership.begin()
         metrics.REJECTED.set(len(self.model.rejected))
         # every switch notes what changed before any sends: sending yields, and a readback
-        # compared meanwhile must know the change is pending (not drift)
+        # compared meanwhile must know the change is pending (not drift). A policy stage's
+        # change is noted as due and compiled by its switch's kick (controller.model.
+        # Restage): the first switches' changes are sent while the others' still compile.
         asked = []
 
         def note(sync: SwitchSync) -> None:

@@ -538,6 +538,9 @@ class SwitchSync:
             return
         started = time.perf_counter()
         try:
+            # (the policy stages it waits for are brought up to date now, this switch's
+            # alone: see controller.model.Restage)
+            self._pending = self._pending.settled()
             desired = self.desired(self._pending)
             if desired is not None and self.meter_refused:
                 desired = replace(desired, flows=unlogged(desired.flows))
@@ -579,7 +582,7 @@ class SwitchSync:
                 self.node, len(desired), (computed - started) * 1e3, len(diff),
                 (time.perf_counter() - computed) * 1e3,
             )
-        drifted = _drifted(diff, group_diff, excused) if found_by else (0, 0, 0)
+        drifted = _drifted(diff, group_diff, excused.settled()) if found_by else (0, 0, 0)
         if any(drifted):
             metrics.DRIFT_FOUND[found_by].inc()
             self.drift_repairs += 1
