@@ -253,6 +253,11 @@ class SwitchSync:
         """Send what is pending, if the switch is free (see `request`)."""
         self._kick()
 
+    def settle(self) -> None:
+        """Bring the policy stages the pending change waits for up to date now (else its
+        kick does: see controller.model.Restage)."""
+        self._pending = self._pending.settled()
+
     def audit(self, reason: str = "audit") -> None:
         """Read the whole table back and repair whatever drifted."""
         if not self._need_readback:
@@ -538,9 +543,7 @@ class SwitchSync:
             return
         started = time.perf_counter()
         try:
-            # (the policy stages it waits for are brought up to date now, this switch's
-            # alone: see controller.model.Restage)
-            self._pending = self._pending.settled()
+            self.settle()  # (this switch's policy stages alone, if not done before)
             desired = self.desired(self._pending)
             if desired is not None and self.meter_refused:
                 desired = replace(desired, flows=unlogged(desired.flows))
