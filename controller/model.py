@@ -455,10 +455,12 @@ class ClusterModel:
         if self._pod_list is None:
             self._pod_list = [v[0] for pods in self._pods.values() for v in pods.values()]
         local = [v[0] for v in self._pods.get(own.subnet, {}).values()]
+        if self._evaluator is None:  # (once per change of the policies or namespaces)
+            self._evaluator = Evaluator(self.policies.values(), self.namespaces.values())
         return stage.update(selecting, self.namespaces.values(), self._pod_list, local,
                             own.subnet, own.ipv6_subnet, self._peers,
                             [a for a in (own.public_ip, own.public_ipv6) if a is not None],
-                            self.log_drops)  # fmt: skip
+                            self.log_drops, self._evaluator)  # fmt: skip
 
     def _reset_policy(self) -> None:
         """Forget every compiled stage and what they are made of."""
@@ -471,6 +473,7 @@ class ClusterModel:
         self._selected: dict[str, dict[IPv4Network, set[IPv4Address]]] = {}  # by policy
         self._selecting: dict[IPv4Network, list[NetworkPolicy]] | None = None  # the same, by node
         self._peers: dict[RuleRef, Peers] = {}  # each rule's, shared by every switch
+        self._evaluator: Evaluator | None = None  # of every policy, shared by every stage
 
     def _policy_index(self) -> None:
         """Build the pods and what each policy selects, if not kept."""
@@ -510,6 +513,8 @@ class ClusterModel:
             self._pods = None  # nothing compiled from it; not kept without a policy
             return
         self._selecting = None
+        if policies or namespaces:
+            self._evaluator = None
         if not had:  # the first policy: no stage held anything before
             self._reset_policy()
             self._policy_index()

@@ -417,10 +417,13 @@ class NodeStage:
                pods: Sequence[Pod], local: Sequence[Pod], subnet: IPv4Network,
                subnet6: IPv6Network | None = None, peers: dict[RuleRef, Peers] | None = None,
                host: Sequence[IPv4Address | IPv6Address] = (),
-               log_drops: bool = False) -> set[FlowKey]:  # fmt: skip
+               log_drops: bool = False, evaluator: Evaluator | None = None) -> set[FlowKey]:  # fmt: skip
         """Bring the stage to what these inputs make (see `policy_table`; the pods as parties
         of policy, `endpoint_pod`; `policies` may leave out any that selects none of `local`:
-        they add nothing); returns the keys of the flows added, changed or removed."""
+        they add nothing); returns the keys of the flows added, changed or removed.
+        `evaluator`: an Evaluator of `namespaces` and of any policies that hold `policies`
+        (every policy of the cluster, say), shared by the callers that update every stage
+        from the same inputs (else one of `policies` is made here, each update)."""
         touched: set[FlowKey] = set()  # the keys whose flow may differ
         context = (subnet, subnet6, tuple(host), log_drops)
         if context != self._context:  # (another node's stage, in effect: from scratch)
@@ -429,8 +432,8 @@ class NodeStage:
             self.__init__()  # type: ignore[misc]
             self.flows, self._context = old, context
         self._table = None
-        run = _Run(Evaluator(policies, namespaces), pods, {} if peers is None else peers,
-                   LOGGED_DROP if log_drops else ())  # fmt: skip
+        run = _Run(policies, evaluator or Evaluator(policies, namespaces), pods,
+                   {} if peers is None else peers, LOGGED_DROP if log_drops else ())  # fmt: skip
         chosen = run.isolate(local, self._isolating, self._groups)
         rules, fresh = self._compile(run, chosen, reuse=True) if run.groups else ({}, [])
         gone, new = self._changes(rules, fresh)
@@ -484,7 +487,7 @@ class NodeStage:
         for stage in STAGES:
             if stage.direction not in directions:
                 continue  # (no pod isolated that way: no policy selects one for it)
-            for policy in run.evaluator.policies:
+            for policy in run.policies:
                 key = (stage.direction, policy.key_name)
                 selected = chosen.get(key)
                 if not selected:
@@ -630,9 +633,11 @@ class _Run:
     """What one update of a stage works from: the policies, the cluster's pods, the
     node's isolation groups."""
 
-    def __init__(self, evaluator: Evaluator, pods: Sequence[Pod], peers: dict[RuleRef, Peers],
+    def __init__(self, policies: Sequence[NetworkPolicy], evaluator: Evaluator,
+                 pods: Sequence[Pod], peers: dict[RuleRef, Peers],
                  drop: tuple[Action, ...]) -> None:  # fmt: skip
-        self.evaluator = evaluator
+        self.policies = policies  # those that may select a local pod, in their order
+        self.evaluator = evaluator  # (which pods they select, and peers)
         self.pods = pods
         self.peer_cache = peers
         self.drop = drop  # the default drops' actions
