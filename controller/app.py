@@ -65,9 +65,9 @@ AUDIT_TIMEOUT = 30.0  # an audit not done by then no longer holds the next one b
 # it) would otherwise hold the node UP until the periodic echo's timeout (controller.guard)
 PROBE_TIMEOUT = 0.3
 # switches whose policy stages are compiled before their changes are sent, then the next as
-# many: the switches work while the later stages compile, and each wakes for a burst of
-# changes, not for one change at a time (Open vSwitch's main loop runs every bridge per
-# wake-up: one change per wake-up doubled ovs-vswitchd's CPU per policy in B10)
+# many: the switches work while the later stages compile, and get their changes in bursts
+# (one switch at a time more than doubled ovs-vswitchd's CPU per policy in B10, 50 bridges
+# in one ovs-vswitchd: likely its main loop, which runs every bridge, woken per change)
 SETTLE_SWITCHES = 10
 MAX_BACKLOG = 64 << 20  # bytes one switch may have waiting to be sent (a cold start: ~10 MB)
 # the multipart replies the controller asked for: readbacks and its flow monitor
