@@ -64,11 +64,6 @@ AUDIT_TIMEOUT = 30.0  # an audit not done by then no longer holds the next one b
 # switch whose node died without closing the connection (the node's own datapath carried
 # it) would otherwise hold the node UP until the periodic echo's timeout (controller.guard)
 PROBE_TIMEOUT = 0.3
-# switches whose policy stages are compiled before their changes are sent, then the next as
-# many: the switches work while the later stages compile, and get their changes in bursts
-# (one switch at a time more than doubled ovs-vswitchd's CPU per policy in B10, 50 bridges
-# in one ovs-vswitchd: likely its main loop, which runs every bridge, woken per change)
-SETTLE_SWITCHES = 10
 MAX_BACKLOG = 64 << 20  # bytes one switch may have waiting to be sent (a cold start: ~10 MB)
 # the multipart replies the controller asked for: readbacks and its flow monitor
 _MULTIPARTS = frozenset((ofwire.OFPMP_FLOW, groups.OFPMP_GROUP_DESC, monitor.OFPMP_FLOW_MONITOR))
@@ -529,9 +524,7 @@ class VxflowController(app_manager.OSKenApp):
         self.membership.begin()
         metrics.REJECTED.set(len(self.model.rejected))
         # every switch notes what changed before any sends: sending yields, and a readback
-        # compared meanwhile must know the change is pending (not drift). A policy stage's
-        # change is noted as due (controller.model.Restage) and compiled SETTLE_SWITCHES
-        # switches at a time, each batch sent before the next is compiled.
+        # compared meanwhile must know the change is pending (not drift)
         asked = []
 
         def note(sync: SwitchSync) -> None:
@@ -541,10 +534,7 @@ class VxflowController(app_manager.OSKenApp):
                 asked.append(sync)
 
         _each(list(self.switches.values()), note, "noting a registry change")
-        for start in range(0, len(asked), SETTLE_SWITCHES):
-            some = asked[start : start + SETTLE_SWITCHES]
-            _each(some, SwitchSync.settle, "computing a registry change")
-            _each(some, SwitchSync.kick, "sending a registry change")
+        _each(asked, SwitchSync.kick, "sending a registry change")
 
     def _note_liveness(self) -> None:
         """One log line and one count per node going DOWN or coming UP."""

@@ -24,11 +24,9 @@ is compiled from the policies that select one of its pods only, with each rule's
 resolved once for every switch, and kept. A policy event updates the stages of the pods
 it selects (before or after); a pod's or a namespace's, those of the pods a policy
 selects whose selection or peers it can alter. An update compiles again only the rules
-whose inputs changed, and the flows that changed go in the switch's scope by key, so
-its diff compares those alone; a stage compiled anew (the first policy, a lease event) is
-compared whole, by owner. A kept stage is brought up to date lazily (`Restage`), when its
-switch's change is computed: an event that changes fifty stages has the first switch's
-flows on the wire while the other stages still wait, so the switches work meanwhile.
+whose inputs changed, and the flows that changed go in the switch's scope by key
+(`Impact.policy_keys`), so its diff compares those alone; a stage compiled anew (the
+first policy, a lease event) is compared whole, by owner.
 """
 
 from __future__ import annotations
@@ -109,37 +107,15 @@ V6_REJECTED = " IPv6"  # the suffix of a rejected IPv6 half's entry in ClusterMo
 PodView = tuple[Pod, IPv6Address | None]  # a pod as its node's policy stage sees it
 
 
-@dataclass(eq=False)
-class Restage:
-    """A kept policy stage whose inputs changed, brought up to date when first needed: by
-    the first of its switches to compute its change (`Scope.settled`), or by anyone who
-    reads the stage. So the switches' changes go out one by one as their stages compile,
-    the first while the others still wait, rather than all after every stage compiled.
-    Every scope noted while the stage is due holds this one Restage, and learns from it
-    which flows changed, however many switches, batches or readers came first."""
-
-    settle: Callable[[], object]  # brings the stage up to date, which fills `keys`
-    keys: frozenset[FlowKey] | None = None  # the flows that changed, once settled
-    whole: bool = False  # the stage was dropped unsettled: its flows are compared whole
-
-    def scope(self) -> Scope:
-        """What the change concerns (settling the stage first if it is still due)."""
-        if self.keys is None and not self.whole:
-            self.settle()
-        return Scope(owners=POLICY_OWNERS) if self.whole else Scope(keys=self.keys or frozenset())
-
-
 @dataclass(frozen=True)
 class Scope:
     """Which of a switch's flows a change concerns: all, or those of some owners, cookies
-    and (policy flows, which share cookies) keys, and those its `later` stages change,
-    known once they are settled (`settled`, before anything reads `keys`)."""
+    and (policy flows, which share cookies) keys."""
 
     full: bool = False
     cookies: frozenset[int] = frozenset()
     owners: frozenset[Owner] = frozenset()  # every flow of these owner kinds
     keys: frozenset[FlowKey] = frozenset()  # the flows of these keys (a policy stage's)
-    later: frozenset[Restage] = frozenset()  # policy stages due: the keys they change
 
     def covers(self, cookie: int) -> bool:
         if self.full or cookie in self.cookies:
@@ -150,15 +126,6 @@ class Scope:
     def covers_flow(self, flow: Flow) -> bool:
         return self.covers(flow.cookie) or flow.key in self.keys
 
-    def settled(self) -> Scope:
-        """The scope with its `later` stages brought up to date and their keys in `keys`."""
-        if not self.later:
-            return self
-        out = Scope(self.full, self.cookies, self.owners, self.keys)
-        for due in self.later:
-            out |= due.scope()
-        return out
-
     def __or__(self, other: Scope) -> Scope:
         if self.full or other.full:
             return FULL
@@ -167,10 +134,10 @@ class Scope:
         if not self:
             return other
         return Scope(False, self.cookies | other.cookies, self.owners | other.owners,
-                     self.keys | other.keys, self.later | other.later)  # fmt: skip
+                     self.keys | other.keys)  # fmt: skip
 
     def __bool__(self) -> bool:
-        return self.full or bool(self.cookies or self.owners or self.keys or self.later)
+        return self.full or bool(self.cookies or self.owners or self.keys)
 
     @classmethod
     def of_cookies(cls, cookies: frozenset[int]) -> Scope:
@@ -201,8 +168,8 @@ class Impact:
     service_cookies: set[int] = field(default_factory=set)  # service ports, reply hooks
     flushes: list[Flush] = field(default_factory=list)  # removed UDP backends, every switch
     policy_nodes: set[IPv4Address] = field(default_factory=set)  # whose policy stage changed
-    # whose kept policy stage is due to change, in the flows it names once settled
-    policy_due: dict[IPv4Address, Restage] = field(default_factory=dict)
+    # whose kept policy stage changed in these flows only (by key)
+    policy_keys: dict[IPv4Address, set[FlowKey]] = field(default_factory=dict)
     # one switch's own: the direct routes (flows/direct.py) its node's Direct list changed
     node_cookies: dict[IPv4Address, set[int]] = field(default_factory=dict)
     _cookies: frozenset[int] | None = field(default=None, repr=False, compare=False)
@@ -224,13 +191,13 @@ class Impact:
         if self.policy_nodes and node in self.policy_nodes:
             owners |= POLICY_OWNERS
         own = self.node_cookies.get(node) if self.node_cookies else None
-        due = self.policy_due.get(node) if self.policy_due else None
-        if not (own or owners or due):  # (the same for every switch: made once)
+        keys = self.policy_keys.get(node) if self.policy_keys else None
+        if not (own or owners or keys):  # (the same for every switch: made once)
             if self._shared is None:
                 self._shared = Scope(False, self._cookies)
             return self._shared
         return Scope(False, self._cookies | own if own else self._cookies, owners,
-                     later=frozenset({due}) if due else frozenset())  # fmt: skip
+                     frozenset(keys) if keys else frozenset())  # fmt: skip
 
 
 class ClusterModel:
@@ -286,7 +253,6 @@ class ClusterModel:
         self.policies: dict[str, NetworkPolicy] = {}
         self.namespaces: dict[str, Namespace] = {}
         self._stages: dict[IPv4Address, NodeStage] = {}
-        self._due: dict[IPv4Address, Restage] = {}  # the kept stages not up to date yet
         self._reset_policy()
 
     # -- queries --------------------------------------------------------------
@@ -418,23 +384,13 @@ class ClusterModel:
         return self._stage(node).table()
 
     def _stage(self, node: IPv4Address) -> NodeStage:
-        """`node`'s policy stage, kept and brought up to date when first asked for after
-        an event that can change it (`_policy_delta`); compiled when first asked for."""
+        """`node`'s policy stage, kept and brought up to date by each event that can change
+        it (`_policy_delta`); compiled when first asked for."""
         stage = self._stages.get(node)
         if stage is None:
             stage = self._stages[node] = NodeStage()
             self._restage(node, stage)
-        elif (due := self._due.pop(node, None)) is not None:
-            due.keys = frozenset(self._restage(node, stage))
         return stage
-
-    def _drop_stage(self, node: IPv4Address) -> None:
-        """Forget `node`'s stage (compiled anew when next asked for): the scopes waiting
-        for it to be settled compare its flows whole."""
-        self._stages.pop(node, None)
-        due = self._due.pop(node, None)
-        if due is not None:
-            due.whole = True
 
     def _restage(self, node: IPv4Address, stage: NodeStage) -> set[FlowKey]:
         """Bring `node`'s stage up to date, from the policies that select a pod of it only,
@@ -464,8 +420,7 @@ class ClusterModel:
 
     def _reset_policy(self) -> None:
         """Forget every compiled stage and what they are made of."""
-        for node in list(self._stages):
-            self._drop_stage(node)
+        self._stages = {}
         # each accepted node's pods as parties of policy (with their IPv6 address), by
         # lease subnet then IPv4 address; None: not kept (no policy) or to be built again
         self._pods: dict[IPv4Network, dict[IPv4Address, PodView]] | None = None
@@ -503,9 +458,8 @@ class ClusterModel:
                       impact: Impact) -> None:  # fmt: skip
         """A batch changed `policies` and `namespaces` (from what they were, by name) and
         the pods of `subnets`; there were policies before it (`had`), and so the index of
-        `_policy_index` as it was then. The stages that can differ are put in `impact`,
-        each kept one due (`Restage`: brought up to date by its switch's change), any
-        other dropped: those of the pods a changed policy selected or selects; of a
+        `_policy_index` as it was then. The stages that can differ are dropped and their
+        nodes put in `impact`: those of the pods a changed policy selected or selects; of a
         pod that changed, if a policy selects it (before or after); and those of the pods a
         policy selects whose rule's peers (or, egress, named ports' targets) the changed
         pods or namespace labels may concern (their resolved peers go too)."""
@@ -526,14 +480,12 @@ class ClusterModel:
             if lease is None:
                 continue
             node = lease.public_ip
-            if node not in self._stages or not self.policies:
-                self._drop_stage(node)  # compiled whole when asked for, and compared whole
+            stage = self._stages.get(node) if self.policies else None
+            if stage is None:  # compiled whole when asked for, and compared whole
+                self._stages.pop(node, None)
                 impact.policy_nodes.add(node)
-                continue
-            due = self._due.get(node)
-            if due is None:  # (settled by its switch's change: see Restage)
-                due = self._due[node] = Restage(lambda node=node: self._stage(node))
-            impact.policy_due[node] = due
+            elif keys := self._restage(node, stage):
+                impact.policy_keys.setdefault(node, set()).update(keys)
         if not self.policies:
             self._reset_policy()
 
@@ -910,7 +862,7 @@ class ClusterModel:
                 for subnet in touched:
                     self._accepted_eps.pop(subnet, None)
                 for ip in ips:  # its own subnet may have changed (a full resync follows)
-                    self._drop_stage(ip)
+                    self._stages.pop(ip, None)
             elif isinstance(ev, EndpointAdded | EndpointRemoved):
                 ep = ev.endpoint
                 if isinstance(ev, EndpointAdded):

@@ -253,11 +253,6 @@ class SwitchSync:
         """Send what is pending, if the switch is free (see `request`)."""
         self._kick()
 
-    def settle(self) -> None:
-        """Bring the policy stages the pending change waits for up to date now (else its
-        kick does: see controller.model.Restage)."""
-        self._pending = self._pending.settled()
-
     def audit(self, reason: str = "audit") -> None:
         """Read the whole table back and repair whatever drifted."""
         if not self._need_readback:
@@ -543,7 +538,6 @@ class SwitchSync:
             return
         started = time.perf_counter()
         try:
-            self.settle()  # (this switch's policy stages alone, if not done before)
             desired = self.desired(self._pending)
             if desired is not None and self.meter_refused:
                 desired = replace(desired, flows=unlogged(desired.flows))
@@ -585,7 +579,7 @@ class SwitchSync:
                 self.node, len(desired), (computed - started) * 1e3, len(diff),
                 (time.perf_counter() - computed) * 1e3,
             )
-        drifted = _drifted(diff, group_diff, excused.settled()) if found_by else (0, 0, 0)
+        drifted = _drifted(diff, group_diff, excused) if found_by else (0, 0, 0)
         if any(drifted):
             metrics.DRIFT_FOUND[found_by].inc()
             self.drift_repairs += 1

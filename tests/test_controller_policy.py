@@ -83,84 +83,17 @@ def test_a_policy_event_reaches_every_switch_in_one_scoped_change():
         land_bare(sync, sent)
     assert policy_flows(sync.installed.values()) == want
     # a namespace's labels and a pod's come and go: the stage, kept, changes in every flow
-    # (the pod is selected no more), asked for by key once it is settled
+    # (the pod is selected no more), asked for by key
     relabelled = replace(DB, pod=PodIdentity("shop", "p111", (("app", "web"),)))
     impact = model.apply([NamespaceAdded(Namespace("shop", ((NAME_LABEL, "shop"), ("t", "1"))), 1),
                           EndpointRemoved(DB, 1), EndpointAdded(relabelled, 1)])  # fmt: skip
     scope = impact.scope_for(N1, lease(1).subnet)
-    assert N1 not in impact.policy_nodes and not scope.keys and scope.later
-    scope = scope.settled()
-    assert scope.keys == {f.key for f in want} and not scope.later
+    assert N1 not in impact.policy_nodes and scope.keys == {f.key for f in want}
     assert policy_flows(model.desired(N1, scope)) == set()
     # the last policy removed: the stage goes with it
     model.apply([EndpointRemoved(relabelled, 1), EndpointAdded(DB, 1)])
     impact = model.apply([PolicyRemoved(DENY_DB, 1)])
     assert N1 in impact.policy_nodes and policy_flows(model.desired(N1, impact.scope_for(N1, lease(1).subnet))) == set()
-
-
-def land(sync, channel) -> None:
-    """Answer every barrier the switch is sent, as a switch that takes every change does,
-    until it has nothing more to send."""
-    while sent := channel.take():
-        for mtype, xid, _ in sent:
-            if mtype == ofwire.OFPT_BARRIER_REQUEST:
-                sync.on_barrier(xid)
-
-
-def test_a_kept_stage_is_brought_up_to_date_by_its_own_switchs_change():
-    """A kept stage an event changes is due (compiled again when its switch computes its
-    change, not when the event is folded in): an audit compared meanwhile sends the change
-    and calls it no drift; batches noted before the switch's turn share one due stage; a
-    due stage dropped (the last policy gone) is compared whole; a switch that was not
-    master, or not there, gets the stage as it is now when it syncs."""
-    model = ClusterModel()
-    model.load(CONFIG, LEASES, PODS, policies=[DENY_DB])
-    sync, channel, _ = make(model, N1)
-    sync.start()
-    read_back(sync, channel, list(model.desired(N1, FULL)))  # (the stage is kept from here)
-    held = list(sync.installed.values())
-    idle, idle_channel, _ = make(model, N1)  # another connection of the node, not master
-    idle.master = False
-    before = metrics.DRIFT_FOUND["audit"]._value.get()
-    sync.audit()
-    web2 = pod(2, 20, "shop", {"app": "web"})  # a new peer: the stage's clause changes
-    impact = model.apply([EndpointAdded(web2, 1)])
-    scope = impact.scope_for(N1, lease(1).subnet)
-    assert N1 in impact.policy_due and scope.later and not scope.keys
-    sync.request(scope)
-    assert not idle.note(scope)  # (not master: nothing noted)
-    read_back(sync, channel, held)
-    land(sync, channel)
-    assert metrics.DRIFT_FOUND["audit"]._value.get() == before and sync.in_sync
-    want = policy_flows(compile_table(CONFIG, LEASES, [*PODS, web2], N1, policies=[DENY_DB]))
-    assert policy_flows(sync.installed.values()) == want and web2.ip in {
-        v for f in want for _, v in f.match}  # fmt: skip
-    # two batches before the switch's turn: one due stage, settled once for both
-    web3 = pod(2, 30, "shop", {"app": "web"})
-    first = model.apply([EndpointAdded(web3, 1)]).scope_for(N1, lease(1).subnet)
-    second = model.apply([EndpointRemoved(web2, 1)]).scope_for(N1, lease(1).subnet)
-    assert first.later == second.later
-    assert sync.note(first) and sync.note(second)
-    sync.kick()
-    land(sync, channel)
-    want = policy_flows(compile_table(CONFIG, LEASES, [*PODS, web3], N1, policies=[DENY_DB]))
-    assert policy_flows(sync.installed.values()) == want and sync.in_sync
-    # due, then dropped before the switch's turn: its flows are compared whole
-    pending = model.apply([EndpointRemoved(web3, 1)]).scope_for(N1, lease(1).subnet)
-    sync.note(pending)
-    gone = model.apply([PolicyRemoved(DENY_DB, 1)]).scope_for(N1, lease(1).subnet)
-    assert pending.settled().owners >= POLICY_OWNERS and gone.owners >= POLICY_OWNERS
-    sync.request(gone)
-    land(sync, channel)
-    assert policy_flows(sync.installed.values()) == set() and sync.in_sync
-    # the connection that was not master is promoted: it reads back and syncs to now
-    model.apply([PolicyAdded(DENY_DB, 1)])
-    idle.promote()
-    read_back(idle, idle_channel, held)
-    land(idle, idle_channel)
-    assert set(idle.installed.values()) == set(model.desired(N1, FULL)) and idle.in_sync
-    assert policy_flows(idle.installed.values()) == policy_flows(
-        compile_table(CONFIG, LEASES, PODS, N1, policies=[DENY_DB]))  # fmt: skip
 
 
 def test_drop_counts_become_the_metric_by_namespace_policies_and_direction():
@@ -318,14 +251,23 @@ def test_incremental_stages_equal_a_compile_from_scratch_after_any_events():
             own = model.own_lease(n)
             assert set(model.policy_table(n).flows) == after[n], (n, events)
             if after[n] != before[n]:  # a stage that changed is in its switch's scope
-                scope = impact.scope_for(n, own.subnet if own else None).settled()
+                scope = impact.scope_for(n, own.subnet if own else None)
                 assert scope.full or scope.owners >= POLICY_OWNERS or {
                     f.key for f in after[n] ^ before[n]} <= scope.keys, (n, events)  # fmt: skip
         guarded += sum(bool(s) for s in after.values())
-        touched = impact.policy_nodes | impact.policy_due.keys()
+        touched = impact.policy_nodes | impact.policy_keys.keys()
         narrow += bool(touched) and len(touched) < len(nodes)
         before = after
     assert guarded > 100 and narrow > 10  # the events made stages, and scoped them narrowly
+
+
+def land(sync, channel) -> None:
+    """Answer every barrier the switch is sent, as a switch that takes every change does,
+    until it has nothing more to send."""
+    while sent := channel.take():
+        for mtype, xid, _ in sent:
+            if mtype == ofwire.OFPT_BARRIER_REQUEST:
+                sync.on_barrier(xid)
 
 
 def test_switches_fed_only_scoped_changes_hold_the_stage_compiled_from_scratch():
