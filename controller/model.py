@@ -463,12 +463,12 @@ class ClusterModel:
         pod that changed, if a policy selects it (before or after); and those of the pods a
         policy selects whose rule's peers (or, egress, named ports' targets) the changed
         pods or namespace labels may concern (their resolved peers go too)."""
+        if policies or namespaces:
+            self._evaluator = None
         if not self.policies and not had:
             self._pods = None  # nothing compiled from it; not kept without a policy
             return
         self._selecting = None
-        if policies or namespaces:
-            self._evaluator = None
         if not had:  # the first policy: no stage held anything before
             self._reset_policy()
             self._policy_index()
