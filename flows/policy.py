@@ -357,7 +357,8 @@ def _kept_whole(held: list[_Compiled], selected: Selected, peers: dict[RuleRef, 
     """Whether each rule of a policy held is kept as it is: its pods `selected` and its
     shared `peers` as before, and no clash moved a conj_id."""
     for c in held:
-        if c.selected != selected or c.moved or peers.get(c.ref) is not c.peers:
+        if (c.selected is not selected and c.selected != selected) or c.moved or (
+                peers.get(c.ref) is not c.peers):  # fmt: skip
             return False
     return True
 
@@ -424,10 +425,10 @@ class NodeStage:
         `evaluator`: an Evaluator of `namespaces` and of any policies that hold `policies`
         (every policy of the cluster, say), shared by the callers that update every stage
         from the same inputs (else one of `policies` is made here, each update)."""
-        touched: set[FlowKey] = set()  # the keys whose flow may differ
+        stale: set[FlowKey] = set()  # the keys of a stage of another context (either kind)
         context = (subnet, subnet6, tuple(host), log_drops)
         if context != self._context:  # (another node's stage, in effect: from scratch)
-            touched |= self.flows.keys()
+            stale = set(self.flows)
             old = self.flows
             self.__init__()  # type: ignore[misc]
             self.flows, self._context = old, context
@@ -440,18 +441,22 @@ class NodeStage:
         if self._clash(gone, new):  # conj_ids given in order instead
             rules, fresh = self._compile(run, chosen, reuse=False)
             gone, new = self._changes(rules, fresh)
-        touched |= self._swap_rules(rules, gone, new)
-        touched |= self._swap_blocks(run.blocks(context, self._digests, self._blocks)
-                                     if run.groups else {})  # fmt: skip
+        # the keys whose flow may differ: the rules' and the blocks' (their priorities differ,
+        # so a key is of one kind only: each looked up where it can be)
+        touched = ((self._swap_rules(rules, gone, new), self._rule_flow),
+                   (self._swap_blocks(run.blocks(context, self._digests, self._blocks)
+                                      if run.groups else {}), self._base.get),
+                   (stale, lambda key: self._base.get(key) or self._rule_flow(key)))  # fmt: skip
         changed = set()
-        for key in touched:
-            flow = self._base.get(key) or self._rule_flow(key)
-            if flow != self.flows.get(key):
-                changed.add(key)
-                if flow is None:
-                    del self.flows[key]
-                else:
-                    self.flows[key] = flow
+        for keys, find in touched:
+            for key in keys:
+                flow = find(key)
+                if flow != self.flows.get(key):
+                    changed.add(key)
+                    if flow is None:
+                        del self.flows[key]
+                    else:
+                        self.flows[key] = flow
         self._groups = run.groups
         return changed
 
@@ -613,7 +618,7 @@ class _Group:
     Kept from update to update while its pods are the same objects, so that what depends
     on it is compared by identity."""
 
-    __slots__ = ("direction", "families", "key", "made", "names", "num", "pairs", "pods")
+    __slots__ = ("chooses", "direction", "families", "key", "made", "names", "num", "pairs", "pods")
 
     def __init__(self, direction: str, pods: list[Pod], names: frozenset[str]) -> None:
         self.direction = direction
@@ -622,7 +627,8 @@ class _Group:
         self.pods = pods
         self.names = names  # namespace/name of the policies isolating it
         self.families = tuple(_families(pods))
-        self.pairs = [(p, self) for p in pods]
+        self.pairs = [(p, self) for p in pods]  # (read only: a policy's Selected may be it)
+        self.chooses = [(direction, name) for name in names]  # the keys of `isolate`'s result
         self.made = sorted((int(p.ip), int(p.ipv6 or 0)) for p in pods)  # for its digest
 
 
@@ -663,14 +669,16 @@ class _Run:
                 alike[isolation].append(p)
         held.clear()
         held.update(found)
-        chosen: dict[tuple[str, str], Selected] = defaultdict(list)
+        # (a policy isolating one group's pods takes the group's own list, kept with the group)
+        chosen: dict[tuple[str, str], Selected] = {}
         for (direction, names), pods in alike.items():
             group = groups.get((direction, names))
             if group is None or group.pods != pods:
                 group = _Group(direction, pods, names)
             self.groups[direction, names] = group
-            for name in names:
-                chosen[direction, name] += group.pairs
+            for key in group.chooses:
+                found = chosen.get(key)
+                chosen[key] = group.pairs if found is None else found + group.pairs
         return chosen
 
     def peers(self, ref: RuleRef, rule: Rule, namespace: str) -> Peers:
