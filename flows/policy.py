@@ -422,9 +422,9 @@ class NodeStage:
         """Bring the stage to what these inputs make (see `policy_table`; the pods as parties
         of policy, `endpoint_pod`; `policies` may leave out any that selects none of `local`:
         they add nothing); returns the keys of the flows added, changed or removed.
-        `evaluator`: an Evaluator of `namespaces` and of any policies that hold `policies`
-        (every policy of the cluster, say), shared by the callers that update every stage
-        from the same inputs (else one of `policies` is made here, each update)."""
+        `evaluator`: an Evaluator of `namespaces` and of `policies` or more (every policy of
+        the cluster, say: the others select no local pod), shared by the callers that update
+        every stage from the same inputs (else one of `policies` is made here, each update)."""
         stale: set[FlowKey] = set()  # the keys of a stage of another context (either kind)
         context = (subnet, subnet6, tuple(host), log_drops)
         if context != self._context:  # (another node's stage, in effect: from scratch)
