@@ -411,10 +411,12 @@ class ClusterModel:
         if self._pod_list is None:
             self._pod_list = [v[0] for pods in self._pods.values() for v in pods.values()]
         local = [v[0] for v in self._pods.get(own.subnet, {}).values()]
+        if self._evaluator is None:  # (once per change of the policies or namespaces)
+            self._evaluator = Evaluator(self.policies.values(), self.namespaces.values())
         return stage.update(selecting, self.namespaces.values(), self._pod_list, local,
                             own.subnet, own.ipv6_subnet, self._peers,
                             [a for a in (own.public_ip, own.public_ipv6) if a is not None],
-                            self.log_drops)  # fmt: skip
+                            self.log_drops, self._evaluator)  # fmt: skip
 
     def _reset_policy(self) -> None:
         """Forget every compiled stage and what they are made of."""
@@ -426,6 +428,7 @@ class ClusterModel:
         self._selected: dict[str, dict[IPv4Network, set[IPv4Address]]] = {}  # by policy
         self._selecting: dict[IPv4Network, list[NetworkPolicy]] | None = None  # the same, by node
         self._peers: dict[RuleRef, Peers] = {}  # each rule's, shared by every switch
+        self._evaluator: Evaluator | None = None  # of every policy, shared by every stage
 
     def _policy_index(self) -> None:
         """Build the pods and what each policy selects, if not kept."""
@@ -460,6 +463,8 @@ class ClusterModel:
         pod that changed, if a policy selects it (before or after); and those of the pods a
         policy selects whose rule's peers (or, egress, named ports' targets) the changed
         pods or namespace labels may concern (their resolved peers go too)."""
+        if policies or namespaces:
+            self._evaluator = None
         if not self.policies and not had:
             self._pods = None  # nothing compiled from it; not kept without a policy
             return

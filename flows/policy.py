@@ -357,7 +357,8 @@ def _kept_whole(held: list[_Compiled], selected: Selected, peers: dict[RuleRef, 
     """Whether each rule of a policy held is kept as it is: its pods `selected` and its
     shared `peers` as before, and no clash moved a conj_id."""
     for c in held:
-        if c.selected != selected or c.moved or peers.get(c.ref) is not c.peers:
+        if (c.selected is not selected and c.selected != selected) or c.moved or (
+                peers.get(c.ref) is not c.peers):  # fmt: skip
             return False
     return True
 
@@ -417,38 +418,45 @@ class NodeStage:
                pods: Sequence[Pod], local: Sequence[Pod], subnet: IPv4Network,
                subnet6: IPv6Network | None = None, peers: dict[RuleRef, Peers] | None = None,
                host: Sequence[IPv4Address | IPv6Address] = (),
-               log_drops: bool = False) -> set[FlowKey]:  # fmt: skip
+               log_drops: bool = False, evaluator: Evaluator | None = None) -> set[FlowKey]:  # fmt: skip
         """Bring the stage to what these inputs make (see `policy_table`; the pods as parties
         of policy, `endpoint_pod`; `policies` may leave out any that selects none of `local`:
-        they add nothing); returns the keys of the flows added, changed or removed."""
-        touched: set[FlowKey] = set()  # the keys whose flow may differ
+        they add nothing); returns the keys of the flows added, changed or removed.
+        `evaluator`: an Evaluator of `namespaces` and of `policies` or more (every policy of
+        the cluster, say: the others select no local pod), shared by the callers that update
+        every stage from the same inputs (else one of `policies` is made here, each update)."""
+        stale: set[FlowKey] = set()  # the keys of a stage of another context (either kind)
         context = (subnet, subnet6, tuple(host), log_drops)
         if context != self._context:  # (another node's stage, in effect: from scratch)
-            touched |= self.flows.keys()
+            stale = set(self.flows)
             old = self.flows
             self.__init__()  # type: ignore[misc]
             self.flows, self._context = old, context
         self._table = None
-        run = _Run(Evaluator(policies, namespaces), pods, {} if peers is None else peers,
-                   LOGGED_DROP if log_drops else ())  # fmt: skip
+        run = _Run(policies, evaluator or Evaluator(policies, namespaces), pods,
+                   {} if peers is None else peers, LOGGED_DROP if log_drops else ())  # fmt: skip
         chosen = run.isolate(local, self._isolating, self._groups)
         rules, fresh = self._compile(run, chosen, reuse=True) if run.groups else ({}, [])
         gone, new = self._changes(rules, fresh)
         if self._clash(gone, new):  # conj_ids given in order instead
             rules, fresh = self._compile(run, chosen, reuse=False)
             gone, new = self._changes(rules, fresh)
-        touched |= self._swap_rules(rules, gone, new)
-        touched |= self._swap_blocks(run.blocks(context, self._digests, self._blocks)
-                                     if run.groups else {})  # fmt: skip
+        # the keys whose flow may differ: the rules' and the blocks' (their priorities differ,
+        # so a key is of one kind only: each looked up where it can be)
+        touched = ((self._swap_rules(rules, gone, new), self._rule_flow),
+                   (self._swap_blocks(run.blocks(context, self._digests, self._blocks)
+                                      if run.groups else {}), self._base.get),
+                   (stale, lambda key: self._base.get(key) or self._rule_flow(key)))  # fmt: skip
         changed = set()
-        for key in touched:
-            flow = self._base.get(key) or self._rule_flow(key)
-            if flow != self.flows.get(key):
-                changed.add(key)
-                if flow is None:
-                    del self.flows[key]
-                else:
-                    self.flows[key] = flow
+        for keys, find in touched:
+            for key in keys:
+                flow = find(key)
+                if flow != self.flows.get(key):
+                    changed.add(key)
+                    if flow is None:
+                        del self.flows[key]
+                    else:
+                        self.flows[key] = flow
         self._groups = run.groups
         return changed
 
@@ -484,7 +492,7 @@ class NodeStage:
         for stage in STAGES:
             if stage.direction not in directions:
                 continue  # (no pod isolated that way: no policy selects one for it)
-            for policy in run.evaluator.policies:
+            for policy in run.policies:
                 key = (stage.direction, policy.key_name)
                 selected = chosen.get(key)
                 if not selected:
@@ -610,7 +618,7 @@ class _Group:
     Kept from update to update while its pods are the same objects, so that what depends
     on it is compared by identity."""
 
-    __slots__ = ("direction", "families", "key", "made", "names", "num", "pairs", "pods")
+    __slots__ = ("chooses", "direction", "families", "key", "made", "names", "num", "pairs", "pods")
 
     def __init__(self, direction: str, pods: list[Pod], names: frozenset[str]) -> None:
         self.direction = direction
@@ -619,7 +627,8 @@ class _Group:
         self.pods = pods
         self.names = names  # namespace/name of the policies isolating it
         self.families = tuple(_families(pods))
-        self.pairs = [(p, self) for p in pods]
+        self.pairs = [(p, self) for p in pods]  # (read only: a policy's Selected may be it)
+        self.chooses = [(direction, name) for name in names]  # the keys of `isolate`'s result
         self.made = sorted((int(p.ip), int(p.ipv6 or 0)) for p in pods)  # for its digest
 
 
@@ -630,9 +639,11 @@ class _Run:
     """What one update of a stage works from: the policies, the cluster's pods, the
     node's isolation groups."""
 
-    def __init__(self, evaluator: Evaluator, pods: Sequence[Pod], peers: dict[RuleRef, Peers],
+    def __init__(self, policies: Sequence[NetworkPolicy], evaluator: Evaluator,
+                 pods: Sequence[Pod], peers: dict[RuleRef, Peers],
                  drop: tuple[Action, ...]) -> None:  # fmt: skip
-        self.evaluator = evaluator
+        self.policies = policies  # those that may select a local pod, in their order
+        self.evaluator = evaluator  # (which pods they select, and peers)
         self.pods = pods
         self.peer_cache = peers
         self.drop = drop  # the default drops' actions
@@ -658,14 +669,16 @@ class _Run:
                 alike[isolation].append(p)
         held.clear()
         held.update(found)
-        chosen: dict[tuple[str, str], Selected] = defaultdict(list)
+        # (a policy isolating one group's pods takes the group's own list, kept with the group)
+        chosen: dict[tuple[str, str], Selected] = {}
         for (direction, names), pods in alike.items():
             group = groups.get((direction, names))
             if group is None or group.pods != pods:
                 group = _Group(direction, pods, names)
             self.groups[direction, names] = group
-            for name in names:
-                chosen[direction, name] += group.pairs
+            for key in group.chooses:
+                found = chosen.get(key)
+                chosen[key] = group.pairs if found is None else found + group.pairs
         return chosen
 
     def peers(self, ref: RuleRef, rule: Rule, namespace: str) -> Peers:
