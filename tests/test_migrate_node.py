@@ -843,7 +843,10 @@ def killed_after(f: FlannelNode, path: Path | None, syscall: str,
         return effect()
 
     try:
-        wait_until(f"migrate made no {syscall} on {path or 'anything'}", seen, 60)
+        try:
+            wait_until(f"migrate made no {syscall} on {path or 'anything'}", seen, 60)
+        except TimeoutError as exc:  # where it is instead, for the one who reads the failure
+            raise TimeoutError(f"{exc}; {where(proc.pid)}; its output:\n{out.read_text()}") from None
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         assert len(children) == 1, children  # the migrate process, held by strace
         # SIGKILL pending, the held process never runs its own code again; it ends once
@@ -854,6 +857,23 @@ def killed_after(f: FlannelNode, path: Path | None, syscall: str,
         proc.wait()
     wait_until("the migrate process outlived SIGKILL", lambda: ended(migrate), 30)
     return json.loads((f.workdir / "migrate.json").read_text())
+
+
+def where(tracer: int) -> str:
+    """What the process strace (`tracer`) traces is doing: its command, state, kernel wait
+    channel and current system call (/proc)."""
+    out = []
+    for pid in Path(f"/proc/{tracer}/task/{tracer}/children").read_text().split():
+        proc = Path(f"/proc/{pid}")
+        try:
+            cmd = proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+            state = proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0]
+            out.append(f"pid {pid} ({cmd}) state {state}, wchan "
+                       f"{proc.joinpath('wchan').read_text()}, syscall "
+                       f"{proc.joinpath('syscall').read_text().strip()}")  # fmt: skip
+        except OSError as exc:
+            out.append(f"pid {pid}: {exc}")
+    return "; ".join(out) or "strace traces no process"
 
 
 def kill_at_the_switch(f: FlannelNode) -> tuple[Path, str, dict]:
