@@ -106,7 +106,7 @@ def decode(msg: bytes) -> Drop | None:
     if len(msg) < pos + 4:
         return None
     (match_len,) = struct.unpack_from("!H", msg, pos + 2)
-    frame = msg[pos + (match_len + 7) // 8 * 8 + 2 :]
+    frame = msg[pos + ofwire.pad8(match_len) + 2 :]
     return _frame(frame, _DIRECTION[table], IPv4Address(cookie & 0xFFFFFFFF))
 
 

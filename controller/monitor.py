@@ -140,5 +140,5 @@ def _flow(update: bytes) -> Flow:
     mpos = _FULL.size
     (mlen,) = _U16.unpack_from(update, mpos + 2)
     match = ofwire.decode_oxm_list(bytes(update[mpos + 4 : mpos + mlen]))
-    instructions = ofwire.decode_instructions(bytes(update[mpos + (mlen + 7) // 8 * 8 :]))
+    instructions = ofwire.decode_instructions(bytes(update[mpos + ofwire.pad8(mlen) :]))
     return Flow(table, priority, match, instructions, cookie)

@@ -213,7 +213,9 @@ _U32 = struct.Struct("!I")
 _CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
-def _pad8(n: int) -> int:
+def pad8(n: int) -> int:
+    """`n` bytes rounded up to OpenFlow's 8-byte alignment (a match, an action, an
+    instruction are padded so)."""
     return (n + 7) // 8 * 8
 
 
@@ -322,7 +324,7 @@ def action_layout(lay: _Layout, actions: tuple, base: str, first: int = 0) -> No
             lay.put("HHIH6x", OFPAT_OUTPUT, 16, OFPP_CONTROLLER, f"{a}[1]")
         elif kind == "set_field":
             field = FIELDS[action[1]]
-            lay.put("HH", OFPAT_SET_FIELD, _pad8(8 + field.size))
+            lay.put("HH", OFPAT_SET_FIELD, pad8(8 + field.size))
             lay.value(field, f"{a}[2]", masked=False)
             lay.pad()
         elif kind == "dec_ttl":
@@ -377,7 +379,7 @@ def _ct_layout(lay: _Layout, action: tuple, a: str) -> None:
         if nat and nat[2]:
             present |= NX_NAT_RANGE_PROTO_MIN
             codes, args = codes + "H", [*args, f"{a}[4][2]"]
-        size = _pad8(16 + struct.calcsize("!" + codes) if codes else 16)
+        size = pad8(16 + struct.calcsize("!" + codes) if codes else 16)
         lay.put("HHIH2xHH" + codes, OFPAT_EXPERIMENTER, size, NX_VENDOR_ID, NXAST_NAT,
                 flags, present, *args)  # fmt: skip
         lay.pad()
@@ -837,7 +839,7 @@ def _decode_ct_clear(body: bytes) -> tuple | None:
     return ("ct_clear",) if len(body) == 16 else None
 
 
-_LEARN_LEN = _pad8(32 + 2 * 10 + 3 * 14 + 12)  # header, 2 immediate matches, 3 copies, 1 load
+_LEARN_LEN = pad8(32 + 2 * 10 + 3 * 14 + 12)  # header, 2 immediate matches, 3 copies, 1 load
 _LEARN_PORTS = {_NXM_HEADER[n]: n for n in ("tcp_src", "tcp_dst", "udp_src", "udp_dst")}
 
 
@@ -972,7 +974,7 @@ def decode_flow_stats(body: bytes, drops: dict[tuple[int, int], int] | None = No
         mpos = pos + _FLOW_STATS.size
         (mlen,) = _U16.unpack_from(body, mpos + 2)
         match = decode_oxm_list(bytes(body[mpos + 4 : mpos + mlen]))
-        ipos = mpos + _pad8(mlen)
+        ipos = mpos + pad8(mlen)
         yield Flow(
             table, priority, match, decode_instructions(bytes(body[ipos : pos + length])), cookie
         )

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from controller import metrics
+from controller.ofwire import pad8
 
 log = logging.getLogger("controller")
 
@@ -71,18 +72,14 @@ def records(buf: bytes, start: int, end: int, len_at: int, min_len: int, what: s
         pos += length
 
 
-def _pad8(n: int) -> int:
-    return (n + 7) // 8 * 8
-
-
 def _match_end(buf: bytes, pos: int, end: int) -> int:
     """Where the instructions begin after an ofp_match at `pos`."""
     if pos + 4 > end:
         raise Malformed("match truncated")
     (length,) = _U16.unpack_from(buf, pos + 2)
-    if length < 4 or pos + _pad8(length) > end:
+    if length < 4 or pos + pad8(length) > end:
         raise Malformed(f"match has length {length}")
-    return pos + _pad8(length)
+    return pos + pad8(length)
 
 
 def _flow_stats(buf: bytes, start: int, end: int) -> None:
