@@ -435,7 +435,7 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Where a migration records its plan, each step once done and the "
                           "node as it was (cni0, the pods, the CNI config): a re-run resumes "
                           "an interrupted migration at its first step not done, --rollback "
-                          "undoes it. What an undo could not remove from OVSDB (it did not "
+                          "undoes it (and finishes an undo that was interrupted). What an undo could not remove from OVSDB (it did not "
                           "answer) stays listed there: the next run or --rollback removes it "
                           "first."),
         click.option("--rollback", is_flag=True,
@@ -491,7 +491,8 @@ def migrate(ctx: click.Context, **params: Any) -> None:
     re-run (a conflist switched already is left as it is) and undone by --rollback. A re-run with the same settings while it holds an
     unfinished migration (the command was killed midway) resumes at the first step not
     done (--dry-run prints the steps left); --rollback reads it to return the node to
-    flannel, its pods running, after a finished migration or an interrupted one.
+    flannel, its pods running, after a finished migration or an interrupted one. One
+    killed while it undid a failed step is not resumed: --rollback finishes the undo.
     """
     _apply_sysconfig(ctx, params)
     dry_run = params["dry_run"]
@@ -545,6 +546,10 @@ def _resumed(settings: Settings, run: Run, registry: Registry, record: Record,
     if record.finished:
         raise StepFailed(f"{settings.state_file} records a finished migration: this node is "
                          "a vxflow node (--rollback returns it to flannel)")  # fmt: skip
+    if record.rolling_back:
+        raise StepFailed(f"{settings.state_file} records the rollback of a failed step, "
+                         "interrupted: --rollback finishes it (this node is neither a "
+                         "flannel nor a vxflow node until then)")  # fmt: skip
     click.echo(f"resuming the migration recorded in {settings.state_file} at step "
                f"{record.done + 1}")  # fmt: skip
     if dry_run:

@@ -76,6 +76,7 @@ lease) is refused up front, in one line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -712,6 +713,7 @@ class Record:
     agent_started: float | None = None  # when --start-agent ran (None: not yet)
     steps: list[Step] = field(default_factory=list)
     done: int = 0  # steps[:done] are done
+    rolling_back: bool = False  # a failed step's rollback began: only --rollback may go on
 
     @property
     def finished(self) -> bool:
@@ -730,7 +732,7 @@ class Record:
             "flannel_masq": self.flannel_masq, "agent_started": self.agent_started,
             "steps": [{"kind": st.kind.value, "name": st.name, "detail": st.detail,
                        "pod": st.pod.port if st.pod else None} for st in self.steps],
-            "done": self.done,
+            "done": self.done, "rolling_back": self.rolling_back,
         }, indent=2)  # fmt: skip
 
     @classmethod
@@ -754,7 +756,7 @@ class Record:
             flannel_masq=list(d.get("flannel_masq", [])),
             agent_started=d["agent_started"] if "agent_started" in d else
             _started_before(steps[:done]),
-            steps=steps, done=done,
+            steps=steps, done=done, rolling_back=bool(d.get("rolling_back", False)),
         )  # fmt: skip
 
 
@@ -1045,6 +1047,11 @@ class Migration(Undo):
                 except _FAILURES as exc:
                     why = f"step {number} ({step.name}) failed: {exc}"
                     self.say(f"{why}; rolling back")
+                    # a run killed while it undoes must not be resumed as a migration (its
+                    # record would name steps done that are undone): --rollback finishes it
+                    self.record.rolling_back = True
+                    with contextlib.suppress(OSError):  # (then it is resumed, as before)
+                        self._save()
                     try:
                         self._roll_back(number)
                     except OSError as kept:  # the record not removed: said with the failure

@@ -424,6 +424,48 @@ def test_a_late_failure_undoes_every_step_and_the_node_is_flannel_again(
 
 
 @pytest.mark.integration
+def test_a_migration_killed_while_it_undoes_a_failed_step_is_finished_by_rollback_only(
+    flannel_node: FlannelNode,
+) -> None:
+    """The late failure above, the command killed (SIGKILL) once its record says the undo
+    began: a re-run must not resume it (the record names steps done that are undone),
+    and --rollback finishes the undo."""
+    f = flannel_node
+    shutil.rmtree(f.networks_dir / "cbr0")
+    (f.networks_dir / "cbr0").write_text("not a directory")
+    record = f.workdir / "migrate.json"
+
+    def rolling_back() -> bool:
+        try:
+            return json.loads(record.read_text()).get("rolling_back", False)
+        except (OSError, ValueError):  # not written yet, or gone: the undo finished
+            return False
+
+    proc = subprocess.Popen(f.migrate_command(*f.real_args()), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until("the migration never began its undo", rolling_back, 60, pause=0.005)
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.wait()
+    # the undo (nine steps: the pods moved back, flanneld started) outlasts the 5 ms poll;
+    # had it finished first, the record would be gone and this would fail, not pass
+    assert rolling_back(), "the undo finished before the kill"
+    again = f.migrate_for_real()
+    assert (again.returncode, again.stderr) == (1, (
+        f"Error: {record} records the rollback of a failed step, interrupted: --rollback "
+        "finishes it (this node is neither a flannel nor a vxflow node until then)\n"))  # fmt: skip
+    assert rolling_back()  # the refusal changed nothing
+    real = f.real_args()
+    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.splitlines()[-1] == f"rolled back: {f.node.underlay_ip} is a flannel node"
+    assert not record.exists()
+    assert_flannel_again(f)
+
+
+@pytest.mark.integration
 def test_etcd_unreachable_during_the_lease_takeover_leaves_the_node_flannel(
     flannel_node: FlannelNode,
 ) -> None:
