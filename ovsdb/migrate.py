@@ -106,7 +106,7 @@ from ovsdb import idl as ovsidl
 from ovsdb.bootstrap import DEFAULT_BRIDGE
 from ovsdb.idl import OvsdbError
 from ovsdb.ipmasq import IpMasq, IpMasqError
-from ovsdb.iproute import IprouteError, ip, ip_json, run
+from ovsdb.iproute import IprouteError, ip, ip_batch, ip_json, run
 from ovsdb.plug import COLUMNS as PLUG_COLUMNS
 from ovsdb.plug import PlugError, add_port, interface, pod_external_ids, wait_ofport
 
@@ -965,14 +965,15 @@ class Undo:
         ip("link", "set", pod.port, "master", self.record.bridge.name)
 
     def _bridge_back(self) -> None:
-        """cni0 again, with its MAC (the pods' ARP entry for the gateway) and address."""
+        """cni0 again, with its MAC (the pods' ARP entry for the gateway), its address, up.
+        Each part is converged, not only made with the device: an undo killed once it made
+        cni0, before its address or its `up`, left a cni0 that its re-run (--rollback)
+        must finish (else the pods, back on it, reach no gateway)."""
         bridge = self.record.bridge
-        if any(link["ifname"] == bridge.name for link in ip_json("link", "show")):
-            return
-        ip("link", "add", bridge.name, "address", bridge.mac, "type", "bridge")
-        for address in bridge.addresses:
-            ip("addr", "add", str(address), "dev", bridge.name)
-        ip("link", "set", bridge.name, "up")
+        if _link(bridge.name) is None:
+            ip("link", "add", bridge.name, "address", bridge.mac, "type", "bridge")
+        ip_batch([*(f"addr replace {address} dev {bridge.name}" for address in bridge.addresses),
+                  f"link set {bridge.name} up"])  # fmt: skip
 
     def _allocations_back(self) -> None:
         for path in self.record.written:

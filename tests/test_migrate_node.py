@@ -394,17 +394,29 @@ def test_a_step_that_fails_is_named_and_rolled_back(flannel_node: FlannelNode) -
     assert f.pods_on_cni0() == ["veth1", "veth2"]
 
 
+def cni0(f: FlannelNode) -> tuple[str, list[str], bool]:
+    """cni0's MAC (the pods' ARP entry for the gateway), IPv4 addresses, and whether it is up."""
+    link = json.loads(f.node.run("ip", "-j", "addr", "show", "cni0"))[0]
+    return (link["address"], [a["local"] for a in link["addr_info"] if a["family"] == "inet"],
+            "UP" in link["flags"])  # fmt: skip
+
+
+def late_failure(f: FlannelNode) -> None:
+    """host-local's store unwritable (a file where its directory should be): the migration's
+    step 9 fails after the agent ran, the pods moved and flannel.1 and cni0 went."""
+    shutil.rmtree(f.networks_dir / "cbr0")
+    (f.networks_dir / "cbr0").write_text("not a directory")
+
+
 @pytest.mark.integration
 def test_a_late_failure_undoes_every_step_and_the_node_is_flannel_again(
     flannel_node: FlannelNode,
 ) -> None:
-    """host-local's store is unwritable (a file where its directory should be): step 9
-    fails after the agent ran, the pods moved and flannel.1 and cni0 went; all is undone."""
+    """The late failure (`late_failure`): all is undone."""
     f = flannel_node
-    cni0 = json.loads(f.node.run("ip", "-j", "addr", "show", "cni0"))[0]
+    was = cni0(f)
     conflist = (f.conf_dir / "10-flannel.conflist").read_text()
-    shutil.rmtree(f.networks_dir / "cbr0")
-    (f.networks_dir / "cbr0").write_text("not a directory")
+    late_failure(f)
     res = f.migrate_for_real()
     assert res.returncode == 1, res.stdout + res.stderr
     lines = res.stdout.splitlines()
@@ -416,53 +428,69 @@ def test_a_late_failure_undoes_every_step_and_the_node_is_flannel_again(
                           "undo 1. fence flanneld"]  # fmt: skip
     # flannel again, cni0 with its MAC and gateway, the veths' sysctls, the conflist as it was
     assert_flannel_again(f)
-    again = json.loads(f.node.run("ip", "-j", "addr", "show", "cni0"))[0]
-    assert (again["address"], again["addr_info"][0]["local"]) == (
-        cni0["address"], cni0["addr_info"][0]["local"])
+    assert cni0(f) == was
     assert f.node.run("sysctl", "-n", "net.ipv4.conf.veth1.arp_ignore").strip() == "0"
     assert (f.conf_dir / "10-flannel.conflist").read_text() == conflist
 
 
+def killing_tool(f: FlannelNode, tool: str, args: str) -> dict[str, str]:
+    """The environment of a command whose `tool` (ip, ovs-vsctl) is a wrapper first on PATH:
+    it runs the real one, then, if its arguments match the shell pattern `args`, sends its
+    caller SIGKILL. The kill lands right after that call returned, before anything else."""
+    bin_dir = f.workdir / "killing-bin"
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / tool
+    wrapper.write_text(f"#!/bin/sh\n{shutil.which(tool)} \"$@\"; rc=$?\n"
+                       f"case \"$*\" in {args.replace(' ', chr(92) + ' ')}) kill -KILL $PPID;; esac\n"
+                       "exit $rc\n")  # fmt: skip
+    wrapper.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+# where the undo of the late failure is killed: right after each of its kernel and OVSDB
+# changes that a --rollback must then find half done (cni0 made, then up; a veth off
+# br-int, back on cni0; br-int gone; flannel.1 made again, flanneld not yet started)
+UNDO_KILLS = {
+    "cni0-made": ("ip", "link add cni0 *"),
+    "cni0-up": ("ip", "-batch -"),  # (its address and `up`: the migration's one ip -batch)
+    "veth2-off-br-int": ("ovs-vsctl", "*del-port br-int veth2"),
+    "veth2-on-cni0": ("ip", "link set veth2 master cni0"),
+    "br-int-deleted": ("ovs-vsctl", "*del-br br-int"),
+    "flannel.1-made": ("ip", "link add flannel.1 *"),
+}
+
+
 @pytest.mark.integration
+@pytest.mark.parametrize("tool, args", UNDO_KILLS.values(), ids=UNDO_KILLS.keys())
 def test_a_migration_killed_while_it_undoes_a_failed_step_is_finished_by_rollback_only(
-    flannel_node: FlannelNode,
+    flannel_node: FlannelNode, tool: str, args: str,
 ) -> None:
-    """The late failure above, the command killed (SIGKILL) once its record says the undo
-    began: a re-run must not resume it (the record names steps done that are undone),
-    and --rollback finishes the undo."""
+    """The late failure above, the command killed (SIGKILL) at a point of its undo: a
+    re-run must not resume it (the record names steps done that are undone), and
+    --rollback finishes the undo: a flannel node, its pods reaching their gateway."""
     f = flannel_node
-    shutil.rmtree(f.networks_dir / "cbr0")
-    (f.networks_dir / "cbr0").write_text("not a directory")
+    was = cni0(f)
+    late_failure(f)
     record = f.workdir / "migrate.json"
-
-    def rolling_back() -> bool:
-        try:
-            return json.loads(record.read_text()).get("rolling_back", False)
-        except (OSError, ValueError):  # not written yet, or gone: the undo finished
-            return False
-
-    proc = subprocess.Popen(f.migrate_command(*f.real_args()), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        wait_until("the migration never began its undo", rolling_back, 60, pause=0.005)
-        proc.kill()
-    finally:
-        proc.kill()
-        proc.wait()
-    # the undo (nine steps: the pods moved back, flanneld started) outlasts the 5 ms poll;
-    # had it finished first, the record would be gone and this would fail, not pass
-    assert rolling_back(), "the undo finished before the kill"
+    killed = subprocess.run(f.migrate_command(*f.real_args()), capture_output=True, text=True,
+                            timeout=120, env=killing_tool(f, tool, args))  # fmt: skip
+    # killed: the migrate process itself (-9), or, with `ip` wrapped, the wrapper that ran
+    # `ip netns exec` reports it (137)
+    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), killed.stdout + killed.stderr
+    assert "rolling back" in killed.stdout, killed.stdout
+    assert json.loads(record.read_text())["rolling_back"]
     again = f.migrate_for_real()
     assert (again.returncode, again.stderr) == (1, (
         f"Error: {record} records the rollback of a failed step, interrupted: --rollback "
         "finishes it (this node is neither a flannel nor a vxflow node until then)\n"))  # fmt: skip
-    assert rolling_back()  # the refusal changed nothing
+    assert json.loads(record.read_text())["rolling_back"]  # the refusal changed nothing
     real = f.real_args()
     res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.splitlines()[-1] == f"rolled back: {f.node.underlay_ip} is a flannel node"
     assert not record.exists()
     assert_flannel_again(f)
+    assert cni0(f) == was
 
 
 @pytest.mark.integration
