@@ -449,15 +449,32 @@ def killing_tool(f: FlannelNode, tool: str, args: str) -> dict[str, str]:
 
 # where the undo of the late failure is killed: right after each of its kernel and OVSDB
 # changes that a --rollback must then find half done (cni0 made, then up; a veth off
-# br-int, back on cni0; br-int gone; flannel.1 made again, flanneld not yet started)
+# br-int, back on cni0; the agent stopped; br-int gone; flannel.1 made again; flanneld
+# started, not yet seen up): a wrapper of `ip` or `ovs-vsctl` once a call with matching
+# arguments returned, or --stop-agent's or --start-flanneld's command once it ran
 UNDO_KILLS = {
     "cni0-made": ("ip", "link add cni0 *"),
     "cni0-up": ("ip", "-batch -"),  # (its address and `up`: the migration's one ip -batch)
     "veth2-off-br-int": ("ovs-vsctl", "*del-port br-int veth2"),
     "veth2-on-cni0": ("ip", "link set veth2 master cni0"),
+    "agent-stopped": ("--stop-agent", ""),
     "br-int-deleted": ("ovs-vsctl", "*del-br br-int"),
     "flannel.1-made": ("ip", "link add flannel.1 *"),
+    "flanneld-started": ("--start-flanneld", ""),
 }
+
+
+def killed_in_the_undo(f: FlannelNode, tool: str, args: str) -> subprocess.CompletedProcess:
+    """`vxflow migrate` of the late failure, killed (SIGKILL) at the `UNDO_KILLS` point
+    (`tool`, `args`) of its undo."""
+    real, env = f.real_args(), None
+    if tool.startswith("--"):  # the command's own shell (sh -c) kills its caller once it ran
+        at = real.index(tool) + 1
+        real[at] = f"{real[at]}\nkill -KILL $PPID"
+    else:
+        env = killing_tool(f, tool, args)
+    return subprocess.run(f.migrate_command(*real), capture_output=True, text=True,
+                          timeout=120, env=env)  # fmt: skip
 
 
 @pytest.mark.integration
@@ -467,18 +484,21 @@ def test_a_migration_killed_while_it_undoes_a_failed_step_is_finished_by_rollbac
 ) -> None:
     """The late failure above, the command killed (SIGKILL) at a point of its undo: a
     re-run must not resume it (the record names steps done that are undone), and
-    --rollback finishes the undo: a flannel node, its pods reaching their gateway."""
+    --rollback finishes the undo: a flannel node, its pods reaching their gateway and each
+    other, one flanneld."""
     f = flannel_node
     was = cni0(f)
     late_failure(f)
     record = f.workdir / "migrate.json"
-    killed = subprocess.run(f.migrate_command(*f.real_args()), capture_output=True, text=True,
-                            timeout=120, env=killing_tool(f, tool, args))  # fmt: skip
-    # killed: the migrate process itself (-9), or, with `ip` wrapped, the wrapper that ran
-    # `ip netns exec` reports it (137)
-    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), killed.stdout + killed.stderr
+    killed = killed_in_the_undo(f, tool, args)
+    # the migrate process killed (-9), or, `ip` wrapped, the wrapper running `ip netns exec`
+    # says so (137)
+    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), \
+        killed.stdout + killed.stderr  # fmt: skip
     assert "rolling back" in killed.stdout, killed.stdout
     assert json.loads(record.read_text())["rolling_back"]
+    flanneld = f.workdir / "flanneld.pid"  # one the killed undo started (flanneld-started)
+    started = flanneld.read_text() if flanneld.exists() else None
     again = f.migrate_for_real()
     assert (again.returncode, again.stderr) == (1, (
         f"Error: {record} records the rollback of a failed step, interrupted: --rollback "
@@ -490,7 +510,9 @@ def test_a_migration_killed_while_it_undoes_a_failed_step_is_finished_by_rollbac
     assert res.stdout.splitlines()[-1] == f"rolled back: {f.node.underlay_ip} is a flannel node"
     assert not record.exists()
     assert_flannel_again(f)
+    assert started is None or flanneld.read_text() == started  # no second flanneld
     assert cni0(f) == was
+    f.pods[0].run("ping", "-c", "1", "-W", "2", str(f.pods[1].ip.ip))
 
 
 @pytest.mark.integration
