@@ -464,17 +464,23 @@ UNDO_KILLS = {
 }
 
 
-def killed_in_the_undo(f: FlannelNode, tool: str, args: str) -> subprocess.CompletedProcess:
-    """`vxflow migrate` of the late failure, killed (SIGKILL) at the `UNDO_KILLS` point
-    (`tool`, `args`) of its undo."""
+def killed_in_the_undo(f: FlannelNode, tool: str, args: str,
+                       rollback: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
+    """`vxflow migrate` (the late failure), or `vxflow migrate --rollback`, killed (SIGKILL)
+    at the `UNDO_KILLS` point (`tool`, `args`) of its undo; the migrate process killed
+    (-9), or, `ip` wrapped, the wrapper running `ip netns exec` says so (137)."""
     real, env = f.real_args(), None
     if tool.startswith("--"):  # the command's own shell (sh -c) kills its caller once it ran
         at = real.index(tool) + 1
         real[at] = f"{real[at]}\nkill -KILL $PPID"
     else:
         env = killing_tool(f, tool, args)
-    return subprocess.run(f.migrate_command(*real), capture_output=True, text=True,
-                          timeout=120, env=env)  # fmt: skip
+    args = ["--rollback", *real[real.index("--stop-agent"):]] if rollback else real
+    killed = subprocess.run(f.migrate_command(*args), capture_output=True, text=True,
+                            timeout=120, env=env)  # fmt: skip
+    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), \
+        killed.stdout + killed.stderr  # fmt: skip
+    return killed
 
 
 @pytest.mark.integration
@@ -491,10 +497,6 @@ def test_a_migration_killed_while_it_undoes_a_failed_step_is_finished_by_rollbac
     late_failure(f)
     record = f.workdir / "migrate.json"
     killed = killed_in_the_undo(f, tool, args)
-    # the migrate process killed (-9), or, `ip` wrapped, the wrapper running `ip netns exec`
-    # says so (137)
-    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), \
-        killed.stdout + killed.stderr  # fmt: skip
     assert "rolling back" in killed.stdout, killed.stdout
     assert json.loads(record.read_text())["rolling_back"]
     flanneld = f.workdir / "flanneld.pid"  # one the killed undo started (flanneld-started)
@@ -511,6 +513,29 @@ def test_a_migration_killed_while_it_undoes_a_failed_step_is_finished_by_rollbac
     assert not record.exists()
     assert_flannel_again(f)
     assert started is None or flanneld.read_text() == started  # no second flanneld
+    assert cni0(f) == was
+    f.pods[0].run("ping", "-c", "1", "-W", "2", str(f.pods[1].ip.ip))
+
+
+@pytest.mark.integration
+def test_a_rollback_killed_once_it_made_cni0_is_finished_by_the_next(
+    flannel_node: FlannelNode,
+) -> None:
+    """A finished migration's --rollback killed once it re-created cni0, before its address
+    and `up`: the next --rollback finishes it (flanneld, started already, not again), the
+    pods reach their gateway and each other."""
+    f = flannel_node
+    was = cni0(f)
+    res = f.migrate_for_real()
+    assert res.returncode == 0, res.stdout + res.stderr
+    killed = killed_in_the_undo(f, "ip", "link add cni0 *", rollback=True)
+    assert killed.stdout.splitlines()[-1].endswith("re-create cni0"), killed.stdout
+    started = (f.workdir / "flanneld.pid").read_text()
+    real = f.real_args()
+    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_flannel_again(f)
+    assert (f.workdir / "flanneld.pid").read_text() == started
     assert cni0(f) == was
     f.pods[0].run("ping", "-c", "1", "-W", "2", str(f.pods[1].ip.ip))
 
