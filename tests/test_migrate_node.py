@@ -483,6 +483,22 @@ def killed_in_the_undo(f: FlannelNode, tool: str, args: str,
     return killed
 
 
+def finished_by_rollback(f: FlannelNode, was: tuple, started: str | None,
+                         ) -> subprocess.CompletedProcess:  # fmt: skip
+    """`vxflow migrate --rollback` after a kill in an undo: it succeeds, the node is flannel
+    again, cni0 as it `was`, the pods reach each other, and no second flanneld was started
+    (`started`: the PID file of one the killed undo started, None if none)."""
+    real = f.real_args()
+    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_flannel_again(f)
+    pidfile = f.workdir / "flanneld.pid"
+    assert started is None or pidfile.read_text() == started
+    assert cni0(f) == was
+    f.pods[0].run("ping", "-c", "1", "-W", "2", str(f.pods[1].ip.ip))
+    return res
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("tool, args", UNDO_KILLS.values(), ids=UNDO_KILLS.keys())
 def test_a_migration_killed_while_it_undoes_a_failed_step_is_finished_by_rollback_only(
@@ -506,15 +522,9 @@ def test_a_migration_killed_while_it_undoes_a_failed_step_is_finished_by_rollbac
         f"Error: {record} records the rollback of a failed step, interrupted: --rollback "
         "finishes it (this node is neither a flannel nor a vxflow node until then)\n"))  # fmt: skip
     assert json.loads(record.read_text())["rolling_back"]  # the refusal changed nothing
-    real = f.real_args()
-    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
-    assert res.returncode == 0, res.stdout + res.stderr
+    res = finished_by_rollback(f, was, started)
     assert res.stdout.splitlines()[-1] == f"rolled back: {f.node.underlay_ip} is a flannel node"
     assert not record.exists()
-    assert_flannel_again(f)
-    assert started is None or flanneld.read_text() == started  # no second flanneld
-    assert cni0(f) == was
-    f.pods[0].run("ping", "-c", "1", "-W", "2", str(f.pods[1].ip.ip))
 
 
 @pytest.mark.integration
@@ -530,14 +540,7 @@ def test_a_rollback_killed_once_it_made_cni0_is_finished_by_the_next(
     assert res.returncode == 0, res.stdout + res.stderr
     killed = killed_in_the_undo(f, "ip", "link add cni0 *", rollback=True)
     assert killed.stdout.splitlines()[-1].endswith("re-create cni0"), killed.stdout
-    started = (f.workdir / "flanneld.pid").read_text()
-    real = f.real_args()
-    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert_flannel_again(f)
-    assert (f.workdir / "flanneld.pid").read_text() == started
-    assert cni0(f) == was
-    f.pods[0].run("ping", "-c", "1", "-W", "2", str(f.pods[1].ip.ip))
+    finished_by_rollback(f, was, (f.workdir / "flanneld.pid").read_text())
 
 
 @pytest.mark.integration
