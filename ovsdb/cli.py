@@ -487,8 +487,9 @@ def migrate(ctx: click.Context, **params: Any) -> None:
 
     A step that fails is named with its reason, then it and every step before it are
     undone in reverse, one line each (the agent stopped with --stop-agent and its bridge
-    deleted, the pods' veths back on the CNI bridge, flanneld started again with
-    --start-flanneld: it takes its lease and flannel.<VNI> back), exit status 1.
+    deleted, the pods' veths back on the CNI bridge and told its MAC by a gratuitous
+    ARP, flanneld started again with --start-flanneld: it takes its lease and
+    flannel.<VNI> back), exit status 1.
 
     --state-file records the plan before the first step and again as each step is done
     (a temporary file renamed), and before a step changes them what its undo needs (the

@@ -1080,9 +1080,11 @@ class Migration(Undo):
 
     def _roll_back(self, upto: int) -> None:
         """Undo steps 1..`upto` in reverse, one line each (an undo that fails is said and
-        skipped), then remove the record: the node is a flannel node again. If the fenced
-        flanneld still runs, the rest is undone all the same, then StepFailed, the record
-        kept: --rollback does it again once flanneld has ended."""
+        skipped), then remove the record: the node is a flannel node again. Pods that were
+        moved are told cni0's MAC, as a rollback tells them (one that refreshed its entry
+        for the gateway on br-int took the switch's, which cni0 does not take in). If the
+        fenced flanneld still runs, the rest is undone all the same, then StepFailed, the
+        record kept: --rollback does it again once flanneld has ended."""
         still: FlanneldRuns | None = None
         for number, step in reversed(list(enumerate(self.record.steps[:upto], 1))):
             undo = self._undo(step)
@@ -1095,6 +1097,11 @@ class Migration(Undo):
                 still = exc
             except _FAILURES as exc:
                 self.say(f"undo {number}. {step.name} failed: {exc}")
+        if any(step.kind is Kind.MOVE for step in self.record.steps[:upto]):
+            try:
+                self._announce()
+            except OSError as exc:  # (cni0 not back: its undo failed, said above)
+                self.say(f"announcing {self.record.bridge.name}'s MAC failed: {exc}")
         if still is not None:
             raise StepFailed(f"rollback incomplete: {still}") from still
         self._forget()

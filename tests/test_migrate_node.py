@@ -26,7 +26,7 @@ import pytest
 
 from bench.migration import background, stop_by_pidfile, stop_command
 from daemons.processes import stop_process
-from flows.ports import pod_mac, vtep_mac_for
+from flows.ports import GATEWAY_PORT, pod_mac, vtep_mac_for
 from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.model import Lease
 from leases.registry import Registry
@@ -86,9 +86,9 @@ class FlannelNode:
                               f"&& kill -{sig} {pid}")  # fmt: skip
 
     def migrate_for_real(self, *args: str, start_agent: str | None = None,
-                         ) -> subprocess.CompletedProcess:  # fmt: skip
+                         env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
         """`vxflow migrate` as `real_args` says."""
-        return self.migrate(*self.real_args(start_agent), *args)
+        return self.migrate(*self.real_args(start_agent), *args, env=env)
 
     def pods_on_cni0(self) -> list[str]:
         return sorted(link["ifname"] for link in json.loads(
@@ -113,9 +113,10 @@ class FlannelNode:
         return subprocess.run(self.vxflow_command(*args), capture_output=True, text=True,
                               timeout=60)  # fmt: skip
 
-    def migrate(self, *args: str, etcd: str | None = None) -> subprocess.CompletedProcess:
+    def migrate(self, *args: str, etcd: str | None = None,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
         return subprocess.run(self.migrate_command(*args, etcd=etcd), capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
+                              text=True, timeout=60, env=env)  # fmt: skip
 
     def state(self) -> tuple:
         """What a migration would change: links, routes, neighbours, the lease, OVSDB, files."""
@@ -412,12 +413,17 @@ def late_failure(f: FlannelNode) -> None:
 def test_a_late_failure_undoes_every_step_and_the_node_is_flannel_again(
     flannel_node: FlannelNode,
 ) -> None:
-    """The late failure (`late_failure`): all is undone."""
+    """The late failure (`late_failure`): all is undone. The pods, on br-int, took the
+    switch's gateway MAC for their gateway (as an ARP refresh answered by the switch does;
+    set at step 7): back on cni0, they are told its MAC and reach their gateway at once."""
     f = flannel_node
     was = cni0(f)
     conflist = (f.conf_dir / "10-flannel.conflist").read_text()
     late_failure(f)
-    res = f.migrate_for_real()
+    switch_gateway = "; ".join(
+        f"ip netns exec {pod.netns} ip neigh replace {f.lease.gateway} lladdr "
+        f"$(cat /sys/class/net/{GATEWAY_PORT}/address) dev eth0 nud reachable" for pod in f.pods)
+    res = f.migrate_for_real(env=hooked_tool(f, "ip", "link del flannel.1", switch_gateway))
     assert res.returncode == 1, res.stdout + res.stderr
     lines = res.stdout.splitlines()
     assert lines[8].startswith("9. carry the allocations over: ")
@@ -433,15 +439,17 @@ def test_a_late_failure_undoes_every_step_and_the_node_is_flannel_again(
     assert (f.conf_dir / "10-flannel.conflist").read_text() == conflist
 
 
-def killing_tool(f: FlannelNode, tool: str, args: str) -> dict[str, str]:
+def hooked_tool(f: FlannelNode, tool: str, args: str, action: str = "kill -KILL $PPID",
+                ) -> dict[str, str]:  # fmt: skip
     """The environment of a command whose `tool` (ip, ovs-vsctl) is a wrapper first on PATH:
-    it runs the real one, then, if its arguments match the shell pattern `args`, sends its
-    caller SIGKILL. The kill lands right after that call returned, before anything else."""
-    bin_dir = f.workdir / "killing-bin"
+    it runs the real one, then, if its arguments match the shell pattern `args`, the shell
+    line `action` (by default: its caller sent SIGKILL) before it returns. What the action
+    does lands right after that call, before the caller goes on."""
+    bin_dir = f.workdir / "hooked-bin"
     bin_dir.mkdir(exist_ok=True)
     wrapper = bin_dir / tool
     wrapper.write_text(f"#!/bin/sh\n{shutil.which(tool)} \"$@\"; rc=$?\n"
-                       f"case \"$*\" in {args.replace(' ', chr(92) + ' ')}) kill -KILL $PPID;; esac\n"
+                       f"case \"$*\" in {args.replace(' ', chr(92) + ' ')}) {action};; esac\n"
                        "exit $rc\n")  # fmt: skip
     wrapper.chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
@@ -474,7 +482,7 @@ def killed_in_the_undo(f: FlannelNode, tool: str, args: str,
         at = real.index(tool) + 1
         real[at] = f"{real[at]}\nkill -KILL $PPID"
     else:
-        env = killing_tool(f, tool, args)
+        env = hooked_tool(f, tool, args)
     args = ["--rollback", *real[real.index("--stop-agent"):]] if rollback else real
     killed = subprocess.run(f.migrate_command(*args), capture_output=True, text=True,
                             timeout=120, env=env)  # fmt: skip
