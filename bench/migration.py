@@ -25,8 +25,11 @@ PORT = 5001
 
 def background(cmd: list[str], stem: Path) -> str:
     """A shell line that starts `cmd` in the background, its output to STEM.log and its PID
-    to STEM.pid (what a migration's --start-agent and --start-flanneld run)."""
-    return f"{shlex.join(cmd)} >> {stem}.log 2>&1 < /dev/null & echo $! > {stem}.pid"
+    to STEM.pid (what a migration's --start-agent and --start-flanneld run), unless the
+    process STEM.pid names runs: as `systemctl start`, run again it starts no second one
+    (a --rollback that finishes an interrupted undo may run --start-flanneld again)."""
+    return (f"{{ [ -s {stem}.pid ] && kill -0 $(cat {stem}.pid) 2>/dev/null; }} || "
+            f"{{ {shlex.join(cmd)} >> {stem}.log 2>&1 < /dev/null & echo $! > {stem}.pid; }}")
 
 
 def stop_command(pidfile: Path) -> str:

@@ -418,11 +418,16 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "not start a second agent."),
         click.option("--start-flanneld", metavar="COMMAND",
                      help="Shell command that starts flanneld again, to roll back, e.g. "
-                          "`systemctl start flanneld` (required without --dry-run)."),
+                          "`systemctl start flanneld` (required without --dry-run). The "
+                          "--rollback that finishes an interrupted undo (or rollback) may run "
+                          "it again: as `systemctl start`, it must not start a second "
+                          "flanneld."),
         click.option("--stop-agent", metavar="COMMAND",
                      help="Shell command that stops the agent --start-agent started, to roll "
                           "back, e.g. `systemctl stop vxflow-agent` (required without "
-                          "--dry-run)."),
+                          "--dry-run). The --rollback that finishes an interrupted undo (or "
+                          "rollback) may run it again: as `systemctl stop`, it must succeed "
+                          "with the agent stopped already."),
         click.option("--bridge", default=DEFAULT_BRIDGE, show_default=True,
                      help="The agent's integration bridge, where the pods' ports go."),
         click.option("--timeout", type=click.FloatRange(min=1), default=60.0,
@@ -435,9 +440,10 @@ def migrate_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Where a migration records its plan, each step once done and the "
                           "node as it was (cni0, the pods, the CNI config): a re-run resumes "
                           "an interrupted migration at its first step not done, --rollback "
-                          "undoes it. What an undo could not remove from OVSDB (it did not "
-                          "answer) stays listed there: the next run or --rollback removes it "
-                          "first."),
+                          "undoes it; an undo of a failed step that was interrupted is not "
+                          "resumed: --rollback finishes it. What an undo could not remove "
+                          "from OVSDB (it did not answer) stays listed there: the next run or "
+                          "--rollback removes it first."),
         click.option("--rollback", is_flag=True,
                      help="Return a migrated node to flannel, its pods running: put "
                           "flanneld's masquerade rules back (with ip-masq), start "
@@ -481,8 +487,9 @@ def migrate(ctx: click.Context, **params: Any) -> None:
 
     A step that fails is named with its reason, then it and every step before it are
     undone in reverse, one line each (the agent stopped with --stop-agent and its bridge
-    deleted, the pods' veths back on the CNI bridge, flanneld started again with
-    --start-flanneld: it takes its lease and flannel.<VNI> back), exit status 1.
+    deleted, the pods' veths back on the CNI bridge and told its MAC by a gratuitous
+    ARP, flanneld started again with --start-flanneld: it takes its lease and
+    flannel.<VNI> back), exit status 1.
 
     --state-file records the plan before the first step and again as each step is done
     (a temporary file renamed), and before a step changes them what its undo needs (the
@@ -491,7 +498,11 @@ def migrate(ctx: click.Context, **params: Any) -> None:
     re-run (a conflist switched already is left as it is) and undone by --rollback. A re-run with the same settings while it holds an
     unfinished migration (the command was killed midway) resumes at the first step not
     done (--dry-run prints the steps left); --rollback reads it to return the node to
-    flannel, its pods running, after a finished migration or an interrupted one.
+    flannel, its pods running, after a finished migration or an interrupted one. One
+    killed while it undid a failed step is not resumed (one line, exit status 1):
+    --rollback finishes the undo, each undo step completing what the killed one left
+    half done (cni0 made but not yet addressed or up included), and may run
+    --stop-agent and --start-flanneld again.
     """
     _apply_sysconfig(ctx, params)
     dry_run = params["dry_run"]
@@ -545,6 +556,10 @@ def _resumed(settings: Settings, run: Run, registry: Registry, record: Record,
     if record.finished:
         raise StepFailed(f"{settings.state_file} records a finished migration: this node is "
                          "a vxflow node (--rollback returns it to flannel)")  # fmt: skip
+    if record.rolling_back:
+        raise StepFailed(f"{settings.state_file} records the rollback of a failed step, "
+                         "interrupted: --rollback finishes it (this node is neither a "
+                         "flannel nor a vxflow node until then)")  # fmt: skip
     click.echo(f"resuming the migration recorded in {settings.state_file} at step "
                f"{record.done + 1}")  # fmt: skip
     if dry_run:

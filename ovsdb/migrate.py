@@ -76,6 +76,7 @@ lease) is refused up front, in one line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -105,7 +106,7 @@ from ovsdb import idl as ovsidl
 from ovsdb.bootstrap import DEFAULT_BRIDGE
 from ovsdb.idl import OvsdbError
 from ovsdb.ipmasq import IpMasq, IpMasqError
-from ovsdb.iproute import IprouteError, ip, ip_json, run
+from ovsdb.iproute import IprouteError, ip, ip_batch, ip_json, run
 from ovsdb.plug import COLUMNS as PLUG_COLUMNS
 from ovsdb.plug import PlugError, add_port, interface, pod_external_ids, wait_ofport
 
@@ -712,6 +713,7 @@ class Record:
     agent_started: float | None = None  # when --start-agent ran (None: not yet)
     steps: list[Step] = field(default_factory=list)
     done: int = 0  # steps[:done] are done
+    rolling_back: bool = False  # a failed step's rollback began: only --rollback may go on
 
     @property
     def finished(self) -> bool:
@@ -730,7 +732,7 @@ class Record:
             "flannel_masq": self.flannel_masq, "agent_started": self.agent_started,
             "steps": [{"kind": st.kind.value, "name": st.name, "detail": st.detail,
                        "pod": st.pod.port if st.pod else None} for st in self.steps],
-            "done": self.done,
+            "done": self.done, "rolling_back": self.rolling_back,
         }, indent=2)  # fmt: skip
 
     @classmethod
@@ -754,7 +756,7 @@ class Record:
             flannel_masq=list(d.get("flannel_masq", [])),
             agent_started=d["agent_started"] if "agent_started" in d else
             _started_before(steps[:done]),
-            steps=steps, done=done,
+            steps=steps, done=done, rolling_back=bool(d.get("rolling_back", False)),
         )  # fmt: skip
 
 
@@ -963,14 +965,15 @@ class Undo:
         ip("link", "set", pod.port, "master", self.record.bridge.name)
 
     def _bridge_back(self) -> None:
-        """cni0 again, with its MAC (the pods' ARP entry for the gateway) and address."""
+        """cni0 again, with its MAC (the pods' ARP entry for the gateway), its address, up.
+        Each part is converged, not only made with the device: an undo killed once it made
+        cni0, before its address or its `up`, left a cni0 that its re-run (--rollback)
+        must finish (else the pods, back on it, reach no gateway)."""
         bridge = self.record.bridge
-        if any(link["ifname"] == bridge.name for link in ip_json("link", "show")):
-            return
-        ip("link", "add", bridge.name, "address", bridge.mac, "type", "bridge")
-        for address in bridge.addresses:
-            ip("addr", "add", str(address), "dev", bridge.name)
-        ip("link", "set", bridge.name, "up")
+        if _link(bridge.name) is None:
+            ip("link", "add", bridge.name, "address", bridge.mac, "type", "bridge")
+        ip_batch([*(f"addr replace {address} dev {bridge.name}" for address in bridge.addresses),
+                  f"link set {bridge.name} up"])  # fmt: skip
 
     def _allocations_back(self) -> None:
         for path in self.record.written:
@@ -1045,6 +1048,11 @@ class Migration(Undo):
                 except _FAILURES as exc:
                     why = f"step {number} ({step.name}) failed: {exc}"
                     self.say(f"{why}; rolling back")
+                    # a run killed while it undoes must not be resumed as a migration (its
+                    # record would name steps done that are undone): --rollback finishes it
+                    self.record.rolling_back = True
+                    with contextlib.suppress(OSError):  # (then it is resumed, as before)
+                        self._save()
                     try:
                         self._roll_back(number)
                     except OSError as kept:  # the record not removed: said with the failure
@@ -1072,9 +1080,11 @@ class Migration(Undo):
 
     def _roll_back(self, upto: int) -> None:
         """Undo steps 1..`upto` in reverse, one line each (an undo that fails is said and
-        skipped), then remove the record: the node is a flannel node again. If the fenced
-        flanneld still runs, the rest is undone all the same, then StepFailed, the record
-        kept: --rollback does it again once flanneld has ended."""
+        skipped), then remove the record: the node is a flannel node again. Pods that were
+        moved are told cni0's MAC, as a rollback tells them (one that refreshed its entry
+        for the gateway on br-int took the switch's, which cni0 does not take in). If the
+        fenced flanneld still runs, the rest is undone all the same, then StepFailed, the
+        record kept: --rollback does it again once flanneld has ended."""
         still: FlanneldRuns | None = None
         for number, step in reversed(list(enumerate(self.record.steps[:upto], 1))):
             undo = self._undo(step)
@@ -1087,6 +1097,11 @@ class Migration(Undo):
                 still = exc
             except _FAILURES as exc:
                 self.say(f"undo {number}. {step.name} failed: {exc}")
+        if any(step.kind is Kind.MOVE for step in self.record.steps[:upto]):
+            try:
+                self._announce()
+            except OSError as exc:  # (cni0 not back: its undo failed, said above)
+                self.say(f"announcing {self.record.bridge.name}'s MAC failed: {exc}")
         if still is not None:
             raise StepFailed(f"rollback incomplete: {still}") from still
         self._forget()

@@ -26,7 +26,7 @@ import pytest
 
 from bench.migration import background, stop_by_pidfile, stop_command
 from daemons.processes import stop_process
-from flows.ports import pod_mac, vtep_mac_for
+from flows.ports import GATEWAY_PORT, pod_mac, vtep_mac_for
 from leases.etcd_server import EtcdServer, free_loopback_port
 from leases.model import Lease
 from leases.registry import Registry
@@ -86,9 +86,9 @@ class FlannelNode:
                               f"&& kill -{sig} {pid}")  # fmt: skip
 
     def migrate_for_real(self, *args: str, start_agent: str | None = None,
-                         ) -> subprocess.CompletedProcess:  # fmt: skip
+                         env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
         """`vxflow migrate` as `real_args` says."""
-        return self.migrate(*self.real_args(start_agent), *args)
+        return self.migrate(*self.real_args(start_agent), *args, env=env)
 
     def pods_on_cni0(self) -> list[str]:
         return sorted(link["ifname"] for link in json.loads(
@@ -113,9 +113,10 @@ class FlannelNode:
         return subprocess.run(self.vxflow_command(*args), capture_output=True, text=True,
                               timeout=60)  # fmt: skip
 
-    def migrate(self, *args: str, etcd: str | None = None) -> subprocess.CompletedProcess:
+    def migrate(self, *args: str, etcd: str | None = None,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
         return subprocess.run(self.migrate_command(*args, etcd=etcd), capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
+                              text=True, timeout=60, env=env)  # fmt: skip
 
     def state(self) -> tuple:
         """What a migration would change: links, routes, neighbours, the lease, OVSDB, files."""
@@ -394,18 +395,35 @@ def test_a_step_that_fails_is_named_and_rolled_back(flannel_node: FlannelNode) -
     assert f.pods_on_cni0() == ["veth1", "veth2"]
 
 
+def cni0(f: FlannelNode) -> tuple[str, list[str], bool]:
+    """cni0's MAC (the pods' ARP entry for the gateway), IPv4 addresses, and whether it is up."""
+    link = json.loads(f.node.run("ip", "-j", "addr", "show", "cni0"))[0]
+    return (link["address"], [a["local"] for a in link["addr_info"] if a["family"] == "inet"],
+            "UP" in link["flags"])  # fmt: skip
+
+
+def late_failure(f: FlannelNode) -> None:
+    """host-local's store unwritable (a file where its directory should be): the migration's
+    step 9 fails after the agent ran, the pods moved and flannel.1 and cni0 went."""
+    shutil.rmtree(f.networks_dir / "cbr0")
+    (f.networks_dir / "cbr0").write_text("not a directory")
+
+
 @pytest.mark.integration
 def test_a_late_failure_undoes_every_step_and_the_node_is_flannel_again(
     flannel_node: FlannelNode,
 ) -> None:
-    """host-local's store is unwritable (a file where its directory should be): step 9
-    fails after the agent ran, the pods moved and flannel.1 and cni0 went; all is undone."""
+    """The late failure (`late_failure`): all is undone. The pods, on br-int, took the
+    switch's gateway MAC for their gateway (as an ARP refresh answered by the switch does;
+    set at step 7): back on cni0, they are told its MAC and reach their gateway at once."""
     f = flannel_node
-    cni0 = json.loads(f.node.run("ip", "-j", "addr", "show", "cni0"))[0]
+    was = cni0(f)
     conflist = (f.conf_dir / "10-flannel.conflist").read_text()
-    shutil.rmtree(f.networks_dir / "cbr0")
-    (f.networks_dir / "cbr0").write_text("not a directory")
-    res = f.migrate_for_real()
+    late_failure(f)
+    switch_gateway = "; ".join(
+        f"ip netns exec {pod.netns} ip neigh replace {f.lease.gateway} lladdr "
+        f"$(cat /sys/class/net/{GATEWAY_PORT}/address) dev eth0 nud reachable" for pod in f.pods)
+    res = f.migrate_for_real(env=hooked_tool(f, "ip", "link del flannel.1", switch_gateway))
     assert res.returncode == 1, res.stdout + res.stderr
     lines = res.stdout.splitlines()
     assert lines[8].startswith("9. carry the allocations over: ")
@@ -416,11 +434,121 @@ def test_a_late_failure_undoes_every_step_and_the_node_is_flannel_again(
                           "undo 1. fence flanneld"]  # fmt: skip
     # flannel again, cni0 with its MAC and gateway, the veths' sysctls, the conflist as it was
     assert_flannel_again(f)
-    again = json.loads(f.node.run("ip", "-j", "addr", "show", "cni0"))[0]
-    assert (again["address"], again["addr_info"][0]["local"]) == (
-        cni0["address"], cni0["addr_info"][0]["local"])
+    assert cni0(f) == was
     assert f.node.run("sysctl", "-n", "net.ipv4.conf.veth1.arp_ignore").strip() == "0"
     assert (f.conf_dir / "10-flannel.conflist").read_text() == conflist
+
+
+def hooked_tool(f: FlannelNode, tool: str, args: str, action: str = "kill -KILL $PPID",
+                ) -> dict[str, str]:  # fmt: skip
+    """The environment of a command whose `tool` (ip, ovs-vsctl) is a wrapper first on PATH:
+    it runs the real one, then, if its arguments match the shell pattern `args`, the shell
+    line `action` (by default: its caller sent SIGKILL) before it returns. What the action
+    does lands right after that call, before the caller goes on."""
+    bin_dir = f.workdir / "hooked-bin"
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / tool
+    wrapper.write_text(f"#!/bin/sh\n{shutil.which(tool)} \"$@\"; rc=$?\n"
+                       f"case \"$*\" in {args.replace(' ', chr(92) + ' ')}) {action};; esac\n"
+                       "exit $rc\n")  # fmt: skip
+    wrapper.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+# where the undo of the late failure is killed: right after each of its kernel and OVSDB
+# changes that a --rollback must then find half done (cni0 made, then up; a veth off
+# br-int, back on cni0; the agent stopped; br-int gone; flannel.1 made again; flanneld
+# started, not yet seen up): a wrapper of `ip` or `ovs-vsctl` once a call with matching
+# arguments returned, or --stop-agent's or --start-flanneld's command once it ran
+UNDO_KILLS = {
+    "cni0-made": ("ip", "link add cni0 *"),
+    "cni0-up": ("ip", "-batch -"),  # (its address and `up`: the migration's one ip -batch)
+    "veth2-off-br-int": ("ovs-vsctl", "*del-port br-int veth2"),
+    "veth2-on-cni0": ("ip", "link set veth2 master cni0"),
+    "agent-stopped": ("--stop-agent", ""),
+    "br-int-deleted": ("ovs-vsctl", "*del-br br-int"),
+    "flannel.1-made": ("ip", "link add flannel.1 *"),
+    "flanneld-started": ("--start-flanneld", ""),
+}
+
+
+def killed_in_the_undo(f: FlannelNode, tool: str, args: str,
+                       rollback: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
+    """`vxflow migrate` (the late failure), or `vxflow migrate --rollback`, killed (SIGKILL)
+    at the `UNDO_KILLS` point (`tool`, `args`) of its undo; the migrate process killed
+    (-9), or, `ip` wrapped, the wrapper running `ip netns exec` says so (137)."""
+    real, env = f.real_args(), None
+    if tool.startswith("--"):  # the command's own shell (sh -c) kills its caller once it ran
+        at = real.index(tool) + 1
+        real[at] = f"{real[at]}\nkill -KILL $PPID"
+    else:
+        env = hooked_tool(f, tool, args)
+    args = ["--rollback", *real[real.index("--stop-agent"):]] if rollback else real
+    killed = subprocess.run(f.migrate_command(*args), capture_output=True, text=True,
+                            timeout=120, env=env)  # fmt: skip
+    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), \
+        killed.stdout + killed.stderr  # fmt: skip
+    return killed
+
+
+def finished_by_rollback(f: FlannelNode, was: tuple, started: str | None,
+                         ) -> subprocess.CompletedProcess:  # fmt: skip
+    """`vxflow migrate --rollback` after a kill in an undo: it succeeds, the node is flannel
+    again, cni0 as it `was`, the pods reach each other, and no second flanneld was started
+    (`started`: the PID file of one the killed undo started, None if none)."""
+    real = f.real_args()
+    res = f.migrate("--rollback", *real[real.index("--stop-agent"):])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_flannel_again(f)
+    pidfile = f.workdir / "flanneld.pid"
+    assert started is None or pidfile.read_text() == started
+    assert cni0(f) == was
+    f.pods[0].run("ping", "-c", "1", "-W", "2", str(f.pods[1].ip.ip))
+    return res
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("tool, args", UNDO_KILLS.values(), ids=UNDO_KILLS.keys())
+def test_a_migration_killed_while_it_undoes_a_failed_step_is_finished_by_rollback_only(
+    flannel_node: FlannelNode, tool: str, args: str,
+) -> None:
+    """The late failure above, the command killed (SIGKILL) at a point of its undo: a
+    re-run must not resume it (the record names steps done that are undone), and
+    --rollback finishes the undo: a flannel node, its pods reaching their gateway and each
+    other, one flanneld."""
+    f = flannel_node
+    was = cni0(f)
+    late_failure(f)
+    record = f.workdir / "migrate.json"
+    killed = killed_in_the_undo(f, tool, args)
+    assert "rolling back" in killed.stdout, killed.stdout
+    assert json.loads(record.read_text())["rolling_back"]
+    flanneld = f.workdir / "flanneld.pid"  # one the killed undo started (flanneld-started)
+    started = flanneld.read_text() if flanneld.exists() else None
+    again = f.migrate_for_real()
+    assert (again.returncode, again.stderr) == (1, (
+        f"Error: {record} records the rollback of a failed step, interrupted: --rollback "
+        "finishes it (this node is neither a flannel nor a vxflow node until then)\n"))  # fmt: skip
+    assert json.loads(record.read_text())["rolling_back"]  # the refusal changed nothing
+    res = finished_by_rollback(f, was, started)
+    assert res.stdout.splitlines()[-1] == f"rolled back: {f.node.underlay_ip} is a flannel node"
+    assert not record.exists()
+
+
+@pytest.mark.integration
+def test_a_rollback_killed_once_it_made_cni0_is_finished_by_the_next(
+    flannel_node: FlannelNode,
+) -> None:
+    """A finished migration's --rollback killed once it re-created cni0, before its address
+    and `up`: the next --rollback finishes it (flanneld, started already, not again), the
+    pods reach their gateway and each other."""
+    f = flannel_node
+    was = cni0(f)
+    res = f.migrate_for_real()
+    assert res.returncode == 0, res.stdout + res.stderr
+    killed = killed_in_the_undo(f, "ip", "link add cni0 *", rollback=True)
+    assert killed.stdout.splitlines()[-1].endswith("re-create cni0"), killed.stdout
+    finished_by_rollback(f, was, (f.workdir / "flanneld.pid").read_text())
 
 
 @pytest.mark.integration
