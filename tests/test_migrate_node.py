@@ -270,7 +270,7 @@ def test_dry_run_prints_the_plan_from_what_is_there_and_changes_nothing(
     lease, ip = f.lease, f.node.underlay_ip
     (p1, p2), subnet = f.pods, lease.subnet
     gateway = f"{subnet.network_address + 1}"
-    cni0_mac = json.loads(f.node.run("ip", "-j", "link", "show", "cni0"))[0]["address"]
+    cni0_mac = cni0(f)[0]
     assert res.stdout.splitlines() == [
         f"1. fence flanneld: stop it: nothing renews {subnet} or re-creates flannel.1 afterwards",
         f"2. take the lease over: {lease.key_name} for {ip}, same key and subnet, under the "
